@@ -1,0 +1,91 @@
+// Launchers of tsllm's own CUDA kernels. One kernel family per .cu file beside this header.
+// Every launcher is asynchronous on `stream`, never allocates, and returns cudaGetLastError().
+// Activation dtype is fp16 or bf16 (DType), math accumulates in fp32.
+#pragma once
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+namespace tsllm {
+
+enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, FP8_E4M3 = 3 };
+enum class Act : int { None = 0, Silu = 1, GeluTanh = 2, GeluErf = 3 };
+enum class RopeStyle : int { Neox = 0, Gptj = 1 };
+
+// ---- weights ----
+// Random weights (docs/engine-format.md): value = mean + scale*(2r-1), r = (u>>8)/2^24,
+// u = lowbias32(lowbias32(seed) ^ i); fp32 math without FMA, then RNE to dtype.
+cudaError_t random_fill(void* out, DType dt, uint64_t n, uint32_t seed, float mean, float scale, cudaStream_t s);
+
+// ---- elementwise / norms ----
+// out[t,:] = table[ids[t]-vocab_start,:], zeros when the id is outside [vocab_start, vocab_start+vocab_rows).
+cudaError_t embedding(const int32_t* ids, const void* table, void* out, int num_tokens, int hidden,
+                      int vocab_start, int vocab_rows, DType dt, cudaStream_t s);
+// residual == nullptr: y = rmsnorm(x)*w. Otherwise sum = x + residual is written to sum_out and y = rmsnorm(sum)*w.
+// y may not alias x; sum_out may alias x or residual.
+cudaError_t rms_norm(const void* x, const void* residual, const void* w, void* y, void* sum_out, int rows, int hidden,
+                     float eps, DType dt, cudaStream_t s);
+// Same with LayerNorm (w, b). b may be nullptr.
+cudaError_t layer_norm(const void* x, const void* residual, const void* w, const void* b, void* y, void* sum_out,
+                       int rows, int hidden, float eps, DType dt, cudaStream_t s);
+// out[t,i] = act(x[t,i]) * x[t, inter+i] for i < inter (x is [rows, 2*inter]).
+cudaError_t gated_act(const void* x, void* out, int rows, int inter, Act act, DType dt, cudaStream_t s);
+// out = act(x) elementwise (out may alias x).
+cudaError_t activation(const void* x, void* out, uint64_t n, Act act, DType dt, cudaStream_t s);
+// out = a + b, or a * b (mul=true). out may alias a or b.
+cudaError_t binary(const void* a, const void* b, void* out, uint64_t n, bool mul, DType dt, cudaStream_t s);
+// out[r,j] = x[r, col_start + j] for j < out_cols (x row stride in_cols). Used by split.
+cudaError_t slice_cols(const void* x, void* out, int rows, int in_cols, int col_start, int out_cols, DType dt,
+                       cudaStream_t s);
+// out[r,:] = x[idx[r],:]
+cudaError_t gather_rows(const void* x, const int32_t* idx, void* out, int num_rows, int hidden, DType dt,
+                        cudaStream_t s);
+// Converts n elements between dtypes (e.g. logits to fp32).
+cudaError_t convert(const void* x, DType from, void* out, DType to, uint64_t n, cudaStream_t s);
+
+// ---- attention over the paged KV cache ----
+// Per-layer cache: blocks of [2][num_kv_heads][tokens_per_block][head_dim] elements (K then V),
+// block b of layer l at cache_base + (l*num_blocks + b) * block_elems.
+struct PagedKV {
+  void* base;            // whole pool
+  DType dtype;           // F16/BF16 (FP8_E4M3 later, with kv_scale)
+  int num_layers, num_blocks, num_kv_heads, head_dim, tokens_per_block;
+  const int32_t* block_tables;  // [num_seqs, max_blocks_per_seq] device
+  int max_blocks_per_seq;
+  float kv_scale;        // fp8 only
+};
+// Step layout, device arrays. Tokens of one sequence are contiguous in the packed batch.
+struct StepLayout {
+  int num_tokens, num_seqs;
+  const int32_t* positions;    // [num_tokens] position = cache slot
+  const int32_t* token_seq;    // [num_tokens] sequence index of each token
+  const int32_t* seq_start;    // [num_seqs+1] first packed token of each sequence
+  const int32_t* seq_len;      // [num_seqs] cached length after this step (= last position + 1)
+  int max_new_tokens;          // max over sequences of tokens in this step (1 => pure decode)
+  int max_seq_len;             // max over sequences of seq_len
+};
+struct AttnParams {
+  int layer, num_heads, num_kv_heads, head_dim;
+  float scale;
+  int rotary_dim;              // 0 = no rope (q, k already rotated)
+  RopeStyle rope_style;
+  const float* inv_freq;       // [rotary_dim/2] fp32, may be null when rotary_dim == 0
+};
+// qkv: [T, (nH + 2*nKV)*D] packed rows, or separate q/k/v with their own row strides.
+// Applies RoPE to q (into a scratch copy) and k, writes k and v into the cache at each token's position,
+// then causal attention of each token over its sequence's cache [0, pos]. out: [T, nH*D].
+// workspace: attention_workspace_bytes(...) bytes of device scratch (split-K partials, rotated q).
+size_t attention_workspace_bytes(int max_num_tokens, int max_num_seqs, int num_heads, int head_dim, int max_seq_len);
+cudaError_t paged_attention(const void* q, int q_stride, const void* k, int k_stride, const void* v, int v_stride,
+                            void* out, const PagedKV& kv, const StepLayout& step, const AttnParams& p,
+                            DType dt, void* workspace, cudaStream_t s);
+
+// ---- sampling ----
+// logits fp32 [num_rows, vocab]. Per row: temperature <= 0 or top_k == 1 => greedy (argmax, lowest index on ties);
+// otherwise softmax(logits/temperature) restricted to top_k (0 = all) and top_p (1 = all), sampled with a
+// counter-based RNG from (seed[row], step[row]) so a seed repeats exactly. out_tokens int32 [num_rows].
+size_t sampling_workspace_bytes(int max_rows, int vocab);
+cudaError_t sample(const float* logits, int num_rows, int vocab, const float* temperature, const int32_t* top_k,
+                   const float* top_p, const uint64_t* seed, const int32_t* step, int32_t* out_tokens,
+                   void* workspace, cudaStream_t s);
+
+}  // namespace tsllm

@@ -1,0 +1,103 @@
+// tsllm-compile: Hugging Face checkpoint (or config + random weights) → optimised engine per rank.
+
+import cliProgress from "cli-progress";
+import { Command } from "commander";
+import { compileEngine } from "../compile.ts";
+import { SUPPORTED_SMS } from "../engine/format.ts";
+import { fmtBytes, int, list, main } from "./common.ts";
+
+const program = new Command("tsllm-compile")
+  .description(
+    "Compile a model file (TypeScript DSL) and a Hugging Face checkpoint into an engine directory:\n" +
+      "config.json + rank{N}.engine per tensor-parallel rank + a fusion report.\n\n" +
+      "With neither --checkpoint nor --config, builds the model file's small default config with random weights.",
+  )
+  .argument("<model.ts>", "model file, e.g. models/llama.ts or your own")
+  .option(
+    "--checkpoint <dir>",
+    "Hugging Face checkpoint directory (config.json + safetensors, sharded or not)",
+  )
+  .option(
+    "--config <config.json>",
+    "Hugging Face config.json to build with random weights (no checkpoint needed)",
+  )
+  .option("--random-weights", "store a seed per weight instead of bytes (benchmarks; implied by --config)")
+  .option("--seed <n>", "seed of random weights", int("--seed"), 0)
+  .requiredOption("--sm <n>", `target GPU architecture (${SUPPORTED_SMS.join(", ")})`, int("--sm"))
+  .option("--tp <n>", "tensor-parallel ranks (1, 2, 4, 8)", int("--tp"), 1)
+  .option("--dtype <t>", "activation and weight dtype: auto (the checkpoint's), fp32, fp16, bf16", "auto")
+  .option("--kv-cache-dtype <t>", "KV cache dtype: fp16, bf16, fp32, fp8 (default: the engine dtype)")
+  .option("--quant <q>", "weight quantisation: none, fp8, int8-wo, int4-wo", "none")
+  .option("--group-size <n>", "int4-wo group size", int("--group-size"), 128)
+  .option("--max-batch-size <n>", "most sequences in one step", int("--max-batch-size"), 256)
+  .option(
+    "--max-seq-len <n>",
+    "longest sequence, prompt + output (default: min(max_position_embeddings, 8192))",
+    int("--max-seq-len"),
+  )
+  .option(
+    "--max-num-tokens <n>",
+    "most tokens in one step (packed, all sequences)",
+    int("--max-num-tokens"),
+    8192,
+  )
+  .option("--tokens-per-block <n>", "KV cache block size in tokens", int("--tokens-per-block"), 32)
+  .option("--disable-pass <name>", "skip a pass (repeatable, comma separated)", list, [])
+  .option("--dump-ir-after <name>", "print the IR after a pass (repeatable)", list, [])
+  .option("--print-ir", "print the IR before any pass")
+  .requiredOption("-o, --output <dir>", "engine directory to write")
+  .showHelpAfterError();
+
+await main(async () => {
+  program.parse();
+  const o = program.opts();
+  const [modelFile] = program.args;
+  const t0 = performance.now();
+  const bar = new cliProgress.SingleBar(
+    {
+      format: "weights [{bar}] {percentage}% | {done}/{size} | {name}",
+      hideCursor: true,
+      clearOnComplete: false,
+      noTTYOutput: true,
+      notTTYSchedule: 2000,
+    },
+    cliProgress.Presets.shades_classic,
+  );
+  let started = false;
+  const { config, pipeline } = await compileEngine({
+    modelFile,
+    checkpoint: o.checkpoint,
+    config: o.config,
+    randomWeights: o.randomWeights,
+    seed: o.seed,
+    sm: o.sm,
+    tp: o.tp,
+    dtype: o.dtype,
+    kvCacheDtype: o.kvCacheDtype,
+    quant: o.quant,
+    groupSize: o.groupSize,
+    maxBatchSize: o.maxBatchSize,
+    maxSeqLen: o.maxSeqLen,
+    maxNumTokens: o.maxNumTokens,
+    tokensPerBlock: o.tokensPerBlock,
+    out: o.output,
+    disablePasses: o.disablePass,
+    dumpIrAfter: o.dumpIrAfter,
+    log: (s) => process.stdout.write(`${s}\n`),
+    onProgress: (done, total, name) => {
+      if (!started) {
+        bar.start(total, 0, { done: fmtBytes(0), size: fmtBytes(total), name });
+        started = true;
+      }
+      bar.update(done, { done: fmtBytes(done), name: name.length > 48 ? `…${name.slice(-47)}` : name });
+    },
+  });
+  if (started) bar.stop();
+  if (pipeline.summary) process.stdout.write(`${pipeline.summary}\n`);
+  const bytes = config.ranks.reduce((a, r) => a + r.bytes, 0);
+  const secs = (performance.now() - t0) / 1000;
+  process.stdout.write(
+    `wrote ${o.output}: ${config.ranks.length} rank(s), ${fmtBytes(bytes)}, ${config.build.dtype}, sm ${config.build.sm}` +
+      `${config.build.random_weights ? ", random weights" : ""} in ${secs.toFixed(1)} s\n`,
+  );
+});

@@ -1,0 +1,80 @@
+// tsllm-run: generate with an engine, or verify it against a golden logits file.
+import { Command, Option } from "commander";
+import { generate } from "../executor/generate.ts";
+import { openExecutor } from "../executor/open.ts";
+import { ReferenceExecutor } from "../executor/reference.ts";
+import type { Executor } from "../executor/types.ts";
+import { checkGolden, readGolden } from "../golden.ts";
+import { float, int, main } from "./common.ts";
+
+const program = new Command("tsllm-run")
+  .description(
+    "Run an engine. Either generate from prompts given as token ids, or check the engine against a\n" +
+      "golden logits file (prefill + teacher-forced decode; see README 'Golden files').",
+  )
+  .argument("<engine>", "engine directory written by tsllm-compile")
+  .addOption(
+    new Option("--device <d>", "cpu (reference executor, fp32 math) or cuda (native runtime)")
+      .choices(["cpu", "cuda", "auto"])
+      .default("auto"),
+  )
+  .option(
+    "--input-ids <ids>",
+    "prompt token ids, comma separated; repeat for a batch",
+    (v: string, p: string[] = []) => [...p, v],
+  )
+  .option("--max-new-tokens <n>", "tokens to generate per prompt", int("--max-new-tokens"), 16)
+  .option("--temperature <t>", "sampling temperature (0 = greedy)", float("--temperature"), 0)
+  .option("--top-k <k>", "sample among the k most likely tokens (0 = all)", int("--top-k"), 0)
+  .option("--top-p <p>", "nucleus sampling mass (1 = all)", float("--top-p"), 1)
+  .option("--seed <n>", "sampling seed", int("--seed"), 0)
+  .option("--golden <file>", "golden.safetensors to verify against")
+  .option(
+    "--tolerance <x>",
+    "max |Δlogit| allowed with --golden (default 1e-3 for fp32 engines on cpu, else 0.05)",
+    float("--tolerance"),
+  )
+  .option("--no-verify", "skip the engine content-hash check (large engines)")
+  .showHelpAfterError();
+
+await main(async () => {
+  program.parse();
+  const o = program.opts();
+  const [dir] = program.args;
+  const ex: Executor = await openExecutor(dir, { device: o.device, verify: o.verify });
+  try {
+    if (o.golden) {
+      const report = checkGolden(ex, readGolden(o.golden));
+      // fp32 math on the CPU agrees with transformers to ~1e-4; half-precision engines differ more.
+      const tol =
+        o.tolerance ??
+        (ex instanceof ReferenceExecutor && ex.engine.config.build.dtype === "fp32" ? 1e-3 : 0.05);
+      report.perPrompt.forEach((p, i) =>
+        process.stdout.write(
+          `prompt ${i}: max |Δlogit| ${p.maxAbs.toExponential(3)} (prefill ${p.prefillMaxAbs.toExponential(3)}, decode ${p.decodeMaxAbs.toExponential(3)}), top-1 agreement ${p.top1Agree}/${p.positions}\n`,
+        ),
+      );
+      process.stdout.write(`overall: max |Δlogit| ${report.maxAbs.toExponential(3)} (tolerance ${tol})\n`);
+      if (!(report.maxAbs <= tol))
+        throw new Error(`max |Δlogit| ${report.maxAbs.toExponential(3)} exceeds tolerance ${tol}`);
+      return;
+    }
+    if (!o.inputIds?.length) throw new Error("give --input-ids 1,2,3 (repeatable) or --golden FILE");
+    const prompts: number[][] = o.inputIds.map((s: string) =>
+      s.split(",").map((t) => {
+        if (!/^\d+$/.test(t.trim())) throw new Error(`--input-ids: "${t}" is not a token id`);
+        return Number(t);
+      }),
+    );
+    const outs = generate(ex, prompts, {
+      maxNewTokens: o.maxNewTokens,
+      temperature: o.temperature,
+      topK: o.topK,
+      topP: o.topP,
+      seed: o.seed,
+    });
+    for (const out of outs) process.stdout.write(`${out.join(",")}\n`);
+  } finally {
+    ex.close();
+  }
+});

@@ -1,0 +1,154 @@
+// tsllm-compile as a function: model file + Hugging Face config/checkpoint → passes → engine per rank.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { type Checkpoint, openCheckpoint } from "./checkpoint/checkpoint.ts";
+import { ConfigError } from "./checkpoint/errors.ts";
+import { Module } from "./dsl/module.ts";
+import { BuildConfig, ENGINE_DTYPES, type EngineConfig } from "./engine/format.ts";
+import type { RankProgram } from "./engine/header.ts";
+import { writeEngine } from "./engine/writer.ts";
+import type { Graph } from "./ir/types.ts";
+import { loadModelFile } from "./model-file.ts";
+import { type PipelineResult, runPipeline } from "./pipeline.ts";
+import { checkCheckpointWeights } from "./weights/check.ts";
+
+export interface CompileOptions {
+  modelFile: string;
+  checkpoint?: string;
+  /** A Hugging Face config.json to build with random weights. */
+  config?: string;
+  randomWeights?: boolean;
+  seed?: number;
+  sm: number;
+  tp?: number;
+  /** fp32 | fp16 | bf16 | auto (the checkpoint's dtype; fp16 for fp32 checkpoints). */
+  dtype?: string;
+  kvCacheDtype?: string;
+  quant?: string;
+  groupSize?: number;
+  maxBatchSize?: number;
+  maxSeqLen?: number;
+  maxNumTokens?: number;
+  tokensPerBlock?: number;
+  out: string;
+  disablePasses?: string[];
+  dumpIrAfter?: string[];
+  onProgress?: (done: number, total: number, name: string) => void;
+  log?: (line: string) => void;
+}
+
+export interface CompileResult {
+  config: EngineConfig;
+  pipeline: PipelineResult;
+}
+
+export class BuildError extends Error {
+  override name = "BuildError";
+}
+
+function readJson(file: string): unknown {
+  if (!fs.existsSync(file)) throw new ConfigError(file, "file not found");
+  try {
+    return JSON.parse(fs.readFileSync(file, "utf8"));
+  } catch (e) {
+    throw new ConfigError(file, `invalid JSON: ${(e as Error).message}`);
+  }
+}
+
+export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
+  const model = await loadModelFile(o.modelFile);
+  if (o.checkpoint && o.config) throw new BuildError("give either --checkpoint or --config, not both");
+  const cfgSource = o.checkpoint
+    ? path.join(o.checkpoint, "config.json")
+    : (o.config ?? `${o.modelFile} (default config)`);
+  const hfJson = o.checkpoint || o.config ? readJson(cfgSource) : model.defaultConfig;
+  const arch = (hfJson as { architectures?: unknown })?.architectures;
+  const archName = Array.isArray(arch) ? String(arch[0]) : undefined;
+  if (!archName || !model.architectures.includes(archName))
+    throw new ConfigError(
+      cfgSource,
+      `unsupported architecture ${archName ? `"${archName}"` : "(none given)"} for ${o.modelFile} (supported: ${model.architectures.join(", ")})`,
+    );
+  const cfg = model.parseConfig(hfJson, cfgSource);
+  const facts = model.describe(cfg);
+  const randomWeights = o.randomWeights ?? !o.checkpoint;
+  if (o.checkpoint && o.randomWeights)
+    throw new BuildError("--random-weights builds from --config, not a checkpoint");
+
+  const torchDtype = String(
+    (hfJson as { torch_dtype?: unknown; dtype?: unknown }).torch_dtype ??
+      (hfJson as { dtype?: unknown }).dtype ??
+      "float16",
+  );
+  const dtype = !o.dtype || o.dtype === "auto" ? (torchDtype === "bfloat16" ? "bf16" : "fp16") : o.dtype;
+  const parsed = BuildConfig.safeParse({
+    sm: o.sm,
+    tp: o.tp ?? 1,
+    dtype,
+    kv_cache_dtype: o.kvCacheDtype ?? (ENGINE_DTYPES.includes(dtype as never) ? dtype : "fp16"),
+    quant: o.quant ?? "none",
+    group_size: o.groupSize ?? 128,
+    max_batch_size: o.maxBatchSize ?? 256,
+    max_seq_len: o.maxSeqLen ?? Math.min(facts.maxPositionEmbeddings, 8192),
+    max_num_tokens: o.maxNumTokens ?? 8192,
+    tokens_per_block: o.tokensPerBlock ?? 32,
+    random_weights: randomWeights,
+    seed: o.seed ?? 0,
+  });
+  if (!parsed.success) {
+    const i = parsed.error.issues[0];
+    const flag = `--${String(i.path[0]).replaceAll("_", "-")}`;
+    const given = { sm: o.sm, tp: o.tp, dtype, tokens_per_block: o.tokensPerBlock }[String(i.path[0])];
+    throw new BuildError(`${flag}${given !== undefined ? ` ${given}` : ""}: ${i.message}`);
+  }
+  const build = parsed.data;
+  if (build.max_seq_len > facts.maxPositionEmbeddings)
+    o.log?.(
+      `note: --max-seq-len ${build.max_seq_len} exceeds the model's max_position_embeddings ${facts.maxPositionEmbeddings}`,
+    );
+
+  // Build the graph. Weight dtype = engine dtype; quantisation passes change it later.
+  const weightDtype = build.dtype === "fp32" ? "f32" : build.dtype === "fp16" ? "f16" : "bf16";
+  const m = new Module(
+    weightDtype,
+    {
+      maxBatchSize: build.max_batch_size,
+      maxSeqLen: build.max_seq_len,
+      maxNumTokens: build.max_num_tokens,
+    },
+    0.02,
+    torchDtype,
+  );
+  model.forward(m, cfg);
+  const graph: Graph = m.graph;
+  if (graph.outputs.logits === undefined)
+    throw new BuildError(`${o.modelFile}: forward() must call m.output("logits", …)`);
+
+  let ckpt: Checkpoint | null = null;
+  try {
+    if (o.checkpoint) {
+      ckpt = openCheckpoint(o.checkpoint);
+      checkCheckpointWeights(graph, ckpt);
+    }
+    const pipeline = runPipeline(graph, build, {
+      disable: o.disablePasses ?? [],
+      dumpAfter: o.dumpIrAfter ?? [],
+      log: o.log,
+    });
+    build.passes = pipeline.applied;
+    const ranks: RankProgram[] = pipeline.ranks.map((g, rank) => ({ rank, graph: g }));
+    const config = writeEngine({
+      outDir: o.out,
+      ranks,
+      build,
+      model: cfg as Record<string, unknown>,
+      facts,
+      checkpoint: ckpt,
+      extraFiles: pipeline.extraFiles,
+      onProgress: o.onProgress,
+    });
+    return { config, pipeline };
+  } finally {
+    ckpt?.close();
+  }
+}

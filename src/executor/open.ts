@@ -1,0 +1,17 @@
+// Picks the executor for --device: the native CUDA runtime when asked (or, with auto, when built and a
+// GPU is present), else the CPU reference executor.
+import { ReferenceExecutor } from "./reference.ts";
+import type { Executor } from "./types.ts";
+
+export async function openExecutor(dir: string, o: { device: string; verify?: boolean }): Promise<Executor> {
+  if (o.device === "cpu") return ReferenceExecutor.load(dir, { verify: o.verify });
+  let native: typeof import("../native/executor.ts") | null = null;
+  try {
+    native = await import("../native/executor.ts");
+  } catch (e) {
+    if (o.device === "cuda") throw new Error(`--device cuda: ${(e as Error).message.split("\n")[0]}`);
+  }
+  if (native && (o.device === "cuda" || native.cudaAvailable()))
+    return native.openCudaExecutor(dir, { verify: o.verify });
+  return ReferenceExecutor.load(dir, { verify: o.verify });
+}

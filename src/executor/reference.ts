@@ -1,0 +1,176 @@
+// The reference executor: runs an engine's op program on the CPU in fp32 using each op's registered
+// reference semantics. All tensor-parallel ranks run in lock step in one process, so all_reduce is a
+// real sum over the ranks' partial results.
+import { toFloat32 } from "../checkpoint/dtype.ts";
+import { type Engine, type EngineRank, openEngine, readWeightBytes } from "../engine/reader.ts";
+import { getOp, HostTensor, type KvStore, type RefContext, type StepLayout } from "../ops/index.ts";
+import { roundToDtype } from "../ops/round.ts";
+import { randomFill } from "../weights/random.ts";
+import { type Executor, LimitError, type SeqRequest } from "./types.ts";
+
+const F32_BYTES_DTYPE = { f32: "F32", f16: "F16", bf16: "BF16" } as const;
+
+class DenseKv implements KvStore {
+  private seqs = new Map<number, { k: Float32Array[]; v: Float32Array[] }[]>();
+  get(seqId: number, layer: number) {
+    let layers = this.seqs.get(seqId);
+    if (!layers) this.seqs.set(seqId, (layers = []));
+    layers[layer] ??= { k: [], v: [] };
+    return layers[layer];
+  }
+  release(seqId: number) {
+    this.seqs.delete(seqId);
+  }
+}
+
+interface RankState {
+  rank: EngineRank;
+  weights: Map<number, HostTensor>;
+  kv: DenseKv;
+}
+
+export interface ReferenceOptions {
+  verify?: boolean;
+  /** Round each op's output to the engine's activation dtype (default true). */
+  roundActivations?: boolean;
+}
+
+export class ReferenceExecutor implements Executor {
+  readonly vocabSize: number;
+  private ranks: RankState[];
+  private seqLens = new Map<number, number>();
+  private roundActs: boolean;
+
+  constructor(
+    readonly engine: Engine,
+    opts: ReferenceOptions = {},
+  ) {
+    this.vocabSize = engine.config.facts.vocabSize;
+    this.roundActs = opts.roundActivations ?? true;
+    this.ranks = engine.ranks.map((rank) => ({ rank, weights: loadWeights(rank), kv: new DenseKv() }));
+  }
+
+  static load(dir: string, opts: ReferenceOptions = {}): ReferenceExecutor {
+    return new ReferenceExecutor(openEngine(dir, { verify: opts.verify }), opts);
+  }
+
+  release(seqId: number): void {
+    this.seqLens.delete(seqId);
+    for (const r of this.ranks) r.kv.release(seqId);
+  }
+
+  close(): void {
+    this.ranks = [];
+  }
+
+  step(seqs: SeqRequest[]): Map<number, Float32Array[]> {
+    const h0 = this.ranks[0].rank.header;
+    const { max_batch_size, max_num_tokens, max_seq_len } = h0.limits;
+    const total = seqs.reduce((a, s) => a + s.tokens.length, 0);
+    if (seqs.length > max_batch_size)
+      throw new LimitError(`batch of ${seqs.length} sequences exceeds max_batch_size ${max_batch_size}`);
+    if (total > max_num_tokens)
+      throw new LimitError(`step of ${total} tokens exceeds max_num_tokens ${max_num_tokens}`);
+    const ids = new Int32Array(total);
+    const positions = new Int32Array(total);
+    const logitRows: number[] = [];
+    const layout: StepLayout = { seqs: [], positions };
+    let t = 0;
+    for (const s of seqs) {
+      const past = this.seqLens.get(s.seqId) ?? 0;
+      if (past + s.tokens.length > max_seq_len)
+        throw new LimitError(
+          `sequence ${s.seqId} would reach ${past + s.tokens.length} tokens, over max_seq_len ${max_seq_len}`,
+        );
+      layout.seqs.push({ seqId: s.seqId, start: t, count: s.tokens.length });
+      s.tokens.forEach((tok, i) => {
+        if (tok < 0 || tok >= this.vocabSize)
+          throw new LimitError(`token id ${tok} outside the vocabulary (0..${this.vocabSize - 1})`);
+        ids[t + i] = tok;
+        positions[t + i] = past + i;
+        if (s.logits === "all" || (s.logits === "last" && i === s.tokens.length - 1)) logitRows.push(t + i);
+      });
+      t += s.tokens.length;
+    }
+    const logits = this.run(ids, positions, Int32Array.from(logitRows), layout);
+    for (const s of seqs) this.seqLens.set(s.seqId, (this.seqLens.get(s.seqId) ?? 0) + s.tokens.length);
+    const V = logits.cols;
+    const out = new Map<number, Float32Array[]>();
+    let row = 0;
+    for (const s of seqs) {
+      const n = s.logits === "all" ? s.tokens.length : s.logits === "last" ? 1 : 0;
+      const rows: Float32Array[] = [];
+      for (let i = 0; i < n; i++, row++) rows.push(logits.f32.slice(row * V, (row + 1) * V));
+      out.set(s.seqId, rows);
+    }
+    return out;
+  }
+
+  /** Runs the program of every rank node by node; returns the logits (identical on every rank). */
+  private run(ids: Int32Array, positions: Int32Array, logitRows: Int32Array, layout: StepLayout): HostTensor {
+    const envs = this.ranks.map((r) => {
+      const env = new Map<number, HostTensor>(r.weights);
+      const h = r.rank.header;
+      env.set(h.inputs.input_ids, new HostTensor([ids.length], ids));
+      env.set(h.inputs.positions, new HostTensor([positions.length], positions));
+      env.set(h.inputs.logits_indices, new HostTensor([logitRows.length], logitRows));
+      return env;
+    });
+    const dtypes = this.ranks.map((r) => new Map(r.rank.header.values.map((v) => [v.id, v.dtype])));
+    const nodes0 = this.ranks[0].rank.header.nodes;
+    for (let i = 0; i < nodes0.length; i++) {
+      this.ranks.forEach((r, ri) => {
+        const node = r.rank.header.nodes[i];
+        const env = envs[ri];
+        const ctx: RefContext = {
+          step: layout,
+          kv: r.kv,
+          nodeIndex: i,
+          allReduce: (x) => {
+            const out = new Float32Array(x.f32.length);
+            envs.forEach((e, j) => {
+              const part = e.get(this.ranks[j].rank.header.nodes[i].inputs[0]!)!.f32;
+              for (let k = 0; k < out.length; k++) out[k] += part[k];
+            });
+            return new HostTensor(x.shape, out);
+          },
+        };
+        const inputs = node.inputs.map((id) => {
+          if (id === null) return null;
+          const v = env.get(id);
+          if (!v) throw new Error(`node ${i} (${node.op}): input value ${id} not computed`);
+          return v;
+        });
+        const outs = getOp(node.op).ref(inputs, node.attrs as Record<string, never>, ctx);
+        node.outputs.forEach((o, k) => {
+          if (this.roundActs && outs[k].data instanceof Float32Array)
+            roundToDtype(outs[k].f32, dtypes[ri].get(o) ?? "f32");
+          env.set(o, outs[k]);
+        });
+      });
+    }
+    const h0 = this.ranks[0].rank.header;
+    return envs[0].get(h0.outputs.logits)!;
+  }
+}
+
+function loadWeights(rank: EngineRank): Map<number, HostTensor> {
+  const values = new Map(rank.header.values.map((v) => [v.id, v]));
+  const out = new Map<number, HostTensor>();
+  for (const w of rank.header.weights) {
+    const v = values.get(w.value)!;
+    const shape = v.shape.map(Number);
+    const n = shape.reduce((a, b) => a * b, 1);
+    let data: Float32Array;
+    if (w.random) {
+      data = randomFill(n, w.random.seed, w.random.mean, w.random.scale);
+      roundToDtype(data, v.dtype);
+    } else {
+      const st = F32_BYTES_DTYPE[v.dtype as keyof typeof F32_BYTES_DTYPE];
+      if (!st) throw new Error(`reference executor cannot read weights of dtype ${v.dtype} (${v.name})`);
+      data = toFloat32(st, readWeightBytes(rank, w.offset, w.nbytes));
+    }
+    out.set(v.id, new HostTensor(shape, data));
+  }
+  return out;
+}

@@ -1,0 +1,44 @@
+// Host-side sampling for the reference executor (the CUDA runtime samples on the GPU): greedy,
+// temperature, top-k, top-p, with a seeded counter-based generator so a seed repeats exactly.
+import { lowbias32 } from "../weights/random.ts";
+
+export interface SamplingParams {
+  temperature: number;
+  topK: number;
+  topP: number;
+  seed: number;
+}
+
+export function argmax(row: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < row.length; i++) if (row[i] > row[best]) best = i;
+  return best;
+}
+
+export function sampleToken(row: Float32Array, p: SamplingParams, step: number): number {
+  if (p.temperature <= 0 || p.topK === 1) return argmax(row);
+  const idx = Array.from(row.keys()).sort((a, b) => row[b] - row[a] || a - b);
+  const k = p.topK > 0 ? Math.min(p.topK, idx.length) : idx.length;
+  const max = row[idx[0]];
+  const probs = idx.slice(0, k).map((i) => Math.exp((row[i] - max) / p.temperature));
+  const total = probs.reduce((a, b) => a + b, 0);
+  let keep = k;
+  if (p.topP < 1) {
+    let acc = 0;
+    for (let i = 0; i < k; i++) {
+      acc += probs[i] / total;
+      if (acc >= p.topP) {
+        keep = i + 1;
+        break;
+      }
+    }
+  }
+  const mass = probs.slice(0, keep).reduce((a, b) => a + b, 0);
+  const u = (lowbias32((lowbias32(p.seed >>> 0) ^ Math.imul(step + 1, 0x9e3779b9)) >>> 0) / 2 ** 32) * mass;
+  let acc = 0;
+  for (let i = 0; i < keep; i++) {
+    acc += probs[i];
+    if (u < acc) return idx[i];
+  }
+  return idx[keep - 1];
+}

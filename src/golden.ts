@@ -1,0 +1,129 @@
+// Golden logits files (../shared/fixtures/README.md): per prompt i, p{i}.input_ids int32 [T] (prompt +
+// greedy continuation) and p{i}.logits f32 [T, vocab] from one teacher-forced transformers forward.
+import { openSafetensors } from "./checkpoint/safetensors.ts";
+import type { Executor } from "./executor/types.ts";
+
+export interface GoldenPrompt {
+  inputIds: number[];
+  promptLen: number;
+  logits: Float32Array;
+  vocab: number;
+}
+
+export interface Golden {
+  prompts: GoldenPrompt[];
+  metadata: Record<string, string>;
+}
+
+export function readGolden(file: string): Golden {
+  const f = openSafetensors(file);
+  try {
+    const lens = (f.metadata.prompt_lens ?? "").split(",").filter(Boolean).map(Number);
+    const prompts: GoldenPrompt[] = [];
+    for (let i = 0; f.has(`p${i}.input_ids`); i++) {
+      const idsInfo = f.info(`p${i}.input_ids`);
+      if (idsInfo.dtype !== "I32")
+        throw new Error(`${file}: p${i}.input_ids must be I32, is ${idsInfo.dtype}`);
+      const b = f.read(`p${i}.input_ids`);
+      const ids = Array.from(new Int32Array(b.buffer, b.byteOffset, b.byteLength / 4));
+      const li = f.info(`p${i}.logits`);
+      if (li.dtype !== "F32" || li.shape[0] !== ids.length)
+        throw new Error(`${file}: p${i}.logits must be F32 [${ids.length}, vocab]`);
+      const lb = f.read(`p${i}.logits`);
+      const promptLen = lens[i] ?? ids.length;
+      if (!(promptLen >= 1 && promptLen <= ids.length))
+        throw new Error(`${file}: prompt_lens[${i}] = ${lens[i]} is out of range`);
+      prompts.push({
+        inputIds: ids,
+        promptLen,
+        logits: new Float32Array(lb.buffer, lb.byteOffset, lb.byteLength / 4),
+        vocab: li.shape[1],
+      });
+    }
+    if (prompts.length === 0) throw new Error(`${file}: no prompts (expected p0.input_ids, p0.logits, …)`);
+    return { prompts, metadata: f.metadata };
+  } finally {
+    f.close();
+  }
+}
+
+export interface GoldenReport {
+  perPrompt: {
+    maxAbs: number;
+    prefillMaxAbs: number;
+    decodeMaxAbs: number;
+    top1Agree: number;
+    positions: number;
+  }[];
+  maxAbs: number;
+}
+
+function maxAbsDiff(a: Float32Array, b: Float32Array): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = Math.abs(a[i] - b[i]);
+    if (!(d <= m)) m = Number.isNaN(d) ? Infinity : d;
+  }
+  return m;
+}
+
+function argmax(a: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < a.length; i++) if (a[i] > a[best]) best = i;
+  return best;
+}
+
+/**
+ * Prefills each prompt, then teacher-forces the golden continuation one token per step, comparing
+ * every position's logits. `batched` runs all prompts together in each step (packed), else one by one.
+ */
+export function checkGolden(
+  ex: Executor,
+  golden: Golden,
+  o: { batched?: boolean; seqBase?: number } = {},
+): GoldenReport {
+  const base = o.seqBase ?? 1000;
+  const stats = golden.prompts.map(() => ({
+    maxAbs: 0,
+    prefillMaxAbs: 0,
+    decodeMaxAbs: 0,
+    top1Agree: 0,
+    positions: 0,
+  }));
+  const compare = (pi: number, pos: number, row: Float32Array) => {
+    const p = golden.prompts[pi];
+    if (row.length !== p.vocab) throw new Error(`engine vocab ${row.length} != golden vocab ${p.vocab}`);
+    const want = p.logits.subarray(pos * p.vocab, (pos + 1) * p.vocab);
+    const d = maxAbsDiff(row, want);
+    const s = stats[pi];
+    s.maxAbs = Math.max(s.maxAbs, d);
+    if (pos < p.promptLen) s.prefillMaxAbs = Math.max(s.prefillMaxAbs, d);
+    else s.decodeMaxAbs = Math.max(s.decodeMaxAbs, d);
+    s.top1Agree += argmax(row) === argmax(want) ? 1 : 0;
+    s.positions++;
+  };
+  const groups = o.batched ? [golden.prompts.map((_, i) => i)] : golden.prompts.map((_, i) => [i]);
+  for (const group of groups) {
+    const prefill = ex.step(
+      group.map((i) => ({
+        seqId: base + i,
+        tokens: golden.prompts[i].inputIds.slice(0, golden.prompts[i].promptLen),
+        logits: "all",
+      })),
+    );
+    for (const i of group) prefill.get(base + i)!.forEach((row, pos) => compare(i, pos, row));
+    const maxLen = Math.max(...group.map((i) => golden.prompts[i].inputIds.length));
+    for (let pos = 0; pos < maxLen; pos++) {
+      const active = group.filter(
+        (i) => pos >= golden.prompts[i].promptLen && pos < golden.prompts[i].inputIds.length,
+      );
+      if (active.length === 0) continue;
+      const res = ex.step(
+        active.map((i) => ({ seqId: base + i, tokens: [golden.prompts[i].inputIds[pos]], logits: "last" })),
+      );
+      for (const i of active) compare(i, pos, res.get(base + i)![0]);
+    }
+    for (const i of group) ex.release(base + i);
+  }
+  return { perPrompt: stats, maxAbs: Math.max(...stats.map((s) => s.maxAbs)) };
+}

@@ -1,0 +1,88 @@
+// The op registry: every op is declared once with its inputs, shape/dtype inference and reference
+// semantics. Passes, the reference executor, the engine writer, ONNX export and the native runtime's
+// op table all key off these names.
+import type { Attrs, DType, Shape } from "../ir/types.ts";
+import type { HostTensor } from "./tensor.ts";
+
+export interface ValueType {
+  dtype: DType;
+  shape: Shape;
+}
+
+/** What the reference executor hands an op besides its inputs (KV cache and step layout for attention). */
+export interface RefContext {
+  step: StepLayout;
+  kv: KvStore;
+  /** Tensor-parallel: sums a value over all ranks (the executor runs ranks in lock step). */
+  allReduce(x: HostTensor, opId: number): HostTensor;
+  /** Stable id of the node being run (for collective rendezvous). */
+  nodeIndex: number;
+}
+
+export interface StepSeq {
+  seqId: number;
+  /** First packed token of this sequence in the step. */
+  start: number;
+  /** New tokens of this sequence in the step. */
+  count: number;
+}
+export interface StepLayout {
+  seqs: StepSeq[];
+  positions: Int32Array;
+}
+
+/** Per-sequence, per-layer K/V rows in fp32 (reference executor only). */
+export interface KvStore {
+  get(seqId: number, layer: number): { k: Float32Array[]; v: Float32Array[] };
+}
+
+export interface OpDef {
+  name: string;
+  /** Input names; a trailing "?" marks an optional input. */
+  inputs: string[];
+  /** Number of outputs (fixed), or a function of the attrs (split). */
+  numOutputs: number | ((attrs: Attrs) => number);
+  /** Short description for --help and reports. */
+  doc: string;
+  infer(inputs: (ValueType | null)[], attrs: Attrs): ValueType[];
+  /** fp32 reference semantics on the CPU. */
+  ref(inputs: (HostTensor | null)[], attrs: Attrs, ctx: RefContext): HostTensor[];
+  /** Ops that touch state outside their outputs (KV cache writes, collectives) are never removed or merged. */
+  sideEffects?: boolean;
+}
+
+const registry = new Map<string, OpDef>();
+
+export function defineOp(def: OpDef): OpDef {
+  if (registry.has(def.name)) throw new Error(`op "${def.name}" is declared twice`);
+  registry.set(def.name, def);
+  return def;
+}
+
+export function getOp(name: string): OpDef {
+  const d = registry.get(name);
+  if (!d) throw new Error(`unknown op "${name}" (known: ${[...registry.keys()].sort().join(", ")})`);
+  return d;
+}
+
+export function listOps(): OpDef[] {
+  return [...registry.values()];
+}
+
+export function outputCount(def: OpDef, attrs: Attrs): number {
+  return typeof def.numOutputs === "number" ? def.numOutputs : def.numOutputs(attrs);
+}
+
+// Attribute accessors that fail loudly: an op misconfigured by a pass should not compute garbage.
+export function attrNum(attrs: Attrs, k: string, dflt?: number): number {
+  const v = attrs[k];
+  if (typeof v === "number") return v;
+  if (v === undefined && dflt !== undefined) return dflt;
+  throw new Error(`attribute "${k}" must be a number, got ${JSON.stringify(v)}`);
+}
+export function attrStr(attrs: Attrs, k: string, dflt?: string): string {
+  const v = attrs[k];
+  if (typeof v === "string") return v;
+  if (v === undefined && dflt !== undefined) return dflt;
+  throw new Error(`attribute "${k}" must be a string, got ${JSON.stringify(v)}`);
+}

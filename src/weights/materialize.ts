@@ -1,0 +1,85 @@
+// Turns one weight's recipe into bytes in its stored dtype and layout. Called by the engine writer
+// once per weight, so peak host memory is about one weight (plus its sources when they are fused).
+import type { Checkpoint } from "../checkpoint/checkpoint.ts";
+import { fromFloat32, isFloatDtype, toFloat32 } from "../checkpoint/dtype.ts";
+import type { DType, Value } from "../ir/types.ts";
+import type { Transform } from "./recipe.ts";
+
+const ST_DTYPE: Partial<Record<DType, "F32" | "F16" | "BF16">> = { f32: "F32", f16: "F16", bf16: "BF16" };
+
+export function storageDtype(dt: DType): "F32" | "F16" | "BF16" {
+  const s = ST_DTYPE[dt];
+  if (!s) throw new Error(`weights of dtype ${dt} are produced by quantisation, not read directly`);
+  return s;
+}
+
+interface Raw {
+  shape: number[];
+  data: Float32Array;
+}
+
+/** Reads a weight's sources from the checkpoint, applies its transforms, and encodes it in v.dtype. */
+export function materializeWeight(v: Value, ckpt: Checkpoint | null): Uint8Array {
+  const r = v.recipe;
+  if (!r) throw new Error(`weight ${v.name} has no recipe`);
+  if (r.kind === "constant") return fromFloat32(storageDtype(v.dtype), Float32Array.from(r.data));
+  if (!ckpt) throw new Error(`weight ${v.name} needs a checkpoint`);
+  let t = concat0(r.sources.map((name) => readSource(ckpt, name)));
+  for (const tr of r.transforms) t = applyTransform(t, tr);
+  const want = v.shape.map(Number);
+  if (t.shape.join(",") !== want.join(",")) {
+    throw new Error(`weight ${v.name}: recipe produced [${t.shape}] but the graph expects [${want}]`);
+  }
+  return fromFloat32(storageDtype(v.dtype), t.data);
+}
+
+/** Materialises to fp32 (for quantisation passes that need the values). */
+export function materializeF32(v: Value, ckpt: Checkpoint | null): Raw {
+  const r = v.recipe!;
+  if (r.kind === "constant") return { shape: v.shape.map(Number), data: Float32Array.from(r.data) };
+  let t = concat0(r.sources.map((name) => readSource(ckpt!, name)));
+  for (const tr of r.transforms) t = applyTransform(t, tr);
+  return t;
+}
+
+function readSource(ckpt: Checkpoint, name: string): Raw {
+  const info = ckpt.info(name);
+  if (!isFloatDtype(info.dtype))
+    throw new Error(`${info.file}: tensor "${name}" has dtype ${info.dtype}, expected a float dtype`);
+  return { shape: info.shape, data: toFloat32(info.dtype, ckpt.read(name)) };
+}
+
+function concat0(parts: Raw[]): Raw {
+  if (parts.length === 1) return parts[0];
+  const rest = parts[0].shape.slice(1).join(",");
+  for (const p of parts)
+    if (p.shape.slice(1).join(",") !== rest)
+      throw new Error(`cannot concatenate shapes [${parts[0].shape}] and [${p.shape}]`);
+  const data = new Float32Array(parts.reduce((a, p) => a + p.data.length, 0));
+  let off = 0;
+  for (const p of parts) {
+    data.set(p.data, off);
+    off += p.data.length;
+  }
+  return { shape: [parts.reduce((a, p) => a + p.shape[0], 0), ...parts[0].shape.slice(1)], data };
+}
+
+export function applyTransform(t: Raw, tr: Transform): Raw {
+  switch (tr.op) {
+    case "slice": {
+      const { axis, start, end } = tr;
+      if (start < 0 || end > t.shape[axis] || start >= end)
+        throw new Error(`slice [${start}, ${end}) out of range for axis ${axis} of [${t.shape}]`);
+      const outer = t.shape.slice(0, axis).reduce((a, b) => a * b, 1);
+      const inner = t.shape.slice(axis + 1).reduce((a, b) => a * b, 1);
+      const n = t.shape[axis];
+      const len = end - start;
+      const data = new Float32Array(outer * len * inner);
+      for (let o = 0; o < outer; o++)
+        data.set(t.data.subarray((o * n + start) * inner, (o * n + end) * inner), o * len * inner);
+      const shape = [...t.shape];
+      shape[axis] = len;
+      return { shape, data };
+    }
+  }
+}
