@@ -3,7 +3,7 @@
 import type { Checkpoint } from "../checkpoint/checkpoint.ts";
 import { fromFloat32, isFloatDtype, toFloat32 } from "../checkpoint/dtype.ts";
 import type { DType, Value } from "../ir/types.ts";
-import type { Transform } from "./recipe.ts";
+import type { Transform, WeightRecipe } from "./recipe.ts";
 
 const ST_DTYPE: Partial<Record<DType, "F32" | "F16" | "BF16">> = { f32: "F32", f16: "F16", bf16: "BF16" };
 
@@ -24,8 +24,7 @@ export function materializeWeight(v: Value, ckpt: Checkpoint | null): Uint8Array
   if (!r) throw new Error(`weight ${v.name} has no recipe`);
   if (r.kind === "constant") return fromFloat32(storageDtype(v.dtype), Float32Array.from(r.data));
   if (!ckpt) throw new Error(`weight ${v.name} needs a checkpoint`);
-  let t = concat0(r.sources.map((name) => readSource(ckpt, name)));
-  for (const tr of r.transforms) t = applyTransform(t, tr);
+  const t = materializeParts(r, ckpt);
   const want = v.shape.map(Number);
   if (t.shape.join(",") !== want.join(",")) {
     throw new Error(`weight ${v.name}: recipe produced [${t.shape}] but the graph expects [${want}]`);
@@ -37,7 +36,11 @@ export function materializeWeight(v: Value, ckpt: Checkpoint | null): Uint8Array
 export function materializeF32(v: Value, ckpt: Checkpoint | null): Raw {
   const r = v.recipe!;
   if (r.kind === "constant") return { shape: v.shape.map(Number), data: Float32Array.from(r.data) };
-  let t = concat0(r.sources.map((name) => readSource(ckpt!, name)));
+  return materializeParts(r, ckpt!);
+}
+
+function materializeParts(r: Extract<WeightRecipe, { kind: "checkpoint" }>, ckpt: Checkpoint): Raw {
+  let t = concat0(r.parts.map((p) => p.transforms.reduce(applyTransform, readSource(ckpt, p.name))));
   for (const tr of r.transforms) t = applyTransform(t, tr);
   return t;
 }

@@ -12,13 +12,20 @@ export type Transform =
   /** Keep [start, end) along an axis (tensor-parallel shard). */
   { op: "slice"; axis: number; start: number; end: number };
 
+/** One checkpoint tensor and the transforms applied to it alone (e.g. this rank's slice of k_proj). */
+export interface RecipePart {
+  name: string;
+  /** Shape as the model declared it, validated against the checkpoint before anything is written. */
+  shape: number[];
+  transforms: Transform[];
+}
+
 export type WeightRecipe =
   | {
       kind: "checkpoint";
-      /** Checkpoint tensor names, concatenated along axis 0 (QKV / gate-up fusion). */
-      sources: string[];
-      /** Shape of each source as the model declared it, to validate against the checkpoint. */
-      sourceShapes: number[][];
+      /** Parts concatenated along axis 0 after their own transforms (QKV / gate-up fusion). */
+      parts: RecipePart[];
+      /** Transforms of the concatenated tensor. */
       transforms: Transform[];
       init: WeightInit;
     }
