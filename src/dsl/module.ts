@@ -60,8 +60,7 @@ export class Module {
   param(name: string, shape: number[], init: WeightInit, hints?: Record<string, string | number>): Tensor {
     const recipe = {
       kind: "checkpoint" as const,
-      sources: [name],
-      sourceShapes: [shape],
+      parts: [{ name, shape, transforms: [] }],
       transforms: [],
       init,
     };
