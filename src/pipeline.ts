@@ -1,13 +1,17 @@
-// The build pipeline, declared in one place: graph passes in order, then sharding into ranks.
+// The build pipeline, declared in one place: the model graph is sharded into one graph per
+// tensor-parallel rank, then every rank's graph goes through the same passes in order.
+import { shardForTp } from "../passes/tensor-parallel.ts";
 import type { BuildConfig } from "./engine/format.ts";
 import { printGraph } from "./ir/printer.ts";
 import type { Graph } from "./ir/types.ts";
 
 export interface Pass {
   name: string;
+  /** Graph → Graph; must not mutate its input. */
   run(g: Graph, build: BuildConfig): Graph;
 }
 
+/** Graph passes in the order they run on each rank's graph. */
 export const PASSES: Pass[] = [];
 
 export interface PipelineResult {
@@ -26,15 +30,13 @@ export function runPipeline(
   const known = new Set(PASSES.map((p) => p.name));
   for (const n of [...o.disable, ...o.dumpAfter])
     if (!known.has(n)) throw new Error(`unknown pass "${n}" (passes: ${[...known].join(", ") || "none"})`);
-  let g = graph;
-  const applied: string[] = [];
-  for (const p of PASSES) {
-    if (o.disable.includes(p.name)) continue;
-    g = p.run(g, build);
-    applied.push(p.name);
-    if (o.dumpAfter.includes(p.name)) o.log?.(`--- IR after ${p.name} ---\n${printGraph(g)}`);
-  }
-  if (build.tp !== 1)
-    throw new Error(`--tp ${build.tp}: tensor-parallel sharding is not available in this build`);
-  return { ranks: [g], applied, extraFiles: {} };
+  const applied = PASSES.filter((p) => !o.disable.includes(p.name));
+  const ranks = shardForTp(graph, build).map((g, rank) => {
+    for (const p of applied) {
+      g = p.run(g, build);
+      if (rank === 0 && o.dumpAfter.includes(p.name)) o.log?.(`--- IR after ${p.name} ---\n${printGraph(g)}`);
+    }
+    return g;
+  });
+  return { ranks, applied: applied.map((p) => p.name), extraFiles: {} };
 }
