@@ -1,0 +1,130 @@
+/* tsllm native runtime: C ABI.
+ *
+ * One engine = one rank file of an engine directory (docs/engine-format.md) loaded on one GPU.
+ * Every function returns 0 on success and -1 on failure; on failure a one-line message is written to
+ * `err` (NUL-terminated, truncated to `errlen`). Nothing here aborts or exits the process.
+ *
+ * An engine is not thread-safe: call it from one thread at a time. Different engines are independent.
+ *
+ * Sequences are identified by a caller-chosen u64 id. Ids with the top bit set are reserved for
+ * tsllm_generate. A sequence exists from the first step that names it until tsllm_release.
+ */
+#ifndef TSLLM_H_
+#define TSLLM_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TSLLM_ABI_VERSION 1
+
+typedef struct tsllm_engine tsllm_engine;
+
+/* All fields zero = defaults. */
+typedef struct tsllm_options {
+  int32_t device;                       /* CUDA device ordinal (default 0) */
+  int32_t max_batch_size;               /* 0 = the engine's; may be smaller than the engine's, never larger */
+  int32_t max_seq_len;                  /* 0 = the engine's; likewise */
+  int32_t max_num_tokens;               /* 0 = the engine's; likewise */
+  int32_t tokens_per_block;             /* 0 = the engine's kv_cache.tokens_per_block */
+  float kv_cache_free_gpu_mem_fraction; /* 0 = 0.9: fraction of free GPU memory (after weights, arena and
+                                           workspaces) given to the paged KV cache */
+  int64_t kv_cache_max_blocks;          /* 0 = no cap beyond max_batch_size full sequences */
+  int32_t disable_cuda_graphs;          /* 1 = run decode steps eagerly */
+  int32_t reserved0;
+  const void* nccl_unique_id;           /* tp > 1: 128-byte ncclUniqueId shared by all ranks (tsllm_nccl_unique_id) */
+} tsllm_options;
+
+typedef struct tsllm_sampling {
+  float temperature; /* <= 0: greedy */
+  int32_t top_k;     /* 0 = all; 1 = greedy */
+  float top_p;       /* 0 or 1 = all */
+  int32_t reserved;
+  uint64_t seed;     /* a sequence with the same seed samples the same tokens */
+} tsllm_sampling;
+
+/* One sequence's part of a step. */
+typedef struct tsllm_seq_input {
+  uint64_t id;
+  const int32_t* tokens;  /* its new tokens */
+  int32_t num_tokens;     /* >= 1 */
+  int32_t start_pos;      /* position of tokens[0]: the sequence's cached length, or less to rewind it */
+  int32_t all_logits;     /* 1: a logits row for every token; 0: only for the last token */
+  int32_t reserved;
+  tsllm_sampling sampling;
+} tsllm_seq_input;
+
+typedef struct tsllm_step_output {
+  float* logits;          /* optional, fp32 [rows, vocab]; rows = sum over sequences of (all_logits ? num_tokens : 1),
+                             in sequence order */
+  size_t logits_capacity; /* floats available at `logits` */
+  int32_t* tokens;        /* optional [num_seqs]: token sampled from each sequence's last row */
+  int32_t num_logit_rows; /* out: rows written */
+  int32_t vocab_size;     /* out */
+} tsllm_step_output;
+
+typedef struct tsllm_timings {
+  double ttft_ms;   /* from the start of the call's GPU work to the first tokens of every prompt (prefill + sampling) */
+  double decode_ms; /* all decode steps together */
+  double total_ms;  /* GPU timeline, first prefill to last token */
+  double wall_ms;   /* host wall clock of the whole call */
+  double* step_ms;  /* optional, caller-owned [max_new_tokens - 1]: time of each decode step */
+} tsllm_timings;
+
+typedef struct tsllm_info {
+  char gpu_name[128];
+  int32_t gpu_sm;          /* compute capability of the GPU, e.g. 90 */
+  int32_t engine_sm;       /* build.sm of the engine */
+  int32_t tp, rank;
+  int32_t vocab_size;
+  int32_t max_batch_size, max_seq_len, max_num_tokens; /* runtime limits in force */
+  int32_t tokens_per_block;
+  int32_t num_layers;
+  int32_t num_nodes;
+  int32_t num_cuda_graphs; /* decode graphs captured so far */
+  int32_t has_nccl;
+  int64_t kv_blocks_total;  /* blocks in the pool (one is reserved as the padding rows' scratch block) */
+  int64_t kv_blocks_free;
+  int64_t num_sequences;    /* sequences alive */
+  uint64_t weight_bytes, arena_bytes, kv_bytes, workspace_bytes;
+  char dtype[8];            /* activation dtype: fp16 | bf16 | fp32 */
+  char kv_dtype[8];
+} tsllm_info;
+
+int32_t tsllm_abi_version(void);
+
+/* Loads one rank file (e.g. engines/llama/rank0.engine). Returns NULL on failure. */
+tsllm_engine* tsllm_load(const char* rank_file, const tsllm_options* options, char* err, size_t errlen);
+
+/* One forward step over a packed batch of sequences (prefill chunks and decode tokens mixed).
+   Writes logits and/or sampled tokens; blocks until they are on the host. */
+int tsllm_step(tsllm_engine* e, const tsllm_seq_input* seqs, int32_t num_seqs, tsllm_step_output* out, char* err,
+               size_t errlen);
+
+/* Frees a sequence's KV blocks. Releasing an unknown id is not an error. */
+int tsllm_release(tsllm_engine* e, uint64_t seq_id, char* err, size_t errlen);
+
+/* Prefill `num_prompts` prompts (concatenated in `tokens`, lengths in `prompt_lens`) and decode
+   `max_new_tokens` tokens for each, all in C++ with no host synchronisation between decode steps.
+   sampling: per prompt, or NULL for greedy. out_tokens: [num_prompts, max_new_tokens]. timings: optional.
+   Every prompt generates exactly max_new_tokens (no stop tokens; the caller truncates). */
+int tsllm_generate(tsllm_engine* e, int32_t num_prompts, const int32_t* tokens, const int32_t* prompt_lens,
+                   int32_t max_new_tokens, const tsllm_sampling* sampling, int32_t* out_tokens, tsllm_timings* timings,
+                   char* err, size_t errlen);
+
+int tsllm_get_info(tsllm_engine* e, tsllm_info* out, char* err, size_t errlen);
+
+/* Frees everything; NULL is allowed. */
+void tsllm_unload(tsllm_engine* e);
+
+/* tp > 1: writes a fresh 128-byte NCCL unique id (rank 0 makes it, every rank gets the same bytes). */
+int tsllm_nccl_unique_id(void* out128, char* err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TSLLM_H_ */

@@ -1,0 +1,390 @@
+// Node-API addon over the C ABI (include/tsllm.h). Plain node_api.h, no node-addon-api.
+// Exports: abiVersion(), load(path, opts) -> handle, step(handle, seqs, want), release(handle, id),
+// generate(handle, tokens, lens, maxNew, sampling?), info(handle), unload(handle).
+// Calls are synchronous (one call per step / per whole generation); errors throw JS Errors.
+#include <node_api.h>
+#include <tsllm.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct Handle {
+  tsllm_engine* e = nullptr;
+};
+
+struct JsError {
+  std::string msg;
+};
+
+void check(napi_env env, napi_status st, const char* what) {
+  if (st != napi_ok) throw JsError{std::string("tsllm_node: ") + what + " failed"};
+}
+
+napi_value undefined(napi_env env) {
+  napi_value u;
+  napi_get_undefined(env, &u);
+  return u;
+}
+
+template <typename F>
+napi_value wrap(napi_env env, F&& f) {
+  try {
+    return f();
+  } catch (const JsError& e) {
+    bool pending = false;
+    napi_is_exception_pending(env, &pending);
+    if (!pending) napi_throw_error(env, nullptr, e.msg.c_str());
+  }
+  return nullptr;
+}
+
+std::vector<napi_value> args(napi_env env, napi_callback_info info, size_t n) {
+  std::vector<napi_value> a(n);
+  size_t argc = n;
+  check(env, napi_get_cb_info(env, info, &argc, a.data(), nullptr, nullptr), "get_cb_info");
+  for (size_t i = argc; i < n; i++) a[i] = undefined(env);
+  return a;
+}
+
+napi_valuetype type_of(napi_env env, napi_value v) {
+  napi_valuetype t;
+  check(env, napi_typeof(env, v, &t), "typeof");
+  return t;
+}
+
+bool present(napi_env env, napi_value v) {
+  napi_valuetype t = type_of(env, v);
+  return t != napi_undefined && t != napi_null;
+}
+
+napi_value prop(napi_env env, napi_value obj, const char* name) {
+  if (!present(env, obj)) return undefined(env);
+  napi_value v;
+  check(env, napi_get_named_property(env, obj, name, &v), name);
+  return v;
+}
+
+double num(napi_env env, napi_value v, const char* what) {
+  double d;
+  if (napi_get_value_double(env, v, &d) != napi_ok) throw JsError{std::string(what) + " must be a number"};
+  return d;
+}
+
+double num_or(napi_env env, napi_value obj, const char* name, double dflt) {
+  napi_value v = prop(env, obj, name);
+  return present(env, v) ? num(env, v, name) : dflt;
+}
+
+uint64_t u64(napi_env env, napi_value v, const char* what) {
+  napi_valuetype t = type_of(env, v);
+  if (t == napi_bigint) {
+    uint64_t x;
+    bool lossless;
+    check(env, napi_get_value_bigint_uint64(env, v, &x, &lossless), what);
+    if (!lossless) throw JsError{std::string(what) + " does not fit in u64"};
+    return x;
+  }
+  double d = num(env, v, what);
+  if (d < 0 || d != double(uint64_t(d))) throw JsError{std::string(what) + " must be a non-negative integer"};
+  return uint64_t(d);
+}
+
+uint64_t u64_or(napi_env env, napi_value obj, const char* name, uint64_t dflt) {
+  napi_value v = prop(env, obj, name);
+  return present(env, v) ? u64(env, v, name) : dflt;
+}
+
+std::string str(napi_env env, napi_value v, const char* what) {
+  size_t len = 0;
+  if (napi_get_value_string_utf8(env, v, nullptr, 0, &len) != napi_ok) throw JsError{std::string(what) + " must be a string"};
+  std::string s(len, '\0');
+  napi_get_value_string_utf8(env, v, &s[0], len + 1, &len);
+  return s;
+}
+
+// Int32Array contents (copied).
+std::vector<int32_t> i32array(napi_env env, napi_value v, const char* what) {
+  bool is_ta = false;
+  napi_is_typedarray(env, v, &is_ta);
+  if (!is_ta) throw JsError{std::string(what) + " must be an Int32Array"};
+  napi_typedarray_type t;
+  size_t len;
+  void* data;
+  check(env, napi_get_typedarray_info(env, v, &t, &len, &data, nullptr, nullptr), what);
+  if (t != napi_int32_array) throw JsError{std::string(what) + " must be an Int32Array"};
+  std::vector<int32_t> out(len);
+  if (len) std::memcpy(out.data(), data, len * 4);
+  return out;
+}
+
+template <napi_typedarray_type T, typename E>
+napi_value new_typed(napi_env env, size_t n, E** data) {
+  napi_value ab, ta;
+  void* raw;
+  check(env, napi_create_arraybuffer(env, n * sizeof(E), &raw, &ab), "create_arraybuffer");
+  check(env, napi_create_typedarray(env, T, n, ab, 0, &ta), "create_typedarray");
+  *data = static_cast<E*>(raw);
+  return ta;
+}
+
+void set(napi_env env, napi_value obj, const char* name, napi_value v) {
+  check(env, napi_set_named_property(env, obj, name, v), name);
+}
+void set_num(napi_env env, napi_value obj, const char* name, double d) {
+  napi_value v;
+  check(env, napi_create_double(env, d, &v), name);
+  set(env, obj, name, v);
+}
+void set_str(napi_env env, napi_value obj, const char* name, const char* s) {
+  napi_value v;
+  check(env, napi_create_string_utf8(env, s, NAPI_AUTO_LENGTH, &v), name);
+  set(env, obj, name, v);
+}
+
+void finalize(napi_env, void* data, void*) {
+  Handle* h = static_cast<Handle*>(data);
+  if (h->e) tsllm_unload(h->e);
+  delete h;
+}
+
+Handle* handle(napi_env env, napi_value v) {
+  void* data = nullptr;
+  if (type_of(env, v) != napi_external || napi_get_value_external(env, v, &data) != napi_ok)
+    throw JsError{"tsllm_node: expected an engine handle"};
+  Handle* h = static_cast<Handle*>(data);
+  if (!h->e) throw JsError{"tsllm_node: engine already unloaded"};
+  return h;
+}
+
+tsllm_sampling sampling_of(napi_env env, napi_value o) {
+  tsllm_sampling s{};
+  s.temperature = float(num_or(env, o, "temperature", 0.0));
+  s.top_k = int32_t(num_or(env, o, "topK", 0));
+  s.top_p = float(num_or(env, o, "topP", 1.0));
+  s.seed = u64_or(env, o, "seed", 0);
+  return s;
+}
+
+napi_value Load(napi_env env, napi_callback_info info) {
+  return wrap(env, [&] {
+    auto a = args(env, info, 2);
+    std::string path = str(env, a[0], "path");
+    tsllm_options o{};
+    napi_value opt = a[1];
+    o.device = int32_t(num_or(env, opt, "device", 0));
+    o.max_batch_size = int32_t(num_or(env, opt, "maxBatchSize", 0));
+    o.max_seq_len = int32_t(num_or(env, opt, "maxSeqLen", 0));
+    o.max_num_tokens = int32_t(num_or(env, opt, "maxNumTokens", 0));
+    o.tokens_per_block = int32_t(num_or(env, opt, "tokensPerBlock", 0));
+    o.kv_cache_free_gpu_mem_fraction = float(num_or(env, opt, "kvCacheFreeGpuMemFraction", 0));
+    o.kv_cache_max_blocks = int64_t(num_or(env, opt, "kvCacheMaxBlocks", 0));
+    napi_value g = prop(env, opt, "cudaGraphs");
+    if (present(env, g)) {
+      bool b = true;
+      check(env, napi_get_value_bool(env, g, &b), "cudaGraphs");
+      o.disable_cuda_graphs = b ? 0 : 1;
+    }
+    char err[2048] = {0};
+    tsllm_engine* e = tsllm_load(path.c_str(), &o, err, sizeof(err));
+    if (!e) throw JsError{err};
+    Handle* h = new Handle{e};
+    napi_value ext;
+    check(env, napi_create_external(env, h, finalize, nullptr, &ext), "create_external");
+    return ext;
+  });
+}
+
+napi_value Unload(napi_env env, napi_callback_info info) {
+  return wrap(env, [&] {
+    auto a = args(env, info, 1);
+    void* data = nullptr;
+    if (type_of(env, a[0]) == napi_external && napi_get_value_external(env, a[0], &data) == napi_ok) {
+      Handle* h = static_cast<Handle*>(data);
+      if (h->e) tsllm_unload(h->e);
+      h->e = nullptr;
+    }
+    return undefined(env);
+  });
+}
+
+// step(handle, seqs: [{id, tokens: Int32Array, startPos, allLogits?, temperature?, topK?, topP?, seed?}],
+//      want: {logits?: boolean, tokens?: boolean}) -> {rows, vocab, logits?: Float32Array, tokens?: Int32Array}
+napi_value Step(napi_env env, napi_callback_info info) {
+  return wrap(env, [&] {
+    auto a = args(env, info, 3);
+    Handle* h = handle(env, a[0]);
+    bool is_arr = false;
+    napi_is_array(env, a[1], &is_arr);
+    if (!is_arr) throw JsError{"step: seqs must be an array"};
+    uint32_t n = 0;
+    napi_get_array_length(env, a[1], &n);
+    std::vector<std::vector<int32_t>> toks(n);
+    std::vector<tsllm_seq_input> in(n);
+    size_t rows = 0;
+    for (uint32_t i = 0; i < n; i++) {
+      napi_value s;
+      check(env, napi_get_element(env, a[1], i, &s), "seqs[i]");
+      toks[i] = i32array(env, prop(env, s, "tokens"), "seqs[i].tokens");
+      tsllm_seq_input& q = in[i];
+      std::memset(&q, 0, sizeof(q));
+      q.id = u64(env, prop(env, s, "id"), "seqs[i].id");
+      q.tokens = toks[i].data();
+      q.num_tokens = int32_t(toks[i].size());
+      q.start_pos = int32_t(num_or(env, s, "startPos", 0));
+      napi_value al = prop(env, s, "allLogits");
+      bool all = false;
+      if (present(env, al)) napi_get_value_bool(env, al, &all);
+      q.all_logits = all ? 1 : 0;
+      q.sampling = sampling_of(env, s);
+      rows += all ? toks[i].size() : 1;
+    }
+    bool want_logits = false, want_tokens = false;
+    napi_value wl = prop(env, a[2], "logits"), wt = prop(env, a[2], "tokens");
+    if (present(env, wl)) napi_get_value_bool(env, wl, &want_logits);
+    if (present(env, wt)) napi_get_value_bool(env, wt, &want_tokens);
+    tsllm_info inf;
+    char err[2048] = {0};
+    if (tsllm_get_info(h->e, &inf, err, sizeof(err))) throw JsError{err};
+    napi_value res;
+    check(env, napi_create_object(env, &res), "create_object");
+    tsllm_step_output out{};
+    if (want_logits) {
+      float* p;
+      napi_value ta = new_typed<napi_float32_array, float>(env, rows * size_t(inf.vocab_size), &p);
+      out.logits = p;
+      out.logits_capacity = rows * size_t(inf.vocab_size);
+      set(env, res, "logits", ta);
+    }
+    if (want_tokens) {
+      int32_t* p;
+      napi_value ta = new_typed<napi_int32_array, int32_t>(env, n, &p);
+      out.tokens = p;
+      set(env, res, "tokens", ta);
+    }
+    if (tsllm_step(h->e, in.data(), int32_t(n), &out, err, sizeof(err))) throw JsError{err};
+    set_num(env, res, "rows", out.num_logit_rows);
+    set_num(env, res, "vocab", out.vocab_size);
+    return res;
+  });
+}
+
+napi_value Release(napi_env env, napi_callback_info info) {
+  return wrap(env, [&] {
+    auto a = args(env, info, 2);
+    Handle* h = handle(env, a[0]);
+    char err[1024] = {0};
+    if (tsllm_release(h->e, u64(env, a[1], "id"), err, sizeof(err))) throw JsError{err};
+    return undefined(env);
+  });
+}
+
+// generate(handle, tokens: Int32Array (prompts concatenated), lens: Int32Array, maxNew, sampling?: [{...}] | {...})
+//   -> {tokens: Int32Array [n*maxNew], ttftMs, decodeMs, totalMs, wallMs, stepMs: Float64Array}
+napi_value Generate(napi_env env, napi_callback_info info) {
+  return wrap(env, [&] {
+    auto a = args(env, info, 5);
+    Handle* h = handle(env, a[0]);
+    std::vector<int32_t> toks = i32array(env, a[1], "tokens");
+    std::vector<int32_t> lens = i32array(env, a[2], "lens");
+    int32_t max_new = int32_t(num(env, a[3], "maxNew"));
+    size_t n = lens.size();
+    size_t total = 0;
+    for (auto l : lens) total += size_t(l > 0 ? l : 0);
+    if (total != toks.size()) throw JsError{"generate: lens do not add up to tokens.length"};
+    std::vector<tsllm_sampling> sp;
+    if (present(env, a[4])) {
+      bool is_arr = false;
+      napi_is_array(env, a[4], &is_arr);
+      sp.resize(n);
+      for (uint32_t i = 0; i < n; i++) {
+        napi_value s = a[4];
+        if (is_arr) check(env, napi_get_element(env, a[4], i, &s), "sampling[i]");
+        sp[i] = sampling_of(env, s);
+      }
+    }
+    napi_value res;
+    check(env, napi_create_object(env, &res), "create_object");
+    int32_t* out;
+    napi_value tokens_ta = new_typed<napi_int32_array, int32_t>(env, n * size_t(max_new > 0 ? max_new : 0), &out);
+    double* steps;
+    napi_value steps_ta = new_typed<napi_float64_array, double>(env, size_t(max_new > 1 ? max_new - 1 : 0), &steps);
+    tsllm_timings t{};
+    t.step_ms = steps;
+    char err[2048] = {0};
+    if (tsllm_generate(h->e, int32_t(n), toks.data(), lens.data(), max_new, sp.empty() ? nullptr : sp.data(), out, &t,
+                       err, sizeof(err)))
+      throw JsError{err};
+    set(env, res, "tokens", tokens_ta);
+    set(env, res, "stepMs", steps_ta);
+    set_num(env, res, "ttftMs", t.ttft_ms);
+    set_num(env, res, "decodeMs", t.decode_ms);
+    set_num(env, res, "totalMs", t.total_ms);
+    set_num(env, res, "wallMs", t.wall_ms);
+    return res;
+  });
+}
+
+napi_value Info(napi_env env, napi_callback_info info) {
+  return wrap(env, [&] {
+    auto a = args(env, info, 1);
+    Handle* h = handle(env, a[0]);
+    tsllm_info i;
+    char err[1024] = {0};
+    if (tsllm_get_info(h->e, &i, err, sizeof(err))) throw JsError{err};
+    napi_value o;
+    check(env, napi_create_object(env, &o), "create_object");
+    set_str(env, o, "gpuName", i.gpu_name);
+    set_num(env, o, "gpuSm", i.gpu_sm);
+    set_num(env, o, "engineSm", i.engine_sm);
+    set_num(env, o, "tp", i.tp);
+    set_num(env, o, "rank", i.rank);
+    set_num(env, o, "vocabSize", i.vocab_size);
+    set_num(env, o, "maxBatchSize", i.max_batch_size);
+    set_num(env, o, "maxSeqLen", i.max_seq_len);
+    set_num(env, o, "maxNumTokens", i.max_num_tokens);
+    set_num(env, o, "tokensPerBlock", i.tokens_per_block);
+    set_num(env, o, "numLayers", i.num_layers);
+    set_num(env, o, "numNodes", i.num_nodes);
+    set_num(env, o, "numCudaGraphs", i.num_cuda_graphs);
+    set_num(env, o, "kvBlocksTotal", double(i.kv_blocks_total));
+    set_num(env, o, "kvBlocksFree", double(i.kv_blocks_free));
+    set_num(env, o, "numSequences", double(i.num_sequences));
+    set_num(env, o, "weightBytes", double(i.weight_bytes));
+    set_num(env, o, "arenaBytes", double(i.arena_bytes));
+    set_num(env, o, "kvBytes", double(i.kv_bytes));
+    set_num(env, o, "workspaceBytes", double(i.workspace_bytes));
+    set_str(env, o, "dtype", i.dtype);
+    set_str(env, o, "kvDtype", i.kv_dtype);
+    napi_value b;
+    napi_get_boolean(env, i.has_nccl != 0, &b);
+    set(env, o, "hasNccl", b);
+    return o;
+  });
+}
+
+napi_value AbiVersion(napi_env env, napi_callback_info) {
+  napi_value v;
+  napi_create_int32(env, tsllm_abi_version(), &v);
+  return v;
+}
+
+napi_value Init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+      {"abiVersion", nullptr, AbiVersion, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"load", nullptr, Load, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"unload", nullptr, Unload, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"step", nullptr, Step, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"release", nullptr, Release, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"generate", nullptr, Generate, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"info", nullptr, Info, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+  };
+  napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
+  return exports;
+}
+
+}  // namespace
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, Init)

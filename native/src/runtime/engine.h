@@ -1,0 +1,157 @@
+// The loaded engine: device memory, the op program, the paged KV cache, per-step metadata buffers
+// and the CUDA graphs of decode steps. load.cc builds it, forward.cc interprets the program,
+// step.cc plans and runs steps (tsllm_step, tsllm_generate), api.cc is the C ABI.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "../../include/tsllm.h"
+#include "../kernels/kernels.h"
+#include "engine_file.h"
+#include "gemm.h"
+#include "kv_cache.h"
+
+namespace tsllm {
+
+// A failure while running a step (one line).
+struct StepError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+#define TSLLM_CUDA(expr, what)                                                                                  \
+  do {                                                                                                          \
+    cudaError_t e_ = (expr);                                                                                    \
+    if (e_ != cudaSuccess) throw StepError(std::string(what) + ": " + cudaGetErrorString(e_));                  \
+  } while (0)
+
+// Byte offsets of the per-step metadata arrays inside one buffer (pinned on the host, mirrored on the
+// device, uploaded with one cudaMemcpyAsync). Block tables come last so a step copies only the prefix
+// up to its own sequences' rows.
+struct MetaLayout {
+  int tcap = 0, scap = 0, max_blocks = 0;
+  size_t seed = 0;          // u64 [tcap]   per logits row
+  size_t input_ids = 0;     // i32 [tcap]
+  size_t positions = 0;     // i32 [tcap]
+  size_t token_seq = 0;     // i32 [tcap]
+  size_t logits_indices = 0;// i32 [tcap]
+  size_t temperature = 0;   // f32 [tcap]   per logits row
+  size_t top_k = 0;         // i32 [tcap]
+  size_t top_p = 0;         // f32 [tcap]
+  size_t sample_step = 0;   // i32 [tcap]
+  size_t seq_start = 0;     // i32 [scap+1]
+  size_t seq_len = 0;       // i32 [scap]
+  size_t block_tables = 0;  // i32 [scap, max_blocks]
+  size_t total = 0;
+  size_t bytes_for(int num_seqs) const { return block_tables + size_t(num_seqs) * size_t(max_blocks) * 4; }
+};
+MetaLayout make_meta_layout(int tcap, int scap, int max_blocks);
+
+// Everything one kind of step (general, or graph-captured decode) reads and writes at fixed addresses.
+struct StepBuffers {
+  static constexpr int kRing = 3;
+  MetaLayout lay;
+  char* dev = nullptr;                 // device copy of the metadata
+  char* host[kRing] = {};              // pinned staging, reused round-robin
+  cudaEvent_t uploaded[kRing] = {};    // recorded after each slot's upload
+  int ring = 0;
+  int32_t* out_tokens = nullptr;       // device [tcap] sampled tokens, one per logits row
+  float* logits = nullptr;             // device fp32 [logits_rows, vocab] (unused when the engine's logits are fp32)
+  int64_t logits_rows = 0;
+  void* sample_ws = nullptr;
+  size_t sample_ws_bytes = 0;
+  int64_t sample_rows = 0;
+
+  template <typename T> T* dptr(size_t off) const { return reinterpret_cast<T*>(dev + off); }
+};
+
+// One sequence's part of a step, after the C ABI.
+struct SeqReq {
+  uint64_t id;
+  const int32_t* tokens;  // may be null when the ids come from the device (generate's decode)
+  int32_t n;
+  int32_t start;
+  bool all_logits;
+  tsllm_sampling sp;
+};
+
+// What the host decided for one step; forward() reads it.
+struct StepPlan {
+  StepBuffers* buf = nullptr;
+  int T = 0, S = 0, L = 0;      // tokens, sequences, logits rows as run (padded for graphs)
+  int real_S = 0, real_L = 0;
+  int max_new = 0, max_len = 0; // StepLayout's bounds (max_len bucketed for graphs)
+  bool graph = false;
+  std::pair<int, int> graph_key{0, 0};
+  std::vector<int> last_row;    // logits row of each real sequence's last token
+};
+
+struct Engine {
+  EngineDesc desc;
+  tsllm_options opts{};
+  int device = 0;
+  int gpu_sm = 0;
+  std::string gpu_name;
+  cudaStream_t stream = nullptr;
+  DType dt = DType::F16;
+  cudaDataType_t cuda_dt = CUDA_R_16F;
+
+  // Runtime limits in force.
+  int max_bs = 0, max_seq_len = 0, max_num_tokens = 0;
+  int tpb = 32, max_blocks_per_seq = 0;
+  int embed_vocab_end = 0;  // ids must be below this (tp == 1), 0 = unchecked
+
+  // Device memory.
+  char* weights = nullptr;
+  char* arena = nullptr;
+  void* kv_pool = nullptr;
+  size_t kv_bytes = 0;
+  void* attn_ws = nullptr;
+  size_t attn_ws_bytes = 0;
+  void* scratch = nullptr;  // linear with a residual and a non-epilogue activation whose out aliases the residual
+  size_t scratch_bytes = 0;
+  int32_t* gen_tokens = nullptr;  // generate(): [max_new, n] token history
+  size_t gen_tokens_cap = 0;
+  int32_t* host_tokens = nullptr;  // pinned [max_num_tokens]
+  size_t workspace_bytes = 0;      // everything besides weights, arena and KV (for info)
+
+  GemmRunner gemm;
+  KvBlockManager kv;
+  StepBuffers general, decode;
+
+  // CUDA graphs of decode steps: key (padded batch, max_seq_len bucket).
+  bool graphs_enabled = true;
+  std::vector<int> graph_sizes;  // ascending
+  std::map<std::pair<int, int>, cudaGraphExec_t> graphs;
+  std::map<std::pair<int, int>, int> graph_seen;  // first use runs eagerly (warms up modules and cuBLASLt), then captures
+
+  void* nccl_comm = nullptr;  // ncclComm_t when built with NCCL and tp > 1
+  uint64_t gen_counter = 0;
+
+  ~Engine();
+
+  const ValueDesc& val(int vi) const { return desc.values[size_t(vi)]; }
+  void* ptr(int vi, const StepPlan& p) const;
+  int64_t numel(int vi, const StepPlan& p) const { return int64_t(val(vi).numel(p.T, p.L, p.S)); }
+};
+
+DType to_dtype(ElemType t);
+
+// load.cc
+std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options& opts);
+// forward.cc: enqueues the op program for plan p on e.stream (capturable).
+void forward(Engine& e, const StepPlan& p);
+void nccl_destroy(Engine& e);
+void nccl_init(Engine& e, const void* unique_id);
+// step.cc
+void run_step(Engine& e, const SeqReq* reqs, int num_seqs, tsllm_step_output* out);
+void generate(Engine& e, int n, const int32_t* tokens, const int32_t* lens, int max_new, const tsllm_sampling* sp,
+              int32_t* out_tokens, tsllm_timings* t);
+void alloc_step_buffers(Engine& e, StepBuffers& b, int tcap, int scap, int64_t logits_rows);
+
+}  // namespace tsllm

@@ -1,0 +1,217 @@
+// The interpreter: runs the op program of one step on e.stream. Everything here is asynchronous and
+// capturable into a CUDA graph (no allocation, no synchronisation, no host reads of device data).
+#include <cstring>
+#include <string>
+
+#include "engine.h"
+#include "runtime_kernels.h"
+
+#ifdef TSLLM_WITH_NCCL
+#include <nccl.h>
+#endif
+
+namespace tsllm {
+
+namespace {
+
+[[noreturn]] void node_fail(size_t i, const NodeDesc& n, const std::string& msg) {
+  throw StepError("node " + std::to_string(i) + " (" + op_name(n.op) + "): " + msg);
+}
+
+}  // namespace
+
+void forward(Engine& e, const StepPlan& p) {
+  const EngineDesc& d = e.desc;
+  cudaStream_t s = e.stream;
+  const DType dt = e.dt;
+  const size_t es = elem_size(d.dtype);
+  StepBuffers& b = *p.buf;
+
+  PagedKV kv{};
+  kv.base = e.kv_pool;
+  kv.dtype = to_dtype(d.kv.dt);
+  kv.num_layers = d.kv.num_layers;
+  kv.num_blocks = int(e.kv.num_blocks());
+  kv.num_kv_heads = d.kv.num_kv_heads;
+  kv.head_dim = d.kv.head_dim;
+  kv.tokens_per_block = e.tpb;
+  kv.block_tables = b.dptr<int32_t>(b.lay.block_tables);
+  kv.max_blocks_per_seq = e.max_blocks_per_seq;
+  kv.kv_scale = 1.f;
+
+  StepLayout step{};
+  step.num_tokens = p.T;
+  step.num_seqs = p.S;
+  step.positions = b.dptr<int32_t>(b.lay.positions);
+  step.token_seq = b.dptr<int32_t>(b.lay.token_seq);
+  step.seq_start = b.dptr<int32_t>(b.lay.seq_start);
+  step.seq_len = b.dptr<int32_t>(b.lay.seq_len);
+  step.max_new_tokens = p.max_new;
+  step.max_seq_len = p.max_len;
+
+  for (size_t i = 0; i < d.nodes.size(); i++) {
+    const NodeDesc& n = d.nodes[i];
+    auto in = [&](size_t k) -> void* { return k < n.in.size() && n.in[k] >= 0 ? e.ptr(n.in[k], p) : nullptr; };
+    auto out = [&](size_t k) -> void* { return e.ptr(n.out[k], p); };
+    auto ck = [&](cudaError_t err) {
+      if (err != cudaSuccess) node_fail(i, n, cudaGetErrorString(err));
+    };
+    switch (n.op) {
+      case Op::Embedding: {
+        const ValueDesc& tab = e.val(n.in[1]);
+        int H = int(tab.shape[1].n);
+        int rows = int(e.numel(n.out[0], p) / H);
+        ck(embedding(static_cast<const int32_t*>(in(0)), in(1), out(0), rows, H, n.vocab_start, int(tab.shape[0].n), dt, s));
+        break;
+      }
+      case Op::Linear: {
+        const ValueDesc& w = e.val(n.in[1]);
+        int N = int(w.shape[0].n), K = int(w.shape[1].n);
+        int M = int(e.numel(n.in[0], p) / K);
+        void* bias = in(2);
+        void* res = in(3);
+        void* o = out(0);
+        GemmEpi epi = bias ? GemmEpi::Bias : GemmEpi::None;
+        std::string err;
+        if (n.act == Act::None) {
+          err = e.gemm.linear(in(0), in(1), bias, res, o, M, N, K, e.cuda_dt, epi, s);
+        } else if (!res && n.act == Act::GeluTanh) {
+          err = e.gemm.linear(in(0), in(1), bias, nullptr, o, M, N, K, e.cuda_dt,
+                              bias ? GemmEpi::GeluBias : GemmEpi::Gelu, s);
+        } else {
+          // act(x·wᵀ + b) (+ residual): GEMM (with the GELU epilogue when it is tanh), then the activation
+          // kernel, then the residual add. If out aliases the residual, the GEMM goes to scratch first.
+          void* tmp = (res && res == o) ? e.scratch : o;
+          GemmEpi ep = n.act == Act::GeluTanh ? (bias ? GemmEpi::GeluBias : GemmEpi::Gelu) : epi;
+          err = e.gemm.linear(in(0), in(1), bias, nullptr, tmp, M, N, K, e.cuda_dt, ep, s);
+          uint64_t cnt = uint64_t(M) * uint64_t(N);
+          if (err.empty() && n.act != Act::GeluTanh) ck(activation(tmp, tmp, cnt, n.act, dt, s));
+          if (err.empty() && res) ck(binary(tmp, res, o, cnt, false, dt, s));
+        }
+        if (!err.empty()) node_fail(i, n, err);
+        break;
+      }
+      case Op::RmsNorm:
+      case Op::AddRmsNorm: {
+        int H = int(e.val(n.in[0]).last_dim());
+        int rows = int(e.numel(n.in[0], p) / H);
+        bool add = n.op == Op::AddRmsNorm;
+        ck(rms_norm(in(0), add ? in(1) : nullptr, add ? in(2) : in(1), out(0), add ? out(1) : nullptr, rows, H, n.eps, dt, s));
+        break;
+      }
+      case Op::LayerNorm:
+      case Op::AddLayerNorm: {
+        int H = int(e.val(n.in[0]).last_dim());
+        int rows = int(e.numel(n.in[0], p) / H);
+        bool add = n.op == Op::AddLayerNorm;
+        ck(layer_norm(in(0), add ? in(1) : nullptr, add ? in(2) : in(1), add ? in(3) : in(2), out(0),
+                      add ? out(1) : nullptr, rows, H, n.eps, dt, s));
+        break;
+      }
+      case Op::Add:
+      case Op::Mul:
+        ck(binary(in(0), in(1), out(0), uint64_t(e.numel(n.out[0], p)), n.op == Op::Mul, dt, s));
+        break;
+      case Op::Silu:
+      case Op::Gelu: ck(activation(in(0), out(0), uint64_t(e.numel(n.out[0], p)), n.act, dt, s)); break;
+      case Op::GatedAct: {
+        int inter = int(e.val(n.out[0]).last_dim());
+        int rows = int(e.numel(n.out[0], p) / inter);
+        ck(gated_act(in(0), out(0), rows, inter, n.act, dt, s));
+        break;
+      }
+      case Op::Split: {
+        int W = int(e.val(n.in[0]).last_dim());
+        int rows = int(e.numel(n.in[0], p) / W);
+        int col = 0;
+        for (size_t k = 0; k < n.sizes.size(); k++) {
+          ck(slice_cols(in(0), out(k), rows, W, col, int(n.sizes[k]), dt, s));
+          col += int(n.sizes[k]);
+        }
+        break;
+      }
+      case Op::Rope: {
+        int W = int(e.val(n.in[0]).last_dim());
+        int rows = int(e.numel(n.in[0], p) / W);
+        ck(rope_standalone(in(0), out(0), static_cast<const int32_t*>(in(1)), static_cast<const float*>(in(2)), rows,
+                           n.num_heads, n.head_dim, n.rotary_dim, n.rope_style, dt, s));
+        break;
+      }
+      case Op::Attention:
+      case Op::FusedAttention: {
+        AttnParams ap{};
+        ap.layer = n.layer;
+        ap.num_heads = n.num_heads;
+        ap.num_kv_heads = n.num_kv_heads;
+        ap.head_dim = n.head_dim;
+        ap.scale = n.scale;
+        const void *q, *k, *v;
+        int qs, ks, vs;
+        if (n.op == Op::Attention) {
+          q = in(0), k = in(1), v = in(2);
+          qs = int(e.val(n.in[0]).last_dim()), ks = int(e.val(n.in[1]).last_dim()), vs = int(e.val(n.in[2]).last_dim());
+          ap.rotary_dim = 0;
+        } else {
+          const char* qkv = static_cast<const char*>(in(0));
+          int W = int(e.val(n.in[0]).last_dim());
+          q = qkv;
+          k = qkv + size_t(n.num_heads) * n.head_dim * es;
+          v = qkv + size_t(n.num_heads + n.num_kv_heads) * n.head_dim * es;
+          qs = ks = vs = W;
+          ap.rotary_dim = n.rotary_dim;
+          ap.rope_style = n.rope_style;
+          ap.inv_freq = n.rotary_dim > 0 ? static_cast<const float*>(in(2)) : nullptr;
+        }
+        ck(paged_attention(q, qs, k, ks, v, vs, out(0), kv, step, ap, dt, e.attn_ws, s));
+        break;
+      }
+      case Op::GatherRows: {
+        int H = int(e.val(n.in[0]).last_dim());
+        int rows = int(e.numel(n.out[0], p) / H);
+        ck(gather_rows(in(0), static_cast<const int32_t*>(in(1)), out(0), rows, H, dt, s));
+        break;
+      }
+      case Op::AllReduce: {
+#ifdef TSLLM_WITH_NCCL
+        size_t cnt = size_t(e.numel(n.out[0], p));
+        ncclDataType_t nt = dt == DType::BF16 ? ncclBfloat16 : ncclHalf;
+        ncclResult_t r = ncclAllReduce(in(0), out(0), cnt, nt, ncclSum, static_cast<ncclComm_t>(e.nccl_comm), s);
+        if (r != ncclSuccess) node_fail(i, n, std::string("ncclAllReduce: ") + ncclGetErrorString(r));
+#else
+        node_fail(i, n, "this build of libtsllm has no NCCL");
+#endif
+        break;
+      }
+    }
+  }
+}
+
+#ifdef TSLLM_WITH_NCCL
+void nccl_init(Engine& e, const void* unique_id) {
+  if (!unique_id)
+    throw LoadError(e.desc.path + ": a tp " + std::to_string(e.desc.tp) +
+                    " engine needs options.nccl_unique_id (make one with tsllm_nccl_unique_id and pass it to every rank)");
+  ncclUniqueId id;
+  static_assert(sizeof(id) == 128, "ncclUniqueId is 128 bytes");
+  memcpy(&id, unique_id, sizeof(id));
+  ncclComm_t comm = nullptr;
+  ncclResult_t r = ncclCommInitRank(&comm, e.desc.tp, id, e.desc.rank);
+  if (r != ncclSuccess)
+    throw LoadError(e.desc.path + ": ncclCommInitRank(rank " + std::to_string(e.desc.rank) + " of " +
+                    std::to_string(e.desc.tp) + "): " + ncclGetErrorString(r));
+  e.nccl_comm = comm;
+}
+void nccl_destroy(Engine& e) {
+  if (e.nccl_comm) ncclCommDestroy(static_cast<ncclComm_t>(e.nccl_comm));
+  e.nccl_comm = nullptr;
+}
+#else
+void nccl_init(Engine& e, const void*) {
+  throw LoadError(e.desc.path + ": engine is tensor-parallel (tp " + std::to_string(e.desc.tp) +
+                  ") but this libtsllm was built without NCCL; install NCCL (nccl.h, libnccl) and rebuild with "
+                  "npm run build:native");
+}
+void nccl_destroy(Engine&) {}
+#endif
+
+}  // namespace tsllm

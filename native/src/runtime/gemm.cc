@@ -1,0 +1,133 @@
+#include "gemm.h"
+
+#include <stdexcept>
+
+namespace tsllm {
+
+namespace {
+
+const char* lt_status(cublasStatus_t s) {
+  switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return "success";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "not initialized";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "alloc failed";
+    case CUBLAS_STATUS_INVALID_VALUE: return "invalid value";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "arch mismatch";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "mapping error";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "execution failed";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "internal error";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "not supported";
+    default: return "error";
+  }
+}
+
+int ptr_align(const void* p) {
+  if (!p) return 256;
+  uintptr_t v = reinterpret_cast<uintptr_t>(p);
+  int a = 256;
+  while (a > 2 && (v % uintptr_t(a)) != 0) a >>= 1;
+  return a;
+}
+
+}  // namespace
+
+#define LT_TRY(expr)                                                                                  \
+  do {                                                                                                \
+    cublasStatus_t st_ = (expr);                                                                      \
+    if (st_ != CUBLAS_STATUS_SUCCESS) return std::string(#expr " failed: ") + lt_status(st_);         \
+  } while (0)
+
+GemmRunner::~GemmRunner() {
+  for (auto& kv : cache_) {
+    if (kv.second.desc) cublasLtMatmulDescDestroy(kv.second.desc);
+    if (kv.second.a) cublasLtMatrixLayoutDestroy(kv.second.a);
+    if (kv.second.b) cublasLtMatrixLayoutDestroy(kv.second.b);
+    if (kv.second.c) cublasLtMatrixLayoutDestroy(kv.second.c);
+  }
+  if (workspace_) cudaFree(workspace_);
+  if (handle_) cublasLtDestroy(handle_);
+}
+
+void GemmRunner::init() {
+  cublasStatus_t st = cublasLtCreate(&handle_);
+  if (st != CUBLAS_STATUS_SUCCESS) throw std::runtime_error(std::string("cublasLtCreate failed: ") + lt_status(st));
+  cudaError_t e = cudaMalloc(&workspace_, kWorkspaceBytes);
+  if (e != cudaSuccess)
+    throw std::runtime_error(std::string("cudaMalloc of the 32 MB cuBLASLt workspace failed: ") + cudaGetErrorString(e));
+}
+
+std::string GemmRunner::make_plan(const Key& k, Plan* p) {
+  cudaDataType_t dt = cudaDataType_t(k.dt);
+  LT_TRY(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+  LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+  cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_DEFAULT;
+  switch (GemmEpi(k.epi)) {
+    case GemmEpi::None: epi = CUBLASLT_EPILOGUE_DEFAULT; break;
+    case GemmEpi::Bias: epi = CUBLASLT_EPILOGUE_BIAS; break;
+    case GemmEpi::Gelu: epi = CUBLASLT_EPILOGUE_GELU; break;
+    case GemmEpi::GeluBias: epi = CUBLASLT_EPILOGUE_GELU_BIAS; break;
+  }
+  LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+  if (k.epi == int(GemmEpi::Bias) || k.epi == int(GemmEpi::GeluBias)) {
+    cudaDataType_t bt = dt;
+    LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
+  }
+  // A = W: stored K×N column-major (ld K), op T -> N×K. B = x: K×M (ld K). C/D: N×M (ld N).
+  LT_TRY(cublasLtMatrixLayoutCreate(&p->a, dt, uint64_t(k.K), uint64_t(k.N), int64_t(k.K)));
+  LT_TRY(cublasLtMatrixLayoutCreate(&p->b, dt, uint64_t(k.K), uint64_t(k.M), int64_t(k.K)));
+  LT_TRY(cublasLtMatrixLayoutCreate(&p->c, dt, uint64_t(k.N), uint64_t(k.M), int64_t(k.N)));
+
+  cublasLtMatmulPreference_t pref = nullptr;
+  LT_TRY(cublasLtMatmulPreferenceCreate(&pref));
+  size_t ws = kWorkspaceBytes;
+  uint32_t al = uint32_t(k.align);
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al, sizeof(al));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al, sizeof(al));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof(al));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof(al));
+  cublasLtMatmulHeuristicResult_t res[4] = {};
+  int found = 0;
+  cublasStatus_t st =
+      cublasLtMatmulAlgoGetHeuristic(handle_, p->desc, p->a, p->b, p->c, p->c, pref, 4, res, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (st != CUBLAS_STATUS_SUCCESS || found == 0)
+    return "cuBLASLt has no algorithm for M=" + std::to_string(k.M) + " N=" + std::to_string(k.N) +
+           " K=" + std::to_string(k.K) + " epilogue " + std::to_string(k.epi) + " (" + lt_status(st) + ")";
+  p->algo = res[0].algo;
+  return "";
+}
+
+std::string GemmRunner::linear(const void* x, const void* w, const void* bias, const void* residual, void* out, int M,
+                               int N, int K, cudaDataType_t dt, GemmEpi epi, cudaStream_t s) {
+  if (M == 0) return "";
+  int align = ptr_align(x);
+  for (const void* p : {w, bias, residual, static_cast<const void*>(out)})
+    if (p && ptr_align(p) < align) align = ptr_align(p);
+  Key k{M, N, K, int(dt), int(epi), residual != nullptr, align};
+  auto it = cache_.find(k);
+  if (it == cache_.end()) {
+    Plan p;
+    std::string err = make_plan(k, &p);
+    if (!err.empty()) {
+      if (p.desc) cublasLtMatmulDescDestroy(p.desc);
+      if (p.a) cublasLtMatrixLayoutDestroy(p.a);
+      if (p.b) cublasLtMatrixLayoutDestroy(p.b);
+      if (p.c) cublasLtMatrixLayoutDestroy(p.c);
+      return err;
+    }
+    it = cache_.emplace(k, p).first;
+  }
+  Plan& p = it->second;
+  if (epi == GemmEpi::Bias || epi == GemmEpi::GeluBias)
+    LT_TRY(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+  float alpha = 1.f, beta = residual ? 1.f : 0.f;
+  const void* c = residual ? residual : out;
+  LT_TRY(cublasLtMatmul(handle_, p.desc, &alpha, w, p.a, x, p.b, &beta, c, p.c, out, p.c, &p.algo, workspace_,
+                        kWorkspaceBytes, s));
+  return "";
+}
+
+}  // namespace tsllm

@@ -1,0 +1,62 @@
+// Linear layers through cuBLASLt: out[M,N] = epilogue(x[M,K] · w[N,K]ᵀ (+ bias)) (+ residual).
+// Weights are stored [N,K] row-major, which is column-major K×N, so we compute outᵀ = Wᵀ·xᵀ with
+// A = W (op T), B = x (op N), D = outᵀ (N×M column-major = out row-major). fp32 compute.
+// Descriptors and the algorithm are chosen once per shape (cublasLtMatmulAlgoGetHeuristic) and cached,
+// so a step (or a CUDA graph capture) does no heuristic search after the first time.
+#pragma once
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+
+namespace tsllm {
+
+enum class GemmEpi : int { None = 0, Bias = 1, Gelu = 2, GeluBias = 3 };
+
+class GemmRunner {
+ public:
+  static constexpr size_t kWorkspaceBytes = size_t(32) << 20;
+
+  GemmRunner() = default;
+  ~GemmRunner();
+  GemmRunner(const GemmRunner&) = delete;
+  GemmRunner& operator=(const GemmRunner&) = delete;
+
+  // Throws std::runtime_error on failure.
+  void init();
+  // dt: CUDA_R_16F / CUDA_R_16BF (inputs and output). residual may be null or alias out.
+  // Returns an empty string on success, else a one-line message.
+  std::string linear(const void* x, const void* w, const void* bias, const void* residual, void* out, int M, int N,
+                     int K, cudaDataType_t dt, GemmEpi epi, cudaStream_t s);
+
+  size_t num_cached() const { return cache_.size(); }
+
+ private:
+  struct Key {
+    int M, N, K, dt, epi, has_c, align;
+    bool operator==(const Key& o) const {
+      return M == o.M && N == o.N && K == o.K && dt == o.dt && epi == o.epi && has_c == o.has_c && align == o.align;
+    }
+  };
+  struct KeyHash {
+    size_t operator()(const Key& k) const {
+      uint64_t h = 1469598103934665603ull;
+      for (int v : {k.M, k.N, k.K, k.dt, k.epi, k.has_c, k.align}) h = (h ^ uint64_t(uint32_t(v))) * 1099511628211ull;
+      return size_t(h);
+    }
+  };
+  struct Plan {
+    cublasLtMatmulDesc_t desc = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    cublasLtMatmulAlgo_t algo{};
+  };
+  std::string make_plan(const Key& k, Plan* p);
+
+  cublasLtHandle_t handle_ = nullptr;
+  void* workspace_ = nullptr;
+  std::unordered_map<Key, Plan, KeyHash> cache_;
+};
+
+}  // namespace tsllm

@@ -1,0 +1,344 @@
+// Loading a rank file onto the GPU: checks (version, sm, limits), weight upload (pread into pinned
+// staging + cudaMemcpyAsync, no conversion; random weights generated on the GPU), the activation arena,
+// workspaces, step buffers and the paged KV pool sized from what is left.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "engine.h"
+
+namespace tsllm {
+
+DType to_dtype(ElemType t) {
+  switch (t) {
+    case ElemType::F32: return DType::F32;
+    case ElemType::F16: return DType::F16;
+    case ElemType::BF16: return DType::BF16;
+    case ElemType::FP8_E4M3: return DType::FP8_E4M3;
+    default: return DType::F32;
+  }
+}
+
+MetaLayout make_meta_layout(int tcap, int scap, int max_blocks) {
+  MetaLayout l;
+  l.tcap = tcap;
+  l.scap = scap;
+  l.max_blocks = max_blocks;
+  size_t off = 0;
+  auto take = [&](size_t bytes) {
+    size_t o = off;
+    off = (off + bytes + 15) / 16 * 16;
+    return o;
+  };
+  size_t t = size_t(tcap), s = size_t(scap);
+  l.seed = take(8 * t);
+  l.input_ids = take(4 * t);
+  l.positions = take(4 * t);
+  l.token_seq = take(4 * t);
+  l.logits_indices = take(4 * t);
+  l.temperature = take(4 * t);
+  l.top_k = take(4 * t);
+  l.top_p = take(4 * t);
+  l.sample_step = take(4 * t);
+  l.seq_start = take(4 * (s + 1));
+  l.seq_len = take(4 * s);
+  l.block_tables = take(4 * s * size_t(max_blocks));
+  l.total = off;
+  return l;
+}
+
+Engine::~Engine() {
+  if (stream) cudaStreamSynchronize(stream);
+  for (auto& g : graphs) cudaGraphExecDestroy(g.second);
+  for (StepBuffers* b : {&general, &decode}) {
+    cudaFree(b->dev);
+    cudaFree(b->out_tokens);
+    cudaFree(b->logits);
+    cudaFree(b->sample_ws);
+    for (int i = 0; i < StepBuffers::kRing; i++) {
+      if (b->host[i]) cudaFreeHost(b->host[i]);
+      if (b->uploaded[i]) cudaEventDestroy(b->uploaded[i]);
+    }
+  }
+  nccl_destroy(*this);
+  cudaFree(weights);
+  cudaFree(arena);
+  cudaFree(kv_pool);
+  cudaFree(attn_ws);
+  cudaFree(scratch);
+  cudaFree(gen_tokens);
+  if (host_tokens) cudaFreeHost(host_tokens);
+  if (stream) cudaStreamDestroy(stream);
+}
+
+void* Engine::ptr(int vi, const StepPlan& p) const {
+  const ValueDesc& v = val(vi);
+  switch (v.kind) {
+    case ValueKind::Weight: return weights + desc.weights[size_t(v.weight)].device_offset;
+    case ValueKind::Arena: return arena + v.arena_offset;
+    case ValueKind::Input:
+      switch (v.input) {
+        case InputSlot::InputIds: return p.buf->dev + p.buf->lay.input_ids;
+        case InputSlot::Positions: return p.buf->dev + p.buf->lay.positions;
+        case InputSlot::LogitsIndices: return p.buf->dev + p.buf->lay.logits_indices;
+        default: break;
+      }
+      break;
+    default: break;
+  }
+  return nullptr;
+}
+
+void alloc_step_buffers(Engine& e, StepBuffers& b, int tcap, int scap, int64_t logits_rows) {
+  b.lay = make_meta_layout(tcap, scap, e.max_blocks_per_seq);
+  TSLLM_CUDA(cudaMalloc(&b.dev, b.lay.total), "cudaMalloc of step metadata");
+  TSLLM_CUDA(cudaMemset(b.dev, 0, b.lay.total), "cudaMemset of step metadata");
+  for (int i = 0; i < StepBuffers::kRing; i++) {
+    TSLLM_CUDA(cudaHostAlloc(reinterpret_cast<void**>(&b.host[i]), b.lay.total, cudaHostAllocDefault),
+               "cudaHostAlloc of step metadata");
+    std::memset(b.host[i], 0, b.lay.total);
+    TSLLM_CUDA(cudaEventCreateWithFlags(&b.uploaded[i], cudaEventDisableTiming), "cudaEventCreate");
+  }
+  TSLLM_CUDA(cudaMalloc(&b.out_tokens, sizeof(int32_t) * size_t(tcap)), "cudaMalloc of sampled tokens");
+  int64_t vocab = e.desc.vocab_size;
+  if (e.val(e.desc.logits_value).dt != ElemType::F32) {
+    TSLLM_CUDA(cudaMalloc(&b.logits, sizeof(float) * size_t(logits_rows) * size_t(vocab)), "cudaMalloc of fp32 logits");
+  }
+  b.logits_rows = logits_rows;
+  b.sample_ws_bytes = sampling_workspace_bytes(int(logits_rows), int(vocab));
+  if (b.sample_ws_bytes) TSLLM_CUDA(cudaMalloc(&b.sample_ws, b.sample_ws_bytes), "cudaMalloc of sampling workspace");
+  b.sample_rows = logits_rows;
+}
+
+namespace {
+
+struct Fd {
+  int fd = -1;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+std::string mib(uint64_t b) { return std::to_string((b + (1 << 19)) >> 20) + " MiB"; }
+
+void upload_weights(Engine& e) {
+  const EngineDesc& d = e.desc;
+  auto fail = [&](const std::string& m) { return LoadError(d.path + ": " + m); };
+  auto ck = [&](cudaError_t err, const char* what) {
+    if (err != cudaSuccess) throw fail(std::string(what) + ": " + cudaGetErrorString(err));
+  };
+  if (d.weight_device_bytes) ck(cudaMalloc(&e.weights, d.weight_device_bytes), "cudaMalloc of weights");
+
+  // Random weights: generated on the GPU.
+  for (const WeightDesc& w : d.weights) {
+    if (!w.random) continue;
+    const ValueDesc& v = d.values[size_t(w.value)];
+    ck(random_fill(e.weights + w.device_offset, to_dtype(v.dt), v.max_numel(), w.seed, w.mean, w.scale, e.stream),
+       ("random_fill of " + v.name).c_str());
+  }
+
+  // Stored weights, in file order: pread into one of two pinned staging buffers, async copy, alternate.
+  std::vector<const WeightDesc*> order;
+  for (const WeightDesc& w : d.weights)
+    if (!w.random && w.nbytes) order.push_back(&w);
+  if (order.empty()) return;
+  std::sort(order.begin(), order.end(), [](const WeightDesc* a, const WeightDesc* b) { return a->offset < b->offset; });
+
+  Fd f;
+  f.fd = ::open(d.path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (f.fd < 0) throw fail(std::string("cannot open: ") + std::strerror(errno));
+  const size_t kChunk = size_t(64) << 20;
+  void* staging[2] = {};
+  cudaEvent_t done[2] = {};
+  struct Cleanup {
+    void** s;
+    cudaEvent_t* ev;
+    ~Cleanup() {
+      for (int i = 0; i < 2; i++) {
+        if (ev[i]) cudaEventSynchronize(ev[i]), cudaEventDestroy(ev[i]);
+        if (s[i]) cudaFreeHost(s[i]);
+      }
+    }
+  } cleanup{staging, done};
+  for (int i = 0; i < 2; i++) {
+    ck(cudaHostAlloc(&staging[i], kChunk, cudaHostAllocDefault), "cudaHostAlloc of the weight staging buffer");
+    ck(cudaEventCreateWithFlags(&done[i], cudaEventDisableTiming), "cudaEventCreate");
+  }
+  int k = 0;
+  for (const WeightDesc* w : order) {
+    uint64_t pos = 0;
+    while (pos < w->nbytes) {
+      size_t len = size_t(std::min<uint64_t>(kChunk, w->nbytes - pos));
+      ck(cudaEventSynchronize(done[k]), "waiting for a weight copy");
+      size_t got = 0;
+      while (got < len) {
+        ssize_t n = ::pread(f.fd, static_cast<char*>(staging[k]) + got, len - got,
+                            off_t(d.data_offset + w->offset + pos + got));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0)
+          throw fail("short read of weight " + d.values[size_t(w->value)].name + " at byte " +
+                     std::to_string(d.data_offset + w->offset + pos + got) +
+                     (n < 0 ? std::string(": ") + std::strerror(errno) : std::string(" (end of file)")));
+        got += size_t(n);
+      }
+      ck(cudaMemcpyAsync(e.weights + w->device_offset + pos, staging[k], len, cudaMemcpyHostToDevice, e.stream),
+         "cudaMemcpyAsync of weights");
+      ck(cudaEventRecord(done[k], e.stream), "cudaEventRecord");
+      k ^= 1;
+      pos += len;
+    }
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options& opts) {
+  auto e = std::make_unique<Engine>();
+  e->desc = read_engine_header(path);
+  e->opts = opts;
+  const EngineDesc& d = e->desc;
+  auto fail = [&](const std::string& m) { return LoadError(path + ": " + m); };
+  auto ck = [&](cudaError_t err, const std::string& what) {
+    if (err != cudaSuccess) throw fail(what + ": " + cudaGetErrorString(err));
+  };
+
+  // ---- device and SM ----
+  e->device = opts.device;
+  int ndev = 0;
+  ck(cudaGetDeviceCount(&ndev), "no usable CUDA device");
+  if (e->device < 0 || e->device >= ndev)
+    throw fail("CUDA device " + std::to_string(e->device) + " requested, " + std::to_string(ndev) + " present");
+  ck(cudaSetDevice(e->device), "cudaSetDevice");
+  cudaDeviceProp prop{};
+  ck(cudaGetDeviceProperties(&prop, e->device), "cudaGetDeviceProperties");
+  e->gpu_sm = prop.major * 10 + prop.minor;
+  e->gpu_name = prop.name;
+  if (d.sm > e->gpu_sm)
+    throw fail("engine built for sm " + std::to_string(d.sm) + ", but GPU " + std::to_string(e->device) + " (" +
+               e->gpu_name + ") is sm " + std::to_string(e->gpu_sm) + "; rebuild it with --sm " +
+               std::to_string(e->gpu_sm));
+  if (e->gpu_sm < 80)
+    throw fail("GPU " + e->gpu_name + " is sm " + std::to_string(e->gpu_sm) + "; the tsllm CUDA runtime needs sm 80 or newer");
+
+  // ---- limits ----
+  auto limit = [&](int32_t asked, int64_t built, const char* name) -> int {
+    if (asked < 0) throw fail(std::string(name) + " must be positive");
+    if (asked == 0) return int(built);
+    if (asked > built)
+      throw fail(std::string(name) + " " + std::to_string(asked) + " exceeds the engine's " + std::to_string(built) +
+                 " (it was built for at most that; rebuild with a larger --" + name + ")");
+    return asked;
+  };
+  e->max_bs = limit(opts.max_batch_size, d.max_batch_size, "max_batch_size");
+  e->max_seq_len = limit(opts.max_seq_len, d.max_seq_len, "max_seq_len");
+  e->max_num_tokens = limit(opts.max_num_tokens, d.max_num_tokens, "max_num_tokens");
+  e->tpb = opts.tokens_per_block > 0 ? opts.tokens_per_block : d.kv.tokens_per_block;
+  if (e->tpb <= 0) throw fail("tokens_per_block must be positive");
+  e->max_blocks_per_seq = (e->max_seq_len + e->tpb - 1) / e->tpb;
+  e->dt = to_dtype(d.dtype);
+  e->cuda_dt = d.dtype == ElemType::BF16 ? CUDA_R_16BF : CUDA_R_16F;
+  if (d.kv.num_layers > 0 && d.kv.dt != ElemType::F16 && d.kv.dt != ElemType::BF16)
+    throw fail(std::string("kv_cache dtype ") + elem_name(d.kv.dt) + " is not supported by this runtime yet (fp16, bf16)");
+  for (const NodeDesc& n : d.nodes) {
+    if (n.op == Op::Embedding && d.tp == 1) {
+      int end = n.vocab_start + int(e->val(n.in[1]).shape[0].n);
+      e->embed_vocab_end = e->embed_vocab_end ? std::min(e->embed_vocab_end, end) : end;
+    }
+  }
+
+  ck(cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking), "cudaStreamCreate");
+
+  // ---- weights, arena ----
+  upload_weights(*e);
+  if (d.arena_bytes) ck(cudaMalloc(&e->arena, d.arena_bytes), "cudaMalloc of the " + mib(d.arena_bytes) + " activation arena");
+
+  // ---- workspaces ----
+  try {
+    e->gemm.init();
+  } catch (const std::exception& ex) {
+    throw fail(ex.what());
+  }
+  int max_heads = 0, max_hd = 0;
+  for (const NodeDesc& n : d.nodes) {
+    if (n.op == Op::Attention || n.op == Op::FusedAttention) {
+      max_heads = std::max(max_heads, n.num_heads);
+      max_hd = std::max(max_hd, n.head_dim);
+    }
+    if (n.op == Op::Linear && n.in.size() > 3 && n.in[3] >= 0 && n.act != Act::None)
+      e->scratch_bytes = std::max<size_t>(e->scratch_bytes, e->val(n.out[0]).max_numel() * elem_size(d.dtype));
+  }
+  if (max_heads) {
+    e->attn_ws_bytes = attention_workspace_bytes(e->max_num_tokens, e->max_bs, max_heads, max_hd, e->max_seq_len);
+    if (e->attn_ws_bytes) ck(cudaMalloc(&e->attn_ws, e->attn_ws_bytes), "cudaMalloc of the attention workspace");
+  }
+  if (e->scratch_bytes) ck(cudaMalloc(&e->scratch, e->scratch_bytes), "cudaMalloc of GEMM scratch");
+
+  // Decode graphs at batch sizes 1, 2, 4, ..., 256: the smallest power of two >= max_bs is included so
+  // every decode batch up to max_bs pads to a captured size; padding rows must fit the arena (max_num_tokens).
+  e->graphs_enabled = !opts.disable_cuda_graphs;
+  for (int b = 1; b <= 256; b *= 2) {
+    if (b > e->max_num_tokens || b > d.max_num_tokens) break;
+    e->graph_sizes.push_back(b);
+    if (b >= e->max_bs) break;
+  }
+  if (e->graph_sizes.empty()) e->graphs_enabled = false;
+
+  try {
+    alloc_step_buffers(*e, e->general, e->max_num_tokens, e->max_bs, std::min(e->max_bs, e->max_num_tokens));
+    if (e->graphs_enabled) {
+      int gmax = e->graph_sizes.back();
+      alloc_step_buffers(*e, e->decode, gmax, gmax, gmax);
+    }
+    TSLLM_CUDA(cudaHostAlloc(reinterpret_cast<void**>(&e->host_tokens), sizeof(int32_t) * size_t(e->max_num_tokens),
+                             cudaHostAllocDefault),
+               "cudaHostAlloc");
+  } catch (const StepError& ex) {
+    throw fail(ex.what());
+  }
+  for (StepBuffers* b : {&e->general, &e->decode})
+    e->workspace_bytes += b->lay.total + b->logits_rows * size_t(d.vocab_size) * (b->logits ? 4 : 0) +
+                          b->sample_ws_bytes + size_t(b->lay.tcap) * 4;
+  e->workspace_bytes += GemmRunner::kWorkspaceBytes + e->attn_ws_bytes + e->scratch_bytes;
+
+  // ---- tensor parallelism ----
+  if (d.tp > 1) nccl_init(*e, opts.nccl_unique_id);
+
+  ck(cudaStreamSynchronize(e->stream), "uploading weights");
+
+  // ---- paged KV cache from what is left ----
+  if (d.kv.num_layers > 0) {
+    size_t free_b = 0, total_b = 0;
+    ck(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
+    float frac = opts.kv_cache_free_gpu_mem_fraction > 0 ? opts.kv_cache_free_gpu_mem_fraction : 0.9f;
+    if (frac > 1.f) throw fail("kv_cache_free_gpu_mem_fraction must be in (0, 1]");
+    uint64_t block_bytes = uint64_t(d.kv.num_layers) * 2 * uint64_t(d.kv.num_kv_heads) * uint64_t(e->tpb) *
+                           uint64_t(d.kv.head_dim) * elem_size(d.kv.dt);
+    uint64_t budget = uint64_t(double(free_b) * double(frac));
+    int64_t blocks = int64_t(budget / block_bytes);
+    int64_t useful = int64_t(e->max_bs) * e->max_blocks_per_seq + 1;  // +1: padding rows' scratch block
+    if (opts.kv_cache_max_blocks > 0) useful = std::min<int64_t>(useful, opts.kv_cache_max_blocks);
+    blocks = std::min(blocks, useful);
+    int64_t need = e->max_blocks_per_seq + 1;
+    if (blocks < need)
+      throw fail("KV cache too small: " + mib(free_b) + " free after weights (" + mib(d.weight_device_bytes) +
+                 "), arena (" + mib(d.arena_bytes) + ") and workspaces (" + mib(e->workspace_bytes) + "); " +
+                 std::to_string(frac) + " of it gives " + std::to_string(blocks) + " blocks of " +
+                 std::to_string(block_bytes >> 10) + " KiB, but one sequence of max_seq_len " +
+                 std::to_string(e->max_seq_len) + " needs " + std::to_string(need) +
+                 " (with the reserved block); lower max_seq_len or raise kv_cache_free_gpu_mem_fraction");
+    e->kv_bytes = size_t(blocks) * block_bytes;
+    ck(cudaMalloc(&e->kv_pool, e->kv_bytes), "cudaMalloc of the " + mib(e->kv_bytes) + " KV cache");
+    ck(cudaMemset(e->kv_pool, 0, e->kv_bytes), "cudaMemset of the KV cache");
+    e->kv.init(blocks, e->tpb, 1);
+  } else {
+    e->kv.init(0, e->tpb, 0);
+  }
+  ck(cudaStreamSynchronize(e->stream), "initialising the KV cache");
+  ck(cudaDeviceSynchronize(), "loading");
+  return e;
+}
+
+}  // namespace tsllm

@@ -1,0 +1,398 @@
+// Steps: planning on the host (KV blocks, packed metadata in one pinned buffer, one upload), running
+// the program eagerly or as a CUDA graph (pure-decode steps), logits to fp32, sampling on the GPU.
+//
+// CUDA graphs: a pure-decode step (every sequence brings one token) of S sequences is padded to the
+// smallest captured batch size B >= S (1, 2, 4, ..., 256). Padding rows are sequences of one token at
+// position 0 whose block table points at block 0, a scratch block no sequence owns. The graph for
+// (B, L) is keyed also by L, the max_seq_len bound given to the attention kernel: the smallest power of
+// two >= 256 holding the longest sequence (capped at max_seq_len), so attention work follows the real
+// context length. The first step with a key runs eagerly (warming kernels and cuBLASLt plans), the
+// second captures and replays; later ones only upload metadata (fixed addresses) and replay.
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <unordered_set>
+
+#include "engine.h"
+
+namespace tsllm {
+
+namespace {
+
+constexpr uint64_t kGenerateIdBit = uint64_t(1) << 63;
+
+int len_bucket(const Engine& e, int max_len) {
+  int b = 256;
+  while (b < max_len) b *= 2;
+  return std::min(b, e.max_seq_len);
+}
+
+const float* logits_f32(const Engine& e, const StepPlan& p) {
+  if (p.buf->logits) return p.buf->logits;
+  return static_cast<const float*>(e.ptr(e.desc.logits_value, p));
+}
+
+void grow_general(Engine& e, int64_t rows) {
+  StepBuffers& b = e.general;
+  if (rows <= b.logits_rows && rows <= b.sample_rows) return;
+  TSLLM_CUDA(cudaStreamSynchronize(e.stream), "step");
+  int64_t vocab = e.desc.vocab_size;
+  if (e.val(e.desc.logits_value).dt != ElemType::F32) {
+    cudaFree(b.logits);
+    b.logits = nullptr;
+    TSLLM_CUDA(cudaMalloc(&b.logits, sizeof(float) * size_t(rows) * size_t(vocab)), "cudaMalloc of fp32 logits");
+  }
+  b.logits_rows = rows;
+  cudaFree(b.sample_ws);
+  b.sample_ws = nullptr;
+  b.sample_ws_bytes = sampling_workspace_bytes(int(rows), int(vocab));
+  if (b.sample_ws_bytes) TSLLM_CUDA(cudaMalloc(&b.sample_ws, b.sample_ws_bytes), "cudaMalloc of sampling workspace");
+  b.sample_rows = rows;
+}
+
+// Validates the requests, grows the sequences' KV blocks, writes the step's metadata into a pinned
+// slot and uploads it (one cudaMemcpyAsync). dev_ids: tokens already on the device (one per sequence).
+void plan_and_upload(Engine& e, const SeqReq* r, int S, StepPlan& p, const int32_t* dev_ids) {
+  if (S < 1) throw StepError("a step needs at least one sequence");
+  if (S > e.max_bs)
+    throw StepError("step has " + std::to_string(S) + " sequences, max_batch_size is " + std::to_string(e.max_bs));
+  int64_t T = 0, L = 0;
+  int max_new = 0, max_len = 0;
+  bool decode = true;
+  int64_t extra = 0;
+  std::unordered_set<uint64_t> seen;
+  for (int i = 0; i < S; i++) {
+    const SeqReq& q = r[i];
+    std::string who = "sequence " + std::to_string(q.id);
+    if (q.n < 1) throw StepError(who + ": needs at least one token");
+    if (!seen.insert(q.id).second) throw StepError(who + " appears twice in one step");
+    if (q.start < 0) throw StepError(who + ": negative start position");
+    const Sequence* sq = e.kv.find(q.id);
+    int cached = sq ? sq->len : 0;
+    if (q.start > cached)
+      throw StepError(who + " has " + std::to_string(cached) + " cached tokens, a step cannot start at position " +
+                      std::to_string(q.start));
+    if (int64_t(q.start) + q.n > e.max_seq_len)
+      throw StepError(who + ": positions up to " + std::to_string(int64_t(q.start) + q.n) + " exceed max_seq_len " +
+                      std::to_string(e.max_seq_len));
+    if (q.tokens)
+      for (int j = 0; j < q.n; j++)
+        if (q.tokens[j] < 0 || (e.embed_vocab_end && q.tokens[j] >= e.embed_vocab_end))
+          throw StepError(who + ": token id " + std::to_string(q.tokens[j]) + " outside the vocabulary [0, " +
+                          std::to_string(e.embed_vocab_end) + ")");
+    if (!q.tokens && !dev_ids) throw StepError(who + ": no tokens");
+    T += q.n;
+    L += q.all_logits ? q.n : 1;
+    max_new = std::max(max_new, q.n);
+    max_len = std::max(max_len, q.start + q.n);
+    decode = decode && q.n == 1;
+    extra += e.kv.extra_blocks(q.id, q.start + q.n);
+  }
+  if (T > e.max_num_tokens)
+    throw StepError("step has " + std::to_string(T) + " tokens, max_num_tokens is " + std::to_string(e.max_num_tokens));
+  if (e.desc.kv.num_layers > 0 && extra > e.kv.num_free())
+    throw StepError("KV cache full: the step needs " + std::to_string(extra) + " more blocks, " +
+                    std::to_string(e.kv.num_free()) + " of " + std::to_string(e.kv.num_blocks()) +
+                    " are free (release finished sequences)");
+  if (e.desc.kv.num_layers > 0)
+    for (int i = 0; i < S; i++) e.kv.resize(r[i].id, r[i].start + r[i].n);
+
+  p.real_S = S;
+  p.real_L = int(L);
+  p.graph = e.graphs_enabled && decode && S <= e.graph_sizes.back();
+  if (p.graph) {
+    int B = *std::lower_bound(e.graph_sizes.begin(), e.graph_sizes.end(), S);
+    p.buf = &e.decode;
+    p.T = p.S = p.L = B;
+    p.max_new = 1;
+    p.max_len = len_bucket(e, max_len);
+    p.graph_key = {B, p.max_len};
+  } else {
+    p.buf = &e.general;
+    p.T = int(T);
+    p.S = S;
+    p.L = int(L);
+    p.max_new = max_new;
+    p.max_len = max_len;
+    grow_general(e, L);
+  }
+
+  StepBuffers& b = *p.buf;
+  int slot = b.ring;
+  b.ring = (b.ring + 1) % StepBuffers::kRing;
+  TSLLM_CUDA(cudaEventSynchronize(b.uploaded[slot]), "waiting for a metadata slot");
+  char* h = b.host[slot];
+  const MetaLayout& l = b.lay;
+  auto* ids = reinterpret_cast<int32_t*>(h + l.input_ids);
+  auto* pos = reinterpret_cast<int32_t*>(h + l.positions);
+  auto* tseq = reinterpret_cast<int32_t*>(h + l.token_seq);
+  auto* lidx = reinterpret_cast<int32_t*>(h + l.logits_indices);
+  auto* temp = reinterpret_cast<float*>(h + l.temperature);
+  auto* topk = reinterpret_cast<int32_t*>(h + l.top_k);
+  auto* topp = reinterpret_cast<float*>(h + l.top_p);
+  auto* seed = reinterpret_cast<uint64_t*>(h + l.seed);
+  auto* sstep = reinterpret_cast<int32_t*>(h + l.sample_step);
+  auto* sstart = reinterpret_cast<int32_t*>(h + l.seq_start);
+  auto* slen = reinterpret_cast<int32_t*>(h + l.seq_len);
+  auto* bt = reinterpret_cast<int32_t*>(h + l.block_tables);
+  const int MB = l.max_blocks;
+
+  p.last_row.assign(size_t(S), 0);
+  int tok = 0, row = 0;
+  auto put_row = [&](int t, const tsllm_sampling& sp, int position) {
+    lidx[row] = t;
+    temp[row] = sp.temperature;
+    topk[row] = sp.top_k;
+    topp[row] = sp.top_p > 0.f ? sp.top_p : 1.f;
+    seed[row] = sp.seed;
+    sstep[row] = position;
+    row++;
+  };
+  for (int s = 0; s < S; s++) {
+    const SeqReq& q = r[s];
+    sstart[s] = tok;
+    for (int j = 0; j < q.n; j++) {
+      ids[tok] = q.tokens ? q.tokens[j] : 0;
+      pos[tok] = q.start + j;
+      tseq[tok] = s;
+      if (q.all_logits || j == q.n - 1) put_row(tok, q.sp, q.start + j);
+      tok++;
+    }
+    p.last_row[size_t(s)] = row - 1;
+    slen[s] = q.start + q.n;
+    int32_t* rowp = bt + size_t(s) * MB;
+    const Sequence* sq = e.kv.find(q.id);
+    int nb = sq ? int(sq->blocks.size()) : 0;
+    if (nb) std::memcpy(rowp, sq->blocks.data(), sizeof(int32_t) * size_t(nb));
+    std::memset(rowp + nb, 0, sizeof(int32_t) * size_t(MB - nb));
+  }
+  const tsllm_sampling greedy{0.f, 1, 1.f, 0, 0};
+  for (int s = S; s < p.S; s++) {  // graph padding rows
+    sstart[s] = tok;
+    ids[tok] = 0;
+    pos[tok] = 0;
+    tseq[tok] = s;
+    put_row(tok, greedy, 0);
+    slen[s] = 1;
+    std::memset(bt + size_t(s) * MB, 0, sizeof(int32_t) * size_t(MB));
+    tok++;
+  }
+  sstart[p.S] = tok;
+
+  TSLLM_CUDA(cudaMemcpyAsync(b.dev, h, l.bytes_for(p.S), cudaMemcpyHostToDevice, e.stream), "uploading step metadata");
+  TSLLM_CUDA(cudaEventRecord(b.uploaded[slot], e.stream), "cudaEventRecord");
+  if (dev_ids)
+    TSLLM_CUDA(cudaMemcpyAsync(b.dev + l.input_ids, dev_ids, sizeof(int32_t) * size_t(S), cudaMemcpyDeviceToDevice,
+                               e.stream),
+               "copying sampled tokens to the next step");
+}
+
+// Logits to fp32 and (optionally) sampling, after the program.
+void postprocess(Engine& e, const StepPlan& p, bool do_sample) {
+  StepBuffers& b = *p.buf;
+  const EngineDesc& d = e.desc;
+  uint64_t n = uint64_t(p.L) * uint64_t(d.vocab_size);
+  if (b.logits) {
+    cudaError_t err = convert(e.ptr(d.logits_value, p), to_dtype(e.val(d.logits_value).dt), b.logits, DType::F32, n, e.stream);
+    if (err != cudaSuccess) throw StepError(std::string("converting logits to fp32: ") + cudaGetErrorString(err));
+  }
+  if (do_sample) {
+    const MetaLayout& l = b.lay;
+    cudaError_t err = sample(logits_f32(e, p), p.L, d.vocab_size, b.dptr<float>(l.temperature), b.dptr<int32_t>(l.top_k),
+                             b.dptr<float>(l.top_p), b.dptr<uint64_t>(l.seed), b.dptr<int32_t>(l.sample_step),
+                             b.out_tokens, b.sample_ws, e.stream);
+    if (err != cudaSuccess) throw StepError(std::string("sampling: ") + cudaGetErrorString(err));
+  }
+}
+
+void execute(Engine& e, const StepPlan& p, bool do_sample) {
+  if (!p.graph) {
+    forward(e, p);
+    postprocess(e, p, do_sample);
+    return;
+  }
+  auto it = e.graphs.find(p.graph_key);
+  if (it == e.graphs.end()) {
+    if (e.graph_seen[p.graph_key]++ == 0) {  // first time: eager
+      forward(e, p);
+      postprocess(e, p, true);
+      return;
+    }
+    cudaGraph_t g = nullptr;
+    TSLLM_CUDA(cudaStreamBeginCapture(e.stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+    try {
+      forward(e, p);
+      postprocess(e, p, true);
+    } catch (...) {
+      cudaStreamEndCapture(e.stream, &g);
+      if (g) cudaGraphDestroy(g);
+      throw;
+    }
+    TSLLM_CUDA(cudaStreamEndCapture(e.stream, &g), "cudaStreamEndCapture");
+    cudaGraphExec_t ge = nullptr;
+    cudaError_t err = cudaGraphInstantiate(&ge, g, 0);
+    cudaGraphDestroy(g);
+    TSLLM_CUDA(err, "cudaGraphInstantiate");
+    it = e.graphs.emplace(p.graph_key, ge).first;
+  }
+  TSLLM_CUDA(cudaGraphLaunch(it->second, e.stream), "cudaGraphLaunch");
+}
+
+}  // namespace
+
+void run_step(Engine& e, const SeqReq* reqs, int num_seqs, tsllm_step_output* out) {
+  for (int i = 0; i < num_seqs; i++)
+    if (reqs[i].id & kGenerateIdBit)
+      throw StepError("sequence ids with the top bit set are reserved for tsllm_generate");
+  StepPlan p;
+  plan_and_upload(e, reqs, num_seqs, p, nullptr);
+  bool want_tokens = out && out->tokens;
+  bool want_logits = out && out->logits;
+  size_t vocab = size_t(e.desc.vocab_size);
+  if (want_logits && out->logits_capacity < size_t(p.real_L) * vocab)
+    throw StepError("logits buffer holds " + std::to_string(out->logits_capacity) + " floats, the step has " +
+                    std::to_string(p.real_L) + " rows of " + std::to_string(vocab));
+  execute(e, p, want_tokens);
+  if (want_tokens)
+    TSLLM_CUDA(cudaMemcpyAsync(e.host_tokens, p.buf->out_tokens, sizeof(int32_t) * size_t(p.L), cudaMemcpyDeviceToHost,
+                               e.stream),
+               "copying sampled tokens");
+  if (want_logits)
+    TSLLM_CUDA(cudaMemcpyAsync(out->logits, logits_f32(e, p), sizeof(float) * size_t(p.real_L) * vocab,
+                               cudaMemcpyDeviceToHost, e.stream),
+               "copying logits");
+  TSLLM_CUDA(cudaStreamSynchronize(e.stream), "step");
+  if (out) {
+    out->num_logit_rows = p.real_L;
+    out->vocab_size = int32_t(vocab);
+    if (want_tokens)
+      for (int s = 0; s < num_seqs; s++) out->tokens[s] = e.host_tokens[p.last_row[size_t(s)]];
+  }
+}
+
+void generate(Engine& e, int n, const int32_t* tokens, const int32_t* lens, int max_new, const tsllm_sampling* sp,
+              int32_t* out_tokens, tsllm_timings* t) {
+  auto wall0 = std::chrono::steady_clock::now();
+  if (n < 1) throw StepError("generate needs at least one prompt");
+  if (n > e.max_bs) throw StepError(std::to_string(n) + " prompts exceed max_batch_size " + std::to_string(e.max_bs));
+  if (max_new < 1) throw StepError("max_new_tokens must be >= 1");
+  std::vector<const int32_t*> prompt(static_cast<size_t>(n));
+  int64_t need_blocks = 0;
+  {
+    int64_t off = 0;
+    for (int i = 0; i < n; i++) {
+      if (lens[i] < 1) throw StepError("prompt " + std::to_string(i) + " is empty");
+      if (int64_t(lens[i]) + max_new - 1 > e.max_seq_len)
+        throw StepError("prompt " + std::to_string(i) + " of " + std::to_string(lens[i]) + " tokens + " +
+                        std::to_string(max_new) + " new tokens exceed max_seq_len " + std::to_string(e.max_seq_len));
+      prompt[size_t(i)] = tokens + off;
+      off += lens[i];
+      need_blocks += e.kv.blocks_for(int64_t(lens[i]) + max_new - 1);
+    }
+  }
+  if (e.desc.kv.num_layers > 0 && need_blocks > e.kv.num_free())
+    throw StepError("KV cache too small for this batch: it needs " + std::to_string(need_blocks) + " blocks, " +
+                    std::to_string(e.kv.num_free()) + " are free");
+  const tsllm_sampling greedy{0.f, 1, 1.f, 0, 0};
+  std::vector<uint64_t> ids(static_cast<size_t>(n));
+  for (auto& id : ids) id = kGenerateIdBit | (e.gen_counter++);
+  struct Release {
+    Engine& e;
+    std::vector<uint64_t>& ids;
+    ~Release() {
+      for (auto id : ids) e.kv.release(id);
+    }
+  } release{e, ids};
+
+  size_t hist_n = size_t(n) * size_t(max_new);
+  if (hist_n > e.gen_tokens_cap) {
+    TSLLM_CUDA(cudaStreamSynchronize(e.stream), "generate");
+    cudaFree(e.gen_tokens);
+    e.gen_tokens = nullptr;
+    TSLLM_CUDA(cudaMalloc(&e.gen_tokens, hist_n * sizeof(int32_t)), "cudaMalloc of the token history");
+    e.gen_tokens_cap = hist_n;
+  }
+  int32_t* hist = e.gen_tokens;
+
+  std::vector<cudaEvent_t> ev(size_t(max_new) + 1, nullptr);
+  struct Events {
+    std::vector<cudaEvent_t>& v;
+    ~Events() {
+      for (auto x : v)
+        if (x) cudaEventDestroy(x);
+    }
+  } evguard{ev};
+  for (auto& x : ev) TSLLM_CUDA(cudaEventCreate(&x), "cudaEventCreate");
+
+  TSLLM_CUDA(cudaEventRecord(ev[0], e.stream), "cudaEventRecord");
+  // ---- prefill, chunked to max_num_tokens per step ----
+  std::vector<int> done(static_cast<size_t>(n), 0);
+  int finished = 0;
+  std::vector<SeqReq> reqs;
+  std::vector<int> who;
+  while (finished < n) {
+    reqs.clear();
+    who.clear();
+    int budget = e.max_num_tokens;
+    for (int i = 0; i < n && budget > 0 && int(reqs.size()) < e.max_bs; i++) {
+      int left = lens[i] - done[size_t(i)];
+      if (left <= 0) continue;
+      int take = std::min(left, budget);
+      reqs.push_back(SeqReq{ids[size_t(i)], prompt[size_t(i)] + done[size_t(i)], take, done[size_t(i)], false,
+                            sp ? sp[i] : greedy});
+      who.push_back(i);
+      budget -= take;
+    }
+    StepPlan p;
+    plan_and_upload(e, reqs.data(), int(reqs.size()), p, nullptr);
+    execute(e, p, true);
+    for (size_t k = 0; k < reqs.size(); k++) {
+      int i = who[k];
+      done[size_t(i)] += reqs[k].n;
+      if (done[size_t(i)] == lens[i]) {
+        TSLLM_CUDA(cudaMemcpyAsync(hist + i, p.buf->out_tokens + p.last_row[k], sizeof(int32_t),
+                                   cudaMemcpyDeviceToDevice, e.stream),
+                   "copying the first token");
+        finished++;
+      }
+    }
+  }
+  TSLLM_CUDA(cudaEventRecord(ev[1], e.stream), "cudaEventRecord");
+
+  // ---- decode: no host synchronisation; sampled tokens feed the next step on the device ----
+  reqs.resize(size_t(n));
+  for (int j = 1; j < max_new; j++) {
+    for (int i = 0; i < n; i++)
+      reqs[size_t(i)] = SeqReq{ids[size_t(i)], nullptr, 1, lens[i] + j - 1, false, sp ? sp[i] : greedy};
+    StepPlan p;
+    plan_and_upload(e, reqs.data(), n, p, hist + size_t(j - 1) * size_t(n));
+    execute(e, p, true);
+    TSLLM_CUDA(cudaMemcpyAsync(hist + size_t(j) * size_t(n), p.buf->out_tokens, sizeof(int32_t) * size_t(n),
+                               cudaMemcpyDeviceToDevice, e.stream),
+               "recording sampled tokens");
+    TSLLM_CUDA(cudaEventRecord(ev[size_t(j) + 1], e.stream), "cudaEventRecord");
+  }
+  std::vector<int32_t> h(hist_n);
+  TSLLM_CUDA(cudaMemcpyAsync(h.data(), hist, hist_n * sizeof(int32_t), cudaMemcpyDeviceToHost, e.stream),
+             "copying generated tokens");
+  TSLLM_CUDA(cudaStreamSynchronize(e.stream), "generate");
+  for (int i = 0; i < n; i++)
+    for (int j = 0; j < max_new; j++) out_tokens[size_t(i) * size_t(max_new) + size_t(j)] = h[size_t(j) * size_t(n) + size_t(i)];
+  if (t) {
+    float ms = 0;
+    cudaEventElapsedTime(&ms, ev[0], ev[1]);
+    t->ttft_ms = ms;
+    cudaEventElapsedTime(&ms, ev[1], ev[size_t(max_new)]);
+    t->decode_ms = ms;
+    cudaEventElapsedTime(&ms, ev[0], ev[size_t(max_new)]);
+    t->total_ms = ms;
+    if (t->step_ms)
+      for (int j = 1; j < max_new; j++) {
+        cudaEventElapsedTime(&ms, ev[size_t(j)], ev[size_t(j) + 1]);
+        t->step_ms[j - 1] = ms;
+      }
+    t->wall_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - wall0).count();
+  }
+}
+
+}  // namespace tsllm
