@@ -1,0 +1,218 @@
+// The native CUDA runtime (native/, libtsllm.so) through its Node-API addon native/build/tsllm_node.node.
+// One call per step (step) or per whole generation (generate); every call is synchronous.
+import * as fs from "node:fs";
+import { createRequire } from "node:module";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const NATIVE_NOT_BUILT =
+  "native runtime not built: run npm run build:native on a machine with CUDA 13 (nvcc, cuBLASLt)";
+
+export interface CudaLoadOptions {
+  /** CUDA device ordinal (default 0). */
+  device?: number;
+  /** Runtime limits: at most the engine's (0/undefined = the engine's). */
+  maxBatchSize?: number;
+  maxSeqLen?: number;
+  maxNumTokens?: number;
+  /** KV block size in tokens (default: the engine's kv_cache.tokens_per_block). */
+  tokensPerBlock?: number;
+  /** Share of free GPU memory (after weights, arena, workspaces) for the KV cache (default 0.9). */
+  kvCacheFreeGpuMemFraction?: number;
+  /** Caps the KV pool (tests). */
+  kvCacheMaxBlocks?: number;
+  /** CUDA graphs for decode steps (default true). */
+  cudaGraphs?: boolean;
+}
+
+export interface Sampling {
+  /** <= 0: greedy (default). */
+  temperature?: number;
+  /** 0 = all; 1 = greedy. */
+  topK?: number;
+  /** 1 = all (default). */
+  topP?: number;
+  seed?: number | bigint;
+}
+
+export interface StepSeq extends Sampling {
+  id: number | bigint;
+  tokens: Int32Array | readonly number[];
+  /** Position of tokens[0]: the sequence's cached length, or less to rewind it. */
+  startPos: number;
+  /** Logits for every token (true) or only the last (default). */
+  allLogits?: boolean;
+}
+
+export interface StepResult {
+  /** Logits rows, in sequence order (all tokens or the last one per sequence). */
+  rows: number;
+  vocab: number;
+  /** fp32 [rows, vocab] when asked for. */
+  logits?: Float32Array;
+  /** One sampled token per sequence (from its last row) when asked for. */
+  tokens?: Int32Array;
+}
+
+export interface GenerateResult {
+  /** Per prompt, maxNewTokens tokens (no stop tokens: truncate at EOS yourself). */
+  tokens: Int32Array[];
+  /** GPU timeline: prefill + first sampling. */
+  ttftMs: number;
+  decodeMs: number;
+  totalMs: number;
+  wallMs: number;
+  /** Each decode step's time (maxNewTokens - 1 entries). */
+  stepMs: Float64Array;
+}
+
+export interface CudaInfo {
+  gpuName: string;
+  gpuSm: number;
+  engineSm: number;
+  tp: number;
+  rank: number;
+  vocabSize: number;
+  maxBatchSize: number;
+  maxSeqLen: number;
+  maxNumTokens: number;
+  tokensPerBlock: number;
+  numLayers: number;
+  numNodes: number;
+  numCudaGraphs: number;
+  kvBlocksTotal: number;
+  kvBlocksFree: number;
+  numSequences: number;
+  weightBytes: number;
+  arenaBytes: number;
+  kvBytes: number;
+  workspaceBytes: number;
+  dtype: string;
+  kvDtype: string;
+  hasNccl: boolean;
+}
+
+type Handle = { readonly __tsllmEngine: unique symbol };
+
+interface Addon {
+  abiVersion(): number;
+  load(path: string, opts: CudaLoadOptions): Handle;
+  unload(h: Handle): void;
+  step(
+    h: Handle,
+    seqs: (Omit<StepSeq, "tokens"> & { tokens: Int32Array })[],
+    want: { logits?: boolean; tokens?: boolean },
+  ): StepResult;
+  release(h: Handle, id: number | bigint): void;
+  generate(
+    h: Handle,
+    tokens: Int32Array,
+    lens: Int32Array,
+    maxNew: number,
+    sampling?: Sampling | Sampling[],
+  ): Omit<GenerateResult, "tokens"> & { tokens: Int32Array };
+  info(h: Handle): CudaInfo;
+}
+
+const ABI_VERSION = 1;
+
+/** Where the addon is looked for: $TSLLM_NATIVE_ADDON, else native/build/tsllm_node.node of this checkout. */
+export function addonPath(): string {
+  if (process.env.TSLLM_NATIVE_ADDON) return process.env.TSLLM_NATIVE_ADDON;
+  return path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../native/build/tsllm_node.node");
+}
+
+let addon: Addon | null = null;
+
+/** Loads the addon or throws the "not built" error (or why it failed to load). */
+export function loadAddon(): Addon {
+  if (addon) return addon;
+  const file = addonPath();
+  if (!fs.existsSync(file)) throw new Error(NATIVE_NOT_BUILT);
+  let a: Addon;
+  try {
+    a = createRequire(import.meta.url)(file) as Addon;
+  } catch (e) {
+    throw new Error(`${file}: cannot load the native runtime: ${(e as Error).message.split("\n")[0]}`);
+  }
+  if (a.abiVersion() !== ABI_VERSION)
+    throw new Error(`${file}: ABI version ${a.abiVersion()}, this tsllm expects ${ABI_VERSION}; run npm run build:native`);
+  addon = a;
+  return a;
+}
+
+/** Whether the addon is built and loads (does not touch the GPU). */
+export function nativeAvailable(): boolean {
+  try {
+    loadAddon();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const i32 = (t: Int32Array | readonly number[]) => (t instanceof Int32Array ? t : Int32Array.from(t));
+
+/** One engine rank on one GPU. */
+export class CudaEngine {
+  private handle: Handle | null;
+  readonly vocabSize: number;
+
+  private constructor(
+    private readonly a: Addon,
+    handle: Handle,
+    readonly file: string,
+  ) {
+    this.handle = handle;
+    this.vocabSize = a.info(handle).vocabSize;
+  }
+
+  /** rankFile: a rank{N}.engine file, or an engine directory of a tp=1 engine (rank0.engine). */
+  static load(rankFile: string, o: CudaLoadOptions = {}): CudaEngine {
+    const a = loadAddon();
+    let file = rankFile;
+    if (fs.existsSync(file) && fs.statSync(file).isDirectory()) file = path.join(file, "rank0.engine");
+    return new CudaEngine(a, a.load(file, o), file);
+  }
+
+  private h(): Handle {
+    if (!this.handle) throw new Error(`${this.file}: engine is closed`);
+    return this.handle;
+  }
+
+  /** One packed step. want.logits (default true) returns fp32 logits; want.tokens samples one per sequence. */
+  step(seqs: readonly StepSeq[], want: { logits?: boolean; tokens?: boolean } = { logits: true }): StepResult {
+    return this.a.step(
+      this.h(),
+      seqs.map((s) => ({ ...s, tokens: i32(s.tokens) })),
+      want,
+    );
+  }
+
+  /** Prefill + decode entirely in C++ (benchmarks). sampling: one for all prompts or one per prompt. */
+  generate(prompts: readonly (Int32Array | readonly number[])[], maxNewTokens: number, sampling?: Sampling | Sampling[]): GenerateResult {
+    const lens = Int32Array.from(prompts, (p) => p.length);
+    const flat = new Int32Array(lens.reduce((a, b) => a + b, 0));
+    let off = 0;
+    for (const p of prompts) {
+      flat.set(i32(p), off);
+      off += p.length;
+    }
+    const r = this.a.generate(this.h(), flat, lens, maxNewTokens, sampling);
+    const tokens = prompts.map((_, i) => r.tokens.slice(i * maxNewTokens, (i + 1) * maxNewTokens));
+    return { ...r, tokens };
+  }
+
+  release(id: number | bigint): void {
+    this.a.release(this.h(), id);
+  }
+
+  info(): CudaInfo {
+    return this.a.info(this.h());
+  }
+
+  close(): void {
+    if (this.handle) this.a.unload(this.handle);
+    this.handle = null;
+  }
+}
