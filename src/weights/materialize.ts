@@ -13,9 +13,14 @@ export function storageDtype(dt: DType): "F32" | "F16" | "BF16" {
   return s;
 }
 
-interface Raw {
+type Elems = Float32Array | Uint16Array;
+interface Raw<D extends Elems = Float32Array> {
   shape: number[];
-  data: Float32Array;
+  data: D;
+}
+
+function alloc<D extends Elems>(like: D, n: number): D {
+  return (like instanceof Float32Array ? new Float32Array(n) : new Uint16Array(n)) as D;
 }
 
 /** Reads a weight's sources from the checkpoint, applies its transforms, and encodes it in v.dtype. */
@@ -24,12 +29,31 @@ export function materializeWeight(v: Value, ckpt: Checkpoint | null): Uint8Array
   if (!r) throw new Error(`weight ${v.name} has no recipe`);
   if (r.kind === "constant") return fromFloat32(storageDtype(v.dtype), Float32Array.from(r.data));
   if (!ckpt) throw new Error(`weight ${v.name} needs a checkpoint`);
-  const t = materializeParts(r, ckpt);
+  const st = storageDtype(v.dtype);
+  const direct = materializeDirect(r, ckpt, st);
+  const t = direct ?? materializeParts(r, ckpt);
   const want = v.shape.map(Number);
   if (t.shape.join(",") !== want.join(",")) {
     throw new Error(`weight ${v.name}: recipe produced [${t.shape}] but the graph expects [${want}]`);
   }
-  return fromFloat32(storageDtype(v.dtype), t.data);
+  if (direct) return new Uint8Array(direct.data.buffer, direct.data.byteOffset, direct.data.byteLength);
+  return fromFloat32(st, t.data as Float32Array);
+}
+
+/**
+ * Fast path: half-precision sources already in the stored dtype, with only slices and concatenation,
+ * are rearranged as raw 16-bit elements — no decode/encode (most fp16/bf16 builds take this path).
+ */
+function materializeDirect(r: Extract<WeightRecipe, { kind: "checkpoint" }>, ckpt: Checkpoint, st: string): Raw<Uint16Array> | null {
+  if (st === "F32") return null;
+  const slicesOnly = (ts: Transform[]) => ts.every((t) => t.op === "slice");
+  if (!slicesOnly(r.transforms) || !r.parts.every((p) => slicesOnly(p.transforms) && ckpt.info(p.name).dtype === st)) return null;
+  const parts = r.parts.map((p) => {
+    const b = ckpt.read(p.name);
+    const raw: Raw<Uint16Array> = { shape: ckpt.info(p.name).shape, data: new Uint16Array(b.buffer, b.byteOffset, b.byteLength / 2) };
+    return p.transforms.reduce(applyTransform<Uint16Array>, raw);
+  });
+  return r.transforms.reduce(applyTransform<Uint16Array>, concat0(parts));
 }
 
 /** Materialises to fp32 (for quantisation passes that need the values). */
@@ -52,13 +76,13 @@ function readSource(ckpt: Checkpoint, name: string): Raw {
   return { shape: info.shape, data: toFloat32(info.dtype, ckpt.read(name)) };
 }
 
-function concat0(parts: Raw[]): Raw {
+function concat0<D extends Elems>(parts: Raw<D>[]): Raw<D> {
   if (parts.length === 1) return parts[0];
   const rest = parts[0].shape.slice(1).join(",");
   for (const p of parts)
     if (p.shape.slice(1).join(",") !== rest)
       throw new Error(`cannot concatenate shapes [${parts[0].shape}] and [${p.shape}]`);
-  const data = new Float32Array(parts.reduce((a, p) => a + p.data.length, 0));
+  const data = alloc(parts[0].data, parts.reduce((a, p) => a + p.data.length, 0));
   let off = 0;
   for (const p of parts) {
     data.set(p.data, off);
@@ -67,7 +91,7 @@ function concat0(parts: Raw[]): Raw {
   return { shape: [parts.reduce((a, p) => a + p.shape[0], 0), ...parts[0].shape.slice(1)], data };
 }
 
-export function applyTransform(t: Raw, tr: Transform): Raw {
+export function applyTransform<D extends Elems = Float32Array>(t: Raw<D>, tr: Transform): Raw<D> {
   switch (tr.op) {
     case "slice": {
       const { axis, start, end } = tr;
@@ -77,7 +101,7 @@ export function applyTransform(t: Raw, tr: Transform): Raw {
       const inner = t.shape.slice(axis + 1).reduce((a, b) => a * b, 1);
       const n = t.shape[axis];
       const len = end - start;
-      const data = new Float32Array(outer * len * inner);
+      const data = alloc(t.data, outer * len * inner);
       for (let o = 0; o < outer; o++)
         data.set(t.data.subarray((o * n + start) * inner, (o * n + end) * inner), o * len * inner);
       const shape = [...t.shape];
