@@ -1,0 +1,277 @@
+// Elementwise and copy kernels: gated_act, activation, binary, slice_cols, gather_rows, convert.
+// All of them are bandwidth-bound: 16-byte vectors where the shapes and pointers allow, element loops otherwise.
+#include <math.h>
+
+#include "common.cuh"
+
+namespace tsllm {
+namespace {
+
+template <Act A>
+__device__ __forceinline__ float act_f(float x) {
+  if (A == Act::Silu) return x / (1.f + expf(-x));
+  if (A == Act::GeluTanh) {
+    const float k0 = 0.7978845608028654f, k1 = 0.044715f;
+    return 0.5f * x * (1.f + tanhf(k0 * (x + k1 * x * x * x)));
+  }
+  if (A == Act::GeluErf) return 0.5f * x * (1.f + erff(x * 0.7071067811865476f));
+  return x;
+}
+
+inline int ew_blocks(uint64_t work) { return kd::grid_for(work, 256, kd::num_sms() * 16); }
+
+// ---- gated_act ----
+template <typename T, Act A, bool VEC>
+__global__ void gated_act_kernel(const T* __restrict__ x, T* __restrict__ out, int rows, int inter) {
+  constexpr int N = VEC ? kd::Vec<T>::N : 1;
+  const int per_row = inter / N;
+  const uint64_t total = (uint64_t)rows * per_row;
+  for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (uint64_t)gridDim.x * blockDim.x) {
+    const uint64_t r = i / per_row;
+    const int c = (int)(i - r * per_row) * N;
+    const T* xr = x + r * 2 * inter;
+    if (VEC) {
+      kd::Vec<T> a = kd::ld_vec(xr + c), g = kd::ld_vec(xr + inter + c), o;
+#pragma unroll
+      for (int j = 0; j < N; ++j) o.v[j] = kd::from_f<T>(act_f<A>(kd::to_f(a.v[j])) * kd::to_f(g.v[j]));
+      kd::st_vec(out + r * inter + c, o);
+    } else {
+      out[r * inter + c] = kd::from_f<T>(act_f<A>(kd::to_f(xr[c])) * kd::to_f(xr[inter + c]));
+    }
+  }
+}
+
+template <typename T, Act A>
+cudaError_t launch_gated_t(const void* x, void* out, int rows, int inter, cudaStream_t s) {
+  constexpr int N = kd::Vec<T>::N;
+  const bool vec = inter % N == 0 && kd::aligned16(x) && kd::aligned16(out);
+  const uint64_t work = (uint64_t)rows * (vec ? inter / N : inter);
+  if (vec)
+    gated_act_kernel<T, A, true><<<ew_blocks(work), 256, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(out), rows, inter);
+  else
+    gated_act_kernel<T, A, false><<<ew_blocks(work), 256, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(out), rows, inter);
+  return cudaGetLastError();
+}
+
+// ---- activation / binary (n elements, out may alias inputs) ----
+template <typename T, Act A>
+__global__ void activation_kernel(const T* x, T* out, uint64_t n) {
+  constexpr int N = kd::Vec<T>::N;
+  const uint64_t nv = n / N, stride = (uint64_t)gridDim.x * blockDim.x;
+  const uint64_t tid = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  for (uint64_t i = tid; i < nv; i += stride) {
+    kd::Vec<T> a = kd::ld_vec(x + i * N);
+#pragma unroll
+    for (int j = 0; j < N; ++j) a.v[j] = kd::from_f<T>(act_f<A>(kd::to_f(a.v[j])));
+    kd::st_vec(out + i * N, a);
+  }
+  const uint64_t t = nv * N + tid;
+  if (t < n) out[t] = kd::from_f<T>(act_f<A>(kd::to_f(x[t])));
+}
+
+template <typename T, Act A>
+__global__ void activation_scalar_kernel(const T* x, T* out, uint64_t n) {
+  for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x)
+    out[i] = kd::from_f<T>(act_f<A>(kd::to_f(x[i])));
+}
+
+template <typename T, Act A>
+cudaError_t launch_act_t(const void* x, void* out, uint64_t n, cudaStream_t s) {
+  constexpr int N = kd::Vec<T>::N;
+  if (kd::aligned16(x) && kd::aligned16(out))
+    activation_kernel<T, A><<<ew_blocks(n / N + 1), 256, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(out), n);
+  else
+    activation_scalar_kernel<T, A><<<ew_blocks(n), 256, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(out), n);
+  return cudaGetLastError();
+}
+
+template <typename T, bool MUL>
+__global__ void binary_kernel(const T* a, const T* b, T* out, uint64_t n) {
+  constexpr int N = kd::Vec<T>::N;
+  const uint64_t nv = n / N, stride = (uint64_t)gridDim.x * blockDim.x;
+  const uint64_t tid = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  for (uint64_t i = tid; i < nv; i += stride) {
+    kd::Vec<T> x = kd::ld_vec(a + i * N), y = kd::ld_vec(b + i * N);
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const float u = kd::to_f(x.v[j]), v = kd::to_f(y.v[j]);
+      x.v[j] = kd::from_f<T>(MUL ? u * v : u + v);
+    }
+    kd::st_vec(out + i * N, x);
+  }
+  const uint64_t t = nv * N + tid;
+  if (t < n) {
+    const float u = kd::to_f(a[t]), v = kd::to_f(b[t]);
+    out[t] = kd::from_f<T>(MUL ? u * v : u + v);
+  }
+}
+
+template <typename T, bool MUL>
+__global__ void binary_scalar_kernel(const T* a, const T* b, T* out, uint64_t n) {
+  for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
+    const float u = kd::to_f(a[i]), v = kd::to_f(b[i]);
+    out[i] = kd::from_f<T>(MUL ? u * v : u + v);
+  }
+}
+
+template <typename T, bool MUL>
+cudaError_t launch_binary_t(const void* a, const void* b, void* out, uint64_t n, cudaStream_t s) {
+  constexpr int N = kd::Vec<T>::N;
+  const T* pa = static_cast<const T*>(a);
+  const T* pb = static_cast<const T*>(b);
+  T* po = static_cast<T*>(out);
+  if (kd::aligned16(a) && kd::aligned16(b) && kd::aligned16(out))
+    binary_kernel<T, MUL><<<ew_blocks(n / N + 1), 256, 0, s>>>(pa, pb, po, n);
+  else
+    binary_scalar_kernel<T, MUL><<<ew_blocks(n), 256, 0, s>>>(pa, pb, po, n);
+  return cudaGetLastError();
+}
+
+// ---- row copies: slice_cols, gather_rows (one block per output row) ----
+template <typename T, bool VEC>
+__global__ void slice_cols_kernel(const T* __restrict__ x, T* __restrict__ out, int in_cols, int col_start,
+                                  int out_cols) {
+  const size_t r = blockIdx.x;
+  const T* src = x + r * in_cols + col_start;
+  T* dst = out + r * out_cols;
+  if (VEC) {
+    constexpr int N = kd::Vec<T>::N;
+    for (int i = threadIdx.x; i < out_cols / N; i += blockDim.x)
+      reinterpret_cast<uint4*>(dst)[i] = reinterpret_cast<const uint4*>(src)[i];
+  } else {
+    for (int i = threadIdx.x; i < out_cols; i += blockDim.x) dst[i] = src[i];
+  }
+}
+
+template <typename T, bool VEC>
+__global__ void gather_rows_kernel(const T* __restrict__ x, const int32_t* __restrict__ idx, T* __restrict__ out,
+                                   int hidden) {
+  const size_t r = blockIdx.x;
+  const T* src = x + (size_t)idx[r] * hidden;
+  T* dst = out + r * hidden;
+  if (VEC) {
+    constexpr int N = kd::Vec<T>::N;
+    for (int i = threadIdx.x; i < hidden / N; i += blockDim.x)
+      reinterpret_cast<uint4*>(dst)[i] = reinterpret_cast<const uint4*>(src)[i];
+  } else {
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) dst[i] = src[i];
+  }
+}
+
+inline int row_threads(int work) {
+  int t = (work + 31) / 32 * 32;
+  return t < 32 ? 32 : (t > 256 ? 256 : t);
+}
+
+template <typename T>
+cudaError_t launch_slice_t(const void* x, void* out, int rows, int in_cols, int col_start, int out_cols,
+                           cudaStream_t s) {
+  constexpr int N = kd::Vec<T>::N;
+  const bool vec = in_cols % N == 0 && col_start % N == 0 && out_cols % N == 0 && kd::aligned16(x) && kd::aligned16(out);
+  if (vec)
+    slice_cols_kernel<T, true><<<rows, row_threads(out_cols / N), 0, s>>>(static_cast<const T*>(x), static_cast<T*>(out),
+                                                                          in_cols, col_start, out_cols);
+  else
+    slice_cols_kernel<T, false><<<rows, row_threads(out_cols), 0, s>>>(static_cast<const T*>(x), static_cast<T*>(out),
+                                                                       in_cols, col_start, out_cols);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_gather_t(const void* x, const int32_t* idx, void* out, int num_rows, int hidden, cudaStream_t s) {
+  constexpr int N = kd::Vec<T>::N;
+  const bool vec = hidden % N == 0 && kd::aligned16(x) && kd::aligned16(out);
+  if (vec)
+    gather_rows_kernel<T, true><<<num_rows, row_threads(hidden / N), 0, s>>>(static_cast<const T*>(x), idx,
+                                                                             static_cast<T*>(out), hidden);
+  else
+    gather_rows_kernel<T, false><<<num_rows, row_threads(hidden), 0, s>>>(static_cast<const T*>(x), idx,
+                                                                          static_cast<T*>(out), hidden);
+  return cudaGetLastError();
+}
+
+// ---- convert ----
+template <typename Ti, typename To>
+__global__ void convert_kernel(const Ti* __restrict__ x, To* __restrict__ out, uint64_t n, bool vec4) {
+  const uint64_t tid = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x, stride = (uint64_t)gridDim.x * blockDim.x;
+  uint64_t done = 0;
+  if (vec4) {
+    struct alignas(4 * sizeof(Ti)) Pi { Ti v[4]; };
+    struct alignas(4 * sizeof(To)) Po { To v[4]; };
+    const uint64_t nv = n / 4;
+    for (uint64_t i = tid; i < nv; i += stride) {
+      Pi a = reinterpret_cast<const Pi*>(x)[i];
+      Po b;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) b.v[j] = kd::from_f<To>(kd::to_f(a.v[j]));
+      reinterpret_cast<Po*>(out)[i] = b;
+    }
+    done = nv * 4;
+  }
+  for (uint64_t i = done + tid; i < n; i += stride) out[i] = kd::from_f<To>(kd::to_f(x[i]));
+}
+
+template <typename Ti, typename To>
+cudaError_t launch_convert_t(const void* x, void* out, uint64_t n, cudaStream_t s) {
+  const bool vec4 = (reinterpret_cast<uintptr_t>(x) % (4 * sizeof(Ti))) == 0 &&
+                    (reinterpret_cast<uintptr_t>(out) % (4 * sizeof(To))) == 0;
+  convert_kernel<Ti, To><<<ew_blocks(vec4 ? n / 4 + 1 : n), 256, 0, s>>>(static_cast<const Ti*>(x), static_cast<To*>(out),
+                                                                         n, vec4);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t gated_act(const void* x, void* out, int rows, int inter, Act act, DType dt, cudaStream_t s) {
+  if (rows <= 0 || inter <= 0) return cudaGetLastError();
+  TSLLM_DISPATCH_ACT(dt, T, switch (act) {
+    case Act::None: return (launch_gated_t<T, Act::None>(x, out, rows, inter, s));
+    case Act::Silu: return (launch_gated_t<T, Act::Silu>(x, out, rows, inter, s));
+    case Act::GeluTanh: return (launch_gated_t<T, Act::GeluTanh>(x, out, rows, inter, s));
+    case Act::GeluErf: return (launch_gated_t<T, Act::GeluErf>(x, out, rows, inter, s));
+  });
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t activation(const void* x, void* out, uint64_t n, Act act, DType dt, cudaStream_t s) {
+  if (n == 0) return cudaGetLastError();
+  TSLLM_DISPATCH_ACT(dt, T, switch (act) {
+    case Act::None: return (launch_act_t<T, Act::None>(x, out, n, s));
+    case Act::Silu: return (launch_act_t<T, Act::Silu>(x, out, n, s));
+    case Act::GeluTanh: return (launch_act_t<T, Act::GeluTanh>(x, out, n, s));
+    case Act::GeluErf: return (launch_act_t<T, Act::GeluErf>(x, out, n, s));
+  });
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t binary(const void* a, const void* b, void* out, uint64_t n, bool mul, DType dt, cudaStream_t s) {
+  if (n == 0) return cudaGetLastError();
+  if (mul) {
+    TSLLM_DISPATCH_ACT(dt, T, return (launch_binary_t<T, true>(a, b, out, n, s)));
+  } else {
+    TSLLM_DISPATCH_ACT(dt, T, return (launch_binary_t<T, false>(a, b, out, n, s)));
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t slice_cols(const void* x, void* out, int rows, int in_cols, int col_start, int out_cols, DType dt,
+                       cudaStream_t s) {
+  if (rows <= 0 || out_cols <= 0) return cudaGetLastError();
+  TSLLM_DISPATCH_ACT(dt, T, return launch_slice_t<T>(x, out, rows, in_cols, col_start, out_cols, s));
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t gather_rows(const void* x, const int32_t* idx, void* out, int num_rows, int hidden, DType dt,
+                        cudaStream_t s) {
+  if (num_rows <= 0 || hidden <= 0) return cudaGetLastError();
+  TSLLM_DISPATCH_ACT(dt, T, return launch_gather_t<T>(x, idx, out, num_rows, hidden, s));
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t convert(const void* x, DType from, void* out, DType to, uint64_t n, cudaStream_t s) {
+  if (n == 0) return cudaGetLastError();
+  TSLLM_DISPATCH_ACT(from, Ti, TSLLM_DISPATCH_ACT(to, To, return (launch_convert_t<Ti, To>(x, out, n, s))));
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace tsllm

@@ -1,0 +1,255 @@
+// Context (prefill / chunked-prefill / mixed) attention over the paged KV cache, FlashAttention-2 style.
+// Grid: (query head, query tile of 64 new tokens, sequence). 4 warps, 16 query rows each. K/V tiles of BK keys
+// are gathered from the paged cache with cp.async into a double-buffered shared-memory ring; S = Q K^T and
+// O += P V run on mma.sync m16n8k16 (fp16/bf16 in, fp32 accumulate) with an online softmax in registers.
+// Causal mask per row: key <= position of the row's token. Head dims are padded to DP (zeros) in shared memory.
+// Works for any mix of sequences (a decode sequence is a tile with one row).
+#include <limits.h>
+#include <math.h>
+
+#include "attention_internal.h"
+
+namespace tsllm {
+namespace kd {
+namespace {
+
+constexpr int kBQ = 64;
+constexpr int kCtxThreads = 128;
+
+template <int DP>
+struct CtxCfg {
+  static constexpr int BK = DP > 128 ? 32 : 64;
+  static constexpr int LD = DP + 8;  // padded row (elements): 16-byte shift per row, no ldmatrix bank conflicts
+  template <typename T>
+  static constexpr size_t smem_bytes() {
+    return (size_t)(kBQ + 4 * BK) * LD * sizeof(T);
+  }
+};
+
+template <typename T, int DP>
+__global__ void __launch_bounds__(kCtxThreads) context_kernel(const T* __restrict__ q, int q_stride,
+                                                              T* __restrict__ out, KVView<T> kv,
+                                                              const int32_t* __restrict__ positions,
+                                                              const int32_t* __restrict__ seq_start, int nH, int G,
+                                                              float scale_log2) {
+  constexpr int BK = CtxCfg<DP>::BK, LD = CtxCfg<DP>::LD;
+  constexpr int CPR = DP / 8;  // 16-byte chunks per row
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sK = sQ + kBQ * LD;      // [2][BK][LD]
+  T* sV = sK + 2 * BK * LD;   // [2][BK][LD]
+  __shared__ int s_pos[kBQ];
+  __shared__ int s_max, s_min;
+
+  const int h = blockIdx.x;
+  const int qt = gridDim.y - 1 - blockIdx.y;  // longest tiles first
+  const int seq = blockIdx.z;
+  const int st = seq_start[seq];
+  const int n_new = seq_start[seq + 1] - st;
+  const int q0 = qt * kBQ;
+  if (q0 >= n_new) return;
+  const int rows = min(kBQ, n_new - q0);
+  const int hk = h / G;
+  const int D = kv.D;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, tig = lane & 3;
+
+  if (tid == 0) {
+    s_max = -1;
+    s_min = INT_MAX;
+  }
+  __syncthreads();
+  if (tid < kBQ) {
+    const int pos = tid < rows ? positions[st + q0 + tid] : -1;
+    s_pos[tid] = pos;
+    atomicMax(&s_max, pos);
+    atomicMin(&s_min, pos);
+  }
+  // Q tile (rows past the sequence and dims past D are zero-filled).
+  for (int c = tid; c < kBQ * CPR; c += kCtxThreads) {
+    const int r = c / CPR, cc = c % CPR;
+    const bool ok = r < rows && cc * 8 < D;
+    const T* src = ok ? q + (size_t)(st + q0 + r) * q_stride + (size_t)h * D + cc * 8 : q;
+    cp_async16(sQ + r * LD + cc * 8, src, ok);
+  }
+  __syncthreads();
+  const int kv_end = s_max + 1;
+  const int min_pos = s_min;  // -1 when the tile has padding rows
+  const int ntiles = (kv_end + BK - 1) / BK;
+
+  auto load_kv = [&](int j, int stage) {
+    T* dk = sK + stage * BK * LD;
+    T* dv = sV + stage * BK * LD;
+    for (int c = tid; c < BK * CPR; c += kCtxThreads) {
+      const int r = c / CPR, cc = c % CPR;
+      const int key = j * BK + r;
+      const bool ok = key < kv_end && cc * 8 < D;
+      const T* src = ok ? kv.base + kv.row(seq, key, hk) + cc * 8 : kv.base;
+      cp_async16(dk + r * LD + cc * 8, src, ok);
+      cp_async16(dv + r * LD + cc * 8, ok ? src + kv.v_off : src, ok);
+    }
+  };
+
+  float o[DP / 8][4];
+#pragma unroll
+  for (int i = 0; i < DP / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.f, 0.f};
+  const int r0 = warp * 16 + g;
+  const int p0 = s_pos[r0], p1 = s_pos[r0 + 8];
+
+  load_kv(0, 0);
+  cp_async_commit();
+  for (int j = 0; j < ntiles; ++j) {
+    const int stage = j & 1;
+    if (j + 1 < ntiles) {
+      load_kv(j + 1, stage ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const T* cK = sK + stage * BK * LD;
+    const T* cV = sV + stage * BK * LD;
+
+    // S = Q K^T for this warp's 16 rows and BK keys.
+    float sc[BK / 8][4];
+#pragma unroll
+    for (int i = 0; i < BK / 8; ++i) sc[i][0] = sc[i][1] = sc[i][2] = sc[i][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < DP / 16; ++kk) {
+      uint32_t a[4];
+      ldmatrix_x4(a, sQ + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+#pragma unroll
+      for (int n2 = 0; n2 < BK / 16; ++n2) {
+        uint32_t b[4];
+        ldmatrix_x4(b, cK + ((n2 * 2 + (lane >> 4)) * 8 + (lane & 7)) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
+        mma16816<T>(sc[2 * n2], a, b[0], b[1]);
+        mma16816<T>(sc[2 * n2 + 1], a, b[2], b[3]);
+      }
+    }
+    // Scale into the log2 domain, causal mask, online softmax.
+    const bool need_mask = j * BK + BK - 1 > min_pos;
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < BK / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float v = sc[nt][e] * scale_log2;
+        if (need_mask) {
+          const int key = j * BK + nt * 8 + tig * 2 + (e & 1);
+          if (key > (e < 2 ? p0 : p1)) v = -INFINITY;
+        }
+        sc[nt][e] = v;
+      }
+      mx0 = fmaxf(mx0, fmaxf(sc[nt][0], sc[nt][1]));
+      mx1 = fmaxf(mx1, fmaxf(sc[nt][2], sc[nt][3]));
+    }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    const float mn0 = fmaxf(mrow[0], mx0), mn1 = fmaxf(mrow[1], mx1);
+    const float mu0 = mn0 == -INFINITY ? 0.f : mn0, mu1 = mn1 == -INFINITY ? 0.f : mn1;
+    const float c0 = exp2f(mrow[0] - mu0), c1 = exp2f(mrow[1] - mu1);
+    mrow[0] = mn0;
+    mrow[1] = mn1;
+    float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < BK / 8; ++nt) {
+      sc[nt][0] = exp2f(sc[nt][0] - mu0);
+      sc[nt][1] = exp2f(sc[nt][1] - mu0);
+      sc[nt][2] = exp2f(sc[nt][2] - mu1);
+      sc[nt][3] = exp2f(sc[nt][3] - mu1);
+      rs0 += sc[nt][0] + sc[nt][1];
+      rs1 += sc[nt][2] + sc[nt][3];
+    }
+    lrow[0] = lrow[0] * c0 + rs0;
+    lrow[1] = lrow[1] * c1 + rs1;
+#pragma unroll
+    for (int dn = 0; dn < DP / 8; ++dn) {
+      o[dn][0] *= c0;
+      o[dn][1] *= c0;
+      o[dn][2] *= c1;
+      o[dn][3] *= c1;
+    }
+    // O += P V (P from registers, V via transposed ldmatrix).
+#pragma unroll
+    for (int k2 = 0; k2 < BK / 16; ++k2) {
+      uint32_t a[4];
+      a[0] = pack2<T>(sc[2 * k2][0], sc[2 * k2][1]);
+      a[1] = pack2<T>(sc[2 * k2][2], sc[2 * k2][3]);
+      a[2] = pack2<T>(sc[2 * k2 + 1][0], sc[2 * k2 + 1][1]);
+      a[3] = pack2<T>(sc[2 * k2 + 1][2], sc[2 * k2 + 1][3]);
+#pragma unroll
+      for (int d2 = 0; d2 < DP / 16; ++d2) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, cV + (k2 * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LD + (d2 * 2 + (lane >> 4)) * 8);
+        mma16816<T>(o[2 * d2], a, b[0], b[1]);
+        mma16816<T>(o[2 * d2 + 1], a, b[2], b[3]);
+      }
+    }
+    __syncthreads();  // this stage is reloaded by the next iteration's prefetch
+  }
+
+  lrow[0] += __shfl_xor_sync(0xffffffffu, lrow[0], 1);
+  lrow[0] += __shfl_xor_sync(0xffffffffu, lrow[0], 2);
+  lrow[1] += __shfl_xor_sync(0xffffffffu, lrow[1], 1);
+  lrow[1] += __shfl_xor_sync(0xffffffffu, lrow[1], 2);
+  const float inv0 = lrow[0] > 0.f ? 1.f / lrow[0] : 0.f;
+  const float inv1 = lrow[1] > 0.f ? 1.f / lrow[1] : 0.f;
+  T* orow0 = out + ((size_t)(st + q0 + r0) * nH + h) * D;
+  T* orow1 = orow0 + (size_t)8 * nH * D;
+#pragma unroll
+  for (int dn = 0; dn < DP / 8; ++dn) {
+    const int d = dn * 8 + tig * 2;
+    if (d < D) {
+      if (r0 < rows) *reinterpret_cast<uint32_t*>(orow0 + d) = pack2<T>(o[dn][0] * inv0, o[dn][1] * inv0);
+      if (r0 + 8 < rows) *reinterpret_cast<uint32_t*>(orow1 + d) = pack2<T>(o[dn][2] * inv1, o[dn][3] * inv1);
+    }
+  }
+}
+
+template <typename T, int DP>
+cudaError_t launch_context_t(const T* q, int q_stride, T* out, const KVView<T>& kv, const StepLayout& step, int nH,
+                             int G, float scale_log2, cudaStream_t s) {
+  constexpr size_t smem = CtxCfg<DP>::template smem_bytes<T>();
+  static unsigned long long configured = 0;  // per instantiation, one bit per device
+  int dev = 0;
+  cudaGetDevice(&dev);
+  const unsigned long long bit = 1ull << (dev & 63);
+  if (!(configured & bit)) {
+    cudaError_t e = cudaFuncSetAttribute(context_kernel<T, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess) return e;
+    configured |= bit;
+  }
+  const int qtiles = (step.max_new_tokens + kBQ - 1) / kBQ;
+  dim3 grid(nH, qtiles, step.num_seqs);
+  context_kernel<T, DP><<<grid, kCtxThreads, smem, s>>>(q, q_stride, out, kv, step.positions, step.seq_start, nH, G,
+                                                        scale_log2);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t attention_context(const void* q_, int q_stride, void* out_, const PagedKV& kv, const StepLayout& step,
+                              const AttnParams& p, DType dt, cudaStream_t s) {
+  const int D = p.head_dim, nH = p.num_heads, G = p.num_heads / p.num_kv_heads;
+  const float scale_log2 = p.scale * 1.4426950408889634f;
+  if (step.max_new_tokens <= 0 || step.num_seqs <= 0) return cudaGetLastError();
+  TSLLM_DISPATCH_HALF(dt, T, {
+    const T* q = static_cast<const T*>(q_);
+    T* out = static_cast<T*>(out_);
+    const KVView<T> v = make_kv_view<T>(kv, p.layer);
+    if (D <= 32) return launch_context_t<T, 32>(q, q_stride, out, v, step, nH, G, scale_log2, s);
+    if (D <= 64) return launch_context_t<T, 64>(q, q_stride, out, v, step, nH, G, scale_log2, s);
+    if (D <= 96) return launch_context_t<T, 96>(q, q_stride, out, v, step, nH, G, scale_log2, s);
+    if (D <= 128) return launch_context_t<T, 128>(q, q_stride, out, v, step, nH, G, scale_log2, s);
+    if (D <= 192) return launch_context_t<T, 192>(q, q_stride, out, v, step, nH, G, scale_log2, s);
+    return launch_context_t<T, 256>(q, q_stride, out, v, step, nH, G, scale_log2, s);
+  });
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace kd
+}  // namespace tsllm

@@ -1,0 +1,45 @@
+// Internal launchers behind paged_attention (paged_attention.cu): RoPE + KV-cache write, decode, context.
+#pragma once
+#include "attention_common.cuh"
+
+namespace tsllm {
+namespace kd {
+
+template <typename T>
+inline KVView<T> make_kv_view(const PagedKV& kv, int layer) {
+  KVView<T> v;
+  v.block_elems = (size_t)2 * kv.num_kv_heads * kv.tokens_per_block * kv.head_dim;
+  v.v_off = (size_t)kv.num_kv_heads * kv.tokens_per_block * kv.head_dim;
+  v.base = static_cast<T*>(kv.base) + (size_t)layer * kv.num_blocks * v.block_elems;
+  v.block_tables = kv.block_tables;
+  v.max_blocks = kv.max_blocks_per_seq;
+  v.tpb = kv.tokens_per_block;
+  v.tpb_shift = -1;
+  for (int sh = 0; sh < 31; ++sh)
+    if ((1 << sh) == kv.tokens_per_block) v.tpb_shift = sh;
+  v.D = kv.head_dim;
+  return v;
+}
+
+// RoPE on q (written to q_out, row stride nH*D; skipped when q_out is null) and k; k and v written to the cache.
+cudaError_t rope_and_cache_write(const void* q, int q_stride, const void* k, int k_stride, const void* v, int v_stride,
+                                 void* q_out, const PagedKV& kv, const StepLayout& step, const AttnParams& p, DType dt,
+                                 cudaStream_t s);
+
+// Split-K choice of the decode kernel (shared with the workspace bound).
+struct DecodeSplit {
+  int splits, chunk;
+};
+DecodeSplit decode_split(int num_tokens, int num_heads, int num_kv_heads, int head_dim, int max_seq_len);
+constexpr int kSplitBudget = 8192;  // bound on num_tokens * num_heads * splits whenever splits > 1
+
+// One query token per block row: attends to cache [0, positions[t]]. ws: split-K partials.
+cudaError_t attention_decode(const void* q, int q_stride, void* out, const PagedKV& kv, const StepLayout& step,
+                             const AttnParams& p, DType dt, void* ws, cudaStream_t s);
+
+// Tiles of up to 64 new tokens of one sequence (FlashAttention-2 style, tensor cores), any step.
+cudaError_t attention_context(const void* q, int q_stride, void* out, const PagedKV& kv, const StepLayout& step,
+                              const AttnParams& p, DType dt, cudaStream_t s);
+
+}  // namespace kd
+}  // namespace tsllm

@@ -1,0 +1,154 @@
+// Shared device helpers of tsllm's kernels: dtype conversion, 16-byte vectors, warp/block reductions, dispatch.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "kernels.h"
+
+namespace tsllm {
+namespace kd {
+
+using bf16 = __nv_bfloat16;
+
+template <typename T>
+__device__ __forceinline__ float to_f(T x);
+template <>
+__device__ __forceinline__ float to_f<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ float to_f<half>(half x) { return __half2float(x); }
+template <>
+__device__ __forceinline__ float to_f<bf16>(bf16 x) { return __bfloat162float(x); }
+
+template <typename T>
+__device__ __forceinline__ T from_f(float x);
+template <>
+__device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ half from_f<half>(float x) { return __float2half_rn(x); }
+template <>
+__device__ __forceinline__ bf16 from_f<bf16>(float x) { return __float2bfloat16_rn(x); }
+
+// Two floats packed into one 32-bit register of two 16-bit values (lower index in the low half).
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float a, float b);
+template <>
+__device__ __forceinline__ uint32_t pack2<half>(float a, float b) {
+  half2 h = __floats2half2_rn(a, b);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+template <>
+__device__ __forceinline__ uint32_t pack2<bf16>(float a, float b) {
+  __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+
+// 16 bytes of T.
+template <typename T>
+struct alignas(16) Vec {
+  static constexpr int N = 16 / sizeof(T);
+  T v[N];
+};
+
+template <typename T>
+__device__ __forceinline__ Vec<T> ld_vec(const T* p) {
+  Vec<T> r;
+  *reinterpret_cast<uint4*>(&r) = *reinterpret_cast<const uint4*>(p);
+  return r;
+}
+template <typename T>
+__device__ __forceinline__ void st_vec(T* p, const Vec<T>& v) {
+  *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(&v);
+}
+
+// 8 x 16-bit values <-> 8 floats.
+template <typename T>
+__device__ __forceinline__ void unpack8(const uint4& u, float (&f)[8]) {
+  const T* h = reinterpret_cast<const T*>(&u);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) f[i] = to_f<T>(h[i]);
+}
+template <typename T>
+__device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
+  uint4 u;
+  u.x = pack2<T>(f[0], f[1]);
+  u.y = pack2<T>(f[2], f[3]);
+  u.z = pack2<T>(f[4], f[5]);
+  u.w = pack2<T>(f[6], f[7]);
+  return u;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024). Every thread gets the total.
+// Safe to call several times in a row.
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float sh[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = warp_sum(v);
+  if (lane == 0) sh[warp] = v;
+  __syncthreads();
+  const int nw = blockDim.x >> 5;
+  v = lane < nw ? sh[lane] : 0.f;
+  v = warp_sum(v);
+  __syncthreads();
+  return v;
+}
+
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+inline int grid_for(uint64_t work, int threads, int max_blocks = 65535 * 8) {
+  uint64_t b = (work + threads - 1) / threads;
+  if (b < 1) b = 1;
+  if (b > (uint64_t)max_blocks) b = max_blocks;
+  return (int)b;
+}
+
+int num_sms();  // cached multiprocessor count of the current device (defined in embedding.cu)
+
+}  // namespace kd
+}  // namespace tsllm
+
+// Dispatch on an activation dtype: F32, F16, BF16.
+#define TSLLM_DISPATCH_ACT(dt, T, ...)           \
+  switch (dt) {                                  \
+    case ::tsllm::DType::F32: {                  \
+      using T = float;                           \
+      __VA_ARGS__;                               \
+    } break;                                     \
+    case ::tsllm::DType::F16: {                  \
+      using T = half;                            \
+      __VA_ARGS__;                               \
+    } break;                                     \
+    case ::tsllm::DType::BF16: {                 \
+      using T = ::tsllm::kd::bf16;               \
+      __VA_ARGS__;                               \
+    } break;                                     \
+    default:                                     \
+      return cudaErrorInvalidValue;              \
+  }
+
+// Dispatch on a 16-bit dtype: F16, BF16.
+#define TSLLM_DISPATCH_HALF(dt, T, ...)          \
+  switch (dt) {                                  \
+    case ::tsllm::DType::F16: {                  \
+      using T = half;                            \
+      __VA_ARGS__;                               \
+    } break;                                     \
+    case ::tsllm::DType::BF16: {                 \
+      using T = ::tsllm::kd::bf16;               \
+      __VA_ARGS__;                               \
+    } break;                                     \
+    default:                                     \
+      return cudaErrorInvalidValue;              \
+  }

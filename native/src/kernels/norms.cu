@@ -1,0 +1,177 @@
+// rms_norm / layer_norm with optional fused residual add. One block per row; the row stays in registers
+// (16-byte vectors) between the reduction and the normalisation, so x (and residual) are read once.
+// With a residual, sum = x + residual is rounded to the activation dtype, written to sum_out, and the
+// rounded sum is what gets normalised (the same value the next layer reads back).
+#include "common.cuh"
+
+namespace tsllm {
+namespace {
+
+// VPT: 16-byte vectors per thread. RES: fused residual add. LN: layer norm (else RMS norm).
+template <typename T, int VPT, bool RES, bool LN>
+__global__ void __launch_bounds__(512) norm_vec_kernel(const T* x, const T* res, const T* __restrict__ w,
+                                                         const T* __restrict__ b, T* y, T* sum_out, int hidden,
+                                                         float eps) {
+  constexpr int N = kd::Vec<T>::N;
+  const size_t row = blockIdx.x;
+  const int nvec = hidden / N;
+  const T* xr = x + row * hidden;
+  float v[VPT][N];
+  float s1 = 0.f;
+#pragma unroll
+  for (int k = 0; k < VPT; ++k) {
+    const int vi = threadIdx.x + k * blockDim.x;
+    if (vi < nvec) {
+      kd::Vec<T> a = kd::ld_vec(xr + vi * N);
+      if (RES) {
+        kd::Vec<T> r = kd::ld_vec(res + row * hidden + vi * N);
+#pragma unroll
+        for (int j = 0; j < N; ++j) a.v[j] = kd::from_f<T>(kd::to_f(a.v[j]) + kd::to_f(r.v[j]));
+        if (sum_out) kd::st_vec(sum_out + row * hidden + vi * N, a);
+      }
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        v[k][j] = kd::to_f(a.v[j]);
+        s1 += LN ? v[k][j] : v[k][j] * v[k][j];
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < N; ++j) v[k][j] = 0.f;
+    }
+  }
+  s1 = kd::block_sum(s1);
+  float mean = 0.f, rstd;
+  if (LN) {
+    mean = s1 / hidden;
+    float s2 = 0.f;
+#pragma unroll
+    for (int k = 0; k < VPT; ++k) {
+      if (threadIdx.x + k * blockDim.x < nvec) {
+#pragma unroll
+        for (int j = 0; j < N; ++j) {
+          const float d = v[k][j] - mean;
+          s2 += d * d;
+        }
+      }
+    }
+    s2 = kd::block_sum(s2);
+    rstd = rsqrtf(s2 / hidden + eps);
+  } else {
+    rstd = rsqrtf(s1 / hidden + eps);
+  }
+#pragma unroll
+  for (int k = 0; k < VPT; ++k) {
+    const int vi = threadIdx.x + k * blockDim.x;
+    if (vi < nvec) {
+      kd::Vec<T> wv = kd::ld_vec(w + vi * N), o;
+      kd::Vec<T> bv;
+      if (LN && b) bv = kd::ld_vec(b + vi * N);
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        float r = (v[k][j] - mean) * rstd * kd::to_f(wv.v[j]);
+        if (LN && b) r += kd::to_f(bv.v[j]);
+        o.v[j] = kd::from_f<T>(r);
+      }
+      kd::st_vec(y + row * hidden + vi * N, o);
+    }
+  }
+}
+
+// Any hidden size / alignment: element loops, re-reading the row (from L1/L2) in later passes.
+template <typename T, bool RES, bool LN>
+__global__ void __launch_bounds__(256) norm_scalar_kernel(const T* x, const T* res, const T* __restrict__ w,
+                                                           const T* __restrict__ b, T* y, T* sum_out, int hidden,
+                                                           float eps) {
+  const size_t row = blockIdx.x;
+  const T* xr = x + row * hidden;
+  // Source of the (rounded) values to normalise in passes 2 and 3.
+  const T* src = RES ? sum_out + row * hidden : xr;
+  float s1 = 0.f;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+    float a = kd::to_f(xr[i]);
+    if (RES) {
+      const T sv = kd::from_f<T>(a + kd::to_f(res[row * hidden + i]));
+      sum_out[row * hidden + i] = sv;  // same thread re-reads this element below
+      a = kd::to_f(sv);
+    }
+    s1 += LN ? a : a * a;
+  }
+  s1 = kd::block_sum(s1);
+  float mean = 0.f, rstd;
+  if (LN) {
+    mean = s1 / hidden;
+    float s2 = 0.f;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+      const float d = kd::to_f(src[i]) - mean;
+      s2 += d * d;
+    }
+    s2 = kd::block_sum(s2);
+    rstd = rsqrtf(s2 / hidden + eps);
+  } else {
+    rstd = rsqrtf(s1 / hidden + eps);
+  }
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+    float r = (kd::to_f(src[i]) - mean) * rstd * kd::to_f(w[i]);
+    if (LN && b) r += kd::to_f(b[i]);
+    y[row * hidden + i] = kd::from_f<T>(r);
+  }
+}
+
+template <typename T, bool RES, bool LN>
+cudaError_t launch_norm_t(const void* x_, const void* res_, const void* w_, const void* b_, void* y_, void* sum_,
+                          int rows, int hidden, float eps, cudaStream_t s) {
+  const T* x = static_cast<const T*>(x_);
+  const T* res = static_cast<const T*>(res_);
+  const T* w = static_cast<const T*>(w_);
+  const T* b = static_cast<const T*>(b_);
+  T* y = static_cast<T*>(y_);
+  T* sum = static_cast<T*>(sum_);
+  constexpr int N = kd::Vec<T>::N;
+  const bool vec = hidden % N == 0 && kd::aligned16(x) && kd::aligned16(w) && kd::aligned16(y) &&
+                   (!RES || (kd::aligned16(res) && (!sum || kd::aligned16(sum)))) && (!b || kd::aligned16(b));
+  const int nvec = hidden / N;
+  if (vec && nvec <= 8 * 512) {
+    int vpt = 1;
+    while (nvec > vpt * 512) vpt *= 2;
+    int threads = ((nvec + vpt - 1) / vpt + 31) / 32 * 32;
+#define TSLLM_NORM_CASE(V) \
+  case V: norm_vec_kernel<T, V, RES, LN><<<rows, threads, 0, s>>>(x, res, w, b, y, sum, hidden, eps); break;
+    switch (vpt) {
+      TSLLM_NORM_CASE(1)
+      TSLLM_NORM_CASE(2)
+      TSLLM_NORM_CASE(4)
+      TSLLM_NORM_CASE(8)
+    }
+#undef TSLLM_NORM_CASE
+  } else {
+    norm_scalar_kernel<T, RES, LN><<<rows, 256, 0, s>>>(x, res, w, b, y, sum, hidden, eps);
+  }
+  return cudaGetLastError();
+}
+
+template <bool LN>
+cudaError_t launch_norm(const void* x, const void* res, const void* w, const void* b, void* y, void* sum, int rows,
+                        int hidden, float eps, DType dt, cudaStream_t s) {
+  if (rows <= 0) return cudaGetLastError();
+  if (res && !sum) return cudaErrorInvalidValue;
+  if (res) {
+    TSLLM_DISPATCH_ACT(dt, T, return (launch_norm_t<T, true, LN>(x, res, w, b, y, sum, rows, hidden, eps, s)));
+  } else {
+    TSLLM_DISPATCH_ACT(dt, T, return (launch_norm_t<T, false, LN>(x, res, w, b, y, sum, rows, hidden, eps, s)));
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+cudaError_t rms_norm(const void* x, const void* residual, const void* w, void* y, void* sum_out, int rows, int hidden,
+                     float eps, DType dt, cudaStream_t s) {
+  return launch_norm<false>(x, residual, w, nullptr, y, sum_out, rows, hidden, eps, dt, s);
+}
+
+cudaError_t layer_norm(const void* x, const void* residual, const void* w, const void* b, void* y, void* sum_out,
+                       int rows, int hidden, float eps, DType dt, cudaStream_t s) {
+  return launch_norm<true>(x, residual, w, b, y, sum_out, rows, hidden, eps, dt, s);
+}
+
+}  // namespace tsllm

@@ -1,0 +1,51 @@
+// paged_attention: RoPE + KV-cache write, then causal attention over the paged cache.
+//   1. rope_cache.cu:        RoPE on q (into the workspace) and k; k, v written at slot positions[t].
+//   2a. max_new_tokens == 1: attention_decode.cu  (flash-decoding, split-K + reduce, GQA-aware)
+//   2b. otherwise:           attention_context.cu (FlashAttention-2 tiles on tensor cores; handles mixed steps)
+// Workspace layout (computed from this step's sizes, always within attention_workspace_bytes at the maxima):
+//   [rotated q: num_tokens * nH * D * 2 bytes, 256-aligned][split-K partials: o fp32, (m, l) float2]
+#include "attention_internal.h"
+
+namespace tsllm {
+namespace {
+
+inline size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
+
+}  // namespace
+
+size_t attention_workspace_bytes(int max_num_tokens, int max_num_seqs, int num_heads, int head_dim,
+                                 int max_seq_len) {
+  (void)max_num_seqs;
+  (void)max_seq_len;
+  const size_t qrot = align256((size_t)max_num_tokens * num_heads * head_dim * 2);
+  const size_t parts = kd::kSplitBudget;  // num_tokens * nH * splits <= kSplitBudget whenever splits > 1
+  return qrot + align256(parts * head_dim * sizeof(float)) + align256(parts * sizeof(float2)) + 256;
+}
+
+cudaError_t paged_attention(const void* q, int q_stride, const void* k, int k_stride, const void* v, int v_stride,
+                            void* out, const PagedKV& kv, const StepLayout& step, const AttnParams& p, DType dt,
+                            void* workspace, cudaStream_t s) {
+  if (step.num_tokens <= 0) return cudaGetLastError();
+  const int D = p.head_dim;
+  if (dt != DType::F16 && dt != DType::BF16) return cudaErrorInvalidValue;
+  if (kv.dtype != dt || kv.head_dim != D || kv.num_kv_heads != p.num_kv_heads) return cudaErrorInvalidValue;
+  if (D < 8 || D > 256 || D % 8 != 0) return cudaErrorInvalidValue;
+  if (p.num_kv_heads <= 0 || p.num_heads % p.num_kv_heads != 0) return cudaErrorInvalidValue;
+  if (p.rotary_dim < 0 || p.rotary_dim > D || p.rotary_dim % 2 != 0 || (p.rotary_dim > 0 && !p.inv_freq))
+    return cudaErrorInvalidValue;
+  if (q_stride % 8 || k_stride % 8 || v_stride % 8) return cudaErrorMisalignedAddress;  // 16-byte row chunks
+
+  const bool rope = p.rotary_dim > 0;
+  char* ws = static_cast<char*>(workspace);
+  const size_t qrot_bytes = rope ? align256((size_t)step.num_tokens * p.num_heads * D * 2) : 0;
+  void* q_rot = rope ? ws : nullptr;
+  cudaError_t e = kd::rope_and_cache_write(q, q_stride, k, k_stride, v, v_stride, q_rot, kv, step, p, dt, s);
+  if (e != cudaSuccess) return e;
+  const void* qa = rope ? q_rot : q;
+  const int qa_stride = rope ? p.num_heads * D : q_stride;
+  if (step.max_new_tokens == 1)
+    return kd::attention_decode(qa, qa_stride, out, kv, step, p, dt, ws + qrot_bytes, s);
+  return kd::attention_context(qa, qa_stride, out, kv, step, p, dt, s);
+}
+
+}  // namespace tsllm

@@ -1,0 +1,258 @@
+// Micro-benchmark of paged_attention (Llama-2-7B shapes: 32 heads, 32 KV heads, head_dim 128, fp16, 32 tokens per
+// block) for decode at batch 1 / 64 and context 256 / 4096, plus context (prefill) attention and a few small
+// kernels at decode sizes. Times are medians of CUDA-graph replays (the runtime replays graphs), per call;
+// "stream" is back-to-back launches timed with events. Layers are cycled so that the KV read misses L2.
+// GB/s counts the KV bytes the attention must read (K and V of every cached token) plus q/k/v/out traffic.
+//
+// Build: nvcc -std=c++17 -O3 -gencode=arch=compute_90,code=sm_90 -o kb tests/kernels_bench.cu src/kernels/*.cu
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <numeric>
+#include <vector>
+
+#include "../src/kernels/attention_internal.h"
+#include "../src/kernels/kernels.h"
+
+using namespace tsllm;
+
+#define CK(x)                                                                                   \
+  do {                                                                                          \
+    cudaError_t e_ = (x);                                                                       \
+    if (e_ != cudaSuccess) {                                                                    \
+      std::printf("cuda error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__, __LINE__, #x); \
+      std::exit(2);                                                                             \
+    }                                                                                           \
+  } while (0)
+
+// Median per-call time (us) of `fn(i)` for i in [0, n): graph of n calls replayed `reps` times; also stream time.
+static void time_calls(int n, const std::function<void(int, cudaStream_t)>& fn, double* graph_us, double* stream_us) {
+  cudaStream_t s;
+  CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  for (int i = 0; i < n; ++i) fn(i, s);  // warm-up
+  CK(cudaStreamSynchronize(s));
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a));
+  CK(cudaEventCreate(&b));
+  std::vector<float> ts;
+  for (int r = 0; r < 5; ++r) {
+    CK(cudaEventRecord(a, s));
+    for (int i = 0; i < n; ++i) fn(i, s);
+    CK(cudaEventRecord(b, s));
+    CK(cudaEventSynchronize(b));
+    float ms;
+    CK(cudaEventElapsedTime(&ms, a, b));
+    ts.push_back(ms);
+  }
+  std::sort(ts.begin(), ts.end());
+  *stream_us = ts[ts.size() / 2] * 1000.0 / n;
+  cudaGraph_t g;
+  cudaGraphExec_t ge;
+  CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < n; ++i) fn(i, s);
+  CK(cudaStreamEndCapture(s, &g));
+  CK(cudaGraphInstantiate(&ge, g, 0));
+  CK(cudaGraphLaunch(ge, s));
+  CK(cudaStreamSynchronize(s));
+  ts.clear();
+  for (int r = 0; r < 15; ++r) {
+    CK(cudaEventRecord(a, s));
+    CK(cudaGraphLaunch(ge, s));
+    CK(cudaEventRecord(b, s));
+    CK(cudaEventSynchronize(b));
+    float ms;
+    CK(cudaEventElapsedTime(&ms, a, b));
+    ts.push_back(ms);
+  }
+  std::sort(ts.begin(), ts.end());
+  *graph_us = ts[ts.size() / 2] * 1000.0 / n;
+  CK(cudaGetLastError());
+  cudaGraphExecDestroy(ge);
+  cudaGraphDestroy(g);
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  cudaStreamDestroy(s);
+}
+
+struct AttnSetup {
+  int B, ctx, new_tokens, layers, nH = 32, nKV = 32, D = 128, tpb = 32;
+  void *pool = nullptr, *qkv = nullptr, *out = nullptr, *ws = nullptr;
+  int32_t *bt, *pos, *ts, *ss, *sl;
+  float* inv;
+  int maxb, num_blocks;
+  PagedKV kv;
+  StepLayout st;
+  AttnParams p;
+  // B sequences, each with `ctx` tokens after this step, `new_tokens` of them new.
+  AttnSetup(int B_, int ctx_, int new_, size_t l2_defeat_bytes) : B(B_), ctx(ctx_), new_tokens(new_) {
+    maxb = (ctx + tpb - 1) / tpb;
+    num_blocks = B * maxb;
+    const size_t block_bytes = (size_t)2 * nKV * tpb * D * 2;
+    const size_t layer_bytes = (size_t)num_blocks * block_bytes;
+    layers = (int)std::min<size_t>(32, std::max<size_t>(1, (l2_defeat_bytes + layer_bytes - 1) / layer_bytes));
+    CK(cudaMalloc(&pool, layer_bytes * layers));
+    CK(random_fill(pool, DType::F16, layer_bytes * layers / 2, 7, 0.f, 1.f, 0));
+    std::vector<int32_t> h_bt((size_t)B * maxb);
+    std::iota(h_bt.begin(), h_bt.end(), 0);
+    uint64_t r = 88172645463325252ull;
+    for (int i = (int)h_bt.size() - 1; i > 0; --i) {
+      r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+      std::swap(h_bt[i], h_bt[r % (i + 1)]);
+    }
+    const int T = B * new_tokens;
+    std::vector<int32_t> h_pos(T), h_ts(T), h_ss(B + 1), h_sl(B, ctx);
+    for (int b = 0; b < B; ++b) {
+      h_ss[b] = b * new_tokens;
+      for (int i = 0; i < new_tokens; ++i) h_pos[b * new_tokens + i] = ctx - new_tokens + i, h_ts[b * new_tokens + i] = b;
+    }
+    h_ss[B] = T;
+    std::vector<float> h_inv(D / 2);
+    for (int i = 0; i < D / 2; ++i) h_inv[i] = (float)(1.0 / std::pow(10000.0, 2.0 * i / D));
+    CK(cudaMalloc(&bt, h_bt.size() * 4));
+    CK(cudaMalloc(&pos, T * 4));
+    CK(cudaMalloc(&ts, T * 4));
+    CK(cudaMalloc(&ss, (B + 1) * 4));
+    CK(cudaMalloc(&sl, B * 4));
+    CK(cudaMalloc(&inv, D / 2 * 4));
+    CK(cudaMemcpy(bt, h_bt.data(), h_bt.size() * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(pos, h_pos.data(), T * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(ts, h_ts.data(), T * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(ss, h_ss.data(), (B + 1) * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(sl, h_sl.data(), B * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(inv, h_inv.data(), D / 2 * 4, cudaMemcpyHostToDevice));
+    const size_t qkv_elems = (size_t)T * (nH + 2 * nKV) * D;
+    CK(cudaMalloc(&qkv, qkv_elems * 2));
+    CK(random_fill(qkv, DType::F16, qkv_elems, 9, 0.f, 1.f, 0));
+    CK(cudaMalloc(&out, (size_t)T * nH * D * 2));
+    const size_t wsb = attention_workspace_bytes(T, B, nH, D, ctx);
+    CK(cudaMalloc(&ws, wsb));
+    kv = PagedKV{pool, DType::F16, layers, num_blocks, nKV, D, tpb, bt, maxb, 1.f};
+    st = StepLayout{T, B, pos, ts, ss, sl, new_tokens, ctx};
+    p = AttnParams{0, nH, nKV, D, 1.f / std::sqrt((float)D), D, RopeStyle::Neox, inv};
+    CK(cudaDeviceSynchronize());
+  }
+  ~AttnSetup() {
+    cudaFree(pool), cudaFree(qkv), cudaFree(out), cudaFree(ws);
+    cudaFree(bt), cudaFree(pos), cudaFree(ts), cudaFree(ss), cudaFree(sl), cudaFree(inv);
+  }
+  void call(int layer, cudaStream_t s) {
+    AttnParams q = p;
+    q.layer = layer % layers;
+    const int stride = (nH + 2 * nKV) * D;
+    const half* base = static_cast<const half*>(qkv);
+    CK(paged_attention(base, stride, base + nH * D, stride, base + (nH + nKV) * D, stride, out, kv, st, q, DType::F16,
+                       ws, s));
+  }
+};
+
+int main() {
+  cudaDeviceProp prop;
+  CK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
+  const size_t l2_defeat = (size_t)4 * prop.l2CacheSize;
+
+  // Copy bandwidth reference (bytes read + written).
+  {
+    const size_t bytes = (size_t)1 << 30;
+    void *a, *b;
+    CK(cudaMalloc(&a, bytes));
+    CK(cudaMalloc(&b, bytes));
+    CK(cudaMemset(a, 1, bytes));
+    double g, st;
+    time_calls(4, [&](int, cudaStream_t s) { CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, s)); }, &g, &st);
+    std::printf("device-to-device copy 1 GiB: %.1f us, %.0f GB/s (read+write)\n\n", g, 2.0 * bytes / (g * 1e3));
+    cudaFree(a), cudaFree(b);
+  }
+
+  std::printf("paged_attention decode (rope + cache write + attention [+ split-K reduce]), fp16, 32 heads x 128\n");
+  std::printf("%6s %6s %7s %8s %11s %11s %9s\n", "batch", "ctx", "splits", "layers", "graph_us", "stream_us", "GB/s");
+  for (int B : {1, 64})
+    for (int ctx : {256, 4096}) {
+      AttnSetup a(B, ctx, 1, l2_defeat);
+      const int n = 64;
+      double g, st;
+      time_calls(n, [&](int i, cudaStream_t s) { a.call(i, s); }, &g, &st);
+      const double kv_bytes = (double)B * ctx * a.nKV * a.D * 2 * 2;
+      const double io_bytes = (double)B * ((a.nH + 2 * a.nKV) * a.D * 2 + a.nH * a.D * 2 * 2);
+      const auto sp = kd::decode_split(B, a.nH, a.nKV, a.D, ctx);
+      std::printf("%6d %6d %7d %8d %11.2f %11.2f %9.0f\n", B, ctx, sp.splits, a.layers, g, st,
+                  (kv_bytes + io_bytes) / (g * 1e3));
+    }
+
+  std::printf("\npaged_attention context (prefill, causal), fp16, 32 heads x 128\n");
+  std::printf("%6s %8s %11s %9s\n", "seqs", "tokens", "graph_us", "TFLOP/s");
+  for (auto cfg : {std::pair<int, int>{1, 128}, {1, 2048}, {1, 4096}, {8, 512}}) {
+    const int B = cfg.first, L = cfg.second;
+    AttnSetup a(B, L, L, 0);
+    double g, st;
+    time_calls(8, [&](int i, cudaStream_t s) { a.call(i, s); }, &g, &st);
+    const double flops = 4.0 * B * a.nH * a.D * ((double)L * (L + 1) / 2);
+    std::printf("%6d %8d %11.2f %9.1f\n", B, L, g, flops / (g * 1e6));
+  }
+
+  std::printf("\nsmall kernels (graph_us per call)\n");
+  {
+    const int H = 4096;
+    for (int rows : {1, 64}) {
+      void *x, *r, *w, *y, *s2;
+      const size_t n = (size_t)rows * H;
+      CK(cudaMalloc(&x, n * 2));
+      CK(cudaMalloc(&r, n * 2));
+      CK(cudaMalloc(&w, H * 2));
+      CK(cudaMalloc(&y, n * 2));
+      CK(cudaMalloc(&s2, n * 2));
+      CK(random_fill(x, DType::F16, n, 1, 0.f, 1.f, 0));
+      CK(random_fill(r, DType::F16, n, 2, 0.f, 1.f, 0));
+      CK(random_fill(w, DType::F16, H, 3, 1.f, 0.1f, 0));
+      double g, st;
+      time_calls(64, [&](int, cudaStream_t s) { CK(rms_norm(x, r, w, y, s2, rows, H, 1e-5f, DType::F16, s)); }, &g, &st);
+      std::printf("add+rms_norm %dx%d: %.2f us (stream %.2f)\n", rows, H, g, st);
+      cudaFree(x), cudaFree(r), cudaFree(w), cudaFree(y), cudaFree(s2);
+    }
+    for (int rows : {1, 64}) {
+      const int I = 11008;
+      void *x, *o;
+      CK(cudaMalloc(&x, (size_t)rows * 2 * I * 2));
+      CK(cudaMalloc(&o, (size_t)rows * I * 2));
+      CK(random_fill(x, DType::F16, (size_t)rows * 2 * I, 4, 0.f, 1.f, 0));
+      double g, st;
+      time_calls(64, [&](int, cudaStream_t s) { CK(gated_act(x, o, rows, I, Act::Silu, DType::F16, s)); }, &g, &st);
+      std::printf("gated_act silu %dx%d: %.2f us (stream %.2f)\n", rows, I, g, st);
+      cudaFree(x), cudaFree(o);
+    }
+    for (int rows : {1, 64})
+      for (int mode : {0, 1}) {
+        const int V = 32000;
+        float* lg;
+        CK(cudaMalloc(&lg, (size_t)rows * V * 4));
+        CK(random_fill(lg, DType::F32, (size_t)rows * V, 5, 0.f, 8.f, 0));
+        std::vector<float> t(rows, mode ? 0.8f : 0.f), p(rows, mode ? 0.9f : 1.f);
+        std::vector<int32_t> k(rows, mode ? 50 : 0), stp(rows, 1);
+        std::vector<uint64_t> sd(rows, 42);
+        float *dt, *dp;
+        int32_t *dk, *ds, *out;
+        uint64_t* dsd;
+        CK(cudaMalloc(&dt, rows * 4));
+        CK(cudaMalloc(&dp, rows * 4));
+        CK(cudaMalloc(&dk, rows * 4));
+        CK(cudaMalloc(&ds, rows * 4));
+        CK(cudaMalloc(&out, rows * 4));
+        CK(cudaMalloc(&dsd, rows * 8));
+        CK(cudaMemcpy(dt, t.data(), rows * 4, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(dp, p.data(), rows * 4, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(dk, k.data(), rows * 4, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(ds, stp.data(), rows * 4, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(dsd, sd.data(), rows * 8, cudaMemcpyHostToDevice));
+        double g, st;
+        time_calls(32, [&](int, cudaStream_t s) { CK(sample(lg, rows, V, dt, dk, dp, dsd, ds, out, nullptr, s)); }, &g, &st);
+        std::printf("sample %s %dx%d: %.2f us (stream %.2f)\n", mode ? "T=0.8 top_k=50 top_p=0.9" : "greedy", rows, V, g, st);
+        cudaFree(lg), cudaFree(dt), cudaFree(dp), cudaFree(dk), cudaFree(ds), cudaFree(out), cudaFree(dsd);
+      }
+  }
+  return 0;
+}
