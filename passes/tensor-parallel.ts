@@ -1,8 +1,242 @@
-// Tensor-parallel sharding: one graph per rank. (Sharding itself lands with issue 4.)
+// Tensor-parallel sharding (Megatron-style, as TensorRT-LLM does it): one graph per rank.
+//
+// - column-parallel linears (q/k/v, gate/up, fc_in): rank r keeps rows [r·N/tp, (r+1)·N/tp) of the
+//   weight and bias, so its output holds its share of the features (whole attention heads);
+// - row-parallel linears (o_proj, down, out_proj, fc_out): rank r keeps columns [r·K/tp, (r+1)·K/tp)
+//   of the weight, then an all_reduce sums the partial products; a bias is added by rank 0 only, so
+//   the sum counts it once;
+// - the vocab-parallel embedding keeps rows [r·V/tp, …) with `vocab_start`, other ids give zeros, and
+//   an all_reduce assembles the rows; the vocab-parallel lm_head keeps rows (logit columns) and an
+//   all_gather concatenates the logits;
+// - attention heads are divided: each rank runs num_heads/tp query heads and num_kv_heads/tp KV heads;
+//   when tp exceeds num_kv_heads, every rank holds the one KV head its query heads use (KV heads are
+//   replicated tp/num_kv_heads times, as TensorRT-LLM does);
+// - everything else (norms, rope tables) is replicated.
+//
+// Runs on the model graph before the fusion passes. Slices are per-part recipe transforms, so a later
+// pass that concatenates recipes (QKV, gate/up fusion) concatenates the rank's slices. All rank graphs
+// have the same node list and value ids; they differ in weight recipes, `vocab_start` and which rank
+// adds row-parallel biases. Indivisible shapes are an error naming the dimension.
 import type { BuildConfig } from "../src/engine/format.ts";
-import type { Graph } from "../src/ir/types.ts";
+import { addValue, cloneGraph, inferNode } from "../src/ir/builder.ts";
+import type { Graph, Node, Value } from "../src/ir/types.ts";
+import type { Transform } from "../src/weights/recipe.ts";
+
+export class ShardError extends Error {
+  override name = "ShardError";
+}
+
+/** How one weight is cut: rows or columns [start, end) per rank, or the whole tensor on every rank. */
+type Cut = { axis: 0 | 1; range: (rank: number) => [number, number] } | null;
+
+interface Plan {
+  /** Weight value id → its cut. Weights not listed are replicated. */
+  cuts: Map<number, Cut>;
+  /** Row-parallel bias value ids (added by rank 0 only). */
+  rankZeroBias: Set<number>;
+  /** Embedding node index → rows per rank (for vocab_start). */
+  embedRows: Map<number, number>;
+  /** Node attrs to set on every rank: node index → attrs. */
+  attrs: Map<number, Record<string, number>>;
+  /** After node i: insert a collective. */
+  collectives: { after: number; op: "all_reduce" | "all_gather" }[];
+  kvHeadsPerRank: number;
+}
+
+const even =
+  (n: number, tp: number) =>
+  (r: number): [number, number] => [(r * n) / tp, ((r + 1) * n) / tp];
+
+function producer(g: Graph, id: number): { node: Node; index: number } | null {
+  for (let i = 0; i < g.nodes.length; i++)
+    if (g.nodes[i].outputs.includes(id)) return { node: g.nodes[i], index: i };
+  return null;
+}
+
+function weight(g: Graph, id: number | null): Value | null {
+  if (id === null) return null;
+  const v = g.values.get(id)!;
+  return v.kind === "weight" ? v : null;
+}
+
+function dim(v: Value, axis: number): number {
+  const d = v.shape[axis];
+  if (typeof d !== "number") throw new ShardError(`${v.name}: dim ${axis} is not static`);
+  return d;
+}
+
+/** The linear that produces `id`, looking through rope (whose input 0 is the projection). */
+function projectionOf(g: Graph, id: number, what: string): Node {
+  let p = producer(g, id);
+  if (p?.node.op === "rope") p = producer(g, p.node.inputs[0]!);
+  if (p?.node.op !== "linear")
+    throw new ShardError(`tensor-parallel: cannot find the linear projection feeding ${what}`);
+  return p.node;
+}
+
+function plan(g: Graph, tp: number): Plan {
+  const flag = `--tp ${tp}`;
+  const cuts = new Map<number, Cut>();
+  const rankZeroBias = new Set<number>();
+  const embedRows = new Map<number, number>();
+  const attrs = new Map<number, Record<string, number>>();
+  const collectives: Plan["collectives"] = [];
+  let kvHeadsPerRank = g.meta.numKvHeads;
+
+  const cutLinear = (n: Node, range: (r: number) => [number, number]) => {
+    const w = weight(g, n.inputs[1]);
+    if (!w) throw new ShardError("tensor-parallel: linear without a weight");
+    cuts.set(w.id, { axis: 0, range });
+    const b = weight(g, n.inputs[2] ?? null);
+    if (b) cuts.set(b.id, { axis: 0, range });
+  };
+
+  // Attention: divide heads; the q/k/v projections are cut at head boundaries.
+  const headCut = new Set<Node>();
+  g.nodes.forEach((n, i) => {
+    if (n.op !== "attention") return;
+    const nH = n.attrs.num_heads as number;
+    const nKv = n.attrs.num_kv_heads as number;
+    const D = n.attrs.head_dim as number;
+    if (nH % tp) throw new ShardError(`${flag}: num_attention_heads ${nH} is not divisible by ${tp}`);
+    let kvLocal: number;
+    let kvRange: (r: number) => [number, number];
+    if (nKv % tp === 0) {
+      kvLocal = nKv / tp;
+      kvRange = even(nKv * D, tp);
+    } else if (tp % nKv === 0) {
+      // Replicate: rank r serves query heads [r·nH/tp, …), all of which use KV head ⌊r·nKv/tp⌋.
+      kvLocal = 1;
+      kvRange = (r) => {
+        const h = Math.floor((r * nKv) / tp);
+        return [h * D, (h + 1) * D];
+      };
+    } else {
+      throw new ShardError(
+        `${flag}: num_key_value_heads ${nKv} neither divides nor is divisible by ${tp} (KV heads can be split or replicated, not both)`,
+      );
+    }
+    kvHeadsPerRank = kvLocal;
+    const [q, k, v] = n.inputs as number[];
+    const qp = projectionOf(g, q, `the queries of attention layer ${n.attrs.layer}`);
+    const kp = projectionOf(g, k, `the keys of attention layer ${n.attrs.layer}`);
+    const vp = projectionOf(g, v, `the values of attention layer ${n.attrs.layer}`);
+    cutLinear(qp, even(nH * D, tp));
+    cutLinear(kp, kvRange);
+    cutLinear(vp, kvRange);
+    for (const p of [qp, kp, vp]) headCut.add(p);
+    attrs.set(i, { num_heads: nH / tp, num_kv_heads: kvLocal });
+    // rope on q / k: the node between projection and attention.
+    for (const [id, heads] of [
+      [q, nH / tp],
+      [k, kvLocal],
+    ] as const) {
+      const p = producer(g, id);
+      if (p?.node.op === "rope") attrs.set(p.index, { num_heads: heads });
+    }
+  });
+
+  g.nodes.forEach((n, i) => {
+    if (n.op === "embedding") {
+      const t = weight(g, n.inputs[1]);
+      if (t?.hints?.parallel !== "vocab") return;
+      const V = dim(t, 0);
+      if (V % tp) throw new ShardError(`${flag}: vocab_size ${V} is not divisible by ${tp}`);
+      cuts.set(t.id, { axis: 0, range: even(V, tp) });
+      embedRows.set(i, V / tp);
+      collectives.push({ after: i, op: "all_reduce" });
+      return;
+    }
+    if (n.op !== "linear") return;
+    const w = weight(g, n.inputs[1]);
+    const parallel = w?.hints?.parallel;
+    if (!w || !parallel || parallel === "none" || headCut.has(n)) return;
+    if (parallel === "column" || parallel === "vocab") {
+      const N = dim(w, 0);
+      if (N % tp) {
+        const what = parallel === "vocab" ? `vocab_size ${N}` : `out features ${N} of ${w.name}`;
+        throw new ShardError(`${flag}: ${what} is not divisible by ${tp}`);
+      }
+      cutLinear(n, even(N, tp));
+      if (parallel === "vocab") collectives.push({ after: i, op: "all_gather" });
+    } else if (parallel === "row") {
+      const K = dim(w, 1);
+      if (K % tp) throw new ShardError(`${flag}: in features ${K} of ${w.name} is not divisible by ${tp}`);
+      cuts.set(w.id, { axis: 1, range: even(K, tp) });
+      const b = weight(g, n.inputs[2] ?? null);
+      if (b) rankZeroBias.add(b.id);
+      collectives.push({ after: i, op: "all_reduce" });
+    } else {
+      throw new ShardError(`${w.name}: unknown parallel hint "${parallel}"`);
+    }
+  });
+  collectives.sort((a, b) => a.after - b.after);
+  return { cuts, rankZeroBias, embedRows, attrs, collectives, kvHeadsPerRank };
+}
+
+/** The rank-independent structure: collectives inserted, head counts divided. */
+function structure(g: Graph, p: Plan, tp: number): Graph {
+  const s = cloneGraph(g);
+  for (const [i, a] of p.attrs) Object.assign(s.nodes[i].attrs, a);
+  // Insert collectives from the back so earlier node indices stay valid.
+  for (const c of [...p.collectives].reverse()) {
+    const n = s.nodes[c.after];
+    const src = n.outputs[0];
+    const old = s.values.get(src)!;
+    const out = addValue(s, { ...old, name: `${old.name}.${c.op}`, kind: "activation" });
+    const node: Node = {
+      op: c.op,
+      inputs: [src],
+      outputs: [out.id],
+      attrs: c.op === "all_gather" ? { tp } : {},
+      scope: n.scope,
+    };
+    for (const m of s.nodes.slice(c.after + 1)) m.inputs = m.inputs.map((id) => (id === src ? out.id : id));
+    for (const k of Object.keys(s.outputs)) if (s.outputs[k] === src) s.outputs[k] = out.id;
+    s.nodes.splice(c.after + 1, 0, node);
+  }
+  s.meta = { ...s.meta, numKvHeads: p.kvHeadsPerRank, tp };
+  return s;
+}
+
+function shardRank(s: Graph, p: Plan, rank: number, embedAt: Map<number, number>): Graph {
+  const g = cloneGraph(s);
+  for (const [id, cut] of p.cuts) {
+    const v = g.values.get(id)!;
+    if (!cut || v.recipe?.kind !== "checkpoint") continue;
+    if (v.recipe.parts.length !== 1 || v.recipe.transforms.length)
+      throw new ShardError(`tensor-parallel: ${v.name} is already fused; sharding runs before fusion`);
+    const [start, end] = cut.range(rank);
+    const slice: Transform = { op: "slice", axis: cut.axis, start, end };
+    const part = v.recipe.parts[0];
+    v.recipe = { ...v.recipe, parts: [{ ...part, transforms: [...part.transforms, slice] }] };
+    const shape = [...v.shape];
+    shape[cut.axis] = end - start;
+    v.shape = shape;
+  }
+  if (rank !== 0)
+    for (const n of g.nodes)
+      if (n.op === "linear" && n.inputs[2] != null && p.rankZeroBias.has(n.inputs[2])) n.inputs[2] = null;
+  for (const [i, rows] of embedAt) g.nodes[i].attrs.vocab_start = rank * rows;
+  // Re-infer every activation's shape through the registry (widths after column-parallel cuts).
+  for (const n of g.nodes) {
+    const types = inferNode(g, n.op, n.inputs, n.attrs);
+    n.outputs.forEach((o, k) => {
+      const v = g.values.get(o)!;
+      v.shape = types[k].shape;
+      v.dtype = types[k].dtype;
+    });
+  }
+  return g;
+}
 
 export function shardForTp(g: Graph, build: BuildConfig): Graph[] {
-  if (build.tp === 1) return [g];
-  throw new Error(`--tp ${build.tp}: tensor-parallel sharding is not implemented yet`);
+  const tp = build.tp;
+  if (tp === 1) return [g];
+  const p = plan(g, tp);
+  const s = structure(g, p, tp);
+  // Embedding node indices shift by the collectives inserted before them.
+  const embedAt = new Map<number, number>();
+  for (const [i, rows] of p.embedRows) embedAt.set(i + p.collectives.filter((c) => c.after < i).length, rows);
+  return Array.from({ length: tp }, (_, r) => shardRank(s, p, r, embedAt));
 }

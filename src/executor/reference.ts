@@ -134,6 +134,16 @@ export class ReferenceExecutor implements Executor {
             });
             return new HostTensor(x.shape, out);
           },
+          allGather: (x) => {
+            const parts = envs.map((e, j) => e.get(this.ranks[j].rank.header.nodes[i].inputs[0]!)!);
+            const w = x.cols;
+            const rows = x.rows;
+            const out = new Float32Array(rows * w * parts.length);
+            parts.forEach((p, j) => {
+              for (let r = 0; r < rows; r++) out.set(p.f32.subarray(r * w, (r + 1) * w), (r * parts.length + j) * w);
+            });
+            return new HostTensor([...x.shape.slice(0, -1), w * parts.length], out);
+          },
         };
         const inputs = node.inputs.map((id) => {
           if (id === null) return null;

@@ -7,6 +7,7 @@ import "./shape.ts";
 import "./rope.ts";
 import "./attention.ts";
 import "./collective.ts";
+import "./all-gather.ts";
 
 export * from "./registry.ts";
 export { HostTensor } from "./tensor.ts";

@@ -15,6 +15,8 @@ export interface RefContext {
   kv: KvStore;
   /** Tensor-parallel: sums a value over all ranks (the executor runs ranks in lock step). */
   allReduce(x: HostTensor, opId: number): HostTensor;
+  /** Tensor-parallel: concatenates a value over all ranks along its last dim, in rank order. */
+  allGather(x: HostTensor, opId: number): HostTensor;
   /** Stable id of the node being run (for collective rendezvous). */
   nodeIndex: number;
 }
