@@ -18,7 +18,7 @@ if ! command -v nvcc >/dev/null 2>&1; then
   exit 1
 fi
 if ! command -v cmake >/dev/null 2>&1; then
-  echo "native/build.sh: cmake not found (need CMake >= 3.24)." >&2
+  echo "native/build.sh: cmake not found (need CMake >= 3.18)." >&2
   exit 1
 fi
 

@@ -6,6 +6,7 @@
 #include <tsllm.h>
 
 #include <cstring>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,8 @@ napi_value wrap(napi_env env, F&& f) {
     bool pending = false;
     napi_is_exception_pending(env, &pending);
     if (!pending) napi_throw_error(env, nullptr, e.msg.c_str());
+  } catch (const std::exception& e) {
+    napi_throw_error(env, nullptr, (std::string("tsllm_node: ") + e.what()).c_str());
   }
   return nullptr;
 }

@@ -78,7 +78,7 @@ bool parse_elem(const std::string& name, ElemType* out) {
       {"fp32", ElemType::F32},     {"f32", ElemType::F32},          {"float32", ElemType::F32},
       {"fp16", ElemType::F16},     {"f16", ElemType::F16},          {"float16", ElemType::F16},
       {"bf16", ElemType::BF16},    {"bfloat16", ElemType::BF16},    {"fp8", ElemType::FP8_E4M3},
-      {"fp8_e4m3", ElemType::FP8_E4M3}, {"f8_e4m3", ElemType::FP8_E4M3}, {"e4m3", ElemType::FP8_E4M3},
+      {"fp8_e4m3", ElemType::FP8_E4M3}, {"f8_e4m3", ElemType::FP8_E4M3}, {"e4m3", ElemType::FP8_E4M3}, {"fp8e4m3", ElemType::FP8_E4M3},
       {"i32", ElemType::I32},      {"int32", ElemType::I32},        {"i64", ElemType::I64},
       {"int64", ElemType::I64},    {"i8", ElemType::I8},            {"int8", ElemType::I8},
       {"u8", ElemType::U8},        {"uint8", ElemType::U8},

@@ -1,0 +1,162 @@
+// The native runtime's own behaviour: sampling determinism, generate() vs step(), CUDA graphs vs eager,
+// rewinding, limits and load errors, random weights against the CPU reference executor.
+import * as path from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { ReferenceExecutor } from "../src/executor/reference.ts";
+import { readGolden } from "../src/golden.ts";
+import { CudaEngine, type CudaLoadOptions } from "../src/native/binding.ts";
+import { CudaExecutor } from "../src/native/executor.ts";
+import { compileEngine } from "../src/compile.ts";
+import { fixture, goldenFile, maxAbsDiff, REPO, tinyEngine } from "./helpers.ts";
+
+const open: CudaEngine[] = [];
+function load(dir: string, o: CudaLoadOptions = {}): CudaEngine {
+  const e = CudaEngine.load(dir, o);
+  open.push(e);
+  return e;
+}
+afterAll(() => {
+  for (const e of open) e.close();
+});
+
+const golden = readGolden(goldenFile("llama"));
+const prompts = golden.prompts.map((p) => p.inputIds.slice(0, p.promptLen));
+
+describe("native runtime (tiny-llama fp16)", () => {
+  it("reports its GPU, limits and memory", async () => {
+    const e = load(await tinyEngine("llama", "fp16"));
+    const i = e.info();
+    console.log("info", JSON.stringify(i));
+    expect(i.gpuSm).toBeGreaterThanOrEqual(80);
+    expect(i.engineSm).toBe(80);
+    expect(i.vocabSize).toBe(512);
+    expect(i.maxBatchSize).toBe(8);
+    expect(i.kvBlocksTotal).toBeGreaterThanOrEqual(8 * 8 + 1);
+    expect(i.weightBytes).toBeGreaterThan(0);
+  });
+
+  it("the same seed repeats exactly; another seed differs (generate)", async () => {
+    const e = load(await tinyEngine("llama", "fp16"));
+    const sp = { temperature: 0.9, topK: 40, topP: 0.95, seed: 7 };
+    const a = e.generate(prompts, 16, sp);
+    const b = e.generate(prompts, 16, sp);
+    const c = e.generate(prompts, 16, { ...sp, seed: 8 });
+    a.tokens.forEach((t, i) => expect(Array.from(b.tokens[i])).toEqual(Array.from(t)));
+    expect(a.tokens.map((t) => Array.from(t).join()).join("|")).not.toEqual(c.tokens.map((t) => Array.from(t).join()).join("|"));
+    expect(e.info().numSequences).toBe(0);
+  });
+
+  it("generate() greedy equals step-by-step greedy through step()", async () => {
+    const e = load(await tinyEngine("llama", "fp16"));
+    const gen = e.generate(prompts, 12);
+    prompts.forEach((p, i) => {
+      const id = 50 + i;
+      const toks: number[] = [];
+      let r = e.step([{ id, tokens: p, startPos: 0 }], { tokens: true });
+      toks.push(r.tokens![0]);
+      for (let k = 1; k < 12; k++) {
+        r = e.step([{ id, tokens: [toks[k - 1]], startPos: p.length + k - 1 }], { tokens: true });
+        toks.push(r.tokens![0]);
+      }
+      e.release(id);
+      expect(toks).toEqual(Array.from(gen.tokens[i]));
+    });
+    console.log("greedy", gen.tokens.map((t) => Array.from(t).join(",")), `ttft ${gen.ttftMs.toFixed(3)} ms, decode ${gen.decodeMs.toFixed(3)} ms`);
+  });
+
+  it("sampled steps with a seed repeat exactly (step)", async () => {
+    const e = load(await tinyEngine("llama", "fp16"));
+    const run = (id: number) => {
+      const out: number[] = [];
+      let r = e.step([{ id, tokens: prompts[2], startPos: 0, temperature: 1, topK: 0, topP: 0.9, seed: 99 }], { tokens: true });
+      out.push(r.tokens![0]);
+      for (let k = 1; k < 10; k++) {
+        r = e.step([{ id, tokens: [out[k - 1]], startPos: prompts[2].length + k - 1, temperature: 1, topP: 0.9, seed: 99 }], { tokens: true });
+        out.push(r.tokens![0]);
+      }
+      e.release(id);
+      return out;
+    };
+    expect(run(1)).toEqual(run(2));
+  });
+
+  it("decode through CUDA graphs (padded batches) matches eager decode (≤ 0.01)", async () => {
+    const dir = await tinyEngine("llama", "fp16");
+    const withGraphs = load(dir);
+    const eager = load(dir, { cudaGraphs: false });
+    let max = 0;
+    for (const e of [withGraphs, eager]) e.step(prompts.map((p, i) => ({ id: i, tokens: p, startPos: 0 })));
+    for (let k = 0; k < 6; k++) {
+      const seqs = prompts.map((p, i) => ({ id: i, tokens: [golden.prompts[i].inputIds[p.length + k]], startPos: p.length + k }));
+      const a = withGraphs.step(seqs); // 3 sequences: padded to the batch-4 graph
+      const b = eager.step(seqs);
+      max = Math.max(max, maxAbsDiff(a.logits!, b.logits!));
+    }
+    console.log(`graphs vs eager: ${max}, graphs captured ${withGraphs.info().numCudaGraphs}`);
+    expect(withGraphs.info().numCudaGraphs).toBeGreaterThan(0);
+    expect(eager.info().numCudaGraphs).toBe(0);
+    expect(max).toBeLessThanOrEqual(0.01);
+  });
+
+  it("rewinding a sequence (startPos below its length) recomputes the same logits (≤ 0.01)", async () => {
+    const e = load(await tinyEngine("llama", "fp16"));
+    const p = golden.prompts[2].inputIds;
+    const full = e.step([{ id: 9, tokens: p, startPos: 0, allLogits: true }]);
+    const k = 7;
+    const again = e.step([{ id: 9, tokens: p.slice(k), startPos: k, allLogits: true }]);
+    e.release(9);
+    const V = full.vocab;
+    expect(again.rows).toBe(p.length - k);
+    expect(maxAbsDiff(full.logits!.subarray(k * V), again.logits!)).toBeLessThanOrEqual(0.01);
+    expect(() => e.step([{ id: 10, tokens: [1, 2], startPos: 3 }])).toThrow(/cached tokens, a step cannot start at position 3/);
+  });
+
+  it("refuses limits above the engine's and a KV pool that cannot hold one sequence", async () => {
+    const dir = await tinyEngine("llama", "fp16");
+    expect(() => load(dir, { maxBatchSize: 9 })).toThrow(/max_batch_size 9 exceeds the engine's 8/);
+    expect(() => load(dir, { kvCacheMaxBlocks: 3 })).toThrow(/KV cache too small/);
+    const small = load(dir, { maxBatchSize: 2, maxSeqLen: 128, maxNumTokens: 64 });
+    expect(small.info().maxSeqLen).toBe(128);
+    expect(() => small.step([0, 1, 2].map((i) => ({ id: i, tokens: [1], startPos: 0 })))).toThrow(/max_batch_size is 2/);
+    expect(() => small.step([{ id: 0, tokens: new Array(65).fill(1), startPos: 0 }])).toThrow(/max_num_tokens is 64/);
+  });
+
+  it("reports a full KV cache as an error and recovers after release", async () => {
+    const e = load(await tinyEngine("llama", "fp16"), { kvCacheMaxBlocks: 10 }); // 9 usable blocks of 32
+    const seqs = [0, 1, 2, 3, 4].map((i) => ({ id: i, tokens: new Array(40).fill(3), startPos: 0 }));
+    expect(() => e.step(seqs)).toThrow(/KV cache full/);
+    e.step(seqs.slice(0, 4));
+    for (let i = 0; i < 4; i++) e.release(i);
+    expect(e.info().kvBlocksFree).toBe(9);
+  });
+
+  it("an engine built for a newer SM than the GPU is refused, naming both", async () => {
+    const gpuSm = load(await tinyEngine("llama", "fp16")).info().gpuSm;
+    if (gpuSm >= 120) return;
+    const dir = await tinyEngine("llama", "fp16", { sm: 120 });
+    expect(() => load(dir)).toThrow(new RegExp(`built for sm 120, but GPU 0 \\(.*\\) is sm ${gpuSm}`));
+  });
+
+  it("random weights generated on the GPU match the reference executor's (≤ 0.05)", async () => {
+    const out = path.join(await tinyEngine("llama", "fp16"), "..", "random");
+    await compileEngine({
+      modelFile: path.join(REPO, "models/llama.ts"),
+      config: path.join(fixture("llama"), "config.json"),
+      randomWeights: true,
+      seed: 5,
+      sm: 80,
+      dtype: "fp16",
+      maxNumTokens: 64,
+      maxSeqLen: 64,
+      maxBatchSize: 2,
+      out,
+    });
+    const cuda = new CudaExecutor(load(out));
+    const ref = ReferenceExecutor.load(out);
+    const a = cuda.step([{ seqId: 1, tokens: prompts[2], logits: "all" }]).get(1)!;
+    const b = ref.step([{ seqId: 1, tokens: prompts[2], logits: "all" }]).get(1)!;
+    const max = Math.max(...a.map((row, i) => maxAbsDiff(row, b[i])));
+    console.log(`random weights, CUDA vs reference: ${max}`);
+    expect(max).toBeLessThanOrEqual(0.05);
+  });
+});
