@@ -1,5 +1,13 @@
 // The build pipeline, declared in one place: the model graph is sharded into one graph per
 // tensor-parallel rank, then every rank's graph goes through the same passes in order.
+import { addNormFusion } from "../passes/add-norm-fusion.ts";
+import { attentionFusion } from "../passes/attention-fusion.ts";
+import { cse } from "../passes/cse.ts";
+import { dce } from "../passes/dce.ts";
+import { epilogueFusion } from "../passes/epilogue-fusion.ts";
+import { gateUpFusion } from "../passes/gate-up-fusion.ts";
+import { memoryPlan } from "../passes/memory-plan.ts";
+import { qkvFusion } from "../passes/qkv-fusion.ts";
 import { shardForTp } from "../passes/tensor-parallel.ts";
 import type { BuildConfig } from "./engine/format.ts";
 import { printGraph } from "./ir/printer.ts";
@@ -12,7 +20,16 @@ export interface Pass {
 }
 
 /** Graph passes in the order they run on each rank's graph. */
-export const PASSES: Pass[] = [];
+export const PASSES: Pass[] = [
+  qkvFusion,
+  gateUpFusion,
+  attentionFusion,
+  epilogueFusion,
+  addNormFusion,
+  cse,
+  dce,
+  memoryPlan, // last: offsets are only valid for the graph it planned
+];
 
 export interface PipelineResult {
   ranks: Graph[];

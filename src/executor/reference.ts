@@ -1,10 +1,15 @@
 // The reference executor: runs an engine's op program on the CPU in fp32 using each op's registered
 // reference semantics. All tensor-parallel ranks run in lock step in one process, so all_reduce is a
 // real sum over the ranks' partial results.
+import type { Checkpoint } from "../checkpoint/checkpoint.ts";
 import { toFloat32 } from "../checkpoint/dtype.ts";
+import { type BuildConfig, FORMAT_VERSION } from "../engine/format.ts";
+import { buildHeader } from "../engine/header.ts";
 import { type Engine, type EngineRank, openEngine, readWeightBytes } from "../engine/reader.ts";
+import type { Graph } from "../ir/types.ts";
 import { getOp, HostTensor, type KvStore, type RefContext, type StepLayout } from "../ops/index.ts";
 import { roundToDtype } from "../ops/round.ts";
+import { materializeWeight } from "../weights/materialize.ts";
 import { randomFill } from "../weights/random.ts";
 import { type Executor, LimitError, type SeqRequest } from "./types.ts";
 
@@ -44,14 +49,65 @@ export class ReferenceExecutor implements Executor {
   constructor(
     readonly engine: Engine,
     opts: ReferenceOptions = {},
+    /** Weights per rank already in memory (fromGraphs); read from the engine files otherwise. */
+    weights?: Map<number, HostTensor>[],
   ) {
     this.vocabSize = engine.config.facts.vocabSize;
     this.roundActs = opts.roundActivations ?? true;
-    this.ranks = engine.ranks.map((rank) => ({ rank, weights: loadWeights(rank), kv: new DenseKv() }));
+    this.ranks = engine.ranks.map((rank, i) => ({
+      rank,
+      weights: weights?.[i] ?? loadWeights(rank),
+      kv: new DenseKv(),
+    }));
   }
 
   static load(dir: string, opts: ReferenceOptions = {}): ReferenceExecutor {
     return new ReferenceExecutor(openEngine(dir, { verify: opts.verify }), opts);
+  }
+
+  /**
+   * Runs compiler graphs (one per rank) without writing an engine: the op program is the header the
+   * engine writer would write, and each weight is materialised from the checkpoint (or its seed) and
+   * stored in its dtype exactly as the writer would store it. For tests of passes.
+   */
+  static fromGraphs(
+    graphs: Graph[],
+    build: BuildConfig,
+    checkpoint: Checkpoint | null,
+    opts: ReferenceOptions = {},
+  ): ReferenceExecutor {
+    const ranks: EngineRank[] = graphs.map((graph, rank) => ({
+      file: `<in-memory rank ${rank}>`,
+      header: buildHeader({ rank, graph }, build),
+      dataOffset: 0,
+    }));
+    const g0 = graphs[0];
+    const logits = g0.values.get(g0.outputs.logits)!;
+    const m = g0.meta;
+    const engine: Engine = {
+      dir: "<in-memory>",
+      config: {
+        format_version: FORMAT_VERSION,
+        model: {},
+        facts: {
+          vocabSize: Number(logits.shape[logits.shape.length - 1]),
+          numLayers: m.numLayers,
+          numHeads: 0,
+          numKvHeads: m.numKvHeads,
+          headDim: m.headDim,
+          hiddenSize: 0,
+          maxPositionEmbeddings: build.max_seq_len,
+          eosTokenIds: [],
+        },
+        build,
+        ranks: [],
+      },
+      ranks,
+    };
+    const weights = graphs.map((g, i) =>
+      loadWeights(ranks[i], (w) => materializeWeight(g.values.get(w.value)!, checkpoint)),
+    );
+    return new ReferenceExecutor(engine, opts, weights);
   }
 
   release(seqId: number): void {
@@ -134,16 +190,6 @@ export class ReferenceExecutor implements Executor {
             });
             return new HostTensor(x.shape, out);
           },
-          allGather: (x) => {
-            const parts = envs.map((e, j) => e.get(this.ranks[j].rank.header.nodes[i].inputs[0]!)!);
-            const w = x.cols;
-            const rows = x.rows;
-            const out = new Float32Array(rows * w * parts.length);
-            parts.forEach((p, j) => {
-              for (let r = 0; r < rows; r++) out.set(p.f32.subarray(r * w, (r + 1) * w), (r * parts.length + j) * w);
-            });
-            return new HostTensor([...x.shape.slice(0, -1), w * parts.length], out);
-          },
         };
         const inputs = node.inputs.map((id) => {
           if (id === null) return null;
@@ -164,7 +210,12 @@ export class ReferenceExecutor implements Executor {
   }
 }
 
-function loadWeights(rank: EngineRank): Map<number, HostTensor> {
+type WeightEntry = EngineRank["header"]["weights"][number];
+
+function loadWeights(
+  rank: EngineRank,
+  bytesOf: (w: WeightEntry) => Uint8Array = (w) => readWeightBytes(rank, w.offset, w.nbytes),
+): Map<number, HostTensor> {
   const values = new Map(rank.header.values.map((v) => [v.id, v]));
   const out = new Map<number, HostTensor>();
   for (const w of rank.header.weights) {
@@ -178,7 +229,7 @@ function loadWeights(rank: EngineRank): Map<number, HostTensor> {
     } else {
       const st = F32_BYTES_DTYPE[v.dtype as keyof typeof F32_BYTES_DTYPE];
       if (!st) throw new Error(`reference executor cannot read weights of dtype ${v.dtype} (${v.name})`);
-      data = toFloat32(st, readWeightBytes(rank, w.offset, w.nbytes));
+      data = toFloat32(st, bytesOf(w));
     }
     out.set(v.id, new HostTensor(shape, data));
   }

@@ -1,0 +1,130 @@
+// Graph-level test helpers: build a fixture's graph (no engine written), run pipeline passes on it,
+// and compare logits of two graphs on the reference executor over the golden prompts (prefill plus
+// teacher-forced decode steps, so the KV cache path is exercised).
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { type Checkpoint, openCheckpoint } from "../../src/checkpoint/checkpoint.ts";
+import { Module } from "../../src/dsl/module.ts";
+import { BuildConfig } from "../../src/engine/format.ts";
+import { ReferenceExecutor } from "../../src/executor/reference.ts";
+import { type Golden, readGolden } from "../../src/golden.ts";
+import type { Graph, Node } from "../../src/ir/types.ts";
+import { loadModelFile } from "../../src/model-file.ts";
+import { newPassLog, type PassLog, withPassLog } from "../../passes/pattern.ts";
+import { PASSES } from "../../src/pipeline.ts";
+import { GPTJ_MODEL, LLAMA_MODEL, TINY_GPTJ, TINY_LLAMA } from "../fixtures.ts";
+
+export type Which = "llama" | "gptj";
+export const FIXTURES: Which[] = ["llama", "gptj"];
+
+export interface Fixture {
+  which: Which;
+  graph: Graph;
+  build: BuildConfig;
+  ckpt: Checkpoint;
+  golden: Golden;
+}
+
+export function testBuild(extra: Partial<BuildConfig> = {}): BuildConfig {
+  return BuildConfig.parse({
+    sm: 90,
+    tp: 1,
+    dtype: "fp32",
+    kv_cache_dtype: "fp32",
+    max_batch_size: 8,
+    max_seq_len: 256,
+    max_num_tokens: 256,
+    tokens_per_block: 32,
+    random_weights: false,
+    seed: 0,
+    ...extra,
+  });
+}
+
+/** Builds a model file's graph for a checkpoint directory (fp32, small limits). */
+export async function graphOf(modelFile: string, dir: string, build = testBuild()): Promise<Graph> {
+  const model = await loadModelFile(modelFile);
+  const json = JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8"));
+  const cfg = model.parseConfig(json, dir);
+  const m = new Module(
+    "f32",
+    { maxBatchSize: build.max_batch_size, maxSeqLen: build.max_seq_len, maxNumTokens: build.max_num_tokens },
+    0.02,
+    String(json.torch_dtype ?? json.dtype ?? "float32"),
+  );
+  model.forward(m, cfg);
+  return m.graph;
+}
+
+const cache = new Map<Which, Fixture>();
+
+export async function fixture(which: Which): Promise<Fixture> {
+  let f = cache.get(which);
+  if (!f) {
+    const dir = which === "llama" ? TINY_LLAMA : TINY_GPTJ;
+    const build = testBuild();
+    const graph = await graphOf(which === "llama" ? LLAMA_MODEL : GPTJ_MODEL, dir, build);
+    f = { which, graph, build, ckpt: openCheckpoint(dir), golden: readGolden(path.join(dir, "golden.safetensors")) };
+    cache.set(which, f);
+  }
+  return f;
+}
+
+/** Runs the named pipeline passes in pipeline order (all passes before `upTo` when given). */
+export function runPasses(g: Graph, names: string[], build = testBuild()): { graph: Graph; logs: Record<string, PassLog> } {
+  const logs: Record<string, PassLog> = {};
+  for (const p of PASSES) {
+    if (!names.includes(p.name)) continue;
+    const log = newPassLog();
+    g = withPassLog(log, () => p.run(g, build));
+    logs[p.name] = log;
+  }
+  return { graph: g, logs };
+}
+
+/** The pipeline's pass names before `name`. */
+export function passesBefore(name: string): string[] {
+  const names = PASSES.map((p) => p.name);
+  const i = names.indexOf(name);
+  if (i < 0) throw new Error(`no pass ${name}`);
+  return names.slice(0, i);
+}
+
+/** Logits of every golden prompt position: prefill, then teacher-forced decode one token a step. */
+export function goldenLogits(f: Fixture, g: Graph, maxDecode = 4): Float32Array[] {
+  const ex = ReferenceExecutor.fromGraphs([g], f.build, f.ckpt);
+  const out: Float32Array[] = [];
+  f.golden.prompts.forEach((p, i) => {
+    const seq = 100 + i;
+    out.push(...ex.step([{ seqId: seq, tokens: p.inputIds.slice(0, p.promptLen), logits: "all" }]).get(seq)!);
+    const end = Math.min(p.inputIds.length, p.promptLen + maxDecode);
+    for (let pos = p.promptLen; pos < end; pos++)
+      out.push(...ex.step([{ seqId: seq, tokens: [p.inputIds[pos]], logits: "last" }]).get(seq)!);
+  });
+  return out;
+}
+
+export function maxAbsDiff(a: Float32Array[], b: Float32Array[]): number {
+  if (a.length !== b.length) return Infinity;
+  let m = 0;
+  a.forEach((row, i) => {
+    for (let k = 0; k < row.length; k++) m = Math.max(m, Math.abs(row[k] - b[i][k]));
+  });
+  return m;
+}
+
+/** Op counts over the whole graph. */
+export function opCounts(g: Graph, nodes: Node[] = g.nodes): Record<string, number> {
+  const c: Record<string, number> = {};
+  for (const n of nodes) c[n.op] = (c[n.op] ?? 0) + 1;
+  return c;
+}
+
+/** Nodes whose weights (or attention layer) belong to decoder layer `layer`. */
+export function layerNodes(g: Graph, layer: number): Node[] {
+  const re = new RegExp(`\\.${layer}\\.`);
+  const inLayer = (n: Node) =>
+    n.attrs.layer === layer ||
+    n.inputs.some((id) => id !== null && g.values.get(id)?.kind === "weight" && re.test(g.values.get(id)!.name));
+  return g.nodes.filter(inLayer);
+}
