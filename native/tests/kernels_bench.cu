@@ -151,6 +151,7 @@ struct AttnSetup {
 };
 
 int main() {
+  setvbuf(stdout, nullptr, _IOLBF, 0);
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
