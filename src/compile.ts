@@ -10,6 +10,7 @@ import { writeEngine } from "./engine/writer.ts";
 import type { Graph } from "./ir/types.ts";
 import { loadModelFile } from "./model-file.ts";
 import { type PipelineResult, runPipeline } from "./pipeline.ts";
+import type { QuantReport } from "../passes/quantize-weights.ts";
 import { checkCheckpointWeights } from "./weights/check.ts";
 
 export interface CompileOptions {
@@ -136,6 +137,7 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
       log: o.log,
     });
     build.passes = pipeline.applied;
+    logQuantReport(pipeline.ranks[0]?.meta.quant as QuantReport | undefined, o.log);
     const ranks: RankProgram[] = pipeline.ranks.map((g, rank) => ({ rank, graph: g }));
     const config = writeEngine({
       outDir: o.out,
@@ -151,4 +153,11 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
   } finally {
     ckpt?.close();
   }
+}
+
+/** Says which layers were quantised and which stay in higher precision, and why. */
+function logQuantReport(r: QuantReport | undefined, log?: (line: string) => void): void {
+  if (!r || !log) return;
+  log(`quantisation ${r.scheme}: ${r.quantized.length} linears quantised per rank`);
+  for (const k of r.kept) log(`  kept in higher precision: ${k.name} — ${k.reason}`);
 }

@@ -8,6 +8,8 @@ import { epilogueFusion } from "../passes/epilogue-fusion.ts";
 import { gateUpFusion } from "../passes/gate-up-fusion.ts";
 import { memoryPlan } from "../passes/memory-plan.ts";
 import { qkvFusion } from "../passes/qkv-fusion.ts";
+import { quantizeKvCache } from "../passes/quantize-kv.ts";
+import { quantizeWeights } from "../passes/quantize-weights.ts";
 import { shardForTp } from "../passes/tensor-parallel.ts";
 import type { BuildConfig } from "./engine/format.ts";
 import { printGraph } from "./ir/printer.ts";
@@ -30,6 +32,18 @@ export const PASSES: Pass[] = [
   dce,
   memoryPlan, // last: offsets are only valid for the graph it planned
 ];
+
+/** Inserts passes before the one named `before` (at the end when there is none). */
+function insertBefore(passes: Pass[], before: string, add: Pass[]): void {
+  const i = passes.findIndex((p) => p.name === before);
+  passes.splice(i < 0 ? passes.length : i, 0, ...add);
+}
+
+// Quantisation: after fusion (fused QKV / gate-up weights are quantised whole), before memory planning.
+insertBefore(PASSES, "memory-plan", [
+  { name: "quantize-weights", run: quantizeWeights },
+  { name: "quantize-kv", run: quantizeKvCache },
+]);
 
 export interface PipelineResult {
   ranks: Graph[];

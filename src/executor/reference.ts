@@ -10,6 +10,8 @@ import type { Graph } from "../ir/types.ts";
 import { getOp, HostTensor, type KvStore, type RefContext, type StepLayout } from "../ops/index.ts";
 import { roundToDtype } from "../ops/round.ts";
 import { materializeWeight } from "../weights/materialize.ts";
+import { roundE4m3 } from "../quant/fp8.ts";
+import { decodeStored, isQuantDtype, roundStored } from "../quant/weights.ts";
 import { randomFill } from "../weights/random.ts";
 import { type Executor, LimitError, type SeqRequest } from "./types.ts";
 
@@ -190,6 +192,16 @@ export class ReferenceExecutor implements Executor {
             });
             return new HostTensor(x.shape, out);
           },
+          allGather: (x) => {
+            const parts = envs.map((e, j) => e.get(this.ranks[j].rank.header.nodes[i].inputs[0]!)!);
+            const w = x.cols;
+            const rows = x.rows;
+            const out = new Float32Array(rows * w * parts.length);
+            parts.forEach((p, j) => {
+              for (let r = 0; r < rows; r++) out.set(p.f32.subarray(r * w, (r + 1) * w), (r * parts.length + j) * w);
+            });
+            return new HostTensor([...x.shape.slice(0, -1), w * parts.length], out);
+          },
         };
         const inputs = node.inputs.map((id) => {
           if (id === null) return null;
@@ -203,6 +215,7 @@ export class ReferenceExecutor implements Executor {
             roundToDtype(outs[k].f32, dtypes[ri].get(o) ?? "f32");
           env.set(o, outs[k]);
         });
+        if (node.attrs.kv_cache_dtype === "fp8") storeKvFp8(r.kv, layout, node.attrs);
       });
     }
     const h0 = this.ranks[0].rank.header;
@@ -211,6 +224,21 @@ export class ReferenceExecutor implements Executor {
 }
 
 type WeightEntry = EngineRank["header"]["weights"][number];
+
+/** FP8 KV cache: the K/V rows this step wrote are stored as E4M3 with the layer's per-tensor scales. */
+function storeKvFp8(kv: DenseKv, layout: StepLayout, attrs: Record<string, unknown>): void {
+  const layer = attrs.layer as number;
+  const scales = [attrs.k_scale as number, attrs.v_scale as number];
+  for (const s of layout.seqs) {
+    const cache = kv.get(s.seqId, layer);
+    for (let t = s.start; t < s.start + s.count; t++) {
+      const pos = layout.positions[t];
+      [cache.k[pos], cache.v[pos]].forEach((row, i) => {
+        for (let d = 0; d < row.length; d++) row[d] = Math.fround(roundE4m3(Math.fround(row[d] / scales[i])) * scales[i]);
+      });
+    }
+  }
+}
 
 function loadWeights(
   rank: EngineRank,
@@ -226,6 +254,9 @@ function loadWeights(
     if (w.random) {
       data = randomFill(n, w.random.seed, w.random.mean, w.random.scale);
       roundToDtype(data, v.dtype);
+      roundStored(data, v.dtype);
+    } else if (isQuantDtype(v.dtype)) {
+      data = decodeStored(v.dtype, readWeightBytes(rank, w.offset, w.nbytes));
     } else {
       const st = F32_BYTES_DTYPE[v.dtype as keyof typeof F32_BYTES_DTYPE];
       if (!st) throw new Error(`reference executor cannot read weights of dtype ${v.dtype} (${v.name})`);

@@ -8,6 +8,7 @@ import "./rope.ts";
 import "./attention.ts";
 import "./collective.ts";
 import "./all-gather.ts";
+import "./quant-linear.ts";
 
 export * from "./registry.ts";
 export { HostTensor } from "./tensor.ts";

@@ -3,6 +3,7 @@
 import type { Checkpoint } from "../checkpoint/checkpoint.ts";
 import { fromFloat32, isFloatDtype, toFloat32 } from "../checkpoint/dtype.ts";
 import type { DType, Value } from "../ir/types.ts";
+import { applyQuantize, materializeQuantized } from "../quant/materialize.ts";
 import type { Transform, WeightRecipe } from "./recipe.ts";
 
 const ST_DTYPE: Partial<Record<DType, "F32" | "F16" | "BF16">> = { f32: "F32", f16: "F16", bf16: "BF16" };
@@ -29,6 +30,7 @@ export function materializeWeight(v: Value, ckpt: Checkpoint | null): Uint8Array
   if (!r) throw new Error(`weight ${v.name} has no recipe`);
   if (r.kind === "constant") return fromFloat32(storageDtype(v.dtype), Float32Array.from(r.data));
   if (!ckpt) throw new Error(`weight ${v.name} needs a checkpoint`);
+  if (r.transforms.some((t) => t.op === "quantize")) return materializeQuantized(v, ckpt, materializeF32);
   const st = storageDtype(v.dtype);
   const direct = materializeDirect(r, ckpt, st);
   const t = direct ?? materializeParts(r, ckpt);
@@ -93,6 +95,8 @@ function concat0<D extends Elems>(parts: Raw<D>[]): Raw<D> {
 
 export function applyTransform<D extends Elems = Float32Array>(t: Raw<D>, tr: Transform): Raw<D> {
   switch (tr.op) {
+    case "quantize":
+      return applyQuantize(t as Raw, tr) as Raw<D>;
     case "slice": {
       const { axis, start, end } = tr;
       if (start < 0 || end > t.shape[axis] || start >= end)

@@ -10,7 +10,9 @@ export interface WeightInit {
 
 export type Transform =
   /** Keep [start, end) along an axis (tensor-parallel shard). */
-  { op: "slice"; axis: number; start: number; end: number };
+  | { op: "slice"; axis: number; start: number; end: number }
+  /** Quantise a [N, K] weight (src/quant/weights.ts): emit its stored values, or its scales. Always last. */
+  | { op: "quantize"; scheme: "fp8" | "int8-wo" | "int4-wo"; group_size?: number; output: "values" | "scales" };
 
 /** One checkpoint tensor and the transforms applied to it alone (e.g. this rank's slice of k_proj). */
 export interface RecipePart {

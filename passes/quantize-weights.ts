@@ -1,0 +1,135 @@
+// Weight quantisation (--quant fp8 | int8-wo | int4-wo): every linear becomes a quant_linear whose
+// weight is stored quantised and whose scales are a companion weight computed from the same recipe
+// (quantised while the engine streams; nothing is read here). Runs after fusion (fused QKV / gate-up
+// weights are quantised whole, per output channel) and before memory planning.
+//
+// Kept in higher precision, as TensorRT-LLM does: lm_head (its logits feed sampling directly, and it is
+// small next to the decoder) and the embedding (a row gather, not a GEMM: nothing to gain).
+import type { BuildConfig } from "../src/engine/format.ts";
+import { addValue, cloneGraph } from "../src/ir/builder.ts";
+import type { Graph, Node, Value } from "../src/ir/types.ts";
+import {
+  type QuantScheme,
+  randomInits,
+  scalesShape,
+  storedDtype,
+  storedShape,
+} from "../src/quant/weights.ts";
+
+export class QuantError extends Error {
+  override name = "QuantError";
+}
+
+/** Which layers were quantised and which were kept in higher precision (and why); in graph.meta.quant. */
+export interface QuantReport {
+  scheme: string;
+  kvCacheDtype: string;
+  quantized: string[];
+  kept: { name: string; reason: string }[];
+}
+
+/** FP8 tensor cores (and FP8 conversions in hardware) start with Ada (sm 89) and Hopper (sm 90). */
+export function checkQuantLegality(build: BuildConfig): void {
+  if (build.quant === "fp8" && build.sm < 89)
+    throw new QuantError(
+      `--quant fp8 needs --sm 89 or newer (FP8 tensor cores: Ada, Hopper); --sm ${build.sm} has none`,
+    );
+  if (build.kv_cache_dtype === "fp8" && build.sm < 89)
+    throw new QuantError(
+      `--kv-cache-dtype fp8 needs --sm 89 or newer (FP8 conversions: Ada, Hopper); --sm ${build.sm} has none`,
+    );
+}
+
+const LM_HEAD_REASON =
+  "lm_head: logits feed sampling directly; kept in the engine dtype as TensorRT-LLM does";
+const EMBED_REASON = "embedding: a row gather, not a GEMM, nothing to gain from quantising";
+
+function feedsLogits(g: Graph, n: Node): boolean {
+  let id = n.outputs[0];
+  for (;;) {
+    if (Object.values(g.outputs).includes(id)) return true;
+    const next = g.nodes.find((m) => m.inputs.includes(id));
+    if (!next || next.op !== "all_gather") return false;
+    id = next.outputs[0];
+  }
+}
+
+export function quantizeWeights(g0: Graph, build: BuildConfig): Graph {
+  checkQuantLegality(build);
+  const report: QuantReport = {
+    scheme: build.quant,
+    kvCacheDtype: build.kv_cache_dtype,
+    quantized: [],
+    kept: [],
+  };
+  if (build.quant === "none") return g0;
+  const scheme = build.quant as QuantScheme;
+  const g = cloneGraph(g0);
+  const groupSize = scheme === "int4-wo" ? build.group_size : undefined;
+  for (const n of g.nodes) {
+    if (n.op === "embedding")
+      report.kept.push({ name: g.values.get(n.inputs[1]!)!.name, reason: EMBED_REASON });
+    if (n.op !== "linear") continue;
+    const w = g.values.get(n.inputs[1]!)!;
+    if (w.kind !== "weight" || w.recipe?.kind !== "checkpoint") continue;
+    if (w.hints?.parallel === "vocab" || feedsLogits(g, n)) {
+      report.kept.push({ name: w.name, reason: LM_HEAD_REASON });
+      continue;
+    }
+    const [N, K] = w.shape as number[];
+    if (scheme === "int4-wo") {
+      if (K % groupSize!)
+        throw new QuantError(
+          `--group-size ${groupSize}: does not divide the input dim ${K} of ${w.name}${build.tp > 1 ? ` (per rank at --tp ${build.tp})` : ""}`,
+        );
+      if (groupSize! % 2)
+        throw new QuantError(
+          `--group-size ${groupSize}: int4 values are packed in pairs, use an even group size`,
+        );
+    }
+    const { values, scales } = quantizedPair(g, w, scheme, groupSize, N, K);
+    n.op = "quant_linear";
+    n.inputs = [n.inputs[0], values.id, scales.id, n.inputs[2] ?? null, n.inputs[3] ?? null];
+    n.attrs = {
+      ...n.attrs,
+      quant: scheme,
+      compute_dtype: w.dtype,
+      ...(groupSize ? { group_size: groupSize } : {}),
+    };
+    report.quantized.push(w.name);
+  }
+  g.meta = { ...g.meta, quant: report };
+  return g;
+}
+
+/** The quantised weight and its scales: new values with adjacent ids, recipes from the same sources. */
+function quantizedPair(
+  g: Graph,
+  w: Value,
+  scheme: QuantScheme,
+  groupSize: number | undefined,
+  N: number,
+  K: number,
+) {
+  const r = w.recipe as Extract<Value["recipe"], { kind: "checkpoint" }>;
+  const spec = { scheme, groupSize };
+  const inits = randomInits(spec, r.init);
+  const q = { op: "quantize" as const, scheme, ...(groupSize ? { group_size: groupSize } : {}) };
+  const values = addValue(g, {
+    name: w.name,
+    dtype: storedDtype(scheme),
+    shape: storedShape(spec, N, K),
+    kind: "weight",
+    recipe: { ...r, transforms: [...r.transforms, { ...q, output: "values" }], init: inits.weight },
+    hints: { ...w.hints, quant: scheme },
+  });
+  const scales = addValue(g, {
+    name: `${w.name.replace(/\.weight$/, "")}.weight_scale`,
+    dtype: "f32",
+    shape: scalesShape(spec, N, K),
+    kind: "weight",
+    recipe: { ...r, transforms: [...r.transforms, { ...q, output: "scales" }], init: inits.scales },
+    hints: { role: "scales", quant: scheme },
+  });
+  return { values, scales };
+}

@@ -1,0 +1,67 @@
+// Quantisation while streaming weights: the `quantize` recipe transform, and materialising a quantised
+// weight and its scales. Both are separate weights whose recipes share the same sources and slices;
+// the quantisation pass gives them adjacent value ids, so the writer materialises one right after the
+// other and the second reuses the first's fp32 tensor (one weight in memory, sources read once).
+import type { Checkpoint } from "../checkpoint/checkpoint.ts";
+import { fromFloat32 } from "../checkpoint/dtype.ts";
+import type { Value } from "../ir/types.ts";
+import type { Transform } from "../weights/recipe.ts";
+import {
+  computeScales,
+  encodeStored,
+  isQuantDtype,
+  type QuantSpec,
+  quantizeValues,
+  scalesShape,
+  storedShape,
+} from "./weights.ts";
+
+type QuantizeTransform = Extract<Transform, { op: "quantize" }>;
+interface Raw {
+  shape: number[];
+  data: Float32Array;
+}
+
+export function specOf(tr: QuantizeTransform): QuantSpec {
+  return { scheme: tr.scheme, groupSize: tr.group_size };
+}
+
+export function applyQuantize(t: Raw, tr: QuantizeTransform): Raw {
+  if (t.shape.length !== 2) throw new Error(`quantize: expected a [N, K] weight, got [${t.shape}]`);
+  const [n, k] = t.shape;
+  const spec = specOf(tr);
+  if (tr.output === "scales")
+    return { shape: scalesShape(spec, n, k), data: computeScales(t.data, n, k, spec) };
+  return { shape: storedShape(spec, n, k), data: quantizeValues(t.data, n, k, spec) };
+}
+
+/** The fp32 weight before quantisation, kept for the one companion (values ↔ scales) that follows. */
+let memo: { key: string; raw: Raw } | null = null;
+
+export function materializeQuantized(
+  v: Value,
+  ckpt: Checkpoint,
+  toF32: (v: Value, ckpt: Checkpoint) => Raw,
+): Uint8Array {
+  const r = v.recipe;
+  if (r?.kind !== "checkpoint") throw new Error(`${v.name}: only checkpoint weights are quantised`);
+  const last = r.transforms[r.transforms.length - 1];
+  if (last?.op !== "quantize") throw new Error(`${v.name}: quantize must be the last transform`);
+  const pre = { ...r, transforms: r.transforms.slice(0, -1) };
+  const key = JSON.stringify([pre.parts, pre.transforms]);
+  let raw: Raw;
+  if (memo?.key === key) {
+    raw = memo.raw;
+    memo = null;
+  } else {
+    raw = toF32({ ...v, recipe: pre }, ckpt);
+    memo = { key, raw };
+  }
+  const out = applyQuantize(raw, last);
+  const want = v.shape.map(Number);
+  if (out.shape.join(",") !== want.join(","))
+    throw new Error(`weight ${v.name}: recipe produced [${out.shape}] but the graph expects [${want}]`);
+  if (isQuantDtype(v.dtype)) return encodeStored(v.dtype, out.data);
+  if (v.dtype !== "f32") throw new Error(`${v.name}: quantisation scales are f32, not ${v.dtype}`);
+  return fromFloat32("F32", out.data);
+}

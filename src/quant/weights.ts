@@ -1,0 +1,180 @@
+// Weight quantisation schemes: how a [N, K] fp32 weight becomes stored values + scales, how the
+// kernels turn them back into numbers, and the random-weight distributions in the quantised layout.
+//
+//   fp8      E4M3 weight [N, K], per-output-channel scale s[n] = amax(w[n,:]) / 448 (f32 [N]);
+//            q = e4m3(w / s) (IEEE fp32 division, RNE, saturating).
+//   int8-wo  int8 weight [N, K], per-channel s[n] = amax / 127; q = clamp(rne(w / s), -127, 127).
+//   int4-wo  int4 weight packed two per byte [N, K/2] (element k in the low nibble of byte k/2 when k is
+//            even, the high nibble when odd; two's complement), group-wise s[n, k/G] = amax(group) / 7
+//            (f32 [N, K/G]); q = clamp(rne(w / s), -8, 7).
+// A zero amax gives scale 1. Weight-only kernels dequantise w = fp32(q · s) rounded to the activation
+// dtype (RNE) and run the GEMM in that dtype with fp32 accumulation.
+import type { DType } from "../ir/types.ts";
+import { roundToDtype } from "../ops/round.ts";
+import type { WeightInit } from "../weights/recipe.ts";
+import { E4M3_MAX, e4m3ToF32, encodeE4m3, roundE4m3 } from "./fp8.ts";
+
+export const QUANT_SCHEMES = ["fp8", "int8-wo", "int4-wo"] as const;
+export type QuantScheme = (typeof QUANT_SCHEMES)[number];
+
+export interface QuantSpec {
+  scheme: QuantScheme;
+  /** int4-wo only. */
+  groupSize?: number;
+}
+
+/** Round half to even. */
+export function rne(y: number): number {
+  const f = Math.floor(y);
+  const d = y - f;
+  return d > 0.5 ? f + 1 : d < 0.5 ? f : f % 2 === 0 ? f : f + 1;
+}
+
+const QMAX: Record<QuantScheme, number> = { fp8: E4M3_MAX, "int8-wo": 127, "int4-wo": 7 };
+
+export function storedDtype(s: QuantScheme): DType {
+  return s === "fp8" ? "fp8e4m3" : s === "int8-wo" ? "i8" : "u8";
+}
+
+export function storedShape(spec: QuantSpec, n: number, k: number): number[] {
+  return spec.scheme === "int4-wo" ? [n, k / 2] : [n, k];
+}
+
+/** Scales shape: [N] per channel, [N, K/G] per group. */
+export function scalesShape(spec: QuantSpec, n: number, k: number): number[] {
+  return spec.scheme === "int4-wo" ? [n, k / groupOf(spec)] : [n];
+}
+
+function groupOf(spec: QuantSpec): number {
+  if (!spec.groupSize) throw new Error("int4-wo needs a group size");
+  return spec.groupSize;
+}
+
+/** Elements per scale along K. */
+function span(spec: QuantSpec, k: number): number {
+  return spec.scheme === "int4-wo" ? groupOf(spec) : k;
+}
+
+/** The scales of a [N, K] weight (f32). */
+export function computeScales(w: Float32Array, n: number, k: number, spec: QuantSpec): Float32Array {
+  const g = span(spec, k);
+  const perRow = k / g;
+  const out = new Float32Array(n * perRow);
+  const qmax = QMAX[spec.scheme];
+  for (let r = 0; r < n; r++)
+    for (let j = 0; j < perRow; j++) {
+      let amax = 0;
+      const o = r * k + j * g;
+      for (let i = 0; i < g; i++) amax = Math.max(amax, Math.abs(w[o + i]));
+      out[r * perRow + j] = amax > 0 ? Math.fround(amax / qmax) : 1;
+    }
+  return out;
+}
+
+/** Quantised values in the stored layout, as numbers (E4M3 values, int8 values, packed int4 bytes 0..255). */
+export function quantizeValues(w: Float32Array, n: number, k: number, spec: QuantSpec): Float32Array {
+  const scales = computeScales(w, n, k, spec);
+  const g = span(spec, k);
+  const perRow = k / g;
+  const q = new Float32Array(n * k);
+  for (let r = 0; r < n; r++)
+    for (let i = 0; i < k; i++) {
+      const y = Math.fround(w[r * k + i] / scales[r * perRow + Math.floor(i / g)]);
+      q[r * k + i] =
+        spec.scheme === "fp8"
+          ? roundE4m3(y)
+          : spec.scheme === "int8-wo"
+            ? Math.min(127, Math.max(-127, rne(y)))
+            : Math.min(7, Math.max(-8, rne(y)));
+    }
+  if (spec.scheme !== "int4-wo") return q;
+  const packed = new Float32Array((n * k) / 2);
+  for (let j = 0; j < packed.length; j++) packed[j] = (q[2 * j] & 0xf) | ((q[2 * j + 1] & 0xf) << 4);
+  return packed;
+}
+
+/** Unpacks stored values to one number per weight element (int4: two's complement nibbles). */
+export function unpackValues(stored: Float32Array, spec: QuantSpec): Float32Array {
+  if (spec.scheme !== "int4-wo") return stored;
+  const out = new Float32Array(stored.length * 2);
+  for (let j = 0; j < stored.length; j++) {
+    const b = stored[j];
+    out[2 * j] = ((b & 0xf) ^ 8) - 8;
+    out[2 * j + 1] = (((b >> 4) & 0xf) ^ 8) - 8;
+  }
+  return out;
+}
+
+/** Weight-only dequantisation as the kernels do it: fp32(q · s), rounded to the activation dtype. */
+export function dequantize(
+  stored: Float32Array,
+  scales: Float32Array,
+  n: number,
+  k: number,
+  spec: QuantSpec,
+  computeDtype: string,
+): Float32Array {
+  const q = unpackValues(stored, spec);
+  const g = span(spec, k);
+  const perRow = k / g;
+  const w = new Float32Array(n * k);
+  for (let r = 0; r < n; r++)
+    for (let i = 0; i < k; i++)
+      w[r * k + i] = Math.fround(q[r * k + i] * scales[r * perRow + Math.floor(i / g)]);
+  roundToDtype(w, computeDtype);
+  return w;
+}
+
+/** Stored values (as numbers) → bytes of a quantised dtype. */
+export function encodeStored(dtype: DType, values: Float32Array): Uint8Array {
+  if (dtype === "fp8e4m3") return encodeE4m3(values);
+  if (dtype === "i8") {
+    const out = new Int8Array(values.length);
+    for (let i = 0; i < values.length; i++) out[i] = values[i];
+    return new Uint8Array(out.buffer);
+  }
+  if (dtype === "u8") return Uint8Array.from(values);
+  throw new Error(`no quantised encoding for dtype ${dtype}`);
+}
+
+/** Bytes of a quantised dtype → stored values as numbers. */
+export function decodeStored(dtype: DType, bytes: Uint8Array): Float32Array {
+  if (dtype === "fp8e4m3") {
+    const out = new Float32Array(bytes.length);
+    for (let i = 0; i < bytes.length; i++) out[i] = e4m3ToF32(bytes[i]);
+    return out;
+  }
+  if (dtype === "i8") return Float32Array.from(new Int8Array(bytes.buffer, bytes.byteOffset, bytes.length));
+  if (dtype === "u8") return Float32Array.from(bytes);
+  throw new Error(`no quantised decoding for dtype ${dtype}`);
+}
+
+export function isQuantDtype(dtype: DType): boolean {
+  return dtype === "fp8e4m3" || dtype === "i8" || dtype === "u8";
+}
+
+/**
+ * Random values rounded to a quantised storage dtype, in place (random-weight engines): fp8e4m3 RNE
+ * saturating; i8 and u8 round half to even and clamp to their range.
+ */
+export function roundStored(data: Float32Array, dtype: DType): void {
+  if (dtype === "fp8e4m3") for (let i = 0; i < data.length; i++) data[i] = roundE4m3(data[i]);
+  else if (dtype === "i8")
+    for (let i = 0; i < data.length; i++) data[i] = Math.min(127, Math.max(-128, rne(data[i])));
+  else if (dtype === "u8")
+    for (let i = 0; i < data.length; i++) data[i] = Math.min(255, Math.max(0, rne(data[i])));
+}
+
+/**
+ * Random-weight distributions in the quantised layout, matching what quantising the fp32 distribution
+ * `init` (uniform, mean 0, half-width a) would give: stored values spread over the code range and a
+ * constant scale a/qmax.
+ */
+export function randomInits(spec: QuantSpec, init: WeightInit): { weight: WeightInit; scales: WeightInit } {
+  const qmax = QMAX[spec.scheme];
+  const weight =
+    spec.scheme === "int4-wo"
+      ? { mean: 127.5, scale: 128 } // bytes 0..255: both nibbles uniform over -8..7
+      : { mean: 0, scale: qmax };
+  return { weight, scales: { mean: init.scale > 0 ? init.scale / qmax : 1, scale: 0 } };
+}

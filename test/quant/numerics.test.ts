@@ -1,0 +1,145 @@
+// The quantisation schemes and quant_linear's reference numerics, checked against direct formulas.
+import { describe, expect, it } from "vitest";
+import { getOp, HostTensor } from "../../src/ops/index.ts";
+import { e4m3ToF32, f32ToE4m3 } from "../../src/quant/fp8.ts";
+import {
+  computeScales,
+  decodeStored,
+  dequantize,
+  encodeStored,
+  type QuantSpec,
+  quantizeValues,
+  rne,
+  unpackValues,
+} from "../../src/quant/weights.ts";
+import { randomFill } from "../../src/weights/random.ts";
+
+const N = 8;
+const K = 64;
+const w = randomFill(N * K, 7, 0, 0.05);
+w[3] = 0.2; // an outlier in row 0, group 0
+const ctx = {} as never;
+
+function linear(x: Float32Array, wd: Float32Array, rows: number): Float32Array {
+  const out = new Float32Array(rows * N);
+  for (let r = 0; r < rows; r++)
+    for (let j = 0; j < N; j++) {
+      let acc = 0;
+      for (let i = 0; i < K; i++) acc += x[r * K + i] * wd[j * K + i];
+      out[r * N + j] = acc;
+    }
+  return out;
+}
+
+describe("weight quantisation", () => {
+  it("rne rounds half to even", () => {
+    expect([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 2.4, 2.6].map((v) => rne(v) + 0)).toEqual([
+      -2, -2, 0, 0, 2, 2, 2, 3,
+    ]);
+  });
+
+  it("int8-wo: per-channel scale amax/127, |w - q·s| ≤ s/2", () => {
+    const spec: QuantSpec = { scheme: "int8-wo" };
+    const s = computeScales(w, N, K, spec);
+    expect(s[0]).toBe(Math.fround(0.2 / 127));
+    const q = quantizeValues(w, N, K, spec);
+    expect(decodeStored("i8", encodeStored("i8", q))).toEqual(q);
+    const wd = dequantize(q, s, N, K, spec, "f32");
+    for (let i = 0; i < w.length; i++)
+      expect(Math.abs(w[i] - wd[i])).toBeLessThanOrEqual(s[Math.floor(i / K)] / 2 + 1e-9);
+  });
+
+  it("int4-wo: group-wise scales, two's complement nibbles packed low-first", () => {
+    const spec: QuantSpec = { scheme: "int4-wo", groupSize: 16 };
+    const s = computeScales(w, N, K, spec);
+    expect(s.length).toBe(N * (K / 16));
+    expect(s[0]).toBe(Math.fround(0.2 / 7));
+    const packed = quantizeValues(w, N, K, spec);
+    expect(packed.length).toBe((N * K) / 2);
+    const q = unpackValues(packed, spec);
+    for (let i = 0; i < w.length; i++) {
+      const sc = s[Math.floor(i / K) * 4 + Math.floor((i % K) / 16)];
+      expect(q[i]).toBe(Math.min(7, Math.max(-8, rne(Math.fround(w[i] / sc)))));
+    }
+    expect(q[3]).toBe(7);
+    expect(packed[1] & 0xf).toBe(q[2] & 0xf);
+    expect(packed[1] >> 4).toBe(q[3] & 0xf);
+    expect(decodeStored("u8", encodeStored("u8", packed))).toEqual(packed);
+  });
+
+  it("weight-only dequantisation rounds fp32(q·s) to the compute dtype", () => {
+    const spec: QuantSpec = { scheme: "int8-wo" };
+    const s = computeScales(w, N, K, spec);
+    const q = quantizeValues(w, N, K, spec);
+    const f16 = dequantize(q, s, N, K, spec, "f16");
+    const f32 = dequantize(q, s, N, K, spec, "f32");
+    let differs = 0;
+    for (let i = 0; i < f16.length; i++) {
+      expect(Math.abs(f16[i] - f32[i])).toBeLessThanOrEqual(Math.abs(f32[i]) * 2 ** -11);
+      if (f16[i] !== f32[i]) differs++;
+    }
+    expect(differs).toBeGreaterThan(0);
+  });
+
+  it("fp8: per-channel scale amax/448, values are E4M3 codes", () => {
+    const spec: QuantSpec = { scheme: "fp8" };
+    const s = computeScales(w, N, K, spec);
+    expect(s[0]).toBe(Math.fround(0.2 / 448));
+    const q = quantizeValues(w, N, K, spec);
+    expect(q[3]).toBe(448);
+    for (let i = 0; i < q.length; i++) expect(e4m3ToF32(f32ToE4m3(q[i]))).toBe(q[i]);
+    expect(decodeStored("fp8e4m3", encodeStored("fp8e4m3", q))).toEqual(q);
+  });
+});
+
+describe("quant_linear reference numerics", () => {
+  const rows = 3;
+  const x = randomFill(rows * K, 11, 0, 2);
+  x.fill(0, 2 * K, 3 * K); // an all-zero token: scale 1
+  const bias = randomFill(N, 3, 0, 0.1);
+
+  it("fp8: x quantised per token (amax/448, RNE, saturating), y = fp32(acc · fp32(s_x·s_w)) + bias", () => {
+    const spec: QuantSpec = { scheme: "fp8" };
+    const sw = computeScales(w, N, K, spec);
+    const wq = quantizeValues(w, N, K, spec);
+    const [y] = getOp("quant_linear").ref(
+      [
+        new HostTensor([rows, K], x),
+        new HostTensor([N, K], wq),
+        new HostTensor([N], sw),
+        new HostTensor([N], bias),
+      ],
+      { quant: "fp8", activation: "none" },
+      ctx,
+    );
+    for (let r = 0; r < rows; r++) {
+      let amax = 0;
+      for (let i = 0; i < K; i++) amax = Math.max(amax, Math.abs(x[r * K + i]));
+      const sx = amax ? Math.fround(amax / 448) : 1;
+      for (let j = 0; j < N; j++) {
+        let acc = 0;
+        for (let i = 0; i < K; i++)
+          acc += e4m3ToF32(f32ToE4m3(Math.fround(x[r * K + i] / sx))) * wq[j * K + i];
+        const want = Math.fround(Math.fround(Math.fround(acc) * Math.fround(sx * sw[j])) + bias[j]);
+        expect(y.f32[r * N + j]).toBe(want);
+      }
+    }
+    // and it is close to the unquantised product
+    const exact = linear(x, w, rows);
+    for (let i = 0; i < exact.length; i++)
+      expect(Math.abs(y.f32[i] - bias[i % N] - exact[i])).toBeLessThan(0.05);
+  });
+
+  it("int4-wo: equals a plain linear over the dequantised weight", () => {
+    const spec: QuantSpec = { scheme: "int4-wo", groupSize: 32 };
+    const s = computeScales(w, N, K, spec);
+    const packed = quantizeValues(w, N, K, spec);
+    const [y] = getOp("quant_linear").ref(
+      [new HostTensor([rows, K], x), new HostTensor([N, K / 2], packed), new HostTensor([N, 2], s)],
+      { quant: "int4-wo", group_size: 32, activation: "none", compute_dtype: "f32" },
+      ctx,
+    );
+    const want = linear(x, dequantize(packed, s, N, K, spec, "f32"), rows);
+    expect(Array.from(y.f32)).toEqual(Array.from(want));
+  });
+});
