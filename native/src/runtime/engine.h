@@ -115,6 +115,8 @@ struct Engine {
   size_t attn_ws_bytes = 0;
   void* scratch = nullptr;  // linear with a residual and a non-epilogue activation whose out aliases the residual
   size_t scratch_bytes = 0;
+  void* gather_scratch = nullptr;  // all_gather: [tp, rows, C] before the transpose to [rows, tp*C]
+  size_t gather_scratch_bytes = 0;
   int32_t* gen_tokens = nullptr;  // generate(): [max_new, n] token history
   size_t gen_tokens_cap = 0;
   int32_t* host_tokens = nullptr;  // pinned [max_num_tokens]
@@ -131,6 +133,13 @@ struct Engine {
   std::map<std::pair<int, int>, int> graph_seen;  // first use runs eagerly (warms up modules and cuBLASLt), then captures
 
   void* nccl_comm = nullptr;  // ncclComm_t when built with NCCL and tp > 1
+
+  // TSLLM_PROFILE=1: CUDA graphs off, events around every node of every step, a per-op table printed
+  // to stderr at unload.
+  bool profile = false;
+  std::vector<cudaEvent_t> prof_events;
+  std::map<std::string, std::pair<int64_t, double>> prof;  // key -> (calls, total ms)
+  void profile_report();
   uint64_t gen_counter = 0;
 
   ~Engine();

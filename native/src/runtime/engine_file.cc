@@ -62,6 +62,7 @@ const char* op_name(Op op) {
     case Op::FusedAttention: return "fused_attention";
     case Op::GatherRows: return "gather_rows";
     case Op::AllReduce: return "all_reduce";
+    case Op::AllGather: return "all_gather";
   }
   return "?";
 }
@@ -95,7 +96,7 @@ bool parse_elem(const std::string& name, ElemType* out) {
 bool parse_op(const std::string& name, Op* out) {
   static const Op all[] = {Op::Embedding, Op::Linear, Op::RmsNorm,   Op::AddRmsNorm,     Op::LayerNorm, Op::AddLayerNorm,
                            Op::Add,       Op::Mul,    Op::Silu,      Op::Gelu,           Op::GatedAct,  Op::Split,
-                           Op::Rope,      Op::Attention, Op::FusedAttention, Op::GatherRows, Op::AllReduce};
+                           Op::Rope,      Op::Attention, Op::FusedAttention, Op::GatherRows, Op::AllReduce, Op::AllGather};
   for (Op op : all)
     if (name == op_name(op)) {
       *out = op;
@@ -347,7 +348,7 @@ EngineDesc read_engine_header(const std::string& path) {
       if (!parse_op(opname, &nd.op))
         throw fail(where + ": unknown op \"" + opname +
                    "\"; this runtime implements embedding, linear, rms_norm, add_rms_norm, layer_norm, add_layer_norm, "
-                   "add, mul, silu, gelu, gated_act, split, rope, attention, fused_attention, gather_rows, all_reduce");
+                   "add, mul, silu, gelu, gated_act, split, rope, attention, fused_attention, gather_rows, all_reduce, all_gather");
       for (const Json& i : n.at("inputs").arr("inputs")) nd.in.push_back(i.is_null() ? -1 : value_index(i, where + " input"));
       for (const Json& o : n.at("outputs").arr("outputs")) nd.out.push_back(value_index(o, where + " output"));
       static const Json kEmpty = Json::parse("{}");
@@ -445,6 +446,14 @@ EngineDesc read_engine_header(const std::string& path) {
           break;
         case Op::GatherRows: need_in(2, 2), need_out(1); break;
         case Op::AllReduce: need_in(1, 1), need_out(1); break;
+        case Op::AllGather:
+          need_in(1, 1), need_out(1);
+          nd.tp = int(a.i64_or("tp", d.tp));
+          if (nd.tp != d.tp)
+            throw fail(where + ": tp " + std::to_string(nd.tp) + " differs from the engine's tp " + std::to_string(d.tp));
+          if (d.values[nd.out[0]].last_dim() != d.values[nd.in[0]].last_dim() * nd.tp)
+            throw fail(where + ": output last dim is not tp x the input's");
+          break;
       }
       for (int vi : nd.in)
         if (vi >= 0 && d.values[vi].kind == ValueKind::Unused)

@@ -97,6 +97,7 @@ enum class Op : int {
   FusedAttention,
   GatherRows,
   AllReduce,
+  AllGather,
 };
 const char* op_name(Op op);
 
@@ -112,6 +113,7 @@ struct NodeDesc {
   int layer = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0, rotary_dim = 0;
   float scale = 1.f;
   RopeStyle rope_style = RopeStyle::Neox;
+  int tp = 1;  // all_gather
 };
 
 struct KvDesc {

@@ -1,7 +1,10 @@
 // The interpreter: runs the op program of one step on e.stream. Everything here is asynchronous and
 // capturable into a CUDA graph (no allocation, no synchronisation, no host reads of device data).
+#include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "engine.h"
 #include "runtime_kernels.h"
@@ -49,7 +52,17 @@ void forward(Engine& e, const StepPlan& p) {
   step.max_new_tokens = p.max_new;
   step.max_seq_len = p.max_len;
 
+  const bool prof = e.profile;
+  if (prof) {
+    while (e.prof_events.size() < d.nodes.size() + 1) {
+      cudaEvent_t ev;
+      TSLLM_CUDA(cudaEventCreate(&ev), "cudaEventCreate");
+      e.prof_events.push_back(ev);
+    }
+    TSLLM_CUDA(cudaEventRecord(e.prof_events[0], s), "cudaEventRecord");
+  }
   for (size_t i = 0; i < d.nodes.size(); i++) {
+    if (prof && i > 0) TSLLM_CUDA(cudaEventRecord(e.prof_events[i], s), "cudaEventRecord");
     const NodeDesc& n = d.nodes[i];
     auto in = [&](size_t k) -> void* { return k < n.in.size() && n.in[k] >= 0 ? e.ptr(n.in[k], p) : nullptr; };
     auto out = [&](size_t k) -> void* { return e.ptr(n.out[k], p); };
@@ -171,6 +184,28 @@ void forward(Engine& e, const StepPlan& p) {
         ck(gather_rows(in(0), static_cast<const int32_t*>(in(1)), out(0), rows, H, dt, s));
         break;
       }
+      case Op::AllGather: {
+        int C = int(e.val(n.in[0]).last_dim());
+        int rows = int(e.numel(n.in[0], p) / C);
+        size_t cnt = size_t(rows) * size_t(C);
+        if (n.tp == 1) {
+          ck(cudaMemcpyAsync(out(0), in(0), cnt * es, cudaMemcpyDeviceToDevice, s));
+          break;
+        }
+#ifdef TSLLM_WITH_NCCL
+        ncclDataType_t nt = dt == DType::BF16 ? ncclBfloat16 : ncclHalf;
+        ncclResult_t r = ncclAllGather(in(0), e.gather_scratch, cnt, nt, static_cast<ncclComm_t>(e.nccl_comm), s);
+        if (r != ncclSuccess) node_fail(i, n, std::string("ncclAllGather: ") + ncclGetErrorString(r));
+        // [tp, rows, C] -> [rows, tp*C]
+        for (int rk = 0; rk < n.tp; rk++)
+          ck(cudaMemcpy2DAsync(static_cast<char*>(out(0)) + size_t(rk) * C * es, size_t(n.tp) * C * es,
+                               static_cast<char*>(e.gather_scratch) + size_t(rk) * cnt * es, size_t(C) * es,
+                               size_t(C) * es, size_t(rows), cudaMemcpyDeviceToDevice, s));
+#else
+        node_fail(i, n, "this build of libtsllm has no NCCL");
+#endif
+        break;
+      }
       case Op::AllReduce: {
 #ifdef TSLLM_WITH_NCCL
         size_t cnt = size_t(e.numel(n.out[0], p));
@@ -184,6 +219,37 @@ void forward(Engine& e, const StepPlan& p) {
       }
     }
   }
+  if (prof) {
+    TSLLM_CUDA(cudaEventRecord(e.prof_events[d.nodes.size()], s), "cudaEventRecord");
+    TSLLM_CUDA(cudaEventSynchronize(e.prof_events[d.nodes.size()]), "profiling");
+    for (size_t i = 0; i < d.nodes.size(); i++) {
+      const NodeDesc& n = d.nodes[i];
+      float ms = 0;
+      cudaEventElapsedTime(&ms, e.prof_events[i], e.prof_events[i + 1]);
+      std::string key = std::string(op_name(n.op)) + (p.T == 1 ? " T=1" : p.max_new == 1 ? " decode" : " prefill");
+      if (n.op == Op::Linear) {
+        const ValueDesc& w = e.val(n.in[1]);
+        key += " M=" + std::to_string(e.numel(n.in[0], p) / w.shape[1].n) + " N=" + std::to_string(w.shape[0].n) +
+               " K=" + std::to_string(w.shape[1].n);
+      }
+      auto& slot = e.prof[key];
+      slot.first++;
+      slot.second += ms;
+    }
+  }
+}
+
+void Engine::profile_report() {
+  if (prof.empty()) return;
+  std::vector<std::pair<std::string, std::pair<int64_t, double>>> rows(prof.begin(), prof.end());
+  std::sort(rows.begin(), rows.end(), [](auto& a, auto& b) { return a.second.second > b.second.second; });
+  double total = 0;
+  for (auto& r : rows) total += r.second.second;
+  std::fprintf(stderr, "tsllm profile (eager, events around each node): %.3f ms in total\n", total);
+  for (auto& r : rows)
+    std::fprintf(stderr, "  %-44s calls %7lld  total %9.3f ms  avg %8.2f us  %5.1f%%\n", r.first.c_str(),
+                 (long long)r.second.first, r.second.second, 1e3 * r.second.second / double(r.second.first),
+                 100.0 * r.second.second / total);
 }
 
 #ifdef TSLLM_WITH_NCCL

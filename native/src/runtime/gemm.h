@@ -32,6 +32,10 @@ class GemmRunner {
                      int K, cudaDataType_t dt, GemmEpi epi, cudaStream_t s);
 
   size_t num_cached() const { return cache_.size(); }
+  // Autotuning: for M <= tune_max_m, the first call of a shape times every algorithm the heuristic offers
+  // (L2 flushed before each run, output to scratch) and keeps the fastest; larger M take the heuristic's
+  // first choice. Never while the stream is being captured. TSLLM_GEMM_TUNE=0 turns it off.
+  int tune_max_m = 256;
 
  private:
   struct Key {
@@ -52,10 +56,15 @@ class GemmRunner {
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
     cublasLtMatmulAlgo_t algo{};
   };
-  std::string make_plan(const Key& k, Plan* p);
+  std::string make_plan(const Key& k, Plan* p, const void* x, const void* w, const void* bias, cudaStream_t s);
+  std::string tune(const Key& k, Plan* p, const cublasLtMatmulHeuristicResult_t* res, int n, const void* x,
+                   const void* w, cudaStream_t s);
 
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
+  void* tune_out_ = nullptr;  // scratch D/C while tuning
+  size_t tune_out_bytes_ = 0;
+  void* flush_ = nullptr;     // 64 MB written before each timed run to evict the weights from L2
   std::unordered_map<Key, Plan, KeyHash> cache_;
 };
 

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 #include "engine.h"
@@ -52,6 +53,8 @@ MetaLayout make_meta_layout(int tcap, int scap, int max_blocks) {
 
 Engine::~Engine() {
   if (stream) cudaStreamSynchronize(stream);
+  profile_report();
+  for (auto ev : prof_events) cudaEventDestroy(ev);
   for (auto& g : graphs) cudaGraphExecDestroy(g.second);
   for (StepBuffers* b : {&general, &decode}) {
     cudaFree(b->dev);
@@ -69,6 +72,7 @@ Engine::~Engine() {
   cudaFree(kv_pool);
   cudaFree(attn_ws);
   cudaFree(scratch);
+  cudaFree(gather_scratch);
   cudaFree(gen_tokens);
   if (host_tokens) cudaFreeHost(host_tokens);
   if (stream) cudaStreamDestroy(stream);
@@ -269,7 +273,10 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
     }
     if (n.op == Op::Linear && n.in.size() > 3 && n.in[3] >= 0 && n.act != Act::None)
       e->scratch_bytes = std::max<size_t>(e->scratch_bytes, e->val(n.out[0]).max_numel() * elem_size(d.dtype));
+    if (n.op == Op::AllGather && n.tp > 1)
+      e->gather_scratch_bytes = std::max<size_t>(e->gather_scratch_bytes, e->val(n.out[0]).max_numel() * elem_size(d.dtype));
   }
+  if (e->gather_scratch_bytes) ck(cudaMalloc(&e->gather_scratch, e->gather_scratch_bytes), "cudaMalloc of all_gather scratch");
   if (max_heads) {
     e->attn_ws_bytes = attention_workspace_bytes(e->max_num_tokens, e->max_bs, max_heads, max_hd, e->max_seq_len);
     if (e->attn_ws_bytes) ck(cudaMalloc(&e->attn_ws, e->attn_ws_bytes), "cudaMalloc of the attention workspace");
@@ -278,7 +285,9 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
 
   // Decode graphs at batch sizes 1, 2, 4, ..., 256: the smallest power of two >= max_bs is included so
   // every decode batch up to max_bs pads to a captured size; padding rows must fit the arena (max_num_tokens).
-  e->graphs_enabled = !opts.disable_cuda_graphs;
+  const char* prof = std::getenv("TSLLM_PROFILE");
+  e->profile = prof && *prof && std::string(prof) != "0";
+  e->graphs_enabled = !opts.disable_cuda_graphs && !e->profile;
   for (int b = 1; b <= 256; b *= 2) {
     if (b > e->max_num_tokens || b > d.max_num_tokens) break;
     e->graph_sizes.push_back(b);
@@ -301,7 +310,7 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
   for (StepBuffers* b : {&e->general, &e->decode})
     e->workspace_bytes += b->lay.total + b->logits_rows * size_t(d.vocab_size) * (b->logits ? 4 : 0) +
                           b->sample_ws_bytes + size_t(b->lay.tcap) * 4;
-  e->workspace_bytes += GemmRunner::kWorkspaceBytes + e->attn_ws_bytes + e->scratch_bytes;
+  e->workspace_bytes += GemmRunner::kWorkspaceBytes + e->attn_ws_bytes + e->scratch_bytes + e->gather_scratch_bytes;
 
   // ---- tensor parallelism ----
   if (d.tp > 1) nccl_init(*e, opts.nccl_unique_id);
