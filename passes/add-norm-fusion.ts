@@ -46,4 +46,6 @@ export const addNormPattern: Pattern<AddNormMatch> = {
   },
 };
 
-export const addNormFusion = patternPass("add-norm-fusion", [addNormPattern]);
+export const addNormFusion = patternPass("add-norm-fusion", [addNormPattern], {
+  idle: "no residual add feeds a norm (epilogue-fusion folded them into GEMMs)",
+});

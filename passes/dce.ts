@@ -30,7 +30,7 @@ export function eliminateDeadCode(g0: Graph): Graph {
       g.values.delete(id);
       pruned++;
     }
-  if (pruned) note(`dce: dropped ${pruned} unreferenced values`);
+  if (pruned) note(`dropped ${pruned} unreferenced values`);
   return g;
 }
 

@@ -91,4 +91,6 @@ export const gateUpPattern: Pattern<GateUpMatch> = {
   },
 };
 
-export const gateUpFusion = patternPass("gate-up-fusion", [gateUpPattern]);
+export const gateUpFusion = patternPass("gate-up-fusion", [gateUpPattern], {
+  idle: "no gated MLP (mul of an activated GEMM and a GEMM of the same input)",
+});

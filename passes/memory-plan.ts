@@ -6,11 +6,11 @@
 // time. The plan goes to graph.meta.arena ({bytes, offsets}) and into the engine header.
 //
 // Must run last: any pass after it that changes the graph would invalidate the offsets.
-import { activationBytes, type ArenaPlan, naiveArena } from "../src/engine/arena.ts";
+import { activationBytes, type ArenaPlan } from "../src/engine/arena.ts";
 import { alignUp, WEIGHT_ALIGN } from "../src/engine/format.ts";
 import { cloneGraph } from "../src/ir/builder.ts";
 import type { Graph } from "../src/ir/types.ts";
-import { bestEffortPass, note } from "./pattern.ts";
+import { bestEffortPass, recordMatch } from "./pattern.ts";
 
 export interface Buffer {
   id: number;
@@ -71,11 +71,6 @@ export const memoryPlan = bestEffortPass("memory-plan", (g0) => {
   const g = cloneGraph(g0);
   const plan = planArena(g);
   g.meta = { ...g.meta, arena: plan };
-  const naive = naiveArena(g).bytes;
-  const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
-  note(
-    `memory-plan: ${Object.keys(plan.offsets).length} activation buffers in ${mib(plan.bytes)} ` +
-      `(naive sum ${mib(naive)}, ${naive ? ((100 * plan.bytes) / naive).toFixed(1) : "0"}%)`,
-  );
+  recordMatch("arena", `${Object.keys(plan.offsets).length} activation buffers`);
   return g;
 });

@@ -23,6 +23,8 @@ import type { Pass } from "../src/pipeline.ts";
 export interface PassLog {
   matches: { pattern: string; where: string }[];
   notes: string[];
+  /** Set by passes that record their matches here (a pass that does not leaves the count unknown). */
+  reports?: boolean;
   /** Set when the pass gave up and returned its input unchanged. */
   failed?: string;
 }
@@ -312,12 +314,13 @@ export function bestEffortPass(name: string, run: Pass["run"]): Pass {
   return {
     name,
     run(g, build) {
+      if (active) active.reports = true;
       try {
         const out = run(g, build);
         verifyGraph(out);
         return out;
       } catch (e) {
-        const msg = `${name} could not apply (${(e as Error).message.split("\n")[0]}); graph left unchanged`;
+        const msg = `could not apply (${(e as Error).message.split("\n")[0]}); graph left unchanged`;
         note(msg);
         if (active) active.failed = msg;
         return g;
@@ -327,6 +330,11 @@ export function bestEffortPass(name: string, run: Pass["run"]): Pass {
 }
 
 /** A pass made of rewrite patterns applied to a fixed point. */
-export function patternPass(name: string, patterns: AnyPattern[]): Pass {
-  return bestEffortPass(name, (g) => rewriteGraph(g, patterns));
+export function patternPass(name: string, patterns: AnyPattern[], o: { idle?: string } = {}): Pass {
+  return bestEffortPass(name, (g) => {
+    const before = active?.matches.length ?? 0;
+    const out = rewriteGraph(g, patterns);
+    if (o.idle && active && active.matches.length === before) note(o.idle);
+    return out;
+  });
 }

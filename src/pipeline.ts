@@ -12,8 +12,8 @@ import { quantizeKvCache } from "../passes/quantize-kv.ts";
 import { quantizeWeights } from "../passes/quantize-weights.ts";
 import { shardForTp } from "../passes/tensor-parallel.ts";
 import type { BuildConfig } from "./engine/format.ts";
-import { printGraph } from "./ir/printer.ts";
 import type { Graph } from "./ir/types.ts";
+import { buildReport, formatReport, type PassRecord, reportFiles, runPasses } from "./report/index.ts";
 
 export interface Pass {
   name: string;
@@ -62,12 +62,24 @@ export function runPipeline(
   for (const n of [...o.disable, ...o.dumpAfter])
     if (!known.has(n)) throw new Error(`unknown pass "${n}" (passes: ${[...known].join(", ") || "none"})`);
   const applied = PASSES.filter((p) => !o.disable.includes(p.name));
-  const ranks = shardForTp(graph, build).map((g, rank) => {
-    for (const p of applied) {
-      g = p.run(g, build);
-      if (rank === 0 && o.dumpAfter.includes(p.name)) o.log?.(`--- IR after ${p.name} ---\n${printGraph(g)}`);
-    }
-    return g;
+  // The fusion report follows rank 0 (every rank has the same structure).
+  const records: PassRecord[] = [];
+  const sharded = shardForTp(graph, build);
+  const ranks = sharded.map((g, rank) =>
+    runPasses(g, applied, build, rank === 0 ? { dumpAfter: o.dumpAfter, log: o.log, records } : {}),
+  );
+  const report = buildReport({
+    before: sharded[0],
+    after: ranks[0],
+    build,
+    records,
+    passes: PASSES.map((p) => p.name),
+    disabled: o.disable,
   });
-  return { ranks, applied: applied.map((p) => p.name), extraFiles: {} };
+  return {
+    ranks,
+    applied: applied.map((p) => p.name),
+    extraFiles: reportFiles(report),
+    summary: formatReport(report),
+  };
 }

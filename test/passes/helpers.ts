@@ -12,6 +12,7 @@ import type { Graph, Node } from "../../src/ir/types.ts";
 import { loadModelFile } from "../../src/model-file.ts";
 import { newPassLog, type PassLog, withPassLog } from "../../passes/pattern.ts";
 import { PASSES } from "../../src/pipeline.ts";
+import { nodeLayers } from "../../src/report/figures.ts";
 import { GPTJ_MODEL, LLAMA_MODEL, TINY_GPTJ, TINY_LLAMA } from "../fixtures.ts";
 
 export type Which = "llama" | "gptj";
@@ -42,9 +43,14 @@ export function testBuild(extra: Partial<BuildConfig> = {}): BuildConfig {
 }
 
 /** Builds a model file's graph for a checkpoint directory (fp32, small limits). */
-export async function graphOf(modelFile: string, dir: string, build = testBuild()): Promise<Graph> {
+export async function graphOf(
+  modelFile: string,
+  dir: string,
+  build = testBuild(),
+  patch: Record<string, unknown> = {},
+): Promise<Graph> {
   const model = await loadModelFile(modelFile);
-  const json = JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8"));
+  const json = { ...JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8")), ...patch };
   const cfg = model.parseConfig(json, dir);
   const m = new Module(
     "f32",
@@ -70,8 +76,13 @@ export async function fixture(which: Which): Promise<Fixture> {
   return f;
 }
 
-/** Runs the named pipeline passes in pipeline order (all passes before `upTo` when given). */
-export function runPasses(g: Graph, names: string[], build = testBuild()): { graph: Graph; logs: Record<string, PassLog> } {
+/** Runs the named pipeline passes in pipeline order, recording each pass's log. */
+export function runPasses(
+  g: Graph,
+  names: string[],
+  build = testBuild(),
+): { graph: Graph; logs: Record<string, PassLog> } {
+  for (const n of names) if (!PASSES.some((p) => p.name === n)) throw new Error(`no pass ${n}`);
   const logs: Record<string, PassLog> = {};
   for (const p of PASSES) {
     if (!names.includes(p.name)) continue;
@@ -91,8 +102,8 @@ export function passesBefore(name: string): string[] {
 }
 
 /** Logits of every golden prompt position: prefill, then teacher-forced decode one token a step. */
-export function goldenLogits(f: Fixture, g: Graph, maxDecode = 4): Float32Array[] {
-  const ex = ReferenceExecutor.fromGraphs([g], f.build, f.ckpt);
+export function goldenLogits(f: Fixture, g: Graph | Graph[], maxDecode = 4, build = f.build): Float32Array[] {
+  const ex = ReferenceExecutor.fromGraphs(Array.isArray(g) ? g : [g], build, f.ckpt);
   const out: Float32Array[] = [];
   f.golden.prompts.forEach((p, i) => {
     const seq = 100 + i;
@@ -120,11 +131,17 @@ export function opCounts(g: Graph, nodes: Node[] = g.nodes): Record<string, numb
   return c;
 }
 
-/** Nodes whose weights (or attention layer) belong to decoder layer `layer`. */
+/** Nodes of decoder layer `layer`, as the fusion report assigns them. */
 export function layerNodes(g: Graph, layer: number): Node[] {
-  const re = new RegExp(`\\.${layer}\\.`);
-  const inLayer = (n: Node) =>
-    n.attrs.layer === layer ||
-    n.inputs.some((id) => id !== null && g.values.get(id)?.kind === "weight" && re.test(g.values.get(id)!.name));
-  return g.nodes.filter(inLayer);
+  const layers = nodeLayers(g);
+  return g.nodes.filter((_, i) => layers[i] === layer);
+}
+
+export const VARIANTS_MODEL = path.join(path.dirname(new URL(import.meta.url).pathname), "models/variants.ts");
+
+/** A test variant over tiny-llama's weights (see models/variants.ts), as a fixture. */
+export async function variantFixture(variant: "geglu" | "unusual"): Promise<Fixture> {
+  const base = await fixture("llama");
+  const graph = await graphOf(VARIANTS_MODEL, TINY_LLAMA, base.build, { variant });
+  return { ...base, graph };
 }

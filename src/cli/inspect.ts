@@ -1,0 +1,61 @@
+// tsllm-inspect: a short summary of an engine directory and its fusion report (from report.json).
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { Command } from "commander";
+import { openEngine } from "../engine/reader.ts";
+import { DTYPE_BYTES, numel } from "../ir/types.ts";
+import { FusionReport, fmtBytes, formatReport, REPORT_HTML, REPORT_JSON } from "../report/index.ts";
+import { main } from "./common.ts";
+
+const program = new Command("tsllm-inspect")
+  .description("Print an engine's build summary and its fusion report (report.json) again.")
+  .argument("<engine>", "engine directory")
+  .option("--json", "print report.json as it is")
+  .option("--no-notes", "leave out the passes' notes")
+  .showHelpAfterError();
+
+await main(async () => {
+  program.parse();
+  const [dir] = program.args;
+  const o = program.opts();
+  const reportPath = path.join(dir, REPORT_JSON);
+  if (o.json) {
+    if (!fs.existsSync(reportPath)) throw new Error(`${dir}: no ${REPORT_JSON} in this engine`);
+    process.stdout.write(fs.readFileSync(reportPath, "utf8"));
+    return;
+  }
+  const engine = openEngine(dir, { verify: false });
+  const { build, facts } = engine.config;
+  const arch = String((engine.config.model as { architecture?: unknown }).architecture ?? "model");
+  let weightBytes = 0;
+  let weights = 0;
+  for (const r of engine.ranks) {
+    const values = new Map(r.header.values.map((v) => [v.id, v]));
+    for (const w of r.header.weights) {
+      const v = values.get(w.value)!;
+      weightBytes += numel(v.shape) * DTYPE_BYTES[v.dtype];
+      weights++;
+    }
+  }
+  const onDisk = engine.config.ranks.reduce((a, r) => a + r.bytes, 0);
+  const lines = [
+    `engine ${dir}: ${arch}, ${facts.numLayers} layers, hidden ${facts.hiddenSize}, vocab ${facts.vocabSize}`,
+    `  ranks ${engine.ranks.length} (tp ${build.tp}), dtype ${build.dtype}, kv cache ${build.kv_cache_dtype}, quant ${build.quant}, sm ${build.sm}`,
+    `  limits: max_batch_size ${build.max_batch_size}, max_seq_len ${build.max_seq_len}, max_num_tokens ${build.max_num_tokens}, tokens_per_block ${build.tokens_per_block}`,
+    `  weights: ${weights} tensors, ${fmtBytes(weightBytes)} over all ranks` +
+      (build.random_weights ? ` (random: stored as seeds, ${fmtBytes(onDisk)} on disk)` : `, ${fmtBytes(onDisk)} on disk`),
+    `  passes: ${build.passes.join(", ") || "none"}`,
+  ];
+  process.stdout.write(`${lines.join("\n")}\n\n`);
+  if (!fs.existsSync(reportPath)) {
+    process.stdout.write(`(no ${REPORT_JSON} in this engine)\n`);
+    return;
+  }
+  const parsed = FusionReport.safeParse(JSON.parse(fs.readFileSync(reportPath, "utf8")));
+  if (!parsed.success) {
+    const i = parsed.error.issues[0];
+    throw new Error(`${reportPath}: not a fusion report this tsllm reads (at "${i.path.join(".")}": ${i.message})`);
+  }
+  process.stdout.write(`${formatReport(parsed.data, { notes: o.notes })}\n`);
+  if (fs.existsSync(path.join(dir, REPORT_HTML))) process.stdout.write(`drawing: ${path.join(dir, REPORT_HTML)}\n`);
+});
