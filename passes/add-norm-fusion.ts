@@ -32,10 +32,16 @@ export const addNormPattern: Pattern<AddNormMatch> = {
   rewrite(g, m) {
     const norm = m.root;
     const name = (id: number) => g.values.get(id)!.name;
-    const fused = makeNode(g, FUSED[norm.op], [m.add.inputs[0], m.add.inputs[1], ...norm.inputs.slice(1)], norm.attrs, {
-      scope: norm.scope,
-      names: [name(norm.outputs[0]), name(m.add.outputs[0])],
-    });
+    const fused = makeNode(
+      g,
+      FUSED[norm.op],
+      [m.add.inputs[0], m.add.inputs[1], ...norm.inputs.slice(1)],
+      norm.attrs,
+      {
+        scope: norm.scope,
+        names: [name(norm.outputs[0]), name(m.add.outputs[0])],
+      },
+    );
     return {
       nodes: [fused],
       replace: [

@@ -24,10 +24,17 @@ export const attentionPattern: Pattern<AttnMatch> = {
     const sk = rk ? rk.inputs[0]! : k;
     const split = uses.producerOp(sq, "split");
     if (!split) {
-      note(`attention: ${where}: q/k/v are not one packed QKV output (is qkv-fusion disabled?); left unfused`);
+      note(
+        `attention: ${where}: q/k/v are not one packed QKV output (is qkv-fusion disabled?); left unfused`,
+      );
       return null;
     }
-    if (split.outputs.length !== 3 || split.outputs[0] !== sq || split.outputs[1] !== sk || split.outputs[2] !== v) {
+    if (
+      split.outputs.length !== 3 ||
+      split.outputs[0] !== sq ||
+      split.outputs[1] !== sk ||
+      split.outputs[2] !== v
+    ) {
       note(`attention: ${where}: the split does not give q, k, v in order; left unfused`);
       return null;
     }
@@ -78,7 +85,9 @@ export const attentionPattern: Pattern<AttnMatch> = {
     const attrs = rq
       ? { ...attn.attrs, rotary_dim: rq.attrs.rotary_dim, rope_style: rq.attrs.style }
       : { ...attn.attrs, rotary_dim: 0, rope_style: "neox" };
-    const inputs = rq ? [m.split.inputs[0], rq.inputs[1], rq.inputs[2]] : [m.split.inputs[0], g.inputs.positions, null];
+    const inputs = rq
+      ? [m.split.inputs[0], rq.inputs[1], rq.inputs[2]]
+      : [m.split.inputs[0], g.inputs.positions, null];
     const fused = makeNode(g, "fused_attention", inputs, attrs, { scope: m.where });
     return { nodes: [fused], replace: [[attn.outputs[0], fused.outputs[0]]] };
   },

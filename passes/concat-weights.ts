@@ -10,7 +10,7 @@ const FLOAT_WEIGHT = new Set(["f32", "f16", "bf16"]);
 /** Why these weights cannot be concatenated lazily, or null when they can. */
 export function whyNotConcat(g: Graph, ids: (number | null)[]): string | null {
   const vs = ids.map((id) => (id === null ? undefined : g.values.get(id)));
-  if (vs.some((v) => !v || v.kind !== "weight")) return "an operand is not a weight";
+  if (vs.some((v) => v?.kind !== "weight")) return "an operand is not a weight";
   const ws = vs as Value[];
   for (const v of ws) {
     if (v.recipe?.kind !== "checkpoint") return `${v.name} is not a checkpoint weight`;

@@ -42,7 +42,13 @@ export const activationPattern: Pattern<ActMatch> = {
     return { root: act, nodes: [lin, act], lin, activation, where: lin.scope };
   },
   rewrite(g, m) {
-    const lin = makeNode(g, "linear", m.lin.inputs, { ...m.lin.attrs, activation: m.activation }, { scope: m.lin.scope });
+    const lin = makeNode(
+      g,
+      "linear",
+      m.lin.inputs,
+      { ...m.lin.attrs, activation: m.activation },
+      { scope: m.lin.scope },
+    );
     return { nodes: [lin], replace: [[m.root.outputs[0], lin.outputs[0]]] };
   },
 };
@@ -106,4 +112,8 @@ export const residualPattern: Pattern<ResidualMatch> = {
   },
 };
 
-export const epilogueFusion = patternPass("epilogue-fusion", [activationPattern, parallelResidualPattern, residualPattern]);
+export const epilogueFusion = patternPass("epilogue-fusion", [
+  activationPattern,
+  parallelResidualPattern,
+  residualPattern,
+]);

@@ -78,15 +78,35 @@ export const gateUpPattern: Pattern<GateUpMatch> = {
   rewrite(g, m) {
     const { gate, up } = m;
     const name = (n: Node, i: number) => g.values.get(n.inputs[i]!)!.name;
-    const W = concatWeights(g, [gate.inputs[1]!, up.inputs[1]!], fusedName([name(gate, 1), name(up, 1)], "gate_up_proj"));
+    const W = concatWeights(
+      g,
+      [gate.inputs[1]!, up.inputs[1]!],
+      fusedName([name(gate, 1), name(up, 1)], "gate_up_proj"),
+    );
     const B =
       (gate.inputs[2] ?? null) === null
         ? null
-        : concatWeights(g, [gate.inputs[2]!, up.inputs[2]!], fusedName([name(gate, 2), name(up, 2)], "gate_up_proj"));
+        : concatWeights(
+            g,
+            [gate.inputs[2]!, up.inputs[2]!],
+            fusedName([name(gate, 2), name(up, 2)], "gate_up_proj"),
+          );
     const parent = commonScope([gate.scope ?? "", up.scope ?? ""]);
     const scope = parent ? `${parent}.gate_up_proj` : "gate_up_proj";
-    const lin = makeNode(g, "linear", [gate.inputs[0], W.id, B?.id ?? null, null], { activation: "none" }, { scope });
-    const act = makeNode(g, "gated_act", [lin.outputs[0]], { activation: m.activation }, { scope: parent || scope });
+    const lin = makeNode(
+      g,
+      "linear",
+      [gate.inputs[0], W.id, B?.id ?? null, null],
+      { activation: "none" },
+      { scope },
+    );
+    const act = makeNode(
+      g,
+      "gated_act",
+      [lin.outputs[0]],
+      { activation: m.activation },
+      { scope: parent || scope },
+    );
     return { nodes: [lin, act], replace: [[m.root.outputs[0], act.outputs[0]]] };
   },
 };

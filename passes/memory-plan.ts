@@ -6,7 +6,7 @@
 // time. The plan goes to graph.meta.arena ({bytes, offsets}) and into the engine header.
 //
 // Must run last: any pass after it that changes the graph would invalidate the offsets.
-import { activationBytes, type ArenaPlan } from "../src/engine/arena.ts";
+import { type ArenaPlan, activationBytes } from "../src/engine/arena.ts";
 import { alignUp, WEIGHT_ALIGN } from "../src/engine/format.ts";
 import { cloneGraph } from "../src/ir/builder.ts";
 import type { Graph } from "../src/ir/types.ts";
@@ -26,7 +26,13 @@ export function lifetimes(g: Graph): Buffer[] {
   const bufs = new Map<number, Buffer>();
   g.nodes.forEach((n, i) => {
     for (const o of n.outputs)
-      bufs.set(o, { id: o, start: i, end: i, bytes: alignUp(activationBytes(g, o), WEIGHT_ALIGN), offset: -1 });
+      bufs.set(o, {
+        id: o,
+        start: i,
+        end: i,
+        bytes: alignUp(activationBytes(g, o), WEIGHT_ALIGN),
+        offset: -1,
+      });
     for (const id of n.inputs) {
       const b = id === null ? undefined : bufs.get(id);
       if (b) b.end = i;

@@ -194,7 +194,11 @@ export function splice(g: Graph, m: Match, r: Replacement): Graph {
     const a = g.values.get(from);
     const b = g.values.get(to);
     if (!a || !b) throw new Error(`replacement of %${from} by %${to}: unknown value`);
-    if (a.dtype !== b.dtype || a.shape.length !== b.shape.length || a.shape.some((d, i) => !sameDim(d, b.shape[i])))
+    if (
+      a.dtype !== b.dtype ||
+      a.shape.length !== b.shape.length ||
+      a.shape.some((d, i) => !sameDim(d, b.shape[i]))
+    )
       throw new Error(
         `replacement changes a type: %${from} ${a.dtype}${shapeStr(a.shape)} → %${to} ${b.dtype}${shapeStr(b.shape)}`,
       );

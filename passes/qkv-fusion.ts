@@ -22,7 +22,11 @@ function projection(uses: Uses, id: number | null): Node | undefined {
 
 /** A plain GEMM whose output only feeds the attention path: no activation, no residual epilogue. */
 function plain(uses: Uses, n: Node): boolean {
-  return (n.attrs.activation ?? "none") === "none" && (n.inputs[3] ?? null) === null && uses.singleUse(n.outputs[0]);
+  return (
+    (n.attrs.activation ?? "none") === "none" &&
+    (n.inputs[3] ?? null) === null &&
+    uses.singleUse(n.outputs[0])
+  );
 }
 
 export const qkvPattern: Pattern<QkvMatch> = {
@@ -52,7 +56,10 @@ export const qkvPattern: Pattern<QkvMatch> = {
       return null;
     }
     const why =
-      whyNotConcat(g, [q, k, v].map((l) => l.inputs[1])) ??
+      whyNotConcat(
+        g,
+        [q, k, v].map((l) => l.inputs[1]),
+      ) ??
       (() => {
         const bs = [q, k, v].map((l) => l.inputs[2] ?? null);
         if (bs.every((b) => b === null)) return null;
@@ -71,7 +78,10 @@ export const qkvPattern: Pattern<QkvMatch> = {
     const W = concatWeights(
       g,
       m.linears.map((l) => l.inputs[1]!),
-      fusedName(m.linears.map((l) => w(l, 1).name), "qkv_proj"),
+      fusedName(
+        m.linears.map((l) => w(l, 1).name),
+        "qkv_proj",
+      ),
     );
     const B =
       (q.inputs[2] ?? null) === null
@@ -79,7 +89,10 @@ export const qkvPattern: Pattern<QkvMatch> = {
         : concatWeights(
             g,
             m.linears.map((l) => l.inputs[2]!),
-            fusedName(m.linears.map((l) => w(l, 2).name), "qkv_proj"),
+            fusedName(
+              m.linears.map((l) => w(l, 2).name),
+              "qkv_proj",
+            ),
           );
     const scope = `${commonScope([q, k, v].map((l) => l.scope ?? ""))}.qkv_proj`.replace(/^\./, "");
     const lin = makeNode(g, "linear", [m.x, W.id, B?.id ?? null, null], { activation: "none" }, { scope });

@@ -43,7 +43,9 @@ await main(async () => {
     `  ranks ${engine.ranks.length} (tp ${build.tp}), dtype ${build.dtype}, kv cache ${build.kv_cache_dtype}, quant ${build.quant}, sm ${build.sm}`,
     `  limits: max_batch_size ${build.max_batch_size}, max_seq_len ${build.max_seq_len}, max_num_tokens ${build.max_num_tokens}, tokens_per_block ${build.tokens_per_block}`,
     `  weights: ${weights} tensors, ${fmtBytes(weightBytes)} over all ranks` +
-      (build.random_weights ? ` (random: stored as seeds, ${fmtBytes(onDisk)} on disk)` : `, ${fmtBytes(onDisk)} on disk`),
+      (build.random_weights
+        ? ` (random: stored as seeds, ${fmtBytes(onDisk)} on disk)`
+        : `, ${fmtBytes(onDisk)} on disk`),
     `  passes: ${build.passes.join(", ") || "none"}`,
   ];
   process.stdout.write(`${lines.join("\n")}\n\n`);
@@ -54,8 +56,11 @@ await main(async () => {
   const parsed = FusionReport.safeParse(JSON.parse(fs.readFileSync(reportPath, "utf8")));
   if (!parsed.success) {
     const i = parsed.error.issues[0];
-    throw new Error(`${reportPath}: not a fusion report this tsllm reads (at "${i.path.join(".")}": ${i.message})`);
+    throw new Error(
+      `${reportPath}: not a fusion report this tsllm reads (at "${i.path.join(".")}": ${i.message})`,
+    );
   }
   process.stdout.write(`${formatReport(parsed.data, { notes: o.notes })}\n`);
-  if (fs.existsSync(path.join(dir, REPORT_HTML))) process.stdout.write(`drawing: ${path.join(dir, REPORT_HTML)}\n`);
+  if (fs.existsSync(path.join(dir, REPORT_HTML)))
+    process.stdout.write(`drawing: ${path.join(dir, REPORT_HTML)}\n`);
 });

@@ -1,6 +1,7 @@
 // Structural check of a graph: every node's op is known, its inputs exist and are defined before it
 // (topological order, each value defined once), its output types are what the registry infers, and
 // every graph output is defined. Passes call it on their result; a failure names the first bad node.
+import type { ValueType } from "../ops/registry.ts";
 import { inferNode } from "./builder.ts";
 import { type Graph, sameDim, shapeStr } from "./types.ts";
 
@@ -16,7 +17,7 @@ export function verifyGraph(g: Graph): void {
     for (const id of n.inputs)
       if (id !== null && !defined.has(id))
         throw new GraphError(`${where}: input %${id} is not defined before it`);
-    let types;
+    let types: ValueType[];
     try {
       types = inferNode(g, n.op, n.inputs, n.attrs);
     } catch (e) {

@@ -150,15 +150,18 @@ function describe(g: Graph, n: Node): { label: string; detail: string; fused: bo
   let label = n.op;
   let detail = w ? shortName(w.name) : "";
   let fused = FUSED_OPS.has(n.op);
-  if (n.op === "linear") {
+  if (n.op === "linear" || n.op === "quant_linear") {
+    // quant_linear: x, w, scales, bias?, residual?
+    const [bi, ri] = n.op === "linear" ? [2, 3] : [3, 4];
     const ep: string[] = [];
-    if (n.inputs[2] != null) ep.push("bias");
+    if (n.op === "quant_linear" && typeof a.quant === "string") ep.push(a.quant);
+    if (n.inputs[bi] != null) ep.push("bias");
     if ((a.activation ?? "none") !== "none") ep.push(String(a.activation));
-    if (n.inputs[3] != null) ep.push("+residual");
+    if (n.inputs[ri] != null) ep.push("+residual");
     if (ep.length) label += ` (${ep.join(", ")})`;
     if (w) detail += ` ${w.shape[1]}→${w.shape[0]}`;
     const parts = w?.recipe?.kind === "checkpoint" ? w.recipe.parts.length : 1;
-    if (parts > 1 || (a.activation ?? "none") !== "none" || n.inputs[3] != null) fused = true;
+    if (parts > 1 || (a.activation ?? "none") !== "none" || n.inputs[ri] != null) fused = true;
   } else if (n.op === "fused_attention") {
     detail = `L${a.layer} ${a.num_heads}/${a.num_kv_heads} heads, rope ${a.rope_style} ${a.rotary_dim}/${a.head_dim}`;
   } else if (n.op === "attention") {

@@ -15,6 +15,7 @@ const PAD = 16;
 
 const CATEGORY: Record<string, string> = {
   linear: "gemm",
+  quant_linear: "gemm",
   attention: "attn",
   fused_attention: "attn",
   rope: "attn",
@@ -168,7 +169,11 @@ export function renderHtml(r: FusionReport): string {
   const passRows = r.passes
     .map((p) => {
       const status =
-        p.status === "failed" ? `<span class="failed">failed</span>` : p.status === "disabled" ? "disabled" : "";
+        p.status === "failed"
+          ? `<span class="failed">failed</span>`
+          : p.status === "disabled"
+            ? "disabled"
+            : "";
       const notes = p.notes.length ? `<div class="notes">${p.notes.map(esc).join("<br>")}</div>` : "";
       return `<tr class="pass" data-pass="${esc(p.name)}"><td>${esc(p.name)} ${status}</td><td class="num">${p.matches ?? "–"}</td><td class="num">${p.status === "disabled" ? "" : `${p.opsBefore} → ${p.opsAfter}`}</td><td>${p.where.map(esc).join("<br>")}${notes}</td></tr>`;
     })

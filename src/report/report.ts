@@ -33,7 +33,9 @@ const drawing = z.object({
       fused: z.boolean(),
     }),
   ),
-  edges: z.array(z.object({ from: z.number(), to: z.number(), bytesPerToken: z.number(), label: z.string() })),
+  edges: z.array(
+    z.object({ from: z.number(), to: z.number(), bytesPerToken: z.number(), label: z.string() }),
+  ),
 });
 
 export const PassRecord = z.object({
@@ -117,7 +119,11 @@ export function buildReport(o: {
   const b = o.build;
   return {
     version: REPORT_VERSION,
-    model: { numLayers: o.after.meta.numLayers, numKvHeads: o.after.meta.numKvHeads, headDim: o.after.meta.headDim },
+    model: {
+      numLayers: o.after.meta.numLayers,
+      numKvHeads: o.after.meta.numKvHeads,
+      headDim: o.after.meta.headDim,
+    },
     build: {
       sm: b.sm,
       tp: b.tp,

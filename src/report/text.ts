@@ -32,7 +32,7 @@ export function formatReport(r: FusionReport, o: { notes?: boolean } = {}): stri
         ? "FAILED, graph left unchanged (see notes)"
         : p.status === "disabled"
           ? ""
-          : [pats.length > 1 ? pats.map(([k, v]) => `${k} ×${v}`).join(", ") + ":" : "", p.where.join(", ")]
+          : [pats.length > 1 ? `${pats.map(([k, v]) => `${k} ×${v}`).join(", ")}:` : "", p.where.join(", ")]
               .filter(Boolean)
               .join(" ");
     lines.push(`${pad(p.name, 18)}${lpad(p.matches ?? "–", 8)}  ${pad(ops, 13)}${what}`);
@@ -40,7 +40,11 @@ export function formatReport(r: FusionReport, o: { notes?: boolean } = {}): stri
   const row = (name: string, before: string, after: string, extra = "") =>
     lines.push(`${pad(name, 34)}${lpad(before, 11)} → ${pad(after, 11)}${extra}`);
   lines.push("");
-  row("kernel launches per decoder layer", String(r.before.launchesPerLayer), String(r.after.launchesPerLayer));
+  row(
+    "kernel launches per decoder layer",
+    String(r.before.launchesPerLayer),
+    String(r.after.launchesPerLayer),
+  );
   row("kernel launches per token (step)", String(r.before.launches), String(r.after.launches));
   row(
     "activation traffic per token",

@@ -1,7 +1,15 @@
 import { describe, expect, it } from "vitest";
 import { shardForTp } from "../../passes/tensor-parallel.ts";
 import { around, itKeepsLogits } from "./equivalence.ts";
-import { fixture, goldenLogits, maxAbsDiff, opCounts, passesBefore, runPasses, testBuild } from "./helpers.ts";
+import {
+  fixture,
+  goldenLogits,
+  maxAbsDiff,
+  opCounts,
+  passesBefore,
+  runPasses,
+  testBuild,
+} from "./helpers.ts";
 
 describe("add-norm-fusion", () => {
   // In the pipeline epilogue-fusion runs first and takes the residual adds into GEMMs, so on one rank

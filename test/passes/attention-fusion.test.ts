@@ -11,15 +11,17 @@ describe("attention-fusion", () => {
     const c = opCounts(after);
     expect([c.rope, c.split, c.attention]).toEqual([undefined, undefined, undefined]);
     const fa = after.nodes.filter((n) => n.op === "fused_attention");
-    expect(fa.map((n) => n.attrs)).toEqual([0, 1].map((layer) => ({
-      layer,
-      num_heads: 4,
-      num_kv_heads: 2,
-      head_dim: 32,
-      scale: 1 / Math.sqrt(32),
-      rotary_dim: 32,
-      rope_style: "neox",
-    })));
+    expect(fa.map((n) => n.attrs)).toEqual(
+      [0, 1].map((layer) => ({
+        layer,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 32,
+        scale: 1 / Math.sqrt(32),
+        rotary_dim: 32,
+        rope_style: "neox",
+      })),
+    );
     // It reads the qkv GEMM's output directly, the step's positions and the rope table.
     const qkv = after.nodes.find((n) => n.outputs[0] === fa[0].inputs[0])!;
     expect(qkv.op).toBe("linear");

@@ -14,7 +14,9 @@ describe("epilogue-fusion", () => {
     const o = l1.find((n) => after.values.get(n.inputs[1]!)?.name.endsWith("o_proj.weight"))!;
     const down = l1.find((n) => after.values.get(n.inputs[1]!)?.name.endsWith("down_proj.weight"))!;
     // o_proj adds the residual stream coming into the layer; down_proj adds o_proj's output.
-    const l0down = layerNodes(after, 0).find((n) => after.values.get(n.inputs[1]!)?.name.endsWith("down_proj.weight"))!;
+    const l0down = layerNodes(after, 0).find((n) =>
+      after.values.get(n.inputs[1]!)?.name.endsWith("down_proj.weight"),
+    )!;
     expect(o.inputs[3]).toBe(l0down.outputs[0]);
     expect(down.inputs[3]).toBe(o.outputs[0]);
     expect(l1.map((n) => n.op)).toEqual([
@@ -47,6 +49,13 @@ describe("epilogue-fusion", () => {
     const embed = after.nodes.find((n) => n.op === "embedding")!;
     expect(outProj.inputs[3]).toBe(embed.outputs[0]); // the block's residual input
     expect(fcOut.inputs[3]).toBe(outProj.outputs[0]);
-    expect(l0.map((n) => n.op)).toEqual(["layer_norm", "linear", "fused_attention", "linear", "linear", "linear"]);
+    expect(l0.map((n) => n.op)).toEqual([
+      "layer_norm",
+      "linear",
+      "fused_attention",
+      "linear",
+      "linear",
+      "linear",
+    ]);
   });
 });

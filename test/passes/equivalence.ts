@@ -2,9 +2,17 @@
 // pipeline passes applied) and just after it give the same logits (≤ 1e-5) over the golden prompts'
 // prefill and teacher-forced decode steps.
 import { expect, it } from "vitest";
-import type { Graph } from "../../src/ir/types.ts";
 import type { PassLog } from "../../passes/pattern.ts";
-import { FIXTURES, fixture, goldenLogits, maxAbsDiff, passesBefore, runPasses, type Which } from "./helpers.ts";
+import type { Graph } from "../../src/ir/types.ts";
+import {
+  FIXTURES,
+  fixture,
+  goldenLogits,
+  maxAbsDiff,
+  passesBefore,
+  runPasses,
+  type Which,
+} from "./helpers.ts";
 
 export interface PassRun {
   which: Which;

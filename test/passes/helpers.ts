@@ -3,6 +3,7 @@
 // teacher-forced decode steps, so the KV cache path is exercised).
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { newPassLog, type PassLog, withPassLog } from "../../passes/pattern.ts";
 import { type Checkpoint, openCheckpoint } from "../../src/checkpoint/checkpoint.ts";
 import { Module } from "../../src/dsl/module.ts";
 import { BuildConfig } from "../../src/engine/format.ts";
@@ -10,7 +11,6 @@ import { ReferenceExecutor } from "../../src/executor/reference.ts";
 import { type Golden, readGolden } from "../../src/golden.ts";
 import type { Graph, Node } from "../../src/ir/types.ts";
 import { loadModelFile } from "../../src/model-file.ts";
-import { newPassLog, type PassLog, withPassLog } from "../../passes/pattern.ts";
 import { PASSES } from "../../src/pipeline.ts";
 import { nodeLayers } from "../../src/report/figures.ts";
 import { GPTJ_MODEL, LLAMA_MODEL, TINY_GPTJ, TINY_LLAMA } from "../fixtures.ts";
@@ -70,7 +70,13 @@ export async function fixture(which: Which): Promise<Fixture> {
     const dir = which === "llama" ? TINY_LLAMA : TINY_GPTJ;
     const build = testBuild();
     const graph = await graphOf(which === "llama" ? LLAMA_MODEL : GPTJ_MODEL, dir, build);
-    f = { which, graph, build, ckpt: openCheckpoint(dir), golden: readGolden(path.join(dir, "golden.safetensors")) };
+    f = {
+      which,
+      graph,
+      build,
+      ckpt: openCheckpoint(dir),
+      golden: readGolden(path.join(dir, "golden.safetensors")),
+    };
     cache.set(which, f);
   }
   return f;
@@ -137,7 +143,10 @@ export function layerNodes(g: Graph, layer: number): Node[] {
   return g.nodes.filter((_, i) => layers[i] === layer);
 }
 
-export const VARIANTS_MODEL = path.join(path.dirname(new URL(import.meta.url).pathname), "models/variants.ts");
+export const VARIANTS_MODEL = path.join(
+  path.dirname(new URL(import.meta.url).pathname),
+  "models/variants.ts",
+);
 
 /** A test variant over tiny-llama's weights (see models/variants.ts), as a fixture. */
 export async function variantFixture(variant: "geglu" | "unusual"): Promise<Fixture> {

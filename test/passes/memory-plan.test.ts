@@ -2,14 +2,14 @@
 // bytes, 256-byte alignment, graph outputs never overwritten), and by running the graph with every
 // activation stored at its planned offset in one shared buffer — a wrong plan corrupts the logits.
 import { describe, expect, it } from "vitest";
+import { lifetimes } from "../../passes/memory-plan.ts";
 import { toFloat32 } from "../../src/checkpoint/dtype.ts";
 import { type ArenaPlan, naiveArena } from "../../src/engine/arena.ts";
 import type { Graph } from "../../src/ir/types.ts";
 import { getOp, HostTensor, type KvStore, type RefContext } from "../../src/ops/index.ts";
 import { materializeWeight } from "../../src/weights/materialize.ts";
-import { lifetimes } from "../../passes/memory-plan.ts";
 import { around, itKeepsLogits } from "./equivalence.ts";
-import { type Fixture, FIXTURES, fixture, goldenLogits, maxAbsDiff } from "./helpers.ts";
+import { FIXTURES, type Fixture, fixture, goldenLogits, maxAbsDiff } from "./helpers.ts";
 
 /** Runs the golden prompts through g with all activations living in one arena laid out by `plan`. */
 function runInArena(f: Fixture, g: Graph, plan: ArenaPlan): Float32Array[] {

@@ -1,8 +1,5 @@
 // The rewrite core: fixed point on a clone, replacements checked, failures skipped and noted.
 import { describe, expect, it } from "vitest";
-import { addInput, addNode, emptyGraph } from "../../src/ir/builder.ts";
-import type { Graph, Node } from "../../src/ir/types.ts";
-import { verifyGraph } from "../../src/ir/verify.ts";
 import {
   bestEffortPass,
   commonScope,
@@ -15,6 +12,9 @@ import {
   Uses,
   withPassLog,
 } from "../../passes/pattern.ts";
+import { addInput, addNode, emptyGraph } from "../../src/ir/builder.ts";
+import type { Graph, Node } from "../../src/ir/types.ts";
+import { verifyGraph } from "../../src/ir/verify.ts";
 import { testBuild } from "./helpers.ts";
 
 /** x → silu → silu → silu → output */

@@ -1,8 +1,8 @@
 import { describe, expect, it } from "vitest";
-import type { Graph } from "../../src/ir/types.ts";
-import { shardForTp } from "../../passes/tensor-parallel.ts";
-import { qkvFusion } from "../../passes/qkv-fusion.ts";
 import { newPassLog, withPassLog } from "../../passes/pattern.ts";
+import { qkvFusion } from "../../passes/qkv-fusion.ts";
+import { shardForTp } from "../../passes/tensor-parallel.ts";
+import type { Graph } from "../../src/ir/types.ts";
 import { around, itKeepsLogits } from "./equivalence.ts";
 import { fixture, goldenLogits, layerNodes, maxAbsDiff, opCounts, testBuild } from "./helpers.ts";
 
@@ -69,6 +69,8 @@ describe("qkv-fusion", () => {
       [{ op: "slice", axis: 0, start: 32, end: 64 }],
       [{ op: "slice", axis: 0, start: 32, end: 64 }],
     ]);
-    expect(maxAbsDiff(goldenLogits(f, ranks, 2, build), goldenLogits(f, fused, 2, build))).toBeLessThanOrEqual(1e-5);
+    expect(
+      maxAbsDiff(goldenLogits(f, ranks, 2, build), goldenLogits(f, fused, 2, build)),
+    ).toBeLessThanOrEqual(1e-5);
   });
 });

@@ -2,7 +2,7 @@
 // crash, what can fuse fuses, what cannot is left correct and explained in the report notes.
 import { describe, expect, it } from "vitest";
 import { PASSES } from "../../src/pipeline.ts";
-import { buildReport, runPasses as runReported, type PassRecord } from "../../src/report/index.ts";
+import { buildReport, type PassRecord, runPasses as runReported } from "../../src/report/index.ts";
 import { goldenLogits, maxAbsDiff, opCounts, variantFixture } from "./helpers.ts";
 
 describe("an unusual model", () => {

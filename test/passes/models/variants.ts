@@ -4,7 +4,13 @@
 //   unusual:  layer 0 projects k/v from the un-normalised input and ropes only q, and its MLP's up
 //             projection reads a different input than the gate; layer 1 has no rotary embedding and an
 //             exact-erf gelu gate. Fusion passes must leave what they cannot fuse correct.
-import { defineModel, type LlamaConfig, type Module, parseHfConfig, type Tensor } from "../../../src/dsl/index.ts";
+import {
+  defineModel,
+  type LlamaConfig,
+  type Module,
+  parseHfConfig,
+  type Tensor,
+} from "../../../src/dsl/index.ts";
 
 type Cfg = LlamaConfig & { variant: "geglu" | "unusual" };
 
@@ -26,9 +32,16 @@ function layer(m: Module, i: number, cfg: Cfg) {
   return (hidden: Tensor) => {
     const x = ln1(hidden);
     let a: Tensor;
-    if (unusual && i === 0) a = m.attention(m.rope(q(x), numHeads, headDim, rope), k(hidden), v(hidden), attn);
+    if (unusual && i === 0)
+      a = m.attention(m.rope(q(x), numHeads, headDim, rope), k(hidden), v(hidden), attn);
     else if (unusual) a = m.attention(q(x), k(x), v(x), attn);
-    else a = m.attention(m.rope(q(x), numHeads, headDim, rope), m.rope(k(x), numKvHeads, headDim, rope), v(x), attn);
+    else
+      a = m.attention(
+        m.rope(q(x), numHeads, headDim, rope),
+        m.rope(k(x), numKvHeads, headDim, rope),
+        v(x),
+        attn,
+      );
     const h = hidden.add(o(a));
     const y = ln2(h);
     let mlp: Tensor;
@@ -44,7 +57,8 @@ export default defineModel<Cfg>({
   parseConfig(json, source) {
     const cfg = parseHfConfig(json, source) as LlamaConfig;
     const variant = (json as { variant?: string }).variant;
-    if (variant !== "geglu" && variant !== "unusual") throw new Error(`${source}: variant must be geglu or unusual`);
+    if (variant !== "geglu" && variant !== "unusual")
+      throw new Error(`${source}: variant must be geglu or unusual`);
     return { ...cfg, variant };
   },
   defaultConfig: {},

@@ -1,0 +1,115 @@
+// The fusion report of real model shapes (random weights: only seeds are written, so full-size builds
+// are fast), tsllm-inspect, and the pipeline's debugging flags.
+import { execFileSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { describe, expect, it } from "vitest";
+import { compileEngine } from "../src/compile.ts";
+import { openEngine } from "../src/engine/reader.ts";
+import { ReferenceExecutor } from "../src/executor/reference.ts";
+import { checkGolden } from "../src/golden.ts";
+import { PASSES, runPipeline } from "../src/pipeline.ts";
+import { FusionReport } from "../src/report/index.ts";
+import { GPTJ_MODEL, LLAMA_MODEL, REPO, SHARED, tmpDir } from "./fixtures.ts";
+import { FIXTURES, fixture } from "./passes/helpers.ts";
+
+async function build(
+  model: string,
+  config: string,
+  extra: Parameters<typeof compileEngine>[0] extends infer O ? Partial<O> : never = {},
+) {
+  const out = path.join(tmpDir(), "engine");
+  const res = await compileEngine({
+    modelFile: model,
+    config: path.join(SHARED, "configs", config),
+    randomWeights: true,
+    sm: 90,
+    out,
+    ...extra,
+  });
+  const report = FusionReport.parse(JSON.parse(fs.readFileSync(path.join(out, "report.json"), "utf8")));
+  return { out, res, report };
+}
+
+describe("fusion report", () => {
+  it("Llama 2 7B: 16 → at most 8 kernel launches per decoder layer, bytes saved, arena planned", async () => {
+    const { out, res, report } = await build(LLAMA_MODEL, "llama-2-7b.json");
+    expect(report.before.launchesPerLayer).toBe(16);
+    expect(report.after.launchesPerLayer).toBeLessThanOrEqual(8);
+    expect(report.after.layers).toBe(32);
+    expect(report.after.layerOps).toEqual({
+      rms_norm: 2,
+      linear: 4,
+      fused_attention: 1,
+      gated_act: 1,
+    });
+    expect(report.after.launches).toBeLessThan(report.before.launches);
+    expect(report.savedBytesPerToken).toBeGreaterThan(0);
+    // Per layer: q,k,v (rope in/out) and gate/up/silu/mul intermediates no longer round-trip.
+    expect(report.savedLayerBytesPerToken).toBeGreaterThan(100 * 1024);
+    expect(report.arena.planned).toBe(true);
+    expect(report.arena.bytes).toBeLessThan(report.arena.naiveBytes / 10);
+    const byName = Object.fromEntries(report.passes.map((p) => [p.name, p]));
+    for (const n of ["qkv-fusion", "gate-up-fusion", "attention-fusion"]) expect(byName[n].matches).toBe(32);
+    expect(byName["epilogue-fusion"].matches).toBe(64);
+    expect(byName["qkv-fusion"].where).toEqual(["model.layers.{0..31}.self_attn"]);
+    // The terminal table and the files in the engine directory.
+    expect(res.pipeline.summary).toMatch(/kernel launches per decoder layer\s+16 → 8/);
+    expect(fs.existsSync(path.join(out, "report.html"))).toBe(true);
+    const h = openEngine(out, { verify: false }).ranks[0].header;
+    expect(Object.keys(h.arena.offsets)).toHaveLength(h.nodes.reduce((a, n) => a + n.outputs.length, 0));
+    expect(h.arena.bytes).toBe(report.arena.bytes);
+    const kernels = new Set(h.nodes.map((n) => n.op));
+    for (const op of kernels)
+      expect(["embedding", "rms_norm", "linear", "fused_attention", "gated_act", "gather_rows"]).toContain(
+        op,
+      );
+  });
+
+  it("GPT-J 6B: 13 → 6 launches per layer (parallel attention + MLP with residuals in the GEMMs)", async () => {
+    const { report } = await build(GPTJ_MODEL, "gpt-j-6b.json");
+    expect(report.before.launchesPerLayer).toBe(13);
+    expect(report.after.launchesPerLayer).toBe(6);
+    expect(report.after.layerOps).toEqual({ layer_norm: 1, linear: 4, fused_attention: 1 });
+  });
+
+  it("tsllm-inspect prints the engine summary and the report again", async () => {
+    const { out } = await build(LLAMA_MODEL, "llama-3.1-8b.json");
+    const text = execFileSync(process.execPath, [path.join(REPO, "bin/tsllm-inspect.mjs"), out], {
+      encoding: "utf8",
+    });
+    expect(text).toMatch(/LlamaForCausalLM, 32 layers/);
+    expect(text).toMatch(/ranks 1 \(tp 1\), dtype bf16/);
+    expect(text).toMatch(/max_num_tokens 8192/);
+    expect(text).toMatch(/weights: \d+ tensors, 1[45](\.\d+)? GiB/);
+    expect(text).toMatch(/qkv-fusion\s+32/);
+    expect(text).toMatch(/kernel launches per decoder layer\s+16 → 8/);
+    expect(text).toMatch(/activation arena/);
+  });
+
+  it("--disable-pass and --dump-ir-after: the report marks the pass disabled, the IR is printed", async () => {
+    const logs: string[] = [];
+    const { report } = await build(LLAMA_MODEL, "llama-2-7b.json", {
+      disablePasses: ["attention-fusion"],
+      dumpIrAfter: ["qkv-fusion"],
+      log: (s) => logs.push(s),
+    });
+    const p = report.passes.find((x) => x.name === "attention-fusion")!;
+    expect(p.status).toBe("disabled");
+    expect(report.after.launchesPerLayer).toBe(11); // split, 2 × rope and attention instead of one
+    const dump = logs.find((l) => l.startsWith("--- IR after qkv-fusion ---"))!;
+    expect(dump).toMatch(/@model\.layers\.0\.self_attn\.qkv_proj\.weight/);
+  });
+});
+
+describe("the pipeline with any one pass disabled still matches the goldens (≤ 1e-3)", () => {
+  for (const which of FIXTURES)
+    it(`tiny-${which}`, async () => {
+      const f = await fixture(which);
+      for (const name of PASSES.map((p) => p.name)) {
+        const { ranks } = runPipeline(f.graph, f.build, { disable: [name], dumpAfter: [] });
+        const r = checkGolden(ReferenceExecutor.fromGraphs(ranks, f.build, f.ckpt), f.golden);
+        expect({ name, ok: r.maxAbs <= 1e-3 }).toEqual({ name, ok: true });
+      }
+    });
+});
