@@ -11,6 +11,7 @@ import type { Graph } from "./ir/types.ts";
 import { loadModelFile } from "./model-file.ts";
 import { type PipelineResult, runPipeline } from "./pipeline.ts";
 import type { QuantReport } from "../passes/quantize-weights.ts";
+import { type OnnxDirConfig, writeOnnx } from "./onnx/write.ts";
 import { checkCheckpointWeights } from "./weights/check.ts";
 
 export interface CompileOptions {
@@ -32,6 +33,8 @@ export interface CompileOptions {
   maxNumTokens?: number;
   tokensPerBlock?: number;
   out: string;
+  /** engine (default) or onnx: rank{N}.onnx + external data per rank (src/onnx/). */
+  emit?: "engine" | "onnx";
   disablePasses?: string[];
   dumpIrAfter?: string[];
   onProgress?: (done: number, total: number, name: string) => void;
@@ -39,8 +42,10 @@ export interface CompileOptions {
 }
 
 export interface CompileResult {
+  /** With --emit onnx: the files written (rank{N}.onnx, its bytes with the external data). */
   config: EngineConfig;
   pipeline: PipelineResult;
+  onnx?: OnnxDirConfig;
 }
 
 export class BuildError extends Error {
@@ -57,6 +62,8 @@ function readJson(file: string): unknown {
 }
 
 export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
+  if (o.emit !== undefined && o.emit !== "engine" && o.emit !== "onnx")
+    throw new BuildError(`--emit ${o.emit}: expected engine or onnx`);
   const model = await loadModelFile(o.modelFile);
   if (o.checkpoint && o.config) throw new BuildError("give either --checkpoint or --config, not both");
   const cfgSource = o.checkpoint
@@ -138,6 +145,7 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
     });
     build.passes = pipeline.applied;
     logQuantReport(pipeline.ranks[0]?.meta.quant as QuantReport | undefined, o.log);
+    if (o.emit === "onnx") return emitOnnx(o, pipeline, build, cfg as Record<string, unknown>, facts, ckpt);
     const ranks: RankProgram[] = pipeline.ranks.map((g, rank) => ({ rank, graph: g }));
     const config = writeEngine({
       outDir: o.out,
@@ -160,4 +168,17 @@ function logQuantReport(r: QuantReport | undefined, log?: (line: string) => void
   if (!r || !log) return;
   log(`quantisation ${r.scheme}: ${r.quantized.length} linears quantised per rank`);
   for (const k of r.kept) log(`  kept in higher precision: ${k.name} — ${k.reason}`);
+}
+
+function emitOnnx(
+  o: CompileOptions,
+  pipeline: PipelineResult,
+  build: EngineConfig["build"],
+  model: Record<string, unknown>,
+  facts: EngineConfig["facts"],
+  checkpoint: Checkpoint | null,
+): CompileResult {
+  const onnx = writeOnnx({ outDir: o.out, ranks: pipeline.ranks, build, model, facts, checkpoint });
+  const ranks = onnx.ranks.map((r) => ({ file: r.file, bytes: r.bytes + r.data_bytes, sha256: "" }));
+  return { config: { format_version: 0, model, facts, build, ranks }, pipeline, onnx };
 }

@@ -45,6 +45,11 @@ const program = new Command("tsllm-compile")
   .option("--disable-pass <name>", "skip a pass (repeatable, comma separated)", list, [])
   .option("--dump-ir-after <name>", "print the IR after a pass (repeatable)", list, [])
   .option("--print-ir", "print the IR before any pass")
+  .option(
+    "--emit <what>",
+    "engine, or onnx: rank{N}.onnx + external weights per rank (for trtexec / ONNX Runtime)",
+    "engine",
+  )
   .requiredOption("-o, --output <dir>", "engine directory to write")
   .showHelpAfterError();
 
@@ -81,6 +86,7 @@ await main(async () => {
     maxNumTokens: o.maxNumTokens,
     tokensPerBlock: o.tokensPerBlock,
     out: o.output,
+    emit: o.emit,
     disablePasses: o.disablePass,
     dumpIrAfter: o.dumpIrAfter,
     log: (s) => process.stdout.write(`${s}\n`),

@@ -28,6 +28,11 @@ export function isRandomStored(v: Value, build: BuildConfig): boolean {
   return build.random_weights && v.recipe?.kind === "checkpoint";
 }
 
+/** Seed of a random weight on a rank (every executor and exporter derives the same values from it). */
+export function rankWeightSeed(build: BuildConfig, rank: number, name: string): number {
+  return weightSeed(build.seed + rank * 7919, name);
+}
+
 export function buildHeader(p: RankProgram, build: BuildConfig): EngineHeader {
   const g = p.graph;
   const values = liveValues(g);
@@ -41,7 +46,7 @@ export function buildHeader(p: RankProgram, build: BuildConfig): EngineHeader {
         value: v.id,
         offset: 0,
         nbytes: 0,
-        random: { seed: weightSeed(build.seed + p.rank * 7919, v.name), ...init },
+        random: { seed: rankWeightSeed(build, p.rank, v.name), ...init },
       });
       continue;
     }

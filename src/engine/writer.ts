@@ -110,7 +110,7 @@ export function writeEngine(o: WriteEngineOptions): EngineConfig {
 }
 
 /** Puts `tmp` at `out`, replacing an older engine there only once the new one is complete. */
-function replaceDir(tmp: string, out: string): void {
+export function replaceDir(tmp: string, out: string): void {
   if (fs.existsSync(out)) {
     const old = `${out}.old-${process.pid}`;
     fs.renameSync(out, old);

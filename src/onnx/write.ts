@@ -1,0 +1,87 @@
+// `tsllm-compile --emit onnx`: an ONNX directory instead of an engine — rank{N}.onnx + rank{N}.onnx.data
+// per rank and onnx.json (model and build config, the I/O contract). Built in a temporary directory and
+// renamed into place when complete, like engines.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import type { Checkpoint } from "../checkpoint/checkpoint.ts";
+import type { ModelFacts } from "../dsl/model.ts";
+import type { BuildConfig } from "../engine/format.ts";
+import { replaceDir } from "../engine/writer.ts";
+import type { Graph } from "../ir/types.ts";
+import { exportOnnxRank, ONNX_OPSET } from "./export.ts";
+
+export interface WriteOnnxOptions {
+  outDir: string;
+  ranks: Graph[];
+  build: BuildConfig;
+  model: Record<string, unknown>;
+  facts: ModelFacts;
+  checkpoint: Checkpoint | null;
+}
+
+export interface OnnxDirConfig {
+  format: "tsllm-onnx";
+  opset: number;
+  tp: number;
+  ranks: { file: string; data: string; bytes: number; data_bytes: number }[];
+  inputs: string[];
+  outputs: string[];
+  num_layers: number;
+  kv_heads_per_rank: number;
+  head_dim: number;
+  model: Record<string, unknown>;
+  facts: ModelFacts;
+  build: BuildConfig;
+}
+
+export function writeOnnx(o: WriteOnnxOptions): OnnxDirConfig {
+  const out = path.resolve(o.outDir);
+  const tmp = `${out}.tmp-${process.pid}`;
+  fs.rmSync(tmp, { recursive: true, force: true });
+  fs.mkdirSync(tmp, { recursive: true });
+  try {
+    const ranks = o.ranks.map((graph, rank) => {
+      const file = `rank${rank}.onnx`;
+      const data = `${file}.data`;
+      const bytes = exportOnnxRank({
+        graph,
+        rank,
+        build: o.build,
+        checkpoint: o.checkpoint,
+        dataPath: path.join(tmp, data),
+        dataName: data,
+        metadata: {
+          tsllm_rank: String(rank),
+          tsllm_tp: String(o.build.tp),
+          architecture: String(o.model.architecture ?? ""),
+        },
+      });
+      fs.writeFileSync(path.join(tmp, file), bytes);
+      return { file, data, bytes: bytes.length, data_bytes: fs.statSync(path.join(tmp, data)).size };
+    });
+    const g = o.ranks[0];
+    const L = g.meta.numLayers;
+    const kv = (p: string) =>
+      Array.from({ length: L }, (_, l) => [`${p}.${l}.key`, `${p}.${l}.value`]).flat();
+    const config: OnnxDirConfig = {
+      format: "tsllm-onnx",
+      opset: ONNX_OPSET,
+      tp: o.build.tp,
+      ranks,
+      inputs: ["input_ids", "position_ids", ...kv("past_key_values")],
+      outputs: ["logits", ...kv("present")],
+      num_layers: L,
+      kv_heads_per_rank: g.meta.numKvHeads,
+      head_dim: g.meta.headDim,
+      model: o.model,
+      facts: o.facts,
+      build: o.build,
+    };
+    fs.writeFileSync(path.join(tmp, "onnx.json"), `${JSON.stringify(config, null, 2)}\n`);
+    replaceDir(tmp, out);
+    return config;
+  } catch (e) {
+    fs.rmSync(tmp, { recursive: true, force: true });
+    throw e;
+  }
+}
