@@ -171,18 +171,25 @@ int main() {
   }
 
   std::printf("paged_attention decode (rope + cache write + attention [+ split-K reduce]), fp16, 32 heads x 128\n");
-  std::printf("%6s %6s %7s %8s %11s %11s %9s\n", "batch", "ctx", "splits", "layers", "graph_us", "stream_us", "GB/s");
+  std::printf("variant 0: fused rope/cache-write, cluster split-K (default); 1: fused, reduce kernel; 2: separate rope\n");
+  std::printf("%6s %6s %4s %7s %8s %8s %11s %11s %9s\n", "batch", "ctx", "var", "splits", "cluster", "layers",
+              "graph_us", "stream_us", "GB/s");
   for (int B : {1, 64})
-    for (int ctx : {256, 4096}) {
+    for (int ctx : {128, 256, 1024, 4096}) {
+      if (B == 64 && (ctx == 128 || ctx == 1024)) continue;
       AttnSetup a(B, ctx, 1, l2_defeat);
-      const int n = 64;
-      double g, st;
-      time_calls(n, [&](int i, cudaStream_t s) { a.call(i, s); }, &g, &st);
-      const double kv_bytes = (double)B * ctx * a.nKV * a.D * 2 * 2;
-      const double io_bytes = (double)B * ((a.nH + 2 * a.nKV) * a.D * 2 + a.nH * a.D * 2 * 2);
-      const auto sp = kd::decode_split(B, a.nH, a.nKV, a.D, ctx);
-      std::printf("%6d %6d %7d %8d %11.2f %11.2f %9.0f\n", B, ctx, sp.splits, a.layers, g, st,
-                  (kv_bytes + io_bytes) / (g * 1e3));
+      for (int variant : {0, 1, 2}) {
+        kd::g_decode_variant = variant;
+        const int n = 64;
+        double g, st;
+        time_calls(n, [&](int i, cudaStream_t s) { a.call(i, s); }, &g, &st);
+        const double kv_bytes = (double)B * ctx * a.nKV * a.D * 2 * 2;
+        const double io_bytes = (double)B * ((a.nH + 2 * a.nKV) * a.D * 2 + a.nH * a.D * 2 * 2);
+        const auto sp = kd::decode_split(B, a.nH, a.nKV, a.D, ctx, variant);
+        std::printf("%6d %6d %4d %7d %8s %8d %11.2f %11.2f %9.0f\n", B, ctx, variant, sp.splits,
+                    sp.cluster ? "yes" : "no", a.layers, g, st, (kv_bytes + io_bytes) / (g * 1e3));
+      }
+      kd::g_decode_variant = 0;
     }
 
   std::printf("\npaged_attention context (prefill, causal), fp16, 32 heads x 128\n");

@@ -664,8 +664,9 @@ static void test_attention_case(const AttnCase& c, Rng& rng) {
     }
   }
 
-  // GPU run.
-  pool.up();
+  // GPU runs: decode steps under every decode variant (0: fused + cluster, 1: fused + reduce kernel, 2: separate
+  // RoPE/cache-write kernel), other steps once.
+  const std::vector<uint8_t> pool_init = pool.h;
   if (c.packed)
     qkv.up();
   else {
@@ -674,7 +675,6 @@ static void test_attention_case(const AttnCase& c, Rng& rng) {
     vb.up();
   }
   Buf out(dt, (size_t)T * nH * D);
-  out.poison();
   int32_t *d_bt, *d_pos, *d_ts, *d_ss, *d_sl;
   float* d_inv;
   CK(cudaMalloc(&d_bt, bt.size() * 4));
@@ -692,7 +692,6 @@ static void test_attention_case(const AttnCase& c, Rng& rng) {
   const size_t ws_bytes = attention_workspace_bytes(T, S, nH, D, max_len);
   void* ws;
   CK(cudaMalloc(&ws, ws_bytes));
-  CK(cudaMemset(ws, 0xFF, ws_bytes));
 
   PagedKV kv{pool.d, dt, layers, num_blocks, nKV, D, tpb, d_bt, maxb, 1.f};
   StepLayout st{T, S, d_pos, d_ts, d_ss, d_sl, max_new, max_len};
@@ -701,33 +700,44 @@ static void test_attention_case(const AttnCase& c, Rng& rng) {
   const void* qp = base;
   const void* kp = c.packed ? (const void*)(base + (size_t)nH * D * dsize(dt)) : kb.d;
   const void* vp = c.packed ? (const void*)(base + (size_t)(nH + nKV) * D * dsize(dt)) : vb.d;
-  CK(paged_attention(qp, q_stride, kp, k_stride, vp, v_stride, out.d, kv, st, p, dt, ws, 0));
-  sync_check();
-  out.down();
-  pool.down();
+  const int nvariants = max_new == 1 ? 3 : 1;
+  for (int variant = 0; variant < nvariants; ++variant) {
+    kd::g_decode_variant = variant;
+    pool.h = pool_init;
+    pool.up();
+    out.poison();
+    CK(cudaMemset(ws, 0xFF, ws_bytes));
+    CK(paged_attention(qp, q_stride, kp, k_stride, vp, v_stride, out.d, kv, st, p, dt, ws, 0));
+    sync_check();
+    out.down();
+    pool.down();
 
-  Err e, ek;
-  size_t cache_bad = 0;
-  for (size_t i = 0; i < pool.n; ++i) {
-    if (written[i] == 1) {
-      ek.add(pool.get(i), exp_pool.get(i), 1e-6, 1.01 * rtol_of(dt));
-    } else if (pool.h[i * 2] != exp_pool.h[i * 2] || pool.h[i * 2 + 1] != exp_pool.h[i * 2 + 1]) {
-      ++cache_bad;  // V slots and untouched memory must be bit-identical
+    Err e, ek;
+    size_t cache_bad = 0;
+    for (size_t i = 0; i < pool.n; ++i) {
+      if (written[i] == 1) {
+        ek.add(pool.get(i), exp_pool.get(i), 1e-6, 1.01 * rtol_of(dt));
+      } else if (pool.h[i * 2] != exp_pool.h[i * 2] || pool.h[i * 2 + 1] != exp_pool.h[i * 2 + 1]) {
+        ++cache_bad;  // V slots and untouched memory must be bit-identical
+      }
     }
+    const double tol = dt == DType::F16 ? 6e-3 : 3e-2;
+    for (size_t i = 0; i < ref.size(); ++i) e.add(out.get(i), ref[i], tol, 0);
+    char extra[256];
+    std::string path = "context";
+    if (max_new == 1) {
+      auto sp = kd::decode_split(T, nH, nKV, D, max_len, variant);
+      path = "decode v" + std::to_string(variant) + " splits=" + std::to_string(sp.splits) + (sp.cluster ? " cluster" : "");
+    }
+    std::snprintf(extra, sizeof extra, "%s [%s T=%d] k-cache %s, other cache mismatches=%zu", e.str().c_str(),
+                  path.c_str(), T, ek.str().c_str(), cache_bad);
+    report(e.ok() && ek.ok() && cache_bad == 0,
+           std::string("paged_attention ") + c.name + (max_new == 1 ? " v" + std::to_string(variant) : ""), e.max_abs,
+           extra);
+    if (!e.ok()) std::printf("     out failures (index = (t*nH + h)*D + d):%s\n", e.firsts().c_str());
+    if (!ek.ok()) std::printf("     k-cache failures:%s\n", ek.firsts().c_str());
   }
-  const double tol = dt == DType::F16 ? 6e-3 : 3e-2;
-  for (size_t i = 0; i < ref.size(); ++i) e.add(out.get(i), ref[i], tol, 0);
-  char extra[256];
-  std::string path = max_new == 1 ? "decode" : "context";
-  if (max_new == 1) {
-    auto sp = kd::decode_split(T, nH, nKV, D, max_len);
-    path += " splits=" + std::to_string(sp.splits);
-  }
-  std::snprintf(extra, sizeof extra, "%s [%s T=%d] k-cache %s, other cache mismatches=%zu", e.str().c_str(),
-                path.c_str(), T, ek.str().c_str(), cache_bad);
-  report(e.ok() && ek.ok() && cache_bad == 0, std::string("paged_attention ") + c.name, e.max_abs, extra);
-  if (!e.ok()) std::printf("     out failures (index = (t*nH + h)*D + d):%s\n", e.firsts().c_str());
-  if (!ek.ok()) std::printf("     k-cache failures:%s\n", ek.firsts().c_str());
+  kd::g_decode_variant = 0;
   cudaFree(d_bt);
   cudaFree(d_pos);
   cudaFree(d_ts);
@@ -760,6 +770,10 @@ static void test_attention(Rng& rng, int only) {
       {"dec f16 D128 llama3-like g4 bs8 long", F16, 32, 8, 128, 128, NX, 32, true,
        {{2999, 1}, {1, 1}, {777, 1}, {2048, 1}, {31, 1}, {32, 1}, {1500, 1}, {0, 1}}},
       {"dec bf16 D128 mha bs3", BF16, 32, 32, 128, 128, NX, 16, true, {{4095, 1}, {255, 1}, {1024, 1}}},
+      {"dec f16 D64 mqa g12 short", F16, 12, 1, 64, 64, NX, 16, true, {{200, 1}, {3, 1}}},
+      {"dec bf16 D256 neox R128 short", BF16, 4, 4, 256, 128, NX, 16, true, {{100, 1}, {37, 1}}},
+      {"dec f16 D128 gqa4 gptj R64 short", F16, 8, 2, 128, 64, GJ, 32, true, {{0, 1}, {16, 1}, {150, 1}}},
+      {"dec f16 D128 llama2 bs1 ctx200", F16, 32, 32, 128, 128, NX, 32, true, {{199, 1}}},
   };
   if (only == -2) {
     std::printf("%zu\n", cases.size());

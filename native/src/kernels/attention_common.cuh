@@ -31,6 +31,69 @@ struct KVView {
   }
 };
 
+// RoPE on the 8 dims [i0, i0+8) of one head. neox rotates pairs (i, i+R/2), gptj pairs (2i, 2i+1);
+// angle = pos * inv_freq[pair] in fp32; dims >= R pass through. rope_angles gives cos/sin of the 8 dims (shared by
+// every head of a token); rope_apply rotates one head's row `src` whose chunk at i0 is already loaded in `raw`.
+// Results are fp32 (callers round to the activation dtype).
+__device__ __forceinline__ void rope_angles(int i0, int R, bool gptj, int pos, const float* inv_freq, float (&cs)[8],
+                                            float (&sn)[8]) {
+  const int half = R >> 1;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const int i = i0 + j;
+    cs[j] = 1.f;
+    sn[j] = 0.f;
+    if (i < R) {
+      const int fi = gptj ? (i >> 1) : (i < half ? i : i - half);
+      sincosf(__fmul_rn((float)pos, __ldg(inv_freq + fi)), &sn[j], &cs[j]);
+    }
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void rope_apply(const T* src, int i0, int R, bool gptj, const uint4& raw,
+                                           const float (&cs)[8], const float (&sn)[8], float (&o)[8]) {
+  float f[8], pf[8];
+  unpack8<T>(raw, f);
+  if (i0 >= R) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) o[j] = f[j];
+    return;
+  }
+  const int half = R >> 1;
+  if (gptj) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) pf[j] = f[j ^ 1];
+  } else if ((half & 7) == 0) {
+    const int p0 = i0 < half ? i0 + half : i0 - half;
+    unpack8<T>(*reinterpret_cast<const uint4*>(src + p0), pf);
+  } else {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int i = i0 + j;
+      pf[j] = i < R ? to_f(src[i < half ? i + half : i - half]) : 0.f;
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const int i = i0 + j;
+    if (i < R) {
+      const bool first = gptj ? !(i & 1) : i < half;
+      o[j] = first ? f[j] * cs[j] - pf[j] * sn[j] : f[j] * cs[j] + pf[j] * sn[j];
+    } else {
+      o[j] = f[j];
+    }
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void rope8(const T* src, int i0, int R, bool gptj, int pos, const float* inv_freq,
+                                      const uint4& raw, float (&o)[8]) {
+  float cs[8], sn[8];
+  rope_angles(i0, R, gptj, pos, inv_freq, cs, sn);
+  rope_apply<T>(src, i0, R, gptj, raw, cs, sn, o);
+}
+
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
   const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
   const int sz = pred ? 16 : 0;  // 0: no global read, the 16 bytes are zero-filled

@@ -2,8 +2,13 @@
 // Grid: (kv head x query-head group, split, token). One block of 4 warps loads each K/V row of its KV head once
 // for up to GB query heads (GQA). A key is handled by LPK = DP/8 lanes, 8 dims (16 bytes) each; a warp covers
 // 32/LPK keys per step and unrolls U steps so 2U 16-byte loads per thread are in flight. Each lane keeps an
-// online softmax (m, l, acc[8]) per head; lanes, then warps, are merged at the end. With several splits the
-// block writes normalised partials (o, m, l) to the workspace and decode_reduce_kernel combines them.
+// online softmax (m, l, acc[8]) per head; lanes, then warps, are merged at the end.
+// FUSED: the kernel itself applies RoPE to q and to the new token's k (its last key, taken from the inputs rather
+// than the cache) and one block per KV head writes the new k and v into the cache, so no separate RoPE/cache-write
+// launch is needed. Split-K: CLUSTER (sm_90) combines the splits of one (token, head group) through distributed
+// shared memory inside the same launch (splits <= 8); otherwise blocks write normalised partials (o, m, l) to the
+// workspace and decode_reduce_kernel combines them.
+#include <cooperative_groups.h>
 #include <math.h>
 
 #include <algorithm>
@@ -16,37 +21,66 @@ namespace {
 
 constexpr int kDecWarps = 4;
 
-template <typename T, int DP, int GB>
-__global__ void __launch_bounds__(kDecWarps * 32) decode_kernel(const T* __restrict__ q, int q_stride,
-                                                                T* __restrict__ out, float* __restrict__ ws_o,
-                                                                float2* __restrict__ ws_ml, KVView<T> kv,
-                                                                const int32_t* __restrict__ positions,
-                                                                const int32_t* __restrict__ token_seq, int nH,
-                                                                int hgroups, int G, float scale_log2, int chunk) {
+template <typename T>
+struct DecodeArgs {
+  const T* q;  // FUSED: raw q/k/v rows of the step; else q already rotated (k, v already in the cache)
+  const T* k;
+  const T* v;
+  int q_stride, k_stride, v_stride;
+  T* out;
+  float* ws_o;
+  float2* ws_ml;
+  KVView<T> kv;
+  const int32_t* positions;
+  const int32_t* token_seq;
+  const float* inv_freq;
+  int R, gptj;
+  int nH, hgroups, G;
+  float scale_log2;
+  int chunk;
+};
+
+template <typename T, int DP, int GB, bool FUSED, bool CLUSTER>
+__global__ void __launch_bounds__(kDecWarps * 32) decode_kernel(const DecodeArgs<T> a) {
   constexpr int LPK = DP / 8;     // lanes per key
   constexpr int KPW = 32 / LPK;   // keys per warp per step
   constexpr int U = GB >= 8 ? 2 : 4;
   constexpr int STEP = kDecWarps * KPW * U;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int sub = lane % LPK, slot = lane / LPK;
-  const int hk = blockIdx.x / hgroups, hg = blockIdx.x % hgroups;
+  const KVView<T>& kv = a.kv;
+  const int G = a.G, nH = a.nH, chunk = a.chunk;
+  const int hk = blockIdx.x / a.hgroups, hg = blockIdx.x % a.hgroups;
   const int split = blockIdx.y, nsplit = gridDim.y, t = blockIdx.z;
   const int D = kv.D;
-  const int ctx = positions[t] + 1;
+  const int pos = a.positions[t];
+  const int ctx = pos + 1;
   const int kb = split * chunk;
-  if (kb >= ctx) return;
+  if (!CLUSTER && kb >= ctx) return;  // cluster blocks must all reach the cluster barriers
   const int ke = min(ctx, kb + chunk);
-  const int seq = token_seq[t];
+  const int seq = a.token_seq[t];
   const bool dim_ok = sub * 8 < D;
 
+  // FUSED: cos/sin of this lane's 8 dims at `pos`, shared by the q heads and the new k.
+  float rcs[8], rsn[8];
+  const bool rope = FUSED && a.R > 0 && dim_ok && sub * 8 < a.R;
+  if (rope) rope_angles(sub * 8, a.R, a.gptj != 0, pos, a.inv_freq, rcs, rsn);
   float qf[GB][8];
 #pragma unroll
   for (int g = 0; g < GB; ++g) {
     const int hh = hg * GB + g;
     if (hh < G && dim_ok) {
-      unpack8<T>(*reinterpret_cast<const uint4*>(q + (size_t)t * q_stride + (size_t)(hk * G + hh) * D + sub * 8), qf[g]);
+      const T* qh = a.q + (size_t)t * a.q_stride + (size_t)(hk * G + hh) * D;
+      const uint4 raw = *reinterpret_cast<const uint4*>(qh + sub * 8);
+      if (rope) {
+        rope_apply<T>(qh, sub * 8, a.R, a.gptj != 0, raw, rcs, rsn, qf[g]);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) qf[g][j] *= scale_log2;
+        for (int j = 0; j < 8; ++j) qf[g][j] = to_f(from_f<T>(qf[g][j]));  // q is rounded like the unfused path
+      } else {
+        unpack8<T>(raw, qf[g]);
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j) qf[g][j] *= a.scale_log2;
     } else {
 #pragma unroll
       for (int j = 0; j < 8; ++j) qf[g][j] = 0.f;
@@ -59,6 +93,26 @@ __global__ void __launch_bounds__(kDecWarps * 32) decode_kernel(const T* __restr
     l[g] = 0.f;
 #pragma unroll
     for (int j = 0; j < 8; ++j) acc[g][j] = 0.f;
+  }
+
+  // FUSED: every lane rotates its 8 dims of the new token's k (rounded to T) for the key == pos substitution in
+  // the loop; the block whose split holds pos (first head group) writes k and v into the cache. No block of this
+  // launch reads that cache slot.
+  uint4 knew = make_uint4(0, 0, 0, 0), vnew = make_uint4(0, 0, 0, 0);
+  if (FUSED && dim_ok) {
+    const T* kh = a.k + (size_t)t * a.k_stride + (size_t)hk * D;
+    knew = *reinterpret_cast<const uint4*>(kh + sub * 8);
+    vnew = *reinterpret_cast<const uint4*>(a.v + (size_t)t * a.v_stride + (size_t)hk * D + sub * 8);
+    if (rope) {
+      float f[8];
+      rope_apply<T>(kh, sub * 8, a.R, a.gptj != 0, knew, rcs, rsn, f);
+      knew = pack8<T>(f);
+    }
+    if (warp == 0 && slot == 0 && hg == 0 && pos / chunk == split) {
+      const size_t r = kv.row(seq, pos, hk);
+      *reinterpret_cast<uint4*>(kv.base + r + sub * 8) = knew;
+      *reinterpret_cast<uint4*>(kv.base + r + kv.v_off + sub * 8) = vnew;
+    }
   }
 
   // Cache rows of the next step are looked up one step ahead (block-table loads overlap K/V loads).
@@ -76,9 +130,14 @@ __global__ void __launch_bounds__(kDecWarps * 32) decode_kernel(const T* __restr
       const int key = base + (u * kDecWarps + warp) * KPW + slot;
       ok[u] = key < ke;
       if (ok[u] && dim_ok) {
-        const T* p = kv.base + rnext[u] + sub * 8;
-        kr[u] = *reinterpret_cast<const uint4*>(p);
-        vr[u] = *reinterpret_cast<const uint4*>(p + kv.v_off);
+        if (FUSED && key == pos) {
+          kr[u] = knew;
+          vr[u] = vnew;
+        } else {
+          const T* p = kv.base + rnext[u] + sub * 8;
+          kr[u] = *reinterpret_cast<const uint4*>(p);
+          vr[u] = *reinterpret_cast<const uint4*>(p + kv.v_off);
+        }
       } else {
         kr[u] = make_uint4(0, 0, 0, 0);
         vr[u] = make_uint4(0, 0, 0, 0);
@@ -161,6 +220,9 @@ __global__ void __launch_bounds__(kDecWarps * 32) decode_kernel(const T* __restr
     }
   }
   __syncthreads();
+  // Block result per (head, dim): normalised o and the block's (m, l).
+  __shared__ float s_bo[CLUSTER ? GB : 1][CLUSTER ? DP : 1];
+  __shared__ float s_bm[GB], s_bl[GB];
   for (int e = threadIdx.x; e < GB * DP; e += blockDim.x) {
     const int g = e / DP, d = e % DP;
     const int hh = hg * GB + g;
@@ -178,13 +240,53 @@ __global__ void __launch_bounds__(kDecWarps * 32) decode_kernel(const T* __restr
     const int h = hk * G + hh;
     const float r = L > 0.f ? O / L : 0.f;
     if (nsplit == 1) {
-      out[((size_t)t * nH + h) * D + d] = from_f<T>(r);
+      a.out[((size_t)t * nH + h) * D + d] = from_f<T>(r);
+    } else if (CLUSTER) {
+      s_bo[CLUSTER ? g : 0][CLUSTER ? d : 0] = r;
+      if (d == 0) s_bm[g] = M, s_bl[g] = L;
     } else {
       const size_t pi = ((size_t)t * nH + h) * nsplit + split;
-      ws_o[pi * D + d] = r;
-      if (d == 0) ws_ml[pi] = make_float2(M, L);
+      a.ws_o[pi * D + d] = r;
+      if (d == 0) a.ws_ml[pi] = make_float2(M, L);
     }
   }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (CLUSTER && nsplit > 1) {
+    // Splits of this (token, head group) form one cluster along y; rank 0 combines them from the others'
+    // shared memory. The second barrier keeps every block's shared memory alive until rank 0 is done.
+    namespace cg = cooperative_groups;
+    cg::cluster_group cl = cg::this_cluster();
+    __shared__ float s_w[8][GB];
+    __shared__ float s_inv[GB];
+    cl.sync();
+    if (cl.block_rank() == 0) {
+      if (threadIdx.x < GB) {
+        const int g = threadIdx.x;
+        float M = -INFINITY;
+        for (int r = 0; r < nsplit; ++r) M = fmaxf(M, *cl.map_shared_rank(&s_bm[g], r));
+        float L = 0.f;
+        for (int r = 0; r < nsplit; ++r) {
+          const float m = *cl.map_shared_rank(&s_bm[g], r);
+          const float w = m == -INFINITY ? 0.f : *cl.map_shared_rank(&s_bl[g], r) * exp2f(m - M);
+          s_w[r][g] = w;
+          L += w;
+        }
+        s_inv[g] = L > 0.f ? 1.f / L : 0.f;
+      }
+      __syncthreads();
+      for (int e = threadIdx.x; e < GB * DP; e += blockDim.x) {
+        const int g = e / DP, d = e % DP;
+        const int hh = hg * GB + g;
+        if (hh >= G || d >= D) continue;
+        float o = 0.f;
+        for (int r = 0; r < nsplit; ++r)
+          o = fmaf(s_w[r][g], *cl.map_shared_rank(&s_bo[CLUSTER ? g : 0][CLUSTER ? d : 0], r), o);
+        a.out[((size_t)t * nH + hk * G + hh) * D + d] = from_f<T>(o * s_inv[g]);
+      }
+    }
+    cl.sync();
+  }
+#endif
 }
 
 // Combines the splits of one (token, head): weights l_s * 2^(m_s - M).
@@ -220,85 +322,145 @@ __global__ void decode_reduce_kernel(const float* __restrict__ ws_o, const float
   }
 }
 
-template <typename T, int DP, int GB>
-void launch_decode_t(const T* q, int q_stride, T* out, float* ws_o, float2* ws_ml, const KVView<T>& kv,
-                     const StepLayout& step, int nH, int nKV, int G, float scale_log2, DecodeSplit sp,
-                     cudaStream_t s) {
-  const int hgroups = (G + GB - 1) / GB;
-  dim3 grid(nKV * hgroups, sp.splits, step.num_tokens);
-  decode_kernel<T, DP, GB><<<grid, kDecWarps * 32, 0, s>>>(q, q_stride, out, ws_o, ws_ml, kv, step.positions,
-                                                            step.token_seq, nH, hgroups, G, scale_log2, sp.chunk);
+// Host-side launch of one decode configuration.
+template <typename T, int DP, int GB, bool FUSED>
+cudaError_t launch_decode_t(DecodeArgs<T> a, const StepLayout& step, int nKV, DecodeSplit sp, cudaStream_t s) {
+  a.hgroups = (a.G + GB - 1) / GB;
+  dim3 grid(nKV * a.hgroups, sp.splits, step.num_tokens);
+  if constexpr (FUSED) {
+    if (sp.cluster && sp.splits > 1) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(kDecWarps * 32);
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = s;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = 1;
+    attr[0].val.clusterDim.y = sp.splits;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    return cudaLaunchKernelEx(&cfg, decode_kernel<T, DP, GB, FUSED, true>, a);
+    }
+  }
+  decode_kernel<T, DP, GB, FUSED, false><<<grid, kDecWarps * 32, 0, s>>>(a);
+  return cudaGetLastError();
 }
 
-template <typename T, int DP>
-void launch_decode_dp(const T* q, int q_stride, T* out, float* ws_o, float2* ws_ml, const KVView<T>& kv,
-                      const StepLayout& step, int nH, int nKV, int G, float scale_log2, DecodeSplit sp,
-                      cudaStream_t s) {
-  if (G <= 1)
-    launch_decode_t<T, DP, 1>(q, q_stride, out, ws_o, ws_ml, kv, step, nH, nKV, G, scale_log2, sp, s);
-  else if (G <= 2)
-    launch_decode_t<T, DP, 2>(q, q_stride, out, ws_o, ws_ml, kv, step, nH, nKV, G, scale_log2, sp, s);
-  else if (G <= 4)
-    launch_decode_t<T, DP, 4>(q, q_stride, out, ws_o, ws_ml, kv, step, nH, nKV, G, scale_log2, sp, s);
-  else
-    launch_decode_t<T, DP, 8>(q, q_stride, out, ws_o, ws_ml, kv, step, nH, nKV, G, scale_log2, sp, s);
+template <typename T, int DP, bool FUSED>
+cudaError_t launch_decode_dp(const DecodeArgs<T>& a, const StepLayout& step, int nKV, DecodeSplit sp,
+                             cudaStream_t s) {
+  if (a.G <= 1) return launch_decode_t<T, DP, 1, FUSED>(a, step, nKV, sp, s);
+  if (a.G <= 2) return launch_decode_t<T, DP, 2, FUSED>(a, step, nKV, sp, s);
+  if (a.G <= 4) return launch_decode_t<T, DP, 4, FUSED>(a, step, nKV, sp, s);
+  return launch_decode_t<T, DP, 8, FUSED>(a, step, nKV, sp, s);
+}
+
+template <typename T, bool FUSED>
+cudaError_t launch_decode_d(const DecodeArgs<T>& a, const StepLayout& step, int nKV, int D, DecodeSplit sp,
+                            cudaStream_t s) {
+  if (D <= 32) return launch_decode_dp<T, 32, FUSED>(a, step, nKV, sp, s);
+  if (D <= 64) return launch_decode_dp<T, 64, FUSED>(a, step, nKV, sp, s);
+  if (D <= 128) return launch_decode_dp<T, 128, FUSED>(a, step, nKV, sp, s);
+  return launch_decode_dp<T, 256, FUSED>(a, step, nKV, sp, s);
+}
+
+// Clusters need an sm_90 device running sm_90 code of the kernel (a PTX-JIT build for an older arch compiles
+// the cluster combine out), checked once per device on one representative instantiation.
+bool cluster_ok() {
+  static int cached[64] = {0};  // 0 unknown, 1 yes, 2 no
+  int dev = 0;
+  cudaGetDevice(&dev);
+  dev &= 63;
+  if (!cached[dev]) {
+    int major = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaFuncAttributes fa;
+    const bool ok = major >= 9 &&
+                    cudaFuncGetAttributes(&fa, decode_kernel<half, 128, 1, true, true>) == cudaSuccess &&
+                    fa.binaryVersion >= 90;
+    cudaGetLastError();
+    cached[dev] = ok ? 1 : 2;
+  }
+  return cached[dev] == 1;
 }
 
 }  // namespace
 
-DecodeSplit decode_split(int num_tokens, int num_heads, int num_kv_heads, int head_dim, int max_seq_len) {
+int g_decode_variant = 0;
+
+DecodeSplit decode_split(int num_tokens, int num_heads, int num_kv_heads, int head_dim, int max_seq_len,
+                         int variant) {
   (void)head_dim;
-  DecodeSplit r{1, max_seq_len > 0 ? max_seq_len : 1};
+  DecodeSplit r{1, max_seq_len > 0 ? max_seq_len : 1, false};
   if (num_tokens <= 0 || max_seq_len <= 0) return r;
-  constexpr int kMinChunk = 64;
+  const int min_chunk = variant == 2 ? 64 : 32;
   const int G = num_kv_heads > 0 ? num_heads / num_kv_heads : 1;
   const int hgroups = (G + 7) / 8;
   const long base_blocks = (long)num_tokens * num_kv_heads * (G <= 8 ? 1 : hgroups);
   const long target = 4L * num_sms();
   long splits = (target + base_blocks - 1) / base_blocks;
-  splits = std::min<long>(splits, (max_seq_len + kMinChunk - 1) / kMinChunk);
+  splits = std::min<long>(splits, (max_seq_len + min_chunk - 1) / min_chunk);
   splits = std::min<long>(splits, kSplitBudget / ((long)num_tokens * num_heads));
+  // Variant 0: up to 12 wanted splits are served by one launch with a cluster of at most 8 blocks.
+  const bool cluster = variant == 0 && splits <= 12 && cluster_ok();
+  if (cluster) splits = std::min<long>(splits, 8);
   if (splits < 2) return r;
   r.chunk = (int)((max_seq_len + splits - 1) / splits);
   r.chunk = (r.chunk + 15) / 16 * 16;
   r.splits = (max_seq_len + r.chunk - 1) / r.chunk;
   if (r.splits < 2) r.splits = 1, r.chunk = max_seq_len;
+  r.cluster = cluster && r.splits > 1;
   return r;
 }
 
-cudaError_t attention_decode(const void* q_, int q_stride, void* out_, const PagedKV& kv, const StepLayout& step,
-                             const AttnParams& p, DType dt, void* ws, cudaStream_t s) {
+cudaError_t attention_decode(const void* q_, int q_stride, const void* k_, int k_stride, const void* v_, int v_stride,
+                             bool fused, void* out_, const PagedKV& kv, const StepLayout& step, const AttnParams& p,
+                             DType dt, void* ws, cudaStream_t s) {
   const int D = p.head_dim, nH = p.num_heads, nKV = p.num_kv_heads;
   const int G = nH / nKV;
-  const DecodeSplit sp = decode_split(step.num_tokens, nH, nKV, D, step.max_seq_len);
+  const DecodeSplit sp = decode_split(step.num_tokens, nH, nKV, D, step.max_seq_len, fused ? g_decode_variant : 2);
   float* ws_o = nullptr;
   float2* ws_ml = nullptr;
-  if (sp.splits > 1) {
+  if (sp.splits > 1 && !sp.cluster) {
     const size_t parts = (size_t)step.num_tokens * nH * sp.splits;
     ws_o = static_cast<float*>(ws);
     ws_ml = reinterpret_cast<float2*>(static_cast<char*>(ws) + ((parts * D * sizeof(float) + 255) & ~(size_t)255));
   }
-  const float scale_log2 = p.scale * 1.4426950408889634f;
+  cudaError_t e = cudaSuccess;
   TSLLM_DISPATCH_HALF(dt, T, {
-    const T* q = static_cast<const T*>(q_);
-    T* out = static_cast<T*>(out_);
-    const KVView<T> v = make_kv_view<T>(kv, p.layer);
-    if (D <= 32)
-      launch_decode_dp<T, 32>(q, q_stride, out, ws_o, ws_ml, v, step, nH, nKV, G, scale_log2, sp, s);
-    else if (D <= 64)
-      launch_decode_dp<T, 64>(q, q_stride, out, ws_o, ws_ml, v, step, nH, nKV, G, scale_log2, sp, s);
-    else if (D <= 128)
-      launch_decode_dp<T, 128>(q, q_stride, out, ws_o, ws_ml, v, step, nH, nKV, G, scale_log2, sp, s);
-    else
-      launch_decode_dp<T, 256>(q, q_stride, out, ws_o, ws_ml, v, step, nH, nKV, G, scale_log2, sp, s);
-    if (sp.splits > 1) {
+    DecodeArgs<T> a;
+    a.q = static_cast<const T*>(q_);
+    a.k = static_cast<const T*>(k_);
+    a.v = static_cast<const T*>(v_);
+    a.q_stride = q_stride;
+    a.k_stride = k_stride;
+    a.v_stride = v_stride;
+    a.out = static_cast<T*>(out_);
+    a.ws_o = ws_o;
+    a.ws_ml = ws_ml;
+    a.kv = make_kv_view<T>(kv, p.layer);
+    a.positions = step.positions;
+    a.token_seq = step.token_seq;
+    a.inv_freq = p.inv_freq;
+    a.R = p.rotary_dim;
+    a.gptj = p.rope_style == RopeStyle::Gptj ? 1 : 0;
+    a.nH = nH;
+    a.hgroups = 1;
+    a.G = G;
+    a.scale_log2 = p.scale * 1.4426950408889634f;
+    a.chunk = sp.chunk;
+    e = fused ? launch_decode_d<T, true>(a, step, nKV, D, sp, s) : launch_decode_d<T, false>(a, step, nKV, D, sp, s);
+    if (e == cudaSuccess && sp.splits > 1 && !sp.cluster) {
       dim3 grid(nH, step.num_tokens, sp.splits);
       const int threads = D >= 128 ? 128 : 64;
-      decode_reduce_kernel<T><<<grid, threads, sp.splits * sizeof(float), s>>>(ws_o, ws_ml, out, step.positions, nH,
+      decode_reduce_kernel<T><<<grid, threads, sp.splits * sizeof(float), s>>>(ws_o, ws_ml, a.out, step.positions, nH,
                                                                               D, sp.chunk);
+      e = cudaGetLastError();
     }
   });
-  return cudaGetLastError();
+  return e;
 }
 
 }  // namespace kd

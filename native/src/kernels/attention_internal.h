@@ -26,16 +26,28 @@ cudaError_t rope_and_cache_write(const void* q, int q_stride, const void* k, int
                                  void* q_out, const PagedKV& kv, const StepLayout& step, const AttnParams& p, DType dt,
                                  cudaStream_t s);
 
+// Decode implementation used when max_new_tokens == 1 (a process-wide switch for tests and benchmarks):
+//   0 (default): fused RoPE/cache write; split-K combined in-launch by a thread-block cluster (sm_90, <= 8 splits),
+//                else by decode_reduce_kernel;
+//   1: fused, split-K always via decode_reduce_kernel;
+//   2: separate rope_cache kernel, then the decode kernel on the rotated q, then decode_reduce_kernel.
+extern int g_decode_variant;
+
 // Split-K choice of the decode kernel (shared with the workspace bound).
 struct DecodeSplit {
   int splits, chunk;
+  bool cluster;  // splits combined inside the launch (thread-block cluster along y)
 };
-DecodeSplit decode_split(int num_tokens, int num_heads, int num_kv_heads, int head_dim, int max_seq_len);
+DecodeSplit decode_split(int num_tokens, int num_heads, int num_kv_heads, int head_dim, int max_seq_len,
+                         int variant = g_decode_variant);
 constexpr int kSplitBudget = 8192;  // bound on num_tokens * num_heads * splits whenever splits > 1
 
 // One query token per block row: attends to cache [0, positions[t]]. ws: split-K partials.
-cudaError_t attention_decode(const void* q, int q_stride, void* out, const PagedKV& kv, const StepLayout& step,
-                             const AttnParams& p, DType dt, void* ws, cudaStream_t s);
+// fused: q, k, v are the step's raw rows (RoPE and the cache write happen inside); otherwise q is already rotated
+// and the cache already holds k, v (rope_and_cache_write ran first).
+cudaError_t attention_decode(const void* q, int q_stride, const void* k, int k_stride, const void* v, int v_stride,
+                             bool fused, void* out, const PagedKV& kv, const StepLayout& step, const AttnParams& p,
+                             DType dt, void* ws, cudaStream_t s);
 
 // Tiles of up to 64 new tokens of one sequence (FlashAttention-2 style, tensor cores), any step.
 cudaError_t attention_context(const void* q, int q_stride, void* out, const PagedKV& kv, const StepLayout& step,

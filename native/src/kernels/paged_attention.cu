@@ -1,9 +1,12 @@
 // paged_attention: RoPE + KV-cache write, then causal attention over the paged cache.
-//   1. rope_cache.cu:        RoPE on q (into the workspace) and k; k, v written at slot positions[t].
-//   2a. max_new_tokens == 1: attention_decode.cu  (flash-decoding, split-K + reduce, GQA-aware)
-//   2b. otherwise:           attention_context.cu (FlashAttention-2 tiles on tensor cores; handles mixed steps)
+//   max_new_tokens == 1 (pure decode): attention_decode.cu, one launch that applies RoPE to q and the new k,
+//     writes k and v into the cache and runs flash-decoding (split-K, GQA-aware); the splits are combined in the
+//     same launch through a thread-block cluster on sm_90, else by a second small reduce kernel.
+//   otherwise (prefill, chunked prefill, mixed steps):
+//     1. rope_cache.cu: RoPE on q (into the workspace) and k; k, v written at slot positions[t];
+//     2. attention_context.cu: FlashAttention-2 tiles on tensor cores, causal, GQA, any mix of sequences.
 // Workspace layout (computed from this step's sizes, always within attention_workspace_bytes at the maxima):
-//   [rotated q: num_tokens * nH * D * 2 bytes, 256-aligned][split-K partials: o fp32, (m, l) float2]
+//   [rotated q: num_tokens * nH * D * 2 bytes, 256-aligned (unfused paths only)][split-K partials: o fp32, (m, l)]
 #include "attention_internal.h"
 
 namespace tsllm {
@@ -35,8 +38,10 @@ cudaError_t paged_attention(const void* q, int q_stride, const void* k, int k_st
     return cudaErrorInvalidValue;
   if (q_stride % 8 || k_stride % 8 || v_stride % 8) return cudaErrorMisalignedAddress;  // 16-byte row chunks
 
-  const bool rope = p.rotary_dim > 0;
   char* ws = static_cast<char*>(workspace);
+  if (step.max_new_tokens == 1 && kd::g_decode_variant != 2)
+    return kd::attention_decode(q, q_stride, k, k_stride, v, v_stride, true, out, kv, step, p, dt, ws, s);
+  const bool rope = p.rotary_dim > 0;
   const size_t qrot_bytes = rope ? align256((size_t)step.num_tokens * p.num_heads * D * 2) : 0;
   void* q_rot = rope ? ws : nullptr;
   cudaError_t e = kd::rope_and_cache_write(q, q_stride, k, k_stride, v, v_stride, q_rot, kv, step, p, dt, s);
@@ -44,7 +49,7 @@ cudaError_t paged_attention(const void* q, int q_stride, const void* k, int k_st
   const void* qa = rope ? q_rot : q;
   const int qa_stride = rope ? p.num_heads * D : q_stride;
   if (step.max_new_tokens == 1)
-    return kd::attention_decode(qa, qa_stride, out, kv, step, p, dt, ws + qrot_bytes, s);
+    return kd::attention_decode(qa, qa_stride, nullptr, 0, nullptr, 0, false, out, kv, step, p, dt, ws + qrot_bytes, s);
   return kd::attention_context(qa, qa_stride, out, kv, step, p, dt, s);
 }
 

@@ -42,36 +42,8 @@ __global__ void rope_cache_kernel(const T* __restrict__ q, int q_stride, const T
     *reinterpret_cast<uint4*>(dst + i0) = raw;
     return;
   }
-  float f[8], pf[8], o[8];
-  unpack8<T>(raw, f);
-  const int half = R >> 1;
-  if (gptj) {
-#pragma unroll
-    for (int j = 0; j < 8; ++j) pf[j] = f[j ^ 1];
-  } else if ((half & 7) == 0) {
-    const int p0 = i0 < half ? i0 + half : i0 - half;
-    unpack8<T>(*reinterpret_cast<const uint4*>(src + p0), pf);
-  } else {
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const int i = i0 + j;
-      pf[j] = i < R ? to_f(src[i < half ? i + half : i - half]) : 0.f;
-    }
-  }
-#pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    const int i = i0 + j;
-    if (i < R) {
-      const int fi = gptj ? (i >> 1) : (i < half ? i : i - half);
-      const bool first = gptj ? !(i & 1) : i < half;
-      const float ang = __fmul_rn((float)pos, __ldg(inv_freq + fi));
-      float sn, cs;
-      sincosf(ang, &sn, &cs);
-      o[j] = first ? f[j] * cs - pf[j] * sn : f[j] * cs + pf[j] * sn;
-    } else {
-      o[j] = f[j];
-    }
-  }
+  float o[8];
+  rope8<T>(src, i0, R, gptj != 0, pos, inv_freq, raw, o);
   *reinterpret_cast<uint4*>(dst + i0) = pack8<T>(o);
 }
 

@@ -1,5 +1,7 @@
 #include "gemm.h"
 
+#include "runtime_kernels.h"
+
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -60,10 +62,12 @@ void GemmRunner::init() {
     throw std::runtime_error(std::string("cudaMalloc of the 32 MB cuBLASLt workspace failed: ") + cudaGetErrorString(e));
   const char* t = std::getenv("TSLLM_GEMM_TUNE");
   if (t && std::string(t) == "0") tune_max_m = 0;
+  const char* g = std::getenv("TSLLM_GEMV");
+  if (g && (std::string(g) == "0" || std::string(g) == "1")) gemv_mode = g[0] - '0';
 }
 
 std::string GemmRunner::tune(const Key& k, Plan* p, const cublasLtMatmulHeuristicResult_t* res, int n, const void* x,
-                             const void* w, cudaStream_t s) {
+                             const void* w, const void* bias, cudaStream_t s) {
   const size_t kFlush = size_t(64) << 20;
   size_t out_bytes = size_t(k.M) * size_t(k.N) * 2;
   if (out_bytes > tune_out_bytes_) {
@@ -80,6 +84,26 @@ std::string GemmRunner::tune(const Key& k, Plan* p, const cublasLtMatmulHeuristi
   float best = 1e30f;
   int pick = 0;
   float alpha = 1.f, beta = k.has_c ? 1.f : 0.f;
+  DType dt = cudaDataType_t(k.dt) == CUDA_R_16BF ? DType::BF16 : DType::F16;
+  bool gemv_ok = (k.epi == int(GemmEpi::None) || k.epi == int(GemmEpi::Bias)) && gemv_mode != 0 &&
+                 gemv_eligible(x, w, k.M, k.K, dt) && (k.align >= 16);
+  if (gemv_ok) {  // candidate -1: the gemv kernel
+    float total = 0;
+    bool ok = true;
+    for (int it = 0; it < 6 && ok; it++) {
+      cudaMemsetAsync(flush_, it, kFlush, s);
+      cudaEventRecord(a, s);
+      ok = gemv(x, w, k.epi == int(GemmEpi::Bias) ? bias : nullptr, k.has_c ? tune_out_ : nullptr, tune_out_, k.M,
+                k.N, k.K, dt, s) == cudaSuccess;
+      cudaEventRecord(b, s);
+      if (cudaEventSynchronize(b) != cudaSuccess) ok = false;
+      float ms = 0;
+      cudaEventElapsedTime(&ms, a, b);
+      if (it > 0) total += ms;
+    }
+    if (ok) best = total, pick = -1;
+    if (ok && gemv_mode == 1) n = 0;  // forced
+  }
   for (int i = 0; i < n; i++) {
     if (res[i].state != CUBLAS_STATUS_SUCCESS || res[i].workspaceSize > kWorkspaceBytes) continue;
     float total = 0;
@@ -100,7 +124,8 @@ std::string GemmRunner::tune(const Key& k, Plan* p, const cublasLtMatmulHeuristi
   cudaEventDestroy(a);
   cudaEventDestroy(b);
   cudaGetLastError();
-  p->algo = res[pick].algo;
+  p->gemv = pick < 0;
+  if (pick >= 0) p->algo = res[pick].algo;
   return "";
 }
 
@@ -137,10 +162,10 @@ std::string GemmRunner::make_plan(const Key& k, Plan* p, const void* x, const vo
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al, sizeof(al));
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof(al));
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof(al));
-  cublasLtMatmulHeuristicResult_t res[16] = {};
+  cublasLtMatmulHeuristicResult_t res[32] = {};
   int found = 0;
   cublasStatus_t st =
-      cublasLtMatmulAlgoGetHeuristic(handle_, p->desc, p->a, p->b, p->c, p->c, pref, 16, res, &found);
+      cublasLtMatmulAlgoGetHeuristic(handle_, p->desc, p->a, p->b, p->c, p->c, pref, 32, res, &found);
   cublasLtMatmulPreferenceDestroy(pref);
   if (st != CUBLAS_STATUS_SUCCESS || found == 0)
     return "cuBLASLt has no algorithm for M=" + std::to_string(k.M) + " N=" + std::to_string(k.N) +
@@ -148,10 +173,11 @@ std::string GemmRunner::make_plan(const Key& k, Plan* p, const void* x, const vo
   p->algo = res[0].algo;
   cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
   cudaStreamIsCapturing(s, &cap);
-  if (found > 1 && k.M <= tune_max_m && cap == cudaStreamCaptureStatusNone) {
+  bool gemv_cand = k.M <= kGemvMaxM && gemv_mode != 0;
+  if ((found > 1 || gemv_cand) && (k.M <= tune_max_m || gemv_mode == 1) && cap == cudaStreamCaptureStatusNone) {
     if (k.epi == int(GemmEpi::Bias) || k.epi == int(GemmEpi::GeluBias))
       LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
-    return tune(k, p, res, found, x, w, s);
+    return tune(k, p, res, found, x, w, bias, s);
   }
   return "";
 }
@@ -177,6 +203,11 @@ std::string GemmRunner::linear(const void* x, const void* w, const void* bias, c
     it = cache_.emplace(k, p).first;
   }
   Plan& p = it->second;
+  if (p.gemv) {
+    DType gdt = dt == CUDA_R_16BF ? DType::BF16 : DType::F16;
+    cudaError_t ge = gemv(x, w, epi == GemmEpi::Bias ? bias : nullptr, residual, out, M, N, K, gdt, s);
+    return ge == cudaSuccess ? std::string() : std::string("gemv: ") + cudaGetErrorString(ge);
+  }
   if (epi == GemmEpi::Bias || epi == GemmEpi::GeluBias)
     LT_TRY(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
   float alpha = 1.f, beta = residual ? 1.f : 0.f;

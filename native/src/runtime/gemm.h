@@ -36,6 +36,8 @@ class GemmRunner {
   // (L2 flushed before each run, output to scratch) and keeps the fastest; larger M take the heuristic's
   // first choice. Never while the stream is being captured. TSLLM_GEMM_TUNE=0 turns it off.
   int tune_max_m = 256;
+  // TSLLM_GEMV=0: never use the small-M gemv kernel; TSLLM_GEMV=1: always when eligible (tests).
+  int gemv_mode = -1;
 
  private:
   struct Key {
@@ -55,10 +57,11 @@ class GemmRunner {
     cublasLtMatmulDesc_t desc = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
     cublasLtMatmulAlgo_t algo{};
+    bool gemv = false;  // runtime_kernels.h gemv won the tuning
   };
   std::string make_plan(const Key& k, Plan* p, const void* x, const void* w, const void* bias, cudaStream_t s);
   std::string tune(const Key& k, Plan* p, const cublasLtMatmulHeuristicResult_t* res, int n, const void* x,
-                   const void* w, cudaStream_t s);
+                   const void* w, const void* bias, cudaStream_t s);
 
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;

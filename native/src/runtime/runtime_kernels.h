@@ -12,4 +12,12 @@ namespace tsllm {
 cudaError_t rope_standalone(const void* x, void* out, const int32_t* positions, const float* inv_freq, int rows,
                             int num_heads, int head_dim, int rotary_dim, RopeStyle style, DType dt, cudaStream_t s);
 
+// Small-M linear (decode): out[m, n] = x[m, :] · w[n, :] (+ bias[n]) (+ residual[m, n]), w [N, K] row-major,
+// fp32 accumulation. Needs M <= kGemvMaxM, K % 8 == 0 and 16-byte aligned x and w (gemv_eligible).
+// residual may alias out.
+constexpr int kGemvMaxM = 4;
+bool gemv_eligible(const void* x, const void* w, int M, int K, DType dt);
+cudaError_t gemv(const void* x, const void* w, const void* bias, const void* residual, void* out, int M, int N, int K,
+                 DType dt, cudaStream_t s);
+
 }  // namespace tsllm
