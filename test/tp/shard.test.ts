@@ -1,0 +1,73 @@
+// shardForTp on the model graph: rank graphs share one node list; collectives where they belong;
+// slices are per-part recipe transforms (so fusion concatenates each rank's slices).
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { describe, expect, it } from "vitest";
+import { shardForTp } from "../../passes/tensor-parallel.ts";
+import { Module } from "../../src/dsl/module.ts";
+import { BuildConfig } from "../../src/engine/format.ts";
+import { verifyGraph } from "../../src/ir/verify.ts";
+import { loadModelFile } from "../../src/model-file.ts";
+import { LLAMA_MODEL, TINY_LLAMA } from "../fixtures.ts";
+
+async function llamaGraph() {
+  const model = await loadModelFile(LLAMA_MODEL);
+  const cfg = model.parseConfig(
+    JSON.parse(fs.readFileSync(path.join(TINY_LLAMA, "config.json"), "utf8")),
+    "x",
+  );
+  const m = new Module("f32", { maxBatchSize: 1, maxSeqLen: 8, maxNumTokens: 8 });
+  model.forward(m, cfg);
+  return m.graph;
+}
+
+const build = (tp: number) =>
+  BuildConfig.parse({
+    ...{ sm: 90, tp, dtype: "fp32", kv_cache_dtype: "fp32" },
+    ...{
+      max_batch_size: 1,
+      max_seq_len: 8,
+      max_num_tokens: 8,
+      tokens_per_block: 32,
+      random_weights: false,
+      seed: 0,
+    },
+  });
+
+describe("shardForTp", () => {
+  it("gives every rank the same node list, with collectives after row-parallel, embedding and lm_head", async () => {
+    const g = await llamaGraph();
+    const ranks = shardForTp(g, build(4));
+    expect(ranks.length).toBe(4);
+    const ops = (r: (typeof ranks)[number]) => r.nodes.map((n) => `${n.op}:${n.outputs.join(",")}`);
+    for (const r of ranks) {
+      verifyGraph(r);
+      expect(ops(r)).toEqual(ops(ranks[0]));
+    }
+    const seq = ranks[0].nodes.map((n) => n.op);
+    expect(seq.filter((o) => o === "all_reduce").length).toBe(1 + 2 * 2); // embedding + (o_proj, down) × 2 layers
+    expect(seq.filter((o) => o === "all_gather").length).toBe(1);
+    expect(seq[seq.indexOf("embedding") + 1]).toBe("all_reduce");
+    expect(seq.at(-1)).toBe("all_gather");
+    expect(ranks.map((r) => r.nodes.find((n) => n.op === "embedding")!.attrs.vocab_start)).toEqual([
+      0, 128, 256, 384,
+    ]);
+    // 4 query heads, 2 KV heads at tp 4: one of each per rank, KV head ⌊r/2⌋.
+    const attn = ranks.map((r) => r.nodes.find((n) => n.op === "attention")!.attrs);
+    expect(attn.map((a) => [a.num_heads, a.num_kv_heads])).toEqual(Array(4).fill([1, 1]));
+    const kSlices = ranks.map((r) => {
+      const k = [...r.values.values()].find((v) => v.name === "model.layers.0.self_attn.k_proj.weight")!;
+      return k.recipe?.kind === "checkpoint" ? k.recipe.parts[0].transforms : [];
+    });
+    expect(kSlices.map((t) => (t[0] as { start: number }).start)).toEqual([0, 0, 32, 32]);
+    expect(ranks[0].meta.numKvHeads).toBe(1);
+  });
+
+  it("does not touch the model graph (tp 1 is the identity)", async () => {
+    const g = await llamaGraph();
+    const before = JSON.stringify([...g.values.values()]);
+    shardForTp(g, build(2));
+    expect(JSON.stringify([...g.values.values()])).toBe(before);
+    expect(shardForTp(g, build(1))[0]).toBe(g);
+  });
+});
