@@ -160,3 +160,32 @@ describe("native runtime (tiny-llama fp16)", () => {
     expect(max).toBeLessThanOrEqual(0.05);
   });
 });
+
+describe("small-M gemv kernel", () => {
+  // Decode linears (M <= 4) can run on the runtime's own gemv kernel when the tuner finds it faster than
+  // cuBLASLt; force each path and compare teacher-forced decode logits (same fp32 math, other order: ≤ 0.01).
+  for (const [which, dtype] of [["llama", "fp16"], ["gptj", "bf16"]] as const) {
+    it(`tiny-${which} ${dtype}: gemv and cuBLASLt decode agree (≤ 0.01)`, async () => {
+      const dir = await tinyEngine(which, dtype);
+      const g = readGolden(goldenFile(which));
+      const run = (mode: string) => {
+        process.env.TSLLM_GEMV = mode;
+        const e = load(dir);
+        delete process.env.TSLLM_GEMV;
+        const rows: Float32Array[] = [];
+        g.prompts.forEach((p, i) => {
+          e.step([{ id: i, tokens: p.inputIds.slice(0, p.promptLen), startPos: 0 }]);
+          for (let pos = p.promptLen; pos < p.inputIds.length; pos++)
+            rows.push(e.step([{ id: i, tokens: [p.inputIds[pos]], startPos: pos }]).logits!);
+          e.release(i);
+        });
+        return rows;
+      };
+      const a = run("1");
+      const b = run("0");
+      const max = Math.max(...a.map((r, i) => maxAbsDiff(r, b[i])));
+      console.log(`tiny-${which} ${dtype} gemv vs cuBLASLt: ${max}`);
+      expect(max).toBeLessThanOrEqual(0.01);
+    });
+  }
+});

@@ -137,8 +137,11 @@ struct Engine {
   // TSLLM_PROFILE=1: CUDA graphs off, events around every node of every step, a per-op table printed
   // to stderr at unload.
   bool profile = false;
+  bool profile_graph = false;  // TSLLM_PROFILE=graph: per-op-type replay timing of one decode graph
+  int graph_replays = 0;
   std::vector<cudaEvent_t> prof_events;
   std::map<std::string, std::pair<int64_t, double>> prof;  // key -> (calls, total ms)
+  std::map<int, int> prof_seen;  // steps seen per token count: the first (GEMM tuning, module loads) is skipped
   void profile_report();
   uint64_t gen_counter = 0;
 
@@ -153,8 +156,8 @@ DType to_dtype(ElemType t);
 
 // load.cc
 std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options& opts);
-// forward.cc: enqueues the op program for plan p on e.stream (capturable).
-void forward(Engine& e, const StepPlan& p);
+// forward.cc: enqueues the op program for plan p on e.stream (capturable). only: node mask (profiling).
+void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only = nullptr);
 void nccl_destroy(Engine& e);
 void nccl_init(Engine& e, const void* unique_id);
 // step.cc

@@ -23,7 +23,7 @@ namespace {
 
 }  // namespace
 
-void forward(Engine& e, const StepPlan& p) {
+void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only) {
   const EngineDesc& d = e.desc;
   cudaStream_t s = e.stream;
   const DType dt = e.dt;
@@ -52,7 +52,7 @@ void forward(Engine& e, const StepPlan& p) {
   step.max_new_tokens = p.max_new;
   step.max_seq_len = p.max_len;
 
-  const bool prof = e.profile;
+  const bool prof = e.profile && !only;
   if (prof) {
     while (e.prof_events.size() < d.nodes.size() + 1) {
       cudaEvent_t ev;
@@ -63,6 +63,7 @@ void forward(Engine& e, const StepPlan& p) {
   }
   for (size_t i = 0; i < d.nodes.size(); i++) {
     if (prof && i > 0) TSLLM_CUDA(cudaEventRecord(e.prof_events[i], s), "cudaEventRecord");
+    if (only && !(*only)[i]) continue;
     const NodeDesc& n = d.nodes[i];
     auto in = [&](size_t k) -> void* { return k < n.in.size() && n.in[k] >= 0 ? e.ptr(n.in[k], p) : nullptr; };
     auto out = [&](size_t k) -> void* { return e.ptr(n.out[k], p); };
@@ -222,7 +223,8 @@ void forward(Engine& e, const StepPlan& p) {
   if (prof) {
     TSLLM_CUDA(cudaEventRecord(e.prof_events[d.nodes.size()], s), "cudaEventRecord");
     TSLLM_CUDA(cudaEventSynchronize(e.prof_events[d.nodes.size()]), "profiling");
-    for (size_t i = 0; i < d.nodes.size(); i++) {
+    const bool record = e.prof_seen[p.T]++ > 0;
+    for (size_t i = 0; i < d.nodes.size() && record; i++) {
       const NodeDesc& n = d.nodes[i];
       float ms = 0;
       cudaEventElapsedTime(&ms, e.prof_events[i], e.prof_events[i + 1]);

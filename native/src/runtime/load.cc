@@ -286,7 +286,8 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
   // Decode graphs at batch sizes 1, 2, 4, ..., 256: the smallest power of two >= max_bs is included so
   // every decode batch up to max_bs pads to a captured size; padding rows must fit the arena (max_num_tokens).
   const char* prof = std::getenv("TSLLM_PROFILE");
-  e->profile = prof && *prof && std::string(prof) != "0";
+  e->profile_graph = prof && std::string(prof) == "graph";
+  e->profile = prof && *prof && std::string(prof) != "0" && !e->profile_graph;
   e->graphs_enabled = !opts.disable_cuda_graphs && !e->profile;
   for (int b = 1; b <= 256; b *= 2) {
     if (b > e->max_num_tokens || b > d.max_num_tokens) break;

@@ -10,7 +10,9 @@
 // second captures and replays; later ones only upload metadata (fixed addresses) and replay.
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
+#include <map>
 #include <unordered_set>
 
 #include "engine.h"
@@ -205,6 +207,83 @@ void postprocess(Engine& e, const StepPlan& p, bool do_sample) {
   }
 }
 
+// TSLLM_PROFILE=graph: replays graphs of subsets of one decode step (all nodes of one op type, each linear
+// shape, sampling) and prints each subset's time per step. Runs once, before a real replay whose metadata it
+// shares, so the garbage its partial programs write (activations, this step's KV slots) is overwritten.
+void profile_graph_breakdown(Engine& e, const StepPlan& p) {
+  const EngineDesc& d = e.desc;
+  std::vector<std::pair<std::string, std::vector<uint8_t>>> groups;
+  std::map<std::string, size_t> index;
+  std::map<std::string, double> bytes;
+  for (size_t i = 0; i < d.nodes.size(); i++) {
+    const NodeDesc& n = d.nodes[i];
+    std::string key = op_name(n.op);
+    if (n.op == Op::Linear) {
+      const ValueDesc& w = e.val(n.in[1]);
+      key += " N=" + std::to_string(w.shape[0].n) + " K=" + std::to_string(w.shape[1].n);
+      bytes[key] += double(w.max_numel() * elem_size(w.dt));
+    }
+    auto it = index.find(key);
+    if (it == index.end()) {
+      it = index.emplace(key, groups.size()).first;
+      groups.emplace_back(key, std::vector<uint8_t>(d.nodes.size(), 0));
+    }
+    groups[it->second].second[i] = 1;
+  }
+  groups.emplace_back("(sampling + logits to fp32)", std::vector<uint8_t>(d.nodes.size(), 0));
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  auto time_graph = [&](cudaGraphExec_t g) {
+    for (int i = 0; i < 3; i++) cudaGraphLaunch(g, e.stream);
+    cudaEventRecord(a, e.stream);
+    for (int i = 0; i < 20; i++) cudaGraphLaunch(g, e.stream);
+    cudaEventRecord(b, e.stream);
+    cudaEventSynchronize(b);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, a, b);
+    return ms / 20;
+  };
+  float full = time_graph(e.graphs[p.graph_key]);
+  std::fprintf(stderr, "tsllm graph profile: decode batch %d (padded), max_seq_len bound %d: full step %.3f ms\n", p.S,
+               p.max_len, full);
+  float sum = 0;
+  for (size_t gi = 0; gi < groups.size(); gi++) {
+    auto& g = groups[gi];
+    bool sampling = gi + 1 == groups.size();
+    cudaGraph_t graph = nullptr;
+    TSLLM_CUDA(cudaStreamBeginCapture(e.stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+    try {
+      if (sampling) postprocess(e, p, true);
+      else forward(e, p, &g.second);
+    } catch (...) {
+      cudaStreamEndCapture(e.stream, &graph);
+      if (graph) cudaGraphDestroy(graph);
+      throw;
+    }
+    TSLLM_CUDA(cudaStreamEndCapture(e.stream, &graph), "cudaStreamEndCapture");
+    cudaGraphExec_t ge = nullptr;
+    TSLLM_CUDA(cudaGraphInstantiate(&ge, graph, 0), "cudaGraphInstantiate");
+    cudaGraphDestroy(graph);
+    float ms = time_graph(ge);
+    cudaGraphExecDestroy(ge);
+    sum += ms;
+    int count = 0;
+    for (auto m : g.second) count += m;
+    std::string extra;
+    if (bytes.count(g.first)) {
+      char buf[64];
+      std::snprintf(buf, sizeof(buf), "  %6.0f GB/s of weights", bytes[g.first] / (ms * 1e-3) / 1e9);
+      extra = buf;
+    }
+    std::fprintf(stderr, "  %-36s nodes %4d  %8.3f ms/step  %5.1f%%%s\n", g.first.c_str(), count, ms,
+                 100.0 * ms / full, extra.c_str());
+  }
+  std::fprintf(stderr, "  (sum of the parts %.3f ms; the rest is launch gaps between kernels)\n", sum);
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+}
+
 void execute(Engine& e, const StepPlan& p, bool do_sample) {
   if (!p.graph) {
     forward(e, p);
@@ -235,6 +314,7 @@ void execute(Engine& e, const StepPlan& p, bool do_sample) {
     TSLLM_CUDA(err, "cudaGraphInstantiate");
     it = e.graphs.emplace(p.graph_key, ge).first;
   }
+  if (e.profile_graph && ++e.graph_replays == 8) profile_graph_breakdown(e, p);
   TSLLM_CUDA(cudaGraphLaunch(it->second, e.stream), "cudaGraphLaunch");
 }
 
