@@ -11,6 +11,7 @@ import {
   encodeStored,
   isQuantDtype,
   type QuantSpec,
+  quantizeToBytes,
   quantizeValues,
   scalesShape,
   storedShape,
@@ -57,11 +58,18 @@ export function materializeQuantized(
     raw = toF32({ ...v, recipe: pre }, ckpt);
     memo = { key, raw };
   }
+  if (last.output === "values" && isQuantDtype(v.dtype)) {
+    const [n, k] = raw.shape;
+    const spec = specOf(last);
+    const want = storedShape(spec, n, k);
+    if (want.join(",") !== v.shape.join(","))
+      throw new Error(`weight ${v.name}: recipe produced [${want}] but the graph expects [${v.shape}]`);
+    return quantizeToBytes(raw.data, n, k, spec);
+  }
   const out = applyQuantize(raw, last);
   const want = v.shape.map(Number);
   if (out.shape.join(",") !== want.join(","))
     throw new Error(`weight ${v.name}: recipe produced [${out.shape}] but the graph expects [${want}]`);
-  if (isQuantDtype(v.dtype)) return encodeStored(v.dtype, out.data);
   if (v.dtype !== "f32") throw new Error(`${v.name}: quantisation scales are f32, not ${v.dtype}`);
   return fromFloat32("F32", out.data);
 }

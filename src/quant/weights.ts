@@ -12,7 +12,7 @@
 import type { DType } from "../ir/types.ts";
 import { roundToDtype } from "../ops/round.ts";
 import type { WeightInit } from "../weights/recipe.ts";
-import { E4M3_MAX, e4m3ToF32, encodeE4m3, roundE4m3 } from "./fp8.ts";
+import { E4M3_MAX, e4m3ToF32, encodeE4m3, f32BitsToE4m3, roundE4m3 } from "./fp8.ts";
 
 export const QUANT_SCHEMES = ["fp8", "int8-wo", "int4-wo"] as const;
 export type QuantScheme = (typeof QUANT_SCHEMES)[number];
@@ -23,11 +23,11 @@ export interface QuantSpec {
   groupSize?: number;
 }
 
-/** Round half to even. */
+const RNE_MAGIC = 6755399441055744; // 1.5·2^52: adding and subtracting it rounds a double to an integer, ties to even
+
+/** Round half to even (exact for |y| < 2^51). */
 export function rne(y: number): number {
-  const f = Math.floor(y);
-  const d = y - f;
-  return d > 0.5 ? f + 1 : d < 0.5 ? f : f % 2 === 0 ? f : f + 1;
+  return y + RNE_MAGIC - RNE_MAGIC;
 }
 
 const QMAX: Record<QuantScheme, number> = { fp8: E4M3_MAX, "int8-wo": 127, "int4-wo": 7 };
@@ -73,24 +73,34 @@ export function computeScales(w: Float32Array, n: number, k: number, spec: Quant
 
 /** Quantised values in the stored layout, as numbers (E4M3 values, int8 values, packed int4 bytes 0..255). */
 export function quantizeValues(w: Float32Array, n: number, k: number, spec: QuantSpec): Float32Array {
+  return decodeStored(storedDtype(spec.scheme), quantizeToBytes(w, n, k, spec));
+}
+
+/** Quantises a [N, K] weight straight to its stored bytes (the engine writer's hot loop). */
+export function quantizeToBytes(w: Float32Array, n: number, k: number, spec: QuantSpec): Uint8Array {
   const scales = computeScales(w, n, k, spec);
   const g = span(spec, k);
   const perRow = k / g;
-  const q = new Float32Array(n * k);
+  const y = new Float32Array(g); // fp32 quotients w / s (a Float32Array store rounds the double quotient)
+  const yBits = new Uint32Array(y.buffer);
+  const out = new Uint8Array(spec.scheme === "int4-wo" ? (n * k) / 2 : n * k);
+  const i8 = new Int8Array(out.buffer);
   for (let r = 0; r < n; r++)
-    for (let i = 0; i < k; i++) {
-      const y = Math.fround(w[r * k + i] / scales[r * perRow + Math.floor(i / g)]);
-      q[r * k + i] =
-        spec.scheme === "fp8"
-          ? roundE4m3(y)
-          : spec.scheme === "int8-wo"
-            ? Math.min(127, Math.max(-127, rne(y)))
-            : Math.min(7, Math.max(-8, rne(y)));
+    for (let j = 0; j < perRow; j++) {
+      const o = r * k + j * g;
+      const s = scales[r * perRow + j];
+      for (let i = 0; i < g; i++) y[i] = w[o + i] / s;
+      if (spec.scheme === "fp8") for (let i = 0; i < g; i++) out[o + i] = f32BitsToE4m3(yBits[i]);
+      else if (spec.scheme === "int8-wo")
+        for (let i = 0; i < g; i++) i8[o + i] = Math.min(127, Math.max(-127, y[i] + RNE_MAGIC - RNE_MAGIC));
+      else
+        for (let i = 0; i < g; i += 2) {
+          const lo = Math.min(7, Math.max(-8, y[i] + RNE_MAGIC - RNE_MAGIC));
+          const hi = Math.min(7, Math.max(-8, y[i + 1] + RNE_MAGIC - RNE_MAGIC));
+          out[(o + i) >> 1] = (lo & 0xf) | ((hi & 0xf) << 4);
+        }
     }
-  if (spec.scheme !== "int4-wo") return q;
-  const packed = new Float32Array((n * k) / 2);
-  for (let j = 0; j < packed.length; j++) packed[j] = (q[2 * j] & 0xf) | ((q[2 * j + 1] & 0xf) << 4);
-  return packed;
+  return out;
 }
 
 /** Unpacks stored values to one number per weight element (int4: two's complement nibbles). */
