@@ -162,16 +162,18 @@ describe("native runtime (tiny-llama fp16)", () => {
 });
 
 describe("small-M gemv kernel", () => {
-  // Decode linears (M <= 4) can run on the runtime's own gemv kernel when the tuner finds it faster than
-  // cuBLASLt; force each path and compare teacher-forced decode logits (same fp32 math, other order: ≤ 0.01).
+  // Decode linears (M <= 4) can run on the runtime's own gemv kernel (6 variants) when the tuner finds it
+  // faster than cuBLASLt; force each variant and compare teacher-forced decode logits with cuBLASLt's, for
+  // one sequence (M = 1) and three packed (graph batch 4: M = 4; eager: M = 3). Same fp32 math in another
+  // order: ≤ 0.01.
   for (const [which, dtype] of [["llama", "fp16"], ["gptj", "bf16"]] as const) {
-    it(`tiny-${which} ${dtype}: gemv and cuBLASLt decode agree (≤ 0.01)`, async () => {
+    it(`tiny-${which} ${dtype}: every gemv variant agrees with cuBLASLt (≤ 0.01)`, async () => {
       const dir = await tinyEngine(which, dtype);
       const g = readGolden(goldenFile(which));
-      const run = (mode: string) => {
-        process.env.TSLLM_GEMV = mode;
-        const e = load(dir);
-        delete process.env.TSLLM_GEMV;
+      const run = (env: Record<string, string>, graphs: boolean) => {
+        Object.assign(process.env, env);
+        const e = load(dir, { cudaGraphs: graphs });
+        for (const k of Object.keys(env)) delete process.env[k];
         const rows: Float32Array[] = [];
         g.prompts.forEach((p, i) => {
           e.step([{ id: i, tokens: p.inputIds.slice(0, p.promptLen), startPos: 0 }]);
@@ -179,13 +181,22 @@ describe("small-M gemv kernel", () => {
             rows.push(e.step([{ id: i, tokens: [p.inputIds[pos]], startPos: pos }]).logits!);
           e.release(i);
         });
+        const minNew = Math.min(...g.prompts.map((p) => p.inputIds.length - p.promptLen));
+        e.step(g.prompts.map((p, i) => ({ id: 10 + i, tokens: p.inputIds.slice(0, p.promptLen), startPos: 0 })));
+        for (let k = 0; k < minNew; k++)
+          rows.push(e.step(g.prompts.map((p, i) => ({ id: 10 + i, tokens: [p.inputIds[p.promptLen + k]], startPos: p.promptLen + k }))).logits!);
+        e.close();
         return rows;
       };
-      const a = run("1");
-      const b = run("0");
-      const max = Math.max(...a.map((r, i) => maxAbsDiff(r, b[i])));
-      console.log(`tiny-${which} ${dtype} gemv vs cuBLASLt: ${max}`);
-      expect(max).toBeLessThanOrEqual(0.01);
+      for (const graphs of [true, false]) {
+        const ref = run({ TSLLM_GEMV: "0" }, graphs);
+        for (let v = 0; v < 6; v++) {
+          const got = run({ TSLLM_GEMV: "1", TSLLM_GEMV_VARIANT: String(v) }, graphs);
+          const max = Math.max(...got.map((r, i) => maxAbsDiff(r, ref[i])));
+          console.log(`tiny-${which} ${dtype} gemv variant ${v} (graphs ${graphs}) vs cuBLASLt: ${max}`);
+          expect(max).toBeLessThanOrEqual(0.01);
+        }
+      }
     });
   }
 });

@@ -64,6 +64,8 @@ void GemmRunner::init() {
   if (t && std::string(t) == "0") tune_max_m = 0;
   const char* g = std::getenv("TSLLM_GEMV");
   if (g && (std::string(g) == "0" || std::string(g) == "1")) gemv_mode = g[0] - '0';
+  const char* gv = std::getenv("TSLLM_GEMV_VARIANT");
+  if (gv && *gv) gemv_variant = std::atoi(gv);
 }
 
 std::string GemmRunner::tune(const Key& k, Plan* p, const cublasLtMatmulHeuristicResult_t* res, int n, const void* x,
@@ -87,13 +89,16 @@ std::string GemmRunner::tune(const Key& k, Plan* p, const cublasLtMatmulHeuristi
   DType dt = cudaDataType_t(k.dt) == CUDA_R_16BF ? DType::BF16 : DType::F16;
   bool gemv_ok = (k.epi == int(GemmEpi::None) || k.epi == int(GemmEpi::Bias)) && gemv_mode != 0 &&
                  gemv_eligible(x, w, k.M, k.K, dt) && (k.align >= 16);
-  if (gemv_ok) {  // candidate -1: the gemv kernel
+  int pick_gemv = -1;
+  bool gemv_wins = false;
+  for (int v = 0; gemv_ok && v < kGemvVariants; v++) {  // the gemv kernel's variants
+    if (gemv_variant >= 0 && v != gemv_variant) continue;
     float total = 0;
     bool ok = true;
     for (int it = 0; it < 6 && ok; it++) {
       cudaMemsetAsync(flush_, it, kFlush, s);
       cudaEventRecord(a, s);
-      ok = gemv(x, w, k.epi == int(GemmEpi::Bias) ? bias : nullptr, k.has_c ? tune_out_ : nullptr, tune_out_, k.M,
+      ok = gemv(v, x, w, k.epi == int(GemmEpi::Bias) ? bias : nullptr, k.has_c ? tune_out_ : nullptr, tune_out_, k.M,
                 k.N, k.K, dt, s) == cudaSuccess;
       cudaEventRecord(b, s);
       if (cudaEventSynchronize(b) != cudaSuccess) ok = false;
@@ -101,9 +106,9 @@ std::string GemmRunner::tune(const Key& k, Plan* p, const cublasLtMatmulHeuristi
       cudaEventElapsedTime(&ms, a, b);
       if (it > 0) total += ms;
     }
-    if (ok) best = total, pick = -1;
-    if (ok && gemv_mode == 1) n = 0;  // forced
+    if (ok && total < best) best = total, pick_gemv = v, gemv_wins = true;
   }
+  if (pick_gemv >= 0 && gemv_mode == 1) n = 0;  // forced
   for (int i = 0; i < n; i++) {
     if (res[i].state != CUBLAS_STATUS_SUCCESS || res[i].workspaceSize > kWorkspaceBytes) continue;
     float total = 0;
@@ -119,13 +124,13 @@ std::string GemmRunner::tune(const Key& k, Plan* p, const cublasLtMatmulHeuristi
       cudaEventElapsedTime(&ms, a, b);
       if (it > 0) total += ms;
     }
-    if (ok && total < best) best = total, pick = i;
+    if (ok && total < best) best = total, pick = i, gemv_wins = false;
   }
   cudaEventDestroy(a);
   cudaEventDestroy(b);
   cudaGetLastError();
-  p->gemv = pick < 0;
-  if (pick >= 0) p->algo = res[pick].algo;
+  p->gemv = gemv_wins ? pick_gemv : -1;
+  if (!gemv_wins) p->algo = res[pick].algo;
   return "";
 }
 
@@ -203,9 +208,9 @@ std::string GemmRunner::linear(const void* x, const void* w, const void* bias, c
     it = cache_.emplace(k, p).first;
   }
   Plan& p = it->second;
-  if (p.gemv) {
+  if (p.gemv >= 0) {
     DType gdt = dt == CUDA_R_16BF ? DType::BF16 : DType::F16;
-    cudaError_t ge = gemv(x, w, epi == GemmEpi::Bias ? bias : nullptr, residual, out, M, N, K, gdt, s);
+    cudaError_t ge = gemv(p.gemv, x, w, epi == GemmEpi::Bias ? bias : nullptr, residual, out, M, N, K, gdt, s);
     return ge == cudaSuccess ? std::string() : std::string("gemv: ") + cudaGetErrorString(ge);
   }
   if (epi == GemmEpi::Bias || epi == GemmEpi::GeluBias)

@@ -38,6 +38,7 @@ class GemmRunner {
   int tune_max_m = 256;
   // TSLLM_GEMV=0: never use the small-M gemv kernel; TSLLM_GEMV=1: always when eligible (tests).
   int gemv_mode = -1;
+  int gemv_variant = -1;  // TSLLM_GEMV_VARIANT=k: only that variant (tests)
 
  private:
   struct Key {
@@ -57,7 +58,7 @@ class GemmRunner {
     cublasLtMatmulDesc_t desc = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
     cublasLtMatmulAlgo_t algo{};
-    bool gemv = false;  // runtime_kernels.h gemv won the tuning
+    int gemv = -1;  // >= 0: the runtime_kernels.h gemv variant that won the tuning
   };
   std::string make_plan(const Key& k, Plan* p, const void* x, const void* w, const void* bias, cudaStream_t s);
   std::string tune(const Key& k, Plan* p, const cublasLtMatmulHeuristicResult_t* res, int n, const void* x,

@@ -15,9 +15,11 @@ cudaError_t rope_standalone(const void* x, void* out, const int32_t* positions, 
 // Small-M linear (decode): out[m, n] = x[m, :] · w[n, :] (+ bias[n]) (+ residual[m, n]), w [N, K] row-major,
 // fp32 accumulation. Needs M <= kGemvMaxM, K % 8 == 0 and 16-byte aligned x and w (gemv_eligible).
 // residual may alias out.
+// `variant` in [0, kGemvVariants) picks rows per warp group and the K split (the tuner times them all).
 constexpr int kGemvMaxM = 4;
+constexpr int kGemvVariants = 6;
 bool gemv_eligible(const void* x, const void* w, int M, int K, DType dt);
-cudaError_t gemv(const void* x, const void* w, const void* bias, const void* residual, void* out, int M, int N, int K,
-                 DType dt, cudaStream_t s);
+cudaError_t gemv(int variant, const void* x, const void* w, const void* bias, const void* residual, void* out, int M,
+                 int N, int K, DType dt, cudaStream_t s);
 
 }  // namespace tsllm
