@@ -171,13 +171,15 @@ int main() {
   }
 
   std::printf("paged_attention decode (rope + cache write + attention [+ split-K reduce]), fp16, 32 heads x 128\n");
-  std::printf("variant 0: fused rope/cache-write, cluster split-K (default); 1: fused, reduce kernel; 2: separate rope\n");
+  std::printf("variant 2 (default): separate rope/cache-write kernel, reduce kernel; 0: fused rope/cache-write +\n"
+              "cluster split-K; 1: fused, reduce kernel (0 and 1 experimental)\n");
   std::printf("%6s %6s %4s %7s %8s %8s %11s %11s %9s\n", "batch", "ctx", "var", "splits", "cluster", "layers",
               "graph_us", "stream_us", "GB/s");
   for (int B : {1, 64})
     for (int ctx : {128, 256, 1024, 4096}) {
       if (B == 64 && (ctx == 128 || ctx == 1024)) continue;
       AttnSetup a(B, ctx, 1, l2_defeat);
+      const int default_variant = kd::g_decode_variant;
       for (int variant : {0, 1, 2}) {
         kd::g_decode_variant = variant;
         const int n = 64;
@@ -189,7 +191,7 @@ int main() {
         std::printf("%6d %6d %4d %7d %8s %8d %11.2f %11.2f %9.0f\n", B, ctx, variant, sp.splits,
                     sp.cluster ? "yes" : "no", a.layers, g, st, (kv_bytes + io_bytes) / (g * 1e3));
       }
-      kd::g_decode_variant = 0;
+      kd::g_decode_variant = default_variant;
     }
 
   std::printf("\npaged_attention context (prefill, causal), fp16, 32 heads x 128\n");

@@ -3,11 +3,12 @@
 // for up to GB query heads (GQA). A key is handled by LPK = DP/8 lanes, 8 dims (16 bytes) each; a warp covers
 // 32/LPK keys per step and unrolls U steps so 2U 16-byte loads per thread are in flight. Each lane keeps an
 // online softmax (m, l, acc[8]) per head; lanes, then warps, are merged at the end.
+// Split-K: blocks write normalised partials (o, m, l) to the workspace and decode_reduce_kernel combines them.
+// Experimental (variants 0/1, see attention_internal.h; correct but slower in bandwidth-bound cases on H100):
 // FUSED: the kernel itself applies RoPE to q and to the new token's k (its last key, taken from the inputs rather
 // than the cache) and one block per KV head writes the new k and v into the cache, so no separate RoPE/cache-write
-// launch is needed. Split-K: CLUSTER (sm_90) combines the splits of one (token, head group) through distributed
-// shared memory inside the same launch (splits <= 8); otherwise blocks write normalised partials (o, m, l) to the
-// workspace and decode_reduce_kernel combines them.
+// launch is needed; CLUSTER (sm_90) combines the splits of one (token, head group) through distributed shared
+// memory inside the same launch (splits <= 8).
 #include <cooperative_groups.h>
 #include <math.h>
 
@@ -388,7 +389,7 @@ bool cluster_ok() {
 
 }  // namespace
 
-int g_decode_variant = 0;
+int g_decode_variant = 2;  // measured fastest overall on H100 (kernels-notes.md)
 
 DecodeSplit decode_split(int num_tokens, int num_heads, int num_kv_heads, int head_dim, int max_seq_len,
                          int variant) {

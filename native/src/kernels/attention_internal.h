@@ -27,10 +27,12 @@ cudaError_t rope_and_cache_write(const void* q, int q_stride, const void* k, int
                                  cudaStream_t s);
 
 // Decode implementation used when max_new_tokens == 1 (a process-wide switch for tests and benchmarks):
-//   0 (default): fused RoPE/cache write; split-K combined in-launch by a thread-block cluster (sm_90, <= 8 splits),
-//                else by decode_reduce_kernel;
-//   1: fused, split-K always via decode_reduce_kernel;
-//   2: separate rope_cache kernel, then the decode kernel on the rotated q, then decode_reduce_kernel.
+//   2 (default): separate rope_cache kernel, then the decode kernel on the rotated q, then decode_reduce_kernel
+//                when split;
+//   0 (experimental): fused RoPE/cache write in the decode kernel; split-K combined in-launch by a thread-block
+//                cluster (sm_90, <= 8 splits), else by decode_reduce_kernel;
+//   1 (experimental): fused, split-K always via decode_reduce_kernel.
+// All three pass the same tests; on H100 the fused variants were 19-25% slower at batch 64 (kernels-notes.md).
 extern int g_decode_variant;
 
 // Split-K choice of the decode kernel (shared with the workspace bound).

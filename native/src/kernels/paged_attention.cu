@@ -1,12 +1,12 @@
 // paged_attention: RoPE + KV-cache write, then causal attention over the paged cache.
-//   max_new_tokens == 1 (pure decode): attention_decode.cu, one launch that applies RoPE to q and the new k,
-//     writes k and v into the cache and runs flash-decoding (split-K, GQA-aware); the splits are combined in the
-//     same launch through a thread-block cluster on sm_90, else by a second small reduce kernel.
-//   otherwise (prefill, chunked prefill, mixed steps):
-//     1. rope_cache.cu: RoPE on q (into the workspace) and k; k, v written at slot positions[t];
-//     2. attention_context.cu: FlashAttention-2 tiles on tensor cores, causal, GQA, any mix of sequences.
+//   1. rope_cache.cu: RoPE on q (into the workspace) and k; k, v written at slot positions[t];
+//   2a. max_new_tokens == 1 (pure decode): attention_decode.cu, flash-decoding (GQA-aware, split-K for long
+//       contexts, then a small reduce kernel). kd::g_decode_variant 0/1 select an experimental single-launch
+//       version (RoPE + cache write fused into the decode kernel, cluster split-K) that skips step 1.
+//   2b. otherwise (prefill, chunked prefill, mixed steps): attention_context.cu, FlashAttention-2 tiles on tensor
+//       cores, causal, GQA, any mix of sequences.
 // Workspace layout (computed from this step's sizes, always within attention_workspace_bytes at the maxima):
-//   [rotated q: num_tokens * nH * D * 2 bytes, 256-aligned (unfused paths only)][split-K partials: o fp32, (m, l)]
+//   [rotated q: num_tokens * nH * D * 2 bytes, 256-aligned (not used by the fused decode)][split-K partials]
 #include "attention_internal.h"
 
 namespace tsllm {
