@@ -110,6 +110,10 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
     throw new BuildError(`${flag}${given !== undefined ? ` ${given}` : ""}: ${i.message}`);
   }
   const build = parsed.data;
+  if (o.emit === "onnx" && (build.quant !== "none" || build.kv_cache_dtype === "fp8"))
+    throw new BuildError(
+      `--emit onnx: quantised builds (${build.quant !== "none" ? `--quant ${build.quant}` : "--kv-cache-dtype fp8"}) are not exported yet; export with --quant none`,
+    );
   if (build.max_seq_len > facts.maxPositionEmbeddings)
     o.log?.(
       `note: --max-seq-len ${build.max_seq_len} exceeds the model's max_position_embeddings ${facts.maxPositionEmbeddings}`,
