@@ -127,3 +127,14 @@ export function checkGolden(
   }
   return { perPrompt: stats, maxAbs: Math.max(...stats.map((s) => s.maxAbs)) };
 }
+
+/**
+ * Default max |Δlogit| for an engine against transformers' fp32 goldens: fp32 math on the CPU agrees to
+ * ~1e-4; half precision differs more; quantised engines by the bounds their tests justify
+ * (test/quant: int8-wo 0.1, fp8 0.5 — E4M3's 3 mantissa bits on both GEMM operands — int4-wo 1.25).
+ */
+export function defaultTolerance(build: { dtype: string; quant: string; kv_cache_dtype: string }, cpu: boolean): number {
+  const base = cpu && build.dtype === "fp32" ? 1e-3 : 0.05;
+  const quant = { none: 0, "int8-wo": 0.1, fp8: 0.5, "int4-wo": 1.25 }[build.quant] ?? 0;
+  return Math.max(base, quant) + (build.kv_cache_dtype === "fp8" ? 0.2 : 0);
+}

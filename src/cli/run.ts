@@ -4,7 +4,8 @@ import { generate } from "../executor/generate.ts";
 import { openExecutor } from "../executor/open.ts";
 import { ReferenceExecutor } from "../executor/reference.ts";
 import type { Executor } from "../executor/types.ts";
-import { checkGolden, readGolden } from "../golden.ts";
+import { openEngine } from "../engine/reader.ts";
+import { checkGolden, defaultTolerance, readGolden } from "../golden.ts";
 import { float, int, main } from "./common.ts";
 
 const program = new Command("tsllm-run")
@@ -31,7 +32,7 @@ const program = new Command("tsllm-run")
   .option("--golden <file>", "golden.safetensors to verify against")
   .option(
     "--tolerance <x>",
-    "max |Δlogit| allowed with --golden (default 1e-3 for fp32 engines on cpu, else 0.05)",
+    "max |Δlogit| allowed with --golden (default by engine: fp32 on cpu 1e-3, fp16/bf16 0.05, int8-wo 0.1, fp8 0.5, int4-wo 1.25)",
     float("--tolerance"),
   )
   .option("--no-verify", "skip the engine content-hash check (large engines)")
@@ -45,10 +46,8 @@ await main(async () => {
   try {
     if (o.golden) {
       const report = checkGolden(ex, readGolden(o.golden));
-      // fp32 math on the CPU agrees with transformers to ~1e-4; half-precision engines differ more.
-      const tol =
-        o.tolerance ??
-        (ex instanceof ReferenceExecutor && ex.engine.config.build.dtype === "fp32" ? 1e-3 : 0.05);
+      const build = openEngine(dir, { verify: false }).config.build;
+      const tol = o.tolerance ?? defaultTolerance(build, ex instanceof ReferenceExecutor);
       report.perPrompt.forEach((p, i) =>
         process.stdout.write(
           `prompt ${i}: max |Δlogit| ${p.maxAbs.toExponential(3)} (prefill ${p.prefillMaxAbs.toExponential(3)}, decode ${p.decodeMaxAbs.toExponential(3)}), top-1 agreement ${p.top1Agree}/${p.positions}\n`,
