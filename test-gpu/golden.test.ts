@@ -5,8 +5,8 @@
 import { afterAll, describe, expect, it } from "vitest";
 import type { Executor } from "../src/executor/types.ts";
 import { checkGolden, type Golden, readGolden } from "../src/golden.ts";
-import { CudaExecutor } from "../src/native/executor.ts";
 import { CudaEngine, type CudaLoadOptions } from "../src/native/binding.ts";
+import { CudaExecutor } from "../src/native/executor.ts";
 import { goldenFile, maxAbsDiff, tinyEngine } from "./helpers.ts";
 
 const open: CudaEngine[] = [];
@@ -23,9 +23,15 @@ afterAll(() => {
 function teacherForced(ex: Executor, g: Golden, base: number): Float32Array[] {
   const rows: Float32Array[][] = g.prompts.map(() => []);
   g.prompts.forEach((p, i) => {
-    rows[i].push(...ex.step([{ seqId: base + i, tokens: p.inputIds.slice(0, p.promptLen), logits: "all" }]).get(base + i)!);
+    rows[i].push(
+      ...ex
+        .step([{ seqId: base + i, tokens: p.inputIds.slice(0, p.promptLen), logits: "all" }])
+        .get(base + i)!,
+    );
     for (let pos = p.promptLen; pos < p.inputIds.length; pos++)
-      rows[i].push(ex.step([{ seqId: base + i, tokens: [p.inputIds[pos]], logits: "last" }]).get(base + i)![0]);
+      rows[i].push(
+        ex.step([{ seqId: base + i, tokens: [p.inputIds[pos]], logits: "last" }]).get(base + i)![0],
+      );
     ex.release(base + i);
   });
   return rows.map((r) => {
@@ -43,7 +49,14 @@ for (const which of ["llama", "gptj"] as const) {
       it("matches the goldens over prefill and teacher-forced decode, one prompt at a time (≤ 0.05)", async () => {
         const ex = executor(await tinyEngine(which, dtype));
         const r = checkGolden(ex, golden);
-        console.log(`tiny-${which} ${dtype} one-by-one: max |Δlogit| ${r.maxAbs.toFixed(4)}`, r.perPrompt.map((p) => [p.prefillMaxAbs.toFixed(4), p.decodeMaxAbs.toFixed(4), `${p.top1Agree}/${p.positions}`]));
+        console.log(
+          `tiny-${which} ${dtype} one-by-one: max |Δlogit| ${r.maxAbs.toFixed(4)}`,
+          r.perPrompt.map((p) => [
+            p.prefillMaxAbs.toFixed(4),
+            p.decodeMaxAbs.toFixed(4),
+            `${p.top1Agree}/${p.positions}`,
+          ]),
+        );
         expect(r.perPrompt.length).toBe(3);
         for (const p of r.perPrompt) expect(p.positions).toBeGreaterThan(p.positions > 0 ? 1 : 0);
         expect(r.maxAbs).toBeLessThanOrEqual(0.05);
@@ -65,9 +78,13 @@ for (const which of ["llama", "gptj"] as const) {
           ex.release(100 + i);
           return rows;
         });
-        const packed = ex.step(golden.prompts.map((p, i) => ({ seqId: 200 + i, tokens: p.inputIds, logits: "all" })));
+        const packed = ex.step(
+          golden.prompts.map((p, i) => ({ seqId: 200 + i, tokens: p.inputIds, logits: "all" })),
+        );
         let max = 0;
-        one.forEach((rows, i) => rows.forEach((row, r) => (max = Math.max(max, maxAbsDiff(row, packed.get(200 + i)![r])))));
+        one.forEach((rows, i) =>
+          rows.forEach((row, r) => (max = Math.max(max, maxAbsDiff(row, packed.get(200 + i)![r])))),
+        );
         golden.prompts.forEach((_, i) => ex.release(200 + i));
         console.log(`tiny-${which} ${dtype} packed vs single: ${max}`);
         expect(max).toBeLessThanOrEqual(0.02);
@@ -75,7 +92,11 @@ for (const which of ["llama", "gptj"] as const) {
 
       it("tokens_per_block 4 gives the logits of 32-token blocks (≤ 0.01)", async () => {
         const big = teacherForced(executor(await tinyEngine(which, dtype)), golden, 300);
-        const small = teacherForced(executor(await tinyEngine(which, dtype, { tokensPerBlock: 4 })), golden, 400);
+        const small = teacherForced(
+          executor(await tinyEngine(which, dtype, { tokensPerBlock: 4 })),
+          golden,
+          400,
+        );
         const max = Math.max(...big.map((b, i) => maxAbsDiff(b, small[i])));
         console.log(`tiny-${which} ${dtype} tpb 4 vs 32: ${max}`);
         expect(max).toBeLessThanOrEqual(0.01);

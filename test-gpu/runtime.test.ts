@@ -2,11 +2,11 @@
 // rewinding, limits and load errors, random weights against the CPU reference executor.
 import * as path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
+import { compileEngine } from "../src/compile.ts";
 import { ReferenceExecutor } from "../src/executor/reference.ts";
 import { readGolden } from "../src/golden.ts";
 import { CudaEngine, type CudaLoadOptions } from "../src/native/binding.ts";
 import { CudaExecutor } from "../src/native/executor.ts";
-import { compileEngine } from "../src/compile.ts";
 import { fixture, goldenFile, maxAbsDiff, REPO, tinyEngine } from "./helpers.ts";
 
 const open: CudaEngine[] = [];
@@ -42,7 +42,9 @@ describe("native runtime (tiny-llama fp16)", () => {
     const b = e.generate(prompts, 16, sp);
     const c = e.generate(prompts, 16, { ...sp, seed: 8 });
     a.tokens.forEach((t, i) => expect(Array.from(b.tokens[i])).toEqual(Array.from(t)));
-    expect(a.tokens.map((t) => Array.from(t).join()).join("|")).not.toEqual(c.tokens.map((t) => Array.from(t).join()).join("|"));
+    expect(a.tokens.map((t) => Array.from(t).join()).join("|")).not.toEqual(
+      c.tokens.map((t) => Array.from(t).join()).join("|"),
+    );
     expect(e.info().numSequences).toBe(0);
   });
 
@@ -61,17 +63,36 @@ describe("native runtime (tiny-llama fp16)", () => {
       e.release(id);
       expect(toks).toEqual(Array.from(gen.tokens[i]));
     });
-    console.log("greedy", gen.tokens.map((t) => Array.from(t).join(",")), `ttft ${gen.ttftMs.toFixed(3)} ms, decode ${gen.decodeMs.toFixed(3)} ms`);
+    console.log(
+      "greedy",
+      gen.tokens.map((t) => Array.from(t).join(",")),
+      `ttft ${gen.ttftMs.toFixed(3)} ms, decode ${gen.decodeMs.toFixed(3)} ms`,
+    );
   });
 
   it("sampled steps with a seed repeat exactly (step)", async () => {
     const e = load(await tinyEngine("llama", "fp16"));
     const run = (id: number) => {
       const out: number[] = [];
-      let r = e.step([{ id, tokens: prompts[2], startPos: 0, temperature: 1, topK: 0, topP: 0.9, seed: 99 }], { tokens: true });
+      let r = e.step(
+        [{ id, tokens: prompts[2], startPos: 0, temperature: 1, topK: 0, topP: 0.9, seed: 99 }],
+        { tokens: true },
+      );
       out.push(r.tokens![0]);
       for (let k = 1; k < 10; k++) {
-        r = e.step([{ id, tokens: [out[k - 1]], startPos: prompts[2].length + k - 1, temperature: 1, topP: 0.9, seed: 99 }], { tokens: true });
+        r = e.step(
+          [
+            {
+              id,
+              tokens: [out[k - 1]],
+              startPos: prompts[2].length + k - 1,
+              temperature: 1,
+              topP: 0.9,
+              seed: 99,
+            },
+          ],
+          { tokens: true },
+        );
         out.push(r.tokens![0]);
       }
       e.release(id);
@@ -87,7 +108,11 @@ describe("native runtime (tiny-llama fp16)", () => {
     let max = 0;
     for (const e of [withGraphs, eager]) e.step(prompts.map((p, i) => ({ id: i, tokens: p, startPos: 0 })));
     for (let k = 0; k < 6; k++) {
-      const seqs = prompts.map((p, i) => ({ id: i, tokens: [golden.prompts[i].inputIds[p.length + k]], startPos: p.length + k }));
+      const seqs = prompts.map((p, i) => ({
+        id: i,
+        tokens: [golden.prompts[i].inputIds[p.length + k]],
+        startPos: p.length + k,
+      }));
       const a = withGraphs.step(seqs); // 3 sequences: padded to the batch-4 graph
       const b = eager.step(seqs);
       max = Math.max(max, maxAbsDiff(a.logits!, b.logits!));
@@ -108,7 +133,9 @@ describe("native runtime (tiny-llama fp16)", () => {
     const V = full.vocab;
     expect(again.rows).toBe(p.length - k);
     expect(maxAbsDiff(full.logits!.subarray(k * V), again.logits!)).toBeLessThanOrEqual(0.01);
-    expect(() => e.step([{ id: 10, tokens: [1, 2], startPos: 3 }])).toThrow(/cached tokens, a step cannot start at position 3/);
+    expect(() => e.step([{ id: 10, tokens: [1, 2], startPos: 3 }])).toThrow(
+      /cached tokens, a step cannot start at position 3/,
+    );
   });
 
   it("refuses limits above the engine's and a KV pool that cannot hold one sequence", async () => {
@@ -117,8 +144,12 @@ describe("native runtime (tiny-llama fp16)", () => {
     expect(() => load(dir, { kvCacheMaxBlocks: 3 })).toThrow(/KV cache too small/);
     const small = load(dir, { maxBatchSize: 2, maxSeqLen: 128, maxNumTokens: 64 });
     expect(small.info().maxSeqLen).toBe(128);
-    expect(() => small.step([0, 1, 2].map((i) => ({ id: i, tokens: [1], startPos: 0 })))).toThrow(/max_batch_size is 2/);
-    expect(() => small.step([{ id: 0, tokens: new Array(65).fill(1), startPos: 0 }])).toThrow(/max_num_tokens is 64/);
+    expect(() => small.step([0, 1, 2].map((i) => ({ id: i, tokens: [1], startPos: 0 })))).toThrow(
+      /max_batch_size is 2/,
+    );
+    expect(() => small.step([{ id: 0, tokens: new Array(65).fill(1), startPos: 0 }])).toThrow(
+      /max_num_tokens is 64/,
+    );
   });
 
   it("reports a full KV cache as an error and recovers after release", async () => {
@@ -166,7 +197,10 @@ describe("small-M gemv kernel", () => {
   // faster than cuBLASLt; force each variant and compare teacher-forced decode logits with cuBLASLt's, for
   // one sequence (M = 1) and three packed (graph batch 4: M = 4; eager: M = 3). Same fp32 math in another
   // order: ≤ 0.01.
-  for (const [which, dtype] of [["llama", "fp16"], ["gptj", "bf16"]] as const) {
+  for (const [which, dtype] of [
+    ["llama", "fp16"],
+    ["gptj", "bf16"],
+  ] as const) {
     it(`tiny-${which} ${dtype}: every gemv variant agrees with cuBLASLt (≤ 0.01)`, async () => {
       const dir = await tinyEngine(which, dtype);
       const g = readGolden(goldenFile(which));
@@ -182,9 +216,19 @@ describe("small-M gemv kernel", () => {
           e.release(i);
         });
         const minNew = Math.min(...g.prompts.map((p) => p.inputIds.length - p.promptLen));
-        e.step(g.prompts.map((p, i) => ({ id: 10 + i, tokens: p.inputIds.slice(0, p.promptLen), startPos: 0 })));
+        e.step(
+          g.prompts.map((p, i) => ({ id: 10 + i, tokens: p.inputIds.slice(0, p.promptLen), startPos: 0 })),
+        );
         for (let k = 0; k < minNew; k++)
-          rows.push(e.step(g.prompts.map((p, i) => ({ id: 10 + i, tokens: [p.inputIds[p.promptLen + k]], startPos: p.promptLen + k }))).logits!);
+          rows.push(
+            e.step(
+              g.prompts.map((p, i) => ({
+                id: 10 + i,
+                tokens: [p.inputIds[p.promptLen + k]],
+                startPos: p.promptLen + k,
+              })),
+            ).logits!,
+          );
         e.close();
         return rows;
       };

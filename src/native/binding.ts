@@ -136,7 +136,9 @@ export function loadAddon(): Addon {
     throw new Error(`${file}: cannot load the native runtime: ${(e as Error).message.split("\n")[0]}`);
   }
   if (a.abiVersion() !== ABI_VERSION)
-    throw new Error(`${file}: ABI version ${a.abiVersion()}, this tsllm expects ${ABI_VERSION}; run npm run build:native`);
+    throw new Error(
+      `${file}: ABI version ${a.abiVersion()}, this tsllm expects ${ABI_VERSION}; run npm run build:native`,
+    );
   addon = a;
   return a;
 }
@@ -181,7 +183,10 @@ export class CudaEngine {
   }
 
   /** One packed step. want.logits (default true) returns fp32 logits; want.tokens samples one per sequence. */
-  step(seqs: readonly StepSeq[], want: { logits?: boolean; tokens?: boolean } = { logits: true }): StepResult {
+  step(
+    seqs: readonly StepSeq[],
+    want: { logits?: boolean; tokens?: boolean } = { logits: true },
+  ): StepResult {
     return this.a.step(
       this.h(),
       seqs.map((s) => ({ ...s, tokens: i32(s.tokens) })),
@@ -190,7 +195,11 @@ export class CudaEngine {
   }
 
   /** Prefill + decode entirely in C++ (benchmarks). sampling: one for all prompts or one per prompt. */
-  generate(prompts: readonly (Int32Array | readonly number[])[], maxNewTokens: number, sampling?: Sampling | Sampling[]): GenerateResult {
+  generate(
+    prompts: readonly (Int32Array | readonly number[])[],
+    maxNewTokens: number,
+    sampling?: Sampling | Sampling[],
+  ): GenerateResult {
     const lens = Int32Array.from(prompts, (p) => p.length);
     const flat = new Int32Array(lens.reduce((a, b) => a + b, 0));
     let off = 0;

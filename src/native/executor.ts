@@ -1,7 +1,7 @@
 // The Executor interface (src/executor/types.ts) over the native CUDA runtime (src/native/binding.ts).
 import { openEngine } from "../engine/reader.ts";
 import { type Executor, LimitError, type SeqRequest } from "../executor/types.ts";
-import { type CudaLoadOptions, CudaEngine, nativeAvailable } from "./binding.ts";
+import { CudaEngine, type CudaLoadOptions, nativeAvailable } from "./binding.ts";
 
 export { NATIVE_NOT_BUILT } from "./binding.ts";
 
@@ -35,7 +35,8 @@ export class CudaExecutor implements Executor {
       this.lens.set(s.seqId, (this.lens.get(s.seqId) ?? 0) + s.tokens.length);
       const n = s.logits === "all" ? s.tokens.length : 1;
       const rows: Float32Array[] = [];
-      if (s.logits !== "none") for (let i = 0; i < n; i++) rows.push(r.logits!.slice((row + i) * V, (row + i + 1) * V));
+      if (s.logits !== "none")
+        for (let i = 0; i < n; i++) rows.push(r.logits!.slice((row + i) * V, (row + i + 1) * V));
       row += n;
       out.set(s.seqId, rows);
     }
