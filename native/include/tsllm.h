@@ -123,6 +123,9 @@ void tsllm_unload(tsllm_engine* e);
 /* tp > 1: writes a fresh 128-byte NCCL unique id (rank 0 makes it, every rank gets the same bytes). */
 int tsllm_nccl_unique_id(void* out128, char* err, size_t errlen);
 
+/* Median device-to-device copy bandwidth over `iters` copies of `bytes`, counting bytes read + written. */
+int tsllm_copy_bandwidth(int32_t device, uint64_t bytes, int32_t iters, double* out_bytes_per_s, char* err, size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif

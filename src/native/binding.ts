@@ -112,6 +112,7 @@ interface Addon {
     sampling?: Sampling | Sampling[],
   ): Omit<GenerateResult, "tokens"> & { tokens: Int32Array };
   info(h: Handle): CudaInfo;
+  copyBandwidth(bytes: number): number;
 }
 
 const ABI_VERSION = 1;
@@ -154,6 +155,11 @@ export function nativeAvailable(): boolean {
 }
 
 const i32 = (t: Int32Array | readonly number[]) => (t instanceof Int32Array ? t : Int32Array.from(t));
+
+/** Device-to-device copy bandwidth of GPU 0 in bytes/s, counting bytes read + written (median of 20 copies). */
+export function measureCopyBandwidth(bytes = 1 << 30): number {
+  return loadAddon().copyBandwidth(bytes);
+}
 
 /** One engine rank on one GPU. */
 export class CudaEngine {

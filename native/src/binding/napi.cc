@@ -368,6 +368,19 @@ napi_value Info(napi_env env, napi_callback_info info) {
   });
 }
 
+// copyBandwidth(bytes): device-to-device copy bandwidth of device 0 in bytes/s (read + written).
+napi_value CopyBandwidth(napi_env env, napi_callback_info info) {
+  return wrap(env, [&] {
+    auto a = args(env, info, 1);
+    char err[512] = {0};
+    double bps = 0;
+    if (tsllm_copy_bandwidth(0, u64(env, a[0], "bytes"), 20, &bps, err, sizeof(err))) throw JsError{err};
+    napi_value v;
+    napi_create_double(env, bps, &v);
+    return v;
+  });
+}
+
 napi_value AbiVersion(napi_env env, napi_callback_info) {
   napi_value v;
   napi_create_int32(env, tsllm_abi_version(), &v);
@@ -383,6 +396,7 @@ napi_value Init(napi_env env, napi_value exports) {
       {"release", nullptr, Release, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"generate", nullptr, Generate, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"info", nullptr, Info, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"copyBandwidth", nullptr, CopyBandwidth, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;

@@ -1,0 +1,90 @@
+// tsllm-bench: timings of an engine on the GPU, with the memory-bandwidth roofline measured in the same run.
+import { Command } from "commander";
+import { openEngine } from "../engine/reader.ts";
+import { DTYPE_BYTES } from "../ir/types.ts";
+import { CudaEngine, measureCopyBandwidth } from "../native/binding.ts";
+import { int, main } from "./common.ts";
+
+const program = new Command("tsllm-bench").description("Benchmarks of an engine on the GPU (native runtime).");
+
+program
+  .command("latency")
+  .description(
+    "Generate a batch of random prompts and report time to first token, time per output token and output\n" +
+      "tokens/s, after warm-up; then the HBM roofline of one decode step (weights + KV read once) at the\n" +
+      "device-to-device copy bandwidth measured in this run.",
+  )
+  .argument("<engine>", "engine directory (tp 1)")
+  .option("--batch-size <n>", "sequences decoded together (repeatable as 1,8,64)", "1")
+  .option("--input-len <n>", "prompt tokens", int("--input-len"), 128)
+  .option("--output-len <n>", "generated tokens", int("--output-len"), 128)
+  .option("--warmup <n>", "untimed runs first", int("--warmup"), 1)
+  .option("--runs <n>", "timed runs (median reported)", int("--runs"), 3)
+  .option("--no-cuda-graphs", "decode without CUDA graphs")
+  .option("--json <file>", "also write the figures as JSON")
+  .action(async (dir: string, o) =>
+    main(async () => {
+      const engine = openEngine(dir, { verify: false });
+      const h = engine.ranks[0].header;
+      const batches = String(o.batchSize).split(",").map(Number);
+      const maxBatch = Math.max(...batches);
+      const cuda = CudaEngine.load(dir, { cudaGraphs: o.cudaGraphs, maxSeqLen: Math.min(h.limits.max_seq_len, o.inputLen + o.outputLen + 1) });
+      const info = cuda.info();
+      process.stdout.write(`${info.gpuName} (sm ${info.gpuSm}), engine ${h.dtype} sm ${h.sm}, weights ${(info.weightBytes / 1e9).toFixed(2)} GB, kv blocks ${info.kvBlocksTotal}\n`);
+      if (maxBatch > info.maxBatchSize) throw new Error(`--batch-size ${maxBatch} exceeds the engine's max_batch_size ${info.maxBatchSize}`);
+
+      // Bytes one decode step must read: every weight once, except embedding tables (only the gathered rows).
+      const values = new Map(h.values.map((v) => [v.id, v]));
+      const gathered = new Set(h.nodes.filter((n) => n.op === "embedding").map((n) => n.inputs[1]));
+      let stepWeightBytes = 0;
+      for (const w of h.weights) {
+        const v = values.get(w.value)!;
+        const n = v.shape.reduce<number>((a, d) => a * (typeof d === "number" ? d : d.max), 1) * DTYPE_BYTES[v.dtype];
+        if (!gathered.has(w.value)) stepWeightBytes += n;
+      }
+      const bw = measureCopyBandwidth(1 << 30);
+      process.stdout.write(`device-to-device copy: ${(bw / 1e9).toFixed(0)} GB/s (bytes read + written)\n`);
+      const kvElem = h.kv_cache.dtype === "fp32" ? 4 : h.kv_cache.dtype === "fp8" ? 1 : 2;
+      const kvPerToken = 2 * h.kv_cache.num_layers * h.kv_cache.num_kv_heads * h.kv_cache.head_dim * kvElem;
+
+      const results = [];
+      for (const B of batches) {
+        let seed = 12345 + B;
+        const rand = () => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0);
+        const prompts = Array.from({ length: B }, () => Int32Array.from({ length: o.inputLen }, () => rand() % info.vocabSize));
+        for (let i = 0; i < o.warmup; i++) cuda.generate(prompts, o.outputLen);
+        const runs = Array.from({ length: o.runs }, () => cuda.generate(prompts, o.outputLen));
+        runs.sort((a, b) => a.totalMs - b.totalMs);
+        const r = runs[Math.floor(runs.length / 2)];
+        const steps = Array.from(r.stepMs).sort((a, b) => a - b);
+        const tpot = steps[Math.floor(steps.length / 2)];
+        const tokS = (B * o.outputLen) / (r.totalMs / 1000);
+        // Roofline of a decode step at mean context length (prompt + half the output).
+        const ctx = o.inputLen + o.outputLen / 2;
+        const stepBytes = stepWeightBytes + B * ctx * kvPerToken;
+        const rooflineMs = (stepBytes / bw) * 1000;
+        const rooflineTokS = (B * 1000) / rooflineMs;
+        const decodeTokS = (B * 1000) / tpot;
+        const row = {
+          batch: B,
+          ttft_ms: r.ttftMs,
+          tpot_ms: tpot,
+          output_tok_s: tokS,
+          decode_tok_s: decodeTokS,
+          roofline_step_ms: rooflineMs,
+          roofline_tok_s: rooflineTokS,
+          pct_of_roofline: (100 * rooflineMs) / tpot,
+        };
+        results.push(row);
+        process.stdout.write(
+          `batch ${B}: TTFT ${r.ttftMs.toFixed(2)} ms, TPOT ${tpot.toFixed(3)} ms, ${tokS.toFixed(1)} output tok/s ` +
+            `(decode ${decodeTokS.toFixed(1)} tok/s; roofline ${rooflineMs.toFixed(3)} ms/step = ${rooflineTokS.toFixed(1)} tok/s, ` +
+            `${row.pct_of_roofline.toFixed(1)}% of roofline)\n`,
+        );
+      }
+      cuda.close();
+      if (o.json) (await import("node:fs")).writeFileSync(o.json, JSON.stringify({ gpu: info.gpuName, copy_gb_s: bw / 1e9, results }, null, 2));
+    }),
+  );
+
+await program.parseAsync();
