@@ -69,14 +69,4 @@ export default defineModel<GptjConfig>({
     for (const block of blocks) hidden = block(hidden);
     m.output("logits", lmHead(m.logitRows(lnF(hidden))));
   },
-  describe: (cfg) => ({
-    vocabSize: cfg.vocabSize,
-    numLayers: cfg.numLayers,
-    numHeads: cfg.numHeads,
-    numKvHeads: cfg.numHeads,
-    headDim: cfg.headDim,
-    hiddenSize: cfg.hiddenSize,
-    maxPositionEmbeddings: cfg.maxPositionEmbeddings,
-    eosTokenIds: cfg.eosTokenId ?? [],
-  }),
 });

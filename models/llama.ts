@@ -88,14 +88,4 @@ export default defineModel<LlamaConfig>({
     for (const layer of layers) hidden = layer(hidden);
     m.output("logits", lmHead(m.logitRows(norm(hidden))));
   },
-  describe: (cfg) => ({
-    vocabSize: cfg.vocabSize,
-    numLayers: cfg.numLayers,
-    numHeads: cfg.numHeads,
-    numKvHeads: cfg.numKvHeads,
-    headDim: cfg.headDim,
-    hiddenSize: cfg.hiddenSize,
-    maxPositionEmbeddings: cfg.maxPositionEmbeddings,
-    eosTokenIds: cfg.eosTokenId ?? [],
-  }),
 });

@@ -3,6 +3,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { type Checkpoint, openCheckpoint } from "./checkpoint/checkpoint.ts";
 import { ConfigError } from "./checkpoint/errors.ts";
+import { modelFacts } from "./dsl/model.ts";
 import { Module } from "./dsl/module.ts";
 import { BuildConfig, ENGINE_DTYPES, type EngineConfig } from "./engine/format.ts";
 import type { RankProgram } from "./engine/header.ts";
@@ -78,7 +79,7 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
       `unsupported architecture ${archName ? `"${archName}"` : "(none given)"} for ${o.modelFile} (supported: ${model.architectures.join(", ")})`,
     );
   const cfg = model.parseConfig(hfJson, cfgSource);
-  const facts = model.describe(cfg);
+  const facts = modelFacts(model, cfg);
   const randomWeights = o.randomWeights ?? !o.checkpoint;
   if (o.checkpoint && o.randomWeights)
     throw new BuildError("--random-weights builds from --config, not a checkpoint");

@@ -16,7 +16,7 @@ export async function loadModelFile(file: string): Promise<ModelDef<unknown>> {
   const def = mod.default as ModelDef<unknown> | undefined;
   if (!def || typeof def.forward !== "function" || !Array.isArray(def.architectures))
     throw new Error(
-      `${file}: must default-export defineModel({ architectures, parseConfig, defaultConfig, forward, describe })`,
+      `${file}: must default-export defineModel({ architectures, parseConfig, defaultConfig, forward })`,
     );
   return def;
 }

@@ -11,8 +11,11 @@ export interface ModelDef<C> {
   defaultConfig: Record<string, unknown>;
   /** Builds the forward graph of one step over packed tokens. */
   forward(m: Module, cfg: C): void;
-  /** Facts the runtime needs (KV cache geometry, vocab, eos ids). */
-  describe(cfg: C): ModelFacts;
+  /**
+   * Facts the runtime needs (vocab, heads, eos ids). Optional: by default they are read from the
+   * normalised config's usual fields (vocabSize, numLayers, numHeads, numKvHeads ?? numHeads, …).
+   */
+  describe?(cfg: C): ModelFacts;
 }
 
 export interface ModelFacts {
@@ -28,4 +31,25 @@ export interface ModelFacts {
 
 export function defineModel<C>(def: ModelDef<C>): ModelDef<C> {
   return def;
+}
+
+/** ModelFacts from a config with the usual normalised field names (src/checkpoint/hf-config.ts). */
+export function modelFacts<C>(def: ModelDef<C>, cfg: C): ModelFacts {
+  if (def.describe) return def.describe(cfg);
+  const c = cfg as Record<string, unknown>;
+  const num = (k: string, d?: number): number => {
+    const v = c[k] ?? d;
+    if (typeof v !== "number") throw new Error(`model config has no numeric "${k}"; give the model file a describe()`);
+    return v;
+  };
+  return {
+    vocabSize: num("vocabSize"),
+    numLayers: num("numLayers"),
+    numHeads: num("numHeads"),
+    numKvHeads: num("numKvHeads", num("numHeads")),
+    headDim: num("headDim"),
+    hiddenSize: num("hiddenSize"),
+    maxPositionEmbeddings: num("maxPositionEmbeddings"),
+    eosTokenIds: Array.isArray(c.eosTokenId) ? (c.eosTokenId as number[]) : [],
+  };
 }

@@ -71,14 +71,4 @@ export default defineModel<Cfg>({
     for (const l of layers) h = l(h);
     m.output("logits", lmHead(m.logitRows(norm(h))));
   },
-  describe: (cfg) => ({
-    vocabSize: cfg.vocabSize,
-    numLayers: cfg.numLayers,
-    numHeads: cfg.numHeads,
-    numKvHeads: cfg.numKvHeads,
-    headDim: cfg.headDim,
-    hiddenSize: cfg.hiddenSize,
-    maxPositionEmbeddings: cfg.maxPositionEmbeddings,
-    eosTokenIds: [],
-  }),
 });
