@@ -172,15 +172,17 @@ int main() {
 
   std::printf("paged_attention decode (rope + cache write + attention [+ split-K reduce]), fp16, 32 heads x 128\n");
   std::printf("variant 2 (default): separate rope/cache-write kernel, reduce kernel; 0: fused rope/cache-write +\n"
-              "cluster split-K; 1: fused, reduce kernel (0 and 1 experimental)\n");
+              "cluster split-K; 1: fused, reduce kernel (0 and 1 experimental); 3: small-batch fast kernel (one\n"
+              "launch, cluster/DSMEM combine; 'v2' in the cluster column = outside its range, runs variant 2)%s\n",
+              kd::pdl_on() ? "; TSLLM_PDL=1: variant 3 launched with PDL" : "");
   std::printf("%6s %6s %4s %7s %8s %8s %11s %11s %9s\n", "batch", "ctx", "var", "splits", "cluster", "layers",
               "graph_us", "stream_us", "GB/s");
   for (int B : {1, 64})
     for (int ctx : {128, 256, 1024, 4096}) {
-      if (B == 64 && (ctx == 128 || ctx == 1024)) continue;
+      if (B == 64 && (ctx == 128 || ctx == 1024)) continue;  // bs 64: 256 and 4096
       AttnSetup a(B, ctx, 1, l2_defeat);
       const int default_variant = kd::g_decode_variant;
-      for (int variant : {0, 1, 2}) {
+      for (int variant : {2, 0, 1, 3}) {
         kd::g_decode_variant = variant;
         const int n = 64;
         double g, st;
@@ -188,8 +190,9 @@ int main() {
         const double kv_bytes = (double)B * ctx * a.nKV * a.D * 2 * 2;
         const double io_bytes = (double)B * ((a.nH + 2 * a.nKV) * a.D * 2 + a.nH * a.D * 2 * 2);
         const auto sp = kd::decode_split(B, a.nH, a.nKV, a.D, ctx, variant);
-        std::printf("%6d %6d %4d %7d %8s %8d %11.2f %11.2f %9.0f\n", B, ctx, variant, sp.splits,
-                    sp.cluster ? "yes" : "no", a.layers, g, st, (kv_bytes + io_bytes) / (g * 1e3));
+        const char* cl = variant == 3 && !sp.fast ? "v2" : sp.cluster ? (sp.fast && sp.warps == 8 ? "yes/8w" : "yes") : "no";
+        std::printf("%6d %6d %4d %7d %8s %8d %11.2f %11.2f %9.0f\n", B, ctx, variant, sp.splits, cl, a.layers, g, st,
+                    (kv_bytes + io_bytes) / (g * 1e3));
       }
       kd::g_decode_variant = default_variant;
     }

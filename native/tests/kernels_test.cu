@@ -665,7 +665,7 @@ static void test_attention_case(const AttnCase& c, Rng& rng) {
   }
 
   // GPU runs: decode steps under every decode variant (2: separate RoPE/cache-write kernel, the default; 0: fused +
-  // cluster; 1: fused + reduce kernel), other steps once.
+  // cluster; 1: fused + reduce kernel; 3: small-batch fast kernel where it applies, else 2), other steps once.
   const std::vector<uint8_t> pool_init = pool.h;
   if (c.packed)
     qkv.up();
@@ -701,7 +701,7 @@ static void test_attention_case(const AttnCase& c, Rng& rng) {
   const void* kp = c.packed ? (const void*)(base + (size_t)nH * D * dsize(dt)) : kb.d;
   const void* vp = c.packed ? (const void*)(base + (size_t)(nH + nKV) * D * dsize(dt)) : vb.d;
   const int default_variant = kd::g_decode_variant;
-  const int nvariants = max_new == 1 ? 3 : 1;
+  const int nvariants = max_new == 1 ? 4 : 1;
   for (int variant = 0; variant < nvariants; ++variant) {
     kd::g_decode_variant = max_new == 1 ? variant : default_variant;
     pool.h = pool_init;
@@ -728,7 +728,8 @@ static void test_attention_case(const AttnCase& c, Rng& rng) {
     std::string path = "context";
     if (max_new == 1) {
       auto sp = kd::decode_split(T, nH, nKV, D, max_len, variant);  // (the plan the kernel used)
-      path = "decode v" + std::to_string(variant) + " splits=" + std::to_string(sp.splits) + (sp.cluster ? " cluster" : "");
+      path = "decode v" + std::to_string(variant) + " splits=" + std::to_string(sp.splits) + (sp.cluster ? " cluster" : "") +
+             (variant == 3 ? (sp.fast ? " fast warps=" + std::to_string(sp.warps) : " (fallback to v2)") : "");
     }
     std::snprintf(extra, sizeof extra, "%s [%s T=%d] k-cache %s, other cache mismatches=%zu", e.str().c_str(),
                   path.c_str(), T, ek.str().c_str(), cache_bad);
@@ -775,6 +776,11 @@ static void test_attention(Rng& rng, int only) {
       {"dec bf16 D256 neox R128 short", BF16, 4, 4, 256, 128, NX, 16, true, {{100, 1}, {37, 1}}},
       {"dec f16 D128 gqa4 gptj R64 short", F16, 8, 2, 128, 64, GJ, 32, true, {{0, 1}, {16, 1}, {150, 1}}},
       {"dec f16 D128 llama2 bs1 ctx200", F16, 32, 32, 128, 128, NX, 32, true, {{199, 1}}},
+      // decode variant 3 ranges: 8 warps and a 2-step loop per split, the 1024 bound, one split (pos 0), bs 4 GQA.
+      {"dec f16 D128 llama2 bs1 ctx1000", F16, 32, 32, 128, 128, NX, 32, true, {{999, 1}}},
+      {"dec bf16 D128 gqa4 bs1 ctx1024 tpb16", BF16, 8, 2, 128, 128, NX, 16, true, {{1023, 1}}},
+      {"dec f16 D128 llama2 bs1 pos0", F16, 32, 32, 128, 128, NX, 32, true, {{0, 1}}},
+      {"dec f16 D128 gqa4 bs4 mixed", F16, 16, 4, 128, 128, NX, 32, true, {{700, 1}, {5, 1}, {255, 1}, {31, 1}}},
   };
   if (only == -2) {
     std::printf("%zu\n", cases.size());

@@ -23,6 +23,7 @@ inline int ew_blocks(uint64_t work) { return kd::grid_for(work, 256, kd::num_sms
 // ---- gated_act ----
 template <typename T, Act A, bool VEC>
 __global__ void gated_act_kernel(const T* __restrict__ x, T* __restrict__ out, int rows, int inter) {
+  kd::pdl_trigger();  // lets a PDL-launched successor (gemv) start its weight loads early
   constexpr int N = VEC ? kd::Vec<T>::N : 1;
   const int per_row = inter / N;
   const uint64_t total = (uint64_t)rows * per_row;

@@ -16,9 +16,8 @@ struct KVView {
   int tpb, tpb_shift;  // tpb_shift >= 0 when tpb is a power of two
   int D;
 
-  // Element offset (from base) of K[seq, pos, hk, 0]; V is at + v_off.
-  __device__ __forceinline__ size_t row(int seq, int pos, int hk) const {
-    int bi, off;
+  // Block-table index and offset inside the block of cache slot `pos`.
+  __device__ __forceinline__ void split_pos(int pos, int& bi, int& off) const {
     if (tpb_shift >= 0) {
       bi = pos >> tpb_shift;
       off = pos & (tpb - 1);
@@ -26,8 +25,17 @@ struct KVView {
       bi = pos / tpb;
       off = pos - bi * tpb;
     }
-    const int blk = __ldg(block_tables + (size_t)seq * max_blocks + bi);
+  }
+  // Element offset of K[physical block blk, offset off, hk, 0].
+  __device__ __forceinline__ size_t row_at(int blk, int off, int hk) const {
     return (size_t)blk * block_elems + ((size_t)hk * tpb + off) * D;
+  }
+  // Element offset (from base) of K[seq, pos, hk, 0]; V is at + v_off.
+  __device__ __forceinline__ size_t row(int seq, int pos, int hk) const {
+    int bi, off;
+    split_pos(pos, bi, off);
+    const int blk = __ldg(block_tables + (size_t)seq * max_blocks + bi);
+    return row_at(blk, off, hk);
   }
 };
 

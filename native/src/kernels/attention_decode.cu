@@ -13,6 +13,7 @@
 #include <math.h>
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "attention_internal.h"
 
@@ -39,10 +40,13 @@ struct DecodeArgs {
   int nH, hgroups, G;
   float scale_log2;
   int chunk;
+  int guess_seq;  // fast path: token t is sequence t (pure decode with num_seqs == num_tokens), checked on device
+  int pdl;        // fast path: launched with programmatic stream serialization (wait before touching q/k/v/out)
 };
 
 template <typename T, int DP, int GB, bool FUSED, bool CLUSTER>
 __global__ void __launch_bounds__(kDecWarps * 32) decode_kernel(const DecodeArgs<T> a) {
+  pdl_trigger();
   constexpr int LPK = DP / 8;     // lanes per key
   constexpr int KPW = 32 / LPK;   // keys per warp per step
   constexpr int U = GB >= 8 ? 2 : 4;
@@ -290,11 +294,293 @@ __global__ void __launch_bounds__(kDecWarps * 32) decode_kernel(const DecodeArgs
 #endif
 }
 
+// Variant 3 (small batches): one launch, latency first. Grid (kv head x head group, split, token), NW warps,
+// splits of one (token, head group) form a thread-block cluster along y (<= 8) combined through DSMEM.
+// Dependent global round trips before the first K/V byte arrives: positions/token_seq and the block-table entries
+// of this block's first keys are read together (the entries speculatively for sequence t, the pure-decode
+// layout; re-read if token_seq says otherwise), then every K/V load of the block's first STEP keys is issued at
+// once. Cos/sin once per lane (shared by q and the new k); the new token's k/v replace the cached slot by a
+// select (no branch in the load path). The cache loads do not depend on the previous kernel, so under PDL they
+// are issued before griddepcontrol.wait; q/k/v of the step and all global writes come after it.
+template <typename T, int DP, int GB, int NW>
+__global__ void __launch_bounds__(NW * 32) decode_fast_kernel(const DecodeArgs<T> a) {
+  constexpr int LPK = DP / 8;     // lanes per key
+  constexpr int KPW = 32 / LPK;   // keys per warp per step
+  constexpr int U = GB >= 8 ? 2 : 4;
+  constexpr int STEP = NW * KPW * U;
+  pdl_trigger();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int sub = lane % LPK, slot = lane / LPK;
+  const KVView<T>& kv = a.kv;
+  const int G = a.G, nH = a.nH, chunk = a.chunk;
+  const int hk = blockIdx.x / a.hgroups, hg = blockIdx.x % a.hgroups;
+  const int split = blockIdx.y, nsplit = gridDim.y, t = blockIdx.z;
+  const int D = kv.D;
+  const bool dim_ok = sub * 8 < D;
+  const int kb = split * chunk;
+
+  // Round 1: everything that depends only on t (metadata uploaded before the graph; not written by kernels).
+  const int pos = __ldg(a.positions + t);
+  const int seq_ld = __ldg(a.token_seq + t);
+  int bt_guess[U], off0[U];
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int key = kb + (u * NW + warp) * KPW + slot;
+    int bi;
+    kv.split_pos(key, bi, off0[u]);
+    bt_guess[u] = a.guess_seq && key < kb + chunk && bi < kv.max_blocks
+                      ? __ldg(kv.block_tables + (size_t)t * kv.max_blocks + bi)
+                      : 0;
+  }
+  const int ctx = pos + 1;
+  const int ke = min(ctx, kb + chunk);
+  const int seq = seq_ld;
+  const bool guess_ok = a.guess_seq && seq == t;
+  size_t rcur[U];
+  bool ok[U];
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int key = kb + (u * NW + warp) * KPW + slot;
+    ok[u] = key < ke;
+    int blk = bt_guess[u];
+    if (!guess_ok && ok[u]) {
+      int bi, off;
+      kv.split_pos(key, bi, off);
+      blk = __ldg(kv.block_tables + (size_t)seq * kv.max_blocks + bi);
+    }
+    rcur[u] = ok[u] ? kv.row_at(blk, off0[u], hk) : 0;
+  }
+  // Round 2: the first step's K/V (cache only: independent of the previous kernel).
+  uint4 kr[U], vr[U];
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const bool ld = ok[u] && dim_ok;
+    const T* p = kv.base + rcur[u] + sub * 8;
+    kr[u] = ld ? *reinterpret_cast<const uint4*>(p) : make_uint4(0, 0, 0, 0);
+    vr[u] = ld ? *reinterpret_cast<const uint4*>(p + kv.v_off) : make_uint4(0, 0, 0, 0);
+  }
+  // Cos/sin of this lane's 8 dims at pos (shared by the q heads and the new k).
+  float rcs[8], rsn[8];
+  const bool rope = a.R > 0 && dim_ok && sub * 8 < a.R;
+  if (rope) rope_angles(sub * 8, a.R, a.gptj != 0, pos, a.inv_freq, rcs, rsn);
+
+  if (a.pdl) pdl_wait();  // q/k/v come from the previous kernel
+
+  float qf[GB][8];
+#pragma unroll
+  for (int g = 0; g < GB; ++g) {
+    const int hh = hg * GB + g;
+    if (hh < G && dim_ok) {
+      const T* qh = a.q + (size_t)t * a.q_stride + (size_t)(hk * G + hh) * D;
+      const uint4 raw = *reinterpret_cast<const uint4*>(qh + sub * 8);
+      if (rope) {
+        rope_apply<T>(qh, sub * 8, a.R, a.gptj != 0, raw, rcs, rsn, qf[g]);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) qf[g][j] = to_f(from_f<T>(qf[g][j]));  // q is rounded like the unfused path
+      } else {
+        unpack8<T>(raw, qf[g]);
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j) qf[g][j] *= a.scale_log2;
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) qf[g][j] = 0.f;
+    }
+  }
+  uint4 knew = make_uint4(0, 0, 0, 0), vnew = make_uint4(0, 0, 0, 0);
+  if (dim_ok) {
+    const T* kh = a.k + (size_t)t * a.k_stride + (size_t)hk * D;
+    knew = *reinterpret_cast<const uint4*>(kh + sub * 8);
+    vnew = *reinterpret_cast<const uint4*>(a.v + (size_t)t * a.v_stride + (size_t)hk * D + sub * 8);
+    if (rope) {
+      float f[8];
+      rope_apply<T>(kh, sub * 8, a.R, a.gptj != 0, knew, rcs, rsn, f);
+      knew = pack8<T>(f);
+    }
+    // The block whose split holds pos (first head group) writes k and v into the cache; no block of this launch
+    // uses the value it reads from that slot (the new k/v are selected instead).
+    if (warp == 0 && slot == 0 && hg == 0 && pos / chunk == split) {
+      const size_t r = kv.row(seq, pos, hk);
+      *reinterpret_cast<uint4*>(kv.base + r + sub * 8) = knew;
+      *reinterpret_cast<uint4*>(kv.base + r + kv.v_off + sub * 8) = vnew;
+    }
+  }
+
+  float m[GB], l[GB], acc[GB][8];
+#pragma unroll
+  for (int g = 0; g < GB; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[g][j] = 0.f;
+  }
+  for (int base = kb; base < ke; base += STEP) {
+    // Next step's rows (only when the chunk is longer than one step).
+    size_t rnext[U];
+    bool oknext[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int key = base + STEP + (u * NW + warp) * KPW + slot;
+      oknext[u] = key < ke;
+      rnext[u] = oknext[u] ? kv.row(seq, key, hk) : 0;
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int key = base + (u * NW + warp) * KPW + slot;
+      if (key == pos) kr[u] = knew, vr[u] = vnew;
+    }
+    float s[U][GB];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      float kf[8];
+      unpack8<T>(kr[u], kf);
+#pragma unroll
+      for (int g = 0; g < GB; ++g) {
+        float d = 0.f;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) d = fmaf(qf[g][j], kf[j], d);
+#pragma unroll
+        for (int o = LPK / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+        s[u][g] = ok[u] ? d : -INFINITY;
+      }
+    }
+    float vf[U][8];
+#pragma unroll
+    for (int u = 0; u < U; ++u) unpack8<T>(vr[u], vf[u]);
+#pragma unroll
+    for (int g = 0; g < GB; ++g) {
+      float mx = m[g];
+#pragma unroll
+      for (int u = 0; u < U; ++u) mx = fmaxf(mx, s[u][g]);
+      if (mx == -INFINITY) continue;  // no valid key for this lane yet
+      const float c = exp2f(m[g] - mx);
+      l[g] *= c;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[g][j] *= c;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const float pr = exp2f(s[u][g] - mx);
+        l[g] += pr;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[g][j] = fmaf(pr, vf[u][j], acc[g][j]);
+      }
+      m[g] = mx;
+    }
+    // Loads of the next step (the cache slot at pos may be read here too; its value is replaced above).
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      ok[u] = oknext[u];
+      const bool ld = oknext[u] && dim_ok;
+      const T* p = kv.base + rnext[u] + sub * 8;
+      kr[u] = ld ? *reinterpret_cast<const uint4*>(p) : make_uint4(0, 0, 0, 0);
+      vr[u] = ld ? *reinterpret_cast<const uint4*>(p + kv.v_off) : make_uint4(0, 0, 0, 0);
+    }
+  }
+
+  // Merge the key slots of a warp (lanes with equal `sub`).
+#pragma unroll
+  for (int g = 0; g < GB; ++g) {
+#pragma unroll
+    for (int o = LPK; o < 32; o <<= 1) {
+      const float mo = __shfl_xor_sync(0xffffffffu, m[g], o);
+      const float lo = __shfl_xor_sync(0xffffffffu, l[g], o);
+      const float M = fmaxf(m[g], mo);
+      const float c1 = m[g] == -INFINITY ? 0.f : exp2f(m[g] - M);
+      const float c2 = mo == -INFINITY ? 0.f : exp2f(mo - M);
+      l[g] = l[g] * c1 + lo * c2;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float ao = __shfl_xor_sync(0xffffffffu, acc[g][j], o);
+        acc[g][j] = acc[g][j] * c1 + ao * c2;
+      }
+      m[g] = M;
+    }
+  }
+  __shared__ float s_acc[NW][GB][DP];
+  __shared__ float s_m[NW][GB], s_l[NW][GB];
+  if (slot == 0) {
+#pragma unroll
+    for (int g = 0; g < GB; ++g) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) s_acc[warp][g][sub * 8 + j] = acc[g][j];
+      if (sub == 0) {
+        s_m[warp][g] = m[g];
+        s_l[warp][g] = l[g];
+      }
+    }
+  }
+  __syncthreads();
+  // Block result per (head, dim): normalised o and the block's (m, l).
+  __shared__ float s_bo[GB][DP];
+  __shared__ float s_bm[GB], s_bl[GB];
+  for (int e = threadIdx.x; e < GB * DP; e += blockDim.x) {
+    const int g = e / DP, d = e % DP;
+    const int hh = hg * GB + g;
+    if (hh >= G || d >= D) continue;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) M = fmaxf(M, s_m[w][g]);
+    float L = 0.f, O = 0.f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) {
+      const float c = s_m[w][g] == -INFINITY ? 0.f : exp2f(s_m[w][g] - M);
+      L += s_l[w][g] * c;
+      O += s_acc[w][g][d] * c;
+    }
+    const float r = L > 0.f ? O / L : 0.f;
+    if (nsplit == 1) {
+      a.out[((size_t)t * nH + hk * G + hh) * D + d] = from_f<T>(r);
+    } else {
+      s_bo[g][d] = r;
+      if (d == 0) s_bm[g] = M, s_bl[g] = L;
+    }
+  }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (nsplit > 1) {
+    // Every rank combines an interleaved share of the (head, dim) outputs; all remote reads of one output are
+    // independent (one DSMEM round trip). The second barrier keeps shared memory alive until all ranks are done.
+    namespace cg = cooperative_groups;
+    cg::cluster_group cl = cg::this_cluster();
+    cl.sync();
+    const int rank = (int)cl.block_rank();
+    for (int e = rank + (int)threadIdx.x * nsplit; e < GB * DP; e += (int)blockDim.x * nsplit) {
+      const int g = e / DP, d = e % DP;
+      const int hh = hg * GB + g;
+      if (hh >= G || d >= D) continue;
+      float mr[8], lr[8], orr[8];
+#pragma unroll
+      for (int r = 0; r < 8; ++r) {
+        if (r < nsplit) {
+          mr[r] = *cl.map_shared_rank(&s_bm[g], r);
+          lr[r] = *cl.map_shared_rank(&s_bl[g], r);
+          orr[r] = *cl.map_shared_rank(&s_bo[g][d], r);
+        } else {
+          mr[r] = -INFINITY, lr[r] = 0.f, orr[r] = 0.f;
+        }
+      }
+      float M = -INFINITY;
+#pragma unroll
+      for (int r = 0; r < 8; ++r) M = fmaxf(M, mr[r]);
+      float L = 0.f, o = 0.f;
+#pragma unroll
+      for (int r = 0; r < 8; ++r) {
+        const float w = mr[r] == -INFINITY ? 0.f : lr[r] * exp2f(mr[r] - M);
+        L += w;
+        o = fmaf(w, orr[r], o);
+      }
+      a.out[((size_t)t * nH + hk * G + hh) * D + d] = from_f<T>(L > 0.f ? o / L : 0.f);
+    }
+    cl.sync();
+  }
+#endif
+}
+
 // Combines the splits of one (token, head): weights l_s * 2^(m_s - M).
 template <typename T>
 __global__ void decode_reduce_kernel(const float* __restrict__ ws_o, const float2* __restrict__ ws_ml,
                                      T* __restrict__ out, const int32_t* __restrict__ positions, int nH, int D,
                                      int chunk) {
+  pdl_trigger();
   const int h = blockIdx.x, t = blockIdx.y, nsplit = gridDim.z;
   const int ctx = positions[t] + 1;
   const int ns = min(nsplit, (ctx + chunk - 1) / chunk);
@@ -367,6 +653,57 @@ cudaError_t launch_decode_d(const DecodeArgs<T>& a, const StepLayout& step, int 
   return launch_decode_dp<T, 256, FUSED>(a, step, nKV, sp, s);
 }
 
+template <typename T, int DP, int GB, int NW_>
+cudaError_t launch_fast_t(DecodeArgs<T> a, const StepLayout& step, int nKV, DecodeSplit sp, cudaStream_t s) {
+  constexpr int NW = GB * DP > 1024 ? 4 : NW_;  // shared memory: s_acc is NW x GB x DP floats (decode_split agrees)
+  a.hgroups = (a.G + GB - 1) / GB;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(nKV * a.hgroups, sp.splits, step.num_tokens);
+  cfg.blockDim = dim3(NW * 32);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = s;
+  cudaLaunchAttribute attr[2];
+  int n = 0;
+  if (sp.splits > 1) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = 1;
+    attr[n].val.clusterDim.y = sp.splits;
+    attr[n].val.clusterDim.z = 1;
+    ++n;
+  }
+  a.pdl = pdl_on() ? 1 : 0;
+  if (a.pdl) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
+  cfg.attrs = attr;
+  cfg.numAttrs = n;
+  return cudaLaunchKernelEx(&cfg, decode_fast_kernel<T, DP, GB, NW>, a);
+}
+
+template <typename T, int DP, int NW>
+cudaError_t launch_fast_w(const DecodeArgs<T>& a, const StepLayout& step, int nKV, DecodeSplit sp, cudaStream_t s) {
+  if (a.G <= 1) return launch_fast_t<T, DP, 1, NW>(a, step, nKV, sp, s);
+  if (a.G <= 2) return launch_fast_t<T, DP, 2, NW>(a, step, nKV, sp, s);
+  if (a.G <= 4) return launch_fast_t<T, DP, 4, NW>(a, step, nKV, sp, s);
+  return launch_fast_t<T, DP, 8, NW>(a, step, nKV, sp, s);
+}
+
+template <typename T, int DP>
+cudaError_t launch_fast_dp(const DecodeArgs<T>& a, const StepLayout& step, int nKV, DecodeSplit sp, cudaStream_t s) {
+  return sp.warps == 8 ? launch_fast_w<T, DP, 8>(a, step, nKV, sp, s) : launch_fast_w<T, DP, 4>(a, step, nKV, sp, s);
+}
+
+template <typename T>
+cudaError_t launch_fast_d(const DecodeArgs<T>& a, const StepLayout& step, int nKV, int D, DecodeSplit sp,
+                          cudaStream_t s) {
+  if (D <= 32) return launch_fast_dp<T, 32>(a, step, nKV, sp, s);
+  if (D <= 64) return launch_fast_dp<T, 64>(a, step, nKV, sp, s);
+  if (D <= 128) return launch_fast_dp<T, 128>(a, step, nKV, sp, s);
+  return launch_fast_dp<T, 256>(a, step, nKV, sp, s);
+}
+
 // Clusters need an sm_90 device running sm_90 code of the kernel (a PTX-JIT build for an older arch compiles
 // the cluster combine out), checked once per device on one representative instantiation.
 bool cluster_ok() {
@@ -389,17 +726,69 @@ bool cluster_ok() {
 
 }  // namespace
 
-int g_decode_variant = 2;  // measured fastest overall on H100 (kernels-notes.md)
+namespace {
+// TSLLM_DECODE_VARIANT=0..3 (read once, at library load); default 2, measured fastest overall on H100.
+int initial_decode_variant() {
+  const char* e = std::getenv("TSLLM_DECODE_VARIANT");
+  if (e && e[0] >= '0' && e[0] <= '3' && e[1] == 0) return e[0] - '0';
+  return 2;
+}
+}  // namespace
+
+int g_decode_variant = initial_decode_variant();
+
+// TSLLM_PDL=1: the fast decode kernel (variant 3) is launched with programmatic stream serialization on sm_90+.
+bool pdl_on() {
+  static const bool env = [] {
+    const char* e = std::getenv("TSLLM_PDL");
+    return e && e[0] == '1' && e[1] == 0;
+  }();
+  if (!env) return false;
+  static int cached[64] = {0};
+  int dev = 0;
+  cudaGetDevice(&dev);
+  dev &= 63;
+  if (!cached[dev]) {
+    int major = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaGetLastError();
+    cached[dev] = major >= 9 ? 1 : 2;
+  }
+  return cached[dev] == 1;
+}
 
 DecodeSplit decode_split(int num_tokens, int num_heads, int num_kv_heads, int head_dim, int max_seq_len,
                          int variant) {
   (void)head_dim;
-  DecodeSplit r{1, max_seq_len > 0 ? max_seq_len : 1, false};
+  DecodeSplit r{1, max_seq_len > 0 ? max_seq_len : 1, false, false, 4};
   if (num_tokens <= 0 || max_seq_len <= 0) return r;
-  const int min_chunk = variant == 2 ? 64 : 32;
   const int G = num_kv_heads > 0 ? num_heads / num_kv_heads : 1;
   const int hgroups = (G + 7) / 8;
   const long base_blocks = (long)num_tokens * num_kv_heads * (G <= 8 ? 1 : hgroups);
+  if (variant == 3) {
+    // Fast path for small batches: up to 8 splits (one cluster), >= 16 keys each, 4 warps while a split fits
+    // one step of loads of 4 warps (32 keys at head_dim 128), else 8 warps. Batches whose base grid already
+    // covers the GPU, contexts needing > 8 splits of 128 keys, or no sm_90 cluster support: variant 2.
+    if (base_blocks > num_sms() || max_seq_len > 8 * 128 || !cluster_ok()) return decode_split(num_tokens, num_heads,
+                                                                                           num_kv_heads, head_dim,
+                                                                                           max_seq_len, 2);
+    const int dp = head_dim <= 32 ? 32 : head_dim <= 64 ? 64 : head_dim <= 128 ? 128 : 256;
+    const int u = G >= 5 ? 2 : 4;  // U of the GB = 8 instantiation
+    const int step4 = 4 * (32 / (dp / 8)) * u;
+    long splits = std::min<long>(8, (max_seq_len + 15) / 16);
+    r.fast = true;
+    if (splits >= 2) {
+      r.chunk = (int)((max_seq_len + splits - 1) / splits);
+      r.chunk = (r.chunk + 15) / 16 * 16;
+      r.splits = (max_seq_len + r.chunk - 1) / r.chunk;
+      if (r.splits < 2) r.splits = 1, r.chunk = max_seq_len;
+    }
+    r.cluster = r.splits > 1;
+    const int gb = G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : 8;
+    r.warps = r.chunk > step4 && gb * dp <= 1024 ? 8 : 4;
+    return r;
+  }
+  const int min_chunk = variant == 2 ? 64 : 32;
   const long target = 4L * num_sms();
   long splits = (target + base_blocks - 1) / base_blocks;
   splits = std::min<long>(splits, (max_seq_len + min_chunk - 1) / min_chunk);
@@ -422,6 +811,7 @@ cudaError_t attention_decode(const void* q_, int q_stride, const void* k_, int k
   const int D = p.head_dim, nH = p.num_heads, nKV = p.num_kv_heads;
   const int G = nH / nKV;
   const DecodeSplit sp = decode_split(step.num_tokens, nH, nKV, D, step.max_seq_len, fused ? g_decode_variant : 2);
+  if (fused && g_decode_variant == 3 && !sp.fast) return cudaErrorInvalidValue;  // paged_attention checks first
   float* ws_o = nullptr;
   float2* ws_ml = nullptr;
   if (sp.splits > 1 && !sp.cluster) {
@@ -452,6 +842,12 @@ cudaError_t attention_decode(const void* q_, int q_stride, const void* k_, int k
     a.G = G;
     a.scale_log2 = p.scale * 1.4426950408889634f;
     a.chunk = sp.chunk;
+    a.guess_seq = step.num_seqs >= step.num_tokens ? 1 : 0;  // pure decode: row t of the block table exists
+    a.pdl = 0;
+    if (sp.fast) {
+      e = launch_fast_d<T>(a, step, nKV, D, sp, s);
+      break;
+    }
     e = fused ? launch_decode_d<T, true>(a, step, nKV, D, sp, s) : launch_decode_d<T, false>(a, step, nKV, D, sp, s);
     if (e == cudaSuccess && sp.splits > 1 && !sp.cluster) {
       dim3 grid(nH, step.num_tokens, sp.splits);

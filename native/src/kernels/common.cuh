@@ -105,6 +105,21 @@ __device__ __forceinline__ float block_sum(float v) {
   return v;
 }
 
+// Programmatic dependent launch (sm_90): a kernel that calls pdl_trigger() lets a successor launched with
+// cudaLaunchAttributeProgrammaticStreamSerialization start early (no-op when the successor is launched normally);
+// a kernel launched with that attribute must call pdl_wait() before it reads anything its predecessor writes or
+// writes anything its predecessor reads (no-op when it was launched normally or on older GPUs).
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 inline int grid_for(uint64_t work, int threads, int max_blocks = 65535 * 8) {

@@ -12,6 +12,7 @@ template <typename T, int VPT, bool RES, bool LN>
 __global__ void __launch_bounds__(512) norm_vec_kernel(const T* x, const T* res, const T* __restrict__ w,
                                                          const T* __restrict__ b, T* y, T* sum_out, int hidden,
                                                          float eps) {
+  kd::pdl_trigger();  // lets a PDL-launched successor (gemv) start its weight loads early
   constexpr int N = kd::Vec<T>::N;
   const size_t row = blockIdx.x;
   const int nvec = hidden / N;
@@ -82,6 +83,7 @@ template <typename T, bool RES, bool LN>
 __global__ void __launch_bounds__(256) norm_scalar_kernel(const T* x, const T* res, const T* __restrict__ w,
                                                            const T* __restrict__ b, T* y, T* sum_out, int hidden,
                                                            float eps) {
+  kd::pdl_trigger();  // lets a PDL-launched successor (gemv) start its weight loads early
   const size_t row = blockIdx.x;
   const T* xr = x + row * hidden;
   // Source of the (rounded) values to normalise in passes 2 and 3.

@@ -2,7 +2,8 @@
 //   1. rope_cache.cu: RoPE on q (into the workspace) and k; k, v written at slot positions[t];
 //   2a. max_new_tokens == 1 (pure decode): attention_decode.cu, flash-decoding (GQA-aware, split-K for long
 //       contexts, then a small reduce kernel). kd::g_decode_variant 0/1 select an experimental single-launch
-//       version (RoPE + cache write fused into the decode kernel, cluster split-K) that skips step 1.
+//       version (RoPE + cache write fused into the decode kernel, cluster split-K) that skips step 1; 3 selects
+//       the small-batch latency kernel (decode_fast_kernel, one launch) where it applies, else the default path.
 //   2b. otherwise (prefill, chunked prefill, mixed steps): attention_context.cu, FlashAttention-2 tiles on tensor
 //       cores, causal, GQA, any mix of sequences.
 // Workspace layout (computed from this step's sizes, always within attention_workspace_bytes at the maxima):
@@ -39,7 +40,10 @@ cudaError_t paged_attention(const void* q, int q_stride, const void* k, int k_st
   if (q_stride % 8 || k_stride % 8 || v_stride % 8) return cudaErrorMisalignedAddress;  // 16-byte row chunks
 
   char* ws = static_cast<char*>(workspace);
-  if (step.max_new_tokens == 1 && kd::g_decode_variant != 2)
+  const int dv = kd::g_decode_variant;
+  if (step.max_new_tokens == 1 &&
+      (dv == 0 || dv == 1 ||
+       (dv == 3 && kd::decode_split(step.num_tokens, p.num_heads, p.num_kv_heads, D, step.max_seq_len, 3).fast)))
     return kd::attention_decode(q, q_stride, k, k_stride, v, v_stride, true, out, kv, step, p, dt, ws, s);
   const bool rope = p.rotary_dim > 0;
   const size_t qrot_bytes = rope ? align256((size_t)step.num_tokens * p.num_heads * D * 2) : 0;

@@ -1,9 +1,13 @@
 // Small-M linear for decode: out[m, n] = x[m, :] · w[n, :] (+ bias[n]) (+ residual[m, n]) for M <= 4.
-// Memory-bound: each warp streams ROWS weight rows with 16-byte non-caching loads, four chunks in flight
-// per lane, fp32 accumulation, one rounding at the end. GemmRunner offers it to its autotuner next to
+// Memory-bound: each warp streams ROWS weight rows with 16-byte non-caching loads, UN chunks in flight
+// per lane and row, fp32 accumulation, one rounding at the end.
+// TSLLM_PDL=1 (sm_90+): launched with programmatic stream serialization; the first weight loads (which do not
+// depend on the previous kernel) are issued before griddepcontrol.wait, x/residual are read and out written after. GemmRunner offers it to its autotuner next to
 // cuBLASLt's algorithms and keeps whichever is faster for the shape.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include <cstdlib>
 
 #include "runtime_kernels.h"
 
@@ -11,7 +15,17 @@ namespace tsllm {
 namespace {
 
 constexpr int kWarps = 4;   // warps per block
-constexpr int kUnroll = 4;  // 16-byte chunks in flight per lane and row
+
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
 
 __device__ __forceinline__ uint4 ld_stream(const void* p) {
   uint4 v;
@@ -49,12 +63,13 @@ __device__ __forceinline__ float dot8(const uint4& a, const uint4& b, float acc)
 }
 
 // Block of 4 warps: G = 4 / KS groups of KS warps; a group owns ROWS weight rows, its KS warps split K
-// (interleaved 512-byte segments) and combine through shared memory.
-template <typename T, int M, int ROWS, int KS>
+// (interleaved 512-byte segments) and combine through shared memory. UN chunks per row in flight per lane.
+template <typename T, int M, int ROWS, int KS, int UN>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__ x, const T* __restrict__ w,
                                                            const T* __restrict__ bias, const T* res, T* out, int N,
                                                            int K) {
   constexpr int G = kWarps / KS;
+  pdl_trigger();
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int g = warp / KS, ks = warp % KS;
@@ -70,18 +85,24 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__
 #pragma unroll
   for (int r = 0; r < ROWS; r++) wr[r] = w + size_t(min(n0 + r, N - 1)) * size_t(K);
 
+  // The first weight loads are issued before waiting for the previous kernel (weights are never written).
+  int c0 = ks * 32 + lane;
+  uint4 wv[UN][ROWS];
+  auto load = [&](int cb) {
+#pragma unroll
+    for (int u = 0; u < UN; u++) {
+      const int c = cb + u * 32 * KS;
+#pragma unroll
+      for (int r = 0; r < ROWS; r++)
+        wv[u][r] = active && c < chunks ? ld_stream(wr[r] + size_t(c) * 8) : make_uint4(0, 0, 0, 0);
+    }
+  };
+  load(c0);
+  pdl_wait();
   if (active) {
-    for (int c0 = ks * 32 + lane; c0 < chunks; c0 += 32 * KS * kUnroll) {
-      uint4 wv[kUnroll][ROWS];
+    for (;;) {
 #pragma unroll
-      for (int u = 0; u < kUnroll; u++) {
-        const int c = c0 + u * 32 * KS;
-#pragma unroll
-        for (int r = 0; r < ROWS; r++)
-          wv[u][r] = c < chunks ? ld_stream(wr[r] + size_t(c) * 8) : make_uint4(0, 0, 0, 0);
-      }
-#pragma unroll
-      for (int u = 0; u < kUnroll; u++) {
+      for (int u = 0; u < UN; u++) {
         const int c = c0 + u * 32 * KS;
         if (c >= chunks) break;
 #pragma unroll
@@ -91,6 +112,9 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__
           for (int r = 0; r < ROWS; r++) acc[r][m] = dot8<T>(wv[u][r], xv, acc[r][m]);
         }
       }
+      c0 += 32 * KS * UN;
+      if (c0 >= chunks) break;
+      load(c0);
     }
   }
 #pragma unroll
@@ -133,7 +157,47 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__
       }
 }
 
-template <typename T, int ROWS, int KS>
+// TSLLM_PDL=1 on an sm_90+ device (read once).
+bool pdl_on() {
+  static const bool env = [] {
+    const char* e = std::getenv("TSLLM_PDL");
+    return e && e[0] == '1' && e[1] == 0;
+  }();
+  if (!env) return false;
+  static int cached[64] = {0};
+  int dev = 0;
+  cudaGetDevice(&dev);
+  dev &= 63;
+  if (!cached[dev]) {
+    int major = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaGetLastError();
+    cached[dev] = major >= 9 ? 1 : 2;
+  }
+  return cached[dev] == 1;
+}
+
+template <typename T, int M, int ROWS, int KS, int UN>
+cudaError_t launch_m(unsigned blocks, const T* X, const T* W, const T* B, const T* R, T* O, int N, int K,
+                     cudaStream_t s) {
+  if (!pdl_on()) {
+    gemv_kernel<T, M, ROWS, KS, UN><<<blocks, kWarps * 32, 0, s>>>(X, W, B, R, O, N, K);
+    return cudaGetLastError();
+  }
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(blocks);
+  cfg.blockDim = dim3(kWarps * 32);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, gemv_kernel<T, M, ROWS, KS, UN>, X, W, B, R, O, N, K);
+}
+
+template <typename T, int ROWS, int KS, int UN = 4>
 cudaError_t launch_v(const void* x, const void* w, const void* bias, const void* res, void* out, int M, int N, int K,
                      cudaStream_t s) {
   constexpr int G = kWarps / KS;
@@ -144,16 +208,17 @@ cudaError_t launch_v(const void* x, const void* w, const void* bias, const void*
   auto R = static_cast<const T*>(res);
   auto O = static_cast<T*>(out);
   switch (M) {
-    case 1: gemv_kernel<T, 1, ROWS, KS><<<blocks, kWarps * 32, 0, s>>>(X, W, B, R, O, N, K); break;
-    case 2: gemv_kernel<T, 2, ROWS, KS><<<blocks, kWarps * 32, 0, s>>>(X, W, B, R, O, N, K); break;
-    case 3: gemv_kernel<T, 3, ROWS, KS><<<blocks, kWarps * 32, 0, s>>>(X, W, B, R, O, N, K); break;
-    case 4: gemv_kernel<T, 4, ROWS, KS><<<blocks, kWarps * 32, 0, s>>>(X, W, B, R, O, N, K); break;
+    case 1: return launch_m<T, 1, ROWS, KS, UN>(blocks, X, W, B, R, O, N, K, s);
+    case 2: return launch_m<T, 2, ROWS, KS, UN>(blocks, X, W, B, R, O, N, K, s);
+    case 3: return launch_m<T, 3, ROWS, KS, UN>(blocks, X, W, B, R, O, N, K, s);
+    case 4: return launch_m<T, 4, ROWS, KS, UN>(blocks, X, W, B, R, O, N, K, s);
     default: return cudaErrorInvalidValue;
   }
-  return cudaGetLastError();
 }
 
-// Variants (rows per group, warps splitting K), chosen per shape by the tuner.
+// Variants (rows per group, warps splitting K, chunks in flight per row), chosen per shape by the tuner.
+// 6-9 put more 16-byte loads in flight per lane (16) or spread K over more warps (more, shorter blocks) for the
+// N = 4096 shapes (o_proj, down) that run below the copy rate with 0-5.
 template <typename T>
 cudaError_t launch(int variant, const void* x, const void* w, const void* bias, const void* res, void* out, int M,
                    int N, int K, cudaStream_t s) {
@@ -164,6 +229,10 @@ cudaError_t launch(int variant, const void* x, const void* w, const void* bias, 
     case 3: return launch_v<T, 1, 2>(x, w, bias, res, out, M, N, K, s);
     case 4: return launch_v<T, 2, 2>(x, w, bias, res, out, M, N, K, s);
     case 5: return launch_v<T, 1, 4>(x, w, bias, res, out, M, N, K, s);
+    case 6: return launch_v<T, 2, 1, 8>(x, w, bias, res, out, M, N, K, s);
+    case 7: return launch_v<T, 4, 2>(x, w, bias, res, out, M, N, K, s);
+    case 8: return launch_v<T, 2, 4>(x, w, bias, res, out, M, N, K, s);
+    case 9: return launch_v<T, 1, 2, 8>(x, w, bias, res, out, M, N, K, s);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -17,7 +17,7 @@ cudaError_t rope_standalone(const void* x, void* out, const int32_t* positions, 
 // residual may alias out.
 // `variant` in [0, kGemvVariants) picks rows per warp group and the K split (the tuner times them all).
 constexpr int kGemvMaxM = 4;
-constexpr int kGemvVariants = 6;
+constexpr int kGemvVariants = 10;
 bool gemv_eligible(const void* x, const void* w, int M, int K, DType dt);
 cudaError_t gemv(int variant, const void* x, const void* w, const void* bias, const void* residual, void* out, int M,
                  int N, int K, DType dt, cudaStream_t s);
