@@ -27,14 +27,14 @@ cudaError_t rope_and_cache_write(const void* q, int q_stride, const void* k, int
                                  cudaStream_t s);
 
 // Decode implementation used when max_new_tokens == 1 (a process-wide switch for tests and benchmarks):
-//   2 (default): separate rope_cache kernel, then the decode kernel on the rotated q, then decode_reduce_kernel
+//   2: separate rope_cache kernel, then the decode kernel on the rotated q, then decode_reduce_kernel
 //                when split;
 //   0 (experimental): fused RoPE/cache write in the decode kernel; split-K combined in-launch by a thread-block
 //                cluster (sm_90, <= 8 splits), else by decode_reduce_kernel;
 //   1 (experimental): fused, split-K always via decode_reduce_kernel.
-//   3 (small batches): decode_fast_kernel, one launch (RoPE, cache write, attention, cluster combine through
+//   3 (default; small batches): decode_fast_kernel, one launch (RoPE, cache write, attention, cluster combine through
 //                DSMEM), latency-first; batches/contexts outside its range (DecodeSplit::fast false) run variant 2.
-// Initial value from TSLLM_DECODE_VARIANT (0..3, read once at library load), else 2.
+// Initial value from TSLLM_DECODE_VARIANT (0..3, read once at library load), else 3.
 // All three pass the same tests; on H100 the fused variants were 19-25% slower at batch 64 (kernels-notes.md).
 extern int g_decode_variant;
 
@@ -45,7 +45,7 @@ struct DecodeSplit {
   bool fast;     // variant 3's decode_fast_kernel
   int warps;     // warps per block of decode_fast_kernel
 };
-// TSLLM_PDL=1 on an sm_90+ device: decode_fast_kernel launched with programmatic stream serialization.
+// Unless TSLLM_PDL=0, on an sm_90+ device: decode_fast_kernel launched with programmatic stream serialization.
 bool pdl_on();
 DecodeSplit decode_split(int num_tokens, int num_heads, int num_kv_heads, int head_dim, int max_seq_len,
                          int variant = g_decode_variant);

@@ -1,7 +1,7 @@
 // Small-M linear for decode: out[m, n] = x[m, :] · w[n, :] (+ bias[n]) (+ residual[m, n]) for M <= 4.
 // Memory-bound: each warp streams ROWS weight rows with 16-byte non-caching loads, UN chunks in flight
 // per lane and row, fp32 accumulation, one rounding at the end.
-// TSLLM_PDL=1 (sm_90+): launched with programmatic stream serialization; the first weight loads (which do not
+// Programmatic dependent launch (sm_90+, default; TSLLM_PDL=0 turns it off): launched with programmatic stream serialization; the first weight loads (which do not
 // depend on the previous kernel) are issued before griddepcontrol.wait, x/residual are read and out written after. GemmRunner offers it to its autotuner next to
 // cuBLASLt's algorithms and keeps whichever is faster for the shape.
 #include <cuda_bf16.h>
@@ -157,11 +157,12 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__
       }
 }
 
-// TSLLM_PDL=1 on an sm_90+ device (read once).
+// Programmatic dependent launch on an sm_90+ device unless TSLLM_PDL=0 (read once).
 bool pdl_on() {
   static const bool env = [] {
+    // On by default (measured on H100: 4.975 vs 5.021 ms per Llama-2-7B decode step); TSLLM_PDL=0 turns it off.
     const char* e = std::getenv("TSLLM_PDL");
-    return e && e[0] == '1' && e[1] == 0;
+    return !(e && e[0] == '0' && e[1] == 0);
   }();
   if (!env) return false;
   static int cached[64] = {0};
