@@ -1,6 +1,7 @@
 // tsllm-compile as a function: model file + Hugging Face config/checkpoint → passes → engine per rank.
 import * as fs from "node:fs";
 import * as path from "node:path";
+import type { QuantReport } from "../passes/quantize-weights.ts";
 import { type Checkpoint, openCheckpoint } from "./checkpoint/checkpoint.ts";
 import { ConfigError } from "./checkpoint/errors.ts";
 import { modelFacts } from "./dsl/model.ts";
@@ -10,9 +11,8 @@ import type { RankProgram } from "./engine/header.ts";
 import { writeEngine } from "./engine/writer.ts";
 import type { Graph } from "./ir/types.ts";
 import { loadModelFile } from "./model-file.ts";
-import { type PipelineResult, runPipeline } from "./pipeline.ts";
-import type { QuantReport } from "../passes/quantize-weights.ts";
 import { type OnnxDirConfig, writeOnnx } from "./onnx/write.ts";
+import { type PipelineResult, runPipeline } from "./pipeline.ts";
 import { checkCheckpointWeights } from "./weights/check.ts";
 
 export interface CompileOptions {
@@ -81,6 +81,13 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
   const cfg = model.parseConfig(hfJson, cfgSource);
   const facts = modelFacts(model, cfg);
   const randomWeights = o.randomWeights ?? !o.checkpoint;
+  // Mistral-style sliding-window attention equals full attention while sequences fit in the window;
+  // beyond it is not implemented, so the window caps max_seq_len instead of being silently ignored.
+  const window = (cfg as { slidingWindow?: number }).slidingWindow;
+  if (window !== undefined && o.maxSeqLen !== undefined && o.maxSeqLen > window)
+    throw new BuildError(
+      `--max-seq-len ${o.maxSeqLen} exceeds the model's sliding_window ${window} (attention beyond the window is not implemented)`,
+    );
   if (o.checkpoint && o.randomWeights)
     throw new BuildError("--random-weights builds from --config, not a checkpoint");
 
@@ -98,7 +105,7 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
     quant: o.quant ?? "none",
     group_size: o.groupSize ?? 128,
     max_batch_size: o.maxBatchSize ?? 256,
-    max_seq_len: o.maxSeqLen ?? Math.min(facts.maxPositionEmbeddings, 8192),
+    max_seq_len: o.maxSeqLen ?? Math.min(facts.maxPositionEmbeddings, window ?? Infinity, 8192),
     max_num_tokens: o.maxNumTokens ?? 8192,
     tokens_per_block: o.tokensPerBlock ?? 32,
     random_weights: randomWeights,
