@@ -4,7 +4,7 @@ import * as path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { compileEngine } from "../src/compile.ts";
 import { ReferenceExecutor } from "../src/executor/reference.ts";
-import { readGolden } from "../src/golden.ts";
+import { checkGolden, readGolden } from "../src/golden.ts";
 import { CudaEngine, type CudaLoadOptions } from "../src/native/binding.ts";
 import { CudaExecutor } from "../src/native/executor.ts";
 import { fixture, goldenFile, maxAbsDiff, REPO, tinyEngine } from "./helpers.ts";
@@ -240,6 +240,83 @@ describe("small-M gemv kernel", () => {
           console.log(`tiny-${which} ${dtype} gemv variant ${v} (graphs ${graphs}) vs cuBLASLt: ${max}`);
           expect(max).toBeLessThanOrEqual(0.01);
         }
+      }
+    });
+  }
+});
+
+describe("gemv prologue fusion (TSLLM_GEMV_PROLOGUE=1)", () => {
+  // With TSLLM_GEMV_PROLOGUE=1 (read at load) the decode linears fed by rms_norm (qkv, gate_up) or gated_act
+  // (down) run the gemv with that kernel folded into the vector read, and the rms_norm / gated_act launches
+  // disappear. Same gemv variant with and without the fusion: the fused vector is rounded exactly as the
+  // skipped kernel writes it (rms_norm's fp32 sum of squares in another order: rarely 1 ulp), so the
+  // logits agree to 2e-3; with the tuner's own choices the goldens still hold (≤ 0.05).
+  // Sets env for one load (the runtime reads it there), then restores what was set before.
+  const withEnv = <T>(env: Record<string, string>, f: () => T): T => {
+    const before = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
+    Object.assign(process.env, env);
+    try {
+      return f();
+    } finally {
+      for (const [k, v] of Object.entries(before)) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    }
+  };
+  for (const dtype of ["fp16", "bf16"] as const) {
+    it(`tiny-llama ${dtype}: fused equals unfused for the same gemv variant (≤ 2e-3)`, async () => {
+      const dir = await tinyEngine("llama", dtype);
+      const run = (env: Record<string, string>, graphs: boolean) => {
+        const e = withEnv(env, () => load(dir, { cudaGraphs: graphs }));
+        const rows: Float32Array[] = [];
+        golden.prompts.forEach((p, i) => {
+          e.step([{ id: i, tokens: p.inputIds.slice(0, p.promptLen), startPos: 0 }]);
+          for (let pos = p.promptLen; pos < p.inputIds.length; pos++)
+            rows.push(e.step([{ id: i, tokens: [p.inputIds[pos]], startPos: pos }]).logits!);
+          e.release(i);
+        });
+        const minNew = Math.min(...golden.prompts.map((p) => p.inputIds.length - p.promptLen));
+        e.step(
+          golden.prompts.map((p, i) => ({ id: 10 + i, tokens: p.inputIds.slice(0, p.promptLen), startPos: 0 })),
+        );
+        for (let k = 0; k < minNew; k++)
+          rows.push(
+            e.step(
+              golden.prompts.map((p, i) => ({
+                id: 10 + i,
+                tokens: [p.inputIds[p.promptLen + k]],
+                startPos: p.promptLen + k,
+              })),
+            ).logits!,
+          );
+        e.close();
+        return rows;
+      };
+      for (const graphs of [true, false]) {
+        for (const v of [0, 5, 9]) {
+          const env = { TSLLM_GEMV: "1", TSLLM_GEMV_VARIANT: String(v) };
+          const ref = run({ ...env, TSLLM_GEMV_PROLOGUE: "0" }, graphs);
+          const got = run({ ...env, TSLLM_GEMV_PROLOGUE: "1" }, graphs);
+          const max = Math.max(...got.map((r, i) => maxAbsDiff(r, ref[i])));
+          console.log(`tiny-llama ${dtype} gemv variant ${v} (graphs ${graphs}) fused vs unfused: ${max}`);
+          expect(max).toBeLessThanOrEqual(2e-3);
+        }
+      }
+    });
+
+    it(`tiny-llama ${dtype}: tuned fusion matches the goldens (≤ 0.05), one by one and packed`, async () => {
+      const dir = await tinyEngine("llama", dtype);
+      const g = readGolden(goldenFile("llama"));
+      for (const graphs of [true, false]) {
+        const ex = new CudaExecutor(withEnv({ TSLLM_GEMV_PROLOGUE: "1" }, () => load(dir, { cudaGraphs: graphs })));
+        const one = checkGolden(ex, g);
+        const packed = checkGolden(ex, g, { batched: true, seqBase: 3000 });
+        console.log(
+          `tiny-llama ${dtype} fused (graphs ${graphs}) vs goldens: one-by-one ${one.maxAbs.toFixed(4)}, packed ${packed.maxAbs.toFixed(4)}`,
+        );
+        expect(one.maxAbs).toBeLessThanOrEqual(0.05);
+        expect(packed.maxAbs).toBeLessThanOrEqual(0.05);
       }
     });
   }

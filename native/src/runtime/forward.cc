@@ -2,6 +2,7 @@
 // capturable into a CUDA graph (no allocation, no synchronisation, no host reads of device data).
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -21,7 +22,84 @@ namespace {
   throw StepError("node " + std::to_string(i) + " (" + op_name(n.op) + "): " + msg);
 }
 
+// The prologue a skippable node turns into (GemvPro::None when it cannot be fused).
+GemvPro prologue_kind(const NodeDesc& n) {
+  if (n.op == Op::RmsNorm) return GemvPro::RmsNorm;
+  if (n.op == Op::GatedAct && n.act == Act::Silu) return GemvPro::GatedSilu;
+  if (n.op == Op::GatedAct && n.act == Act::GeluTanh) return GemvPro::GatedGeluTanh;
+  return GemvPro::None;
+}
+
+// The gemv variant that runs producer node i fused into its consumer linear in this step, or -1.
+int prologue_variant(Engine& e, const StepPlan& p, size_t i) {
+  const int j = e.pro_consumer[i];
+  if (j < 0) return -1;
+  const NodeDesc& n = e.desc.nodes[i];
+  const NodeDesc& l = e.desc.nodes[size_t(j)];
+  const ValueDesc& w = e.val(l.in[1]);
+  const int N = int(w.shape[0].n), K = int(w.shape[1].n);
+  const int M = int(e.numel(l.in[0], p) / K);
+  if (M < 1 || M > kGemvMaxM) return -1;
+  GemvPrologue pro;
+  pro.kind = prologue_kind(n);
+  if (pro.kind == GemvPro::RmsNorm) {
+    pro.norm_w = e.ptr(n.in[1], p);
+    pro.eps = n.eps;
+  }
+  const void* x = e.ptr(n.in[0], p);
+  void* y = e.ptr(n.out[0], p);
+  const void* bias = l.in.size() > 2 && l.in[2] >= 0 ? e.ptr(l.in[2], p) : nullptr;
+  const void* res = l.in.size() > 3 && l.in[3] >= 0 ? e.ptr(l.in[3], p) : nullptr;
+  void* out = e.ptr(l.out[0], p);
+  // The fused gemv reads x while writing out: they must not overlap (the arena may reuse x's slot for out
+  // once the skipped node was x's last reader).
+  const size_t es = elem_size(e.desc.dtype);
+  const size_t xb = size_t(M) * size_t(K) * es * (pro.kind == GemvPro::RmsNorm ? 1 : 2);
+  const size_t ob = size_t(M) * size_t(N) * es;
+  const char *x0 = static_cast<const char*>(x), *o0 = static_cast<const char*>(out);
+  if (x0 < o0 + ob && o0 < x0 + xb) return -1;
+  return e.gemm.prologue_variant(pro, x, y, e.ptr(l.in[1], p), bias, res, out, M, N, K, e.cuda_dt, e.stream);
+}
+
 }  // namespace
+
+void plan_prologue_fusion(Engine& e) {
+  e.pro_consumer.clear();
+  e.pro_producer.clear();
+  const char* env = std::getenv("TSLLM_GEMV_PROLOGUE");
+  if (!(env && env[0] == '1' && env[1] == 0)) return;
+  const EngineDesc& d = e.desc;
+  e.pro_consumer.assign(d.nodes.size(), -1);
+  e.pro_producer.assign(d.nodes.size(), -1);
+  for (size_t i = 0; i < d.nodes.size(); i++) {
+    const NodeDesc& n = d.nodes[i];
+    if (prologue_kind(n) == GemvPro::None || n.in.empty() || n.out.size() != 1) continue;
+    if (n.op == Op::RmsNorm && (n.in.size() < 2 || n.in[1] < 0)) continue;
+    const int v = n.out[0];
+    if (v == d.logits_value || e.val(v).kind != ValueKind::Arena) continue;
+    // Every use of v in the program: exactly one, as the x of a linear without an activation.
+    int uses = 0, cons = -1;
+    for (size_t k = 0; k < d.nodes.size(); k++)
+      for (size_t a = 0; a < d.nodes[k].in.size(); a++)
+        if (d.nodes[k].in[a] == v) {
+          uses++;
+          cons = a == 0 ? int(k) : -2;
+        }
+    if (uses != 1 || cons < 0 || size_t(cons) <= i) continue;
+    const NodeDesc& l = d.nodes[size_t(cons)];
+    if (l.op != Op::Linear || l.act != Act::None || l.in.size() < 2 || l.out.size() != 1) continue;
+    const int64_t K = e.val(l.in[1]).shape[1].n;
+    const int64_t width = e.val(v).last_dim();  // rms_norm: hidden; gated_act: inter
+    if (width != K || e.val(n.in[0]).last_dim() != (n.op == Op::RmsNorm ? K : 2 * K)) continue;
+    if (e.pro_producer[size_t(cons)] >= 0) continue;
+    e.pro_consumer[i] = cons;
+    e.pro_producer[size_t(cons)] = int(i);
+  }
+}
+
+bool node_fused(Engine& e, const StepPlan& p, size_t i) {
+  return !e.pro_consumer.empty() && e.pro_consumer[i] >= 0 && prologue_variant(e, p, i) >= 0;
+}
 
 void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only) {
   const EngineDesc& d = e.desc;
@@ -70,6 +148,27 @@ void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only) {
     auto ck = [&](cudaError_t err) {
       if (err != cudaSuccess) node_fail(i, n, cudaGetErrorString(err));
     };
+    if (!e.pro_consumer.empty()) {
+      // TSLLM_GEMV_PROLOGUE=1: a producer fused into its consumer's gemv launches nothing; the consumer runs the
+      // gemv with the producer's prologue, reading the producer's input.
+      if (e.pro_consumer[i] >= 0 && prologue_variant(e, p, i) >= 0) continue;
+      const int src = e.pro_producer[i];
+      const int v = src >= 0 ? prologue_variant(e, p, size_t(src)) : -1;
+      if (v >= 0) {
+        const NodeDesc& pn = d.nodes[size_t(src)];
+        const ValueDesc& w = e.val(n.in[1]);
+        const int N = int(w.shape[0].n), K = int(w.shape[1].n);
+        const int M = int(e.numel(n.in[0], p) / K);
+        GemvPrologue pro;
+        pro.kind = prologue_kind(pn);
+        if (pro.kind == GemvPro::RmsNorm) {
+          pro.norm_w = e.ptr(pn.in[1], p);
+          pro.eps = pn.eps;
+        }
+        ck(gemv_pro(v, pro, e.ptr(pn.in[0], p), in(1), in(2), in(3), out(0), M, N, K, dt, s));
+        continue;
+      }
+    }
     switch (n.op) {
       case Op::Embedding: {
         const ValueDesc& tab = e.val(n.in[1]);
@@ -229,6 +328,9 @@ void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only) {
       float ms = 0;
       cudaEventElapsedTime(&ms, e.prof_events[i], e.prof_events[i + 1]);
       std::string key = std::string(op_name(n.op)) + (p.T == 1 ? " T=1" : p.max_new == 1 ? " decode" : " prefill");
+      if (node_fused(e, p, i)) key += " (fused into gemv)";
+      else if (!e.pro_producer.empty() && e.pro_producer[i] >= 0 && node_fused(e, p, size_t(e.pro_producer[i])))
+        key += std::string(" +") + op_name(d.nodes[size_t(e.pro_producer[i])].op);
       if (n.op == Op::Linear) {
         const ValueDesc& w = e.val(n.in[1]);
         key += " M=" + std::to_string(e.numel(n.in[0], p) / w.shape[1].n) + " N=" + std::to_string(w.shape[0].n) +

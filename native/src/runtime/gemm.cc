@@ -2,6 +2,7 @@
 
 #include "runtime_kernels.h"
 
+#include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -66,12 +67,12 @@ void GemmRunner::init() {
   if (g && (std::string(g) == "0" || std::string(g) == "1")) gemv_mode = g[0] - '0';
   const char* gv = std::getenv("TSLLM_GEMV_VARIANT");
   if (gv && *gv) gemv_variant = std::atoi(gv);
+  const char* prof = std::getenv("TSLLM_PROFILE");
+  verbose = prof && *prof && std::string(prof) != "0";
 }
 
-std::string GemmRunner::tune(const Key& k, Plan* p, const cublasLtMatmulHeuristicResult_t* res, int n, const void* x,
-                             const void* w, const void* bias, cudaStream_t s) {
+std::string GemmRunner::ensure_tune_buffers(size_t out_bytes) {
   const size_t kFlush = size_t(64) << 20;
-  size_t out_bytes = size_t(k.M) * size_t(k.N) * 2;
   if (out_bytes > tune_out_bytes_) {
     if (tune_out_) cudaFree(tune_out_);
     tune_out_ = nullptr;
@@ -80,6 +81,14 @@ std::string GemmRunner::tune(const Key& k, Plan* p, const cublasLtMatmulHeuristi
     tune_out_bytes_ = out_bytes;
   }
   if (!flush_ && cudaMalloc(&flush_, kFlush) != cudaSuccess) return "cudaMalloc of the L2 flush buffer failed";
+  return "";
+}
+
+std::string GemmRunner::tune(const Key& k, Plan* p, const cublasLtMatmulHeuristicResult_t* res, int n, const void* x,
+                             const void* w, const void* bias, cudaStream_t s) {
+  const size_t kFlush = size_t(64) << 20;
+  std::string berr = ensure_tune_buffers(size_t(k.M) * size_t(k.N) * 2);
+  if (!berr.empty()) return berr;
   cudaEvent_t a = nullptr, b = nullptr;
   cudaEventCreate(&a);
   cudaEventCreate(&b);
@@ -187,27 +196,24 @@ std::string GemmRunner::make_plan(const Key& k, Plan* p, const void* x, const vo
   return "";
 }
 
-std::string GemmRunner::linear(const void* x, const void* w, const void* bias, const void* residual, void* out, int M,
-                               int N, int K, cudaDataType_t dt, GemmEpi epi, cudaStream_t s) {
-  if (M == 0) return "";
-  int align = ptr_align(x);
-  for (const void* p : {w, bias, residual, static_cast<const void*>(out)})
-    if (p && ptr_align(p) < align) align = ptr_align(p);
-  Key k{M, N, K, int(dt), int(epi), residual != nullptr, align};
+GemmRunner::Plan* GemmRunner::get_plan(const Key& k, const void* x, const void* w, const void* bias, cudaStream_t s,
+                                       std::string* err) {
   auto it = cache_.find(k);
-  if (it == cache_.end()) {
-    Plan p;
-    std::string err = make_plan(k, &p, x, w, bias, s);
-    if (!err.empty()) {
-      if (p.desc) cublasLtMatmulDescDestroy(p.desc);
-      if (p.a) cublasLtMatrixLayoutDestroy(p.a);
-      if (p.b) cublasLtMatrixLayoutDestroy(p.b);
-      if (p.c) cublasLtMatrixLayoutDestroy(p.c);
-      return err;
-    }
-    it = cache_.emplace(k, p).first;
+  if (it != cache_.end()) return &it->second;
+  Plan p;
+  *err = make_plan(k, &p, x, w, bias, s);
+  if (!err->empty()) {
+    if (p.desc) cublasLtMatmulDescDestroy(p.desc);
+    if (p.a) cublasLtMatrixLayoutDestroy(p.a);
+    if (p.b) cublasLtMatrixLayoutDestroy(p.b);
+    if (p.c) cublasLtMatrixLayoutDestroy(p.c);
+    return nullptr;
   }
-  Plan& p = it->second;
+  return &cache_.emplace(k, p).first->second;
+}
+
+std::string GemmRunner::run_plan(Plan& p, const void* x, const void* w, const void* bias, const void* residual,
+                                 void* out, int M, int N, int K, cudaDataType_t dt, GemmEpi epi, cudaStream_t s) {
   if (p.gemv >= 0) {
     DType gdt = dt == CUDA_R_16BF ? DType::BF16 : DType::F16;
     cudaError_t ge = gemv(p.gemv, x, w, epi == GemmEpi::Bias ? bias : nullptr, residual, out, M, N, K, gdt, s);
@@ -220,6 +226,100 @@ std::string GemmRunner::linear(const void* x, const void* w, const void* bias, c
   LT_TRY(cublasLtMatmul(handle_, p.desc, &alpha, w, p.a, x, p.b, &beta, c, p.c, out, p.c, &p.algo, workspace_,
                         kWorkspaceBytes, s));
   return "";
+}
+
+std::string GemmRunner::linear(const void* x, const void* w, const void* bias, const void* residual, void* out, int M,
+                               int N, int K, cudaDataType_t dt, GemmEpi epi, cudaStream_t s) {
+  if (M == 0) return "";
+  int align = ptr_align(x);
+  for (const void* p : {w, bias, residual, static_cast<const void*>(out)})
+    if (p && ptr_align(p) < align) align = ptr_align(p);
+  Key k{M, N, K, int(dt), int(epi), residual != nullptr, align};
+  std::string err;
+  Plan* p = get_plan(k, x, w, bias, s, &err);
+  if (!p) return err;
+  return run_plan(*p, x, w, bias, residual, out, M, N, K, dt, epi, s);
+}
+
+int GemmRunner::prologue_variant(const GemvPrologue& pro, const void* pro_x, void* pro_y, const void* w,
+                                 const void* bias, const void* residual, void* out, int M, int N, int K,
+                                 cudaDataType_t dt, cudaStream_t s) {
+  DType gdt = dt == CUDA_R_16BF ? DType::BF16 : DType::F16;
+  if (pro.kind == GemvPro::None || M < 1 || M > kGemvMaxM || gemv_mode == 0 ||
+      (dt != CUDA_R_16F && dt != CUDA_R_16BF) || !gemv_pro_eligible(pro, pro_x, w, M, K, gdt))
+    return -1;
+  const GemmEpi epi = bias ? GemmEpi::Bias : GemmEpi::None;
+  // The plain linear's key, exactly as linear(pro_y, ...) would make it.
+  int align = ptr_align(pro_y);
+  for (const void* p : {w, bias, residual, static_cast<const void*>(out)})
+    if (p && ptr_align(p) < align) align = ptr_align(p);
+  Key ku{M, N, K, int(dt), int(epi), residual != nullptr, align};
+  Key kp = ku;
+  kp.pro = int(pro.kind);
+  for (const void* p : {pro_x, pro.norm_w})
+    if (p && ptr_align(p) < kp.align) kp.align = ptr_align(p);
+  auto hit = pro_cache_.find(kp);
+  if (hit != pro_cache_.end()) return hit->second;
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  cudaStreamIsCapturing(s, &cap);
+  if (cap != cudaStreamCaptureStatusNone) return -1;
+
+  const char* what = pro.kind == GemvPro::RmsNorm ? "rms_norm" : "gated_act";
+  std::string err;
+  Plan* pu = get_plan(ku, pro_y, w, bias, s, &err);  // the unfused linear's own (tuned) choice
+  const bool timed = gemv_mode == 1 ? gemv_variant < 0 : M <= tune_max_m;
+  int pick = -1;
+  float best = 1e30f, base = -1.f;
+  if (!timed) {
+    pick = gemv_mode == 1 ? gemv_variant : (pu ? pu->gemv : -1);
+  } else if (ensure_tune_buffers(size_t(M) * size_t(N) * 2).empty()) {
+    const size_t kFlush = size_t(64) << 20;
+    const Act act = pro.kind == GemvPro::GatedSilu ? Act::Silu : Act::GeluTanh;
+    const void* tb = epi == GemmEpi::Bias ? bias : nullptr;
+    void* tres = residual ? tune_out_ : nullptr;
+    cudaEvent_t a = nullptr, b = nullptr;
+    cudaEventCreate(&a);
+    cudaEventCreate(&b);
+    // Times `body` like tune() does: 6 runs, L2 flushed before each, the first discarded.
+    auto time = [&](auto&& body) -> float {
+      float total = 0;
+      for (int it = 0; it < 6; it++) {
+        cudaMemsetAsync(flush_, it, kFlush, s);
+        cudaEventRecord(a, s);
+        bool ok = body();
+        cudaEventRecord(b, s);
+        if (cudaEventSynchronize(b) != cudaSuccess || !ok) return -1.f;
+        float ms = 0;
+        cudaEventElapsedTime(&ms, a, b);
+        if (it > 0) total += ms;
+      }
+      return total / 5;
+    };
+    if (pu && gemv_mode != 1)  // the unfused pair: prologue kernel into pro_y, then the plain linear's choice
+      base = time([&] {
+        cudaError_t ke = pro.kind == GemvPro::RmsNorm
+                             ? rms_norm(pro_x, nullptr, pro.norm_w, pro_y, nullptr, M, K, pro.eps, gdt, s)
+                             : gated_act(pro_x, pro_y, M, K, act, gdt, s);
+        return ke == cudaSuccess && run_plan(*pu, pro_y, w, bias, tres, tune_out_, M, N, K, dt, epi, s).empty();
+      });
+    for (int v = 0; v < kGemvVariants; v++) {
+      if (gemv_variant >= 0 && v != gemv_variant) continue;
+      float ms = time([&] { return gemv_pro(v, pro, pro_x, w, tb, tres, tune_out_, M, N, K, gdt, s) == cudaSuccess; });
+      if (ms >= 0.f && ms < best) best = ms, pick = v;
+    }
+    if (pick >= 0 && gemv_mode != 1 && !(base >= 0.f && best < base)) pick = -1;
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+  }
+  cudaGetLastError();
+  if (verbose)
+    std::fprintf(stderr,
+                 "tsllm gemv prologue: %s + linear M=%d N=%d K=%d: %s (fused best %.4f ms, unfused %s %.4f ms)\n",
+                 what, M, N, K, pick >= 0 ? ("fused, gemv variant " + std::to_string(pick)).c_str() : "unfused",
+                 best < 1e29f ? best : -1.f, pu && pu->gemv >= 0 ? ("gemv " + std::to_string(pu->gemv)).c_str() : "cuBLASLt",
+                 base);
+  pro_cache_.emplace(kp, pick);
+  return pick;
 }
 
 }  // namespace tsllm

@@ -11,6 +11,8 @@
 #include <string>
 #include <unordered_map>
 
+#include "runtime_kernels.h"
+
 namespace tsllm {
 
 enum class GemmEpi : int { None = 0, Bias = 1, Gelu = 2, GeluBias = 3 };
@@ -31,6 +33,19 @@ class GemmRunner {
   std::string linear(const void* x, const void* w, const void* bias, const void* residual, void* out, int M, int N,
                      int K, cudaDataType_t dt, GemmEpi epi, cudaStream_t s);
 
+  // Prologue fusion (TSLLM_GEMV_PROLOGUE=1): the gemv variant that runs `pro` (rms_norm or gated act, see
+  // gemv_pro) fused into this linear, or -1 when the pair stays unfused (prologue kernel writing pro_y, then
+  // linear(pro_y, ...)). pro_x is the prologue's input, pro_y its unfused output; w, bias, residual, out are the
+  // linear's. Decided once per shape (cached, so static for CUDA graphs): M <= kGemvMaxM only; tuned like the
+  // plain linear (L2 flushed, output to scratch): the fused variants against prologue kernel + the plain linear's
+  // own tuned choice, fused only when faster. TSLLM_GEMV=1 always fuses (TSLLM_GEMV_VARIANT=k: variant k);
+  // TSLLM_GEMV=0 never; without tuning (TSLLM_GEMM_TUNE=0) fused exactly when the plain linear runs gemv, with
+  // its variant. While the stream is capturing and the shape is new: -1, not cached. Call it with the same
+  // arguments from the prologue node (to skip it) and from the linear node (to launch the fused gemv).
+  int prologue_variant(const GemvPrologue& pro, const void* pro_x, void* pro_y, const void* w, const void* bias,
+                       const void* residual, void* out, int M, int N, int K, cudaDataType_t dt, cudaStream_t s);
+  bool verbose = false;  // TSLLM_PROFILE set: prologue fusion decisions to stderr
+
   size_t num_cached() const { return cache_.size(); }
   // Autotuning: for M <= tune_max_m, the first call of a shape times every algorithm the heuristic offers
   // (L2 flushed before each run, output to scratch) and keeps the fastest; larger M take the heuristic's
@@ -43,14 +58,17 @@ class GemmRunner {
  private:
   struct Key {
     int M, N, K, dt, epi, has_c, align;
+    int pro = 0;  // GemvPro of a prologue-fusion decision (pro_cache_)
     bool operator==(const Key& o) const {
-      return M == o.M && N == o.N && K == o.K && dt == o.dt && epi == o.epi && has_c == o.has_c && align == o.align;
+      return M == o.M && N == o.N && K == o.K && dt == o.dt && epi == o.epi && has_c == o.has_c && align == o.align &&
+             pro == o.pro;
     }
   };
   struct KeyHash {
     size_t operator()(const Key& k) const {
       uint64_t h = 1469598103934665603ull;
-      for (int v : {k.M, k.N, k.K, k.dt, k.epi, k.has_c, k.align}) h = (h ^ uint64_t(uint32_t(v))) * 1099511628211ull;
+      for (int v : {k.M, k.N, k.K, k.dt, k.epi, k.has_c, k.align, k.pro})
+        h = (h ^ uint64_t(uint32_t(v))) * 1099511628211ull;
       return size_t(h);
     }
   };
@@ -60,6 +78,11 @@ class GemmRunner {
     cublasLtMatmulAlgo_t algo{};
     int gemv = -1;  // >= 0: the runtime_kernels.h gemv variant that won the tuning
   };
+  // The plan of a shape (made, and tuned, on first use); nullptr with *err set on failure.
+  Plan* get_plan(const Key& k, const void* x, const void* w, const void* bias, cudaStream_t s, std::string* err);
+  std::string run_plan(Plan& p, const void* x, const void* w, const void* bias, const void* residual, void* out, int M,
+                       int N, int K, cudaDataType_t dt, GemmEpi epi, cudaStream_t s);
+  std::string ensure_tune_buffers(size_t out_bytes);
   std::string make_plan(const Key& k, Plan* p, const void* x, const void* w, const void* bias, cudaStream_t s);
   std::string tune(const Key& k, Plan* p, const cublasLtMatmulHeuristicResult_t* res, int n, const void* x,
                    const void* w, const void* bias, cudaStream_t s);
@@ -70,6 +93,7 @@ class GemmRunner {
   size_t tune_out_bytes_ = 0;
   void* flush_ = nullptr;     // 64 MB written before each timed run to evict the weights from L2
   std::unordered_map<Key, Plan, KeyHash> cache_;
+  std::unordered_map<Key, int, KeyHash> pro_cache_;  // prologue fusion: gemv variant, or -1 (unfused)
 };
 
 }  // namespace tsllm

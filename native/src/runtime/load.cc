@@ -265,6 +265,7 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
   } catch (const std::exception& ex) {
     throw fail(ex.what());
   }
+  plan_prologue_fusion(*e);
   int max_heads = 0, max_hd = 0;
   for (const NodeDesc& n : d.nodes) {
     if (n.op == Op::Attention || n.op == Op::FusedAttention) {

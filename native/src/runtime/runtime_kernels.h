@@ -22,4 +22,22 @@ bool gemv_eligible(const void* x, const void* w, int M, int K, DType dt);
 cudaError_t gemv(int variant, const void* x, const void* w, const void* bias, const void* residual, void* out, int M,
                  int N, int K, DType dt, cudaStream_t s);
 
+// The same kernel with a prologue folded into its vector read (TSLLM_GEMV_PROLOGUE=1: the interpreter skips the
+// rms_norm / gated_act node that feeds a decode linear):
+//   RmsNorm: x is rms_norm's input [M, K]; every block computes inv_rms of the M rows (fp32) and uses
+//     to_dtype(x * inv_rms * norm_w), rounded as rms_norm writes y (identical but for the order of the fp32
+//     sum of squares: within 1 ulp).
+//   GatedSilu / GatedGeluTanh: x is the [M, 2K] gate|up output; the vector is to_dtype(act(gate) * up) as
+//     gated_act writes it.
+// out must not overlap x.
+enum class GemvPro : int { None = 0, RmsNorm = 1, GatedSilu = 2, GatedGeluTanh = 3 };
+struct GemvPrologue {
+  GemvPro kind = GemvPro::None;
+  const void* norm_w = nullptr;  // RmsNorm: the norm's weight [K]
+  float eps = 0.f;
+};
+bool gemv_pro_eligible(const GemvPrologue& pro, const void* x, const void* w, int M, int K, DType dt);
+cudaError_t gemv_pro(int variant, const GemvPrologue& pro, const void* x, const void* w, const void* bias,
+                     const void* residual, void* out, int M, int N, int K, DType dt, cudaStream_t s);
+
 }  // namespace tsllm

@@ -215,12 +215,19 @@ void profile_graph_breakdown(Engine& e, const StepPlan& p) {
   std::vector<std::pair<std::string, std::vector<uint8_t>>> groups;
   std::map<std::string, size_t> index;
   std::map<std::string, double> bytes;
+  std::map<std::string, int> fused;  // TSLLM_GEMV_PROLOGUE=1: skipped nodes per op (no launches)
   for (size_t i = 0; i < d.nodes.size(); i++) {
     const NodeDesc& n = d.nodes[i];
     std::string key = op_name(n.op);
+    if (node_fused(e, p, i)) {
+      fused[key]++;
+      continue;
+    }
     if (n.op == Op::Linear) {
       const ValueDesc& w = e.val(n.in[1]);
       key += " N=" + std::to_string(w.shape[0].n) + " K=" + std::to_string(w.shape[1].n);
+      const int src = e.pro_producer.empty() ? -1 : e.pro_producer[i];
+      if (src >= 0 && node_fused(e, p, size_t(src))) key += std::string(" +") + op_name(d.nodes[size_t(src)].op);
       bytes[key] += double(w.max_numel() * elem_size(w.dt));
     }
     auto it = index.find(key);
@@ -279,6 +286,9 @@ void profile_graph_breakdown(Engine& e, const StepPlan& p) {
     std::fprintf(stderr, "  %-36s nodes %4d  %8.3f ms/step  %5.1f%%%s\n", g.first.c_str(), count, ms,
                  100.0 * ms / full, extra.c_str());
   }
+  for (auto& f : fused)
+    std::fprintf(stderr, "  %-36s nodes %4d  fused into the gemv prologue of their linear (0 launches)\n",
+                 f.first.c_str(), f.second);
   std::fprintf(stderr, "  (sum of the parts %.3f ms; the rest is launch gaps between kernels)\n", sum);
   cudaEventDestroy(a);
   cudaEventDestroy(b);
