@@ -132,7 +132,7 @@ struct Engine {
   std::map<std::pair<int, int>, cudaGraphExec_t> graphs;
   std::map<std::pair<int, int>, int> graph_seen;  // first use runs eagerly (warms up modules and cuBLASLt), then captures
 
-  // TSLLM_GEMV_PROLOGUE=1 (read at each load; default off): an rms_norm / gated_act node whose output only
+  // Prologue fusion (read at each load; on unless TSLLM_GEMV_PROLOGUE=0): an rms_norm / gated_act node whose output only
   // feeds one linear's x is skipped when that linear runs the gemv with the prologue folded in (decided per M
   // by GemmRunner::prologue_variant). Empty when off; else per node: pro_consumer[i] = that linear (or -1),
   // pro_producer[j] = the skipped node (or -1).
@@ -164,7 +164,7 @@ DType to_dtype(ElemType t);
 std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options& opts);
 // forward.cc: enqueues the op program for plan p on e.stream (capturable). only: node mask (profiling).
 void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only = nullptr);
-// TSLLM_GEMV_PROLOGUE=1: finds the rms_norm / gated_act nodes the gemv can absorb (fills pro_consumer/producer).
+// Prologue fusion: finds the rms_norm / gated_act nodes the gemv can absorb (fills pro_consumer/producer).
 void plan_prologue_fusion(Engine& e);
 // Whether node i is skipped (fused into its consumer's gemv) in a step of plan p (tunes on first use, eagerly).
 bool node_fused(Engine& e, const StepPlan& p, size_t i);

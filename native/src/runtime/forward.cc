@@ -66,8 +66,9 @@ int prologue_variant(Engine& e, const StepPlan& p, size_t i) {
 void plan_prologue_fusion(Engine& e) {
   e.pro_consumer.clear();
   e.pro_producer.clear();
+  // On by default (H100, Llama-2-7B bs 1: 4.93 vs 4.99 ms/step); TSLLM_GEMV_PROLOGUE=0 turns it off.
   const char* env = std::getenv("TSLLM_GEMV_PROLOGUE");
-  if (!(env && env[0] == '1' && env[1] == 0)) return;
+  if (env && env[0] == '0' && env[1] == 0) return;
   const EngineDesc& d = e.desc;
   e.pro_consumer.assign(d.nodes.size(), -1);
   e.pro_producer.assign(d.nodes.size(), -1);
@@ -149,7 +150,7 @@ void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only) {
       if (err != cudaSuccess) node_fail(i, n, cudaGetErrorString(err));
     };
     if (!e.pro_consumer.empty()) {
-      // TSLLM_GEMV_PROLOGUE=1: a producer fused into its consumer's gemv launches nothing; the consumer runs the
+      // Prologue fusion: a producer fused into its consumer's gemv launches nothing; the consumer runs the
       // gemv with the producer's prologue, reading the producer's input.
       if (e.pro_consumer[i] >= 0 && prologue_variant(e, p, i) >= 0) continue;
       const int src = e.pro_producer[i];

@@ -33,7 +33,7 @@ class GemmRunner {
   std::string linear(const void* x, const void* w, const void* bias, const void* residual, void* out, int M, int N,
                      int K, cudaDataType_t dt, GemmEpi epi, cudaStream_t s);
 
-  // Prologue fusion (TSLLM_GEMV_PROLOGUE=1): the gemv variant that runs `pro` (rms_norm or gated act, see
+  // Prologue fusion (on by default; TSLLM_GEMV_PROLOGUE=0 turns it off): the gemv variant that runs `pro` (rms_norm or gated act, see
   // gemv_pro) fused into this linear, or -1 when the pair stays unfused (prologue kernel writing pro_y, then
   // linear(pro_y, ...)). pro_x is the prologue's input, pro_y its unfused output; w, bias, residual, out are the
   // linear's. Decided once per shape (cached, so static for CUDA graphs): M <= kGemvMaxM only; tuned like the

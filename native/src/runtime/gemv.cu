@@ -5,7 +5,7 @@
 // depend on the previous kernel) are issued before griddepcontrol.wait, x/residual are read and out written after. GemmRunner offers it to its autotuner next to
 // cuBLASLt's algorithms and keeps whichever is faster for the shape.
 // The kernel itself is in gemv_impl.cuh; gemv_rms.cu / gemv_gated.cu instantiate its prologue variants
-// (rms_norm or gated activation folded into the vector read, TSLLM_GEMV_PROLOGUE=1).
+// (rms_norm or gated activation folded into the vector read; on by default, TSLLM_GEMV_PROLOGUE=0 turns it off).
 #include <cstdlib>
 
 #include "gemv_impl.cuh"

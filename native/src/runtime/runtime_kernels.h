@@ -22,7 +22,7 @@ bool gemv_eligible(const void* x, const void* w, int M, int K, DType dt);
 cudaError_t gemv(int variant, const void* x, const void* w, const void* bias, const void* residual, void* out, int M,
                  int N, int K, DType dt, cudaStream_t s);
 
-// The same kernel with a prologue folded into its vector read (TSLLM_GEMV_PROLOGUE=1: the interpreter skips the
+// The same kernel with a prologue folded into its vector read (on by default, TSLLM_GEMV_PROLOGUE=0 turns it off: the interpreter skips the
 // rms_norm / gated_act node that feeds a decode linear):
 //   RmsNorm: x is rms_norm's input [M, K]; every block computes inv_rms of the M rows (fp32) and uses
 //     to_dtype(x * inv_rms * norm_w), rounded as rms_norm writes y (identical but for the order of the fp32

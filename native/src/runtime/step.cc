@@ -215,7 +215,7 @@ void profile_graph_breakdown(Engine& e, const StepPlan& p) {
   std::vector<std::pair<std::string, std::vector<uint8_t>>> groups;
   std::map<std::string, size_t> index;
   std::map<std::string, double> bytes;
-  std::map<std::string, int> fused;  // TSLLM_GEMV_PROLOGUE=1: skipped nodes per op (no launches)
+  std::map<std::string, int> fused;  // prologue fusion: skipped nodes per op (no launches)
   for (size_t i = 0; i < d.nodes.size(); i++) {
     const NodeDesc& n = d.nodes[i];
     std::string key = op_name(n.op);
