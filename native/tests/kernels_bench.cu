@@ -174,7 +174,7 @@ int main() {
   std::printf("variant 2 (default): separate rope/cache-write kernel, reduce kernel; 0: fused rope/cache-write +\n"
               "cluster split-K; 1: fused, reduce kernel (0 and 1 experimental); 3: small-batch fast kernel (one\n"
               "launch, cluster/DSMEM combine; 'v2' in the cluster column = outside its range, runs variant 2)%s\n",
-              kd::pdl_on() ? "; TSLLM_PDL=1: variant 3 launched with PDL" : "");
+              pdl_enabled() ? "; variant 3 launched with PDL (TSLLM_PDL=0 turns it off)" : "");
   std::printf("%6s %6s %4s %7s %8s %8s %11s %11s %9s\n", "batch", "ctx", "var", "splits", "cluster", "layers",
               "graph_us", "stream_us", "GB/s");
   for (int B : {1, 64})

@@ -671,7 +671,7 @@ cudaError_t launch_fast_t(DecodeArgs<T> a, const StepLayout& step, int nKV, Deco
     attr[n].val.clusterDim.z = 1;
     ++n;
   }
-  a.pdl = pdl_on() ? 1 : 0;
+  a.pdl = pdl_enabled() ? 1 : 0;
   if (a.pdl) {
     attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[n].val.programmaticStreamSerializationAllowed = 1;
@@ -737,27 +737,6 @@ int initial_decode_variant() {
 }  // namespace
 
 int g_decode_variant = initial_decode_variant();
-
-// The fast decode kernel (variant 3) is launched with programmatic stream serialization on sm_90+ unless TSLLM_PDL=0.
-bool pdl_on() {
-  static const bool env = [] {
-    // On by default (measured on H100: 4.975 vs 5.021 ms per Llama-2-7B decode step); TSLLM_PDL=0 turns it off.
-    const char* e = std::getenv("TSLLM_PDL");
-    return !(e && e[0] == '0' && e[1] == 0);
-  }();
-  if (!env) return false;
-  static int cached[64] = {0};
-  int dev = 0;
-  cudaGetDevice(&dev);
-  dev &= 63;
-  if (!cached[dev]) {
-    int major = 0;
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-    cudaGetLastError();
-    cached[dev] = major >= 9 ? 1 : 2;
-  }
-  return cached[dev] == 1;
-}
 
 DecodeSplit decode_split(int num_tokens, int num_heads, int num_kv_heads, int head_dim, int max_seq_len,
                          int variant) {

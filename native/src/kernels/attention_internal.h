@@ -45,8 +45,6 @@ struct DecodeSplit {
   bool fast;     // variant 3's decode_fast_kernel
   int warps;     // warps per block of decode_fast_kernel
 };
-// Unless TSLLM_PDL=0, on an sm_90+ device: decode_fast_kernel launched with programmatic stream serialization.
-bool pdl_on();
 DecodeSplit decode_split(int num_tokens, int num_heads, int num_kv_heads, int head_dim, int max_seq_len,
                          int variant = g_decode_variant);
 constexpr int kSplitBudget = 8192;  // bound on num_tokens * num_heads * splits whenever splits > 1

@@ -11,6 +11,9 @@ enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, FP8_E4M3 = 3 };
 enum class Act : int { None = 0, Silu = 1, GeluTanh = 2, GeluErf = 3 };
 enum class RopeStyle : int { Neox = 0, Gptj = 1 };
 
+// Programmatic dependent launch for kernels that support it: sm_90+ devices, unless TSLLM_PDL=0 (pdl.cu).
+bool pdl_enabled();
+
 // ---- weights ----
 // Random weights (docs/engine-format.md): value = mean + scale*(2r-1), r = (u>>8)/2^24,
 // u = lowbias32(lowbias32(seed) ^ i); fp32 math without FMA, then RNE to dtype.

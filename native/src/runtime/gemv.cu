@@ -12,27 +12,6 @@
 
 namespace tsllm {
 
-// Programmatic dependent launch on an sm_90+ device unless TSLLM_PDL=0 (read once).
-bool gemv_pdl_on() {
-  static const bool env = [] {
-    // On by default (measured on H100: 4.975 vs 5.021 ms per Llama-2-7B decode step); TSLLM_PDL=0 turns it off.
-    const char* e = std::getenv("TSLLM_PDL");
-    return !(e && e[0] == '0' && e[1] == 0);
-  }();
-  if (!env) return false;
-  static int cached[64] = {0};
-  int dev = 0;
-  cudaGetDevice(&dev);
-  dev &= 63;
-  if (!cached[dev]) {
-    int major = 0;
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-    cudaGetLastError();
-    cached[dev] = major >= 9 ? 1 : 2;
-  }
-  return cached[dev] == 1;
-}
-
 bool gemv_eligible(const void* x, const void* w, int M, int K, DType dt) {
   auto al16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
   return M >= 1 && M <= kGemvMaxM && K % 8 == 0 && al16(x) && al16(w) && (dt == DType::F16 || dt == DType::BF16);

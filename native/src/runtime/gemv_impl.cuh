@@ -18,7 +18,6 @@
 namespace tsllm {
 
 // Programmatic dependent launch on an sm_90+ device unless TSLLM_PDL=0 (gemv.cu).
-bool gemv_pdl_on();
 // The prologue variants' launchers (gemv_rms.cu, gemv_gated.cu); `gemv_pro` in gemv.cu dispatches to them.
 cudaError_t gemv_rms_launch(int variant, const void* x, const void* norm_w, float eps, const void* w, const void* bias,
                             const void* res, void* out, int M, int N, int K, DType dt, cudaStream_t s);
@@ -263,7 +262,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__
 template <typename T, int M, int ROWS, int KS, int UN, int PRO>
 cudaError_t launch_m(unsigned blocks, const T* X, const T* W, const T* B, const T* R, T* O, int N, int K, const T* NW,
                      float eps, cudaStream_t s) {
-  if (!gemv_pdl_on()) {
+  if (!pdl_enabled()) {
     gemv_kernel<T, M, ROWS, KS, UN, PRO><<<blocks, kWarps * 32, 0, s>>>(X, W, B, R, O, N, K, NW, eps);
     return cudaGetLastError();
   }
