@@ -1,17 +1,9 @@
 // Inverse RoPE frequencies, computed once at build time and stored in the engine as a small fp32
 // constant, so the scaling variants (llama3, linear) live here and nowhere else — kernels only
 // compute angle = position · inv_freq[i].
+import type { RopeScaling } from "../checkpoint/hf-config.ts";
 
-export type RopeScaling =
-  | null
-  | { type: "linear"; factor: number }
-  | {
-      type: "llama3";
-      factor: number;
-      lowFreqFactor: number;
-      highFreqFactor: number;
-      originalMaxPositionEmbeddings: number;
-    };
+export type { RopeScaling };
 
 export function ropeInvFreq(rotaryDim: number, theta: number, scaling: RopeScaling): Float32Array {
   const half = rotaryDim / 2;
