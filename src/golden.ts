@@ -1,6 +1,7 @@
 // Golden logits files (../shared/fixtures/README.md): per prompt i, p{i}.input_ids int32 [T] (prompt +
 // greedy continuation) and p{i}.logits f32 [T, vocab] from one teacher-forced transformers forward.
 import { openSafetensors } from "./checkpoint/safetensors.ts";
+import { argmax } from "./executor/sampling.ts";
 import type { Executor } from "./executor/types.ts";
 
 export interface GoldenPrompt {
@@ -67,12 +68,6 @@ function maxAbsDiff(a: Float32Array, b: Float32Array): number {
   return m;
 }
 
-function argmax(a: Float32Array): number {
-  let best = 0;
-  for (let i = 1; i < a.length; i++) if (a[i] > a[best]) best = i;
-  return best;
-}
-
 /**
  * Prefills each prompt, then teacher-forces the golden continuation one token per step, comparing
  * every position's logits. `batched` runs all prompts together in each step (packed), else one by one.
@@ -133,7 +128,10 @@ export function checkGolden(
  * ~1e-4; half precision differs more; quantised engines by the bounds their tests justify
  * (test/quant: int8-wo 0.1, fp8 0.5 — E4M3's 3 mantissa bits on both GEMM operands — int4-wo 1.25).
  */
-export function defaultTolerance(build: { dtype: string; quant: string; kv_cache_dtype: string }, cpu: boolean): number {
+export function defaultTolerance(
+  build: { dtype: string; quant: string; kv_cache_dtype: string },
+  cpu: boolean,
+): number {
   const base = cpu && build.dtype === "fp32" ? 1e-3 : 0.05;
   const quant = { none: 0, "int8-wo": 0.1, fp8: 0.5, "int4-wo": 1.25 }[build.quant] ?? 0;
   return Math.max(base, quant) + (build.kv_cache_dtype === "fp8" ? 0.2 : 0);

@@ -34,6 +34,8 @@ interface RankState {
   rank: EngineRank;
   weights: Map<number, HostTensor>;
   kv: DenseKv;
+  /** Storage dtype of each value, for rounding op outputs. */
+  dtypes: Map<number, string>;
 }
 
 export interface ReferenceOptions {
@@ -60,6 +62,7 @@ export class ReferenceExecutor implements Executor {
       rank,
       weights: weights?.[i] ?? loadWeights(rank),
       kv: new DenseKv(),
+      dtypes: new Map(rank.header.values.map((v) => [v.id, v.dtype])),
     }));
   }
 
@@ -174,7 +177,6 @@ export class ReferenceExecutor implements Executor {
       env.set(h.inputs.logits_indices, new HostTensor([logitRows.length], logitRows));
       return env;
     });
-    const dtypes = this.ranks.map((r) => new Map(r.rank.header.values.map((v) => [v.id, v.dtype])));
     const nodes0 = this.ranks[0].rank.header.nodes;
     for (let i = 0; i < nodes0.length; i++) {
       this.ranks.forEach((r, ri) => {
@@ -198,7 +200,8 @@ export class ReferenceExecutor implements Executor {
             const rows = x.rows;
             const out = new Float32Array(rows * w * parts.length);
             parts.forEach((p, j) => {
-              for (let r = 0; r < rows; r++) out.set(p.f32.subarray(r * w, (r + 1) * w), (r * parts.length + j) * w);
+              for (let r = 0; r < rows; r++)
+                out.set(p.f32.subarray(r * w, (r + 1) * w), (r * parts.length + j) * w);
             });
             return new HostTensor([...x.shape.slice(0, -1), w * parts.length], out);
           },
@@ -212,7 +215,7 @@ export class ReferenceExecutor implements Executor {
         const outs = getOp(node.op).ref(inputs, node.attrs as Record<string, never>, ctx);
         node.outputs.forEach((o, k) => {
           if (this.roundActs && outs[k].data instanceof Float32Array)
-            roundToDtype(outs[k].f32, dtypes[ri].get(o) ?? "f32");
+            roundToDtype(outs[k].f32, r.dtypes.get(o) ?? "f32");
           env.set(o, outs[k]);
         });
         if (node.attrs.kv_cache_dtype === "fp8") storeKvFp8(r.kv, layout, node.attrs);
@@ -234,7 +237,8 @@ function storeKvFp8(kv: DenseKv, layout: StepLayout, attrs: Record<string, unkno
     for (let t = s.start; t < s.start + s.count; t++) {
       const pos = layout.positions[t];
       [cache.k[pos], cache.v[pos]].forEach((row, i) => {
-        for (let d = 0; d < row.length; d++) row[d] = Math.fround(roundE4m3(Math.fround(row[d] / scales[i])) * scales[i]);
+        for (let d = 0; d < row.length; d++)
+          row[d] = Math.fround(roundE4m3(Math.fround(row[d] / scales[i])) * scales[i]);
       });
     }
   }

@@ -1,4 +1,3 @@
-import type { Attrs } from "../ir/types.ts";
 import { expectDim, expectSameShape, lastDim, need } from "./check.ts";
 import { attrNum, defineOp, type ValueType } from "./registry.ts";
 import { HostTensor } from "./tensor.ts";
@@ -44,12 +43,7 @@ function sum(a: HostTensor, b: HostTensor): HostTensor {
   return new HostTensor(a.shape, out);
 }
 
-function runNorm(
-  x: HostTensor,
-  attrs: Attrs,
-  row: (x: Float32Array, o: number, h: number, out: Float32Array) => void,
-) {
-  void attrs;
+function runNorm(x: HostTensor, row: (x: Float32Array, o: number, h: number, out: Float32Array) => void) {
   const h = x.cols;
   const out = new Float32Array(x.f32.length);
   for (let r = 0; r < x.rows; r++) row(x.f32, r * h, h, out);
@@ -64,7 +58,7 @@ defineOp({
   infer: ([x, w]) => [normInfer("rms_norm", x, w)],
   ref([x, w], attrs) {
     const eps = attrNum(attrs, "eps");
-    return [runNorm(x!, attrs, (xv, o, h, out) => rmsRow(xv, o, h, w!.f32, eps, out))];
+    return [runNorm(x!, (xv, o, h, out) => rmsRow(xv, o, h, w!.f32, eps, out))];
   },
 });
 
@@ -81,7 +75,7 @@ defineOp({
   ref([x, r, w], attrs) {
     const eps = attrNum(attrs, "eps");
     const s = sum(x!, r!);
-    return [runNorm(s, attrs, (xv, o, h, out) => rmsRow(xv, o, h, w!.f32, eps, out)), s];
+    return [runNorm(s, (xv, o, h, out) => rmsRow(xv, o, h, w!.f32, eps, out)), s];
   },
 });
 
@@ -93,7 +87,7 @@ defineOp({
   infer: ([x, w]) => [normInfer("layer_norm", x, w)],
   ref([x, w, b], attrs) {
     const eps = attrNum(attrs, "eps");
-    return [runNorm(x!, attrs, (xv, o, h, out) => lnRow(xv, o, h, w!.f32, b ? b.f32 : null, eps, out))];
+    return [runNorm(x!, (xv, o, h, out) => lnRow(xv, o, h, w!.f32, b ? b.f32 : null, eps, out))];
   },
 });
 
@@ -110,6 +104,6 @@ defineOp({
   ref([x, r, w, b], attrs) {
     const eps = attrNum(attrs, "eps");
     const s = sum(x!, r!);
-    return [runNorm(s, attrs, (xv, o, h, out) => lnRow(xv, o, h, w!.f32, b ? b.f32 : null, eps, out)), s];
+    return [runNorm(s, (xv, o, h, out) => lnRow(xv, o, h, w!.f32, b ? b.f32 : null, eps, out)), s];
   },
 });
