@@ -1,0 +1,40 @@
+// What the scheduler (src/serving/scheduler.ts) needs from an executor: run one packed step and sample,
+// release a sequence. KV blocks are counted by the scheduler itself (ceil(tokens / tokensPerBlock) per
+// sequence, the rule the native pool follows), so a backend only states how many blocks it has.
+import type { BatchLimits, SamplingOptions } from "./types.ts";
+
+export interface BackendSeq {
+  seqId: number;
+  /** This step's new tokens (a context chunk, or the one token to decode). */
+  tokens: readonly number[];
+  /** Position of tokens[0] = the sequence's cached length (0 for a fresh or recomputed sequence). */
+  startPos: number;
+  /** Sample a token from the last row (false for a context chunk that is not the prompt's last). */
+  sample: boolean;
+  sampling: SamplingOptions;
+}
+
+export interface BackendInfo {
+  device: "cpu" | "cuda";
+  /** GPU name, or "CPU reference executor". */
+  deviceName: string;
+  dtype: string;
+  kvDtype: string;
+}
+
+export interface StepBackend {
+  readonly vocabSize: number;
+  /** Runtime limits in force, and the KV blocks requests may use. */
+  readonly limits: BatchLimits;
+  readonly info: BackendInfo;
+  /**
+   * Runs one step. Resolves with one token per sequence (-1 where sample is false). The token sampled
+   * for a sequence depends only on its logits, its sampling options and the position of its last
+   * token, so a sequence recomputed after a pause samples the same tokens again.
+   * Must not block the event loop for the step's duration (the native backend steps on a worker thread).
+   */
+  step(seqs: readonly BackendSeq[]): Promise<Int32Array>;
+  /** Frees a sequence's KV cache. Unknown ids are ignored. */
+  release(seqId: number): void;
+  close(): void;
+}

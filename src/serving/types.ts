@@ -1,0 +1,135 @@
+// The request-level API (issue 11): a BatchManager takes requests of prompt token ids, runs them by
+// in-flight batching over a paged KV cache, streams each request's tokens and reports how it finished.
+// Servers, tsllm-run and tsllm-bench throughput use only this file's types; the scheduler drives any
+// StepBackend (the CPU reference executor in CI, the native CUDA runtime on a GPU).
+
+export interface SamplingOptions {
+  /** <= 0: greedy (default 0). */
+  temperature: number;
+  /** 0 = all (default); 1 = greedy. */
+  topK: number;
+  /** 1 = all (default). */
+  topP: number;
+  /** Same seed, prompt and options → same tokens, batched or alone, paused or not (default 0). */
+  seed: number;
+}
+
+export interface GenerationRequest {
+  promptIds: readonly number[];
+  /** >= 1. prompt + maxNewTokens must fit max_seq_len, else submit rejects. */
+  maxNewTokens: number;
+  sampling?: Partial<SamplingOptions>;
+  /**
+   * Tokens that end generation (included as the last output token, finishReason "stop").
+   * Default: the engine's eos ids (generation_config.json's eos_token_id, else config.json's).
+   */
+  endIds?: readonly number[];
+  /** Extra tokens that also stop generation, on top of endIds (ignoreEos does not affect them). */
+  stopTokenIds?: readonly number[];
+  /** Generate exactly maxNewTokens: endIds do not stop (stopTokenIds still do). */
+  ignoreEos?: boolean;
+  /** Caller's tag, echoed in errors and stats; not interpreted. */
+  tag?: string;
+}
+
+export type FinishReason = "stop" | "length" | "cancelled" | "error";
+
+/** One streamed token. */
+export interface TokenEvent {
+  tokenId: number;
+  /** 0-based index among this request's generated tokens. */
+  index: number;
+  /** ms since submit (performance.now() clock). */
+  timeMs: number;
+}
+
+export interface RequestTimings {
+  /** submit → first scheduled (its first context chunk). */
+  queueMs: number;
+  /** submit → first generated token (NaN if none). */
+  ttftMs: number;
+  /** Each generated token's time since submit. */
+  tokenTimesMs: number[];
+  /** submit → finished. */
+  e2eMs: number;
+}
+
+export interface RequestResult {
+  outputIds: number[];
+  finishReason: FinishReason;
+  /** finishReason "stop": the end/stop token that ended it (it is also outputIds' last entry). */
+  stopTokenId?: number;
+  /** finishReason "error": what went wrong (the step failed). */
+  error?: Error;
+  timings: RequestTimings;
+  /** Times this request was paused (its blocks freed) and later resumed by recomputation. */
+  preemptions: number;
+}
+
+export interface RequestHandle extends AsyncIterable<TokenEvent> {
+  /** Manager-assigned id, unique per manager. */
+  readonly id: number;
+  /** Resolves (never rejects) when the request finishes for any reason. */
+  readonly done: Promise<RequestResult>;
+  /** Stops the request at the next step boundary; its KV blocks are freed. No-op once finished. */
+  cancel(): void;
+}
+
+/** Why submit refused a request: it can never run on this engine. The message carries the numbers. */
+export type RejectReason = "invalid" | "too_long" | "kv_capacity" | "shutting_down";
+
+export class RequestRejectedError extends Error {
+  override name = "RequestRejectedError";
+  constructor(
+    readonly reason: RejectReason,
+    message: string,
+    /** The figures behind the refusal (promptTokens, maxNewTokens, maxSeqLen, blocksNeeded, blocksTotal, …). */
+    readonly details: Record<string, number> = {},
+  ) {
+    super(message);
+  }
+}
+
+export type SchedulerPolicy = "guaranteed_no_evict" | "max_utilization";
+
+export interface BatchLimits {
+  maxBatchSize: number;
+  maxNumTokens: number;
+  maxSeqLen: number;
+  tokensPerBlock: number;
+  /** KV blocks usable by requests. */
+  kvBlocksTotal: number;
+}
+
+export interface BatchStats {
+  queued: number;
+  running: number;
+  paused: number;
+  kvBlocksTotal: number;
+  kvBlocksFree: number;
+  /** Most blocks in use at once since start. */
+  kvBlocksPeakUsed: number;
+  /** Tokens generated / prompt tokens computed (recomputation after a pause counts again) since start. */
+  tokensGenerated: number;
+  promptTokensComputed: number;
+  requestsFinished: number;
+  requestsRejected: number;
+  preemptions: number;
+  steps: number;
+}
+
+export interface BatchManager {
+  readonly limits: BatchLimits;
+  readonly policy: SchedulerPolicy;
+  readonly vocabSize: number;
+  /** The default endIds. */
+  readonly eosTokenIds: readonly number[];
+  /** Queues a request; throws RequestRejectedError at once when it can never run. */
+  submit(req: GenerationRequest): RequestHandle;
+  stats(): BatchStats;
+  /**
+   * Refuses new requests, lets running and queued ones finish for up to drainTimeoutMs (default 0),
+   * cancels the rest, then closes the backend.
+   */
+  shutdown(o?: { drainTimeoutMs?: number }): Promise<void>;
+}
