@@ -5,7 +5,8 @@
 //
 //   q0, k0, v = split(qkv); attention(rope(q0), rope(k0), v)  ⇒  fused_attention(qkv, positions, inv_freq)
 import type { Graph, Node } from "../src/ir/types.ts";
-import { commonScope, type Match, makeNode, note, type Pattern, patternPass, type Uses } from "./pattern.ts";
+import type { PassContext } from "./pass.ts";
+import { commonScope, type Match, makeNode, type Pattern, patternPass, type Uses } from "./pattern.ts";
 
 interface AttnMatch extends Match {
   split: Node;
@@ -15,7 +16,7 @@ interface AttnMatch extends Match {
 export const attentionPattern: Pattern<AttnMatch> = {
   name: "attention",
   ops: ["attention"],
-  match(g: Graph, attn: Node, uses: Uses): AttnMatch | null {
+  match(g: Graph, attn: Node, uses: Uses, ctx: PassContext): AttnMatch | null {
     const [q, k, v] = attn.inputs as number[];
     const where = `layer ${attn.attrs.layer}`;
     const rq = uses.producerOp(q, "rope");
@@ -24,7 +25,7 @@ export const attentionPattern: Pattern<AttnMatch> = {
     const sk = rk ? rk.inputs[0]! : k;
     const split = uses.producerOp(sq, "split");
     if (!split) {
-      note(
+      ctx.log.note(
         `attention: ${where}: q/k/v are not one packed QKV output (is qkv-fusion disabled?); left unfused`,
       );
       return null;
@@ -35,7 +36,7 @@ export const attentionPattern: Pattern<AttnMatch> = {
       split.outputs[1] !== sk ||
       split.outputs[2] !== v
     ) {
-      note(`attention: ${where}: the split does not give q, k, v in order; left unfused`);
+      ctx.log.note(`attention: ${where}: the split does not give q, k, v in order; left unfused`);
       return null;
     }
     const nH = attn.attrs.num_heads as number;
@@ -43,11 +44,11 @@ export const attentionPattern: Pattern<AttnMatch> = {
     const D = attn.attrs.head_dim as number;
     const sizes = split.attrs.sizes as number[];
     if (sizes[0] !== nH * D || sizes[1] !== nKv * D || sizes[2] !== nKv * D) {
-      note(`attention: ${where}: split sizes ${sizes} do not match the heads; left unfused`);
+      ctx.log.note(`attention: ${where}: split sizes ${sizes} do not match the heads; left unfused`);
       return null;
     }
     if (!!rq !== !!rk) {
-      note(`attention: ${where}: rope on only one of q and k; left unfused`);
+      ctx.log.note(`attention: ${where}: rope on only one of q and k; left unfused`);
       return null;
     }
     if (rq && rk) {
@@ -62,16 +63,16 @@ export const attentionPattern: Pattern<AttnMatch> = {
         rq.attrs.num_heads !== nH ||
         rk.attrs.num_heads !== nKv
       ) {
-        note(`attention: ${where}: q and k get different rotary embeddings; left unfused`);
+        ctx.log.note(`attention: ${where}: q and k get different rotary embeddings; left unfused`);
         return null;
       }
       if (!uses.singleUse(q) || !uses.singleUse(k)) {
-        note(`attention: ${where}: rotated q/k have other users; left unfused`);
+        ctx.log.note(`attention: ${where}: rotated q/k have other users; left unfused`);
         return null;
       }
     }
     if (!split.outputs.every((o) => uses.singleUse(o))) {
-      note(`attention: ${where}: q/k/v have other users; left unfused`);
+      ctx.log.note(`attention: ${where}: q/k/v have other users; left unfused`);
       return null;
     }
     if (!rq && g.inputs.positions === undefined) return null;

@@ -7,7 +7,8 @@
 import { cloneGraph } from "../src/ir/builder.ts";
 import type { AttrValue, Graph } from "../src/ir/types.ts";
 import { getOp } from "../src/ops/index.ts";
-import { bestEffortPass, recordMatch } from "./pattern.ts";
+import type { PassContext } from "./pass.ts";
+import { bestEffortPass } from "./pattern.ts";
 
 const COMMUTATIVE = new Set(["add", "mul"]);
 
@@ -21,7 +22,7 @@ function canon(a: AttrValue): AttrValue {
   return a;
 }
 
-export function eliminateCommonSubexpressions(g0: Graph): Graph {
+export function eliminateCommonSubexpressions(g0: Graph, ctx: PassContext): Graph {
   const g = cloneGraph(g0);
   const map = new Map<number, number>();
   const constants = new Map<string, number>();
@@ -32,7 +33,7 @@ export function eliminateCommonSubexpressions(g0: Graph): Graph {
     if (first === undefined) constants.set(key, v.id);
     else {
       map.set(v.id, first);
-      recordMatch("constant", v.name);
+      ctx.log.match("constant", v.name);
     }
   }
   const seen = new Map<string, number[]>();
@@ -48,7 +49,7 @@ export function eliminateCommonSubexpressions(g0: Graph): Graph {
     const prev = seen.get(key);
     if (prev) {
       n.outputs.forEach((o, i) => map.set(o, prev[i]));
-      recordMatch("duplicate-node", n.scope ?? n.op);
+      ctx.log.match("duplicate-node", n.scope ?? n.op);
       continue;
     }
     seen.set(key, n.outputs);

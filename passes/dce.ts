@@ -5,9 +5,10 @@
 import { cloneGraph } from "../src/ir/builder.ts";
 import type { Graph } from "../src/ir/types.ts";
 import { getOp } from "../src/ops/index.ts";
-import { bestEffortPass, note, recordMatch } from "./pattern.ts";
+import type { PassContext } from "./pass.ts";
+import { bestEffortPass } from "./pattern.ts";
 
-export function eliminateDeadCode(g0: Graph): Graph {
+export function eliminateDeadCode(g0: Graph, ctx: PassContext): Graph {
   const g = cloneGraph(g0);
   const live = new Set<number>(Object.values(g.outputs));
   const keep = new Array<boolean>(g.nodes.length).fill(false);
@@ -19,7 +20,7 @@ export function eliminateDeadCode(g0: Graph): Graph {
     }
   }
   g.nodes.forEach((n, i) => {
-    if (!keep[i]) recordMatch("dead-node", n.scope ?? n.op);
+    if (!keep[i]) ctx.log.match("dead-node", n.scope ?? n.op);
   });
   g.nodes = g.nodes.filter((_, i) => keep[i]);
   const referenced = new Set<number>([...Object.values(g.inputs), ...Object.values(g.outputs)]);
@@ -30,7 +31,7 @@ export function eliminateDeadCode(g0: Graph): Graph {
       g.values.delete(id);
       pruned++;
     }
-  if (pruned) note(`dropped ${pruned} unreferenced values`);
+  if (pruned) ctx.log.note(`dropped ${pruned} unreferenced values`);
   return g;
 }
 

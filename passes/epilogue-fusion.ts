@@ -93,11 +93,11 @@ interface ResidualMatch extends Match {
 export const residualPattern: Pattern<ResidualMatch> = {
   name: "residual",
   ops: ["add"],
-  match(g, add, uses) {
+  match(g, add, uses, ctx) {
     // Leave the inner add of a parallel block to parallelResidualPattern (anchored on the outer add).
     const consumers = uses.consumers(add.outputs[0]);
     if (consumers.length === 1 && uses.singleUse(add.outputs[0]) && consumers[0].node.op === "add")
-      if (parallelResidualPattern.match(g, consumers[0].node, uses)) return null;
+      if (parallelResidualPattern.match(g, consumers[0].node, uses, ctx)) return null;
     const cands = [0, 1]
       .map((i) => ({ lin: foldable(uses, add.inputs[i]), residual: add.inputs[1 - i]! }))
       .filter((c): c is { lin: Node; residual: number } => !!c.lin && c.lin !== uses.producer(c.residual));

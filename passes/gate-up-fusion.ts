@@ -7,7 +7,8 @@
 // Either operand order of the mul matches. Exact-erf GELU has no gated_act form and is left alone.
 import type { Graph, Node } from "../src/ir/types.ts";
 import { concatWeights, fusedName, whyNotConcat } from "./concat-weights.ts";
-import { commonScope, type Match, makeNode, note, type Pattern, patternPass, type Uses } from "./pattern.ts";
+import type { PassContext } from "./pass.ts";
+import { commonScope, type Match, makeNode, type Pattern, patternPass, type Uses } from "./pattern.ts";
 
 interface GateUpMatch extends Match {
   gate: Node;
@@ -35,7 +36,7 @@ function activationOf(act: Node): "silu" | "gelu_tanh" | null {
 export const gateUpPattern: Pattern<GateUpMatch> = {
   name: "gate-up",
   ops: ["mul"],
-  match(g: Graph, mul: Node, uses: Uses): GateUpMatch | null {
+  match(g: Graph, mul: Node, uses: Uses, ctx: PassContext): GateUpMatch | null {
     for (const [a, b] of [
       [0, 1],
       [1, 0],
@@ -49,13 +50,13 @@ export const gateUpPattern: Pattern<GateUpMatch> = {
       const where = commonScope([gate.scope ?? "", up.scope ?? ""]) || mul.op;
       const activation = activationOf(act);
       if (!activation) {
-        note(`gate-up: ${where}: exact-erf gelu has no gated_act kernel; left unfused`);
+        ctx.log.note(`gate-up: ${where}: exact-erf gelu has no gated_act kernel; left unfused`);
         return null;
       }
       const wg = g.values.get(gate.inputs[1]!)!;
       const wu = g.values.get(up.inputs[1]!)!;
       if (wg.shape[0] !== wu.shape[0]) {
-        note(`gate-up: ${where}: gate and up widths differ; left unfused`);
+        ctx.log.note(`gate-up: ${where}: gate and up widths differ; left unfused`);
         return null;
       }
       const bg = gate.inputs[2] ?? null;
@@ -68,7 +69,7 @@ export const gateUpPattern: Pattern<GateUpMatch> = {
             ? "only one projection has a bias"
             : whyNotConcat(g, [bg, bu]));
       if (why) {
-        note(`gate-up: ${where}: ${why}; left unfused`);
+        ctx.log.note(`gate-up: ${where}: ${why}; left unfused`);
         return null;
       }
       return { root: mul, nodes: [gate, act, up, mul], gate, act, up, activation };

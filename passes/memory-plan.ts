@@ -10,7 +10,7 @@ import { type ArenaPlan, activationBytes } from "../src/engine/arena.ts";
 import { alignUp, WEIGHT_ALIGN } from "../src/engine/format.ts";
 import { cloneGraph } from "../src/ir/builder.ts";
 import type { Graph } from "../src/ir/types.ts";
-import { bestEffortPass, recordMatch } from "./pattern.ts";
+import { bestEffortPass } from "./pattern.ts";
 
 export interface Buffer {
   id: number;
@@ -73,10 +73,10 @@ export function planArena(g: Graph): ArenaPlan {
   return { bytes: total, offsets };
 }
 
-export const memoryPlan = bestEffortPass("memory-plan", (g0) => {
+export const memoryPlan = bestEffortPass("memory-plan", (g0, ctx) => {
   const g = cloneGraph(g0);
   const plan = planArena(g);
   g.meta = { ...g.meta, arena: plan };
-  recordMatch("arena", `${Object.keys(plan.offsets).length} activation buffers`);
+  ctx.log.match("arena", `${Object.keys(plan.offsets).length} activation buffers`);
   return g;
 });

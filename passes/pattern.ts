@@ -10,50 +10,12 @@
 //   - `patternPass` / `bestEffortPass` wrap that into a pipeline Pass that can never break a build: if
 //     anything goes wrong the pass returns its input graph and says why in the fusion report.
 //
-// The report learns what matched through the ambient pass log (withPassLog), so passes keep the plain
-// `Graph → Graph` signature.
+// Matches and notes go to the pass log of the context the driver is given (passes/pass.ts); patterns
+// receive the same context in match() to explain what they left alone.
 import { addValue, cloneGraph, inferNode } from "../src/ir/builder.ts";
 import { type Attrs, type Graph, type Node, sameDim, shapeStr } from "../src/ir/types.ts";
 import { verifyGraph } from "../src/ir/verify.ts";
-import type { Pass } from "../src/pipeline.ts";
-
-// ---------------------------------------------------------------------------------------------------
-// Pass log: what matched where, and notes for the report.
-
-export interface PassLog {
-  matches: { pattern: string; where: string }[];
-  notes: string[];
-  /** Set by passes that record their matches here (a pass that does not leaves the count unknown). */
-  reports?: boolean;
-  /** Set when the pass gave up and returned its input unchanged. */
-  failed?: string;
-}
-
-let active: PassLog | null = null;
-
-export function newPassLog(): PassLog {
-  return { matches: [], notes: [] };
-}
-
-/** Runs fn with `log` receiving the matches and notes of the passes it runs. */
-export function withPassLog<T>(log: PassLog, fn: () => T): T {
-  const prev = active;
-  active = log;
-  try {
-    return fn();
-  } finally {
-    active = prev;
-  }
-}
-
-/** A line for the report (deduplicated). Safe to call from match(): it touches no graph. */
-export function note(msg: string): void {
-  if (active && !active.notes.includes(msg)) active.notes.push(msg);
-}
-
-export function recordMatch(pattern: string, where: string): void {
-  active?.matches.push({ pattern, where });
-}
+import type { Pass, PassContext } from "./pass.ts";
 
 // ---------------------------------------------------------------------------------------------------
 // Use-def information.
@@ -136,7 +98,7 @@ export interface Pattern<M extends Match = Match> {
   name: string;
   /** Ops a root node may have (a quick filter before match). */
   ops: string[];
-  match(g: Graph, node: Node, uses: Uses): M | null;
+  match(g: Graph, node: Node, uses: Uses, ctx: PassContext): M | null;
   rewrite(g: Graph, m: M): Replacement;
 }
 
@@ -279,7 +241,7 @@ export function topoSort(g: Graph, nodes: Node[]): Node[] {
 // biome-ignore lint/suspicious/noExplicitAny: each pattern has its own match type
 export type AnyPattern = Pattern<any>;
 
-export function rewriteGraph(g: Graph, patterns: AnyPattern[]): Graph {
+export function rewriteGraph(g: Graph, patterns: AnyPattern[], ctx: PassContext): Graph {
   let cur = cloneGraph(g);
   const failed = new Set<string>();
   const limit = 10 * cur.nodes.length + 100;
@@ -292,17 +254,17 @@ export function rewriteGraph(g: Graph, patterns: AnyPattern[]): Graph {
         if (!p.ops.includes(node.op)) continue;
         const key = `${p.name}:${node.outputs[0]}`;
         if (failed.has(key)) continue;
-        const m = p.match(cur, node, uses);
+        const m = p.match(cur, node, uses, ctx);
         if (!m) continue;
         const where = whereOf(cur, m);
         try {
           cur = splice(cur, m, p.rewrite(cur, m));
         } catch (e) {
           failed.add(key);
-          note(`${p.name} at ${where}: not applied (${(e as Error).message})`);
+          ctx.log.note(`${p.name} at ${where}: not applied (${(e as Error).message})`);
           continue;
         }
-        recordMatch(p.name, where);
+        ctx.log.match(p.name, where);
         changed = true;
         break scan;
       }
@@ -317,16 +279,16 @@ export function rewriteGraph(g: Graph, patterns: AnyPattern[]): Graph {
 export function bestEffortPass(name: string, run: Pass["run"]): Pass {
   return {
     name,
-    run(g, build) {
-      if (active) active.reports = true;
+    run(g, ctx) {
+      ctx.log.reports = true;
       try {
-        const out = run(g, build);
+        const out = run(g, ctx);
         verifyGraph(out);
         return out;
       } catch (e) {
         const msg = `could not apply (${(e as Error).message.split("\n")[0]}); graph left unchanged`;
-        note(msg);
-        if (active) active.failed = msg;
+        ctx.log.note(msg);
+        ctx.log.failed = msg;
         return g;
       }
     },
@@ -335,10 +297,10 @@ export function bestEffortPass(name: string, run: Pass["run"]): Pass {
 
 /** A pass made of rewrite patterns applied to a fixed point. */
 export function patternPass(name: string, patterns: AnyPattern[], o: { idle?: string } = {}): Pass {
-  return bestEffortPass(name, (g) => {
-    const before = active?.matches.length ?? 0;
-    const out = rewriteGraph(g, patterns);
-    if (o.idle && active && active.matches.length === before) note(o.idle);
+  return bestEffortPass(name, (g, ctx) => {
+    const before = ctx.log.matches.length;
+    const out = rewriteGraph(g, patterns, ctx);
+    if (o.idle && ctx.log.matches.length === before) ctx.log.note(o.idle);
     return out;
   });
 }

@@ -7,7 +7,8 @@
 //   ⇒ qkv = linear(x, [Wq; Wk; Wv]); q0, k0, v = split(qkv); q = rope(q0); k = rope(k0); attention(q, k, v)
 import type { Graph, Node } from "../src/ir/types.ts";
 import { concatWeights, fusedName, whyNotConcat } from "./concat-weights.ts";
-import { commonScope, type Match, makeNode, note, type Pattern, patternPass, type Uses } from "./pattern.ts";
+import type { PassContext } from "./pass.ts";
+import { commonScope, type Match, makeNode, type Pattern, patternPass, type Uses } from "./pattern.ts";
 
 interface QkvMatch extends Match {
   x: number;
@@ -32,7 +33,7 @@ function plain(uses: Uses, n: Node): boolean {
 export const qkvPattern: Pattern<QkvMatch> = {
   name: "qkv",
   ops: ["attention"],
-  match(g: Graph, attn: Node, uses: Uses): QkvMatch | null {
+  match(g: Graph, attn: Node, uses: Uses, ctx: PassContext): QkvMatch | null {
     const lins = attn.inputs.slice(0, 3).map((id) => projection(uses, id));
     const where = `layer ${attn.attrs.layer}`;
     if (lins.some((l) => !l)) {
@@ -41,18 +42,18 @@ export const qkvPattern: Pattern<QkvMatch> = {
         const r = uses.producerOp(id, "rope");
         return uses.producerOp(r ? r.inputs[0] : id, "split");
       });
-      if (!viaSplit) note(`qkv: ${where}: q/k/v are not all linear projections; left unfused`);
+      if (!viaSplit) ctx.log.note(`qkv: ${where}: q/k/v are not all linear projections; left unfused`);
       return null;
     }
     const [q, k, v] = lins as [Node, Node, Node];
     if (new Set([q, k, v]).size !== 3) return null;
     const x = q.inputs[0]!;
     if (k.inputs[0] !== x || v.inputs[0] !== x) {
-      note(`qkv: ${where}: q/k/v project different inputs; left unfused`);
+      ctx.log.note(`qkv: ${where}: q/k/v project different inputs; left unfused`);
       return null;
     }
     if (![q, k, v].every((l) => plain(uses, l))) {
-      note(`qkv: ${where}: a projection has an epilogue or other users; left unfused`);
+      ctx.log.note(`qkv: ${where}: a projection has an epilogue or other users; left unfused`);
       return null;
     }
     const why =
@@ -67,7 +68,7 @@ export const qkvPattern: Pattern<QkvMatch> = {
         return whyNotConcat(g, bs);
       })();
     if (why) {
-      note(`qkv: ${where}: ${why}; left unfused`);
+      ctx.log.note(`qkv: ${where}: ${why}; left unfused`);
       return null;
     }
     return { root: attn, nodes: [q, k, v], x, linears: [q, k, v] };

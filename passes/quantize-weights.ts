@@ -7,7 +7,7 @@
 // small next to the decoder) and the embedding (a row gather, not a GEMM: nothing to gain).
 import type { BuildConfig } from "../src/engine/format.ts";
 import { addValue, cloneGraph } from "../src/ir/builder.ts";
-import type { Graph, Node, Value } from "../src/ir/types.ts";
+import type { Graph, Node, QuantReport, Value } from "../src/ir/types.ts";
 import {
   type QuantScheme,
   randomInits,
@@ -20,13 +20,7 @@ export class QuantError extends Error {
   override name = "QuantError";
 }
 
-/** Which layers were quantised and which were kept in higher precision (and why); in graph.meta.quant. */
-export interface QuantReport {
-  scheme: string;
-  kvCacheDtype: string;
-  quantized: string[];
-  kept: { name: string; reason: string }[];
-}
+export type { QuantReport };
 
 /** FP8 tensor cores (and FP8 conversions in hardware) start with Ada (sm 89) and Hopper (sm 90). */
 export function checkQuantLegality(build: BuildConfig): void {

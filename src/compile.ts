@@ -1,7 +1,6 @@
 // tsllm-compile as a function: model file + Hugging Face config/checkpoint → passes → engine per rank.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { QuantReport } from "../passes/quantize-weights.ts";
 import { type Checkpoint, openCheckpoint } from "./checkpoint/checkpoint.ts";
 import { ConfigError } from "./checkpoint/errors.ts";
 import { modelFacts } from "./dsl/model.ts";
@@ -9,7 +8,7 @@ import { Module } from "./dsl/module.ts";
 import { BuildConfig, ENGINE_DTYPES, type EngineConfig } from "./engine/format.ts";
 import type { RankProgram } from "./engine/header.ts";
 import { writeEngine } from "./engine/writer.ts";
-import type { Graph } from "./ir/types.ts";
+import type { Graph, QuantReport } from "./ir/types.ts";
 import { loadModelFile } from "./model-file.ts";
 import { type OnnxDirConfig, writeOnnx } from "./onnx/write.ts";
 import { type PipelineResult, runPipeline } from "./pipeline.ts";
@@ -156,7 +155,7 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
       log: o.log,
     });
     build.passes = pipeline.applied;
-    logQuantReport(pipeline.ranks[0]?.meta.quant as QuantReport | undefined, o.log);
+    logQuantReport(pipeline.ranks[0]?.meta.quant, o.log);
     if (o.emit === "onnx") return emitOnnx(o, pipeline, build, cfg as Record<string, unknown>, facts, ckpt);
     const ranks: RankProgram[] = pipeline.ranks.map((g, rank) => ({ rank, graph: g }));
     const config = writeEngine({

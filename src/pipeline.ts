@@ -1,49 +1,9 @@
-// The build pipeline, declared in one place: the model graph is sharded into one graph per
-// tensor-parallel rank, then every rank's graph goes through the same passes in order.
-import { addNormFusion } from "../passes/add-norm-fusion.ts";
-import { attentionFusion } from "../passes/attention-fusion.ts";
-import { cse } from "../passes/cse.ts";
-import { dce } from "../passes/dce.ts";
-import { epilogueFusion } from "../passes/epilogue-fusion.ts";
-import { gateUpFusion } from "../passes/gate-up-fusion.ts";
-import { memoryPlan } from "../passes/memory-plan.ts";
-import { qkvFusion } from "../passes/qkv-fusion.ts";
-import { quantizeKvCache } from "../passes/quantize-kv.ts";
-import { quantizeWeights } from "../passes/quantize-weights.ts";
-import { shardForTp } from "../passes/tensor-parallel.ts";
+// The build pipeline: the model graph is sharded into one graph per tensor-parallel rank, every rank's
+// graph goes through the passes (passes/index.ts, in order), and the fusion report is built from rank 0.
+import { PASSES, runPasses, shardForTp } from "../passes/index.ts";
 import type { BuildConfig } from "./engine/format.ts";
 import type { Graph } from "./ir/types.ts";
-import { buildReport, formatReport, type PassRecord, reportFiles, runPasses } from "./report/index.ts";
-
-export interface Pass {
-  name: string;
-  /** Graph → Graph; must not mutate its input. */
-  run(g: Graph, build: BuildConfig): Graph;
-}
-
-/** Graph passes in the order they run on each rank's graph. */
-export const PASSES: Pass[] = [
-  qkvFusion,
-  gateUpFusion,
-  attentionFusion,
-  epilogueFusion,
-  addNormFusion,
-  cse,
-  dce,
-  memoryPlan, // last: offsets are only valid for the graph it planned
-];
-
-/** Inserts passes before the one named `before` (at the end when there is none). */
-function insertBefore(passes: Pass[], before: string, add: Pass[]): void {
-  const i = passes.findIndex((p) => p.name === before);
-  passes.splice(i < 0 ? passes.length : i, 0, ...add);
-}
-
-// Quantisation: after fusion (fused QKV / gate-up weights are quantised whole), before memory planning.
-insertBefore(PASSES, "memory-plan", [
-  { name: "quantize-weights", run: quantizeWeights },
-  { name: "quantize-kv", run: quantizeKvCache },
-]);
+import { buildReport, formatReport, type PassRecord, reportFiles } from "./report/index.ts";
 
 export interface PipelineResult {
   ranks: Graph[];

@@ -1,12 +1,9 @@
 // The activation arena plan stored in the engine. The memory-planning pass computes a liveness-based
 // plan into graph.meta.arena; without it, every activation gets its own slot (the naive sum).
-import { DTYPE_BYTES, type Graph, numel } from "../ir/types.ts";
+import { type ArenaPlan, DTYPE_BYTES, type Graph, numel } from "../ir/types.ts";
 import { alignUp, WEIGHT_ALIGN } from "./format.ts";
 
-export interface ArenaPlan {
-  bytes: number;
-  offsets: Record<string, number>;
-}
+export type { ArenaPlan };
 
 export function activationBytes(g: Graph, id: number): number {
   const v = g.values.get(id)!;
@@ -25,5 +22,5 @@ export function naiveArena(g: Graph): ArenaPlan {
 }
 
 export function arenaOf(g: Graph): ArenaPlan {
-  return (g.meta.arena as ArenaPlan | undefined) ?? naiveArena(g);
+  return g.meta.arena ?? naiveArena(g);
 }

@@ -45,12 +45,32 @@ export interface Graph {
   nextId: number;
 }
 
+/** Model-level facts the runtime needs, and what passes found out for the engine and the report. */
 export interface GraphMeta {
   numLayers: number;
+  /** KV heads per rank (the sharding pass divides them). */
   numKvHeads: number;
   headDim: number;
-  /** Free-form model info carried into the engine. */
-  [k: string]: unknown;
+  /** Tensor-parallel ranks the graph was sharded for (set by shardForTp). */
+  tp?: number;
+  /** The activation arena plan (set by memory-plan). */
+  arena?: ArenaPlan;
+  /** What weight quantisation did (set by quantize-weights). */
+  quant?: QuantReport;
+}
+
+/** Byte offset of every activation (node output id) in one arena sized at the build limits. */
+export interface ArenaPlan {
+  bytes: number;
+  offsets: Record<string, number>;
+}
+
+/** Which layers were quantised and which were kept in higher precision (and why). */
+export interface QuantReport {
+  scheme: string;
+  kvCacheDtype: string;
+  quantized: string[];
+  kept: { name: string; reason: string }[];
 }
 
 export const DTYPE_BYTES: Record<DType, number> = {

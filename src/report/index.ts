@@ -6,7 +6,6 @@ import type { FusionReport } from "./report.ts";
 export { type GraphFigures, graphFigures } from "./figures.ts";
 export { renderHtml } from "./html.ts";
 export { buildReport, FusionReport, type PassRecord } from "./report.ts";
-export { runPasses } from "./run-passes.ts";
 export { fmtBytes, formatReport } from "./text.ts";
 
 export const REPORT_JSON = "report.json";

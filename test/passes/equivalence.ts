@@ -2,7 +2,7 @@
 // pipeline passes applied) and just after it give the same logits (≤ 1e-5) over the golden prompts'
 // prefill and teacher-forced decode steps.
 import { expect, it } from "vitest";
-import type { PassLog } from "../../passes/pattern.ts";
+import type { PassLog } from "../../passes/pass.ts";
 import type { Graph } from "../../src/ir/types.ts";
 import {
   FIXTURES,

@@ -3,7 +3,7 @@
 // teacher-forced decode steps, so the KV cache path is exercised).
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { newPassLog, type PassLog, withPassLog } from "../../passes/pattern.ts";
+import { PASSES, PassLog, passContext } from "../../passes/index.ts";
 import { type Checkpoint, openCheckpoint } from "../../src/checkpoint/checkpoint.ts";
 import { Module } from "../../src/dsl/module.ts";
 import { BuildConfig } from "../../src/engine/format.ts";
@@ -11,7 +11,6 @@ import { ReferenceExecutor } from "../../src/executor/reference.ts";
 import { type Golden, readGolden } from "../../src/golden.ts";
 import type { Graph, Node } from "../../src/ir/types.ts";
 import { loadModelFile } from "../../src/model-file.ts";
-import { PASSES } from "../../src/pipeline.ts";
 import { nodeLayers } from "../../src/report/figures.ts";
 import { GPTJ_MODEL, LLAMA_MODEL, TINY_GPTJ, TINY_LLAMA } from "../fixtures.ts";
 
@@ -92,8 +91,8 @@ export function runPasses(
   const logs: Record<string, PassLog> = {};
   for (const p of PASSES) {
     if (!names.includes(p.name)) continue;
-    const log = newPassLog();
-    g = withPassLog(log, () => p.run(g, build));
+    const log = new PassLog();
+    g = p.run(g, passContext(build, log));
     logs[p.name] = log;
   }
   return { graph: g, logs };

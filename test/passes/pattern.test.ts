@@ -1,16 +1,15 @@
 // The rewrite core: fixed point on a clone, replacements checked, failures skipped and noted.
 import { describe, expect, it } from "vitest";
+import { PassLog, passContext } from "../../passes/pass.ts";
 import {
   bestEffortPass,
   commonScope,
   type Match,
   makeNode,
-  newPassLog,
   type Pattern,
   rewriteGraph,
   topoSort,
   Uses,
-  withPassLog,
 } from "../../passes/pattern.ts";
 import { addInput, addNode, emptyGraph } from "../../src/ir/builder.ts";
 import type { Graph, Node } from "../../src/ir/types.ts";
@@ -44,8 +43,8 @@ const squash: Pattern<Match & { inner: Node }> = {
 describe("pattern rewriter", () => {
   it("applies patterns to a fixed point on a clone and records every match", () => {
     const g = chain();
-    const log = newPassLog();
-    const out = withPassLog(log, () => rewriteGraph(g, [squash]));
+    const log = new PassLog();
+    const out = rewriteGraph(g, [squash], passContext(testBuild(), log));
     expect(out.nodes.map((n) => n.op)).toEqual(["gelu", "silu"]);
     expect(g.nodes.map((n) => n.op)).toEqual(["silu", "silu", "silu"]); // input untouched
     expect(log.matches).toEqual([{ pattern: "squash", where: "block" }]);
@@ -56,8 +55,9 @@ describe("pattern rewriter", () => {
     const g = chain();
     const snapshot = JSON.stringify([g.nodes, [...g.values]]);
     const uses = new Uses(g);
-    const a = squash.match(g, g.nodes[1], uses);
-    const b = squash.match(g, g.nodes[1], uses);
+    const ctx = passContext(testBuild());
+    const a = squash.match(g, g.nodes[1], uses, ctx);
+    const b = squash.match(g, g.nodes[1], uses, ctx);
     expect(a?.inner).toBe(b?.inner);
     expect(JSON.stringify([g.nodes, [...g.values]])).toBe(snapshot);
   });
@@ -72,8 +72,8 @@ describe("pattern rewriter", () => {
         return { nodes: [n], replace: [[m.root.outputs[0], n.outputs[0]]] };
       },
     };
-    const log = newPassLog();
-    const out = withPassLog(log, () => rewriteGraph(chain(), [widen]));
+    const log = new PassLog();
+    const out = rewriteGraph(chain(), [widen], passContext(testBuild(), log));
     expect(out.nodes.map((n) => n.op)).toEqual(["silu", "silu", "silu"]);
     expect(log.matches).toHaveLength(0);
     expect(log.notes[0]).toMatch(/bad at block\.0: not applied \(replacement changes a type/);
@@ -85,8 +85,8 @@ describe("pattern rewriter", () => {
       throw new Error("unexpected model");
     });
     const g = chain();
-    const log = newPassLog();
-    expect(withPassLog(log, () => boom.run(g, testBuild()))).toBe(g);
+    const log = new PassLog();
+    expect(boom.run(g, passContext(testBuild(), log))).toBe(g);
     expect(log.failed).toMatch(/could not apply \(unexpected model\); graph left unchanged/);
   });
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { newPassLog, withPassLog } from "../../passes/pattern.ts";
+import { passContext } from "../../passes/pass.ts";
 import { qkvFusion } from "../../passes/qkv-fusion.ts";
 import { shardForTp } from "../../passes/tensor-parallel.ts";
 import type { Graph } from "../../src/ir/types.ts";
@@ -51,7 +51,7 @@ describe("qkv-fusion", () => {
     const f = await fixture("llama");
     const ops = f.graph.nodes.map((n) => n.op).join();
     const values = f.graph.values.size;
-    withPassLog(newPassLog(), () => qkvFusion.run(f.graph, f.build));
+    qkvFusion.run(f.graph, passContext(f.build));
     expect(f.graph.nodes.map((n) => n.op).join()).toBe(ops);
     expect(f.graph.values.size).toBe(values);
   });
@@ -60,7 +60,7 @@ describe("qkv-fusion", () => {
     const f = await fixture("llama");
     const build = testBuild({ tp: 2 });
     const ranks = shardForTp(f.graph, build);
-    const fused = ranks.map((g) => withPassLog(newPassLog(), () => qkvFusion.run(g, build)));
+    const fused = ranks.map((g) => qkvFusion.run(g, passContext(build)));
     const w = fusedWeights(fused[1])[0];
     // Rank 1 of 2: query heads 2..3 (rows 64..128 of q_proj), KV head 1 (rows 32..64 of k/v_proj).
     expect(w.shape).toEqual([128, 128]);

@@ -1,8 +1,8 @@
 // A model the passes cannot fully fuse (tests/passes/models/variants.ts "unusual"): the build must not
 // crash, what can fuse fuses, what cannot is left correct and explained in the report notes.
 import { describe, expect, it } from "vitest";
-import { PASSES } from "../../src/pipeline.ts";
-import { buildReport, type PassRecord, runPasses as runReported } from "../../src/report/index.ts";
+import { PASSES, runPasses as runReported } from "../../passes/index.ts";
+import { buildReport, type PassRecord } from "../../src/report/index.ts";
 import { goldenLogits, maxAbsDiff, opCounts, variantFixture } from "./helpers.ts";
 
 describe("an unusual model", () => {
