@@ -61,6 +61,23 @@ function readJson(file: string): unknown {
   }
 }
 
+/**
+ * eos_token_id of a checkpoint's generation_config.json (what transformers' generate stops at; it wins
+ * over config.json's when both exist), or undefined when the file or field is absent.
+ */
+function generationEosIds(checkpoint: string): number[] | undefined {
+  const file = path.join(checkpoint, "generation_config.json");
+  if (!fs.existsSync(file)) return undefined;
+  const eos = (readJson(file) as { eos_token_id?: unknown }).eos_token_id;
+  const ids = Array.isArray(eos) ? eos : eos == null ? [] : [eos];
+  if (!ids.every((x) => Number.isInteger(x) && x >= 0))
+    throw new ConfigError(
+      file,
+      `eos_token_id must be a token id or a list of them, got ${JSON.stringify(eos)}`,
+    );
+  return ids.length ? (ids as number[]) : undefined;
+}
+
 export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
   if (o.emit !== undefined && o.emit !== "engine" && o.emit !== "onnx")
     throw new BuildError(`--emit ${o.emit}: expected engine or onnx`);
@@ -79,6 +96,8 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
     );
   const cfg = model.parseConfig(hfJson, cfgSource);
   const facts = modelFacts(model, cfg);
+  const genEos = o.checkpoint ? generationEosIds(o.checkpoint) : undefined;
+  if (genEos) facts.eosTokenIds = genEos;
   const randomWeights = o.randomWeights ?? !o.checkpoint;
   // Mistral-style sliding-window attention equals full attention while sequences fit in the window;
   // beyond it is not implemented, so the window caps max_seq_len instead of being silently ignored.

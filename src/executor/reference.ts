@@ -42,6 +42,8 @@ export interface ReferenceOptions {
   verify?: boolean;
   /** Round each op's output to the engine's activation dtype (default true). */
   roundActivations?: boolean;
+  /** Runtime limits (default: the build's). The CPU executor has no fixed buffers, so any size works. */
+  limits?: { max_batch_size?: number; max_num_tokens?: number; max_seq_len?: number };
 }
 
 export class ReferenceExecutor implements Executor {
@@ -49,6 +51,7 @@ export class ReferenceExecutor implements Executor {
   private ranks: RankState[];
   private seqLens = new Map<number, number>();
   private roundActs: boolean;
+  readonly limits: { max_batch_size: number; max_num_tokens: number; max_seq_len: number };
 
   constructor(
     readonly engine: Engine,
@@ -58,6 +61,12 @@ export class ReferenceExecutor implements Executor {
   ) {
     this.vocabSize = engine.config.facts.vocabSize;
     this.roundActs = opts.roundActivations ?? true;
+    const built = engine.ranks[0].header.limits;
+    this.limits = {
+      max_batch_size: opts.limits?.max_batch_size || built.max_batch_size,
+      max_num_tokens: opts.limits?.max_num_tokens || built.max_num_tokens,
+      max_seq_len: opts.limits?.max_seq_len || built.max_seq_len,
+    };
     this.ranks = engine.ranks.map((rank, i) => ({
       rank,
       weights: weights?.[i] ?? loadWeights(rank),
@@ -125,8 +134,7 @@ export class ReferenceExecutor implements Executor {
   }
 
   step(seqs: SeqRequest[]): Map<number, Float32Array[]> {
-    const h0 = this.ranks[0].rank.header;
-    const { max_batch_size, max_num_tokens, max_seq_len } = h0.limits;
+    const { max_batch_size, max_num_tokens, max_seq_len } = this.limits;
     const total = seqs.reduce((a, s) => a + s.tokens.length, 0);
     if (seqs.length > max_batch_size)
       throw new LimitError(`batch of ${seqs.length} sequences exceeds max_batch_size ${max_batch_size}`);

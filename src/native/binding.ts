@@ -103,6 +103,10 @@ interface Addon {
     seqs: (Omit<StepSeq, "tokens"> & { tokens: Int32Array })[],
     want: { logits?: boolean; tokens?: boolean },
   ): StepResult;
+  stepAsync(
+    h: Handle,
+    seqs: (Omit<StepSeq, "tokens"> & { tokens: Int32Array })[],
+  ): Promise<{ tokens: Int32Array; ms: number }>;
   release(h: Handle, id: number | bigint): void;
   generate(
     h: Handle,
@@ -197,6 +201,19 @@ export class CudaEngine {
       this.h(),
       seqs.map((s) => ({ ...s, tokens: i32(s.tokens) })),
       want,
+    );
+  }
+
+  /**
+   * One packed step on a worker thread (the event loop keeps running): one sampled token per sequence,
+   * and ms, the host wall time of the native step. Until it settles, every other call on this engine throws.
+   */
+  stepAsync(seqs: readonly StepSeq[]): Promise<{ tokens: Int32Array; ms: number }> {
+    if (typeof this.a.stepAsync !== "function")
+      throw new Error(`${addonPath()}: this addon has no stepAsync; run npm run build:native`);
+    return this.a.stepAsync(
+      this.h(),
+      seqs.map((s) => ({ ...s, tokens: i32(s.tokens) })),
     );
   }
 

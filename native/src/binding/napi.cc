@@ -1,10 +1,15 @@
 // Node-API addon over the C ABI (include/tsllm.h). Plain node_api.h, no node-addon-api.
 // Exports: abiVersion(), load(path, opts) -> handle, step(handle, seqs, want), release(handle, id),
 // generate(handle, tokens, lens, maxNew, sampling?), info(handle), unload(handle).
-// Calls are synchronous (one call per step / per whole generation); errors throw JS Errors.
+// Calls are synchronous (one call per step / per whole generation) except stepAsync, which runs the
+// step on a libuv worker thread and returns a Promise, so a server's event loop keeps running while the
+// GPU works. While a stepAsync is in flight every other call on that engine throws (the engine is not
+// thread-safe); errors throw JS Errors.
 #include <node_api.h>
 #include <tsllm.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -14,6 +19,7 @@ namespace {
 
 struct Handle {
   tsllm_engine* e = nullptr;
+  std::atomic<bool> busy{false};  // a stepAsync is running on a worker thread
 };
 
 struct JsError {
@@ -159,6 +165,7 @@ Handle* handle(napi_env env, napi_value v) {
     throw JsError{"tsllm_node: expected an engine handle"};
   Handle* h = static_cast<Handle*>(data);
   if (!h->e) throw JsError{"tsllm_node: engine already unloaded"};
+  if (h->busy.load()) throw JsError{"tsllm_node: engine busy (a stepAsync is in flight; await it first)"};
   return h;
 }
 
@@ -169,6 +176,42 @@ tsllm_sampling sampling_of(napi_env env, napi_value o) {
   s.top_p = float(num_or(env, o, "topP", 1.0));
   s.seed = u64_or(env, o, "seed", 0);
   return s;
+}
+
+// The sequences of a step, copied out of JS values (so a worker thread may use them).
+struct StepInput {
+  std::vector<std::vector<int32_t>> toks;
+  std::vector<tsllm_seq_input> in;
+  size_t rows = 0;
+};
+
+StepInput step_input(napi_env env, napi_value seqs) {
+  bool is_arr = false;
+  napi_is_array(env, seqs, &is_arr);
+  if (!is_arr) throw JsError{"step: seqs must be an array"};
+  uint32_t n = 0;
+  napi_get_array_length(env, seqs, &n);
+  StepInput si;
+  si.toks.resize(n);
+  si.in.resize(n);
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value s;
+    check(env, napi_get_element(env, seqs, i, &s), "seqs[i]");
+    si.toks[i] = i32array(env, prop(env, s, "tokens"), "seqs[i].tokens");
+    tsllm_seq_input& q = si.in[i];
+    std::memset(&q, 0, sizeof(q));
+    q.id = u64(env, prop(env, s, "id"), "seqs[i].id");
+    q.tokens = si.toks[i].data();
+    q.num_tokens = int32_t(si.toks[i].size());
+    q.start_pos = int32_t(num_or(env, s, "startPos", 0));
+    napi_value al = prop(env, s, "allLogits");
+    bool all = false;
+    if (present(env, al)) napi_get_value_bool(env, al, &all);
+    q.all_logits = all ? 1 : 0;
+    q.sampling = sampling_of(env, s);
+    si.rows += all ? si.toks[i].size() : 1;
+  }
+  return si;
 }
 
 napi_value Load(napi_env env, napi_callback_info info) {
@@ -206,6 +249,7 @@ napi_value Unload(napi_env env, napi_callback_info info) {
     void* data = nullptr;
     if (type_of(env, a[0]) == napi_external && napi_get_value_external(env, a[0], &data) == napi_ok) {
       Handle* h = static_cast<Handle*>(data);
+      if (h->busy.load()) throw JsError{"tsllm_node: unload while a stepAsync is in flight"};
       if (h->e) tsllm_unload(h->e);
       h->e = nullptr;
     }
@@ -219,31 +263,10 @@ napi_value Step(napi_env env, napi_callback_info info) {
   return wrap(env, [&] {
     auto a = args(env, info, 3);
     Handle* h = handle(env, a[0]);
-    bool is_arr = false;
-    napi_is_array(env, a[1], &is_arr);
-    if (!is_arr) throw JsError{"step: seqs must be an array"};
-    uint32_t n = 0;
-    napi_get_array_length(env, a[1], &n);
-    std::vector<std::vector<int32_t>> toks(n);
-    std::vector<tsllm_seq_input> in(n);
-    size_t rows = 0;
-    for (uint32_t i = 0; i < n; i++) {
-      napi_value s;
-      check(env, napi_get_element(env, a[1], i, &s), "seqs[i]");
-      toks[i] = i32array(env, prop(env, s, "tokens"), "seqs[i].tokens");
-      tsllm_seq_input& q = in[i];
-      std::memset(&q, 0, sizeof(q));
-      q.id = u64(env, prop(env, s, "id"), "seqs[i].id");
-      q.tokens = toks[i].data();
-      q.num_tokens = int32_t(toks[i].size());
-      q.start_pos = int32_t(num_or(env, s, "startPos", 0));
-      napi_value al = prop(env, s, "allLogits");
-      bool all = false;
-      if (present(env, al)) napi_get_value_bool(env, al, &all);
-      q.all_logits = all ? 1 : 0;
-      q.sampling = sampling_of(env, s);
-      rows += all ? toks[i].size() : 1;
-    }
+    StepInput si = step_input(env, a[1]);
+    uint32_t n = uint32_t(si.in.size());
+    size_t rows = si.rows;
+    std::vector<tsllm_seq_input>& in = si.in;
     bool want_logits = false, want_tokens = false;
     napi_value wl = prop(env, a[2], "logits"), wt = prop(env, a[2], "tokens");
     if (present(env, wl)) napi_get_value_bool(env, wl, &want_logits);
@@ -271,6 +294,83 @@ napi_value Step(napi_env env, napi_callback_info info) {
     set_num(env, res, "rows", out.num_logit_rows);
     set_num(env, res, "vocab", out.vocab_size);
     return res;
+  });
+}
+
+// stepAsync(handle, seqs) -> Promise<{tokens: Int32Array, ms}>: the step of step() with sampled tokens only,
+// run on a libuv worker thread. ms: host wall time of tsllm_step (plan, upload, GPU, copy back).
+struct StepWork {
+  napi_async_work work = nullptr;
+  napi_deferred deferred = nullptr;
+  napi_ref handle_ref = nullptr;  // keeps the engine handle alive while the worker uses it
+  Handle* h = nullptr;
+  StepInput si;
+  std::vector<int32_t> tokens;
+  int rc = 0;
+  double ms = 0;
+  char err[2048] = {0};
+};
+
+void step_execute(napi_env, void* data) {
+  auto* w = static_cast<StepWork*>(data);
+  auto t0 = std::chrono::steady_clock::now();
+  tsllm_step_output out{};
+  out.tokens = w->tokens.data();
+  w->rc = tsllm_step(w->h->e, w->si.in.data(), int32_t(w->si.in.size()), &out, w->err, sizeof(w->err));
+  w->ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+void step_complete(napi_env env, napi_status status, void* data) {
+  auto* w = static_cast<StepWork*>(data);
+  w->h->busy.store(false);
+  napi_value result = nullptr;
+  bool ok = status == napi_ok && w->rc == 0;
+  if (ok) {
+    napi_create_object(env, &result);
+    int32_t* p = nullptr;
+    napi_value ab, ta, ms;
+    void* raw;
+    napi_create_arraybuffer(env, w->tokens.size() * 4, &raw, &ab);
+    p = static_cast<int32_t*>(raw);
+    if (!w->tokens.empty()) std::memcpy(p, w->tokens.data(), w->tokens.size() * 4);
+    napi_create_typedarray(env, napi_int32_array, w->tokens.size(), ab, 0, &ta);
+    napi_set_named_property(env, result, "tokens", ta);
+    napi_create_double(env, w->ms, &ms);
+    napi_set_named_property(env, result, "ms", ms);
+    napi_resolve_deferred(env, w->deferred, result);
+  } else {
+    napi_value msg, e;
+    std::string m = status != napi_ok ? std::string("tsllm_node: step worker cancelled") : std::string(w->err);
+    napi_create_string_utf8(env, m.c_str(), NAPI_AUTO_LENGTH, &msg);
+    napi_create_error(env, nullptr, msg, &e);
+    napi_reject_deferred(env, w->deferred, e);
+  }
+  napi_delete_reference(env, w->handle_ref);
+  napi_delete_async_work(env, w->work);
+  delete w;
+}
+
+napi_value StepAsync(napi_env env, napi_callback_info info) {
+  return wrap(env, [&] {
+    auto a = args(env, info, 2);
+    Handle* h = handle(env, a[0]);
+    auto* w = new StepWork();
+    try {
+      w->si = step_input(env, a[1]);
+    } catch (...) {
+      delete w;
+      throw;
+    }
+    w->h = h;
+    w->tokens.assign(w->si.in.size(), -1);
+    napi_value promise, name;
+    check(env, napi_create_promise(env, &w->deferred, &promise), "create_promise");
+    check(env, napi_create_reference(env, a[0], 1, &w->handle_ref), "create_reference");
+    napi_create_string_utf8(env, "tsllm_step", NAPI_AUTO_LENGTH, &name);
+    check(env, napi_create_async_work(env, nullptr, name, step_execute, step_complete, w, &w->work), "create_async_work");
+    h->busy.store(true);
+    check(env, napi_queue_async_work(env, w->work), "queue_async_work");
+    return promise;
   });
 }
 
@@ -393,6 +493,7 @@ napi_value Init(napi_env env, napi_value exports) {
       {"load", nullptr, Load, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"unload", nullptr, Unload, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"step", nullptr, Step, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"stepAsync", nullptr, StepAsync, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"release", nullptr, Release, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"generate", nullptr, Generate, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"info", nullptr, Info, nullptr, nullptr, nullptr, napi_enumerable, nullptr},

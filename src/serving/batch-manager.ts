@@ -1,0 +1,412 @@
+// In-flight batching over a paged KV cache (the BatchManager of types.ts) on any StepBackend.
+//
+// Each step packs, oldest request first: the decode token of every running request, the next context
+// chunk of requests still reading their prompt, then newly admitted requests (paused ones before queued
+// ones), all within max_num_tokens tokens and max_batch_size sequences (chunked context: a long prompt
+// is read over several steps while the others keep decoding).
+//
+// KV blocks are counted here: a sequence holding n tokens holds ceil(n / tokensPerBlock) blocks.
+// - guaranteed_no_evict admits a request only when the blocks it could ever need (prompt +
+//   maxNewTokens - 1 tokens; the last sampled token is never fed back) fit beside what every running
+//   request could ever need, so nothing is ever paused.
+// - max_utilization admits when the blocks of its whole context are free now; when a step's decode
+//   tokens need blocks that are not free, the newest running requests are paused: their blocks are
+//   freed and they later resume by recomputing prompt + generated tokens as context. Sampling depends
+//   only on logits, options and position, so a resumed request continues exactly as it would have.
+import { performance } from "node:perf_hooks";
+import type { BackendSeq, StepBackend } from "./backend.ts";
+import { TokenStream } from "./token-stream.ts";
+import {
+  type BatchLimits,
+  type BatchManager,
+  type BatchStats,
+  type FinishReason,
+  type GenerationRequest,
+  type RequestHandle,
+  RequestRejectedError,
+  type RequestResult,
+  type SamplingOptions,
+  type SchedulerPolicy,
+  type TokenEvent,
+} from "./types.ts";
+
+export interface BatchManagerOptions {
+  policy?: SchedulerPolicy;
+  /** Default end ids (the engine's eos ids). */
+  eosTokenIds?: readonly number[];
+}
+
+type State = "queued" | "running" | "paused" | "done";
+
+interface Req {
+  id: number;
+  prompt: number[];
+  out: number[];
+  maxNew: number;
+  sampling: SamplingOptions;
+  ends: Set<number>;
+  stops: Set<number>;
+  state: State;
+  /** Tokens whose KV is cached. */
+  computed: number;
+  /** KV blocks held. */
+  blocks: number;
+  /** Blocks it could ever need (guaranteed_no_evict). */
+  worst: number;
+  submitAt: number;
+  scheduledAt?: number;
+  tokenTimes: number[];
+  cancelRequested: boolean;
+  preemptions: number;
+  stream: TokenStream<TokenEvent>;
+  resolve: (r: RequestResult) => void;
+}
+
+interface Planned {
+  r: Req;
+  take: number;
+  sample: boolean;
+}
+
+const DEFAULT_SAMPLING: SamplingOptions = { temperature: 0, topK: 0, topP: 1, seed: 0 };
+
+export class InflightBatchManager implements BatchManager {
+  readonly limits: BatchLimits;
+  readonly policy: SchedulerPolicy;
+  readonly vocabSize: number;
+  readonly eosTokenIds: readonly number[];
+
+  private nextId = 1;
+  private queue: Req[] = [];
+  /** Running and paused requests, in arrival order. */
+  private running: Req[] = [];
+  private paused: Req[] = [];
+  private blocksUsed = 0;
+  private inFlight: Set<Req> | null = null;
+  private wakeUp: (() => void) | null = null;
+  private loopDone: Promise<void> | null = null;
+  private closing = false;
+  private closed = false;
+  private s = {
+    kvBlocksPeakUsed: 0,
+    tokensGenerated: 0,
+    promptTokensComputed: 0,
+    requestsFinished: 0,
+    requestsRejected: 0,
+    preemptions: 0,
+    steps: 0,
+  };
+  /** Called after every step with what it ran (benchmarks, progress). */
+  onStep?: (s: { seqs: number; tokens: number; decode: number; ms: number }) => void;
+
+  constructor(
+    private readonly backend: StepBackend,
+    o: BatchManagerOptions = {},
+  ) {
+    this.limits = backend.limits;
+    this.policy = o.policy ?? "guaranteed_no_evict";
+    this.vocabSize = backend.vocabSize;
+    this.eosTokenIds = [...(o.eosTokenIds ?? [])];
+  }
+
+  private blocksFor(tokens: number): number {
+    return Math.ceil(tokens / this.limits.tokensPerBlock);
+  }
+
+  submit(req: GenerationRequest): RequestHandle {
+    const reject = (
+      reason: RequestRejectedError["reason"],
+      msg: string,
+      details: Record<string, number> = {},
+    ) => {
+      this.s.requestsRejected++;
+      const tag = req.tag ? `${req.tag}: ` : "";
+      throw new RequestRejectedError(reason, `${tag}${msg}`, details);
+    };
+    if (this.closing) reject("shutting_down", "the batch manager is shutting down");
+    const prompt = [...req.promptIds];
+    const maxNew = req.maxNewTokens;
+    const { maxSeqLen } = this.limits;
+    if (prompt.length < 1) reject("invalid", "the prompt is empty");
+    if (!Number.isInteger(maxNew) || maxNew < 1)
+      reject("invalid", `max_new_tokens must be an integer >= 1, got ${maxNew}`);
+    for (const t of prompt)
+      if (!Number.isInteger(t) || t < 0 || t >= this.vocabSize)
+        reject("invalid", `token id ${t} outside the vocabulary (0..${this.vocabSize - 1})`, {
+          vocabSize: this.vocabSize,
+        });
+    const sampling = { ...DEFAULT_SAMPLING, ...req.sampling };
+    if (!(sampling.temperature >= 0) || !(sampling.topP > 0 && sampling.topP <= 1) || !(sampling.topK >= 0))
+      reject("invalid", `sampling options out of range (temperature >= 0, top_k >= 0, 0 < top_p <= 1)`);
+    if (prompt.length + maxNew > maxSeqLen)
+      reject(
+        "too_long",
+        `prompt of ${prompt.length} tokens + max_new_tokens ${maxNew} = ${prompt.length + maxNew} exceeds max_seq_len ${maxSeqLen}`,
+        { promptTokens: prompt.length, maxNewTokens: maxNew, maxSeqLen },
+      );
+    const worst = this.blocksFor(prompt.length + maxNew - 1);
+    if (worst > this.limits.kvBlocksTotal)
+      reject(
+        "kv_capacity",
+        `prompt of ${prompt.length} tokens + max_new_tokens ${maxNew} needs ${worst} KV blocks of ${this.limits.tokensPerBlock} tokens, the pool has ${this.limits.kvBlocksTotal}`,
+        {
+          promptTokens: prompt.length,
+          maxNewTokens: maxNew,
+          blocksNeeded: worst,
+          blocksTotal: this.limits.kvBlocksTotal,
+          tokensPerBlock: this.limits.tokensPerBlock,
+        },
+      );
+    const stream = new TokenStream<TokenEvent>();
+    let resolve!: (r: RequestResult) => void;
+    const done = new Promise<RequestResult>((res) => {
+      resolve = res;
+    });
+    const r: Req = {
+      id: this.nextId++,
+      prompt,
+      out: [],
+      maxNew,
+      sampling,
+      ends: new Set(req.ignoreEos ? [] : (req.endIds ?? this.eosTokenIds)),
+      stops: new Set(req.stopTokenIds ?? []),
+      state: "queued",
+      computed: 0,
+      blocks: 0,
+      worst,
+      submitAt: performance.now(),
+      tokenTimes: [],
+      cancelRequested: false,
+      preemptions: 0,
+      stream,
+      resolve,
+    };
+    this.queue.push(r);
+    this.kick();
+    return {
+      id: r.id,
+      done,
+      cancel: () => this.cancel(r),
+      [Symbol.asyncIterator]: () => stream[Symbol.asyncIterator](),
+    };
+  }
+
+  stats(): BatchStats {
+    return {
+      queued: this.queue.length,
+      running: this.running.length,
+      paused: this.paused.length,
+      kvBlocksTotal: this.limits.kvBlocksTotal,
+      kvBlocksFree: this.limits.kvBlocksTotal - this.blocksUsed,
+      ...this.s,
+    };
+  }
+
+  async shutdown(o: { drainTimeoutMs?: number } = {}): Promise<void> {
+    this.closing = true;
+    const all = () => [...this.queue, ...this.running, ...this.paused];
+    const drained = new Promise<void>((res) => {
+      const check = () => (all().length === 0 ? res() : setTimeout(check, 5));
+      check();
+    });
+    const ms = o.drainTimeoutMs ?? 0;
+    if (ms > 0) await Promise.race([drained, new Promise((res) => setTimeout(res, ms))]);
+    for (const r of all()) this.cancel(r);
+    this.kick();
+    await this.loopDone;
+    if (!this.closed) {
+      this.closed = true;
+      this.backend.close();
+    }
+  }
+
+  private cancel(r: Req): void {
+    if (r.state === "done") return;
+    r.cancelRequested = true;
+    // A request in the step now running finishes when the step returns; any other at once.
+    if (!this.inFlight?.has(r)) this.finish(r, "cancelled");
+  }
+
+  private kick(): void {
+    if (this.wakeUp) {
+      const w = this.wakeUp;
+      this.wakeUp = null;
+      w();
+    }
+    if (!this.loopDone)
+      this.loopDone = this.loop()
+        .catch((e: Error) => {
+          for (const r of [...this.queue, ...this.running, ...this.paused]) this.finish(r, "error", e);
+        })
+        .finally(() => {
+          this.loopDone = null;
+        });
+  }
+
+  private finish(r: Req, reason: FinishReason, error?: Error): void {
+    if (r.state === "done") return;
+    const was = r.state;
+    r.state = "done";
+    if (was === "queued") this.queue.splice(this.queue.indexOf(r), 1);
+    else if (was === "running") this.running.splice(this.running.indexOf(r), 1);
+    else if (was === "paused") this.paused.splice(this.paused.indexOf(r), 1);
+    this.freeBlocks(r);
+    const now = performance.now();
+    const last = r.out[r.out.length - 1];
+    this.s.requestsFinished++;
+    r.stream.end();
+    r.resolve({
+      outputIds: r.out,
+      finishReason: reason,
+      ...(reason === "stop" ? { stopTokenId: last } : {}),
+      ...(error ? { error } : {}),
+      preemptions: r.preemptions,
+      timings: {
+        queueMs: (r.scheduledAt ?? now) - r.submitAt,
+        ttftMs: r.tokenTimes.length ? r.tokenTimes[0] : Number.NaN,
+        tokenTimesMs: r.tokenTimes,
+        e2eMs: now - r.submitAt,
+      },
+    });
+  }
+
+  private freeBlocks(r: Req): void {
+    if (r.computed > 0 || r.blocks > 0) this.backend.release(r.id);
+    this.blocksUsed -= r.blocks;
+    r.blocks = 0;
+    r.computed = 0;
+  }
+
+  /** max_utilization: frees the blocks of a running request; it resumes later by recomputation. */
+  private pause(r: Req): void {
+    this.running.splice(this.running.indexOf(r), 1);
+    this.freeBlocks(r);
+    r.state = "paused";
+    r.preemptions++;
+    this.s.preemptions++;
+    let i = this.paused.findIndex((p) => p.id > r.id);
+    if (i < 0) i = this.paused.length;
+    this.paused.splice(i, 0, r);
+  }
+
+  /** Tokens of the sequence (prompt + generated) not yet in the KV cache. */
+  private pending(r: Req): number {
+    return r.prompt.length + r.out.length - r.computed;
+  }
+
+  private plan(): Planned[] {
+    const { maxNumTokens, maxBatchSize, kvBlocksTotal } = this.limits;
+    let budget = maxNumTokens;
+    const planned: Planned[] = [];
+    const grow = (r: Req, take: number) => {
+      const need = this.blocksFor(r.computed + take) - r.blocks;
+      r.blocks += need;
+      this.blocksUsed += need;
+      planned.push({ r, take, sample: take === this.pending(r) });
+      budget -= take;
+    };
+    // 1. Running requests, oldest first: decode tokens and context chunks.
+    for (let i = 0; i < this.running.length && budget > 0; i++) {
+      const r = this.running[i];
+      let take = Math.min(this.pending(r), budget);
+      let free = kvBlocksTotal - this.blocksUsed;
+      let need = this.blocksFor(r.computed + take) - r.blocks;
+      while (need > free && this.policy === "max_utilization" && this.running.length - 1 > i) {
+        this.pause(this.running[this.running.length - 1]);
+        free = kvBlocksTotal - this.blocksUsed;
+      }
+      if (need > free) {
+        // A context chunk shrinks to the blocks left; a decode token of the newest request waits paused.
+        take = Math.min(take, (r.blocks + free) * this.limits.tokensPerBlock - r.computed);
+        if (take <= 0) {
+          if (this.policy === "max_utilization" && planned.length > 0) {
+            this.pause(r);
+            i--;
+          }
+          continue;
+        }
+        need = this.blocksFor(r.computed + take) - r.blocks;
+      }
+      grow(r, take);
+    }
+    // 2. Admission: paused requests (oldest first), then queued ones in order; no overtaking.
+    const reservedWorst = () => this.running.reduce((a, r) => a + r.worst, 0);
+    while (budget > 0 && this.running.length < maxBatchSize) {
+      const r = this.paused[0] ?? this.queue[0];
+      if (!r) break;
+      const context = this.pending(r);
+      const free = kvBlocksTotal - this.blocksUsed;
+      const fits =
+        this.policy === "guaranteed_no_evict"
+          ? reservedWorst() + r.worst <= kvBlocksTotal
+          : this.blocksFor(context) <= free;
+      if (!fits) break;
+      (r.state === "paused" ? this.paused : this.queue).shift();
+      r.state = "running";
+      r.scheduledAt ??= performance.now();
+      this.running.push(r);
+      grow(r, Math.min(context, budget));
+    }
+    this.s.kvBlocksPeakUsed = Math.max(this.s.kvBlocksPeakUsed, this.blocksUsed);
+    return planned;
+  }
+
+  private async loop(): Promise<void> {
+    for (;;) {
+      const planned = this.plan();
+      if (planned.length === 0) {
+        if (this.queue.length + this.running.length + this.paused.length > 0 && !this.closing)
+          throw new Error("batch manager: nothing schedulable although requests wait (scheduler bug)");
+        if (this.closing && this.queue.length + this.running.length + this.paused.length === 0) return;
+        await new Promise<void>((res) => {
+          this.wakeUp = res;
+        });
+        continue;
+      }
+      const seqs: BackendSeq[] = planned.map(({ r, take, sample }) => {
+        const all = r.prompt.length + r.out.length;
+        const from = r.computed;
+        const tokens: number[] = [];
+        for (let k = from; k < from + take; k++)
+          tokens.push(k < r.prompt.length ? r.prompt[k] : r.out[k - r.prompt.length]);
+        if (from + take > all)
+          throw new Error("batch manager: planned past the sequence end (scheduler bug)");
+        return { seqId: r.id, tokens, startPos: from, sample, sampling: r.sampling };
+      });
+      this.inFlight = new Set(planned.map((p) => p.r));
+      const t0 = performance.now();
+      let toks: Int32Array | null = null;
+      let error: Error | null = null;
+      try {
+        toks = await this.backend.step(seqs);
+      } catch (e) {
+        error = e instanceof Error ? e : new Error(String(e));
+      }
+      this.inFlight = null;
+      const now = performance.now();
+      this.s.steps++;
+      let decode = 0;
+      planned.forEach(({ r, take, sample }, k) => {
+        if (error) return this.finish(r, "error", error);
+        r.computed += take;
+        if (take === 1 && r.out.length > 0) decode++;
+        else this.s.promptTokensComputed += take;
+        if (r.cancelRequested) return this.finish(r, "cancelled");
+        if (!sample) return;
+        const tok = toks![k];
+        r.out.push(tok);
+        r.tokenTimes.push(now - r.submitAt);
+        this.s.tokensGenerated++;
+        r.stream.push({ tokenId: tok, index: r.out.length - 1, timeMs: now - r.submitAt });
+        if (r.ends.has(tok) || r.stops.has(tok)) this.finish(r, "stop");
+        else if (r.out.length >= r.maxNew) this.finish(r, "length");
+      });
+      this.onStep?.({
+        seqs: planned.length,
+        tokens: seqs.reduce((a, s) => a + s.tokens.length, 0),
+        decode,
+        ms: now - t0,
+      });
+    }
+  }
+}

@@ -1,0 +1,78 @@
+// Opens a batch manager on an engine directory: the native CUDA runtime (--device cuda, or auto when it is
+// built) or the CPU reference executor, with runtime limits and the scheduler policy.
+import { openEngine } from "../engine/reader.ts";
+import { ReferenceExecutor } from "../executor/reference.ts";
+import { LimitError } from "../executor/types.ts";
+import type { StepBackend } from "./backend.ts";
+import { InflightBatchManager } from "./batch-manager.ts";
+import { CpuStepBackend } from "./cpu-backend.ts";
+import type { SchedulerPolicy } from "./types.ts";
+
+export interface OpenBatchOptions {
+  device?: "cpu" | "cuda" | "auto";
+  policy?: SchedulerPolicy;
+  /** Runtime limits (default: the engine's). */
+  maxBatchSize?: number;
+  maxNumTokens?: number;
+  maxSeqLen?: number;
+  /** Share of free GPU memory for the KV cache (cuda; default 0.9). */
+  kvCacheFreeGpuMemFraction?: number;
+  /** Caps the KV pool to this many blocks (tests; on cpu the default is max_batch_size full sequences). */
+  kvBlocks?: number;
+  cudaGraphs?: boolean;
+  verify?: boolean;
+}
+
+export async function openBatchManager(dir: string, o: OpenBatchOptions = {}): Promise<InflightBatchManager> {
+  const engine = openEngine(dir, { verify: o.verify });
+  const facts = engine.config.facts;
+  if (o.maxSeqLen !== undefined && o.maxSeqLen > facts.maxPositionEmbeddings)
+    throw new LimitError(
+      `--max-seq-len ${o.maxSeqLen} exceeds the model's max_position_embeddings ${facts.maxPositionEmbeddings}`,
+    );
+  for (const [k, v] of Object.entries({
+    "--max-batch-size": o.maxBatchSize,
+    "--max-num-tokens": o.maxNumTokens,
+    "--max-seq-len": o.maxSeqLen,
+  }))
+    if (v !== undefined && !(Number.isInteger(v) && v > 0))
+      throw new LimitError(`${k} must be a positive integer, got ${v}`);
+  const device = o.device ?? "auto";
+  let backend: StepBackend | null = null;
+  if (device !== "cpu") {
+    let native: typeof import("../native/binding.ts") | null = null;
+    try {
+      native = await import("../native/binding.ts");
+      if (!native.nativeAvailable()) {
+        native.loadAddon(); // throws why
+      }
+    } catch (e) {
+      if (device === "cuda") throw new Error(`--device cuda: ${(e as Error).message.split("\n")[0]}`);
+      native = null;
+    }
+    if (native) {
+      if (engine.ranks.length !== 1)
+        throw new LimitError(
+          `${dir}: a tp ${engine.ranks.length} engine needs one process per GPU; the batch manager runs tp 1 engines`,
+        );
+      const { CudaStepBackend } = await import("./cuda-backend.ts");
+      backend = new CudaStepBackend(
+        native.CudaEngine.load(engine.ranks[0].file, {
+          maxBatchSize: o.maxBatchSize,
+          maxNumTokens: o.maxNumTokens,
+          maxSeqLen: o.maxSeqLen,
+          kvCacheFreeGpuMemFraction: o.kvCacheFreeGpuMemFraction,
+          kvCacheMaxBlocks: o.kvBlocks === undefined ? undefined : o.kvBlocks + 1, // + the scratch block
+          cudaGraphs: o.cudaGraphs,
+        }),
+      );
+    }
+  }
+  backend ??= new CpuStepBackend(
+    new ReferenceExecutor(engine, {
+      limits: { max_batch_size: o.maxBatchSize, max_num_tokens: o.maxNumTokens, max_seq_len: o.maxSeqLen },
+    }),
+    { kvBlocks: o.kvBlocks },
+  );
+  return new InflightBatchManager(backend, { policy: o.policy, eosTokenIds: facts.eosTokenIds });
+}

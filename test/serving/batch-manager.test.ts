@@ -1,0 +1,170 @@
+// The batch manager on the CPU reference executor: in-flight batching with chunked context must give
+// every request exactly the tokens it gets alone (temperature 0), also when max_utilization pauses and
+// recomputes requests; blocks come back on finish and cancel; impossible requests are refused at once.
+import { beforeAll, describe, expect, it } from "vitest";
+import { generate } from "../../src/executor/generate.ts";
+import { ReferenceExecutor } from "../../src/executor/reference.ts";
+import { openBatchManager } from "../../src/serving/open.ts";
+import { type GenerationRequest, RequestRejectedError } from "../../src/serving/types.ts";
+import { buildFixture } from "../fixtures.ts";
+
+let dir: string;
+let eos: number[];
+const requests: GenerationRequest[] = [];
+let alone: number[][];
+
+/** Deterministic mixed workload: prompts of 1..200 tokens, 1..24 new tokens. */
+function workload(n: number, seed: number): GenerationRequest[] {
+  let s = seed;
+  const rnd = (k: number) => {
+    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
+    return (s >>> 8) % k;
+  };
+  return Array.from({ length: n }, (_, i) => {
+    const len = i === 0 ? 1 : i === 1 ? 200 : 1 + rnd(200);
+    return {
+      promptIds: Array.from({ length: len }, () => rnd(500)),
+      maxNewTokens: 1 + rnd(24),
+    };
+  });
+}
+
+beforeAll(async () => {
+  dir = await buildFixture("llama", {
+    maxSeqLen: 256,
+    maxNumTokens: 256,
+    maxBatchSize: 16,
+    tokensPerBlock: 8,
+  });
+  const ex = ReferenceExecutor.load(dir);
+  eos = ex.engine.config.facts.eosTokenIds;
+  requests.push(...workload(64, 7));
+  // The oracle: each request alone through the plain generate loop (whole prompt in one step).
+  alone = requests.map(
+    (r) => generate(ex, [[...r.promptIds]], { maxNewTokens: r.maxNewTokens, eosTokenIds: eos })[0],
+  );
+  ex.close();
+});
+
+async function runAll(o: Parameters<typeof openBatchManager>[1]) {
+  const bm = await openBatchManager(dir, { device: "cpu", ...o });
+  const handles = requests.map((r) => bm.submit(r));
+  const results = await Promise.all(handles.map((h) => h.done));
+  const stats = bm.stats();
+  await bm.shutdown();
+  return { results, stats };
+}
+
+describe("batch manager (CPU reference executor)", () => {
+  it("takes generation_config.json's eos ids over config.json's", () => {
+    expect(eos).toEqual([508, 511]);
+  });
+
+  it("64 mixed requests with chunked context equal each request alone", async () => {
+    const { results, stats } = await runAll({ maxNumTokens: 64, policy: "guaranteed_no_evict" });
+    results.forEach((r, i) => {
+      expect(r.outputIds, `request ${i}`).toEqual(alone[i]);
+      expect(r.finishReason).toBe(
+        alone[i].length < requests[i].maxNewTokens
+          ? "stop"
+          : eos.includes(alone[i].at(-1)!)
+            ? "stop"
+            : "length",
+      );
+      expect(r.timings.tokenTimesMs.length).toBe(r.outputIds.length);
+    });
+    expect(stats.preemptions).toBe(0);
+    expect(stats.kvBlocksFree).toBe(stats.kvBlocksTotal);
+    expect(stats.requestsFinished).toBe(64);
+  });
+
+  it("max_utilization with a small KV pool pauses, resumes by recomputation and still equals alone", async () => {
+    const { results, stats } = await runAll({ maxNumTokens: 64, kvBlocks: 40, policy: "max_utilization" });
+    results.forEach((r, i) => expect(r.outputIds, `request ${i}`).toEqual(alone[i]));
+    expect(stats.preemptions).toBeGreaterThan(0);
+    expect(results.some((r) => r.preemptions > 0)).toBe(true);
+    expect(stats.kvBlocksPeakUsed).toBeLessThanOrEqual(40);
+    expect(stats.kvBlocksFree).toBe(40);
+  });
+
+  it("guaranteed_no_evict with the same small pool never pauses", async () => {
+    const { results, stats } = await runAll({
+      maxNumTokens: 64,
+      kvBlocks: 40,
+      policy: "guaranteed_no_evict",
+    });
+    results.forEach((r, i) => expect(r.outputIds, `request ${i}`).toEqual(alone[i]));
+    expect(stats.preemptions).toBe(0);
+    expect(results.every((r) => r.preemptions === 0)).toBe(true);
+    expect(stats.kvBlocksPeakUsed).toBeLessThanOrEqual(40);
+  });
+
+  it("cancelling half of 32 running requests frees all their blocks", async () => {
+    const bm = await openBatchManager(dir, { device: "cpu", maxBatchSize: 32, maxNumTokens: 256 });
+    const total = bm.stats().kvBlocksTotal;
+    const hs = Array.from({ length: 32 }, (_, i) =>
+      bm.submit({ promptIds: [1 + i, 2, 3, 4, 5, 6, 7], maxNewTokens: 40, ignoreEos: true }),
+    );
+    // Wait until every request has its first token: all 32 are running.
+    await Promise.all(
+      hs.map(async (h) => {
+        for await (const _ of h) break;
+      }),
+    );
+    expect(bm.stats().running).toBe(32);
+    expect(bm.stats().kvBlocksFree).toBeLessThan(total);
+    hs.filter((_, i) => i % 2).forEach((h) => h.cancel());
+    const rs = await Promise.all(hs.map((h) => h.done));
+    rs.forEach((r, i) => {
+      expect(r.finishReason).toBe(i % 2 ? "cancelled" : "length");
+      if (i % 2 === 0) expect(r.outputIds.length).toBe(40);
+      else expect(r.outputIds.length).toBeLessThan(40);
+    });
+    expect(bm.stats().kvBlocksFree).toBe(total);
+    expect(bm.stats().running).toBe(0);
+    await bm.shutdown();
+  });
+
+  it("rejects a request that can never fit at submit, with the numbers", async () => {
+    const bm = await openBatchManager(dir, { device: "cpu", kvBlocks: 10 });
+    const tooLong = () => bm.submit({ promptIds: Array(250).fill(3), maxNewTokens: 10 });
+    expect(tooLong).toThrow(RequestRejectedError);
+    expect(tooLong).toThrow("prompt of 250 tokens + max_new_tokens 10 = 260 exceeds max_seq_len 256");
+    const tooBig = () => bm.submit({ promptIds: Array(100).fill(3), maxNewTokens: 10 });
+    expect(tooBig).toThrow("needs 14 KV blocks of 8 tokens, the pool has 10");
+    try {
+      tooBig();
+    } catch (e) {
+      expect((e as RequestRejectedError).reason).toBe("kv_capacity");
+      expect((e as RequestRejectedError).details).toMatchObject({ blocksNeeded: 14, blocksTotal: 10 });
+    }
+    expect(() => bm.submit({ promptIds: [512], maxNewTokens: 1 })).toThrow("outside the vocabulary");
+    expect(bm.stats().queued).toBe(0);
+    await bm.shutdown();
+    expect(() => bm.submit({ promptIds: [1], maxNewTokens: 1 })).toThrow("shutting down");
+  });
+
+  it("stops at stop token ids; ignore_eos runs to max_new_tokens; streams tokens as they come", async () => {
+    const i = alone.findIndex((a) => a.length >= 6);
+    const stopAt = alone[i][3];
+    const first = alone[i].indexOf(stopAt);
+    const bm = await openBatchManager(dir, { device: "cpu" });
+    const h = bm.submit({ ...requests[i], stopTokenIds: [stopAt] });
+    const streamed: number[] = [];
+    for await (const t of h) streamed.push(t.tokenId);
+    const r = await h.done;
+    expect(r.outputIds).toEqual(alone[i].slice(0, first + 1));
+    expect(streamed).toEqual(r.outputIds);
+    expect(r.finishReason).toBe("stop");
+    expect(r.stopTokenId).toBe(stopAt);
+    const big = await bm.submit({
+      promptIds: requests[i].promptIds,
+      maxNewTokens: 30,
+      endIds: [stopAt],
+      ignoreEos: true,
+    }).done;
+    expect(big.outputIds.length).toBe(30);
+    expect(big.finishReason).toBe("length");
+    await bm.shutdown();
+  });
+});
