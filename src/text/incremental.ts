@@ -1,0 +1,125 @@
+// Streaming text out of streaming token ids. Two small state machines every streaming front end needs:
+//  - IncrementalDecoder: a byte-level token may end in the middle of a UTF-8 character (東 is three
+//    tokens in a byte-level BPE), and SentencePiece decoders strip a leading space from the first token.
+//    So each new token is decoded together with a few tokens before it and only the text that grew, and
+//    is complete (no trailing U+FFFD), is released: the prefix/read offsets of vLLM's detokenizer and
+//    tokenizers' DecodeStream.
+//  - StopStrings: text that may be the start of a stop string is held back until it is known not to be;
+//    a stop string ends generation and is not part of the output (OpenAI semantics).
+//    Text is released only up to where a stop string could still begin.
+
+export interface Decoder {
+  decode(ids: number[], o?: { skipSpecialTokens?: boolean }): string;
+}
+
+const REPLACEMENT = "\uFFFD";
+
+export class IncrementalDecoder {
+  private ids: number[] = [];
+  private prefix = 0;
+  private read = 0;
+
+  constructor(
+    private readonly tok: Decoder,
+    private readonly skipSpecialTokens = true,
+  ) {}
+
+  /** Adds one token; returns the text it completes (possibly "", while a character is split). */
+  push(id: number): string {
+    this.ids.push(id);
+    const o = { skipSpecialTokens: this.skipSpecialTokens };
+    const before = this.tok.decode(this.ids.slice(this.prefix, this.read), o);
+    const now = this.tok.decode(this.ids.slice(this.prefix), o);
+    if (now.length <= before.length || now.endsWith(REPLACEMENT)) return "";
+    this.prefix = this.read;
+    this.read = this.ids.length;
+    return now.slice(before.length);
+  }
+
+  /** Whatever is still held back (an incomplete character at the end decodes as U+FFFD, as HF does). */
+  flush(): string {
+    const o = { skipSpecialTokens: this.skipSpecialTokens };
+    const before = this.tok.decode(this.ids.slice(this.prefix, this.read), o);
+    const now = this.tok.decode(this.ids.slice(this.prefix), o);
+    this.prefix = this.read = this.ids.length;
+    return now.length > before.length ? now.slice(before.length) : "";
+  }
+}
+
+export class StopStrings {
+  private held = "";
+  /** Set once a stop string was seen: the matched string. */
+  matched: string | null = null;
+
+  constructor(private readonly stops: string[]) {
+    this.stops = stops.filter((s) => s.length > 0);
+  }
+
+  /** Feeds new text; returns what can be released now (never past a stop string). */
+  push(text: string): string {
+    if (this.matched !== null) return "";
+    const buf = this.held + text;
+    // The stop that completes first wins: generation would have ended there, before any later one.
+    let cut = -1;
+    let end = Infinity;
+    for (const s of this.stops) {
+      const at = buf.indexOf(s);
+      if (at >= 0 && (at + s.length < end || (at + s.length === end && at < cut))) {
+        cut = at;
+        end = at + s.length;
+        this.matched = s;
+      }
+    }
+    if (cut >= 0) {
+      this.held = "";
+      return buf.slice(0, cut);
+    }
+    // Hold back the longest tail of buf that begins some stop string.
+    let keep = 0;
+    for (const s of this.stops)
+      for (let n = Math.min(s.length - 1, buf.length); n > keep; n--)
+        if (buf.endsWith(s.slice(0, n))) {
+          keep = n;
+          break;
+        }
+    this.held = buf.slice(buf.length - keep);
+    return buf.slice(0, buf.length - keep);
+  }
+
+  /** At the end of generation: the held-back text was not a stop string after all. */
+  flush(): string {
+    const t = this.matched === null ? this.held : "";
+    this.held = "";
+    return t;
+  }
+}
+
+/** Token ids → streamed text with stop strings applied; `done` once a stop string matched. */
+export class TextStream {
+  private readonly dec: IncrementalDecoder;
+  private readonly stop: StopStrings;
+  text = "";
+
+  constructor(tok: Decoder, stops: string[] = [], skipSpecialTokens = true) {
+    this.dec = new IncrementalDecoder(tok, skipSpecialTokens);
+    this.stop = new StopStrings(stops);
+  }
+
+  get stopped(): boolean {
+    return this.stop.matched !== null;
+  }
+
+  push(id: number): string {
+    return this.emit(this.stop.push(this.dec.push(id)));
+  }
+
+  flush(): string {
+    if (this.stopped) return "";
+    return this.emit(this.stop.push(this.dec.flush()) + this.stop.flush());
+  }
+
+  private emit(t: string): string {
+    this.text += t;
+    return t;
+  }
+}
