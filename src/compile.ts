@@ -12,6 +12,7 @@ import type { Graph, QuantReport } from "./ir/types.ts";
 import { loadModelFile } from "./model-file.ts";
 import { type OnnxDirConfig, writeOnnx } from "./onnx/write.ts";
 import { type PipelineResult, runPipeline } from "./pipeline.ts";
+import { tokenizerForEngine } from "./text/engine-files.ts";
 import { checkCheckpointWeights } from "./weights/check.ts";
 
 export interface CompileOptions {
@@ -33,6 +34,8 @@ export interface CompileOptions {
   maxNumTokens?: number;
   tokensPerBlock?: number;
   out: string;
+  /** Tokenizer folder to copy into the engine (default: the checkpoint's, when it has tokenizer.json). */
+  tokenizer?: string;
   /** engine (default) or onnx: rank{N}.onnx + external data per rank (src/onnx/). */
   emit?: "engine" | "onnx";
   disablePasses?: string[];
@@ -145,6 +148,8 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
       `note: --max-seq-len ${build.max_seq_len} exceeds the model's max_position_embeddings ${facts.maxPositionEmbeddings}`,
     );
 
+  const tokenizer = tokenizerForEngine(o, facts.vocabSize, o.log);
+
   // Build the graph. Weight dtype = engine dtype; quantisation passes change it later.
   const weightDtype = build.dtype === "fp32" ? "f32" : build.dtype === "fp16" ? "f16" : "bf16";
   const m = new Module(
@@ -184,7 +189,8 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
       model: cfg as Record<string, unknown>,
       facts,
       checkpoint: ckpt,
-      extraFiles: pipeline.extraFiles,
+      extraFiles: { ...pipeline.extraFiles, ...tokenizer?.files },
+      tokenizer: tokenizer ? { files: tokenizer.names } : undefined,
       onProgress: o.onProgress,
     });
     return { config, pipeline };

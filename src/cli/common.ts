@@ -40,3 +40,11 @@ export function fmtBytes(n: number): string {
   }
   return `${n.toFixed(i ? 2 : 0)} ${u[i]}`;
 }
+
+/** "1,2,3" → [1, 2, 3]; names the flag and the bad entry otherwise. */
+export function parseIds(s: string, flag: string): number[] {
+  return s.split(",").map((t) => {
+    if (!/^\d+$/.test(t.trim())) throw new Error(`${flag}: "${t}" is not a token id`);
+    return Number(t);
+  });
+}

@@ -21,6 +21,7 @@ const program = new Command("tsllm-compile")
     "--config <config.json>",
     "Hugging Face config.json to build with random weights (no checkpoint needed)",
   )
+  .option("--tokenizer <dir>", "tokenizer folder to copy into the engine (default: the checkpoint's, if any)")
   .option("--random-weights", "store a seed per weight instead of bytes (benchmarks; implied by --config)")
   .option("--seed <n>", "seed of random weights", int("--seed"), 0)
   .requiredOption("--sm <n>", `target GPU architecture (${SUPPORTED_SMS.join(", ")})`, int("--sm"))
@@ -72,6 +73,7 @@ await main(async () => {
   const { config, pipeline } = await compileEngine({
     modelFile,
     checkpoint: o.checkpoint,
+    tokenizer: o.tokenizer,
     config: o.config,
     randomWeights: o.randomWeights,
     seed: o.seed,

@@ -123,8 +123,22 @@ export const EngineConfig = z.object({
   }),
   build: BuildConfig,
   ranks: z.array(z.object({ file: z.string(), bytes: z.number().int(), sha256: z.string() })),
+  /** Tokenizer files copied in by tsllm-compile (src/text/tokenizer.ts), plain names in this directory. */
+  tokenizer: z
+    .object({
+      files: z.array(z.string().refine(isPlainFileName, { message: "must be a plain file name in the engine directory" })),
+    })
+    .optional(),
 });
 export type EngineConfig = z.infer<typeof EngineConfig>;
+
+/**
+ * A file name with no directory part, as an engine's config.json may name its files: never `..`, `/`,
+ * `\` or an absolute path, so a tampered engine cannot make a loader open files outside its directory.
+ */
+export function isPlainFileName(name: string): boolean {
+  return name.length <= 255 && /^[A-Za-z0-9_][A-Za-z0-9._-]*$/.test(name);
+}
 
 export function alignUp(n: number, a: number): number {
   return Math.ceil(n / a) * a;

@@ -25,8 +25,10 @@ export interface WriteEngineOptions {
   model: Record<string, unknown>;
   facts: ModelFacts;
   checkpoint: Checkpoint | null;
-  /** Extra files for the engine directory (report.json, report.html). */
+  /** Extra files for the engine directory (report.json, report.html, tokenizer files). */
   extraFiles?: Record<string, string>;
+  /** Recorded in config.json: the tokenizer files among extraFiles. */
+  tokenizer?: EngineConfig["tokenizer"];
   /** Called after each weight with bytes written so far and the total. */
   onProgress?: (done: number, total: number, name: string) => void;
 }
@@ -97,6 +99,7 @@ export function writeEngine(o: WriteEngineOptions): EngineConfig {
       facts: o.facts,
       build: o.build,
       ranks,
+      ...(o.tokenizer ? { tokenizer: o.tokenizer } : {}),
     };
     fs.writeFileSync(path.join(tmp, "config.json"), `${JSON.stringify(config, null, 2)}\n`);
     for (const [name, text] of Object.entries(o.extraFiles ?? {}))

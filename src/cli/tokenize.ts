@@ -1,0 +1,53 @@
+// tsllm-tokenize: text ↔ ids with an engine's (or a model folder's) tokenizer, as JSON (like llama-tokenize).
+import * as fs from "node:fs";
+import { Command } from "commander";
+import { parseChatMessages } from "../text/chat-messages.ts";
+import { requireTokenizer } from "../text/engine-files.ts";
+import { main, parseIds } from "./common.ts";
+
+const program = new Command("tsllm-tokenize")
+  .description(
+    "Encode TEXT as tokenizer(text) does (special tokens as the post-processor adds them), render a chat\n" +
+      "with the chat template as apply_chat_template(messages, add_generation_prompt=True, tokenize=True),\n" +
+      "or decode ids. Prints JSON.",
+  )
+  .argument("<dir>", "engine directory (with a tokenizer) or Hugging Face model folder")
+  .argument("[text]", "text to encode")
+  .option("--chat <file>", "JSON list of messages [{role, content}] (- for stdin)")
+  .option("--decode <ids>", "comma-separated token ids to decode")
+  .option("--no-special", "encode without adding special tokens; decode skipping them")
+  .option("--info", "print the tokenizer's files, special tokens and end ids")
+  .showHelpAfterError();
+
+await main(async () => {
+  program.parse();
+  const [dir, text] = program.args;
+  const o = program.opts();
+  const given = [text !== undefined, !!o.chat, o.decode !== undefined, !!o.info].filter(Boolean).length;
+  if (given !== 1) throw new Error("give exactly one of TEXT, --chat FILE, --decode IDS or --info");
+  const tok = requireTokenizer(dir, "tsllm-tokenize");
+  let out: unknown;
+  if (o.info)
+    out = {
+      files: tok.files,
+      special_tokens: tok.specialTokens,
+      bos_token_id: tok.bosTokenId,
+      eos_token_ids: tok.eosTokenIds,
+      max_token_id: tok.maxTokenId,
+      chat_template: tok.hasChatTemplate,
+    };
+  else if (o.decode !== undefined) {
+    const ids = parseIds(o.decode, "--decode");
+    out = { ids, text: tok.decode(ids, { skipSpecialTokens: !o.special }) };
+  } else if (o.chat) {
+    const src = o.chat === "-" ? fs.readFileSync(0, "utf8") : readFile(o.chat);
+    const messages = parseChatMessages(src, o.chat === "-" ? "stdin" : o.chat);
+    out = { messages, ...tok.applyChatTemplate(messages, { addGenerationPrompt: true }) };
+  } else out = { text, ids: tok.encode(text, { addSpecialTokens: o.special }) };
+  process.stdout.write(`${JSON.stringify(out)}\n`);
+});
+
+function readFile(f: string): string {
+  if (!fs.existsSync(f)) throw new Error(`--chat ${f}: file not found`);
+  return fs.readFileSync(f, "utf8");
+}
