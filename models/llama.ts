@@ -1,64 +1,81 @@
 // Llama 2 / 3 / 3.1 and Mistral-style decoders, mirroring transformers' modeling_llama.py.
-import { defineModel, type LlamaConfig, type Module, parseHfConfig, type Tensor } from "../src/dsl/index.ts";
+import {
+  causalLM,
+  type DecoderConfig,
+  decoderConfig,
+  decoderFields,
+  defineModel,
+  gatedMlp,
+  type Module,
+  parseConfigJson,
+  preNormDecoderLayer,
+  selfAttention,
+  stack,
+  z,
+} from "tsllm";
 
-function LlamaAttention(m: Module, p: string, cfg: LlamaConfig) {
-  const { hiddenSize, numHeads, numKvHeads, headDim } = cfg;
-  const bias = cfg.attentionBias;
-  const qProj = m.Linear(`${p}.q_proj`, hiddenSize, numHeads * headDim, { bias, parallel: "column" });
-  const kProj = m.Linear(`${p}.k_proj`, hiddenSize, numKvHeads * headDim, { bias, parallel: "column" });
-  const vProj = m.Linear(`${p}.v_proj`, hiddenSize, numKvHeads * headDim, { bias, parallel: "column" });
-  const oProj = m.Linear(`${p}.o_proj`, numHeads * headDim, hiddenSize, { bias, parallel: "row" });
-  const rope = {
-    rotaryDim: headDim,
-    theta: cfg.ropeTheta,
-    style: "neox" as const,
-    scaling: cfg.ropeScaling,
-    invFreqInCheckpointDtype: true,
-  };
+/** config.json of LlamaForCausalLM / MistralForCausalLM (transformers' LlamaConfig). */
+export const LlamaConfigJson = z.looseObject({
+  ...decoderFields,
+  rms_norm_eps: z.number().positive(),
+  attention_bias: z.boolean().optional(),
+  mlp_bias: z.boolean().optional(),
+  hidden_act: z.literal("silu").optional(),
+  sliding_window: z.number().int().positive().nullable().optional(),
+});
 
-  return (x: Tensor) => {
-    const q = m.rope(qProj(x), numHeads, headDim, rope);
-    const k = m.rope(kProj(x), numKvHeads, headDim, rope);
-    const v = vProj(x);
-    return oProj(m.attention(q, k, v, { numHeads, numKvHeads, headDim }));
-  };
+export interface LlamaConfig extends DecoderConfig {
+  architecture: "LlamaForCausalLM" | "MistralForCausalLM";
+  rmsNormEps: number;
+  /** Bias on q, k, v and o (transformers' attention_bias). */
+  attentionBias: boolean;
+  mlpBias: boolean;
+  hiddenAct: "silu";
+  /** Mistral sliding-window attention span; absent when the config has none (null). */
+  slidingWindow?: number;
 }
 
-function LlamaMLP(m: Module, p: string, cfg: LlamaConfig) {
-  const bias = cfg.mlpBias;
-  const gateProj = m.Linear(`${p}.gate_proj`, cfg.hiddenSize, cfg.intermediateSize, {
-    bias,
-    parallel: "column",
-  });
-  const upProj = m.Linear(`${p}.up_proj`, cfg.hiddenSize, cfg.intermediateSize, { bias, parallel: "column" });
-  const downProj = m.Linear(`${p}.down_proj`, cfg.intermediateSize, cfg.hiddenSize, {
-    bias,
-    parallel: "row",
-  });
-  return (x: Tensor) => downProj(gateProj(x).silu().mul(upProj(x)));
+export function parseLlamaConfig(json: unknown, source: string): LlamaConfig {
+  const raw = parseConfigJson(LlamaConfigJson, json, source);
+  const arch = (json as { architectures?: string[] }).architectures?.[0];
+  const { vocabSize, hiddenSize, intermediateSize, numLayers, numHeads, numKvHeads, headDim, ...rest } =
+    decoderConfig(raw, source);
+  const cfg: LlamaConfig = {
+    architecture: arch === "MistralForCausalLM" ? arch : "LlamaForCausalLM",
+    vocabSize,
+    hiddenSize,
+    intermediateSize,
+    numLayers,
+    numHeads,
+    numKvHeads,
+    headDim,
+    rmsNormEps: raw.rms_norm_eps,
+    ...rest,
+    attentionBias: raw.attention_bias ?? false,
+    mlpBias: raw.mlp_bias ?? false,
+    hiddenAct: "silu",
+  };
+  if (raw.sliding_window != null) cfg.slidingWindow = raw.sliding_window;
+  return cfg;
 }
 
 function LlamaDecoderLayer(m: Module, p: string, cfg: LlamaConfig) {
-  const inputLayernorm = m.RMSNorm(`${p}.input_layernorm`, cfg.hiddenSize, cfg.rmsNormEps);
-  const selfAttn = LlamaAttention(m, `${p}.self_attn`, cfg);
-  const postAttentionLayernorm = m.RMSNorm(`${p}.post_attention_layernorm`, cfg.hiddenSize, cfg.rmsNormEps);
-  const mlp = LlamaMLP(m, `${p}.mlp`, cfg);
-  return (hidden: Tensor) => {
-    let residual = hidden;
-    hidden = residual.add(selfAttn(inputLayernorm(hidden)));
-    residual = hidden;
-    return residual.add(mlp(postAttentionLayernorm(hidden)));
-  };
+  return preNormDecoderLayer({
+    inputNorm: m.RMSNorm(`${p}.input_layernorm`, cfg.hiddenSize, cfg.rmsNormEps),
+    attention: selfAttention(m, `${p}.self_attn`, {
+      ...cfg,
+      qkvBias: cfg.attentionBias,
+      oBias: cfg.attentionBias,
+      rope: { theta: cfg.ropeTheta, style: "neox", scaling: cfg.ropeScaling, invFreqInCheckpointDtype: true },
+    }),
+    postAttentionNorm: m.RMSNorm(`${p}.post_attention_layernorm`, cfg.hiddenSize, cfg.rmsNormEps),
+    mlp: gatedMlp(m, `${p}.mlp`, { ...cfg, activation: cfg.hiddenAct, bias: cfg.mlpBias }),
+  });
 }
 
 export default defineModel<LlamaConfig>({
   architectures: ["LlamaForCausalLM", "MistralForCausalLM"],
-  parseConfig(json, source) {
-    const cfg = parseHfConfig(json, source);
-    if (cfg.architecture === "GPTJForCausalLM")
-      throw new Error(`${source}: GPTJForCausalLM is not a Llama model (use models/gptj.ts)`);
-    return cfg;
-  },
+  parseConfig: parseLlamaConfig,
   defaultConfig: {
     architectures: ["LlamaForCausalLM"],
     vocab_size: 512,
@@ -74,18 +91,14 @@ export default defineModel<LlamaConfig>({
     hidden_act: "silu",
   },
   forward(m, cfg) {
-    const embedTokens = m.Embedding("model.embed_tokens", cfg.vocabSize, cfg.hiddenSize);
-    const layers = Array.from({ length: cfg.numLayers }, (_, i) =>
-      LlamaDecoderLayer(m, `model.layers.${i}`, cfg),
-    );
-    const norm = m.RMSNorm("model.norm", cfg.hiddenSize, cfg.rmsNormEps);
-    const lmHead = m.Linear("lm_head", cfg.hiddenSize, cfg.vocabSize, {
-      parallel: "vocab",
-      weightName: cfg.tieWordEmbeddings ? "model.embed_tokens.weight" : undefined,
+    causalLM(m, {
+      embed: m.Embedding("model.embed_tokens", cfg.vocabSize, cfg.hiddenSize),
+      layers: stack(cfg.numLayers, (i) => LlamaDecoderLayer(m, `model.layers.${i}`, cfg)),
+      norm: m.RMSNorm("model.norm", cfg.hiddenSize, cfg.rmsNormEps),
+      lmHead: m.Linear("lm_head", cfg.hiddenSize, cfg.vocabSize, {
+        parallel: "vocab",
+        weightName: cfg.tieWordEmbeddings ? "model.embed_tokens.weight" : undefined,
+      }),
     });
-
-    let hidden = embedTokens(m.inputIds);
-    for (const layer of layers) hidden = layer(hidden);
-    m.output("logits", lmHead(m.logitRows(norm(hidden))));
   },
 });

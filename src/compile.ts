@@ -3,6 +3,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { type Checkpoint, openCheckpoint } from "./checkpoint/checkpoint.ts";
 import { ConfigError } from "./checkpoint/errors.ts";
+import { configArchitecture, configTorchDtype } from "./checkpoint/hf-config.ts";
 import { modelFacts } from "./dsl/model.ts";
 import { Module } from "./dsl/module.ts";
 import { BuildConfig, ENGINE_DTYPES, type EngineConfig } from "./engine/format.ts";
@@ -10,6 +11,7 @@ import type { RankProgram } from "./engine/header.ts";
 import { writeEngine } from "./engine/writer.ts";
 import type { Graph, QuantReport } from "./ir/types.ts";
 import { loadModelFile } from "./model-file.ts";
+import { bundledModelFor } from "./models.ts";
 import { type OnnxDirConfig, writeOnnx } from "./onnx/write.ts";
 import { type PipelineResult, runPipeline } from "./pipeline.ts";
 import { tokenizerForEngine } from "./text/engine-files.ts";
@@ -90,21 +92,22 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
     ? path.join(o.checkpoint, "config.json")
     : (o.config ?? `${o.modelFile} (default config)`);
   const hfJson = o.checkpoint || o.config ? readJson(cfgSource) : model.defaultConfig;
-  const arch = (hfJson as { architectures?: unknown })?.architectures;
-  const archName = Array.isArray(arch) ? String(arch[0]) : undefined;
-  if (!archName || !model.architectures.includes(archName))
+  const archName = configArchitecture(hfJson);
+  if (!archName || !model.architectures.includes(archName)) {
+    const bundled = archName ? await bundledModelFor(archName) : undefined;
     throw new ConfigError(
       cfgSource,
-      `unsupported architecture ${archName ? `"${archName}"` : "(none given)"} for ${o.modelFile} (supported: ${model.architectures.join(", ")})`,
+      `unsupported architecture ${archName ? `"${archName}"` : "(none given)"} for ${o.modelFile} (supported: ${model.architectures.join(", ")})${bundled ? `; ${path.relative(process.cwd(), bundled.file)} implements it` : ""}`,
     );
+  }
   const cfg = model.parseConfig(hfJson, cfgSource);
-  const facts = modelFacts(model, cfg);
+  const facts = modelFacts(cfg);
   const genEos = o.checkpoint ? generationEosIds(o.checkpoint) : undefined;
   if (genEos) facts.eosTokenIds = genEos;
   const randomWeights = o.randomWeights ?? !o.checkpoint;
   // Mistral-style sliding-window attention equals full attention while sequences fit in the window;
   // beyond it is not implemented, so the window caps max_seq_len instead of being silently ignored.
-  const window = (cfg as { slidingWindow?: number }).slidingWindow;
+  const window = cfg.slidingWindow;
   if (window !== undefined && o.maxSeqLen !== undefined && o.maxSeqLen > window)
     throw new BuildError(
       `--max-seq-len ${o.maxSeqLen} exceeds the model's sliding_window ${window} (attention beyond the window is not implemented)`,
@@ -112,11 +115,7 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
   if (o.checkpoint && o.randomWeights)
     throw new BuildError("--random-weights builds from --config, not a checkpoint");
 
-  const torchDtype = String(
-    (hfJson as { torch_dtype?: unknown; dtype?: unknown }).torch_dtype ??
-      (hfJson as { dtype?: unknown }).dtype ??
-      "float16",
-  );
+  const torchDtype = configTorchDtype(hfJson) ?? "float16";
   const dtype = !o.dtype || o.dtype === "auto" ? (torchDtype === "bfloat16" ? "bf16" : "fp16") : o.dtype;
   const parsed = BuildConfig.safeParse({
     sm: o.sm,
@@ -180,13 +179,14 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
     });
     build.passes = pipeline.applied;
     logQuantReport(pipeline.ranks[0]?.meta.quant, o.log);
-    if (o.emit === "onnx") return emitOnnx(o, pipeline, build, cfg as Record<string, unknown>, facts, ckpt);
+    if (o.emit === "onnx")
+      return emitOnnx(o, pipeline, build, cfg as unknown as Record<string, unknown>, facts, ckpt);
     const ranks: RankProgram[] = pipeline.ranks.map((g, rank) => ({ rank, graph: g }));
     const config = writeEngine({
       outDir: o.out,
       ranks,
       build,
-      model: cfg as Record<string, unknown>,
+      model: cfg as unknown as Record<string, unknown>,
       facts,
       checkpoint: ckpt,
       extraFiles: { ...pipeline.extraFiles, ...tokenizer?.files },

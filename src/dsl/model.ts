@@ -1,8 +1,27 @@
 // A model file's default export: which Hugging Face architectures it implements, how to read their
-// config, a small default config for checkpoint-free builds, and the forward graph.
+// config (the model's own schema and normalisation), a small default config for checkpoint-free
+// builds, and the forward graph.
 import type { Module } from "./module.ts";
 
-export interface ModelDef<C> {
+/**
+ * The normalised fields the runtime needs from every model's config (the engine's facts). A model's
+ * own config type extends this with whatever its forward() reads.
+ */
+export interface BaseConfig {
+  vocabSize: number;
+  numLayers: number;
+  numHeads: number;
+  /** KV heads (default: numHeads). */
+  numKvHeads?: number;
+  headDim: number;
+  hiddenSize: number;
+  maxPositionEmbeddings: number;
+  eosTokenId?: number[];
+  /** Sliding-window attention span, when the model uses one (caps max_seq_len: no windowed kernel). */
+  slidingWindow?: number;
+}
+
+export interface ModelDef<C extends BaseConfig = BaseConfig> {
   /** Hugging Face `architectures` entries this file implements. */
   architectures: string[];
   /** Parses (and validates) a Hugging Face config.json; `source` names the file for errors. */
@@ -11,11 +30,6 @@ export interface ModelDef<C> {
   defaultConfig: Record<string, unknown>;
   /** Builds the forward graph of one step over packed tokens. */
   forward(m: Module, cfg: C): void;
-  /**
-   * Facts the runtime needs (vocab, heads, eos ids). Optional: by default they are read from the
-   * normalised config's usual fields (vocabSize, numLayers, numHeads, numKvHeads ?? numHeads, …).
-   */
-  describe?(cfg: C): ModelFacts;
 }
 
 export interface ModelFacts {
@@ -29,27 +43,32 @@ export interface ModelFacts {
   eosTokenIds: number[];
 }
 
-export function defineModel<C>(def: ModelDef<C>): ModelDef<C> {
+export function defineModel<C extends BaseConfig>(def: ModelDef<C>): ModelDef<C> {
   return def;
 }
 
-/** ModelFacts from a config with the usual normalised field names (src/checkpoint/hf-config.ts). */
-export function modelFacts<C>(def: ModelDef<C>, cfg: C): ModelFacts {
-  if (def.describe) return def.describe(cfg);
-  const c = cfg as Record<string, unknown>;
-  const num = (k: string, d?: number): number => {
-    const v = c[k] ?? d;
-    if (typeof v !== "number") throw new Error(`model config has no numeric "${k}"; give the model file a describe()`);
-    return v;
-  };
+/** The engine's facts from a parsed config; checked at run time too (model files may be JavaScript). */
+export function modelFacts(cfg: BaseConfig): ModelFacts {
+  for (const k of [
+    "vocabSize",
+    "numLayers",
+    "numHeads",
+    "headDim",
+    "hiddenSize",
+    "maxPositionEmbeddings",
+  ] as const)
+    if (typeof cfg[k] !== "number")
+      throw new Error(
+        `the model's parseConfig() returned no numeric "${k}" (every model config has the BaseConfig fields)`,
+      );
   return {
-    vocabSize: num("vocabSize"),
-    numLayers: num("numLayers"),
-    numHeads: num("numHeads"),
-    numKvHeads: num("numKvHeads", num("numHeads")),
-    headDim: num("headDim"),
-    hiddenSize: num("hiddenSize"),
-    maxPositionEmbeddings: num("maxPositionEmbeddings"),
-    eosTokenIds: Array.isArray(c.eosTokenId) ? (c.eosTokenId as number[]) : [],
+    vocabSize: cfg.vocabSize,
+    numLayers: cfg.numLayers,
+    numHeads: cfg.numHeads,
+    numKvHeads: cfg.numKvHeads ?? cfg.numHeads,
+    headDim: cfg.headDim,
+    hiddenSize: cfg.hiddenSize,
+    maxPositionEmbeddings: cfg.maxPositionEmbeddings,
+    eosTokenIds: cfg.eosTokenId ?? [],
   };
 }

@@ -3,7 +3,7 @@
 // attention). Nothing here mentions kernels, ranks or quantisation: passes decide those later.
 import { addInput, addWeight, emptyGraph } from "../ir/builder.ts";
 import type { Dim, DType, Graph } from "../ir/types.ts";
-import { type RopeScaling, ropeInvFreq } from "../ops/rope-freq.ts";
+import { type RopeScaling, ropeAttentionFactor, ropeInvFreq } from "../ops/rope-freq.ts";
 import { roundToTorchDtype } from "../ops/round.ts";
 import { uniformWithStd, type WeightInit } from "../weights/recipe.ts";
 import { apply, applyMany, Tensor } from "./tensor.ts";
@@ -39,7 +39,7 @@ export class Module {
   constructor(
     /** Storage dtype of weights and activations. */
     readonly dtype: DType,
-    limits: BuildLimits,
+    readonly limits: BuildLimits,
     /** Std of random weights (HF initializer_range). */
     readonly initStd = 0.02,
     /** The Hugging Face checkpoint's dtype (config torch_dtype / dtype), e.g. "bfloat16". */
@@ -119,6 +119,11 @@ export class Module {
     });
   }
 
+  /** What the RoPE scaling multiplies cos and sin by (YaRN's attention factor; 1 for the others). */
+  ropeAttentionFactor(o: Pick<RopeOptions, "scaling">): number {
+    return ropeAttentionFactor(o.scaling ?? null);
+  }
+
   /**
    * Causal self-attention over the sequence's cached past and the current tokens. Each call is one
    * layer of the KV cache, in call order.
@@ -155,7 +160,7 @@ export class Module {
     const key = JSON.stringify([o.rotaryDim, o.theta, o.scaling ?? null, !!o.invFreqInCheckpointDtype]);
     let t = this.ropeCache.get(key);
     if (!t) {
-      const inv = ropeInvFreq(o.rotaryDim, o.theta, o.scaling ?? null);
+      const inv = ropeInvFreq(o.rotaryDim, o.theta, o.scaling ?? null, { seqLen: this.limits.maxSeqLen });
       if (o.invFreqInCheckpointDtype) roundToTorchDtype(inv, this.checkpointDtype);
       const data = Array.from(inv);
       const v = addWeight(this.graph, `rope.inv_freq.${this.ropeCache.size}`, "f32", [data.length], {

@@ -4,13 +4,8 @@
 //   unusual:  layer 0 projects k/v from the un-normalised input and ropes only q, and its MLP's up
 //             projection reads a different input than the gate; layer 1 has no rotary embedding and an
 //             exact-erf gelu gate. Fusion passes must leave what they cannot fuse correct.
-import {
-  defineModel,
-  type LlamaConfig,
-  type Module,
-  parseHfConfig,
-  type Tensor,
-} from "../../../src/dsl/index.ts";
+import { defineModel, type Module, type Tensor } from "tsllm";
+import { type LlamaConfig, parseLlamaConfig } from "../../../models/llama.ts";
 
 type Cfg = LlamaConfig & { variant: "geglu" | "unusual" };
 
@@ -55,7 +50,7 @@ function layer(m: Module, i: number, cfg: Cfg) {
 export default defineModel<Cfg>({
   architectures: ["LlamaForCausalLM"],
   parseConfig(json, source) {
-    const cfg = parseHfConfig(json, source) as LlamaConfig;
+    const cfg = parseLlamaConfig(json, source);
     const variant = (json as { variant?: string }).variant;
     if (variant !== "geglu" && variant !== "unusual")
       throw new Error(`${source}: variant must be geglu or unusual`);

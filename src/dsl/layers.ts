@@ -1,0 +1,143 @@
+// The layer library: the pieces transformer decoders are made of, built from Module's nn-style layers
+// (as llama.cpp's build_ffn / build_attn helpers, gpt-fast's model.py), so a model file is mostly
+// composition. Checkpoint names default to Llama's (q_proj, gate_proj, …) and can be renamed; the
+// node order each piece emits is what the fusion passes look for (qkv, gate-up, attention, epilogue).
+import type { Module, Parallel, RopeOptions } from "./module.ts";
+import type { Tensor } from "./tensor.ts";
+
+export type Layer = (x: Tensor) => Tensor;
+
+/**
+ * Activation functions by their Hugging Face names (config hidden_act / activation_function):
+ * silu (= swish), gelu (exact erf), gelu_new / gelu_pytorch_tanh / gelu_fast (tanh approximation).
+ */
+export const ACTIVATIONS = {
+  silu: (x: Tensor) => x.silu(),
+  swish: (x: Tensor) => x.silu(),
+  gelu: (x: Tensor) => x.gelu("none"),
+  gelu_new: (x: Tensor) => x.gelu("tanh"),
+  gelu_pytorch_tanh: (x: Tensor) => x.gelu("tanh"),
+  gelu_fast: (x: Tensor) => x.gelu("tanh"),
+} as const;
+export type ActivationName = keyof typeof ACTIVATIONS;
+
+export interface AttentionOptions {
+  hiddenSize: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  /** Bias on the q, k and v projections (Qwen2: yes; Llama: attention_bias). */
+  qkvBias?: boolean;
+  /** Bias on the output projection (Llama: attention_bias; Qwen2: no). */
+  oBias?: boolean;
+  /** Rotary embedding of q and k; absent: none. rotaryDim defaults to the head dim. */
+  rope?: Omit<RopeOptions, "rotaryDim"> & { rotaryDim?: number };
+  /** Softmax scale (default 1/√headDim). */
+  scale?: number;
+  /** Checkpoint names of the projections under the prefix. */
+  names?: { q: string; k: string; v: string; o: string };
+}
+
+/** Multi-head / grouped-query self-attention with rotary embedding (transformers' LlamaAttention). */
+export function selfAttention(m: Module, prefix: string, o: AttentionOptions): Layer {
+  const { hiddenSize, numHeads, numKvHeads, headDim } = o;
+  const n = o.names ?? { q: "q_proj", k: "k_proj", v: "v_proj", o: "o_proj" };
+  const column = { bias: o.qkvBias ?? false, parallel: "column" as Parallel };
+  const qProj = m.Linear(`${prefix}.${n.q}`, hiddenSize, numHeads * headDim, column);
+  const kProj = m.Linear(`${prefix}.${n.k}`, hiddenSize, numKvHeads * headDim, column);
+  const vProj = m.Linear(`${prefix}.${n.v}`, hiddenSize, numKvHeads * headDim, column);
+  const oProj = m.Linear(`${prefix}.${n.o}`, numHeads * headDim, hiddenSize, {
+    bias: o.oBias,
+    parallel: "row",
+  });
+  const rope = o.rope ? { ...o.rope, rotaryDim: o.rope.rotaryDim ?? headDim } : undefined;
+  let scale = o.scale ?? 1 / Math.sqrt(headDim);
+  if (rope) {
+    // YaRN scales cos and sin, i.e. q and k, by the same factor: the scores by its square.
+    const f = m.ropeAttentionFactor(rope);
+    if (f !== 1 && rope.rotaryDim !== headDim)
+      throw new Error(`${prefix}: a RoPE attention factor with partial rotary dims is not supported`);
+    scale *= f * f;
+  }
+  const attn = { numHeads, numKvHeads, headDim, scale };
+  const rotate = (t: Tensor, heads: number) => (rope ? m.rope(t, heads, headDim, rope) : t);
+  return (x) => {
+    const q = rotate(qProj(x), numHeads);
+    const k = rotate(kProj(x), numKvHeads);
+    return oProj(m.attention(q, k, vProj(x), attn));
+  };
+}
+
+export interface MlpOptions {
+  hiddenSize: number;
+  intermediateSize: number;
+  activation: ActivationName;
+  bias?: boolean;
+}
+
+/** down(act(gate(x)) · up(x)): SwiGLU / GeGLU (transformers' LlamaMLP). */
+export function gatedMlp(
+  m: Module,
+  prefix: string,
+  o: MlpOptions & { names?: { gate: string; up: string; down: string } },
+): Layer {
+  const n = o.names ?? { gate: "gate_proj", up: "up_proj", down: "down_proj" };
+  const { hiddenSize: H, intermediateSize: I, bias } = o;
+  const gateProj = m.Linear(`${prefix}.${n.gate}`, H, I, { bias, parallel: "column" });
+  const upProj = m.Linear(`${prefix}.${n.up}`, H, I, { bias, parallel: "column" });
+  const downProj = m.Linear(`${prefix}.${n.down}`, I, H, { bias, parallel: "row" });
+  const act = ACTIVATIONS[o.activation];
+  return (x) => downProj(act(gateProj(x)).mul(upProj(x)));
+}
+
+/** fc_out(act(fc_in(x))): the two-layer MLP of GPT-2 / GPT-J. */
+export function mlp(
+  m: Module,
+  prefix: string,
+  o: MlpOptions & { names?: { in: string; out: string } },
+): Layer {
+  const n = o.names ?? { in: "fc_in", out: "fc_out" };
+  const fcIn = m.Linear(`${prefix}.${n.in}`, o.hiddenSize, o.intermediateSize, {
+    bias: o.bias,
+    parallel: "column",
+  });
+  const fcOut = m.Linear(`${prefix}.${n.out}`, o.intermediateSize, o.hiddenSize, {
+    bias: o.bias,
+    parallel: "row",
+  });
+  const act = ACTIVATIONS[o.activation];
+  return (x) => fcOut(act(fcIn(x)));
+}
+
+/** h + attn(norm1(h)), then + mlp(norm2(·)): the pre-norm decoder layer of Llama, Mistral, Qwen2… */
+export function preNormDecoderLayer(o: {
+  inputNorm: Layer;
+  attention: Layer;
+  postAttentionNorm: Layer;
+  mlp: Layer;
+}): Layer {
+  return (hidden) => {
+    const h = hidden.add(o.attention(o.inputNorm(hidden)));
+    return h.add(o.mlp(o.postAttentionNorm(h)));
+  };
+}
+
+/** attn(norm(h)) + mlp(norm(h)) + h: one norm feeding attention and MLP in parallel (GPT-J, GPT-NeoX). */
+export function parallelDecoderLayer(o: { norm: Layer; attention: Layer; mlp: Layer }): Layer {
+  return (hidden) => {
+    const h = o.norm(hidden);
+    return o.attention(h).add(o.mlp(h)).add(hidden);
+  };
+}
+
+/** embed → layers → final norm → lm_head over the rows that need logits; sets the "logits" output. */
+export function causalLM(m: Module, o: { embed: Layer; layers: Layer[]; norm: Layer; lmHead: Layer }): void {
+  let hidden = o.embed(m.inputIds);
+  for (const layer of o.layers) hidden = layer(hidden);
+  m.output("logits", o.lmHead(m.logitRows(o.norm(hidden))));
+}
+
+/** `count` layers built by `make(i)`, in order (each creates its weights when called). */
+export function stack(count: number, make: (i: number) => Layer): Layer[] {
+  return Array.from({ length: count }, (_, i) => make(i));
+}
