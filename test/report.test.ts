@@ -11,7 +11,7 @@ import { ReferenceExecutor } from "../src/executor/reference.ts";
 import { checkGolden } from "../src/golden.ts";
 import { runPipeline } from "../src/pipeline.ts";
 import { FusionReport } from "../src/report/index.ts";
-import { GPTJ_MODEL, LLAMA_MODEL, REPO, SHARED, tmpDir } from "./fixtures.ts";
+import { FP32_GOLDEN_BOUND, GPTJ_MODEL, LLAMA_MODEL, REPO, SHARED, tmpDir } from "./fixtures.ts";
 import { FIXTURES, fixture } from "./passes/helpers.ts";
 
 async function build(
@@ -103,14 +103,20 @@ describe("fusion report", () => {
   });
 });
 
-describe("the pipeline with any one pass disabled still matches the goldens (≤ 1e-3)", () => {
+describe("the pipeline with any one pass disabled still matches the goldens (FP32_GOLDEN_BOUND)", () => {
+  // measured, over the passes: llama 2.86e-6 – 2.92e-6, gptj 6.71e-5 – 6.72e-5
   for (const which of FIXTURES)
-    it(`tiny-${which}`, async () => {
+    it(`tiny-${which} (≤ ${FP32_GOLDEN_BOUND[which]})`, async () => {
       const f = await fixture(which);
+      const worst = { name: "", maxAbs: 0 };
       for (const name of PASSES.map((p) => p.name)) {
         const { ranks } = runPipeline(f.graph, f.build, { disable: [name], dumpAfter: [] });
         const r = checkGolden(ReferenceExecutor.fromGraphs(ranks, f.build, f.ckpt), f.golden);
-        expect({ name, ok: r.maxAbs <= 1e-3 }).toEqual({ name, ok: true });
+        if (r.maxAbs >= worst.maxAbs) Object.assign(worst, { name, maxAbs: r.maxAbs });
+        expect({ name, ok: r.maxAbs <= FP32_GOLDEN_BOUND[which] }).toEqual({ name, ok: true });
       }
+      console.log(
+        `tiny-${which}, one pass disabled: worst max |Δlogit| ${worst.maxAbs.toExponential(2)} (${worst.name})`,
+      );
     });
 });

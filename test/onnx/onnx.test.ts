@@ -7,7 +7,7 @@ import { describe, expect, it } from "vitest";
 import { readGolden } from "../../src/golden.ts";
 import { onnx } from "../../src/onnx/builder.ts";
 import { compileEngine } from "../../src/compile.ts";
-import { buildFixture, LLAMA_MODEL, TINY_GPTJ, TINY_LLAMA, tmpDir } from "../fixtures.ts";
+import { buildFixture, FP32_GOLDEN_BOUND, LLAMA_MODEL, TINY_GPTJ, TINY_LLAMA, tmpDir } from "../fixtures.ts";
 import { OrtRanks } from "./ort-ranks.ts";
 
 const i64 = (xs: number[]) => new ort.Tensor("int64", BigInt64Array.from(xs.map(BigInt)), [1, xs.length]);
@@ -63,7 +63,7 @@ describe("ONNX export", () => {
     ["llama", TINY_LLAMA, 2],
     ["gptj", TINY_GPTJ, 2],
   ] as const)
-    it(`tiny-${which} tp ${tp}: ONNX Runtime matches the goldens (≤ 1e-3) through present → past`, async () => {
+    it(`tiny-${which} tp ${tp}: ONNX Runtime matches the goldens (≤ ${FP32_GOLDEN_BOUND[which]}) through present → past`, async () => {
       const out = await buildFixture(which, { emit: "onnx", tp });
       const files = fs.readdirSync(out).sort();
       expect(files).toEqual(
@@ -77,7 +77,8 @@ describe("ONNX export", () => {
         `ONNX tiny-${which} tp ${tp}: max |Δlogit| ${r.maxAbs.toExponential(2)}, top-1 ${r.agree}/${r.positions}`,
       );
       expect(r.positions).toBeGreaterThan(50);
-      expect(r.maxAbs).toBeLessThanOrEqual(1e-3);
+      // measured: llama tp 1 2.32e-6, tp 2 2.15e-6; gptj tp 1 6.68e-5, tp 2 6.68e-5
+      expect(r.maxAbs).toBeLessThanOrEqual(FP32_GOLDEN_BOUND[which]);
       expect(r.agree).toBe(r.positions);
     });
 

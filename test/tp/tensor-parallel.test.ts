@@ -6,7 +6,7 @@ import { describe, expect, it } from "vitest";
 import { openEngine } from "../../src/engine/reader.ts";
 import { ReferenceExecutor } from "../../src/executor/reference.ts";
 import { checkGolden, readGolden } from "../../src/golden.ts";
-import { buildFixture, TINY_GPTJ, TINY_LLAMA } from "../fixtures.ts";
+import { buildFixture, FP32_GOLDEN_BOUND, TINY_GPTJ, TINY_LLAMA } from "../fixtures.ts";
 
 const SHARDED = /(_proj|fc_in|fc_out|embed_tokens|wte|lm_head)\.(weight|bias)$/;
 
@@ -34,12 +34,13 @@ const cases = [
 describe("tensor parallel", () => {
   const tp1 = new Map<string, ReturnType<typeof weightBytes>[number]>();
   for (const { which, dir, tp } of cases) {
-    it(`tiny-${which} --tp ${tp} matches the goldens (≤ 1e-3) with 1/${tp} of the sharded weights per rank`, async () => {
+    it(`tiny-${which} --tp ${tp} matches the goldens (≤ ${FP32_GOLDEN_BOUND[which]}) with 1/${tp} of the sharded weights per rank`, async () => {
       const engine = await buildFixture(which, { tp });
       const golden = readGolden(path.join(dir, "golden.safetensors"));
       const report = checkGolden(ReferenceExecutor.load(engine), golden);
       console.log(`tiny-${which} tp ${tp}: max |Δlogit| ${report.maxAbs.toExponential(2)}`);
-      expect(report.maxAbs).toBeLessThanOrEqual(1e-3);
+      // measured: llama tp 2 2.92e-6, tp 4 2.86e-6; gptj tp 2 6.72e-5
+      expect(report.maxAbs).toBeLessThanOrEqual(FP32_GOLDEN_BOUND[which]);
       for (const p of report.perPrompt) expect(p.top1Agree).toBe(p.positions);
 
       if (!tp1.has(which)) tp1.set(which, weightBytes(await buildFixture(which))[0]);
