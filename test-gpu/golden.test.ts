@@ -1,13 +1,20 @@
 // The native CUDA runtime reproduces Hugging Face's logits (fixtures' golden.safetensors) on engines
 // compiled by the TypeScript compiler: prefill plus teacher-forced decode, fp16 and bf16.
-// Bound: max |Δlogit| ≤ 0.05, the fixtures' suggested bound for fp16/bf16 math (logit std ≈ 0.7; the CPU
-// reference executor with the same rounding lands at ≈ 0.004 in fp16 and ≈ 0.025 in bf16).
+// Bounds per fixture and dtype, ~3.5× the max |Δlogit| measured on an H100 (one-by-one runs; logit
+// std ≈ 0.7, so bf16's 8-bit mantissa costs ≈ 8× fp16's 11-bit one):
+//   tiny-llama  fp16 0.0028 → 0.01    bf16 0.0222 → 0.075
+//   tiny-gptj   fp16 0.0019 → 0.0075  bf16 0.0186 → 0.065
 import { afterAll, describe, expect, it } from "vitest";
 import type { Executor } from "../src/executor/types.ts";
 import { checkGolden, type Golden, readGolden } from "../src/golden.ts";
 import { CudaEngine, type CudaLoadOptions } from "../src/native/binding.ts";
 import { CudaExecutor } from "../src/native/executor.ts";
 import { goldenFile, maxAbsDiff, tinyEngine } from "./helpers.ts";
+
+const BOUND = {
+  llama: { fp16: 0.01, bf16: 0.075 }, // measured 0.0028, 0.0222
+  gptj: { fp16: 0.0075, bf16: 0.065 }, // measured 0.0019, 0.0186
+} as const;
 
 const open: CudaEngine[] = [];
 function executor(dir: string, o: CudaLoadOptions = {}): CudaExecutor {
@@ -45,8 +52,9 @@ for (const which of ["llama", "gptj"] as const) {
   for (const dtype of ["fp16", "bf16"] as const) {
     describe(`tiny-${which} ${dtype} on CUDA`, () => {
       const golden = readGolden(goldenFile(which));
+      const bound = BOUND[which][dtype];
 
-      it("matches the goldens over prefill and teacher-forced decode, one prompt at a time (≤ 0.05)", async () => {
+      it(`matches the goldens over prefill and teacher-forced decode, one prompt at a time (≤ ${bound})`, async () => {
         const ex = executor(await tinyEngine(which, dtype));
         const r = checkGolden(ex, golden);
         console.log(
@@ -59,18 +67,18 @@ for (const which of ["llama", "gptj"] as const) {
         );
         expect(r.perPrompt.length).toBe(3);
         for (const p of r.perPrompt) expect(p.positions).toBeGreaterThan(p.positions > 0 ? 1 : 0);
-        expect(r.maxAbs).toBeLessThanOrEqual(0.05);
+        expect(r.maxAbs).toBeLessThanOrEqual(bound);
       });
 
-      it("matches the goldens with the three prompts packed in each step (≤ 0.05)", async () => {
+      it(`matches the goldens with the three prompts packed in each step (≤ ${bound})`, async () => {
         const ex = executor(await tinyEngine(which, dtype));
         const r = checkGolden(ex, golden, { batched: true, seqBase: 2000 });
         console.log(`tiny-${which} ${dtype} batched: max |Δlogit| ${r.maxAbs.toFixed(4)}`);
-        expect(r.maxAbs).toBeLessThanOrEqual(0.05);
+        expect(r.maxAbs).toBeLessThanOrEqual(bound);
       });
 
       // Packed and single steps run the same kernels on different row counts, so cuBLASLt may pick other
-      // tilings (other fp32 summation orders): equal up to a few half-precision ulps, well under 0.05.
+      // tilings (other fp32 summation orders): equal up to a few half-precision ulps.
       it("three prompts packed in one step give the logits of one at a time (≤ 0.02)", async () => {
         const ex = executor(await tinyEngine(which, dtype));
         const one = golden.prompts.map((p, i) => {
