@@ -3,7 +3,7 @@ import { around, itKeepsLogits } from "./equivalence.ts";
 import { fixture, opCounts, runPasses } from "./helpers.ts";
 
 describe("attention-fusion", () => {
-  itKeepsLogits("attention-fusion");
+  itKeepsLogits("attention-fusion", { llama: 2, gptj: 2 }); // one per layer
 
   it("tiny-llama: split + rope + attention → fused_attention on the packed qkv (neox, full rotary)", async () => {
     const { after, log } = await around("attention-fusion", "llama");

@@ -11,7 +11,7 @@ function fusedWeights(g: Graph) {
 }
 
 describe("qkv-fusion", () => {
-  itKeepsLogits("qkv-fusion");
+  itKeepsLogits("qkv-fusion", { llama: 2, gptj: 2 }); // one per layer
 
   it("tiny-llama: one GEMM over [q; k; v] per layer, then a split (GQA widths 128 | 64 | 64)", async () => {
     const { before, after, log } = await around("qkv-fusion", "llama");
