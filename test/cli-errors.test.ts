@@ -30,6 +30,7 @@ function expectCleanFailure(args: string[], out: string, ...mustMention: string[
   expect(fs.existsSync(out)).toBe(false);
   const leftovers = fs.readdirSync(path.dirname(out)).filter((f) => f.startsWith(path.basename(out)));
   expect(leftovers).toEqual([]);
+  return r;
 }
 
 /** Rewrites a safetensors header in place (keeping the data section). */
@@ -57,24 +58,38 @@ describe("tsllm-compile rejects bad input cleanly", () => {
 
   it("overlapping offsets", () => {
     const ck = copyFixture(TINY_LLAMA);
+    let moved = "";
+    let onto = "";
     patchHeader(path.join(ck, "model.safetensors"), (h) => {
       const names = Object.keys(h).filter((k) => k !== "__metadata__");
-      const a = h[names[0]];
-      const b = h[names[1]];
+      [onto, moved] = names;
+      const a = h[onto];
+      const b = h[moved];
       b.data_offsets = [a.data_offsets[0], a.data_offsets[0] + (b.data_offsets[1] - b.data_offsets[0])];
     });
-    expectCleanFailure([LLAMA_MODEL, "--checkpoint", ck, "--sm", "90"], out(), "model.safetensors");
+    // Both now start at the same offset; whichever sorts second is reported as overlapping the other.
+    const r = expectCleanFailure([LLAMA_MODEL, "--checkpoint", ck, "--sm", "90"], out(), "model.safetensors");
+    const m = r.err.match(
+      /model\.safetensors: tensor "([^"]+)": data_offsets \[\d+, \d+\] overlapping tensor "([^"]+)" \(which ends at \d+\)$/,
+    );
+    expect(m).not.toBeNull();
+    expect([m![1], m![2]].sort()).toEqual([moved, onto].sort());
   });
 
   it("out-of-range offsets", () => {
     const ck = copyFixture(TINY_LLAMA);
+    let name = "";
     patchHeader(path.join(ck, "model.safetensors"), (h) => {
       const last = Object.entries(h)
         .filter(([k]) => k !== "__metadata__")
-        .sort((x, y) => y[1].data_offsets[1] - x[1].data_offsets[1])[0][1];
-      last.data_offsets = [last.data_offsets[0] + 1_000_000, last.data_offsets[1] + 1_000_000];
+        .sort((x, y) => y[1].data_offsets[1] - x[1].data_offsets[1])[0];
+      name = last[0];
+      last[1].data_offsets = [last[1].data_offsets[0] + 1_000_000, last[1].data_offsets[1] + 1_000_000];
     });
-    expectCleanFailure([LLAMA_MODEL, "--checkpoint", ck, "--sm", "90"], out(), "model.safetensors");
+    const r = expectCleanFailure([LLAMA_MODEL, "--checkpoint", ck, "--sm", "90"], out(), "model.safetensors");
+    expect(r.err).toMatch(
+      new RegExp(`model\\.safetensors: tensor "${name.replaceAll(".", "\\.")}": data_offsets \\[\\d+, \\d+\\] out of range of the \\d+-byte data section$`),
+    );
   });
 
   it("dtype/shape size mismatch", () => {
