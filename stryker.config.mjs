@@ -1,0 +1,25 @@
+// Mutation testing (issue 9): a one-off measurement, not run in CI. `npm run mutation`.
+// The machine is shared, so one test process at a time (concurrency 1) and per-test coverage so each
+// mutant runs only the tests that reach it. Results are kept incrementally in an ignored directory.
+/** @type {import('@stryker-mutator/api/core').PartialStrykerOptions} */
+export default {
+  testRunner: "vitest",
+  vitest: { configFile: "vitest.config.ts", pool: "forks" },
+  plugins: ["@stryker-mutator/vitest-runner"],
+  mutate: ["src/ops/**/*.ts", "src/quant/**/*.ts", "passes/**/*.ts", "src/checkpoint/safetensors.ts"],
+  // The sandbox sits in .stryker-tmp/sandbox-*/, so the tests' `../shared` is .stryker-tmp/shared,
+  // which `npm run mutation` links to the real ../shared.
+  tempDirName: ".stryker-tmp",
+  cleanTempDir: false,
+  ignorePatterns: ["test-gpu", "docs", "native/build", "/reports"],
+  coverageAnalysis: "perTest",
+  concurrency: 1,
+  dryRunTimeoutMinutes: 30, // the whole suite once, instrumented, on a loaded machine
+  timeoutMS: 60_000,
+  timeoutFactor: 2,
+  incremental: true,
+  incrementalFile: ".stryker-tmp/incremental.json",
+  reporters: ["progress-append-only", "clear-text", "json"],
+  jsonReporter: { fileName: ".stryker-tmp/reports/mutation.json" },
+  thresholds: { high: 80, low: 60, break: null },
+};
