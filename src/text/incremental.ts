@@ -109,6 +109,11 @@ export class TextStream {
     return this.stop.matched !== null;
   }
 
+  /** The stop string that ended the text, if any. */
+  get stopString(): string | null {
+    return this.stop.matched;
+  }
+
   push(id: number): string {
     return this.emit(this.stop.push(this.dec.push(id)));
   }

@@ -1,0 +1,76 @@
+// tsllm-serve: an OpenAI-compatible HTTP server for an engine (src/server/app.ts) over the batch manager.
+import * as path from "node:path";
+import { Command, Option } from "commander";
+import { buildServer } from "../server/app.ts";
+import { openBatchManager } from "../serving/open.ts";
+import { findTokenizer } from "../text/engine-files.ts";
+import { float, int, main } from "./common.ts";
+
+const program = new Command("tsllm-serve")
+  .description(
+    "Serve an engine over HTTP, OpenAI-compatible: POST /v1/completions, /v1/chat/completions (stream or not),\n" +
+      "GET /v1/models, /health, /metrics (Prometheus). SIGTERM stops accepting, lets running requests finish\n" +
+      "(up to --drain-timeout), then exits.",
+  )
+  .argument("<engine>", "engine directory written by tsllm-compile")
+  .option("--host <host>", "address to listen on", "127.0.0.1")
+  .option("--port <n>", "port (0 = any free one)", int("--port"), 8000)
+  .addOption(
+    new Option("--device <d>", "cpu (reference executor) or cuda (native runtime)").choices(["cpu", "cuda", "auto"]).default("auto"),
+  )
+  .option("--served-model-name <name>", "model name clients use (default: the engine directory's name)")
+  .option("--api-key <key>", "require Authorization: Bearer <key> on /v1/* (default: $TSLLM_API_KEY)")
+  .option("--max-queue <n>", "requests allowed to wait; more get HTTP 429", int("--max-queue"), 4096)
+  .option("--drain-timeout <s>", "seconds running requests may take to finish after SIGTERM", float("--drain-timeout"), 30)
+  .addOption(new Option("--scheduler-policy <p>", "batch admission policy").choices(["guaranteed_no_evict", "max_utilization"]).default("guaranteed_no_evict"))
+  .option("--max-batch-size <n>", "runtime limit (default: the engine's)", int("--max-batch-size"))
+  .option("--max-num-tokens <n>", "runtime limit (default: the engine's)", int("--max-num-tokens"))
+  .option("--max-seq-len <n>", "runtime limit (default: the engine's)", int("--max-seq-len"))
+  .option("--kv-cache-free-gpu-mem-fraction <x>", "share of free GPU memory for the KV cache", float("--kv-cache-free-gpu-mem-fraction"))
+  .option("--no-verify", "skip the engine content-hash check (large engines)")
+  .showHelpAfterError();
+
+await main(async () => {
+  program.parse();
+  const [dir] = program.args;
+  const o = program.opts();
+  const found = findTokenizer(dir);
+  const manager = await openBatchManager(dir, {
+    device: o.device,
+    policy: o.schedulerPolicy,
+    maxBatchSize: o.maxBatchSize,
+    maxNumTokens: o.maxNumTokens,
+    maxSeqLen: o.maxSeqLen,
+    kvCacheFreeGpuMemFraction: o.kvCacheFreeGpuMemFraction,
+    verify: o.verify,
+  });
+  const modelName = o.servedModelName ?? path.basename(path.resolve(dir));
+  const server = buildServer({
+    manager,
+    tokenizer: found.tok,
+    noTokenizer: found.tok ? undefined : found.why,
+    modelName,
+    maxQueue: o.maxQueue,
+    apiKey: o.apiKey ?? process.env.TSLLM_API_KEY,
+  });
+  const address = await server.app.listen({ host: o.host, port: o.port });
+  const l = manager.limits;
+  process.stdout.write(
+    `tsllm-serve: "${modelName}" on ${address} (max_batch_size ${l.maxBatchSize}, max_seq_len ${l.maxSeqLen}, ` +
+      `${l.kvBlocksTotal} KV blocks of ${l.tokensPerBlock} tokens)${found.tok ? "" : `; ${found.why}`}\n`,
+  );
+  await new Promise<void>((resolve) => {
+    const stop = async (signal: string) => {
+      process.stdout.write(`tsllm-serve: ${signal}: not accepting new requests, draining (up to ${o.drainTimeout} s)\n`);
+      server.stopAccepting();
+      // Stop listening, let running requests finish (bounded), then close the remaining connections.
+      const closed = server.app.close();
+      await manager.shutdown({ drainTimeoutMs: o.drainTimeout * 1000 });
+      await closed;
+      resolve();
+    };
+    process.once("SIGTERM", () => void stop("SIGTERM"));
+    process.once("SIGINT", () => void stop("SIGINT"));
+  });
+  process.stdout.write("tsllm-serve: stopped\n");
+});

@@ -1,0 +1,289 @@
+// tsllm-serve's HTTP app (fastify): OpenAI-compatible /v1/completions and /v1/chat/completions over the
+// batch manager, streamed as server-sent events or not, plus /v1/models, /health and /metrics.
+// Every request is one or more TextGenerations (src/text/generate-text.ts); the batch manager is the
+// only generation loop. A client that goes away cancels its requests, which frees their KV blocks.
+import { randomInt, randomUUID } from "node:crypto";
+import type { ServerResponse } from "node:http";
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
+import type { ZodType } from "zod";
+import type { BatchManager } from "../serving/types.ts";
+import { generateText, type TextGeneration, type TextRequest, type TextResult } from "../text/generate-text.ts";
+import { toTemplateMessages } from "../text/chat-messages.ts";
+import type { TextTokenizer } from "../text/tokenizer.ts";
+import { ApiError, toApiError } from "./errors.ts";
+import { ServerMetrics } from "./metrics.ts";
+import { ChatBody, CompletionBody, describeIssue } from "./schemas.ts";
+
+export interface ServeOptions {
+  manager: BatchManager;
+  tokenizer: TextTokenizer | null;
+  /** Why there is no tokenizer, said when a request needs text. */
+  noTokenizer?: string;
+  /** The one model name served (GET /v1/models; other names get 404). */
+  modelName: string;
+  /** Requests waiting beyond this many are refused with 429 (default 4096). */
+  maxQueue?: number;
+  /** Requires "Authorization: Bearer <key>" on /v1/*. */
+  apiKey?: string;
+}
+
+export interface Server {
+  app: FastifyInstance;
+  metrics: ServerMetrics;
+  /** SIGTERM: refuse new requests (503) from now on. */
+  stopAccepting(): void;
+}
+
+const OPENAI_FINISH: Record<string, string> = { stop: "stop", length: "length", cancelled: "abort", error: "error" };
+
+export function buildServer(o: ServeOptions): Server {
+  const { manager, tokenizer: tok } = o;
+  const maxQueue = o.maxQueue ?? 4096;
+  const metrics = new ServerMetrics(manager);
+  const created = Math.floor(Date.now() / 1000);
+  let accepting = true;
+  const app = Fastify({ logger: false, bodyLimit: 64 * 1024 * 1024 });
+
+  // Any content type is read as JSON (curl and some clients omit it); a body that is not JSON is a 400.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser("*", { parseAs: "string" }, (_req, body, done) => {
+    try {
+      done(null, JSON.parse(body as string));
+    } catch (e) {
+      done(new ApiError(400, `request body is not valid JSON: ${(e as Error).message}`), undefined);
+    }
+  });
+  app.setErrorHandler((e, req, reply) => sendError(req, reply, toApiError(e)));
+  app.setNotFoundHandler((req, reply) =>
+    sendError(req, reply, new ApiError(404, `no route ${req.method} ${req.url}`, "invalid_request_error", null, "not_found")),
+  );
+  app.addHook("onRequest", async (req) => {
+    if (o.apiKey && req.url.startsWith("/v1/") && req.headers.authorization !== `Bearer ${o.apiKey}`)
+      throw new ApiError(401, "invalid or missing API key (Authorization: Bearer …)", "authentication_error", null, "invalid_api_key");
+  });
+  app.addHook("onResponse", async (req, reply) => metrics.request(endpointOf(req), reply.statusCode));
+
+  function sendError(req: FastifyRequest, reply: FastifyReply, e: ApiError) {
+    if (reply.sent || reply.raw.headersSent) return;
+    reply.code(e.status).send(e.body());
+  }
+
+  app.get("/health", async (_req, reply) => {
+    if (!accepting) return reply.code(503).send({ status: "shutting down" });
+    return { status: "ok" };
+  });
+  app.get("/metrics", async (_req, reply) => {
+    reply.header("content-type", metrics.registry.contentType);
+    return metrics.registry.metrics();
+  });
+  app.get("/v1/models", async () => ({
+    object: "list",
+    data: [{ id: o.modelName, object: "model", created, owned_by: "tsllm", max_model_len: manager.limits.maxSeqLen }],
+  }));
+
+  /** Parses a body, checks the model and that we are accepting requests. */
+  function admit<T extends { model: string }>(schema: ZodType<T>, body: unknown): T {
+    if (!accepting) throw new ApiError(503, "the server is shutting down", "service_unavailable", null, "shutting_down");
+    if (body === null || typeof body !== "object" || Array.isArray(body))
+      throw new ApiError(400, "request body must be a JSON object");
+    const r = schema.safeParse(body);
+    if (!r.success) {
+      const { message, param } = describeIssue(r.error, body);
+      throw new ApiError(400, message, "invalid_request_error", param);
+    }
+    if (r.data.model !== o.modelName)
+      throw new ApiError(404, `model "${r.data.model}" does not exist (this server serves "${o.modelName}")`, "invalid_request_error", "model", "model_not_found");
+    return r.data;
+  }
+
+  function needTokenizer(what: string): TextTokenizer {
+    if (!tok) throw new ApiError(400, `${what} needs a tokenizer: ${o.noTokenizer ?? "this engine has none"}; give the prompt as token ids`, "invalid_request_error", "prompt");
+    return tok;
+  }
+
+  function samplingOf(b: CompletionBody | ChatBody): Omit<TextRequest, "promptIds" | "maxNewTokens"> {
+    const stop = b.stop == null ? [] : typeof b.stop === "string" ? [b.stop] : b.stop;
+    if (stop.length) needTokenizer("stop");
+    return {
+      sampling: {
+        temperature: b.temperature ?? 1,
+        topP: b.top_p ?? 1,
+        topK: b.top_k == null || b.top_k < 0 ? 0 : b.top_k,
+        // Without a seed each request samples differently, as OpenAI's API does.
+        seed: b.seed ?? randomInt(2 ** 31),
+      },
+      stop,
+      ignoreEos: b.ignore_eos ?? false,
+    };
+  }
+
+  /** Submits every prompt; all or none (a refusal cancels the ones already queued). */
+  function submitAll(prompts: number[][], maxTokens: (promptLen: number) => number, rest: ReturnType<typeof samplingOf>): TextGeneration[] {
+    const { queued } = manager.stats();
+    if (queued + prompts.length > maxQueue)
+      throw new ApiError(429, `the request queue is full (${queued} waiting, limit ${maxQueue}); retry later`, "rate_limit_error", null, "queue_full");
+    const gens: TextGeneration[] = [];
+    try {
+      for (const p of prompts) gens.push(generateText(manager, tok, { ...rest, promptIds: p, maxNewTokens: maxTokens(p.length) }));
+    } catch (e) {
+      for (const g of gens) g.cancel();
+      throw e;
+    }
+    return gens;
+  }
+
+  app.post("/v1/completions", async (req, reply) => {
+    const b = admit(CompletionBody, req.body);
+    const p = b.prompt;
+    const prompts: number[][] =
+      typeof p === "string"
+        ? [needTokenizer("a text prompt").encode(p)]
+        : typeof p[0] === "number"
+          ? [p as number[]]
+          : (p as (string | number[])[]).map((x) => (typeof x === "string" ? needTokenizer("a text prompt").encode(x) : x));
+    const gens = submitAll(prompts, () => b.max_tokens ?? 16, samplingOf(b));
+    const id = `cmpl-${randomUUID().replaceAll("-", "")}`;
+    const head = { id, object: "text_completion", created: Math.floor(Date.now() / 1000), model: o.modelName };
+    const ids = b.return_token_ids || !tok;
+    if (b.stream) {
+      return streamSse(reply, gens, prompts, b.stream_options?.include_usage ?? false, head, {
+        ids,
+        delta: (i, d) => ({ choices: [{ index: i, text: d.text, logprobs: null, finish_reason: null, ...(ids ? { token_ids: d.tokenIds } : {}) }] }),
+        end: (i, r) => ({ choices: [{ index: i, text: "", logprobs: null, finish_reason: OPENAI_FINISH[r.finishReason], ...(r.stopString !== undefined ? { stop_reason: r.stopString } : {}) }] }),
+      });
+    }
+    const results = await collect(reply, gens, prompts);
+    return {
+      ...head,
+      choices: results.map((r, i) => ({
+        index: i,
+        text: r.text,
+        logprobs: null,
+        finish_reason: OPENAI_FINISH[r.finishReason],
+        ...(r.stopString !== undefined ? { stop_reason: r.stopString } : {}),
+        ...(ids ? { token_ids: r.outputIds, prompt_token_ids: prompts[i] } : {}),
+      })),
+      usage: usage(prompts, results),
+    };
+  });
+
+  app.post("/v1/chat/completions", async (req, reply) => {
+    const b = admit(ChatBody, req.body);
+    const prompt = needTokenizer("chat").applyChatTemplate(toTemplateMessages(b.messages), { addGenerationPrompt: true }).ids;
+    const maxSeq = manager.limits.maxSeqLen;
+    const limit = b.max_completion_tokens ?? b.max_tokens;
+    // Without a limit a chat reply may use the rest of the context (at least 1 so that an over-long
+    // prompt is refused with its numbers by the batch manager).
+    const gens = submitAll([prompt], (n) => limit ?? Math.max(1, maxSeq - n), samplingOf(b));
+    const id = `chatcmpl-${randomUUID().replaceAll("-", "")}`;
+    const head = { id, object: "chat.completion", created: Math.floor(Date.now() / 1000), model: o.modelName };
+    const ids = b.return_token_ids ?? false;
+    if (b.stream) {
+      const chunk = { ...head, object: "chat.completion.chunk" };
+      return streamSse(reply, gens, [prompt], b.stream_options?.include_usage ?? false, chunk, {
+        ids,
+        start: (i) => ({ choices: [{ index: i, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }] }),
+        delta: (i, d) => ({ choices: [{ index: i, delta: { content: d.text }, logprobs: null, finish_reason: null, ...(ids ? { token_ids: d.tokenIds } : {}) }] }),
+        end: (i, r) => ({ choices: [{ index: i, delta: {}, logprobs: null, finish_reason: OPENAI_FINISH[r.finishReason], ...(r.stopString !== undefined ? { stop_reason: r.stopString } : {}) }] }),
+      });
+    }
+    const [r] = await collect(reply, gens, [prompt]);
+    return {
+      ...head,
+      choices: [
+        {
+          index: 0,
+          message: { role: "assistant", content: r.text },
+          logprobs: null,
+          finish_reason: OPENAI_FINISH[r.finishReason],
+          ...(r.stopString !== undefined ? { stop_reason: r.stopString } : {}),
+          ...(ids ? { token_ids: r.outputIds } : {}),
+        },
+      ],
+      ...(ids ? { prompt_token_ids: prompt } : {}),
+      usage: usage([prompt], [r]),
+    };
+  });
+
+  function usage(prompts: number[][], results: TextResult[]) {
+    const prompt_tokens = prompts.reduce((a, p) => a + p.length, 0);
+    const completion_tokens = results.reduce((a, r) => a + r.outputIds.length, 0);
+    return { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens };
+  }
+
+  function record(prompts: number[][], results: TextResult[]) {
+    results.forEach((r, i) => metrics.finishedRequest(prompts[i].length, r.finishReason, r.result));
+  }
+
+  /** Cancels the generations when the client goes away before the response is complete. */
+  function cancelOnDisconnect(res: ServerResponse, gens: TextGeneration[]) {
+    res.on("close", () => {
+      if (!res.writableFinished) for (const g of gens) g.cancel();
+    });
+  }
+
+  async function collect(reply: FastifyReply, gens: TextGeneration[], prompts: number[][]): Promise<TextResult[]> {
+    cancelOnDisconnect(reply.raw, gens);
+    const results = await Promise.all(
+      gens.map(async (g) => {
+        for await (const _ of g);
+        return g.done;
+      }),
+    );
+    record(prompts, results);
+    const failed = results.find((r) => r.finishReason === "error");
+    if (failed) throw new ApiError(500, `generation failed: ${failed.result.error?.message ?? "unknown error"}`, "server_error");
+    return results;
+  }
+
+  interface ChunkShapes {
+    start?: (i: number) => object;
+    delta: (i: number, d: { text: string; tokenIds: number[] }) => object;
+    /** Chunks carry token ids: send one per token even while the text is held back. */
+    ids: boolean;
+    end: (i: number, r: TextResult) => object;
+  }
+
+  async function streamSse(
+    reply: FastifyReply,
+    gens: TextGeneration[],
+    prompts: number[][],
+    includeUsage: boolean,
+    head: object,
+    shape: ChunkShapes,
+  ): Promise<void> {
+    reply.hijack();
+    const res = reply.raw;
+    res.writeHead(200, { "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache", connection: "keep-alive" });
+    const send = (x: object) => {
+      if (!res.destroyed) res.write(`data: ${JSON.stringify(x)}\n\n`);
+    };
+    cancelOnDisconnect(res, gens);
+    const results = await Promise.all(
+      gens.map(async (g, i) => {
+        if (shape.start) send({ ...head, ...shape.start(i) });
+        for await (const d of g) if (d.text || (shape.ids && d.tokenIds.length)) send({ ...head, ...shape.delta(i, d) });
+        const r = await g.done;
+        if (r.finishReason === "error")
+          send({ error: new ApiError(500, `generation failed: ${r.result.error?.message ?? "unknown error"}`, "server_error").body().error });
+        else send({ ...head, ...shape.end(i, r) });
+        return r;
+      }),
+    );
+    record(prompts, results);
+    if (includeUsage) send({ ...head, choices: [], usage: usage(prompts, results) });
+    if (!res.destroyed) res.end("data: [DONE]\n\n");
+  }
+
+  return {
+    app,
+    metrics,
+    stopAccepting: () => {
+      accepting = false;
+    },
+  };
+}
+
+function endpointOf(req: FastifyRequest): string {
+  return req.routeOptions.url ?? "unknown";
+}

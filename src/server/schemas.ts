@@ -1,0 +1,73 @@
+// Request bodies of the OpenAI-compatible endpoints, validated with zod. Unknown fields are refused (as
+// OpenAI does) rather than silently ignored; OpenAI fields we do not implement are accepted only at
+// their neutral value, so a client never gets a result computed differently from what it asked for.
+import { z } from "zod";
+import { ChatMessagesSchema } from "../text/chat-messages.ts";
+
+const tokenId = z.number().int().min(0);
+const neutral = <T extends z.ZodType>(t: T, value: unknown, what: string) =>
+  t.refine((v) => v === null || v === undefined || v === value, { message: `${what} is not supported (only ${JSON.stringify(value)})` }).optional();
+
+const common = {
+  model: z.string({ error: "model must be a string" }),
+  temperature: z.number().min(0).max(2).nullable().optional(),
+  top_p: z.number().gt(0).max(1).nullable().optional(),
+  /** vLLM's extension: 0 or -1 = all. */
+  top_k: z.number().int().min(-1).nullable().optional(),
+  seed: z.number().int().nullable().optional(),
+  stop: z
+    .union([z.string(), z.array(z.string()).max(16)], { error: "stop must be a string or a list of at most 16 strings" })
+    .nullable()
+    .optional(),
+  n: z.literal(1, { error: "only n = 1 is supported" }).nullable().optional(),
+  stream: z.boolean().nullable().optional(),
+  stream_options: z.object({ include_usage: z.boolean().nullable().optional() }).strict().nullable().optional(),
+  /** vLLM's extensions: generate exactly max_tokens; return the prompt and output token ids. */
+  ignore_eos: z.boolean().optional(),
+  return_token_ids: z.boolean().optional(),
+  user: z.string().optional(),
+  presence_penalty: neutral(z.number().nullable(), 0, "presence_penalty"),
+  frequency_penalty: neutral(z.number().nullable(), 0, "frequency_penalty"),
+  logit_bias: neutral(z.record(z.string(), z.number()).nullable(), null, "logit_bias"),
+};
+
+export const CompletionBody = z
+  .object({
+    ...common,
+    prompt: z.union([z.string(), z.array(z.string()).min(1), z.array(tokenId).min(1), z.array(z.array(tokenId).min(1)).min(1)], {
+      error: "prompt must be a string, a list of strings, a list of token ids or a list of such lists",
+    }),
+    max_tokens: z.number().int().min(1).nullable().optional(),
+    echo: neutral(z.boolean().nullable(), false, "echo"),
+    best_of: neutral(z.number().nullable(), 1, "best_of"),
+    logprobs: neutral(z.number().nullable(), null, "logprobs"),
+    suffix: neutral(z.string().nullable(), null, "suffix"),
+  })
+  .strict();
+export type CompletionBody = z.infer<typeof CompletionBody>;
+
+export const ChatBody = z
+  .object({
+    ...common,
+    messages: ChatMessagesSchema,
+    max_tokens: z.number().int().min(1).nullable().optional(),
+    max_completion_tokens: z.number().int().min(1).nullable().optional(),
+    logprobs: neutral(z.boolean().nullable(), false, "logprobs"),
+    tools: neutral(z.array(z.unknown()).nullable(), null, "tools"),
+  })
+  .strict();
+export type ChatBody = z.infer<typeof ChatBody>;
+
+/** The first problem of a failed parse as OpenAI words it: a message and the parameter at fault. */
+export function describeIssue(e: z.ZodError, body: unknown): { message: string; param: string | null } {
+  const i = e.issues[0];
+  if (i.code === "unrecognized_keys") {
+    const key = i.keys[0];
+    const at = [...i.path, key].join(".");
+    return { message: `Unrecognized request argument supplied: ${at}`, param: at };
+  }
+  const param = i.path.length ? i.path.join(".") : null;
+  if (i.code === "invalid_type" && i.path.length === 1 && !(String(i.path[0]) in (body as object)))
+    return { message: `${param}: required`, param };
+  return { message: param ? `${param}: ${i.message}` : i.message, param };
+}
