@@ -74,3 +74,6 @@ await main(async () => {
   });
   process.stdout.write("tsllm-serve: stopped\n");
 });
+// Exit now rather than when the last timer or worker thread lets go (the drain timeout's timer would
+// hold the process for its full length).
+process.exit();

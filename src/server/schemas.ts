@@ -34,7 +34,7 @@ const common = {
 export const CompletionBody = z
   .object({
     ...common,
-    prompt: z.union([z.string(), z.array(z.string()).min(1), z.array(tokenId).min(1), z.array(z.array(tokenId).min(1)).min(1)], {
+    prompt: z.union([z.string(), z.array(tokenId).min(1), z.array(z.union([z.string(), z.array(tokenId).min(1)])).min(1)], {
       error: "prompt must be a string, a list of strings, a list of token ids or a list of such lists",
     }),
     max_tokens: z.number().int().min(1).nullable().optional(),
@@ -67,7 +67,7 @@ export function describeIssue(e: z.ZodError, body: unknown): { message: string; 
     return { message: `Unrecognized request argument supplied: ${at}`, param: at };
   }
   const param = i.path.length ? i.path.join(".") : null;
-  if (i.code === "invalid_type" && i.path.length === 1 && !(String(i.path[0]) in (body as object)))
+  if (i.path.length === 1 && !(String(i.path[0]) in (body as object)))
     return { message: `${param}: required`, param };
   return { message: param ? `${param}: ${i.message}` : i.message, param };
 }

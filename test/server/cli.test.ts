@@ -1,0 +1,62 @@
+// tsllm-serve as a process: it says where it listens, serves, and on SIGTERM stops accepting, lets the
+// running stream finish, then exits 0.
+import { spawn } from "node:child_process";
+import * as path from "node:path";
+import OpenAI from "openai";
+import { describe, expect, it } from "vitest";
+import { buildFixture, REPO } from "../fixtures.ts";
+
+describe("tsllm-serve (process)", () => {
+  it("SIGTERM: the running stream completes, new requests are refused, exit 0", async () => {
+    const engine = await buildFixture("llama");
+    const proc = spawn(path.join(REPO, "bin/tsllm-serve.mjs"), [engine, "--device", "cpu", "--port", "0", "--served-model-name", "tiny"], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let out = "";
+    proc.stdout.on("data", (d) => {
+      out += d;
+    });
+    proc.stderr.on("data", (d) => {
+      out += d;
+    });
+    const exited = new Promise<number | null>((res) => proc.on("exit", (code) => res(code)));
+    try {
+      for (let t = 0; t < 300 && !/ on http:\/\/\S+/.test(out); t++) await new Promise((r) => setTimeout(r, 50));
+      const url = /on (http:\/\/\S+) /.exec(out)?.[1];
+      expect(url, out).toBeDefined();
+      const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: "none", maxRetries: 0 });
+      const stream = await client.completions.create({
+        model: "tiny",
+        prompt: [507, 1, 2],
+        max_tokens: 40,
+        temperature: 0,
+        stream: true,
+        ignore_eos: true,
+        return_token_ids: true,
+      } as never);
+      let n = 0;
+      let finish: string | null = null;
+      for await (const ch of stream as unknown as AsyncIterable<{ choices: { token_ids?: number[]; finish_reason: string | null }[] }>) {
+        n += ch.choices[0]?.token_ids?.length ?? 0;
+        finish = ch.choices[0]?.finish_reason ?? finish;
+        if (n === 2) {
+          proc.kill("SIGTERM");
+          // Give the server a moment to act on the signal, then check it refuses new work.
+          await new Promise((r) => setTimeout(r, 100));
+          const late = await fetch(`${url}/v1/models`).then(
+            (r) => r.status,
+            () => "refused",
+          );
+          expect([503, "refused"]).toContain(late);
+        }
+      }
+      expect(n).toBe(40);
+      expect(finish).toBe("length");
+      expect(await exited).toBe(0);
+      expect(out).toMatch(/SIGTERM: not accepting new requests, draining/);
+      expect(out).toMatch(/tsllm-serve: stopped/);
+    } finally {
+      proc.kill("SIGKILL");
+    }
+  });
+});

@@ -1,0 +1,57 @@
+// An in-process tsllm-serve on a tiny engine (CPU reference executor, localhost, a free port), the
+// official openai client pointed at it, and a generation oracle independent of the server.
+import OpenAI from "openai";
+import { generate } from "../../src/executor/generate.ts";
+import { ReferenceExecutor } from "../../src/executor/reference.ts";
+import { buildServer, type ServeOptions } from "../../src/server/app.ts";
+import { type OpenBatchOptions, openBatchManager } from "../../src/serving/open.ts";
+import { findTokenizer } from "../../src/text/engine-files.ts";
+
+export interface TestServer {
+  url: string;
+  client: OpenAI;
+  manager: Awaited<ReturnType<typeof openBatchManager>>;
+  close(): Promise<void>;
+}
+
+export async function startServer(
+  engine: string,
+  o: Partial<ServeOptions> & { batch?: OpenBatchOptions } = {},
+): Promise<TestServer> {
+  const manager = await openBatchManager(engine, { device: "cpu", ...o.batch });
+  const found = findTokenizer(engine);
+  const server = buildServer({
+    manager,
+    tokenizer: found.tok,
+    noTokenizer: found.tok ? undefined : found.why,
+    modelName: "tiny",
+    ...o,
+  });
+  const url = await server.app.listen({ host: "127.0.0.1", port: 0 });
+  const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: o.apiKey ?? "none", maxRetries: 0, timeout: 120_000 });
+  return {
+    url,
+    client,
+    manager,
+    close: async () => {
+      await server.app.close();
+      await manager.shutdown();
+    },
+  };
+}
+
+/** Greedy tokens by the executor's own batch generate loop (not the batch manager, not the server). */
+export function greedyOracle(engine: string, prompt: number[], maxNewTokens: number, eos: number[]): number[] {
+  const ex = ReferenceExecutor.load(engine, { verify: false });
+  try {
+    return generate(ex, [prompt], { maxNewTokens, eosTokenIds: eos })[0];
+  } finally {
+    ex.close();
+  }
+}
+
+/** Prometheus text → value of one sample (labels as written, e.g. 'x{a="b"}'). */
+export function metric(text: string, name: string): number {
+  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
+  return line === undefined ? Number.NaN : Number(line.slice(name.length + 1));
+}
