@@ -29,5 +29,5 @@ export {
   stack,
 } from "./layers.ts";
 export { type BaseConfig, defineModel, type ModelDef, type ModelFacts } from "./model.ts";
-export { Module, type Parallel, type RopeOptions } from "./module.ts";
+export { Module, type NormOptions, type Parallel, type RopeOptions } from "./module.ts";
 export { Tensor } from "./tensor.ts";

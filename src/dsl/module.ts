@@ -28,6 +28,11 @@ export interface RopeOptions {
   invFreqInCheckpointDtype?: boolean;
 }
 
+export interface NormOptions {
+  /** The norm multiplies by (weight + weightOffset); Gemma: 1. */
+  weightOffset?: number;
+}
+
 export class Module {
   readonly graph: Graph;
   readonly inputIds: Tensor;
@@ -98,15 +103,21 @@ export class Module {
     return (ids) => apply("embedding", [ids, table], {}, name);
   }
 
-  RMSNorm(name: string, dim: number, eps: number): (x: Tensor) => Tensor {
-    const w = this.param(`${name}.weight`, [dim], { mean: 1, scale: 0 }, { role: "norm" });
-    return (x) => apply("rms_norm", [x, w], { eps }, name);
+  /**
+   * RMSNorm. weightOffset: the norm scales by (weight + offset) — Gemma stores w and uses (1 + w);
+   * random weights then start at 1 − offset so the effective scale is 1 as in a plain norm.
+   */
+  RMSNorm(name: string, dim: number, eps: number, o: NormOptions = {}): (x: Tensor) => Tensor {
+    const off = o.weightOffset ?? 0;
+    const w = this.param(`${name}.weight`, [dim], { mean: 1 - off, scale: 0 }, { role: "norm" });
+    return (x) => apply("rms_norm", [x, w], off ? { eps, weight_offset: off } : { eps }, name);
   }
 
-  LayerNorm(name: string, dim: number, eps: number): (x: Tensor) => Tensor {
-    const w = this.param(`${name}.weight`, [dim], { mean: 1, scale: 0 }, { role: "norm" });
+  LayerNorm(name: string, dim: number, eps: number, o: NormOptions = {}): (x: Tensor) => Tensor {
+    const off = o.weightOffset ?? 0;
+    const w = this.param(`${name}.weight`, [dim], { mean: 1 - off, scale: 0 }, { role: "norm" });
     const b = this.param(`${name}.bias`, [dim], { mean: 0, scale: 0 }, { role: "norm" });
-    return (x) => apply("layer_norm", [x, w, b], { eps }, name);
+    return (x) => apply("layer_norm", [x, w, b], off ? { eps, weight_offset: off } : { eps }, name);
   }
 
   /** Rotary embedding of x [T, heads*headDim] at the step's positions. */

@@ -20,17 +20,42 @@ export class Tensor {
     return d;
   }
 
+  // Elementwise (same shapes, fp32 math): see src/ops/elementwise.ts.
   add(o: Tensor): Tensor {
     return apply("add", [this, o]);
+  }
+  sub(o: Tensor): Tensor {
+    return apply("sub", [this, o]);
   }
   mul(o: Tensor): Tensor {
     return apply("mul", [this, o]);
   }
+  div(o: Tensor): Tensor {
+    return apply("div", [this, o]);
+  }
+  /** this · factor, a constant (e.g. Gemma's embeddings · √hidden_size). */
+  scale(factor: number): Tensor {
+    return apply("scale", [this], { factor });
+  }
   silu(): Tensor {
     return apply("silu", [this]);
   }
+  /** "tanh": the tanh approximation (gelu_new, gelu_pytorch_tanh); "none": exact erf. */
   gelu(approximate: "tanh" | "none" = "tanh"): Tensor {
     return apply("gelu", [this], { approximate });
+  }
+  tanh(): Tensor {
+    return apply("tanh", [this]);
+  }
+  sigmoid(): Tensor {
+    return apply("sigmoid", [this]);
+  }
+  exp(): Tensor {
+    return apply("exp", [this]);
+  }
+  /** cap · tanh(this / cap): Gemma 2's soft-capping of attention scores and final logits. */
+  softcap(cap: number): Tensor {
+    return apply("softcap", [this], { cap });
   }
   split(sizes: number[]): Tensor[] {
     return applyMany("split", [this], { sizes });

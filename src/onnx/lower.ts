@@ -1,7 +1,7 @@
 // How each op of the registry becomes standard ONNX (opset 17) nodes. One entry per op; values are the
 // IR's packed [T, C] tensors of one sequence (batch 1), the KV cache is explicit past/present tensors.
 import type { Node } from "../ir/types.ts";
-import { type Elem, ELEM, type OnnxBuilder } from "./builder.ts";
+import { ELEM, type Elem, type OnnxBuilder } from "./builder.ts";
 
 export interface LowerCtx {
   b: OnnxBuilder;
@@ -173,6 +173,23 @@ function attention(c: LowerCtx, n: Node, q: string, k: string, v: string, positi
   return b.op1("Reshape", [b.op1("Transpose", [out], { perm: { ints: [1, 0, 2] } }), b.i64([-1, nH * D])]);
 }
 
+/** A norm's weight input plus its weight_offset attribute (Gemma's 1 + w). */
+function normWeight(c: LowerCtx, n: Node, slot: number): string {
+  const w = c.name(n.inputs[slot]!);
+  const off = num(n, "weight_offset", 0);
+  return off === 0 ? w : c.b.op1("Add", [w, scalar(c, off)]);
+}
+
+const binary =
+  (onnxOp: string): Lowering =>
+  (c, n) =>
+    c.set(n.outputs[0], c.b.op1(onnxOp, [c.name(n.inputs[0]!), c.name(n.inputs[1]!)]));
+
+const unary =
+  (f: (c: LowerCtx, x: string, n: Node) => string): Lowering =>
+  (c, n) =>
+    c.set(n.outputs[0], f(c, c.name(n.inputs[0]!), n));
+
 export const LOWERINGS: Record<string, Lowering> = {
   embedding(c, n) {
     const { b } = c;
@@ -206,29 +223,35 @@ export const LOWERINGS: Record<string, Lowering> = {
     linearEpilogue(c, n, c.b.op1("Gemm", inputs, { transB: { i: 1 } }));
   },
   rms_norm(c, n) {
-    c.set(n.outputs[0], rmsNorm(c, c.name(n.inputs[0]!), c.name(n.inputs[1]!), num(n, "eps")));
+    c.set(n.outputs[0], rmsNorm(c, c.name(n.inputs[0]!), normWeight(c, n, 1), num(n, "eps")));
   },
   add_rms_norm(c, n) {
     const sum = c.b.op1("Add", [c.name(n.inputs[0]!), c.name(n.inputs[1]!)]);
-    c.set(n.outputs[0], rmsNorm(c, sum, c.name(n.inputs[2]!), num(n, "eps")));
+    c.set(n.outputs[0], rmsNorm(c, sum, normWeight(c, n, 2), num(n, "eps")));
     c.set(n.outputs[1], sum);
   },
   layer_norm(c, n) {
-    const [x, w, bias] = n.inputs.map((i) => c.name(i!));
-    c.set(n.outputs[0], layerNorm(c, x, w, bias, num(n, "eps")));
+    const [x, , bias] = n.inputs.map((i) => c.name(i!));
+    c.set(n.outputs[0], layerNorm(c, x, normWeight(c, n, 1), bias, num(n, "eps")));
   },
   add_layer_norm(c, n) {
-    const [x, r, w, bias] = n.inputs.map((i) => c.name(i!));
+    const [x, r, , bias] = n.inputs.map((i) => c.name(i!));
     const sum = c.b.op1("Add", [x, r]);
-    c.set(n.outputs[0], layerNorm(c, sum, w, bias, num(n, "eps")));
+    c.set(n.outputs[0], layerNorm(c, sum, normWeight(c, n, 2), bias, num(n, "eps")));
     c.set(n.outputs[1], sum);
   },
-  add(c, n) {
-    c.set(n.outputs[0], c.b.op1("Add", [c.name(n.inputs[0]!), c.name(n.inputs[1]!)]));
-  },
-  mul(c, n) {
-    c.set(n.outputs[0], c.b.op1("Mul", [c.name(n.inputs[0]!), c.name(n.inputs[1]!)]));
-  },
+  add: binary("Add"),
+  sub: binary("Sub"),
+  mul: binary("Mul"),
+  div: binary("Div"),
+  tanh: unary((c, x) => c.b.op1("Tanh", [x])),
+  sigmoid: unary((c, x) => c.b.op1("Sigmoid", [x])),
+  exp: unary((c, x) => c.b.op1("Exp", [x])),
+  scale: unary((c, x, n) => c.b.op1("Mul", [x, scalar(c, num(n, "factor"))])),
+  softcap: unary((c, x, n) => {
+    const cap = num(n, "cap");
+    return c.b.op1("Mul", [c.b.op1("Tanh", [c.b.op1("Mul", [x, scalar(c, 1 / cap)])]), scalar(c, cap)]);
+  }),
   silu(c, n) {
     c.set(n.outputs[0], activation(c, c.name(n.inputs[0]!), "silu"));
   },

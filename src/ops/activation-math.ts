@@ -6,6 +6,9 @@ const SQRT_2_OVER_PI = Math.sqrt(2 / Math.PI);
 export function silu(x: number): number {
   return x / (1 + Math.exp(-x));
 }
+export function sigmoid(x: number): number {
+  return 1 / (1 + Math.exp(-x));
+}
 /** gelu_new / gelu_pytorch_tanh. */
 export function geluTanh(x: number): number {
   return 0.5 * x * (1 + Math.tanh(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)));

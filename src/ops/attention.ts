@@ -105,6 +105,7 @@ defineOp({
 // RoPE + split + KV-cache write + attention, reading the packed output of the fused QKV GEMM.
 defineOp({
   name: "fused_attention",
+  report: "fused",
   inputs: ["qkv", "positions", "inv_freq?"],
   numOutputs: 1,
   doc: "rope + KV-cache write + causal attention on packed qkv",

@@ -1,14 +1,20 @@
-import { activationFn } from "./activation-math.ts";
+// Elementwise ops. Conventions (for every backend: reference, ONNX, CUDA):
+//   - binary ops take two inputs of the same shape (no broadcasting) and return that shape;
+//   - unary ops return x's shape and dtype;
+//   - math runs in fp32 and the result is stored in the activation dtype;
+//   - attributes are plain numbers or strings, named below, with no hidden defaults except where said.
+import type { Attrs } from "../ir/types.ts";
+import { activationFn, geluErf, geluTanh, sigmoid, silu } from "./activation-math.ts";
 import { expectSameShape, lastDim, need, withLast } from "./check.ts";
-import { attrStr, defineOp } from "./registry.ts";
+import { attrNum, attrStr, defineOp } from "./registry.ts";
 import { HostTensor } from "./tensor.ts";
 
-function binary(name: string, f: (a: number, b: number) => number) {
+function binary(name: string, doc: string, f: (a: number, b: number) => number) {
   defineOp({
     name,
     inputs: ["a", "b"],
     numOutputs: 1,
-    doc: `elementwise ${name}`,
+    doc,
     infer([a, b]) {
       const ai = need(name, a, "a");
       expectSameShape(name, ai.shape, need(name, b, "b").shape);
@@ -24,26 +30,46 @@ function binary(name: string, f: (a: number, b: number) => number) {
   });
 }
 
-function unary(name: string, activation: (attrs: Record<string, unknown>) => string) {
+/** `fn(attrs)` returns the scalar function; it reads (and so checks) the op's attributes. */
+function unary(name: string, doc: string, fn: (attrs: Attrs) => (x: number) => number) {
   defineOp({
     name,
     inputs: ["x"],
     numOutputs: 1,
-    doc: `elementwise ${name}`,
-    infer: ([x]) => [need(name, x, "x")],
+    doc,
+    infer: ([x], attrs) => {
+      fn(attrs);
+      return [need(name, x, "x")];
+    },
     ref([x], attrs) {
-      const f = activationFn(activation(attrs));
-      const out = Float32Array.from(x!.f32, f);
-      return [new HostTensor(x!.shape, out)];
+      return [new HostTensor(x!.shape, Float32Array.from(x!.f32, fn(attrs)))];
     },
   });
 }
 
-binary("add", (a, b) => a + b);
-binary("mul", (a, b) => a * b);
-unary("silu", () => "silu");
-// approximate: "tanh" is gelu_new / gelu_pytorch_tanh, "none" the exact erf form.
-unary("gelu", (attrs) => ((attrs.approximate ?? "tanh") === "tanh" ? "gelu_tanh" : "gelu"));
+binary("add", "a + b", (a, b) => a + b);
+binary("sub", "a − b", (a, b) => a - b);
+binary("mul", "a · b", (a, b) => a * b);
+binary("div", "a / b", (a, b) => a / b);
+
+unary("silu", "x · sigmoid(x)", () => silu);
+unary(
+  "gelu",
+  'GELU; approximate: "tanh" (gelu_new / gelu_pytorch_tanh; the default) or "none" (exact erf)',
+  (a) => ((a.approximate ?? "tanh") === "tanh" ? geluTanh : geluErf),
+);
+unary("tanh", "tanh(x)", () => Math.tanh);
+unary("sigmoid", "1 / (1 + e^−x)", () => sigmoid);
+unary("exp", "e^x", () => Math.exp);
+unary("scale", "x · factor (factor: number), e.g. Gemma's embeddings · √hidden", (a) => {
+  const factor = attrNum(a, "factor");
+  return (x) => x * factor;
+});
+unary("softcap", "cap · tanh(x / cap) (cap: number > 0), Gemma 2's attention / logit soft-capping", (a) => {
+  const cap = attrNum(a, "cap");
+  if (!(cap > 0)) throw new Error(`softcap: cap must be > 0, got ${cap}`);
+  return (x) => cap * Math.tanh(x / cap);
+});
 
 // act(x[:, :I]) * x[:, I:] — the second half of a fused gate/up GEMM output.
 defineOp({
@@ -51,6 +77,7 @@ defineOp({
   inputs: ["x"],
   numOutputs: 1,
   doc: "act(gate) * up over the two halves of the last dim",
+  report: "fused",
   infer([x], attrs) {
     const xi = need("gated_act", x, "x");
     const d = lastDim(xi.shape);

@@ -1,15 +1,25 @@
+import type { Attrs } from "../ir/types.ts";
 import { expectDim, expectSameShape, lastDim, need } from "./check.ts";
 import { attrNum, defineOp, type ValueType } from "./registry.ts";
 import { HostTensor } from "./tensor.ts";
 
 // RMSNorm / LayerNorm, and their fused forms with the residual add before them, which return both the
 // normalised value and the new residual stream (one kernel instead of two round trips of the hidden state).
+//
+// Attributes: eps (number); weight_offset (number, default 0): the norm multiplies by
+// (weight + weight_offset), in fp32 — Gemma's RMSNorm stores w and scales by (1 + w).
 
 function rmsRow(x: Float32Array, o: number, h: number, w: Float32Array, eps: number, out: Float32Array) {
   let ss = 0;
   for (let i = 0; i < h; i++) ss += x[o + i] * x[o + i];
   const inv = 1 / Math.sqrt(ss / h + eps);
   for (let i = 0; i < h; i++) out[o + i] = x[o + i] * inv * w[i];
+}
+
+/** The norm's effective weight: w + weight_offset (w itself when there is no offset). */
+function normWeight(w: HostTensor, attrs: Attrs): Float32Array {
+  const off = attrNum(attrs, "weight_offset", 0);
+  return off === 0 ? w.f32 : w.f32.map((v) => v + off);
 }
 
 function lnRow(
@@ -58,12 +68,14 @@ defineOp({
   infer: ([x, w]) => [normInfer("rms_norm", x, w)],
   ref([x, w], attrs) {
     const eps = attrNum(attrs, "eps");
-    return [runNorm(x!, (xv, o, h, out) => rmsRow(xv, o, h, w!.f32, eps, out))];
+    const wv = normWeight(w!, attrs);
+    return [runNorm(x!, (xv, o, h, out) => rmsRow(xv, o, h, wv, eps, out))];
   },
 });
 
 defineOp({
   name: "add_rms_norm",
+  report: "fused",
   inputs: ["x", "residual", "weight"],
   numOutputs: 2,
   doc: "sum = x + residual; (RMSNorm(sum), sum)",
@@ -74,8 +86,9 @@ defineOp({
   },
   ref([x, r, w], attrs) {
     const eps = attrNum(attrs, "eps");
+    const wv = normWeight(w!, attrs);
     const s = sum(x!, r!);
-    return [runNorm(s, (xv, o, h, out) => rmsRow(xv, o, h, w!.f32, eps, out)), s];
+    return [runNorm(s, (xv, o, h, out) => rmsRow(xv, o, h, wv, eps, out)), s];
   },
 });
 
@@ -87,12 +100,14 @@ defineOp({
   infer: ([x, w]) => [normInfer("layer_norm", x, w)],
   ref([x, w, b], attrs) {
     const eps = attrNum(attrs, "eps");
-    return [runNorm(x!, (xv, o, h, out) => lnRow(xv, o, h, w!.f32, b ? b.f32 : null, eps, out))];
+    const wv = normWeight(w!, attrs);
+    return [runNorm(x!, (xv, o, h, out) => lnRow(xv, o, h, wv, b ? b.f32 : null, eps, out))];
   },
 });
 
 defineOp({
   name: "add_layer_norm",
+  report: "fused",
   inputs: ["x", "residual", "weight", "bias?"],
   numOutputs: 2,
   doc: "sum = x + residual; (LayerNorm(sum), sum)",
@@ -103,7 +118,8 @@ defineOp({
   },
   ref([x, r, w, b], attrs) {
     const eps = attrNum(attrs, "eps");
+    const wv = normWeight(w!, attrs);
     const s = sum(x!, r!);
-    return [runNorm(s, (xv, o, h, out) => lnRow(xv, o, h, w!.f32, b ? b.f32 : null, eps, out)), s];
+    return [runNorm(s, (xv, o, h, out) => lnRow(xv, o, h, wv, b ? b.f32 : null, eps, out)), s];
   },
 });

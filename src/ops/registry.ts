@@ -51,6 +51,11 @@ export interface OpDef {
   ref(inputs: (HostTensor | null)[], attrs: Attrs, ctx: RefContext): HostTensor[];
   /** Ops that touch state outside their outputs (KV cache writes, collectives) are never removed or merged. */
   sideEffects?: boolean;
+  /**
+   * How the fusion report counts the op: "fused" ops are made by fusion passes (drawn highlighted),
+   * "view" ops launch no kernel; by default an op is one plain kernel launch.
+   */
+  report?: "fused" | "view";
 }
 
 const registry = new Map<string, OpDef>();

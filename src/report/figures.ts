@@ -6,12 +6,11 @@
 // of layer N; other nodes inherit the highest layer of their producers; nodes reading only
 // layer-less weights (embedding, final norm, lm_head) are outside every layer.
 import { DTYPE_BYTES, type Graph, type Node } from "../ir/types.ts";
+import { getOp } from "../ops/index.ts";
 
-/** Ops that launch no kernel (pure views). None of today's ops is one; reshape-like ops would be. */
-export const FREE_OPS = new Set<string>(["reshape", "view"]);
-
+/** Every op launches one kernel except those the registry marks as views (none today). */
 export function isLaunch(op: string): boolean {
-  return !FREE_OPS.has(op);
+  return getOp(op).report !== "view";
 }
 
 const LAYER_RE = /\.(\d+)\./;
@@ -134,8 +133,6 @@ export function graphFigures(g: Graph): GraphFigures {
   };
 }
 
-const FUSED_OPS = new Set(["add_rms_norm", "add_layer_norm", "gated_act", "fused_attention"]);
-
 function shortName(name: string): string {
   const parts = name.split(".").filter((p) => p !== "weight" && p !== "bias");
   const i = parts.findIndex((p) => /^\d+$/.test(p));
@@ -149,7 +146,7 @@ function describe(g: Graph, n: Node): { label: string; detail: string; fused: bo
   const a = n.attrs;
   let label = n.op;
   let detail = w ? shortName(w.name) : "";
-  let fused = FUSED_OPS.has(n.op);
+  let fused = getOp(n.op).report === "fused";
   if (n.op === "linear" || n.op === "quant_linear") {
     // quant_linear: x, w, scales, bias?, residual?
     const [bi, ri] = n.op === "linear" ? [2, 3] : [3, 4];
@@ -168,6 +165,10 @@ function describe(g: Graph, n: Node): { label: string; detail: string; fused: bo
     detail = `L${a.layer} ${a.num_heads}/${a.num_kv_heads} heads`;
   } else if (n.op === "rope") {
     detail = `${a.style} ${a.rotary_dim}/${a.head_dim}`;
+  } else if (/(rms|layer)_norm$/.test(n.op) && a.weight_offset) {
+    detail += ` (w + ${a.weight_offset})`;
+  } else if (n.op === "scale" || n.op === "softcap") {
+    detail = n.op === "scale" ? `· ${a.factor}` : `cap ${a.cap}`;
   } else if (n.op === "gated_act") {
     detail = String(a.activation);
   } else if (n.op === "split") {
