@@ -8,6 +8,7 @@ import { modelFacts } from "./dsl/model.ts";
 import { Module } from "./dsl/module.ts";
 import { BuildConfig, ENGINE_DTYPES, type EngineConfig } from "./engine/format.ts";
 import type { RankProgram } from "./engine/header.ts";
+import { checkOutputTarget } from "./engine/output-dir.ts";
 import { writeEngine } from "./engine/writer.ts";
 import type { Graph, QuantReport } from "./ir/types.ts";
 import { loadModelFile } from "./model-file.ts";
@@ -38,6 +39,8 @@ export interface CompileOptions {
   out: string;
   /** Tokenizer folder to copy into the engine (default: the checkpoint's, when it has tokenizer.json). */
   tokenizer?: string;
+  /** Replace an output that is not a tsllm engine/ONNX directory (src/engine/output-dir.ts). */
+  force?: boolean;
   /** engine (default) or onnx: rank{N}.onnx + external data per rank (src/onnx/). */
   emit?: "engine" | "onnx";
   disablePasses?: string[];
@@ -86,6 +89,9 @@ function generationEosIds(checkpoint: string): number[] | undefined {
 export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
   if (o.emit !== undefined && o.emit !== "engine" && o.emit !== "onnx")
     throw new BuildError(`--emit ${o.emit}: expected engine or onnx`);
+  // The output is checked before any work: a build must never end by refusing (or replacing) it.
+  const inputs = [o.modelFile, o.checkpoint, o.config, o.tokenizer].filter((p): p is string => !!p);
+  checkOutputTarget(o.out, { force: o.force, inputs });
   const model = await loadModelFile(o.modelFile);
   if (o.checkpoint && o.config) throw new BuildError("give either --checkpoint or --config, not both");
   const cfgSource = o.checkpoint
@@ -180,10 +186,12 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
     build.passes = pipeline.applied;
     logQuantReport(pipeline.ranks[0]?.meta.quant, o.log);
     if (o.emit === "onnx")
-      return emitOnnx(o, pipeline, build, cfg as unknown as Record<string, unknown>, facts, ckpt);
+      return await emitOnnx(o, inputs, pipeline, build, cfg as unknown as Record<string, unknown>, facts, ckpt);
     const ranks: RankProgram[] = pipeline.ranks.map((g, rank) => ({ rank, graph: g }));
-    const config = writeEngine({
+    const config = await writeEngine({
       outDir: o.out,
+      force: o.force,
+      inputs,
       ranks,
       build,
       model: cfg as unknown as Record<string, unknown>,
@@ -206,15 +214,25 @@ function logQuantReport(r: QuantReport | undefined, log?: (line: string) => void
   for (const k of r.kept) log(`  kept in higher precision: ${k.name} — ${k.reason}`);
 }
 
-function emitOnnx(
+async function emitOnnx(
   o: CompileOptions,
+  inputs: string[],
   pipeline: PipelineResult,
   build: EngineConfig["build"],
   model: Record<string, unknown>,
   facts: EngineConfig["facts"],
   checkpoint: Checkpoint | null,
-): CompileResult {
-  const onnx = writeOnnx({ outDir: o.out, ranks: pipeline.ranks, build, model, facts, checkpoint });
+): Promise<CompileResult> {
+  const onnx = await writeOnnx({
+    outDir: o.out,
+    force: o.force,
+    inputs,
+    ranks: pipeline.ranks,
+    build,
+    model,
+    facts,
+    checkpoint,
+  });
   const ranks = onnx.ranks.map((r) => ({ file: r.file, bytes: r.bytes + r.data_bytes, sha256: "" }));
   return { config: { format_version: 0, model, facts, build, ranks }, pipeline, onnx };
 }

@@ -51,7 +51,8 @@ const program = new Command("tsllm-compile")
     "engine, or onnx: rank{N}.onnx + external weights per rank (for trtexec / ONNX Runtime)",
     "engine",
   )
-  .requiredOption("-o, --output <dir>", "engine directory to write")
+  .requiredOption("-o, --output <dir>", "engine directory to write (an earlier tsllm engine there is replaced)")
+  .option("--force", "replace an output that is not a tsllm engine (never /, home, . or its ancestors)")
   .showHelpAfterError();
 
 await main(async () => {
@@ -88,6 +89,7 @@ await main(async () => {
     maxNumTokens: o.maxNumTokens,
     tokensPerBlock: o.tokensPerBlock,
     out: o.output,
+    force: o.force,
     emit: o.emit,
     disablePasses: o.disablePass,
     dumpIrAfter: o.dumpIrAfter,

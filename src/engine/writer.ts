@@ -1,6 +1,7 @@
 // Streams an engine to disk: header first, then each weight materialised and written one at a time
 // (host memory stays around the largest single weight). Everything goes to a temporary directory that
-// is renamed into place only when complete, so a failed build leaves no engine behind.
+// is moved into place only when complete (output-dir.ts), so a failed or interrupted build leaves the
+// old target as it was and nothing else behind.
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -17,9 +18,14 @@ import {
   PREAMBLE_BYTES,
 } from "./format.ts";
 import { buildHeader, isRandomStored, type RankProgram } from "./header.ts";
+import { OutputDir, yieldToSignals } from "./output-dir.ts";
 
 export interface WriteEngineOptions {
   outDir: string;
+  /** Replace an output that is not a tsllm engine (output-dir.ts says what is never replaced). */
+  force?: boolean;
+  /** Paths the build reads; the output may not contain them. */
+  inputs?: string[];
   ranks: RankProgram[];
   build: BuildConfig;
   model: Record<string, unknown>;
@@ -51,17 +57,15 @@ class HashingWriter {
   }
 }
 
-export function writeEngine(o: WriteEngineOptions): EngineConfig {
-  const out = path.resolve(o.outDir);
-  const tmp = `${out}.tmp-${process.pid}`;
-  fs.rmSync(tmp, { recursive: true, force: true });
-  fs.mkdirSync(tmp, { recursive: true });
+export async function writeEngine(o: WriteEngineOptions): Promise<EngineConfig> {
+  const out = new OutputDir(o.outDir, { force: o.force, inputs: o.inputs });
+  const tmp = out.tmp;
   try {
     const headers = o.ranks.map((r) => buildHeader(r, o.build));
     const total = headers.reduce((a, h) => a + h.weights.reduce((s, w) => s + w.nbytes, 0), 0);
     let done = 0;
     const ranks: EngineConfig["ranks"] = [];
-    o.ranks.forEach((r, i) => {
+    for (const [i, r] of o.ranks.entries()) {
       const header = headers[i];
       const file = `rank${r.rank}.engine`;
       const fd = fs.openSync(path.join(tmp, file), "w");
@@ -87,12 +91,13 @@ export function writeEngine(o: WriteEngineOptions): EngineConfig {
           w.write(bytes);
           done += bytes.length;
           o.onProgress?.(done, total, v.name);
+          await yieldToSignals();
         }
         ranks.push({ file, bytes: w.bytes, sha256: w.digest() });
       } finally {
         fs.closeSync(fd);
       }
-    });
+    }
     const config: EngineConfig = {
       format_version: FORMAT_VERSION,
       model: o.model,
@@ -104,23 +109,9 @@ export function writeEngine(o: WriteEngineOptions): EngineConfig {
     fs.writeFileSync(path.join(tmp, "config.json"), `${JSON.stringify(config, null, 2)}\n`);
     for (const [name, text] of Object.entries(o.extraFiles ?? {}))
       fs.writeFileSync(path.join(tmp, name), text);
-    replaceDir(tmp, out);
+    out.commit();
     return config;
-  } catch (e) {
-    fs.rmSync(tmp, { recursive: true, force: true });
-    throw e;
-  }
-}
-
-/** Puts `tmp` at `out`, replacing an older engine there only once the new one is complete. */
-export function replaceDir(tmp: string, out: string): void {
-  if (fs.existsSync(out)) {
-    const old = `${out}.old-${process.pid}`;
-    fs.renameSync(out, old);
-    fs.renameSync(tmp, out);
-    fs.rmSync(old, { recursive: true, force: true });
-  } else {
-    fs.mkdirSync(path.dirname(out), { recursive: true });
-    fs.renameSync(tmp, out);
+  } finally {
+    out.discard();
   }
 }

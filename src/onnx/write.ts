@@ -1,17 +1,19 @@
 // `tsllm-compile --emit onnx`: an ONNX directory instead of an engine — rank{N}.onnx + rank{N}.onnx.data
 // per rank and onnx.json (model and build config, the I/O contract). Built in a temporary directory and
-// renamed into place when complete, like engines.
+// moved into place when complete, like engines (src/engine/output-dir.ts).
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Checkpoint } from "../checkpoint/checkpoint.ts";
 import type { ModelFacts } from "../dsl/model.ts";
 import type { BuildConfig } from "../engine/format.ts";
-import { replaceDir } from "../engine/writer.ts";
+import { OutputDir, yieldToSignals } from "../engine/output-dir.ts";
 import type { Graph } from "../ir/types.ts";
 import { exportOnnxRank, ONNX_OPSET } from "./export.ts";
 
 export interface WriteOnnxOptions {
   outDir: string;
+  force?: boolean;
+  inputs?: string[];
   ranks: Graph[];
   build: BuildConfig;
   model: Record<string, unknown>;
@@ -34,13 +36,13 @@ export interface OnnxDirConfig {
   build: BuildConfig;
 }
 
-export function writeOnnx(o: WriteOnnxOptions): OnnxDirConfig {
-  const out = path.resolve(o.outDir);
-  const tmp = `${out}.tmp-${process.pid}`;
-  fs.rmSync(tmp, { recursive: true, force: true });
-  fs.mkdirSync(tmp, { recursive: true });
+export async function writeOnnx(o: WriteOnnxOptions): Promise<OnnxDirConfig> {
+  const out = new OutputDir(o.outDir, { force: o.force, inputs: o.inputs });
+  const tmp = out.tmp;
   try {
-    const ranks = o.ranks.map((graph, rank) => {
+    const ranks: OnnxDirConfig["ranks"] = [];
+    for (const [rank, graph] of o.ranks.entries()) {
+      await yieldToSignals();
       const file = `rank${rank}.onnx`;
       const data = `${file}.data`;
       const bytes = exportOnnxRank({
@@ -57,8 +59,8 @@ export function writeOnnx(o: WriteOnnxOptions): OnnxDirConfig {
         },
       });
       fs.writeFileSync(path.join(tmp, file), bytes);
-      return { file, data, bytes: bytes.length, data_bytes: fs.statSync(path.join(tmp, data)).size };
-    });
+      ranks.push({ file, data, bytes: bytes.length, data_bytes: fs.statSync(path.join(tmp, data)).size });
+    }
     const g = o.ranks[0];
     const L = g.meta.numLayers;
     const kv = (p: string) =>
@@ -78,10 +80,9 @@ export function writeOnnx(o: WriteOnnxOptions): OnnxDirConfig {
       build: o.build,
     };
     fs.writeFileSync(path.join(tmp, "onnx.json"), `${JSON.stringify(config, null, 2)}\n`);
-    replaceDir(tmp, out);
+    out.commit();
     return config;
-  } catch (e) {
-    fs.rmSync(tmp, { recursive: true, force: true });
-    throw e;
+  } finally {
+    out.discard();
   }
 }
