@@ -131,6 +131,10 @@ describe("tsllm-compile -o replaces what it may", () => {
     expect(fs.readdirSync(path.join(proj, "eng")).sort()).toEqual(["onnx.json", "rank0.onnx", "rank0.onnx.data"]);
     expect(compile(["-o", "eng"]).code).toBe(0);
     expect(fs.existsSync(path.join(proj, "eng", "rank0.engine"))).toBe(true);
+    // An engine that carries its checkpoint's tokenizer files is ours too.
+    expect(compile(["--checkpoint", TINY_LLAMA, "-o", "eng"]).code).toBe(0);
+    expect(fs.existsSync(path.join(proj, "eng", "tokenizer.json"))).toBe(true);
+    expect(compile(["-o", "eng"]).code).toBe(0);
     fs.mkdirSync(path.join(proj, "empty"));
     expect(compile(["-o", "empty"]).code).toBe(0);
     expect(compile(["-o", "new/nested/eng"]).code).toBe(0);
