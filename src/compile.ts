@@ -11,7 +11,7 @@ import type { RankProgram } from "./engine/header.ts";
 import { checkOutputTarget } from "./engine/output-dir.ts";
 import { writeEngine } from "./engine/writer.ts";
 import type { Graph, QuantReport } from "./ir/types.ts";
-import { loadModelFile } from "./model-file.ts";
+import { describeError, loadModelFile } from "./model-file.ts";
 import { bundledModelFor } from "./models.ts";
 import { type OnnxDirConfig, writeOnnx } from "./onnx/write.ts";
 import { type PipelineResult, runPipeline } from "./pipeline.ts";
@@ -106,7 +106,15 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
       `unsupported architecture ${archName ? `"${archName}"` : "(none given)"} for ${o.modelFile} (supported: ${model.architectures.join(", ")})${bundled ? `; ${path.relative(process.cwd(), bundled.file)} implements it` : ""}`,
     );
   }
-  const cfg = model.parseConfig(hfJson, cfgSource);
+  let cfg: ReturnType<typeof model.parseConfig>;
+  try {
+    cfg = model.parseConfig(hfJson, cfgSource);
+  } catch (e) {
+    if (e instanceof ConfigError) throw e;
+    throw new BuildError(
+      `${o.modelFile}: parseConfig(): ${describeError(e, path.resolve(o.modelFile), o.modelFile)}`,
+    );
+  }
   const facts = modelFacts(cfg);
   const genEos = o.checkpoint ? generationEosIds(o.checkpoint) : undefined;
   if (genEos) facts.eosTokenIds = genEos;
@@ -167,7 +175,13 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
     0.02,
     torchDtype,
   );
-  model.forward(m, cfg);
+  try {
+    model.forward(m, cfg);
+  } catch (e) {
+    throw new BuildError(
+      `${o.modelFile}: forward(): ${describeError(e, path.resolve(o.modelFile), o.modelFile)}`,
+    );
+  }
   const graph: Graph = m.graph;
   if (graph.outputs.logits === undefined)
     throw new BuildError(`${o.modelFile}: forward() must call m.output("logits", …)`);
