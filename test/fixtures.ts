@@ -1,4 +1,5 @@
 // Paths to ../shared/fixtures and a helper that compiles an engine into a temporary directory.
+import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -43,5 +44,25 @@ export async function buildFixture(
     out,
     ...extra,
   });
+  return out;
+}
+
+/** Every path under `root` with its type, content hash and mtime: any touch shows up as a difference. */
+export function snapshot(root: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  const walk = (d: string) => {
+    for (const n of fs.readdirSync(d).sort()) {
+      const p = path.join(d, n);
+      const st = fs.lstatSync(p);
+      const rel = path.relative(root, p);
+      if (st.isDirectory()) {
+        out[rel] = "dir";
+        walk(p);
+      } else if (st.isSymbolicLink()) out[rel] = `link ${fs.readlinkSync(p)}`;
+      else if (st.isFIFO()) out[rel] = "fifo";
+      else out[rel] = `${createHash("sha256").update(fs.readFileSync(p)).digest("hex")} ${st.mtimeMs}`;
+    }
+  };
+  walk(root);
   return out;
 }

@@ -2,35 +2,14 @@
 // a sandbox: a project folder with files, the CLI run from inside it, and the whole sandbox tree
 // (names, bytes, mtimes) compared before and after each refusal.
 import { spawn, spawnSync } from "node:child_process";
-import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { Module } from "../src/dsl/module.ts";
 import { loadModelFile } from "../src/model-file.ts";
-import { LLAMA_MODEL, REPO, TINY_LLAMA, tmpDir } from "./fixtures.ts";
+import { LLAMA_MODEL, REPO, snapshot, TINY_LLAMA, tmpDir } from "./fixtures.ts";
 
 const COMPILE = path.join(REPO, "bin/tsllm-compile.mjs");
-
-/** Every path under `root` with its type, bytes hash and mtime: any touch shows up as a difference. */
-function snapshot(root: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  const walk = (d: string) => {
-    for (const n of fs.readdirSync(d).sort()) {
-      const p = path.join(d, n);
-      const st = fs.lstatSync(p);
-      const rel = path.relative(root, p);
-      if (st.isDirectory()) {
-        out[rel] = "dir";
-        walk(p);
-      } else if (st.isSymbolicLink()) out[rel] = `link ${fs.readlinkSync(p)}`;
-      else
-        out[rel] = `${createHash("sha256").update(fs.readFileSync(p)).digest("hex")} ${st.mtimeMs}`;
-    }
-  };
-  walk(root);
-  return out;
-}
 
 let box: string; // sandbox: box/proj (the cwd, with files), box/home (HOME), box/eng (an earlier engine)
 let proj: string;

@@ -1,25 +1,24 @@
 // tsllm-bench: timings of an engine on the GPU, with the memory-bandwidth roofline measured in the same run.
-import { Command } from "commander";
 import { openEngine } from "../engine/reader.ts";
 import { DTYPE_BYTES } from "../ir/types.ts";
 import { CudaEngine, measureCopyBandwidth } from "../native/binding.ts";
-import { int, main } from "./common.ts";
+import { command, int, main } from "./common.ts";
 
-const program = new Command("tsllm-bench").description("Benchmarks of an engine on the GPU (native runtime).");
+const program = command("tsllm-bench", "Benchmarks of an engine on the GPU (native runtime).");
 
 program
   .command("latency")
   .description(
-    "Generate a batch of random prompts and report time to first token, time per output token and output\n" +
-      "tokens/s, after warm-up; then the HBM roofline of one decode step (weights + KV read once) at the\n" +
+    "Generate a batch of random prompts and report time to first token, time per output token and output " +
+      "tokens/s, after warm-up; then the HBM roofline of one decode step (weights + KV read once) at the " +
       "device-to-device copy bandwidth measured in this run.",
   )
   .argument("<engine>", "engine directory (tp 1)")
-  .option("--batch-size <n>", "sequences decoded together (repeatable as 1,8,64)", "1")
-  .option("--input-len <n>", "prompt tokens", int("--input-len"), 128)
-  .option("--output-len <n>", "generated tokens", int("--output-len"), 128)
-  .option("--warmup <n>", "untimed runs first", int("--warmup"), 1)
-  .option("--runs <n>", "timed runs (median reported)", int("--runs"), 3)
+  .option("--batch-size <n>", "sequences decoded together (repeatable as 1,8,64)", (v: string) => v.split(",").map(int("--batch-size", { min: 1 })).join(","), "1")
+  .option("--input-len <n>", "prompt tokens", int("--input-len", { min: 1 }), 128)
+  .option("--output-len <n>", "generated tokens", int("--output-len", { min: 1 }), 128)
+  .option("--warmup <n>", "untimed runs first", int("--warmup", { min: 0 }), 1)
+  .option("--runs <n>", "timed runs (median reported)", int("--runs", { min: 1 }), 3)
   .option("--no-cuda-graphs", "decode without CUDA graphs")
   .option("--json <file>", "also write the figures as JSON")
   .action(async (dir: string, o) =>

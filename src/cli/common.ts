@@ -1,7 +1,28 @@
 // Shared CLI plumbing: one-line errors and a non-zero exit, never a stack trace for user mistakes.
-import { InvalidArgumentError } from "commander";
+import * as fs from "node:fs";
+import { Command, InvalidArgumentError } from "commander";
+
+export const VERSION: string = JSON.parse(
+  fs.readFileSync(new URL("../../package.json", import.meta.url), "utf8"),
+).version;
+
+/**
+ * A tsllm command: `--version`, a usage error as one line plus a `--help` hint (not the whole help),
+ * descriptions wrapped by commander to the terminal width (so write them without newlines).
+ */
+export function command(name: string, description: string): Command {
+  return new Command(name)
+    .description(description)
+    .version(VERSION, "-V, --version", "print the tsllm version")
+    .showHelpAfterError(`(${name} --help lists the flags)`);
+}
 
 export async function main(fn: () => Promise<void>): Promise<void> {
+  // `tsllm-inspect ENGINE | head`: a reader that goes away is not an error.
+  process.stdout.on("error", (e: NodeJS.ErrnoException) => {
+    if (e.code === "EPIPE") process.exit(process.exitCode ?? 0);
+    throw e;
+  });
   try {
     await fn();
   } catch (e) {
@@ -12,18 +33,40 @@ export async function main(fn: () => Promise<void>): Promise<void> {
   }
 }
 
-export function int(name: string) {
+/** Allowed range of a numeric flag; `above` is an exclusive lower bound. */
+export interface Range {
+  min?: number;
+  above?: number;
+  max?: number;
+}
+
+function rangeText(r: Range): string {
+  const lo = r.above !== undefined ? `> ${r.above}` : r.min !== undefined ? `≥ ${r.min}` : "";
+  if (r.max === undefined) return lo;
+  if (!lo) return `≤ ${r.max}`;
+  return `in ${r.above !== undefined ? `(${r.above}` : `[${r.min}`}, ${r.max}]`;
+}
+
+function checkRange(name: string, v: string, n: number, r: Range): number {
+  if ((r.min !== undefined && n < r.min) || (r.above !== undefined && n <= r.above) || (r.max !== undefined && n > r.max))
+    throw new InvalidArgumentError(`Allowed: ${name} ${rangeText(r)}.`);
+  return n;
+}
+
+/** Parser of an integer flag, checked against `range` when commander reads it (before any work). */
+export function int(name: string, range: Range = {}) {
   return (v: string): number => {
     if (!/^-?\d+$/.test(v)) throw new InvalidArgumentError(`${name} must be an integer, got "${v}"`);
-    return Number(v);
+    return checkRange(name, v, Number(v), range);
   };
 }
 
-export function float(name: string) {
+/** Parser of a number flag, checked against `range` when commander reads it (before any work). */
+export function float(name: string, range: Range = {}) {
   return (v: string): number => {
-    const n = Number(v);
+    const n = v.trim() === "" ? Number.NaN : Number(v);
     if (!Number.isFinite(n)) throw new InvalidArgumentError(`${name} must be a number, got "${v}"`);
-    return n;
+    return checkRange(name, v, n, range);
   };
 }
 

@@ -1,17 +1,16 @@
 // tsllm-compile: Hugging Face checkpoint (or config + random weights) → optimised engine per rank.
 
 import cliProgress from "cli-progress";
-import { Command } from "commander";
 import { compileEngine } from "../compile.ts";
 import { SUPPORTED_SMS } from "../engine/format.ts";
-import { fmtBytes, int, list, main } from "./common.ts";
+import { command, fmtBytes, int, list, main } from "./common.ts";
 
-const program = new Command("tsllm-compile")
-  .description(
-    "Compile a model file (TypeScript DSL) and a Hugging Face checkpoint into an engine directory:\n" +
-      "config.json + rank{N}.engine per tensor-parallel rank + a fusion report.\n\n" +
-      "With neither --checkpoint nor --config, builds the model file's small default config with random weights.",
-  )
+const program = command(
+  "tsllm-compile",
+  "Compile a model file (TypeScript DSL) and a Hugging Face checkpoint into an engine directory: " +
+    "config.json + rank{N}.engine per tensor-parallel rank + a fusion report. " +
+    "With neither --checkpoint nor --config, builds the model file's small default config with random weights.",
+)
   .argument("<model.ts>", "model file, e.g. models/llama.ts or your own")
   .option(
     "--checkpoint <dir>",
@@ -23,26 +22,26 @@ const program = new Command("tsllm-compile")
   )
   .option("--tokenizer <dir>", "tokenizer folder to copy into the engine (default: the checkpoint's, if any)")
   .option("--random-weights", "store a seed per weight instead of bytes (benchmarks; implied by --config)")
-  .option("--seed <n>", "seed of random weights", int("--seed"), 0)
+  .option("--seed <n>", "seed of random weights", int("--seed", { min: 0 }), 0)
   .requiredOption("--sm <n>", `target GPU architecture (${SUPPORTED_SMS.join(", ")})`, int("--sm"))
-  .option("--tp <n>", "tensor-parallel ranks (1, 2, 4, 8)", int("--tp"), 1)
+  .option("--tp <n>", "tensor-parallel ranks (1, 2, 4, 8)", int("--tp", { min: 1 }), 1)
   .option("--dtype <t>", "activation and weight dtype: auto (the checkpoint's), fp32, fp16, bf16", "auto")
   .option("--kv-cache-dtype <t>", "KV cache dtype: fp16, bf16, fp32, fp8 (default: the engine dtype)")
   .option("--quant <q>", "weight quantisation: none, fp8, int8-wo, int4-wo", "none")
-  .option("--group-size <n>", "int4-wo group size", int("--group-size"), 128)
-  .option("--max-batch-size <n>", "most sequences in one step", int("--max-batch-size"), 256)
+  .option("--group-size <n>", "int4-wo group size", int("--group-size", { min: 1 }), 128)
+  .option("--max-batch-size <n>", "most sequences in one step", int("--max-batch-size", { min: 1 }), 256)
   .option(
     "--max-seq-len <n>",
     "longest sequence, prompt + output (default: min(max_position_embeddings, 8192))",
-    int("--max-seq-len"),
+    int("--max-seq-len", { min: 1 }),
   )
   .option(
     "--max-num-tokens <n>",
     "most tokens in one step (packed, all sequences)",
-    int("--max-num-tokens"),
+    int("--max-num-tokens", { min: 1 }),
     8192,
   )
-  .option("--tokens-per-block <n>", "KV cache block size in tokens", int("--tokens-per-block"), 32)
+  .option("--tokens-per-block <n>", "KV cache block size in tokens", int("--tokens-per-block", { min: 1 }), 32)
   .option("--disable-pass <name>", "skip a pass (repeatable, comma separated)", list, [])
   .option("--dump-ir-after <name>", "print the IR after a pass (repeatable)", list, [])
   .option("--print-ir", "print the IR before any pass")
@@ -52,8 +51,7 @@ const program = new Command("tsllm-compile")
     "engine",
   )
   .requiredOption("-o, --output <dir>", "engine directory to write (an earlier tsllm engine there is replaced)")
-  .option("--force", "replace an output that is not a tsllm engine (never /, home, . or its ancestors)")
-  .showHelpAfterError();
+  .option("--force", "replace an output that is not a tsllm engine (never /, home, . or its ancestors)");
 
 await main(async () => {
   program.parse();

@@ -1,18 +1,15 @@
 // tsllm-inspect: a short summary of an engine directory and its fusion report (from report.json).
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { Command } from "commander";
 import { openEngine } from "../engine/reader.ts";
 import { DTYPE_BYTES, numel } from "../ir/types.ts";
 import { FusionReport, fmtBytes, formatReport, REPORT_HTML, REPORT_JSON } from "../report/index.ts";
-import { main } from "./common.ts";
+import { command, main } from "./common.ts";
 
-const program = new Command("tsllm-inspect")
-  .description("Print an engine's build summary and its fusion report (report.json) again.")
+const program = command("tsllm-inspect", "Print an engine's build summary and its fusion report (report.json) again.")
   .argument("<engine>", "engine directory")
   .option("--json", "print report.json as it is")
-  .option("--no-notes", "leave out the passes' notes")
-  .showHelpAfterError();
+  .option("--no-notes", "leave out the passes' notes");
 
 await main(async () => {
   program.parse();

@@ -1,34 +1,33 @@
 // tsllm-serve: an OpenAI-compatible HTTP server for an engine (src/server/app.ts) over the batch manager.
 import * as path from "node:path";
-import { Command, Option } from "commander";
+import { Option } from "commander";
 import { buildServer } from "../server/app.ts";
 import { openBatchManager } from "../serving/open.ts";
 import { findTokenizer } from "../text/engine-files.ts";
-import { float, int, main } from "./common.ts";
+import { command, float, int, main } from "./common.ts";
 
-const program = new Command("tsllm-serve")
-  .description(
-    "Serve an engine over HTTP, OpenAI-compatible: POST /v1/completions, /v1/chat/completions (stream or not),\n" +
-      "GET /v1/models, /health, /metrics (Prometheus). SIGTERM stops accepting, lets running requests finish\n" +
-      "(up to --drain-timeout), then exits.",
-  )
+const program = command(
+  "tsllm-serve",
+  "Serve an engine over HTTP, OpenAI-compatible: POST /v1/completions, /v1/chat/completions (stream or not), " +
+    "GET /v1/models, /health, /metrics (Prometheus). SIGTERM stops accepting, lets running requests finish " +
+    "(up to --drain-timeout), then exits.",
+)
   .argument("<engine>", "engine directory written by tsllm-compile")
   .option("--host <host>", "address to listen on", "127.0.0.1")
-  .option("--port <n>", "port (0 = any free one)", int("--port"), 8000)
+  .option("--port <n>", "port (0 = any free one)", int("--port", { min: 0, max: 65535 }), 8000)
   .addOption(
     new Option("--device <d>", "cpu (reference executor) or cuda (native runtime)").choices(["cpu", "cuda", "auto"]).default("auto"),
   )
   .option("--served-model-name <name>", "model name clients use (default: the engine directory's name)")
   .option("--api-key <key>", "require Authorization: Bearer <key> on /v1/* (default: $TSLLM_API_KEY)")
-  .option("--max-queue <n>", "requests allowed to wait; more get HTTP 429", int("--max-queue"), 4096)
-  .option("--drain-timeout <s>", "seconds running requests may take to finish after SIGTERM", float("--drain-timeout"), 30)
+  .option("--max-queue <n>", "requests allowed to wait; more get HTTP 429", int("--max-queue", { min: 0 }), 4096)
+  .option("--drain-timeout <s>", "seconds running requests may take to finish after SIGTERM", float("--drain-timeout", { min: 0 }), 30)
   .addOption(new Option("--scheduler-policy <p>", "batch admission policy").choices(["guaranteed_no_evict", "max_utilization"]).default("guaranteed_no_evict"))
-  .option("--max-batch-size <n>", "runtime limit (default: the engine's)", int("--max-batch-size"))
-  .option("--max-num-tokens <n>", "runtime limit (default: the engine's)", int("--max-num-tokens"))
-  .option("--max-seq-len <n>", "runtime limit (default: the engine's)", int("--max-seq-len"))
-  .option("--kv-cache-free-gpu-mem-fraction <x>", "share of free GPU memory for the KV cache", float("--kv-cache-free-gpu-mem-fraction"))
-  .option("--no-verify", "skip the engine content-hash check (large engines)")
-  .showHelpAfterError();
+  .option("--max-batch-size <n>", "runtime limit (default: the engine's)", int("--max-batch-size", { min: 1 }))
+  .option("--max-num-tokens <n>", "runtime limit (default: the engine's)", int("--max-num-tokens", { min: 1 }))
+  .option("--max-seq-len <n>", "runtime limit (default: the engine's)", int("--max-seq-len", { min: 1 }))
+  .option("--kv-cache-free-gpu-mem-fraction <x>", "share of free GPU memory for the KV cache", float("--kv-cache-free-gpu-mem-fraction", { above: 0, max: 1 }))
+  .option("--no-verify", "skip the engine content-hash check (large engines)");
 
 await main(async () => {
   program.parse();

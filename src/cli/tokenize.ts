@@ -1,23 +1,21 @@
 // tsllm-tokenize: text ↔ ids with an engine's (or a model folder's) tokenizer, as JSON (like llama-tokenize).
 import * as fs from "node:fs";
-import { Command } from "commander";
 import { parseChatMessages } from "../text/chat-messages.ts";
 import { requireTokenizer } from "../text/engine-files.ts";
-import { main, parseIds } from "./common.ts";
+import { command, main, parseIds } from "./common.ts";
 
-const program = new Command("tsllm-tokenize")
-  .description(
-    "Encode TEXT as tokenizer(text) does (special tokens as the post-processor adds them), render a chat\n" +
-      "with the chat template as apply_chat_template(messages, add_generation_prompt=True, tokenize=True),\n" +
-      "or decode ids. Prints JSON.",
-  )
+const program = command(
+  "tsllm-tokenize",
+  "Encode TEXT as tokenizer(text) does (special tokens as the post-processor adds them), render a chat " +
+    "with the chat template as apply_chat_template(messages, add_generation_prompt=True, tokenize=True), " +
+    "or decode ids. Prints JSON.",
+)
   .argument("<dir>", "engine directory (with a tokenizer) or Hugging Face model folder")
   .argument("[text]", "text to encode")
   .option("--chat <file>", "JSON list of messages [{role, content}] (- for stdin)")
   .option("--decode <ids>", "comma-separated token ids to decode")
   .option("--no-special", "encode without adding special tokens; decode skipping them")
-  .option("--info", "print the tokenizer's files, special tokens and end ids")
-  .showHelpAfterError();
+  .option("--info", "print the tokenizer's files, special tokens and end ids");
 
 await main(async () => {
   program.parse();

@@ -7,7 +7,9 @@ export const PREAMBLE_BYTES = 24;
 export const DATA_ALIGN = 4096;
 export const WEIGHT_ALIGN = 256;
 
-export const SUPPORTED_SMS = [70, 75, 80, 86, 87, 89, 90, 100, 120] as const;
+/** GPU architectures an engine may target: the CUDA runtime needs sm 80 or newer (bf16, cp.async, ldmatrix). */
+export const SUPPORTED_SMS = [80, 86, 87, 89, 90, 100, 120] as const;
+export const MIN_SM = 80;
 export const ENGINE_DTYPES = ["fp32", "fp16", "bf16"] as const;
 export type EngineDType = (typeof ENGINE_DTYPES)[number];
 
@@ -83,6 +85,10 @@ export const BuildConfig = z.object({
   sm: z
     .number()
     .int()
+    .refine((s) => s >= MIN_SM, {
+      message: `the tsllm CUDA runtime needs sm ${MIN_SM} or newer (Ampere and later); such an engine could never load`,
+      abort: true,
+    })
     .refine((s) => (SUPPORTED_SMS as readonly number[]).includes(s), {
       message: `not a known GPU architecture (known: ${SUPPORTED_SMS.join(", ")})`,
     }),
@@ -122,7 +128,15 @@ export const EngineConfig = z.object({
     eosTokenIds: z.array(z.number().int()),
   }),
   build: BuildConfig,
-  ranks: z.array(z.object({ file: z.string(), bytes: z.number().int(), sha256: z.string() })),
+  ranks: z
+    .array(
+      z.object({
+        file: z.string().refine(isPlainFileName, { message: "must be a plain file name in the engine directory" }),
+        bytes: z.number().int().nonnegative(),
+        sha256: z.string(),
+      }),
+    )
+    .min(1),
   /** Tokenizer files copied in by tsllm-compile (src/text/tokenizer.ts), plain names in this directory. */
   tokenizer: z
     .object({

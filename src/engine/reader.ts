@@ -12,6 +12,7 @@ import {
   MAGIC,
   PREAMBLE_BYTES,
 } from "./format.ts";
+import { DTYPE_BYTES } from "../ir/types.ts";
 
 export class EngineError extends Error {
   override name = "EngineError";
@@ -31,14 +32,26 @@ export interface Engine {
 
 export function openEngine(dir: string, opts: { verify?: boolean } = {}): Engine {
   const cfgPath = path.join(dir, "config.json");
-  if (!fs.existsSync(cfgPath)) throw new EngineError(`${dir}: not an engine directory (no config.json)`);
+  if (!fs.existsSync(cfgPath)) {
+    if (fs.existsSync(path.join(dir, "onnx.json")))
+      throw new EngineError(
+        `${dir}: an ONNX export (onnx.json), not an engine; load it with ONNX Runtime, or build an engine without --emit onnx`,
+      );
+    throw new EngineError(`${dir}: not an engine directory (no config.json)`);
+  }
   let raw: unknown;
   try {
     raw = JSON.parse(fs.readFileSync(cfgPath, "utf8"));
   } catch (e) {
-    throw new EngineError(`${cfgPath}: invalid JSON: ${(e as Error).message}`);
+    throw new EngineError(`${cfgPath}: invalid JSON: ${(e as Error).message.split("\n")[0]}`);
   }
-  const fv = (raw as { format_version?: unknown })?.format_version;
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw))
+    throw new EngineError(`${cfgPath}: not an engine config (not a JSON object)`);
+  const fv = (raw as { format_version?: unknown }).format_version;
+  if (fv === undefined && ("architectures" in raw || "model_type" in raw))
+    throw new EngineError(
+      `${dir}: a Hugging Face model folder, not an engine; build one first: tsllm-compile MODEL.ts --checkpoint ${dir} --sm N -o ENGINE`,
+    );
   if (fv !== FORMAT_VERSION)
     throw new EngineError(
       `${cfgPath}: engine format version ${String(fv)}, this tsllm reads version ${FORMAT_VERSION}; rebuild the engine`,
@@ -49,6 +62,7 @@ export function openEngine(dir: string, opts: { verify?: boolean } = {}): Engine
     throw new EngineError(`${cfgPath}: invalid engine config at "${i.path.join(".")}": ${i.message}`);
   }
   const config = parsed.data;
+  // File names were checked by the schema (plain names), so every path below stays inside `dir`.
   const ranks = config.ranks.map((r) => {
     const file = path.join(dir, r.file);
     if (!fs.existsSync(file)) throw new EngineError(`${file}: missing rank file`);
@@ -67,11 +81,19 @@ export function openEngine(dir: string, opts: { verify?: boolean } = {}): Engine
   return { dir, config, ranks };
 }
 
+/**
+ * Reads and checks a rank file's header. The file is untrusted (it is loaded with --no-verify too, and by
+ * a server): every length and offset is checked against the file's size before it sizes an allocation
+ * or a read, and every value id the program uses must exist.
+ */
 export function readRankHeader(file: string): EngineRank {
   const fd = fs.openSync(file, "r");
   try {
+    const size = fs.fstatSync(fd).size;
+    if (size < PREAMBLE_BYTES)
+      throw new EngineError(`${file}: truncated: ${size} bytes, shorter than the ${PREAMBLE_BYTES}-byte preamble`);
     const pre = Buffer.alloc(PREAMBLE_BYTES);
-    fs.readSync(fd, pre, 0, PREAMBLE_BYTES, 0);
+    readFully(fd, pre, 0, file);
     if (pre.toString("latin1", 0, 8) !== MAGIC)
       throw new EngineError(`${file}: not a tsllm engine (bad magic)`);
     const version = pre.readUInt32LE(8);
@@ -79,22 +101,70 @@ export function readRankHeader(file: string): EngineRank {
       throw new EngineError(
         `${file}: engine format version ${version}, this tsllm reads version ${FORMAT_VERSION}; rebuild the engine`,
       );
-    const len = Number(pre.readBigUInt64LE(16));
+    const len64 = pre.readBigUInt64LE(16);
+    if (len64 > BigInt(size - PREAMBLE_BYTES))
+      throw new EngineError(`${file}: header length ${len64} is past the end of the file (${size} bytes)`);
+    const len = Number(len64);
     const json = Buffer.alloc(len);
-    fs.readSync(fd, json, 0, len, PREAMBLE_BYTES);
-    const parsed = EngineHeader.safeParse(JSON.parse(json.toString("utf8")));
+    readFully(fd, json, PREAMBLE_BYTES, file);
+    let raw: unknown;
+    try {
+      raw = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(json));
+    } catch (e) {
+      throw new EngineError(`${file}: corrupt engine header (${(e as Error).message.split("\n")[0]})`);
+    }
+    const parsed = EngineHeader.safeParse(raw);
     if (!parsed.success) {
       const i = parsed.error.issues[0];
       throw new EngineError(`${file}: invalid engine header at "${i.path.join(".")}": ${i.message}`);
     }
-    return { file, header: parsed.data, dataOffset: alignUp(PREAMBLE_BYTES + len, DATA_ALIGN) };
+    const dataOffset = alignUp(PREAMBLE_BYTES + len, DATA_ALIGN);
+    checkHeader(parsed.data, file, Math.max(0, size - dataOffset));
+    return { file, header: parsed.data, dataOffset };
   } finally {
     fs.closeSync(fd);
   }
 }
 
+function readFully(fd: number, buf: Uint8Array, pos: number, file: string): void {
+  let got = 0;
+  while (got < buf.length) {
+    const n = fs.readSync(fd, buf, got, buf.length - got, pos + got);
+    if (n === 0) throw new EngineError(`${file}: truncated`);
+    got += n;
+  }
+}
+
+/** What readers rely on: value ids resolve, weights are weights with their bytes inside the file. */
+function checkHeader(h: EngineHeader, file: string, dataBytes: number): void {
+  const values = new Map(h.values.map((v) => [v.id, v]));
+  const bad = (what: string) => new EngineError(`${file}: invalid engine header: ${what}`);
+  const known = (id: number | null, where: string) => {
+    if (id !== null && !values.has(id)) throw bad(`${where} names value ${id}, which is not declared`);
+  };
+  for (const [k, id] of Object.entries(h.inputs)) known(id, `input "${k}"`);
+  for (const [k, id] of Object.entries(h.outputs)) known(id, `output "${k}"`);
+  h.nodes.forEach((n, i) => {
+    for (const id of n.inputs) known(id, `node ${i} (${n.op})`);
+    for (const id of n.outputs) known(id, `node ${i} (${n.op})`);
+  });
+  for (const w of h.weights) {
+    const v = values.get(w.value);
+    if (!v || v.kind !== "weight") throw bad(`weight entry names value ${w.value}, which is not a weight`);
+    if (w.random) continue;
+    const want = v.shape.reduce<number>((a, d) => a * (typeof d === "number" ? d : d.max), DTYPE_BYTES[v.dtype]);
+    if (w.nbytes !== want) throw bad(`weight "${v.name}" has ${w.nbytes} bytes, its shape and dtype need ${want}`);
+    if (w.offset + w.nbytes > dataBytes)
+      throw bad(`weight "${v.name}" (${w.nbytes} bytes at ${w.offset}) is past the end of the file`);
+  }
+}
+
 export function readWeightBytes(rank: EngineRank, offset: number, nbytes: number): Uint8Array {
   const fd = fs.openSync(rank.file, "r");
+  if (offset + nbytes > fs.fstatSync(fd).size - rank.dataOffset) {
+    fs.closeSync(fd);
+    throw new EngineError(`${rank.file}: truncated weight data`);
+  }
   try {
     const buf = new Uint8Array(nbytes);
     let got = 0;
