@@ -8,14 +8,16 @@ import { type CompileOptions, compileEngine } from "../src/compile.ts";
 
 export const REPO = fileURLToPath(new URL("..", import.meta.url));
 export const SHARED = process.env.TSLLM_SHARED ?? path.resolve(REPO, "../shared");
-export const fixture = (which: "llama" | "gptj") => path.join(SHARED, "fixtures", `tiny-${which}`);
-export const goldenFile = (which: "llama" | "gptj") => path.join(fixture(which), "golden.safetensors");
+/** A fixture under ../shared/fixtures/tiny-<which>, compiled with models/<which>.ts. */
+export type Tiny = "llama" | "gptj" | "qwen2";
+export const fixture = (which: Tiny) => path.join(SHARED, "fixtures", `tiny-${which}`);
+export const goldenFile = (which: Tiny) => path.join(fixture(which), "golden.safetensors");
 
 const built = new Map<string, string>();
 
-/** Compiles tiny-llama / tiny-gptj from its checkpoint (sm 90, small limits) and returns the engine dir. */
+/** Compiles a tiny fixture from its checkpoint (small limits) and returns the engine dir. */
 export async function tinyEngine(
-  which: "llama" | "gptj",
+  which: Tiny,
   dtype: "fp16" | "bf16",
   extra: Partial<CompileOptions> = {},
 ): Promise<string> {

@@ -1,0 +1,81 @@
+// Qwen2 / Qwen2.5 decoders, mirroring transformers' modeling_qwen2.py: Llama's layer with bias on the
+// q, k and v projections only (none on o_proj), usually tied embeddings and RoPE theta 1e6.
+import {
+  causalLM,
+  type DecoderConfig,
+  decoderConfig,
+  decoderFields,
+  defineModel,
+  gatedMlp,
+  type Module,
+  parseConfigJson,
+  preNormDecoderLayer,
+  selfAttention,
+  stack,
+  z,
+} from "tsllm";
+
+/** config.json of Qwen2ForCausalLM (transformers' Qwen2Config). */
+const Qwen2ConfigJson = z.looseObject({
+  ...decoderFields,
+  rms_norm_eps: z.number().positive(),
+  hidden_act: z.literal("silu").optional(),
+  use_sliding_window: z.boolean().optional(),
+  sliding_window: z.number().int().positive().nullable().optional(),
+});
+
+export interface Qwen2Config extends DecoderConfig {
+  rmsNormEps: number;
+  /** Only with use_sliding_window (transformers ignores sliding_window otherwise). */
+  slidingWindow?: number;
+}
+
+export function parseQwen2Config(json: unknown, source: string): Qwen2Config {
+  const raw = parseConfigJson(Qwen2ConfigJson, json, source);
+  const cfg: Qwen2Config = { ...decoderConfig(raw, source), rmsNormEps: raw.rms_norm_eps };
+  if (raw.use_sliding_window && raw.sliding_window != null) cfg.slidingWindow = raw.sliding_window;
+  return cfg;
+}
+
+function Qwen2DecoderLayer(m: Module, p: string, cfg: Qwen2Config) {
+  return preNormDecoderLayer({
+    inputNorm: m.RMSNorm(`${p}.input_layernorm`, cfg.hiddenSize, cfg.rmsNormEps),
+    attention: selfAttention(m, `${p}.self_attn`, {
+      ...cfg,
+      qkvBias: true,
+      oBias: false,
+      rope: { theta: cfg.ropeTheta, style: "neox", scaling: cfg.ropeScaling, invFreqInCheckpointDtype: true },
+    }),
+    postAttentionNorm: m.RMSNorm(`${p}.post_attention_layernorm`, cfg.hiddenSize, cfg.rmsNormEps),
+    mlp: gatedMlp(m, `${p}.mlp`, { ...cfg, activation: "silu" }),
+  });
+}
+
+export default defineModel<Qwen2Config>({
+  architectures: ["Qwen2ForCausalLM"],
+  parseConfig: parseQwen2Config,
+  defaultConfig: {
+    architectures: ["Qwen2ForCausalLM"],
+    vocab_size: 512,
+    hidden_size: 128,
+    intermediate_size: 256,
+    num_hidden_layers: 2,
+    num_attention_heads: 4,
+    num_key_value_heads: 2,
+    rms_norm_eps: 1e-6,
+    max_position_embeddings: 256,
+    rope_theta: 1e6,
+    tie_word_embeddings: true,
+  },
+  forward(m, cfg) {
+    causalLM(m, {
+      embed: m.Embedding("model.embed_tokens", cfg.vocabSize, cfg.hiddenSize),
+      layers: stack(cfg.numLayers, (i) => Qwen2DecoderLayer(m, `model.layers.${i}`, cfg)),
+      norm: m.RMSNorm("model.norm", cfg.hiddenSize, cfg.rmsNormEps),
+      lmHead: m.Linear("lm_head", cfg.hiddenSize, cfg.vocabSize, {
+        parallel: "vocab",
+        weightName: cfg.tieWordEmbeddings ? "model.embed_tokens.weight" : undefined,
+      }),
+    });
+  },
+});
