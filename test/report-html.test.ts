@@ -23,7 +23,15 @@ const ARGS = [
   "--no-first-run",
 ];
 
-describe.skipIf(!haveChromium && !process.env.CI)("report.html in headless Chromium", () => {
+const skipped = !haveChromium && !process.env.CI;
+// A skip must not look like a pass: say so on stderr, where vitest shows it even without --reporter=verbose.
+if (skipped)
+  process.stderr.write(
+    `\n*** SKIPPED test/report-html.test.ts: ${CHROMIUM} is missing, so report.html is NOT checked in a browser ` +
+      `(apt-get install -y chromium; under CI this fails instead) ***\n\n`,
+  );
+
+describe.skipIf(skipped)(`report.html in headless Chromium${skipped ? ` (SKIPPED: no ${CHROMIUM})` : ""}`, () => {
   it("Chromium is installed (CI installs Debian's chromium)", () => {
     expect(fs.existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install -y chromium`).toBe(true);
   });
