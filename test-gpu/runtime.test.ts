@@ -138,9 +138,38 @@ describe("native runtime (tiny-llama fp16)", () => {
     );
   });
 
-  it("refuses limits above the engine's and a KV pool that cannot hold one sequence", async () => {
+  it("runtime limits above the build's re-plan the arena: 16 sequences of 20 tokens in one step equal two steps of 8", async () => {
+    const dir = await tinyEngine("llama", "fp16"); // built for batch 8, 256 tokens
+    const big = load(dir, { maxBatchSize: 16, maxNumTokens: 512 });
+    expect(big.info().maxBatchSize).toBe(16);
+    expect(big.info().maxNumTokens).toBe(512);
+    const seqs = Array.from({ length: 16 }, (_, i) => ({
+      id: i,
+      tokens: Array.from({ length: 20 }, (_, k) => (i * 31 + k * 7) % 500),
+      startPos: 0,
+    }));
+    const one = big.step(seqs);
+    const ref = load(dir);
+    const a = ref.step(seqs.slice(0, 8));
+    for (let i = 0; i < 8; i++) ref.release(i);
+    const b = ref.step(seqs.slice(8));
+    const two = new Float32Array([...a.logits!, ...b.logits!]);
+    expect(maxAbsDiff(one.logits!, two)).toBeLessThan(0.01);
+  });
+
+  it("max_logits_rows sizes the logits: no larger arena, and a step asking more rows is refused", async () => {
     const dir = await tinyEngine("llama", "fp16");
-    expect(() => load(dir, { maxBatchSize: 9 })).toThrow(/max_batch_size 9 exceeds the engine's 8/);
+    const full = load(dir).info().arenaBytes;
+    const small = load(dir, { maxLogitsRows: 8 });
+    expect(small.info().arenaBytes).toBeLessThanOrEqual(full); // tiny vocab: the MLP, not the logits, sets the peak
+    expect(() => small.step([{ id: 0, tokens: new Array(9).fill(1), startPos: 0, allLogits: true }])).toThrow(
+      /asks for 9 logits rows, max_logits_rows is 8/,
+    );
+    expect(small.step([{ id: 1, tokens: new Array(9).fill(1), startPos: 0 }]).rows).toBe(1);
+  });
+
+  it("refuses a KV pool that cannot hold one sequence, and steps over the runtime limits", async () => {
+    const dir = await tinyEngine("llama", "fp16");
     expect(() => load(dir, { kvCacheMaxBlocks: 3 })).toThrow(/KV cache too small/);
     const small = load(dir, { maxBatchSize: 2, maxSeqLen: 128, maxNumTokens: 64 });
     expect(small.info().maxSeqLen).toBe(128);
@@ -278,7 +307,11 @@ describe("gemv prologue fusion (TSLLM_GEMV_PROLOGUE=1)", () => {
         });
         const minNew = Math.min(...golden.prompts.map((p) => p.inputIds.length - p.promptLen));
         e.step(
-          golden.prompts.map((p, i) => ({ id: 10 + i, tokens: p.inputIds.slice(0, p.promptLen), startPos: 0 })),
+          golden.prompts.map((p, i) => ({
+            id: 10 + i,
+            tokens: p.inputIds.slice(0, p.promptLen),
+            startPos: 0,
+          })),
         );
         for (let k = 0; k < minNew; k++)
           rows.push(
@@ -309,7 +342,9 @@ describe("gemv prologue fusion (TSLLM_GEMV_PROLOGUE=1)", () => {
       const dir = await tinyEngine("llama", dtype);
       const g = readGolden(goldenFile("llama"));
       for (const graphs of [true, false]) {
-        const ex = new CudaExecutor(withEnv({ TSLLM_GEMV_PROLOGUE: "1" }, () => load(dir, { cudaGraphs: graphs })));
+        const ex = new CudaExecutor(
+          withEnv({ TSLLM_GEMV_PROLOGUE: "1" }, () => load(dir, { cudaGraphs: graphs })),
+        );
         const one = checkGolden(ex, g);
         const packed = checkGolden(ex, g, { batched: true, seqBase: 3000 });
         console.log(

@@ -26,15 +26,17 @@ typedef struct tsllm_engine tsllm_engine;
 /* All fields zero = defaults. */
 typedef struct tsllm_options {
   int32_t device;                       /* CUDA device ordinal (default 0) */
-  int32_t max_batch_size;               /* 0 = the engine's; may be smaller than the engine's, never larger */
-  int32_t max_seq_len;                  /* 0 = the engine's; likewise */
-  int32_t max_num_tokens;               /* 0 = the engine's; likewise */
+  int32_t max_batch_size;               /* 0 = the engine's. Any of these three may also exceed the build's: the */
+  int32_t max_seq_len;                  /* activation arena is planned again at load for the runtime limits */
+  int32_t max_num_tokens;               /* (max_seq_len: the caller keeps it within the model's positions) */
   int32_t tokens_per_block;             /* 0 = the engine's kv_cache.tokens_per_block */
   float kv_cache_free_gpu_mem_fraction; /* 0 = 0.9: fraction of free GPU memory (after weights, arena and
                                            workspaces) given to the paged KV cache */
   int64_t kv_cache_max_blocks;          /* 0 = no cap beyond max_batch_size full sequences */
   int32_t disable_cuda_graphs;          /* 1 = run decode steps eagerly */
-  int32_t reserved0;
+  int32_t max_logits_rows;              /* 0 = max_num_tokens: most rows one step may ask logits for (the logits
+                                           activation and fp32 buffer are sized by it; a batch manager that wants
+                                           one row per sequence gives max_batch_size) */
   const void* nccl_unique_id;           /* tp > 1: 128-byte ncclUniqueId shared by all ranks (tsllm_nccl_unique_id) */
 } tsllm_options;
 
@@ -103,6 +105,27 @@ tsllm_engine* tsllm_load(const char* rank_file, const tsllm_options* options, ch
    Writes logits and/or sampled tokens; blocks until they are on the host. */
 int tsllm_step(tsllm_engine* e, const tsllm_seq_input* seqs, int32_t num_seqs, tsllm_step_output* out, char* err,
                size_t errlen);
+
+/* Pipelined steps (in-flight batching): tsllm_step_launch plans the step, enqueues its GPU work and an
+   asynchronous copy of its sampled tokens, and returns at once with a ticket; tsllm_step_wait(ticket) blocks
+   until that step is done and writes one sampled token per sequence (launch order). While the GPU runs step
+   N the host prepares and launches step N+1, so the GPU never waits for the host between steps.
+   A sequence whose `tokens` is NULL (num_tokens must be 1) takes the token sampled for it by the step launched
+   just before (copied on the device: no host round trip); that step must have included it.
+   Launches come from one thread; tsllm_step_wait may run on another thread concurrently with launches and
+   releases (it touches only that step's record). At most TSLLM_MAX_PENDING steps may be launched and not
+   yet waited for. Releasing a sequence that a pending step uses is safe: steps run in launch order. */
+#define TSLLM_MAX_PENDING 4
+
+typedef struct tsllm_step_times {
+  double gpu_ms; /* the step on the GPU timeline (upload to tokens on the host) */
+  double gap_ms; /* GPU idle between the end of the previously launched step and this one's start (0 if none) */
+} tsllm_step_times;
+
+int tsllm_step_launch(tsllm_engine* e, const tsllm_seq_input* seqs, int32_t num_seqs, int64_t* ticket, char* err,
+                      size_t errlen);
+int tsllm_step_wait(tsllm_engine* e, int64_t ticket, int32_t* tokens, int32_t capacity, tsllm_step_times* times,
+                    char* err, size_t errlen);
 
 /* Frees a sequence's KV blocks. Releasing an unknown id is not an error. */
 int tsllm_release(tsllm_engine* e, uint64_t seq_id, char* err, size_t errlen);

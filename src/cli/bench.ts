@@ -2,9 +2,13 @@
 import { openEngine } from "../engine/reader.ts";
 import { DTYPE_BYTES } from "../ir/types.ts";
 import { CudaEngine, measureCopyBandwidth } from "../native/binding.ts";
+import { addServingCommands } from "./bench-serving.ts";
 import { command, int, main } from "./common.ts";
 
-const program = command("tsllm-bench", "Benchmarks of an engine on the GPU (native runtime).");
+const program = command(
+  "tsllm-bench",
+  "Benchmarks of an engine: latency (static batch, GPU), prepare-dataset and throughput (in-flight batching).",
+);
 
 program
   .command("latency")
@@ -27,10 +31,16 @@ program
       const h = engine.ranks[0].header;
       const batches = String(o.batchSize).split(",").map(Number);
       const maxBatch = Math.max(...batches);
-      const cuda = CudaEngine.load(dir, { cudaGraphs: o.cudaGraphs, maxSeqLen: Math.min(h.limits.max_seq_len, o.inputLen + o.outputLen + 1) });
+      const cuda = CudaEngine.load(dir, {
+        cudaGraphs: o.cudaGraphs,
+        maxSeqLen: Math.min(h.limits.max_seq_len, o.inputLen + o.outputLen + 1),
+      });
       const info = cuda.info();
-      process.stdout.write(`${info.gpuName} (sm ${info.gpuSm}), engine ${h.dtype} sm ${h.sm}, weights ${(info.weightBytes / 1e9).toFixed(2)} GB, kv blocks ${info.kvBlocksTotal}\n`);
-      if (maxBatch > info.maxBatchSize) throw new Error(`--batch-size ${maxBatch} exceeds the engine's max_batch_size ${info.maxBatchSize}`);
+      process.stdout.write(
+        `${info.gpuName} (sm ${info.gpuSm}), engine ${h.dtype} sm ${h.sm}, weights ${(info.weightBytes / 1e9).toFixed(2)} GB, kv blocks ${info.kvBlocksTotal}\n`,
+      );
+      if (maxBatch > info.maxBatchSize)
+        throw new Error(`--batch-size ${maxBatch} exceeds the engine's max_batch_size ${info.maxBatchSize}`);
 
       // Bytes one decode step must read: every weight once, except embedding tables (only the gathered rows).
       const values = new Map(h.values.map((v) => [v.id, v]));
@@ -38,7 +48,8 @@ program
       let stepWeightBytes = 0;
       for (const w of h.weights) {
         const v = values.get(w.value)!;
-        const n = v.shape.reduce<number>((a, d) => a * (typeof d === "number" ? d : d.max), 1) * DTYPE_BYTES[v.dtype];
+        const n =
+          v.shape.reduce<number>((a, d) => a * (typeof d === "number" ? d : d.max), 1) * DTYPE_BYTES[v.dtype];
         if (!gathered.has(w.value)) stepWeightBytes += n;
       }
       const bw = measureCopyBandwidth(1 << 30);
@@ -50,7 +61,9 @@ program
       for (const B of batches) {
         let seed = 12345 + B;
         const rand = () => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0);
-        const prompts = Array.from({ length: B }, () => Int32Array.from({ length: o.inputLen }, () => rand() % info.vocabSize));
+        const prompts = Array.from({ length: B }, () =>
+          Int32Array.from({ length: o.inputLen }, () => rand() % info.vocabSize),
+        );
         for (let i = 0; i < o.warmup; i++) cuda.generate(prompts, o.outputLen);
         const runs = Array.from({ length: o.runs }, () => cuda.generate(prompts, o.outputLen));
         runs.sort((a, b) => a.totalMs - b.totalMs);
@@ -82,8 +95,14 @@ program
         );
       }
       cuda.close();
-      if (o.json) (await import("node:fs")).writeFileSync(o.json, JSON.stringify({ gpu: info.gpuName, copy_gb_s: bw / 1e9, results }, null, 2));
+      if (o.json)
+        (await import("node:fs")).writeFileSync(
+          o.json,
+          JSON.stringify({ gpu: info.gpuName, copy_gb_s: bw / 1e9, results }, null, 2),
+        );
     }),
   );
+
+addServingCommands(program);
 
 await program.parseAsync();

@@ -1,18 +1,19 @@
-// tsllm-run: generate with an engine, or verify it against a golden logits file.
+// tsllm-run: generate with an engine through the batch manager, or verify it against a golden logits file.
 import { Option } from "commander";
-import { generate } from "../executor/generate.ts";
+import { openEngine } from "../engine/reader.ts";
 import { openExecutor } from "../executor/open.ts";
 import { ReferenceExecutor } from "../executor/reference.ts";
-import type { Executor } from "../executor/types.ts";
-import { openEngine } from "../engine/reader.ts";
 import { checkGolden, defaultTolerance, readGolden } from "../golden.ts";
+import { openBatchManager } from "../serving/open.ts";
 import { command, float, int, main, parseIds } from "./common.ts";
+import { generateIds, readPrompts } from "./run-generate.ts";
 import { checkPromptsFit } from "./validate.ts";
 
 const program = command(
   "tsllm-run",
-  "Run an engine. Either generate from prompts given as token ids, or check the engine against a " +
-    "golden logits file (prefill + teacher-forced decode; see README 'Golden files').",
+  "Run an engine. Either generate from prompts given as token ids (in-flight batched; one line of " +
+    "comma-separated generated ids per prompt on stdout, in prompt order, printed as they come), or check " +
+    "the engine against a golden logits file (prefill + teacher-forced decode; see README 'Golden files').",
 )
   .argument("<engine>", "engine directory written by tsllm-compile")
   .addOption(
@@ -22,14 +23,27 @@ const program = command(
   )
   .option(
     "--input-ids <ids>",
-    "prompt token ids, comma separated; repeat for a batch",
+    "prompt token ids, comma separated; repeat for several prompts",
     (v: string, p: string[] = []) => [...p, v],
+  )
+  .option(
+    "--input-file <jsonl>",
+    'prompts, one JSON object per line: {"input_ids": [...]} (optional "output_tokens" overrides --max-new-tokens)',
   )
   .option("--max-new-tokens <n>", "tokens to generate per prompt", int("--max-new-tokens", { min: 0 }), 16)
   .option("--temperature <t>", "sampling temperature (0 = greedy)", float("--temperature", { min: 0 }), 0)
   .option("--top-k <k>", "sample among the k most likely tokens (0 = all)", int("--top-k", { min: 0 }), 0)
   .option("--top-p <p>", "nucleus sampling mass (1 = all)", float("--top-p", { above: 0, max: 1 }), 1)
   .option("--seed <n>", "sampling seed", int("--seed"), 0)
+  .option("--ignore-eos", "do not stop at the engine's eos ids (generation_config.json / config.json)")
+  .option("--stop-token-ids <ids>", "comma-separated token ids that also end generation (kept as the last id)")
+  .option("--max-batch-size <n>", "runtime limit (default: the engine's)", int("--max-batch-size", { min: 1 }))
+  .option(
+    "--max-num-tokens <n>",
+    "runtime limit on tokens per step (default: the engine's)",
+    int("--max-num-tokens", { min: 1 }),
+  )
+  .option("--max-seq-len <n>", "runtime limit (default: the engine's)", int("--max-seq-len", { min: 1 }))
   .option("--golden <file>", "golden.safetensors to verify against")
   .option(
     "--tolerance <x>",
@@ -38,39 +52,55 @@ const program = command(
   )
   .option("--no-verify", "skip the engine content-hash check (large engines)");
 
+async function verifyGolden(dir: string, o: Record<string, never>): Promise<void> {
+  const ex = await openExecutor(dir, { device: o.device, verify: o.verify });
+  try {
+    const report = checkGolden(ex, readGolden(o.golden));
+    const build = openEngine(dir, { verify: false }).config.build;
+    const tol = o.tolerance ?? defaultTolerance(build, ex instanceof ReferenceExecutor);
+    report.perPrompt.forEach((p, i) =>
+      process.stdout.write(
+        `prompt ${i}: max |Δlogit| ${p.maxAbs.toExponential(3)} (prefill ${p.prefillMaxAbs.toExponential(3)}, decode ${p.decodeMaxAbs.toExponential(3)}), top-1 agreement ${p.top1Agree}/${p.positions}\n`,
+      ),
+    );
+    process.stdout.write(`overall: max |Δlogit| ${report.maxAbs.toExponential(3)} (tolerance ${tol})\n`);
+    if (!(report.maxAbs <= tol))
+      throw new Error(`max |Δlogit| ${report.maxAbs.toExponential(3)} exceeds tolerance ${tol}`);
+  } finally {
+    ex.close();
+  }
+}
+
 await main(async () => {
   program.parse();
   const o = program.opts();
   const [dir] = program.args;
   // What can be checked without running is checked before the (possibly long) engine load.
   const config = openEngine(dir, { verify: false }).config;
-  if (!o.golden && !o.inputIds?.length) throw new Error("give --input-ids 1,2,3 (repeatable) or --golden FILE");
-  const prompts: number[][] = o.golden ? [] : o.inputIds.map((s: string) => parseIds(s, "--input-ids"));
-  checkPromptsFit(prompts, o.maxNewTokens, config);
-  const ex: Executor = await openExecutor(dir, { device: o.device, verify: o.verify });
+  if (o.golden) return verifyGolden(dir, o as Record<string, never>);
+  const prompts = readPrompts({ inputIds: o.inputIds, inputFile: o.inputFile, maxNewTokens: o.maxNewTokens });
+  checkPromptsFit(
+    prompts.map((p) => p.ids),
+    prompts.map((p) => p.maxNewTokens),
+    config,
+    o.maxSeqLen,
+  );
+  const stopTokenIds = o.stopTokenIds === undefined ? [] : parseIds(o.stopTokenIds, "--stop-token-ids");
+  const bm = await openBatchManager(dir, {
+    device: o.device,
+    verify: o.verify,
+    maxBatchSize: o.maxBatchSize,
+    maxNumTokens: o.maxNumTokens,
+    maxSeqLen: o.maxSeqLen,
+  });
   try {
-    if (o.golden) {
-      const report = checkGolden(ex, readGolden(o.golden));
-      const tol = o.tolerance ?? defaultTolerance(config.build, ex instanceof ReferenceExecutor);
-      report.perPrompt.forEach((p, i) =>
-        process.stdout.write(
-          `prompt ${i}: max |Δlogit| ${p.maxAbs.toExponential(3)} (prefill ${p.prefillMaxAbs.toExponential(3)}, decode ${p.decodeMaxAbs.toExponential(3)}), top-1 agreement ${p.top1Agree}/${p.positions}\n`,
-        ),
-      );
-      process.stdout.write(`overall: max |Δlogit| ${report.maxAbs.toExponential(3)} (tolerance ${tol})\n`);
-      if (!(report.maxAbs <= tol))
-        throw new Error(`max |Δlogit| ${report.maxAbs.toExponential(3)} exceeds tolerance ${tol}`);
-      return;
-    }
-    const outs = generate(ex, prompts, {
-      maxNewTokens: o.maxNewTokens,
-      temperature: o.temperature,
-      topK: o.topK,
-      topP: o.topP,
-      seed: o.seed,
+    await generateIds(bm, prompts, {
+      sampling: { temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed },
+      ignoreEos: !!o.ignoreEos,
+      stopTokenIds,
+      out: process.stdout,
     });
-    for (const out of outs) process.stdout.write(`${out.join(",")}\n`);
   } finally {
-    ex.close();
+    await bm.shutdown();
   }
 });

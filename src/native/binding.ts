@@ -1,5 +1,6 @@
 // The native CUDA runtime (native/, libtsllm.so) through its Node-API addon native/build/tsllm_node.node.
-// One call per step (step) or per whole generation (generate); every call is synchronous.
+// One call per step (step) or per whole generation (generate), synchronous; or pipelined steps
+// (stepLaunch returns at once, stepWait resolves from a worker thread).
 import * as fs from "node:fs";
 import { createRequire } from "node:module";
 import * as path from "node:path";
@@ -11,10 +12,12 @@ export const NATIVE_NOT_BUILT =
 export interface CudaLoadOptions {
   /** CUDA device ordinal (default 0). */
   device?: number;
-  /** Runtime limits: at most the engine's (0/undefined = the engine's). */
+  /** Runtime limits (0/undefined = the engine's); larger than the build's re-plans the activation arena. */
   maxBatchSize?: number;
   maxSeqLen?: number;
   maxNumTokens?: number;
+  /** Most logits rows one step may ask for (default max_num_tokens); sizes the logits buffers. */
+  maxLogitsRows?: number;
   /** KV block size in tokens (default: the engine's kv_cache.tokens_per_block). */
   tokensPerBlock?: number;
   /** Share of free GPU memory (after weights, arena, workspaces) for the KV cache (default 0.9). */
@@ -103,10 +106,12 @@ interface Addon {
     seqs: (Omit<StepSeq, "tokens"> & { tokens: Int32Array })[],
     want: { logits?: boolean; tokens?: boolean },
   ): StepResult;
-  stepAsync(
+  stepLaunch(h: Handle, seqs: (Omit<StepSeq, "tokens"> & { tokens: Int32Array | null })[]): number;
+  stepWait(
     h: Handle,
-    seqs: (Omit<StepSeq, "tokens"> & { tokens: Int32Array })[],
-  ): Promise<{ tokens: Int32Array; ms: number }>;
+    ticket: number,
+    numSeqs: number,
+  ): Promise<{ tokens: Int32Array; gpuMs: number; gapMs: number }>;
   release(h: Handle, id: number | bigint): void;
   generate(
     h: Handle,
@@ -205,16 +210,24 @@ export class CudaEngine {
   }
 
   /**
-   * One packed step on a worker thread (the event loop keeps running): one sampled token per sequence,
-   * and ms, the host wall time of the native step. Until it settles, every other call on this engine throws.
+   * Pipelined steps: stepLaunch enqueues a step and returns a ticket at once (the GPU runs it behind the
+   * steps launched before); stepWait(ticket) resolves, from a worker thread, with one sampled token per
+   * sequence and the step's GPU time and the GPU idle time before it. A sequence with tokens null takes the
+   * token the previously launched step sampled for it, on the device. At most 4 steps pending.
    */
-  stepAsync(seqs: readonly StepSeq[]): Promise<{ tokens: Int32Array; ms: number }> {
-    if (typeof this.a.stepAsync !== "function")
-      throw new Error(`${addonPath()}: this addon has no stepAsync; run npm run build:native`);
-    return this.a.stepAsync(
+  stepLaunch(
+    seqs: readonly (Omit<StepSeq, "tokens"> & { tokens: Int32Array | readonly number[] | null })[],
+  ): number {
+    if (typeof this.a.stepLaunch !== "function")
+      throw new Error(`${addonPath()}: this addon has no stepLaunch; run npm run build:native`);
+    return this.a.stepLaunch(
       this.h(),
-      seqs.map((s) => ({ ...s, tokens: i32(s.tokens) })),
+      seqs.map((s) => ({ ...s, tokens: s.tokens === null ? null : i32(s.tokens) })),
     );
+  }
+
+  stepWait(ticket: number, numSeqs: number): Promise<{ tokens: Int32Array; gpuMs: number; gapMs: number }> {
+    return this.a.stepWait(this.h(), ticket, numSeqs);
   }
 
   /** Prefill + decode entirely in C++ (benchmarks). sampling: one for all prompts or one per prompt. */

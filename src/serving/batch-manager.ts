@@ -13,8 +13,13 @@
 //   tokens need blocks that are not free, the newest running requests are paused: their blocks are
 //   freed and they later resume by recomputing prompt + generated tokens as context. Sampling depends
 //   only on logits, options and position, so a resumed request continues exactly as it would have.
+//
+// Pipelining: while the backend runs step N, step N+1 is planned and launched as if every request of step N
+// goes on; a decode token that step N samples reaches step N+1 on the device (BackendSeq.tokens null). A
+// request that stops at step N drops whatever step N+1 computes for it (results carry the request's epoch,
+// bumped on finish and pause). Blocks can be freed while launched steps still use them: steps run in order.
 import { performance } from "node:perf_hooks";
-import type { BackendSeq, StepBackend } from "./backend.ts";
+import type { BackendInfo, BackendSeq, StepBackend, StepOutput } from "./backend.ts";
 import { TokenStream } from "./token-stream.ts";
 import {
   type BatchLimits,
@@ -47,8 +52,12 @@ interface Req {
   ends: Set<number>;
   stops: Set<number>;
   state: State;
-  /** Tokens whose KV is cached. */
+  /** Tokens whose KV is cached once every launched step has run. */
   computed: number;
+  /** Tokens sampled by launched steps whose results have not come back (0 or 1). */
+  spec: number;
+  /** Bumped on finish and pause: results of steps launched before are dropped. */
+  epoch: number;
   /** KV blocks held. */
   blocks: number;
   /** Blocks it could ever need (guaranteed_no_evict). */
@@ -56,7 +65,6 @@ interface Req {
   submitAt: number;
   scheduledAt?: number;
   tokenTimes: number[];
-  cancelRequested: boolean;
   preemptions: number;
   stream: TokenStream<TokenEvent>;
   resolve: (r: RequestResult) => void;
@@ -64,8 +72,34 @@ interface Req {
 
 interface Planned {
   r: Req;
-  take: number;
-  sample: boolean;
+  epoch: number;
+  seq: BackendSeq;
+}
+
+interface Launched {
+  planned: Planned[];
+  result: Promise<StepOutput>;
+  t0: number;
+  tokens: number;
+  decode: number;
+  afterIdle: boolean;
+}
+
+/** Steps launched and not yet back when the next one is planned (1 = no pipelining). */
+const PIPELINE_DEPTH = 2;
+
+/** One step as the scheduler saw it. */
+export interface StepRecord {
+  seqs: number;
+  tokens: number;
+  /** Sequences that decoded one token (the rest read context). */
+  decode: number;
+  /** Launch to results back on the event loop. */
+  ms: number;
+  /** The step itself as the backend timed it (GPU timeline on cuda). */
+  stepMs: number;
+  /** Device idle before this step, waiting for the host (0 for the first step after idling). */
+  gapMs: number;
 }
 
 const DEFAULT_SAMPLING: SamplingOptions = { temperature: 0, topK: 0, topP: 1, seed: 0 };
@@ -82,7 +116,6 @@ export class InflightBatchManager implements BatchManager {
   private running: Req[] = [];
   private paused: Req[] = [];
   private blocksUsed = 0;
-  private inFlight: Set<Req> | null = null;
   private wakeUp: (() => void) | null = null;
   private loopDone: Promise<void> | null = null;
   private closing = false;
@@ -97,7 +130,7 @@ export class InflightBatchManager implements BatchManager {
     steps: 0,
   };
   /** Called after every step with what it ran (benchmarks, progress). */
-  onStep?: (s: { seqs: number; tokens: number; decode: number; ms: number }) => void;
+  onStep?: (s: StepRecord) => void;
 
   constructor(
     private readonly backend: StepBackend,
@@ -107,6 +140,11 @@ export class InflightBatchManager implements BatchManager {
     this.policy = o.policy ?? "guaranteed_no_evict";
     this.vocabSize = backend.vocabSize;
     this.eosTokenIds = [...(o.eosTokenIds ?? [])];
+  }
+
+  /** What the backend runs on (device name, dtypes). */
+  get backendInfo(): BackendInfo {
+    return this.backend.info;
   }
 
   private blocksFor(tokens: number): number {
@@ -172,11 +210,12 @@ export class InflightBatchManager implements BatchManager {
       stops: new Set(req.stopTokenIds ?? []),
       state: "queued",
       computed: 0,
+      spec: 0,
+      epoch: 0,
       blocks: 0,
       worst,
       submitAt: performance.now(),
       tokenTimes: [],
-      cancelRequested: false,
       preemptions: 0,
       stream,
       resolve,
@@ -220,11 +259,9 @@ export class InflightBatchManager implements BatchManager {
     }
   }
 
+  /** At once, also mid-step: what launched steps compute for it is dropped (epoch). */
   private cancel(r: Req): void {
-    if (r.state === "done") return;
-    r.cancelRequested = true;
-    // A request in the step now running finishes when the step returns; any other at once.
-    if (!this.inFlight?.has(r)) this.finish(r, "cancelled");
+    this.finish(r, "cancelled");
   }
 
   private kick(): void {
@@ -247,6 +284,7 @@ export class InflightBatchManager implements BatchManager {
     if (r.state === "done") return;
     const was = r.state;
     r.state = "done";
+    r.epoch++;
     if (was === "queued") this.queue.splice(this.queue.indexOf(r), 1);
     else if (was === "running") this.running.splice(this.running.indexOf(r), 1);
     else if (was === "paused") this.paused.splice(this.paused.indexOf(r), 1);
@@ -275,6 +313,7 @@ export class InflightBatchManager implements BatchManager {
     this.blocksUsed -= r.blocks;
     r.blocks = 0;
     r.computed = 0;
+    r.spec = 0;
   }
 
   /** max_utilization: frees the blocks of a running request; it resumes later by recomputation. */
@@ -282,6 +321,7 @@ export class InflightBatchManager implements BatchManager {
     this.running.splice(this.running.indexOf(r), 1);
     this.freeBlocks(r);
     r.state = "paused";
+    r.epoch++;
     r.preemptions++;
     this.s.preemptions++;
     let i = this.paused.findIndex((p) => p.id > r.id);
@@ -289,9 +329,9 @@ export class InflightBatchManager implements BatchManager {
     this.paused.splice(i, 0, r);
   }
 
-  /** Tokens of the sequence (prompt + generated) not yet in the KV cache. */
+  /** Tokens of the sequence (prompt + generated, sampled or about to be) not yet in the KV cache. */
   private pending(r: Req): number {
-    return r.prompt.length + r.out.length - r.computed;
+    return r.prompt.length + r.out.length + r.spec - r.computed;
   }
 
   private plan(): Planned[] {
@@ -302,12 +342,36 @@ export class InflightBatchManager implements BatchManager {
       const need = this.blocksFor(r.computed + take) - r.blocks;
       r.blocks += need;
       this.blocksUsed += need;
-      planned.push({ r, take, sample: take === this.pending(r) });
+      const sample = take === this.pending(r);
+      const from = r.computed;
+      const known = r.prompt.length + r.out.length;
+      let tokens: number[] | null;
+      if (from >= known) {
+        // The token the launched step samples: fed on the device.
+        if (take !== 1 || r.spec !== 1 || from !== known)
+          throw new Error("batch manager: bad pipelined token (scheduler bug)");
+        tokens = null;
+      } else {
+        if (from + take > known)
+          throw new Error("batch manager: planned past the known tokens (scheduler bug)");
+        tokens = [];
+        for (let k = from; k < from + take; k++)
+          tokens.push(k < r.prompt.length ? r.prompt[k] : r.out[k - r.prompt.length]);
+      }
+      planned.push({
+        r,
+        epoch: r.epoch,
+        seq: { seqId: r.id, tokens, startPos: from, sample, sampling: r.sampling },
+      });
+      r.computed += take;
+      if (sample) r.spec++;
       budget -= take;
     };
-    // 1. Running requests, oldest first: decode tokens and context chunks.
+    // 1. Running requests, oldest first: decode tokens and context chunks (not one whose last token is
+    // already being sampled).
     for (let i = 0; i < this.running.length && budget > 0; i++) {
       const r = this.running[i];
+      if (r.out.length + r.spec >= r.maxNew || this.pending(r) <= 0) continue;
       let take = Math.min(this.pending(r), budget);
       let free = kvBlocksTotal - this.blocksUsed;
       let need = this.blocksFor(r.computed + take) - r.blocks;
@@ -351,62 +415,87 @@ export class InflightBatchManager implements BatchManager {
     return planned;
   }
 
+  private waiting(): number {
+    return this.queue.length + this.running.length + this.paused.length;
+  }
+
+  private launch(planned: Planned[], afterIdle: boolean): Launched {
+    const seqs = planned.map((p) => p.seq);
+    let result: Promise<StepOutput>;
+    try {
+      result = this.backend.step(seqs);
+    } catch (e) {
+      result = Promise.reject(e);
+    }
+    result.catch(() => {}); // handled when awaited
+    this.s.steps++;
+    let decode = 0;
+    let tokens = 0;
+    for (const { r, seq } of planned) {
+      const n = seq.tokens?.length ?? 1;
+      tokens += n;
+      if (n === 1 && seq.startPos >= r.prompt.length) decode++;
+      else this.s.promptTokensComputed += n;
+    }
+    return { planned, result, t0: performance.now(), tokens, decode, afterIdle };
+  }
+
+  private complete(l: Launched, out: StepOutput | null, error: Error | null): void {
+    const now = performance.now();
+    l.planned.forEach(({ r, epoch, seq }, k) => {
+      if (r.epoch !== epoch || r.state !== "running") return; // finished, cancelled or paused since
+      if (error) return this.finish(r, "error", error);
+      if (!seq.sample) return;
+      r.spec--;
+      const tok = out!.tokens[k];
+      r.out.push(tok);
+      r.tokenTimes.push(now - r.submitAt);
+      this.s.tokensGenerated++;
+      r.stream.push({ tokenId: tok, index: r.out.length - 1, timeMs: now - r.submitAt });
+      if (r.ends.has(tok) || r.stops.has(tok)) this.finish(r, "stop");
+      else if (r.out.length >= r.maxNew) this.finish(r, "length");
+    });
+    this.onStep?.({
+      seqs: l.planned.length,
+      tokens: l.tokens,
+      decode: l.decode,
+      ms: now - l.t0,
+      stepMs: out?.stepMs ?? Number.NaN,
+      gapMs: l.afterIdle ? 0 : (out?.gapMs ?? 0),
+    });
+  }
+
   private async loop(): Promise<void> {
+    const launched: Launched[] = [];
+    let afterIdle = true;
     for (;;) {
-      const planned = this.plan();
-      if (planned.length === 0) {
-        if (this.queue.length + this.running.length + this.paused.length > 0 && !this.closing)
+      if (launched.length < PIPELINE_DEPTH) {
+        const planned = this.plan();
+        if (planned.length) {
+          launched.push(this.launch(planned, afterIdle));
+          afterIdle = false;
+          if (launched.length < PIPELINE_DEPTH) continue; // plan the next step while this one runs
+        }
+      }
+      if (launched.length === 0) {
+        if (this.waiting() > 0 && !this.closing)
           throw new Error("batch manager: nothing schedulable although requests wait (scheduler bug)");
-        if (this.closing && this.queue.length + this.running.length + this.paused.length === 0) return;
+        if (this.closing && this.waiting() === 0) return;
+        afterIdle = true;
         await new Promise<void>((res) => {
           this.wakeUp = res;
         });
         continue;
       }
-      const seqs: BackendSeq[] = planned.map(({ r, take, sample }) => {
-        const all = r.prompt.length + r.out.length;
-        const from = r.computed;
-        const tokens: number[] = [];
-        for (let k = from; k < from + take; k++)
-          tokens.push(k < r.prompt.length ? r.prompt[k] : r.out[k - r.prompt.length]);
-        if (from + take > all)
-          throw new Error("batch manager: planned past the sequence end (scheduler bug)");
-        return { seqId: r.id, tokens, startPos: from, sample, sampling: r.sampling };
-      });
-      this.inFlight = new Set(planned.map((p) => p.r));
-      const t0 = performance.now();
-      let toks: Int32Array | null = null;
+      const l = launched.shift()!;
+      let out: StepOutput | null = null;
       let error: Error | null = null;
       try {
-        toks = await this.backend.step(seqs);
+        out = await l.result;
       } catch (e) {
         error = e instanceof Error ? e : new Error(String(e));
       }
-      this.inFlight = null;
-      const now = performance.now();
-      this.s.steps++;
-      let decode = 0;
-      planned.forEach(({ r, take, sample }, k) => {
-        if (error) return this.finish(r, "error", error);
-        r.computed += take;
-        if (take === 1 && r.out.length > 0) decode++;
-        else this.s.promptTokensComputed += take;
-        if (r.cancelRequested) return this.finish(r, "cancelled");
-        if (!sample) return;
-        const tok = toks![k];
-        r.out.push(tok);
-        r.tokenTimes.push(now - r.submitAt);
-        this.s.tokensGenerated++;
-        r.stream.push({ tokenId: tok, index: r.out.length - 1, timeMs: now - r.submitAt });
-        if (r.ends.has(tok) || r.stops.has(tok)) this.finish(r, "stop");
-        else if (r.out.length >= r.maxNew) this.finish(r, "length");
-      });
-      this.onStep?.({
-        seqs: planned.length,
-        tokens: seqs.reduce((a, s) => a + s.tokens.length, 0),
-        decode,
-        ms: now - t0,
-      });
+      this.complete(l, out, error);
     }
   }
 }

@@ -63,6 +63,8 @@ export async function openBatchManager(dir: string, o: OpenBatchOptions = {}): P
           maxSeqLen: o.maxSeqLen,
           kvCacheFreeGpuMemFraction: o.kvCacheFreeGpuMemFraction,
           kvCacheMaxBlocks: o.kvBlocks === undefined ? undefined : o.kvBlocks + 1, // + the scratch block
+          // One logits row per sequence: the logits activation is max_batch_size x vocab, not max_num_tokens x vocab.
+          maxLogitsRows: o.maxBatchSize ?? engine.config.build.max_batch_size,
           cudaGraphs: o.cudaGraphs,
         }),
       );

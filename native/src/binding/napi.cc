@@ -1,10 +1,10 @@
 // Node-API addon over the C ABI (include/tsllm.h). Plain node_api.h, no node-addon-api.
 // Exports: abiVersion(), load(path, opts) -> handle, step(handle, seqs, want), release(handle, id),
 // generate(handle, tokens, lens, maxNew, sampling?), info(handle), unload(handle).
-// Calls are synchronous (one call per step / per whole generation) except stepAsync, which runs the
-// step on a libuv worker thread and returns a Promise, so a server's event loop keeps running while the
-// GPU works. While a stepAsync is in flight every other call on that engine throws (the engine is not
-// thread-safe); errors throw JS Errors.
+// Calls are synchronous (one call per step / per whole generation) except the pipelined pair: stepLaunch
+// enqueues a step on the main thread without waiting for the GPU, stepWait returns a Promise and waits on a
+// libuv worker thread, so a server's event loop keeps running and later steps are launched meanwhile.
+// Errors throw JS Errors.
 #include <node_api.h>
 #include <tsllm.h>
 
@@ -19,7 +19,7 @@ namespace {
 
 struct Handle {
   tsllm_engine* e = nullptr;
-  std::atomic<bool> busy{false};  // a stepAsync is running on a worker thread
+  std::atomic<int> waits{0};  // stepWait calls in flight (launches and releases may go on meanwhile)
 };
 
 struct JsError {
@@ -165,7 +165,6 @@ Handle* handle(napi_env env, napi_value v) {
     throw JsError{"tsllm_node: expected an engine handle"};
   Handle* h = static_cast<Handle*>(data);
   if (!h->e) throw JsError{"tsllm_node: engine already unloaded"};
-  if (h->busy.load()) throw JsError{"tsllm_node: engine busy (a stepAsync is in flight; await it first)"};
   return h;
 }
 
@@ -197,19 +196,21 @@ StepInput step_input(napi_env env, napi_value seqs) {
   for (uint32_t i = 0; i < n; i++) {
     napi_value s;
     check(env, napi_get_element(env, seqs, i, &s), "seqs[i]");
-    si.toks[i] = i32array(env, prop(env, s, "tokens"), "seqs[i].tokens");
+    napi_value tv = prop(env, s, "tokens");
+    const bool feed = !present(env, tv);  // null: the token the previous launched step sampled for it
+    if (!feed) si.toks[i] = i32array(env, tv, "seqs[i].tokens");
     tsllm_seq_input& q = si.in[i];
     std::memset(&q, 0, sizeof(q));
     q.id = u64(env, prop(env, s, "id"), "seqs[i].id");
-    q.tokens = si.toks[i].data();
-    q.num_tokens = int32_t(si.toks[i].size());
+    q.tokens = feed ? nullptr : si.toks[i].data();
+    q.num_tokens = feed ? 1 : int32_t(si.toks[i].size());
     q.start_pos = int32_t(num_or(env, s, "startPos", 0));
     napi_value al = prop(env, s, "allLogits");
     bool all = false;
     if (present(env, al)) napi_get_value_bool(env, al, &all);
     q.all_logits = all ? 1 : 0;
     q.sampling = sampling_of(env, s);
-    si.rows += all ? si.toks[i].size() : 1;
+    si.rows += all ? size_t(q.num_tokens) : 1;
   }
   return si;
 }
@@ -227,6 +228,7 @@ napi_value Load(napi_env env, napi_callback_info info) {
     o.tokens_per_block = int32_t(num_or(env, opt, "tokensPerBlock", 0));
     o.kv_cache_free_gpu_mem_fraction = float(num_or(env, opt, "kvCacheFreeGpuMemFraction", 0));
     o.kv_cache_max_blocks = int64_t(num_or(env, opt, "kvCacheMaxBlocks", 0));
+    o.max_logits_rows = int32_t(num_or(env, opt, "maxLogitsRows", 0));
     napi_value g = prop(env, opt, "cudaGraphs");
     if (present(env, g)) {
       bool b = true;
@@ -249,7 +251,8 @@ napi_value Unload(napi_env env, napi_callback_info info) {
     void* data = nullptr;
     if (type_of(env, a[0]) == napi_external && napi_get_value_external(env, a[0], &data) == napi_ok) {
       Handle* h = static_cast<Handle*>(data);
-      if (h->busy.load()) throw JsError{"tsllm_node: unload while a stepAsync is in flight"};
+      if (h->waits.load())
+        throw JsError{"tsllm_node: unload while a step is in flight (await it first)"};
       if (h->e) tsllm_unload(h->e);
       h->e = nullptr;
     }
@@ -297,50 +300,60 @@ napi_value Step(napi_env env, napi_callback_info info) {
   });
 }
 
-// stepAsync(handle, seqs) -> Promise<{tokens: Int32Array, ms}>: the step of step() with sampled tokens only,
-// run on a libuv worker thread. ms: host wall time of tsllm_step (plan, upload, GPU, copy back).
-struct StepWork {
+// stepLaunch(handle, seqs) -> ticket: enqueues a step (tsllm_step_launch) and returns without waiting for the GPU.
+// A sequence with tokens null takes the token sampled for it by the previously launched step.
+napi_value StepLaunch(napi_env env, napi_callback_info info) {
+  return wrap(env, [&] {
+    auto a = args(env, info, 2);
+    Handle* h = handle(env, a[0]);
+    StepInput si = step_input(env, a[1]);
+    int64_t ticket = 0;
+    char err[2048] = {0};
+    if (tsllm_step_launch(h->e, si.in.data(), int32_t(si.in.size()), &ticket, err, sizeof(err))) throw JsError{err};
+    napi_value v;
+    check(env, napi_create_double(env, double(ticket), &v), "create_double");
+    return v;
+  });
+}
+
+// stepWait(handle, ticket, numSeqs) -> Promise<{tokens: Int32Array, gpuMs, gapMs}>: waits on a worker thread.
+struct WaitWork {
   napi_async_work work = nullptr;
   napi_deferred deferred = nullptr;
-  napi_ref handle_ref = nullptr;  // keeps the engine handle alive while the worker uses it
+  napi_ref handle_ref = nullptr;
   Handle* h = nullptr;
-  StepInput si;
+  int64_t ticket = 0;
   std::vector<int32_t> tokens;
+  tsllm_step_times times{};
   int rc = 0;
-  double ms = 0;
   char err[2048] = {0};
 };
 
-void step_execute(napi_env, void* data) {
-  auto* w = static_cast<StepWork*>(data);
-  auto t0 = std::chrono::steady_clock::now();
-  tsllm_step_output out{};
-  out.tokens = w->tokens.data();
-  w->rc = tsllm_step(w->h->e, w->si.in.data(), int32_t(w->si.in.size()), &out, w->err, sizeof(w->err));
-  w->ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+void wait_execute(napi_env, void* data) {
+  auto* w = static_cast<WaitWork*>(data);
+  w->rc = tsllm_step_wait(w->h->e, w->ticket, w->tokens.data(), int32_t(w->tokens.size()), &w->times, w->err,
+                          sizeof(w->err));
 }
 
-void step_complete(napi_env env, napi_status status, void* data) {
-  auto* w = static_cast<StepWork*>(data);
-  w->h->busy.store(false);
-  napi_value result = nullptr;
-  bool ok = status == napi_ok && w->rc == 0;
-  if (ok) {
-    napi_create_object(env, &result);
-    int32_t* p = nullptr;
-    napi_value ab, ta, ms;
+void wait_complete(napi_env env, napi_status status, void* data) {
+  auto* w = static_cast<WaitWork*>(data);
+  w->h->waits.fetch_sub(1);
+  if (status == napi_ok && w->rc == 0) {
+    napi_value result, ab, ta, v;
     void* raw;
+    napi_create_object(env, &result);
     napi_create_arraybuffer(env, w->tokens.size() * 4, &raw, &ab);
-    p = static_cast<int32_t*>(raw);
-    if (!w->tokens.empty()) std::memcpy(p, w->tokens.data(), w->tokens.size() * 4);
+    if (!w->tokens.empty()) std::memcpy(raw, w->tokens.data(), w->tokens.size() * 4);
     napi_create_typedarray(env, napi_int32_array, w->tokens.size(), ab, 0, &ta);
     napi_set_named_property(env, result, "tokens", ta);
-    napi_create_double(env, w->ms, &ms);
-    napi_set_named_property(env, result, "ms", ms);
+    napi_create_double(env, w->times.gpu_ms, &v);
+    napi_set_named_property(env, result, "gpuMs", v);
+    napi_create_double(env, w->times.gap_ms, &v);
+    napi_set_named_property(env, result, "gapMs", v);
     napi_resolve_deferred(env, w->deferred, result);
   } else {
     napi_value msg, e;
-    std::string m = status != napi_ok ? std::string("tsllm_node: step worker cancelled") : std::string(w->err);
+    std::string m = status != napi_ok ? std::string("tsllm_node: step wait cancelled") : std::string(w->err);
     napi_create_string_utf8(env, m.c_str(), NAPI_AUTO_LENGTH, &msg);
     napi_create_error(env, nullptr, msg, &e);
     napi_reject_deferred(env, w->deferred, e);
@@ -350,25 +363,25 @@ void step_complete(napi_env env, napi_status status, void* data) {
   delete w;
 }
 
-napi_value StepAsync(napi_env env, napi_callback_info info) {
+napi_value StepWait(napi_env env, napi_callback_info info) {
   return wrap(env, [&] {
-    auto a = args(env, info, 2);
+    auto a = args(env, info, 3);
     Handle* h = handle(env, a[0]);
-    auto* w = new StepWork();
-    try {
-      w->si = step_input(env, a[1]);
-    } catch (...) {
-      delete w;
-      throw;
-    }
+    auto* w = new WaitWork();
     w->h = h;
-    w->tokens.assign(w->si.in.size(), -1);
+    w->ticket = int64_t(num(env, a[1], "ticket"));
+    double n = num(env, a[2], "numSeqs");
+    if (n < 1 || n > (1 << 24)) {
+      delete w;
+      throw JsError{"stepWait: numSeqs out of range"};
+    }
+    w->tokens.assign(size_t(n), -1);
     napi_value promise, name;
     check(env, napi_create_promise(env, &w->deferred, &promise), "create_promise");
     check(env, napi_create_reference(env, a[0], 1, &w->handle_ref), "create_reference");
-    napi_create_string_utf8(env, "tsllm_step", NAPI_AUTO_LENGTH, &name);
-    check(env, napi_create_async_work(env, nullptr, name, step_execute, step_complete, w, &w->work), "create_async_work");
-    h->busy.store(true);
+    napi_create_string_utf8(env, "tsllm_step_wait", NAPI_AUTO_LENGTH, &name);
+    check(env, napi_create_async_work(env, nullptr, name, wait_execute, wait_complete, w, &w->work), "create_async_work");
+    h->waits.fetch_add(1);
     check(env, napi_queue_async_work(env, w->work), "queue_async_work");
     return promise;
   });
@@ -493,7 +506,8 @@ napi_value Init(napi_env env, napi_value exports) {
       {"load", nullptr, Load, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"unload", nullptr, Unload, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"step", nullptr, Step, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
-      {"stepAsync", nullptr, StepAsync, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"stepLaunch", nullptr, StepLaunch, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"stepWait", nullptr, StepWait, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"release", nullptr, Release, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"generate", nullptr, Generate, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"info", nullptr, Info, nullptr, nullptr, nullptr, napi_enumerable, nullptr},

@@ -84,6 +84,30 @@ int tsllm_step(tsllm_engine* h, const tsllm_seq_input* seqs, int32_t num_seqs, t
   });
 }
 
+int tsllm_step_launch(tsllm_engine* h, const tsllm_seq_input* seqs, int32_t num_seqs, int64_t* ticket, char* err,
+                      size_t errlen) {
+  return guarded(err, errlen, [&] {
+    if (!h || !ticket) throw std::runtime_error("tsllm_step_launch: NULL argument");
+    if (!seqs || num_seqs < 1) throw std::runtime_error("tsllm_step_launch: no sequences");
+    use_device(h);
+    std::vector<tsllm::SeqReq> reqs(static_cast<size_t>(num_seqs));
+    for (int i = 0; i < num_seqs; i++) {
+      const tsllm_seq_input& s = seqs[i];
+      reqs[size_t(i)] = tsllm::SeqReq{s.id, s.tokens, s.num_tokens, s.start_pos, s.all_logits != 0, s.sampling};
+    }
+    *ticket = tsllm::launch_step(*h->e, reqs.data(), num_seqs);
+  });
+}
+
+int tsllm_step_wait(tsllm_engine* h, int64_t ticket, int32_t* tokens, int32_t capacity, tsllm_step_times* times,
+                    char* err, size_t errlen) {
+  return guarded(err, errlen, [&] {
+    if (!h || !tokens) throw std::runtime_error("tsllm_step_wait: NULL argument");
+    use_device(h);
+    tsllm::wait_step(*h->e, ticket, tokens, capacity, times);
+  });
+}
+
 int tsllm_release(tsllm_engine* h, uint64_t seq_id, char* err, size_t errlen) {
   return guarded(err, errlen, [&] {
     if (!h) throw std::runtime_error("tsllm_release: engine is NULL");

@@ -4,7 +4,9 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <map>
+#include <unordered_map>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -46,6 +48,7 @@ struct MetaLayout {
   size_t sample_step = 0;   // i32 [tcap]
   size_t seq_start = 0;     // i32 [scap+1]
   size_t seq_len = 0;       // i32 [scap]
+  size_t feed_src = 0;      // i32 [scap]   row of the previous step's sampled tokens feeding this sequence, or -1
   size_t block_tables = 0;  // i32 [scap, max_blocks]
   size_t total = 0;
   size_t bytes_for(int num_seqs) const { return block_tables + size_t(num_seqs) * size_t(max_blocks) * 4; }
@@ -80,6 +83,17 @@ struct SeqReq {
   tsllm_sampling sp;
 };
 
+// A launched, not yet waited-for step (tsllm_step_launch / tsllm_step_wait).
+struct PendingStep {
+  std::atomic<int> state{0};  // 0 free, 1 launched
+  int64_t ticket = 0;
+  cudaEvent_t start = nullptr, end = nullptr;
+  cudaEvent_t prev_end = nullptr;  // end of the step launched before (for the GPU idle gap), or null
+  int32_t* host_tokens = nullptr;  // pinned, one per logits row
+  std::vector<int> last_row;
+  int S = 0;
+};
+
 // What the host decided for one step; forward() reads it.
 struct StepPlan {
   StepBuffers* buf = nullptr;
@@ -103,6 +117,7 @@ struct Engine {
 
   // Runtime limits in force.
   int max_bs = 0, max_seq_len = 0, max_num_tokens = 0;
+  int max_logits_rows = 0;  // most logits rows in one step (>= the largest decode graph)
   int tpb = 32, max_blocks_per_seq = 0;
   int embed_vocab_end = 0;  // ids must be below this (tp == 1), 0 = unchecked
 
@@ -125,6 +140,14 @@ struct Engine {
   GemmRunner gemm;
   KvBlockManager kv;
   StepBuffers general, decode;
+
+  // Pipelined steps: records round-robin by ticket; the tokens sampled by the last launched step stay on the
+  // device (feed_out, row per sequence id in feed_rows) for sequences of the next step that give no tokens.
+  PendingStep pending[TSLLM_MAX_PENDING];
+  int64_t next_ticket = 0;
+  cudaEvent_t last_end = nullptr;
+  const int32_t* feed_out = nullptr;
+  std::unordered_map<uint64_t, int> feed_rows;
 
   // CUDA graphs of decode steps: key (padded batch, max_seq_len bucket).
   bool graphs_enabled = true;
@@ -172,6 +195,8 @@ void nccl_destroy(Engine& e);
 void nccl_init(Engine& e, const void* unique_id);
 // step.cc
 void run_step(Engine& e, const SeqReq* reqs, int num_seqs, tsllm_step_output* out);
+int64_t launch_step(Engine& e, const SeqReq* reqs, int num_seqs);
+void wait_step(Engine& e, int64_t ticket, int32_t* tokens, int capacity, tsllm_step_times* times);
 void generate(Engine& e, int n, const int32_t* tokens, const int32_t* lens, int max_new, const tsllm_sampling* sp,
               int32_t* out_tokens, tsllm_timings* t);
 void alloc_step_buffers(Engine& e, StepBuffers& b, int tcap, int scap, int64_t logits_rows);

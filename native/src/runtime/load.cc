@@ -46,6 +46,7 @@ MetaLayout make_meta_layout(int tcap, int scap, int max_blocks) {
   l.sample_step = take(4 * t);
   l.seq_start = take(4 * (s + 1));
   l.seq_len = take(4 * s);
+  l.feed_src = take(4 * s);
   l.block_tables = take(4 * s * size_t(max_blocks));
   l.total = off;
   return l;
@@ -75,6 +76,11 @@ Engine::~Engine() {
   cudaFree(gather_scratch);
   cudaFree(gen_tokens);
   if (host_tokens) cudaFreeHost(host_tokens);
+  for (PendingStep& ps : pending) {
+    if (ps.start) cudaEventDestroy(ps.start);
+    if (ps.end) cudaEventDestroy(ps.end);
+    if (ps.host_tokens) cudaFreeHost(ps.host_tokens);
+  }
   if (stream) cudaStreamDestroy(stream);
 }
 
@@ -197,13 +203,80 @@ void upload_weights(Engine& e) {
   }
 }
 
+// The engine's arena plan is for its build limits. At load the symbolic dims take the runtime maxima (tokens,
+// logits rows, sequences); when any differs, the arena is planned again as passes/memory-plan.ts does: a
+// buffer lives from the node writing it to the last node reading it (the logits to the end of the step), and,
+// largest first, each goes into the smallest free 256-byte-aligned gap among the buffers live at the same time.
+// So the runtime limits may exceed the build's, and a batch manager's logits take max_batch_size rows instead of
+// max_num_tokens (for a 128k vocabulary, 64 MiB instead of 2 GiB).
+void replan_arena(EngineDesc& d, int64_t tokens, int64_t logits, int64_t seqs) {
+  bool changed = false;
+  for (ValueDesc& v : d.values)
+    for (Dim& dim : v.shape) {
+      int64_t n = dim.sym == Sym::NumTokens ? tokens : dim.sym == Sym::NumLogits ? logits : dim.sym == Sym::NumSeqs ? seqs : dim.n;
+      changed = changed || n != dim.n;
+      dim.n = n;
+    }
+  if (!changed) return;
+  struct Buf {
+    int v;
+    size_t start, end;
+    uint64_t bytes, off;
+  };
+  std::vector<Buf> bufs;
+  std::vector<int> at(d.values.size(), -1);
+  for (size_t i = 0; i < d.nodes.size(); i++) {
+    for (int in : d.nodes[i].in)
+      if (in >= 0 && at[size_t(in)] >= 0) bufs[size_t(at[size_t(in)])].end = i;
+    for (int o : d.nodes[i].out)
+      if (o >= 0 && d.values[size_t(o)].kind == ValueKind::Arena && at[size_t(o)] < 0) {
+        at[size_t(o)] = int(bufs.size());
+        const ValueDesc& v = d.values[size_t(o)];
+        bufs.push_back({o, i, i, (v.max_numel() * elem_size(v.dt) + 255) / 256 * 256, 0});
+      }
+  }
+  if (d.logits_value >= 0 && at[size_t(d.logits_value)] >= 0) bufs[size_t(at[size_t(d.logits_value)])].end = d.nodes.size();
+  std::vector<size_t> order(bufs.size());
+  for (size_t i = 0; i < order.size(); i++) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    if (bufs[a].bytes != bufs[b].bytes) return bufs[a].bytes > bufs[b].bytes;
+    if (bufs[a].start != bufs[b].start) return bufs[a].start < bufs[b].start;
+    return bufs[a].v < bufs[b].v;
+  });
+  std::vector<size_t> placed;
+  uint64_t total = 0;
+  for (size_t bi : order) {
+    Buf& b = bufs[bi];
+    std::vector<size_t> live;
+    for (size_t pi : placed)
+      if (bufs[pi].start <= b.end && b.start <= bufs[pi].end) live.push_back(pi);
+    std::sort(live.begin(), live.end(), [&](size_t x, size_t y) { return bufs[x].off < bufs[y].off; });
+    uint64_t cursor = 0, best = UINT64_MAX, best_gap = UINT64_MAX;
+    for (size_t pi : live) {
+      const uint64_t gap = bufs[pi].off > cursor ? bufs[pi].off - cursor : 0;
+      if (gap >= b.bytes && gap < best_gap) {
+        best = cursor;
+        best_gap = gap;
+      }
+      cursor = std::max(cursor, bufs[pi].off + bufs[pi].bytes);
+    }
+    b.off = best != UINT64_MAX ? best : cursor;
+    total = std::max(total, b.off + b.bytes);
+    placed.push_back(bi);
+  }
+  for (const Buf& b : bufs) d.values[size_t(b.v)].arena_offset = b.off;
+  d.arena_bytes = total;
+  d.max_num_tokens = tokens;
+  d.max_batch_size = seqs;
+}
+
 }  // namespace
 
 std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options& opts) {
   auto e = std::make_unique<Engine>();
   e->desc = read_engine_header(path);
   e->opts = opts;
-  const EngineDesc& d = e->desc;
+  EngineDesc& d = e->desc;
   auto fail = [&](const std::string& m) { return LoadError(path + ": " + m); };
   auto ck = [&](cudaError_t err, const std::string& what) {
     if (err != cudaSuccess) throw fail(what + ": " + cudaGetErrorString(err));
@@ -230,15 +303,23 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
   // ---- limits ----
   auto limit = [&](int32_t asked, int64_t built, const char* name) -> int {
     if (asked < 0) throw fail(std::string(name) + " must be positive");
-    if (asked == 0) return int(built);
-    if (asked > built)
-      throw fail(std::string(name) + " " + std::to_string(asked) + " exceeds the engine's " + std::to_string(built) +
-                 " (it was built for at most that; rebuild with a larger --" + name + ")");
-    return asked;
+    return asked == 0 ? int(built) : asked;
   };
   e->max_bs = limit(opts.max_batch_size, d.max_batch_size, "max_batch_size");
   e->max_seq_len = limit(opts.max_seq_len, d.max_seq_len, "max_seq_len");
   e->max_num_tokens = limit(opts.max_num_tokens, d.max_num_tokens, "max_num_tokens");
+  // Decode graphs at batch sizes 1, 2, 4, ..., 256, then every 128 up to 1024 (in-flight batching runs full
+  // batches of 512 or more; steps of 128 keep the padding of a partly full batch small): sizes up to the first
+  // one >= max_bs, so every decode batch up to max_bs pads to a captured size; padding rows must fit
+  // max_num_tokens. Larger decode batches run eagerly.
+  for (int b = 1; b <= 1024 && b <= e->max_num_tokens; b = b < 256 ? b * 2 : b + 128) {
+    e->graph_sizes.push_back(b);
+    if (b >= e->max_bs) break;
+  }
+  if (opts.max_logits_rows < 0) throw fail("max_logits_rows must be positive");
+  e->max_logits_rows = opts.max_logits_rows == 0 ? e->max_num_tokens : std::min(opts.max_logits_rows, e->max_num_tokens);
+  if (!e->graph_sizes.empty()) e->max_logits_rows = std::max(e->max_logits_rows, e->graph_sizes.back());
+  replan_arena(e->desc, e->max_num_tokens, e->max_logits_rows, e->max_bs);
   e->tpb = opts.tokens_per_block > 0 ? opts.tokens_per_block : d.kv.tokens_per_block;
   if (e->tpb <= 0) throw fail("tokens_per_block must be positive");
   e->max_blocks_per_seq = (e->max_seq_len + e->tpb - 1) / e->tpb;
@@ -284,21 +365,15 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
   }
   if (e->scratch_bytes) ck(cudaMalloc(&e->scratch, e->scratch_bytes), "cudaMalloc of GEMM scratch");
 
-  // Decode graphs at batch sizes 1, 2, 4, ..., 256: the smallest power of two >= max_bs is included so
-  // every decode batch up to max_bs pads to a captured size; padding rows must fit the arena (max_num_tokens).
   const char* prof = std::getenv("TSLLM_PROFILE");
   e->profile_graph = prof && std::string(prof) == "graph";
   e->profile = prof && *prof && std::string(prof) != "0" && !e->profile_graph;
   e->graphs_enabled = !opts.disable_cuda_graphs && !e->profile;
-  for (int b = 1; b <= 256; b *= 2) {
-    if (b > e->max_num_tokens || b > d.max_num_tokens) break;
-    e->graph_sizes.push_back(b);
-    if (b >= e->max_bs) break;
-  }
   if (e->graph_sizes.empty()) e->graphs_enabled = false;
 
   try {
-    alloc_step_buffers(*e, e->general, e->max_num_tokens, e->max_bs, std::min(e->max_bs, e->max_num_tokens));
+    alloc_step_buffers(*e, e->general, e->max_num_tokens, e->max_bs,
+                       std::min({e->max_bs, e->max_num_tokens, e->max_logits_rows}));
     if (e->graphs_enabled) {
       int gmax = e->graph_sizes.back();
       alloc_step_buffers(*e, e->decode, gmax, gmax, gmax);
@@ -306,6 +381,14 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
     TSLLM_CUDA(cudaHostAlloc(reinterpret_cast<void**>(&e->host_tokens), sizeof(int32_t) * size_t(e->max_num_tokens),
                              cudaHostAllocDefault),
                "cudaHostAlloc");
+    const int rows = std::max(e->max_num_tokens, e->graphs_enabled ? e->graph_sizes.back() : 0);
+    for (PendingStep& ps : e->pending) {
+      TSLLM_CUDA(cudaEventCreate(&ps.start), "cudaEventCreate");
+      TSLLM_CUDA(cudaEventCreate(&ps.end), "cudaEventCreate");
+      TSLLM_CUDA(cudaHostAlloc(reinterpret_cast<void**>(&ps.host_tokens), sizeof(int32_t) * size_t(rows),
+                               cudaHostAllocDefault),
+                 "cudaHostAlloc");
+    }
   } catch (const StepError& ex) {
     throw fail(ex.what());
   }

@@ -2,7 +2,7 @@
 // the program eagerly or as a CUDA graph (pure-decode steps), logits to fp32, sampling on the GPU.
 //
 // CUDA graphs: a pure-decode step (every sequence brings one token) of S sequences is padded to the
-// smallest captured batch size B >= S (1, 2, 4, ..., 256). Padding rows are sequences of one token at
+// smallest captured batch size B >= S (1, 2, 4, ..., 256, 384, ..., 1024). Padding rows are sequences of one token at
 // position 0 whose block table points at block 0, a scratch block no sequence owns. The graph for
 // (B, L) is keyed also by L, the max_seq_len bound given to the attention kernel: the smallest power of
 // two >= 256 holding the longest sequence (capped at max_seq_len), so attention work follows the real
@@ -62,6 +62,7 @@ void plan_and_upload(Engine& e, const SeqReq* r, int S, StepPlan& p, const int32
   int max_new = 0, max_len = 0;
   bool decode = true;
   int64_t extra = 0;
+  bool fed = false;
   std::unordered_set<uint64_t> seen;
   for (int i = 0; i < S; i++) {
     const SeqReq& q = r[i];
@@ -82,7 +83,12 @@ void plan_and_upload(Engine& e, const SeqReq* r, int S, StepPlan& p, const int32
         if (q.tokens[j] < 0 || (e.embed_vocab_end && q.tokens[j] >= e.embed_vocab_end))
           throw StepError(who + ": token id " + std::to_string(q.tokens[j]) + " outside the vocabulary [0, " +
                           std::to_string(e.embed_vocab_end) + ")");
-    if (!q.tokens && !dev_ids) throw StepError(who + ": no tokens");
+    if (!q.tokens && !dev_ids) {  // pipelined: its token is the one the previous step sampled for it
+      if (q.n != 1) throw StepError(who + ": a step without tokens takes exactly one (the previous step's sample)");
+      if (!e.feed_out || !e.feed_rows.count(q.id))
+        throw StepError(who + " gives no token and the previous step sampled none for it");
+      fed = true;
+    }
     T += q.n;
     L += q.all_logits ? q.n : 1;
     max_new = std::max(max_new, q.n);
@@ -92,6 +98,9 @@ void plan_and_upload(Engine& e, const SeqReq* r, int S, StepPlan& p, const int32
   }
   if (T > e.max_num_tokens)
     throw StepError("step has " + std::to_string(T) + " tokens, max_num_tokens is " + std::to_string(e.max_num_tokens));
+  if (L > e.max_logits_rows)
+    throw StepError("step asks for " + std::to_string(L) + " logits rows, max_logits_rows is " +
+                    std::to_string(e.max_logits_rows));
   if (e.desc.kv.num_layers > 0 && extra > e.kv.num_free())
     throw StepError("KV cache full: the step needs " + std::to_string(extra) + " more blocks, " +
                     std::to_string(e.kv.num_free()) + " of " + std::to_string(e.kv.num_blocks()) +
@@ -137,6 +146,7 @@ void plan_and_upload(Engine& e, const SeqReq* r, int S, StepPlan& p, const int32
   auto* sstart = reinterpret_cast<int32_t*>(h + l.seq_start);
   auto* slen = reinterpret_cast<int32_t*>(h + l.seq_len);
   auto* bt = reinterpret_cast<int32_t*>(h + l.block_tables);
+  auto* fsrc = reinterpret_cast<int32_t*>(h + l.feed_src);
   const int MB = l.max_blocks;
 
   p.last_row.assign(size_t(S), 0);
@@ -161,6 +171,7 @@ void plan_and_upload(Engine& e, const SeqReq* r, int S, StepPlan& p, const int32
       tok++;
     }
     p.last_row[size_t(s)] = row - 1;
+    fsrc[s] = !q.tokens && !dev_ids ? e.feed_rows.at(q.id) : -1;
     slen[s] = q.start + q.n;
     int32_t* rowp = bt + size_t(s) * MB;
     const Sequence* sq = e.kv.find(q.id);
@@ -176,6 +187,7 @@ void plan_and_upload(Engine& e, const SeqReq* r, int S, StepPlan& p, const int32
     tseq[tok] = s;
     put_row(tok, greedy, 0);
     slen[s] = 1;
+    fsrc[s] = -1;
     std::memset(bt + size_t(s) * MB, 0, sizeof(int32_t) * size_t(MB));
     tok++;
   }
@@ -187,6 +199,18 @@ void plan_and_upload(Engine& e, const SeqReq* r, int S, StepPlan& p, const int32
     TSLLM_CUDA(cudaMemcpyAsync(b.dev + l.input_ids, dev_ids, sizeof(int32_t) * size_t(S), cudaMemcpyDeviceToDevice,
                                e.stream),
                "copying sampled tokens to the next step");
+  if (fed)
+    TSLLM_CUDA(feed_tokens(b.dptr<int32_t>(l.input_ids), b.dptr<int32_t>(l.seq_start), b.dptr<int32_t>(l.feed_src),
+                           e.feed_out, p.S, e.stream),
+               "feeding the previous step's tokens");
+}
+
+// After a step: its sampled tokens (on the device) may feed the next step's sequences that give none.
+void remember_samples(Engine& e, const StepPlan& p, const SeqReq* r, int S, bool sampled) {
+  e.feed_rows.clear();
+  e.feed_out = sampled ? p.buf->out_tokens : nullptr;
+  if (sampled)
+    for (int s = 0; s < S; s++) e.feed_rows[r[s].id] = p.last_row[size_t(s)];
 }
 
 // Logits to fp32 and (optionally) sampling, after the program.
@@ -343,6 +367,7 @@ void run_step(Engine& e, const SeqReq* reqs, int num_seqs, tsllm_step_output* ou
     throw StepError("logits buffer holds " + std::to_string(out->logits_capacity) + " floats, the step has " +
                     std::to_string(p.real_L) + " rows of " + std::to_string(vocab));
   execute(e, p, want_tokens);
+  remember_samples(e, p, reqs, num_seqs, want_tokens || p.graph);
   if (want_tokens)
     TSLLM_CUDA(cudaMemcpyAsync(e.host_tokens, p.buf->out_tokens, sizeof(int32_t) * size_t(p.L), cudaMemcpyDeviceToHost,
                                e.stream),
@@ -360,9 +385,62 @@ void run_step(Engine& e, const SeqReq* reqs, int num_seqs, tsllm_step_output* ou
   }
 }
 
+int64_t launch_step(Engine& e, const SeqReq* reqs, int num_seqs) {
+  for (int i = 0; i < num_seqs; i++)
+    if (reqs[i].id & kGenerateIdBit)
+      throw StepError("sequence ids with the top bit set are reserved for tsllm_generate");
+  const int64_t ticket = e.next_ticket + 1;
+  PendingStep& rec = e.pending[ticket % TSLLM_MAX_PENDING];
+  if (rec.state.load(std::memory_order_acquire) != 0)
+    throw StepError("too many pending steps: at most " + std::to_string(TSLLM_MAX_PENDING) +
+                    " may be launched and not yet waited for");
+  TSLLM_CUDA(cudaEventRecord(rec.start, e.stream), "cudaEventRecord");
+  StepPlan p;
+  plan_and_upload(e, reqs, num_seqs, p, nullptr);
+  execute(e, p, true);
+  TSLLM_CUDA(cudaMemcpyAsync(rec.host_tokens, p.buf->out_tokens, sizeof(int32_t) * size_t(p.L), cudaMemcpyDeviceToHost,
+                             e.stream),
+             "copying sampled tokens");
+  TSLLM_CUDA(cudaEventRecord(rec.end, e.stream), "cudaEventRecord");
+  remember_samples(e, p, reqs, num_seqs, true);
+  rec.prev_end = e.last_end;
+  e.last_end = rec.end;
+  rec.last_row = p.last_row;
+  rec.S = num_seqs;
+  rec.ticket = ticket;
+  e.next_ticket = ticket;
+  rec.state.store(1, std::memory_order_release);
+  return ticket;
+}
+
+// May run on another thread than launches: reads only this step's record (and its events).
+void wait_step(Engine& e, int64_t ticket, int32_t* tokens, int capacity, tsllm_step_times* times) {
+  PendingStep& rec = e.pending[(ticket > 0 ? ticket : 0) % TSLLM_MAX_PENDING];
+  if (ticket <= 0 || rec.state.load(std::memory_order_acquire) != 1 || rec.ticket != ticket)
+    throw StepError("no pending step with ticket " + std::to_string(ticket));
+  struct Free {
+    PendingStep& r;
+    ~Free() { r.state.store(0, std::memory_order_release); }
+  } free_rec{rec};
+  TSLLM_CUDA(cudaEventSynchronize(rec.end), "step");
+  if (capacity < rec.S)
+    throw StepError("token buffer holds " + std::to_string(capacity) + ", the step has " + std::to_string(rec.S) +
+                    " sequences");
+  for (int s = 0; s < rec.S; s++) tokens[s] = rec.host_tokens[rec.last_row[size_t(s)]];
+  if (times) {
+    float ms = 0;
+    TSLLM_CUDA(cudaEventElapsedTime(&ms, rec.start, rec.end), "cudaEventElapsedTime");
+    times->gpu_ms = ms;
+    times->gap_ms = 0;
+    if (rec.prev_end && cudaEventElapsedTime(&ms, rec.prev_end, rec.start) == cudaSuccess) times->gap_ms = std::max(0.f, ms);
+  }
+}
+
 void generate(Engine& e, int n, const int32_t* tokens, const int32_t* lens, int max_new, const tsllm_sampling* sp,
               int32_t* out_tokens, tsllm_timings* t) {
   auto wall0 = std::chrono::steady_clock::now();
+  e.feed_out = nullptr;  // generate's steps reuse the buffers: nothing is left to feed from
+  e.feed_rows.clear();
   if (n < 1) throw StepError("generate needs at least one prompt");
   if (n > e.max_bs) throw StepError(std::to_string(n) + " prompts exceed max_batch_size " + std::to_string(e.max_bs));
   if (max_new < 1) throw StepError("max_new_tokens must be >= 1");

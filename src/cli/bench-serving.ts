@@ -1,0 +1,178 @@
+// tsllm-bench prepare-dataset and throughput: trtllm-bench's dataset format and offline throughput
+// benchmark over the batch manager.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import cliProgress from "cli-progress";
+import { type Command, Option } from "commander";
+import { openEngine } from "../engine/reader.ts";
+import { type DatasetEntry, formatDatasetLine, readDataset, tokenNormDist } from "../serving/dataset.ts";
+import { openBatchManager } from "../serving/open.ts";
+import { formatReport, runRequests, summarize } from "../serving/throughput.ts";
+import { findTokenizer } from "../text/engine-files.ts";
+import { float, int, main } from "./common.ts";
+
+/** Writes text to file through a temporary sibling and a rename: never a half-written file. */
+function writeAtomic(file: string, text: string): void {
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
+  fs.writeFileSync(tmp, text);
+  fs.renameSync(tmp, file);
+}
+
+export function addServingCommands(program: Command): void {
+  program
+    .command("prepare-dataset")
+    .description(
+      "Write a synthetic benchmark dataset as trtllm-bench reads it (TensorRT-LLM prepare_dataset.py" +
+        'token-norm-dist): one {"task_id", "input_ids", "output_tokens"} JSON object per line, lengths drawn\n' +
+        "from normal distributions (stdev 0: all equal), token ids uniform over the engine's vocabulary.",
+    )
+    .argument("<engine>", "engine directory (for its vocabulary)")
+    .requiredOption("--num-requests <n>", "requests to write", int("--num-requests"))
+    .requiredOption("--input-mean <n>", "mean prompt length", float("--input-mean"))
+    .option("--input-stdev <n>", "prompt length standard deviation", float("--input-stdev"), 0)
+    .requiredOption("--output-mean <n>", "mean output length", float("--output-mean"))
+    .option("--output-stdev <n>", "output length standard deviation", float("--output-stdev"), 0)
+    .option("--seed <n>", "random seed", int("--seed"), 0)
+    .option("--output <file>", "write here instead of stdout")
+    .action((dir: string, o) =>
+      main(async () => {
+        if (o.numRequests < 1) throw new Error(`--num-requests must be >= 1, got ${o.numRequests}`);
+        for (const k of ["inputMean", "outputMean"] as const)
+          if (!(o[k] >= 1))
+            throw new Error(`--${k === "inputMean" ? "input" : "output"}-mean must be >= 1, got ${o[k]}`);
+        for (const k of ["inputStdev", "outputStdev"] as const)
+          if (!(o[k] >= 0))
+            throw new Error(`--${k === "inputStdev" ? "input" : "output"}-stdev must be >= 0, got ${o[k]}`);
+        const vocabSize = openEngine(dir, { verify: false }).config.facts.vocabSize;
+        const entries = tokenNormDist({ ...o, vocabSize });
+        const text = `${entries.map(formatDatasetLine).join("\n")}\n`;
+        if (o.output) writeAtomic(o.output, text);
+        else process.stdout.write(text);
+      }),
+    );
+
+  program
+    .command("throughput")
+    .description(
+      "Offline throughput over a dataset (trtllm-bench throughput): every request queued at once (or at most" +
+        "--concurrency in flight), in-flight batching over the paged KV cache; prints request and token" +
+        "throughput, TTFT / TPOT / inter-token / end-to-end latency percentiles, peak KV use and the host gap" +
+        "between steps. Requests generate exactly output_tokens (eos ignored, as trtllm-bench) unless --eos.",
+    )
+    .argument("<engine>", "engine directory (tp 1)")
+    .requiredOption(
+      "--dataset <file>",
+      "JSON lines: {task_id, input_ids | prompt, output_tokens} (prepare-dataset)",
+    )
+    .addOption(
+      new Option("--device <d>", "cuda (native runtime) or cpu (reference executor)")
+        .choices(["cuda", "cpu"])
+        .default("cuda"),
+    )
+    .option("--max-batch-size <n>", "runtime limit (default: the engine's)", int("--max-batch-size"))
+    .option("--max-num-tokens <n>", "tokens per step (default: the engine's)", int("--max-num-tokens"))
+    .option("--max-seq-len <n>", "runtime limit (default: the engine's)", int("--max-seq-len"))
+    .option(
+      "--kv-cache-free-gpu-mem-fraction <x>",
+      "share of free GPU memory for the KV cache (default 0.9)",
+      float("--kv-cache-free-gpu-mem-fraction"),
+    )
+    .option("--kv-blocks <n>", "cap the KV pool at this many blocks", int("--kv-blocks"))
+    .addOption(
+      new Option("--scheduler-policy <p>", "admission policy")
+        .choices(["guaranteed_no_evict", "max_utilization"])
+        .default("guaranteed_no_evict"),
+    )
+    .option("--concurrency <n>", "requests in flight at once (default: all)", int("--concurrency"))
+    .option("--warmup <n>", "requests run first, untimed", int("--warmup"), 2)
+    .option("--num-requests <n>", "use only the first n requests of the dataset", int("--num-requests"))
+    .option("--eos", "stop at the engine's eos ids")
+    .option("--no-cuda-graphs", "run decode steps eagerly")
+    .option("--json <file>", "also write the report as JSON")
+    .action((dir: string, o) =>
+      main(async () => {
+        const engine = openEngine(dir, { verify: false });
+        const found = findTokenizer(dir);
+        const encode = found.tok ? (t: string) => found.tok!.encode(t) : undefined;
+        let entries: DatasetEntry[] = readDataset(o.dataset, {
+          encode,
+          vocabSize: engine.config.facts.vocabSize,
+        });
+        if (o.numRequests !== undefined) entries = entries.slice(0, o.numRequests);
+        const bm = await openBatchManager(dir, {
+          device: o.device,
+          verify: false,
+          policy: o.schedulerPolicy,
+          maxBatchSize: o.maxBatchSize,
+          maxNumTokens: o.maxNumTokens,
+          maxSeqLen: o.maxSeqLen,
+          kvCacheFreeGpuMemFraction: o.kvCacheFreeGpuMemFraction,
+          kvBlocks: o.kvBlocks,
+          cudaGraphs: o.cudaGraphs,
+        });
+        try {
+          const L = bm.limits;
+          const bad = entries.find((e) => e.inputIds.length + e.outputTokens > L.maxSeqLen);
+          if (bad)
+            throw new Error(
+              `${o.dataset}: request ${bad.taskId} has ${bad.inputIds.length} input + ${bad.outputTokens} output tokens, over max_seq_len ${L.maxSeqLen} (raise --max-seq-len)`,
+            );
+          const b = engine.config.build;
+          const header = [
+            `engine        ${dir} (${b.dtype}, kv ${b.kv_cache_dtype}, quant ${b.quant}, built for batch ${b.max_batch_size} / ${b.max_num_tokens} tokens / seq ${b.max_seq_len})`,
+            `device        ${o.device}: ${bm.backendInfo.deviceName}`,
+            `limits        max_batch_size ${L.maxBatchSize}, max_num_tokens ${L.maxNumTokens}, max_seq_len ${L.maxSeqLen}, KV ${L.kvBlocksTotal} blocks of ${L.tokensPerBlock} tokens`,
+            `scheduler     ${bm.policy}, concurrency ${o.concurrency ?? "all"}, ${o.eos ? "stops at eos" : "eos ignored"}`,
+            `dataset       ${o.dataset}: ${entries.length} requests`,
+          ];
+          process.stderr.write(`${header.join("\n")}\n`);
+          if (o.warmup > 0) await runRequests(bm, entries.slice(0, o.warmup), { stopAtEos: !!o.eos });
+          const before = bm.stats();
+          const bar = new cliProgress.SingleBar(
+            {
+              format:
+                "throughput |{bar}| {value}/{total} requests | {tokens} output tokens | {eta_formatted} left",
+              stream: process.stderr,
+              hideCursor: true,
+            },
+            cliProgress.Presets.shades_classic,
+          );
+          bar.start(entries.length, 0, { tokens: 0 });
+          const run = await runRequests(bm, entries, {
+            concurrency: o.concurrency,
+            stopAtEos: !!o.eos,
+            onProgress: (done, _total, tokens) => bar.update(done, { tokens }),
+          });
+          bar.stop();
+          const after = bm.stats();
+          const report = summarize(entries, run, {
+            total: after.kvBlocksTotal,
+            peakUsed: after.kvBlocksPeakUsed,
+            preemptions: after.preemptions - before.preemptions,
+          });
+          process.stdout.write(`${formatReport(report, header)}\n`);
+          if (o.json)
+            writeAtomic(
+              o.json,
+              `${JSON.stringify(
+                {
+                  engine: dir,
+                  device: o.device,
+                  device_name: bm.backendInfo.deviceName,
+                  dtype: b.dtype,
+                  policy: bm.policy,
+                  limits: L,
+                  concurrency: o.concurrency ?? entries.length,
+                  dataset: o.dataset,
+                  ...report,
+                },
+                null,
+                2,
+              )}\n`,
+            );
+        } finally {
+          await bm.shutdown();
+        }
+      }),
+    );
+}

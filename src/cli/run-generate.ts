@@ -1,0 +1,110 @@
+// tsllm-run's generation: prompts from --input-ids / a JSONL file, checked against the engine's limits
+// before anything runs, submitted together to the batch manager; each prompt's generated ids are one
+// comma-separated line on stdout, in prompt order, written as the tokens come (the line of the earliest
+// unfinished prompt streams; later ones follow when it ends). Text I/O layers on top of these ids.
+import * as fs from "node:fs";
+import type { BatchManager, GenerationRequest, SamplingOptions } from "../serving/types.ts";
+import { parseIds } from "./common.ts";
+
+export interface Prompt {
+  ids: number[];
+  maxNewTokens: number;
+  where: string;
+}
+
+export function readPrompts(o: { inputIds?: string[]; inputFile?: string; maxNewTokens: number }): Prompt[] {
+  const prompts: Prompt[] = [];
+  (o.inputIds ?? []).forEach((s, i) => {
+    const ids = parseIds(s, "--input-ids");
+    prompts.push({ ids, maxNewTokens: o.maxNewTokens, where: `--input-ids #${i + 1}` });
+  });
+  if (o.inputFile) {
+    let text: string;
+    try {
+      text = fs.readFileSync(o.inputFile, "utf8");
+    } catch (e) {
+      throw new Error(`--input-file ${o.inputFile}: cannot read (${(e as NodeJS.ErrnoException).code ?? e})`);
+    }
+    text.split("\n").forEach((line, i) => {
+      if (!line.trim()) return;
+      const where = `${o.inputFile}:${i + 1}`;
+      let j: { input_ids?: unknown; output_tokens?: unknown };
+      try {
+        j = JSON.parse(line);
+      } catch {
+        throw new Error(`${where}: not valid JSON`);
+      }
+      const ids = j?.input_ids;
+      if (!Array.isArray(ids) || ids.length === 0 || !ids.every((t) => Number.isInteger(t) && t >= 0))
+        throw new Error(`${where}: "input_ids" must be a non-empty list of token ids`);
+      const n = j.output_tokens ?? o.maxNewTokens;
+      if (!Number.isInteger(n) || (n as number) < 1)
+        throw new Error(`${where}: "output_tokens" must be an integer >= 1`);
+      prompts.push({ ids: ids as number[], maxNewTokens: n as number, where });
+    });
+  }
+  if (prompts.length === 0)
+    throw new Error("give --input-ids 1,2,3 (repeatable), --input-file FILE or --golden FILE");
+  return prompts;
+}
+
+export interface GenerateIdsOptions {
+  sampling: SamplingOptions;
+  ignoreEos: boolean;
+  stopTokenIds: number[];
+  out: { write(s: string): unknown };
+}
+
+/** Runs every prompt; returns the generated ids per prompt (also written to o.out). */
+export async function generateIds(
+  bm: BatchManager,
+  prompts: Prompt[],
+  o: GenerateIdsOptions,
+): Promise<number[][]> {
+  const { maxSeqLen } = bm.limits;
+  for (const p of prompts)
+    if (p.ids.length + p.maxNewTokens > maxSeqLen)
+      throw new Error(
+        `${p.where}: prompt of ${p.ids.length} tokens + max_new_tokens ${p.maxNewTokens} = ${p.ids.length + p.maxNewTokens} exceeds max_seq_len ${maxSeqLen}`,
+      );
+  const reqs: GenerationRequest[] = prompts.map((p) => ({
+    promptIds: p.ids,
+    maxNewTokens: p.maxNewTokens,
+    sampling: o.sampling,
+    ignoreEos: o.ignoreEos,
+    stopTokenIds: o.stopTokenIds,
+    tag: p.where,
+  }));
+  // --max-new-tokens 0 asks for nothing: an empty line, no request.
+  const handles = reqs.map((r) => (r.maxNewTokens > 0 ? bm.submit(r) : null));
+  const toks: number[][] = prompts.map(() => []);
+  const finished = prompts.map(() => false);
+  let cur = 0; // the prompt whose line is being written
+  const write = (i: number, t: number) => o.out.write(toks[i].length === 1 ? `${t}` : `,${t}`);
+  const advance = () => {
+    while (cur < prompts.length && finished[cur]) {
+      o.out.write("\n");
+      cur++;
+      if (cur < prompts.length) toks[cur].forEach((t, k) => o.out.write(k ? `,${t}` : `${t}`));
+    }
+  };
+  const results = await Promise.all(
+    handles.map(async (h, i) => {
+      if (!h) {
+        finished[i] = true;
+        advance();
+        return [];
+      }
+      for await (const ev of h) {
+        toks[i].push(ev.tokenId);
+        if (i === cur) write(i, ev.tokenId);
+      }
+      const r = await h.done;
+      if (r.finishReason === "error") throw new Error(`${prompts[i].where}: ${r.error?.message}`);
+      finished[i] = true;
+      advance();
+      return r.outputIds;
+    }),
+  );
+  return results;
+}

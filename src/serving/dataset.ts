@@ -1,0 +1,129 @@
+// Benchmark datasets in trtllm-bench's JSON-lines form, one request per line:
+//   {"task_id": 0, "input_ids": [1, 2, 3], "output_tokens": 128}
+// as TensorRT-LLM's benchmarks/cpp/prepare_dataset.py prints it (extra fields such as "lora_request" are
+// ignored), or {"task_id": 0, "prompt": "text", "output_tokens": 128} when a tokenizer is given.
+// tokenNormDist makes the synthetic "token-norm-dist" workload (normal input/output lengths, random ids).
+import * as fs from "node:fs";
+import { lowbias32 } from "../weights/random.ts";
+
+export interface DatasetEntry {
+  taskId: number | string;
+  inputIds: number[];
+  outputTokens: number;
+}
+
+/** Text → token ids, for datasets of prompts (engineer "serve"'s tokenizers plug in here). */
+export type Encode = (text: string) => number[];
+
+export class DatasetError extends Error {
+  override name = "DatasetError";
+}
+
+export function parseDatasetLine(line: string, where: string, encode?: Encode): DatasetEntry {
+  let j: unknown;
+  try {
+    j = JSON.parse(line);
+  } catch (e) {
+    throw new DatasetError(`${where}: not valid JSON (${(e as Error).message})`);
+  }
+  if (typeof j !== "object" || j === null || Array.isArray(j))
+    throw new DatasetError(`${where}: not a JSON object`);
+  const o = j as Record<string, unknown>;
+  const out = o.output_tokens;
+  if (!Number.isInteger(out) || (out as number) < 1)
+    throw new DatasetError(`${where}: "output_tokens" must be an integer >= 1, got ${JSON.stringify(out)}`);
+  let ids: number[];
+  if (o.input_ids !== undefined) {
+    if (
+      !Array.isArray(o.input_ids) ||
+      o.input_ids.length === 0 ||
+      !o.input_ids.every((t) => Number.isInteger(t) && t >= 0)
+    )
+      throw new DatasetError(`${where}: "input_ids" must be a non-empty list of token ids`);
+    ids = o.input_ids as number[];
+  } else if (typeof o.prompt === "string") {
+    if (!encode)
+      throw new DatasetError(
+        `${where}: a "prompt" line needs a tokenizer; this engine has none (give "input_ids")`,
+      );
+    ids = encode(o.prompt);
+    if (ids.length === 0) throw new DatasetError(`${where}: "prompt" encodes to no tokens`);
+  } else throw new DatasetError(`${where}: needs "input_ids" (token ids) or "prompt" (text)`);
+  const taskId = o.task_id;
+  return {
+    taskId: typeof taskId === "number" || typeof taskId === "string" ? taskId : where,
+    inputIds: ids,
+    outputTokens: out as number,
+  };
+}
+
+/** Reads a JSON-lines dataset (blank lines skipped); every error names the file and line. */
+export function readDataset(file: string, o: { encode?: Encode; vocabSize?: number } = {}): DatasetEntry[] {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, "utf8");
+  } catch (e) {
+    throw new DatasetError(
+      `${file}: cannot read the dataset (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
+    );
+  }
+  const entries: DatasetEntry[] = [];
+  text.split("\n").forEach((line, i) => {
+    if (!line.trim()) return;
+    const where = `${file}:${i + 1}`;
+    const e = parseDatasetLine(line, where, o.encode);
+    if (o.vocabSize !== undefined) {
+      const bad = e.inputIds.find((t) => t >= o.vocabSize!);
+      if (bad !== undefined)
+        throw new DatasetError(
+          `${where}: token id ${bad} outside the engine's vocabulary (0..${o.vocabSize - 1})`,
+        );
+    }
+    entries.push(e);
+  });
+  if (entries.length === 0) throw new DatasetError(`${file}: no requests in the dataset`);
+  return entries;
+}
+
+export function formatDatasetLine(e: DatasetEntry): string {
+  return JSON.stringify({ task_id: e.taskId, input_ids: e.inputIds, output_tokens: e.outputTokens });
+}
+
+export interface TokenNormDist {
+  numRequests: number;
+  inputMean: number;
+  inputStdev: number;
+  outputMean: number;
+  outputStdev: number;
+  seed: number;
+  vocabSize: number;
+}
+
+/** Seeded uniform [0, 1) stream (counter-based, so a seed always gives the same dataset). */
+function uniforms(seed: number): () => number {
+  let i = 0;
+  const base = lowbias32(seed >>> 0);
+  return () => (lowbias32((base ^ Math.imul(++i, 0x9e3779b9)) >>> 0) + 0.5) / 2 ** 32;
+}
+
+/**
+ * prepare_dataset.py's token-norm-dist: lengths ~ Normal(mean, stdev) rounded and clamped to >= 1,
+ * token ids uniform over the vocabulary.
+ */
+export function tokenNormDist(o: TokenNormDist): DatasetEntry[] {
+  const u = uniforms(o.seed);
+  const normal = (mean: number, stdev: number) => {
+    if (stdev === 0) return Math.max(1, Math.round(mean));
+    const z = Math.sqrt(-2 * Math.log(u())) * Math.cos(2 * Math.PI * u());
+    return Math.max(1, Math.round(mean + stdev * z));
+  };
+  return Array.from({ length: o.numRequests }, (_, taskId) => {
+    const inLen = normal(o.inputMean, o.inputStdev);
+    const outLen = normal(o.outputMean, o.outputStdev);
+    return {
+      taskId,
+      inputIds: Array.from({ length: inLen }, () => Math.min(o.vocabSize - 1, Math.floor(u() * o.vocabSize))),
+      outputTokens: outLen,
+    };
+  });
+}

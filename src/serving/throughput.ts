@@ -1,0 +1,245 @@
+// tsllm-bench throughput's measurement: run a dataset through a batch manager (all queued at once, as
+// trtllm-bench's offline mode, or at most `concurrency` in flight) and reduce the per-request timings to
+// the figures trtllm-bench prints.
+import { performance } from "node:perf_hooks";
+import type { InflightBatchManager, StepRecord } from "./batch-manager.ts";
+import type { DatasetEntry } from "./dataset.ts";
+import type { RequestResult } from "./types.ts";
+
+export interface ThroughputOptions {
+  /** Requests in flight at once (default: all). */
+  concurrency?: number;
+  /** Stop at the engine's eos ids (default false: exactly output_tokens per request, as trtllm-bench). */
+  stopAtEos?: boolean;
+  onProgress?: (done: number, total: number, outputTokens: number) => void;
+}
+
+export interface Percentiles {
+  mean: number;
+  p50: number;
+  p90: number;
+  p99: number;
+  min: number;
+  max: number;
+}
+
+export interface ThroughputReport {
+  num_requests: number;
+  total_time_s: number;
+  total_input_tokens: number;
+  total_output_tokens: number;
+  request_throughput_req_s: number;
+  output_throughput_tok_s: number;
+  /** Mean over requests of output tokens / (e2e - ttft) after the first token, tok/s per user. */
+  per_user_output_throughput_tok_s: number;
+  total_token_throughput_tok_s: number;
+  ttft_ms: Percentiles;
+  tpot_ms: Percentiles;
+  itl_ms: Percentiles;
+  e2e_ms: Percentiles;
+  kv_blocks_total: number;
+  kv_blocks_peak_used: number;
+  kv_peak_use_pct: number;
+  preemptions: number;
+  finish_reasons: Record<string, number>;
+  steps: {
+    count: number;
+    mean_ms: number;
+    /** Steady state: steps whose sequences all decoded, with the largest batch seen. */
+    decode_steps: number;
+    mean_decode_batch: number;
+    /** Device idle between steps (waiting for the host) as a share of steps + gaps. */
+    host_gap_pct: number;
+    mean_host_gap_ms: number;
+    /** Full decode batches (batch >= the largest batch seen): mean step time and host gap. */
+    full_batch: {
+      batch: number;
+      steps: number;
+      mean_step_ms: number;
+      mean_host_gap_ms: number;
+      host_gap_pct: number;
+    };
+  };
+}
+
+export function percentiles(xs: number[]): Percentiles {
+  if (xs.length === 0)
+    return {
+      mean: Number.NaN,
+      p50: Number.NaN,
+      p90: Number.NaN,
+      p99: Number.NaN,
+      min: Number.NaN,
+      max: Number.NaN,
+    };
+  const s = [...xs].sort((a, b) => a - b);
+  const at = (q: number) => s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))];
+  return {
+    mean: s.reduce((a, b) => a + b, 0) / s.length,
+    p50: at(0.5),
+    p90: at(0.9),
+    p99: at(0.99),
+    min: s[0],
+    max: s[s.length - 1],
+  };
+}
+
+/** Runs entries through bm; requests must fit (callers check max_seq_len first for a clear error). */
+export async function runRequests(
+  bm: InflightBatchManager,
+  entries: DatasetEntry[],
+  o: ThroughputOptions = {},
+): Promise<{ results: RequestResult[]; seconds: number; steps: StepRecord[] }> {
+  const limit = o.concurrency && o.concurrency > 0 ? o.concurrency : entries.length;
+  const results: RequestResult[] = new Array(entries.length);
+  const steps: StepRecord[] = [];
+  bm.onStep = (s) => steps.push(s);
+  let next = 0;
+  let done = 0;
+  let outTokens = 0;
+  const t0 = performance.now();
+  await new Promise<void>((resolve, reject) => {
+    const launch = () => {
+      while (next < entries.length && next - done < limit) {
+        const i = next++;
+        const e = entries[i];
+        const h = bm.submit({
+          promptIds: e.inputIds,
+          maxNewTokens: e.outputTokens,
+          ignoreEos: !o.stopAtEos,
+          tag: `request ${e.taskId}`,
+        });
+        h.done.then((r) => {
+          if (r.finishReason === "error")
+            return reject(new Error(`request ${e.taskId}: ${r.error?.message}`));
+          results[i] = r;
+          done++;
+          outTokens += r.outputIds.length;
+          o.onProgress?.(done, entries.length, outTokens);
+          if (done === entries.length) resolve();
+          else launch();
+        }, reject);
+      }
+    };
+    try {
+      launch();
+    } catch (e) {
+      reject(e);
+    }
+  });
+  bm.onStep = undefined;
+  return { results, seconds: (performance.now() - t0) / 1000, steps };
+}
+
+export function summarize(
+  entries: DatasetEntry[],
+  run: { results: RequestResult[]; seconds: number; steps: StepRecord[] },
+  kv: { total: number; peakUsed: number; preemptions: number },
+): ThroughputReport {
+  const { results, seconds, steps } = run;
+  const inTok = entries.reduce((a, e) => a + e.inputIds.length, 0);
+  const outTok = results.reduce((a, r) => a + r.outputIds.length, 0);
+  const ttft: number[] = [];
+  const tpot: number[] = [];
+  const itl: number[] = [];
+  const e2e: number[] = [];
+  const perUser: number[] = [];
+  const reasons: Record<string, number> = {};
+  for (const r of results) {
+    const t = r.timings;
+    reasons[r.finishReason] = (reasons[r.finishReason] ?? 0) + 1;
+    ttft.push(t.ttftMs);
+    e2e.push(t.e2eMs);
+    const n = t.tokenTimesMs.length;
+    if (n > 1) {
+      const decodeMs = t.tokenTimesMs[n - 1] - t.tokenTimesMs[0];
+      tpot.push(decodeMs / (n - 1));
+      perUser.push(((n - 1) * 1000) / Math.max(decodeMs, 1e-9));
+      for (let k = 1; k < n; k++) itl.push(t.tokenTimesMs[k] - t.tokenTimesMs[k - 1]);
+    }
+  }
+  // Device time: each step's own time plus the idle gap before it (GPU timeline on cuda).
+  const stepMs = (xs: StepRecord[]) =>
+    xs.reduce((a, s) => a + (Number.isFinite(s.stepMs) ? s.stepMs : s.ms), 0);
+  const gapOf = (xs: StepRecord[]) => xs.reduce((a, s) => a + s.gapMs, 0);
+  const gapMs = gapOf(steps);
+  const loopMs = stepMs(steps) + gapMs;
+  const decodeSteps = steps.filter((s) => s.decode === s.seqs);
+  const maxBatch = decodeSteps.reduce((a, s) => Math.max(a, s.seqs), 0);
+  const full = decodeSteps.filter((s) => s.seqs === maxBatch);
+  const fullStep = stepMs(full);
+  const fullGap = gapOf(full);
+  return {
+    num_requests: entries.length,
+    total_time_s: seconds,
+    total_input_tokens: inTok,
+    total_output_tokens: outTok,
+    request_throughput_req_s: entries.length / seconds,
+    output_throughput_tok_s: outTok / seconds,
+    per_user_output_throughput_tok_s: perUser.length
+      ? perUser.reduce((a, b) => a + b, 0) / perUser.length
+      : Number.NaN,
+    total_token_throughput_tok_s: (inTok + outTok) / seconds,
+    ttft_ms: percentiles(ttft),
+    tpot_ms: percentiles(tpot),
+    itl_ms: percentiles(itl),
+    e2e_ms: percentiles(e2e),
+    kv_blocks_total: kv.total,
+    kv_blocks_peak_used: kv.peakUsed,
+    kv_peak_use_pct: (100 * kv.peakUsed) / kv.total,
+    preemptions: kv.preemptions,
+    finish_reasons: reasons,
+    steps: {
+      count: steps.length,
+      mean_ms: steps.length ? stepMs(steps) / steps.length : Number.NaN,
+      decode_steps: decodeSteps.length,
+      mean_decode_batch: decodeSteps.length
+        ? decodeSteps.reduce((a, s) => a + s.seqs, 0) / decodeSteps.length
+        : Number.NaN,
+      host_gap_pct: loopMs ? (100 * gapMs) / loopMs : Number.NaN,
+      mean_host_gap_ms: steps.length ? gapMs / steps.length : Number.NaN,
+      full_batch: {
+        batch: maxBatch,
+        steps: full.length,
+        mean_step_ms: full.length ? fullStep / full.length : Number.NaN,
+        mean_host_gap_ms: full.length ? fullGap / full.length : Number.NaN,
+        host_gap_pct: fullStep + fullGap ? (100 * fullGap) / (fullStep + fullGap) : Number.NaN,
+      },
+    },
+  };
+}
+
+const f = (x: number, d = 2) => (Number.isFinite(x) ? x.toFixed(d) : "n/a");
+
+export function formatReport(r: ThroughputReport, header: string[]): string {
+  const row = (name: string, p: Percentiles) =>
+    `  ${name.padEnd(28)} mean ${f(p.mean)}  p50 ${f(p.p50)}  p90 ${f(p.p90)}  p99 ${f(p.p99)}`;
+  const s = r.steps;
+  return [
+    "===========================================================",
+    "= tsllm-bench throughput",
+    "===========================================================",
+    ...header,
+    "-- Requests",
+    `  requests                     ${r.num_requests} (${Object.entries(r.finish_reasons)
+      .map(([k, v]) => `${k} ${v}`)
+      .join(", ")})`,
+    `  total time                   ${f(r.total_time_s, 3)} s`,
+    `  input / output tokens        ${r.total_input_tokens} / ${r.total_output_tokens}`,
+    "-- Throughput",
+    `  request throughput           ${f(r.request_throughput_req_s, 3)} req/s`,
+    `  total output throughput      ${f(r.output_throughput_tok_s, 1)} tok/s`,
+    `  per-user output throughput   ${f(r.per_user_output_throughput_tok_s, 1)} tok/s/user`,
+    `  total token throughput       ${f(r.total_token_throughput_tok_s, 1)} tok/s`,
+    "-- Latency (ms)",
+    row("time to first token", r.ttft_ms),
+    row("time per output token", r.tpot_ms),
+    row("inter-token latency", r.itl_ms),
+    row("end-to-end latency", r.e2e_ms),
+    "-- KV cache and steps",
+    `  peak KV use                  ${r.kv_blocks_peak_used} of ${r.kv_blocks_total} blocks (${f(r.kv_peak_use_pct, 1)}%), preemptions ${r.preemptions}`,
+    `  steps                        ${s.count}, mean ${f(s.mean_ms, 3)} ms; decode-only ${s.decode_steps} (mean batch ${f(s.mean_decode_batch, 1)})`,
+    `  host gap between steps       ${f(s.mean_host_gap_ms, 3)} ms mean, ${f(s.host_gap_pct, 2)}% of the step loop`,
+    `  full decode batch ${String(s.full_batch.batch).padEnd(10)} ${s.full_batch.steps} steps, ${f(s.full_batch.mean_step_ms, 3)} ms/step, host gap ${f(s.full_batch.mean_host_gap_ms, 3)} ms (${f(s.full_batch.host_gap_pct, 2)}%)`,
+  ].join("\n");
+}

@@ -1,0 +1,159 @@
+// tsllm-bench prepare-dataset → throughput --device cpu end to end, and the trtllm-bench dataset format
+// (TensorRT-LLM prepare_dataset.py's lines, its "prompt" form through the engine's tokenizer).
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { beforeAll, describe, expect, it } from "vitest";
+import { readDataset } from "../../src/serving/dataset.ts";
+import { TextTokenizer } from "../../src/text/tokenizer.ts";
+import { buildFixture, REPO, TINY_LLAMA, tmpDir } from "../fixtures.ts";
+
+const BENCH = path.join(REPO, "bin/tsllm-bench.mjs");
+const bench = (args: string[]) => spawnSync(process.execPath, [BENCH, ...args], { encoding: "utf8" });
+let dir: string;
+let work: string;
+
+beforeAll(async () => {
+  dir = await buildFixture("llama", { maxSeqLen: 256, maxNumTokens: 64, tokensPerBlock: 8 });
+  work = tmpDir();
+});
+
+describe("tsllm-bench prepare-dataset", () => {
+  it("writes token-norm-dist lines; zero stdev gives equal lengths; a seed repeats", () => {
+    const args = [
+      "prepare-dataset",
+      dir,
+      "--num-requests",
+      "5",
+      "--input-mean",
+      "12",
+      "--output-mean",
+      "7",
+      "--seed",
+      "4",
+    ];
+    const a = bench(args);
+    expect(a.status, a.stderr).toBe(0);
+    expect(bench(args).stdout).toBe(a.stdout);
+    const lines = a.stdout
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l));
+    expect(lines.map((l) => l.task_id)).toEqual([0, 1, 2, 3, 4]);
+    for (const l of lines) {
+      expect(Object.keys(l)).toEqual(["task_id", "input_ids", "output_tokens"]);
+      expect(l.input_ids.length).toBe(12);
+      expect(l.output_tokens).toBe(7);
+      expect(l.input_ids.every((t: number) => Number.isInteger(t) && t >= 0 && t < 512)).toBe(true);
+    }
+    const spread = bench([...args, "--input-stdev", "4", "--output-stdev", "2"])
+      .stdout.trim()
+      .split("\n")
+      .map((l) => JSON.parse(l));
+    expect(new Set(spread.map((l) => l.input_ids.length)).size).toBeGreaterThan(1);
+  });
+
+  it("refuses a bad option with one line and writes nothing", () => {
+    const out = path.join(work, "never.jsonl");
+    const r = bench([
+      "prepare-dataset",
+      dir,
+      "--num-requests",
+      "0",
+      "--input-mean",
+      "12",
+      "--output-mean",
+      "7",
+      "--output",
+      out,
+    ]);
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toBe("error: --num-requests must be >= 1, got 0\n");
+    expect(fs.existsSync(out)).toBe(false);
+  });
+});
+
+describe("trtllm-bench dataset lines", () => {
+  it("loads TensorRT-LLM prepare_dataset.py output unchanged (extra fields ignored) and the prompt form", () => {
+    const file = path.join(work, "trt.jsonl");
+    fs.writeFileSync(
+      file,
+      '{"task_id": 0, "input_ids": [128000, 2028, 374], "output_tokens": 128}\n' +
+        '{"task_id": 1, "input_ids": [5, 6], "output_tokens": 3, "lora_request": {"lora_name": "lora_1", "lora_int_id": 1, "lora_path": "loras/1"}}\n' +
+        '{"task_id": 2, "prompt": "Hello world", "output_tokens": 4}\n',
+    );
+    const tok = TextTokenizer.load(TINY_LLAMA);
+    const d = readDataset(file, { encode: (t) => tok.encode(t) });
+    expect(d[0]).toEqual({ taskId: 0, inputIds: [128000, 2028, 374], outputTokens: 128 });
+    expect(d[1]).toEqual({ taskId: 1, inputIds: [5, 6], outputTokens: 3 });
+    expect(d[2].inputIds).toEqual(tok.encode("Hello world"));
+    expect(() => readDataset(file, { vocabSize: 512 })).toThrow(
+      `${file}:1: token id 128000 outside the engine's vocabulary (0..511)`,
+    );
+    expect(() => readDataset(file)).toThrow(`${file}:3: a "prompt" line needs a tokenizer`);
+    fs.writeFileSync(file, '{"task_id": 0, "input_ids": [1], "output_tokens": 0}\n');
+    expect(() => readDataset(file)).toThrow(`${file}:1: "output_tokens" must be an integer >= 1, got 0`);
+  });
+});
+
+describe("tsllm-bench throughput --device cpu", () => {
+  it("runs a prepared dataset end to end and writes the JSON report", () => {
+    const ds = path.join(work, "ds.jsonl");
+    expect(
+      bench([
+        "prepare-dataset",
+        dir,
+        "--num-requests",
+        "12",
+        "--input-mean",
+        "30",
+        "--input-stdev",
+        "20",
+        "--output-mean",
+        "6",
+        "--output-stdev",
+        "3",
+        "--output",
+        ds,
+      ]).status,
+    ).toBe(0);
+    const entries = readDataset(ds);
+    const json = path.join(work, "report.json");
+    const r = bench([
+      "throughput",
+      dir,
+      "--dataset",
+      ds,
+      "--device",
+      "cpu",
+      "--max-batch-size",
+      "4",
+      "--json",
+      json,
+    ]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/total output throughput +[\d.]+ tok\/s/);
+    expect(r.stdout).toMatch(/time to first token +mean [\d.]+ +p50 [\d.]+ +p90 [\d.]+ +p99 [\d.]+/);
+    const rep = JSON.parse(fs.readFileSync(json, "utf8"));
+    expect(rep.num_requests).toBe(12);
+    expect(rep.finish_reasons).toEqual({ length: 12 });
+    expect(rep.total_output_tokens).toBe(entries.reduce((a, e) => a + e.outputTokens, 0));
+    expect(rep.total_input_tokens).toBe(entries.reduce((a, e) => a + e.inputIds.length, 0));
+    expect(rep.limits.maxBatchSize).toBe(4);
+    expect(rep.output_throughput_tok_s).toBeCloseTo(rep.total_output_tokens / rep.total_time_s, 6);
+    expect(rep.ttft_ms.p50).toBeLessThanOrEqual(rep.e2e_ms.p50);
+    expect(rep.kv_blocks_peak_used).toBeGreaterThan(0);
+    expect(rep.steps.mean_decode_batch).toBeLessThanOrEqual(4);
+  });
+
+  it("a request over max_seq_len stops the run before it starts, naming it", () => {
+    const ds = path.join(work, "long.jsonl");
+    fs.writeFileSync(
+      ds,
+      `${JSON.stringify({ task_id: "x", input_ids: Array(250).fill(1), output_tokens: 10 })}\n`,
+    );
+    const r = bench(["throughput", dir, "--dataset", ds, "--device", "cpu"]);
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toMatch(/error: .*request x has 250 input \+ 10 output tokens, over max_seq_len 256/);
+  });
+});
