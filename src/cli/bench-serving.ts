@@ -22,8 +22,8 @@ export function addServingCommands(program: Command): void {
   program
     .command("prepare-dataset")
     .description(
-      "Write a synthetic benchmark dataset as trtllm-bench reads it (TensorRT-LLM prepare_dataset.py" +
-        'token-norm-dist): one {"task_id", "input_ids", "output_tokens"} JSON object per line, lengths drawn\n' +
+      "Write a synthetic benchmark dataset as trtllm-bench reads it (TensorRT-LLM prepare_dataset.py " +
+        'token-norm-dist): one {"task_id", "input_ids", "output_tokens"} JSON object per line, lengths drawn ' +
         "from normal distributions (stdev 0: all equal), token ids uniform over the engine's vocabulary.",
     )
     .argument("<engine>", "engine directory (for its vocabulary)")
@@ -54,9 +54,9 @@ export function addServingCommands(program: Command): void {
   program
     .command("throughput")
     .description(
-      "Offline throughput over a dataset (trtllm-bench throughput): every request queued at once (or at most" +
-        "--concurrency in flight), in-flight batching over the paged KV cache; prints request and token" +
-        "throughput, TTFT / TPOT / inter-token / end-to-end latency percentiles, peak KV use and the host gap" +
+      "Offline throughput over a dataset (trtllm-bench throughput): every request queued at once (or at most " +
+        "--concurrency in flight), in-flight batching over the paged KV cache; prints request and token " +
+        "throughput, TTFT / TPOT / inter-token / end-to-end latency percentiles, peak KV use and the GPU idle gap " +
         "between steps. Requests generate exactly output_tokens (eos ignored, as trtllm-bench) unless --eos.",
     )
     .argument("<engine>", "engine directory (tp 1)")

@@ -18,7 +18,16 @@ program
       "device-to-device copy bandwidth measured in this run.",
   )
   .argument("<engine>", "engine directory (tp 1)")
-  .option("--batch-size <n>", "sequences decoded together (repeatable as 1,8,64)", (v: string) => v.split(",").map(int("--batch-size", { min: 1 })).join(","), "1")
+  .option(
+    "--batch-size <n>",
+    "sequences decoded together (repeatable as 1,8,64)",
+    (v: string) =>
+      v
+        .split(",")
+        .map(int("--batch-size", { min: 1 }))
+        .join(","),
+    "1",
+  )
   .option("--input-len <n>", "prompt tokens", int("--input-len", { min: 1 }), 128)
   .option("--output-len <n>", "generated tokens", int("--output-len", { min: 1 }), 128)
   .option("--warmup <n>", "untimed runs first", int("--warmup", { min: 0 }), 1)

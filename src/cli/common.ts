@@ -48,7 +48,11 @@ function rangeText(r: Range): string {
 }
 
 function checkRange(name: string, v: string, n: number, r: Range): number {
-  if ((r.min !== undefined && n < r.min) || (r.above !== undefined && n <= r.above) || (r.max !== undefined && n > r.max))
+  if (
+    (r.min !== undefined && n < r.min) ||
+    (r.above !== undefined && n <= r.above) ||
+    (r.max !== undefined && n > r.max)
+  )
     throw new InvalidArgumentError(`Allowed: ${name} ${rangeText(r)}.`);
   return n;
 }

@@ -41,7 +41,12 @@ const program = command(
     int("--max-num-tokens", { min: 1 }),
     8192,
   )
-  .option("--tokens-per-block <n>", "KV cache block size in tokens", int("--tokens-per-block", { min: 1 }), 32)
+  .option(
+    "--tokens-per-block <n>",
+    "KV cache block size in tokens",
+    int("--tokens-per-block", { min: 1 }),
+    32,
+  )
   .option("--disable-pass <name>", "skip a pass (repeatable, comma separated)", list, [])
   .option("--dump-ir-after <name>", "print the IR after a pass (repeatable)", list, [])
   .option("--print-ir", "print the IR before any pass")
@@ -50,7 +55,10 @@ const program = command(
     "engine, or onnx: rank{N}.onnx + external weights per rank (for trtexec / ONNX Runtime)",
     "engine",
   )
-  .requiredOption("-o, --output <dir>", "engine directory to write (an earlier tsllm engine there is replaced)")
+  .requiredOption(
+    "-o, --output <dir>",
+    "engine directory to write (an earlier tsllm engine there is replaced)",
+  )
   .option("--force", "replace an output that is not a tsllm engine (never /, home, . or its ancestors)");
 
 await main(async () => {

@@ -6,7 +6,10 @@ import { DTYPE_BYTES, numel } from "../ir/types.ts";
 import { FusionReport, fmtBytes, formatReport, REPORT_HTML, REPORT_JSON } from "../report/index.ts";
 import { command, main } from "./common.ts";
 
-const program = command("tsllm-inspect", "Print an engine's build summary and its fusion report (report.json) again.")
+const program = command(
+  "tsllm-inspect",
+  "Print an engine's build summary and its fusion report (report.json) again.",
+)
   .argument("<engine>", "engine directory")
   .option("--json", "print report.json as it is")
   .option("--no-notes", "leave out the passes' notes");

@@ -36,8 +36,15 @@ const program = command(
   .option("--top-p <p>", "nucleus sampling mass (1 = all)", float("--top-p", { above: 0, max: 1 }), 1)
   .option("--seed <n>", "sampling seed", int("--seed"), 0)
   .option("--ignore-eos", "do not stop at the engine's eos ids (generation_config.json / config.json)")
-  .option("--stop-token-ids <ids>", "comma-separated token ids that also end generation (kept as the last id)")
-  .option("--max-batch-size <n>", "runtime limit (default: the engine's)", int("--max-batch-size", { min: 1 }))
+  .option(
+    "--stop-token-ids <ids>",
+    "comma-separated token ids that also end generation (kept as the last id)",
+  )
+  .option(
+    "--max-batch-size <n>",
+    "runtime limit (default: the engine's)",
+    int("--max-batch-size", { min: 1 }),
+  )
   .option(
     "--max-num-tokens <n>",
     "runtime limit on tokens per step (default: the engine's)",

@@ -16,17 +16,45 @@ const program = command(
   .option("--host <host>", "address to listen on", "127.0.0.1")
   .option("--port <n>", "port (0 = any free one)", int("--port", { min: 0, max: 65535 }), 8000)
   .addOption(
-    new Option("--device <d>", "cpu (reference executor) or cuda (native runtime)").choices(["cpu", "cuda", "auto"]).default("auto"),
+    new Option("--device <d>", "cpu (reference executor) or cuda (native runtime)")
+      .choices(["cpu", "cuda", "auto"])
+      .default("auto"),
   )
   .option("--served-model-name <name>", "model name clients use (default: the engine directory's name)")
   .option("--api-key <key>", "require Authorization: Bearer <key> on /v1/* (default: $TSLLM_API_KEY)")
-  .option("--max-queue <n>", "requests allowed to wait; more get HTTP 429", int("--max-queue", { min: 0 }), 4096)
-  .option("--drain-timeout <s>", "seconds running requests may take to finish after SIGTERM", float("--drain-timeout", { min: 0 }), 30)
-  .addOption(new Option("--scheduler-policy <p>", "batch admission policy").choices(["guaranteed_no_evict", "max_utilization"]).default("guaranteed_no_evict"))
-  .option("--max-batch-size <n>", "runtime limit (default: the engine's)", int("--max-batch-size", { min: 1 }))
-  .option("--max-num-tokens <n>", "runtime limit (default: the engine's)", int("--max-num-tokens", { min: 1 }))
+  .option(
+    "--max-queue <n>",
+    "requests allowed to wait; more get HTTP 429",
+    int("--max-queue", { min: 0 }),
+    4096,
+  )
+  .option(
+    "--drain-timeout <s>",
+    "seconds running requests may take to finish after SIGTERM",
+    float("--drain-timeout", { min: 0 }),
+    30,
+  )
+  .addOption(
+    new Option("--scheduler-policy <p>", "batch admission policy")
+      .choices(["guaranteed_no_evict", "max_utilization"])
+      .default("guaranteed_no_evict"),
+  )
+  .option(
+    "--max-batch-size <n>",
+    "runtime limit (default: the engine's)",
+    int("--max-batch-size", { min: 1 }),
+  )
+  .option(
+    "--max-num-tokens <n>",
+    "runtime limit (default: the engine's)",
+    int("--max-num-tokens", { min: 1 }),
+  )
   .option("--max-seq-len <n>", "runtime limit (default: the engine's)", int("--max-seq-len", { min: 1 }))
-  .option("--kv-cache-free-gpu-mem-fraction <x>", "share of free GPU memory for the KV cache", float("--kv-cache-free-gpu-mem-fraction", { above: 0, max: 1 }))
+  .option(
+    "--kv-cache-free-gpu-mem-fraction <x>",
+    "share of free GPU memory for the KV cache",
+    float("--kv-cache-free-gpu-mem-fraction", { above: 0, max: 1 }),
+  )
   .option("--no-verify", "skip the engine content-hash check (large engines)");
 
 await main(async () => {
@@ -60,7 +88,9 @@ await main(async () => {
   );
   await new Promise<void>((resolve) => {
     const stop = async (signal: string) => {
-      process.stdout.write(`tsllm-serve: ${signal}: not accepting new requests, draining (up to ${o.drainTimeout} s)\n`);
+      process.stdout.write(
+        `tsllm-serve: ${signal}: not accepting new requests, draining (up to ${o.drainTimeout} s)\n`,
+      );
       server.stopAccepting();
       // Stop listening, let running requests finish (bounded), then close the remaining connections.
       const closed = server.app.close();

@@ -20,7 +20,9 @@ export function checkPromptsFit(
     if (p.length === 0) throw new Error(`--input-ids${which}: empty prompt`);
     const bad = p.find((t) => t >= vocab);
     if (bad !== undefined)
-      throw new Error(`--input-ids${which}: token id ${bad} is outside the vocabulary (allowed: 0..${vocab - 1})`);
+      throw new Error(
+        `--input-ids${which}: token id ${bad} is outside the vocabulary (allowed: 0..${vocab - 1})`,
+      );
     if (p.length + newTokens > max_seq_len)
       throw new Error(
         `--input-ids${which}: ${p.length} prompt tokens + --max-new-tokens ${newTokens} = ${p.length + newTokens}, over the engine's max_seq_len ${max_seq_len} (allowed: prompt + new tokens ≤ ${max_seq_len})`,
