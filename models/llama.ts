@@ -1,16 +1,12 @@
 // Llama 2 / 3 / 3.1 and Mistral-style decoders, mirroring transformers' modeling_llama.py.
 import {
-  causalLM,
   type DecoderConfig,
   decoderConfig,
   decoderFields,
   defineModel,
-  gatedMlp,
-  type Module,
+  llamaDecoderLayer,
+  llamaStyleLM,
   parseConfigJson,
-  preNormDecoderLayer,
-  selfAttention,
-  stack,
   z,
 } from "tsllm";
 
@@ -59,20 +55,6 @@ export function parseLlamaConfig(json: unknown, source: string): LlamaConfig {
   return cfg;
 }
 
-function LlamaDecoderLayer(m: Module, p: string, cfg: LlamaConfig) {
-  return preNormDecoderLayer({
-    inputNorm: m.RMSNorm(`${p}.input_layernorm`, cfg.hiddenSize, cfg.rmsNormEps),
-    attention: selfAttention(m, `${p}.self_attn`, {
-      ...cfg,
-      qkvBias: cfg.attentionBias,
-      oBias: cfg.attentionBias,
-      rope: { theta: cfg.ropeTheta, style: "neox", scaling: cfg.ropeScaling, invFreqInCheckpointDtype: true },
-    }),
-    postAttentionNorm: m.RMSNorm(`${p}.post_attention_layernorm`, cfg.hiddenSize, cfg.rmsNormEps),
-    mlp: gatedMlp(m, `${p}.mlp`, { ...cfg, activation: cfg.hiddenAct, bias: cfg.mlpBias }),
-  });
-}
-
 export default defineModel<LlamaConfig>({
   architectures: ["LlamaForCausalLM", "MistralForCausalLM"],
   parseConfig: parseLlamaConfig,
@@ -91,14 +73,14 @@ export default defineModel<LlamaConfig>({
     hidden_act: "silu",
   },
   forward(m, cfg) {
-    causalLM(m, {
-      embed: m.Embedding("model.embed_tokens", cfg.vocabSize, cfg.hiddenSize),
-      layers: stack(cfg.numLayers, (i) => LlamaDecoderLayer(m, `model.layers.${i}`, cfg)),
-      norm: m.RMSNorm("model.norm", cfg.hiddenSize, cfg.rmsNormEps),
-      lmHead: m.Linear("lm_head", cfg.hiddenSize, cfg.vocabSize, {
-        parallel: "vocab",
-        weightName: cfg.tieWordEmbeddings ? "model.embed_tokens.weight" : undefined,
+    const bias = cfg.attentionBias;
+    llamaStyleLM(m, cfg, (_, p) =>
+      llamaDecoderLayer(m, p, cfg, {
+        qkvBias: bias,
+        oBias: bias,
+        mlpBias: cfg.mlpBias,
+        activation: cfg.hiddenAct,
       }),
-    });
+    );
   },
 });

@@ -1,17 +1,13 @@
 // Qwen2 / Qwen2.5 decoders, mirroring transformers' modeling_qwen2.py: Llama's layer with bias on the
 // q, k and v projections only (none on o_proj), usually tied embeddings and RoPE theta 1e6.
 import {
-  causalLM,
   type DecoderConfig,
   decoderConfig,
   decoderFields,
   defineModel,
-  gatedMlp,
-  type Module,
+  llamaDecoderLayer,
+  llamaStyleLM,
   parseConfigJson,
-  preNormDecoderLayer,
-  selfAttention,
-  stack,
   z,
 } from "tsllm";
 
@@ -37,20 +33,6 @@ export function parseQwen2Config(json: unknown, source: string): Qwen2Config {
   return cfg;
 }
 
-function Qwen2DecoderLayer(m: Module, p: string, cfg: Qwen2Config) {
-  return preNormDecoderLayer({
-    inputNorm: m.RMSNorm(`${p}.input_layernorm`, cfg.hiddenSize, cfg.rmsNormEps),
-    attention: selfAttention(m, `${p}.self_attn`, {
-      ...cfg,
-      qkvBias: true,
-      oBias: false,
-      rope: { theta: cfg.ropeTheta, style: "neox", scaling: cfg.ropeScaling, invFreqInCheckpointDtype: true },
-    }),
-    postAttentionNorm: m.RMSNorm(`${p}.post_attention_layernorm`, cfg.hiddenSize, cfg.rmsNormEps),
-    mlp: gatedMlp(m, `${p}.mlp`, { ...cfg, activation: "silu" }),
-  });
-}
-
 export default defineModel<Qwen2Config>({
   architectures: ["Qwen2ForCausalLM"],
   parseConfig: parseQwen2Config,
@@ -68,14 +50,6 @@ export default defineModel<Qwen2Config>({
     tie_word_embeddings: true,
   },
   forward(m, cfg) {
-    causalLM(m, {
-      embed: m.Embedding("model.embed_tokens", cfg.vocabSize, cfg.hiddenSize),
-      layers: stack(cfg.numLayers, (i) => Qwen2DecoderLayer(m, `model.layers.${i}`, cfg)),
-      norm: m.RMSNorm("model.norm", cfg.hiddenSize, cfg.rmsNormEps),
-      lmHead: m.Linear("lm_head", cfg.hiddenSize, cfg.vocabSize, {
-        parallel: "vocab",
-        weightName: cfg.tieWordEmbeddings ? "model.embed_tokens.weight" : undefined,
-      }),
-    });
+    llamaStyleLM(m, cfg, (_, p) => llamaDecoderLayer(m, p, cfg, { qkvBias: true, oBias: false }));
   },
 });

@@ -2,6 +2,7 @@
 // (as llama.cpp's build_ffn / build_attn helpers, gpt-fast's model.py), so a model file is mostly
 // composition. Checkpoint names default to Llama's (q_proj, gate_proj, …) and can be renamed; the
 // node order each piece emits is what the fusion passes look for (qkv, gate-up, attention, epilogue).
+import type { DecoderConfig } from "../checkpoint/hf-config.ts";
 import type { Module, Parallel, RopeOptions } from "./module.ts";
 import type { Tensor } from "./tensor.ts";
 
@@ -128,6 +129,57 @@ export function parallelDecoderLayer(o: { norm: Layer; attention: Layer; mlp: La
     const h = o.norm(hidden);
     return o.attention(h).add(o.mlp(h)).add(hidden);
   };
+}
+
+/** The Llama-family config fields the Llama-style pieces below read. */
+export interface LlamaStyleConfig extends DecoderConfig {
+  rmsNormEps: number;
+}
+
+/**
+ * The Llama-family decoder layer with transformers' checkpoint names (Llama, Mistral, Qwen2, and with
+ * its own `mlp` Mixtral): input_layernorm → self_attn → post_attention_layernorm → mlp, pre-norm
+ * residuals, RoPE from the config (inv_freq rounded to the checkpoint dtype, as transformers does).
+ */
+export function llamaDecoderLayer(
+  m: Module,
+  prefix: string,
+  cfg: LlamaStyleConfig,
+  o: { qkvBias: boolean; oBias: boolean; mlp?: Layer; mlpBias?: boolean; activation?: ActivationName },
+): Layer {
+  const norm = (name: string) => m.RMSNorm(`${prefix}.${name}`, cfg.hiddenSize, cfg.rmsNormEps);
+  return preNormDecoderLayer({
+    inputNorm: norm("input_layernorm"),
+    attention: selfAttention(m, `${prefix}.self_attn`, {
+      ...cfg,
+      qkvBias: o.qkvBias,
+      oBias: o.oBias,
+      rope: { theta: cfg.ropeTheta, style: "neox", scaling: cfg.ropeScaling, invFreqInCheckpointDtype: true },
+    }),
+    postAttentionNorm: norm("post_attention_layernorm"),
+    mlp:
+      o.mlp ?? gatedMlp(m, `${prefix}.mlp`, { ...cfg, activation: o.activation ?? "silu", bias: o.mlpBias }),
+  });
+}
+
+/**
+ * model.embed_tokens → `layer(i)` for each layer → model.norm → lm_head (tied to the embedding when
+ * the config says so): the Llama family's causal LM with transformers' checkpoint names.
+ */
+export function llamaStyleLM(
+  m: Module,
+  cfg: LlamaStyleConfig,
+  layer: (i: number, prefix: string) => Layer,
+): void {
+  causalLM(m, {
+    embed: m.Embedding("model.embed_tokens", cfg.vocabSize, cfg.hiddenSize),
+    layers: stack(cfg.numLayers, (i) => layer(i, `model.layers.${i}`)),
+    norm: m.RMSNorm("model.norm", cfg.hiddenSize, cfg.rmsNormEps),
+    lmHead: m.Linear("lm_head", cfg.hiddenSize, cfg.vocabSize, {
+      parallel: "vocab",
+      weightName: cfg.tieWordEmbeddings ? "model.embed_tokens.weight" : undefined,
+    }),
+  });
 }
 
 /** embed → layers → final norm → lm_head over the rows that need logits; sets the "logits" output. */
