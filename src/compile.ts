@@ -65,7 +65,7 @@ function readJson(file: string): unknown {
   try {
     return JSON.parse(fs.readFileSync(file, "utf8"));
   } catch (e) {
-    throw new ConfigError(file, `invalid JSON: ${(e as Error).message}`);
+    throw new ConfigError(file, `invalid JSON: ${(e as Error).message.replace(/\s+/g, " ")}`);
   }
 }
 

@@ -1,5 +1,6 @@
 // Golden logits files (../shared/fixtures/README.md): per prompt i, p{i}.input_ids int32 [T] (prompt +
 // greedy continuation) and p{i}.logits f32 [T, vocab] from one teacher-forced transformers forward.
+import { CheckpointError } from "./checkpoint/errors.ts";
 import { openSafetensors } from "./checkpoint/safetensors.ts";
 import { argmax } from "./executor/sampling.ts";
 import type { Executor } from "./executor/types.ts";
@@ -18,22 +19,26 @@ export interface Golden {
 
 export function readGolden(file: string): Golden {
   const f = openSafetensors(file);
+  const bad = (detail: string) => new CheckpointError(file, detail);
   try {
     const lens = (f.metadata.prompt_lens ?? "").split(",").filter(Boolean).map(Number);
     const prompts: GoldenPrompt[] = [];
     for (let i = 0; f.has(`p${i}.input_ids`); i++) {
       const idsInfo = f.info(`p${i}.input_ids`);
-      if (idsInfo.dtype !== "I32")
-        throw new Error(`${file}: p${i}.input_ids must be I32, is ${idsInfo.dtype}`);
+      if (idsInfo.dtype !== "I32" || idsInfo.shape.length !== 1)
+        throw bad(`p${i}.input_ids must be I32 [T], is ${idsInfo.dtype} [${idsInfo.shape.join(", ")}]`);
       const b = f.read(`p${i}.input_ids`);
       const ids = Array.from(new Int32Array(b.buffer, b.byteOffset, b.byteLength / 4));
+      if (ids.length === 0) throw bad(`p${i}.input_ids is empty`);
+      if (ids.some((t) => t < 0)) throw bad(`p${i}.input_ids holds a negative token id`);
+      if (!f.has(`p${i}.logits`)) throw bad(`p${i}.logits is missing`);
       const li = f.info(`p${i}.logits`);
-      if (li.dtype !== "F32" || li.shape[0] !== ids.length)
-        throw new Error(`${file}: p${i}.logits must be F32 [${ids.length}, vocab]`);
+      if (li.dtype !== "F32" || li.shape.length !== 2 || li.shape[0] !== ids.length || li.shape[1] < 1)
+        throw bad(`p${i}.logits must be F32 [${ids.length}, vocab], is ${li.dtype} [${li.shape.join(", ")}]`);
       const lb = f.read(`p${i}.logits`);
       const promptLen = lens[i] ?? ids.length;
-      if (!(promptLen >= 1 && promptLen <= ids.length))
-        throw new Error(`${file}: prompt_lens[${i}] = ${lens[i]} is out of range`);
+      if (!(Number.isInteger(promptLen) && promptLen >= 1 && promptLen <= ids.length))
+        throw bad(`prompt_lens[${i}] = ${lens[i]} is out of range (1..${ids.length})`);
       prompts.push({
         inputIds: ids,
         promptLen,
@@ -41,7 +46,7 @@ export function readGolden(file: string): Golden {
         vocab: li.shape[1],
       });
     }
-    if (prompts.length === 0) throw new Error(`${file}: no prompts (expected p0.input_ids, p0.logits, …)`);
+    if (prompts.length === 0) throw bad("no prompts (expected p0.input_ids, p0.logits, …)");
     return { prompts, metadata: f.metadata };
   } finally {
     f.close();

@@ -334,6 +334,7 @@ export function readConfigJson(path: string): { json: unknown; file: string } {
   try {
     return { json: JSON.parse(text), file };
   } catch (e) {
-    throw new ConfigError(file, `not valid JSON: ${(e as Error).message}`);
+    // JSON.parse quotes the offending text, which may hold newlines: keep the message one line.
+    throw new ConfigError(file, `not valid JSON: ${(e as Error).message.replace(/\s+/g, " ")}`);
   }
 }

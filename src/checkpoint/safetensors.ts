@@ -152,7 +152,8 @@ function parseHeader(path: string, fd: number): SafetensorsFile {
   try {
     header = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(headerBytes));
   } catch (e) {
-    throw new CheckpointError(path, `header is not valid JSON: ${(e as Error).message}`);
+    // JSON.parse quotes the offending text, which may hold newlines: keep the message one line.
+    throw new CheckpointError(path, `header is not valid JSON: ${(e as Error).message.replace(/\s+/g, " ")}`);
   }
   if (!isPlainObject(header)) throw new CheckpointError(path, "header JSON is not an object");
 
