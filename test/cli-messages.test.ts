@@ -9,8 +9,10 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { compileEngine } from "../src/compile.ts";
 import { LLAMA_MODEL, REPO, snapshot, TINY_LLAMA, tmpDir } from "./fixtures.ts";
 
-const BINS = ["compile", "run", "inspect", "bench", "serve", "tokenize"];
-const VERSION = JSON.parse(fs.readFileSync(path.join(REPO, "package.json"), "utf8")).version;
+const PKG = JSON.parse(fs.readFileSync(path.join(REPO, "package.json"), "utf8"));
+const VERSION = PKG.version;
+/** Every bin package.json declares (tsllm-compile → "compile"), so a new one is covered too. */
+const BINS = Object.keys(PKG.bin).map((b) => b.replace(/^tsllm-/, ""));
 
 function cli(bin: string, args: string[], o: { shell?: string } = {}) {
   const r = o.shell
@@ -46,6 +48,10 @@ function expectRefused(bin: string, args: string[], msg: RegExp) {
 }
 
 describe("every bin", () => {
+  it("package.json lists the bins", () => {
+    expect(BINS).toEqual(expect.arrayContaining(["compile", "run", "inspect", "bench", "serve", "tokenize"]));
+  });
+
   it("has --version", () => {
     for (const b of BINS) {
       const r = cli(b, ["--version"]);
