@@ -89,6 +89,27 @@ describe("elementwise", () => {
     }
   });
 
+  it("sub, div, tanh, sigmoid, exp, scale, softcap", () => {
+    const pos = Float32Array.from(b, (v) => Math.abs(v) + 0.5);
+    const same = (y: HostTensor, f: (v: number, i: number) => number) => {
+      expect(y.shape).toEqual([3, 4]);
+      expect(Array.from(y.f32)).toEqual(Array.from(a, (v, i) => Math.fround(f(v, i))));
+    };
+    same(run("sub", [t([3, 4], a), t([3, 4], b)])[0], (v, i) => v - b[i]);
+    same(run("div", [t([3, 4], a), t([3, 4], pos)])[0], (v, i) => v / pos[i]);
+    same(run("tanh", [t([3, 4], a)])[0], Math.tanh);
+    same(run("sigmoid", [t([3, 4], a)])[0], (v) => 1 / (1 + Math.exp(-v)));
+    same(run("exp", [t([3, 4], a)])[0], Math.exp);
+    same(run("scale", [t([3, 4], a)], { factor: 2.5 })[0], (v) => v * 2.5);
+    same(run("softcap", [t([3, 4], a)], { cap: 0.3 })[0], (v) => 0.3 * Math.tanh(v / 0.3));
+    const x = { dtype: "f32" as const, shape: [3, 4] };
+    expect(() => getOp("softcap").infer([x], { cap: 0 })).toThrow("softcap: cap must be > 0, got 0");
+    expect(() => getOp("scale").infer([x], {})).toThrow('attribute "factor" must be a number, got undefined');
+    expect(() => getOp("sub").infer([x, { dtype: "f32", shape: [4, 3] }], {})).toThrow(
+      "sub: shapes [3,4] and [4,3] differ",
+    );
+  });
+
   it("gated_act: act(first half) · second half of each row", () => {
     const x = rand(2 * 6, 3, 2);
     for (const act of ["silu", "gelu_tanh", "gelu"]) {
@@ -158,6 +179,16 @@ describe("norms", () => {
       expect(Array.from(s.f32)).toEqual(Array.from(sum));
       expect(maxDiff(n.f32, lnRef(sum, b))).toBeLessThanOrEqual(TOL);
     }
+  });
+
+  it("weight_offset: the norms scale by (w + offset), as Gemma's 1 + w", () => {
+    const w1 = Float32Array.from(w, (v) => v + 1);
+    const [y] = run("rms_norm", [t([rows, H], x), t([H], w)], { eps, weight_offset: 1 });
+    const [want] = run("rms_norm", [t([rows, H], x), t([H], w1)], { eps });
+    expect(Array.from(y.f32)).toEqual(Array.from(want.f32));
+    const [l] = run("layer_norm", [t([rows, H], x), t([H], w), t([H], bias)], { eps, weight_offset: 1 });
+    const [lw] = run("layer_norm", [t([rows, H], x), t([H], w1), t([H], bias)], { eps });
+    expect(Array.from(l.f32)).toEqual(Array.from(lw.f32));
   });
 
   it("infer: the weight must match the normalised width; the fused forms need a same-shape residual", () => {
