@@ -11,7 +11,8 @@ export default mergeConfig(
   base,
   defineConfig({
     test: {
-      include: [
+      // STRYKER_TESTS (comma-separated globs) narrows the set further, e.g. to measure before/after.
+      include: process.env.STRYKER_TESTS?.split(",") ?? [
         "test/ops/**/*.test.ts",
         "test/golden.test.ts",
         "test/mistral.test.ts",

@@ -7,9 +7,16 @@ import {
   decodeStored,
   dequantize,
   encodeStored,
+  isQuantDtype,
   type QuantSpec,
+  quantizeToBytes,
   quantizeValues,
+  randomInits,
   rne,
+  roundStored,
+  scalesShape,
+  storedDtype,
+  storedShape,
   unpackValues,
 } from "../../src/quant/weights.ts";
 import { randomFill } from "../../src/weights/random.ts";
@@ -87,8 +94,95 @@ describe("weight quantisation", () => {
     expect(s[0]).toBe(Math.fround(0.2 / 448));
     const q = quantizeValues(w, N, K, spec);
     expect(q[3]).toBe(448);
-    for (let i = 0; i < q.length; i++) expect(q[i]).toBe(e4m3ToF32(f32ToE4m3(Math.fround(w[i] / s[Math.floor(i / K)]))));
+    for (let i = 0; i < q.length; i++)
+      expect(q[i]).toBe(e4m3ToF32(f32ToE4m3(Math.fround(w[i] / s[Math.floor(i / K)]))));
     expect(decodeStored("fp8e4m3", encodeStored("fp8e4m3", q))).toEqual(q);
+  });
+});
+
+describe("quantised layouts", () => {
+  it("stored dtype and shapes per scheme; int4-wo refuses a missing group size", () => {
+    expect(["fp8", "int8-wo", "int4-wo"].map((q) => storedDtype(q as never))).toEqual([
+      "fp8e4m3",
+      "i8",
+      "u8",
+    ]);
+    expect(storedShape({ scheme: "int4-wo", groupSize: 32 }, 8, 64)).toEqual([8, 32]);
+    expect(storedShape({ scheme: "int8-wo" }, 8, 64)).toEqual([8, 64]);
+    expect(scalesShape({ scheme: "int4-wo", groupSize: 16 }, 8, 64)).toEqual([8, 4]);
+    expect(scalesShape({ scheme: "fp8" }, 8, 64)).toEqual([8]);
+    expect(() => scalesShape({ scheme: "int4-wo" }, 8, 64)).toThrow("int4-wo needs a group size");
+    expect(["fp8e4m3", "i8", "u8", "f32", "f16", "bf16", "i32"].map((d) => isQuantDtype(d as never))).toEqual(
+      [true, true, true, false, false, false, false],
+    );
+    expect(() => encodeStored("f16", new Float32Array(1))).toThrow("no quantised encoding for dtype f16");
+    expect(() => decodeStored("f32", new Uint8Array(4))).toThrow("no quantised decoding for dtype f32");
+  });
+
+  it("an all-zero row or group gets scale 1 and zero codes", () => {
+    const z = new Float32Array(2 * 32);
+    z.fill(0.5, 32, 48); // row 1, first group of 16 only
+    for (const spec of [
+      { scheme: "int8-wo" },
+      { scheme: "fp8" },
+      { scheme: "int4-wo", groupSize: 16 },
+    ] as QuantSpec[]) {
+      const s = computeScales(z, 2, 32, spec);
+      expect(s[0]).toBe(1);
+      const q = unpackValues(quantizeValues(z, 2, 32, spec), spec);
+      expect(q.slice(0, 32).every((v) => v === 0)).toBe(true);
+    }
+    expect(Array.from(computeScales(z, 2, 32, { scheme: "int4-wo", groupSize: 16 }))).toEqual([
+      1,
+      1,
+      Math.fround(0.5 / 7),
+      1,
+    ]);
+  });
+
+  it("int8-wo codes span -127..127 (never -128); int4-wo nibbles -7..7 at the group extremes", () => {
+    const row = Float32Array.from({ length: 32 }, (_, i) => (i - 16) / 16); // -1 … 0.9375
+    const q8 = quantizeValues(row, 1, 32, { scheme: "int8-wo" });
+    expect(q8[0]).toBe(-127);
+    expect(Math.min(...q8)).toBe(-127);
+    const bytes = quantizeToBytes(row, 1, 32, { scheme: "int4-wo", groupSize: 16 });
+    const q4 = unpackValues(Float32Array.from(bytes), { scheme: "int4-wo", groupSize: 16 });
+    expect(q4[0]).toBe(-7); // -1 / (1/7)
+    expect(q4[16]).toBe(0);
+    expect(q4[31]).toBe(7);
+  });
+
+  it("roundStored rounds random values onto each stored dtype's codes", () => {
+    const v = Float32Array.from([-300, -128.5, -2.5, -0.4, 0.5, 1.5, 254.5, 255.6, 400]);
+    const i8 = Float32Array.from(v);
+    roundStored(i8, "i8");
+    expect(Array.from(i8)).toEqual([-128, -128, -2, 0, 0, 2, 127, 127, 127]);
+    const u8 = Float32Array.from(v);
+    roundStored(u8, "u8");
+    expect(Array.from(u8)).toEqual([0, 0, 0, 0, 0, 2, 254, 255, 255]);
+    const f8 = Float32Array.from(v);
+    roundStored(f8, "fp8e4m3");
+    expect(Array.from(f8)).toEqual(Array.from(v, (x) => e4m3ToF32(f32ToE4m3(x))));
+    const f = Float32Array.from(v);
+    roundStored(f, "f32");
+    expect(Array.from(f)).toEqual(Array.from(v));
+  });
+
+  it("random-weight inits in the quantised layout: codes over the full range, scale a/qmax", () => {
+    const init = { mean: 0, scale: 0.7 };
+    expect(randomInits({ scheme: "int8-wo" }, init)).toEqual({
+      weight: { mean: 0, scale: 127 },
+      scales: { mean: 0.7 / 127, scale: 0 },
+    });
+    expect(randomInits({ scheme: "fp8" }, init)).toEqual({
+      weight: { mean: 0, scale: 448 },
+      scales: { mean: 0.7 / 448, scale: 0 },
+    });
+    expect(randomInits({ scheme: "int4-wo", groupSize: 32 }, init)).toEqual({
+      weight: { mean: 127.5, scale: 128 },
+      scales: { mean: 0.7 / 7, scale: 0 },
+    });
+    expect(randomInits({ scheme: "int8-wo" }, { mean: 0, scale: 0 }).scales).toEqual({ mean: 1, scale: 0 });
   });
 });
 
