@@ -1,12 +1,14 @@
 // tsllm-run: generate with an engine through the batch manager, or verify it against a golden logits file.
-import { Option } from "commander";
+import { Option, type OptionValues } from "commander";
 import { openEngine } from "../engine/reader.ts";
 import { openExecutor } from "../executor/open.ts";
 import { ReferenceExecutor } from "../executor/reference.ts";
 import { checkGolden, defaultTolerance, readGolden } from "../golden.ts";
 import { openBatchManager } from "../serving/open.ts";
+import { requireTokenizer } from "../text/engine-files.ts";
 import { command, float, int, main, parseIds } from "./common.ts";
 import { generateIds, readPrompts } from "./run-generate.ts";
+import { interactiveChat, readChatFile, runText, type TextRunOptions } from "./run-text.ts";
 import { checkPromptsFit } from "./validate.ts";
 
 const program = command(
@@ -16,6 +18,14 @@ const program = command(
     "the engine against a golden logits file (prefill + teacher-forced decode; see README 'Golden files').",
 )
   .argument("<engine>", "engine directory written by tsllm-compile")
+  .argument("[prompt]", "text prompt (the engine's tokenizer encodes it; the text streams back)")
+  .option("--prompt <text>", "text prompt (same as the positional one)")
+  .option(
+    "--chat [file]",
+    "messages JSON [{role, content}] through the chat template (- for stdin); without FILE on a terminal, a conversation",
+  )
+  .option("--stop <text>", "stop string (repeatable): generation ends before it", (v: string, p: string[] = []) => [...p, v])
+  .option("--json", "text mode: print one JSON object (prompt_ids, ids, text, finish_reason, timings) instead of the text")
   .addOption(
     new Option("--device <d>", "cpu (reference executor, fp32 math) or cuda (native runtime)")
       .choices(["cpu", "cuda", "auto"])
@@ -78,6 +88,45 @@ async function verifyGolden(dir: string, o: Record<string, never>): Promise<void
   }
 }
 
+function openManager(dir: string, o: OptionValues) {
+  return openBatchManager(dir, {
+    device: o.device,
+    verify: o.verify,
+    maxBatchSize: o.maxBatchSize,
+    maxNumTokens: o.maxNumTokens,
+    maxSeqLen: o.maxSeqLen,
+  });
+}
+
+async function runTextMode(dir: string, text: string | undefined, o: OptionValues): Promise<void> {
+  if (text !== undefined && o.chat !== undefined) throw new Error("give a text prompt or --chat, not both");
+  if (o.inputIds || o.inputFile) throw new Error("give a text prompt (or --chat) or --input-ids/--input-file, not both");
+  const tok = requireTokenizer(dir, text !== undefined ? "a text prompt" : "--chat");
+  const interactive = o.chat === true && process.stdin.isTTY;
+  // Refuse bad input before the engine loads.
+  const promptIds = interactive
+    ? []
+    : text !== undefined
+      ? tok.encode(text)
+      : tok.applyChatTemplate(readChatFile(o.chat === true ? "-" : o.chat), { addGenerationPrompt: true }).ids;
+  const bm = await openManager(dir, o);
+  const opts: TextRunOptions = {
+    maxNewTokens: o.maxNewTokens,
+    sampling: { temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed },
+    ignoreEos: !!o.ignoreEos,
+    stopTokenIds: o.stopTokenIds === undefined ? [] : parseIds(o.stopTokenIds, "--stop-token-ids"),
+    stop: o.stop ?? [],
+    json: !!o.json,
+    out: process.stdout,
+  };
+  try {
+    if (interactive) await interactiveChat(bm, tok, opts);
+    else await runText(bm, tok, promptIds, opts);
+  } finally {
+    await bm.shutdown();
+  }
+}
+
 await main(async () => {
   program.parse();
   const o = program.opts();
@@ -85,6 +134,9 @@ await main(async () => {
   // What can be checked without running is checked before the (possibly long) engine load.
   const config = openEngine(dir, { verify: false }).config;
   if (o.golden) return verifyGolden(dir, o as Record<string, never>);
+  const text = program.args[1] ?? o.prompt;
+  if (text !== undefined || o.chat !== undefined) return runTextMode(dir, text, o);
+  if (o.stop || o.json) throw new Error("--stop and --json go with a text prompt or --chat");
   const prompts = readPrompts({ inputIds: o.inputIds, inputFile: o.inputFile, maxNewTokens: o.maxNewTokens });
   checkPromptsFit(
     prompts.map((p) => p.ids),
@@ -93,13 +145,7 @@ await main(async () => {
     o.maxSeqLen,
   );
   const stopTokenIds = o.stopTokenIds === undefined ? [] : parseIds(o.stopTokenIds, "--stop-token-ids");
-  const bm = await openBatchManager(dir, {
-    device: o.device,
-    verify: o.verify,
-    maxBatchSize: o.maxBatchSize,
-    maxNumTokens: o.maxNumTokens,
-    maxSeqLen: o.maxSeqLen,
-  });
+  const bm = await openManager(dir, o);
   try {
     await generateIds(bm, prompts, {
       sampling: { temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed },

@@ -1,11 +1,12 @@
 // The official openai client against tsllm-serve on tiny-llama: completions and chat completions,
 // streamed and not, at temperature 0 give the tokens of an independent generation loop (the executor's
 // generate()) on the same prompt ids, and the text those tokens decode to.
+import { execFile } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TextTokenizer } from "../../src/text/tokenizer.ts";
-import { buildFixture, TINY_LLAMA } from "../fixtures.ts";
+import { buildFixture, REPO, TINY_LLAMA, tmpDir } from "../fixtures.ts";
 import { greedyOracle, startServer, type TestServer } from "./helpers.ts";
 
 const golden = JSON.parse(fs.readFileSync(path.join(TINY_LLAMA, "tokenizer-golden.json"), "utf8"));
@@ -15,6 +16,15 @@ const EOS = [508, 511];
 const IDS = { return_token_ids: true } as Record<string, unknown>;
 
 type Choice = { text?: string; token_ids?: number[]; prompt_token_ids?: number[] };
+
+/** tsllm-run --json on the same engine (asynchronously: the server runs in this process). */
+function tsllmRun(engine: string, args: string[]): Promise<{ prompt_ids: number[]; ids: number[]; text: string }> {
+  return new Promise((res, rej) =>
+    execFile(path.join(REPO, "bin/tsllm-run.mjs"), [engine, "--device", "cpu", "--json", ...args], (e, out, err) =>
+      e ? rej(new Error(err)) : res(JSON.parse(out)),
+    ),
+  );
+}
 
 describe("tsllm-serve with the openai client", () => {
   let engine: string;
@@ -133,6 +143,33 @@ describe("tsllm-serve with the openai client", () => {
     let text = "";
     for await (const ch of stream) text += ch.choices[0]?.text ?? "";
     expect(text).toBe(expected);
+  });
+
+  it("at temperature 0, completions and chat give tsllm-run's tokens and text for the same prompt", async () => {
+    const prompt = golden.encode[7].text;
+    const [run, r] = await Promise.all([
+      tsllmRun(engine, ["--prompt", prompt, "--max-new-tokens", "16"]),
+      s.client.completions.create({ model: "tiny", prompt, max_tokens: 16, temperature: 0, ...IDS }),
+    ]);
+    expect((r.choices[0] as unknown as Choice).prompt_token_ids).toEqual(run.prompt_ids);
+    expect((r.choices[0] as unknown as Choice).token_ids).toEqual(run.ids);
+    expect(r.choices[0].text).toBe(run.text);
+
+    const file = path.join(tmpDir(), "chat.json");
+    fs.writeFileSync(file, JSON.stringify(golden.chat[0].messages));
+    const [runChat, stream] = await Promise.all([
+      tsllmRun(engine, ["--chat", file, "--max-new-tokens", "16"]),
+      s.client.chat.completions.create({ model: "tiny", messages: golden.chat[0].messages, max_tokens: 16, temperature: 0, stream: true, ...IDS }),
+    ]);
+    let content = "";
+    const ids: number[] = [];
+    for await (const ch of stream as unknown as AsyncIterable<{ choices: { delta: { content?: string }; token_ids?: number[] }[] }>) {
+      content += ch.choices[0]?.delta.content ?? "";
+      ids.push(...(ch.choices[0]?.token_ids ?? []));
+    }
+    expect(runChat.prompt_ids).toEqual(golden.chat[0].ids);
+    expect(ids).toEqual(runChat.ids);
+    expect(content).toBe(runChat.text);
   });
 
   it("same seed, same sampled tokens; other seed, other tokens", async () => {

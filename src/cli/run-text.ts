@@ -1,0 +1,100 @@
+// tsllm-run's text mode: a prompt (text, or chat messages through the chat template) is encoded with the
+// engine's tokenizer, generated through the batch manager (src/text/generate-text.ts) and the text is
+// printed as it comes (or, with --json, one JSON object at the end: ids, text, finish reason, timings).
+import * as fs from "node:fs";
+import * as readline from "node:readline/promises";
+import type { BatchManager, SamplingOptions } from "../serving/types.ts";
+import { parseChatMessages } from "../text/chat-messages.ts";
+import type { ChatMessage } from "../text/chat-template.ts";
+import { generateText, type TextResult } from "../text/generate-text.ts";
+import type { TextTokenizer } from "../text/tokenizer.ts";
+
+export interface TextRunOptions {
+  maxNewTokens: number;
+  sampling: SamplingOptions;
+  ignoreEos: boolean;
+  stopTokenIds: number[];
+  stop: string[];
+  json: boolean;
+  out: { write(s: string): unknown };
+}
+
+/** --chat FILE (or - for stdin): the messages to render. */
+export function readChatFile(file: string): ChatMessage[] {
+  if (file === "-") return parseChatMessages(fs.readFileSync(0, "utf8"), "stdin");
+  if (!fs.existsSync(file)) throw new Error(`--chat ${file}: file not found`);
+  return parseChatMessages(fs.readFileSync(file, "utf8"), `--chat ${file}`);
+}
+
+function checkFits(bm: BatchManager, promptLen: number, maxNew: number, what: string): void {
+  const max = bm.limits.maxSeqLen;
+  if (promptLen + maxNew > max)
+    throw new Error(`${what}: prompt of ${promptLen} tokens + max_new_tokens ${maxNew} = ${promptLen + maxNew} exceeds max_seq_len ${max}`);
+}
+
+/** Generates from prompt ids; streams the text to o.out, or prints the JSON summary at the end. */
+export async function runText(bm: BatchManager, tok: TextTokenizer, promptIds: number[], o: TextRunOptions, what = "prompt"): Promise<TextResult> {
+  checkFits(bm, promptIds.length, o.maxNewTokens, what);
+  const gen = generateText(bm, tok, {
+    promptIds,
+    maxNewTokens: o.maxNewTokens,
+    sampling: o.sampling,
+    ignoreEos: o.ignoreEos,
+    stopTokenIds: o.stopTokenIds,
+    stop: o.stop,
+    tag: what,
+  });
+  for await (const d of gen) if (!o.json && d.text) o.out.write(d.text);
+  const r = await gen.done;
+  if (r.finishReason === "error") throw new Error(`${what}: ${r.result.error?.message ?? "generation failed"}`);
+  if (o.json) {
+    const t = r.result.timings;
+    const n = r.outputIds.length;
+    o.out.write(
+      `${JSON.stringify({
+        prompt_ids: promptIds,
+        ids: r.outputIds,
+        text: r.text,
+        finish_reason: r.finishReason,
+        ...(r.stopString !== undefined ? { stop_string: r.stopString } : {}),
+        timings: {
+          queue_ms: t.queueMs,
+          ttft_ms: t.ttftMs,
+          e2e_ms: t.e2eMs,
+          tpot_ms: n > 1 ? (t.tokenTimesMs[n - 1] - t.tokenTimesMs[0]) / (n - 1) : null,
+          output_tokens_per_s: n / (t.e2eMs / 1000),
+        },
+      })}\n`,
+    );
+  } else o.out.write("\n");
+  return r;
+}
+
+/** An interactive conversation on a terminal: each line is a user turn, the reply streams back. */
+export async function interactiveChat(bm: BatchManager, tok: TextTokenizer, o: TextRunOptions, system?: string): Promise<void> {
+  const messages: ChatMessage[] = system ? [{ role: "system", content: system }] : [];
+  const rl = readline.createInterface({ input: process.stdin, output: process.stdout });
+  process.stdout.write("(empty line or Ctrl-D ends the conversation)\n");
+  try {
+    for (;;) {
+      let line: string;
+      try {
+        line = await rl.question("> ");
+      } catch {
+        break; // Ctrl-D
+      }
+      if (!line.trim()) break;
+      messages.push({ role: "user", content: line });
+      const { ids } = tok.applyChatTemplate(messages, { addGenerationPrompt: true });
+      const maxNew = Math.min(o.maxNewTokens, bm.limits.maxSeqLen - ids.length);
+      if (maxNew < 1) {
+        process.stdout.write(`(the conversation has reached max_seq_len ${bm.limits.maxSeqLen})\n`);
+        break;
+      }
+      const r = await runText(bm, tok, ids, { ...o, maxNewTokens: maxNew, json: false, out: process.stdout }, "chat");
+      messages.push({ role: "assistant", content: r.text });
+    }
+  } finally {
+    rl.close();
+  }
+}
