@@ -2,6 +2,7 @@
 import { openEngine } from "../engine/reader.ts";
 import { DTYPE_BYTES } from "../ir/types.ts";
 import { CudaEngine, measureCopyBandwidth } from "../native/binding.ts";
+import { addServeBenchCommand } from "./bench-serve.ts";
 import { addServingCommands } from "./bench-serving.ts";
 import { command, int, main } from "./common.ts";
 
@@ -113,5 +114,6 @@ program
   );
 
 addServingCommands(program);
+addServeBenchCommand(program);
 
 await program.parseAsync();

@@ -78,7 +78,7 @@ export function buildServer(o: ServeOptions): Server {
   });
   app.get("/v1/models", async () => ({
     object: "list",
-    data: [{ id: o.modelName, object: "model", created, owned_by: "tsllm", max_model_len: manager.limits.maxSeqLen }],
+    data: [{ id: o.modelName, object: "model", created, owned_by: "tsllm", max_model_len: manager.limits.maxSeqLen, vocab_size: manager.vocabSize }],
   }));
 
   /** Parses a body, checks the model and that we are accepting requests. */

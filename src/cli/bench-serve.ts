@@ -1,0 +1,109 @@
+// tsllm-bench serve: online serving benchmark against a running OpenAI-compatible server (like
+// `vllm bench serve`): prompts from a dataset or random ids, Poisson arrivals or bounded concurrency.
+import * as fs from "node:fs";
+import cliProgress from "cli-progress";
+import type { Command } from "commander";
+import { formatServeBench, runServeBench, type ServeBenchOptions } from "../server/bench-client.ts";
+import { type DatasetEntry, readDataset, tokenNormDist } from "../serving/dataset.ts";
+import { requireTokenizer } from "../text/engine-files.ts";
+import { float, int, main } from "./common.ts";
+
+function parseGoodput(specs: string[]): ServeBenchOptions["goodput"] {
+  const out: NonNullable<ServeBenchOptions["goodput"]> = {};
+  for (const s of specs) {
+    const m = /^(ttft|tpot|e2el):(\d+(?:\.\d+)?)$/.exec(s);
+    if (!m) throw new Error(`--goodput ${s}: expected ttft:MS, tpot:MS or e2el:MS`);
+    out[m[1] as "ttft" | "tpot" | "e2el"] = Number(m[2]);
+  }
+  return out;
+}
+
+async function serverModel(url: string, apiKey?: string): Promise<{ id: string; vocab_size?: number; max_model_len?: number }> {
+  let res: Response;
+  try {
+    res = await fetch(`${url.replace(/\/+$/, "")}/v1/models`, { headers: apiKey ? { authorization: `Bearer ${apiKey}` } : {} });
+  } catch (e) {
+    throw new Error(`--url ${url}: cannot reach the server (${(e as Error).message})`);
+  }
+  if (!res.ok) throw new Error(`--url ${url}: GET /v1/models answered HTTP ${res.status}`);
+  const j = (await res.json()) as { data?: { id: string }[] };
+  if (!j.data?.length) throw new Error(`--url ${url}: GET /v1/models lists no model`);
+  return j.data[0];
+}
+
+export function addServeBenchCommand(program: Command): void {
+  program
+    .command("serve")
+    .description(
+      "Online serving benchmark (like vllm bench serve): streamed /v1/completions requests to a running\n" +
+        "server (tsllm-serve or any OpenAI-compatible one) at --request-rate (Poisson) and/or\n" +
+        "--max-concurrency; prints TTFT, TPOT, inter-token and end-to-end latency (mean, p50, p90, p99),\n" +
+        "request and token throughput, and goodput for the --goodput SLOs. Requests ignore eos, so each\n" +
+        "generates exactly its output length.",
+    )
+    .requiredOption("--url <url>", "server base URL, e.g. http://127.0.0.1:8000")
+    .option("--model <name>", "model name (default: the first the server lists)")
+    .option("--dataset <file>", "trtllm-bench JSONL dataset (tsllm-bench prepare-dataset); default: random prompts")
+    .option("--tokenizer <dir>", "engine or model folder whose tokenizer encodes a dataset's \"prompt\" lines")
+    .option("--num-prompts <n>", "random prompts to send (or the first N of the dataset)", int("--num-prompts"), 100)
+    .option("--random-input-len <n>", "random prompt length in tokens", int("--random-input-len"), 128)
+    .option("--random-output-len <n>", "tokens to generate per random prompt", int("--random-output-len"), 128)
+    .option("--request-rate <r>", "requests per second, Poisson arrivals (inf: all at once)", "inf")
+    .option("--max-concurrency <n>", "most requests in flight", int("--max-concurrency"))
+    .option("--goodput <slo...>", "SLOs in ms for goodput: ttft:MS tpot:MS e2el:MS")
+    .option("--warmup <n>", "requests sent (and waited for) before timing", int("--warmup"), 1)
+    .option("--seed <n>", "random prompts and arrival times", int("--seed"), 0)
+    .option("--api-key <key>", "Bearer key (default: $TSLLM_API_KEY)")
+    .option("--json <file>", "also write the report as JSON")
+    .action((o) =>
+      main(async () => {
+        const rate = o.requestRate === "inf" ? Infinity : float("--request-rate")(o.requestRate);
+        if (!(rate > 0)) throw new Error(`--request-rate must be > 0 or inf, got ${o.requestRate}`);
+        if (o.numPrompts < 1) throw new Error(`--num-prompts must be >= 1, got ${o.numPrompts}`);
+        const apiKey = o.apiKey ?? process.env.TSLLM_API_KEY;
+        const served = await serverModel(o.url, apiKey);
+        const model = o.model ?? served.id;
+        let entries: DatasetEntry[];
+        if (o.dataset) {
+          const tok = o.tokenizer ? requireTokenizer(o.tokenizer, "--tokenizer") : null;
+          entries = readDataset(o.dataset, { encode: tok ? (t) => tok.encode(t) : undefined, vocabSize: served.vocab_size }).slice(0, o.numPrompts);
+        } else {
+          if (!served.vocab_size)
+            throw new Error(`--url ${o.url}: the server does not say its vocab_size; give --dataset FILE`);
+          entries = tokenNormDist({
+            numRequests: o.numPrompts,
+            inputMean: o.randomInputLen,
+            inputStdev: 0,
+            outputMean: o.randomOutputLen,
+            outputStdev: 0,
+            seed: o.seed,
+            vocabSize: served.vocab_size,
+          });
+        }
+        const opts: ServeBenchOptions = {
+          url: o.url,
+          model,
+          apiKey,
+          requestRate: rate,
+          maxConcurrency: o.maxConcurrency,
+          seed: o.seed,
+          goodput: o.goodput ? parseGoodput(o.goodput) : undefined,
+        };
+        process.stdout.write(
+          `${entries.length} requests to ${o.url} (model "${model}") at ${Number.isFinite(rate) ? `${rate} req/s (Poisson)` : "inf req/s"}` +
+            `${o.maxConcurrency ? `, at most ${o.maxConcurrency} in flight` : ""}\n`,
+        );
+        if (o.warmup > 0) {
+          const w = await runServeBench(entries.slice(0, o.warmup), { ...opts, requestRate: Infinity });
+          if (w.report.failed_requests) throw new Error(`warm-up request failed: ${w.report.first_error}`);
+        }
+        const bar = new cliProgress.SingleBar({ format: "requests [{bar}] {value}/{total}", noTTYOutput: true, notTTYSchedule: 5000, clearOnComplete: true }, cliProgress.Presets.shades_classic);
+        bar.start(entries.length, 0);
+        const { report } = await runServeBench(entries, { ...opts, onProgress: (d) => bar.update(d) });
+        bar.stop();
+        process.stdout.write(formatServeBench(report));
+        if (o.json) fs.writeFileSync(o.json, `${JSON.stringify(report, null, 2)}\n`);
+        if (report.successful_requests === 0) throw new Error(`every request failed (first: ${report.first_error})`);
+      }),
+    );
+}
