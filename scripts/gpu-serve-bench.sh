@@ -57,7 +57,7 @@ for r in $rates; do
 done
 
 stamp "server metrics after the runs"
-curl -s "$url/metrics" | grep -E "^tsllm_(request_success_total|generation_tokens_total|kv_cache_blocks_total|num_requests_running) " || true
+curl -s "$url/metrics" | grep -E "^tsllm_(request_success_total\{[^}]*\}|generation_tokens_total|kv_cache_blocks_total|num_requests_running) " || true
 kill -TERM $server; wait $server; trap - EXIT
 tail -2 "$out/serve.log"
 
