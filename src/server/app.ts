@@ -259,6 +259,24 @@ export function buildServer(o: ServeOptions): Server {
       if (!res.destroyed) res.write(`data: ${JSON.stringify(x)}\n\n`);
     };
     cancelOnDisconnect(res, gens);
+    try {
+      await streamChoices(gens, prompts, includeUsage, head, shape, send);
+    } catch (e) {
+      // Headers are out: the failure can only be reported in the stream.
+      for (const g of gens) g.cancel();
+      send({ error: toApiError(e).body().error });
+    }
+    if (!res.destroyed) res.end("data: [DONE]\n\n");
+  }
+
+  async function streamChoices(
+    gens: TextGeneration[],
+    prompts: number[][],
+    includeUsage: boolean,
+    head: object,
+    shape: ChunkShapes,
+    send: (x: object) => void,
+  ): Promise<void> {
     const results = await Promise.all(
       gens.map(async (g, i) => {
         if (shape.start) send({ ...head, ...shape.start(i) });
@@ -272,7 +290,6 @@ export function buildServer(o: ServeOptions): Server {
     );
     record(prompts, results);
     if (includeUsage) send({ ...head, choices: [], usage: usage(prompts, results) });
-    if (!res.destroyed) res.end("data: [DONE]\n\n");
   }
 
   return {

@@ -46,7 +46,7 @@ describe("tsllm-serve under load", () => {
         return { ids, finish };
       }),
     );
-    // Measured on the 2-core CI machine: about 10 s for all 500 (the reference executor is fp32 JS).
+    // Measured on the shared 2-core machine: 14.7-16.6 s for all 500 (the reference executor is fp32 JS).
     console.log(`500 concurrent streams: ${((performance.now() - t0) / 1000).toFixed(1)} s`);
     got.forEach((g, i) => {
       expect(g.ids, `request ${i}`).toEqual(alone[i % 125]);
