@@ -13,6 +13,7 @@ import { writeEngine } from "./engine/writer.ts";
 import type { Graph, QuantReport } from "./ir/types.ts";
 import { describeError, loadModelFile } from "./model-file.ts";
 import { bundledModelFor } from "./models.ts";
+import { gpuWarnings } from "./native/ops.ts";
 import { type OnnxDirConfig, writeOnnx } from "./onnx/write.ts";
 import { type PipelineResult, runPipeline } from "./pipeline.ts";
 import { tokenizerForEngine } from "./text/engine-files.ts";
@@ -199,6 +200,10 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
     });
     build.passes = pipeline.applied;
     logQuantReport(pipeline.ranks[0]?.meta.quant, o.log);
+    const rank0 = pipeline.ranks[0];
+    if (o.emit !== "onnx" && rank0)
+      for (const w of gpuWarnings(rank0, build))
+        o.log?.(`warning: this engine will not run on the GPU (tsllm-run --device cpu runs it): ${w}`);
     if (o.emit === "onnx")
       return await emitOnnx(o, inputs, pipeline, build, cfg as unknown as Record<string, unknown>, facts, ckpt);
     const ranks: RankProgram[] = pipeline.ranks.map((g, rank) => ({ rank, graph: g }));

@@ -5,7 +5,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { compileEngine } from "../src/compile.ts";
 import { ReferenceExecutor } from "../src/executor/reference.ts";
 import { checkGolden, readGolden } from "../src/golden.ts";
-import { CudaEngine, type CudaLoadOptions } from "../src/native/binding.ts";
+import { CudaEngine, type CudaLoadOptions, type NodeStats } from "../src/native/binding.ts";
 import { CudaExecutor } from "../src/native/executor.ts";
 import { fixture, goldenFile, maxAbsDiff, REPO, tinyEngine } from "./helpers.ts";
 
@@ -221,119 +221,95 @@ describe("native runtime (tiny-llama fp16)", () => {
   });
 });
 
+// Teacher-forced decode logits of the golden prompts, one sequence at a time (M = 1) and packed (graph batch 4:
+// M = 4; eager: M = 3), and the runtime's per-node kernel counters after them.
+function decodeRows(dir: string, o: CudaLoadOptions, g = golden): { rows: Float32Array[]; stats: NodeStats[] } {
+  const e = load(dir, o);
+  const rows: Float32Array[] = [];
+  g.prompts.forEach((p, i) => {
+    e.step([{ id: i, tokens: p.inputIds.slice(0, p.promptLen), startPos: 0 }]);
+    for (let pos = p.promptLen; pos < p.inputIds.length; pos++)
+      rows.push(e.step([{ id: i, tokens: [p.inputIds[pos]], startPos: pos }]).logits!);
+    e.release(i);
+  });
+  const minNew = Math.min(...g.prompts.map((p) => p.inputIds.length - p.promptLen));
+  e.step(g.prompts.map((p, i) => ({ id: 10 + i, tokens: p.inputIds.slice(0, p.promptLen), startPos: 0 })));
+  for (let k = 0; k < minNew; k++)
+    rows.push(
+      e.step(
+        g.prompts.map((p, i) => ({ id: 10 + i, tokens: [p.inputIds[p.promptLen + k]], startPos: p.promptLen + k })),
+      ).logits!,
+    );
+  const stats = e.nodeStats();
+  e.close();
+  return { rows, stats };
+}
+const total = (st: NodeStats[], k: "own" | "folded" | "cublaslt" | "gemv" | "gemvRms" | "gemvGated") =>
+  st.reduce((a, s) => a + s[k], 0);
+const gemvAny = (s: NodeStats) => s.gemv + s.gemvRms + s.gemvGated;
+
 describe("small-M gemv kernel", () => {
-  // Decode linears (M <= 4) can run on the runtime's own gemv kernel when the tuner finds it
-  // faster than cuBLASLt (10 variants); force each variant and compare teacher-forced decode logits with cuBLASLt's, for
-  // one sequence (M = 1) and three packed (graph batch 4: M = 4; eager: M = 3). Same fp32 math in another
-  // order: ≤ 0.01.
+  // Decode linears (M <= 4) can run on the runtime's own gemv kernel when the tuner finds it faster than cuBLASLt
+  // (10 variants); force each variant (strict: a decode linear that would fall back to cuBLASLt is an error) and
+  // compare teacher-forced decode logits with cuBLASLt's. Same fp32 math in another order: ≤ 0.01. The kernel
+  // counters prove which path each run took: every linear ran the gemv (at decode) in the forced runs, none did
+  // in the cuBLASLt run.
   for (const [which, dtype] of [
     ["llama", "fp16"],
     ["gptj", "bf16"],
   ] as const) {
-    it(`tiny-${which} ${dtype}: every gemv variant agrees with cuBLASLt (≤ 0.01)`, async () => {
+    it(`tiny-${which} ${dtype}: every gemv variant agrees with cuBLASLt (≤ 0.01), and ran`, async () => {
       const dir = await tinyEngine(which, dtype);
       const g = readGolden(goldenFile(which));
-      const run = (env: Record<string, string>, graphs: boolean) => {
-        Object.assign(process.env, env);
-        const e = load(dir, { cudaGraphs: graphs });
-        for (const k of Object.keys(env)) delete process.env[k];
-        const rows: Float32Array[] = [];
-        g.prompts.forEach((p, i) => {
-          e.step([{ id: i, tokens: p.inputIds.slice(0, p.promptLen), startPos: 0 }]);
-          for (let pos = p.promptLen; pos < p.inputIds.length; pos++)
-            rows.push(e.step([{ id: i, tokens: [p.inputIds[pos]], startPos: pos }]).logits!);
-          e.release(i);
-        });
-        const minNew = Math.min(...g.prompts.map((p) => p.inputIds.length - p.promptLen));
-        e.step(
-          g.prompts.map((p, i) => ({ id: 10 + i, tokens: p.inputIds.slice(0, p.promptLen), startPos: 0 })),
-        );
-        for (let k = 0; k < minNew; k++)
-          rows.push(
-            e.step(
-              g.prompts.map((p, i) => ({
-                id: 10 + i,
-                tokens: [p.inputIds[p.promptLen + k]],
-                startPos: p.promptLen + k,
-              })),
-            ).logits!,
-          );
-        e.close();
-        return rows;
-      };
-      for (const graphs of [true, false]) {
-        const ref = run({ TSLLM_GEMV: "0" }, graphs);
+      for (const cudaGraphs of [true, false]) {
+        const ref = decodeRows(dir, { cudaGraphs, gemv: "never" }, g);
+        expect(ref.stats.map(gemvAny)).toEqual(ref.stats.map(() => 0));
+        expect(total(ref.stats, "cublaslt")).toBeGreaterThan(0);
         for (let v = 0; v < 10; v++) {
-          const got = run({ TSLLM_GEMV: "1", TSLLM_GEMV_VARIANT: String(v) }, graphs);
-          const max = Math.max(...got.map((r, i) => maxAbsDiff(r, ref[i])));
-          console.log(`tiny-${which} ${dtype} gemv variant ${v} (graphs ${graphs}) vs cuBLASLt: ${max}`);
+          const got = decodeRows(dir, { cudaGraphs, gemv: "always", gemvVariant: v, strictKernels: true }, g);
+          const max = Math.max(...got.rows.map((r, i) => maxAbsDiff(r, ref.rows[i])));
+          console.log(`tiny-${which} ${dtype} gemv variant ${v} (graphs ${cudaGraphs}) vs cuBLASLt: ${max}`);
           expect(max).toBeLessThanOrEqual(0.01);
+          // Every linear without a GELU epilogue (gptj's fc_in keeps cuBLASLt's) ran the gemv at decode.
+          const linears = got.stats.filter((st) => st.op === "linear" && (which === "llama" || !/fc_in/.test(st.name)));
+          expect(linears.length).toBeGreaterThan(0);
+          for (const st of linears) expect({ name: st.name, gemv: gemvAny(st) > 0 }).toEqual({ name: st.name, gemv: true });
         }
       }
     });
   }
 });
 
-describe("gemv prologue fusion (TSLLM_GEMV_PROLOGUE=1)", () => {
-  // With TSLLM_GEMV_PROLOGUE=1 (read at load) the decode linears fed by rms_norm (qkv, gate_up) or gated_act
-  // (down) run the gemv with that kernel folded into the vector read, and the rms_norm / gated_act launches
-  // disappear. Same gemv variant with and without the fusion: the fused vector is rounded exactly as the
-  // skipped kernel writes it (rms_norm's fp32 sum of squares in another order: rarely 1 ulp), so the
-  // logits agree to 2e-3; with the tuner's own choices the goldens still hold (≤ 0.05).
-  // Sets env for one load (the runtime reads it there), then restores what was set before.
-  const withEnv = <T>(env: Record<string, string>, f: () => T): T => {
-    const before = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
-    Object.assign(process.env, env);
-    try {
-      return f();
-    } finally {
-      for (const [k, v] of Object.entries(before)) {
-        if (v === undefined) delete process.env[k];
-        else process.env[k] = v;
-      }
-    }
-  };
+describe("gemv prologue fusion (gemvPrologue)", () => {
+  // With the prologue fusion on, the decode linears fed by rms_norm (qkv, gate_up) or gated_act (down) run the
+  // gemv with that kernel folded into the vector read, and the rms_norm / gated_act launches disappear. Same gemv
+  // variant with and without the fusion: the fused vector is rounded exactly as the skipped kernel writes it
+  // (rms_norm's fp32 sum of squares in another order: rarely 1 ulp), so the logits agree to 2e-3; with the
+  // tuner's own choices the goldens still hold (≤ 0.05). Strict: a planned pair that does not fuse at decode is
+  // an error; the counters show the fused kernels ran and the folded nodes launched nothing at decode.
   for (const dtype of ["fp16", "bf16"] as const) {
-    it(`tiny-llama ${dtype}: fused equals unfused for the same gemv variant (≤ 2e-3)`, async () => {
+    it(`tiny-llama ${dtype}: fused equals unfused for the same gemv variant (≤ 2e-3), and the fused kernels ran`, async () => {
       const dir = await tinyEngine("llama", dtype);
-      const run = (env: Record<string, string>, graphs: boolean) => {
-        const e = withEnv(env, () => load(dir, { cudaGraphs: graphs }));
-        const rows: Float32Array[] = [];
-        golden.prompts.forEach((p, i) => {
-          e.step([{ id: i, tokens: p.inputIds.slice(0, p.promptLen), startPos: 0 }]);
-          for (let pos = p.promptLen; pos < p.inputIds.length; pos++)
-            rows.push(e.step([{ id: i, tokens: [p.inputIds[pos]], startPos: pos }]).logits!);
-          e.release(i);
-        });
-        const minNew = Math.min(...golden.prompts.map((p) => p.inputIds.length - p.promptLen));
-        e.step(
-          golden.prompts.map((p, i) => ({
-            id: 10 + i,
-            tokens: p.inputIds.slice(0, p.promptLen),
-            startPos: 0,
-          })),
-        );
-        for (let k = 0; k < minNew; k++)
-          rows.push(
-            e.step(
-              golden.prompts.map((p, i) => ({
-                id: 10 + i,
-                tokens: [p.inputIds[p.promptLen + k]],
-                startPos: p.promptLen + k,
-              })),
-            ).logits!,
-          );
-        e.close();
-        return rows;
-      };
-      for (const graphs of [true, false]) {
+      for (const cudaGraphs of [true, false]) {
         for (const v of [0, 5, 9]) {
-          const env = { TSLLM_GEMV: "1", TSLLM_GEMV_VARIANT: String(v) };
-          const ref = run({ ...env, TSLLM_GEMV_PROLOGUE: "0" }, graphs);
-          const got = run({ ...env, TSLLM_GEMV_PROLOGUE: "1" }, graphs);
-          const max = Math.max(...got.map((r, i) => maxAbsDiff(r, ref[i])));
-          console.log(`tiny-llama ${dtype} gemv variant ${v} (graphs ${graphs}) fused vs unfused: ${max}`);
+          const o = { cudaGraphs, gemv: "always", gemvVariant: v, strictKernels: true } as const;
+          const ref = decodeRows(dir, { ...o, gemvPrologue: false });
+          const got = decodeRows(dir, { ...o, gemvPrologue: true });
+          const max = Math.max(...got.rows.map((r, i) => maxAbsDiff(r, ref.rows[i])));
+          console.log(`tiny-llama ${dtype} gemv variant ${v} (graphs ${cudaGraphs}) fused vs unfused: ${max}`);
           expect(max).toBeLessThanOrEqual(2e-3);
+          expect([total(ref.stats, "folded"), total(ref.stats, "gemvRms"), total(ref.stats, "gemvGated")]).toEqual([0, 0, 0]);
+          expect(total(ref.stats, "gemv")).toBeGreaterThan(0);
+          const planned = got.stats.filter((st) => st.foldedInto >= 0);
+          // per layer: input_layernorm -> qkv, post_attention_layernorm -> gate_up, gated_act -> down
+          expect(planned.length).toBeGreaterThanOrEqual(3);
+          for (const st of planned) {
+            expect({ node: st.name, folded: st.folded > 0 }).toEqual({ node: st.name, folded: true });
+            const into = got.stats[st.foldedInto];
+            expect(st.op === "rms_norm" ? into.gemvRms : into.gemvGated).toBeGreaterThan(0);
+          }
+          expect(total(got.stats, "gemvRms")).toBeGreaterThan(0);
+          expect(total(got.stats, "gemvGated")).toBeGreaterThan(0);
         }
       }
     });
@@ -342,9 +318,7 @@ describe("gemv prologue fusion (TSLLM_GEMV_PROLOGUE=1)", () => {
       const dir = await tinyEngine("llama", dtype);
       const g = readGolden(goldenFile("llama"));
       for (const graphs of [true, false]) {
-        const ex = new CudaExecutor(
-          withEnv({ TSLLM_GEMV_PROLOGUE: "1" }, () => load(dir, { cudaGraphs: graphs })),
-        );
+        const ex = new CudaExecutor(load(dir, { cudaGraphs: graphs, gemvPrologue: true }));
         const one = checkGolden(ex, g);
         const packed = checkGolden(ex, g, { batched: true, seqBase: 3000 });
         console.log(

@@ -19,7 +19,7 @@
 extern "C" {
 #endif
 
-#define TSLLM_ABI_VERSION 1
+#define TSLLM_ABI_VERSION 2
 
 typedef struct tsllm_engine tsllm_engine;
 
@@ -38,6 +38,19 @@ typedef struct tsllm_options {
                                            activation and fp32 buffer are sized by it; a batch manager that wants
                                            one row per sequence gives max_batch_size) */
   const void* nccl_unique_id;           /* tp > 1: 128-byte ncclUniqueId shared by all ranks (tsllm_nccl_unique_id) */
+  /* Kernel choices (0 = default). TSLLM_* environment variables override them, for benchmarking only
+     (native/README.md lists them; src/runtime/options.cc is the one place that reads them). */
+  int32_t gemm_tune;      /* 0: time cuBLASLt's algorithms and the gemv variants per shape for M <= 256; -1: off */
+  int32_t gemv;           /* small-M gemv kernel for linears: 0 the tuner decides, 1 always where eligible, -1 never */
+  int32_t gemv_variant;   /* 0 any; k + 1: only gemv variant k (0 <= k < 10) */
+  int32_t gemv_prologue;  /* 0: decode (M <= 4) folds rms_norm / gated_act into the gemv where faster; -1: off */
+  int32_t decode_variant; /* decode attention: 0 or 3 the one-launch small-batch kernel where it applies, else 2;
+                             2: always the RoPE/cache-write kernel + decode kernel (+ reduce) */
+  int32_t pdl;            /* 0: programmatic dependent launch for gemv / decode on sm_90+; -1: off */
+  int32_t strict_kernels; /* 1: a kernel these options force (gemv = 1) that cannot run for a node is an error
+                             naming the node and why, never a silent fallback (to cuBLASLt or an unfused pair) */
+  int32_t profile;        /* 0 off; 1 events around every node (graphs off), table at unload; 2 per-op graph replay
+                             breakdown after 8 decode replays (both print to stderr) */
 } tsllm_options;
 
 typedef struct tsllm_sampling {
@@ -96,6 +109,27 @@ typedef struct tsllm_info {
   char kv_dtype[8];
 } tsllm_info;
 
+/* Which kernels each node of the program launched, counted per step the node ran (eagerly or by replaying a
+   CUDA graph that holds it). A linear runs cuBLASLt or the gemv (plain, or with an rms_norm / gated_act
+   prologue folded in); a node folded into its consumer's gemv launches nothing and counts FOLDED. */
+enum {
+  TSLLM_KERNEL_OWN = 0,       /* the op's own kernel(s) (every op but linear) */
+  TSLLM_KERNEL_FOLDED = 1,    /* skipped: folded into the gemv prologue of node `folded_into` */
+  TSLLM_KERNEL_CUBLASLT = 2,  /* linear through cuBLASLt */
+  TSLLM_KERNEL_GEMV = 3,      /* linear through the gemv kernel */
+  TSLLM_KERNEL_GEMV_RMS = 4,  /* linear through the gemv with the rms_norm prologue */
+  TSLLM_KERNEL_GEMV_GATED = 5,/* linear through the gemv with the gated-activation prologue */
+  TSLLM_KERNEL_KINDS = 6
+};
+typedef struct tsllm_node_stats {
+  char op[24];           /* registry op name */
+  char name[104];        /* linear: its weight's name; otherwise its first output's name */
+  int32_t folded_into;   /* runtime prologue fusion plan: the linear this node folds into at decode (M <= 4) when
+                            the tuner finds the fused gemv faster (or gemv = 1); -1 when never */
+  int32_t reserved;
+  uint64_t launches[TSLLM_KERNEL_KINDS];
+} tsllm_node_stats;
+
 int32_t tsllm_abi_version(void);
 
 /* Loads one rank file (e.g. engines/llama/rank0.engine). Returns NULL on failure. */
@@ -139,6 +173,10 @@ int tsllm_generate(tsllm_engine* e, int32_t num_prompts, const int32_t* tokens, 
                    char* err, size_t errlen);
 
 int tsllm_get_info(tsllm_engine* e, tsllm_info* out, char* err, size_t errlen);
+
+/* Per-node kernel counters (see tsllm_node_stats): writes min(capacity, nodes) entries, *num_nodes = nodes. */
+int tsllm_get_node_stats(tsllm_engine* e, tsllm_node_stats* out, int32_t capacity, int32_t* num_nodes, char* err,
+                         size_t errlen);
 
 /* Frees everything; NULL is allowed. */
 void tsllm_unload(tsllm_engine* e);

@@ -133,7 +133,7 @@ struct AttnSetup {
     CK(cudaMalloc(&ws, wsb));
     kv = PagedKV{pool, DType::F16, layers, num_blocks, nKV, D, tpb, bt, maxb, 1.f};
     st = StepLayout{T, B, pos, ts, ss, sl, new_tokens, ctx};
-    p = AttnParams{0, nH, nKV, D, 1.f / std::sqrt((float)D), D, RopeStyle::Neox, inv};
+    p = AttnParams{0, nH, nKV, D, 1.f / std::sqrt((float)D), D, RopeStyle::Neox, inv, 3, true};
     CK(cudaDeviceSynchronize());
   }
   ~AttnSetup() {
@@ -171,19 +171,17 @@ int main() {
   }
 
   std::printf("paged_attention decode (rope + cache write + attention [+ split-K reduce]), fp16, 32 heads x 128\n");
-  std::printf("variant 2 (default): separate rope/cache-write kernel, reduce kernel; 0: fused rope/cache-write +\n"
-              "cluster split-K; 1: fused, reduce kernel (0 and 1 experimental); 3: small-batch fast kernel (one\n"
-              "launch, cluster/DSMEM combine; 'v2' in the cluster column = outside its range, runs variant 2)%s\n",
-              pdl_enabled() ? "; variant 3 launched with PDL (TSLLM_PDL=0 turns it off)" : "");
+  std::printf("variant 3 (default): small-batch fast kernel (one launch, cluster/DSMEM combine; 'v2' in the cluster\n"
+              "column = outside its range, runs variant 2)%s; 2: separate rope/cache-write kernel, reduce kernel\n",
+              pdl_supported() ? ", launched with PDL" : "");
   std::printf("%6s %6s %4s %7s %8s %8s %11s %11s %9s\n", "batch", "ctx", "var", "splits", "cluster", "layers",
               "graph_us", "stream_us", "GB/s");
   for (int B : {1, 64})
     for (int ctx : {128, 256, 1024, 4096}) {
       if (B == 64 && (ctx == 128 || ctx == 1024)) continue;  // bs 64: 256 and 4096
       AttnSetup a(B, ctx, 1, l2_defeat);
-      const int default_variant = kd::g_decode_variant;
-      for (int variant : {2, 0, 1, 3}) {
-        kd::g_decode_variant = variant;
+      for (int variant : {2, 3}) {
+        a.p.decode_variant = variant;
         const int n = 64;
         double g, st;
         time_calls(n, [&](int i, cudaStream_t s) { a.call(i, s); }, &g, &st);
@@ -194,7 +192,6 @@ int main() {
         std::printf("%6d %6d %4d %7d %8s %8d %11.2f %11.2f %9.0f\n", B, ctx, variant, sp.splits, cl, a.layers, g, st,
                     (kv_bytes + io_bytes) / (g * 1e3));
       }
-      kd::g_decode_variant = default_variant;
     }
 
   std::printf("\npaged_attention context (prefill, causal), fp16, 32 heads x 128\n");

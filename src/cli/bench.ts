@@ -2,6 +2,7 @@
 import { openEngine } from "../engine/reader.ts";
 import { DTYPE_BYTES } from "../ir/types.ts";
 import { CudaEngine, measureCopyBandwidth } from "../native/binding.ts";
+import { kernelReport } from "../native/kernel-report.ts";
 import { addServeBenchCommand } from "./bench-serve.ts";
 import { addServingCommands } from "./bench-serving.ts";
 import { command, int, main } from "./common.ts";
@@ -35,6 +36,7 @@ program
   .option("--runs <n>", "timed runs (median reported)", int("--runs", { min: 1 }), 3)
   .option("--no-cuda-graphs", "decode without CUDA graphs")
   .option("--json <file>", "also write the figures as JSON")
+  .option("--verbose", "after the runs: which kernels ran, and the runtime's prologue fusions")
   .action(async (dir: string, o) =>
     main(async () => {
       const engine = openEngine(dir, { verify: false });
@@ -104,6 +106,7 @@ program
             `${row.pct_of_roofline.toFixed(1)}% of roofline)\n`,
         );
       }
+      if (o.verbose) for (const l of kernelReport(cuda.nodeStats())) process.stdout.write(`${l}\n`);
       cuda.close();
       if (o.json)
         (await import("node:fs")).writeFileSync(

@@ -4,6 +4,8 @@ import { openEngine } from "../engine/reader.ts";
 import { openExecutor } from "../executor/open.ts";
 import { ReferenceExecutor } from "../executor/reference.ts";
 import { checkGolden, defaultTolerance, readGolden } from "../golden.ts";
+import { CudaExecutor } from "../native/executor.ts";
+import { kernelReport } from "../native/kernel-report.ts";
 import { openBatchManager } from "../serving/open.ts";
 import { requireTokenizer } from "../text/engine-files.ts";
 import { command, float, int, main, parseIds } from "./common.ts";
@@ -67,7 +69,8 @@ const program = command(
     "max |Δlogit| allowed with --golden (default by engine: fp32 on cpu 1e-3, fp16/bf16 0.05, int8-wo 0.1, fp8 0.5, int4-wo 1.25)",
     float("--tolerance", { above: 0 }),
   )
-  .option("--no-verify", "skip the engine content-hash check (large engines)");
+  .option("--no-verify", "skip the engine content-hash check (large engines)")
+  .option("--verbose", "on cuda: which kernels ran, and the runtime's prologue fusions (to stderr)");
 
 async function verifyGolden(dir: string, o: Record<string, never>): Promise<void> {
   const ex = await openExecutor(dir, { device: o.device, verify: o.verify });
@@ -84,6 +87,8 @@ async function verifyGolden(dir: string, o: Record<string, never>): Promise<void
     if (!(report.maxAbs <= tol))
       throw new Error(`max |Δlogit| ${report.maxAbs.toExponential(3)} exceeds tolerance ${tol}`);
   } finally {
+    if (o.verbose && ex instanceof CudaExecutor)
+      for (const l of kernelReport(ex.engine.nodeStats())) process.stderr.write(`${l}\n`);
     ex.close();
   }
 }
@@ -154,6 +159,7 @@ await main(async () => {
       out: process.stdout,
     });
   } finally {
+    if (o.verbose) for (const l of bm.kernelReport()) process.stderr.write(`${l}\n`);
     await bm.shutdown();
   }
 });

@@ -26,6 +26,39 @@ export interface CudaLoadOptions {
   kvCacheMaxBlocks?: number;
   /** CUDA graphs for decode steps (default true). */
   cudaGraphs?: boolean;
+  /** Time cuBLASLt algorithms and gemv variants per shape (default true). */
+  gemmTune?: boolean;
+  /** Small-M gemv kernel for linears: the tuner decides (default), always where eligible, or never. */
+  gemv?: "auto" | "always" | "never";
+  /** Only this gemv variant (0..9). */
+  gemvVariant?: number;
+  /** Decode (M ≤ 4) folds rms_norm / gated_act into the gemv where faster (default true). */
+  gemvPrologue?: boolean;
+  /** Decode attention: 3 (default; one launch where it applies, else 2) or 2. */
+  decodeVariant?: 2 | 3;
+  /** Programmatic dependent launch on sm_90+ (default true). */
+  pdl?: boolean;
+  /** A kernel forced by these options (gemv "always") that cannot run is an error naming the node, not a fallback. */
+  strictKernels?: boolean;
+  /** Profiling to stderr: per-node events (graphs off) or a per-op graph replay breakdown. */
+  profile?: "off" | "nodes" | "graph";
+}
+
+/** Which kernels one node of the program launched (tsllm_get_node_stats), counted per step it ran. */
+export interface NodeStats {
+  op: string;
+  /** A linear's weight name, else its first output's name. */
+  name: string;
+  /** Prologue fusion plan: the linear this node folds into at decode (when the tuner finds it faster), or -1. */
+  foldedInto: number;
+  /** The op's own kernel(s) (every op but linear). */
+  own: number;
+  /** Skipped: folded into the gemv prologue of node foldedInto. */
+  folded: number;
+  cublaslt: number;
+  gemv: number;
+  gemvRms: number;
+  gemvGated: number;
 }
 
 export interface Sampling {
@@ -121,10 +154,11 @@ interface Addon {
     sampling?: Sampling | Sampling[],
   ): Omit<GenerateResult, "tokens"> & { tokens: Int32Array };
   info(h: Handle): CudaInfo;
+  nodeStats(h: Handle): NodeStats[];
   copyBandwidth(bytes: number): number;
 }
 
-const ABI_VERSION = 1;
+const ABI_VERSION = 2;
 
 /** Where the addon is looked for: $TSLLM_NATIVE_ADDON, else native/build/tsllm_node.node of this checkout. */
 export function addonPath(): string {
@@ -254,6 +288,11 @@ export class CudaEngine {
 
   info(): CudaInfo {
     return this.a.info(this.h());
+  }
+
+  /** Per-node kernel counters since load (which kernel each node ran, fused nodes included). */
+  nodeStats(): NodeStats[] {
+    return this.a.nodeStats(this.h());
   }
 
   close(): void {

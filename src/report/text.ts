@@ -63,6 +63,11 @@ export function formatReport(r: FusionReport, o: { notes?: boolean } = {}): stri
     `${pad("activation arena", 34)}${lpad(fmtBytes(a.bytes), 11)} ${a.planned ? "(liveness plan)" : "(no plan: naive)"}` +
       ` vs naive sum ${fmtBytes(a.naiveBytes)} (${ratio(a.naiveBytes, a.bytes)} smaller; unfused naive ${fmtBytes(a.unfusedNaiveBytes)})`,
   );
+  lines.push(
+    "runtime fusion (CUDA, not counted above): decode steps of ≤ 4 tokens fold an rms_norm or gated_act whose output " +
+      "feeds only a linear into that linear's gemv when the tuned fused kernel is faster (tsllm-run / tsllm-bench " +
+      "--verbose list the folded nodes)",
+  );
   const notes = r.passes.flatMap((p) => p.notes.map((n) => `${p.name}: ${n}`));
   if (o.notes !== false && notes.length) {
     lines.push("notes:");

@@ -48,5 +48,7 @@ export interface StepBackend {
   step(seqs: readonly BackendSeq[]): Promise<StepOutput>;
   /** Frees a sequence's KV cache, also while launched steps still use it. Unknown ids are ignored. */
   release(seqId: number): void;
+  /** Which kernels ran and the runtime's fusions, one line each (cuda: its node counters); none on cpu. */
+  kernelReport?(): string[];
   close(): void;
 }

@@ -147,6 +147,11 @@ export class InflightBatchManager implements BatchManager {
     return this.backend.info;
   }
 
+  /** Which kernels the backend ran (tsllm-run --verbose); empty on cpu. */
+  kernelReport(): string[] {
+    return this.backend.kernelReport?.() ?? [];
+  }
+
   private blocksFor(tokens: number): number {
     return Math.ceil(tokens / this.limits.tokensPerBlock);
   }

@@ -4,6 +4,7 @@
 // while it runs. The engine's own paged KV pool is the pool the scheduler counts (all its blocks but the
 // padding rows' scratch block).
 import type { CudaEngine } from "../native/binding.ts";
+import { kernelReport } from "../native/kernel-report.ts";
 import type { BackendInfo, BackendSeq, StepBackend, StepOutput } from "./backend.ts";
 import type { BatchLimits } from "./types.ts";
 
@@ -46,6 +47,10 @@ export class CudaStepBackend implements StepBackend {
 
   release(seqId: number): void {
     this.engine.release(seqId);
+  }
+
+  kernelReport(): string[] {
+    return kernelReport(this.engine.nodeStats());
   }
 
   close(): void {

@@ -1,6 +1,6 @@
 // Node-API addon over the C ABI (include/tsllm.h). Plain node_api.h, no node-addon-api.
 // Exports: abiVersion(), load(path, opts) -> handle, step(handle, seqs, want), release(handle, id),
-// generate(handle, tokens, lens, maxNew, sampling?), info(handle), unload(handle).
+// generate(handle, tokens, lens, maxNew, sampling?), info(handle), nodeStats(handle), unload(handle).
 // Calls are synchronous (one call per step / per whole generation) except the pipelined pair: stepLaunch
 // enqueues a step on the main thread without waiting for the GPU, stepWait returns a Promise and waits on a
 // libuv worker thread, so a server's event loop keeps running and later steps are launched meanwhile.
@@ -229,11 +229,36 @@ napi_value Load(napi_env env, napi_callback_info info) {
     o.kv_cache_free_gpu_mem_fraction = float(num_or(env, opt, "kvCacheFreeGpuMemFraction", 0));
     o.kv_cache_max_blocks = int64_t(num_or(env, opt, "kvCacheMaxBlocks", 0));
     o.max_logits_rows = int32_t(num_or(env, opt, "maxLogitsRows", 0));
-    napi_value g = prop(env, opt, "cudaGraphs");
-    if (present(env, g)) {
+    auto flag = [&](const char* name, int32_t on, int32_t off, int32_t* field) {
+      napi_value v = prop(env, opt, name);
+      if (!present(env, v)) return;
       bool b = true;
-      check(env, napi_get_value_bool(env, g, &b), "cudaGraphs");
-      o.disable_cuda_graphs = b ? 0 : 1;
+      if (napi_get_value_bool(env, v, &b) != napi_ok) throw JsError{std::string(name) + " must be a boolean"};
+      *field = b ? on : off;
+    };
+    flag("cudaGraphs", 0, 1, &o.disable_cuda_graphs);
+    flag("gemmTune", 0, -1, &o.gemm_tune);
+    flag("gemvPrologue", 0, -1, &o.gemv_prologue);
+    flag("pdl", 0, -1, &o.pdl);
+    flag("strictKernels", 1, 0, &o.strict_kernels);
+    napi_value gv = prop(env, opt, "gemv");
+    if (present(env, gv)) {
+      std::string m = str(env, gv, "gemv");
+      if (m == "auto") o.gemv = 0;
+      else if (m == "always") o.gemv = 1;
+      else if (m == "never") o.gemv = -1;
+      else throw JsError{"gemv must be \"auto\", \"always\" or \"never\", got \"" + m + "\""};
+    }
+    napi_value var = prop(env, opt, "gemvVariant");
+    if (present(env, var)) o.gemv_variant = int32_t(num(env, var, "gemvVariant")) + 1;
+    o.decode_variant = int32_t(num_or(env, opt, "decodeVariant", 0));
+    napi_value pr = prop(env, opt, "profile");
+    if (present(env, pr)) {
+      std::string m = str(env, pr, "profile");
+      if (m == "off") o.profile = 0;
+      else if (m == "nodes") o.profile = 1;
+      else if (m == "graph") o.profile = 2;
+      else throw JsError{"profile must be \"off\", \"nodes\" or \"graph\", got \"" + m + "\""};
     }
     char err[2048] = {0};
     tsllm_engine* e = tsllm_load(path.c_str(), &o, err, sizeof(err));
@@ -481,6 +506,32 @@ napi_value Info(napi_env env, napi_callback_info info) {
   });
 }
 
+// nodeStats(handle) -> [{op, name, foldedInto, own, folded, cublaslt, gemv, gemvRms, gemvGated}] per node.
+napi_value NodeStats(napi_env env, napi_callback_info info) {
+  return wrap(env, [&] {
+    auto a = args(env, info, 1);
+    Handle* h = handle(env, a[0]);
+    char err[1024] = {0};
+    int32_t n = 0;
+    if (tsllm_get_node_stats(h->e, nullptr, 0, &n, err, sizeof(err))) throw JsError{err};
+    std::vector<tsllm_node_stats> st(size_t(n > 0 ? n : 0));
+    if (tsllm_get_node_stats(h->e, st.data(), n, &n, err, sizeof(err))) throw JsError{err};
+    napi_value arr;
+    check(env, napi_create_array_with_length(env, st.size(), &arr), "create_array");
+    static const char* kKinds[TSLLM_KERNEL_KINDS] = {"own", "folded", "cublaslt", "gemv", "gemvRms", "gemvGated"};
+    for (size_t i = 0; i < st.size(); i++) {
+      napi_value o;
+      check(env, napi_create_object(env, &o), "create_object");
+      set_str(env, o, "op", st[i].op);
+      set_str(env, o, "name", st[i].name);
+      set_num(env, o, "foldedInto", st[i].folded_into);
+      for (int k = 0; k < TSLLM_KERNEL_KINDS; k++) set_num(env, o, kKinds[k], double(st[i].launches[k]));
+      check(env, napi_set_element(env, arr, uint32_t(i), o), "set_element");
+    }
+    return arr;
+  });
+}
+
 // copyBandwidth(bytes): device-to-device copy bandwidth of device 0 in bytes/s (read + written).
 napi_value CopyBandwidth(napi_env env, napi_callback_info info) {
   return wrap(env, [&] {
@@ -511,6 +562,7 @@ napi_value Init(napi_env env, napi_value exports) {
       {"release", nullptr, Release, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"generate", nullptr, Generate, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"info", nullptr, Info, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"nodeStats", nullptr, NodeStats, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"copyBandwidth", nullptr, CopyBandwidth, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);

@@ -4,11 +4,8 @@
 // 32/LPK keys per step and unrolls U steps so 2U 16-byte loads per thread are in flight. Each lane keeps an
 // online softmax (m, l, acc[8]) per head; lanes, then warps, are merged at the end.
 // Split-K: blocks write normalised partials (o, m, l) to the workspace and decode_reduce_kernel combines them.
-// Experimental (variants 0/1, see attention_internal.h; correct but slower in bandwidth-bound cases on H100):
-// FUSED: the kernel itself applies RoPE to q and to the new token's k (its last key, taken from the inputs rather
-// than the cache) and one block per KV head writes the new k and v into the cache, so no separate RoPE/cache-write
-// launch is needed; CLUSTER (sm_90) combines the splits of one (token, head group) through distributed shared
-// memory inside the same launch (splits <= 8).
+// This is variant 2 (after rope_cache.cu's kernel) and the fallback of variant 3 (decode_fast_kernel below, one
+// launch with RoPE, cache write and a cluster/DSMEM combine), the default for small batches.
 #include <cooperative_groups.h>
 #include <math.h>
 
@@ -25,7 +22,7 @@ constexpr int kDecWarps = 4;
 
 template <typename T>
 struct DecodeArgs {
-  const T* q;  // FUSED: raw q/k/v rows of the step; else q already rotated (k, v already in the cache)
+  const T* q;  // fast path: raw q/k/v rows of the step; variant 2: q already rotated (k, v already in the cache)
   const T* k;
   const T* v;
   int q_stride, k_stride, v_stride;
@@ -44,7 +41,7 @@ struct DecodeArgs {
   int pdl;        // fast path: launched with programmatic stream serialization (wait before touching q/k/v/out)
 };
 
-template <typename T, int DP, int GB, bool FUSED, bool CLUSTER>
+template <typename T, int DP, int GB>
 __global__ void __launch_bounds__(kDecWarps * 32) decode_kernel(const DecodeArgs<T> a) {
   pdl_trigger();
   constexpr int LPK = DP / 8;     // lanes per key
@@ -61,29 +58,18 @@ __global__ void __launch_bounds__(kDecWarps * 32) decode_kernel(const DecodeArgs
   const int pos = a.positions[t];
   const int ctx = pos + 1;
   const int kb = split * chunk;
-  if (!CLUSTER && kb >= ctx) return;  // cluster blocks must all reach the cluster barriers
+  if (kb >= ctx) return;
   const int ke = min(ctx, kb + chunk);
   const int seq = a.token_seq[t];
   const bool dim_ok = sub * 8 < D;
 
-  // FUSED: cos/sin of this lane's 8 dims at `pos`, shared by the q heads and the new k.
-  float rcs[8], rsn[8];
-  const bool rope = FUSED && a.R > 0 && dim_ok && sub * 8 < a.R;
-  if (rope) rope_angles(sub * 8, a.R, a.gptj != 0, pos, a.inv_freq, rcs, rsn);
   float qf[GB][8];
 #pragma unroll
   for (int g = 0; g < GB; ++g) {
     const int hh = hg * GB + g;
     if (hh < G && dim_ok) {
       const T* qh = a.q + (size_t)t * a.q_stride + (size_t)(hk * G + hh) * D;
-      const uint4 raw = *reinterpret_cast<const uint4*>(qh + sub * 8);
-      if (rope) {
-        rope_apply<T>(qh, sub * 8, a.R, a.gptj != 0, raw, rcs, rsn, qf[g]);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) qf[g][j] = to_f(from_f<T>(qf[g][j]));  // q is rounded like the unfused path
-      } else {
-        unpack8<T>(raw, qf[g]);
-      }
+      unpack8<T>(*reinterpret_cast<const uint4*>(qh + sub * 8), qf[g]);
 #pragma unroll
       for (int j = 0; j < 8; ++j) qf[g][j] *= a.scale_log2;
     } else {
@@ -98,26 +84,6 @@ __global__ void __launch_bounds__(kDecWarps * 32) decode_kernel(const DecodeArgs
     l[g] = 0.f;
 #pragma unroll
     for (int j = 0; j < 8; ++j) acc[g][j] = 0.f;
-  }
-
-  // FUSED: every lane rotates its 8 dims of the new token's k (rounded to T) for the key == pos substitution in
-  // the loop; the block whose split holds pos (first head group) writes k and v into the cache. No block of this
-  // launch reads that cache slot.
-  uint4 knew = make_uint4(0, 0, 0, 0), vnew = make_uint4(0, 0, 0, 0);
-  if (FUSED && dim_ok) {
-    const T* kh = a.k + (size_t)t * a.k_stride + (size_t)hk * D;
-    knew = *reinterpret_cast<const uint4*>(kh + sub * 8);
-    vnew = *reinterpret_cast<const uint4*>(a.v + (size_t)t * a.v_stride + (size_t)hk * D + sub * 8);
-    if (rope) {
-      float f[8];
-      rope_apply<T>(kh, sub * 8, a.R, a.gptj != 0, knew, rcs, rsn, f);
-      knew = pack8<T>(f);
-    }
-    if (warp == 0 && slot == 0 && hg == 0 && pos / chunk == split) {
-      const size_t r = kv.row(seq, pos, hk);
-      *reinterpret_cast<uint4*>(kv.base + r + sub * 8) = knew;
-      *reinterpret_cast<uint4*>(kv.base + r + kv.v_off + sub * 8) = vnew;
-    }
   }
 
   // Cache rows of the next step are looked up one step ahead (block-table loads overlap K/V loads).
@@ -135,14 +101,9 @@ __global__ void __launch_bounds__(kDecWarps * 32) decode_kernel(const DecodeArgs
       const int key = base + (u * kDecWarps + warp) * KPW + slot;
       ok[u] = key < ke;
       if (ok[u] && dim_ok) {
-        if (FUSED && key == pos) {
-          kr[u] = knew;
-          vr[u] = vnew;
-        } else {
-          const T* p = kv.base + rnext[u] + sub * 8;
-          kr[u] = *reinterpret_cast<const uint4*>(p);
-          vr[u] = *reinterpret_cast<const uint4*>(p + kv.v_off);
-        }
+        const T* p = kv.base + rnext[u] + sub * 8;
+        kr[u] = *reinterpret_cast<const uint4*>(p);
+        vr[u] = *reinterpret_cast<const uint4*>(p + kv.v_off);
       } else {
         kr[u] = make_uint4(0, 0, 0, 0);
         vr[u] = make_uint4(0, 0, 0, 0);
@@ -226,8 +187,6 @@ __global__ void __launch_bounds__(kDecWarps * 32) decode_kernel(const DecodeArgs
   }
   __syncthreads();
   // Block result per (head, dim): normalised o and the block's (m, l).
-  __shared__ float s_bo[CLUSTER ? GB : 1][CLUSTER ? DP : 1];
-  __shared__ float s_bm[GB], s_bl[GB];
   for (int e = threadIdx.x; e < GB * DP; e += blockDim.x) {
     const int g = e / DP, d = e % DP;
     const int hh = hg * GB + g;
@@ -246,52 +205,12 @@ __global__ void __launch_bounds__(kDecWarps * 32) decode_kernel(const DecodeArgs
     const float r = L > 0.f ? O / L : 0.f;
     if (nsplit == 1) {
       a.out[((size_t)t * nH + h) * D + d] = from_f<T>(r);
-    } else if (CLUSTER) {
-      s_bo[CLUSTER ? g : 0][CLUSTER ? d : 0] = r;
-      if (d == 0) s_bm[g] = M, s_bl[g] = L;
     } else {
       const size_t pi = ((size_t)t * nH + h) * nsplit + split;
       a.ws_o[pi * D + d] = r;
       if (d == 0) a.ws_ml[pi] = make_float2(M, L);
     }
   }
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (CLUSTER && nsplit > 1) {
-    // Splits of this (token, head group) form one cluster along y; rank 0 combines them from the others'
-    // shared memory. The second barrier keeps every block's shared memory alive until rank 0 is done.
-    namespace cg = cooperative_groups;
-    cg::cluster_group cl = cg::this_cluster();
-    __shared__ float s_w[8][GB];
-    __shared__ float s_inv[GB];
-    cl.sync();
-    if (cl.block_rank() == 0) {
-      if (threadIdx.x < GB) {
-        const int g = threadIdx.x;
-        float M = -INFINITY;
-        for (int r = 0; r < nsplit; ++r) M = fmaxf(M, *cl.map_shared_rank(&s_bm[g], r));
-        float L = 0.f;
-        for (int r = 0; r < nsplit; ++r) {
-          const float m = *cl.map_shared_rank(&s_bm[g], r);
-          const float w = m == -INFINITY ? 0.f : *cl.map_shared_rank(&s_bl[g], r) * exp2f(m - M);
-          s_w[r][g] = w;
-          L += w;
-        }
-        s_inv[g] = L > 0.f ? 1.f / L : 0.f;
-      }
-      __syncthreads();
-      for (int e = threadIdx.x; e < GB * DP; e += blockDim.x) {
-        const int g = e / DP, d = e % DP;
-        const int hh = hg * GB + g;
-        if (hh >= G || d >= D) continue;
-        float o = 0.f;
-        for (int r = 0; r < nsplit; ++r)
-          o = fmaf(s_w[r][g], *cl.map_shared_rank(&s_bo[CLUSTER ? g : 0][CLUSTER ? d : 0], r), o);
-        a.out[((size_t)t * nH + hk * G + hh) * D + d] = from_f<T>(o * s_inv[g]);
-      }
-    }
-    cl.sync();
-  }
-#endif
 }
 
 // Variant 3 (small batches): one launch, latency first. Grid (kv head x head group, split, token), NW warps,
@@ -610,47 +529,30 @@ __global__ void decode_reduce_kernel(const float* __restrict__ ws_o, const float
 }
 
 // Host-side launch of one decode configuration.
-template <typename T, int DP, int GB, bool FUSED>
+template <typename T, int DP, int GB>
 cudaError_t launch_decode_t(DecodeArgs<T> a, const StepLayout& step, int nKV, DecodeSplit sp, cudaStream_t s) {
   a.hgroups = (a.G + GB - 1) / GB;
   dim3 grid(nKV * a.hgroups, sp.splits, step.num_tokens);
-  if constexpr (FUSED) {
-    if (sp.cluster && sp.splits > 1) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(kDecWarps * 32);
-    cfg.dynamicSmemBytes = 0;
-    cfg.stream = s;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = 1;
-    attr[0].val.clusterDim.y = sp.splits;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    return cudaLaunchKernelEx(&cfg, decode_kernel<T, DP, GB, FUSED, true>, a);
-    }
-  }
-  decode_kernel<T, DP, GB, FUSED, false><<<grid, kDecWarps * 32, 0, s>>>(a);
+  decode_kernel<T, DP, GB><<<grid, kDecWarps * 32, 0, s>>>(a);
   return cudaGetLastError();
 }
 
-template <typename T, int DP, bool FUSED>
+template <typename T, int DP>
 cudaError_t launch_decode_dp(const DecodeArgs<T>& a, const StepLayout& step, int nKV, DecodeSplit sp,
                              cudaStream_t s) {
-  if (a.G <= 1) return launch_decode_t<T, DP, 1, FUSED>(a, step, nKV, sp, s);
-  if (a.G <= 2) return launch_decode_t<T, DP, 2, FUSED>(a, step, nKV, sp, s);
-  if (a.G <= 4) return launch_decode_t<T, DP, 4, FUSED>(a, step, nKV, sp, s);
-  return launch_decode_t<T, DP, 8, FUSED>(a, step, nKV, sp, s);
+  if (a.G <= 1) return launch_decode_t<T, DP, 1>(a, step, nKV, sp, s);
+  if (a.G <= 2) return launch_decode_t<T, DP, 2>(a, step, nKV, sp, s);
+  if (a.G <= 4) return launch_decode_t<T, DP, 4>(a, step, nKV, sp, s);
+  return launch_decode_t<T, DP, 8>(a, step, nKV, sp, s);
 }
 
-template <typename T, bool FUSED>
+template <typename T>
 cudaError_t launch_decode_d(const DecodeArgs<T>& a, const StepLayout& step, int nKV, int D, DecodeSplit sp,
                             cudaStream_t s) {
-  if (D <= 32) return launch_decode_dp<T, 32, FUSED>(a, step, nKV, sp, s);
-  if (D <= 64) return launch_decode_dp<T, 64, FUSED>(a, step, nKV, sp, s);
-  if (D <= 128) return launch_decode_dp<T, 128, FUSED>(a, step, nKV, sp, s);
-  return launch_decode_dp<T, 256, FUSED>(a, step, nKV, sp, s);
+  if (D <= 32) return launch_decode_dp<T, 32>(a, step, nKV, sp, s);
+  if (D <= 64) return launch_decode_dp<T, 64>(a, step, nKV, sp, s);
+  if (D <= 128) return launch_decode_dp<T, 128>(a, step, nKV, sp, s);
+  return launch_decode_dp<T, 256>(a, step, nKV, sp, s);
 }
 
 template <typename T, int DP, int GB, int NW_>
@@ -671,7 +573,6 @@ cudaError_t launch_fast_t(DecodeArgs<T> a, const StepLayout& step, int nKV, Deco
     attr[n].val.clusterDim.z = 1;
     ++n;
   }
-  a.pdl = pdl_enabled() ? 1 : 0;
   if (a.pdl) {
     attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[n].val.programmaticStreamSerializationAllowed = 1;
@@ -716,7 +617,7 @@ bool cluster_ok() {
     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
     cudaFuncAttributes fa;
     const bool ok = major >= 9 &&
-                    cudaFuncGetAttributes(&fa, decode_kernel<half, 128, 1, true, true>) == cudaSuccess &&
+                    cudaFuncGetAttributes(&fa, decode_fast_kernel<half, 128, 1, 4>) == cudaSuccess &&
                     fa.binaryVersion >= 90;
     cudaGetLastError();
     cached[dev] = ok ? 1 : 2;
@@ -725,18 +626,6 @@ bool cluster_ok() {
 }
 
 }  // namespace
-
-namespace {
-// TSLLM_DECODE_VARIANT=0..3 (read once, at library load); default 3 (H100, Llama-2-7B bs 1: 5.021 ms/step vs
-// 5.079 for variant 2), which runs variant 2 for batches and contexts outside its range.
-int initial_decode_variant() {
-  const char* e = std::getenv("TSLLM_DECODE_VARIANT");
-  if (e && e[0] >= '0' && e[0] <= '3' && e[1] == 0) return e[0] - '0';
-  return 3;  // small batches take the single-launch kernel; it falls back to variant 2 outside its range
-}
-}  // namespace
-
-int g_decode_variant = initial_decode_variant();
 
 DecodeSplit decode_split(int num_tokens, int num_heads, int num_kv_heads, int head_dim, int max_seq_len,
                          int variant) {
@@ -769,30 +658,27 @@ DecodeSplit decode_split(int num_tokens, int num_heads, int num_kv_heads, int he
     r.warps = r.chunk > step4 && gb * dp <= 1024 ? 8 : 4;
     return r;
   }
-  const int min_chunk = variant == 2 ? 64 : 32;
+  // Variant 2: about 4 blocks per SM, at least 64 keys per split, within the workspace bound.
+  const int min_chunk = 64;
   const long target = 4L * num_sms();
   long splits = (target + base_blocks - 1) / base_blocks;
   splits = std::min<long>(splits, (max_seq_len + min_chunk - 1) / min_chunk);
   splits = std::min<long>(splits, kSplitBudget / ((long)num_tokens * num_heads));
-  // Variant 0: up to 12 wanted splits are served by one launch with a cluster of at most 8 blocks.
-  const bool cluster = variant == 0 && splits <= 12 && cluster_ok();
-  if (cluster) splits = std::min<long>(splits, 8);
   if (splits < 2) return r;
   r.chunk = (int)((max_seq_len + splits - 1) / splits);
   r.chunk = (r.chunk + 15) / 16 * 16;
   r.splits = (max_seq_len + r.chunk - 1) / r.chunk;
   if (r.splits < 2) r.splits = 1, r.chunk = max_seq_len;
-  r.cluster = cluster && r.splits > 1;
   return r;
 }
 
 cudaError_t attention_decode(const void* q_, int q_stride, const void* k_, int k_stride, const void* v_, int v_stride,
-                             bool fused, void* out_, const PagedKV& kv, const StepLayout& step, const AttnParams& p,
+                             bool fast, void* out_, const PagedKV& kv, const StepLayout& step, const AttnParams& p,
                              DType dt, void* ws, cudaStream_t s) {
   const int D = p.head_dim, nH = p.num_heads, nKV = p.num_kv_heads;
   const int G = nH / nKV;
-  const DecodeSplit sp = decode_split(step.num_tokens, nH, nKV, D, step.max_seq_len, fused ? g_decode_variant : 2);
-  if (fused && g_decode_variant == 3 && !sp.fast) return cudaErrorInvalidValue;  // paged_attention checks first
+  const DecodeSplit sp = decode_split(step.num_tokens, nH, nKV, D, step.max_seq_len, fast ? 3 : 2);
+  if (fast && !sp.fast) return cudaErrorInvalidValue;  // paged_attention checks first
   float* ws_o = nullptr;
   float2* ws_ml = nullptr;
   if (sp.splits > 1 && !sp.cluster) {
@@ -824,12 +710,12 @@ cudaError_t attention_decode(const void* q_, int q_stride, const void* k_, int k
     a.scale_log2 = p.scale * 1.4426950408889634f;
     a.chunk = sp.chunk;
     a.guess_seq = step.num_seqs >= step.num_tokens ? 1 : 0;  // pure decode: row t of the block table exists
-    a.pdl = 0;
+    a.pdl = p.pdl && pdl_supported() ? 1 : 0;
     if (sp.fast) {
       e = launch_fast_d<T>(a, step, nKV, D, sp, s);
       break;
     }
-    e = fused ? launch_decode_d<T, true>(a, step, nKV, D, sp, s) : launch_decode_d<T, false>(a, step, nKV, D, sp, s);
+    e = launch_decode_d<T>(a, step, nKV, D, sp, s);
     if (e == cudaSuccess && sp.splits > 1 && !sp.cluster) {
       dim3 grid(nH, step.num_tokens, sp.splits);
       const int threads = D >= 128 ? 128 : 64;

@@ -26,18 +26,13 @@ cudaError_t rope_and_cache_write(const void* q, int q_stride, const void* k, int
                                  void* q_out, const PagedKV& kv, const StepLayout& step, const AttnParams& p, DType dt,
                                  cudaStream_t s);
 
-// Decode implementation used when max_new_tokens == 1 (a process-wide switch for tests and benchmarks):
-//   2: separate rope_cache kernel, then the decode kernel on the rotated q, then decode_reduce_kernel
-//                when split;
-//   0 (experimental): fused RoPE/cache write in the decode kernel; split-K combined in-launch by a thread-block
-//                cluster (sm_90, <= 8 splits), else by decode_reduce_kernel;
-//   1 (experimental): fused, split-K always via decode_reduce_kernel.
-//   3 (default; small batches): decode_fast_kernel, one launch (RoPE, cache write, attention, cluster combine through
-//                DSMEM), latency-first; batches/contexts outside its range (DecodeSplit::fast false) run variant 2.
-// Initial value from TSLLM_DECODE_VARIANT (0..3, read once at library load), else 3.
-// All three pass the same tests; on H100 the fused variants were 19-25% slower at batch 64 (kernels-notes.md).
-extern int g_decode_variant;
-
+// Decode (max_new_tokens == 1), chosen by AttnParams::decode_variant:
+//   3 (default): decode_fast_kernel, one launch (RoPE, cache write, attention, split-K combined through a
+//                thread-block cluster's DSMEM), latency-first, for small batches; batches/contexts outside its range
+//                (DecodeSplit::fast false: nKV x tokens > #SMs, max_seq_len > 1024, no sm_90 clusters) run variant 2.
+//   2: rope_cache kernel, then decode_kernel on the rotated q, then decode_reduce_kernel when split.
+// (Variants 0/1, RoPE fused into decode_kernel, were removed: correct but 19-25% slower at batch 64 on H100,
+// kernels-notes.md.)
 // Split-K choice of the decode kernel (shared with the workspace bound).
 struct DecodeSplit {
   int splits, chunk;
@@ -46,14 +41,14 @@ struct DecodeSplit {
   int warps;     // warps per block of decode_fast_kernel
 };
 DecodeSplit decode_split(int num_tokens, int num_heads, int num_kv_heads, int head_dim, int max_seq_len,
-                         int variant = g_decode_variant);
+                         int variant);
 constexpr int kSplitBudget = 8192;  // bound on num_tokens * num_heads * splits whenever splits > 1
 
 // One query token per block row: attends to cache [0, positions[t]]. ws: split-K partials.
-// fused: q, k, v are the step's raw rows (RoPE and the cache write happen inside); otherwise q is already rotated
-// and the cache already holds k, v (rope_and_cache_write ran first).
+// fast (variant 3): q, k, v are the step's raw rows (RoPE and the cache write happen inside); otherwise (variant 2)
+// q is already rotated and the cache already holds k, v (rope_and_cache_write ran first).
 cudaError_t attention_decode(const void* q, int q_stride, const void* k, int k_stride, const void* v, int v_stride,
-                             bool fused, void* out, const PagedKV& kv, const StepLayout& step, const AttnParams& p,
+                             bool fast, void* out, const PagedKV& kv, const StepLayout& step, const AttnParams& p,
                              DType dt, void* ws, cudaStream_t s);
 
 // Tiles of up to 64 new tokens of one sequence (FlashAttention-2 style, tensor cores), any step.

@@ -44,6 +44,25 @@ __device__ __forceinline__ uint32_t pack2<bf16>(float a, float b) {
   return *reinterpret_cast<uint32_t*>(&h);
 }
 
+// Two 16-bit values packed in 32 bits -> two floats (lower index in .x).
+template <typename T>
+__device__ __forceinline__ float2 to_f2(uint32_t u);
+template <>
+__device__ __forceinline__ float2 to_f2<half>(uint32_t u) { return __half22float2(*reinterpret_cast<half2*>(&u)); }
+template <>
+__device__ __forceinline__ float2 to_f2<bf16>(uint32_t u) {
+  return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&u));
+}
+
+// 16-byte load that bypasses L1 (streamed data read once, e.g. GEMV weights).
+__device__ __forceinline__ uint4 ld_stream(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
 // 16 bytes of T.
 template <typename T>
 struct alignas(16) Vec {

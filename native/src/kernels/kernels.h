@@ -11,8 +11,10 @@ enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, FP8_E4M3 = 3 };
 enum class Act : int { None = 0, Silu = 1, GeluTanh = 2, GeluErf = 3 };
 enum class RopeStyle : int { Neox = 0, Gptj = 1 };
 
-// Programmatic dependent launch for kernels that support it: sm_90+ devices, unless TSLLM_PDL=0 (pdl.cu).
-bool pdl_enabled();
+// Programmatic dependent launch (PDL): launchers that take `pdl` launch with programmatic stream serialization
+// when it is true and the current device is sm_90+ (pdl.cu); the runtime passes tsllm_options' choice (on by
+// default: H100, Llama-2-7B decode at batch 1, 4.975 ms/step with PDL vs 5.021 without).
+bool pdl_supported();
 
 // ---- weights ----
 // Random weights (docs/engine-format.md): value = mean + scale*(2r-1), r = (u>>8)/2^24,
@@ -45,6 +47,40 @@ cudaError_t gather_rows(const void* x, const int32_t* idx, void* out, int num_ro
 // Converts n elements between dtypes (e.g. logits to fp32).
 cudaError_t convert(const void* x, DType from, void* out, DType to, uint64_t n, cudaStream_t s);
 
+// ---- rope (rope.cu) ----
+// Standalone `rope` op: out[t, h*D + d] = rotate(x[t, h*D + d]) at positions[t] with angle
+// pos * inv_freq[i] (fp32); dims >= rotary_dim pass through. out may not alias x.
+cudaError_t rope_standalone(const void* x, void* out, const int32_t* positions, const float* inv_freq, int rows,
+                            int num_heads, int head_dim, int rotary_dim, RopeStyle style, DType dt, cudaStream_t s);
+
+// ---- small-M linear (gemv.cu, gemv_rms.cu, gemv_gated.cu; kernel in gemv_impl.cuh) ----
+// out[m, n] = x[m, :] · w[n, :] (+ bias[n]) (+ residual[m, n]), w [N, K] row-major, fp32 accumulation, for
+// decode. Needs M <= kGemvMaxM, K % 8 == 0 and 16-byte aligned x and w (gemv_eligible). residual may alias out.
+// `variant` in [0, kGemvVariants) picks rows per warp group and the K split (the runtime's tuner times them all).
+constexpr int kGemvMaxM = 4;
+constexpr int kGemvVariants = 10;
+bool gemv_eligible(const void* x, const void* w, int M, int K, DType dt);
+cudaError_t gemv(int variant, const void* x, const void* w, const void* bias, const void* residual, void* out, int M,
+                 int N, int K, DType dt, bool pdl, cudaStream_t s);
+
+// The same kernel with a prologue folded into its vector read (the runtime's prologue fusion skips the
+// rms_norm / gated_act node that feeds a decode linear):
+//   RmsNorm: x is rms_norm's input [M, K]; every block computes inv_rms of the M rows (fp32) and uses
+//     to_dtype(x * inv_rms * norm_w), rounded as rms_norm writes y (identical but for the order of the fp32
+//     sum of squares: within 1 ulp).
+//   GatedSilu / GatedGeluTanh: x is the [M, 2K] gate|up output; the vector is to_dtype(act(gate) * up) as
+//     gated_act writes it.
+// out must not overlap x.
+enum class GemvPro : int { None = 0, RmsNorm = 1, GatedSilu = 2, GatedGeluTanh = 3 };
+struct GemvPrologue {
+  GemvPro kind = GemvPro::None;
+  const void* norm_w = nullptr;  // RmsNorm: the norm's weight [K]
+  float eps = 0.f;
+};
+bool gemv_pro_eligible(const GemvPrologue& pro, const void* x, const void* w, int M, int K, DType dt);
+cudaError_t gemv_pro(int variant, const GemvPrologue& pro, const void* x, const void* w, const void* bias,
+                     const void* residual, void* out, int M, int N, int K, DType dt, bool pdl, cudaStream_t s);
+
 // ---- attention over the paged KV cache ----
 // Per-layer cache: blocks of [2][num_kv_heads][tokens_per_block][head_dim] elements (K then V),
 // block b of layer l at cache_base + (l*num_blocks + b) * block_elems.
@@ -72,6 +108,10 @@ struct AttnParams {
   int rotary_dim;              // 0 = no rope (q, k already rotated)
   RopeStyle rope_style;
   const float* inv_freq;       // [rotary_dim/2] fp32, may be null when rotary_dim == 0
+  // Decode (max_new_tokens == 1) path: 0 or 3 = the single-launch small-batch kernel where it applies, else 2;
+  // 2 = always the separate RoPE/cache-write kernel + decode kernel (+ reduce). See attention_internal.h.
+  int decode_variant;
+  bool pdl;                    // launch the single-launch decode kernel with PDL (sm_90+)
 };
 // qkv: [T, (nH + 2*nKV)*D] packed rows, or separate q/k/v with their own row strides.
 // Applies RoPE to q (into a scratch copy) and k, writes k and v into the cache at each token's position,

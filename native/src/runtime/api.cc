@@ -159,6 +159,26 @@ int tsllm_get_info(tsllm_engine* h, tsllm_info* o, char* err, size_t errlen) {
   });
 }
 
+int tsllm_get_node_stats(tsllm_engine* h, tsllm_node_stats* out, int32_t capacity, int32_t* num_nodes, char* err,
+                         size_t errlen) {
+  return guarded(err, errlen, [&] {
+    if (!h || !num_nodes || (capacity > 0 && !out)) throw std::runtime_error("tsllm_get_node_stats: NULL argument");
+    const tsllm::Engine& e = *h->e;
+    const auto& nodes = e.desc.nodes;
+    *num_nodes = int32_t(nodes.size());
+    for (size_t i = 0; i < nodes.size() && int64_t(i) < int64_t(capacity); i++) {
+      const tsllm::NodeDesc& n = nodes[i];
+      tsllm_node_stats& o = out[i];
+      std::memset(&o, 0, sizeof(o));
+      std::snprintf(o.op, sizeof(o.op), "%s", tsllm::op_name(n.op));
+      const int named = n.op == tsllm::Op::Linear ? n.in[1] : (n.out.empty() ? -1 : n.out[0]);
+      if (named >= 0) std::snprintf(o.name, sizeof(o.name), "%s", e.val(named).name.c_str());
+      o.folded_into = e.pro_consumer.empty() ? -1 : e.pro_consumer[i];
+      for (int k = 0; k < TSLLM_KERNEL_KINDS; k++) o.launches[k] = e.stats[i][size_t(k)];
+    }
+  });
+}
+
 void tsllm_unload(tsllm_engine* h) {
   if (!h) return;
   if (h->e) cudaSetDevice(h->e->device);

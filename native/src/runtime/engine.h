@@ -4,6 +4,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <array>
 #include <atomic>
 #include <map>
 #include <unordered_map>
@@ -18,6 +19,7 @@
 #include "engine_file.h"
 #include "gemm.h"
 #include "kv_cache.h"
+#include "options.h"
 
 namespace tsllm {
 
@@ -108,6 +110,7 @@ struct StepPlan {
 struct Engine {
   EngineDesc desc;
   tsllm_options opts{};
+  Tunables tun;  // resolved options (options.cc: the TSLLM_* environment overrides are applied there)
   int device = 0;
   int gpu_sm = 0;
   std::string gpu_name;
@@ -155,7 +158,13 @@ struct Engine {
   std::map<std::pair<int, int>, cudaGraphExec_t> graphs;
   std::map<std::pair<int, int>, int> graph_seen;  // first use runs eagerly (warms up modules and cuBLASLt), then captures
 
-  // Prologue fusion (read at each load; on unless TSLLM_GEMV_PROLOGUE=0): an rms_norm / gated_act node whose output only
+  // Kernel counters per node (TSLLM_KERNEL_* in tsllm.h), added by forward() for eager steps; a captured graph's
+  // share is kept in graph_stats and added at each replay.
+  using Counts = std::array<uint64_t, TSLLM_KERNEL_KINDS>;
+  std::vector<Counts> stats;
+  std::map<std::pair<int, int>, std::vector<Counts>> graph_stats;
+
+  // Prologue fusion (tsllm_options.gemv_prologue, on by default): an rms_norm / gated_act node whose output only
   // feeds one linear's x is skipped when that linear runs the gemv with the prologue folded in (decided per M
   // by GemmRunner::prologue_variant). Empty when off; else per node: pro_consumer[i] = that linear (or -1),
   // pro_producer[j] = the skipped node (or -1).
@@ -163,10 +172,10 @@ struct Engine {
 
   void* nccl_comm = nullptr;  // ncclComm_t when built with NCCL and tp > 1
 
-  // TSLLM_PROFILE=1: CUDA graphs off, events around every node of every step, a per-op table printed
+  // profile 1: CUDA graphs off, events around every node of every step, a per-op table printed
   // to stderr at unload.
   bool profile = false;
-  bool profile_graph = false;  // TSLLM_PROFILE=graph: per-op-type replay timing of one decode graph
+  bool profile_graph = false;  // profile 2: per-op-type replay timing of one decode graph
   int graph_replays = 0;
   std::vector<cudaEvent_t> prof_events;
   std::map<std::string, std::pair<int64_t, double>> prof;  // key -> (calls, total ms)

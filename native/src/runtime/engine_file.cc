@@ -43,28 +43,24 @@ const char* elem_name(ElemType t) {
   return "?";
 }
 
-const char* op_name(Op op) {
-  switch (op) {
-    case Op::Embedding: return "embedding";
-    case Op::Linear: return "linear";
-    case Op::RmsNorm: return "rms_norm";
-    case Op::AddRmsNorm: return "add_rms_norm";
-    case Op::LayerNorm: return "layer_norm";
-    case Op::AddLayerNorm: return "add_layer_norm";
-    case Op::Add: return "add";
-    case Op::Mul: return "mul";
-    case Op::Silu: return "silu";
-    case Op::Gelu: return "gelu";
-    case Op::GatedAct: return "gated_act";
-    case Op::Split: return "split";
-    case Op::Rope: return "rope";
-    case Op::Attention: return "attention";
-    case Op::FusedAttention: return "fused_attention";
-    case Op::GatherRows: return "gather_rows";
-    case Op::AllReduce: return "all_reduce";
-    case Op::AllGather: return "all_gather";
-  }
-  return "?";
+namespace {
+const OpInfo kOps[] = {
+#define TSLLM_OP(E, name, min_in, max_in, outs) {name, min_in, max_in, outs},
+#include "ops.def"
+#undef TSLLM_OP
+};
+constexpr size_t kNumOps = sizeof(kOps) / sizeof(kOps[0]);
+}  // namespace
+
+const OpInfo& op_info(Op op) { return kOps[size_t(op)]; }
+const char* op_name(Op op) { return size_t(op) < kNumOps ? kOps[size_t(op)].name : "?"; }
+const std::string& op_list() {
+  static const std::string s = [] {
+    std::string r;
+    for (const OpInfo& o : kOps) r += (r.empty() ? "" : ", ") + std::string(o.name);
+    return r;
+  }();
+  return s;
 }
 
 namespace {
@@ -94,12 +90,9 @@ bool parse_elem(const std::string& name, ElemType* out) {
 }
 
 bool parse_op(const std::string& name, Op* out) {
-  static const Op all[] = {Op::Embedding, Op::Linear, Op::RmsNorm,   Op::AddRmsNorm,     Op::LayerNorm, Op::AddLayerNorm,
-                           Op::Add,       Op::Mul,    Op::Silu,      Op::Gelu,           Op::GatedAct,  Op::Split,
-                           Op::Rope,      Op::Attention, Op::FusedAttention, Op::GatherRows, Op::AllReduce, Op::AllGather};
-  for (Op op : all)
-    if (name == op_name(op)) {
-      *out = op;
+  for (size_t i = 0; i < kNumOps; i++)
+    if (name == kOps[i].name) {
+      *out = Op(i);
       return true;
     }
   return false;
@@ -346,26 +339,25 @@ EngineDesc read_engine_header(const std::string& path) {
       NodeDesc nd;
       std::string where = "node " + std::to_string(ni) + " (" + opname + ")";
       if (!parse_op(opname, &nd.op))
-        throw fail(where + ": unknown op \"" + opname +
-                   "\"; this runtime implements embedding, linear, rms_norm, add_rms_norm, layer_norm, add_layer_norm, "
-                   "add, mul, silu, gelu, gated_act, split, rope, attention, fused_attention, gather_rows, all_reduce, all_gather");
+        throw fail(where + ": unknown op \"" + opname + "\"; this runtime implements " + op_list());
       for (const Json& i : n.at("inputs").arr("inputs")) nd.in.push_back(i.is_null() ? -1 : value_index(i, where + " input"));
       for (const Json& o : n.at("outputs").arr("outputs")) nd.out.push_back(value_index(o, where + " output"));
       static const Json kEmpty = Json::parse("{}");
       const Json* ap = n.find("attrs");
       const Json& a = (ap && ap->is_object()) ? *ap : kEmpty;
 
-      auto need_in = [&](size_t lo, size_t hi) {
-        if (nd.in.size() < lo || nd.in.size() > hi)
-          throw fail(where + ": has " + std::to_string(nd.in.size()) + " inputs, expected " + std::to_string(lo) +
-                     (hi != lo ? ".." + std::to_string(hi) : ""));
-        for (size_t k = 0; k < lo; k++)
-          if (nd.in[k] < 0) throw fail(where + ": required input " + std::to_string(k) + " is null");
-      };
+      // Input / output counts from ops.def.
+      const OpInfo& info = op_info(nd.op);
+      if (nd.in.size() < size_t(info.min_in) || nd.in.size() > size_t(info.max_in))
+        throw fail(where + ": has " + std::to_string(nd.in.size()) + " inputs, expected " + std::to_string(info.min_in) +
+                   (info.max_in != info.min_in ? ".." + std::to_string(info.max_in) : ""));
+      for (int k = 0; k < info.min_in; k++)
+        if (nd.in[size_t(k)] < 0) throw fail(where + ": required input " + std::to_string(k) + " is null");
       auto need_out = [&](size_t k) {
         if (nd.out.size() != k)
           throw fail(where + ": has " + std::to_string(nd.out.size()) + " outputs, expected " + std::to_string(k));
       };
+      if (info.outs >= 0) need_out(size_t(info.outs));
       auto attn_attrs = [&]() {
         nd.layer = int(a.at("layer").i64("layer"));
         nd.num_heads = int(a.at("num_heads").i64("num_heads"));
@@ -385,11 +377,9 @@ EngineDesc read_engine_header(const std::string& path) {
 
       switch (nd.op) {
         case Op::Embedding:
-          need_in(2, 2), need_out(1);
           nd.vocab_start = int(a.i64_or("vocab_start", 0));
           break;
         case Op::Linear: {
-          need_in(2, 4), need_out(1);
           nd.act = parse_act(a.str_or("activation", "none"), where);
           const ValueDesc& w = d.values[nd.in[1]];
           const ValueDesc& x = d.values[nd.in[0]];
@@ -402,23 +392,20 @@ EngineDesc read_engine_header(const std::string& path) {
                        " (quantised GEMMs are not in this runtime yet)");
           break;
         }
-        case Op::RmsNorm: need_in(2, 2), need_out(1); nd.eps = float(a.num_or("eps", 1e-5)); break;
-        case Op::AddRmsNorm: need_in(3, 3), need_out(2); nd.eps = float(a.num_or("eps", 1e-5)); break;
-        case Op::LayerNorm: need_in(2, 3), need_out(1); nd.eps = float(a.num_or("eps", 1e-5)); break;
-        case Op::AddLayerNorm: need_in(3, 4), need_out(2); nd.eps = float(a.num_or("eps", 1e-5)); break;
+        case Op::RmsNorm:
+        case Op::AddRmsNorm:
+        case Op::LayerNorm:
+        case Op::AddLayerNorm: nd.eps = float(a.num_or("eps", 1e-5)); break;
         case Op::Add:
-        case Op::Mul: need_in(2, 2), need_out(1); break;
-        case Op::Silu: need_in(1, 1), need_out(1); nd.act = Act::Silu; break;
+        case Op::Mul: break;
+        case Op::Silu: nd.act = Act::Silu; break;
         case Op::Gelu:
-          need_in(1, 1), need_out(1);
           nd.act = a.str_or("approximate", "tanh") == "tanh" ? Act::GeluTanh : Act::GeluErf;
           break;
         case Op::GatedAct:
-          need_in(1, 1), need_out(1);
           nd.act = parse_act(a.str_or("activation", "silu"), where);
           break;
         case Op::Split: {
-          need_in(1, 1);
           for (const Json& s : a.at("sizes").arr("sizes")) nd.sizes.push_back(s.i64("sizes[]"));
           need_out(nd.sizes.size());
           int64_t tot = 0;
@@ -429,25 +416,22 @@ EngineDesc read_engine_header(const std::string& path) {
           break;
         }
         case Op::Rope:
-          need_in(3, 3), need_out(1);
           nd.num_heads = int(a.at("num_heads").i64("num_heads"));
           nd.head_dim = int(a.at("head_dim").i64("head_dim"));
           nd.rotary_dim = int(a.i64_or("rotary_dim", nd.head_dim));
           nd.rope_style = parse_rope_style(a.str_or("style", "neox"), where);
           break;
-        case Op::Attention: need_in(3, 3), need_out(1); attn_attrs(); break;
+        case Op::Attention: attn_attrs(); break;
         case Op::FusedAttention:
-          need_in(1, 3), need_out(1);
           attn_attrs();
           nd.rotary_dim = int(a.i64_or("rotary_dim", 0));
           nd.rope_style = parse_rope_style(a.str_or("rope_style", "neox"), where);
           if (nd.rotary_dim > 0 && (nd.in.size() < 3 || nd.in[2] < 0))
             throw fail(where + ": rotary_dim " + std::to_string(nd.rotary_dim) + " but no inv_freq input");
           break;
-        case Op::GatherRows: need_in(2, 2), need_out(1); break;
-        case Op::AllReduce: need_in(1, 1), need_out(1); break;
+        case Op::GatherRows: break;
+        case Op::AllReduce: break;
         case Op::AllGather:
-          need_in(1, 1), need_out(1);
           nd.tp = int(a.i64_or("tp", d.tp));
           if (nd.tp != d.tp)
             throw fail(where + ": tp " + std::to_string(nd.tp) + " differs from the engine's tp " + std::to_string(d.tp));

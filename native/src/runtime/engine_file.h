@@ -79,27 +79,21 @@ struct WeightDesc {
   uint64_t device_offset = 0;  // in the runtime's weight allocation
 };
 
+// The runtime's ops, from ops.def (the one list; see there).
 enum class Op : int {
-  Embedding,
-  Linear,
-  RmsNorm,
-  AddRmsNorm,
-  LayerNorm,
-  AddLayerNorm,
-  Add,
-  Mul,
-  Silu,
-  Gelu,
-  GatedAct,
-  Split,
-  Rope,
-  Attention,
-  FusedAttention,
-  GatherRows,
-  AllReduce,
-  AllGather,
+#define TSLLM_OP(E, name, min_in, max_in, outs) E,
+#include "ops.def"
+#undef TSLLM_OP
 };
+struct OpInfo {
+  const char* name;  // the registry's op name
+  int min_in, max_in;
+  int outs;  // -1: given by the attrs
+};
+const OpInfo& op_info(Op op);
 const char* op_name(Op op);
+// "embedding, linear, ...": every op this runtime implements, for messages.
+const std::string& op_list();
 
 struct NodeDesc {
   Op op;

@@ -8,7 +8,6 @@
 #include <vector>
 
 #include "engine.h"
-#include "runtime_kernels.h"
 
 #ifdef TSLLM_WITH_NCCL
 #include <nccl.h>
@@ -30,8 +29,8 @@ GemvPro prologue_kind(const NodeDesc& n) {
   return GemvPro::None;
 }
 
-// The gemv variant that runs producer node i fused into its consumer linear in this step, or -1.
-int prologue_variant(Engine& e, const StepPlan& p, size_t i) {
+// The gemv variant that runs producer node i fused into its consumer linear in this step, or -1 (*why: the reason).
+int prologue_variant(Engine& e, const StepPlan& p, size_t i, std::string* why = nullptr) {
   const int j = e.pro_consumer[i];
   if (j < 0) return -1;
   const NodeDesc& n = e.desc.nodes[i];
@@ -57,18 +56,210 @@ int prologue_variant(Engine& e, const StepPlan& p, size_t i) {
   const size_t xb = size_t(M) * size_t(K) * es * (pro.kind == GemvPro::RmsNorm ? 1 : 2);
   const size_t ob = size_t(M) * size_t(N) * es;
   const char *x0 = static_cast<const char*>(x), *o0 = static_cast<const char*>(out);
-  if (x0 < o0 + ob && o0 < x0 + xb) return -1;
-  return e.gemm.prologue_variant(pro, x, y, e.ptr(l.in[1], p), bias, res, out, M, N, K, e.cuda_dt, e.stream);
+  if (x0 < o0 + ob && o0 < x0 + xb) {
+    if (why) *why = "its input and the linear's output share arena memory";
+    return -1;
+  }
+  return e.gemm.prologue_variant(pro, x, y, e.ptr(l.in[1], p), bias, res, out, M, N, K, e.cuda_dt, e.stream, why);
 }
+
+// One node of one step: its engine, plan, descriptor and pointers, for the run_<Op> functions below.
+struct NodeRun {
+  Engine& e;
+  const StepPlan& p;
+  size_t i;
+  const NodeDesc& n;
+  const PagedKV& kv;
+  const StepLayout& step;
+  cudaStream_t s;
+  DType dt;
+  size_t es;
+  LinearKernel* ran;  // linears: the kernel that ran
+
+  void* in(size_t k) const { return k < n.in.size() && n.in[k] >= 0 ? e.ptr(n.in[k], p) : nullptr; }
+  void* out(size_t k) const { return e.ptr(n.out[k], p); }
+  const ValueDesc& vin(size_t k) const { return e.val(n.in[k]); }
+  const ValueDesc& vout(size_t k) const { return e.val(n.out[k]); }
+  int64_t numel_in(size_t k) const { return e.numel(n.in[k], p); }
+  int64_t numel_out(size_t k) const { return e.numel(n.out[k], p); }
+  void ck(cudaError_t err) const {
+    if (err != cudaSuccess) node_fail(i, n, cudaGetErrorString(err));
+  }
+  [[noreturn]] void fail(const std::string& m) const { node_fail(i, n, m); }
+};
+
+// One launcher per op of ops.def: a line there without its run_<Op> here does not build.
+#define TSLLM_OP(E, name, min_in, max_in, outs) void run_##E(const NodeRun& r);
+#include "ops.def"
+#undef TSLLM_OP
+
+void run_Embedding(const NodeRun& r) {
+  const ValueDesc& tab = r.vin(1);
+  const int H = int(tab.shape[1].n);
+  const int rows = int(r.numel_out(0) / H);
+  r.ck(embedding(static_cast<const int32_t*>(r.in(0)), r.in(1), r.out(0), rows, H, r.n.vocab_start,
+                 int(tab.shape[0].n), r.dt, r.s));
+}
+
+void run_Linear(const NodeRun& r) {
+  const NodeDesc& n = r.n;
+  Engine& e = r.e;
+  const ValueDesc& w = r.vin(1);
+  const int N = int(w.shape[0].n), K = int(w.shape[1].n);
+  const int M = int(r.numel_in(0) / K);
+  void* bias = r.in(2);
+  void* res = r.in(3);
+  void* o = r.out(0);
+  const GemmEpi epi = bias ? GemmEpi::Bias : GemmEpi::None;
+  std::string err;
+  if (n.act == Act::None) {
+    err = e.gemm.linear(r.in(0), r.in(1), bias, res, o, M, N, K, e.cuda_dt, epi, r.s, r.ran);
+  } else if (!res && n.act == Act::GeluTanh) {
+    err = e.gemm.linear(r.in(0), r.in(1), bias, nullptr, o, M, N, K, e.cuda_dt, bias ? GemmEpi::GeluBias : GemmEpi::Gelu,
+                        r.s, r.ran);
+  } else {
+    // act(x·wᵀ + b) (+ residual): GEMM (with the GELU epilogue when it is tanh), then the activation
+    // kernel, then the residual add. If out aliases the residual, the GEMM goes to scratch first.
+    void* tmp = (res && res == o) ? e.scratch : o;
+    const GemmEpi ep = n.act == Act::GeluTanh ? (bias ? GemmEpi::GeluBias : GemmEpi::Gelu) : epi;
+    err = e.gemm.linear(r.in(0), r.in(1), bias, nullptr, tmp, M, N, K, e.cuda_dt, ep, r.s, r.ran);
+    const uint64_t cnt = uint64_t(M) * uint64_t(N);
+    if (err.empty() && n.act != Act::GeluTanh) r.ck(activation(tmp, tmp, cnt, n.act, r.dt, r.s));
+    if (err.empty() && res) r.ck(binary(tmp, res, o, cnt, false, r.dt, r.s));
+  }
+  if (!err.empty()) r.fail(err);
+}
+
+void norm(const NodeRun& r, bool add, bool layer) {
+  const int H = int(r.vin(0).last_dim());
+  const int rows = int(r.numel_in(0) / H);
+  const size_t wi = add ? 2 : 1;
+  if (layer)
+    r.ck(layer_norm(r.in(0), add ? r.in(1) : nullptr, r.in(wi), r.in(wi + 1), r.out(0), add ? r.out(1) : nullptr, rows,
+                    H, r.n.eps, r.dt, r.s));
+  else
+    r.ck(rms_norm(r.in(0), add ? r.in(1) : nullptr, r.in(wi), r.out(0), add ? r.out(1) : nullptr, rows, H, r.n.eps,
+                  r.dt, r.s));
+}
+void run_RmsNorm(const NodeRun& r) { norm(r, false, false); }
+void run_AddRmsNorm(const NodeRun& r) { norm(r, true, false); }
+void run_LayerNorm(const NodeRun& r) { norm(r, false, true); }
+void run_AddLayerNorm(const NodeRun& r) { norm(r, true, true); }
+
+void run_Add(const NodeRun& r) { r.ck(binary(r.in(0), r.in(1), r.out(0), uint64_t(r.numel_out(0)), false, r.dt, r.s)); }
+void run_Mul(const NodeRun& r) { r.ck(binary(r.in(0), r.in(1), r.out(0), uint64_t(r.numel_out(0)), true, r.dt, r.s)); }
+void run_Silu(const NodeRun& r) { r.ck(activation(r.in(0), r.out(0), uint64_t(r.numel_out(0)), r.n.act, r.dt, r.s)); }
+void run_Gelu(const NodeRun& r) { r.ck(activation(r.in(0), r.out(0), uint64_t(r.numel_out(0)), r.n.act, r.dt, r.s)); }
+
+void run_GatedAct(const NodeRun& r) {
+  const int inter = int(r.vout(0).last_dim());
+  const int rows = int(r.numel_out(0) / inter);
+  r.ck(gated_act(r.in(0), r.out(0), rows, inter, r.n.act, r.dt, r.s));
+}
+
+void run_Split(const NodeRun& r) {
+  const int W = int(r.vin(0).last_dim());
+  const int rows = int(r.numel_in(0) / W);
+  int col = 0;
+  for (size_t k = 0; k < r.n.sizes.size(); k++) {
+    r.ck(slice_cols(r.in(0), r.out(k), rows, W, col, int(r.n.sizes[k]), r.dt, r.s));
+    col += int(r.n.sizes[k]);
+  }
+}
+
+void run_Rope(const NodeRun& r) {
+  const int W = int(r.vin(0).last_dim());
+  const int rows = int(r.numel_in(0) / W);
+  r.ck(rope_standalone(r.in(0), r.out(0), static_cast<const int32_t*>(r.in(1)), static_cast<const float*>(r.in(2)),
+                       rows, r.n.num_heads, r.n.head_dim, r.n.rotary_dim, r.n.rope_style, r.dt, r.s));
+}
+
+void attention(const NodeRun& r, bool fused) {
+  const NodeDesc& n = r.n;
+  AttnParams ap{};
+  ap.layer = n.layer;
+  ap.num_heads = n.num_heads;
+  ap.num_kv_heads = n.num_kv_heads;
+  ap.head_dim = n.head_dim;
+  ap.scale = n.scale;
+  ap.decode_variant = r.e.tun.decode_variant;
+  ap.pdl = r.e.tun.pdl;
+  const void *q, *k, *v;
+  int qs, ks, vs;
+  if (!fused) {
+    q = r.in(0), k = r.in(1), v = r.in(2);
+    qs = int(r.vin(0).last_dim()), ks = int(r.vin(1).last_dim()), vs = int(r.vin(2).last_dim());
+    ap.rotary_dim = 0;
+  } else {
+    const char* qkv = static_cast<const char*>(r.in(0));
+    const int W = int(r.vin(0).last_dim());
+    q = qkv;
+    k = qkv + size_t(n.num_heads) * n.head_dim * r.es;
+    v = qkv + size_t(n.num_heads + n.num_kv_heads) * n.head_dim * r.es;
+    qs = ks = vs = W;
+    ap.rotary_dim = n.rotary_dim;
+    ap.rope_style = n.rope_style;
+    ap.inv_freq = n.rotary_dim > 0 ? static_cast<const float*>(r.in(2)) : nullptr;
+  }
+  r.ck(paged_attention(q, qs, k, ks, v, vs, r.out(0), r.kv, r.step, ap, r.dt, r.e.attn_ws, r.s));
+}
+void run_Attention(const NodeRun& r) { attention(r, false); }
+void run_FusedAttention(const NodeRun& r) { attention(r, true); }
+
+void run_GatherRows(const NodeRun& r) {
+  const int H = int(r.vin(0).last_dim());
+  const int rows = int(r.numel_out(0) / H);
+  r.ck(gather_rows(r.in(0), static_cast<const int32_t*>(r.in(1)), r.out(0), rows, H, r.dt, r.s));
+}
+
+void run_AllGather(const NodeRun& r) {
+  const int C = int(r.vin(0).last_dim());
+  const int rows = int(r.numel_in(0) / C);
+  const size_t cnt = size_t(rows) * size_t(C);
+  if (r.n.tp == 1) {
+    r.ck(cudaMemcpyAsync(r.out(0), r.in(0), cnt * r.es, cudaMemcpyDeviceToDevice, r.s));
+    return;
+  }
+#ifdef TSLLM_WITH_NCCL
+  const size_t es = r.es;
+  ncclDataType_t nt = r.dt == DType::BF16 ? ncclBfloat16 : ncclHalf;
+  ncclResult_t res = ncclAllGather(r.in(0), r.e.gather_scratch, cnt, nt, static_cast<ncclComm_t>(r.e.nccl_comm), r.s);
+  if (res != ncclSuccess) r.fail(std::string("ncclAllGather: ") + ncclGetErrorString(res));
+  // [tp, rows, C] -> [rows, tp*C]
+  for (int rk = 0; rk < r.n.tp; rk++)
+    r.ck(cudaMemcpy2DAsync(static_cast<char*>(r.out(0)) + size_t(rk) * C * es, size_t(r.n.tp) * C * es,
+                           static_cast<char*>(r.e.gather_scratch) + size_t(rk) * cnt * es, size_t(C) * es,
+                           size_t(C) * es, size_t(rows), cudaMemcpyDeviceToDevice, r.s));
+#else
+  r.fail("this build of libtsllm has no NCCL");
+#endif
+}
+
+void run_AllReduce(const NodeRun& r) {
+#ifdef TSLLM_WITH_NCCL
+  const size_t cnt = size_t(r.numel_out(0));
+  ncclDataType_t nt = r.dt == DType::BF16 ? ncclBfloat16 : ncclHalf;
+  ncclResult_t res = ncclAllReduce(r.in(0), r.out(0), cnt, nt, ncclSum, static_cast<ncclComm_t>(r.e.nccl_comm), r.s);
+  if (res != ncclSuccess) r.fail(std::string("ncclAllReduce: ") + ncclGetErrorString(res));
+#else
+  r.fail("this build of libtsllm has no NCCL");
+#endif
+}
+
+using RunFn = void (*)(const NodeRun&);
+const RunFn kRun[] = {
+#define TSLLM_OP(E, name, min_in, max_in, outs) run_##E,
+#include "ops.def"
+#undef TSLLM_OP
+};
 
 }  // namespace
 
 void plan_prologue_fusion(Engine& e) {
   e.pro_consumer.clear();
   e.pro_producer.clear();
-  // On by default (H100, Llama-2-7B bs 1: 4.93 vs 4.99 ms/step); TSLLM_GEMV_PROLOGUE=0 turns it off.
-  const char* env = std::getenv("TSLLM_GEMV_PROLOGUE");
-  if (env && env[0] == '0' && env[1] == 0) return;
+  // On by default (H100, Llama-2-7B bs 1: 4.93 vs 4.99 ms/step); tsllm_options.gemv_prologue = -1 turns it off.
+  if (!e.tun.gemv_prologue) return;
   const EngineDesc& d = e.desc;
   e.pro_consumer.assign(d.nodes.size(), -1);
   e.pro_producer.assign(d.nodes.size(), -1);
@@ -93,6 +284,17 @@ void plan_prologue_fusion(Engine& e) {
     const int64_t width = e.val(v).last_dim();  // rms_norm: hidden; gated_act: inter
     if (width != K || e.val(n.in[0]).last_dim() != (n.op == Op::RmsNorm ? K : 2 * K)) continue;
     if (e.pro_producer[size_t(cons)] >= 0) continue;
+    // The fused gemv reads the producer's input while writing the linear's output: never plan a pair whose
+    // arena slots overlap at M = kGemvMaxM (the arena may give the output the input's slot once the producer
+    // was its last reader), so a planned pair always fuses when the tuner picks it.
+    const ValueDesc& xv = e.val(n.in[0]);
+    const ValueDesc& ov = e.val(l.out[0]);
+    if (xv.kind == ValueKind::Arena && ov.kind == ValueKind::Arena) {
+      const uint64_t es = elem_size(d.dtype);
+      const uint64_t xb = uint64_t(kGemvMaxM) * uint64_t(xv.last_dim()) * es;
+      const uint64_t ob = uint64_t(kGemvMaxM) * uint64_t(ov.last_dim()) * es;
+      if (xv.arena_offset < ov.arena_offset + ob && ov.arena_offset < xv.arena_offset + xb) continue;
+    }
     e.pro_consumer[i] = cons;
     e.pro_producer[size_t(cons)] = int(i);
   }
@@ -105,8 +307,6 @@ bool node_fused(Engine& e, const StepPlan& p, size_t i) {
 void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only) {
   const EngineDesc& d = e.desc;
   cudaStream_t s = e.stream;
-  const DType dt = e.dt;
-  const size_t es = elem_size(d.dtype);
   StepBuffers& b = *p.buf;
 
   PagedKV kv{};
@@ -131,6 +331,9 @@ void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only) {
   step.max_new_tokens = p.max_new;
   step.max_seq_len = p.max_len;
 
+  // Kernel counters: only full programs count (profiling's partial graphs do not).
+  const bool count = !only;
+  const bool strict_fusion = e.tun.strict && e.tun.gemv == 1;
   const bool prof = e.profile && !only;
   if (prof) {
     while (e.prof_events.size() < d.nodes.size() + 1) {
@@ -144,15 +347,24 @@ void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only) {
     if (prof && i > 0) TSLLM_CUDA(cudaEventRecord(e.prof_events[i], s), "cudaEventRecord");
     if (only && !(*only)[i]) continue;
     const NodeDesc& n = d.nodes[i];
-    auto in = [&](size_t k) -> void* { return k < n.in.size() && n.in[k] >= 0 ? e.ptr(n.in[k], p) : nullptr; };
-    auto out = [&](size_t k) -> void* { return e.ptr(n.out[k], p); };
-    auto ck = [&](cudaError_t err) {
-      if (err != cudaSuccess) node_fail(i, n, cudaGetErrorString(err));
-    };
+    LinearKernel ran = LinearKernel::None;
+    NodeRun r{e, p, i, n, kv, step, s, e.dt, elem_size(d.dtype), &ran};
+    auto& counter = e.stats[i];
     if (!e.pro_consumer.empty()) {
       // Prologue fusion: a producer fused into its consumer's gemv launches nothing; the consumer runs the
       // gemv with the producer's prologue, reading the producer's input.
-      if (e.pro_consumer[i] >= 0 && prologue_variant(e, p, i) >= 0) continue;
+      if (e.pro_consumer[i] >= 0) {
+        std::string why;
+        if (prologue_variant(e, p, i, &why) >= 0) {
+          if (count) counter[TSLLM_KERNEL_FOLDED]++;
+          continue;
+        }
+        const int64_t K = e.val(d.nodes[size_t(e.pro_consumer[i])].in[1]).shape[1].n;
+        const int64_t M = e.numel(d.nodes[size_t(e.pro_consumer[i])].in[0], p) / K;
+        if (strict_fusion && M >= 1 && M <= kGemvMaxM)
+          node_fail(i, n, "prologue fusion into node " + std::to_string(e.pro_consumer[i]) +
+                              " forced (gemv = 1, strict_kernels) but it does not run: " + why);
+      }
       const int src = e.pro_producer[i];
       const int v = src >= 0 ? prologue_variant(e, p, size_t(src)) : -1;
       if (v >= 0) {
@@ -166,159 +378,13 @@ void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only) {
           pro.norm_w = e.ptr(pn.in[1], p);
           pro.eps = pn.eps;
         }
-        ck(gemv_pro(v, pro, e.ptr(pn.in[0], p), in(1), in(2), in(3), out(0), M, N, K, dt, s));
+        r.ck(gemv_pro(v, pro, e.ptr(pn.in[0], p), r.in(1), r.in(2), r.in(3), r.out(0), M, N, K, e.dt, e.tun.pdl, s));
+        if (count) counter[pro.kind == GemvPro::RmsNorm ? TSLLM_KERNEL_GEMV_RMS : TSLLM_KERNEL_GEMV_GATED]++;
         continue;
       }
     }
-    switch (n.op) {
-      case Op::Embedding: {
-        const ValueDesc& tab = e.val(n.in[1]);
-        int H = int(tab.shape[1].n);
-        int rows = int(e.numel(n.out[0], p) / H);
-        ck(embedding(static_cast<const int32_t*>(in(0)), in(1), out(0), rows, H, n.vocab_start, int(tab.shape[0].n), dt, s));
-        break;
-      }
-      case Op::Linear: {
-        const ValueDesc& w = e.val(n.in[1]);
-        int N = int(w.shape[0].n), K = int(w.shape[1].n);
-        int M = int(e.numel(n.in[0], p) / K);
-        void* bias = in(2);
-        void* res = in(3);
-        void* o = out(0);
-        GemmEpi epi = bias ? GemmEpi::Bias : GemmEpi::None;
-        std::string err;
-        if (n.act == Act::None) {
-          err = e.gemm.linear(in(0), in(1), bias, res, o, M, N, K, e.cuda_dt, epi, s);
-        } else if (!res && n.act == Act::GeluTanh) {
-          err = e.gemm.linear(in(0), in(1), bias, nullptr, o, M, N, K, e.cuda_dt,
-                              bias ? GemmEpi::GeluBias : GemmEpi::Gelu, s);
-        } else {
-          // act(x·wᵀ + b) (+ residual): GEMM (with the GELU epilogue when it is tanh), then the activation
-          // kernel, then the residual add. If out aliases the residual, the GEMM goes to scratch first.
-          void* tmp = (res && res == o) ? e.scratch : o;
-          GemmEpi ep = n.act == Act::GeluTanh ? (bias ? GemmEpi::GeluBias : GemmEpi::Gelu) : epi;
-          err = e.gemm.linear(in(0), in(1), bias, nullptr, tmp, M, N, K, e.cuda_dt, ep, s);
-          uint64_t cnt = uint64_t(M) * uint64_t(N);
-          if (err.empty() && n.act != Act::GeluTanh) ck(activation(tmp, tmp, cnt, n.act, dt, s));
-          if (err.empty() && res) ck(binary(tmp, res, o, cnt, false, dt, s));
-        }
-        if (!err.empty()) node_fail(i, n, err);
-        break;
-      }
-      case Op::RmsNorm:
-      case Op::AddRmsNorm: {
-        int H = int(e.val(n.in[0]).last_dim());
-        int rows = int(e.numel(n.in[0], p) / H);
-        bool add = n.op == Op::AddRmsNorm;
-        ck(rms_norm(in(0), add ? in(1) : nullptr, add ? in(2) : in(1), out(0), add ? out(1) : nullptr, rows, H, n.eps, dt, s));
-        break;
-      }
-      case Op::LayerNorm:
-      case Op::AddLayerNorm: {
-        int H = int(e.val(n.in[0]).last_dim());
-        int rows = int(e.numel(n.in[0], p) / H);
-        bool add = n.op == Op::AddLayerNorm;
-        ck(layer_norm(in(0), add ? in(1) : nullptr, add ? in(2) : in(1), add ? in(3) : in(2), out(0),
-                      add ? out(1) : nullptr, rows, H, n.eps, dt, s));
-        break;
-      }
-      case Op::Add:
-      case Op::Mul:
-        ck(binary(in(0), in(1), out(0), uint64_t(e.numel(n.out[0], p)), n.op == Op::Mul, dt, s));
-        break;
-      case Op::Silu:
-      case Op::Gelu: ck(activation(in(0), out(0), uint64_t(e.numel(n.out[0], p)), n.act, dt, s)); break;
-      case Op::GatedAct: {
-        int inter = int(e.val(n.out[0]).last_dim());
-        int rows = int(e.numel(n.out[0], p) / inter);
-        ck(gated_act(in(0), out(0), rows, inter, n.act, dt, s));
-        break;
-      }
-      case Op::Split: {
-        int W = int(e.val(n.in[0]).last_dim());
-        int rows = int(e.numel(n.in[0], p) / W);
-        int col = 0;
-        for (size_t k = 0; k < n.sizes.size(); k++) {
-          ck(slice_cols(in(0), out(k), rows, W, col, int(n.sizes[k]), dt, s));
-          col += int(n.sizes[k]);
-        }
-        break;
-      }
-      case Op::Rope: {
-        int W = int(e.val(n.in[0]).last_dim());
-        int rows = int(e.numel(n.in[0], p) / W);
-        ck(rope_standalone(in(0), out(0), static_cast<const int32_t*>(in(1)), static_cast<const float*>(in(2)), rows,
-                           n.num_heads, n.head_dim, n.rotary_dim, n.rope_style, dt, s));
-        break;
-      }
-      case Op::Attention:
-      case Op::FusedAttention: {
-        AttnParams ap{};
-        ap.layer = n.layer;
-        ap.num_heads = n.num_heads;
-        ap.num_kv_heads = n.num_kv_heads;
-        ap.head_dim = n.head_dim;
-        ap.scale = n.scale;
-        const void *q, *k, *v;
-        int qs, ks, vs;
-        if (n.op == Op::Attention) {
-          q = in(0), k = in(1), v = in(2);
-          qs = int(e.val(n.in[0]).last_dim()), ks = int(e.val(n.in[1]).last_dim()), vs = int(e.val(n.in[2]).last_dim());
-          ap.rotary_dim = 0;
-        } else {
-          const char* qkv = static_cast<const char*>(in(0));
-          int W = int(e.val(n.in[0]).last_dim());
-          q = qkv;
-          k = qkv + size_t(n.num_heads) * n.head_dim * es;
-          v = qkv + size_t(n.num_heads + n.num_kv_heads) * n.head_dim * es;
-          qs = ks = vs = W;
-          ap.rotary_dim = n.rotary_dim;
-          ap.rope_style = n.rope_style;
-          ap.inv_freq = n.rotary_dim > 0 ? static_cast<const float*>(in(2)) : nullptr;
-        }
-        ck(paged_attention(q, qs, k, ks, v, vs, out(0), kv, step, ap, dt, e.attn_ws, s));
-        break;
-      }
-      case Op::GatherRows: {
-        int H = int(e.val(n.in[0]).last_dim());
-        int rows = int(e.numel(n.out[0], p) / H);
-        ck(gather_rows(in(0), static_cast<const int32_t*>(in(1)), out(0), rows, H, dt, s));
-        break;
-      }
-      case Op::AllGather: {
-        int C = int(e.val(n.in[0]).last_dim());
-        int rows = int(e.numel(n.in[0], p) / C);
-        size_t cnt = size_t(rows) * size_t(C);
-        if (n.tp == 1) {
-          ck(cudaMemcpyAsync(out(0), in(0), cnt * es, cudaMemcpyDeviceToDevice, s));
-          break;
-        }
-#ifdef TSLLM_WITH_NCCL
-        ncclDataType_t nt = dt == DType::BF16 ? ncclBfloat16 : ncclHalf;
-        ncclResult_t r = ncclAllGather(in(0), e.gather_scratch, cnt, nt, static_cast<ncclComm_t>(e.nccl_comm), s);
-        if (r != ncclSuccess) node_fail(i, n, std::string("ncclAllGather: ") + ncclGetErrorString(r));
-        // [tp, rows, C] -> [rows, tp*C]
-        for (int rk = 0; rk < n.tp; rk++)
-          ck(cudaMemcpy2DAsync(static_cast<char*>(out(0)) + size_t(rk) * C * es, size_t(n.tp) * C * es,
-                               static_cast<char*>(e.gather_scratch) + size_t(rk) * cnt * es, size_t(C) * es,
-                               size_t(C) * es, size_t(rows), cudaMemcpyDeviceToDevice, s));
-#else
-        node_fail(i, n, "this build of libtsllm has no NCCL");
-#endif
-        break;
-      }
-      case Op::AllReduce: {
-#ifdef TSLLM_WITH_NCCL
-        size_t cnt = size_t(e.numel(n.out[0], p));
-        ncclDataType_t nt = dt == DType::BF16 ? ncclBfloat16 : ncclHalf;
-        ncclResult_t r = ncclAllReduce(in(0), out(0), cnt, nt, ncclSum, static_cast<ncclComm_t>(e.nccl_comm), s);
-        if (r != ncclSuccess) node_fail(i, n, std::string("ncclAllReduce: ") + ncclGetErrorString(r));
-#else
-        node_fail(i, n, "this build of libtsllm has no NCCL");
-#endif
-        break;
-      }
-    }
+    kRun[size_t(n.op)](r);
+    if (count) counter[ran == LinearKernel::None ? TSLLM_KERNEL_OWN : int(ran)]++;
   }
   if (prof) {
     TSLLM_CUDA(cudaEventRecord(e.prof_events[d.nodes.size()], s), "cudaEventRecord");

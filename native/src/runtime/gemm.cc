@@ -1,7 +1,5 @@
 #include "gemm.h"
 
-#include "runtime_kernels.h"
-
 #include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
@@ -55,20 +53,18 @@ GemmRunner::~GemmRunner() {
   if (handle_) cublasLtDestroy(handle_);
 }
 
-void GemmRunner::init() {
+void GemmRunner::init(const Tunables& t) {
   cublasStatus_t st = cublasLtCreate(&handle_);
   if (st != CUBLAS_STATUS_SUCCESS) throw std::runtime_error(std::string("cublasLtCreate failed: ") + lt_status(st));
   cudaError_t e = cudaMalloc(&workspace_, kWorkspaceBytes);
   if (e != cudaSuccess)
     throw std::runtime_error(std::string("cudaMalloc of the 32 MB cuBLASLt workspace failed: ") + cudaGetErrorString(e));
-  const char* t = std::getenv("TSLLM_GEMM_TUNE");
-  if (t && std::string(t) == "0") tune_max_m = 0;
-  const char* g = std::getenv("TSLLM_GEMV");
-  if (g && (std::string(g) == "0" || std::string(g) == "1")) gemv_mode = g[0] - '0';
-  const char* gv = std::getenv("TSLLM_GEMV_VARIANT");
-  if (gv && *gv) gemv_variant = std::atoi(gv);
-  const char* prof = std::getenv("TSLLM_PROFILE");
-  verbose = prof && *prof && std::string(prof) != "0";
+  tune_max_m = t.gemm_tune ? 256 : 0;
+  gemv_mode = t.gemv == 0 ? -1 : t.gemv == 1 ? 1 : 0;
+  gemv_variant = t.gemv_variant;
+  verbose = t.profile != 0;
+  pdl = t.pdl;
+  strict = t.strict;
 }
 
 std::string GemmRunner::ensure_tune_buffers(size_t out_bytes) {
@@ -108,7 +104,7 @@ std::string GemmRunner::tune(const Key& k, Plan* p, const cublasLtMatmulHeuristi
       cudaMemsetAsync(flush_, it, kFlush, s);
       cudaEventRecord(a, s);
       ok = gemv(v, x, w, k.epi == int(GemmEpi::Bias) ? bias : nullptr, k.has_c ? tune_out_ : nullptr, tune_out_, k.M,
-                k.N, k.K, dt, s) == cudaSuccess;
+                k.N, k.K, dt, pdl, s) == cudaSuccess;
       cudaEventRecord(b, s);
       if (cudaEventSynchronize(b) != cudaSuccess) ok = false;
       float ms = 0;
@@ -139,6 +135,9 @@ std::string GemmRunner::tune(const Key& k, Plan* p, const cublasLtMatmulHeuristi
   cudaEventDestroy(b);
   cudaGetLastError();
   p->gemv = gemv_wins ? pick_gemv : -1;
+  if (!gemv_ok) p->no_gemv = "not eligible (needs K % 8 == 0, 16-byte aligned x and w, no GELU epilogue)";
+  else if (pick_gemv < 0) p->no_gemv = "no gemv variant launched";
+  else if (!gemv_wins) p->no_gemv = "cuBLASLt was faster";
   if (!gemv_wins) p->algo = res[pick].algo;
   return "";
 }
@@ -188,6 +187,9 @@ std::string GemmRunner::make_plan(const Key& k, Plan* p, const void* x, const vo
   cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
   cudaStreamIsCapturing(s, &cap);
   bool gemv_cand = k.M <= kGemvMaxM && gemv_mode != 0;
+  p->no_gemv = cap != cudaStreamCaptureStatusNone ? "shape first seen while a CUDA graph was being captured (no tuning)"
+              : !gemv_cand                        ? "M > 4 or gemv off"
+                                                  : "not tuned (gemm_tune off)";
   if ((found > 1 || gemv_cand) && (k.M <= tune_max_m || gemv_mode == 1) && cap == cudaStreamCaptureStatusNone) {
     if (k.epi == int(GemmEpi::Bias) || k.epi == int(GemmEpi::GeluBias))
       LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
@@ -216,7 +218,7 @@ std::string GemmRunner::run_plan(Plan& p, const void* x, const void* w, const vo
                                  void* out, int M, int N, int K, cudaDataType_t dt, GemmEpi epi, cudaStream_t s) {
   if (p.gemv >= 0) {
     DType gdt = dt == CUDA_R_16BF ? DType::BF16 : DType::F16;
-    cudaError_t ge = gemv(p.gemv, x, w, epi == GemmEpi::Bias ? bias : nullptr, residual, out, M, N, K, gdt, s);
+    cudaError_t ge = gemv(p.gemv, x, w, epi == GemmEpi::Bias ? bias : nullptr, residual, out, M, N, K, gdt, pdl, s);
     return ge == cudaSuccess ? std::string() : std::string("gemv: ") + cudaGetErrorString(ge);
   }
   if (epi == GemmEpi::Bias || epi == GemmEpi::GeluBias)
@@ -229,7 +231,8 @@ std::string GemmRunner::run_plan(Plan& p, const void* x, const void* w, const vo
 }
 
 std::string GemmRunner::linear(const void* x, const void* w, const void* bias, const void* residual, void* out, int M,
-                               int N, int K, cudaDataType_t dt, GemmEpi epi, cudaStream_t s) {
+                               int N, int K, cudaDataType_t dt, GemmEpi epi, cudaStream_t s, LinearKernel* ran) {
+  *ran = LinearKernel::None;
   if (M == 0) return "";
   int align = ptr_align(x);
   for (const void* p : {w, bias, residual, static_cast<const void*>(out)})
@@ -238,16 +241,26 @@ std::string GemmRunner::linear(const void* x, const void* w, const void* bias, c
   std::string err;
   Plan* p = get_plan(k, x, w, bias, s, &err);
   if (!p) return err;
-  return run_plan(*p, x, w, bias, residual, out, M, N, K, dt, epi, s);
+  if (strict && gemv_mode == 1 && M <= kGemvMaxM && (epi == GemmEpi::None || epi == GemmEpi::Bias) && p->gemv < 0)
+    return "gemv forced (gemv = 1, strict_kernels) but cuBLASLt would run M=" + std::to_string(M) + " N=" +
+           std::to_string(N) + " K=" + std::to_string(K) + ": " + (p->no_gemv.empty() ? "unknown" : p->no_gemv);
+  err = run_plan(*p, x, w, bias, residual, out, M, N, K, dt, epi, s);
+  if (err.empty()) *ran = p->gemv >= 0 ? LinearKernel::Gemv : LinearKernel::Cublaslt;
+  return err;
 }
 
 int GemmRunner::prologue_variant(const GemvPrologue& pro, const void* pro_x, void* pro_y, const void* w,
                                  const void* bias, const void* residual, void* out, int M, int N, int K,
-                                 cudaDataType_t dt, cudaStream_t s) {
+                                 cudaDataType_t dt, cudaStream_t s, std::string* why) {
   DType gdt = dt == CUDA_R_16BF ? DType::BF16 : DType::F16;
-  if (pro.kind == GemvPro::None || M < 1 || M > kGemvMaxM || gemv_mode == 0 ||
-      (dt != CUDA_R_16F && dt != CUDA_R_16BF) || !gemv_pro_eligible(pro, pro_x, w, M, K, gdt))
+  auto no = [&](const char* reason) {
+    if (why) *why = reason;
     return -1;
+  };
+  if (pro.kind == GemvPro::None || M < 1 || M > kGemvMaxM) return no("M > 4");
+  if (gemv_mode == 0) return no("gemv off");
+  if ((dt != CUDA_R_16F && dt != CUDA_R_16BF) || !gemv_pro_eligible(pro, pro_x, w, M, K, gdt))
+    return no("not eligible (needs K % 8 == 0 and 16-byte aligned x, w and norm weight)");
   const GemmEpi epi = bias ? GemmEpi::Bias : GemmEpi::None;
   // The plain linear's key, exactly as linear(pro_y, ...) would make it.
   int align = ptr_align(pro_y);
@@ -259,10 +272,10 @@ int GemmRunner::prologue_variant(const GemvPrologue& pro, const void* pro_x, voi
   for (const void* p : {pro_x, pro.norm_w})
     if (p && ptr_align(p) < kp.align) kp.align = ptr_align(p);
   auto hit = pro_cache_.find(kp);
-  if (hit != pro_cache_.end()) return hit->second;
+  if (hit != pro_cache_.end()) return hit->second >= 0 ? hit->second : no("the tuner kept the unfused pair");
   cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
   cudaStreamIsCapturing(s, &cap);
-  if (cap != cudaStreamCaptureStatusNone) return -1;
+  if (cap != cudaStreamCaptureStatusNone) return no("shape first seen while a CUDA graph was being captured");
 
   const char* what = pro.kind == GemvPro::RmsNorm ? "rms_norm" : "gated_act";
   std::string err;
@@ -304,7 +317,8 @@ int GemmRunner::prologue_variant(const GemvPrologue& pro, const void* pro_x, voi
       });
     for (int v = 0; v < kGemvVariants; v++) {
       if (gemv_variant >= 0 && v != gemv_variant) continue;
-      float ms = time([&] { return gemv_pro(v, pro, pro_x, w, tb, tres, tune_out_, M, N, K, gdt, s) == cudaSuccess; });
+      float ms =
+          time([&] { return gemv_pro(v, pro, pro_x, w, tb, tres, tune_out_, M, N, K, gdt, pdl, s) == cudaSuccess; });
       if (ms >= 0.f && ms < best) best = ms, pick = v;
     }
     if (pick >= 0 && gemv_mode != 1 && !(base >= 0.f && best < base)) pick = -1;
@@ -319,7 +333,7 @@ int GemmRunner::prologue_variant(const GemvPrologue& pro, const void* pro_x, voi
                  best < 1e29f ? best : -1.f, pu && pu->gemv >= 0 ? ("gemv " + std::to_string(pu->gemv)).c_str() : "cuBLASLt",
                  base);
   pro_cache_.emplace(kp, pick);
-  return pick;
+  return pick >= 0 ? pick : no("the tuner kept the unfused pair (or no fused variant launched)");
 }
 
 }  // namespace tsllm

@@ -11,11 +11,14 @@
 #include <string>
 #include <unordered_map>
 
-#include "runtime_kernels.h"
+#include "../kernels/kernels.h"
+#include "options.h"
 
 namespace tsllm {
 
 enum class GemmEpi : int { None = 0, Bias = 1, Gelu = 2, GeluBias = 3 };
+// Which kernel a linear ran (values of the TSLLM_KERNEL_* counters in tsllm.h).
+enum class LinearKernel : int { None = -1, Cublaslt = 2, Gemv = 3, GemvRms = 4, GemvGated = 5 };
 
 class GemmRunner {
  public:
@@ -26,34 +29,40 @@ class GemmRunner {
   GemmRunner(const GemmRunner&) = delete;
   GemmRunner& operator=(const GemmRunner&) = delete;
 
-  // Throws std::runtime_error on failure.
-  void init();
+  // Throws std::runtime_error on failure. t: gemm_tune, gemv, gemv_variant, pdl, strict, profile (verbose).
+  void init(const Tunables& t);
   // dt: CUDA_R_16F / CUDA_R_16BF (inputs and output). residual may be null or alias out.
-  // Returns an empty string on success, else a one-line message.
+  // Returns an empty string on success, else a one-line message; *ran: the kernel that ran.
+  // strict with gemv = always: a plain/bias linear with M <= kGemvMaxM that does not run the gemv is an error
+  // saying why (not eligible, first seen during graph capture, no variant launched).
   std::string linear(const void* x, const void* w, const void* bias, const void* residual, void* out, int M, int N,
-                     int K, cudaDataType_t dt, GemmEpi epi, cudaStream_t s);
+                     int K, cudaDataType_t dt, GemmEpi epi, cudaStream_t s, LinearKernel* ran);
 
-  // Prologue fusion (on by default; TSLLM_GEMV_PROLOGUE=0 turns it off): the gemv variant that runs `pro` (rms_norm or gated act, see
+  // Prologue fusion (tsllm_options.gemv_prologue, on by default): the gemv variant that runs `pro` (rms_norm or gated act, see
   // gemv_pro) fused into this linear, or -1 when the pair stays unfused (prologue kernel writing pro_y, then
   // linear(pro_y, ...)). pro_x is the prologue's input, pro_y its unfused output; w, bias, residual, out are the
   // linear's. Decided once per shape (cached, so static for CUDA graphs): M <= kGemvMaxM only; tuned like the
   // plain linear (L2 flushed, output to scratch): the fused variants against prologue kernel + the plain linear's
-  // own tuned choice, fused only when faster. TSLLM_GEMV=1 always fuses (TSLLM_GEMV_VARIANT=k: variant k);
-  // TSLLM_GEMV=0 never; without tuning (TSLLM_GEMM_TUNE=0) fused exactly when the plain linear runs gemv, with
-  // its variant. While the stream is capturing and the shape is new: -1, not cached. Call it with the same
-  // arguments from the prologue node (to skip it) and from the linear node (to launch the fused gemv).
+  // own tuned choice, fused only when faster. gemv = 1 always fuses (gemv_variant: that variant); gemv = -1
+  // never; without tuning (gemm_tune off) fused exactly when the plain linear runs gemv, with its variant.
+  // While the stream is capturing and the shape is new: -1, not cached. Call it with the same arguments from
+  // the prologue node (to skip it) and from the linear node (to launch the fused gemv). *why (when not null and
+  // the result is -1): the reason, for strict mode's message.
   int prologue_variant(const GemvPrologue& pro, const void* pro_x, void* pro_y, const void* w, const void* bias,
-                       const void* residual, void* out, int M, int N, int K, cudaDataType_t dt, cudaStream_t s);
-  bool verbose = false;  // TSLLM_PROFILE set: prologue fusion decisions to stderr
+                       const void* residual, void* out, int M, int N, int K, cudaDataType_t dt, cudaStream_t s,
+                       std::string* why = nullptr);
+  bool verbose = false;  // profiling on: prologue fusion decisions to stderr
+  bool pdl = true;       // gemv launched with programmatic dependent launch (sm_90+)
+  bool strict = false;   // see linear()
 
   size_t num_cached() const { return cache_.size(); }
   // Autotuning: for M <= tune_max_m, the first call of a shape times every algorithm the heuristic offers
   // (L2 flushed before each run, output to scratch) and keeps the fastest; larger M take the heuristic's
-  // first choice. Never while the stream is being captured. TSLLM_GEMM_TUNE=0 turns it off.
+  // first choice. Never while the stream is being captured. gemm_tune off: 0.
   int tune_max_m = 256;
-  // TSLLM_GEMV=0: never use the small-M gemv kernel; TSLLM_GEMV=1: always when eligible (tests).
+  // 0: never use the small-M gemv kernel; 1: always when eligible (tests); -1: the tuner decides.
   int gemv_mode = -1;
-  int gemv_variant = -1;  // TSLLM_GEMV_VARIANT=k: only that variant (tests)
+  int gemv_variant = -1;  // >= 0: only that variant (tests)
 
  private:
   struct Key {
@@ -76,7 +85,8 @@ class GemmRunner {
     cublasLtMatmulDesc_t desc = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
     cublasLtMatmulAlgo_t algo{};
-    int gemv = -1;  // >= 0: the runtime_kernels.h gemv variant that won the tuning
+    int gemv = -1;  // >= 0: the kernels.h gemv variant that won the tuning
+    std::string no_gemv;  // why the gemv is not used (strict mode's message)
   };
   // The plan of a shape (made, and tuned, on first use); nullptr with *err set on failure.
   Plan* get_plan(const Key& k, const void* x, const void* w, const void* bias, cudaStream_t s, std::string* err);

@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdlib>
 #include <cstring>
 
 #include "engine.h"
@@ -276,6 +275,7 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
   auto e = std::make_unique<Engine>();
   e->desc = read_engine_header(path);
   e->opts = opts;
+  e->tun = resolve_tunables(opts, path);
   EngineDesc& d = e->desc;
   auto fail = [&](const std::string& m) { return LoadError(path + ": " + m); };
   auto ck = [&](cudaError_t err, const std::string& what) {
@@ -342,11 +342,12 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
 
   // ---- workspaces ----
   try {
-    e->gemm.init();
+    e->gemm.init(e->tun);
   } catch (const std::exception& ex) {
     throw fail(ex.what());
   }
   plan_prologue_fusion(*e);
+  e->stats.assign(d.nodes.size(), Engine::Counts{});
   int max_heads = 0, max_hd = 0;
   for (const NodeDesc& n : d.nodes) {
     if (n.op == Op::Attention || n.op == Op::FusedAttention) {
@@ -365,9 +366,8 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
   }
   if (e->scratch_bytes) ck(cudaMalloc(&e->scratch, e->scratch_bytes), "cudaMalloc of GEMM scratch");
 
-  const char* prof = std::getenv("TSLLM_PROFILE");
-  e->profile_graph = prof && std::string(prof) == "graph";
-  e->profile = prof && *prof && std::string(prof) != "0" && !e->profile_graph;
+  e->profile_graph = e->tun.profile == 2;
+  e->profile = e->tun.profile == 1;
   e->graphs_enabled = !opts.disable_cuda_graphs && !e->profile;
   if (e->graph_sizes.empty()) e->graphs_enabled = false;
 

@@ -231,7 +231,7 @@ void postprocess(Engine& e, const StepPlan& p, bool do_sample) {
   }
 }
 
-// TSLLM_PROFILE=graph: replays graphs of subsets of one decode step (all nodes of one op type, each linear
+// profile 2 (TSLLM_PROFILE=graph): replays graphs of subsets of one decode step (all nodes of one op type, each linear
 // shape, sampling) and prints each subset's time per step. Runs once, before a real replay whose metadata it
 // shares, so the garbage its partial programs write (activations, this step's KV slots) is overwritten.
 void profile_graph_breakdown(Engine& e, const StepPlan& p) {
@@ -332,6 +332,8 @@ void execute(Engine& e, const StepPlan& p, bool do_sample) {
       return;
     }
     cudaGraph_t g = nullptr;
+    // What forward() counts while capturing is the graph's share of the counters, added at each replay.
+    const std::vector<Engine::Counts> before = e.stats;
     TSLLM_CUDA(cudaStreamBeginCapture(e.stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
     try {
       forward(e, p);
@@ -339,8 +341,14 @@ void execute(Engine& e, const StepPlan& p, bool do_sample) {
     } catch (...) {
       cudaStreamEndCapture(e.stream, &g);
       if (g) cudaGraphDestroy(g);
+      e.stats = before;
       throw;
     }
+    std::vector<Engine::Counts>& share = e.graph_stats[p.graph_key];
+    share.assign(e.stats.size(), Engine::Counts{});
+    for (size_t i = 0; i < e.stats.size(); i++)
+      for (size_t k = 0; k < share[i].size(); k++) share[i][k] = e.stats[i][k] - before[i][k];
+    e.stats = before;
     TSLLM_CUDA(cudaStreamEndCapture(e.stream, &g), "cudaStreamEndCapture");
     cudaGraphExec_t ge = nullptr;
     cudaError_t err = cudaGraphInstantiate(&ge, g, 0);
@@ -350,6 +358,9 @@ void execute(Engine& e, const StepPlan& p, bool do_sample) {
   }
   if (e.profile_graph && ++e.graph_replays == 8) profile_graph_breakdown(e, p);
   TSLLM_CUDA(cudaGraphLaunch(it->second, e.stream), "cudaGraphLaunch");
+  const std::vector<Engine::Counts>& share = e.graph_stats[p.graph_key];
+  for (size_t i = 0; i < share.size(); i++)
+    for (size_t k = 0; k < share[i].size(); k++) e.stats[i][k] += share[i][k];
 }
 
 }  // namespace

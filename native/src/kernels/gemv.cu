@@ -1,13 +1,12 @@
 // Small-M linear for decode: out[m, n] = x[m, :] · w[n, :] (+ bias[n]) (+ residual[m, n]) for M <= 4.
 // Memory-bound: each warp streams ROWS weight rows with 16-byte non-caching loads, UN chunks in flight
 // per lane and row, fp32 accumulation, one rounding at the end.
-// Programmatic dependent launch (sm_90+, default; TSLLM_PDL=0 turns it off): launched with programmatic stream serialization; the first weight loads (which do not
-// depend on the previous kernel) are issued before griddepcontrol.wait, x/residual are read and out written after. GemmRunner offers it to its autotuner next to
-// cuBLASLt's algorithms and keeps whichever is faster for the shape.
+// Programmatic dependent launch (pdl, sm_90+): launched with programmatic stream serialization; the first weight
+// loads (which do not depend on the previous kernel) are issued before griddepcontrol.wait, x/residual are read
+// and out written after. The runtime's GemmRunner offers it to its autotuner next to cuBLASLt's algorithms and
+// keeps whichever is faster for the shape.
 // The kernel itself is in gemv_impl.cuh; gemv_rms.cu / gemv_gated.cu instantiate its prologue variants
-// (rms_norm or gated activation folded into the vector read; on by default, TSLLM_GEMV_PROLOGUE=0 turns it off).
-#include <cstdlib>
-
+// (rms_norm or gated activation folded into the vector read: the runtime's prologue fusion).
 #include "gemv_impl.cuh"
 
 namespace tsllm {
@@ -29,21 +28,21 @@ bool gemv_pro_eligible(const GemvPrologue& pro, const void* x, const void* w, in
 }
 
 cudaError_t gemv(int variant, const void* x, const void* w, const void* bias, const void* residual, void* out, int M,
-                 int N, int K, DType dt, cudaStream_t s) {
+                 int N, int K, DType dt, bool pdl, cudaStream_t s) {
   if (!gemv_eligible(x, w, M, K, dt)) return cudaErrorInvalidValue;
-  return dt == DType::F16 ? launch<__half, 0>(variant, x, w, bias, residual, out, M, N, K, nullptr, 0.f, s)
-                          : launch<__nv_bfloat16, 0>(variant, x, w, bias, residual, out, M, N, K, nullptr, 0.f, s);
+  return dt == DType::F16 ? kd::launch<half, 0>(variant, x, w, bias, residual, out, M, N, K, nullptr, 0.f, pdl, s)
+                          : kd::launch<kd::bf16, 0>(variant, x, w, bias, residual, out, M, N, K, nullptr, 0.f, pdl, s);
 }
 
 cudaError_t gemv_pro(int variant, const GemvPrologue& pro, const void* x, const void* w, const void* bias,
-                     const void* residual, void* out, int M, int N, int K, DType dt, cudaStream_t s) {
+                     const void* residual, void* out, int M, int N, int K, DType dt, bool pdl, cudaStream_t s) {
   if (!gemv_pro_eligible(pro, x, w, M, K, dt)) return cudaErrorInvalidValue;
   switch (pro.kind) {
-    case GemvPro::None: return gemv(variant, x, w, bias, residual, out, M, N, K, dt, s);
+    case GemvPro::None: return gemv(variant, x, w, bias, residual, out, M, N, K, dt, pdl, s);
     case GemvPro::RmsNorm:
-      return gemv_rms_launch(variant, x, pro.norm_w, pro.eps, w, bias, residual, out, M, N, K, dt, s);
+      return gemv_rms_launch(variant, x, pro.norm_w, pro.eps, w, bias, residual, out, M, N, K, dt, pdl, s);
     case GemvPro::GatedSilu:
-    case GemvPro::GatedGeluTanh: return gemv_gated_launch(variant, pro.kind, x, w, bias, residual, out, M, N, K, dt, s);
+    case GemvPro::GatedGeluTanh: return gemv_gated_launch(variant, pro.kind, x, w, bias, residual, out, M, N, K, dt, pdl, s);
   }
   return cudaErrorInvalidValue;
 }

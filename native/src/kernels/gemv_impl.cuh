@@ -1,7 +1,7 @@
 // The small-M (decode) linear kernel, shared by gemv.cu (plain), gemv_rms.cu and gemv_gated.cu (prologue
 // fusions, one translation unit each so the build compiles them in parallel). See gemv.cu for the design.
 //
-// PRO (the vector's prologue, GemvPro in runtime_kernels.h):
+// PRO (the vector's prologue, GemvPro in kernels.h):
 //   0 plain: the vector is x[m, :].
 //   1 rms_norm: every block first computes inv_rms of the M rows of x (fp32 sum of squares over K, after
 //     griddepcontrol.wait while its first weight loads are in flight), then uses
@@ -9,66 +9,22 @@
 //   2 / 3 gated silu / gelu-tanh: x is the [M, 2K] gate|up output; the vector is to_dtype(act(gate) * up),
 //     as activations.cu's gated_act writes it.
 #pragma once
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <math.h>
 
-#include "runtime_kernels.h"
+#include "common.cuh"
 
 namespace tsllm {
 
-// Programmatic dependent launch on an sm_90+ device unless TSLLM_PDL=0 (gemv.cu).
 // The prologue variants' launchers (gemv_rms.cu, gemv_gated.cu); `gemv_pro` in gemv.cu dispatches to them.
 cudaError_t gemv_rms_launch(int variant, const void* x, const void* norm_w, float eps, const void* w, const void* bias,
-                            const void* res, void* out, int M, int N, int K, DType dt, cudaStream_t s);
+                            const void* res, void* out, int M, int N, int K, DType dt, bool pdl, cudaStream_t s);
 cudaError_t gemv_gated_launch(int variant, GemvPro pro, const void* x, const void* w, const void* bias, const void* res,
-                              void* out, int M, int N, int K, DType dt, cudaStream_t s);
+                              void* out, int M, int N, int K, DType dt, bool pdl, cudaStream_t s);
 
+namespace kd {
 namespace {
 
 constexpr int kWarps = 4;   // warps per block
-
-__device__ __forceinline__ void pdl_trigger() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ uint4 ld_stream(const void* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
-
-__device__ __forceinline__ float2 to_f2(uint32_t u, __half) {
-  __half2 h = *reinterpret_cast<__half2*>(&u);
-  return __half22float2(h);
-}
-__device__ __forceinline__ float2 to_f2(uint32_t u, __nv_bfloat16) {
-  __nv_bfloat162 h = *reinterpret_cast<__nv_bfloat162*>(&u);
-  return __bfloat1622float2(h);
-}
-__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T from_f(float v);
-template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-// Two floats rounded (each round-to-nearest, as from_f) and packed into 32 bits.
-__device__ __forceinline__ uint32_t pack2(float a, float b, __half) {
-  __half2 h = __halves2half2(__float2half_rn(a), __float2half_rn(b));
-  return *reinterpret_cast<uint32_t*>(&h);
-}
-__device__ __forceinline__ uint32_t pack2(float a, float b, __nv_bfloat16) {
-  __nv_bfloat162 h = __halves2bfloat162(__float2bfloat16_rn(a), __float2bfloat16_rn(b));
-  return *reinterpret_cast<uint32_t*>(&h);
-}
 
 template <typename T>
 __device__ __forceinline__ float dot8(const uint4& a, const uint4& b, float acc) {
@@ -76,7 +32,7 @@ __device__ __forceinline__ float dot8(const uint4& a, const uint4& b, float acc)
   const uint32_t* pb = &b.x;
 #pragma unroll
   for (int i = 0; i < 4; i++) {
-    float2 fa = to_f2(pa[i], T()), fb = to_f2(pb[i], T());
+    float2 fa = to_f2<T>(pa[i]), fb = to_f2<T>(pb[i]);
     acc = fmaf(fa.x, fb.x, acc);
     acc = fmaf(fa.y, fb.y, acc);
   }
@@ -104,8 +60,8 @@ __device__ __forceinline__ uint4 vec_chunk(const T* __restrict__ x, int m, int c
     uint32_t* po = &o.x;
 #pragma unroll
     for (int i = 0; i < 4; i++) {
-      const float2 fx = to_f2(px[i], T()), fw = to_f2(pw[i], T());
-      po[i] = pack2((fx.x * inv) * fw.x, (fx.y * inv) * fw.y, T());  // norms.cu: (v - 0) * rstd * w
+      const float2 fx = to_f2<T>(px[i]), fw = to_f2<T>(pw[i]);
+      po[i] = pack2<T>((fx.x * inv) * fw.x, (fx.y * inv) * fw.y);  // norms.cu: (v - 0) * rstd * w
     }
     return o;
   } else {
@@ -118,8 +74,8 @@ __device__ __forceinline__ uint4 vec_chunk(const T* __restrict__ x, int m, int c
     uint32_t* po = &o.x;
 #pragma unroll
     for (int i = 0; i < 4; i++) {
-      const float2 fg = to_f2(pg[i], T()), fu = to_f2(pu[i], T());
-      po[i] = pack2(pro_act<PRO>(fg.x) * fu.x, pro_act<PRO>(fg.y) * fu.y, T());
+      const float2 fg = to_f2<T>(pg[i]), fu = to_f2<T>(pu[i]);
+      po[i] = pack2<T>(pro_act<PRO>(fg.x) * fu.x, pro_act<PRO>(fg.y) * fu.y);
     }
     return o;
   }
@@ -178,7 +134,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__
         const uint32_t* px = &xv.x;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-          const float2 f = to_f2(px[i], T());
+          const float2 f = to_f2<T>(px[i]);
           ss[m] = fmaf(f.x, f.x, ss[m]);
           ss[m] = fmaf(f.y, f.y, ss[m]);
         }
@@ -253,16 +209,16 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__
       if (lane == r * M + m && n0 + r < N) {
         const int n = n0 + r;
         float v = acc[r][m];
-        if (bias) v += to_f(bias[n]);
-        if (res) v += to_f(res[size_t(m) * N + n]);
+        if (bias) v += to_f<T>(bias[n]);
+        if (res) v += to_f<T>(res[size_t(m) * N + n]);
         out[size_t(m) * N + n] = from_f<T>(v);
       }
 }
 
 template <typename T, int M, int ROWS, int KS, int UN, int PRO>
 cudaError_t launch_m(unsigned blocks, const T* X, const T* W, const T* B, const T* R, T* O, int N, int K, const T* NW,
-                     float eps, cudaStream_t s) {
-  if (!pdl_enabled()) {
+                     float eps, bool pdl, cudaStream_t s) {
+  if (!pdl || !pdl_supported()) {
     gemv_kernel<T, M, ROWS, KS, UN, PRO><<<blocks, kWarps * 32, 0, s>>>(X, W, B, R, O, N, K, NW, eps);
     return cudaGetLastError();
   }
@@ -281,7 +237,7 @@ cudaError_t launch_m(unsigned blocks, const T* X, const T* W, const T* B, const 
 
 template <typename T, int PRO, int ROWS, int KS, int UN = 4>
 cudaError_t launch_v(const void* x, const void* w, const void* bias, const void* res, void* out, int M, int N, int K,
-                     const void* nw, float eps, cudaStream_t s) {
+                     const void* nw, float eps, bool pdl, cudaStream_t s) {
   constexpr int G = kWarps / KS;
   const unsigned blocks = unsigned((N + G * ROWS - 1) / (G * ROWS));
   auto X = static_cast<const T*>(x);
@@ -291,10 +247,10 @@ cudaError_t launch_v(const void* x, const void* w, const void* bias, const void*
   auto O = static_cast<T*>(out);
   auto NW = static_cast<const T*>(nw);
   switch (M) {
-    case 1: return launch_m<T, 1, ROWS, KS, UN, PRO>(blocks, X, W, B, R, O, N, K, NW, eps, s);
-    case 2: return launch_m<T, 2, ROWS, KS, UN, PRO>(blocks, X, W, B, R, O, N, K, NW, eps, s);
-    case 3: return launch_m<T, 3, ROWS, KS, UN, PRO>(blocks, X, W, B, R, O, N, K, NW, eps, s);
-    case 4: return launch_m<T, 4, ROWS, KS, UN, PRO>(blocks, X, W, B, R, O, N, K, NW, eps, s);
+    case 1: return launch_m<T, 1, ROWS, KS, UN, PRO>(blocks, X, W, B, R, O, N, K, NW, eps, pdl, s);
+    case 2: return launch_m<T, 2, ROWS, KS, UN, PRO>(blocks, X, W, B, R, O, N, K, NW, eps, pdl, s);
+    case 3: return launch_m<T, 3, ROWS, KS, UN, PRO>(blocks, X, W, B, R, O, N, K, NW, eps, pdl, s);
+    case 4: return launch_m<T, 4, ROWS, KS, UN, PRO>(blocks, X, W, B, R, O, N, K, NW, eps, pdl, s);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -304,21 +260,22 @@ cudaError_t launch_v(const void* x, const void* w, const void* bias, const void*
 // N = 4096 shapes (o_proj, down) that run below the copy rate with 0-5.
 template <typename T, int PRO>
 cudaError_t launch(int variant, const void* x, const void* w, const void* bias, const void* res, void* out, int M,
-                   int N, int K, const void* nw, float eps, cudaStream_t s) {
+                   int N, int K, const void* nw, float eps, bool pdl, cudaStream_t s) {
   switch (variant) {
-    case 0: return launch_v<T, PRO, 2, 1>(x, w, bias, res, out, M, N, K, nw, eps, s);
-    case 1: return launch_v<T, PRO, 1, 1>(x, w, bias, res, out, M, N, K, nw, eps, s);
-    case 2: return launch_v<T, PRO, 4, 1>(x, w, bias, res, out, M, N, K, nw, eps, s);
-    case 3: return launch_v<T, PRO, 1, 2>(x, w, bias, res, out, M, N, K, nw, eps, s);
-    case 4: return launch_v<T, PRO, 2, 2>(x, w, bias, res, out, M, N, K, nw, eps, s);
-    case 5: return launch_v<T, PRO, 1, 4>(x, w, bias, res, out, M, N, K, nw, eps, s);
-    case 6: return launch_v<T, PRO, 2, 1, 8>(x, w, bias, res, out, M, N, K, nw, eps, s);
-    case 7: return launch_v<T, PRO, 4, 2>(x, w, bias, res, out, M, N, K, nw, eps, s);
-    case 8: return launch_v<T, PRO, 2, 4>(x, w, bias, res, out, M, N, K, nw, eps, s);
-    case 9: return launch_v<T, PRO, 1, 2, 8>(x, w, bias, res, out, M, N, K, nw, eps, s);
+    case 0: return launch_v<T, PRO, 2, 1>(x, w, bias, res, out, M, N, K, nw, eps, pdl, s);
+    case 1: return launch_v<T, PRO, 1, 1>(x, w, bias, res, out, M, N, K, nw, eps, pdl, s);
+    case 2: return launch_v<T, PRO, 4, 1>(x, w, bias, res, out, M, N, K, nw, eps, pdl, s);
+    case 3: return launch_v<T, PRO, 1, 2>(x, w, bias, res, out, M, N, K, nw, eps, pdl, s);
+    case 4: return launch_v<T, PRO, 2, 2>(x, w, bias, res, out, M, N, K, nw, eps, pdl, s);
+    case 5: return launch_v<T, PRO, 1, 4>(x, w, bias, res, out, M, N, K, nw, eps, pdl, s);
+    case 6: return launch_v<T, PRO, 2, 1, 8>(x, w, bias, res, out, M, N, K, nw, eps, pdl, s);
+    case 7: return launch_v<T, PRO, 4, 2>(x, w, bias, res, out, M, N, K, nw, eps, pdl, s);
+    case 8: return launch_v<T, PRO, 2, 4>(x, w, bias, res, out, M, N, K, nw, eps, pdl, s);
+    case 9: return launch_v<T, PRO, 1, 2, 8>(x, w, bias, res, out, M, N, K, nw, eps, pdl, s);
     default: return cudaErrorInvalidValue;
   }
 }
 
 }  // namespace
+}  // namespace kd
 }  // namespace tsllm

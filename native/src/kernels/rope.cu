@@ -1,16 +1,12 @@
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
-#include "runtime_kernels.h"
+// The standalone `rope` op (programs without fused attention): one thread per output element, angle
+// pos * inv_freq[i] in fp32 (__fmul_rn, as the reference), dims >= rotary_dim copied.
+#include "common.cuh"
 
 namespace tsllm {
 namespace {
 
-__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T from_f(float v);
-template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+using kd::from_f;
+using kd::to_f;
 
 // One thread per output element.
 template <typename T>
@@ -55,7 +51,7 @@ cudaError_t rope_standalone(const void* x, void* out, const int32_t* positions, 
   unsigned blocks = unsigned((n + threads - 1) / threads);
   int gptj = style == RopeStyle::Gptj;
   if (dt == DType::F16)
-    rope_kernel<__half><<<blocks, threads, 0, s>>>(static_cast<const __half*>(x), static_cast<__half*>(out), positions,
+    rope_kernel<half><<<blocks, threads, 0, s>>>(static_cast<const half*>(x), static_cast<half*>(out), positions,
                                                   inv_freq, rows, num_heads, head_dim, rotary_dim, gptj);
   else if (dt == DType::BF16)
     rope_kernel<__nv_bfloat16><<<blocks, threads, 0, s>>>(static_cast<const __nv_bfloat16*>(x),

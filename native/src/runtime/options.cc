@@ -1,0 +1,81 @@
+// tsllm_options -> Tunables. The TSLLM_* environment variables are read here and nowhere else: each overrides
+// its option (for benchmarking and A/B runs without code changes; native/README.md documents them).
+#include "options.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "engine_file.h"
+
+namespace tsllm {
+
+namespace {
+
+// The value of TSLLM_<name> when set and non-empty, else nullptr.
+const char* env(const char* name) {
+  const char* v = std::getenv(name);
+  return v && *v ? v : nullptr;
+}
+
+bool env_int(const char* name, const std::string& path, long lo, long hi, long* out) {
+  const char* v = env(name);
+  if (!v) return false;
+  char* end = nullptr;
+  long x = std::strtol(v, &end, 10);
+  if (*end || x < lo || x > hi)
+    throw LoadError(path + ": environment " + name + "=" + v + " is not an integer in [" + std::to_string(lo) + ", " +
+                    std::to_string(hi) + "]");
+  *out = x;
+  return true;
+}
+
+}  // namespace
+
+Tunables resolve_tunables(const tsllm_options& o, const std::string& path) {
+  auto range = [&](const char* field, long v, long lo, long hi) {
+    if (v < lo || v > hi)
+      throw LoadError(path + ": tsllm_options." + field + " " + std::to_string(v) + " is outside [" +
+                      std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  };
+  range("gemm_tune", o.gemm_tune, -1, 1);
+  range("gemv", o.gemv, -1, 1);
+  range("gemv_variant", o.gemv_variant, 0, kGemvVariants);
+  range("gemv_prologue", o.gemv_prologue, -1, 1);
+  if (o.decode_variant != 0 && o.decode_variant != 2 && o.decode_variant != 3)
+    throw LoadError(path + ": tsllm_options.decode_variant " + std::to_string(o.decode_variant) +
+                    " is not 0 (default), 2 or 3");
+  range("pdl", o.pdl, -1, 1);
+  range("strict_kernels", o.strict_kernels, 0, 1);
+  range("profile", o.profile, 0, 2);
+
+  Tunables t;
+  t.gemm_tune = o.gemm_tune >= 0;
+  t.gemv = o.gemv;
+  t.gemv_variant = o.gemv_variant - 1;
+  t.gemv_prologue = o.gemv_prologue >= 0;
+  t.decode_variant = o.decode_variant == 2 ? 2 : 3;
+  t.pdl = o.pdl >= 0;
+  t.strict = o.strict_kernels == 1;
+  t.profile = o.profile;
+
+  // Environment overrides (benchmarking): TSLLM_GEMM_TUNE=0, TSLLM_GEMV=0|1, TSLLM_GEMV_VARIANT=k,
+  // TSLLM_GEMV_PROLOGUE=0|1, TSLLM_DECODE_VARIANT=2|3, TSLLM_PDL=0|1, TSLLM_STRICT_KERNELS=0|1,
+  // TSLLM_PROFILE=1|graph.
+  long x = 0;
+  if (env_int("TSLLM_GEMM_TUNE", path, 0, 1, &x)) t.gemm_tune = x == 1;
+  if (env_int("TSLLM_GEMV", path, 0, 1, &x)) t.gemv = x == 1 ? 1 : -1;
+  if (env_int("TSLLM_GEMV_VARIANT", path, 0, kGemvVariants - 1, &x)) t.gemv_variant = int(x);
+  if (env_int("TSLLM_GEMV_PROLOGUE", path, 0, 1, &x)) t.gemv_prologue = x == 1;
+  if (env_int("TSLLM_DECODE_VARIANT", path, 2, 3, &x)) t.decode_variant = int(x);
+  if (env_int("TSLLM_PDL", path, 0, 1, &x)) t.pdl = x == 1;
+  if (env_int("TSLLM_STRICT_KERNELS", path, 0, 1, &x)) t.strict = x == 1;
+  if (const char* p = env("TSLLM_PROFILE")) {
+    if (std::strcmp(p, "graph") == 0) t.profile = 2;
+    else if (std::strcmp(p, "1") == 0) t.profile = 1;
+    else if (std::strcmp(p, "0") == 0) t.profile = 0;
+    else throw LoadError(path + ": environment TSLLM_PROFILE=" + p + " is not 0, 1 or graph");
+  }
+  return t;
+}
+
+}  // namespace tsllm

@@ -1,0 +1,23 @@
+// The runtime's tunables, resolved once at load from tsllm_options and the TSLLM_* environment overrides.
+#pragma once
+#include <string>
+
+#include "../../include/tsllm.h"
+
+namespace tsllm {
+
+struct Tunables {
+  bool gemm_tune = true;      // time algorithms / gemv variants per shape (M <= 256)
+  int gemv = 0;               // -1 never, 0 the tuner decides, 1 always where eligible
+  int gemv_variant = -1;      // -1 any, else only that variant
+  bool gemv_prologue = true;  // decode prologue fusion (rms_norm / gated_act folded into the gemv)
+  int decode_variant = 3;     // 3 (falls back to 2 outside its range) or 2
+  bool pdl = true;            // programmatic dependent launch where the GPU has it
+  bool strict = false;        // forced kernels that cannot run are errors
+  int profile = 0;            // 0 off, 1 per-node events, 2 graph breakdown
+};
+
+// Checks the option values (LoadError naming the field) and applies the environment overrides.
+Tunables resolve_tunables(const tsllm_options& o, const std::string& path);
+
+}  // namespace tsllm
