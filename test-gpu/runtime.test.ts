@@ -1,5 +1,8 @@
 // The native runtime's own behaviour: sampling determinism, generate() vs step(), CUDA graphs vs eager,
 // rewinding, limits and load errors, random weights against the CPU reference executor.
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { compileEngine } from "../src/compile.ts";
@@ -7,6 +10,7 @@ import { ReferenceExecutor } from "../src/executor/reference.ts";
 import { checkGolden, readGolden } from "../src/golden.ts";
 import { CudaEngine, type CudaLoadOptions, type NodeStats } from "../src/native/binding.ts";
 import { CudaExecutor } from "../src/native/executor.ts";
+import { CORRUPT_CASES, writeCorruptRanks } from "../test/native-loader-cases.ts";
 import { fixture, goldenFile, maxAbsDiff, REPO, tinyEngine } from "./helpers.ts";
 
 const open: CudaEngine[] = [];
@@ -329,4 +333,51 @@ describe("gemv prologue fusion (gemvPrologue)", () => {
       }
     });
   }
+});
+
+describe("native loader integrity (tampered rank files, content hash not checked)", () => {
+  // The same corrupted rank files as test/native-loader.test.ts (truncated, offsets past the end, bad op
+  // attributes, ...), now through tsllm_load on the GPU: each is refused with its one-line error before any
+  // weight is uploaded or kernel launched, never an out-of-bounds read.
+  it(`refuses ${CORRUPT_CASES.length} kinds of corrupted rank file, each with its own error`, async () => {
+    const dir = await tinyEngine("llama", "fp16");
+    const cases = writeCorruptRanks(path.join(dir, "rank0.engine"), fs.mkdtempSync(path.join(os.tmpdir(), "tsllm-corrupt-")));
+    for (const [c, file] of cases) {
+      let msg = "";
+      try {
+        CudaEngine.load(file).close();
+      } catch (e) {
+        msg = (e as Error).message;
+      }
+      console.log(`${c.name}: ${msg}`);
+      expect({ case: c.name, msg }).toEqual({ case: c.name, msg: expect.stringMatching(c.error) });
+      expect(msg).toContain(file);
+      expect(msg).not.toContain("\n");
+    }
+    // The valid file still loads after all that.
+    load(dir).close();
+  });
+
+  it("tsllm-run --no-verify on an engine whose weight offset points past the end: one line, non-zero exit", async () => {
+    const src = await tinyEngine("llama", "fp16");
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tsllm-tampered-"));
+    for (const f of fs.readdirSync(src)) fs.copyFileSync(path.join(src, f), path.join(dir, f));
+    const [[c, bad]] = writeCorruptRanks(path.join(src, "rank0.engine"), path.join(dir, "cases")).filter(
+      ([k]) => k.name === "weight offset past the end",
+    );
+    fs.copyFileSync(bad, path.join(dir, "rank0.engine"));
+    // The tamperer also fixes config.json's recorded size (the hash is what --no-verify skips).
+    const cfg = JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8"));
+    cfg.ranks[0].bytes = fs.statSync(bad).size;
+    fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify(cfg));
+    const r = spawnSync(
+      process.execPath,
+      [path.join(REPO, "bin/tsllm-run.mjs"), dir, "--device", "cuda", "--no-verify", "--input-ids", "1,2,3"],
+      { encoding: "utf8" },
+    );
+    console.log(`tsllm-run --no-verify on a tampered engine: exit ${r.status}, stderr ${r.stderr.trim()}`);
+    expect(r.status).not.toBe(0);
+    expect(r.stderr.trim().split("\n")).toHaveLength(1);
+    expect(r.stderr).toMatch(c.error);
+  });
 });

@@ -5,11 +5,10 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "enums.h"
+
 namespace tsllm {
 
-enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, FP8_E4M3 = 3 };
-enum class Act : int { None = 0, Silu = 1, GeluTanh = 2, GeluErf = 3 };
-enum class RopeStyle : int { Neox = 0, Gptj = 1 };
 
 // Programmatic dependent launch (PDL): launchers that take `pdl` launch with programmatic stream serialization
 // when it is true and the current device is sm_90+ (pdl.cu); the runtime passes tsllm_options' choice (on by

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cctype>
+#include <climits>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -197,28 +199,48 @@ EngineDesc read_engine_header(const std::string& path) {
     if (hv != kEngineFormatVersion)
       throw fail("header says format_version " + std::to_string(hv) + ", this runtime reads version " +
                  std::to_string(kEngineFormatVersion));
-    d.rank = int(h.i64_or("rank", 0));
-    d.tp = int(h.i64_or("tp", 1));
-    if (d.tp < 1 || d.rank < 0 || d.rank >= d.tp)
-      throw fail("rank " + std::to_string(d.rank) + " of tp " + std::to_string(d.tp) + " is inconsistent");
+    // Everything below is checked before the runtime relies on it: the header is untrusted input (an engine
+    // loaded with --no-verify may have been tampered with), so every size, offset, id and attribute the
+    // interpreter and the kernels use is bounded here, and a bad one is a LoadError naming it, never an
+    // out-of-bounds access later. Integers are range-checked as int64 before any narrowing.
+    auto in_range = [&](int64_t v, const std::string& what, int64_t lo, int64_t hi) -> int64_t {
+      if (v < lo || v > hi)
+        throw fail(what + " " + std::to_string(v) + " is outside [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+      return v;
+    };
+    auto int_at = [&](const Json& o, const char* key, const std::string& what, int64_t lo, int64_t hi) -> int64_t {
+      return in_range(o.at(key).i64(what.c_str()), what, lo, hi);
+    };
+    auto int_or = [&](const Json& o, const char* key, int64_t dflt, const std::string& what, int64_t lo,
+                      int64_t hi) -> int64_t { return in_range(o.i64_or(key, dflt), what, lo, hi); };
+    constexpr int64_t kMaxLimit = int64_t(1) << 24;  // tokens, sequences, positions
+    constexpr int64_t kMaxDim = int64_t(1) << 40;
+    constexpr uint64_t kMaxElems = uint64_t(1) << 48;
+    constexpr int64_t kMaxBytes = int64_t(1) << 50;
+
+    d.tp = int(int_or(h, "tp", 1, "tp", 1, 1024));
+    d.rank = int(int_or(h, "rank", 0, "rank", 0, d.tp - 1));
     if (!parse_elem(h.at("dtype").str("dtype"), &d.dtype)) throw fail("unknown dtype \"" + h.at("dtype").str() + "\"");
+    if (d.dtype != ElemType::F16 && d.dtype != ElemType::BF16)
+      throw fail(std::string("activation dtype ") + elem_name(d.dtype) +
+                 " runs only on the reference executor; the CUDA runtime needs fp16 or bf16");
 
     // sm: header "sm", header "build.sm", else config.json beside the file.
-    if (h.find("sm")) d.sm = int(h.at("sm").i64("sm"));
-    else if (h.find("build") && h.at("build").find("sm")) d.sm = int(h.at("build").at("sm").i64("build.sm"));
+    if (h.find("sm")) d.sm = int(int_at(h, "sm", "sm", 0, 1000));
+    else if (h.find("build") && h.at("build").find("sm")) d.sm = int(int_at(h.at("build"), "sm", "build.sm", 0, 1000));
     else d.sm = sm_from_config(path);
 
     const Json& lim = h.at("limits");
-    d.max_batch_size = lim.at("max_batch_size").i64("limits.max_batch_size");
-    d.max_seq_len = lim.at("max_seq_len").i64("limits.max_seq_len");
-    d.max_num_tokens = lim.at("max_num_tokens").i64("limits.max_num_tokens");
-    if (d.max_batch_size < 1 || d.max_seq_len < 1 || d.max_num_tokens < 1) throw fail("limits must be positive");
+    d.max_batch_size = int_at(lim, "max_batch_size", "limits.max_batch_size", 1, kMaxLimit);
+    d.max_seq_len = int_at(lim, "max_seq_len", "limits.max_seq_len", 1, kMaxLimit);
+    d.max_num_tokens = int_at(lim, "max_num_tokens", "limits.max_num_tokens", 1, kMaxLimit);
 
     if (const Json* kv = h.find("kv_cache"); kv && !kv->is_null()) {
-      d.kv.num_layers = int(kv->at("num_layers").i64("kv_cache.num_layers"));
-      d.kv.num_kv_heads = int(kv->at("num_kv_heads").i64("kv_cache.num_kv_heads"));
-      d.kv.head_dim = int(kv->at("head_dim").i64("kv_cache.head_dim"));
-      d.kv.tokens_per_block = int(kv->i64_or("tokens_per_block", 32));
+      d.kv.num_layers = int(int_at(*kv, "num_layers", "kv_cache.num_layers", 0, 4096));
+      d.kv.num_kv_heads = int(int_at(*kv, "num_kv_heads", "kv_cache.num_kv_heads", 1, 1024));
+      d.kv.head_dim = int(int_at(*kv, "head_dim", "kv_cache.head_dim", 8, 256));
+      if (d.kv.head_dim % 8) throw fail("kv_cache.head_dim " + std::to_string(d.kv.head_dim) + " is not a multiple of 8");
+      d.kv.tokens_per_block = int(int_or(*kv, "tokens_per_block", 32, "kv_cache.tokens_per_block", 1, 4096));
       std::string kd = kv->str_or("dtype", elem_name(d.dtype));
       if (!parse_elem(kd, &d.kv.dt)) throw fail("unknown kv_cache.dtype \"" + kd + "\"");
     }
@@ -229,20 +251,26 @@ EngineDesc read_engine_header(const std::string& path) {
       ValueDesc vd;
       vd.id = v.at("id").i64("values[].id");
       vd.name = v.str_or("name", "");
+      const std::string what = "value " + std::to_string(vd.id) + " (" + vd.name + ")";
       const std::string& dts = v.at("dtype").str("values[].dtype");
-      if (!parse_elem(dts, &vd.dt)) throw fail("value " + std::to_string(vd.id) + ": unknown dtype \"" + dts + "\"");
+      if (!parse_elem(dts, &vd.dt)) throw fail(what + ": unknown dtype \"" + dts + "\"");
+      uint64_t elems = 1;
       for (const Json& dim : v.at("shape").arr("values[].shape")) {
         Dim dm;
         if (dim.is_number()) {
-          dm.n = dim.i64("dim");
+          dm.n = in_range(dim.i64("dim"), what + ": dim", 1, kMaxDim);
         } else {
           const std::string& sym = dim.at("sym").str("dim.sym");
-          dm.n = dim.at("max").i64("dim.max");
           if (sym == "num_tokens") dm.sym = Sym::NumTokens;
           else if (sym == "num_logits") dm.sym = Sym::NumLogits;
           else if (sym == "num_seqs" || sym == "batch") dm.sym = Sym::NumSeqs;
-          else throw fail("value " + std::to_string(vd.id) + " (" + vd.name + "): unknown shape symbol \"" + sym + "\"");
+          else throw fail(what + ": unknown shape symbol \"" + sym + "\"");
+          // The runtime feeds up to max_num_tokens tokens, logits rows and sequences (graph padding included);
+          // the arena was sized with this bound, so it may not be smaller.
+          dm.n = in_range(dim.at("max").i64("dim.max"), what + ": " + sym + " bound", d.max_num_tokens, kMaxLimit);
         }
+        elems *= uint64_t(dm.n);
+        if (elems > kMaxElems) throw fail(what + ": more than 2^48 elements");
         vd.shape.push_back(dm);
       }
       if (by_id.count(vd.id)) throw fail("value id " + std::to_string(vd.id) + " appears twice");
@@ -260,11 +288,17 @@ EngineDesc read_engine_header(const std::string& path) {
     for (auto& kv : h.at("inputs").obj("inputs")) {
       int vi = value_index(kv.second, "inputs." + kv.first);
       ValueDesc& v = d.values[vi];
+      Sym want = Sym::NumTokens;
       if (kv.first == "input_ids") v.input = InputSlot::InputIds;
       else if (kv.first == "positions") v.input = InputSlot::Positions;
-      else if (kv.first == "logits_indices") v.input = InputSlot::LogitsIndices;
+      else if (kv.first == "logits_indices") v.input = InputSlot::LogitsIndices, want = Sym::NumLogits;
       else throw fail("unknown graph input \"" + kv.first + "\" (this runtime feeds input_ids, positions, logits_indices)");
       if (v.dt != ElemType::I32) throw fail("graph input " + kv.first + " must be i32, is " + elem_name(v.dt));
+      if (v.kind != ValueKind::Unused) throw fail("graph input " + kv.first + ": its value is already another input");
+      // The runtime's step buffer holds one i32 per token (logits row) for each input.
+      if (v.shape.size() != 1 || v.shape[0].sym != want)
+        throw fail("graph input " + kv.first + " must have shape [" +
+                   (want == Sym::NumTokens ? "num_tokens" : "num_logits") + "]");
       v.kind = ValueKind::Input;
     }
     for (auto& kv : h.at("outputs").obj("outputs")) {
@@ -272,9 +306,18 @@ EngineDesc read_engine_header(const std::string& path) {
       else throw fail("unknown graph output \"" + kv.first + "\" (this runtime reads logits)");
     }
     if (d.logits_value < 0) throw fail("the engine has no \"logits\" output");
-    d.vocab_size = int(d.values[d.logits_value].last_dim());
+    {
+      // Read back as [logits rows, vocab] in the engine dtype (then converted to fp32 and sampled).
+      const ValueDesc& lv = d.values[d.logits_value];
+      if (lv.shape.size() != 2 || lv.shape[0].sym != Sym::NumLogits || lv.shape[1].sym != Sym::None)
+        throw fail("the logits output must have shape [num_logits, vocab]");
+      if (lv.dt != d.dtype && lv.dt != ElemType::F32)
+        throw fail(std::string("the logits output is ") + elem_name(lv.dt) + ", expected " + elem_name(d.dtype) + " or fp32");
+      d.vocab_size = int(in_range(lv.last_dim(), "vocab size", 1, int64_t(1) << 30));
+    }
 
     // ---- weights ----
+    const uint64_t data_bytes = d.file_size > d.data_offset ? d.file_size - d.data_offset : 0;
     uint64_t dev_off = 0;
     for (const Json& w : h.at("weights").arr("weights")) {
       WeightDesc wd;
@@ -284,22 +327,23 @@ EngineDesc read_engine_header(const std::string& path) {
       if (v.has_sym()) throw fail("weight " + v.name + " has a symbolic shape");
       v.kind = ValueKind::Weight;
       v.weight = int(d.weights.size());
-      wd.offset = uint64_t(w.i64_or("offset", 0));
-      wd.nbytes = uint64_t(w.i64_or("nbytes", 0));
+      wd.offset = uint64_t(int_or(w, "offset", 0, "weight " + v.name + " offset", 0, kMaxBytes));
+      wd.nbytes = uint64_t(int_or(w, "nbytes", 0, "weight " + v.name + " nbytes", 0, kMaxBytes));
       const Json* r = w.find("random");
       if (r && !r->is_null()) {
         wd.random = true;
-        wd.seed = uint32_t(r->i64_or("seed", 0));
+        wd.seed = uint32_t(int_or(*r, "seed", 0, "weight " + v.name + " random.seed", 0, 0xFFFFFFFFll));
         wd.mean = float(r->num_or("mean", 0.0));
         wd.scale = float(r->num_or("scale", 0.0));
       }
-      uint64_t natural = v.max_numel() * elem_size(v.dt);
-      wd.device_bytes = wd.nbytes ? wd.nbytes : natural;
+      const uint64_t natural = v.max_numel() * elem_size(v.dt);
+      wd.device_bytes = natural;  // what the kernels read, so what is allocated and uploaded
       if (wd.random && (v.dt == ElemType::I32 || v.dt == ElemType::I64 || v.dt == ElemType::I8 || v.dt == ElemType::U8))
         throw fail("random weight " + v.name + " has integer dtype " + elem_name(v.dt));
-      if (!wd.random && wd.nbytes == 0 && natural != 0)
-        throw fail("weight " + v.name + " has nbytes 0 and no random recipe");
-      if (!wd.random && d.data_offset + wd.offset + wd.nbytes > d.file_size)
+      if (!wd.random && wd.nbytes != natural)
+        throw fail("weight " + v.name + " has nbytes " + std::to_string(wd.nbytes) + ", its shape and dtype make " +
+                   std::to_string(natural));
+      if (!wd.random && (wd.offset > data_bytes || wd.nbytes > data_bytes - wd.offset))
         throw fail("weight " + v.name + " (offset " + std::to_string(wd.offset) + ", " + std::to_string(wd.nbytes) +
                    " bytes) lies past the end of the file (" + std::to_string(d.file_size) +
                    " bytes; truncated engine?)");
@@ -311,21 +355,26 @@ EngineDesc read_engine_header(const std::string& path) {
 
     // ---- arena ----
     const Json& arena = h.at("arena");
-    d.arena_bytes = uint64_t(arena.at("bytes").i64("arena.bytes"));
+    d.arena_bytes = uint64_t(int_at(arena, "bytes", "arena.bytes", 0, kMaxBytes));
     for (auto& kv : arena.at("offsets").obj("arena.offsets")) {
       int64_t id = 0;
       try {
-        id = std::stoll(kv.first);
+        size_t used = 0;
+        id = std::stoll(kv.first, &used);
+        if (used != kv.first.size()) throw std::invalid_argument("trailing");
       } catch (...) {
         throw fail("arena.offsets key \"" + kv.first + "\" is not a value id");
       }
       auto it = by_id.find(id);
       if (it == by_id.end()) throw fail("arena.offsets names unknown value id " + kv.first);
       ValueDesc& v = d.values[it->second];
-      uint64_t off = uint64_t(kv.second.i64("arena offset"));
+      const uint64_t off = uint64_t(in_range(kv.second.i64("arena offset"), "arena offset of value " + kv.first, 0, kMaxBytes));
       if (v.kind == ValueKind::Weight) throw fail("weight " + v.name + " also has an arena offset");
       if (v.kind == ValueKind::Input) continue;  // inputs live in the runtime's step metadata buffer
-      if (off + v.max_numel() * elem_size(v.dt) > d.arena_bytes)
+      if (v.kind == ValueKind::Arena) throw fail("value " + kv.first + " has two arena offsets");
+      const uint64_t bytes = v.max_numel() * elem_size(v.dt);
+      if (off % 16) throw fail("value " + std::to_string(v.id) + " (" + v.name + ") at arena offset " + std::to_string(off) + " is not 16-byte aligned");
+      if (off > d.arena_bytes || bytes > d.arena_bytes - off)
         throw fail("value " + std::to_string(v.id) + " (" + v.name + ") at arena offset " + std::to_string(off) +
                    " overruns the arena (" + std::to_string(d.arena_bytes) + " bytes)");
       v.kind = ValueKind::Arena;
@@ -358,87 +407,6 @@ EngineDesc read_engine_header(const std::string& path) {
           throw fail(where + ": has " + std::to_string(nd.out.size()) + " outputs, expected " + std::to_string(k));
       };
       if (info.outs >= 0) need_out(size_t(info.outs));
-      auto attn_attrs = [&]() {
-        nd.layer = int(a.at("layer").i64("layer"));
-        nd.num_heads = int(a.at("num_heads").i64("num_heads"));
-        nd.num_kv_heads = int(a.at("num_kv_heads").i64("num_kv_heads"));
-        nd.head_dim = int(a.at("head_dim").i64("head_dim"));
-        nd.scale = float(a.at("scale").num("scale"));
-        if (nd.num_kv_heads <= 0 || nd.num_heads % nd.num_kv_heads)
-          throw fail(where + ": num_heads " + std::to_string(nd.num_heads) + " is not a multiple of num_kv_heads " +
-                     std::to_string(nd.num_kv_heads));
-        if (nd.layer < 0 || nd.layer >= d.kv.num_layers)
-          throw fail(where + ": layer " + std::to_string(nd.layer) + " outside the KV cache's " +
-                     std::to_string(d.kv.num_layers) + " layers");
-        if (nd.num_kv_heads != d.kv.num_kv_heads || nd.head_dim != d.kv.head_dim)
-          throw fail(where + ": KV heads/head_dim " + std::to_string(nd.num_kv_heads) + "/" + std::to_string(nd.head_dim) +
-                     " differ from kv_cache " + std::to_string(d.kv.num_kv_heads) + "/" + std::to_string(d.kv.head_dim));
-      };
-
-      switch (nd.op) {
-        case Op::Embedding:
-          nd.vocab_start = int(a.i64_or("vocab_start", 0));
-          break;
-        case Op::Linear: {
-          nd.act = parse_act(a.str_or("activation", "none"), where);
-          const ValueDesc& w = d.values[nd.in[1]];
-          const ValueDesc& x = d.values[nd.in[0]];
-          if (w.shape.size() != 2) throw fail(where + ": weight " + w.name + " must be 2-D [N, K]");
-          if (x.last_dim() != w.shape[1].n)
-            throw fail(where + ": x has K=" + std::to_string(x.last_dim()) + ", weight " + w.name + " has K=" +
-                       std::to_string(w.shape[1].n));
-          if (w.dt != x.dt)
-            throw fail(where + ": weight " + w.name + " is " + elem_name(w.dt) + " but x is " + elem_name(x.dt) +
-                       " (quantised GEMMs are not in this runtime yet)");
-          break;
-        }
-        case Op::RmsNorm:
-        case Op::AddRmsNorm:
-        case Op::LayerNorm:
-        case Op::AddLayerNorm: nd.eps = float(a.num_or("eps", 1e-5)); break;
-        case Op::Add:
-        case Op::Mul: break;
-        case Op::Silu: nd.act = Act::Silu; break;
-        case Op::Gelu:
-          nd.act = a.str_or("approximate", "tanh") == "tanh" ? Act::GeluTanh : Act::GeluErf;
-          break;
-        case Op::GatedAct:
-          nd.act = parse_act(a.str_or("activation", "silu"), where);
-          break;
-        case Op::Split: {
-          for (const Json& s : a.at("sizes").arr("sizes")) nd.sizes.push_back(s.i64("sizes[]"));
-          need_out(nd.sizes.size());
-          int64_t tot = 0;
-          for (auto s : nd.sizes) tot += s;
-          if (tot != d.values[nd.in[0]].last_dim())
-            throw fail(where + ": sizes sum to " + std::to_string(tot) + ", input last dim is " +
-                       std::to_string(d.values[nd.in[0]].last_dim()));
-          break;
-        }
-        case Op::Rope:
-          nd.num_heads = int(a.at("num_heads").i64("num_heads"));
-          nd.head_dim = int(a.at("head_dim").i64("head_dim"));
-          nd.rotary_dim = int(a.i64_or("rotary_dim", nd.head_dim));
-          nd.rope_style = parse_rope_style(a.str_or("style", "neox"), where);
-          break;
-        case Op::Attention: attn_attrs(); break;
-        case Op::FusedAttention:
-          attn_attrs();
-          nd.rotary_dim = int(a.i64_or("rotary_dim", 0));
-          nd.rope_style = parse_rope_style(a.str_or("rope_style", "neox"), where);
-          if (nd.rotary_dim > 0 && (nd.in.size() < 3 || nd.in[2] < 0))
-            throw fail(where + ": rotary_dim " + std::to_string(nd.rotary_dim) + " but no inv_freq input");
-          break;
-        case Op::GatherRows: break;
-        case Op::AllReduce: break;
-        case Op::AllGather:
-          nd.tp = int(a.i64_or("tp", d.tp));
-          if (nd.tp != d.tp)
-            throw fail(where + ": tp " + std::to_string(nd.tp) + " differs from the engine's tp " + std::to_string(d.tp));
-          if (d.values[nd.out[0]].last_dim() != d.values[nd.in[0]].last_dim() * nd.tp)
-            throw fail(where + ": output last dim is not tp x the input's");
-          break;
-      }
       for (int vi : nd.in)
         if (vi >= 0 && d.values[vi].kind == ValueKind::Unused)
           throw fail(where + ": input value " + std::to_string(d.values[vi].id) + " (" + d.values[vi].name +
@@ -447,13 +415,227 @@ EngineDesc read_engine_header(const std::string& path) {
         if (d.values[vi].kind != ValueKind::Arena)
           throw fail(where + ": output value " + std::to_string(d.values[vi].id) + " (" + d.values[vi].name +
                      ") has no arena offset");
+
+      // Operand checks: the kernels run every tensor in the engine dtype and size their work from these shapes.
+      const ValueDesc* none = nullptr;
+      auto in = [&](size_t k) -> const ValueDesc& { return d.values[size_t(nd.in[k])]; };
+      auto opt = [&](size_t k) -> const ValueDesc* { return k < nd.in.size() && nd.in[k] >= 0 ? &in(k) : none; };
+      auto out = [&](size_t k) -> const ValueDesc& { return d.values[size_t(nd.out[k])]; };
+      auto role = [&](const ValueDesc& v) { return "value " + std::to_string(v.id) + " (" + v.name + ")"; };
+      auto need_dt = [&](const ValueDesc& v, ElemType t) {
+        if (v.dt != t)
+          throw fail(where + ": " + role(v) + " is " + elem_name(v.dt) + ", this op needs " + elem_name(t));
+      };
+      auto act = [&](const ValueDesc& v) { need_dt(v, d.dtype); };
+      auto dim_eq = [](const Dim& x, const Dim& y) { return x.sym == y.sym && x.n == y.n; };
+      auto same_shape = [&](const ValueDesc& x, const ValueDesc& y) {
+        bool ok = x.shape.size() == y.shape.size();
+        for (size_t k = 0; ok && k < x.shape.size(); k++) ok = dim_eq(x.shape[k], y.shape[k]);
+        if (!ok) throw fail(where + ": " + role(x) + " and " + role(y) + " must have the same shape");
+      };
+      // Same rows: equal shapes but for the last dim (rows are numel / last dim at run time).
+      auto same_rows = [&](const ValueDesc& x, const ValueDesc& y) {
+        bool ok = !x.shape.empty() && x.shape.size() == y.shape.size();
+        for (size_t k = 0; ok && k + 1 < x.shape.size(); k++) ok = dim_eq(x.shape[k], y.shape[k]);
+        if (!ok) throw fail(where + ": " + role(x) + " and " + role(y) + " must have the same rows");
+      };
+      auto last_is = [&](const ValueDesc& v, int64_t want) {
+        if (v.shape.empty() || v.shape.back().sym != Sym::None || v.last_dim() != want)
+          throw fail(where + ": " + role(v) + " must have last dim " + std::to_string(want));
+      };
+      auto numel_is = [&](const ValueDesc& v, int64_t want) {
+        if (v.has_sym() || v.max_numel() != uint64_t(want))
+          throw fail(where + ": " + role(v) + " must have " + std::to_string(want) + " elements");
+      };
+      auto fixed_last = [&](const ValueDesc& v) -> int64_t {
+        if (v.shape.empty() || v.shape.back().sym != Sym::None)
+          throw fail(where + ": " + role(v) + " needs a fixed last dim");
+        return v.last_dim();
+      };
+      // [num_tokens, width]: rows read per token of the step.
+      auto token_rows = [&](const ValueDesc& v) {
+        if (v.shape.size() != 2 || v.shape[0].sym != Sym::NumTokens || v.shape[1].sym != Sym::None)
+          throw fail(where + ": " + role(v) + " must have shape [num_tokens, width]");
+      };
+      auto positions = [&](const ValueDesc& v) {
+        need_dt(v, ElemType::I32);
+        if (v.shape.size() != 1 || v.shape[0].sym != Sym::NumTokens)
+          throw fail(where + ": " + role(v) + " must have shape [num_tokens]");
+      };
+      auto eps_attr = [&]() {
+        const double e = a.num_or("eps", 1e-5);
+        if (!(e >= 0 && e < 1)) throw fail(where + ": eps " + std::to_string(e) + " is outside [0, 1)");
+        nd.eps = float(e);
+      };
+      auto attn_attrs = [&]() {
+        nd.layer = int(int_at(a, "layer", where + ": layer", 0, std::max(0, d.kv.num_layers - 1)));
+        if (d.kv.num_layers == 0) throw fail(where + ": the engine has no KV cache");
+        nd.num_heads = int(int_at(a, "num_heads", where + ": num_heads", 1, 4096));
+        nd.num_kv_heads = int(int_at(a, "num_kv_heads", where + ": num_kv_heads", 1, 4096));
+        nd.head_dim = int(int_at(a, "head_dim", where + ": head_dim", 8, 256));
+        const double sc = a.at("scale").num("scale");
+        if (!std::isfinite(sc)) throw fail(where + ": scale is not finite");
+        nd.scale = float(sc);
+        if (nd.num_heads % nd.num_kv_heads)
+          throw fail(where + ": num_heads " + std::to_string(nd.num_heads) + " is not a multiple of num_kv_heads " +
+                     std::to_string(nd.num_kv_heads));
+        if (nd.num_kv_heads != d.kv.num_kv_heads || nd.head_dim != d.kv.head_dim)
+          throw fail(where + ": KV heads/head_dim " + std::to_string(nd.num_kv_heads) + "/" + std::to_string(nd.head_dim) +
+                     " differ from kv_cache " + std::to_string(d.kv.num_kv_heads) + "/" + std::to_string(d.kv.head_dim));
+      };
+      auto rope_attrs = [&](const char* key, int64_t dflt) {
+        nd.rotary_dim = int(int_or(a, key, dflt, where + ": " + key, 0, nd.head_dim));
+        if (nd.rotary_dim % 2) throw fail(where + ": " + key + " " + std::to_string(nd.rotary_dim) + " is odd");
+      };
+      auto inv_freq = [&](const ValueDesc& v) {
+        need_dt(v, ElemType::F32);
+        if (v.has_sym() || v.max_numel() < uint64_t(nd.rotary_dim / 2))
+          throw fail(where + ": " + role(v) + " must hold rotary_dim / 2 = " + std::to_string(nd.rotary_dim / 2) +
+                     " frequencies");
+      };
+
+      switch (nd.op) {
+        case Op::Embedding: {
+          nd.vocab_start = int(int_or(a, "vocab_start", 0, where + ": vocab_start", 0, int64_t(1) << 30));
+          const ValueDesc& ids = in(0);
+          const ValueDesc& tab = in(1);
+          need_dt(ids, ElemType::I32), act(tab), act(out(0));
+          if (tab.shape.size() != 2 || tab.has_sym()) throw fail(where + ": table " + tab.name + " must be 2-D [vocab, hidden]");
+          if (tab.shape[0].n > (int64_t(1) << 30)) throw fail(where + ": table " + tab.name + " has more than 2^30 rows");
+          last_is(out(0), tab.shape[1].n);
+          if (ids.shape.size() != 1 || out(0).shape.size() != 2 || !dim_eq(ids.shape[0], out(0).shape[0]))
+            throw fail(where + ": ids [rows] and output [rows, hidden] must have the same rows");
+          break;
+        }
+        case Op::Linear: {
+          nd.act = parse_act(a.str_or("activation", "none"), where);
+          const ValueDesc& x = in(0);
+          const ValueDesc& w = in(1);
+          if (w.shape.size() != 2 || w.has_sym()) throw fail(where + ": weight " + w.name + " must be 2-D [N, K]");
+          if (w.dt != x.dt)
+            throw fail(where + ": weight " + w.name + " is " + elem_name(w.dt) + " but x is " + elem_name(x.dt) +
+                       " (quantised GEMMs are not in this runtime yet)");
+          act(x), act(out(0));
+          const int64_t N = w.shape[0].n, K = w.shape[1].n;
+          if (N > INT32_MAX || K > INT32_MAX) throw fail(where + ": weight " + w.name + " is too large");
+          if (fixed_last(x) != K)
+            throw fail(where + ": x has K=" + std::to_string(x.last_dim()) + ", weight " + w.name + " has K=" +
+                       std::to_string(K));
+          last_is(out(0), N);
+          same_rows(x, out(0));
+          if (const ValueDesc* b = opt(2)) act(*b), numel_is(*b, N);
+          if (const ValueDesc* r = opt(3)) act(*r), same_shape(*r, out(0));
+          break;
+        }
+        case Op::RmsNorm:
+        case Op::AddRmsNorm:
+        case Op::LayerNorm:
+        case Op::AddLayerNorm: {
+          eps_attr();
+          const bool add = nd.op == Op::AddRmsNorm || nd.op == Op::AddLayerNorm;
+          const ValueDesc& x = in(0);
+          act(x);
+          const int64_t H = fixed_last(x);
+          if (H > INT32_MAX) throw fail(where + ": hidden size too large");
+          if (add) act(in(1)), same_shape(in(1), x);
+          const size_t wi = add ? 2 : 1;
+          act(in(wi)), numel_is(in(wi), H);
+          if (const ValueDesc* b = opt(wi + 1)) act(*b), numel_is(*b, H);
+          for (size_t k = 0; k < nd.out.size(); k++) act(out(k)), same_shape(out(k), x);
+          break;
+        }
+        case Op::Add:
+        case Op::Mul:
+          act(in(0)), act(in(1)), act(out(0)), same_shape(in(0), out(0)), same_shape(in(1), out(0));
+          break;
+        case Op::Silu:
+          nd.act = Act::Silu;
+          act(in(0)), act(out(0)), same_shape(in(0), out(0));
+          break;
+        case Op::Gelu:
+          nd.act = a.str_or("approximate", "tanh") == "tanh" ? Act::GeluTanh : Act::GeluErf;
+          act(in(0)), act(out(0)), same_shape(in(0), out(0));
+          break;
+        case Op::GatedAct: {
+          nd.act = parse_act(a.str_or("activation", "silu"), where);
+          act(in(0)), act(out(0));
+          const int64_t I = fixed_last(out(0));
+          last_is(in(0), 2 * I);
+          same_rows(in(0), out(0));
+          break;
+        }
+        case Op::Split: {
+          for (const Json& sz : a.at("sizes").arr("sizes"))
+            nd.sizes.push_back(in_range(sz.i64("sizes[]"), where + ": sizes[]", 1, kMaxDim));
+          need_out(nd.sizes.size());
+          act(in(0));
+          int64_t tot = 0;
+          for (size_t k = 0; k < nd.sizes.size(); k++) {
+            tot += nd.sizes[k];
+            act(out(k)), last_is(out(k), nd.sizes[k]), same_rows(in(0), out(k));
+          }
+          if (tot != fixed_last(in(0)))
+            throw fail(where + ": sizes sum to " + std::to_string(tot) + ", input last dim is " +
+                       std::to_string(in(0).last_dim()));
+          break;
+        }
+        case Op::Rope:
+          nd.num_heads = int(int_at(a, "num_heads", where + ": num_heads", 1, 4096));
+          nd.head_dim = int(int_at(a, "head_dim", where + ": head_dim", 2, 4096));
+          rope_attrs("rotary_dim", nd.head_dim);
+          nd.rope_style = parse_rope_style(a.str_or("style", "neox"), where);
+          act(in(0)), act(out(0)), same_shape(in(0), out(0)), token_rows(in(0));
+          last_is(in(0), int64_t(nd.num_heads) * nd.head_dim);
+          positions(in(1));
+          inv_freq(in(2));
+          break;
+        case Op::Attention:
+          attn_attrs();
+          for (size_t k = 0; k < 3; k++) act(in(k)), token_rows(in(k));
+          act(out(0)), token_rows(out(0));
+          last_is(in(0), int64_t(nd.num_heads) * nd.head_dim);
+          last_is(in(1), int64_t(nd.num_kv_heads) * nd.head_dim);
+          last_is(in(2), int64_t(nd.num_kv_heads) * nd.head_dim);
+          last_is(out(0), int64_t(nd.num_heads) * nd.head_dim);
+          break;
+        case Op::FusedAttention:
+          attn_attrs();
+          rope_attrs("rotary_dim", 0);
+          nd.rope_style = parse_rope_style(a.str_or("rope_style", "neox"), where);
+          act(in(0)), token_rows(in(0)), act(out(0)), token_rows(out(0));
+          last_is(in(0), int64_t(nd.num_heads + 2 * nd.num_kv_heads) * nd.head_dim);
+          last_is(out(0), int64_t(nd.num_heads) * nd.head_dim);
+          positions(in(1));
+          if (nd.rotary_dim > 0) {
+            if (!opt(2)) throw fail(where + ": rotary_dim " + std::to_string(nd.rotary_dim) + " but no inv_freq input");
+            inv_freq(in(2));
+          }
+          break;
+        case Op::GatherRows:
+          // Rows of x picked by the runtime's logits indices (each < the step's tokens): x is per token, the
+          // indices are the logits_indices graph input, the output per logits row.
+          act(in(0)), act(out(0)), token_rows(in(0));
+          if (in(1).kind != ValueKind::Input || in(1).input != InputSlot::LogitsIndices)
+            throw fail(where + ": indices must be the logits_indices graph input");
+          if (out(0).shape.size() != 2 || out(0).shape[0].sym != Sym::NumLogits)
+            throw fail(where + ": output must have shape [num_logits, hidden]");
+          last_is(out(0), in(0).last_dim());
+          break;
+        case Op::AllReduce:
+          act(in(0)), act(out(0)), same_shape(in(0), out(0));
+          break;
+        case Op::AllGather:
+          nd.tp = int(int_or(a, "tp", d.tp, where + ": tp", 1, 1024));
+          if (nd.tp != d.tp)
+            throw fail(where + ": tp " + std::to_string(nd.tp) + " differs from the engine's tp " + std::to_string(d.tp));
+          act(in(0)), act(out(0)), same_rows(in(0), out(0));
+          last_is(out(0), fixed_last(in(0)) * nd.tp);
+          break;
+      }
       d.nodes.push_back(std::move(nd));
       ni++;
     }
     if (d.values[d.logits_value].kind != ValueKind::Arena) throw fail("the logits output has no arena offset");
-    if ((d.dtype != ElemType::F16 && d.dtype != ElemType::BF16))
-      throw fail(std::string("activation dtype ") + elem_name(d.dtype) +
-                 " runs only on the reference executor; the CUDA runtime needs fp16 or bf16");
   } catch (const JsonError& e) {
     throw fail(std::string("header: ") + e.what());
   }

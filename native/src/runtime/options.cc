@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "../kernels/kernels.h"
 #include "engine_file.h"
 
 namespace tsllm {

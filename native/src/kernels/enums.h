@@ -1,0 +1,11 @@
+// The enums shared by the kernels' launchers (kernels.h) and the engine-file reader, without CUDA headers so
+// the reader builds on a machine without CUDA (tools/engine_check.cc, test/native-loader.test.ts).
+#pragma once
+
+namespace tsllm {
+
+enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, FP8_E4M3 = 3 };
+enum class Act : int { None = 0, Silu = 1, GeluTanh = 2, GeluErf = 3 };
+enum class RopeStyle : int { Neox = 0, Gptj = 1 };
+
+}  // namespace tsllm

@@ -1,0 +1,134 @@
+// Deliberately corrupted rank files for the native loader's integrity checks (native/src/runtime/engine_file.cc):
+// each case rewrites a copy of a valid rank file and names the error the loader must give. Used on the CPU by
+// test/native-loader.test.ts (through native/tools/engine_check.cc, no GPU) and on the GPU by
+// test-gpu/runtime.test.ts (through tsllm_load), with the content hash never consulted (as with --no-verify).
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { DATA_ALIGN, PREAMBLE_BYTES } from "../src/engine/format.ts";
+
+// biome-ignore lint/suspicious/noExplicitAny: a header being tampered with is any JSON
+type Header = any;
+
+interface RankFile {
+  header: Header;
+  data: Buffer;
+}
+
+function readRank(file: string): RankFile {
+  const buf = fs.readFileSync(file);
+  const len = Number(buf.readBigUInt64LE(16));
+  const header = JSON.parse(buf.subarray(PREAMBLE_BYTES, PREAMBLE_BYTES + len).toString("utf8"));
+  const off = Math.ceil((PREAMBLE_BYTES + len) / DATA_ALIGN) * DATA_ALIGN;
+  return { header, data: buf.subarray(off) };
+}
+
+/** A rank file with this header text and data section, laid out as the writer does (data at a 4096 boundary). */
+function writeRank(file: string, json: string, data: Buffer): void {
+  const text = Buffer.from(json, "utf8");
+  const pre = Buffer.alloc(PREAMBLE_BYTES);
+  pre.write("TSLLMENG", 0, "latin1");
+  pre.writeUInt32LE(1, 8);
+  pre.writeBigUInt64LE(BigInt(text.length), 16);
+  const off = Math.ceil((PREAMBLE_BYTES + text.length) / DATA_ALIGN) * DATA_ALIGN;
+  fs.writeFileSync(file, Buffer.concat([pre, text, Buffer.alloc(off - PREAMBLE_BYTES - text.length), data]));
+}
+
+const valueOf = (h: Header, id: number) => h.values.find((v: Header) => v.id === id);
+const nodeOf = (h: Header, op: string) => {
+  const n = h.nodes.find((x: Header) => x.op === op);
+  if (!n) throw new Error(`no ${op} node in the engine`);
+  return n;
+};
+
+export interface CorruptCase {
+  name: string;
+  /** Returns the corrupted file's bytes layout: a header mutation, or raw bytes. */
+  make(src: RankFile, out: string): void;
+  error: RegExp;
+}
+
+const headerCase = (name: string, mutate: (h: Header) => void, error: RegExp): CorruptCase => ({
+  name,
+  make(src, out) {
+    const h = structuredClone(src.header);
+    mutate(h);
+    writeRank(out, JSON.stringify(h), src.data);
+  },
+  error,
+});
+
+export const CORRUPT_CASES: CorruptCase[] = [
+  {
+    name: "truncated inside the weights",
+    make(src, out) {
+      writeRank(out, JSON.stringify(src.header), src.data.subarray(0, 100));
+    },
+    error: /weight .* lies past the end of the file .*truncated engine/,
+  },
+  {
+    name: "truncated inside the header",
+    make(src, out) {
+      const json = JSON.stringify(src.header);
+      writeRank(out, json, Buffer.alloc(0));
+      const b = fs.readFileSync(out);
+      fs.writeFileSync(out, b.subarray(0, PREAMBLE_BYTES + Math.floor(json.length / 2)));
+    },
+    error: /header length \d+ does not fit the file/,
+  },
+  headerCase("weight offset past the end", (h) => (h.weights.find((w: Header) => w.nbytes > 0).offset = 2 ** 40), /lies past the end of the file/),
+  headerCase("negative weight offset", (h) => (h.weights.find((w: Header) => w.nbytes > 0).offset = -4096), /offset -4096 is outside/),
+  headerCase("weight nbytes smaller than its shape", (h) => (h.weights.find((w: Header) => w.nbytes > 0).nbytes -= 2), /has nbytes \d+, its shape and dtype make \d+/),
+  headerCase(
+    "arena offset past the arena",
+    (h) => {
+      const k = Object.keys(h.arena.offsets).find((id) => valueOf(h, Number(id))?.kind !== "input")!;
+      h.arena.offsets[k] = h.arena.bytes;
+    },
+    /overruns the arena/,
+  ),
+  headerCase("unaligned arena offset", (h) => {
+    const k = Object.keys(h.arena.offsets).find((id) => valueOf(h, Number(id))?.kind !== "input")!;
+    h.arena.offsets[k] += 2;
+  }, /is not 16-byte aligned/),
+  headerCase("attention layer outside the KV cache", (h) => (nodeOf(h, "fused_attention").attrs.layer = 99), /layer 99 is outside \[0, \d+\]/),
+  headerCase("num_heads that wraps a 32-bit int", (h) => (nodeOf(h, "fused_attention").attrs.num_heads = 2 ** 32 + 4), /num_heads 4294967300 is outside/),
+  headerCase("odd rotary_dim", (h) => (nodeOf(h, "fused_attention").attrs.rotary_dim -= 1), /rotary_dim \d+ is odd/),
+  headerCase("rms_norm eps out of range", (h) => (nodeOf(h, "rms_norm").attrs.eps = 5), /eps 5\.0+ is outside \[0, 1\)/),
+  headerCase("node input names an unknown value id", (h) => (h.nodes[1].inputs[0] = 987654), /refers to unknown value id 987654/),
+  headerCase("zero dim", (h) => {
+    const w = h.values.find((v: Header) => v.kind === "weight" && v.shape.length === 2);
+    w.shape[1] = 0;
+  }, /dim 0 is outside/),
+  headerCase("symbolic bound below max_num_tokens", (h) => {
+    const v = h.values.find((x: Header) => x.shape.some((d: Header) => d?.sym === "num_tokens"));
+    for (const d of v.shape) if (d?.sym === "num_tokens") d.max = 1;
+  }, /num_tokens bound 1 is outside/),
+  headerCase("linear output width differs from its weight", (h) => {
+    const n = nodeOf(h, "linear");
+    const o = valueOf(h, n.outputs[0]);
+    o.shape[o.shape.length - 1] += 8;
+  }, /must have last dim \d+/),
+  headerCase("gather_rows indexed by the token ids", (h) => (nodeOf(h, "gather_rows").inputs[1] = h.inputs.input_ids), /indices must be the logits_indices graph input/),
+  headerCase("negative embedding vocab_start", (h) => (nodeOf(h, "embedding").attrs.vocab_start = -1), /vocab_start -1 is outside/),
+  headerCase("limits beyond 2^24", (h) => (h.limits.max_num_tokens = 2 ** 40), /limits.max_num_tokens 1099511627776 is outside/),
+  headerCase("input_ids with a second dim", (h) => valueOf(h, h.inputs.input_ids).shape.push(4), /graph input input_ids must have shape \[num_tokens\]/),
+  {
+    name: "header nested 100 deep",
+    make(src, out) {
+      const json = JSON.stringify(src.header);
+      writeRank(out, `${json.slice(0, -1)},"x":${"[".repeat(100)}${"]".repeat(100)}}`, src.data);
+    },
+    error: /nesting too deep/,
+  },
+];
+
+/** Writes every case's corrupted copy of `rankFile` into `dir`; returns [case, file] pairs. */
+export function writeCorruptRanks(rankFile: string, dir: string): [CorruptCase, string][] {
+  const src = readRank(rankFile);
+  fs.mkdirSync(dir, { recursive: true });
+  return CORRUPT_CASES.map((c, i) => {
+    const out = path.join(dir, `case${i}.engine`);
+    c.make(src, out);
+    return [c, out] as [CorruptCase, string];
+  });
+}

@@ -1,0 +1,63 @@
+// The native loader's integrity checks, on the CPU: native/tools/engine_check.cc runs the same header reader
+// as tsllm_load (native/src/runtime/engine_file.cc, built here with the host C++ compiler, no CUDA), on valid
+// engines (each must load) and on deliberately corrupted rank files (each must give its one-line error).
+// The GPU suite (test-gpu/runtime.test.ts) loads the same corrupted files through tsllm_load.
+import { execFileSync, spawnSync } from "node:child_process";
+import * as path from "node:path";
+import { beforeAll, describe, expect, it } from "vitest";
+import { buildFixture, REPO, tmpDir } from "./fixtures.ts";
+import { CORRUPT_CASES, writeCorruptRanks } from "./native-loader-cases.ts";
+
+const cxx = ["c++", "g++", "clang++"].find((c) => spawnSync(c, ["--version"]).status === 0);
+if (!cxx) console.warn("native-loader.test.ts: SKIPPED: no C++ compiler (c++, g++, clang++) to build engine_check");
+
+let checker = "";
+beforeAll(() => {
+  if (!cxx) return;
+  checker = path.join(tmpDir("tsllm-engine-check-"), "engine_check");
+  const src = path.join(REPO, "native");
+  execFileSync(cxx, [
+    "-std=c++17",
+    "-O1",
+    `-I${path.join(src, "src")}`,
+    "-o",
+    checker,
+    path.join(src, "tools/engine_check.cc"),
+    path.join(src, "src/runtime/engine_file.cc"),
+    path.join(src, "src/runtime/json.cc"),
+  ]);
+}, 300_000);
+
+function check(files: string[]): string[] {
+  const r = spawnSync(checker, files, { encoding: "utf8" });
+  return r.stdout.trim().split("\n");
+}
+
+describe.skipIf(!cxx)("native loader integrity (engine_check, no GPU)", () => {
+  it("loads the engines the compiler writes (fp16, bf16, tp 2, unfused, random weights)", async () => {
+    const dirs = [
+      await buildFixture("llama", { dtype: "fp16" }),
+      await buildFixture("gptj", { dtype: "bf16" }),
+      await buildFixture("llama", { dtype: "fp16", tp: 2 }),
+      await buildFixture("llama", {
+        dtype: "fp16",
+        disablePasses: ["qkv-fusion", "gate-up-fusion", "attention-fusion", "epilogue-fusion", "add-norm-fusion"],
+      }),
+    ];
+    const files = dirs.flatMap((d) => ["rank0.engine", ...(d === dirs[2] ? ["rank1.engine"] : [])].map((f) => path.join(d, f)));
+    const out = check(files);
+    expect(out.length).toBe(5);
+    for (const line of out) expect(line).toMatch(/^ok .*: \d+ nodes, \d+ weights, arena \d+$/);
+  }, 120_000);
+
+  it(`refuses ${CORRUPT_CASES.length} kinds of corrupted rank file, each with its own one-line error`, async () => {
+    const engine = await buildFixture("llama", { dtype: "fp16" });
+    const cases = writeCorruptRanks(path.join(engine, "rank0.engine"), tmpDir("tsllm-corrupt-"));
+    const out = check(cases.map(([, f]) => f));
+    expect(out.length).toBe(cases.length);
+    cases.forEach(([c, file], i) => {
+      expect({ case: c.name, line: out[i] }).toEqual({ case: c.name, line: expect.stringMatching(c.error) });
+      expect(out[i].startsWith(`error ${file}: `)).toBe(true);
+    });
+  }, 120_000);
+});
