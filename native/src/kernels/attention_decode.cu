@@ -608,11 +608,8 @@ cudaError_t launch_fast_d(const DecodeArgs<T>& a, const StepLayout& step, int nK
 // Clusters need an sm_90 device running sm_90 code of the kernel (a PTX-JIT build for an older arch compiles
 // the cluster combine out), checked once per device on one representative instantiation.
 bool cluster_ok() {
-  static int cached[64] = {0};  // 0 unknown, 1 yes, 2 no
-  int dev = 0;
-  cudaGetDevice(&dev);
-  dev &= 63;
-  if (!cached[dev]) {
+  static int cache[64] = {0};
+  return per_device(cache, [](int dev) {
     int major = 0;
     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
     cudaFuncAttributes fa;
@@ -620,9 +617,8 @@ bool cluster_ok() {
                     cudaFuncGetAttributes(&fa, decode_fast_kernel<half, 128, 1, 4>) == cudaSuccess &&
                     fa.binaryVersion >= 90;
     cudaGetLastError();
-    cached[dev] = ok ? 1 : 2;
-  }
-  return cached[dev] == 1;
+    return ok;
+  });
 }
 
 }  // namespace

@@ -139,6 +139,17 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
+// A yes/no property of the current device, computed once per device (probe(dev)) and cached in `cache`
+// (0 unknown, 1 yes, 2 no; devices beyond 64 share slots).
+template <typename Probe>
+inline bool per_device(int (&cache)[64], Probe probe) {
+  int dev = 0;
+  cudaGetDevice(&dev);
+  int& c = cache[dev & 63];
+  if (!c) c = probe(dev) ? 1 : 2;
+  return c == 1;
+}
+
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 inline int grid_for(uint64_t work, int threads, int max_blocks = 65535 * 8) {
