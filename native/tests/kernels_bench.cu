@@ -220,7 +220,7 @@ int main() {
       CK(random_fill(r, DType::F16, n, 2, 0.f, 1.f, 0));
       CK(random_fill(w, DType::F16, H, 3, 1.f, 0.1f, 0));
       double g, st;
-      time_calls(64, [&](int, cudaStream_t s) { CK(rms_norm(x, r, w, y, s2, rows, H, 1e-5f, DType::F16, s)); }, &g, &st);
+      time_calls(64, [&](int, cudaStream_t s) { CK(rms_norm(x, r, w, 0.f, y, s2, rows, H, 1e-5f, DType::F16, s)); }, &g, &st);
       std::printf("add+rms_norm %dx%d: %.2f us (stream %.2f)\n", rows, H, g, st);
       cudaFree(x), cudaFree(r), cudaFree(w), cudaFree(y), cudaFree(s2);
     }

@@ -323,11 +323,13 @@ static void test_norms(Rng& rng) {
           const bool use_b = ln && (hidden != 1000);
           void* sum_ptr = mode == 2 ? x.d : sum.d;
           const float eps = 1e-5f;
+          // weight_offset (Gemma's 1 + w) on the vector (1000) and scalar (64, mode 1) paths, 0 elsewhere.
+          const float w_off = hidden == 1000 || hidden == 64 ? 1.f : 0.f;
           if (ln)
-            CK(layer_norm(x.d, mode ? res.d : nullptr, w.d, use_b ? b.d : nullptr, y.d, mode ? sum_ptr : nullptr, rows,
-                          hidden, eps, dt, 0));
+            CK(layer_norm(x.d, mode ? res.d : nullptr, w.d, w_off, use_b ? b.d : nullptr, y.d, mode ? sum_ptr : nullptr,
+                          rows, hidden, eps, dt, 0));
           else
-            CK(rms_norm(x.d, mode ? res.d : nullptr, w.d, y.d, mode ? sum_ptr : nullptr, rows, hidden, eps, dt, 0));
+            CK(rms_norm(x.d, mode ? res.d : nullptr, w.d, w_off, y.d, mode ? sum_ptr : nullptr, rows, hidden, eps, dt, 0));
           sync_check();
           std::vector<uint8_t> xh = x.h;  // inputs before
           y.down();
@@ -357,13 +359,14 @@ static void test_norms(Rng& rng) {
             }
             const double rstd = 1.0 / std::sqrt(var + eps);
             for (int i = 0; i < hidden; ++i) {
-              double ref = (v[i] - mean) * rstd * w.get(i);
+              double ref = (v[i] - mean) * rstd * ((double)w.get(i) + w_off);
               if (use_b) ref += b.get(i);
               e.add(y.get((size_t)r * hidden + i), ref, 1e-5, 2 * rtol_of(dt));
             }
           }
           std::string name = std::string(ln ? "layer_norm " : "rms_norm ") + dname(dt) + " hidden=" +
-                             std::to_string(hidden) + (mode == 0 ? "" : mode == 1 ? " +residual" : " +residual sum->x");
+                             std::to_string(hidden) + (mode == 0 ? "" : mode == 1 ? " +residual" : " +residual sum->x") +
+                             (w_off != 0.f ? " weight_offset 1" : "");
           report(e.ok() && es.ok(), name, e.max_abs, e.str() + (mode ? " sum:" + es.str() : ""));
         }
 }
@@ -427,28 +430,72 @@ static void test_elementwise(Rng& rng) {
                e.max_abs, e.str());
       }
     // binary
-    for (int mul = 0; mul < 2; ++mul)
+    const char* bin_names[] = {"add", "sub", "mul", "div"};
+    for (BinaryOp op : {BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div})
       for (int alias = 0; alias < 2; ++alias) {
         const size_t n = 10007;
         Buf a(dt, n), b(dt, n), o(dt, n);
         a.fill(rng, -3, 3);
-        b.fill(rng, -3, 3);
+        if (op == BinaryOp::Div)
+          for (size_t i = 0; i < n; ++i) b.set(i, (i & 1 ? -1.f : 1.f) * rng.uniform(0.5f, 3.f));  // away from 0
+        else
+          b.fill(rng, -3, 3);
         a.up();
         b.up();
         std::vector<uint8_t> ah = a.h;
         o.poison();
-        CK(binary(a.d, b.d, alias ? a.d : o.d, n, mul, dt, 0));
+        CK(binary(a.d, b.d, alias ? a.d : o.d, n, op, dt, 0));
         sync_check();
         Buf& ob = alias ? a : o;
         ob.down();
         Err e;
         for (size_t i = 0; i < n; ++i) {
           const double u = rd(ah, i, dt), v = b.get(i);
-          e.add(ob.get(i), mul ? u * v : u + v, 1e-6, rtol_of(dt));
+          const double want = op == BinaryOp::Add ? u + v : op == BinaryOp::Sub ? u - v : op == BinaryOp::Mul ? u * v : u / v;
+          e.add(ob.get(i), want, 1e-6, rtol_of(dt));
         }
-        report(e.ok(), std::string("binary ") + dname(dt) + (mul ? " mul" : " add") + (alias ? " out=a" : ""),
+        report(e.ok(), std::string("binary ") + dname(dt) + " " + bin_names[int(op)] + (alias ? " out=a" : ""),
                e.max_abs, e.str());
       }
+    // unary (tanh, sigmoid, exp, scale, softcap): fp32 math against fp64, one rounding; odd n and an offset
+    // pointer exercise the element path, in place and out of place.
+    const char* un_names[] = {"tanh", "sigmoid", "exp", "scale", "softcap"};
+    for (UnaryOp op : {UnaryOp::Tanh, UnaryOp::Sigmoid, UnaryOp::Exp, UnaryOp::Scale, UnaryOp::Softcap})
+      for (int variant = 0; variant < 3; ++variant) {  // 0: vectors, 1: in place, 2: unaligned (element path)
+        const size_t n = 10007, off = variant == 2 ? 1 : 0;
+        const float param = op == UnaryOp::Scale ? 1.7f : op == UnaryOp::Softcap ? 2.5f : 0.f;
+        Buf x(dt, n + 1), o(dt, n + 1);
+        x.fill(rng, -3, 3);
+        x.up();
+        o.poison();
+        const size_t es = dsize(dt);
+        void* xp = static_cast<char*>(x.d) + off * es;
+        void* op_ = variant == 1 ? xp : static_cast<char*>(o.d) + off * es;
+        std::vector<uint8_t> xh = x.h;
+        CK(unary(xp, op_, n, op, param, dt, 0));
+        sync_check();
+        Buf& ob = variant == 1 ? x : o;
+        ob.down();
+        Err e;
+        for (size_t i = 0; i < n; ++i) {
+          const double u = rd(xh, i + off, dt);
+          const double want = op == UnaryOp::Tanh      ? std::tanh(u)
+                              : op == UnaryOp::Sigmoid ? 1.0 / (1.0 + std::exp(-u))
+                              : op == UnaryOp::Exp     ? std::exp(u)
+                              : op == UnaryOp::Scale   ? u * (double)param
+                                                       : param * std::tanh(u / param);
+          e.add(ob.get(i + off), want, 1e-6, rtol_of(dt));
+        }
+        report(e.ok(),
+               std::string("unary ") + dname(dt) + " " + un_names[int(op)] +
+                   (variant == 1 ? " in-place" : variant == 2 ? " unaligned" : ""),
+               e.max_abs, e.str());
+      }
+    {
+      Buf x(dt, 8), o(dt, 8);
+      report(unary(x.d, o.d, 8, UnaryOp::Softcap, 0.f, dt, 0) == cudaErrorInvalidValue,
+             std::string("unary ") + dname(dt) + " softcap refuses cap 0", 0);
+    }
     // slice_cols
     for (int variant = 0; variant < 2; ++variant) {
       const int rows = 9, in_cols = variant ? 97 : 96, col_start = variant ? 3 : 32, out_cols = variant ? 17 : 48;

@@ -1,4 +1,4 @@
-// Elementwise and copy kernels: gated_act, activation, binary, slice_cols, gather_rows, convert.
+// Activation and copy kernels: gated_act, activation, slice_cols, gather_rows, convert (binary / unary math: elementwise.cu).
 // All of them are bandwidth-bound: 16-byte vectors where the shapes and pointers allow, element loops otherwise.
 #include <math.h>
 
@@ -54,7 +54,7 @@ cudaError_t launch_gated_t(const void* x, void* out, int rows, int inter, cudaSt
   return cudaGetLastError();
 }
 
-// ---- activation / binary (n elements, out may alias inputs) ----
+// ---- activation (n elements, out may alias x) ----
 template <typename T, Act A>
 __global__ void activation_kernel(const T* x, T* out, uint64_t n) {
   constexpr int N = kd::Vec<T>::N;
@@ -83,48 +83,6 @@ cudaError_t launch_act_t(const void* x, void* out, uint64_t n, cudaStream_t s) {
     activation_kernel<T, A><<<ew_blocks(n / N + 1), 256, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(out), n);
   else
     activation_scalar_kernel<T, A><<<ew_blocks(n), 256, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(out), n);
-  return cudaGetLastError();
-}
-
-template <typename T, bool MUL>
-__global__ void binary_kernel(const T* a, const T* b, T* out, uint64_t n) {
-  constexpr int N = kd::Vec<T>::N;
-  const uint64_t nv = n / N, stride = (uint64_t)gridDim.x * blockDim.x;
-  const uint64_t tid = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  for (uint64_t i = tid; i < nv; i += stride) {
-    kd::Vec<T> x = kd::ld_vec(a + i * N), y = kd::ld_vec(b + i * N);
-#pragma unroll
-    for (int j = 0; j < N; ++j) {
-      const float u = kd::to_f(x.v[j]), v = kd::to_f(y.v[j]);
-      x.v[j] = kd::from_f<T>(MUL ? u * v : u + v);
-    }
-    kd::st_vec(out + i * N, x);
-  }
-  const uint64_t t = nv * N + tid;
-  if (t < n) {
-    const float u = kd::to_f(a[t]), v = kd::to_f(b[t]);
-    out[t] = kd::from_f<T>(MUL ? u * v : u + v);
-  }
-}
-
-template <typename T, bool MUL>
-__global__ void binary_scalar_kernel(const T* a, const T* b, T* out, uint64_t n) {
-  for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
-    const float u = kd::to_f(a[i]), v = kd::to_f(b[i]);
-    out[i] = kd::from_f<T>(MUL ? u * v : u + v);
-  }
-}
-
-template <typename T, bool MUL>
-cudaError_t launch_binary_t(const void* a, const void* b, void* out, uint64_t n, cudaStream_t s) {
-  constexpr int N = kd::Vec<T>::N;
-  const T* pa = static_cast<const T*>(a);
-  const T* pb = static_cast<const T*>(b);
-  T* po = static_cast<T*>(out);
-  if (kd::aligned16(a) && kd::aligned16(b) && kd::aligned16(out))
-    binary_kernel<T, MUL><<<ew_blocks(n / N + 1), 256, 0, s>>>(pa, pb, po, n);
-  else
-    binary_scalar_kernel<T, MUL><<<ew_blocks(n), 256, 0, s>>>(pa, pb, po, n);
   return cudaGetLastError();
 }
 
@@ -242,16 +200,6 @@ cudaError_t activation(const void* x, void* out, uint64_t n, Act act, DType dt, 
     case Act::GeluTanh: return (launch_act_t<T, Act::GeluTanh>(x, out, n, s));
     case Act::GeluErf: return (launch_act_t<T, Act::GeluErf>(x, out, n, s));
   });
-  return cudaErrorInvalidValue;
-}
-
-cudaError_t binary(const void* a, const void* b, void* out, uint64_t n, bool mul, DType dt, cudaStream_t s) {
-  if (n == 0) return cudaGetLastError();
-  if (mul) {
-    TSLLM_DISPATCH_ACT(dt, T, return (launch_binary_t<T, true>(a, b, out, n, s)));
-  } else {
-    TSLLM_DISPATCH_ACT(dt, T, return (launch_binary_t<T, false>(a, b, out, n, s)));
-  }
   return cudaErrorInvalidValue;
 }
 

@@ -24,19 +24,25 @@ cudaError_t random_fill(void* out, DType dt, uint64_t n, uint32_t seed, float me
 // out[t,:] = table[ids[t]-vocab_start,:], zeros when the id is outside [vocab_start, vocab_start+vocab_rows).
 cudaError_t embedding(const int32_t* ids, const void* table, void* out, int num_tokens, int hidden,
                       int vocab_start, int vocab_rows, DType dt, cudaStream_t s);
-// residual == nullptr: y = rmsnorm(x)*w. Otherwise sum = x + residual is written to sum_out and y = rmsnorm(sum)*w.
+// residual == nullptr: y = rmsnorm(x)*(w + w_offset). Otherwise sum = x + residual is written to sum_out and
+// y = rmsnorm(sum)*(w + w_offset). w_offset (fp32) is the registry's weight_offset: Gemma's RMSNorm scales by 1 + w.
 // y may not alias x; sum_out may alias x or residual.
-cudaError_t rms_norm(const void* x, const void* residual, const void* w, void* y, void* sum_out, int rows, int hidden,
-                     float eps, DType dt, cudaStream_t s);
-// Same with LayerNorm (w, b). b may be nullptr.
-cudaError_t layer_norm(const void* x, const void* residual, const void* w, const void* b, void* y, void* sum_out,
-                       int rows, int hidden, float eps, DType dt, cudaStream_t s);
+cudaError_t rms_norm(const void* x, const void* residual, const void* w, float w_offset, void* y, void* sum_out,
+                     int rows, int hidden, float eps, DType dt, cudaStream_t s);
+// Same with LayerNorm (w + w_offset, b). b may be nullptr.
+cudaError_t layer_norm(const void* x, const void* residual, const void* w, float w_offset, const void* b, void* y,
+                       void* sum_out, int rows, int hidden, float eps, DType dt, cudaStream_t s);
 // out[t,i] = act(x[t,i]) * x[t, inter+i] for i < inter (x is [rows, 2*inter]).
 cudaError_t gated_act(const void* x, void* out, int rows, int inter, Act act, DType dt, cudaStream_t s);
 // out = act(x) elementwise (out may alias x).
 cudaError_t activation(const void* x, void* out, uint64_t n, Act act, DType dt, cudaStream_t s);
-// out = a + b, or a * b (mul=true). out may alias a or b.
-cudaError_t binary(const void* a, const void* b, void* out, uint64_t n, bool mul, DType dt, cudaStream_t s);
+// out = a op b elementwise, fp32 math (elementwise.cu). out may alias a or b.
+enum class BinaryOp : int { Add = 0, Sub = 1, Mul = 2, Div = 3 };
+cudaError_t binary(const void* a, const void* b, void* out, uint64_t n, BinaryOp op, DType dt, cudaStream_t s);
+// out = f(x) elementwise, fp32 math (elementwise.cu): tanh, sigmoid 1/(1+e^-x), exp, scale x*param,
+// softcap param*tanh(x/param). out may alias x.
+enum class UnaryOp : int { Tanh = 0, Sigmoid = 1, Exp = 2, Scale = 3, Softcap = 4 };
+cudaError_t unary(const void* x, void* out, uint64_t n, UnaryOp op, float param, DType dt, cudaStream_t s);
 // out[r,j] = x[r, col_start + j] for j < out_cols (x row stride in_cols). Used by split.
 cudaError_t slice_cols(const void* x, void* out, int rows, int in_cols, int col_start, int out_cols, DType dt,
                        cudaStream_t s);

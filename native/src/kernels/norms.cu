@@ -11,7 +11,7 @@ namespace {
 template <typename T, int VPT, bool RES, bool LN>
 __global__ void __launch_bounds__(512) norm_vec_kernel(const T* x, const T* res, const T* __restrict__ w,
                                                          const T* __restrict__ b, T* y, T* sum_out, int hidden,
-                                                         float eps) {
+                                                         float eps, float w_off) {
   kd::pdl_trigger();  // lets a PDL-launched successor (gemv) start its weight loads early
   constexpr int N = kd::Vec<T>::N;
   const size_t row = blockIdx.x;
@@ -69,7 +69,7 @@ __global__ void __launch_bounds__(512) norm_vec_kernel(const T* x, const T* res,
       if (LN && b) bv = kd::ld_vec(b + vi * N);
 #pragma unroll
       for (int j = 0; j < N; ++j) {
-        float r = (v[k][j] - mean) * rstd * kd::to_f(wv.v[j]);
+        float r = (v[k][j] - mean) * rstd * (kd::to_f(wv.v[j]) + w_off);
         if (LN && b) r += kd::to_f(bv.v[j]);
         o.v[j] = kd::from_f<T>(r);
       }
@@ -82,7 +82,7 @@ __global__ void __launch_bounds__(512) norm_vec_kernel(const T* x, const T* res,
 template <typename T, bool RES, bool LN>
 __global__ void __launch_bounds__(256) norm_scalar_kernel(const T* x, const T* res, const T* __restrict__ w,
                                                            const T* __restrict__ b, T* y, T* sum_out, int hidden,
-                                                           float eps) {
+                                                           float eps, float w_off) {
   kd::pdl_trigger();  // lets a PDL-launched successor (gemv) start its weight loads early
   const size_t row = blockIdx.x;
   const T* xr = x + row * hidden;
@@ -113,7 +113,7 @@ __global__ void __launch_bounds__(256) norm_scalar_kernel(const T* x, const T* r
     rstd = rsqrtf(s1 / hidden + eps);
   }
   for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-    float r = (kd::to_f(src[i]) - mean) * rstd * kd::to_f(w[i]);
+    float r = (kd::to_f(src[i]) - mean) * rstd * (kd::to_f(w[i]) + w_off);
     if (LN && b) r += kd::to_f(b[i]);
     y[row * hidden + i] = kd::from_f<T>(r);
   }
@@ -121,7 +121,7 @@ __global__ void __launch_bounds__(256) norm_scalar_kernel(const T* x, const T* r
 
 template <typename T, bool RES, bool LN>
 cudaError_t launch_norm_t(const void* x_, const void* res_, const void* w_, const void* b_, void* y_, void* sum_,
-                          int rows, int hidden, float eps, cudaStream_t s) {
+                          int rows, int hidden, float eps, float w_off, cudaStream_t s) {
   const T* x = static_cast<const T*>(x_);
   const T* res = static_cast<const T*>(res_);
   const T* w = static_cast<const T*>(w_);
@@ -137,7 +137,7 @@ cudaError_t launch_norm_t(const void* x_, const void* res_, const void* w_, cons
     while (nvec > vpt * 512) vpt *= 2;
     int threads = ((nvec + vpt - 1) / vpt + 31) / 32 * 32;
 #define TSLLM_NORM_CASE(V) \
-  case V: norm_vec_kernel<T, V, RES, LN><<<rows, threads, 0, s>>>(x, res, w, b, y, sum, hidden, eps); break;
+  case V: norm_vec_kernel<T, V, RES, LN><<<rows, threads, 0, s>>>(x, res, w, b, y, sum, hidden, eps, w_off); break;
     switch (vpt) {
       TSLLM_NORM_CASE(1)
       TSLLM_NORM_CASE(2)
@@ -146,34 +146,34 @@ cudaError_t launch_norm_t(const void* x_, const void* res_, const void* w_, cons
     }
 #undef TSLLM_NORM_CASE
   } else {
-    norm_scalar_kernel<T, RES, LN><<<rows, 256, 0, s>>>(x, res, w, b, y, sum, hidden, eps);
+    norm_scalar_kernel<T, RES, LN><<<rows, 256, 0, s>>>(x, res, w, b, y, sum, hidden, eps, w_off);
   }
   return cudaGetLastError();
 }
 
 template <bool LN>
 cudaError_t launch_norm(const void* x, const void* res, const void* w, const void* b, void* y, void* sum, int rows,
-                        int hidden, float eps, DType dt, cudaStream_t s) {
+                        int hidden, float eps, float w_off, DType dt, cudaStream_t s) {
   if (rows <= 0) return cudaGetLastError();
   if (res && !sum) return cudaErrorInvalidValue;
   if (res) {
-    TSLLM_DISPATCH_ACT(dt, T, return (launch_norm_t<T, true, LN>(x, res, w, b, y, sum, rows, hidden, eps, s)));
+    TSLLM_DISPATCH_ACT(dt, T, return (launch_norm_t<T, true, LN>(x, res, w, b, y, sum, rows, hidden, eps, w_off, s)));
   } else {
-    TSLLM_DISPATCH_ACT(dt, T, return (launch_norm_t<T, false, LN>(x, res, w, b, y, sum, rows, hidden, eps, s)));
+    TSLLM_DISPATCH_ACT(dt, T, return (launch_norm_t<T, false, LN>(x, res, w, b, y, sum, rows, hidden, eps, w_off, s)));
   }
   return cudaErrorInvalidValue;
 }
 
 }  // namespace
 
-cudaError_t rms_norm(const void* x, const void* residual, const void* w, void* y, void* sum_out, int rows, int hidden,
-                     float eps, DType dt, cudaStream_t s) {
-  return launch_norm<false>(x, residual, w, nullptr, y, sum_out, rows, hidden, eps, dt, s);
+cudaError_t rms_norm(const void* x, const void* residual, const void* w, float w_offset, void* y, void* sum_out,
+                     int rows, int hidden, float eps, DType dt, cudaStream_t s) {
+  return launch_norm<false>(x, residual, w, nullptr, y, sum_out, rows, hidden, eps, w_offset, dt, s);
 }
 
-cudaError_t layer_norm(const void* x, const void* residual, const void* w, const void* b, void* y, void* sum_out,
-                       int rows, int hidden, float eps, DType dt, cudaStream_t s) {
-  return launch_norm<true>(x, residual, w, b, y, sum_out, rows, hidden, eps, dt, s);
+cudaError_t layer_norm(const void* x, const void* residual, const void* w, float w_offset, const void* b, void* y,
+                       void* sum_out, int rows, int hidden, float eps, DType dt, cudaStream_t s) {
+  return launch_norm<true>(x, residual, w, b, y, sum_out, rows, hidden, eps, w_offset, dt, s);
 }
 
 }  // namespace tsllm

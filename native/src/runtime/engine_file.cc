@@ -466,6 +466,15 @@ EngineDesc read_engine_header(const std::string& path) {
         const double e = a.num_or("eps", 1e-5);
         if (!(e >= 0 && e < 1)) throw fail(where + ": eps " + std::to_string(e) + " is outside [0, 1)");
         nd.eps = float(e);
+        const double off = a.num_or("weight_offset", 0.0);
+        if (!std::isfinite(off) || std::fabs(off) > 1e6) throw fail(where + ": weight_offset " + std::to_string(off) + " is not a finite number");
+        nd.w_offset = float(off);
+      };
+      auto param_attr = [&](const char* key, bool positive) {
+        const double v = a.at(key).num(key);
+        if (!std::isfinite(v) || (positive && !(v > 0)))
+          throw fail(where + ": " + key + " " + std::to_string(v) + (positive ? " must be a finite number > 0" : " is not finite"));
+        nd.param = float(v);
       };
       auto attn_attrs = [&]() {
         nd.layer = int(int_at(a, "layer", where + ": layer", 0, std::max(0, d.kv.num_layers - 1)));
@@ -545,8 +554,19 @@ EngineDesc read_engine_header(const std::string& path) {
           break;
         }
         case Op::Add:
+        case Op::Sub:
         case Op::Mul:
+        case Op::Div:
           act(in(0)), act(in(1)), act(out(0)), same_shape(in(0), out(0)), same_shape(in(1), out(0));
+          break;
+        case Op::Tanh:
+        case Op::Sigmoid:
+        case Op::Exp:
+        case Op::Scale:
+        case Op::Softcap:
+          if (nd.op == Op::Scale) param_attr("factor", false);
+          if (nd.op == Op::Softcap) param_attr("cap", true);
+          act(in(0)), act(out(0)), same_shape(in(0), out(0));
           break;
         case Op::Silu:
           nd.act = Act::Silu;

@@ -101,6 +101,8 @@ struct NodeDesc {
   std::vector<int> out;  // value indices
   // Parsed attributes (only those the op uses are meaningful).
   float eps = 1e-5f;
+  float w_offset = 0.f;  // norms: weight_offset (the norm multiplies by weight + w_offset)
+  float param = 0.f;     // scale: factor; softcap: cap
   Act act = Act::None;
   int vocab_start = 0;
   std::vector<int64_t> sizes;

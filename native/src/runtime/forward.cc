@@ -23,7 +23,7 @@ namespace {
 
 // The prologue a skippable node turns into (GemvPro::None when it cannot be fused).
 GemvPro prologue_kind(const NodeDesc& n) {
-  if (n.op == Op::RmsNorm) return GemvPro::RmsNorm;
+  if (n.op == Op::RmsNorm && n.w_offset == 0.f) return GemvPro::RmsNorm;  // the gemv prologue reads w as is
   if (n.op == Op::GatedAct && n.act == Act::Silu) return GemvPro::GatedSilu;
   if (n.op == Op::GatedAct && n.act == Act::GeluTanh) return GemvPro::GatedGeluTanh;
   return GemvPro::None;
@@ -125,7 +125,7 @@ void run_Linear(const NodeRun& r) {
     err = e.gemm.linear(r.in(0), r.in(1), bias, nullptr, tmp, M, N, K, e.cuda_dt, ep, r.s, r.ran);
     const uint64_t cnt = uint64_t(M) * uint64_t(N);
     if (err.empty() && n.act != Act::GeluTanh) r.ck(activation(tmp, tmp, cnt, n.act, r.dt, r.s));
-    if (err.empty() && res) r.ck(binary(tmp, res, o, cnt, false, r.dt, r.s));
+    if (err.empty() && res) r.ck(binary(tmp, res, o, cnt, BinaryOp::Add, r.dt, r.s));
   }
   if (!err.empty()) r.fail(err);
 }
@@ -135,19 +135,33 @@ void norm(const NodeRun& r, bool add, bool layer) {
   const int rows = int(r.numel_in(0) / H);
   const size_t wi = add ? 2 : 1;
   if (layer)
-    r.ck(layer_norm(r.in(0), add ? r.in(1) : nullptr, r.in(wi), r.in(wi + 1), r.out(0), add ? r.out(1) : nullptr, rows,
-                    H, r.n.eps, r.dt, r.s));
+    r.ck(layer_norm(r.in(0), add ? r.in(1) : nullptr, r.in(wi), r.n.w_offset, r.in(wi + 1), r.out(0),
+                    add ? r.out(1) : nullptr, rows, H, r.n.eps, r.dt, r.s));
   else
-    r.ck(rms_norm(r.in(0), add ? r.in(1) : nullptr, r.in(wi), r.out(0), add ? r.out(1) : nullptr, rows, H, r.n.eps,
-                  r.dt, r.s));
+    r.ck(rms_norm(r.in(0), add ? r.in(1) : nullptr, r.in(wi), r.n.w_offset, r.out(0), add ? r.out(1) : nullptr, rows,
+                  H, r.n.eps, r.dt, r.s));
 }
 void run_RmsNorm(const NodeRun& r) { norm(r, false, false); }
 void run_AddRmsNorm(const NodeRun& r) { norm(r, true, false); }
 void run_LayerNorm(const NodeRun& r) { norm(r, false, true); }
 void run_AddLayerNorm(const NodeRun& r) { norm(r, true, true); }
 
-void run_Add(const NodeRun& r) { r.ck(binary(r.in(0), r.in(1), r.out(0), uint64_t(r.numel_out(0)), false, r.dt, r.s)); }
-void run_Mul(const NodeRun& r) { r.ck(binary(r.in(0), r.in(1), r.out(0), uint64_t(r.numel_out(0)), true, r.dt, r.s)); }
+void elementwise(const NodeRun& r, BinaryOp op) {
+  r.ck(binary(r.in(0), r.in(1), r.out(0), uint64_t(r.numel_out(0)), op, r.dt, r.s));
+}
+void run_Add(const NodeRun& r) { elementwise(r, BinaryOp::Add); }
+void run_Sub(const NodeRun& r) { elementwise(r, BinaryOp::Sub); }
+void run_Mul(const NodeRun& r) { elementwise(r, BinaryOp::Mul); }
+void run_Div(const NodeRun& r) { elementwise(r, BinaryOp::Div); }
+
+void elementwise(const NodeRun& r, UnaryOp op) {
+  r.ck(unary(r.in(0), r.out(0), uint64_t(r.numel_out(0)), op, r.n.param, r.dt, r.s));
+}
+void run_Tanh(const NodeRun& r) { elementwise(r, UnaryOp::Tanh); }
+void run_Sigmoid(const NodeRun& r) { elementwise(r, UnaryOp::Sigmoid); }
+void run_Exp(const NodeRun& r) { elementwise(r, UnaryOp::Exp); }
+void run_Scale(const NodeRun& r) { elementwise(r, UnaryOp::Scale); }
+void run_Softcap(const NodeRun& r) { elementwise(r, UnaryOp::Softcap); }
 void run_Silu(const NodeRun& r) { r.ck(activation(r.in(0), r.out(0), uint64_t(r.numel_out(0)), r.n.act, r.dt, r.s)); }
 void run_Gelu(const NodeRun& r) { r.ck(activation(r.in(0), r.out(0), uint64_t(r.numel_out(0)), r.n.act, r.dt, r.s)); }
 

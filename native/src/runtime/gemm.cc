@@ -311,7 +311,7 @@ int GemmRunner::prologue_variant(const GemvPrologue& pro, const void* pro_x, voi
     if (pu && gemv_mode != 1)  // the unfused pair: prologue kernel into pro_y, then the plain linear's choice
       base = time([&] {
         cudaError_t ke = pro.kind == GemvPro::RmsNorm
-                             ? rms_norm(pro_x, nullptr, pro.norm_w, pro_y, nullptr, M, K, pro.eps, gdt, s)
+                             ? rms_norm(pro_x, nullptr, pro.norm_w, 0.f, pro_y, nullptr, M, K, pro.eps, gdt, s)
                              : gated_act(pro_x, pro_y, M, K, act, gdt, s);
         return ke == cudaSuccess && run_plan(*pu, pro_y, w, bias, tres, tune_out_, M, N, K, dt, epi, s).empty();
       });
