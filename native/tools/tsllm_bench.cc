@@ -92,6 +92,22 @@ int main(int argc, char** argv) {
   std::printf("\n");
   tsllm_get_info(e, &info, err, sizeof(err));
   std::printf("cuda graphs captured: %d, sequences alive: %lld\n", info.num_cuda_graphs, (long long)info.num_sequences);
+  // Which kernels ran (tsllm_get_node_stats): linears by kernel, and the runtime's prologue fusion.
+  int32_t nn = 0;
+  if (tsllm_get_node_stats(e, nullptr, 0, &nn, err, sizeof(err)) == 0) {
+    std::vector<tsllm_node_stats> st(static_cast<size_t>(nn));
+    tsllm_get_node_stats(e, st.data(), nn, &nn, err, sizeof(err));
+    unsigned long long k[TSLLM_KERNEL_KINDS] = {};
+    int planned = 0;
+    for (const auto& n : st) {
+      for (int i = 0; i < TSLLM_KERNEL_KINDS; i++) k[i] += n.launches[i];
+      planned += n.folded_into >= 0;
+    }
+    std::printf("kernels: linears cuBLASLt %llu, gemv %llu, gemv+rms_norm %llu, gemv+gated_act %llu; prologue fusion: "
+                "%d nodes planned, %llu launches folded\n",
+                k[TSLLM_KERNEL_CUBLASLT], k[TSLLM_KERNEL_GEMV], k[TSLLM_KERNEL_GEMV_RMS], k[TSLLM_KERNEL_GEMV_GATED], planned,
+                k[TSLLM_KERNEL_FOLDED]);
+  }
   tsllm_unload(e);
   return 0;
 }
