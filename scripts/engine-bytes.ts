@@ -6,7 +6,7 @@ import { DTYPE_BYTES, numel } from "../src/ir/types.ts";
 
 const GiB = 2 ** 30;
 for (const dir of process.argv.slice(2)) {
-  const e = openEngine(dir, { verify: false });
+  const e = openEngine(dir);
   const { tp, quant, dtype, kv_cache_dtype } = e.config.build;
   const perRank = e.ranks.map((r) => {
     const values = new Map(r.header.values.map((v) => [v.id, v]));

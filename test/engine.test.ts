@@ -5,7 +5,7 @@ import * as path from "node:path";
 import { describe, expect, it } from "vitest";
 import { openSafetensors } from "../src/checkpoint/safetensors.ts";
 import { compileEngine } from "../src/compile.ts";
-import { openEngine, readWeightBytes } from "../src/engine/reader.ts";
+import { openEngine, readWeightBytes, verifyEngine } from "../src/engine/reader.ts";
 import { ReferenceExecutor } from "../src/executor/reference.ts";
 import { LimitError } from "../src/executor/types.ts";
 import { randomFill } from "../src/weights/random.ts";
@@ -15,13 +15,33 @@ const RUN = path.join(REPO, "bin/tsllm-run.mjs");
 const run = (args: string[]) => spawnSync(process.execPath, [RUN, ...args], { encoding: "utf8" });
 
 describe("engine files", () => {
-  it("a corrupted byte fails the content hash, naming the file", async () => {
+  it("a byte flipped in the last MB fails the hash checked while loading, naming the file", async () => {
     const dir = await buildFixture("llama");
     const f = path.join(dir, "rank0.engine");
     const b = fs.readFileSync(f);
     b[b.length - 10] ^= 0xff;
     fs.writeFileSync(f, b);
-    expect(() => openEngine(dir)).toThrow(/rank0\.engine: content hash .* does not match/);
+    expect(() => openEngine(dir)).not.toThrow(); // size and header are fine: only the loading pass can tell
+    expect(() => ReferenceExecutor.load(dir)).toThrow(/rank0\.engine: content hash .* does not match config\.json/);
+    expect(() => verifyEngine(openEngine(dir))).toThrow(/rank0\.engine: content hash/);
+    expect(() => ReferenceExecutor.load(dir, { verify: false })).not.toThrow();
+    const r = run([dir, "--device", "cpu", "--input-ids", "1,2"]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/^error: .*rank0\.engine: content hash/m);
+    expect(run([dir, "--device", "cpu", "--input-ids", "1,2", "--no-verify"]).status).toBe(0);
+  });
+
+  it("size and header are checked before any weight is read (a truncated file is named as such)", async () => {
+    const dir = await buildFixture("llama");
+    const f = path.join(dir, "rank0.engine");
+    fs.truncateSync(f, fs.statSync(f).size - 4096);
+    expect(() => openEngine(dir)).toThrow(/rank0\.engine: \d+ bytes, config\.json says \d+ \(truncated or replaced\)/);
+    const dir2 = await buildFixture("llama");
+    const f2 = path.join(dir2, "rank0.engine");
+    const b = fs.readFileSync(f2);
+    b.write("XXXXXXXX", 0, "latin1");
+    fs.writeFileSync(f2, b);
+    expect(() => ReferenceExecutor.load(dir2)).toThrow(/rank0\.engine: not a tsllm engine \(bad magic\)/);
   });
 
   it("another format version is refused with both versions named", async () => {

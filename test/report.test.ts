@@ -57,7 +57,7 @@ describe("fusion report", () => {
     // The terminal table and the files in the engine directory.
     expect(res.pipeline.summary).toMatch(/kernel launches per decoder layer\s+16 → 8/);
     expect(fs.existsSync(path.join(out, "report.html"))).toBe(true);
-    const h = openEngine(out, { verify: false }).ranks[0].header;
+    const h = openEngine(out).ranks[0].header;
     expect(Object.keys(h.arena.offsets)).toHaveLength(h.nodes.reduce((a, n) => a + n.outputs.length, 0));
     expect(h.arena.bytes).toBe(report.arena.bytes);
     const kernels = new Set(h.nodes.map((n) => n.op));

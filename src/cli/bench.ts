@@ -39,7 +39,7 @@ program
   .option("--verbose", "after the runs: which kernels ran, and the runtime's prologue fusions")
   .action(async (dir: string, o) =>
     main(async () => {
-      const engine = openEngine(dir, { verify: false });
+      const engine = openEngine(dir);
       const h = engine.ranks[0].header;
       const batches = String(o.batchSize).split(",").map(Number);
       const maxBatch = Math.max(...batches);

@@ -24,7 +24,7 @@ await main(async () => {
     process.stdout.write(fs.readFileSync(reportPath, "utf8"));
     return;
   }
-  const engine = openEngine(dir, { verify: false });
+  const engine = openEngine(dir);
   const { build, facts } = engine.config;
   const arch = String((engine.config.model as { architecture?: unknown }).architecture ?? "model");
   let weightBytes = 0;

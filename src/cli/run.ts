@@ -76,7 +76,7 @@ async function verifyGolden(dir: string, o: Record<string, never>): Promise<void
   const ex = await openExecutor(dir, { device: o.device, verify: o.verify });
   try {
     const report = checkGolden(ex, readGolden(o.golden));
-    const build = openEngine(dir, { verify: false }).config.build;
+    const build = openEngine(dir).config.build;
     const tol = o.tolerance ?? defaultTolerance(build, ex instanceof ReferenceExecutor);
     report.perPrompt.forEach((p, i) =>
       process.stdout.write(
@@ -137,7 +137,7 @@ await main(async () => {
   const o = program.opts();
   const [dir] = program.args;
   // What can be checked without running is checked before the (possibly long) engine load.
-  const config = openEngine(dir, { verify: false }).config;
+  const config = openEngine(dir).config;
   if (o.golden) return verifyGolden(dir, o as Record<string, never>);
   const text = program.args[1] ?? o.prompt;
   if (text !== undefined || o.chat !== undefined) return runTextMode(dir, text, o);

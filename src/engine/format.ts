@@ -130,11 +130,16 @@ export const EngineConfig = z.object({
   build: BuildConfig,
   ranks: z
     .array(
-      z.object({
-        file: z.string().refine(isPlainFileName, { message: "must be a plain file name in the engine directory" }),
-        bytes: z.number().int().nonnegative(),
-        sha256: z.string(),
-      }),
+      z
+        .object({
+          file: z.string().refine(isPlainFileName, { message: "must be a plain file name in the engine directory" }),
+          bytes: z.number().int().nonnegative(),
+          /** src/engine/hash.ts: SHA-256 over the SHA-256 digests of the file's chunk_bytes chunks. */
+          hash: z.object({ chunk_bytes: z.number().int().positive(), sha256: z.string() }).optional(),
+          /** Engines written before chunked hashes: SHA-256 of the whole file. */
+          sha256: z.string().optional(),
+        })
+        .refine((r) => r.hash !== undefined || r.sha256 !== undefined, { message: "no content hash" }),
     )
     .min(1),
   /** Tokenizer files copied in by tsllm-compile (src/text/tokenizer.ts), plain names in this directory. */

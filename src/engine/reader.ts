@@ -1,8 +1,8 @@
-// Opens an engine directory: checks the format version and content hash, parses each rank's header,
-// and reads weights on demand.
-import { createHash } from "node:crypto";
+// Opens an engine directory: checks the format version, each rank file's size and header (nothing
+// else is read), and streams weights with the content hash checked in the same pass (streamRankWeights).
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { HASH_CHUNK_BYTES, type RankEntry, verifierFor } from "./hash.ts";
 import {
   alignUp,
   DATA_ALIGN,
@@ -22,6 +22,8 @@ export interface EngineRank {
   file: string;
   header: EngineHeader;
   dataOffset: number;
+  /** config.json's entry (size and content hash); absent for in-memory ranks. */
+  entry?: RankEntry;
 }
 
 export interface Engine {
@@ -30,7 +32,8 @@ export interface Engine {
   ranks: EngineRank[];
 }
 
-export function openEngine(dir: string, opts: { verify?: boolean } = {}): Engine {
+/** Checks config.json, each rank file's size and header. Content hashes are checked while weights stream. */
+export function openEngine(dir: string): Engine {
   const cfgPath = path.join(dir, "config.json");
   if (!fs.existsSync(cfgPath)) {
     if (fs.existsSync(path.join(dir, "onnx.json")))
@@ -69,14 +72,7 @@ export function openEngine(dir: string, opts: { verify?: boolean } = {}): Engine
     const size = fs.statSync(file).size;
     if (size !== r.bytes)
       throw new EngineError(`${file}: ${size} bytes, config.json says ${r.bytes} (truncated or replaced)`);
-    if (opts.verify !== false) {
-      const got = sha256File(file);
-      if (got !== r.sha256)
-        throw new EngineError(
-          `${file}: content hash ${got.slice(0, 12)}… does not match config.json (${r.sha256.slice(0, 12)}…)`,
-        );
-    }
-    return readRankHeader(file);
+    return { ...readRankHeader(file), entry: r };
   });
   return { dir, config, ranks };
 }
@@ -179,18 +175,57 @@ export function readWeightBytes(rank: EngineRank, offset: number, nbytes: number
   }
 }
 
-function sha256File(file: string): string {
-  const h = createHash("sha256");
-  const fd = fs.openSync(file, "r");
-  const buf = Buffer.alloc(8 << 20);
+/**
+ * Reads a rank file once, start to end, in large chunks: hashes every byte (unless verify is false) and
+ * hands each stored weight's bytes to `visit` as soon as they are complete. The hash is checked after
+ * the last byte; on a mismatch this throws naming the file, so callers must not use what they were
+ * given until it returns.
+ */
+export function streamRankWeights(
+  rank: EngineRank,
+  visit: (w: EngineHeader["weights"][number], bytes: Uint8Array) => void,
+  o: { verify?: boolean; onBytes?: (done: number, total: number) => void } = {},
+): void {
+  const verifier = o.verify !== false && rank.entry ? verifierFor(rank.entry) : null;
+  const stored = rank.header.weights.filter((w) => !w.random && w.nbytes > 0).sort((a, b) => a.offset - b.offset);
+  const fd = fs.openSync(rank.file, "r");
   try {
-    for (;;) {
-      const n = fs.readSync(fd, buf, 0, buf.length, null);
-      if (n === 0) break;
-      h.update(buf.subarray(0, n));
+    const size = fs.fstatSync(fd).size;
+    const buf = new Uint8Array(HASH_CHUNK_BYTES);
+    let wi = 0;
+    let cur: Uint8Array | null = null; // the weight being assembled
+    for (let pos = 0; pos < size; ) {
+      const n = fs.readSync(fd, buf, 0, Math.min(buf.length, size - pos), pos);
+      if (n === 0) throw new EngineError(`${rank.file}: truncated at byte ${pos} of ${size}`);
+      const chunk = buf.subarray(0, n);
+      verifier?.update(chunk);
+      // Copy the parts of this chunk that belong to weights (in offset order; weights do not overlap).
+      for (;;) {
+        const w = stored[wi];
+        if (!w) break;
+        const start = rank.dataOffset + w.offset;
+        const end = start + w.nbytes;
+        if (start >= pos + n) break;
+        const a = Math.max(start, pos);
+        const b = Math.min(end, pos + n);
+        cur ??= new Uint8Array(w.nbytes);
+        cur.set(chunk.subarray(a - pos, b - pos), a - start);
+        if (b < end) break;
+        visit(w, cur);
+        cur = null;
+        wi++;
+      }
+      pos += n;
+      o.onBytes?.(pos, size);
     }
+    if (wi < stored.length) throw new EngineError(`${rank.file}: truncated weight data`);
   } finally {
     fs.closeSync(fd);
   }
-  return h.digest("hex");
+  verifier?.check((m) => new EngineError(`${rank.file}: ${m}`));
+}
+
+/** Checks every rank file's content hash (one pass each) without keeping any weights. */
+export function verifyEngine(engine: Engine): void {
+  for (const r of engine.ranks) streamRankWeights({ ...r, header: { ...r.header, weights: [] } }, () => {});
 }

@@ -1,13 +1,17 @@
-// Streams an engine to disk: header first, then each weight materialised and written one at a time
-// (host memory stays around the largest single weight). Everything goes to a temporary directory that
-// is moved into place only when complete (output-dir.ts), so a failed or interrupted build leaves the
-// old target as it was and nothing else behind.
-import { createHash } from "node:crypto";
+// Writes an engine in one pass over the checkpoint: every checkpoint tensor is read once (ahead, in
+// parallel, src/weights/prefetch.ts), every engine byte written once (large positional writes on
+// libuv's thread pool, src/engine/rank-file.ts) and hashed meanwhile on worker threads; all ranks of a
+// tp > 1 build are written in the same pass, each source tensor serving every rank's slice. Host memory
+// stays bounded by IN_FLIGHT_BYTES plus the largest tensor. Everything goes to a temporary directory
+// that is moved into place only when complete (output-dir.ts), so a failed or interrupted build leaves
+// the old target as it was and nothing else behind.
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Checkpoint } from "../checkpoint/checkpoint.ts";
 import type { ModelFacts } from "../dsl/model.ts";
-import { materializeWeight } from "../weights/materialize.ts";
+import type { Value } from "../ir/types.ts";
+import { materializeSegments } from "../weights/materialize.ts";
+import { Prefetcher } from "../weights/prefetch.ts";
 import {
   alignUp,
   type BuildConfig,
@@ -17,8 +21,11 @@ import {
   MAGIC,
   PREAMBLE_BYTES,
 } from "./format.ts";
+import { HASH_CHUNK_BYTES } from "./hash.ts";
+import { HashPool } from "./hash-pool.ts";
 import { buildHeader, isRandomStored, type RankProgram } from "./header.ts";
 import { OutputDir, yieldToSignals } from "./output-dir.ts";
+import { RankFile } from "./rank-file.ts";
 
 export interface WriteEngineOptions {
   outDir: string;
@@ -35,68 +42,96 @@ export interface WriteEngineOptions {
   extraFiles?: Record<string, string>;
   /** Recorded in config.json: the tokenizer files among extraFiles. */
   tokenizer?: EngineConfig["tokenizer"];
-  /** Called after each weight with bytes written so far and the total. */
+  /** Called as bytes reach the disk: bytes written so far (all ranks), the total, the weight being made. */
   onProgress?: (done: number, total: number, name: string) => void;
 }
 
-class HashingWriter {
-  private hash = createHash("sha256");
-  bytes = 0;
-  constructor(private fd: number) {}
-  write(buf: Uint8Array): void {
-    let off = 0;
-    while (off < buf.length) off += fs.writeSync(this.fd, buf, off, buf.length - off);
-    this.hash.update(buf);
-    this.bytes += buf.length;
-  }
-  padTo(n: number): void {
-    if (n > this.bytes) this.write(new Uint8Array(n - this.bytes));
-  }
-  digest(): string {
-    return this.hash.digest("hex");
-  }
+/** Checkpoint bytes read ahead, and engine bytes not yet written and hashed, each at most about this. */
+const IN_FLIGHT_BYTES = 256 << 20;
+/** Below this many weight bytes the writer hashes on its own thread (a worker costs more to start). */
+const WORKERS_FROM_BYTES = 64 << 20;
+
+interface Step {
+  file: RankFile;
+  dataOffset: number;
+  offset: number;
+  nbytes: number;
+  v: Value;
+  sources: string[];
 }
 
 export async function writeEngine(o: WriteEngineOptions): Promise<EngineConfig> {
   const out = new OutputDir(o.outDir, { force: o.force, inputs: o.inputs });
   const tmp = out.tmp;
+  const headers = o.ranks.map((r) => buildHeader(r, o.build));
+  const total = headers.reduce((a, h) => a + h.weights.reduce((s, w) => s + w.nbytes, 0), 0);
+  const hashes = new HashPool(total >= WORKERS_FROM_BYTES ? undefined : 0);
+  const prefetch = o.checkpoint ? new Prefetcher(o.checkpoint) : null;
+  let written = 0;
+  let current = "";
+  const files: RankFile[] = [];
   try {
-    const headers = o.ranks.map((r) => buildHeader(r, o.build));
-    const total = headers.reduce((a, h) => a + h.weights.reduce((s, w) => s + w.nbytes, 0), 0);
-    let done = 0;
-    const ranks: EngineConfig["ranks"] = [];
-    for (const [i, r] of o.ranks.entries()) {
-      const header = headers[i];
-      const file = `rank${r.rank}.engine`;
-      const fd = fs.openSync(path.join(tmp, file), "w");
-      try {
-        const w = new HashingWriter(fd);
-        const json = Buffer.from(JSON.stringify(header));
-        const pre = Buffer.alloc(PREAMBLE_BYTES);
-        pre.write(MAGIC, 0, "latin1");
-        pre.writeUInt32LE(FORMAT_VERSION, 8);
-        pre.writeUInt32LE(0, 12);
-        pre.writeBigUInt64LE(BigInt(json.length), 16);
-        w.write(pre);
-        w.write(json);
-        const dataOffset = alignUp(PREAMBLE_BYTES + json.length, DATA_ALIGN);
-        w.padTo(dataOffset);
-        for (const entry of header.weights) {
-          const v = r.graph.values.get(entry.value)!;
-          if (entry.random || isRandomStored(v, o.build)) continue;
-          const bytes = materializeWeight(v, o.checkpoint);
-          if (bytes.length !== entry.nbytes)
-            throw new Error(`weight ${v.name}: ${bytes.length} bytes, header says ${entry.nbytes}`);
-          w.padTo(dataOffset + entry.offset);
-          w.write(bytes);
-          done += bytes.length;
-          o.onProgress?.(done, total, v.name);
-          await yieldToSignals();
+    // Header of every rank first; then weights in lock step over the ranks (weight j of every rank, then
+    // j + 1): the ranks share value ids, so each source tensor is read once for all of its slices.
+    const perRank: Step[][] = o.ranks.map((r, i) => {
+      const file = new RankFile(path.join(tmp, `rank${r.rank}.engine`), hashes, (n) => {
+        written += n;
+        o.onProgress?.(Math.min(written, total), total, current);
+      });
+      files.push(file);
+      const json = Buffer.from(JSON.stringify(headers[i]));
+      const pre = Buffer.alloc(PREAMBLE_BYTES);
+      pre.write(MAGIC, 0, "latin1");
+      pre.writeUInt32LE(FORMAT_VERSION, 8);
+      pre.writeUInt32LE(0, 12);
+      pre.writeBigUInt64LE(BigInt(json.length), 16);
+      file.push(pre);
+      file.push(json);
+      const dataOffset = alignUp(PREAMBLE_BYTES + json.length, DATA_ALIGN);
+      file.padTo(dataOffset);
+      return headers[i].weights.flatMap((entry) => {
+        const v = r.graph.values.get(entry.value)!;
+        if (entry.random || isRandomStored(v, o.build)) return [];
+        const sources = v.recipe?.kind === "checkpoint" ? [...new Set(v.recipe.parts.map((p) => p.name))] : [];
+        return [{ file, dataOffset, offset: entry.offset, nbytes: entry.nbytes, v, sources }];
+      });
+    });
+    const steps: Step[] = [];
+    for (let j = 0; j < Math.max(0, ...perRank.map((s) => s.length)); j++)
+      for (const s of perRank) if (s[j]) steps.push(s[j]);
+    const lastUse = new Map<string, number>();
+    steps.forEach((s, i) => {
+      for (const n of s.sources) lastUse.set(n, i);
+    });
+
+    const view = prefetch?.view() ?? null;
+    let ahead = 0; // next step whose sources are not yet requested
+    const inFlight = () => files.reduce((a, f) => a + f.inFlight, 0);
+    for (let i = 0; i < steps.length; i++) {
+      const s = steps[i];
+      if (prefetch) {
+        ahead = Math.max(ahead, i);
+        while (ahead < steps.length && (ahead === i || prefetch.held < IN_FLIGHT_BYTES)) {
+          for (const n of steps[ahead].sources) prefetch.fetch(n);
+          ahead++;
         }
-        ranks.push({ file, bytes: w.bytes, sha256: w.digest() });
-      } finally {
-        fs.closeSync(fd);
+        await prefetch.ready(s.sources);
       }
+      current = s.v.name;
+      const pieces = materializeSegments(s.v, view);
+      const nbytes = pieces.reduce((a, p) => a + p.length, 0);
+      if (nbytes !== s.nbytes) throw new Error(`weight ${s.v.name}: ${nbytes} bytes, header says ${s.nbytes}`);
+      s.file.padTo(s.dataOffset + s.offset);
+      for (const p of pieces) s.file.push(p, prefetch?.hold(p));
+      for (const n of s.sources) if (lastUse.get(n) === i) prefetch?.release(n);
+      await yieldToSignals();
+      while (inFlight() > IN_FLIGHT_BYTES || (prefetch?.held ?? 0) > 2 * IN_FLIGHT_BYTES)
+        await Promise.race(files.map((f) => f.settle()));
+    }
+    const ranks: EngineConfig["ranks"] = [];
+    for (const f of files) {
+      const { bytes, sha256 } = await f.finish();
+      ranks.push({ file: path.basename(f.path), bytes, hash: { chunk_bytes: HASH_CHUNK_BYTES, sha256 } });
     }
     const config: EngineConfig = {
       format_version: FORMAT_VERSION,
@@ -111,7 +146,12 @@ export async function writeEngine(o: WriteEngineOptions): Promise<EngineConfig> 
       fs.writeFileSync(path.join(tmp, name), text);
     out.commit();
     return config;
+  } catch (e) {
+    await Promise.all(files.map((f) => f.abort()));
+    throw e;
   } finally {
     out.discard();
+    prefetch?.close();
+    await hashes.close();
   }
 }

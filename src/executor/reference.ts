@@ -5,7 +5,7 @@ import type { Checkpoint } from "../checkpoint/checkpoint.ts";
 import { toFloat32 } from "../checkpoint/dtype.ts";
 import { type BuildConfig, FORMAT_VERSION } from "../engine/format.ts";
 import { buildHeader } from "../engine/header.ts";
-import { type Engine, type EngineRank, openEngine, readWeightBytes } from "../engine/reader.ts";
+import { type Engine, type EngineRank, openEngine, streamRankWeights } from "../engine/reader.ts";
 import type { Graph } from "../ir/types.ts";
 import { getOp, HostTensor, type KvStore, type RefContext, type StepLayout } from "../ops/index.ts";
 import { roundToDtype } from "../ops/round.ts";
@@ -39,7 +39,10 @@ interface RankState {
 }
 
 export interface ReferenceOptions {
+  /** Check each rank file's content hash while its weights are read (default true). */
   verify?: boolean;
+  /** Progress of reading the rank files (bytes of the current rank). */
+  onLoadBytes?: (done: number, total: number) => void;
   /** Round each op's output to the engine's activation dtype (default true). */
   roundActivations?: boolean;
   /** Runtime limits (default: the build's). The CPU executor has no fixed buffers, so any size works. */
@@ -69,14 +72,14 @@ export class ReferenceExecutor implements Executor {
     };
     this.ranks = engine.ranks.map((rank, i) => ({
       rank,
-      weights: weights?.[i] ?? loadWeights(rank),
+      weights: weights?.[i] ?? loadWeights(rank, opts),
       kv: new DenseKv(),
       dtypes: new Map(rank.header.values.map((v) => [v.id, v.dtype])),
     }));
   }
 
   static load(dir: string, opts: ReferenceOptions = {}): ReferenceExecutor {
-    return new ReferenceExecutor(openEngine(dir, { verify: opts.verify }), opts);
+    return new ReferenceExecutor(openEngine(dir), opts);
   }
 
   /**
@@ -118,9 +121,10 @@ export class ReferenceExecutor implements Executor {
       },
       ranks,
     };
-    const weights = graphs.map((g, i) =>
-      loadWeights(ranks[i], (w) => materializeWeight(g.values.get(w.value)!, checkpoint)),
-    );
+    const weights = graphs.map((g, i) => {
+      const stored = ranks[i].header.weights.filter((w) => !w.random && w.nbytes > 0);
+      return decodeWeights(ranks[i], new Map(stored.map((w) => [w.value, materializeWeight(g.values.get(w.value)!, checkpoint)])));
+    });
     return new ReferenceExecutor(engine, opts, weights);
   }
 
@@ -252,10 +256,8 @@ function storeKvFp8(kv: DenseKv, layout: StepLayout, attrs: Record<string, unkno
   }
 }
 
-function loadWeights(
-  rank: EngineRank,
-  bytesOf: (w: WeightEntry) => Uint8Array = (w) => readWeightBytes(rank, w.offset, w.nbytes),
-): Map<number, HostTensor> {
+/** A rank's weights as fp32 host tensors: stored bytes from `bytes`, random ones from their seeds. */
+function decodeWeights(rank: EngineRank, bytes: Map<number, Uint8Array>): Map<number, HostTensor> {
   const values = new Map(rank.header.values.map((v) => [v.id, v]));
   const out = new Map<number, HostTensor>();
   for (const w of rank.header.weights) {
@@ -267,14 +269,23 @@ function loadWeights(
       data = randomFill(n, w.random.seed, w.random.mean, w.random.scale);
       roundToDtype(data, v.dtype);
       roundStored(data, v.dtype);
-    } else if (isQuantDtype(v.dtype)) {
-      data = decodeStored(v.dtype, readWeightBytes(rank, w.offset, w.nbytes));
     } else {
-      const st = F32_BYTES_DTYPE[v.dtype as keyof typeof F32_BYTES_DTYPE];
-      if (!st) throw new Error(`reference executor cannot read weights of dtype ${v.dtype} (${v.name})`);
-      data = toFloat32(st, bytesOf(w));
+      const b = bytes.get(w.value) ?? new Uint8Array(0);
+      if (isQuantDtype(v.dtype)) data = decodeStored(v.dtype, b);
+      else {
+        const st = F32_BYTES_DTYPE[v.dtype as keyof typeof F32_BYTES_DTYPE];
+        if (!st) throw new Error(`reference executor cannot read weights of dtype ${v.dtype} (${v.name})`);
+        data = toFloat32(st, b);
+      }
     }
     out.set(v.id, new HostTensor(shape, data));
   }
   return out;
+}
+
+/** Reads a rank file in one pass, its content hash checked in the same pass (unless verify is false). */
+function loadWeights(rank: EngineRank, o: ReferenceOptions): Map<number, HostTensor> {
+  const bytes = new Map<number, Uint8Array>();
+  streamRankWeights(rank, (w, b) => bytes.set(w.value, b), { verify: o.verify, onBytes: o.onLoadBytes });
+  return decodeWeights(rank, bytes);
 }

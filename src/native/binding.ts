@@ -133,6 +133,7 @@ type Handle = { readonly __tsllmEngine: unique symbol };
 interface Addon {
   abiVersion(): number;
   load(path: string, opts: CudaLoadOptions): Handle;
+  loadHashed(path: string, opts: CudaLoadOptions, chunkBytes: number, numChunks: number): { handle: Handle; digests: Buffer };
   unload(h: Handle): void;
   step(
     h: Handle,
@@ -204,6 +205,14 @@ export function measureCopyBandwidth(bytes = 1 << 30): number {
   return loadAddon().copyBandwidth(bytes);
 }
 
+/** How long loading took: the whole call (CUDA setup, weight upload, KV cache), and the file's bytes. */
+export interface LoadStats {
+  seconds: number;
+  fileBytes: number;
+  /** The chunk digests of the rank file when it was hashed during the upload (src/engine/hash.ts). */
+  chunkDigests?: Buffer[];
+}
+
 /** One engine rank on one GPU. */
 export class CudaEngine {
   private handle: Handle | null;
@@ -213,17 +222,30 @@ export class CudaEngine {
     private readonly a: Addon,
     handle: Handle,
     readonly file: string,
+    readonly loadStats: LoadStats,
   ) {
     this.handle = handle;
     this.vocabSize = a.info(handle).vocabSize;
   }
 
-  /** rankFile: a rank{N}.engine file, or an engine directory of a tp=1 engine (rank0.engine). */
-  static load(rankFile: string, o: CudaLoadOptions = {}): CudaEngine {
+  /**
+   * rankFile: a rank{N}.engine file, or an engine directory of a tp=1 engine (rank0.engine).
+   * hashChunkBytes: also hash the file in chunks of that size in the upload pass (loadStats.chunkDigests).
+   */
+  static load(rankFile: string, o: CudaLoadOptions & { hashChunkBytes?: number } = {}): CudaEngine {
     const a = loadAddon();
     let file = rankFile;
     if (fs.existsSync(file) && fs.statSync(file).isDirectory()) file = path.join(file, "rank0.engine");
-    return new CudaEngine(a, a.load(file, o), file);
+    const fileBytes = fs.statSync(file).size;
+    const t0 = performance.now();
+    if (o.hashChunkBytes) {
+      const n = Math.ceil(fileBytes / o.hashChunkBytes);
+      const r = a.loadHashed(file, o, o.hashChunkBytes, n);
+      const chunkDigests = Array.from({ length: n }, (_, i) => r.digests.subarray(32 * i, 32 * (i + 1)));
+      return new CudaEngine(a, r.handle, file, { seconds: (performance.now() - t0) / 1000, fileBytes, chunkDigests });
+    }
+    const h = a.load(file, o);
+    return new CudaEngine(a, h, file, { seconds: (performance.now() - t0) / 1000, fileBytes });
   }
 
   private h(): Handle {

@@ -1,5 +1,6 @@
 // The Executor interface (src/executor/types.ts) over the native CUDA runtime (src/native/binding.ts).
-import { openEngine } from "../engine/reader.ts";
+import { combineChunkDigests, mismatch } from "../engine/hash.ts";
+import { EngineError, type EngineRank, openEngine, streamRankWeights } from "../engine/reader.ts";
 import { type Executor, LimitError, type SeqRequest } from "../executor/types.ts";
 import { CudaEngine, type CudaLoadOptions, nativeAvailable } from "./binding.ts";
 
@@ -53,11 +54,32 @@ export class CudaExecutor implements Executor {
   }
 }
 
-export function openCudaExecutor(dir: string, o: { verify?: boolean } & CudaLoadOptions = {}): Executor {
-  const eng = openEngine(dir, { verify: o.verify });
+/**
+ * Loads a rank onto the GPU with its content hash checked in the same pass that uploads the weights
+ * (the size and header were checked before, by openEngine). A mismatch unloads the engine and says so.
+ */
+export function loadVerified(rank: EngineRank, o: { verify?: boolean } & CudaLoadOptions = {}): CudaEngine {
+  const entry = rank.entry;
+  if (o.verify === false || !entry) return CudaEngine.load(rank.file, o);
+  // Engines from before chunked hashes: their whole-file SHA-256 cannot be split over threads.
+  if (!entry.hash) {
+    streamRankWeights({ ...rank, header: { ...rank.header, weights: [] } }, () => {});
+    return CudaEngine.load(rank.file, o);
+  }
+  const eng = CudaEngine.load(rank.file, { ...o, hashChunkBytes: entry.hash.chunk_bytes });
+  const got = combineChunkDigests(eng.loadStats.chunkDigests ?? []);
+  if (got !== entry.hash.sha256) {
+    eng.close();
+    throw new EngineError(`${rank.file}: ${mismatch(got, entry.hash.sha256)}`);
+  }
+  return eng;
+}
+
+export function openCudaExecutor(dir: string, o: { verify?: boolean } & CudaLoadOptions = {}): CudaExecutor {
+  const eng = openEngine(dir);
   if (eng.ranks.length !== 1)
     throw new LimitError(
       `${dir}: a tp ${eng.ranks.length} engine needs one process per GPU; the TypeScript CUDA executor runs tp 1 engines`,
     );
-  return new CudaExecutor(CudaEngine.load(eng.ranks[0].file, o));
+  return new CudaExecutor(loadVerified(eng.ranks[0], o));
 }

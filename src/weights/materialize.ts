@@ -43,19 +43,45 @@ export function materializeWeight(v: Value, ckpt: Checkpoint | null): Uint8Array
 }
 
 /**
- * Fast path: half-precision sources already in the stored dtype, with only slices and concatenation,
- * are rearranged as raw 16-bit elements — no decode/encode (most fp16/bf16 builds take this path).
+ * The weight's bytes as consecutive pieces: for half-precision sources stored as they are (concatenated,
+ * sliced along their first axis) these are views of the source bytes (no copy; the engine writer
+ * writes them one after the other); anything else is materialised into one buffer.
  */
-function materializeDirect(r: Extract<WeightRecipe, { kind: "checkpoint" }>, ckpt: Checkpoint, st: string): Raw<Uint16Array> | null {
+export function materializeSegments(v: Value, ckpt: Checkpoint | null): Uint8Array[] {
+  const r = v.recipe;
+  if (ckpt && r?.kind === "checkpoint" && r.transforms.length === 0 && ST_DTYPE[v.dtype] !== undefined) {
+    const st = storageDtype(v.dtype);
+    const direct = directParts(r, ckpt, st);
+    if (direct) {
+      const rest = direct[0].shape.slice(1).join(",");
+      const rows = direct.reduce((a, p) => a + p.shape[0], 0);
+      const want = v.shape.map(Number);
+      if (direct.every((p) => p.shape.slice(1).join(",") === rest) && [rows, ...direct[0].shape.slice(1)].join(",") === want.join(","))
+        return direct.map((p) => new Uint8Array(p.data.buffer, p.data.byteOffset, p.data.byteLength));
+    }
+  }
+  return [materializeWeight(v, ckpt)];
+}
+
+/** Each part of a direct recipe after its own slices (views where the slice is contiguous), or null. */
+function directParts(r: Extract<WeightRecipe, { kind: "checkpoint" }>, ckpt: Checkpoint, st: string): Raw<Uint16Array>[] | null {
   if (st === "F32") return null;
   const slicesOnly = (ts: Transform[]) => ts.every((t) => t.op === "slice");
   if (!slicesOnly(r.transforms) || !r.parts.every((p) => slicesOnly(p.transforms) && ckpt.info(p.name).dtype === st)) return null;
-  const parts = r.parts.map((p) => {
+  return r.parts.map((p) => {
     const b = ckpt.read(p.name);
     const raw: Raw<Uint16Array> = { shape: ckpt.info(p.name).shape, data: new Uint16Array(b.buffer, b.byteOffset, b.byteLength / 2) };
     return p.transforms.reduce(applyTransform<Uint16Array>, raw);
   });
-  return r.transforms.reduce(applyTransform<Uint16Array>, concat0(parts));
+}
+
+/**
+ * Fast path: half-precision sources already in the stored dtype, with only slices and concatenation,
+ * are rearranged as raw 16-bit elements — no decode/encode (most fp16/bf16 builds take this path).
+ */
+function materializeDirect(r: Extract<WeightRecipe, { kind: "checkpoint" }>, ckpt: Checkpoint, st: string): Raw<Uint16Array> | null {
+  const parts = directParts(r, ckpt, st);
+  return parts && r.transforms.reduce(applyTransform<Uint16Array>, concat0(parts));
 }
 
 /** Materialises to fp32 (for quantisation passes that need the values). */
@@ -105,11 +131,13 @@ export function applyTransform<D extends Elems = Float32Array>(t: Raw<D>, tr: Tr
       const inner = t.shape.slice(axis + 1).reduce((a, b) => a * b, 1);
       const n = t.shape[axis];
       const len = end - start;
+      const shape = [...t.shape];
+      shape[axis] = len;
+      // A slice of the outermost non-trivial axis is contiguous: a view, not a copy.
+      if (outer === 1) return { shape, data: t.data.subarray(start * inner, end * inner) as D };
       const data = alloc(t.data, outer * len * inner);
       for (let o = 0; o < outer; o++)
         data.set(t.data.subarray((o * n + start) * inner, (o * n + end) * inner), o * len * inner);
-      const shape = [...t.shape];
-      shape[axis] = len;
       return { shape, data };
     }
   }

@@ -1,0 +1,173 @@
+// One rank file being written: bytes are appended in file order as views (no copies), gathered into
+// large positional writes issued on libuv's thread pool, and cut into hash chunks (src/engine/hash.ts)
+// that worker threads digest meanwhile. The caller bounds memory by awaiting `settle` when too many
+// bytes are still in flight.
+import * as fs from "node:fs";
+import { combineChunkDigests, HASH_CHUNK_BYTES } from "./hash.ts";
+import type { HashPool } from "./hash-pool.ts";
+
+/** Writes are gathered up to this size (large sequential writes). */
+const WRITE_BYTES = 8 << 20;
+const ZEROS = new Uint8Array(64 << 10);
+
+function writev(fd: number, bufs: Uint8Array[], pos: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    fs.writev(fd, bufs, pos, (err, n) => {
+      if (err) return reject(err);
+      const want = bufs.reduce((a, b) => a + b.length, 0);
+      if (n === want) return resolve();
+      // Short write (rare): finish it from where it stopped.
+      let skip = n;
+      const rest: Uint8Array[] = [];
+      for (const b of bufs) {
+        if (skip >= b.length) skip -= b.length;
+        else {
+          rest.push(b.subarray(skip));
+          skip = 0;
+        }
+      }
+      writev(fd, rest, pos + n).then(resolve, reject);
+    });
+  });
+}
+
+/** A pushed piece's outstanding write and hash jobs. */
+interface Done {
+  left: number;
+  fn?: () => void;
+}
+const finish = (d: Done) => {
+  if (--d.left === 0) d.fn?.();
+};
+
+export class RankFile {
+  private fd: number;
+  /** Bytes appended so far (the file position of the next byte). */
+  bytes = 0;
+  /** Bytes that reached the disk. */
+  written = 0;
+  private hashed = 0;
+  private batch: Uint8Array[] = [];
+  private batchDone: Done[] = [];
+  private batchBytes = 0;
+  private batchPos = 0;
+  private chunk: Uint8Array[] = [];
+  private chunkDone: Done[] = [];
+  private chunkBytes = 0;
+  private digests: Promise<Buffer>[] = [];
+  private pending = new Set<Promise<void>>();
+  private failed: Error | null = null;
+
+  constructor(
+    readonly path: string,
+    private readonly hashes: HashPool,
+    private readonly onWritten?: (n: number) => void,
+  ) {
+    this.fd = fs.openSync(path, "w");
+  }
+
+  /**
+   * Appends bytes, kept by reference until written and hashed (do not modify them meanwhile);
+   * `done` is called once they are both, so their buffer can be reused.
+   */
+  push(b: Uint8Array, done?: () => void): void {
+    if (this.failed) throw this.failed;
+    if (b.length === 0) return done?.();
+    const d: Done = { left: 1, fn: done };
+    if (this.batchBytes === 0) this.batchPos = this.bytes;
+    this.batch.push(b);
+    this.batchDone.push(d);
+    this.batchBytes += b.length;
+    this.bytes += b.length;
+    for (let off = 0; off < b.length; ) {
+      const n = Math.min(HASH_CHUNK_BYTES - this.chunkBytes, b.length - off);
+      this.chunk.push(off === 0 && n === b.length ? b : b.subarray(off, off + n));
+      this.chunkDone.push(d);
+      d.left++;
+      this.chunkBytes += n;
+      off += n;
+      if (this.chunkBytes === HASH_CHUNK_BYTES) this.endChunk();
+    }
+    if (this.batchBytes >= WRITE_BYTES) this.flush();
+  }
+
+  /** Zero bytes up to file position `pos`. */
+  padTo(pos: number): void {
+    while (this.bytes < pos) this.push(ZEROS.subarray(0, Math.min(ZEROS.length, pos - this.bytes)));
+  }
+
+  private endChunk(): void {
+    const d = this.hashes.digest(this.chunk);
+    const n = this.chunkBytes;
+    const dones = this.chunkDone;
+    this.digests.push(d);
+    this.track(
+      d.then(() => {
+        this.hashed += n;
+        dones.forEach(finish);
+      }),
+    );
+    this.chunk = [];
+    this.chunkDone = [];
+    this.chunkBytes = 0;
+  }
+
+  private flush(): void {
+    if (this.batchBytes === 0) return;
+    const bufs = this.batch;
+    const dones = this.batchDone;
+    const n = this.batchBytes;
+    this.track(
+      writev(this.fd, bufs, this.batchPos).then(() => {
+        this.written += n;
+        dones.forEach(finish);
+        this.onWritten?.(n);
+      }),
+    );
+    this.batch = [];
+    this.batchDone = [];
+    this.batchBytes = 0;
+  }
+
+  private track(p: Promise<void>): void {
+    const q = p.then(
+      () => {
+        this.pending.delete(q);
+      },
+      (e: Error) => {
+        this.pending.delete(q);
+        this.failed ??= new Error(`${this.path}: ${e.message}`);
+      },
+    );
+    this.pending.add(q);
+  }
+
+  /** Bytes appended but not yet both written and hashed (roughly: what this file holds in memory). */
+  get inFlight(): number {
+    return this.bytes - Math.min(this.written, this.hashed);
+  }
+
+  /** Waits for some outstanding write or hash to finish. */
+  async settle(): Promise<void> {
+    if (this.pending.size) await Promise.race(this.pending);
+    if (this.failed) throw this.failed;
+  }
+
+  /** Writes what is left, waits for everything, closes the file; returns its size and content hash. */
+  async finish(): Promise<{ bytes: number; sha256: string }> {
+    this.flush();
+    if (this.chunkBytes > 0 || this.digests.length === 0) this.endChunk();
+    while (this.pending.size) await Promise.race(this.pending);
+    fs.closeSync(this.fd);
+    if (this.failed) throw this.failed;
+    return { bytes: this.bytes, sha256: combineChunkDigests(await Promise.all(this.digests)) };
+  }
+
+  /** Closes the file after a failure elsewhere (outstanding operations are left to finish). */
+  async abort(): Promise<void> {
+    await Promise.allSettled([...this.pending]);
+    try {
+      fs.closeSync(this.fd);
+    } catch {}
+  }
+}

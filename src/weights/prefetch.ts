@@ -1,0 +1,138 @@
+// Checkpoint tensors read ahead, asynchronously (libuv's thread pool) into SharedArrayBuffers, so the
+// next weights' reads overlap this weight's conversion, hashing and writing, and the bytes reach the
+// hash workers without copies. Each tensor is read once and dropped after its last use.
+import * as fs from "node:fs";
+import type { Checkpoint } from "../checkpoint/checkpoint.ts";
+import { CheckpointError } from "../checkpoint/errors.ts";
+
+/** Reads of one tensor are split so several run at once (queue depth for a cold disk). */
+const READ_BYTES = 32 << 20;
+
+function readAt(fd: number, into: Uint8Array, pos: number): Promise<number> {
+  return new Promise((resolve, reject) =>
+    fs.read(fd, into, 0, into.length, pos, (err, n) => (err ? reject(err) : resolve(n))),
+  );
+}
+
+async function readFully(fd: number, file: string, into: Uint8Array, pos: number): Promise<void> {
+  for (let got = 0; got < into.length; ) {
+    const n = await readAt(fd, into.subarray(got), pos + got);
+    if (n === 0) throw new CheckpointError(file, `truncated: expected ${into.length} bytes at offset ${pos}, got ${got}`);
+    got += n;
+  }
+}
+
+/**
+ * Buffers are reused, never freed while the build runs: a fresh buffer costs a page fault per 4 KiB
+ * (measured here: reading 2.2 GB into fresh buffers 3.4 s, into a reused one 0.55 s). Layers repeat
+ * their shapes, so buffers of the exact size come back. Shared, so hash workers read them in place.
+ */
+class BufferPool {
+  private free = new Map<number, SharedArrayBuffer[]>();
+  take(n: number): SharedArrayBuffer {
+    return this.free.get(n)?.pop() ?? new SharedArrayBuffer(n);
+  }
+  give(b: SharedArrayBuffer): void {
+    const l = this.free.get(b.byteLength);
+    if (l) l.push(b);
+    else this.free.set(b.byteLength, [b]);
+  }
+}
+
+/** A source buffer and who still uses it: the prefetcher until the tensor's last use, and each piece
+ * of it that a rank file has yet to write and hash. */
+interface Lease {
+  buf: SharedArrayBuffer;
+  refs: number;
+}
+
+export class Prefetcher {
+  private fds = new Map<string, number>();
+  private loaded = new Map<string, Promise<Uint8Array>>();
+  private done = new Map<string, Uint8Array>();
+  private leases = new Map<ArrayBufferLike, Lease>();
+  private byName = new Map<string, Lease>();
+  private pool = new BufferPool();
+  /** Bytes of source buffers in use (read ahead, or still to be written). */
+  held = 0;
+
+  constructor(private readonly ckpt: Checkpoint) {}
+
+  private fd(file: string): number {
+    let fd = this.fds.get(file);
+    if (fd === undefined) {
+      fd = fs.openSync(file, "r");
+      this.fds.set(file, fd);
+    }
+    return fd;
+  }
+
+  /** Starts reading a tensor (once). */
+  fetch(name: string): void {
+    if (this.loaded.has(name)) return;
+    const info = this.ckpt.info(name);
+    const lease: Lease = { buf: this.pool.take(info.byteLength), refs: 1 };
+    const out = new Uint8Array(lease.buf);
+    this.leases.set(lease.buf, lease);
+    this.byName.set(name, lease);
+    this.held += info.byteLength;
+    const fd = this.fd(info.file);
+    const parts: Promise<void>[] = [];
+    for (let off = 0; off < out.length; off += READ_BYTES)
+      parts.push(readFully(fd, info.file, out.subarray(off, Math.min(out.length, off + READ_BYTES)), info.fileOffset + off));
+    const p = Promise.all(parts).then(() => {
+      this.done.set(name, out);
+      return out;
+    });
+    p.catch(() => {}); // surfaced by ready()
+    this.loaded.set(name, p);
+  }
+
+  async ready(names: readonly string[]): Promise<void> {
+    for (const n of names) this.fetch(n);
+    await Promise.all(names.map((n) => this.loaded.get(n)));
+  }
+
+  /** The tensor will not be asked for again (its buffer returns once its pieces are written). */
+  release(name: string): void {
+    if (!this.loaded.delete(name)) return;
+    this.done.delete(name);
+    const l = this.byName.get(name);
+    this.byName.delete(name);
+    if (l) this.unref(l);
+  }
+
+  /** If `b` views a fetched tensor, keeps its buffer until the returned callback is called. */
+  hold(b: Uint8Array): (() => void) | undefined {
+    const l = this.leases.get(b.buffer);
+    if (!l) return undefined;
+    l.refs++;
+    return () => this.unref(l);
+  }
+
+  private unref(l: Lease): void {
+    if (--l.refs > 0) return;
+    this.leases.delete(l.buf);
+    this.held -= l.buf.byteLength;
+    this.pool.give(l.buf);
+  }
+
+  /** The checkpoint with `read` served from what was fetched (synchronous reads for anything else). */
+  view(): Checkpoint {
+    const c = this.ckpt;
+    return {
+      dir: c.dir,
+      names: () => c.names(),
+      has: (n) => c.has(n),
+      info: (n) => c.info(n),
+      read: (n) => this.done.get(n) ?? c.read(n),
+      readF32: (n) => c.readF32(n),
+      close: () => {},
+    };
+  }
+
+  close(): void {
+    for (const fd of this.fds.values()) fs.closeSync(fd);
+    this.fds.clear();
+  }
+}
