@@ -135,6 +135,12 @@ int32_t tsllm_abi_version(void);
 /* Loads one rank file (e.g. engines/llama/rank0.engine). Returns NULL on failure. */
 tsllm_engine* tsllm_load(const char* rank_file, const tsllm_options* options, char* err, size_t errlen);
 
+/* tsllm_load, and in the same pass that uploads the weights, the SHA-256 of each `chunk_bytes` chunk of
+   the rank file (32 bytes each into chunk_digests; num_chunks = ceil(file size / chunk_bytes) must match).
+   The caller combines them and compares with config.json (docs/engine-format.md, "Content hash"). */
+tsllm_engine* tsllm_load_hashed(const char* rank_file, const tsllm_options* options, uint64_t chunk_bytes,
+                                uint8_t* chunk_digests, uint64_t num_chunks, char* err, size_t errlen);
+
 /* One forward step over a packed batch of sequences (prefill chunks and decode tokens mixed).
    Writes logits and/or sampled tokens; blocks until they are on the host. */
 int tsllm_step(tsllm_engine* e, const tsllm_seq_input* seqs, int32_t num_seqs, tsllm_step_output* out, char* err,

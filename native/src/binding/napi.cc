@@ -1,5 +1,5 @@
 // Node-API addon over the C ABI (include/tsllm.h). Plain node_api.h, no node-addon-api.
-// Exports: abiVersion(), load(path, opts) -> handle, step(handle, seqs, want), release(handle, id),
+// Exports: abiVersion(), load(path, opts) -> handle, loadHashed(path, opts, chunkBytes, numChunks), step(handle, seqs, want), release(handle, id),
 // generate(handle, tokens, lens, maxNew, sampling?), info(handle), nodeStats(handle), unload(handle).
 // Calls are synchronous (one call per step / per whole generation) except the pipelined pair: stepLaunch
 // enqueues a step on the main thread without waiting for the GPU, stepWait returns a Promise and waits on a
@@ -215,58 +215,87 @@ StepInput step_input(napi_env env, napi_value seqs) {
   return si;
 }
 
+tsllm_options options_of(napi_env env, napi_value opt) {
+  tsllm_options o{};
+  o.device = int32_t(num_or(env, opt, "device", 0));
+  o.max_batch_size = int32_t(num_or(env, opt, "maxBatchSize", 0));
+  o.max_seq_len = int32_t(num_or(env, opt, "maxSeqLen", 0));
+  o.max_num_tokens = int32_t(num_or(env, opt, "maxNumTokens", 0));
+  o.tokens_per_block = int32_t(num_or(env, opt, "tokensPerBlock", 0));
+  o.kv_cache_free_gpu_mem_fraction = float(num_or(env, opt, "kvCacheFreeGpuMemFraction", 0));
+  o.kv_cache_max_blocks = int64_t(num_or(env, opt, "kvCacheMaxBlocks", 0));
+  o.max_logits_rows = int32_t(num_or(env, opt, "maxLogitsRows", 0));
+  auto flag = [&](const char* name, int32_t on, int32_t off, int32_t* field) {
+    napi_value v = prop(env, opt, name);
+    if (!present(env, v)) return;
+    bool b = true;
+    if (napi_get_value_bool(env, v, &b) != napi_ok) throw JsError{std::string(name) + " must be a boolean"};
+    *field = b ? on : off;
+  };
+  flag("cudaGraphs", 0, 1, &o.disable_cuda_graphs);
+  flag("gemmTune", 0, -1, &o.gemm_tune);
+  flag("gemvPrologue", 0, -1, &o.gemv_prologue);
+  flag("pdl", 0, -1, &o.pdl);
+  flag("strictKernels", 1, 0, &o.strict_kernels);
+  napi_value gv = prop(env, opt, "gemv");
+  if (present(env, gv)) {
+    std::string m = str(env, gv, "gemv");
+    if (m == "auto") o.gemv = 0;
+    else if (m == "always") o.gemv = 1;
+    else if (m == "never") o.gemv = -1;
+    else throw JsError{"gemv must be \"auto\", \"always\" or \"never\", got \"" + m + "\""};
+  }
+  napi_value var = prop(env, opt, "gemvVariant");
+  if (present(env, var)) o.gemv_variant = int32_t(num(env, var, "gemvVariant")) + 1;
+  o.decode_variant = int32_t(num_or(env, opt, "decodeVariant", 0));
+  napi_value pr = prop(env, opt, "profile");
+  if (present(env, pr)) {
+    std::string m = str(env, pr, "profile");
+    if (m == "off") o.profile = 0;
+    else if (m == "nodes") o.profile = 1;
+    else if (m == "graph") o.profile = 2;
+    else throw JsError{"profile must be \"off\", \"nodes\" or \"graph\", got \"" + m + "\""};
+  }
+  return o;
+}
+
+napi_value handle_of(napi_env env, tsllm_engine* e) {
+  Handle* h = new Handle{e};
+  napi_value ext;
+  check(env, napi_create_external(env, h, finalize, nullptr, &ext), "create_external");
+  return ext;
+}
+
 napi_value Load(napi_env env, napi_callback_info info) {
   return wrap(env, [&] {
     auto a = args(env, info, 2);
     std::string path = str(env, a[0], "path");
-    tsllm_options o{};
-    napi_value opt = a[1];
-    o.device = int32_t(num_or(env, opt, "device", 0));
-    o.max_batch_size = int32_t(num_or(env, opt, "maxBatchSize", 0));
-    o.max_seq_len = int32_t(num_or(env, opt, "maxSeqLen", 0));
-    o.max_num_tokens = int32_t(num_or(env, opt, "maxNumTokens", 0));
-    o.tokens_per_block = int32_t(num_or(env, opt, "tokensPerBlock", 0));
-    o.kv_cache_free_gpu_mem_fraction = float(num_or(env, opt, "kvCacheFreeGpuMemFraction", 0));
-    o.kv_cache_max_blocks = int64_t(num_or(env, opt, "kvCacheMaxBlocks", 0));
-    o.max_logits_rows = int32_t(num_or(env, opt, "maxLogitsRows", 0));
-    auto flag = [&](const char* name, int32_t on, int32_t off, int32_t* field) {
-      napi_value v = prop(env, opt, name);
-      if (!present(env, v)) return;
-      bool b = true;
-      if (napi_get_value_bool(env, v, &b) != napi_ok) throw JsError{std::string(name) + " must be a boolean"};
-      *field = b ? on : off;
-    };
-    flag("cudaGraphs", 0, 1, &o.disable_cuda_graphs);
-    flag("gemmTune", 0, -1, &o.gemm_tune);
-    flag("gemvPrologue", 0, -1, &o.gemv_prologue);
-    flag("pdl", 0, -1, &o.pdl);
-    flag("strictKernels", 1, 0, &o.strict_kernels);
-    napi_value gv = prop(env, opt, "gemv");
-    if (present(env, gv)) {
-      std::string m = str(env, gv, "gemv");
-      if (m == "auto") o.gemv = 0;
-      else if (m == "always") o.gemv = 1;
-      else if (m == "never") o.gemv = -1;
-      else throw JsError{"gemv must be \"auto\", \"always\" or \"never\", got \"" + m + "\""};
-    }
-    napi_value var = prop(env, opt, "gemvVariant");
-    if (present(env, var)) o.gemv_variant = int32_t(num(env, var, "gemvVariant")) + 1;
-    o.decode_variant = int32_t(num_or(env, opt, "decodeVariant", 0));
-    napi_value pr = prop(env, opt, "profile");
-    if (present(env, pr)) {
-      std::string m = str(env, pr, "profile");
-      if (m == "off") o.profile = 0;
-      else if (m == "nodes") o.profile = 1;
-      else if (m == "graph") o.profile = 2;
-      else throw JsError{"profile must be \"off\", \"nodes\" or \"graph\", got \"" + m + "\""};
-    }
+    tsllm_options o = options_of(env, a[1]);
     char err[2048] = {0};
     tsllm_engine* e = tsllm_load(path.c_str(), &o, err, sizeof(err));
     if (!e) throw JsError{err};
-    Handle* h = new Handle{e};
-    napi_value ext;
-    check(env, napi_create_external(env, h, finalize, nullptr, &ext), "create_external");
-    return ext;
+    return handle_of(env, e);
+  });
+}
+
+// loadHashed(path, opts, chunkBytes, numChunks) -> {handle, digests: Buffer (32 bytes per chunk)}
+napi_value LoadHashed(napi_env env, napi_callback_info info) {
+  return wrap(env, [&] {
+    auto a = args(env, info, 4);
+    std::string path = str(env, a[0], "path");
+    tsllm_options o = options_of(env, a[1]);
+    uint64_t chunk = u64(env, a[2], "chunkBytes"), n = u64(env, a[3], "numChunks");
+    napi_value buf;
+    void* data = nullptr;
+    check(env, napi_create_buffer(env, size_t(n) * 32, &data, &buf), "create_buffer");
+    char err[2048] = {0};
+    tsllm_engine* e = tsllm_load_hashed(path.c_str(), &o, chunk, static_cast<uint8_t*>(data), n, err, sizeof(err));
+    if (!e) throw JsError{err};
+    napi_value res;
+    check(env, napi_create_object(env, &res), "create_object");
+    set(env, res, "handle", handle_of(env, e));
+    set(env, res, "digests", buf);
+    return res;
   });
 }
 
@@ -555,6 +584,7 @@ napi_value Init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"abiVersion", nullptr, AbiVersion, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"load", nullptr, Load, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"loadHashed", nullptr, LoadHashed, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"unload", nullptr, Unload, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"step", nullptr, Step, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"stepLaunch", nullptr, StepLaunch, nullptr, nullptr, nullptr, napi_enumerable, nullptr},

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "engine.h"
+#include "upload.h"
 
 #ifdef TSLLM_WITH_NCCL
 #include <nccl.h>
@@ -63,6 +64,21 @@ tsllm_engine* tsllm_load(const char* rank_file, const tsllm_options* options, ch
     tsllm_options o{};
     if (options) o = *options;
     auto e = tsllm::load_engine(rank_file, o);
+    out = new tsllm_engine{std::move(e)};
+  });
+  return out;
+}
+
+tsllm_engine* tsllm_load_hashed(const char* rank_file, const tsllm_options* options, uint64_t chunk_bytes,
+                                uint8_t* chunk_digests, uint64_t num_chunks, char* err, size_t errlen) {
+  tsllm_engine* out = nullptr;
+  guarded(err, errlen, [&] {
+    if (!rank_file) throw std::runtime_error("tsllm_load_hashed: rank_file is NULL");
+    if (!chunk_digests || !chunk_bytes) throw std::runtime_error("tsllm_load_hashed: no room for chunk digests");
+    tsllm_options o{};
+    if (options) o = *options;
+    tsllm::ContentHash h{chunk_bytes, chunk_digests, num_chunks};
+    auto e = tsllm::load_engine(rank_file, o, &h);
     out = new tsllm_engine{std::move(e)};
   });
   return out;

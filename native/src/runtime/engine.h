@@ -193,7 +193,9 @@ struct Engine {
 DType to_dtype(ElemType t);
 
 // load.cc
-std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options& opts);
+// hash: optional chunk digests of the rank file, computed in the upload pass (upload.h).
+struct ContentHash;
+std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options& opts, const ContentHash* hash = nullptr);
 // forward.cc: enqueues the op program for plan p on e.stream (capturable). only: node mask (profiling).
 void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only = nullptr);
 // Prologue fusion: finds the rms_norm / gated_act nodes the gemv can absorb (fills pro_consumer/producer).

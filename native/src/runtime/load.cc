@@ -1,5 +1,6 @@
-// Loading a rank file onto the GPU: checks (version, sm, limits), weight upload (pread into pinned
-// staging + cudaMemcpyAsync, no conversion; random weights generated on the GPU), the activation arena,
+// Loading a rank file onto the GPU: checks (version, sm, limits), weight upload (upload.cc: parallel
+// pread into pinned staging + cudaMemcpyAsync, content hash in the same pass; random weights generated
+// on the GPU), the activation arena,
 // workspaces, step buffers and the paged KV pool sized from what is left.
 #include <fcntl.h>
 #include <unistd.h>
@@ -9,6 +10,7 @@
 #include <cstring>
 
 #include "engine.h"
+#include "upload.h"
 
 namespace tsllm {
 
@@ -124,16 +126,9 @@ void alloc_step_buffers(Engine& e, StepBuffers& b, int tcap, int scap, int64_t l
 
 namespace {
 
-struct Fd {
-  int fd = -1;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
 std::string mib(uint64_t b) { return std::to_string((b + (1 << 19)) >> 20) + " MiB"; }
 
-void upload_weights(Engine& e) {
+void upload_weights(Engine& e, const ContentHash* hash) {
   const EngineDesc& d = e.desc;
   auto fail = [&](const std::string& m) { return LoadError(d.path + ": " + m); };
   auto ck = [&](cudaError_t err, const char* what) {
@@ -149,57 +144,8 @@ void upload_weights(Engine& e) {
        ("random_fill of " + v.name).c_str());
   }
 
-  // Stored weights, in file order: pread into one of two pinned staging buffers, async copy, alternate.
-  std::vector<const WeightDesc*> order;
-  for (const WeightDesc& w : d.weights)
-    if (!w.random && w.nbytes) order.push_back(&w);
-  if (order.empty()) return;
-  std::sort(order.begin(), order.end(), [](const WeightDesc* a, const WeightDesc* b) { return a->offset < b->offset; });
-
-  Fd f;
-  f.fd = ::open(d.path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (f.fd < 0) throw fail(std::string("cannot open: ") + std::strerror(errno));
-  const size_t kChunk = size_t(64) << 20;
-  void* staging[2] = {};
-  cudaEvent_t done[2] = {};
-  struct Cleanup {
-    void** s;
-    cudaEvent_t* ev;
-    ~Cleanup() {
-      for (int i = 0; i < 2; i++) {
-        if (ev[i]) cudaEventSynchronize(ev[i]), cudaEventDestroy(ev[i]);
-        if (s[i]) cudaFreeHost(s[i]);
-      }
-    }
-  } cleanup{staging, done};
-  for (int i = 0; i < 2; i++) {
-    ck(cudaHostAlloc(&staging[i], kChunk, cudaHostAllocDefault), "cudaHostAlloc of the weight staging buffer");
-    ck(cudaEventCreateWithFlags(&done[i], cudaEventDisableTiming), "cudaEventCreate");
-  }
-  int k = 0;
-  for (const WeightDesc* w : order) {
-    uint64_t pos = 0;
-    while (pos < w->nbytes) {
-      size_t len = size_t(std::min<uint64_t>(kChunk, w->nbytes - pos));
-      ck(cudaEventSynchronize(done[k]), "waiting for a weight copy");
-      size_t got = 0;
-      while (got < len) {
-        ssize_t n = ::pread(f.fd, static_cast<char*>(staging[k]) + got, len - got,
-                            off_t(d.data_offset + w->offset + pos + got));
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0)
-          throw fail("short read of weight " + d.values[size_t(w->value)].name + " at byte " +
-                     std::to_string(d.data_offset + w->offset + pos + got) +
-                     (n < 0 ? std::string(": ") + std::strerror(errno) : std::string(" (end of file)")));
-        got += size_t(n);
-      }
-      ck(cudaMemcpyAsync(e.weights + w->device_offset + pos, staging[k], len, cudaMemcpyHostToDevice, e.stream),
-         "cudaMemcpyAsync of weights");
-      ck(cudaEventRecord(done[k], e.stream), "cudaEventRecord");
-      k ^= 1;
-      pos += len;
-    }
-  }
+  // Stored weights: one pass over the file by several reader threads, hashed in the same pass (upload.cc).
+  upload_stored_weights(d, e.weights, e.device, hash);
 }
 
 // The engine's arena plan is for its build limits. At load the symbolic dims take the runtime maxima (tokens,
@@ -271,7 +217,7 @@ void replan_arena(EngineDesc& d, int64_t tokens, int64_t logits, int64_t seqs) {
 
 }  // namespace
 
-std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options& opts) {
+std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options& opts, const ContentHash* hash) {
   auto e = std::make_unique<Engine>();
   e->desc = read_engine_header(path);
   e->opts = opts;
@@ -337,7 +283,7 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
   ck(cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking), "cudaStreamCreate");
 
   // ---- weights, arena ----
-  upload_weights(*e);
+  upload_weights(*e, hash);
   if (d.arena_bytes) ck(cudaMalloc(&e->arena, d.arena_bytes), "cudaMalloc of the " + mib(d.arena_bytes) + " activation arena");
 
   // ---- workspaces ----
