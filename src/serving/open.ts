@@ -24,7 +24,7 @@ export interface OpenBatchOptions {
 }
 
 export async function openBatchManager(dir: string, o: OpenBatchOptions = {}): Promise<InflightBatchManager> {
-  const engine = openEngine(dir, { verify: o.verify });
+  const engine = openEngine(dir);
   const facts = engine.config.facts;
   if (o.maxSeqLen !== undefined && o.maxSeqLen > facts.maxPositionEmbeddings)
     throw new LimitError(
@@ -56,8 +56,10 @@ export async function openBatchManager(dir: string, o: OpenBatchOptions = {}): P
           `${dir}: a tp ${engine.ranks.length} engine needs one process per GPU; the batch manager runs tp 1 engines`,
         );
       const { CudaStepBackend } = await import("./cuda-backend.ts");
+      const { loadVerified } = await import("../native/executor.ts");
       backend = new CudaStepBackend(
-        native.CudaEngine.load(engine.ranks[0].file, {
+        loadVerified(engine.ranks[0], {
+          verify: o.verify,
           maxBatchSize: o.maxBatchSize,
           maxNumTokens: o.maxNumTokens,
           maxSeqLen: o.maxSeqLen,
@@ -72,6 +74,7 @@ export async function openBatchManager(dir: string, o: OpenBatchOptions = {}): P
   }
   backend ??= new CpuStepBackend(
     new ReferenceExecutor(engine, {
+      verify: o.verify,
       limits: { max_batch_size: o.maxBatchSize, max_num_tokens: o.maxNumTokens, max_seq_len: o.maxSeqLen },
     }),
     { kvBlocks: o.kvBlocks },

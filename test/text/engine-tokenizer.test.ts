@@ -20,7 +20,7 @@ describe("engines carry the tokenizer", () => {
   });
 
   it("copies the checkpoint's tokenizer files and records them in config.json", () => {
-    const cfg = openEngine(llama, { verify: false }).config;
+    const cfg = openEngine(llama).config;
     expect(cfg.tokenizer?.files).toEqual(["tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja"]);
     for (const f of cfg.tokenizer!.files)
       expect(fs.readFileSync(path.join(llama, f))).toEqual(fs.readFileSync(path.join(TINY_LLAMA, f)));
@@ -60,6 +60,6 @@ describe("engines carry the tokenizer", () => {
     cfg.tokenizer.files = ["../../etc/passwd"];
     fs.writeFileSync(path.join(bad, "config.json"), JSON.stringify(cfg));
     expect(() => findTokenizer(bad)).toThrow(/tokenizer file "..\/..\/etc\/passwd" is not a plain file name/);
-    expect(() => openEngine(bad, { verify: false })).toThrow(/tokenizer.files.0.*plain file name/);
+    expect(() => openEngine(bad)).toThrow(/tokenizer.files.0.*plain file name/);
   });
 });
