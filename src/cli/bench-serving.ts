@@ -43,7 +43,7 @@ export function addServingCommands(program: Command): void {
         for (const k of ["inputStdev", "outputStdev"] as const)
           if (!(o[k] >= 0))
             throw new Error(`--${k === "inputStdev" ? "input" : "output"}-stdev must be >= 0, got ${o[k]}`);
-        const vocabSize = openEngine(dir, { verify: false }).config.facts.vocabSize;
+        const vocabSize = openEngine(dir).config.facts.vocabSize;
         const entries = tokenNormDist({ ...o, vocabSize });
         const text = `${entries.map(formatDatasetLine).join("\n")}\n`;
         if (o.output) writeAtomic(o.output, text);
@@ -91,7 +91,7 @@ export function addServingCommands(program: Command): void {
     .option("--json <file>", "also write the report as JSON")
     .action((dir: string, o) =>
       main(async () => {
-        const engine = openEngine(dir, { verify: false });
+        const engine = openEngine(dir);
         const found = findTokenizer(dir);
         const encode = found.tok ? (t: string) => found.tok!.encode(t) : undefined;
         let entries: DatasetEntry[] = readDataset(o.dataset, {

@@ -1,9 +1,9 @@
 // tsllm-compile: Hugging Face checkpoint (or config + random weights) → optimised engine per rank.
 
-import cliProgress from "cli-progress";
 import { compileEngine } from "../compile.ts";
 import { SUPPORTED_SMS } from "../engine/format.ts";
 import { command, fmtBytes, int, list, main } from "./common.ts";
+import { type Progress, progress } from "./progress.ts";
 
 const program = command(
   "tsllm-compile",
@@ -66,17 +66,7 @@ await main(async () => {
   const o = program.opts();
   const [modelFile] = program.args;
   const t0 = performance.now();
-  const bar = new cliProgress.SingleBar(
-    {
-      format: "weights [{bar}] {percentage}% | {done}/{size} | {name}",
-      hideCursor: true,
-      clearOnComplete: false,
-      noTTYOutput: true,
-      notTTYSchedule: 2000,
-    },
-    cliProgress.Presets.shades_classic,
-  );
-  let started = false;
+  let bar: Progress | null = null;
   const { config, pipeline } = await compileEngine({
     modelFile,
     checkpoint: o.checkpoint,
@@ -101,14 +91,11 @@ await main(async () => {
     dumpIrAfter: o.dumpIrAfter,
     log: (s) => process.stdout.write(`${s}\n`),
     onProgress: (done, total, name) => {
-      if (!started) {
-        bar.start(total, 0, { done: fmtBytes(0), size: fmtBytes(total), name });
-        started = true;
-      }
-      bar.update(done, { done: fmtBytes(done), name: name.length > 48 ? `…${name.slice(-47)}` : name });
+      bar ??= progress("weights", total, { unit: "bytes" });
+      bar.update(done, name);
     },
   });
-  if (started) bar.stop();
+  (bar as Progress | null)?.stop();
   if (pipeline.summary) process.stdout.write(`${pipeline.summary}\n`);
   const bytes = config.ranks.reduce((a, r) => a + r.bytes, 0);
   const secs = (performance.now() - t0) / 1000;

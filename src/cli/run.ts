@@ -8,7 +8,8 @@ import { CudaExecutor } from "../native/executor.ts";
 import { kernelReport } from "../native/kernel-report.ts";
 import { openBatchManager } from "../serving/open.ts";
 import { requireTokenizer } from "../text/engine-files.ts";
-import { command, float, int, main, parseIds } from "./common.ts";
+import { command, float, fmtBytes, int, main, parseIds } from "./common.ts";
+import { type Progress, progress } from "./progress.ts";
 import { generateIds, readPrompts } from "./run-generate.ts";
 import { interactiveChat, readChatFile, runText, type TextRunOptions } from "./run-text.ts";
 import { checkPromptsFit } from "./validate.ts";
@@ -69,11 +70,41 @@ const program = command(
     "max |Δlogit| allowed with --golden (default by engine: fp32 on cpu 1e-3, fp16/bf16 0.05, int8-wo 0.1, fp8 0.5, int4-wo 1.25)",
     float("--tolerance", { above: 0 }),
   )
-  .option("--no-verify", "skip the engine content-hash check (large engines)")
-  .option("--verbose", "on cuda: which kernels ran, and the runtime's prologue fusions (to stderr)");
+  .option("--no-verify", "skip the content-hash check of the rank files (checked while loading otherwise)")
+  .option(
+    "--verbose",
+    "how long loading took and how fast it read the engine; on cuda also which kernels ran, and the runtime's prologue fusions (to stderr)",
+  );
+
+/**
+ * Progress of loading a large engine (the CPU loader reports bytes as they stream) and, with --verbose,
+ * the load time and GB/s once loaded.
+ */
+function loadReport(dir: string, o: { verbose?: boolean; verify?: boolean }) {
+  const bytes = openEngine(dir).config.ranks.reduce((a, r) => a + r.bytes, 0);
+  let bar: Progress | null = null;
+  const t0 = performance.now();
+  return {
+    onLoadBytes:
+      o.verbose || bytes >= 256 << 20
+        ? (done: number, total: number) => (bar ??= progress("load", total, { unit: "bytes" })).update(done)
+        : undefined,
+    loaded() {
+      (bar as Progress | null)?.stop();
+      const secs = (performance.now() - t0) / 1000;
+      if (o.verbose)
+        process.stderr.write(
+          `loaded ${dir}: ${fmtBytes(bytes)} in ${secs.toFixed(2)} s, ${(bytes / 1e9 / secs).toFixed(2)} GB/s, ` +
+            `content hash ${o.verify ? "checked in the same pass" : "not checked (--no-verify)"}\n`,
+        );
+    },
+  };
+}
 
 async function verifyGolden(dir: string, o: Record<string, never>): Promise<void> {
-  const ex = await openExecutor(dir, { device: o.device, verify: o.verify });
+  const report = loadReport(dir, o);
+  const ex = await openExecutor(dir, { device: o.device, verify: o.verify, onLoadBytes: report.onLoadBytes });
+  report.loaded();
   try {
     const report = checkGolden(ex, readGolden(o.golden));
     const build = openEngine(dir).config.build;
@@ -93,14 +124,18 @@ async function verifyGolden(dir: string, o: Record<string, never>): Promise<void
   }
 }
 
-function openManager(dir: string, o: OptionValues) {
-  return openBatchManager(dir, {
+async function openManager(dir: string, o: OptionValues) {
+  const report = loadReport(dir, o);
+  const bm = await openBatchManager(dir, {
     device: o.device,
     verify: o.verify,
+    onLoadBytes: report.onLoadBytes,
     maxBatchSize: o.maxBatchSize,
     maxNumTokens: o.maxNumTokens,
     maxSeqLen: o.maxSeqLen,
   });
+  report.loaded();
+  return bm;
 }
 
 async function runTextMode(dir: string, text: string | undefined, o: OptionValues): Promise<void> {

@@ -3,8 +3,11 @@
 import { ReferenceExecutor } from "./reference.ts";
 import type { Executor } from "./types.ts";
 
-export async function openExecutor(dir: string, o: { device: string; verify?: boolean }): Promise<Executor> {
-  if (o.device === "cpu") return ReferenceExecutor.load(dir, { verify: o.verify });
+export async function openExecutor(
+  dir: string,
+  o: { device: string; verify?: boolean; onLoadBytes?: (done: number, total: number) => void },
+): Promise<Executor> {
+  if (o.device === "cpu") return ReferenceExecutor.load(dir, { verify: o.verify, onLoadBytes: o.onLoadBytes });
   let native: typeof import("../native/executor.ts") | null = null;
   try {
     native = await import("../native/executor.ts");
@@ -13,5 +16,5 @@ export async function openExecutor(dir: string, o: { device: string; verify?: bo
   }
   if (native && (o.device === "cuda" || native.cudaAvailable()))
     return native.openCudaExecutor(dir, { verify: o.verify });
-  return ReferenceExecutor.load(dir, { verify: o.verify });
+  return ReferenceExecutor.load(dir, { verify: o.verify, onLoadBytes: o.onLoadBytes });
 }

@@ -256,36 +256,45 @@ function storeKvFp8(kv: DenseKv, layout: StepLayout, attrs: Record<string, unkno
   }
 }
 
-/** A rank's weights as fp32 host tensors: stored bytes from `bytes`, random ones from their seeds. */
+/** A weight as an fp32 host tensor: stored bytes decoded, or a random one drawn from its seed. */
+function decodeWeight(v: EngineRank["header"]["values"][number], w: WeightEntry, bytes: Uint8Array): HostTensor {
+  const shape = v.shape.map(Number);
+  const n = shape.reduce((a, b) => a * b, 1);
+  let data: Float32Array;
+  if (w.random) {
+    data = randomFill(n, w.random.seed, w.random.mean, w.random.scale);
+    roundToDtype(data, v.dtype);
+    roundStored(data, v.dtype);
+  } else if (isQuantDtype(v.dtype)) data = decodeStored(v.dtype, bytes);
+  else {
+    const st = F32_BYTES_DTYPE[v.dtype as keyof typeof F32_BYTES_DTYPE];
+    if (!st) throw new Error(`reference executor cannot read weights of dtype ${v.dtype} (${v.name})`);
+    data = toFloat32(st, bytes);
+  }
+  return new HostTensor(shape, data);
+}
+
+/** A rank's weights: stored ones from `bytes` (value id → bytes), random ones from their seeds. */
 function decodeWeights(rank: EngineRank, bytes: Map<number, Uint8Array>): Map<number, HostTensor> {
   const values = new Map(rank.header.values.map((v) => [v.id, v]));
   const out = new Map<number, HostTensor>();
-  for (const w of rank.header.weights) {
-    const v = values.get(w.value)!;
-    const shape = v.shape.map(Number);
-    const n = shape.reduce((a, b) => a * b, 1);
-    let data: Float32Array;
-    if (w.random) {
-      data = randomFill(n, w.random.seed, w.random.mean, w.random.scale);
-      roundToDtype(data, v.dtype);
-      roundStored(data, v.dtype);
-    } else {
-      const b = bytes.get(w.value) ?? new Uint8Array(0);
-      if (isQuantDtype(v.dtype)) data = decodeStored(v.dtype, b);
-      else {
-        const st = F32_BYTES_DTYPE[v.dtype as keyof typeof F32_BYTES_DTYPE];
-        if (!st) throw new Error(`reference executor cannot read weights of dtype ${v.dtype} (${v.name})`);
-        data = toFloat32(st, b);
-      }
-    }
-    out.set(v.id, new HostTensor(shape, data));
-  }
+  for (const w of rank.header.weights)
+    out.set(w.value, decodeWeight(values.get(w.value)!, w, bytes.get(w.value) ?? new Uint8Array(0)));
   return out;
 }
 
-/** Reads a rank file in one pass, its content hash checked in the same pass (unless verify is false). */
+/**
+ * Reads a rank file in one pass, decoding each weight as its bytes arrive, with the content hash checked
+ * in the same pass (unless verify is false); nothing is returned if it does not match.
+ */
 function loadWeights(rank: EngineRank, o: ReferenceOptions): Map<number, HostTensor> {
-  const bytes = new Map<number, Uint8Array>();
-  streamRankWeights(rank, (w, b) => bytes.set(w.value, b), { verify: o.verify, onBytes: o.onLoadBytes });
-  return decodeWeights(rank, bytes);
+  const values = new Map(rank.header.values.map((v) => [v.id, v]));
+  const out = new Map<number, HostTensor>();
+  streamRankWeights(rank, (w, b) => out.set(w.value, decodeWeight(values.get(w.value)!, w, b)), {
+    verify: o.verify,
+    onBytes: o.onLoadBytes,
+  });
+  for (const w of rank.header.weights)
+    if (!out.has(w.value)) out.set(w.value, decodeWeight(values.get(w.value)!, w, new Uint8Array(0)));
+  return out;
 }

@@ -21,6 +21,8 @@ export interface OpenBatchOptions {
   kvBlocks?: number;
   cudaGraphs?: boolean;
   verify?: boolean;
+  /** Progress of reading the rank file (CPU loader). */
+  onLoadBytes?: (done: number, total: number) => void;
 }
 
 export async function openBatchManager(dir: string, o: OpenBatchOptions = {}): Promise<InflightBatchManager> {
@@ -75,6 +77,7 @@ export async function openBatchManager(dir: string, o: OpenBatchOptions = {}): P
   backend ??= new CpuStepBackend(
     new ReferenceExecutor(engine, {
       verify: o.verify,
+      onLoadBytes: o.onLoadBytes,
       limits: { max_batch_size: o.maxBatchSize, max_num_tokens: o.maxNumTokens, max_seq_len: o.maxSeqLen },
     }),
     { kvBlocks: o.kvBlocks },
