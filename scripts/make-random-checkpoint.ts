@@ -1,8 +1,10 @@
 // Writes a real-format Hugging Face checkpoint (config.json, sharded safetensors + index) with random
 // values, for build-speed tests of full-size models without a download. Tensor names and shapes come
 // from the model file itself.
-//   npx tsx scripts/make-random-checkpoint.ts models/llama.ts ../shared/configs/llama-2-7b.json /tmp/llama-2-7b-random [--dtype F16] [--shard-gb 5]
+//   npx tsx scripts/make-random-checkpoint.ts models/llama.ts ../shared/configs/llama-2-7b.json /tmp/llama-2-7b-random [--dtype F16] [--shard-gb 5] [--jobs N]
+// --jobs N writes the shards in N processes at once (generating the values is CPU-bound).
 import * as fs from "node:fs";
+import { spawn } from "node:child_process";
 import * as path from "node:path";
 import { fromFloat32 } from "../src/checkpoint/dtype.ts";
 import { writeSafetensorsStreaming, type StreamEntry } from "../src/checkpoint/safetensors-stream.ts";
@@ -18,6 +20,9 @@ if (!modelFile || !configFile || !outDir) {
 const flag = (k: string, d: string) => (rest.includes(k) ? rest[rest.indexOf(k) + 1] : d);
 const dtype = flag("--dtype", "F16") as "F16" | "BF16";
 const shardBytes = Number(flag("--shard-gb", "5")) * 1e9;
+const jobs = Number(flag("--jobs", "1"));
+// A child started by --jobs writes the shards i with i % n === k, given as --worker k/n.
+const [workerK, workerN] = flag("--worker", "0/1").split("/").map(Number);
 
 const model = await loadModelFile(modelFile);
 const json = JSON.parse(fs.readFileSync(configFile, "utf8"));
@@ -52,14 +57,36 @@ fs.mkdirSync(outDir, { recursive: true });
 const weightMap: Record<string, string> = {};
 let total = 0;
 const t0 = performance.now();
+const shardFile = (i: number) =>
+  `model-${String(i + 1).padStart(5, "0")}-of-${String(shards.length).padStart(5, "0")}.safetensors`;
+const sizes = shards.map((g) => g.reduce((a, e) => a + e.shape.reduce((x, y) => x * y, 1) * 2, 0));
+if (jobs > 1 && workerN === 1) {
+  const self = process.argv.slice(1);
+  const n = Math.min(jobs, shards.length);
+  const children = Array.from({ length: n }, (_, k) =>
+    new Promise<void>((resolve, reject) =>
+      spawn(process.execPath, [...process.execArgv, ...self, "--worker", `${k}/${n}`], { stdio: "inherit" }).on(
+        "exit",
+        (code) => (code === 0 ? resolve() : reject(new Error(`shard writer ${k} exited with ${code}`))),
+      ),
+    ),
+  );
+  await Promise.all(children);
+} else {
+  shards.forEach((group, i) => {
+    if (i % workerN !== workerK) return;
+    const file = shardFile(i);
+    writeSafetensorsStreaming(path.join(outDir, file), group, (e) => {
+      const f = randomFill(e.shape.reduce((a, b) => a * b, 1), weightSeed(0, e.name), (e as (typeof entries)[number]).mean, (e as (typeof entries)[number]).scale);
+      return fromFloat32(dtype, f);
+    }, { format: "pt" });
+    process.stdout.write(`${file}: ${group.length} tensors\n`);
+  });
+  if (workerN > 1) process.exit(0);
+}
 shards.forEach((group, i) => {
-  const file = `model-${String(i + 1).padStart(5, "0")}-of-${String(shards.length).padStart(5, "0")}.safetensors`;
-  total += writeSafetensorsStreaming(path.join(outDir, file), group, (e) => {
-    const f = randomFill(e.shape.reduce((a, b) => a * b, 1), weightSeed(0, e.name), (e as (typeof entries)[number]).mean, (e as (typeof entries)[number]).scale);
-    return fromFloat32(dtype, f);
-  }, { format: "pt" });
-  for (const e of group) weightMap[e.name] = file;
-  process.stdout.write(`${file}: ${group.length} tensors\n`);
+  total += sizes[i];
+  for (const e of group) weightMap[e.name] = shardFile(i);
 });
 fs.writeFileSync(path.join(outDir, "model.safetensors.index.json"), JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2));
 fs.writeFileSync(path.join(outDir, "config.json"), JSON.stringify({ ...json, torch_dtype: dtype === "F16" ? "float16" : "bfloat16" }, null, 2));

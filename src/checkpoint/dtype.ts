@@ -113,7 +113,8 @@ function f16BitsToF32Bits(h: number): number {
 
 // All 65536 fp16 patterns decoded once (256 KB): one load per element beats any bit arithmetic.
 let f16Table: Uint32Array | undefined;
-function getF16Table(): Uint32Array {
+/** fp32 bits of every fp16 pattern (index: the fp16 bits). */
+export function f16BitsTable(): Uint32Array {
   if (!f16Table) {
     f16Table = new Uint32Array(65536);
     for (let h = 0; h < 65536; h++) f16Table[h] = f16BitsToF32Bits(h);
@@ -189,7 +190,7 @@ export function toFloat32(dtype: FloatDtype, bytes: Uint8Array, out?: Float32Arr
       if (dtype === "BF16") {
         for (let i = 0; i < n; i++) dst[i] = src[i] << 16;
       } else {
-        const t = getF16Table();
+        const t = f16BitsTable();
         for (let i = 0; i < n; i++) dst[i] = t[src[i]];
       }
       return res;

@@ -1,7 +1,8 @@
 // tsllm-bench: timings of an engine on the GPU, with the memory-bandwidth roofline measured in the same run.
 import { openEngine } from "../engine/reader.ts";
 import { DTYPE_BYTES } from "../ir/types.ts";
-import { CudaEngine, measureCopyBandwidth } from "../native/binding.ts";
+import { measureCopyBandwidth } from "../native/binding.ts";
+import { loadVerified } from "../native/executor.ts";
 import { kernelReport } from "../native/kernel-report.ts";
 import { addServeBenchCommand } from "./bench-serve.ts";
 import { addServingCommands } from "./bench-serving.ts";
@@ -37,16 +38,23 @@ program
   .option("--no-cuda-graphs", "decode without CUDA graphs")
   .option("--json <file>", "also write the figures as JSON")
   .option("--verbose", "after the runs: which kernels ran, and the runtime's prologue fusions")
+  .option("--no-verify", "skip the content-hash check while loading")
   .action(async (dir: string, o) =>
     main(async () => {
       const engine = openEngine(dir);
       const h = engine.ranks[0].header;
       const batches = String(o.batchSize).split(",").map(Number);
       const maxBatch = Math.max(...batches);
-      const cuda = CudaEngine.load(dir, {
+      const cuda = loadVerified(engine.ranks[0], {
+        verify: o.verify,
         cudaGraphs: o.cudaGraphs,
         maxSeqLen: Math.min(h.limits.max_seq_len, o.inputLen + o.outputLen + 1),
       });
+      const ls = cuda.loadStats;
+      process.stdout.write(
+        `load: ${(ls.fileBytes / 1e9).toFixed(2)} GB in ${ls.seconds.toFixed(2)} s (${(ls.fileBytes / 1e9 / ls.seconds).toFixed(2)} GB/s, ` +
+          `CUDA setup, upload and KV cache; content hash ${o.verify ? "checked in the same pass" : "not checked"})\n`,
+      );
       const info = cuda.info();
       process.stdout.write(
         `${info.gpuName} (sm ${info.gpuSm}), engine ${h.dtype} sm ${h.sm}, weights ${(info.weightBytes / 1e9).toFixed(2)} GB, kv blocks ${info.kvBlocksTotal}\n`,
@@ -111,7 +119,11 @@ program
       if (o.json)
         (await import("node:fs")).writeFileSync(
           o.json,
-          JSON.stringify({ gpu: info.gpuName, copy_gb_s: bw / 1e9, results }, null, 2),
+          JSON.stringify(
+            { gpu: info.gpuName, copy_gb_s: bw / 1e9, load_s: ls.seconds, load_gb_s: ls.fileBytes / 1e9 / ls.seconds, results },
+            null,
+            2,
+          ),
         );
     }),
   );

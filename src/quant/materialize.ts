@@ -6,6 +6,7 @@ import type { Checkpoint } from "../checkpoint/checkpoint.ts";
 import { fromFloat32 } from "../checkpoint/dtype.ts";
 import type { Value } from "../ir/types.ts";
 import type { Transform } from "../weights/recipe.ts";
+import { quantizeFp8Rows, type SourceRows } from "./fp8-rows.ts";
 import {
   computeScales,
   encodeStored,
@@ -39,10 +40,17 @@ export function applyQuantize(t: Raw, tr: QuantizeTransform): Raw {
 /** The fp32 weight before quantisation, kept for the one companion (values ↔ scales) that follows. */
 let memo: { key: string; raw: Raw } | null = null;
 
+/**
+ * FP8 values and scales made together (quantizeFp8Rows), kept until both were asked for. Several at
+ * once: the writer interleaves the ranks of a tp build, so a companion may come a few weights later.
+ */
+const fp8Memo = new Map<string, { values: Uint8Array; scales: Float32Array; n: number; k: number; left: number }>();
+
 export function materializeQuantized(
   v: Value,
   ckpt: Checkpoint,
   toF32: (v: Value, ckpt: Checkpoint) => Raw,
+  rowsOf?: (v: Value, ckpt: Checkpoint) => SourceRows[] | null,
 ): Uint8Array {
   const r = v.recipe;
   if (r?.kind !== "checkpoint") throw new Error(`${v.name}: only checkpoint weights are quantised`);
@@ -50,6 +58,27 @@ export function materializeQuantized(
   if (last?.op !== "quantize") throw new Error(`${v.name}: quantize must be the last transform`);
   const pre = { ...r, transforms: r.transforms.slice(0, -1) };
   const key = JSON.stringify([pre.parts, pre.transforms]);
+  if (last.scheme === "fp8" && rowsOf) {
+    let q = fp8Memo.get(key);
+    if (!q) {
+      const parts = rowsOf({ ...v, recipe: pre }, ckpt);
+      if (parts) {
+        const n = parts.reduce((a, p) => a + p.rows, 0);
+        const k = n ? parts[0].data.length / parts[0].rows : 0;
+        q = { values: new Uint8Array(n * k), scales: new Float32Array(n), n, k, left: 2 };
+        quantizeFp8Rows(parts, k, q.values, q.scales);
+        fp8Memo.set(key, q);
+      }
+    }
+    if (q) {
+      if (--q.left === 0) fp8Memo.delete(key);
+      const want = last.output === "values" ? [q.n, q.k] : [q.n];
+      if (want.join(",") !== v.shape.join(","))
+        throw new Error(`weight ${v.name}: recipe produced [${want}] but the graph expects [${v.shape}]`);
+      if (last.output === "values") return q.values;
+      return new Uint8Array(q.scales.buffer, q.scales.byteOffset, q.scales.byteLength);
+    }
+  }
   let raw: Raw;
   if (memo?.key === key) {
     raw = memo.raw;

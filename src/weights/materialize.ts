@@ -3,6 +3,7 @@
 import type { Checkpoint } from "../checkpoint/checkpoint.ts";
 import { fromFloat32, isFloatDtype, toFloat32 } from "../checkpoint/dtype.ts";
 import type { DType, Value } from "../ir/types.ts";
+import type { SourceRows } from "../quant/fp8-rows.ts";
 import { applyQuantize, materializeQuantized } from "../quant/materialize.ts";
 import type { Transform, WeightRecipe } from "./recipe.ts";
 
@@ -30,7 +31,7 @@ export function materializeWeight(v: Value, ckpt: Checkpoint | null): Uint8Array
   if (!r) throw new Error(`weight ${v.name} has no recipe`);
   if (r.kind === "constant") return fromFloat32(storageDtype(v.dtype), Float32Array.from(r.data));
   if (!ckpt) throw new Error(`weight ${v.name} needs a checkpoint`);
-  if (r.transforms.some((t) => t.op === "quantize")) return materializeQuantized(v, ckpt, materializeF32);
+  if (r.transforms.some((t) => t.op === "quantize")) return materializeQuantized(v, ckpt, materializeF32, sourceRows);
   const st = storageDtype(v.dtype);
   const direct = materializeDirect(r, ckpt, st);
   const t = direct ?? materializeParts(r, ckpt);
@@ -82,6 +83,31 @@ function directParts(r: Extract<WeightRecipe, { kind: "checkpoint" }>, ckpt: Che
 function materializeDirect(r: Extract<WeightRecipe, { kind: "checkpoint" }>, ckpt: Checkpoint, st: string): Raw<Uint16Array> | null {
   const parts = directParts(r, ckpt, st);
   return parts && r.transforms.reduce(applyTransform<Uint16Array>, concat0(parts));
+}
+
+/**
+ * The rows of a [N, K] weight as its sources hold them (after each part's slices, views when contiguous),
+ * for quantisers that decode row by row; null when the recipe needs more than slices and concatenation.
+ */
+function sourceRows(v: Value, ckpt: Checkpoint): SourceRows[] | null {
+  const r = v.recipe;
+  if (r?.kind !== "checkpoint" || r.transforms.length > 0 || v.shape.length !== 2) return null;
+  const k = Number(v.shape[1]);
+  const out: SourceRows[] = [];
+  for (const p of r.parts) {
+    const info = ckpt.info(p.name);
+    if ((info.dtype !== "F16" && info.dtype !== "BF16" && info.dtype !== "F32") || !p.transforms.every((t) => t.op === "slice"))
+      return null;
+    const b = ckpt.read(p.name);
+    const raw =
+      info.dtype === "F32"
+        ? { shape: info.shape, data: toFloat32("F32", b) }
+        : { shape: info.shape, data: new Uint16Array(b.buffer, b.byteOffset, b.byteLength / 2) };
+    const t = p.transforms.reduce(applyTransform<Float32Array | Uint16Array>, raw as Raw<Float32Array | Uint16Array>);
+    if (t.shape.length !== 2 || t.shape[1] !== k) return null;
+    out.push({ dtype: info.dtype, data: t.data, rows: t.shape[0] });
+  }
+  return out;
 }
 
 /** Materialises to fp32 (for quantisation passes that need the values). */
