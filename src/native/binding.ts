@@ -239,6 +239,8 @@ export class CudaEngine {
     const fileBytes = fs.statSync(file).size;
     const t0 = performance.now();
     if (o.hashChunkBytes) {
+      if (typeof a.loadHashed !== "function")
+        throw new Error(`${addonPath()}: built before the verified load (no loadHashed); run npm run build:native`);
       const n = Math.ceil(fileBytes / o.hashChunkBytes);
       const r = a.loadHashed(file, o, o.hashChunkBytes, n);
       const chunkDigests = Array.from({ length: n }, (_, i) => r.digests.subarray(32 * i, 32 * (i + 1)));
