@@ -2,7 +2,7 @@
 // parallel, src/weights/prefetch.ts), every engine byte written once (large positional writes on
 // libuv's thread pool, src/engine/rank-file.ts) and hashed meanwhile on worker threads; all ranks of a
 // tp > 1 build are written in the same pass, each source tensor serving every rank's slice. Host memory
-// stays bounded by IN_FLIGHT_BYTES plus the largest tensor. Everything goes to a temporary directory
+// stays bounded by HELD_BYTES plus the largest tensor. Everything goes to a temporary directory
 // that is moved into place only when complete (output-dir.ts), so a failed or interrupted build leaves
 // the old target as it was and nothing else behind.
 import * as fs from "node:fs";
@@ -46,8 +46,10 @@ export interface WriteEngineOptions {
   onProgress?: (done: number, total: number, name: string) => void;
 }
 
-/** Checkpoint bytes read ahead, and engine bytes not yet written and hashed, each at most about this. */
-const IN_FLIGHT_BYTES = 256 << 20;
+/** Checkpoint bytes read ahead of the weight being made: about this much (enough to keep reads queued). */
+const READ_AHEAD_BYTES = 192 << 20;
+/** Source bytes held in all (read ahead, or still to be written and hashed) and computed bytes in flight. */
+const HELD_BYTES = 384 << 20;
 /** Below this many weight bytes the writer hashes on its own thread (a worker costs more to start). */
 const WORKERS_FROM_BYTES = 64 << 20;
 
@@ -66,7 +68,7 @@ export async function writeEngine(o: WriteEngineOptions): Promise<EngineConfig> 
   const headers = o.ranks.map((r) => buildHeader(r, o.build));
   const total = headers.reduce((a, h) => a + h.weights.reduce((s, w) => s + w.nbytes, 0), 0);
   const hashes = new HashPool(total >= WORKERS_FROM_BYTES ? undefined : 0);
-  const prefetch = o.checkpoint ? new Prefetcher(o.checkpoint) : null;
+  const prefetch = o.checkpoint ? new Prefetcher(o.checkpoint, HELD_BYTES) : null;
   let written = 0;
   let current = "";
   const files: RankFile[] = [];
@@ -111,7 +113,7 @@ export async function writeEngine(o: WriteEngineOptions): Promise<EngineConfig> 
       const s = steps[i];
       if (prefetch) {
         ahead = Math.max(ahead, i);
-        while (ahead < steps.length && (ahead === i || prefetch.held < IN_FLIGHT_BYTES)) {
+        while (ahead < steps.length && (ahead === i || prefetch.held < READ_AHEAD_BYTES)) {
           for (const n of steps[ahead].sources) prefetch.fetch(n);
           ahead++;
         }
@@ -125,7 +127,7 @@ export async function writeEngine(o: WriteEngineOptions): Promise<EngineConfig> 
       for (const p of pieces) s.file.push(p, prefetch?.hold(p));
       for (const n of s.sources) if (lastUse.get(n) === i) prefetch?.release(n);
       await yieldToSignals();
-      while (inFlight() > IN_FLIGHT_BYTES || (prefetch?.held ?? 0) > 2 * IN_FLIGHT_BYTES)
+      while (inFlight() > HELD_BYTES || (prefetch?.held ?? 0) > HELD_BYTES)
         await Promise.race(files.map((f) => f.settle()));
     }
     const ranks: EngineConfig["ranks"] = [];
