@@ -199,6 +199,13 @@ describe("norms", () => {
     expect(() => getOp("add_layer_norm").infer([v([2, 8]), v([3, 8]), v([8])], { eps })).toThrow(
       "add_layer_norm: shapes [2,8] and [3,8] differ",
     );
+    expect(() => getOp("layer_norm").infer([v([2, 8]), v([4])], { eps })).toThrow(
+      "layer_norm: normalised width is 8, expected 4",
+    );
+    expect(() => getOp("rms_norm").infer([null, v([8])], { eps })).toThrow("rms_norm: missing input x");
+    expect(() => getOp("layer_norm").infer([v([2, 8]), null], { eps })).toThrow(
+      "layer_norm: missing input weight",
+    );
     expect(getOp("add_rms_norm").infer([v([2, 8]), v([2, 8]), v([8])], { eps })).toEqual([
       v([2, 8]),
       v([2, 8]),
@@ -346,6 +353,9 @@ describe("rope", () => {
     const f = { dtype: "f32" as const, shape: [4] };
     const attrs = { style: "neox", num_heads: 2, head_dim: 8, rotary_dim: 8 };
     expect(getOp("rope").infer([v, p, f], attrs)).toEqual([v]);
+    expect(() => getOp("rope").infer([null, p, f], attrs)).toThrow("rope: missing input x");
+    expect(() => getOp("rope").infer([v, null, f], attrs)).toThrow("rope: missing input positions");
+    expect(() => getOp("rope").infer([v, p, null], attrs)).toThrow("rope: missing input inv_freq");
     expect(() => getOp("rope").infer([v, p, f], { ...attrs, style: "glm" })).toThrow(
       "rope: style must be neox or gptj, got glm",
     );

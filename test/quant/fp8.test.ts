@@ -48,6 +48,13 @@ describe("FP8 E4M3 encode", () => {
     expect(f32ToE4m3(1e-45)).toBe(0x00); // fp32 subnormal
   });
 
+  it("fp32 values far below E4M3's range (and fp32 subnormals) become signed zero", () => {
+    for (const v of [1e-30, 2 ** -40, 1e-45, 2 ** -126]) {
+      expect(f32ToE4m3(v)).toBe(0);
+      expect(f32ToE4m3(-v)).toBe(0x80);
+    }
+  });
+
   it("saturates out-of-range values (±inf included) to ±448", () => {
     for (const x of [449, 464, 480, 1e4, 3.4e38, Infinity]) {
       expect(f32ToE4m3(x)).toBe(0x7e);

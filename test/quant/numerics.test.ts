@@ -1,7 +1,9 @@
 // The quantisation schemes and quant_linear's reference numerics, checked against direct formulas.
 import { describe, expect, it } from "vitest";
+import { activationFn } from "../../src/ops/activation-math.ts";
 import { getOp, HostTensor } from "../../src/ops/index.ts";
-import { e4m3ToF32, f32ToE4m3 } from "../../src/quant/fp8.ts";
+import { roundToTorchDtype } from "../../src/ops/round.ts";
+import { e4m3ToF32, f32ToE4m3, quantizeRowsE4m3 } from "../../src/quant/fp8.ts";
 import {
   computeScales,
   decodeStored,
@@ -152,6 +154,37 @@ describe("quantised layouts", () => {
     expect(q4[31]).toBe(7);
   });
 
+  it("scales: amax of each row (int8-wo, fp8) or group (int4-wo) over qmax, computed here independently", () => {
+    const ww = Float32Array.from(w);
+    for (let r = 0; r < N; r++) ww[r * K + 16 * (r % 4)] = -(0.3 + r / 10); // each row's outlier starts a group
+    for (const [spec, qmax, G] of [
+      [{ scheme: "int8-wo" }, 127, K],
+      [{ scheme: "fp8" }, 448, K],
+      [{ scheme: "int4-wo", groupSize: 16 }, 7, 16],
+    ] as [QuantSpec, number, number][]) {
+      const want: number[] = [];
+      for (let r = 0; r < N; r++)
+        for (let g = 0; g < K / G; g++) {
+          const group = Array.from(ww.subarray(r * K + g * G, r * K + (g + 1) * G), Math.abs);
+          want.push(Math.fround(Math.max(...group) / qmax));
+        }
+      expect(Array.from(computeScales(ww, N, K, spec))).toEqual(want);
+    }
+  });
+
+  it("roundToTorchDtype: float16 and bfloat16 round (RNE), other names leave fp32 values", () => {
+    const x = 1 + 2 ** -9 + 2 ** -12; // between f16 and bf16 steps
+    for (const [name, want] of [
+      ["float16", 1 + 2 ** -9],
+      ["bfloat16", 1],
+      ["float32", Math.fround(x)],
+    ] as const) {
+      const a = Float32Array.from([x, -x]);
+      roundToTorchDtype(a, name);
+      expect(Array.from(a)).toEqual([want, -want]);
+    }
+  });
+
   it("roundStored rounds random values onto each stored dtype's codes", () => {
     const v = Float32Array.from([-300, -128.5, -2.5, -0.4, 0.5, 1.5, 254.5, 255.6, 400]);
     const i8 = Float32Array.from(v);
@@ -226,6 +259,58 @@ describe("quant_linear reference numerics", () => {
 
   // An oracle independent of src/quant/weights.ts (which quant_linear's reference uses): the packed
   // bytes and group scales decoded here from the layout's definition, the product taken in fp64.
+  it("fp8 activations: each row's scale is its own amax / 448 (all-zero rows: 1)", () => {
+    const xs = Float32Array.from([0.5, -1, 0.25, 0, 0, 0, 9, 1, -2]); // row 2's 9 follows row 1
+    const { q, scales } = quantizeRowsE4m3(xs, 3, 3);
+    expect(Array.from(scales)).toEqual([Math.fround(1 / 448), 1, Math.fround(9 / 448)]);
+    expect(Array.from(q.subarray(0, 3))).toEqual([224, -448, 112]);
+    expect(q[6]).toBe(448);
+  });
+
+  it("int8-wo with the epilogue: act(x·fp32(q·s)ᵀ rounded to compute_dtype + bias) + residual", () => {
+    const spec: QuantSpec = { scheme: "int8-wo" };
+    const s = computeScales(w, N, K, spec);
+    const q = quantizeValues(w, N, K, spec);
+    const res = randomFill(rows * N, 5, 0, 1);
+    for (const [dtype, act] of [
+      ["f32", "silu"],
+      ["f16", "none"],
+      ["bf16", "gelu_tanh"],
+    ] as const) {
+      const [y] = getOp("quant_linear").ref(
+        [
+          new HostTensor([1, rows, K], x),
+          new HostTensor([N, K], q),
+          new HostTensor([N], s),
+          new HostTensor([N], bias),
+          new HostTensor([1, rows, N], res),
+        ],
+        { quant: "int8-wo", activation: act, compute_dtype: dtype },
+        ctx,
+      );
+      expect(y.shape).toEqual([1, rows, N]);
+      const wd = Float32Array.from({ length: N * K }, (_, i) => Math.fround(q[i] * s[Math.floor(i / K)]));
+      roundToTorchDtype(wd, dtype === "f16" ? "float16" : dtype === "bf16" ? "bfloat16" : "float32");
+      const f = activationFn(act);
+      let worst = 0;
+      for (let r = 0; r < rows; r++)
+        for (let j = 0; j < N; j++) {
+          let acc = 0;
+          for (let i = 0; i < K; i++) acc += x[r * K + i] * wd[j * K + i];
+          const want = f(Math.fround(acc) + bias[j]) + res[r * N + j];
+          worst = Math.max(worst, Math.abs(y.f32[r * N + j] - want));
+        }
+      expect(worst).toBeLessThanOrEqual(3e-7); // fp32 storage between the steps; measured ≤ 7.5e-8
+    }
+    expect(() =>
+      getOp("quant_linear").ref(
+        [new HostTensor([rows, K], x), new HostTensor([N, K], q), new HostTensor([N], s)],
+        { quant: "int3" },
+        ctx,
+      ),
+    ).toThrow('quant_linear: unknown quant "int3"');
+  });
+
   it("int4-wo: matches an fp64 linear over weights decoded here from the packed bytes", () => {
     const G = 32;
     const spec: QuantSpec = { scheme: "int4-wo", groupSize: G };
