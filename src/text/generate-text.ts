@@ -51,14 +51,13 @@ export function generateText(manager: BatchManager, tok: TextTokenizer | null, r
   const done = new Promise<TextResult>((res) => {
     finished = res;
   });
-  let cancelled = false;
   const finish = async () => {
     const result = await handle.done;
     const stoppedByText = stopString !== undefined;
     finished({
       outputIds: ids,
       text: text?.text ?? "",
-      finishReason: stoppedByText ? "stop" : cancelled && result.finishReason === "cancelled" ? "cancelled" : result.finishReason,
+      finishReason: stoppedByText ? "stop" : result.finishReason,
       ...(stoppedByText ? { stopString } : {}),
       result,
     });
@@ -83,10 +82,7 @@ export function generateText(manager: BatchManager, tok: TextTokenizer | null, r
       if (tail) yield { text: tail, tokenIds: [] };
     } finally {
       // A consumer that stops iterating early no longer wants the request.
-      if (!ended) {
-        cancelled = true;
-        handle.cancel();
-      }
+      if (!ended) handle.cancel();
       await finish();
     }
   }
@@ -94,10 +90,7 @@ export function generateText(manager: BatchManager, tok: TextTokenizer | null, r
   return {
     handle,
     done,
-    cancel: () => {
-      cancelled = true;
-      handle.cancel();
-    },
+    cancel: () => handle.cancel(),
     [Symbol.asyncIterator]: () => it,
   };
 }

@@ -11,8 +11,10 @@ import { startServer, type TestServer } from "./helpers.ts";
 
 describe("tsllm-bench serve", () => {
   let s: TestServer;
+  let engine: string;
   beforeAll(async () => {
-    s = await startServer(await buildFixture("llama", { maxBatchSize: 16 }));
+    engine = await buildFixture("llama", { maxBatchSize: 16 });
+    s = await startServer(engine);
   });
   afterAll(async () => s?.close());
 
@@ -71,6 +73,13 @@ describe("tsllm-bench serve", () => {
     expect(r.stdout).toMatch(/Median ITL \(ms\):/);
     const rep = JSON.parse(fs.readFileSync(json, "utf8"));
     expect(rep.total_input_tokens).toBe(54);
+    // A trtllm-bench dataset: ids lines as they are, "prompt" lines through --tokenizer.
+    const ds = path.join(tmpDir(), "ds.jsonl");
+    fs.writeFileSync(ds, '{"task_id": 0, "prompt": "Hello world", "output_tokens": 3}\n{"task_id": 1, "input_ids": [1, 2, 3], "output_tokens": 2}\n');
+    const d = await run(["serve", "--url", s.url, "--dataset", ds, "--tokenizer", engine, "--warmup", "0"]);
+    expect(d.status).toBe(0);
+    expect(d.stdout).toMatch(/Total input tokens:\s+12\n/); // "Hello world" is 9 ids with bos
+    expect(d.stdout).toMatch(/Total generated tokens:\s+5\n/);
     const bad = await run(["serve", "--url", "http://127.0.0.1:1", "--num-prompts", "1"]);
     expect(bad.status).toBe(1);
     expect(bad.stderr).toMatch(/^error: --url http:\/\/127.0.0.1:1: cannot reach the server/);
