@@ -96,14 +96,20 @@ export function buildServer(o: ServeOptions): Server {
     return r.data;
   }
 
-  function needTokenizer(what: string): TextTokenizer {
-    if (!tok) throw new ApiError(400, `${what} needs a tokenizer: ${o.noTokenizer ?? "this engine has none"}; give the prompt as token ids`, "invalid_request_error", "prompt");
+  function needTokenizer(what: string, param = "prompt"): TextTokenizer {
+    if (!tok)
+      throw new ApiError(
+        400,
+        `${what} needs a tokenizer: ${o.noTokenizer ?? "this engine has none"}${param === "prompt" ? "; give the prompt as token ids" : ""}`,
+        "invalid_request_error",
+        param,
+      );
     return tok;
   }
 
   function samplingOf(b: CompletionBody | ChatBody): Omit<TextRequest, "promptIds" | "maxNewTokens"> {
     const stop = b.stop == null ? [] : typeof b.stop === "string" ? [b.stop] : b.stop;
-    if (stop.length) needTokenizer("stop");
+    if (stop.length) needTokenizer("stop", "stop");
     return {
       sampling: {
         temperature: b.temperature ?? 1,
@@ -169,7 +175,7 @@ export function buildServer(o: ServeOptions): Server {
 
   app.post("/v1/chat/completions", async (req, reply) => {
     const b = admit(ChatBody, req.body);
-    const prompt = needTokenizer("chat").applyChatTemplate(toTemplateMessages(b.messages), { addGenerationPrompt: true }).ids;
+    const prompt = needTokenizer("chat", "messages").applyChatTemplate(toTemplateMessages(b.messages), { addGenerationPrompt: true }).ids;
     const maxSeq = manager.limits.maxSeqLen;
     const limit = b.max_completion_tokens ?? b.max_tokens;
     // Without a limit a chat reply may use the rest of the context (at least 1 so that an over-long

@@ -124,6 +124,10 @@ describe("tsllm-serve limits and access", () => {
       expect(r.json.error.message).toMatch(/^a text prompt needs a tokenizer: engine .* has no tokenizer/);
       const c = await post(s.url, chat({}), "/v1/chat/completions");
       expect(c.json.error.message).toMatch(/^chat needs a tokenizer/);
+      const st = await post(s.url, completion({ prompt: [1, 2], stop: "x" }));
+      expect(st.status).toBe(400);
+      expect(st.json.error).toMatchObject({ param: "stop" });
+      expect(st.json.error.message).toMatch(/^stop needs a tokenizer: engine .* has no tokenizer/);
       const ok = await s.client.completions.create({ model: "tiny", prompt: [1, 2, 3], max_tokens: 3, temperature: 0 });
       expect((ok.choices[0] as unknown as { token_ids: number[] }).token_ids).toHaveLength(3);
     } finally {
