@@ -1112,7 +1112,9 @@ static void test_sampling(Rng& rng) {
   }
 }
 
-// Usage: kernels_test [group [attention-case-index]]; groups: rf emb norm ew attn samp (default: all).
+#include "quant_tests.cuh"  // test_quant: quantised-linear kernels
+
+// Usage: kernels_test [group [attention-case-index]]; groups: rf emb norm ew attn samp quant (default: all).
 // `kernels_test attn count` prints the number of attention cases.
 int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IOLBF, 0);
@@ -1133,6 +1135,7 @@ int main(int argc, char** argv) {
   if (want("attn")) test_attention(rng, case_idx);
   if (want("gemv")) test_gemv(rng);
   if (want("samp")) test_sampling(rng);
+  if (want("quant")) test_quant(rng);
   if (case_idx != -2) std::printf("SUMMARY: %d passed, %d failed\n", g_pass, g_fail);
   return g_fail ? 1 : 0;
 }

@@ -1,0 +1,46 @@
+// FP8 E4M3 helpers of the kernels (quantised linears, FP8 KV cache). Encoding is src/quant/fp8.ts's: round to
+// nearest even, saturating to ±448 (cvt.rn.satfinite.e4m3x2.f32). Every E4M3 value is exact in fp16 and fp32.
+#pragma once
+#include <cuda_fp8.h>
+
+#include "common.cuh"
+
+namespace tsllm {
+namespace kd {
+
+constexpr float kE4m3Max = 448.f;
+
+__device__ __forceinline__ uint8_t e4m3_of(float x) {
+  return (uint8_t)__nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3);
+}
+
+// Two E4M3 bytes (low byte = first element) -> two floats.
+__device__ __forceinline__ float2 e4m3x2_to_f2(uint32_t two) {
+  __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(two & 0xffffu), __NV_E4M3);
+  return __half22float2(*reinterpret_cast<__half2*>(&h));
+}
+
+// 4 E4M3 bytes of a 32-bit word -> f[0..3].
+__device__ __forceinline__ void e4m3x4_to_f(uint32_t u, float* f) {
+  const float2 a = e4m3x2_to_f2(u), b = e4m3x2_to_f2(u >> 16);
+  f[0] = a.x, f[1] = a.y, f[2] = b.x, f[3] = b.y;
+}
+
+// 8 E4M3 bytes (uint2) -> 8 floats, each times `scale` (FP8 KV cache rows: stored · scale).
+__device__ __forceinline__ void e4m3x8_to_f(const uint2& u, float scale, float (&f)[8]) {
+  e4m3x4_to_f(u.x, f);
+  e4m3x4_to_f(u.y, f + 4);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) f[j] *= scale;
+}
+
+// 8 floats -> 8 E4M3 bytes of e4m3(f / scale) (fp32 IEEE division, as the reference: x / scale, then RNE).
+__device__ __forceinline__ uint2 f8_to_e4m3x8(const float (&f)[8], float scale) {
+  uint32_t w[2] = {0u, 0u};
+#pragma unroll
+  for (int j = 0; j < 8; ++j) w[j >> 2] |= uint32_t(e4m3_of(__fdiv_rn(f[j], scale))) << (8 * (j & 3));
+  return make_uint2(w[0], w[1]);
+}
+
+}  // namespace kd
+}  // namespace tsllm

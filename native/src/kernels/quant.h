@@ -1,0 +1,52 @@
+// Launchers of the quantised-linear kernels (quant_linear, docs/engine-format.md "Quantisation"; the numerics are
+// src/ops/quant-linear.ts and src/quant/weights.ts, bit for bit where the order of fp32 sums allows):
+//   fp8      weights E4M3 [N,K] with per-channel scales sw[N]; activations quantised per token:
+//            s_x[m] = fp32(amax(x[m,:]) / 448) (1 for a zero row), q_x = e4m3(fp32(x / s_x)) (RNE, saturating);
+//            acc = Σ q_x·q_w (fp32); y = acc · fp32(s_x[m]·sw[n]); then + bias, activation, + residual, one rounding.
+//   int8-wo  int8 [N,K], per-channel scales [N]; int4-wo: packed pairs [N,K/2] (element k in the low nibble of byte
+//            k/2 when k is even), group-wise scales [N, K/G]. Dequantised w = T(fp32(q·s)) (RNE to the activation
+//            dtype T), then x·wᵀ in fp32 (+ bias, activation, + residual).
+// quant_gemv.cu: the decode kernels (M <= kQuantGemvMaxM) read the quantised weights directly (the bandwidth win).
+// quant_convert.cu: per-token FP8 quantisation, the FP8 GEMM's scale epilogue, weight dequantisation (context GEMMs).
+#pragma once
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "kernels.h"
+
+namespace tsllm {
+
+enum class QuantKind : int { Fp8 = 0, Int8 = 1, Int4 = 2 };
+const char* quant_kind_name(QuantKind k);
+
+// ---- decode GEMV (M <= kQuantGemvMaxM) ----
+// out[m,n] = act(x[m,:]·w[n,:]ᵀ (numerics above) + bias[n]) + residual[m,n], out in dt (F16/BF16).
+// fp8: x is quantised inside the kernel (every block quantises the M rows into shared memory once: no separate
+// pass over memory, no extra launch). int4: group % 32 == 0. residual may alias out; out must not overlap x.
+// `variant` in [0, kQuantGemvVariants): weight rows per warp (1, 2, 4); the caller tunes or takes variant 1.
+constexpr int kQuantGemvMaxM = 4;
+constexpr int kQuantGemvVariants = 3;
+// Why a call is not eligible (nullptr when it is): shapes and alignment the kernels need.
+const char* quant_gemv_unsupported(QuantKind kind, int M, int K, int group, const void* x, const void* w, DType dt);
+cudaError_t quant_gemv(int variant, QuantKind kind, const void* x, const void* w, const float* scales, int group,
+                       const void* bias, const void* residual, void* out, int M, int N, int K, Act act, DType dt,
+                       cudaStream_t s);
+
+// ---- FP8 context path: quantise_rows_fp8 -> cuBLASLt FP8 GEMM (fp32 D) -> fp8_scale_epilogue ----
+// q[r, :] = e4m3(fp32(x[r,:] / s[r])), s[r] = fp32(amax(x[r,:]) / 448) (1 when amax is 0). cols % 8 == 0 when x
+// is 16-byte aligned (vector path), else any.
+cudaError_t quantize_rows_fp8(const void* x, void* q, float* scales, int rows, int cols, DType dt, cudaStream_t s);
+// out[r,n] = T(act(acc[r,n] · fp32(sx[r]·sw[n]) + bias[n]) + residual[r,n]) for r < rows; acc fp32 [rows, N].
+// bias / residual may be null; residual may alias out.
+cudaError_t fp8_scale_epilogue(const float* acc, const float* sx, const float* sw, const void* bias,
+                               const void* residual, void* out, int rows, int N, Act act, DType dt, cudaStream_t s);
+
+// ---- weight-only context path: dequantise, then the ordinary half-precision GEMM ----
+// out[n,k] = T(fp32(q[n,k] · s)) for the rows [n0, n0 + rows) of an int8 / int4 weight (out holds just those rows).
+cudaError_t dequantize_weight(QuantKind kind, const void* w, const float* scales, int group, void* out, int n0,
+                              int rows, int K, DType dt, cudaStream_t s);
+
+// ---- FP8 KV cache ----
+// (attention kernels, rope_cache.cu / attention_*.cu: stored = e4m3(x / scale), read back as stored · scale.)
+
+}  // namespace tsllm

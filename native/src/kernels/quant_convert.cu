@@ -1,0 +1,160 @@
+// Conversions around the context (large-M) quantised GEMMs (numerics in quant.h):
+//   quantize_rows_fp8   per-token E4M3 quantisation of the activations, one block per row (the FP8 GEMM's input);
+//   fp8_scale_epilogue  fp32 GEMM result -> act(acc · fp32(s_x·s_w) + bias) + residual in the activation dtype;
+//   dequantize_weight   int8 / int4 rows -> T(fp32(q·s)) for the half-precision GEMM.
+#include "fp8.cuh"
+#include "quant.h"
+
+namespace tsllm {
+namespace kd {
+namespace {
+
+constexpr int kRowThreads = 256;
+
+template <typename T>
+__global__ void __launch_bounds__(kRowThreads)
+    quantize_rows_fp8_kernel(const T* __restrict__ x, uint8_t* __restrict__ q, float* __restrict__ scales, int cols,
+                             bool vec) {
+  const size_t r = blockIdx.x;
+  const T* xr = x + r * cols;
+  uint8_t* qr = q + r * cols;
+  float am = 0.f;
+  if (vec) {
+    for (int c = threadIdx.x; c < cols / 8; c += blockDim.x) {
+      float f[8];
+      unpack8<T>(*reinterpret_cast<const uint4*>(xr + (size_t)c * 8), f);
+#pragma unroll
+      for (int j = 0; j < 8; j++) am = fmaxf(am, fabsf(f[j]));
+    }
+  } else {
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) am = fmaxf(am, fabsf(to_f(xr[c])));
+  }
+  __shared__ float s_red[kRowThreads / 32];
+  __shared__ float s_scale;
+  am = warp_max(am);
+  if ((threadIdx.x & 31) == 0) s_red[threadIdx.x >> 5] = am;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float a = 0.f;
+    for (int i = 0; i < (int)blockDim.x / 32; i++) a = fmaxf(a, s_red[i]);
+    s_scale = a > 0.f ? __fdiv_rn(a, kE4m3Max) : 1.f;
+    scales[r] = s_scale;
+  }
+  __syncthreads();
+  const float s = s_scale;
+  if (vec) {
+    for (int c = threadIdx.x; c < cols / 8; c += blockDim.x) {
+      float f[8];
+      unpack8<T>(*reinterpret_cast<const uint4*>(xr + (size_t)c * 8), f);
+      *reinterpret_cast<uint2*>(qr + (size_t)c * 8) = f8_to_e4m3x8(f, s);
+    }
+  } else {
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) qr[c] = e4m3_of(__fdiv_rn(to_f(xr[c]), s));
+  }
+}
+
+// activations.cu's expressions.
+__device__ __forceinline__ float act_of(float x, Act act) {
+  switch (act) {
+    case Act::Silu: return x / (1.f + expf(-x));
+    case Act::GeluTanh: {
+      const float k0 = 0.7978845608028654f, k1 = 0.044715f;
+      return 0.5f * x * (1.f + tanhf(k0 * (x + k1 * x * x * x)));
+    }
+    case Act::GeluErf: return 0.5f * x * (1.f + erff(x * 0.7071067811865476f));
+    default: return x;
+  }
+}
+
+template <typename T>
+__global__ void fp8_epilogue_kernel(const float* __restrict__ acc, const float* __restrict__ sx,
+                                    const float* __restrict__ sw, const T* __restrict__ bias, const T* res, T* out,
+                                    int rows, int N, Act act) {
+  const size_t total = (size_t)rows * N;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+    const int r = int(i / N), n = int(i - (size_t)r * N);
+    float v = __fmul_rn(acc[i], __fmul_rn(sx[r], sw[n]));
+    if (bias) v = __fadd_rn(v, to_f(bias[n]));
+    v = act_of(v, act);
+    if (res) v = __fadd_rn(v, to_f(res[i]));
+    out[i] = from_f<T>(v);
+  }
+}
+
+template <typename T, bool INT4>
+__global__ void dequant_kernel(const uint8_t* __restrict__ w, const float* __restrict__ sc, int group,
+                               T* __restrict__ out, int n0, int rows, int K) {
+  // One thread per 8 output elements (16 bytes of T): int8 reads 8 bytes, int4 4 bytes.
+  const size_t per_row = (size_t)K / 8;
+  const size_t total = (size_t)rows * per_row;
+  const int gpr = INT4 ? K / group : 1;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+    const size_t rl = i / per_row;
+    const int k0 = int(i - rl * per_row) * 8;
+    const size_t n = (size_t)n0 + rl;
+    float f[8];
+    if constexpr (INT4) {
+      const uint32_t u = *reinterpret_cast<const uint32_t*>(w + n * ((size_t)K / 2) + k0 / 2);
+#pragma unroll
+      for (int j = 0; j < 8; j++) {
+        const float s = sc[n * gpr + (k0 + j) / group];
+        f[j] = __fmul_rn(float(int(u << (28 - 4 * j)) >> 28), s);
+      }
+    } else {
+      const uint2 u = *reinterpret_cast<const uint2*>(w + n * (size_t)K + k0);
+      const float s = sc[n];
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        f[j] = __fmul_rn(float(int8_t(u.x >> (8 * j))), s);
+        f[4 + j] = __fmul_rn(float(int8_t(u.y >> (8 * j))), s);
+      }
+    }
+    *reinterpret_cast<uint4*>(out + rl * K + k0) = pack8<T>(f);
+  }
+}
+
+}  // namespace
+}  // namespace kd
+
+cudaError_t quantize_rows_fp8(const void* x, void* q, float* scales, int rows, int cols, DType dt, cudaStream_t s) {
+  if (rows <= 0) return cudaSuccess;
+  const bool vec = cols % 8 == 0 && kd::aligned16(x) && (reinterpret_cast<uintptr_t>(q) & 7) == 0;
+  TSLLM_DISPATCH_HALF(dt, T, {
+    kd::quantize_rows_fp8_kernel<T><<<rows, kd::kRowThreads, 0, s>>>(static_cast<const T*>(x),
+                                                                      static_cast<uint8_t*>(q), scales, cols, vec);
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t fp8_scale_epilogue(const float* acc, const float* sx, const float* sw, const void* bias,
+                               const void* residual, void* out, int rows, int N, Act act, DType dt, cudaStream_t s) {
+  if (rows <= 0 || N <= 0) return cudaSuccess;
+  const int threads = 256;
+  const int blocks = kd::grid_for((uint64_t)rows * N, threads, kd::num_sms() * 16);
+  TSLLM_DISPATCH_HALF(dt, T, {
+    kd::fp8_epilogue_kernel<T><<<blocks, threads, 0, s>>>(acc, sx, sw, static_cast<const T*>(bias),
+                                                          static_cast<const T*>(residual), static_cast<T*>(out), rows,
+                                                          N, act);
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t dequantize_weight(QuantKind kind, const void* w, const float* scales, int group, void* out, int n0,
+                              int rows, int K, DType dt, cudaStream_t s) {
+  if (rows <= 0) return cudaSuccess;
+  if (K % 8 || (kind == QuantKind::Int4 && (group <= 0 || group % 2 || K % group)) || kind == QuantKind::Fp8 ||
+      !kd::aligned16(out) || (reinterpret_cast<uintptr_t>(w) & 7))
+    return cudaErrorInvalidValue;
+  const int threads = 256;
+  const int blocks = kd::grid_for((uint64_t)rows * (K / 8), threads, kd::num_sms() * 16);
+  auto wq = static_cast<const uint8_t*>(w);
+  TSLLM_DISPATCH_HALF(dt, T, {
+    if (kind == QuantKind::Int4)
+      kd::dequant_kernel<T, true><<<blocks, threads, 0, s>>>(wq, scales, group, static_cast<T*>(out), n0, rows, K);
+    else
+      kd::dequant_kernel<T, false><<<blocks, threads, 0, s>>>(wq, scales, group, static_cast<T*>(out), n0, rows, K);
+  });
+  return cudaGetLastError();
+}
+
+}  // namespace tsllm

@@ -1,0 +1,421 @@
+// Decode (M <= 4) linears over quantised weights, reading the stored bytes directly: FP8 W8A8 and int8 / int4
+// weight-only (numerics in quant.h). Memory-bound like the half-precision gemv: each warp streams ROWS weight rows
+// with 16-byte non-caching loads, several chunks in flight per lane, fp32 accumulation, one rounding at the end.
+//   fp8: the block first quantises the M activation rows per token into shared memory (amax over K, scale, e4m3 of
+//        x / scale: the kernel is the activation quantisation, no separate pass), then dots E4M3 x E4M3 in fp32
+//        (every product is exact) and scales by fp32(s_x · s_w[n]). The grid is at most as many blocks as fit on
+//        the GPU at once and loops over row groups, so the quantisation is done once per resident block.
+//   int8 / int4: w = T(fp32(q · s)) per element (the reference's dequantisation), fp32 dot with x.
+// Programmatic dependent launch (sm_90, unless TSLLM_PDL=0): the first weight loads are issued before
+// griddepcontrol.wait; x / residual are read and out written after it.
+#include <algorithm>
+#include <atomic>
+
+#include "fp8.cuh"
+#include "quant.h"
+
+namespace tsllm {
+
+const char* quant_kind_name(QuantKind k) {
+  switch (k) {
+    case QuantKind::Fp8: return "fp8";
+    case QuantKind::Int8: return "int8-wo";
+    case QuantKind::Int4: return "int4-wo";
+  }
+  return "?";
+}
+
+namespace kd {
+namespace {
+
+constexpr int kQWarps = 4;
+
+__device__ __forceinline__ uint4 ld_stream16(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+// activations.cu's expressions (the same rounding as the unquantised path's activation kernel).
+__device__ __forceinline__ float apply_act(float x, int act) {
+  switch (Act(act)) {
+    case Act::Silu: return x / (1.f + expf(-x));
+    case Act::GeluTanh: {
+      const float k0 = 0.7978845608028654f, k1 = 0.044715f;
+      return 0.5f * x * (1.f + tanhf(k0 * (x + k1 * x * x * x)));
+    }
+    case Act::GeluErf: return 0.5f * x * (1.f + erff(x * 0.7071067811865476f));
+    default: return x;
+  }
+}
+
+// The reference's epilogue order: (+ bias) -> activation -> (+ residual), fp32, one rounding to T.
+template <typename T>
+__device__ __forceinline__ void store_out(float v, const T* bias, const T* res, T* out, int m, int n, int N, int act) {
+  if (bias) v = __fadd_rn(v, to_f(bias[n]));
+  v = apply_act(v, act);
+  if (res) v = __fadd_rn(v, to_f(res[(size_t)m * N + n]));
+  out[(size_t)m * N + n] = from_f<T>(v);
+}
+
+// Sum over the lanes of a warp of acc[r][m], then lane r*M+m writes (m, n0+r).
+template <typename T, int M, int ROWS>
+__device__ __forceinline__ void reduce_store(float (&acc)[ROWS][M], float (&mul)[ROWS][M], int n0, int lane,
+                                             const T* bias, const T* res, T* out, int N, int act) {
+#pragma unroll
+  for (int r = 0; r < ROWS; r++)
+#pragma unroll
+    for (int m = 0; m < M; m++) acc[r][m] = warp_sum(acc[r][m]);
+#pragma unroll
+  for (int r = 0; r < ROWS; r++)
+#pragma unroll
+    for (int m = 0; m < M; m++)
+      if (lane == r * M + m && n0 + r < N) store_out<T>(acc[r][m] * mul[r][m], bias, res, out, m, n0 + r, N, act);
+}
+
+// ---------------- FP8 W8A8 ----------------
+template <typename T, int M, int ROWS>
+__global__ void __launch_bounds__(kQWarps * 32)
+    fp8_gemv_kernel(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ sw,
+                    const T* __restrict__ bias, const T* res, T* out, int N, int K, int act) {
+  constexpr int UN = ROWS >= 4 ? 2 : 4;  // 16-byte chunks in flight per lane and row
+  extern __shared__ __align__(16) uint8_t s_q[];  // [M][K] e4m3 of the quantised activations
+  __shared__ float s_red[kQWarps][M];
+  __shared__ float s_sx[M];
+  pdl_trigger();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int chunks = K >> 4;  // 16 weights per chunk
+  const int groups = (N + kQWarps * ROWS - 1) / (kQWarps * ROWS);
+  int g = blockIdx.x;
+  int n0 = (g * kQWarps + warp) * ROWS;
+  uint4 wv[UN][ROWS];
+  auto load = [&](int c0) {
+#pragma unroll
+    for (int u = 0; u < UN; u++) {
+      const int c = c0 + u * 32;
+#pragma unroll
+      for (int r = 0; r < ROWS; r++)
+        wv[u][r] = n0 + r < N && c < chunks ? ld_stream16(w + (size_t)(n0 + r) * K + (size_t)c * 16)
+                                            : make_uint4(0, 0, 0, 0);
+    }
+  };
+  load(lane);
+  pdl_wait();
+
+  // Per-token scales: amax over the row (fp32 of T), s = fp32(amax / 448), 1 for a zero row.
+  const int vchunks = K >> 3;  // 8 elements of T per 16 bytes
+  float am[M];
+#pragma unroll
+  for (int m = 0; m < M; m++) am[m] = 0.f;
+  for (int c = threadIdx.x; c < vchunks; c += blockDim.x) {
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+      float f[8];
+      unpack8<T>(*reinterpret_cast<const uint4*>(x + (size_t)m * K + (size_t)c * 8), f);
+#pragma unroll
+      for (int j = 0; j < 8; j++) am[m] = fmaxf(am[m], fabsf(f[j]));
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < M; m++) {
+    am[m] = warp_max(am[m]);
+    if (lane == 0) s_red[warp][m] = am[m];
+  }
+  __syncthreads();
+  if (threadIdx.x < M) {
+    float a = 0.f;
+#pragma unroll
+    for (int i = 0; i < kQWarps; i++) a = fmaxf(a, s_red[i][threadIdx.x]);
+    s_sx[threadIdx.x] = a > 0.f ? __fdiv_rn(a, kE4m3Max) : 1.f;
+  }
+  __syncthreads();
+  float sx[M];
+#pragma unroll
+  for (int m = 0; m < M; m++) sx[m] = s_sx[m];
+  for (int c = threadIdx.x; c < vchunks; c += blockDim.x) {
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+      float f[8];
+      unpack8<T>(*reinterpret_cast<const uint4*>(x + (size_t)m * K + (size_t)c * 8), f);
+      *reinterpret_cast<uint2*>(s_q + (size_t)m * K + (size_t)c * 8) = f8_to_e4m3x8(f, sx[m]);
+    }
+  }
+  __syncthreads();
+
+  for (;;) {
+    float acc[ROWS][M];
+#pragma unroll
+    for (int r = 0; r < ROWS; r++)
+#pragma unroll
+      for (int m = 0; m < M; m++) acc[r][m] = 0.f;
+    if (n0 < N) {
+      int c0 = lane;
+      for (;;) {
+#pragma unroll
+        for (int u = 0; u < UN; u++) {
+          const int c = c0 + u * 32;
+          if (c >= chunks) break;
+          float xf[M][16];
+#pragma unroll
+          for (int m = 0; m < M; m++) {
+            const uint4 xq = *reinterpret_cast<const uint4*>(s_q + (size_t)m * K + (size_t)c * 16);
+            e4m3x4_to_f(xq.x, xf[m]);
+            e4m3x4_to_f(xq.y, xf[m] + 4);
+            e4m3x4_to_f(xq.z, xf[m] + 8);
+            e4m3x4_to_f(xq.w, xf[m] + 12);
+          }
+#pragma unroll
+          for (int r = 0; r < ROWS; r++) {
+            float wf[16];
+            e4m3x4_to_f(wv[u][r].x, wf);
+            e4m3x4_to_f(wv[u][r].y, wf + 4);
+            e4m3x4_to_f(wv[u][r].z, wf + 8);
+            e4m3x4_to_f(wv[u][r].w, wf + 12);
+#pragma unroll
+            for (int m = 0; m < M; m++)
+#pragma unroll
+              for (int j = 0; j < 16; j++) acc[r][m] = fmaf(wf[j], xf[m][j], acc[r][m]);
+          }
+        }
+        c0 += 32 * UN;
+        if (c0 >= chunks) break;
+        load(c0);
+      }
+    }
+    float mul[ROWS][M];
+#pragma unroll
+    for (int r = 0; r < ROWS; r++)
+#pragma unroll
+      for (int m = 0; m < M; m++) mul[r][m] = n0 + r < N ? __fmul_rn(sx[m], __ldg(sw + n0 + r)) : 0.f;
+    reduce_store<T, M, ROWS>(acc, mul, n0, lane, bias, res, out, N, act);
+    g += gridDim.x;
+    if (g >= groups) break;
+    n0 = (g * kQWarps + warp) * ROWS;
+    load(lane);
+  }
+}
+
+// ---------------- int8 / int4 weight-only ----------------
+// 8 consecutive weights of row chunk `raw` starting at element 8*j of the chunk -> floats, dequantised and rounded
+// to T as the reference does (T(fp32(q * s))).
+template <typename T, bool INT4>
+__device__ __forceinline__ void dequant8(const uint4& raw, int j, float s, float (&f)[8]) {
+  const uint32_t* p = &raw.x;
+  if constexpr (INT4) {
+    const uint32_t u = p[j];  // 8 nibbles: element i in bits [4i, 4i+4)
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+      const int q = int(u << (28 - 4 * i)) >> 28;  // sign-extended nibble
+      f[i] = to_f(from_f<T>(__fmul_rn(float(q), s)));
+    }
+  } else {
+    const uint32_t u0 = p[2 * j], u1 = p[2 * j + 1];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      f[i] = to_f(from_f<T>(__fmul_rn(float(int8_t(u0 >> (8 * i))), s)));
+      f[4 + i] = to_f(from_f<T>(__fmul_rn(float(int8_t(u1 >> (8 * i))), s)));
+    }
+  }
+}
+
+template <typename T, int M, int ROWS, bool INT4>
+__global__ void __launch_bounds__(kQWarps * 32)
+    int_gemv_kernel(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ sc, int group,
+                    const T* __restrict__ bias, const T* res, T* out, int N, int K, int act) {
+  constexpr int UN = ROWS >= 4 ? 2 : 4;
+  constexpr int EPC = INT4 ? 32 : 16;  // weights per 16-byte chunk
+  pdl_trigger();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int n0 = (blockIdx.x * kQWarps + warp) * ROWS;
+  const size_t row_bytes = INT4 ? (size_t)K / 2 : (size_t)K;
+  const int chunks = int(row_bytes >> 4);
+  const int gpr = INT4 ? K / group : 1;  // scales per row
+  const bool active = n0 < N;
+  uint4 wv[UN][ROWS];
+  auto load = [&](int c0) {
+#pragma unroll
+    for (int u = 0; u < UN; u++) {
+      const int c = c0 + u * 32;
+#pragma unroll
+      for (int r = 0; r < ROWS; r++)
+        wv[u][r] = active && n0 + r < N && c < chunks ? ld_stream16(w + (size_t)(n0 + r) * row_bytes + (size_t)c * 16)
+                                                      : make_uint4(0, 0, 0, 0);
+    }
+  };
+  int c0 = lane;
+  load(c0);
+  pdl_wait();
+  float acc[ROWS][M];
+#pragma unroll
+  for (int r = 0; r < ROWS; r++)
+#pragma unroll
+    for (int m = 0; m < M; m++) acc[r][m] = 0.f;
+  float srow[ROWS];
+#pragma unroll
+  for (int r = 0; r < ROWS; r++) srow[r] = !INT4 && n0 + r < N ? __ldg(sc + n0 + r) : 1.f;
+  if (active) {
+    for (;;) {
+#pragma unroll
+      for (int u = 0; u < UN; u++) {
+        const int c = c0 + u * 32;
+        if (c >= chunks) break;
+        const int k0 = c * EPC;
+        float s[ROWS];
+#pragma unroll
+        for (int r = 0; r < ROWS; r++)
+          s[r] = INT4 ? (n0 + r < N ? __ldg(sc + (size_t)(n0 + r) * gpr + k0 / group) : 1.f) : srow[r];
+#pragma unroll
+        for (int j = 0; j < EPC / 8; j++) {
+          float xf[M][8];
+#pragma unroll
+          for (int m = 0; m < M; m++) unpack8<T>(__ldg(reinterpret_cast<const uint4*>(x + (size_t)m * K + k0 + 8 * j)), xf[m]);
+#pragma unroll
+          for (int r = 0; r < ROWS; r++) {
+            float wf[8];
+            dequant8<T, INT4>(wv[u][r], j, s[r], wf);
+#pragma unroll
+            for (int m = 0; m < M; m++)
+#pragma unroll
+              for (int i = 0; i < 8; i++) acc[r][m] = fmaf(wf[i], xf[m][i], acc[r][m]);
+          }
+        }
+      }
+      c0 += 32 * UN;
+      if (c0 >= chunks) break;
+      load(c0);
+    }
+  }
+  float one[ROWS][M];
+#pragma unroll
+  for (int r = 0; r < ROWS; r++)
+#pragma unroll
+    for (int m = 0; m < M; m++) one[r][m] = 1.f;
+  reduce_store<T, M, ROWS>(acc, one, n0, lane, bias, res, out, N, act);
+}
+
+// ---------------- launch ----------------
+template <typename Kern, typename... Args>
+cudaError_t launch_pdl(Kern kern, unsigned blocks, size_t smem, cudaStream_t s, Args... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(blocks);
+  cfg.blockDim = dim3(kQWarps * 32);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kern, args...);
+}
+
+template <typename T, int M, int ROWS>
+cudaError_t launch_fp8(const void* x, const void* w, const float* sw, const void* bias, const void* res, void* out,
+                       int N, int K, Act act, cudaStream_t s) {
+  auto kern = fp8_gemv_kernel<T, M, ROWS>;
+  const size_t smem = (size_t)M * K;
+  // Opt in to more than 48 KB of dynamic shared memory and size the grid to the blocks that fit at once (each block
+  // quantises x once, then loops over row groups). Cached per instantiation for 4 shared-memory sizes (one per K).
+  static std::atomic<long long> conf[4] = {{-1}, {-1}, {-1}, {-1}};  // (smem << 16) | blocks per SM
+  std::atomic<long long>& slot = conf[(smem >> 4) & 3];
+  const long long c = slot.load(std::memory_order_relaxed);
+  int per_sm = 0;
+  static std::atomic<long long> opted{48 * 1024};  // the kernel's max dynamic shared memory, only ever raised
+  if (c < 0 || (size_t)(c >> 16) != smem) {
+    cudaError_t e = cudaSuccess;
+    if ((long long)smem > opted.load(std::memory_order_relaxed)) {
+      e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+      if (e != cudaSuccess) return e;
+      opted.store((long long)smem, std::memory_order_relaxed);
+    }
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, kQWarps * 32, smem);
+    if (e != cudaSuccess) return e;
+    if (per_sm < 1) return cudaErrorInvalidConfiguration;
+    slot.store(((long long)smem << 16) | per_sm, std::memory_order_relaxed);
+  } else {
+    per_sm = int(c & 0xffff);
+  }
+  const long long groups = (N + kQWarps * ROWS - 1) / (kQWarps * ROWS);
+  const unsigned blocks = (unsigned)std::min<long long>(groups, (long long)per_sm * num_sms());
+  return launch_pdl(kern, blocks, smem, s, static_cast<const T*>(x), static_cast<const uint8_t*>(w), sw,
+                    static_cast<const T*>(bias), static_cast<const T*>(res), static_cast<T*>(out), N, K, int(act));
+}
+
+template <typename T, int M, int ROWS, bool INT4>
+cudaError_t launch_int(const void* x, const void* w, const float* sc, int group, const void* bias, const void* res,
+                       void* out, int N, int K, Act act, cudaStream_t s) {
+  const unsigned blocks = (unsigned)((N + kQWarps * ROWS - 1) / (kQWarps * ROWS));
+  return launch_pdl(int_gemv_kernel<T, M, ROWS, INT4>, blocks, 0, s, static_cast<const T*>(x),
+                    static_cast<const uint8_t*>(w), sc, group, static_cast<const T*>(bias), static_cast<const T*>(res),
+                    static_cast<T*>(out), N, K, int(act));
+}
+
+template <typename T, int M, int ROWS>
+cudaError_t launch_kind(QuantKind kind, const void* x, const void* w, const float* sc, int group, const void* bias,
+                        const void* res, void* out, int N, int K, Act act, cudaStream_t s) {
+  switch (kind) {
+    case QuantKind::Fp8: return launch_fp8<T, M, ROWS>(x, w, sc, bias, res, out, N, K, act, s);
+    case QuantKind::Int8: return launch_int<T, M, ROWS, false>(x, w, sc, group, bias, res, out, N, K, act, s);
+    case QuantKind::Int4: return launch_int<T, M, ROWS, true>(x, w, sc, group, bias, res, out, N, K, act, s);
+  }
+  return cudaErrorInvalidValue;
+}
+
+template <typename T, int ROWS>
+cudaError_t launch_m(int M, QuantKind kind, const void* x, const void* w, const float* sc, int group,
+                     const void* bias, const void* res, void* out, int N, int K, Act act, cudaStream_t s) {
+  switch (M) {
+    case 1: return launch_kind<T, 1, ROWS>(kind, x, w, sc, group, bias, res, out, N, K, act, s);
+    case 2: return launch_kind<T, 2, ROWS>(kind, x, w, sc, group, bias, res, out, N, K, act, s);
+    case 3: return launch_kind<T, 3, ROWS>(kind, x, w, sc, group, bias, res, out, N, K, act, s);
+    case 4: return launch_kind<T, 4, ROWS>(kind, x, w, sc, group, bias, res, out, N, K, act, s);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+template <typename T>
+cudaError_t launch_variant(int variant, int M, QuantKind kind, const void* x, const void* w, const float* sc,
+                           int group, const void* bias, const void* res, void* out, int N, int K, Act act,
+                           cudaStream_t s) {
+  switch (variant) {
+    case 0: return launch_m<T, 1>(M, kind, x, w, sc, group, bias, res, out, N, K, act, s);
+    case 1: return launch_m<T, 2>(M, kind, x, w, sc, group, bias, res, out, N, K, act, s);
+    case 2: return launch_m<T, 4>(M, kind, x, w, sc, group, bias, res, out, N, K, act, s);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace
+}  // namespace kd
+
+const char* quant_gemv_unsupported(QuantKind kind, int M, int K, int group, const void* x, const void* w, DType dt) {
+  auto al16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
+  if (dt != DType::F16 && dt != DType::BF16) return "activation dtype is not fp16/bf16";
+  if (M < 1 || M > kQuantGemvMaxM) return "M outside 1..4";
+  if (!al16(x) || !al16(w)) return "x or w not 16-byte aligned";
+  switch (kind) {
+    case QuantKind::Fp8:
+    case QuantKind::Int8:
+      if (K % 16) return "K is not a multiple of 16";
+      break;
+    case QuantKind::Int4:
+      if (K % 32) return "K is not a multiple of 32";
+      if (group <= 0 || group % 32 || K % group) return "int4 group size is not a multiple of 32 dividing K";
+      break;
+  }
+  return nullptr;
+}
+
+cudaError_t quant_gemv(int variant, QuantKind kind, const void* x, const void* w, const float* scales, int group,
+                       const void* bias, const void* residual, void* out, int M, int N, int K, Act act, DType dt,
+                       cudaStream_t s) {
+  if (quant_gemv_unsupported(kind, M, K, group, x, w, dt)) return cudaErrorInvalidValue;
+  if (N <= 0) return cudaSuccess;
+  return dt == DType::F16
+             ? kd::launch_variant<half>(variant, M, kind, x, w, scales, group, bias, residual, out, N, K, act, s)
+             : kd::launch_variant<kd::bf16>(variant, M, kind, x, w, scales, group, bias, residual, out, N, K, act, s);
+}
+
+}  // namespace tsllm
