@@ -1,0 +1,222 @@
+#include "quant_gemm.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+
+namespace tsllm {
+
+namespace {
+
+std::string lt_err(const char* what, cublasStatus_t st) {
+  return std::string(what) + " failed (cublasStatus " + std::to_string(int(st)) + ")";
+}
+
+#define QLT_TRY(expr)                                          \
+  do {                                                         \
+    cublasStatus_t st_ = (expr);                               \
+    if (st_ != CUBLAS_STATUS_SUCCESS) return lt_err(#expr, st_); \
+  } while (0)
+
+size_t align256(size_t b) { return (b + 255) / 256 * 256; }
+
+}  // namespace
+
+QuantGemm::~QuantGemm() {
+  for (auto& kv : plans_) {
+    if (kv.second.desc) cublasLtMatmulDescDestroy(kv.second.desc);
+    if (kv.second.a) cublasLtMatrixLayoutDestroy(kv.second.a);
+    if (kv.second.b) cublasLtMatrixLayoutDestroy(kv.second.b);
+    if (kv.second.d) cublasLtMatrixLayoutDestroy(kv.second.d);
+  }
+  for (void* p : {lt_ws_, xq_, static_cast<void*>(acc_), deq_, flush_, tune_out_})
+    if (p) cudaFree(p);
+  if (handle_) cublasLtDestroy(handle_);
+}
+
+QuantWorkspace QuantGemm::need_for(QuantKind kind, int max_tokens, int N, int K, size_t act_elem_bytes) {
+  QuantWorkspace w;
+  if (kind == QuantKind::Fp8) {
+    w.xq_bytes = align256(size_t(max_tokens) * size_t(K)) + align256(size_t(max_tokens) * 4);
+    const size_t row = size_t(N) * 4;
+    size_t rows = std::max<size_t>(1, kAccChunkBytes / row);
+    if (rows > size_t(max_tokens)) rows = size_t(max_tokens);
+    w.acc_bytes = rows * row;
+  } else if (max_tokens > kQuantGemvMaxM) {
+    w.deq_bytes = size_t(N) * size_t(K) * act_elem_bytes;
+  }
+  return w;
+}
+
+void QuantGemm::init(const QuantWorkspace& need) {
+  auto ck = [](cudaError_t e, const std::string& what) {
+    if (e != cudaSuccess) throw std::runtime_error("cudaMalloc of " + what + " failed: " + cudaGetErrorString(e));
+  };
+  const char* g = std::getenv("TSLLM_QGEMV");
+  if (g && g[0] == '0' && g[1] == 0) gemv_mode = 0;
+  const char* gv = std::getenv("TSLLM_QGEMV_VARIANT");
+  if (gv && *gv) gemv_force = std::atoi(gv);
+  const char* prof = std::getenv("TSLLM_PROFILE");
+  verbose = prof && *prof && std::string(prof) != "0";
+  if (need.xq_bytes) {
+    cublasStatus_t st = cublasLtCreate(&handle_);
+    if (st != CUBLAS_STATUS_SUCCESS) throw std::runtime_error(lt_err("cublasLtCreate (FP8 GEMM)", st));
+    ck(cudaMalloc(&lt_ws_, lt_ws_bytes_), "the FP8 GEMM's cuBLASLt workspace");
+    ck(cudaMalloc(&xq_, need.xq_bytes), "the FP8 activation workspace");
+    xq_bytes_ = need.xq_bytes;
+    ck(cudaMalloc(reinterpret_cast<void**>(&acc_), need.acc_bytes), "the FP8 GEMM's fp32 output chunk");
+    acc_bytes_ = need.acc_bytes;
+  }
+  if (need.deq_bytes) {
+    ck(cudaMalloc(&deq_, need.deq_bytes), "the weight-only dequantisation workspace");
+    deq_bytes_ = need.deq_bytes;
+  }
+}
+
+int QuantGemm::gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s) {
+  if (gemv_mode == 0 || quant_gemv_unsupported(c.kind, c.M, c.K, c.group, c.x, c.w, dt)) return -1;
+  if (gemv_force >= 0 && gemv_force < kQuantGemvVariants) return gemv_force;
+  // Without deq_ (an engine whose max_num_tokens <= 4) the gemv is the only weight-only path.
+  const auto key = std::make_tuple(int(c.kind), c.group, c.M, c.N, c.K, int(dt));
+  auto it = gemv_pick_.find(key);
+  if (it != gemv_pick_.end()) return it->second;
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  cudaStreamIsCapturing(s, &cap);
+  if (cap != cudaStreamCaptureStatusNone) return 1;  // not tuned yet (forward runs an eager step before capturing)
+  // Time each variant (L2 flushed before each run, the first run discarded), writing to scratch: out may be the
+  // residual, which must survive until the real call.
+  const size_t kFlush = size_t(64) << 20;
+  if (!flush_ && cudaMalloc(&flush_, kFlush) != cudaSuccess) {
+    cudaGetLastError();
+    flush_ = nullptr;
+  }
+  const size_t out_bytes = size_t(c.M) * size_t(c.N) * (dt == DType::F32 ? 4 : 2);
+  if (out_bytes > tune_out_bytes_) {
+    if (tune_out_) cudaFree(tune_out_);
+    tune_out_bytes_ = 0;
+    if (cudaMalloc(&tune_out_, out_bytes) != cudaSuccess) {
+      cudaGetLastError();
+      tune_out_ = nullptr;
+      return 1;  // untuned: the middle variant
+    }
+    tune_out_bytes_ = out_bytes;
+  }
+  cudaEvent_t a = nullptr, b = nullptr;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  int pick = 1;
+  float best = 1e30f;
+  for (int v = 0; v < kQuantGemvVariants; v++) {
+    float total = 0;
+    bool ok = true;
+    for (int it2 = 0; it2 < 6 && ok; it2++) {
+      if (flush_) cudaMemsetAsync(flush_, it2, kFlush, s);
+      cudaEventRecord(a, s);
+      ok = quant_gemv(v, c.kind, c.x, c.w, c.scales, c.group, c.bias, c.residual, tune_out_, c.M, c.N, c.K, c.act,
+                      dt, s) == cudaSuccess;
+      cudaEventRecord(b, s);
+      if (cudaEventSynchronize(b) != cudaSuccess) ok = false;
+      float ms = 0;
+      cudaEventElapsedTime(&ms, a, b);
+      if (it2 > 0) total += ms;
+    }
+    if (ok && total < best) best = total, pick = v;
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  cudaGetLastError();
+  if (verbose)
+    std::fprintf(stderr, "tsllm quant gemv %s M=%d N=%d K=%d: variant %d (%.4f ms)\n", quant_kind_name(c.kind), c.M,
+                 c.N, c.K, pick, best / 5);
+  gemv_pick_.emplace(key, pick);
+  return pick;
+}
+
+std::string QuantGemm::fp8_plan(int M, int N, int K, Fp8Plan** out) {
+  const auto key = std::make_tuple(M, N, K, 0, 0);
+  auto it = plans_.find(key);
+  if (it != plans_.end()) {
+    *out = &it->second;
+    return "";
+  }
+  Fp8Plan p;
+  auto fail = [&](const std::string& m) {
+    if (p.desc) cublasLtMatmulDescDestroy(p.desc);
+    if (p.a) cublasLtMatrixLayoutDestroy(p.a);
+    if (p.b) cublasLtMatrixLayoutDestroy(p.b);
+    if (p.d) cublasLtMatrixLayoutDestroy(p.d);
+    return m;
+  };
+  auto lt = [&](cublasStatus_t st, const char* what) { return st == CUBLAS_STATUS_SUCCESS ? std::string() : lt_err(what, st); };
+  std::string e;
+  if (!(e = lt(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate")).empty())
+    return fail(e);
+  // outᵀ[N, M] = Wᵀ... as in gemm.cc: A = W stored K x N column-major (ld K) with op T, B = xq K x M (ld K) op N,
+  // D = N x M column-major (ld N) = out row-major. This is the TN layout FP8 requires.
+  cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  if (!(e = lt(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "TRANSA")).empty())
+    return fail(e);
+  if (!(e = lt(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "TRANSB")).empty())
+    return fail(e);
+  if (!(e = lt(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(N), int64_t(K)), "layout A"))
+           .empty())
+    return fail(e);
+  if (!(e = lt(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(M), int64_t(K)), "layout B"))
+           .empty())
+    return fail(e);
+  if (!(e = lt(cublasLtMatrixLayoutCreate(&p.d, CUDA_R_32F, uint64_t(N), uint64_t(M), int64_t(N)), "layout D")).empty())
+    return fail(e);
+  cublasLtMatmulPreference_t pref = nullptr;
+  if (!(e = lt(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate")).empty()) return fail(e);
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &lt_ws_bytes_,
+                                       sizeof(lt_ws_bytes_));
+  cublasLtMatmulHeuristicResult_t res[8] = {};
+  int found = 0;
+  cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.d, p.d, pref, 8, res, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  int pick = -1;
+  for (int i = 0; i < found && pick < 0; i++)
+    if (res[i].state == CUBLAS_STATUS_SUCCESS && res[i].workspaceSize <= lt_ws_bytes_) pick = i;
+  if (st != CUBLAS_STATUS_SUCCESS || pick < 0)
+    return fail("cuBLASLt has no FP8 (E4M3 x E4M3 -> fp32) algorithm for M=" + std::to_string(M) +
+                " N=" + std::to_string(N) + " K=" + std::to_string(K) + " (cublasStatus " + std::to_string(int(st)) +
+                ", " + std::to_string(found) + " candidates; FP8 needs sm 89+, K and N multiples of 16)");
+  p.algo = res[pick].algo;
+  *out = &plans_.emplace(key, p).first->second;
+  return "";
+}
+
+std::string QuantGemm::fp8_gemm(const QuantLinearCall& c, DType dt, cudaStream_t s) {
+  if (!handle_) return "FP8 GEMM workspaces were not set up at load";
+  const size_t xq_need = align256(size_t(c.M) * size_t(c.K)) + align256(size_t(c.M) * 4);
+  if (xq_need > xq_bytes_)
+    return "FP8 activation workspace too small for M=" + std::to_string(c.M) + " K=" + std::to_string(c.K);
+  uint8_t* xq = static_cast<uint8_t*>(xq_);
+  float* sx = reinterpret_cast<float*>(xq + align256(size_t(c.M) * size_t(c.K)));
+  cudaError_t ce = quantize_rows_fp8(c.x, xq, sx, c.M, c.K, dt, s);
+  if (ce != cudaSuccess) return std::string("quantize_rows_fp8: ") + cudaGetErrorString(ce);
+  const size_t row = size_t(c.N) * 4;
+  int chunk = int(std::min<size_t>(size_t(c.M), acc_bytes_ / row));
+  if (chunk < 1) return "FP8 GEMM output workspace too small for N=" + std::to_string(c.N);
+  const size_t es = dt == DType::F32 ? 4 : 2;
+  const float alpha = 1.f, beta = 0.f;
+  for (int m0 = 0; m0 < c.M; m0 += chunk) {
+    const int mc = std::min(chunk, c.M - m0);
+    Fp8Plan* p = nullptr;
+    std::string err = fp8_plan(mc, c.N, c.K, &p);
+    if (!err.empty()) return err;
+    cublasStatus_t st = cublasLtMatmul(handle_, p->desc, &alpha, c.w, p->a, xq + size_t(m0) * c.K, p->b, &beta, acc_,
+                                       p->d, acc_, p->d, &p->algo, lt_ws_, lt_ws_bytes_, s);
+    if (st != CUBLAS_STATUS_SUCCESS) return lt_err("cublasLtMatmul (FP8)", st);
+    const char* res = c.residual ? static_cast<const char*>(c.residual) + size_t(m0) * c.N * es : nullptr;
+    const char* bias = static_cast<const char*>(c.bias);
+    ce = fp8_scale_epilogue(acc_, sx + m0, c.scales, bias, res, static_cast<char*>(c.out) + size_t(m0) * c.N * es, mc,
+                            c.N, c.act, dt, s);
+    if (ce != cudaSuccess) return std::string("fp8_scale_epilogue: ") + cudaGetErrorString(ce);
+  }
+  return "";
+}
+
+}  // namespace tsllm

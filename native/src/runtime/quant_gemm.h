@@ -1,0 +1,110 @@
+// quant_linear on the GPU (docs/engine-format.md "Quantisation"; numerics in kernels/quant.h):
+//   M <= 4 (decode): kernels/quant_gemv.cu reads the quantised weights directly (FP8: x quantised per token inside
+//     the kernel); the variant (weight rows per warp) is timed once per shape, L2 flushed, like GemmRunner's tuner.
+//   larger M, FP8: quantize_rows_fp8 (x -> E4M3 + per-token scales, workspace), cuBLASLt FP8 GEMM (E4M3 A = W with
+//     op T and B = x, the "TN" layout Hopper's FP8 GEMM needs; fp32 accumulate, fp32 D in a workspace, in chunks of
+//     rows), then fp8_scale_epilogue (acc · fp32(s_x·s_w) + bias -> act -> + residual, one rounding). cuBLASLt's
+//     A/B scale attributes are scalars (per tensor), ours are per token and per channel, hence the epilogue kernel.
+//   larger M, int8 / int4 weight-only: the weight is dequantised to the activation dtype into a workspace
+//     (dequantize_weight), then the ordinary linear (GemmRunner) runs on it.
+// Switches (A/B): TSLLM_QGEMV=0 never uses the quantised gemv (the large-M path for every M), TSLLM_QGEMV_VARIANT=k
+// forces variant k.
+#pragma once
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <map>
+#include <string>
+#include <tuple>
+
+#include "../kernels/quant.h"
+
+namespace tsllm {
+
+struct QuantLinearCall {
+  QuantKind kind;
+  int group = 0;  // int4
+  const void* x;
+  const void* w;
+  const float* scales;
+  const void* bias;      // may be null
+  const void* residual;  // may be null, may alias out
+  void* out;
+  int M, N, K;
+  Act act = Act::None;
+};
+
+// Workspace needs of an engine's quant_linear nodes at its limits (load.cc sizes them once).
+struct QuantWorkspace {
+  size_t xq_bytes = 0;   // FP8: quantised activations [max_tokens, K] + scales [max_tokens] (fp32)
+  size_t acc_bytes = 0;  // FP8: fp32 GEMM output chunk
+  size_t deq_bytes = 0;  // weight-only: one dequantised weight [N, K] in the activation dtype
+};
+
+class QuantGemm {
+ public:
+  static constexpr size_t kAccChunkBytes = size_t(64) << 20;  // FP8 fp32 D chunk: rows of M at a time
+
+  QuantGemm() = default;
+  ~QuantGemm();
+  QuantGemm(const QuantGemm&) = delete;
+  QuantGemm& operator=(const QuantGemm&) = delete;
+
+  // Sizes the workspaces for these calls at max_tokens rows (K, N of every quant_linear), allocates them and a
+  // cuBLASLt handle. Throws std::runtime_error with a one-line message.
+  void init(const QuantWorkspace& need);
+  static QuantWorkspace need_for(QuantKind kind, int max_tokens, int N, int K, size_t act_elem_bytes);
+
+  // Returns an empty string on success, else a one-line message. Not while capturing for a new shape (the tuner
+  // runs eagerly on first use; forward runs an eager step before every capture).
+  // linear: the ordinary half-precision linear on the dequantised weight (out = act(x·wᵀ + bias) + residual).
+  template <typename LinearFn>
+  std::string run(const QuantLinearCall& c, DType dt, cudaStream_t s, LinearFn&& linear) {
+    if (c.M <= 0) return "";
+    const int v = gemv_variant(c, dt, s);
+    if (v >= 0) {
+      cudaError_t e = quant_gemv(v, c.kind, c.x, c.w, c.scales, c.group, c.bias, c.residual, c.out, c.M, c.N, c.K,
+                                 c.act, dt, s);
+      return e == cudaSuccess ? std::string() : std::string("quant_gemv: ") + cudaGetErrorString(e);
+    }
+    if (c.kind == QuantKind::Fp8) return fp8_gemm(c, dt, s);
+    if (size_t(c.N) * size_t(c.K) * (dt == DType::F32 ? 4 : 2) > deq_bytes_)
+      return "dequantisation workspace too small for N=" + std::to_string(c.N) + " K=" + std::to_string(c.K);
+    cudaError_t e = dequantize_weight(c.kind, c.w, c.scales, c.group, deq_, 0, c.N, c.K, dt, s);
+    if (e != cudaSuccess) return std::string("dequantize_weight: ") + cudaGetErrorString(e);
+    return linear(static_cast<const void*>(deq_));
+  }
+
+  int gemv_mode = -1;     // TSLLM_QGEMV=0: never; otherwise when eligible
+  int gemv_force = -1;    // TSLLM_QGEMV_VARIANT=k
+  bool verbose = false;   // TSLLM_PROFILE set: tuning decisions to stderr
+
+ private:
+  // The gemv variant for this call (tuned once per shape), or -1 for the large-M path.
+  int gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s);
+  std::string fp8_gemm(const QuantLinearCall& c, DType dt, cudaStream_t s);
+
+  struct Fp8Plan {
+    cublasLtMatmulDesc_t desc = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+    cublasLtMatmulAlgo_t algo{};
+  };
+  std::string fp8_plan(int M, int N, int K, Fp8Plan** out);
+
+  cublasLtHandle_t handle_ = nullptr;
+  void* lt_ws_ = nullptr;  // cuBLASLt workspace
+  size_t lt_ws_bytes_ = size_t(32) << 20;
+  void* xq_ = nullptr;
+  size_t xq_bytes_ = 0;
+  float* acc_ = nullptr;
+  size_t acc_bytes_ = 0;
+  void* deq_ = nullptr;
+  size_t deq_bytes_ = 0;
+  void* flush_ = nullptr;  // 64 MB written before each timed tuning run (weights out of L2)
+  void* tune_out_ = nullptr;  // gemv output while tuning
+  size_t tune_out_bytes_ = 0;
+  std::map<std::tuple<int, int, int, int, int>, Fp8Plan> plans_;  // (M chunk, N, K) -> plan
+  std::map<std::tuple<int, int, int, int, int, int>, int> gemv_pick_;  // (kind, group, M, N, K, dt) -> variant or -1
+};
+
+}  // namespace tsllm
