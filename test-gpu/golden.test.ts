@@ -5,11 +5,10 @@
 //   tiny-llama  fp16 0.0028 → 0.01    bf16 0.0222 → 0.075
 //   tiny-gptj   fp16 0.0019 → 0.0075  bf16 0.0186 → 0.065
 import { afterAll, describe, expect, it } from "vitest";
-import type { Executor } from "../src/executor/types.ts";
-import { checkGolden, type Golden, readGolden } from "../src/golden.ts";
+import { checkGolden, readGolden } from "../src/golden.ts";
 import { CudaEngine, type CudaLoadOptions } from "../src/native/binding.ts";
 import { CudaExecutor } from "../src/native/executor.ts";
-import { goldenFile, maxAbsDiff, tinyEngine } from "./helpers.ts";
+import { goldenFile, maxAbsDiff, teacherForced, tinyEngine } from "./helpers.ts";
 
 const BOUND = {
   llama: { fp16: 0.01, bf16: 0.075 }, // measured 0.0028, 0.0222
@@ -26,28 +25,6 @@ function executor(dir: string, o: CudaLoadOptions = {}): CudaExecutor {
 afterAll(() => {
   for (const e of open) e.close();
 });
-
-/** Every logits row of the prefill (all prompt positions) and of each teacher-forced decode step, per prompt. */
-function teacherForced(ex: Executor, g: Golden, base: number): Float32Array[] {
-  const rows: Float32Array[][] = g.prompts.map(() => []);
-  g.prompts.forEach((p, i) => {
-    rows[i].push(
-      ...ex
-        .step([{ seqId: base + i, tokens: p.inputIds.slice(0, p.promptLen), logits: "all" }])
-        .get(base + i)!,
-    );
-    for (let pos = p.promptLen; pos < p.inputIds.length; pos++)
-      rows[i].push(
-        ex.step([{ seqId: base + i, tokens: [p.inputIds[pos]], logits: "last" }]).get(base + i)![0],
-      );
-    ex.release(base + i);
-  });
-  return rows.map((r) => {
-    const out = new Float32Array(r.length * r[0].length);
-    r.forEach((row, k) => out.set(row, k * row.length));
-    return out;
-  });
-}
 
 for (const which of ["llama", "gptj", "qwen2"] as const) {
   for (const dtype of ["fp16", "bf16"] as const) {

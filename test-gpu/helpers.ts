@@ -5,6 +5,8 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { type CompileOptions, compileEngine } from "../src/compile.ts";
+import type { Executor } from "../src/executor/types.ts";
+import type { Golden } from "../src/golden.ts";
 
 export const REPO = fileURLToPath(new URL("..", import.meta.url));
 export const SHARED = process.env.TSLLM_SHARED ?? path.resolve(REPO, "../shared");
@@ -48,4 +50,26 @@ export function maxAbsDiff(a: Float32Array, b: Float32Array): number {
     if (!(d <= m)) m = Number.isNaN(d) ? Number.POSITIVE_INFINITY : d;
   }
   return m;
+}
+
+/** Every logits row of the prefill (all prompt positions) and of each teacher-forced decode step, per prompt. */
+export function teacherForced(ex: Executor, g: Golden, base: number): Float32Array[] {
+  const rows: Float32Array[][] = g.prompts.map(() => []);
+  g.prompts.forEach((p, i) => {
+    rows[i].push(
+      ...ex
+        .step([{ seqId: base + i, tokens: p.inputIds.slice(0, p.promptLen), logits: "all" }])
+        .get(base + i)!,
+    );
+    for (let pos = p.promptLen; pos < p.inputIds.length; pos++)
+      rows[i].push(
+        ex.step([{ seqId: base + i, tokens: [p.inputIds[pos]], logits: "last" }]).get(base + i)![0],
+      );
+    ex.release(base + i);
+  });
+  return rows.map((r) => {
+    const out = new Float32Array(r.length * r[0].length);
+    r.forEach((row, k) => out.set(row, k * row.length));
+    return out;
+  });
 }

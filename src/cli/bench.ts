@@ -56,13 +56,17 @@ program
           `CUDA setup, upload and KV cache; content hash ${o.verify ? "checked in the same pass" : "not checked"})\n`,
       );
       const info = cuda.info();
+      const { quant, kv_cache_dtype } = engine.config.build;
       process.stdout.write(
-        `${info.gpuName} (sm ${info.gpuSm}), engine ${h.dtype} sm ${h.sm}, weights ${(info.weightBytes / 1e9).toFixed(2)} GB, kv blocks ${info.kvBlocksTotal}\n`,
+        `${info.gpuName} (sm ${info.gpuSm}), engine ${h.dtype} sm ${h.sm}, quant ${quant}, kv cache ${kv_cache_dtype}, ` +
+          `weights ${(info.weightBytes / 1e9).toFixed(2)} GB, kv blocks ${info.kvBlocksTotal}
+`,
       );
       if (maxBatch > info.maxBatchSize)
         throw new Error(`--batch-size ${maxBatch} exceeds the engine's max_batch_size ${info.maxBatchSize}`);
 
-      // Bytes one decode step must read: every weight once, except embedding tables (only the gathered rows).
+      // Bytes one decode step must read: every weight once in its stored dtype (quantised values and their scales
+      // for --quant engines), except embedding tables (only the gathered rows).
       const values = new Map(h.values.map((v) => [v.id, v]));
       const gathered = new Set(h.nodes.filter((n) => n.op === "embedding").map((n) => n.inputs[1]));
       let stepWeightBytes = 0;
