@@ -131,7 +131,7 @@ struct AttnSetup {
     CK(cudaMalloc(&out, (size_t)T * nH * D * 2));
     const size_t wsb = attention_workspace_bytes(T, B, nH, D, ctx);
     CK(cudaMalloc(&ws, wsb));
-    kv = PagedKV{pool, DType::F16, layers, num_blocks, nKV, D, tpb, bt, maxb, 1.f};
+    kv = PagedKV{pool, DType::F16, layers, num_blocks, nKV, D, tpb, bt, maxb};
     st = StepLayout{T, B, pos, ts, ss, sl, new_tokens, ctx};
     p = AttnParams{0, nH, nKV, D, 1.f / std::sqrt((float)D), D, RopeStyle::Neox, inv, 3, true};
     CK(cudaDeviceSynchronize());

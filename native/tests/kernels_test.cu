@@ -741,7 +741,7 @@ static void test_attention_case(const AttnCase& c, Rng& rng) {
   void* ws;
   CK(cudaMalloc(&ws, ws_bytes));
 
-  PagedKV kv{pool.d, dt, layers, num_blocks, nKV, D, tpb, d_bt, maxb, 1.f};
+  PagedKV kv{pool.d, dt, layers, num_blocks, nKV, D, tpb, d_bt, maxb};
   StepLayout st{T, S, d_pos, d_ts, d_ss, d_sl, max_new, max_len};
   AttnParams p{layer, nH, nKV, D, (float)(1.0 / std::sqrt((double)D)), R, c.style, R ? d_inv : nullptr, 3, true};
   const char* base = static_cast<const char*>(c.packed ? qkv.d : qb.d);

@@ -4,10 +4,14 @@
 // O += P V run on mma.sync m16n8k16 (fp16/bf16 in, fp32 accumulate) with an online softmax in registers.
 // Causal mask per row: key <= position of the row's token. Head dims are padded to DP (zeros) in shared memory.
 // Works for any mix of sequences (a decode sequence is a tile with one row).
+// FP8 KV cache (CT = uint8_t): keys before this step's first new position are read from the cache (8 bytes per 8
+// dims, times k_scale / v_scale, rounded to T into shared memory); this step's own keys and values come unrounded
+// from k_own (rope_cache.cu's rotated k) and the raw v rows, as the reference attends to them before storing.
 #include <limits.h>
 #include <math.h>
 
 #include "attention_internal.h"
+#include "fp8.cuh"
 
 namespace tsllm {
 namespace kd {
@@ -26,12 +30,22 @@ struct CtxCfg {
   }
 };
 
-template <typename T, int DP>
+// FP8 cache only: where this step's own K/V rows are, and the cache's scales.
+template <typename T>
+struct OwnKV {
+  const T* k;  // [num_tokens, nKV * D] rotated k
+  const T* v;  // the step's v rows, row stride v_stride
+  int v_stride;
+  float k_scale, v_scale;
+};
+
+template <typename T, typename CT, int DP>
 __global__ void __launch_bounds__(kCtxThreads) context_kernel(const T* __restrict__ q, int q_stride,
-                                                              T* __restrict__ out, KVView<T> kv,
+                                                              T* __restrict__ out, KVView<CT> kv,
                                                               const int32_t* __restrict__ positions,
                                                               const int32_t* __restrict__ seq_start, int nH, int G,
-                                                              float scale_log2) {
+                                                              float scale_log2, OwnKV<T> own) {
+  constexpr bool kFp8 = sizeof(CT) == 1;
   constexpr int BK = CtxCfg<DP>::BK, LD = CtxCfg<DP>::LD;
   constexpr int CPR = DP / 8;  // 16-byte chunks per row
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -77,6 +91,8 @@ __global__ void __launch_bounds__(kCtxThreads) context_kernel(const T* __restric
   const int min_pos = s_min;  // -1 when the tile has padding rows
   const int ntiles = (kv_end + BK - 1) / BK;
 
+  const int pos0 = positions[st];  // this step's first new position of the sequence (new tokens are consecutive)
+  const int nKV = nH / G;
   auto load_kv = [&](int j, int stage) {
     T* dk = sK + stage * BK * LD;
     T* dv = sV + stage * BK * LD;
@@ -84,9 +100,27 @@ __global__ void __launch_bounds__(kCtxThreads) context_kernel(const T* __restric
       const int r = c / CPR, cc = c % CPR;
       const int key = j * BK + r;
       const bool ok = key < kv_end && cc * 8 < D;
-      const T* src = ok ? kv.base + kv.row(seq, key, hk) + cc * 8 : kv.base;
-      cp_async16(dk + r * LD + cc * 8, src, ok);
-      cp_async16(dv + r * LD + cc * 8, ok ? src + kv.v_off : src, ok);
+      if constexpr (kFp8) {
+        if (ok && key >= pos0) {
+          const size_t tok = (size_t)(st + key - pos0);
+          cp_async16(dk + r * LD + cc * 8, own.k + (tok * nKV + hk) * D + cc * 8, true);
+          cp_async16(dv + r * LD + cc * 8, own.v + tok * own.v_stride + (size_t)hk * D + cc * 8, true);
+        } else if (ok) {
+          const CT* src = kv.base + kv.row(seq, key, hk) + cc * 8;
+          float f[8];
+          e4m3x8_to_f(*reinterpret_cast<const uint2*>(src), own.k_scale, f);
+          *reinterpret_cast<uint4*>(dk + r * LD + cc * 8) = pack8<T>(f);
+          e4m3x8_to_f(*reinterpret_cast<const uint2*>(src + kv.v_off), own.v_scale, f);
+          *reinterpret_cast<uint4*>(dv + r * LD + cc * 8) = pack8<T>(f);
+        } else {
+          *reinterpret_cast<uint4*>(dk + r * LD + cc * 8) = make_uint4(0, 0, 0, 0);
+          *reinterpret_cast<uint4*>(dv + r * LD + cc * 8) = make_uint4(0, 0, 0, 0);
+        }
+      } else {
+        const T* src = ok ? kv.base + kv.row(seq, key, hk) + cc * 8 : kv.base;
+        cp_async16(dk + r * LD + cc * 8, src, ok);
+        cp_async16(dv + r * LD + cc * 8, ok ? src + kv.v_off : src, ok);
+      }
     }
   };
 
@@ -210,43 +244,56 @@ __global__ void __launch_bounds__(kCtxThreads) context_kernel(const T* __restric
   }
 }
 
-template <typename T, int DP>
-cudaError_t launch_context_t(const T* q, int q_stride, T* out, const KVView<T>& kv, const StepLayout& step, int nH,
-                             int G, float scale_log2, cudaStream_t s) {
+template <typename T, typename CT, int DP>
+cudaError_t launch_context_t(const T* q, int q_stride, T* out, const KVView<CT>& kv, const StepLayout& step, int nH,
+                             int G, float scale_log2, const OwnKV<T>& own, cudaStream_t s) {
   constexpr size_t smem = CtxCfg<DP>::template smem_bytes<T>();
   static unsigned long long configured = 0;  // per instantiation, one bit per device
   int dev = 0;
   cudaGetDevice(&dev);
   const unsigned long long bit = 1ull << (dev & 63);
   if (!(configured & bit)) {
-    cudaError_t e = cudaFuncSetAttribute(context_kernel<T, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    cudaError_t e =
+        cudaFuncSetAttribute(context_kernel<T, CT, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess) return e;
     configured |= bit;
   }
   const int qtiles = (step.max_new_tokens + kBQ - 1) / kBQ;
   dim3 grid(nH, qtiles, step.num_seqs);
-  context_kernel<T, DP><<<grid, kCtxThreads, smem, s>>>(q, q_stride, out, kv, step.positions, step.seq_start, nH, G,
-                                                        scale_log2);
+  context_kernel<T, CT, DP><<<grid, kCtxThreads, smem, s>>>(q, q_stride, out, kv, step.positions, step.seq_start, nH,
+                                                            G, scale_log2, own);
   return cudaGetLastError();
+}
+
+template <typename T, typename CT>
+cudaError_t launch_context_d(const T* q, int q_stride, T* out, const KVView<CT>& v, const StepLayout& step, int D,
+                             int nH, int G, float scale_log2, const OwnKV<T>& own, cudaStream_t s) {
+  if (D <= 32) return launch_context_t<T, CT, 32>(q, q_stride, out, v, step, nH, G, scale_log2, own, s);
+  if (D <= 64) return launch_context_t<T, CT, 64>(q, q_stride, out, v, step, nH, G, scale_log2, own, s);
+  if (D <= 96) return launch_context_t<T, CT, 96>(q, q_stride, out, v, step, nH, G, scale_log2, own, s);
+  if (D <= 128) return launch_context_t<T, CT, 128>(q, q_stride, out, v, step, nH, G, scale_log2, own, s);
+  if (D <= 192) return launch_context_t<T, CT, 192>(q, q_stride, out, v, step, nH, G, scale_log2, own, s);
+  return launch_context_t<T, CT, 256>(q, q_stride, out, v, step, nH, G, scale_log2, own, s);
 }
 
 }  // namespace
 
 cudaError_t attention_context(const void* q_, int q_stride, void* out_, const PagedKV& kv, const StepLayout& step,
-                              const AttnParams& p, DType dt, cudaStream_t s) {
+                              const AttnParams& p, const void* k_own, const void* v_own, int v_stride, DType dt,
+                              cudaStream_t s) {
   const int D = p.head_dim, nH = p.num_heads, G = p.num_heads / p.num_kv_heads;
   const float scale_log2 = p.scale * 1.4426950408889634f;
   if (step.max_new_tokens <= 0 || step.num_seqs <= 0) return cudaGetLastError();
   TSLLM_DISPATCH_HALF(dt, T, {
     const T* q = static_cast<const T*>(q_);
     T* out = static_cast<T*>(out_);
-    const KVView<T> v = make_kv_view<T>(kv, p.layer);
-    if (D <= 32) return launch_context_t<T, 32>(q, q_stride, out, v, step, nH, G, scale_log2, s);
-    if (D <= 64) return launch_context_t<T, 64>(q, q_stride, out, v, step, nH, G, scale_log2, s);
-    if (D <= 96) return launch_context_t<T, 96>(q, q_stride, out, v, step, nH, G, scale_log2, s);
-    if (D <= 128) return launch_context_t<T, 128>(q, q_stride, out, v, step, nH, G, scale_log2, s);
-    if (D <= 192) return launch_context_t<T, 192>(q, q_stride, out, v, step, nH, G, scale_log2, s);
-    return launch_context_t<T, 256>(q, q_stride, out, v, step, nH, G, scale_log2, s);
+    OwnKV<T> own{static_cast<const T*>(k_own), static_cast<const T*>(v_own), v_stride, p.k_scale, p.v_scale};
+    if (kv.dtype == DType::FP8_E4M3) {
+      if (!k_own || !v_own) return cudaErrorInvalidValue;
+      return launch_context_d<T, uint8_t>(q, q_stride, out, make_kv_view<uint8_t>(kv, p.layer), step, D, nH, G,
+                                          scale_log2, own, s);
+    }
+    return launch_context_d<T, T>(q, q_stride, out, make_kv_view<T>(kv, p.layer), step, D, nH, G, scale_log2, own, s);
   });
   return cudaErrorInvalidValue;
 }

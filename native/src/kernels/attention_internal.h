@@ -22,9 +22,10 @@ inline KVView<T> make_kv_view(const PagedKV& kv, int layer) {
 }
 
 // RoPE on q (written to q_out, row stride nH*D; skipped when q_out is null) and k; k and v written to the cache.
+// FP8 cache: k_out ([num_tokens, nKV*D], activation dtype) also receives the rotated k (this step's own keys).
 cudaError_t rope_and_cache_write(const void* q, int q_stride, const void* k, int k_stride, const void* v, int v_stride,
-                                 void* q_out, const PagedKV& kv, const StepLayout& step, const AttnParams& p, DType dt,
-                                 cudaStream_t s);
+                                 void* q_out, void* k_out, const PagedKV& kv, const StepLayout& step,
+                                 const AttnParams& p, DType dt, cudaStream_t s);
 
 // Decode (max_new_tokens == 1), chosen by AttnParams::decode_variant:
 //   3 (default): decode_fast_kernel, one launch (RoPE, cache write, attention, split-K combined through a
@@ -52,8 +53,10 @@ cudaError_t attention_decode(const void* q, int q_stride, const void* k, int k_s
                              DType dt, void* ws, cudaStream_t s);
 
 // Tiles of up to 64 new tokens of one sequence (FlashAttention-2 style, tensor cores), any step.
+// FP8 cache: k_own (rope_and_cache_write's k_out) and v_own (the step's v rows, v_stride) hold this step's own K/V.
 cudaError_t attention_context(const void* q, int q_stride, void* out, const PagedKV& kv, const StepLayout& step,
-                              const AttnParams& p, DType dt, cudaStream_t s);
+                              const AttnParams& p, const void* k_own, const void* v_own, int v_stride, DType dt,
+                              cudaStream_t s);
 
 }  // namespace kd
 }  // namespace tsllm

@@ -89,13 +89,14 @@ cudaError_t gemv_pro(int variant, const GemvPrologue& pro, const void* x, const 
 // ---- attention over the paged KV cache ----
 // Per-layer cache: blocks of [2][num_kv_heads][tokens_per_block][head_dim] elements (K then V),
 // block b of layer l at cache_base + (l*num_blocks + b) * block_elems.
+// FP8_E4M3 cache: rows stored as e4m3(x / scale) with AttnParams::k_scale / v_scale (per layer), read back as
+// stored · scale; this step's own tokens attend to their K/V before rounding (the reference's rule).
 struct PagedKV {
   void* base;            // whole pool
-  DType dtype;           // F16/BF16 (FP8_E4M3 later, with kv_scale)
+  DType dtype;           // the activation dtype (F16/BF16), or FP8_E4M3
   int num_layers, num_blocks, num_kv_heads, head_dim, tokens_per_block;
   const int32_t* block_tables;  // [num_seqs, max_blocks_per_seq] device
   int max_blocks_per_seq;
-  float kv_scale;        // fp8 only
 };
 // Step layout, device arrays. Tokens of one sequence are contiguous in the packed batch.
 struct StepLayout {
@@ -117,12 +118,15 @@ struct AttnParams {
   // 2 = always the separate RoPE/cache-write kernel + decode kernel (+ reduce). See attention_internal.h.
   int decode_variant;
   bool pdl;                    // launch the single-launch decode kernel with PDL (sm_90+)
+  float k_scale = 1.f, v_scale = 1.f;  // FP8 KV cache only (the compiler's per-layer scales)
 };
 // qkv: [T, (nH + 2*nKV)*D] packed rows, or separate q/k/v with their own row strides.
 // Applies RoPE to q (into a scratch copy) and k, writes k and v into the cache at each token's position,
 // then causal attention of each token over its sequence's cache [0, pos]. out: [T, nH*D].
 // workspace: attention_workspace_bytes(...) bytes of device scratch (split-K partials, rotated q).
-size_t attention_workspace_bytes(int max_num_tokens, int max_num_seqs, int num_heads, int head_dim, int max_seq_len);
+// fp8_kv_heads: the KV heads of an FP8 cache (room for this step's rotated k in the activation dtype), else 0.
+size_t attention_workspace_bytes(int max_num_tokens, int max_num_seqs, int num_heads, int head_dim, int max_seq_len,
+                                 int fp8_kv_heads = 0);
 cudaError_t paged_attention(const void* q, int q_stride, const void* k, int k_stride, const void* v, int v_stride,
                             void* out, const PagedKV& kv, const StepLayout& step, const AttnParams& p,
                             DType dt, void* workspace, cudaStream_t s);

@@ -7,7 +7,10 @@
 //   2b. otherwise (prefill, chunked prefill, mixed steps): attention_context.cu, FlashAttention-2 tiles on tensor
 //       cores, causal, GQA, any mix of sequences.
 // Workspace layout (computed from this step's sizes, always within attention_workspace_bytes at the maxima):
-//   [rotated q: num_tokens * nH * D * 2 bytes, 256-aligned (not used by variant 3)][split-K partials]
+//   [rotated q: num_tokens * nH * D * 2 bytes, 256-aligned (not used by variant 3)]
+//   [FP8 cache only: this step's rotated k, num_tokens * nKV * D * 2 bytes][split-K partials]
+// FP8 KV cache: always the rope_cache kernel first (it stores e4m3 rows and keeps the rotated k for this step's own
+// keys), then variant 2's decode kernel or the context kernel, both reading the step's own K/V unrounded.
 #include "attention_internal.h"
 
 namespace tsllm {
@@ -18,12 +21,13 @@ inline size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
 }  // namespace
 
 size_t attention_workspace_bytes(int max_num_tokens, int max_num_seqs, int num_heads, int head_dim,
-                                 int max_seq_len) {
+                                 int max_seq_len, int fp8_kv_heads) {
   (void)max_num_seqs;
   (void)max_seq_len;
   const size_t qrot = align256((size_t)max_num_tokens * num_heads * head_dim * 2);
+  const size_t kown = align256((size_t)max_num_tokens * fp8_kv_heads * head_dim * 2);
   const size_t parts = kd::kSplitBudget;  // num_tokens * nH * splits <= kSplitBudget whenever splits > 1
-  return qrot + align256(parts * head_dim * sizeof(float)) + align256(parts * sizeof(float2)) + 256;
+  return qrot + kown + align256(parts * head_dim * sizeof(float)) + align256(parts * sizeof(float2)) + 256;
 }
 
 cudaError_t paged_attention(const void* q, int q_stride, const void* k, int k_stride, const void* v, int v_stride,
@@ -32,7 +36,9 @@ cudaError_t paged_attention(const void* q, int q_stride, const void* k, int k_st
   if (step.num_tokens <= 0) return cudaGetLastError();
   const int D = p.head_dim;
   if (dt != DType::F16 && dt != DType::BF16) return cudaErrorInvalidValue;
-  if (kv.dtype != dt || kv.head_dim != D || kv.num_kv_heads != p.num_kv_heads) return cudaErrorInvalidValue;
+  const bool fp8 = kv.dtype == DType::FP8_E4M3;
+  if ((kv.dtype != dt && !fp8) || kv.head_dim != D || kv.num_kv_heads != p.num_kv_heads) return cudaErrorInvalidValue;
+  if (fp8 && !(p.k_scale > 0.f && p.v_scale > 0.f)) return cudaErrorInvalidValue;
   if (D < 8 || D > 256 || D % 8 != 0) return cudaErrorInvalidValue;
   if (p.num_kv_heads <= 0 || p.num_heads % p.num_kv_heads != 0) return cudaErrorInvalidValue;
   if (p.rotary_dim < 0 || p.rotary_dim > D || p.rotary_dim % 2 != 0 || (p.rotary_dim > 0 && !p.inv_freq))
@@ -41,19 +47,22 @@ cudaError_t paged_attention(const void* q, int q_stride, const void* k, int k_st
 
   char* ws = static_cast<char*>(workspace);
   if (p.decode_variant != 0 && p.decode_variant != 2 && p.decode_variant != 3) return cudaErrorInvalidValue;
-  if (step.max_new_tokens == 1 && p.decode_variant != 2 &&
+  if (step.max_new_tokens == 1 && !fp8 && p.decode_variant != 2 &&
       kd::decode_split(step.num_tokens, p.num_heads, p.num_kv_heads, D, step.max_seq_len, 3).fast)
     return kd::attention_decode(q, q_stride, k, k_stride, v, v_stride, true, out, kv, step, p, dt, ws, s);
   const bool rope = p.rotary_dim > 0;
   const size_t qrot_bytes = rope ? align256((size_t)step.num_tokens * p.num_heads * D * 2) : 0;
   void* q_rot = rope ? ws : nullptr;
-  cudaError_t e = kd::rope_and_cache_write(q, q_stride, k, k_stride, v, v_stride, q_rot, kv, step, p, dt, s);
+  void* k_own = fp8 ? ws + qrot_bytes : nullptr;
+  const size_t kown_bytes = fp8 ? align256((size_t)step.num_tokens * p.num_kv_heads * D * 2) : 0;
+  cudaError_t e = kd::rope_and_cache_write(q, q_stride, k, k_stride, v, v_stride, q_rot, k_own, kv, step, p, dt, s);
   if (e != cudaSuccess) return e;
   const void* qa = rope ? q_rot : q;
   const int qa_stride = rope ? p.num_heads * D : q_stride;
   if (step.max_new_tokens == 1)
-    return kd::attention_decode(qa, qa_stride, nullptr, 0, nullptr, 0, false, out, kv, step, p, dt, ws + qrot_bytes, s);
-  return kd::attention_context(qa, qa_stride, out, kv, step, p, dt, s);
+    return kd::attention_decode(qa, qa_stride, k_own, p.num_kv_heads * D, fp8 ? v : nullptr, v_stride, false, out, kv,
+                                step, p, dt, ws + qrot_bytes + kown_bytes, s);
+  return kd::attention_context(qa, qa_stride, out, kv, step, p, k_own, v, v_stride, dt, s);
 }
 
 }  // namespace tsllm

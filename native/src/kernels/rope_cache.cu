@@ -1,18 +1,24 @@
 // First stage of paged_attention: RoPE on q (into the workspace) and k, then k and v into the paged cache at
 // each token's position. One thread per 16 bytes (8 dims) of one head of one token.
+// FP8 KV cache (CT = uint8_t): rows are stored as e4m3(x / scale) with the layer's k_scale / v_scale, and the
+// rotated k is also written in the activation dtype to k_out ([num_tokens, nKV*D]) so that this step's tokens
+// attend to their own keys before rounding (the reference's rule; the context kernel reads them from there).
 #include <math.h>
 
 #include "attention_internal.h"
+#include "fp8.cuh"
 
 namespace tsllm {
 namespace kd {
 namespace {
 
-template <typename T>
+template <typename T, typename CT>
 __global__ void rope_cache_kernel(const T* __restrict__ q, int q_stride, const T* __restrict__ k, int k_stride,
-                                  const T* __restrict__ v, int v_stride, T* __restrict__ q_out, KVView<T> kv,
+                                  const T* __restrict__ v, int v_stride, T* __restrict__ q_out, KVView<CT> kv,
                                   const int32_t* __restrict__ positions, const int32_t* __restrict__ token_seq, int nH,
-                                  int nKV, int D, int R, int gptj, const float* __restrict__ inv_freq) {
+                                  int nKV, int D, int R, int gptj, const float* __restrict__ inv_freq,
+                                  T* __restrict__ k_out, float k_scale, float v_scale) {
+  constexpr bool kFp8 = sizeof(CT) == 1;
   const int t = blockIdx.y;
   const int vpr = D >> 3;  // 16-byte vectors per head
   const int nq = q_out ? nH * vpr : 0;
@@ -21,16 +27,19 @@ __global__ void rope_cache_kernel(const T* __restrict__ q, int q_stride, const T
   if (item >= nq + 2 * nk) return;
   const int pos = positions[t];
   const T* src;
-  T* dst;
-  bool rot = true;
+  CT* dst;
+  T* qdst = nullptr;
+  bool rot = true, is_v = false;
+  int h = 0;
   if (item < nq) {
-    const int h = item / vpr;
+    h = item / vpr;
     src = q + (size_t)t * q_stride + h * D;
-    dst = q_out + ((size_t)t * nH + h) * D;
+    qdst = q_out + ((size_t)t * nH + h) * D;
+    dst = nullptr;
   } else {
     const int it = item - nq;
-    const bool is_v = it >= nk;
-    const int h = (is_v ? it - nk : it) / vpr;
+    is_v = it >= nk;
+    h = (is_v ? it - nk : it) / vpr;
     const size_t r = kv.row(token_seq[t], pos, h) + (is_v ? kv.v_off : 0);
     src = is_v ? v + (size_t)t * v_stride + h * D : k + (size_t)t * k_stride + h * D;
     dst = kv.base + r;
@@ -38,31 +47,53 @@ __global__ void rope_cache_kernel(const T* __restrict__ q, int q_stride, const T
   }
   const int i0 = (item < nq ? item : (item - nq) % nk) % vpr * 8;
   const uint4 raw = *reinterpret_cast<const uint4*>(src + i0);
-  if (!rot || i0 >= R) {
-    *reinterpret_cast<uint4*>(dst + i0) = raw;
+  uint4 outv = raw;
+  if (rot && i0 < R) {
+    float o[8];
+    rope8<T>(src, i0, R, gptj != 0, pos, inv_freq, raw, o);
+    outv = pack8<T>(o);
+  }
+  if (qdst) {
+    *reinterpret_cast<uint4*>(qdst + i0) = outv;
     return;
   }
-  float o[8];
-  rope8<T>(src, i0, R, gptj != 0, pos, inv_freq, raw, o);
-  *reinterpret_cast<uint4*>(dst + i0) = pack8<T>(o);
+  if constexpr (kFp8) {
+    // The value in the activation dtype (as the unquantised cache would hold it), then e4m3(x / scale).
+    float f[8];
+    unpack8<T>(outv, f);
+    *reinterpret_cast<uint2*>(dst + i0) = f8_to_e4m3x8(f, is_v ? v_scale : k_scale);
+    if (!is_v && k_out) *reinterpret_cast<uint4*>(k_out + ((size_t)t * nKV + h) * D + i0) = outv;
+  } else {
+    *reinterpret_cast<uint4*>(dst + i0) = outv;
+  }
 }
 
 }  // namespace
 
 cudaError_t rope_and_cache_write(const void* q, int q_stride, const void* k, int k_stride, const void* v, int v_stride,
-                                 void* q_out, const PagedKV& kv, const StepLayout& step, const AttnParams& p, DType dt,
-                                 cudaStream_t s) {
+                                 void* q_out, void* k_out, const PagedKV& kv, const StepLayout& step,
+                                 const AttnParams& p, DType dt, cudaStream_t s) {
   const int D = p.head_dim;
   const int vpr = D / 8;
   const int items = (q_out ? p.num_heads * vpr : 0) + 2 * p.num_kv_heads * vpr;
   const int threads = 128;
   dim3 grid((items + threads - 1) / threads, step.num_tokens);
   const int gptj = p.rope_style == RopeStyle::Gptj ? 1 : 0;
+  const bool fp8 = kv.dtype == DType::FP8_E4M3;
   TSLLM_DISPATCH_HALF(dt, T, {
-    rope_cache_kernel<T><<<grid, threads, 0, s>>>(static_cast<const T*>(q), q_stride, static_cast<const T*>(k), k_stride,
-                                                  static_cast<const T*>(v), v_stride, static_cast<T*>(q_out),
-                                                  make_kv_view<T>(kv, p.layer), step.positions, step.token_seq,
-                                                  p.num_heads, p.num_kv_heads, D, p.rotary_dim, gptj, p.inv_freq);
+    auto Q = static_cast<const T*>(q);
+    auto K = static_cast<const T*>(k);
+    auto V = static_cast<const T*>(v);
+    if (fp8)
+      rope_cache_kernel<T, uint8_t><<<grid, threads, 0, s>>>(
+          Q, q_stride, K, k_stride, V, v_stride, static_cast<T*>(q_out), make_kv_view<uint8_t>(kv, p.layer),
+          step.positions, step.token_seq, p.num_heads, p.num_kv_heads, D, p.rotary_dim, gptj, p.inv_freq,
+          static_cast<T*>(k_out), p.k_scale, p.v_scale);
+    else
+      rope_cache_kernel<T, T><<<grid, threads, 0, s>>>(Q, q_stride, K, k_stride, V, v_stride, static_cast<T*>(q_out),
+                                                       make_kv_view<T>(kv, p.layer), step.positions, step.token_seq,
+                                                       p.num_heads, p.num_kv_heads, D, p.rotary_dim, gptj, p.inv_freq,
+                                                       nullptr, 1.f, 1.f);
   });
   return cudaGetLastError();
 }

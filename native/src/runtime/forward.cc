@@ -333,7 +333,6 @@ void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only) {
   kv.tokens_per_block = e.tpb;
   kv.block_tables = b.dptr<int32_t>(b.lay.block_tables);
   kv.max_blocks_per_seq = e.max_blocks_per_seq;
-  kv.kv_scale = 1.f;
 
   StepLayout step{};
   step.num_tokens = p.T;
