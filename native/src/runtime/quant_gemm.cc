@@ -58,6 +58,8 @@ void QuantGemm::init(const QuantWorkspace& need) {
   if (g && g[0] == '0' && g[1] == 0) gemv_mode = 0;
   const char* gv = std::getenv("TSLLM_QGEMV_VARIANT");
   if (gv && *gv) gemv_force = std::atoi(gv);
+  const char* fo = std::getenv("TSLLM_FP8_OUTER_VEC");
+  if (fo && fo[0] == '0' && fo[1] == 0) fp8_outer = false;
   const char* prof = std::getenv("TSLLM_PROFILE");
   verbose = prof && *prof && std::string(prof) != "0";
   if (need.xq_bytes) {
@@ -188,6 +190,75 @@ std::string QuantGemm::fp8_plan(int M, int N, int K, Fp8Plan** out) {
   return "";
 }
 
+// Outer-vector scaling (cuBLASLt, CUDA 12.9+: CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F): D[n, m] = s_w[n] · s_x[m] ·
+// Σ_k W[n,k] x[m,k] (+ bias) + residual, written in the activation dtype by the GEMM itself — no fp32 chunk, no
+// epilogue kernel. Op T on A = W gives rows n, so A's scale vector is s_w and B's (columns m) is s_x. Only for
+// linears without an activation; a shape cuBLASLt has no algorithm for falls back (once, remembered).
+std::string QuantGemm::fp8_outer_plan(int M, int N, int K, bool bias, bool residual, DType dt, Fp8Plan** out) {
+  const auto key = std::make_tuple(M, N, K, 1 + int(bias) + 2 * int(residual), int(dt));
+  auto it = plans_.find(key);
+  if (it != plans_.end()) {
+    *out = it->second.desc ? &it->second : nullptr;
+    return "";
+  }
+  Fp8Plan p;
+  auto give_up = [&]() {
+    if (p.desc) cublasLtMatmulDescDestroy(p.desc);
+    if (p.a) cublasLtMatrixLayoutDestroy(p.a);
+    if (p.b) cublasLtMatrixLayoutDestroy(p.b);
+    if (p.d) cublasLtMatrixLayoutDestroy(p.d);
+    plans_.emplace(key, Fp8Plan{});  // no desc: this shape takes the fp32 + epilogue path
+    *out = nullptr;
+    cudaGetLastError();
+    return std::string();
+  };
+  const cudaDataType_t cdt = dt == DType::BF16 ? CUDA_R_16BF : CUDA_R_16F;
+  if (cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS) return give_up();
+  cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  cublasLtMatmulMatrixScale_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+  cublasLtEpilogue_t epi = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+  bool ok = cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)) == CUBLAS_STATUS_SUCCESS &&
+            cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)) == CUBLAS_STATUS_SUCCESS &&
+            cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof(mode)) ==
+                CUBLAS_STATUS_SUCCESS &&
+            cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof(mode)) ==
+                CUBLAS_STATUS_SUCCESS &&
+            cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)) ==
+                CUBLAS_STATUS_SUCCESS;
+  if (ok && bias)
+    ok = cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &cdt, sizeof(cdt)) ==
+         CUBLAS_STATUS_SUCCESS;
+  // The heuristic needs the scale pointers' modes only, but set placeholders so the descriptor is complete.
+  const void* none = nullptr;
+  ok = ok &&
+       cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &none, sizeof(none)) ==
+           CUBLAS_STATUS_SUCCESS &&
+       cublasLtMatrixLayoutCreate(&p.a, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(N), int64_t(K)) == CUBLAS_STATUS_SUCCESS &&
+       cublasLtMatrixLayoutCreate(&p.b, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(M), int64_t(K)) == CUBLAS_STATUS_SUCCESS &&
+       cublasLtMatrixLayoutCreate(&p.d, cdt, uint64_t(N), uint64_t(M), int64_t(N)) == CUBLAS_STATUS_SUCCESS;
+  if (!ok) return give_up();
+  cublasLtMatmulPreference_t pref = nullptr;
+  if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) return give_up();
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &lt_ws_bytes_,
+                                       sizeof(lt_ws_bytes_));
+  cublasLtMatmulHeuristicResult_t res[8] = {};
+  int found = 0;
+  cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.d, p.d, pref, 8, res, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  int pick = -1;
+  for (int i = 0; i < found && pick < 0; i++)
+    if (res[i].state == CUBLAS_STATUS_SUCCESS && res[i].workspaceSize <= lt_ws_bytes_) pick = i;
+  if (st != CUBLAS_STATUS_SUCCESS || pick < 0) {
+    if (verbose)
+      std::fprintf(stderr, "tsllm fp8 gemm M=%d N=%d K=%d: no outer-vector-scaled cuBLASLt algorithm (status %d): "
+                   "fp32 output + scale epilogue kernel\n", M, N, K, int(st));
+    return give_up();
+  }
+  p.algo = res[pick].algo;
+  *out = &plans_.emplace(key, p).first->second;
+  return "";
+}
+
 std::string QuantGemm::fp8_gemm(const QuantLinearCall& c, DType dt, cudaStream_t s) {
   if (!handle_) return "FP8 GEMM workspaces were not set up at load";
   const size_t xq_need = align256(size_t(c.M) * size_t(c.K)) + align256(size_t(c.M) * 4);
@@ -197,11 +268,29 @@ std::string QuantGemm::fp8_gemm(const QuantLinearCall& c, DType dt, cudaStream_t
   float* sx = reinterpret_cast<float*>(xq + align256(size_t(c.M) * size_t(c.K)));
   cudaError_t ce = quantize_rows_fp8(c.x, xq, sx, c.M, c.K, dt, s);
   if (ce != cudaSuccess) return std::string("quantize_rows_fp8: ") + cudaGetErrorString(ce);
+  const float alpha = 1.f;
+  if (fp8_outer && c.act == Act::None && dt != DType::F32) {
+    Fp8Plan* op = nullptr;
+    std::string err = fp8_outer_plan(c.M, c.N, c.K, c.bias != nullptr, c.residual != nullptr, dt, &op);
+    if (!err.empty()) return err;
+    if (op) {
+      const float beta = c.residual ? 1.f : 0.f;
+      QLT_TRY(cublasLtMatmulDescSetAttribute(op->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &c.scales,
+                                             sizeof(c.scales)));
+      QLT_TRY(cublasLtMatmulDescSetAttribute(op->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sx, sizeof(sx)));
+      if (c.bias)
+        QLT_TRY(cublasLtMatmulDescSetAttribute(op->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &c.bias, sizeof(c.bias)));
+      const void* cin = c.residual ? c.residual : c.out;
+      QLT_TRY(cublasLtMatmul(handle_, op->desc, &alpha, c.w, op->a, xq, op->b, &beta, cin, op->d, c.out, op->d,
+                             &op->algo, lt_ws_, lt_ws_bytes_, s));
+      return "";
+    }
+  }
   const size_t row = size_t(c.N) * 4;
   int chunk = int(std::min<size_t>(size_t(c.M), acc_bytes_ / row));
   if (chunk < 1) return "FP8 GEMM output workspace too small for N=" + std::to_string(c.N);
   const size_t es = dt == DType::F32 ? 4 : 2;
-  const float alpha = 1.f, beta = 0.f;
+  const float beta = 0.f;
   for (int m0 = 0; m0 < c.M; m0 += chunk) {
     const int mc = std::min(chunk, c.M - m0);
     Fp8Plan* p = nullptr;

@@ -1,10 +1,13 @@
 // quant_linear on the GPU (docs/engine-format.md "Quantisation"; numerics in kernels/quant.h):
 //   M <= 4 (decode): kernels/quant_gemv.cu reads the quantised weights directly (FP8: x quantised per token inside
 //     the kernel); the variant (weight rows per warp) is timed once per shape, L2 flushed, like GemmRunner's tuner.
-//   larger M, FP8: quantize_rows_fp8 (x -> E4M3 + per-token scales, workspace), cuBLASLt FP8 GEMM (E4M3 A = W with
-//     op T and B = x, the "TN" layout Hopper's FP8 GEMM needs; fp32 accumulate, fp32 D in a workspace, in chunks of
-//     rows), then fp8_scale_epilogue (acc · fp32(s_x·s_w) + bias -> act -> + residual, one rounding). cuBLASLt's
-//     A/B scale attributes are scalars (per tensor), ours are per token and per channel, hence the epilogue kernel.
+//   larger M, FP8: quantize_rows_fp8 (x -> E4M3 + per-token scales, workspace), then the cuBLASLt FP8 GEMM (E4M3
+//     A = W with op T and B = x, the "TN" layout Hopper's FP8 GEMM needs; fp32 accumulate):
+//     - no activation: outer-vector scaling (per-channel s_w, per-token s_x vectors, CUDA 12.9+) with the bias
+//       epilogue and the residual as C, output in the activation dtype: one GEMM;
+//     - otherwise, or when cuBLASLt has no such algorithm for the shape (TSLLM_FP8_OUTER_VEC=0 forces it): fp32 D
+//       into a workspace in chunks of rows, then fp8_scale_epilogue (acc · fp32(s_x·s_w) + bias -> act ->
+//       + residual, one rounding).
 //   larger M, int8 / int4 weight-only: the weight is dequantised to the activation dtype into a workspace
 //     (dequantize_weight), then the ordinary linear (GemmRunner) runs on it.
 // Switches (A/B): TSLLM_QGEMV=0 never uses the quantised gemv (the large-M path for every M), TSLLM_QGEMV_VARIANT=k
@@ -75,6 +78,7 @@ class QuantGemm {
     return linear(static_cast<const void*>(deq_));
   }
 
+  bool fp8_outer = true;  // TSLLM_FP8_OUTER_VEC=0: FP8 GEMMs always through the fp32 chunk + scale epilogue kernel
   int gemv_mode = -1;     // TSLLM_QGEMV=0: never; otherwise when eligible
   int gemv_force = -1;    // TSLLM_QGEMV_VARIANT=k
   bool verbose = false;   // TSLLM_PROFILE set: tuning decisions to stderr
@@ -90,6 +94,8 @@ class QuantGemm {
     cublasLtMatmulAlgo_t algo{};
   };
   std::string fp8_plan(int M, int N, int K, Fp8Plan** out);
+  // The outer-vector-scaled plan, or *out = nullptr when cuBLASLt has none for the shape (remembered).
+  std::string fp8_outer_plan(int M, int N, int K, bool bias, bool res, DType dt, Fp8Plan** out);
 
   cublasLtHandle_t handle_ = nullptr;
   void* lt_ws_ = nullptr;  // cuBLASLt workspace
