@@ -44,7 +44,8 @@ QuantWorkspace QuantGemm::need_for(QuantKind kind, int max_tokens, int N, int K,
     size_t rows = std::max<size_t>(1, kAccChunkBytes / row);
     if (rows > size_t(max_tokens)) rows = size_t(max_tokens);
     w.acc_bytes = rows * row;
-  } else if (max_tokens > kQuantGemvMaxM) {
+  } else {
+    // Also for engines whose steps never exceed the gemv's M: a shape the gemv cannot take (K, group) runs here.
     w.deq_bytes = size_t(N) * size_t(K) * act_elem_bytes;
   }
   return w;
@@ -80,7 +81,6 @@ void QuantGemm::init(const QuantWorkspace& need) {
 int QuantGemm::gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s) {
   if (gemv_mode == 0 || quant_gemv_unsupported(c.kind, c.M, c.K, c.group, c.x, c.w, dt)) return -1;
   if (gemv_force >= 0 && gemv_force < kQuantGemvVariants) return gemv_force;
-  // Without deq_ (an engine whose max_num_tokens <= 4) the gemv is the only weight-only path.
   const auto key = std::make_tuple(int(c.kind), c.group, c.M, c.N, c.K, int(dt));
   auto it = gemv_pick_.find(key);
   if (it != gemv_pick_.end()) return it->second;
