@@ -60,11 +60,13 @@ describe("quantised engines on the GPU", () => {
       const dir = await tinyEngine(c.which, "fp16", { sm: 90, ...c.extra });
       const golden = readGolden(goldenFile(c.which));
       const ref = teacherForced(ReferenceExecutor.load(dir), golden, 100);
-      for (const env of [{}, { TSLLM_QGEMV: "0" }]) {
+      for (const env of [{}, { TSLLM_QGEMV: "0" }] as Record<string, string>[]) {
         for (const graphs of [true, false]) {
           const gpu = teacherForced(load(dir, env, graphs), golden, 200);
           const max = Math.max(...gpu.map((g, i) => maxAbsDiff(g, ref[i])));
-          console.log(`${name(c)} ${JSON.stringify(env)} graphs ${graphs}: GPU vs CPU reference max |Δlogit| ${max.toFixed(4)}`);
+          console.log(
+            `${name(c)} ${JSON.stringify(env)} graphs ${graphs}: GPU vs CPU reference max |Δlogit| ${max.toFixed(4)}`,
+          );
           expect(max).toBeLessThanOrEqual(0.05);
         }
       }
@@ -85,9 +87,13 @@ describe("quantised engines on the GPU", () => {
         ex.release(400 + i);
         return rows;
       });
-      const all = ex.step(golden.prompts.map((p, i) => ({ seqId: 500 + i, tokens: p.inputIds, logits: "all" })));
+      const all = ex.step(
+        golden.prompts.map((p, i) => ({ seqId: 500 + i, tokens: p.inputIds, logits: "all" })),
+      );
       let max = 0;
-      single.forEach((rows, i) => rows.forEach((row, r) => (max = Math.max(max, maxAbsDiff(row, all.get(500 + i)![r])))));
+      single.forEach((rows, i) =>
+        rows.forEach((row, r) => (max = Math.max(max, maxAbsDiff(row, all.get(500 + i)![r])))),
+      );
       golden.prompts.forEach((_, i) => ex.release(500 + i));
       console.log(`${name(c)} packed vs one at a time: ${max.toFixed(4)}`);
       expect(max).toBeLessThanOrEqual(0.05);
