@@ -20,11 +20,14 @@ export function tableProblems(
   const p: string[] = [];
   const known = new Set(registry);
   for (const op of registry) {
-    if (has.has(op) && op in without) p.push(`${table}: ${op} is in the table and also listed as not having one`);
-    if (!has.has(op) && !(op in without)) p.push(`${table}: registry op ${op} has no entry (add one or list it in src/ops/without.ts)`);
+    if (has.has(op) && op in without)
+      p.push(`${table}: ${op} is in the table and also listed as not having one`);
+    if (!has.has(op) && !(op in without))
+      p.push(`${table}: registry op ${op} has no entry (add one or list it in src/ops/without.ts)`);
   }
   for (const op of has) if (!known.has(op)) p.push(`${table}: ${op} is not an op of the registry`);
-  for (const op of Object.keys(without)) if (!known.has(op)) p.push(`${table}: without-list names unknown op ${op}`);
+  for (const op of Object.keys(without))
+    if (!known.has(op)) p.push(`${table}: without-list names unknown op ${op}`);
   return p;
 }
 
@@ -48,7 +51,9 @@ describe("op tables agree with the registry", () => {
         const less = new Set(has);
         less.delete(op);
         const p = tableProblems(name, registry, less, WITHOUT[name as keyof typeof WITHOUT]);
-        expect(p).toEqual([`${name}: registry op ${op} has no entry (add one or list it in src/ops/without.ts)`]);
+        expect(p).toEqual([
+          `${name}: registry op ${op} has no entry (add one or list it in src/ops/without.ts)`,
+        ]);
         tried++;
       }
     expect(tried).toBeGreaterThan(2 * 15);
@@ -64,26 +69,28 @@ describe("op tables agree with the registry", () => {
         min: required,
         max: def.inputs.length,
       });
-      if (typeof def.numOutputs === "number") expect([def.name, n.outputs]).toEqual([def.name, def.numOutputs]);
+      if (typeof def.numOutputs === "number")
+        expect([def.name, n.outputs]).toEqual([def.name, def.numOutputs]);
       else expect([def.name, n.outputs]).toEqual([def.name, -1]);
     }
   });
 });
 
 describe("tsllm-compile says when an engine will not run on the GPU", () => {
-  it("int8-wo (quant_linear) and fp32 builds warn, one line each; an fp16 build does not", async () => {
-    const lines: string[] = [];
-    await buildFixture("llama", { quant: "int8-wo", dtype: "fp16", log: (s) => lines.push(s) });
-    const warn = lines.filter((l) => l.startsWith("warning:"));
-    expect(warn).toEqual([
-      "warning: this engine will not run on the GPU (tsllm-run --device cpu runs it): op quant_linear is not in the " +
-        `CUDA runtime (${WITHOUT.native.quant_linear})`,
-    ]);
-    const fp16: string[] = [];
-    await buildFixture("llama", { dtype: "fp16", log: (s) => fp16.push(s) });
-    expect(fp16.filter((l) => l.startsWith("warning:"))).toEqual([]);
+  it("fp32 builds and ops outside ops.def warn, one line each; fp16 and quantised (int8-wo, FP8 KV) builds do not", async () => {
+    for (const extra of [{}, { quant: "int8-wo" }, { kvCacheDtype: "fp8" }]) {
+      const lines: string[] = [];
+      await buildFixture("llama", { dtype: "fp16", ...extra, log: (s) => lines.push(s) });
+      expect([extra, lines.filter((l) => l.startsWith("warning:"))]).toEqual([extra, []]);
+    }
     expect(gpuWarnings({ nodes: [] } as never, { dtype: "fp32", kv_cache_dtype: "fp32" })).toEqual([
       "dtype fp32: the CUDA runtime runs fp16 and bf16 engines",
+    ]);
+    expect(
+      gpuWarnings({ nodes: [{ op: "no_such_op" }] } as never, { dtype: "fp16", kv_cache_dtype: "bf16" }),
+    ).toEqual([
+      "op no_such_op is not in the CUDA runtime",
+      "kv-cache-dtype bf16: the CUDA runtime's KV cache holds the activation dtype or fp8",
     ]);
   });
 });

@@ -128,7 +128,7 @@ void test_quant_gemv(Rng& rng, const LinCase& c, DType dt) {
       if (alias) CK(cudaMemcpy(out.d, res.d, res.h.size(), cudaMemcpyDeviceToDevice));
       else out.poison();
       CK(quant_gemv(variant, c.kind, x.d, dw, dsc, c.group, c.bias ? bias.d : nullptr,
-                    c.res ? (alias ? o : res.d) : nullptr, o, M, N, K, c.act, dt, 0));
+                    c.res ? (alias ? o : res.d) : nullptr, o, M, N, K, c.act, dt, true, 0));
       sync_check();
       out.down();
       Err e;

@@ -51,6 +51,9 @@ export function gpuWarnings(g: Graph, build: { dtype: string; kv_cache_dtype: st
     w.push(`op ${op} is not in the CUDA runtime${WITHOUT.native[op] ? ` (${WITHOUT.native[op]})` : ""}`);
   if (build.dtype !== "fp16" && build.dtype !== "bf16")
     w.push(`dtype ${build.dtype}: the CUDA runtime runs fp16 and bf16 engines`);
-  if (build.kv_cache_dtype === "fp8") w.push("kv-cache-dtype fp8: the CUDA runtime's KV cache is fp16 or bf16");
+  if (build.kv_cache_dtype !== build.dtype && build.kv_cache_dtype !== "fp8")
+    w.push(
+      `kv-cache-dtype ${build.kv_cache_dtype}: the CUDA runtime's KV cache holds the activation dtype or fp8`,
+    );
   return w;
 }

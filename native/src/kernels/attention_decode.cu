@@ -13,6 +13,7 @@
 #include <cstdlib>
 
 #include "attention_internal.h"
+#include "fp8.cuh"
 
 namespace tsllm {
 namespace kd {
@@ -41,8 +42,36 @@ struct DecodeArgs {
   int pdl;        // fast path: launched with programmatic stream serialization (wait before touching q/k/v/out)
 };
 
-template <typename T, int DP, int GB>
-__global__ void __launch_bounds__(kDecWarps * 32) decode_kernel(const DecodeArgs<T> a) {
+// K/V loads of 8 dims: 16 bytes of T, or 8 bytes of an FP8 cache (in .x, .y), and their floats (FP8: · scale).
+template <typename CT>
+__device__ __forceinline__ uint4 ld_kv8(const CT* p) {
+  if constexpr (sizeof(CT) == 1) {
+    const uint2 u = *reinterpret_cast<const uint2*>(p);
+    return make_uint4(u.x, u.y, 0u, 0u);
+  } else {
+    return *reinterpret_cast<const uint4*>(p);
+  }
+}
+template <typename T, typename CT>
+__device__ __forceinline__ void kv_unpack8(const uint4& raw, float scale, float (&f)[8]) {
+  if constexpr (sizeof(CT) == 1)
+    e4m3x8_to_f(make_uint2(raw.x, raw.y), scale, f);
+  else
+    unpack8<T>(raw, f);
+}
+
+// The FP8 cache's view and scales (decode_kernel only: variant 3 runs on 16-bit caches).
+struct Fp8View {
+  bool on;
+  KVView<uint8_t> kv;
+  float k_scale, v_scale;
+};
+
+// CT: the cache's element type (T, or uint8_t for an FP8 cache: the token's own key/value come unrounded from
+// a.k / a.v, as the reference attends to them before storing).
+template <typename T, typename CT, int DP, int GB>
+__global__ void __launch_bounds__(kDecWarps * 32)
+    decode_kernel(const DecodeArgs<T> a, const KVView<CT> kv, float k_scale, float v_scale) {
   pdl_trigger();
   constexpr int LPK = DP / 8;     // lanes per key
   constexpr int KPW = 32 / LPK;   // keys per warp per step
@@ -50,7 +79,6 @@ __global__ void __launch_bounds__(kDecWarps * 32) decode_kernel(const DecodeArgs
   constexpr int STEP = kDecWarps * KPW * U;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int sub = lane % LPK, slot = lane / LPK;
-  const KVView<T>& kv = a.kv;
   const int G = a.G, nH = a.nH, chunk = a.chunk;
   const int hk = blockIdx.x / a.hgroups, hg = blockIdx.x % a.hgroups;
   const int split = blockIdx.y, nsplit = gridDim.y, t = blockIdx.z;
@@ -86,6 +114,15 @@ __global__ void __launch_bounds__(kDecWarps * 32) decode_kernel(const DecodeArgs
     for (int j = 0; j < 8; ++j) acc[g][j] = 0.f;
   }
 
+  // FP8 cache: this token's own key/value, unrounded.
+  float kown[8], vown[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) kown[j] = vown[j] = 0.f;
+  if (sizeof(CT) == 1 && dim_ok) {
+    unpack8<T>(*reinterpret_cast<const uint4*>(a.k + (size_t)t * a.k_stride + (size_t)hk * D + sub * 8), kown);
+    unpack8<T>(*reinterpret_cast<const uint4*>(a.v + (size_t)t * a.v_stride + (size_t)hk * D + sub * 8), vown);
+  }
+
   // Cache rows of the next step are looked up one step ahead (block-table loads overlap K/V loads).
   size_t rnext[U];
 #pragma unroll
@@ -101,9 +138,9 @@ __global__ void __launch_bounds__(kDecWarps * 32) decode_kernel(const DecodeArgs
       const int key = base + (u * kDecWarps + warp) * KPW + slot;
       ok[u] = key < ke;
       if (ok[u] && dim_ok) {
-        const T* p = kv.base + rnext[u] + sub * 8;
-        kr[u] = *reinterpret_cast<const uint4*>(p);
-        vr[u] = *reinterpret_cast<const uint4*>(p + kv.v_off);
+        const CT* p = kv.base + rnext[u] + sub * 8;
+        kr[u] = ld_kv8(p);
+        vr[u] = ld_kv8(p + kv.v_off);
       } else {
         kr[u] = make_uint4(0, 0, 0, 0);
         vr[u] = make_uint4(0, 0, 0, 0);
@@ -118,7 +155,12 @@ __global__ void __launch_bounds__(kDecWarps * 32) decode_kernel(const DecodeArgs
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       float kf[8];
-      unpack8<T>(kr[u], kf);
+      kv_unpack8<T, CT>(kr[u], k_scale, kf);
+      if constexpr (sizeof(CT) == 1) {
+        if (base + (u * kDecWarps + warp) * KPW + slot == pos)
+#pragma unroll
+          for (int j = 0; j < 8; ++j) kf[j] = kown[j];
+      }
 #pragma unroll
       for (int g = 0; g < GB; ++g) {
         float d = 0.f;
@@ -131,7 +173,14 @@ __global__ void __launch_bounds__(kDecWarps * 32) decode_kernel(const DecodeArgs
     }
     float vf[U][8];
 #pragma unroll
-    for (int u = 0; u < U; ++u) unpack8<T>(vr[u], vf[u]);
+    for (int u = 0; u < U; ++u) {
+      kv_unpack8<T, CT>(vr[u], v_scale, vf[u]);
+      if constexpr (sizeof(CT) == 1) {
+        if (base + (u * kDecWarps + warp) * KPW + slot == pos)
+#pragma unroll
+          for (int j = 0; j < 8; ++j) vf[u][j] = vown[j];
+      }
+    }
 #pragma unroll
     for (int g = 0; g < GB; ++g) {
       float mx = m[g];
@@ -530,29 +579,33 @@ __global__ void decode_reduce_kernel(const float* __restrict__ ws_o, const float
 
 // Host-side launch of one decode configuration.
 template <typename T, int DP, int GB>
-cudaError_t launch_decode_t(DecodeArgs<T> a, const StepLayout& step, int nKV, DecodeSplit sp, cudaStream_t s) {
+cudaError_t launch_decode_t(DecodeArgs<T> a, const StepLayout& step, int nKV, DecodeSplit sp, const Fp8View& f8,
+                            cudaStream_t s) {
   a.hgroups = (a.G + GB - 1) / GB;
   dim3 grid(nKV * a.hgroups, sp.splits, step.num_tokens);
-  decode_kernel<T, DP, GB><<<grid, kDecWarps * 32, 0, s>>>(a);
+  if (f8.on)
+    decode_kernel<T, uint8_t, DP, GB><<<grid, kDecWarps * 32, 0, s>>>(a, f8.kv, f8.k_scale, f8.v_scale);
+  else
+    decode_kernel<T, T, DP, GB><<<grid, kDecWarps * 32, 0, s>>>(a, a.kv, 1.f, 1.f);
   return cudaGetLastError();
 }
 
 template <typename T, int DP>
-cudaError_t launch_decode_dp(const DecodeArgs<T>& a, const StepLayout& step, int nKV, DecodeSplit sp,
+cudaError_t launch_decode_dp(const DecodeArgs<T>& a, const StepLayout& step, int nKV, DecodeSplit sp, const Fp8View& f8,
                              cudaStream_t s) {
-  if (a.G <= 1) return launch_decode_t<T, DP, 1>(a, step, nKV, sp, s);
-  if (a.G <= 2) return launch_decode_t<T, DP, 2>(a, step, nKV, sp, s);
-  if (a.G <= 4) return launch_decode_t<T, DP, 4>(a, step, nKV, sp, s);
-  return launch_decode_t<T, DP, 8>(a, step, nKV, sp, s);
+  if (a.G <= 1) return launch_decode_t<T, DP, 1>(a, step, nKV, sp, f8, s);
+  if (a.G <= 2) return launch_decode_t<T, DP, 2>(a, step, nKV, sp, f8, s);
+  if (a.G <= 4) return launch_decode_t<T, DP, 4>(a, step, nKV, sp, f8, s);
+  return launch_decode_t<T, DP, 8>(a, step, nKV, sp, f8, s);
 }
 
 template <typename T>
-cudaError_t launch_decode_d(const DecodeArgs<T>& a, const StepLayout& step, int nKV, int D, DecodeSplit sp,
+cudaError_t launch_decode_d(const DecodeArgs<T>& a, const StepLayout& step, int nKV, int D, DecodeSplit sp, const Fp8View& f8,
                             cudaStream_t s) {
-  if (D <= 32) return launch_decode_dp<T, 32>(a, step, nKV, sp, s);
-  if (D <= 64) return launch_decode_dp<T, 64>(a, step, nKV, sp, s);
-  if (D <= 128) return launch_decode_dp<T, 128>(a, step, nKV, sp, s);
-  return launch_decode_dp<T, 256>(a, step, nKV, sp, s);
+  if (D <= 32) return launch_decode_dp<T, 32>(a, step, nKV, sp, f8, s);
+  if (D <= 64) return launch_decode_dp<T, 64>(a, step, nKV, sp, f8, s);
+  if (D <= 128) return launch_decode_dp<T, 128>(a, step, nKV, sp, f8, s);
+  return launch_decode_dp<T, 256>(a, step, nKV, sp, f8, s);
 }
 
 template <typename T, int DP, int GB, int NW_>
@@ -708,10 +761,13 @@ cudaError_t attention_decode(const void* q_, int q_stride, const void* k_, int k
     a.guess_seq = step.num_seqs >= step.num_tokens ? 1 : 0;  // pure decode: row t of the block table exists
     a.pdl = p.pdl && pdl_supported() ? 1 : 0;
     if (sp.fast) {
+      if (kv.dtype == DType::FP8_E4M3) return cudaErrorInvalidValue;  // FP8 caches run variant 2
       e = launch_fast_d<T>(a, step, nKV, D, sp, s);
       break;
     }
-    e = launch_decode_d<T>(a, step, nKV, D, sp, s);
+    const Fp8View f8{kv.dtype == DType::FP8_E4M3, make_kv_view<uint8_t>(kv, p.layer), p.k_scale, p.v_scale};
+    if (f8.on && (!a.k || !a.v)) return cudaErrorInvalidValue;  // the token's own k (rotated) / v rows
+    e = launch_decode_d<T>(a, step, nKV, D, sp, f8, s);
     if (e == cudaSuccess && sp.splits > 1 && !sp.cluster) {
       dim3 grid(nH, step.num_tokens, sp.splits);
       const int threads = D >= 128 ? 128 : 64;

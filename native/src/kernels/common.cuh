@@ -150,6 +150,19 @@ inline bool per_device(int (&cache)[64], Probe probe) {
   return c == 1;
 }
 
+// An activation at run time, by the expressions of activations.cu's act_f (same fp32 math, so the same rounding).
+__device__ __forceinline__ float act_value(float x, Act a) {
+  switch (a) {
+    case Act::Silu: return x / (1.f + expf(-x));
+    case Act::GeluTanh: {
+      const float k0 = 0.7978845608028654f, k1 = 0.044715f;
+      return 0.5f * x * (1.f + tanhf(k0 * (x + k1 * x * x * x)));
+    }
+    case Act::GeluErf: return 0.5f * x * (1.f + erff(x * 0.7071067811865476f));
+    default: return x;
+  }
+}
+
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 inline int grid_for(uint64_t work, int threads, int max_blocks = 65535 * 8) {

@@ -16,8 +16,7 @@
 
 namespace tsllm {
 
-enum class QuantKind : int { Fp8 = 0, Int8 = 1, Int4 = 2 };
-const char* quant_kind_name(QuantKind k);
+const char* quant_kind_name(QuantKind k);  // QuantKind: enums.h
 
 // ---- decode GEMV (M <= kQuantGemvMaxM) ----
 // out[m,n] = act(x[m,:]·w[n,:]ᵀ (numerics above) + bias[n]) + residual[m,n], out in dt (F16/BF16).
@@ -28,9 +27,10 @@ constexpr int kQuantGemvMaxM = 4;
 constexpr int kQuantGemvVariants = 3;
 // Why a call is not eligible (nullptr when it is): shapes and alignment the kernels need.
 const char* quant_gemv_unsupported(QuantKind kind, int M, int K, int group, const void* x, const void* w, DType dt);
+// pdl: launch with programmatic dependent launch (when pdl_supported()), like gemv.
 cudaError_t quant_gemv(int variant, QuantKind kind, const void* x, const void* w, const float* scales, int group,
                        const void* bias, const void* residual, void* out, int M, int N, int K, Act act, DType dt,
-                       cudaStream_t s);
+                       bool pdl, cudaStream_t s);
 
 // ---- FP8 context path: quantise_rows_fp8 -> cuBLASLt FP8 GEMM (fp32 D) -> fp8_scale_epilogue ----
 // q[r, :] = e4m3(fp32(x[r,:] / s[r])), s[r] = fp32(amax(x[r,:]) / 448) (1 when amax is 0). cols % 8 == 0 when x

@@ -53,19 +53,6 @@ __global__ void __launch_bounds__(kRowThreads)
   }
 }
 
-// activations.cu's expressions.
-__device__ __forceinline__ float act_of(float x, Act act) {
-  switch (act) {
-    case Act::Silu: return x / (1.f + expf(-x));
-    case Act::GeluTanh: {
-      const float k0 = 0.7978845608028654f, k1 = 0.044715f;
-      return 0.5f * x * (1.f + tanhf(k0 * (x + k1 * x * x * x)));
-    }
-    case Act::GeluErf: return 0.5f * x * (1.f + erff(x * 0.7071067811865476f));
-    default: return x;
-  }
-}
-
 template <typename T>
 __global__ void fp8_epilogue_kernel(const float* __restrict__ acc, const float* __restrict__ sx,
                                     const float* __restrict__ sw, const T* __restrict__ bias, const T* res, T* out,
@@ -75,7 +62,7 @@ __global__ void fp8_epilogue_kernel(const float* __restrict__ acc, const float* 
     const int r = int(i / N), n = int(i - (size_t)r * N);
     float v = __fmul_rn(acc[i], __fmul_rn(sx[r], sw[n]));
     if (bias) v = __fadd_rn(v, to_f(bias[n]));
-    v = act_of(v, act);
+    v = act_value(v, act);
     if (res) v = __fadd_rn(v, to_f(res[i]));
     out[i] = from_f<T>(v);
   }

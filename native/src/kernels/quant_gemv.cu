@@ -6,7 +6,7 @@
 //        (every product is exact) and scales by fp32(s_x · s_w[n]). The grid is at most as many blocks as fit on
 //        the GPU at once and loops over row groups, so the quantisation is done once per resident block.
 //   int8 / int4: w = T(fp32(q · s)) per element (the reference's dequantisation), fp32 dot with x.
-// Programmatic dependent launch (sm_90, unless TSLLM_PDL=0): the first weight loads are issued before
+// Programmatic dependent launch (pdl and sm_90): the first weight loads are issued before
 // griddepcontrol.wait; x / residual are read and out written after it.
 #include <algorithm>
 #include <atomic>
@@ -30,32 +30,11 @@ namespace {
 
 constexpr int kQWarps = 4;
 
-__device__ __forceinline__ uint4 ld_stream16(const void* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
-
-// activations.cu's expressions (the same rounding as the unquantised path's activation kernel).
-__device__ __forceinline__ float apply_act(float x, int act) {
-  switch (Act(act)) {
-    case Act::Silu: return x / (1.f + expf(-x));
-    case Act::GeluTanh: {
-      const float k0 = 0.7978845608028654f, k1 = 0.044715f;
-      return 0.5f * x * (1.f + tanhf(k0 * (x + k1 * x * x * x)));
-    }
-    case Act::GeluErf: return 0.5f * x * (1.f + erff(x * 0.7071067811865476f));
-    default: return x;
-  }
-}
-
 // The reference's epilogue order: (+ bias) -> activation -> (+ residual), fp32, one rounding to T.
 template <typename T>
 __device__ __forceinline__ void store_out(float v, const T* bias, const T* res, T* out, int m, int n, int N, int act) {
   if (bias) v = __fadd_rn(v, to_f(bias[n]));
-  v = apply_act(v, act);
+  v = act_value(v, Act(act));
   if (res) v = __fadd_rn(v, to_f(res[(size_t)m * N + n]));
   out[(size_t)m * N + n] = from_f<T>(v);
 }
@@ -97,7 +76,7 @@ __global__ void __launch_bounds__(kQWarps * 32)
       const int c = c0 + u * 32;
 #pragma unroll
       for (int r = 0; r < ROWS; r++)
-        wv[u][r] = n0 + r < N && c < chunks ? ld_stream16(w + (size_t)(n0 + r) * K + (size_t)c * 16)
+        wv[u][r] = n0 + r < N && c < chunks ? ld_stream(w + (size_t)(n0 + r) * K + (size_t)c * 16)
                                             : make_uint4(0, 0, 0, 0);
     }
   };
@@ -240,7 +219,7 @@ __global__ void __launch_bounds__(kQWarps * 32)
       const int c = c0 + u * 32;
 #pragma unroll
       for (int r = 0; r < ROWS; r++)
-        wv[u][r] = active && n0 + r < N && c < chunks ? ld_stream16(w + (size_t)(n0 + r) * row_bytes + (size_t)c * 16)
+        wv[u][r] = active && n0 + r < N && c < chunks ? ld_stream(w + (size_t)(n0 + r) * row_bytes + (size_t)c * 16)
                                                       : make_uint4(0, 0, 0, 0);
     }
   };
@@ -297,7 +276,7 @@ __global__ void __launch_bounds__(kQWarps * 32)
 
 // ---------------- launch ----------------
 template <typename Kern, typename... Args>
-cudaError_t launch_pdl(Kern kern, unsigned blocks, size_t smem, cudaStream_t s, Args... args) {
+cudaError_t launch_pdl(Kern kern, unsigned blocks, size_t smem, bool pdl, cudaStream_t s, Args... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(blocks);
   cfg.blockDim = dim3(kQWarps * 32);
@@ -307,13 +286,13 @@ cudaError_t launch_pdl(Kern kern, unsigned blocks, size_t smem, cudaStream_t s, 
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  cfg.numAttrs = pdl && pdl_supported() ? 1 : 0;
   return cudaLaunchKernelEx(&cfg, kern, args...);
 }
 
 template <typename T, int M, int ROWS>
 cudaError_t launch_fp8(const void* x, const void* w, const float* sw, const void* bias, const void* res, void* out,
-                       int N, int K, Act act, cudaStream_t s) {
+                       int N, int K, Act act, bool pdl, cudaStream_t s) {
   auto kern = fp8_gemv_kernel<T, M, ROWS>;
   const size_t smem = (size_t)M * K;
   // Opt in to more than 48 KB of dynamic shared memory and size the grid to the blocks that fit at once (each block
@@ -339,38 +318,38 @@ cudaError_t launch_fp8(const void* x, const void* w, const float* sw, const void
   }
   const long long groups = (N + kQWarps * ROWS - 1) / (kQWarps * ROWS);
   const unsigned blocks = (unsigned)std::min<long long>(groups, (long long)per_sm * num_sms());
-  return launch_pdl(kern, blocks, smem, s, static_cast<const T*>(x), static_cast<const uint8_t*>(w), sw,
+  return launch_pdl(kern, blocks, smem, pdl, s, static_cast<const T*>(x), static_cast<const uint8_t*>(w), sw,
                     static_cast<const T*>(bias), static_cast<const T*>(res), static_cast<T*>(out), N, K, int(act));
 }
 
 template <typename T, int M, int ROWS, bool INT4>
 cudaError_t launch_int(const void* x, const void* w, const float* sc, int group, const void* bias, const void* res,
-                       void* out, int N, int K, Act act, cudaStream_t s) {
+                       void* out, int N, int K, Act act, bool pdl, cudaStream_t s) {
   const unsigned blocks = (unsigned)((N + kQWarps * ROWS - 1) / (kQWarps * ROWS));
-  return launch_pdl(int_gemv_kernel<T, M, ROWS, INT4>, blocks, 0, s, static_cast<const T*>(x),
+  return launch_pdl(int_gemv_kernel<T, M, ROWS, INT4>, blocks, 0, pdl, s, static_cast<const T*>(x),
                     static_cast<const uint8_t*>(w), sc, group, static_cast<const T*>(bias), static_cast<const T*>(res),
                     static_cast<T*>(out), N, K, int(act));
 }
 
 template <typename T, int M, int ROWS>
 cudaError_t launch_kind(QuantKind kind, const void* x, const void* w, const float* sc, int group, const void* bias,
-                        const void* res, void* out, int N, int K, Act act, cudaStream_t s) {
+                        const void* res, void* out, int N, int K, Act act, bool pdl, cudaStream_t s) {
   switch (kind) {
-    case QuantKind::Fp8: return launch_fp8<T, M, ROWS>(x, w, sc, bias, res, out, N, K, act, s);
-    case QuantKind::Int8: return launch_int<T, M, ROWS, false>(x, w, sc, group, bias, res, out, N, K, act, s);
-    case QuantKind::Int4: return launch_int<T, M, ROWS, true>(x, w, sc, group, bias, res, out, N, K, act, s);
+    case QuantKind::Fp8: return launch_fp8<T, M, ROWS>(x, w, sc, bias, res, out, N, K, act, pdl, s);
+    case QuantKind::Int8: return launch_int<T, M, ROWS, false>(x, w, sc, group, bias, res, out, N, K, act, pdl, s);
+    case QuantKind::Int4: return launch_int<T, M, ROWS, true>(x, w, sc, group, bias, res, out, N, K, act, pdl, s);
   }
   return cudaErrorInvalidValue;
 }
 
 template <typename T, int ROWS>
 cudaError_t launch_m(int M, QuantKind kind, const void* x, const void* w, const float* sc, int group,
-                     const void* bias, const void* res, void* out, int N, int K, Act act, cudaStream_t s) {
+                     const void* bias, const void* res, void* out, int N, int K, Act act, bool pdl, cudaStream_t s) {
   switch (M) {
-    case 1: return launch_kind<T, 1, ROWS>(kind, x, w, sc, group, bias, res, out, N, K, act, s);
-    case 2: return launch_kind<T, 2, ROWS>(kind, x, w, sc, group, bias, res, out, N, K, act, s);
-    case 3: return launch_kind<T, 3, ROWS>(kind, x, w, sc, group, bias, res, out, N, K, act, s);
-    case 4: return launch_kind<T, 4, ROWS>(kind, x, w, sc, group, bias, res, out, N, K, act, s);
+    case 1: return launch_kind<T, 1, ROWS>(kind, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
+    case 2: return launch_kind<T, 2, ROWS>(kind, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
+    case 3: return launch_kind<T, 3, ROWS>(kind, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
+    case 4: return launch_kind<T, 4, ROWS>(kind, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -378,11 +357,11 @@ cudaError_t launch_m(int M, QuantKind kind, const void* x, const void* w, const 
 template <typename T>
 cudaError_t launch_variant(int variant, int M, QuantKind kind, const void* x, const void* w, const float* sc,
                            int group, const void* bias, const void* res, void* out, int N, int K, Act act,
-                           cudaStream_t s) {
+                           bool pdl, cudaStream_t s) {
   switch (variant) {
-    case 0: return launch_m<T, 1>(M, kind, x, w, sc, group, bias, res, out, N, K, act, s);
-    case 1: return launch_m<T, 2>(M, kind, x, w, sc, group, bias, res, out, N, K, act, s);
-    case 2: return launch_m<T, 4>(M, kind, x, w, sc, group, bias, res, out, N, K, act, s);
+    case 0: return launch_m<T, 1>(M, kind, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
+    case 1: return launch_m<T, 2>(M, kind, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
+    case 2: return launch_m<T, 4>(M, kind, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -410,12 +389,12 @@ const char* quant_gemv_unsupported(QuantKind kind, int M, int K, int group, cons
 
 cudaError_t quant_gemv(int variant, QuantKind kind, const void* x, const void* w, const float* scales, int group,
                        const void* bias, const void* residual, void* out, int M, int N, int K, Act act, DType dt,
-                       cudaStream_t s) {
+                       bool pdl, cudaStream_t s) {
   if (quant_gemv_unsupported(kind, M, K, group, x, w, dt)) return cudaErrorInvalidValue;
   if (N <= 0) return cudaSuccess;
   return dt == DType::F16
-             ? kd::launch_variant<half>(variant, M, kind, x, w, scales, group, bias, residual, out, N, K, act, s)
-             : kd::launch_variant<kd::bf16>(variant, M, kind, x, w, scales, group, bias, residual, out, N, K, act, s);
+             ? kd::launch_variant<half>(variant, M, kind, x, w, scales, group, bias, residual, out, N, K, act, pdl, s)
+             : kd::launch_variant<kd::bf16>(variant, M, kind, x, w, scales, group, bias, residual, out, N, K, act, pdl, s);
 }
 
 }  // namespace tsllm

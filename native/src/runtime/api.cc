@@ -187,7 +187,8 @@ int tsllm_get_node_stats(tsllm_engine* h, tsllm_node_stats* out, int32_t capacit
       tsllm_node_stats& o = out[i];
       std::memset(&o, 0, sizeof(o));
       std::snprintf(o.op, sizeof(o.op), "%s", tsllm::op_name(n.op));
-      const int named = n.op == tsllm::Op::Linear ? n.in[1] : (n.out.empty() ? -1 : n.out[0]);
+      const int named =
+          n.op == tsllm::Op::Linear || n.op == tsllm::Op::QuantLinear ? n.in[1] : (n.out.empty() ? -1 : n.out[0]);
       if (named >= 0) std::snprintf(o.name, sizeof(o.name), "%s", e.val(named).name.c_str());
       o.folded_into = e.pro_consumer.empty() ? -1 : e.pro_consumer[i];
       for (int k = 0; k < TSLLM_KERNEL_KINDS; k++) o.launches[k] = e.stats[i][size_t(k)];

@@ -18,6 +18,7 @@
 #include "../kernels/kernels.h"
 #include "engine_file.h"
 #include "gemm.h"
+#include "quant_gemm.h"
 #include "kv_cache.h"
 #include "options.h"
 
@@ -141,6 +142,7 @@ struct Engine {
   size_t workspace_bytes = 0;      // everything besides weights, arena and KV (for info)
 
   GemmRunner gemm;
+  QuantGemm qgemm;  // quant_linear (quant_gemm.h)
   KvBlockManager kv;
   StepBuffers general, decode;
 

@@ -491,6 +491,16 @@ EngineDesc read_engine_header(const std::string& path) {
         if (nd.num_kv_heads != d.kv.num_kv_heads || nd.head_dim != d.kv.head_dim)
           throw fail(where + ": KV heads/head_dim " + std::to_string(nd.num_kv_heads) + "/" + std::to_string(nd.head_dim) +
                      " differ from kv_cache " + std::to_string(d.kv.num_kv_heads) + "/" + std::to_string(d.kv.head_dim));
+        // FP8 KV cache (docs/engine-format.md): per-layer k_scale / v_scale (1.0 uncalibrated).
+        const std::string kvd = a.str_or("kv_cache_dtype", d.kv.dt == ElemType::FP8_E4M3 ? "fp8" : "");
+        if ((kvd == "fp8") != (d.kv.dt == ElemType::FP8_E4M3))
+          throw fail(where + ": kv_cache_dtype \"" + kvd + "\" but the engine's kv_cache.dtype is " + elem_name(d.kv.dt));
+        if (kvd == "fp8") {
+          const double ks = a.num_or("k_scale", 1.0), vs = a.num_or("v_scale", 1.0);
+          if (!(ks > 0 && std::isfinite(ks) && vs > 0 && std::isfinite(vs)))
+            throw fail(where + ": k_scale / v_scale must be positive and finite");
+          nd.k_scale = float(ks), nd.v_scale = float(vs);
+        }
       };
       auto rope_attrs = [&](const char* key, int64_t dflt) {
         nd.rotary_dim = int(int_or(a, key, dflt, where + ": " + key, 0, nd.head_dim));
@@ -523,7 +533,7 @@ EngineDesc read_engine_header(const std::string& path) {
           if (w.shape.size() != 2 || w.has_sym()) throw fail(where + ": weight " + w.name + " must be 2-D [N, K]");
           if (w.dt != x.dt)
             throw fail(where + ": weight " + w.name + " is " + elem_name(w.dt) + " but x is " + elem_name(x.dt) +
-                       " (quantised GEMMs are not in this runtime yet)");
+                       " (quantised weights belong to quant_linear nodes)");
           act(x), act(out(0));
           const int64_t N = w.shape[0].n, K = w.shape[1].n;
           if (N > INT32_MAX || K > INT32_MAX) throw fail(where + ": weight " + w.name + " is too large");
@@ -644,6 +654,47 @@ EngineDesc read_engine_header(const std::string& path) {
         case Op::AllReduce:
           act(in(0)), act(out(0)), same_shape(in(0), out(0));
           break;
+        case Op::QuantLinear: {
+          // docs/engine-format.md "Quantisation": fp8 [N,K] E4M3 + f32 [N]; int8-wo i8 [N,K] + f32 [N];
+          // int4-wo u8 [N,K/2] (two per byte) + f32 [N, K/G].
+          nd.act = parse_act(a.str_or("activation", "none"), where);
+          const std::string q = a.str_or("quant", "");
+          ElemType wdt;
+          if (q == "fp8") nd.quant = QuantKind::Fp8, wdt = ElemType::FP8_E4M3;
+          else if (q == "int8-wo") nd.quant = QuantKind::Int8, wdt = ElemType::I8;
+          else if (q == "int4-wo") nd.quant = QuantKind::Int4, wdt = ElemType::U8;
+          else
+            throw fail(where + ": quant \"" + q + "\" is not implemented by this runtime (fp8, int8-wo, int4-wo)");
+          const std::string cd = a.str_or("compute_dtype", elem_name(d.dtype));
+          ElemType cdt;
+          if (!parse_elem(cd, &cdt) || cdt != d.dtype)
+            throw fail(where + ": compute_dtype " + cd + " differs from the engine dtype " + elem_name(d.dtype));
+          const ValueDesc& x = in(0);
+          const ValueDesc& w = in(1);
+          const ValueDesc& sc = in(2);
+          act(x), act(out(0)), need_dt(w, wdt), need_dt(sc, ElemType::F32);
+          if (w.shape.size() != 2 || w.has_sym()) throw fail(where + ": weight " + w.name + " must be 2-D [N, K]");
+          const int64_t N = w.shape[0].n;
+          const int64_t K = nd.quant == QuantKind::Int4 ? 2 * w.shape[1].n : w.shape[1].n;
+          if (N > INT32_MAX || K > INT32_MAX) throw fail(where + ": weight " + w.name + " is too large");
+          if (fixed_last(x) != K)
+            throw fail(where + ": x has K=" + std::to_string(x.last_dim()) + ", weight " + w.name + " holds K=" +
+                       std::to_string(K));
+          if (nd.quant == QuantKind::Int4) {
+            nd.group_size = int(int_at(a, "group_size", where + ": group_size", 2, K));
+            if (nd.group_size % 2 || K % nd.group_size)
+              throw fail(where + ": group_size " + std::to_string(nd.group_size) + " must be even and divide K=" +
+                         std::to_string(K));
+            numel_is(sc, N * (K / nd.group_size));
+          } else {
+            numel_is(sc, N);
+          }
+          last_is(out(0), N);
+          same_rows(x, out(0));
+          if (const ValueDesc* b = opt(3)) act(*b), numel_is(*b, N);
+          if (const ValueDesc* r = opt(4)) act(*r), same_shape(*r, out(0));
+          break;
+        }
         case Op::AllGather:
           nd.tp = int(int_or(a, "tp", d.tp, where + ": tp", 1, 1024));
           if (nd.tp != d.tp)

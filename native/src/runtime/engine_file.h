@@ -110,6 +110,9 @@ struct NodeDesc {
   float scale = 1.f;
   RopeStyle rope_style = RopeStyle::Neox;
   int tp = 1;  // all_gather
+  QuantKind quant = QuantKind::Fp8;  // quant_linear
+  int group_size = 0;                // quant_linear int4-wo
+  float k_scale = 1.f, v_scale = 1.f;  // attention on an FP8 KV cache (the compiler's per-layer scales)
 };
 
 struct KvDesc {

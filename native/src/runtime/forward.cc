@@ -101,33 +101,51 @@ void run_Embedding(const NodeRun& r) {
                  int(tab.shape[0].n), r.dt, r.s));
 }
 
-void run_Linear(const NodeRun& r) {
-  const NodeDesc& n = r.n;
+// out = act(x·wᵀ + bias) + res with w [N, K] in the activation dtype (a linear node, or a weight-only quant_linear's
+// dequantised weight). Returns an empty string or the GEMM's message.
+std::string linear_act(const NodeRun& r, const void* x, const void* w, void* bias, void* res, void* o, int M, int N,
+                       int K, Act act) {
   Engine& e = r.e;
-  const ValueDesc& w = r.vin(1);
-  const int N = int(w.shape[0].n), K = int(w.shape[1].n);
-  const int M = int(r.numel_in(0) / K);
-  void* bias = r.in(2);
-  void* res = r.in(3);
-  void* o = r.out(0);
   const GemmEpi epi = bias ? GemmEpi::Bias : GemmEpi::None;
   std::string err;
-  if (n.act == Act::None) {
-    err = e.gemm.linear(r.in(0), r.in(1), bias, res, o, M, N, K, e.cuda_dt, epi, r.s, r.ran);
-  } else if (!res && n.act == Act::GeluTanh) {
-    err = e.gemm.linear(r.in(0), r.in(1), bias, nullptr, o, M, N, K, e.cuda_dt, bias ? GemmEpi::GeluBias : GemmEpi::Gelu,
-                        r.s, r.ran);
+  if (act == Act::None) {
+    err = e.gemm.linear(x, w, bias, res, o, M, N, K, e.cuda_dt, epi, r.s, r.ran);
+  } else if (!res && act == Act::GeluTanh) {
+    err = e.gemm.linear(x, w, bias, nullptr, o, M, N, K, e.cuda_dt, bias ? GemmEpi::GeluBias : GemmEpi::Gelu, r.s,
+                        r.ran);
   } else {
     // act(x·wᵀ + b) (+ residual): GEMM (with the GELU epilogue when it is tanh), then the activation
     // kernel, then the residual add. If out aliases the residual, the GEMM goes to scratch first.
     void* tmp = (res && res == o) ? e.scratch : o;
-    const GemmEpi ep = n.act == Act::GeluTanh ? (bias ? GemmEpi::GeluBias : GemmEpi::Gelu) : epi;
-    err = e.gemm.linear(r.in(0), r.in(1), bias, nullptr, tmp, M, N, K, e.cuda_dt, ep, r.s, r.ran);
+    const GemmEpi ep = act == Act::GeluTanh ? (bias ? GemmEpi::GeluBias : GemmEpi::Gelu) : epi;
+    err = e.gemm.linear(x, w, bias, nullptr, tmp, M, N, K, e.cuda_dt, ep, r.s, r.ran);
     const uint64_t cnt = uint64_t(M) * uint64_t(N);
-    if (err.empty() && n.act != Act::GeluTanh) r.ck(activation(tmp, tmp, cnt, n.act, r.dt, r.s));
+    if (err.empty() && act != Act::GeluTanh) r.ck(activation(tmp, tmp, cnt, act, r.dt, r.s));
     if (err.empty() && res) r.ck(binary(tmp, res, o, cnt, BinaryOp::Add, r.dt, r.s));
   }
+  return err;
+}
+
+void run_Linear(const NodeRun& r) {
+  const ValueDesc& w = r.vin(1);
+  const int N = int(w.shape[0].n), K = int(w.shape[1].n);
+  const int M = int(r.numel_in(0) / K);
+  const std::string err = linear_act(r, r.in(0), r.in(1), r.in(2), r.in(3), r.out(0), M, N, K, r.n.act);
   if (!err.empty()) r.fail(err);
+}
+
+// quant_linear (quant_gemm.h): quantised gemv for decode, FP8 cuBLASLt GEMM or dequantise + linear_act otherwise.
+void run_QuantLinear(const NodeRun& r) {
+  const NodeDesc& n = r.n;
+  const int N = int(r.vin(1).shape[0].n);
+  const int K = int(r.vin(0).last_dim());
+  const int M = int(r.numel_in(0) / K);
+  QuantLinearCall c{n.quant, n.group_size, r.in(0), r.in(1), static_cast<const float*>(r.in(2)), r.in(3), r.in(4),
+                    r.out(0), M, N, K, n.act};
+  const std::string err = r.e.qgemm.run(c, r.dt, r.s, [&](const void* wd) {
+    return linear_act(r, c.x, wd, r.in(3), r.in(4), c.out, M, N, K, n.act);
+  });
+  if (!err.empty()) r.fail(std::string(quant_kind_name(n.quant)) + ": " + err);
 }
 
 void norm(const NodeRun& r, bool add, bool layer) {
@@ -198,6 +216,8 @@ void attention(const NodeRun& r, bool fused) {
   ap.scale = n.scale;
   ap.decode_variant = r.e.tun.decode_variant;
   ap.pdl = r.e.tun.pdl;
+  ap.k_scale = n.k_scale;
+  ap.v_scale = n.v_scale;
   const void *q, *k, *v;
   int qs, ks, vs;
   if (!fused) {
@@ -411,10 +431,10 @@ void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only) {
       if (node_fused(e, p, i)) key += " (fused into gemv)";
       else if (!e.pro_producer.empty() && e.pro_producer[i] >= 0 && node_fused(e, p, size_t(e.pro_producer[i])))
         key += std::string(" +") + op_name(d.nodes[size_t(e.pro_producer[i])].op);
-      if (n.op == Op::Linear) {
-        const ValueDesc& w = e.val(n.in[1]);
-        key += " M=" + std::to_string(e.numel(n.in[0], p) / w.shape[1].n) + " N=" + std::to_string(w.shape[0].n) +
-               " K=" + std::to_string(w.shape[1].n);
+      if (n.op == Op::Linear || n.op == Op::QuantLinear) {
+        const int64_t K = e.val(n.in[0]).last_dim();
+        key += " M=" + std::to_string(e.numel(n.in[0], p) / K) + " N=" + std::to_string(e.val(n.in[1]).shape[0].n) +
+               " K=" + std::to_string(K);
       }
       auto& slot = e.prof[key];
       slot.first++;

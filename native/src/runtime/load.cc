@@ -239,6 +239,17 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
   ck(cudaGetDeviceProperties(&prop, e->device), "cudaGetDeviceProperties");
   e->gpu_sm = prop.major * 10 + prop.minor;
   e->gpu_name = prop.name;
+  // FP8 (weights or KV cache) needs the FP8 conversions / tensor cores of Ada and Hopper: said before the
+  // general sm check, which would only name the build's sm.
+  for (size_t i = 0; i < d.nodes.size() && e->gpu_sm < 89; i++)
+    if (d.nodes[i].op == Op::QuantLinear && d.nodes[i].quant == QuantKind::Fp8)
+      throw fail("node " + std::to_string(i) + " (quant_linear fp8): FP8 engines need an sm 89+ GPU (Ada, Hopper: FP8 "
+                 "tensor cores), GPU " + std::to_string(e->device) + " (" + e->gpu_name + ") is sm " +
+                 std::to_string(e->gpu_sm) + "; rebuild with --quant int8-wo or int4-wo");
+  if (d.kv.num_layers > 0 && d.kv.dt == ElemType::FP8_E4M3 && e->gpu_sm < 89)
+    throw fail("the FP8 KV cache needs an sm 89+ GPU (Ada, Hopper: FP8 conversions), GPU " + std::to_string(e->device) +
+               " (" + e->gpu_name + ") is sm " + std::to_string(e->gpu_sm) + "; rebuild with --kv-cache-dtype " +
+               elem_name(d.dtype));
   if (d.sm > e->gpu_sm)
     throw fail("engine built for sm " + std::to_string(d.sm) + ", but GPU " + std::to_string(e->device) + " (" +
                e->gpu_name + ") is sm " + std::to_string(e->gpu_sm) + "; rebuild it with --sm " +
@@ -271,8 +282,9 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
   e->max_blocks_per_seq = (e->max_seq_len + e->tpb - 1) / e->tpb;
   e->dt = to_dtype(d.dtype);
   e->cuda_dt = d.dtype == ElemType::BF16 ? CUDA_R_16BF : CUDA_R_16F;
-  if (d.kv.num_layers > 0 && d.kv.dt != ElemType::F16 && d.kv.dt != ElemType::BF16)
-    throw fail(std::string("kv_cache dtype ") + elem_name(d.kv.dt) + " is not supported by this runtime yet (fp16, bf16)");
+  if (d.kv.num_layers > 0 && d.kv.dt != d.dtype && d.kv.dt != ElemType::FP8_E4M3)
+    throw fail(std::string("kv_cache dtype ") + elem_name(d.kv.dt) + " with activations in " + elem_name(d.dtype) +
+               ": this runtime's caches hold the activation dtype or fp8");
   for (const NodeDesc& n : d.nodes) {
     if (n.op == Op::Embedding && d.tp == 1) {
       int end = n.vocab_start + int(e->val(n.in[1]).shape[0].n);
@@ -293,6 +305,23 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
     throw fail(ex.what());
   }
   plan_prologue_fusion(*e);
+  {
+    QuantWorkspace need;
+    for (const NodeDesc& n : d.nodes) {
+      if (n.op != Op::QuantLinear) continue;
+      const int N = int(e->val(n.in[1]).shape[0].n), K = int(e->val(n.in[0]).last_dim());
+      const QuantWorkspace w = QuantGemm::need_for(n.quant, e->max_num_tokens, N, K, elem_size(d.dtype));
+      need.xq_bytes = std::max(need.xq_bytes, w.xq_bytes);
+      need.acc_bytes = std::max(need.acc_bytes, w.acc_bytes);
+      need.deq_bytes = std::max(need.deq_bytes, w.deq_bytes);
+    }
+    try {
+      e->qgemm.init(need, e->tun);
+    } catch (const std::exception& ex) {
+      throw fail(ex.what());
+    }
+    e->workspace_bytes += need.xq_bytes + need.acc_bytes + need.deq_bytes;
+  }
   e->stats.assign(d.nodes.size(), Engine::Counts{});
   int max_heads = 0, max_hd = 0;
   for (const NodeDesc& n : d.nodes) {
@@ -300,14 +329,18 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
       max_heads = std::max(max_heads, n.num_heads);
       max_hd = std::max(max_hd, n.head_dim);
     }
-    if (n.op == Op::Linear && n.in.size() > 3 && n.in[3] >= 0 && n.act != Act::None)
+    // The weight-only quant_linear's context path runs as a linear on the dequantised weight (its residual is in[4]).
+    const size_t res_in = n.op == Op::QuantLinear ? 4 : 3;
+    if ((n.op == Op::Linear || n.op == Op::QuantLinear) && n.in.size() > res_in && n.in[res_in] >= 0 &&
+        n.act != Act::None)
       e->scratch_bytes = std::max<size_t>(e->scratch_bytes, e->val(n.out[0]).max_numel() * elem_size(d.dtype));
     if (n.op == Op::AllGather && n.tp > 1)
       e->gather_scratch_bytes = std::max<size_t>(e->gather_scratch_bytes, e->val(n.out[0]).max_numel() * elem_size(d.dtype));
   }
   if (e->gather_scratch_bytes) ck(cudaMalloc(&e->gather_scratch, e->gather_scratch_bytes), "cudaMalloc of all_gather scratch");
   if (max_heads) {
-    e->attn_ws_bytes = attention_workspace_bytes(e->max_num_tokens, e->max_bs, max_heads, max_hd, e->max_seq_len);
+    e->attn_ws_bytes = attention_workspace_bytes(e->max_num_tokens, e->max_bs, max_heads, max_hd, e->max_seq_len,
+                                                 d.kv.dt == ElemType::FP8_E4M3 ? d.kv.num_kv_heads : 0);
     if (e->attn_ws_bytes) ck(cudaMalloc(&e->attn_ws, e->attn_ws_bytes), "cudaMalloc of the attention workspace");
   }
   if (e->scratch_bytes) ck(cudaMalloc(&e->scratch, e->scratch_bytes), "cudaMalloc of GEMM scratch");

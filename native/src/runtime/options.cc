@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "../kernels/kernels.h"
+#include "../kernels/quant.h"
 #include "engine_file.h"
 
 namespace tsllm {
@@ -70,6 +71,10 @@ Tunables resolve_tunables(const tsllm_options& o, const std::string& path) {
   if (env_int("TSLLM_DECODE_VARIANT", path, 2, 3, &x)) t.decode_variant = int(x);
   if (env_int("TSLLM_PDL", path, 0, 1, &x)) t.pdl = x == 1;
   if (env_int("TSLLM_STRICT_KERNELS", path, 0, 1, &x)) t.strict = x == 1;
+  // quant_linear: TSLLM_QGEMV=0 (decode through the large-M path), TSLLM_QGEMV_VARIANT=k, TSLLM_FP8_OUTER_VEC=0.
+  if (env_int("TSLLM_QGEMV", path, 0, 1, &x)) t.quant_gemv = x == 1;
+  if (env_int("TSLLM_QGEMV_VARIANT", path, 0, kQuantGemvVariants - 1, &x)) t.quant_gemv_variant = int(x);
+  if (env_int("TSLLM_FP8_OUTER_VEC", path, 0, 1, &x)) t.fp8_outer_vec = x == 1;
   if (const char* p = env("TSLLM_PROFILE")) {
     if (std::strcmp(p, "graph") == 0) t.profile = 2;
     else if (std::strcmp(p, "1") == 0) t.profile = 1;

@@ -15,6 +15,11 @@ struct Tunables {
   bool pdl = true;            // programmatic dependent launch where the GPU has it
   bool strict = false;        // forced kernels that cannot run are errors
   int profile = 0;            // 0 off, 1 per-node events, 2 graph breakdown
+  // quant_linear (quant_gemm.h), environment only (A/B): decode through the quantised gemv where eligible,
+  // a forced gemv variant (-1: tuned), FP8 context GEMMs with cuBLASLt outer-vector scaling where available.
+  bool quant_gemv = true;
+  int quant_gemv_variant = -1;
+  bool fp8_outer_vec = true;
 };
 
 // Checks the option values (LoadError naming the field) and applies the environment overrides.

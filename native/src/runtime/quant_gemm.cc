@@ -51,18 +51,16 @@ QuantWorkspace QuantGemm::need_for(QuantKind kind, int max_tokens, int N, int K,
   return w;
 }
 
-void QuantGemm::init(const QuantWorkspace& need) {
+void QuantGemm::init(const QuantWorkspace& need, const Tunables& tun) {
   auto ck = [](cudaError_t e, const std::string& what) {
     if (e != cudaSuccess) throw std::runtime_error("cudaMalloc of " + what + " failed: " + cudaGetErrorString(e));
   };
-  const char* g = std::getenv("TSLLM_QGEMV");
-  if (g && g[0] == '0' && g[1] == 0) gemv_mode = 0;
-  const char* gv = std::getenv("TSLLM_QGEMV_VARIANT");
-  if (gv && *gv) gemv_force = std::atoi(gv);
-  const char* fo = std::getenv("TSLLM_FP8_OUTER_VEC");
-  if (fo && fo[0] == '0' && fo[1] == 0) fp8_outer = false;
-  const char* prof = std::getenv("TSLLM_PROFILE");
-  verbose = prof && *prof && std::string(prof) != "0";
+  gemv_on = tun.quant_gemv;
+  gemv_force = tun.quant_gemv_variant;
+  fp8_outer = tun.fp8_outer_vec;
+  tune = tun.gemm_tune;
+  pdl = tun.pdl;
+  verbose = tun.profile != 0;
   if (need.xq_bytes) {
     cublasStatus_t st = cublasLtCreate(&handle_);
     if (st != CUBLAS_STATUS_SUCCESS) throw std::runtime_error(lt_err("cublasLtCreate (FP8 GEMM)", st));
@@ -79,8 +77,9 @@ void QuantGemm::init(const QuantWorkspace& need) {
 }
 
 int QuantGemm::gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s) {
-  if (gemv_mode == 0 || quant_gemv_unsupported(c.kind, c.M, c.K, c.group, c.x, c.w, dt)) return -1;
+  if (!gemv_on || quant_gemv_unsupported(c.kind, c.M, c.K, c.group, c.x, c.w, dt)) return -1;
   if (gemv_force >= 0 && gemv_force < kQuantGemvVariants) return gemv_force;
+  if (!tune) return 1;
   const auto key = std::make_tuple(int(c.kind), c.group, c.M, c.N, c.K, int(dt));
   auto it = gemv_pick_.find(key);
   if (it != gemv_pick_.end()) return it->second;
@@ -117,7 +116,7 @@ int QuantGemm::gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s) 
       if (flush_) cudaMemsetAsync(flush_, it2, kFlush, s);
       cudaEventRecord(a, s);
       ok = quant_gemv(v, c.kind, c.x, c.w, c.scales, c.group, c.bias, c.residual, tune_out_, c.M, c.N, c.K, c.act,
-                      dt, s) == cudaSuccess;
+                      dt, pdl, s) == cudaSuccess;
       cudaEventRecord(b, s);
       if (cudaEventSynchronize(b) != cudaSuccess) ok = false;
       float ms = 0;

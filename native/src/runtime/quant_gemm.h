@@ -10,8 +10,8 @@
 //       + residual, one rounding).
 //   larger M, int8 / int4 weight-only: the weight is dequantised to the activation dtype into a workspace
 //     (dequantize_weight), then the ordinary linear (GemmRunner) runs on it.
-// Switches (A/B): TSLLM_QGEMV=0 never uses the quantised gemv (the large-M path for every M), TSLLM_QGEMV_VARIANT=k
-// forces variant k.
+// Switches (A/B, environment only, options.cc): TSLLM_QGEMV=0 never uses the quantised gemv (the large-M path for
+// every M), TSLLM_QGEMV_VARIANT=k forces variant k, TSLLM_FP8_OUTER_VEC=0 (see below).
 #pragma once
 #include <cublasLt.h>
 #include <cuda_runtime.h>
@@ -21,6 +21,7 @@
 #include <tuple>
 
 #include "../kernels/quant.h"
+#include "options.h"
 
 namespace tsllm {
 
@@ -55,7 +56,7 @@ class QuantGemm {
 
   // Sizes the workspaces for these calls at max_tokens rows (K, N of every quant_linear), allocates them and a
   // cuBLASLt handle. Throws std::runtime_error with a one-line message.
-  void init(const QuantWorkspace& need);
+  void init(const QuantWorkspace& need, const Tunables& tun);
   static QuantWorkspace need_for(QuantKind kind, int max_tokens, int N, int K, size_t act_elem_bytes);
 
   // Returns an empty string on success, else a one-line message. Not while capturing for a new shape (the tuner
@@ -67,7 +68,7 @@ class QuantGemm {
     const int v = gemv_variant(c, dt, s);
     if (v >= 0) {
       cudaError_t e = quant_gemv(v, c.kind, c.x, c.w, c.scales, c.group, c.bias, c.residual, c.out, c.M, c.N, c.K,
-                                 c.act, dt, s);
+                                 c.act, dt, pdl, s);
       return e == cudaSuccess ? std::string() : std::string("quant_gemv: ") + cudaGetErrorString(e);
     }
     if (c.kind == QuantKind::Fp8) return fp8_gemm(c, dt, s);
@@ -79,9 +80,11 @@ class QuantGemm {
   }
 
   bool fp8_outer = true;  // TSLLM_FP8_OUTER_VEC=0: FP8 GEMMs always through the fp32 chunk + scale epilogue kernel
-  int gemv_mode = -1;     // TSLLM_QGEMV=0: never; otherwise when eligible
+  bool gemv_on = true;    // TSLLM_QGEMV=0: never the quantised gemv
   int gemv_force = -1;    // TSLLM_QGEMV_VARIANT=k
-  bool verbose = false;   // TSLLM_PROFILE set: tuning decisions to stderr
+  bool tune = true;       // tsllm_options.gemm_tune: time the gemv variants per shape (else variant 1)
+  bool pdl = true;        // tsllm_options.pdl
+  bool verbose = false;   // profiling on: tuning decisions to stderr
 
  private:
   // The gemv variant for this call (tuned once per shape), or -1 for the large-M path.

@@ -247,6 +247,13 @@ void profile_graph_breakdown(Engine& e, const StepPlan& p) {
       fused[key]++;
       continue;
     }
+    if (n.op == Op::QuantLinear) {  // weight bytes as stored: quantised values + scales
+      const ValueDesc& w = e.val(n.in[1]);
+      const ValueDesc& sc = e.val(n.in[2]);
+      key += std::string(" ") + quant_kind_name(n.quant) + " N=" + std::to_string(w.shape[0].n) +
+             " K=" + std::to_string(e.val(n.in[0]).last_dim());
+      bytes[key] += double(w.max_numel() * elem_size(w.dt) + sc.max_numel() * elem_size(sc.dt));
+    }
     if (n.op == Op::Linear) {
       const ValueDesc& w = e.val(n.in[1]);
       key += " N=" + std::to_string(w.shape[0].n) + " K=" + std::to_string(w.shape[1].n);
