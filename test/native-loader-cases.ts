@@ -75,9 +75,21 @@ export const CORRUPT_CASES: CorruptCase[] = [
     },
     error: /header length \d+ does not fit the file/,
   },
-  headerCase("weight offset past the end", (h) => (h.weights.find((w: Header) => w.nbytes > 0).offset = 2 ** 40), /lies past the end of the file/),
-  headerCase("negative weight offset", (h) => (h.weights.find((w: Header) => w.nbytes > 0).offset = -4096), /offset -4096 is outside/),
-  headerCase("weight nbytes smaller than its shape", (h) => (h.weights.find((w: Header) => w.nbytes > 0).nbytes -= 2), /has nbytes \d+, its shape and dtype make \d+/),
+  headerCase(
+    "weight offset past the end",
+    (h) => (h.weights.find((w: Header) => w.nbytes > 0).offset = 2 ** 40),
+    /lies past the end of the file/,
+  ),
+  headerCase(
+    "negative weight offset",
+    (h) => (h.weights.find((w: Header) => w.nbytes > 0).offset = -4096),
+    /offset -4096 is outside/,
+  ),
+  headerCase(
+    "weight nbytes smaller than its shape",
+    (h) => (h.weights.find((w: Header) => w.nbytes > 0).nbytes -= 2),
+    /has nbytes \d+, its shape and dtype make \d+/,
+  ),
   headerCase(
     "arena offset past the arena",
     (h) => {
@@ -86,32 +98,84 @@ export const CORRUPT_CASES: CorruptCase[] = [
     },
     /overruns the arena/,
   ),
-  headerCase("unaligned arena offset", (h) => {
-    const k = Object.keys(h.arena.offsets).find((id) => valueOf(h, Number(id))?.kind !== "input")!;
-    h.arena.offsets[k] += 2;
-  }, /is not 16-byte aligned/),
-  headerCase("attention layer outside the KV cache", (h) => (nodeOf(h, "fused_attention").attrs.layer = 99), /layer 99 is outside \[0, \d+\]/),
-  headerCase("num_heads that wraps a 32-bit int", (h) => (nodeOf(h, "fused_attention").attrs.num_heads = 2 ** 32 + 4), /num_heads 4294967300 is outside/),
-  headerCase("odd rotary_dim", (h) => (nodeOf(h, "fused_attention").attrs.rotary_dim -= 1), /rotary_dim \d+ is odd/),
-  headerCase("rms_norm eps out of range", (h) => (nodeOf(h, "rms_norm").attrs.eps = 5), /eps 5\.0+ is outside \[0, 1\)/),
-  headerCase("node input names an unknown value id", (h) => (h.nodes[1].inputs[0] = 987654), /refers to unknown value id 987654/),
-  headerCase("zero dim", (h) => {
-    const w = h.values.find((v: Header) => v.kind === "weight" && v.shape.length === 2);
-    w.shape[1] = 0;
-  }, /dim 0 is outside/),
-  headerCase("symbolic bound below max_num_tokens", (h) => {
-    const v = h.values.find((x: Header) => x.shape.some((d: Header) => d?.sym === "num_tokens"));
-    for (const d of v.shape) if (d?.sym === "num_tokens") d.max = 1;
-  }, /num_tokens bound 1 is outside/),
-  headerCase("linear output width differs from its weight", (h) => {
-    const n = nodeOf(h, "linear");
-    const o = valueOf(h, n.outputs[0]);
-    o.shape[o.shape.length - 1] += 8;
-  }, /must have last dim \d+/),
-  headerCase("gather_rows indexed by the token ids", (h) => (nodeOf(h, "gather_rows").inputs[1] = h.inputs.input_ids), /indices must be the logits_indices graph input/),
-  headerCase("negative embedding vocab_start", (h) => (nodeOf(h, "embedding").attrs.vocab_start = -1), /vocab_start -1 is outside/),
-  headerCase("limits beyond 2^24", (h) => (h.limits.max_num_tokens = 2 ** 40), /limits.max_num_tokens 1099511627776 is outside/),
-  headerCase("input_ids with a second dim", (h) => valueOf(h, h.inputs.input_ids).shape.push(4), /graph input input_ids must have shape \[num_tokens\]/),
+  headerCase(
+    "unaligned arena offset",
+    (h) => {
+      const k = Object.keys(h.arena.offsets).find((id) => valueOf(h, Number(id))?.kind !== "input")!;
+      h.arena.offsets[k] += 2;
+    },
+    /is not 16-byte aligned/,
+  ),
+  headerCase(
+    "attention layer outside the KV cache",
+    (h) => (nodeOf(h, "fused_attention").attrs.layer = 99),
+    /layer 99 is outside \[0, \d+\]/,
+  ),
+  headerCase(
+    "num_heads that wraps a 32-bit int",
+    (h) => (nodeOf(h, "fused_attention").attrs.num_heads = 2 ** 32 + 4),
+    /num_heads 4294967300 is outside/,
+  ),
+  headerCase(
+    "odd rotary_dim",
+    (h) => (nodeOf(h, "fused_attention").attrs.rotary_dim -= 1),
+    /rotary_dim \d+ is odd/,
+  ),
+  headerCase(
+    "rms_norm eps out of range",
+    (h) => (nodeOf(h, "rms_norm").attrs.eps = 5),
+    /eps 5\.0+ is outside \[0, 1\)/,
+  ),
+  headerCase(
+    "node input names an unknown value id",
+    (h) => (h.nodes[1].inputs[0] = 987654),
+    /refers to unknown value id 987654/,
+  ),
+  headerCase(
+    "zero dim",
+    (h) => {
+      const w = h.values.find((v: Header) => v.kind === "weight" && v.shape.length === 2);
+      w.shape[1] = 0;
+    },
+    /dim 0 is outside/,
+  ),
+  headerCase(
+    "symbolic bound below max_num_tokens",
+    (h) => {
+      const v = h.values.find((x: Header) => x.shape.some((d: Header) => d?.sym === "num_tokens"));
+      for (const d of v.shape) if (d?.sym === "num_tokens") d.max = 1;
+    },
+    /num_tokens bound 1 is outside/,
+  ),
+  headerCase(
+    "linear output width differs from its weight",
+    (h) => {
+      const n = nodeOf(h, "linear");
+      const o = valueOf(h, n.outputs[0]);
+      o.shape[o.shape.length - 1] += 8;
+    },
+    /must have last dim \d+/,
+  ),
+  headerCase(
+    "gather_rows indexed by the token ids",
+    (h) => (nodeOf(h, "gather_rows").inputs[1] = h.inputs.input_ids),
+    /indices must be the logits_indices graph input/,
+  ),
+  headerCase(
+    "negative embedding vocab_start",
+    (h) => (nodeOf(h, "embedding").attrs.vocab_start = -1),
+    /vocab_start -1 is outside/,
+  ),
+  headerCase(
+    "limits beyond 2^24",
+    (h) => (h.limits.max_num_tokens = 2 ** 40),
+    /limits.max_num_tokens 1099511627776 is outside/,
+  ),
+  headerCase(
+    "input_ids with a second dim",
+    (h) => valueOf(h, h.inputs.input_ids).shape.push(4),
+    /graph input input_ids must have shape \[num_tokens\]/,
+  ),
   {
     name: "header nested 100 deep",
     make(src, out) {
@@ -123,10 +187,49 @@ export const CORRUPT_CASES: CorruptCase[] = [
 ];
 
 /** Writes every case's corrupted copy of `rankFile` into `dir`; returns [case, file] pairs. */
-export function writeCorruptRanks(rankFile: string, dir: string): [CorruptCase, string][] {
+// quant_linear / FP8 KV cache attributes, applied to an int4-wo group-32 engine with an FP8 KV cache.
+const quantNode = (h: Header) => nodeOf(h, "quant_linear");
+export const QUANT_CORRUPT_CASES: CorruptCase[] = [
+  headerCase(
+    "unknown quantisation scheme",
+    (h) => (quantNode(h).attrs.quant = "int3-wo"),
+    /node \d+ \(quant_linear\): quant "int3-wo" is not implemented by this runtime \(fp8, int8-wo, int4-wo\)/,
+  ),
+  headerCase(
+    "group size not dividing K",
+    (h) => (quantNode(h).attrs.group_size = 48),
+    /node \d+ \(quant_linear\): group_size 48 must be even and divide K=128/,
+  ),
+  headerCase(
+    "weights of another scheme's dtype",
+    (h) => (valueOf(h, quantNode(h).inputs[1]).dtype = "i8"),
+    /node \d+ \(quant_linear\): value \d+ \(.*\) is i8, this op needs u8/,
+  ),
+  headerCase(
+    "compute dtype other than the engine's",
+    (h) => (quantNode(h).attrs.compute_dtype = "bf16"),
+    /node \d+ \(quant_linear\): compute_dtype bf16 differs from the engine dtype fp16/,
+  ),
+  headerCase(
+    "a non-positive FP8 KV scale",
+    (h) => (nodeOf(h, "fused_attention").attrs.v_scale = 0),
+    /node \d+ \(fused_attention\): k_scale \/ v_scale must be positive and finite/,
+  ),
+  headerCase(
+    "an attention node that disagrees with the FP8 cache",
+    (h) => (nodeOf(h, "fused_attention").attrs.kv_cache_dtype = "fp16"),
+    /node \d+ \(fused_attention\): kv_cache_dtype "fp16" but the engine's kv_cache.dtype is fp8_e4m3/,
+  ),
+];
+
+export function writeCorruptRanks(
+  rankFile: string,
+  dir: string,
+  cases = CORRUPT_CASES,
+): [CorruptCase, string][] {
   const src = readRank(rankFile);
   fs.mkdirSync(dir, { recursive: true });
-  return CORRUPT_CASES.map((c, i) => {
+  return cases.map((c, i) => {
     const out = path.join(dir, `case${i}.engine`);
     c.make(src, out);
     return [c, out] as [CorruptCase, string];

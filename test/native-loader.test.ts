@@ -6,10 +6,11 @@ import { execFileSync, spawnSync } from "node:child_process";
 import * as path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { buildFixture, REPO, tmpDir } from "./fixtures.ts";
-import { CORRUPT_CASES, writeCorruptRanks } from "./native-loader-cases.ts";
+import { CORRUPT_CASES, QUANT_CORRUPT_CASES, writeCorruptRanks } from "./native-loader-cases.ts";
 
 const cxx = ["c++", "g++", "clang++"].find((c) => spawnSync(c, ["--version"]).status === 0);
-if (!cxx) console.warn("native-loader.test.ts: SKIPPED: no C++ compiler (c++, g++, clang++) to build engine_check");
+if (!cxx)
+  console.warn("native-loader.test.ts: SKIPPED: no C++ compiler (c++, g++, clang++) to build engine_check");
 
 let checker = "";
 beforeAll(() => {
@@ -41,10 +42,18 @@ describe.skipIf(!cxx)("native loader integrity (engine_check, no GPU)", () => {
       await buildFixture("llama", { dtype: "fp16", tp: 2 }),
       await buildFixture("llama", {
         dtype: "fp16",
-        disablePasses: ["qkv-fusion", "gate-up-fusion", "attention-fusion", "epilogue-fusion", "add-norm-fusion"],
+        disablePasses: [
+          "qkv-fusion",
+          "gate-up-fusion",
+          "attention-fusion",
+          "epilogue-fusion",
+          "add-norm-fusion",
+        ],
       }),
     ];
-    const files = dirs.flatMap((d) => ["rank0.engine", ...(d === dirs[2] ? ["rank1.engine"] : [])].map((f) => path.join(d, f)));
+    const files = dirs.flatMap((d) =>
+      ["rank0.engine", ...(d === dirs[2] ? ["rank1.engine"] : [])].map((f) => path.join(d, f)),
+    );
     const out = check(files);
     expect(out.length).toBe(5);
     for (const line of out) expect(line).toMatch(/^ok .*: \d+ nodes, \d+ weights, arena \d+$/);
@@ -55,6 +64,33 @@ describe.skipIf(!cxx)("native loader integrity (engine_check, no GPU)", () => {
     const cases = writeCorruptRanks(path.join(engine, "rank0.engine"), tmpDir("tsllm-corrupt-"));
     const out = check(cases.map(([, f]) => f));
     expect(out.length).toBe(cases.length);
+    cases.forEach(([c, file], i) => {
+      expect({ case: c.name, line: out[i] }).toEqual({ case: c.name, line: expect.stringMatching(c.error) });
+      expect(out[i].startsWith(`error ${file}: `)).toBe(true);
+    });
+  }, 120_000);
+
+  it("loads quantised and FP8-KV engines; names what is wrong in a quant_linear or an FP8-KV attention node", async () => {
+    const dirs = [
+      await buildFixture("llama", { dtype: "fp16", quant: "fp8" }),
+      await buildFixture("llama", { dtype: "fp16", quant: "int8-wo" }),
+      await buildFixture("gptj", { dtype: "bf16", quant: "int4-wo", groupSize: 128 }),
+      await buildFixture("llama", { dtype: "fp16", kvCacheDtype: "fp8" }),
+    ];
+    for (const line of check(dirs.map((d) => path.join(d, "rank0.engine"))))
+      expect(line).toMatch(/^ok .*: \d+ nodes, \d+ weights, arena \d+$/);
+    const engine = await buildFixture("llama", {
+      dtype: "fp16",
+      quant: "int4-wo",
+      groupSize: 32,
+      kvCacheDtype: "fp8",
+    });
+    const cases = writeCorruptRanks(
+      path.join(engine, "rank0.engine"),
+      tmpDir("tsllm-corrupt-q-"),
+      QUANT_CORRUPT_CASES,
+    );
+    const out = check(cases.map(([, f]) => f));
     cases.forEach(([c, file], i) => {
       expect({ case: c.name, line: out[i] }).toEqual({ case: c.name, line: expect.stringMatching(c.error) });
       expect(out[i].startsWith(`error ${file}: `)).toBe(true);
