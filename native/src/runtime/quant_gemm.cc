@@ -140,7 +140,8 @@ std::string QuantGemm::fp8_plan(int M, int N, int K, Fp8Plan** out) {
   auto it = plans_.find(key);
   if (it != plans_.end()) {
     *out = &it->second;
-    return "";
+    return it->second.desc ? "" : "cuBLASLt has no FP8 algorithm for M=" + std::to_string(M) + " N=" + std::to_string(N) +
+                                      " K=" + std::to_string(K) + " (as before)";
   }
   Fp8Plan p;
   auto fail = [&](const std::string& m) {
@@ -180,6 +181,9 @@ std::string QuantGemm::fp8_plan(int M, int N, int K, Fp8Plan** out) {
   int pick = -1;
   for (int i = 0; i < found && pick < 0; i++)
     if (res[i].state == CUBLAS_STATUS_SUCCESS && res[i].workspaceSize <= lt_ws_bytes_) pick = i;
+  if (st != CUBLAS_STATUS_SUCCESS || pick < 0) {
+    plans_.emplace(key, Fp8Plan{});  // remembered: later calls of this shape go straight to the fallback
+  }
   if (st != CUBLAS_STATUS_SUCCESS || pick < 0)
     return fail("cuBLASLt has no FP8 (E4M3 x E4M3 -> fp32) algorithm for M=" + std::to_string(M) +
                 " N=" + std::to_string(N) + " K=" + std::to_string(K) + " (cublasStatus " + std::to_string(int(st)) +
@@ -294,7 +298,20 @@ std::string QuantGemm::fp8_gemm(const QuantLinearCall& c, DType dt, cudaStream_t
     const int mc = std::min(chunk, c.M - m0);
     Fp8Plan* p = nullptr;
     std::string err = fp8_plan(mc, c.N, c.K, &p);
-    if (!err.empty()) return err;
+    if (!err.empty()) {
+      // No cuBLASLt FP8 algorithm for this shape: the decode kernel over 4-row slices (same numerics, slower).
+      if (quant_gemv_unsupported(QuantKind::Fp8, 1, c.K, 0, c.x, c.w, dt)) return err;
+      if (verbose) std::fprintf(stderr, "tsllm %s: FP8 rows %d..%d through quant_gemv\n", err.c_str(), m0, m0 + mc);
+      for (int r0 = m0; r0 < m0 + mc; r0 += kQuantGemvMaxM) {
+        const int rm = std::min(kQuantGemvMaxM, m0 + mc - r0);
+        const char* xr = static_cast<const char*>(c.x) + size_t(r0) * c.K * es;
+        const char* rr = c.residual ? static_cast<const char*>(c.residual) + size_t(r0) * c.N * es : nullptr;
+        ce = quant_gemv(1, QuantKind::Fp8, xr, c.w, c.scales, 0, c.bias, rr,
+                        static_cast<char*>(c.out) + size_t(r0) * c.N * es, rm, c.N, c.K, c.act, dt, pdl, s);
+        if (ce != cudaSuccess) return std::string("quant_gemv (FP8 fallback): ") + cudaGetErrorString(ce);
+      }
+      continue;
+    }
     cublasStatus_t st = cublasLtMatmul(handle_, p->desc, &alpha, c.w, p->a, xq + size_t(m0) * c.K, p->b, &beta, acc_,
                                        p->d, acc_, p->d, &p->algo, lt_ws_, lt_ws_bytes_, s);
     if (st != CUBLAS_STATUS_SUCCESS) return lt_err("cublasLtMatmul (FP8)", st);
