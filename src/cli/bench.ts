@@ -59,8 +59,7 @@ program
       const { quant, kv_cache_dtype } = engine.config.build;
       process.stdout.write(
         `${info.gpuName} (sm ${info.gpuSm}), engine ${h.dtype} sm ${h.sm}, quant ${quant}, kv cache ${kv_cache_dtype}, ` +
-          `weights ${(info.weightBytes / 1e9).toFixed(2)} GB, kv blocks ${info.kvBlocksTotal}
-`,
+          `weights ${(info.weightBytes / 1e9).toFixed(2)} GB, kv blocks ${info.kvBlocksTotal}\n`,
       );
       if (maxBatch > info.maxBatchSize)
         throw new Error(`--batch-size ${maxBatch} exceeds the engine's max_batch_size ${info.maxBatchSize}`);
