@@ -8,7 +8,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { checkGolden, readGolden } from "../src/golden.ts";
 import { CudaEngine, type CudaLoadOptions } from "../src/native/binding.ts";
 import { CudaExecutor } from "../src/native/executor.ts";
-import { goldenFile, maxAbsDiff, teacherForced, tinyEngine } from "./helpers.ts";
+import { goldenFile, maxAbsDiff, packedVsOneByOne, teacherForced, tinyEngine } from "./helpers.ts";
 
 const BOUND = {
   llama: { fp16: 0.01, bf16: 0.075 }, // measured 0.0028, 0.0222
@@ -58,20 +58,7 @@ for (const which of ["llama", "gptj", "qwen2"] as const) {
       // Packed and single steps run the same kernels on different row counts, so cuBLASLt may pick other
       // tilings (other fp32 summation orders): equal up to a few half-precision ulps.
       it("three prompts packed in one step give the logits of one at a time (≤ 0.02)", async () => {
-        const ex = executor(await tinyEngine(which, dtype));
-        const one = golden.prompts.map((p, i) => {
-          const rows = ex.step([{ seqId: 100 + i, tokens: p.inputIds, logits: "all" }]).get(100 + i)!;
-          ex.release(100 + i);
-          return rows;
-        });
-        const packed = ex.step(
-          golden.prompts.map((p, i) => ({ seqId: 200 + i, tokens: p.inputIds, logits: "all" })),
-        );
-        let max = 0;
-        one.forEach((rows, i) =>
-          rows.forEach((row, r) => (max = Math.max(max, maxAbsDiff(row, packed.get(200 + i)![r])))),
-        );
-        golden.prompts.forEach((_, i) => ex.release(200 + i));
+        const max = packedVsOneByOne(executor(await tinyEngine(which, dtype)), golden, 100);
         console.log(`tiny-${which} ${dtype} packed vs single: ${max}`);
         expect(max).toBeLessThanOrEqual(0.02);
       });

@@ -73,3 +73,21 @@ export function teacherForced(ex: Executor, g: Golden, base: number): Float32Arr
     return out;
   });
 }
+
+/** Max |Δlogit| between every prompt of `g` run alone (all positions) and all of them packed in one step. */
+export function packedVsOneByOne(ex: Executor, g: Golden, base: number): number {
+  const one = g.prompts.map((p, i) => {
+    const rows = ex.step([{ seqId: base + i, tokens: p.inputIds, logits: "all" }]).get(base + i)!;
+    ex.release(base + i);
+    return rows;
+  });
+  const packed = ex.step(
+    g.prompts.map((p, i) => ({ seqId: base + 100 + i, tokens: p.inputIds, logits: "all" })),
+  );
+  let max = 0;
+  one.forEach((rows, i) =>
+    rows.forEach((row, r) => (max = Math.max(max, maxAbsDiff(row, packed.get(base + 100 + i)![r])))),
+  );
+  g.prompts.forEach((_, i) => ex.release(base + 100 + i));
+  return max;
+}

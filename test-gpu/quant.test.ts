@@ -16,7 +16,7 @@ import { ReferenceExecutor } from "../src/executor/reference.ts";
 import { checkGolden, defaultTolerance, readGolden } from "../src/golden.ts";
 import { CudaEngine } from "../src/native/binding.ts";
 import { CudaExecutor } from "../src/native/executor.ts";
-import { goldenFile, maxAbsDiff, teacherForced, tinyEngine } from "./helpers.ts";
+import { goldenFile, maxAbsDiff, packedVsOneByOne, teacherForced, tinyEngine } from "./helpers.ts";
 
 const open: CudaEngine[] = [];
 afterAll(() => {
@@ -82,19 +82,7 @@ describe("quantised engines on the GPU", () => {
       expect(one.maxAbs).toBeLessThanOrEqual(bound);
       expect(packed.maxAbs).toBeLessThanOrEqual(bound);
 
-      const single = golden.prompts.map((p, i) => {
-        const rows = ex.step([{ seqId: 400 + i, tokens: p.inputIds, logits: "all" }]).get(400 + i)!;
-        ex.release(400 + i);
-        return rows;
-      });
-      const all = ex.step(
-        golden.prompts.map((p, i) => ({ seqId: 500 + i, tokens: p.inputIds, logits: "all" })),
-      );
-      let max = 0;
-      single.forEach((rows, i) =>
-        rows.forEach((row, r) => (max = Math.max(max, maxAbsDiff(row, all.get(500 + i)![r])))),
-      );
-      golden.prompts.forEach((_, i) => ex.release(500 + i));
+      const max = packedVsOneByOne(ex, golden, 400);
       console.log(`${name(c)} packed vs one at a time: ${max.toFixed(4)}`);
       expect(max).toBeLessThanOrEqual(0.05);
     });

@@ -135,6 +135,27 @@ int QuantGemm::gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s) 
   return pick;
 }
 
+// cuBLASLt's first heuristic algorithm for the plan's descriptors that fits the workspace, into p.algo;
+// CUBLAS_STATUS_NOT_SUPPORTED when there is none (*found: how many the heuristic offered).
+cublasStatus_t QuantGemm::pick_algo(Fp8Plan& p, int* found) {
+  cublasLtMatmulPreference_t pref = nullptr;
+  cublasStatus_t st = cublasLtMatmulPreferenceCreate(&pref);
+  if (st != CUBLAS_STATUS_SUCCESS) return st;
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &lt_ws_bytes_,
+                                       sizeof(lt_ws_bytes_));
+  cublasLtMatmulHeuristicResult_t res[8] = {};
+  *found = 0;
+  st = cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.d, p.d, pref, 8, res, found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (st != CUBLAS_STATUS_SUCCESS) return st;
+  for (int i = 0; i < *found; i++)
+    if (res[i].state == CUBLAS_STATUS_SUCCESS && res[i].workspaceSize <= lt_ws_bytes_) {
+      p.algo = res[i].algo;
+      return CUBLAS_STATUS_SUCCESS;
+    }
+  return CUBLAS_STATUS_NOT_SUPPORTED;
+}
+
 std::string QuantGemm::fp8_plan(int M, int N, int K, Fp8Plan** out) {
   const auto key = std::make_tuple(M, N, K, 0, 0);
   auto it = plans_.find(key);
@@ -170,25 +191,14 @@ std::string QuantGemm::fp8_plan(int M, int N, int K, Fp8Plan** out) {
     return fail(e);
   if (!(e = lt(cublasLtMatrixLayoutCreate(&p.d, CUDA_R_32F, uint64_t(N), uint64_t(M), int64_t(N)), "layout D")).empty())
     return fail(e);
-  cublasLtMatmulPreference_t pref = nullptr;
-  if (!(e = lt(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate")).empty()) return fail(e);
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &lt_ws_bytes_,
-                                       sizeof(lt_ws_bytes_));
-  cublasLtMatmulHeuristicResult_t res[8] = {};
   int found = 0;
-  cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.d, p.d, pref, 8, res, &found);
-  cublasLtMatmulPreferenceDestroy(pref);
-  int pick = -1;
-  for (int i = 0; i < found && pick < 0; i++)
-    if (res[i].state == CUBLAS_STATUS_SUCCESS && res[i].workspaceSize <= lt_ws_bytes_) pick = i;
-  if (st != CUBLAS_STATUS_SUCCESS || pick < 0) {
+  const cublasStatus_t st = pick_algo(p, &found);
+  if (st != CUBLAS_STATUS_SUCCESS) {
     plans_.emplace(key, Fp8Plan{});  // remembered: later calls of this shape go straight to the fallback
-  }
-  if (st != CUBLAS_STATUS_SUCCESS || pick < 0)
     return fail("cuBLASLt has no FP8 (E4M3 x E4M3 -> fp32) algorithm for M=" + std::to_string(M) +
                 " N=" + std::to_string(N) + " K=" + std::to_string(K) + " (cublasStatus " + std::to_string(int(st)) +
                 ", " + std::to_string(found) + " candidates; FP8 needs sm 89+, K and N multiples of 16)");
-  p.algo = res[pick].algo;
+  }
   *out = &plans_.emplace(key, p).first->second;
   return "";
 }
@@ -240,24 +250,14 @@ std::string QuantGemm::fp8_outer_plan(int M, int N, int K, bool bias, bool resid
        cublasLtMatrixLayoutCreate(&p.b, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(M), int64_t(K)) == CUBLAS_STATUS_SUCCESS &&
        cublasLtMatrixLayoutCreate(&p.d, cdt, uint64_t(N), uint64_t(M), int64_t(N)) == CUBLAS_STATUS_SUCCESS;
   if (!ok) return give_up();
-  cublasLtMatmulPreference_t pref = nullptr;
-  if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) return give_up();
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &lt_ws_bytes_,
-                                       sizeof(lt_ws_bytes_));
-  cublasLtMatmulHeuristicResult_t res[8] = {};
   int found = 0;
-  cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.d, p.d, pref, 8, res, &found);
-  cublasLtMatmulPreferenceDestroy(pref);
-  int pick = -1;
-  for (int i = 0; i < found && pick < 0; i++)
-    if (res[i].state == CUBLAS_STATUS_SUCCESS && res[i].workspaceSize <= lt_ws_bytes_) pick = i;
-  if (st != CUBLAS_STATUS_SUCCESS || pick < 0) {
+  const cublasStatus_t st = pick_algo(p, &found);
+  if (st != CUBLAS_STATUS_SUCCESS) {
     if (verbose)
       std::fprintf(stderr, "tsllm fp8 gemm M=%d N=%d K=%d: no outer-vector-scaled cuBLASLt algorithm (status %d): "
                    "fp32 output + scale epilogue kernel\n", M, N, K, int(st));
     return give_up();
   }
-  p.algo = res[pick].algo;
   *out = &plans_.emplace(key, p).first->second;
   return "";
 }

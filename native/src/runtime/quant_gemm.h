@@ -96,6 +96,7 @@ class QuantGemm {
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
     cublasLtMatmulAlgo_t algo{};
   };
+  cublasStatus_t pick_algo(Fp8Plan& p, int* found);
   std::string fp8_plan(int M, int N, int K, Fp8Plan** out);
   // The outer-vector-scaled plan, or *out = nullptr when cuBLASLt has none for the shape (remembered).
   std::string fp8_outer_plan(int M, int N, int K, bool bias, bool res, DType dt, Fp8Plan** out);
