@@ -26,6 +26,14 @@ __device__ __forceinline__ void e4m3x4_to_f(uint32_t u, float* f) {
   f[0] = a.x, f[1] = a.y, f[2] = b.x, f[3] = b.y;
 }
 
+// 16 E4M3 bytes -> f[0..15].
+__device__ __forceinline__ void e4m3x16_to_f(const uint4& u, float* f) {
+  e4m3x4_to_f(u.x, f);
+  e4m3x4_to_f(u.y, f + 4);
+  e4m3x4_to_f(u.z, f + 8);
+  e4m3x4_to_f(u.w, f + 12);
+}
+
 // 8 E4M3 bytes (uint2) -> 8 floats, each times `scale` (FP8 KV cache rows: stored · scale).
 __device__ __forceinline__ void e4m3x8_to_f(const uint2& u, float scale, float (&f)[8]) {
   e4m3x4_to_f(u.x, f);

@@ -138,20 +138,12 @@ __global__ void __launch_bounds__(kQWarps * 32)
           if (c >= chunks) break;
           float xf[M][16];
 #pragma unroll
-          for (int m = 0; m < M; m++) {
-            const uint4 xq = *reinterpret_cast<const uint4*>(s_q + (size_t)m * K + (size_t)c * 16);
-            e4m3x4_to_f(xq.x, xf[m]);
-            e4m3x4_to_f(xq.y, xf[m] + 4);
-            e4m3x4_to_f(xq.z, xf[m] + 8);
-            e4m3x4_to_f(xq.w, xf[m] + 12);
-          }
+          for (int m = 0; m < M; m++)
+            e4m3x16_to_f(*reinterpret_cast<const uint4*>(s_q + (size_t)m * K + (size_t)c * 16), xf[m]);
 #pragma unroll
           for (int r = 0; r < ROWS; r++) {
             float wf[16];
-            e4m3x4_to_f(wv[u][r].x, wf);
-            e4m3x4_to_f(wv[u][r].y, wf + 4);
-            e4m3x4_to_f(wv[u][r].z, wf + 8);
-            e4m3x4_to_f(wv[u][r].w, wf + 12);
+            e4m3x16_to_f(wv[u][r], wf);
 #pragma unroll
             for (int m = 0; m < M; m++)
 #pragma unroll
