@@ -71,7 +71,7 @@ describe("quantised engines on the GPU", () => {
         }
       }
 
-      const build = openEngine(dir, { verify: false }).config.build;
+      const build = openEngine(dir).config.build;
       const bound = defaultTolerance(build, false);
       const ex = load(dir);
       const one = checkGolden(ex, golden);
