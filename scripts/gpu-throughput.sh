@@ -33,7 +33,11 @@ throughput() { # engine dataset json extra...
   local e=$1 d=$2 j=$3
   shift 3
   stamp "throughput $e $(basename "$d") $*"
-  ./bin/tsllm-bench.mjs throughput "$work/$e" --dataset "$d" --device cuda --json "$j" --warmup 8 "$@" || echo "throughput FAILED"
+  ./bin/tsllm-bench.mjs throughput "$work/$e" --dataset "$d" --device cuda --json "$j" --warmup 8 "$@" || {
+    echo "throughput FAILED; again without step overlap (--no-overlap)"
+    ./bin/tsllm-bench.mjs throughput "$work/$e" --dataset "$d" --device cuda --json "$j" --warmup 8 --no-overlap "$@" ||
+      echo "throughput --no-overlap FAILED"
+  }
 }
 
 build llama31-8b llama-3.1-8b.json bf16

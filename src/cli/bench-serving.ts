@@ -27,22 +27,15 @@ export function addServingCommands(program: Command): void {
         "from normal distributions (stdev 0: all equal), token ids uniform over the engine's vocabulary.",
     )
     .argument("<engine>", "engine directory (for its vocabulary)")
-    .requiredOption("--num-requests <n>", "requests to write", int("--num-requests"))
-    .requiredOption("--input-mean <n>", "mean prompt length", float("--input-mean"))
-    .option("--input-stdev <n>", "prompt length standard deviation", float("--input-stdev"), 0)
-    .requiredOption("--output-mean <n>", "mean output length", float("--output-mean"))
-    .option("--output-stdev <n>", "output length standard deviation", float("--output-stdev"), 0)
+    .requiredOption("--num-requests <n>", "requests to write", int("--num-requests", { min: 1 }))
+    .requiredOption("--input-mean <n>", "mean prompt length", float("--input-mean", { min: 1 }))
+    .option("--input-stdev <n>", "prompt length standard deviation", float("--input-stdev", { min: 0 }), 0)
+    .requiredOption("--output-mean <n>", "mean output length", float("--output-mean", { min: 1 }))
+    .option("--output-stdev <n>", "output length standard deviation", float("--output-stdev", { min: 0 }), 0)
     .option("--seed <n>", "random seed", int("--seed"), 0)
     .option("--output <file>", "write here instead of stdout")
     .action((dir: string, o) =>
       main(async () => {
-        if (o.numRequests < 1) throw new Error(`--num-requests must be >= 1, got ${o.numRequests}`);
-        for (const k of ["inputMean", "outputMean"] as const)
-          if (!(o[k] >= 1))
-            throw new Error(`--${k === "inputMean" ? "input" : "output"}-mean must be >= 1, got ${o[k]}`);
-        for (const k of ["inputStdev", "outputStdev"] as const)
-          if (!(o[k] >= 0))
-            throw new Error(`--${k === "inputStdev" ? "input" : "output"}-stdev must be >= 0, got ${o[k]}`);
         const vocabSize = openEngine(dir).config.facts.vocabSize;
         const entries = tokenNormDist({ ...o, vocabSize });
         const text = `${entries.map(formatDatasetLine).join("\n")}\n`;
@@ -69,25 +62,42 @@ export function addServingCommands(program: Command): void {
         .choices(["cuda", "cpu"])
         .default("cuda"),
     )
-    .option("--max-batch-size <n>", "runtime limit (default: the engine's)", int("--max-batch-size"))
-    .option("--max-num-tokens <n>", "tokens per step (default: the engine's)", int("--max-num-tokens"))
-    .option("--max-seq-len <n>", "runtime limit (default: the engine's)", int("--max-seq-len"))
+    .option(
+      "--max-batch-size <n>",
+      "runtime limit (default: the engine's)",
+      int("--max-batch-size", { min: 1 }),
+    )
+    .option(
+      "--max-num-tokens <n>",
+      "tokens per step (default: the engine's)",
+      int("--max-num-tokens", { min: 1 }),
+    )
+    .option("--max-seq-len <n>", "runtime limit (default: the engine's)", int("--max-seq-len", { min: 1 }))
     .option(
       "--kv-cache-free-gpu-mem-fraction <x>",
       "share of free GPU memory for the KV cache (default 0.9)",
-      float("--kv-cache-free-gpu-mem-fraction"),
+      float("--kv-cache-free-gpu-mem-fraction", { above: 0, max: 1 }),
     )
-    .option("--kv-blocks <n>", "cap the KV pool at this many blocks", int("--kv-blocks"))
+    .option("--kv-blocks <n>", "cap the KV pool at this many blocks", int("--kv-blocks", { min: 1 }))
     .addOption(
       new Option("--scheduler-policy <p>", "admission policy")
         .choices(["guaranteed_no_evict", "max_utilization"])
         .default("guaranteed_no_evict"),
     )
-    .option("--concurrency <n>", "requests in flight at once (default: all)", int("--concurrency"))
-    .option("--warmup <n>", "requests run first, untimed", int("--warmup"), 2)
-    .option("--num-requests <n>", "use only the first n requests of the dataset", int("--num-requests"))
+    .option(
+      "--concurrency <n>",
+      "requests in flight at once (default: all)",
+      int("--concurrency", { min: 1 }),
+    )
+    .option("--warmup <n>", "requests run first, untimed", int("--warmup", { min: 0 }), 2)
+    .option(
+      "--num-requests <n>",
+      "use only the first n requests of the dataset",
+      int("--num-requests", { min: 1 }),
+    )
     .option("--eos", "stop at the engine's eos ids")
     .option("--no-cuda-graphs", "run decode steps eagerly")
+    .option("--no-overlap", "plan each step after the previous one's tokens are back (no host/GPU overlap)")
     .option("--json <file>", "also write the report as JSON")
     .action((dir: string, o) =>
       main(async () => {
@@ -109,6 +119,7 @@ export function addServingCommands(program: Command): void {
           kvCacheFreeGpuMemFraction: o.kvCacheFreeGpuMemFraction,
           kvBlocks: o.kvBlocks,
           cudaGraphs: o.cudaGraphs,
+          overlap: o.overlap,
         });
         try {
           const L = bm.limits;

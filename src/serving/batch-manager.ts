@@ -39,6 +39,8 @@ export interface BatchManagerOptions {
   policy?: SchedulerPolicy;
   /** Default end ids (the engine's eos ids). */
   eosTokenIds?: readonly number[];
+  /** false: plan each step after the previous one's tokens are back (no overlap, no device-side feed). */
+  overlap?: boolean;
 }
 
 type State = "queued" | "running" | "paused" | "done";
@@ -85,9 +87,6 @@ interface Launched {
   afterIdle: boolean;
 }
 
-/** Steps launched and not yet back when the next one is planned (1 = no pipelining). */
-const PIPELINE_DEPTH = 2;
-
 /** One step as the scheduler saw it. */
 export interface StepRecord {
   seqs: number;
@@ -109,6 +108,8 @@ export class InflightBatchManager implements BatchManager {
   readonly policy: SchedulerPolicy;
   readonly vocabSize: number;
   readonly eosTokenIds: readonly number[];
+  /** Steps launched and not yet back when the next one is planned: 2 with overlap, else 1. */
+  private readonly depth: number;
 
   private nextId = 1;
   private queue: Req[] = [];
@@ -138,6 +139,7 @@ export class InflightBatchManager implements BatchManager {
   ) {
     this.limits = backend.limits;
     this.policy = o.policy ?? "guaranteed_no_evict";
+    this.depth = o.overlap === false ? 1 : 2;
     this.vocabSize = backend.vocabSize;
     this.eosTokenIds = [...(o.eosTokenIds ?? [])];
   }
@@ -474,12 +476,12 @@ export class InflightBatchManager implements BatchManager {
     const launched: Launched[] = [];
     let afterIdle = true;
     for (;;) {
-      if (launched.length < PIPELINE_DEPTH) {
+      if (launched.length < this.depth) {
         const planned = this.plan();
         if (planned.length) {
           launched.push(this.launch(planned, afterIdle));
           afterIdle = false;
-          if (launched.length < PIPELINE_DEPTH) continue; // plan the next step while this one runs
+          if (launched.length < this.depth) continue; // plan the next step while this one runs
         }
       }
       if (launched.length === 0) {

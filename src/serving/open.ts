@@ -23,6 +23,8 @@ export interface OpenBatchOptions {
   verify?: boolean;
   /** Progress of reading the rank file (CPU loader). */
   onLoadBytes?: (done: number, total: number) => void;
+  /** false: no step overlap (each step planned after the previous one's tokens are back). */
+  overlap?: boolean;
 }
 
 export async function openBatchManager(dir: string, o: OpenBatchOptions = {}): Promise<InflightBatchManager> {
@@ -82,5 +84,9 @@ export async function openBatchManager(dir: string, o: OpenBatchOptions = {}): P
     }),
     { kvBlocks: o.kvBlocks },
   );
-  return new InflightBatchManager(backend, { policy: o.policy, eosTokenIds: facts.eosTokenIds });
+  return new InflightBatchManager(backend, {
+    policy: o.policy,
+    eosTokenIds: facts.eosTokenIds,
+    overlap: o.overlap,
+  });
 }

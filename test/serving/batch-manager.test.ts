@@ -82,6 +82,13 @@ describe("batch manager (CPU reference executor)", () => {
     expect(results.filter((r) => r.finishReason === "stop").length).toBeGreaterThan(0);
   });
 
+  it("without step overlap (each step planned after the previous one's tokens are back) the same", async () => {
+    const bm = await openBatchManager(dir, { device: "cpu", maxNumTokens: 64, overlap: false });
+    const rs = await Promise.all(requests.slice(0, 16).map((r) => bm.submit(r).done));
+    await bm.shutdown();
+    rs.forEach((r, i) => expect(r.outputIds, `request ${i}`).toEqual(alone[i]));
+  });
+
   it("max_utilization with a small KV pool pauses, resumes by recomputation and still equals alone", async () => {
     const { results, stats } = await runAll({ maxNumTokens: 64, kvBlocks: 40, policy: "max_utilization" });
     results.forEach((r, i) => expect(r.outputIds, `request ${i}`).toEqual(alone[i]));
