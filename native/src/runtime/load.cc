@@ -181,6 +181,23 @@ void replan_arena(EngineDesc& d, int64_t tokens, int64_t logits, int64_t seqs) {
       }
   }
   if (d.logits_value >= 0 && at[size_t(d.logits_value)] >= 0) bufs[size_t(at[size_t(d.logits_value)])].end = d.nodes.size();
+  // Gemv prologue fusion (forward.cc) may skip an rms_norm / gated_act whose output feeds only the x of a later
+  // linear; that linear then reads the skipped node's input, so the input must live until the linear.
+  std::vector<int> uses(d.values.size(), 0);
+  for (const NodeDesc& n : d.nodes)
+    for (int in : n.in)
+      if (in >= 0) uses[size_t(in)]++;
+  for (size_t i = 0; i < d.nodes.size(); i++) {
+    const NodeDesc& n = d.nodes[i];
+    if ((n.op != Op::RmsNorm && n.op != Op::GatedAct) || n.out.size() != 1 || n.in.empty() || n.in[0] < 0) continue;
+    if (uses[size_t(n.out[0])] != 1 || at[size_t(n.in[0])] < 0) continue;
+    for (size_t c = i + 1; c < d.nodes.size(); c++)
+      if (d.nodes[c].op == Op::Linear && !d.nodes[c].in.empty() && d.nodes[c].in[0] == n.out[0]) {
+        Buf& b = bufs[size_t(at[size_t(n.in[0])])];
+        b.end = std::max(b.end, c);
+        break;
+      }
+  }
   std::vector<size_t> order(bufs.size());
   for (size_t i = 0; i < order.size(); i++) order[i] = i;
   std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
