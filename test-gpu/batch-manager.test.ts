@@ -14,7 +14,8 @@ import { tinyEngine } from "./helpers.ts";
 let dir: string;
 
 function manager(policy: SchedulerPolicy, o: { kvCacheMaxBlocks?: number; maxNumTokens?: number } = {}) {
-  const engine = CudaEngine.load(dir, o);
+  // One logits row per sequence, as openBatchManager asks: the arena is re-planned at load (the oracle's is not).
+  const engine = CudaEngine.load(dir, { maxLogitsRows: 32, ...o });
   const bm = new InflightBatchManager(new CudaStepBackend(engine), { policy, eosTokenIds: [508, 511] });
   return { engine, bm };
 }

@@ -155,14 +155,20 @@ void upload_weights(Engine& e, const ContentHash* hash) {
 // So the runtime limits may exceed the build's, and a batch manager's logits take max_batch_size rows instead of
 // max_num_tokens (for a 128k vocabulary, 64 MiB instead of 2 GiB).
 void replan_arena(EngineDesc& d, int64_t tokens, int64_t logits, int64_t seqs) {
-  bool changed = false;
-  for (ValueDesc& v : d.values)
-    for (Dim& dim : v.shape) {
-      int64_t n = dim.sym == Sym::NumTokens ? tokens : dim.sym == Sym::NumLogits ? logits : dim.sym == Sym::NumSeqs ? seqs : dim.n;
-      changed = changed || n != dim.n;
-      dim.n = n;
+  auto bound = [&](const Dim& dim) {
+    return dim.sym == Sym::NumTokens ? tokens : dim.sym == Sym::NumLogits ? logits : dim.sym == Sym::NumSeqs ? seqs : dim.n;
+  };
+  // Re-plan when a runtime bound exceeds the engine's (needed) or the logits shrink (memory); smaller token or
+  // sequence bounds alone keep the engine's plan, which still fits.
+  bool need = false, want = false;
+  for (const ValueDesc& v : d.values)
+    for (const Dim& dim : v.shape) {
+      need = need || bound(dim) > dim.n;
+      want = want || (dim.sym == Sym::NumLogits && bound(dim) < dim.n);
     }
-  if (!changed) return;
+  if (!need && !want) return;
+  for (ValueDesc& v : d.values)
+    for (Dim& dim : v.shape) dim.n = bound(dim);
   struct Buf {
     int v;
     size_t start, end;
@@ -228,8 +234,6 @@ void replan_arena(EngineDesc& d, int64_t tokens, int64_t logits, int64_t seqs) {
   }
   for (const Buf& b : bufs) d.values[size_t(b.v)].arena_offset = b.off;
   d.arena_bytes = total;
-  d.max_num_tokens = tokens;
-  d.max_batch_size = seqs;
 }
 
 }  // namespace
@@ -293,7 +297,9 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
   if (opts.max_logits_rows < 0) throw fail("max_logits_rows must be positive");
   e->max_logits_rows = opts.max_logits_rows == 0 ? e->max_num_tokens : std::min(opts.max_logits_rows, e->max_num_tokens);
   if (!e->graph_sizes.empty()) e->max_logits_rows = std::max(e->max_logits_rows, e->graph_sizes.back());
-  replan_arena(e->desc, e->max_num_tokens, e->max_logits_rows, e->max_bs);
+  // Graph padding may run more sequences (and logits rows) than max_bs: the bounds cover the largest graph.
+  replan_arena(e->desc, e->max_num_tokens, e->max_logits_rows,
+               std::max(e->max_bs, e->graph_sizes.empty() ? 0 : e->graph_sizes.back()));
   e->tpb = opts.tokens_per_block > 0 ? opts.tokens_per_block : d.kv.tokens_per_block;
   if (e->tpb <= 0) throw fail("tokens_per_block must be positive");
   e->max_blocks_per_seq = (e->max_seq_len + e->tpb - 1) / e->tpb;
