@@ -206,6 +206,18 @@ describe("norms", () => {
     expect(() => getOp("layer_norm").infer([v([2, 8]), null], { eps })).toThrow(
       "layer_norm: missing input weight",
     );
+    expect(() => getOp("add_rms_norm").infer([v([2, 8]), null, v([8])], { eps })).toThrow(
+      "add_rms_norm: missing input residual",
+    );
+    expect(() => getOp("add_rms_norm").infer([v([2, 8]), v([2, 4]), v([8])], { eps })).toThrow(
+      "add_rms_norm: shapes [2,8] and [2,4] differ",
+    );
+    expect(() => getOp("add_layer_norm").infer([v([2, 8]), null, v([8])], { eps })).toThrow(
+      "add_layer_norm: missing input residual",
+    );
+    expect(() => getOp("add_layer_norm").infer([v([2, 8]), v([2, 8]), v([6])], { eps })).toThrow(
+      "add_layer_norm: normalised width is 8, expected 6",
+    );
     expect(getOp("add_rms_norm").infer([v([2, 8]), v([2, 8]), v([8])], { eps })).toEqual([
       v([2, 8]),
       v([2, 8]),

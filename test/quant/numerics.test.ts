@@ -309,6 +309,51 @@ describe("quant_linear reference numerics", () => {
         ctx,
       ),
     ).toThrow('quant_linear: unknown quant "int3"');
+    // No activation / compute_dtype attributes: none and f32.
+    const [plain] = getOp("quant_linear").ref(
+      [new HostTensor([rows, K], x), new HostTensor([N, K], q), new HostTensor([N], s)],
+      { quant: "int8-wo" },
+      ctx,
+    );
+    const [explicit] = getOp("quant_linear").ref(
+      [new HostTensor([rows, K], x), new HostTensor([N, K], q), new HostTensor([N], s)],
+      { quant: "int8-wo", activation: "none", compute_dtype: "f32" },
+      ctx,
+    );
+    expect(Array.from(plain.f32)).toEqual(Array.from(explicit.f32));
+    expect(plain.f32.some((v) => v < 0)).toBe(true); // no activation applied
+  });
+
+  it("quant_linear infer: int4-wo stores K/2 bytes per row; input features, bias and residual are checked", () => {
+    const v = (shape: number[], dtype = "f32") => ({ dtype: dtype as never, shape });
+    const infer = (inputs: ReturnType<typeof v>[], attrs: Record<string, unknown>) =>
+      getOp("quant_linear").infer(inputs, attrs as never);
+    const int4 = { quant: "int4-wo", group_size: 32 };
+    expect(infer([v([3, 64], "f16"), v([8, 32], "u8"), v([8, 2])], int4)).toEqual([v([3, 8], "f16")]);
+    expect(infer([v([3, 64]), v([8, 64], "i8"), v([8]), v([8]), v([3, 8])], { quant: "int8-wo" })).toEqual([
+      v([3, 8]),
+    ]);
+    expect(() => infer([v([3, 32]), v([8, 32], "u8"), v([8, 1])], int4)).toThrow(
+      "quant_linear: input features is 32, expected 64",
+    );
+    expect(() => infer([v([3, 64]), v([8, 64], "i8"), v([8]), v([4])], { quant: "int8-wo" })).toThrow(
+      "quant_linear: bias length is 4, expected 8",
+    );
+    expect(() =>
+      infer([v([3, 64]), v([8, 64], "i8"), v([8]), null as never, v([3, 5])], { quant: "fp8" }),
+    ).toThrow("quant_linear: residual width is 5, expected 8");
+    expect(() => infer([v([3, 64]), null as never, v([8])], { quant: "fp8" })).toThrow(
+      "quant_linear: missing input w",
+    );
+    expect(() => infer([null as never, v([8, 64], "i8"), v([8])], { quant: "fp8" })).toThrow(
+      "quant_linear: missing input x",
+    );
+    expect(() => infer([v([3, 64]), v([8, 64], "i8"), null as never], { quant: "fp8" })).toThrow(
+      "quant_linear: missing input scales",
+    );
+    expect(() => infer([v([3, 64]), v([8, { sym: "n" } as never], "i8"), v([8])], { quant: "fp8" })).toThrow(
+      "quant_linear: weight dims must be static",
+    );
   });
 
   it("int4-wo: matches an fp64 linear over weights decoded here from the packed bytes", () => {
