@@ -23,7 +23,7 @@ stamp() { echo "== $(date +%T) $*"; }
 build() { # name config dtype
   stamp "compile $1"
   ./bin/tsllm-compile.mjs models/llama.ts --config "$shared/configs/$2" --random-weights --sm 90 --dtype "$3" \
-    --max-batch-size 1024 --max-seq-len 4224 --max-num-tokens 8192 -o "$work/$1" | tail -1
+    --max-batch-size 1024 --max-seq-len 4096 --max-num-tokens 8192 -o "$work/$1" | tail -1
 }
 dataset() { # engine isl osl n file
   ./bin/tsllm-bench.mjs prepare-dataset "$work/$1" --num-requests "$4" --input-mean "$2" --output-mean "$3" \
