@@ -119,7 +119,17 @@ describe("tsllm-compile -o replaces what it may", () => {
     expect(compile(["-o", "new/nested/eng"]).code).toBe(0);
     const after = snapshot(proj);
     for (const [k, v] of Object.entries(before)) expect(after[k]).toBe(v);
-    expect(Object.keys(after).filter((k) => /\.(tmp|old)-\d+$/.test(k) || k.includes(".tsllm-probe"))).toEqual([]);
+    expect(Object.keys(after).filter((k) => /\.(tmp|old)-\d+-/.test(k) || k.includes(".tsllm-probe"))).toEqual([]);
+  });
+
+  it("temporary names never reuse a path of the user's", () => {
+    // Files named like our temporary folders, for this and any pid: all left alone.
+    for (const n of ["eng.tmp-1", "eng.old-1-0", "eng.tmp-99999-x"]) fs.writeFileSync(path.join(proj, n), "mine\n");
+    expect(compile(["-o", "eng"]).code).toBe(0);
+    const before = snapshot(box);
+    expect(compile(["-o", "eng", "--seed", "3"]).code).toBe(0);
+    const after = snapshot(box);
+    for (const k of Object.keys(before).filter((k) => !k.startsWith("proj/eng/") && k !== "proj/eng")) expect(after[k]).toBe(before[k]);
   });
 
   it("--force replaces a file or a foreign folder, and only that", () => {
@@ -183,14 +193,18 @@ describe("an interrupted build", () => {
         cwd: proj,
         stdio: "ignore",
       });
-      const tmpRank = path.join(proj, `eng.tmp-${child.pid}`, "rank0.engine");
+      const tmpRank = () => {
+        const t = fs.readdirSync(proj).find((n) => n.startsWith(`eng.tmp-${child.pid}-`));
+        return t ? path.join(proj, t, "rank0.engine") : "";
+      };
       const exited = new Promise<{ code: number | null; signal: string | null }>((res) =>
         child.on("exit", (code, signal) => res({ code, signal })),
       );
       // Interrupt once the new engine is being written (its rank file has bytes in the temporary folder).
       let seen = false;
       for (let i = 0; i < 6000 && !seen && child.exitCode === null; i++) {
-        seen = fs.existsSync(tmpRank) && fs.statSync(tmpRank).size > 0;
+        const f = tmpRank();
+        seen = f !== "" && fs.existsSync(f) && fs.statSync(f).size > 0;
         if (!seen) await new Promise((r) => setTimeout(r, 5));
       }
       expect(seen).toBe(true);

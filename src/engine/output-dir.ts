@@ -1,14 +1,15 @@
 // Where a build writes: the output directory of tsllm-compile (engine or --emit onnx).
 //
 // A build tool must never lose a user's data. So the target is classified before any work
-// (checkOutputTarget), the build writes into a temporary sibling `<out>.tmp-<pid>`, and only a complete
+// (checkOutputTarget), the build writes into a new temporary sibling `<out>.tmp-<pid>-<random>`, and only a complete
 // build is moved into place (OutputDir.commit). What may be replaced:
 //   - nothing there, or an empty directory;
 //   - an earlier tsllm engine or ONNX directory: its config names it ours and nothing else is inside;
 //   - anything else (a folder that is not ours, a file, a link) only with --force;
 //   - never, even with --force: "" (an unset variable), `/`, the home folder, the current directory or
 //     one of its ancestors, or a folder holding the build's own inputs.
-// SIGINT/SIGTERM during the write remove the temporary folder and leave the old target untouched.
+// SIGINT/SIGTERM/SIGHUP during the write remove the temporary folder and leave the old target untouched.
+// The temporary names are created fresh (never an existing path), so no file of the user's is reused.
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -67,17 +68,13 @@ export class OutputDir {
   ) {
     this.target = checkOutputTarget(out, o);
     this.createdParents = makeParents(path.dirname(this.target), out);
-    this.tmp = `${this.target}.tmp-${process.pid}`;
     try {
-      // The temporary name is ours (pid-suffixed); a leftover from a killed build of this pid is removed.
-      fs.rmSync(this.tmp, { recursive: true, force: true });
-      fs.mkdirSync(this.tmp);
+      this.tmp = fs.mkdtempSync(`${this.target}.tmp-${process.pid}-`);
     } catch (e) {
       this.removeParents();
-      throw new OutputDirError(`-o ${out}: cannot create ${this.tmp}: ${errText(e)}`);
+      throw new OutputDirError(`-o ${out}: cannot create a folder beside it: ${errText(e)}`);
     }
-    process.once("SIGINT", this.onSignal);
-    process.once("SIGTERM", this.onSignal);
+    for (const sig of SIGNALS) process.once(sig, this.onSignal);
   }
 
   /** Moves the complete build into place, replacing what is there only if that is still allowed. */
@@ -91,7 +88,7 @@ export class OutputDir {
       if (kind.kind === "missing") {
         fs.renameSync(this.tmp, this.target);
       } else {
-        const old = `${this.target}.old-${process.pid}`;
+        const old = freshName(`${this.target}.old-${process.pid}`);
         fs.renameSync(this.target, old);
         try {
           fs.renameSync(this.tmp, this.target);
@@ -109,8 +106,7 @@ export class OutputDir {
 
   /** Removes the temporary folder (and parents this build created); the target is left as it was. */
   discard(): void {
-    process.off("SIGINT", this.onSignal);
-    process.off("SIGTERM", this.onSignal);
+    for (const sig of SIGNALS) process.off(sig, this.onSignal);
     fs.rmSync(this.tmp, { recursive: true, force: true });
     if (!this.done) this.removeParents();
     this.createdParents = [];
@@ -124,6 +120,24 @@ export class OutputDir {
         break; // not empty any more: someone else is using it
       }
     }
+  }
+}
+
+const SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+
+/** `prefix-<n>` for the first n where nothing exists yet. */
+function freshName(prefix: string): string {
+  for (let n = 0; ; n++) {
+    const p = `${prefix}-${n}`;
+    if (!fs.existsSync(p) && !isLink(p)) return p;
+  }
+}
+
+function isLink(p: string): boolean {
+  try {
+    return fs.lstatSync(p).isSymbolicLink();
+  } catch {
+    return false;
   }
 }
 
