@@ -10,7 +10,7 @@ import { CheckpointError } from "../../src/checkpoint/errors.ts";
 import { writeSafetensors, type TensorToWrite } from "../../src/checkpoint/safetensors.ts";
 import { readGolden } from "../../src/golden.ts";
 import { TINY_LLAMA } from "../fixtures.ts";
-import { expectOurError, FUZZ_SEED, guardReads, removeScratch, report, scratch } from "./harness.ts";
+import { breathe, expectOurError, FUZZ_SEED, guardReads, removeScratch, report, scratch } from "./harness.ts";
 
 const RUNS = 3500;
 
@@ -70,16 +70,17 @@ describe("golden reader under fuzzing", () => {
     expect(g.prompts.length).toBeGreaterThan(0);
   });
 
-  it(`${RUNS} generated goldens: load exactly or raise CheckpointError`, () => {
+  it(`${RUNS} generated goldens: load exactly or raise CheckpointError`, async () => {
     const guard = guardReads();
     try {
-      fc.assert(
-        fc.property(
+      await fc.assert(
+        fc.asyncProperty(
           fc.array(promptArb, { minLength: 0, maxLength: 3 }),
           fc.array(editArb, { maxLength: 2 }),
           fc.option(fc.tuple(fc.nat(), fc.integer({ min: 1, max: 255 })), { nil: undefined }),
-          (ps, edits, flip) => {
+          async (ps, edits, flip) => {
             cases++;
+            await breathe(cases);
             const t = tensors(ps);
             let lens: string | undefined = ps.map((p) => p.promptLen).join(",");
             for (const e of edits) {

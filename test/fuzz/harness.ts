@@ -78,6 +78,15 @@ export function expectOurError(e: unknown, types: (abstract new (...a: never[]) 
   expect(msg).not.toContain("\n");
 }
 
+/**
+ * Lets the event loop run every `every` cases: a fuzz run is thousands of synchronous cases, and a worker
+ * that never yields cannot answer vitest's RPC (on a loaded machine that ends in "Timeout calling
+ * onTaskUpdate").
+ */
+export async function breathe(cases: number, every = 100): Promise<void> {
+  if (cases % every === 0) await new Promise((r) => setImmediate(r));
+}
+
 export function removeScratch(dir: string): void {
   fs.rmSync(path.dirname(dir), { recursive: true, force: true });
 }

@@ -11,9 +11,9 @@ import { ConfigError } from "../../src/checkpoint/errors.ts";
 import { modelFacts } from "../../src/dsl/model.ts";
 import { loadHfConfig, parseHfConfig } from "../../src/models.ts";
 import { FIXTURES, SHARED } from "../fixtures.ts";
-import { expectOurError, FUZZ_SEED, guardReads, removeScratch, report, scratch } from "./harness.ts";
+import { breathe, expectOurError, FUZZ_SEED, guardReads, removeScratch, report, scratch } from "./harness.ts";
 
-const RUNS_JSON = 6000;
+const RUNS_JSON = 7000;
 const RUNS_BYTES = 1500;
 
 const BASES: Record<string, unknown>[] = [
@@ -91,6 +91,7 @@ describe("HF config loader under fuzzing", () => {
     await fc.assert(
       fc.asyncProperty(jsonCase, async (json) => {
         cases++;
+        await breathe(cases);
         try {
           checkUsable(await parseHfConfig(json, "config.json"));
           loaded++;
@@ -122,6 +123,7 @@ describe("HF config loader under fuzzing", () => {
           ),
           async (i, damage) => {
             cases++;
+            await breathe(cases);
             fs.writeFileSync(file, damage(Buffer.from(JSON.stringify(BASES[i], null, 2))));
             try {
               checkUsable(await loadHfConfig(file));

@@ -10,9 +10,9 @@ import { afterAll, describe, expect, it } from "vitest";
 import { DTYPE_SIZES, type Dtype } from "../../src/checkpoint/dtype.ts";
 import { CheckpointError } from "../../src/checkpoint/errors.ts";
 import { openSafetensors } from "../../src/checkpoint/safetensors.ts";
-import { expectOurError, FUZZ_SEED, guardReads, removeScratch, report, scratch } from "./harness.ts";
+import { breathe, expectOurError, FUZZ_SEED, guardReads, removeScratch, report, scratch } from "./harness.ts";
 
-const RUNS = 8000;
+const RUNS = 9000;
 const DTYPES = Object.keys(DTYPE_SIZES) as Dtype[];
 
 interface Tensor {
@@ -130,12 +130,13 @@ describe("safetensors reader under fuzzing", () => {
     removeScratch(dir);
   });
 
-  it(`${RUNS} generated files: load consistently or raise CheckpointError`, () => {
+  it(`${RUNS} generated files: load consistently or raise CheckpointError`, async () => {
     const guard = guardReads();
     try {
-      fc.assert(
-        fc.property(caseArb, (c) => {
+      await fc.assert(
+        fc.asyncProperty(caseArb, async (c) => {
           cases++;
+          await breathe(cases);
           fs.writeFileSync(file, c.kind === "valid" ? validFile(c.ts, c.meta) : c.bytes);
           let f: ReturnType<typeof openSafetensors> | undefined;
           try {
