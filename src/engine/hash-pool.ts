@@ -26,7 +26,7 @@ export class HashPool {
         for (const j of this.jobs.values()) j.reject(e);
         this.jobs.clear();
       });
-      w.unref();
+      // Not unref'd: while the writer awaits a digest, the worker is what keeps the process alive.
       this.workers.push(w);
     }
   }

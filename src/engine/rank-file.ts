@@ -6,29 +6,28 @@ import * as fs from "node:fs";
 import { combineChunkDigests, HASH_CHUNK_BYTES } from "./hash.ts";
 import type { HashPool } from "./hash-pool.ts";
 
-/** Writes are gathered up to this size (large sequential writes). */
+/** Bytes appended are gathered into batches of this size, written in order by one chain of writes. */
 const WRITE_BYTES = 8 << 20;
+/**
+ * Bytes per write() call. Measured here (Linux 6.x guest, ext4, 2.2 GB from a 512 MB working set):
+ * 128 KiB calls cost 0.5 s of kernel time, 1 MiB 2.5 s, 8 MiB 3.1-4.7 s (the same bytes; as one
+ * writev of 64 x 128 KiB too), so large writes are made of 128 KiB calls, as cat does.
+ */
+const WRITE_CALL_BYTES = 128 << 10;
 const ZEROS = new Uint8Array(64 << 10);
 
-function writev(fd: number, bufs: Uint8Array[], pos: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    fs.writev(fd, bufs, pos, (err, n) => {
-      if (err) return reject(err);
-      const want = bufs.reduce((a, b) => a + b.length, 0);
-      if (n === want) return resolve();
-      // Short write (rare): finish it from where it stopped.
-      let skip = n;
-      const rest: Uint8Array[] = [];
-      for (const b of bufs) {
-        if (skip >= b.length) skip -= b.length;
-        else {
-          rest.push(b.subarray(skip));
-          skip = 0;
-        }
-      }
-      writev(fd, rest, pos + n).then(resolve, reject);
-    });
-  });
+function writeAt(fd: number, b: Uint8Array, pos: number): Promise<number> {
+  return new Promise((resolve, reject) => fs.write(fd, b, 0, b.length, pos, (err, n) => (err ? reject(err) : resolve(n))));
+}
+
+/** Writes the pieces one after another from `pos`, in calls of at most WRITE_CALL_BYTES. */
+async function writeAll(fd: number, bufs: Uint8Array[], pos: number): Promise<void> {
+  for (const b of bufs)
+    for (let off = 0; off < b.length; ) {
+      const n = await writeAt(fd, b.subarray(off, Math.min(b.length, off + WRITE_CALL_BYTES)), pos);
+      off += n;
+      pos += n;
+    }
 }
 
 /** A pushed piece's outstanding write and hash jobs. */
@@ -118,7 +117,7 @@ export class RankFile {
     const dones = this.batchDone;
     const n = this.batchBytes;
     this.track(
-      writev(this.fd, bufs, this.batchPos).then(() => {
+      writeAll(this.fd, bufs, this.batchPos).then(() => {
         this.written += n;
         dones.forEach(finish);
         this.onWritten?.(n);

@@ -47,9 +47,9 @@ export interface WriteEngineOptions {
 }
 
 /** Checkpoint bytes read ahead of the weight being made: about this much (enough to keep reads queued). */
-const READ_AHEAD_BYTES = 192 << 20;
+const READ_AHEAD_BYTES = 128 << 20;
 /** Source bytes held in all (read ahead, or still to be written and hashed) and computed bytes in flight. */
-const HELD_BYTES = 384 << 20;
+const HELD_BYTES = 256 << 20;
 /** Below this many weight bytes the writer hashes on its own thread (a worker costs more to start). */
 const WORKERS_FROM_BYTES = 64 << 20;
 
