@@ -47,9 +47,9 @@ export interface WriteEngineOptions {
 }
 
 /** Checkpoint bytes read ahead of the weight being made: about this much (enough to keep reads queued). */
-const READ_AHEAD_BYTES = 128 << 20;
+const READ_AHEAD_BYTES = 96 << 20;
 /** Source bytes held in all (read ahead, or still to be written and hashed) and computed bytes in flight. */
-const HELD_BYTES = 256 << 20;
+const HELD_BYTES = 192 << 20;
 /** Below this many weight bytes the writer hashes on its own thread (a worker costs more to start). */
 const WORKERS_FROM_BYTES = 64 << 20;
 
@@ -68,7 +68,7 @@ export async function writeEngine(o: WriteEngineOptions): Promise<EngineConfig> 
   const headers = o.ranks.map((r) => buildHeader(r, o.build));
   const total = headers.reduce((a, h) => a + h.weights.reduce((s, w) => s + w.nbytes, 0), 0);
   const hashes = new HashPool(total >= WORKERS_FROM_BYTES ? undefined : 0);
-  const prefetch = o.checkpoint ? new Prefetcher(o.checkpoint, HELD_BYTES) : null;
+  const prefetch = o.checkpoint ? new Prefetcher(o.checkpoint) : null;
   let written = 0;
   let current = "";
   const files: RankFile[] = [];
