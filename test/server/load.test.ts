@@ -14,11 +14,12 @@ describe("tsllm-serve under load", () => {
 
   it("500 concurrent streaming requests: none lost or mixed, each equal to its single-request result", async () => {
     // 125 distinct prompts and seeds, sampled at temperature 1, each sent 4 times (125 apart): a response
-    // delivered to another request would show. ignore_eos keeps every output 4 tokens long.
-    const distinct = Array.from({ length: 125 }, (_, i) => ({ prompt: [507, 1 + i, 1 + ((i * 7) % 500)], seed: i }));
+    // delivered to another request would show. ignore_eos keeps every output 3 tokens long (short: the
+    // fp32 JS reference executor steps 256 sequences in about 0.45 s here).
+    const distinct = Array.from({ length: 125 }, (_, i) => ({ prompt: [507, 1 + i], seed: i }));
     const alone: number[][] = [];
     for (const r of distinct) {
-      const h = s.manager.submit({ promptIds: r.prompt, maxNewTokens: 4, sampling: { temperature: 1, seed: r.seed, topK: 0, topP: 1 }, ignoreEos: true });
+      const h = s.manager.submit({ promptIds: r.prompt, maxNewTokens: 3, sampling: { temperature: 1, seed: r.seed, topK: 0, topP: 1 }, ignoreEos: true });
       alone.push((await h.done).outputIds);
     }
     expect(new Set(alone.map((a) => a.join())).size).toBeGreaterThan(120); // they differ: mixing would show
@@ -29,7 +30,7 @@ describe("tsllm-serve under load", () => {
         const stream = await s.client.completions.create({
           model: "tiny",
           prompt: r.prompt,
-          max_tokens: 4,
+          max_tokens: 3,
           temperature: 1,
           seed: r.seed,
           stream: true,
@@ -46,7 +47,8 @@ describe("tsllm-serve under load", () => {
         return { ids, finish };
       }),
     );
-    // Measured on the shared 2-core machine: 14.7-16.6 s for all 500 (the reference executor is fp32 JS).
+    // Measured 14.7-22.6 s for all 500 on the shared 2-core machine at load average ~15 (fp32 JS reference
+    // executor; 4 tokens each then, 3 now).
     console.log(`500 concurrent streams: ${((performance.now() - t0) / 1000).toFixed(1)} s`);
     got.forEach((g, i) => {
       expect(g.ids, `request ${i}`).toEqual(alone[i % 125]);
@@ -95,7 +97,7 @@ describe("tsllm-serve under load", () => {
     expect(metric(m, "tsllm_kv_cache_usage_perc")).toBe(0);
     expect(metric(m, 'tsllm_request_success_total{finish_reason="cancelled"}') - cancelledBefore).toBe(100);
     // 200 tokens each were asked for; cancelled requests stop early.
-    expect(s.manager.stats().tokensGenerated).toBeLessThan(500 * 4 + 100 * 200);
+    expect(s.manager.stats().tokensGenerated).toBeLessThan(125 * 3 + 500 * 3 + 100 * 200);
     // And the server keeps serving.
     const r = await s.client.completions.create({ model: "tiny", prompt: [507, 1], max_tokens: 2, temperature: 0 });
     expect(r.choices[0].finish_reason).toBeDefined();
