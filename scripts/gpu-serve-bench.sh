@@ -72,7 +72,8 @@ const f = (x) => x.toFixed(1).padStart(8);
 console.log("rate req/s | done | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | out tok/s | goodput(ttft<=200ms)");
 for (const r of rows)
   console.log(`${String(r.request_rate).padStart(10)} | ${String(r.successful_requests).padStart(4)} |${f(r.ttft_ms.p50)}  |${f(r.ttft_ms.p99)}  |${f(r.itl_ms.p50)} |${f(r.itl_ms.p99)} |${f(r.output_throughput_tok_s)}   | ${r.goodput_req_s.toFixed(2)}`);
-const ok = rows.filter((r) => r.failed_requests === 0 && r.ttft_ms.p99 < 200 && r.request_throughput_req_s > 0.8 * r.request_rate);
+// An overloaded rate shows as queueing in TTFT (the measured duration also holds the tail of the last requests).
+const ok = rows.filter((r) => r.failed_requests === 0 && r.ttft_ms.p99 < 200);
 console.log(ok.length ? `max request rate with p99 TTFT < 200 ms: ${ok.at(-1).request_rate} req/s (of the rates tried; ~8 s of arrivals each)` : "no rate met p99 TTFT < 200 ms");
 console.log("TensorRT-LLM published (H200, 2 req/s): TTFT 21 ms, ITL 6 ms");
 ' "$out"
