@@ -1,13 +1,12 @@
 // tsllm-bench serve against an in-process tsllm-serve (tiny engine, CPU): every request completes with
 // exactly its output length, timings are consistent, goodput follows the SLOs, arrivals are Poisson.
-import { execFile } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { poissonGaps, runServeBench } from "../../src/server/bench-client.ts";
 import { tokenNormDist } from "../../src/serving/dataset.ts";
 import { buildFixture, REPO, tmpDir } from "../fixtures.ts";
-import { startServer, type TestServer } from "./helpers.ts";
+import { runBin, startServer, type TestServer } from "./helpers.ts";
 
 describe("tsllm-bench serve", () => {
   let s: TestServer;
@@ -56,11 +55,7 @@ describe("tsllm-bench serve", () => {
     expect(poissonGaps(3, Infinity, 1)).toEqual([0, 0, 0]);
   });
 
-  // Asynchronously: the server runs in this process.
-  const run = (args: string[]) =>
-    new Promise<{ status: number | null; stdout: string; stderr: string }>((res) =>
-      execFile(path.join(REPO, "bin/tsllm-bench.mjs"), args, (e, stdout, stderr) => res({ status: e ? (e.code as number) : 0, stdout, stderr })),
-    );
+  const run = (args: string[]) => runBin(path.join(REPO, "bin/tsllm-bench.mjs"), args);
 
   it("the CLI prints vllm's table and writes the JSON report", async () => {
     const json = path.join(tmpDir(), "r.json");

@@ -1,5 +1,6 @@
 // An in-process tsllm-serve on a tiny engine (CPU reference executor, localhost, a free port), the
 // official openai client pointed at it, and a generation oracle independent of the server.
+import { execFile } from "node:child_process";
 import OpenAI from "openai";
 import { generate } from "../../src/executor/generate.ts";
 import { ReferenceExecutor } from "../../src/executor/reference.ts";
@@ -54,4 +55,14 @@ export function greedyOracle(engine: string, prompt: number[], maxNewTokens: num
 export function metric(text: string, name: string): number {
   const line = text.split("\n").find((l) => l.startsWith(`${name} `));
   return line === undefined ? Number.NaN : Number(line.slice(name.length + 1));
+}
+
+/**
+ * Runs a bin asynchronously: a synchronous spawn would block this worker's event loop (an in-process
+ * server, and vitest's own RPC, which times out under load).
+ */
+export function runBin(bin: string, args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  return new Promise((res) =>
+    execFile(bin, args, { encoding: "utf8" }, (e, stdout, stderr) => res({ status: e ? (typeof e.code === "number" ? e.code : 1) : 0, stdout, stderr })),
+  );
 }

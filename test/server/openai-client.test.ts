@@ -1,13 +1,12 @@
 // The official openai client against tsllm-serve on tiny-llama: completions and chat completions,
 // streamed and not, at temperature 0 give the tokens of an independent generation loop (the executor's
 // generate()) on the same prompt ids, and the text those tokens decode to.
-import { execFile } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TextTokenizer } from "../../src/text/tokenizer.ts";
 import { buildFixture, REPO, TINY_LLAMA, tmpDir } from "../fixtures.ts";
-import { greedyOracle, startServer, type TestServer } from "./helpers.ts";
+import { greedyOracle, runBin, startServer, type TestServer } from "./helpers.ts";
 
 const golden = JSON.parse(fs.readFileSync(path.join(TINY_LLAMA, "tokenizer-golden.json"), "utf8"));
 const tok = TextTokenizer.load(TINY_LLAMA);
@@ -17,13 +16,11 @@ const IDS = { return_token_ids: true } as Record<string, unknown>;
 
 type Choice = { text?: string; token_ids?: number[]; prompt_token_ids?: number[] };
 
-/** tsllm-run --json on the same engine (asynchronously: the server runs in this process). */
-function tsllmRun(engine: string, args: string[]): Promise<{ prompt_ids: number[]; ids: number[]; text: string }> {
-  return new Promise((res, rej) =>
-    execFile(path.join(REPO, "bin/tsllm-run.mjs"), [engine, "--device", "cpu", "--json", ...args], (e, out, err) =>
-      e ? rej(new Error(err)) : res(JSON.parse(out)),
-    ),
-  );
+/** tsllm-run --json on the same engine. */
+async function tsllmRun(engine: string, args: string[]): Promise<{ prompt_ids: number[]; ids: number[]; text: string }> {
+  const r = await runBin(path.join(REPO, "bin/tsllm-run.mjs"), [engine, "--device", "cpu", "--json", ...args]);
+  if (r.status !== 0) throw new Error(r.stderr);
+  return JSON.parse(r.stdout);
 }
 
 describe("tsllm-serve with the openai client", () => {

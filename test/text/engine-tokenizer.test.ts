@@ -1,12 +1,12 @@
 // tsllm-compile carries the checkpoint's tokenizer (or --tokenizer DIR) into the engine; tsllm-tokenize
 // reads it back from the engine; an engine without one says so in one line.
-import { execFileSync, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { openEngine } from "../../src/engine/reader.ts";
 import { findTokenizer } from "../../src/text/engine-files.ts";
 import { buildFixture, REPO, TINY_LLAMA, tmpDir } from "../fixtures.ts";
+import { runBin } from "../server/helpers.ts";
 
 const TOKENIZE = path.join(REPO, "bin/tsllm-tokenize.mjs");
 const golden = JSON.parse(fs.readFileSync(path.join(TINY_LLAMA, "tokenizer-golden.json"), "utf8"));
@@ -26,21 +26,27 @@ describe("engines carry the tokenizer", () => {
       expect(fs.readFileSync(path.join(llama, f))).toEqual(fs.readFileSync(path.join(TINY_LLAMA, f)));
   });
 
-  it("tsllm-tokenize on the engine reproduces the golden ids and chat", () => {
+  const tokenize = async (...args: string[]) => {
+    const r = await runBin(TOKENIZE, args);
+    expect(r.stderr).toBe("");
+    return JSON.parse(r.stdout);
+  };
+
+  it("tsllm-tokenize on the engine reproduces the golden ids and chat", async () => {
     const e = golden.encode[5];
-    const out = JSON.parse(execFileSync(TOKENIZE, [llama, e.text], { encoding: "utf8" }));
+    const out = await tokenize(llama, e.text);
     expect(out.ids).toEqual(e.ids);
     const chatFile = path.join(tmpDir(), "chat.json");
     fs.writeFileSync(chatFile, JSON.stringify(golden.chat[1].messages));
-    const chat = JSON.parse(execFileSync(TOKENIZE, [llama, "--chat", chatFile], { encoding: "utf8" }));
+    const chat = await tokenize(llama, "--chat", chatFile);
     expect(chat.text).toBe(golden.chat[1].text);
     expect(chat.ids).toEqual(golden.chat[1].ids);
-    const dec = JSON.parse(execFileSync(TOKENIZE, [llama, "--decode", e.ids.join(","), "--no-special"], { encoding: "utf8" }));
+    const dec = await tokenize(llama, "--decode", e.ids.join(","), "--no-special");
     expect(dec.text).toBe(e.decoded_skip_special);
   });
 
-  it("an engine without a tokenizer says so in one line, exit 1", () => {
-    const r = spawnSync(TOKENIZE, [gptj, "hello"], { encoding: "utf8" });
+  it("an engine without a tokenizer says so in one line, exit 1", async () => {
+    const r = await runBin(TOKENIZE, [gptj, "hello"]);
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/^error: tsllm-tokenize needs a tokenizer: engine .* has no tokenizer \(rebuild from a folder with tokenizer.json, or with --tokenizer DIR\); token ids still work\n$/);
     expect(r.stdout).toBe("");

@@ -1,6 +1,5 @@
 // tsllm-run with text: a prompt (or chat) in, streamed text out; --json; --stop; the id-mode contract is
 // unchanged; the printing stays correct when characters are split across tokens.
-import { execFileSync, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -8,6 +7,7 @@ import { runText } from "../../src/cli/run-text.ts";
 import type { BatchManager } from "../../src/serving/types.ts";
 import { TextTokenizer } from "../../src/text/tokenizer.ts";
 import { buildFixture, REPO, TINY_LLAMA, tmpDir } from "../fixtures.ts";
+import { runBin } from "../server/helpers.ts";
 
 const RUN = path.join(REPO, "bin/tsllm-run.mjs");
 const tok = TextTokenizer.load(TINY_LLAMA);
@@ -18,14 +18,18 @@ describe("tsllm-run with text", () => {
   beforeAll(async () => {
     engine = await buildFixture("llama");
   });
-  const run = (...args: string[]) => execFileSync(RUN, [engine, "--device", "cpu", ...args], { encoding: "utf8" });
+  const run = async (...args: string[]) => {
+    const r = await runBin(RUN, [engine, "--device", "cpu", ...args]);
+    if (r.status !== 0) throw new Error(r.stderr);
+    return r.stdout;
+  };
 
-  it("prints the text of the same tokens the id mode prints for the encoded prompt", () => {
+  it("prints the text of the same tokens the id mode prints for the encoded prompt", async () => {
     const e = golden.encode[1];
-    const idsLine = run("--input-ids", e.ids.join(","), "--max-new-tokens", "20").trim();
+    const idsLine = (await run("--input-ids", e.ids.join(","), "--max-new-tokens", "20")).trim();
     const ids = idsLine.split(",").map(Number);
-    expect(run(e.text, "--max-new-tokens", "20")).toBe(`${tok.decode(ids, { skipSpecialTokens: true })}\n`);
-    const j = JSON.parse(run("--prompt", e.text, "--max-new-tokens", "20", "--json"));
+    expect(await run(e.text, "--max-new-tokens", "20")).toBe(`${tok.decode(ids, { skipSpecialTokens: true })}\n`);
+    const j = JSON.parse(await run("--prompt", e.text, "--max-new-tokens", "20", "--json"));
     expect(j.prompt_ids).toEqual(e.ids);
     expect(j.ids).toEqual(ids);
     expect(j.text).toBe(tok.decode(ids, { skipSpecialTokens: true }));
@@ -34,16 +38,16 @@ describe("tsllm-run with text", () => {
     expect(j.timings.e2e_ms).toBeGreaterThanOrEqual(j.timings.ttft_ms);
   });
 
-  it("--chat FILE renders the chat template (the golden ids) and --stop cuts the text", () => {
+  it("--chat FILE renders the chat template (the golden ids) and --stop cuts the text", async () => {
     const chat = golden.chat[0];
     const file = path.join(tmpDir(), "chat.json");
     fs.writeFileSync(file, JSON.stringify(chat.messages));
-    const j = JSON.parse(run("--chat", file, "--max-new-tokens", "24", "--json", "--ignore-eos"));
+    const j = JSON.parse(await run("--chat", file, "--max-new-tokens", "24", "--json", "--ignore-eos"));
     expect(j.prompt_ids).toEqual(chat.ids);
     const at = [...j.text.matchAll(/[^\uFFFD]{2}/g)].map((m: RegExpMatchArray) => m.index!).find((i: number) => i >= 2) ?? -1;
     expect(at, j.text).toBeGreaterThanOrEqual(2);
     const stop = j.text.slice(at, at + 2);
-    const cut = JSON.parse(run("--chat", file, "--max-new-tokens", "24", "--json", "--ignore-eos", "--stop", stop));
+    const cut = JSON.parse(await run("--chat", file, "--max-new-tokens", "24", "--json", "--ignore-eos", "--stop", stop));
     expect(cut.text).toBe(j.text.slice(0, j.text.indexOf(stop)));
     expect(cut.finish_reason).toBe("stop");
     expect(cut.stop_string).toBe(stop);
@@ -51,7 +55,7 @@ describe("tsllm-run with text", () => {
 
   it("text on an engine without a tokenizer: one line, exit 1", async () => {
     const gptj = await buildFixture("gptj");
-    const r = spawnSync(RUN, [gptj, "--device", "cpu", "hello"], { encoding: "utf8" });
+    const r = await runBin(RUN, [gptj, "--device", "cpu", "hello"]);
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/^error: a text prompt needs a tokenizer: engine .* has no tokenizer .*token ids still work\n$/);
     expect(r.stdout).toBe("");
