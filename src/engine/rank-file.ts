@@ -146,6 +146,11 @@ export class RankFile {
     return this.bytes - Math.min(this.written, this.hashed);
   }
 
+  /** Whether a write or hash is outstanding. */
+  get busy(): boolean {
+    return this.pending.size > 0;
+  }
+
   /** Waits for some outstanding write or hash to finish. */
   async settle(): Promise<void> {
     if (this.pending.size) await Promise.race(this.pending);

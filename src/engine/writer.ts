@@ -127,8 +127,10 @@ export async function writeEngine(o: WriteEngineOptions): Promise<EngineConfig> 
       for (const p of pieces) s.file.push(p, prefetch?.hold(p));
       for (const n of s.sources) if (lastUse.get(n) === i) prefetch?.release(n);
       await yieldToSignals();
-      while (inFlight() > HELD_BYTES || (prefetch?.held ?? 0) > HELD_BYTES)
-        await Promise.race(files.map((f) => f.settle()));
+      // Wait while too much is held, as long as a write or hash can still release something (bytes of a
+      // chunk not yet complete are only hashed once later weights complete it).
+      while ((inFlight() > HELD_BYTES || (prefetch?.held ?? 0) > HELD_BYTES) && files.some((f) => f.busy))
+        await Promise.race(files.filter((f) => f.busy).map((f) => f.settle()));
     }
     const ranks: EngineConfig["ranks"] = [];
     for (const f of files) {
