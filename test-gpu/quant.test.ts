@@ -1,7 +1,8 @@
 // Quantised engines on the GPU (quant_linear: FP8 W8A8, int8 / int4 weight-only; FP8 KV cache) against
 //   1. the CPU reference executor running the SAME engine (src/ops/quant-linear.ts defines the numerics the
-//      kernels implement): prefill + teacher-forced decode logits, max |Δlogit| ≤ 0.05 (fp16 rounding of the
-//      activations between ops, and fp32 sums in another order, are all that differ);
+//      kernels implement) at the engine's precision (its default: every op output rounded to fp16 as the GPU stores
+//      it): prefill + teacher-forced decode logits, max |Δlogit| ≤ 0.05 (fp32 sums in another order, fused kernels,
+//      are all that differ). FP8 W8A8 engines are bounded by their own measured sensitivity instead (see below);
 //   2. the Hugging Face goldens within the bound the CPU path meets for that engine (src/golden.ts
 //      defaultTolerance: int8-wo 0.1, fp8 0.5, int4-wo 1.25, + 0.2 for an FP8 KV cache; test/quant measured them);
 //   3. the three prompts packed in one step vs one at a time (≤ 0.05: decode M = 1 runs the quantised gemv,
@@ -50,24 +51,43 @@ for (const which of ["llama", "gptj"] as const) {
   cases.push({ which, extra: { quant: "fp8", kvCacheDtype: "fp8" } });
 }
 
+// FP8 W8A8 quantises every activation row to E4M3 (3 mantissa bits) at run time, so one fp16 ulp of difference in
+// an activation (another summation order, a fused kernel) can move it to the neighbouring E4M3 code, a 6-12% change
+// of that element: two correct executors of an fp8 engine differ far more than of an fp16 or int8-wo one. The CPU
+// measures that on the same engine: its logits with activations stored at the engine's precision (fp16, the
+// default, what the GPU computes) vs kept in fp32. Measured on the CPU (tiny-llama / tiny-gptj): fp8 0.1949 /
+// 0.1279, fp8 + kv fp8 0.2678 / 0.1513; fp16 and int8-wo engines 0.0029 / 0.0019 (test/quant/sensitivity.test.ts).
+// Nudging 2% of the fp16 activations by one ulp gives the same order (tiny-llama fp8 0.1831, fp16 0.0054).
+// The GPU measured 0.1458 / 0.0692 (fp8), 0.2007 / 0.0685 (+ kv fp8) vs the fp16 reference, 0.05 for all else.
+function refBound(c: Case, sensitivity: number): number {
+  return c.extra.quant === "fp8" ? Math.max(0.05, 1.25 * sensitivity) : 0.05;
+}
+
 const name = (c: Case) =>
   `tiny-${c.which} ${c.extra.quant ?? "none"}${c.extra.groupSize ? ` g${c.extra.groupSize}` : ""}${c.extra.kvCacheDtype ? ` kv ${c.extra.kvCacheDtype}` : ""}`;
 
 describe("quantised engines on the GPU", () => {
   for (const c of cases) {
-    it(`${name(c)}: GPU = CPU reference on the same engine (≤ 0.05), goldens, packed = one by one`, async () => {
+    it(`${name(c)}: GPU = CPU reference on the same engine (≤ 0.05; fp8: its sensitivity), goldens, packed = one by one`, async () => {
       // FP8 (weights or KV cache) needs an sm 89+ build; the suite's GPU is an H100/H200 (sm 90).
       const dir = await tinyEngine(c.which, "fp16", { sm: 90, ...c.extra });
       const golden = readGolden(goldenFile(c.which));
       const ref = teacherForced(ReferenceExecutor.load(dir), golden, 100);
+      const ref32 = teacherForced(ReferenceExecutor.load(dir, { roundActivations: false }), golden, 100);
+      const sensitivity = Math.max(...ref32.map((r, i) => maxAbsDiff(r, ref[i])));
+      const bound1 = refBound(c, sensitivity);
+      console.log(
+        `${name(c)}: CPU fp16-stored vs fp32-stored activations ${sensitivity.toFixed(4)} → bound ${bound1.toFixed(4)}`,
+      );
       for (const env of [{}, { TSLLM_QGEMV: "0" }] as Record<string, string>[]) {
         for (const graphs of [true, false]) {
           const gpu = teacherForced(load(dir, env, graphs), golden, 200);
           const max = Math.max(...gpu.map((g, i) => maxAbsDiff(g, ref[i])));
+          const max32 = Math.max(...gpu.map((g, i) => maxAbsDiff(g, ref32[i])));
           console.log(
-            `${name(c)} ${JSON.stringify(env)} graphs ${graphs}: GPU vs CPU reference max |Δlogit| ${max.toFixed(4)}`,
+            `${name(c)} ${JSON.stringify(env)} graphs ${graphs}: GPU vs CPU reference max |Δlogit| ${max.toFixed(4)} (fp16 activations, bound ${bound1.toFixed(4)}), ${max32.toFixed(4)} (fp32 activations)`,
           );
-          expect(max).toBeLessThanOrEqual(0.05);
+          expect(max).toBeLessThanOrEqual(bound1);
         }
       }
 
