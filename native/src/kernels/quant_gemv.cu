@@ -10,6 +10,9 @@
 // griddepcontrol.wait; x / residual are read and out written after it.
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
 
 #include "fp8.cuh"
 #include "quant.h"
@@ -191,7 +194,46 @@ __device__ __forceinline__ void dequant8(const uint4& raw, int j, float s, float
   }
 }
 
-template <typename T, int M, int ROWS, bool INT4>
+// The same values as dequant8 with fp32 / integer ALU ops only, behind TSLLM_INT_GEMV_ALU=1 (read once per
+// process; off by default until A/B'd on the GPU). dequant8 spends two conversions per weight (I2F, then F2F to T
+// and back), and conversions issue at 16 per SM per clock against 128 for fp32 ops: at int4's 0.5 byte per weight
+// that, not HBM, may bound the decode gemv. Here q = float(0x4B000000 | (q + 2^(bits-1))) - (2^23 + 2^(bits-1))
+// (exact), and fp32 -> T -> fp32 is the integer round-to-nearest-even of the low mantissa bits: exact for bf16
+// (fp32's exponent range) and for half while every q·s of the group is normal and finite in half (s in
+// [2^-14, 8000] int4, [2^-14, 500] int8; checked on the host against _Float16 for 5.4e8 (q, s) pairs); a group
+// outside that range takes dequant8's conversions.
+template <typename T>
+__device__ __forceinline__ float round_via_bits(float v) {
+  uint32_t b = __float_as_uint(v);
+  if constexpr (std::is_same_v<T, half>) b = (b + 0xFFFu + ((b >> 13) & 1u)) & 0xFFFFE000u;
+  else b = (b + 0x7FFFu + ((b >> 16) & 1u)) & 0xFFFF0000u;
+  return __uint_as_float(b);
+}
+
+template <typename T, bool INT4>
+__device__ __forceinline__ void dequant8_alu(const uint4& raw, int j, float s, float (&f)[8]) {
+  const bool bits_ok =
+      !std::is_same_v<T, half> || (s >= 6.103515625e-05f && s <= (INT4 ? 8000.f : 500.f));
+  if (!bits_ok) return dequant8<T, INT4>(raw, j, s, f);
+  const uint32_t* p = &raw.x;
+  if constexpr (INT4) {
+    const uint32_t u = p[j] ^ 0x88888888u;  // each nibble q + 8
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+      const float q = __uint_as_float(0x4B000000u | ((u >> (4 * i)) & 0xFu)) - 8388616.f;
+      f[i] = round_via_bits<T>(__fmul_rn(q, s));
+    }
+  } else {
+    const uint32_t u0 = p[2 * j] ^ 0x80808080u, u1 = p[2 * j + 1] ^ 0x80808080u;  // each byte q + 128
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      f[i] = round_via_bits<T>(__fmul_rn(__uint_as_float(0x4B000000u | ((u0 >> (8 * i)) & 0xFFu)) - 8388736.f, s));
+      f[4 + i] = round_via_bits<T>(__fmul_rn(__uint_as_float(0x4B000000u | ((u1 >> (8 * i)) & 0xFFu)) - 8388736.f, s));
+    }
+  }
+}
+
+template <typename T, int M, int ROWS, bool INT4, bool ALU>
 __global__ void __launch_bounds__(kQWarps * 32)
     int_gemv_kernel(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ sc, int group,
                     const T* __restrict__ bias, const T* res, T* out, int N, int K, int act) {
@@ -245,7 +287,8 @@ __global__ void __launch_bounds__(kQWarps * 32)
 #pragma unroll
           for (int r = 0; r < ROWS; r++) {
             float wf[8];
-            dequant8<T, INT4>(wv[u][r], j, s[r], wf);
+            if constexpr (ALU) dequant8_alu<T, INT4>(wv[u][r], j, s[r], wf);
+            else dequant8<T, INT4>(wv[u][r], j, s[r], wf);
 #pragma unroll
             for (int m = 0; m < M; m++)
 #pragma unroll
@@ -318,9 +361,13 @@ template <typename T, int M, int ROWS, bool INT4>
 cudaError_t launch_int(const void* x, const void* w, const float* sc, int group, const void* bias, const void* res,
                        void* out, int N, int K, Act act, bool pdl, cudaStream_t s) {
   const unsigned blocks = (unsigned)((N + kQWarps * ROWS - 1) / (kQWarps * ROWS));
-  return launch_pdl(int_gemv_kernel<T, M, ROWS, INT4>, blocks, 0, pdl, s, static_cast<const T*>(x),
-                    static_cast<const uint8_t*>(w), sc, group, static_cast<const T*>(bias), static_cast<const T*>(res),
-                    static_cast<T*>(out), N, K, int(act));
+  static const bool alu = [] {
+    const char* v = std::getenv("TSLLM_INT_GEMV_ALU");
+    return v && std::strcmp(v, "1") == 0;
+  }();
+  return launch_pdl(alu ? int_gemv_kernel<T, M, ROWS, INT4, true> : int_gemv_kernel<T, M, ROWS, INT4, false>, blocks,
+                    0, pdl, s, static_cast<const T*>(x), static_cast<const uint8_t*>(w), sc, group,
+                    static_cast<const T*>(bias), static_cast<const T*>(res), static_cast<T*>(out), N, K, int(act));
 }
 
 template <typename T, int M, int ROWS>
