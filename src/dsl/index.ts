@@ -28,7 +28,9 @@ export {
   mlp,
   parallelDecoderLayer,
   preNormDecoderLayer,
+  type SparseMoeOptions,
   selfAttention,
+  sparseMoe,
   stack,
 } from "./layers.ts";
 export { type BaseConfig, defineModel, type ModelDef, type ModelFacts } from "./model.ts";

@@ -91,6 +91,44 @@ export function gatedMlp(
   return (x) => downProj(act(gateProj(x)).mul(upProj(x)));
 }
 
+export interface SparseMoeOptions {
+  hiddenSize: number;
+  /** Each expert's intermediate size. */
+  intermediateSize: number;
+  numExperts: number;
+  /** Experts per token (num_experts_per_tok). */
+  topK: number;
+  /** Renormalise the top-k weights to sum 1 (Mixtral: yes; Qwen-MoE: norm_topk_prob). */
+  normalize: boolean;
+  /** Checkpoint names under the prefix: the router and each expert's gate / up / down. */
+  names?: { router: string; experts: string; gate: string; up: string; down: string };
+}
+
+/**
+ * transformers' MixtralSparseMoeBlock: router linear (`gate`), then each token's top-k SwiGLU experts
+ * (`experts.{e}.w1` gate, `w3` up, `w2` down) weighted by the routing probabilities. Expert weights
+ * are stacked into one tensor each (hint "expert": tensor parallelism splits every expert's I).
+ */
+export function sparseMoe(m: Module, prefix: string, o: SparseMoeOptions): Layer {
+  const n = o.names ?? { router: "gate", experts: "experts", gate: "w1", up: "w3", down: "w2" };
+  const { hiddenSize: H, intermediateSize: I, numExperts: E } = o;
+  const router = m.Linear(`${prefix}.${n.router}`, H, E, { parallel: "none" });
+  const stacked = (w: string, shape: number[], parallel: string) =>
+    m.stackedParam(
+      `${prefix}.${n.experts}.${w}.weight`,
+      Array.from({ length: E }, (_, e) => `${prefix}.${n.experts}.${e}.${w}.weight`),
+      shape,
+      { parallel, role: "expert", experts: E },
+    );
+  const w = {
+    w1: stacked(n.gate, [I, H], "expert_column"),
+    w3: stacked(n.up, [I, H], "expert_column"),
+    w2: stacked(n.down, [H, I], "expert_row"),
+  };
+  const attrs = { numExperts: E, topK: o.topK, normalize: o.normalize, activation: "silu" as const };
+  return (x) => m.moe(x, router(x), w, attrs, prefix);
+}
+
 /** fc_out(act(fc_in(x))): the two-layer MLP of GPT-2 / GPT-J. */
 export function mlp(
   m: Module,

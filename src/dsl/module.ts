@@ -95,6 +95,44 @@ export class Module {
     return (x) => apply("linear", [x, w, b], { activation: "none" }, name);
   }
 
+  /**
+   * One weight stacked from per-expert checkpoint tensors along axis 0 (experts.{e}.w1 → [E·out, in]),
+   * each part validated against the checkpoint on its own, so a missing expert names its tensor.
+   */
+  stackedParam(
+    name: string,
+    partNames: string[],
+    partShape: number[],
+    hints: Record<string, string | number>,
+  ): Tensor {
+    const recipe = {
+      kind: "checkpoint" as const,
+      parts: partNames.map((n) => ({ name: n, shape: partShape, transforms: [] })),
+      transforms: [],
+      init: uniformWithStd(this.initStd),
+    };
+    const shape = [partShape[0] * partNames.length, ...partShape.slice(1)];
+    return new Tensor(this.graph, addWeight(this.graph, name, this.dtype, shape, recipe, hints).id);
+  }
+
+  /**
+   * Sparse mixture of experts over router logits (src/ops/moe.ts); w1/w3 [E·I, H], w2 [E·H, I].
+   */
+  moe(
+    x: Tensor,
+    routerLogits: Tensor,
+    w: { w1: Tensor; w3: Tensor; w2: Tensor },
+    o: { numExperts: number; topK: number; normalize: boolean; activation: "silu" },
+    scope?: string,
+  ): Tensor {
+    return apply(
+      "moe",
+      [x, routerLogits, w.w1, w.w3, w.w2],
+      { num_experts: o.numExperts, top_k: o.topK, normalize: o.normalize ? 1 : 0, activation: o.activation },
+      scope,
+    );
+  }
+
   Embedding(name: string, vocab: number, dim: number): (ids: Tensor) => Tensor {
     const table = this.param(`${name}.weight`, [vocab, dim], uniformWithStd(this.initStd), {
       parallel: "vocab",

@@ -9,6 +9,7 @@ import "./attention.ts";
 import "./collective.ts";
 import "./all-gather.ts";
 import "./quant-linear.ts";
+import "./moe.ts";
 
 export * from "./registry.ts";
 export { HostTensor } from "./tensor.ts";
