@@ -11,7 +11,11 @@
 // - attention heads are divided: each rank runs num_heads/tp query heads and num_kv_heads/tp KV heads;
 //   when tp exceeds num_kv_heads, every rank holds the one KV head its query heads use (KV heads are
 //   replicated tp/num_kv_heads times, as TensorRT-LLM does);
-// - everything else (norms, rope tables) is replicated.
+// - mixture-of-experts blocks (TensorRT-LLM's moe_tp_mode): every expert's intermediate dim is split,
+//   rank r keeps rows [r·I/tp, …) of each expert's w1/w3 and those columns of its w2 (per-part slices
+//   of the stacked weights), routes exactly as the others (the router is replicated) and an all_reduce
+//   sums the partial expert outputs;
+// - everything else (norms, rope tables, the MoE router) is replicated.
 //
 // Runs on the model graph before the fusion passes. Slices are per-part recipe transforms, so a later
 // pass that concatenates recipes (QKV, gate/up fusion) concatenates the rank's slices. All rank graphs
@@ -27,7 +31,12 @@ export class ShardError extends Error {
 }
 
 /** How one weight is cut: rows or columns [start, end) per rank, or the whole tensor on every rank. */
-type Cut = { axis: 0 | 1; range: (rank: number) => [number, number] } | null;
+type Cut = {
+  axis: 0 | 1;
+  range: (rank: number) => [number, number];
+  /** Slice every part of a stacked weight (MoE experts) instead of the single tensor. */
+  perPart?: boolean;
+} | null;
 
 interface Plan {
   /** Weight value id → its cut. Weights not listed are replicated. */
@@ -137,6 +146,21 @@ function plan(g: Graph, tp: number): Plan {
   });
 
   g.nodes.forEach((n, i) => {
+    if (n.op === "moe") {
+      const E = n.attrs.num_experts as number;
+      const [w1, w3, w2] = [2, 3, 4].map((k) => weight(g, n.inputs[k]));
+      if (!w1 || !w3 || !w2) throw new ShardError("tensor-parallel: moe without its expert weights");
+      const I = dim(w1, 0) / E;
+      if (I % tp)
+        throw new ShardError(
+          `${flag}: expert intermediate_size ${I} of ${w1.name} is not divisible by ${tp}`,
+        );
+      cuts.set(w1.id, { axis: 0, range: even(I, tp), perPart: true });
+      cuts.set(w3.id, { axis: 0, range: even(I, tp), perPart: true });
+      cuts.set(w2.id, { axis: 1, range: even(I, tp), perPart: true });
+      collectives.push({ after: i, op: "all_reduce" });
+      return;
+    }
     if (n.op === "embedding") {
       const t = weight(g, n.inputs[1]);
       if (t?.hints?.parallel !== "vocab") return;
@@ -204,6 +228,18 @@ function shardRank(s: Graph, p: Plan, rank: number, embedAt: Map<number, number>
   for (const [id, cut] of p.cuts) {
     const v = g.values.get(id)!;
     if (!cut || v.recipe?.kind !== "checkpoint") continue;
+    if (cut.perPart) {
+      const [start, end] = cut.range(rank);
+      const slice: Transform = { op: "slice", axis: cut.axis, start, end };
+      v.recipe = {
+        ...v.recipe,
+        parts: v.recipe.parts.map((p) => ({ ...p, transforms: [...p.transforms, slice] })),
+      };
+      const shape = [...v.shape];
+      shape[cut.axis] = cut.axis === 0 ? v.recipe.parts.length * (end - start) : end - start;
+      v.shape = shape;
+      continue;
+    }
     if (v.recipe.parts.length !== 1 || v.recipe.transforms.length)
       throw new ShardError(`tensor-parallel: ${v.name} is already fused; sharding runs before fusion`);
     const [start, end] = cut.range(rank);
