@@ -36,6 +36,8 @@ export function checkQuantLegality(build: BuildConfig): void {
 
 const LM_HEAD_REASON =
   "lm_head: logits feed sampling directly; kept in the engine dtype as TensorRT-LLM does";
+const ROUTER_REASON =
+  "MoE router: a rounding error here flips which experts a token uses; kept in the engine dtype as TensorRT-LLM does";
 const EMBED_REASON = "embedding: a row gather, not a GEMM, nothing to gain from quantising";
 
 function feedsLogits(g: Graph, n: Node): boolean {
@@ -61,11 +63,20 @@ export function quantizeWeights(g0: Graph, build: BuildConfig): Graph {
   const g = cloneGraph(g0);
   const groupSize = scheme === "int4-wo" ? build.group_size : undefined;
   for (const n of g.nodes) {
+    if (n.op === "moe") {
+      quantizeExperts(g, n, scheme, groupSize, build);
+      for (const k of [2, 3, 4]) report.quantized.push(g.values.get(n.inputs[k]!)!.name);
+      continue;
+    }
     if (n.op === "embedding")
       report.kept.push({ name: g.values.get(n.inputs[1]!)!.name, reason: EMBED_REASON });
     if (n.op !== "linear") continue;
     const w = g.values.get(n.inputs[1]!)!;
     if (w.kind !== "weight" || w.recipe?.kind !== "checkpoint") continue;
+    if (g.nodes.some((m) => m.op === "moe" && m.inputs[1] === n.outputs[0])) {
+      report.kept.push({ name: w.name, reason: ROUTER_REASON });
+      continue;
+    }
     if (w.hints?.parallel === "vocab" || feedsLogits(g, n)) {
       report.kept.push({ name: w.name, reason: LM_HEAD_REASON });
       continue;
@@ -94,6 +105,45 @@ export function quantizeWeights(g0: Graph, build: BuildConfig): Graph {
   }
   g.meta = { ...g.meta, quant: report };
   return g;
+}
+
+/**
+ * A mixture-of-experts block's stacked expert weights (w1, w3 [E·I, H], w2 [E·H, I]) quantised per
+ * output row like any linear weight: the moe op takes the scales as its optional inputs. The router
+ * is kept in the engine dtype (see ROUTER_REASON). fp8 would also quantise the activations inside
+ * the block, which the moe op does not do: refused rather than silently kept in high precision.
+ */
+function quantizeExperts(
+  g: Graph,
+  n: Node,
+  scheme: QuantScheme,
+  groupSize: number | undefined,
+  build: BuildConfig,
+): void {
+  if (scheme === "fp8")
+    throw new QuantError(
+      "--quant fp8: mixture-of-experts expert weights are not quantised to fp8 yet (use int8-wo or int4-wo)",
+    );
+  const computeDtype = g.values.get(n.inputs[2]!)!.dtype;
+  const scales: number[] = [];
+  for (const k of [2, 3, 4]) {
+    const w = g.values.get(n.inputs[k]!)!;
+    const [N, K] = w.shape as number[];
+    if (groupSize && K % groupSize)
+      throw new QuantError(
+        `--group-size ${groupSize}: does not divide the input dim ${K} of ${w.name}${build.tp > 1 ? ` (per rank at --tp ${build.tp})` : ""}`,
+      );
+    const pair = quantizedPair(g, w, scheme, groupSize, N, K);
+    n.inputs[k] = pair.values.id;
+    scales.push(pair.scales.id);
+  }
+  n.inputs = [...n.inputs.slice(0, 5), ...scales];
+  n.attrs = {
+    ...n.attrs,
+    quant: scheme,
+    compute_dtype: computeDtype,
+    ...(groupSize ? { group_size: groupSize } : {}),
+  };
 }
 
 /** The quantised weight and its scales: new values with adjacent ids, recipes from the same sources. */

@@ -1,4 +1,5 @@
-import type { Attrs } from "../ir/types.ts";
+import type { Attrs, Dim } from "../ir/types.ts";
+import { dequantize, type QuantSpec } from "../quant/weights.ts";
 import { applyActivation } from "./activation-math.ts";
 import { expectDim, lastDim, need } from "./check.ts";
 import { attrNum, attrStr, defineOp } from "./registry.ts";
@@ -12,6 +13,9 @@ import { HostTensor } from "./tensor.ts";
 //   w1, w3: [E·I, H] (gate, up), w2: [E·H, I] (down). I is read from the shapes, so a tensor-parallel
 //   rank holding I/tp columns of every expert runs the same op (its partial sums then all_reduce).
 // The router is a plain `linear` before this op (replicated across ranks).
+// With --quant int8-wo / int4-wo the three expert weights are stored quantised per output row (as
+// quant_linear's weight-only schemes) with their scales as the optional inputs; the reference
+// dequantises them to `compute_dtype` and runs the same math.
 
 export interface Routing {
   /** [T, top_k] expert ids, best first. */
@@ -70,13 +74,29 @@ export function moeAttrs(attrs: Attrs): { E: number; K: number; normalize: boole
   };
 }
 
+/** Weight-only quantisation of the experts, if any (attrs quant / group_size). */
+function quantSpec(attrs: Attrs): QuantSpec | null {
+  const q = attrStr(attrs, "quant", "none");
+  if (q === "none") return null;
+  if (q !== "int8-wo" && q !== "int4-wo") throw new Error(`moe: unsupported expert quant "${q}"`);
+  return { scheme: q, groupSize: q === "int4-wo" ? attrNum(attrs, "group_size") : undefined };
+}
+
+/** In-features of a stored expert weight (int4 packs two values per stored element). */
+function inFeatures(stored: Dim, q: QuantSpec | null): Dim {
+  return q?.scheme === "int4-wo" && typeof stored === "number" ? stored * 2 : stored;
+}
+
 defineOp({
   name: "moe",
-  inputs: ["x", "router_logits", "w1", "w3", "w2"],
+  inputs: ["x", "router_logits", "w1", "w3", "w2", "w1_scales?", "w3_scales?", "w2_scales?"],
   numOutputs: 1,
   doc: "mixture of experts: softmax → top-k routing → (renormalise) → Σ weight · SwiGLU expert",
-  infer([x, router, w1, w3, w2], attrs) {
+  infer([x, router, w1, w3, w2, s1, s3, s2], attrs) {
     const { E } = moeAttrs(attrs);
+    const q = quantSpec(attrs);
+    if (q && !(s1 && s3 && s2))
+      throw new Error(`moe: quant ${q.scheme} needs w1_scales, w3_scales and w2_scales`);
     const xi = need("moe", x, "x");
     const ri = need("moe", router, "router_logits");
     const g = need("moe", w1, "w1");
@@ -84,24 +104,32 @@ defineOp({
     const d = need("moe", w2, "w2");
     expectDim("moe", lastDim(ri.shape), E, "router logits width");
     const H = lastDim(xi.shape);
-    expectDim("moe", g.shape[1], H, "w1 input features");
-    expectDim("moe", u.shape[1], H, "w3 input features");
+    expectDim("moe", inFeatures(g.shape[1], q), H, "w1 input features");
+    expectDim("moe", inFeatures(u.shape[1], q), H, "w3 input features");
     expectDim("moe", u.shape[0], g.shape[0], "w3 rows");
     const rows = g.shape[0];
     if (typeof rows !== "number" || rows % E)
       throw new Error(`moe: w1 rows ${String(rows)} are not num_experts ${E} × I`);
-    expectDim("moe", d.shape[1], rows / E, "w2 input features (I)");
+    expectDim("moe", inFeatures(d.shape[1], q), rows / E, "w2 input features (I)");
     expectDim("moe", d.shape[0], typeof H === "number" ? E * H : H, "w2 rows (E·H)");
     return [{ dtype: xi.dtype, shape: xi.shape }];
   },
-  ref([x, router, w1, w3, w2], attrs) {
+  ref([x, router, w1, w3, w2, s1, s3, s2], attrs) {
     const { E, K, normalize, activation } = moeAttrs(attrs);
     const H = x!.cols;
     const T = x!.rows;
     const I = w1!.shape[0] / E;
     const { experts, weights } = routeTopK(router!.f32, E, K, normalize);
     const xv = x!.f32;
-    const [g, u, d] = [w1!.f32, w3!.f32, w2!.f32];
+    const q = quantSpec(attrs);
+    const cd = attrStr(attrs, "compute_dtype", "f32");
+    const [g, u, d] = q
+      ? [
+          dequantize(w1!.f32, s1!.f32, E * I, H, q, cd),
+          dequantize(w3!.f32, s3!.f32, E * I, H, q, cd),
+          dequantize(w2!.f32, s2!.f32, E * H, I, q, cd),
+        ]
+      : [w1!.f32, w3!.f32, w2!.f32];
     const out = new Float32Array(T * H);
     const h = new Float32Array(I);
     for (let t = 0; t < T; t++) {
