@@ -180,6 +180,50 @@ function normWeight(c: LowerCtx, n: Node, slot: number): string {
   return off === 0 ? w : c.b.op1("Add", [w, scalar(c, off)]);
 }
 
+/**
+ * Mixture of experts, densely: every expert runs on every token and the routing weights (zero for
+ * the experts a token does not use) mask the sum. Exact, E/top_k times the FLOPs: fine for export.
+ * Routing as the reference: softmax in fp32, TopK (ONNX puts the lower index first on equal values,
+ * as torch.topk), renormalised when `normalize`.
+ */
+function moe(c: LowerCtx, n: Node): string {
+  const { b } = c;
+  if (n.attrs.quant !== undefined) throw new Error("ONNX export: quantised MoE experts are not exported yet");
+  const E = num(n, "num_experts");
+  const K = num(n, "top_k");
+  const [x, logits, w1, w3, w2] = n.inputs.slice(0, 5).map((id) => c.name(id!));
+  const H = c.width(n.inputs[0]!);
+  const I = c.width(n.inputs[4]!);
+  // [T, E] routing weights: the top-k probabilities scattered into zeros.
+  const dense = inF32(c, [logits], ([l]) => {
+    const probs = b.op1("Softmax", [l], { axis: { i: -1 } });
+    const [vals, idx] = b.op(
+      "TopK",
+      [probs, b.i64([K])],
+      { axis: { i: -1 }, largest: { i: 1 }, sorted: { i: 1 } },
+      { outputs: 2 },
+    );
+    b.elems.set(idx, ELEM.i64);
+    b.elems.set(vals, ELEM.f32);
+    const kept = num(n, "normalize", 1)
+      ? b.op1("Div", [vals, b.op1("ReduceSum", [vals, b.i64([-1])], { keepdims: { i: 1 } })])
+      : vals;
+    const zeros = b.op1("Mul", [probs, b.constant([0], [], ELEM.f32)]);
+    return b.op1("ScatterElements", [zeros, idx, kept], { axis: { i: 1 } });
+  });
+  // h = act(x·w1ᵀ) ⊙ x·w3ᵀ for all experts at once: [T, E·I] → [E, T, I].
+  const h = b.op1("Mul", [
+    activation(c, b.op1("Gemm", [x, w1], { transB: { i: 1 } }), String(n.attrs.activation ?? "silu")),
+    b.op1("Gemm", [x, w3], { transB: { i: 1 } }),
+  ]);
+  const hE = b.op1("Transpose", [b.op1("Reshape", [h, b.i64([-1, E, I])])], { perm: { ints: [1, 0, 2] } });
+  // w2 [E·H, I] → [E, I, H]; per expert [T, I]·[I, H] → [E, T, H].
+  const w2E = b.op1("Transpose", [b.op1("Reshape", [w2, b.i64([E, H, I])])], { perm: { ints: [0, 2, 1] } });
+  const y = b.op1("MatMul", [hE, w2E]);
+  const wE = b.op1("Unsqueeze", [b.op1("Transpose", [dense], { perm: { ints: [1, 0] } }), b.i64([2])]);
+  return b.op1("ReduceSum", [b.op1("Mul", [y, wE]), b.i64([0])], { keepdims: { i: 0 } });
+}
+
 const binary =
   (onnxOp: string): Lowering =>
   (c, n) =>
@@ -221,6 +265,9 @@ export const LOWERINGS: Record<string, Lowering> = {
     const inputs = [c.name(n.inputs[0]!), c.name(n.inputs[1]!)];
     if (n.inputs[2] != null) inputs.push(c.name(n.inputs[2]));
     linearEpilogue(c, n, c.b.op1("Gemm", inputs, { transB: { i: 1 } }));
+  },
+  moe(c, n) {
+    c.set(n.outputs[0], moe(c, n));
   },
   rms_norm(c, n) {
     c.set(n.outputs[0], rmsNorm(c, c.name(n.inputs[0]!), normWeight(c, n, 1), num(n, "eps")));

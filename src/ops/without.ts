@@ -7,6 +7,5 @@ export const WITHOUT: Readonly<Record<"native" | "onnx", Readonly<Record<string,
   },
   onnx: {
     quant_linear: "quantised builds are not exported to ONNX yet",
-    moe: "no ONNX lowering of the mixture-of-experts block yet",
   },
 };
