@@ -73,6 +73,18 @@ describe("tiny-mixtral", () => {
       expect(report.maxAbs).toBeLessThanOrEqual(1e-5);
     });
 
+  it("the fusion report counts one moe launch per layer; the arena plans the router logits and the block output", async () => {
+    const dir = await build(1);
+    const report = JSON.parse(fs.readFileSync(path.join(dir, "report.json"), "utf8"));
+    expect(report.after.layerOps.moe).toBe(1);
+    const header = openEngine(dir).ranks[0].header;
+    const moes = header.nodes.filter((n) => n.op === "moe");
+    expect(moes.length).toBe(2);
+    for (const n of moes)
+      for (const id of [n.inputs[1]!, n.outputs[0]])
+        expect(header.arena.offsets[String(id)]).toBeTypeOf("number");
+  });
+
   it("--tp 2 splits every expert's intermediate dim and keeps the router whole", async () => {
     const engine = openEngine(await build(2));
     const shapes = Object.fromEntries(
