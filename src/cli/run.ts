@@ -6,6 +6,7 @@ import { ReferenceExecutor } from "../executor/reference.ts";
 import { checkGolden, defaultTolerance, readGolden } from "../golden.ts";
 import { CudaExecutor } from "../native/executor.ts";
 import { kernelReport } from "../native/kernel-report.ts";
+import type { InflightBatchManager } from "../serving/batch-manager.ts";
 import { openBatchManager } from "../serving/open.ts";
 import { requireTokenizer } from "../text/engine-files.ts";
 import { command, float, fmtBytes, int, main, parseIds } from "./common.ts";
@@ -27,8 +28,15 @@ const program = command(
     "--chat [file]",
     "messages JSON [{role, content}] through the chat template (- for stdin); without FILE on a terminal, a conversation",
   )
-  .option("--stop <text>", "stop string (repeatable): generation ends before it", (v: string, p: string[] = []) => [...p, v])
-  .option("--json", "text mode: print one JSON object (prompt_ids, ids, text, finish_reason, timings) instead of the text")
+  .option(
+    "--stop <text>",
+    "stop string (repeatable): generation ends before it",
+    (v: string, p: string[] = []) => [...p, v],
+  )
+  .option(
+    "--json",
+    "text mode: print one JSON object (prompt_ids, ids, text, finish_reason, timings) instead of the text",
+  )
   .addOption(
     new Option("--device <d>", "cpu (reference executor, fp32 math) or cuda (native runtime)")
       .choices(["cpu", "cuda", "auto"])
@@ -101,6 +109,22 @@ function loadReport(dir: string, o: { verbose?: boolean; verify?: boolean }) {
   };
 }
 
+/**
+ * Progress of generating on a large engine (a CPU step of a 7B engine takes seconds): tokens computed
+ * (prompt and generated) out of what the prompts ask for, on the same rule as load progress.
+ */
+function stepProgress(bm: InflightBatchManager, dir: string, totalTokens: number, o: { verbose?: boolean }) {
+  const bytes = openEngine(dir).config.ranks.reduce((a, r) => a + r.bytes, 0);
+  if (!(o.verbose || bytes >= 256 << 20) || totalTokens <= 0) return () => {};
+  const bar = progress("generate", totalTokens, { unit: { name: "tok" } });
+  let done = 0;
+  bm.onStep = (s) => bar.update((done = Math.min(totalTokens, done + s.tokens)));
+  return () => {
+    bm.onStep = undefined;
+    bar.stop();
+  };
+}
+
 async function verifyGolden(dir: string, o: Record<string, never>): Promise<void> {
   const report = loadReport(dir, o);
   const ex = await openExecutor(dir, { device: o.device, verify: o.verify, onLoadBytes: report.onLoadBytes });
@@ -140,7 +164,8 @@ async function openManager(dir: string, o: OptionValues) {
 
 async function runTextMode(dir: string, text: string | undefined, o: OptionValues): Promise<void> {
   if (text !== undefined && o.chat !== undefined) throw new Error("give a text prompt or --chat, not both");
-  if (o.inputIds || o.inputFile) throw new Error("give a text prompt (or --chat) or --input-ids/--input-file, not both");
+  if (o.inputIds || o.inputFile)
+    throw new Error("give a text prompt (or --chat) or --input-ids/--input-file, not both");
   const tok = requireTokenizer(dir, text !== undefined ? "a text prompt" : "--chat");
   const interactive = o.chat === true && process.stdin.isTTY;
   // Refuse bad input before the engine loads.
@@ -148,7 +173,8 @@ async function runTextMode(dir: string, text: string | undefined, o: OptionValue
     ? []
     : text !== undefined
       ? tok.encode(text)
-      : tok.applyChatTemplate(readChatFile(o.chat === true ? "-" : o.chat), { addGenerationPrompt: true }).ids;
+      : tok.applyChatTemplate(readChatFile(o.chat === true ? "-" : o.chat), { addGenerationPrompt: true })
+          .ids;
   const bm = await openManager(dir, o);
   const opts: TextRunOptions = {
     maxNewTokens: o.maxNewTokens,
@@ -186,6 +212,12 @@ await main(async () => {
   );
   const stopTokenIds = o.stopTokenIds === undefined ? [] : parseIds(o.stopTokenIds, "--stop-token-ids");
   const bm = await openManager(dir, o);
+  const doneProgress = stepProgress(
+    bm,
+    dir,
+    prompts.reduce((a, p) => a + p.ids.length + Math.max(0, p.maxNewTokens - 1), 0),
+    o,
+  );
   try {
     await generateIds(bm, prompts, {
       sampling: { temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed },
@@ -194,6 +226,7 @@ await main(async () => {
       out: process.stdout,
     });
   } finally {
+    doneProgress();
     if (o.verbose) for (const l of bm.kernelReport()) process.stderr.write(`${l}\n`);
     await bm.shutdown();
   }

@@ -59,6 +59,23 @@ describe("tsllm-run generation", () => {
     expect(lines[3]).toBe(alone[0].trim().split(",").slice(0, 5).join(","));
   });
 
+  it("piped, --verbose shows generation progress as plain lines on stderr; stdout keeps the ids", () => {
+    // Large engines (>= 256 MiB) show it without --verbose; the fixture is small, so --verbose asks for it.
+    const r = spawnSync(
+      process.execPath,
+      [RUN, dir, "--device", "cpu", "--input-ids", P1, "--max-new-tokens", "4", "--ignore-eos", "--verbose"],
+      {
+        encoding: "utf8",
+        env: { ...process.env, TSLLM_PROGRESS_INTERVAL: "0" },
+      },
+    );
+    expect(r.status).toBe(0);
+    expect(r.stdout.trim().split(",")).toHaveLength(4);
+    // 3 prompt tokens + 3 forwards for 4 new tokens (the last sampled token needs no forward).
+    expect(r.stderr).toMatch(/^generate: \d+\/6 \(\d+%\)/m);
+    expect(r.stderr).toMatch(/^generate: 6 in [\d.]+ s, [\d.]+ tok\/s$/m);
+  });
+
   it("refuses prompt + max_new_tokens over max_seq_len before generating anything", () => {
     const r = run(["--input-ids", "1,2", "--input-ids", "1,2,3", "--max-new-tokens", "254"]);
     expect(r.status).not.toBe(0);
