@@ -9,7 +9,7 @@ import { type DatasetEntry, formatDatasetLine, readDataset, tokenNormDist } from
 import { openBatchManager } from "../serving/open.ts";
 import { formatReport, runRequests, summarize } from "../serving/throughput.ts";
 import { findTokenizer } from "../text/engine-files.ts";
-import { float, int, main } from "./common.ts";
+import { float, int, kvFractionOption, limitOption, main } from "./common.ts";
 
 /** Writes text to file through a temporary sibling and a rename: never a half-written file. */
 function writeAtomic(file: string, text: string): void {
@@ -62,22 +62,10 @@ export function addServingCommands(program: Command): void {
         .choices(["cuda", "cpu"])
         .default("cuda"),
     )
-    .option(
-      "--max-batch-size <n>",
-      "runtime limit (default: the engine's)",
-      int("--max-batch-size", { min: 1 }),
-    )
-    .option(
-      "--max-num-tokens <n>",
-      "tokens per step (default: the engine's)",
-      int("--max-num-tokens", { min: 1 }),
-    )
-    .option("--max-seq-len <n>", "runtime limit (default: the engine's)", int("--max-seq-len", { min: 1 }))
-    .option(
-      "--kv-cache-free-gpu-mem-fraction <x>",
-      "share of free GPU memory for the KV cache (default 0.9)",
-      float("--kv-cache-free-gpu-mem-fraction", { above: 0, max: 1 }),
-    )
+    .addOption(limitOption("--max-batch-size"))
+    .addOption(limitOption("--max-num-tokens"))
+    .addOption(limitOption("--max-seq-len"))
+    .addOption(kvFractionOption())
     .option("--kv-blocks <n>", "cap the KV pool at this many blocks", int("--kv-blocks", { min: 1 }))
     .addOption(
       new Option("--scheduler-policy <p>", "admission policy")

@@ -1,6 +1,6 @@
 // Shared CLI plumbing: one-line errors and a non-zero exit, never a stack trace for user mistakes.
 import * as fs from "node:fs";
-import { Command, InvalidArgumentError } from "commander";
+import { Command, InvalidArgumentError, Option } from "commander";
 
 export const VERSION: string = JSON.parse(
   fs.readFileSync(new URL("../../package.json", import.meta.url), "utf8"),
@@ -72,6 +72,28 @@ export function float(name: string, range: Range = {}) {
     if (!Number.isFinite(n)) throw new InvalidArgumentError(`${name} must be a number, got "${v}"`);
     return checkRange(name, v, n, range);
   };
+}
+
+/** What each runtime limit bounds; engines run under their own limits unless one is given (larger re-plans the arena). */
+const LIMITS = {
+  "--max-batch-size": "sequences in one step",
+  "--max-num-tokens": "tokens in one step",
+  "--max-seq-len": "tokens of one sequence",
+} as const;
+
+/** A runtime-limit flag, declared once for every command that runs an engine (run, serve, bench throughput). */
+export function limitOption(flag: keyof typeof LIMITS): Option {
+  return new Option(`${flag} <n>`, `runtime limit on ${LIMITS[flag]} (default: the engine's)`).argParser(
+    int(flag, { min: 1 }),
+  );
+}
+
+/** The KV-cache share of free GPU memory, for every command that loads an engine on the GPU. */
+export function kvFractionOption(): Option {
+  return new Option(
+    "--kv-cache-free-gpu-mem-fraction <x>",
+    "share of free GPU memory for the KV cache (default 0.9)",
+  ).argParser(float("--kv-cache-free-gpu-mem-fraction", { above: 0, max: 1 }));
 }
 
 export function list(v: string, prev: string[] = []): string[] {

@@ -9,7 +9,7 @@ import { kernelReport } from "../native/kernel-report.ts";
 import type { InflightBatchManager } from "../serving/batch-manager.ts";
 import { openBatchManager } from "../serving/open.ts";
 import { requireTokenizer } from "../text/engine-files.ts";
-import { command, float, fmtBytes, int, main, parseIds } from "./common.ts";
+import { command, float, fmtBytes, int, limitOption, main, parseIds } from "./common.ts";
 import { type Progress, progress } from "./progress.ts";
 import { generateIds, readPrompts } from "./run-generate.ts";
 import { interactiveChat, readChatFile, runText, type TextRunOptions } from "./run-text.ts";
@@ -61,17 +61,9 @@ const program = command(
     "--stop-token-ids <ids>",
     "comma-separated token ids that also end generation (kept as the last id)",
   )
-  .option(
-    "--max-batch-size <n>",
-    "runtime limit (default: the engine's)",
-    int("--max-batch-size", { min: 1 }),
-  )
-  .option(
-    "--max-num-tokens <n>",
-    "runtime limit on tokens per step (default: the engine's)",
-    int("--max-num-tokens", { min: 1 }),
-  )
-  .option("--max-seq-len <n>", "runtime limit (default: the engine's)", int("--max-seq-len", { min: 1 }))
+  .addOption(limitOption("--max-batch-size"))
+  .addOption(limitOption("--max-num-tokens"))
+  .addOption(limitOption("--max-seq-len"))
   .option("--golden <file>", "golden.safetensors to verify against")
   .option(
     "--tolerance <x>",

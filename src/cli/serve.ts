@@ -4,7 +4,7 @@ import { Option } from "commander";
 import { buildServer } from "../server/app.ts";
 import { openBatchManager } from "../serving/open.ts";
 import { findTokenizer } from "../text/engine-files.ts";
-import { command, float, int, main } from "./common.ts";
+import { command, float, int, kvFractionOption, limitOption, main } from "./common.ts";
 
 const program = command(
   "tsllm-serve",
@@ -39,22 +39,10 @@ const program = command(
       .choices(["guaranteed_no_evict", "max_utilization"])
       .default("guaranteed_no_evict"),
   )
-  .option(
-    "--max-batch-size <n>",
-    "runtime limit (default: the engine's)",
-    int("--max-batch-size", { min: 1 }),
-  )
-  .option(
-    "--max-num-tokens <n>",
-    "runtime limit (default: the engine's)",
-    int("--max-num-tokens", { min: 1 }),
-  )
-  .option("--max-seq-len <n>", "runtime limit (default: the engine's)", int("--max-seq-len", { min: 1 }))
-  .option(
-    "--kv-cache-free-gpu-mem-fraction <x>",
-    "share of free GPU memory for the KV cache",
-    float("--kv-cache-free-gpu-mem-fraction", { above: 0, max: 1 }),
-  )
+  .addOption(limitOption("--max-batch-size"))
+  .addOption(limitOption("--max-num-tokens"))
+  .addOption(limitOption("--max-seq-len"))
+  .addOption(kvFractionOption())
   .option("--no-verify", "skip the engine content-hash check (large engines)");
 
 await main(async () => {
