@@ -109,9 +109,9 @@ export function quantizeWeights(g0: Graph, build: BuildConfig): Graph {
 
 /**
  * A mixture-of-experts block's stacked expert weights (w1, w3 [E·I, H], w2 [E·H, I]) quantised per
- * output row like any linear weight: the moe op takes the scales as its optional inputs. The router
- * is kept in the engine dtype (see ROUTER_REASON). fp8 would also quantise the activations inside
- * the block, which the moe op does not do: refused rather than silently kept in high precision.
+ * output row like any linear weight: the moe op takes the scales as its optional inputs (and, for
+ * fp8, quantises the activations entering each expert GEMM per token, as quant_linear does). The
+ * router is kept in the engine dtype (see ROUTER_REASON).
  */
 function quantizeExperts(
   g: Graph,
@@ -120,10 +120,6 @@ function quantizeExperts(
   groupSize: number | undefined,
   build: BuildConfig,
 ): void {
-  if (scheme === "fp8")
-    throw new QuantError(
-      "--quant fp8: mixture-of-experts expert weights are not quantised to fp8 yet (use int8-wo or int4-wo)",
-    );
   const computeDtype = g.values.get(n.inputs[2]!)!.dtype;
   const scales: number[] = [];
   for (const k of [2, 3, 4]) {

@@ -11,10 +11,13 @@
 // - attention heads are divided: each rank runs num_heads/tp query heads and num_kv_heads/tp KV heads;
 //   when tp exceeds num_kv_heads, every rank holds the one KV head its query heads use (KV heads are
 //   replicated tp/num_kv_heads times, as TensorRT-LLM does);
-// - mixture-of-experts blocks (TensorRT-LLM's moe_tp_mode): every expert's intermediate dim is split,
-//   rank r keeps rows [r·I/tp, …) of each expert's w1/w3 and those columns of its w2 (per-part slices
-//   of the stacked weights), routes exactly as the others (the router is replicated) and an all_reduce
-//   sums the partial expert outputs;
+// - mixture-of-experts blocks, from the stacked expert weights' hints (src/dsl/layers.ts sparseMoe:
+//   "expert_column" for gate / up [E·I, H], "expert_row" for down [E·H, I], `experts` E). As
+//   TensorRT-LLM maps them, the tp ranks form moe_ep_size expert groups: rank r holds experts
+//   [(r mod ep)·E/ep, …) (expert parallelism; the node gets expert_start / local_experts) and, of each,
+//   rows [⌊r/ep⌋·I/mtp, …) of w1/w3 and those columns of w2 (mtp = tp/ep: each expert's intermediate
+//   dim split, TensorRT-LLM's moe_tp_mode). Every rank routes every token (the router is replicated),
+//   adds its experts' partial outputs, and an all_reduce after the block sums them;
 // - everything else (norms, rope tables, the MoE router) is replicated.
 //
 // Runs on the model graph before the fusion passes. Slices are per-part recipe transforms, so a later
@@ -34,8 +37,8 @@ export class ShardError extends Error {
 type Cut = {
   axis: 0 | 1;
   range: (rank: number) => [number, number];
-  /** Slice every part of a stacked weight (MoE experts) instead of the single tensor. */
-  perPart?: boolean;
+  /** A stacked weight (MoE experts, one recipe part each): keep parts [start, end), slice each part. */
+  parts?: (rank: number) => [number, number];
 } | null;
 
 interface Plan {
@@ -43,10 +46,10 @@ interface Plan {
   cuts: Map<number, Cut>;
   /** Row-parallel bias value ids (added by rank 0 only). */
   rankZeroBias: Set<number>;
-  /** Embedding node index → rows per rank (for vocab_start). */
-  embedRows: Map<number, number>;
   /** Node attrs to set on every rank: node index → attrs. */
   attrs: Map<number, Record<string, number>>;
+  /** Node attrs that differ per rank (vocab_start, expert_start): node index → attrs of a rank. */
+  rankAttrs: Map<number, (rank: number) => Record<string, number>>;
   /** After node i: insert a collective. */
   collectives: { after: number; op: "all_reduce" | "all_gather" }[];
   kvHeadsPerRank: number;
@@ -83,12 +86,12 @@ function projectionOf(g: Graph, id: number, what: string): Node {
   return p.node;
 }
 
-function plan(g: Graph, tp: number): Plan {
+function plan(g: Graph, tp: number, ep: number): Plan {
   const flag = `--tp ${tp}`;
   const cuts = new Map<number, Cut>();
   const rankZeroBias = new Set<number>();
-  const embedRows = new Map<number, number>();
   const attrs = new Map<number, Record<string, number>>();
+  const rankAttrs = new Map<number, (rank: number) => Record<string, number>>();
   const collectives: Plan["collectives"] = [];
   let kvHeadsPerRank = g.meta.numKvHeads;
 
@@ -145,20 +148,41 @@ function plan(g: Graph, tp: number): Plan {
     }
   });
 
-  g.nodes.forEach((n, i) => {
-    if (n.op === "moe") {
-      const E = n.attrs.num_experts as number;
-      const [w1, w3, w2] = [2, 3, 4].map((k) => weight(g, n.inputs[k]));
-      if (!w1 || !w3 || !w2) throw new ShardError("tensor-parallel: moe without its expert weights");
-      const I = dim(w1, 0) / E;
-      if (I % tp)
+  // Expert groups (see the header): ep groups of mtp ranks.
+  const mtp = tp / ep;
+  let expertNodes = 0;
+  const cutExperts = (ws: Value[], i: number) => {
+    expertNodes++;
+    const E = Number(ws[0].hints!.experts);
+    if (E % ep)
+      throw new ShardError(
+        `--moe-ep-size ${ep}: num_experts ${E} of ${ws[0].name} is not divisible by ${ep}`,
+      );
+    const parts = (r: number) => even(E, ep)(r % ep);
+    for (const w of ws) {
+      const row = w.hints!.parallel === "expert_row";
+      const I = row ? dim(w, 1) : dim(w, 0) / E;
+      if (I % mtp)
         throw new ShardError(
-          `${flag}: expert intermediate_size ${I} of ${w1.name} is not divisible by ${tp}`,
+          `${flag}${ep > 1 ? ` --moe-ep-size ${ep}` : ""}: expert intermediate_size ${I} of ${w.name} is not divisible by ${mtp}`,
         );
-      cuts.set(w1.id, { axis: 0, range: even(I, tp), perPart: true });
-      cuts.set(w3.id, { axis: 0, range: even(I, tp), perPart: true });
-      cuts.set(w2.id, { axis: 1, range: even(I, tp), perPart: true });
-      collectives.push({ after: i, op: "all_reduce" });
+      cuts.set(w.id, { axis: row ? 1 : 0, range: (r) => even(I, mtp)(Math.floor(r / ep)), parts });
+    }
+    if (ws.some((w) => w.hints!.parallel === "expert_row")) collectives.push({ after: i, op: "all_reduce" });
+    if (ep > 1) {
+      attrs.set(i, { local_experts: E / ep });
+      rankAttrs.set(i, (r) => ({ expert_start: parts(r)[0] }));
+    }
+  };
+
+  g.nodes.forEach((n, i) => {
+    const experts = n.inputs
+      .map((id) => weight(g, id))
+      .filter(
+        (w): w is Value => w?.hints?.parallel === "expert_column" || w?.hints?.parallel === "expert_row",
+      );
+    if (experts.length) {
+      cutExperts(experts, i);
       return;
     }
     if (n.op === "embedding") {
@@ -167,7 +191,7 @@ function plan(g: Graph, tp: number): Plan {
       const V = dim(t, 0);
       if (V % tp) throw new ShardError(`${flag}: vocab_size ${V} is not divisible by ${tp}`);
       cuts.set(t.id, { axis: 0, range: even(V, tp) });
-      embedRows.set(i, V / tp);
+      rankAttrs.set(i, (r) => ({ vocab_start: (r * V) / tp }));
       collectives.push({ after: i, op: "all_reduce" });
       return;
     }
@@ -194,8 +218,10 @@ function plan(g: Graph, tp: number): Plan {
       throw new ShardError(`${w.name}: unknown parallel hint "${parallel}"`);
     }
   });
+  if (ep > 1 && !expertNodes)
+    throw new ShardError(`--moe-ep-size ${ep}: the model has no mixture-of-experts layers to divide`);
   collectives.sort((a, b) => a.after - b.after);
-  return { cuts, rankZeroBias, embedRows, attrs, collectives, kvHeadsPerRank };
+  return { cuts, rankZeroBias, attrs, rankAttrs, collectives, kvHeadsPerRank };
 }
 
 /** The rank-independent structure: collectives inserted, head counts divided. */
@@ -223,21 +249,23 @@ function structure(g: Graph, p: Plan, tp: number): Graph {
   return s;
 }
 
-function shardRank(s: Graph, p: Plan, rank: number, embedAt: Map<number, number>): Graph {
+function shardRank(s: Graph, p: Plan, rank: number, rankAttrsAt: Plan["rankAttrs"]): Graph {
   const g = cloneGraph(s);
   for (const [id, cut] of p.cuts) {
     const v = g.values.get(id)!;
     if (!cut || v.recipe?.kind !== "checkpoint") continue;
-    if (cut.perPart) {
+    if (cut.parts) {
+      const [p0, p1] = cut.parts(rank);
       const [start, end] = cut.range(rank);
-      const slice: Transform = { op: "slice", axis: cut.axis, start, end };
+      const perPart = [Number(v.shape[0]) / v.recipe.parts.length, Number(v.shape[1])];
+      const slice: Transform[] =
+        end - start < perPart[cut.axis] ? [{ op: "slice", axis: cut.axis, start, end }] : [];
       v.recipe = {
         ...v.recipe,
-        parts: v.recipe.parts.map((p) => ({ ...p, transforms: [...p.transforms, slice] })),
+        parts: v.recipe.parts.slice(p0, p1).map((q) => ({ ...q, transforms: [...q.transforms, ...slice] })),
       };
-      const shape = [...v.shape];
-      shape[cut.axis] = cut.axis === 0 ? v.recipe.parts.length * (end - start) : end - start;
-      v.shape = shape;
+      perPart[cut.axis] = end - start;
+      v.shape = [(p1 - p0) * perPart[0], perPart[1]];
       continue;
     }
     if (v.recipe.parts.length !== 1 || v.recipe.transforms.length)
@@ -253,7 +281,7 @@ function shardRank(s: Graph, p: Plan, rank: number, embedAt: Map<number, number>
   if (rank !== 0)
     for (const n of g.nodes)
       if (n.op === "linear" && n.inputs[2] != null && p.rankZeroBias.has(n.inputs[2])) n.inputs[2] = null;
-  for (const [i, rows] of embedAt) g.nodes[i].attrs.vocab_start = rank * rows;
+  for (const [i, f] of rankAttrsAt) Object.assign(g.nodes[i].attrs, f(rank));
   // Re-infer every activation's shape through the registry (widths after column-parallel cuts).
   for (const n of g.nodes) {
     const types = inferNode(g, n.op, n.inputs, n.attrs);
@@ -269,10 +297,10 @@ function shardRank(s: Graph, p: Plan, rank: number, embedAt: Map<number, number>
 export function shardForTp(g: Graph, build: BuildConfig): Graph[] {
   const tp = build.tp;
   if (tp === 1) return [g];
-  const p = plan(g, tp);
+  const p = plan(g, tp, build.moe_ep_size);
   const s = structure(g, p, tp);
-  // Embedding node indices shift by the collectives inserted before them.
-  const embedAt = new Map<number, number>();
-  for (const [i, rows] of p.embedRows) embedAt.set(i + p.collectives.filter((c) => c.after < i).length, rows);
-  return Array.from({ length: tp }, (_, r) => shardRank(s, p, r, embedAt));
+  // Node indices shift by the collectives inserted before them.
+  const rankAttrsAt: Plan["rankAttrs"] = new Map();
+  for (const [i, f] of p.rankAttrs) rankAttrsAt.set(i + p.collectives.filter((c) => c.after < i).length, f);
+  return Array.from({ length: tp }, (_, r) => shardRank(s, p, r, rankAttrsAt));
 }

@@ -28,6 +28,8 @@ export interface CompileOptions {
   seed?: number;
   sm: number;
   tp?: number;
+  /** Expert-parallel groups of the tp ranks (mixture-of-experts layers); default 1. */
+  moeEpSize?: number;
   /** fp32 | fp16 | bf16 | auto (the checkpoint's dtype; fp16 for fp32 checkpoints). */
   dtype?: string;
   kvCacheDtype?: string;
@@ -135,6 +137,7 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
   const parsed = BuildConfig.safeParse({
     sm: o.sm,
     tp: o.tp ?? 1,
+    moe_ep_size: o.moeEpSize ?? 1,
     dtype,
     kv_cache_dtype: o.kvCacheDtype ?? (ENGINE_DTYPES.includes(dtype as never) ? dtype : "fp16"),
     quant: o.quant ?? "none",
@@ -153,6 +156,10 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
     throw new BuildError(`${flag}${given !== undefined ? ` ${given}` : ""}: ${i.message}`);
   }
   const build = parsed.data;
+  if (build.tp % build.moe_ep_size)
+    throw new BuildError(
+      `--moe-ep-size ${build.moe_ep_size}: must divide --tp ${build.tp} (the tp ranks form moe-ep-size expert groups)`,
+    );
   if (o.emit === "onnx" && (build.quant !== "none" || build.kv_cache_dtype === "fp8"))
     throw new BuildError(
       `--emit onnx: quantised builds (${build.quant !== "none" ? `--quant ${build.quant}` : "--kv-cache-dtype fp8"}) are not exported yet; export with --quant none`,

@@ -19,10 +19,12 @@ async function build(
   tp: number,
   checkpoint = TINY_MIXTRAL,
   quant?: { quant: "int8-wo" | "int4-wo" | "fp8"; groupSize?: number },
+  moeEpSize?: number,
 ): Promise<string> {
   const out = path.join(tmpDir(), "engine");
   await compileEngine({
     ...quant,
+    moeEpSize,
     modelFile: path.join(REPO, "models/mixtral.ts"),
     checkpoint,
     sm: 90,
@@ -60,16 +62,26 @@ function variant(edit: (cfg: Record<string, unknown>) => void, drop?: string): s
 }
 
 describe("tiny-mixtral", () => {
-  for (const tp of [1, 2])
-    it(`matches the transformers goldens at --tp ${tp} (fp32, ≤ 1e-5)`, async () => {
+  // [tp, moe-ep-size]: one rank; each expert's I split in two; experts split in two groups (expert
+  // parallelism); two groups of two ranks splitting I (the hybrid); one expert per rank.
+  for (const [tp, ep] of [
+    [1, 1],
+    [2, 1],
+    [2, 2],
+    [4, 2],
+    [4, 4],
+  ])
+    it(`matches the transformers goldens at --tp ${tp} --moe-ep-size ${ep} (fp32, ≤ 1e-5)`, async () => {
       const report = checkGolden(
-        ReferenceExecutor.load(await build(tp)),
+        ReferenceExecutor.load(await build(tp, TINY_MIXTRAL, undefined, ep)),
         readGolden(path.join(TINY_MIXTRAL, "golden.safetensors")),
       );
       expect(report.perPrompt.length).toBeGreaterThan(0);
       for (const p of report.perPrompt) expect(p.top1Agree).toBe(p.positions);
-      console.log(`tiny-mixtral --tp ${tp}: max |Δlogit| ${report.maxAbs.toExponential(2)}`);
-      // Measured 1.94e-6 at --tp 1; the issue's bound is 1e-3.
+      console.log(
+        `tiny-mixtral --tp ${tp} --moe-ep-size ${ep}: max |Δlogit| ${report.maxAbs.toExponential(2)}`,
+      );
+      // Measured 1.97e-6, 1.91e-6, 1.88e-6, 1.85e-6, 1.91e-6 in this order; the issue's bound is 1e-3.
       expect(report.maxAbs).toBeLessThanOrEqual(1e-5);
     });
 
@@ -96,6 +108,33 @@ describe("tiny-mixtral", () => {
     expect(shapes["model.layers.0.block_sparse_moe.gate.weight"]).toEqual([4, 128]);
   });
 
+  it("--tp 2 --moe-ep-size 2 gives each rank two whole experts (the expert split in the engine sizes)", async () => {
+    const ep = openEngine(await build(2, TINY_MIXTRAL, undefined, 2));
+    const mtp = openEngine(await build(2));
+    for (const r of [0, 1]) {
+      const h = ep.ranks[r].header;
+      const shapes = Object.fromEntries(
+        h.values.filter((v) => v.kind === "weight").map((v) => [v.name, v.shape]),
+      );
+      // Experts [2r, 2r + 2), each whole: w1 / w3 [2·192, 128], w2 [2·128, 192]; the router scores all 4.
+      expect(shapes["model.layers.0.block_sparse_moe.experts.w1.weight"]).toEqual([2 * 192, 128]);
+      expect(shapes["model.layers.0.block_sparse_moe.experts.w2.weight"]).toEqual([2 * 128, 192]);
+      expect(shapes["model.layers.0.block_sparse_moe.gate.weight"]).toEqual([4, 128]);
+      const moe = h.nodes.find((n) => n.op === "moe")!;
+      expect(moe.attrs).toMatchObject({ num_experts: 4, expert_start: 2 * r, local_experts: 2 });
+      const next = h.nodes[h.nodes.indexOf(moe) + 1];
+      expect(next.op).toBe("all_reduce");
+    }
+    // Same bytes per rank as splitting each expert's I: half the expert weights either way.
+    const expertBytes = (e: ReturnType<typeof openEngine>, r: number) =>
+      e.ranks[r].header.weights
+        .filter((w) => /experts/.test(e.ranks[r].header.values.find((v) => v.id === w.value)!.name))
+        .reduce((a, w) => a + w.nbytes, 0);
+    // 2 layers × 3 weights × 4 experts × 192·128 fp32 values, halved.
+    expect(expertBytes(ep, 0)).toBe((2 * 3 * 4 * 192 * 128 * 4) / 2);
+    expect(expertBytes(ep, 1)).toBe(expertBytes(mtp, 1));
+  });
+
   for (const [quant, tp, bound] of [
     // Measured 0.746 (int8-wo) and 1.51 (int4-wo, group 32): larger than tiny-llama's 0.07 / 1.03 because
     // the random router gives near-uniform probabilities, so small rounding flips which experts a
@@ -119,10 +158,58 @@ describe("tiny-mixtral", () => {
       expect(report.maxAbs).toBeLessThanOrEqual(bound);
     });
 
-  it("--quant fp8 is refused for the experts, one line", async () => {
-    await expect(build(1, TINY_MIXTRAL, { quant: "fp8" })).rejects.toThrow(
-      /--quant fp8: mixture-of-experts expert weights are not quantised to fp8 yet/,
+  it("--quant fp8 stores the expert weights in E4M3 (W8A8 inside the block) and stays near the golden", async () => {
+    const dir = await build(1, TINY_MIXTRAL, { quant: "fp8" });
+    const values = openEngine(dir).ranks[0].header.values;
+    const w2 = values.find((v) => v.name === "model.layers.1.block_sparse_moe.experts.w2.weight")!;
+    expect(w2.dtype).toBe("fp8e4m3");
+    const moe = openEngine(dir).ranks[0].header.nodes.find((n) => n.op === "moe")!;
+    expect(moe.attrs.quant).toBe("fp8");
+    expect(moe.inputs.length).toBe(8);
+    const report = checkGolden(
+      ReferenceExecutor.load(dir),
+      readGolden(path.join(TINY_MIXTRAL, "golden.safetensors")),
     );
+    console.log(`tiny-mixtral --quant fp8: max |Δlogit| ${report.maxAbs.toExponential(2)}`);
+    // Measured 1.77 (the dense linears are fp8 too; the fixtures' README expects ≤ 0.5 for fp8 W8A8
+    // on dense models, and near-uniform random routing flips experts, as for int8-wo above).
+    expect(report.maxAbs).toBeLessThanOrEqual(2.0);
+  });
+
+  it.each([
+    [
+      { num_local_experts: 3 },
+      2,
+      2,
+      "--moe-ep-size 2: num_experts 3 of model.layers.0.block_sparse_moe.experts.w1.weight is not divisible by 2",
+    ],
+    [{}, 2, 4, "--moe-ep-size 4: must divide --tp 2 (the tp ranks form moe-ep-size expert groups)"],
+    [
+      { intermediate_size: 191 },
+      4,
+      2,
+      "--tp 4 --moe-ep-size 2: expert intermediate_size 191 of model.layers.0.block_sparse_moe.experts.w1.weight is not divisible by 2",
+    ],
+  ])(
+    "%o at --tp %i --moe-ep-size %i is refused in one line, no engine written",
+    async (edit, tp, ep, want) => {
+      const dir = tmpDir();
+      const cfg = JSON.parse(fs.readFileSync(path.join(TINY_MIXTRAL, "config.json"), "utf8"));
+      fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify({ ...cfg, ...edit }));
+      const out = path.join(dir, "engine");
+      const modelFile = path.join(REPO, "models/mixtral.ts");
+      await expect(
+        compileEngine({ modelFile, config: path.join(dir, "config.json"), sm: 90, tp, moeEpSize: ep, out }),
+      ).rejects.toThrow(want);
+      expect(fs.readdirSync(dir)).toEqual(["config.json"]);
+    },
+  );
+
+  it("--moe-ep-size on a model without experts is refused", async () => {
+    const out = path.join(tmpDir(), "engine");
+    await expect(
+      compileEngine({ modelFile: path.join(REPO, "models/llama.ts"), sm: 90, tp: 2, moeEpSize: 2, out }),
+    ).rejects.toThrow("--moe-ep-size 2: the model has no mixture-of-experts layers to divide");
   });
 
   it("num_experts_per_tok greater than num_local_experts is refused, naming the field", async () => {
@@ -183,6 +270,7 @@ describe("moe op with quantised experts", () => {
   for (const [scheme, bound] of [
     ["int8-wo", 0.01], // measured 6.35e-3
     ["int4-wo", 0.15], // measured 1.18e-1 (group 16)
+    ["fp8", 0.075], // measured 4.87e-2 (weights and activations in E4M3: 3 mantissa bits)
   ] as const)
     it(`${scheme}: relative error of the block output near the weights' rounding`, () => {
       const spec = { scheme, groupSize: scheme === "int4-wo" ? 16 : undefined };
@@ -208,4 +296,44 @@ describe("moe op with quantised experts", () => {
       console.log(`moe ${scheme}: relative L2 error ${rel.toExponential(2)}`);
       expect(rel).toBeLessThanOrEqual(bound);
     });
+});
+
+describe("moe op with fp8 experts", () => {
+  it("is quant_linear's fp8 W8A8 numerics exactly: one expert = gate / up quant_linear → SwiGLU → down quant_linear", () => {
+    const [T, H, I] = [3, 32, 16];
+    let seed = 11;
+    const rand = (n: number, s: number) =>
+      Float32Array.from(
+        { length: n },
+        () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31 - 0.5) * s,
+      );
+    const spec = { scheme: "fp8" as const };
+    const q = (n: number, k: number) => {
+      const v = rand(n * k, 0.3);
+      return [
+        new HostTensor([n, k], quantizeValues(v, n, k, spec)),
+        new HostTensor([n], computeScales(v, n, k, spec)),
+      ];
+    };
+    const [q1, s1] = q(I, H);
+    const [q3, s3] = q(I, H);
+    const [q2, s2] = q(H, I);
+    const x = new HostTensor([T, H], rand(T * H, 3));
+    const ql = getOp("quant_linear");
+    const lin = (a: HostTensor, w: HostTensor, s: HostTensor) =>
+      ql.ref([a, w, s, null, null], { quant: "fp8", activation: "none" }, {} as never)[0];
+    const gate = lin(x, q1, s1);
+    const up = lin(x, q3, s3);
+    const h = new HostTensor(
+      [T, I],
+      gate.f32.map((g, i) => Math.fround(Math.fround(g / (1 + Math.exp(-g))) * up.f32[i])),
+    );
+    const dense = lin(h, q2, s2).f32;
+    const got = getOp("moe").ref(
+      [x, new HostTensor([T, 1], new Float32Array(T)), q1, q3, q2, s1, s3, s2],
+      { num_experts: 1, top_k: 1, normalize: 1, activation: "silu", quant: "fp8" },
+      {} as never,
+    )[0].f32;
+    expect(Array.from(got)).toEqual(Array.from(dense));
+  });
 });

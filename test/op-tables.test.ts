@@ -3,11 +3,13 @@
 // registry does not have; ops.def's input/output counts are the registry's. (The fusion report's entry is
 // the registry's own `report` field, so it cannot go missing.) The compiler warns at build time when an engine
 // will not run on the GPU.
+import * as fs from "node:fs";
+import * as path from "node:path";
 import { describe, expect, it } from "vitest";
-import { gpuWarnings, nativeOps } from "../src/native/ops.ts";
+import { gpuWarnings, nativeOps, OPS_DEF } from "../src/native/ops.ts";
 import { LOWERINGS } from "../src/onnx/lower.ts";
 import { listOps } from "../src/ops/index.ts";
-import { WITHOUT } from "../src/ops/without.ts";
+import { NATIVE_WITHOUT_ATTRS, WITHOUT } from "../src/ops/without.ts";
 import { buildFixture } from "./fixtures.ts";
 
 /** What is wrong between the registry's op names and one table (with its explicit "does not have" list). */
@@ -92,5 +94,20 @@ describe("tsllm-compile says when an engine will not run on the GPU", () => {
       "op no_such_op is not in the CUDA runtime",
       "kv-cache-dtype bf16: the CUDA runtime's KV cache holds the activation dtype or fp8",
     ]);
+  });
+
+  it("an attribute the runtime does not read warns, naming it; the list names only attributes the runtime's sources never parse", () => {
+    const moe = { op: "moe", attrs: { num_experts: 4, expert_start: 2, local_experts: 2 } };
+    expect(gpuWarnings({ nodes: [moe] } as never, { dtype: "fp16", kv_cache_dtype: "fp16" })).toContain(
+      "op moe with attribute expert_start is not run by the CUDA runtime (expert parallelism, --moe-ep-size: each rank adds only its own experts)",
+    );
+    const dir = path.join(path.dirname(OPS_DEF));
+    const sources = fs
+      .readdirSync(dir)
+      .filter((f) => f.endsWith(".cc"))
+      .map((f) => fs.readFileSync(path.join(dir, f), "utf8"))
+      .join("\n");
+    for (const key of Object.keys(NATIVE_WITHOUT_ATTRS))
+      expect([key, sources.includes(`"${key.split(".")[1]}"`)]).toEqual([key, false]);
   });
 });

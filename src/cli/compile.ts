@@ -25,6 +25,13 @@ const program = command(
   .option("--seed <n>", "seed of random weights", int("--seed", { min: 0 }), 0)
   .requiredOption("--sm <n>", `target GPU architecture (${SUPPORTED_SMS.join(", ")})`, int("--sm"))
   .option("--tp <n>", "tensor-parallel ranks (1, 2, 4, 8)", int("--tp", { min: 1 }), 1)
+  .option(
+    "--moe-ep-size <n>",
+    "mixture-of-experts layers: split the experts over n groups of the --tp ranks (expert parallelism); " +
+      "each expert's intermediate dim splits over the tp/n ranks of its group (TensorRT-LLM's moe_tp_size)",
+    int("--moe-ep-size", { min: 1 }),
+    1,
+  )
   .option("--dtype <t>", "activation and weight dtype: auto (the checkpoint's), fp32, fp16, bf16", "auto")
   .option("--kv-cache-dtype <t>", "KV cache dtype: fp16, bf16, fp32, fp8 (default: the engine dtype)")
   .option("--quant <q>", "weight quantisation: none, fp8, int8-wo, int4-wo", "none")
@@ -76,6 +83,7 @@ await main(async () => {
     seed: o.seed,
     sm: o.sm,
     tp: o.tp,
+    moeEpSize: o.moeEpSize,
     dtype: o.dtype,
     kvCacheDtype: o.kvCacheDtype,
     quant: o.quant,

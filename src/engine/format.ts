@@ -96,6 +96,12 @@ export const BuildConfig = z.object({
     .number()
     .int()
     .refine((t) => [1, 2, 4, 8].includes(t), { message: "--tp must be 1, 2, 4 or 8" }),
+  /**
+   * Mixture-of-experts layers: the tp ranks form moe_ep_size groups of experts (expert parallelism),
+   * each expert's intermediate dim split over the tp / moe_ep_size ranks of a group (TensorRT-LLM's
+   * moe_ep_size × moe_tp_size = tp_size).
+   */
+  moe_ep_size: z.number().int().positive().default(1),
   dtype: z.enum(ENGINE_DTYPES),
   kv_cache_dtype: z.enum(["fp32", "fp16", "bf16", "fp8"]),
   quant: z.enum(["none", "fp8", "int8-wo", "int4-wo"]).default("none"),

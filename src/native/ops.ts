@@ -4,7 +4,7 @@
 import * as fs from "node:fs";
 import { fileURLToPath } from "node:url";
 import type { Graph } from "../ir/types.ts";
-import { WITHOUT } from "../ops/without.ts";
+import { NATIVE_WITHOUT_ATTRS, WITHOUT } from "../ops/without.ts";
 
 export const OPS_DEF = fileURLToPath(new URL("../../native/src/runtime/ops.def", import.meta.url));
 
@@ -42,13 +42,18 @@ export function opsMissingOnGpu(g: Graph): string[] {
 
 /**
  * Why an engine built from `g` will not load in the CUDA runtime (empty when it will, as far as the build can
- * tell): ops outside ops.def, and the activation / KV-cache dtypes the runtime refuses. The CPU reference
+ * tell): ops outside ops.def, attributes it does not read, and the activation / KV-cache dtypes it refuses. The CPU reference
  * executor still runs such an engine, so the compiler warns instead of failing.
  */
 export function gpuWarnings(g: Graph, build: { dtype: string; kv_cache_dtype: string }): string[] {
   const w: string[] = [];
   for (const op of opsMissingOnGpu(g))
     w.push(`op ${op} is not in the CUDA runtime${WITHOUT.native[op] ? ` (${WITHOUT.native[op]})` : ""}`);
+  for (const [key, why] of Object.entries(NATIVE_WITHOUT_ATTRS)) {
+    const [op, attr] = key.split(".");
+    if (g.nodes.some((n) => n.op === op && n.attrs?.[attr] !== undefined))
+      w.push(`op ${op} with attribute ${attr} is not run by the CUDA runtime (${why})`);
+  }
   if (build.dtype !== "fp16" && build.dtype !== "bf16")
     w.push(`dtype ${build.dtype}: the CUDA runtime runs fp16 and bf16 engines`);
   if (build.kv_cache_dtype !== build.dtype && build.kv_cache_dtype !== "fp8")

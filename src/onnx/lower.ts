@@ -2,6 +2,7 @@
 // IR's packed [T, C] tensors of one sequence (batch 1), the KV cache is explicit past/present tensors.
 import type { Node } from "../ir/types.ts";
 import { ELEM, type Elem, type OnnxBuilder } from "./builder.ts";
+import { moeAttrs } from "../ops/moe.ts";
 
 export interface LowerCtx {
   b: OnnxBuilder;
@@ -184,13 +185,14 @@ function normWeight(c: LowerCtx, n: Node, slot: number): string {
  * Mixture of experts, densely: every expert runs on every token and the routing weights (zero for
  * the experts a token does not use) mask the sum. Exact, E/top_k times the FLOPs: fine for export.
  * Routing as the reference: softmax in fp32, TopK (ONNX puts the lower index first on equal values,
- * as torch.topk), renormalised when `normalize`.
+ * as torch.topk), renormalised when `normalize`. An expert-parallel rank keeps the columns of its
+ * own experts [expert_start, expert_start + local_experts) of those weights.
  */
 function moe(c: LowerCtx, n: Node): string {
   const { b } = c;
   if (n.attrs.quant !== undefined) throw new Error("ONNX export: quantised MoE experts are not exported yet");
-  const E = num(n, "num_experts");
   const K = num(n, "top_k");
+  const { start, local: E } = moeAttrs(n.attrs);
   const [x, logits, w1, w3, w2] = n.inputs.slice(0, 5).map((id) => c.name(id!));
   const H = c.width(n.inputs[0]!);
   const I = c.width(n.inputs[4]!);
@@ -209,7 +211,10 @@ function moe(c: LowerCtx, n: Node): string {
       ? b.op1("Div", [vals, b.op1("ReduceSum", [vals, b.i64([-1])], { keepdims: { i: 1 } })])
       : vals;
     const zeros = b.op1("Mul", [probs, b.constant([0], [], ELEM.f32)]);
-    return b.op1("ScatterElements", [zeros, idx, kept], { axis: { i: 1 } });
+    const all = b.op1("ScatterElements", [zeros, idx, kept], { axis: { i: 1 } });
+    return E === num(n, "num_experts")
+      ? all
+      : b.op1("Slice", [all, b.i64([start]), b.i64([start + E]), b.i64([1])]);
   });
   // h = act(x·w1ᵀ) ⊙ x·w3ᵀ for all experts at once: [T, E·I] → [E, T, I].
   const h = b.op1("Mul", [
