@@ -1,7 +1,8 @@
-// Loading with the content hash fused into the upload pass (native/src/runtime/upload.cc): a real-format
-// engine of several hash chunks loads verified on several reader threads, a byte flipped in the last MB
-// of its rank file is caught with the file named (and nothing loaded stays), --no-verify still loads it,
-// and the verified upload gives the same logits as the unverified one and as the CPU reference executor.
+// Loading with the content hash fused into the upload pass (native/src/runtime/upload.cc, file_pass.cc): a
+// real-format engine of several hash chunks loads verified on several reader threads, read with O_DIRECT or
+// through the page cache to the same weights, a byte flipped in the last MB of its rank file is caught with
+// the file named (both ways of reading), --no-verify still loads it, and the verified upload gives the same
+// logits as the unverified one and as the CPU reference executor.
 import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -11,6 +12,7 @@ import { compileEngine } from "../src/compile.ts";
 import { HASH_CHUNK_BYTES } from "../src/engine/hash.ts";
 import { openEngine } from "../src/engine/reader.ts";
 import { ReferenceExecutor } from "../src/executor/reference.ts";
+import { describeLoadPhases } from "../src/native/binding.ts";
 import { openCudaExecutor } from "../src/native/executor.ts";
 import { maxAbsDiff, REPO } from "./helpers.ts";
 
@@ -56,15 +58,41 @@ describe("fused verified load", () => {
     const verified = openCudaExecutor(dir);
     const a = verified.step(seq).get(1)![0];
     console.log("verified load", JSON.stringify(verified.engine.loadStats.seconds), "s for", size, "bytes");
+    const phases = verified.engine.loadStats.phases!;
+    console.log(describeLoadPhases(phases));
+    expect(phases.directBytes + phases.cachedBytes).toBe(size);
     verified.close();
     const ref = ReferenceExecutor.load(dir).step(seq).get(1)![0];
     expect(maxAbsDiff(a, ref)).toBeLessThan(0.05); // bf16 engine vs fp32 math on the same weights
+    // Every chunk through O_DIRECT (straight into the pinned buffers), then every chunk through the page cache:
+    // the same weights on the GPU, bit for bit.
+    for (const mode of ["1", "0"]) {
+      process.env.TSLLM_LOAD_DIRECT = mode;
+      try {
+        const ex = openCudaExecutor(dir);
+        const p = ex.engine.loadStats.phases!;
+        console.log(`TSLLM_LOAD_DIRECT=${mode}: ${describeLoadPhases(p)}`);
+        if (mode === "0") expect(p.directBytes).toBe(0);
+        else if (p.direct) expect(p.directBytes).toBe(size);
+        expect(Array.from(ex.step(seq).get(1)![0])).toEqual(Array.from(a));
+        ex.close();
+      } finally {
+        delete process.env.TSLLM_LOAD_DIRECT;
+      }
+    }
 
     const b = fs.readFileSync(file);
     b[size - 123_457] ^= 0x10;
     fs.writeFileSync(file, b);
     expect(() => openEngine(dir)).not.toThrow(); // size and header still fine
-    expect(() => openCudaExecutor(dir)).toThrow(new RegExp(`${file.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}: content hash .* does not match config\\.json`));
+    const named = new RegExp(`${file.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}: content hash .* does not match config\\.json`);
+    expect(() => openCudaExecutor(dir)).toThrow(named);
+    process.env.TSLLM_LOAD_DIRECT = "1"; // the flip read by O_DIRECT is caught too
+    try {
+      expect(() => openCudaExecutor(dir)).toThrow(named);
+    } finally {
+      delete process.env.TSLLM_LOAD_DIRECT;
+    }
     const unverified = openCudaExecutor(dir, { verify: false });
     expect(unverified.step(seq).get(1)![0].length).toBe(32000);
     unverified.close();

@@ -180,6 +180,25 @@ int tsllm_generate(tsllm_engine* e, int32_t num_prompts, const int32_t* tokens, 
 
 int tsllm_get_info(tsllm_engine* e, tsllm_info* out, char* err, size_t errlen);
 
+/* Where the time of tsllm_load / tsllm_load_hashed went (seconds), and how the weight pass read the file. */
+typedef struct tsllm_load_stats {
+  double total_s;        /* the whole call */
+  double cuda_init_s;    /* device query and CUDA context creation */
+  double header_s;       /* reading and checking the rank file's header */
+  double weights_s;      /* weight allocation, random fills and the read/hash/upload pass */
+  double rest_s;         /* arena, workspaces, step buffers, NCCL, KV cache */
+  double pass_s;         /* the read/hash/upload pass alone */
+  double read_thread_s;  /* the pass's threads' time in reads (summed over threads) */
+  double hash_thread_s;  /* ... hashing (while their copies to the GPU ran) */
+  double wait_thread_s;  /* ... waiting for a staging buffer's previous copy */
+  uint64_t direct_bytes; /* bytes read with O_DIRECT (not in the page cache) */
+  uint64_t cached_bytes; /* bytes read through the page cache */
+  int32_t threads;       /* the pass's threads */
+  int32_t direct;        /* 1: O_DIRECT was available for chunks not in the page cache */
+} tsllm_load_stats;
+
+int tsllm_get_load_stats(tsllm_engine* e, tsllm_load_stats* out, char* err, size_t errlen);
+
 /* Per-node kernel counters (see tsllm_node_stats): writes min(capacity, nodes) entries, *num_nodes = nodes. */
 int tsllm_get_node_stats(tsllm_engine* e, tsllm_node_stats* out, int32_t capacity, int32_t* num_nodes, char* err,
                          size_t errlen);

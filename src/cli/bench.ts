@@ -1,7 +1,7 @@
 // tsllm-bench: timings of an engine on the GPU, with the memory-bandwidth roofline measured in the same run.
 import { openEngine } from "../engine/reader.ts";
 import { DTYPE_BYTES } from "../ir/types.ts";
-import { measureCopyBandwidth } from "../native/binding.ts";
+import { describeLoadPhases, measureCopyBandwidth } from "../native/binding.ts";
 import { loadVerified } from "../native/executor.ts";
 import { kernelReport } from "../native/kernel-report.ts";
 import { addServeBenchCommand } from "./bench-serve.ts";
@@ -55,6 +55,7 @@ program
         `load: ${(ls.fileBytes / 1e9).toFixed(2)} GB in ${ls.seconds.toFixed(2)} s (${(ls.fileBytes / 1e9 / ls.seconds).toFixed(2)} GB/s, ` +
           `CUDA setup, upload and KV cache; content hash ${o.verify ? "checked in the same pass" : "not checked"})\n`,
       );
+      if (ls.phases) process.stdout.write(`${describeLoadPhases(ls.phases)}\n`);
       const info = cuda.info();
       const { quant, kv_cache_dtype } = engine.config.build;
       process.stdout.write(
@@ -123,7 +124,13 @@ program
         (await import("node:fs")).writeFileSync(
           o.json,
           JSON.stringify(
-            { gpu: info.gpuName, copy_gb_s: bw / 1e9, load_s: ls.seconds, load_gb_s: ls.fileBytes / 1e9 / ls.seconds, results },
+            {
+              gpu: info.gpuName,
+              copy_gb_s: bw / 1e9,
+              load_s: ls.seconds,
+              load_gb_s: ls.fileBytes / 1e9 / ls.seconds,
+              results,
+            },
             null,
             2,
           ),

@@ -4,6 +4,7 @@ import { openEngine } from "../engine/reader.ts";
 import { openExecutor } from "../executor/open.ts";
 import { ReferenceExecutor } from "../executor/reference.ts";
 import { checkGolden, defaultTolerance, readGolden } from "../golden.ts";
+import { describeLoadPhases } from "../native/binding.ts";
 import { CudaExecutor } from "../native/executor.ts";
 import { kernelReport } from "../native/kernel-report.ts";
 import type { InflightBatchManager } from "../serving/batch-manager.ts";
@@ -89,14 +90,16 @@ function loadReport(dir: string, o: { verbose?: boolean; verify?: boolean }) {
       o.verbose || bytes >= 256 << 20
         ? (done: number, total: number) => (bar ??= progress("load", total, { unit: "bytes" })).update(done)
         : undefined,
-    loaded() {
+    loaded(phases?: string) {
       (bar as Progress | null)?.stop();
       const secs = (performance.now() - t0) / 1000;
-      if (o.verbose)
+      if (o.verbose) {
         process.stderr.write(
           `loaded ${dir}: ${fmtBytes(bytes)} in ${secs.toFixed(2)} s, ${(bytes / 1e9 / secs).toFixed(2)} GB/s, ` +
             `content hash ${o.verify ? "checked in the same pass" : "not checked (--no-verify)"}\n`,
         );
+        if (phases) process.stderr.write(`${phases}\n`);
+      }
     },
   };
 }
@@ -120,7 +123,8 @@ function stepProgress(bm: InflightBatchManager, dir: string, totalTokens: number
 async function verifyGolden(dir: string, o: Record<string, never>): Promise<void> {
   const report = loadReport(dir, o);
   const ex = await openExecutor(dir, { device: o.device, verify: o.verify, onLoadBytes: report.onLoadBytes });
-  report.loaded();
+  const phases = ex instanceof CudaExecutor ? ex.engine.loadStats.phases : undefined;
+  report.loaded(phases && describeLoadPhases(phases));
   try {
     const report = checkGolden(ex, readGolden(o.golden));
     const build = openEngine(dir).config.build;
@@ -150,7 +154,7 @@ async function openManager(dir: string, o: OptionValues) {
     maxNumTokens: o.maxNumTokens,
     maxSeqLen: o.maxSeqLen,
   });
-  report.loaded();
+  report.loaded(bm.backendInfo.loadPhases);
   return bm;
 }
 

@@ -133,7 +133,14 @@ type Handle = { readonly __tsllmEngine: unique symbol };
 interface Addon {
   abiVersion(): number;
   load(path: string, opts: CudaLoadOptions): Handle;
-  loadHashed(path: string, opts: CudaLoadOptions, chunkBytes: number, numChunks: number): { handle: Handle; digests: Buffer };
+  loadHashed(
+    path: string,
+    opts: CudaLoadOptions,
+    chunkBytes: number,
+    numChunks: number,
+  ): { handle: Handle; digests: Buffer };
+  /** Absent from addons built before it. */
+  loadStats?(h: Handle): LoadPhases;
   unload(h: Handle): void;
   step(
     h: Handle,
@@ -205,12 +212,44 @@ export function measureCopyBandwidth(bytes = 1 << 30): number {
   return loadAddon().copyBandwidth(bytes);
 }
 
+/** Where the native load's time went (tsllm_load_stats; thread seconds are summed over the pass's threads). */
+export interface LoadPhases {
+  totalS: number;
+  cudaInitS: number;
+  headerS: number;
+  weightsS: number;
+  restS: number;
+  passS: number;
+  readThreadS: number;
+  hashThreadS: number;
+  waitThreadS: number;
+  directBytes: number;
+  cachedBytes: number;
+  threads: number;
+  direct: number;
+}
+
 /** How long loading took: the whole call (CUDA setup, weight upload, KV cache), and the file's bytes. */
 export interface LoadStats {
   seconds: number;
   fileBytes: number;
   /** The chunk digests of the rank file when it was hashed during the upload (src/engine/hash.ts). */
   chunkDigests?: Buffer[];
+  /** The native phases (addons built with tsllm_get_load_stats). */
+  phases?: LoadPhases;
+}
+
+/** One line for --verbose: where the load's time went and how the weight pass read the file. */
+export function describeLoadPhases(p: LoadPhases): string {
+  const gib = (b: number) => (b / 2 ** 30).toFixed(2);
+  const read = p.directBytes + p.cachedBytes;
+  return (
+    `load phases: CUDA init ${p.cudaInitS.toFixed(2)} s, header ${p.headerS.toFixed(2)} s, weights ${p.weightsS.toFixed(2)} s ` +
+    `(pass ${p.passS.toFixed(2)} s, ${(read / 1e9 / Math.max(p.passS, 1e-9)).toFixed(2)} GB/s, ${p.threads} threads, ` +
+    `${gib(p.directBytes)} GiB O_DIRECT${p.direct ? "" : " (unavailable)"} + ${gib(p.cachedBytes)} GiB page cache; thread-s read ` +
+    `${p.readThreadS.toFixed(2)}, hash ${p.hashThreadS.toFixed(2)}, copy wait ${p.waitThreadS.toFixed(2)}), ` +
+    `rest ${p.restS.toFixed(2)} s, total ${p.totalS.toFixed(2)} s`
+  );
 }
 
 /** One engine rank on one GPU. */
@@ -240,14 +279,26 @@ export class CudaEngine {
     const t0 = performance.now();
     if (o.hashChunkBytes) {
       if (typeof a.loadHashed !== "function")
-        throw new Error(`${addonPath()}: built before the verified load (no loadHashed); run npm run build:native`);
+        throw new Error(
+          `${addonPath()}: built before the verified load (no loadHashed); run npm run build:native`,
+        );
       const n = Math.ceil(fileBytes / o.hashChunkBytes);
       const r = a.loadHashed(file, o, o.hashChunkBytes, n);
       const chunkDigests = Array.from({ length: n }, (_, i) => r.digests.subarray(32 * i, 32 * (i + 1)));
-      return new CudaEngine(a, r.handle, file, { seconds: (performance.now() - t0) / 1000, fileBytes, chunkDigests });
+      const seconds = (performance.now() - t0) / 1000;
+      return new CudaEngine(a, r.handle, file, {
+        seconds,
+        fileBytes,
+        chunkDigests,
+        phases: a.loadStats?.(r.handle),
+      });
     }
     const h = a.load(file, o);
-    return new CudaEngine(a, h, file, { seconds: (performance.now() - t0) / 1000, fileBytes });
+    return new CudaEngine(a, h, file, {
+      seconds: (performance.now() - t0) / 1000,
+      fileBytes,
+      phases: a.loadStats?.(h),
+    });
   }
 
   private h(): Handle {

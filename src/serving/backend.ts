@@ -31,6 +31,8 @@ export interface BackendInfo {
   deviceName: string;
   dtype: string;
   kvDtype: string;
+  /** cuda: where the load's time went (tsllm-run --verbose prints it). */
+  loadPhases?: string;
 }
 
 export interface StepBackend {

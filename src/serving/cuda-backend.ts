@@ -3,7 +3,7 @@
 // thread (tsllm_step_wait), so the event loop keeps running and the next step is enqueued behind this one
 // while it runs. The engine's own paged KV pool is the pool the scheduler counts (all its blocks but the
 // padding rows' scratch block).
-import type { CudaEngine } from "../native/binding.ts";
+import { type CudaEngine, describeLoadPhases } from "../native/binding.ts";
 import { kernelReport } from "../native/kernel-report.ts";
 import type { BackendInfo, BackendSeq, StepBackend, StepOutput } from "./backend.ts";
 import type { BatchLimits } from "./types.ts";
@@ -23,7 +23,14 @@ export class CudaStepBackend implements StepBackend {
       tokensPerBlock: i.tokensPerBlock,
       kvBlocksTotal: i.kvBlocksFree,
     };
-    this.info = { device: "cuda", deviceName: i.gpuName, dtype: i.dtype, kvDtype: i.kvDtype };
+    const phases = engine.loadStats.phases;
+    this.info = {
+      device: "cuda",
+      deviceName: i.gpuName,
+      dtype: i.dtype,
+      kvDtype: i.kvDtype,
+      ...(phases ? { loadPhases: describeLoadPhases(phases) } : {}),
+    };
   }
 
   async step(seqs: readonly BackendSeq[]): Promise<StepOutput> {

@@ -1,5 +1,5 @@
 // Node-API addon over the C ABI (include/tsllm.h). Plain node_api.h, no node-addon-api.
-// Exports: abiVersion(), load(path, opts) -> handle, loadHashed(path, opts, chunkBytes, numChunks), step(handle, seqs, want), release(handle, id),
+// Exports: abiVersion(), load(path, opts) -> handle, loadHashed(path, opts, chunkBytes, numChunks), loadStats(handle), step(handle, seqs, want), release(handle, id),
 // generate(handle, tokens, lens, maxNew, sampling?), info(handle), nodeStats(handle), unload(handle).
 // Calls are synchronous (one call per step / per whole generation) except the pipelined pair: stepLaunch
 // enqueues a step on the main thread without waiting for the GPU, stepWait returns a Promise and waits on a
@@ -535,6 +535,34 @@ napi_value Info(napi_env env, napi_callback_info info) {
   });
 }
 
+// loadStats(handle) -> {totalS, cudaInitS, headerS, weightsS, restS, passS, readThreadS, hashThreadS, waitThreadS,
+//                        directBytes, cachedBytes, threads, direct} (tsllm_load_stats)
+napi_value LoadStats(napi_env env, napi_callback_info info) {
+  return wrap(env, [&] {
+    auto a = args(env, info, 1);
+    Handle* h = handle(env, a[0]);
+    tsllm_load_stats s;
+    char err[1024] = {0};
+    if (tsllm_get_load_stats(h->e, &s, err, sizeof(err))) throw JsError{err};
+    napi_value o;
+    check(env, napi_create_object(env, &o), "create_object");
+    set_num(env, o, "totalS", s.total_s);
+    set_num(env, o, "cudaInitS", s.cuda_init_s);
+    set_num(env, o, "headerS", s.header_s);
+    set_num(env, o, "weightsS", s.weights_s);
+    set_num(env, o, "restS", s.rest_s);
+    set_num(env, o, "passS", s.pass_s);
+    set_num(env, o, "readThreadS", s.read_thread_s);
+    set_num(env, o, "hashThreadS", s.hash_thread_s);
+    set_num(env, o, "waitThreadS", s.wait_thread_s);
+    set_num(env, o, "directBytes", double(s.direct_bytes));
+    set_num(env, o, "cachedBytes", double(s.cached_bytes));
+    set_num(env, o, "threads", s.threads);
+    set_num(env, o, "direct", s.direct);
+    return o;
+  });
+}
+
 // nodeStats(handle) -> [{op, name, foldedInto, own, folded, cublaslt, gemv, gemvRms, gemvGated}] per node.
 napi_value NodeStats(napi_env env, napi_callback_info info) {
   return wrap(env, [&] {
@@ -585,6 +613,7 @@ napi_value Init(napi_env env, napi_value exports) {
       {"abiVersion", nullptr, AbiVersion, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"load", nullptr, Load, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"loadHashed", nullptr, LoadHashed, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"loadStats", nullptr, LoadStats, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"unload", nullptr, Unload, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"step", nullptr, Step, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"stepLaunch", nullptr, StepLaunch, nullptr, nullptr, nullptr, napi_enumerable, nullptr},

@@ -142,6 +142,13 @@ int tsllm_generate(tsllm_engine* h, int32_t num_prompts, const int32_t* tokens, 
   });
 }
 
+int tsllm_get_load_stats(tsllm_engine* h, tsllm_load_stats* o, char* err, size_t errlen) {
+  return guarded(err, errlen, [&] {
+    if (!h || !o) throw std::runtime_error("tsllm_get_load_stats: NULL argument");
+    *o = h->e->load_stats;
+  });
+}
+
 int tsllm_get_info(tsllm_engine* h, tsllm_info* o, char* err, size_t errlen) {
   return guarded(err, errlen, [&] {
     if (!h || !o) throw std::runtime_error("tsllm_get_info: NULL argument");

@@ -115,6 +115,7 @@ struct Engine {
   int device = 0;
   int gpu_sm = 0;
   std::string gpu_name;
+  tsllm_load_stats load_stats{};  // where the load's time went (load.cc)
   cudaStream_t stream = nullptr;
   DType dt = DType::F16;
   cudaDataType_t cuda_dt = CUDA_R_16F;

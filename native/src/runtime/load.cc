@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 
 #include "engine.h"
@@ -128,6 +129,10 @@ namespace {
 
 std::string mib(uint64_t b) { return std::to_string((b + (1 << 19)) >> 20) + " MiB"; }
 
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
 void upload_weights(Engine& e, const ContentHash* hash) {
   const EngineDesc& d = e.desc;
   auto fail = [&](const std::string& m) { return LoadError(d.path + ": " + m); };
@@ -145,7 +150,16 @@ void upload_weights(Engine& e, const ContentHash* hash) {
   }
 
   // Stored weights: one pass over the file by several reader threads, hashed in the same pass (upload.cc).
-  upload_stored_weights(d, e.weights, e.device, hash);
+  const FilePassStats p = upload_stored_weights(d, e.weights, e.device, hash, e.tun.load_threads, e.tun.load_direct);
+  tsllm_load_stats& s = e.load_stats;
+  s.pass_s = p.wall_s;
+  s.read_thread_s = p.read_s;
+  s.hash_thread_s = p.hash_s;
+  s.wait_thread_s = p.wait_s;
+  s.direct_bytes = p.direct_bytes;
+  s.cached_bytes = p.cached_bytes;
+  s.threads = p.threads;
+  s.direct = p.direct ? 1 : 0;
 }
 
 // The engine's arena plan is for its build limits. At load the symbolic dims take the runtime maxima (tokens,
@@ -239,8 +253,10 @@ void replan_arena(EngineDesc& d, int64_t tokens, int64_t logits, int64_t seqs) {
 }  // namespace
 
 std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options& opts, const ContentHash* hash) {
+  const double t_start = now_s();
   auto e = std::make_unique<Engine>();
   e->desc = read_engine_header(path);
+  const double t_header = now_s();
   e->opts = opts;
   e->tun = resolve_tunables(opts, path);
   EngineDesc& d = e->desc;
@@ -260,6 +276,7 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
   ck(cudaGetDeviceProperties(&prop, e->device), "cudaGetDeviceProperties");
   e->gpu_sm = prop.major * 10 + prop.minor;
   e->gpu_name = prop.name;
+  const double t_cuda = now_s();
   // FP8 (weights or KV cache) needs the FP8 conversions / tensor cores of Ada and Hopper: said before the
   // general sm check, which would only name the build's sm.
   for (size_t i = 0; i < d.nodes.size() && e->gpu_sm < 89; i++)
@@ -318,7 +335,9 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
   ck(cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking), "cudaStreamCreate");
 
   // ---- weights, arena ----
+  const double t_weights = now_s();
   upload_weights(*e, hash);
+  const double t_uploaded = now_s();
   if (d.arena_bytes) ck(cudaMalloc(&e->arena, d.arena_bytes), "cudaMalloc of the " + mib(d.arena_bytes) + " activation arena");
 
   // ---- workspaces ----
@@ -434,6 +453,13 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
   }
   ck(cudaStreamSynchronize(e->stream), "initialising the KV cache");
   ck(cudaDeviceSynchronize(), "loading");
+  tsllm_load_stats& s = e->load_stats;
+  const double t_end = now_s();
+  s.total_s = t_end - t_start;
+  s.header_s = t_header - t_start;
+  s.cuda_init_s = t_cuda - t_header;
+  s.weights_s = t_uploaded - t_weights;
+  s.rest_s = (t_weights - t_cuda) + (t_end - t_uploaded);
   return e;
 }
 

@@ -8,6 +8,7 @@
 #include "../kernels/kernels.h"
 #include "../kernels/quant.h"
 #include "engine_file.h"
+#include "file_pass.h"
 
 namespace tsllm {
 
@@ -75,6 +76,9 @@ Tunables resolve_tunables(const tsllm_options& o, const std::string& path) {
   if (env_int("TSLLM_QGEMV", path, 0, 1, &x)) t.quant_gemv = x == 1;
   if (env_int("TSLLM_QGEMV_VARIANT", path, 0, kQuantGemvVariants - 1, &x)) t.quant_gemv_variant = int(x);
   if (env_int("TSLLM_FP8_OUTER_VEC", path, 0, 1, &x)) t.fp8_outer_vec = x == 1;
+  // Weight pass: TSLLM_LOAD_THREADS=N, TSLLM_LOAD_DIRECT=0|1.
+  if (env_int("TSLLM_LOAD_THREADS", path, 1, kMaxPassThreads, &x)) t.load_threads = int(x);
+  if (env_int("TSLLM_LOAD_DIRECT", path, 0, 1, &x)) t.load_direct = int(x);
   if (const char* p = env("TSLLM_PROFILE")) {
     if (std::strcmp(p, "graph") == 0) t.profile = 2;
     else if (std::strcmp(p, "1") == 0) t.profile = 1;

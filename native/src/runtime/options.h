@@ -20,6 +20,10 @@ struct Tunables {
   bool quant_gemv = true;
   int quant_gemv_variant = -1;
   bool fp8_outer_vec = true;
+  // The weight pass (file_pass.h), environment only: reader threads (0: the hardware threads, at most 16),
+  // O_DIRECT (-1: for chunks the page cache lacks, 0 never, 1 every chunk).
+  int load_threads = 0;
+  int load_direct = -1;
 };
 
 // Checks the option values (LoadError naming the field) and applies the environment overrides.

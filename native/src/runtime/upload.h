@@ -4,6 +4,7 @@
 #include <string>
 
 #include "engine_file.h"
+#include "file_pass.h"
 
 namespace tsllm {
 
@@ -15,10 +16,13 @@ struct ContentHash {
   uint64_t num_chunks = 0;
 };
 
-// Reads the rank file once with several threads, each pread-ing whole chunks into its own pinned
-// buffers, hashing them (when `hash` is given) and copying the stored weights they hold to
-// `device_weights` + WeightDesc::device_offset with cudaMemcpyAsync on its own stream, while it reads
-// the next chunk. Returns when every copy has finished. Throws LoadError naming the file.
-void upload_stored_weights(const EngineDesc& d, char* device_weights, int device, const ContentHash* hash);
+// Reads the rank file once with several threads (file_pass.h: O_DIRECT for what the page cache lacks),
+// each reading whole chunks into its own pinned buffers, copying the stored weights they hold to
+// `device_weights` + WeightDesc::device_offset with cudaMemcpyAsync on its own stream and hashing them
+// (when `hash` is given) while the copy runs and until it reads the next chunk. Returns when every copy has
+// finished, with the pass's figures. Throws LoadError naming the file.
+// threads / direct: FilePassOptions (Tunables::load_threads / load_direct).
+FilePassStats upload_stored_weights(const EngineDesc& d, char* device_weights, int device, const ContentHash* hash,
+                                    int threads, int direct);
 
 }  // namespace tsllm
