@@ -10,7 +10,8 @@ import * as path from "node:path";
 import type { Checkpoint } from "../checkpoint/checkpoint.ts";
 import type { ModelFacts } from "../dsl/model.ts";
 import type { Value } from "../ir/types.ts";
-import { materializeSegments } from "../weights/materialize.ts";
+import { Fp8Maker, Fp8Pool } from "../quant/fp8-pool.ts";
+import { materializeSegments, sourceRows } from "../weights/materialize.ts";
 import { Prefetcher } from "../weights/prefetch.ts";
 import {
   alignUp,
@@ -50,7 +51,7 @@ export interface WriteEngineOptions {
 const READ_AHEAD_BYTES = 96 << 20;
 /** Source bytes held in all (read ahead, or still to be written and hashed) and computed bytes in flight. */
 const HELD_BYTES = 192 << 20;
-/** Below this many weight bytes the writer hashes on its own thread (a worker costs more to start). */
+/** Below this many weight bytes the writer hashes and quantises on its own thread (a worker costs more to start). */
 const WORKERS_FROM_BYTES = 64 << 20;
 
 interface Step {
@@ -69,6 +70,11 @@ export async function writeEngine(o: WriteEngineOptions): Promise<EngineConfig> 
   const total = headers.reduce((a, h) => a + h.weights.reduce((s, w) => s + w.nbytes, 0), 0);
   const hashes = new HashPool(total >= WORKERS_FROM_BYTES ? undefined : 0);
   const prefetch = o.checkpoint ? new Prefetcher(o.checkpoint) : null;
+  // FP8 weights are quantised on every core while reads, writes and hashing go on.
+  const fp8 =
+    prefetch && o.build.quant === "fp8" && total >= WORKERS_FROM_BYTES
+      ? new Fp8Maker(new Fp8Pool(), sourceRows)
+      : null;
   let written = 0;
   let current = "";
   const files: RankFile[] = [];
@@ -94,7 +100,8 @@ export async function writeEngine(o: WriteEngineOptions): Promise<EngineConfig> 
       return headers[i].weights.flatMap((entry) => {
         const v = r.graph.values.get(entry.value)!;
         if (entry.random || isRandomStored(v, o.build)) return [];
-        const sources = v.recipe?.kind === "checkpoint" ? [...new Set(v.recipe.parts.map((p) => p.name))] : [];
+        const sources =
+          v.recipe?.kind === "checkpoint" ? [...new Set(v.recipe.parts.map((p) => p.name))] : [];
         return [{ file, dataOffset, offset: entry.offset, nbytes: entry.nbytes, v, sources }];
       });
     });
@@ -120,11 +127,13 @@ export async function writeEngine(o: WriteEngineOptions): Promise<EngineConfig> 
         await prefetch.ready(s.sources);
       }
       current = s.v.name;
-      const pieces = materializeSegments(s.v, view);
+      const made = fp8 && view ? await fp8.make(s.v, view) : null;
+      const pieces = made ? [made] : materializeSegments(s.v, view);
       const nbytes = pieces.reduce((a, p) => a + p.length, 0);
-      if (nbytes !== s.nbytes) throw new Error(`weight ${s.v.name}: ${nbytes} bytes, header says ${s.nbytes}`);
+      if (nbytes !== s.nbytes)
+        throw new Error(`weight ${s.v.name}: ${nbytes} bytes, header says ${s.nbytes}`);
       s.file.padTo(s.dataOffset + s.offset);
-      for (const p of pieces) s.file.push(p, prefetch?.hold(p));
+      for (const p of pieces) s.file.push(p, prefetch?.hold(p) ?? fp8?.hold(p));
       for (const n of s.sources) if (lastUse.get(n) === i) prefetch?.release(n);
       await yieldToSignals();
       // Wait while too much is held, as long as a write or hash can still release something (bytes of a
@@ -156,6 +165,6 @@ export async function writeEngine(o: WriteEngineOptions): Promise<EngineConfig> 
   } finally {
     out.discard();
     prefetch?.close();
-    await hashes.close();
+    await Promise.all([hashes.close(), fp8?.close()]);
   }
 }

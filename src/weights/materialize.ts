@@ -89,7 +89,7 @@ function materializeDirect(r: Extract<WeightRecipe, { kind: "checkpoint" }>, ckp
  * The rows of a [N, K] weight as its sources hold them (after each part's slices, views when contiguous),
  * for quantisers that decode row by row; null when the recipe needs more than slices and concatenation.
  */
-function sourceRows(v: Value, ckpt: Checkpoint): SourceRows[] | null {
+export function sourceRows(v: Value, ckpt: Checkpoint): SourceRows[] | null {
   const r = v.recipe;
   if (r?.kind !== "checkpoint" || r.transforms.length > 0 || v.shape.length !== 2) return null;
   const k = Number(v.shape[1]);

@@ -30,7 +30,7 @@ async function readFully(fd: number, file: string, into: Uint8Array, pos: number
  * fits, so a new one is made only when every one as large is in use: the pool never exceeds what is
  * in use at once. Shared, so hash workers read them in place.
  */
-class BufferPool {
+export class BufferPool {
   private free: SharedArrayBuffer[] = []; // ascending size
   take(n: number): SharedArrayBuffer {
     const i = this.free.findIndex((b) => b.byteLength >= n);
