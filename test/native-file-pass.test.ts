@@ -3,34 +3,22 @@
 // of several hash chunks, its digest equals the definition (src/engine/hash.ts) whether chunks are read
 // with O_DIRECT, through the page cache or both, on one thread or several, and a byte flipped in the last
 // MB changes it. (The GPU suite, test-gpu/load.test.ts, checks the same through tsllm-run with the file named.)
-import { execFileSync, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { HASH_CHUNK_BYTES } from "../src/engine/hash.ts";
-import { REPO, tmpDir } from "./fixtures.ts";
+import { tmpDir } from "./fixtures.ts";
+import { buildHostTool, cxx } from "./host-tool.ts";
 
-const cxx = ["c++", "g++", "clang++"].find((c) => spawnSync(c, ["--version"]).status === 0);
 if (!cxx)
   console.warn("native-file-pass.test.ts: SKIPPED: no C++ compiler (c++, g++, clang++) to build file_pass");
 
 let tool = "";
 beforeAll(() => {
   if (!cxx) return;
-  tool = path.join(tmpDir("tsllm-file-pass-"), "file_pass");
-  const src = path.join(REPO, "native");
-  execFileSync(cxx, [
-    "-std=c++17",
-    "-O1",
-    "-pthread",
-    `-I${path.join(src, "src")}`,
-    "-o",
-    tool,
-    path.join(src, "tools/file_pass.cc"),
-    path.join(src, "src/runtime/file_pass.cc"),
-    "-ldl",
-  ]);
+  tool = buildHostTool("file_pass", ["file_pass.cc"], ["-ldl"]);
 }, 300_000);
 
 /** The definition, written out: SHA-256 over the SHA-256 of each chunk. */

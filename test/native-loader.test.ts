@@ -2,31 +2,20 @@
 // as tsllm_load (native/src/runtime/engine_file.cc, built here with the host C++ compiler, no CUDA), on valid
 // engines (each must load) and on deliberately corrupted rank files (each must give its one-line error).
 // The GPU suite (test-gpu/runtime.test.ts) loads the same corrupted files through tsllm_load.
-import { execFileSync, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import * as path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
-import { buildFixture, REPO, tmpDir } from "./fixtures.ts";
+import { buildFixture, tmpDir } from "./fixtures.ts";
+import { buildHostTool, cxx } from "./host-tool.ts";
 import { CORRUPT_CASES, QUANT_CORRUPT_CASES, writeCorruptRanks } from "./native-loader-cases.ts";
 
-const cxx = ["c++", "g++", "clang++"].find((c) => spawnSync(c, ["--version"]).status === 0);
 if (!cxx)
   console.warn("native-loader.test.ts: SKIPPED: no C++ compiler (c++, g++, clang++) to build engine_check");
 
 let checker = "";
 beforeAll(() => {
   if (!cxx) return;
-  checker = path.join(tmpDir("tsllm-engine-check-"), "engine_check");
-  const src = path.join(REPO, "native");
-  execFileSync(cxx, [
-    "-std=c++17",
-    "-O1",
-    `-I${path.join(src, "src")}`,
-    "-o",
-    checker,
-    path.join(src, "tools/engine_check.cc"),
-    path.join(src, "src/runtime/engine_file.cc"),
-    path.join(src, "src/runtime/json.cc"),
-  ]);
+  checker = buildHostTool("engine_check", ["engine_file.cc", "json.cc"]);
 }, 300_000);
 
 function check(files: string[]): string[] {
