@@ -13,6 +13,7 @@
 // 5 for GEMM → add_rms_norm). What reaches this pass are adds a GEMM cannot take, e.g. after a
 // tensor-parallel all_reduce, or every add when epilogue-fusion is disabled.
 import type { Node } from "../src/ir/types.ts";
+import { chainOf } from "../src/ops/ew-chain.ts";
 import { type Match, makeNode, type Pattern, patternPass } from "./pattern.ts";
 
 interface AddNormMatch extends Match {
@@ -26,7 +27,8 @@ export const addNormPattern: Pattern<AddNormMatch> = {
   ops: ["rms_norm", "layer_norm"],
   match(_g, norm, uses) {
     const add = uses.producerOp(norm.inputs[0], "add");
-    if (!add) return null;
+    // A pre chain applies to the norm's input, which would become add's first operand alone.
+    if (!add || chainOf(norm.attrs, "pre").ops.length) return null;
     return { root: norm, nodes: [add, norm], add, where: norm.scope };
   },
   rewrite(g, m) {

@@ -1,14 +1,20 @@
 // GEMM epilogues: work that would read and write a GEMM's output once more is folded into the GEMM.
 //
 //   gelu_tanh / silu (linear(x, W))         ⇒ linear(x, W) {activation}
+//   f(linear(x, W)), f unary elementwise     ⇒ linear(x, W) {post: [.., f]}   (tanh, sigmoid, exp, scale,
+//                                               softcap; e.g. Gemma 2's softcap after lm_head)
 //   add(linear(x, W), r)                     ⇒ linear(x, W, residual = r)
 //   add(add(linear_a, linear_b), r)          ⇒ linear_b(residual = linear_a(residual = r))
 //
 // The last form is GPT-J's parallel block (attn_out + mlp_out + residual): the earlier GEMM adds the
 // residual stream and the later one adds that, so the block needs no separate add kernel.
 // The bias is already a linear input. A GEMM folds only what reads its output alone (one use), and
-// gets at most one residual; the activation runs before the residual (act(x·Wᵀ + b) + r).
+// gets at most one residual; the activation, then the post chain, run before the residual
+// (post(act(x·Wᵀ + b)) + r), so a chain folds only into a linear without a residual yet and an activation
+// only into one without a chain. The CUDA runtime applies the chain in registers in the decode gemv, on
+// cuBLASLt's alpha (a leading scale with no bias or activation), or else in one kernel after the GEMM.
 import type { Graph, Node } from "../src/ir/types.ts";
+import { CHAIN_OPS, chainOf, chainStep, MAX_CHAIN, withStep } from "../src/ops/ew-chain.ts";
 import { type Match, makeNode, type Pattern, patternPass, type Uses } from "./pattern.ts";
 
 /** A linear whose output only this consumer reads, with no residual yet. */
@@ -35,7 +41,7 @@ export const activationPattern: Pattern<ActMatch> = {
   ops: ["silu", "gelu"],
   match(_g, act, uses) {
     const lin = foldable(uses, act.inputs[0]);
-    if (!lin || (lin.attrs.activation ?? "none") !== "none") return null;
+    if (!lin || (lin.attrs.activation ?? "none") !== "none" || chainOf(lin.attrs, "post").ops.length) return null;
     const activation =
       act.op === "silu" ? "silu" : (act.attrs.approximate ?? "tanh") === "tanh" ? "gelu_tanh" : null;
     if (!activation) return null; // exact-erf gelu: the linear epilogue has only the tanh form
@@ -49,6 +55,32 @@ export const activationPattern: Pattern<ActMatch> = {
       { ...m.lin.attrs, activation: m.activation },
       { scope: m.lin.scope },
     );
+    return { nodes: [lin], replace: [[m.root.outputs[0], lin.outputs[0]]] };
+  },
+};
+
+interface PostMatch extends Match {
+  lin: Node;
+  step: { op: string; arg: number };
+}
+
+export const postChainPattern: Pattern<PostMatch> = {
+  name: "elementwise-epilogue",
+  ops: [...CHAIN_OPS],
+  match(_g, f, uses, ctx) {
+    const lin = foldable(uses, f.inputs[0]);
+    const step = chainStep(f);
+    if (!lin || !step) return null;
+    const post = chainOf(lin.attrs, "post");
+    if (post.ops.length >= MAX_CHAIN) {
+      ctx.log.note(`${f.op} after ${lin.scope ?? "a linear"} left alone: the epilogue already holds ${MAX_CHAIN} ops`);
+      return null;
+    }
+    return { root: f, nodes: [lin, f], lin, step, where: lin.scope };
+  },
+  rewrite(g, m) {
+    const post = withStep(chainOf(m.lin.attrs, "post"), m.step, "end");
+    const lin = makeNode(g, "linear", m.lin.inputs, { ...m.lin.attrs, post }, { scope: m.lin.scope });
     return { nodes: [lin], replace: [[m.root.outputs[0], lin.outputs[0]]] };
   },
 };
@@ -114,6 +146,7 @@ export const residualPattern: Pattern<ResidualMatch> = {
 
 export const epilogueFusion = patternPass("epilogue-fusion", [
   activationPattern,
+  postChainPattern,
   parallelResidualPattern,
   residualPattern,
 ]);

@@ -7,6 +7,7 @@ import { dce } from "./dce.ts";
 import { epilogueFusion } from "./epilogue-fusion.ts";
 import { gateUpFusion } from "./gate-up-fusion.ts";
 import { memoryPlan } from "./memory-plan.ts";
+import { normChainFusion } from "./norm-chain-fusion.ts";
 import type { Pass } from "./pass.ts";
 import { qkvFusion } from "./qkv-fusion.ts";
 import { quantizeKvCache } from "./quantize-kv.ts";
@@ -18,6 +19,7 @@ export const PASSES: readonly Pass[] = [
   attentionFusion,
   epilogueFusion,
   addNormFusion,
+  normChainFusion,
   cse,
   dce,
   // Quantisation: after fusion (fused QKV / gate-up weights are quantised whole), before memory planning.

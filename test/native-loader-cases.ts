@@ -176,6 +176,22 @@ export const CORRUPT_CASES: CorruptCase[] = [
     (h) => valueOf(h, h.inputs.input_ids).shape.push(4),
     /graph input input_ids must have shape \[num_tokens\]/,
   ),
+  // Elementwise chains folded into a linear / norm (src/ops/ew-chain.ts): attrs post / pre.
+  headerCase(
+    "a linear's post chain naming an op that is not unary",
+    (h) => (nodeOf(h, "linear").attrs.post = { ops: ["softcap", "gelu"], args: [30, 0] }),
+    /node \d+ \(linear\): post\.ops\[1\] "gelu" is not a unary op \(tanh, sigmoid, exp, scale, softcap\)/,
+  ),
+  headerCase(
+    "a norm's pre chain with a softcap of cap 0",
+    (h) => (nodeOf(h, "rms_norm").attrs.pre = { ops: ["softcap"], args: [0] }),
+    /node \d+ \(rms_norm\): pre\.args\[0\] 0\.000000 must be a finite number > 0/,
+  ),
+  headerCase(
+    "a chain longer than the runtime holds",
+    (h) => (nodeOf(h, "linear").attrs.post = { ops: Array(5).fill("tanh"), args: Array(5).fill(0) }),
+    /node \d+ \(linear\): post has 5 ops and 5 args \(the same number, at most 4\)/,
+  ),
   {
     name: "header nested 100 deep",
     make(src, out) {

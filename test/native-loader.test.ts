@@ -5,6 +5,9 @@
 import { spawnSync } from "node:child_process";
 import * as path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
+import { compileEngine } from "../src/compile.ts";
+import { readRankHeader } from "../src/engine/reader.ts";
+import { writeChainToy } from "./chain-toy.ts";
 import { buildFixture, tmpDir } from "./fixtures.ts";
 import { buildHostTool, cxx } from "./host-tool.ts";
 import { CORRUPT_CASES, QUANT_CORRUPT_CASES, writeCorruptRanks } from "./native-loader-cases.ts";
@@ -46,6 +49,17 @@ describe.skipIf(!cxx)("native loader integrity (engine_check, no GPU)", () => {
     const out = check(files);
     expect(out.length).toBe(5);
     for (const line of out) expect(line).toMatch(/^ok .*: \d+ nodes, \d+ weights, arena \d+$/);
+  }, 120_000);
+
+  it("loads an engine whose linears and norms carry folded elementwise chains (test/chain-toy.ts)", async () => {
+    const dir = tmpDir("tsllm-chain-check-");
+    const files = writeChainToy(dir);
+    const out = path.join(dir, "engine");
+    await compileEngine({ ...files, randomWeights: true, sm: 90, dtype: "fp16", out, log: () => {} });
+    const header = JSON.stringify(readRankHeader(path.join(out, "rank0.engine")).header.nodes);
+    expect(header).toContain('"post":{"ops":["softcap","scale"],"args":[3,2]}');
+    expect(header).toContain('"pre":{"ops":["sigmoid"],"args":[0]}');
+    expect(check([path.join(out, "rank0.engine")])[0]).toMatch(/^ok .*: \d+ nodes, \d+ weights, arena \d+$/);
   }, 120_000);
 
   it(`refuses ${CORRUPT_CASES.length} kinds of corrupted rank file, each with its own one-line error`, async () => {

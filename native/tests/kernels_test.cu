@@ -937,6 +937,182 @@ static void test_gemv(Rng& rng) {
   report(refused, "gemv refuses K % 8 != 0", 0);
 }
 
+// ---------------- elementwise chains folded into linears and norms ----------------
+// (src/ops/ew-chain.ts; kernels.h gemv / linear_epilogue / rms_norm / layer_norm post and pre) against fp64.
+static EwChain make_chain(std::initializer_list<std::pair<UnaryOp, float>> steps) {
+  EwChain c;
+  for (auto& s : steps) c.op[c.n] = s.first, c.arg[c.n] = s.second, c.n++;
+  return c;
+}
+static double chain_ref(double x, const EwChain& c) {
+  for (int i = 0; i < c.n; i++) {
+    const double p = c.arg[i];
+    switch (c.op[i]) {
+      case UnaryOp::Tanh: x = std::tanh(x); break;
+      case UnaryOp::Sigmoid: x = 1.0 / (1.0 + std::exp(-x)); break;
+      case UnaryOp::Exp: x = std::exp(x); break;
+      case UnaryOp::Scale: x = x * p; break;
+      case UnaryOp::Softcap: x = p * std::tanh(x / p); break;
+    }
+  }
+  return x;
+}
+
+static void test_chains(Rng& rng) {
+  // Gemma 2's logit cap then a scale; a single scale (Granite's multipliers); all four steps of the capacity.
+  const EwChain chains[] = {make_chain({{UnaryOp::Softcap, 3.f}, {UnaryOp::Scale, 2.f}}),
+                            make_chain({{UnaryOp::Scale, 0.7f}}),
+                            make_chain({{UnaryOp::Sigmoid, 0.f}, {UnaryOp::Exp, 0.f}, {UnaryOp::Tanh, 0.f},
+                                        {UnaryOp::Softcap, 1.5f}})};
+  const char* chain_names[] = {"softcap 3 -> scale 2", "scale 0.7", "sigmoid -> exp -> tanh -> softcap 1.5"};
+  // Bounds on |d chain / dx| (softcap, tanh <= 1; scale p; sigmoid <= 1/4, exp of (0,1) < e): error amplification.
+  const double slope[] = {2.0, 0.7, 0.25 * 2.72};
+  struct Shape {
+    int M, N, K;
+    bool bias, res;
+  };
+  const Shape shapes[] = {{1, 259, 4096, false, false}, {2, 96, 512, true, false}, {3, 131, 1032, false, true},
+                          {4, 64, 2048, true, true}};
+  for (DType dt : {DType::F16, DType::BF16})
+    for (int ci = 0; ci < 3; ++ci) {
+      const EwChain& ch = chains[ci];
+      // gemv (plain; every variant): out = post(x·wᵀ + bias) + residual, the chain in registers, one rounding.
+      for (const Shape& sh : shapes) {
+        const int M = sh.M, N = sh.N, K = sh.K;
+        Buf x(dt, (size_t)M * K), w(dt, (size_t)N * K), bias(dt, N), res(dt, (size_t)M * N), out(dt, (size_t)M * N);
+        x.fill(rng, -1, 1), w.fill(rng, -0.1f, 0.1f), bias.fill(rng, -1, 1), res.fill(rng, -1, 1);
+        x.up(), w.up(), bias.up(), res.up();
+        std::vector<double> ref((size_t)M * N), cond((size_t)M * N);
+        for (int m = 0; m < M; ++m)
+          for (int n = 0; n < N; ++n) {
+            double acc = 0, c = 0;
+            for (int k = 0; k < K; ++k) {
+              const double t = (double)x.get((size_t)m * K + k) * w.get((size_t)n * K + k);
+              acc += t, c += std::fabs(t);
+            }
+            if (sh.bias) acc += bias.get(n);
+            acc = chain_ref(acc, ch);
+            if (sh.res) acc += res.get((size_t)m * N + n);
+            ref[(size_t)m * N + n] = acc, cond[(size_t)m * N + n] = c;
+          }
+        Err e;
+        std::string failed;
+        for (int variant = 0; variant < kGemvVariants; ++variant) {
+          out.poison();
+          Err ev;
+          CK(gemv(variant, x.d, w.d, sh.bias ? bias.d : nullptr, sh.res ? res.d : nullptr, out.d, M, N, K, dt, true, 0,
+                  &ch));
+          sync_check();
+          out.down();
+          for (size_t i = 0; i < ref.size(); ++i) {
+            const double atol = 2e-5 * cond[i] * slope[ci] + 1e-6;
+            ev.add(out.get(i), ref[i], atol, rtol_of(dt));
+            e.add(out.get(i), ref[i], atol, rtol_of(dt));
+          }
+          if (!ev.ok()) failed += " v" + std::to_string(variant) + ":" + ev.firsts();
+        }
+        char name[200];
+        std::snprintf(name, sizeof name, "gemv %s post [%s] M=%d N=%d K=%d%s%s (10 variants)", dname(dt),
+                      chain_names[ci], M, N, K, sh.bias ? " bias" : "", sh.res ? " res" : "");
+        report(e.ok(), name, e.max_abs, e.str() + failed);
+      }
+      // linear_epilogue (after cuBLASLt): out = post(act(x)) + residual, out aliasing x or the residual.
+      for (Act act : {Act::None, Act::Silu, Act::GeluTanh, Act::GeluErf})
+        for (int variant = 0; variant < 4; ++variant) {  // 0: no residual, 1: residual, 2: out = x, 3: out = residual
+          const size_t n = 10007;
+          Buf x(dt, n), res(dt, n), o(dt, n);
+          x.fill(rng, -3, 3), res.fill(rng, -1, 1);
+          x.up(), res.up();
+          o.poison();
+          const std::vector<uint8_t> xh = x.h, rh = res.h;
+          void* out = variant == 2 ? x.d : variant == 3 ? res.d : o.d;
+          CK(linear_epilogue(x.d, variant ? res.d : nullptr, out, n, act, ch, dt, 0));
+          sync_check();
+          Buf& ob = variant == 2 ? x : variant == 3 ? res : o;
+          ob.down();
+          Err e;
+          for (size_t i = 0; i < n; ++i) {
+            const double want = chain_ref(act_ref(rd(xh, i, dt), act), ch) + (variant ? rd(rh, i, dt) : 0.0);
+            e.add(ob.get(i), want, 1e-6, rtol_of(dt));
+          }
+          report(e.ok(),
+                 std::string("linear_epilogue ") + dname(dt) + " " + act_name(act) + " [" + chain_names[ci] + "]" +
+                     (variant == 0 ? "" : variant == 1 ? " +res" : variant == 2 ? " +res out=x" : " +res out=res"),
+                 e.max_abs, e.str());
+        }
+    }
+  // Norms with a pre chain on x and a post chain on y: vector (4096) and element (1001) paths, with and without the
+  // residual add (sum = pre(x) + residual, rounded, is what is normalised and what sum_out holds).
+  const EwChain pre = make_chain({{UnaryOp::Tanh, 0.f}, {UnaryOp::Scale, 1.5f}});
+  const EwChain post = make_chain({{UnaryOp::Softcap, 2.f}});
+  for (int ln = 0; ln < 2; ++ln)
+    for (DType dt : {DType::F16, DType::BF16, DType::F32})
+      for (int hidden : {4096, 1001})
+        for (int mode = 0; mode < 2; ++mode)
+          for (int which = 1; which < 4; ++which) {  // 1: pre, 2: post, 3: both
+            const int rows = 5;
+            const size_t n = (size_t)rows * hidden;
+            Buf x(dt, n), res(dt, n), w(dt, hidden), y(dt, n), sum(dt, n);
+            x.fill(rng, -2, 2), res.fill(rng, -2, 2), w.fill(rng, 0.5f, 1.5f);
+            x.up(), res.up(), w.up();
+            y.poison(), sum.poison();
+            const float eps = 1e-5f;
+            const EwChain* pp = which & 1 ? &pre : nullptr;
+            const EwChain* qp = which & 2 ? &post : nullptr;
+            if (ln)
+              CK(layer_norm(x.d, mode ? res.d : nullptr, w.d, 0.f, nullptr, y.d, mode ? sum.d : nullptr, rows, hidden,
+                            eps, dt, 0, pp, qp));
+            else
+              CK(rms_norm(x.d, mode ? res.d : nullptr, w.d, 0.f, y.d, mode ? sum.d : nullptr, rows, hidden, eps, dt, 0,
+                          pp, qp));
+            sync_check();
+            y.down();
+            if (mode) sum.down();
+            Err e, es;
+            for (int r = 0; r < rows; ++r) {
+              std::vector<double> v(hidden);
+              for (int i = 0; i < hidden; ++i) {
+                const size_t k = (size_t)r * hidden + i;
+                double a = pp ? chain_ref(x.get(k), pre) : x.get(k);
+                if (mode) {
+                  a = round_to((float)(a + res.get(k)), dt);
+                  es.add(sum.get(k), a, 1e-6, rtol_of(dt));  // pre in fp32 vs fp64: the rounding may flip by 1 ulp
+                }
+                v[i] = a;
+              }
+              double mean = 0, var = 0;
+              if (ln) {
+                for (double a : v) mean += a;
+                mean /= hidden;
+                for (double a : v) var += (a - mean) * (a - mean);
+              } else {
+                for (double a : v) var += a * a;
+              }
+              var /= hidden;
+              const double rstd = 1.0 / std::sqrt(var + eps);
+              for (int i = 0; i < hidden; ++i) {
+                double ref = (v[i] - mean) * rstd * (double)w.get(i);
+                if (qp) ref = chain_ref(ref, post);
+                e.add(y.get((size_t)r * hidden + i), ref, 1e-5, 3 * rtol_of(dt));
+              }
+            }
+            std::string name = std::string(ln ? "layer_norm " : "rms_norm ") + dname(dt) + " hidden=" +
+                               std::to_string(hidden) + (mode ? " +residual" : "") +
+                               (which & 1 ? " pre [tanh -> scale 1.5]" : "") + (which & 2 ? " post [softcap 2]" : "");
+            report(e.ok() && es.ok(), name, e.max_abs, e.str() + (mode ? " sum:" + es.str() : ""));
+          }
+  // A prologue variant with a chain is not instantiated: refused, never a wrong answer.
+  {
+    Buf x(DType::F16, 64), w(DType::F16, 64 * 8), nw(DType::F16, 64), o(DType::F16, 8);
+    GemvPrologue pp;
+    pp.kind = GemvPro::RmsNorm, pp.norm_w = nw.d, pp.eps = 1e-5f;
+    const EwChain& c = chains[0];
+    report(gemv_pro(0, pp, x.d, w.d, nullptr, nullptr, o.d, 1, 8, 64, DType::F16, true, 0, &c) == cudaErrorInvalidValue,
+           "gemv_pro refuses a chain with a prologue", 0);
+    cudaGetLastError();
+  }
+}
+
 // ---------------- sampling ----------------
 struct SampleRun {
   std::vector<int32_t> out;
@@ -1134,6 +1310,7 @@ int main(int argc, char** argv) {
   if (want("ew")) test_elementwise(rng);
   if (want("attn")) test_attention(rng, case_idx);
   if (want("gemv")) test_gemv(rng);
+  if (want("chain")) test_chains(rng);
   if (want("samp")) test_sampling(rng);
   if (want("quant")) test_quant(rng);
   if (case_idx != -2) std::printf("SUMMARY: %d passed, %d failed\n", g_pass, g_fail);

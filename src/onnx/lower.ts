@@ -1,6 +1,7 @@
 // How each op of the registry becomes standard ONNX (opset 17) nodes. One entry per op; values are the
 // IR's packed [T, C] tensors of one sequence (batch 1), the KV cache is explicit past/present tensors.
 import type { Node } from "../ir/types.ts";
+import { chainOf } from "../ops/ew-chain.ts";
 import { ELEM, type Elem, type OnnxBuilder } from "./builder.ts";
 import { moeAttrs } from "../ops/moe.ts";
 
@@ -68,8 +69,23 @@ export function activation(c: LowerCtx, x: string, act: string): string {
   }
 }
 
+/** The unary elementwise ops (ew-chain.ts's UNARY) in ONNX: standalone, and as the chains fusion folds in. */
+const UNARY_ONNX: Record<string, (c: LowerCtx, x: string, arg: number) => string> = {
+  tanh: (c, x) => c.b.op1("Tanh", [x]),
+  sigmoid: (c, x) => c.b.op1("Sigmoid", [x]),
+  exp: (c, x) => c.b.op1("Exp", [x]),
+  scale: (c, x, factor) => c.b.op1("Mul", [x, scalar(c, factor)]),
+  softcap: (c, x, cap) => c.b.op1("Mul", [c.b.op1("Tanh", [c.b.op1("Mul", [x, scalar(c, 1 / cap)])]), scalar(c, cap)]),
+};
+
+/** x through a node's pre / post chain (x itself when it has none): the fused ops lowered back to ONNX ops. */
+function chain(c: LowerCtx, x: string, n: Node, key: "pre" | "post"): string {
+  const ch = chainOf(n.attrs, key);
+  return ch.ops.reduce((y, op, i) => UNARY_ONNX[op](c, y, ch.args[i]), x);
+}
+
 function linearEpilogue(c: LowerCtx, n: Node, y: string): void {
-  let out = activation(c, y, String(n.attrs.activation ?? "none"));
+  let out = chain(c, activation(c, y, String(n.attrs.activation ?? "none")), n, "post");
   const residual = n.inputs[3];
   if (residual != null) out = c.b.op1("Add", [out, c.name(residual)]);
   c.set(n.outputs[0], out);
@@ -274,36 +290,36 @@ export const LOWERINGS: Record<string, Lowering> = {
   moe(c, n) {
     c.set(n.outputs[0], moe(c, n));
   },
+  // Norms: the pre chain on x (before the residual add), the post chain on the normalised output.
   rms_norm(c, n) {
-    c.set(n.outputs[0], rmsNorm(c, c.name(n.inputs[0]!), normWeight(c, n, 1), num(n, "eps")));
+    const x = chain(c, c.name(n.inputs[0]!), n, "pre");
+    c.set(n.outputs[0], chain(c, rmsNorm(c, x, normWeight(c, n, 1), num(n, "eps")), n, "post"));
   },
   add_rms_norm(c, n) {
-    const sum = c.b.op1("Add", [c.name(n.inputs[0]!), c.name(n.inputs[1]!)]);
-    c.set(n.outputs[0], rmsNorm(c, sum, normWeight(c, n, 2), num(n, "eps")));
+    const sum = c.b.op1("Add", [chain(c, c.name(n.inputs[0]!), n, "pre"), c.name(n.inputs[1]!)]);
+    c.set(n.outputs[0], chain(c, rmsNorm(c, sum, normWeight(c, n, 2), num(n, "eps")), n, "post"));
     c.set(n.outputs[1], sum);
   },
   layer_norm(c, n) {
     const [x, , bias] = n.inputs.map((i) => c.name(i!));
-    c.set(n.outputs[0], layerNorm(c, x, normWeight(c, n, 1), bias, num(n, "eps")));
+    const y = layerNorm(c, chain(c, x, n, "pre"), normWeight(c, n, 1), bias, num(n, "eps"));
+    c.set(n.outputs[0], chain(c, y, n, "post"));
   },
   add_layer_norm(c, n) {
     const [x, r, , bias] = n.inputs.map((i) => c.name(i!));
-    const sum = c.b.op1("Add", [x, r]);
-    c.set(n.outputs[0], layerNorm(c, sum, normWeight(c, n, 2), bias, num(n, "eps")));
+    const sum = c.b.op1("Add", [chain(c, x, n, "pre"), r]);
+    c.set(n.outputs[0], chain(c, layerNorm(c, sum, normWeight(c, n, 2), bias, num(n, "eps")), n, "post"));
     c.set(n.outputs[1], sum);
   },
   add: binary("Add"),
   sub: binary("Sub"),
   mul: binary("Mul"),
   div: binary("Div"),
-  tanh: unary((c, x) => c.b.op1("Tanh", [x])),
-  sigmoid: unary((c, x) => c.b.op1("Sigmoid", [x])),
-  exp: unary((c, x) => c.b.op1("Exp", [x])),
-  scale: unary((c, x, n) => c.b.op1("Mul", [x, scalar(c, num(n, "factor"))])),
-  softcap: unary((c, x, n) => {
-    const cap = num(n, "cap");
-    return c.b.op1("Mul", [c.b.op1("Tanh", [c.b.op1("Mul", [x, scalar(c, 1 / cap)])]), scalar(c, cap)]);
-  }),
+  tanh: unary((c, x) => UNARY_ONNX.tanh(c, x, 0)),
+  sigmoid: unary((c, x) => UNARY_ONNX.sigmoid(c, x, 0)),
+  exp: unary((c, x) => UNARY_ONNX.exp(c, x, 0)),
+  scale: unary((c, x, n) => UNARY_ONNX.scale(c, x, num(n, "factor"))),
+  softcap: unary((c, x, n) => UNARY_ONNX.softcap(c, x, num(n, "cap"))),
   silu(c, n) {
     c.set(n.outputs[0], activation(c, c.name(n.inputs[0]!), "silu"));
   },

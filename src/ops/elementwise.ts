@@ -4,8 +4,9 @@
 //   - math runs in fp32 and the result is stored in the activation dtype;
 //   - attributes are plain numbers or strings, named below, with no hidden defaults except where said.
 import type { Attrs } from "../ir/types.ts";
-import { activationFn, geluErf, geluTanh, sigmoid, silu } from "./activation-math.ts";
+import { activationFn, geluErf, geluTanh, silu } from "./activation-math.ts";
 import { expectSameShape, lastDim, need, withLast } from "./check.ts";
+import { UNARY } from "./ew-chain.ts";
 import { attrNum, attrStr, defineOp } from "./registry.ts";
 import { HostTensor } from "./tensor.ts";
 
@@ -58,18 +59,16 @@ unary(
   'GELU; approximate: "tanh" (gelu_new / gelu_pytorch_tanh; the default) or "none" (exact erf)',
   (a) => ((a.approximate ?? "tanh") === "tanh" ? geluTanh : geluErf),
 );
-unary("tanh", "tanh(x)", () => Math.tanh);
-unary("sigmoid", "1 / (1 + e^−x)", () => sigmoid);
-unary("exp", "e^x", () => Math.exp);
-unary("scale", "x · factor (factor: number), e.g. Gemma's embeddings · √hidden", (a) => {
-  const factor = attrNum(a, "factor");
-  return (x) => x * factor;
-});
-unary("softcap", "cap · tanh(x / cap) (cap: number > 0), Gemma 2's attention / logit soft-capping", (a) => {
-  const cap = attrNum(a, "cap");
-  if (!(cap > 0)) throw new Error(`softcap: cap must be > 0, got ${cap}`);
-  return (x) => cap * Math.tanh(x / cap);
-});
+// The math of these five is ew-chain.ts's UNARY (shared with the chains fusion folds into linears and norms).
+const chainable = (name: string) => (a: Attrs) => {
+  const d = UNARY[name];
+  return d.fn(d.attr ? attrNum(a, d.attr) : 0);
+};
+unary("tanh", "tanh(x)", chainable("tanh"));
+unary("sigmoid", "1 / (1 + e^−x)", chainable("sigmoid"));
+unary("exp", "e^x", chainable("exp"));
+unary("scale", "x · factor (factor: number), e.g. Gemma's embeddings · √hidden", chainable("scale"));
+unary("softcap", "cap · tanh(x / cap) (cap: number > 0), Gemma 2's attention / logit soft-capping", chainable("softcap"));
 
 // act(x[:, :I]) * x[:, I:] — the second half of a fused gate/up GEMM output.
 defineOp({

@@ -1,17 +1,20 @@
 import type { Attrs } from "../ir/types.ts";
 import { applyActivation } from "./activation-math.ts";
 import { expectDim, lastDim, need, withLast } from "./check.ts";
+import { applyChain, chainOf } from "./ew-chain.ts";
 import { attrStr, defineOp } from "./registry.ts";
 import { HostTensor } from "./tensor.ts";
 
-// y = act(x · wᵀ + bias) + residual. The weight keeps Hugging Face's [out, in] layout; the optional
-// bias, activation and residual are GEMM epilogues that the epilogue-fusion pass folds in.
+// y = post(act(x · wᵀ + bias)) + residual. The weight keeps Hugging Face's [out, in] layout; the optional
+// bias, activation, post chain (ew-chain.ts: unary elementwise ops such as a logit softcap) and residual
+// are GEMM epilogues that the epilogue-fusion pass folds in.
 defineOp({
   name: "linear",
   inputs: ["x", "w", "bias?", "residual?"],
   numOutputs: 1,
-  doc: "x·wᵀ (+bias) (→act) (+residual)",
-  infer([x, w, bias, residual]) {
+  doc: "x·wᵀ (+bias) (→act) (→post chain) (+residual)",
+  infer([x, w, bias, residual], attrs) {
+    chainOf(attrs, "post");
     const xi = need("linear", x, "x");
     const wi = need("linear", w, "w");
     expectDim("linear", lastDim(xi.shape), wi.shape[1], "input features");
@@ -40,6 +43,7 @@ defineOp({
       for (let r = 0; r < rows; r++) for (let j = 0; j < n; j++) out[r * n + j] += b[j];
     }
     applyActivation(out, attrStr(attrs, "activation", "none"));
+    applyChain(out, chainOf(attrs, "post"));
     if (residual) {
       const rv = residual.f32;
       for (let i = 0; i < out.length; i++) out[i] += rv[i];

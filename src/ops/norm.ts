@@ -1,5 +1,6 @@
 import type { Attrs } from "../ir/types.ts";
 import { expectDim, expectSameShape, lastDim, need } from "./check.ts";
+import { applyChain, chainOf } from "./ew-chain.ts";
 import { attrNum, defineOp, type ValueType } from "./registry.ts";
 import { HostTensor } from "./tensor.ts";
 
@@ -7,7 +8,9 @@ import { HostTensor } from "./tensor.ts";
 // normalised value and the new residual stream (one kernel instead of two round trips of the hidden state).
 //
 // Attributes: eps (number); weight_offset (number, default 0): the norm multiplies by
-// (weight + weight_offset), in fp32 — Gemma's RMSNorm stores w and scales by (1 + w).
+// (weight + weight_offset), in fp32 — Gemma's RMSNorm stores w and scales by (1 + w); pre / post (optional,
+// ew-chain.ts): chains of unary elementwise ops the norm-fusion pass folded in, pre applied to x as it is read
+// (before the residual add of the add_ forms), post to the normalised output y.
 
 function rmsRow(x: Float32Array, o: number, h: number, w: Float32Array, eps: number, out: Float32Array) {
   let ss = 0;
@@ -40,7 +43,9 @@ function lnRow(
   for (let i = 0; i < h; i++) out[o + i] = (x[o + i] - mean) * inv * w[i] + (b ? b[i] : 0);
 }
 
-function normInfer(op: string, x: ValueType | null, w: ValueType | null): ValueType {
+function normInfer(op: string, x: ValueType | null, w: ValueType | null, attrs: Attrs): ValueType {
+  chainOf(attrs, "pre");
+  chainOf(attrs, "post");
   const xi = need(op, x, "x");
   const wi = need(op, w, "weight");
   expectDim(op, lastDim(xi.shape), wi.shape[0], "normalised width");
@@ -53,11 +58,25 @@ function sum(a: HostTensor, b: HostTensor): HostTensor {
   return new HostTensor(a.shape, out);
 }
 
-function runNorm(x: HostTensor, row: (x: Float32Array, o: number, h: number, out: Float32Array) => void) {
+function runNorm(
+  x: HostTensor,
+  attrs: Attrs,
+  row: (x: Float32Array, o: number, h: number, out: Float32Array) => void,
+) {
   const h = x.cols;
   const out = new Float32Array(x.f32.length);
   for (let r = 0; r < x.rows; r++) row(x.f32, r * h, h, out);
+  applyChain(out, chainOf(attrs, "post"));
   return new HostTensor(x.shape, out);
+}
+
+/** x with the norm's pre chain applied (x itself when there is none). */
+function pre(x: HostTensor, attrs: Attrs): HostTensor {
+  const c = chainOf(attrs, "pre");
+  if (!c.ops.length) return x;
+  const v = Float32Array.from(x.f32);
+  applyChain(v, c);
+  return new HostTensor(x.shape, v);
 }
 
 defineOp({
@@ -65,11 +84,11 @@ defineOp({
   inputs: ["x", "weight"],
   numOutputs: 1,
   doc: "RMSNorm",
-  infer: ([x, w]) => [normInfer("rms_norm", x, w)],
+  infer: ([x, w], attrs) => [normInfer("rms_norm", x, w, attrs)],
   ref([x, w], attrs) {
     const eps = attrNum(attrs, "eps");
     const wv = normWeight(w!, attrs);
-    return [runNorm(x!, (xv, o, h, out) => rmsRow(xv, o, h, wv, eps, out))];
+    return [runNorm(pre(x!, attrs), attrs, (xv, o, h, out) => rmsRow(xv, o, h, wv, eps, out))];
   },
 });
 
@@ -79,16 +98,16 @@ defineOp({
   inputs: ["x", "residual", "weight"],
   numOutputs: 2,
   doc: "sum = x + residual; (RMSNorm(sum), sum)",
-  infer([x, r, w]) {
-    const t = normInfer("add_rms_norm", x, w);
+  infer([x, r, w], attrs) {
+    const t = normInfer("add_rms_norm", x, w, attrs);
     expectSameShape("add_rms_norm", t.shape, need("add_rms_norm", r, "residual").shape);
     return [t, t];
   },
   ref([x, r, w], attrs) {
     const eps = attrNum(attrs, "eps");
     const wv = normWeight(w!, attrs);
-    const s = sum(x!, r!);
-    return [runNorm(s, (xv, o, h, out) => rmsRow(xv, o, h, wv, eps, out)), s];
+    const s = sum(pre(x!, attrs), r!);
+    return [runNorm(s, attrs, (xv, o, h, out) => rmsRow(xv, o, h, wv, eps, out)), s];
   },
 });
 
@@ -97,11 +116,11 @@ defineOp({
   inputs: ["x", "weight", "bias?"],
   numOutputs: 1,
   doc: "LayerNorm",
-  infer: ([x, w]) => [normInfer("layer_norm", x, w)],
+  infer: ([x, w], attrs) => [normInfer("layer_norm", x, w, attrs)],
   ref([x, w, b], attrs) {
     const eps = attrNum(attrs, "eps");
     const wv = normWeight(w!, attrs);
-    return [runNorm(x!, (xv, o, h, out) => lnRow(xv, o, h, wv, b ? b.f32 : null, eps, out))];
+    return [runNorm(pre(x!, attrs), attrs, (xv, o, h, out) => lnRow(xv, o, h, wv, b ? b.f32 : null, eps, out))];
   },
 });
 
@@ -111,15 +130,15 @@ defineOp({
   inputs: ["x", "residual", "weight", "bias?"],
   numOutputs: 2,
   doc: "sum = x + residual; (LayerNorm(sum), sum)",
-  infer([x, r, w]) {
-    const t = normInfer("add_layer_norm", x, w);
+  infer([x, r, w], attrs) {
+    const t = normInfer("add_layer_norm", x, w, attrs);
     expectSameShape("add_layer_norm", t.shape, need("add_layer_norm", r, "residual").shape);
     return [t, t];
   },
   ref([x, r, w, b], attrs) {
     const eps = attrNum(attrs, "eps");
     const wv = normWeight(w!, attrs);
-    const s = sum(x!, r!);
-    return [runNorm(s, (xv, o, h, out) => lnRow(xv, o, h, wv, b ? b.f32 : null, eps, out)), s];
+    const s = sum(pre(x!, attrs), r!);
+    return [runNorm(s, attrs, (xv, o, h, out) => lnRow(xv, o, h, wv, b ? b.f32 : null, eps, out)), s];
   },
 });

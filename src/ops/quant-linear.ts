@@ -3,10 +3,12 @@ import { quantizeRowsE4m3 } from "../quant/fp8.ts";
 import { dequantize, type QuantScheme, type QuantSpec } from "../quant/weights.ts";
 import { applyActivation } from "./activation-math.ts";
 import { expectDim, lastDim, need, withLast } from "./check.ts";
+import { applyChain, chainOf } from "./ew-chain.ts";
 import { attrNum, attrStr, defineOp } from "./registry.ts";
 import { HostTensor } from "./tensor.ts";
 
-// A quantised linear: y = act(x·wᵀ + bias) + residual with w stored quantised (src/quant/weights.ts).
+// A quantised linear: y = post(act(x·wᵀ + bias)) + residual with w stored quantised (src/quant/weights.ts);
+// post: the chain of unary elementwise ops epilogue-fusion gave the linear (ew-chain.ts).
 //   quant "fp8":     x is quantised per token at run time (E4M3, s_x[t] = amax/448, RNE, saturating);
 //                    acc = Σ q_x·q_w in fp32; y = fp32(acc · fp32(s_x[t] · s_w[n])), then the epilogue.
 //   quant "int8-wo", "int4-wo": weight-only; w = fp32(q·s) rounded to `compute_dtype`, then as linear.
@@ -26,6 +28,7 @@ defineOp({
   doc: "x·wᵀ with quantised w (fp8 weights+activations, int8/int4 weight-only) (+bias) (→act) (+residual)",
   infer([x, w, scales, bias, residual], attrs) {
     const s = spec(attrs);
+    chainOf(attrs, "post");
     const xi = need("quant_linear", x, "x");
     const wi = need("quant_linear", w, "w");
     need("quant_linear", scales, "scales");
@@ -66,6 +69,7 @@ defineOp({
     }
     if (bias) for (let r = 0; r < rows; r++) for (let j = 0; j < n; j++) out[r * n + j] += bias.f32[j];
     applyActivation(out, attrStr(attrs, "activation", "none"));
+    applyChain(out, chainOf(attrs, "post"));
     if (residual) for (let i = 0; i < out.length; i++) out[i] += residual.f32[i];
     return [new HostTensor([...x!.shape.slice(0, -1), n], out)];
   },

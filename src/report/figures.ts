@@ -6,6 +6,7 @@
 // of layer N; other nodes inherit the highest layer of their producers; nodes reading only
 // layer-less weights (embedding, final norm, lm_head) are outside every layer.
 import { DTYPE_BYTES, type Graph, type Node } from "../ir/types.ts";
+import { chainOf, chainText } from "../ops/ew-chain.ts";
 import { getOp } from "../ops/index.ts";
 
 /** Every op launches one kernel except those the registry marks as views (none today). */
@@ -154,19 +155,27 @@ function describe(g: Graph, n: Node): { label: string; detail: string; fused: bo
     if (n.op === "quant_linear" && typeof a.quant === "string") ep.push(a.quant);
     if (n.inputs[bi] != null) ep.push("bias");
     if ((a.activation ?? "none") !== "none") ep.push(String(a.activation));
+    const post = chainOf(a, "post");
+    if (post.ops.length) ep.push(chainText(post));
     if (n.inputs[ri] != null) ep.push("+residual");
     if (ep.length) label += ` (${ep.join(", ")})`;
     if (w) detail += ` ${w.shape[1]}→${w.shape[0]}`;
     const parts = w?.recipe?.kind === "checkpoint" ? w.recipe.parts.length : 1;
-    if (parts > 1 || (a.activation ?? "none") !== "none" || n.inputs[ri] != null) fused = true;
+    if (parts > 1 || (a.activation ?? "none") !== "none" || post.ops.length || n.inputs[ri] != null) fused = true;
   } else if (n.op === "fused_attention") {
     detail = `L${a.layer} ${a.num_heads}/${a.num_kv_heads} heads, rope ${a.rope_style} ${a.rotary_dim}/${a.head_dim}`;
   } else if (n.op === "attention") {
     detail = `L${a.layer} ${a.num_heads}/${a.num_kv_heads} heads`;
   } else if (n.op === "rope") {
     detail = `${a.style} ${a.rotary_dim}/${a.head_dim}`;
-  } else if (/(rms|layer)_norm$/.test(n.op) && a.weight_offset) {
-    detail += ` (w + ${a.weight_offset})`;
+  } else if (/(rms|layer)_norm$/.test(n.op)) {
+    if (a.weight_offset) detail += ` (w + ${a.weight_offset})`;
+    // Elementwise ops folded in by norm-chain-fusion: "(scale 2 → norm → softcap 30)".
+    const [pre, post] = [chainOf(a, "pre"), chainOf(a, "post")];
+    if (pre.ops.length || post.ops.length) {
+      label += ` (${[pre.ops.length ? `${chainText(pre)} →` : "", "norm", post.ops.length ? `→ ${chainText(post)}` : ""].filter(Boolean).join(" ")})`;
+      fused = true;
+    }
   } else if (n.op === "scale" || n.op === "softcap") {
     detail = n.op === "scale" ? `· ${a.factor}` : `cap ${a.cap}`;
   } else if (n.op === "gated_act") {

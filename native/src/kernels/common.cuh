@@ -163,6 +163,27 @@ __device__ __forceinline__ float act_value(float x, Act a) {
   }
 }
 
+// A unary elementwise op (UnaryOp, enums.h), fp32 math: the standalone ops (elementwise.cu) and the chains folded
+// into linears and norms compute the same expression. With op a compile-time constant the switch folds away.
+__device__ __forceinline__ float unary_value(float x, UnaryOp op, float p) {
+  switch (op) {
+    case UnaryOp::Tanh: return tanhf(x);
+    case UnaryOp::Sigmoid: return 1.f / (1.f + expf(-x));
+    case UnaryOp::Exp: return expf(x);
+    case UnaryOp::Scale: return x * p;
+    case UnaryOp::Softcap: return p * tanhf(x / p);
+  }
+  return x;
+}
+
+// A chain (EwChain, enums.h) in order, fp32 throughout (one rounding by the caller at the store).
+__device__ __forceinline__ float apply_chain(float x, const EwChain& c) {
+#pragma unroll
+  for (int i = 0; i < kMaxEwChain; i++)
+    if (i < c.n) x = unary_value(x, c.op[i], c.arg[i]);
+  return x;
+}
+
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 inline int grid_for(uint64_t work, int threads, int max_blocks = 65535 * 8) {

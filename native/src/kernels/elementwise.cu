@@ -1,4 +1,5 @@
-// Elementwise math ops: binary (add, sub, mul, div) and unary (tanh, sigmoid, exp, scale, softcap), fp32 math,
+// Elementwise math ops: binary (add, sub, mul, div), unary (tanh, sigmoid, exp, scale, softcap) and a linear's
+// post-GEMM epilogue (activation, unary chain, residual), fp32 math,
 // one rounding to the activation dtype (src/ops/elementwise.ts's conventions). One grid-stride kernel over a
 // functor: 16-byte vectors when every pointer is aligned, elements otherwise. out may alias the inputs.
 #include <math.h>
@@ -23,12 +24,15 @@ struct Bin {
 template <UnaryOp OP>
 struct Un {
   float p;
-  __device__ __forceinline__ float operator()(float x, float) const {
-    if (OP == UnaryOp::Tanh) return tanhf(x);
-    if (OP == UnaryOp::Sigmoid) return 1.f / (1.f + expf(-x));
-    if (OP == UnaryOp::Exp) return expf(x);
-    if (OP == UnaryOp::Scale) return x * p;
-    return p * tanhf(x / p);  // Softcap
+  __device__ __forceinline__ float operator()(float x, float) const { return kd::unary_value(x, OP, p); }
+};
+
+// A linear's epilogue: post(act(x)) + residual (0 without one).
+struct Epi {
+  Act act;
+  EwChain post;
+  __device__ __forceinline__ float operator()(float x, float r) const {
+    return kd::apply_chain(kd::act_value(x, act), post) + r;
   }
 };
 
@@ -87,6 +91,12 @@ cudaError_t unary(const void* x, void* out, uint64_t n, UnaryOp op, float param,
     case UnaryOp::Scale: return launch_ew<T>(x, nullptr, out, n, Un<UnaryOp::Scale>{param}, s);
     case UnaryOp::Softcap: return launch_ew<T>(x, nullptr, out, n, Un<UnaryOp::Softcap>{param}, s);
   });
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t linear_epilogue(const void* x, const void* residual, void* out, uint64_t n, Act act, const EwChain& post,
+                            DType dt, cudaStream_t s) {
+  TSLLM_DISPATCH_ACT(dt, T, return launch_ew<T>(x, residual, out, n, Epi{act, post}, s));
   return cudaErrorInvalidValue;
 }
 

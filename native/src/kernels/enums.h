@@ -10,4 +10,17 @@ enum class RopeStyle : int { Neox = 0, Gptj = 1 };
 // quant_linear schemes (kernels/quant.h): FP8 W8A8, int8 / int4 weight-only.
 enum class QuantKind : int { Fp8 = 0, Int8 = 1, Int4 = 2 };
 
+// Unary elementwise ops, fp32 math (common.cuh unary_value): tanh, sigmoid 1/(1+e^-x), exp, scale x*param,
+// softcap param*tanh(x/param).
+enum class UnaryOp : int { Tanh = 0, Sigmoid = 1, Exp = 2, Scale = 3, Softcap = 4 };
+
+// A chain of unary ops folded into a linear's epilogue or a norm (src/ops/ew-chain.ts: attrs pre / post),
+// applied in order in fp32 with no rounding between steps. Passed to kernels by value; n == 0: none.
+constexpr int kMaxEwChain = 4;  // src/ops/ew-chain.ts MAX_CHAIN
+struct EwChain {
+  int n = 0;
+  UnaryOp op[kMaxEwChain] = {};
+  float arg[kMaxEwChain] = {};
+};
+
 }  // namespace tsllm

@@ -1,4 +1,5 @@
-// Small-M linear for decode: out[m, n] = x[m, :] · w[n, :] (+ bias[n]) (+ residual[m, n]) for M <= 4.
+// Small-M linear for decode: out[m, n] = post(x[m, :] · w[n, :] (+ bias[n])) (+ residual[m, n]) for M <= 4, post a
+// folded elementwise chain (kernels.h; its kernels are in gemv_post.cu).
 // Memory-bound: each warp streams ROWS weight rows with 16-byte non-caching loads, UN chunks in flight
 // per lane and row, fp32 accumulation, one rounding at the end.
 // Programmatic dependent launch (pdl, sm_90+): launched with programmatic stream serialization; the first weight
@@ -28,17 +29,20 @@ bool gemv_pro_eligible(const GemvPrologue& pro, const void* x, const void* w, in
 }
 
 cudaError_t gemv(int variant, const void* x, const void* w, const void* bias, const void* residual, void* out, int M,
-                 int N, int K, DType dt, bool pdl, cudaStream_t s) {
+                 int N, int K, DType dt, bool pdl, cudaStream_t s, const EwChain* post) {
   if (!gemv_eligible(x, w, M, K, dt)) return cudaErrorInvalidValue;
+  if (post && post->n) return gemv_post_launch(variant, x, w, bias, residual, out, M, N, K, dt, pdl, s, *post);
   return dt == DType::F16 ? kd::launch<half, 0>(variant, x, w, bias, residual, out, M, N, K, nullptr, 0.f, pdl, s)
                           : kd::launch<kd::bf16, 0>(variant, x, w, bias, residual, out, M, N, K, nullptr, 0.f, pdl, s);
 }
 
 cudaError_t gemv_pro(int variant, const GemvPrologue& pro, const void* x, const void* w, const void* bias,
-                     const void* residual, void* out, int M, int N, int K, DType dt, bool pdl, cudaStream_t s) {
+                     const void* residual, void* out, int M, int N, int K, DType dt, bool pdl, cudaStream_t s,
+                     const EwChain* post) {
   if (!gemv_pro_eligible(pro, x, w, M, K, dt)) return cudaErrorInvalidValue;
+  if (post && post->n && pro.kind != GemvPro::None) return cudaErrorInvalidValue;  // not instantiated
   switch (pro.kind) {
-    case GemvPro::None: return gemv(variant, x, w, bias, residual, out, M, N, K, dt, pdl, s);
+    case GemvPro::None: return gemv(variant, x, w, bias, residual, out, M, N, K, dt, pdl, s, post);
     case GemvPro::RmsNorm:
       return gemv_rms_launch(variant, x, pro.norm_w, pro.eps, w, bias, residual, out, M, N, K, dt, pdl, s);
     case GemvPro::GatedSilu:

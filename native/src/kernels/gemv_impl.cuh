@@ -1,6 +1,9 @@
 // The small-M (decode) linear kernel, shared by gemv.cu (plain), gemv_rms.cu and gemv_gated.cu (prologue
 // fusions, one translation unit each so the build compiles them in parallel). See gemv.cu for the design.
 //
+// POST: the output goes through a folded elementwise chain (kernels.h gemv's post) before the residual. A
+// compile-time variant (gemv_post.cu) so the kernels without one are exactly what they were.
+//
 // PRO (the vector's prologue, GemvPro in kernels.h):
 //   0 plain: the vector is x[m, :].
 //   1 rms_norm: every block first computes inv_rms of the M rows of x (fp32 sum of squares over K, after
@@ -20,6 +23,9 @@ cudaError_t gemv_rms_launch(int variant, const void* x, const void* norm_w, floa
                             const void* res, void* out, int M, int N, int K, DType dt, bool pdl, cudaStream_t s);
 cudaError_t gemv_gated_launch(int variant, GemvPro pro, const void* x, const void* w, const void* bias, const void* res,
                               void* out, int M, int N, int K, DType dt, bool pdl, cudaStream_t s);
+// The plain gemv with a folded elementwise chain (gemv_post.cu, POST = true).
+cudaError_t gemv_post_launch(int variant, const void* x, const void* w, const void* bias, const void* res, void* out,
+                             int M, int N, int K, DType dt, bool pdl, cudaStream_t s, const EwChain& post);
 
 namespace kd {
 namespace {
@@ -83,10 +89,11 @@ __device__ __forceinline__ uint4 vec_chunk(const T* __restrict__ x, int m, int c
 
 // Block of 4 warps: G = 4 / KS groups of KS warps; a group owns ROWS weight rows, its KS warps split K
 // (interleaved 512-byte segments) and combine through shared memory. UN chunks per row in flight per lane.
-template <typename T, int M, int ROWS, int KS, int UN, int PRO>
+template <typename T, int M, int ROWS, int KS, int UN, int PRO, bool POST>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__ x, const T* __restrict__ w,
                                                            const T* __restrict__ bias, const T* res, T* out, int N,
-                                                           int K, const T* __restrict__ nw, float eps) {
+                                                           int K, const T* __restrict__ nw, float eps,
+                                                           const EwChain post) {
   constexpr int G = kWarps / KS;
   pdl_trigger();
   const int lane = threadIdx.x & 31;
@@ -210,16 +217,17 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__
         const int n = n0 + r;
         float v = acc[r][m];
         if (bias) v += to_f<T>(bias[n]);
+        if constexpr (POST) v = apply_chain(v, post);
         if (res) v += to_f<T>(res[size_t(m) * N + n]);
         out[size_t(m) * N + n] = from_f<T>(v);
       }
 }
 
-template <typename T, int M, int ROWS, int KS, int UN, int PRO>
+template <typename T, int M, int ROWS, int KS, int UN, int PRO, bool POST>
 cudaError_t launch_m(unsigned blocks, const T* X, const T* W, const T* B, const T* R, T* O, int N, int K, const T* NW,
-                     float eps, bool pdl, cudaStream_t s) {
+                     float eps, const EwChain& post, bool pdl, cudaStream_t s) {
   if (!pdl || !pdl_supported()) {
-    gemv_kernel<T, M, ROWS, KS, UN, PRO><<<blocks, kWarps * 32, 0, s>>>(X, W, B, R, O, N, K, NW, eps);
+    gemv_kernel<T, M, ROWS, KS, UN, PRO, POST><<<blocks, kWarps * 32, 0, s>>>(X, W, B, R, O, N, K, NW, eps, post);
     return cudaGetLastError();
   }
   cudaLaunchConfig_t cfg = {};
@@ -232,12 +240,12 @@ cudaError_t launch_m(unsigned blocks, const T* X, const T* W, const T* B, const 
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, gemv_kernel<T, M, ROWS, KS, UN, PRO>, X, W, B, R, O, N, K, NW, eps);
+  return cudaLaunchKernelEx(&cfg, gemv_kernel<T, M, ROWS, KS, UN, PRO, POST>, X, W, B, R, O, N, K, NW, eps, post);
 }
 
-template <typename T, int PRO, int ROWS, int KS, int UN = 4>
+template <typename T, int PRO, bool POST, int ROWS, int KS, int UN = 4>
 cudaError_t launch_v(const void* x, const void* w, const void* bias, const void* res, void* out, int M, int N, int K,
-                     const void* nw, float eps, bool pdl, cudaStream_t s) {
+                     const void* nw, float eps, const EwChain& post, bool pdl, cudaStream_t s) {
   constexpr int G = kWarps / KS;
   const unsigned blocks = unsigned((N + G * ROWS - 1) / (G * ROWS));
   auto X = static_cast<const T*>(x);
@@ -247,10 +255,10 @@ cudaError_t launch_v(const void* x, const void* w, const void* bias, const void*
   auto O = static_cast<T*>(out);
   auto NW = static_cast<const T*>(nw);
   switch (M) {
-    case 1: return launch_m<T, 1, ROWS, KS, UN, PRO>(blocks, X, W, B, R, O, N, K, NW, eps, pdl, s);
-    case 2: return launch_m<T, 2, ROWS, KS, UN, PRO>(blocks, X, W, B, R, O, N, K, NW, eps, pdl, s);
-    case 3: return launch_m<T, 3, ROWS, KS, UN, PRO>(blocks, X, W, B, R, O, N, K, NW, eps, pdl, s);
-    case 4: return launch_m<T, 4, ROWS, KS, UN, PRO>(blocks, X, W, B, R, O, N, K, NW, eps, pdl, s);
+    case 1: return launch_m<T, 1, ROWS, KS, UN, PRO, POST>(blocks, X, W, B, R, O, N, K, NW, eps, post, pdl, s);
+    case 2: return launch_m<T, 2, ROWS, KS, UN, PRO, POST>(blocks, X, W, B, R, O, N, K, NW, eps, post, pdl, s);
+    case 3: return launch_m<T, 3, ROWS, KS, UN, PRO, POST>(blocks, X, W, B, R, O, N, K, NW, eps, post, pdl, s);
+    case 4: return launch_m<T, 4, ROWS, KS, UN, PRO, POST>(blocks, X, W, B, R, O, N, K, NW, eps, post, pdl, s);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -258,20 +266,20 @@ cudaError_t launch_v(const void* x, const void* w, const void* bias, const void*
 // Variants (rows per group, warps splitting K, chunks in flight per row), chosen per shape by the tuner.
 // 6-9 put more 16-byte loads in flight per lane (16) or spread K over more warps (more, shorter blocks) for the
 // N = 4096 shapes (o_proj, down) that run below the copy rate with 0-5.
-template <typename T, int PRO>
+template <typename T, int PRO, bool POST = false>
 cudaError_t launch(int variant, const void* x, const void* w, const void* bias, const void* res, void* out, int M,
-                   int N, int K, const void* nw, float eps, bool pdl, cudaStream_t s) {
+                   int N, int K, const void* nw, float eps, bool pdl, cudaStream_t s, const EwChain& post = EwChain{}) {
   switch (variant) {
-    case 0: return launch_v<T, PRO, 2, 1>(x, w, bias, res, out, M, N, K, nw, eps, pdl, s);
-    case 1: return launch_v<T, PRO, 1, 1>(x, w, bias, res, out, M, N, K, nw, eps, pdl, s);
-    case 2: return launch_v<T, PRO, 4, 1>(x, w, bias, res, out, M, N, K, nw, eps, pdl, s);
-    case 3: return launch_v<T, PRO, 1, 2>(x, w, bias, res, out, M, N, K, nw, eps, pdl, s);
-    case 4: return launch_v<T, PRO, 2, 2>(x, w, bias, res, out, M, N, K, nw, eps, pdl, s);
-    case 5: return launch_v<T, PRO, 1, 4>(x, w, bias, res, out, M, N, K, nw, eps, pdl, s);
-    case 6: return launch_v<T, PRO, 2, 1, 8>(x, w, bias, res, out, M, N, K, nw, eps, pdl, s);
-    case 7: return launch_v<T, PRO, 4, 2>(x, w, bias, res, out, M, N, K, nw, eps, pdl, s);
-    case 8: return launch_v<T, PRO, 2, 4>(x, w, bias, res, out, M, N, K, nw, eps, pdl, s);
-    case 9: return launch_v<T, PRO, 1, 2, 8>(x, w, bias, res, out, M, N, K, nw, eps, pdl, s);
+    case 0: return launch_v<T, PRO, POST, 2, 1>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s);
+    case 1: return launch_v<T, PRO, POST, 1, 1>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s);
+    case 2: return launch_v<T, PRO, POST, 4, 1>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s);
+    case 3: return launch_v<T, PRO, POST, 1, 2>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s);
+    case 4: return launch_v<T, PRO, POST, 2, 2>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s);
+    case 5: return launch_v<T, PRO, POST, 1, 4>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s);
+    case 6: return launch_v<T, PRO, POST, 2, 1, 8>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s);
+    case 7: return launch_v<T, PRO, POST, 4, 2>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s);
+    case 8: return launch_v<T, PRO, POST, 2, 4>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s);
+    case 9: return launch_v<T, PRO, POST, 1, 2, 8>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -27,11 +27,16 @@ cudaError_t embedding(const int32_t* ids, const void* table, void* out, int num_
 // residual == nullptr: y = rmsnorm(x)*(w + w_offset). Otherwise sum = x + residual is written to sum_out and
 // y = rmsnorm(sum)*(w + w_offset). w_offset (fp32) is the registry's weight_offset: Gemma's RMSNorm scales by 1 + w.
 // y may not alias x; sum_out may alias x or residual.
+// pre / post (may be null or empty; a compile-time variant of the kernel, so norms without them run unchanged):
+// pre is applied to x as it is read (fp32, before the residual add: sum = pre(x) + residual), post to the
+// normalised value before it is rounded to y.
 cudaError_t rms_norm(const void* x, const void* residual, const void* w, float w_offset, void* y, void* sum_out,
-                     int rows, int hidden, float eps, DType dt, cudaStream_t s);
+                     int rows, int hidden, float eps, DType dt, cudaStream_t s, const EwChain* pre = nullptr,
+                     const EwChain* post = nullptr);
 // Same with LayerNorm (w + w_offset, b). b may be nullptr.
 cudaError_t layer_norm(const void* x, const void* residual, const void* w, float w_offset, const void* b, void* y,
-                       void* sum_out, int rows, int hidden, float eps, DType dt, cudaStream_t s);
+                       void* sum_out, int rows, int hidden, float eps, DType dt, cudaStream_t s,
+                       const EwChain* pre = nullptr, const EwChain* post = nullptr);
 // out[t,i] = act(x[t,i]) * x[t, inter+i] for i < inter (x is [rows, 2*inter]).
 cudaError_t gated_act(const void* x, void* out, int rows, int inter, Act act, DType dt, cudaStream_t s);
 // out = act(x) elementwise (out may alias x).
@@ -39,10 +44,13 @@ cudaError_t activation(const void* x, void* out, uint64_t n, Act act, DType dt, 
 // out = a op b elementwise, fp32 math (elementwise.cu). out may alias a or b.
 enum class BinaryOp : int { Add = 0, Sub = 1, Mul = 2, Div = 3 };
 cudaError_t binary(const void* a, const void* b, void* out, uint64_t n, BinaryOp op, DType dt, cudaStream_t s);
-// out = f(x) elementwise, fp32 math (elementwise.cu): tanh, sigmoid 1/(1+e^-x), exp, scale x*param,
-// softcap param*tanh(x/param). out may alias x.
-enum class UnaryOp : int { Tanh = 0, Sigmoid = 1, Exp = 2, Scale = 3, Softcap = 4 };
+// out = f(x) elementwise, fp32 math (elementwise.cu; UnaryOp in enums.h). out may alias x.
 cudaError_t unary(const void* x, void* out, uint64_t n, UnaryOp op, float param, DType dt, cudaStream_t s);
+// A linear's epilogue after its GEMM (elementwise.cu): out = post(act(x)) + residual, fp32 math, one rounding.
+// residual may be null; out may alias x or residual. The runtime launches it only for linears with a post chain
+// that neither the gemv nor cuBLASLt's alpha could apply.
+cudaError_t linear_epilogue(const void* x, const void* residual, void* out, uint64_t n, Act act, const EwChain& post,
+                            DType dt, cudaStream_t s);
 // out[r,j] = x[r, col_start + j] for j < out_cols (x row stride in_cols). Used by split.
 cudaError_t slice_cols(const void* x, void* out, int rows, int in_cols, int col_start, int out_cols, DType dt,
                        cudaStream_t s);
@@ -62,11 +70,13 @@ cudaError_t rope_standalone(const void* x, void* out, const int32_t* positions, 
 // out[m, n] = x[m, :] · w[n, :] (+ bias[n]) (+ residual[m, n]), w [N, K] row-major, fp32 accumulation, for
 // decode. Needs M <= kGemvMaxM, K % 8 == 0 and 16-byte aligned x and w (gemv_eligible). residual may alias out.
 // `variant` in [0, kGemvVariants) picks rows per warp group and the K split (the runtime's tuner times them all).
+// post (may be null or empty): a chain of unary ops applied in registers after the bias, before the residual
+// (out = post(x·wᵀ + bias) + residual), one rounding at the end: a compile-time kernel variant (gemv_post.cu).
 constexpr int kGemvMaxM = 4;
 constexpr int kGemvVariants = 10;
 bool gemv_eligible(const void* x, const void* w, int M, int K, DType dt);
 cudaError_t gemv(int variant, const void* x, const void* w, const void* bias, const void* residual, void* out, int M,
-                 int N, int K, DType dt, bool pdl, cudaStream_t s);
+                 int N, int K, DType dt, bool pdl, cudaStream_t s, const EwChain* post = nullptr);
 
 // The same kernel with a prologue folded into its vector read (the runtime's prologue fusion skips the
 // rms_norm / gated_act node that feeds a decode linear):
@@ -83,8 +93,11 @@ struct GemvPrologue {
   float eps = 0.f;
 };
 bool gemv_pro_eligible(const GemvPrologue& pro, const void* x, const void* w, int M, int K, DType dt);
+// post: a folded chain (see gemv) with GemvPro::None only (the prologue variants have none: the runtime does not
+// plan a prologue fusion into a linear with a chain).
 cudaError_t gemv_pro(int variant, const GemvPrologue& pro, const void* x, const void* w, const void* bias,
-                     const void* residual, void* out, int M, int N, int K, DType dt, bool pdl, cudaStream_t s);
+                     const void* residual, void* out, int M, int N, int K, DType dt, bool pdl, cudaStream_t s,
+                     const EwChain* post = nullptr);
 
 // ---- attention over the paged KV cache ----
 // Per-layer cache: blocks of [2][num_kv_heads][tokens_per_block][head_dim] elements (K then V),

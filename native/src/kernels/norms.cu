@@ -2,16 +2,19 @@
 // (16-byte vectors) between the reduction and the normalisation, so x (and residual) are read once.
 // With a residual, sum = x + residual is rounded to the activation dtype, written to sum_out, and the
 // rounded sum is what gets normalised (the same value the next layer reads back).
+// EW (a compile-time variant, so norms without folded elementwise ops are the kernels they were): the pre chain
+// is applied to x as it is read (before the residual add), the post chain to the result before its rounding.
 #include "common.cuh"
 
 namespace tsllm {
 namespace {
 
 // VPT: 16-byte vectors per thread. RES: fused residual add. LN: layer norm (else RMS norm).
-template <typename T, int VPT, bool RES, bool LN>
+template <typename T, int VPT, bool RES, bool LN, bool EW>
 __global__ void __launch_bounds__(512) norm_vec_kernel(const T* x, const T* res, const T* __restrict__ w,
                                                          const T* __restrict__ b, T* y, T* sum_out, int hidden,
-                                                         float eps, float w_off) {
+                                                         float eps, float w_off, const EwChain pre,
+                                                         const EwChain post) {
   kd::pdl_trigger();  // lets a PDL-launched successor (gemv) start its weight loads early
   constexpr int N = kd::Vec<T>::N;
   const size_t row = blockIdx.x;
@@ -24,15 +27,21 @@ __global__ void __launch_bounds__(512) norm_vec_kernel(const T* x, const T* res,
     const int vi = threadIdx.x + k * blockDim.x;
     if (vi < nvec) {
       kd::Vec<T> a = kd::ld_vec(xr + vi * N);
+      float f[N];
+#pragma unroll
+      for (int j = 0; j < N; ++j) f[j] = EW ? kd::apply_chain(kd::to_f(a.v[j]), pre) : kd::to_f(a.v[j]);
       if (RES) {
         kd::Vec<T> r = kd::ld_vec(res + row * hidden + vi * N);
 #pragma unroll
-        for (int j = 0; j < N; ++j) a.v[j] = kd::from_f<T>(kd::to_f(a.v[j]) + kd::to_f(r.v[j]));
+        for (int j = 0; j < N; ++j) {
+          a.v[j] = kd::from_f<T>(f[j] + kd::to_f(r.v[j]));
+          f[j] = kd::to_f(a.v[j]);
+        }
         if (sum_out) kd::st_vec(sum_out + row * hidden + vi * N, a);
       }
 #pragma unroll
       for (int j = 0; j < N; ++j) {
-        v[k][j] = kd::to_f(a.v[j]);
+        v[k][j] = f[j];
         s1 += LN ? v[k][j] : v[k][j] * v[k][j];
       }
     } else {
@@ -71,6 +80,7 @@ __global__ void __launch_bounds__(512) norm_vec_kernel(const T* x, const T* res,
       for (int j = 0; j < N; ++j) {
         float r = (v[k][j] - mean) * rstd * (kd::to_f(wv.v[j]) + w_off);
         if (LN && b) r += kd::to_f(bv.v[j]);
+        if (EW) r = kd::apply_chain(r, post);
         o.v[j] = kd::from_f<T>(r);
       }
       kd::st_vec(y + row * hidden + vi * N, o);
@@ -79,18 +89,20 @@ __global__ void __launch_bounds__(512) norm_vec_kernel(const T* x, const T* res,
 }
 
 // Any hidden size / alignment: element loops, re-reading the row (from L1/L2) in later passes.
-template <typename T, bool RES, bool LN>
+template <typename T, bool RES, bool LN, bool EW>
 __global__ void __launch_bounds__(256) norm_scalar_kernel(const T* x, const T* res, const T* __restrict__ w,
                                                            const T* __restrict__ b, T* y, T* sum_out, int hidden,
-                                                           float eps, float w_off) {
+                                                           float eps, float w_off, const EwChain pre,
+                                                           const EwChain post) {
   kd::pdl_trigger();  // lets a PDL-launched successor (gemv) start its weight loads early
   const size_t row = blockIdx.x;
   const T* xr = x + row * hidden;
-  // Source of the (rounded) values to normalise in passes 2 and 3.
+  // Source of the values to normalise in passes 2 and 3: the rounded sum, or x (through pre, again).
   const T* src = RES ? sum_out + row * hidden : xr;
+  auto val = [&](int i) { return EW && !RES ? kd::apply_chain(kd::to_f(src[i]), pre) : kd::to_f(src[i]); };
   float s1 = 0.f;
   for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-    float a = kd::to_f(xr[i]);
+    float a = EW ? kd::apply_chain(kd::to_f(xr[i]), pre) : kd::to_f(xr[i]);
     if (RES) {
       const T sv = kd::from_f<T>(a + kd::to_f(res[row * hidden + i]));
       sum_out[row * hidden + i] = sv;  // same thread re-reads this element below
@@ -104,7 +116,7 @@ __global__ void __launch_bounds__(256) norm_scalar_kernel(const T* x, const T* r
     mean = s1 / hidden;
     float s2 = 0.f;
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-      const float d = kd::to_f(src[i]) - mean;
+      const float d = val(i) - mean;
       s2 += d * d;
     }
     s2 = kd::block_sum(s2);
@@ -113,15 +125,17 @@ __global__ void __launch_bounds__(256) norm_scalar_kernel(const T* x, const T* r
     rstd = rsqrtf(s1 / hidden + eps);
   }
   for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-    float r = (kd::to_f(src[i]) - mean) * rstd * (kd::to_f(w[i]) + w_off);
+    float r = (val(i) - mean) * rstd * (kd::to_f(w[i]) + w_off);
     if (LN && b) r += kd::to_f(b[i]);
+    if (EW) r = kd::apply_chain(r, post);
     y[row * hidden + i] = kd::from_f<T>(r);
   }
 }
 
-template <typename T, bool RES, bool LN>
+template <typename T, bool RES, bool LN, bool EW>
 cudaError_t launch_norm_t(const void* x_, const void* res_, const void* w_, const void* b_, void* y_, void* sum_,
-                          int rows, int hidden, float eps, float w_off, cudaStream_t s) {
+                          int rows, int hidden, float eps, float w_off, const EwChain& pre, const EwChain& post,
+                          cudaStream_t s) {
   const T* x = static_cast<const T*>(x_);
   const T* res = static_cast<const T*>(res_);
   const T* w = static_cast<const T*>(w_);
@@ -137,7 +151,9 @@ cudaError_t launch_norm_t(const void* x_, const void* res_, const void* w_, cons
     while (nvec > vpt * 512) vpt *= 2;
     int threads = ((nvec + vpt - 1) / vpt + 31) / 32 * 32;
 #define TSLLM_NORM_CASE(V) \
-  case V: norm_vec_kernel<T, V, RES, LN><<<rows, threads, 0, s>>>(x, res, w, b, y, sum, hidden, eps, w_off); break;
+  case V:                                                                                                        \
+    norm_vec_kernel<T, V, RES, LN, EW><<<rows, threads, 0, s>>>(x, res, w, b, y, sum, hidden, eps, w_off, pre, post); \
+    break;
     switch (vpt) {
       TSLLM_NORM_CASE(1)
       TSLLM_NORM_CASE(2)
@@ -146,34 +162,52 @@ cudaError_t launch_norm_t(const void* x_, const void* res_, const void* w_, cons
     }
 #undef TSLLM_NORM_CASE
   } else {
-    norm_scalar_kernel<T, RES, LN><<<rows, 256, 0, s>>>(x, res, w, b, y, sum, hidden, eps, w_off);
+    norm_scalar_kernel<T, RES, LN, EW><<<rows, 256, 0, s>>>(x, res, w, b, y, sum, hidden, eps, w_off, pre, post);
   }
   return cudaGetLastError();
 }
 
-template <bool LN>
-cudaError_t launch_norm(const void* x, const void* res, const void* w, const void* b, void* y, void* sum, int rows,
-                        int hidden, float eps, float w_off, DType dt, cudaStream_t s) {
-  if (rows <= 0) return cudaGetLastError();
-  if (res && !sum) return cudaErrorInvalidValue;
+template <bool LN, bool EW>
+cudaError_t launch_norm_ew(const void* x, const void* res, const void* w, const void* b, void* y, void* sum, int rows,
+                           int hidden, float eps, float w_off, const EwChain& pre, const EwChain& post, DType dt,
+                           cudaStream_t s) {
   if (res) {
-    TSLLM_DISPATCH_ACT(dt, T, return (launch_norm_t<T, true, LN>(x, res, w, b, y, sum, rows, hidden, eps, w_off, s)));
+    TSLLM_DISPATCH_ACT(dt, T,
+                       return (launch_norm_t<T, true, LN, EW>(x, res, w, b, y, sum, rows, hidden, eps, w_off, pre, post,
+                                                              s)));
   } else {
-    TSLLM_DISPATCH_ACT(dt, T, return (launch_norm_t<T, false, LN>(x, res, w, b, y, sum, rows, hidden, eps, w_off, s)));
+    TSLLM_DISPATCH_ACT(dt, T,
+                       return (launch_norm_t<T, false, LN, EW>(x, res, w, b, y, sum, rows, hidden, eps, w_off, pre,
+                                                               post, s)));
   }
   return cudaErrorInvalidValue;
+}
+
+template <bool LN>
+cudaError_t launch_norm(const void* x, const void* res, const void* w, const void* b, void* y, void* sum, int rows,
+                        int hidden, float eps, float w_off, const EwChain* pre, const EwChain* post, DType dt,
+                        cudaStream_t s) {
+  if (rows <= 0) return cudaGetLastError();
+  if (res && !sum) return cudaErrorInvalidValue;
+  const EwChain none{};
+  const EwChain& p0 = pre ? *pre : none;
+  const EwChain& p1 = post ? *post : none;
+  if (p0.n || p1.n) return launch_norm_ew<LN, true>(x, res, w, b, y, sum, rows, hidden, eps, w_off, p0, p1, dt, s);
+  return launch_norm_ew<LN, false>(x, res, w, b, y, sum, rows, hidden, eps, w_off, p0, p1, dt, s);
 }
 
 }  // namespace
 
 cudaError_t rms_norm(const void* x, const void* residual, const void* w, float w_offset, void* y, void* sum_out,
-                     int rows, int hidden, float eps, DType dt, cudaStream_t s) {
-  return launch_norm<false>(x, residual, w, nullptr, y, sum_out, rows, hidden, eps, w_offset, dt, s);
+                     int rows, int hidden, float eps, DType dt, cudaStream_t s, const EwChain* pre,
+                     const EwChain* post) {
+  return launch_norm<false>(x, residual, w, nullptr, y, sum_out, rows, hidden, eps, w_offset, pre, post, dt, s);
 }
 
 cudaError_t layer_norm(const void* x, const void* residual, const void* w, float w_offset, const void* b, void* y,
-                       void* sum_out, int rows, int hidden, float eps, DType dt, cudaStream_t s) {
-  return launch_norm<true>(x, residual, w, b, y, sum_out, rows, hidden, eps, w_offset, dt, s);
+                       void* sum_out, int rows, int hidden, float eps, DType dt, cudaStream_t s, const EwChain* pre,
+                       const EwChain* post) {
+  return launch_norm<true>(x, residual, w, b, y, sum_out, rows, hidden, eps, w_offset, pre, post, dt, s);
 }
 
 }  // namespace tsllm

@@ -133,7 +133,7 @@ struct Engine {
   size_t kv_bytes = 0;
   void* attn_ws = nullptr;
   size_t attn_ws_bytes = 0;
-  void* scratch = nullptr;  // linear with a residual and a non-epilogue activation whose out aliases the residual
+  void* scratch = nullptr;  // linear with a residual and a non-epilogue activation or chain whose out aliases the residual
   size_t scratch_bytes = 0;
   void* gather_scratch = nullptr;  // all_gather: [tp, rows, C] before the transpose to [rows, tp*C]
   size_t gather_scratch_bytes = 0;

@@ -56,6 +56,17 @@ constexpr size_t kNumOps = sizeof(kOps) / sizeof(kOps[0]);
 
 const OpInfo& op_info(Op op) { return kOps[size_t(op)]; }
 const char* op_name(Op op) { return size_t(op) < kNumOps ? kOps[size_t(op)].name : "?"; }
+
+bool unary_of(Op op, UnaryOp* u) {
+  switch (op) {
+    case Op::Tanh: *u = UnaryOp::Tanh; return true;
+    case Op::Sigmoid: *u = UnaryOp::Sigmoid; return true;
+    case Op::Exp: *u = UnaryOp::Exp; return true;
+    case Op::Scale: *u = UnaryOp::Scale; return true;
+    case Op::Softcap: *u = UnaryOp::Softcap; return true;
+    default: return false;
+  }
+}
 const std::string& op_list() {
   static const std::string s = [] {
     std::string r;
@@ -470,11 +481,40 @@ EngineDesc read_engine_header(const std::string& path) {
         if (!std::isfinite(off) || std::fabs(off) > 1e6) throw fail(where + ": weight_offset " + std::to_string(off) + " is not a finite number");
         nd.w_offset = float(off);
       };
-      auto param_attr = [&](const char* key, bool positive) {
-        const double v = a.at(key).num(key);
-        if (!std::isfinite(v) || (positive && !(v > 0)))
-          throw fail(where + ": " + key + " " + std::to_string(v) + (positive ? " must be a finite number > 0" : " is not finite"));
-        nd.param = float(v);
+      // A unary op's number (scale: factor, finite; softcap: cap, finite and > 0); other ops take none.
+      auto unary_param = [&](UnaryOp u, double v, const std::string& what) -> float {
+        const bool positive = u == UnaryOp::Softcap;
+        if ((u == UnaryOp::Scale || positive) && (!std::isfinite(v) || (positive && !(v > 0))))
+          throw fail(where + ": " + what + " " + std::to_string(v) +
+                     (positive ? " must be a finite number > 0" : " is not finite"));
+        return float(v);
+      };
+      auto param_attr = [&](const char* key) {
+        UnaryOp u;
+        unary_of(nd.op, &u);
+        nd.param = unary_param(u, a.at(key).num(key), key);
+      };
+      // attrs[key] = { ops: [names], args: [numbers] }: a chain folded in by the compiler (src/ops/ew-chain.ts).
+      auto chain_attr = [&](const char* key, EwChain* c) {
+        const Json* cj = a.find(key);
+        if (!cj || cj->is_null()) return;
+        const std::string k = key;
+        const auto& ops = cj->at("ops").arr((k + ".ops").c_str());
+        const auto& args = cj->at("args").arr((k + ".args").c_str());
+        if (ops.size() != args.size() || ops.size() > size_t(kMaxEwChain))
+          throw fail(where + ": " + k + " has " + std::to_string(ops.size()) + " ops and " + std::to_string(args.size()) +
+                     " args (the same number, at most " + std::to_string(kMaxEwChain) + ")");
+        for (size_t i = 0; i < ops.size(); i++) {
+          const std::string& name = ops[i].str((k + ".ops[]").c_str());
+          Op op;
+          UnaryOp u;
+          if (!parse_op(name, &op) || !unary_of(op, &u))
+            throw fail(where + ": " + k + ".ops[" + std::to_string(i) + "] \"" + name +
+                       "\" is not a unary op (tanh, sigmoid, exp, scale, softcap)");
+          c->op[i] = u;
+          c->arg[i] = unary_param(u, args[i].num((k + ".args[]").c_str()), k + ".args[" + std::to_string(i) + "]");
+        }
+        c->n = int(ops.size());
       };
       auto attn_attrs = [&]() {
         nd.layer = int(int_at(a, "layer", where + ": layer", 0, std::max(0, d.kv.num_layers - 1)));
@@ -528,6 +568,7 @@ EngineDesc read_engine_header(const std::string& path) {
         }
         case Op::Linear: {
           nd.act = parse_act(a.str_or("activation", "none"), where);
+          chain_attr("post", &nd.post);
           const ValueDesc& x = in(0);
           const ValueDesc& w = in(1);
           if (w.shape.size() != 2 || w.has_sym()) throw fail(where + ": weight " + w.name + " must be 2-D [N, K]");
@@ -551,6 +592,8 @@ EngineDesc read_engine_header(const std::string& path) {
         case Op::LayerNorm:
         case Op::AddLayerNorm: {
           eps_attr();
+          chain_attr("pre", &nd.pre);
+          chain_attr("post", &nd.post);
           const bool add = nd.op == Op::AddRmsNorm || nd.op == Op::AddLayerNorm;
           const ValueDesc& x = in(0);
           act(x);
@@ -574,8 +617,8 @@ EngineDesc read_engine_header(const std::string& path) {
         case Op::Exp:
         case Op::Scale:
         case Op::Softcap:
-          if (nd.op == Op::Scale) param_attr("factor", false);
-          if (nd.op == Op::Softcap) param_attr("cap", true);
+          if (nd.op == Op::Scale) param_attr("factor");
+          if (nd.op == Op::Softcap) param_attr("cap");
           act(in(0)), act(out(0)), same_shape(in(0), out(0));
           break;
         case Op::Silu:
@@ -658,6 +701,7 @@ EngineDesc read_engine_header(const std::string& path) {
           // docs/engine-format.md "Quantisation": fp8 [N,K] E4M3 + f32 [N]; int8-wo i8 [N,K] + f32 [N];
           // int4-wo u8 [N,K/2] (two per byte) + f32 [N, K/G].
           nd.act = parse_act(a.str_or("activation", "none"), where);
+          chain_attr("post", &nd.post);
           const std::string q = a.str_or("quant", "");
           ElemType wdt;
           if (q == "fp8") nd.quant = QuantKind::Fp8, wdt = ElemType::FP8_E4M3;

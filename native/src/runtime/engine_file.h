@@ -92,6 +92,9 @@ struct OpInfo {
 };
 const OpInfo& op_info(Op op);
 const char* op_name(Op op);
+// The UnaryOp (kernels' enums.h) an op of ops.def computes, for tanh, sigmoid, exp, scale and softcap: the standalone
+// ops and the steps of the chains folded into linears and norms (attrs pre / post). False for other ops.
+bool unary_of(Op op, UnaryOp* u);
 // "embedding, linear, ...": every op this runtime implements, for messages.
 const std::string& op_list();
 
@@ -103,6 +106,7 @@ struct NodeDesc {
   float eps = 1e-5f;
   float w_offset = 0.f;  // norms: weight_offset (the norm multiplies by weight + w_offset)
   float param = 0.f;     // scale: factor; softcap: cap
+  EwChain pre, post;     // linear / quant_linear: post; norms: pre and post (src/ops/ew-chain.ts)
   Act act = Act::None;
   int vocab_start = 0;
   std::vector<int64_t> sizes;

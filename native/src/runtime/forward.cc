@@ -23,7 +23,8 @@ namespace {
 
 // The prologue a skippable node turns into (GemvPro::None when it cannot be fused).
 GemvPro prologue_kind(const NodeDesc& n) {
-  if (n.op == Op::RmsNorm && n.w_offset == 0.f) return GemvPro::RmsNorm;  // the gemv prologue reads w as is
+  // The gemv prologue reads w as is and has no place for a norm's folded elementwise chains.
+  if (n.op == Op::RmsNorm && n.w_offset == 0.f && !n.pre.n && !n.post.n) return GemvPro::RmsNorm;
   if (n.op == Op::GatedAct && n.act == Act::Silu) return GemvPro::GatedSilu;
   if (n.op == Op::GatedAct && n.act == Act::GeluTanh) return GemvPro::GatedGeluTanh;
   return GemvPro::None;
@@ -101,13 +102,26 @@ void run_Embedding(const NodeRun& r) {
                  int(tab.shape[0].n), r.dt, r.s));
 }
 
-// out = act(x·wᵀ + bias) + res with w [N, K] in the activation dtype (a linear node, or a weight-only quant_linear's
-// dequantised weight). Returns an empty string or the GEMM's message.
+// out = post(act(x·wᵀ + bias)) + res with w [N, K] in the activation dtype (a linear node, or a weight-only
+// quant_linear's dequantised weight). Returns an empty string or the GEMM's message.
 std::string linear_act(const NodeRun& r, const void* x, const void* w, void* bias, void* res, void* o, int M, int N,
-                       int K, Act act) {
+                       int K, Act act, const EwChain& post) {
   Engine& e = r.e;
   const GemmEpi epi = bias ? GemmEpi::Bias : GemmEpi::None;
   std::string err;
+  if (post.n) {
+    // A folded elementwise chain. With no activation or GELU-tanh (cuBLASLt's epilogue) the GEMM runner applies it
+    // (gemv registers, cuBLASLt alpha, or one kernel after the GEMM); other activations: the GEMM, then one
+    // kernel for activation, chain and residual.
+    if (act == Act::None || act == Act::GeluTanh) {
+      const GemmEpi ep = act == Act::None ? epi : bias ? GemmEpi::GeluBias : GemmEpi::Gelu;
+      return e.gemm.linear(x, w, bias, res, o, M, N, K, e.cuda_dt, ep, r.s, r.ran, &post, e.scratch);
+    }
+    void* tmp = (res && res == o) ? e.scratch : o;
+    err = e.gemm.linear(x, w, bias, nullptr, tmp, M, N, K, e.cuda_dt, epi, r.s, r.ran);
+    if (err.empty()) r.ck(linear_epilogue(tmp, res, o, uint64_t(M) * uint64_t(N), act, post, r.dt, r.s));
+    return err;
+  }
   if (act == Act::None) {
     err = e.gemm.linear(x, w, bias, res, o, M, N, K, e.cuda_dt, epi, r.s, r.ran);
   } else if (!res && act == Act::GeluTanh) {
@@ -130,22 +144,29 @@ void run_Linear(const NodeRun& r) {
   const ValueDesc& w = r.vin(1);
   const int N = int(w.shape[0].n), K = int(w.shape[1].n);
   const int M = int(r.numel_in(0) / K);
-  const std::string err = linear_act(r, r.in(0), r.in(1), r.in(2), r.in(3), r.out(0), M, N, K, r.n.act);
+  const std::string err = linear_act(r, r.in(0), r.in(1), r.in(2), r.in(3), r.out(0), M, N, K, r.n.act, r.n.post);
   if (!err.empty()) r.fail(err);
 }
 
 // quant_linear (quant_gemm.h): quantised gemv for decode, FP8 cuBLASLt GEMM or dequantise + linear_act otherwise.
+// A folded elementwise chain runs after it as one kernel with the residual (the quantised paths end at the
+// activation): the quantised GEMM writes without the residual, to scratch when out aliases the residual.
 void run_QuantLinear(const NodeRun& r) {
   const NodeDesc& n = r.n;
   const int N = int(r.vin(1).shape[0].n);
   const int K = int(r.vin(0).last_dim());
   const int M = int(r.numel_in(0) / K);
-  QuantLinearCall c{n.quant, n.group_size, r.in(0), r.in(1), static_cast<const float*>(r.in(2)), r.in(3), r.in(4),
-                    r.out(0), M, N, K, n.act};
+  void* res = r.in(4);
+  void* dst = n.post.n && res && res == r.out(0) ? r.e.scratch : r.out(0);
+  void* res_in = n.post.n ? nullptr : res;
+  QuantLinearCall c{n.quant, n.group_size, r.in(0), r.in(1), static_cast<const float*>(r.in(2)), r.in(3), res_in,
+                    dst, M, N, K, n.act};
   const std::string err = r.e.qgemm.run(c, r.dt, r.s, [&](const void* wd) {
-    return linear_act(r, c.x, wd, r.in(3), r.in(4), c.out, M, N, K, n.act);
+    return linear_act(r, c.x, wd, r.in(3), res_in, dst, M, N, K, n.act, EwChain{});
   });
   if (!err.empty()) r.fail(std::string(quant_kind_name(n.quant)) + ": " + err);
+  if (n.post.n)
+    r.ck(linear_epilogue(dst, res, r.out(0), uint64_t(M) * uint64_t(N), Act::None, n.post, r.dt, r.s));
 }
 
 void norm(const NodeRun& r, bool add, bool layer) {
@@ -154,10 +175,10 @@ void norm(const NodeRun& r, bool add, bool layer) {
   const size_t wi = add ? 2 : 1;
   if (layer)
     r.ck(layer_norm(r.in(0), add ? r.in(1) : nullptr, r.in(wi), r.n.w_offset, r.in(wi + 1), r.out(0),
-                    add ? r.out(1) : nullptr, rows, H, r.n.eps, r.dt, r.s));
+                    add ? r.out(1) : nullptr, rows, H, r.n.eps, r.dt, r.s, &r.n.pre, &r.n.post));
   else
     r.ck(rms_norm(r.in(0), add ? r.in(1) : nullptr, r.in(wi), r.n.w_offset, r.out(0), add ? r.out(1) : nullptr, rows,
-                  H, r.n.eps, r.dt, r.s));
+                  H, r.n.eps, r.dt, r.s, &r.n.pre, &r.n.post));
 }
 void run_RmsNorm(const NodeRun& r) { norm(r, false, false); }
 void run_AddRmsNorm(const NodeRun& r) { norm(r, true, false); }
@@ -172,14 +193,16 @@ void run_Sub(const NodeRun& r) { elementwise(r, BinaryOp::Sub); }
 void run_Mul(const NodeRun& r) { elementwise(r, BinaryOp::Mul); }
 void run_Div(const NodeRun& r) { elementwise(r, BinaryOp::Div); }
 
-void elementwise(const NodeRun& r, UnaryOp op) {
+void unary_node(const NodeRun& r) {
+  UnaryOp op;
+  if (!unary_of(r.n.op, &op)) r.fail("not a unary op");
   r.ck(unary(r.in(0), r.out(0), uint64_t(r.numel_out(0)), op, r.n.param, r.dt, r.s));
 }
-void run_Tanh(const NodeRun& r) { elementwise(r, UnaryOp::Tanh); }
-void run_Sigmoid(const NodeRun& r) { elementwise(r, UnaryOp::Sigmoid); }
-void run_Exp(const NodeRun& r) { elementwise(r, UnaryOp::Exp); }
-void run_Scale(const NodeRun& r) { elementwise(r, UnaryOp::Scale); }
-void run_Softcap(const NodeRun& r) { elementwise(r, UnaryOp::Softcap); }
+void run_Tanh(const NodeRun& r) { unary_node(r); }
+void run_Sigmoid(const NodeRun& r) { unary_node(r); }
+void run_Exp(const NodeRun& r) { unary_node(r); }
+void run_Scale(const NodeRun& r) { unary_node(r); }
+void run_Softcap(const NodeRun& r) { unary_node(r); }
 void run_Silu(const NodeRun& r) { r.ck(activation(r.in(0), r.out(0), uint64_t(r.numel_out(0)), r.n.act, r.dt, r.s)); }
 void run_Gelu(const NodeRun& r) { r.ck(activation(r.in(0), r.out(0), uint64_t(r.numel_out(0)), r.n.act, r.dt, r.s)); }
 
@@ -313,7 +336,8 @@ void plan_prologue_fusion(Engine& e) {
         }
     if (uses != 1 || cons < 0 || size_t(cons) <= i) continue;
     const NodeDesc& l = d.nodes[size_t(cons)];
-    if (l.op != Op::Linear || l.act != Act::None || l.in.size() < 2 || l.out.size() != 1) continue;
+    // A linear with a folded elementwise chain runs the plain gemv with it (the prologue variants have no chain).
+    if (l.op != Op::Linear || l.act != Act::None || l.post.n || l.in.size() < 2 || l.out.size() != 1) continue;
     const int64_t K = e.val(l.in[1]).shape[1].n;
     const int64_t width = e.val(v).last_dim();  // rms_norm: hidden; gated_act: inter
     if (width != K || e.val(n.in[0]).last_dim() != (n.op == Op::RmsNorm ? K : 2 * K)) continue;

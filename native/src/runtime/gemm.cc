@@ -215,23 +215,41 @@ GemmRunner::Plan* GemmRunner::get_plan(const Key& k, const void* x, const void* 
 }
 
 std::string GemmRunner::run_plan(Plan& p, const void* x, const void* w, const void* bias, const void* residual,
-                                 void* out, int M, int N, int K, cudaDataType_t dt, GemmEpi epi, cudaStream_t s) {
-  if (p.gemv >= 0) {
-    DType gdt = dt == CUDA_R_16BF ? DType::BF16 : DType::F16;
-    cudaError_t ge = gemv(p.gemv, x, w, epi == GemmEpi::Bias ? bias : nullptr, residual, out, M, N, K, gdt, pdl, s);
+                                 void* out, int M, int N, int K, cudaDataType_t dt, GemmEpi epi, cudaStream_t s,
+                                 const EwChain* post, void* tmp) {
+  const DType gdt = dt == CUDA_R_16BF ? DType::BF16 : DType::F16;
+  if (p.gemv >= 0) {  // the chain, if any, in registers
+    cudaError_t ge =
+        gemv(p.gemv, x, w, epi == GemmEpi::Bias ? bias : nullptr, residual, out, M, N, K, gdt, pdl, s, post);
     return ge == cudaSuccess ? std::string() : std::string("gemv: ") + cudaGetErrorString(ge);
   }
   if (epi == GemmEpi::Bias || epi == GemmEpi::GeluBias)
     LT_TRY(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
-  float alpha = 1.f, beta = residual ? 1.f : 0.f;
-  const void* c = residual ? residual : out;
-  LT_TRY(cublasLtMatmul(handle_, p.desc, &alpha, w, p.a, x, p.b, &beta, c, p.c, out, p.c, &p.algo, workspace_,
+  float alpha = 1.f;
+  EwChain rest = post ? *post : EwChain{};
+  if (rest.n > 0 && rest.op[0] == UnaryOp::Scale && epi == GemmEpi::None) {  // scale(x·wᵀ) = alpha·x·wᵀ
+    alpha = rest.arg[0];
+    for (int i = 1; i < rest.n; i++) rest.op[i - 1] = rest.op[i], rest.arg[i - 1] = rest.arg[i];
+    rest.n--;
+  }
+  // With a chain left, the residual is added after it (by linear_epilogue), not as C.
+  const void* res_c = rest.n ? nullptr : residual;
+  void* dst = rest.n && residual == out ? tmp : out;
+  if (!dst) return "a linear with an elementwise chain whose output aliases its residual needs a scratch buffer";
+  float beta = res_c ? 1.f : 0.f;
+  const void* c = res_c ? res_c : dst;
+  LT_TRY(cublasLtMatmul(handle_, p.desc, &alpha, w, p.a, x, p.b, &beta, c, p.c, dst, p.c, &p.algo, workspace_,
                         kWorkspaceBytes, s));
+  if (rest.n) {
+    cudaError_t ee = linear_epilogue(dst, residual, out, uint64_t(M) * uint64_t(N), Act::None, rest, gdt, s);
+    if (ee != cudaSuccess) return std::string("linear_epilogue: ") + cudaGetErrorString(ee);
+  }
   return "";
 }
 
 std::string GemmRunner::linear(const void* x, const void* w, const void* bias, const void* residual, void* out, int M,
-                               int N, int K, cudaDataType_t dt, GemmEpi epi, cudaStream_t s, LinearKernel* ran) {
+                               int N, int K, cudaDataType_t dt, GemmEpi epi, cudaStream_t s, LinearKernel* ran,
+                               const EwChain* post, void* tmp) {
   *ran = LinearKernel::None;
   if (M == 0) return "";
   int align = ptr_align(x);
@@ -244,7 +262,7 @@ std::string GemmRunner::linear(const void* x, const void* w, const void* bias, c
   if (strict && gemv_mode == 1 && M <= kGemvMaxM && (epi == GemmEpi::None || epi == GemmEpi::Bias) && p->gemv < 0)
     return "gemv forced (gemv = 1, strict_kernels) but cuBLASLt would run M=" + std::to_string(M) + " N=" +
            std::to_string(N) + " K=" + std::to_string(K) + ": " + (p->no_gemv.empty() ? "unknown" : p->no_gemv);
-  err = run_plan(*p, x, w, bias, residual, out, M, N, K, dt, epi, s);
+  err = run_plan(*p, x, w, bias, residual, out, M, N, K, dt, epi, s, post && post->n ? post : nullptr, tmp);
   if (err.empty()) *ran = p->gemv >= 0 ? LinearKernel::Gemv : LinearKernel::Cublaslt;
   return err;
 }

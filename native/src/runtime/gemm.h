@@ -35,8 +35,13 @@ class GemmRunner {
   // Returns an empty string on success, else a one-line message; *ran: the kernel that ran.
   // strict with gemv = always: a plain/bias linear with M <= kGemvMaxM that does not run the gemv is an error
   // saying why (not eligible, first seen during graph capture, no variant launched).
+  // post (may be null or empty): a folded elementwise chain, out = post(epi(x·wᵀ + bias)) + residual. The gemv applies
+  // it in registers; on cuBLASLt a leading scale rides on alpha when epi is None (and a chain of just that scale
+  // keeps the residual as C), and what is left runs as one linear_epilogue kernel after the GEMM, which then
+  // writes to `tmp` (room for out) when out aliases the residual. Without post, nothing here changes.
   std::string linear(const void* x, const void* w, const void* bias, const void* residual, void* out, int M, int N,
-                     int K, cudaDataType_t dt, GemmEpi epi, cudaStream_t s, LinearKernel* ran);
+                     int K, cudaDataType_t dt, GemmEpi epi, cudaStream_t s, LinearKernel* ran,
+                     const EwChain* post = nullptr, void* tmp = nullptr);
 
   // Prologue fusion (tsllm_options.gemv_prologue, on by default): the gemv variant that runs `pro` (rms_norm or gated act, see
   // gemv_pro) fused into this linear, or -1 when the pair stays unfused (prologue kernel writing pro_y, then
@@ -91,7 +96,8 @@ class GemmRunner {
   // The plan of a shape (made, and tuned, on first use); nullptr with *err set on failure.
   Plan* get_plan(const Key& k, const void* x, const void* w, const void* bias, cudaStream_t s, std::string* err);
   std::string run_plan(Plan& p, const void* x, const void* w, const void* bias, const void* residual, void* out, int M,
-                       int N, int K, cudaDataType_t dt, GemmEpi epi, cudaStream_t s);
+                       int N, int K, cudaDataType_t dt, GemmEpi epi, cudaStream_t s, const EwChain* post = nullptr,
+                       void* tmp = nullptr);
   std::string ensure_tune_buffers(size_t out_bytes);
   std::string make_plan(const Key& k, Plan* p, const void* x, const void* w, const void* bias, cudaStream_t s);
   std::string tune(const Key& k, Plan* p, const cublasLtMatmulHeuristicResult_t* res, int n, const void* x,

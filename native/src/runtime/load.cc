@@ -372,9 +372,10 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
       max_hd = std::max(max_hd, n.head_dim);
     }
     // The weight-only quant_linear's context path runs as a linear on the dequantised weight (its residual is in[4]).
+    // Scratch: a linear whose out aliases its residual and whose activation or elementwise chain runs after the GEMM.
     const size_t res_in = n.op == Op::QuantLinear ? 4 : 3;
     if ((n.op == Op::Linear || n.op == Op::QuantLinear) && n.in.size() > res_in && n.in[res_in] >= 0 &&
-        n.act != Act::None)
+        (n.act != Act::None || n.post.n))
       e->scratch_bytes = std::max<size_t>(e->scratch_bytes, e->val(n.out[0]).max_numel() * elem_size(d.dtype));
     if (n.op == Op::AllGather && n.tp > 1)
       e->gather_scratch_bytes = std::max<size_t>(e->gather_scratch_bytes, e->val(n.out[0]).max_numel() * elem_size(d.dtype));
