@@ -176,13 +176,14 @@ __device__ __forceinline__ float unary_value(float x, UnaryOp op, float p) {
   return x;
 }
 
-// A chain (EwChain, enums.h) in order, fp32 throughout (one rounding by the caller at the store).
+// A chain (EwChain, enums.h) in order, fp32 throughout (one rounding by the caller at the store). A real loop and,
+// for kernels that apply it to many registers (norms), a call: one copy of the code instead of one per element.
 __device__ __forceinline__ float apply_chain(float x, const EwChain& c) {
-#pragma unroll
-  for (int i = 0; i < kMaxEwChain; i++)
-    if (i < c.n) x = unary_value(x, c.op[i], c.arg[i]);
+#pragma unroll 1
+  for (int i = 0; i < c.n; i++) x = unary_value(x, c.op[i], c.arg[i]);
   return x;
 }
+static __device__ __noinline__ float apply_chain_call(float x, const EwChain& c) { return apply_chain(x, c); }
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 

@@ -29,7 +29,7 @@ __global__ void __launch_bounds__(512) norm_vec_kernel(const T* x, const T* res,
       kd::Vec<T> a = kd::ld_vec(xr + vi * N);
       float f[N];
 #pragma unroll
-      for (int j = 0; j < N; ++j) f[j] = EW ? kd::apply_chain(kd::to_f(a.v[j]), pre) : kd::to_f(a.v[j]);
+      for (int j = 0; j < N; ++j) f[j] = EW ? kd::apply_chain_call(kd::to_f(a.v[j]), pre) : kd::to_f(a.v[j]);
       if (RES) {
         kd::Vec<T> r = kd::ld_vec(res + row * hidden + vi * N);
 #pragma unroll
@@ -80,7 +80,7 @@ __global__ void __launch_bounds__(512) norm_vec_kernel(const T* x, const T* res,
       for (int j = 0; j < N; ++j) {
         float r = (v[k][j] - mean) * rstd * (kd::to_f(wv.v[j]) + w_off);
         if (LN && b) r += kd::to_f(bv.v[j]);
-        if (EW) r = kd::apply_chain(r, post);
+        if (EW) r = kd::apply_chain_call(r, post);
         o.v[j] = kd::from_f<T>(r);
       }
       kd::st_vec(y + row * hidden + vi * N, o);
@@ -99,10 +99,10 @@ __global__ void __launch_bounds__(256) norm_scalar_kernel(const T* x, const T* r
   const T* xr = x + row * hidden;
   // Source of the values to normalise in passes 2 and 3: the rounded sum, or x (through pre, again).
   const T* src = RES ? sum_out + row * hidden : xr;
-  auto val = [&](int i) { return EW && !RES ? kd::apply_chain(kd::to_f(src[i]), pre) : kd::to_f(src[i]); };
+  auto val = [&](int i) { return EW && !RES ? kd::apply_chain_call(kd::to_f(src[i]), pre) : kd::to_f(src[i]); };
   float s1 = 0.f;
   for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-    float a = EW ? kd::apply_chain(kd::to_f(xr[i]), pre) : kd::to_f(xr[i]);
+    float a = EW ? kd::apply_chain_call(kd::to_f(xr[i]), pre) : kd::to_f(xr[i]);
     if (RES) {
       const T sv = kd::from_f<T>(a + kd::to_f(res[row * hidden + i]));
       sum_out[row * hidden + i] = sv;  // same thread re-reads this element below
@@ -127,7 +127,7 @@ __global__ void __launch_bounds__(256) norm_scalar_kernel(const T* x, const T* r
   for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
     float r = (val(i) - mean) * rstd * (kd::to_f(w[i]) + w_off);
     if (LN && b) r += kd::to_f(b[i]);
-    if (EW) r = kd::apply_chain(r, post);
+    if (EW) r = kd::apply_chain_call(r, post);
     y[row * hidden + i] = kd::from_f<T>(r);
   }
 }
