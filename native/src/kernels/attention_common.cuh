@@ -1,4 +1,5 @@
-// Helpers of the paged-attention kernels: cache addressing, cp.async, ldmatrix and mma.sync wrappers.
+// Helpers of the paged-attention kernels: cache addressing, the online-softmax update and the merges of its
+// partials (flash-decoding), cp.async, ldmatrix and mma.sync wrappers.
 #pragma once
 #include "common.cuh"
 
@@ -101,6 +102,96 @@ __device__ __forceinline__ void rope8(const T* src, int i0, int R, bool gptj, in
   rope_angles(i0, R, gptj, pos, inv_freq, cs, sn);
   rope_apply<T>(src, i0, R, gptj, raw, cs, sn, o);
 }
+
+// ---- online softmax (scores in the log2 domain), one place for its update and its merges ----
+// A partial result is (m, l, acc): the running max, the sum of 2^(s - m), and the 2^(s - m)-weighted sum of values.
+
+// The factor a partial with max m takes in a merge whose max is M (an empty partial, m = -inf, weighs 0).
+__device__ __forceinline__ float softmax_rescale(float m, float M) { return m == -INFINITY ? 0.f : exp2f(m - M); }
+
+// Absorbs one step of U keys into the GB heads' partials: scores s[u][g] (-inf for absent keys), values vf[u].
+template <int U, int GB>
+__device__ __forceinline__ void softmax_step(float (&m)[GB], float (&l)[GB], float (&acc)[GB][8],
+                                             const float (&s)[U][GB], const float (&vf)[U][8]) {
+#pragma unroll
+  for (int g = 0; g < GB; ++g) {
+    float mx = m[g];
+#pragma unroll
+    for (int u = 0; u < U; ++u) mx = fmaxf(mx, s[u][g]);
+    if (mx == -INFINITY) continue;  // no valid key for this lane yet
+    const float c = exp2f(m[g] - mx);
+    l[g] *= c;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[g][j] *= c;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const float pr = exp2f(s[u][g] - mx);
+      l[g] += pr;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[g][j] = fmaf(pr, vf[u][j], acc[g][j]);
+    }
+    m[g] = mx;
+  }
+}
+
+// Merges the partials of the lanes of a warp that hold the same 8 dims (lanes LPK apart: one key slot each).
+template <int LPK, int GB>
+__device__ __forceinline__ void softmax_merge_lanes(float (&m)[GB], float (&l)[GB], float (&acc)[GB][8]) {
+#pragma unroll
+  for (int g = 0; g < GB; ++g) {
+#pragma unroll
+    for (int o = LPK; o < 32; o <<= 1) {
+      const float mo = __shfl_xor_sync(0xffffffffu, m[g], o);
+      const float lo = __shfl_xor_sync(0xffffffffu, l[g], o);
+      const float M = fmaxf(m[g], mo);
+      const float c1 = softmax_rescale(m[g], M);
+      const float c2 = softmax_rescale(mo, M);
+      l[g] = l[g] * c1 + lo * c2;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float ao = __shfl_xor_sync(0xffffffffu, acc[g][j], o);
+        acc[g][j] = acc[g][j] * c1 + ao * c2;
+      }
+      m[g] = M;
+    }
+  }
+}
+
+// The warps' partials of a block in shared memory: lane slot 0 of each warp stores its merged (m, l, acc).
+template <int NW, int GB, int DP>
+struct SoftmaxWarpPartials {
+  float acc[NW][GB][DP];
+  float m[NW][GB], l[NW][GB];
+
+  __device__ __forceinline__ void store(int warp, int slot, int sub, const float (&pm)[GB], const float (&pl)[GB],
+                                        const float (&pacc)[GB][8]) {
+    if (slot != 0) return;
+#pragma unroll
+    for (int g = 0; g < GB; ++g) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[warp][g][sub * 8 + j] = pacc[g][j];
+      if (sub == 0) {
+        m[warp][g] = pm[g];
+        l[warp][g] = pl[g];
+      }
+    }
+  }
+  // Head g, dim d over the warps: the block's max M, sum L and normalised output (0 when no key was seen).
+  __device__ __forceinline__ float merge(int g, int d, float* M_out, float* L_out) const {
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) M = fmaxf(M, m[w][g]);
+    float L = 0.f, O = 0.f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) {
+      const float c = softmax_rescale(m[w][g], M);
+      L += l[w][g] * c;
+      O += acc[w][g][d] * c;
+    }
+    *M_out = M, *L_out = L;
+    return L > 0.f ? O / L : 0.f;
+  }
+};
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
   const unsigned s = (unsigned)__cvta_generic_to_shared(smem);

@@ -181,77 +181,22 @@ __global__ void __launch_bounds__(kDecWarps * 32)
           for (int j = 0; j < 8; ++j) vf[u][j] = vown[j];
       }
     }
-#pragma unroll
-    for (int g = 0; g < GB; ++g) {
-      float mx = m[g];
-#pragma unroll
-      for (int u = 0; u < U; ++u) mx = fmaxf(mx, s[u][g]);
-      if (mx == -INFINITY) continue;  // no valid key for this lane yet
-      const float c = exp2f(m[g] - mx);
-      l[g] *= c;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) acc[g][j] *= c;
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const float pr = exp2f(s[u][g] - mx);
-        l[g] += pr;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) acc[g][j] = fmaf(pr, vf[u][j], acc[g][j]);
-      }
-      m[g] = mx;
-    }
+    softmax_step<U, GB>(m, l, acc, s, vf);
   }
 
-  // Merge the key slots of a warp (lanes with equal `sub`).
-#pragma unroll
-  for (int g = 0; g < GB; ++g) {
-#pragma unroll
-    for (int o = LPK; o < 32; o <<= 1) {
-      const float mo = __shfl_xor_sync(0xffffffffu, m[g], o);
-      const float lo = __shfl_xor_sync(0xffffffffu, l[g], o);
-      const float M = fmaxf(m[g], mo);
-      const float c1 = m[g] == -INFINITY ? 0.f : exp2f(m[g] - M);
-      const float c2 = mo == -INFINITY ? 0.f : exp2f(mo - M);
-      l[g] = l[g] * c1 + lo * c2;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const float ao = __shfl_xor_sync(0xffffffffu, acc[g][j], o);
-        acc[g][j] = acc[g][j] * c1 + ao * c2;
-      }
-      m[g] = M;
-    }
-  }
-  __shared__ float s_acc[kDecWarps][GB][DP];
-  __shared__ float s_m[kDecWarps][GB], s_l[kDecWarps][GB];
-  if (slot == 0) {
-#pragma unroll
-    for (int g = 0; g < GB; ++g) {
-#pragma unroll
-      for (int j = 0; j < 8; ++j) s_acc[warp][g][sub * 8 + j] = acc[g][j];
-      if (sub == 0) {
-        s_m[warp][g] = m[g];
-        s_l[warp][g] = l[g];
-      }
-    }
-  }
+  // Merge the key slots of a warp (lanes with equal `sub`), then the warps through shared memory.
+  softmax_merge_lanes<LPK, GB>(m, l, acc);
+  __shared__ SoftmaxWarpPartials<kDecWarps, GB, DP> part;
+  part.store(warp, slot, sub, m, l, acc);
   __syncthreads();
   // Block result per (head, dim): normalised o and the block's (m, l).
   for (int e = threadIdx.x; e < GB * DP; e += blockDim.x) {
     const int g = e / DP, d = e % DP;
     const int hh = hg * GB + g;
     if (hh >= G || d >= D) continue;
-    float M = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kDecWarps; ++w) M = fmaxf(M, s_m[w][g]);
-    float L = 0.f, O = 0.f;
-#pragma unroll
-    for (int w = 0; w < kDecWarps; ++w) {
-      const float c = s_m[w][g] == -INFINITY ? 0.f : exp2f(s_m[w][g] - M);
-      L += s_l[w][g] * c;
-      O += s_acc[w][g][d] * c;
-    }
+    float M, L;
+    const float r = part.merge(g, d, &M, &L);
     const int h = hk * G + hh;
-    const float r = L > 0.f ? O / L : 0.f;
     if (nsplit == 1) {
       a.out[((size_t)t * nH + h) * D + d] = from_f<T>(r);
     } else {
@@ -415,25 +360,7 @@ __global__ void __launch_bounds__(NW * 32) decode_fast_kernel(const DecodeArgs<T
     float vf[U][8];
 #pragma unroll
     for (int u = 0; u < U; ++u) unpack8<T>(vr[u], vf[u]);
-#pragma unroll
-    for (int g = 0; g < GB; ++g) {
-      float mx = m[g];
-#pragma unroll
-      for (int u = 0; u < U; ++u) mx = fmaxf(mx, s[u][g]);
-      if (mx == -INFINITY) continue;  // no valid key for this lane yet
-      const float c = exp2f(m[g] - mx);
-      l[g] *= c;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) acc[g][j] *= c;
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const float pr = exp2f(s[u][g] - mx);
-        l[g] += pr;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) acc[g][j] = fmaf(pr, vf[u][j], acc[g][j]);
-      }
-      m[g] = mx;
-    }
+    softmax_step<U, GB>(m, l, acc, s, vf);
     // Loads of the next step (the cache slot at pos may be read here too; its value is replaced above).
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -445,38 +372,10 @@ __global__ void __launch_bounds__(NW * 32) decode_fast_kernel(const DecodeArgs<T
     }
   }
 
-  // Merge the key slots of a warp (lanes with equal `sub`).
-#pragma unroll
-  for (int g = 0; g < GB; ++g) {
-#pragma unroll
-    for (int o = LPK; o < 32; o <<= 1) {
-      const float mo = __shfl_xor_sync(0xffffffffu, m[g], o);
-      const float lo = __shfl_xor_sync(0xffffffffu, l[g], o);
-      const float M = fmaxf(m[g], mo);
-      const float c1 = m[g] == -INFINITY ? 0.f : exp2f(m[g] - M);
-      const float c2 = mo == -INFINITY ? 0.f : exp2f(mo - M);
-      l[g] = l[g] * c1 + lo * c2;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const float ao = __shfl_xor_sync(0xffffffffu, acc[g][j], o);
-        acc[g][j] = acc[g][j] * c1 + ao * c2;
-      }
-      m[g] = M;
-    }
-  }
-  __shared__ float s_acc[NW][GB][DP];
-  __shared__ float s_m[NW][GB], s_l[NW][GB];
-  if (slot == 0) {
-#pragma unroll
-    for (int g = 0; g < GB; ++g) {
-#pragma unroll
-      for (int j = 0; j < 8; ++j) s_acc[warp][g][sub * 8 + j] = acc[g][j];
-      if (sub == 0) {
-        s_m[warp][g] = m[g];
-        s_l[warp][g] = l[g];
-      }
-    }
-  }
+  // Merge the key slots of a warp (lanes with equal `sub`), then the warps through shared memory.
+  softmax_merge_lanes<LPK, GB>(m, l, acc);
+  __shared__ SoftmaxWarpPartials<NW, GB, DP> part;
+  part.store(warp, slot, sub, m, l, acc);
   __syncthreads();
   // Block result per (head, dim): normalised o and the block's (m, l).
   __shared__ float s_bo[GB][DP];
@@ -485,17 +384,8 @@ __global__ void __launch_bounds__(NW * 32) decode_fast_kernel(const DecodeArgs<T
     const int g = e / DP, d = e % DP;
     const int hh = hg * GB + g;
     if (hh >= G || d >= D) continue;
-    float M = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < NW; ++w) M = fmaxf(M, s_m[w][g]);
-    float L = 0.f, O = 0.f;
-#pragma unroll
-    for (int w = 0; w < NW; ++w) {
-      const float c = s_m[w][g] == -INFINITY ? 0.f : exp2f(s_m[w][g] - M);
-      L += s_l[w][g] * c;
-      O += s_acc[w][g][d] * c;
-    }
-    const float r = L > 0.f ? O / L : 0.f;
+    float M, L;
+    const float r = part.merge(g, d, &M, &L);
     if (nsplit == 1) {
       a.out[((size_t)t * nH + hk * G + hh) * D + d] = from_f<T>(r);
     } else {
@@ -532,7 +422,7 @@ __global__ void __launch_bounds__(NW * 32) decode_fast_kernel(const DecodeArgs<T
       float L = 0.f, o = 0.f;
 #pragma unroll
       for (int r = 0; r < 8; ++r) {
-        const float w = mr[r] == -INFINITY ? 0.f : lr[r] * exp2f(mr[r] - M);
+        const float w = lr[r] * softmax_rescale(mr[r], M);
         L += w;
         o = fmaf(w, orr[r], o);
       }
@@ -562,7 +452,7 @@ __global__ void decode_reduce_kernel(const float* __restrict__ ws_o, const float
     float L = 0.f;
     for (int i = threadIdx.x; i < ns; i += 32) {
       const float2 ml = ws_ml[base + i];
-      const float w = ml.x == -INFINITY ? 0.f : ml.y * exp2f(ml.x - M);
+      const float w = ml.y * softmax_rescale(ml.x, M);
       s_w[i] = w;
       L += w;
     }
