@@ -41,7 +41,8 @@ export const activationPattern: Pattern<ActMatch> = {
   ops: ["silu", "gelu"],
   match(_g, act, uses) {
     const lin = foldable(uses, act.inputs[0]);
-    if (!lin || (lin.attrs.activation ?? "none") !== "none" || chainOf(lin.attrs, "post").ops.length) return null;
+    if (!lin || (lin.attrs.activation ?? "none") !== "none" || chainOf(lin.attrs, "post").ops.length)
+      return null;
     const activation =
       act.op === "silu" ? "silu" : (act.attrs.approximate ?? "tanh") === "tanh" ? "gelu_tanh" : null;
     if (!activation) return null; // exact-erf gelu: the linear epilogue has only the tanh form
@@ -73,7 +74,9 @@ export const postChainPattern: Pattern<PostMatch> = {
     if (!lin || !step) return null;
     const post = chainOf(lin.attrs, "post");
     if (post.ops.length >= MAX_CHAIN) {
-      ctx.log.note(`${f.op} after ${lin.scope ?? "a linear"} left alone: the epilogue already holds ${MAX_CHAIN} ops`);
+      ctx.log.note(
+        `${f.op} after ${lin.scope ?? "a linear"} left alone: the epilogue already holds ${MAX_CHAIN} ops`,
+      );
       return null;
     }
     return { root: f, nodes: [lin, f], lin, step, where: lin.scope };

@@ -147,11 +147,15 @@ describe("elementwise chains folded into GEMM epilogues and norms on the GPU", (
         const b = rows(ref);
         const max = Math.max(...a.map((r, i) => maxAbsDiff(r, b[i])));
         const spread = Math.max(...b.map((r) => Math.max(...r) - Math.min(...r)));
-        console.log(`${dtype} chain toy ${name}: CUDA vs reference max |Δlogit| ${max} (logit spread ${spread})`);
+        console.log(
+          `${dtype} chain toy ${name}: CUDA vs reference max |Δlogit| ${max} (logit spread ${spread})`,
+        );
         expect(spread).toBeGreaterThan(0.5);
         expect(max).toBeLessThanOrEqual(0.05);
         const stats = engine.nodeStats();
-        const standalone = stats.filter((st) => ["scale", "softcap", "sigmoid"].includes(st.op) && st.own > 0);
+        const standalone = stats.filter(
+          (st) => ["scale", "softcap", "sigmoid"].includes(st.op) && st.own > 0,
+        );
         // Unfused: 2 layers × (scale after norm1, sigmoid, o_proj scale, down scale + softcap) + final softcap,
         // lm_head softcap + scale, and the embedding's scale; fused: only the embedding's scale (two readers).
         expect([name, standalone.length]).toEqual([name, name === "fused" ? 1 : 2 * 5 + 1 + 2 + 1]);

@@ -75,7 +75,9 @@ describe("elementwise chains fused into GEMM epilogues and norms", () => {
 
     const r = report(fused);
     const pass = (name: string) => r.passes.find((p) => p.name === name)!;
-    expect(pass("epilogue-fusion").patterns["elementwise-epilogue"]).toBe(EXPECTED_MATCHES["elementwise-epilogue"]);
+    expect(pass("epilogue-fusion").patterns["elementwise-epilogue"]).toBe(
+      EXPECTED_MATCHES["elementwise-epilogue"],
+    );
     expect(pass("norm-chain-fusion").patterns).toEqual({
       "norm-post": EXPECTED_MATCHES["norm-post"],
       "norm-pre": EXPECTED_MATCHES["norm-pre"],
@@ -99,7 +101,10 @@ describe("elementwise chains fused into GEMM epilogues and norms", () => {
   });
 
   it("fp16: the fused engine rounds once where the unfused rounds per op, and stays within 5e-3", async () => {
-    const d = maxDiff(logits(await build("fused16", { dtype: "fp16" })), logits(await build("plain16", { dtype: "fp16", disable: UNFUSED_ALL })));
+    const d = maxDiff(
+      logits(await build("fused16", { dtype: "fp16" })),
+      logits(await build("plain16", { dtype: "fp16", disable: UNFUSED_ALL })),
+    );
     console.log(`chain toy fp16: fused vs unfused reference max |Δlogit| ${d}`);
     expect(d).toBeGreaterThan(0); // fewer roundings: not the same numbers
     expect(d).toBeLessThanOrEqual(5e-3);

@@ -2,8 +2,8 @@
 // IR's packed [T, C] tensors of one sequence (batch 1), the KV cache is explicit past/present tensors.
 import type { Node } from "../ir/types.ts";
 import { chainOf } from "../ops/ew-chain.ts";
-import { ELEM, type Elem, type OnnxBuilder } from "./builder.ts";
 import { moeAttrs } from "../ops/moe.ts";
+import { ELEM, type Elem, type OnnxBuilder } from "./builder.ts";
 
 export interface LowerCtx {
   b: OnnxBuilder;
@@ -75,7 +75,8 @@ const UNARY_ONNX: Record<string, (c: LowerCtx, x: string, arg: number) => string
   sigmoid: (c, x) => c.b.op1("Sigmoid", [x]),
   exp: (c, x) => c.b.op1("Exp", [x]),
   scale: (c, x, factor) => c.b.op1("Mul", [x, scalar(c, factor)]),
-  softcap: (c, x, cap) => c.b.op1("Mul", [c.b.op1("Tanh", [c.b.op1("Mul", [x, scalar(c, 1 / cap)])]), scalar(c, cap)]),
+  softcap: (c, x, cap) =>
+    c.b.op1("Mul", [c.b.op1("Tanh", [c.b.op1("Mul", [x, scalar(c, 1 / cap)])]), scalar(c, cap)]),
 };
 
 /** x through a node's pre / post chain (x itself when it has none): the fused ops lowered back to ONNX ops. */

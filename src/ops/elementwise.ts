@@ -68,7 +68,11 @@ unary("tanh", "tanh(x)", chainable("tanh"));
 unary("sigmoid", "1 / (1 + e^−x)", chainable("sigmoid"));
 unary("exp", "e^x", chainable("exp"));
 unary("scale", "x · factor (factor: number), e.g. Gemma's embeddings · √hidden", chainable("scale"));
-unary("softcap", "cap · tanh(x / cap) (cap: number > 0), Gemma 2's attention / logit soft-capping", chainable("softcap"));
+unary(
+  "softcap",
+  "cap · tanh(x / cap) (cap: number > 0), Gemma 2's attention / logit soft-capping",
+  chainable("softcap"),
+);
 
 // act(x[:, :I]) * x[:, I:] — the second half of a fused gate/up GEMM output.
 defineOp({

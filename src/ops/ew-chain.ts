@@ -9,7 +9,7 @@
 //
 // A chain step is computed exactly as the standalone op (same fp32 function, the value rounded to fp32 after
 // each step), so a fused fp32 graph gives bit-identical results to the unfused one.
-import type { AttrValue, Attrs, Node } from "../ir/types.ts";
+import type { Attrs, AttrValue, Node } from "../ir/types.ts";
 import { sigmoid } from "./activation-math.ts";
 
 interface UnaryDef {
@@ -56,7 +56,8 @@ export const EMPTY_CHAIN: EwChain = { ops: [], args: [] };
 export function chainOf(attrs: Attrs, key: "pre" | "post"): EwChain {
   const v = attrs[key];
   if (v === undefined || v === null) return EMPTY_CHAIN;
-  const bad = (why: string) => new Error(`attribute "${key}": ${why} (want { ops: string[], args: number[] })`);
+  const bad = (why: string) =>
+    new Error(`attribute "${key}": ${why} (want { ops: string[], args: number[] })`);
   if (typeof v !== "object" || Array.isArray(v)) throw bad(`got ${JSON.stringify(v)}`);
   const { ops, args } = v as { ops?: AttrValue; args?: AttrValue };
   if (!Array.isArray(ops) || !Array.isArray(args) || ops.length !== args.length)

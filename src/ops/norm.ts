@@ -120,7 +120,9 @@ defineOp({
   ref([x, w, b], attrs) {
     const eps = attrNum(attrs, "eps");
     const wv = normWeight(w!, attrs);
-    return [runNorm(pre(x!, attrs), attrs, (xv, o, h, out) => lnRow(xv, o, h, wv, b ? b.f32 : null, eps, out))];
+    return [
+      runNorm(pre(x!, attrs), attrs, (xv, o, h, out) => lnRow(xv, o, h, wv, b ? b.f32 : null, eps, out)),
+    ];
   },
 });
 

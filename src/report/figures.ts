@@ -161,7 +161,8 @@ function describe(g: Graph, n: Node): { label: string; detail: string; fused: bo
     if (ep.length) label += ` (${ep.join(", ")})`;
     if (w) detail += ` ${w.shape[1]}→${w.shape[0]}`;
     const parts = w?.recipe?.kind === "checkpoint" ? w.recipe.parts.length : 1;
-    if (parts > 1 || (a.activation ?? "none") !== "none" || post.ops.length || n.inputs[ri] != null) fused = true;
+    if (parts > 1 || (a.activation ?? "none") !== "none" || post.ops.length || n.inputs[ri] != null)
+      fused = true;
   } else if (n.op === "fused_attention") {
     detail = `L${a.layer} ${a.num_heads}/${a.num_kv_heads} heads, rope ${a.rope_style} ${a.rotary_dim}/${a.head_dim}`;
   } else if (n.op === "attention") {
