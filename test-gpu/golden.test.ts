@@ -14,6 +14,7 @@ const BOUND = {
   llama: { fp16: 0.01, bf16: 0.075 }, // measured 0.0028, 0.0222
   gptj: { fp16: 0.0075, bf16: 0.065 }, // measured 0.0019, 0.0186
   qwen2: { fp16: 0.05, bf16: 0.05 }, // not yet measured on a GPU: the fixture README's half-precision bound
+  mixtral: { fp16: 0.05, bf16: 0.05 }, // the moe kernels (issue 14's bound); not yet measured on a GPU
 } as const;
 
 const open: CudaEngine[] = [];
@@ -26,7 +27,7 @@ afterAll(() => {
   for (const e of open) e.close();
 });
 
-for (const which of ["llama", "gptj", "qwen2"] as const) {
+for (const which of ["llama", "gptj", "qwen2", "mixtral"] as const) {
   for (const dtype of ["fp16", "bf16"] as const) {
     describe(`tiny-${which} ${dtype} on CUDA`, () => {
       const golden = readGolden(goldenFile(which));

@@ -11,7 +11,7 @@ import type { Golden } from "../src/golden.ts";
 export const REPO = fileURLToPath(new URL("..", import.meta.url));
 export const SHARED = process.env.TSLLM_SHARED ?? path.resolve(REPO, "../shared");
 /** A fixture under ../shared/fixtures/tiny-<which>, compiled with models/<which>.ts. */
-export type Tiny = "llama" | "gptj" | "qwen2";
+export type Tiny = "llama" | "gptj" | "qwen2" | "mixtral";
 export const fixture = (which: Tiny) => path.join(SHARED, "fixtures", `tiny-${which}`);
 export const goldenFile = (which: Tiny) => path.join(fixture(which), "golden.safetensors");
 

@@ -251,3 +251,28 @@ export function writeCorruptRanks(
     return [c, out] as [CorruptCase, string];
   });
 }
+
+// moe attributes and expert weights, applied to a tiny-mixtral engine (4 experts of I = 192, H = 128, top-2).
+const moeNode = (h: Header) => nodeOf(h, "moe");
+export const MOE_CORRUPT_CASES: CorruptCase[] = [
+  headerCase(
+    "top_k greater than num_experts",
+    (h) => (moeNode(h).attrs.top_k = 5),
+    /node \d+ \(moe\): top_k 5 is outside \[1, 4\]/,
+  ),
+  headerCase(
+    "router logits of another expert count",
+    (h) => (moeNode(h).attrs.num_experts = 8),
+    /node \d+ \(moe\): value \d+ \(.*gate.*\) must have last dim 8/,
+  ),
+  headerCase(
+    "a down projection of the wrong shape",
+    (h) => (valueOf(h, moeNode(h).inputs[4]).shape = [256, 384]), // same bytes, another layout
+    /node \d+ \(moe\): w2 .*experts\.w2\.weight must be \[512, 192\] \(4 experts stacked\)/,
+  ),
+  headerCase(
+    "quantised experts",
+    (h) => (moeNode(h).attrs.quant = "int8-wo"),
+    /node \d+ \(moe\): quantised experts \(quant int8-wo\) are not implemented by the CUDA runtime yet/,
+  ),
+];

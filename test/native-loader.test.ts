@@ -8,9 +8,9 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { compileEngine } from "../src/compile.ts";
 import { readRankHeader } from "../src/engine/reader.ts";
 import { writeChainToy } from "./chain-toy.ts";
-import { buildFixture, tmpDir } from "./fixtures.ts";
+import { buildFixture, FIXTURES, REPO, tmpDir } from "./fixtures.ts";
 import { buildHostTool, cxx } from "./host-tool.ts";
-import { CORRUPT_CASES, QUANT_CORRUPT_CASES, writeCorruptRanks } from "./native-loader-cases.ts";
+import { CORRUPT_CASES, MOE_CORRUPT_CASES, QUANT_CORRUPT_CASES, writeCorruptRanks } from "./native-loader-cases.ts";
 
 if (!cxx)
   console.warn("native-loader.test.ts: SKIPPED: no C++ compiler (c++, g++, clang++) to build engine_check");
@@ -93,6 +93,32 @@ describe.skipIf(!cxx)("native loader integrity (engine_check, no GPU)", () => {
       tmpDir("tsllm-corrupt-q-"),
       QUANT_CORRUPT_CASES,
     );
+    const out = check(cases.map(([, f]) => f));
+    cases.forEach(([c, file], i) => {
+      expect({ case: c.name, line: out[i] }).toEqual({ case: c.name, line: expect.stringMatching(c.error) });
+      expect(out[i].startsWith(`error ${file}: `)).toBe(true);
+    });
+  }, 120_000);
+
+  it("loads tiny-mixtral (fp16, bf16); names what is wrong in a moe node", async () => {
+    const dirs: string[] = [];
+    for (const dtype of ["fp16", "bf16"] as const) {
+      const out = path.join(tmpDir(), "engine");
+      await compileEngine({
+        modelFile: path.join(REPO, "models/mixtral.ts"),
+        checkpoint: path.join(FIXTURES, "tiny-mixtral"),
+        sm: 90,
+        dtype,
+        maxNumTokens: 256,
+        maxSeqLen: 256,
+        maxBatchSize: 8,
+        out,
+      });
+      dirs.push(out);
+    }
+    for (const line of check(dirs.map((d) => path.join(d, "rank0.engine"))))
+      expect(line).toMatch(/^ok .*: \d+ nodes, \d+ weights, arena \d+$/);
+    const cases = writeCorruptRanks(path.join(dirs[0], "rank0.engine"), tmpDir("tsllm-corrupt-moe-"), MOE_CORRUPT_CASES);
     const out = check(cases.map(([, f]) => f));
     cases.forEach(([c, file], i) => {
       expect({ case: c.name, line: out[i] }).toEqual({ case: c.name, line: expect.stringMatching(c.error) });

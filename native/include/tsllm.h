@@ -114,7 +114,8 @@ typedef struct tsllm_info {
    prologue folded in); a node folded into its consumer's gemv launches nothing and counts FOLDED. */
 enum {
   TSLLM_KERNEL_OWN = 0,       /* the op's own kernel(s) (every op but linear) */
-  TSLLM_KERNEL_FOLDED = 1,    /* skipped: folded into the gemv prologue of node `folded_into` */
+  TSLLM_KERNEL_FOLDED = 1,    /* skipped: folded into the gemv prologue of node `folded_into`, or done by the
+                                 combine kernel of the moe node `folded_into` (an add / add_rms_norm after it) */
   TSLLM_KERNEL_CUBLASLT = 2,  /* linear through cuBLASLt */
   TSLLM_KERNEL_GEMV = 3,      /* linear through the gemv kernel */
   TSLLM_KERNEL_GEMV_RMS = 4,  /* linear through the gemv with the rms_norm prologue */
@@ -125,7 +126,8 @@ typedef struct tsllm_node_stats {
   char op[24];           /* registry op name */
   char name[104];        /* linear: its weight's name; otherwise its first output's name */
   int32_t folded_into;   /* runtime prologue fusion plan: the linear this node folds into at decode (M <= 4) when
-                            the tuner finds the fused gemv faster (or gemv = 1); -1 when never */
+                            the tuner finds the fused gemv faster (or gemv = 1); or the moe node whose combine
+                            does this add / add_rms_norm (every step); -1 when never */
   int32_t reserved;
   uint64_t launches[TSLLM_KERNEL_KINDS];
 } tsllm_node_stats;

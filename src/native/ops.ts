@@ -54,6 +54,11 @@ export function gpuWarnings(g: Graph, build: { dtype: string; kv_cache_dtype: st
     if (g.nodes.some((n) => n.op === op && n.attrs?.[attr] !== undefined))
       w.push(`op ${op} with attribute ${attr} is not run by the CUDA runtime (${why})`);
   }
+  const quantMoe = g.nodes.find((n) => n.op === "moe" && (n.attrs.quant ?? "none") !== "none");
+  if (quantMoe)
+    w.push(
+      `op moe with ${String(quantMoe.attrs.quant)} experts: the CUDA runtime's moe kernels take fp16 / bf16 experts only`,
+    );
   if (build.dtype !== "fp16" && build.dtype !== "bf16")
     w.push(`dtype ${build.dtype}: the CUDA runtime runs fp16 and bf16 engines`);
   if (build.kv_cache_dtype !== build.dtype && build.kv_cache_dtype !== "fp8")

@@ -9,6 +9,10 @@ enum class Act : int { None = 0, Silu = 1, GeluTanh = 2, GeluErf = 3 };
 enum class RopeStyle : int { Neox = 0, Gptj = 1 };
 // quant_linear schemes (kernels/quant.h): FP8 W8A8, int8 / int4 weight-only.
 enum class QuantKind : int { Fp8 = 0, Int8 = 1, Int4 = 2 };
+// moe (kernels.h): the routing kernel keeps a token's expert scores in one warp's registers (8 per lane) and
+// each pick in one lane; the engine reader refuses larger attributes.
+constexpr int kMoeMaxExperts = 256;
+constexpr int kMoeMaxTopK = 16;
 
 // Unary elementwise ops, fp32 math (common.cuh unary_value): tanh, sigmoid 1/(1+e^-x), exp, scale x*param,
 // softcap param*tanh(x/param).

@@ -99,6 +99,48 @@ cudaError_t gemv_pro(int variant, const GemvPrologue& pro, const void* x, const 
                      const void* residual, void* out, int M, int N, int K, DType dt, bool pdl, cudaStream_t s,
                      const EwChain* post = nullptr);
 
+// ---- mixture of experts (moe.cu: dispatch + combine; moe_route.cu; moe_gemv.cu; moe_grouped.cu) ----
+// The `moe` op of src/ops/moe.ts (transformers' MixtralSparseMoeBlock after its router linear), per token t:
+//   p = softmax(logits[t]) in fp32 → the top_k experts (ties: lowest index first, as torch.topk) → weights
+//   renormalised to sum 1 when `normalize` → out[t] = Σ_k w_k · w2_e(act(w1_e·x) ⊙ w3_e·x).
+// Experts stacked on axis 0 in Hugging Face's [out, in] layout: w1, w3 [E·I, H], w2 [E·H, I].
+// Rounding: h = dtype(act(g)·u) from fp32 g, u; each expert's down projection stays fp32; the weighted sum is
+// rounded once. The combine may fold the graph's next residual add (out = dtype(dtype(moe) + residual)) and
+// an rms_norm of that sum (add_rms_norm: sum_out = the rounded sum, out = rmsnorm(sum)·(w + w_offset), as
+// norms.cu rounds them).
+// Paths (no host synchronisation in either, so decode steps capture into CUDA graphs):
+//   gemv (T ≤ kMoeGemvMaxTokens): per (token, slot) pair, gate/up and down gemv kernels that stream only the
+//     selected experts' rows;
+//   grouped: tokens permuted by expert (counts by atomics in the routing kernel, offsets scanned on the GPU),
+//     grouped mma.sync GEMMs whose tiles find their expert from the device counts, then the combine. Steps of
+//     more than kMoeChunkTokens tokens run in chunks (bounded workspace).
+constexpr int kMoeGemvMaxTokens = 4;
+constexpr int kMoeChunkTokens = 2048;
+enum class MoePath : int { Auto = 0, Gemv = 1, Grouped = 2 };
+struct MoeArgs {
+  const void* x = nullptr;       // [T, H]
+  const void* logits = nullptr;  // [T, E] router logits (activation dtype)
+  const void *w1 = nullptr, *w3 = nullptr, *w2 = nullptr;
+  int T = 0, E = 0, K = 0, H = 0, I = 0;
+  bool normalize = true;
+  Act act = Act::Silu;
+  void* out = nullptr;            // [T, H]; the normalised sum when norm_w is set
+  const void* residual = nullptr; // fused residual add, or null
+  const void* norm_w = nullptr;   // fused rms_norm weight [H] (needs residual and sum_out), or null
+  float eps = 1e-5f, w_offset = 0.f;
+  void* sum_out = nullptr;        // the rounded residual sum (may alias residual), with norm_w
+  void* workspace = nullptr;      // moe_workspace_bytes(T, E, K, H, I, dt)
+  MoePath path = MoePath::Auto;
+};
+// Whether the shapes are supported (H, I multiples of 8; 1 ≤ K ≤ E ≤ kMoeMaxExperts; K ≤ kMoeMaxTopK).
+bool moe_supported(int E, int K, int H, int I);
+size_t moe_workspace_bytes(int max_tokens, int E, int K, int H, int I, DType dt);
+cudaError_t moe_forward(const MoeArgs& a, DType dt, cudaStream_t s);
+// The routing kernel alone (one warp per token): ids / weights [T, K] best first; counts [E] (may be null) gets
+// each expert's picks added (atomics; the caller zeroes it).
+cudaError_t moe_route(const void* logits, int T, int E, int K, bool normalize, int32_t* ids, float* weights,
+                      int32_t* counts, DType dt, cudaStream_t s);
+
 // ---- attention over the paged KV cache ----
 // Per-layer cache: blocks of [2][num_kv_heads][tokens_per_block][head_dim] elements (K then V),
 // block b of layer l at cache_base + (l*num_blocks + b) * block_elems.

@@ -173,6 +173,13 @@ struct Engine {
   // pro_producer[j] = the skipped node (or -1).
   std::vector<int> pro_consumer, pro_producer;
 
+  // moe: the workspace of the largest moe node (routing, permutation, per-pair intermediates), and the runtime
+  // fusion of the node right after a moe node (an add or add_rms_norm taking the moe output as its only use)
+  // into the moe's combine kernel: moe_next[i] = that node (or -1), moe_prev[j] = the moe node doing j's work.
+  void* moe_ws = nullptr;
+  size_t moe_ws_bytes = 0;
+  std::vector<int> moe_next, moe_prev;
+
   void* nccl_comm = nullptr;  // ncclComm_t when built with NCCL and tp > 1
 
   // profile 1: CUDA graphs off, events around every node of every step, a per-op table printed
@@ -205,6 +212,8 @@ void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only = nu
 void plan_prologue_fusion(Engine& e);
 // Whether node i is skipped (fused into its consumer's gemv) in a step of plan p (tunes on first use, eagerly).
 bool node_fused(Engine& e, const StepPlan& p, size_t i);
+// moe fusion: finds the add / add_rms_norm right after each moe node that its combine can do (fills moe_next/prev).
+void plan_moe_fusion(Engine& e);
 void nccl_destroy(Engine& e);
 void nccl_init(Engine& e, const void* unique_id);
 // step.cc

@@ -739,6 +739,40 @@ EngineDesc read_engine_header(const std::string& path) {
           if (const ValueDesc* r = opt(4)) act(*r), same_shape(*r, out(0));
           break;
         }
+        case Op::Moe: {
+          // src/ops/moe.ts: x [T, H], router logits [T, E], w1 / w3 [E·I, H], w2 [E·H, I] (experts stacked).
+          nd.num_experts = int(int_at(a, "num_experts", where + ": num_experts", 1, kMoeMaxExperts));
+          nd.top_k = int(int_at(a, "top_k", where + ": top_k", 1, std::min(nd.num_experts, kMoeMaxTopK)));
+          nd.normalize = a.num_or("normalize", 1) != 0;
+          nd.act = parse_act(a.str_or("activation", "silu"), where);
+          const std::string q = a.str_or("quant", "none");
+          if (q != "none" || opt(5) || opt(6) || opt(7))
+            throw fail(where + ": quantised experts (quant " + q +
+                       ") are not implemented by the CUDA runtime yet; build without --quant, or run on the CPU "
+                       "(tsllm-run --device cpu)");
+          const ValueDesc& x = in(0);
+          const ValueDesc& lg = in(1);
+          act(x), act(lg), act(out(0)), token_rows(x), token_rows(lg), same_shape(x, out(0));
+          const int64_t E = nd.num_experts, H = fixed_last(x);
+          last_is(lg, E);
+          auto weight = [&](size_t k, int64_t rows, int64_t cols, const char* what) {
+            const ValueDesc& w = in(k);
+            act(w);
+            if (w.shape.size() != 2 || w.has_sym() || w.shape[0].n != rows || w.shape[1].n != cols)
+              throw fail(where + ": " + what + " " + w.name + " must be [" + std::to_string(rows) + ", " +
+                         std::to_string(cols) + "] (" + std::to_string(E) + " experts stacked)");
+          };
+          const ValueDesc& w1 = in(2);
+          if (w1.shape.size() != 2 || w1.has_sym() || w1.shape[0].n % E)
+            throw fail(where + ": w1 " + w1.name + " must be [num_experts · I, H] with num_experts " + std::to_string(E));
+          const int64_t I = w1.shape[0].n / E;
+          weight(2, E * I, H, "w1"), weight(3, E * I, H, "w3"), weight(4, E * H, I, "w2");
+          if (H % 8 || I % 8 || H > INT32_MAX / 16 || I > INT32_MAX / 16)
+            throw fail(where + ": hidden " + std::to_string(H) + " and intermediate " + std::to_string(I) +
+                       " must be multiples of 8 (16-byte rows)");
+          nd.moe_hidden = int(H), nd.moe_inter = int(I);
+          break;
+        }
         case Op::AllGather:
           nd.tp = int(int_or(a, "tp", d.tp, where + ": tp", 1, 1024));
           if (nd.tp != d.tp)

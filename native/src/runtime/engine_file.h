@@ -117,6 +117,9 @@ struct NodeDesc {
   QuantKind quant = QuantKind::Fp8;  // quant_linear
   int group_size = 0;                // quant_linear int4-wo
   float k_scale = 1.f, v_scale = 1.f;  // attention on an FP8 KV cache (the compiler's per-layer scales)
+  int num_experts = 0, top_k = 0;      // moe
+  bool normalize = true;               // moe: renormalise the top-k weights to sum 1
+  int moe_hidden = 0, moe_inter = 0;   // moe: H and I (per expert, this rank's share)
 };
 
 struct KvDesc {

@@ -303,6 +303,36 @@ void run_AllReduce(const NodeRun& r) {
 #endif
 }
 
+// moe (kernels.h): routing, the experts (gemv path for a few tokens, grouped GEMMs beyond), the weighted combine;
+// with the node after it fused (plan_moe_fusion), the combine also does that add / add_rms_norm.
+void run_Moe(const NodeRun& r) {
+  const NodeDesc& n = r.n;
+  MoeArgs a;
+  a.x = r.in(0), a.logits = r.in(1), a.w1 = r.in(2), a.w3 = r.in(3), a.w2 = r.in(4);
+  a.T = int(r.numel_in(0) / n.moe_hidden);
+  a.E = n.num_experts, a.K = n.top_k, a.H = n.moe_hidden, a.I = n.moe_inter;
+  a.normalize = n.normalize;
+  a.act = n.act;
+  a.out = r.out(0);
+  a.workspace = r.e.moe_ws;
+  a.path = MoePath(r.e.tun.moe_path);
+  const int j = r.e.moe_next.empty() ? -1 : r.e.moe_next[r.i];
+  if (j >= 0) {
+    const NodeDesc& nj = r.e.desc.nodes[size_t(j)];
+    const int res = nj.in[0] == n.out[0] ? nj.in[1] : nj.in[0];
+    a.residual = r.e.ptr(res, r.p);
+    if (nj.op == Op::AddRmsNorm) {
+      a.norm_w = r.e.ptr(nj.in[2], r.p);
+      a.eps = nj.eps, a.w_offset = nj.w_offset;
+      a.out = r.e.ptr(nj.out[0], r.p);
+      a.sum_out = r.e.ptr(nj.out[1], r.p);
+    } else {
+      a.out = r.e.ptr(nj.out[0], r.p);
+    }
+  }
+  r.ck(moe_forward(a, r.dt, r.s));
+}
+
 using RunFn = void (*)(const NodeRun&);
 const RunFn kRun[] = {
 #define TSLLM_OP(E, name, min_in, max_in, outs) run_##E,
@@ -358,6 +388,28 @@ void plan_prologue_fusion(Engine& e) {
   }
 }
 
+void plan_moe_fusion(Engine& e) {
+  const EngineDesc& d = e.desc;
+  e.moe_next.assign(d.nodes.size(), -1);
+  e.moe_prev.assign(d.nodes.size(), -1);
+  if (!e.tun.moe_fuse) return;
+  for (size_t i = 0; i + 1 < d.nodes.size(); i++) {
+    const NodeDesc& n = d.nodes[i];
+    const NodeDesc& nj = d.nodes[i + 1];
+    if (n.op != Op::Moe || (nj.op != Op::Add && nj.op != Op::AddRmsNorm)) continue;
+    const int v = n.out[0];
+    // The very next node (so no other node runs between: its outputs' arena slots are free when the combine
+    // writes them), taking the moe output once as one of its two summands, and nothing else reading it.
+    if (v == d.logits_value || (nj.in[0] == v) == (nj.in[1] == v)) continue;
+    int uses = 0;
+    for (const NodeDesc& k : d.nodes)
+      for (int in : k.in) uses += in == v;
+    if (uses != 1) continue;
+    e.moe_next[i] = int(i + 1);
+    e.moe_prev[i + 1] = int(i);
+  }
+}
+
 bool node_fused(Engine& e, const StepPlan& p, size_t i) {
   return !e.pro_consumer.empty() && e.pro_consumer[i] >= 0 && prologue_variant(e, p, i) >= 0;
 }
@@ -407,6 +459,10 @@ void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only) {
     LinearKernel ran = LinearKernel::None;
     NodeRun r{e, p, i, n, kv, step, s, e.dt, elem_size(d.dtype), &ran};
     auto& counter = e.stats[i];
+    if (!e.moe_prev.empty() && e.moe_prev[i] >= 0) {  // done by the moe node before it (plan_moe_fusion)
+      if (count) counter[TSLLM_KERNEL_FOLDED]++;
+      continue;
+    }
     if (!e.pro_consumer.empty()) {
       // Prologue fusion: a producer fused into its consumer's gemv launches nothing; the consumer runs the
       // gemv with the producer's prologue, reading the producer's input.

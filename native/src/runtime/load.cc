@@ -76,6 +76,7 @@ Engine::~Engine() {
   cudaFree(attn_ws);
   cudaFree(scratch);
   cudaFree(gather_scratch);
+  cudaFree(moe_ws);
   cudaFree(gen_tokens);
   if (host_tokens) cudaFreeHost(host_tokens);
   for (PendingStep& ps : pending) {
@@ -387,6 +388,12 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
     if (e->attn_ws_bytes) ck(cudaMalloc(&e->attn_ws, e->attn_ws_bytes), "cudaMalloc of the attention workspace");
   }
   if (e->scratch_bytes) ck(cudaMalloc(&e->scratch, e->scratch_bytes), "cudaMalloc of GEMM scratch");
+  for (const NodeDesc& n : d.nodes)
+    if (n.op == Op::Moe)
+      e->moe_ws_bytes = std::max(e->moe_ws_bytes, moe_workspace_bytes(e->max_num_tokens, n.num_experts, n.top_k,
+                                                                      n.moe_hidden, n.moe_inter, e->dt));
+  if (e->moe_ws_bytes) ck(cudaMalloc(&e->moe_ws, e->moe_ws_bytes), "cudaMalloc of the " + mib(e->moe_ws_bytes) + " moe workspace");
+  plan_moe_fusion(*e);
 
   e->profile_graph = e->tun.profile == 2;
   e->profile = e->tun.profile == 1;
@@ -417,7 +424,8 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
   for (StepBuffers* b : {&e->general, &e->decode})
     e->workspace_bytes += b->lay.total + b->logits_rows * size_t(d.vocab_size) * (b->logits ? 4 : 0) +
                           b->sample_ws_bytes + size_t(b->lay.tcap) * 4;
-  e->workspace_bytes += GemmRunner::kWorkspaceBytes + e->attn_ws_bytes + e->scratch_bytes + e->gather_scratch_bytes;
+  e->workspace_bytes += GemmRunner::kWorkspaceBytes + e->attn_ws_bytes + e->scratch_bytes + e->gather_scratch_bytes +
+                       e->moe_ws_bytes;
 
   // ---- tensor parallelism ----
   if (d.tp > 1) nccl_init(*e, opts.nccl_unique_id);

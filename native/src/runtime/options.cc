@@ -79,6 +79,9 @@ Tunables resolve_tunables(const tsllm_options& o, const std::string& path) {
   // Weight pass: TSLLM_LOAD_THREADS=N, TSLLM_LOAD_DIRECT=0|1.
   if (env_int("TSLLM_LOAD_THREADS", path, 1, kMaxPassThreads, &x)) t.load_threads = int(x);
   if (env_int("TSLLM_LOAD_DIRECT", path, 0, 1, &x)) t.load_direct = int(x);
+  // moe: TSLLM_MOE_PATH=0|1|2 (auto, gemv, grouped), TSLLM_MOE_FUSE=0 (the next add / add_rms_norm runs alone).
+  if (env_int("TSLLM_MOE_PATH", path, 0, 2, &x)) t.moe_path = int(x);
+  if (env_int("TSLLM_MOE_FUSE", path, 0, 1, &x)) t.moe_fuse = x == 1;
   if (const char* p = env("TSLLM_PROFILE")) {
     if (std::strcmp(p, "graph") == 0) t.profile = 2;
     else if (std::strcmp(p, "1") == 0) t.profile = 1;

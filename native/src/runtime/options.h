@@ -24,6 +24,10 @@ struct Tunables {
   // O_DIRECT (-1: for chunks the page cache lacks, 0 never, 1 every chunk).
   int load_threads = 0;
   int load_direct = -1;
+  // moe, environment only (A/B): 0 auto (gemv for T <= kMoeGemvMaxTokens, else grouped), 1 always the gemv
+  // path, 2 always the grouped GEMMs; whether the combine absorbs the next add / add_rms_norm.
+  int moe_path = 0;
+  bool moe_fuse = true;
 };
 
 // Checks the option values (LoadError naming the field) and applies the environment overrides.
