@@ -1,9 +1,9 @@
 // tsllm-bench: timings of an engine on the GPU, with the memory-bandwidth roofline measured in the same run.
 import { openEngine } from "../engine/reader.ts";
-import { DTYPE_BYTES } from "../ir/types.ts";
 import { describeLoadPhases, measureCopyBandwidth } from "../native/binding.ts";
 import { loadVerified } from "../native/executor.ts";
 import { kernelReport } from "../native/kernel-report.ts";
+import { decodeStepWeightBytes } from "../native/roofline.ts";
 import { addServeBenchCommand } from "./bench-serve.ts";
 import { addServingCommands } from "./bench-serving.ts";
 import { command, int, main } from "./common.ts";
@@ -17,7 +17,8 @@ program
   .command("latency")
   .description(
     "Generate a batch of random prompts and report time to first token, time per output token and output " +
-      "tokens/s, after warm-up; then the HBM roofline of one decode step (weights + KV read once) at the " +
+      "tokens/s, after warm-up; then the HBM roofline of one decode step (the weights it reads — all but the " +
+      "embedding rows not gathered and the experts a batch is not routed to — and the KV cache, once) at the " +
       "device-to-device copy bandwidth measured in this run.",
   )
   .argument("<engine>", "engine directory (tp 1)")
@@ -65,17 +66,6 @@ program
       if (maxBatch > info.maxBatchSize)
         throw new Error(`--batch-size ${maxBatch} exceeds the engine's max_batch_size ${info.maxBatchSize}`);
 
-      // Bytes one decode step must read: every weight once in its stored dtype (quantised values and their scales
-      // for --quant engines), except embedding tables (only the gathered rows).
-      const values = new Map(h.values.map((v) => [v.id, v]));
-      const gathered = new Set(h.nodes.filter((n) => n.op === "embedding").map((n) => n.inputs[1]));
-      let stepWeightBytes = 0;
-      for (const w of h.weights) {
-        const v = values.get(w.value)!;
-        const n =
-          v.shape.reduce<number>((a, d) => a * (typeof d === "number" ? d : d.max), 1) * DTYPE_BYTES[v.dtype];
-        if (!gathered.has(w.value)) stepWeightBytes += n;
-      }
       const bw = measureCopyBandwidth(1 << 30);
       process.stdout.write(`device-to-device copy: ${(bw / 1e9).toFixed(0)} GB/s (bytes read + written)\n`);
       const kvElem = h.kv_cache.dtype === "fp32" ? 4 : h.kv_cache.dtype === "fp8" ? 1 : 2;
@@ -95,9 +85,11 @@ program
         const steps = Array.from(r.stepMs).sort((a, b) => a - b);
         const tpot = steps[Math.floor(steps.length / 2)];
         const tokS = (B * o.outputLen) / (r.totalMs / 1000);
-        // Roofline of a decode step at mean context length (prompt + half the output).
+        // Roofline of a decode step at mean context length (prompt + half the output): the weight bytes the step
+        // reads (roofline.ts: embedding rows gathered, only the routed experts of moe layers) and the KV cache.
         const ctx = o.inputLen + o.outputLen / 2;
-        const stepBytes = stepWeightBytes + B * ctx * kvPerToken;
+        const weights = decodeStepWeightBytes(h, B);
+        const stepBytes = weights.bytes + B * ctx * kvPerToken;
         const rooflineMs = (stepBytes / bw) * 1000;
         const rooflineTokS = (B * 1000) / rooflineMs;
         const decodeTokS = (B * 1000) / tpot;
@@ -107,6 +99,7 @@ program
           tpot_ms: tpot,
           output_tok_s: tokS,
           decode_tok_s: decodeTokS,
+          step_weight_bytes: weights.bytes,
           roofline_step_ms: rooflineMs,
           roofline_tok_s: rooflineTokS,
           pct_of_roofline: (100 * rooflineMs) / tpot,
@@ -117,6 +110,12 @@ program
             `(decode ${decodeTokS.toFixed(1)} tok/s; roofline ${rooflineMs.toFixed(3)} ms/step = ${rooflineTokS.toFixed(1)} tok/s, ` +
             `${row.pct_of_roofline.toFixed(1)}% of roofline)\n`,
         );
+        if (weights.expertBytes > 0)
+          process.stdout.write(
+            `  roofline weights: ${(weights.bytes / 1e9).toFixed(2)} GB read per step of ${(weights.totalBytes / 1e9).toFixed(2)} GB ` +
+              `stored (moe: ${(100 * weights.expertFraction).toFixed(1)}% of the ${(weights.expertBytes / 1e9).toFixed(2)} GB of experts, ` +
+              "the expected share of distinct experts a batch this size is routed to)\n",
+          );
       }
       if (o.verbose) for (const l of kernelReport(cuda.nodeStats())) process.stdout.write(`${l}\n`);
       cuda.close();

@@ -1,4 +1,4 @@
-import type { Attrs, Dim } from "../ir/types.ts";
+import { type Attrs, type Dim, DTYPE_BYTES } from "../ir/types.ts";
 import { quantizeRowsE4m3 } from "../quant/fp8.ts";
 import { dequantize, type QuantSpec } from "../quant/weights.ts";
 import { applyActivation } from "./activation-math.ts";
@@ -137,6 +137,16 @@ defineOp({
     expectDim("moe", inFeatures(d.shape[1], q), rows / local, "w2 input features (I)");
     expectDim("moe", d.shape[0], typeof H === "number" ? local * H : H, "w2 rows (local experts · H)");
     return [{ dtype: xi.dtype, shape: xi.shape }];
+  },
+  // The CUDA runtime's kernels (native/kernels-notes.md "moe"), decode path: routing, gate/up, down, combine. Per
+  // token they pass through memory top_k × (expert id and weight, h = act(gate) ⊙ up in the dtype, the fp32 down
+  // row), each written once and read back once.
+  kernels([x, , w1], attrs) {
+    const { K, local } = moeAttrs(attrs);
+    const H = x && typeof lastDim(x.shape) === "number" ? (lastDim(x.shape) as number) : 0;
+    const I = w1 && typeof w1.shape[0] === "number" ? w1.shape[0] / local : 0;
+    const es = x ? DTYPE_BYTES[x.dtype] : 0;
+    return { launches: 4, scratchBytesPerToken: 2 * K * (8 + I * es + H * 4) };
   },
   ref([x, router, w1, w3, w2, s1, s3, s2], attrs) {
     const { E, K, normalize, activation, start, local } = moeAttrs(attrs);

@@ -56,6 +56,12 @@ export interface OpDef {
    * "view" ops launch no kernel; by default an op is one plain kernel launch.
    */
   report?: "fused" | "view";
+  /**
+   * The CUDA kernels behind one node when they are more than one plain launch, for the fusion report: launches
+   * in a decode step, and the bytes per token they write and read back between them (scratch that is not a graph
+   * value).
+   */
+  kernels?: (inputs: (ValueType | null)[], attrs: Attrs) => { launches: number; scratchBytesPerToken: number };
 }
 
 const registry = new Map<string, OpDef>();

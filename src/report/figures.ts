@@ -14,6 +14,19 @@ export function isLaunch(op: string): boolean {
   return getOp(op).report !== "view";
 }
 
+/** The node's kernel launches in a decode step and its kernels' own scratch traffic (registry `kernels`). */
+function kernelsOf(g: Graph, n: Node): { launches: number; scratchBytesPerToken: number } {
+  const def = getOp(n.op);
+  if (def.report === "view") return { launches: 0, scratchBytesPerToken: 0 };
+  if (!def.kernels) return { launches: 1, scratchBytesPerToken: 0 };
+  const types = n.inputs.map((id) => {
+    const v = id === null ? undefined : g.values.get(id);
+    return v ? { dtype: v.dtype, shape: v.shape } : null;
+  });
+  return def.kernels(types, n.attrs);
+}
+const launchesOf = (g: Graph, nodes: Node[]) => nodes.reduce((a, n) => a + kernelsOf(g, n).launches, 0);
+
 const LAYER_RE = /\.(\d+)\./;
 
 export function nodeLayers(g: Graph): (number | null)[] {
@@ -99,6 +112,7 @@ function traffic(g: Graph, nodes: Node[]): number {
   for (const n of nodes) {
     for (const o of n.outputs) t += bytesPerToken(g, o);
     for (const id of n.inputs) if (id !== null && produced.has(id)) t += bytesPerToken(g, id);
+    t += kernelsOf(g, n).scratchBytesPerToken;
   }
   return t;
 }
@@ -108,7 +122,7 @@ export function graphFigures(g: Graph): GraphFigures {
   const perLayer = new Map<number, number>();
   g.nodes.forEach((n, i) => {
     const l = layers[i];
-    if (l !== null && isLaunch(n.op)) perLayer.set(l, (perLayer.get(l) ?? 0) + 1);
+    if (l !== null && isLaunch(n.op)) perLayer.set(l, (perLayer.get(l) ?? 0) + kernelsOf(g, n).launches);
   });
   const rep = representativeLayer(layers);
   const repNodes = g.nodes.filter((_, i) => layers[i] === rep);
@@ -123,7 +137,7 @@ export function graphFigures(g: Graph): GraphFigures {
     }
   return {
     ops: g.nodes.length,
-    launches: g.nodes.filter((n) => isLaunch(n.op)).length,
+    launches: launchesOf(g, g.nodes),
     launchesPerLayer: Math.max(0, ...perLayer.values()),
     layers: perLayer.size,
     layerOps,
@@ -251,5 +265,5 @@ export function drawLayer(g: Graph, layer: number): Drawing {
       });
       edges.push({ from: at.get(n)!, to, bytesPerToken: bytesPerToken(g, o), label: label(o) });
     }
-  return { layer, launches: ops.filter((n) => isLaunch(n.op)).length, nodes, edges };
+  return { layer, launches: launchesOf(g, ops), nodes, edges };
 }
