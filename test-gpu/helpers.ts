@@ -42,6 +42,24 @@ export async function tinyEngine(
   return out;
 }
 
+/** A random-weight fp16 engine of a fixture's config (seed 5; weights generated from seeds, no checkpoint read). */
+export async function randomEngine(which: Tiny): Promise<string> {
+  const out = path.join(await tinyEngine(which, "fp16"), "..", "random");
+  await compileEngine({
+    modelFile: path.join(REPO, "models", `${which}.ts`),
+    config: path.join(fixture(which), "config.json"),
+    randomWeights: true,
+    seed: 5,
+    sm: 80,
+    dtype: "fp16",
+    maxNumTokens: 64,
+    maxSeqLen: 64,
+    maxBatchSize: 2,
+    out,
+  });
+  return out;
+}
+
 export function maxAbsDiff(a: Float32Array, b: Float32Array): number {
   if (a.length !== b.length) throw new Error(`length ${a.length} != ${b.length}`);
   let m = 0;

@@ -6,14 +6,12 @@
 // in golden.test.ts (mixtral ≤ 0.05).
 // Bounds: the paths compute the same fp32 sums in other orders (h = act(g)·u rounded to the dtype may round one
 // ulp the other way): not yet measured on a GPU; 0.03 bf16 / 0.01 fp16 (a routing flip would show as ≫ 0.1).
-import * as path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { compileEngine } from "../src/compile.ts";
 import { ReferenceExecutor } from "../src/executor/reference.ts";
 import { readGolden } from "../src/golden.ts";
 import { CudaEngine, type CudaLoadOptions, type NodeStats } from "../src/native/binding.ts";
 import { CudaExecutor } from "../src/native/executor.ts";
-import { fixture, goldenFile, maxAbsDiff, REPO, tinyEngine } from "./helpers.ts";
+import { goldenFile, maxAbsDiff, randomEngine, tinyEngine } from "./helpers.ts";
 
 const golden = readGolden(goldenFile("mixtral"));
 const BOUND = { fp16: 0.01, bf16: 0.03 } as const;
@@ -88,7 +86,9 @@ for (const dtype of ["fp16", "bf16"] as const) {
         expect(max).toBeLessThanOrEqual(BOUND[dtype]);
         if (what === "add_rms_norm unfused") {
           const s2 = e.nodeStats();
-          expect(s2.filter((s) => s.op === "add_rms_norm").every((s) => s.folded === 0 && s.own > 0)).toBe(true);
+          expect(s2.filter((s) => s.op === "add_rms_norm").every((s) => s.folded === 0 && s.own > 0)).toBe(
+            true,
+          );
         }
       }
     });
@@ -103,21 +103,34 @@ for (const dtype of ["fp16", "bf16"] as const) {
           const rows: Float32Array[] = [];
           e.step([{ id: 100 + i, tokens: p.inputIds.slice(0, p.promptLen), startPos: 0 }]);
           for (let k = 0; k < steps; k++)
-            rows.push(e.step([{ id: 100 + i, tokens: [p.inputIds[p.promptLen + k]], startPos: p.promptLen + k }]).logits!);
+            rows.push(
+              e.step([{ id: 100 + i, tokens: [p.inputIds[p.promptLen + k]], startPos: p.promptLen + k }])
+                .logits!,
+            );
           e.release(100 + i);
           return rows;
         });
-        seqs.forEach((p, i) => e.step([{ id: 200 + i, tokens: p.inputIds.slice(0, p.promptLen), startPos: 0 }]));
+        seqs.forEach((p, i) =>
+          e.step([{ id: 200 + i, tokens: p.inputIds.slice(0, p.promptLen), startPos: 0 }]),
+        );
         let max = 0;
         for (let k = 0; k < steps; k++) {
           const out = e.step(
-            seqs.map((p, i) => ({ id: 200 + i, tokens: [p.inputIds[p.promptLen + k]], startPos: p.promptLen + k })),
+            seqs.map((p, i) => ({
+              id: 200 + i,
+              tokens: [p.inputIds[p.promptLen + k]],
+              startPos: p.promptLen + k,
+            })),
           ).logits!;
           const V = out.length / seqs.length;
-          seqs.forEach((_, i) => (max = Math.max(max, maxAbsDiff(out.subarray(i * V, (i + 1) * V), alone[i][k]))));
+          seqs.forEach(
+            (_, i) => (max = Math.max(max, maxAbsDiff(out.subarray(i * V, (i + 1) * V), alone[i][k]))),
+          );
         }
         seqs.forEach((_, i) => e.release(200 + i));
-        console.log(`tiny-mixtral ${dtype} decode batch 6 vs alone (graphs ${cudaGraphs}): ${max} over ${steps} steps`);
+        console.log(
+          `tiny-mixtral ${dtype} decode batch 6 vs alone (graphs ${cudaGraphs}): ${max} over ${steps} steps`,
+        );
         expect(steps).toBeGreaterThan(0);
         expect(max).toBeLessThanOrEqual(BOUND[dtype]);
         expect(moeNodes(e.nodeStats()).every((s) => s.own > 0)).toBe(true);
@@ -131,19 +144,7 @@ describe("tiny-mixtral random weights", () => {
   // reference executor materialising the same values. A short prompt: a routing decision that the fp16 router
   // logits flip against the reference's would show as a jump far above this bound.
   it("match the reference executor's (≤ 0.05)", async () => {
-    const out = path.join(await tinyEngine("mixtral", "fp16"), "..", "random");
-    await compileEngine({
-      modelFile: path.join(REPO, "models/mixtral.ts"),
-      config: path.join(fixture("mixtral"), "config.json"),
-      randomWeights: true,
-      seed: 5,
-      sm: 80,
-      dtype: "fp16",
-      maxNumTokens: 64,
-      maxSeqLen: 64,
-      maxBatchSize: 2,
-      out,
-    });
+    const out = await randomEngine("mixtral");
     const prompt = golden.prompts[0].inputIds.slice(0, 6);
     const cuda = new CudaExecutor(load(out));
     const ref = ReferenceExecutor.load(out);

@@ -5,13 +5,12 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { compileEngine } from "../src/compile.ts";
 import { ReferenceExecutor } from "../src/executor/reference.ts";
 import { checkGolden, readGolden } from "../src/golden.ts";
 import { CudaEngine, type CudaLoadOptions, type NodeStats } from "../src/native/binding.ts";
 import { CudaExecutor } from "../src/native/executor.ts";
 import { CORRUPT_CASES, writeCorruptRanks } from "../test/native-loader-cases.ts";
-import { fixture, goldenFile, maxAbsDiff, REPO, tinyEngine } from "./helpers.ts";
+import { goldenFile, maxAbsDiff, randomEngine, REPO, tinyEngine } from "./helpers.ts";
 
 const open: CudaEngine[] = [];
 function load(dir: string, o: CudaLoadOptions = {}): CudaEngine {
@@ -202,19 +201,7 @@ describe("native runtime (tiny-llama fp16)", () => {
   });
 
   it("random weights generated on the GPU match the reference executor's (≤ 0.05)", async () => {
-    const out = path.join(await tinyEngine("llama", "fp16"), "..", "random");
-    await compileEngine({
-      modelFile: path.join(REPO, "models/llama.ts"),
-      config: path.join(fixture("llama"), "config.json"),
-      randomWeights: true,
-      seed: 5,
-      sm: 80,
-      dtype: "fp16",
-      maxNumTokens: 64,
-      maxSeqLen: 64,
-      maxBatchSize: 2,
-      out,
-    });
+    const out = await randomEngine("llama");
     const cuda = new CudaExecutor(load(out));
     const ref = ReferenceExecutor.load(out);
     const a = cuda.step([{ seqId: 1, tokens: prompts[2], logits: "all" }]).get(1)!;

@@ -10,7 +10,12 @@ import { readRankHeader } from "../src/engine/reader.ts";
 import { writeChainToy } from "./chain-toy.ts";
 import { buildFixture, FIXTURES, REPO, tmpDir } from "./fixtures.ts";
 import { buildHostTool, cxx } from "./host-tool.ts";
-import { CORRUPT_CASES, MOE_CORRUPT_CASES, QUANT_CORRUPT_CASES, writeCorruptRanks } from "./native-loader-cases.ts";
+import {
+  CORRUPT_CASES,
+  MOE_CORRUPT_CASES,
+  QUANT_CORRUPT_CASES,
+  writeCorruptRanks,
+} from "./native-loader-cases.ts";
 
 if (!cxx)
   console.warn("native-loader.test.ts: SKIPPED: no C++ compiler (c++, g++, clang++) to build engine_check");
@@ -118,7 +123,11 @@ describe.skipIf(!cxx)("native loader integrity (engine_check, no GPU)", () => {
     }
     for (const line of check(dirs.map((d) => path.join(d, "rank0.engine"))))
       expect(line).toMatch(/^ok .*: \d+ nodes, \d+ weights, arena \d+$/);
-    const cases = writeCorruptRanks(path.join(dirs[0], "rank0.engine"), tmpDir("tsllm-corrupt-moe-"), MOE_CORRUPT_CASES);
+    const cases = writeCorruptRanks(
+      path.join(dirs[0], "rank0.engine"),
+      tmpDir("tsllm-corrupt-moe-"),
+      MOE_CORRUPT_CASES,
+    );
     const out = check(cases.map(([, f]) => f));
     cases.forEach(([c, file], i) => {
       expect({ case: c.name, line: out[i] }).toEqual({ case: c.name, line: expect.stringMatching(c.error) });

@@ -22,7 +22,9 @@ export function decodeStepWeightBytes(h: EngineHeader, batch: number): StepBytes
   const values = new Map(h.values.map((v) => [v.id, v]));
   const bytesOf = (id: number) => {
     const v = values.get(id)!;
-    return v.shape.reduce<number>((a, d) => a * (typeof d === "number" ? d : d.max), 1) * DTYPE_BYTES[v.dtype];
+    return (
+      v.shape.reduce<number>((a, d) => a * (typeof d === "number" ? d : d.max), 1) * DTYPE_BYTES[v.dtype]
+    );
   };
   const rowBytes = (id: number) => {
     const v = values.get(id)!;

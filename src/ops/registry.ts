@@ -61,7 +61,10 @@ export interface OpDef {
    * in a decode step, and the bytes per token they write and read back between them (scratch that is not a graph
    * value).
    */
-  kernels?: (inputs: (ValueType | null)[], attrs: Attrs) => { launches: number; scratchBytesPerToken: number };
+  kernels?: (
+    inputs: (ValueType | null)[],
+    attrs: Attrs,
+  ) => { launches: number; scratchBytesPerToken: number };
 }
 
 const registry = new Map<string, OpDef>();
