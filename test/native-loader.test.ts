@@ -12,6 +12,7 @@ import { buildFixture, FIXTURES, REPO, tmpDir } from "./fixtures.ts";
 import { buildHostTool, cxx } from "./host-tool.ts";
 import {
   CORRUPT_CASES,
+  type CorruptCase,
   MOE_CORRUPT_CASES,
   QUANT_CORRUPT_CASES,
   writeCorruptRanks,
@@ -29,6 +30,16 @@ beforeAll(() => {
 function check(files: string[]): string[] {
   const r = spawnSync(checker, files, { encoding: "utf8" });
   return r.stdout.trim().split("\n");
+}
+
+/** Each corrupted copy is refused with its case's one-line error naming the file. */
+function expectRefused(cases: [CorruptCase, string][]): void {
+  const out = check(cases.map(([, f]) => f));
+  expect(out.length).toBe(cases.length);
+  cases.forEach(([c, file], i) => {
+    expect({ case: c.name, line: out[i] }).toEqual({ case: c.name, line: expect.stringMatching(c.error) });
+    expect(out[i].startsWith(`error ${file}: `)).toBe(true);
+  });
 }
 
 describe.skipIf(!cxx)("native loader integrity (engine_check, no GPU)", () => {
@@ -70,12 +81,7 @@ describe.skipIf(!cxx)("native loader integrity (engine_check, no GPU)", () => {
   it(`refuses ${CORRUPT_CASES.length} kinds of corrupted rank file, each with its own one-line error`, async () => {
     const engine = await buildFixture("llama", { dtype: "fp16" });
     const cases = writeCorruptRanks(path.join(engine, "rank0.engine"), tmpDir("tsllm-corrupt-"));
-    const out = check(cases.map(([, f]) => f));
-    expect(out.length).toBe(cases.length);
-    cases.forEach(([c, file], i) => {
-      expect({ case: c.name, line: out[i] }).toEqual({ case: c.name, line: expect.stringMatching(c.error) });
-      expect(out[i].startsWith(`error ${file}: `)).toBe(true);
-    });
+    expectRefused(cases);
   }, 120_000);
 
   it("loads quantised and FP8-KV engines; names what is wrong in a quant_linear or an FP8-KV attention node", async () => {
@@ -98,11 +104,7 @@ describe.skipIf(!cxx)("native loader integrity (engine_check, no GPU)", () => {
       tmpDir("tsllm-corrupt-q-"),
       QUANT_CORRUPT_CASES,
     );
-    const out = check(cases.map(([, f]) => f));
-    cases.forEach(([c, file], i) => {
-      expect({ case: c.name, line: out[i] }).toEqual({ case: c.name, line: expect.stringMatching(c.error) });
-      expect(out[i].startsWith(`error ${file}: `)).toBe(true);
-    });
+    expectRefused(cases);
   }, 120_000);
 
   it("loads tiny-mixtral (fp16, bf16); names what is wrong in a moe node", async () => {
@@ -128,10 +130,6 @@ describe.skipIf(!cxx)("native loader integrity (engine_check, no GPU)", () => {
       tmpDir("tsllm-corrupt-moe-"),
       MOE_CORRUPT_CASES,
     );
-    const out = check(cases.map(([, f]) => f));
-    cases.forEach(([c, file], i) => {
-      expect({ case: c.name, line: out[i] }).toEqual({ case: c.name, line: expect.stringMatching(c.error) });
-      expect(out[i].startsWith(`error ${file}: `)).toBe(true);
-    });
+    expectRefused(cases);
   }, 120_000);
 });
