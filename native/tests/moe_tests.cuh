@@ -74,7 +74,7 @@ inline void test_route(Rng& rng) {
       CK(cudaMemset(ids.d, 0xFF, 4 * ids.n));
       w.poison();
       CK(cudaMemset(counts.d, 0, 4 * counts.n));
-      CK(moe_route(lg.d, T, c.E, c.K, c.normalize, ids.d, (float*)w.d, counts.d, dt, 0));
+      CK(moe_route(lg.d, T, c.E, c.K, c.normalize, 0, c.E, ids.d, (float*)w.d, counts.d, dt, 0));
       sync_check();
       const std::vector<int32_t> gi = ids.down(), gc = counts.down();
       w.down();
@@ -99,6 +99,39 @@ inline void test_route(Rng& rng) {
       report(wrong == 0 && e.ok() && counts_ok, name, e.max_abs,
              e.str() + " wrong_ids=" + std::to_string(wrong) + (counts_ok ? "" : " COUNTS DIFFER"));
     }
+}
+
+// Expert parallelism: a rank holding experts [start, start + local) gets ids relative to start, -1 for the others,
+// and counts of its own experts only.
+inline void test_route_ep(Rng& rng) {
+  const int T = 29, E = 8, K = 2, start = 2, local = 3;
+  Buf lg(DType::BF16, (size_t)T * E);
+  lg.fill(rng, -2, 2);
+  lg.up();
+  DevI32 ids((size_t)T * K), counts(local);
+  Buf w(DType::F32, (size_t)T * K);
+  CK(cudaMemset(counts.d, 0, 4 * counts.n));
+  CK(moe_route(lg.d, T, E, K, true, start, local, ids.d, (float*)w.d, counts.d, DType::BF16, 0));
+  sync_check();
+  const std::vector<int32_t> gi = ids.down(), gc = counts.down();
+  std::vector<int32_t> rc(local, 0);
+  size_t wrong = 0, remote = 0;
+  std::vector<float> row(E);
+  for (int t = 0; t < T; t++) {
+    for (int e = 0; e < E; e++) row[e] = lg.get((size_t)t * E + e);
+    int ri[2];
+    double rw[2];
+    route_ref(row.data(), E, K, true, ri, rw);
+    for (int k = 0; k < K; k++) {
+      const int le = ri[k] - start;
+      const int want = le >= 0 && le < local ? le : -1;
+      wrong += gi[(size_t)t * K + k] != want;
+      if (want >= 0) rc[want]++;
+      else remote++;
+    }
+  }
+  report(wrong == 0 && gc == rc && remote > 0, "moe route bf16 expert parallel (experts 2..4 of 8 local)", (double)wrong,
+         "(remote picks " + std::to_string(remote) + ")");
 }
 
 struct Shape {
@@ -205,6 +238,37 @@ inline void test_forward(Rng& rng) {
                         K, H, I, sh.bias0 ? " skewed" : "", epi == 0 ? "" : epi == 1 ? " +res" : " +res+rms_norm");
           report(e.ok() && en.ok(), name, e.max_abs, e.str() + e.firsts() + (epi == 2 ? " norm:" + en.str() : ""));
         }
+      // Expert parallelism: two ranks of E/2 experts each (weights sliced by expert), their outputs summed (what
+      // the all_reduce after the op does) equal the whole op.
+      if (E % 2 == 0 && T <= 300)
+        for (int pi = 1; pi < 3; pi++) {
+          const int L = E / 2;
+          Buf part(dt, (size_t)T * H);
+          std::vector<double> acc((size_t)T * H, 0.0), mag((size_t)T * H, 0.0);
+          for (int r = 0; r < 2; r++) {
+            MoeArgs a;
+            a.x = x.d, a.logits = lg.d;
+            a.w1 = (char*)w1.d + (size_t)r * L * I * H * dsize(dt);
+            a.w3 = (char*)w3.d + (size_t)r * L * I * H * dsize(dt);
+            a.w2 = (char*)w2.d + (size_t)r * L * H * I * dsize(dt);
+            a.T = T, a.E = E, a.K = K, a.H = H, a.I = I;
+            a.expert_start = r * L, a.local_experts = L;
+            a.out = part.d, a.workspace = ws, a.path = paths[pi];
+            part.poison();
+            CK(moe_forward(a, dt, 0));
+            sync_check();
+            part.down();
+            for (size_t i = 0; i < acc.size(); i++) acc[i] += part.get(i), mag[i] += std::fabs(part.get(i));
+          }
+          const double u = rtol_of(dt);
+          Err e;
+          for (size_t i = 0; i < ref.size(); i++)
+            e.add(acc[i], ref[i], 2 * u * cond[i] + 2e-5 * cond[i] + u * mag[i], 2 * u);
+          char name[200];
+          std::snprintf(name, sizeof name, "moe %s %s T=%d E=%d K=%d H=%d I=%d%s expert parallel 2 x %d", dname(dt),
+                        path_names[pi], T, E, K, H, I, sh.bias0 ? " skewed" : "", L);
+          report(e.ok(), name, e.max_abs, e.str() + e.firsts());
+        }
       cudaFree(ws);
     }
   // Shapes the kernels do not take are refused, never run wrong.
@@ -221,5 +285,6 @@ inline void test_forward(Rng& rng) {
 
 static void test_moe(Rng& rng) {
   mt::test_route(rng);
+  mt::test_route_ep(rng);
   mt::test_forward(rng);
 }

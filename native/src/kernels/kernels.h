@@ -122,6 +122,9 @@ struct MoeArgs {
   const void* logits = nullptr;  // [T, E] router logits (activation dtype)
   const void *w1 = nullptr, *w3 = nullptr, *w2 = nullptr;
   int T = 0, E = 0, K = 0, H = 0, I = 0;
+  // Expert parallelism: this rank's weights hold experts [expert_start, expert_start + local_experts) of the E
+  // the router scores (local_experts 0: all E); tokens are routed over all E and only local picks are added.
+  int expert_start = 0, local_experts = 0;
   bool normalize = true;
   Act act = Act::Silu;
   void* out = nullptr;            // [T, H]; the normalised sum when norm_w is set
@@ -136,10 +139,11 @@ struct MoeArgs {
 bool moe_supported(int E, int K, int H, int I);
 size_t moe_workspace_bytes(int max_tokens, int E, int K, int H, int I, DType dt);
 cudaError_t moe_forward(const MoeArgs& a, DType dt, cudaStream_t s);
-// The routing kernel alone (one warp per token): ids / weights [T, K] best first; counts [E] (may be null) gets
-// each expert's picks added (atomics; the caller zeroes it).
-cudaError_t moe_route(const void* logits, int T, int E, int K, bool normalize, int32_t* ids, float* weights,
-                      int32_t* counts, DType dt, cudaStream_t s);
+// The routing kernel alone (one warp per token): ids / weights [T, K] best first, ids relative to expert_start
+// and -1 for experts outside [expert_start, expert_start + local) (another rank's); counts [local] (may be null)
+// gets each local expert's picks added (atomics; the caller zeroes it).
+cudaError_t moe_route(const void* logits, int T, int E, int K, bool normalize, int expert_start, int local,
+                      int32_t* ids, float* weights, int32_t* counts, DType dt, cudaStream_t s);
 
 // ---- attention over the paged KV cache ----
 // Per-layer cache: blocks of [2][num_kv_heads][tokens_per_block][head_dim] elements (K then V),

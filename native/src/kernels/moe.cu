@@ -16,8 +16,9 @@ size_t align256(size_t b) { return (b + 255) / 256 * 256; }
 // norm, each thread re-reads the rounded sums it wrote (no other thread touches them) after the block's sum of
 // squares.
 template <typename T, bool NORM>
-__global__ void __launch_bounds__(256) moe_combine_kernel(const float* __restrict__ y, const int32_t* slot_of,
-                                                          const float* __restrict__ wts, int K, int H, T* out,
+__global__ void __launch_bounds__(256) moe_combine_kernel(const float* __restrict__ y, const int32_t* __restrict__ ids,
+                                                          const int32_t* slot_of, const float* __restrict__ wts,
+                                                          int K, int H, T* out,
                                                           const T* res, const T* __restrict__ nw, float eps,
                                                           float w_off, T* sum_out) {
   const size_t t = blockIdx.x;
@@ -30,6 +31,7 @@ __global__ void __launch_bounds__(256) moe_combine_kernel(const float* __restric
     for (int j = 0; j < 8; j++) acc[j] = 0.f;
     for (int k = 0; k < K; k++) {
       const size_t p = t * K + k;
+      if (ids[p] < 0) continue;  // another rank's expert
       const size_t row = slot_of ? size_t(slot_of[p]) : p;
       const float w = wts[p];
       const float4* yr = reinterpret_cast<const float4*>(y + row * H + size_t(c) * 8);
@@ -73,11 +75,11 @@ cudaError_t combine(const MoeArgs& a, const MoeWs& ws, const int32_t* slot_of, i
   const T* res = a.residual ? static_cast<const T*>(a.residual) + off : nullptr;
   const int threads = std::min(256, std::max(32, (a.H / 8 + 31) / 32 * 32));
   if (a.norm_w)
-    moe_combine_kernel<T, true><<<n, threads, 0, s>>>(ws.y, slot_of, ws.wts, a.K, a.H, out, res,
+    moe_combine_kernel<T, true><<<n, threads, 0, s>>>(ws.y, ws.ids, slot_of, ws.wts, a.K, a.H, out, res,
                                                       static_cast<const T*>(a.norm_w), a.eps, a.w_offset,
                                                       static_cast<T*>(a.sum_out) + off);
   else
-    moe_combine_kernel<T, false><<<n, threads, 0, s>>>(ws.y, slot_of, ws.wts, a.K, a.H, out, res, nullptr, 0.f, 0.f,
+    moe_combine_kernel<T, false><<<n, threads, 0, s>>>(ws.y, ws.ids, slot_of, ws.wts, a.K, a.H, out, res, nullptr, 0.f, 0.f,
                                                        nullptr);
   return cudaGetLastError();
 }
@@ -121,6 +123,8 @@ cudaError_t moe_forward(const MoeArgs& a, DType dt, cudaStream_t s) {
   if (a.norm_w && (!a.residual || !a.sum_out)) return cudaErrorInvalidValue;
   for (const void* p : std::initializer_list<const void*>{a.x, a.w1, a.w3, a.w2, a.out, a.residual, a.norm_w, a.sum_out, a.workspace})
     if (p && !kd::aligned16(p)) return cudaErrorInvalidValue;
+  const int local = a.local_experts ? a.local_experts : a.E;
+  if (a.expert_start < 0 || local < 1 || a.expert_start + local > a.E) return cudaErrorInvalidValue;
   const MoePath path = a.path != MoePath::Auto ? a.path : a.T <= kMoeGemvMaxTokens ? MoePath::Gemv : MoePath::Grouped;
   const size_t es = 2;
   const int chunk = std::min(a.T, kMoeChunkTokens);
@@ -131,16 +135,18 @@ cudaError_t moe_forward(const MoeArgs& a, DType dt, cudaStream_t s) {
     const char* logits = static_cast<const char*>(a.logits) + size_t(t0) * a.E * es;
     cudaError_t err;
     if (path == MoePath::Gemv) {
-      if ((err = moe_route(logits, n, a.E, a.K, a.normalize, ws.ids, ws.wts, nullptr, dt, s))) return err;
+      if ((err = moe_route(logits, n, a.E, a.K, a.normalize, a.expert_start, local, ws.ids, ws.wts, nullptr, dt, s)))
+        return err;
       if ((err = moe_gemv_gate_up(x, a.w1, a.w3, ws.ids, ws.h, pairs, a.K, a.H, a.I, a.act, dt, s))) return err;
       if ((err = moe_gemv_down(ws.h, a.w2, ws.ids, ws.y, pairs, a.H, a.I, dt, s))) return err;
     } else {
-      if ((err = cudaMemsetAsync(ws.counts, 0, 8 * size_t(a.E), s))) return err;
-      if ((err = moe_route(logits, n, a.E, a.K, a.normalize, ws.ids, ws.wts, ws.counts, dt, s))) return err;
-      if ((err = moe_permute(x, ws.ids, ws.counts, ws.xperm, ws.slot_of, pairs, a.K, a.E, a.H, dt, s))) return err;
-      if ((err = moe_grouped_gate_up(ws.xperm, a.w1, a.w3, ws.counts, ws.h, pairs, a.E, a.H, a.I, a.act, dt, s)))
+      if ((err = cudaMemsetAsync(ws.counts, 0, 8 * size_t(local), s))) return err;
+      if ((err = moe_route(logits, n, a.E, a.K, a.normalize, a.expert_start, local, ws.ids, ws.wts, ws.counts, dt, s)))
         return err;
-      if ((err = moe_grouped_down(ws.h, a.w2, ws.counts, ws.y, pairs, a.E, a.H, a.I, dt, s))) return err;
+      if ((err = moe_permute(x, ws.ids, ws.counts, ws.xperm, ws.slot_of, pairs, a.K, local, a.H, dt, s))) return err;
+      if ((err = moe_grouped_gate_up(ws.xperm, a.w1, a.w3, ws.counts, ws.h, pairs, local, a.H, a.I, a.act, dt, s)))
+        return err;
+      if ((err = moe_grouped_down(ws.h, a.w2, ws.counts, ws.y, pairs, local, a.H, a.I, dt, s))) return err;
     }
     const int32_t* slot_of = path == MoePath::Gemv ? nullptr : ws.slot_of;
     TSLLM_DISPATCH_HALF(dt, T, err = combine<T>(a, ws, slot_of, t0, n, s));

@@ -23,6 +23,7 @@ __global__ void __launch_bounds__(kWarps * 32) moe_gemv_kernel(const T* __restri
   const int n0 = (blockIdx.x * kWarps + warp) * kRows;
   if (n0 >= N) return;
   const int e = ids[p];
+  if (e < 0) return;  // another rank's expert (expert parallelism)
   const T* v = vec + size_t(p / vdiv) * Kd;
   const T* ra[kRows];
   const T* rb[kRows];

@@ -21,13 +21,15 @@ struct MoeWs {
 };
 MoeWs moe_ws_layout(void* base, int C, int E, int K, int H, int I, size_t es);
 
-// gemv path: h[p] = dtype(act(x[p/K]·w1_e) ⊙ (x[p/K]·w3_e)), y[p] = h[p]·w2_eᵀ (fp32), e = ids[p].
+// gemv path: h[p] = dtype(act(x[p/K]·w1_e) ⊙ (x[p/K]·w3_e)), y[p] = h[p]·w2_eᵀ (fp32), e = ids[p] (pairs with
+// e = -1, another rank's expert, are skipped).
 cudaError_t moe_gemv_gate_up(const void* x, const void* w1, const void* w3, const int32_t* ids, void* h, int pairs,
                              int K, int H, int I, Act act, DType dt, cudaStream_t s);
 cudaError_t moe_gemv_down(const void* h, const void* w2, const int32_t* ids, float* y, int pairs, int H, int I,
                           DType dt, cudaStream_t s);
 // grouped path: xperm[slot_of[p]] = x[p/K], rows of expert e at [offset_e, offset_e + counts[e]) (offsets
-// scanned from counts in every block; counts[E..2E) are the cursors, zero on entry).
+// scanned from counts in every block; counts[E..2E) are the cursors, zero on entry); E is the local expert count,
+// slot_of[p] = -1 for a pair of another rank's expert.
 cudaError_t moe_permute(const void* x, const int32_t* ids, int32_t* counts, void* xperm, int32_t* slot_of, int pairs,
                         int K, int E, int H, DType dt, cudaStream_t s);
 // Grouped GEMMs over the expert-sorted rows (max_rows = pairs bounds the grid; tiles past an expert's count exit).

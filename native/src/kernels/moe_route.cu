@@ -17,8 +17,9 @@ constexpr int kPer = kMoeMaxExperts / 32;  // experts per lane
 // torch.topk and src/ops/moe.ts's routeTopK pick.
 template <typename T>
 __global__ void __launch_bounds__(128) moe_route_kernel(const T* __restrict__ logits, int num_tokens, int E, int K,
-                                                        bool normalize, int32_t* __restrict__ ids,
-                                                        float* __restrict__ wts, int32_t* counts) {
+                                                        bool normalize, int expert_start, int local,
+                                                        int32_t* __restrict__ ids, float* __restrict__ wts,
+                                                        int32_t* counts) {
   const int t = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31;
   if (t >= num_tokens) return;
@@ -63,13 +64,16 @@ __global__ void __launch_bounds__(128) moe_route_kernel(const T* __restrict__ lo
     kept += bv;
   }
   if (lane < K) {
-    ids[size_t(t) * K + lane] = mine_e;
+    const int le = mine_e - expert_start;
+    const bool here = le >= 0 && le < local;  // expert parallelism: another rank adds the others
+    ids[size_t(t) * K + lane] = here ? le : -1;
     wts[size_t(t) * K + lane] = normalize ? mine_w / kept : mine_w;
-    if (counts) atomicAdd(&counts[mine_e], 1);
+    if (counts && here) atomicAdd(&counts[le], 1);
   }
 }
 
-// 256 threads: every block scans the E ≤ 256 counts into offsets in shared memory, then each warp takes a pair:
+// 256 threads: every block scans the E ≤ 256 (local) counts into offsets in shared memory, then each warp takes a
+// pair of a local expert (slot_of = -1 for another rank's):
 // slot = offset[e] + a per-expert cursor (atomics: the order within an expert varies, the values do not, since
 // every GEMM row is computed independently of its neighbours), and copies the token's x row there.
 template <typename T>
@@ -95,13 +99,14 @@ __global__ void __launch_bounds__(256) moe_permute_kernel(const T* __restrict__ 
   const int lane = tid & 31, warp = tid >> 5;
   const int chunks = H / 8;
   for (int p = blockIdx.x * 8 + warp; p < pairs; p += gridDim.x * 8) {
-    int slot = 0;
+    int slot = -1;
     if (lane == 0) {
       const int e = ids[p];
-      slot = off[e] + atomicAdd(&counts[E + e], 1);
+      if (e >= 0) slot = off[e] + atomicAdd(&counts[E + e], 1);
       slot_of[p] = slot;
     }
     slot = __shfl_sync(0xffffffffu, slot, 0);
+    if (slot < 0) continue;  // another rank's expert
     const uint4* src = reinterpret_cast<const uint4*>(x + size_t(p / K) * H);
     uint4* dst = reinterpret_cast<uint4*>(xperm + size_t(slot) * H);
     for (int i = lane; i < chunks; i += 32) dst[i] = src[i];
@@ -110,14 +115,15 @@ __global__ void __launch_bounds__(256) moe_permute_kernel(const T* __restrict__ 
 
 }  // namespace
 
-cudaError_t moe_route(const void* logits, int T, int E, int K, bool normalize, int32_t* ids, float* weights,
-                      int32_t* counts, DType dt, cudaStream_t s) {
+cudaError_t moe_route(const void* logits, int T, int E, int K, bool normalize, int expert_start, int local,
+                      int32_t* ids, float* weights, int32_t* counts, DType dt, cudaStream_t s) {
   if (T <= 0) return cudaGetLastError();
   if (E < 1 || E > kMoeMaxExperts || K < 1 || K > E || K > kMoeMaxTopK) return cudaErrorInvalidValue;
+  if (expert_start < 0 || local < 1 || expert_start + local > E) return cudaErrorInvalidValue;
   const int blocks = (T + 3) / 4;
   TSLLM_DISPATCH_ACT(dt, Tp,
                      moe_route_kernel<Tp><<<blocks, 128, 0, s>>>(static_cast<const Tp*>(logits), T, E, K, normalize,
-                                                                 ids, weights, counts));
+                                                                 expert_start, local, ids, weights, counts));
   return cudaGetLastError();
 }
 
