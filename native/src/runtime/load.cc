@@ -182,6 +182,12 @@ void replan_arena(EngineDesc& d, int64_t tokens, int64_t logits, int64_t seqs) {
       want = want || (dim.sym == Sym::NumLogits && bound(dim) < dim.n);
     }
   if (!need && !want) return;
+  // Only the logits shrink: the re-plan is kept when smaller. It can come out larger than the build's plan (its
+  // gemv-prologue lifetimes below keep a norm's input alive until its linear, which the build's plan need not:
+  // tiny-llama, vocab 512: 671,744 B vs 606,208 B), and the build's plan, whose logits hold max_num_tokens rows,
+  // also fits fewer rows.
+  const std::vector<ValueDesc> built_values = need ? std::vector<ValueDesc>{} : d.values;
+  const uint64_t built_bytes = d.arena_bytes;
   for (ValueDesc& v : d.values)
     for (Dim& dim : v.shape) dim.n = bound(dim);
   struct Buf {
@@ -246,6 +252,10 @@ void replan_arena(EngineDesc& d, int64_t tokens, int64_t logits, int64_t seqs) {
     b.off = best != UINT64_MAX ? best : cursor;
     total = std::max(total, b.off + b.bytes);
     placed.push_back(bi);
+  }
+  if (!need && total >= built_bytes) {
+    d.values = built_values;
+    return;
   }
   for (const Buf& b : bufs) d.values[size_t(b.v)].arena_offset = b.off;
   d.arena_bytes = total;
