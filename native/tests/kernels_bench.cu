@@ -1,3 +1,5 @@
+// Usage: kernels_bench [decode]. "decode": only the large-batch decode attention table (old vs new kernel at the
+// Llama-3.1-8B batch-256 shape of the throughput benchmark); default: that table and everything below.
 // Micro-benchmark of paged_attention (Llama-2-7B shapes: 32 heads, 32 KV heads, head_dim 128, fp16, 32 tokens per
 // block) for decode at batch 1 / 64 and context 256 / 4096, plus context (prefill) attention and a few small
 // kernels at decode sizes. Times are medians of CUDA-graph replays (the runtime replays graphs), per call;
@@ -14,6 +16,7 @@
 #include <cstdlib>
 #include <functional>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include "../src/kernels/attention_internal.h"
@@ -81,6 +84,7 @@ static void time_calls(int n, const std::function<void(int, cudaStream_t)>& fn, 
 
 struct AttnSetup {
   int B, ctx, new_tokens, layers, nH = 32, nKV = 32, D = 128, tpb = 32;
+  DType dt = DType::F16;
   void *pool = nullptr, *qkv = nullptr, *out = nullptr, *ws = nullptr;
   int32_t *bt, *pos, *ts, *ss, *sl;
   float* inv;
@@ -89,14 +93,15 @@ struct AttnSetup {
   StepLayout st;
   AttnParams p;
   // B sequences, each with `ctx` tokens after this step, `new_tokens` of them new.
-  AttnSetup(int B_, int ctx_, int new_, size_t l2_defeat_bytes) : B(B_), ctx(ctx_), new_tokens(new_) {
+  AttnSetup(int B_, int ctx_, int new_, size_t l2_defeat_bytes, int nKV_ = 32, DType dt_ = DType::F16)
+      : B(B_), ctx(ctx_), new_tokens(new_), nKV(nKV_), dt(dt_) {
     maxb = (ctx + tpb - 1) / tpb;
     num_blocks = B * maxb;
     const size_t block_bytes = (size_t)2 * nKV * tpb * D * 2;
     const size_t layer_bytes = (size_t)num_blocks * block_bytes;
     layers = (int)std::min<size_t>(32, std::max<size_t>(1, (l2_defeat_bytes + layer_bytes - 1) / layer_bytes));
     CK(cudaMalloc(&pool, layer_bytes * layers));
-    CK(random_fill(pool, DType::F16, layer_bytes * layers / 2, 7, 0.f, 1.f, 0));
+    CK(random_fill(pool, dt, layer_bytes * layers / 2, 7, 0.f, 1.f, 0));
     std::vector<int32_t> h_bt((size_t)B * maxb);
     std::iota(h_bt.begin(), h_bt.end(), 0);
     uint64_t r = 88172645463325252ull;
@@ -127,11 +132,11 @@ struct AttnSetup {
     CK(cudaMemcpy(inv, h_inv.data(), D / 2 * 4, cudaMemcpyHostToDevice));
     const size_t qkv_elems = (size_t)T * (nH + 2 * nKV) * D;
     CK(cudaMalloc(&qkv, qkv_elems * 2));
-    CK(random_fill(qkv, DType::F16, qkv_elems, 9, 0.f, 1.f, 0));
+    CK(random_fill(qkv, dt, qkv_elems, 9, 0.f, 1.f, 0));
     CK(cudaMalloc(&out, (size_t)T * nH * D * 2));
     const size_t wsb = attention_workspace_bytes(T, B, nH, D, ctx);
     CK(cudaMalloc(&ws, wsb));
-    kv = PagedKV{pool, DType::F16, layers, num_blocks, nKV, D, tpb, bt, maxb};
+    kv = PagedKV{pool, dt, layers, num_blocks, nKV, D, tpb, bt, maxb};
     st = StepLayout{T, B, pos, ts, ss, sl, new_tokens, ctx};
     p = AttnParams{0, nH, nKV, D, 1.f / std::sqrt((float)D), D, RopeStyle::Neox, inv, 3, true};
     CK(cudaDeviceSynchronize());
@@ -144,20 +149,64 @@ struct AttnSetup {
     AttnParams q = p;
     q.layer = layer % layers;
     const int stride = (nH + 2 * nKV) * D;
-    const half* base = static_cast<const half*>(qkv);
-    CK(paged_attention(base, stride, base + nH * D, stride, base + (nH + nKV) * D, stride, out, kv, st, q, DType::F16,
-                       ws, s));
+    const uint16_t* base = static_cast<const uint16_t*>(qkv);  // 16-bit elements (f16 or bf16)
+    CK(paged_attention(base, stride, base + nH * D, stride, base + (nH + nKV) * D, stride, out, kv, st, q, dt, ws, s));
   }
 };
 
-int main() {
+// Large-batch decode attention, old (variant 2: CUDA-core decode_kernel) vs new (variant 4: tensor-core GQA
+// decode_mma_kernel) in the same run, at the shapes of the 128/128 throughput benchmark: Llama-3.1-8B bf16 (32 q
+// heads, 8 KV heads, head_dim 128) at batch 256 and context ~145 (the H200 step profile: 2.740 ms for 32 layers
+// of variant 2, ~1.8 TB/s), plus longer contexts and Llama-2-7B fp16 (MHA). Times include the rope/cache-write
+// kernel (and the split-K reduce where split), as in a step; GB/s counts the KV bytes read (K and V of every
+// cached token) only, "%copy" relates that to the device-to-device copy's rate measured above.
+static void decode_at_scale(size_t l2_defeat, double copy_gbs) {
+  struct Shape {
+    const char* model;
+    int nKV;
+    DType dt;
+    int B, ctx;
+  };
+  const Shape shapes[] = {
+      {"llama3-8b bf16", 8, DType::BF16, 256, 145}, {"llama3-8b bf16", 8, DType::BF16, 512, 145},
+      {"llama3-8b bf16", 8, DType::BF16, 64, 145},  {"llama3-8b bf16", 8, DType::BF16, 256, 1100},
+      {"llama3-8b bf16", 8, DType::BF16, 64, 4096}, {"llama3-8b bf16", 8, DType::BF16, 8, 4096},
+      {"llama2-7b f16", 32, DType::F16, 256, 145},  {"llama2-7b f16", 32, DType::F16, 64, 2048},
+  };
+  std::printf("decode attention at scale: variant 2 (old, CUDA cores) vs 4 (new, tensor-core GQA), 32 q heads x 128\n");
+  std::printf("%-15s %5s %6s %4s %7s %10s %8s %7s %10s %8s\n", "model", "batch", "ctx", "var", "splits", "us/layer",
+              "KV GB/s", "%copy", "x32 ms", "speedup");
+  for (const Shape& sh : shapes) {
+    AttnSetup a(sh.B, sh.ctx, 1, l2_defeat, sh.nKV, sh.dt);
+    double base_us = 0;
+    for (int variant : {2, 4}) {
+      a.p.decode_variant = variant;
+      double g, st;
+      time_calls(64, [&](int i, cudaStream_t s) { a.call(i, s); }, &g, &st);
+      const double kv_bytes = (double)sh.B * sh.ctx * a.nKV * a.D * 2 * 2;
+      const auto sp = kd::decode_split(sh.B, a.nH, a.nKV, a.D, sh.ctx, variant);
+      if (variant == 2) base_us = g;
+      std::printf("%-15s %5d %6d %4d %7d %10.2f %8.0f %6.0f%% %10.3f %7.2fx\n", sh.model, sh.B, sh.ctx, variant,
+                  sp.splits, g, kv_bytes / (g * 1e3), 100.0 * kv_bytes / (g * 1e3) / copy_gbs, 32 * g / 1e3,
+                  base_us / g);
+    }
+  }
+}
+
+int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IOLBF, 0);
+  const bool only_decode = argc > 1 && std::string(argv[1]) == "decode";
+  if (argc > 1 && !only_decode) {
+    std::printf("usage: kernels_bench [decode]   (decode: only the large-batch decode attention table)\n");
+    return 2;
+  }
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
   const size_t l2_defeat = (size_t)4 * prop.l2CacheSize;
 
   // Copy bandwidth reference (bytes read + written).
+  double copy_gbs = 0;
   {
     const size_t bytes = (size_t)1 << 30;
     void *a, *b;
@@ -166,13 +215,17 @@ int main() {
     CK(cudaMemset(a, 1, bytes));
     double g, st;
     time_calls(4, [&](int, cudaStream_t s) { CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, s)); }, &g, &st);
-    std::printf("device-to-device copy 1 GiB: %.1f us, %.0f GB/s (read+write)\n\n", g, 2.0 * bytes / (g * 1e3));
+    copy_gbs = 2.0 * bytes / (g * 1e3);
+    std::printf("device-to-device copy 1 GiB: %.1f us, %.0f GB/s (read+write)\n\n", g, copy_gbs);
     cudaFree(a), cudaFree(b);
   }
+  decode_at_scale(l2_defeat, copy_gbs);
+  if (only_decode) return 0;
+  std::printf("\n");
 
   std::printf("paged_attention decode (rope + cache write + attention [+ split-K reduce]), fp16, 32 heads x 128\n");
   std::printf("variant 3 (default): small-batch fast kernel (one launch, cluster/DSMEM combine; 'v2' in the cluster\n"
-              "column = outside its range, runs variant 2)%s; 2: separate rope/cache-write kernel, reduce kernel\n",
+              "column = outside its range, runs variant 4)%s; 2: separate rope/cache-write kernel, reduce kernel\n",
               pdl_supported() ? ", launched with PDL" : "");
   std::printf("%6s %6s %4s %7s %8s %8s %11s %11s %9s\n", "batch", "ctx", "var", "splits", "cluster", "layers",
               "graph_us", "stream_us", "GB/s");
@@ -188,7 +241,7 @@ int main() {
         const double kv_bytes = (double)B * ctx * a.nKV * a.D * 2 * 2;
         const double io_bytes = (double)B * ((a.nH + 2 * a.nKV) * a.D * 2 + a.nH * a.D * 2 * 2);
         const auto sp = kd::decode_split(B, a.nH, a.nKV, a.D, ctx, variant);
-        const char* cl = variant == 3 && !sp.fast ? "v2" : sp.cluster ? (sp.fast && sp.warps == 8 ? "yes/8w" : "yes") : "no";
+        const char* cl = variant == 3 && !sp.fast ? "v4" : sp.cluster ? (sp.fast && sp.warps == 8 ? "yes/8w" : "yes") : "no";
         std::printf("%6d %6d %4d %7d %8s %8d %11.2f %11.2f %9.0f\n", B, ctx, variant, sp.splits, cl, a.layers, g, st,
                     (kv_bytes + io_bytes) / (g * 1e3));
       }

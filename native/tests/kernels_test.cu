@@ -712,8 +712,9 @@ static void test_attention_case(const AttnCase& c, Rng& rng) {
     }
   }
 
-  // GPU runs: decode steps under both decode variants (3, the default: small-batch one-launch kernel where it
-  // applies, else 2; 2: separate RoPE/cache-write kernel + decode kernel + reduce), other steps once.
+  // GPU runs: decode steps under every decode variant (3, the default: small-batch one-launch kernel where it
+  // applies, else 4; 4: separate RoPE/cache-write kernel + tensor-core GQA decode kernel + reduce; 2: the same with
+  // the CUDA-core decode kernel), other steps once.
   const std::vector<uint8_t> pool_init = pool.h;
   if (c.packed)
     qkv.up();
@@ -748,7 +749,7 @@ static void test_attention_case(const AttnCase& c, Rng& rng) {
   const void* qp = base;
   const void* kp = c.packed ? (const void*)(base + (size_t)nH * D * dsize(dt)) : kb.d;
   const void* vp = c.packed ? (const void*)(base + (size_t)(nH + nKV) * D * dsize(dt)) : vb.d;
-  const std::vector<int> variants = max_new == 1 ? std::vector<int>{2, 3} : std::vector<int>{3};
+  const std::vector<int> variants = max_new == 1 ? std::vector<int>{2, 3, 4} : std::vector<int>{3};
   for (int variant : variants) {
     p.decode_variant = variant;
     pool.h = pool_init;
@@ -781,7 +782,7 @@ static void test_attention_case(const AttnCase& c, Rng& rng) {
     if (max_new == 1) {
       auto sp = kd::decode_split(T, nH, nKV, D, max_len, variant);  // (the plan the kernel used)
       path = "decode v" + std::to_string(variant) + " splits=" + std::to_string(sp.splits) + (sp.cluster ? " cluster" : "") +
-             (variant == 3 ? (sp.fast ? " fast warps=" + std::to_string(sp.warps) : " (fallback to v2)") : "");
+             (variant == 3 ? (sp.fast ? " fast warps=" + std::to_string(sp.warps) : " (fallback to v4)") : "");
     }
     std::snprintf(extra, sizeof extra, "%s [%s T=%d] k-cache %s, other cache mismatches=%zu", e.str().c_str(),
                   path.c_str(), T, ek.str().c_str(), cache_bad);
@@ -798,6 +799,14 @@ static void test_attention_case(const AttnCase& c, Rng& rng) {
   cudaFree(d_sl);
   cudaFree(d_inv);
   cudaFree(ws);
+}
+
+// A decode batch of n sequences with cached lengths (i * mul + add) % mod: large batches whose grid needs no split
+// (one block per KV head and sequence, decode variants 2 and 4) and lengths that are not multiples of any tile.
+static std::vector<std::pair<int, int>> decode_batch(int n, int mul, int add, int mod) {
+  std::vector<std::pair<int, int>> v;
+  for (int i = 0; i < n; ++i) v.push_back({(i * mul + add) % mod, 1});
+  return v;
 }
 
 static void test_attention(Rng& rng, int only) {
@@ -832,6 +841,16 @@ static void test_attention(Rng& rng, int only) {
       {"dec bf16 D128 gqa4 bs1 ctx1024 tpb16", BF16, 8, 2, 128, 128, NX, 16, true, {{1023, 1}}},
       {"dec f16 D128 llama2 bs1 pos0", F16, 32, 32, 128, 128, NX, 32, true, {{0, 1}}},
       {"dec f16 D128 gqa4 bs4 mixed", F16, 16, 4, 128, 128, NX, 32, true, {{700, 1}, {5, 1}, {255, 1}, {31, 1}}},
+      // Large decode batches (variant 4's range; GQA 4 = Llama-3, 8, 1 = Llama-2), unsplit grids and split ones.
+      {"dec bf16 D128 llama3 g4 bs80", BF16, 32, 8, 128, 128, NX, 32, true, decode_batch(80, 37, 3, 400)},
+      {"dec f16 D128 llama3 g4 bs80", F16, 32, 8, 128, 128, NX, 32, true, decode_batch(80, 41, 144, 300)},
+      {"dec f16 D128 g8 bs72 tpb16", F16, 64, 8, 128, 128, NX, 16, true, decode_batch(72, 53, 0, 333)},
+      {"dec bf16 D128 g8 bs9 split", BF16, 32, 4, 128, 128, NX, 64, true, decode_batch(9, 211, 17, 1500)},
+      {"dec bf16 D128 mha g1 bs20", BF16, 16, 16, 128, 128, NX, 32, true, decode_batch(20, 29, 1, 260)},
+      {"dec f16 D128 mha g1 bs6 split", F16, 8, 8, 128, 128, GJ, 16, false, decode_batch(6, 97, 600, 2100)},
+      {"dec bf16 D64 g32 two head groups", BF16, 32, 1, 64, 64, NX, 16, true, {{300, 1}, {17, 1}, {0, 1}, {2500, 1}}},
+      {"dec f16 D32 g4 bs40 tpb8", F16, 16, 4, 32, 32, NX, 8, true, decode_batch(40, 13, 5, 90)},
+      {"dec bf16 D256 g2 bs24", BF16, 4, 2, 256, 128, NX, 16, true, decode_batch(24, 31, 2, 200)},
   };
   if (only == -2) {
     std::printf("%zu\n", cases.size());

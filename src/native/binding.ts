@@ -35,7 +35,7 @@ export interface CudaLoadOptions {
   /** Decode (M ≤ 4) folds rms_norm / gated_act into the gemv where faster (default true). */
   gemvPrologue?: boolean;
   /** Decode attention: 3 (default; one launch where it applies, else 2) or 2. */
-  decodeVariant?: 2 | 3;
+  decodeVariant?: 2 | 3 | 4;
   /** Programmatic dependent launch on sm_90+ (default true). */
   pdl?: boolean;
   /** A kernel forced by these options (gemv "always") that cannot run is an error naming the node, not a fallback. */

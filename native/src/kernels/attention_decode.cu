@@ -4,7 +4,8 @@
 // 32/LPK keys per step and unrolls U steps so 2U 16-byte loads per thread are in flight. Each lane keeps an
 // online softmax (m, l, acc[8]) per head; lanes, then warps, are merged at the end.
 // Split-K: blocks write normalised partials (o, m, l) to the workspace and decode_reduce_kernel combines them.
-// This is variant 2 (after rope_cache.cu's kernel) and the fallback of variant 3 (decode_fast_kernel below, one
+// This is variant 2 (after rope_cache.cu's kernel; attention_decode_mma.cu's variant 4 replaces it for 16-bit caches
+// unless variant 2 is asked for) and the fallback of variant 3 (decode_fast_kernel below, one
 // launch with RoPE, cache write and a cluster/DSMEM combine), the default for small batches.
 #include <cooperative_groups.h>
 #include <math.h>
@@ -657,7 +658,10 @@ cudaError_t attention_decode(const void* q_, int q_stride, const void* k_, int k
     }
     const Fp8View f8{kv.dtype == DType::FP8_E4M3, make_kv_view<uint8_t>(kv, p.layer), p.k_scale, p.v_scale};
     if (f8.on && (!a.k || !a.v)) return cudaErrorInvalidValue;  // the token's own k (rotated) / v rows
-    e = launch_decode_d<T>(a, step, nKV, D, sp, f8, s);
+    if (!f8.on && p.decode_variant != 2)
+      e = attention_decode_mma(q_, q_stride, out_, ws_o, ws_ml, kv, step, p, sp.splits, sp.chunk, dt, s);
+    else
+      e = launch_decode_d<T>(a, step, nKV, D, sp, f8, s);
     if (e == cudaSuccess && sp.splits > 1 && !sp.cluster) {
       dim3 grid(nH, step.num_tokens, sp.splits);
       const int threads = D >= 128 ? 128 : 64;

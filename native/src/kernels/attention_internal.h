@@ -30,8 +30,11 @@ cudaError_t rope_and_cache_write(const void* q, int q_stride, const void* k, int
 // Decode (max_new_tokens == 1), chosen by AttnParams::decode_variant:
 //   3 (default): decode_fast_kernel, one launch (RoPE, cache write, attention, split-K combined through a
 //                thread-block cluster's DSMEM), latency-first, for small batches; batches/contexts outside its range
-//                (DecodeSplit::fast false: nKV x tokens > #SMs, max_seq_len > 1024, no sm_90 clusters) run variant 2.
-//   2: rope_cache kernel, then decode_kernel on the rotated q, then decode_reduce_kernel when split.
+//                (DecodeSplit::fast false: nKV x tokens > #SMs, max_seq_len > 1024, no sm_90 clusters) run variant 4
+//                (variant 2 for an FP8 cache).
+//   4: rope_cache kernel, then decode_mma_kernel (attention_decode_mma.cu: a GQA group's query heads as the rows of
+//      one tensor-core tile, cp.async K/V pipeline; 16-bit caches), then decode_reduce_kernel when split.
+//   2: rope_cache kernel, then decode_kernel (CUDA cores) on the rotated q, then decode_reduce_kernel when split.
 // (Variants 0/1, RoPE fused into decode_kernel, were removed: correct but 19-25% slower at batch 64 on H100,
 // kernels-notes.md.)
 // Split-K choice of the decode kernel (shared with the workspace bound).
@@ -51,6 +54,12 @@ constexpr int kSplitBudget = 8192;  // bound on num_tokens * num_heads * splits 
 cudaError_t attention_decode(const void* q, int q_stride, const void* k, int k_stride, const void* v, int v_stride,
                              bool fast, void* out, const PagedKV& kv, const StepLayout& step, const AttnParams& p,
                              DType dt, void* ws, cudaStream_t s);
+
+// Variant 4's kernel (q already rotated, the cache already holds k, v; 16-bit caches). splits/chunk: decode_split's
+// (variant 2 rules); when splits > 1, normalised partials go to ws_o / ws_ml for decode_reduce_kernel.
+cudaError_t attention_decode_mma(const void* q, int q_stride, void* out, float* ws_o, float2* ws_ml,
+                                 const PagedKV& kv, const StepLayout& step, const AttnParams& p, int splits, int chunk,
+                                 DType dt, cudaStream_t s);
 
 // Tiles of up to 64 new tokens of one sequence (FlashAttention-2 style, tensor cores), any step.
 // FP8 cache: k_own (rope_and_cache_write's k_out) and v_own (the step's v rows, v_stride) hold this step's own K/V.

@@ -173,8 +173,9 @@ struct AttnParams {
   int rotary_dim;              // 0 = no rope (q, k already rotated)
   RopeStyle rope_style;
   const float* inv_freq;       // [rotary_dim/2] fp32, may be null when rotary_dim == 0
-  // Decode (max_new_tokens == 1) path: 0 or 3 = the single-launch small-batch kernel where it applies, else 2;
-  // 2 = always the separate RoPE/cache-write kernel + decode kernel (+ reduce). See attention_internal.h.
+  // Decode (max_new_tokens == 1) path: 0 or 3 = the single-launch small-batch kernel where it applies, else 4
+  // (2 for an FP8 cache); 2 = always the separate RoPE/cache-write kernel + CUDA-core decode kernel (+ reduce);
+  // 4 = the same with the tensor-core GQA decode kernel (16-bit caches). See attention_internal.h.
   int decode_variant;
   bool pdl;                    // launch the single-launch decode kernel with PDL (sm_90+)
   float k_scale = 1.f, v_scale = 1.f;  // FP8 KV cache only (the compiler's per-layer scales)

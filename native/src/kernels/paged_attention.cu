@@ -1,9 +1,10 @@
 // paged_attention: RoPE + KV-cache write, then causal attention over the paged cache.
 //   1. rope_cache.cu: RoPE on q (into the workspace) and k; k, v written at slot positions[t];
-//   2a. max_new_tokens == 1 (pure decode): attention_decode.cu, flash-decoding (GQA-aware, split-K for long
-//       contexts, then a small reduce kernel): variant 2. Variant 3 (AttnParams::decode_variant 0 or 3, the
+//   2a. max_new_tokens == 1 (pure decode): flash-decoding (GQA-aware, split-K for long contexts, then a small
+//       reduce kernel): variant 4 (attention_decode_mma.cu, tensor cores, 16-bit caches) or variant 2
+//       (attention_decode.cu, CUDA cores; FP8 caches). Variant 3 (AttnParams::decode_variant 0 or 3, the
 //       default) runs the small-batch latency kernel (decode_fast_kernel, one launch, skipping step 1) where it
-//       applies, else variant 2.
+//       applies, else variant 4 (2 for an FP8 cache).
 //   2b. otherwise (prefill, chunked prefill, mixed steps): attention_context.cu, FlashAttention-2 tiles on tensor
 //       cores, causal, GQA, any mix of sequences.
 // Workspace layout (computed from this step's sizes, always within attention_workspace_bytes at the maxima):
@@ -46,8 +47,8 @@ cudaError_t paged_attention(const void* q, int q_stride, const void* k, int k_st
   if (q_stride % 8 || k_stride % 8 || v_stride % 8) return cudaErrorMisalignedAddress;  // 16-byte row chunks
 
   char* ws = static_cast<char*>(workspace);
-  if (p.decode_variant != 0 && p.decode_variant != 2 && p.decode_variant != 3) return cudaErrorInvalidValue;
-  if (step.max_new_tokens == 1 && !fp8 && p.decode_variant != 2 &&
+  if (p.decode_variant != 0 && (p.decode_variant < 2 || p.decode_variant > 4)) return cudaErrorInvalidValue;
+  if (step.max_new_tokens == 1 && !fp8 && (p.decode_variant == 0 || p.decode_variant == 3) &&
       kd::decode_split(step.num_tokens, p.num_heads, p.num_kv_heads, D, step.max_seq_len, 3).fast)
     return kd::attention_decode(q, q_stride, k, k_stride, v, v_stride, true, out, kv, step, p, dt, ws, s);
   const bool rope = p.rotary_dim > 0;
