@@ -235,5 +235,48 @@ __device__ __forceinline__ void mma16816<bf16>(float (&d)[4], const uint32_t (&a
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// Online softmax over one tile of mma.sync scores (log2 domain, masked entries -inf), for the two rows (g, g + 8)
+// a lane holds: sc[NT][4] are n-tiles of 8 keys (entries 0, 1 of row g, 2, 3 of row g + 8). Updates the running
+// max mrow and sum lrow (lane-partial: summed over the quad at the end), turns sc into the probabilities
+// 2^(s - max), and rescales the DN output accumulators o[DN][4] (same row split) to the new max.
+template <int NT, int DN>
+__device__ __forceinline__ void online_softmax_tile(float (&sc)[NT][4], float (&mrow)[2], float (&lrow)[2],
+                                                    float (&o)[DN][4]) {
+  float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    mx0 = fmaxf(mx0, fmaxf(sc[nt][0], sc[nt][1]));
+    mx1 = fmaxf(mx1, fmaxf(sc[nt][2], sc[nt][3]));
+  }
+  mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+  mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+  mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+  mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+  const float mn0 = fmaxf(mrow[0], mx0), mn1 = fmaxf(mrow[1], mx1);
+  const float mu0 = mn0 == -INFINITY ? 0.f : mn0, mu1 = mn1 == -INFINITY ? 0.f : mn1;
+  const float c0 = exp2f(mrow[0] - mu0), c1 = exp2f(mrow[1] - mu1);
+  mrow[0] = mn0;
+  mrow[1] = mn1;
+  float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    sc[nt][0] = exp2f(sc[nt][0] - mu0);
+    sc[nt][1] = exp2f(sc[nt][1] - mu0);
+    sc[nt][2] = exp2f(sc[nt][2] - mu1);
+    sc[nt][3] = exp2f(sc[nt][3] - mu1);
+    rs0 += sc[nt][0] + sc[nt][1];
+    rs1 += sc[nt][2] + sc[nt][3];
+  }
+  lrow[0] = lrow[0] * c0 + rs0;
+  lrow[1] = lrow[1] * c1 + rs1;
+#pragma unroll
+  for (int dn = 0; dn < DN; ++dn) {
+    o[dn][0] *= c0;
+    o[dn][1] *= c0;
+    o[dn][2] *= c1;
+    o[dn][3] *= c1;
+  }
+}
+
 }  // namespace kd
 }  // namespace tsllm

@@ -164,7 +164,6 @@ __global__ void __launch_bounds__(kCtxThreads) context_kernel(const T* __restric
     }
     // Scale into the log2 domain, causal mask, online softmax.
     const bool need_mask = j * BK + BK - 1 > min_pos;
-    float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
     for (int nt = 0; nt < BK / 8; ++nt) {
 #pragma unroll
@@ -176,37 +175,8 @@ __global__ void __launch_bounds__(kCtxThreads) context_kernel(const T* __restric
         }
         sc[nt][e] = v;
       }
-      mx0 = fmaxf(mx0, fmaxf(sc[nt][0], sc[nt][1]));
-      mx1 = fmaxf(mx1, fmaxf(sc[nt][2], sc[nt][3]));
     }
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-    const float mn0 = fmaxf(mrow[0], mx0), mn1 = fmaxf(mrow[1], mx1);
-    const float mu0 = mn0 == -INFINITY ? 0.f : mn0, mu1 = mn1 == -INFINITY ? 0.f : mn1;
-    const float c0 = exp2f(mrow[0] - mu0), c1 = exp2f(mrow[1] - mu1);
-    mrow[0] = mn0;
-    mrow[1] = mn1;
-    float rs0 = 0.f, rs1 = 0.f;
-#pragma unroll
-    for (int nt = 0; nt < BK / 8; ++nt) {
-      sc[nt][0] = exp2f(sc[nt][0] - mu0);
-      sc[nt][1] = exp2f(sc[nt][1] - mu0);
-      sc[nt][2] = exp2f(sc[nt][2] - mu1);
-      sc[nt][3] = exp2f(sc[nt][3] - mu1);
-      rs0 += sc[nt][0] + sc[nt][1];
-      rs1 += sc[nt][2] + sc[nt][3];
-    }
-    lrow[0] = lrow[0] * c0 + rs0;
-    lrow[1] = lrow[1] * c1 + rs1;
-#pragma unroll
-    for (int dn = 0; dn < DP / 8; ++dn) {
-      o[dn][0] *= c0;
-      o[dn][1] *= c0;
-      o[dn][2] *= c1;
-      o[dn][3] *= c1;
-    }
+    online_softmax_tile(sc, mrow, lrow, o);
     // O += P V (P from registers, V via transposed ldmatrix).
 #pragma unroll
     for (int k2 = 0; k2 < BK / 16; ++k2) {

@@ -145,45 +145,14 @@ __global__ void __launch_bounds__(kMmaWarps * 32) decode_mma_kernel(const MmaArg
     }
     // Log2-domain scores, keys past the split's end masked, online softmax (rows g and g + 8 of this lane).
     const int key0 = kb + (warp + i * kMmaWarps) * kMmaBK;
-    float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-    for (int n = 0; n < 2; ++n) {
+    for (int n = 0; n < 2; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int key = key0 + n * 8 + tig * 2 + (e & 1);
         sc[n][e] = key < ke ? sc[n][e] * a.scale_log2 : -INFINITY;
       }
-      mx0 = fmaxf(mx0, fmaxf(sc[n][0], sc[n][1]));
-      mx1 = fmaxf(mx1, fmaxf(sc[n][2], sc[n][3]));
-    }
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-    const float mn0 = fmaxf(mrow[0], mx0), mn1 = fmaxf(mrow[1], mx1);
-    const float mu0 = mn0 == -INFINITY ? 0.f : mn0, mu1 = mn1 == -INFINITY ? 0.f : mn1;
-    const float c0 = exp2f(mrow[0] - mu0), c1 = exp2f(mrow[1] - mu1);
-    mrow[0] = mn0;
-    mrow[1] = mn1;
-    float rs0 = 0.f, rs1 = 0.f;
-#pragma unroll
-    for (int n = 0; n < 2; ++n) {
-      sc[n][0] = exp2f(sc[n][0] - mu0);
-      sc[n][1] = exp2f(sc[n][1] - mu0);
-      sc[n][2] = exp2f(sc[n][2] - mu1);
-      sc[n][3] = exp2f(sc[n][3] - mu1);
-      rs0 += sc[n][0] + sc[n][1];
-      rs1 += sc[n][2] + sc[n][3];
-    }
-    lrow[0] = lrow[0] * c0 + rs0;
-    lrow[1] = lrow[1] * c1 + rs1;
-#pragma unroll
-    for (int dn = 0; dn < DP / 8; ++dn) {
-      o[dn][0] *= c0;
-      o[dn][1] *= c0;
-      o[dn][2] *= c1;
-      o[dn][3] *= c1;
-    }
+    online_softmax_tile(sc, mrow, lrow, o);
     // O += P V (P from registers, V via transposed ldmatrix).
     uint32_t pa[4];
     pa[0] = pack2<T>(sc[0][0], sc[0][1]);
