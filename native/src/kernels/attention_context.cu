@@ -219,15 +219,8 @@ cudaError_t launch_context_t(const T* q, int q_stride, T* out, const KVView<CT>&
                              int G, float scale_log2, const OwnKV<T>& own, cudaStream_t s) {
   constexpr size_t smem = CtxCfg<DP>::template smem_bytes<T>();
   static unsigned long long configured = 0;  // per instantiation, one bit per device
-  int dev = 0;
-  cudaGetDevice(&dev);
-  const unsigned long long bit = 1ull << (dev & 63);
-  if (!(configured & bit)) {
-    cudaError_t e =
-        cudaFuncSetAttribute(context_kernel<T, CT, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e != cudaSuccess) return e;
-    configured |= bit;
-  }
+  const cudaError_t e = smem_limit_once(context_kernel<T, CT, DP>, smem, configured);
+  if (e != cudaSuccess) return e;
   const int qtiles = (step.max_new_tokens + kBQ - 1) / kBQ;
   dim3 grid(nH, qtiles, step.num_seqs);
   context_kernel<T, CT, DP><<<grid, kCtxThreads, smem, s>>>(q, q_stride, out, kv, step.positions, step.seq_start, nH,

@@ -219,14 +219,8 @@ template <typename T, int DP>
 cudaError_t launch_mma_t(MmaArgs<T> a, int num_tokens, int nKV, int splits, cudaStream_t s) {
   constexpr size_t smem = MmaCfg<DP>::template smem_bytes<T>();
   static unsigned long long configured = 0;  // per instantiation, one bit per device
-  int dev = 0;
-  cudaGetDevice(&dev);
-  const unsigned long long bit = 1ull << (dev & 63);
-  if (!(configured & bit)) {
-    cudaError_t e = cudaFuncSetAttribute(decode_mma_kernel<T, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e != cudaSuccess) return e;
-    configured |= bit;
-  }
+  const cudaError_t e = smem_limit_once(decode_mma_kernel<T, DP>, smem, configured);
+  if (e != cudaSuccess) return e;
   a.hgroups = (a.G + 15) / 16;
   dim3 grid(nKV * a.hgroups, splits, num_tokens);
   decode_mma_kernel<T, DP><<<grid, kMmaWarps * 32, smem, s>>>(a);
