@@ -175,10 +175,10 @@ std::string GemmRunner::make_plan(const Key& k, Plan* p, const void* x, const vo
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al, sizeof(al));
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof(al));
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof(al));
-  cublasLtMatmulHeuristicResult_t res[32] = {};
+  cublasLtMatmulHeuristicResult_t res[kHeuristics] = {};
   int found = 0;
   cublasStatus_t st =
-      cublasLtMatmulAlgoGetHeuristic(handle_, p->desc, p->a, p->b, p->c, p->c, pref, 32, res, &found);
+      cublasLtMatmulAlgoGetHeuristic(handle_, p->desc, p->a, p->b, p->c, p->c, pref, kHeuristics, res, &found);
   cublasLtMatmulPreferenceDestroy(pref);
   if (st != CUBLAS_STATUS_SUCCESS || found == 0)
     return "cuBLASLt has no algorithm for M=" + std::to_string(k.M) + " N=" + std::to_string(k.N) +
@@ -190,7 +190,7 @@ std::string GemmRunner::make_plan(const Key& k, Plan* p, const void* x, const vo
   p->no_gemv = cap != cudaStreamCaptureStatusNone ? "shape first seen while a CUDA graph was being captured (no tuning)"
               : !gemv_cand                        ? "M > 4 or gemv off"
                                                   : "not tuned (gemm_tune off)";
-  if ((found > 1 || gemv_cand) && (k.M <= tune_max_m || gemv_mode == 1) && cap == cudaStreamCaptureStatusNone) {
+  if ((found > 1 || gemv_cand) && (tunes(k.M) || gemv_mode == 1) && cap == cudaStreamCaptureStatusNone) {
     if (k.epi == int(GemmEpi::Bias) || k.epi == int(GemmEpi::GeluBias))
       LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
     return tune(k, p, res, found, x, w, bias, s);
@@ -298,7 +298,7 @@ int GemmRunner::prologue_variant(const GemvPrologue& pro, const void* pro_x, voi
   const char* what = pro.kind == GemvPro::RmsNorm ? "rms_norm" : "gated_act";
   std::string err;
   Plan* pu = get_plan(ku, pro_y, w, bias, s, &err);  // the unfused linear's own (tuned) choice
-  const bool timed = gemv_mode == 1 ? gemv_variant < 0 : M <= tune_max_m;
+  const bool timed = gemv_mode == 1 ? gemv_variant < 0 : tunes(M);
   int pick = -1;
   float best = 1e30f, base = -1.f;
   if (!timed) {
