@@ -749,9 +749,17 @@ static void test_attention_case(const AttnCase& c, Rng& rng) {
   const void* qp = base;
   const void* kp = c.packed ? (const void*)(base + (size_t)nH * D * dsize(dt)) : kb.d;
   const void* vp = c.packed ? (const void*)(base + (size_t)(nH + nKV) * D * dsize(dt)) : vb.d;
-  const std::vector<int> variants = max_new == 1 ? std::vector<int>{2, 3, 4} : std::vector<int>{3};
-  for (int variant : variants) {
+  // Mixed steps: also with the leading one-token sequences through the decode kernel (StepLayout::num_single,
+  // what the runtime passes), under both decode kernels.
+  int lead = 0;
+  while (max_new > 1 && lead < S && c.seqs[lead].second == 1) ++lead;
+  std::vector<std::pair<int, int>> runs;  // (decode variant, num_single)
+  if (max_new == 1) runs = {{2, 0}, {3, 0}, {4, 0}};
+  else runs = {{3, 0}};
+  if (lead > 0) runs.push_back({4, lead}), runs.push_back({2, lead});
+  for (auto [variant, single] : runs) {
     p.decode_variant = variant;
+    st.num_single = single;
     pool.h = pool_init;
     pool.up();
     out.poison();
@@ -778,7 +786,9 @@ static void test_attention_case(const AttnCase& c, Rng& rng) {
     const double vmax = 2.0;
     for (size_t i = 0; i < ref.size(); ++i) e.add(out.get(i), ref[i], rtol_of(dt) * vmax, rtol_of(dt));
     char extra[256];
-    std::string path = "context";
+    std::string path = single ? "context + " + std::to_string(single) + " single-token seqs via decode v" +
+                                    std::to_string(variant)
+                              : "context";
     if (max_new == 1) {
       auto sp = kd::decode_split(T, nH, nKV, D, max_len, variant);  // (the plan the kernel used)
       path = "decode v" + std::to_string(variant) + " splits=" + std::to_string(sp.splits) + (sp.cluster ? " cluster" : "") +
@@ -787,7 +797,9 @@ static void test_attention_case(const AttnCase& c, Rng& rng) {
     std::snprintf(extra, sizeof extra, "%s [%s T=%d] k-cache %s, other cache mismatches=%zu", e.str().c_str(),
                   path.c_str(), T, ek.str().c_str(), cache_bad);
     report(e.ok() && ek.ok() && cache_bad == 0,
-           std::string("paged_attention ") + c.name + (max_new == 1 ? " v" + std::to_string(variant) : ""), e.max_abs,
+           std::string("paged_attention ") + c.name +
+               (max_new == 1 ? " v" + std::to_string(variant) : single ? " split v" + std::to_string(variant) : ""),
+           e.max_abs,
            extra);
     if (!e.ok()) std::printf("     out failures (index = (t*nH + h)*D + d):%s\n", e.firsts().c_str());
     if (!ek.ok()) std::printf("     k-cache failures:%s\n", ek.firsts().c_str());
@@ -817,6 +829,10 @@ static void test_attention(Rng& rng, int only) {
       {"dec f16 D32 gqa2 neox tpb16", F16, 4, 2, 32, 32, NX, 16, true, {{0, 1}, {37, 1}, {100, 1}, {75, 1}}},
       {"dec f16 D128 gqa4 gptj R64", F16, 8, 2, 128, 64, GJ, 32, true, {{0, 1}, {16, 1}, {299, 1}, {2047, 1}, {63, 1}}},
       {"mixed bf16 D64 g3 no-rope separate qkv tpb8", BF16, 6, 2, 64, 0, NX, 8, false, {{50, 30}, {200, 1}, {0, 70}, {1, 1}}},
+      // Mixed steps as the batch manager packs them: decode tokens first, then context chunks (and a 1-token one).
+      {"mixed bf16 D128 llama3 decode-first", BF16, 32, 8, 128, 128, NX, 32, true,
+       {{130, 1}, {0, 1}, {77, 1}, {300, 1}, {0, 128}, {64, 64}, {5, 1}, {0, 3}}},
+      {"mixed f16 D128 mha decode-first gptj", F16, 8, 8, 128, 64, GJ, 16, false, {{1000, 1}, {33, 1}, {0, 40}}},
       {"dec bf16 D64 g3 no-rope separate qkv tpb8", BF16, 6, 2, 64, 0, NX, 8, false, {{50, 1}, {200, 1}, {0, 1}}},
       {"ctx f16 D40 neox R40 tpb24", F16, 2, 1, 40, 40, NX, 24, true, {{0, 33}, {10, 1}, {3, 5}}},
       {"dec f16 D40 neox R40 tpb24", F16, 2, 1, 40, 40, NX, 24, true, {{100, 1}, {43, 1}, {0, 1}}},

@@ -166,6 +166,9 @@ struct StepLayout {
   const int32_t* seq_len;      // [num_seqs] cached length after this step (= last position + 1)
   int max_new_tokens;          // max over sequences of tokens in this step (1 => pure decode)
   int max_seq_len;             // max over sequences of seq_len
+  // Mixed steps: how many leading sequences bring exactly one token (the batch manager packs running requests'
+  // decode tokens first); they go to the decode kernel, the rest to the context kernel. 0: all to the context kernel.
+  int num_single = 0;
 };
 struct AttnParams {
   int layer, num_heads, num_kv_heads, head_dim;

@@ -12,6 +12,8 @@
 //   [FP8 cache only: this step's rotated k, num_tokens * nKV * D * 2 bytes][split-K partials]
 // FP8 KV cache: always the rope_cache kernel first (it stores e4m3 rows and keeps the rotated k for this step's own
 // keys), then variant 2's decode kernel or the context kernel, both reading the step's own K/V unrounded.
+#include <algorithm>
+
 #include "attention_internal.h"
 
 namespace tsllm {
@@ -60,10 +62,30 @@ cudaError_t paged_attention(const void* q, int q_stride, const void* k, int k_st
   if (e != cudaSuccess) return e;
   const void* qa = rope ? q_rot : q;
   const int qa_stride = rope ? p.num_heads * D : q_stride;
+  void* split_ws = ws + qrot_bytes + kown_bytes;
   if (step.max_new_tokens == 1)
     return kd::attention_decode(qa, qa_stride, k_own, p.num_kv_heads * D, fp8 ? v : nullptr, v_stride, false, out, kv,
-                                step, p, dt, ws + qrot_bytes + kown_bytes, s);
-  return kd::attention_context(qa, qa_stride, out, kv, step, p, k_own, v, v_stride, dt, s);
+                                step, p, dt, split_ws, s);
+  // Mixed step: its leading one-token sequences (token t is sequence t) through the decode kernel, which reads
+  // each K/V row once per GQA group (the context kernel gives each one a 64-row tile per query head), the rest
+  // through the context kernel on views that start at sequence num_single.
+  const int ns = std::min(step.num_single, step.num_seqs);
+  if (ns <= 0) return kd::attention_context(qa, qa_stride, out, kv, step, p, k_own, v, v_stride, dt, s);
+  StepLayout single = step;
+  single.num_tokens = single.num_seqs = ns;
+  single.max_new_tokens = 1;
+  single.num_single = 0;
+  e = kd::attention_decode(qa, qa_stride, k_own, p.num_kv_heads * D, fp8 ? v : nullptr, v_stride, false, out, kv,
+                           single, p, dt, split_ws, s);
+  if (e != cudaSuccess || ns == step.num_seqs) return e;
+  StepLayout rest = step;
+  rest.seq_start += ns;
+  rest.seq_len += ns;
+  rest.num_seqs -= ns;
+  rest.num_single = 0;
+  PagedKV kv_rest = kv;
+  kv_rest.block_tables += (size_t)ns * kv.max_blocks_per_seq;
+  return kd::attention_context(qa, qa_stride, out, kv_rest, rest, p, k_own, v, v_stride, dt, s);
 }
 
 }  // namespace tsllm

@@ -103,6 +103,7 @@ struct StepPlan {
   int T = 0, S = 0, L = 0;      // tokens, sequences, logits rows as run (padded for graphs)
   int real_S = 0, real_L = 0;
   int max_new = 0, max_len = 0; // StepLayout's bounds (max_len bucketed for graphs)
+  int single = 0;               // StepLayout::num_single: leading sequences of one token (mixed steps)
   bool graph = false;
   std::pair<int, int> graph_key{0, 0};
   std::vector<int> last_row;    // logits row of each real sequence's last token

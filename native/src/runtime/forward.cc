@@ -439,6 +439,7 @@ void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only) {
   step.seq_len = b.dptr<int32_t>(b.lay.seq_len);
   step.max_new_tokens = p.max_new;
   step.max_seq_len = p.max_len;
+  step.num_single = p.max_new > 1 ? p.single : 0;
 
   // Kernel counters: only full programs count (profiling's partial graphs do not).
   const bool count = !only;

@@ -125,6 +125,8 @@ void plan_and_upload(Engine& e, const SeqReq* r, int S, StepPlan& p, const int32
     p.L = int(L);
     p.max_new = max_new;
     p.max_len = max_len;
+    p.single = 0;
+    while (p.single < S && r[p.single].n == 1) p.single++;
     grow_general(e, L);
   }
 
