@@ -419,7 +419,10 @@ export class InflightBatchManager implements BatchManager {
       grow(r, Math.min(context, budget));
     }
     this.s.kvBlocksPeakUsed = Math.max(this.s.kvBlocksPeakUsed, this.blocksUsed);
-    return planned;
+    // One-token sequences (decode tokens) first, each group in plan order: the CUDA runtime runs the leading
+    // one-token sequences of a mixed step through its decode attention kernel (StepLayout::num_single).
+    const one = (p: Planned) => (p.seq.tokens?.length ?? 1) === 1;
+    return [...planned.filter(one), ...planned.filter((p) => !one(p))];
   }
 
   private waiting(): number {
