@@ -17,7 +17,7 @@ import { ReferenceExecutor } from "../src/executor/reference.ts";
 import { checkGolden, defaultTolerance, readGolden } from "../src/golden.ts";
 import { CudaEngine } from "../src/native/binding.ts";
 import { CudaExecutor } from "../src/native/executor.ts";
-import { goldenFile, maxAbsDiff, packedVsOneByOne, teacherForced, tinyEngine } from "./helpers.ts";
+import { fixture, goldenFile, maxAbsDiff, packedVsOneByOne, teacherForced, tinyEngine } from "./helpers.ts";
 
 const open: CudaEngine[] = [];
 afterAll(() => {
@@ -105,6 +105,29 @@ describe("quantised engines on the GPU", () => {
       const max = packedVsOneByOne(ex, golden, 400);
       console.log(`${name(c)} packed vs one at a time: ${max.toFixed(4)}`);
       expect(max).toBeLessThanOrEqual(0.05);
+    });
+  }
+
+  // Random-weight engines (the benchmarks' Llama-2-7B int8 / int4 engines) carry no weight bytes: the runtime draws
+  // the integer values on the GPU (random_fill i8 / u8: rounded half to even and clamped, as the CPU reference's
+  // roundStored) and the constant scales (src/quant/weights.ts randomInits). Same engine, same logits.
+  for (const extra of [{ quant: "int8-wo" }, { quant: "int4-wo", groupSize: 32 }, { quant: "fp8" }]) {
+    it(`random-weight tiny-llama ${extra.quant}: loads and GPU = CPU reference (≤ 0.05; fp8: its sensitivity)`, async () => {
+      const config = `${fixture("llama")}/config.json`;
+      const dir = await tinyEngine("llama", "fp16", { sm: 90, checkpoint: undefined, config, randomWeights: true, ...extra });
+      const golden = readGolden(goldenFile("llama"));
+      const ref = teacherForced(ReferenceExecutor.load(dir), golden, 100);
+      const ref32 = teacherForced(ReferenceExecutor.load(dir, { roundActivations: false }), golden, 100);
+      const sensitivity = Math.max(...ref32.map((r, i) => maxAbsDiff(r, ref[i])));
+      const bound = extra.quant === "fp8" ? Math.max(0.05, 1.25 * sensitivity) : 0.05;
+      const gpu = teacherForced(load(dir), golden, 200);
+      const max = Math.max(...gpu.map((g, i) => maxAbsDiff(g, ref[i])));
+      const spread = Math.max(...ref.map((r) => Math.max(...r) - Math.min(...r)));
+      console.log(
+        `random-weight tiny-llama ${extra.quant}: GPU vs CPU reference max |Δlogit| ${max.toFixed(4)} (bound ${bound.toFixed(4)}; logit spread ${spread.toFixed(3)})`,
+      );
+      expect(spread).toBeGreaterThan(0.1); // the logits depend on the weights (not all-zero integer weights)
+      expect(max).toBeLessThanOrEqual(bound);
     });
   }
 

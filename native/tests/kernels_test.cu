@@ -267,6 +267,38 @@ static void test_random_fill() {
       report(bad == 0, name, (double)bad, "(mismatches)");
     }
   }
+  // Integer storage (random int8 / int4 weight-only engines): the distributions src/quant/weights.ts randomInits
+  // gives, rounded half to even and clamped as roundStored does; every code of the range must occur.
+  struct IntCase {
+    DType dt;
+    float mean, scale;
+    int lo, hi;
+  } ints[] = {{DType::I8, 0.f, 127.f, -127, 127}, {DType::U8, 127.5f, 128.f, 0, 255}, {DType::I8, 3.f, 200.f, -128, 127}};
+  for (const IntCase& c : ints) {
+    std::vector<uint8_t> h(n);
+    void* d;
+    CK(cudaMalloc(&d, n));
+    CK(cudaMemset(d, 0x5A, n));
+    CK(random_fill(d, c.dt, n, 99, c.mean, c.scale, 0));
+    sync_check();
+    CK(cudaMemcpy(h.data(), d, n, cudaMemcpyDeviceToHost));
+    CK(cudaFree(d));
+    size_t bad = 0;
+    int seen_lo = 1 << 20, seen_hi = -(1 << 20);
+    for (uint64_t i = 0; i < n; ++i) {
+      const double r = std::nearbyint((double)host_rf(99, i, c.mean, c.scale));  // default mode: ties to even
+      const int want = (int)std::min<double>(c.dt == DType::I8 ? 127 : 255, std::max<double>(c.dt == DType::I8 ? -128 : 0, r));
+      const int got = c.dt == DType::I8 ? (int)(int8_t)h[i] : (int)h[i];
+      bad += got != want;
+      seen_lo = std::min(seen_lo, got);
+      seen_hi = std::max(seen_hi, got);
+    }
+    bad += seen_lo != c.lo || seen_hi != c.hi;
+    char name[128];
+    std::snprintf(name, sizeof name, "random_fill %s mean=%g scale=%g (exact, range %d..%d)", c.dt == DType::I8 ? "i8" : "u8",
+                  c.mean, c.scale, seen_lo, seen_hi);
+    report(bad == 0, name, (double)bad, "(mismatches)");
+  }
 }
 
 // ---------------- embedding ----------------

@@ -4,7 +4,8 @@
 
 namespace tsllm {
 
-enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, FP8_E4M3 = 3 };
+// I8 / U8: stored values of int8 / int4 (two per byte) weight-only weights; only random_fill writes them.
+enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, FP8_E4M3 = 3, I8 = 4, U8 = 5 };
 enum class Act : int { None = 0, Silu = 1, GeluTanh = 2, GeluErf = 3 };
 enum class RopeStyle : int { Neox = 0, Gptj = 1 };
 // quant_linear schemes (kernels/quant.h): FP8 W8A8, int8 / int4 weight-only.

@@ -1,6 +1,7 @@
 // random_fill: deterministic random weights, bit-identical to src/weights/random.ts.
 // u = lowbias32(lowbias32(seed) ^ i), r = (u >> 8) / 2^24, value = mean + scale * (2r - 1) in fp32 with
-// separate multiply and add (no FMA contraction), then round-to-nearest-even to the weight dtype.
+// separate multiply and add (no FMA contraction), then round-to-nearest-even to the weight dtype (integer
+// dtypes: to the nearest integer, clamped).
 #include <cuda_fp8.h>
 
 #include "common.cuh"
@@ -33,6 +34,16 @@ __device__ __forceinline__ __nv_fp8_e4m3 rf_cast<__nv_fp8_e4m3>(float v) {
   __nv_fp8_e4m3 r;
   r.__x = __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3);
   return r;
+}
+// Integer storage (int8 / packed int4 weights): round half to even, clamp to the type's range, as
+// roundStored in src/quant/weights.ts.
+template <>
+__device__ __forceinline__ int8_t rf_cast<int8_t>(float v) {
+  return (int8_t)min(127, max(-128, __float2int_rn(v)));
+}
+template <>
+__device__ __forceinline__ uint8_t rf_cast<uint8_t>(float v) {
+  return (uint8_t)min(255, max(0, __float2int_rn(v)));
 }
 
 // Each thread writes 16 bytes (N elements) per step; the tail (n % N) is written element-wise.
@@ -73,6 +84,8 @@ cudaError_t random_fill(void* out, DType dt, uint64_t n, uint32_t seed, float me
     case DType::F16: return launch_rf<half>(out, n, h, mean, scale, s);
     case DType::BF16: return launch_rf<kd::bf16>(out, n, h, mean, scale, s);
     case DType::FP8_E4M3: return launch_rf<__nv_fp8_e4m3>(out, n, h, mean, scale, s);
+    case DType::I8: return launch_rf<int8_t>(out, n, h, mean, scale, s);
+    case DType::U8: return launch_rf<uint8_t>(out, n, h, mean, scale, s);
   }
   return cudaErrorInvalidValue;
 }

@@ -349,7 +349,8 @@ EngineDesc read_engine_header(const std::string& path) {
       }
       const uint64_t natural = v.max_numel() * elem_size(v.dt);
       wd.device_bytes = natural;  // what the kernels read, so what is allocated and uploaded
-      if (wd.random && (v.dt == ElemType::I32 || v.dt == ElemType::I64 || v.dt == ElemType::I8 || v.dt == ElemType::U8))
+      // i8 / u8 (int8 / int4 weight-only values) are drawn like the CPU reference does (rounded and clamped).
+      if (wd.random && (v.dt == ElemType::I32 || v.dt == ElemType::I64))
         throw fail("random weight " + v.name + " has integer dtype " + elem_name(v.dt));
       if (!wd.random && wd.nbytes != natural)
         throw fail("weight " + v.name + " has nbytes " + std::to_string(wd.nbytes) + ", its shape and dtype make " +

@@ -21,6 +21,8 @@ DType to_dtype(ElemType t) {
     case ElemType::F16: return DType::F16;
     case ElemType::BF16: return DType::BF16;
     case ElemType::FP8_E4M3: return DType::FP8_E4M3;
+    case ElemType::I8: return DType::I8;
+    case ElemType::U8: return DType::U8;
     default: return DType::F32;
   }
 }
