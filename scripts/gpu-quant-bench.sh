@@ -11,6 +11,8 @@ shared=${1:-../shared}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cfg="$shared/configs/llama-2-7b.json"
+echo "== decode gemv microbenchmark (native/build/gemv_bench: every variant per Llama-2-7B shape, old vs new A/B)"
+if [ -x native/build/gemv_bench ]; then native/build/gemv_bench | tail -n 25; else echo "native/build/gemv_bench missing (npm run build:native)"; fi
 compile() { # name, extra flags...
   local name=$1
   shift

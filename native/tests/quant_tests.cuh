@@ -161,11 +161,91 @@ void test_quant_gemv(Rng& rng, const LinCase& c, DType dt) {
   cudaFree(dsc);
 }
 
+// The rms_norm prologue (quant_gemv with GemvPro::RmsNorm): the reference takes the vector the unfused pair would
+// feed the gemv — norms.cu's rms_norm output, downloaded — then quantises (fp8) or dequantises (int) on the host
+// with fp64 sums. Bound: as test_quant_gemv, plus up to 8 vector elements rounded the other way (the fused kernel
+// sums x² in another order, so inv_rms may differ in its last bit): each moves one term by one rounding of T
+// (int) or, through the E4M3 code of that element, by one E4M3 step (1/8 of the term, fp8).
+void test_quant_gemv_rms(Rng& rng, QuantKind kind, int M, int N, int K, int group, DType dt) {
+  const size_t wbytes = kind == QuantKind::Int4 ? size_t(N) * K / 2 : size_t(N) * K;
+  const int nsc = kind == QuantKind::Int4 ? N * (K / group) : N;
+  const float eps = 1e-5f;
+  Buf x(dt, size_t(M) * K), nw(dt, K), y(dt, size_t(M) * K), res(dt, size_t(M) * N), out(dt, size_t(M) * N);
+  x.fill(rng, -2.f, 2.f);
+  nw.fill(rng, 0.5f, 1.5f);
+  res.fill(rng, -1.f, 1.f);
+  std::vector<uint8_t> w(wbytes);
+  for (auto& b : w) {
+    b = uint8_t(rng.next());
+    if (kind == QuantKind::Fp8 && (b & 0x7f) == 0x7f) b ^= 1;
+  }
+  std::vector<float> sc(nsc);
+  for (auto& v : sc) v = rng.uniform(0.001f, 0.02f);
+  uint8_t* dw;
+  float* dsc;
+  CK(cudaMalloc(&dw, wbytes));
+  CK(cudaMalloc(&dsc, nsc * 4));
+  CK(cudaMemcpy(dw, w.data(), wbytes, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dsc, sc.data(), nsc * 4, cudaMemcpyHostToDevice));
+  x.up(), nw.up(), res.up();
+  CK(rms_norm(x.d, nullptr, nw.d, 0.f, y.d, nullptr, M, K, eps, dt, 0));
+  sync_check();
+  y.down();
+  std::vector<float> sx;
+  std::vector<uint8_t> qx;
+  if (kind == QuantKind::Fp8) quant_rows(y, M, K, sx, qx);
+  std::vector<double> ref(size_t(M) * N), mag(size_t(M) * N), flip(size_t(M) * N);
+  for (int m = 0; m < M; m++)
+    for (int n = 0; n < N; n++) {
+      double acc = 0, a = 0, mx = 0;
+      for (int k = 0; k < K; k++) {
+        const double t = kind == QuantKind::Fp8
+                             ? double(e4m3_val(qx[size_t(m) * K + k])) * e4m3_val(w[size_t(n) * K + k])
+                             : double(y.get(size_t(m) * K + k)) * deq(kind, w, sc, group, K, n, k, dt);
+        acc += t, a += std::fabs(t), mx = std::max(mx, std::fabs(t));
+      }
+      const double scale = kind == QuantKind::Fp8 ? double(sx[m] * sc[n]) : 1.0;
+      double v = kind == QuantKind::Fp8 ? double(float(float(acc) * float(sx[m] * sc[n]))) : acc;
+      ref[size_t(m) * N + n] = v + res.get(size_t(m) * N + n);
+      mag[size_t(m) * N + n] = a * scale;
+      flip[size_t(m) * N + n] = 8.0 * mx * scale * (kind == QuantKind::Fp8 ? 0.125 : rtol_of(dt));
+    }
+  GemvPrologue pro;
+  pro.kind = GemvPro::RmsNorm, pro.norm_w = nw.d, pro.eps = eps;
+  Err e;
+  std::string vs;
+  for (int variant = 0; variant < kQuantGemvVariants; variant++) {
+    if (!quant_gemv_has_prologue(kind, variant)) continue;
+    out.poison();
+    CK(quant_gemv(variant, kind, x.d, dw, dsc, group, nullptr, res.d, out.d, M, N, K, Act::None, dt, true, 0, pro));
+    sync_check();
+    out.down();
+    for (size_t i = 0; i < ref.size(); i++) e.add(out.get(i), ref[i], 1e-5 * mag[i] + flip[i] + 1e-6, rtol_of(dt) * 1.01);
+    vs += " v" + std::to_string(variant);
+  }
+  char name[160];
+  std::snprintf(name, sizeof name, "quant_gemv %s %s M=%d N=%d K=%d g=%d +rms_norm res (%s)", quant_kind_name(kind),
+                dname(dt), M, N, K, group, vs.c_str() + 1);
+  report(e.ok(), name, e.max_abs, e.str() + e.firsts());
+  cudaFree(dw);
+  cudaFree(dsc);
+}
+
 void test_quantize_rows(Rng& rng, DType dt, int rows, int cols) {
   Buf x(dt, size_t(rows) * cols);
   x.fill(rng, -3.f, 3.f);
   for (int c = 0; c < cols; c++) x.set(c, 0.f);  // row 0 all zero: scale 1
   if (rows > 2) x.set(size_t(2) * cols + 1, 1e4f);  // an outlier
+  if (rows > 4) {
+    // Row 4: amax 448 · 2^-3 (scale exactly 2^-3) and every E4M3 rounding midpoint (·2^-3, both signs): quotients
+    // that are exact ties, which the division-free path must send to __fdiv_rn's ties-to-even.
+    x.set(size_t(4) * cols, 56.f);
+    for (int c = 1; c < cols; c++) {
+      const int code = (c - 1) % 0x7e;  // midpoint between codes `code` and `code + 1` (0..0x7d)
+      const float mid = 0.5f * (e4m3_val(uint8_t(code)) + e4m3_val(uint8_t(code + 1)));
+      x.set(size_t(4) * cols + c, (c & 1 ? 1.f : -1.f) * mid * 0.125f);
+    }
+  }
   x.up();
   uint8_t* dq;
   float* ds;
@@ -334,6 +414,7 @@ static void test_quant(Rng& rng) {
   for (DType dt : {DType::F16, DType::BF16}) {
     qt::test_quantize_rows(rng, dt, 5, 352);
     qt::test_quantize_rows(rng, dt, 3, 4104);  // cols % 8 == 0, not a power of two
+    qt::test_quantize_rows(rng, dt, 512, 4096);  // 2M elements: the division-free path's near-midpoint fallbacks
   }
   const qt::LinCase cases[] = {
       {QuantKind::Fp8, 1, 300, 4096, 0, false, false, Act::None},
@@ -347,6 +428,12 @@ static void test_quant(Rng& rng) {
   };
   for (DType dt : {DType::F16, DType::BF16})
     for (const auto& c : cases) qt::test_quant_gemv(rng, c, dt);
+  for (DType dt : {DType::F16, DType::BF16}) {
+    qt::test_quant_gemv_rms(rng, QuantKind::Fp8, 1, 300, 4096, 0, dt);
+    qt::test_quant_gemv_rms(rng, QuantKind::Fp8, 4, 77, 352, 0, dt);
+    qt::test_quant_gemv_rms(rng, QuantKind::Int8, 2, 130, 4096, 0, dt);
+    qt::test_quant_gemv_rms(rng, QuantKind::Int4, 3, 65, 512, 128, dt);
+  }
   for (int D : {64, 128}) {
     qt::test_fp8_kv(rng, D, {{20, 1}, {37, 1}, {5, 1}}, 1.f, 1.f);     // decode
     qt::test_fp8_kv(rng, D, {{20, 1}, {37, 1}}, 0.5f, 2.f);            // decode, scaled

@@ -50,5 +50,36 @@ __device__ __forceinline__ uint2 f8_to_e4m3x8(const float (&f)[8], float scale) 
   return make_uint2(w[0], w[1]);
 }
 
+// Per-token quantisation without a division per element. The reference's code is e4m3(RN32(x / s)); y = RN(x · r)
+// with r = RN(1/s) is within 2.5 ulp of RN32(x / s), so their E4M3 roundings can only differ when y lies within a
+// few ulp of an E4M3 rounding midpoint (E4M3 normals: the low 20 mantissa bits near 0x80000) or in E4M3's
+// subnormal range (|y| < 2^-6, other midpoints); those groups of 8 take __fdiv_rn. y[j] then has x / s's E4M3 code.
+__device__ __forceinline__ void quot8(const float (&v)[8], float s, float r, float (&y)[8]) {
+  bool slow = false;
+#pragma unroll
+  for (int j = 0; j < 8; j++) {
+    y[j] = __fmul_rn(v[j], r);
+    const uint32_t b = __float_as_uint(y[j]) & 0x7fffffffu;
+    slow |= (b != 0u && b < 0x3C800000u) || ((b & 0xFFFFFu) - 0x7FFFBu) < 11u;  // |y| < 2^-6, or ±5 ulp of a midpoint
+  }
+  if (slow) {
+#pragma unroll
+    for (int j = 0; j < 8; j++) y[j] = __fdiv_rn(v[j], s);
+  }
+}
+
+// 8 floats -> 8 E4M3 bytes of e4m3(f / scale), r = __frcp_rn(scale): f8_to_e4m3x8's bytes through quot8.
+__device__ __forceinline__ uint2 f8_to_e4m3x8_fast(const float (&f)[8], float scale, float r) {
+  float y[8];
+  quot8(f, scale, r, y);
+  uint32_t w[2] = {0u, 0u};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const uint32_t two = __nv_cvt_float2_to_fp8x2(make_float2(y[2 * j], y[2 * j + 1]), __NV_SATFINITE, __NV_E4M3);
+    w[j >> 1] |= two << (16 * (j & 1));
+  }
+  return make_uint2(w[0], w[1]);
+}
+
 }  // namespace kd
 }  // namespace tsllm

@@ -6,7 +6,7 @@
 //   int8-wo  int8 [N,K], per-channel scales [N]; int4-wo: packed pairs [N,K/2] (element k in the low nibble of byte
 //            k/2 when k is even), group-wise scales [N, K/G]. Dequantised w = T(fp32(q·s)) (RNE to the activation
 //            dtype T), then x·wᵀ in fp32 (+ bias, activation, + residual).
-// quant_gemv.cu: the decode kernels (M <= kQuantGemvMaxM) read the quantised weights directly (the bandwidth win).
+// quant_gemv.cu, quant_gemv_fp8.cu: the decode kernels (M <= kQuantGemvMaxM) read the quantised weights directly.
 // quant_convert.cu: per-token FP8 quantisation, the FP8 GEMM's scale epilogue, weight dequantisation (context GEMMs).
 #pragma once
 #include <cuda_runtime.h>
@@ -22,15 +22,32 @@ const char* quant_kind_name(QuantKind k);  // QuantKind: enums.h
 // out[m,n] = act(x[m,:]·w[n,:]ᵀ (numerics above) + bias[n]) + residual[m,n], out in dt (F16/BF16).
 // fp8: x is quantised inside the kernel (every block quantises the M rows into shared memory once: no separate
 // pass over memory, no extra launch). int4: group % 32 == 0. residual may alias out; out must not overlap x.
-// `variant` in [0, kQuantGemvVariants): weight rows per warp (1, 2, 4); the caller tunes or takes variant 1.
+// `variant` in [0, kQuantGemvVariants), timed per shape by the caller:
+//   fp8 0-2: 4-warp blocks, 1/2/4 rows per warp (quant_gemv.cu); 3-7: quant_gemv_fp8.cu (8-16-warp blocks, one or
+//     two per SM, cheap exact quantisation, rms_norm prologue);
+//   int8 / int4 0-2: 1/2/4 rows per warp, conversions; 3-7: the same with ALU dequantisation and more loads in flight.
+// pro: GemvPro::RmsNorm folds an rms_norm into the vector read (x is then the norm's input, as gemv_pro; the vector
+// T((x · inv_rms) · norm_w) rounded as norms.cu writes it); every variant but fp8 0-2 (quant_gemv_has_prologue).
 constexpr int kQuantGemvMaxM = 4;
-constexpr int kQuantGemvVariants = 3;
+constexpr int kQuantGemvVariants = 8;
 // Why a call is not eligible (nullptr when it is): shapes and alignment the kernels need.
 const char* quant_gemv_unsupported(QuantKind kind, int M, int K, int group, const void* x, const void* w, DType dt);
+bool quant_gemv_has_prologue(QuantKind kind, int variant);
 // pdl: launch with programmatic dependent launch (when pdl_supported()), like gemv.
 cudaError_t quant_gemv(int variant, QuantKind kind, const void* x, const void* w, const float* scales, int group,
                        const void* bias, const void* residual, void* out, int M, int N, int K, Act act, DType dt,
-                       bool pdl, cudaStream_t s);
+                       bool pdl, cudaStream_t s, const GemvPrologue& pro = GemvPrologue{});
+// quant_gemv_fp8.cu (variants 3-7 of fp8), quant_gemv_int8.cu / quant_gemv_int4.cu (all int variants); norm_w
+// non-null: the rms_norm prologue. Called through quant_gemv (which checks eligibility).
+cudaError_t int8_gemv(int variant, const void* x, const void* w, const float* sc, int group, const void* bias,
+                      const void* res, void* out, int M, int N, int K, Act act, const void* nw, float eps, DType dt,
+                      bool pdl, cudaStream_t s);
+cudaError_t int4_gemv(int variant, const void* x, const void* w, const float* sc, int group, const void* bias,
+                      const void* res, void* out, int M, int N, int K, Act act, const void* nw, float eps, DType dt,
+                      bool pdl, cudaStream_t s);
+cudaError_t fp8_gemv2(int variant, const void* x, const void* w, const float* sw, const void* bias, const void* res,
+                      void* out, int M, int N, int K, Act act, const void* norm_w, float eps, DType dt, bool pdl,
+                      cudaStream_t s);
 
 // ---- FP8 context path: quantise_rows_fp8 -> cuBLASLt FP8 GEMM (fp32 D) -> fp8_scale_epilogue ----
 // q[r, :] = e4m3(fp32(x[r,:] / s[r])), s[r] = fp32(amax(x[r,:]) / 448) (1 when amax is 0). cols % 8 == 0 when x

@@ -30,6 +30,13 @@ GemvPro prologue_kind(const NodeDesc& n) {
   return GemvPro::None;
 }
 
+// The quant_linear call of node l on input x (quant_linear: x, w, scales, bias, residual).
+QuantLinearCall quant_call(Engine& e, const StepPlan& p, const NodeDesc& l, const void* x, int M, int N, int K) {
+  auto in = [&](size_t k) -> void* { return k < l.in.size() && l.in[k] >= 0 ? e.ptr(l.in[k], p) : nullptr; };
+  return QuantLinearCall{l.quant, l.group_size, x, in(1), static_cast<const float*>(in(2)), in(3), in(4),
+                         e.ptr(l.out[0], p), M, N, K, l.act};
+}
+
 // The gemv variant that runs producer node i fused into its consumer linear in this step, or -1 (*why: the reason).
 int prologue_variant(Engine& e, const StepPlan& p, size_t i, std::string* why = nullptr) {
   const int j = e.pro_consumer[i];
@@ -37,7 +44,8 @@ int prologue_variant(Engine& e, const StepPlan& p, size_t i, std::string* why = 
   const NodeDesc& n = e.desc.nodes[i];
   const NodeDesc& l = e.desc.nodes[size_t(j)];
   const ValueDesc& w = e.val(l.in[1]);
-  const int N = int(w.shape[0].n), K = int(w.shape[1].n);
+  const bool quant = l.op == Op::QuantLinear;  // K from x: an int4 weight is [N, K/2]
+  const int N = int(w.shape[0].n), K = int(quant ? e.val(l.in[0]).last_dim() : w.shape[1].n);
   const int M = int(e.numel(l.in[0], p) / K);
   if (M < 1 || M > kGemvMaxM) return -1;
   GemvPrologue pro;
@@ -48,8 +56,9 @@ int prologue_variant(Engine& e, const StepPlan& p, size_t i, std::string* why = 
   }
   const void* x = e.ptr(n.in[0], p);
   void* y = e.ptr(n.out[0], p);
-  const void* bias = l.in.size() > 2 && l.in[2] >= 0 ? e.ptr(l.in[2], p) : nullptr;
-  const void* res = l.in.size() > 3 && l.in[3] >= 0 ? e.ptr(l.in[3], p) : nullptr;
+  const size_t bi = quant ? 3 : 2;  // quant_linear: x, w, scales, bias, residual
+  const void* bias = l.in.size() > bi && l.in[bi] >= 0 ? e.ptr(l.in[bi], p) : nullptr;
+  const void* res = l.in.size() > bi + 1 && l.in[bi + 1] >= 0 ? e.ptr(l.in[bi + 1], p) : nullptr;
   void* out = e.ptr(l.out[0], p);
   // The fused gemv reads x while writing out: they must not overlap (the arena may reuse x's slot for out
   // once the skipped node was x's last reader).
@@ -61,6 +70,8 @@ int prologue_variant(Engine& e, const StepPlan& p, size_t i, std::string* why = 
     if (why) *why = "its input and the linear's output share arena memory";
     return -1;
   }
+  if (quant)
+    return e.qgemm.prologue_variant(quant_call(e, p, l, x, M, N, K), pro, y, e.dt, e.stream, why);
   return e.gemm.prologue_variant(pro, x, y, e.ptr(l.in[1], p), bias, res, out, M, N, K, e.cuda_dt, e.stream, why);
 }
 
@@ -159,8 +170,9 @@ void run_QuantLinear(const NodeRun& r) {
   void* res = r.in(4);
   void* dst = n.post.n && res && res == r.out(0) ? r.e.scratch : r.out(0);
   void* res_in = n.post.n ? nullptr : res;
-  QuantLinearCall c{n.quant, n.group_size, r.in(0), r.in(1), static_cast<const float*>(r.in(2)), r.in(3), res_in,
-                    dst, M, N, K, n.act};
+  QuantLinearCall c = quant_call(r.e, r.p, n, r.in(0), M, N, K);
+  c.residual = res_in;
+  c.out = dst;
   const std::string err = r.e.qgemm.run(c, r.dt, r.s, [&](const void* wd) {
     return linear_act(r, c.x, wd, r.in(3), res_in, dst, M, N, K, n.act, EwChain{});
   });
@@ -367,8 +379,11 @@ void plan_prologue_fusion(Engine& e) {
     if (uses != 1 || cons < 0 || size_t(cons) <= i) continue;
     const NodeDesc& l = d.nodes[size_t(cons)];
     // A linear with a folded elementwise chain runs the plain gemv with it (the prologue variants have no chain).
-    if (l.op != Op::Linear || l.act != Act::None || l.post.n || l.in.size() < 2 || l.out.size() != 1) continue;
-    const int64_t K = e.val(l.in[1]).shape[1].n;
+    // Quantised linears take an rms_norm prologue (quant_gemv; their epilogue applies the activation).
+    const bool quant = l.op == Op::QuantLinear && n.op == Op::RmsNorm;
+    if (!quant && (l.op != Op::Linear || l.act != Act::None)) continue;
+    if (l.post.n || l.in.size() < 2 || l.out.size() != 1) continue;
+    const int64_t K = quant ? e.val(v).last_dim() : e.val(l.in[1]).shape[1].n;
     const int64_t width = e.val(v).last_dim();  // rms_norm: hidden; gated_act: inter
     if (width != K || e.val(n.in[0]).last_dim() != (n.op == Op::RmsNorm ? K : 2 * K)) continue;
     if (e.pro_producer[size_t(cons)] >= 0) continue;
@@ -473,7 +488,7 @@ void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only) {
           if (count) counter[TSLLM_KERNEL_FOLDED]++;
           continue;
         }
-        const int64_t K = e.val(d.nodes[size_t(e.pro_consumer[i])].in[1]).shape[1].n;
+        const int64_t K = e.val(d.nodes[size_t(e.pro_consumer[i])].in[0]).last_dim();
         const int64_t M = e.numel(d.nodes[size_t(e.pro_consumer[i])].in[0], p) / K;
         if (strict_fusion && M >= 1 && M <= kGemvMaxM)
           node_fail(i, n, "prologue fusion into node " + std::to_string(e.pro_consumer[i]) +
@@ -491,6 +506,13 @@ void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only) {
         if (pro.kind == GemvPro::RmsNorm) {
           pro.norm_w = e.ptr(pn.in[1], p);
           pro.eps = pn.eps;
+        }
+        if (n.op == Op::QuantLinear) {
+          const int Kq = int(e.val(n.in[0]).last_dim()), Mq = int(e.numel(n.in[0], p) / Kq);
+          const std::string err = e.qgemm.run_fused(quant_call(e, p, n, e.ptr(pn.in[0], p), Mq, N, Kq), pro, v, e.dt, s);
+          if (!err.empty()) node_fail(i, n, std::string(quant_kind_name(n.quant)) + ": " + err);
+          if (count) counter[TSLLM_KERNEL_GEMV_RMS]++;
+          continue;
         }
         r.ck(gemv_pro(v, pro, e.ptr(pn.in[0], p), r.in(1), r.in(2), r.in(3), r.out(0), M, N, K, e.dt, e.tun.pdl, s));
         if (count) counter[pro.kind == GemvPro::RmsNorm ? TSLLM_KERNEL_GEMV_RMS : TSLLM_KERNEL_GEMV_GATED]++;

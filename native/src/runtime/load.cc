@@ -221,7 +221,8 @@ void replan_arena(EngineDesc& d, int64_t tokens, int64_t logits, int64_t seqs) {
     if ((n.op != Op::RmsNorm && n.op != Op::GatedAct) || n.out.size() != 1 || n.in.empty() || n.in[0] < 0) continue;
     if (uses[size_t(n.out[0])] != 1 || at[size_t(n.in[0])] < 0) continue;
     for (size_t c = i + 1; c < d.nodes.size(); c++)
-      if (d.nodes[c].op == Op::Linear && !d.nodes[c].in.empty() && d.nodes[c].in[0] == n.out[0]) {
+      if ((d.nodes[c].op == Op::Linear || d.nodes[c].op == Op::QuantLinear) && !d.nodes[c].in.empty() &&
+          d.nodes[c].in[0] == n.out[0]) {
         Buf& b = bufs[size_t(at[size_t(n.in[0])])];
         b.end = std::max(b.end, c);
         break;

@@ -76,6 +76,48 @@ void QuantGemm::init(const QuantWorkspace& need, const Tunables& tun) {
   }
 }
 
+bool QuantGemm::ensure_tune_out(size_t bytes) {
+  const size_t kFlush = size_t(64) << 20;
+  if (!flush_ && cudaMalloc(&flush_, kFlush) != cudaSuccess) {
+    cudaGetLastError();
+    flush_ = nullptr;
+  }
+  if (bytes <= tune_out_bytes_) return true;
+  if (tune_out_) cudaFree(tune_out_);
+  tune_out_bytes_ = 0;
+  if (cudaMalloc(&tune_out_, bytes) != cudaSuccess) {
+    cudaGetLastError();
+    tune_out_ = nullptr;
+    return false;
+  }
+  tune_out_bytes_ = bytes;
+  return true;
+}
+
+template <typename Body>
+float QuantGemm::time_runs(cudaStream_t s, Body&& body) {
+  const size_t kFlush = size_t(64) << 20;
+  cudaEvent_t a = nullptr, b = nullptr;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  float total = 0;
+  bool ok = true;
+  for (int it = 0; it < 6 && ok; it++) {
+    if (flush_) cudaMemsetAsync(flush_, it, kFlush, s);
+    cudaEventRecord(a, s);
+    ok = body();
+    cudaEventRecord(b, s);
+    if (cudaEventSynchronize(b) != cudaSuccess) ok = false;
+    float ms = 0;
+    cudaEventElapsedTime(&ms, a, b);
+    if (it > 0) total += ms;
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  cudaGetLastError();
+  return ok ? total / 5 : -1.f;
+}
+
 int QuantGemm::gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s) {
   if (!gemv_on || quant_gemv_unsupported(c.kind, c.M, c.K, c.group, c.x, c.w, dt)) return -1;
   if (gemv_force >= 0 && gemv_force < kQuantGemvVariants) return gemv_force;
@@ -88,51 +130,83 @@ int QuantGemm::gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s) 
   if (cap != cudaStreamCaptureStatusNone) return 1;  // not tuned yet (forward runs an eager step before capturing)
   // Time each variant (L2 flushed before each run, the first run discarded), writing to scratch: out may be the
   // residual, which must survive until the real call.
-  const size_t kFlush = size_t(64) << 20;
-  if (!flush_ && cudaMalloc(&flush_, kFlush) != cudaSuccess) {
-    cudaGetLastError();
-    flush_ = nullptr;
-  }
-  const size_t out_bytes = size_t(c.M) * size_t(c.N) * (dt == DType::F32 ? 4 : 2);
-  if (out_bytes > tune_out_bytes_) {
-    if (tune_out_) cudaFree(tune_out_);
-    tune_out_bytes_ = 0;
-    if (cudaMalloc(&tune_out_, out_bytes) != cudaSuccess) {
-      cudaGetLastError();
-      tune_out_ = nullptr;
-      return 1;  // untuned: the middle variant
-    }
-    tune_out_bytes_ = out_bytes;
-  }
-  cudaEvent_t a = nullptr, b = nullptr;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
+  if (!ensure_tune_out(size_t(c.M) * size_t(c.N) * (dt == DType::F32 ? 4 : 2))) return 1;  // untuned: variant 1
   int pick = 1;
   float best = 1e30f;
+  float ms_of[kQuantGemvVariants];
   for (int v = 0; v < kQuantGemvVariants; v++) {
-    float total = 0;
-    bool ok = true;
-    for (int it2 = 0; it2 < 6 && ok; it2++) {
-      if (flush_) cudaMemsetAsync(flush_, it2, kFlush, s);
-      cudaEventRecord(a, s);
-      ok = quant_gemv(v, c.kind, c.x, c.w, c.scales, c.group, c.bias, c.residual, tune_out_, c.M, c.N, c.K, c.act,
-                      dt, pdl, s) == cudaSuccess;
-      cudaEventRecord(b, s);
-      if (cudaEventSynchronize(b) != cudaSuccess) ok = false;
-      float ms = 0;
-      cudaEventElapsedTime(&ms, a, b);
-      if (it2 > 0) total += ms;
-    }
-    if (ok && total < best) best = total, pick = v;
+    const float ms = time_runs(s, [&] {
+      return quant_gemv(v, c.kind, c.x, c.w, c.scales, c.group, c.bias, c.residual, tune_out_, c.M, c.N, c.K, c.act,
+                        dt, pdl, s) == cudaSuccess;
+    });
+    ms_of[v] = ms;
+    if (ms >= 0.f && ms < best) best = ms, pick = v;
   }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  cudaGetLastError();
-  if (verbose)
-    std::fprintf(stderr, "tsllm quant gemv %s M=%d N=%d K=%d: variant %d (%.4f ms)\n", quant_kind_name(c.kind), c.M,
-                 c.N, c.K, pick, best / 5);
+  if (verbose) {
+    std::string all;
+    for (int v = 0; v < kQuantGemvVariants; v++) {
+      char b[32];
+      std::snprintf(b, sizeof b, "%s%d:%.4f", v ? " " : "", v, ms_of[v]);
+      all += b;
+    }
+    std::fprintf(stderr, "tsllm quant gemv %s M=%d N=%d K=%d: variant %d (%.4f ms; all %s)\n", quant_kind_name(c.kind),
+                 c.M, c.N, c.K, pick, best, all.c_str());
+  }
   gemv_pick_.emplace(key, pick);
   return pick;
+}
+
+int QuantGemm::prologue_variant(const QuantLinearCall& c, const GemvPrologue& pro, void* pro_y, DType dt,
+                                cudaStream_t s, std::string* why) {
+  auto no = [&](const char* reason) {
+    if (why) *why = reason;
+    return -1;
+  };
+  if (pro.kind != GemvPro::RmsNorm) return no("only rms_norm folds into a quantised gemv");
+  if (!gemv_on) return no("quantised gemv off (TSLLM_QGEMV=0)");
+  if (quant_gemv_unsupported(c.kind, c.M, c.K, c.group, c.x, c.w, dt) || !pro.norm_w ||
+      (reinterpret_cast<uintptr_t>(pro.norm_w) & 15))
+    return no("not eligible (M <= 4, K % 16 == 0, 16-byte aligned x, w and norm weight)");
+  if (gemv_force >= 0) return quant_gemv_has_prologue(c.kind, gemv_force) ? gemv_force : no("forced variant has no prologue");
+  const auto key = std::make_tuple(int(c.kind), c.group, c.M, c.N, c.K, int(dt));
+  auto hit = pro_pick_.find(key);
+  if (hit != pro_pick_.end()) return hit->second >= 0 ? hit->second : no("the tuner kept the unfused pair");
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  cudaStreamIsCapturing(s, &cap);
+  if (cap != cudaStreamCaptureStatusNone) return no("shape first seen while a CUDA graph was being captured");
+  int pick = -1;
+  float best = 1e30f, base = -1.f;
+  if (!tune) {
+    pick = c.kind == QuantKind::Fp8 ? 3 : 1;
+  } else if (ensure_tune_out(size_t(c.M) * size_t(c.N) * 2)) {
+    void* tres = c.residual ? tune_out_ : nullptr;
+    // Unfused: the rms_norm kernel into pro_y, then the plain call's tuned variant on it.
+    QuantLinearCall u = c;
+    u.x = pro_y;
+    const int vu = gemv_variant(u, dt, s);
+    if (vu >= 0)
+      base = time_runs(s, [&] {
+        return rms_norm(c.x, nullptr, pro.norm_w, 0.f, pro_y, nullptr, c.M, c.K, pro.eps, dt, s) == cudaSuccess &&
+               quant_gemv(vu, c.kind, pro_y, c.w, c.scales, c.group, c.bias, tres, tune_out_, c.M, c.N, c.K, c.act,
+                          dt, pdl, s) == cudaSuccess;
+      });
+    for (int v = 0; v < kQuantGemvVariants; v++) {
+      if (!quant_gemv_has_prologue(c.kind, v)) continue;
+      const float ms = time_runs(s, [&] {
+        return quant_gemv(v, c.kind, c.x, c.w, c.scales, c.group, c.bias, tres, tune_out_, c.M, c.N, c.K, c.act, dt,
+                          pdl, s, pro) == cudaSuccess;
+      });
+      if (ms >= 0.f && ms < best) best = ms, pick = v;
+    }
+    if (pick >= 0 && base >= 0.f && !(best < base)) pick = -1;
+  }
+  if (verbose)
+    std::fprintf(stderr, "tsllm quant gemv prologue: rms_norm + %s M=%d N=%d K=%d: %s (fused best %.4f ms, unfused %.4f ms)\n",
+                 quant_kind_name(c.kind), c.M, c.N, c.K,
+                 pick >= 0 ? ("fused, variant " + std::to_string(pick)).c_str() : "unfused", best < 1e29f ? best : -1.f,
+                 base);
+  pro_pick_.emplace(key, pick);
+  return pick >= 0 ? pick : no("the tuner kept the unfused pair (or no fused variant launched)");
 }
 
 // cuBLASLt's first heuristic algorithm for the plan's descriptors that fits the workspace, into p.algo;

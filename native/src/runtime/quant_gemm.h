@@ -79,6 +79,18 @@ class QuantGemm {
     return linear(static_cast<const void*>(deq_));
   }
 
+  // Prologue fusion (forward.cc, as GemmRunner::prologue_variant for linears): the quantised-gemv variant that runs
+  // an rms_norm (pro) folded into this call — c.x is then the norm's input, pro_y its unfused output — or -1 when
+  // the pair stays unfused. Timed once per shape (L2 flushed): the fused variants against rms_norm + the plain
+  // call's tuned variant; *why says why not. Never during capture for a new shape.
+  int prologue_variant(const QuantLinearCall& c, const GemvPrologue& pro, void* pro_y, DType dt, cudaStream_t s,
+                       std::string* why);
+  std::string run_fused(const QuantLinearCall& c, const GemvPrologue& pro, int variant, DType dt, cudaStream_t s) {
+    cudaError_t e = quant_gemv(variant, c.kind, c.x, c.w, c.scales, c.group, c.bias, c.residual, c.out, c.M, c.N, c.K,
+                               c.act, dt, pdl, s, pro);
+    return e == cudaSuccess ? std::string() : std::string("quant_gemv (rms_norm prologue): ") + cudaGetErrorString(e);
+  }
+
   bool fp8_outer = true;  // TSLLM_FP8_OUTER_VEC=0: FP8 GEMMs always through the fp32 chunk + scale epilogue kernel
   bool gemv_on = true;    // TSLLM_QGEMV=0: never the quantised gemv
   int gemv_force = -1;    // TSLLM_QGEMV_VARIANT=k
@@ -115,6 +127,11 @@ class QuantGemm {
   size_t tune_out_bytes_ = 0;
   std::map<std::tuple<int, int, int, int, int>, Fp8Plan> plans_;  // (M chunk, N, K) -> plan
   std::map<std::tuple<int, int, int, int, int, int>, int> gemv_pick_;  // (kind, group, M, N, K, dt) -> variant or -1
+  std::map<std::tuple<int, int, int, int, int, int>, int> pro_pick_;   // the same key -> fused variant or -1
+  // Times `body` (6 runs, L2 flushed before each, the first discarded): ms per run, or -1 when a launch failed.
+  template <typename Body>
+  float time_runs(cudaStream_t s, Body&& body);
+  bool ensure_tune_out(size_t bytes);
 };
 
 }  // namespace tsllm

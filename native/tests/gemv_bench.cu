@@ -1,0 +1,208 @@
+// Decode-linear microbenchmark (M = 1, Llama-2-7B shapes): every variant of the fp16 gemv and of the quantised
+// gemv (fp8, int8-wo, int4-wo group 128), plain and with the rms_norm prologue, as GB/s of weight bytes (values +
+// scales) against the device-to-device copy rate measured in the same run. Each variant runs as a CUDA graph of
+// 32 back-to-back calls with programmatic dependent launch (as the runtime's decode graph does), cycling through
+// enough weight copies that every call misses L2; the median of 15 replays. The last lines per shape compare the
+// best variant of the earlier kernels ("old") with the best of the variants added since ("new"): the A/B.
+//
+//   nvcc -std=c++17 -O3 -gencode=arch=compute_90,code=sm_90 -o gemv_bench tests/gemv_bench.cu src/kernels/*.cu
+//   ./gemv_bench                  (or native/build/gemv_bench after npm run build:native; about 30 s)
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "../src/kernels/kernels.h"
+#include "../src/kernels/quant.h"
+
+using namespace tsllm;
+
+#define CK(x)                                                                                      \
+  do {                                                                                             \
+    cudaError_t e_ = (x);                                                                          \
+    if (e_ != cudaSuccess) {                                                                       \
+      std::printf("cuda error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__, __LINE__, #x); \
+      std::exit(2);                                                                                \
+    }                                                                                              \
+  } while (0)
+
+// Median µs per call of a graph of `n` calls fn(i); a negative value when a launch failed (variant not eligible).
+static double graph_us(int n, const std::function<cudaError_t(int, cudaStream_t)>& fn) {
+  cudaStream_t s;
+  CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  for (int i = 0; i < n; ++i)
+    if (fn(i, s) != cudaSuccess) {
+      cudaGetLastError();
+      CK(cudaStreamSynchronize(s));
+      cudaStreamDestroy(s);
+      return -1;
+    }
+  CK(cudaStreamSynchronize(s));
+  cudaGraph_t g;
+  cudaGraphExec_t ge;
+  CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < n; ++i) fn(i, s);
+  CK(cudaStreamEndCapture(s, &g));
+  CK(cudaGraphInstantiate(&ge, g, 0));
+  CK(cudaGraphLaunch(ge, s));
+  CK(cudaStreamSynchronize(s));
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a));
+  CK(cudaEventCreate(&b));
+  std::vector<float> ts;
+  for (int r = 0; r < 15; ++r) {
+    CK(cudaEventRecord(a, s));
+    CK(cudaGraphLaunch(ge, s));
+    CK(cudaEventRecord(b, s));
+    CK(cudaEventSynchronize(b));
+    float ms;
+    CK(cudaEventElapsedTime(&ms, a, b));
+    ts.push_back(ms);
+  }
+  std::sort(ts.begin(), ts.end());
+  cudaGraphExecDestroy(ge);
+  cudaGraphDestroy(g);
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  cudaStreamDestroy(s);
+  return ts[ts.size() / 2] * 1000.0 / n;
+}
+
+static double copy_gbs() {
+  const size_t bytes = size_t(1) << 30;
+  void *a, *b;
+  CK(cudaMalloc(&a, bytes));
+  CK(cudaMalloc(&b, bytes));
+  CK(cudaMemset(a, 1, bytes));
+  const double us = graph_us(4, [&](int, cudaStream_t s) { return cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, s); });
+  cudaFree(a);
+  cudaFree(b);
+  return 2.0 * bytes / (us * 1e3);  // read + write
+}
+
+struct Best {
+  double gbs = 0;
+  int v = -1;
+  void take(double g, int var) {
+    if (g > gbs) gbs = g, v = var;
+  }
+};
+
+int main(int argc, char** argv) {
+  const char* only = argc > 1 ? argv[1] : nullptr;  // fp16 | fp8 | int8 | int4
+  auto want = [&](const char* k) { return !only || std::string(only) == k; };
+  cudaDeviceProp prop;
+  CK(cudaGetDeviceProperties(&prop, 0));
+  const double copy = copy_gbs();
+  std::printf("%s (%d SMs, L2 %d MB): device-to-device copy %.0f GB/s (read + write)\n", prop.name,
+              prop.multiProcessorCount, prop.l2CacheSize >> 20, copy);
+  struct Shape {
+    const char* name;
+    int N, K;
+  } shapes[] = {{"qkv", 12288, 4096}, {"o_proj", 4096, 4096}, {"gate_up", 22016, 4096}, {"down", 4096, 11008}};
+  const int calls = 32;
+  const size_t l2_defeat = size_t(prop.l2CacheSize) * 3 + (size_t(64) << 20);
+  void *x, *xn, *out, *nw;
+  CK(cudaMalloc(&x, 4 * 11008 * 2 * 2));
+  CK(cudaMalloc(&xn, 4 * 11008 * 2));
+  CK(cudaMalloc(&out, 4 * 32000 * 2));
+  CK(cudaMalloc(&nw, 11008 * 2));
+  CK(random_fill(x, DType::F16, 4 * 11008 * 2, 1, 0.f, 1.f, 0));
+  CK(random_fill(nw, DType::F16, 11008, 2, 1.f, 0.1f, 0));
+  std::vector<std::string> summary;
+  auto line = [&](const char* kind, const Shape& sh, const char* pro, const Best& o, const Best& n) {
+    char b[256];
+    std::snprintf(b, sizeof b, "%-5s %-8s N=%-5d K=%-5d %-9s old best v%d %6.0f GB/s (%4.1f%%)  new best v%d %6.0f GB/s (%4.1f%%)  %+5.1f%%",
+                  kind, sh.name, sh.N, sh.K, pro, o.v, o.gbs, 100 * o.gbs / copy, n.v, n.gbs, 100 * n.gbs / copy,
+                  o.gbs > 0 ? 100 * (n.gbs / o.gbs - 1) : 0.0);
+    summary.push_back(b);
+  };
+  for (const Shape& sh : shapes) {
+    // fp16 gemv: variants 0-9 (kGemvVariants).
+    if (want("fp16")) {
+      const size_t wb = size_t(sh.N) * sh.K * 2;
+      const int copies = int(std::max<size_t>(2, (l2_defeat + wb - 1) / wb));
+      std::vector<void*> w(copies);
+      for (auto& p : w) {
+        CK(cudaMalloc(&p, wb));
+        CK(random_fill(p, DType::F16, wb / 2, 3, 0.f, 0.02f, 0));
+      }
+      Best b;
+      std::printf("\nfp16 %s N=%d K=%d (%.1f MB)\n", sh.name, sh.N, sh.K, wb / 1e6);
+      for (int v = 0; v < kGemvVariants; v++) {
+        const double us = graph_us(calls, [&](int i, cudaStream_t s) {
+          return gemv(v, x, w[i % copies], nullptr, nullptr, out, 1, sh.N, sh.K, DType::F16, true, s);
+        });
+        if (us > 0) std::printf("  v%-2d %8.2f us %7.0f GB/s\n", v, us, wb / (us * 1e3)), b.take(wb / (us * 1e3), v);
+      }
+      std::printf("  fp16 best v%d %.0f GB/s = %.1f%% of copy\n", b.v, b.gbs, 100 * b.gbs / copy);
+      for (auto p : w) cudaFree(p);
+    }
+    for (QuantKind kind : {QuantKind::Fp8, QuantKind::Int8, QuantKind::Int4}) {
+      const char* kn = kind == QuantKind::Fp8 ? "fp8" : kind == QuantKind::Int8 ? "int8" : "int4";
+      if (!want(kn)) continue;
+      const int group = kind == QuantKind::Int4 ? 128 : 0;
+      const size_t wb = kind == QuantKind::Int4 ? size_t(sh.N) * sh.K / 2 : size_t(sh.N) * sh.K;
+      const size_t nsc = kind == QuantKind::Int4 ? size_t(sh.N) * (sh.K / group) : size_t(sh.N);
+      const size_t bytes = wb + nsc * 4;
+      const int copies = int(std::max<size_t>(2, (l2_defeat + bytes - 1) / bytes));
+      std::vector<void*> w(copies);
+      std::vector<float*> sc(copies);
+      for (int c = 0; c < copies; c++) {
+        CK(cudaMalloc(&w[c], wb));
+        CK(cudaMalloc(&sc[c], nsc * 4));
+        // fp8: random E4M3 values of a uniform [-448, 448); int8: [-127, 127]; int4: random bytes.
+        if (kind == QuantKind::Fp8) CK(random_fill(w[c], DType::FP8_E4M3, wb, 4 + c, 0.f, 448.f, 0));
+        else if (kind == QuantKind::Int8) CK(random_fill(w[c], DType::I8, wb, 4 + c, 0.f, 127.f, 0));
+        else CK(random_fill(w[c], DType::U8, wb, 4 + c, 127.5f, 128.f, 0));
+        CK(random_fill(sc[c], DType::F32, nsc, 5, 0.002f, 0.0f, 0));
+      }
+      std::printf("\n%s %s N=%d K=%d (%.1f MB incl. scales)\n", kn, sh.name, sh.N, sh.K, bytes / 1e6);
+      // "old": the variants of the first design (0-2; int: conversions), "new": 3-7.
+      for (int pro = 0; pro < 2; pro++) {
+        if (pro && sh.K != 4096) continue;  // the rms_norm prologue feeds qkv / gate_up (K = hidden)
+        GemvPrologue gp;
+        if (pro) gp.kind = GemvPro::RmsNorm, gp.norm_w = nw, gp.eps = 1e-5f;
+        Best o, n;
+        for (int v = 0; v < kQuantGemvVariants; v++) {
+          if (pro && !quant_gemv_has_prologue(kind, v)) continue;
+          const double us = graph_us(calls, [&](int i, cudaStream_t s) {
+            return quant_gemv(v, kind, x, w[i % copies], sc[i % copies], group, nullptr, nullptr, out, 1, sh.N, sh.K,
+                              Act::None, DType::F16, true, s, gp);
+          });
+          if (us <= 0) continue;
+          const double g = bytes / (us * 1e3);
+          std::printf("  %s v%d %8.2f us %7.0f GB/s\n", pro ? "+rms_norm" : "plain    ", v, us, g);
+          (v < 3 ? o : n).take(g, v);
+        }
+        if (pro) {
+          // The unfused pair for comparison: rms_norm kernel + the best plain variant.
+          int bv = -1;
+          double bus = 1e30;
+          for (int v = 0; v < kQuantGemvVariants; v++) {
+            const double us = graph_us(calls, [&](int i, cudaStream_t s) {
+              cudaError_t e = rms_norm(x, nullptr, nw, 0.f, xn, nullptr, 1, sh.K, 1e-5f, DType::F16, s);
+              return e != cudaSuccess ? e
+                                      : quant_gemv(v, kind, xn, w[i % copies], sc[i % copies], group, nullptr, nullptr,
+                                                   out, 1, sh.N, sh.K, Act::None, DType::F16, true, s);
+            });
+            if (us > 0 && us < bus) bus = us, bv = v;
+          }
+          o = Best();
+          o.take(bytes / (bus * 1e3), bv);
+          std::printf("  unfused rms_norm + v%d %8.2f us %7.0f GB/s\n", bv, bus, bytes / (bus * 1e3));
+        }
+        line(kn, sh, pro ? "+rms_norm" : "plain", o, n);
+      }
+      for (int c = 0; c < copies; c++) cudaFree(w[c]), cudaFree(sc[c]);
+    }
+  }
+  std::printf("\n== A/B summary (GB/s of weight bytes; %% of the %.0f GB/s copy; +rms_norm old = unfused rms_norm + best plain)\n", copy);
+  for (auto& l : summary) std::printf("%s\n", l.c_str());
+  return 0;
+}
