@@ -231,21 +231,25 @@ cudaError_t launch_m2(const void* x, const void* w, const float* sw, const void*
   const size_t smem = (size_t)M * K * 2;
   // Opt in to the shared memory once per instantiation (only ever raised), then the resident blocks per SM.
   static std::atomic<long long> opted{48 * 1024};
-  static std::atomic<long long> occ{-1};  // (smem << 8) | blocks per SM
+  // (smem << 8) | blocks per SM, for 4 shared-memory sizes (one per K of the model) per instantiation.
+  static std::atomic<long long> occ[4] = {{-1}, {-1}, {-1}, {-1}};
   if ((long long)smem > opted.load(std::memory_order_relaxed)) {
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess) return e;
     opted.store((long long)smem, std::memory_order_relaxed);
   }
-  int per_sm;
-  const long long c = occ.load(std::memory_order_relaxed);
-  if (c >= 0 && (size_t)(c >> 8) == smem) {
-    per_sm = int(c & 0xff);
-  } else {
+  static std::atomic<int> next{0};
+  int per_sm = 0;
+  for (auto& slot : occ) {
+    const long long c = slot.load(std::memory_order_relaxed);
+    if (c >= 0 && (size_t)(c >> 8) == smem) per_sm = int(c & 0xff);
+  }
+  if (per_sm == 0) {
     cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, WARPS * 32, smem);
     if (e != cudaSuccess) return e;
     if (per_sm < 1) return cudaErrorInvalidConfiguration;
-    occ.store(((long long)smem << 8) | std::min(per_sm, 255), std::memory_order_relaxed);
+    occ[next.fetch_add(1, std::memory_order_relaxed) & 3].store(((long long)smem << 8) | std::min(per_sm, 255),
+                                                               std::memory_order_relaxed);
   }
   const long long groups = (N + WARPS * ROWS - 1) / (WARPS * ROWS);
   const unsigned blocks = (unsigned)std::min<long long>(groups, (long long)std::min(per_sm, BPS) * num_sms());
