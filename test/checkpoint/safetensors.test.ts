@@ -4,7 +4,7 @@ import * as path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { fromFloat32, toFloat32 } from "../../src/checkpoint/dtype.ts";
 import { CheckpointError } from "../../src/checkpoint/errors.ts";
-import { openSafetensors, writeSafetensors } from "../../src/checkpoint/safetensors.ts";
+import { MAX_HEADER_BYTES, openSafetensors, writeSafetensors } from "../../src/checkpoint/safetensors.ts";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "tsllm-st-"));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -155,5 +155,203 @@ describe("corrupt safetensors files", () => {
 
   it("missing file", () => {
     expectOpenError(path.join(tmp, "absent.safetensors"), /cannot open/);
+  });
+});
+
+describe("safetensors byte layout and boundaries", () => {
+  // Open file descriptors of this process (Linux): opening, refusing and closing files must not leak one.
+  const openFds = () => fs.readdirSync("/proc/self/fd").length;
+
+  it("writes the reference layout byte for byte: u64 LE header length, JSON padded with spaces to 8, data", () => {
+    const p = path.join(tmp, "layout1.safetensors");
+    // 1.0 and -2.0 in fp16: 0x3c00, 0xc000 (little-endian).
+    writeSafetensors(
+      p,
+      { w: { dtype: "F16", shape: [2], data: new Uint8Array([0x00, 0x3c, 0x00, 0xc0]) } },
+      {},
+    );
+    const json = '{"w":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}}'; // 54 bytes → 2 spaces → 56
+    const want = Buffer.concat([
+      Buffer.from([56, 0, 0, 0, 0, 0, 0, 0]),
+      Buffer.from(`${json}  `, "latin1"),
+      Buffer.from([0x00, 0x3c, 0x00, 0xc0]),
+    ]);
+    expect(fs.readFileSync(p)).toEqual(want);
+
+    const q = path.join(tmp, "layout2.safetensors");
+    writeSafetensors(
+      q,
+      {
+        a: { dtype: "U8", shape: [3], data: new Uint8Array([1, 2, 3]) },
+        b: { dtype: "I16", shape: [1, 2], data: new Uint8Array([0xff, 0x7f, 0x00, 0x80]) },
+      },
+      { format: "pt" },
+    );
+    const json2 =
+      '{"__metadata__":{"format":"pt"},"a":{"dtype":"U8","shape":[3],"data_offsets":[0,3]},"b":{"dtype":"I16","shape":[1,2],"data_offsets":[3,7]}}';
+    // 139 bytes → 5 spaces → 144 = 0x90
+    const want2 = Buffer.concat([
+      Buffer.from([0x90, 0, 0, 0, 0, 0, 0, 0]),
+      Buffer.from(`${json2}     `, "latin1"),
+      Buffer.from([1, 2, 3, 0xff, 0x7f, 0x00, 0x80]),
+    ]);
+    expect(fs.readFileSync(q)).toEqual(want2);
+    const f = openSafetensors(q);
+    expect(f.info("b")).toEqual({ dtype: "I16", shape: [1, 2], byteLength: 4, fileOffset: 8 + 144 + 3 });
+    expect(Array.from(new Int16Array(f.read("b").buffer))).toEqual([32767, -32768]);
+    f.close();
+  });
+
+  it("the writer refuses the reserved name, an unknown dtype, and names the shape it needed", () => {
+    const w = (tensors: Record<string, { dtype: string; shape: number[]; data: Uint8Array }>) => () =>
+      writeSafetensors(path.join(tmp, "w.safetensors"), tensors as never);
+    expect(w({ __metadata__: { dtype: "U8", shape: [1], data: new Uint8Array(1) } })).toThrow(
+      /tensor name __metadata__ is reserved/,
+    );
+    expect(w({ x: { dtype: "F12", shape: [1], data: new Uint8Array(1) } })).toThrow(
+      /tensor "x": unknown dtype "F12"/,
+    );
+    expect(w({ x: { dtype: "F32", shape: [2, 3], data: new Uint8Array(20) } })).toThrow(
+      /tensor "x": data is 20 bytes but dtype F32 shape \[2, 3\] needs 24$/,
+    );
+    expect(fs.existsSync(path.join(tmp, "w.safetensors"))).toBe(false);
+  });
+
+  it("reads tensors listed out of offset order; names() is file order; zero-size tensors may share an offset", () => {
+    const p = rawFile(
+      { b: t("U8", [2], 2, 4), z: t("U8", [0], 2, 2), a: t("U8", [2], 0, 2), e: t("U8", [0], 4, 4) },
+      4,
+    );
+    const f = openSafetensors(p);
+    expect(f.names()).toEqual(["a", "z", "b", "e"]);
+    expect(f.info("b").fileOffset).toBe(f.info("a").fileOffset + 2);
+    f.close();
+  });
+
+  it("an 8-byte file (header length 0) is refused as bad JSON, not as too short", () => {
+    const p = path.join(tmp, "eight.safetensors");
+    fs.writeFileSync(p, Buffer.alloc(8));
+    expectOpenError(p, /header is not valid JSON/);
+  });
+
+  it("a header that ends exactly at the end of the file is read; one byte more is refused with the room left", () => {
+    const json = Buffer.from("{}");
+    const p = path.join(tmp, "exact.safetensors");
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(2n);
+    fs.writeFileSync(p, Buffer.concat([len, json]));
+    const f = openSafetensors(p);
+    expect(f.names()).toEqual([]);
+    f.close();
+    // 6 > the 2 bytes after the prefix (but < the file size + 8): refused by size, before reading.
+    expectOpenError(
+      rawFile({}, 0, 6n),
+      /header length 6 is larger than the file allows \(2 bytes after the length prefix/,
+    );
+  });
+
+  it("a header length of exactly the limit is within the limit (then refused as larger than the file)", () => {
+    expectOpenError(rawFile({}, 0, BigInt(MAX_HEADER_BYTES)), /is larger than the file allows/);
+    expectOpenError(rawFile({}, 0, BigInt(MAX_HEADER_BYTES) + 1n), /exceeds the 104857600-byte limit/);
+  });
+
+  it("a header that is not UTF-8 is refused even inside a JSON string", () => {
+    const json = Buffer.concat([
+      Buffer.from('{"__metadata__":{"a":"'),
+      Buffer.from([0xff]),
+      Buffer.from('"}}'),
+    ]);
+    const p = path.join(tmp, "latin1.safetensors");
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(json.length));
+    fs.writeFileSync(p, Buffer.concat([len, json]));
+    expectOpenError(p, /header is not valid JSON/);
+  });
+
+  it("a JSON error quoting several lines is kept on one line, runs of whitespace as one space", () => {
+    const msg = expectOpenError(rawFile('{"a": x\n\n  }', 0), /header is not valid JSON: Unexpected token/);
+    expect(msg).toContain('"{"a": x }" is not valid JSON');
+  });
+
+  it("malformed entries and metadata are named precisely", () => {
+    expectOpenError(rawFile({ w: 5 }, 0), /header entry is not an object/, "w");
+    expectOpenError(rawFile({ w: [1] }, 0), /header entry is not an object/, "w");
+    expectOpenError(rawFile({ w: null }, 0), /header entry is not an object/, "w");
+    expectOpenError(
+      rawFile({ w: { ...t("U8", [1], 0, 1), extra: 1 } }, 1),
+      /unexpected header field "extra"/,
+      "w",
+    );
+    expectOpenError(
+      rawFile({ w: t("U8", [2, -1], 0, 0) }, 0),
+      /shape must be an array of non-negative integers, got \[2,-1\]/,
+    );
+    expectOpenError(
+      rawFile({ w: t("U8", [1], -1, 0) }, 0),
+      /data_offsets must be \[begin, end\] of non-negative/,
+      "w",
+    );
+    expectOpenError(
+      rawFile({ w: t("U8", [2 ** 40, 2 ** 40], 0, 0) }, 0),
+      /shape \[1099511627776,1099511627776\] is too large/,
+    );
+    expectOpenError(
+      rawFile({ w: t("F12", [1], 0, 1) }, 1),
+      /\(known: F64, F32, F16, BF16, F8_E4M3, F8_E5M2, I64/,
+    );
+    expectOpenError(rawFile({ __metadata__: "pt" }, 0), /__metadata__ must be an object of strings/);
+    expectOpenError(rawFile({ __metadata__: ["pt"] }, 0), /__metadata__ must be an object of strings/);
+    expectOpenError(rawFile("[1,2]", 0), /header JSON is not an object/);
+    expectOpenError(rawFile("null", 0), /header JSON is not an object/);
+    // Offsets not starting at 0: the span is end - begin.
+    expectOpenError(
+      rawFile({ a: t("U8", [4], 0, 4), w: t("F16", [3, 4], 4, 20) }, 20),
+      /dtype F16 shape \[3, 4\] needs 24 bytes but data_offsets \[4, 20\] span 16$/,
+      "w",
+    );
+  });
+
+  it("gap and lookup messages say where", () => {
+    const msg = expectOpenError(
+      rawFile({ a: t("F32", [4], 0, 16), b: t("F32", [4], 20, 36) }, 36),
+      /gap/,
+      "b",
+    );
+    expect(msg).toContain('gap of 4 bytes between tensor "a" (ends at 16) and data_offsets [20, 36]');
+    const f = openSafetensors(rawFile({ a: t("U8", [1], 0, 1) }, 1));
+    expect(() => f.info("nope")).toThrow(/tensor "nope": no such tensor in this file$/);
+    f.close();
+  });
+
+  it("a file truncated after opening: the read says which tensor, how much it got, and does not loop", () => {
+    const p = path.join(tmp, "shrinks.safetensors");
+    writeSafetensors(p, {
+      a: { dtype: "U8", shape: [8], data: new Uint8Array(8).fill(1) },
+      b: { dtype: "U8", shape: [16], data: new Uint8Array(16).fill(2) },
+    });
+    const f = openSafetensors(p);
+    const { fileOffset } = f.info("b");
+    fs.truncateSync(p, fileOffset + 5); // 5 of b's 16 bytes left
+    expect(() => f.read("b")).toThrow(
+      new RegExp(`: truncated while reading tensor "b": expected 16 bytes at offset ${fileOffset}, got 5$`),
+    );
+    expect(Array.from(f.read("a"))).toEqual(Array(8).fill(1));
+    f.close();
+  });
+
+  it("no file descriptor is left open: after close (twice), after a refused open, after a write", () => {
+    const good = rawFile({ a: t("U8", [1], 0, 1) }, 1);
+    const bad = rawFile({ a: t("U8", [1], 0, 1) }, 2);
+    const before = openFds();
+    for (let i = 0; i < 20; i++) {
+      const f = openSafetensors(good);
+      f.close();
+      f.close();
+      expect(() => openSafetensors(bad)).toThrow(CheckpointError);
+      writeSafetensors(path.join(tmp, "fd.safetensors"), {
+        a: { dtype: "U8", shape: [1], data: new Uint8Array(1) },
+      });
+    }
+    expect(openFds()).toBe(before);
   });
 });
