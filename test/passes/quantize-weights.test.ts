@@ -1,0 +1,159 @@
+// quantize-weights on tiny-llama's fused graph: which linears become quant_linear, and the stored
+// layout each gets — expected shapes worked out by hand from the config (hidden 128, 4 q heads and
+// 2 KV heads of 32, intermediate 352, vocab 512): qkv [256, 128], o [128, 128], gate_up [704, 128],
+// down [128, 352]. The numbers those layouts hold are checked in test/quant (numerics, fp8, engines).
+import { describe, expect, it } from "vitest";
+import { checkQuantLegality, quantizeWeights } from "../../passes/quantize-weights.ts";
+import { shardForTp } from "../../passes/tensor-parallel.ts";
+import type { BuildConfig } from "../../src/engine/format.ts";
+import type { Graph } from "../../src/ir/types.ts";
+import { fixture, passesBefore, runPasses, testBuild } from "./helpers.ts";
+
+const LINEARS = ["self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"];
+const NK: Record<string, [number, number]> = {
+  "self_attn.qkv_proj": [256, 128],
+  "self_attn.o_proj": [128, 128],
+  "mlp.gate_up_proj": [704, 128],
+  "mlp.down_proj": [128, 352],
+};
+const names = [0, 1].flatMap((l) => LINEARS.map((p) => `model.layers.${l}.${p}.weight`));
+const EMBED_REASON = "embedding: a row gather, not a GEMM, nothing to gain from quantising";
+const LM_HEAD_REASON =
+  "lm_head: logits feed sampling directly; kept in the engine dtype as TensorRT-LLM does";
+
+async function fused(build: BuildConfig): Promise<Graph> {
+  const f = await fixture("llama");
+  return runPasses(f.graph, passesBefore("quantize-weights"), build).graph;
+}
+
+const snapshot = (g: Graph) => JSON.stringify({ n: g.nodes, v: [...g.values], m: g.meta });
+
+describe("quantize-weights", () => {
+  for (const [quant, group] of [
+    ["int4-wo", 32],
+    ["int8-wo", undefined],
+    ["fp8", undefined],
+  ] as const)
+    it(`${quant}: every decoder linear → quant_linear(x, values, scales, bias, residual); lm_head and embedding kept`, async () => {
+      const build = testBuild({ quant, ...(group ? { group_size: group } : {}) });
+      const before = await fused(build);
+      const frozen = snapshot(before);
+      const g = quantizeWeights(before, build);
+      expect(snapshot(before)).toBe(frozen); // the input graph is left alone
+      const ql = g.nodes.filter((n) => n.op === "quant_linear");
+      const beforeLinears = new Map(
+        before.nodes.filter((n) => n.op === "linear").map((n) => [before.values.get(n.inputs[1]!)!.name, n]),
+      );
+      expect(ql.map((n) => g.values.get(n.inputs[1]!)!.name)).toEqual(names);
+      for (const n of ql) {
+        const values = g.values.get(n.inputs[1]!)!;
+        const scales = g.values.get(n.inputs[2]!)!;
+        const src = before.values.get(beforeLinears.get(values.name)!.inputs[1]!)!;
+        const old = beforeLinears.get(values.name)!;
+        const [N, K] = NK[values.name.replace(/^model\.layers\.\d\./, "").replace(/\.weight$/, "")];
+        // x, bias and residual are the linear's own; values and scales are new, adjacent.
+        expect([n.inputs[0], n.inputs[3], n.inputs[4]]).toEqual([
+          old.inputs[0],
+          old.inputs[2] ?? null,
+          old.inputs[3] ?? null,
+        ]);
+        expect(n.outputs).toEqual(old.outputs);
+        expect(scales.id).toBe(values.id + 1);
+        expect(n.attrs).toEqual({
+          ...old.attrs,
+          quant,
+          compute_dtype: "f32",
+          ...(group ? { group_size: group } : {}),
+        });
+        expect([values.dtype, values.shape, values.kind]).toEqual([
+          { "int4-wo": "u8", "int8-wo": "i8", fp8: "fp8e4m3" }[quant],
+          quant === "int4-wo" ? [N, K / 2] : [N, K],
+          "weight",
+        ]);
+        expect([scales.name, scales.dtype, scales.shape, scales.kind]).toEqual([
+          values.name.replace(/\.weight$/, ".weight_scale"),
+          "f32",
+          quant === "int4-wo" ? [N, K / 32] : [N],
+          "weight",
+        ]);
+        expect(values.hints).toEqual({ ...src.hints, quant });
+        expect(scales.hints).toEqual({ role: "scales", quant });
+        // Same sources, one quantize transform appended, asking for values or scales.
+        const q = { op: "quantize", scheme: quant, ...(group ? { group_size: group } : {}) };
+        for (const [v, output] of [
+          [values, "values"],
+          [scales, "scales"],
+        ] as const) {
+          const r = v.recipe as Extract<typeof v.recipe, { kind: "checkpoint" }>;
+          const s = src.recipe as typeof r;
+          expect(r.kind).toBe("checkpoint");
+          expect(r.parts).toEqual(s.parts);
+          expect(r.transforms).toEqual([...s.transforms, { ...q, output }]);
+        }
+      }
+      // lm_head stays a linear on its f32 weight; the embedding is untouched.
+      const lin = g.nodes.filter((n) => n.op === "linear").map((n) => g.values.get(n.inputs[1]!)!);
+      expect(lin.map((w) => [w.name, w.dtype])).toEqual([["lm_head.weight", "f32"]]);
+      expect(g.meta.quant).toEqual({
+        scheme: quant,
+        kvCacheDtype: "fp32",
+        quantized: names,
+        kept: [
+          { name: "model.embed_tokens.weight", reason: EMBED_REASON },
+          { name: "lm_head.weight", reason: LM_HEAD_REASON },
+        ],
+      });
+    });
+
+  it("random-weight inits in the quantised layout: int4 bytes uniform over 0..255, scales constant (std/7)", async () => {
+    const build = testBuild({ quant: "int4-wo", group_size: 32 });
+    const g = quantizeWeights(await fused(build), build);
+    const n = g.nodes.find((x) => x.op === "quant_linear")!;
+    const [values, scales] = [1, 2].map((k) => g.values.get(n.inputs[k]!)!.recipe!);
+    const std = 0.034641016151377546; // the model's init: 0.02·√3 (uniform with std 0.02)
+    expect(values.kind === "checkpoint" && values.init).toEqual({ mean: 127.5, scale: 128 });
+    expect(scales.kind === "checkpoint" && scales.init.scale).toBe(0);
+    expect(scales.kind === "checkpoint" && scales.init.mean).toBeCloseTo(std / 7, 15);
+  });
+
+  it("quant none returns the graph itself", async () => {
+    const build = testBuild();
+    const g = await fused(build);
+    expect(quantizeWeights(g, build)).toBe(g);
+  });
+
+  it("an lm_head without the vocab hint is still kept because it feeds the logits (also through all_gather at tp 2)", async () => {
+    for (const tp of [1, 2]) {
+      const build = testBuild({ quant: "int8-wo", tp });
+      const f = await fixture("llama");
+      const rank0 = shardForTp(f.graph, build)[0];
+      const g = runPasses(rank0, passesBefore("quantize-weights"), build).graph;
+      for (const v of g.values.values())
+        if (v.name === "lm_head.weight") v.hints = { ...v.hints, parallel: tp > 1 ? "column" : "none" };
+      const out = quantizeWeights(g, build);
+      expect(out.meta.quant!.kept.map((k) => k.name)).toEqual([
+        "model.embed_tokens.weight",
+        "lm_head.weight",
+      ]);
+      expect(out.meta.quant!.quantized).toEqual(names);
+      if (tp > 1) expect(out.nodes.some((n) => n.op === "all_gather")).toBe(true);
+    }
+  });
+
+  it("refuses what the hardware or the packing cannot do, one line each", async () => {
+    expect(() => checkQuantLegality(testBuild({ quant: "fp8", sm: 89 }))).not.toThrow();
+    expect(() => checkQuantLegality(testBuild({ kv_cache_dtype: "fp8", sm: 89 }))).not.toThrow();
+    expect(() => checkQuantLegality(testBuild({ quant: "fp8", sm: 86 }))).toThrow(
+      /^--quant fp8 needs --sm 89 or newer \(FP8 tensor cores: Ada, Hopper\); --sm 86 has none$/,
+    );
+    expect(() => checkQuantLegality(testBuild({ kv_cache_dtype: "fp8", sm: 80 }))).toThrow(
+      /^--kv-cache-dtype fp8 needs --sm 89 or newer \(FP8 conversions: Ada, Hopper\); --sm 80 has none$/,
+    );
+    // Group size 1 divides every K but cannot pack int4 pairs.
+    const build = testBuild({ quant: "int4-wo", group_size: 1 });
+    const g = await fused(testBuild());
+    expect(() => quantizeWeights(g, build)).toThrow(
+      /^--group-size 1: int4 values are packed in pairs, use an even group size$/,
+    );
+  });
+});
