@@ -1,8 +1,10 @@
-// quantize-weights on tiny-llama's fused graph: which linears become quant_linear, and the stored
-// layout each gets — expected shapes worked out by hand from the config (hidden 128, 4 q heads and
-// 2 KV heads of 32, intermediate 352, vocab 512): qkv [256, 128], o [128, 128], gate_up [704, 128],
-// down [128, 352]. The numbers those layouts hold are checked in test/quant (numerics, fp8, engines).
+// The quantisation passes on tiny-llama's fused graph. quantize-weights: which linears become
+// quant_linear, and the stored layout each gets — expected shapes worked out by hand from the config
+// (hidden 128, 4 q heads and 2 KV heads of 32, intermediate 352, vocab 512): qkv [256, 128],
+// o [128, 128], gate_up [704, 128], down [128, 352]; the numbers those layouts hold are checked in
+// test/quant (numerics, fp8, engines). quantize-kv: which nodes get an fp8 KV cache.
 import { describe, expect, it } from "vitest";
+import { quantizeKvCache } from "../../passes/quantize-kv.ts";
 import { checkQuantLegality, quantizeWeights } from "../../passes/quantize-weights.ts";
 import { shardForTp } from "../../passes/tensor-parallel.ts";
 import type { BuildConfig } from "../../src/engine/format.ts";
@@ -154,6 +156,40 @@ describe("quantize-weights", () => {
     const g = await fused(testBuild());
     expect(() => quantizeWeights(g, build)).toThrow(
       /^--group-size 1: int4 values are packed in pairs, use an even group size$/,
+    );
+  });
+});
+
+describe("quantize-kv", () => {
+  it("--kv-cache-dtype fp8 marks every attention (fused or not) fp8 with unit scales; nothing else changes", async () => {
+    for (const pass of ["attention-fusion", "quantize-kv"]) {
+      const build = testBuild({ kv_cache_dtype: "fp8" });
+      const f = await fixture("llama");
+      // Before attention-fusion: plain attention nodes; in the pipeline: fused_attention.
+      const g = runPasses(f.graph, passesBefore(pass), build).graph;
+      const frozen = snapshot(g);
+      const out = quantizeKvCache(g, build);
+      expect(snapshot(g)).toBe(frozen);
+      const attn = pass === "quantize-kv" ? "fused_attention" : "attention";
+      expect(out.nodes.map((n) => n.op)).toEqual(g.nodes.map((n) => n.op));
+      out.nodes.forEach((n, i) => {
+        const want =
+          n.op === attn
+            ? { ...g.nodes[i].attrs, kv_cache_dtype: "fp8", k_scale: 1, v_scale: 1 }
+            : g.nodes[i].attrs;
+        expect(n.attrs).toEqual(want);
+      });
+      expect(out.nodes.filter((n) => n.attrs.kv_cache_dtype === "fp8").map((n) => n.attrs.layer)).toEqual([
+        0, 1,
+      ]);
+    }
+  });
+
+  it("other KV cache dtypes return the graph itself; fp8 below sm 89 is refused", async () => {
+    const g = await fused(testBuild());
+    expect(quantizeKvCache(g, testBuild({ kv_cache_dtype: "fp16" }))).toBe(g);
+    expect(() => quantizeKvCache(g, testBuild({ kv_cache_dtype: "fp8", sm: 80 }))).toThrow(
+      /--kv-cache-dtype fp8 needs --sm 89/,
     );
   });
 });
