@@ -3,13 +3,15 @@
 // (hidden 128, 4 q heads and 2 KV heads of 32, intermediate 352, vocab 512): qkv [256, 128],
 // o [128, 128], gate_up [704, 128], down [128, 352]; the numbers those layouts hold are checked in
 // test/quant (numerics, fp8, engines). quantize-kv: which nodes get an fp8 KV cache.
+import * as path from "node:path";
 import { describe, expect, it } from "vitest";
 import { quantizeKvCache } from "../../passes/quantize-kv.ts";
 import { checkQuantLegality, quantizeWeights } from "../../passes/quantize-weights.ts";
 import { shardForTp } from "../../passes/tensor-parallel.ts";
 import type { BuildConfig } from "../../src/engine/format.ts";
 import type { Graph } from "../../src/ir/types.ts";
-import { fixture, passesBefore, runPasses, testBuild } from "./helpers.ts";
+import { FIXTURES, REPO } from "../fixtures.ts";
+import { fixture, graphOf, passesBefore, runPasses, testBuild } from "./helpers.ts";
 
 const LINEARS = ["self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"];
 const NK: Record<string, [number, number]> = {
@@ -20,6 +22,8 @@ const NK: Record<string, [number, number]> = {
 };
 const names = [0, 1].flatMap((l) => LINEARS.map((p) => `model.layers.${l}.${p}.weight`));
 const EMBED_REASON = "embedding: a row gather, not a GEMM, nothing to gain from quantising";
+const ROUTER_REASON =
+  "MoE router: a rounding error here flips which experts a token uses; kept in the engine dtype as TensorRT-LLM does";
 const LM_HEAD_REASON =
   "lm_head: logits feed sampling directly; kept in the engine dtype as TensorRT-LLM does";
 
@@ -106,6 +110,60 @@ describe("quantize-weights", () => {
         ],
       });
     });
+
+  it("tiny-mixtral int4-wo: the stacked experts quantised per row (scales as moe inputs 5-7), the routers kept", async () => {
+    // 4 experts, intermediate 192, hidden 128: w1, w3 [4·192, 128] → [768, 64] bytes, scales [768, 128/32];
+    // w2 [4·128, 192] → [512, 96], scales [512, 192/32].
+    const build = testBuild({ quant: "int4-wo", group_size: 32 });
+    const g0 = await graphOf(
+      path.join(REPO, "models/mixtral.ts"),
+      path.join(FIXTURES, "tiny-mixtral"),
+      build,
+    );
+    const before = runPasses(g0, passesBefore("quantize-weights"), build).graph;
+    const g = quantizeWeights(before, build);
+    const moe = g.nodes.filter((n) => n.op === "moe");
+    expect(moe).toHaveLength(2);
+    moe.forEach((n, l) => {
+      const p = `model.layers.${l}.block_sparse_moe`;
+      const old = before.nodes.find((m) => m.op === "moe" && m.outputs[0] === n.outputs[0])!;
+      expect(n.inputs.slice(0, 2)).toEqual(old.inputs.slice(0, 2));
+      const vs = n.inputs.slice(2).map((id) => g.values.get(id!)!);
+      expect(vs.map((v) => [v.name, v.dtype, v.shape])).toEqual([
+        [`${p}.experts.w1.weight`, "u8", [768, 64]],
+        [`${p}.experts.w3.weight`, "u8", [768, 64]],
+        [`${p}.experts.w2.weight`, "u8", [512, 96]],
+        [`${p}.experts.w1.weight_scale`, "f32", [768, 4]],
+        [`${p}.experts.w3.weight_scale`, "f32", [768, 4]],
+        [`${p}.experts.w2.weight_scale`, "f32", [512, 6]],
+      ]);
+      expect(n.attrs).toEqual({ ...old.attrs, quant: "int4-wo", compute_dtype: "f32", group_size: 32 });
+      // The router stays a linear on its f32 weight.
+      const router = g.nodes.find((m) => m.outputs[0] === n.inputs[1])!;
+      expect([router.op, g.values.get(router.inputs[1]!)!.dtype]).toEqual(["linear", "f32"]);
+    });
+    const q = g.meta.quant!;
+    expect(q.quantized).toEqual(
+      [0, 1].flatMap((l) => [
+        `model.layers.${l}.self_attn.qkv_proj.weight`,
+        `model.layers.${l}.self_attn.o_proj.weight`,
+        ...["w1", "w3", "w2"].map((w) => `model.layers.${l}.block_sparse_moe.experts.${w}.weight`),
+      ]),
+    );
+    expect(q.kept).toEqual([
+      { name: "model.embed_tokens.weight", reason: EMBED_REASON },
+      ...[0, 1].map((l) => ({
+        name: `model.layers.${l}.block_sparse_moe.gate.weight`,
+        reason: ROUTER_REASON,
+      })),
+      { name: "lm_head.weight", reason: LM_HEAD_REASON },
+    ]);
+    // A group size that does not divide an expert's input dim (192 for w2) is refused, naming it.
+    const bad = testBuild({ quant: "int4-wo", group_size: 128 });
+    expect(() => quantizeWeights(before, bad)).toThrow(
+      /^--group-size 128: does not divide the input dim 192 of model\.layers\.0\.block_sparse_moe\.experts\.w2\.weight$/,
+    );
+  });
 
   it("random-weight inits in the quantised layout: int4 bytes uniform over 0..255, scales constant (std/7)", async () => {
     const build = testBuild({ quant: "int4-wo", group_size: 32 });
