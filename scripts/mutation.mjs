@@ -4,7 +4,8 @@
 // Not part of CI. Extra arguments replace the config's `mutate` globs.
 // MUTATION_RUN=name keeps that run's incremental results and JSON report apart
 // (.stryker-tmp/incremental-name.json, .stryker-tmp/reports/mutation-name.json), so the scope can be
-// measured in chunks on a shared machine; MUTATION_CONCURRENCY overrides the config's 1.
+// measured in chunks on a shared machine; MUTATION_CONCURRENCY and MUTATION_TIMEOUT_MS override the
+// config's concurrency and timeoutMS.
 const index = import.meta.resolve("@stryker-mutator/core");
 const { Stryker } = await import(new URL("./stryker.js", index).href);
 
@@ -17,5 +18,7 @@ if (run) {
   options.jsonReporter = { fileName: `.stryker-tmp/reports/mutation-${run}.json` };
 }
 if (process.env.MUTATION_CONCURRENCY) options.concurrency = Number(process.env.MUTATION_CONCURRENCY);
+// A mutant that loops forever costs timeoutMS (+ a runner restart) before it counts as detected.
+if (process.env.MUTATION_TIMEOUT_MS) options.timeoutMS = Number(process.env.MUTATION_TIMEOUT_MS);
 const results = await new Stryker(options).runMutationTest();
 console.log(`${results.length} mutants`);

@@ -1,7 +1,8 @@
 // RoPE scalings against transformers' own rope functions: inv_freq and attention factor for YaRN
 // (Qwen2.5-style, custom betas, DeepSeek-style mscale, explicit attention_factor) and dynamic NTK
 // (at, below and beyond max_position_embeddings; partial rotary), as transformers 5.17 computed them
-// (test/data/rope-ref.json); and a YaRN config reaching the graph (inv_freq table, softmax scale).
+// (test/data/rope-ref.json); a YaRN config reaching the graph (inv_freq table, softmax scale); llama3
+// and linear scaling against transformers' formulas computed here in fp64.
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, expect, it } from "vitest";
@@ -82,5 +83,56 @@ describe("a YaRN config compiles into the graph", () => {
     const want = ropeInvFreq(32, 1e6, cfg.ropeScaling);
     expect(table.recipe).toEqual({ kind: "constant", data: Array.from(want) });
     expect(want[15]).toBeLessThan(ropeInvFreq(32, 1e6, null)[15]); // low frequencies interpolated
+  });
+});
+
+describe("llama3 and linear scaling against transformers' formulas, computed here in fp64", () => {
+  /** transformers' _compute_default_rope_parameters: 1 / theta^(2i/dim). */
+  const base = (dim: number, theta: number) =>
+    Array.from({ length: dim / 2 }, (_, i) => 1 / theta ** ((2 * i) / dim));
+  /** max over i of |got - want| / want. */
+  const worstRel = (got: ArrayLike<number>, want: number[]) =>
+    want.reduce(
+      (m, w, i) => Math.max(m, Math.abs(got[i] - w) / w),
+      got.length === want.length ? 0 : Infinity,
+    );
+
+  it("llama3 (Llama 3.1's factor 8, low 1, high 4, original context 8192, theta 500000, head_dim 128)", () => {
+    const [factor, low, high, old] = [8, 1, 4, 8192];
+    const inv = ropeInvFreq(128, 500000, {
+      type: "llama3",
+      factor,
+      lowFreqFactor: low,
+      highFreqFactor: high,
+      originalMaxPositionEmbeddings: old,
+    });
+    // _compute_llama3_parameters, as torch.where over the whole table.
+    const regions = { kept: 0, divided: 0, smoothed: 0 };
+    const want = base(128, 500000).map((f) => {
+      const wavelen = (2 * Math.PI) / f;
+      const divided = wavelen > old / low ? f / factor : f;
+      const smooth = (old / wavelen - low) / (high - low);
+      const medium = !(wavelen < old / high) && !(wavelen > old / low);
+      regions[medium ? "smoothed" : wavelen > old / low ? "divided" : "kept"]++;
+      return medium ? ((1 - smooth) * divided) / factor + smooth * divided : divided;
+    });
+    // All three branches are exercised. By hand: wavelen_i = 2π·500000^(i/64) is below 8192/4 for
+    // i ≤ 28 (kept), above 8192/1 for i ≥ 35 (divided), in between for i = 29..34 (smoothed).
+    expect(regions).toEqual({ kept: 29, divided: 29, smoothed: 6 });
+    console.log(`llama3 inv_freq vs fp64: worst relative error ${worstRel(inv, want).toExponential(2)}`);
+    // fp32 table (fp32 powers, reciprocals and results) vs fp64: measured worst relative error 2.28e-7.
+    expect(worstRel(inv, want)).toBeLessThanOrEqual(3e-7);
+  });
+
+  it("linear: every frequency divided by the factor", () => {
+    const inv = ropeInvFreq(64, 10000, { type: "linear", factor: 4 });
+    const worst = worstRel(
+      inv,
+      base(64, 10000).map((f) => f / 4),
+    );
+    console.log(`linear inv_freq vs fp64: worst relative error ${worst.toExponential(2)}`);
+    expect(worst).toBeLessThanOrEqual(3e-7);
+    expect(ropeAttentionFactor({ type: "linear", factor: 4 })).toBe(1);
+    expect(ropeAttentionFactor(null)).toBe(1);
   });
 });

@@ -483,6 +483,50 @@ describe("attention", () => {
     expect(maxDiff(y.f32, [...first, ...second])).toBeLessThanOrEqual(TOL);
   });
 
+  it("a sequence packed before one further along reads only its own tokens and cache", () => {
+    // Sequence 7 has 4 cached positions; then one step packs a new sequence 8 (1 token at position
+    // 0) before sequence 7's decode token at position 4.
+    const { ctx, next } = attnCtx([{ seqId: 7, start: 0, count: 4 }], [0, 1, 2, 3]);
+    const rows = (a: Float32Array, w: number, r: number[]) =>
+      t(
+        [r.length, w],
+        r.flatMap((i) => [...a.slice(i * w, (i + 1) * w)]),
+      );
+    run(
+      "attention",
+      [rows(q, nH * D, [0, 1, 2, 3]), rows(k, nKv * D, [0, 1, 2, 3]), rows(v, nKv * D, [0, 1, 2, 3])],
+      attrs,
+      ctx,
+    );
+    const c = next(
+      [
+        { seqId: 8, start: 0, count: 1 },
+        { seqId: 7, start: 1, count: 1 },
+      ],
+      [0, 4],
+    );
+    const [y] = run(
+      "attention",
+      [rows(q, nH * D, [0, 4]), rows(k, nKv * D, [0, 4]), rows(v, nKv * D, [0, 4])],
+      attrs,
+      c,
+    );
+    const w = nH * D;
+    expect(maxDiff(y.f32.subarray(0, w), attnRef(q, k, v, nH, nKv, D, scale, [0]))).toBeLessThanOrEqual(TOL);
+    expect(maxDiff(y.f32.subarray(w), attnRef(q, k, v, nH, nKv, D, scale, [4]))).toBeLessThanOrEqual(TOL);
+  });
+
+  it("scores thousands apart: the softmax subtracts the row max (no exp overflow)", () => {
+    // |q·k|·scale reaches ~10^3 here, where exp() of an unshifted score overflows to Infinity.
+    const big = (a: Float32Array) => a.map((x) => x * 40);
+    const [qb, kb] = [big(q), big(k)];
+    const { ctx } = attnCtx([{ seqId: 4, start: 0, count: T }], [0, 1, 2, 3, 4]);
+    const [y] = run("attention", [t([T, nH * D], qb), t([T, nKv * D], kb), t([T, nKv * D], v)], attrs, ctx);
+    const want = attnRef(qb, kb, v, nH, nKv, D, scale, [0, 1, 2, 3, 4]);
+    expect(want.every(Number.isFinite)).toBe(true);
+    expect(maxDiff(y.f32, want)).toBeLessThanOrEqual(TOL);
+  });
+
   it("refuses a decode step with no cached past, and heads not divisible by KV heads", () => {
     const { ctx } = attnCtx([{ seqId: 3, start: 0, count: 1 }], [2]);
     expect(() =>
