@@ -135,4 +135,26 @@ describe("llama3 and linear scaling against transformers' formulas, computed her
     expect(ropeAttentionFactor({ type: "linear", factor: 4 })).toBe(1);
     expect(ropeAttentionFactor(null)).toBe(1);
   });
+
+  it("YaRN attention factor: transformers' get_mscale (1 for factor ≤ 1; mscale only with mscale_all_dim)", () => {
+    // get_mscale(scale, m=1) = 1 if scale <= 1 else 0.1·m·ln(scale) + 1; the ratio of two only when both
+    // mscale and mscale_all_dim are set, else get_mscale(factor).
+    const yarn = (factor: number, mscale: number | null, mscaleAllDim: number | null) => ({
+      type: "yarn" as const,
+      factor,
+      originalMaxPositionEmbeddings: 4096,
+      betaFast: 32,
+      betaSlow: 1,
+      attentionFactor: null,
+      mscale,
+      mscaleAllDim,
+      truncate: true,
+    });
+    expect(ropeAttentionFactor(yarn(0.5, null, null))).toBe(1);
+    expect(ropeAttentionFactor(yarn(4, 2, null))).toBeCloseTo(0.1 * Math.log(4) + 1, 14);
+    expect(ropeAttentionFactor(yarn(4, 1, 0.5))).toBeCloseTo(
+      (0.1 * Math.log(4) + 1) / (0.05 * Math.log(4) + 1),
+      14,
+    );
+  });
 });

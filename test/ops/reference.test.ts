@@ -547,6 +547,19 @@ describe("attention", () => {
     expect(() => getOp("attention").infer([vt([1, 16]), vt([1, 12]), vt([1, 8])], attrs)).toThrow(
       "attention: k width 12 != 2×4",
     );
+    for (const [i, what] of ["q", "k", "v"].entries()) {
+      const ins = [vt([1, 16]), vt([1, 8]), vt([1, 8])] as (ReturnType<typeof vt> | null)[];
+      ins[i] = null;
+      expect(() => getOp("attention").infer(ins, attrs)).toThrow(`attention: missing input ${what}`);
+    }
+    // fused_attention reads packed qkv [T, (nH + 2·nKv)·D] = [T, 32] and gives [T, nH·D].
+    const fa = getOp("fused_attention");
+    const half = { dtype: "f16" as const, shape: [{ sym: "num_tokens", max: 8 }, 32] };
+    expect(fa.infer([half, vt([8]), null], attrs)).toEqual([{ dtype: "f16", shape: [half.shape[0], 16] }]);
+    expect(() => fa.infer([vt([1, 24]), vt([1]), null], attrs)).toThrow(
+      "fused_attention: qkv width 24 != 32",
+    );
+    expect(() => fa.infer([null, vt([1]), null], attrs)).toThrow("fused_attention: missing input qkv");
   });
 
   for (const [style, R] of [
