@@ -3,8 +3,8 @@
 # H200 host (16 cores). One command:
 #   bash scripts/gpu-load-bench.sh [../shared] [7b|1b]     (1b: TinyLlama-1.1B shapes, 2.2 GB, for slow hosts)
 # 1. writes a real-format Llama-2-7B checkpoint (13.5 GB fp16, random values, scripts/make-random-checkpoint.ts);
-# 2. copy = `cat checkpoint/*.safetensors > file; sync`; builds the fp16 engine and the --quant fp8 engine, each
-#    timed with its sync, against that copy (targets: fp16 <= 1.5x, fp8 <= 2x);
+# 2. builds the fp16 engine and the --quant fp8 engine, each timed with its sync against
+#    `cat checkpoint/*.safetensors > file; sync` in the same run (scripts/build-bench.sh; targets: fp16 <= 1.5x, fp8 <= 2x);
 # 3. times `cat rank0.engine > /dev/null` against `tsllm-run` from process start to the first generated token
 #    (and exit), verified (content hash in the upload pass) and --no-verify, interleaved, 3 runs each, medians,
 #    cold and warm (target <= 1.3x, verified). Cold: the page cache dropped before every timed read
@@ -35,24 +35,13 @@ node node_modules/tsx/dist/cli.mjs scripts/make-random-checkpoint.ts models/llam
   --dtype $dtype --shard-gb 1 --jobs "$(nproc)" | tail -1
 echo "checkpoint written in $(secs "$t" "$(now)") s"
 
-# ---- build: fp16 and fp8 against the copy ----
-sync
-t=$(now); cat "$work"/ckpt/*.safetensors > "$work/copy.bin"; sync; copy=$(secs "$t" "$(now)")
-rm -f "$work/copy.bin"
-build() { # out, extra flags...
-  local out=$1 t0; shift; t0=$(now)
-  /usr/bin/time -f "peak RSS %M KB" ./bin/tsllm-compile.mjs models/llama.ts --checkpoint "$work/ckpt" --sm 90 --max-batch-size 8 \
-    --max-seq-len 2048 -o "$out" "$@" > "$work/compile.log" 2>&1 || { tail -20 "$work/compile.log"; return 1; }
-  sync; secs "$t0" "$(now)"
-}
-b16=$(build "$work/engine") || exit 1
-grep -E "^weights: .* in |^wrote|peak RSS" "$work/compile.log"
-b8=$(build "$work/engine-fp8" --quant fp8) || exit 1
-grep -E "^weights: .* in |^wrote|peak RSS" "$work/compile.log"
-rm -rf "$work/engine-fp8" "$work/ckpt"
-echo "== build (source page cache warm; copy = cat checkpoint > file; sync): copy $copy s"
-echo "   fp16 build (incl. sync) $b16 s: $(ratio "$b16" "$copy")x copy (target <= 1.5x)"
-echo "   fp8 build (incl. sync) $b8 s: $(ratio "$b8" "$copy")x copy (target <= 2x)"
+# ---- build: fp16 and fp8 against the copy (scripts/build-bench.sh: interleaved, with sync) ----
+echo "   targets: fp16 build <= 1.5x copy, fp8 build <= 2x copy"
+# fp8 first and removed, so the disk holds at most checkpoint + copy + one engine (40.5 GB for the 7B).
+bash scripts/build-bench.sh "$work/ckpt" "$work/engine-fp8" 1 --quant fp8 || exit 1
+rm -rf "$work/engine-fp8"
+bash scripts/build-bench.sh "$work/ckpt" "$work/engine" 1 || exit 1
+rm -rf "$work/ckpt"
 
 # ---- load → first token against cat ----
 engine="$work/engine"

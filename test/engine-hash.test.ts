@@ -7,6 +7,7 @@ import { describe, expect, it } from "vitest";
 import { type EngineRank, streamRankWeights } from "../src/engine/reader.ts";
 import { ChunkedHasher, HASH_CHUNK_BYTES } from "../src/engine/hash.ts";
 import { HashPool } from "../src/engine/hash-pool.ts";
+import { FileWriter } from "../src/engine/file-writer.ts";
 import { RankFile } from "../src/engine/rank-file.ts";
 import { tmpDir } from "./fixtures.ts";
 
@@ -35,15 +36,16 @@ describe("chunked content hash", () => {
     expect(h.digests.length).toBe(3);
   });
 
-  it("a rank file written in odd pieces hashed by workers has the bytes and the digest of the definition", async () => {
+  it("a rank file written in odd pieces by the write worker and hashed by workers has the bytes and the digest of the definition", async () => {
     const file = path.join(tmpDir(), "rank0.engine");
     const pool = new HashPool(2);
-    const f = new RankFile(file, pool);
+    const writer = new FileWriter(true);
+    const f = new RankFile(file, pool, writer);
     let released = 0;
     const cuts = [0, 24, 4096, 5_000_000, HASH_CHUNK_BYTES, HASH_CHUNK_BYTES + 1, 40_000_000, data.length];
     for (let i = 1; i < cuts.length; i++) f.push(data.subarray(cuts[i - 1], cuts[i]), () => released++);
     const r = await f.finish();
-    await pool.close();
+    await Promise.all([pool.close(), writer.close()]);
     expect(r.bytes).toBe(data.length);
     expect(r.sha256).toBe(reference(data));
     expect(released).toBe(cuts.length - 1); // every piece handed back once written and hashed

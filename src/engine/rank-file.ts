@@ -1,34 +1,15 @@
 // One rank file being written: bytes are appended in file order as views (no copies), gathered into
-// large positional writes issued on libuv's thread pool, and cut into hash chunks (src/engine/hash.ts)
+// large positional writes (file-writer.ts: a worker thread, or libuv's pool for small builds), and cut into hash chunks (src/engine/hash.ts)
 // that worker threads digest meanwhile. The caller bounds memory by awaiting `settle` when too many
 // bytes are still in flight.
 import * as fs from "node:fs";
+import type { FileWriter } from "./file-writer.ts";
 import { combineChunkDigests, HASH_CHUNK_BYTES } from "./hash.ts";
 import type { HashPool } from "./hash-pool.ts";
 
-/** Bytes appended are gathered into batches of this size, written in order by one chain of writes. */
+/** Bytes appended are gathered into batches of this size, each written by one call of the FileWriter. */
 const WRITE_BYTES = 8 << 20;
-/**
- * Bytes per write() call. Measured here (Linux 6.x guest, ext4, 2.2 GB from a 512 MB working set):
- * 128 KiB calls cost 0.5 s of kernel time, 1 MiB 2.5 s, 8 MiB 3.1-4.7 s (the same bytes; as one
- * writev of 64 x 128 KiB too), so large writes are made of 128 KiB calls, as cat does.
- */
-const WRITE_CALL_BYTES = 128 << 10;
 const ZEROS = new Uint8Array(64 << 10);
-
-function writeAt(fd: number, b: Uint8Array, pos: number): Promise<number> {
-  return new Promise((resolve, reject) => fs.write(fd, b, 0, b.length, pos, (err, n) => (err ? reject(err) : resolve(n))));
-}
-
-/** Writes the pieces one after another from `pos`, in calls of at most WRITE_CALL_BYTES. */
-async function writeAll(fd: number, bufs: Uint8Array[], pos: number): Promise<void> {
-  for (const b of bufs)
-    for (let off = 0; off < b.length; ) {
-      const n = await writeAt(fd, b.subarray(off, Math.min(b.length, off + WRITE_CALL_BYTES)), pos);
-      off += n;
-      pos += n;
-    }
-}
 
 /** A pushed piece's outstanding write and hash jobs. */
 interface Done {
@@ -60,6 +41,7 @@ export class RankFile {
   constructor(
     readonly path: string,
     private readonly hashes: HashPool,
+    private readonly writer: FileWriter,
     private readonly onWritten?: (n: number) => void,
   ) {
     this.fd = fs.openSync(path, "w");
@@ -117,7 +99,7 @@ export class RankFile {
     const dones = this.batchDone;
     const n = this.batchBytes;
     this.track(
-      writeAll(this.fd, bufs, this.batchPos).then(() => {
+      this.writer.write(this.fd, bufs, this.batchPos).then(() => {
         this.written += n;
         dones.forEach(finish);
         this.onWritten?.(n);

@@ -13,6 +13,7 @@ import type { Value } from "../ir/types.ts";
 import { Fp8Maker, Fp8Pool } from "../quant/fp8-pool.ts";
 import { materializeSegments, sourceRows } from "../weights/materialize.ts";
 import { Prefetcher } from "../weights/prefetch.ts";
+import { FileWriter } from "./file-writer.ts";
 import {
   alignUp,
   type BuildConfig,
@@ -51,7 +52,7 @@ export interface WriteEngineOptions {
 const READ_AHEAD_BYTES = 96 << 20;
 /** Source bytes held in all (read ahead, or still to be written and hashed) and computed bytes in flight. */
 const HELD_BYTES = 192 << 20;
-/** Below this many weight bytes the writer hashes and quantises on its own thread (a worker costs more to start). */
+/** Below this many weight bytes the writer hashes, writes and quantises without workers (a worker costs more to start). */
 const WORKERS_FROM_BYTES = 64 << 20;
 
 interface Step {
@@ -69,6 +70,7 @@ export async function writeEngine(o: WriteEngineOptions): Promise<EngineConfig> 
   const headers = o.ranks.map((r) => buildHeader(r, o.build));
   const total = headers.reduce((a, h) => a + h.weights.reduce((s, w) => s + w.nbytes, 0), 0);
   const hashes = new HashPool(total >= WORKERS_FROM_BYTES ? undefined : 0);
+  const writer = new FileWriter(total >= WORKERS_FROM_BYTES);
   const prefetch = o.checkpoint ? new Prefetcher(o.checkpoint) : null;
   // FP8 weights are quantised on every core while reads, writes and hashing go on.
   const fp8 =
@@ -82,7 +84,7 @@ export async function writeEngine(o: WriteEngineOptions): Promise<EngineConfig> 
     // Header of every rank first; then weights in lock step over the ranks (weight j of every rank, then
     // j + 1): the ranks share value ids, so each source tensor is read once for all of its slices.
     const perRank: Step[][] = o.ranks.map((r, i) => {
-      const file = new RankFile(path.join(tmp, `rank${r.rank}.engine`), hashes, (n) => {
+      const file = new RankFile(path.join(tmp, `rank${r.rank}.engine`), hashes, writer, (n) => {
         written += n;
         o.onProgress?.(Math.min(written, total), total, current);
       });
@@ -165,6 +167,6 @@ export async function writeEngine(o: WriteEngineOptions): Promise<EngineConfig> 
   } finally {
     out.discard();
     prefetch?.close();
-    await Promise.all([hashes.close(), fp8?.close()]);
+    await Promise.all([hashes.close(), writer.close(), fp8?.close()]);
   }
 }
