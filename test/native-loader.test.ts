@@ -22,9 +22,9 @@ if (!cxx)
   console.warn("native-loader.test.ts: SKIPPED: no C++ compiler (c++, g++, clang++) to build engine_check");
 
 let checker = "";
-beforeAll(() => {
+beforeAll(async () => {
   if (!cxx) return;
-  checker = buildHostTool("engine_check", ["engine_file.cc", "json.cc"]);
+  checker = await buildHostTool("engine_check", ["engine_file.cc", "json.cc"]);
 }, 300_000);
 
 function check(files: string[]): string[] {
