@@ -992,8 +992,8 @@ static void test_gemv(Rng& rng) {
           if (!ev.ok()) failed += " v" + std::to_string(variant) + ":" + ev.firsts();
         }
         char name[160];
-        std::snprintf(name, sizeof name, "gemv %s %s M=%d N=%d K=%d%s%s (10 variants)", dname(dt),
-                      pro_names[int(pro)], M, N, K, sh.bias ? " bias" : "", sh.res ? " res" : "");
+        std::snprintf(name, sizeof name, "gemv %s %s M=%d N=%d K=%d%s%s (%d variants)", dname(dt),
+                      pro_names[int(pro)], M, N, K, sh.bias ? " bias" : "", sh.res ? " res" : "", kGemvVariants);
         report(e.ok(), name, e.max_abs, e.str() + failed);
       }
   // Not eligible (K % 8 != 0): refused, never a wrong answer.
@@ -1079,8 +1079,8 @@ static void test_chains(Rng& rng) {
           if (!ev.ok()) failed += " v" + std::to_string(variant) + ":" + ev.firsts();
         }
         char name[200];
-        std::snprintf(name, sizeof name, "gemv %s post [%s] M=%d N=%d K=%d%s%s (10 variants)", dname(dt),
-                      chain_names[ci], M, N, K, sh.bias ? " bias" : "", sh.res ? " res" : "");
+        std::snprintf(name, sizeof name, "gemv %s post [%s] M=%d N=%d K=%d%s%s (%d variants)", dname(dt),
+                      chain_names[ci], M, N, K, sh.bias ? " bias" : "", sh.res ? " res" : "", kGemvVariants);
         report(e.ok(), name, e.max_abs, e.str() + failed);
       }
       // linear_epilogue (after cuBLASLt): out = post(act(x)) + residual, out aliasing x or the residual.
