@@ -268,7 +268,12 @@ export const MOE_CORRUPT_CASES: CorruptCase[] = [
   headerCase(
     "a down projection of the wrong shape",
     (h) => (valueOf(h, moeNode(h).inputs[4]).shape = [256, 384]), // same bytes, another layout
-    /node \d+ \(moe\): w2 .*experts\.w2\.weight must be \[512, 192\] \(4 experts stacked\)/,
+    /node \d+ \(moe\): w2 .*experts\.w2\.weight must be \[512, 192\] \(4 local experts stacked\)/,
+  ),
+  headerCase(
+    "expert-parallel experts past num_experts",
+    (h) => Object.assign(moeNode(h).attrs, { expert_start: 3, local_experts: 2 }),
+    /node \d+ \(moe\): local_experts 2 is outside \[1, 1\]/,
   ),
   headerCase(
     "quantised experts",

@@ -107,24 +107,26 @@ describe.skipIf(!cxx)("native loader integrity (engine_check, no GPU)", () => {
     expectRefused(cases);
   }, 120_000);
 
-  it("loads tiny-mixtral (fp16, bf16); names what is wrong in a moe node", async () => {
+  it("loads tiny-mixtral (fp16, bf16, tp 2 with 2 experts per rank); names what is wrong in a moe node", async () => {
     const dirs: string[] = [];
-    for (const dtype of ["fp16", "bf16"] as const) {
+    for (const extra of [{ dtype: "fp16" }, { dtype: "bf16" }, { dtype: "fp16", tp: 2, moeEpSize: 2 }] as const) {
       const out = path.join(tmpDir(), "engine");
       await compileEngine({
         modelFile: path.join(REPO, "models/mixtral.ts"),
         checkpoint: path.join(FIXTURES, "tiny-mixtral"),
         sm: 90,
-        dtype,
         maxNumTokens: 256,
         maxSeqLen: 256,
         maxBatchSize: 8,
         out,
+        ...extra,
       });
       dirs.push(out);
     }
-    for (const line of check(dirs.map((d) => path.join(d, "rank0.engine"))))
-      expect(line).toMatch(/^ok .*: \d+ nodes, \d+ weights, arena \d+$/);
+    const ranks = [...dirs.map((d) => path.join(d, "rank0.engine")), path.join(dirs[2], "rank1.engine")];
+    const lines = check(ranks);
+    expect(lines.length).toBe(4);
+    for (const line of lines) expect(line).toMatch(/^ok .*: \d+ nodes, \d+ weights, arena \d+$/);
     const cases = writeCorruptRanks(
       path.join(dirs[0], "rank0.engine"),
       tmpDir("tsllm-corrupt-moe-"),

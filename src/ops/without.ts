@@ -12,6 +12,4 @@ export const WITHOUT: Readonly<Record<"native" | "onnx", Readonly<Record<string,
  * Node attributes the CUDA runtime does not read yet, as "op.attr" → why: an engine whose node sets one
  * will not run on the GPU (test/op-tables.test.ts checks that the runtime's sources really do not parse it).
  */
-export const NATIVE_WITHOUT_ATTRS: Readonly<Record<string, string>> = {
-  "moe.expert_start": "expert parallelism, --moe-ep-size: each rank adds only its own experts",
-};
+export const NATIVE_WITHOUT_ATTRS: Readonly<Record<string, string>> = {};

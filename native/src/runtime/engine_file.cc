@@ -745,6 +745,10 @@ EngineDesc read_engine_header(const std::string& path) {
           nd.num_experts = int(int_at(a, "num_experts", where + ": num_experts", 1, kMoeMaxExperts));
           nd.top_k = int(int_at(a, "top_k", where + ": top_k", 1, std::min(nd.num_experts, kMoeMaxTopK)));
           nd.normalize = a.num_or("normalize", 1) != 0;
+          // Expert parallelism (--moe-ep-size): this rank's weights hold experts [expert_start, + local_experts).
+          nd.expert_start = int(int_or(a, "expert_start", 0, where + ": expert_start", 0, nd.num_experts - 1));
+          nd.local_experts = int(int_or(a, "local_experts", nd.num_experts - nd.expert_start, where + ": local_experts", 1,
+                                        nd.num_experts - nd.expert_start));
           nd.act = parse_act(a.str_or("activation", "silu"), where);
           const std::string q = a.str_or("quant", "none");
           if (q != "none" || opt(5) || opt(6) || opt(7))
@@ -754,18 +758,18 @@ EngineDesc read_engine_header(const std::string& path) {
           const ValueDesc& x = in(0);
           const ValueDesc& lg = in(1);
           act(x), act(lg), act(out(0)), token_rows(x), token_rows(lg), same_shape(x, out(0));
-          const int64_t E = nd.num_experts, H = fixed_last(x);
-          last_is(lg, E);
+          const int64_t E = nd.local_experts, H = fixed_last(x);
+          last_is(lg, nd.num_experts);
           auto weight = [&](size_t k, int64_t rows, int64_t cols, const char* what) {
             const ValueDesc& w = in(k);
             act(w);
             if (w.shape.size() != 2 || w.has_sym() || w.shape[0].n != rows || w.shape[1].n != cols)
               throw fail(where + ": " + what + " " + w.name + " must be [" + std::to_string(rows) + ", " +
-                         std::to_string(cols) + "] (" + std::to_string(E) + " experts stacked)");
+                         std::to_string(cols) + "] (" + std::to_string(E) + " local experts stacked)");
           };
           const ValueDesc& w1 = in(2);
           if (w1.shape.size() != 2 || w1.has_sym() || w1.shape[0].n % E)
-            throw fail(where + ": w1 " + w1.name + " must be [num_experts · I, H] with num_experts " + std::to_string(E));
+            throw fail(where + ": w1 " + w1.name + " must be [local_experts · I, H] with local_experts " + std::to_string(E));
           const int64_t I = w1.shape[0].n / E;
           weight(2, E * I, H, "w1"), weight(3, E * I, H, "w3"), weight(4, E * H, I, "w2");
           if (H % 8 || I % 8 || H > INT32_MAX / 16 || I > INT32_MAX / 16)

@@ -118,6 +118,7 @@ struct NodeDesc {
   int group_size = 0;                // quant_linear int4-wo
   float k_scale = 1.f, v_scale = 1.f;  // attention on an FP8 KV cache (the compiler's per-layer scales)
   int num_experts = 0, top_k = 0;      // moe
+  int expert_start = 0, local_experts = 0;  // moe, expert parallelism: the experts this rank holds
   bool normalize = true;               // moe: renormalise the top-k weights to sum 1
   int moe_hidden = 0, moe_inter = 0;   // moe: H and I (per expert, this rank's share)
 };

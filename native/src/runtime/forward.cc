@@ -323,6 +323,7 @@ void run_Moe(const NodeRun& r) {
   a.x = r.in(0), a.logits = r.in(1), a.w1 = r.in(2), a.w3 = r.in(3), a.w2 = r.in(4);
   a.T = int(r.numel_in(0) / n.moe_hidden);
   a.E = n.num_experts, a.K = n.top_k, a.H = n.moe_hidden, a.I = n.moe_inter;
+  a.expert_start = n.expert_start, a.local_experts = n.local_experts;
   a.normalize = n.normalize;
   a.act = n.act;
   a.out = r.out(0);
