@@ -109,7 +109,11 @@ describe.skipIf(!cxx)("native loader integrity (engine_check, no GPU)", () => {
 
   it("loads tiny-mixtral (fp16, bf16, tp 2 with 2 experts per rank); names what is wrong in a moe node", async () => {
     const dirs: string[] = [];
-    for (const extra of [{ dtype: "fp16" }, { dtype: "bf16" }, { dtype: "fp16", tp: 2, moeEpSize: 2 }] as const) {
+    for (const extra of [
+      { dtype: "fp16" },
+      { dtype: "bf16" },
+      { dtype: "fp16", tp: 2, moeEpSize: 2 },
+    ] as const) {
       const out = path.join(tmpDir(), "engine");
       await compileEngine({
         modelFile: path.join(REPO, "models/mixtral.ts"),
