@@ -14,7 +14,10 @@ const BOUND = {
   llama: { fp16: 0.01, bf16: 0.075 }, // measured 0.0028, 0.0222
   gptj: { fp16: 0.0075, bf16: 0.065 }, // measured 0.0019, 0.0186
   qwen2: { fp16: 0.05, bf16: 0.05 }, // not yet measured on a GPU: the fixture README's half-precision bound
-  mixtral: { fp16: 0.05, bf16: 0.05 }, // the moe kernels (issue 14's bound); not yet measured on a GPU
+  // Not yet measured on a GPU; the CPU reference executor with activations rounded to the dtype (the GPU's
+  // storage) gives 0.0025 / 0.0179 (tiny-llama the same way: 0.0029 / 0.0226, its GPU 0.0028 / 0.0222).
+  // fp16 ~4x that; bf16 issue 14's acceptance bound.
+  mixtral: { fp16: 0.01, bf16: 0.05 },
 } as const;
 
 const open: CudaEngine[] = [];
