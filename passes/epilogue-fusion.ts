@@ -3,6 +3,7 @@
 //   gelu_tanh / silu (linear(x, W))         ⇒ linear(x, W) {activation}
 //   f(linear(x, W)), f unary elementwise     ⇒ linear(x, W) {post: [.., f]}   (tanh, sigmoid, exp, scale,
 //                                               softcap; e.g. Gemma 2's softcap after lm_head)
+//   f(all_gather(linear(x, W)))              ⇒ all_gather(linear(x, W) {post: [.., f]})   (vocab-parallel lm_head)
 //   add(linear(x, W), r)                     ⇒ linear(x, W, residual = r)
 //   add(add(linear_a, linear_b), r)          ⇒ linear_b(residual = linear_a(residual = r))
 //
@@ -62,6 +63,8 @@ export const activationPattern: Pattern<ActMatch> = {
 
 interface PostMatch extends Match {
   lin: Node;
+  /** A vocab-parallel lm_head's all_gather between the linear and f (the chain moves before it). */
+  gather?: Node;
   step: { op: string; arg: number };
 }
 
@@ -69,9 +72,15 @@ export const postChainPattern: Pattern<PostMatch> = {
   name: "elementwise-epilogue",
   ops: [...CHAIN_OPS],
   match(_g, f, uses, ctx) {
-    const lin = foldable(uses, f.inputs[0]);
     const step = chainStep(f);
-    if (!lin || !step) return null;
+    if (!step) return null;
+    // Elementwise ops commute with all_gather's concatenation: at --tp N each rank's lm_head applies the chain.
+    const gather = uses.producerOp(f.inputs[0], "all_gather");
+    const lin = foldable(
+      uses,
+      gather ? (uses.singleUse(gather.outputs[0]) ? gather.inputs[0] : null) : f.inputs[0],
+    );
+    if (!lin) return null;
     const post = chainOf(lin.attrs, "post");
     if (post.ops.length >= MAX_CHAIN) {
       ctx.log.note(
@@ -79,12 +88,15 @@ export const postChainPattern: Pattern<PostMatch> = {
       );
       return null;
     }
-    return { root: f, nodes: [lin, f], lin, step, where: lin.scope };
+    const nodes = gather ? [lin, gather, f] : [lin, f];
+    return { root: f, nodes, lin, gather: gather ?? undefined, step, where: lin.scope };
   },
   rewrite(g, m) {
     const post = withStep(chainOf(m.lin.attrs, "post"), m.step, "end");
     const lin = makeNode(g, "linear", m.lin.inputs, { ...m.lin.attrs, post }, { scope: m.lin.scope });
-    return { nodes: [lin], replace: [[m.root.outputs[0], lin.outputs[0]]] };
+    if (!m.gather) return { nodes: [lin], replace: [[m.root.outputs[0], lin.outputs[0]]] };
+    const gather = makeNode(g, "all_gather", [lin.outputs[0]], m.gather.attrs, { scope: m.gather.scope });
+    return { nodes: [lin, gather], replace: [[m.root.outputs[0], gather.outputs[0]]] };
   },
 };
 

@@ -19,7 +19,10 @@ const files = writeChainToy(dir);
 const TOKENS = [3, 17, 42, 5, 9, 30, 11];
 const UNFUSED = ["norm-chain-fusion"];
 
-async function build(name: string, o: { disable?: string[]; dtype?: string; emit?: "onnx" } = {}) {
+async function build(
+  name: string,
+  o: { disable?: string[]; dtype?: string; emit?: "onnx"; tp?: number } = {},
+) {
   const out = path.join(dir, name);
   await compileEngine({
     modelFile: files.modelFile,
@@ -33,6 +36,7 @@ async function build(name: string, o: { disable?: string[]; dtype?: string; emit
     maxBatchSize: 2,
     disablePasses: o.disable,
     emit: o.emit,
+    tp: o.tp,
     out,
     log: () => {},
   });
@@ -98,6 +102,18 @@ describe("elementwise chains fused into GEMM epilogues and norms", () => {
     expect(labels).toContain("linear (scale 0.5 → softcap 4, +residual)");
     expect(labels).toContain("rms_norm (norm → scale 1.5)");
     expect(labels).toContain("rms_norm (sigmoid → norm)");
+  });
+
+  it("--tp 2: the lm_head chain moves before the logits' all_gather; fp32 logits equal the unfused tp 2 engine's", async () => {
+    const tp2 = await build("fused-tp2", { tp: 2 });
+    const pass = report(tp2).passes.find((p) => p.name === "epilogue-fusion")!;
+    // lm_head's softcap and scale; o_proj / down_proj are row-parallel there, their chains follow an all_reduce
+    // (a sum: only a scale would commute with it) and stay standalone ops.
+    expect(pass.patterns["elementwise-epilogue"]).toBe(2);
+    // (Random weights are drawn per rank's slice, so the tp 2 engines are compared with each other.)
+    const d = maxDiff(logits(tp2), logits(await build("plain-tp2", { tp: 2, disable: UNFUSED_ALL })));
+    console.log(`chain toy fp32 tp 2 fused vs unfused: max |Δlogit| ${d}`);
+    expect(d).toBe(0);
   });
 
   it("fp16: the fused engine rounds once where the unfused rounds per op, and stays within 5e-3", async () => {

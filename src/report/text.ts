@@ -64,10 +64,10 @@ export function formatReport(r: FusionReport, o: { notes?: boolean } = {}): stri
       ` vs naive sum ${fmtBytes(a.naiveBytes)} (${ratio(a.naiveBytes, a.bytes)} smaller; unfused naive ${fmtBytes(a.unfusedNaiveBytes)})`,
   );
   lines.push(
-    "runtime fusion (CUDA, not counted above): decode steps of ≤ 4 tokens fold an rms_norm or gated_act whose output " +
-      "feeds only a linear into that linear's gemv when the tuned fused kernel is faster (tsllm-run / tsllm-bench " +
-      "--verbose list the folded nodes); an add or add_rms_norm right after a moe node runs inside the moe's combine " +
-      "kernel",
+    "runtime fusion (CUDA, not counted above): decode steps of ≤ 4 tokens fold an rms_norm (no weight offset or " +
+      "folded elementwise ops) or gated_act whose output feeds only a linear (no activation or elementwise chain) " +
+      "into that linear's gemv when the tuned fused kernel is faster (tsllm-run / tsllm-bench --verbose list the " +
+      "folded nodes); an add or add_rms_norm right after a moe node runs inside the moe's combine kernel",
   );
   const notes = r.passes.flatMap((p) => p.notes.map((n) => `${p.name}: ${n}`));
   if (o.notes !== false && notes.length) {

@@ -7,15 +7,10 @@
 namespace tsllm {
 namespace {
 
+// common.cuh's act_value with the activation fixed at compile time (its switch folds away).
 template <Act A>
 __device__ __forceinline__ float act_f(float x) {
-  if (A == Act::Silu) return x / (1.f + expf(-x));
-  if (A == Act::GeluTanh) {
-    const float k0 = 0.7978845608028654f, k1 = 0.044715f;
-    return 0.5f * x * (1.f + tanhf(k0 * (x + k1 * x * x * x)));
-  }
-  if (A == Act::GeluErf) return 0.5f * x * (1.f + erff(x * 0.7071067811865476f));
-  return x;
+  return kd::act_value(x, A);
 }
 
 inline int ew_blocks(uint64_t work) { return kd::grid_for(work, 256, kd::num_sms() * 16); }

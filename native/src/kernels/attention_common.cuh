@@ -109,6 +109,33 @@ __device__ __forceinline__ void rope8(const T* src, int i0, int R, bool gptj, in
 // The factor a partial with max m takes in a merge whose max is M (an empty partial, m = -inf, weighs 0).
 __device__ __forceinline__ float softmax_rescale(float m, float M) { return m == -INFINITY ? 0.f : exp2f(m - M); }
 
+// An empty partial for each of the GB heads.
+template <int GB>
+__device__ __forceinline__ void softmax_init(float (&m)[GB], float (&l)[GB], float (&acc)[GB][8]) {
+#pragma unroll
+  for (int g = 0; g < GB; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[g][j] = 0.f;
+  }
+}
+
+// One key's scores for the GB heads: q · k over this lane's 8 dims, summed over the LPK lanes that hold the key
+// (-inf when the key is absent).
+template <int LPK, int GB>
+__device__ __forceinline__ void key_scores(const float (&qf)[GB][8], const float (&kf)[8], bool ok, float (&s)[GB]) {
+#pragma unroll
+  for (int g = 0; g < GB; ++g) {
+    float d = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) d = fmaf(qf[g][j], kf[j], d);
+#pragma unroll
+    for (int o = LPK / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+    s[g] = ok ? d : -INFINITY;
+  }
+}
+
 // Absorbs one step of U keys into the GB heads' partials: scores s[u][g] (-inf for absent keys), values vf[u].
 template <int U, int GB>
 __device__ __forceinline__ void softmax_step(float (&m)[GB], float (&l)[GB], float (&acc)[GB][8],

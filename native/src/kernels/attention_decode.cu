@@ -107,13 +107,7 @@ __global__ void __launch_bounds__(kDecWarps * 32)
     }
   }
   float m[GB], l[GB], acc[GB][8];
-#pragma unroll
-  for (int g = 0; g < GB; ++g) {
-    m[g] = -INFINITY;
-    l[g] = 0.f;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) acc[g][j] = 0.f;
-  }
+  softmax_init<GB>(m, l, acc);
 
   // FP8 cache: this token's own key/value, unrounded.
   float kown[8], vown[8];
@@ -162,15 +156,7 @@ __global__ void __launch_bounds__(kDecWarps * 32)
 #pragma unroll
           for (int j = 0; j < 8; ++j) kf[j] = kown[j];
       }
-#pragma unroll
-      for (int g = 0; g < GB; ++g) {
-        float d = 0.f;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) d = fmaf(qf[g][j], kf[j], d);
-#pragma unroll
-        for (int o = LPK / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-        s[u][g] = ok[u] ? d : -INFINITY;
-      }
+      key_scores<LPK, GB>(qf, kf, ok[u], s[u]);
     }
     float vf[U][8];
 #pragma unroll
@@ -321,13 +307,7 @@ __global__ void __launch_bounds__(NW * 32) decode_fast_kernel(const DecodeArgs<T
   }
 
   float m[GB], l[GB], acc[GB][8];
-#pragma unroll
-  for (int g = 0; g < GB; ++g) {
-    m[g] = -INFINITY;
-    l[g] = 0.f;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) acc[g][j] = 0.f;
-  }
+  softmax_init<GB>(m, l, acc);
   for (int base = kb; base < ke; base += STEP) {
     // Next step's rows (only when the chunk is longer than one step).
     size_t rnext[U];
@@ -348,15 +328,7 @@ __global__ void __launch_bounds__(NW * 32) decode_fast_kernel(const DecodeArgs<T
     for (int u = 0; u < U; ++u) {
       float kf[8];
       unpack8<T>(kr[u], kf);
-#pragma unroll
-      for (int g = 0; g < GB; ++g) {
-        float d = 0.f;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) d = fmaf(qf[g][j], kf[j], d);
-#pragma unroll
-        for (int o = LPK / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-        s[u][g] = ok[u] ? d : -INFINITY;
-      }
+      key_scores<LPK, GB>(qf, kf, ok[u], s[u]);
     }
     float vf[U][8];
 #pragma unroll

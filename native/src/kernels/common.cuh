@@ -150,7 +150,8 @@ inline bool per_device(int (&cache)[64], Probe probe) {
   return c == 1;
 }
 
-// An activation at run time, by the expressions of activations.cu's act_f (same fp32 math, so the same rounding).
+// An activation's fp32 math, the one definition every kernel uses (activations.cu, the gemv's gated prologue, the
+// quantised and elementwise epilogues), so fused and unfused paths round the same. A constant `a` folds the switch.
 __device__ __forceinline__ float act_value(float x, Act a) {
   switch (a) {
     case Act::Silu: return x / (1.f + expf(-x));

@@ -45,12 +45,10 @@ __device__ __forceinline__ float dot8(const uint4& a, const uint4& b, float acc)
   return acc;
 }
 
-// activations.cu's act_f for the gated prologues (same expressions, so the same rounding).
+// The gated prologues' activation: common.cuh's act_value, as gated_act computes it (so the same rounding).
 template <int PRO>
 __device__ __forceinline__ float pro_act(float x) {
-  if (PRO == int(GemvPro::GatedSilu)) return x / (1.f + expf(-x));
-  const float k0 = 0.7978845608028654f, k1 = 0.044715f;
-  return 0.5f * x * (1.f + tanhf(k0 * (x + k1 * x * x * x)));
+  return act_value(x, PRO == int(GemvPro::GatedSilu) ? Act::Silu : Act::GeluTanh);
 }
 
 // The 16-byte chunk c of the vector of row m (8 elements of dtype T), after the prologue.
