@@ -1,6 +1,7 @@
 // Mixtral (sparse mixture of experts), mirroring transformers' modeling_mixtral.py: Mistral's decoder
 // layer whose MLP is a MixtralSparseMoeBlock (router `block_sparse_moe.gate`, experts
-// `block_sparse_moe.experts.{e}.w1/w3/w2`): softmax → top-k → renormalised → weighted SwiGLU experts.
+// `block_sparse_moe.experts.{e}.w1/w3/w2`, or transformers 5's fused `mlp.experts.gate_up_proj` /
+// `down_proj`): softmax → top-k → renormalised → weighted SwiGLU experts.
 import {
   ConfigError,
   type DecoderConfig,
@@ -81,6 +82,8 @@ export default defineModel<MixtralConfig>({
           numExperts: cfg.numExperts,
           topK: cfg.topK,
           normalize: true,
+          // transformers 5 (conversion_mapping.py "mixtral") loads the block as `mlp` with fused experts.
+          fusedPrefixes: [`${p}.mlp`, `${p}.block_sparse_moe`],
         }),
       }),
     );

@@ -17,7 +17,7 @@ import { gpuWarnings } from "./native/ops.ts";
 import { type OnnxDirConfig, writeOnnx } from "./onnx/write.ts";
 import { type PipelineResult, runPipeline } from "./pipeline.ts";
 import { tokenizerForEngine } from "./text/engine-files.ts";
-import { checkCheckpointWeights } from "./weights/check.ts";
+import { bindCheckpointWeights } from "./weights/check.ts";
 
 export interface CompileOptions {
   modelFile: string;
@@ -198,7 +198,7 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
   try {
     if (o.checkpoint) {
       ckpt = openCheckpoint(o.checkpoint);
-      checkCheckpointWeights(graph, ckpt);
+      bindCheckpointWeights(graph, ckpt);
     }
     const pipeline = runPipeline(graph, build, {
       disable: o.disablePasses ?? [],

@@ -10,6 +10,7 @@ import { ReferenceExecutor } from "../src/executor/reference.ts";
 import { checkGolden, readGolden } from "../src/golden.ts";
 import { getOp, HostTensor } from "../src/ops/index.ts";
 import { routeTopK } from "../src/ops/moe.ts";
+import { openSafetensors, type TensorToWrite, writeSafetensors } from "../src/checkpoint/safetensors.ts";
 import { computeScales, quantizeValues, scalesShape, storedShape } from "../src/quant/weights.ts";
 import { FIXTURES, REPO, tmpDir } from "./fixtures.ts";
 
@@ -20,6 +21,7 @@ async function build(
   checkpoint = TINY_MIXTRAL,
   quant?: { quant: "int8-wo" | "int4-wo" | "fp8"; groupSize?: number },
   moeEpSize?: number,
+  dtype = "fp32",
 ): Promise<string> {
   const out = path.join(tmpDir(), "engine");
   await compileEngine({
@@ -29,7 +31,7 @@ async function build(
     checkpoint,
     sm: 90,
     tp,
-    dtype: "fp32",
+    dtype,
     maxNumTokens: 256,
     maxSeqLen: 256,
     maxBatchSize: 8,
@@ -39,12 +41,12 @@ async function build(
 }
 
 /** tiny-mixtral with its config.json changed (the weights linked, not copied). */
-function variant(edit: (cfg: Record<string, unknown>) => void, drop?: string): string {
+function variant(edit: (cfg: Record<string, unknown>) => void, drop?: string, from = TINY_MIXTRAL): string {
   const dir = tmpDir();
-  const cfg = JSON.parse(fs.readFileSync(path.join(TINY_MIXTRAL, "config.json"), "utf8"));
+  const cfg = JSON.parse(fs.readFileSync(path.join(from, "config.json"), "utf8"));
   edit(cfg);
   fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify(cfg));
-  const src = path.join(TINY_MIXTRAL, "model.safetensors");
+  const src = path.join(from, "model.safetensors");
   if (!drop) fs.symlinkSync(src, path.join(dir, "model.safetensors"));
   else {
     // Rename one tensor in the safetensors header (the reader refuses unreferenced bytes, so no delete).
@@ -58,6 +60,48 @@ function variant(edit: (cfg: Record<string, unknown>) => void, drop?: string): s
     len.writeBigUInt64LE(BigInt(h.length));
     fs.writeFileSync(path.join(dir, "model.safetensors"), Buffer.concat([len, h, buf.subarray(8 + n)]));
   }
+  return dir;
+}
+
+/**
+ * tiny-mixtral in transformers 5's fused layout (conversion_mapping.py "mixtral"): the block renamed
+ * `mlp`, router `mlp.gate.weight`, `mlp.experts.gate_up_proj` [E, 2I, H] = per expert [w1; w3], and
+ * `mlp.experts.down_proj` [E, H, I] = the w2s stacked. Same bf16 bytes, rearranged.
+ */
+function fusedMixtral(): string {
+  const dir = tmpDir();
+  fs.copyFileSync(path.join(TINY_MIXTRAL, "config.json"), path.join(dir, "config.json"));
+  const src = openSafetensors(path.join(TINY_MIXTRAL, "model.safetensors"));
+  const cfg = JSON.parse(fs.readFileSync(path.join(TINY_MIXTRAL, "config.json"), "utf8"));
+  const [E, I, H] = [cfg.num_local_experts, cfg.intermediate_size, cfg.hidden_size];
+  const out: Record<string, TensorToWrite> = {};
+  const experts = /^(model\.layers\.\d+)\.block_sparse_moe\.experts\.\d+\./;
+  const cat = (names: string[]) => Buffer.concat(names.map((n) => src.read(n)));
+  for (const name of src.names()) {
+    if (experts.test(name)) continue;
+    const t = { ...src.info(name), data: src.read(name) };
+    out[name.replace(".block_sparse_moe.gate.", ".mlp.gate.")] = {
+      dtype: t.dtype,
+      shape: t.shape,
+      data: t.data,
+    };
+  }
+  for (let l = 0; l < cfg.num_hidden_layers; l++) {
+    const e = (i: number, w: string) => `model.layers.${l}.block_sparse_moe.experts.${i}.${w}.weight`;
+    const ids = Array.from({ length: E }, (_, i) => i);
+    out[`model.layers.${l}.mlp.experts.gate_up_proj`] = {
+      dtype: "BF16",
+      shape: [E, 2 * I, H],
+      data: cat(ids.flatMap((i) => [e(i, "w1"), e(i, "w3")])),
+    };
+    out[`model.layers.${l}.mlp.experts.down_proj`] = {
+      dtype: "BF16",
+      shape: [E, H, I],
+      data: cat(ids.map((i) => e(i, "w2"))),
+    };
+  }
+  src.close();
+  writeSafetensors(path.join(dir, "model.safetensors"), out);
   return dir;
 }
 
@@ -106,6 +150,51 @@ describe("tiny-mixtral", () => {
     expect(shapes["model.layers.0.block_sparse_moe.experts.w1.weight"]).toEqual([4 * 96, 128]);
     expect(shapes["model.layers.0.block_sparse_moe.experts.w2.weight"]).toEqual([4 * 128, 96]);
     expect(shapes["model.layers.0.block_sparse_moe.gate.weight"]).toEqual([4, 128]);
+  });
+
+  describe("in transformers 5's fused expert layout (mlp.experts.gate_up_proj / down_proj)", () => {
+    const fused = fusedMixtral();
+
+    it("has no per-expert tensors, and matches the golden at --tp 1 and --tp 2 --moe-ep-size 2", async () => {
+      const names = openSafetensors(path.join(fused, "model.safetensors")).names();
+      expect(names.filter((n) => /experts\.\d/.test(n) || /block_sparse_moe/.test(n))).toEqual([]);
+      expect(names).toContain("model.layers.1.mlp.experts.gate_up_proj");
+      for (const [tp, ep] of [
+        [1, 1],
+        [2, 2],
+      ]) {
+        const report = checkGolden(
+          ReferenceExecutor.load(await build(tp, fused, undefined, ep)),
+          readGolden(path.join(TINY_MIXTRAL, "golden.safetensors")),
+        );
+        console.log(
+          `tiny-mixtral fused layout --tp ${tp} --moe-ep-size ${ep}: max |Δlogit| ${report.maxAbs.toExponential(2)}`,
+        );
+        // Measured 1.97e-6 and 1.88e-6, as the per-expert layout.
+        expect(report.maxAbs).toBeLessThanOrEqual(1e-5);
+      }
+    });
+
+    it("writes the same engine bytes as the per-expert layout (bf16 --tp 2 views, fp8 rows)", async () => {
+      const hashes = (dir: string) =>
+        JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8")).ranks.map(
+          (r: { hash: { sha256: string } }) => r.hash.sha256,
+        );
+      for (const [tp, quant, dtype] of [
+        [2, undefined, "bf16"],
+        [1, { quant: "fp8" as const }, "bf16"],
+      ] as const)
+        expect(hashes(await build(tp, fused, quant, 1, dtype))).toEqual(
+          hashes(await build(tp, TINY_MIXTRAL, quant, 1, dtype)),
+        );
+    });
+
+    it("a missing fused tensor names it with the per-expert name it stands for", async () => {
+      const dir = variant(() => {}, "model.layers.1.mlp.experts.down_proj", fused);
+      await expect(build(1, dir)).rejects.toThrow(
+        /"model\.layers\.1\.block_sparse_moe\.experts\.0\.w2\.weight": missing tensor the model needs \(nor "model\.layers\.1\.mlp\.experts\.down_proj" or "model\.layers\.1\.block_sparse_moe\.experts\.down_proj" of another layout\)/,
+      );
+    });
   });
 
   it("--tp 2 --moe-ep-size 2 gives each rank two whole experts (the expert split in the engine sizes)", async () => {

@@ -5,6 +5,7 @@
 import type { DecoderConfig } from "../checkpoint/hf-config.ts";
 import type { Module, Parallel, RopeOptions } from "./module.ts";
 import type { Tensor } from "./tensor.ts";
+import type { RecipePart } from "../weights/recipe.ts";
 
 export type Layer = (x: Tensor) => Tensor;
 
@@ -102,28 +103,52 @@ export interface SparseMoeOptions {
   normalize: boolean;
   /** Checkpoint names under the prefix: the router and each expert's gate / up / down. */
   names?: { router: string; experts: string; gate: string; up: string; down: string };
+  /**
+   * Block prefixes under which a checkpoint may instead hold the experts fused, as transformers 5's
+   * MixtralExperts does: router `{p}.gate.weight`, `{p}.experts.gate_up_proj` [E, 2I, H] (each expert's
+   * gate rows, then its up rows) and `{p}.experts.down_proj` [E, H, I]. Used when the per-expert
+   * tensors are absent.
+   */
+  fusedPrefixes?: string[];
 }
 
 /**
  * transformers' MixtralSparseMoeBlock: router linear (`gate`), then each token's top-k SwiGLU experts
  * (`experts.{e}.w1` gate, `w3` up, `w2` down) weighted by the routing probabilities. Expert weights
- * are stacked into one tensor each (hint "expert": tensor parallelism splits every expert's I).
+ * are stacked into one tensor each. Their sharding hints (passes/tensor-parallel.ts): "expert_column"
+ * (gate / up: an expert's rows hold its I) and "expert_row" (down: its columns hold I; partial sums,
+ * so an all_reduce follows), with `experts` E, so ranks can split each expert's I or hold whole experts.
+ * The router is replicated ("none"): every rank routes every token.
  */
 export function sparseMoe(m: Module, prefix: string, o: SparseMoeOptions): Layer {
   const n = o.names ?? { router: "gate", experts: "experts", gate: "w1", up: "w3", down: "w2" };
   const { hiddenSize: H, intermediateSize: I, numExperts: E } = o;
-  const router = m.Linear(`${prefix}.${n.router}`, H, E, { parallel: "none" });
-  const stacked = (w: string, shape: number[], parallel: string) =>
+  const fused = o.fusedPrefixes ?? [];
+  const router = m.Linear(`${prefix}.${n.router}`, H, E, {
+    parallel: "none",
+    or: fused.map((p) => `${p}.gate`),
+  });
+  // Expert e of a fused tensor: select e, then (gate_up_proj) its gate or up row block.
+  const fromFused = (tensor: string, shape: number[], rows?: [number, number]) => (e: number) =>
+    fused.map((p) => ({
+      name: `${p}.experts.${tensor}`,
+      shape,
+      transforms: [
+        { op: "select" as const, axis: 0, index: e },
+        ...(rows ? [{ op: "slice" as const, axis: 0, start: rows[0], end: rows[1] }] : []),
+      ],
+    }));
+  const stacked = (w: string, shape: number[], parallel: string, or: (e: number) => RecipePart[]) =>
     m.stackedParam(
       `${prefix}.${n.experts}.${w}.weight`,
-      Array.from({ length: E }, (_, e) => `${prefix}.${n.experts}.${e}.${w}.weight`),
+      Array.from({ length: E }, (_, e) => ({ name: `${prefix}.${n.experts}.${e}.${w}.weight`, or: or(e) })),
       shape,
       { parallel, role: "expert", experts: E },
     );
   const w = {
-    w1: stacked(n.gate, [I, H], "expert_column"),
-    w3: stacked(n.up, [I, H], "expert_column"),
-    w2: stacked(n.down, [H, I], "expert_row"),
+    w1: stacked(n.gate, [I, H], "expert_column", fromFused("gate_up_proj", [E, 2 * I, H], [0, I])),
+    w3: stacked(n.up, [I, H], "expert_column", fromFused("gate_up_proj", [E, 2 * I, H], [I, 2 * I])),
+    w2: stacked(n.down, [H, I], "expert_row", fromFused("down_proj", [E, H, I])),
   };
   const attrs = { numExperts: E, topK: o.topK, normalize: o.normalize, activation: "silu" as const };
   return (x) => m.moe(x, router(x), w, attrs, prefix);

@@ -5,7 +5,7 @@ import { addInput, addWeight, emptyGraph } from "../ir/builder.ts";
 import type { Dim, DType, Graph } from "../ir/types.ts";
 import { type RopeScaling, ropeAttentionFactor, ropeInvFreq } from "../ops/rope-freq.ts";
 import { roundToTorchDtype } from "../ops/round.ts";
-import { uniformWithStd, type WeightInit } from "../weights/recipe.ts";
+import { type RecipePart, uniformWithStd, type WeightInit } from "../weights/recipe.ts";
 import { apply, applyMany, Tensor } from "./tensor.ts";
 
 export type Parallel = "column" | "row" | "vocab" | "none";
@@ -61,11 +61,18 @@ export class Module {
     );
   }
 
-  /** A checkpoint weight. */
-  param(name: string, shape: number[], init: WeightInit, hints?: Record<string, string | number>): Tensor {
+  /** A checkpoint weight; `or`: other names it may have (another checkpoint layout, same shape). */
+  param(
+    name: string,
+    shape: number[],
+    init: WeightInit,
+    hints?: Record<string, string | number>,
+    or: string[] = [],
+  ): Tensor {
+    const alternatives = or.map((n) => ({ name: n, shape, transforms: [] }));
     const recipe = {
       kind: "checkpoint" as const,
-      parts: [{ name, shape, transforms: [] }],
+      parts: [{ name, shape, transforms: [], ...(or.length ? { or: alternatives } : {}) }],
       transforms: [],
       init,
     };
@@ -77,7 +84,7 @@ export class Module {
     name: string,
     inFeatures: number,
     outFeatures: number,
-    opts: { bias?: boolean; parallel?: Parallel; weightName?: string } = {},
+    opts: { bias?: boolean; parallel?: Parallel; weightName?: string; or?: string[] } = {},
   ): (x: Tensor) => Tensor {
     const parallel = opts.parallel ?? "none";
     const w = this.param(
@@ -88,6 +95,7 @@ export class Module {
         parallel,
         role: "linear",
       },
+      opts.or?.map((n) => `${n}.weight`),
     );
     const b = opts.bias
       ? this.param(`${name}.bias`, [outFeatures], { mean: 0, scale: 0 }, { parallel, role: "bias" })
@@ -98,20 +106,21 @@ export class Module {
   /**
    * One weight stacked from per-expert checkpoint tensors along axis 0 (experts.{e}.w1 → [E·out, in]),
    * each part validated against the checkpoint on its own, so a missing expert names its tensor.
+   * A part's `or` is where another layout keeps that expert (e.g. a slice of a fused [E, …] tensor).
    */
   stackedParam(
     name: string,
-    partNames: string[],
+    parts: { name: string; or?: RecipePart[] }[],
     partShape: number[],
     hints: Record<string, string | number>,
   ): Tensor {
     const recipe = {
       kind: "checkpoint" as const,
-      parts: partNames.map((n) => ({ name: n, shape: partShape, transforms: [] })),
+      parts: parts.map((p) => ({ ...p, shape: partShape, transforms: [] })),
       transforms: [],
       init: uniformWithStd(this.initStd),
     };
-    const shape = [partShape[0] * partNames.length, ...partShape.slice(1)];
+    const shape = [partShape[0] * parts.length, ...partShape.slice(1)];
     return new Tensor(this.graph, addWeight(this.graph, name, this.dtype, shape, recipe, hints).id);
   }
 

@@ -1,16 +1,31 @@
-// Before anything is written: every checkpoint weight the graph needs exists with the declared shape.
+// Before anything is written: every checkpoint weight the graph needs exists with the declared shape,
+// each recipe part bound to the layout the checkpoint has (the part itself or one of its `or`
+// alternatives, e.g. transformers 5's fused experts), so later passes see one layout only.
 import type { Checkpoint } from "../checkpoint/checkpoint.ts";
 import { CheckpointError } from "../checkpoint/errors.ts";
 import type { Graph } from "../ir/types.ts";
+import type { RecipePart } from "./recipe.ts";
 
-export function checkCheckpointWeights(g: Graph, ckpt: Checkpoint): void {
+export function bindCheckpointWeights(g: Graph, ckpt: Checkpoint): void {
   for (const v of g.values.values()) {
     if (v.kind !== "weight" || v.recipe?.kind !== "checkpoint") continue;
-    for (const { name, shape } of v.recipe.parts) {
-      if (!ckpt.has(name)) throw new CheckpointError(ckpt.dir, "missing tensor the model needs", name);
-      const info = ckpt.info(name);
-      if (info.shape.join(",") !== shape.join(","))
-        throw new CheckpointError(info.file, `shape [${info.shape}] but the model expects [${shape}]`, name);
-    }
+    v.recipe = { ...v.recipe, parts: v.recipe.parts.map((p) => bindPart(p, ckpt)) };
   }
+}
+
+function bindPart(p: RecipePart, ckpt: Checkpoint): RecipePart {
+  const { or = [], ...own } = p;
+  const bound = [own, ...or].find((c) => ckpt.has(c.name));
+  if (!bound) {
+    const alt = or.length ? ` (nor ${or.map((a) => `"${a.name}"`).join(" or ")} of another layout)` : "";
+    throw new CheckpointError(ckpt.dir, `missing tensor the model needs${alt}`, p.name);
+  }
+  const info = ckpt.info(bound.name);
+  if (info.shape.join(",") !== bound.shape.join(","))
+    throw new CheckpointError(
+      info.file,
+      `shape [${info.shape}] but the model expects [${bound.shape}]`,
+      bound.name,
+    );
+  return bound;
 }

@@ -65,9 +65,11 @@ export function materializeSegments(v: Value, ckpt: Checkpoint | null): Uint8Arr
 }
 
 /** Each part of a direct recipe after its own slices (views where the slice is contiguous), or null. */
+/** Transforms that only pick elements (views when contiguous): slices and selects. */
+const slicesOnly = (ts: Transform[]) => ts.every((t) => t.op === "slice" || t.op === "select");
+
 function directParts(r: Extract<WeightRecipe, { kind: "checkpoint" }>, ckpt: Checkpoint, st: string): Raw<Uint16Array>[] | null {
   if (st === "F32") return null;
-  const slicesOnly = (ts: Transform[]) => ts.every((t) => t.op === "slice");
   if (!slicesOnly(r.transforms) || !r.parts.every((p) => slicesOnly(p.transforms) && ckpt.info(p.name).dtype === st)) return null;
   return r.parts.map((p) => {
     const b = ckpt.read(p.name);
@@ -96,7 +98,7 @@ export function sourceRows(v: Value, ckpt: Checkpoint): SourceRows[] | null {
   const out: SourceRows[] = [];
   for (const p of r.parts) {
     const info = ckpt.info(p.name);
-    if ((info.dtype !== "F16" && info.dtype !== "BF16" && info.dtype !== "F32") || !p.transforms.every((t) => t.op === "slice"))
+    if ((info.dtype !== "F16" && info.dtype !== "BF16" && info.dtype !== "F32") || !slicesOnly(p.transforms))
       return null;
     const b = ckpt.read(p.name);
     const raw =
@@ -118,16 +120,30 @@ export function materializeF32(v: Value, ckpt: Checkpoint | null): Raw {
 }
 
 function materializeParts(r: Extract<WeightRecipe, { kind: "checkpoint" }>, ckpt: Checkpoint): Raw {
-  let t = concat0(r.parts.map((p) => p.transforms.reduce(applyTransform, readSource(ckpt, p.name))));
+  let t = concat0(
+    r.parts.map((p) => {
+      // A leading select of the outermost axis (one expert of a fused tensor) decodes only that expert.
+      const first = p.transforms[0];
+      const lead = first?.op === "select" && first.axis === 0 ? first.index : undefined;
+      const rest = lead === undefined ? p.transforms : p.transforms.slice(1);
+      return rest.reduce(applyTransform, readSource(ckpt, p.name, lead));
+    }),
+  );
   for (const tr of r.transforms) t = applyTransform(t, tr);
   return t;
 }
 
-function readSource(ckpt: Checkpoint, name: string): Raw {
+/** A source tensor decoded to fp32, or only its sub-tensor `index` along axis 0. */
+function readSource(ckpt: Checkpoint, name: string, index?: number): Raw {
   const info = ckpt.info(name);
   if (!isFloatDtype(info.dtype))
     throw new Error(`${info.file}: tensor "${name}" has dtype ${info.dtype}, expected a float dtype`);
-  return { shape: info.shape, data: toFloat32(info.dtype, ckpt.read(name)) };
+  const bytes = ckpt.read(name);
+  if (index === undefined) return { shape: info.shape, data: toFloat32(info.dtype, bytes) };
+  const n = info.shape[0];
+  if (!(index >= 0 && index < n)) throw new Error(`select ${index} out of range for axis 0 of [${info.shape}]`);
+  const step = bytes.byteLength / n;
+  return { shape: info.shape.slice(1), data: toFloat32(info.dtype, bytes.subarray(index * step, (index + 1) * step)) };
 }
 
 function concat0<D extends Elems>(parts: Raw<D>[]): Raw<D> {
@@ -149,6 +165,10 @@ export function applyTransform<D extends Elems = Float32Array>(t: Raw<D>, tr: Tr
   switch (tr.op) {
     case "quantize":
       return applyQuantize(t as Raw, tr) as Raw<D>;
+    case "select": {
+      const one = applyTransform(t, { op: "slice", axis: tr.axis, start: tr.index, end: tr.index + 1 });
+      return { shape: one.shape.filter((_, i) => i !== tr.axis), data: one.data };
+    }
     case "slice": {
       const { axis, start, end } = tr;
       if (start < 0 || end > t.shape[axis] || start >= end)

@@ -11,8 +11,15 @@ export interface WeightInit {
 export type Transform =
   /** Keep [start, end) along an axis (tensor-parallel shard). */
   | { op: "slice"; axis: number; start: number; end: number }
+  /** Keep index `index` along an axis and drop the axis (one expert of a fused [E, …] checkpoint tensor). */
+  | { op: "select"; axis: number; index: number }
   /** Quantise a [N, K] weight (src/quant/weights.ts): emit its stored values, or its scales. Always last. */
-  | { op: "quantize"; scheme: "fp8" | "int8-wo" | "int4-wo"; group_size?: number; output: "values" | "scales" };
+  | {
+      op: "quantize";
+      scheme: "fp8" | "int8-wo" | "int4-wo";
+      group_size?: number;
+      output: "values" | "scales";
+    };
 
 /** One checkpoint tensor and the transforms applied to it alone (e.g. this rank's slice of k_proj). */
 export interface RecipePart {
@@ -20,6 +27,12 @@ export interface RecipePart {
   /** Shape as the model declared it, validated against the checkpoint before anything is written. */
   shape: number[];
   transforms: Transform[];
+  /**
+   * The same tensor in other checkpoint layouts, for checkpoints without `name` (transformers 5 may
+   * store Mixtral's experts fused: experts.{e}.w1 is row block [0, I) of experts.gate_up_proj[e]).
+   * Resolved against the checkpoint before any pass runs (src/weights/check.ts).
+   */
+  or?: RecipePart[];
 }
 
 export type WeightRecipe =
