@@ -133,6 +133,18 @@ describe("tiny-mixtral", () => {
     const dir = await build(1);
     const report = JSON.parse(fs.readFileSync(path.join(dir, "report.json"), "utf8"));
     expect(report.after.layerOps.moe).toBe(1);
+    // The drawn layer's moe: expert weights per routed expert (3 × 192·128 fp32 = 288 KiB) and the
+    // activation bytes per token it reads (x 128 and router logits 4 fp32 values) and writes (128).
+    const drawing = report.drawing.after;
+    const k = drawing.nodes.findIndex((n: { op: string }) => n.op === "moe");
+    expect(drawing.nodes[k].detail).toBe("4 experts, top 2 · 288 KiB per expert");
+    const bytes = (dir: "from" | "to") =>
+      drawing.edges
+        .filter((e: Record<string, number>) => e[dir] === k)
+        .map((e: { bytesPerToken: number }) => e.bytesPerToken)
+        .sort((a: number, b: number) => a - b);
+    expect(bytes("to")).toEqual([16, 512]);
+    expect(bytes("from")).toEqual([512]);
     const header = openEngine(dir).ranks[0].header;
     const moes = header.nodes.filter((n) => n.op === "moe");
     expect(moes.length).toBe(2);

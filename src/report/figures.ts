@@ -8,6 +8,8 @@
 import { DTYPE_BYTES, type Graph, type Node } from "../ir/types.ts";
 import { chainOf, chainText } from "../ops/ew-chain.ts";
 import { getOp } from "../ops/index.ts";
+import { moeAttrs } from "../ops/moe.ts";
+import { fmtBytes } from "./text.ts";
 
 /** Every op launches one kernel except those the registry marks as views (none today). */
 export function isLaunch(op: string): boolean {
@@ -50,6 +52,12 @@ export function nodeLayers(g: Graph): (number | null)[] {
     for (const o of n.outputs) layerOfValue.set(o, layer);
     return layer;
   });
+}
+
+/** Bytes of a weight (static shape), 0 for a missing input. */
+function weightBytes(g: Graph, id: number | null | undefined): number {
+  const v = id == null ? undefined : g.values.get(id);
+  return v ? v.shape.reduce<number>((a, d) => a * Number(d), 1) * DTYPE_BYTES[v.dtype] : 0;
 }
 
 /** Bytes of a value per token: symbolic dims (num_tokens, num_logits) bound to 1. */
@@ -177,6 +185,13 @@ function describe(g: Graph, n: Node): { label: string; detail: string; fused: bo
     const parts = w?.recipe?.kind === "checkpoint" ? w.recipe.parts.length : 1;
     if (parts > 1 || (a.activation ?? "none") !== "none" || post.ops.length || n.inputs[ri] != null)
       fused = true;
+  } else if (n.op === "moe") {
+    // What one routed token reads: top_k experts' w1, w3 and w2 (a batch-1 decode step's bandwidth).
+    const { E, K, start, local } = moeAttrs(a);
+    const perExpert = [2, 3, 4].reduce((t, k) => t + weightBytes(g, n.inputs[k]), 0) / local;
+    if (typeof a.quant === "string") label += ` (${a.quant})`;
+    const here = local < E ? ` (${start}–${start + local - 1} on this rank)` : "";
+    detail = `${E} experts${here}, top ${K} · ${fmtBytes(perExpert)} per expert`;
   } else if (n.op === "fused_attention") {
     detail = `L${a.layer} ${a.num_heads}/${a.num_kv_heads} heads, rope ${a.rope_style} ${a.rotary_dim}/${a.head_dim}`;
   } else if (n.op === "attention") {
