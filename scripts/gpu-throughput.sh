@@ -5,7 +5,8 @@
 #   1. Llama-3.1-8B bf16 ISL/OSL 128/128 through the batch manager (tsllm-bench throughput), N requests, at max
 #      batch 512 and 1024;
 #   2. the static batch of the same engine in the same run (tsllm-bench latency, batch 256 and 512), and profiles
-#      of one bs-256 and one bs-512 decode step (TSLLM_PROFILE=graph: GEMMs by shape, attention, other);
+#      of one bs-256 and one bs-512 decode step (TSLLM_PROFILE=graph: GEMMs by shape, attention, other) and of
+#      one 8192-token prefill step (TSLLM_PROFILE=1);
 #   3. Llama-2-7B fp16 128/128 through the batch manager, its static batch 256, and batch 1 through the
 #      batch manager (--concurrency 1) against tsllm-bench latency --batch-size 1;
 #   4. 8B bf16 128/2048 (N_LONG_OUT requests), 2048/128 (N_LONG_IN) and 2048/2048 (N_LONG) (fewer requests than
@@ -63,6 +64,9 @@ for bs in 256 512; do
   TSLLM_PROFILE=graph ./bin/tsllm-bench.mjs latency "$work/llama31-8b" --batch-size $bs --input-len 128 --output-len 16 \
     --warmup 0 --runs 1 2>&1 | grep -v "^batch" | head -40
 done
+stamp "profile of a prefill step: 64 prompts x 128 tokens = 8192 tokens (TSLLM_PROFILE=1: per-node events, graphs off)"
+TSLLM_PROFILE=1 ./bin/tsllm-bench.mjs latency "$work/llama31-8b" --batch-size 64 --input-len 128 --output-len 2 \
+  --warmup 1 --runs 1 2>&1 | grep -v "^batch" | grep -i "prefill\|tsllm profile\|total" | head -30
 
 # 3: Llama-2-7B fp16 128/128, batch 1 through the batch manager vs the latency path
 dataset llama2-7b 128 128 "$n" "$work/l2-128-128.jsonl"
