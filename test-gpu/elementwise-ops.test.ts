@@ -12,24 +12,12 @@ import { compileEngine } from "../src/compile.ts";
 import { ReferenceExecutor } from "../src/executor/reference.ts";
 import { CudaEngine } from "../src/native/binding.ts";
 import { CudaExecutor } from "../src/native/executor.ts";
-import { writeChainToy } from "../test/chain-toy.ts";
+import { toyConfig, toyModelFile, writeChainToy } from "../test/chain-toy.ts";
 import { maxAbsDiff } from "./helpers.ts";
 
-const MODEL = `import { causalLM, defineModel, gatedMlp, parseConfigJson, preNormDecoderLayer, selfAttention, stack, z } from "tsllm";
-
-const Json = z.looseObject({ architectures: z.array(z.string()), vocab: z.number(), width: z.number(), ffn: z.number(),
-  depth: z.number(), heads: z.number(), kv_heads: z.number(), context: z.number() });
-
-export default defineModel({
-  architectures: ["ElementwiseToyForCausalLM"],
-  parseConfig(json, source) {
-    const r = parseConfigJson(Json, json, source);
-    return { vocabSize: r.vocab, hiddenSize: r.width, intermediateSize: r.ffn, numLayers: r.depth, numHeads: r.heads,
-      numKvHeads: r.kv_heads, headDim: r.width / r.heads, eps: 1e-6, maxPositionEmbeddings: r.context };
-  },
-  defaultConfig: {},
-  forward(m, cfg) {
-    const norm = (name) => m.RMSNorm(name, cfg.hiddenSize, cfg.eps, { weightOffset: 1 });
+const MODEL = toyModelFile(
+  "ElementwiseToyForCausalLM",
+  `    const norm = (name) => m.RMSNorm(name, cfg.hiddenSize, cfg.eps, { weightOffset: 1 });
     const embed = m.Embedding("embed", cfg.vocabSize, cfg.hiddenSize);
     causalLM(m, {
       // e + (tanh(e) - sigmoid(e)) / exp(e): every new elementwise op once, all finite.
@@ -47,21 +35,10 @@ export default defineModel({
       ),
       norm: norm("final_norm"),
       lmHead: (h) => m.Linear("lm_head", cfg.hiddenSize, cfg.vocabSize)(h).softcap(3),
-    });
-  },
-});
-`;
+    });`,
+);
 
-const CFG = {
-  architectures: ["ElementwiseToyForCausalLM"],
-  vocab: 64,
-  width: 64,
-  ffn: 128,
-  depth: 2,
-  heads: 4,
-  kv_heads: 2,
-  context: 64,
-};
+const CFG = toyConfig("ElementwiseToyForCausalLM");
 
 describe("elementwise ops and norm weight offset on the GPU", () => {
   for (const dtype of ["fp16", "bf16"] as const)

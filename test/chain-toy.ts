@@ -8,13 +8,19 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 
-export const MODEL = `import { causalLM, defineModel, gatedMlp, parseConfigJson, preNormDecoderLayer, selfAttention, stack, z } from "tsllm";
+/**
+ * A toy model file for tests of the DSL's elementwise ops: its own architecture name and config schema (vocab,
+ * width, ffn, depth, heads, kv_heads, context), imports from "tsllm"; `forward` is the text of its forward(m, cfg)
+ * body. Plain JavaScript that is also valid TypeScript.
+ */
+export function toyModelFile(architecture: string, forward: string): string {
+  return `import { causalLM, defineModel, gatedMlp, parseConfigJson, preNormDecoderLayer, selfAttention, stack, z } from "tsllm";
 
 const Json = z.looseObject({ architectures: z.array(z.string()), vocab: z.number(), width: z.number(), ffn: z.number(),
   depth: z.number(), heads: z.number(), kv_heads: z.number(), context: z.number() });
 
 export default defineModel({
-  architectures: ["ChainToyForCausalLM"],
+  architectures: ["${architecture}"],
   parseConfig(json, source) {
     const r = parseConfigJson(Json, json, source);
     return { vocabSize: r.vocab, hiddenSize: r.width, intermediateSize: r.ffn, numLayers: r.depth, numHeads: r.heads,
@@ -22,7 +28,27 @@ export default defineModel({
   },
   defaultConfig: {},
   forward(m, cfg) {
-    const norm = (name) => m.RMSNorm(name, cfg.hiddenSize, cfg.eps, { weightOffset: 1 });
+${forward}
+  },
+});
+`;
+}
+
+/** Its config.json (64 vocab, width 64, ffn 128, 2 layers, 4 heads, 2 KV heads). */
+export const toyConfig = (architecture: string) => ({
+  architectures: [architecture],
+  vocab: 64,
+  width: 64,
+  ffn: 128,
+  depth: 2,
+  heads: 4,
+  kv_heads: 2,
+  context: 64,
+});
+
+export const MODEL = toyModelFile(
+  "ChainToyForCausalLM",
+  `    const norm = (name) => m.RMSNorm(name, cfg.hiddenSize, cfg.eps, { weightOffset: 1 });
     const embed = m.Embedding("embed", cfg.vocabSize, cfg.hiddenSize);
     const finalNorm = norm("final_norm");
     causalLM(m, {
@@ -41,21 +67,10 @@ export default defineModel({
       }),
       norm: (x) => finalNorm(x.softcap(8)),
       lmHead: (h) => m.Linear("lm_head", cfg.hiddenSize, cfg.vocabSize)(h).softcap(3).scale(2),
-    });
-  },
-});
-`;
+    });`,
+);
 
-export const CFG = {
-  architectures: ["ChainToyForCausalLM"],
-  vocab: 64,
-  width: 64,
-  ffn: 128,
-  depth: 2,
-  heads: 4,
-  kv_heads: 2,
-  context: 64,
-};
+export const CFG = toyConfig("ChainToyForCausalLM");
 
 /** Writes chain.ts and config.json into dir; returns their paths. */
 export function writeChainToy(dir: string): { modelFile: string; config: string } {
