@@ -79,9 +79,21 @@ describe("quantised engines on the GPU", () => {
       console.log(
         `${name(c)}: CPU fp16-stored vs fp32-stored activations ${sensitivity.toFixed(4)} → bound ${bound1.toFixed(4)}`,
       );
-      for (const env of [{}, { TSLLM_QGEMV: "0" }] as Record<string, string>[]) {
+      // TSLLM_QGEMV_VARIANT=4: one of the new variants (int: ALU dequantisation; fp8: 16-warp blocks, division-free
+      // quantisation) for every decode call, which also forces the rms_norm prologue into it (quant_gemv_has_prologue).
+      for (const env of [{}, { TSLLM_QGEMV: "0" }, { TSLLM_QGEMV_VARIANT: "4" }] as Record<
+        string,
+        string
+      >[]) {
         for (const graphs of [true, false]) {
           const gpu = teacherForced(load(dir, env, graphs), golden, 200);
+          if (env.TSLLM_QGEMV_VARIANT && c.which === "llama" && c.extra.quant) {
+            // Llama's rms_norm before qkv / gate_up folds into the quantised gemv: no launch of its own at decode.
+            const st = open[open.length - 1].nodeStats();
+            const folded = st.filter((n) => n.op === "rms_norm" && n.foldedInto >= 0);
+            expect(folded.length).toBeGreaterThan(0);
+            expect(folded.every((n) => n.folded > 0 && st[n.foldedInto].gemvRms > 0)).toBe(true);
+          }
           const max = Math.max(...gpu.map((g, i) => maxAbsDiff(g, ref[i])));
           const max32 = Math.max(...gpu.map((g, i) => maxAbsDiff(g, ref32[i])));
           console.log(
@@ -114,7 +126,13 @@ describe("quantised engines on the GPU", () => {
   for (const extra of [{ quant: "int8-wo" }, { quant: "int4-wo", groupSize: 32 }, { quant: "fp8" }]) {
     it(`random-weight tiny-llama ${extra.quant}: loads and GPU = CPU reference (≤ 0.05; fp8: its sensitivity)`, async () => {
       const config = `${fixture("llama")}/config.json`;
-      const dir = await tinyEngine("llama", "fp16", { sm: 90, checkpoint: undefined, config, randomWeights: true, ...extra });
+      const dir = await tinyEngine("llama", "fp16", {
+        sm: 90,
+        checkpoint: undefined,
+        config,
+        randomWeights: true,
+        ...extra,
+      });
       const golden = readGolden(goldenFile("llama"));
       const ref = teacherForced(ReferenceExecutor.load(dir), golden, 100);
       const ref32 = teacherForced(ReferenceExecutor.load(dir, { roundActivations: false }), golden, 100);
