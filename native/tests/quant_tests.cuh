@@ -268,7 +268,7 @@ void test_quantize_rows(Rng& rng, DType dt, int rows, int cols) {
   std::snprintf(name, sizeof name, "quantize_rows_fp8 %s %dx%d (scales + bytes exact)", dname(dt), rows, cols);
   report(bad == 0, name, double(bad), "mismatches=" + std::to_string(bad));
   // The FP8 GEMM epilogue on these scales: out = act(acc * fp32(sx*sw) + bias) + res.
-  const int N = 40;
+  const int N = rows % 2 ? 37 : 40;  // 40: the 8-wide vector path; 37: the scalar one
   std::vector<float> acc(size_t(rows) * N), sw(N);
   for (auto& a : acc) a = rng.uniform(-5000.f, 5000.f);
   for (auto& w : sw) w = rng.uniform(1e-3f, 3e-3f);
