@@ -246,7 +246,7 @@ export function describeLoadPhases(p: LoadPhases): string {
   return (
     `load phases: CUDA init ${p.cudaInitS.toFixed(2)} s, header ${p.headerS.toFixed(2)} s, weights ${p.weightsS.toFixed(2)} s ` +
     `(pass ${p.passS.toFixed(2)} s, ${(read / 1e9 / Math.max(p.passS, 1e-9)).toFixed(2)} GB/s, ${p.threads} threads, ` +
-    `${gib(p.directBytes)} GiB O_DIRECT${p.direct ? "" : " (unavailable)"} + ${gib(p.cachedBytes)} GiB page cache; thread-s read ` +
+    `${gib(p.directBytes)} GiB O_DIRECT${p.direct ? "" : " (off or refused)"} + ${gib(p.cachedBytes)} GiB page cache; thread-s read ` +
     `${p.readThreadS.toFixed(2)}, hash ${p.hashThreadS.toFixed(2)}, copy wait ${p.waitThreadS.toFixed(2)}), ` +
     `rest ${p.restS.toFixed(2)} s, total ${p.totalS.toFixed(2)} s`
   );

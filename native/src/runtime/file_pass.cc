@@ -219,7 +219,7 @@ std::string describe(const FilePassStats& s) {
                 "read %.2f, hash+copy %.2f, waiting for copies %.2f",
                 bytes / double(1 << 30), s.wall_s, s.wall_s > 0 ? bytes / 1e9 / s.wall_s : 0.0, s.threads,
                 double(s.direct_bytes) / double(1 << 30), double(s.cached_bytes) / double(1 << 30),
-                s.direct ? "" : " (no O_DIRECT here)", s.read_s, s.hash_s, s.wait_s);
+                s.direct ? "" : " (O_DIRECT off or refused here)", s.read_s, s.hash_s, s.wait_s);
   return line;
 }
 
