@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The Mixtral benchmark of issue 14 in one command on one H200 (about 3 minutes): full-size Mixtral-8x7B with
+# The Mixtral benchmark of issue 14 in one command on one H200 (about 2 minutes, and at most 3 for the peer): full-size Mixtral-8x7B with
 # random bf16 weights generated on the GPU (93 GB; nothing written to disk but the seeds), ISL/OSL 128/128,
 # `tsllm-bench latency` at batch 1 and 64 — TTFT, TPOT, tok/s and the HBM roofline of the bytes a decode step
 # actually reads (attention, router, the routed experts only — 2 of 8 per layer at batch 1 — lm_head, the gathered
 # embedding rows; src/native/roofline.ts) at the device-to-device copy bandwidth measured in the same run.
+# Then the peer in the same run: compiled PyTorch (scripts/torch_mixtral_decode.py, gpt-fast style MoE), given at
+# most 180 s (two torch.compile runs of 32 layers); PEER=0 skips it.
 #   bash scripts/gpu-moe-bench.sh [../shared]      (SHARED holds configs/mixtral-8x7b.json)
 # A/B switches are read from the environment (native/README.md), e.g.
 #   TSLLM_MOE_PATH=2 bash scripts/gpu-moe-bench.sh   (the grouped GEMMs at batch 1 too)
@@ -27,3 +29,8 @@ node -e '
       `of weights read per step, ${x.pct_of_roofline.toFixed(1)}% of it`);
   console.log(`copy bandwidth ${r.copy_gb_s.toFixed(0)} GB/s (same run); load ${r.load_s.toFixed(1)} s`);
 ' "$work/mixtral.json"
+if [ "${PEER:-1}" != 0 ]; then
+  echo "== peer: compiled PyTorch (static KV cache, torch.compile reduce-overhead), same GPU, same run"
+  timeout 180 python3 scripts/torch_mixtral_decode.py "$cfg" --bs 1,64 --isl 128 --osl 128 --dtype bf16 ||
+    echo "peer did not finish (exit $?)"
+fi
