@@ -245,7 +245,7 @@ void profile_graph_breakdown(Engine& e, const StepPlan& p) {
   for (size_t i = 0; i < d.nodes.size(); i++) {
     const NodeDesc& n = d.nodes[i];
     std::string key = op_name(n.op);
-    if (node_fused(e, p, i)) {
+    if (node_fused(e, p, i) || (!e.moe_prev.empty() && e.moe_prev[i] >= 0)) {  // a gemv prologue, or a moe's combine
       fused[key]++;
       continue;
     }
@@ -320,8 +320,9 @@ void profile_graph_breakdown(Engine& e, const StepPlan& p) {
                  100.0 * ms / full, extra.c_str());
   }
   for (auto& f : fused)
-    std::fprintf(stderr, "  %-36s nodes %4d  fused into the gemv prologue of their linear (0 launches)\n",
-                 f.first.c_str(), f.second);
+    std::fprintf(stderr, "  %-36s nodes %4d  fused into %s (0 launches)\n", f.first.c_str(), f.second,
+                 f.first == "add" || f.first == "add_rms_norm" ? "the combine of the moe before them"
+                                                                : "the gemv prologue of their linear");
   std::fprintf(stderr, "  (sum of the parts %.3f ms; the rest is launch gaps between kernels)\n", sum);
   cudaEventDestroy(a);
   cudaEventDestroy(b);
