@@ -25,18 +25,20 @@ median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR
 bytes=$(cat "$ckpt"/*.safetensors | wc -c) # also puts the checkpoint in the page cache
 echo "== build vs copy: $ckpt ($(awk "BEGIN {printf \"%.2f\", $bytes / 1e9}") GB) → $out ${*:-}; $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 reads=() copies=() builds=() rss=()
+timer=() # peak RSS where GNU time is installed
+[ -x /usr/bin/time ] && timer=(/usr/bin/time -f "%M" -o "$log.rss")
 for i in $(seq "$runs"); do
   t=$(now); cat "$ckpt"/*.safetensors > /dev/null; reads+=("$(secs "$t" "$(now)")")
   sync; t=$(now); cat "$ckpt"/*.safetensors > "$copy"; sync; copies+=("$(secs "$t" "$(now)")"); rm -f "$copy"
   sync; t=$(now)
-  /usr/bin/time -f "%M" -o "$log.rss" "$here/bin/tsllm-compile.mjs" "$here/models/llama.ts" --checkpoint "$ckpt" --sm 90 \
+  "${timer[@]}" "$here/bin/tsllm-compile.mjs" "$here/models/llama.ts" --checkpoint "$ckpt" --sm 90 \
     --max-batch-size 8 --max-seq-len 2048 -o "$out" "$@" > "$log" 2>&1 || { tail -20 "$log"; exit 1; }
-  sync; builds+=("$(secs "$t" "$(now)")"); rss+=("$(cat "$log.rss")"); rm -f "$log.rss"
+  sync; builds+=("$(secs "$t" "$(now)")"); rss+=("$(cat "$log.rss" 2> /dev/null || echo 0)"); rm -f "$log.rss"
 done
 r=$(echo "${reads[@]}" | median); c=$(echo "${copies[@]}" | median); b=$(echo "${builds[@]}" | median)
 peak=$(printf '%s\n' "${rss[@]}" | sort -g | tail -1)
 grep -E "^weights: .* in |^wrote" "$log" | sed 's/^/   last build: /'
 echo "   cat > /dev/null: ${reads[*]} s (median $r)"
 echo "   copy (cat > file; sync): ${copies[*]} s (median $c)"
-echo "   build (incl. sync): ${builds[*]} s (median $b), peak RSS $((peak / 1024)) MB"
+echo "   build (incl. sync): ${builds[*]} s (median $b), peak RSS $([ "$peak" -gt 0 ] && echo "$((peak / 1024)) MB" || echo "not measured (no /usr/bin/time)")"
 echo "   build / copy: $(awk "BEGIN {printf \"%.2f\", $b / $c}")x (load average now $(cut -d' ' -f1-3 /proc/loadavg))"
