@@ -209,12 +209,53 @@ describe("quantize-weights", () => {
     expect(() => checkQuantLegality(testBuild({ kv_cache_dtype: "fp8", sm: 80 }))).toThrow(
       /^--kv-cache-dtype fp8 needs --sm 89 or newer \(FP8 conversions: Ada, Hopper\); --sm 80 has none$/,
     );
+    expect(() => checkQuantLegality(testBuild({ quant: "int8-wo", sm: 80 }))).not.toThrow();
     // Group size 1 divides every K but cannot pack int4 pairs.
     const build = testBuild({ quant: "int4-wo", group_size: 1 });
     const g = await fused(testBuild());
     expect(() => quantizeWeights(g, build)).toThrow(
       /^--group-size 1: int4 values are packed in pairs, use an even group size$/,
     );
+    // The pass checks legality itself (not only through quantize-kv), with its own error class.
+    let err: unknown;
+    try {
+      quantizeWeights(g, testBuild({ quant: "fp8", sm: 86 }));
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(Error);
+    expect([(err as Error).name, (err as Error).message]).toEqual([
+      "QuantError",
+      "--quant fp8 needs --sm 89 or newer (FP8 tensor cores: Ada, Hopper); --sm 86 has none",
+    ]);
+  });
+
+  it("without epilogue fusion (residual adds apart) every decoder linear is still quantised, none taken for a router", async () => {
+    const build = testBuild({ quant: "int8-wo" });
+    const f = await fixture("llama");
+    const before = runPasses(
+      f.graph,
+      passesBefore("quantize-weights").filter((p) => p !== "epilogue-fusion" && p !== "add-norm-fusion"),
+      build,
+    ).graph;
+    // o_proj and down_proj outputs are now the second input of a residual add.
+    expect(before.nodes.some((n) => n.op === "add")).toBe(true);
+    const g = quantizeWeights(before, build);
+    expect(g.meta.quant!.quantized).toEqual(names);
+    expect(g.meta.quant!.kept.map((k) => k.name)).toEqual(["model.embed_tokens.weight", "lm_head.weight"]);
+  });
+
+  it("tiny-gptj: biases stay the quant_linear's fourth input", async () => {
+    const build = testBuild({ quant: "int8-wo" });
+    const f = await fixture("gptj");
+    const before = runPasses(f.graph, passesBefore("quantize-weights"), build).graph;
+    const g = quantizeWeights(before, build);
+    const ql = g.nodes.filter((n) => n.op === "quant_linear");
+    const old = before.nodes.filter(
+      (n) => n.op === "linear" && ql.some((q) => q.outputs[0] === n.outputs[0]),
+    );
+    expect(ql.map((n) => n.inputs[3])).toEqual(old.map((n) => n.inputs[2] ?? null));
+    expect(ql.filter((n) => n.inputs[3] !== null).length).toBeGreaterThan(0);
   });
 });
 
