@@ -28,7 +28,7 @@ struct MmaCfg {
   template <typename T>
   static constexpr size_t smem_bytes() {
     const size_t ring = (size_t)kMmaWarps * kMmaStages * 2 * TILE * sizeof(T);
-    const size_t merge = (size_t)kMmaWarps * 16 * DP * sizeof(float);  // reuses the ring after the loop
+    const size_t merge = sizeof(SoftmaxWarpPartials<kMmaWarps, 16, DP>);  // reuses the ring after the loop
     return (size_t)16 * LD * sizeof(T) + (ring > merge ? ring : merge);
   }
 };
@@ -57,7 +57,6 @@ __global__ void __launch_bounds__(kMmaWarps * 32) decode_mma_kernel(const MmaArg
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* ring = sQ + 16 * LD;
-  __shared__ float s_m[kMmaWarps][16], s_l[kMmaWarps][16];
 
   pdl_trigger();
   const KVView<T>& kv = a.kv;
@@ -176,34 +175,25 @@ __global__ void __launch_bounds__(kMmaWarps * 32) decode_mma_kernel(const MmaArg
   lrow[1] += __shfl_xor_sync(0xffffffffu, lrow[1], 2);
   cp_async_wait<0>();
   __syncthreads();  // the ring is free
-  float* s_o = reinterpret_cast<float*>(ring);  // [warp][16][DP]
+  auto& part = *reinterpret_cast<SoftmaxWarpPartials<kMmaWarps, 16, DP>*>(ring);  // rows = the 16 query heads
   if (tig == 0) {
-    s_m[warp][g] = mrow[0];
-    s_m[warp][g + 8] = mrow[1];
-    s_l[warp][g] = lrow[0];
-    s_l[warp][g + 8] = lrow[1];
+    part.m[warp][g] = mrow[0];
+    part.m[warp][g + 8] = mrow[1];
+    part.l[warp][g] = lrow[0];
+    part.l[warp][g + 8] = lrow[1];
   }
 #pragma unroll
   for (int dn = 0; dn < DP / 8; ++dn) {
     const int d = dn * 8 + tig * 2;
-    *reinterpret_cast<float2*>(s_o + (warp * 16 + g) * DP + d) = make_float2(o[dn][0], o[dn][1]);
-    *reinterpret_cast<float2*>(s_o + (warp * 16 + g + 8) * DP + d) = make_float2(o[dn][2], o[dn][3]);
+    *reinterpret_cast<float2*>(&part.acc[warp][g][d]) = make_float2(o[dn][0], o[dn][1]);
+    *reinterpret_cast<float2*>(&part.acc[warp][g + 8][d]) = make_float2(o[dn][2], o[dn][3]);
   }
   __syncthreads();
   for (int e = tid; e < rows * DP; e += kMmaWarps * 32) {
     const int r = e / DP, d = e % DP;
     if (d >= D) continue;
-    float M = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kMmaWarps; ++w) M = fmaxf(M, s_m[w][r]);
-    float L = 0.f, O = 0.f;
-#pragma unroll
-    for (int w = 0; w < kMmaWarps; ++w) {
-      const float c = s_m[w][r] == -INFINITY ? 0.f : exp2f(s_m[w][r] - M);
-      L += s_l[w][r] * c;
-      O += s_o[(w * 16 + r) * DP + d] * c;
-    }
-    const float res = L > 0.f ? O / L : 0.f;
+    float M, L;
+    const float res = part.merge(r, d, &M, &L);
     const int h = h0 + r;
     if (nsplit == 1) {
       a.out[((size_t)t * a.nH + h) * D + d] = from_f<T>(res);
