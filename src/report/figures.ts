@@ -9,7 +9,7 @@ import { DTYPE_BYTES, type Graph, type Node } from "../ir/types.ts";
 import { chainOf, chainText } from "../ops/ew-chain.ts";
 import { getOp } from "../ops/index.ts";
 import { moeAttrs } from "../ops/moe.ts";
-import { fmtBytes } from "./text.ts";
+import { fmtBytes } from "./bytes.ts";
 
 /** Every op launches one kernel except those the registry marks as views (none today). */
 export function isLaunch(op: string): boolean {

@@ -1,8 +1,9 @@
 // report.html: one self-contained page (inline SVG, CSS and a few lines of JS; nothing fetched) that
 // draws one decoder layer before and after fusion, with the report's figures beside the drawings.
+
+import { fmtBytes } from "./bytes.ts";
 import type { Drawing } from "./figures.ts";
 import type { FusionReport } from "./report.ts";
-import { fmtBytes } from "./text.ts";
 
 const esc = (s: string) =>
   s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");

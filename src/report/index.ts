@@ -3,10 +3,11 @@
 import { renderHtml } from "./html.ts";
 import type { FusionReport } from "./report.ts";
 
+export { fmtBytes } from "./bytes.ts";
 export { type GraphFigures, graphFigures } from "./figures.ts";
 export { renderHtml } from "./html.ts";
 export { buildReport, FusionReport, type PassRecord } from "./report.ts";
-export { fmtBytes, formatReport } from "./text.ts";
+export { formatReport } from "./text.ts";
 
 export const REPORT_JSON = "report.json";
 export const REPORT_HTML = "report.html";

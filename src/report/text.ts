@@ -1,16 +1,7 @@
 // The fusion report as a terminal table (tsllm-compile prints it; tsllm-inspect prints it again).
-import type { FusionReport } from "./report.ts";
 
-export function fmtBytes(n: number): string {
-  const u = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let i = 0;
-  let x = n;
-  while (Math.abs(x) >= 1024 && i < u.length - 1) {
-    x /= 1024;
-    i++;
-  }
-  return `${i ? x.toFixed(x >= 100 ? 0 : x >= 10 ? 1 : 2) : x} ${u[i]}`;
-}
+import { fmtBytes } from "./bytes.ts";
+import type { FusionReport } from "./report.ts";
 
 const pad = (s: string | number, n: number) => String(s).padEnd(n);
 const lpad = (s: string | number, n: number) => String(s).padStart(n);
