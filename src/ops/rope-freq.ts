@@ -35,13 +35,6 @@ export function ropeInvFreq(
   }
   const pos = ropeBase(rotaryDim, theta);
   const inv = pos.map((p) => 1 / p);
-  if (process.env.TSLLM_DBG_BF16)
-    for (let i = 0; i < inv.length; i++) {
-      const b = new Float32Array([inv[i]]);
-      const u = new Uint32Array(b.buffer);
-      u[0] = ((u[0] + 0x7fff + ((u[0] >> 16) & 1)) >>> 16) << 16;
-      inv[i] = b[0];
-    }
   if (!scaling || scaling.type === "dynamic") return inv;
   if (scaling.type === "linear") return inv.map((f) => f / scaling.factor);
   if (scaling.type === "yarn") return yarnInvFreq(pos, rotaryDim, theta, scaling);
