@@ -1,5 +1,6 @@
 // Usage: kernels_bench [decode]. "decode": only the large-batch decode attention table (old vs new kernel at the
-// Llama-3.1-8B batch-256 shape of the throughput benchmark); default: that table and everything below.
+// Llama-3.1-8B batch-256 shape of the throughput benchmark, GQA ratios 4, 2 and 1, with the kernel the runtime's
+// rule picks); default: that table and everything below.
 // Micro-benchmark of paged_attention (Llama-2-7B shapes: 32 heads, 32 KV heads, head_dim 128, fp16, 32 tokens per
 // block) for decode at batch 1 / 64 and context 256 / 4096, plus context (prefill) attention and a few small
 // kernels at decode sizes. Times are medians of CUDA-graph replays (the runtime replays graphs), per call;
@@ -157,9 +158,12 @@ struct AttnSetup {
 // Large-batch decode attention, old (variant 2: CUDA-core decode_kernel) vs new (variant 4: tensor-core GQA
 // decode_mma_kernel) in the same run, at the shapes of the 128/128 throughput benchmark: Llama-3.1-8B bf16 (32 q
 // heads, 8 KV heads, head_dim 128) at batch 256 and context ~145 (the H200 step profile: 2.740 ms for 32 layers
-// of variant 2, ~1.8 TB/s), plus longer contexts and Llama-2-7B fp16 (MHA). Times include the rope/cache-write
-// kernel (and the split-K reduce where split), as in a step; GB/s counts the KV bytes read (K and V of every
-// cached token) only, "%copy" relates that to the device-to-device copy's rate measured above.
+// of variant 2, ~1.8 TB/s), plus longer contexts, a GQA-2 model (32 q heads, 16 KV heads: where the crossover
+// between the two kernels lies, AttnParams::mma_min_gqa) and Llama-2-7B fp16 (MHA). Times include the
+// rope/cache-write kernel (and the split-K reduce where split), as in a step; GB/s counts the KV bytes read (K and
+// V of every cached token) only, "%copy" relates that to the device-to-device copy's rate measured above. "rule"
+// marks the row of the kernel the runtime runs at that shape with the default options (decode_variant 3,
+// mma_min_gqa kDecodeMmaMinGqa; "rule: v3" when the small-batch kernel applies).
 static void decode_at_scale(size_t l2_defeat, double copy_gbs) {
   struct Shape {
     const char* model;
@@ -171,13 +175,20 @@ static void decode_at_scale(size_t l2_defeat, double copy_gbs) {
       {"llama3-8b bf16", 8, DType::BF16, 256, 145}, {"llama3-8b bf16", 8, DType::BF16, 512, 145},
       {"llama3-8b bf16", 8, DType::BF16, 64, 145},  {"llama3-8b bf16", 8, DType::BF16, 256, 1100},
       {"llama3-8b bf16", 8, DType::BF16, 64, 4096}, {"llama3-8b bf16", 8, DType::BF16, 8, 4096},
+      {"gqa2 bf16", 16, DType::BF16, 256, 145},      {"gqa2 bf16", 16, DType::BF16, 64, 145},
+      {"gqa2 bf16", 16, DType::BF16, 256, 1100},     {"gqa2 bf16", 16, DType::BF16, 64, 2048},
       {"llama2-7b f16", 32, DType::F16, 256, 145},  {"llama2-7b f16", 32, DType::F16, 64, 2048},
   };
-  std::printf("decode attention at scale: variant 2 (old, CUDA cores) vs 4 (new, tensor-core GQA), 32 q heads x 128\n");
-  std::printf("%-15s %5s %6s %4s %7s %10s %8s %7s %10s %8s\n", "model", "batch", "ctx", "var", "splits", "us/layer",
-              "KV GB/s", "%copy", "x32 ms", "speedup");
+  std::printf("decode attention at scale: variant 2 (old, CUDA cores) vs 4 (new, tensor-core GQA), 32 q heads x 128;\n"
+              "rule: the runtime's choice at default options (variant 4 from GQA ratio %d)\n", kDecodeMmaMinGqa);
+  std::printf("%-15s %4s %5s %6s %4s %7s %10s %8s %7s %10s %8s %5s\n", "model", "gqa", "batch", "ctx", "var", "splits",
+              "us/layer", "KV GB/s", "%copy", "x32 ms", "speedup", "rule");
   for (const Shape& sh : shapes) {
     AttnSetup a(sh.B, sh.ctx, 1, l2_defeat, sh.nKV, sh.dt);
+    AttnParams dflt = a.p;
+    dflt.decode_variant = 3;
+    dflt.mma_min_gqa = kDecodeMmaMinGqa;
+    const int rule = kd::decode_variant_run(dflt, sh.B, sh.ctx, false, true);
     double base_us = 0;
     for (int variant : {2, 4}) {
       a.p.decode_variant = variant;
@@ -186,9 +197,9 @@ static void decode_at_scale(size_t l2_defeat, double copy_gbs) {
       const double kv_bytes = (double)sh.B * sh.ctx * a.nKV * a.D * 2 * 2;
       const auto sp = kd::decode_split(sh.B, a.nH, a.nKV, a.D, sh.ctx, variant);
       if (variant == 2) base_us = g;
-      std::printf("%-15s %5d %6d %4d %7d %10.2f %8.0f %6.0f%% %10.3f %7.2fx\n", sh.model, sh.B, sh.ctx, variant,
-                  sp.splits, g, kv_bytes / (g * 1e3), 100.0 * kv_bytes / (g * 1e3) / copy_gbs, 32 * g / 1e3,
-                  base_us / g);
+      std::printf("%-15s %4d %5d %6d %4d %7d %10.2f %8.0f %6.0f%% %10.3f %7.2fx %5s\n", sh.model, a.nH / a.nKV, sh.B,
+                  sh.ctx, variant, sp.splits, g, kv_bytes / (g * 1e3), 100.0 * kv_bytes / (g * 1e3) / copy_gbs,
+                  32 * g / 1e3, base_us / g, rule == variant ? "<-" : rule == 3 && variant == 4 ? "v3" : "");
     }
   }
 }
@@ -224,8 +235,8 @@ int main(int argc, char** argv) {
   std::printf("\n");
 
   std::printf("paged_attention decode (rope + cache write + attention [+ split-K reduce]), fp16, 32 heads x 128\n");
-  std::printf("variant 3 (default): small-batch fast kernel (one launch, cluster/DSMEM combine; 'v2' in the cluster\n"
-              "column = outside its range, runs variant 4)%s; 2: separate rope/cache-write kernel, reduce kernel\n",
+  std::printf("variant 3 (default): small-batch fast kernel (one launch, cluster/DSMEM combine; 'v4'/'v2' in the\n"
+              "cluster column = outside its range, runs that variant)%s; 2: separate rope/cache-write kernel, reduce kernel\n",
               pdl_supported() ? ", launched with PDL" : "");
   std::printf("%6s %6s %4s %7s %8s %8s %11s %11s %9s\n", "batch", "ctx", "var", "splits", "cluster", "layers",
               "graph_us", "stream_us", "GB/s");
@@ -241,7 +252,10 @@ int main(int argc, char** argv) {
         const double kv_bytes = (double)B * ctx * a.nKV * a.D * 2 * 2;
         const double io_bytes = (double)B * ((a.nH + 2 * a.nKV) * a.D * 2 + a.nH * a.D * 2 * 2);
         const auto sp = kd::decode_split(B, a.nH, a.nKV, a.D, ctx, variant);
-        const char* cl = variant == 3 && !sp.fast ? "v4" : sp.cluster ? (sp.fast && sp.warps == 8 ? "yes/8w" : "yes") : "no";
+        const int run = kd::decode_variant_run(a.p, B, ctx, false, true);
+        const char* cl = run != 3 && variant == 3 ? (run == 4 ? "v4" : "v2")
+                         : sp.cluster            ? (sp.fast && sp.warps == 8 ? "yes/8w" : "yes")
+                                                 : "no";
         std::printf("%6d %6d %4d %7d %8s %8d %11.2f %11.2f %9.0f\n", B, ctx, variant, sp.splits, cl, a.layers, g, st,
                     (kv_bytes + io_bytes) / (g * 1e3));
       }

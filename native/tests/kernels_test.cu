@@ -745,8 +745,9 @@ static void test_attention_case(const AttnCase& c, Rng& rng) {
   }
 
   // GPU runs: decode steps under every decode variant (3, the default: small-batch one-launch kernel where it
-  // applies, else 4; 4: separate RoPE/cache-write kernel + tensor-core GQA decode kernel + reduce; 2: the same with
-  // the CUDA-core decode kernel), other steps once.
+  // applies, else 4 or 2 by GQA ratio; 4: separate RoPE/cache-write kernel + tensor-core GQA decode kernel + reduce;
+  // 2: the same with the CUDA-core decode kernel), other steps once: both large-batch kernels run on every decode
+  // case whatever the runtime's rule picks.
   const std::vector<uint8_t> pool_init = pool.h;
   if (c.packed)
     qkv.up();
@@ -824,7 +825,10 @@ static void test_attention_case(const AttnCase& c, Rng& rng) {
     if (max_new == 1) {
       auto sp = kd::decode_split(T, nH, nKV, D, max_len, variant);  // (the plan the kernel used)
       path = "decode v" + std::to_string(variant) + " splits=" + std::to_string(sp.splits) + (sp.cluster ? " cluster" : "") +
-             (variant == 3 ? (sp.fast ? " fast warps=" + std::to_string(sp.warps) : " (fallback to v4)") : "");
+             (variant == 3 ? (sp.fast ? " fast warps=" + std::to_string(sp.warps)
+                                      : " (fallback to v" + std::to_string(kd::decode_variant_run(p, T, max_len, false,
+                                                                                                  true)) + ")")
+                           : "");
     }
     std::snprintf(extra, sizeof extra, "%s [%s T=%d] k-cache %s, other cache mismatches=%zu", e.str().c_str(),
                   path.c_str(), T, ek.str().c_str(), cache_bad);
@@ -851,6 +855,34 @@ static std::vector<std::pair<int, int>> decode_batch(int n, int mul, int add, in
   std::vector<std::pair<int, int>> v;
   for (int i = 0; i < n; ++i) v.push_back({(i * mul + add) % mod, 1});
   return v;
+}
+
+// The runtime's decode kernel choice (kd::decode_variant_run) at batch 256 (outside variant 3's range): variant 4
+// from GQA ratio mma_min_gqa on, 2 below it, forced variants as asked, FP8 caches always 2.
+static void test_decode_rule() {
+  struct Case {
+    int nKV, variant, min_gqa;
+    bool fp8;
+    int want;
+  };
+  const Case cases[] = {{8, 3, kDecodeMmaMinGqa, false, 4},  {16, 3, kDecodeMmaMinGqa, false, 2},
+                        {32, 3, kDecodeMmaMinGqa, false, 2}, {4, 0, kDecodeMmaMinGqa, false, 4},
+                        {16, 3, 2, false, 4},                {32, 3, 1, false, 4},
+                        {8, 3, 5, false, 2},                 {8, 2, kDecodeMmaMinGqa, false, 2},
+                        {32, 4, kDecodeMmaMinGqa, false, 4}, {8, 3, kDecodeMmaMinGqa, true, 2},
+                        {8, 4, kDecodeMmaMinGqa, true, 2}};
+  std::string bad;
+  for (const Case& c : cases) {
+    AttnParams p{};
+    p.num_heads = 32, p.num_kv_heads = c.nKV, p.head_dim = 128;
+    p.decode_variant = c.variant;
+    p.mma_min_gqa = c.min_gqa;
+    const int got = kd::decode_variant_run(p, 256, 145, c.fp8, true);
+    if (got != c.want)
+      bad += " (32/" + std::to_string(c.nKV) + " v" + std::to_string(c.variant) + " min " + std::to_string(c.min_gqa) +
+             (c.fp8 ? " fp8" : "") + ": " + std::to_string(got) + ")";
+  }
+  report(bad.empty(), "decode kernel rule by GQA ratio (mma_min_gqa)", 0, bad);
 }
 
 static void test_attention(Rng& rng, int only) {
@@ -904,6 +936,7 @@ static void test_attention(Rng& rng, int only) {
     std::printf("%zu\n", cases.size());
     return;
   }
+  if (only < 0) test_decode_rule();
   for (int i = 0; i < (int)cases.size(); ++i)
     if (only < 0 || only == i) test_attention_case(cases[i], rng);
 }

@@ -34,8 +34,13 @@ export interface CudaLoadOptions {
   gemvVariant?: number;
   /** Decode (M ≤ 4) folds rms_norm / gated_act into the gemv where faster (default true). */
   gemvPrologue?: boolean;
-  /** Decode attention: 3 (default; one launch where it applies, else 2) or 2. */
+  /**
+   * Decode attention: 3 (default; one launch where it applies, else 4 at GQA ratios >= decodeMmaMinGqa, else 2),
+   * 2 (CUDA-core kernel) or 4 (tensor-core GQA kernel).
+   */
   decodeVariant?: 2 | 3 | 4;
+  /** Smallest query-heads-per-KV-head ratio at which decode variant 3 falls back to 4 rather than 2 (default 4). */
+  decodeMmaMinGqa?: number;
   /** Programmatic dependent launch on sm_90+ (default true). */
   pdl?: boolean;
   /** A kernel forced by these options (gemv "always") that cannot run is an error naming the node, not a fallback. */
@@ -166,7 +171,7 @@ interface Addon {
   copyBandwidth(bytes: number): number;
 }
 
-const ABI_VERSION = 2;
+const ABI_VERSION = 3;
 
 /** Where the addon is looked for: $TSLLM_NATIVE_ADDON, else native/build/tsllm_node.node of this checkout. */
 export function addonPath(): string {

@@ -248,6 +248,7 @@ tsllm_options options_of(napi_env env, napi_value opt) {
   napi_value var = prop(env, opt, "gemvVariant");
   if (present(env, var)) o.gemv_variant = int32_t(num(env, var, "gemvVariant")) + 1;
   o.decode_variant = int32_t(num_or(env, opt, "decodeVariant", 0));
+  o.decode_mma_min_gqa = int32_t(num_or(env, opt, "decodeMmaMinGqa", 0));
   napi_value pr = prop(env, opt, "profile");
   if (present(env, pr)) {
     std::string m = str(env, pr, "profile");

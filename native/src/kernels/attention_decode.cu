@@ -5,7 +5,7 @@
 // online softmax (m, l, acc[8]) per head; lanes, then warps, are merged at the end.
 // Split-K: blocks write normalised partials (o, m, l) to the workspace and decode_reduce_kernel combines them.
 // This is variant 2 (after rope_cache.cu's kernel; attention_decode_mma.cu's variant 4 replaces it for 16-bit caches
-// unless variant 2 is asked for) and the fallback of variant 3 (decode_fast_kernel below, one
+// at GQA ratios >= AttnParams::mma_min_gqa or when asked for) and the fallback of variant 3 (decode_fast_kernel below, one
 // launch with RoPE, cache write and a cluster/DSMEM combine), the default for small batches.
 #include <cooperative_groups.h>
 #include <math.h>
@@ -584,6 +584,16 @@ DecodeSplit decode_split(int num_tokens, int num_heads, int num_kv_heads, int he
   return r;
 }
 
+int decode_variant_run(const AttnParams& p, int num_tokens, int max_seq_len, bool fp8_cache, bool allow_fast) {
+  const int v = p.decode_variant;
+  if (fp8_cache || v == 2) return 2;  // decode_fast_kernel and decode_mma_kernel read 16-bit caches only
+  if (v == 4) return 4;
+  if (allow_fast && decode_split(num_tokens, p.num_heads, p.num_kv_heads, p.head_dim, max_seq_len, 3).fast) return 3;
+  // Outside variant 3's range: the tensor-core kernel's work per K/V byte does not depend on the GQA ratio, the
+  // CUDA-core kernel's grows with it (kernels.h, kDecodeMmaMinGqa).
+  return p.num_kv_heads > 0 && p.num_heads / p.num_kv_heads >= p.mma_min_gqa ? 4 : 2;
+}
+
 cudaError_t attention_decode(const void* q_, int q_stride, const void* k_, int k_stride, const void* v_, int v_stride,
                              bool fast, void* out_, const PagedKV& kv, const StepLayout& step, const AttnParams& p,
                              DType dt, void* ws, cudaStream_t s) {
@@ -630,7 +640,7 @@ cudaError_t attention_decode(const void* q_, int q_stride, const void* k_, int k
     }
     const Fp8View f8{kv.dtype == DType::FP8_E4M3, make_kv_view<uint8_t>(kv, p.layer), p.k_scale, p.v_scale};
     if (f8.on && (!a.k || !a.v)) return cudaErrorInvalidValue;  // the token's own k (rotated) / v rows
-    if (!f8.on && p.decode_variant != 2)
+    if (decode_variant_run(p, step.num_tokens, step.max_seq_len, f8.on, false) == 4)
       e = attention_decode_mma(q_, q_stride, out_, ws_o, ws_ml, kv, step, p, sp.splits, sp.chunk, dt, s);
     else
       e = launch_decode_d<T>(a, step, nKV, D, sp, f8, s);

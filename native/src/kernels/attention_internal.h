@@ -40,11 +40,11 @@ cudaError_t rope_and_cache_write(const void* q, int q_stride, const void* k, int
                                  void* q_out, void* k_out, const PagedKV& kv, const StepLayout& step,
                                  const AttnParams& p, DType dt, cudaStream_t s);
 
-// Decode (max_new_tokens == 1), chosen by AttnParams::decode_variant:
+// Decode (max_new_tokens == 1), chosen by AttnParams::decode_variant (decode_variant_run below):
 //   3 (default): decode_fast_kernel, one launch (RoPE, cache write, attention, split-K combined through a
 //                thread-block cluster's DSMEM), latency-first, for small batches; batches/contexts outside its range
 //                (DecodeSplit::fast false: nKV x tokens > #SMs, max_seq_len > 1024, no sm_90 clusters) run variant 4
-//                (variant 2 for an FP8 cache).
+//                when num_heads / num_kv_heads >= AttnParams::mma_min_gqa, else variant 2 (always 2 for an FP8 cache).
 //   4: rope_cache kernel, then decode_mma_kernel (attention_decode_mma.cu: a GQA group's query heads as the rows of
 //      one tensor-core tile, cp.async K/V pipeline; 16-bit caches), then decode_reduce_kernel when split.
 //   2: rope_cache kernel, then decode_kernel (CUDA cores) on the rotated q, then decode_reduce_kernel when split.
@@ -60,6 +60,11 @@ struct DecodeSplit {
 DecodeSplit decode_split(int num_tokens, int num_heads, int num_kv_heads, int head_dim, int max_seq_len,
                          int variant);
 constexpr int kSplitBudget = 8192;  // bound on num_tokens * num_heads * splits whenever splits > 1
+
+// The decode kernel a pure-decode step of num_tokens tokens runs: 3 (decode_fast_kernel), 4 (decode_mma_kernel) or
+// 2 (decode_kernel). allow_fast false: the choice after the rope_cache kernel ran (a mixed step's single-token
+// sequences, or outside variant 3's range), 4 or 2. kernels_bench prints it next to its measurements.
+int decode_variant_run(const AttnParams& p, int num_tokens, int max_seq_len, bool fp8_cache, bool allow_fast);
 
 // One query token per block row: attends to cache [0, positions[t]]. ws: split-K partials.
 // fast (variant 3): q, k, v are the step's raw rows (RoPE and the cache write happen inside); otherwise (variant 2)

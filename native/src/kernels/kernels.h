@@ -170,6 +170,12 @@ struct StepLayout {
   // decode tokens first); they go to the decode kernel, the rest to the context kernel. 0: all to the context kernel.
   int num_single = 0;
 };
+// Default of AttnParams::mma_min_gqa (tsllm_options.decode_mma_min_gqa): the tensor-core decode kernel's 16-row
+// tile holds one KV head's query heads, so its work per K/V byte is the same at any GQA ratio, while the CUDA-core
+// kernel's grows with the ratio (a dot product, shuffles and an exp per query head and key). Measured on the H200
+// (kernels_bench decode): 1.00-1.29x for the tensor-core kernel at ratio 4 (Llama-3-8B), 0.75-0.86x at ratio 1
+// (Llama-2-7B); ratio 2 is unmeasured, so it keeps the CUDA-core kernel (kernels-notes.md).
+constexpr int kDecodeMmaMinGqa = 4;
 struct AttnParams {
   int layer, num_heads, num_kv_heads, head_dim;
   float scale;
@@ -177,11 +183,13 @@ struct AttnParams {
   RopeStyle rope_style;
   const float* inv_freq;       // [rotary_dim/2] fp32, may be null when rotary_dim == 0
   // Decode (max_new_tokens == 1) path: 0 or 3 = the single-launch small-batch kernel where it applies, else 4
-  // (2 for an FP8 cache); 2 = always the separate RoPE/cache-write kernel + CUDA-core decode kernel (+ reduce);
-  // 4 = the same with the tensor-core GQA decode kernel (16-bit caches). See attention_internal.h.
+  // when num_heads / num_kv_heads >= mma_min_gqa, otherwise 2 (always 2 for an FP8 cache); 2 = always the separate
+  // RoPE/cache-write kernel + CUDA-core decode kernel (+ reduce); 4 = always the same with the tensor-core GQA decode
+  // kernel (16-bit caches). See attention_internal.h (kd::decode_variant_run).
   int decode_variant;
   bool pdl;                    // launch the single-launch decode kernel with PDL (sm_90+)
   float k_scale = 1.f, v_scale = 1.f;  // FP8 KV cache only (the compiler's per-layer scales)
+  int mma_min_gqa = kDecodeMmaMinGqa;  // decode variants 0/3 outside variant 3's range: 4 from this GQA ratio on
 };
 // qkv: [T, (nH + 2*nKV)*D] packed rows, or separate q/k/v with their own row strides.
 // Applies RoPE to q (into a scratch copy) and k, writes k and v into the cache at each token's position,

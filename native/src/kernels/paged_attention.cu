@@ -4,7 +4,7 @@
 //       reduce kernel): variant 4 (attention_decode_mma.cu, tensor cores, 16-bit caches) or variant 2
 //       (attention_decode.cu, CUDA cores; FP8 caches). Variant 3 (AttnParams::decode_variant 0 or 3, the
 //       default) runs the small-batch latency kernel (decode_fast_kernel, one launch, skipping step 1) where it
-//       applies, else variant 4 (2 for an FP8 cache).
+//       applies, else variant 4 at GQA ratios >= AttnParams::mma_min_gqa, else 2 (kd::decode_variant_run).
 //   2b. otherwise (prefill, chunked prefill, mixed steps): attention_context.cu, FlashAttention-2 tiles on tensor
 //       cores, causal, GQA, any mix of sequences.
 // Workspace layout (computed from this step's sizes, always within attention_workspace_bytes at the maxima):
@@ -50,8 +50,7 @@ cudaError_t paged_attention(const void* q, int q_stride, const void* k, int k_st
 
   char* ws = static_cast<char*>(workspace);
   if (p.decode_variant != 0 && (p.decode_variant < 2 || p.decode_variant > 4)) return cudaErrorInvalidValue;
-  if (step.max_new_tokens == 1 && !fp8 && (p.decode_variant == 0 || p.decode_variant == 3) &&
-      kd::decode_split(step.num_tokens, p.num_heads, p.num_kv_heads, D, step.max_seq_len, 3).fast)
+  if (step.max_new_tokens == 1 && kd::decode_variant_run(p, step.num_tokens, step.max_seq_len, fp8, true) == 3)
     return kd::attention_decode(q, q_stride, k, k_stride, v, v_stride, true, out, kv, step, p, dt, ws, s);
   const bool rope = p.rotary_dim > 0;
   const size_t qrot_bytes = rope ? align256((size_t)step.num_tokens * p.num_heads * D * 2) : 0;

@@ -250,6 +250,7 @@ void attention(const NodeRun& r, bool fused) {
   ap.head_dim = n.head_dim;
   ap.scale = n.scale;
   ap.decode_variant = r.e.tun.decode_variant;
+  ap.mma_min_gqa = r.e.tun.decode_mma_min_gqa;
   ap.pdl = r.e.tun.pdl;
   ap.k_scale = n.k_scale;
   ap.v_scale = n.v_scale;

@@ -47,6 +47,7 @@ Tunables resolve_tunables(const tsllm_options& o, const std::string& path) {
   if (o.decode_variant != 0 && (o.decode_variant < 2 || o.decode_variant > 4))
     throw LoadError(path + ": tsllm_options.decode_variant " + std::to_string(o.decode_variant) +
                     " is not 0 (default), 2, 3 or 4");
+  range("decode_mma_min_gqa", o.decode_mma_min_gqa, 0, 1024);
   range("pdl", o.pdl, -1, 1);
   range("strict_kernels", o.strict_kernels, 0, 1);
   range("profile", o.profile, 0, 2);
@@ -57,19 +58,21 @@ Tunables resolve_tunables(const tsllm_options& o, const std::string& path) {
   t.gemv_variant = o.gemv_variant - 1;
   t.gemv_prologue = o.gemv_prologue >= 0;
   t.decode_variant = o.decode_variant == 0 ? 3 : o.decode_variant;
+  if (o.decode_mma_min_gqa != 0) t.decode_mma_min_gqa = o.decode_mma_min_gqa;
   t.pdl = o.pdl >= 0;
   t.strict = o.strict_kernels == 1;
   t.profile = o.profile;
 
   // Environment overrides (benchmarking): TSLLM_GEMM_TUNE=0, TSLLM_GEMV=0|1, TSLLM_GEMV_VARIANT=k,
-  // TSLLM_GEMV_PROLOGUE=0|1, TSLLM_DECODE_VARIANT=2|3|4, TSLLM_PDL=0|1, TSLLM_STRICT_KERNELS=0|1,
-  // TSLLM_PROFILE=1|graph.
+  // TSLLM_GEMV_PROLOGUE=0|1, TSLLM_DECODE_VARIANT=2|3|4, TSLLM_DECODE_MMA_MIN_GQA=r, TSLLM_PDL=0|1,
+  // TSLLM_STRICT_KERNELS=0|1, TSLLM_PROFILE=1|graph.
   long x = 0;
   if (env_int("TSLLM_GEMM_TUNE", path, 0, 1, &x)) t.gemm_tune = x == 1;
   if (env_int("TSLLM_GEMV", path, 0, 1, &x)) t.gemv = x == 1 ? 1 : -1;
   if (env_int("TSLLM_GEMV_VARIANT", path, 0, kGemvVariants - 1, &x)) t.gemv_variant = int(x);
   if (env_int("TSLLM_GEMV_PROLOGUE", path, 0, 1, &x)) t.gemv_prologue = x == 1;
   if (env_int("TSLLM_DECODE_VARIANT", path, 2, 4, &x)) t.decode_variant = int(x);
+  if (env_int("TSLLM_DECODE_MMA_MIN_GQA", path, 1, 1024, &x)) t.decode_mma_min_gqa = int(x);
   if (env_int("TSLLM_PDL", path, 0, 1, &x)) t.pdl = x == 1;
   if (env_int("TSLLM_STRICT_KERNELS", path, 0, 1, &x)) t.strict = x == 1;
   // quant_linear: TSLLM_QGEMV=0 (decode through the large-M path), TSLLM_QGEMV_VARIANT=k, TSLLM_FP8_OUTER_VEC=0.

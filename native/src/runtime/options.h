@@ -3,6 +3,7 @@
 #include <string>
 
 #include "../../include/tsllm.h"
+#include "../kernels/kernels.h"
 
 namespace tsllm {
 
@@ -11,7 +12,8 @@ struct Tunables {
   int gemv = 0;               // -1 never, 0 the tuner decides, 1 always where eligible
   int gemv_variant = -1;      // -1 any, else only that variant
   bool gemv_prologue = true;  // decode prologue fusion (rms_norm / gated_act folded into the gemv)
-  int decode_variant = 3;     // 3 (falls back to 4, or 2 for FP8 caches, outside its range), 2 or 4
+  int decode_variant = 3;     // 3 (falls back to 4 or 2 by GQA ratio, 2 for FP8 caches, outside its range), 2 or 4
+  int decode_mma_min_gqa = kDecodeMmaMinGqa;  // the GQA ratio from which variant 3 falls back to 4 rather than 2
   bool pdl = true;            // programmatic dependent launch where the GPU has it
   bool strict = false;        // forced kernels that cannot run are errors
   int profile = 0;            // 0 off, 1 per-node events, 2 graph breakdown
