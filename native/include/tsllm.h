@@ -191,12 +191,13 @@ typedef struct tsllm_load_stats {
   double total_s;        /* the whole call */
   double cuda_init_s;    /* device query and CUDA context creation */
   double header_s;       /* reading and checking the rank file's header */
-  double weights_s;      /* weight allocation, random fills and the read/hash/upload pass */
-  double rest_s;         /* arena, workspaces, step buffers, NCCL, KV cache */
+  double weights_s;      /* waiting for the read/hash/upload pass, which runs from just after the header,
+                            overlapping CUDA init and the rest */
+  double rest_s;         /* weight allocation, random fills, arena, workspaces, step buffers, NCCL, KV cache */
   double pass_s;         /* the read/hash/upload pass alone */
   double read_thread_s;  /* the pass's threads' time in reads (summed over threads) */
-  double hash_thread_s;  /* ... hashing (while their copies to the GPU ran) */
-  double wait_thread_s;  /* ... waiting for a staging buffer's previous copy */
+  double hash_thread_s;  /* the hasher threads' time hashing (while the readers read on) */
+  double wait_thread_s;  /* the readers' time waiting for a staging buffer (its copy or hash; CUDA init) */
   uint64_t direct_bytes; /* bytes read with O_DIRECT (not in the page cache) */
   uint64_t cached_bytes; /* bytes read through the page cache */
   int32_t threads;       /* the pass's threads */

@@ -12,8 +12,10 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
@@ -80,6 +82,57 @@ uint64_t read_direct(int fd, char* buf, uint64_t begin, uint64_t len, std::atomi
   return std::min(got, len);
 }
 
+// Chunks read by the readers wait here for the hasher threads, so a reader's next read never waits for a hash:
+// a cold pass keeps one O_DIRECT read in flight per reader all the time (hashing in the reader left it idle
+// for the hash of each chunk), and by the time a reader comes back to a buffer its hash is long done.
+class HashQueue {
+ public:
+  struct Job {
+    const unsigned char* p;
+    size_t n;
+    uint8_t* out;
+    int buffer;  // 2 * reader + slot
+  };
+  explicit HashQueue(int buffers) : busy_(size_t(buffers), 0) {}
+  void push(const Job& j) {
+    std::lock_guard<std::mutex> g(mu_);
+    busy_[size_t(j.buffer)] = 1;
+    jobs_.push_back(j);
+    work_.notify_one();
+  }
+  // The next job, or false once closed and empty.
+  bool pop(Job& j) {
+    std::unique_lock<std::mutex> l(mu_);
+    work_.wait(l, [&] { return !jobs_.empty() || closed_; });
+    if (jobs_.empty()) return false;
+    j = jobs_.front();
+    jobs_.pop_front();
+    return true;
+  }
+  void done(int buffer) {
+    std::lock_guard<std::mutex> g(mu_);
+    busy_[size_t(buffer)] = 0;
+    done_.notify_all();
+  }
+  // Blocks until the buffer's hash (if one is queued or running) is finished.
+  void wait(int buffer) {
+    std::unique_lock<std::mutex> l(mu_);
+    done_.wait(l, [&] { return !busy_[size_t(buffer)]; });
+  }
+  void close() {
+    std::lock_guard<std::mutex> g(mu_);
+    closed_ = true;
+    work_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable work_, done_;
+  std::deque<Job> jobs_;
+  std::vector<char> busy_;
+  bool closed_ = false;
+};
+
 }  // namespace
 
 FilePassStats run_file_pass(const std::string& path, uint64_t size, const FilePassOptions& o, FilePassSink& sink) {
@@ -128,7 +181,7 @@ FilePassStats run_file_pass(const std::string& path, uint64_t size, const FilePa
   std::atomic<bool> stop{false};
   std::mutex mu;
   std::string first_err;
-  std::vector<double> t_read(size_t(nthreads), 0), t_hash(size_t(nthreads), 0), t_wait(size_t(nthreads), 0);
+  std::vector<double> t_read(size_t(nthreads), 0), t_wait(size_t(nthreads), 0);
   auto set_err = [&](const std::string& m) {
     std::lock_guard<std::mutex> g(mu);
     if (first_err.empty()) first_err = m;
@@ -136,7 +189,25 @@ FilePassStats run_file_pass(const std::string& path, uint64_t size, const FilePa
   };
   const uint64_t buf_bytes = align_up(std::min(chunk, std::max<uint64_t>(size, 1)));
 
+  // Readers read chunks and hand them to the sink; hashers (as many, when hashing) hash them meanwhile.
+  const int nhashers = sha256 ? nthreads : 0;
+  HashQueue hq(2 * nthreads);
+  std::vector<double> t_hash(size_t(std::max(nhashers, 1)), 0);
+  auto hash_work = [&](int h) {
+    HashQueue::Job j;
+    while (hq.pop(j)) {
+      const double t0 = now_s();
+      sha256(j.p, j.n, j.out);
+      t_hash[size_t(h)] += now_s() - t0;
+      hq.done(j.buffer);
+    }
+  };
   auto work = [&](int t) {
+    // The sink frees its buffers in finish(): no hash may still be reading them.
+    auto drain = [&] {
+      hq.wait(2 * t);
+      hq.wait(2 * t + 1);
+    };
     try {
       sink.start(t, buf_bytes);
       std::vector<unsigned char> vec;
@@ -148,6 +219,7 @@ FilePassStats run_file_pass(const std::string& path, uint64_t size, const FilePa
         if (!sha256 && !sink.wants(begin, begin + len)) continue;
         const double t0 = now_s();
         sink.wait(t, slot);
+        hq.wait(2 * t + slot);
         const double t1 = now_s();
         char* buf = sink.buffer(t, slot);
         uint64_t got = direct_ok && !cached(begin, len, vec) ? read_direct(dfd.fd, buf, begin, len, direct_ok) : 0;
@@ -162,37 +234,41 @@ FilePassStats run_file_pass(const std::string& path, uint64_t size, const FilePa
           got += uint64_t(n);
         }
         const double t2 = now_s();
-        // The sink's copy of this buffer runs while it is hashed.
+        // The sink's copy of this buffer and its hash run while the next chunk is read into the other one.
         sink.consume(t, slot, begin, len);
-        if (sha256) sha256(reinterpret_cast<const unsigned char*>(buf), size_t(len), o.digests + 32 * k);
+        if (sha256) hq.push({reinterpret_cast<const unsigned char*>(buf), size_t(len), o.digests + 32 * k, 2 * t + slot});
         const double t3 = now_s();
-        t_wait[size_t(t)] += t1 - t0;
+        t_wait[size_t(t)] += (t1 - t0) + (t3 - t2);
         t_read[size_t(t)] += t2 - t1;
-        t_hash[size_t(t)] += t3 - t2;
         slot ^= 1;
       }
+      drain();
       sink.finish(t);
     } catch (const std::exception& e) {
       set_err(e.what());
+      drain();
       try {
         sink.finish(t);
       } catch (...) {
       }
     }
   };
-  std::vector<std::thread> threads;
+  std::vector<std::thread> hashers, threads;
+  for (int h = 0; h < nhashers; h++) hashers.emplace_back(hash_work, h);
   for (int i = 1; i < nthreads; i++) threads.emplace_back(work, i);
   work(0);
   for (auto& th : threads) th.join();
+  hq.close();
+  for (auto& th : hashers) th.join();
   if (!first_err.empty()) throw std::runtime_error(first_err);
   st.direct = direct_ok;  // false also when the file system refused the first O_DIRECT read
   st.direct_bytes = direct_bytes;
   st.cached_bytes = cached_bytes;
   for (int i = 0; i < nthreads; i++) {
     st.read_s += t_read[size_t(i)];
-    st.hash_s += t_hash[size_t(i)];
     st.wait_s += t_wait[size_t(i)];
   }
+  for (double h : t_hash) st.hash_s += h;
   st.wall_s = now_s() - t_start;
   return st;
 }
@@ -216,7 +292,7 @@ std::string describe(const FilePassStats& s) {
   char line[512];
   std::snprintf(line, sizeof(line),
                 "%.2f GiB in %.2f s (%.2f GB/s), %d threads, %.2f GiB direct / %.2f GiB cached%s; thread-seconds: "
-                "read %.2f, hash+copy %.2f, waiting for copies %.2f",
+                "read %.2f, hash %.2f, waiting for buffers %.2f",
                 bytes / double(1 << 30), s.wall_s, s.wall_s > 0 ? bytes / 1e9 / s.wall_s : 0.0, s.threads,
                 double(s.direct_bytes) / double(1 << 30), double(s.cached_bytes) / double(1 << 30),
                 s.direct ? "" : " (O_DIRECT off or refused here)", s.read_s, s.hash_s, s.wait_s);

@@ -1,8 +1,8 @@
-// One pass over a file by several threads, at the speed of the disk or the page cache: each thread takes
-// the next chunk, reads it into one of its two buffers, hands it to a sink (upload.cc queues its
-// host-to-device copy) and then hashes it (the chunk digests of src/engine/hash.ts) while the sink's copy
-// runs, then reads its next chunk into the other buffer. Host-only (no CUDA): native/tools/file_pass.cc runs
-// it on the CPU, so the read and hash path is tested and measured without a GPU.
+// One pass over a file by several threads, at the speed of the disk or the page cache: each reader thread
+// takes the next chunk, reads it into one of its two buffers, hands it to a sink (upload.cc queues its
+// host-to-device copy) and to the hasher threads (the chunk digests of src/engine/hash.ts), and reads its
+// next chunk into the other buffer at once: hashing never holds up a read. Host-only (no CUDA):
+// native/tools/file_pass.cc runs it on the CPU, so the read and hash path is tested and measured without a GPU.
 //
 // Reads: chunks already in the page cache (mincore) are read with pread; chunks that are not are read with
 // O_DIRECT straight into the (4 KiB-aligned) buffers: the disk's DMA fills them, no page-cache copy, many
@@ -23,7 +23,9 @@ struct FilePassStats {
   uint64_t direct_bytes = 0;      // read with O_DIRECT
   uint64_t cached_bytes = 0;      // read through the page cache
   double wall_s = 0;
-  double read_s = 0, hash_s = 0, wait_s = 0;  // summed over threads; wait: for a buffer's previous copy
+  // Summed over threads: readers' reads, hashers' hashing, readers waiting for a buffer (its previous copy or
+  // hash) or for the sink to take a chunk.
+  double read_s = 0, hash_s = 0, wait_s = 0;
 };
 
 // What the pass does with each chunk it read. Methods are called from the pass's threads; thread t only ever

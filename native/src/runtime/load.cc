@@ -1,7 +1,7 @@
 // Loading a rank file onto the GPU: checks (version, sm, limits), weight upload (upload.cc: parallel
-// pread into pinned staging + cudaMemcpyAsync, content hash in the same pass; random weights generated
-// on the GPU), the activation arena,
-// workspaces, step buffers and the paged KV pool sized from what is left.
+// reads into pinned staging + cudaMemcpyAsync, content hash in the same pass, started right after the header
+// so that it overlaps CUDA's start-up and the rest of the setup; random weights generated on the GPU), the
+// activation arena, workspaces, step buffers and the paged KV pool sized from what is left.
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -136,24 +136,23 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-void upload_weights(Engine& e, const ContentHash* hash) {
+// Device memory for the weights and the random ones generated on the GPU; then the upload may start copying.
+void alloc_weights(Engine& e, WeightUpload& upload) {
   const EngineDesc& d = e.desc;
-  auto fail = [&](const std::string& m) { return LoadError(d.path + ": " + m); };
-  auto ck = [&](cudaError_t err, const char* what) {
-    if (err != cudaSuccess) throw fail(std::string(what) + ": " + cudaGetErrorString(err));
+  auto ck = [&](cudaError_t err, const std::string& what) {
+    if (err != cudaSuccess) throw LoadError(d.path + ": " + what + ": " + cudaGetErrorString(err));
   };
   if (d.weight_device_bytes) ck(cudaMalloc(&e.weights, d.weight_device_bytes), "cudaMalloc of weights");
-
-  // Random weights: generated on the GPU.
+  upload.open(e.weights);
   for (const WeightDesc& w : d.weights) {
     if (!w.random) continue;
     const ValueDesc& v = d.values[size_t(w.value)];
     ck(random_fill(e.weights + w.device_offset, to_dtype(v.dt), v.max_numel(), w.seed, w.mean, w.scale, e.stream),
-       ("random_fill of " + v.name).c_str());
+       "random_fill of " + v.name);
   }
+}
 
-  // Stored weights: one pass over the file by several reader threads, hashed in the same pass (upload.cc).
-  const FilePassStats p = upload_stored_weights(d, e.weights, e.device, hash, e.tun.load_threads, e.tun.load_direct);
+void record_pass(Engine& e, const FilePassStats& p) {
   tsllm_load_stats& s = e.load_stats;
   s.pass_s = p.wall_s;
   s.read_thread_s = p.read_s;
@@ -274,6 +273,10 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
   e->opts = opts;
   e->tun = resolve_tunables(opts, path);
   EngineDesc& d = e->desc;
+  // The weight pass starts now, on its own threads: it reads and hashes the file while CUDA starts and the
+  // rest is set up below, and copies to the GPU from when alloc_weights opens it. Declared after `e`, so a
+  // failed load stops it (and waits for its copies) before the engine frees the device weights.
+  WeightUpload upload(d, opts.device, hash, e->tun.load_threads, e->tun.load_direct);
   auto fail = [&](const std::string& m) { return LoadError(path + ": " + m); };
   auto ck = [&](cudaError_t err, const std::string& what) {
     if (err != cudaSuccess) throw fail(what + ": " + cudaGetErrorString(err));
@@ -348,10 +351,8 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
 
   ck(cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking), "cudaStreamCreate");
 
-  // ---- weights, arena ----
-  const double t_weights = now_s();
-  upload_weights(*e, hash);
-  const double t_uploaded = now_s();
+  // ---- weights (the pass copies them from now on), arena ----
+  alloc_weights(*e, upload);
   if (d.arena_bytes) ck(cudaMalloc(&e->arena, d.arena_bytes), "cudaMalloc of the " + mib(d.arena_bytes) + " activation arena");
 
   // ---- workspaces ----
@@ -440,6 +441,11 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
   e->workspace_bytes += GemmRunner::kWorkspaceBytes + e->attn_ws_bytes + e->scratch_bytes + e->gather_scratch_bytes +
                        e->moe_ws_bytes;
 
+  // ---- the weight pass's end ----
+  const double t_wait = now_s();
+  record_pass(*e, upload.finish());
+  const double t_uploaded = now_s();
+
   // ---- tensor parallelism ----
   if (d.tp > 1) nccl_init(*e, opts.nccl_unique_id);
 
@@ -480,8 +486,8 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
   s.total_s = t_end - t_start;
   s.header_s = t_header - t_start;
   s.cuda_init_s = t_cuda - t_header;
-  s.weights_s = t_uploaded - t_weights;
-  s.rest_s = (t_weights - t_cuda) + (t_end - t_uploaded);
+  s.weights_s = t_uploaded - t_wait;
+  s.rest_s = (t_wait - t_cuda) + (t_end - t_uploaded);
   return e;
 }
 

@@ -1,6 +1,7 @@
 // Weight upload with the content hash fused into the same pass over the rank file (upload.cc).
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "engine_file.h"
@@ -16,13 +17,31 @@ struct ContentHash {
   uint64_t num_chunks = 0;
 };
 
-// Reads the rank file once with several threads (file_pass.h: O_DIRECT for what the page cache lacks),
-// each reading whole chunks into its own pinned buffers, copying the stored weights they hold to
-// `device_weights` + WeightDesc::device_offset with cudaMemcpyAsync on its own stream and hashing them
-// (when `hash` is given) while the copy runs and until it reads the next chunk. Returns when every copy has
-// finished, with the pass's figures. Throws LoadError naming the file.
+// The stored weights' upload, running on its own threads from construction: the rank file is read once by
+// several threads (file_pass.h: O_DIRECT for what the page cache lacks), each reading whole chunks into its
+// own two staging buffers and hashing them (when `hash` is given) on hasher threads. It starts before CUDA
+// is initialised, so reading and hashing overlap CUDA's start-up and the rest of the load: until open()
+// gives it the device weights, each reader keeps (at most) the two chunks it read and waits; then its
+// buffers are pinned and each chunk's stored weights are copied to device_weights + WeightDesc::device_offset
+// with cudaMemcpyAsync on the reader's own stream.
 // threads / direct: FilePassOptions (Tunables::load_threads / load_direct).
-FilePassStats upload_stored_weights(const EngineDesc& d, char* device_weights, int device, const ContentHash* hash,
-                                    int threads, int direct);
+class WeightUpload {
+ public:
+  // Copies what it needs from `d` (the caller may change d afterwards). Throws LoadError for a digest
+  // buffer of the wrong size.
+  WeightUpload(const EngineDesc& d, int device, const ContentHash* hash, int threads, int direct);
+  // Stops the pass if open() was never called (a load that failed before the device was ready) and waits for it.
+  ~WeightUpload();
+  WeightUpload(const WeightUpload&) = delete;
+  WeightUpload& operator=(const WeightUpload&) = delete;
+  // The device is current in the calling thread's process and `device_weights` allocated: copies may start.
+  void open(char* device_weights);
+  // Waits until every read, hash and copy has finished; the pass's figures. Throws LoadError naming the file.
+  FilePassStats finish();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 }  // namespace tsllm
