@@ -22,65 +22,13 @@
 
 #include "../src/kernels/attention_internal.h"
 #include "../src/kernels/kernels.h"
+#include "test_util.cuh"
 
 using namespace tsllm;
 
-#define CK(x)                                                                                   \
-  do {                                                                                          \
-    cudaError_t e_ = (x);                                                                       \
-    if (e_ != cudaSuccess) {                                                                    \
-      std::printf("cuda error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__, __LINE__, #x); \
-      std::exit(2);                                                                             \
-    }                                                                                           \
-  } while (0)
-
-// Median per-call time (us) of `fn(i)` for i in [0, n): graph of n calls replayed `reps` times; also stream time.
-static void time_calls(int n, const std::function<void(int, cudaStream_t)>& fn, double* graph_us, double* stream_us) {
-  cudaStream_t s;
-  CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  for (int i = 0; i < n; ++i) fn(i, s);  // warm-up
-  CK(cudaStreamSynchronize(s));
-  cudaEvent_t a, b;
-  CK(cudaEventCreate(&a));
-  CK(cudaEventCreate(&b));
-  std::vector<float> ts;
-  for (int r = 0; r < 5; ++r) {
-    CK(cudaEventRecord(a, s));
-    for (int i = 0; i < n; ++i) fn(i, s);
-    CK(cudaEventRecord(b, s));
-    CK(cudaEventSynchronize(b));
-    float ms;
-    CK(cudaEventElapsedTime(&ms, a, b));
-    ts.push_back(ms);
-  }
-  std::sort(ts.begin(), ts.end());
-  *stream_us = ts[ts.size() / 2] * 1000.0 / n;
-  cudaGraph_t g;
-  cudaGraphExec_t ge;
-  CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-  for (int i = 0; i < n; ++i) fn(i, s);
-  CK(cudaStreamEndCapture(s, &g));
-  CK(cudaGraphInstantiate(&ge, g, 0));
-  CK(cudaGraphLaunch(ge, s));
-  CK(cudaStreamSynchronize(s));
-  ts.clear();
-  for (int r = 0; r < 15; ++r) {
-    CK(cudaEventRecord(a, s));
-    CK(cudaGraphLaunch(ge, s));
-    CK(cudaEventRecord(b, s));
-    CK(cudaEventSynchronize(b));
-    float ms;
-    CK(cudaEventElapsedTime(&ms, a, b));
-    ts.push_back(ms);
-  }
-  std::sort(ts.begin(), ts.end());
-  *graph_us = ts[ts.size() / 2] * 1000.0 / n;
-  CK(cudaGetLastError());
-  cudaGraphExecDestroy(ge);
-  cudaGraphDestroy(g);
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  cudaStreamDestroy(s);
+// Graph and stream µs per call of fn(i) for i in [0, n) (fn ends the program on a launch error).
+static void time_calls(int n, const std::function<void(int, cudaStream_t)>& fn, double* graph, double* stream) {
+  *graph = graph_us(n, [&](int i, cudaStream_t s) { fn(i, s); return cudaSuccess; }, stream);
 }
 
 struct AttnSetup {
@@ -164,7 +112,7 @@ struct AttnSetup {
 // V of every cached token) only, "%copy" relates that to the device-to-device copy's rate measured above. "rule"
 // marks the row of the kernel the runtime runs at that shape with the default options (decode_variant 3,
 // mma_min_gqa kDecodeMmaMinGqa; "rule: v3" when the small-batch kernel applies).
-static void decode_at_scale(size_t l2_defeat, double copy_gbs) {
+static void decode_at_scale(size_t l2_defeat, double copy) {
   struct Shape {
     const char* model;
     int nKV;
@@ -198,7 +146,7 @@ static void decode_at_scale(size_t l2_defeat, double copy_gbs) {
       const auto sp = kd::decode_split(sh.B, a.nH, a.nKV, a.D, sh.ctx, variant);
       if (variant == 2) base_us = g;
       std::printf("%-15s %4d %5d %6d %4d %7d %10.2f %8.0f %6.0f%% %10.3f %7.2fx %5s\n", sh.model, a.nH / a.nKV, sh.B,
-                  sh.ctx, variant, sp.splits, g, kv_bytes / (g * 1e3), 100.0 * kv_bytes / (g * 1e3) / copy_gbs,
+                  sh.ctx, variant, sp.splits, g, kv_bytes / (g * 1e3), 100.0 * kv_bytes / (g * 1e3) / copy,
                   32 * g / 1e3, base_us / g, rule == variant ? "<-" : rule == 3 && variant == 4 ? "v3" : "");
     }
   }
@@ -217,20 +165,10 @@ int main(int argc, char** argv) {
   const size_t l2_defeat = (size_t)4 * prop.l2CacheSize;
 
   // Copy bandwidth reference (bytes read + written).
-  double copy_gbs = 0;
-  {
-    const size_t bytes = (size_t)1 << 30;
-    void *a, *b;
-    CK(cudaMalloc(&a, bytes));
-    CK(cudaMalloc(&b, bytes));
-    CK(cudaMemset(a, 1, bytes));
-    double g, st;
-    time_calls(4, [&](int, cudaStream_t s) { CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, s)); }, &g, &st);
-    copy_gbs = 2.0 * bytes / (g * 1e3);
-    std::printf("device-to-device copy 1 GiB: %.1f us, %.0f GB/s (read+write)\n\n", g, copy_gbs);
-    cudaFree(a), cudaFree(b);
-  }
-  decode_at_scale(l2_defeat, copy_gbs);
+  double copy_us = 0;
+  const double copy = copy_gbs(&copy_us);
+  std::printf("device-to-device copy 1 GiB: %.1f us, %.0f GB/s (read+write)\n\n", copy_us, copy);
+  decode_at_scale(l2_defeat, copy);
   if (only_decode) return 0;
   std::printf("\n");
 

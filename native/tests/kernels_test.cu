@@ -21,17 +21,10 @@
 
 #include "../src/kernels/attention_internal.h"  // kd::decode_split, to report the split count exercised
 #include "../src/kernels/kernels.h"
+#include "../src/kernels/lowbias32.h"  // the hash; host_rf's formula is checked against TS-computed values
+#include "test_util.cuh"
 
 using namespace tsllm;
-
-#define CK(x)                                                                                   \
-  do {                                                                                          \
-    cudaError_t e_ = (x);                                                                       \
-    if (e_ != cudaSuccess) {                                                                    \
-      std::printf("FAIL cuda error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__, __LINE__, #x); \
-      std::exit(2);                                                                             \
-    }                                                                                           \
-  } while (0)
 
 static int g_fail = 0, g_pass = 0;
 static void report(bool ok, const std::string& name, double err, const std::string& extra = "") {
@@ -171,20 +164,25 @@ struct Err {
   }
 };
 
+// The reference norm of row v: layer norm (ln) subtracts *mean and scales by 1/sqrt(centred variance + eps),
+// rms norm (*mean = 0) by 1/sqrt(mean of squares + eps); the return value is that scale.
+static double norm_rstd(const std::vector<double>& v, bool ln, double eps, double* mean) {
+  double m = 0, var = 0;
+  if (ln) {
+    for (double a : v) m += a;
+    m /= v.size();
+  }
+  for (double a : v) var += (a - m) * (a - m);
+  *mean = m;
+  return 1.0 / std::sqrt(var / v.size() + eps);
+}
+
 static void sync_check() {
   CK(cudaGetLastError());
   CK(cudaDeviceSynchronize());
 }
 
 // ---------------- random_fill ----------------
-static uint32_t lowbias32(uint32_t x) {
-  x ^= x >> 16;
-  x *= 0x7feb352dU;
-  x ^= x >> 15;
-  x *= 0x846ca68bU;
-  x ^= x >> 16;
-  return x;
-}
 static float host_rf(uint32_t seed, uint64_t i, float mean, float scale) {
   const uint32_t u = lowbias32(lowbias32(seed) ^ (uint32_t)i);
   volatile float r = (float)(u >> 8) * (1.0f / 16777216.0f);
@@ -232,28 +230,15 @@ static void test_random_fill() {
       CK(cudaMemcpy(h.data(), d, h.size(), cudaMemcpyDeviceToHost));
       CK(cudaFree(d));
       size_t bad = 0;
+      const size_t es = dsize(dt);
+      std::vector<uint8_t> want(h.size());  // the host value rounded to dt (RNE; fp8 saturating), bytes compared
       for (uint64_t i = 0; i < n; ++i) {
         const float f = host_rf(k.seed, i, k.mean, k.scale);
-        if (dt == DType::F32) {
-          uint32_t a, b;
-          std::memcpy(&a, &h[i * 4], 4);
-          std::memcpy(&b, &f, 4);
-          bad += a != b;
-        } else if (dt == DType::F16) {
-          uint16_t a, b;
-          std::memcpy(&a, &h[i * 2], 2);
-          __half_raw r = __half_raw(__float2half_rn(f));
-          b = r.x;
-          bad += a != b;
-        } else if (dt == DType::BF16) {
-          uint16_t a, b;
-          std::memcpy(&a, &h[i * 2], 2);
-          __nv_bfloat16_raw r = __nv_bfloat16_raw(__float2bfloat16_rn(f));
-          b = r.x;
-          bad += a != b;
-        } else {
-          bad += h[i] != (uint8_t)__nv_cvt_float_to_fp8(f, __NV_SATFINITE, __NV_E4M3);
-        }
+        if (dt == DType::FP8_E4M3)
+          want[i] = (uint8_t)__nv_cvt_float_to_fp8(f, __NV_SATFINITE, __NV_E4M3);
+        else
+          wr(want, i, f, dt);
+        bad += std::memcmp(&h[i * es], &want[i * es], es) != 0;
       }
       if (dt == DType::F32)
         for (int j = 0; j < 6; ++j) {
@@ -379,17 +364,8 @@ static void test_norms(Rng& rng) {
               }
               v[i] = a;
             }
-            double mean = 0, var = 0;
-            if (ln) {
-              for (double a : v) mean += a;
-              mean /= hidden;
-              for (double a : v) var += (a - mean) * (a - mean);
-              var /= hidden;
-            } else {
-              for (double a : v) var += a * a;
-              var /= hidden;
-            }
-            const double rstd = 1.0 / std::sqrt(var + eps);
+            double mean;
+            const double rstd = norm_rstd(v, ln, eps, &mean);
             for (int i = 0; i < hidden; ++i) {
               double ref = (v[i] - mean) * rstd * ((double)w.get(i) + w_off);
               if (use_b) ref += b.get(i);
@@ -1180,16 +1156,8 @@ static void test_chains(Rng& rng) {
                 }
                 v[i] = a;
               }
-              double mean = 0, var = 0;
-              if (ln) {
-                for (double a : v) mean += a;
-                mean /= hidden;
-                for (double a : v) var += (a - mean) * (a - mean);
-              } else {
-                for (double a : v) var += a * a;
-              }
-              var /= hidden;
-              const double rstd = 1.0 / std::sqrt(var + eps);
+              double mean;
+              const double rstd = norm_rstd(v, ln, eps, &mean);
               for (int i = 0; i < hidden; ++i) {
                 double ref = (v[i] - mean) * rstd * (double)w.get(i);
                 if (qp) ref = chain_ref(ref, post);

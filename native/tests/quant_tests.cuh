@@ -65,6 +65,34 @@ inline float deq(QuantKind k, const std::vector<uint8_t>& w, const std::vector<f
   return round_to(q * s, dt);
 }
 
+// Random quantised weights [N, K] (bytes; no NaN codes for fp8) and scales in [0.001, 0.02] (per row, or per group
+// of `group` for int4), on the host and the device.
+struct QuantWeights {
+  std::vector<uint8_t> w;
+  std::vector<float> sc;
+  uint8_t* dw = nullptr;
+  float* dsc = nullptr;
+  QuantWeights(Rng& rng, QuantKind kind, int N, int K, int group)
+      : w(kind == QuantKind::Int4 ? size_t(N) * K / 2 : size_t(N) * K),
+        sc(kind == QuantKind::Int4 ? N * (K / group) : N) {
+    for (auto& b : w) {
+      b = uint8_t(rng.next());
+      if (kind == QuantKind::Fp8 && (b & 0x7f) == 0x7f) b ^= 1;  // no NaN codes
+    }
+    for (auto& s : sc) s = rng.uniform(0.001f, 0.02f);
+    CK(cudaMalloc(&dw, w.size()));
+    CK(cudaMalloc(&dsc, sc.size() * 4));
+    CK(cudaMemcpy(dw, w.data(), w.size(), cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dsc, sc.data(), sc.size() * 4, cudaMemcpyHostToDevice));
+  }
+  ~QuantWeights() {
+    cudaFree(dw);
+    cudaFree(dsc);
+  }
+  QuantWeights(const QuantWeights&) = delete;
+  QuantWeights& operator=(const QuantWeights&) = delete;
+};
+
 struct LinCase {
   QuantKind kind;
   int M, N, K, group;
@@ -74,27 +102,14 @@ struct LinCase {
 
 void test_quant_gemv(Rng& rng, const LinCase& c, DType dt) {
   const int M = c.M, N = c.N, K = c.K;
-  const size_t wbytes = c.kind == QuantKind::Int4 ? size_t(N) * K / 2 : size_t(N) * K;
-  const int nsc = c.kind == QuantKind::Int4 ? N * (K / c.group) : N;
   Buf x(dt, size_t(M) * K), bias(dt, N), res(dt, size_t(M) * N), out(dt, size_t(M) * N);
   x.fill(rng, -2.f, 2.f);
   if (M > 1)
     for (int k = 0; k < K; k++) x.set(size_t(1) * K + k, 0.f);  // a zero row: scale 1 (fp8)
   bias.fill(rng, -0.5f, 0.5f);
   res.fill(rng, -1.f, 1.f);
-  std::vector<uint8_t> w(wbytes);
-  for (auto& b : w) {
-    b = uint8_t(rng.next());
-    if (c.kind == QuantKind::Fp8 && (b & 0x7f) == 0x7f) b ^= 1;  // no NaN codes
-  }
-  std::vector<float> sc(nsc);
-  for (auto& s : sc) s = rng.uniform(0.001f, 0.02f);
-  uint8_t* dw;
-  float* dsc;
-  CK(cudaMalloc(&dw, wbytes));
-  CK(cudaMalloc(&dsc, nsc * 4));
-  CK(cudaMemcpy(dw, w.data(), wbytes, cudaMemcpyHostToDevice));
-  CK(cudaMemcpy(dsc, sc.data(), nsc * 4, cudaMemcpyHostToDevice));
+  const QuantWeights qw(rng, c.kind, N, K, c.group);
+  const auto& [w, sc, dw, dsc] = qw;
   x.up(), bias.up(), res.up();
 
   // Reference (double sums; fp8: fround(fround(acc) * fround(sx*sw)) as quant-linear.ts).
@@ -157,8 +172,6 @@ void test_quant_gemv(Rng& rng, const LinCase& c, DType dt) {
                   dname(dt), n0, N, K, c.group);
     report(e.ok(), name, e.max_abs, e.str() + e.firsts());
   }
-  cudaFree(dw);
-  cudaFree(dsc);
 }
 
 // The rms_norm prologue (quant_gemv with GemvPro::RmsNorm): the reference takes the vector the unfused pair would
@@ -167,26 +180,13 @@ void test_quant_gemv(Rng& rng, const LinCase& c, DType dt) {
 // sums x² in another order, so inv_rms may differ in its last bit): each moves one term by one rounding of T
 // (int) or, through the E4M3 code of that element, by one E4M3 step (1/8 of the term, fp8).
 void test_quant_gemv_rms(Rng& rng, QuantKind kind, int M, int N, int K, int group, DType dt) {
-  const size_t wbytes = kind == QuantKind::Int4 ? size_t(N) * K / 2 : size_t(N) * K;
-  const int nsc = kind == QuantKind::Int4 ? N * (K / group) : N;
   const float eps = 1e-5f;
   Buf x(dt, size_t(M) * K), nw(dt, K), y(dt, size_t(M) * K), res(dt, size_t(M) * N), out(dt, size_t(M) * N);
   x.fill(rng, -2.f, 2.f);
   nw.fill(rng, 0.5f, 1.5f);
   res.fill(rng, -1.f, 1.f);
-  std::vector<uint8_t> w(wbytes);
-  for (auto& b : w) {
-    b = uint8_t(rng.next());
-    if (kind == QuantKind::Fp8 && (b & 0x7f) == 0x7f) b ^= 1;
-  }
-  std::vector<float> sc(nsc);
-  for (auto& v : sc) v = rng.uniform(0.001f, 0.02f);
-  uint8_t* dw;
-  float* dsc;
-  CK(cudaMalloc(&dw, wbytes));
-  CK(cudaMalloc(&dsc, nsc * 4));
-  CK(cudaMemcpy(dw, w.data(), wbytes, cudaMemcpyHostToDevice));
-  CK(cudaMemcpy(dsc, sc.data(), nsc * 4, cudaMemcpyHostToDevice));
+  const QuantWeights qw(rng, kind, N, K, group);
+  const auto& [w, sc, dw, dsc] = qw;
   x.up(), nw.up(), res.up();
   CK(rms_norm(x.d, nullptr, nw.d, 0.f, y.d, nullptr, M, K, eps, dt, 0));
   sync_check();
@@ -227,8 +227,6 @@ void test_quant_gemv_rms(Rng& rng, QuantKind kind, int M, int N, int K, int grou
   std::snprintf(name, sizeof name, "quant_gemv %s %s M=%d N=%d K=%d g=%d +rms_norm res (%s)", quant_kind_name(kind),
                 dname(dt), M, N, K, group, vs.c_str() + 1);
   report(e.ok(), name, e.max_abs, e.str() + e.firsts());
-  cudaFree(dw);
-  cudaFree(dsc);
 }
 
 void test_quantize_rows(Rng& rng, DType dt, int rows, int cols) {

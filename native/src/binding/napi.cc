@@ -87,6 +87,15 @@ double num_or(napi_env env, napi_value obj, const char* name, double dflt) {
   return present(env, v) ? num(env, v, name) : dflt;
 }
 
+// obj[name] as a boolean, dflt when absent.
+bool bool_or(napi_env env, napi_value obj, const char* name, bool dflt) {
+  napi_value v = prop(env, obj, name);
+  if (!present(env, v)) return dflt;
+  bool b = dflt;
+  if (napi_get_value_bool(env, v, &b) != napi_ok) throw JsError{std::string(name) + " must be a boolean"};
+  return b;
+}
+
 uint64_t u64(napi_env env, napi_value v, const char* what) {
   napi_valuetype t = type_of(env, v);
   if (t == napi_bigint) {
@@ -112,6 +121,25 @@ std::string str(napi_env env, napi_value v, const char* what) {
   std::string s(len, '\0');
   napi_get_value_string_utf8(env, v, &s[0], len + 1, &len);
   return s;
+}
+
+// obj[name], one of the strings of `names` (listed in the error), as the value at the same index of `values`;
+// *field unchanged when absent.
+template <size_t N>
+void choice(napi_env env, napi_value obj, const char* name, const char* const (&names)[N], const int32_t (&values)[N],
+            int32_t* field) {
+  napi_value v = prop(env, obj, name);
+  if (!present(env, v)) return;
+  const std::string m = str(env, v, name);
+  std::string list;
+  for (size_t i = 0; i < N; i++) {
+    if (m == names[i]) {
+      *field = values[i];
+      return;
+    }
+    list += std::string(i == 0 ? "" : i + 1 == N ? " or " : ", ") + "\"" + names[i] + "\"";
+  }
+  throw JsError{std::string(name) + " must be " + list + ", got \"" + m + "\""};
 }
 
 // Int32Array contents (copied).
@@ -153,6 +181,12 @@ void set_str(napi_env env, napi_value obj, const char* name, const char* s) {
   set(env, obj, name, v);
 }
 
+napi_value new_object(napi_env env) {
+  napi_value o;
+  check(env, napi_create_object(env, &o), "create_object");
+  return o;
+}
+
 void finalize(napi_env, void* data, void*) {
   Handle* h = static_cast<Handle*>(data);
   if (h->e) tsllm_unload(h->e);
@@ -166,6 +200,15 @@ Handle* handle(napi_env env, napi_value v) {
   Handle* h = static_cast<Handle*>(data);
   if (!h->e) throw JsError{"tsllm_node: engine already unloaded"};
   return h;
+}
+
+// An engine's tsllm_get_info / tsllm_get_load_stats; the C ABI's message as a JsError on failure.
+template <typename S>
+S engine_get(tsllm_engine* e, int (*get)(tsllm_engine*, S*, char*, size_t)) {
+  S s;
+  char err[1024] = {0};
+  if (get(e, &s, err, sizeof(err))) throw JsError{err};
+  return s;
 }
 
 tsllm_sampling sampling_of(napi_env env, napi_value o) {
@@ -205,9 +248,7 @@ StepInput step_input(napi_env env, napi_value seqs) {
     q.tokens = feed ? nullptr : si.toks[i].data();
     q.num_tokens = feed ? 1 : int32_t(si.toks[i].size());
     q.start_pos = int32_t(num_or(env, s, "startPos", 0));
-    napi_value al = prop(env, s, "allLogits");
-    bool all = false;
-    if (present(env, al)) napi_get_value_bool(env, al, &all);
+    const bool all = bool_or(env, s, "allLogits", false);
     q.all_logits = all ? 1 : 0;
     q.sampling = sampling_of(env, s);
     si.rows += all ? size_t(q.num_tokens) : 1;
@@ -226,37 +267,19 @@ tsllm_options options_of(napi_env env, napi_value opt) {
   o.kv_cache_max_blocks = int64_t(num_or(env, opt, "kvCacheMaxBlocks", 0));
   o.max_logits_rows = int32_t(num_or(env, opt, "maxLogitsRows", 0));
   auto flag = [&](const char* name, int32_t on, int32_t off, int32_t* field) {
-    napi_value v = prop(env, opt, name);
-    if (!present(env, v)) return;
-    bool b = true;
-    if (napi_get_value_bool(env, v, &b) != napi_ok) throw JsError{std::string(name) + " must be a boolean"};
-    *field = b ? on : off;
+    if (present(env, prop(env, opt, name))) *field = bool_or(env, opt, name, true) ? on : off;
   };
   flag("cudaGraphs", 0, 1, &o.disable_cuda_graphs);
   flag("gemmTune", 0, -1, &o.gemm_tune);
   flag("gemvPrologue", 0, -1, &o.gemv_prologue);
   flag("pdl", 0, -1, &o.pdl);
   flag("strictKernels", 1, 0, &o.strict_kernels);
-  napi_value gv = prop(env, opt, "gemv");
-  if (present(env, gv)) {
-    std::string m = str(env, gv, "gemv");
-    if (m == "auto") o.gemv = 0;
-    else if (m == "always") o.gemv = 1;
-    else if (m == "never") o.gemv = -1;
-    else throw JsError{"gemv must be \"auto\", \"always\" or \"never\", got \"" + m + "\""};
-  }
+  choice(env, opt, "gemv", {"auto", "always", "never"}, {0, 1, -1}, &o.gemv);
   napi_value var = prop(env, opt, "gemvVariant");
   if (present(env, var)) o.gemv_variant = int32_t(num(env, var, "gemvVariant")) + 1;
   o.decode_variant = int32_t(num_or(env, opt, "decodeVariant", 0));
   o.decode_mma_min_gqa = int32_t(num_or(env, opt, "decodeMmaMinGqa", 0));
-  napi_value pr = prop(env, opt, "profile");
-  if (present(env, pr)) {
-    std::string m = str(env, pr, "profile");
-    if (m == "off") o.profile = 0;
-    else if (m == "nodes") o.profile = 1;
-    else if (m == "graph") o.profile = 2;
-    else throw JsError{"profile must be \"off\", \"nodes\" or \"graph\", got \"" + m + "\""};
-  }
+  choice(env, opt, "profile", {"off", "nodes", "graph"}, {0, 1, 2}, &o.profile);
   return o;
 }
 
@@ -292,8 +315,7 @@ napi_value LoadHashed(napi_env env, napi_callback_info info) {
     char err[2048] = {0};
     tsllm_engine* e = tsllm_load_hashed(path.c_str(), &o, chunk, static_cast<uint8_t*>(data), n, err, sizeof(err));
     if (!e) throw JsError{err};
-    napi_value res;
-    check(env, napi_create_object(env, &res), "create_object");
+    napi_value res = new_object(env);
     set(env, res, "handle", handle_of(env, e));
     set(env, res, "digests", buf);
     return res;
@@ -325,15 +347,9 @@ napi_value Step(napi_env env, napi_callback_info info) {
     uint32_t n = uint32_t(si.in.size());
     size_t rows = si.rows;
     std::vector<tsllm_seq_input>& in = si.in;
-    bool want_logits = false, want_tokens = false;
-    napi_value wl = prop(env, a[2], "logits"), wt = prop(env, a[2], "tokens");
-    if (present(env, wl)) napi_get_value_bool(env, wl, &want_logits);
-    if (present(env, wt)) napi_get_value_bool(env, wt, &want_tokens);
-    tsllm_info inf;
-    char err[2048] = {0};
-    if (tsllm_get_info(h->e, &inf, err, sizeof(err))) throw JsError{err};
-    napi_value res;
-    check(env, napi_create_object(env, &res), "create_object");
+    const bool want_logits = bool_or(env, a[2], "logits", false), want_tokens = bool_or(env, a[2], "tokens", false);
+    const tsllm_info inf = engine_get(h->e, tsllm_get_info);
+    napi_value res = new_object(env);
     tsllm_step_output out{};
     if (want_logits) {
       float* p;
@@ -348,6 +364,7 @@ napi_value Step(napi_env env, napi_callback_info info) {
       out.tokens = p;
       set(env, res, "tokens", ta);
     }
+    char err[2048] = {0};
     if (tsllm_step(h->e, in.data(), int32_t(n), &out, err, sizeof(err))) throw JsError{err};
     set_num(env, res, "rows", out.num_logit_rows);
     set_num(env, res, "vocab", out.vocab_size);
@@ -476,8 +493,7 @@ napi_value Generate(napi_env env, napi_callback_info info) {
         sp[i] = sampling_of(env, s);
       }
     }
-    napi_value res;
-    check(env, napi_create_object(env, &res), "create_object");
+    napi_value res = new_object(env);
     int32_t* out;
     napi_value tokens_ta = new_typed<napi_int32_array, int32_t>(env, n * size_t(max_new > 0 ? max_new : 0), &out);
     double* steps;
@@ -500,13 +516,8 @@ napi_value Generate(napi_env env, napi_callback_info info) {
 
 napi_value Info(napi_env env, napi_callback_info info) {
   return wrap(env, [&] {
-    auto a = args(env, info, 1);
-    Handle* h = handle(env, a[0]);
-    tsllm_info i;
-    char err[1024] = {0};
-    if (tsllm_get_info(h->e, &i, err, sizeof(err))) throw JsError{err};
-    napi_value o;
-    check(env, napi_create_object(env, &o), "create_object");
+    const tsllm_info i = engine_get(handle(env, args(env, info, 1)[0])->e, tsllm_get_info);
+    napi_value o = new_object(env);
     set_str(env, o, "gpuName", i.gpu_name);
     set_num(env, o, "gpuSm", i.gpu_sm);
     set_num(env, o, "engineSm", i.engine_sm);
@@ -540,13 +551,8 @@ napi_value Info(napi_env env, napi_callback_info info) {
 //                        directBytes, cachedBytes, threads, direct} (tsllm_load_stats)
 napi_value LoadStats(napi_env env, napi_callback_info info) {
   return wrap(env, [&] {
-    auto a = args(env, info, 1);
-    Handle* h = handle(env, a[0]);
-    tsllm_load_stats s;
-    char err[1024] = {0};
-    if (tsllm_get_load_stats(h->e, &s, err, sizeof(err))) throw JsError{err};
-    napi_value o;
-    check(env, napi_create_object(env, &o), "create_object");
+    const tsllm_load_stats s = engine_get(handle(env, args(env, info, 1)[0])->e, tsllm_get_load_stats);
+    napi_value o = new_object(env);
     set_num(env, o, "totalS", s.total_s);
     set_num(env, o, "cudaInitS", s.cuda_init_s);
     set_num(env, o, "headerS", s.header_s);
@@ -578,8 +584,7 @@ napi_value NodeStats(napi_env env, napi_callback_info info) {
     check(env, napi_create_array_with_length(env, st.size(), &arr), "create_array");
     static const char* kKinds[TSLLM_KERNEL_KINDS] = {"own", "folded", "cublaslt", "gemv", "gemvRms", "gemvGated"};
     for (size_t i = 0; i < st.size(); i++) {
-      napi_value o;
-      check(env, napi_create_object(env, &o), "create_object");
+      napi_value o = new_object(env);
       set_str(env, o, "op", st[i].op);
       set_str(env, o, "name", st[i].name);
       set_num(env, o, "foldedInto", st[i].folded_into);

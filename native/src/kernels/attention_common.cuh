@@ -40,6 +40,64 @@ struct KVView {
   }
 };
 
+// The arguments the decode kernels share (decode_kernel and decode_fast_kernel's DecodeArgs add the step's own k/v
+// and RoPE; decode_mma_kernel takes these as they are): query rows, output or split-K partials, the layer's cache,
+// the step's positions and token -> sequence map, the query-head grouping, the log2-domain scale, the split length.
+template <typename T>
+struct DecodeIO {
+  const T* q;  // decode_fast_kernel: the step's raw q rows; decode_kernel / decode_mma_kernel: rotated q rows
+  int q_stride;
+  T* out;
+  float* ws_o;    // split-K partials [token, head, split, D] (normalised) ...
+  float2* ws_ml;  // ... and their (m, l), for decode_reduce_kernel
+  KVView<T> kv;
+  const int32_t* positions;
+  const int32_t* token_seq;
+  int nH, G, hgroups;  // query heads, query heads per KV head, head groups per KV head (blocks along x per KV head)
+  float scale_log2;
+  int chunk;  // keys per split
+
+  // This lane's 8 dims (from sub * 8) of the GB query heads of head group hg of KV head hk for token t, times
+  // scale_log2; zero past the group or the head dim. to_float(row, raw, f): the 16 bytes `raw` at sub * 8 of query
+  // head row `row` as 8 floats.
+  template <int GB, typename ToFloat>
+  __device__ __forceinline__ void load_q(int t, int hk, int hg, int sub, bool dim_ok, float (&qf)[GB][8],
+                                         ToFloat&& to_float) const {
+#pragma unroll
+    for (int g = 0; g < GB; ++g) {
+      const int hh = hg * GB + g;
+      if (hh < G && dim_ok) {
+        const T* qh = q + (size_t)t * q_stride + (size_t)(hk * G + hh) * kv.D;
+        to_float(qh, *reinterpret_cast<const uint4*>(qh + sub * 8), qf[g]);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) qf[g][j] *= scale_log2;
+      } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) qf[g][j] = 0.f;
+      }
+    }
+  }
+  // A block's result r for query head h, dim d of token t: the output itself (one split), or split `split`'s
+  // normalised partial and, at d == 0, its (m, l).
+  __device__ __forceinline__ void store(int t, int h, int d, int split, int nsplit, float r, float M, float L) const {
+    if (nsplit == 1) {
+      out[((size_t)t * nH + h) * kv.D + d] = from_f<T>(r);
+    } else {
+      const size_t pi = ((size_t)t * nH + h) * nsplit + split;
+      ws_o[pi * kv.D + d] = r;
+      if (d == 0) ws_ml[pi] = make_float2(M, L);
+    }
+  }
+};
+
+// The K and V rows' 16 bytes at `row` + sub * 8 of the cache (zeros when !ld: an absent key or dims past D).
+template <typename T>
+__device__ __forceinline__ void load_kv16(const KVView<T>& kv, size_t row, int sub, bool ld, uint4& k, uint4& v) {
+  const T* p = kv.base + row + sub * 8;
+  k = ld ? *reinterpret_cast<const uint4*>(p) : make_uint4(0, 0, 0, 0);
+  v = ld ? *reinterpret_cast<const uint4*>(p + kv.v_off) : make_uint4(0, 0, 0, 0);
+}
+
 // RoPE on the 8 dims [i0, i0+8) of one head. neox rotates pairs (i, i+R/2), gptj pairs (2i, 2i+1);
 // angle = pos * inv_freq[pair] in fp32; dims >= R pass through. rope_angles gives cos/sin of the 8 dims (shared by
 // every head of a token); rope_apply rotates one head's row `src` whose chunk at i0 is already loaded in `raw`.

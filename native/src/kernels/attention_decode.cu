@@ -23,22 +23,12 @@ namespace {
 constexpr int kDecWarps = 4;
 
 template <typename T>
-struct DecodeArgs {
-  const T* q;  // fast path: raw q/k/v rows of the step; variant 2: q already rotated (k, v already in the cache)
-  const T* k;
+struct DecodeArgs : DecodeIO<T> {
+  const T* k;  // fast path: raw k/v rows of the step (q: DecodeIO::q); variant 2: FP8 caches' own k/v, else unused
   const T* v;
-  int q_stride, k_stride, v_stride;
-  T* out;
-  float* ws_o;
-  float2* ws_ml;
-  KVView<T> kv;
-  const int32_t* positions;
-  const int32_t* token_seq;
+  int k_stride, v_stride;
   const float* inv_freq;
   int R, gptj;
-  int nH, hgroups, G;
-  float scale_log2;
-  int chunk;
   int guess_seq;  // fast path: token t is sequence t (pure decode with num_seqs == num_tokens), checked on device
   int pdl;        // fast path: launched with programmatic stream serialization (wait before touching q/k/v/out)
 };
@@ -68,6 +58,26 @@ struct Fp8View {
   float k_scale, v_scale;
 };
 
+// The end of decode_kernel and decode_fast_kernel: merges the key slots of each warp (lanes with equal `sub`), then
+// the NW warps through shared memory, and calls out(g, hh, d, r, M, L) for every (head, dim) of the block's head
+// group (g: index in the block, hh: in the KV head's group): r the block's normalised output, (M, L) its max and sum.
+template <int NW, int LPK, int GB, int DP, typename Out>
+__device__ __forceinline__ void merge_block(float (&m)[GB], float (&l)[GB], float (&acc)[GB][8], int warp, int slot,
+                                            int sub, int hg, int G, int D, Out&& out) {
+  softmax_merge_lanes<LPK, GB>(m, l, acc);
+  __shared__ SoftmaxWarpPartials<NW, GB, DP> part;
+  part.store(warp, slot, sub, m, l, acc);
+  __syncthreads();
+  for (int e = threadIdx.x; e < GB * DP; e += blockDim.x) {
+    const int g = e / DP, d = e % DP;
+    const int hh = hg * GB + g;
+    if (hh >= G || d >= D) continue;
+    float M, L;
+    const float r = part.merge(g, d, &M, &L);
+    out(g, hh, d, r, M, L);
+  }
+}
+
 // CT: the cache's element type (T, or uint8_t for an FP8 cache: the token's own key/value come unrounded from
 // a.k / a.v, as the reference attends to them before storing).
 template <typename T, typename CT, int DP, int GB>
@@ -80,7 +90,7 @@ __global__ void __launch_bounds__(kDecWarps * 32)
   constexpr int STEP = kDecWarps * KPW * U;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int sub = lane % LPK, slot = lane / LPK;
-  const int G = a.G, nH = a.nH, chunk = a.chunk;
+  const int G = a.G, chunk = a.chunk;
   const int hk = blockIdx.x / a.hgroups, hg = blockIdx.x % a.hgroups;
   const int split = blockIdx.y, nsplit = gridDim.y, t = blockIdx.z;
   const int D = kv.D;
@@ -93,19 +103,7 @@ __global__ void __launch_bounds__(kDecWarps * 32)
   const bool dim_ok = sub * 8 < D;
 
   float qf[GB][8];
-#pragma unroll
-  for (int g = 0; g < GB; ++g) {
-    const int hh = hg * GB + g;
-    if (hh < G && dim_ok) {
-      const T* qh = a.q + (size_t)t * a.q_stride + (size_t)(hk * G + hh) * D;
-      unpack8<T>(*reinterpret_cast<const uint4*>(qh + sub * 8), qf[g]);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) qf[g][j] *= a.scale_log2;
-    } else {
-#pragma unroll
-      for (int j = 0; j < 8; ++j) qf[g][j] = 0.f;
-    }
-  }
+  a.template load_q<GB>(t, hk, hg, sub, dim_ok, qf, [](const T*, const uint4& raw, float (&f)[8]) { unpack8<T>(raw, f); });
   float m[GB], l[GB], acc[GB][8];
   softmax_init<GB>(m, l, acc);
 
@@ -171,27 +169,10 @@ __global__ void __launch_bounds__(kDecWarps * 32)
     softmax_step<U, GB>(m, l, acc, s, vf);
   }
 
-  // Merge the key slots of a warp (lanes with equal `sub`), then the warps through shared memory.
-  softmax_merge_lanes<LPK, GB>(m, l, acc);
-  __shared__ SoftmaxWarpPartials<kDecWarps, GB, DP> part;
-  part.store(warp, slot, sub, m, l, acc);
-  __syncthreads();
-  // Block result per (head, dim): normalised o and the block's (m, l).
-  for (int e = threadIdx.x; e < GB * DP; e += blockDim.x) {
-    const int g = e / DP, d = e % DP;
-    const int hh = hg * GB + g;
-    if (hh >= G || d >= D) continue;
-    float M, L;
-    const float r = part.merge(g, d, &M, &L);
-    const int h = hk * G + hh;
-    if (nsplit == 1) {
-      a.out[((size_t)t * nH + h) * D + d] = from_f<T>(r);
-    } else {
-      const size_t pi = ((size_t)t * nH + h) * nsplit + split;
-      a.ws_o[pi * D + d] = r;
-      if (d == 0) a.ws_ml[pi] = make_float2(M, L);
-    }
-  }
+  merge_block<kDecWarps, LPK, GB, DP>(m, l, acc, warp, slot, sub, hg, G, D,
+                                     [&](int, int hh, int d, float r, float M, float L) {
+                                       a.store(t, hk * G + hh, d, split, nsplit, r, M, L);
+                                     });
 }
 
 // Variant 3 (small batches): one launch, latency first. Grid (kv head x head group, split, token), NW warps,
@@ -253,12 +234,7 @@ __global__ void __launch_bounds__(NW * 32) decode_fast_kernel(const DecodeArgs<T
   // Round 2: the first step's K/V (cache only: independent of the previous kernel).
   uint4 kr[U], vr[U];
 #pragma unroll
-  for (int u = 0; u < U; ++u) {
-    const bool ld = ok[u] && dim_ok;
-    const T* p = kv.base + rcur[u] + sub * 8;
-    kr[u] = ld ? *reinterpret_cast<const uint4*>(p) : make_uint4(0, 0, 0, 0);
-    vr[u] = ld ? *reinterpret_cast<const uint4*>(p + kv.v_off) : make_uint4(0, 0, 0, 0);
-  }
+  for (int u = 0; u < U; ++u) load_kv16(kv, rcur[u], sub, ok[u] && dim_ok, kr[u], vr[u]);
   // Cos/sin of this lane's 8 dims at pos (shared by the q heads and the new k).
   float rcs[8], rsn[8];
   const bool rope = a.R > 0 && dim_ok && sub * 8 < a.R;
@@ -267,26 +243,15 @@ __global__ void __launch_bounds__(NW * 32) decode_fast_kernel(const DecodeArgs<T
   if (a.pdl) pdl_wait();  // q/k/v come from the previous kernel
 
   float qf[GB][8];
+  a.template load_q<GB>(t, hk, hg, sub, dim_ok, qf, [&](const T* qh, const uint4& raw, float (&f)[8]) {
+    if (rope) {
+      rope_apply<T>(qh, sub * 8, a.R, a.gptj != 0, raw, rcs, rsn, f);
 #pragma unroll
-  for (int g = 0; g < GB; ++g) {
-    const int hh = hg * GB + g;
-    if (hh < G && dim_ok) {
-      const T* qh = a.q + (size_t)t * a.q_stride + (size_t)(hk * G + hh) * D;
-      const uint4 raw = *reinterpret_cast<const uint4*>(qh + sub * 8);
-      if (rope) {
-        rope_apply<T>(qh, sub * 8, a.R, a.gptj != 0, raw, rcs, rsn, qf[g]);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) qf[g][j] = to_f(from_f<T>(qf[g][j]));  // q is rounded like the unfused path
-      } else {
-        unpack8<T>(raw, qf[g]);
-      }
-#pragma unroll
-      for (int j = 0; j < 8; ++j) qf[g][j] *= a.scale_log2;
+      for (int j = 0; j < 8; ++j) f[j] = to_f(from_f<T>(f[j]));  // q is rounded like the unfused path
     } else {
-#pragma unroll
-      for (int j = 0; j < 8; ++j) qf[g][j] = 0.f;
+      unpack8<T>(raw, f);
     }
-  }
+  });
   uint4 knew = make_uint4(0, 0, 0, 0), vnew = make_uint4(0, 0, 0, 0);
   if (dim_ok) {
     const T* kh = a.k + (size_t)t * a.k_stride + (size_t)hk * D;
@@ -338,34 +303,21 @@ __global__ void __launch_bounds__(NW * 32) decode_fast_kernel(const DecodeArgs<T
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       ok[u] = oknext[u];
-      const bool ld = oknext[u] && dim_ok;
-      const T* p = kv.base + rnext[u] + sub * 8;
-      kr[u] = ld ? *reinterpret_cast<const uint4*>(p) : make_uint4(0, 0, 0, 0);
-      vr[u] = ld ? *reinterpret_cast<const uint4*>(p + kv.v_off) : make_uint4(0, 0, 0, 0);
+      load_kv16(kv, rnext[u], sub, oknext[u] && dim_ok, kr[u], vr[u]);
     }
   }
 
-  // Merge the key slots of a warp (lanes with equal `sub`), then the warps through shared memory.
-  softmax_merge_lanes<LPK, GB>(m, l, acc);
-  __shared__ SoftmaxWarpPartials<NW, GB, DP> part;
-  part.store(warp, slot, sub, m, l, acc);
-  __syncthreads();
-  // Block result per (head, dim): normalised o and the block's (m, l).
+  // Block result per (head, dim): the output (one split), or normalised o and the block's (m, l) for the cluster.
   __shared__ float s_bo[GB][DP];
   __shared__ float s_bm[GB], s_bl[GB];
-  for (int e = threadIdx.x; e < GB * DP; e += blockDim.x) {
-    const int g = e / DP, d = e % DP;
-    const int hh = hg * GB + g;
-    if (hh >= G || d >= D) continue;
-    float M, L;
-    const float r = part.merge(g, d, &M, &L);
+  merge_block<NW, LPK, GB, DP>(m, l, acc, warp, slot, sub, hg, G, D, [&](int g, int hh, int d, float r, float M, float L) {
     if (nsplit == 1) {
       a.out[((size_t)t * nH + hk * G + hh) * D + d] = from_f<T>(r);
     } else {
       s_bo[g][d] = r;
       if (d == 0) s_bm[g] = M, s_bl[g] = L;
     }
-  }
+  });
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (nsplit > 1) {
     // Every rank combines an interleaved share of the (head, dim) outputs; all remote reads of one output are
@@ -453,22 +405,26 @@ cudaError_t launch_decode_t(DecodeArgs<T> a, const StepLayout& step, int nKV, De
   return cudaGetLastError();
 }
 
+// f(GB) with GB the query heads per block instantiated for G query heads per KV head (1, 2, 4, or 8 and several
+// head groups), as a std::integral_constant.
+template <typename F>
+cudaError_t with_head_group(int G, F&& f) {
+  if (G <= 1) return f(std::integral_constant<int, 1>{});
+  if (G <= 2) return f(std::integral_constant<int, 2>{});
+  if (G <= 4) return f(std::integral_constant<int, 4>{});
+  return f(std::integral_constant<int, 8>{});
+}
+
 template <typename T, int DP>
 cudaError_t launch_decode_dp(const DecodeArgs<T>& a, const StepLayout& step, int nKV, DecodeSplit sp, const Fp8View& f8,
                              cudaStream_t s) {
-  if (a.G <= 1) return launch_decode_t<T, DP, 1>(a, step, nKV, sp, f8, s);
-  if (a.G <= 2) return launch_decode_t<T, DP, 2>(a, step, nKV, sp, f8, s);
-  if (a.G <= 4) return launch_decode_t<T, DP, 4>(a, step, nKV, sp, f8, s);
-  return launch_decode_t<T, DP, 8>(a, step, nKV, sp, f8, s);
+  return with_head_group(a.G, [&](auto gb) { return launch_decode_t<T, DP, decltype(gb)::value>(a, step, nKV, sp, f8, s); });
 }
 
 template <typename T>
 cudaError_t launch_decode_d(const DecodeArgs<T>& a, const StepLayout& step, int nKV, int D, DecodeSplit sp, const Fp8View& f8,
                             cudaStream_t s) {
-  if (D <= 32) return launch_decode_dp<T, 32>(a, step, nKV, sp, f8, s);
-  if (D <= 64) return launch_decode_dp<T, 64>(a, step, nKV, sp, f8, s);
-  if (D <= 128) return launch_decode_dp<T, 128>(a, step, nKV, sp, f8, s);
-  return launch_decode_dp<T, 256>(a, step, nKV, sp, f8, s);
+  return with_head_dim(D, [&](auto dp) { return launch_decode_dp<T, decltype(dp)::value>(a, step, nKV, sp, f8, s); });
 }
 
 template <typename T, int DP, int GB, int NW_>
@@ -501,10 +457,7 @@ cudaError_t launch_fast_t(DecodeArgs<T> a, const StepLayout& step, int nKV, Deco
 
 template <typename T, int DP, int NW>
 cudaError_t launch_fast_w(const DecodeArgs<T>& a, const StepLayout& step, int nKV, DecodeSplit sp, cudaStream_t s) {
-  if (a.G <= 1) return launch_fast_t<T, DP, 1, NW>(a, step, nKV, sp, s);
-  if (a.G <= 2) return launch_fast_t<T, DP, 2, NW>(a, step, nKV, sp, s);
-  if (a.G <= 4) return launch_fast_t<T, DP, 4, NW>(a, step, nKV, sp, s);
-  return launch_fast_t<T, DP, 8, NW>(a, step, nKV, sp, s);
+  return with_head_group(a.G, [&](auto gb) { return launch_fast_t<T, DP, decltype(gb)::value, NW>(a, step, nKV, sp, s); });
 }
 
 template <typename T, int DP>
@@ -515,10 +468,7 @@ cudaError_t launch_fast_dp(const DecodeArgs<T>& a, const StepLayout& step, int n
 template <typename T>
 cudaError_t launch_fast_d(const DecodeArgs<T>& a, const StepLayout& step, int nKV, int D, DecodeSplit sp,
                           cudaStream_t s) {
-  if (D <= 32) return launch_fast_dp<T, 32>(a, step, nKV, sp, s);
-  if (D <= 64) return launch_fast_dp<T, 64>(a, step, nKV, sp, s);
-  if (D <= 128) return launch_fast_dp<T, 128>(a, step, nKV, sp, s);
-  return launch_fast_dp<T, 256>(a, step, nKV, sp, s);
+  return with_head_dim(D, [&](auto dp) { return launch_fast_dp<T, decltype(dp)::value>(a, step, nKV, sp, s); });
 }
 
 // Clusters need an sm_90 device running sm_90 code of the kernel (a PTX-JIT build for an older arch compiles
@@ -598,7 +548,6 @@ cudaError_t attention_decode(const void* q_, int q_stride, const void* k_, int k
                              bool fast, void* out_, const PagedKV& kv, const StepLayout& step, const AttnParams& p,
                              DType dt, void* ws, cudaStream_t s) {
   const int D = p.head_dim, nH = p.num_heads, nKV = p.num_kv_heads;
-  const int G = nH / nKV;
   const DecodeSplit sp = decode_split(step.num_tokens, nH, nKV, D, step.max_seq_len, fast ? 3 : 2);
   if (fast && !sp.fast) return cudaErrorInvalidValue;  // paged_attention checks first
   float* ws_o = nullptr;
@@ -611,26 +560,14 @@ cudaError_t attention_decode(const void* q_, int q_stride, const void* k_, int k
   cudaError_t e = cudaSuccess;
   TSLLM_DISPATCH_HALF(dt, T, {
     DecodeArgs<T> a;
-    a.q = static_cast<const T*>(q_);
+    set_decode_io(a, q_, q_stride, out_, ws_o, ws_ml, kv, step, p, sp.chunk);
     a.k = static_cast<const T*>(k_);
     a.v = static_cast<const T*>(v_);
-    a.q_stride = q_stride;
     a.k_stride = k_stride;
     a.v_stride = v_stride;
-    a.out = static_cast<T*>(out_);
-    a.ws_o = ws_o;
-    a.ws_ml = ws_ml;
-    a.kv = make_kv_view<T>(kv, p.layer);
-    a.positions = step.positions;
-    a.token_seq = step.token_seq;
     a.inv_freq = p.inv_freq;
     a.R = p.rotary_dim;
     a.gptj = p.rope_style == RopeStyle::Gptj ? 1 : 0;
-    a.nH = nH;
-    a.hgroups = 1;
-    a.G = G;
-    a.scale_log2 = p.scale * 1.4426950408889634f;
-    a.chunk = sp.chunk;
     a.guess_seq = step.num_seqs >= step.num_tokens ? 1 : 0;  // pure decode: row t of the block table exists
     a.pdl = p.pdl && pdl_supported() ? 1 : 0;
     if (sp.fast) {

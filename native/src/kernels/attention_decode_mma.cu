@@ -34,19 +34,7 @@ struct MmaCfg {
 };
 
 template <typename T>
-struct MmaArgs {
-  const T* q;  // rotated q rows
-  int q_stride;
-  T* out;
-  float* ws_o;
-  float2* ws_ml;
-  KVView<T> kv;
-  const int32_t* positions;
-  const int32_t* token_seq;
-  int nH, G, hgroups;
-  float scale_log2;
-  int chunk;
-};
+using MmaArgs = DecodeIO<T>;  // q: the rotated q rows
 
 template <typename T, int DP>
 __global__ void __launch_bounds__(kMmaWarps * 32) decode_mma_kernel(const MmaArgs<T> a) {
@@ -194,14 +182,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) decode_mma_kernel(const MmaArg
     if (d >= D) continue;
     float M, L;
     const float res = part.merge(r, d, &M, &L);
-    const int h = h0 + r;
-    if (nsplit == 1) {
-      a.out[((size_t)t * a.nH + h) * D + d] = from_f<T>(res);
-    } else {
-      const size_t pi = ((size_t)t * a.nH + h) * nsplit + split;
-      a.ws_o[pi * D + d] = res;
-      if (d == 0) a.ws_ml[pi] = make_float2(M, L);
-    }
+    a.store(t, h0 + r, d, split, nsplit, res, M, L);
   }
 }
 
@@ -223,27 +204,12 @@ cudaError_t attention_decode_mma(const void* q, int q_stride, void* out, float* 
                                  const PagedKV& kv, const StepLayout& step, const AttnParams& p, int splits, int chunk,
                                  DType dt, cudaStream_t s) {
   if (kv.dtype == DType::FP8_E4M3) return cudaErrorInvalidValue;
-  const int D = p.head_dim;
   TSLLM_DISPATCH_HALF(dt, T, {
     MmaArgs<T> a;
-    a.q = static_cast<const T*>(q);
-    a.q_stride = q_stride;
-    a.out = static_cast<T*>(out);
-    a.ws_o = ws_o;
-    a.ws_ml = ws_ml;
-    a.kv = make_kv_view<T>(kv, p.layer);
-    a.positions = step.positions;
-    a.token_seq = step.token_seq;
-    a.nH = p.num_heads;
-    a.G = p.num_heads / p.num_kv_heads;
-    a.hgroups = 1;
-    a.scale_log2 = p.scale * 1.4426950408889634f;
-    a.chunk = chunk;
-    const int n = step.num_tokens, nKV = p.num_kv_heads;
-    if (D <= 32) return launch_mma_t<T, 32>(a, n, nKV, splits, s);
-    if (D <= 64) return launch_mma_t<T, 64>(a, n, nKV, splits, s);
-    if (D <= 128) return launch_mma_t<T, 128>(a, n, nKV, splits, s);
-    return launch_mma_t<T, 256>(a, n, nKV, splits, s);
+    set_decode_io(a, q, q_stride, out, ws_o, ws_ml, kv, step, p, chunk);
+    return with_head_dim(p.head_dim, [&](auto dp) {
+      return launch_mma_t<T, decltype(dp)::value>(a, step.num_tokens, p.num_kv_heads, splits, s);
+    });
   });
   return cudaErrorInvalidValue;
 }

@@ -1,5 +1,7 @@
 // Internal launchers behind paged_attention (paged_attention.cu): RoPE + KV-cache write, decode, context.
 #pragma once
+#include <type_traits>
+
 #include "attention_common.cuh"
 
 namespace tsllm {
@@ -19,6 +21,35 @@ inline KVView<T> make_kv_view(const PagedKV& kv, int layer) {
     if ((1 << sh) == kv.tokens_per_block) v.tpb_shift = sh;
   v.D = kv.head_dim;
   return v;
+}
+
+// The DecodeIO of a decode launch over layer p.layer (hgroups 1 until the launcher picks the group size).
+template <typename T>
+inline void set_decode_io(DecodeIO<T>& a, const void* q, int q_stride, void* out, float* ws_o, float2* ws_ml,
+                          const PagedKV& kv, const StepLayout& step, const AttnParams& p, int chunk) {
+  a.q = static_cast<const T*>(q);
+  a.q_stride = q_stride;
+  a.out = static_cast<T*>(out);
+  a.ws_o = ws_o;
+  a.ws_ml = ws_ml;
+  a.kv = make_kv_view<T>(kv, p.layer);
+  a.positions = step.positions;
+  a.token_seq = step.token_seq;
+  a.nH = p.num_heads;
+  a.G = p.num_heads / p.num_kv_heads;
+  a.hgroups = 1;
+  a.scale_log2 = p.scale * 1.4426950408889634f;
+  a.chunk = chunk;
+}
+
+// f(DP) with DP the instantiated head size holding head_dim (32, 64, 128 or 256: padded in registers / shared
+// memory), as a std::integral_constant so that f can instantiate kernels on it.
+template <typename F>
+inline cudaError_t with_head_dim(int head_dim, F&& f) {
+  if (head_dim <= 32) return f(std::integral_constant<int, 32>{});
+  if (head_dim <= 64) return f(std::integral_constant<int, 64>{});
+  if (head_dim <= 128) return f(std::integral_constant<int, 128>{});
+  return f(std::integral_constant<int, 256>{});
 }
 
 // A kernel's dynamic shared memory limit raised to `bytes` (above the 48 KB default), once per device: `configured`

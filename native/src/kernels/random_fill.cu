@@ -5,18 +5,10 @@
 #include <cuda_fp8.h>
 
 #include "common.cuh"
+#include "lowbias32.h"
 
 namespace tsllm {
 namespace {
-
-__host__ __device__ __forceinline__ uint32_t lowbias32(uint32_t x) {
-  x ^= x >> 16;
-  x *= 0x7feb352dU;
-  x ^= x >> 15;
-  x *= 0x846ca68bU;
-  x ^= x >> 16;
-  return x;
-}
 
 __device__ __forceinline__ float rf_value(uint32_t h, uint64_t i, float mean, float scale) {
   const uint32_t u = lowbias32(h ^ (uint32_t)i);  // JS: (h ^ i) >>> 0 uses the low 32 bits of i

@@ -45,26 +45,23 @@ struct ArgMax {
 __device__ __forceinline__ ArgMax better(ArgMax a, ArgMax b) {
   return (b.v > a.v || (b.v == a.v && b.i < a.i)) ? b : a;
 }
+__device__ __forceinline__ ArgMax warp_argmax(ArgMax a) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    ArgMax b;
+    b.v = __shfl_xor_sync(0xffffffffu, a.v, o);
+    b.i = __shfl_xor_sync(0xffffffffu, a.i, o);
+    a = better(a, b);
+  }
+  return a;
+}
 __device__ ArgMax block_argmax(ArgMax a) {
   __shared__ ArgMax sh[32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    ArgMax b;
-    b.v = __shfl_xor_sync(0xffffffffu, a.v, o);
-    b.i = __shfl_xor_sync(0xffffffffu, a.i, o);
-    a = better(a, b);
-  }
+  a = warp_argmax(a);
   if (lane == 0) sh[warp] = a;
   __syncthreads();
-  a = lane < (int)(blockDim.x >> 5) ? sh[lane] : ArgMax{-INFINITY, 0x7fffffff};
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    ArgMax b;
-    b.v = __shfl_xor_sync(0xffffffffu, a.v, o);
-    b.i = __shfl_xor_sync(0xffffffffu, a.i, o);
-    a = better(a, b);
-  }
+  a = warp_argmax(lane < (int)(blockDim.x >> 5) ? sh[lane] : ArgMax{-INFINITY, 0x7fffffff});
   __syncthreads();
   return a;
 }

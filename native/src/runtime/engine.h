@@ -38,6 +38,16 @@ struct StepError : std::runtime_error {
 // Byte offsets of the per-step metadata arrays inside one buffer (pinned on the host, mirrored on the
 // device, uploaded with one cudaMemcpyAsync). Block tables come last so a step copies only the prefix
 // up to its own sequences' rows.
+// The metadata arrays of one buffer laid out by a MetaLayout (a host staging slot or the device copy), typed.
+struct MetaArrays {
+  uint64_t* seed;
+  int32_t *input_ids, *positions, *token_seq, *logits_indices;
+  float* temperature;
+  int32_t* top_k;
+  float* top_p;
+  int32_t *sample_step, *seq_start, *seq_len, *feed_src, *block_tables;
+};
+
 struct MetaLayout {
   int tcap = 0, scap = 0, max_blocks = 0;
   size_t seed = 0;          // u64 [tcap]   per logits row
@@ -55,6 +65,7 @@ struct MetaLayout {
   size_t block_tables = 0;  // i32 [scap, max_blocks]
   size_t total = 0;
   size_t bytes_for(int num_seqs) const { return block_tables + size_t(num_seqs) * size_t(max_blocks) * 4; }
+  MetaArrays at(char* base) const;  // the arrays of the buffer at base
 };
 MetaLayout make_meta_layout(int tcap, int scap, int max_blocks);
 

@@ -56,6 +56,15 @@ MetaLayout make_meta_layout(int tcap, int scap, int max_blocks) {
   return l;
 }
 
+MetaArrays MetaLayout::at(char* base) const {
+  auto i32 = [base](size_t off) { return reinterpret_cast<int32_t*>(base + off); };
+  auto f32 = [base](size_t off) { return reinterpret_cast<float*>(base + off); };
+  // In MetaArrays' field order.
+  return MetaArrays{reinterpret_cast<uint64_t*>(base + seed), i32(input_ids), i32(positions), i32(token_seq),
+                    i32(logits_indices), f32(temperature), i32(top_k), f32(top_p), i32(sample_step), i32(seq_start),
+                    i32(seq_len), i32(feed_src), i32(block_tables)};
+}
+
 Engine::~Engine() {
   if (stream) cudaStreamSynchronize(stream);
   profile_report();

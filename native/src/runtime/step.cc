@@ -136,46 +136,34 @@ void plan_and_upload(Engine& e, const SeqReq* r, int S, StepPlan& p, const int32
   TSLLM_CUDA(cudaEventSynchronize(b.uploaded[slot]), "waiting for a metadata slot");
   char* h = b.host[slot];
   const MetaLayout& l = b.lay;
-  auto* ids = reinterpret_cast<int32_t*>(h + l.input_ids);
-  auto* pos = reinterpret_cast<int32_t*>(h + l.positions);
-  auto* tseq = reinterpret_cast<int32_t*>(h + l.token_seq);
-  auto* lidx = reinterpret_cast<int32_t*>(h + l.logits_indices);
-  auto* temp = reinterpret_cast<float*>(h + l.temperature);
-  auto* topk = reinterpret_cast<int32_t*>(h + l.top_k);
-  auto* topp = reinterpret_cast<float*>(h + l.top_p);
-  auto* seed = reinterpret_cast<uint64_t*>(h + l.seed);
-  auto* sstep = reinterpret_cast<int32_t*>(h + l.sample_step);
-  auto* sstart = reinterpret_cast<int32_t*>(h + l.seq_start);
-  auto* slen = reinterpret_cast<int32_t*>(h + l.seq_len);
-  auto* bt = reinterpret_cast<int32_t*>(h + l.block_tables);
-  auto* fsrc = reinterpret_cast<int32_t*>(h + l.feed_src);
+  const MetaArrays m = l.at(h);
   const int MB = l.max_blocks;
 
   p.last_row.assign(size_t(S), 0);
   int tok = 0, row = 0;
   auto put_row = [&](int t, const tsllm_sampling& sp, int position) {
-    lidx[row] = t;
-    temp[row] = sp.temperature;
-    topk[row] = sp.top_k;
-    topp[row] = sp.top_p > 0.f ? sp.top_p : 1.f;
-    seed[row] = sp.seed;
-    sstep[row] = position;
+    m.logits_indices[row] = t;
+    m.temperature[row] = sp.temperature;
+    m.top_k[row] = sp.top_k;
+    m.top_p[row] = sp.top_p > 0.f ? sp.top_p : 1.f;
+    m.seed[row] = sp.seed;
+    m.sample_step[row] = position;
     row++;
   };
   for (int s = 0; s < S; s++) {
     const SeqReq& q = r[s];
-    sstart[s] = tok;
+    m.seq_start[s] = tok;
     for (int j = 0; j < q.n; j++) {
-      ids[tok] = q.tokens ? q.tokens[j] : 0;
-      pos[tok] = q.start + j;
-      tseq[tok] = s;
+      m.input_ids[tok] = q.tokens ? q.tokens[j] : 0;
+      m.positions[tok] = q.start + j;
+      m.token_seq[tok] = s;
       if (q.all_logits || j == q.n - 1) put_row(tok, q.sp, q.start + j);
       tok++;
     }
     p.last_row[size_t(s)] = row - 1;
-    fsrc[s] = !q.tokens && !dev_ids ? e.feed_rows.at(q.id) : -1;
-    slen[s] = q.start + q.n;
-    int32_t* rowp = bt + size_t(s) * MB;
+    m.feed_src[s] = !q.tokens && !dev_ids ? e.feed_rows.at(q.id) : -1;
+    m.seq_len[s] = q.start + q.n;
+    int32_t* rowp = m.block_tables + size_t(s) * MB;
     const Sequence* sq = e.kv.find(q.id);
     int nb = sq ? int(sq->blocks.size()) : 0;
     if (nb) std::memcpy(rowp, sq->blocks.data(), sizeof(int32_t) * size_t(nb));
@@ -183,17 +171,17 @@ void plan_and_upload(Engine& e, const SeqReq* r, int S, StepPlan& p, const int32
   }
   const tsllm_sampling greedy{0.f, 1, 1.f, 0, 0};
   for (int s = S; s < p.S; s++) {  // graph padding rows
-    sstart[s] = tok;
-    ids[tok] = 0;
-    pos[tok] = 0;
-    tseq[tok] = s;
+    m.seq_start[s] = tok;
+    m.input_ids[tok] = 0;
+    m.positions[tok] = 0;
+    m.token_seq[tok] = s;
     put_row(tok, greedy, 0);
-    slen[s] = 1;
-    fsrc[s] = -1;
-    std::memset(bt + size_t(s) * MB, 0, sizeof(int32_t) * size_t(MB));
+    m.seq_len[s] = 1;
+    m.feed_src[s] = -1;
+    std::memset(m.block_tables + size_t(s) * MB, 0, sizeof(int32_t) * size_t(MB));
     tok++;
   }
-  sstart[p.S] = tok;
+  m.seq_start[p.S] = tok;
 
   TSLLM_CUDA(cudaMemcpyAsync(b.dev, h, l.bytes_for(p.S), cudaMemcpyHostToDevice, e.stream), "uploading step metadata");
   TSLLM_CUDA(cudaEventRecord(b.uploaded[slot], e.stream), "cudaEventRecord");
@@ -201,10 +189,11 @@ void plan_and_upload(Engine& e, const SeqReq* r, int S, StepPlan& p, const int32
     TSLLM_CUDA(cudaMemcpyAsync(b.dev + l.input_ids, dev_ids, sizeof(int32_t) * size_t(S), cudaMemcpyDeviceToDevice,
                                e.stream),
                "copying sampled tokens to the next step");
-  if (fed)
-    TSLLM_CUDA(feed_tokens(b.dptr<int32_t>(l.input_ids), b.dptr<int32_t>(l.seq_start), b.dptr<int32_t>(l.feed_src),
-                           e.feed_out, p.S, e.stream),
+  if (fed) {
+    const MetaArrays d = l.at(b.dev);
+    TSLLM_CUDA(feed_tokens(d.input_ids, d.seq_start, d.feed_src, e.feed_out, p.S, e.stream),
                "feeding the previous step's tokens");
+  }
 }
 
 // After a step: its sampled tokens (on the device) may feed the next step's sequences that give none.
@@ -225,10 +214,9 @@ void postprocess(Engine& e, const StepPlan& p, bool do_sample) {
     if (err != cudaSuccess) throw StepError(std::string("converting logits to fp32: ") + cudaGetErrorString(err));
   }
   if (do_sample) {
-    const MetaLayout& l = b.lay;
-    cudaError_t err = sample(logits_f32(e, p), p.L, d.vocab_size, b.dptr<float>(l.temperature), b.dptr<int32_t>(l.top_k),
-                             b.dptr<float>(l.top_p), b.dptr<uint64_t>(l.seed), b.dptr<int32_t>(l.sample_step),
-                             b.out_tokens, b.sample_ws, e.stream);
+    const MetaArrays m = b.lay.at(b.dev);
+    cudaError_t err = sample(logits_f32(e, p), p.L, d.vocab_size, m.temperature, m.top_k, m.top_p, m.seed,
+                             m.sample_step, b.out_tokens, b.sample_ws, e.stream);
     if (err != cudaSuccess) throw StepError(std::string("sampling: ") + cudaGetErrorString(err));
   }
 }
