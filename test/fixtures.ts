@@ -5,6 +5,9 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { type CompileOptions, compileEngine } from "../src/compile.ts";
+import { Module } from "../src/dsl/module.ts";
+import { BuildConfig } from "../src/engine/format.ts";
+import { loadModelFile } from "../src/model-file.ts";
 
 export const REPO = fileURLToPath(new URL("..", import.meta.url));
 export const SHARED = path.resolve(REPO, "../shared");
@@ -23,6 +26,28 @@ export const GPTJ_MODEL = path.join(REPO, "models/gptj.ts");
  *               ONNX Runtime tp 1 6.68e-5, tp 2 6.68e-5
  */
 export const FP32_GOLDEN_BOUND = { llama: 1e-5, gptj: 2e-4 } as const;
+
+/** tiny-llama's graph as models/llama.ts builds it: fp32, one sequence of up to 8 tokens. */
+export async function tinyLlamaGraph(): Promise<Module["graph"]> {
+  const model = await loadModelFile(LLAMA_MODEL);
+  const cfg = model.parseConfig(
+    JSON.parse(fs.readFileSync(path.join(TINY_LLAMA, "config.json"), "utf8")),
+    "x",
+  );
+  const m = new Module("f32", { maxBatchSize: 1, maxSeqLen: 8, maxNumTokens: 8 });
+  model.forward(m, cfg);
+  return m.graph;
+}
+
+/** The build of tinyLlamaGraph (fp32, sm 90, tp 1, checkpoint weights), with `extra` fields over it. */
+export function tinyLlamaBuild(extra: Record<string, unknown> = {}): BuildConfig {
+  return BuildConfig.parse({
+    ...{ sm: 90, tp: 1, dtype: "fp32", kv_cache_dtype: "fp32" },
+    ...{ max_batch_size: 1, max_seq_len: 8, max_num_tokens: 8, tokens_per_block: 32 },
+    ...{ random_weights: false, seed: 0 },
+    ...extra,
+  });
+}
 
 export function tmpDir(prefix = "tsllm-test-"): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix));

@@ -10,7 +10,7 @@ import { openEngine } from "../src/engine/reader.ts";
 import { ReferenceExecutor } from "../src/executor/reference.ts";
 import { checkGolden } from "../src/golden.ts";
 import { runPipeline } from "../src/pipeline.ts";
-import { FusionReport } from "../src/report/index.ts";
+import { FusionReport, formatReport } from "../src/report/index.ts";
 import { FP32_GOLDEN_BOUND, GPTJ_MODEL, LLAMA_MODEL, REPO, SHARED, tmpDir } from "./fixtures.ts";
 import { FIXTURES, fixture } from "./passes/helpers.ts";
 
@@ -31,6 +31,13 @@ async function build(
   const report = FusionReport.parse(JSON.parse(fs.readFileSync(path.join(out, "report.json"), "utf8")));
   return { out, res, report };
 }
+
+// The byte figures of the printed report (traffic, intermediates, arena), exactly as tsllm-compile and
+// tsllm-inspect print them: the numbers, their units and the rounding (src/report/bytes.ts, fmtBytes).
+const figures = (text: string) =>
+  text
+    .split("\n")
+    .filter((l) => /^(activation traffic per token|intermediate tensors per token|activation arena)/.test(l));
 
 describe("fusion report", () => {
   it("Llama 2 7B: 16 → at most 8 kernel launches per decoder layer, bytes saved, arena planned", async () => {
@@ -56,6 +63,11 @@ describe("fusion report", () => {
     expect(byName["qkv-fusion"].where).toEqual(["model.layers.{0..31}.self_attn"]);
     // The terminal table and the files in the engine directory.
     expect(res.pipeline.summary).toMatch(/kernel launches per decoder layer\s+16 → 8/);
+    expect(figures(formatReport(report))).toEqual([
+      "activation traffic per token         12.7 MiB → 8.64 MiB   saved 4.09 MiB/token (131 KiB per layer) no longer written and read back",
+      "intermediate tensors per token            516 → 260        5.77 MiB → 4.10 MiB written",
+      "activation arena                      580 MiB (liveness plan) vs naive sum 32.8 GiB (57.9× smaller; unfused naive 46.2 GiB)",
+    ]);
     expect(fs.existsSync(path.join(out, "report.html"))).toBe(true);
     const h = openEngine(out).ranks[0].header;
     expect(Object.keys(h.arena.offsets)).toHaveLength(h.nodes.reduce((a, n) => a + n.outputs.length, 0));
@@ -72,6 +84,11 @@ describe("fusion report", () => {
     expect(report.before.launchesPerLayer).toBe(13);
     expect(report.after.launchesPerLayer).toBe(6);
     expect(report.after.layerOps).toEqual({ layer_norm: 1, linear: 4, fused_attention: 1 });
+    expect(figures(formatReport(report))).toEqual([
+      "activation traffic per token         9.33 MiB → 5.39 MiB   saved 3.94 MiB/token (144 KiB per layer) no longer written and read back",
+      "intermediate tensors per token            368 → 172        4.28 MiB → 2.53 MiB written",
+      "activation arena                      852 MiB (liveness plan) vs naive sum 20.2 GiB (24.3× smaller; unfused naive 34.2 GiB)",
+    ]);
   });
 
   it("tsllm-inspect prints the engine summary and the report again", async () => {
@@ -85,7 +102,11 @@ describe("fusion report", () => {
     expect(text).toMatch(/weights: \d+ tensors, 1[45](\.\d+)? GiB/);
     expect(text).toMatch(/qkv-fusion\s+32/);
     expect(text).toMatch(/kernel launches per decoder layer\s+16 → 8/);
-    expect(text).toMatch(/activation arena/);
+    expect(figures(text)).toEqual([
+      "activation traffic per token         13.4 MiB → 9.29 MiB   saved 4.13 MiB/token (132 KiB per layer) no longer written and read back",
+      "intermediate tensors per token            516 → 260        6.21 MiB → 4.52 MiB written",
+      "activation arena                     2.02 GiB (liveness plan) vs naive sum 36.1 GiB (17.9× smaller; unfused naive 49.6 GiB)",
+    ]);
   });
 
   it("--disable-pass and --dump-ir-after: the report marks the pass disabled, the IR is printed", async () => {

@@ -100,16 +100,6 @@ export function list(v: string, prev: string[] = []): string[] {
   return [...prev, ...v.split(",").filter(Boolean)];
 }
 
-export function fmtBytes(n: number): string {
-  const u = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let i = 0;
-  while (n >= 1024 && i < u.length - 1) {
-    n /= 1024;
-    i++;
-  }
-  return `${n.toFixed(i ? 2 : 0)} ${u[i]}`;
-}
-
 /** "1,2,3" → [1, 2, 3]; names the flag and the bad entry otherwise. */
 export function parseIds(s: string, flag: string): number[] {
   return s.split(",").map((t) => {

@@ -2,7 +2,8 @@
 
 import { compileEngine } from "../compile.ts";
 import { SUPPORTED_SMS } from "../engine/format.ts";
-import { command, fmtBytes, int, list, main } from "./common.ts";
+import { fmtBytes } from "../report/bytes.ts";
+import { command, int, list, main } from "./common.ts";
 import { type Progress, progress } from "./progress.ts";
 
 const program = command(

@@ -2,7 +2,7 @@
 // without one (piped, CI logs) a plain line every few seconds, so a log shows the work is alive and
 // how fast it goes. Byte counts show GB/s and the ETA.
 import cliProgress from "cli-progress";
-import { fmtBytes } from "./common.ts";
+import { fmtBytes } from "../report/bytes.ts";
 
 export interface Progress {
   update(done: number, label?: string): void;
@@ -26,7 +26,9 @@ export function progress(title: string, total: number, o: ProgressOptions): Prog
   const unitName = o.unit === "bytes" ? "B" : o.unit.name;
   const amount = (n: number) => (bytes ? fmtBytes(n) : `${n}`);
   const rate = (n: number, s: number) =>
-    bytes ? `${(n / 1e9 / Math.max(s, 1e-9)).toFixed(2)} GB/s` : `${(n / Math.max(s, 1e-9)).toFixed(1)} ${unitName}/s`;
+    bytes
+      ? `${(n / 1e9 / Math.max(s, 1e-9)).toFixed(2)} GB/s`
+      : `${(n / Math.max(s, 1e-9)).toFixed(1)} ${unitName}/s`;
   const t0 = performance.now();
   const secs = () => (performance.now() - t0) / 1000;
   let last = 0;

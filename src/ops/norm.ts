@@ -52,6 +52,19 @@ function normInfer(op: string, x: ValueType | null, w: ValueType | null, attrs: 
   return xi;
 }
 
+// add_rms_norm / add_layer_norm: (norm(sum), sum), both of x's type; the residual has x's shape.
+function addNormInfer(
+  op: string,
+  x: ValueType | null,
+  r: ValueType | null,
+  w: ValueType | null,
+  attrs: Attrs,
+): ValueType[] {
+  const t = normInfer(op, x, w, attrs);
+  expectSameShape(op, t.shape, need(op, r, "residual").shape);
+  return [t, t];
+}
+
 function sum(a: HostTensor, b: HostTensor): HostTensor {
   const out = new Float32Array(a.f32.length);
   for (let i = 0; i < out.length; i++) out[i] = a.f32[i] + b.f32[i];
@@ -98,11 +111,7 @@ defineOp({
   inputs: ["x", "residual", "weight"],
   numOutputs: 2,
   doc: "sum = x + residual; (RMSNorm(sum), sum)",
-  infer([x, r, w], attrs) {
-    const t = normInfer("add_rms_norm", x, w, attrs);
-    expectSameShape("add_rms_norm", t.shape, need("add_rms_norm", r, "residual").shape);
-    return [t, t];
-  },
+  infer: ([x, r, w], attrs) => addNormInfer("add_rms_norm", x, r, w, attrs),
   ref([x, r, w], attrs) {
     const eps = attrNum(attrs, "eps");
     const wv = normWeight(w!, attrs);
@@ -132,11 +141,7 @@ defineOp({
   inputs: ["x", "residual", "weight", "bias?"],
   numOutputs: 2,
   doc: "sum = x + residual; (LayerNorm(sum), sum)",
-  infer([x, r, w], attrs) {
-    const t = normInfer("add_layer_norm", x, w, attrs);
-    expectSameShape("add_layer_norm", t.shape, need("add_layer_norm", r, "residual").shape);
-    return [t, t];
-  },
+  infer: ([x, r, w], attrs) => addNormInfer("add_layer_norm", x, r, w, attrs),
   ref([x, r, w, b], attrs) {
     const eps = attrNum(attrs, "eps");
     const wv = normWeight(w!, attrs);

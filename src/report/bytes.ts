@@ -1,5 +1,6 @@
-// Byte counts as the fusion report prints them (one to three significant decimals). A file of its own so
-// that figures.ts can use it without importing the report text module, which imports the report types.
+// Byte counts as tsllm prints them everywhere (the fusion report, the CLI's sizes and progress): binary units,
+// three significant digits (0-2 decimals). A file of its own so that figures.ts can use it without importing the
+// report text module, which imports the report types.
 export function fmtBytes(n: number): string {
   const u = ["B", "KiB", "MiB", "GiB", "TiB"];
   let i = 0;

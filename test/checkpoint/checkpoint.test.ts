@@ -6,6 +6,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { openCheckpoint } from "../../src/checkpoint/checkpoint.ts";
 import { CheckpointError } from "../../src/checkpoint/errors.ts";
 import { openSafetensors, writeSafetensors } from "../../src/checkpoint/safetensors.ts";
+import { refF16 } from "./ref-float.ts";
 
 const FIXTURES = fileURLToPath(new URL("../../../shared/fixtures", import.meta.url));
 const LLAMA = path.join(FIXTURES, "tiny-llama");
@@ -18,14 +19,24 @@ function refBf16(bytes: Uint8Array, i: number): number {
   tmp.setUint32(0, dv.getUint16(2 * i, true) << 16);
   return tmp.getFloat32(0);
 }
-function refF16(bytes: Uint8Array, i: number): number {
-  const h = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint16(2 * i, true);
-  const s = h & 0x8000 ? -1 : 1;
-  const e = (h >> 10) & 0x1f;
-  const m = h & 0x3ff;
-  if (e === 0) return s * m * 2 ** -24;
-  if (e === 31) return m ? Number.NaN : s * Number.POSITIVE_INFINITY;
-  return s * (1 + m / 1024) * 2 ** (e - 15);
+function refF16At(bytes: Uint8Array, i: number): number {
+  return refF16(new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint16(2 * i, true));
+}
+
+// Each 16-bit tensor read as fp32 equals the oracle at the given indices (the last element too), and is not zero.
+function expectExactF32(
+  ckpt: ReturnType<typeof openCheckpoint>,
+  names: string[],
+  indices: number[],
+  ref: (raw: Uint8Array, i: number) => number,
+) {
+  for (const name of names) {
+    const raw = ckpt.read(name);
+    const f = ckpt.readF32(name);
+    expect(f.length).toBe(raw.byteLength / 2);
+    for (const i of [...indices, f.length - 1]) expect(f[i]).toBe(ref(raw, i));
+    expect(f.some((x) => x !== 0)).toBe(true);
+  }
 }
 
 describe("tiny-llama (single file, bf16)", () => {
@@ -55,17 +66,8 @@ describe("tiny-llama (single file, bf16)", () => {
   });
 
   it("decodes bf16 to fp32 exactly", () => {
-    for (const name of [
-      "model.embed_tokens.weight",
-      "model.layers.1.mlp.up_proj.weight",
-      "model.norm.weight",
-    ]) {
-      const raw = ckpt.read(name);
-      const f = ckpt.readF32(name);
-      expect(f.length).toBe(raw.byteLength / 2);
-      for (const i of [0, 1, 7, 100, f.length - 1]) expect(f[i]).toBe(refBf16(raw, i));
-      expect(f.some((x) => x !== 0)).toBe(true);
-    }
+    const names = ["model.embed_tokens.weight", "model.layers.1.mlp.up_proj.weight", "model.norm.weight"];
+    expectExactF32(ckpt, names, [0, 1, 7, 100], refBf16);
   });
 
   it("names the tensor and the directory when a tensor is missing", () => {
@@ -108,16 +110,8 @@ describe("tiny-gptj (sharded, fp16)", () => {
   });
 
   it("decodes fp16 to fp32 exactly", () => {
-    for (const name of [
-      "transformer.wte.weight",
-      "transformer.h.1.attn.q_proj.weight",
-      "transformer.ln_f.weight",
-    ]) {
-      const raw = ckpt.read(name);
-      const f = ckpt.readF32(name);
-      for (const i of [0, 3, 64, f.length - 1]) expect(f[i]).toBe(refF16(raw, i));
-      expect(f.some((x) => x !== 0)).toBe(true);
-    }
+    const names = ["transformer.wte.weight", "transformer.h.1.attn.q_proj.weight", "transformer.ln_f.weight"];
+    expectExactF32(ckpt, names, [0, 3, 64], refF16At);
   });
 });
 

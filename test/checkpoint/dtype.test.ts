@@ -10,19 +10,10 @@ import {
   fromFloat32,
   toFloat32,
 } from "../../src/checkpoint/dtype.ts";
+import { refF16 } from "./ref-float.ts";
 
 const bitsOf = (x: number) => new Uint32Array(new Float32Array([x]).buffer)[0];
 const f32OfBits = (b: number) => new Float32Array(new Uint32Array([b]).buffer)[0];
-
-// Independent fp16 decode straight from the IEEE definition.
-function refF16(h: number): number {
-  const s = h & 0x8000 ? -1 : 1;
-  const e = (h >> 10) & 0x1f;
-  const m = h & 0x3ff;
-  if (e === 0) return s * m * 2 ** -24;
-  if (e === 31) return m ? Number.NaN : s * Number.POSITIVE_INFINITY;
-  return s * (1 + m / 1024) * 2 ** (e - 15);
-}
 
 describe("dtype sizes", () => {
   it("match the safetensors spec", () => {

@@ -6,13 +6,10 @@ import { describe, expect, it } from "vitest";
 import { quantizeWeights } from "../../passes/quantize-weights.ts";
 import { openCheckpoint } from "../../src/checkpoint/checkpoint.ts";
 import { compileEngine } from "../../src/compile.ts";
-import { Module } from "../../src/dsl/module.ts";
-import { BuildConfig } from "../../src/engine/format.ts";
 import { openEngine } from "../../src/engine/reader.ts";
 import { ReferenceExecutor } from "../../src/executor/reference.ts";
-import { loadModelFile } from "../../src/model-file.ts";
 import { materializeWeight } from "../../src/weights/materialize.ts";
-import { LLAMA_MODEL, TINY_LLAMA, tmpDir } from "../fixtures.ts";
+import { LLAMA_MODEL, TINY_LLAMA, tinyLlamaBuild, tinyLlamaGraph, tmpDir } from "../fixtures.ts";
 
 async function buildError(o: Record<string, unknown>): Promise<string> {
   const dir = tmpDir();
@@ -56,25 +53,7 @@ describe("quantisation legality", () => {
 
 describe("quantisation while streaming", () => {
   it("reads a quantised weight's source once for its values and scales (adjacent ids)", async () => {
-    const model = await loadModelFile(LLAMA_MODEL);
-    const cfg = model.parseConfig(
-      JSON.parse(fs.readFileSync(path.join(TINY_LLAMA, "config.json"), "utf8")),
-      "x",
-    );
-    const m = new Module("f32", { maxBatchSize: 1, maxSeqLen: 8, maxNumTokens: 8 });
-    model.forward(m, cfg);
-    const build = BuildConfig.parse({
-      ...{ sm: 90, tp: 1, dtype: "fp32", kv_cache_dtype: "fp32", quant: "int8-wo" },
-      ...{
-        max_batch_size: 1,
-        max_seq_len: 8,
-        max_num_tokens: 8,
-        tokens_per_block: 32,
-        random_weights: false,
-        seed: 0,
-      },
-    });
-    const g = quantizeWeights(m.graph, build);
+    const g = quantizeWeights(await tinyLlamaGraph(), tinyLlamaBuild({ quant: "int8-wo" }));
     const node = g.nodes.find((n) => n.op === "quant_linear")!;
     const [values, scales] = [node.inputs[1]!, node.inputs[2]!].map((id) => g.values.get(id)!);
     expect(scales.id).toBe(values.id + 1);

@@ -1,43 +1,14 @@
 // shardForTp on the model graph: rank graphs share one node list; collectives where they belong;
 // slices are per-part recipe transforms (so fusion concatenates each rank's slices).
-import * as fs from "node:fs";
-import * as path from "node:path";
 import { describe, expect, it } from "vitest";
 import { shardForTp } from "../../passes/tensor-parallel.ts";
-import { Module } from "../../src/dsl/module.ts";
-import { BuildConfig } from "../../src/engine/format.ts";
 import { verifyGraph } from "../../src/ir/verify.ts";
-import { loadModelFile } from "../../src/model-file.ts";
-import { LLAMA_MODEL, TINY_LLAMA } from "../fixtures.ts";
-
-async function llamaGraph() {
-  const model = await loadModelFile(LLAMA_MODEL);
-  const cfg = model.parseConfig(
-    JSON.parse(fs.readFileSync(path.join(TINY_LLAMA, "config.json"), "utf8")),
-    "x",
-  );
-  const m = new Module("f32", { maxBatchSize: 1, maxSeqLen: 8, maxNumTokens: 8 });
-  model.forward(m, cfg);
-  return m.graph;
-}
-
-const build = (tp: number) =>
-  BuildConfig.parse({
-    ...{ sm: 90, tp, dtype: "fp32", kv_cache_dtype: "fp32" },
-    ...{
-      max_batch_size: 1,
-      max_seq_len: 8,
-      max_num_tokens: 8,
-      tokens_per_block: 32,
-      random_weights: false,
-      seed: 0,
-    },
-  });
+import { tinyLlamaBuild, tinyLlamaGraph } from "../fixtures.ts";
 
 describe("shardForTp", () => {
   it("gives every rank the same node list, with collectives after row-parallel, embedding and lm_head", async () => {
-    const g = await llamaGraph();
-    const ranks = shardForTp(g, build(4));
+    const g = await tinyLlamaGraph();
+    const ranks = shardForTp(g, tinyLlamaBuild({ tp: 4 }));
     expect(ranks.length).toBe(4);
     const ops = (r: (typeof ranks)[number]) => r.nodes.map((n) => `${n.op}:${n.outputs.join(",")}`);
     for (const r of ranks) {
@@ -64,10 +35,10 @@ describe("shardForTp", () => {
   });
 
   it("does not touch the model graph (tp 1 is the identity)", async () => {
-    const g = await llamaGraph();
+    const g = await tinyLlamaGraph();
     const before = JSON.stringify([...g.values.values()]);
-    shardForTp(g, build(2));
+    shardForTp(g, tinyLlamaBuild({ tp: 2 }));
     expect(JSON.stringify([...g.values.values()])).toBe(before);
-    expect(shardForTp(g, build(1))[0]).toBe(g);
+    expect(shardForTp(g, tinyLlamaBuild({ tp: 1 }))[0]).toBe(g);
   });
 });
