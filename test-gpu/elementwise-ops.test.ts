@@ -39,6 +39,26 @@ const MODEL = toyModelFile(
 );
 
 const CFG = toyConfig("ElementwiseToyForCausalLM");
+const TOKENS = [3, 17, 42, 5, 9, 30, 11, 60];
+
+// The engine at `out` on the GPU and in the reference executor: a 6-token prefill with logits for every row
+// (M = 6: cuBLASLt, alpha and linear_epilogue), then two decode steps (M = 1: the gemv); the largest |Δlogit| and
+// the reference's largest per-row logit spread (so a flat output cannot pass). The caller closes `cuda`.
+function cudaVsReference(out: string) {
+  const engine = CudaEngine.load(out, { cudaGraphs: true });
+  const cuda = new CudaExecutor(engine);
+  const ref = ReferenceExecutor.load(out);
+  const rows = (ex: CudaExecutor | ReferenceExecutor) => [
+    ...ex.step([{ seqId: 1, tokens: TOKENS.slice(0, 6), logits: "all" }]).get(1)!,
+    ...ex.step([{ seqId: 1, tokens: [TOKENS[6]], logits: "last" }]).get(1)!,
+    ...ex.step([{ seqId: 1, tokens: [TOKENS[7]], logits: "last" }]).get(1)!,
+  ];
+  const a = rows(cuda);
+  const b = rows(ref);
+  const max = Math.max(...a.map((r, i) => maxAbsDiff(r, b[i])));
+  const spread = Math.max(...b.map((r) => Math.max(...r) - Math.min(...r)));
+  return { engine, cuda, max, spread };
+}
 
 describe("elementwise ops and norm weight offset on the GPU", () => {
   for (const dtype of ["fp16", "bf16"] as const)
@@ -59,19 +79,7 @@ describe("elementwise ops and norm weight offset on the GPU", () => {
         maxBatchSize: 2,
         out,
       });
-      const engine = CudaEngine.load(out, { cudaGraphs: true });
-      const cuda = new CudaExecutor(engine);
-      const ref = ReferenceExecutor.load(out);
-      const tokens = [3, 17, 42, 5, 9, 30, 11, 60];
-      const rows = (ex: CudaExecutor | ReferenceExecutor) => [
-        ...ex.step([{ seqId: 1, tokens: tokens.slice(0, 6), logits: "all" }]).get(1)!,
-        ...ex.step([{ seqId: 1, tokens: [tokens[6]], logits: "last" }]).get(1)!,
-        ...ex.step([{ seqId: 1, tokens: [tokens[7]], logits: "last" }]).get(1)!,
-      ];
-      const a = rows(cuda);
-      const b = rows(ref);
-      const max = Math.max(...a.map((r, i) => maxAbsDiff(r, b[i])));
-      const spread = Math.max(...b.map((r) => Math.max(...r) - Math.min(...r)));
+      const { engine, cuda, max, spread } = cudaVsReference(out);
       console.log(`${dtype} elementwise toy: CUDA vs reference max |Δlogit| ${max} (logit spread ${spread})`);
       expect(spread).toBeGreaterThan(0.1); // the logits are not flat: the comparison can fail
       expect(max).toBeLessThanOrEqual(0.05);
@@ -91,7 +99,6 @@ describe("elementwise chains folded into GEMM epilogues and norms on the GPU", (
     it(`${dtype}: fused and unfused engines each match the reference executor (≤ 0.05); the fused one has no standalone chain op`, async () => {
       const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tsllm-chain-gpu-"));
       const files = writeChainToy(dir);
-      const tokens = [3, 17, 42, 5, 9, 30, 11, 60];
       const results: Record<string, number> = {};
       for (const [name, disablePasses] of [
         ["fused", []],
@@ -111,19 +118,8 @@ describe("elementwise chains folded into GEMM epilogues and norms on the GPU", (
           out,
           log: () => {},
         });
-        const engine = CudaEngine.load(out, { cudaGraphs: true });
-        const cuda = new CudaExecutor(engine);
-        const ref = ReferenceExecutor.load(out);
         // Prefill (M = 6: cuBLASLt, alpha and linear_epilogue), then decode steps (M = 1: the gemv's chain).
-        const rows = (ex: CudaExecutor | ReferenceExecutor) => [
-          ...ex.step([{ seqId: 1, tokens: tokens.slice(0, 6), logits: "all" }]).get(1)!,
-          ...ex.step([{ seqId: 1, tokens: [tokens[6]], logits: "last" }]).get(1)!,
-          ...ex.step([{ seqId: 1, tokens: [tokens[7]], logits: "last" }]).get(1)!,
-        ];
-        const a = rows(cuda);
-        const b = rows(ref);
-        const max = Math.max(...a.map((r, i) => maxAbsDiff(r, b[i])));
-        const spread = Math.max(...b.map((r) => Math.max(...r) - Math.min(...r)));
+        const { engine, cuda, max, spread } = cudaVsReference(out);
         console.log(
           `${dtype} chain toy ${name}: CUDA vs reference max |Δlogit| ${max} (logit spread ${spread})`,
         );
