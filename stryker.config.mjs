@@ -4,7 +4,9 @@
 /** @type {import('@stryker-mutator/api/core').PartialStrykerOptions} */
 export default {
   testRunner: "vitest",
-  vitest: { configFile: "stryker.vitest.config.ts", pool: "forks" },
+  // (No `pool` here: the vitest runner of Stryker 9, which package.json pins for Node 20, rejects the
+  // option and runs its tests in one worker thread.)
+  vitest: { configFile: "stryker.vitest.config.ts" },
   plugins: ["@stryker-mutator/vitest-runner"],
   mutate: ["src/ops/**/*.ts", "src/quant/**/*.ts", "passes/**/*.ts", "src/checkpoint/safetensors.ts"],
   // The sandbox sits in .stryker-tmp/sandbox-*/, so the tests' `../shared` is .stryker-tmp/shared,

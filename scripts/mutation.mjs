@@ -20,5 +20,8 @@ if (run) {
 if (process.env.MUTATION_CONCURRENCY) options.concurrency = Number(process.env.MUTATION_CONCURRENCY);
 // A mutant that loops forever costs timeoutMS (+ a runner restart) before it counts as detected.
 if (process.env.MUTATION_TIMEOUT_MS) options.timeoutMS = Number(process.env.MUTATION_TIMEOUT_MS);
+// The tests then memoise nothing (test/passes/helpers.ts MEMOISE), so that per-test coverage credits
+// each mutant to every test that runs it; the Stryker processes inherit the variable.
+process.env.TSLLM_MUTATION = "1";
 const results = await new Stryker(options).runMutationTest();
 console.log(`${results.length} mutants`);

@@ -42,6 +42,11 @@ export const UNARY: Readonly<Record<string, UnaryDef>> = {
 /** Ops a chain may hold (the fusion passes fold exactly these). */
 export const CHAIN_OPS: readonly string[] = Object.keys(UNARY);
 
+/** The unary op named `op`, or undefined (own keys only: "toString" is no op). */
+function unaryOf(op: string): UnaryDef | undefined {
+  return Object.hasOwn(UNARY, op) ? UNARY[op] : undefined;
+}
+
 /** Steps a chain holds at most: the CUDA runtime's EwChain capacity (native/src/kernels/enums.h kMaxEwChain). */
 export const MAX_CHAIN = 4;
 
@@ -64,7 +69,7 @@ export function chainOf(attrs: Attrs, key: "pre" | "post"): EwChain {
     throw bad("ops and args must be arrays of the same length");
   if (ops.length > MAX_CHAIN) throw bad(`${ops.length} steps, at most ${MAX_CHAIN}`);
   ops.forEach((op, i) => {
-    const d = typeof op === "string" ? UNARY[op] : undefined;
+    const d = typeof op === "string" ? unaryOf(op) : undefined;
     if (!d) throw bad(`unknown op ${JSON.stringify(op)} (known: ${CHAIN_OPS.join(", ")})`);
     if (typeof args[i] !== "number") throw bad(`args[${i}] is not a number`);
     d.fn(args[i] as number); // checks the value
@@ -74,7 +79,7 @@ export function chainOf(attrs: Attrs, key: "pre" | "post"): EwChain {
 
 /** The chain step a standalone unary node stands for, or null when it is not a chainable op. */
 export function chainStep(n: Node): { op: string; arg: number } | null {
-  const d = UNARY[n.op];
+  const d = unaryOf(n.op);
   if (!d) return null;
   const arg = d.attr ? n.attrs[d.attr] : 0;
   return typeof arg === "number" ? { op: n.op, arg } : null;

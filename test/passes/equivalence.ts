@@ -9,6 +9,7 @@ import {
   FIXTURES,
   fixture,
   goldenLogits,
+  MEMOISE,
   maxAbsDiff,
   passesBefore,
   runPasses,
@@ -27,7 +28,7 @@ const cache = new Map<string, PassRun>();
 /** The fixture's graph before and after `pass`, with the earlier pipeline passes applied first. */
 export async function around(pass: string, which: Which, skip: string[] = []): Promise<PassRun> {
   const key = `${pass}/${which}/${skip.join(",")}`;
-  let r = cache.get(key);
+  let r = MEMOISE ? cache.get(key) : undefined; // see MEMOISE
   if (!r) {
     const f = await fixture(which);
     const before = runPasses(

@@ -61,10 +61,17 @@ export async function graphOf(
   return m.graph;
 }
 
+/**
+ * Under `npm run mutation` (scripts/mutation.mjs sets TSLLM_MUTATION) every call computes afresh:
+ * Stryker's per-test coverage credits the code a memoised result ran to the first test that computed
+ * it, so a mutant would run only against that test and never against the later tests that check it.
+ */
+export const MEMOISE = !process.env.TSLLM_MUTATION;
+
 const cache = new Map<Which, Fixture>();
 
 export async function fixture(which: Which): Promise<Fixture> {
-  let f = cache.get(which);
+  let f = MEMOISE ? cache.get(which) : undefined;
   if (!f) {
     const dir = which === "llama" ? TINY_LLAMA : TINY_GPTJ;
     const build = testBuild();
