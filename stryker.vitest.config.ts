@@ -57,6 +57,9 @@ export default defineConfig({
       "test/tp/errors.test.ts",
       "test/tp/tensor-parallel.test.ts",
     ],
+    // STRYKER_TEST_NAMES (a regular expression over "describe > test" names) narrows it to some tests of
+    // those files, e.g. a file's op-level tests without its engine-building goldens.
+    testNamePattern: process.env.STRYKER_TEST_NAMES,
     testTimeout: 900_000,
     hookTimeout: 900_000,
     pool: "forks",

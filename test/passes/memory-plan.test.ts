@@ -2,10 +2,10 @@
 // bytes, 256-byte alignment, graph outputs never overwritten), and by running the graph with every
 // activation stored at its planned offset in one shared buffer — a wrong plan corrupts the logits.
 import { describe, expect, it } from "vitest";
-import { lifetimes } from "../../passes/memory-plan.ts";
+import { lifetimes, planArena } from "../../passes/memory-plan.ts";
 import { toFloat32 } from "../../src/checkpoint/dtype.ts";
 import { type ArenaPlan, naiveArena } from "../../src/engine/arena.ts";
-import type { Graph } from "../../src/ir/types.ts";
+import type { Graph, Node, Value } from "../../src/ir/types.ts";
 import { getOp, HostTensor, type KvStore, type RefContext } from "../../src/ops/index.ts";
 import { materializeWeight } from "../../src/weights/materialize.ts";
 import { around, itKeepsLogits } from "./equivalence.ts";
@@ -126,5 +126,69 @@ describe("memory-plan", () => {
     const f = await fixture("llama");
     const h = buildHeader({ rank: 0, graph: after }, f.build);
     expect(h.arena).toEqual(after.meta.arena);
+  });
+});
+
+describe("planArena on a graph laid out by hand", () => {
+  // Values (f32): 1 L1, 2 H2, 3 L2, 4 L3 of 256 B, 5 H1 of 512 B, all written by node 0; H1 and H2 are
+  // last read by node 1; N (6, 256 B) is written by node 2; node 3 reads L1, L2, L3, N and writes the
+  // graph output 7 (40 B, aligned to 256). Lifetimes [start, end]: L* [0, 3], H* [0, 1], N [2, 3], 7 [3, 4].
+  // Largest first, ties by start then id: H1 → 0; L1 → 512 (after H1); H2 → 768; L2 → 1024; L3 → 1280.
+  // N lives with L1, L2, L3 only, so it sees two gaps: [0, 512) and [768, 1024): best fit takes the
+  // exact 256-byte one at 768 (first fit would take 0). 7 lives with L1, N, L2, L3: the gap at 0.
+  const f32 = (id: number, n: number): Value => ({
+    id,
+    name: `v${id}`,
+    dtype: "f32",
+    shape: [n],
+    kind: "activation",
+  });
+  const node = (inputs: (number | null)[], outputs: number[]): Node => ({
+    op: "x",
+    inputs,
+    outputs,
+    attrs: {},
+  });
+  const g = (): Graph => ({
+    values: new Map(
+      [f32(1, 64), f32(2, 64), f32(3, 64), f32(4, 64), f32(5, 128), f32(6, 64), f32(7, 10)].map((v) => [
+        v.id,
+        v,
+      ]),
+    ),
+    nodes: [node([], [1, 2, 3, 4, 5]), node([2, null, 5], []), node([], [6]), node([1, 3, 4, 6], [7])],
+    inputs: {},
+    outputs: { logits: 7 },
+    meta: { numLayers: 0, numKvHeads: 0, headDim: 0 },
+    nextId: 8,
+  });
+
+  it("lifetimes: from the writer to the last reader; graph outputs to the end; sizes aligned to 256", () => {
+    const byId = Object.fromEntries(lifetimes(g()).map((b) => [b.id, [b.start, b.end, b.bytes, b.offset]]));
+    expect(byId).toEqual({
+      1: [0, 3, 256, -1],
+      2: [0, 1, 256, -1],
+      3: [0, 3, 256, -1],
+      4: [0, 3, 256, -1],
+      5: [0, 1, 512, -1],
+      6: [2, 3, 256, -1],
+      7: [3, 4, 256, -1],
+    });
+  });
+
+  it("largest first, each into the smallest gap it fits among the buffers live with it", () => {
+    expect(planArena(g())).toEqual({
+      bytes: 1536,
+      offsets: { 1: 512, 2: 768, 3: 1024, 4: 1280, 5: 0, 6: 768, 7: 0 },
+    });
+  });
+
+  it("the pass (on tiny-llama) writes the plan into meta, logs one match, and leaves its input alone", async () => {
+    const { before, after, log } = await around("memory-plan", "llama");
+    expect(after.meta.arena).toEqual(planArena(after));
+    expect(before.meta.arena).toBeUndefined();
+    const n = lifetimes(after).length;
+    expect(n).toBeGreaterThan(10);
+    expect(log.matches).toEqual([{ pattern: "arena", where: `${n} activation buffers` }]);
   });
 });
