@@ -11,7 +11,8 @@ export interface KernelRows {
   data: Uint16Array | Float32Array;
   rows: number;
 }
-export function quantizeFp8RowRange(
+/** Rows [rowBegin, rowEnd) of the parts → E4M3 values and scales at the same rows. */
+export type RowRangeQuantizer = (
   parts: readonly KernelRows[],
   k: number,
   rowBegin: number,
@@ -19,4 +20,8 @@ export function quantizeFp8RowRange(
   values: Uint8Array,
   scales: Float32Array,
   t: Fp8Tables,
-): void;
+) => void;
+/** The WebAssembly SIMD kernel where it applies (k a multiple of 16), else the JavaScript loop. */
+export const quantizeFp8RowRange: RowRangeQuantizer;
+/** The JavaScript loop (any k): the fallback and the tests' reference. */
+export const quantizeFp8RowRangeJs: RowRangeQuantizer;
