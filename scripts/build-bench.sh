@@ -30,7 +30,8 @@ timer=() # peak RSS where GNU time is installed
 for i in $(seq "$runs"); do
   t=$(now); cat "$ckpt"/*.safetensors > /dev/null; reads+=("$(secs "$t" "$(now)")")
   sync; t=$(now); cat "$ckpt"/*.safetensors > "$copy"; sync; copies+=("$(secs "$t" "$(now)")"); rm -f "$copy"
-  sync; t=$(now)
+  # The build writes a fresh engine, as cat a fresh copy (replacing the last run's would time its removal too).
+  rm -rf "$out"; sync; t=$(now)
   "${timer[@]}" "$here/bin/tsllm-compile.mjs" "$here/models/llama.ts" --checkpoint "$ckpt" --sm 90 \
     --max-batch-size 8 --max-seq-len 2048 -o "$out" "$@" > "$log" 2>&1 || { tail -20 "$log"; exit 1; }
   sync; builds+=("$(secs "$t" "$(now)")"); rss+=("$(cat "$log.rss" 2> /dev/null || echo 0)"); rm -f "$log.rss"

@@ -52,6 +52,31 @@ describe("chunked content hash", () => {
     expect(Buffer.from(fs.readFileSync(file)).equals(Buffer.from(data))).toBe(true);
   });
 
+  it("detachChunk hands back a piece held only by an incomplete hash chunk, the digest unchanged", async () => {
+    const file = path.join(tmpDir(), "rank0.engine");
+    const pool = new HashPool(1);
+    const writer = new FileWriter(true);
+    const f = new RankFile(file, pool, writer);
+    // A piece ending inside the second chunk (and over the write batch size: written at once); its first
+    // chunk is hashed, its tail waits for bytes that complete the chunk.
+    const cut = HASH_CHUNK_BYTES + 1_000_000;
+    const piece = new Uint8Array(data.subarray(0, cut)); // its own copy, overwritten once handed back
+    let released = false;
+    f.push(piece, () => {
+      released = true;
+    });
+    while (f.busy) await f.settle();
+    expect(released).toBe(false);
+    f.detachChunk();
+    expect(released).toBe(true);
+    piece.fill(0); // the rest of the file and the digest no longer read it
+    f.push(data.subarray(cut));
+    const r = await f.finish();
+    await Promise.all([pool.close(), writer.close()]);
+    expect(r.sha256).toBe(reference(data));
+    expect(Buffer.from(fs.readFileSync(file)).equals(Buffer.from(data))).toBe(true);
+  });
+
   it("the loading pass hands over weights that straddle chunks and catches a flip in the last MB", () => {
     const dir = tmpDir();
     const file = path.join(dir, "rank0.engine");

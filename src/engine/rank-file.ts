@@ -72,6 +72,25 @@ export class RankFile {
     if (this.batchBytes >= WRITE_BYTES) this.flush();
   }
 
+  /**
+   * Copies the bytes of the hash chunk still being filled into a buffer of its own (at most one chunk), so the
+   * buffers they view are no longer held for that hash: a large tensor whose tail waits for the next weights to
+   * complete its chunk would otherwise stay in memory while they are read.
+   */
+  detachChunk(): void {
+    if (this.chunkBytes === 0) return;
+    const copy = new Uint8Array(this.chunkBytes);
+    let o = 0;
+    for (const c of this.chunk) {
+      copy.set(c, o);
+      o += c.length;
+    }
+    const dones = this.chunkDone;
+    this.chunk = [copy];
+    this.chunkDone = [];
+    dones.forEach(finish);
+  }
+
   /** Zero bytes up to file position `pos`. */
   padTo(pos: number): void {
     while (this.bytes < pos) this.push(ZEROS.subarray(0, Math.min(ZEROS.length, pos - this.bytes)));

@@ -49,9 +49,9 @@ export interface WriteEngineOptions {
 }
 
 /** Checkpoint bytes read ahead of the weight being made: about this much (enough to keep reads queued). */
-const READ_AHEAD_BYTES = 96 << 20;
+const READ_AHEAD_BYTES = 64 << 20;
 /** Source bytes held in all (read ahead, or still to be written and hashed) and computed bytes in flight. */
-const HELD_BYTES = 192 << 20;
+const HELD_BYTES = 128 << 20;
 /** Below this many weight bytes the writer hashes, writes and quantises without workers (a worker costs more to start). */
 const WORKERS_FROM_BYTES = 64 << 20;
 
@@ -72,10 +72,11 @@ export async function writeEngine(o: WriteEngineOptions): Promise<EngineConfig> 
   const hashes = new HashPool(total >= WORKERS_FROM_BYTES ? undefined : 0);
   const writer = new FileWriter(total >= WORKERS_FROM_BYTES);
   const prefetch = o.checkpoint ? new Prefetcher(o.checkpoint) : null;
-  // FP8 weights are quantised on every core while reads, writes and hashing go on.
+  // FP8 weights are quantised on every core while reads, writes and hashing go on, into buffers of the
+  // prefetcher's pool (sources and outputs are at their peaks at different times).
   const fp8 =
     prefetch && o.build.quant === "fp8" && total >= WORKERS_FROM_BYTES
-      ? new Fp8Maker(new Fp8Pool(), sourceRows)
+      ? new Fp8Maker(new Fp8Pool(), sourceRows, prefetch.pool)
       : null;
   let written = 0;
   let current = "";
@@ -138,10 +139,16 @@ export async function writeEngine(o: WriteEngineOptions): Promise<EngineConfig> 
       for (const p of pieces) s.file.push(p, prefetch?.hold(p) ?? fp8?.hold(p));
       for (const n of s.sources) if (lastUse.get(n) === i) prefetch?.release(n);
       await yieldToSignals();
-      // Wait while too much is held, as long as a write or hash can still release something (bytes of a
-      // chunk not yet complete are only hashed once later weights complete it).
-      while ((inFlight() > HELD_BYTES || (prefetch?.held ?? 0) > HELD_BYTES) && files.some((f) => f.busy))
+      // Wait while too much is held, as long as a write or hash can still release something. Bytes of a chunk
+      // not yet complete are only hashed once later weights complete it: when only those are left, they are
+      // copied out, so a large tensor's buffer (a 7B's embedding) is not held while the next one is read.
+      while (inFlight() > HELD_BYTES || (prefetch?.held ?? 0) > HELD_BYTES) {
+        if (!files.some((f) => f.busy)) {
+          for (const f of files) f.detachChunk();
+          break;
+        }
         await Promise.race(files.filter((f) => f.busy).map((f) => f.settle()));
+      }
     }
     const ranks: EngineConfig["ranks"] = [];
     for (const f of files) {

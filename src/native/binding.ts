@@ -244,15 +244,18 @@ export interface LoadStats {
   phases?: LoadPhases;
 }
 
-/** One line for --verbose: where the load's time went and how the weight pass read the file. */
+/**
+ * One line for --verbose: where the load's time went and how the weight pass read the file. The pass runs from
+ * just after the header, alongside CUDA init and the rest; "waited" is the time the load waited for it after that.
+ */
 export function describeLoadPhases(p: LoadPhases): string {
   const gib = (b: number) => (b / 2 ** 30).toFixed(2);
   const read = p.directBytes + p.cachedBytes;
   return (
-    `load phases: CUDA init ${p.cudaInitS.toFixed(2)} s, header ${p.headerS.toFixed(2)} s, weights ${p.weightsS.toFixed(2)} s ` +
+    `load phases: CUDA init ${p.cudaInitS.toFixed(2)} s, header ${p.headerS.toFixed(2)} s, weights waited ${p.weightsS.toFixed(2)} s ` +
     `(pass ${p.passS.toFixed(2)} s, ${(read / 1e9 / Math.max(p.passS, 1e-9)).toFixed(2)} GB/s, ${p.threads} threads, ` +
     `${gib(p.directBytes)} GiB O_DIRECT${p.direct ? "" : " (off or refused)"} + ${gib(p.cachedBytes)} GiB page cache; thread-s read ` +
-    `${p.readThreadS.toFixed(2)}, hash ${p.hashThreadS.toFixed(2)}, copy wait ${p.waitThreadS.toFixed(2)}), ` +
+    `${p.readThreadS.toFixed(2)}, hash ${p.hashThreadS.toFixed(2)}, buffer wait ${p.waitThreadS.toFixed(2)}), ` +
     `rest ${p.restS.toFixed(2)} s, total ${p.totalS.toFixed(2)} s`
   );
 }

@@ -73,12 +73,13 @@ export class Fp8Pool {
  */
 export class Fp8Maker {
   private made = new Map<string, { done: Promise<void>; q: Fp8Made }>();
-  private buffers = new BufferPool();
   private mine = new Set<ArrayBufferLike>();
 
+  /** buffers: where values and scales buffers come from (the writer shares its prefetcher's pool). */
   constructor(
     private readonly pool: Fp8Pool,
     private readonly rowsOf: (v: Value, ckpt: Checkpoint) => SourceRows[] | null,
+    private readonly buffers = new BufferPool(),
   ) {}
 
   private take(bytes: number): Uint8Array {
