@@ -79,9 +79,11 @@ describe("quantised engines on the GPU", () => {
       console.log(
         `${name(c)}: CPU fp16-stored vs fp32-stored activations ${sensitivity.toFixed(4)} → bound ${bound1.toFixed(4)}`,
       );
-      // TSLLM_QGEMV_VARIANT=4: one of the new variants (int: ALU dequantisation; fp8: 16-warp blocks, division-free
-      // quantisation) for every decode call, which also forces the rms_norm prologue into it (quant_gemv_has_prologue).
-      for (const env of [{}, { TSLLM_QGEMV: "0" }, { TSLLM_QGEMV_VARIANT: "4" }] as Record<
+      // TSLLM_QGEMV_VARIANT: one forced variant for every decode call, which also forces the rms_norm prologue into it
+      // (quant_gemv_has_prologue): fp8 4 (16-warp blocks, division-free quantisation), int8 / int4 2 (4 rows per warp;
+      // they have variants 0-2 only).
+      const forced = c.extra.quant === "fp8" ? "4" : "2";
+      for (const env of [{}, { TSLLM_QGEMV: "0" }, { TSLLM_QGEMV_VARIANT: forced }] as Record<
         string,
         string
       >[]) {

@@ -2,10 +2,10 @@
 // gemv (fp8, int8-wo, int4-wo group 128), plain and with the rms_norm prologue, as GB/s of weight bytes (values +
 // scales) against the device-to-device copy rate measured in the same run. Each variant runs as a CUDA graph of
 // 32 back-to-back calls with programmatic dependent launch (as the runtime's decode graph does), cycling through
-// enough weight copies that every call misses L2; the median of 15 replays. The last lines per shape compare the
-// best variant of the earlier kernels ("old": fp16 0-9, quantised 0-2) with the best of the variants added since
-// ("new": fp16 10-13, quantised 3-7): the A/B. With a prologue, "old" also counts the unfused pair (prologue kernel
-// + best plain variant, printed as v1xx).
+// enough weight copies that every call misses L2; the median of 15 replays. The summary lines per shape compare the
+// best variant ("new") with the alternative it replaces ("old"): for fp8 the first design (variants 0-2) against
+// the second (3-7); with a prologue, the unfused pair (prologue kernel + best plain variant, printed as v1xx for
+// fp16) against the best fused variant; fp16 / int8 / int4 without a prologue print only the best variant.
 //
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90,code=sm_90 -o gemv_bench tests/gemv_bench.cu src/kernels/*.cu
 //   ./gemv_bench                  (or native/build/gemv_bench after npm run build:native; about 30 s)
@@ -56,15 +56,17 @@ int main(int argc, char** argv) {
   CK(random_fill(nw, DType::F16, 11008, 2, 1.f, 0.1f, 0));
   std::vector<std::string> summary;
   auto line = [&](const char* kind, const Shape& sh, const char* pro, const Best& o, const Best& n) {
-    char b[256];
-    std::snprintf(b, sizeof b, "%-5s %-8s N=%-5d K=%-5d %-9s old best v%d %6.0f GB/s (%4.1f%%)  new best v%d %6.0f GB/s (%4.1f%%)  %+5.1f%%",
-                  kind, sh.name, sh.N, sh.K, pro, o.v, o.gbs, 100 * o.gbs / copy, n.v, n.gbs, 100 * n.gbs / copy,
+    char b[256], ob[96] = "";
+    if (o.v >= 0)
+      std::snprintf(ob, sizeof ob, "old best v%d %6.0f GB/s (%4.1f%%)  ", o.v, o.gbs, 100 * o.gbs / copy);
+    std::snprintf(b, sizeof b, "%-5s %-8s N=%-5d K=%-5d %-9s %snew best v%d %6.0f GB/s (%4.1f%%)  %+5.1f%%", kind,
+                  sh.name, sh.N, sh.K, pro, ob, n.v, n.gbs, 100 * n.gbs / copy,
                   o.gbs > 0 ? 100 * (n.gbs / o.gbs - 1) : 0.0);
     summary.push_back(b);
   };
   for (const Shape& sh : shapes) {
-    // fp16 gemv: variants 0-9 (4-warp blocks, "old") and 10-13 (big blocks, gemv_wide.cuh, "new"); plain, and
-    // with the prologue that feeds the shape in Llama (rms_norm: K = hidden; gated SiLU: down_proj).
+    // fp16 gemv: variants 0-9; plain, and with the prologue that feeds the shape in Llama (rms_norm: K = hidden;
+    // gated SiLU: down_proj).
     if (want("fp16")) {
       const size_t wb = size_t(sh.N) * sh.K * 2;
       const int copies = int(std::max<size_t>(2, (l2_defeat + wb - 1) / wb));
@@ -88,10 +90,10 @@ int main(int argc, char** argv) {
           if (us <= 0) continue;
           std::printf("  %s v%-2d %8.2f us %7.0f GB/s\n", pro ? (sh.K == 4096 ? "+rms_norm" : "+gated   ") : "plain    ", v,
                       us, wb / (us * 1e3));
-          (v < 10 ? o : n).take(wb / (us * 1e3), v);
+          n.take(wb / (us * 1e3), v);
         }
         if (pro) {
-          // The unfused pair: the prologue kernel + the best plain variant ("old" includes it when faster).
+          // The unfused pair ("old"): the prologue kernel + the best plain variant.
           double bus = 1e30;
           int bv = -1;
           for (int v = 0; v < kGemvVariants; v++) {
@@ -129,13 +131,13 @@ int main(int argc, char** argv) {
         CK(random_fill(sc[c], DType::F32, nsc, 5, 0.002f, 0.0f, 0));
       }
       std::printf("\n%s %s N=%d K=%d (%.1f MB incl. scales)\n", kn, sh.name, sh.N, sh.K, bytes / 1e6);
-      // "old": the variants of the first design (0-2; int: conversions), "new": 3-7.
+      // fp8: "old" the first design (0-2), "new" 3-7; int8 / int4 have variants 0-2 only.
       for (int pro = 0; pro < 2; pro++) {
         if (pro && sh.K != 4096) continue;  // the rms_norm prologue feeds qkv / gate_up (K = hidden)
         GemvPrologue gp;
         if (pro) gp.kind = GemvPro::RmsNorm, gp.norm_w = nw, gp.eps = 1e-5f;
         Best o, n;
-        for (int v = 0; v < kQuantGemvVariants; v++) {
+        for (int v = 0; v < quant_gemv_variants(kind); v++) {
           if (pro && !quant_gemv_has_prologue(kind, v)) continue;
           const double us = graph_us(calls, [&](int i, cudaStream_t s) {
             return quant_gemv(v, kind, x, w[i % copies], sc[i % copies], group, nullptr, nullptr, out, 1, sh.N, sh.K,
@@ -144,13 +146,13 @@ int main(int argc, char** argv) {
           if (us <= 0) continue;
           const double g = bytes / (us * 1e3);
           std::printf("  %s v%d %8.2f us %7.0f GB/s\n", pro ? "+rms_norm" : "plain    ", v, us, g);
-          (v < 3 ? o : n).take(g, v);
+          (kind == QuantKind::Fp8 && v < 3 ? o : n).take(g, v);
         }
         if (pro) {
           // The unfused pair for comparison: rms_norm kernel + the best plain variant.
           int bv = -1;
           double bus = 1e30;
-          for (int v = 0; v < kQuantGemvVariants; v++) {
+          for (int v = 0; v < quant_gemv_variants(kind); v++) {
             const double us = graph_us(calls, [&](int i, cudaStream_t s) {
               cudaError_t e = rms_norm(x, nullptr, nw, 0.f, xn, nullptr, 1, sh.K, 1e-5f, DType::F16, s);
               return e != cudaSuccess ? e

@@ -136,7 +136,7 @@ void test_quant_gemv(Rng& rng, const LinCase& c, DType dt) {
       ref[size_t(m) * N + n] = v;
       mag[size_t(m) * N + n] = a * scale;
     }
-  for (int variant = 0; variant < kQuantGemvVariants; variant++) {
+  for (int variant = 0; variant < quant_gemv_variants(c.kind); variant++) {
     for (int alias = 0; alias < (c.res ? 2 : 1); alias++) {
       // alias: the residual is read from out itself (the runtime's in-place residual add).
       void* o = out.d;
@@ -156,6 +156,13 @@ void test_quant_gemv(Rng& rng, const LinCase& c, DType dt) {
       report(e.ok(), name, e.max_abs, e.str() + e.firsts());
     }
   }
+  // A variant beyond the kind's (int8 / int4 have 0-2) is refused, never run.
+  if (c.kind != QuantKind::Fp8)
+    report(quant_gemv(quant_gemv_variants(c.kind), c.kind, x.d, dw, dsc, c.group, nullptr, nullptr, out.d, M, N, K,
+                      c.act, dt, true, 0) == cudaErrorInvalidValue,
+           std::string("quant_gemv ") + quant_kind_name(c.kind) + " variant " +
+               std::to_string(quant_gemv_variants(c.kind)) + " refused",
+           0);
   // The context path's dequantisation, bit for bit.
   if (c.kind != QuantKind::Fp8) {
     const int n0 = N > 3 ? 3 : 0, rows = N - n0;
@@ -214,7 +221,7 @@ void test_quant_gemv_rms(Rng& rng, QuantKind kind, int M, int N, int K, int grou
   pro.kind = GemvPro::RmsNorm, pro.norm_w = nw.d, pro.eps = eps;
   Err e;
   std::string vs;
-  for (int variant = 0; variant < kQuantGemvVariants; variant++) {
+  for (int variant = 0; variant < quant_gemv_variants(kind); variant++) {
     if (!quant_gemv_has_prologue(kind, variant)) continue;
     out.poison();
     CK(quant_gemv(variant, kind, x.d, dw, dsc, group, nullptr, res.d, out.d, M, N, K, Act::None, dt, true, 0, pro));

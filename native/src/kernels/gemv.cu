@@ -7,9 +7,10 @@
 // and out written after. The runtime's GemmRunner offers it to its autotuner next to cuBLASLt's algorithms and
 // keeps whichever is faster for the shape.
 // The kernel itself is in gemv_impl.cuh; gemv_rms.cu / gemv_gated.cu instantiate its prologue variants
-// (rms_norm or gated activation folded into the vector read: the runtime's prologue fusion). Variants 10-13 are
-// gemv_wide.cuh's big-block kernel (gemv_wide.cu, gemv_wide_gated.cu).
-#include "gemv_wide.cuh"
+// (rms_norm or gated activation folded into the vector read: the runtime's prologue fusion). Big-block variants
+// (8-16 warps, the vector built once per block in shared memory, looping over row groups) were measured on the
+// H200 (gemv_bench: 2-9 % slower than these on every Llama-2-7B shape) and removed.
+#include "gemv_impl.cuh"
 
 namespace tsllm {
 
@@ -32,12 +33,7 @@ bool gemv_pro_eligible(const GemvPrologue& pro, const void* x, const void* w, in
 cudaError_t gemv(int variant, const void* x, const void* w, const void* bias, const void* residual, void* out, int M,
                  int N, int K, DType dt, bool pdl, cudaStream_t s, const EwChain* post) {
   if (!gemv_eligible(x, w, M, K, dt)) return cudaErrorInvalidValue;
-  // The wide variants (10-13) have no chain instantiation: a linear with a folded chain whose plain tuning picked
-  // one runs the chain on the 4-warp kernel's variant 0 (same numerics).
-  if (post && post->n)
-    return gemv_post_launch(variant >= kGemvWideFirst ? 0 : variant, x, w, bias, residual, out, M, N, K, dt, pdl, s, *post);
-  if (variant >= kGemvWideFirst)
-    return gemv_wide_launch(variant, GemvPrologue{}, x, w, bias, residual, out, M, N, K, dt, pdl, s);
+  if (post && post->n) return gemv_post_launch(variant, x, w, bias, residual, out, M, N, K, dt, pdl, s, *post);
   return dt == DType::F16 ? kd::launch<half, 0>(variant, x, w, bias, residual, out, M, N, K, nullptr, 0.f, pdl, s)
                           : kd::launch<kd::bf16, 0>(variant, x, w, bias, residual, out, M, N, K, nullptr, 0.f, pdl, s);
 }
@@ -47,8 +43,6 @@ cudaError_t gemv_pro(int variant, const GemvPrologue& pro, const void* x, const 
                      const EwChain* post) {
   if (!gemv_pro_eligible(pro, x, w, M, K, dt)) return cudaErrorInvalidValue;
   if (post && post->n && pro.kind != GemvPro::None) return cudaErrorInvalidValue;  // not instantiated
-  if (variant >= kGemvWideFirst && pro.kind != GemvPro::None)
-    return gemv_wide_launch(variant, pro, x, w, bias, residual, out, M, N, K, dt, pdl, s);
   switch (pro.kind) {
     case GemvPro::None: return gemv(variant, x, w, bias, residual, out, M, N, K, dt, pdl, s, post);
     case GemvPro::RmsNorm:

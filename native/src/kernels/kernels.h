@@ -73,7 +73,7 @@ cudaError_t rope_standalone(const void* x, void* out, const int32_t* positions, 
 // post (may be null or empty): a chain of unary ops applied in registers after the bias, before the residual
 // (out = post(x·wᵀ + bias) + residual), one rounding at the end: a compile-time kernel variant (gemv_post.cu).
 constexpr int kGemvMaxM = 4;
-constexpr int kGemvVariants = 14;  // 0-9 4-warp blocks (gemv_impl.cuh), 10-13 big blocks (gemv_wide.cuh)
+constexpr int kGemvVariants = 10;  // 4-warp blocks (gemv_impl.cuh)
 bool gemv_eligible(const void* x, const void* w, int M, int K, DType dt);
 cudaError_t gemv(int variant, const void* x, const void* w, const void* bias, const void* residual, void* out, int M,
                  int N, int K, DType dt, bool pdl, cudaStream_t s, const EwChain* post = nullptr);

@@ -25,11 +25,13 @@ const char* quant_kind_name(QuantKind k);  // QuantKind: enums.h
 // `variant` in [0, kQuantGemvVariants), timed per shape by the caller:
 //   fp8 0-2: 4-warp blocks, 1/2/4 rows per warp (quant_gemv.cu); 3-7: quant_gemv_fp8.cu (8-16-warp blocks, one or
 //     two per SM, cheap exact quantisation, rms_norm prologue);
-//   int8 / int4 0-2: 1/2/4 rows per warp, conversions; 3-7: the same with ALU dequantisation and more loads in flight.
+//   int8 / int4 0-2: 1/2/4 rows per warp (quant_gemv_variants(kind) == 3: variants beyond a kind's count are
+//     refused, cudaErrorInvalidValue).
 // pro: GemvPro::RmsNorm folds an rms_norm into the vector read (x is then the norm's input, as gemv_pro; the vector
 // T((x · inv_rms) · norm_w) rounded as norms.cu writes it); every variant but fp8 0-2 (quant_gemv_has_prologue).
 constexpr int kQuantGemvMaxM = 4;
-constexpr int kQuantGemvVariants = 8;
+constexpr int kQuantGemvVariants = 8;  // the most of any kind (fp8)
+int quant_gemv_variants(QuantKind kind);  // fp8 8, int8 / int4 3
 // Why a call is not eligible (nullptr when it is): shapes and alignment the kernels need.
 const char* quant_gemv_unsupported(QuantKind kind, int M, int K, int group, const void* x, const void* w, DType dt);
 bool quant_gemv_has_prologue(QuantKind kind, int variant);
@@ -37,7 +39,7 @@ bool quant_gemv_has_prologue(QuantKind kind, int variant);
 cudaError_t quant_gemv(int variant, QuantKind kind, const void* x, const void* w, const float* scales, int group,
                        const void* bias, const void* residual, void* out, int M, int N, int K, Act act, DType dt,
                        bool pdl, cudaStream_t s, const GemvPrologue& pro = GemvPrologue{});
-// quant_gemv_fp8.cu (variants 3-7 of fp8), quant_gemv_int8.cu / quant_gemv_int4.cu (all int variants); norm_w
+// quant_gemv_fp8.cu (variants 3-7 of fp8), quant_gemv_int8.cu / quant_gemv_int4.cu (the int variants); norm_w
 // non-null: the rms_norm prologue. Called through quant_gemv (which checks eligibility).
 cudaError_t int8_gemv(int variant, const void* x, const void* w, const float* sc, int group, const void* bias,
                       const void* res, void* out, int M, int N, int K, Act act, const void* nw, float eps, DType dt,

@@ -220,13 +220,17 @@ const char* quant_gemv_unsupported(QuantKind kind, int M, int K, int group, cons
   return nullptr;
 }
 
-bool quant_gemv_has_prologue(QuantKind kind, int variant) { return kind != QuantKind::Fp8 || variant >= 3; }
+int quant_gemv_variants(QuantKind kind) { return kind == QuantKind::Fp8 ? kQuantGemvVariants : 3; }
+
+bool quant_gemv_has_prologue(QuantKind kind, int variant) {
+  return variant >= 0 && variant < quant_gemv_variants(kind) && (kind != QuantKind::Fp8 || variant >= 3);
+}
 
 cudaError_t quant_gemv(int variant, QuantKind kind, const void* x, const void* w, const float* scales, int group,
                        const void* bias, const void* residual, void* out, int M, int N, int K, Act act, DType dt,
                        bool pdl, cudaStream_t s, const GemvPrologue& pro) {
   if (quant_gemv_unsupported(kind, M, K, group, x, w, dt)) return cudaErrorInvalidValue;
-  if (variant < 0 || variant >= kQuantGemvVariants) return cudaErrorInvalidValue;
+  if (variant < 0 || variant >= quant_gemv_variants(kind)) return cudaErrorInvalidValue;
   const void* nw = nullptr;
   if (pro.kind == GemvPro::RmsNorm) {
     if (!pro.norm_w || (reinterpret_cast<uintptr_t>(pro.norm_w) & 15) || !quant_gemv_has_prologue(kind, variant))

@@ -31,48 +31,9 @@ __device__ __forceinline__ void dequant8(const uint4& raw, int j, float s, float
   }
 }
 
-// The same values as dequant8 with fp32 / integer ALU ops only (variants 3-7; the tuner keeps whichever is faster
-// per shape). dequant8 spends two conversions per weight (I2F, then F2F to T
-// and back), and conversions issue at 16 per SM per clock against 128 for fp32 ops: at int4's 0.5 byte per weight
-// that, not HBM, may bound the decode gemv. Here q = float(0x4B000000 | (q + 2^(bits-1))) - (2^23 + 2^(bits-1))
-// (exact), and fp32 -> T -> fp32 is the integer round-to-nearest-even of the low mantissa bits: exact for bf16
-// (fp32's exponent range) and for half while every q·s of the group is normal and finite in half (s in
-// [2^-14, 8000] int4, [2^-14, 500] int8; checked on the host against _Float16 for 5.4e8 (q, s) pairs); a group
-// outside that range takes dequant8's conversions.
-template <typename T>
-__device__ __forceinline__ float round_via_bits(float v) {
-  uint32_t b = __float_as_uint(v);
-  if constexpr (std::is_same_v<T, half>) b = (b + 0xFFFu + ((b >> 13) & 1u)) & 0xFFFFE000u;
-  else b = (b + 0x7FFFu + ((b >> 16) & 1u)) & 0xFFFF0000u;
-  return __uint_as_float(b);
-}
-
-template <typename T, bool INT4>
-__device__ __forceinline__ void dequant8_alu(const uint4& raw, int j, float s, float (&f)[8]) {
-  const bool bits_ok =
-      !std::is_same_v<T, half> || (s >= 6.103515625e-05f && s <= (INT4 ? 8000.f : 500.f));
-  if (!bits_ok) return dequant8<T, INT4>(raw, j, s, f);
-  const uint32_t* p = &raw.x;
-  if constexpr (INT4) {
-    const uint32_t u = p[j] ^ 0x88888888u;  // each nibble q + 8
-#pragma unroll
-    for (int i = 0; i < 8; i++) {
-      const float q = __uint_as_float(0x4B000000u | ((u >> (4 * i)) & 0xFu)) - 8388616.f;
-      f[i] = round_via_bits<T>(__fmul_rn(q, s));
-    }
-  } else {
-    const uint32_t u0 = p[2 * j] ^ 0x80808080u, u1 = p[2 * j + 1] ^ 0x80808080u;  // each byte q + 128
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-      f[i] = round_via_bits<T>(__fmul_rn(__uint_as_float(0x4B000000u | ((u0 >> (8 * i)) & 0xFFu)) - 8388736.f, s));
-      f[4 + i] = round_via_bits<T>(__fmul_rn(__uint_as_float(0x4B000000u | ((u1 >> (8 * i)) & 0xFFu)) - 8388736.f, s));
-    }
-  }
-}
-
 // PRO = 1: rms_norm prologue (x is the norm's input; the vector is T((x · inv_rms) · norm_w) as norms.cu writes y;
 // every block computes inv_rms over K after griddepcontrol.wait while its first weight loads are in flight).
-template <typename T, int M, int ROWS, bool INT4, bool ALU, int UN, int PRO>
+template <typename T, int M, int ROWS, bool INT4, int UN, int PRO>
 __global__ void __launch_bounds__(kQWarps * 32)
     int_gemv_kernel(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ sc, int group,
                     const T* __restrict__ bias, const T* res, T* out, int N, int K, int act,
@@ -171,8 +132,7 @@ __global__ void __launch_bounds__(kQWarps * 32)
 #pragma unroll
           for (int r = 0; r < ROWS; r++) {
             float wf[8];
-            if constexpr (ALU) dequant8_alu<T, INT4>(wv[u][r], j, s[r], wf);
-            else dequant8<T, INT4>(wv[u][r], j, s[r], wf);
+            dequant8<T, INT4>(wv[u][r], j, s[r], wf);
 #pragma unroll
             for (int m = 0; m < M; m++)
 #pragma unroll
@@ -193,36 +153,30 @@ __global__ void __launch_bounds__(kQWarps * 32)
   reduce_store<T, M, ROWS>(acc, one, n0, lane, bias, res, out, N, act);
 }
 
-template <typename T, int M, int ROWS, bool INT4, bool ALU, int UN>
+template <typename T, int M, int ROWS, bool INT4, int UN>
 cudaError_t launch_int(const void* x, const void* w, const float* sc, int group, const void* bias, const void* res,
                        void* out, int N, int K, Act act, const void* nw, float eps, bool pdl, cudaStream_t s) {
   const unsigned blocks = (unsigned)((N + kQWarps * ROWS - 1) / (kQWarps * ROWS));
-  auto kern = nw ? int_gemv_kernel<T, M, ROWS, INT4, ALU, UN, 1> : int_gemv_kernel<T, M, ROWS, INT4, ALU, UN, 0>;
+  auto kern = nw ? int_gemv_kernel<T, M, ROWS, INT4, UN, 1> : int_gemv_kernel<T, M, ROWS, INT4, UN, 0>;
   return launch_pdl(kern, blocks, 0, pdl, s, static_cast<const T*>(x), static_cast<const uint8_t*>(w), sc, group,
                     static_cast<const T*>(bias), static_cast<const T*>(res), static_cast<T*>(out), N, K, int(act),
                     static_cast<const T*>(nw), eps);
 }
 
-// int8 / int4 variants: (rows per warp, ALU dequantisation, chunks in flight per row). 0-2 convert each weight with
-// I2F + F2F (two conversions, 16 per SM per clock), 3-7 with fp32 / integer ALU ops (dequant8_alu, same values).
+// int8 / int4 variants: (rows per warp, chunks in flight per row). Variants with ALU dequantisation (integer / fp32
+// bit tricks instead of I2F + F2F) and more loads in flight were measured on the H200 (gemv_bench, 27-49 % slower
+// than these on every Llama-2-7B shape) and removed.
 template <typename T, int M, bool INT4>
 cudaError_t launch_int_variant(int variant, const void* x, const void* w, const float* sc, int group, const void* bias,
                                const void* res, void* out, int N, int K, Act act, const void* nw, float eps, bool pdl,
                                cudaStream_t s) {
   switch (variant) {
-    case 0: return launch_int<T, M, 1, INT4, false, 4>(x, w, sc, group, bias, res, out, N, K, act, nw, eps, pdl, s);
-    case 1: return launch_int<T, M, 2, INT4, false, 4>(x, w, sc, group, bias, res, out, N, K, act, nw, eps, pdl, s);
-    case 2: return launch_int<T, M, 4, INT4, false, 2>(x, w, sc, group, bias, res, out, N, K, act, nw, eps, pdl, s);
-    case 3: return launch_int<T, M, 1, INT4, true, 4>(x, w, sc, group, bias, res, out, N, K, act, nw, eps, pdl, s);
-    case 4: return launch_int<T, M, 2, INT4, true, 4>(x, w, sc, group, bias, res, out, N, K, act, nw, eps, pdl, s);
-    case 5: return launch_int<T, M, 4, INT4, true, 2>(x, w, sc, group, bias, res, out, N, K, act, nw, eps, pdl, s);
-    case 6: return launch_int<T, M, 2, INT4, true, 8>(x, w, sc, group, bias, res, out, N, K, act, nw, eps, pdl, s);
-    case 7: return launch_int<T, M, 1, INT4, true, 8>(x, w, sc, group, bias, res, out, N, K, act, nw, eps, pdl, s);
+    case 0: return launch_int<T, M, 1, INT4, 4>(x, w, sc, group, bias, res, out, N, K, act, nw, eps, pdl, s);
+    case 1: return launch_int<T, M, 2, INT4, 4>(x, w, sc, group, bias, res, out, N, K, act, nw, eps, pdl, s);
+    case 2: return launch_int<T, M, 4, INT4, 2>(x, w, sc, group, bias, res, out, N, K, act, nw, eps, pdl, s);
     default: return cudaErrorInvalidValue;
   }
 }
-
-// FP8 variants 0-2 (4-warp blocks, IEEE division per element, the first design; no prologue).
 
 }  // namespace
 }  // namespace kd

@@ -120,7 +120,8 @@ float QuantGemm::time_runs(cudaStream_t s, Body&& body) {
 
 int QuantGemm::gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s) {
   if (!gemv_on || quant_gemv_unsupported(c.kind, c.M, c.K, c.group, c.x, c.w, dt)) return -1;
-  if (gemv_force >= 0 && gemv_force < kQuantGemvVariants) return gemv_force;
+  // A forced variant this kind lacks (int8 / int4 have 0-2) leaves the kind to the tuner.
+  if (gemv_force >= 0 && gemv_force < quant_gemv_variants(c.kind)) return gemv_force;
   if (!tune) return 1;
   const auto key = std::make_tuple(int(c.kind), c.group, c.M, c.N, c.K, int(dt));
   auto it = gemv_pick_.find(key);
@@ -134,7 +135,8 @@ int QuantGemm::gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s) 
   int pick = 1;
   float best = 1e30f;
   float ms_of[kQuantGemvVariants];
-  for (int v = 0; v < kQuantGemvVariants; v++) {
+  const int nv = quant_gemv_variants(c.kind);
+  for (int v = 0; v < nv; v++) {
     const float ms = time_runs(s, [&] {
       return quant_gemv(v, c.kind, c.x, c.w, c.scales, c.group, c.bias, c.residual, tune_out_, c.M, c.N, c.K, c.act,
                         dt, pdl, s) == cudaSuccess;
@@ -144,7 +146,7 @@ int QuantGemm::gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s) 
   }
   if (verbose) {
     std::string all;
-    for (int v = 0; v < kQuantGemvVariants; v++) {
+    for (int v = 0; v < nv; v++) {
       char b[32];
       std::snprintf(b, sizeof b, "%s%d:%.4f", v ? " " : "", v, ms_of[v]);
       all += b;
@@ -167,7 +169,8 @@ int QuantGemm::prologue_variant(const QuantLinearCall& c, const GemvPrologue& pr
   if (quant_gemv_unsupported(c.kind, c.M, c.K, c.group, c.x, c.w, dt) || !pro.norm_w ||
       (reinterpret_cast<uintptr_t>(pro.norm_w) & 15))
     return no("not eligible (M <= 4, K % 16 == 0, 16-byte aligned x, w and norm weight)");
-  if (gemv_force >= 0) return quant_gemv_has_prologue(c.kind, gemv_force) ? gemv_force : no("forced variant has no prologue");
+  if (gemv_force >= 0 && gemv_force < quant_gemv_variants(c.kind))  // (as gemv_variant: beyond the kind's, tuned)
+    return quant_gemv_has_prologue(c.kind, gemv_force) ? gemv_force : no("forced variant has no prologue");
   const auto key = std::make_tuple(int(c.kind), c.group, c.M, c.N, c.K, int(dt));
   auto hit = pro_pick_.find(key);
   if (hit != pro_pick_.end()) return hit->second >= 0 ? hit->second : no("the tuner kept the unfused pair");
@@ -190,7 +193,7 @@ int QuantGemm::prologue_variant(const QuantLinearCall& c, const GemvPrologue& pr
                quant_gemv(vu, c.kind, pro_y, c.w, c.scales, c.group, c.bias, tres, tune_out_, c.M, c.N, c.K, c.act,
                           dt, pdl, s) == cudaSuccess;
       });
-    for (int v = 0; v < kQuantGemvVariants; v++) {
+    for (int v = 0; v < quant_gemv_variants(c.kind); v++) {
       if (!quant_gemv_has_prologue(c.kind, v)) continue;
       const float ms = time_runs(s, [&] {
         return quant_gemv(v, c.kind, c.x, c.w, c.scales, c.group, c.bias, tres, tune_out_, c.M, c.N, c.K, c.act, dt,
