@@ -200,36 +200,28 @@ int num_sms();  // cached multiprocessor count of the current device (defined in
 }  // namespace kd
 }  // namespace tsllm
 
+// One case of the dispatch macros below: DType::E runs the body with T = TYPE.
+#define TSLLM_DISPATCH_CASE(E, TYPE, T, ...) \
+  case ::tsllm::DType::E: {                  \
+    using T = TYPE;                          \
+    __VA_ARGS__;                             \
+  } break;
+
 // Dispatch on an activation dtype: F32, F16, BF16.
-#define TSLLM_DISPATCH_ACT(dt, T, ...)           \
-  switch (dt) {                                  \
-    case ::tsllm::DType::F32: {                  \
-      using T = float;                           \
-      __VA_ARGS__;                               \
-    } break;                                     \
-    case ::tsllm::DType::F16: {                  \
-      using T = half;                            \
-      __VA_ARGS__;                               \
-    } break;                                     \
-    case ::tsllm::DType::BF16: {                 \
-      using T = ::tsllm::kd::bf16;               \
-      __VA_ARGS__;                               \
-    } break;                                     \
-    default:                                     \
-      return cudaErrorInvalidValue;              \
+#define TSLLM_DISPATCH_ACT(dt, T, ...)                     \
+  switch (dt) {                                            \
+    TSLLM_DISPATCH_CASE(F32, float, T, __VA_ARGS__)        \
+    TSLLM_DISPATCH_CASE(F16, half, T, __VA_ARGS__)         \
+    TSLLM_DISPATCH_CASE(BF16, ::tsllm::kd::bf16, T, __VA_ARGS__) \
+    default:                                               \
+      return cudaErrorInvalidValue;                        \
   }
 
 // Dispatch on a 16-bit dtype: F16, BF16.
-#define TSLLM_DISPATCH_HALF(dt, T, ...)          \
-  switch (dt) {                                  \
-    case ::tsllm::DType::F16: {                  \
-      using T = half;                            \
-      __VA_ARGS__;                               \
-    } break;                                     \
-    case ::tsllm::DType::BF16: {                 \
-      using T = ::tsllm::kd::bf16;               \
-      __VA_ARGS__;                               \
-    } break;                                     \
-    default:                                     \
-      return cudaErrorInvalidValue;              \
+#define TSLLM_DISPATCH_HALF(dt, T, ...)                    \
+  switch (dt) {                                            \
+    TSLLM_DISPATCH_CASE(F16, half, T, __VA_ARGS__)         \
+    TSLLM_DISPATCH_CASE(BF16, ::tsllm::kd::bf16, T, __VA_ARGS__) \
+    default:                                               \
+      return cudaErrorInvalidValue;                        \
   }

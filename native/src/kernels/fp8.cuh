@@ -20,6 +20,12 @@ __device__ __forceinline__ float2 e4m3x2_to_f2(uint32_t two) {
   return __half22float2(*reinterpret_cast<__half2*>(&h));
 }
 
+// Two E4M3 bytes (low byte = first element) -> their two fp16 values (exact), packed the same way.
+__device__ __forceinline__ uint32_t e4m3x2_to_h2(uint32_t two) {
+  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(two & 0xffffu), __NV_E4M3);
+  return uint32_t(h.x) | (uint32_t(h.y) << 16);
+}
+
 // 4 E4M3 bytes of a 32-bit word -> f[0..3].
 __device__ __forceinline__ void e4m3x4_to_f(uint32_t u, float* f) {
   const float2 a = e4m3x2_to_f2(u), b = e4m3x2_to_f2(u >> 16);

@@ -10,11 +10,8 @@
 // This file holds FP8 variants 0-2 (the first design) and the dispatch; FP8 variants 3-7 are quant_gemv_fp8.cu.
 // Programmatic dependent launch (pdl and sm_90): the first weight loads are issued before
 // griddepcontrol.wait; x / residual are read and out written after it.
-#include <algorithm>
-#include <atomic>
-#include <type_traits>
-
-#include "quant_gemv_common.cuh"
+#include "gemv_stream.cuh"
+#include "quant.h"
 
 namespace tsllm {
 
@@ -30,150 +27,50 @@ const char* quant_kind_name(QuantKind k) {
 namespace kd {
 namespace {
 
-// ---------------- FP8 W8A8 ----------------
+// ---------------- FP8 W8A8, first design (variants 0-2) ----------------
 template <typename T, int M, int ROWS>
-__global__ void __launch_bounds__(kQWarps * 32)
+__global__ void __launch_bounds__(kWarps * 32)
     fp8_gemv_kernel(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ sw,
                     const T* __restrict__ bias, const T* res, T* out, int N, int K, int act) {
   constexpr int UN = ROWS >= 4 ? 2 : 4;  // 16-byte chunks in flight per lane and row
   extern __shared__ __align__(16) uint8_t s_q[];  // [M][K] e4m3 of the quantised activations
-  __shared__ float s_red[kQWarps][M];
-  __shared__ float s_sx[M];
   pdl_trigger();
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int chunks = K >> 4;  // 16 weights per chunk
-  const int groups = (N + kQWarps * ROWS - 1) / (kQWarps * ROWS);
-  int g = blockIdx.x;
-  int n0 = (g * kQWarps + warp) * ROWS;
-  uint4 wv[UN][ROWS];
-  auto load = [&](int c0) {
-#pragma unroll
-    for (int u = 0; u < UN; u++) {
-      const int c = c0 + u * 32;
-#pragma unroll
-      for (int r = 0; r < ROWS; r++)
-        wv[u][r] = n0 + r < N && c < chunks ? ld_stream(w + (size_t)(n0 + r) * K + (size_t)c * 16)
-                                            : make_uint4(0, 0, 0, 0);
-    }
-  };
-  load(lane);
+  WeightStream<WFp8, UN, ROWS, 32, false> ws;
+  ws.start(w, K, (blockIdx.x * kWarps + (threadIdx.x >> 5)) * ROWS, N, threadIdx.x & 31);
   pdl_wait();
 
   // Per-token scales: amax over the row (fp32 of T), s = fp32(amax / 448), 1 for a zero row.
-  const int vchunks = K >> 3;  // 8 elements of T per 16 bytes
-  float am[M];
-#pragma unroll
-  for (int m = 0; m < M; m++) am[m] = 0.f;
-  for (int c = threadIdx.x; c < vchunks; c += blockDim.x) {
-#pragma unroll
-    for (int m = 0; m < M; m++) {
-      float f[8];
-      unpack8<T>(*reinterpret_cast<const uint4*>(x + (size_t)m * K + (size_t)c * 8), f);
-#pragma unroll
-      for (int j = 0; j < 8; j++) am[m] = fmaxf(am[m], fabsf(f[j]));
-    }
-  }
-#pragma unroll
-  for (int m = 0; m < M; m++) {
-    am[m] = warp_max(am[m]);
-    if (lane == 0) s_red[warp][m] = am[m];
-  }
-  __syncthreads();
-  if (threadIdx.x < M) {
-    float a = 0.f;
-#pragma unroll
-    for (int i = 0; i < kQWarps; i++) a = fmaxf(a, s_red[i][threadIdx.x]);
-    s_sx[threadIdx.x] = a > 0.f ? __fdiv_rn(a, kE4m3Max) : 1.f;
-  }
-  __syncthreads();
+  float am[M] = {};
+  for_vec_chunks<T, M, kWarps * 32, 0>(x, K, nullptr, nullptr,
+                                       [&](int m, int, const uint4& v) { am[m] = amax8<T>(v, am[m]); });
+  block_reduce<kWarps, M, false>(am, true);
   float sx[M];
 #pragma unroll
-  for (int m = 0; m < M; m++) sx[m] = s_sx[m];
-  for (int c = threadIdx.x; c < vchunks; c += blockDim.x) {
-#pragma unroll
-    for (int m = 0; m < M; m++) {
-      float f[8];
-      unpack8<T>(*reinterpret_cast<const uint4*>(x + (size_t)m * K + (size_t)c * 8), f);
-      *reinterpret_cast<uint2*>(s_q + (size_t)m * K + (size_t)c * 8) = f8_to_e4m3x8(f, sx[m]);
-    }
-  }
+  for (int m = 0; m < M; m++) sx[m] = am[m] > 0.f ? __fdiv_rn(am[m], kE4m3Max) : 1.f;
+  for_vec_chunks<T, M, kWarps * 32, 0>(x, K, nullptr, nullptr, [&](int m, int c, const uint4& v) {
+    float f[8];
+    unpack8<T>(v, f);
+    *reinterpret_cast<uint2*>(s_q + size_t(m) * K + size_t(c) * 8) = f8_to_e4m3x8(f, sx[m]);
+  });
   __syncthreads();
 
-  for (;;) {
-    float acc[ROWS][M];
-#pragma unroll
-    for (int r = 0; r < ROWS; r++)
-#pragma unroll
-      for (int m = 0; m < M; m++) acc[r][m] = 0.f;
-    if (n0 < N) {
-      int c0 = lane;
-      for (;;) {
-#pragma unroll
-        for (int u = 0; u < UN; u++) {
-          const int c = c0 + u * 32;
-          if (c >= chunks) break;
-          float xf[M][16];
-#pragma unroll
-          for (int m = 0; m < M; m++)
-            e4m3x16_to_f(*reinterpret_cast<const uint4*>(s_q + (size_t)m * K + (size_t)c * 16), xf[m]);
-#pragma unroll
-          for (int r = 0; r < ROWS; r++) {
-            float wf[16];
-            e4m3x16_to_f(wv[u][r], wf);
-#pragma unroll
-            for (int m = 0; m < M; m++)
-#pragma unroll
-              for (int j = 0; j < 16; j++) acc[r][m] = fmaf(wf[j], xf[m][j], acc[r][m]);
-          }
-        }
-        c0 += 32 * UN;
-        if (c0 >= chunks) break;
-        load(c0);
-      }
-    }
-    float mul[ROWS][M];
-#pragma unroll
-    for (int r = 0; r < ROWS; r++)
-#pragma unroll
-      for (int m = 0; m < M; m++) mul[r][m] = n0 + r < N ? __fmul_rn(sx[m], __ldg(sw + n0 + r)) : 0.f;
-    reduce_store<T, M, ROWS>(acc, mul, n0, lane, bias, res, out, N, act);
-    g += gridDim.x;
-    if (g >= groups) break;
-    n0 = (g * kQWarps + warp) * ROWS;
-    load(lane);
-  }
+  row_groups<WFp8, kWarps, ROWS, M>(
+      ws, w, K, N,
+      [&](int c, int, int m, float (&xf)[16]) {  // the quantised x's 16 E4M3 values under chunk c
+        e4m3x16_to_f(*reinterpret_cast<const uint4*>(s_q + size_t(m) * K + size_t(c) * 16), xf);
+      },
+      [&](float v, int m, int n) { store_out<T>(v * __fmul_rn(sx[m], __ldg(sw + n)), bias, res, out, m, n, N, act); });
 }
 
 template <typename T, int M, int ROWS>
 cudaError_t launch_fp8(const void* x, const void* w, const float* sw, const void* bias, const void* res, void* out,
                        int N, int K, Act act, bool pdl, cudaStream_t s) {
-  auto kern = fp8_gemv_kernel<T, M, ROWS>;
-  const size_t smem = (size_t)M * K;
-  // Opt in to more than 48 KB of dynamic shared memory and size the grid to the blocks that fit at once (each block
-  // quantises x once, then loops over row groups). Cached per instantiation for 4 shared-memory sizes (one per K).
-  static std::atomic<long long> conf[4] = {{-1}, {-1}, {-1}, {-1}};  // (smem << 16) | blocks per SM
-  std::atomic<long long>& slot = conf[(smem >> 4) & 3];
-  const long long c = slot.load(std::memory_order_relaxed);
-  int per_sm = 0;
-  static std::atomic<long long> opted{48 * 1024};  // the kernel's max dynamic shared memory, only ever raised
-  if (c < 0 || (size_t)(c >> 16) != smem) {
-    cudaError_t e = cudaSuccess;
-    if ((long long)smem > opted.load(std::memory_order_relaxed)) {
-      e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-      if (e != cudaSuccess) return e;
-      opted.store((long long)smem, std::memory_order_relaxed);
-    }
-    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, kQWarps * 32, smem);
-    if (e != cudaSuccess) return e;
-    if (per_sm < 1) return cudaErrorInvalidConfiguration;
-    slot.store(((long long)smem << 16) | per_sm, std::memory_order_relaxed);
-  } else {
-    per_sm = int(c & 0xffff);
-  }
-  const long long groups = (N + kQWarps * ROWS - 1) / (kQWarps * ROWS);
-  const unsigned blocks = (unsigned)std::min<long long>(groups, (long long)per_sm * num_sms());
-  return launch_pdl(kern, blocks, smem, pdl, s, static_cast<const T*>(x), static_cast<const uint8_t*>(w), sw,
-                    static_cast<const T*>(bias), static_cast<const T*>(res), static_cast<T*>(out), N, K, int(act));
+  // As many blocks as fit on the GPU at once (each block quantises x once, then loops over row groups).
+  static PersistentCache pc;
+  return launch_persistent(pc, fp8_gemv_kernel<T, M, ROWS>, kWarps * 32, size_t(M) * K,
+                           (N + kWarps * ROWS - 1) / (kWarps * ROWS), 255, pdl, s, static_cast<const T*>(x),
+                           static_cast<const uint8_t*>(w), sw, static_cast<const T*>(bias), static_cast<const T*>(res),
+                           static_cast<T*>(out), N, K, int(act));
 }
 
 template <typename T, int M>

@@ -13,10 +13,7 @@
 //   - an rms_norm prologue (PRO = 1): the block computes inv_rms, the normalised row rounded to T as norms.cu writes
 //     it, then quantises that — the norm costs no launch and no pass over memory (runtime prologue fusion).
 // Programmatic dependent launch as the other gemvs: the first weight loads before griddepcontrol.wait.
-#include <algorithm>
-#include <atomic>
-
-#include "fp8.cuh"
+#include "gemv_stream.cuh"
 #include "quant.h"
 
 namespace tsllm {
@@ -31,45 +28,9 @@ __device__ __forceinline__ uint4 quant8_f16(const float (&v)[8], float s, float 
 #pragma unroll
   for (int j = 0; j < 4; j++) {
     // cvt.rn.satfinite.e4m3x2.f32 then back to f16x2 (exact).
-    const __nv_fp8x2_storage_t q = __nv_cvt_float2_to_fp8x2(make_float2(y[2 * j], y[2 * j + 1]), __NV_SATFINITE, __NV_E4M3);
-    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(q, __NV_E4M3);
-    o[j] = uint32_t(h.x) | (uint32_t(h.y) << 16);
+    o[j] = e4m3x2_to_h2(__nv_cvt_float2_to_fp8x2(make_float2(y[2 * j], y[2 * j + 1]), __NV_SATFINITE, __NV_E4M3));
   }
   return make_uint4(o[0], o[1], o[2], o[3]);
-}
-
-// The rms_norm prologue's value, rounded to T exactly as norms.cu writes y: T((x · inv) · w).
-template <typename T>
-__device__ __forceinline__ uint4 norm8(const uint4& xv, const uint4& wv, float inv) {
-  const uint32_t* px = &xv.x;
-  const uint32_t* pw = &wv.x;
-  uint4 o;
-  uint32_t* po = &o.x;
-#pragma unroll
-  for (int i = 0; i < 4; i++) {
-    const float2 fx = to_f2<T>(px[i]), fw = to_f2<T>(pw[i]);
-    po[i] = pack2<T>((fx.x * inv) * fw.x, (fx.y * inv) * fw.y);
-  }
-  return o;
-}
-
-template <int WARPS, int M>
-__device__ __forceinline__ void block_reduce(float (&v)[M], float (*red)[M], bool is_max) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int m = 0; m < M; m++) {
-    v[m] = is_max ? warp_max(v[m]) : warp_sum(v[m]);
-    if (lane == 0) red[warp][m] = v[m];
-  }
-  __syncthreads();
-#pragma unroll
-  for (int m = 0; m < M; m++) {
-    float t = 0.f;  // amax >= 0, sums from 0
-#pragma unroll
-    for (int i = 0; i < WARPS; i++) t = is_max ? fmaxf(t, red[i][m]) : t + red[i][m];
-    v[m] = t;
-  }
-  __syncthreads();  // red is reused
 }
 
 // Block of WARPS warps; each warp owns ROWS weight rows of a row group, UN 16-byte chunks per row in flight per lane.
@@ -80,70 +41,20 @@ __global__ void __launch_bounds__(WARPS * 32)
                      const T* __restrict__ nw, float eps) {
   extern __shared__ __align__(16) uint8_t smem[];
   uint16_t* s_x = reinterpret_cast<uint16_t*>(smem);  // [M][K]: the (normalised) row in T, then E4M3 values as fp16
-  __shared__ float red[WARPS][M];
   pdl_trigger();
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int chunks = K >> 4;  // 16 weights per chunk
-  const int groups = (N + WARPS * ROWS - 1) / (WARPS * ROWS);
-  int g = blockIdx.x;
-  int n0 = (g * WARPS + warp) * ROWS;
-  uint4 wv[UN][ROWS];
-  auto load = [&](int c0) {
-#pragma unroll
-    for (int u = 0; u < UN; u++) {
-      const int c = c0 + u * 32;
-#pragma unroll
-      for (int r = 0; r < ROWS; r++)
-        wv[u][r] = n0 + r < N && c < chunks ? ld_stream(w + (size_t)(n0 + r) * K + (size_t)c * 16)
-                                            : make_uint4(0, 0, 0, 0);
-    }
-  };
-  load(lane);
+  WeightStream<WFp8, UN, ROWS, 32, false> ws;
+  ws.start(w, K, (blockIdx.x * WARPS + (threadIdx.x >> 5)) * ROWS, N, threadIdx.x & 31);
   pdl_wait();
 
-  const int vchunks = K >> 3;  // 8 elements of T per 16 bytes
   float inv[M];
-#pragma unroll
-  for (int m = 0; m < M; m++) inv[m] = 1.f;
-  if constexpr (PRO == 1) {
-    float ss[M];
-#pragma unroll
-    for (int m = 0; m < M; m++) ss[m] = 0.f;
-    for (int c = threadIdx.x; c < vchunks; c += WARPS * 32)
-#pragma unroll
-      for (int m = 0; m < M; m++) {
-        const uint4 xv = *reinterpret_cast<const uint4*>(x + (size_t)m * K + (size_t)c * 8);
-        const uint32_t* px = &xv.x;
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-          const float2 f = to_f2<T>(px[i]);
-          ss[m] = fmaf(f.x, f.x, ss[m]);
-          ss[m] = fmaf(f.y, f.y, ss[m]);
-        }
-      }
-    block_reduce<WARPS, M>(ss, red, false);
-#pragma unroll
-    for (int m = 0; m < M; m++) inv[m] = rsqrtf(ss[m] / K + eps);  // norms.cu: rsqrtf(s1 / hidden + eps)
-  }
+  vec_inv<T, M, WARPS, PRO, true>(x, K, eps, inv);  // (block_reduce's scratch is reused for the amax)
   // The vector (x, or the normalised row) into shared memory, and its amax per row.
-  float am[M];
-#pragma unroll
-  for (int m = 0; m < M; m++) am[m] = 0.f;
-  for (int c = threadIdx.x; c < vchunks; c += WARPS * 32) {
-    uint4 nwv = make_uint4(0, 0, 0, 0);
-    if constexpr (PRO == 1) nwv = __ldg(reinterpret_cast<const uint4*>(nw + (size_t)c * 8));
-#pragma unroll
-    for (int m = 0; m < M; m++) {
-      uint4 v = *reinterpret_cast<const uint4*>(x + (size_t)m * K + (size_t)c * 8);
-      if constexpr (PRO == 1) v = norm8<T>(v, nwv, inv[m]);
-      *reinterpret_cast<uint4*>(s_x + (size_t)m * K + (size_t)c * 8) = v;
-      float f[8];
-      unpack8<T>(v, f);
-#pragma unroll
-      for (int j = 0; j < 8; j++) am[m] = fmaxf(am[m], fabsf(f[j]));
-    }
-  }
-  block_reduce<WARPS, M>(am, red, true);
+  float am[M] = {};
+  for_vec_chunks<T, M, WARPS * 32, PRO>(x, K, nw, inv, [&](int m, int c, const uint4& v) {
+    *reinterpret_cast<uint4*>(s_x + size_t(m) * K + size_t(c) * 8) = v;
+    am[m] = amax8<T>(v, am[m]);
+  });
+  block_reduce<WARPS, M, true>(am, true);
   float sx[M], rx[M];
 #pragma unroll
   for (int m = 0; m < M; m++) {
@@ -151,121 +62,41 @@ __global__ void __launch_bounds__(WARPS * 32)
     rx[m] = __frcp_rn(sx[m]);
   }
   // Quantise in place (each thread rewrites the chunks it wrote above).
-  for (int c = threadIdx.x; c < vchunks; c += WARPS * 32)
+  for (int c = threadIdx.x; c < (K >> 3); c += WARPS * 32)
 #pragma unroll
     for (int m = 0; m < M; m++) {
-      uint4* p = reinterpret_cast<uint4*>(s_x + (size_t)m * K + (size_t)c * 8);
+      uint4* p = reinterpret_cast<uint4*>(s_x + size_t(m) * K + size_t(c) * 8);
       float f[8];
       unpack8<T>(*p, f);
       *p = quant8_f16(f, sx[m], rx[m]);
     }
   __syncthreads();
 
-  for (;;) {
-    float acc[ROWS][M];
+  row_groups<WFp8, WARPS, ROWS, M>(
+      ws, w, K, N,
+      [&](int c, int, int m, float (&xf)[16]) {  // chunk c's 16 values, fp16 in shared memory
+        const uint4* p = reinterpret_cast<const uint4*>(s_x + size_t(m) * K + size_t(c) * 16);
+        const uint4 a = p[0], b = p[1];
+        const uint32_t h[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
 #pragma unroll
-    for (int r = 0; r < ROWS; r++)
-#pragma unroll
-      for (int m = 0; m < M; m++) acc[r][m] = 0.f;
-    if (n0 < N) {
-      int c0 = lane;
-      for (;;) {
-#pragma unroll
-        for (int u = 0; u < UN; u++) {
-          const int c = c0 + u * 32;
-          if (c >= chunks) break;
-          float xf[M][16];
-#pragma unroll
-          for (int m = 0; m < M; m++) {
-            const uint4* p = reinterpret_cast<const uint4*>(s_x + (size_t)m * K + (size_t)c * 16);
-            const uint4 a = p[0], b = p[1];
-            const uint32_t h[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-#pragma unroll
-            for (int i = 0; i < 8; i++) {
-              const float2 f = to_f2<half>(h[i]);
-              xf[m][2 * i] = f.x, xf[m][2 * i + 1] = f.y;
-            }
-          }
-#pragma unroll
-          for (int r = 0; r < ROWS; r++) {
-            float wf[16];
-            e4m3x16_to_f(wv[u][r], wf);
-#pragma unroll
-            for (int m = 0; m < M; m++)
-#pragma unroll
-              for (int j = 0; j < 16; j++) acc[r][m] = fmaf(wf[j], xf[m][j], acc[r][m]);
-          }
+        for (int i = 0; i < 8; i++) {
+          const float2 f = to_f2<half>(h[i]);
+          xf[2 * i] = f.x, xf[2 * i + 1] = f.y;
         }
-        c0 += 32 * UN;
-        if (c0 >= chunks) break;
-        load(c0);
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < ROWS; r++)
-#pragma unroll
-      for (int m = 0; m < M; m++) acc[r][m] = warp_sum(acc[r][m]);
-#pragma unroll
-    for (int r = 0; r < ROWS; r++)
-#pragma unroll
-      for (int m = 0; m < M; m++)
-        if (lane == r * M + m && n0 + r < N) {
-          const int n = n0 + r;
-          float v = __fmul_rn(acc[r][m], __fmul_rn(sx[m], __ldg(sw + n)));
-          if (bias) v = __fadd_rn(v, to_f(bias[n]));
-          v = act_value(v, Act(act));
-          if (res) v = __fadd_rn(v, to_f(res[(size_t)m * N + n]));
-          out[(size_t)m * N + n] = from_f<T>(v);
-        }
-    g += gridDim.x;
-    if (g >= groups) break;
-    n0 = (g * WARPS + warp) * ROWS;
-    load(lane);
-  }
+      },
+      [&](float v, int m, int n) {
+        store_out<T>(__fmul_rn(v, __fmul_rn(sx[m], __ldg(sw + n))), bias, res, out, m, n, N, act);
+      });
 }
 
 template <typename T, int M, int ROWS, int WARPS, int UN, int BPS, int PRO>
 cudaError_t launch_m2(const void* x, const void* w, const float* sw, const void* bias, const void* res, void* out,
                       int N, int K, Act act, const void* nw, float eps, bool pdl, cudaStream_t s) {
-  auto kern = fp8_gemv2_kernel<T, M, ROWS, WARPS, UN, PRO>;
-  const size_t smem = (size_t)M * K * 2;
-  // Opt in to the shared memory once per instantiation (only ever raised), then the resident blocks per SM.
-  static std::atomic<long long> opted{48 * 1024};
-  // (smem << 8) | blocks per SM, for 4 shared-memory sizes (one per K of the model) per instantiation.
-  static std::atomic<long long> occ[4] = {{-1}, {-1}, {-1}, {-1}};
-  if ((long long)smem > opted.load(std::memory_order_relaxed)) {
-    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e != cudaSuccess) return e;
-    opted.store((long long)smem, std::memory_order_relaxed);
-  }
-  static std::atomic<int> next{0};
-  int per_sm = 0;
-  for (auto& slot : occ) {
-    const long long c = slot.load(std::memory_order_relaxed);
-    if (c >= 0 && (size_t)(c >> 8) == smem) per_sm = int(c & 0xff);
-  }
-  if (per_sm == 0) {
-    cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, WARPS * 32, smem);
-    if (e != cudaSuccess) return e;
-    if (per_sm < 1) return cudaErrorInvalidConfiguration;
-    occ[next.fetch_add(1, std::memory_order_relaxed) & 3].store(((long long)smem << 8) | std::min(per_sm, 255),
-                                                               std::memory_order_relaxed);
-  }
-  const long long groups = (N + WARPS * ROWS - 1) / (WARPS * ROWS);
-  const unsigned blocks = (unsigned)std::min<long long>(groups, (long long)std::min(per_sm, BPS) * num_sms());
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(blocks);
-  cfg.blockDim = dim3(WARPS * 32);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = s;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl && pdl_supported() ? 1 : 0;
-  return cudaLaunchKernelEx(&cfg, kern, static_cast<const T*>(x), static_cast<const uint8_t*>(w), sw,
-                            static_cast<const T*>(bias), static_cast<const T*>(res), static_cast<T*>(out), N, K,
-                            int(act), static_cast<const T*>(nw), eps);
+  static PersistentCache pc;
+  return launch_persistent(pc, fp8_gemv2_kernel<T, M, ROWS, WARPS, UN, PRO>, WARPS * 32, size_t(M) * K * 2,
+                           (N + WARPS * ROWS - 1) / (WARPS * ROWS), BPS, pdl, s, static_cast<const T*>(x),
+                           static_cast<const uint8_t*>(w), sw, static_cast<const T*>(bias), static_cast<const T*>(res),
+                           static_cast<T*>(out), N, K, int(act), static_cast<const T*>(nw), eps);
 }
 
 template <typename T, int ROWS, int WARPS, int UN, int BPS, int PRO>
