@@ -10,6 +10,8 @@
 // at 0x7e (448: larger values and ±inf saturate); below: f32(a + 2^14) - bits(2^14) = a in units of 2^-9
 // rounded to nearest even by the float adder itself (0..8, 8 being the smallest normal); then the sign.
 // f16 → f32 exactly: f32(bits(h & 0x7fff) << 13) * 2^112 (subnormals included), or exponent 0xff for inf/NaN.
+// Fast rows (amax finite, s >= 2^-14: every |q| < 464, none NaN) skip saturation and NaN, and for halves divide
+// |w| (f16 as |w| * 2^-112 by s * 2^-112) and put w's sign back on the 16-bit codes.
 
 // ---- a minimal WebAssembly assembler ----
 const u32 = (n) => {
@@ -49,9 +51,9 @@ const shuffle = (lanes) => simd(0x0d, ...lanes);
 const op = {
   and: simd(0x4e), or: simd(0x50), bitselect: simd(0x52),
   i8narrow16u: simd(0x66), i16narrow32u: simd(0x86), i16maxu: simd(0x99),
-  i16extract0: simd(0x19, 0), i32extract0: simd(0x1b, 0),
+  i16extract0: simd(0x19, 0), i32extract0: simd(0x1b, 0), i16shru: simd(0x8d),
   extLow: simd(0xa9), extHigh: simd(0xaa),
-  shl: simd(0xab), shrs: simd(0xac), shru: simd(0xad), add: simd(0xae), sub: simd(0xb1),
+  shl: simd(0xab), shru: simd(0xad), add: simd(0xae), sub: simd(0xb1),
   minu: simd(0xb7), maxu: simd(0xb9), gtu: simd(0x3c), geu: simd(0x40),
   fadd: simd(0xe4), fmul: simd(0xe6), fdiv: simd(0xe7), fsplat: simd(0x13),
 };
@@ -84,6 +86,14 @@ const e4m3 = (fast) =>
     get(Q), i32c(24), op.shru, splat32(0x80), op.and, op.or,
   ].flat(Infinity);
 
+/** e4m3(true) for lanes of Q known non-negative (no sign to take off or put back). */
+const e4m3Abs = [
+  get(Q), splat32(0x7ffff), op.add, get(Q), i32c(20), op.shru, splat32(1), op.and, op.add,
+  i32c(20), op.shru, splat32(120 << 3), op.sub,
+  get(Q), splat32(0x46800000), op.fadd, splat32(0x46800000), op.sub,
+  get(Q), splat32(0x3c800000), op.geu, op.bitselect,
+].flat(Infinity);
+
 /** The fp32 lanes (as bits) of the zero-extended 16-bit lanes on the stack. */
 const decode = {
   BF16: [i32c(16), op.shl].flat(),
@@ -94,9 +104,6 @@ const decode = {
     get(X), splat32(0x7fff), op.and, splat32(0x7c00), op.geu, op.bitselect,
     get(X), splat32(0x8000), op.and, i32c(16), op.shl, op.or,
   ].flat(),
-  // The fast rows' f16: w × 2^-112 (sign | (h & 0x7fff) << 13, exact, subnormal f32 for f16 subnormals), divided
-  // by s × 2^-112 (exact: s >= 2^-14): the same quotient, hence the same rounding.
-  F16fast: [i32c(16), op.shl, i32c(3), op.shrs, splat32(0x8fffffff), op.and].flat(),
 };
 
 /** One row kernel: (src, rows, k, dst, scales), k a multiple of 16, rows packed in src and dst. */
@@ -140,8 +147,19 @@ function rowsBody(dtype) {
   ].flat();
   // 16 elements: 32 source bytes (halves) or 64 (fp32) → 16 E4M3 bytes at O
   const step = (fast) => {
-    const dec = fast && dtype === "F16" ? decode.F16fast : decode[dtype];
+    const dec = decode[dtype];
     const quant = (vecOnStack) => [vecOnStack, get(SV), op.fdiv, set(Q), e4m3(fast)];
+    if (half && fast) {
+      // Halves of a fast row: the quotients of |w| (s > 0: the sign is w's), E4M3 of non-negative lanes, and
+      // w's sign put back on the 16-bit codes ((h >> 8) & 0x80), 8 lanes at a time.
+      // f16 as |w| × 2^-112 ((h & 0x7fff) << 13: exact, an f32 subnormal for an f16 subnormal) divided by
+      // s × 2^-112 (exact: s >= 2^-14): the same quotient, hence the same rounding.
+      const absDec = dtype === "F16" ? [i32c(13), op.shl] : [i32c(16), op.shl];
+      const abs = (ext) => [get(X), splat32(0x7fff7fff), op.and, ext, absDec, get(SV), op.fdiv, set(Q), e4m3Abs];
+      const half8 = (off) => [get(P), load(off), set(X), abs(op.extLow), abs(op.extHigh), op.i16narrow32u,
+        get(X), i32c(8), op.i16shru, splat32(0x00800080), op.and, op.or];
+      return [get(O), half8(0), half8(16), op.i8narrow16u, store(), get(P), i32c(32), I.add, set(P)];
+    }
     return half
       ? [
           get(O),
