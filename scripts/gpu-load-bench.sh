@@ -24,8 +24,8 @@ secs() { awk "BEGIN { printf \"%.2f\", $2 - $1 }"; }
 ratio() { awk "BEGIN { printf \"%.2f\", $1 / $2 }"; }
 median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-[ -x native/build/file_pass ] && [ -f native/build/tsllm_node.node ] || bash native/build.sh > "$work/build.log" 2>&1 ||
-  { tail -20 "$work/build.log"; exit 1; }
+# Always through the (incremental) build: a machine kept warm may hold a runtime older than this checkout.
+bash native/build.sh > "$work/build.log" 2>&1 || { tail -20 "$work/build.log"; exit 1; }
 if [ "$size" = 7b ]; then config="$shared/configs/llama-2-7b.json"; dtype=F16; else config=scripts/configs/tinyllama-1.1b.json; dtype=BF16; fi
 echo "== $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB RAM, $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1); model: $config"
 df -h "$work" | tail -1
