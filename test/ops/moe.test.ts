@@ -355,6 +355,12 @@ describe("moe infer, attrs and kernels", () => {
       { quant: "fp8" },
       "moe: quant fp8 needs w1_scales, w3_scales and w2_scales",
     );
+    // Each of the three scales is needed, whichever is missing.
+    for (const miss of [5, 6, 7]) {
+      const ins: (ValueType | null)[] = [...ok, v([20]), v([20]), v([32])];
+      ins[miss] = null;
+      bad(ins, { quant: "int8-wo" }, "moe: quant int8-wo needs w1_scales, w3_scales and w2_scales");
+    }
     bad(ok, { quant: "int2" }, 'moe: unsupported expert quant "int2"');
     // int4 packs two values per stored element: an unpacked width is wrong.
     const s = v([1]);

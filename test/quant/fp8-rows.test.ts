@@ -3,10 +3,33 @@
 import { describe, expect, it } from "vitest";
 import { fromFloat32 } from "../../src/checkpoint/dtype.ts";
 import { f32BitsToE4m3 } from "../../src/quant/fp8.ts";
-import { e4m3ByTable, quantizeFp8Rows } from "../../src/quant/fp8-rows.ts";
+import { e4m3ByTable, fp8Tables, quantizeFp8Rows } from "../../src/quant/fp8-rows.ts";
 import { computeScales, quantizeToBytes } from "../../src/quant/weights.ts";
 
 describe("fp8 row quantiser", () => {
+  // First in the file: the tables are built once per module, so under the mutation run the test that
+  // builds them is the one their mutants are run against.
+  it("the tables: 65536 entries each, bf16[h] the value with bits h << 16, f16[h] the half with bits h", () => {
+    const t = fp8Tables();
+    expect([t.bf16.length, t.f16.length, t.e4m3.length]).toEqual([65536, 65536, 131072]);
+    const f32 = new Float32Array(1);
+    const u32 = new Uint32Array(f32.buffer);
+    let bad = 0;
+    for (let h = 0; h < 65536; h++) {
+      u32[0] = (h << 16) >>> 0;
+      if (!Object.is(t.bf16[h], f32[0]) && !(Number.isNaN(t.bf16[h]) && Number.isNaN(f32[0]))) bad++;
+    }
+    expect(bad).toBe(0);
+    // f16: 1.0 = 0x3c00, -2 = 0xc000, the largest normal 65504 = 0x7bff, the smallest subnormal 2^-24 = 1.
+    expect([t.f16[0x3c00], t.f16[0xc000], t.f16[0x7bff], t.f16[1], t.f16[0x7c00]]).toEqual([
+      1,
+      -2,
+      65504,
+      2 ** -24,
+      Infinity,
+    ]);
+  });
+
   it("the table encoding equals f32BitsToE4m3 for every top half and low halves 0, 1, 0x8000, 0xffff, random", () => {
     let x = 12345;
     let bad = 0;
@@ -20,10 +43,14 @@ describe("fp8 row quantiser", () => {
 
   for (const dtype of ["BF16", "F16", "F32"] as const)
     it(`${dtype} rows (two concatenated parts) quantise to the reference bytes and scales`, () => {
-      const n1 = 5, n2 = 3, k = 64;
+      const n1 = 5,
+        n2 = 3,
+        k = 64;
       const w = new Float32Array((n1 + n2) * k);
       let x = 7;
-      for (let i = 0; i < w.length; i++) w[i] = (((x = (Math.imul(x, 1103515245) + 12345) >>> 0) >>> 8) / 2 ** 24 - 0.5) * 2 ** ((i % 40) - 20);
+      for (let i = 0; i < w.length; i++)
+        w[i] =
+          (((x = (Math.imul(x, 1103515245) + 12345) >>> 0) >>> 8) / 2 ** 24 - 0.5) * 2 ** ((i % 40) - 20);
       w.fill(0, 2 * k, 3 * k); // an all-zero row: scale 1
       w[4 * k + 3] = Number.POSITIVE_INFINITY;
       w[6 * k + 1] = Number.NaN;
@@ -38,8 +65,18 @@ describe("fp8 row quantiser", () => {
         for (let i = 0; i < u.length; i++) {
           if (dtype === "BF16") out[i] = u[i] << 16;
           else {
-            const h = u[i], e = (h >>> 10) & 31, m = h & 1023, s = h & 0x8000 ? -1 : 1;
-            f[0] = e === 0 ? s * m * 2 ** -24 : e === 31 ? (m ? Number.NaN : s * Number.POSITIVE_INFINITY) : s * (1 + m / 1024) * 2 ** (e - 15);
+            const h = u[i],
+              e = (h >>> 10) & 31,
+              m = h & 1023,
+              s = h & 0x8000 ? -1 : 1;
+            f[0] =
+              e === 0
+                ? s * m * 2 ** -24
+                : e === 31
+                  ? m
+                    ? Number.NaN
+                    : s * Number.POSITIVE_INFINITY
+                  : s * (1 + m / 1024) * 2 ** (e - 15);
             vals[i] = f[0];
           }
         }
@@ -50,10 +87,15 @@ describe("fp8 row quantiser", () => {
       const data = dtype === "F32" ? new Float32Array(stored.buffer) : new Uint16Array(stored.buffer);
       const q = new Uint8Array((n1 + n2) * k);
       const s = new Float32Array(n1 + n2);
-      quantizeFp8Rows([
-        { dtype, data: data.subarray(0, n1 * k), rows: n1 },
-        { dtype, data: data.subarray(n1 * k), rows: n2 },
-      ], k, q, s);
+      quantizeFp8Rows(
+        [
+          { dtype, data: data.subarray(0, n1 * k), rows: n1 },
+          { dtype, data: data.subarray(n1 * k), rows: n2 },
+        ],
+        k,
+        q,
+        s,
+      );
       expect(Array.from(s)).toEqual(Array.from(refS));
       expect(Buffer.from(q).equals(Buffer.from(refQ))).toBe(true);
     });
