@@ -59,6 +59,14 @@ describe("chainOf", () => {
     expect(() => chainOf({ post: { ops: ["softcap"], args: [0] } }, "post")).toThrow(
       "softcap: cap must be > 0, got 0",
     );
+    // An Error (with a stack), not a bare thrown value.
+    let err: unknown;
+    try {
+      chainOf({ post: 3 }, "post");
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(Error);
     expect(MAX_CHAIN).toBe(4);
     expect(chainOf({ post: { ops: Array(4).fill("exp"), args: Array(4).fill(0) } }, "post").ops).toHaveLength(
       4,
