@@ -7,6 +7,8 @@ import { CheckpointError } from "../checkpoint/errors.ts";
 
 /** Reads of one tensor are split so several run at once (queue depth for a cold disk). */
 const READ_BYTES = 32 << 20;
+/** Requests from this size may take an idle buffer more than twice as large (BufferPool). */
+const LARGE_BYTES = 64 << 20;
 
 function readAt(fd: number, into: Uint8Array, pos: number): Promise<number> {
   return new Promise((resolve, reject) =>
@@ -27,16 +29,20 @@ async function readFully(fd: number, file: string, into: Uint8Array, pos: number
  * (measured here: reading 2.2 GB into fresh buffers 3.4 s, into a reused one 0.55 s), and a dropped
  * SharedArrayBuffer lingers until a garbage collection that its size does not prompt (dropping idle
  * buffers beyond 256 MB let a 7B build reach 5.5 GB). A request takes the smallest idle buffer that
- * fits and is at most twice its size, else a new one: a model's weights come in a few sizes, repeated per
- * layer, so the pool holds about the most of each size in use at once. (Taking any larger idle buffer let
- * small requests use up the large ones, so the next large request made another: a 7B fp8 build's buffers
- * grew through the layers, 0.81 → 0.85 GB, 1.09-1.12 GB peak RSS.) Shared, so hash workers read them in place.
+ * fits and is at most twice its size; a large request (LARGE_BYTES) else any that fits; else a new one.
+ * A model's weights come in a few sizes, repeated per layer, so the pool holds about the most of each
+ * size in use at once. (Taking any larger idle buffer let small requests use up the large ones, so the
+ * next large request made another: a 7B fp8 build's buffers grew through the layers, 0.81 → 0.85 GB,
+ * 1.09-1.12 GB peak RSS; taking only close sizes left its 250 MB embedding buffer idle after lm_head:
+ * 0.95-0.99 GB; now 0.86 GB.) Shared, so hash workers read them in place.
  */
 export class BufferPool {
   private free: SharedArrayBuffer[] = []; // ascending size
   take(n: number): SharedArrayBuffer {
     const i = this.free.findIndex((b) => b.byteLength >= n);
-    if (i < 0 || this.free[i].byteLength > 2 * n) return new SharedArrayBuffer(n);
+    // A much larger idle buffer only for a large request (a 7B's idle 250 MB embedding buffer serving its
+    // 86 MB MLP weights), never for the many small ones.
+    if (i < 0 || (this.free[i].byteLength > 2 * n && n < LARGE_BYTES)) return new SharedArrayBuffer(n);
     return this.free.splice(i, 1)[0];
   }
   give(b: SharedArrayBuffer): void {
