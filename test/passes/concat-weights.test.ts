@@ -34,6 +34,9 @@ function graph() {
     bf: w("m.v_proj.weight", [4, 4], [part("m.v_proj.weight", [4, 4])], [], "bf16"),
     wide: w("m.o_proj.weight", [4, 8], [part("m.o_proj.weight", [4, 8])]),
     rank3: w("m.e.weight", [4, 4, 1], [part("m.e.weight", [4, 4, 1])]),
+    // Trailing dims 12, 3 and 1, 23: the same digits, so the comparison must keep the dims apart.
+    d12: w("m.f.weight", [2, 12, 3], [part("m.f.weight", [2, 12, 3])]),
+    d1: w("m.g.weight", [2, 1, 23], [part("m.g.weight", [2, 1, 23])]),
     i8: w("m.q8.weight", [4, 4], [part("m.q8.weight", [4, 4])], [], "i8"),
     sym: w("m.s.weight", [{ sym: "n", max: 4 } as never, 4], [part("m.s.weight", [4, 4])]),
     bad: w("m.bad.weight", [4, 4], [part("a", [2, 4]), part("b", [2, 4])], [slice(0, 4)]),
@@ -64,6 +67,7 @@ describe("whyNotConcat", () => {
     expect(whyNotConcat(g, [ids.q, ids.bf])).toBe("weights differ in dtype");
     expect(whyNotConcat(g, [ids.q, ids.wide])).toBe("weights differ in shape beyond axis 0");
     expect(whyNotConcat(g, [ids.q, ids.rank3])).toBe("weights differ in shape beyond axis 0");
+    expect(whyNotConcat(g, [ids.d12, ids.d1])).toBe("weights differ in shape beyond axis 0");
     // A one-part recipe with transforms (a tensor-parallel slice) is fine.
     expect(whyNotConcat(g, [ids.q, ids.q])).toBeNull();
   });

@@ -183,6 +183,39 @@ describe("planArena on a graph laid out by hand", () => {
     });
   });
 
+  it("buffers written after one ends are not live with it; of equal gaps the first is taken", () => {
+    // 256-byte buffers A, C, E live [0, 6], B, D [0, 1], X [5, 6]; Z (1 KiB, the graph output) [7, 8].
+    // Z goes first, to 0; A too (Z is written after A's last read); B, C, D, E follow at 256..1024.
+    // X lives with A, C, E only: two 256-byte gaps (B's and D's slots), the first one taken: 256.
+    const [A, B, C, D, E, X, Z] = [1, 2, 3, 4, 5, 6, 7];
+    const h: Graph = {
+      values: new Map(
+        [f32(A, 64), f32(B, 64), f32(C, 64), f32(D, 64), f32(E, 64), f32(X, 64), f32(Z, 256)].map((v) => [
+          v.id,
+          v,
+        ]),
+      ),
+      nodes: [
+        node([], [A, B, C, D, E]),
+        node([B, D], []),
+        node([], []),
+        node([], []),
+        node([], []),
+        node([], [X]),
+        node([A, C, E, X], []),
+        node([], [Z]),
+      ],
+      inputs: {},
+      outputs: { logits: Z },
+      meta: { numLayers: 0, numKvHeads: 0, headDim: 0 },
+      nextId: 8,
+    };
+    expect(planArena(h)).toEqual({
+      bytes: 1280,
+      offsets: { 1: 0, 2: 256, 3: 512, 4: 768, 5: 1024, 6: 256, 7: 0 },
+    });
+  });
+
   it("the pass (on tiny-llama) writes the plan into meta, logs one match, and leaves its input alone", async () => {
     const { before, after, log } = await around("memory-plan", "llama");
     expect(after.meta.arena).toEqual(planArena(after));
