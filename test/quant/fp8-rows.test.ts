@@ -3,6 +3,7 @@
 import { describe, expect, it } from "vitest";
 import { fromFloat32 } from "../../src/checkpoint/dtype.ts";
 import { f32BitsToE4m3 } from "../../src/quant/fp8.ts";
+import { quantizeFp8RowRange } from "../../src/quant/fp8-kernel.mjs";
 import { e4m3ByTable, fp8Tables, quantizeFp8Rows } from "../../src/quant/fp8-rows.ts";
 import { computeScales, quantizeToBytes } from "../../src/quant/weights.ts";
 
@@ -39,62 +40,77 @@ describe("fp8 row quantiser", () => {
     expect(badCodes).toBe(0);
   });
 
-  for (const dtype of ["BF16", "F16", "F32"] as const)
-    it(`${dtype} rows (two concatenated parts) quantise to the reference bytes and scales`, () => {
-      const n1 = 5,
-        n2 = 3,
-        k = 64;
-      const w = new Float32Array((n1 + n2) * k);
-      let x = 7;
-      for (let i = 0; i < w.length; i++)
-        w[i] =
-          (((x = (Math.imul(x, 1103515245) + 12345) >>> 0) >>> 8) / 2 ** 24 - 0.5) * 2 ** ((i % 40) - 20);
-      w.fill(0, 2 * k, 3 * k); // an all-zero row: scale 1
-      w[4 * k + 3] = Number.POSITIVE_INFINITY;
-      w[6 * k + 1] = Number.NaN;
-      w[7 * k + 2] = 1e-30;
-      // The reference sees what the checkpoint holds: the values rounded to its dtype.
-      const stored = dtype === "F32" ? fromFloat32("F32", w) : fromFloat32(dtype, w);
-      const vals = dtype === "F32" ? new Float32Array(stored.buffer) : new Float32Array(w.length);
-      if (dtype !== "F32") {
-        const u = new Uint16Array(stored.buffer);
-        const out = new Uint32Array(vals.buffer);
-        const f = new Float32Array(1);
-        for (let i = 0; i < u.length; i++) {
-          if (dtype === "BF16") out[i] = u[i] << 16;
-          else {
-            const h = u[i],
-              e = (h >>> 10) & 31,
-              m = h & 1023,
-              s = h & 0x8000 ? -1 : 1;
-            f[0] =
-              e === 0
-                ? s * m * 2 ** -24
-                : e === 31
-                  ? m
-                    ? Number.NaN
-                    : s * Number.POSITIVE_INFINITY
-                  : s * (1 + m / 1024) * 2 ** (e - 15);
-            vals[i] = f[0];
+  // k = 64 takes the WebAssembly SIMD kernel, k = 40 (not a multiple of 16) the JavaScript loop.
+  for (const k of [64, 40])
+    for (const dtype of ["BF16", "F16", "F32"] as const)
+      it(`${dtype} rows (two concatenated parts, k ${k}) quantise to the reference bytes and scales`, () => {
+        const n1 = 5,
+          n2 = 3;
+        const w = new Float32Array((n1 + n2) * k);
+        let x = 7;
+        for (let i = 0; i < w.length; i++)
+          w[i] =
+            (((x = (Math.imul(x, 1103515245) + 12345) >>> 0) >>> 8) / 2 ** 24 - 0.5) * 2 ** ((i % 40) - 20);
+        w.fill(0, 2 * k, 3 * k); // an all-zero row: scale 1
+        w[4 * k + 3] = Number.POSITIVE_INFINITY;
+        w[6 * k + 1] = Number.NaN;
+        w[7 * k + 2] = 1e-30;
+        // The reference sees what the checkpoint holds: the values rounded to its dtype.
+        const stored = dtype === "F32" ? fromFloat32("F32", w) : fromFloat32(dtype, w);
+        const vals = dtype === "F32" ? new Float32Array(stored.buffer) : new Float32Array(w.length);
+        if (dtype !== "F32") {
+          const u = new Uint16Array(stored.buffer);
+          const out = new Uint32Array(vals.buffer);
+          const f = new Float32Array(1);
+          for (let i = 0; i < u.length; i++) {
+            if (dtype === "BF16") out[i] = u[i] << 16;
+            else {
+              const h = u[i],
+                e = (h >>> 10) & 31,
+                m = h & 1023,
+                s = h & 0x8000 ? -1 : 1;
+              f[0] =
+                e === 0
+                  ? s * m * 2 ** -24
+                  : e === 31
+                    ? m
+                      ? Number.NaN
+                      : s * Number.POSITIVE_INFINITY
+                    : s * (1 + m / 1024) * 2 ** (e - 15);
+              vals[i] = f[0];
+            }
           }
         }
-      }
-      const spec = { scheme: "fp8" as const };
-      const refQ = quantizeToBytes(vals, n1 + n2, k, spec);
-      const refS = computeScales(vals, n1 + n2, k, spec);
-      const data = dtype === "F32" ? new Float32Array(stored.buffer) : new Uint16Array(stored.buffer);
-      const q = new Uint8Array((n1 + n2) * k);
-      const s = new Float32Array(n1 + n2);
-      quantizeFp8Rows(
-        [
+        const spec = { scheme: "fp8" as const };
+        const refQ = quantizeToBytes(vals, n1 + n2, k, spec);
+        const refS = computeScales(vals, n1 + n2, k, spec);
+        const data = dtype === "F32" ? new Float32Array(stored.buffer) : new Uint16Array(stored.buffer);
+        const q = new Uint8Array((n1 + n2) * k);
+        const s = new Float32Array(n1 + n2);
+        quantizeFp8Rows(
+          [
+            { dtype, data: data.subarray(0, n1 * k), rows: n1 },
+            { dtype, data: data.subarray(n1 * k), rows: n2 },
+          ],
+          k,
+          q,
+          s,
+        );
+        expect(Array.from(s)).toEqual(Array.from(refS));
+        expect(Buffer.from(q).equals(Buffer.from(refQ))).toBe(true);
+        // A worker's share: rows [2, 7) across the parts' boundary (row 5), nothing else written.
+        const q2 = new Uint8Array((n1 + n2) * k);
+        const s2 = new Float32Array(n1 + n2);
+        const parts = [
           { dtype, data: data.subarray(0, n1 * k), rows: n1 },
           { dtype, data: data.subarray(n1 * k), rows: n2 },
-        ],
-        k,
-        q,
-        s,
-      );
-      expect(Array.from(s)).toEqual(Array.from(refS));
-      expect(Buffer.from(q).equals(Buffer.from(refQ))).toBe(true);
-    });
+        ];
+        quantizeFp8RowRange(parts, k, 2, 7, q2, s2, fp8Tables());
+        expect(Array.from(s2)).toEqual([0, 0, ...Array.from(refS.subarray(2, 7)), 0]);
+        expect(Array.from(q2)).toEqual([
+          ...new Array(2 * k).fill(0),
+          ...Array.from(refQ.subarray(2 * k, 7 * k)),
+          ...new Array(k).fill(0),
+        ]);
+      });
 });
