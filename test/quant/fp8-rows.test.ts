@@ -99,18 +99,18 @@ describe("fp8 row quantiser", () => {
         expect(Array.from(s)).toEqual(Array.from(refS));
         expect(Buffer.from(q).equals(Buffer.from(refQ))).toBe(true);
         // A worker's share: rows [2, 7) across the parts' boundary (row 5), nothing else written.
-        const q2 = new Uint8Array((n1 + n2) * k);
-        const s2 = new Float32Array(n1 + n2);
+        const q2 = new Uint8Array((n1 + n2) * k).fill(0xee);
+        const s2 = new Float32Array(n1 + n2).fill(-1);
         const parts = [
           { dtype, data: data.subarray(0, n1 * k), rows: n1 },
           { dtype, data: data.subarray(n1 * k), rows: n2 },
         ];
         quantizeFp8RowRange(parts, k, 2, 7, q2, s2, fp8Tables());
-        expect(Array.from(s2)).toEqual([0, 0, ...Array.from(refS.subarray(2, 7)), 0]);
+        expect(Array.from(s2)).toEqual([-1, -1, ...Array.from(refS.subarray(2, 7)), -1]);
         expect(Array.from(q2)).toEqual([
-          ...new Array(2 * k).fill(0),
+          ...new Array(2 * k).fill(0xee),
           ...Array.from(refQ.subarray(2 * k, 7 * k)),
-          ...new Array(k).fill(0),
+          ...new Array(k).fill(0xee),
         ]);
       });
 });
