@@ -151,4 +151,43 @@ describe("elementwise chain fusion boundaries", () => {
     expect(ops).toEqual(["linear", "linear", "add_rms_norm", "add"]);
     same(g, out);
   });
+
+  it("norms: two pre steps keep their order (the inner one first), at most 4 steps on either side; a unary op on add_rms_norm's sum stays", () => {
+    const g = graph((g, x, _w, nw) => {
+      const [a] = addNode(g, "scale", [x], { factor: 0.5 });
+      const [b] = addNode(g, "softcap", [a], { cap: 2 });
+      let h = addNode(g, "rms_norm", [b, nw], { eps: 1e-6 })[0];
+      for (let i = 0; i < 5; i++) h = addNode(g, "scale", [h], { factor: 1.5 })[0];
+      return h;
+    });
+    const { out, ops } = fuse(g);
+    expect(ops).toEqual(["rms_norm", "scale"]);
+    expect(out.nodes[0].attrs).toMatchObject({
+      pre: { ops: ["scale", "softcap"], args: [0.5, 2] },
+      post: { ops: ["scale", "scale", "scale", "scale"], args: [1.5, 1.5, 1.5, 1.5] },
+    });
+    same(g, out);
+    // Five unary ops before a norm: four go into its pre chain, the first stays.
+    const g2 = graph((g, x, _w, nw) => {
+      let h = x;
+      for (let i = 0; i < 5; i++) h = addNode(g, "scale", [h], { factor: 1 + i / 10 })[0];
+      return addNode(g, "rms_norm", [h, nw], { eps: 1e-6 })[0];
+    });
+    const f2 = fuse(g2);
+    expect(f2.ops).toEqual(["scale", "rms_norm"]);
+    expect(f2.out.nodes[1].attrs).toMatchObject({
+      pre: { ops: ["scale", "scale", "scale", "scale"], args: [1.1, 1.2, 1.3, 1.4] },
+    });
+    same(g2, f2.out);
+    // tanh of the sum (add_rms_norm's second output) is not a post step of the normalised output.
+    const g3 = graph((g, x, w, nw) => {
+      const [r] = addNode(g, "linear", [x, w], {});
+      const [y, sum] = addNode(g, "add_rms_norm", [x, r, nw], { eps: 1e-6 });
+      const [t] = addNode(g, "tanh", [sum], {});
+      return addNode(g, "add", [y, t], {})[0];
+    });
+    const f3 = fuse(g3);
+    expect(f3.ops).toEqual(["linear", "add_rms_norm", "tanh", "add"]);
+    same(g3, f3.out);
+  });
 });
