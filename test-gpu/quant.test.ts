@@ -8,6 +8,9 @@
 //   3. the three prompts packed in one step vs one at a time (≤ 0.05: decode M = 1 runs the quantised gemv,
 //      packed prefill the FP8 cuBLASLt GEMM / the dequantised GEMM, another summation order).
 // Every case also runs with TSLLM_QGEMV=0 (the large-M path for decode too), so both paths meet bound 1.
+// FP8 KV cache: the prompts' attention runs the FP8 context FMHA by default (Q and P in E4M3 on the tensor cores,
+// attention_context_fp8.cu) and with TSLLM_FP8_CONTEXT_FMHA=0 the fp16 context kernel; both meet bound 1, and the
+// attention nodes' fp8Fmha counters show which one ran (forced on with strict kernels too: no fallback allowed).
 // tiny-llama's intermediate size 352 is not a multiple of 128, so int4 group 128 runs on tiny-gptj (and group 32
 // on both): the compiler refuses a group size that does not divide K.
 import { afterAll, describe, expect, it } from "vitest";
@@ -83,12 +86,24 @@ describe("quantised engines on the GPU", () => {
       // (quant_gemv_has_prologue): fp8 4 (16-warp blocks, division-free quantisation), int8 / int4 2 (4 rows per warp;
       // they have variants 0-2 only).
       const forced = c.extra.quant === "fp8" ? "4" : "2";
-      for (const env of [{}, { TSLLM_QGEMV: "0" }, { TSLLM_QGEMV_VARIANT: forced }] as Record<
+      const kvFp8 = c.extra.kvCacheDtype === "fp8";
+      const fmhaRuns: Record<string, string>[] = kvFp8
+        ? [{ TSLLM_FP8_CONTEXT_FMHA: "0" }, { TSLLM_FP8_CONTEXT_FMHA: "1", TSLLM_STRICT_KERNELS: "1" }]
+        : [];
+      for (const env of [{}, { TSLLM_QGEMV: "0" }, { TSLLM_QGEMV_VARIANT: forced }, ...fmhaRuns] as Record<
         string,
         string
       >[]) {
         for (const graphs of [true, false]) {
           const gpu = teacherForced(load(dir, env, graphs), golden, 200);
+          // Which context attention ran: every attention node through the FP8 context FMHA (FP8 KV cache, not
+          // switched off; the suite's GPU is sm 90 and the fixtures' head dim 32), or none of them.
+          const fmha = kvFp8 && env.TSLLM_FP8_CONTEXT_FMHA !== "0";
+          const attn = open[open.length - 1]
+            .nodeStats()
+            .filter((n) => n.op === "attention" || n.op === "fused_attention");
+          expect(attn.length).toBeGreaterThan(0);
+          expect(attn.map((n) => n.fp8Fmha > 0)).toEqual(attn.map(() => fmha));
           if (env.TSLLM_QGEMV_VARIANT && c.which === "llama" && c.extra.quant) {
             // Llama's rms_norm before qkv / gate_up folds into the quantised gemv: no launch of its own at decode.
             const st = open[open.length - 1].nodeStats();
@@ -99,7 +114,7 @@ describe("quantised engines on the GPU", () => {
           const max = Math.max(...gpu.map((g, i) => maxAbsDiff(g, ref[i])));
           const max32 = Math.max(...gpu.map((g, i) => maxAbsDiff(g, ref32[i])));
           console.log(
-            `${name(c)} ${JSON.stringify(env)} graphs ${graphs}: GPU vs CPU reference max |Δlogit| ${max.toFixed(4)} (fp16 activations, bound ${bound1.toFixed(4)}), ${max32.toFixed(4)} (fp32 activations)`,
+            `${name(c)} ${JSON.stringify(env)} graphs ${graphs}${kvFp8 ? ` fp8 context fmha ${fmha ? "on" : "off"}` : ""}: GPU vs CPU reference max |Δlogit| ${max.toFixed(4)} (fp16 activations, bound ${bound1.toFixed(4)}), ${max32.toFixed(4)} (fp32 activations)`,
           );
           expect(max).toBeLessThanOrEqual(bound1);
         }

@@ -118,6 +118,25 @@ describe("tsllm-run refuses bad flags before any work", () => {
   });
 });
 
+describe("--fp8-context-fmha takes on or off", () => {
+  // Every command that runs engines on the GPU has it; a bad value is refused before the engine is touched.
+  const runs: [string, string[]][] = [
+    ["run", ["--input-ids", "1,2"]],
+    ["serve", []],
+    ["bench", ["latency"]],
+    ["bench", ["throughput", "--dataset", "x.jsonl"]],
+  ];
+  for (const [bin, args] of runs)
+    it(`tsllm-${bin} ${args[0] ?? ""}`, () => {
+      const sub = bin === "bench" ? [args[0]] : [];
+      expectRefused(
+        bin,
+        [...sub, engine, ...args.slice(sub.length), "--fp8-context-fmha", "maybe"],
+        /'--fp8-context-fmha <mode>' argument 'maybe' is invalid\. Allowed choices are on, off\.$/,
+      );
+    });
+});
+
 describe("tsllm-compile refuses what can never run", () => {
   for (const sm of ["70", "75"])
     it(`--sm ${sm}, with the reason`, () => {

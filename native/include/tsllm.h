@@ -19,7 +19,7 @@
 extern "C" {
 #endif
 
-#define TSLLM_ABI_VERSION 3
+#define TSLLM_ABI_VERSION 4
 
 typedef struct tsllm_engine tsllm_engine;
 
@@ -51,10 +51,15 @@ typedef struct tsllm_options {
   int32_t decode_mma_min_gqa; /* 0 = 4: the smallest query-heads-per-KV-head ratio at which decode_variant 0/3 uses
                                  the tensor-core decode kernel outside the small-batch kernel's range (1: always) */
   int32_t pdl;            /* 0: programmatic dependent launch for gemv / decode on sm_90+; -1: off */
-  int32_t strict_kernels; /* 1: a kernel these options force (gemv = 1) that cannot run for a node is an error
+  int32_t strict_kernels; /* 1: a kernel these options force (gemv = 1, fp8_context_fmha = 1) that cannot run for a node is an error
                              naming the node and why, never a silent fallback (to cuBLASLt or an unfused pair) */
   int32_t profile;        /* 0 off; 1 events around every node (graphs off), table at unload; 2 per-op graph replay
                              breakdown after 8 decode replays (both print to stderr) */
+  int32_t fp8_context_fmha; /* FP8 KV cache: prefill / chunked-prefill attention with Q and the softmax weights in
+                               E4M3 on FP8 tensor cores. 0: where it applies (head_dim a multiple of 16 up to 128,
+                               sm_89+), else the fp16/bf16 kernel; 1: the same, and with strict_kernels an engine step
+                               where it cannot run is an error; -1: off (the fp16/bf16 kernel, attending to the
+                               step's own K/V unrounded as the CPU reference does) */
 } tsllm_options;
 
 typedef struct tsllm_sampling {
@@ -124,7 +129,8 @@ enum {
   TSLLM_KERNEL_GEMV = 3,      /* linear through the gemv kernel */
   TSLLM_KERNEL_GEMV_RMS = 4,  /* linear through the gemv with the rms_norm prologue */
   TSLLM_KERNEL_GEMV_GATED = 5,/* linear through the gemv with the gated-activation prologue */
-  TSLLM_KERNEL_KINDS = 6
+  TSLLM_KERNEL_FP8_FMHA = 6,  /* attention whose context step ran the FP8 context FMHA (fp8_context_fmha) */
+  TSLLM_KERNEL_KINDS = 7
 };
 typedef struct tsllm_node_stats {
   char op[24];           /* registry op name */

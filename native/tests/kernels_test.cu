@@ -3,7 +3,7 @@
 // is checked. Prints one PASS/FAIL line per check with its max error; exits non-zero on any failure.
 //
 // Build: nvcc -std=c++17 -O3 -gencode=arch=compute_90,code=sm_90 -o kt tests/kernels_test.cu src/kernels/*.cu
-// Run: ./kt [rf|emb|norm|ew|attn|gemv|samp|quant|moe] [attention case index]
+// Run: ./kt [rf|emb|norm|ew|attn|gemv|samp|quant|moe|fmha8] [attention case index]
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
@@ -1358,8 +1358,9 @@ static void test_sampling(Rng& rng) {
 
 #include "quant_tests.cuh"  // test_quant: quantised-linear kernels
 #include "moe_tests.cuh"    // test_moe: mixture-of-experts routing, gemv and grouped paths, combine
+#include "fmha_fp8_tests.cuh"  // test_fmha8: the FP8 context FMHA (after quant_tests.cuh: its host E4M3 port)
 
-// Usage: kernels_test [group [attention-case-index]]; groups: rf emb norm ew attn samp quant moe (default: all).
+// Usage: kernels_test [group [attention-case-index]]; groups: rf emb norm ew attn samp quant moe fmha8 (default: all).
 // `kernels_test attn count` prints the number of attention cases.
 int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IOLBF, 0);
@@ -1383,6 +1384,7 @@ int main(int argc, char** argv) {
   if (want("samp")) test_sampling(rng);
   if (want("quant")) test_quant(rng);
   if (want("moe")) test_moe(rng);
+  if (want("fmha8")) test_fmha8(rng);
   if (case_idx != -2) std::printf("SUMMARY: %d passed, %d failed\n", g_pass, g_fail);
   return g_fail ? 1 : 0;
 }

@@ -303,25 +303,74 @@ void test_quantize_rows(Rng& rng, DType dt, int rows, int cols) {
 }
 
 
+// A host array's bytes on the device (the caller frees them).
+inline void* to_dev(const void* h, size_t bytes) {
+  void* d;
+  CK(cudaMalloc(&d, bytes));
+  CK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
+  return d;
+}
+
+// One step of sequences (cached tokens, new tokens) over a paged cache of nKV heads of D dims and tpb-token blocks,
+// block b of sequence s at block 1 + b·S + s (interleaved; block 0 belongs to none): the StepLayout's arrays and
+// the block tables on the host and on the device (freed with it).
+struct PagedStep {
+  int S, T = 0, maxb = 0, max_new = 0, max_len = 0, num_blocks;
+  size_t block_elems, v_off;  // elements of a block (K then V) and V's offset in it
+  int nKV, D, tpb;
+  std::vector<int32_t> bt, positions, token_seq, seq_start, seq_len;
+  int32_t *d_bt, *d_pos, *d_ts, *d_ss, *d_sl;
+
+  PagedStep(const std::vector<std::pair<int, int>>& seqs, int nKV_, int D_, int tpb_)
+      : S(int(seqs.size())), nKV(nKV_), D(D_), tpb(tpb_), seq_start(seqs.size() + 1), seq_len(seqs.size()) {
+    for (auto& q : seqs) {
+      maxb = std::max(maxb, (q.first + q.second + tpb - 1) / tpb);
+      T += q.second;
+      max_new = std::max(max_new, q.second);
+      max_len = std::max(max_len, q.first + q.second);
+    }
+    num_blocks = S * maxb + 1;
+    block_elems = size_t(2) * nKV * tpb * D;
+    v_off = size_t(nKV) * tpb * D;
+    bt.resize(size_t(S) * maxb);
+    for (int s = 0; s < S; s++)
+      for (int b = 0; b < maxb; b++) bt[size_t(s) * maxb + b] = 1 + b * S + s;
+    for (int s = 0; s < S; s++) {
+      seq_start[s] = int(positions.size());
+      for (int i = 0; i < seqs[s].second; i++) positions.push_back(seqs[s].first + i), token_seq.push_back(s);
+      seq_len[s] = seqs[s].first + seqs[s].second;
+    }
+    seq_start[S] = T;
+    d_bt = static_cast<int32_t*>(to_dev(bt.data(), bt.size() * 4));
+    d_pos = static_cast<int32_t*>(to_dev(positions.data(), positions.size() * 4));
+    d_ts = static_cast<int32_t*>(to_dev(token_seq.data(), token_seq.size() * 4));
+    d_ss = static_cast<int32_t*>(to_dev(seq_start.data(), seq_start.size() * 4));
+    d_sl = static_cast<int32_t*>(to_dev(seq_len.data(), seq_len.size() * 4));
+  }
+  ~PagedStep() {
+    for (int32_t* p : {d_bt, d_pos, d_ts, d_ss, d_sl}) cudaFree(p);
+  }
+  PagedStep(const PagedStep&) = delete;
+  PagedStep& operator=(const PagedStep&) = delete;
+  size_t pool_elems() const { return size_t(num_blocks) * block_elems; }
+  StepLayout layout() const { return {T, S, d_pos, d_ts, d_ss, d_sl, max_new, max_len}; }
+  // A one-layer cache of this layout at `base` (dtype dt).
+  PagedKV kv(void* base, DType dt) const { return {base, dt, 1, num_blocks, nKV, D, tpb, d_bt, maxb}; }
+  // Element offset of K[sequence s, position pos, KV head hk, 0] (V at + v_off).
+  size_t slot(int s, int pos, int hk) const {
+    return size_t(bt[size_t(s) * maxb + pos / tpb]) * block_elems + (size_t(hk) * tpb + pos % tpb) * D;
+  }
+};
+
 // FP8 KV cache: paged_attention over an E4M3 cache against paged_attention over an fp16 cache that holds the same
 // values (history rows = e4m3 codes · scale, exact in fp16; scales powers of two). This step's own K/V enter both
 // unrounded, so the outputs agree up to summation order; the new rows the fp8 run writes must be exactly
 // e4m3(fp16 row / scale) of the rows the fp16 run writes (that path is checked against fp64 in test_attention).
 void test_fp8_kv(Rng& rng, int D, std::vector<std::pair<int, int>> seqs, float k_scale, float v_scale) {
-  const int nH = 4, nKV = 2, tpb = 16, S = int(seqs.size());
-  int maxb = 0, T = 0, max_new = 0, max_len = 0;
-  for (auto& q : seqs) {
-    maxb = std::max(maxb, (q.first + q.second + tpb - 1) / tpb);
-    T += q.second;
-    max_new = std::max(max_new, q.second);
-    max_len = std::max(max_len, q.first + q.second);
-  }
-  const int num_blocks = S * maxb + 1;
-  std::vector<int32_t> bt(size_t(S) * maxb);
-  for (int s = 0; s < S; s++)
-    for (int b = 0; b < maxb; b++) bt[size_t(s) * maxb + b] = 1 + b * S + s;  // interleaved, block 0 unused
-  const size_t block_elems = size_t(2) * nKV * tpb * D;
-  const size_t pool_elems = size_t(num_blocks) * block_elems;
+  const int nH = 4, nKV = 2, tpb = 16;
+  const PagedStep ps(seqs, nKV, D, tpb);
+  const int S = ps.S, T = ps.T, max_new = ps.max_new;
+  const size_t block_elems = ps.block_elems, pool_elems = ps.pool_elems();
   std::vector<uint8_t> codes(pool_elems);
   Buf pool16(DType::F16, pool_elems);
   for (size_t i = 0; i < pool_elems; i++) {
@@ -331,45 +380,24 @@ void test_fp8_kv(Rng& rng, int D, std::vector<std::pair<int, int>> seqs, float k
     codes[i] = c;
     pool16.set(i, e4m3_val(c) * (is_v ? v_scale : k_scale));
   }
-  std::vector<int32_t> positions, token_seq, seq_start(S + 1), seq_len(S);
-  for (int s = 0; s < S; s++) {
-    seq_start[s] = int(positions.size());
-    for (int i = 0; i < seqs[s].second; i++) positions.push_back(seqs[s].first + i), token_seq.push_back(s);
-    seq_len[s] = seqs[s].first + seqs[s].second;
-  }
-  seq_start[S] = T;
   std::vector<float> inv_freq(D / 2);
   for (int i = 0; i < D / 2; i++) inv_freq[i] = float(std::pow(10000.0, -2.0 * i / D));
   Buf q(DType::F16, size_t(T) * nH * D), k(DType::F16, size_t(T) * nKV * D), v(DType::F16, size_t(T) * nKV * D);
   q.fill(rng, -1.f, 1.f), k.fill(rng, -2.f, 2.f), v.fill(rng, -2.f, 2.f);
   q.up(), k.up(), v.up();
   pool16.up();
-  auto dev = [](const void* h, size_t bytes) {
-    void* d;
-    CK(cudaMalloc(&d, bytes));
-    CK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
-    return d;
-  };
-  void* pool8 = dev(codes.data(), codes.size());
-  auto* d_bt = static_cast<int32_t*>(dev(bt.data(), bt.size() * 4));
-  auto* d_pos = static_cast<int32_t*>(dev(positions.data(), positions.size() * 4));
-  auto* d_ts = static_cast<int32_t*>(dev(token_seq.data(), token_seq.size() * 4));
-  auto* d_ss = static_cast<int32_t*>(dev(seq_start.data(), seq_start.size() * 4));
-  auto* d_sl = static_cast<int32_t*>(dev(seq_len.data(), seq_len.size() * 4));
-  auto* d_if = static_cast<float*>(dev(inv_freq.data(), inv_freq.size() * 4));
-  const size_t wsb = attention_workspace_bytes(T, S, nH, D, max_len, nKV);
+  void* pool8 = to_dev(codes.data(), codes.size());
+  auto* d_if = static_cast<float*>(to_dev(inv_freq.data(), inv_freq.size() * 4));
+  const size_t wsb = attention_workspace_bytes(T, S, nH, D, ps.max_len, nKV);
   void* ws;
   CK(cudaMalloc(&ws, wsb));
-  StepLayout st{T, S, d_pos, d_ts, d_ss, d_sl, max_new, max_len};
+  const StepLayout st = ps.layout();
   AttnParams ap{};
   ap.layer = 0, ap.num_heads = nH, ap.num_kv_heads = nKV, ap.head_dim = D;
   ap.scale = 1.f / std::sqrt(float(D));
   ap.rotary_dim = D, ap.rope_style = RopeStyle::Neox, ap.inv_freq = d_if;
-  PagedKV kv{};
-  kv.num_layers = 1, kv.num_blocks = num_blocks, kv.num_kv_heads = nKV, kv.head_dim = D, kv.tokens_per_block = tpb;
-  kv.block_tables = d_bt, kv.max_blocks_per_seq = maxb;
+  PagedKV kv = ps.kv(pool16.d, DType::F16);
   Buf o16(DType::F16, size_t(T) * nH * D), o8(DType::F16, size_t(T) * nH * D);
-  kv.base = pool16.d, kv.dtype = DType::F16;
   o16.poison();
   CK(paged_attention(q.d, nH * D, k.d, nKV * D, v.d, nKV * D, o16.d, kv, st, ap, DType::F16, ws, 0));
   sync_check();
@@ -387,11 +415,10 @@ void test_fp8_kv(Rng& rng, int D, std::vector<std::pair<int, int>> seqs, float k
   size_t bad = 0;
   std::vector<uint8_t> is_new(pool_elems, 0);
   for (int s = 0; s < S; s++)
-    for (int pos = seqs[s].first; pos < seq_len[s]; pos++)
+    for (int pos = seqs[s].first; pos < ps.seq_len[s]; pos++)
       for (int hk = 0; hk < nKV; hk++)
         for (int half = 0; half < 2; half++) {
-          const size_t base = size_t(bt[size_t(s) * maxb + pos / tpb]) * block_elems +
-                              (half ? size_t(nKV) * tpb * D : 0) + (size_t(hk) * tpb + pos % tpb) * D;
+          const size_t base = ps.slot(s, pos, hk) + (half ? ps.v_off : 0);
           for (int d = 0; d < D; d++) {
             is_new[base + d] = 1;
             bad += got[base + d] != e4m3_bits(pool16.get(base + d) / (half ? v_scale : k_scale));
@@ -402,9 +429,7 @@ void test_fp8_kv(Rng& rng, int D, std::vector<std::pair<int, int>> seqs, float k
   std::snprintf(name, sizeof name, "paged_attention fp8 KV D=%d %s (max_new %d) k_scale %g v_scale %g vs fp16 cache",
                 D, max_new == 1 ? "decode" : "context", max_new, k_scale, v_scale);
   report(e.ok() && bad == 0, name, e.max_abs, e.str() + e.firsts() + " cache byte mismatches=" + std::to_string(bad));
-  for (void* p : {pool8, static_cast<void*>(d_bt), static_cast<void*>(d_pos), static_cast<void*>(d_ts),
-                  static_cast<void*>(d_ss), static_cast<void*>(d_sl), static_cast<void*>(d_if), ws})
-    cudaFree(p);
+  for (void* p : {pool8, static_cast<void*>(d_if), ws}) cudaFree(p);
 }
 
 }  // namespace qt

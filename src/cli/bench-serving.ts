@@ -9,7 +9,15 @@ import { type DatasetEntry, formatDatasetLine, readDataset, tokenNormDist } from
 import { openBatchManager } from "../serving/open.ts";
 import { formatReport, runRequests, summarize } from "../serving/throughput.ts";
 import { findTokenizer } from "../text/engine-files.ts";
-import { float, int, kvFractionOption, limitOption, main } from "./common.ts";
+import {
+  float,
+  fp8ContextFmha,
+  fp8ContextFmhaOption,
+  int,
+  kvFractionOption,
+  limitOption,
+  main,
+} from "./common.ts";
 
 /** Writes text to file through a temporary sibling and a rename: never a half-written file. */
 function writeAtomic(file: string, text: string): void {
@@ -85,6 +93,7 @@ export function addServingCommands(program: Command): void {
     )
     .option("--eos", "stop at the engine's eos ids")
     .option("--no-cuda-graphs", "run decode steps eagerly")
+    .addOption(fp8ContextFmhaOption())
     .option("--no-overlap", "plan each step after the previous one's tokens are back (no host/GPU overlap)")
     .option("--json <file>", "also write the report as JSON")
     .action((dir: string, o) =>
@@ -107,6 +116,7 @@ export function addServingCommands(program: Command): void {
           kvCacheFreeGpuMemFraction: o.kvCacheFreeGpuMemFraction,
           kvBlocks: o.kvBlocks,
           cudaGraphs: o.cudaGraphs,
+          fp8ContextFmha: fp8ContextFmha(o.fp8ContextFmha),
           overlap: o.overlap,
         });
         try {

@@ -6,7 +6,7 @@ import { kernelReport } from "../native/kernel-report.ts";
 import { decodeStepWeightBytes } from "../native/roofline.ts";
 import { addServeBenchCommand } from "./bench-serve.ts";
 import { addServingCommands } from "./bench-serving.ts";
-import { command, int, main } from "./common.ts";
+import { command, fp8ContextFmha, fp8ContextFmhaOption, int, main } from "./common.ts";
 
 const program = command(
   "tsllm-bench",
@@ -37,6 +37,7 @@ program
   .option("--warmup <n>", "untimed runs first", int("--warmup", { min: 0 }), 1)
   .option("--runs <n>", "timed runs (median reported)", int("--runs", { min: 1 }), 3)
   .option("--no-cuda-graphs", "decode without CUDA graphs")
+  .addOption(fp8ContextFmhaOption())
   .option("--json <file>", "also write the figures as JSON")
   .option("--verbose", "after the runs: which kernels ran, and the runtime's prologue fusions")
   .option("--no-verify", "skip the content-hash check while loading")
@@ -49,6 +50,7 @@ program
       const cuda = loadVerified(engine.ranks[0], {
         verify: o.verify,
         cudaGraphs: o.cudaGraphs,
+        fp8ContextFmha: fp8ContextFmha(o.fp8ContextFmha),
         maxSeqLen: Math.min(h.limits.max_seq_len, o.inputLen + o.outputLen + 1),
       });
       const ls = cuda.loadStats;

@@ -88,6 +88,24 @@ export function limitOption(flag: keyof typeof LIMITS): Option {
   );
 }
 
+/**
+ * --fp8-context-fmha on|off, for every command that runs an engine on the GPU (CudaLoadOptions.fp8ContextFmha: "on"
+ * is "auto", where it applies).
+ */
+export function fp8ContextFmhaOption(): Option {
+  return new Option(
+    "--fp8-context-fmha <mode>",
+    "engines with an FP8 KV cache: prompt (context) attention with Q and the softmax weights in FP8 on the tensor " +
+      "cores (on), or in the activation dtype (off). It applies on sm 89+ GPUs to head dims that are multiples of " +
+      "16 up to 128; elsewhere, and for other engines, the fp16/bf16 kernel runs either way",
+  )
+    .choices(["on", "off"])
+    .default("on");
+}
+
+/** The CudaLoadOptions.fp8ContextFmha of a --fp8-context-fmha value. */
+export const fp8ContextFmha = (mode: string): "auto" | "off" => (mode === "off" ? "off" : "auto");
+
 /** The KV-cache share of free GPU memory, for every command that loads an engine on the GPU. */
 export function kvFractionOption(): Option {
   return new Option(

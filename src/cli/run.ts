@@ -11,7 +11,16 @@ import { fmtBytes } from "../report/bytes.ts";
 import type { InflightBatchManager } from "../serving/batch-manager.ts";
 import { openBatchManager } from "../serving/open.ts";
 import { requireTokenizer } from "../text/engine-files.ts";
-import { command, float, int, limitOption, main, parseIds } from "./common.ts";
+import {
+  command,
+  float,
+  fp8ContextFmha,
+  fp8ContextFmhaOption,
+  int,
+  limitOption,
+  main,
+  parseIds,
+} from "./common.ts";
 import { type Progress, progress } from "./progress.ts";
 import { generateIds, readPrompts } from "./run-generate.ts";
 import { interactiveChat, readChatFile, runText, type TextRunOptions } from "./run-text.ts";
@@ -66,6 +75,7 @@ const program = command(
   .addOption(limitOption("--max-batch-size"))
   .addOption(limitOption("--max-num-tokens"))
   .addOption(limitOption("--max-seq-len"))
+  .addOption(fp8ContextFmhaOption())
   .option("--golden <file>", "golden.safetensors to verify against")
   .option(
     "--tolerance <x>",
@@ -123,7 +133,12 @@ function stepProgress(bm: InflightBatchManager, dir: string, totalTokens: number
 
 async function verifyGolden(dir: string, o: Record<string, never>): Promise<void> {
   const report = loadReport(dir, o);
-  const ex = await openExecutor(dir, { device: o.device, verify: o.verify, onLoadBytes: report.onLoadBytes });
+  const ex = await openExecutor(dir, {
+    device: o.device,
+    verify: o.verify,
+    onLoadBytes: report.onLoadBytes,
+    fp8ContextFmha: fp8ContextFmha(o.fp8ContextFmha),
+  });
   const phases = ex instanceof CudaExecutor ? ex.engine.loadStats.phases : undefined;
   report.loaded(phases && describeLoadPhases(phases));
   try {
@@ -154,6 +169,7 @@ async function openManager(dir: string, o: OptionValues) {
     maxBatchSize: o.maxBatchSize,
     maxNumTokens: o.maxNumTokens,
     maxSeqLen: o.maxSeqLen,
+    fp8ContextFmha: fp8ContextFmha(o.fp8ContextFmha),
   });
   report.loaded(bm.backendInfo.loadPhases);
   return bm;

@@ -4,7 +4,16 @@ import { Option } from "commander";
 import { buildServer } from "../server/app.ts";
 import { openBatchManager } from "../serving/open.ts";
 import { findTokenizer } from "../text/engine-files.ts";
-import { command, float, int, kvFractionOption, limitOption, main } from "./common.ts";
+import {
+  command,
+  float,
+  fp8ContextFmha,
+  fp8ContextFmhaOption,
+  int,
+  kvFractionOption,
+  limitOption,
+  main,
+} from "./common.ts";
 
 const program = command(
   "tsllm-serve",
@@ -43,6 +52,7 @@ const program = command(
   .addOption(limitOption("--max-num-tokens"))
   .addOption(limitOption("--max-seq-len"))
   .addOption(kvFractionOption())
+  .addOption(fp8ContextFmhaOption())
   .option("--no-verify", "skip the engine content-hash check (large engines)");
 
 await main(async () => {
@@ -57,6 +67,7 @@ await main(async () => {
     maxNumTokens: o.maxNumTokens,
     maxSeqLen: o.maxSeqLen,
     kvCacheFreeGpuMemFraction: o.kvCacheFreeGpuMemFraction,
+    fp8ContextFmha: fp8ContextFmha(o.fp8ContextFmha),
     verify: o.verify,
   });
   const modelName = o.servedModelName ?? path.basename(path.resolve(dir));

@@ -5,9 +5,16 @@ import type { Executor } from "./types.ts";
 
 export async function openExecutor(
   dir: string,
-  o: { device: string; verify?: boolean; onLoadBytes?: (done: number, total: number) => void },
+  o: {
+    device: string;
+    verify?: boolean;
+    onLoadBytes?: (done: number, total: number) => void;
+    /** cuda: FP8 KV cache context attention (CudaLoadOptions.fp8ContextFmha). */
+    fp8ContextFmha?: "auto" | "off";
+  },
 ): Promise<Executor> {
-  if (o.device === "cpu") return ReferenceExecutor.load(dir, { verify: o.verify, onLoadBytes: o.onLoadBytes });
+  if (o.device === "cpu")
+    return ReferenceExecutor.load(dir, { verify: o.verify, onLoadBytes: o.onLoadBytes });
   let native: typeof import("../native/executor.ts") | null = null;
   try {
     native = await import("../native/executor.ts");
@@ -15,6 +22,6 @@ export async function openExecutor(
     if (o.device === "cuda") throw new Error(`--device cuda: ${(e as Error).message.split("\n")[0]}`);
   }
   if (native && (o.device === "cuda" || native.cudaAvailable()))
-    return native.openCudaExecutor(dir, { verify: o.verify });
+    return native.openCudaExecutor(dir, { verify: o.verify, fp8ContextFmha: o.fp8ContextFmha });
   return ReferenceExecutor.load(dir, { verify: o.verify, onLoadBytes: o.onLoadBytes });
 }

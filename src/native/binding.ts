@@ -43,7 +43,17 @@ export interface CudaLoadOptions {
   decodeMmaMinGqa?: number;
   /** Programmatic dependent launch on sm_90+ (default true). */
   pdl?: boolean;
-  /** A kernel forced by these options (gemv "always") that cannot run is an error naming the node, not a fallback. */
+  /**
+   * FP8 KV cache: context (prefill) attention with Q and the softmax weights in E4M3 on FP8 tensor cores. "auto"
+   * (default): where it applies (head_dim a multiple of 16 up to 128, an sm 89+ GPU), elsewhere the fp16/bf16
+   * kernel; "on": the same, and with strictKernels a step where it cannot run is an error; "off": the fp16/bf16
+   * kernel (the step's own K/V unrounded, as the CPU reference). Engines without an FP8 KV cache are unaffected.
+   */
+  fp8ContextFmha?: "auto" | "on" | "off";
+  /**
+   * A kernel forced by these options (gemv "always", fp8ContextFmha "on") that cannot run is an error naming the
+   * node, not a fallback.
+   */
   strictKernels?: boolean;
   /** Profiling to stderr: per-node events (graphs off) or a per-op graph replay breakdown. */
   profile?: "off" | "nodes" | "graph";
@@ -64,6 +74,8 @@ export interface NodeStats {
   gemv: number;
   gemvRms: number;
   gemvGated: number;
+  /** Attention: context steps that ran the FP8 context FMHA (fp8ContextFmha). */
+  fp8Fmha: number;
 }
 
 export interface Sampling {
@@ -171,7 +183,7 @@ interface Addon {
   copyBandwidth(bytes: number): number;
 }
 
-const ABI_VERSION = 3;
+const ABI_VERSION = 4;
 
 /** Where the addon is looked for: $TSLLM_NATIVE_ADDON, else native/build/tsllm_node.node of this checkout. */
 export function addonPath(): string {

@@ -20,6 +20,8 @@ export interface OpenBatchOptions {
   /** Caps the KV pool to this many blocks (tests; on cpu the default is max_batch_size full sequences). */
   kvBlocks?: number;
   cudaGraphs?: boolean;
+  /** FP8 KV cache: the FP8 context FMHA where it applies (default) or never (cuda). */
+  fp8ContextFmha?: "auto" | "off";
   verify?: boolean;
   /** Progress of reading the rank file (CPU loader). */
   onLoadBytes?: (done: number, total: number) => void;
@@ -72,6 +74,7 @@ export async function openBatchManager(dir: string, o: OpenBatchOptions = {}): P
           // One logits row per sequence: the logits activation is max_batch_size x vocab, not max_num_tokens x vocab.
           maxLogitsRows: o.maxBatchSize ?? engine.config.build.max_batch_size,
           cudaGraphs: o.cudaGraphs,
+          fp8ContextFmha: o.fp8ContextFmha,
         }),
       );
     }

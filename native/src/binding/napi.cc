@@ -274,6 +274,7 @@ tsllm_options options_of(napi_env env, napi_value opt) {
   flag("gemvPrologue", 0, -1, &o.gemv_prologue);
   flag("pdl", 0, -1, &o.pdl);
   flag("strictKernels", 1, 0, &o.strict_kernels);
+  choice(env, opt, "fp8ContextFmha", {"auto", "on", "off"}, {0, 1, -1}, &o.fp8_context_fmha);
   choice(env, opt, "gemv", {"auto", "always", "never"}, {0, 1, -1}, &o.gemv);
   napi_value var = prop(env, opt, "gemvVariant");
   if (present(env, var)) o.gemv_variant = int32_t(num(env, var, "gemvVariant")) + 1;
@@ -570,7 +571,7 @@ napi_value LoadStats(napi_env env, napi_callback_info info) {
   });
 }
 
-// nodeStats(handle) -> [{op, name, foldedInto, own, folded, cublaslt, gemv, gemvRms, gemvGated}] per node.
+// nodeStats(handle) -> [{op, name, foldedInto, own, folded, cublaslt, gemv, gemvRms, gemvGated, fp8Fmha}] per node.
 napi_value NodeStats(napi_env env, napi_callback_info info) {
   return wrap(env, [&] {
     auto a = args(env, info, 1);
@@ -582,7 +583,8 @@ napi_value NodeStats(napi_env env, napi_callback_info info) {
     if (tsllm_get_node_stats(h->e, st.data(), n, &n, err, sizeof(err))) throw JsError{err};
     napi_value arr;
     check(env, napi_create_array_with_length(env, st.size(), &arr), "create_array");
-    static const char* kKinds[TSLLM_KERNEL_KINDS] = {"own", "folded", "cublaslt", "gemv", "gemvRms", "gemvGated"};
+    static const char* kKinds[TSLLM_KERNEL_KINDS] = {"own",     "folded",    "cublaslt", "gemv",
+                                                     "gemvRms", "gemvGated", "fp8Fmha"};
     for (size_t i = 0; i < st.size(); i++) {
       napi_value o = new_object(env);
       set_str(env, o, "op", st[i].op);

@@ -4,21 +4,17 @@
 // O += P V run on mma.sync m16n8k16 (fp16/bf16 in, fp32 accumulate) with an online softmax in registers.
 // Causal mask per row: key <= position of the row's token. Head dims are padded to DP (zeros) in shared memory.
 // Works for any mix of sequences (a decode sequence is a tile with one row).
-// FP8 KV cache (CT = uint8_t): keys before this step's first new position are read from the cache (8 bytes per 8
+// FP8 KV cache (CT = uint8_t) when the FP8 context FMHA does not run (AttnParams::fp8_context_fmha,
+// attention_context_fp8.cu): keys before this step's first new position are read from the cache (8 bytes per 8
 // dims, times k_scale / v_scale, rounded to T into shared memory); this step's own keys and values come unrounded
 // from k_own (rope_cache.cu's rotated k) and the raw v rows, as the reference attends to them before storing.
-#include <limits.h>
-#include <math.h>
-
+#include "attention_context.cuh"
 #include "attention_internal.h"
 #include "fp8.cuh"
 
 namespace tsllm {
 namespace kd {
 namespace {
-
-constexpr int kBQ = 64;
-constexpr int kCtxThreads = 128;
 
 template <int DP>
 struct CtxCfg {
@@ -53,32 +49,18 @@ __global__ void __launch_bounds__(kCtxThreads) context_kernel(const T* __restric
   T* sK = sQ + kBQ * LD;      // [2][BK][LD]
   T* sV = sK + 2 * BK * LD;   // [2][BK][LD]
   __shared__ int s_pos[kBQ];
-  __shared__ int s_max, s_min;
+  __shared__ int s_mm[2];
 
+  CtxTile t;
+  if (!t.init(seq_start)) return;
+  const int seq = t.seq, st = t.st, q0 = t.q0, rows = t.rows;
   const int h = blockIdx.x;
-  const int qt = gridDim.y - 1 - blockIdx.y;  // longest tiles first
-  const int seq = blockIdx.z;
-  const int st = seq_start[seq];
-  const int n_new = seq_start[seq + 1] - st;
-  const int q0 = qt * kBQ;
-  if (q0 >= n_new) return;
-  const int rows = min(kBQ, n_new - q0);
   const int hk = h / G;
   const int D = kv.D;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, tig = lane & 3;
 
-  if (tid == 0) {
-    s_max = -1;
-    s_min = INT_MAX;
-  }
-  __syncthreads();
-  if (tid < kBQ) {
-    const int pos = tid < rows ? positions[st + q0 + tid] : -1;
-    s_pos[tid] = pos;
-    atomicMax(&s_max, pos);
-    atomicMin(&s_min, pos);
-  }
+  ctx_positions(t, positions, s_pos, s_mm);
   // Q tile (rows past the sequence and dims past D are zero-filled).
   for (int c = tid; c < kBQ * CPR; c += kCtxThreads) {
     const int r = c / CPR, cc = c % CPR;
@@ -87,8 +69,8 @@ __global__ void __launch_bounds__(kCtxThreads) context_kernel(const T* __restric
     cp_async16(sQ + r * LD + cc * 8, src, ok);
   }
   __syncthreads();
-  const int kv_end = s_max + 1;
-  const int min_pos = s_min;  // -1 when the tile has padding rows
+  const int kv_end = s_mm[0] + 1;
+  const int min_pos = s_mm[1];  // -1 when the tile has padding rows
   const int ntiles = (kv_end + BK - 1) / BK;
 
   const int pos0 = positions[st];  // this step's first new position of the sequence (new tokens are consecutive)
@@ -148,34 +130,13 @@ __global__ void __launch_bounds__(kCtxThreads) context_kernel(const T* __restric
 
     // S = Q K^T for this warp's 16 rows and BK keys.
     float sc[BK / 8][4];
-#pragma unroll
-    for (int i = 0; i < BK / 8; ++i) sc[i][0] = sc[i][1] = sc[i][2] = sc[i][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < DP / 16; ++kk) {
-      uint32_t a[4];
-      ldmatrix_x4(a, sQ + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
-#pragma unroll
-      for (int n2 = 0; n2 < BK / 16; ++n2) {
-        uint32_t b[4];
-        ldmatrix_x4(b, cK + ((n2 * 2 + (lane >> 4)) * 8 + (lane & 7)) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
-        mma16816<T>(sc[2 * n2], a, b[0], b[1]);
-        mma16816<T>(sc[2 * n2 + 1], a, b[2], b[3]);
-      }
-    }
+    ctx_scores<BK, DP * sizeof(T), LD * sizeof(T)>(sc, reinterpret_cast<const unsigned char*>(sQ),
+                                   reinterpret_cast<const unsigned char*>(cK), warp, lane,
+                                   [](float(&d)[4], const uint32_t(&a)[4], uint32_t b0, uint32_t b1) {
+                                     mma16816<T>(d, a, b0, b1);
+                                   });
     // Scale into the log2 domain, causal mask, online softmax.
-    const bool need_mask = j * BK + BK - 1 > min_pos;
-#pragma unroll
-    for (int nt = 0; nt < BK / 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float v = sc[nt][e] * scale_log2;
-        if (need_mask) {
-          const int key = j * BK + nt * 8 + tig * 2 + (e & 1);
-          if (key > (e < 2 ? p0 : p1)) v = -INFINITY;
-        }
-        sc[nt][e] = v;
-      }
-    }
+    ctx_scale_mask(sc, j * BK, tig, scale_log2, scale_log2, p0, p1, j * BK + BK - 1 > min_pos);
     online_softmax_tile(sc, mrow, lrow, o);
     // O += P V (P from registers, V via transposed ldmatrix).
 #pragma unroll
@@ -196,22 +157,7 @@ __global__ void __launch_bounds__(kCtxThreads) context_kernel(const T* __restric
     __syncthreads();  // this stage is reloaded by the next iteration's prefetch
   }
 
-  lrow[0] += __shfl_xor_sync(0xffffffffu, lrow[0], 1);
-  lrow[0] += __shfl_xor_sync(0xffffffffu, lrow[0], 2);
-  lrow[1] += __shfl_xor_sync(0xffffffffu, lrow[1], 1);
-  lrow[1] += __shfl_xor_sync(0xffffffffu, lrow[1], 2);
-  const float inv0 = lrow[0] > 0.f ? 1.f / lrow[0] : 0.f;
-  const float inv1 = lrow[1] > 0.f ? 1.f / lrow[1] : 0.f;
-  T* orow0 = out + ((size_t)(st + q0 + r0) * nH + h) * D;
-  T* orow1 = orow0 + (size_t)8 * nH * D;
-#pragma unroll
-  for (int dn = 0; dn < DP / 8; ++dn) {
-    const int d = dn * 8 + tig * 2;
-    if (d < D) {
-      if (r0 < rows) *reinterpret_cast<uint32_t*>(orow0 + d) = pack2<T>(o[dn][0] * inv0, o[dn][1] * inv0);
-      if (r0 + 8 < rows) *reinterpret_cast<uint32_t*>(orow1 + d) = pack2<T>(o[dn][2] * inv1, o[dn][3] * inv1);
-    }
-  }
+  ctx_store<T>(o, lrow, 1.f, out, t, r0, tig, h, nH, D);
 }
 
 template <typename T, typename CT, int DP>
@@ -252,6 +198,8 @@ cudaError_t attention_context(const void* q_, int q_stride, void* out_, const Pa
     T* out = static_cast<T*>(out_);
     OwnKV<T> own{static_cast<const T*>(k_own), static_cast<const T*>(v_own), v_stride, p.k_scale, p.v_scale};
     if (kv.dtype == DType::FP8_E4M3) {
+      if (p.fp8_context_fmha && !fp8_context_fmha_unavailable(D))
+        return attention_context_fp8(q_, q_stride, out_, kv, step, p, dt, s);
       if (!k_own || !v_own) return cudaErrorInvalidValue;
       return launch_context_d<T, uint8_t>(q, q_stride, out, make_kv_view<uint8_t>(kv, p.layer), step, D, nH, G,
                                           scale_log2, own, s);

@@ -111,10 +111,15 @@ cudaError_t attention_decode_mma(const void* q, int q_stride, void* out, float* 
                                  DType dt, cudaStream_t s);
 
 // Tiles of up to 64 new tokens of one sequence (FlashAttention-2 style, tensor cores), any step.
-// FP8 cache: k_own (rope_and_cache_write's k_out) and v_own (the step's v rows, v_stride) hold this step's own K/V.
+// FP8 cache: attention_context_fp8 when p.fp8_context_fmha and it is available, else k_own (rope_and_cache_write's k_out) and v_own (the step's v rows, v_stride) hold this step's own K/V.
 cudaError_t attention_context(const void* q, int q_stride, void* out, const PagedKV& kv, const StepLayout& step,
                               const AttnParams& p, const void* k_own, const void* v_own, int v_stride, DType dt,
                               cudaStream_t s);
+
+// The same for an FP8 cache on E4M3 tensor cores (attention_context_fp8.cu), where fp8_context_fmha_unavailable
+// (kernels.h) allows it; this step's own K/V are read from the cache (rope_and_cache_write stored them).
+cudaError_t attention_context_fp8(const void* q, int q_stride, void* out, const PagedKV& kv, const StepLayout& step,
+                                  const AttnParams& p, DType dt, cudaStream_t s);
 
 }  // namespace kd
 }  // namespace tsllm

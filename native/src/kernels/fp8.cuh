@@ -14,6 +14,16 @@ __device__ __forceinline__ uint8_t e4m3_of(float x) {
   return (uint8_t)__nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3);
 }
 
+// Per-token quantisation scale of a row whose largest magnitude is amax: amax / 448 in fp32, 1 for a zero row.
+__device__ __forceinline__ float e4m3_row_scale(float amax) { return amax > 0.f ? __fdiv_rn(amax, kE4m3Max) : 1.f; }
+
+// Four floats -> four E4M3 bytes (a in the low byte), rounded as e4m3_of.
+__device__ __forceinline__ uint32_t e4m3x4_of(float a, float b, float c, float d) {
+  const uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
+  const uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(c, d), __NV_SATFINITE, __NV_E4M3);
+  return lo | (hi << 16);
+}
+
 // Two E4M3 bytes (low byte = first element) -> two floats.
 __device__ __forceinline__ float2 e4m3x2_to_f2(uint32_t two) {
   __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(two & 0xffffu), __NV_E4M3);

@@ -194,7 +194,13 @@ struct AttnParams {
   bool pdl;                    // launch the single-launch decode kernel with PDL (sm_90+)
   float k_scale = 1.f, v_scale = 1.f;  // FP8 KV cache only (the compiler's per-layer scales)
   int mma_min_gqa = kDecodeMmaMinGqa;  // decode variants 0/3 outside variant 3's range: 4 from this GQA ratio on
+  // FP8 KV cache, steps with more than one new token: the FP8 context FMHA (attention_context_fp8.cu: Q and P in
+  // E4M3 on tensor cores) where fp8_context_fmha_unavailable allows it, else the fp16/bf16 context kernel.
+  bool fp8_context_fmha = false;
 };
+// Why the FP8 context FMHA cannot run for an FP8 KV cache of head size head_dim on the current device (head_dim
+// not a multiple of 16 up to 128; no sm_89+ code of the kernel for the GPU), or nullptr when it can.
+const char* fp8_context_fmha_unavailable(int head_dim);
 // qkv: [T, (nH + 2*nKV)*D] packed rows, or separate q/k/v with their own row strides.
 // Applies RoPE to q (into a scratch copy) and k, writes k and v into the cache at each token's position,
 // then causal attention of each token over its sequence's cache [0, pos]. out: [T, nH*D].

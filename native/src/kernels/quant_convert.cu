@@ -39,7 +39,7 @@ __global__ void __launch_bounds__(kRowThreads)
   if (threadIdx.x == 0) {
     float a = 0.f;
     for (int i = 0; i < (int)blockDim.x / 32; i++) a = fmaxf(a, s_red[i]);
-    s_scale = a > 0.f ? __fdiv_rn(a, kE4m3Max) : 1.f;
+    s_scale = e4m3_row_scale(a);
     scales[r] = s_scale;
   }
   __syncthreads();

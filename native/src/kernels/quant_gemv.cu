@@ -46,7 +46,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   block_reduce<kWarps, M, false>(am, true);
   float sx[M];
 #pragma unroll
-  for (int m = 0; m < M; m++) sx[m] = am[m] > 0.f ? __fdiv_rn(am[m], kE4m3Max) : 1.f;
+  for (int m = 0; m < M; m++) sx[m] = e4m3_row_scale(am[m]);
   for_vec_chunks<T, M, kWarps * 32, 0>(x, K, nullptr, nullptr, [&](int m, int c, const uint4& v) {
     float f[8];
     unpack8<T>(v, f);

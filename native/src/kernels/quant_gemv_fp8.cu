@@ -58,7 +58,7 @@ __global__ void __launch_bounds__(WARPS * 32)
   float sx[M], rx[M];
 #pragma unroll
   for (int m = 0; m < M; m++) {
-    sx[m] = am[m] > 0.f ? __fdiv_rn(am[m], kE4m3Max) : 1.f;
+    sx[m] = e4m3_row_scale(am[m]);
     rx[m] = __frcp_rn(sx[m]);
   }
   // Quantise in place (each thread rewrites the chunks it wrote above).

@@ -254,6 +254,16 @@ void attention(const NodeRun& r, bool fused) {
   ap.pdl = r.e.tun.pdl;
   ap.k_scale = n.k_scale;
   ap.v_scale = n.v_scale;
+  // FP8 context FMHA: context steps only (max_new_tokens > 1: some sequence goes to the context kernel).
+  const int fmha = r.e.tun.fp8_context_fmha;
+  ap.fp8_context_fmha = fmha >= 0;
+  if (fmha >= 0 && r.step.max_new_tokens > 1) {
+    const char* why =
+        r.kv.dtype != DType::FP8_E4M3 ? "the KV cache is not FP8" : fp8_context_fmha_unavailable(n.head_dim);
+    if (!why) *r.ran = LinearKernel::Fp8Fmha;
+    else if (fmha == 1 && r.e.tun.strict)
+      r.fail(std::string("FP8 context FMHA forced (fp8_context_fmha = 1, strict_kernels) but it does not run: ") + why);
+  }
   const void *q, *k, *v;
   int qs, ks, vs;
   if (!fused) {

@@ -50,6 +50,7 @@ Tunables resolve_tunables(const tsllm_options& o, const std::string& path) {
   range("decode_mma_min_gqa", o.decode_mma_min_gqa, 0, 1024);
   range("pdl", o.pdl, -1, 1);
   range("strict_kernels", o.strict_kernels, 0, 1);
+  range("fp8_context_fmha", o.fp8_context_fmha, -1, 1);
   range("profile", o.profile, 0, 2);
 
   Tunables t;
@@ -61,11 +62,12 @@ Tunables resolve_tunables(const tsllm_options& o, const std::string& path) {
   if (o.decode_mma_min_gqa != 0) t.decode_mma_min_gqa = o.decode_mma_min_gqa;
   t.pdl = o.pdl >= 0;
   t.strict = o.strict_kernels == 1;
+  t.fp8_context_fmha = o.fp8_context_fmha;
   t.profile = o.profile;
 
   // Environment overrides (benchmarking): TSLLM_GEMM_TUNE=0, TSLLM_GEMV=0|1, TSLLM_GEMV_VARIANT=k,
   // TSLLM_GEMV_PROLOGUE=0|1, TSLLM_DECODE_VARIANT=2|3|4, TSLLM_DECODE_MMA_MIN_GQA=r, TSLLM_PDL=0|1,
-  // TSLLM_STRICT_KERNELS=0|1, TSLLM_PROFILE=1|graph.
+  // TSLLM_STRICT_KERNELS=0|1, TSLLM_FP8_CONTEXT_FMHA=0|1 (off, forced), TSLLM_PROFILE=1|graph.
   long x = 0;
   if (env_int("TSLLM_GEMM_TUNE", path, 0, 1, &x)) t.gemm_tune = x == 1;
   if (env_int("TSLLM_GEMV", path, 0, 1, &x)) t.gemv = x == 1 ? 1 : -1;
@@ -75,6 +77,7 @@ Tunables resolve_tunables(const tsllm_options& o, const std::string& path) {
   if (env_int("TSLLM_DECODE_MMA_MIN_GQA", path, 1, 1024, &x)) t.decode_mma_min_gqa = int(x);
   if (env_int("TSLLM_PDL", path, 0, 1, &x)) t.pdl = x == 1;
   if (env_int("TSLLM_STRICT_KERNELS", path, 0, 1, &x)) t.strict = x == 1;
+  if (env_int("TSLLM_FP8_CONTEXT_FMHA", path, 0, 1, &x)) t.fp8_context_fmha = x == 1 ? 1 : -1;
   // quant_linear: TSLLM_QGEMV=0 (decode through the large-M path), TSLLM_QGEMV_VARIANT=k, TSLLM_FP8_OUTER_VEC=0.
   if (env_int("TSLLM_QGEMV", path, 0, 1, &x)) t.quant_gemv = x == 1;
   if (env_int("TSLLM_QGEMV_VARIANT", path, 0, kQuantGemvVariants - 1, &x)) t.quant_gemv_variant = int(x);
