@@ -118,7 +118,7 @@ describe("tsllm-run refuses bad flags before any work", () => {
   });
 });
 
-describe("--fp8-context-fmha takes on or off", () => {
+describe("--fp8-context-fmha takes auto, on or off", () => {
   // Every command that runs engines on the GPU has it; a bad value is refused before the engine is touched.
   const runs: [string, string[]][] = [
     ["run", ["--input-ids", "1,2"]],
@@ -132,7 +132,7 @@ describe("--fp8-context-fmha takes on or off", () => {
       expectRefused(
         bin,
         [...sub, engine, ...args.slice(sub.length), "--fp8-context-fmha", "maybe"],
-        /'--fp8-context-fmha <mode>' argument 'maybe' is invalid\. Allowed choices are on, off\.$/,
+        /'--fp8-context-fmha <mode>' argument 'maybe' is invalid\. Allowed choices are auto, on, off\.$/,
       );
     });
 });

@@ -55,11 +55,12 @@ typedef struct tsllm_options {
                              naming the node and why, never a silent fallback (to cuBLASLt or an unfused pair) */
   int32_t profile;        /* 0 off; 1 events around every node (graphs off), table at unload; 2 per-op graph replay
                              breakdown after 8 decode replays (both print to stderr) */
-  int32_t fp8_context_fmha; /* FP8 KV cache: prefill / chunked-prefill attention with Q and the softmax weights in
-                               E4M3 on FP8 tensor cores. 0: where it applies (head_dim a multiple of 16 up to 128,
-                               sm_89+), else the fp16/bf16 kernel; 1: the same, and with strict_kernels an engine step
-                               where it cannot run is an error; -1: off (the fp16/bf16 kernel, attending to the
-                               step's own K/V unrounded as the CPU reference does) */
+  int32_t fp8_context_fmha; /* prefill / chunked-prefill attention over an FP8 KV cache with Q and the softmax weights
+                               in E4M3 on FP8 tensor cores, where it can run (head_dim a multiple of 16 up to 128,
+                               sm_89+; elsewhere the fp16/bf16 kernel). 0: on FP8 engines (FP8 weights and KV cache);
+                               1: on every FP8 KV cache, and with strict_kernels a context step where it cannot run
+                               is an error; -1: off (the fp16/bf16 kernel, attending to the step's own K/V
+                               unrounded as the CPU reference does) */
 } tsllm_options;
 
 typedef struct tsllm_sampling {

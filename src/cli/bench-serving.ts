@@ -9,15 +9,7 @@ import { type DatasetEntry, formatDatasetLine, readDataset, tokenNormDist } from
 import { openBatchManager } from "../serving/open.ts";
 import { formatReport, runRequests, summarize } from "../serving/throughput.ts";
 import { findTokenizer } from "../text/engine-files.ts";
-import {
-  float,
-  fp8ContextFmha,
-  fp8ContextFmhaOption,
-  int,
-  kvFractionOption,
-  limitOption,
-  main,
-} from "./common.ts";
+import { float, fp8ContextFmhaOption, int, kvFractionOption, limitOption, main } from "./common.ts";
 
 /** Writes text to file through a temporary sibling and a rename: never a half-written file. */
 function writeAtomic(file: string, text: string): void {
@@ -116,7 +108,7 @@ export function addServingCommands(program: Command): void {
           kvCacheFreeGpuMemFraction: o.kvCacheFreeGpuMemFraction,
           kvBlocks: o.kvBlocks,
           cudaGraphs: o.cudaGraphs,
-          fp8ContextFmha: fp8ContextFmha(o.fp8ContextFmha),
+          fp8ContextFmha: o.fp8ContextFmha,
           overlap: o.overlap,
         });
         try {

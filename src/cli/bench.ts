@@ -6,7 +6,7 @@ import { kernelReport } from "../native/kernel-report.ts";
 import { decodeStepWeightBytes } from "../native/roofline.ts";
 import { addServeBenchCommand } from "./bench-serve.ts";
 import { addServingCommands } from "./bench-serving.ts";
-import { command, fp8ContextFmha, fp8ContextFmhaOption, int, main } from "./common.ts";
+import { command, fp8ContextFmhaOption, int, main } from "./common.ts";
 
 const program = command(
   "tsllm-bench",
@@ -50,7 +50,7 @@ program
       const cuda = loadVerified(engine.ranks[0], {
         verify: o.verify,
         cudaGraphs: o.cudaGraphs,
-        fp8ContextFmha: fp8ContextFmha(o.fp8ContextFmha),
+        fp8ContextFmha: o.fp8ContextFmha,
         maxSeqLen: Math.min(h.limits.max_seq_len, o.inputLen + o.outputLen + 1),
       });
       const ls = cuda.loadStats;

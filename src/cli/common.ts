@@ -88,23 +88,18 @@ export function limitOption(flag: keyof typeof LIMITS): Option {
   );
 }
 
-/**
- * --fp8-context-fmha on|off, for every command that runs an engine on the GPU (CudaLoadOptions.fp8ContextFmha: "on"
- * is "auto", where it applies).
- */
+/** --fp8-context-fmha auto|on|off (CudaLoadOptions.fp8ContextFmha), for every command that runs an engine on the GPU. */
 export function fp8ContextFmhaOption(): Option {
   return new Option(
     "--fp8-context-fmha <mode>",
-    "engines with an FP8 KV cache: prompt (context) attention with Q and the softmax weights in FP8 on the tensor " +
-      "cores (on), or in the activation dtype (off). It applies on sm 89+ GPUs to head dims that are multiples of " +
-      "16 up to 128; elsewhere, and for other engines, the fp16/bf16 kernel runs either way",
+    "prompt (context) attention over an FP8 KV cache with Q and the softmax weights in FP8 on the tensor cores: " +
+      "auto on FP8 engines (--quant fp8 with --kv-cache-dtype fp8), on for every FP8 KV cache, off never. It runs " +
+      "on sm 89+ GPUs for head dims that are multiples of 16 up to 128; elsewhere, and for engines without an FP8 " +
+      "KV cache, the fp16/bf16 kernel runs whatever the mode",
   )
-    .choices(["on", "off"])
-    .default("on");
+    .choices(["auto", "on", "off"])
+    .default("auto");
 }
-
-/** The CudaLoadOptions.fp8ContextFmha of a --fp8-context-fmha value. */
-export const fp8ContextFmha = (mode: string): "auto" | "off" => (mode === "off" ? "off" : "auto");
 
 /** The KV-cache share of free GPU memory, for every command that loads an engine on the GPU. */
 export function kvFractionOption(): Option {

@@ -11,16 +11,7 @@ import { fmtBytes } from "../report/bytes.ts";
 import type { InflightBatchManager } from "../serving/batch-manager.ts";
 import { openBatchManager } from "../serving/open.ts";
 import { requireTokenizer } from "../text/engine-files.ts";
-import {
-  command,
-  float,
-  fp8ContextFmha,
-  fp8ContextFmhaOption,
-  int,
-  limitOption,
-  main,
-  parseIds,
-} from "./common.ts";
+import { command, float, fp8ContextFmhaOption, int, limitOption, main, parseIds } from "./common.ts";
 import { type Progress, progress } from "./progress.ts";
 import { generateIds, readPrompts } from "./run-generate.ts";
 import { interactiveChat, readChatFile, runText, type TextRunOptions } from "./run-text.ts";
@@ -137,7 +128,7 @@ async function verifyGolden(dir: string, o: Record<string, never>): Promise<void
     device: o.device,
     verify: o.verify,
     onLoadBytes: report.onLoadBytes,
-    fp8ContextFmha: fp8ContextFmha(o.fp8ContextFmha),
+    fp8ContextFmha: o.fp8ContextFmha,
   });
   const phases = ex instanceof CudaExecutor ? ex.engine.loadStats.phases : undefined;
   report.loaded(phases && describeLoadPhases(phases));
@@ -169,7 +160,7 @@ async function openManager(dir: string, o: OptionValues) {
     maxBatchSize: o.maxBatchSize,
     maxNumTokens: o.maxNumTokens,
     maxSeqLen: o.maxSeqLen,
-    fp8ContextFmha: fp8ContextFmha(o.fp8ContextFmha),
+    fp8ContextFmha: o.fp8ContextFmha,
   });
   report.loaded(bm.backendInfo.loadPhases);
   return bm;

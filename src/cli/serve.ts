@@ -4,16 +4,7 @@ import { Option } from "commander";
 import { buildServer } from "../server/app.ts";
 import { openBatchManager } from "../serving/open.ts";
 import { findTokenizer } from "../text/engine-files.ts";
-import {
-  command,
-  float,
-  fp8ContextFmha,
-  fp8ContextFmhaOption,
-  int,
-  kvFractionOption,
-  limitOption,
-  main,
-} from "./common.ts";
+import { command, float, fp8ContextFmhaOption, int, kvFractionOption, limitOption, main } from "./common.ts";
 
 const program = command(
   "tsllm-serve",
@@ -67,7 +58,7 @@ await main(async () => {
     maxNumTokens: o.maxNumTokens,
     maxSeqLen: o.maxSeqLen,
     kvCacheFreeGpuMemFraction: o.kvCacheFreeGpuMemFraction,
-    fp8ContextFmha: fp8ContextFmha(o.fp8ContextFmha),
+    fp8ContextFmha: o.fp8ContextFmha,
     verify: o.verify,
   });
   const modelName = o.servedModelName ?? path.basename(path.resolve(dir));

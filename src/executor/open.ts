@@ -10,7 +10,7 @@ export async function openExecutor(
     verify?: boolean;
     onLoadBytes?: (done: number, total: number) => void;
     /** cuda: FP8 KV cache context attention (CudaLoadOptions.fp8ContextFmha). */
-    fp8ContextFmha?: "auto" | "off";
+    fp8ContextFmha?: "auto" | "on" | "off";
   },
 ): Promise<Executor> {
   if (o.device === "cpu")

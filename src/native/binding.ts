@@ -44,10 +44,10 @@ export interface CudaLoadOptions {
   /** Programmatic dependent launch on sm_90+ (default true). */
   pdl?: boolean;
   /**
-   * FP8 KV cache: context (prefill) attention with Q and the softmax weights in E4M3 on FP8 tensor cores. "auto"
-   * (default): where it applies (head_dim a multiple of 16 up to 128, an sm 89+ GPU), elsewhere the fp16/bf16
-   * kernel; "on": the same, and with strictKernels a step where it cannot run is an error; "off": the fp16/bf16
-   * kernel (the step's own K/V unrounded, as the CPU reference). Engines without an FP8 KV cache are unaffected.
+   * Context (prefill) attention over an FP8 KV cache with Q and the softmax weights in E4M3 on FP8 tensor cores,
+   * where it can run (head_dim a multiple of 16 up to 128, an sm 89+ GPU; elsewhere the fp16/bf16 kernel). "auto"
+   * (default): on FP8 engines (FP8 weights and KV cache); "on": on every FP8 KV cache, and with strictKernels a step
+   * where it cannot run is an error; "off": the fp16/bf16 kernel (the step's own K/V unrounded, as the CPU reference).
    */
   fp8ContextFmha?: "auto" | "on" | "off";
   /**

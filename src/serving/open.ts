@@ -20,8 +20,8 @@ export interface OpenBatchOptions {
   /** Caps the KV pool to this many blocks (tests; on cpu the default is max_batch_size full sequences). */
   kvBlocks?: number;
   cudaGraphs?: boolean;
-  /** FP8 KV cache: the FP8 context FMHA where it applies (default) or never (cuda). */
-  fp8ContextFmha?: "auto" | "off";
+  /** cuda: the FP8 context FMHA (CudaLoadOptions.fp8ContextFmha). */
+  fp8ContextFmha?: "auto" | "on" | "off";
   verify?: boolean;
   /** Progress of reading the rank file (CPU loader). */
   onLoadBytes?: (done: number, total: number) => void;

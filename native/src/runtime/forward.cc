@@ -254,10 +254,11 @@ void attention(const NodeRun& r, bool fused) {
   ap.pdl = r.e.tun.pdl;
   ap.k_scale = n.k_scale;
   ap.v_scale = n.v_scale;
-  // FP8 context FMHA: context steps only (max_new_tokens > 1: some sequence goes to the context kernel).
+  // FP8 context FMHA, context steps only (max_new_tokens > 1: some sequence goes to the context kernel): by default
+  // on FP8 engines (FP8 weights and KV cache, TensorRT-LLM's condition), forced (1) on any FP8 KV cache.
   const int fmha = r.e.tun.fp8_context_fmha;
-  ap.fp8_context_fmha = fmha >= 0;
-  if (fmha >= 0 && r.step.max_new_tokens > 1) {
+  ap.fp8_context_fmha = fmha == 1 || (fmha == 0 && r.e.fp8_weights);
+  if (ap.fp8_context_fmha && r.step.max_new_tokens > 1) {
     const char* why =
         r.kv.dtype != DType::FP8_E4M3 ? "the KV cache is not FP8" : fp8_context_fmha_unavailable(n.head_dim);
     if (!why) *r.ran = LinearKernel::Fp8Fmha;

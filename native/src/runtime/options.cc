@@ -67,7 +67,7 @@ Tunables resolve_tunables(const tsllm_options& o, const std::string& path) {
 
   // Environment overrides (benchmarking): TSLLM_GEMM_TUNE=0, TSLLM_GEMV=0|1, TSLLM_GEMV_VARIANT=k,
   // TSLLM_GEMV_PROLOGUE=0|1, TSLLM_DECODE_VARIANT=2|3|4, TSLLM_DECODE_MMA_MIN_GQA=r, TSLLM_PDL=0|1,
-  // TSLLM_STRICT_KERNELS=0|1, TSLLM_FP8_CONTEXT_FMHA=0|1 (off, forced), TSLLM_PROFILE=1|graph.
+  // TSLLM_STRICT_KERNELS=0|1, TSLLM_FP8_CONTEXT_FMHA=0|1 (off, on), TSLLM_PROFILE=1|graph.
   long x = 0;
   if (env_int("TSLLM_GEMM_TUNE", path, 0, 1, &x)) t.gemm_tune = x == 1;
   if (env_int("TSLLM_GEMV", path, 0, 1, &x)) t.gemv = x == 1 ? 1 : -1;
