@@ -243,18 +243,6 @@ cudaError_t launch_fp8(const T* q, int q_stride, T* out, const KVView<uint8_t>& 
 
 }  // namespace
 
-const char* fp8_context_fmha_unavailable(int head_dim) {
-  if (head_dim % 16 != 0 || head_dim > 128) return "head_dim is not a multiple of 16 up to 128";
-  static int cache[64] = {0};
-  const bool sm89 = per_device(cache, [](int) {
-    cudaFuncAttributes fa;  // the code the device runs: an sm_80 build on an sm_89 GPU has no FP8 mma
-    const bool ok = cudaFuncGetAttributes(&fa, fp8_context_kernel<half, 64>) == cudaSuccess && fa.binaryVersion >= 89;
-    cudaGetLastError();
-    return ok;
-  });
-  return sm89 ? nullptr : "the GPU (or this build's code for it) is below sm_89";
-}
-
 cudaError_t attention_context_fp8(const void* q, int q_stride, void* out, const PagedKV& kv, const StepLayout& step,
                                   const AttnParams& p, DType dt, cudaStream_t s) {
   if (kv.dtype != DType::FP8_E4M3 || fp8_context_fmha_unavailable(p.head_dim)) return cudaErrorInvalidValue;
@@ -274,4 +262,18 @@ cudaError_t attention_context_fp8(const void* q, int q_stride, void* out, const 
 }
 
 }  // namespace kd
+
+const char* fp8_context_fmha_unavailable(int head_dim) {
+  if (head_dim % 16 != 0 || head_dim > 128) return "head_dim is not a multiple of 16 up to 128";
+  static int cache[64] = {0};
+  const bool sm89 = kd::per_device(cache, [](int) {
+    cudaFuncAttributes fa;  // the code the device runs: an sm_80 build on an sm_89 GPU has no FP8 mma
+    const bool ok =
+        cudaFuncGetAttributes(&fa, kd::fp8_context_kernel<half, 64>) == cudaSuccess && fa.binaryVersion >= 89;
+    cudaGetLastError();
+    return ok;
+  });
+  return sm89 ? nullptr : "the GPU (or this build's code for it) is below sm_89";
+}
+
 }  // namespace tsllm
