@@ -1,6 +1,6 @@
-// Usage: kernels_bench [decode]. "decode": only the large-batch decode attention table (old vs new kernel at the
-// Llama-3.1-8B batch-256 shape of the throughput benchmark, GQA ratios 4, 2 and 1, with the kernel the runtime's
-// rule picks); default: that table and everything below.
+// Usage: kernels_bench [decode|fmha8]. "decode": only the large-batch decode attention table (old vs new kernel at
+// the Llama-3.1-8B batch-256 shape of the throughput benchmark, GQA ratios 4, 2 and 1, with the kernel the runtime's
+// rule picks); "fmha8": only the FP8-cache context table (fp16 kernel vs FP8 context FMHA); default: everything.
 // Micro-benchmark of paged_attention (Llama-2-7B shapes: 32 heads, 32 KV heads, head_dim 128, fp16, 32 tokens per
 // block) for decode at batch 1 / 64 and context 256 / 4096, plus context (prefill) attention and a few small
 // kernels at decode sizes. Times are medians of CUDA-graph replays (the runtime replays graphs), per call;
@@ -90,6 +90,16 @@ struct AttnSetup {
     p = AttnParams{0, nH, nKV, D, 1.f / std::sqrt((float)D), D, RopeStyle::Neox, inv, 3, true};
     CK(cudaDeviceSynchronize());
   }
+  // The same pool as an FP8 (E4M3) cache: random codes (values ~ ±64) with scales 1/64, so K and V span about the
+  // fp16 cache's range; a workspace with room for the step's own k.
+  void use_fp8_cache() {
+    CK(random_fill(pool, DType::FP8_E4M3, (size_t)2 * nKV * tpb * D * num_blocks * layers, 7, 0.f, 64.f, 0));
+    kv.dtype = DType::FP8_E4M3;
+    p.k_scale = p.v_scale = 1.f / 64;
+    cudaFree(ws);
+    CK(cudaMalloc(&ws, attention_workspace_bytes(st.num_tokens, B, nH, D, ctx, nKV)));
+    CK(cudaDeviceSynchronize());
+  }
   ~AttnSetup() {
     cudaFree(pool), cudaFree(qkv), cudaFree(out), cudaFree(ws);
     cudaFree(bt), cudaFree(pos), cudaFree(ts), cudaFree(ss), cudaFree(sl), cudaFree(inv);
@@ -152,13 +162,38 @@ static void decode_at_scale(size_t l2_defeat, double copy) {
   }
 }
 
+// Context attention over an FP8 cache: the fp16 kernel (FP8 history converted into shared memory) vs the FP8
+// context FMHA (attention_context_fp8.cu), Llama-2-7B (MHA) and Llama-3-8B (GQA 4) shapes, fp16 activations.
+// Times include the rope/cache-write kernel, as in a step.
+static void fp8_context_table() {
+  std::printf("paged_attention context over an FP8 KV cache, fp16, 32 heads x 128: fp16 kernel vs FP8 context FMHA\n");
+  std::printf("%4s %6s %8s %13s %13s %9s %9s %8s\n", "nKV", "seqs", "tokens", "fp16_us", "fmha8_us", "TFLOP/s",
+              "TFLOP/s8", "speedup");
+  for (int nKV : {32, 8})
+    for (auto cfg : {std::pair<int, int>{1, 128}, {1, 2048}, {1, 4096}, {8, 512}}) {
+      const int B = cfg.first, L = cfg.second;
+      AttnSetup a(B, L, L, 0, nKV);
+      a.use_fp8_cache();
+      double g[2], st;
+      for (int f = 0; f < 2; ++f) {
+        a.p.fp8_context_fmha = f == 1;
+        time_calls(8, [&](int i, cudaStream_t s) { a.call(i, s); }, &g[f], &st);
+      }
+      const double flops = 4.0 * B * a.nH * a.D * ((double)L * (L + 1) / 2);
+      std::printf("%4d %6d %8d %13.2f %13.2f %9.1f %9.1f %7.2fx\n", nKV, B, L, g[0], g[1], flops / (g[0] * 1e6),
+                  flops / (g[1] * 1e6), g[0] / g[1]);
+    }
+}
+
 int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IOLBF, 0);
-  const bool only_decode = argc > 1 && std::string(argv[1]) == "decode";
-  if (argc > 1 && !only_decode) {
-    std::printf("usage: kernels_bench [decode]   (decode: only the large-batch decode attention table)\n");
+  const std::string only = argc > 1 ? argv[1] : "";
+  if (argc > 1 && only != "decode" && only != "fmha8") {
+    std::printf("usage: kernels_bench [decode|fmha8]   (decode: only the large-batch decode attention table; fmha8: "
+                "only the FP8-cache context table)\n");
     return 2;
   }
+  const bool only_decode = only == "decode";
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
@@ -168,6 +203,10 @@ int main(int argc, char** argv) {
   double copy_us = 0;
   const double copy = copy_gbs(&copy_us);
   std::printf("device-to-device copy 1 GiB: %.1f us, %.0f GB/s (read+write)\n\n", copy_us, copy);
+  if (only == "fmha8") {
+    fp8_context_table();
+    return 0;
+  }
   decode_at_scale(l2_defeat, copy);
   if (only_decode) return 0;
   std::printf("\n");
@@ -209,6 +248,8 @@ int main(int argc, char** argv) {
     const double flops = 4.0 * B * a.nH * a.D * ((double)L * (L + 1) / 2);
     std::printf("%6d %8d %11.2f %9.1f\n", B, L, g, flops / (g * 1e6));
   }
+  std::printf("\n");
+  fp8_context_table();
 
   std::printf("\nsmall kernels (graph_us per call)\n");
   {
