@@ -11,7 +11,8 @@
 //   [rotated q: num_tokens * nH * D * 2 bytes, 256-aligned (not used by variant 3)]
 //   [FP8 cache only: this step's rotated k, num_tokens * nKV * D * 2 bytes][split-K partials]
 // FP8 KV cache: always the rope_cache kernel first (it stores e4m3 rows and keeps the rotated k for this step's own
-// keys), then variant 2's decode kernel or the context kernel, both reading the step's own K/V unrounded.
+// keys), then variant 2's decode kernel or the context kernel, both reading the step's own K/V unrounded; or, with
+// AttnParams::fp8_context_fmha, the FP8 context FMHA (attention_context_fp8.cu), which reads them as just stored.
 #include <algorithm>
 
 #include "attention_internal.h"
