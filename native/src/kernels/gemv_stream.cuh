@@ -140,32 +140,6 @@ struct WFp8 {
   __device__ static void dequant(const uint4& raw, int, float, float (&f)[16]) { e4m3x16_to_f(raw, f); }
 };
 
-// ---------------- L2 prefetch of a warp's rows ----------------
-// How many bytes of its rows a warp asks the L2 to fetch whenever it starts a row group (0: none). Each kernel
-// streams at most UN chunks per row through registers ahead of use; a bulk prefetch (sm_90) has the HBM fetch the
-// rest of the rows into L2 meanwhile, and — issued before griddepcontrol.wait — while the previous kernel still
-// runs: fixed per-kernel costs (launch, the wait, the vector prologue) then overlap with weight traffic.
-// One copy of the value per translation unit (this header's anonymous namespace); set_gemv_l2_prefetch
-// (pdl.cu) writes every copy through the setters the units register at static-initialisation time.
-__device__ uint32_t g_l2_prefetch_bytes = 0;
-struct L2PrefetchRegistration {
-  L2PrefetchRegistration() {
-    register_gemv_l2_prefetch_setter(
-        [](uint32_t v) { return cudaMemcpyToSymbol(g_l2_prefetch_bytes, &v, sizeof(v)); });
-  }
-};
-const L2PrefetchRegistration l2_prefetch_registration;
-
-__device__ __forceinline__ void l2_prefetch_rows(const void* p, size_t row_bytes, int rows) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  const uint32_t cap = g_l2_prefetch_bytes;
-  if (cap == 0 || (threadIdx.x & 31) != 0 || rows <= 0) return;
-  const size_t want = row_bytes * size_t(rows);
-  const uint32_t bytes = uint32_t(want < cap ? want : cap) & ~15u;  // the instruction wants a multiple of 16
-  if (bytes) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-#endif
-}
-
 // ---------------- the weight stream ----------------
 // A warp's ROWS rows of format F from n0: UN chunks per row in flight per lane, chunks c, c + STEP, ... (STEP: the
 // lanes, times the warps splitting K). An inactive warp (n0 >= N) loads nothing. ROW_PTRS (the 4-warp kernel, one
@@ -192,7 +166,6 @@ struct WeightStream {
     } else {
       base = w, units = F::row_units(K), n0 = n0_, N = N_;
     }
-    if (active) l2_prefetch_rows(w + size_t(n0_) * F::row_units(K), F::row_units(K) * sizeof(U), min(ROWS, N_ - n0_));
   }
   // rows(), then load(c0): a kernel's first loads, issued before griddepcontrol.wait (weights are never written).
   __device__ __forceinline__ void start(const U* w, int K, int n0, int N, int c0) {

@@ -14,10 +14,6 @@ namespace tsllm {
 // when it is true and the current device is sm_90+ (pdl.cu); the runtime passes tsllm_options' choice (on by
 // default: H100, Llama-2-7B decode at batch 1, 4.975 ms/step with PDL vs 5.021 without).
 bool pdl_supported();
-// L2 prefetch in the decode gemvs (gemv_stream.cuh): bytes of its rows each warp has the L2 fetch when it starts a
-// row group, 0 = off. For the current device; set before graphs are captured.
-cudaError_t set_gemv_l2_prefetch(uint32_t bytes);
-void register_gemv_l2_prefetch_setter(cudaError_t (*setter)(uint32_t));  // (gemv_stream.cuh's per-unit copies)
 
 // ---- weights ----
 // Random weights (docs/engine-format.md): value = mean + scale*(2r-1), r = (u>>8)/2^24,

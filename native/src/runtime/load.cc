@@ -298,7 +298,6 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
   if (e->device < 0 || e->device >= ndev)
     throw fail("CUDA device " + std::to_string(e->device) + " requested, " + std::to_string(ndev) + " present");
   ck(cudaSetDevice(e->device), "cudaSetDevice");
-  ck(set_gemv_l2_prefetch(e->tun.l2_prefetch), "setting the decode gemvs' L2 prefetch");
   cudaDeviceProp prop{};
   ck(cudaGetDeviceProperties(&prop, e->device), "cudaGetDeviceProperties");
   e->gpu_sm = prop.major * 10 + prop.minor;

@@ -88,8 +88,6 @@ Tunables resolve_tunables(const tsllm_options& o, const std::string& path) {
   // moe: TSLLM_MOE_PATH=0|1|2 (auto, gemv, grouped), TSLLM_MOE_FUSE=0 (the next add / add_rms_norm runs alone).
   if (env_int("TSLLM_MOE_PATH", path, 0, 2, &x)) t.moe_path = int(x);
   if (env_int("TSLLM_MOE_FUSE", path, 0, 1, &x)) t.moe_fuse = x == 1;
-  // Decode gemvs: TSLLM_L2_PREFETCH=bytes per warp and row group (0 = off).
-  if (env_int("TSLLM_L2_PREFETCH", path, 0, 1 << 24, &x)) t.l2_prefetch = uint32_t(x);
   if (const char* p = env("TSLLM_PROFILE")) {
     if (std::strcmp(p, "graph") == 0) t.profile = 2;
     else if (std::strcmp(p, "1") == 0) t.profile = 1;

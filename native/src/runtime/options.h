@@ -31,9 +31,6 @@ struct Tunables {
   // path, 2 always the grouped GEMMs; whether the combine absorbs the next add / add_rms_norm.
   int moe_path = 0;
   bool moe_fuse = true;
-  // Decode gemvs: bytes of its rows each warp has the L2 prefetch as it starts a row group (gemv_stream.cuh),
-  // environment only (A/B), 0 = off.
-  uint32_t l2_prefetch = 0;
 };
 
 // Checks the option values (LoadError naming the field) and applies the environment overrides.
