@@ -86,8 +86,8 @@ describe("quantised engines on the GPU", () => {
       console.log(
         `${name(c)}: CPU fp16-stored vs fp32-stored activations ${sensitivity.toFixed(4)} → bound ${bound1.toFixed(4)}`,
       );
-      // TSLLM_QGEMV_VARIANT: one forced variant for every decode call, which also forces the rms_norm prologue into it
-      // (quant_gemv_has_prologue): fp8 4 (16-warp blocks, division-free quantisation), int8 / int4 2 (4 rows per warp;
+      // TSLLM_QGEMV_VARIANT: one forced variant for every decode call; with TSLLM_QGEMV_PROLOGUE=1 (off by default,
+      // options.h says why) it also forces the rms_norm prologue into it (quant_gemv_has_prologue): fp8 4 (16-warp blocks, division-free quantisation), int8 / int4 2 (4 rows per warp;
       // they have variants 0-2 only).
       const forced = c.extra.quant === "fp8" ? "4" : "2";
       const kvFp8 = c.extra.kvCacheDtype === "fp8";
@@ -106,10 +106,12 @@ describe("quantised engines on the GPU", () => {
           JSON.stringify(env),
         ).toEqual(attn.map(() => want));
       };
-      for (const env of [{}, { TSLLM_QGEMV: "0" }, { TSLLM_QGEMV_VARIANT: forced }, ...fmhaRuns] as Record<
-        string,
-        string
-      >[]) {
+      for (const env of [
+        {},
+        { TSLLM_QGEMV: "0" },
+        { TSLLM_QGEMV_VARIANT: forced, TSLLM_QGEMV_PROLOGUE: "1" },
+        ...fmhaRuns,
+      ] as Record<string, string>[]) {
         for (const graphs of [true, false]) {
           const gpu = teacherForced(load(dir, env, graphs), golden, 200);
           const fmha = fp8Engine && env.TSLLM_FP8_CONTEXT_FMHA !== "0";

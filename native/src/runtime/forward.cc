@@ -394,6 +394,7 @@ void plan_prologue_fusion(Engine& e) {
     // A linear with a folded elementwise chain runs the plain gemv with it (the prologue variants have no chain).
     // Quantised linears take an rms_norm prologue (quant_gemv; their epilogue applies the activation).
     const bool quant = l.op == Op::QuantLinear && n.op == Op::RmsNorm;
+    if (quant && !e.tun.quant_gemv_prologue) continue;
     if (!quant && (l.op != Op::Linear || l.act != Act::None)) continue;
     if (l.post.n || l.in.size() < 2 || l.out.size() != 1) continue;
     const int64_t K = quant ? e.val(v).last_dim() : e.val(l.in[1]).shape[1].n;

@@ -22,6 +22,11 @@ struct Tunables {
   // a forced gemv variant (-1: tuned), FP8 context GEMMs with cuBLASLt outer-vector scaling where available.
   bool quant_gemv = true;
   int quant_gemv_variant = -1;
+  // rms_norm folded into the quantised decode gemv (plan_prologue_fusion). Off: the load-time tuner times the fused
+  // kernel alone and picks it by a few percent, but inside the decode graph it costs more than it saves (H200,
+  // Llama-2-7B FP8 bs 1, TSLLM_PROFILE=graph step: 2.917 ms with the tuner's picks, 3.403 ms in a run where it
+  // fused both qkv and gate/up, 2.756 ms unfused; int8 / int4: the tuner already keeps the unfused pair).
+  bool quant_gemv_prologue = false;
   bool fp8_outer_vec = true;
   // The weight pass (file_pass.h), environment only: reader threads (0: the hardware threads, at most 16),
   // O_DIRECT (-1: for chunks the page cache lacks, 0 never, 1 every chunk).

@@ -284,7 +284,8 @@ std::string QuantGemm::fp8_plan(int M, int N, int K, Fp8Plan** out) {
 // Σ_k W[n,k] x[m,k] (+ bias) + residual, written in the activation dtype by the GEMM itself — no fp32 chunk, no
 // epilogue kernel. Op T on A = W gives rows n, so A's scale vector is s_w and B's (columns m) is s_x. Only for
 // linears without an activation; a shape cuBLASLt has no algorithm for falls back (once, remembered).
-std::string QuantGemm::fp8_outer_plan(int M, int N, int K, bool bias, bool residual, DType dt, Fp8Plan** out) {
+std::string QuantGemm::fp8_outer_plan(int M, int N, int K, bool bias, bool residual, DType dt, const float* sw,
+                                      const float* sx, Fp8Plan** out) {
   const auto key = std::make_tuple(M, N, K, 1 + int(bias) + 2 * int(residual), int(dt));
   auto it = plans_.find(key);
   if (it != plans_.end()) {
@@ -318,10 +319,14 @@ std::string QuantGemm::fp8_outer_plan(int M, int N, int K, bool bias, bool resid
   if (ok && bias)
     ok = cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &cdt, sizeof(cdt)) ==
          CUBLAS_STATUS_SUCCESS;
-  // The heuristic needs the scale pointers' modes only, but set placeholders so the descriptor is complete.
-  const void* none = nullptr;
+  // The heuristic needs real scale vectors: with null placeholders cuBLASLt 13.1 answers CUBLAS_STATUS_INVALID_VALUE
+  // (7) for every shape on the H200, while the same descriptor with this call's device pointers finds an algorithm
+  // and runs (a probe of both forms, session 5) — which is why this path had always fallen back to the epilogue.
+  // Each call sets its own pointers again before cublasLtMatmul.
   ok = ok &&
-       cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &none, sizeof(none)) ==
+       cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sw, sizeof(sw)) ==
+           CUBLAS_STATUS_SUCCESS &&
+       cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sx, sizeof(sx)) ==
            CUBLAS_STATUS_SUCCESS &&
        cublasLtMatrixLayoutCreate(&p.a, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(N), int64_t(K)) == CUBLAS_STATUS_SUCCESS &&
        cublasLtMatrixLayoutCreate(&p.b, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(M), int64_t(K)) == CUBLAS_STATUS_SUCCESS &&
@@ -351,7 +356,7 @@ std::string QuantGemm::fp8_gemm(const QuantLinearCall& c, DType dt, cudaStream_t
   const float alpha = 1.f;
   if (fp8_outer && c.act == Act::None && dt != DType::F32) {
     Fp8Plan* op = nullptr;
-    std::string err = fp8_outer_plan(c.M, c.N, c.K, c.bias != nullptr, c.residual != nullptr, dt, &op);
+    std::string err = fp8_outer_plan(c.M, c.N, c.K, c.bias != nullptr, c.residual != nullptr, dt, c.scales, sx, &op);
     if (!err.empty()) return err;
     if (op) {
       const float beta = c.residual ? 1.f : 0.f;

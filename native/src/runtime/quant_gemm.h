@@ -111,7 +111,8 @@ class QuantGemm {
   cublasStatus_t pick_algo(Fp8Plan& p, int* found);
   std::string fp8_plan(int M, int N, int K, Fp8Plan** out);
   // The outer-vector-scaled plan, or *out = nullptr when cuBLASLt has none for the shape (remembered).
-  std::string fp8_outer_plan(int M, int N, int K, bool bias, bool res, DType dt, Fp8Plan** out);
+  std::string fp8_outer_plan(int M, int N, int K, bool bias, bool res, DType dt, const float* sw, const float* sx,
+                             Fp8Plan** out);
 
   cublasLtHandle_t handle_ = nullptr;
   void* lt_ws_ = nullptr;  // cuBLASLt workspace
