@@ -57,8 +57,8 @@ typedef struct tsllm_options {
                              breakdown after 8 decode replays (both print to stderr) */
   int32_t fp8_context_fmha; /* prefill / chunked-prefill attention over an FP8 KV cache with Q and the softmax weights
                                in E4M3 on FP8 tensor cores, where it can run (head_dim a multiple of 16 up to 128,
-                               sm_89+; elsewhere the fp16/bf16 kernel). 0: on FP8 engines (FP8 weights and KV cache);
-                               1: on every FP8 KV cache, and with strict_kernels a context step where it cannot run
+                               sm_89+; elsewhere the fp16/bf16 kernel). 0 (auto): off for now (slower than the
+                               fp16/bf16 kernel on the H200, forward.cc has the figures); 1: on every FP8 KV cache, and with strict_kernels a context step where it cannot run
                                is an error; -1: off (the fp16/bf16 kernel, attending to the step's own K/V
                                unrounded as the CPU reference does) */
 } tsllm_options;

@@ -93,7 +93,8 @@ export function fp8ContextFmhaOption(): Option {
   return new Option(
     "--fp8-context-fmha <mode>",
     "prompt (context) attention over an FP8 KV cache with Q and the softmax weights in FP8 on the tensor cores: " +
-      "auto on FP8 engines (--quant fp8 with --kv-cache-dtype fp8), on for every FP8 KV cache, off never. It runs " +
+      "auto = off for now (on the H200 it is slower than the fp16/bf16 kernel: 0.63-0.77x), on for every FP8 KV " +
+      "cache, off never. It runs " +
       "on sm 89+ GPUs for head dims that are multiples of 16 up to 128; elsewhere, and for engines without an FP8 " +
       "KV cache, the fp16/bf16 kernel runs whatever the mode",
   )

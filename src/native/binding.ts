@@ -46,7 +46,7 @@ export interface CudaLoadOptions {
   /**
    * Context (prefill) attention over an FP8 KV cache with Q and the softmax weights in E4M3 on FP8 tensor cores,
    * where it can run (head_dim a multiple of 16 up to 128, an sm 89+ GPU; elsewhere the fp16/bf16 kernel). "auto"
-   * (default): on FP8 engines (FP8 weights and KV cache); "on": on every FP8 KV cache, and with strictKernels a step
+   * (default): off for now (slower than the fp16/bf16 kernel on the H200: forward.cc); "on": on every FP8 KV cache, and with strictKernels a step
    * where it cannot run is an error; "off": the fp16/bf16 kernel (the step's own K/V unrounded, as the CPU reference).
    */
   fp8ContextFmha?: "auto" | "on" | "off";

@@ -127,7 +127,6 @@ struct Engine {
   int device = 0;
   int gpu_sm = 0;
   std::string gpu_name;
-  bool fp8_weights = false;  // some linear is FP8 W8A8: with an FP8 KV cache, an "FP8 engine" (fp8_context_fmha 0)
   tsllm_load_stats load_stats{};  // where the load's time went (load.cc)
   cudaStream_t stream = nullptr;
   DType dt = DType::F16;

@@ -310,7 +310,6 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
       throw fail("node " + std::to_string(i) + " (quant_linear fp8): FP8 engines need an sm 89+ GPU (Ada, Hopper: FP8 "
                  "tensor cores), GPU " + std::to_string(e->device) + " (" + e->gpu_name + ") is sm " +
                  std::to_string(e->gpu_sm) + "; rebuild with --quant int8-wo or int4-wo");
-  for (const NodeDesc& n : d.nodes) e->fp8_weights |= n.op == Op::QuantLinear && n.quant == QuantKind::Fp8;
   if (d.kv.num_layers > 0 && d.kv.dt == ElemType::FP8_E4M3 && e->gpu_sm < 89)
     throw fail("the FP8 KV cache needs an sm 89+ GPU (Ada, Hopper: FP8 conversions), GPU " + std::to_string(e->device) +
                " (" + e->gpu_name + ") is sm " + std::to_string(e->gpu_sm) + "; rebuild with --kv-cache-dtype " +
