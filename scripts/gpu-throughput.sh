@@ -3,7 +3,7 @@
 # from SHARED/configs and zero-stdev datasets from tsllm-bench prepare-dataset:
 #   0. decode attention old vs new kernel at the 8B batch-256 shape (native/build/kernels_bench decode);
 #   1. Llama-3.1-8B bf16 ISL/OSL 128/128 through the batch manager (tsllm-bench throughput), N requests, at max
-#      batch 512 and 1024;
+#      batch 512 and 1024, and the same dataset on a Llama-3.1-8B FP8 engine (issue 13's throughput goal);
 #   2. the static batch of the same engine in the same run (tsllm-bench latency, batch 256 and 512), and profiles
 #      of one bs-256 and one bs-512 decode step (TSLLM_PROFILE=graph: GEMMs by shape, attention, other) and of
 #      one 8192-token prefill step (TSLLM_PROFILE=1);
@@ -25,10 +25,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 stamp() { echo "== $(date +%T) $*"; }
 [ -f native/build/tsllm_node.node ] || bash native/build.sh >/dev/null || exit 1
 
-build() { # name config dtype
+build() { # name config dtype [compiler flags...]
   stamp "compile $1"
   ./bin/tsllm-compile.mjs models/llama.ts --config "$shared/configs/$2" --random-weights --sm 90 --dtype "$3" \
-    --max-batch-size 1024 --max-seq-len 4096 --max-num-tokens 8192 -o "$work/$1" | tail -1
+    --max-batch-size 1024 --max-seq-len 4096 --max-num-tokens 8192 -o "$work/$1" "${@:4}" | tail -1
 }
 dataset() { # engine isl osl n file
   ./bin/tsllm-bench.mjs prepare-dataset "$work/$1" --num-requests "$4" --input-mean "$2" --output-mean "$3" \
@@ -47,6 +47,7 @@ throughput() { # engine dataset json extra...
 
 build llama31-8b llama-3.1-8b.json bf16
 build llama2-7b llama-2-7b.json fp16
+build llama31-8b-fp8 llama-3.1-8b.json bf16 --quant fp8
 
 # 0: decode attention kernels, old (variant 2) vs new (variant 4), same run
 stamp "decode attention kernels (kernels_bench decode)"
@@ -56,6 +57,8 @@ if [ -x native/build/kernels_bench ]; then native/build/kernels_bench decode; el
 dataset llama31-8b 128 128 "$n" "$work/l31-128-128.jsonl"
 throughput llama31-8b "$work/l31-128-128.jsonl" "$out/l31-128-128.json" --max-batch-size 512
 throughput llama31-8b "$work/l31-128-128.jsonl" "$out/l31-128-128-bs1024.json" --max-batch-size 1024
+# issue 13's FP8 goal on the same dataset
+throughput llama31-8b-fp8 "$work/l31-128-128.jsonl" "$out/l31fp8-128-128.json" --max-batch-size 1024
 stamp "static batch llama31-8b"
 ./bin/tsllm-bench.mjs latency "$work/llama31-8b" --batch-size 256,512 --input-len 128 --output-len 128 --runs 1 \
   --json "$out/l31-static.json" || echo "latency FAILED"
@@ -109,6 +112,7 @@ if (bm31 && s31) console.log(`batch manager / best static batch: ${(bm31.output_
 if (torch) console.log(`torch peer: ${JSON.stringify(torch)}`);
 const ttok = torch && torch.out_tok_s;
 if (bm31 && ttok) console.log(`batch manager / torch peer: ${(bm31.output_throughput_tok_s / ttok).toFixed(3)}x`);
+line("8B FP8 128/128 bm (bs 1024)", read("l31fp8-128-128.json"));
 const l2 = read("l2-128-128.json");
 line("7B fp16 128/128 bm", l2);
 const s2 = read("l2-static.json");
