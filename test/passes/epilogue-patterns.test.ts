@@ -28,7 +28,11 @@ function build(): Built {
     const b = o.bias
       ? addWeight(g, `${scope}.bias`, "f32", [4], { kind: "constant", data: [1, 2, 3, 4] }).id
       : null;
-    return addNode(g, "linear", [o.from ?? x, w, b, o.residual ?? null], o.attrs ?? {}, { scope })[0];
+    // Named apart from makeNode's default ("<scope>.linear"), so a rewrite that keeps the name shows.
+    return addNode(g, "linear", [o.from ?? x, w, b, o.residual ?? null], o.attrs ?? {}, {
+      scope,
+      names: [`${scope}.out`],
+    })[0];
   };
   return { g, x, lin };
 }
@@ -95,6 +99,7 @@ describe("elementwise ops into the epilogue", () => {
     const { out, log, ops } = fuse(g);
     expect(ops).toEqual(["linear", "all_gather"]);
     expect(out.nodes[0].attrs.post).toEqual({ ops: ["softcap"], args: [30] });
+    expect(out.nodes[0].scope).toBe("lm_head");
     expect(out.nodes[1]).toEqual({
       op: "all_gather",
       inputs: out.nodes[0].outputs,
@@ -139,7 +144,7 @@ describe("residual adds", () => {
     expect(ops).toEqual(["linear", "linear"]);
     expect(out.nodes[0].inputs[3]).toBe(x);
     expect(out.nodes[1].inputs[3]).toBe(out.nodes[0].outputs[0]);
-    expect(out.nodes.map((n) => out.values.get(n.outputs[0])!.name)).toEqual(["m.o.linear", "m.down.linear"]);
+    expect(out.nodes.map((n) => out.values.get(n.outputs[0])!.name)).toEqual(["m.o.out", "m.down.out"]);
     expect(log.matches).toEqual([
       { pattern: "residual", where: "m.o" },
       { pattern: "residual", where: "m.down" },
@@ -177,10 +182,7 @@ describe("residual adds", () => {
       ]);
       expect(out.nodes[0].inputs[3]).toBe(x);
       expect(out.nodes[1].inputs[3]).toBe(out.nodes[0].outputs[0]);
-      expect(out.nodes.map((n) => out.values.get(n.outputs[0])!.name)).toEqual([
-        "h.attn.linear",
-        "h.mlp.linear",
-      ]);
+      expect(out.nodes.map((n) => out.values.get(n.outputs[0])!.name)).toEqual(["h.attn.out", "h.mlp.out"]);
       expect(out.outputs.y).toBe(out.nodes[1].outputs[0]);
       expect(log.matches).toEqual([{ pattern: "parallel-residual", where: "h" }]);
     }

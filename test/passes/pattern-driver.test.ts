@@ -308,6 +308,9 @@ describe("topoSort", () => {
     expect(() => topoSort(g, [{ ...a, inputs: [c.outputs[0]] }, b, c])).toThrow(
       /^rewrite made a cycle through silu \(block\.0\)$/,
     );
+    // block.0 is not in the cycle (block.1 ↔ block.2): the message names the first node left waiting.
+    expect(() => topoSort(g, [a, { ...b, inputs: [c.outputs[0]] }, c])).toThrow(/through silu \(block\.1\)$/);
+    expect(() => topoSort(g, [{ ...a, inputs: [a.outputs[0]] }])).toThrow(/through silu \(block\.0\)$/); // reads itself
     const noScope = (n: Node) => ({ ...n, scope: undefined });
     expect(() => topoSort(g, [{ ...noScope(a), inputs: [c.outputs[0]] }, noScope(b), noScope(c)])).toThrow(
       /^rewrite made a cycle through silu$/,
