@@ -198,6 +198,14 @@ describe("residual adds", () => {
     expect(log.matches.map((m) => m.pattern)).toEqual(["residual"]);
   });
 
+  it("an add of two linears read by something other than an add is no parallel block: it takes a residual", () => {
+    const { g, lin } = build();
+    g.outputs.y = addNode(g, "silu", [addNode(g, "add", [lin("a"), lin("b")])[0]])[0];
+    const { ops, log } = fuse(g);
+    expect(ops).toEqual(["linear", "linear", "silu"]);
+    expect(log.matches.map((m) => m.pattern)).toEqual(["residual"]);
+  });
+
   it("no parallel block when the inner add has another reader; a linear with a residual gets no second", () => {
     const { g, x, lin } = build();
     const inner = addNode(g, "add", [lin("a"), lin("b")])[0];

@@ -302,6 +302,22 @@ describe("topoSort", () => {
     expect(topoSort(g, [C, B, D, A]).map((n) => n.scope)).toEqual(["C", "D", "A", "B"]);
   });
 
+  it("a node that becomes ready goes in among the ready nodes by its original position", () => {
+    // Given [W, A, J, U, Z, V] with U reading A and W reading V: after A, U (3) joins the ready J, Z, V
+    // (2, 4, 5) between J and Z.
+    const { g, x } = graph();
+    const id = (scope: string, from = x) => addNode(g, "silu", [from], {}, { scope })[0];
+    const a = id("A");
+    id("U", a);
+    const v = id("V");
+    id("W", v);
+    id("J");
+    id("Z");
+    const by = (s: string) => g.nodes.find((n) => n.scope === s)!;
+    const order = ["W", "A", "J", "U", "Z", "V"].map(by);
+    expect(topoSort(g, order).map((n) => n.scope)).toEqual(["A", "J", "U", "Z", "V", "W"]);
+  });
+
   it("names the first node of a cycle, with its scope when it has one", () => {
     const g = chain();
     const [a, b, c] = g.nodes;

@@ -189,6 +189,16 @@ describe("materializeQuantized", () => {
     ).toEqual(fromFloat32("F32", quantizeValues(W, N, K, i8)));
   });
 
+  it("the fp32 fallback reuses a tensor only for the same sources", () => {
+    const r = readers();
+    const i8 = { scheme: "int8-wo" as const };
+    materializeQuantized(weight("a.q", "i8", [N, K], { ...i8, output: "values" }, "a"), ckpt, r.toF32);
+    materializeQuantized(weight("b.s", "f32", [N], { ...i8, output: "scales" }, "b"), ckpt, r.toF32);
+    expect(r.calls.f32).toBe(2);
+    materializeQuantized(weight("b.q", "i8", [N, K], { ...i8, output: "values" }, "b"), ckpt, r.toF32);
+    expect(r.calls.f32).toBe(2); // b's tensor, kept from the scales
+  });
+
   it("names the weight and what is wrong", () => {
     const r = readers();
     const m = (v: Value) => () => materializeQuantized(v, ckpt, r.toF32, r.rowsOf);
@@ -208,6 +218,15 @@ describe("materializeQuantized", () => {
     expect(m(weight("q", "f16", [N], { scheme: "int8-wo", output: "scales" }))).toThrow(
       "q: quantisation scales are f32, not f16",
     );
+    expect(m(weight("q", "i8", [N], { scheme: "int8-wo", output: "scales" }))).toThrow(
+      "q: quantisation scales are f32, not i8",
+    );
+    expect(m({ ...fp8Values(), recipe: undefined })).toThrow(
+      "w.values: only checkpoint weights are quantised",
+    );
+    const none = fp8Values();
+    if (none.recipe?.kind === "checkpoint") none.recipe.transforms = [];
+    expect(m(none)).toThrow("w.values: quantize must be the last transform");
   });
 });
 
