@@ -95,16 +95,35 @@ describe("runPasses", () => {
         notes: ["n1"],
         ms: 0.6,
       },
-      { name: "idle", status: "no-match", matches: 0, patterns: {}, where: [], notes: ["nothing here"], ...same },
+      {
+        name: "idle",
+        status: "no-match",
+        matches: 0,
+        patterns: {},
+        where: [],
+        notes: ["nothing here"],
+        ...same,
+      },
       { name: "plain", status: "ran", matches: null, patterns: {}, where: [], notes: [], ...same },
-      { name: "broken", status: "failed", matches: 1, patterns: { p: 1 }, where: ["m.x"], notes: [], ...same },
+      {
+        name: "broken",
+        status: "failed",
+        matches: 1,
+        patterns: { p: 1 },
+        where: ["m.x"],
+        notes: [],
+        ...same,
+      },
     ]);
   });
 
   it("dumps the IR after the passes named in dumpAfter, and only those", () => {
     const lines: string[] = [];
     runPasses(big, PASSES, testBuild(), { dumpAfter: ["fuse", "plain"], log: (s) => lines.push(s) });
-    expect(lines).toEqual([`--- IR after fuse ---\n${printGraph(small)}`, `--- IR after plain ---\n${printGraph(small)}`]);
+    expect(lines).toEqual([
+      `--- IR after fuse ---\n${printGraph(small)}`,
+      `--- IR after plain ---\n${printGraph(small)}`,
+    ]);
     // dumpAfter without a log prints nothing and does not throw.
     expect(runPasses(big, PASSES, testBuild(), { dumpAfter: ["fuse"] })).toBe(small);
   });
