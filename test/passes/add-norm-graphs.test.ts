@@ -6,7 +6,8 @@ import { describe, expect, it } from "vitest";
 import { addNormFusion } from "../../passes/add-norm-fusion.ts";
 import { addInput, addNode } from "../../src/ir/builder.ts";
 import type { Attrs } from "../../src/ir/types.ts";
-import { ckptWeight, graphWithX, HIDDEN, runPass, TOKENS } from "./hand-graphs.ts";
+import { ckptWeight, graphWithX, HIDDEN, TOKENS } from "./hand-graphs.ts";
+import { runPass } from "./helpers.ts";
 
 /**
  * s = add(x, r) (or mul, `producer`); y = norm(s, w[, b]); z = add(y, s), a reader of both outputs

@@ -13,9 +13,9 @@ import {
   type PackedBlock,
   type PackedOptions,
   packedBlock,
-  runPass,
   TOKENS,
 } from "./hand-graphs.ts";
+import { runPass } from "./helpers.ts";
 
 function run(o: PackedOptions = {}, edit: (b: PackedBlock) => void = () => {}) {
   const b = packedBlock(o);

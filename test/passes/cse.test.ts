@@ -3,16 +3,11 @@
 // the same data merged first so that their readers merge too, and graph outputs redirected to the node kept.
 import { describe, expect, it } from "vitest";
 import { eliminateCommonSubexpressions } from "../../passes/cse.ts";
-import { PassLog, passContext } from "../../passes/index.ts";
 import { addInput, addNode, addWeight, emptyGraph } from "../../src/ir/builder.ts";
 import type { Graph } from "../../src/ir/types.ts";
-import { testBuild } from "./helpers.ts";
+import { runPass } from "./helpers.ts";
 
-function cse(g: Graph) {
-  const log = new PassLog();
-  const out = eliminateCommonSubexpressions(g, passContext(testBuild(), log));
-  return { out, log };
-}
+const cse = (g: Graph) => runPass(eliminateCommonSubexpressions, g);
 
 describe("cse on a hand-built graph", () => {
   it("add / mul match whatever their input order; sub does not; attributes match in any key order", () => {

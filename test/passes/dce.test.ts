@@ -3,9 +3,8 @@
 // inputs stay even when unread), each dropped node logged and the values counted in a note.
 import { describe, expect, it } from "vitest";
 import { eliminateDeadCode } from "../../passes/dce.ts";
-import { PassLog, passContext } from "../../passes/index.ts";
 import { addInput, addNode, addWeight, emptyGraph } from "../../src/ir/builder.ts";
-import { testBuild } from "./helpers.ts";
+import { runPass } from "./helpers.ts";
 
 describe("dce on a hand-built graph", () => {
   it("drops the dead chain, keeps a split with one live output, prunes unreferenced values", () => {
@@ -18,8 +17,7 @@ describe("dce on a hand-built graph", () => {
     const [s0, s1] = addNode(g, "split", [x], { sizes: [2, 2] });
     const [k] = addNode(g, "sigmoid", [x]);
     g.outputs = { logits: k, s: s1 };
-    const log = new PassLog();
-    const out = eliminateDeadCode(g, passContext(testBuild(), log));
+    const { out, log } = runPass(eliminateDeadCode, g);
     expect(out.nodes.map((n) => n.op)).toEqual(["split", "sigmoid"]);
     expect(log.matches).toEqual([
       { pattern: "dead-node", where: "dead.t" },
@@ -41,8 +39,7 @@ describe("dce on a hand-built graph", () => {
     const x = addInput(g, "x", "f32", [4]).id;
     const [k] = addNode(g, "sigmoid", [x]);
     g.outputs = { logits: k };
-    const log = new PassLog();
-    const out = eliminateDeadCode(g, passContext(testBuild(), log));
+    const { out, log } = runPass(eliminateDeadCode, g);
     expect(out.nodes).toHaveLength(1);
     expect(log.matches).toEqual([]);
     expect(log.notes).toEqual([]);

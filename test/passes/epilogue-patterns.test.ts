@@ -2,10 +2,9 @@
 // it leaves alone, where the report places the match, and the names and inputs of the linears it writes.
 import { describe, expect, it } from "vitest";
 import { epilogueFusion } from "../../passes/epilogue-fusion.ts";
-import { PassLog, passContext } from "../../passes/pass.ts";
 import { addInput, addNode, addWeight, emptyGraph } from "../../src/ir/builder.ts";
 import type { Attrs, Graph, Node } from "../../src/ir/types.ts";
-import { testBuild } from "./helpers.ts";
+import { runPass, writer } from "./helpers.ts";
 
 const T = { sym: "num_tokens", max: 8 } as const;
 
@@ -38,13 +37,10 @@ function build(): Built {
 }
 
 function fuse(g: Graph) {
-  const log = new PassLog();
-  const out = epilogueFusion.run(g, passContext(testBuild(), log));
+  const { out, log } = runPass(epilogueFusion, g);
   expect(log.failed).toBeUndefined();
   return { out, log, ops: out.nodes.map((n) => n.op) };
 }
-
-const producer = (g: Graph, id: number): Node => g.nodes.find((n) => n.outputs.includes(id))!;
 
 describe("activation into the linear", () => {
   it("silu and gelu (tanh by default) fold, keeping the linear's inputs, attrs and scope; reported at the linear", () => {
@@ -214,7 +210,7 @@ describe("residual adds", () => {
     g.outputs = { outer, inner, z: addNode(g, "add", [withR, x])[0] };
     const { out, log } = fuse(g);
     expect(log.matches.map((m) => m.pattern)).toEqual(["residual"]);
-    expect(producer(out, out.outputs.inner).op).toBe("linear"); // a + b by b's residual
-    expect(producer(out, out.outputs.z).op).toBe("add");
+    expect(writer(out, out.outputs.inner)?.op).toBe("linear"); // a + b by b's residual
+    expect(writer(out, out.outputs.z)?.op).toBe("add");
   });
 });

@@ -5,17 +5,8 @@ import { describe, expect, it } from "vitest";
 import { gateUpFusion } from "../../passes/gate-up-fusion.ts";
 import { addInput, addNode } from "../../src/ir/builder.ts";
 import type { Graph } from "../../src/ir/types.ts";
-import {
-  ckptWeight,
-  gatedMlp,
-  HIDDEN,
-  MLP_WIDTH,
-  type MlpOptions,
-  runPass,
-  TOKENS,
-  writer,
-} from "./hand-graphs.ts";
-import { opCounts } from "./helpers.ts";
+import { ckptWeight, gatedMlp, HIDDEN, MLP_WIDTH, type MlpOptions, TOKENS } from "./hand-graphs.ts";
+import { opCounts, runPass, writer } from "./helpers.ts";
 
 /** The fused linear and gated_act of a fused graph. */
 function fused(g: Graph) {

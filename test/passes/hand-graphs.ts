@@ -1,11 +1,9 @@
 // Small graphs built by hand for the fusion passes' tests (qkv, attention, gate/up): one attention
 // block or one gated MLP over 3 tokens, with knobs for the cases a pass must refuse. Widths are
 // small (head_dim 4) so that every shape in a test can be worked out by hand.
-import { PassLog, passContext } from "../../passes/index.ts";
-import type { Pass } from "../../passes/pass.ts";
 import { addInput, addNode, addWeight, emptyGraph } from "../../src/ir/builder.ts";
 import type { Attrs, DType, Graph, Node } from "../../src/ir/types.ts";
-import { testBuild } from "./helpers.ts";
+import { writer } from "./helpers.ts";
 
 export const TOKENS = 3;
 export const HIDDEN = 8;
@@ -25,17 +23,6 @@ export function graphWithX(): { g: Graph; x: number; positions: number } {
   const positions = addInput(g, "positions", "i32", [TOKENS]).id;
   const x = addInput(g, "x", "f32", [TOKENS, HIDDEN]).id;
   return { g, x, positions };
-}
-
-/** Runs one pass with a fresh log. */
-export function runPass(pass: Pass, g: Graph): { out: Graph; log: PassLog } {
-  const log = new PassLog();
-  return { out: pass.run(g, passContext(testBuild(), log)), log };
-}
-
-/** The node writing value `id`, if any. */
-export function writer(g: Graph, id: number | null): Node | undefined {
-  return g.nodes.find((n) => id !== null && n.outputs.includes(id));
 }
 
 export interface AttnOptions {

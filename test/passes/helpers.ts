@@ -4,6 +4,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { PASSES, PassLog, passContext } from "../../passes/index.ts";
+import type { Pass } from "../../passes/pass.ts";
 import { type Checkpoint, openCheckpoint } from "../../src/checkpoint/checkpoint.ts";
 import { Module } from "../../src/dsl/module.ts";
 import { BuildConfig } from "../../src/engine/format.ts";
@@ -86,6 +87,22 @@ export async function fixture(which: Which): Promise<Fixture> {
     cache.set(which, f);
   }
   return f;
+}
+
+/** One pass on g with a fresh log: a Pass, or a pass's own function (cse, dce: without bestEffortPass's guard). */
+export function runPass(
+  pass: Pass | Pass["run"],
+  g: Graph,
+  build = testBuild(),
+): { out: Graph; log: PassLog } {
+  const log = new PassLog();
+  const ctx = passContext(build, log);
+  return { out: typeof pass === "function" ? pass(g, ctx) : pass.run(g, ctx), log };
+}
+
+/** The node writing value `id`, if any. */
+export function writer(g: Graph, id: number | null): Node | undefined {
+  return g.nodes.find((n) => id !== null && n.outputs.includes(id));
 }
 
 /** Runs the named pipeline passes in pipeline order, recording each pass's log. */

@@ -15,10 +15,9 @@ import {
   HIDDEN,
   KV_HEADS,
   packedBlock,
-  runPass,
   TOKENS,
-  writer,
 } from "./hand-graphs.ts";
+import { runPass, writer } from "./helpers.ts";
 
 function run(o: AttnOptions = {}, edit: (b: AttnBlock) => void = () => {}) {
   const b = attentionBlock(o);
