@@ -7,7 +7,7 @@
 // small next to the decoder) and the embedding (a row gather, not a GEMM: nothing to gain).
 import type { BuildConfig } from "../src/engine/format.ts";
 import { addValue, cloneGraph } from "../src/ir/builder.ts";
-import type { Graph, Node, QuantReport, Value } from "../src/ir/types.ts";
+import type { DType, Graph, Node, QuantReport, Value } from "../src/ir/types.ts";
 import {
   type QuantScheme,
   randomInits,
@@ -92,7 +92,7 @@ export function quantizeWeights(g0: Graph, build: BuildConfig): Graph {
           `--group-size ${groupSize}: int4 values are packed in pairs, use an even group size`,
         );
     }
-    const { values, scales } = quantizedPair(g, w, scheme, groupSize, N, K);
+    const { values, scales } = quantizedPair(g, w, scheme, groupSize, N, K, w.dtype);
     n.op = "quant_linear";
     n.inputs = [n.inputs[0], values.id, scales.id, n.inputs[2] ?? null, n.inputs[3] ?? null];
     n.attrs = {
@@ -129,7 +129,7 @@ function quantizeExperts(
       throw new QuantError(
         `--group-size ${groupSize}: does not divide the input dim ${K} of ${w.name}${build.tp > 1 ? ` (per rank at --tp ${build.tp})` : ""}`,
       );
-    const pair = quantizedPair(g, w, scheme, groupSize, N, K);
+    const pair = quantizedPair(g, w, scheme, groupSize, N, K, computeDtype);
     n.inputs[k] = pair.values.id;
     scales.push(pair.scales.id);
   }
@@ -142,7 +142,11 @@ function quantizeExperts(
   };
 }
 
-/** The quantised weight and its scales: new values with adjacent ids, recipes from the same sources. */
+/**
+ * The quantised weight and its scales: new values with adjacent ids, recipes from the same sources.
+ * Weight-only scales of an f16 / bf16 compute dtype are rounded up to it (scale_dtype), so the GPU
+ * dequantises with an exact half-precision multiply (src/quant/weights.ts).
+ */
 function quantizedPair(
   g: Graph,
   w: Value,
@@ -150,11 +154,19 @@ function quantizedPair(
   groupSize: number | undefined,
   N: number,
   K: number,
+  computeDtype: DType,
 ) {
   const r = w.recipe as Extract<Value["recipe"], { kind: "checkpoint" }>;
-  const spec = { scheme, groupSize };
+  const scaleDtype =
+    scheme !== "fp8" && (computeDtype === "f16" || computeDtype === "bf16") ? computeDtype : undefined;
+  const spec = { scheme, groupSize, scaleDtype };
   const inits = randomInits(spec, r.init);
-  const q = { op: "quantize" as const, scheme, ...(groupSize ? { group_size: groupSize } : {}) };
+  const q = {
+    op: "quantize" as const,
+    scheme,
+    ...(groupSize ? { group_size: groupSize } : {}),
+    ...(scaleDtype ? { scale_dtype: scaleDtype } : {}),
+  };
   const values = addValue(g, {
     name: w.name,
     dtype: storedDtype(scheme),

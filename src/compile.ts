@@ -6,7 +6,7 @@ import { ConfigError } from "./checkpoint/errors.ts";
 import { configArchitecture, configTorchDtype } from "./checkpoint/hf-config.ts";
 import { modelFacts } from "./dsl/model.ts";
 import { Module } from "./dsl/module.ts";
-import { BuildConfig, ENGINE_DTYPES, type EngineConfig } from "./engine/format.ts";
+import { BuildConfig, ENGINE_DTYPES, type EngineConfig, valueDtypeOf } from "./engine/format.ts";
 import type { RankProgram } from "./engine/header.ts";
 import { checkOutputTarget } from "./engine/output-dir.ts";
 import { writeEngine } from "./engine/writer.ts";
@@ -172,7 +172,7 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
   const tokenizer = tokenizerForEngine(o, facts.vocabSize, o.log);
 
   // Build the graph. Weight dtype = engine dtype; quantisation passes change it later.
-  const weightDtype = build.dtype === "fp32" ? "f32" : build.dtype === "fp16" ? "f16" : "bf16";
+  const weightDtype = valueDtypeOf(build.dtype);
   const m = new Module(
     weightDtype,
     {

@@ -13,6 +13,11 @@ export const MIN_SM = 80;
 export const ENGINE_DTYPES = ["fp32", "fp16", "bf16"] as const;
 export type EngineDType = (typeof ENGINE_DTYPES)[number];
 
+/** The graph value dtype of an engine dtype (the weights' and activations' dtype before quantisation). */
+export function valueDtypeOf(d: EngineDType): "f32" | "f16" | "bf16" {
+  return d === "fp32" ? "f32" : d === "fp16" ? "f16" : "bf16";
+}
+
 const dim = z.union([
   z.number().int().nonnegative(),
   z.object({ sym: z.string(), max: z.number().int().positive() }),

@@ -13,8 +13,8 @@ import * as fs from "node:fs";
 import type { Checkpoint } from "../checkpoint/checkpoint.ts";
 import { fromFloat32 } from "../checkpoint/dtype.ts";
 import type { BuildConfig } from "../engine/format.ts";
+import { alignUp, valueDtypeOf } from "../engine/format.ts";
 import { isRandomStored, rankWeightSeed } from "../engine/header.ts";
-import { alignUp } from "../engine/format.ts";
 import { type Graph, numel, type Value } from "../ir/types.ts";
 import { roundToDtype } from "../ops/round.ts";
 import { materializeWeight, storageDtype } from "../weights/materialize.ts";
@@ -41,7 +41,7 @@ export interface OnnxRankOptions {
 /** Lowers one rank's graph; writes its weights to `dataPath`; returns the serialised ModelProto. */
 export function exportOnnxRank(o: OnnxRankOptions): Uint8Array {
   const g = o.graph;
-  const act = ELEM_OF[o.build.dtype === "fp32" ? "f32" : o.build.dtype === "fp16" ? "f16" : "bf16"];
+  const act = ELEM_OF[valueDtypeOf(o.build.dtype)];
   const b = new OnnxBuilder();
   const names = new Map<number, string>();
   const used = new Set<string>();

@@ -25,7 +25,7 @@ interface Raw {
 }
 
 export function specOf(tr: QuantizeTransform): QuantSpec {
-  return { scheme: tr.scheme, groupSize: tr.group_size };
+  return { scheme: tr.scheme, groupSize: tr.group_size, scaleDtype: tr.scale_dtype };
 }
 
 export function applyQuantize(t: Raw, tr: QuantizeTransform): Raw {

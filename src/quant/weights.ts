@@ -8,9 +8,13 @@
 //            even, the high nibble when odd; two's complement), group-wise s[n, k/G] = amax(group) / 7
 //            (f32 [N, K/G]); q = clamp(rne(w / s), -8, 7).
 // A zero amax gives scale 1. Weight-only kernels dequantise w = fp32(q · s) rounded to the activation
-// dtype (RNE) and run the GEMM in that dtype with fp32 accumulation.
+// dtype (RNE) and run the GEMM in that dtype with fp32 accumulation. With an f16 / bf16 activation dtype
+// (spec.scaleDtype, set by the quantize pass) the weight-only scales are rounded UP to the smallest value
+// of that dtype >= fround(amax / qmax) (the f32 value if none is finite), so the GPU can dequantise with
+// an exact half-precision multiply and |w / s| <= qmax still holds; fp8 scales stay f32 (they multiply
+// the fp32 accumulator).
 import type { DType } from "../ir/types.ts";
-import { roundToDtype } from "../ops/round.ts";
+import { roundToDtype, roundUpToDtype } from "../ops/round.ts";
 import type { WeightInit } from "../weights/recipe.ts";
 import { E4M3_MAX, e4m3ToF32, encodeE4m3, f32BitsToE4m3, roundE4m3 } from "./fp8.ts";
 
@@ -21,6 +25,8 @@ export interface QuantSpec {
   scheme: QuantScheme;
   /** int4-wo only. */
   groupSize?: number;
+  /** int8-wo / int4-wo: the activation dtype the scales are rounded up to (f32 scales without). */
+  scaleDtype?: "f16" | "bf16";
 }
 
 const RNE_MAGIC = 6755399441055744; // 1.5·2^52: adding and subtracting it rounds a double to an integer, ties to even
@@ -55,18 +61,33 @@ function span(spec: QuantSpec, k: number): number {
   return spec.scheme === "int4-wo" ? groupOf(spec) : k;
 }
 
+/** The dtype the scales are rounded up to, if any; fp8 refuses one. */
+function scaleDtypeOf(spec: QuantSpec): "f16" | "bf16" | undefined {
+  if (spec.scaleDtype && spec.scheme === "fp8")
+    throw new Error(`fp8 scales stay f32 (they multiply the fp32 accumulator), not ${spec.scaleDtype}`);
+  return spec.scaleDtype;
+}
+
+/** A scale as stored: s itself without `dtype`, else rounded up to it (fround(s) where that overflows). */
+function storedScale(s: number, dtype: "f16" | "bf16" | undefined): number {
+  if (!dtype) return s;
+  const up = roundUpToDtype(s, dtype);
+  return Number.isFinite(up) ? up : Math.fround(s);
+}
+
 /** The scales of a [N, K] weight (f32). */
 export function computeScales(w: Float32Array, n: number, k: number, spec: QuantSpec): Float32Array {
   const g = span(spec, k);
   const perRow = k / g;
   const out = new Float32Array(n * perRow);
   const qmax = QMAX[spec.scheme];
+  const dtype = scaleDtypeOf(spec);
   for (let r = 0; r < n; r++)
     for (let j = 0; j < perRow; j++) {
       let amax = 0;
       const o = r * k + j * g;
       for (let i = 0; i < g; i++) amax = Math.max(amax, Math.abs(w[o + i]));
-      out[r * perRow + j] = amax > 0 ? Math.fround(amax / qmax) : 1;
+      out[r * perRow + j] = amax > 0 ? storedScale(Math.fround(amax / qmax), dtype) : 1;
     }
   return out;
 }
@@ -178,7 +199,7 @@ export function roundStored(data: Float32Array, dtype: DType): void {
 /**
  * Random-weight distributions in the quantised layout, matching what quantising the fp32 distribution
  * `init` (uniform, mean 0, half-width a) would give: stored values spread over the code range and a
- * constant scale a/qmax.
+ * constant scale a/qmax, stored as computeScales stores it (rounded up to spec.scaleDtype).
  */
 export function randomInits(spec: QuantSpec, init: WeightInit): { weight: WeightInit; scales: WeightInit } {
   const qmax = QMAX[spec.scheme];
@@ -186,5 +207,6 @@ export function randomInits(spec: QuantSpec, init: WeightInit): { weight: Weight
     spec.scheme === "int4-wo"
       ? { mean: 127.5, scale: 128 } // bytes 0..255: both nibbles uniform over -8..7
       : { mean: 0, scale: qmax };
-  return { weight, scales: { mean: init.scale > 0 ? init.scale / qmax : 1, scale: 0 } };
+  const mean = init.scale > 0 ? storedScale(init.scale / qmax, scaleDtypeOf(spec)) : 1;
+  return { weight, scales: { mean, scale: 0 } };
 }

@@ -18,6 +18,8 @@ export type Transform =
       op: "quantize";
       scheme: "fp8" | "int8-wo" | "int4-wo";
       group_size?: number;
+      /** int8-wo / int4-wo in an f16 / bf16 graph: scales rounded up to that dtype (src/quant/weights.ts). */
+      scale_dtype?: "f16" | "bf16";
       output: "values" | "scales";
     };
 

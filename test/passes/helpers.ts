@@ -7,7 +7,7 @@ import { PASSES, PassLog, passContext } from "../../passes/index.ts";
 import type { Pass } from "../../passes/pass.ts";
 import { type Checkpoint, openCheckpoint } from "../../src/checkpoint/checkpoint.ts";
 import { Module } from "../../src/dsl/module.ts";
-import { BuildConfig } from "../../src/engine/format.ts";
+import { BuildConfig, valueDtypeOf } from "../../src/engine/format.ts";
 import { ReferenceExecutor } from "../../src/executor/reference.ts";
 import { type Golden, readGolden } from "../../src/golden.ts";
 import type { Graph, Node } from "../../src/ir/types.ts";
@@ -42,7 +42,7 @@ export function testBuild(extra: Partial<BuildConfig> = {}): BuildConfig {
   });
 }
 
-/** Builds a model file's graph for a checkpoint directory (fp32, small limits). */
+/** Builds a model file's graph for a checkpoint directory (in the build's dtype, fp32 by default; small limits). */
 export async function graphOf(
   modelFile: string,
   dir: string,
@@ -53,7 +53,7 @@ export async function graphOf(
   const json = { ...JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8")), ...patch };
   const cfg = model.parseConfig(json, dir);
   const m = new Module(
-    "f32",
+    valueDtypeOf(build.dtype),
     { maxBatchSize: build.max_batch_size, maxSeqLen: build.max_seq_len, maxNumTokens: build.max_num_tokens },
     0.02,
     String(json.torch_dtype ?? json.dtype ?? "float32"),

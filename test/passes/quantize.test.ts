@@ -10,7 +10,8 @@ import { checkQuantLegality, quantizeWeights } from "../../passes/quantize-weigh
 import { shardForTp } from "../../passes/tensor-parallel.ts";
 import type { BuildConfig } from "../../src/engine/format.ts";
 import type { Graph } from "../../src/ir/types.ts";
-import { FIXTURES, REPO } from "../fixtures.ts";
+import { roundToDtype } from "../../src/ops/round.ts";
+import { FIXTURES, LLAMA_MODEL, REPO, TINY_LLAMA } from "../fixtures.ts";
 import { fixture, graphOf, passesBefore, runPasses, testBuild } from "./helpers.ts";
 
 const LINEARS = ["self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"];
@@ -174,6 +175,59 @@ describe("quantize-weights", () => {
     expect(values.kind === "checkpoint" && values.init).toEqual({ mean: 127.5, scale: 128 });
     expect(scales.kind === "checkpoint" && scales.init.scale).toBe(0);
     expect(scales.kind === "checkpoint" && scales.init.mean).toBeCloseTo(std / 7, 15);
+  });
+
+  it("weight-only scales of an f16 / bf16 build are rounded up to it (scale_dtype, random scale's mean); fp8 and fp32 builds keep f32 scales", async () => {
+    const mant = { f16: 10, bf16: 7 };
+    const [MIXTRAL_MODEL, TINY_MIXTRAL] = [
+      path.join(REPO, "models/mixtral.ts"),
+      path.join(FIXTURES, "tiny-mixtral"),
+    ];
+    for (const [model, dir, dtype, quant, want] of [
+      [LLAMA_MODEL, TINY_LLAMA, "fp16", "int8-wo", "f16"],
+      [LLAMA_MODEL, TINY_LLAMA, "bf16", "int4-wo", "bf16"],
+      [LLAMA_MODEL, TINY_LLAMA, "fp16", "fp8", undefined],
+      [LLAMA_MODEL, TINY_LLAMA, "fp32", "int4-wo", undefined],
+      [MIXTRAL_MODEL, TINY_MIXTRAL, "bf16", "int8-wo", "bf16"],
+    ] as const) {
+      const build = testBuild({ dtype, quant, group_size: 32 });
+      const g0 = await graphOf(model, dir, build);
+      const g = quantizeWeights(runPasses(g0, passesBefore("quantize-weights"), build).graph, build);
+      const pairs = g.nodes.flatMap((n) =>
+        n.op === "quant_linear"
+          ? [[n.inputs[1], n.inputs[2]]]
+          : n.op === "moe"
+            ? [2, 3, 4].map((k) => [n.inputs[k], n.inputs[k + 3]])
+            : [],
+      );
+      expect(pairs.length).toBe(model === LLAMA_MODEL ? 8 : 10);
+      for (const [vid, sid] of pairs) {
+        const [values, scales] = [vid, sid].map((id) => g.values.get(id!)!);
+        expect(values.dtype).toBe({ "int8-wo": "i8", "int4-wo": "u8", fp8: "fp8e4m3" }[quant]);
+        for (const v of [values, scales]) {
+          const last = (v.recipe as Extract<typeof v.recipe, { kind: "checkpoint" }>).transforms.at(-1)!;
+          expect(last).toEqual({
+            op: "quantize",
+            scheme: quant,
+            ...(quant === "int4-wo" ? { group_size: 32 } : {}),
+            ...(want ? { scale_dtype: want } : {}),
+            output: v === values ? "values" : "scales",
+          });
+          expect("scale_dtype" in last).toBe(want !== undefined); // absent, not undefined
+        }
+        const r = scales.recipe as Extract<typeof scales.recipe, { kind: "checkpoint" }>;
+        const qmax = { "int8-wo": 127, "int4-wo": 7, fp8: 448 }[quant];
+        const s32 = Math.fround(0.034641016151377546 / qmax); // the model's init a = 0.02·√3, over qmax
+        if (!want) expect(r.init.mean).toBe(0.034641016151377546 / qmax);
+        else {
+          const a = Float32Array.of(r.init.mean);
+          roundToDtype(a, want);
+          expect(a[0]).toBe(r.init.mean); // representable
+          expect(r.init.mean).toBeGreaterThan(s32); // rounded up (s32 itself is not representable here)
+          expect(r.init.mean - s32).toBeLessThan(s32 * 2 ** -mant[want]); // by less than one step
+        }
+      }
+    }
   });
 
   it("quant none returns the graph itself", async () => {

@@ -2,7 +2,7 @@
 import { describe, expect, it } from "vitest";
 import { activationFn } from "../../src/ops/activation-math.ts";
 import { getOp, HostTensor } from "../../src/ops/index.ts";
-import { roundToTorchDtype } from "../../src/ops/round.ts";
+import { roundToDtype, roundToTorchDtype, roundUpToDtype } from "../../src/ops/round.ts";
 import { e4m3ToF32, f32ToE4m3, quantizeRowsE4m3 } from "../../src/quant/fp8.ts";
 import {
   computeScales,
@@ -216,6 +216,135 @@ describe("quantised layouts", () => {
       scales: { mean: 0.7 / 7, scale: 0 },
     });
     expect(randomInits({ scheme: "int8-wo" }, { mean: 0, scale: 0 }).scales).toEqual({ mean: 1, scale: 0 });
+  });
+});
+
+/**
+ * Every finite value of f16 / bf16, ascending, from the formats' definitions (sign, exponent bias 15 / 127,
+ * 10 / 7 mantissa bits, subnormals at the lowest exponent): an oracle independent of src/ops/round.ts.
+ */
+function allValues(dtype: "f16" | "bf16"): number[] {
+  const [mant, bias, maxExp] = dtype === "f16" ? [10, 15, 30] : [7, 127, 254];
+  const pos: number[] = [];
+  for (let e = 0; e <= maxExp; e++)
+    for (let m = 0; m < 2 ** mant; m++)
+      pos.push(e === 0 ? m * 2 ** (1 - bias - mant) : (1 + m / 2 ** mant) * 2 ** (e - bias));
+  return [
+    ...pos
+      .slice(1)
+      .map((v) => -v)
+      .reverse(),
+    ...pos,
+  ];
+}
+
+/** Index of the smallest value of `sorted` >= x (sorted.length when none). */
+function firstAtLeast(sorted: number[], x: number): number {
+  let [lo, hi] = [0, sorted.length];
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (sorted[mid] >= x) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
+}
+
+describe("weight-only scales rounded up to the activation dtype", () => {
+  const tables = { f16: allValues("f16"), bf16: allValues("bf16") };
+  const representable = (v: number, dtype: "f16" | "bf16") => {
+    const a = Float32Array.of(v);
+    roundToDtype(a, dtype);
+    return a[0] === v;
+  };
+  // Rows of one magnitude each, from 1e-12 (below f16's subnormals once divided by qmax) to 1e8 (past
+  // f16's 65504 once divided by 127), each with its own random mantissas.
+  const R = 48;
+  const KK = 64;
+  const ws = randomFill(R * KK, 21, 0, 1);
+  for (let r = 0; r < R; r++)
+    for (let i = 0; i < KK; i++)
+      ws[r * KK + i] = Math.fround(ws[r * KK + i] * 10 ** (-12 + r * (20 / (R - 1))));
+
+  it("roundUpToDtype is the smallest value of the dtype >= fround(x), for either sign, ±0 and beyond the range", () => {
+    // Magnitudes 1e-45 .. 1e37 (fp32's range), both signs.
+    const xs = [...randomFill(2000, 3, 0, 1)].map((u, i) => u * 10 ** ((i % 83) - 45));
+    xs.push(0, -0, 1e-30, -1e-30, 65504, 65505, 65520, 1e5, -1e5, 2 ** -24, 2 ** -25, 3.3e38, 3.4e38);
+    for (const dtype of ["f16", "bf16"] as const) {
+      const t = tables[dtype];
+      for (const x of xs) {
+        const f = Math.fround(x);
+        const i = firstAtLeast(t, f);
+        const want = i < t.length ? t[i] : Infinity;
+        expect(
+          roundUpToDtype(x, dtype) === want,
+          `${dtype} ${x}: ${roundUpToDtype(x, dtype)} vs ${want}`,
+        ).toBe(true);
+      }
+      expect(roundUpToDtype(Number.NaN, dtype)).toBeNaN();
+    }
+  });
+
+  for (const [scheme, qmax, groupSize] of [
+    ["int8-wo", 127, undefined],
+    ["int4-wo", 7, 16],
+  ] as const)
+    for (const dtype of ["f16", "bf16"] as const)
+      it(`${scheme} ${dtype}: each scale is the smallest ${dtype} >= fround(amax/${qmax}) (fp32 where none is finite); codes need no clamping`, () => {
+        const spec: QuantSpec = { scheme, groupSize, scaleDtype: dtype };
+        const G = groupSize ?? KK;
+        const s = computeScales(ws, R, KK, spec);
+        const t = tables[dtype];
+        let [rounded, overflow] = [0, 0];
+        for (let r = 0; r < R; r++)
+          for (let g = 0; g < KK / G; g++) {
+            const amax = Math.max(...Array.from(ws.subarray(r * KK + g * G, r * KK + (g + 1) * G), Math.abs));
+            const s32 = Math.fround(amax / qmax);
+            const v = s[r * (KK / G) + g];
+            const i = firstAtLeast(t, s32);
+            if (i === t.length) {
+              expect(v).toBe(s32); // overflow: the f32 scale
+              overflow++;
+              continue;
+            }
+            expect(representable(v, dtype)).toBe(true);
+            expect(v).toBeGreaterThanOrEqual(s32);
+            expect(t[i - 1]).toBeLessThan(s32); // the previous representable value would be too small
+            expect(v).toBe(t[i]);
+            if (v !== s32) rounded++;
+          }
+        expect(rounded).toBeGreaterThan(0);
+        if (dtype === "f16") expect(overflow).toBeGreaterThan(0);
+        // Every quotient fround(w/s) is within ±qmax (up to fp32 rounding of amax/qmax and of the quotient:
+        // s >= fround(amax/qmax)), so its rne is a code of the range and none is clamped.
+        const q = unpackValues(quantizeValues(ws, R, KK, spec), spec);
+        for (let i = 0; i < ws.length; i++) {
+          const sc = s[Math.floor(i / KK) * (KK / G) + Math.floor((i % KK) / G)];
+          const y = Math.fround(ws[i] / sc);
+          expect(Math.abs(y)).toBeLessThanOrEqual(qmax * (1 + 2 ** -22));
+          expect(q[i]).toBe(rne(y) + 0);
+          expect(Math.abs(q[i])).toBeLessThanOrEqual(qmax);
+        }
+      });
+
+  it("random-weight scales: the constant a/qmax rounded up the same way; fp8 refuses a scale dtype", () => {
+    const init = { mean: 0, scale: 0.7 };
+    for (const dtype of ["f16", "bf16"] as const)
+      for (const [scheme, qmax] of [
+        ["int8-wo", 127],
+        ["int4-wo", 7],
+      ] as const) {
+        const t = tables[dtype];
+        const { mean, scale } = randomInits({ scheme, groupSize: 32, scaleDtype: dtype }, init).scales;
+        expect([mean, scale]).toEqual([t[firstAtLeast(t, Math.fround(0.7 / qmax))], 0]);
+        expect(representable(mean, dtype)).toBe(true);
+        expect(mean).not.toBe(0.7 / qmax);
+      }
+    expect(() => randomInits({ scheme: "fp8", scaleDtype: "f16" }, init)).toThrow(
+      "fp8 scales stay f32 (they multiply the fp32 accumulator), not f16",
+    );
+    expect(() => computeScales(w, N, K, { scheme: "fp8", scaleDtype: "bf16" })).toThrow(
+      "fp8 scales stay f32 (they multiply the fp32 accumulator), not bf16",
+    );
   });
 });
 
