@@ -66,13 +66,15 @@ inline float deq(QuantKind k, const std::vector<uint8_t>& w, const std::vector<f
 }
 
 // Random quantised weights [N, K] (bytes; no NaN codes for fp8) and scales in [0.001, 0.02] (per row, or per group
-// of `group` for int4), on the host and the device.
+// of `group` for int4), on the host and the device. tscale (int kinds): 1 rounds every scale to the activation dtype
+// dt (what the compiler writes now: the tensor-core variants' HMUL2 path), 2 all but every 7th (those take the
+// exact per-weight path inside the same warp), 0 leaves them as drawn (older engines: the exact path everywhere).
 struct QuantWeights {
   std::vector<uint8_t> w;
   std::vector<float> sc;
   uint8_t* dw = nullptr;
   float* dsc = nullptr;
-  QuantWeights(Rng& rng, QuantKind kind, int N, int K, int group)
+  QuantWeights(Rng& rng, QuantKind kind, int N, int K, int group, int tscale = 0, DType dt = DType::F32)
       : w(kind == QuantKind::Int4 ? size_t(N) * K / 2 : size_t(N) * K),
         sc(kind == QuantKind::Int4 ? N * (K / group) : N) {
     for (auto& b : w) {
@@ -80,6 +82,8 @@ struct QuantWeights {
       if (kind == QuantKind::Fp8 && (b & 0x7f) == 0x7f) b ^= 1;  // no NaN codes
     }
     for (auto& s : sc) s = rng.uniform(0.001f, 0.02f);
+    for (size_t i = 0; i < sc.size(); i++)
+      if (tscale == 1 || (tscale == 2 && i % 7)) sc[i] = round_to(sc[i], dt);
     CK(cudaMalloc(&dw, w.size()));
     CK(cudaMalloc(&dsc, sc.size() * 4));
     CK(cudaMemcpy(dw, w.data(), w.size(), cudaMemcpyHostToDevice));
@@ -98,6 +102,7 @@ struct LinCase {
   int M, N, K, group;
   bool bias, res;
   Act act;
+  int tscale = 0;  // QuantWeights' tscale
 };
 
 void test_quant_gemv(Rng& rng, const LinCase& c, DType dt) {
@@ -108,7 +113,7 @@ void test_quant_gemv(Rng& rng, const LinCase& c, DType dt) {
     for (int k = 0; k < K; k++) x.set(size_t(1) * K + k, 0.f);  // a zero row: scale 1 (fp8)
   bias.fill(rng, -0.5f, 0.5f);
   res.fill(rng, -1.f, 1.f);
-  const QuantWeights qw(rng, c.kind, N, K, c.group);
+  const QuantWeights qw(rng, c.kind, N, K, c.group, c.tscale, dt);
   const auto& [w, sc, dw, dsc] = qw;
   x.up(), bias.up(), res.up();
 
@@ -150,13 +155,14 @@ void test_quant_gemv(Rng& rng, const LinCase& c, DType dt) {
       for (size_t i = 0; i < ref.size(); i++)
         e.add(out.get(i), ref[i], 1e-5 * mag[i] + 1e-6, rtol_of(dt) * 1.01);
       char name[160];
-      std::snprintf(name, sizeof name, "quant_gemv %s %s M=%d N=%d K=%d g=%d v%d%s%s%s%s", quant_kind_name(c.kind),
-                    dname(dt), M, N, K, c.group, variant, c.bias ? " bias" : "", c.res ? " res" : "",
+      std::snprintf(name, sizeof name, "quant_gemv %s %s M=%d N=%d K=%d g=%d v%d%s%s%s%s%s", quant_kind_name(c.kind),
+                    dname(dt), M, N, K, c.group, variant, c.tscale == 1 ? " scales in T" : c.tscale == 2 ? " scales mixed" : "",
+                    c.bias ? " bias" : "", c.res ? " res" : "",
                     alias ? "(aliased)" : "", c.act == Act::None ? "" : (std::string(" ") + act_name(c.act)).c_str());
       report(e.ok(), name, e.max_abs, e.str() + e.firsts());
     }
   }
-  // A variant beyond the kind's (int8 / int4 have 0-2) is refused, never run.
+  // A variant beyond the kind's (int8 / int4 have 0-6) is refused, never run.
   if (c.kind != QuantKind::Fp8)
     report(quant_gemv(quant_gemv_variants(c.kind), c.kind, x.d, dw, dsc, c.group, nullptr, nullptr, out.d, M, N, K,
                       c.act, dt, true, 0) == cudaErrorInvalidValue,
@@ -455,6 +461,14 @@ static void test_quant(Rng& rng) {
       {QuantKind::Int4, 1, 300, 4096, 128, false, false, Act::None},
       {QuantKind::Int4, 2, 77, 352, 32, true, true, Act::Silu},
       {QuantKind::Int4, 4, 65, 512, 128, false, true, Act::None},
+      // Scales representable in T (the tensor-core variants' fast path), and mixed with ones that are not.
+      {QuantKind::Int8, 1, 300, 4096, 0, false, false, Act::None, 1},
+      {QuantKind::Int8, 3, 77, 352, 0, true, true, Act::Silu, 2},
+      {QuantKind::Int8, 2, 129, 11008, 0, false, true, Act::None, 1},
+      {QuantKind::Int4, 1, 300, 4096, 128, false, false, Act::None, 1},
+      {QuantKind::Int4, 1, 4096, 11008, 128, false, true, Act::None, 1},  // Llama-2-7B's down_proj
+      {QuantKind::Int4, 2, 77, 352, 32, true, true, Act::GeluTanh, 2},
+      {QuantKind::Int4, 4, 65, 512, 64, false, true, Act::None, 1},
   };
   for (DType dt : {DType::F16, DType::BF16})
     for (const auto& c : cases) qt::test_quant_gemv(rng, c, dt);

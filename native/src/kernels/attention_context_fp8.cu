@@ -50,13 +50,6 @@ __device__ __forceinline__ int v_slot_key(int kp) {
   return (kp & 16) | ((kp >> 1) & 1) << 3 | ((kp >> 2) & 3) << 1 | (kp & 1);
 }
 
-// D += A(16x32, row) * B(32x8, col), E4M3 in, fp32 accumulators.
-__device__ __forceinline__ void mma_e4m3_16832(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 // The 4 x 4 bytes x[key][dim] -> out[dim][key] (32-bit words, byte i = element i).
 __device__ __forceinline__ void transpose4x4(const uint32_t (&x)[4], uint32_t (&out)[4]) {

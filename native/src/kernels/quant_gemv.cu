@@ -117,10 +117,10 @@ const char* quant_gemv_unsupported(QuantKind kind, int M, int K, int group, cons
   return nullptr;
 }
 
-int quant_gemv_variants(QuantKind kind) { return kind == QuantKind::Fp8 ? kQuantGemvVariants : 3; }
+int quant_gemv_variants(QuantKind kind) { return kind == QuantKind::Fp8 ? kQuantGemvVariants : kIntGemvVariants; }
 
 bool quant_gemv_has_prologue(QuantKind kind, int variant) {
-  return variant >= 0 && variant < quant_gemv_variants(kind) && (kind != QuantKind::Fp8 || variant >= 3);
+  return variant >= 0 && variant < quant_gemv_variants(kind) && (kind == QuantKind::Fp8 ? variant >= 3 : variant < 3);
 }
 
 cudaError_t quant_gemv(int variant, QuantKind kind, const void* x, const void* w, const float* scales, int group,
