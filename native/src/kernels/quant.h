@@ -5,7 +5,10 @@
 //            acc = Σ q_x·q_w (fp32); y = acc · fp32(s_x[m]·sw[n]); then + bias, activation, + residual, one rounding.
 //   int8-wo  int8 [N,K], per-channel scales [N]; int4-wo: packed pairs [N,K/2] (element k in the low nibble of byte
 //            k/2 when k is even), group-wise scales [N, K/G]. Dequantised w = T(fp32(q·s)) (RNE to the activation
-//            dtype T), then x·wᵀ in fp32 (+ bias, activation, + residual).
+//            dtype T), then x·wᵀ in fp32 (+ bias, activation, + residual). Engines built from now on hold scales
+//            exactly representable in T (rounded up at build time, src/quant/weights.ts; one past T's largest
+//            finite value stays f32), so T(fp32(q·s)) is one half-precision multiply; older engines' f32 scales
+//            stay valid (the GPU kernel falls back to an exact per-chunk path for them).
 // quant_gemv.cu, quant_gemv_fp8.cu: the decode kernels (M <= kQuantGemvMaxM) read the quantised weights directly.
 // quant_convert.cu: per-token FP8 quantisation, the FP8 GEMM's scale epilogue, weight dequantisation (context GEMMs).
 #pragma once
