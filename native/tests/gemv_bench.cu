@@ -134,7 +134,7 @@ int main(int argc, char** argv) {
       }
       std::printf("\n%s %s N=%d K=%d (%.1f MB incl. scales)\n", kn, sh.name, sh.N, sh.K, bytes / 1e6);
       // "old" variants 0-2, "new" the rest: fp8 the first design vs 3-7; int8 / int4 the CUDA-core kernel vs the
-      // tensor-core one (3-6).
+      // tensor-core one (3-4).
       for (int pro = 0; pro < 2; pro++) {
         if (pro && sh.K != 4096) continue;  // the rms_norm prologue feeds qkv / gate_up (K = hidden)
         GemvPrologue gp;

@@ -1,9 +1,21 @@
-// mma.sync wrappers shared by the attention kernels and the tensor-core decode gemvs (quant_gemv_mma.cuh).
+// mma.sync and cp.async wrappers shared by the attention kernels and the tensor-core decode gemvs
+// (quant_gemv_mma.cuh).
 #pragma once
 #include "common.cuh"
 
 namespace tsllm {
 namespace kd {
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
+  const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+  const int sz = pred ? 16 : 0;  // 0: no global read, the 16 bytes are zero-filled
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(sz));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
 
 // D += A(16x16, row) * B(16x8, col), fp32 accumulators.
 template <typename T>

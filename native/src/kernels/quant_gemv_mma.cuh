@@ -1,4 +1,4 @@
-// Tensor-core decode gemv over int8 / int4 weight-only weights (quant_gemv variants 3-6 of those kinds; 0-2 are
+// Tensor-core decode gemv over int8 / int4 weight-only weights (quant_gemv variants 3-4 of those kinds; 0-2 are
 // quant_gemv_int.cuh's CUDA-core kernel). Why: the CUDA-core kernel spends ~6 instructions per int4 weight (extract,
 // I2F, FMUL, round to T, widen, FFMA) and runs at 0.6-1.4 TB/s on the H200, issue-bound; here a weight costs about
 // two half-precision instructions and the multiply-add goes to the tensor cores.
@@ -19,8 +19,15 @@
 // the order the dequantisation produces them, and x is loaded (from L1 / L2, lanes g < M) and permuted to match:
 // int4 pairs nibbles (i, i + 4) of a 32-bit word, int8 pairs neighbours.
 // A block of WARPS warps owns TILES tiles of 8 output rows and splits K between its warps (chunk c of a row:
-// iteration i, warp w, lane t -> c = (i · WARPS + w) · 4 + t), UN iterations of loads in flight per lane, the first
-// issued before griddepcontrol.wait (PDL: weights are never written).
+// iteration i, warp w, lane t -> c = (i · WARPS + w) · 4 + t), S iterations of loads in flight per lane through a
+// per-warp cp.async ring in shared memory, the first issued before griddepcontrol.wait (PDL: weights are never
+// written). A register pipeline (UN chunks held per lane, as the CUDA-core kernels do) measured 1.35-1.58 TB/s for
+// int4 on the H200 (gemv_bench, session 6 run 1): too few bytes in flight at the occupancy its registers allow.
+// Measured (H200, session 6 run 4, gemv_bench GB/s of weight bytes, M = 1, Llama-2-7B shapes, best CUDA-core variant
+// -> best of these): int4 g128 qkv 1324 -> 1665, o_proj 903 -> 1426, gate_up 1471 -> 1947, down 1027 -> 1842; int8
+// qkv 2745 -> 2999, o_proj 1740 -> 2026, gate_up 3058 -> 3255, down 2073 -> 2432. In the engine (the load-time tuner
+// picks per shape): Llama-2-7B int4-wo g128 bs-1 TPOT 2.52 ms against 3.19 ms with variant 0 forced (+25 %); int8
+// within noise (2.91-2.95 ms either way: the tuner keeps variants 0-1 for int8).
 #pragma once
 #include "gemv_stream.cuh"
 #include "mma.cuh"
@@ -36,25 +43,31 @@ __device__ __forceinline__ uint32_t lop3_and_xor(uint32_t a, uint32_t b, uint32_
   return d;
 }
 
+// Per activation dtype: the magic-number constants as raw bits (a half-precision constant built with __float2half
+// is a conversion instruction at run time; conversions are the slow pipe this kernel avoids).
 template <typename T>
 struct Half2Of;
 template <>
 struct Half2Of<half> {
   using V = half2;
   static constexpr uint32_t kMagic4 = 0x64006400u;  // 1024 in both halves: 1024 + n for a nibble n in the mantissa
+  static constexpr uint32_t kBias4 = 0x64086408u;   // 1032 = 1024 + 8 (the nibble holds q + 8)
   static constexpr uint32_t kMagic8 = 0x64646464u;  // byte 0x64 above a code byte b: 1024 + b
+  static constexpr uint32_t kBias8 = 0x64806480u;   // 1152 = 1024 + 128 (the byte holds q + 128)
 };
 template <>
 struct Half2Of<bf16> {
   using V = __nv_bfloat162;
   static constexpr uint32_t kMagic4 = 0x43004300u;  // 128 + n
+  static constexpr uint32_t kBias4 = 0x43084308u;   // 136
   static constexpr uint32_t kMagic8 = 0;            // (unused: bf16 int8 goes through fp32)
+  static constexpr uint32_t kBias8 = 0;
 };
 
 template <typename T>
-__device__ __forceinline__ uint32_t h2_sub(uint32_t a, float b) {
+__device__ __forceinline__ uint32_t h2_sub(uint32_t a, uint32_t b) {
   using V = typename Half2Of<T>::V;
-  const V r = __hsub2(*reinterpret_cast<const V*>(&a), V{from_f<T>(b), from_f<T>(b)});
+  const V r = __hsub2(*reinterpret_cast<const V*>(&a), *reinterpret_cast<const V*>(&b));
   return *reinterpret_cast<const uint32_t*>(&r);
 }
 template <typename T>
@@ -64,50 +77,64 @@ __device__ __forceinline__ uint32_t h2_mul(uint32_t a, uint32_t s2) {
   return *reinterpret_cast<const uint32_t*>(&r);
 }
 
-// The B registers of one 32-bit word of a chunk: int4 — 8 nibbles e0..e7 -> 4 pairs (e0,e4), (e1,e5), (e2,e6),
-// (e3,e7); int8 — 4 bytes -> 2 pairs (b0,b1), (b2,b3); each value T(q · s). s2: s as a T pair (exact: fast path);
-// exact == false: s is not representable in T, so each weight is rounded from fp32(q · s) (the reference's words).
+// The B registers of a 16-byte chunk, per 32-bit word wd: int4 — 8 nibbles e0..e7 -> p[wd][0..3] = (e0,e4),
+// (e1,e5), (e2,e6), (e3,e7); int8 — 4 bytes -> p[wd][0..1] = (b0,b1), (b2,b3); each value T(q · s). s2: s in T as a
+// pair (exact: the fast path); exact == false (s not representable in T): each weight rounded from fp32(q · s), the
+// reference's words. The branch is per chunk so the fast path stays free of the slow one's conversions.
 template <typename T, bool INT4>
-__device__ __forceinline__ void dequant_word(uint32_t u, uint32_t s2, float s, bool exact, uint32_t (&p)[INT4 ? 4 : 2]) {
+__device__ __forceinline__ void dequant_chunk(const uint4& raw, uint32_t s2, float s, bool exact,
+                                              uint32_t (&p)[4][INT4 ? 4 : 2]) {
+  const uint32_t* pw = &raw.x;
   if (exact) {
-    if constexpr (INT4) {
-      constexpr uint32_t c = Half2Of<T>::kMagic4 | 0x00080008u;  // magic | the sign bit flip (q + 8 in the nibble)
-      constexpr float bias = Half2Of<T>::kMagic4 == 0x64006400u ? 1032.f : 136.f;
 #pragma unroll
-      for (int i = 0; i < 4; i++) p[i] = h2_mul<T>(h2_sub<T>(lop3_and_xor(u >> (4 * i), 0x000F000Fu, c), bias), s2);
-    } else if constexpr (sizeof(T) == 2 && Half2Of<T>::kMagic8 != 0) {  // fp16: 1024 + (q + 128)
-      const uint32_t v = u ^ 0x80808080u;
-      p[0] = h2_mul<T>(h2_sub<T>(__byte_perm(v, Half2Of<T>::kMagic8, 0x4140), 1152.f), s2);
-      p[1] = h2_mul<T>(h2_sub<T>(__byte_perm(v, Half2Of<T>::kMagic8, 0x4342), 1152.f), s2);
-    } else {  // bf16 int8: 2^23 + (q + 128) as fp32, minus the bias (exact), packed (exact), times s
-      const uint32_t v = u ^ 0x80808080u;
-      float f[4];
+    for (int wd = 0; wd < 4; wd++) {
+      const uint32_t u = pw[wd];
+      if constexpr (INT4) {
+        constexpr uint32_t c = Half2Of<T>::kMagic4 | 0x00080008u;  // magic | the sign bit flip (q + 8 in the nibble)
 #pragma unroll
-      for (int i = 0; i < 4; i++) f[i] = __int_as_float(__byte_perm(v, 0x4B000000u, 0x7540 + i)) - 8388736.f;
-      p[0] = h2_mul<T>(pack2<T>(f[0], f[1]), s2);
-      p[1] = h2_mul<T>(pack2<T>(f[2], f[3]), s2);
+        for (int i = 0; i < 4; i++)
+          p[wd][i] = h2_mul<T>(h2_sub<T>(lop3_and_xor(u >> (4 * i), 0x000F000Fu, c), Half2Of<T>::kBias4), s2);
+      } else if constexpr (Half2Of<T>::kMagic8 != 0) {  // fp16: 1024 + (q + 128)
+        const uint32_t v = u ^ 0x80808080u;
+        p[wd][0] = h2_mul<T>(h2_sub<T>(__byte_perm(v, Half2Of<T>::kMagic8, 0x4140), Half2Of<T>::kBias8), s2);
+        p[wd][1] = h2_mul<T>(h2_sub<T>(__byte_perm(v, Half2Of<T>::kMagic8, 0x4342), Half2Of<T>::kBias8), s2);
+      } else {  // bf16 int8: 2^23 + (q + 128) as fp32, minus the bias (exact), packed (exact), times s
+        const uint32_t v = u ^ 0x80808080u;
+        float f[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) f[i] = __int_as_float(__byte_perm(v, 0x4B000000u, 0x7540 + i)) - 8388736.f;
+        p[wd][0] = h2_mul<T>(pack2<T>(f[0], f[1]), s2);
+        p[wd][1] = h2_mul<T>(pack2<T>(f[2], f[3]), s2);
+      }
     }
   } else {
-    if constexpr (INT4) {
 #pragma unroll
-      for (int i = 0; i < 4; i++) {
-        const float a = float(int(u << (28 - 4 * i)) >> 28), b = float(int(u << (12 - 4 * i)) >> 28);
-        p[i] = pack2<T>(__fmul_rn(a, s), __fmul_rn(b, s));
+    for (int wd = 0; wd < 4; wd++) {
+      const uint32_t u = pw[wd];
+      if constexpr (INT4) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+          const float a = float(int(u << (28 - 4 * i)) >> 28), b = float(int(u << (12 - 4 * i)) >> 28);
+          p[wd][i] = pack2<T>(__fmul_rn(a, s), __fmul_rn(b, s));
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+          p[wd][i] =
+              pack2<T>(__fmul_rn(float(int8_t(u >> (16 * i))), s), __fmul_rn(float(int8_t(u >> (16 * i + 8))), s));
       }
-    } else {
-#pragma unroll
-      for (int i = 0; i < 2; i++)
-        p[i] = pack2<T>(__fmul_rn(float(int8_t(u >> (16 * i))), s), __fmul_rn(float(int8_t(u >> (16 * i + 8))), s));
     }
   }
 }
 
-template <typename T, bool INT4, int M, int TILES, int WARPS, int UN>
+template <typename T, bool INT4, int M, int TILES, int WARPS, int S>
 __global__ void __launch_bounds__(WARPS * 32)
-    int_mma_gemv_kernel(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ sc, int group,
-                        const T* __restrict__ bias, const T* res, T* out, int N, int K, int act) {
+    int_mma_gemv_kernel(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ sc,
+                        int groups, int cpg_shift, const T* __restrict__ bias, const T* res, T* out, int N, int K,
+                        int act) {
   constexpr int EPC = INT4 ? 32 : 16;  // weights per 16-byte chunk
   constexpr int XV = EPC / 8;          // x's 16-byte vectors under a chunk
+  extern __shared__ __align__(16) uint4 ring_all[];  // [WARPS][S][TILES][32]: each warp's private cp.async ring
   pdl_trigger();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -115,27 +142,43 @@ __global__ void __launch_bounds__(WARPS * 32)
   const size_t row_bytes = INT4 ? size_t(K) / 2 : size_t(K);
   const int chunks = int(row_bytes >> 4);
   const int iters = (chunks + 4 * WARPS - 1) / (4 * WARPS);
+  uint4* ring = ring_all + size_t(warp) * S * TILES * 32 + lane;  // this lane's slot of stage 0, tile 0
   const uint8_t* rowp[TILES];
+  const float* scp[TILES];
 #pragma unroll
-  for (int i = 0; i < TILES; i++) rowp[i] = w + size_t(min(n0 + i * 8 + g, N - 1)) * row_bytes;
+  for (int i = 0; i < TILES; i++) {
+    const int n = min(n0 + i * 8 + g, N - 1);  // rows past N read row N - 1 (never stored)
+    rowp[i] = w + size_t(n) * row_bytes;
+    scp[i] = sc + (INT4 ? size_t(n) * groups : size_t(n));
+  }
   auto chunk_of = [&](int it) { return (it * WARPS + warp) * 4 + t; };
 
-  // The weights and (int4) their group scales, UN iterations ahead; rows past N read row N - 1 (never stored).
-  uint4 wv[UN][TILES];
-  float sv[UN][TILES];
-  const int groups = INT4 ? K / group : 1;
-  auto load = [&](int u, int it) {
+  // S iterations of weights in flight per lane through shared memory (no registers held, so many more bytes in
+  // flight than a register pipeline at the same occupancy); a lane reads back only its own copies, so
+  // cp.async.wait_group is the only synchronisation. One commit group per iteration, empty past the end.
+  // (int4) the chunks' group scales ride along in registers, issued with the same iteration.
+  float sv[S][TILES];
+  auto issue = [&](int u, int it) {
     const int c = chunk_of(it);
+    const bool ok = it < iters && c < chunks;
 #pragma unroll
     for (int i = 0; i < TILES; i++) {
-      wv[u][i] = c < chunks ? ld_stream(rowp[i] + size_t(c) * 16) : make_uint4(0, 0, 0, 0);
-      const int n = min(n0 + i * 8 + g, N - 1);
-      sv[u][i] = __ldg(sc + (INT4 ? size_t(n) * groups + size_t(min(c, chunks - 1)) * EPC / group : size_t(n)));
+      cp_async16(ring + (u * TILES + i) * 32, rowp[i] + size_t(ok ? c : 0) * 16, ok);
+      if constexpr (INT4) sv[u][i] = __ldg(scp[i] + ((ok ? c : 0) >> cpg_shift));  // (a shift: no division per chunk)
     }
+    cp_async_commit();
   };
 #pragma unroll
-  for (int u = 0; u < UN; u++) load(u, u);
+  for (int u = 0; u < S; u++) issue(u, u);
   pdl_wait();
+  if constexpr (!INT4) {
+#pragma unroll
+    for (int i = 0; i < TILES; i++) {
+      const float s = __ldg(scp[i]);
+#pragma unroll
+      for (int u = 0; u < S; u++) sv[u][i] = s;
+    }
+  }
 
   // x under a chunk: lanes of token rows g < M; zeros past K and in the other rows (0 · anything stays 0).
   const bool xrow = g < M;
@@ -150,20 +193,24 @@ __global__ void __launch_bounds__(WARPS * 32)
   };
   load_x(0);
 
-  float acc[TILES][4];
+  // Two accumulators per tile (even / odd words of a chunk) halve the chain of dependent mma.
+  float acc[TILES][2][4];
 #pragma unroll
-  for (int i = 0; i < TILES; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+  for (int i = 0; i < TILES; i++)
+#pragma unroll
+    for (int h = 0; h < 2; h++) acc[i][h][0] = acc[i][h][1] = acc[i][h][2] = acc[i][h][3] = 0.f;
 
-  for (int base = 0; base < iters; base += UN) {
+  for (int base = 0; base < iters; base += S) {
 #pragma unroll
-    for (int u = 0; u < UN; u++) {
+    for (int u = 0; u < S; u++) {
       const int it = base + u;
       if (it >= iters) break;
+      cp_async_wait<S - 1>();  // iteration it's group has landed (S - 1 younger ones may still fly)
       uint4 cur[TILES];
       float s[TILES];
 #pragma unroll
-      for (int i = 0; i < TILES; i++) cur[i] = wv[u][i], s[i] = sv[u][i];
-      if (it + UN < iters) load(u, it + UN);
+      for (int i = 0; i < TILES; i++) cur[i] = ring[(u * TILES + i) * 32], s[i] = sv[u][i];
+      issue(u, it + S);  // the slot is free again: the next weights go out before this chunk's math
       uint4 xv[XV];
 #pragma unroll
       for (int j = 0; j < XV; j++) xv[j] = xnext[j];
@@ -185,32 +232,32 @@ __global__ void __launch_bounds__(WARPS * 32)
       }
 #pragma unroll
       for (int i = 0; i < TILES; i++) {
+        // s in T (one conversion per chunk); exact when it converts back to itself (an overflow to inf does not).
         const T sT = from_f<T>(s[i]);
+        const uint16_t sb = *reinterpret_cast<const uint16_t*>(&sT);
         const bool exact = to_f(sT) == s[i];
-        const uint32_t s2 = pack2<T>(to_f(sT), to_f(sT));
-        const uint32_t* pw = &cur[i].x;
+        uint32_t p[4][INT4 ? 4 : 2];
+        dequant_chunk<T, INT4>(cur[i], uint32_t(sb) * 0x10001u, s[i], exact, p);
 #pragma unroll
-        for (int wd = 0; wd < 4; wd++) {
-          uint32_t p[INT4 ? 4 : 2];
-          dequant_word<T, INT4>(pw[wd], s2, s[i], exact, p);
+        for (int wd = 0; wd < 4; wd++)
 #pragma unroll
           for (int j = 0; j < (INT4 ? 2 : 1); j++) {
             const int k = (INT4 ? 2 : 1) * wd + j;
             const uint32_t a[4] = {a_lo[k], 0u, a_hi[k], 0u};
-            mma16816<T>(acc[i], a, p[2 * j], p[2 * j + 1]);
+            mma16816<T>(acc[i][wd & 1], a, p[wd][2 * j], p[wd][2 * j + 1]);
           }
-        }
       }
     }
   }
+  cp_async_wait<0>();  // (only empty groups can be left; nothing may be in flight at exit)
 
-  // acc[i][0..1]: token row g, output rows n0 + 8i + 2t, +1 (rows g + 8 of the tile are the zero rows of A).
+  // acc[i][*][0..1]: token row g, output rows n0 + 8i + 2t, +1 (rows g + 8 of the tile are the zero rows of A).
   __shared__ float red[WARPS][TILES * 8][M];
   if (xrow)
 #pragma unroll
     for (int i = 0; i < TILES; i++) {
-      red[warp][i * 8 + 2 * t][g] = acc[i][0];
-      red[warp][i * 8 + 2 * t + 1][g] = acc[i][1];
+      red[warp][i * 8 + 2 * t][g] = acc[i][0][0] + acc[i][1][0];
+      red[warp][i * 8 + 2 * t + 1][g] = acc[i][0][1] + acc[i][1][1];
     }
   __syncthreads();
   for (int idx = threadIdx.x; idx < TILES * 8 * M; idx += WARPS * 32) {
@@ -223,34 +270,51 @@ __global__ void __launch_bounds__(WARPS * 32)
   }
 }
 
-template <typename T, bool INT4, int TILES, int WARPS, int UN>
+template <typename T, bool INT4, int TILES, int WARPS, int S>
 cudaError_t launch_int_mma(int M, const void* x, const void* w, const float* sc, int group, const void* bias,
                            const void* res, void* out, int N, int K, Act act, bool pdl, cudaStream_t s) {
   const unsigned blocks = unsigned((N + TILES * 8 - 1) / (TILES * 8));
+  // int4: a scale's chunks (group / 32) must be a power of two (groups 32, 64, 128, ...); other groups are refused
+  // here and the tuner keeps the CUDA-core variants.
+  int cpg_shift = 0;
+  if (INT4) {
+    const int cpg = group / 32;
+    if (cpg <= 0 || (cpg & (cpg - 1))) return cudaErrorInvalidValue;
+    while ((1 << cpg_shift) < cpg) cpg_shift++;
+  }
+  const int groups = INT4 ? K / group : 1;
+  const size_t smem = size_t(WARPS) * S * TILES * 32 * 16;
   auto go = [&](auto kern) {
-    return launch_pdl(kern, blocks, WARPS * 32, 0, pdl, s, static_cast<const T*>(x), static_cast<const uint8_t*>(w),
-                      sc, group, static_cast<const T*>(bias), static_cast<const T*>(res), static_cast<T*>(out), N, K,
-                      int(act));
+    static bool opted = false;  // (one per kernel: the ring may exceed the default 48 KB)
+    if (!opted && smem > 48 * 1024) {
+      cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+      if (e != cudaSuccess) return e;
+      opted = true;
+    }
+    return launch_pdl(kern, blocks, WARPS * 32, smem, pdl, s, static_cast<const T*>(x), static_cast<const uint8_t*>(w),
+                      sc, groups, cpg_shift, static_cast<const T*>(bias), static_cast<const T*>(res),
+                      static_cast<T*>(out), N, K, int(act));
   };
   switch (M) {
-    case 1: return go(int_mma_gemv_kernel<T, INT4, 1, TILES, WARPS, UN>);
-    case 2: return go(int_mma_gemv_kernel<T, INT4, 2, TILES, WARPS, UN>);
-    case 3: return go(int_mma_gemv_kernel<T, INT4, 3, TILES, WARPS, UN>);
-    case 4: return go(int_mma_gemv_kernel<T, INT4, 4, TILES, WARPS, UN>);
+    case 1: return go(int_mma_gemv_kernel<T, INT4, 1, TILES, WARPS, S>);
+    case 2: return go(int_mma_gemv_kernel<T, INT4, 2, TILES, WARPS, S>);
+    case 3: return go(int_mma_gemv_kernel<T, INT4, 3, TILES, WARPS, S>);
+    case 4: return go(int_mma_gemv_kernel<T, INT4, 4, TILES, WARPS, S>);
     default: return cudaErrorInvalidValue;
   }
 }
 
-// Variants 3-6 of the int kinds: (tiles of 8 rows per block, warps splitting K, iterations of loads in flight).
+// Variants 3-4 of the int kinds: (tiles of 8 rows per block, warps splitting K, iterations in flight per lane).
+// Measured on the H200 (session 6, Llama-2-7B shapes, M = 1): these two won every shape in the engine; deeper rings
+// (1, 4, 16) and (2, 4, 8) won gemv_bench's back-to-back replays on some shapes but lost 15-30 % inside the decode
+// step (int8 bs-1 TPOT 3.56 / 3.75 ms against 2.91 for (2, 8, 4)) and were removed.
 template <typename T, bool INT4>
 cudaError_t launch_int_mma_variant(int variant, int M, const void* x, const void* w, const float* sc, int group,
                                    const void* bias, const void* res, void* out, int N, int K, Act act, bool pdl,
                                    cudaStream_t s) {
   switch (variant) {
-    case 3: return launch_int_mma<T, INT4, 1, 8, 4>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
-    case 4: return launch_int_mma<T, INT4, 2, 8, 2>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
-    case 5: return launch_int_mma<T, INT4, 2, 4, 4>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
-    case 6: return launch_int_mma<T, INT4, 1, 4, 4>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
+    case 3: return launch_int_mma<T, INT4, 2, 8, 4>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
+    case 4: return launch_int_mma<T, INT4, 2, 4, 4>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
     default: return cudaErrorInvalidValue;
   }
 }
