@@ -142,6 +142,14 @@ void test_quant_gemv(Rng& rng, const LinCase& c, DType dt) {
       mag[size_t(m) * N + n] = a * scale;
     }
   for (int variant = 0; variant < quant_gemv_variants(c.kind); variant++) {
+    if (M > quant_gemv_max_m(c.kind, variant)) {  // more rows than the variant takes: refused, never run
+      report(quant_gemv(variant, c.kind, x.d, dw, dsc, c.group, nullptr, nullptr, out.d, M, N, K, c.act, dt, true, 0) ==
+                 cudaErrorInvalidValue,
+             std::string("quant_gemv ") + quant_kind_name(c.kind) + " v" + std::to_string(variant) + " refuses M=" +
+                 std::to_string(M),
+             0);
+      continue;
+    }
     for (int alias = 0; alias < (c.res ? 2 : 1); alias++) {
       // alias: the residual is read from out itself (the runtime's in-place residual add).
       void* o = out.d;
@@ -469,6 +477,12 @@ static void test_quant(Rng& rng) {
       {QuantKind::Int4, 1, 4096, 11008, 128, false, true, Act::None, 1},  // Llama-2-7B's down_proj
       {QuantKind::Int4, 2, 77, 352, 32, true, true, Act::GeluTanh, 2},
       {QuantKind::Int4, 4, 65, 512, 64, false, true, Act::None, 1},
+      // 5-16 token rows: the tensor-core variants only (rows g and g + 8 of the mma's A).
+      {QuantKind::Int8, 5, 77, 352, 0, true, true, Act::Silu, 2},
+      {QuantKind::Int8, 16, 300, 4096, 0, false, true, Act::None, 1},
+      {QuantKind::Int4, 8, 129, 4096, 128, false, false, Act::None, 1},
+      {QuantKind::Int4, 13, 65, 512, 32, true, true, Act::GeluTanh, 2},
+      {QuantKind::Int4, 16, 300, 11008, 128, false, true, Act::None, 1},
   };
   for (DType dt : {DType::F16, DType::BF16})
     for (const auto& c : cases) qt::test_quant_gemv(rng, c, dt);

@@ -102,7 +102,8 @@ cudaError_t launch_fp8_m(int variant, int M, const void* x, const void* w, const
 const char* quant_gemv_unsupported(QuantKind kind, int M, int K, int group, const void* x, const void* w, DType dt) {
   auto al16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
   if (dt != DType::F16 && dt != DType::BF16) return "activation dtype is not fp16/bf16";
-  if (M < 1 || M > kQuantGemvMaxM) return "M outside 1..4";
+  if (M < 1 || M > (kind == QuantKind::Fp8 ? kQuantGemvMaxM : kIntMmaGemvMaxM))
+    return kind == QuantKind::Fp8 ? "M outside 1..4" : "M outside 1..16";
   if (!al16(x) || !al16(w)) return "x or w not 16-byte aligned";
   switch (kind) {
     case QuantKind::Fp8:
@@ -117,6 +118,10 @@ const char* quant_gemv_unsupported(QuantKind kind, int M, int K, int group, cons
   return nullptr;
 }
 
+int quant_gemv_max_m(QuantKind kind, int variant) {
+  return kind != QuantKind::Fp8 && variant >= 3 ? kIntMmaGemvMaxM : kQuantGemvMaxM;
+}
+
 int quant_gemv_variants(QuantKind kind) { return kind == QuantKind::Fp8 ? kQuantGemvVariants : kIntGemvVariants; }
 
 bool quant_gemv_has_prologue(QuantKind kind, int variant) {
@@ -127,7 +132,8 @@ cudaError_t quant_gemv(int variant, QuantKind kind, const void* x, const void* w
                        const void* bias, const void* residual, void* out, int M, int N, int K, Act act, DType dt,
                        bool pdl, cudaStream_t s, const GemvPrologue& pro) {
   if (quant_gemv_unsupported(kind, M, K, group, x, w, dt)) return cudaErrorInvalidValue;
-  if (variant < 0 || variant >= quant_gemv_variants(kind)) return cudaErrorInvalidValue;
+  if (variant < 0 || variant >= quant_gemv_variants(kind) || M > quant_gemv_max_m(kind, variant))
+    return cudaErrorInvalidValue;
   const void* nw = nullptr;
   if (pro.kind == GemvPro::RmsNorm) {
     if (!pro.norm_w || (reinterpret_cast<uintptr_t>(pro.norm_w) & 15) || !quant_gemv_has_prologue(kind, variant))

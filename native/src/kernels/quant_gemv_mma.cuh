@@ -13,7 +13,8 @@
 // fp32 (mma.sync m16n8k16), then summed over the block's warps in a fixed order.
 //
 // Layout: the weights stay [N, K] row-major as stored. The weights are the mma's B operand (n = output row), x
-// the A operand (m = token row; rows ≥ M and 8-15 are zeros): lane (g, t) = (lane / 4, lane % 4) streams 16-byte
+// the A operand (m = token row: up to 16 tokens, kIntMmaGemvMaxM, where the CUDA-core kernels take 4; rows >= M
+// are zeros): lane (g, t) = (lane / 4, lane % 4) streams 16-byte
 // chunks of output row n0 + g, and the four lanes of a row take four consecutive chunks, so B's k slots of lane t
 // are that lane's own chunk. A dot product may visit K in any order, so the mma's k slots are mapped to weights in
 // the order the dequantisation produces them, and x is loaded (from L1 / L2, lanes g < M) and permuted to match:
@@ -127,13 +128,16 @@ __device__ __forceinline__ void dequant_chunk(const uint4& raw, uint32_t s2, flo
   }
 }
 
-template <typename T, bool INT4, int M, int TILES, int WARPS, int S>
+// MB: the token rows the instantiation has room for (1, 2, 4, 8, 16), M <= MB the call's: lanes (g, t) carry token
+// rows g and (MB > 8) g + 8 — the mma's 16 A rows.
+template <typename T, bool INT4, int MB, int TILES, int WARPS, int S>
 __global__ void __launch_bounds__(WARPS * 32)
     int_mma_gemv_kernel(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ sc,
-                        int groups, int cpg_shift, const T* __restrict__ bias, const T* res, T* out, int N, int K,
-                        int act) {
+                        int groups, int cpg_shift, const T* __restrict__ bias, const T* res, T* out, int M, int N,
+                        int K, int act) {
   constexpr int EPC = INT4 ? 32 : 16;  // weights per 16-byte chunk
   constexpr int XV = EPC / 8;          // x's 16-byte vectors under a chunk
+  constexpr int XR = MB > 8 ? 2 : 1;   // token rows per lane: g, g + 8
   extern __shared__ __align__(16) uint4 ring_all[];  // [WARPS][S][TILES][32]: each warp's private cp.async ring
   pdl_trigger();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -180,16 +184,21 @@ __global__ void __launch_bounds__(WARPS * 32)
     }
   }
 
-  // x under a chunk: lanes of token rows g < M; zeros past K and in the other rows (0 · anything stays 0).
-  const bool xrow = g < M;
-  const T* xr = x + size_t(xrow ? g : 0) * K;
-  uint4 xnext[XV];
+  // x under a chunk: token rows g (and g + 8) < M; zeros past K and in the other rows (0 · anything stays 0).
+  bool xrow[XR];
+  const T* xr[XR];
+#pragma unroll
+  for (int h = 0; h < XR; h++) xrow[h] = g + 8 * h < M, xr[h] = x + size_t(xrow[h] ? g + 8 * h : 0) * K;
+  uint4 xnext[XR][XV];
   auto load_x = [&](int it) {
     const int c = chunk_of(it);
 #pragma unroll
-    for (int j = 0; j < XV; j++)
-      xnext[j] = xrow && it < iters && c < chunks ? *reinterpret_cast<const uint4*>(xr + size_t(c) * EPC + 8 * j)
-                                                  : make_uint4(0, 0, 0, 0);
+    for (int h = 0; h < XR; h++)
+#pragma unroll
+      for (int j = 0; j < XV; j++)
+        xnext[h][j] = xrow[h] && it < iters && c < chunks
+                          ? *reinterpret_cast<const uint4*>(xr[h] + size_t(c) * EPC + 8 * j)
+                          : make_uint4(0, 0, 0, 0);
   };
   load_x(0);
 
@@ -211,25 +220,33 @@ __global__ void __launch_bounds__(WARPS * 32)
 #pragma unroll
       for (int i = 0; i < TILES; i++) cur[i] = ring[(u * TILES + i) * 32], s[i] = sv[u][i];
       issue(u, it + S);  // the slot is free again: the next weights go out before this chunk's math
-      uint4 xv[XV];
+      uint4 xv[XR][XV];
 #pragma unroll
-      for (int j = 0; j < XV; j++) xv[j] = xnext[j];
+      for (int h = 0; h < XR; h++)
+#pragma unroll
+        for (int j = 0; j < XV; j++) xv[h][j] = xnext[h][j];
       load_x(it + 1);
-      // The A fragments (rows g + 8 zero): int4 word wd = weights 8wd..8wd+7, x halves paired (i, i + 4) as the
-      // nibbles; int8 word wd = weights 4wd..4wd+3, x halves in order.
+      // The A fragments, per token row h (g, g + 8; zero when MB <= 8): int4 word wd = weights 8wd..8wd+7, x halves
+      // paired (i, i + 4) as the nibbles; int8 word wd = weights 4wd..4wd+3, x halves in order.
       constexpr int NA = INT4 ? 8 : 4;  // mma per chunk
-      uint32_t a_lo[NA], a_hi[NA];
+      uint32_t a_lo[2][NA], a_hi[2][NA];
 #pragma unroll
-      for (int wd = 0; wd < 4; wd++) {
-        if constexpr (INT4) {
-          const uint32_t* px = &xv[wd].x;
-          a_lo[2 * wd] = __byte_perm(px[0], px[2], 0x5410), a_hi[2 * wd] = __byte_perm(px[0], px[2], 0x7632);
-          a_lo[2 * wd + 1] = __byte_perm(px[1], px[3], 0x5410), a_hi[2 * wd + 1] = __byte_perm(px[1], px[3], 0x7632);
-        } else {
-          const uint32_t* px = &xv[wd >> 1].x;
-          a_lo[wd] = px[(wd & 1) * 2], a_hi[wd] = px[(wd & 1) * 2 + 1];
+      for (int h = 0; h < 2; h++)
+#pragma unroll
+        for (int wd = 0; wd < 4; wd++) {
+          if (h >= XR) {
+#pragma unroll
+            for (int j = 0; j < NA / 4; j++) a_lo[h][NA / 4 * wd + j] = a_hi[h][NA / 4 * wd + j] = 0u;
+          } else if constexpr (INT4) {
+            const uint32_t* px = &xv[h < XR ? h : 0][wd].x;
+            a_lo[h][2 * wd] = __byte_perm(px[0], px[2], 0x5410), a_hi[h][2 * wd] = __byte_perm(px[0], px[2], 0x7632);
+            a_lo[h][2 * wd + 1] = __byte_perm(px[1], px[3], 0x5410);
+            a_hi[h][2 * wd + 1] = __byte_perm(px[1], px[3], 0x7632);
+          } else {
+            const uint32_t* px = &xv[h < XR ? h : 0][wd >> 1].x;
+            a_lo[h][wd] = px[(wd & 1) * 2], a_hi[h][wd] = px[(wd & 1) * 2 + 1];
+          }
         }
-      }
 #pragma unroll
       for (int i = 0; i < TILES; i++) {
         // s in T (one conversion per chunk); exact when it converts back to itself (an overflow to inf does not).
@@ -243,7 +260,7 @@ __global__ void __launch_bounds__(WARPS * 32)
 #pragma unroll
           for (int j = 0; j < (INT4 ? 2 : 1); j++) {
             const int k = (INT4 ? 2 : 1) * wd + j;
-            const uint32_t a[4] = {a_lo[k], 0u, a_hi[k], 0u};
+            const uint32_t a[4] = {a_lo[0][k], a_lo[1][k], a_hi[0][k], a_hi[1][k]};
             mma16816<T>(acc[i][wd & 1], a, p[wd][2 * j], p[wd][2 * j + 1]);
           }
       }
@@ -251,14 +268,16 @@ __global__ void __launch_bounds__(WARPS * 32)
   }
   cp_async_wait<0>();  // (only empty groups can be left; nothing may be in flight at exit)
 
-  // acc[i][*][0..1]: token row g, output rows n0 + 8i + 2t, +1 (rows g + 8 of the tile are the zero rows of A).
-  __shared__ float red[WARPS][TILES * 8][M];
-  if (xrow)
+  // acc[i][*][0..1]: token row g, output rows n0 + 8i + 2t, +1; acc[i][*][2..3]: token row g + 8.
+  __shared__ float red[WARPS][TILES * 8][MB];
 #pragma unroll
-    for (int i = 0; i < TILES; i++) {
-      red[warp][i * 8 + 2 * t][g] = acc[i][0][0] + acc[i][1][0];
-      red[warp][i * 8 + 2 * t + 1][g] = acc[i][0][1] + acc[i][1][1];
-    }
+  for (int h = 0; h < XR; h++)
+    if (xrow[h])
+#pragma unroll
+      for (int i = 0; i < TILES; i++) {
+        red[warp][i * 8 + 2 * t][g + 8 * h] = acc[i][0][2 * h] + acc[i][1][2 * h];
+        red[warp][i * 8 + 2 * t + 1][g + 8 * h] = acc[i][0][2 * h + 1] + acc[i][1][2 * h + 1];
+      }
   __syncthreads();
   for (int idx = threadIdx.x; idx < TILES * 8 * M; idx += WARPS * 32) {
     const int r = idx / M, m = idx % M, n = n0 + r;
@@ -293,15 +312,14 @@ cudaError_t launch_int_mma(int M, const void* x, const void* w, const float* sc,
     }
     return launch_pdl(kern, blocks, WARPS * 32, smem, pdl, s, static_cast<const T*>(x), static_cast<const uint8_t*>(w),
                       sc, groups, cpg_shift, static_cast<const T*>(bias), static_cast<const T*>(res),
-                      static_cast<T*>(out), N, K, int(act));
+                      static_cast<T*>(out), M, N, K, int(act));
   };
-  switch (M) {
-    case 1: return go(int_mma_gemv_kernel<T, INT4, 1, TILES, WARPS, S>);
-    case 2: return go(int_mma_gemv_kernel<T, INT4, 2, TILES, WARPS, S>);
-    case 3: return go(int_mma_gemv_kernel<T, INT4, 3, TILES, WARPS, S>);
-    case 4: return go(int_mma_gemv_kernel<T, INT4, 4, TILES, WARPS, S>);
-    default: return cudaErrorInvalidValue;
-  }
+  if (M < 1 || M > kIntMmaGemvMaxM) return cudaErrorInvalidValue;
+  if (M == 1) return go(int_mma_gemv_kernel<T, INT4, 1, TILES, WARPS, S>);
+  if (M == 2) return go(int_mma_gemv_kernel<T, INT4, 2, TILES, WARPS, S>);
+  if (M <= 4) return go(int_mma_gemv_kernel<T, INT4, 4, TILES, WARPS, S>);
+  if (M <= 8) return go(int_mma_gemv_kernel<T, INT4, 8, TILES, WARPS, S>);
+  return go(int_mma_gemv_kernel<T, INT4, 16, TILES, WARPS, S>);
 }
 
 // Variants 3-4 of the int kinds: (tiles of 8 rows per block, warps splitting K, iterations in flight per lane).

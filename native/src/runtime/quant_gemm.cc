@@ -120,23 +120,30 @@ float QuantGemm::time_runs(cudaStream_t s, Body&& body) {
 
 int QuantGemm::gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s) {
   if (!gemv_on || quant_gemv_unsupported(c.kind, c.M, c.K, c.group, c.x, c.w, dt)) return -1;
-  // A forced variant this kind lacks (int8 / int4 have 0-2) leaves the kind to the tuner.
-  if (gemv_force >= 0 && gemv_force < quant_gemv_variants(c.kind)) return gemv_force;
-  if (!tune) return 1;
+  // A forced variant this kind lacks (int8 / int4 have 0-4), or one that takes fewer rows than M, leaves the call to
+  // the tuner.
+  if (gemv_force >= 0 && gemv_force < quant_gemv_variants(c.kind) && c.M <= quant_gemv_max_m(c.kind, gemv_force))
+    return gemv_force;
+  // Untuned: variant 1; 5-16 rows (int kinds) only when the tuner has seen a tensor-core variant run the shape (it
+  // refuses some: groups of a non-power-of-two count of chunks), else the large-M path.
+  const int dflt = c.M <= kQuantGemvMaxM ? 1 : -1;
+  if (!tune) return dflt;
   const auto key = std::make_tuple(int(c.kind), c.group, c.M, c.N, c.K, int(dt));
   auto it = gemv_pick_.find(key);
   if (it != gemv_pick_.end()) return it->second;
   cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
   cudaStreamIsCapturing(s, &cap);
-  if (cap != cudaStreamCaptureStatusNone) return 1;  // not tuned yet (forward runs an eager step before capturing)
+  if (cap != cudaStreamCaptureStatusNone) return dflt;  // not tuned yet (forward runs an eager step before capturing)
   // Time each variant (L2 flushed before each run, the first run discarded), writing to scratch: out may be the
   // residual, which must survive until the real call.
-  if (!ensure_tune_out(size_t(c.M) * size_t(c.N) * (dt == DType::F32 ? 4 : 2))) return 1;  // untuned: variant 1
-  int pick = 1;
+  if (!ensure_tune_out(size_t(c.M) * size_t(c.N) * (dt == DType::F32 ? 4 : 2))) return dflt;
+  int pick = dflt;
   float best = 1e30f;
   float ms_of[kQuantGemvVariants];
   const int nv = quant_gemv_variants(c.kind);
   for (int v = 0; v < nv; v++) {
+    ms_of[v] = -1.f;
+    if (c.M > quant_gemv_max_m(c.kind, v)) continue;
     const float ms = time_runs(s, [&] {
       return quant_gemv(v, c.kind, c.x, c.w, c.scales, c.group, c.bias, c.residual, tune_out_, c.M, c.N, c.K, c.act,
                         dt, pdl, s) == cudaSuccess;
@@ -166,7 +173,7 @@ int QuantGemm::prologue_variant(const QuantLinearCall& c, const GemvPrologue& pr
   };
   if (pro.kind != GemvPro::RmsNorm) return no("only rms_norm folds into a quantised gemv");
   if (!gemv_on) return no("quantised gemv off (TSLLM_QGEMV=0)");
-  if (quant_gemv_unsupported(c.kind, c.M, c.K, c.group, c.x, c.w, dt) || !pro.norm_w ||
+  if (quant_gemv_unsupported(c.kind, c.M, c.K, c.group, c.x, c.w, dt) || c.M > kQuantGemvMaxM || !pro.norm_w ||
       (reinterpret_cast<uintptr_t>(pro.norm_w) & 15))
     return no("not eligible (M <= 4, K % 16 == 0, 16-byte aligned x, w and norm weight)");
   if (gemv_force >= 0 && gemv_force < quant_gemv_variants(c.kind))  // (as gemv_variant: beyond the kind's, tuned)

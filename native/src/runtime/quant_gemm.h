@@ -1,6 +1,7 @@
 // quant_linear on the GPU (docs/engine-format.md "Quantisation"; numerics in kernels/quant.h):
-//   M <= 4 (decode): kernels/quant_gemv.cu reads the quantised weights directly (FP8: x quantised per token inside
-//     the kernel); the variant (weight rows per warp) is timed once per shape, L2 flushed, like GemmRunner's tuner.
+//   M <= 4 (decode; int8 / int4 up to 16, kIntMmaGemvMaxM, through their tensor-core variants): kernels/quant_gemv.cu
+//     reads the quantised weights directly (FP8: x quantised per token inside the kernel); the variant is timed once
+//     per shape (among those that take M rows), L2 flushed, like GemmRunner's tuner.
 //   larger M, FP8: quantize_rows_fp8 (x -> E4M3 + per-token scales, workspace), then the cuBLASLt FP8 GEMM (E4M3
 //     A = W with op T and B = x, the "TN" layout Hopper's FP8 GEMM needs; fp32 accumulate):
 //     - no activation: outer-vector scaling (per-channel s_w, per-token s_x vectors, CUDA 12.9+) with the bias
