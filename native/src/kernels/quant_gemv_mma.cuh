@@ -13,8 +13,8 @@
 // fp32 (mma.sync m16n8k16), then summed over the block's warps in a fixed order.
 //
 // Layout: the weights stay [N, K] row-major as stored. The weights are the mma's B operand (n = output row), x
-// the A operand (m = token row: up to 16 tokens, kIntMmaGemvMaxM, where the CUDA-core kernels take 4; rows >= M
-// are zeros): lane (g, t) = (lane / 4, lane % 4) streams 16-byte
+// the A operand (m = token row: int8 up to 16 tokens, kIntMmaGemvMaxM, where the CUDA-core kernels take 4; rows
+// >= M are zeros): lane (g, t) = (lane / 4, lane % 4) streams 16-byte
 // chunks of output row n0 + g, and the four lanes of a row take four consecutive chunks, so B's k slots of lane t
 // are that lane's own chunk. A dot product may visit K in any order, so the mma's k slots are mapped to weights in
 // the order the dequantisation produces them, and x is loaded (from L1 / L2, lanes g < M) and permuted to match:
@@ -128,7 +128,7 @@ __device__ __forceinline__ void dequant_chunk(const uint4& raw, uint32_t s2, flo
   }
 }
 
-// MB: the token rows the instantiation has room for (1, 2, 4, 8, 16), M <= MB the call's: lanes (g, t) carry token
+// MB: the token rows the instantiation has room for (1-4, 8, 16), M <= MB the call's: lanes (g, t) carry token
 // rows g and (MB > 8) g + 8 — the mma's 16 A rows.
 template <typename T, bool INT4, int MB, int TILES, int WARPS, int S>
 __global__ void __launch_bounds__(WARPS * 32)
@@ -314,12 +314,20 @@ cudaError_t launch_int_mma(int M, const void* x, const void* w, const float* sc,
                       sc, groups, cpg_shift, static_cast<const T*>(bias), static_cast<const T*>(res),
                       static_cast<T*>(out), M, N, K, int(act));
   };
-  if (M < 1 || M > kIntMmaGemvMaxM) return cudaErrorInvalidValue;
-  if (M == 1) return go(int_mma_gemv_kernel<T, INT4, 1, TILES, WARPS, S>);
-  if (M == 2) return go(int_mma_gemv_kernel<T, INT4, 2, TILES, WARPS, S>);
-  if (M <= 4) return go(int_mma_gemv_kernel<T, INT4, 4, TILES, WARPS, S>);
-  if (M <= 8) return go(int_mma_gemv_kernel<T, INT4, 8, TILES, WARPS, S>);
-  return go(int_mma_gemv_kernel<T, INT4, 16, TILES, WARPS, S>);
+  if (M < 1 || M > quant_gemv_max_m(INT4 ? QuantKind::Int4 : QuantKind::Int8, 3)) return cudaErrorInvalidValue;
+  switch (M) {  // 1-4 rows: an instantiation each (as verified on the GPU before rows 5-16 were added)
+    case 1: return go(int_mma_gemv_kernel<T, INT4, 1, TILES, WARPS, S>);
+    case 2: return go(int_mma_gemv_kernel<T, INT4, 2, TILES, WARPS, S>);
+    case 3: return go(int_mma_gemv_kernel<T, INT4, 3, TILES, WARPS, S>);
+    case 4: return go(int_mma_gemv_kernel<T, INT4, 4, TILES, WARPS, S>);
+    default: break;
+  }
+  if constexpr (INT4) {
+    return cudaErrorInvalidValue;  // (quant_gemv_max_m: int4 takes 4 rows, see there)
+  } else {
+    if (M <= 8) return go(int_mma_gemv_kernel<T, INT4, 8, TILES, WARPS, S>);
+    return go(int_mma_gemv_kernel<T, INT4, 16, TILES, WARPS, S>);
+  }
 }
 
 // Variants 3-4 of the int kinds: (tiles of 8 rows per block, warps splitting K, iterations in flight per lane).
