@@ -1,7 +1,7 @@
 // Tensor-core decode gemv over int8 / int4 weight-only weights (quant_gemv variants 3-4 of those kinds; 0-2 are
 // quant_gemv_int.cuh's CUDA-core kernel). Why: the CUDA-core kernel spends ~6 instructions per int4 weight (extract,
-// I2F, FMUL, round to T, widen, FFMA) and runs at 0.6-1.4 TB/s on the H200, issue-bound; here a weight costs about
-// two half-precision instructions and the multiply-add goes to the tensor cores.
+// I2F, FMUL, round to T, widen, FFMA) and ran int4 at 0.9-1.5 TB/s on the H200; here a weight costs about two
+// half-precision instructions and the multiply-add goes to the tensor cores.
 //
 // Numerics (quant.h): w = T(fp32(q · s)), then an fp32 dot with x. q is made exact in T by the magic-number trick
 // (the nibble / byte OR-ed into the mantissa of 1024 (fp16) / 128 (bf16), minus the bias), then one HMUL2 by s
@@ -13,22 +13,24 @@
 // fp32 (mma.sync m16n8k16), then summed over the block's warps in a fixed order.
 //
 // Layout: the weights stay [N, K] row-major as stored. The weights are the mma's B operand (n = output row), x
-// the A operand (m = token row: int8 up to 16 tokens, kIntMmaGemvMaxM, where the CUDA-core kernels take 4; rows
-// >= M are zeros): lane (g, t) = (lane / 4, lane % 4) streams 16-byte
-// chunks of output row n0 + g, and the four lanes of a row take four consecutive chunks, so B's k slots of lane t
-// are that lane's own chunk. A dot product may visit K in any order, so the mma's k slots are mapped to weights in
-// the order the dequantisation produces them, and x is loaded (from L1 / L2, lanes g < M) and permuted to match:
-// int4 pairs nibbles (i, i + 4) of a 32-bit word, int8 pairs neighbours.
+// the A operand (m = token row, rows g and g + 8 of lane (g, t); int8 takes up to 16 tokens, kIntMmaGemvMaxM, int4
+// and the CUDA-core kernels 4; rows >= M are zeros): lane (g, t) = (lane / 4, lane % 4) streams 16-byte chunks of
+// output row n0 + g, and the four lanes of a row take four consecutive chunks, so B's k slots of lane t are that
+// lane's own chunk. A dot product may visit K in any order, so the mma's k slots are mapped to weights in the order
+// the dequantisation produces them, and x is loaded (from L1 / L2) and permuted to match: int4 pairs nibbles
+// (i, i + 4) of a 32-bit word, int8 pairs neighbours.
 // A block of WARPS warps owns TILES tiles of 8 output rows and splits K between its warps (chunk c of a row:
 // iteration i, warp w, lane t -> c = (i · WARPS + w) · 4 + t), S iterations of loads in flight per lane through a
 // per-warp cp.async ring in shared memory, the first issued before griddepcontrol.wait (PDL: weights are never
-// written). A register pipeline (UN chunks held per lane, as the CUDA-core kernels do) measured 1.35-1.58 TB/s for
-// int4 on the H200 (gemv_bench, session 6 run 1): too few bytes in flight at the occupancy its registers allow.
+// written). The ring against a register pipeline (UN chunks held per lane, as the CUDA-core kernels do), H200
+// gemv_bench, session 6 runs 1-2: int8 down_proj 1851 -> 2489 GB/s, int4 unchanged; int4's gain came from removing
+// a 64-bit division per chunk and run-time half conversions (kernels-notes.md).
 // Measured (H200, session 6 run 4, gemv_bench GB/s of weight bytes, M = 1, Llama-2-7B shapes, best CUDA-core variant
 // -> best of these): int4 g128 qkv 1324 -> 1665, o_proj 903 -> 1426, gate_up 1471 -> 1947, down 1027 -> 1842; int8
 // qkv 2745 -> 2999, o_proj 1740 -> 2026, gate_up 3058 -> 3255, down 2073 -> 2432. In the engine (the load-time tuner
 // picks per shape): Llama-2-7B int4-wo g128 bs-1 TPOT 2.52 ms against 3.19 ms with variant 0 forced (+25 %); int8
-// within noise (2.91-2.95 ms either way: the tuner keeps variants 0-1 for int8).
+// within noise (2.91-2.95 ms either way: the tuner keeps variants 0-1 for int8 at bs 1); int8 bs 8 / 16 TPOT 3.53 /
+// 4.34 ms against 10.29 / 10.56 ms on the dequantise + GEMM path these batches took before (run 6).
 #pragma once
 #include "gemv_stream.cuh"
 #include "mma.cuh"
