@@ -326,7 +326,7 @@ describe("weight-only scales rounded up to the activation dtype", () => {
         }
       });
 
-  it("random-weight scales: the constant a/qmax rounded up the same way; fp8 refuses a scale dtype", () => {
+  it("random-weight scales: the constant a/qmax rounded up the same way (the f32 value where f16 overflows); fp8 refuses a scale dtype", () => {
     const init = { mean: 0, scale: 0.7 };
     for (const dtype of ["f16", "bf16"] as const)
       for (const [scheme, qmax] of [
@@ -339,6 +339,15 @@ describe("weight-only scales rounded up to the activation dtype", () => {
         expect(representable(mean, dtype)).toBe(true);
         expect(mean).not.toBe(0.7 / qmax);
       }
+    // a/qmax past f16's largest finite value (1e7 / 127 > 65504): the f32 scale, fround(a/qmax), as
+    // computeScales stores an overflowing one (a/qmax itself is not an f32 value); bf16 still rounds up.
+    const big = { mean: 0, scale: 1e7 };
+    const big32 = Math.fround(1e7 / 127);
+    expect(big32).not.toBe(1e7 / 127);
+    expect(randomInits({ scheme: "int8-wo", scaleDtype: "f16" }, big).scales.mean).toBe(big32);
+    expect(randomInits({ scheme: "int8-wo", scaleDtype: "bf16" }, big).scales.mean).toBe(
+      tables.bf16[firstAtLeast(tables.bf16, big32)],
+    );
     expect(() => randomInits({ scheme: "fp8", scaleDtype: "f16" }, init)).toThrow(
       "fp8 scales stay f32 (they multiply the fp32 accumulator), not f16",
     );
