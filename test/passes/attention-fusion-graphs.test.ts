@@ -4,7 +4,6 @@
 import { describe, expect, it } from "vitest";
 import { attentionFusion } from "../../passes/attention-fusion.ts";
 import { addInput } from "../../src/ir/builder.ts";
-import type { Graph } from "../../src/ir/types.ts";
 import {
   ckptWeight,
   HEAD_DIM,
@@ -15,23 +14,14 @@ import {
   packedBlock,
   TOKENS,
 } from "./hand-graphs.ts";
-import { runPass } from "./helpers.ts";
+import { expectLeftAlone, ops, runBuilt } from "./helpers.ts";
 
-function run(o: PackedOptions = {}, edit: (b: PackedBlock) => void = () => {}) {
-  const b = packedBlock(o);
-  edit(b);
-  return { ...b, ...runPass(attentionFusion, b.g) };
-}
-
-const ops = (g: Graph) => g.nodes.map((n) => n.op);
+const run = (o: PackedOptions = {}, edit?: (b: PackedBlock) => void) =>
+  runBuilt(attentionFusion, packedBlock, o, edit);
 
 /** Left unfused with exactly this note (the pass itself did not fail). */
 function refused(o: PackedOptions, note: string, edit?: (b: PackedBlock) => void) {
-  const { out, log, g } = run(o, edit);
-  expect(log.matches).toEqual([]);
-  expect(log.failed).toBeUndefined();
-  expect(ops(out)).toEqual(ops(g));
-  expect(log.notes).toEqual([`attention: layer 0: ${note}; left unfused`]);
+  expectLeftAlone(run(o, edit), [`attention: layer 0: ${note}; left unfused`]);
 }
 
 describe("attention-fusion on a hand-built packed QKV block", () => {

@@ -3,7 +3,7 @@
 import { describe, expect, it } from "vitest";
 import { epilogueFusion } from "../../passes/epilogue-fusion.ts";
 import { addInput, addNode, addWeight, emptyGraph } from "../../src/ir/builder.ts";
-import type { Attrs, Graph, Node } from "../../src/ir/types.ts";
+import type { Attrs, Graph } from "../../src/ir/types.ts";
 import { runPass, writer } from "./helpers.ts";
 
 const T = { sym: "num_tokens", max: 8 } as const;

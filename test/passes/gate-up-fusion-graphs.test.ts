@@ -6,7 +6,7 @@ import { gateUpFusion } from "../../passes/gate-up-fusion.ts";
 import { addInput, addNode } from "../../src/ir/builder.ts";
 import type { Graph } from "../../src/ir/types.ts";
 import { ckptWeight, gatedMlp, HIDDEN, MLP_WIDTH, type MlpOptions, TOKENS } from "./hand-graphs.ts";
-import { opCounts, runPass, writer } from "./helpers.ts";
+import { opCounts, runBuilt, writer } from "./helpers.ts";
 
 /** The fused linear and gated_act of a fused graph. */
 function fused(g: Graph) {
@@ -17,11 +17,8 @@ function fused(g: Graph) {
 /** A graph input as wide as the projections. */
 const wideInput = (g: Graph) => addInput(g, "r", "f32", [TOKENS, MLP_WIDTH]).id;
 
-function run(o: MlpOptions = {}, edit: (b: ReturnType<typeof gatedMlp>) => void = () => {}) {
-  const b = gatedMlp(o);
-  edit(b);
-  return { ...b, ...runPass(gateUpFusion, b.g) };
-}
+const run = (o: MlpOptions = {}, edit?: (b: ReturnType<typeof gatedMlp>) => void) =>
+  runBuilt(gateUpFusion, gatedMlp, o, edit);
 
 describe("gate-up-fusion on a hand-built gated MLP", () => {
   it("mul(silu(gate), up) → linear(x, [gate; up]) + gated_act(silu), scoped under the MLP", () => {

@@ -3,6 +3,7 @@
 // teacher-forced decode steps, so the KV cache path is exercised).
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { expect } from "vitest";
 import { PASSES, PassLog, passContext } from "../../passes/index.ts";
 import type { Pass } from "../../passes/pass.ts";
 import { type Checkpoint, openCheckpoint } from "../../src/checkpoint/checkpoint.ts";
@@ -98,6 +99,29 @@ export function runPass(
   const log = new PassLog();
   const ctx = passContext(build, log);
   return { out: typeof pass === "function" ? pass(g, ctx) : pass.run(g, ctx), log };
+}
+
+/** A block built by hand (`build(o)`), edited, then `pass` run on its graph: the block and runPass's result. */
+export function runBuilt<O, B extends { g: Graph }>(
+  pass: Pass | Pass["run"],
+  build: (o: O) => B,
+  o: O,
+  edit: (b: B) => void = () => {},
+): B & { out: Graph; log: PassLog } {
+  const b = build(o);
+  edit(b);
+  return { ...b, ...runPass(pass, b.g) };
+}
+
+/** The ops of a graph's nodes, in order. */
+export const ops = (g: Graph): string[] => g.nodes.map((n) => n.op);
+
+/** The pass left the graph's ops as they were, matched nothing, did not fail, and noted exactly `notes`. */
+export function expectLeftAlone(r: { g: Graph; out: Graph; log: PassLog }, notes: string[]): void {
+  expect(r.log.matches).toEqual([]);
+  expect(r.log.failed).toBeUndefined();
+  expect(ops(r.out)).toEqual(ops(r.g));
+  expect(r.log.notes).toEqual(notes);
 }
 
 /** The node writing value `id`, if any. */

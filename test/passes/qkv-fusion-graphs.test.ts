@@ -17,25 +17,16 @@ import {
   packedBlock,
   TOKENS,
 } from "./hand-graphs.ts";
-import { runPass, writer } from "./helpers.ts";
+import { expectLeftAlone, ops, runBuilt, runPass, writer } from "./helpers.ts";
 
-function run(o: AttnOptions = {}, edit: (b: AttnBlock) => void = () => {}) {
-  const b = attentionBlock(o);
-  edit(b);
-  return { ...b, ...runPass(qkvFusion, b.g) };
-}
-
-const ops = (g: Graph) => g.nodes.map((n) => n.op);
+const run = (o: AttnOptions = {}, edit?: (b: AttnBlock) => void) =>
+  runBuilt(qkvFusion, attentionBlock, o, edit);
 const Q = HEADS * HEAD_DIM;
 const KV = KV_HEADS * HEAD_DIM;
 
 /** Left unfused with exactly this note (the pass itself did not fail). */
 function refused(o: AttnOptions, note: string, edit?: (b: AttnBlock) => void) {
-  const { out, log, g } = run(o, edit);
-  expect(log.matches).toEqual([]);
-  expect(log.failed).toBeUndefined();
-  expect(ops(out)).toEqual(ops(g));
-  expect(log.notes).toEqual(note ? [`qkv: layer 0: ${note}; left unfused`] : []);
+  expectLeftAlone(run(o, edit), note ? [`qkv: layer 0: ${note}; left unfused`] : []);
 }
 
 function fusedLinear(g: Graph) {
