@@ -102,7 +102,9 @@ cudaError_t launch_fp8_m(int variant, int M, const void* x, const void* w, const
 const char* quant_gemv_unsupported(QuantKind kind, int M, int K, int group, const void* x, const void* w, DType dt) {
   auto al16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
   if (dt != DType::F16 && dt != DType::BF16) return "activation dtype is not fp16/bf16";
-  if (M < 1 || M > quant_gemv_max_m(kind, 3)) return kind == QuantKind::Int8 ? "M outside 1..16" : "M outside 1..4";
+  int most = 0;  // the most rows any variant of the kind takes
+  for (int v = 0; v < quant_gemv_variants(kind); v++) most = std::max(most, quant_gemv_max_m(kind, v));
+  if (M < 1 || M > most) return most == kIntMmaGemvMaxM ? "M outside 1..16" : "M outside 1..4";
   if (!al16(x) || !al16(w)) return "x or w not 16-byte aligned";
   switch (kind) {
     case QuantKind::Fp8:
@@ -121,13 +123,14 @@ int quant_gemv_max_m(QuantKind kind, int variant) {
   // int4 stays at 4: with 5-16 rows its tensor-core kernel passed kernels_test (M = 8, 13, 16) but the GPU suite's
   // packed golden check of the tiny int4 engines failed (max |Δlogit| 2.4-4.3 against the 1.25 bound, session 6 run
   // 6; int8's passed) and was not found before the device time ran out.
-  return kind == QuantKind::Int8 && variant >= 3 ? kIntMmaGemvMaxM : kQuantGemvMaxM;
+  return kind == QuantKind::Int8 && variant >= kIntMmaFirstVariant ? kIntMmaGemvMaxM : kQuantGemvMaxM;
 }
 
 int quant_gemv_variants(QuantKind kind) { return kind == QuantKind::Fp8 ? kQuantGemvVariants : kIntGemvVariants; }
 
 bool quant_gemv_has_prologue(QuantKind kind, int variant) {
-  return variant >= 0 && variant < quant_gemv_variants(kind) && (kind == QuantKind::Fp8 ? variant >= 3 : variant < 3);
+  return variant >= 0 && variant < quant_gemv_variants(kind) &&
+         (kind == QuantKind::Fp8 ? variant >= 3 : variant < kIntMmaFirstVariant);
 }
 
 cudaError_t quant_gemv(int variant, QuantKind kind, const void* x, const void* w, const float* scales, int group,

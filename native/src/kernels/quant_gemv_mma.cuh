@@ -32,6 +32,8 @@
 // within noise (2.91-2.95 ms either way: the tuner keeps variants 0-1 for int8 at bs 1); int8 bs 8 / 16 TPOT 3.53 /
 // 4.34 ms against 10.29 / 10.56 ms on the dequantise + GEMM path these batches took before (run 6).
 #pragma once
+#include <type_traits>
+
 #include "gemv_stream.cuh"
 #include "mma.cuh"
 #include "quant.h"
@@ -55,16 +57,14 @@ struct Half2Of<half> {
   using V = half2;
   static constexpr uint32_t kMagic4 = 0x64006400u;  // 1024 in both halves: 1024 + n for a nibble n in the mantissa
   static constexpr uint32_t kBias4 = 0x64086408u;   // 1032 = 1024 + 8 (the nibble holds q + 8)
-  static constexpr uint32_t kMagic8 = 0x64646464u;  // byte 0x64 above a code byte b: 1024 + b
-  static constexpr uint32_t kBias8 = 0x64806480u;   // 1152 = 1024 + 128 (the byte holds q + 128)
+  static constexpr uint32_t kMagic8 = 0x64646464u;  // byte 0x64 above a code byte b: 1024 + b (fp16 only: 8-bit codes
+  static constexpr uint32_t kBias8 = 0x64806480u;   // do not fit bf16's 7-bit mantissa); 1152 = 1024 + 128
 };
 template <>
 struct Half2Of<bf16> {
   using V = __nv_bfloat162;
   static constexpr uint32_t kMagic4 = 0x43004300u;  // 128 + n
   static constexpr uint32_t kBias4 = 0x43084308u;   // 136
-  static constexpr uint32_t kMagic8 = 0;            // (unused: bf16 int8 goes through fp32)
-  static constexpr uint32_t kBias8 = 0;
 };
 
 template <typename T>
@@ -97,7 +97,7 @@ __device__ __forceinline__ void dequant_chunk(const uint4& raw, uint32_t s2, flo
 #pragma unroll
         for (int i = 0; i < 4; i++)
           p[wd][i] = h2_mul<T>(h2_sub<T>(lop3_and_xor(u >> (4 * i), 0x000F000Fu, c), Half2Of<T>::kBias4), s2);
-      } else if constexpr (Half2Of<T>::kMagic8 != 0) {  // fp16: 1024 + (q + 128)
+      } else if constexpr (std::is_same_v<T, half>) {  // fp16: 1024 + (q + 128)
         const uint32_t v = u ^ 0x80808080u;
         p[wd][0] = h2_mul<T>(h2_sub<T>(__byte_perm(v, Half2Of<T>::kMagic8, 0x4140), Half2Of<T>::kBias8), s2);
         p[wd][1] = h2_mul<T>(h2_sub<T>(__byte_perm(v, Half2Of<T>::kMagic8, 0x4342), Half2Of<T>::kBias8), s2);
@@ -304,19 +304,15 @@ cudaError_t launch_int_mma(int M, const void* x, const void* w, const float* sc,
     while ((1 << cpg_shift) < cpg) cpg_shift++;
   }
   const int groups = INT4 ? K / group : 1;
-  const size_t smem = size_t(WARPS) * S * TILES * 32 * 16;
+  constexpr size_t smem = size_t(WARPS) * S * TILES * 32 * 16;
+  static_assert(smem <= 48 * 1024, "the ring fits the default dynamic shared memory (no opt-in needed)");
   auto go = [&](auto kern) {
-    static bool opted = false;  // (one per kernel: the ring may exceed the default 48 KB)
-    if (!opted && smem > 48 * 1024) {
-      cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-      if (e != cudaSuccess) return e;
-      opted = true;
-    }
     return launch_pdl(kern, blocks, WARPS * 32, smem, pdl, s, static_cast<const T*>(x), static_cast<const uint8_t*>(w),
                       sc, groups, cpg_shift, static_cast<const T*>(bias), static_cast<const T*>(res),
                       static_cast<T*>(out), M, N, K, int(act));
   };
-  if (M < 1 || M > quant_gemv_max_m(INT4 ? QuantKind::Int4 : QuantKind::Int8, 3)) return cudaErrorInvalidValue;
+  if (M < 1 || M > quant_gemv_max_m(INT4 ? QuantKind::Int4 : QuantKind::Int8, kIntMmaFirstVariant))
+    return cudaErrorInvalidValue;
   switch (M) {  // 1-4 rows: an instantiation each (as verified on the GPU before rows 5-16 were added)
     case 1: return go(int_mma_gemv_kernel<T, INT4, 1, TILES, WARPS, S>);
     case 2: return go(int_mma_gemv_kernel<T, INT4, 2, TILES, WARPS, S>);
