@@ -477,6 +477,13 @@ static void test_quant(Rng& rng) {
       {QuantKind::Int4, 1, 4096, 11008, 128, false, true, Act::None, 1},  // Llama-2-7B's down_proj
       {QuantKind::Int4, 2, 77, 352, 32, true, true, Act::GeluTanh, 2},
       {QuantKind::Int4, 4, 65, 512, 64, false, true, Act::None, 1},
+      // The tiny fixtures' shapes (hidden 128, Llama intermediate 352, GPT-J 512) at 3 rows, the packed golden
+      // check's decode steps.
+      {QuantKind::Int4, 3, 256, 128, 32, false, false, Act::None, 1},
+      {QuantKind::Int4, 3, 128, 352, 32, false, true, Act::None, 1},
+      {QuantKind::Int4, 3, 512, 128, 32, true, false, Act::GeluTanh, 1},
+      {QuantKind::Int4, 3, 128, 512, 128, true, true, Act::None, 1},
+      {QuantKind::Int8, 3, 704, 128, 0, false, false, Act::None, 1},
       // 5-16 token rows: int8's tensor-core variants only (rows g and g + 8 of the mma's A); int4 refuses them
       // (quant_gemv_max_m says why).
       {QuantKind::Int8, 5, 77, 352, 0, true, true, Act::Silu, 2},

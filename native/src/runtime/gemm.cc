@@ -59,7 +59,7 @@ void GemmRunner::init(const Tunables& t) {
   cudaError_t e = cudaMalloc(&workspace_, kWorkspaceBytes);
   if (e != cudaSuccess)
     throw std::runtime_error(std::string("cudaMalloc of the 32 MB cuBLASLt workspace failed: ") + cudaGetErrorString(e));
-  tune_max_m = t.gemm_tune ? 256 : 0;
+  tune_on = t.gemm_tune;
   gemv_mode = t.gemv == 0 ? -1 : t.gemv == 1 ? 1 : 0;
   gemv_variant = t.gemv_variant;
   verbose = t.profile != 0;

@@ -62,14 +62,12 @@ class GemmRunner {
   bool strict = false;   // see linear()
 
   size_t num_cached() const { return cache_.size(); }
-  // Autotuning: for M <= tune_max_m, and the multiples of 128 up to 4 * tune_max_m (the decode graph sizes of
-  // in-flight batching: 384, 512, ..., 1024; the batch manager's full batches run there), the first
-  // call of a shape times every algorithm the heuristic offers (up to kHeuristics; L2 flushed before each run,
-  // output to scratch) and keeps the fastest; other M (prefill and mixed steps, whose M varies step to step)
-  // take the heuristic's first choice. Never while the stream is being captured. gemm_tune off: 0.
-  int tune_max_m = 256;
+  // Autotuning (gemm_tuned_m, options.h): the first call of a tuned shape times every algorithm the heuristic
+  // offers (up to kHeuristics; L2 flushed before each run, output to scratch) and keeps the fastest. Never while
+  // the stream is being captured.
+  bool tune_on = true;  // gemm_tune
   static constexpr int kHeuristics = 64;
-  bool tunes(int M) const { return M <= tune_max_m || (M % 128 == 0 && M <= 4 * tune_max_m); }
+  bool tunes(int M) const { return tune_on && gemm_tuned_m(M); }
   // 0: never use the small-M gemv kernel; 1: always when eligible (tests); -1: the tuner decides.
   int gemv_mode = -1;
   int gemv_variant = -1;  // >= 0: only that variant (tests)

@@ -7,8 +7,15 @@
 
 namespace tsllm {
 
+// The GEMM shapes whose algorithm is timed on first use (gemm_tune on): M <= kGemmTuneMaxM, and the multiples of
+// 128 up to 4 * kGemmTuneMaxM (the decode graph sizes of in-flight batching: 384, 512, ..., 1024; the batch
+// manager's full batches run there); other M (prefill and mixed steps, whose M varies step to step) take cuBLASLt's
+// first heuristic choice. GemmRunner (fp16 / bf16) and QuantGemm (FP8) both follow it.
+constexpr int kGemmTuneMaxM = 256;
+inline bool gemm_tuned_m(int M) { return M <= kGemmTuneMaxM || (M % 128 == 0 && M <= 4 * kGemmTuneMaxM); }
+
 struct Tunables {
-  bool gemm_tune = true;      // time algorithms / gemv variants per shape (M <= 256)
+  bool gemm_tune = true;      // time algorithms / gemv variants per shape (gemm_tuned_m)
   int gemv = 0;               // -1 never, 0 the tuner decides, 1 always where eligible
   int gemv_variant = -1;      // -1 any, else only that variant
   bool gemv_prologue = true;  // decode prologue fusion (rms_norm / gated_act folded into the gemv)

@@ -22,6 +22,10 @@ std::string lt_err(const char* what, cublasStatus_t st) {
 
 size_t align256(size_t b) { return (b + 255) / 256 * 256; }
 
+std::string shape_name(int M, int N, int K, const char* path) {
+  return "M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) + " " + path;
+}
+
 }  // namespace
 
 QuantGemm::~QuantGemm() {
@@ -219,28 +223,48 @@ int QuantGemm::prologue_variant(const QuantLinearCall& c, const GemvPrologue& pr
   return pick >= 0 ? pick : no("the tuner kept the unfused pair (or no fused variant launched)");
 }
 
-// cuBLASLt's first heuristic algorithm for the plan's descriptors that fits the workspace, into p.algo;
-// CUBLAS_STATUS_NOT_SUPPORTED when there is none (*found: how many the heuristic offered).
-cublasStatus_t QuantGemm::pick_algo(Fp8Plan& p, int* found) {
+// cuBLASLt's heuristic algorithms for the plan's descriptors that fit the workspace, into p.algo: when `tuned` (a
+// tuned M, gemm_tuned_m, with tuning on) and the stream is not capturing, the fastest of them as `run` runs them (L2 flushed before each run, the
+// first discarded), else the first. Why timed: at prefill sizes the first choice leaves most SMs idle (Llama-2-7B
+// FP8 at M = 128: its o_proj ran at 0.83 TB/s of weights, the whole prefill's GEMMs at 1.56 TB/s; run 1, session 7).
+// CUBLAS_STATUS_NOT_SUPPORTED when none fits (*found: how many the heuristic offered).
+cublasStatus_t QuantGemm::pick_algo(Fp8Plan& p, int* found, bool tuned, cudaStream_t s, const AlgoRun& run,
+                                    const std::string& what) {
+  constexpr int kCandidates = 32;
   cublasLtMatmulPreference_t pref = nullptr;
   cublasStatus_t st = cublasLtMatmulPreferenceCreate(&pref);
   if (st != CUBLAS_STATUS_SUCCESS) return st;
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &lt_ws_bytes_,
                                        sizeof(lt_ws_bytes_));
-  cublasLtMatmulHeuristicResult_t res[8] = {};
+  cublasLtMatmulHeuristicResult_t res[kCandidates] = {};
   *found = 0;
-  st = cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.d, p.d, pref, 8, res, found);
+  st = cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.d, p.d, pref, kCandidates, res, found);
   cublasLtMatmulPreferenceDestroy(pref);
   if (st != CUBLAS_STATUS_SUCCESS) return st;
-  for (int i = 0; i < *found; i++)
-    if (res[i].state == CUBLAS_STATUS_SUCCESS && res[i].workspaceSize <= lt_ws_bytes_) {
-      p.algo = res[i].algo;
-      return CUBLAS_STATUS_SUCCESS;
-    }
-  return CUBLAS_STATUS_NOT_SUPPORTED;
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  cudaStreamIsCapturing(s, &cap);
+  const bool timed = tuned && cap == cudaStreamCaptureStatusNone && ensure_tune_out(0) && flush_;
+  int pick = -1, first = -1;
+  float best = 1e30f, first_ms = -1.f;
+  for (int i = 0; i < *found; i++) {
+    if (res[i].state != CUBLAS_STATUS_SUCCESS || res[i].workspaceSize > lt_ws_bytes_) continue;
+    if (first < 0) first = i;
+    if (!timed) break;
+    const float ms = time_runs(s, [&] { return run(res[i].algo); });
+    if (i == first) first_ms = ms;
+    if (ms >= 0.f && ms < best) best = ms, pick = i;
+  }
+  if (pick < 0) pick = first;
+  if (pick < 0) return CUBLAS_STATUS_NOT_SUPPORTED;
+  p.algo = res[pick].algo;
+  p.ms = timed && best < 1e29f ? best : -1.f;
+  if (verbose && timed)
+    std::fprintf(stderr, "tsllm fp8 gemm %s: candidate %d of %d, %.4f ms (first %.4f ms)\n", what.c_str(), pick, *found,
+                 p.ms, first_ms);
+  return CUBLAS_STATUS_SUCCESS;
 }
 
-std::string QuantGemm::fp8_plan(int M, int N, int K, Fp8Plan** out) {
+std::string QuantGemm::fp8_plan(int M, int N, int K, const void* w, const void* xq, cudaStream_t s, Fp8Plan** out) {
   const auto key = std::make_tuple(M, N, K, 0, 0);
   auto it = plans_.find(key);
   if (it != plans_.end()) {
@@ -276,7 +300,11 @@ std::string QuantGemm::fp8_plan(int M, int N, int K, Fp8Plan** out) {
   if (!(e = lt(cublasLtMatrixLayoutCreate(&p.d, CUDA_R_32F, uint64_t(N), uint64_t(M), int64_t(N)), "layout D")).empty())
     return fail(e);
   int found = 0;
-  const cublasStatus_t st = pick_algo(p, &found);
+  const float alpha = 1.f, beta = 0.f;
+  const cublasStatus_t st = pick_algo(p, &found, tune && gemm_tuned_m(M), s, [&](const cublasLtMatmulAlgo_t& algo) {
+    return cublasLtMatmul(handle_, p.desc, &alpha, w, p.a, xq, p.b, &beta, acc_, p.d, acc_, p.d, &algo, lt_ws_,
+                          lt_ws_bytes_, s) == CUBLAS_STATUS_SUCCESS;  // (acc_: the path's own scratch)
+  }, shape_name(M, N, K, "fp32 D"));
   if (st != CUBLAS_STATUS_SUCCESS) {
     plans_.emplace(key, Fp8Plan{});  // remembered: later calls of this shape go straight to the fallback
     return fail("cuBLASLt has no FP8 (E4M3 x E4M3 -> fp32) algorithm for M=" + std::to_string(M) +
@@ -291,8 +319,10 @@ std::string QuantGemm::fp8_plan(int M, int N, int K, Fp8Plan** out) {
 // Σ_k W[n,k] x[m,k] (+ bias) + residual, written in the activation dtype by the GEMM itself — no fp32 chunk, no
 // epilogue kernel. Op T on A = W gives rows n, so A's scale vector is s_w and B's (columns m) is s_x. Only for
 // linears without an activation; a shape cuBLASLt has no algorithm for falls back (once, remembered).
-std::string QuantGemm::fp8_outer_plan(int M, int N, int K, bool bias, bool residual, DType dt, const float* sw,
-                                      const float* sx, Fp8Plan** out) {
+std::string QuantGemm::fp8_outer_plan(int M, int N, int K, const void* bias_ptr, bool residual, DType dt,
+                                      const void* w, const float* sw, const void* xq, const float* sx, cudaStream_t s,
+                                      Fp8Plan** out) {
+  const bool bias = bias_ptr != nullptr;
   const auto key = std::make_tuple(M, N, K, 1 + int(bias) + 2 * int(residual), int(dt));
   auto it = plans_.find(key);
   if (it != plans_.end()) {
@@ -325,7 +355,9 @@ std::string QuantGemm::fp8_outer_plan(int M, int N, int K, bool bias, bool resid
                 CUBLAS_STATUS_SUCCESS;
   if (ok && bias)
     ok = cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &cdt, sizeof(cdt)) ==
-         CUBLAS_STATUS_SUCCESS;
+             CUBLAS_STATUS_SUCCESS &&
+         cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr, sizeof(bias_ptr)) ==
+             CUBLAS_STATUS_SUCCESS;
   // The heuristic needs real scale vectors: with null placeholders cuBLASLt 13.1 answers CUBLAS_STATUS_INVALID_VALUE
   // (7) for every shape on the H200, while the same descriptor with this call's device pointers finds an algorithm
   // and runs (a probe of both forms, session 5) — which is why this path had always fallen back to the epilogue.
@@ -340,7 +372,13 @@ std::string QuantGemm::fp8_outer_plan(int M, int N, int K, bool bias, bool resid
        cublasLtMatrixLayoutCreate(&p.d, cdt, uint64_t(N), uint64_t(M), int64_t(N)) == CUBLAS_STATUS_SUCCESS;
   if (!ok) return give_up();
   int found = 0;
-  const cublasStatus_t st = pick_algo(p, &found);
+  // Timed into scratch (out may be the residual): D = C = tune_out_, beta as the call's.
+  const bool scratch = ensure_tune_out(size_t(M) * size_t(N) * 2);
+  const float alpha = 1.f, beta = residual ? 1.f : 0.f;
+  const cublasStatus_t st = pick_algo(p, &found, scratch && tune && gemm_tuned_m(M), s, [&](const cublasLtMatmulAlgo_t& algo) {
+    return cublasLtMatmul(handle_, p.desc, &alpha, w, p.a, xq, p.b, &beta, tune_out_, p.d, tune_out_, p.d, &algo,
+                          lt_ws_, lt_ws_bytes_, s) == CUBLAS_STATUS_SUCCESS;
+  }, shape_name(M, N, K, "outer-vector"));
   if (st != CUBLAS_STATUS_SUCCESS) {
     if (verbose)
       std::fprintf(stderr, "tsllm fp8 gemm M=%d N=%d K=%d: no outer-vector-scaled cuBLASLt algorithm (status %d): "
@@ -361,13 +399,42 @@ std::string QuantGemm::fp8_gemm(const QuantLinearCall& c, DType dt, cudaStream_t
   cudaError_t ce = quantize_rows_fp8(c.x, xq, sx, c.M, c.K, dt, s);
   if (ce != cudaSuccess) return std::string("quantize_rows_fp8: ") + cudaGetErrorString(ce);
   const float alpha = 1.f;
-  // Outer-vector scaling from kFp8OuterMinM rows: below, cuBLASLt's pick for it is slower than the plain FP8 GEMM +
-  // epilogue (H200, Llama-2-7B FP8, decode M = 64: TPOT 6.06 ms with it, 5.41 ms without; prefill M = 128: TTFT
-  // 5.06-5.15 vs 5.05 ms; M = 8,192: 111 vs 133 ms). M from 129 to 8,191 was not measured.
+  // Outer-vector scaling (one GEMM writing T) from kFp8OuterMinM rows. Below, cuBLASLt's first pick for it was
+  // slower than the plain FP8 GEMM + epilogue kernel (H200, Llama-2-7B FP8, decode M = 64: TPOT 6.06 ms with it,
+  // 5.41 ms without; prefill M = 128: TTFT 5.06-5.15 vs 5.05 ms; M = 8,192: 111 vs 133 ms), so for a tuned M below
+  // it both paths are timed once per shape with their tuned algorithms and the faster kept (outer_pick_); other M
+  // below it take the plain path.
   constexpr int kFp8OuterMinM = 256;
-  if (fp8_outer && c.act == Act::None && dt != DType::F32 && c.M >= kFp8OuterMinM) {
+  const bool outer_ok = fp8_outer && c.act == Act::None && dt != DType::F32;
+  bool use_outer = outer_ok && c.M >= kFp8OuterMinM;
+  const auto okey = std::make_tuple(c.M, c.N, c.K, 1 + int(c.bias != nullptr) + 2 * int(c.residual != nullptr), int(dt));
+  if (outer_ok && !use_outer && tune && gemm_tuned_m(c.M)) {
+    auto hit = outer_pick_.find(okey);
+    if (hit != outer_pick_.end()) {
+      use_outer = hit->second;
+    } else if (size_t(c.M) * size_t(c.N) * 4 <= acc_bytes_) {  // the plain path in one chunk, as timed
+      Fp8Plan* op = nullptr;
+      std::string err = fp8_outer_plan(c.M, c.N, c.K, c.bias, c.residual != nullptr, dt, c.w, c.scales, xq, sx, s, &op);
+      if (!err.empty()) return err;
+      Fp8Plan* pp = nullptr;
+      const bool plain = fp8_plan(c.M, c.N, c.K, c.w, xq, s, &pp).empty();
+      if (op && op->ms >= 0.f && plain && pp->ms >= 0.f && ensure_tune_out(size_t(c.M) * size_t(c.N) * 2)) {
+        const float epi = time_runs(s, [&] {
+          return fp8_scale_epilogue(acc_, sx, c.scales, c.bias, c.residual ? tune_out_ : nullptr, tune_out_, c.M, c.N,
+                                    c.act, dt, s) == cudaSuccess;
+        });
+        use_outer = epi >= 0.f && op->ms < pp->ms + epi;
+        if (verbose)
+          std::fprintf(stderr, "tsllm fp8 gemm M=%d N=%d K=%d: outer-vector %.4f ms vs fp32 + epilogue %.4f + %.4f ms: %s\n",
+                       c.M, c.N, c.K, op->ms, pp->ms, epi, use_outer ? "outer-vector" : "fp32 + epilogue");
+      }
+      cudaGetLastError();
+      outer_pick_.emplace(okey, use_outer);
+    }
+  }
+  if (use_outer) {
     Fp8Plan* op = nullptr;
-    std::string err = fp8_outer_plan(c.M, c.N, c.K, c.bias != nullptr, c.residual != nullptr, dt, c.scales, sx, &op);
+    std::string err = fp8_outer_plan(c.M, c.N, c.K, c.bias, c.residual != nullptr, dt, c.w, c.scales, xq, sx, s, &op);
     if (!err.empty()) return err;
     if (op) {
       const float beta = c.residual ? 1.f : 0.f;
@@ -390,7 +457,7 @@ std::string QuantGemm::fp8_gemm(const QuantLinearCall& c, DType dt, cudaStream_t
   for (int m0 = 0; m0 < c.M; m0 += chunk) {
     const int mc = std::min(chunk, c.M - m0);
     Fp8Plan* p = nullptr;
-    std::string err = fp8_plan(mc, c.N, c.K, &p);
+    std::string err = fp8_plan(mc, c.N, c.K, c.w, xq + size_t(m0) * c.K, s, &p);
     if (!err.empty()) {
       // No cuBLASLt FP8 algorithm for this shape: the decode kernel over 4-row slices (same numerics, slower).
       if (quant_gemv_unsupported(QuantKind::Fp8, 1, c.K, 0, c.x, c.w, dt)) return err;

@@ -17,6 +17,7 @@
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
+#include <functional>
 #include <map>
 #include <string>
 #include <tuple>
@@ -108,12 +109,19 @@ class QuantGemm {
     cublasLtMatmulDesc_t desc = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
     cublasLtMatmulAlgo_t algo{};
+    float ms = -1.f;  // the picked algorithm's time when it was timed (a tuned M), else -1
   };
-  cublasStatus_t pick_algo(Fp8Plan& p, int* found);
-  std::string fp8_plan(int M, int N, int K, Fp8Plan** out);
+  // Runs the plan's GEMM once with the given algorithm into scratch (tuning); false when the launch failed.
+  using AlgoRun = std::function<bool(const cublasLtMatmulAlgo_t&)>;
+  cublasStatus_t pick_algo(Fp8Plan& p, int* found, bool tuned, cudaStream_t s, const AlgoRun& run,
+                           const std::string& what);
+  std::string fp8_plan(int M, int N, int K, const void* w, const void* xq, cudaStream_t s, Fp8Plan** out);
   // The outer-vector-scaled plan, or *out = nullptr when cuBLASLt has none for the shape (remembered).
-  std::string fp8_outer_plan(int M, int N, int K, bool bias, bool res, DType dt, const float* sw, const float* sx,
-                             Fp8Plan** out);
+  std::string fp8_outer_plan(int M, int N, int K, const void* bias, bool res, DType dt, const void* w,
+                             const float* sw, const void* xq, const float* sx, cudaStream_t s, Fp8Plan** out);
+  // Below kFp8OuterMinM rows, for a tuned M: whether the outer-vector plan beats the fp32 chunk + epilogue path,
+  // both timed once per shape; the key is the outer plan's.
+  std::map<std::tuple<int, int, int, int, int>, bool> outer_pick_;
 
   cublasLtHandle_t handle_ = nullptr;
   void* lt_ws_ = nullptr;  // cuBLASLt workspace
