@@ -484,8 +484,7 @@ static void test_quant(Rng& rng) {
       {QuantKind::Int4, 3, 512, 128, 32, true, false, Act::GeluTanh, 1},
       {QuantKind::Int4, 3, 128, 512, 128, true, true, Act::None, 1},
       {QuantKind::Int8, 3, 704, 128, 0, false, false, Act::None, 1},
-      // 5-16 token rows: int8's tensor-core variants only (rows g and g + 8 of the mma's A); int4 refuses them
-      // (quant_gemv_max_m says why).
+      // 5-16 token rows: the tensor-core variants only (rows g and g + 8 of the mma's A); 0-2 refuse them.
       {QuantKind::Int8, 5, 77, 352, 0, true, true, Act::Silu, 2},
       {QuantKind::Int8, 16, 300, 4096, 0, false, true, Act::None, 1},
       {QuantKind::Int4, 8, 129, 4096, 128, false, false, Act::None, 1},

@@ -34,7 +34,7 @@ const char* quant_kind_name(QuantKind k);  // QuantKind: enums.h
 // T((x · inv_rms) · norm_w) rounded as norms.cu writes it); fp8 3-7 and int 0-2 (quant_gemv_has_prologue).
 constexpr int kQuantGemvMaxM = 4;   // fp8, and the CUDA-core int variants (0-2)
 constexpr int kIntMmaFirstVariant = 3;  // int8 / int4: variants from here are the tensor-core kernels
-constexpr int kIntMmaGemvMaxM = 16;  // the tensor-core int8 variants (3-4): token rows are the mma's 16 A rows
+constexpr int kIntMmaGemvMaxM = 16;  // the tensor-core int8 / int4 variants (3-4): token rows are the mma's 16 A rows
 // The most token rows variant `variant` of `kind` takes.
 int quant_gemv_max_m(QuantKind kind, int variant);
 constexpr int kQuantGemvVariants = 8;  // the most of any kind (fp8)

@@ -120,10 +120,7 @@ const char* quant_gemv_unsupported(QuantKind kind, int M, int K, int group, cons
 }
 
 int quant_gemv_max_m(QuantKind kind, int variant) {
-  // int4 stays at 4: with 5-16 rows its tensor-core kernel passed kernels_test (M = 8, 13, 16) but the GPU suite's
-  // packed golden check of the tiny int4 engines failed (max |Δlogit| 2.4-4.3 against the 1.25 bound, session 6 run
-  // 6; int8's passed) and was not found before the device time ran out.
-  return kind == QuantKind::Int8 && variant >= kIntMmaFirstVariant ? kIntMmaGemvMaxM : kQuantGemvMaxM;
+  return kind != QuantKind::Fp8 && variant >= kIntMmaFirstVariant ? kIntMmaGemvMaxM : kQuantGemvMaxM;
 }
 
 int quant_gemv_variants(QuantKind kind) { return kind == QuantKind::Fp8 ? kQuantGemvVariants : kIntGemvVariants; }

@@ -13,16 +13,16 @@
 // fp32 (mma.sync m16n8k16), then summed over the block's warps in a fixed order.
 //
 // Layout: the weights stay [N, K] row-major as stored. The weights are the mma's B operand (n = output row), x
-// the A operand (m = token row, rows g and g + 8 of lane (g, t); int8 takes up to 16 tokens, kIntMmaGemvMaxM, int4
-// and the CUDA-core kernels 4; rows >= M are zeros): lane (g, t) = (lane / 4, lane % 4) streams 16-byte chunks of
+// the A operand (m = token row, rows g and g + 8 of lane (g, t): up to 16 tokens, kIntMmaGemvMaxM, where the
+// CUDA-core kernels take 4; rows >= M are zeros): lane (g, t) = (lane / 4, lane % 4) streams 16-byte chunks of
 // output row n0 + g, and the four lanes of a row take four consecutive chunks, so B's k slots of lane t are that
 // lane's own chunk. A dot product may visit K in any order, so the mma's k slots are mapped to weights in the order
 // the dequantisation produces them, and x is loaded (from L1 / L2) and permuted to match: int4 pairs nibbles
 // (i, i + 4) of a 32-bit word, int8 pairs neighbours.
 // A block of WARPS warps owns TILES tiles of 8 output rows and splits K between its warps (chunk c of a row:
 // iteration i, warp w, lane t -> c = (i · WARPS + w) · 4 + t), S iterations of loads in flight per lane through a
-// per-warp cp.async ring in shared memory, the first issued before griddepcontrol.wait (PDL: weights are never
-// written). The ring against a register pipeline (UN chunks held per lane, as the CUDA-core kernels do), H200
+// per-warp cp.async ring in shared memory, issued only after griddepcontrol.wait (see the kernel: under PDL the
+// ring's copies issued before it gave wrong results). The ring against a register pipeline (UN chunks held per lane, as the CUDA-core kernels do), H200
 // gemv_bench, session 6 runs 1-2: int8 down_proj 1851 -> 2489 GB/s, int4 unchanged; int4's gain came from removing
 // a 64-bit division per chunk and run-time half conversions (kernels-notes.md).
 // Measured (H200, session 6 run 4, gemv_bench GB/s of weight bytes, M = 1, Llama-2-7B shapes, best CUDA-core variant
@@ -142,6 +142,12 @@ __global__ void __launch_bounds__(WARPS * 32)
   constexpr int XR = MB > 8 ? 2 : 1;   // token rows per lane: g, g + 8
   extern __shared__ __align__(16) uint4 ring_all[];  // [WARPS][S][TILES][32]: each warp's private cp.async ring
   pdl_trigger();
+  // Under PDL this kernel waits for its predecessor before its first cp.async, unlike the register-pipelined gemvs
+  // (which load weights before waiting). With the ring's first copies issued before the wait, the tiny int4 engines
+  // gave wrong logits run after run (GPU suite, max |Δlogit| 2.2-4.3 against ≤ 1.25, varying between identical
+  // runs; correct with TSLLM_PDL=0, with every call serialised, and with this wait moved first: session 7 runs 2-5).
+  // The weights are never written, so the cause is not a data race on them; it was not found.
+  pdl_wait();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int n0 = blockIdx.x * TILES * 8;
@@ -176,7 +182,6 @@ __global__ void __launch_bounds__(WARPS * 32)
   };
 #pragma unroll
   for (int u = 0; u < S; u++) issue(u, u);
-  pdl_wait();
   if constexpr (!INT4) {
 #pragma unroll
     for (int i = 0; i < TILES; i++) {
@@ -313,19 +318,15 @@ cudaError_t launch_int_mma(int M, const void* x, const void* w, const float* sc,
   };
   if (M < 1 || M > quant_gemv_max_m(INT4 ? QuantKind::Int4 : QuantKind::Int8, kIntMmaFirstVariant))
     return cudaErrorInvalidValue;
-  switch (M) {  // 1-4 rows: an instantiation each (as verified on the GPU before rows 5-16 were added)
+  switch (M) {  // 1-4 rows (decode's common case): an instantiation each
     case 1: return go(int_mma_gemv_kernel<T, INT4, 1, TILES, WARPS, S>);
     case 2: return go(int_mma_gemv_kernel<T, INT4, 2, TILES, WARPS, S>);
     case 3: return go(int_mma_gemv_kernel<T, INT4, 3, TILES, WARPS, S>);
     case 4: return go(int_mma_gemv_kernel<T, INT4, 4, TILES, WARPS, S>);
     default: break;
   }
-  if constexpr (INT4) {
-    return cudaErrorInvalidValue;  // (quant_gemv_max_m: int4 takes 4 rows, see there)
-  } else {
-    if (M <= 8) return go(int_mma_gemv_kernel<T, INT4, 8, TILES, WARPS, S>);
-    return go(int_mma_gemv_kernel<T, INT4, 16, TILES, WARPS, S>);
-  }
+  if (M <= 8) return go(int_mma_gemv_kernel<T, INT4, 8, TILES, WARPS, S>);
+  return go(int_mma_gemv_kernel<T, INT4, 16, TILES, WARPS, S>);
 }
 
 // Variants 3-4 of the int kinds: (tiles of 8 rows per block, warps splitting K, iterations in flight per lane).

@@ -128,7 +128,7 @@ int QuantGemm::gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s) 
   // the tuner.
   if (gemv_force >= 0 && gemv_force < quant_gemv_variants(c.kind) && c.M <= quant_gemv_max_m(c.kind, gemv_force))
     return gemv_force;
-  // Untuned: variant 1; 5-16 rows (int8) only when the tuner has seen a tensor-core variant run the shape (it
+  // Untuned: variant 1; 5-16 rows (int kinds) only when the tuner has seen a tensor-core variant run the shape (it
   // refuses some: groups of a non-power-of-two count of chunks), else the large-M path.
   const int dflt = c.M <= kQuantGemvMaxM ? 1 : -1;
   if (!tune) return dflt;

@@ -1,5 +1,5 @@
 // quant_linear on the GPU (docs/engine-format.md "Quantisation"; numerics in kernels/quant.h):
-//   M <= 4 (decode; int8 up to 16, kIntMmaGemvMaxM, through its tensor-core variants): kernels/quant_gemv.cu
+//   M <= 4 (decode; int8 / int4 up to 16, kIntMmaGemvMaxM, through their tensor-core variants): kernels/quant_gemv.cu
 //     reads the quantised weights directly (FP8: x quantised per token inside the kernel); the variant is timed once
 //     per shape (among those that take M rows), L2 flushed, like GemmRunner's tuner.
 //   larger M, FP8: quantize_rows_fp8 (x -> E4M3 + per-token scales, workspace), then the cuBLASLt FP8 GEMM (E4M3
