@@ -28,9 +28,11 @@
 // Measured (H200, session 6 run 4, gemv_bench GB/s of weight bytes, M = 1, Llama-2-7B shapes, best CUDA-core variant
 // -> best of these): int4 g128 qkv 1324 -> 1665, o_proj 903 -> 1426, gate_up 1471 -> 1947, down 1027 -> 1842; int8
 // qkv 2745 -> 2999, o_proj 1740 -> 2026, gate_up 3058 -> 3255, down 2073 -> 2432. In the engine (the load-time tuner
-// picks per shape): Llama-2-7B int4-wo g128 bs-1 TPOT 2.52 ms against 3.19 ms with variant 0 forced (+25 %); int8
-// within noise (2.91-2.95 ms either way: the tuner keeps variants 0-1 for int8 at bs 1); int8 bs 8 / 16 TPOT 3.53 /
-// 4.34 ms against 10.29 / 10.56 ms on the dequantise + GEMM path these batches took before (run 6).
+// picks per shape): Llama-2-7B int4-wo g128 bs-1 TPOT 2.52 ms against 3.19 ms with variant 0 forced (+25 %; 2.645
+// against 3.300 for variant 1 since the ring waits for the PDL predecessor, session 7 run 6); int8 within noise
+// (2.91-2.95 ms either way: the tuner keeps variants 0-1 for int8 at bs 1); bs 8 / 16 TPOT, against the dequantise +
+// GEMM path these batches took before: int8 3.53 / 4.34 ms vs 10.29 / 10.56 (session 6 run 6), int4 3.298 / 4.691
+// vs 13.380 / 13.615 (session 7 run 6).
 #pragma once
 #include <type_traits>
 
