@@ -22,9 +22,10 @@
 // A block of WARPS warps owns TILES tiles of 8 output rows and splits K between its warps (chunk c of a row:
 // iteration i, warp w, lane t -> c = (i · WARPS + w) · 4 + t), S iterations of loads in flight per lane through a
 // per-warp cp.async ring in shared memory, issued only after griddepcontrol.wait (see the kernel: under PDL the
-// ring's copies issued before it gave wrong results). The ring against a register pipeline (UN chunks held per lane, as the CUDA-core kernels do), H200
-// gemv_bench, session 6 runs 1-2: int8 down_proj 1851 -> 2489 GB/s, int4 unchanged; int4's gain came from removing
-// a 64-bit division per chunk and run-time half conversions (kernels-notes.md).
+// ring's copies issued before it gave wrong results). The ring against a register pipeline (UN chunks held per
+// lane, as the CUDA-core kernels do), H200 gemv_bench, session 6 runs 1-2: int8 down_proj 1851 -> 2489 GB/s, int4
+// unchanged; int4's gain came from removing a 64-bit division per chunk and run-time half conversions
+// (kernels-notes.md).
 // Measured (H200, session 6 run 4, gemv_bench GB/s of weight bytes, M = 1, Llama-2-7B shapes, best CUDA-core variant
 // -> best of these): int4 g128 qkv 1324 -> 1665, o_proj 903 -> 1426, gate_up 1471 -> 1947, down 1027 -> 1842; int8
 // qkv 2745 -> 2999, o_proj 1740 -> 2026, gate_up 3058 -> 3255, down 2073 -> 2432. In the engine (the load-time tuner

@@ -224,10 +224,11 @@ int QuantGemm::prologue_variant(const QuantLinearCall& c, const GemvPrologue& pr
 }
 
 // cuBLASLt's heuristic algorithms for the plan's descriptors that fit the workspace, into p.algo: when `tuned` (a
-// tuned M, gemm_tuned_m, with tuning on) and the stream is not capturing, the fastest of them as `run` runs them (L2 flushed before each run, the
-// first discarded), else the first. Why timed: at prefill sizes the first choice leaves most SMs idle (Llama-2-7B
-// FP8 at M = 128: its o_proj ran at 0.83 TB/s of weights, the whole prefill's GEMMs at 1.56 TB/s; run 1, session 7).
-// CUBLAS_STATUS_NOT_SUPPORTED when none fits (*found: how many the heuristic offered).
+// tuned M, gemm_tuned_m, with tuning on) and the stream is not capturing, the fastest of them as `run` runs them
+// (L2 flushed before each run, the first discarded), else the first; p.ms: the pick's time, which fp8_gemm's
+// outer-vector choice below 256 rows needs. Measured (H200, Llama-2-7B FP8 prefill M = 128, session 7 run 2): the
+// fp32-D picks were the heuristic's first or second candidate within 1 %, and the outer-vector heuristic offered one;
+// the TTFT gain came from that choice. CUBLAS_STATUS_NOT_SUPPORTED when none fits (*found: how many were offered).
 cublasStatus_t QuantGemm::pick_algo(Fp8Plan& p, int* found, bool tuned, cudaStream_t s, const AlgoRun& run,
                                     const std::string& what) {
   constexpr int kCandidates = 32;
@@ -375,7 +376,8 @@ std::string QuantGemm::fp8_outer_plan(int M, int N, int K, const void* bias_ptr,
   // Timed into scratch (out may be the residual): D = C = tune_out_, beta as the call's.
   const bool scratch = ensure_tune_out(size_t(M) * size_t(N) * 2);
   const float alpha = 1.f, beta = residual ? 1.f : 0.f;
-  const cublasStatus_t st = pick_algo(p, &found, scratch && tune && gemm_tuned_m(M), s, [&](const cublasLtMatmulAlgo_t& algo) {
+  const bool tuned = scratch && tune && gemm_tuned_m(M);
+  const cublasStatus_t st = pick_algo(p, &found, tuned, s, [&](const cublasLtMatmulAlgo_t& algo) {
     return cublasLtMatmul(handle_, p.desc, &alpha, w, p.a, xq, p.b, &beta, tune_out_, p.d, tune_out_, p.d, &algo,
                           lt_ws_, lt_ws_bytes_, s) == CUBLAS_STATUS_SUCCESS;
   }, shape_name(M, N, K, "outer-vector"));
@@ -407,7 +409,8 @@ std::string QuantGemm::fp8_gemm(const QuantLinearCall& c, DType dt, cudaStream_t
   constexpr int kFp8OuterMinM = 256;
   const bool outer_ok = fp8_outer && c.act == Act::None && dt != DType::F32;
   bool use_outer = outer_ok && c.M >= kFp8OuterMinM;
-  const auto okey = std::make_tuple(c.M, c.N, c.K, 1 + int(c.bias != nullptr) + 2 * int(c.residual != nullptr), int(dt));
+  const int flags = 1 + int(c.bias != nullptr) + 2 * int(c.residual != nullptr);  // as fp8_outer_plan's key
+  const auto okey = std::make_tuple(c.M, c.N, c.K, flags, int(dt));
   if (outer_ok && !use_outer && tune && gemm_tuned_m(c.M)) {
     auto hit = outer_pick_.find(okey);
     if (hit != outer_pick_.end()) {
@@ -425,7 +428,8 @@ std::string QuantGemm::fp8_gemm(const QuantLinearCall& c, DType dt, cudaStream_t
         });
         use_outer = epi >= 0.f && op->ms < pp->ms + epi;
         if (verbose)
-          std::fprintf(stderr, "tsllm fp8 gemm M=%d N=%d K=%d: outer-vector %.4f ms vs fp32 + epilogue %.4f + %.4f ms: %s\n",
+          std::fprintf(stderr,
+                       "tsllm fp8 gemm M=%d N=%d K=%d: outer-vector %.4f ms vs fp32 + epilogue %.4f + %.4f ms: %s\n",
                        c.M, c.N, c.K, op->ms, pp->ms, epi, use_outer ? "outer-vector" : "fp32 + epilogue");
       }
       cudaGetLastError();
