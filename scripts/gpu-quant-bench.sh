@@ -2,7 +2,8 @@
 # The quantised-engine benchmark of issue 13 in one command on an H100/H200 (about 5 minutes): random-weight
 # Llama-2-7B engines (fp16, fp8, int8-wo, int4-wo group 128; ISL/OSL 128/128) through `tsllm-bench latency` at
 # batch 1 and 64 — TTFT, TPOT, tok/s, and the HBM roofline of each engine's own weight bytes (quantised values +
-# scales) at the copy bandwidth measured in the same run — the FP8 context FMHA on and off (TTFT at ISL 2048, and
+# scales) at the copy bandwidth measured in the same run — int8 / int4 at batch 8 and 16 with and without the
+# quantised decode gemv, the FP8 context FMHA on and off (TTFT at ISL 2048, and
 # native/build/kernels_bench fmha8), then the compiled-PyTorch peer in the same run.
 #   bash scripts/gpu-quant-bench.sh [../shared]      (SHARED holds configs/ and bench/torch_static_decode.py)
 # A/B switches for the runtime are read from the environment (native/README.md), e.g.
@@ -28,6 +29,13 @@ for e in fp16 fp8 int8 int4; do
   echo "== Llama-2-7B $e"
   ./bin/tsllm-bench.mjs latency "$work/$e" --batch-size 1,64 --input-len 128 --output-len 128 --runs 3 \
     --json "$work/$e.json" || echo "tsllm-bench latency $e FAILED"
+done
+echo "== int8 / int4 at batch 8 and 16: the tensor-core decode gemv (1-16 rows) against the dequantise + GEMM path"
+for e in int8 int4; do
+  for q in 1 0; do
+    TSLLM_QGEMV=$q ./bin/tsllm-bench.mjs latency "$work/$e" --batch-size 8,16 --input-len 128 --output-len 64 \
+      --runs 2 | grep -E "^batch" | sed "s/^/$e TSLLM_QGEMV=$q: /"
+  done
 done
 echo "== FP8 context FMHA: Llama-2-7B FP8 + FP8 KV, TTFT at ISL 2048 with it on and off, and the kernels alone"
 compile fp8kv --quant fp8 --kv-cache-dtype fp8 --max-seq-len 2304
