@@ -62,6 +62,11 @@ export interface ThroughputReport {
   };
 }
 
+/**
+ * pq by nearest rank: the smallest value with at least q·n of the n values at or below it,
+ * sorted[ceil(q·n) - 1], no interpolation. trtllm-bench takes sorted[floor(q·n)], one rank higher where q·n
+ * is whole (p50 of 10 values: its 6th, here the 5th); vllm's benchmark interpolates (numpy.percentile).
+ */
 export function percentiles(xs: number[]): Percentiles {
   if (xs.length === 0)
     return {
