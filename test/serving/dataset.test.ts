@@ -1,0 +1,283 @@
+// The trtllm-bench dataset format (src/serving/dataset.ts) without an engine: TensorRT-LLM
+// prepare_dataset.py's lines and the "prompt" form through a toy encoder, every malformed line refused with
+// one line naming it, and token-norm-dist's lengths, ids and seed.
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { describe, expect, it } from "vitest";
+import {
+  DatasetError,
+  type Encode,
+  formatDatasetLine,
+  parseDatasetLine,
+  readDataset,
+  type TokenNormDist,
+  tokenNormDist,
+} from "../../src/serving/dataset.ts";
+import { lowbias32 } from "../../src/weights/random.ts";
+
+/** A toy tokenizer: one id per character (its code point). */
+const chars: Encode = (t) => [...t].map((c) => c.codePointAt(0)!);
+
+/** parseDatasetLine's error for `line`, checked to be a DatasetError. */
+function refusal(line: string, encode?: Encode): string {
+  try {
+    parseDatasetLine(line, "d.jsonl:7", encode);
+  } catch (e) {
+    expect(e).toBeInstanceOf(DatasetError);
+    expect((e as Error).name).toBe("DatasetError");
+    return (e as Error).message;
+  }
+  throw new Error(`accepted: ${line}`);
+}
+
+describe("parseDatasetLine", () => {
+  it("takes prepare_dataset.py's line as it is, extra fields ignored", () => {
+    const line = '{"task_id": 0, "input_ids": [128000, 2028, 374], "output_tokens": 128}';
+    expect(parseDatasetLine(line, "x")).toEqual({
+      taskId: 0,
+      inputIds: [128000, 2028, 374],
+      outputTokens: 128,
+    });
+    const lora = '{"task_id": 3, "input_ids": [0], "output_tokens": 1, "lora_request": {"lora_int_id": 1}}';
+    expect(parseDatasetLine(lora, "x")).toEqual({ taskId: 3, inputIds: [0], outputTokens: 1 });
+  });
+
+  it("a string task_id is kept; a missing or other one becomes the line's place", () => {
+    expect(parseDatasetLine('{"task_id": "a-1", "input_ids": [1], "output_tokens": 2}', "x").taskId).toBe(
+      "a-1",
+    );
+    expect(parseDatasetLine('{"input_ids": [1], "output_tokens": 2}', "d:4").taskId).toBe("d:4");
+    expect(parseDatasetLine('{"task_id": null, "input_ids": [1], "output_tokens": 2}', "d:5").taskId).toBe(
+      "d:5",
+    );
+    expect(parseDatasetLine('{"task_id": [1], "input_ids": [1], "output_tokens": 2}', "d:6").taskId).toBe(
+      "d:6",
+    );
+  });
+
+  it("a prompt goes through the encoder; input_ids win when both are given", () => {
+    expect(parseDatasetLine('{"task_id": 1, "prompt": "Hi!", "output_tokens": 4}', "x", chars)).toEqual({
+      taskId: 1,
+      inputIds: [72, 105, 33],
+      outputTokens: 4,
+    });
+    const both = '{"task_id": 2, "prompt": "Hi", "input_ids": [9], "output_tokens": 1}';
+    const never: Encode = () => {
+      throw new Error("encoder called");
+    };
+    expect(parseDatasetLine(both, "x", never).inputIds).toEqual([9]);
+  });
+
+  it("refuses a line that is not a JSON object", () => {
+    expect(refusal("{task_id: 0}")).toMatch(/^d\.jsonl:7: not valid JSON \(.+\)$/);
+    for (const line of ["[1, 2]", "null", '"text"', "3"])
+      expect(refusal(line), line).toBe("d.jsonl:7: not a JSON object");
+  });
+
+  it("refuses output_tokens that is not an integer >= 1, quoting it", () => {
+    const msg = (got: string) => `d.jsonl:7: "output_tokens" must be an integer >= 1, got ${got}`;
+    expect(refusal('{"input_ids": [1]}')).toBe(msg("undefined"));
+    expect(refusal('{"input_ids": [1], "output_tokens": 0}')).toBe(msg("0"));
+    expect(refusal('{"input_ids": [1], "output_tokens": -2}')).toBe(msg("-2"));
+    expect(refusal('{"input_ids": [1], "output_tokens": 1.5}')).toBe(msg("1.5"));
+    expect(refusal('{"input_ids": [1], "output_tokens": "3"}')).toBe(msg('"3"'));
+    expect(parseDatasetLine('{"input_ids": [1], "output_tokens": 1}', "x").outputTokens).toBe(1);
+  });
+
+  it("refuses input_ids that are not a non-empty list of ids >= 0", () => {
+    for (const ids of ["null", '"1 2"', "{}", "[]", "[1.5]", "[-1]", '["1"]', "[1, null]", "[2, -1]"])
+      expect(refusal(`{"input_ids": ${ids}, "output_tokens": 1}`), ids).toBe(
+        'd.jsonl:7: "input_ids" must be a non-empty list of token ids',
+      );
+    expect(parseDatasetLine('{"input_ids": [0, 5], "output_tokens": 1}', "x").inputIds).toEqual([0, 5]);
+  });
+
+  it("refuses a prompt without a tokenizer, one that encodes to nothing, and a line with neither", () => {
+    expect(refusal('{"prompt": "Hi", "output_tokens": 1}')).toBe(
+      'd.jsonl:7: a "prompt" line needs a tokenizer; this engine has none (give "input_ids")',
+    );
+    expect(refusal('{"prompt": "", "output_tokens": 1}', chars)).toBe(
+      'd.jsonl:7: "prompt" encodes to no tokens',
+    );
+    for (const line of ['{"output_tokens": 1}', '{"prompt": 5, "output_tokens": 1}'])
+      expect(refusal(line, chars), line).toBe('d.jsonl:7: needs "input_ids" (token ids) or "prompt" (text)');
+  });
+});
+
+describe("readDataset", () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tsllm-dataset-"));
+  const file = (name: string, text: string) => {
+    const f = path.join(dir, name);
+    fs.writeFileSync(f, text);
+    return f;
+  };
+
+  it("reads every line in order, skipping blank ones (CRLF too), with the encoder", () => {
+    const f = file(
+      "a.jsonl",
+      '{"task_id": 0, "input_ids": [1, 2], "output_tokens": 3}\r\n\r\n  \n' +
+        '{"task_id": 1, "prompt": "ab", "output_tokens": 2}\n',
+    );
+    expect(readDataset(f, { encode: chars })).toEqual([
+      { taskId: 0, inputIds: [1, 2], outputTokens: 3 },
+      { taskId: 1, inputIds: [97, 98], outputTokens: 2 },
+    ]);
+    expect(() => readDataset(f)).toThrow(`${f}:4: a "prompt" line needs a tokenizer`);
+  });
+
+  it("errors name the file and the line, blank lines counted", () => {
+    const f = file(
+      "b.jsonl",
+      '{"input_ids": [1], "output_tokens": 1}\n\n{"input_ids": [], "output_tokens": 1}\n',
+    );
+    expect(() => readDataset(f)).toThrow(
+      new DatasetError(`${f}:3: "input_ids" must be a non-empty list of token ids`),
+    );
+  });
+
+  it("checks ids against the vocabulary when it is given", () => {
+    const f = file(
+      "c.jsonl",
+      '{"input_ids": [0, 511], "output_tokens": 1}\n{"input_ids": [3, 512, 600], "output_tokens": 1}\n',
+    );
+    expect(() => readDataset(f, { vocabSize: 512 })).toThrow(
+      new DatasetError(`${f}:2: token id 512 outside the engine's vocabulary (0..511)`),
+    );
+    expect(readDataset(f, { vocabSize: 601 })).toHaveLength(2);
+    expect(readDataset(f)).toHaveLength(2);
+  });
+
+  it("refuses a file it cannot read and one without requests", () => {
+    const missing = path.join(dir, "none.jsonl");
+    expect(() => readDataset(missing)).toThrow(
+      new DatasetError(`${missing}: cannot read the dataset (ENOENT)`),
+    );
+    expect(() => readDataset(dir)).toThrow(new DatasetError(`${dir}: cannot read the dataset (EISDIR)`));
+    for (const text of ["", "\n \n\r\n"]) {
+      const f = file("empty.jsonl", text);
+      expect(() => readDataset(f)).toThrow(new DatasetError(`${f}: no requests in the dataset`));
+    }
+  });
+});
+
+describe("formatDatasetLine", () => {
+  it("writes prepare_dataset.py's three fields, which read back as the entry", () => {
+    const e = { taskId: 4, inputIds: [7, 0, 9], outputTokens: 12 };
+    expect(formatDatasetLine(e)).toBe('{"task_id":4,"input_ids":[7,0,9],"output_tokens":12}');
+    expect(parseDatasetLine(formatDatasetLine(e), "x")).toEqual(e);
+    expect(formatDatasetLine({ ...e, taskId: "q" })).toBe(
+      '{"task_id":"q","input_ids":[7,0,9],"output_tokens":12}',
+    );
+  });
+});
+
+describe("tokenNormDist", () => {
+  const base: TokenNormDist = {
+    numRequests: 4,
+    inputMean: 12,
+    inputStdev: 0,
+    outputMean: 7,
+    outputStdev: 0,
+    seed: 4,
+    vocabSize: 512,
+  };
+  /** The k-th uniform (k from 1) of a seed's stream, as the comment of `uniforms` defines it. */
+  const uniform = (seed: number, k: number) =>
+    (lowbias32((lowbias32(seed) ^ Math.imul(k, 0x9e3779b9)) >>> 0) + 0.5) / 2 ** 32;
+
+  it("stdev 0: every request has the rounded means (at least 1), task ids from 0", () => {
+    const d = tokenNormDist(base);
+    expect(d.map((e) => e.taskId)).toEqual([0, 1, 2, 3]);
+    expect(d.map((e) => [e.inputIds.length, e.outputTokens])).toEqual([
+      [12, 7],
+      [12, 7],
+      [12, 7],
+      [12, 7],
+    ]);
+    const r = tokenNormDist({ ...base, numRequests: 1, inputMean: 2.5, outputMean: 0.4 })[0];
+    expect([r.inputIds.length, r.outputTokens]).toEqual([3, 1]);
+    expect(tokenNormDist({ ...base, numRequests: 0 })).toEqual([]);
+  });
+
+  it("stdev 0: the ids are the seed's uniform stream scaled to the vocabulary", () => {
+    // At a vocabulary of 2^32 each id is the hash itself (u · 2^32 = hash + 0.5).
+    for (const vocabSize of [512, 2 ** 32]) {
+      const ids = tokenNormDist({ ...base, numRequests: 2, inputMean: 3, vocabSize }).flatMap(
+        (e) => e.inputIds,
+      );
+      expect(ids).toEqual([1, 2, 3, 4, 5, 6].map((k) => Math.floor(uniform(4, k) * vocabSize)));
+    }
+  });
+
+  it("lengths by Box-Muller over the same stream: the radius from the first uniform, the angle from the second", () => {
+    const [u1, u2, u3, u4] = [1, 2, 3, 4].map((k) => uniform(9, k));
+    const z = (a: number, b: number) => Math.sqrt(-2 * Math.log(a)) * Math.cos(2 * Math.PI * b);
+    const e = tokenNormDist({
+      ...base,
+      numRequests: 1,
+      inputMean: 100,
+      inputStdev: 30,
+      outputMean: 50,
+      outputStdev: 10,
+      seed: 9,
+    })[0];
+    expect(e.inputIds.length).toBe(Math.max(1, Math.round(100 + 30 * z(u1, u2))));
+    expect(e.outputTokens).toBe(Math.max(1, Math.round(50 + 10 * z(u3, u4))));
+    expect(e.inputIds.length).not.toBe(Math.max(1, Math.round(100 - 30 * z(u1, u2))));
+  });
+
+  it("a seed repeats its dataset; another seed gives another", () => {
+    const o = { ...base, numRequests: 20, inputStdev: 5, outputStdev: 3 };
+    expect(tokenNormDist(o)).toEqual(tokenNormDist(o));
+    expect(tokenNormDist({ ...o, seed: 5 })).not.toEqual(tokenNormDist(o));
+  });
+
+  it("lengths have the asked mean and stdev and are never below 1", () => {
+    const n = 4000;
+    const d = tokenNormDist({
+      ...base,
+      numRequests: n,
+      inputMean: 100,
+      inputStdev: 10,
+      outputMean: 50,
+      outputStdev: 5,
+      vocabSize: 2,
+    });
+    const stats = (xs: number[]) => {
+      const m = xs.reduce((a, b) => a + b, 0) / xs.length;
+      return [m, Math.sqrt(xs.reduce((a, b) => a + (b - m) ** 2, 0) / (xs.length - 1))];
+    };
+    // Standard errors at n 4000: 0.16 and 0.11 for N(100, 10), half that for N(50, 5); bounds are 5-6 of them.
+    const [im, is] = stats(d.map((e) => e.inputIds.length));
+    expect(Math.abs(im - 100)).toBeLessThan(1);
+    expect(Math.abs(is - 10)).toBeLessThan(0.6);
+    const [om, os_] = stats(d.map((e) => e.outputTokens));
+    expect(Math.abs(om - 50)).toBeLessThan(0.5);
+    expect(Math.abs(os_ - 5)).toBeLessThan(0.3);
+    const low = tokenNormDist({
+      ...base,
+      numRequests: 200,
+      inputMean: 0,
+      inputStdev: 1,
+      outputMean: 0,
+      outputStdev: 1,
+    });
+    expect(Math.min(...low.map((e) => e.inputIds.length))).toBe(1);
+    expect(Math.min(...low.map((e) => e.outputTokens))).toBe(1);
+    expect(low.every((e) => Number.isInteger(e.inputIds.length) && Number.isInteger(e.outputTokens))).toBe(
+      true,
+    );
+  });
+
+  it("ids are uniform over the vocabulary and stay inside it", () => {
+    const ids = tokenNormDist({ ...base, numRequests: 300, inputMean: 40, vocabSize: 3 }).flatMap(
+      (e) => e.inputIds,
+    );
+    expect(ids).toHaveLength(12_000);
+    const count = [0, 1, 2].map((v) => ids.filter((t) => t === v).length);
+    expect(count.reduce((a, b) => a + b)).toBe(12_000); // nothing outside 0..2
+    // 4,000 expected each, standard deviation 52: within 6 of them.
+    for (const c of count) expect(Math.abs(c - 4000)).toBeLessThan(300);
+  });
+});

@@ -1,0 +1,235 @@
+// tsllm-bench throughput's figures (src/serving/throughput.ts) from timings made up by hand: percentiles
+// by nearest rank, summarize's throughputs, latencies and step figures worked out by hand, and the text
+// report line by line. No engine runs here (test/serving/bench-cli.test.ts runs one end to end).
+import { describe, expect, it } from "vitest";
+import type { StepRecord } from "../../src/serving/batch-manager.ts";
+import type { DatasetEntry } from "../../src/serving/dataset.ts";
+import { formatReport, percentiles, summarize } from "../../src/serving/throughput.ts";
+import type { FinishReason, RequestResult } from "../../src/serving/types.ts";
+
+const nan = Number.NaN;
+
+describe("percentiles", () => {
+  it("nearest rank, worked out by hand", () => {
+    const ten = [7, 3, 10, 1, 9, 2, 8, 4, 6, 5];
+    expect(percentiles(ten)).toEqual({ mean: 5.5, p50: 5, p90: 9, p99: 10, min: 1, max: 10 });
+    const hundred = Array.from({ length: 100 }, (_, i) => 100 - i);
+    expect(percentiles(hundred)).toEqual({ mean: 50.5, p50: 50, p90: 90, p99: 99, min: 1, max: 100 });
+    // 3 values: p50 is the 2nd (1.5 of them rounded up), p90 and p99 the 3rd.
+    expect(percentiles([30, 10, 20])).toEqual({ mean: 20, p50: 20, p90: 30, p99: 30, min: 10, max: 30 });
+    expect(percentiles([4, 2])).toEqual({ mean: 3, p50: 2, p90: 4, p99: 4, min: 2, max: 4 });
+    expect(percentiles([-1.5])).toEqual({
+      mean: -1.5,
+      p50: -1.5,
+      p90: -1.5,
+      p99: -1.5,
+      min: -1.5,
+      max: -1.5,
+    });
+  });
+
+  it("sorts numbers as numbers and leaves its input as it was", () => {
+    const xs = [100, 9, 10, 80];
+    expect(percentiles(xs)).toEqual({ mean: 49.75, p50: 10, p90: 100, p99: 100, min: 9, max: 100 });
+    expect(xs).toEqual([100, 9, 10, 80]);
+  });
+
+  it("agrees with a count of the values at or below each candidate", () => {
+    // Nearest rank's definition: the smallest value with at least q·n of the n values at or below it.
+    const rank = (xs: number[], q: number) =>
+      Math.min(...xs.filter((v) => xs.filter((x) => x <= v).length >= q * xs.length));
+    let s = 11;
+    for (const n of [1, 2, 5, 19, 20, 99, 101, 250]) {
+      const xs = Array.from({ length: n }, () => (s = (Math.imul(s, 1103515245) + 12345) >>> 0) % 1000);
+      const p = percentiles(xs);
+      expect([p.p50, p.p90, p.p99], `n ${n}`).toEqual([rank(xs, 0.5), rank(xs, 0.9), rank(xs, 0.99)]);
+      expect([p.min, p.max]).toEqual([Math.min(...xs), Math.max(...xs)]);
+    }
+  });
+
+  it("no values: every figure NaN", () => {
+    expect(percentiles([])).toEqual({ mean: nan, p50: nan, p90: nan, p99: nan, min: nan, max: nan });
+  });
+});
+
+const entry = (n: number, taskId = 0): DatasetEntry => ({
+  taskId,
+  inputIds: Array(n).fill(1),
+  outputTokens: 1,
+});
+const result = (
+  finishReason: FinishReason,
+  ttftMs: number,
+  tokenTimesMs: number[],
+  e2eMs: number,
+): RequestResult => ({
+  outputIds: tokenTimesMs.map((_, i) => i),
+  finishReason,
+  timings: { queueMs: 0, ttftMs, tokenTimesMs, e2eMs },
+  preemptions: 0,
+});
+const step = (seqs: number, decode: number, ms: number, stepMs: number, gapMs: number): StepRecord => ({
+  seqs,
+  tokens: 0,
+  decode,
+  ms,
+  stepMs,
+  gapMs,
+});
+
+/** Three requests, five steps; the figures below are worked out from these by hand. */
+const entries = [entry(4), entry(2, 1), entry(6, 2)];
+const run = {
+  results: [
+    result("length", 10, [10, 14, 20, 30], 31), // tpot 20/3, 150 tok/s/user, itl 4 6 10
+    result("stop", 5, [5], 6), // one token: no tpot, itl or per-user figure
+    result("length", 8, [8, 18], 20), // tpot 10, 100 tok/s/user, itl 10
+  ],
+  seconds: 2,
+  steps: [
+    step(3, 0, 5, 4, 0), // context
+    step(3, 3, 3, 2, 1), // decode, the largest batch
+    step(2, 2, 3, nan, 0.5), // decode, no device time: its 3 ms on the host count
+    step(3, 3, 2, 2, 0.5), // decode, the largest batch
+    step(2, 1, 2, 2, 0), // mixed
+  ],
+};
+const kv = { total: 64, peakUsed: 16, preemptions: 2 };
+/** One request of one token, no steps, no KV blocks used: the figures that cannot be had are NaN. */
+const oneToken = (seconds: number) =>
+  summarize([entry(2)], { results: [result("stop", 4, [4], 4)], seconds, steps: [] }, { ...kv, peakUsed: 0 });
+
+describe("summarize", () => {
+  const r = summarize(entries, run, kv);
+
+  it("counts, throughputs and finish reasons", () => {
+    expect(r.num_requests).toBe(3);
+    expect(r.total_time_s).toBe(2);
+    expect(r.total_input_tokens).toBe(12);
+    expect(r.total_output_tokens).toBe(7);
+    expect(r.request_throughput_req_s).toBe(1.5);
+    expect(r.output_throughput_tok_s).toBe(3.5);
+    expect(r.total_token_throughput_tok_s).toBe(9.5);
+    expect(r.per_user_output_throughput_tok_s).toBe(125);
+    expect(r.finish_reasons).toEqual({ length: 2, stop: 1 });
+    expect([r.kv_blocks_total, r.kv_blocks_peak_used, r.kv_peak_use_pct, r.preemptions]).toEqual([
+      64, 16, 25, 2,
+    ]);
+  });
+
+  it("latencies: ttft and e2e of every request, tpot and itl of those with two tokens or more", () => {
+    expect(r.ttft_ms).toEqual({ mean: 23 / 3, p50: 8, p90: 10, p99: 10, min: 5, max: 10 });
+    expect(r.e2e_ms).toEqual({ mean: 19, p50: 20, p90: 31, p99: 31, min: 6, max: 31 });
+    expect(r.tpot_ms).toEqual({
+      mean: (20 / 3 + 10) / 2,
+      p50: 20 / 3,
+      p90: 10,
+      p99: 10,
+      min: 20 / 3,
+      max: 10,
+    });
+    expect(r.itl_ms).toEqual({ mean: 7.5, p50: 6, p90: 10, p99: 10, min: 4, max: 10 });
+  });
+
+  it("steps: device time, decode-only steps, host gaps, the full decode batch", () => {
+    const s = r.steps;
+    expect([s.count, s.decode_steps]).toEqual([5, 3]);
+    expect(s.mean_ms).toBeCloseTo(13 / 5, 12); // 4 + 2 + 3 + 2 + 2
+    expect(s.mean_decode_batch).toBeCloseTo(8 / 3, 12);
+    expect(s.host_gap_pct).toBeCloseTo((100 * 2) / 15, 12); // gaps 2 of 13 + 2
+    expect(s.mean_host_gap_ms).toBeCloseTo(0.4, 12);
+    expect(s.full_batch).toEqual({
+      batch: 3,
+      steps: 2,
+      mean_step_ms: 2,
+      mean_host_gap_ms: 0.75,
+      host_gap_pct: 150 / 5.5,
+    });
+  });
+
+  it("a request whose tokens came at once counts a finite per-user figure", () => {
+    const z = summarize([entry(1)], { results: [result("length", 3, [3, 3], 3)], seconds: 1, steps: [] }, kv);
+    expect(z.tpot_ms.mean).toBe(0);
+    expect(z.itl_ms.max).toBe(0);
+    expect(Number.isFinite(z.per_user_output_throughput_tok_s)).toBe(true);
+    expect(z.per_user_output_throughput_tok_s).toBeGreaterThan(1e11); // 1 token in at most 1e-9 ms
+  });
+
+  it("a full decode batch that waited on the host as long as it ran: half the loop is gap", () => {
+    const steps = [step(2, 2, 3, 1, 1), step(2, 2, 3, 1, 1)];
+    expect(summarize([entry(1)], { ...run, steps }, kv).steps.full_batch.host_gap_pct).toBe(50);
+  });
+
+  it("no steps and no decoded tokens: NaN, not 0 or Infinity", () => {
+    const z = oneToken(0.5);
+    expect(z.per_user_output_throughput_tok_s).toBeNaN();
+    expect(z.tpot_ms.p50).toBeNaN();
+    expect(z.itl_ms.mean).toBeNaN();
+    expect(z.steps).toEqual({
+      count: 0,
+      mean_ms: nan,
+      decode_steps: 0,
+      mean_decode_batch: nan,
+      host_gap_pct: nan,
+      mean_host_gap_ms: nan,
+      full_batch: { batch: 0, steps: 0, mean_step_ms: nan, mean_host_gap_ms: nan, host_gap_pct: nan },
+    });
+  });
+});
+
+describe("formatReport", () => {
+  it("the report of the three requests above, header lines after the title", () => {
+    const text = formatReport(summarize(entries, run, kv), ["engine  /tmp/e", "device  cpu"]);
+    expect(text.split("\n")).toEqual([
+      "===========================================================",
+      "= tsllm-bench throughput",
+      "===========================================================",
+      "engine  /tmp/e",
+      "device  cpu",
+      "-- Requests",
+      "  requests                     3 (length 2, stop 1)",
+      "  total time                   2.000 s",
+      "  input / output tokens        12 / 7",
+      "-- Throughput",
+      "  request throughput           1.500 req/s",
+      "  total output throughput      3.5 tok/s",
+      "  per-user output throughput   125.0 tok/s/user",
+      "  total token throughput       9.5 tok/s",
+      "-- Latency (ms)",
+      "  time to first token          mean 7.67  p50 8.00  p90 10.00  p99 10.00",
+      "  time per output token        mean 8.33  p50 6.67  p90 10.00  p99 10.00",
+      "  inter-token latency          mean 7.50  p50 6.00  p90 10.00  p99 10.00",
+      "  end-to-end latency           mean 19.00  p50 20.00  p90 31.00  p99 31.00",
+      "-- KV cache and steps",
+      "  peak KV use                  16 of 64 blocks (25.0%), preemptions 2",
+      "  steps                        5, mean 2.600 ms; decode-only 3 (mean batch 2.7)",
+      "  host gap between steps       0.400 ms mean, 13.33% of the step loop",
+      "  full decode batch 3          2 steps, 2.000 ms/step, host gap 0.750 ms (27.27%)",
+    ]);
+  });
+
+  it("figures that are NaN or infinite print as n/a", () => {
+    const z = oneToken(0);
+    expect(formatReport(z, []).split("\n").slice(3)).toEqual([
+      "-- Requests",
+      "  requests                     1 (stop 1)",
+      "  total time                   0.000 s",
+      "  input / output tokens        2 / 1",
+      "-- Throughput",
+      "  request throughput           n/a req/s",
+      "  total output throughput      n/a tok/s",
+      "  per-user output throughput   n/a tok/s/user",
+      "  total token throughput       n/a tok/s",
+      "-- Latency (ms)",
+      "  time to first token          mean 4.00  p50 4.00  p90 4.00  p99 4.00",
+      "  time per output token        mean n/a  p50 n/a  p90 n/a  p99 n/a",
+      "  inter-token latency          mean n/a  p50 n/a  p90 n/a  p99 n/a",
+      "  end-to-end latency           mean 4.00  p50 4.00  p90 4.00  p99 4.00",
+      "-- KV cache and steps",
+      "  peak KV use                  0 of 64 blocks (0.0%), preemptions 2",
+      "  steps                        0, mean n/a ms; decode-only 0 (mean batch n/a)",
+      "  host gap between steps       n/a ms mean, n/a% of the step loop",
+      "  full decode batch 0          0 steps, n/a ms/step, host gap n/a ms (n/a%)",
+    ]);
+  });
+});
