@@ -67,7 +67,10 @@ export async function timedRequest(o: ServeBenchOptions, e: DatasetEntry): Promi
   try {
     res = await fetch(`${o.url.replace(/\/+$/, "")}/v1/completions`, {
       method: "POST",
-      headers: { "content-type": "application/json", ...(o.apiKey ? { authorization: `Bearer ${o.apiKey}` } : {}) },
+      headers: {
+        "content-type": "application/json",
+        ...(o.apiKey ? { authorization: `Bearer ${o.apiKey}` } : {}),
+      },
       body: JSON.stringify({
         model: o.model,
         prompt: e.inputIds,
@@ -95,7 +98,10 @@ export async function timedRequest(o: ServeBenchOptions, e: DatasetEntry): Promi
       const event = buf.slice(0, nl);
       buf = buf.slice(nl + 2);
       if (!event.startsWith("data: ") || event === "data: [DONE]") continue;
-      const j = JSON.parse(event.slice(6)) as { choices?: { token_ids?: number[]; text?: string }[]; error?: { message: string } };
+      const j = JSON.parse(event.slice(6)) as {
+        choices?: { token_ids?: number[]; text?: string }[];
+        error?: { message: string };
+      };
       if (j.error) return fail(j.error.message);
       const n = j.choices?.reduce((a, c) => a + (c.token_ids?.length ?? 0), 0) ?? 0;
       if (n === 0) continue;
@@ -106,7 +112,14 @@ export async function timedRequest(o: ServeBenchOptions, e: DatasetEntry): Promi
       tokens += n;
     }
   }
-  return { ok: true, promptTokens: e.inputIds.length, outputTokens: tokens, ttftMs: ttft, itlMs: itl, e2eMs: performance.now() - t0 };
+  return {
+    ok: true,
+    promptTokens: e.inputIds.length,
+    outputTokens: tokens,
+    ttftMs: ttft,
+    itlMs: itl,
+    e2eMs: performance.now() - t0,
+  };
 }
 
 /** Seeded exponential inter-arrival gaps (ms) of a Poisson process at `rate` per second. */
@@ -119,7 +132,10 @@ export function poissonGaps(n: number, rate: number, seed: number): number[] {
   });
 }
 
-export async function runServeBench(entries: DatasetEntry[], o: ServeBenchOptions): Promise<{ report: ServeBenchReport; timings: RequestTiming[] }> {
+export async function runServeBench(
+  entries: DatasetEntry[],
+  o: ServeBenchOptions,
+): Promise<{ report: ServeBenchReport; timings: RequestTiming[] }> {
   const gaps = poissonGaps(entries.length, o.requestRate, o.seed ?? 0);
   const limit = o.maxConcurrency && o.maxConcurrency > 0 ? o.maxConcurrency : Infinity;
   let inFlight = 0;
@@ -154,14 +170,22 @@ export async function runServeBench(entries: DatasetEntry[], o: ServeBenchOption
   return { report: summarizeServeBench(timings, seconds, o), timings };
 }
 
-export function summarizeServeBench(timings: RequestTiming[], seconds: number, o: ServeBenchOptions): ServeBenchReport {
+export function summarizeServeBench(
+  timings: RequestTiming[],
+  seconds: number,
+  o: ServeBenchOptions,
+): ServeBenchReport {
   const ok = timings.filter((t) => t.ok);
   const tpot = ok.filter((t) => t.outputTokens > 1).map((t) => (t.e2eMs - t.ttftMs) / (t.outputTokens - 1));
   const slo = o.goodput && Object.keys(o.goodput).length ? o.goodput : null;
   const good = slo
     ? ok.filter((t) => {
         const tp = t.outputTokens > 1 ? (t.e2eMs - t.ttftMs) / (t.outputTokens - 1) : 0;
-        return (slo.ttft === undefined || t.ttftMs <= slo.ttft) && (slo.tpot === undefined || tp <= slo.tpot) && (slo.e2el === undefined || t.e2eMs <= slo.e2el);
+        return (
+          (slo.ttft === undefined || t.ttftMs <= slo.ttft) &&
+          (slo.tpot === undefined || tp <= slo.tpot) &&
+          (slo.e2el === undefined || t.e2eMs <= slo.e2el)
+        );
       }).length
     : null;
   const inTok = ok.reduce((a, t) => a + t.promptTokens, 0);
@@ -180,16 +204,26 @@ export function summarizeServeBench(timings: RequestTiming[], seconds: number, o
     total_token_throughput_tok_s: (inTok + outTok) / seconds,
     goodput_req_s: good === null ? null : good / seconds,
     slo_ms: slo,
-    ttft_ms: percentiles(ok.map((t) => t.ttftMs)),
-    tpot_ms: percentiles(tpot),
-    itl_ms: percentiles(ok.flatMap((t) => t.itlMs)),
-    e2e_ms: percentiles(ok.map((t) => t.e2eMs)),
+    ttft_ms: percentiles(
+      ok.map((t) => t.ttftMs),
+      "numpy",
+    ),
+    tpot_ms: percentiles(tpot, "numpy"),
+    itl_ms: percentiles(
+      ok.flatMap((t) => t.itlMs),
+      "numpy",
+    ),
+    e2e_ms: percentiles(
+      ok.map((t) => t.e2eMs),
+      "numpy",
+    ),
   };
 }
 
 /** The report as vllm bench serve prints it. */
 export function formatServeBench(r: ServeBenchReport): string {
-  const row = (k: string, v: string | number) => `${k.padEnd(40)}${typeof v === "number" ? v.toFixed(2) : v}\n`;
+  const row = (k: string, v: string | number) =>
+    `${k.padEnd(40)}${typeof v === "number" ? v.toFixed(2) : v}\n`;
   const head = (t: string) => `${` ${t} `.padStart(25 + Math.ceil(t.length / 2), "-").padEnd(50, "-")}\n`;
   let s = `${"=".repeat(12)} Serving Benchmark Result ${"=".repeat(12)}\n`;
   s += row("Successful requests:", String(r.successful_requests));
@@ -202,7 +236,12 @@ export function formatServeBench(r: ServeBenchReport): string {
   s += row("Request throughput (req/s):", r.request_throughput_req_s);
   if (r.goodput_req_s !== null) {
     s += row("Request goodput (req/s):", r.goodput_req_s);
-    s += row("  SLOs:", Object.entries(r.slo_ms ?? {}).map(([k, v]) => `${k} <= ${v} ms`).join(", "));
+    s += row(
+      "  SLOs:",
+      Object.entries(r.slo_ms ?? {})
+        .map(([k, v]) => `${k} <= ${v} ms`)
+        .join(", "),
+    );
   }
   s += row("Output token throughput (tok/s):", r.output_throughput_tok_s);
   s += row("Total token throughput (tok/s):", r.total_token_throughput_tok_s);

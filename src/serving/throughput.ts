@@ -63,11 +63,15 @@ export interface ThroughputReport {
 }
 
 /**
- * pq by nearest rank: the smallest value with at least q·n of the n values at or below it,
- * sorted[ceil(q·n) - 1], no interpolation. trtllm-bench takes sorted[floor(q·n)], one rank higher where q·n
- * is whole (p50 of 10 values: its 6th, here the 5th); vllm's benchmark interpolates (numpy.percentile).
+ * How a report reads pq from the n sorted values: as the tool it mirrors, so its figures compare.
+ * - "trtllm": trtllm-bench's PercentileStats, sorted[floor(q·n)], no interpolation (p50 of 10 values is the
+ *   6th) — tsllm-bench throughput;
+ * - "numpy": numpy.percentile's default (linear between the ranks around q·(n − 1)), which vllm's
+ *   benchmark_serving prints — tsllm-bench serve.
  */
-export function percentiles(xs: number[]): Percentiles {
+export type PercentileRule = "trtllm" | "numpy";
+
+export function percentiles(xs: number[], rule: PercentileRule): Percentiles {
   if (xs.length === 0)
     return {
       mean: Number.NaN,
@@ -78,14 +82,25 @@ export function percentiles(xs: number[]): Percentiles {
       max: Number.NaN,
     };
   const s = [...xs].sort((a, b) => a - b);
-  const at = (q: number) => s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))];
+  const n = s.length;
+  const at = (q: number) => {
+    if (rule === "trtllm") return s[Math.min(n - 1, Math.floor(q * n))];
+    // numpy's "linear": virtual index (n − 1)·q, its neighbours clipped to the ends, and its lerp (from the
+    // upper neighbour when the fraction is ≥ 0.5), written as numpy writes them.
+    const v = (n - 1) * q;
+    const lo = Math.min(n - 1, Math.max(0, Math.floor(v)));
+    const hi = Math.min(n - 1, lo + 1);
+    const t = v - Math.floor(v);
+    const d = s[hi] - s[lo];
+    return t >= 0.5 ? s[hi] - d * (1 - t) : s[lo] + d * t;
+  };
   return {
-    mean: s.reduce((a, b) => a + b, 0) / s.length,
+    mean: s.reduce((a, b) => a + b, 0) / n,
     p50: at(0.5),
     p90: at(0.9),
     p99: at(0.99),
     min: s[0],
-    max: s[s.length - 1],
+    max: s[n - 1],
   };
 }
 
@@ -185,10 +200,10 @@ export function summarize(
       ? perUser.reduce((a, b) => a + b, 0) / perUser.length
       : Number.NaN,
     total_token_throughput_tok_s: (inTok + outTok) / seconds,
-    ttft_ms: percentiles(ttft),
-    tpot_ms: percentiles(tpot),
-    itl_ms: percentiles(itl),
-    e2e_ms: percentiles(e2e),
+    ttft_ms: percentiles(ttft, "trtllm"),
+    tpot_ms: percentiles(tpot, "trtllm"),
+    itl_ms: percentiles(itl, "trtllm"),
+    e2e_ms: percentiles(e2e, "trtllm"),
     kv_blocks_total: kv.total,
     kv_blocks_peak_used: kv.peakUsed,
     kv_peak_use_pct: (100 * kv.peakUsed) / kv.total,

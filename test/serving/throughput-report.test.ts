@@ -1,6 +1,6 @@
 // tsllm-bench throughput's figures (src/serving/throughput.ts) from timings made up by hand: percentiles
-// by nearest rank, summarize's throughputs, latencies and step figures worked out by hand, and the text
-// report line by line. No engine runs here (test/serving/bench-cli.test.ts runs one end to end).
+// by trtllm-bench's rule (and numpy's, which tsllm-bench serve uses), summarize's throughputs, latencies
+// and step figures worked out by hand, and the text report line by line. No engine runs here (test/serving/bench-cli.test.ts runs one end to end).
 import { describe, expect, it } from "vitest";
 import type { StepRecord } from "../../src/serving/batch-manager.ts";
 import type { DatasetEntry } from "../../src/serving/dataset.ts";
@@ -10,15 +10,29 @@ import type { FinishReason, RequestResult } from "../../src/serving/types.ts";
 const nan = Number.NaN;
 
 describe("percentiles", () => {
-  it("nearest rank, worked out by hand", () => {
+  it("trtllm-bench's rule, sorted[floor(q·n)], worked out by hand", () => {
     const ten = [7, 3, 10, 1, 9, 2, 8, 4, 6, 5];
-    expect(percentiles(ten)).toEqual({ mean: 5.5, p50: 5, p90: 9, p99: 10, min: 1, max: 10 });
+    expect(percentiles(ten, "trtllm")).toEqual({ mean: 5.5, p50: 6, p90: 10, p99: 10, min: 1, max: 10 });
     const hundred = Array.from({ length: 100 }, (_, i) => 100 - i);
-    expect(percentiles(hundred)).toEqual({ mean: 50.5, p50: 50, p90: 90, p99: 99, min: 1, max: 100 });
-    // 3 values: p50 is the 2nd (1.5 of them rounded up), p90 and p99 the 3rd.
-    expect(percentiles([30, 10, 20])).toEqual({ mean: 20, p50: 20, p90: 30, p99: 30, min: 10, max: 30 });
-    expect(percentiles([4, 2])).toEqual({ mean: 3, p50: 2, p90: 4, p99: 4, min: 2, max: 4 });
-    expect(percentiles([-1.5])).toEqual({
+    expect(percentiles(hundred, "trtllm")).toEqual({
+      mean: 50.5,
+      p50: 51,
+      p90: 91,
+      p99: 100,
+      min: 1,
+      max: 100,
+    });
+    // 3 values: p50 is sorted[1] (floor 1.5), p90 and p99 sorted[2].
+    expect(percentiles([30, 10, 20], "trtllm")).toEqual({
+      mean: 20,
+      p50: 20,
+      p90: 30,
+      p99: 30,
+      min: 10,
+      max: 30,
+    });
+    expect(percentiles([4, 2], "trtllm")).toEqual({ mean: 3, p50: 4, p90: 4, p99: 4, min: 2, max: 4 });
+    expect(percentiles([-1.5], "trtllm")).toEqual({
       mean: -1.5,
       p50: -1.5,
       p90: -1.5,
@@ -28,27 +42,68 @@ describe("percentiles", () => {
     });
   });
 
+  it("numpy.percentile's linear rule, worked out by hand", () => {
+    const near = (p: { p50: number; p90: number; p99: number }, want: number[]) =>
+      [p.p50, p.p90, p.p99].forEach((v, i) => expect(v).toBeCloseTo(want[i], 12));
+    const ten = [7, 3, 10, 1, 9, 2, 8, 4, 6, 5];
+    near(percentiles(ten, "numpy"), [5.5, 9.1, 9.91]); // (n − 1)·q = 4.5, 8.1, 8.91
+    near(
+      percentiles(
+        Array.from({ length: 100 }, (_, i) => 100 - i),
+        "numpy",
+      ),
+      [50.5, 90.1, 99.01],
+    );
+    near(percentiles([30, 10, 20], "numpy"), [20, 28, 29.8]);
+    near(percentiles([4, 2], "numpy"), [3, 3.8, 3.98]);
+    expect(percentiles([-1.5], "numpy")).toEqual(percentiles([-1.5], "trtllm"));
+    expect(percentiles([5, 5, 5], "numpy")).toEqual({ mean: 5, p50: 5, p90: 5, p99: 5, min: 5, max: 5 });
+  });
+
   it("sorts numbers as numbers and leaves its input as it was", () => {
     const xs = [100, 9, 10, 80];
-    expect(percentiles(xs)).toEqual({ mean: 49.75, p50: 10, p90: 100, p99: 100, min: 9, max: 100 });
+    expect(percentiles(xs, "trtllm")).toEqual({ mean: 49.75, p50: 80, p90: 100, p99: 100, min: 9, max: 100 });
+    expect(percentiles(xs, "numpy").p50).toBe(45); // between 10 and 80
     expect(xs).toEqual([100, 9, 10, 80]);
   });
 
-  it("agrees with a count of the values at or below each candidate", () => {
-    // Nearest rank's definition: the smallest value with at least q·n of the n values at or below it.
-    const rank = (xs: number[], q: number) =>
-      Math.min(...xs.filter((v) => xs.filter((x) => x <= v).length >= q * xs.length));
-    let s = 11;
+  it("agree with independent oracles on random data", () => {
+    // trtllm: the value v at sorted rank k = min(n − 1, floor(q·n)) has at most k values below it and more
+    // than k at or below it. numpy: the inverse of the piecewise-linear curve through (i / (n − 1), sorted[i]).
+    const rankOk = (xs: number[], q: number, v: number) => {
+      const k = Math.min(xs.length - 1, Math.floor(q * xs.length));
+      return xs.filter((x) => x < v).length <= k && xs.filter((x) => x <= v).length > k;
+    };
+    const curve = (xs: number[], q: number) => {
+      const s = [...xs].sort((a, b) => a - b);
+      if (s.length === 1) return s[0];
+      for (let i = 0; i + 1 < s.length; i++) {
+        const q0 = i / (s.length - 1),
+          q1 = (i + 1) / (s.length - 1);
+        if (q <= q1 + 1e-15) return s[i] + ((s[i + 1] - s[i]) * (q - q0)) / (q1 - q0);
+      }
+      return s[s.length - 1];
+    };
+    let seed = 11;
     for (const n of [1, 2, 5, 19, 20, 99, 101, 250]) {
-      const xs = Array.from({ length: n }, () => (s = (Math.imul(s, 1103515245) + 12345) >>> 0) % 1000);
-      const p = percentiles(xs);
-      expect([p.p50, p.p90, p.p99], `n ${n}`).toEqual([rank(xs, 0.5), rank(xs, 0.9), rank(xs, 0.99)]);
-      expect([p.min, p.max]).toEqual([Math.min(...xs), Math.max(...xs)]);
+      const xs = Array.from({ length: n }, () => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) % 1000);
+      const t = percentiles(xs, "trtllm");
+      const p = percentiles(xs, "numpy");
+      for (const [q, a, b] of [
+        [0.5, t.p50, p.p50],
+        [0.9, t.p90, p.p90],
+        [0.99, t.p99, p.p99],
+      ]) {
+        expect(rankOk(xs, q, a), `trtllm n ${n} q ${q}`).toBe(true);
+        expect(b, `numpy n ${n} q ${q}`).toBeCloseTo(curve(xs, q), 9);
+      }
+      for (const r of [t, p]) expect([r.min, r.max]).toEqual([Math.min(...xs), Math.max(...xs)]);
     }
   });
 
   it("no values: every figure NaN", () => {
-    expect(percentiles([])).toEqual({ mean: nan, p50: nan, p90: nan, p99: nan, min: nan, max: nan });
+    for (const rule of ["trtllm", "numpy"] as const)
+      expect(percentiles([], rule)).toEqual({ mean: nan, p50: nan, p90: nan, p99: nan, min: nan, max: nan });
   });
 });
 
@@ -122,13 +177,13 @@ describe("summarize", () => {
     expect(r.e2e_ms).toEqual({ mean: 19, p50: 20, p90: 31, p99: 31, min: 6, max: 31 });
     expect(r.tpot_ms).toEqual({
       mean: (20 / 3 + 10) / 2,
-      p50: 20 / 3,
+      p50: 10, // trtllm-bench's rule: sorted[floor(0.5 · 2)]
       p90: 10,
       p99: 10,
       min: 20 / 3,
       max: 10,
     });
-    expect(r.itl_ms).toEqual({ mean: 7.5, p50: 6, p90: 10, p99: 10, min: 4, max: 10 });
+    expect(r.itl_ms).toEqual({ mean: 7.5, p50: 10, p90: 10, p99: 10, min: 4, max: 10 }); // 4 6 10 10: sorted[2]
   });
 
   it("steps: device time, decode-only steps, host gaps, the full decode batch", () => {
@@ -197,8 +252,8 @@ describe("formatReport", () => {
       "  total token throughput       9.5 tok/s",
       "-- Latency (ms)",
       "  time to first token          mean 7.67  p50 8.00  p90 10.00  p99 10.00",
-      "  time per output token        mean 8.33  p50 6.67  p90 10.00  p99 10.00",
-      "  inter-token latency          mean 7.50  p50 6.00  p90 10.00  p99 10.00",
+      "  time per output token        mean 8.33  p50 10.00  p90 10.00  p99 10.00",
+      "  inter-token latency          mean 7.50  p50 10.00  p90 10.00  p99 10.00",
       "  end-to-end latency           mean 19.00  p50 20.00  p90 31.00  p99 31.00",
       "-- KV cache and steps",
       "  peak KV use                  16 of 64 blocks (25.0%), preemptions 2",
