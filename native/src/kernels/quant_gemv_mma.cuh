@@ -59,7 +59,7 @@ template <>
 struct Half2Of<half> {
   using V = half2;
   static constexpr uint32_t kMagic4 = 0x64006400u;  // 1024 in both halves: 1024 + n for a nibble n in the mantissa
-  static constexpr uint32_t kBias4 = 0x64086408u;   // 1032 = 1024 + 8 (the nibble holds q + 8)
+  static constexpr uint32_t kBias4 = 0x64086408u;   // 1032 = 1024 + 8 (the flipped nibble holds q + 8)
   static constexpr uint32_t kMagic8 = 0x64646464u;  // byte 0x64 above a code byte b: 1024 + b (fp16 only: 8-bit codes
   static constexpr uint32_t kBias8 = 0x64806480u;   // do not fit bf16's 7-bit mantissa); 1152 = 1024 + 128
 };
@@ -96,7 +96,8 @@ __device__ __forceinline__ void dequant_chunk(const uint4& raw, uint32_t s2, flo
     for (int wd = 0; wd < 4; wd++) {
       const uint32_t u = pw[wd];
       if constexpr (INT4) {
-        constexpr uint32_t c = Half2Of<T>::kMagic4 | 0x00080008u;  // magic | the sign bit flip (q + 8 in the nibble)
+        // magic | the nibble's sign bit flipped: two's-complement q becomes q + 8 in the mantissa
+        constexpr uint32_t c = Half2Of<T>::kMagic4 | 0x00080008u;
 #pragma unroll
         for (int i = 0; i < 4; i++)
           p[wd][i] = h2_mul<T>(h2_sub<T>(lop3_and_xor(u >> (4 * i), 0x000F000Fu, c), Half2Of<T>::kBias4), s2);

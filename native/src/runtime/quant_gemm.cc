@@ -22,6 +22,11 @@ std::string lt_err(const char* what, cublasStatus_t st) {
 
 size_t align256(size_t b) { return (b + 255) / 256 * 256; }
 
+// The outer-vector plan's key in plans_ (and outer_pick_'s): the shape, 1 + bias + 2 · residual, the output dtype.
+std::tuple<int, int, int, int, int> outer_key(int M, int N, int K, bool bias, bool residual, DType dt) {
+  return std::make_tuple(M, N, K, 1 + int(bias) + 2 * int(residual), int(dt));
+}
+
 std::string shape_name(int M, int N, int K, const char* path) {
   return "M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) + " " + path;
 }
@@ -324,7 +329,7 @@ std::string QuantGemm::fp8_outer_plan(int M, int N, int K, const void* bias_ptr,
                                       const void* w, const float* sw, const void* xq, const float* sx, cudaStream_t s,
                                       Fp8Plan** out) {
   const bool bias = bias_ptr != nullptr;
-  const auto key = std::make_tuple(M, N, K, 1 + int(bias) + 2 * int(residual), int(dt));
+  const auto key = outer_key(M, N, K, bias, residual, dt);
   auto it = plans_.find(key);
   if (it != plans_.end()) {
     *out = it->second.desc ? &it->second : nullptr;
@@ -409,8 +414,7 @@ std::string QuantGemm::fp8_gemm(const QuantLinearCall& c, DType dt, cudaStream_t
   constexpr int kFp8OuterMinM = 256;
   const bool outer_ok = fp8_outer && c.act == Act::None && dt != DType::F32;
   bool use_outer = outer_ok && c.M >= kFp8OuterMinM;
-  const int flags = 1 + int(c.bias != nullptr) + 2 * int(c.residual != nullptr);  // as fp8_outer_plan's key
-  const auto okey = std::make_tuple(c.M, c.N, c.K, flags, int(dt));
+  const auto okey = outer_key(c.M, c.N, c.K, c.bias != nullptr, c.residual != nullptr, dt);
   if (outer_ok && !use_outer && tune && gemm_tuned_m(c.M)) {
     auto hit = outer_pick_.find(okey);
     if (hit != outer_pick_.end()) {
