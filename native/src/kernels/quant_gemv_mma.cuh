@@ -77,6 +77,12 @@ __device__ __forceinline__ uint32_t h2_sub(uint32_t a, uint32_t b) {
   return *reinterpret_cast<const uint32_t*>(&r);
 }
 template <typename T>
+__device__ __forceinline__ uint32_t h2_fma(uint32_t a, uint32_t b, uint32_t c) {
+  using V = typename Half2Of<T>::V;
+  const V r = __hfma2(*reinterpret_cast<const V*>(&a), *reinterpret_cast<const V*>(&b), *reinterpret_cast<const V*>(&c));
+  return *reinterpret_cast<const uint32_t*>(&r);
+}
+template <typename T>
 __device__ __forceinline__ uint32_t h2_mul(uint32_t a, uint32_t s2) {
   using V = typename Half2Of<T>::V;
   const V r = __hmul2_rn(*reinterpret_cast<const V*>(&a), *reinterpret_cast<const V*>(&s2));
@@ -95,8 +101,20 @@ __device__ __forceinline__ void dequant_chunk(const uint4& raw, uint32_t s2, flo
 #pragma unroll
     for (int wd = 0; wd < 4; wd++) {
       const uint32_t u = pw[wd];
-      if constexpr (INT4) {
-        // magic | the nibble's sign bit flipped: two's-complement q becomes q + 8 in the mantissa
+      if constexpr (INT4 && std::is_same_v<T, half>) {
+        // One shift per word: nibbles (0, 4) and (2, 6) sit in the mantissa's low bits as below; (1, 5) and (3, 7)
+        // are masked in place (bits 4-7: 1024 + 16 (q + 8), as fp16's 10-bit mantissa has room) and brought down by
+        // an fma with 1/16 and -(64 + 8): every step exact, so p is still RN(q · s). Saves two shifts per word.
+        constexpr uint32_t lo = Half2Of<T>::kMagic4 | 0x00080008u, hi = Half2Of<T>::kMagic4 | 0x00800080u;
+        constexpr uint32_t k16 = 0x2C002C00u, kb16 = 0xD480D480u;  // 1/16, -72
+        const uint32_t u8 = u >> 8;
+        p[wd][0] = h2_mul<T>(h2_sub<T>(lop3_and_xor(u, 0x000F000Fu, lo), Half2Of<T>::kBias4), s2);
+        p[wd][1] = h2_mul<T>(h2_fma<T>(lop3_and_xor(u, 0x00F000F0u, hi), k16, kb16), s2);
+        p[wd][2] = h2_mul<T>(h2_sub<T>(lop3_and_xor(u8, 0x000F000Fu, lo), Half2Of<T>::kBias4), s2);
+        p[wd][3] = h2_mul<T>(h2_fma<T>(lop3_and_xor(u8, 0x00F000F0u, hi), k16, kb16), s2);
+      } else if constexpr (INT4) {
+        // magic | the nibble's sign bit flipped: two's-complement q becomes q + 8 in the mantissa (bf16's 7-bit
+        // mantissa has no room for the in-place trick above: a shift per nibble pair)
         constexpr uint32_t c = Half2Of<T>::kMagic4 | 0x00080008u;
 #pragma unroll
         for (int i = 0; i < 4; i++)

@@ -113,24 +113,65 @@ std::string GemmRunner::tune(const Key& k, Plan* p, const cublasLtMatmulHeuristi
     }
     if (ok && total < best) best = total, pick_gemv = v, gemv_wins = true;
   }
-  if (pick_gemv >= 0 && gemv_mode == 1) n = 0;  // forced
-  for (int i = 0; i < n; i++) {
-    if (res[i].state != CUBLAS_STATUS_SUCCESS || res[i].workspaceSize > kWorkspaceBytes) continue;
+  // Sum of runs 2-6 of a cuBLASLt algorithm (L2 flushed before each), or a negative value when it fails.
+  auto time_lt = [&](const cublasLtMatmulAlgo_t& algo) {
     float total = 0;
-    bool ok = true;
-    for (int it = 0; it < 6 && ok; it++) {
+    for (int it = 0; it < 6; it++) {
       cudaMemsetAsync(flush_, it, kFlush, s);
       cudaEventRecord(a, s);
-      ok = cublasLtMatmul(handle_, p->desc, &alpha, w, p->a, x, p->b, &beta, tune_out_, p->c, tune_out_, p->c,
-                          &res[i].algo, workspace_, kWorkspaceBytes, s) == CUBLAS_STATUS_SUCCESS;
+      const bool ok = cublasLtMatmul(handle_, p->desc, &alpha, w, p->a, x, p->b, &beta, tune_out_, p->c, tune_out_,
+                                     p->c, &algo, workspace_, kWorkspaceBytes, s) == CUBLAS_STATUS_SUCCESS;
       cudaEventRecord(b, s);
-      if (cudaEventSynchronize(b) != cudaSuccess) ok = false;
+      if (!ok || cudaEventSynchronize(b) != cudaSuccess) return -1.f;
       float ms = 0;
       cudaEventElapsedTime(&ms, a, b);
       if (it > 0) total += ms;
     }
-    if (ok && total < best) best = total, pick = i, gemv_wins = false;
+    return total;
+  };
+  if (pick_gemv >= 0 && gemv_mode == 1) n = 0;  // forced
+  float top[kSplitKTop];  // the fastest unsplit candidates, for the split-K trials below
+  int top_i[kSplitKTop], ntop = 0;
+  for (int i = 0; i < n; i++) {
+    if (res[i].state != CUBLAS_STATUS_SUCCESS || res[i].workspaceSize > kWorkspaceBytes) continue;
+    const float total = time_lt(res[i].algo);
+    if (total < 0) continue;
+    if (total < best) best = total, pick = i, gemv_wins = false;
+    int j = ntop < kSplitKTop ? ntop++ : kSplitKTop;  // insertion into the sorted top list
+    for (; j > 0 && top[j - 1] > total; j--)
+      if (j < kSplitKTop) top[j] = top[j - 1], top_i[j] = top_i[j - 1];
+    if (j < kSplitKTop) top[j] = total, top_i[j] = i;
   }
+  cublasLtMatmulAlgo_t chosen = res[pick].algo;
+  // Split-K variants of the fastest candidates: at decode batches (M = 256-1024) the narrow layers (N = 4096:
+  // o_proj, down_proj) have fewer output tiles than the GPU has SMs, and the heuristic's own picks rarely split.
+  // Only the fp32 (compute-type) reduction: the partial sums are not rounded to the output type before they meet.
+  uint32_t split_k = 1;
+  const float unsplit = best;
+  for (int j = 0; j < ntop && !gemv_wins; j++) {
+    int32_t sup = 0;
+    uint32_t mask = 0;
+    size_t wr = 0;
+    const cublasLtMatmulAlgo_t& base = res[top_i[j]].algo;
+    cublasLtMatmulAlgoCapGetAttribute(&base, CUBLASLT_ALGO_CAP_SPLITK_SUPPORT, &sup, sizeof(sup), &wr);
+    cublasLtMatmulAlgoCapGetAttribute(&base, CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK, &mask, sizeof(mask), &wr);
+    uint32_t red = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+    if (!sup || !(mask & red)) continue;
+    for (uint32_t ks : {2u, 3u, 4u, 6u}) {
+      cublasLtMatmulAlgo_t v = base;
+      cublasLtMatmulAlgoConfigSetAttribute(&v, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &ks, sizeof(ks));
+      cublasLtMatmulAlgoConfigSetAttribute(&v, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &red, sizeof(red));
+      cublasLtMatmulHeuristicResult_t chk{};
+      if (cublasLtMatmulAlgoCheck(handle_, p->desc, p->a, p->b, p->c, p->c, &v, &chk) != CUBLAS_STATUS_SUCCESS ||
+          chk.workspaceSize > kWorkspaceBytes)
+        continue;
+      const float total = time_lt(v);
+      if (total >= 0 && total < best) best = total, chosen = v, split_k = ks;
+    }
+  }
+  if (verbose && split_k > 1)
+    std::fprintf(stderr, "tsllm gemm M=%d N=%d K=%d: split-K %u, %.4f ms against %.4f ms unsplit\n", k.M, k.N, k.K,
+                 split_k, best / 5, unsplit / 5);
   cudaEventDestroy(a);
   cudaEventDestroy(b);
   cudaGetLastError();
@@ -138,7 +179,7 @@ std::string GemmRunner::tune(const Key& k, Plan* p, const cublasLtMatmulHeuristi
   if (!gemv_ok) p->no_gemv = "not eligible (needs K % 8 == 0, 16-byte aligned x and w, no GELU epilogue)";
   else if (pick_gemv < 0) p->no_gemv = "no gemv variant launched";
   else if (!gemv_wins) p->no_gemv = "cuBLASLt was faster";
-  if (!gemv_wins) p->algo = res[pick].algo;
+  if (!gemv_wins) p->algo = chosen;
   return "";
 }
 

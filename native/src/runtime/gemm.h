@@ -67,6 +67,7 @@ class GemmRunner {
   // the stream is being captured.
   bool tune_on = true;  // gemm_tune
   static constexpr int kHeuristics = 64;
+  static constexpr int kSplitKTop = 4;  // split-K is tried on this many of the fastest candidates
   bool tunes(int M) const { return tune_on && gemm_tuned_m(M); }
   // 0: never use the small-M gemv kernel; 1: always when eligible (tests); -1: the tuner decides.
   int gemv_mode = -1;
