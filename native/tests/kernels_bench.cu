@@ -1,6 +1,7 @@
-// Usage: kernels_bench [decode|fmha8]. "decode": only the large-batch decode attention table (old vs new kernel at
+// Usage: kernels_bench [decode|fmha8]. "decode": only the large-batch decode attention tables (old vs new kernel at
 // the Llama-3.1-8B batch-256 shape of the throughput benchmark, GQA ratios 4, 2 and 1, with the kernel the runtime's
-// rule picks); "fmha8": only the FP8-cache context table (fp16 kernel vs FP8 context FMHA); default: everything.
+// rule picks; then variant 4's kernel configurations); "fmha8": only the FP8-cache context
+// table (fp16 kernel vs FP8 context FMHA); default: everything.
 // Micro-benchmark of paged_attention (Llama-2-7B shapes: 32 heads, 32 KV heads, head_dim 128, fp16, 32 tokens per
 // block) for decode at batch 1 / 64 and context 256 / 4096, plus context (prefill) attention and a few small
 // kernels at decode sizes. Times are medians of CUDA-graph replays (the runtime replays graphs), per call;
@@ -162,6 +163,50 @@ static void decode_at_scale(size_t l2_defeat, double copy) {
   }
 }
 
+// Variant 4's kernel configurations (kd::kDecodeMmaConfigs: warps per block, cp.async ring stages per warp,
+// block-table prefetch) at the throughput benchmark's Llama-3.1-8B bf16 shapes. Times as in decode_at_scale (the
+// rope/cache-write kernel and the split-K reduce included); GB/s counts the KV bytes read. "<-" marks
+// configuration 0, what the runtime runs; "vs cfg0" is cfg0's time over the row's.
+static void decode_mma_sweep(size_t l2_defeat, double copy) {
+  struct Shape {
+    int B, ctx;
+    bool fp8;
+  };
+  const Shape shapes[] = {{256, 145, false}, {512, 145, false}, {1024, 145, false}, {256, 1100, false},
+                          {64, 4096, false}};
+  std::printf("\ndecode variant 4 configurations, llama3-8b bf16 (32 q heads, 8 KV heads, 128 dims, 32 tokens/block)\n");
+  std::printf("%-5s %5s %6s %7s %-14s %10s %8s %7s %8s\n", "cache", "batch", "ctx", "splits", "kernel", "us/layer",
+              "KV GB/s", "%copy", "vs cfg0");
+  for (const Shape& sh : shapes) {
+    // An FP8 layer is half the bytes: twice the layers to keep the cycle out of L2.
+    AttnSetup a(sh.B, sh.ctx, 1, sh.fp8 ? 2 * l2_defeat : l2_defeat, 8, DType::BF16);
+    if (sh.fp8) a.use_fp8_cache();
+    const double kv_bytes = (double)sh.B * sh.ctx * a.nKV * a.D * 2 * (sh.fp8 ? 1 : 2);
+    const auto sp = kd::decode_split(sh.B, a.nH, a.nKV, a.D, sh.ctx, 2);
+    double cfg0_us = 0;
+    auto run = [&](int variant, int cfg) {
+      a.p.decode_variant = variant;
+      a.p.mma_cfg = cfg;
+      double g, st;
+      time_calls(64, [&](int i, cudaStream_t s) { a.call(i, s); }, &g, &st);
+      if (variant == 4 && cfg == 0) cfg0_us = g;
+      const kd::DecodeMmaConfig c = kd::kDecodeMmaConfigs[cfg];
+      char name[32];
+      if (variant == 4)
+        std::snprintf(name, sizeof name, "v4 cfg%d %dw %ds%s", cfg, c.warps, c.stages, c.prefetch ? " pf" : "");
+      else
+        std::snprintf(name, sizeof name, "v%d", variant);
+      char vs[16] = "";
+      if (variant == 4 && cfg > 0) std::snprintf(vs, sizeof vs, "%.3fx", cfg0_us / g);
+      std::printf("%-5s %5d %6d %7d %-14s %10.2f %8.0f %6.0f%% %8s %s\n", sh.fp8 ? "fp8" : "bf16", sh.B, sh.ctx,
+                  sp.splits, name, g, kv_bytes / (g * 1e3), 100.0 * kv_bytes / (g * 1e3) / copy, vs,
+                  variant == 4 && cfg == 0 ? "<-" : "");
+    };
+    for (int cfg = 0; cfg < kd::kDecodeMmaConfigCount; ++cfg) run(4, cfg);
+    if (sh.fp8) run(2, 0);
+  }
+}
+
 // Context attention over an FP8 cache: the fp16 kernel (FP8 history converted into shared memory) vs the FP8
 // context FMHA (attention_context_fp8.cu), Llama-2-7B (MHA) and Llama-3-8B (GQA 4) shapes, fp16 activations.
 // Times include the rope/cache-write kernel, as in a step.
@@ -208,6 +253,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   decode_at_scale(l2_defeat, copy);
+  decode_mma_sweep(l2_defeat, copy);
   if (only_decode) return 0;
   std::printf("\n");
 

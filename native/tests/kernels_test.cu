@@ -762,12 +762,20 @@ static void test_attention_case(const AttnCase& c, Rng& rng) {
   // what the runtime passes), under both decode kernels.
   int lead = 0;
   while (max_new > 1 && lead < S && c.seqs[lead].second == 1) ++lead;
-  std::vector<std::pair<int, int>> runs;  // (decode variant, num_single)
-  if (max_new == 1) runs = {{2, 0}, {3, 0}, {4, 0}};
-  else runs = {{3, 0}};
-  if (lead > 0) runs.push_back({4, lead}), runs.push_back({2, lead});
-  for (auto [variant, single] : runs) {
+  // Variant 4 also under each of its other kernel configurations (kd::kDecodeMmaConfigs) where the head size has
+  // them.
+  struct Run {
+    int variant, single, cfg;
+  };
+  std::vector<Run> runs;
+  if (max_new == 1) runs = {{2, 0, 0}, {3, 0, 0}, {4, 0, 0}};
+  else runs = {{3, 0, 0}};
+  if (lead > 0) runs.push_back({4, lead, 0}), runs.push_back({2, lead, 0});
+  if (max_new == 1 && kd::decode_mma_sweeps(D))
+    for (int cfg = 1; cfg < kd::kDecodeMmaConfigCount; ++cfg) runs.push_back({4, 0, cfg});
+  for (auto [variant, single, cfg] : runs) {
     p.decode_variant = variant;
+    p.mma_cfg = cfg;
     st.num_single = single;
     pool.h = pool_init;
     pool.up();
@@ -798,6 +806,10 @@ static void test_attention_case(const AttnCase& c, Rng& rng) {
     std::string path = single ? "context + " + std::to_string(single) + " single-token seqs via decode v" +
                                     std::to_string(variant)
                               : "context";
+    const kd::DecodeMmaConfig mc = kd::kDecodeMmaConfigs[cfg];
+    const std::string cfg_name = cfg ? " cfg" + std::to_string(cfg) + " (" + std::to_string(mc.warps) + "w " +
+                                           std::to_string(mc.stages) + "s" + (mc.prefetch ? " prefetch)" : ")")
+                                     : "";
     if (max_new == 1) {
       auto sp = kd::decode_split(T, nH, nKV, D, max_len, variant);  // (the plan the kernel used)
       path = "decode v" + std::to_string(variant) + " splits=" + std::to_string(sp.splits) + (sp.cluster ? " cluster" : "") +
@@ -810,7 +822,8 @@ static void test_attention_case(const AttnCase& c, Rng& rng) {
                   path.c_str(), T, ek.str().c_str(), cache_bad);
     report(e.ok() && ek.ok() && cache_bad == 0,
            std::string("paged_attention ") + c.name +
-               (max_new == 1 ? " v" + std::to_string(variant) : single ? " split v" + std::to_string(variant) : ""),
+               (max_new == 1 ? " v" + std::to_string(variant) + cfg_name
+                             : single ? " split v" + std::to_string(variant) : ""),
            e.max_abs,
            extra);
     if (!e.ok()) std::printf("     out failures (index = (t*nH + h)*D + d):%s\n", e.firsts().c_str());
@@ -907,6 +920,10 @@ static void test_attention(Rng& rng, int only) {
       {"dec bf16 D64 g32 two head groups", BF16, 32, 1, 64, 64, NX, 16, true, {{300, 1}, {17, 1}, {0, 1}, {2500, 1}}},
       {"dec f16 D32 g4 bs40 tpb8", F16, 16, 4, 32, 32, NX, 8, true, decode_batch(40, 13, 5, 90)},
       {"dec bf16 D256 g2 bs24", BF16, 4, 2, 256, 128, NX, 16, true, decode_batch(24, 31, 2, 200)},
+      // Variant 4's prefetch configurations: blocks of 48 tokens (16 | tpb, not a power of two) and of 24 (the
+      // per-row fallback).
+      {"dec f16 D128 g4 bs17 tpb48", F16, 8, 2, 128, 128, NX, 48, true, decode_batch(17, 89, 30, 1400)},
+      {"dec bf16 D128 g4 bs33 tpb24", BF16, 16, 4, 128, 128, NX, 24, true, decode_batch(33, 47, 9, 700)},
   };
   if (only == -2) {
     std::printf("%zu\n", cases.size());

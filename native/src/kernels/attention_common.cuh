@@ -91,6 +91,16 @@ struct DecodeIO {
   }
 };
 
+// FP8 cache only (the context kernel and decode_mma_kernel): where this step's own K/V rows are, unrounded, and the
+// cache's scales.
+template <typename T>
+struct OwnKV {
+  const T* k;  // [num_tokens, nKV * D] rotated k (rope_cache's k_out)
+  const T* v;  // the step's v rows, row stride v_stride
+  int v_stride;
+  float k_scale, v_scale;
+};
+
 // The K and V rows' 16 bytes at `row` + sub * 8 of the cache (zeros when !ld: an absent key or dims past D).
 template <typename T>
 __device__ __forceinline__ void load_kv16(const KVView<T>& kv, size_t row, int sub, bool ld, uint4& k, uint4& v) {

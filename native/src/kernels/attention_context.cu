@@ -26,15 +26,6 @@ struct CtxCfg {
   }
 };
 
-// FP8 cache only: where this step's own K/V rows are, and the cache's scales.
-template <typename T>
-struct OwnKV {
-  const T* k;  // [num_tokens, nKV * D] rotated k
-  const T* v;  // the step's v rows, row stride v_stride
-  int v_stride;
-  float k_scale, v_scale;
-};
-
 template <typename T, typename CT, int DP>
 __global__ void __launch_bounds__(kCtxThreads) context_kernel(const T* __restrict__ q, int q_stride,
                                                               T* __restrict__ out, KVView<CT> kv,

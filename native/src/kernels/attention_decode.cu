@@ -578,7 +578,8 @@ cudaError_t attention_decode(const void* q_, int q_stride, const void* k_, int k
     const Fp8View f8{kv.dtype == DType::FP8_E4M3, make_kv_view<uint8_t>(kv, p.layer), p.k_scale, p.v_scale};
     if (f8.on && (!a.k || !a.v)) return cudaErrorInvalidValue;  // the token's own k (rotated) / v rows
     if (decode_variant_run(p, step.num_tokens, step.max_seq_len, f8.on, false) == 4)
-      e = attention_decode_mma(q_, q_stride, out_, ws_o, ws_ml, kv, step, p, sp.splits, sp.chunk, dt, s);
+      e = attention_decode_mma(q_, q_stride, out_, ws_o, ws_ml, kv, step, p, sp.splits, sp.chunk, k_, v_, v_stride,
+                               dt, s);
     else
       e = launch_decode_d<T>(a, step, nKV, D, sp, f8, s);
     if (e == cudaSuccess && sp.splits > 1 && !sp.cluster) {

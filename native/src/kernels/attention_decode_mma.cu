@@ -1,53 +1,101 @@
 // Decode attention over the paged KV cache for large batches (variant 4): bandwidth first.
-// Grid (kv head x group of <= 16 query heads, split, token), 4 warps. All query heads of one KV head are the 16
+// Grid (kv head x group of <= 16 query heads, split, token), NW warps. All query heads of one KV head are the 16
 // rows of one mma.sync m16n8k16 tile (Llama-3: 4 of 16 used), so each K/V row is read from HBM once for its whole
 // GQA group, and the dot products run on tensor cores instead of lane shuffles. Each warp streams its own tiles of
-// 16 keys (tile j of the split goes to warp j % 4) through a private 2-stage cp.async ring (16-byte copies, no
-// block barrier in the loop), keeps an online softmax in registers like the context kernel, and the 4 warps are
+// 16 keys (tile j of the split goes to warp j % NW) through a private S-stage cp.async ring (16-byte copies, no
+// block barrier in the loop), keeps an online softmax in registers like the context kernel, and the NW warps are
 // merged through shared memory at the end. Split-K partials use decode_kernel's format and decode_reduce_kernel.
-// At Llama-3.1-8B batch 256 (2048 blocks of 145 keys) three blocks stay resident per SM (75 KB of shared memory
-// each at head_dim 128), so up to 24 tiles of 8 KB are in flight per SM. Runs after rope_cache (q rotated, k/v
-// already in the cache); 16-bit caches only (FP8 caches keep decode_kernel).
+// (NW, S, prefetch) come from kDecodeMmaConfigs (attention_internal.h); entry 0, 4 warps and 2 stages, is what
+// the runtime runs: at Llama-3.1-8B batch 256 (2048 blocks of 145 keys) three of its blocks stay resident per SM
+// (75 KB of shared memory each at head_dim 128), so up to 24 tiles of 8 KB are in flight per SM.
+// FP8 (E4M3) cache: the ring holds the cache's bytes (half a 16-bit tile); each warp converts its landed tile into a
+// warp-private K/V tile of T (E4M3 values are exact in fp16 and bf16) for the same ldmatrix / mma code. k_scale and
+// v_scale stay in fp32, outside the tiles: k_scale is folded into the score scale, v_scale into the output. The
+// step's own key and value (the last key of the last split) enter unrounded, as in decode_kernel's FP8 path: the
+// converted tile's row holds rope_cache's rotated k (k_own) and the step's v row instead of the cache's E4M3 copy,
+// that key's score takes no k_scale, and its probability is divided by v_scale before P·V (so the final v_scale
+// leaves it as it is). Runs after rope_cache (q rotated, k/v already in the cache).
 #include <math.h>
 
+#include <type_traits>
+
 #include "attention_internal.h"
+#include "fp8.cuh"
 
 namespace tsllm {
 namespace kd {
 namespace {
 
-constexpr int kMmaWarps = 4;
-constexpr int kMmaBK = 16;     // keys per warp tile
-constexpr int kMmaStages = 2;  // tiles per warp ring
+constexpr int kMmaBK = 16;  // keys per warp tile
 
-template <int DP>
-struct MmaCfg {
-  static constexpr int LD = DP + 8;  // padded row (elements): no ldmatrix bank conflicts
+// Shared memory of one configuration: the Q tile, then per warp a ring of S stages of K and V tiles as the cache
+// stores them (16-bit: rows padded to LD elements, read by ldmatrix; FP8: DP bytes a row, read only by the
+// conversion, row after row) and, for an FP8 cache, the K and V tiles converted to T. The warps' merge reuses all
+// of it after the loop.
+template <typename T, typename CT, int DP, int NW, int S>
+struct MmaLayout {
+  static constexpr bool kF8 = sizeof(CT) == 1;
+  static constexpr int LD = DP + 8;  // padded T row (elements): no ldmatrix bank conflicts
   static constexpr int TILE = kMmaBK * LD;
-  static constexpr bool kQReg = DP <= 128;  // Q fragments kept in registers (DP 256: reloaded per tile)
-  template <typename T>
-  static constexpr size_t smem_bytes() {
-    const size_t ring = (size_t)kMmaWarps * kMmaStages * 2 * TILE * sizeof(T);
-    const size_t merge = sizeof(SoftmaxWarpPartials<kMmaWarps, 16, DP>);  // reuses the ring after the loop
-    return (size_t)16 * LD * sizeof(T) + (ring > merge ? ring : merge);
+  static constexpr int RING_ROW = kF8 ? DP : LD;  // CT elements per ring row
+  static constexpr int RING_TILE = kMmaBK * RING_ROW;
+  static constexpr size_t kRingBytes = (size_t)S * 2 * RING_TILE * sizeof(CT);  // per warp
+  static constexpr size_t kCvtBytes = kF8 ? (size_t)2 * TILE * sizeof(T) : 0;   // per warp
+  static constexpr size_t kQBytes = (size_t)16 * LD * sizeof(T);
+  static constexpr size_t bytes() {
+    const size_t loop = NW * (kRingBytes + kCvtBytes);
+    const size_t merge = sizeof(SoftmaxWarpPartials<NW, 16, DP>);
+    return kQBytes + (loop > merge ? loop : merge);
   }
+  static constexpr bool kQReg = DP <= 128;  // Q fragments kept in registers (DP 256: reloaded per tile)
+  // Blocks per SM that shared memory allows on sm_90 (228 KB per SM, 1 KB of it reserved per block).
+  static constexpr int kSmemBlocks = (int)(233472 / (bytes() + 1024)) < 1 ? 1 : (int)(233472 / (bytes() + 1024));
 };
 
-template <typename T>
-using MmaArgs = DecodeIO<T>;  // q: the rotated q rows
+// DecodeIO's q: the rotated q rows; its kv only gives D (cache is the layer's cache as stored: T or E4M3 bytes).
+template <typename T, typename CT>
+struct MmaArgs : DecodeIO<T> {
+  KVView<CT> cache;
+  OwnKV<T> own;        // FP8 cache only
+  float k_scale_log2;  // FP8: scale_log2 * k_scale, the cached keys' score scale
+  float inv_v_scale;   // FP8: 1 / v_scale, the own key's probability factor
+};
 
-template <typename T, int DP>
-__global__ void __launch_bounds__(kMmaWarps * 32) decode_mma_kernel(const MmaArgs<T> a) {
-  using C = MmaCfg<DP>;
-  constexpr int LD = C::LD, TILE = C::TILE, S = kMmaStages;
-  constexpr int CPR = DP / 8;        // 16-byte chunks per row (4..32: divides 32)
-  constexpr int RPP = 32 / CPR;      // rows one warp-wide pass of copies covers
+// 8 E4M3 bytes -> 8 values of T (exact), 16 bytes.
+template <typename T>
+__device__ __forceinline__ uint4 e4m3x8_to(const uint2& u) {
+  uint32_t w[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const uint32_t two = (j < 2 ? u.x : u.y) >> (16 * (j & 1));
+    if constexpr (std::is_same<T, half>::value) {
+      w[j] = e4m3x2_to_h2(two);
+    } else {
+      const float2 f = e4m3x2_to_f2(two);
+      w[j] = pack2<T>(f.x, f.y);
+    }
+  }
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// Prefetch configurations ask __launch_bounds__ for the blocks shared memory allows: without it their window and
+// early ring took 201-206 registers at head_dim 128 (ptxas, sm_90), 2 blocks of 4 warps per SM instead of 3.
+template <typename T, typename CT, int DP, int NW, int S, bool PF>
+__global__ void __launch_bounds__(NW * 32, PF ? MmaLayout<T, CT, DP, NW, S>::kSmemBlocks : 0)
+    decode_mma_kernel(const MmaArgs<T, CT> a) {
+  using L = MmaLayout<T, CT, DP, NW, S>;
+  constexpr bool kF8 = L::kF8;
+  constexpr int LD = L::LD, TILE = L::TILE, RROW = L::RING_ROW, RTILE = L::RING_TILE;
+  constexpr int CPR = DP / 8;            // 8-dim chunks per row (4..32: divides 32)
+  constexpr int EPC = 16 / sizeof(CT);   // cache elements per 16-byte copy
+  constexpr int RCPR = DP / EPC;         // copies per cache row (2..32: divides 32)
+  constexpr int RPP = 32 / RCPR;         // rows one warp-wide pass of copies covers
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
-  T* ring = sQ + 16 * LD;
+  unsigned char* loop_smem = smem_raw + L::kQBytes;
 
   pdl_trigger();
-  const KVView<T>& kv = a.kv;
+  const KVView<CT>& kv = a.cache;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, tig = lane & 3;
   const int hk = blockIdx.x / a.hgroups, hg = blockIdx.x % a.hgroups;
@@ -62,7 +110,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) decode_mma_kernel(const MmaArg
   const int h0 = hk * G + hg * 16;
 
   // Q tile: rows past the group and dims past D zero-filled.
-  for (int c = tid; c < 16 * CPR; c += kMmaWarps * 32) {
+  for (int c = tid; c < 16 * CPR; c += NW * 32) {
     const int r = c / CPR, cc = c % CPR;
     const bool ok = r < rows && cc * 8 < D;
     const T* src = ok ? a.q + (size_t)t * a.q_stride + (size_t)(h0 + r) * D + cc * 8 : a.q;
@@ -70,32 +118,82 @@ __global__ void __launch_bounds__(kMmaWarps * 32) decode_mma_kernel(const MmaArg
   }
   cp_async_commit();
 
-  // This warp's tiles: j = warp, warp + 4, ... of the split's ceil((ke - kb) / 16).
+  // This warp's tiles: j = warp, warp + NW, ... of the split's ceil((ke - kb) / 16).
   const int ntiles = (ke - kb + kMmaBK - 1) / kMmaBK;
-  const int mine = warp < ntiles ? (ntiles - warp + kMmaWarps - 1) / kMmaWarps : 0;
-  T* wring = ring + (size_t)warp * S * 2 * TILE;
-  const int cc = lane % CPR, r0 = lane / CPR;
-  const bool dim_ok = cc * 8 < D;
+  const int mine = warp < ntiles ? (ntiles - warp + NW - 1) / NW : 0;
+  CT* wring = reinterpret_cast<CT*>(loop_smem + (size_t)warp * (L::kRingBytes + L::kCvtBytes));
+  T* wcvt = reinterpret_cast<T*>(loop_smem + (size_t)warp * (L::kRingBytes + L::kCvtBytes) + L::kRingBytes);
+  const int rc = lane % RCPR, r0 = lane / RCPR;
+  const bool copy_ok = rc * EPC < D;  // FP8: D % 16 == 0, so a copy is all inside the row or all past it
+
+  // Prefetch: with tiles inside one cache block (16 | tokens per block) each tile needs one block-table entry.
+  // Lane l holds entry wb + l of the sequence's row (a window of 32 blocks, moved on when a tile leaves it).
+  const bool pf = PF && (kv.tpb & (kMmaBK - 1)) == 0;
+  const int32_t* bt_row = kv.block_tables + (size_t)seq * kv.max_blocks;
+  int wb = 0, win = 0, nblk = 0;
+  auto load_window = [&](int b) {
+    wb = b;
+    win = b + lane < nblk ? __ldg(bt_row + b + lane) : 0;
+  };
+  if (pf) {
+    int b0, b1, off;
+    kv.split_pos(kb, b0, off);
+    kv.split_pos(ke - 1, b1, off);
+    nblk = b1 + 1;
+    load_window(b0);
+  }
+
   auto load_tile = [&](int i, int stage) {
-    const int key0 = kb + (warp + i * kMmaWarps) * kMmaBK;
-    T* dk = wring + stage * 2 * TILE;
-    T* dv = dk + TILE;
+    const int key0 = kb + (warp + i * NW) * kMmaBK;
+    CT* dk = wring + stage * 2 * RTILE;
+    CT* dv = dk + RTILE;
+    if (pf) {
+      int bi, off0;
+      kv.split_pos(key0, bi, off0);
+      if (bi - wb >= 32) load_window(bi);  // warp-uniform
+      const size_t base = kv.row_at(__shfl_sync(0xffffffffu, win, bi - wb), off0, hk);
 #pragma unroll
-    for (int r = r0; r < kMmaBK; r += RPP) {
-      const int key = key0 + r;
-      const bool ok = key < ke && dim_ok;
-      const T* src = ok ? kv.base + kv.row(seq, key, hk) + cc * 8 : kv.base;
-      cp_async16(dk + r * LD + cc * 8, src, ok);
-      cp_async16(dv + r * LD + cc * 8, ok ? src + kv.v_off : src, ok);
+      for (int r = r0; r < kMmaBK; r += RPP) {
+        const bool ok = key0 + r < ke && copy_ok;
+        const CT* src = ok ? kv.base + base + (size_t)r * D + rc * EPC : kv.base;
+        cp_async16(dk + r * RROW + rc * EPC, src, ok);
+        cp_async16(dv + r * RROW + rc * EPC, ok ? src + kv.v_off : src, ok);
+      }
+    } else {
+#pragma unroll
+      for (int r = r0; r < kMmaBK; r += RPP) {
+        const int key = key0 + r;
+        const bool ok = key < ke && copy_ok;
+        const CT* src = ok ? kv.base + kv.row(seq, key, hk) + rc * EPC : kv.base;
+        cp_async16(dk + r * RROW + rc * EPC, src, ok);
+        cp_async16(dv + r * RROW + rc * EPC, ok ? src + kv.v_off : src, ok);
+      }
     }
   };
-  if (mine > 0) load_tile(0, 0);
-  cp_async_commit();
-  cp_async_wait<1>();  // this thread's Q copies
-  __syncthreads();     // everyone's
+  // The ring's first tiles: S - 1 before the Q tile is waited for, the last one after (prefetch: all S before).
+  // One commit group per tile, empty ones included, so that wait_group counts tiles.
+  constexpr int kEarly = PF ? S : S - 1;
+#pragma unroll
+  for (int i = 0; i < kEarly; ++i) {
+    if (i < mine) load_tile(i, i);
+    cp_async_commit();
+  }
 
-  uint32_t qa[C::kQReg ? DP / 16 : 1][4];
-  if constexpr (C::kQReg) {
+  // FP8: this lane's 8 dims (the conversion's column lane % CPR) of the step's own key and value, unrounded.
+  uint4 own_k = make_uint4(0, 0, 0, 0), own_v = make_uint4(0, 0, 0, 0);
+  if constexpr (kF8) {
+    const int cc = lane % CPR;
+    if (pos < ke && cc * 8 < D) {  // this split holds the token's own key (its last)
+      const int nKV = a.nH / G;
+      own_k = *reinterpret_cast<const uint4*>(a.own.k + ((size_t)t * nKV + hk) * D + cc * 8);
+      own_v = *reinterpret_cast<const uint4*>(a.own.v + (size_t)t * a.own.v_stride + (size_t)hk * D + cc * 8);
+    }
+  }
+
+  cp_async_wait<kEarly>();  // this thread's Q copies
+  __syncthreads();          // everyone's
+  uint32_t qa[L::kQReg ? DP / 16 : 1][4];
+  if constexpr (L::kQReg) {
 #pragma unroll
     for (int kk = 0; kk < DP / 16; ++kk) ldmatrix_x4(qa[kk], sQ + (lane & 15) * LD + kk * 16 + (lane >> 4) * 8);
   }
@@ -105,12 +203,38 @@ __global__ void __launch_bounds__(kMmaWarps * 32) decode_mma_kernel(const MmaArg
   for (int i = 0; i < DP / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
   float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.f, 0.f};
 
-  for (int i = 0; i < mine; ++i) {
-    if (i + 1 < mine) load_tile(i + 1, (i + 1) % S);
+  // Tile n is issued into stage n % S once the warp is done reading tile n - S there: 16-bit, at the top of
+  // iteration n - S + 1 (after the products of tile n - S); FP8, right after the conversion of tile n - S. The
+  // first tiles not issued before the Q tile (16-bit: tiles kEarly..S - 1 by the first rule; FP8: tile S - 1) at
+  // the top of iteration 0.
+  auto issue = [&](int n) {
+    if (n < mine) load_tile(n, n % S);
     cp_async_commit();
-    cp_async_wait<1>();  // tile i (this thread's copies)
-    __syncwarp();        // the warp's copies of tile i visible to every lane
-    const T* cK = wring + (i % S) * 2 * TILE;
+  };
+  for (int i = 0; i < mine; ++i) {
+    const int top = kF8 ? (i == 0 ? S - 1 : -1) : i + S - 1;
+    if (top >= kEarly) issue(top);
+    cp_async_wait<S - 1>();  // tile i (this thread's copies)
+    __syncwarp();            // the warp's copies of tile i visible to every lane
+    const int key0 = kb + (warp + i * NW) * kMmaBK;
+    const CT* cur = wring + (i % S) * 2 * RTILE;
+    const T* cK;
+    if constexpr (kF8) {
+      const int cc = lane % CPR;
+#pragma unroll
+      for (int r = lane / CPR; r < kMmaBK; r += 32 / CPR) {
+        const bool own = key0 + r == pos;
+        const uint2 k8 = *reinterpret_cast<const uint2*>(cur + r * RROW + cc * 8);
+        const uint2 v8 = *reinterpret_cast<const uint2*>(cur + RTILE + r * RROW + cc * 8);
+        *reinterpret_cast<uint4*>(wcvt + r * LD + cc * 8) = own ? own_k : e4m3x8_to<T>(k8);
+        *reinterpret_cast<uint4*>(wcvt + TILE + r * LD + cc * 8) = own ? own_v : e4m3x8_to<T>(v8);
+      }
+      __syncwarp();  // the converted tile visible to every lane, the ring stage free
+      issue(i + S);
+      cK = wcvt;
+    } else {
+      cK = reinterpret_cast<const T*>(cur);
+    }
     const T* cV = cK + TILE;
 
     // S = Q K^T: 16 rows (query heads) x 16 keys.
@@ -120,7 +244,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) decode_mma_kernel(const MmaArg
 #pragma unroll
     for (int kk = 0; kk < DP / 16; ++kk) {
       uint32_t qf[4];
-      if constexpr (C::kQReg) {
+      if constexpr (L::kQReg) {
         qf[0] = qa[kk][0], qf[1] = qa[kk][1], qf[2] = qa[kk][2], qf[3] = qa[kk][3];
       } else {
         ldmatrix_x4(qf, sQ + (lane & 15) * LD + kk * 16 + (lane >> 4) * 8);
@@ -130,16 +254,25 @@ __global__ void __launch_bounds__(kMmaWarps * 32) decode_mma_kernel(const MmaArg
       mma16816<T>(sc[0], qf, b[0], b[1]);
       mma16816<T>(sc[1], qf, b[2], b[3]);
     }
-    // Log2-domain scores, keys past the split's end masked, online softmax (rows g and g + 8 of this lane).
-    const int key0 = kb + (warp + i * kMmaWarps) * kMmaBK;
+    // Log2-domain scores (FP8: cached keys times k_scale), keys past the split's end masked, online softmax (rows
+    // g and g + 8 of this lane).
 #pragma unroll
     for (int n = 0; n < 2; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int key = key0 + n * 8 + tig * 2 + (e & 1);
-        sc[n][e] = key < ke ? sc[n][e] * a.scale_log2 : -INFINITY;
+        float ks = a.scale_log2;
+        if constexpr (kF8) ks = key == pos ? a.scale_log2 : a.k_scale_log2;
+        sc[n][e] = key < ke ? sc[n][e] * ks : -INFINITY;
       }
     online_softmax_tile(sc, mrow, lrow, o);
+    if constexpr (kF8) {  // the own value is unscaled: its weight / v_scale, undone by the final v_scale
+#pragma unroll
+      for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          if (key0 + n * 8 + tig * 2 + (e & 1) == pos) sc[n][e] *= a.inv_v_scale;
+    }
     // O += P V (P from registers, V via transposed ldmatrix).
     uint32_t pa[4];
     pa[0] = pack2<T>(sc[0][0], sc[0][1]);
@@ -153,17 +286,17 @@ __global__ void __launch_bounds__(kMmaWarps * 32) decode_mma_kernel(const MmaArg
       mma16816<T>(o[2 * d2], pa, b[0], b[1]);
       mma16816<T>(o[2 * d2 + 1], pa, b[2], b[3]);
     }
-    __syncwarp();  // every lane done with this stage before the next iteration's copies overwrite it
+    __syncwarp();  // every lane done with this tile before its stage (16-bit) / the converted tile (FP8) is reused
   }
 
-  // Merge the 4 warps: row sums over the quad, then (m, l, o) of every warp through shared memory.
+  // Merge the NW warps: row sums over the quad, then (m, l, o) of every warp through shared memory.
   lrow[0] += __shfl_xor_sync(0xffffffffu, lrow[0], 1);
   lrow[0] += __shfl_xor_sync(0xffffffffu, lrow[0], 2);
   lrow[1] += __shfl_xor_sync(0xffffffffu, lrow[1], 1);
   lrow[1] += __shfl_xor_sync(0xffffffffu, lrow[1], 2);
   cp_async_wait<0>();
-  __syncthreads();  // the ring is free
-  auto& part = *reinterpret_cast<SoftmaxWarpPartials<kMmaWarps, 16, DP>*>(ring);  // rows = the 16 query heads
+  __syncthreads();  // the rings are free
+  auto& part = *reinterpret_cast<SoftmaxWarpPartials<NW, 16, DP>*>(loop_smem);  // rows = the 16 query heads
   if (tig == 0) {
     part.m[warp][g] = mrow[0];
     part.m[warp][g + 8] = mrow[1];
@@ -177,39 +310,76 @@ __global__ void __launch_bounds__(kMmaWarps * 32) decode_mma_kernel(const MmaArg
     *reinterpret_cast<float2*>(&part.acc[warp][g + 8][d]) = make_float2(o[dn][2], o[dn][3]);
   }
   __syncthreads();
-  for (int e = tid; e < rows * DP; e += kMmaWarps * 32) {
+  const float out_scale = kF8 ? a.own.v_scale : 1.f;
+  for (int e = tid; e < rows * DP; e += NW * 32) {
     const int r = e / DP, d = e % DP;
     if (d >= D) continue;
     float M, L;
     const float res = part.merge(r, d, &M, &L);
-    a.store(t, h0 + r, d, split, nsplit, res, M, L);
+    a.store(t, h0 + r, d, split, nsplit, res * out_scale, M, L);
   }
 }
 
-template <typename T, int DP>
-cudaError_t launch_mma_t(MmaArgs<T> a, int num_tokens, int nKV, int splits, cudaStream_t s) {
-  constexpr size_t smem = MmaCfg<DP>::template smem_bytes<T>();
+template <typename T, typename CT, int DP, int CFG>
+cudaError_t launch_mma_t(MmaArgs<T, CT> a, int num_tokens, int nKV, int splits, cudaStream_t s) {
+  constexpr DecodeMmaConfig c = kDecodeMmaConfigs[CFG];
+  constexpr size_t smem = MmaLayout<T, CT, DP, c.warps, c.stages>::bytes();
+  auto kernel = decode_mma_kernel<T, CT, DP, c.warps, c.stages, c.prefetch>;
   static unsigned long long configured = 0;  // per instantiation, one bit per device
-  const cudaError_t e = smem_limit_once(decode_mma_kernel<T, DP>, smem, configured);
+  const cudaError_t e = smem_limit_once(kernel, smem, configured);
   if (e != cudaSuccess) return e;
   a.hgroups = (a.G + 15) / 16;
   dim3 grid(nKV * a.hgroups, splits, num_tokens);
-  decode_mma_kernel<T, DP><<<grid, kMmaWarps * 32, smem, s>>>(a);
+  kernel<<<grid, c.warps * 32, smem, s>>>(a);
   return cudaGetLastError();
+}
+
+// f(I) for configuration I == cfg of kDecodeMmaConfigs, as a std::integral_constant.
+template <int I = 0, typename F>
+cudaError_t with_mma_config(int cfg, F&& f) {
+  if (cfg == I) return f(std::integral_constant<int, I>{});
+  if constexpr (I + 1 < kDecodeMmaConfigCount) {
+    return with_mma_config<I + 1>(cfg, f);
+  } else {
+    return cudaErrorInvalidValue;
+  }
+}
+
+template <typename T, typename CT>
+cudaError_t launch_mma(const void* q, int q_stride, void* out, float* ws_o, float2* ws_ml, const PagedKV& kv,
+                       const StepLayout& step, const AttnParams& p, int splits, int chunk, const void* k_own,
+                       const void* v_own, int v_stride, cudaStream_t s) {
+  MmaArgs<T, CT> a;
+  set_decode_io(a, q, q_stride, out, ws_o, ws_ml, kv, step, p, chunk);
+  a.cache = make_kv_view<CT>(kv, p.layer);
+  a.own = OwnKV<T>{static_cast<const T*>(k_own), static_cast<const T*>(v_own), v_stride, p.k_scale, p.v_scale};
+  a.k_scale_log2 = a.scale_log2 * p.k_scale;
+  a.inv_v_scale = 1.f / p.v_scale;
+  return with_head_dim(p.head_dim, [&](auto dp) {
+    constexpr int DP = decltype(dp)::value;
+    if constexpr (DP == kDecodeMmaSweepDp) {
+      return with_mma_config(p.mma_cfg, [&](auto cfg) {
+        return launch_mma_t<T, CT, DP, decltype(cfg)::value>(a, step.num_tokens, p.num_kv_heads, splits, s);
+      });
+    } else {
+      return launch_mma_t<T, CT, DP, 0>(a, step.num_tokens, p.num_kv_heads, splits, s);
+    }
+  });
 }
 
 }  // namespace
 
 cudaError_t attention_decode_mma(const void* q, int q_stride, void* out, float* ws_o, float2* ws_ml,
                                  const PagedKV& kv, const StepLayout& step, const AttnParams& p, int splits, int chunk,
-                                 DType dt, cudaStream_t s) {
-  if (kv.dtype == DType::FP8_E4M3) return cudaErrorInvalidValue;
+                                 const void* k_own, const void* v_own, int v_stride, DType dt, cudaStream_t s) {
+  if (p.mma_cfg < 0 || p.mma_cfg >= kDecodeMmaConfigCount) return cudaErrorInvalidValue;
+  const bool f8 = kv.dtype == DType::FP8_E4M3;
+  if (f8 && (p.head_dim % 16 != 0 || !k_own || !v_own)) return cudaErrorInvalidValue;
   TSLLM_DISPATCH_HALF(dt, T, {
-    MmaArgs<T> a;
-    set_decode_io(a, q, q_stride, out, ws_o, ws_ml, kv, step, p, chunk);
-    return with_head_dim(p.head_dim, [&](auto dp) {
-      return launch_mma_t<T, decltype(dp)::value>(a, step.num_tokens, p.num_kv_heads, splits, s);
-    });
+    if (f8)
+      return launch_mma<T, uint8_t>(q, q_stride, out, ws_o, ws_ml, kv, step, p, splits, chunk, k_own, v_own, v_stride,
+                                    s);
+    return launch_mma<T, T>(q, q_stride, out, ws_o, ws_ml, kv, step, p, splits, chunk, k_own, v_own, v_stride, s);
   });
   return cudaErrorInvalidValue;
 }

@@ -45,7 +45,7 @@ inline void set_decode_io(DecodeIO<T>& a, const void* q, int q_stride, void* out
 // f(DP) with DP the instantiated head size holding head_dim (32, 64, 128 or 256: padded in registers / shared
 // memory), as a std::integral_constant so that f can instantiate kernels on it.
 template <typename F>
-inline cudaError_t with_head_dim(int head_dim, F&& f) {
+inline auto with_head_dim(int head_dim, F&& f) -> decltype(f(std::integral_constant<int, 32>{})) {
   if (head_dim <= 32) return f(std::integral_constant<int, 32>{});
   if (head_dim <= 64) return f(std::integral_constant<int, 64>{});
   if (head_dim <= 128) return f(std::integral_constant<int, 128>{});
@@ -77,7 +77,8 @@ cudaError_t rope_and_cache_write(const void* q, int q_stride, const void* k, int
 //                (DecodeSplit::fast false: nKV x tokens > #SMs, max_seq_len > 1024, no sm_90 clusters) run variant 4
 //                when num_heads / num_kv_heads >= AttnParams::mma_min_gqa, else variant 2 (always 2 for an FP8 cache).
 //   4: rope_cache kernel, then decode_mma_kernel (attention_decode_mma.cu: a GQA group's query heads as the rows of
-//      one tensor-core tile, cp.async K/V pipeline; 16-bit caches), then decode_reduce_kernel when split.
+//      one tensor-core tile, cp.async K/V pipeline; 16-bit caches here, FP8 ones not yet routed to it), then
+//      decode_reduce_kernel when split.
 //   2: rope_cache kernel, then decode_kernel (CUDA cores) on the rotated q, then decode_reduce_kernel when split.
 // (Variants 0/1, RoPE fused into decode_kernel, were removed: correct but 19-25% slower at batch 64 on H100,
 // kernels-notes.md.)
@@ -104,11 +105,33 @@ cudaError_t attention_decode(const void* q, int q_stride, const void* k, int k_s
                              bool fast, void* out, const PagedKV& kv, const StepLayout& step, const AttnParams& p,
                              DType dt, void* ws, cudaStream_t s);
 
-// Variant 4's kernel (q already rotated, the cache already holds k, v; 16-bit caches). splits/chunk: decode_split's
-// (variant 2 rules); when splits > 1, normalised partials go to ws_o / ws_ml for decode_reduce_kernel.
+// Variant 4's kernel configurations: warps per block, cp.async ring stages per warp, and prefetch (each warp reads
+// the block-table entries of its split once, one coalesced load, instead of one per cache row, when 16 divides
+// tokens_per_block; and the whole ring is issued before the Q tile is waited for). AttnParams::mma_cfg indexes
+// this table; entry 0 is what the runtime runs. The others exist for kernels_bench decode's sweep and are
+// instantiated only for the head size kDecodeMmaSweepDp (decode_mma_sweeps); other head sizes run entry 0.
+struct DecodeMmaConfig {
+  int warps, stages;
+  bool prefetch;
+};
+constexpr DecodeMmaConfig kDecodeMmaConfigs[] = {
+    {4, 2, false}, {4, 3, false}, {2, 3, false}, {2, 4, false}, {2, 2, false}, {8, 2, false},
+    {4, 2, true},  {4, 3, true},  {2, 3, true},  {2, 4, true},  {2, 2, true},  {8, 2, true},
+};
+constexpr int kDecodeMmaConfigCount = sizeof(kDecodeMmaConfigs) / sizeof(kDecodeMmaConfigs[0]);
+constexpr int kDecodeMmaSweepDp = 128;
+// Whether AttnParams::mma_cfg selects a configuration at this head size (else entry 0 runs).
+inline bool decode_mma_sweeps(int head_dim) {
+  return with_head_dim(head_dim, [](auto dp) { return decltype(dp)::value == kDecodeMmaSweepDp; });
+}
+
+// Variant 4's kernel (q already rotated, the cache already holds k, v). splits/chunk: decode_split's (variant 2
+// rules); when splits > 1, normalised partials go to ws_o / ws_ml for decode_reduce_kernel. FP8 cache: k_own
+// (rope_and_cache_write's k_out, row stride nKV * head_dim) and v_own (the step's v rows, v_stride) hold this
+// step's own K/V, unrounded; head_dim a multiple of 16.
 cudaError_t attention_decode_mma(const void* q, int q_stride, void* out, float* ws_o, float2* ws_ml,
                                  const PagedKV& kv, const StepLayout& step, const AttnParams& p, int splits, int chunk,
-                                 DType dt, cudaStream_t s);
+                                 const void* k_own, const void* v_own, int v_stride, DType dt, cudaStream_t s);
 
 // Tiles of up to 64 new tokens of one sequence (FlashAttention-2 style, tensor cores), any step.
 // FP8 cache: attention_context_fp8 when p.fp8_context_fmha and it is available, else k_own (rope_and_cache_write's k_out) and v_own (the step's v rows, v_stride) hold this step's own K/V.

@@ -51,6 +51,7 @@ cudaError_t paged_attention(const void* q, int q_stride, const void* k, int k_st
 
   char* ws = static_cast<char*>(workspace);
   if (p.decode_variant != 0 && (p.decode_variant < 2 || p.decode_variant > 4)) return cudaErrorInvalidValue;
+  if (p.mma_cfg < 0 || p.mma_cfg >= kd::kDecodeMmaConfigCount) return cudaErrorInvalidValue;
   if (step.max_new_tokens == 1 && kd::decode_variant_run(p, step.num_tokens, step.max_seq_len, fp8, true) == 3)
     return kd::attention_decode(q, q_stride, k, k_stride, v, v_stride, true, out, kv, step, p, dt, ws, s);
   const bool rope = p.rotary_dim > 0;
