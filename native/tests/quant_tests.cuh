@@ -484,6 +484,11 @@ static void test_quant(Rng& rng) {
       {QuantKind::Int4, 3, 512, 128, 32, true, false, Act::GeluTanh, 1},
       {QuantKind::Int4, 3, 128, 512, 128, true, true, Act::None, 1},
       {QuantKind::Int8, 3, 704, 128, 0, false, false, Act::None, 1},
+      // 1-4 rows with x staged in shared memory past 48 KB with the ring (the opt-in), and rows x K past
+      // kIntMmaStageBytes (64 KB: x read from global memory as for 5-16 rows).
+      {QuantKind::Int4, 2, 300, 11008, 128, false, true, Act::None, 1},
+      {QuantKind::Int4, 4, 65, 11008, 128, true, false, Act::None, 1},
+      {QuantKind::Int8, 3, 77, 11008, 0, false, true, Act::None, 1},
       // 5-16 token rows: the tensor-core variants only (rows g and g + 8 of the mma's A); 0-2 refuse them.
       {QuantKind::Int8, 5, 77, 352, 0, true, true, Act::Silu, 2},
       {QuantKind::Int8, 16, 300, 4096, 0, false, true, Act::None, 1},

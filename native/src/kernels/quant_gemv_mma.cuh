@@ -35,6 +35,7 @@
 // GEMM path these batches took before: int8 3.53 / 4.34 ms vs 10.29 / 10.56 (session 6 run 6), int4 3.298 / 4.691
 // vs 13.380 / 13.615 (session 7 run 6).
 #pragma once
+#include <atomic>
 #include <type_traits>
 
 #include "gemv_stream.cuh"
@@ -152,9 +153,31 @@ __device__ __forceinline__ void dequant_chunk(const uint4& raw, uint32_t s2, flo
   }
 }
 
+// x staged in shared memory (STAGED, M <= 4 rows that fit kIntMmaStageBytes): the block copies x once, already in
+// the A-fragment order a chunk's mma want (int4: word 2wd / 2wd + 1 = x pairs (8wd, 8wd + 4) / (8wd + 2, 8wd + 6),
+// words 8 + ... the odd ones; int8: x's even words, then its odd words), so a lane reads its chunk's fragments with
+// 16-byte shared loads instead of global loads held a whole iteration in registers and permuted (byte_perm) there.
+constexpr size_t kIntMmaStageBytes = 64 * 1024;
+
+// One chunk of 8 x values (16 bytes, x[m, 8 c8 .. 8 c8 + 7]) into the staged layout of row m.
+template <bool INT4>
+__device__ __forceinline__ void stage_x8(uint32_t* stage, int m, int c8, int K, const uint4& v) {
+  const uint32_t* px = &v.x;
+  if constexpr (INT4) {  // chunk c8 / 4, its word group wd = c8 % 4: (x0, x4), (x2, x6) | (x1, x5), (x3, x7)
+    uint32_t* base = stage + size_t(m) * (K / 2) + (c8 >> 2) * 16 + 2 * (c8 & 3);
+    *reinterpret_cast<uint2*>(base) = make_uint2(__byte_perm(px[0], px[2], 0x5410), __byte_perm(px[1], px[3], 0x5410));
+    *reinterpret_cast<uint2*>(base + 8) =
+        make_uint2(__byte_perm(px[0], px[2], 0x7632), __byte_perm(px[1], px[3], 0x7632));
+  } else {  // chunk c8 / 2, half j = c8 % 2: words 0, 2 | 1, 3
+    uint32_t* base = stage + size_t(m) * (K / 2) + (c8 >> 1) * 8 + 2 * (c8 & 1);
+    *reinterpret_cast<uint2*>(base) = make_uint2(px[0], px[2]);
+    *reinterpret_cast<uint2*>(base + 4) = make_uint2(px[1], px[3]);
+  }
+}
+
 // MB: the token rows the instantiation has room for (1-4, 8, 16), M <= MB the call's: lanes (g, t) carry token
 // rows g and (MB > 8) g + 8 — the mma's 16 A rows.
-template <typename T, bool INT4, int MB, int TILES, int WARPS, int S>
+template <typename T, bool INT4, int MB, int TILES, int WARPS, int S, bool STAGED>
 __global__ void __launch_bounds__(WARPS * 32)
     int_mma_gemv_kernel(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ sc,
                         int groups, int cpg_shift, const T* __restrict__ bias, const T* res, T* out, int M, int N,
@@ -162,7 +185,9 @@ __global__ void __launch_bounds__(WARPS * 32)
   constexpr int EPC = INT4 ? 32 : 16;  // weights per 16-byte chunk
   constexpr int XV = EPC / 8;          // x's 16-byte vectors under a chunk
   constexpr int XR = MB > 8 ? 2 : 1;   // token rows per lane: g, g + 8
+  static_assert(!STAGED || MB <= 4, "x is staged for 1-4 rows");
   extern __shared__ __align__(16) uint4 ring_all[];  // [WARPS][S][TILES][32]: each warp's private cp.async ring
+                                                     // (then, STAGED, x: M rows of K / 2 words)
   pdl_trigger();
   // Under PDL this kernel waits for its predecessor before its first cp.async, unlike the register-pipelined gemvs
   // (which load weights before waiting). With the ring's first copies issued before the wait, the tiny int4 engines
@@ -214,21 +239,34 @@ __global__ void __launch_bounds__(WARPS * 32)
   }
 
   // x under a chunk: token rows g (and g + 8) < M; zeros past K and in the other rows (0 · anything stays 0).
+  // Staged: rows g >= M read row 0 instead (finite values in mma rows whose results are never stored).
   bool xrow[XR];
   const T* xr[XR];
 #pragma unroll
   for (int h = 0; h < XR; h++) xrow[h] = g + 8 * h < M, xr[h] = x + size_t(xrow[h] ? g + 8 * h : 0) * K;
-  uint4 xnext[XR][XV];
+  uint4 xnext[STAGED ? 1 : XR][STAGED ? 1 : XV];
   auto load_x = [&](int it) {
-    const int c = chunk_of(it);
+    if constexpr (!STAGED) {
+      const int c = chunk_of(it);
 #pragma unroll
-    for (int h = 0; h < XR; h++)
+      for (int h = 0; h < XR; h++)
 #pragma unroll
-      for (int j = 0; j < XV; j++)
-        xnext[h][j] = xrow[h] && it < iters && c < chunks
-                          ? *reinterpret_cast<const uint4*>(xr[h] + size_t(c) * EPC + 8 * j)
-                          : make_uint4(0, 0, 0, 0);
+        for (int j = 0; j < XV; j++)
+          xnext[h][j] = xrow[h] && it < iters && c < chunks
+                            ? *reinterpret_cast<const uint4*>(xr[h] + size_t(c) * EPC + 8 * j)
+                            : make_uint4(0, 0, 0, 0);
+    }
   };
+  const uint4* xs = nullptr;  // STAGED: this lane's row, as 16-byte vectors (XV per chunk)
+  if constexpr (STAGED) {
+    uint32_t* stage = reinterpret_cast<uint32_t*>(ring_all + size_t(WARPS) * S * TILES * 32);
+    for (int c8 = threadIdx.x; c8 < M * (K >> 3); c8 += WARPS * 32) {
+      const int m = c8 / (K >> 3), cm = c8 - m * (K >> 3);
+      stage_x8<INT4>(stage, m, cm, K, *reinterpret_cast<const uint4*>(x + size_t(m) * K + size_t(cm) * 8));
+    }
+    __syncthreads();
+    xs = reinterpret_cast<const uint4*>(stage + size_t(xrow[0] ? g : 0) * (K / 2));
+  }
   load_x(0);
 
   // Two accumulators per tile (even / odd words of a chunk) halve the chain of dependent mma.
@@ -249,23 +287,37 @@ __global__ void __launch_bounds__(WARPS * 32)
 #pragma unroll
       for (int i = 0; i < TILES; i++) cur[i] = ring[(u * TILES + i) * 32], s[i] = sv[u][i];
       issue(u, it + S);  // the slot is free again: the next weights go out before this chunk's math
-      uint4 xv[XR][XV];
-#pragma unroll
-      for (int h = 0; h < XR; h++)
-#pragma unroll
-        for (int j = 0; j < XV; j++) xv[h][j] = xnext[h][j];
-      load_x(it + 1);
       // The A fragments, per token row h (g, g + 8; zero when MB <= 8): int4 word wd = weights 8wd..8wd+7, x halves
       // paired (i, i + 4) as the nibbles; int8 word wd = weights 4wd..4wd+3, x halves in order.
       constexpr int NA = INT4 ? 8 : 4;  // mma per chunk
       uint32_t a_lo[2][NA], a_hi[2][NA];
+      if constexpr (STAGED) {  // row g's fragments as staged: a_lo then a_hi, NA words each (past K: never read)
+        const int c = min(chunk_of(it), chunks - 1);
 #pragma unroll
-      for (int h = 0; h < 2; h++)
+        for (int j = 0; j < XV; j++) {
+          const uint4 v = xs[size_t(c) * XV + j];
+          uint32_t* dst = j < XV / 2 ? &a_lo[0][4 * j] : &a_hi[0][4 * (j - XV / 2)];
+          dst[0] = v.x, dst[1] = v.y, dst[2] = v.z, dst[3] = v.w;
+        }
+#pragma unroll
+        for (int k = 0; k < NA; k++) a_lo[1][k] = a_hi[1][k] = 0u;
+      }
+      uint4 xv[STAGED ? 1 : XR][STAGED ? 1 : XV];
+      if constexpr (!STAGED) {
+#pragma unroll
+        for (int h = 0; h < XR; h++)
+#pragma unroll
+          for (int j = 0; j < XV; j++) xv[h][j] = xnext[h][j];
+        load_x(it + 1);
+      }
+#pragma unroll
+      for (int h = 0; h < 2 && !STAGED; h++)
 #pragma unroll
         for (int wd = 0; wd < 4; wd++) {
           if (h >= XR) {
 #pragma unroll
             for (int j = 0; j < NA / 4; j++) a_lo[h][NA / 4 * wd + j] = a_hi[h][NA / 4 * wd + j] = 0u;
+          } else if constexpr (STAGED) {
           } else if constexpr (INT4) {
             const uint32_t* px = &xv[h < XR ? h : 0][wd].x;
             a_lo[h][2 * wd] = __byte_perm(px[0], px[2], 0x5410), a_hi[h][2 * wd] = __byte_perm(px[0], px[2], 0x7632);
@@ -331,24 +383,40 @@ cudaError_t launch_int_mma(int M, const void* x, const void* w, const float* sc,
     while ((1 << cpg_shift) < cpg) cpg_shift++;
   }
   const int groups = INT4 ? K / group : 1;
-  constexpr size_t smem = size_t(WARPS) * S * TILES * 32 * 16;
-  static_assert(smem <= 48 * 1024, "the ring fits the default dynamic shared memory (no opt-in needed)");
-  auto go = [&](auto kern) {
+  constexpr size_t ring = size_t(WARPS) * S * TILES * 32 * 16;
+  static_assert(ring <= 48 * 1024, "the ring fits the default dynamic shared memory (no opt-in needed)");
+  const size_t stage = size_t(M) * size_t(K) * 2;
+  const bool staged = M <= 4 && stage <= kIntMmaStageBytes;
+  auto go = [&](auto kern, bool st) {
+    const size_t smem = ring + (st ? stage : 0);
+    if (smem > 48 * 1024) {  // opt in once per instantiation (the largest staged size: no per-call attribute)
+      static std::atomic<bool> opted{false};
+      if (!opted.load(std::memory_order_relaxed)) {
+        const cudaError_t e =
+            cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(ring + kIntMmaStageBytes));
+        if (e != cudaSuccess) return e;
+        opted.store(true, std::memory_order_relaxed);
+      }
+    }
     return launch_pdl(kern, blocks, WARPS * 32, smem, pdl, s, static_cast<const T*>(x), static_cast<const uint8_t*>(w),
                       sc, groups, cpg_shift, static_cast<const T*>(bias), static_cast<const T*>(res),
                       static_cast<T*>(out), M, N, K, int(act));
   };
   if (M < 1 || M > quant_gemv_max_m(INT4 ? QuantKind::Int4 : QuantKind::Int8, kIntMmaFirstVariant))
     return cudaErrorInvalidValue;
-  switch (M) {  // 1-4 rows (decode's common case): an instantiation each
-    case 1: return go(int_mma_gemv_kernel<T, INT4, 1, TILES, WARPS, S>);
-    case 2: return go(int_mma_gemv_kernel<T, INT4, 2, TILES, WARPS, S>);
-    case 3: return go(int_mma_gemv_kernel<T, INT4, 3, TILES, WARPS, S>);
-    case 4: return go(int_mma_gemv_kernel<T, INT4, 4, TILES, WARPS, S>);
+  switch (M) {  // 1-4 rows (decode's common case): an instantiation each, x staged where it fits
+    case 1: return staged ? go(int_mma_gemv_kernel<T, INT4, 1, TILES, WARPS, S, true>, true)
+                          : go(int_mma_gemv_kernel<T, INT4, 1, TILES, WARPS, S, false>, false);
+    case 2: return staged ? go(int_mma_gemv_kernel<T, INT4, 2, TILES, WARPS, S, true>, true)
+                          : go(int_mma_gemv_kernel<T, INT4, 2, TILES, WARPS, S, false>, false);
+    case 3: return staged ? go(int_mma_gemv_kernel<T, INT4, 3, TILES, WARPS, S, true>, true)
+                          : go(int_mma_gemv_kernel<T, INT4, 3, TILES, WARPS, S, false>, false);
+    case 4: return staged ? go(int_mma_gemv_kernel<T, INT4, 4, TILES, WARPS, S, true>, true)
+                          : go(int_mma_gemv_kernel<T, INT4, 4, TILES, WARPS, S, false>, false);
     default: break;
   }
-  if (M <= 8) return go(int_mma_gemv_kernel<T, INT4, 8, TILES, WARPS, S>);
-  return go(int_mma_gemv_kernel<T, INT4, 16, TILES, WARPS, S>);
+  if (M <= 8) return go(int_mma_gemv_kernel<T, INT4, 8, TILES, WARPS, S, false>, false);
+  return go(int_mma_gemv_kernel<T, INT4, 16, TILES, WARPS, S, false>, false);
 }
 
 // Variants 3-4 of the int kinds: (tiles of 8 rows per block, warps splitting K, iterations in flight per lane).
