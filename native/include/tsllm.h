@@ -44,10 +44,11 @@ typedef struct tsllm_options {
   int32_t gemv;           /* small-M gemv kernel for linears: 0 the tuner decides, 1 always where eligible, -1 never */
   int32_t gemv_variant;   /* 0 any; k + 1: only gemv variant k (0 <= k < 10) */
   int32_t gemv_prologue;  /* 0: decode (M <= 4) folds rms_norm / gated_act into the gemv where faster; -1: off */
-  int32_t decode_variant; /* decode attention: 0 or 3 the one-launch small-batch kernel where it applies, else 4 at
-                             GQA ratios >= decode_mma_min_gqa, else 2 (always 2 for an FP8 cache); 2: always the
+  int32_t decode_variant; /* decode attention: 0 or 3 the one-launch small-batch kernel where it applies (16-bit
+                             KV caches), else 4 at GQA ratios >= decode_mma_min_gqa, else 2; 2: always the
                              RoPE/cache-write kernel + the CUDA-core decode kernel (+ reduce); 4: always the
-                             RoPE/cache-write kernel + the tensor-core GQA decode kernel */
+                             RoPE/cache-write kernel + the tensor-core GQA decode kernel (an FP8 cache needs a
+                             head size that 16 divides, else 2) */
   int32_t decode_mma_min_gqa; /* 0 = 4: the smallest query-heads-per-KV-head ratio at which decode_variant 0/3 uses
                                  the tensor-core decode kernel outside the small-batch kernel's range (1: always) */
   int32_t pdl;            /* 0: programmatic dependent launch for gemv / decode on sm_90+; -1: off */

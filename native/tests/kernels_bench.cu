@@ -1,6 +1,6 @@
 // Usage: kernels_bench [decode|fmha8]. "decode": only the large-batch decode attention tables (old vs new kernel at
 // the Llama-3.1-8B batch-256 shape of the throughput benchmark, GQA ratios 4, 2 and 1, with the kernel the runtime's
-// rule picks; then variant 4's kernel configurations); "fmha8": only the FP8-cache context
+// rule picks; then variant 4's kernel configurations, bf16 and FP8 caches); "fmha8": only the FP8-cache context
 // table (fp16 kernel vs FP8 context FMHA); default: everything.
 // Micro-benchmark of paged_attention (Llama-2-7B shapes: 32 heads, 32 KV heads, head_dim 128, fp16, 32 tokens per
 // block) for decode at batch 1 / 64 and context 256 / 4096, plus context (prefill) attention and a few small
@@ -164,16 +164,17 @@ static void decode_at_scale(size_t l2_defeat, double copy) {
 }
 
 // Variant 4's kernel configurations (kd::kDecodeMmaConfigs: warps per block, cp.async ring stages per warp,
-// block-table prefetch) at the throughput benchmark's Llama-3.1-8B bf16 shapes. Times as in decode_at_scale (the
-// rope/cache-write kernel and the split-K reduce included); GB/s counts the KV bytes read. "<-" marks
-// configuration 0, what the runtime runs; "vs cfg0" is cfg0's time over the row's.
+// block-table prefetch) at the throughput benchmark's Llama-3.1-8B bf16 shapes, with a bf16 cache and with an FP8
+// cache (there with variant 2, the CUDA-core kernel, for reference). Times as in decode_at_scale (the
+// rope/cache-write kernel and the split-K reduce included); GB/s counts the KV bytes read (1 byte an element for
+// FP8). "<-" marks configuration 0, what the runtime runs; "vs cfg0" is cfg0's time over the row's.
 static void decode_mma_sweep(size_t l2_defeat, double copy) {
   struct Shape {
     int B, ctx;
     bool fp8;
   };
   const Shape shapes[] = {{256, 145, false}, {512, 145, false}, {1024, 145, false}, {256, 1100, false},
-                          {64, 4096, false}};
+                          {64, 4096, false}, {256, 145, true},  {1024, 145, true}};
   std::printf("\ndecode variant 4 configurations, llama3-8b bf16 (32 q heads, 8 KV heads, 128 dims, 32 tokens/block)\n");
   std::printf("%-5s %5s %6s %7s %-14s %10s %8s %7s %8s\n", "cache", "batch", "ctx", "splits", "kernel", "us/layer",
               "KV GB/s", "%copy", "vs cfg0");

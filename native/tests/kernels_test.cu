@@ -847,29 +847,35 @@ static std::vector<std::pair<int, int>> decode_batch(int n, int mul, int add, in
 }
 
 // The runtime's decode kernel choice (kd::decode_variant_run) at batch 256 (outside variant 3's range): variant 4
-// from GQA ratio mma_min_gqa on, 2 below it, forced variants as asked, FP8 caches always 2.
+// from GQA ratio mma_min_gqa on, 2 below it, forced variants as asked; FP8 caches by the same rule when 16 divides
+// the head size, else 2, and never variant 3 (batch 1).
 static void test_decode_rule() {
   struct Case {
     int nKV, variant, min_gqa;
     bool fp8;
     int want;
+    int D = 128, batch = 256;
   };
   const Case cases[] = {{8, 3, kDecodeMmaMinGqa, false, 4},  {16, 3, kDecodeMmaMinGqa, false, 2},
                         {32, 3, kDecodeMmaMinGqa, false, 2}, {4, 0, kDecodeMmaMinGqa, false, 4},
                         {16, 3, 2, false, 4},                {32, 3, 1, false, 4},
                         {8, 3, 5, false, 2},                 {8, 2, kDecodeMmaMinGqa, false, 2},
-                        {32, 4, kDecodeMmaMinGqa, false, 4}, {8, 3, kDecodeMmaMinGqa, true, 2},
-                        {8, 4, kDecodeMmaMinGqa, true, 2}};
+                        {32, 4, kDecodeMmaMinGqa, false, 4}, {8, 3, kDecodeMmaMinGqa, true, 4},
+                        {8, 4, kDecodeMmaMinGqa, true, 4},   {32, 3, kDecodeMmaMinGqa, true, 2},
+                        {32, 4, kDecodeMmaMinGqa, true, 4},  {8, 2, kDecodeMmaMinGqa, true, 2},
+                        {8, 4, kDecodeMmaMinGqa, true, 2, 40}, {8, 3, kDecodeMmaMinGqa, true, 2, 40},
+                        {8, 4, kDecodeMmaMinGqa, false, 4, 40}, {8, 3, kDecodeMmaMinGqa, true, 4, 128, 1}};
   std::string bad;
   for (const Case& c : cases) {
     AttnParams p{};
-    p.num_heads = 32, p.num_kv_heads = c.nKV, p.head_dim = 128;
+    p.num_heads = 32, p.num_kv_heads = c.nKV, p.head_dim = c.D;
     p.decode_variant = c.variant;
     p.mma_min_gqa = c.min_gqa;
-    const int got = kd::decode_variant_run(p, 256, 145, c.fp8, true);
+    const int got = kd::decode_variant_run(p, c.batch, 145, c.fp8, true);
     if (got != c.want)
-      bad += " (32/" + std::to_string(c.nKV) + " v" + std::to_string(c.variant) + " min " + std::to_string(c.min_gqa) +
-             (c.fp8 ? " fp8" : "") + ": " + std::to_string(got) + ")";
+      bad += " (32/" + std::to_string(c.nKV) + " D" + std::to_string(c.D) + " bs" + std::to_string(c.batch) + " v" +
+             std::to_string(c.variant) + " min " + std::to_string(c.min_gqa) + (c.fp8 ? " fp8" : "") + ": " +
+             std::to_string(got) + ")";
   }
   report(bad.empty(), "decode kernel rule by GQA ratio (mma_min_gqa)", 0, bad);
 }

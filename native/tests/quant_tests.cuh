@@ -376,17 +376,20 @@ struct PagedStep {
   }
 };
 
-// FP8 KV cache: paged_attention over an E4M3 cache against paged_attention over an fp16 cache that holds the same
-// values (history rows = e4m3 codes · scale, exact in fp16; scales powers of two). This step's own K/V enter both
-// unrounded, so the outputs agree up to summation order; the new rows the fp8 run writes must be exactly
-// e4m3(fp16 row / scale) of the rows the fp16 run writes (that path is checked against fp64 in test_attention).
-void test_fp8_kv(Rng& rng, int D, std::vector<std::pair<int, int>> seqs, float k_scale, float v_scale) {
-  const int nH = 4, nKV = 2, tpb = 16;
+// FP8 KV cache: paged_attention over an E4M3 cache against paged_attention over a cache of the activation dtype dt
+// (fp16 or bf16) that holds the same values (history rows = e4m3 codes · scale, exact in both; scales powers of
+// two). This step's own K/V enter both unrounded, so the outputs agree up to summation order; the new rows the fp8
+// run writes must be exactly e4m3(16-bit row / scale) of the rows the 16-bit run writes (that path is checked
+// against fp64 in test_attention). Both runs take AttnParams::decode_variant `variant` and mma_cfg `cfg` (variant
+// 4: the same tensor-core kernel, which rounds the softmax weights to dt for P·V, so that they agree on that too).
+void test_fp8_kv(Rng& rng, int D, std::vector<std::pair<int, int>> seqs, float k_scale, float v_scale, int nH = 4,
+                 int nKV = 2, int variant = 0, int cfg = 0, DType dt = DType::F16) {
+  const int tpb = 16;
   const PagedStep ps(seqs, nKV, D, tpb);
   const int S = ps.S, T = ps.T, max_new = ps.max_new;
   const size_t block_elems = ps.block_elems, pool_elems = ps.pool_elems();
   std::vector<uint8_t> codes(pool_elems);
-  Buf pool16(DType::F16, pool_elems);
+  Buf pool16(dt, pool_elems);
   for (size_t i = 0; i < pool_elems; i++) {
     uint8_t c = uint8_t(rng.next());
     if ((c & 0x7f) == 0x7f) c ^= 1;
@@ -396,7 +399,7 @@ void test_fp8_kv(Rng& rng, int D, std::vector<std::pair<int, int>> seqs, float k
   }
   std::vector<float> inv_freq(D / 2);
   for (int i = 0; i < D / 2; i++) inv_freq[i] = float(std::pow(10000.0, -2.0 * i / D));
-  Buf q(DType::F16, size_t(T) * nH * D), k(DType::F16, size_t(T) * nKV * D), v(DType::F16, size_t(T) * nKV * D);
+  Buf q(dt, size_t(T) * nH * D), k(dt, size_t(T) * nKV * D), v(dt, size_t(T) * nKV * D);
   q.fill(rng, -1.f, 1.f), k.fill(rng, -2.f, 2.f), v.fill(rng, -2.f, 2.f);
   q.up(), k.up(), v.up();
   pool16.up();
@@ -410,22 +413,24 @@ void test_fp8_kv(Rng& rng, int D, std::vector<std::pair<int, int>> seqs, float k
   ap.layer = 0, ap.num_heads = nH, ap.num_kv_heads = nKV, ap.head_dim = D;
   ap.scale = 1.f / std::sqrt(float(D));
   ap.rotary_dim = D, ap.rope_style = RopeStyle::Neox, ap.inv_freq = d_if;
-  PagedKV kv = ps.kv(pool16.d, DType::F16);
-  Buf o16(DType::F16, size_t(T) * nH * D), o8(DType::F16, size_t(T) * nH * D);
+  ap.decode_variant = variant, ap.mma_cfg = cfg;
+  PagedKV kv = ps.kv(pool16.d, dt);
+  Buf o16(dt, size_t(T) * nH * D), o8(dt, size_t(T) * nH * D);
   o16.poison();
-  CK(paged_attention(q.d, nH * D, k.d, nKV * D, v.d, nKV * D, o16.d, kv, st, ap, DType::F16, ws, 0));
+  CK(paged_attention(q.d, nH * D, k.d, nKV * D, v.d, nKV * D, o16.d, kv, st, ap, dt, ws, 0));
   sync_check();
   kv.base = pool8, kv.dtype = DType::FP8_E4M3;
   ap.k_scale = k_scale, ap.v_scale = v_scale;
   o8.poison();
-  CK(paged_attention(q.d, nH * D, k.d, nKV * D, v.d, nKV * D, o8.d, kv, st, ap, DType::F16, ws, 0));
+  CK(paged_attention(q.d, nH * D, k.d, nKV * D, v.d, nKV * D, o8.d, kv, st, ap, dt, ws, 0));
   sync_check();
   o16.down(), o8.down(), pool16.down();
   std::vector<uint8_t> got(codes.size());
   CK(cudaMemcpy(got.data(), pool8, got.size(), cudaMemcpyDeviceToHost));
   Err e;
-  for (size_t i = 0; i < o16.n; i++) e.add(o8.get(i), o16.get(i), 2e-3, 2e-3);
-  // Cache bytes: new slots = e4m3(fp16 row / scale); everything else untouched.
+  const double tol = std::max(2e-3, (double)rtol_of(dt));  // bf16: an output rounded the other way is 1/256-1/128
+  for (size_t i = 0; i < o16.n; i++) e.add(o8.get(i), o16.get(i), tol, tol);
+  // Cache bytes: new slots = e4m3(16-bit row / scale); everything else untouched.
   size_t bad = 0;
   std::vector<uint8_t> is_new(pool_elems, 0);
   for (int s = 0; s < S; s++)
@@ -439,9 +444,12 @@ void test_fp8_kv(Rng& rng, int D, std::vector<std::pair<int, int>> seqs, float k
           }
         }
   for (size_t i = 0; i < pool_elems; i++) bad += !is_new[i] && got[i] != codes[i];
-  char name[160];
-  std::snprintf(name, sizeof name, "paged_attention fp8 KV D=%d %s (max_new %d) k_scale %g v_scale %g vs fp16 cache",
-                D, max_new == 1 ? "decode" : "context", max_new, k_scale, v_scale);
+  char name[200];
+  std::snprintf(name, sizeof name,
+                "paged_attention fp8 KV %s D=%d %d/%d heads %s (max_new %d, %d seqs) k_scale %g v_scale %g decode_variant %d"
+                " (runs v%d) mma_cfg %d vs 16-bit cache",
+                dname(dt), D, nH, nKV, max_new == 1 ? "decode" : "context", max_new, S, k_scale, v_scale, variant,
+                kd::decode_variant_run(ap, T, ps.max_len, true, true), cfg);
   report(e.ok() && bad == 0, name, e.max_abs, e.str() + e.firsts() + " cache byte mismatches=" + std::to_string(bad));
   for (void* p : {pool8, static_cast<void*>(d_if), ws}) cudaFree(p);
 }
@@ -509,4 +517,17 @@ static void test_quant(Rng& rng) {
     qt::test_fp8_kv(rng, D, {{20, 1}, {37, 1}}, 0.5f, 2.f);            // decode, scaled
     qt::test_fp8_kv(rng, D, {{0, 9}, {21, 5}, {40, 1}}, 0.5f, 2.f);    // prefill, chunked prefill, a decode row
   }
+  // Decode variant 4 on an FP8 cache (the tensor-core kernel, E4M3 tiles converted in shared memory): GQA 4, 2 and
+  // MHA, contexts of 1 to 63 blocks (split and unsplit), pos 0, head dims 32 to 256; the default rule's pick
+  // (variant 4 at GQA 4); every kernel configuration at head_dim 128.
+  const std::vector<std::pair<int, int>> many = {{300, 1}, {45, 1}, {0, 1}, {1000, 1}, {16, 1}, {129, 1}};
+  qt::test_fp8_kv(rng, 128, many, 0.5f, 2.f, 16, 4, 4);
+  qt::test_fp8_kv(rng, 128, many, 0.5f, 2.f, 16, 4, 4, 0, DType::BF16);
+  qt::test_fp8_kv(rng, 128, many, 1.f, 0.25f, 8, 8, 4);
+  qt::test_fp8_kv(rng, 64, many, 2.f, 0.5f, 8, 4, 4);
+  qt::test_fp8_kv(rng, 32, {{70, 1}, {3, 1}}, 0.5f, 0.5f, 4, 1, 4);
+  qt::test_fp8_kv(rng, 256, {{200, 1}, {31, 1}}, 0.5f, 2.f, 4, 2, 4);
+  qt::test_fp8_kv(rng, 128, decode_batch(80, 37, 5, 260), 0.5f, 2.f, 32, 8, 0, 0, DType::BF16);  // the rule: v4
+  for (int cfg = 1; cfg < kd::kDecodeMmaConfigCount; ++cfg)
+    qt::test_fp8_kv(rng, 128, many, 0.5f, 2.f, 16, 4, 4, cfg);
 }

@@ -4,9 +4,9 @@
 // 32/LPK keys per step and unrolls U steps so 2U 16-byte loads per thread are in flight. Each lane keeps an
 // online softmax (m, l, acc[8]) per head; lanes, then warps, are merged at the end.
 // Split-K: blocks write normalised partials (o, m, l) to the workspace and decode_reduce_kernel combines them.
-// This is variant 2 (after rope_cache.cu's kernel; attention_decode_mma.cu's variant 4 replaces it for 16-bit caches
-// at GQA ratios >= AttnParams::mma_min_gqa or when asked for) and the fallback of variant 3 (decode_fast_kernel below, one
-// launch with RoPE, cache write and a cluster/DSMEM combine), the default for small batches.
+// This is variant 2 (after rope_cache.cu's kernel; attention_decode_mma.cu's variant 4 replaces it at GQA ratios
+// >= AttnParams::mma_min_gqa or when asked for) and the fallback of variant 3 (decode_fast_kernel below, one
+// launch with RoPE, cache write and a cluster/DSMEM combine), the default for small batches of 16-bit caches.
 #include <cooperative_groups.h>
 #include <math.h>
 
@@ -24,7 +24,7 @@ constexpr int kDecWarps = 4;
 
 template <typename T>
 struct DecodeArgs : DecodeIO<T> {
-  const T* k;  // fast path: raw k/v rows of the step (q: DecodeIO::q); variant 2: FP8 caches' own k/v, else unused
+  const T* k;  // fast path: raw k/v rows of the step (q: DecodeIO::q); variants 2/4: FP8 caches' own k/v, else unused
   const T* v;
   int k_stride, v_stride;
   const float* inv_freq;
@@ -536,9 +536,13 @@ DecodeSplit decode_split(int num_tokens, int num_heads, int num_kv_heads, int he
 
 int decode_variant_run(const AttnParams& p, int num_tokens, int max_seq_len, bool fp8_cache, bool allow_fast) {
   const int v = p.decode_variant;
-  if (fp8_cache || v == 2) return 2;  // decode_fast_kernel and decode_mma_kernel read 16-bit caches only
+  // decode_mma_kernel copies 16 E4M3 dims at a time (rows 16-byte aligned only when 16 divides head_dim).
+  if (v == 2 || (fp8_cache && p.head_dim % 16 != 0)) return 2;
   if (v == 4) return 4;
-  if (allow_fast && decode_split(num_tokens, p.num_heads, p.num_kv_heads, p.head_dim, max_seq_len, 3).fast) return 3;
+  // decode_fast_kernel reads 16-bit caches only.
+  if (allow_fast && !fp8_cache &&
+      decode_split(num_tokens, p.num_heads, p.num_kv_heads, p.head_dim, max_seq_len, 3).fast)
+    return 3;
   // Outside variant 3's range: the tensor-core kernel's work per K/V byte does not depend on the GQA ratio, the
   // CUDA-core kernel's grows with it (kernels.h, kDecodeMmaMinGqa).
   return p.num_kv_heads > 0 && p.num_heads / p.num_kv_heads >= p.mma_min_gqa ? 4 : 2;
@@ -571,7 +575,7 @@ cudaError_t attention_decode(const void* q_, int q_stride, const void* k_, int k
     a.guess_seq = step.num_seqs >= step.num_tokens ? 1 : 0;  // pure decode: row t of the block table exists
     a.pdl = p.pdl && pdl_supported() ? 1 : 0;
     if (sp.fast) {
-      if (kv.dtype == DType::FP8_E4M3) return cudaErrorInvalidValue;  // FP8 caches run variant 2
+      if (kv.dtype == DType::FP8_E4M3) return cudaErrorInvalidValue;  // FP8 caches never run variant 3
       e = launch_fast_d<T>(a, step, nKV, D, sp, s);
       break;
     }

@@ -182,10 +182,10 @@ struct AttnParams {
   int rotary_dim;              // 0 = no rope (q, k already rotated)
   RopeStyle rope_style;
   const float* inv_freq;       // [rotary_dim/2] fp32, may be null when rotary_dim == 0
-  // Decode (max_new_tokens == 1) path: 0 or 3 = the single-launch small-batch kernel where it applies, else 4
-  // when num_heads / num_kv_heads >= mma_min_gqa, otherwise 2 (always 2 for an FP8 cache); 2 = always the separate
+  // Decode (max_new_tokens == 1) path: 0 or 3 = the single-launch small-batch kernel where it applies (16-bit
+  // caches), else 4 when num_heads / num_kv_heads >= mma_min_gqa, otherwise 2; 2 = always the separate
   // RoPE/cache-write kernel + CUDA-core decode kernel (+ reduce); 4 = always the same with the tensor-core GQA decode
-  // kernel (16-bit caches). See attention_internal.h (kd::decode_variant_run).
+  // kernel (FP8 caches: head_dim a multiple of 16, else 2). See attention_internal.h (kd::decode_variant_run).
   int decode_variant;
   bool pdl;                    // launch the single-launch decode kernel with PDL (sm_90+)
   float k_scale = 1.f, v_scale = 1.f;  // FP8 KV cache only (the compiler's per-layer scales)

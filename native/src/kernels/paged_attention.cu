@@ -1,18 +1,19 @@
 // paged_attention: RoPE + KV-cache write, then causal attention over the paged cache.
 //   1. rope_cache.cu: RoPE on q (into the workspace) and k; k, v written at slot positions[t];
 //   2a. max_new_tokens == 1 (pure decode): flash-decoding (GQA-aware, split-K for long contexts, then a small
-//       reduce kernel): variant 4 (attention_decode_mma.cu, tensor cores, 16-bit caches) or variant 2
-//       (attention_decode.cu, CUDA cores; FP8 caches). Variant 3 (AttnParams::decode_variant 0 or 3, the
-//       default) runs the small-batch latency kernel (decode_fast_kernel, one launch, skipping step 1) where it
-//       applies, else variant 4 at GQA ratios >= AttnParams::mma_min_gqa, else 2 (kd::decode_variant_run).
+//       reduce kernel): variant 4 (attention_decode_mma.cu, tensor cores) or variant 2 (attention_decode.cu, CUDA
+//       cores). Variant 3 (AttnParams::decode_variant 0 or 3, the default) runs the small-batch latency kernel
+//       (decode_fast_kernel, one launch, skipping step 1; 16-bit caches) where it applies, else variant 4 at GQA
+//       ratios >= AttnParams::mma_min_gqa, else 2 (kd::decode_variant_run).
 //   2b. otherwise (prefill, chunked prefill, mixed steps): attention_context.cu, FlashAttention-2 tiles on tensor
 //       cores, causal, GQA, any mix of sequences.
 // Workspace layout (computed from this step's sizes, always within attention_workspace_bytes at the maxima):
 //   [rotated q: num_tokens * nH * D * 2 bytes, 256-aligned (not used by variant 3)]
 //   [FP8 cache only: this step's rotated k, num_tokens * nKV * D * 2 bytes][split-K partials]
 // FP8 KV cache: always the rope_cache kernel first (it stores e4m3 rows and keeps the rotated k for this step's own
-// keys), then variant 2's decode kernel or the context kernel, both reading the step's own K/V unrounded; or, with
-// AttnParams::fp8_context_fmha, the FP8 context FMHA (attention_context_fp8.cu), which reads them as just stored.
+// keys), then variant 4's or 2's decode kernel or the context kernel, all reading the step's own K/V unrounded; or,
+// with AttnParams::fp8_context_fmha, the FP8 context FMHA (attention_context_fp8.cu), which reads them as just
+// stored.
 #include <algorithm>
 
 #include "attention_internal.h"
