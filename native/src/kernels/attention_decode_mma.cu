@@ -48,8 +48,6 @@ struct MmaLayout {
     return kQBytes + (loop > merge ? loop : merge);
   }
   static constexpr bool kQReg = DP <= 128;  // Q fragments kept in registers (DP 256: reloaded per tile)
-  // Blocks per SM that shared memory allows on sm_90 (228 KB per SM, 1 KB of it reserved per block).
-  static constexpr int kSmemBlocks = (int)(233472 / (bytes() + 1024)) < 1 ? 1 : (int)(233472 / (bytes() + 1024));
 };
 
 // DecodeIO's q: the rotated q rows; its kv only gives D (cache is the layer's cache as stored: T or E4M3 bytes).
@@ -59,6 +57,7 @@ struct MmaArgs : DecodeIO<T> {
   OwnKV<T> own;        // FP8 cache only
   float k_scale_log2;  // FP8: scale_log2 * k_scale, the cached keys' score scale
   float inv_v_scale;   // FP8: 1 / v_scale, the own key's probability factor
+  int guess_seq;       // token t is sequence t (pure decode: num_seqs == num_tokens), checked on device
 };
 
 // 8 E4M3 bytes -> 8 values of T (exact), 16 bytes.
@@ -78,11 +77,8 @@ __device__ __forceinline__ uint4 e4m3x8_to(const uint2& u) {
   return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
-// Prefetch configurations ask __launch_bounds__ for the blocks shared memory allows: without it their window and
-// early ring took 201-206 registers at head_dim 128 (ptxas, sm_90), 2 blocks of 4 warps per SM instead of 3.
 template <typename T, typename CT, int DP, int NW, int S, bool PF>
-__global__ void __launch_bounds__(NW * 32, PF ? MmaLayout<T, CT, DP, NW, S>::kSmemBlocks : 0)
-    decode_mma_kernel(const MmaArgs<T, CT> a) {
+__global__ void __launch_bounds__(NW * 32) decode_mma_kernel(const MmaArgs<T, CT> a) {
   using L = MmaLayout<T, CT, DP, NW, S>;
   constexpr bool kF8 = L::kF8;
   constexpr int LD = L::LD, TILE = L::TILE, RROW = L::RING_ROW, RTILE = L::RING_TILE;
@@ -101,11 +97,34 @@ __global__ void __launch_bounds__(NW * 32, PF ? MmaLayout<T, CT, DP, NW, S>::kSm
   const int hk = blockIdx.x / a.hgroups, hg = blockIdx.x % a.hgroups;
   const int split = blockIdx.y, nsplit = gridDim.y, t = blockIdx.z;
   const int D = kv.D, G = a.G, chunk = a.chunk;
-  const int pos = a.positions[t];
   const int kb = split * chunk;
+
+  // Prefetch: with tiles inside one cache block (16 | tokens per block) each tile needs one block-table entry.
+  // Lane l holds entry wb + l of the sequence's row (a window of 32 blocks, moved on when a tile leaves it). In a
+  // pure-decode step the first window is read from row t together with positions / token_seq (one round trip
+  // fewer before the first K/V copy), and read again from the right row if token_seq says otherwise.
+  const bool pf = PF && (kv.tpb & (kMmaBK - 1)) == 0;
+  int wb = 0, win = 0, nblk = 0;
+  if (pf) {
+    int off;
+    kv.split_pos(kb, wb, off);
+    if (a.guess_seq && wb + lane < kv.max_blocks) win = __ldg(kv.block_tables + (size_t)t * kv.max_blocks + wb + lane);
+  }
+  const int pos = a.positions[t];
   if (kb > pos) return;  // no key in this split (the reduce kernel reads only the splits that have keys)
   const int ke = min(pos + 1, kb + chunk);
   const int seq = a.token_seq[t];
+  const int32_t* bt_row = kv.block_tables + (size_t)seq * kv.max_blocks;
+  auto load_window = [&](int b) {
+    wb = b;
+    win = b + lane < nblk ? __ldg(bt_row + b + lane) : 0;
+  };
+  if (pf) {
+    int b1, off;
+    kv.split_pos(ke - 1, b1, off);
+    nblk = b1 + 1;
+    if (!a.guess_seq || seq != t) load_window(wb);
+  }
   const int rows = min(16, G - hg * 16);
   const int h0 = hk * G + hg * 16;
 
@@ -126,23 +145,6 @@ __global__ void __launch_bounds__(NW * 32, PF ? MmaLayout<T, CT, DP, NW, S>::kSm
   const int rc = lane % RCPR, r0 = lane / RCPR;
   const bool copy_ok = rc * EPC < D;  // FP8: D % 16 == 0, so a copy is all inside the row or all past it
 
-  // Prefetch: with tiles inside one cache block (16 | tokens per block) each tile needs one block-table entry.
-  // Lane l holds entry wb + l of the sequence's row (a window of 32 blocks, moved on when a tile leaves it).
-  const bool pf = PF && (kv.tpb & (kMmaBK - 1)) == 0;
-  const int32_t* bt_row = kv.block_tables + (size_t)seq * kv.max_blocks;
-  int wb = 0, win = 0, nblk = 0;
-  auto load_window = [&](int b) {
-    wb = b;
-    win = b + lane < nblk ? __ldg(bt_row + b + lane) : 0;
-  };
-  if (pf) {
-    int b0, b1, off;
-    kv.split_pos(kb, b0, off);
-    kv.split_pos(ke - 1, b1, off);
-    nblk = b1 + 1;
-    load_window(b0);
-  }
-
   auto load_tile = [&](int i, int stage) {
     const int key0 = kb + (warp + i * NW) * kMmaBK;
     CT* dk = wring + stage * 2 * RTILE;
@@ -151,13 +153,15 @@ __global__ void __launch_bounds__(NW * 32, PF ? MmaLayout<T, CT, DP, NW, S>::kSm
       int bi, off0;
       kv.split_pos(key0, bi, off0);
       if (bi - wb >= 32) load_window(bi);  // warp-uniform
-      const size_t base = kv.row_at(__shfl_sync(0xffffffffu, win, bi - wb), off0, hk);
+      // Rows a pass apart are RPP * D elements apart in the block. (Pointer steps: with `base + r * D` per row
+      // ptxas kept the row offsets in registers, 205 instead of 158 at (4, 2), head_dim 128, sm_90.)
+      const CT* src = kv.base + kv.row_at(__shfl_sync(0xffffffffu, win, bi - wb), off0 + r0, hk) + rc * EPC;
+      const int step = RPP * D;
 #pragma unroll
-      for (int r = r0; r < kMmaBK; r += RPP) {
+      for (int r = r0; r < kMmaBK; r += RPP, src += step) {
         const bool ok = key0 + r < ke && copy_ok;
-        const CT* src = ok ? kv.base + base + (size_t)r * D + rc * EPC : kv.base;
-        cp_async16(dk + r * RROW + rc * EPC, src, ok);
-        cp_async16(dv + r * RROW + rc * EPC, ok ? src + kv.v_off : src, ok);
+        cp_async16(dk + r * RROW + rc * EPC, ok ? src : kv.base, ok);
+        cp_async16(dv + r * RROW + rc * EPC, ok ? src + kv.v_off : kv.base, ok);
       }
     } else {
 #pragma unroll
@@ -355,6 +359,7 @@ cudaError_t launch_mma(const void* q, int q_stride, void* out, float* ws_o, floa
   a.own = OwnKV<T>{static_cast<const T*>(k_own), static_cast<const T*>(v_own), v_stride, p.k_scale, p.v_scale};
   a.k_scale_log2 = a.scale_log2 * p.k_scale;
   a.inv_v_scale = 1.f / p.v_scale;
+  a.guess_seq = step.num_seqs >= step.num_tokens ? 1 : 0;  // pure decode: row t of the block table exists
   return with_head_dim(p.head_dim, [&](auto dp) {
     constexpr int DP = decltype(dp)::value;
     if constexpr (DP == kDecodeMmaSweepDp) {

@@ -108,7 +108,8 @@ cudaError_t attention_decode(const void* q, int q_stride, const void* k, int k_s
 
 // Variant 4's kernel configurations: warps per block, cp.async ring stages per warp, and prefetch (each warp reads
 // the block-table entries of its split once, one coalesced load, instead of one per cache row, when 16 divides
-// tokens_per_block; and the whole ring is issued before the Q tile is waited for). AttnParams::mma_cfg indexes
+// tokens_per_block, in a pure-decode step from row t alongside positions / token_seq; and the whole ring is issued
+// before the Q tile is waited for). AttnParams::mma_cfg indexes
 // this table; entry 0 is what the runtime runs. The others exist for kernels_bench decode's sweep and are
 // instantiated only for the head size kDecodeMmaSweepDp (decode_mma_sweeps); other head sizes run entry 0.
 struct DecodeMmaConfig {
