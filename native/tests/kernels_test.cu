@@ -1176,6 +1176,9 @@ static void test_chains(Rng& rng) {
                 if (mode) {
                   a = round_to((float)(a + res.get(k)), dt);
                   es.add(sum.get(k), a, 1e-6, rtol_of(dt));  // pre in fp32 vs fp64: the rounding may flip by 1 ulp
+                  // y is normalised from the sum the kernel stored (checked just above), so the reference is too:
+                  // a 1-ulp flip of a sum element moved y by ~rstd ulp, past 3 rtol where y is near 0 (session 9).
+                  a = sum.get(k);
                 }
                 v[i] = a;
               }

@@ -5,9 +5,10 @@
 // 16 keys (tile j of the split goes to warp j % NW) through a private S-stage cp.async ring (16-byte copies, no
 // block barrier in the loop), keeps an online softmax in registers like the context kernel, and the NW warps are
 // merged through shared memory at the end. Split-K partials use decode_kernel's format and decode_reduce_kernel.
-// (NW, S, prefetch) come from kDecodeMmaConfigs (attention_internal.h); entry 0, 4 warps and 2 stages, is what
-// the runtime runs: at Llama-3.1-8B batch 256 (2048 blocks of 145 keys) three of its blocks stay resident per SM
-// (75 KB of shared memory each at head_dim 128), so up to 24 tiles of 8 KB are in flight per SM.
+// (NW, S, prefetch) come from kDecodeMmaConfigs (attention_internal.h); entry 0, 2 warps, 2 stages and the
+// block-table prefetch, is what the runtime runs: at Llama-3.1-8B batch 256 (2048 blocks of 145 keys) five of its
+// blocks stay resident per SM (39 KB of shared memory each at head_dim 128), up to 20 tiles of 8 KB in flight per
+// SM, and it beat (4 warps, 2 stages) by 1.2x there (kernels-notes.md).
 // FP8 (E4M3) cache: the ring holds the cache's bytes (half a 16-bit tile); each warp converts its landed tile into a
 // warp-private K/V tile of T (E4M3 values are exact in fp16 and bf16) for the same ldmatrix / mma code. k_scale and
 // v_scale stay in fp32, outside the tiles: k_scale is folded into the score scale, v_scale into the output. The

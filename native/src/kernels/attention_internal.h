@@ -109,16 +109,19 @@ cudaError_t attention_decode(const void* q, int q_stride, const void* k, int k_s
 // Variant 4's kernel configurations: warps per block, cp.async ring stages per warp, and prefetch (each warp reads
 // the block-table entries of its split once, one coalesced load, instead of one per cache row, when 16 divides
 // tokens_per_block, in a pure-decode step from row t alongside positions / token_seq; and the whole ring is issued
-// before the Q tile is waited for). AttnParams::mma_cfg indexes
-// this table; entry 0 is what the runtime runs. The others exist for kernels_bench decode's sweep and are
-// instantiated only for the head size kDecodeMmaSweepDp (decode_mma_sweeps); other head sizes run entry 0.
+// before the Q tile is waited for). AttnParams::mma_cfg indexes this table; entry 0 is what the runtime runs. The
+// others exist for kernels_bench decode's sweep and are instantiated only for the head size kDecodeMmaSweepDp
+// (decode_mma_sweeps); other head sizes run entry 0. Entry 0, 2 warps x 2 stages with prefetch, won the sweep
+// (session 9 run 1, H200, Llama-3.1-8B bf16, vs 4 warps x 2 stages without, now entry 10): 1.23x at batch 256 and
+// 512, 1.21x at 1024 (ctx 145), 1.01x at 256 x 1100 and 64 x 4096; FP8 cache 1.20x / 1.29x at 256 / 1024. Fewer
+// warps per block means more blocks per SM (the ring is shared memory per warp) for the same bytes in flight.
 struct DecodeMmaConfig {
   int warps, stages;
   bool prefetch;
 };
 constexpr DecodeMmaConfig kDecodeMmaConfigs[] = {
-    {4, 2, false}, {4, 3, false}, {2, 3, false}, {2, 4, false}, {2, 2, false}, {8, 2, false},
-    {4, 2, true},  {4, 3, true},  {2, 3, true},  {2, 4, true},  {2, 2, true},  {8, 2, true},
+    {2, 2, true},  {4, 3, false}, {2, 3, false}, {2, 4, false}, {2, 2, false}, {8, 2, false},
+    {4, 2, true},  {4, 3, true},  {2, 3, true},  {2, 4, true},  {4, 2, false}, {8, 2, true},
 };
 constexpr int kDecodeMmaConfigCount = sizeof(kDecodeMmaConfigs) / sizeof(kDecodeMmaConfigs[0]);
 constexpr int kDecodeMmaSweepDp = 128;

@@ -370,7 +370,30 @@ __global__ void __launch_bounds__(WARPS * 32)
   }
 }
 
-template <typename T, bool INT4, int TILES, int WARPS, int S>
+// One instantiation's launch. Past 48 KB of dynamic shared memory the kernel is opted in once: the flag is a static
+// of this function template, so every instantiation (rows, staging) has its own (one flag shared by kernels of the
+// same signature left all but the first un-opted: "invalid argument", kernels_test, session 9 run 1).
+template <typename T, bool INT4, int MB, int TILES, int WARPS, int S, bool STAGED>
+cudaError_t launch_int_mma_one(size_t smem, unsigned blocks, const void* x, const void* w, const float* sc, int groups,
+                               int cpg_shift, const void* bias, const void* res, void* out, int M, int N, int K,
+                               Act act, bool pdl, cudaStream_t s) {
+  auto kern = int_mma_gemv_kernel<T, INT4, MB, TILES, WARPS, S, STAGED>;
+  if (smem > 48 * 1024) {
+    static std::atomic<bool> opted{false};
+    if (!opted.load(std::memory_order_relaxed)) {
+      constexpr size_t most = size_t(WARPS) * S * TILES * 32 * 16 + kIntMmaStageBytes;  // the largest staged size
+      const cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(most));
+      if (e != cudaSuccess) return e;
+      opted.store(true, std::memory_order_relaxed);
+    }
+  }
+  return launch_pdl(kern, blocks, WARPS * 32, smem, pdl, s, static_cast<const T*>(x), static_cast<const uint8_t*>(w),
+                    sc, groups, cpg_shift, static_cast<const T*>(bias), static_cast<const T*>(res), static_cast<T*>(out),
+                    M, N, K, int(act));
+}
+
+// STAGE: x staged in shared memory where it fits (1-4 rows, M x K x 2 <= kIntMmaStageBytes), else as !STAGE.
+template <typename T, bool INT4, int TILES, int WARPS, int S, bool STAGE>
 cudaError_t launch_int_mma(int M, const void* x, const void* w, const float* sc, int group, const void* bias,
                            const void* res, void* out, int N, int K, Act act, bool pdl, cudaStream_t s) {
   const unsigned blocks = unsigned((N + TILES * 8 - 1) / (TILES * 8));
@@ -386,50 +409,40 @@ cudaError_t launch_int_mma(int M, const void* x, const void* w, const float* sc,
   constexpr size_t ring = size_t(WARPS) * S * TILES * 32 * 16;
   static_assert(ring <= 48 * 1024, "the ring fits the default dynamic shared memory (no opt-in needed)");
   const size_t stage = size_t(M) * size_t(K) * 2;
-  const bool staged = M <= 4 && stage <= kIntMmaStageBytes;
-  auto go = [&](auto kern, bool st) {
-    const size_t smem = ring + (st ? stage : 0);
-    if (smem > 48 * 1024) {  // opt in once per instantiation (the largest staged size: no per-call attribute)
-      static std::atomic<bool> opted{false};
-      if (!opted.load(std::memory_order_relaxed)) {
-        const cudaError_t e =
-            cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(ring + kIntMmaStageBytes));
-        if (e != cudaSuccess) return e;
-        opted.store(true, std::memory_order_relaxed);
-      }
-    }
-    return launch_pdl(kern, blocks, WARPS * 32, smem, pdl, s, static_cast<const T*>(x), static_cast<const uint8_t*>(w),
-                      sc, groups, cpg_shift, static_cast<const T*>(bias), static_cast<const T*>(res),
-                      static_cast<T*>(out), M, N, K, int(act));
-  };
+  const bool staged = STAGE && M <= 4 && stage <= kIntMmaStageBytes;
+  const size_t smem = ring + (staged ? stage : 0);
   if (M < 1 || M > quant_gemv_max_m(INT4 ? QuantKind::Int4 : QuantKind::Int8, kIntMmaFirstVariant))
     return cudaErrorInvalidValue;
-  switch (M) {  // 1-4 rows (decode's common case): an instantiation each, x staged where it fits
-    case 1: return staged ? go(int_mma_gemv_kernel<T, INT4, 1, TILES, WARPS, S, true>, true)
-                          : go(int_mma_gemv_kernel<T, INT4, 1, TILES, WARPS, S, false>, false);
-    case 2: return staged ? go(int_mma_gemv_kernel<T, INT4, 2, TILES, WARPS, S, true>, true)
-                          : go(int_mma_gemv_kernel<T, INT4, 2, TILES, WARPS, S, false>, false);
-    case 3: return staged ? go(int_mma_gemv_kernel<T, INT4, 3, TILES, WARPS, S, true>, true)
-                          : go(int_mma_gemv_kernel<T, INT4, 3, TILES, WARPS, S, false>, false);
-    case 4: return staged ? go(int_mma_gemv_kernel<T, INT4, 4, TILES, WARPS, S, true>, true)
-                          : go(int_mma_gemv_kernel<T, INT4, 4, TILES, WARPS, S, false>, false);
+#define TSLLM_INT_MMA(MB, ST)                                                                                       \
+  launch_int_mma_one<T, INT4, MB, TILES, WARPS, S, ST>(smem, blocks, x, w, sc, groups, cpg_shift, bias, res, out, M, \
+                                                       N, K, act, pdl, s)
+  switch (M) {  // 1-4 rows (decode's common case): an instantiation each
+    case 1: return staged ? TSLLM_INT_MMA(1, STAGE) : TSLLM_INT_MMA(1, false);
+    case 2: return staged ? TSLLM_INT_MMA(2, STAGE) : TSLLM_INT_MMA(2, false);
+    case 3: return staged ? TSLLM_INT_MMA(3, STAGE) : TSLLM_INT_MMA(3, false);
+    case 4: return staged ? TSLLM_INT_MMA(4, STAGE) : TSLLM_INT_MMA(4, false);
     default: break;
   }
-  if (M <= 8) return go(int_mma_gemv_kernel<T, INT4, 8, TILES, WARPS, S, false>, false);
-  return go(int_mma_gemv_kernel<T, INT4, 16, TILES, WARPS, S, false>, false);
+  if (M <= 8) return TSLLM_INT_MMA(8, false);
+  return TSLLM_INT_MMA(16, false);
+#undef TSLLM_INT_MMA
 }
 
-// Variants 3-4 of the int kinds: (tiles of 8 rows per block, warps splitting K, iterations in flight per lane).
-// Measured on the H200 (session 6, Llama-2-7B shapes, M = 1): these two won every shape in the engine; deeper rings
-// (1, 4, 16) and (2, 4, 8) won gemv_bench's back-to-back replays on some shapes but lost 15-30 % inside the decode
-// step (int8 bs-1 TPOT 3.56 / 3.75 ms against 2.91 for (2, 8, 4)) and were removed.
+// Variants 3-4 of the int kinds: (tiles of 8 rows per block, warps splitting K, iterations in flight per lane);
+// 5-6 the same with x staged in shared memory. Measured on the H200 (session 6, Llama-2-7B shapes, M = 1): (2, 8, 4)
+// and (2, 4, 4) won every shape in the engine; deeper rings (1, 4, 16) and (2, 4, 8) won gemv_bench's back-to-back
+// replays on some shapes but lost 15-30 % inside the decode step (int8 bs-1 TPOT 3.56 / 3.75 ms against 2.91 for
+// (2, 8, 4)) and were removed. Staging is a variant, not a rule, because it won int8 and lost int4 in one
+// gemv_bench (session 9 run 1, staged for all: int8 gate_up 3328 GB/s vs 3063, int4 1662 vs 1801 unstaged before).
 template <typename T, bool INT4>
 cudaError_t launch_int_mma_variant(int variant, int M, const void* x, const void* w, const float* sc, int group,
                                    const void* bias, const void* res, void* out, int N, int K, Act act, bool pdl,
                                    cudaStream_t s) {
   switch (variant) {
-    case 3: return launch_int_mma<T, INT4, 2, 8, 4>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
-    case 4: return launch_int_mma<T, INT4, 2, 4, 4>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
+    case 3: return launch_int_mma<T, INT4, 2, 8, 4, false>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
+    case 4: return launch_int_mma<T, INT4, 2, 4, 4, false>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
+    case 5: return launch_int_mma<T, INT4, 2, 8, 4, true>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
+    case 6: return launch_int_mma<T, INT4, 2, 4, 4, true>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
     default: return cudaErrorInvalidValue;
   }
 }
