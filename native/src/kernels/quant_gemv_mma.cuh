@@ -80,7 +80,8 @@ __device__ __forceinline__ uint32_t h2_sub(uint32_t a, uint32_t b) {
 template <typename T>
 __device__ __forceinline__ uint32_t h2_fma(uint32_t a, uint32_t b, uint32_t c) {
   using V = typename Half2Of<T>::V;
-  const V r = __hfma2(*reinterpret_cast<const V*>(&a), *reinterpret_cast<const V*>(&b), *reinterpret_cast<const V*>(&c));
+  const V r =
+      __hfma2(*reinterpret_cast<const V*>(&a), *reinterpret_cast<const V*>(&b), *reinterpret_cast<const V*>(&c));
   return *reinterpret_cast<const uint32_t*>(&r);
 }
 template <typename T>
@@ -388,8 +389,8 @@ cudaError_t launch_int_mma_one(size_t smem, unsigned blocks, const void* x, cons
     }
   }
   return launch_pdl(kern, blocks, WARPS * 32, smem, pdl, s, static_cast<const T*>(x), static_cast<const uint8_t*>(w),
-                    sc, groups, cpg_shift, static_cast<const T*>(bias), static_cast<const T*>(res), static_cast<T*>(out),
-                    M, N, K, int(act));
+                    sc, groups, cpg_shift, static_cast<const T*>(bias), static_cast<const T*>(res),
+                    static_cast<T*>(out), M, N, K, int(act));
 }
 
 // STAGE: x staged in shared memory where it fits (1-4 rows, M x K x 2 <= kIntMmaStageBytes), else as !STAGE.
