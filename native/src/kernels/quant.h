@@ -29,7 +29,8 @@ const char* quant_kind_name(QuantKind k);  // QuantKind: enums.h
 //   fp8 0-2: 4-warp blocks, 1/2/4 rows per warp (quant_gemv.cu); 3-7: quant_gemv_fp8.cu (8-16-warp blocks, one or
 //     two per SM, cheap exact quantisation, rms_norm prologue);
 //   int8 / int4 0-2: 1/2/4 rows per warp (quant_gemv_int.cuh); 3-6: tensor-core kernels (quant_gemv_mma.cuh, no
-//     prologue; 5-6 are 3-4 with x staged in shared memory). Variants beyond a kind's count are refused, cudaErrorInvalidValue.
+//     prologue; 5-6 are 3-4 with x staged in shared memory).
+// Variants beyond a kind's count are refused, cudaErrorInvalidValue.
 // pro: GemvPro::RmsNorm folds an rms_norm into the vector read (x is then the norm's input, as gemv_pro; the vector
 // T((x · inv_rms) · norm_w) rounded as norms.cu writes it); fp8 3-7 and int 0-2 (quant_gemv_has_prologue).
 constexpr int kQuantGemvMaxM = 4;   // fp8, and the CUDA-core int variants (0-2)

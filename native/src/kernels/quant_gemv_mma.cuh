@@ -1,4 +1,4 @@
-// Tensor-core decode gemv over int8 / int4 weight-only weights (quant_gemv variants 3-4 of those kinds; 0-2 are
+// Tensor-core decode gemv over int8 / int4 weight-only weights (quant_gemv variants 3-6 of those kinds; 0-2 are
 // quant_gemv_int.cuh's CUDA-core kernel). Why: the CUDA-core kernel spends ~6 instructions per int4 weight (extract,
 // I2F, FMUL, round to T, widen, FFMA) and ran int4 at 0.9-1.5 TB/s on the H200; here a weight costs about two
 // half-precision instructions and the multiply-add goes to the tensor cores.
@@ -18,7 +18,8 @@
 // output row n0 + g, and the four lanes of a row take four consecutive chunks, so B's k slots of lane t are that
 // lane's own chunk. A dot product may visit K in any order, so the mma's k slots are mapped to weights in the order
 // the dequantisation produces them, and x is loaded (from L1 / L2) and permuted to match: int4 pairs nibbles
-// (i, i + 4) of a 32-bit word, int8 pairs neighbours.
+// (i, i + 4) of a 32-bit word, int8 pairs neighbours. Variants 5-6 (STAGED) copy x once per block into shared memory
+// already in that order (stage_x8) instead.
 // A block of WARPS warps owns TILES tiles of 8 output rows and splits K between its warps (chunk c of a row:
 // iteration i, warp w, lane t -> c = (i · WARPS + w) · 4 + t), S iterations of loads in flight per lane through a
 // per-warp cp.async ring in shared memory, issued only after griddepcontrol.wait (see the kernel: under PDL the
@@ -371,6 +372,12 @@ __global__ void __launch_bounds__(WARPS * 32)
   }
 }
 
+// Shared memory of the per-warp cp.async rings (the kernel's ring_all); a staged x follows it.
+template <int TILES, int WARPS, int S>
+constexpr size_t int_mma_ring_bytes() {
+  return size_t(WARPS) * S * TILES * 32 * 16;
+}
+
 // One instantiation's launch. Past 48 KB of dynamic shared memory the kernel is opted in once: the flag is a static
 // of this function template, so every instantiation (rows, staging) has its own (one flag shared by kernels of the
 // same signature left all but the first un-opted: "invalid argument", kernels_test, session 9 run 1).
@@ -382,7 +389,7 @@ cudaError_t launch_int_mma_one(size_t smem, unsigned blocks, const void* x, cons
   if (smem > 48 * 1024) {
     static std::atomic<bool> opted{false};
     if (!opted.load(std::memory_order_relaxed)) {
-      constexpr size_t most = size_t(WARPS) * S * TILES * 32 * 16 + kIntMmaStageBytes;  // the largest staged size
+      constexpr size_t most = int_mma_ring_bytes<TILES, WARPS, S>() + kIntMmaStageBytes;  // the largest staged size
       const cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(most));
       if (e != cudaSuccess) return e;
       opted.store(true, std::memory_order_relaxed);
@@ -407,7 +414,7 @@ cudaError_t launch_int_mma(int M, const void* x, const void* w, const float* sc,
     while ((1 << cpg_shift) < cpg) cpg_shift++;
   }
   const int groups = INT4 ? K / group : 1;
-  constexpr size_t ring = size_t(WARPS) * S * TILES * 32 * 16;
+  constexpr size_t ring = int_mma_ring_bytes<TILES, WARPS, S>();
   static_assert(ring <= 48 * 1024, "the ring fits the default dynamic shared memory (no opt-in needed)");
   const size_t stage = size_t(M) * size_t(K) * 2;
   const bool staged = STAGE && M <= 4 && stage <= kIntMmaStageBytes;
