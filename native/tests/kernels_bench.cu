@@ -1,7 +1,8 @@
-// Usage: kernels_bench [decode|fmha8]. "decode": only the large-batch decode attention tables (old vs new kernel at
-// the Llama-3.1-8B batch-256 shape of the throughput benchmark, GQA ratios 4, 2 and 1, with the kernel the runtime's
-// rule picks; then variant 4's kernel configurations, bf16 and FP8 caches); "fmha8": only the FP8-cache context
-// table (fp16 kernel vs FP8 context FMHA); default: everything.
+// Usage: kernels_bench [decode|sweep|fmha8|decode-one B CTX bf16|fp8 CFG]. "decode": only the large-batch decode
+// attention tables (old vs new kernel at the Llama-3.1-8B batch-256 shape of the throughput benchmark, GQA ratios 4,
+// 2 and 1, with the kernel the runtime's rule picks; then variant 4's kernel configurations, bf16 and FP8 caches);
+// "sweep": only the configurations table; "fmha8": only the FP8-cache context table (fp16 kernel vs FP8 context
+// FMHA); "decode-one": three calls of one variant 4 configuration, nothing timed, for a profiler; default: everything.
 // Micro-benchmark of paged_attention (Llama-2-7B shapes: 32 heads, 32 KV heads, head_dim 128, fp16, 32 tokens per
 // block) for decode at batch 1 / 64 and context 256 / 4096, plus context (prefill) attention and a few small
 // kernels at decode sizes. Times are medians of CUDA-graph replays (the runtime replays graphs), per call;
@@ -234,10 +235,22 @@ static void fp8_context_table() {
 int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IOLBF, 0);
   const std::string only = argc > 1 ? argv[1] : "";
-  if (argc > 1 && only != "decode" && only != "fmha8") {
-    std::printf("usage: kernels_bench [decode|fmha8]   (decode: only the large-batch decode attention table; fmha8: "
-                "only the FP8-cache context table)\n");
+  const bool one = only == "decode-one" && argc == 6;
+  if (argc > 1 && only != "decode" && only != "sweep" && only != "fmha8" && !one) {
+    std::printf("usage: kernels_bench [decode|sweep|fmha8|decode-one B CTX bf16|fp8 CFG]   (decode: only the large-batch "
+                "decode attention tables; sweep: only variant 4's configurations; fmha8: only the FP8-cache context "
+                "table; decode-one: three calls of variant 4 configuration CFG at Llama-3.1-8B batch B, context CTX, "
+                "for a profiler: ncu --kernel-name regex:decode_mma --launch-skip 2 --launch-count 1)\n");
     return 2;
+  }
+  if (one) {
+    AttnSetup a(std::atoi(argv[2]), std::atoi(argv[3]), 1, 0, 8, DType::BF16);
+    if (std::string(argv[4]) == "fp8") a.use_fp8_cache();
+    a.p.decode_variant = 4;
+    a.p.mma_cfg = std::atoi(argv[5]);
+    for (int i = 0; i < 3; ++i) a.call(i, nullptr);
+    CK(cudaDeviceSynchronize());
+    return 0;
   }
   const bool only_decode = only == "decode";
   cudaDeviceProp prop;
@@ -253,8 +266,9 @@ int main(int argc, char** argv) {
     fp8_context_table();
     return 0;
   }
-  decode_at_scale(l2_defeat, copy);
+  if (only != "sweep") decode_at_scale(l2_defeat, copy);
   decode_mma_sweep(l2_defeat, copy);
+  if (only == "sweep") return 0;
   if (only_decode) return 0;
   std::printf("\n");
 

@@ -381,7 +381,8 @@ struct PagedStep {
 // two). This step's own K/V enter both unrounded, so the outputs agree up to summation order; the new rows the fp8
 // run writes must be exactly e4m3(16-bit row / scale) of the rows the 16-bit run writes (that path is checked
 // against fp64 in test_attention). Both runs take AttnParams::decode_variant `variant` and mma_cfg `cfg` (variant
-// 4: the same tensor-core kernel, which rounds the softmax weights to dt for P·V, so that they agree on that too).
+// 4: the same tensor-core kernel, which rounds the softmax weights for P·V: to dt over a 16-bit cache, to fp16 over
+// an FP8 one, so with fp16 they agree on that too; with bf16 the 16-bit run's weights are the coarser, see tol).
 void test_fp8_kv(Rng& rng, int D, std::vector<std::pair<int, int>> seqs, float k_scale, float v_scale, int nH = 4,
                  int nKV = 2, int variant = 0, int cfg = 0, DType dt = DType::F16) {
   const int tpb = 16;
@@ -429,7 +430,12 @@ void test_fp8_kv(Rng& rng, int D, std::vector<std::pair<int, int>> seqs, float k
   CK(cudaMemcpy(got.data(), pool8, got.size(), cudaMemcpyDeviceToHost));
   Err e;
   const double tol = std::max(2e-3, (double)rtol_of(dt));  // bf16: an output rounded the other way is 1/256-1/128
-  for (size_t i = 0; i < o16.n; i++) e.add(o8.get(i), o16.get(i), tol, tol);
+  // bf16 through variant 4: each softmax weight of the 16-bit run is off by up to 2^-9 of itself (bf16) and the FP8
+  // run's by 2^-12 (fp16), so the outputs differ by up to ~2^-9 of the largest |V| averaged (test_attention's bound
+  // on V's scale; E4M3's largest value is 448), plus each output's own rounding (tol relative).
+  const int runs = kd::decode_variant_run(ap, T, ps.max_len, true, true);
+  const double atol = dt == DType::BF16 && max_new == 1 && runs == 4 ? std::ldexp(448.0 * v_scale, -8) : tol;
+  for (size_t i = 0; i < o16.n; i++) e.add(o8.get(i), o16.get(i), atol, tol);
   // Cache bytes: new slots = e4m3(16-bit row / scale); everything else untouched.
   size_t bad = 0;
   std::vector<uint8_t> is_new(pool_elems, 0);
@@ -449,7 +455,7 @@ void test_fp8_kv(Rng& rng, int D, std::vector<std::pair<int, int>> seqs, float k
                 "paged_attention fp8 KV %s D=%d %d/%d heads %s (max_new %d, %d seqs) k_scale %g v_scale %g decode_variant %d"
                 " (runs v%d) mma_cfg %d vs 16-bit cache",
                 dname(dt), D, nH, nKV, max_new == 1 ? "decode" : "context", max_new, S, k_scale, v_scale, variant,
-                kd::decode_variant_run(ap, T, ps.max_len, true, true), cfg);
+                runs, cfg);
   report(e.ok() && bad == 0, name, e.max_abs, e.str() + e.firsts() + " cache byte mismatches=" + std::to_string(bad));
   for (void* p : {pool8, static_cast<void*>(d_if), ws}) cudaFree(p);
 }

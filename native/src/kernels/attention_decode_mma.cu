@@ -10,7 +10,8 @@
 // blocks stay resident per SM (39 KB of shared memory each at head_dim 128), up to 20 tiles of 8 KB in flight per
 // SM, and it beat (4 warps, 2 stages) by 1.2x there (kernels-notes.md).
 // FP8 (E4M3) cache: the ring holds the cache's bytes (half a 16-bit tile); each warp converts its landed tile into a
-// warp-private K/V tile of T (E4M3 values are exact in fp16 and bf16) for the same ldmatrix / mma code. k_scale and
+// warp-private fp16 K/V tile (E4M3 values are exact in fp16) for the same ldmatrix / mma code, in fp16 also for a
+// bf16 model (its q tile converted once; see MT in the kernel). k_scale and
 // v_scale stay in fp32, outside the tiles: k_scale is folded into the score scale, v_scale into the output. The
 // step's own key and value (the last key of the last split) enter unrounded, as in decode_kernel's FP8 path: the
 // converted tile's row holds rope_cache's rotated k (k_own) and the step's v row instead of the cache's E4M3 copy,
@@ -61,19 +62,21 @@ struct MmaArgs : DecodeIO<T> {
   int guess_seq;       // token t is sequence t (pure decode: num_seqs == num_tokens), checked on device
 };
 
-// 8 E4M3 bytes -> 8 values of T (exact), 16 bytes.
-template <typename T>
-__device__ __forceinline__ uint4 e4m3x8_to(const uint2& u) {
+// 8 E4M3 bytes -> 8 fp16 values (exact), 16 bytes.
+__device__ __forceinline__ uint4 e4m3x8_to_h(const uint2& u) {
   uint32_t w[4];
 #pragma unroll
+  for (int j = 0; j < 4; ++j) w[j] = e4m3x2_to_h2((j < 2 ? u.x : u.y) >> (16 * (j & 1)));
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// 8 bf16 -> 8 fp16 (16 bytes each), for an FP8 cache's fp16 products over a bf16 model's q and own k / v.
+__device__ __forceinline__ uint4 bf16x8_to_h(const uint4& u) {
+  uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
   for (int j = 0; j < 4; ++j) {
-    const uint32_t two = (j < 2 ? u.x : u.y) >> (16 * (j & 1));
-    if constexpr (std::is_same<T, half>::value) {
-      w[j] = e4m3x2_to_h2(two);
-    } else {
-      const float2 f = e4m3x2_to_f2(two);
-      w[j] = pack2<T>(f.x, f.y);
-    }
+    const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[j]));
+    w[j] = pack2<half>(f.x, f.y);
   }
   return make_uint4(w[0], w[1], w[2], w[3]);
 }
@@ -82,13 +85,19 @@ template <typename T, typename CT, int DP, int NW, int S, bool PF>
 __global__ void __launch_bounds__(NW * 32) decode_mma_kernel(const MmaArgs<T, CT> a) {
   using L = MmaLayout<T, CT, DP, NW, S>;
   constexpr bool kF8 = L::kF8;
+  // The products' dtype. An FP8 cache's tiles are converted to fp16 whatever the model's dtype: E4M3 -> fp16 is one
+  // cvt per pair, -> bf16 four (through fp32), and the conversion was the FP8 kernel's extra third of instructions
+  // (ncu, session 10). A bf16 model's q and own k / v are rounded to fp16 (11 bits instead of 8: exact for bf16
+  // values in [2^-14, 65504]; |q| past 65504 would overflow) and P rounds to fp16, finer than bf16 in [0, 1].
+  using MT = std::conditional_t<kF8, half, T>;
+  constexpr bool kQCvt = !std::is_same<MT, T>::value;
   constexpr int LD = L::LD, TILE = L::TILE, RROW = L::RING_ROW, RTILE = L::RING_TILE;
   constexpr int CPR = DP / 8;            // 8-dim chunks per row (4..32: divides 32)
   constexpr int EPC = 16 / sizeof(CT);   // cache elements per 16-byte copy
   constexpr int RCPR = DP / EPC;         // copies per cache row (2..32: divides 32)
   constexpr int RPP = 32 / RCPR;         // rows one warp-wide pass of copies covers
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* sQ = reinterpret_cast<T*>(smem_raw);
+  MT* sQ = reinterpret_cast<MT*>(smem_raw);
   unsigned char* loop_smem = smem_raw + L::kQBytes;
 
   pdl_trigger();
@@ -129,12 +138,19 @@ __global__ void __launch_bounds__(NW * 32) decode_mma_kernel(const MmaArgs<T, CT
   const int rows = min(16, G - hg * 16);
   const int h0 = hk * G + hg * 16;
 
-  // Q tile: rows past the group and dims past D zero-filled.
+  // Q tile: rows past the group and dims past D zero-filled (converted to fp16: plain loads, visible after the
+  // __syncthreads below; the empty commit group keeps wait_group's count).
   for (int c = tid; c < 16 * CPR; c += NW * 32) {
     const int r = c / CPR, cc = c % CPR;
     const bool ok = r < rows && cc * 8 < D;
     const T* src = ok ? a.q + (size_t)t * a.q_stride + (size_t)(h0 + r) * D + cc * 8 : a.q;
-    cp_async16(sQ + r * LD + cc * 8, src, ok);
+    if constexpr (kQCvt) {
+      uint4 h = make_uint4(0, 0, 0, 0);
+      if (ok) h = bf16x8_to_h(*reinterpret_cast<const uint4*>(src));
+      *reinterpret_cast<uint4*>(sQ + r * LD + cc * 8) = h;
+    } else {
+      cp_async16(sQ + r * LD + cc * 8, src, ok);
+    }
   }
   cp_async_commit();
 
@@ -142,7 +158,7 @@ __global__ void __launch_bounds__(NW * 32) decode_mma_kernel(const MmaArgs<T, CT
   const int ntiles = (ke - kb + kMmaBK - 1) / kMmaBK;
   const int mine = warp < ntiles ? (ntiles - warp + NW - 1) / NW : 0;
   CT* wring = reinterpret_cast<CT*>(loop_smem + (size_t)warp * (L::kRingBytes + L::kCvtBytes));
-  T* wcvt = reinterpret_cast<T*>(loop_smem + (size_t)warp * (L::kRingBytes + L::kCvtBytes) + L::kRingBytes);
+  MT* wcvt = reinterpret_cast<MT*>(loop_smem + (size_t)warp * (L::kRingBytes + L::kCvtBytes) + L::kRingBytes);
   const int rc = lane % RCPR, r0 = lane / RCPR;
   const bool copy_ok = rc * EPC < D;  // FP8: D % 16 == 0, so a copy is all inside the row or all past it
 
@@ -192,6 +208,7 @@ __global__ void __launch_bounds__(NW * 32) decode_mma_kernel(const MmaArgs<T, CT
       const int nKV = a.nH / G;
       own_k = *reinterpret_cast<const uint4*>(a.own.k + ((size_t)t * nKV + hk) * D + cc * 8);
       own_v = *reinterpret_cast<const uint4*>(a.own.v + (size_t)t * a.own.v_stride + (size_t)hk * D + cc * 8);
+      if constexpr (kQCvt) own_k = bf16x8_to_h(own_k), own_v = bf16x8_to_h(own_v);
     }
   }
 
@@ -223,7 +240,7 @@ __global__ void __launch_bounds__(NW * 32) decode_mma_kernel(const MmaArgs<T, CT
     __syncwarp();            // the warp's copies of tile i visible to every lane
     const int key0 = kb + (warp + i * NW) * kMmaBK;
     const CT* cur = wring + (i % S) * 2 * RTILE;
-    const T* cK;
+    const MT* cK;
     if constexpr (kF8) {
       const int cc = lane % CPR;
 #pragma unroll
@@ -231,16 +248,16 @@ __global__ void __launch_bounds__(NW * 32) decode_mma_kernel(const MmaArgs<T, CT
         const bool own = key0 + r == pos;
         const uint2 k8 = *reinterpret_cast<const uint2*>(cur + r * RROW + cc * 8);
         const uint2 v8 = *reinterpret_cast<const uint2*>(cur + RTILE + r * RROW + cc * 8);
-        *reinterpret_cast<uint4*>(wcvt + r * LD + cc * 8) = own ? own_k : e4m3x8_to<T>(k8);
-        *reinterpret_cast<uint4*>(wcvt + TILE + r * LD + cc * 8) = own ? own_v : e4m3x8_to<T>(v8);
+        *reinterpret_cast<uint4*>(wcvt + r * LD + cc * 8) = own ? own_k : e4m3x8_to_h(k8);
+        *reinterpret_cast<uint4*>(wcvt + TILE + r * LD + cc * 8) = own ? own_v : e4m3x8_to_h(v8);
       }
       __syncwarp();  // the converted tile visible to every lane, the ring stage free
       issue(i + S);
       cK = wcvt;
     } else {
-      cK = reinterpret_cast<const T*>(cur);
+      cK = reinterpret_cast<const MT*>(cur);
     }
-    const T* cV = cK + TILE;
+    const MT* cV = cK + TILE;
 
     // S = Q K^T: 16 rows (query heads) x 16 keys.
     float sc[2][4];
@@ -256,8 +273,8 @@ __global__ void __launch_bounds__(NW * 32) decode_mma_kernel(const MmaArgs<T, CT
       }
       uint32_t b[4];
       ldmatrix_x4(b, cK + ((lane >> 4) * 8 + (lane & 7)) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
-      mma16816<T>(sc[0], qf, b[0], b[1]);
-      mma16816<T>(sc[1], qf, b[2], b[3]);
+      mma16816<MT>(sc[0], qf, b[0], b[1]);
+      mma16816<MT>(sc[1], qf, b[2], b[3]);
     }
     // Log2-domain scores (FP8: cached keys times k_scale), keys past the split's end masked, online softmax (rows
     // g and g + 8 of this lane).
@@ -270,7 +287,7 @@ __global__ void __launch_bounds__(NW * 32) decode_mma_kernel(const MmaArgs<T, CT
         if constexpr (kF8) ks = key == pos ? a.scale_log2 : a.k_scale_log2;
         sc[n][e] = key < ke ? sc[n][e] * ks : -INFINITY;
       }
-    online_softmax_tile(sc, mrow, lrow, o);
+    online_softmax_tile<2, DP / 8, true>(sc, mrow, lrow, o);
     if constexpr (kF8) {  // the own value is unscaled: its weight / v_scale, undone by the final v_scale
 #pragma unroll
       for (int n = 0; n < 2; ++n)
@@ -280,16 +297,16 @@ __global__ void __launch_bounds__(NW * 32) decode_mma_kernel(const MmaArgs<T, CT
     }
     // O += P V (P from registers, V via transposed ldmatrix).
     uint32_t pa[4];
-    pa[0] = pack2<T>(sc[0][0], sc[0][1]);
-    pa[1] = pack2<T>(sc[0][2], sc[0][3]);
-    pa[2] = pack2<T>(sc[1][0], sc[1][1]);
-    pa[3] = pack2<T>(sc[1][2], sc[1][3]);
+    pa[0] = pack2<MT>(sc[0][0], sc[0][1]);
+    pa[1] = pack2<MT>(sc[0][2], sc[0][3]);
+    pa[2] = pack2<MT>(sc[1][0], sc[1][1]);
+    pa[3] = pack2<MT>(sc[1][2], sc[1][3]);
 #pragma unroll
     for (int d2 = 0; d2 < DP / 16; ++d2) {
       uint32_t b[4];
       ldmatrix_x4_trans(b, cV + (((lane >> 3) & 1) * 8 + (lane & 7)) * LD + (d2 * 2 + (lane >> 4)) * 8);
-      mma16816<T>(o[2 * d2], pa, b[0], b[1]);
-      mma16816<T>(o[2 * d2 + 1], pa, b[2], b[3]);
+      mma16816<MT>(o[2 * d2], pa, b[0], b[1]);
+      mma16816<MT>(o[2 * d2 + 1], pa, b[2], b[3]);
     }
     __syncwarp();  // every lane done with this tile before its stage (16-bit) / the converted tile (FP8) is reused
   }
