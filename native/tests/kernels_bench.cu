@@ -237,8 +237,8 @@ int main(int argc, char** argv) {
   const std::string only = argc > 1 ? argv[1] : "";
   const bool one = only == "decode-one" && argc == 6;
   if (argc > 1 && only != "decode" && only != "sweep" && only != "fmha8" && !one) {
-    std::printf("usage: kernels_bench [decode|sweep|fmha8|decode-one B CTX bf16|fp8 CFG]   (decode: only the large-batch "
-                "decode attention tables; sweep: only variant 4's configurations; fmha8: only the FP8-cache context "
+    std::printf("usage: kernels_bench [decode|sweep|fmha8|decode-one B CTX bf16|fp8 CFG]   (decode: only the "
+                "large-batch decode attention tables; sweep: only variant 4's configurations; fmha8: only the FP8-cache context "
                 "table; decode-one: three calls of variant 4 configuration CFG at Llama-3.1-8B batch B, context CTX, "
                 "for a profiler: ncu --kernel-name regex:decode_mma --launch-skip 2 --launch-count 1)\n");
     return 2;
@@ -268,8 +268,7 @@ int main(int argc, char** argv) {
   }
   if (only != "sweep") decode_at_scale(l2_defeat, copy);
   decode_mma_sweep(l2_defeat, copy);
-  if (only == "sweep") return 0;
-  if (only_decode) return 0;
+  if (only_decode || only == "sweep") return 0;
   std::printf("\n");
 
   std::printf("paged_attention decode (rope + cache write + attention [+ split-K reduce]), fp16, 32 heads x 128\n");

@@ -339,8 +339,8 @@ __device__ __forceinline__ void online_softmax_tile(float (&sc)[NT][4], float (&
   lrow[0] = lrow[0] * c0 + rs0;
   lrow[1] = lrow[1] * c1 + rs1;
   // The accumulators change only where a row's max moved (c != 1): after the first tiles of a decode split it
-  // rarely does, and query rows past the GQA group (all-zero q) never do, while these 4 * DN multiplies were about a
-  // tenth of the decode kernel's instructions. Skipping a multiply by exactly 1 changes nothing. (Not for the
+  // rarely does, and query rows past the GQA group (all-zero q) never do, while these are 4 * DN multiplies a tile
+  // (64 at head_dim 128). Skipping a multiply by exactly 1 changes nothing. (Not for the
   // context kernels: causal prefill moves the max often, and the vote made one of them spill at its 96 registers.)
   if (!kSkipSettled || __any_sync(0xffffffffu, c0 != 1.f || c1 != 1.f)) {
 #pragma unroll
