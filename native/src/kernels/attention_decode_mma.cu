@@ -1,14 +1,15 @@
 // Decode attention over the paged KV cache for large batches (variant 4): bandwidth first.
-// Grid (kv head x group of <= 16 query heads, split, token), NW warps. All query heads of one KV head are the 16
-// rows of one mma.sync m16n8k16 tile (Llama-3: 4 of 16 used), so each K/V row is read from HBM once for its whole
-// GQA group, and the dot products run on tensor cores instead of lane shuffles. Each warp streams its own tiles of
+// Grid (kv head x group of <= 8 query heads, split, token), NW warps. The query heads of one KV head are the 8
+// columns (the N) of mma.sync m16n8k16 tiles whose 16 rows are keys: S^T = K Q^T, then O^T += V^T P^T, P^T reaching
+// the B operand through movmatrix.trans (Llama-3: 4 of 8 columns used; with heads as the 16 rows, the layout until
+// session 10, 4 of 16 were, and the kernel ran twice the mma instructions, accumulators and softmax work). Each
+// K/V row is read from HBM once for its GQA group (groups past 8 heads: once per 8), and the dot products run on
+// tensor cores instead of lane shuffles. Each warp streams its own tiles of
 // 16 keys (tile j of the split goes to warp j % NW) through a private S-stage cp.async ring (16-byte copies, no
-// block barrier in the loop), keeps an online softmax in registers like the context kernel, and the NW warps are
+// block barrier in the loop), keeps an online softmax in registers per head, and the NW warps are
 // merged through shared memory at the end. Split-K partials use decode_kernel's format and decode_reduce_kernel.
 // (NW, S, prefetch) come from kDecodeMmaConfigs (attention_internal.h); entry 0, 2 warps, 2 stages and the
-// block-table prefetch, is what the runtime runs: at Llama-3.1-8B batch 256 (2048 blocks of 145 keys) five of its
-// blocks stay resident per SM (39 KB of shared memory each at head_dim 128), up to 20 tiles of 8 KB in flight per
-// SM, and it beat (4 warps, 2 stages) by 1.2x there (kernels-notes.md).
+// block-table prefetch, is what the runtime runs (kernels-notes.md).
 // FP8 (E4M3) cache: the ring holds the cache's bytes (half a 16-bit tile); each warp converts its landed tile into a
 // warp-private fp16 K/V tile (E4M3 values are exact in fp16) for the same ldmatrix / mma code, in fp16 also for a
 // bf16 model (its q tile converted once; see MT in the kernel). k_scale and
@@ -28,7 +29,8 @@ namespace tsllm {
 namespace kd {
 namespace {
 
-constexpr int kMmaBK = 16;  // keys per warp tile
+constexpr int kMmaBK = 16;  // keys per warp tile (the mma's M)
+constexpr int kQH = 8;      // query heads per block (the mma's N)
 
 // Shared memory of one configuration: the Q tile, then per warp a ring of S stages of K and V tiles as the cache
 // stores them (16-bit: rows padded to LD elements, read by ldmatrix; FP8: DP bytes a row, read only by the
@@ -43,13 +45,12 @@ struct MmaLayout {
   static constexpr int RING_TILE = kMmaBK * RING_ROW;
   static constexpr size_t kRingBytes = (size_t)S * 2 * RING_TILE * sizeof(CT);  // per warp
   static constexpr size_t kCvtBytes = kF8 ? (size_t)2 * TILE * sizeof(T) : 0;   // per warp
-  static constexpr size_t kQBytes = (size_t)16 * LD * sizeof(T);
+  static constexpr size_t kQBytes = (size_t)kQH * LD * sizeof(T);
   static constexpr size_t bytes() {
     const size_t loop = NW * (kRingBytes + kCvtBytes);
-    const size_t merge = sizeof(SoftmaxWarpPartials<NW, 16, DP>);
+    const size_t merge = sizeof(SoftmaxWarpPartials<NW, kQH, DP>);
     return kQBytes + (loop > merge ? loop : merge);
   }
-  static constexpr bool kQReg = DP <= 128;  // Q fragments kept in registers (DP 256: reloaded per tile)
 };
 
 // DecodeIO's q: the rotated q rows; its kv only gives D (cache is the layer's cache as stored: T or E4M3 bytes).
@@ -79,6 +80,33 @@ __device__ __forceinline__ uint4 bf16x8_to_h(const uint4& u) {
     w[j] = pack2<half>(f.x, f.y);
   }
   return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// Online softmax over one transposed score tile (log2 domain, masked entries -inf): st holds keys g (entries 0, 1)
+// and g + 8 (2, 3) of heads 2 tig (0, 2) and 2 tig + 1 (1, 3). Updates the heads' running max mh and this lane's
+// part of their sums lh, turns st into 2^(s - max), and rescales the accumulators (same head split) when a max
+// moved: after the first tiles of a split it rarely does, and heads past the GQA group (zero q) never do; skipping
+// a multiply by exactly 1 changes nothing.
+template <int M>
+__device__ __forceinline__ void online_softmax_cols(float (&st)[4], float (&mh)[2], float (&lh)[2], float (&o)[M][4]) {
+  float mx0 = fmaxf(st[0], st[2]), mx1 = fmaxf(st[1], st[3]);
+#pragma unroll
+  for (int x = 4; x < 32; x <<= 1) {
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, x));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, x));
+  }
+  const float mn0 = fmaxf(mh[0], mx0), mn1 = fmaxf(mh[1], mx1);
+  const float mu0 = mn0 == -INFINITY ? 0.f : mn0, mu1 = mn1 == -INFINITY ? 0.f : mn1;
+  const float c0 = exp2f(mh[0] - mu0), c1 = exp2f(mh[1] - mu1);
+  mh[0] = mn0, mh[1] = mn1;
+  st[0] = exp2f(st[0] - mu0), st[2] = exp2f(st[2] - mu0);
+  st[1] = exp2f(st[1] - mu1), st[3] = exp2f(st[3] - mu1);
+  lh[0] = lh[0] * c0 + (st[0] + st[2]);
+  lh[1] = lh[1] * c1 + (st[1] + st[3]);
+  if (__any_sync(0xffffffffu, c0 != 1.f || c1 != 1.f)) {
+#pragma unroll
+    for (int m = 0; m < M; ++m) o[m][0] *= c0, o[m][1] *= c1, o[m][2] *= c0, o[m][3] *= c1;
+  }
 }
 
 template <typename T, typename CT, int DP, int NW, int S, bool PF>
@@ -136,12 +164,12 @@ __global__ void __launch_bounds__(NW * 32) decode_mma_kernel(const MmaArgs<T, CT
     nblk = b1 + 1;
     if (!a.guess_seq || seq != t) load_window(wb);
   }
-  const int rows = min(16, G - hg * 16);
-  const int h0 = hk * G + hg * 16;
+  const int rows = min(kQH, G - hg * kQH);
+  const int h0 = hk * G + hg * kQH;
 
   // Q tile: rows past the group and dims past D zero-filled (converted to fp16: plain loads, visible after the
   // __syncthreads below; the empty commit group keeps wait_group's count).
-  for (int c = tid; c < 16 * CPR; c += NW * 32) {
+  for (int c = tid; c < kQH * CPR; c += NW * 32) {
     const int r = c / CPR, cc = c % CPR;
     const bool ok = r < rows && cc * 8 < D;
     const T* src = ok ? a.q + (size_t)t * a.q_stride + (size_t)(h0 + r) * D + cc * 8 : a.q;
@@ -215,16 +243,21 @@ __global__ void __launch_bounds__(NW * 32) decode_mma_kernel(const MmaArgs<T, CT
 
   cp_async_wait<kEarly>();  // this thread's Q copies
   __syncthreads();          // everyone's
-  uint32_t qa[L::kQReg ? DP / 16 : 1][4];
-  if constexpr (L::kQReg) {
+  // Q^T as the B operand of S^T = K Q^T: k-step kk's pair is (dims 16 kk + 2 tig, +1; head g) and the same 8 dims
+  // on; one ldmatrix of the Q tile (rows = heads) gives two k-steps.
+  uint32_t qb[DP / 16][2];
 #pragma unroll
-    for (int kk = 0; kk < DP / 16; ++kk) ldmatrix_x4(qa[kk], sQ + (lane & 15) * LD + kk * 16 + (lane >> 4) * 8);
+  for (int kk = 0; kk < DP / 16; kk += 2) {
+    uint32_t r[4];
+    ldmatrix_x4(r, sQ + (lane & 7) * LD + kk * 16 + (lane >> 3) * 8);
+    qb[kk][0] = r[0], qb[kk][1] = r[1], qb[kk + 1][0] = r[2], qb[kk + 1][1] = r[3];
   }
 
-  float o[DP / 8][4];
+  // O^T: m-tile m holds dims 16 m + g (entries 0, 1) and 16 m + g + 8 (2, 3) of heads 2 tig (0, 2), 2 tig + 1 (1, 3).
+  float o[DP / 16][4];
 #pragma unroll
-  for (int i = 0; i < DP / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-  float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.f, 0.f};
+  for (int i = 0; i < DP / 16; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float mh[2] = {-INFINITY, -INFINITY}, lh[2] = {0.f, 0.f};  // heads 2 tig, 2 tig + 1 (lh: this lane's keys)
 
   // Tile n is issued into stage n % S once the warp is done reading tile n - S there: 16-bit, at the top of
   // iteration n - S + 1 (after the products of tile n - S); FP8, right after the conversion of tile n - S. The
@@ -260,77 +293,63 @@ __global__ void __launch_bounds__(NW * 32) decode_mma_kernel(const MmaArgs<T, CT
     }
     const MT* cV = cK + TILE;
 
-    // S = Q K^T: 16 rows (query heads) x 16 keys.
-    float sc[2][4];
-#pragma unroll
-    for (int n = 0; n < 2; ++n) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.f;
+    // S^T = K Q^T: keys key0 + g (entries 0, 1) and key0 + g + 8 (2, 3) x heads 2 tig, 2 tig + 1.
+    float st[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
     for (int kk = 0; kk < DP / 16; ++kk) {
-      uint32_t qf[4];
-      if constexpr (L::kQReg) {
-        qf[0] = qa[kk][0], qf[1] = qa[kk][1], qf[2] = qa[kk][2], qf[3] = qa[kk][3];
-      } else {
-        ldmatrix_x4(qf, sQ + (lane & 15) * LD + kk * 16 + (lane >> 4) * 8);
-      }
-      uint32_t b[4];
-      ldmatrix_x4(b, cK + ((lane >> 4) * 8 + (lane & 7)) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
-      mma16816<MT>(sc[0], qf, b[0], b[1]);
-      mma16816<MT>(sc[1], qf, b[2], b[3]);
+      uint32_t ka[4];
+      ldmatrix_x4(ka, cK + ((lane & 7) + ((lane >> 3) & 1) * 8) * LD + kk * 16 + (lane >> 4) * 8);
+      mma16816<MT>(st, ka, qb[kk][0], qb[kk][1]);
     }
-    // Log2-domain scores (FP8: cached keys times k_scale), keys past the split's end masked, online softmax (rows
-    // g and g + 8 of this lane).
-#pragma unroll
-    for (int n = 0; n < 2; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = key0 + n * 8 + tig * 2 + (e & 1);
-        float ks = a.scale_log2;
-        if constexpr (kF8) ks = key == pos ? a.scale_log2 : a.k_scale_log2;
-        sc[n][e] = key < ke ? sc[n][e] * ks : -INFINITY;
-      }
-    online_softmax_tile<2, DP / 8, true>(sc, mrow, lrow, o);
+    // Log2-domain scores (FP8: cached keys times k_scale), keys past the split's end masked, online softmax per
+    // head over the keys (this lane's two rows, then the 8 lanes of its columns).
+    const int kA = key0 + g, kB = kA + 8;
+    float ksA = a.scale_log2, ksB = a.scale_log2;
+    if constexpr (kF8) ksA = kA == pos ? a.scale_log2 : a.k_scale_log2, ksB = kB == pos ? a.scale_log2 : a.k_scale_log2;
+    st[0] = kA < ke ? st[0] * ksA : -INFINITY;
+    st[1] = kA < ke ? st[1] * ksA : -INFINITY;
+    st[2] = kB < ke ? st[2] * ksB : -INFINITY;
+    st[3] = kB < ke ? st[3] * ksB : -INFINITY;
+    online_softmax_cols(st, mh, lh, o);
     if constexpr (kF8) {  // the own value is unscaled: its weight / v_scale, undone by the final v_scale
-#pragma unroll
-      for (int n = 0; n < 2; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          if (key0 + n * 8 + tig * 2 + (e & 1) == pos) sc[n][e] *= a.inv_v_scale;
+      if (kA == pos) st[0] *= a.inv_v_scale, st[1] *= a.inv_v_scale;
+      if (kB == pos) st[2] *= a.inv_v_scale, st[3] *= a.inv_v_scale;
     }
-    // O += P V (P from registers, V via transposed ldmatrix).
-    uint32_t pa[4];
-    pa[0] = pack2<MT>(sc[0][0], sc[0][1]);
-    pa[1] = pack2<MT>(sc[0][2], sc[0][3]);
-    pa[2] = pack2<MT>(sc[1][0], sc[1][1]);
-    pa[3] = pack2<MT>(sc[1][2], sc[1][3]);
+    // O^T += V^T P^T: P^T's B fragments are the transposes of the two 8 x 8 halves of the score tile (keys 0-7,
+    // 8-15); V^T's A fragments come from the V tile by transposed ldmatrix.
+    const uint32_t pb0 = movmatrix_trans(pack2<MT>(st[0], st[1]));
+    const uint32_t pb1 = movmatrix_trans(pack2<MT>(st[2], st[3]));
 #pragma unroll
-    for (int d2 = 0; d2 < DP / 16; ++d2) {
-      uint32_t b[4];
-      ldmatrix_x4_trans(b, cV + (((lane >> 3) & 1) * 8 + (lane & 7)) * LD + (d2 * 2 + (lane >> 4)) * 8);
-      mma16816<MT>(o[2 * d2], pa, b[0], b[1]);
-      mma16816<MT>(o[2 * d2 + 1], pa, b[2], b[3]);
+    for (int m = 0; m < DP / 16; ++m) {
+      uint32_t va[4];
+      ldmatrix_x4_trans(va, cV + ((lane & 7) + (lane >> 4) * 8) * LD + m * 16 + ((lane >> 3) & 1) * 8);
+      mma16816<MT>(o[m], va, pb0, pb1);
     }
     __syncwarp();  // every lane done with this tile before its stage (16-bit) / the converted tile (FP8) is reused
   }
 
-  // Merge the NW warps: row sums over the quad, then (m, l, o) of every warp through shared memory.
-  lrow[0] += __shfl_xor_sync(0xffffffffu, lrow[0], 1);
-  lrow[0] += __shfl_xor_sync(0xffffffffu, lrow[0], 2);
-  lrow[1] += __shfl_xor_sync(0xffffffffu, lrow[1], 1);
-  lrow[1] += __shfl_xor_sync(0xffffffffu, lrow[1], 2);
+  // Merge the NW warps: column sums over the 8 lanes of a column, then (m, l, o) of every warp through shared memory.
+#pragma unroll
+  for (int x = 4; x < 32; x <<= 1) {
+    lh[0] += __shfl_xor_sync(0xffffffffu, lh[0], x);
+    lh[1] += __shfl_xor_sync(0xffffffffu, lh[1], x);
+  }
   cp_async_wait<0>();
   __syncthreads();  // the rings are free
-  auto& part = *reinterpret_cast<SoftmaxWarpPartials<NW, 16, DP>*>(loop_smem);  // rows = the 16 query heads
-  if (tig == 0) {
-    part.m[warp][g] = mrow[0];
-    part.m[warp][g + 8] = mrow[1];
-    part.l[warp][g] = lrow[0];
-    part.l[warp][g + 8] = lrow[1];
+  auto& part = *reinterpret_cast<SoftmaxWarpPartials<NW, kQH, DP>*>(loop_smem);  // rows = the 8 query heads
+  if (g == 0) {
+    part.m[warp][2 * tig] = mh[0];
+    part.m[warp][2 * tig + 1] = mh[1];
+    part.l[warp][2 * tig] = lh[0];
+    part.l[warp][2 * tig + 1] = lh[1];
   }
 #pragma unroll
-  for (int dn = 0; dn < DP / 8; ++dn) {
-    const int d = dn * 8 + tig * 2;
-    *reinterpret_cast<float2*>(&part.acc[warp][g][d]) = make_float2(o[dn][0], o[dn][1]);
-    *reinterpret_cast<float2*>(&part.acc[warp][g + 8][d]) = make_float2(o[dn][2], o[dn][3]);
+  for (int m = 0; m < DP / 16; ++m) {
+    const int d = m * 16 + g;
+    part.acc[warp][2 * tig][d] = o[m][0];
+    part.acc[warp][2 * tig + 1][d] = o[m][1];
+    part.acc[warp][2 * tig][d + 8] = o[m][2];
+    part.acc[warp][2 * tig + 1][d + 8] = o[m][3];
   }
   __syncthreads();
   const float out_scale = kF8 ? a.own.v_scale : 1.f;
@@ -351,7 +370,7 @@ cudaError_t launch_mma_t(MmaArgs<T, CT> a, int num_tokens, int nKV, int splits, 
   static unsigned long long configured = 0;  // per instantiation, one bit per device
   const cudaError_t e = smem_limit_once(kernel, smem, configured);
   if (e != cudaSuccess) return e;
-  a.hgroups = (a.G + 15) / 16;
+  a.hgroups = (a.G + kQH - 1) / kQH;
   dim3 grid(nKV * a.hgroups, splits, num_tokens);
   kernel<<<grid, c.warps * 32, smem, s>>>(a);
   return cudaGetLastError();

@@ -35,6 +35,15 @@ __device__ __forceinline__ void mma16816<bf16>(float (&d)[4], const uint32_t (&a
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// The transpose of an 8 x 8 16-bit matrix between lanes: x is this lane's pair of row lane / 4 (columns 2 (lane % 4)
+// and + 1, the low half first, as an mma accumulator tile packed to 16 bits), the result its pair of the transpose's
+// row lane / 4 (sm_75+).
+__device__ __forceinline__ uint32_t movmatrix_trans(uint32_t x) {
+  uint32_t r;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(r) : "r"(x));
+  return r;
+}
+
 // D += A(16x32, row) * B(32x8, col), E4M3 in, fp32 accumulators.
 __device__ __forceinline__ void mma_e4m3_16832(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(
