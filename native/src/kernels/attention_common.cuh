@@ -306,9 +306,10 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
 // Online softmax over one tile of mma.sync scores (log2 domain, masked entries -inf), for the two rows (g, g + 8)
 // a lane holds: sc[NT][4] are n-tiles of 8 keys (entries 0, 1 of row g, 2, 3 of row g + 8). Updates the running
 // max mrow and sum lrow (lane-partial: summed over the quad at the end), turns sc into the probabilities
-// 2^(s - max), and rescales the DN output accumulators o[DN][4] (same row split) to the new max. kSkipSettled:
-// leave o alone when no row's max moved (see below; the decode kernel's choice).
-template <int NT, int DN, bool kSkipSettled = false>
+// 2^(s - max), and rescales the DN output accumulators o[DN][4] (same row split) to the new max.
+// (The decode kernel's column form, online_softmax_cols, skips that rescale while no max moved; here causal prefill
+// moves the max often, and the vote made one context instantiation spill at its 96 registers.)
+template <int NT, int DN>
 __device__ __forceinline__ void online_softmax_tile(float (&sc)[NT][4], float (&mrow)[2], float (&lrow)[2],
                                                     float (&o)[DN][4]) {
   float mx0 = -INFINITY, mx1 = -INFINITY;
@@ -338,18 +339,12 @@ __device__ __forceinline__ void online_softmax_tile(float (&sc)[NT][4], float (&
   }
   lrow[0] = lrow[0] * c0 + rs0;
   lrow[1] = lrow[1] * c1 + rs1;
-  // The accumulators change only where a row's max moved (c != 1): after the first tiles of a decode split it
-  // rarely does, and query rows past the GQA group (all-zero q) never do, while these are 4 * DN multiplies a tile
-  // (64 at head_dim 128). Skipping a multiply by exactly 1 changes nothing. (Not for the
-  // context kernels: causal prefill moves the max often, and the vote made one of them spill at its 96 registers.)
-  if (!kSkipSettled || __any_sync(0xffffffffu, c0 != 1.f || c1 != 1.f)) {
 #pragma unroll
-    for (int dn = 0; dn < DN; ++dn) {
-      o[dn][0] *= c0;
-      o[dn][1] *= c0;
-      o[dn][2] *= c1;
-      o[dn][3] *= c1;
-    }
+  for (int dn = 0; dn < DN; ++dn) {
+    o[dn][0] *= c0;
+    o[dn][1] *= c0;
+    o[dn][2] *= c1;
+    o[dn][3] *= c1;
   }
 }
 
