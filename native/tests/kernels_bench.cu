@@ -1,8 +1,9 @@
-// Usage: kernels_bench [decode|sweep|fmha8|decode-one B CTX bf16|fp8 CFG]. "decode": only the large-batch decode
+// Usage: kernels_bench [decode|sweep|fmha8|context|decode-one B CTX bf16|fp8 CFG]. "decode": only the large-batch decode
 // attention tables (old vs new kernel at the Llama-3.1-8B batch-256 shape of the throughput benchmark, GQA ratios 4,
 // 2 and 1, with the kernel the runtime's rule picks; then variant 4's kernel configurations, bf16 and FP8 caches);
 // "sweep": only the configurations table; "fmha8": only the FP8-cache context table (fp16 kernel vs FP8 context
-// FMHA); "decode-one": three calls of one variant 4 configuration, nothing timed, for a profiler; default: everything.
+// FMHA); "context": only the 16-bit context table; "decode-one": three calls of one variant 4 configuration,
+// nothing timed, for a profiler; default: everything.
 // Micro-benchmark of paged_attention (Llama-2-7B shapes: 32 heads, 32 KV heads, head_dim 128, fp16, 32 tokens per
 // block) for decode at batch 1 / 64 and context 256 / 4096, plus context (prefill) attention and a few small
 // kernels at decode sizes. Times are medians of CUDA-graph replays (the runtime replays graphs), per call;
@@ -232,14 +233,32 @@ static void fp8_context_table() {
     }
 }
 
+// Context (prefill) attention, causal, includes the RoPE / cache-write kernel: fp16 Llama-2-7B heads (32 / 32 x 128)
+// and bf16 Llama-3.1-8B (32 / 8), the latter at the 8,192-token prefill step of 4 x 2,048 that the throughput
+// benchmark's 2048/128 shape runs.
+static void context_table() {
+  std::printf("\npaged_attention context (prefill, causal), 32 heads x 128\n");
+  std::printf("%6s %6s %6s %8s %11s %9s\n", "dtype", "kv", "seqs", "tokens", "graph_us", "TFLOP/s");
+  struct Shape { DType dt; int nKV, B, L; };
+  for (const Shape c : {Shape{DType::F16, 32, 1, 128}, {DType::F16, 32, 1, 2048}, {DType::F16, 32, 1, 4096},
+                        {DType::F16, 32, 8, 512}, {DType::BF16, 8, 4, 2048}, {DType::BF16, 8, 64, 128}}) {
+    AttnSetup a(c.B, c.L, c.L, 0, c.nKV, c.dt);
+    double g, st;
+    time_calls(8, [&](int i, cudaStream_t s) { a.call(i, s); }, &g, &st);
+    const double flops = 4.0 * c.B * a.nH * a.D * ((double)c.L * (c.L + 1) / 2);
+    std::printf("%6s %6d %6d %8d %11.2f %9.1f\n", c.dt == DType::F16 ? "f16" : "bf16", c.nKV, c.B, c.L, g,
+                flops / (g * 1e6));
+  }
+}
+
 int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IOLBF, 0);
   const std::string only = argc > 1 ? argv[1] : "";
   const bool one = only == "decode-one" && argc == 6;
-  if (argc > 1 && only != "decode" && only != "sweep" && only != "fmha8" && !one) {
-    std::printf("usage: kernels_bench [decode|sweep|fmha8|decode-one B CTX bf16|fp8 CFG]   (decode: only the "
+  if (argc > 1 && only != "decode" && only != "sweep" && only != "fmha8" && only != "context" && !one) {
+    std::printf("usage: kernels_bench [decode|sweep|fmha8|context|decode-one B CTX bf16|fp8 CFG]   (decode: only the "
                 "large-batch decode attention tables; sweep: only variant 4's configurations; fmha8: only the FP8-cache context "
-                "table; decode-one: three calls of variant 4 configuration CFG at Llama-3.1-8B batch B, context CTX, "
+                "table; context: only the 16-bit context table; decode-one: three calls of variant 4 configuration CFG at Llama-3.1-8B batch B, context CTX, "
                 "for a profiler: ncu --kernel-name regex:decode_mma --launch-skip 2 --launch-count 1)\n");
     return 2;
   }
@@ -264,6 +283,10 @@ int main(int argc, char** argv) {
   std::printf("device-to-device copy 1 GiB: %.1f us, %.0f GB/s (read+write)\n\n", copy_us, copy);
   if (only == "fmha8") {
     fp8_context_table();
+    return 0;
+  }
+  if (only == "context") {
+    context_table();
     return 0;
   }
   if (only != "sweep") decode_at_scale(l2_defeat, copy);
@@ -298,16 +321,7 @@ int main(int argc, char** argv) {
       }
     }
 
-  std::printf("\npaged_attention context (prefill, causal), fp16, 32 heads x 128\n");
-  std::printf("%6s %8s %11s %9s\n", "seqs", "tokens", "graph_us", "TFLOP/s");
-  for (auto cfg : {std::pair<int, int>{1, 128}, {1, 2048}, {1, 4096}, {8, 512}}) {
-    const int B = cfg.first, L = cfg.second;
-    AttnSetup a(B, L, L, 0);
-    double g, st;
-    time_calls(8, [&](int i, cudaStream_t s) { a.call(i, s); }, &g, &st);
-    const double flops = 4.0 * B * a.nH * a.D * ((double)L * (L + 1) / 2);
-    std::printf("%6d %8d %11.2f %9.1f\n", B, L, g, flops / (g * 1e6));
-  }
+  context_table();
   std::printf("\n");
   fp8_context_table();
 

@@ -1,9 +1,14 @@
 // Context (prefill / chunked-prefill / mixed) attention over the paged KV cache, FlashAttention-2 style.
-// Grid: (query head, query tile of 64 new tokens, sequence). 4 warps, 16 query rows each. K/V tiles of BK keys
-// are gathered from the paged cache with cp.async into a double-buffered shared-memory ring; S = Q K^T and
-// O += P V run on mma.sync m16n8k16 (fp16/bf16 in, fp32 accumulate) with an online softmax in registers.
-// Causal mask per row: key <= position of the row's token. Head dims are padded to DP (zeros) in shared memory.
-// Works for any mix of sequences (a decode sequence is a tile with one row).
+// Grid: (query head, query tile of BQ = 16 NW new tokens, sequence). NW warps, 16 query rows each. K/V tiles of BK
+// keys are gathered from the paged cache with cp.async into a double-buffered shared-memory ring that all NW warps
+// read; S = Q K^T and O += P V run on mma.sync m16n8k16 (fp16/bf16 in, fp32 accumulate) with an online softmax in
+// registers. Causal mask per row: key <= position of the row's token. Head dims are padded to DP (zeros) in shared
+// memory. Works for any mix of sequences (a decode sequence is a tile with one row).
+// Why 8 warps at head_dim <= 128 (4 before session 11): a K/V tile fetched once feeds twice the rows (the fetch,
+// its block-table lookups and the barriers are per block), and 2 blocks of 8 warps per SM keep twice the warps in
+// flight of 2 blocks of 4 (shared memory allows 2 either way). A warp skips the products of a tile that lies wholly
+// past its rows' positions (the causal triangle's far side inside a 128-row tile, and the 15 idle warps' worth of a
+// one-row decode tile) and of tiles when all its rows are padding: exact, as a masked tile adds nothing.
 // FP8 KV cache (CT = uint8_t) when the FP8 context FMHA does not run (AttnParams::fp8_context_fmha,
 // attention_context_fp8.cu): keys before this step's first new position are read from the cache (8 bytes per 8
 // dims, times k_scale / v_scale, rounded to T into shared memory); this step's own keys and values come unrounded
@@ -18,31 +23,33 @@ namespace {
 
 template <int DP>
 struct CtxCfg {
+  static constexpr int NW = DP > 128 ? 4 : 8;  // warps (of 16 query rows) per block
+  static constexpr int BQ = 16 * NW, THREADS = 32 * NW;
   static constexpr int BK = DP > 128 ? 32 : 64;
   static constexpr int LD = DP + 8;  // padded row (elements): 16-byte shift per row, no ldmatrix bank conflicts
   template <typename T>
   static constexpr size_t smem_bytes() {
-    return (size_t)(kBQ + 4 * BK) * LD * sizeof(T);
+    return (size_t)(BQ + 4 * BK) * LD * sizeof(T);  // 104 KB at head_dim 128: 2 blocks per SM
   }
 };
 
 template <typename T, typename CT, int DP>
-__global__ void __launch_bounds__(kCtxThreads) context_kernel(const T* __restrict__ q, int q_stride,
+__global__ void __launch_bounds__(CtxCfg<DP>::THREADS, 2) context_kernel(const T* __restrict__ q, int q_stride,
                                                               T* __restrict__ out, KVView<CT> kv,
                                                               const int32_t* __restrict__ positions,
                                                               const int32_t* __restrict__ seq_start, int nH, int G,
                                                               float scale_log2, OwnKV<T> own) {
   constexpr bool kFp8 = sizeof(CT) == 1;
-  constexpr int BK = CtxCfg<DP>::BK, LD = CtxCfg<DP>::LD;
+  constexpr int BK = CtxCfg<DP>::BK, LD = CtxCfg<DP>::LD, BQ = CtxCfg<DP>::BQ, THREADS = CtxCfg<DP>::THREADS;
   constexpr int CPR = DP / 8;  // 16-byte chunks per row
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
-  T* sK = sQ + kBQ * LD;      // [2][BK][LD]
-  T* sV = sK + 2 * BK * LD;   // [2][BK][LD]
-  __shared__ int s_pos[kBQ];
+  T* sK = sQ + BQ * LD;      // [2][BK][LD]
+  T* sV = sK + 2 * BK * LD;  // [2][BK][LD]
+  __shared__ int s_pos[BQ];
   __shared__ int s_mm[2];
 
-  CtxTile t;
+  CtxTile<BQ> t;
   if (!t.init(seq_start)) return;
   const int seq = t.seq, st = t.st, q0 = t.q0, rows = t.rows;
   const int h = blockIdx.x;
@@ -53,7 +60,7 @@ __global__ void __launch_bounds__(kCtxThreads) context_kernel(const T* __restric
 
   ctx_positions(t, positions, s_pos, s_mm);
   // Q tile (rows past the sequence and dims past D are zero-filled).
-  for (int c = tid; c < kBQ * CPR; c += kCtxThreads) {
+  for (int c = tid; c < BQ * CPR; c += THREADS) {
     const int r = c / CPR, cc = c % CPR;
     const bool ok = r < rows && cc * 8 < D;
     const T* src = ok ? q + (size_t)(st + q0 + r) * q_stride + (size_t)h * D + cc * 8 : q;
@@ -61,7 +68,6 @@ __global__ void __launch_bounds__(kCtxThreads) context_kernel(const T* __restric
   }
   __syncthreads();
   const int kv_end = s_mm[0] + 1;
-  const int min_pos = s_mm[1];  // -1 when the tile has padding rows
   const int ntiles = (kv_end + BK - 1) / BK;
 
   const int pos0 = positions[st];  // this step's first new position of the sequence (new tokens are consecutive)
@@ -69,7 +75,7 @@ __global__ void __launch_bounds__(kCtxThreads) context_kernel(const T* __restric
   auto load_kv = [&](int j, int stage) {
     T* dk = sK + stage * BK * LD;
     T* dv = sV + stage * BK * LD;
-    for (int c = tid; c < BK * CPR; c += kCtxThreads) {
+    for (int c = tid; c < BK * CPR; c += THREADS) {
       const int r = c / CPR, cc = c % CPR;
       const int key = j * BK + r;
       const bool ok = key < kv_end && cc * 8 < D;
@@ -103,6 +109,10 @@ __global__ void __launch_bounds__(kCtxThreads) context_kernel(const T* __restric
   float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.f, 0.f};
   const int r0 = warp * 16 + g;
   const int p0 = s_pos[r0], p1 = s_pos[r0 + 8];
+  // This warp's rows: the tiles it needs (none when all its rows are padding, position -1) and the smallest
+  // position (-1 with padding rows), below which no key of a tile needs the mask.
+  const int w_tiles = (__reduce_max_sync(0xffffffffu, max(p0, p1)) + BK) / BK;
+  const int w_min = __reduce_min_sync(0xffffffffu, min(p0, p1));
 
   load_kv(0, 0);
   cp_async_commit();
@@ -116,33 +126,35 @@ __global__ void __launch_bounds__(kCtxThreads) context_kernel(const T* __restric
       cp_async_wait<0>();
     }
     __syncthreads();
-    const T* cK = sK + stage * BK * LD;
-    const T* cV = sV + stage * BK * LD;
+    if (j < w_tiles) {
+      const T* cK = sK + stage * BK * LD;
+      const T* cV = sV + stage * BK * LD;
 
-    // S = Q K^T for this warp's 16 rows and BK keys.
-    float sc[BK / 8][4];
-    ctx_scores<BK, DP * sizeof(T), LD * sizeof(T)>(sc, reinterpret_cast<const unsigned char*>(sQ),
-                                   reinterpret_cast<const unsigned char*>(cK), warp, lane,
-                                   [](float(&d)[4], const uint32_t(&a)[4], uint32_t b0, uint32_t b1) {
-                                     mma16816<T>(d, a, b0, b1);
-                                   });
-    // Scale into the log2 domain, causal mask, online softmax.
-    ctx_scale_mask(sc, j * BK, tig, scale_log2, scale_log2, p0, p1, j * BK + BK - 1 > min_pos);
-    online_softmax_tile(sc, mrow, lrow, o);
-    // O += P V (P from registers, V via transposed ldmatrix).
+      // S = Q K^T for this warp's 16 rows and BK keys.
+      float sc[BK / 8][4];
+      ctx_scores<BK, DP * sizeof(T), LD * sizeof(T)>(sc, reinterpret_cast<const unsigned char*>(sQ),
+                                     reinterpret_cast<const unsigned char*>(cK), warp, lane,
+                                     [](float(&d)[4], const uint32_t(&a)[4], uint32_t b0, uint32_t b1) {
+                                       mma16816<T>(d, a, b0, b1);
+                                     });
+      // Scale into the log2 domain, causal mask, online softmax.
+      ctx_scale_mask(sc, j * BK, tig, scale_log2, scale_log2, p0, p1, j * BK + BK - 1 > w_min);
+      online_softmax_tile(sc, mrow, lrow, o);
+      // O += P V (P from registers, V via transposed ldmatrix).
 #pragma unroll
-    for (int k2 = 0; k2 < BK / 16; ++k2) {
-      uint32_t a[4];
-      a[0] = pack2<T>(sc[2 * k2][0], sc[2 * k2][1]);
-      a[1] = pack2<T>(sc[2 * k2][2], sc[2 * k2][3]);
-      a[2] = pack2<T>(sc[2 * k2 + 1][0], sc[2 * k2 + 1][1]);
-      a[3] = pack2<T>(sc[2 * k2 + 1][2], sc[2 * k2 + 1][3]);
+      for (int k2 = 0; k2 < BK / 16; ++k2) {
+        uint32_t a[4];
+        a[0] = pack2<T>(sc[2 * k2][0], sc[2 * k2][1]);
+        a[1] = pack2<T>(sc[2 * k2][2], sc[2 * k2][3]);
+        a[2] = pack2<T>(sc[2 * k2 + 1][0], sc[2 * k2 + 1][1]);
+        a[3] = pack2<T>(sc[2 * k2 + 1][2], sc[2 * k2 + 1][3]);
 #pragma unroll
-      for (int d2 = 0; d2 < DP / 16; ++d2) {
-        uint32_t b[4];
-        ldmatrix_x4_trans(b, cV + (k2 * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LD + (d2 * 2 + (lane >> 4)) * 8);
-        mma16816<T>(o[2 * d2], a, b[0], b[1]);
-        mma16816<T>(o[2 * d2 + 1], a, b[2], b[3]);
+        for (int d2 = 0; d2 < DP / 16; ++d2) {
+          uint32_t b[4];
+          ldmatrix_x4_trans(b, cV + (k2 * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LD + (d2 * 2 + (lane >> 4)) * 8);
+          mma16816<T>(o[2 * d2], a, b[0], b[1]);
+          mma16816<T>(o[2 * d2 + 1], a, b[2], b[3]);
+        }
       }
     }
     __syncthreads();  // this stage is reloaded by the next iteration's prefetch
@@ -158,9 +170,10 @@ cudaError_t launch_context_t(const T* q, int q_stride, T* out, const KVView<CT>&
   static unsigned long long configured = 0;  // per instantiation, one bit per device
   const cudaError_t e = smem_limit_once(context_kernel<T, CT, DP>, smem, configured);
   if (e != cudaSuccess) return e;
-  const int qtiles = (step.max_new_tokens + kBQ - 1) / kBQ;
+  constexpr int BQ = CtxCfg<DP>::BQ;
+  const int qtiles = (step.max_new_tokens + BQ - 1) / BQ;
   dim3 grid(nH, qtiles, step.num_seqs);
-  context_kernel<T, CT, DP><<<grid, kCtxThreads, smem, s>>>(q, q_stride, out, kv, step.positions, step.seq_start, nH,
+  context_kernel<T, CT, DP><<<grid, CtxCfg<DP>::THREADS, smem, s>>>(q, q_stride, out, kv, step.positions, step.seq_start, nH,
                                                             G, scale_log2, own);
   return cudaGetLastError();
 }

@@ -1,7 +1,7 @@
 // What the two context-attention kernels share (attention_context.cu: fp16/bf16 tensor cores; attention_context_fp8.cu:
 // E4M3 tensor cores): the grid's query tile and its rows' positions, the scale and causal mask of a tile of
-// mma.sync scores, and the output epilogue. Grid: (query head, query tile of kBQ new tokens, sequence), kCtxThreads
-// threads = 4 warps of 16 query rows; a lane holds rows g = lane / 4 and g + 8 of its warp's 16.
+// mma.sync scores, and the output epilogue. Grid: (query head, query tile of BQ new tokens, sequence), BQ / 16
+// warps of 16 query rows; a lane holds rows g = lane / 4 and g + 8 of its warp's 16.
 #pragma once
 #include <limits.h>
 #include <math.h>
@@ -11,12 +11,10 @@
 namespace tsllm {
 namespace kd {
 
-constexpr int kBQ = 64;
-constexpr int kCtxThreads = 128;
-
-// This block's query tile: tile qt (longest tiles first) of sequence seq, whose new tokens are packed from st.
+// This block's query tile of BQ rows: tile qt (longest tiles first) of sequence seq, whose new tokens are packed from st.
+template <int BQ>
 struct CtxTile {
-  int seq, st, q0, rows;  // q0: the tile's first new token (relative to st); rows: its tokens (<= kBQ)
+  int seq, st, q0, rows;  // q0: the tile's first new token (relative to st); rows: its tokens (<= BQ)
 
   // False when the tile lies past the sequence's new tokens (the block has nothing to do).
   __device__ __forceinline__ bool init(const int32_t* seq_start) {
@@ -24,21 +22,22 @@ struct CtxTile {
     seq = blockIdx.z;
     st = seq_start[seq];
     const int n_new = seq_start[seq + 1] - st;
-    q0 = qt * kBQ;
-    rows = min(kBQ, n_new - q0);
+    q0 = qt * BQ;
+    rows = min(BQ, n_new - q0);
     return q0 < n_new;
   }
 };
 
 // The positions of the tile's rows into s_pos (-1 for padding rows) and their max / min into s_mm[0] / s_mm[1].
-// Read them after the caller's next __syncthreads (the kernels load their Q tile in between).
-__device__ __forceinline__ void ctx_positions(const CtxTile& t, const int32_t* positions, int* s_pos, int* s_mm) {
+// Read them after the caller's next __syncthreads (the kernels load their Q tile in between). Needs BQ <= threads.
+template <int BQ>
+__device__ __forceinline__ void ctx_positions(const CtxTile<BQ>& t, const int32_t* positions, int* s_pos, int* s_mm) {
   if (threadIdx.x == 0) {
     s_mm[0] = -1;
     s_mm[1] = INT_MAX;
   }
   __syncthreads();
-  if (threadIdx.x < kBQ) {
+  if (threadIdx.x < BQ) {
     const int pos = (int)threadIdx.x < t.rows ? positions[t.st + t.q0 + threadIdx.x] : -1;
     s_pos[threadIdx.x] = pos;
     atomicMax(&s_mm[0], pos);
@@ -87,9 +86,9 @@ __device__ __forceinline__ void ctx_scale_mask(float (&sc)[NT][4], int j0, int t
 
 // The epilogue: rows r0 and r0 + 8 of the tile (those < t.rows) of o[DN][4] (dims dn * 8 + 2 tig, + 1; those < D),
 // times mul / (the row's sum of probabilities: lrow is lane-partial, summed over the quad here), to out[token, h].
-template <typename T, int DN>
+template <typename T, int DN, int BQ>
 __device__ __forceinline__ void ctx_store(const float (&o)[DN][4], float (&lrow)[2], float mul, T* out,
-                                          const CtxTile& t, int r0, int tig, int h, int nH, int D) {
+                                          const CtxTile<BQ>& t, int r0, int tig, int h, int nH, int D) {
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     lrow[i] += __shfl_xor_sync(0xffffffffu, lrow[i], 1);

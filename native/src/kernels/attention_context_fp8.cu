@@ -30,6 +30,8 @@ namespace tsllm {
 namespace kd {
 namespace {
 
+constexpr int kBQ = 64;           // query rows per block: 4 warps of 16
+constexpr int kCtxThreads = 128;
 constexpr int kBK8 = 64;  // keys per K/V tile (two 32-key blocks of the P·V product)
 
 template <int DP>
@@ -83,7 +85,7 @@ __global__ void __launch_bounds__(kCtxThreads)
   __shared__ int s_mm[2];
   __shared__ float s_amax[kBQ];
 
-  CtxTile t;
+  CtxTile<kBQ> t;
   if (!t.init(seq_start)) return;
   const int h = blockIdx.x, hk = h / G, D = kv.D;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
