@@ -307,8 +307,8 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
 // a lane holds: sc[NT][4] are n-tiles of 8 keys (entries 0, 1 of row g, 2, 3 of row g + 8). Updates the running
 // max mrow and sum lrow (lane-partial: summed over the quad at the end), turns sc into the probabilities
 // 2^(s - max), and rescales the DN output accumulators o[DN][4] (same row split) to the new max.
-// (The decode kernel's column form, online_softmax_cols, skips that rescale while no max moved; here causal prefill
-// moves the max often, and the vote made one context instantiation spill at its 96 registers.)
+// (The decode kernel's column form, online_softmax_cols, skips that rescale while no max moved. Not here: causal
+// prefill moves the max often, and in session 10 the vote made one context-kernel instantiation spill.)
 template <int NT, int DN>
 __device__ __forceinline__ void online_softmax_tile(float (&sc)[NT][4], float (&mrow)[2], float (&lrow)[2],
                                                     float (&o)[DN][4]) {

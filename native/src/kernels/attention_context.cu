@@ -7,8 +7,8 @@
 // Why 8 warps at head_dim <= 128 (4 before session 11): a K/V tile fetched once feeds twice the rows (the fetch,
 // its block-table lookups and the barriers are per block), and 2 blocks of 8 warps per SM keep twice the warps in
 // flight of 2 blocks of 4 (shared memory allows 2 either way). A warp skips the products of a tile that lies wholly
-// past its rows' positions (the causal triangle's far side inside a 128-row tile, and the 15 idle warps' worth of a
-// one-row decode tile) and of tiles when all its rows are padding: exact, as a masked tile adds nothing.
+// past its rows' positions (the far side of the causal diagonal inside a 128-row tile) and all products when its
+// rows are all padding (7 of the 8 warps of a one-row tile): exact, as a masked tile adds nothing.
 // FP8 KV cache (CT = uint8_t) when the FP8 context FMHA does not run (AttnParams::fp8_context_fmha,
 // attention_context_fp8.cu): keys before this step's first new position are read from the cache (8 bytes per 8
 // dims, times k_scale / v_scale, rounded to T into shared memory); this step's own keys and values come unrounded
@@ -34,11 +34,10 @@ struct CtxCfg {
 };
 
 template <typename T, typename CT, int DP>
-__global__ void __launch_bounds__(CtxCfg<DP>::THREADS, 2) context_kernel(const T* __restrict__ q, int q_stride,
-                                                              T* __restrict__ out, KVView<CT> kv,
-                                                              const int32_t* __restrict__ positions,
-                                                              const int32_t* __restrict__ seq_start, int nH, int G,
-                                                              float scale_log2, OwnKV<T> own) {
+__global__ void __launch_bounds__(CtxCfg<DP>::THREADS, 2)
+    context_kernel(const T* __restrict__ q, int q_stride, T* __restrict__ out, KVView<CT> kv,
+                   const int32_t* __restrict__ positions, const int32_t* __restrict__ seq_start, int nH, int G,
+                   float scale_log2, OwnKV<T> own) {
   constexpr bool kFp8 = sizeof(CT) == 1;
   constexpr int BK = CtxCfg<DP>::BK, LD = CtxCfg<DP>::LD, BQ = CtxCfg<DP>::BQ, THREADS = CtxCfg<DP>::THREADS;
   constexpr int CPR = DP / 8;  // 16-byte chunks per row
