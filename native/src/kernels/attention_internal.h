@@ -77,9 +77,9 @@ cudaError_t rope_and_cache_write(const void* q, int q_stride, const void* k, int
 //                outside its range (DecodeSplit::fast false: nKV x tokens > #SMs, max_seq_len > 1024, no sm_90
 //                clusters) and FP8 caches run variant 4 when num_heads / num_kv_heads >= AttnParams::mma_min_gqa,
 //                else variant 2.
-//   4: rope_cache kernel, then decode_mma_kernel (attention_decode_mma.cu: a GQA group's query heads as the rows of
-//      one tensor-core tile, cp.async K/V pipeline; FP8 caches converted to the activation dtype per tile, head_dim
-//      a multiple of 16, else variant 2), then decode_reduce_kernel when split.
+//   4: rope_cache kernel, then decode_mma_kernel (attention_decode_mma.cu: keys as the rows and up to 8 of a GQA
+//      group's query heads as the columns of tensor-core tiles, cp.async K/V pipeline; FP8 caches converted to fp16
+//      per tile, head_dim a multiple of 16, else variant 2), then decode_reduce_kernel when split.
 //   2: rope_cache kernel, then decode_kernel (CUDA cores) on the rotated q, then decode_reduce_kernel when split.
 // (Variants 0/1, RoPE fused into decode_kernel, were removed: correct but 19-25% slower at batch 64 on H100,
 // kernels-notes.md.)
