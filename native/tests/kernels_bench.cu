@@ -1,8 +1,8 @@
-// Usage: kernels_bench [decode|sweep|fmha8|context|decode-one B CTX bf16|fp8 CFG]. "decode": only the large-batch decode
-// attention tables (old vs new kernel at the Llama-3.1-8B batch-256 shape of the throughput benchmark, GQA ratios 4,
-// 2 and 1, with the kernel the runtime's rule picks; then variant 4's kernel configurations, bf16 and FP8 caches);
-// "sweep": only the configurations table; "fmha8": only the FP8-cache context table (fp16 kernel vs FP8 context
-// FMHA); "context": only the 16-bit context table; "decode-one": three calls of one variant 4 configuration,
+// Usage: kernels_bench [decode|sweep|fmha8|context|decode-one B CTX bf16|fp8 CFG]. "decode": only the large-batch
+// decode attention tables (old vs new kernel at the Llama-3.1-8B batch-256 shape of the throughput benchmark, GQA
+// ratios 4, 2 and 1, with the kernel the runtime's rule picks; then variant 4's kernel configurations, bf16 and FP8
+// caches); "sweep": only the configurations table; "fmha8": only the FP8-cache context table (fp16 kernel vs FP8
+// context FMHA); "context": only the 16-bit context table; "decode-one": three calls of one variant 4 configuration,
 // nothing timed, for a profiler; default: everything.
 // Micro-benchmark of paged_attention (Llama-2-7B shapes: 32 heads, 32 KV heads, head_dim 128, fp16, 32 tokens per
 // block) for decode at batch 1 / 64 and context 256 / 4096, plus context (prefill) attention and a few small
@@ -257,9 +257,10 @@ int main(int argc, char** argv) {
   const bool one = only == "decode-one" && argc == 6;
   if (argc > 1 && only != "decode" && only != "sweep" && only != "fmha8" && only != "context" && !one) {
     std::printf("usage: kernels_bench [decode|sweep|fmha8|context|decode-one B CTX bf16|fp8 CFG]   (decode: only the "
-                "large-batch decode attention tables; sweep: only variant 4's configurations; fmha8: only the FP8-cache context "
-                "table; context: only the 16-bit context table; decode-one: three calls of variant 4 configuration CFG at Llama-3.1-8B batch B, context CTX, "
-                "for a profiler: ncu --kernel-name regex:decode_mma --launch-skip 2 --launch-count 1)\n");
+                "large-batch decode attention tables; sweep: only variant 4's configurations; fmha8: only the "
+                "FP8-cache context table; context: only the 16-bit context table; decode-one: three calls of variant "
+                "4 configuration CFG at Llama-3.1-8B batch B, context CTX, for a profiler: ncu --kernel-name "
+                "regex:decode_mma --launch-skip 2 --launch-count 1)\n");
     return 2;
   }
   if (one) {

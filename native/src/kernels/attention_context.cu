@@ -150,7 +150,8 @@ __global__ void __launch_bounds__(CtxCfg<DP>::THREADS, 2)
 #pragma unroll
         for (int d2 = 0; d2 < DP / 16; ++d2) {
           uint32_t b[4];
-          ldmatrix_x4_trans(b, cV + (k2 * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LD + (d2 * 2 + (lane >> 4)) * 8);
+          ldmatrix_x4_trans(b, cV + (k2 * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LD +
+                                   (d2 * 2 + (lane >> 4)) * 8);
           mma16816<T>(o[2 * d2], a, b[0], b[1]);
           mma16816<T>(o[2 * d2 + 1], a, b[2], b[3]);
         }
@@ -172,8 +173,8 @@ cudaError_t launch_context_t(const T* q, int q_stride, T* out, const KVView<CT>&
   constexpr int BQ = CtxCfg<DP>::BQ;
   const int qtiles = (step.max_new_tokens + BQ - 1) / BQ;
   dim3 grid(nH, qtiles, step.num_seqs);
-  context_kernel<T, CT, DP><<<grid, CtxCfg<DP>::THREADS, smem, s>>>(q, q_stride, out, kv, step.positions, step.seq_start, nH,
-                                                            G, scale_log2, own);
+  context_kernel<T, CT, DP><<<grid, CtxCfg<DP>::THREADS, smem, s>>>(q, q_stride, out, kv, step.positions,
+                                                                   step.seq_start, nH, G, scale_log2, own);
   return cudaGetLastError();
 }
 

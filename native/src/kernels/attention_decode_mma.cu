@@ -63,15 +63,9 @@ struct MmaArgs : DecodeIO<T> {
   int guess_seq;       // token t is sequence t (pure decode: num_seqs == num_tokens), checked on device
 };
 
-// 8 E4M3 bytes -> 8 fp16 values (exact), 16 bytes.
-__device__ __forceinline__ uint4 e4m3x8_to_h(const uint2& u) {
-  uint32_t w[4];
-#pragma unroll
-  for (int j = 0; j < 4; ++j) w[j] = e4m3x2_to_h2((j < 2 ? u.x : u.y) >> (16 * (j & 1)));
-  return make_uint4(w[0], w[1], w[2], w[3]);
-}
-
-// 8 bf16 -> 8 fp16 (16 bytes each), for an FP8 cache's fp16 products over a bf16 model's q and own k / v.
+// 8 bf16 -> 8 fp16 (16 bytes each), for an FP8 cache's fp16 products over a bf16 model's q and own k / v. (Pairs
+// through to_f2, not unpack8 / pack8: with unpack8's element pointer nvcc split the 16-byte global loads of q and
+// the own k / v into 16-bit ones, in the PTX.)
 __device__ __forceinline__ uint4 bf16x8_to_h(const uint4& u) {
   uint32_t w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll

@@ -36,6 +36,14 @@ __device__ __forceinline__ uint32_t e4m3x2_to_h2(uint32_t two) {
   return uint32_t(h.x) | (uint32_t(h.y) << 16);
 }
 
+// 8 E4M3 bytes -> 8 fp16 values (exact), 16 bytes.
+__device__ __forceinline__ uint4 e4m3x8_to_h(const uint2& u) {
+  uint32_t w[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) w[j] = e4m3x2_to_h2((j < 2 ? u.x : u.y) >> (16 * (j & 1)));
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
 // 4 E4M3 bytes of a 32-bit word -> f[0..3].
 __device__ __forceinline__ void e4m3x4_to_f(uint32_t u, float* f) {
   const float2 a = e4m3x2_to_f2(u), b = e4m3x2_to_f2(u >> 16);
