@@ -10,8 +10,8 @@
 // merged through shared memory at the end. Split-K partials use decode_kernel's format and decode_reduce_kernel.
 // (NW, S, prefetch) come from kDecodeMmaConfigs (attention_internal.h); entry 0, 2 warps, 2 stages and the
 // block-table prefetch, is what the runtime runs (kernels-notes.md).
-// FP8 (E4M3) cache: the ring holds the cache's bytes (half a 16-bit tile); each warp converts its landed tile into a
-// warp-private fp16 K/V tile (E4M3 values are exact in fp16) for the same ldmatrix / mma code, in fp16 also for a
+// FP8 (E4M3) cache: the ring holds the cache's bytes (half a 16-bit tile); each warp converts its landed K tile, and
+// after the scores its V tile, into one warp-private fp16 tile (E4M3 values are exact in fp16) for the same ldmatrix / mma code, in fp16 also for a
 // bf16 model (its q tile converted once; see MT in the kernel). k_scale and
 // v_scale stay in fp32, outside the tiles: k_scale is folded into the score scale, v_scale into the output. The
 // step's own key and value (the last key of the last split) enter unrounded, as in decode_kernel's FP8 path: the
@@ -34,8 +34,8 @@ constexpr int kQH = 8;      // query heads per block (the mma's N)
 
 // Shared memory of one configuration: the Q tile, then per warp a ring of S stages of K and V tiles as the cache
 // stores them (16-bit: rows padded to LD elements, read by ldmatrix; FP8: DP bytes a row, read only by the
-// conversion, row after row) and, for an FP8 cache, the K and V tiles converted to fp16. The warps' merge reuses all
-// of it after the loop.
+// conversion, row after row) and, for an FP8 cache, one tile converted to fp16 (K, then V: one instead of two
+// lets 8 blocks of 2 warps share an SM instead of 6). The warps' merge reuses all of it after the loop.
 template <typename T, typename CT, int DP, int NW, int S>
 struct MmaLayout {
   static constexpr bool kF8 = sizeof(CT) == 1;
@@ -44,7 +44,7 @@ struct MmaLayout {
   static constexpr int RING_ROW = kF8 ? DP : LD;  // CT elements per ring row
   static constexpr int RING_TILE = kMmaBK * RING_ROW;
   static constexpr size_t kRingBytes = (size_t)S * 2 * RING_TILE * sizeof(CT);  // per warp
-  static constexpr size_t kCvtBytes = kF8 ? (size_t)2 * TILE * sizeof(T) : 0;   // per warp
+  static constexpr size_t kCvtBytes = kF8 ? (size_t)TILE * sizeof(T) : 0;       // per warp: K, then V
   static constexpr size_t kQBytes = (size_t)kQH * LD * sizeof(T);
   static constexpr size_t bytes() {
     const size_t loop = NW * (kRingBytes + kCvtBytes);
@@ -254,7 +254,7 @@ __global__ void __launch_bounds__(NW * 32) decode_mma_kernel(const MmaArgs<T, CT
   float mh[2] = {-INFINITY, -INFINITY}, lh[2] = {0.f, 0.f};  // heads 2 tig, 2 tig + 1 (lh: this lane's keys)
 
   // Tile n is issued into stage n % S once the warp is done reading tile n - S there: 16-bit, at the top of
-  // iteration n - S + 1 (after the products of tile n - S); FP8, right after the conversion of tile n - S. The
+  // iteration n - S + 1 (after the products of tile n - S); FP8, right after the conversion of tile n - S's V. The
   // first tiles not issued before the Q tile (16-bit: tiles kEarly..S - 1 by the first rule; FP8: tile S - 1) at
   // the top of iteration 0.
   auto issue = [&](int n) {
@@ -268,24 +268,24 @@ __global__ void __launch_bounds__(NW * 32) decode_mma_kernel(const MmaArgs<T, CT
     __syncwarp();            // the warp's copies of tile i visible to every lane
     const int key0 = kb + (warp + i * NW) * kMmaBK;
     const CT* cur = wring + (i % S) * 2 * RTILE;
-    const MT* cK;
-    if constexpr (kF8) {
+    // FP8: the ring's E4M3 tile (ring row r = cache row; part 0 = K, 1 = V) into the warp's one fp16 tile, the
+    // step's own key / value (unrounded) in its row.
+    auto convert = [&](int part, const uint4& own_row) {
       const int cc = lane % CPR;
 #pragma unroll
       for (int r = lane / CPR; r < kMmaBK; r += 32 / CPR) {
-        const bool own = key0 + r == pos;
-        const uint2 k8 = *reinterpret_cast<const uint2*>(cur + r * RROW + cc * 8);
-        const uint2 v8 = *reinterpret_cast<const uint2*>(cur + RTILE + r * RROW + cc * 8);
-        *reinterpret_cast<uint4*>(wcvt + r * LD + cc * 8) = own ? own_k : e4m3x8_to_h(k8);
-        *reinterpret_cast<uint4*>(wcvt + TILE + r * LD + cc * 8) = own ? own_v : e4m3x8_to_h(v8);
+        const uint2 b8 = *reinterpret_cast<const uint2*>(cur + part * RTILE + r * RROW + cc * 8);
+        *reinterpret_cast<uint4*>(wcvt + r * LD + cc * 8) = key0 + r == pos ? own_row : e4m3x8_to_h(b8);
       }
-      __syncwarp();  // the converted tile visible to every lane, the ring stage free
-      issue(i + S);
+      __syncwarp();  // the converted tile visible to every lane
+    };
+    const MT* cK;
+    if constexpr (kF8) {
+      convert(0, own_k);
       cK = wcvt;
     } else {
       cK = reinterpret_cast<const MT*>(cur);
     }
-    const MT* cV = cK + TILE;
 
     // S^T = K Q^T: keys key0 + g (entries 0, 1) and key0 + g + 8 (2, 3) x heads 2 tig, 2 tig + 1.
     float st[4] = {0.f, 0.f, 0.f, 0.f};
@@ -313,6 +313,15 @@ __global__ void __launch_bounds__(NW * 32) decode_mma_kernel(const MmaArgs<T, CT
     // 8-15); V^T's A fragments come from the V tile by transposed ldmatrix.
     const uint32_t pb0 = movmatrix_trans(pack2<MT>(st[0], st[1]));
     const uint32_t pb1 = movmatrix_trans(pack2<MT>(st[2], st[3]));
+    const MT* cV;
+    if constexpr (kF8) {
+      __syncwarp();  // every lane done reading K from the converted tile, which V now takes
+      convert(1, own_v);
+      issue(i + S);  // the ring stage is free
+      cV = wcvt;
+    } else {
+      cV = cK + TILE;
+    }
 #pragma unroll
     for (int m = 0; m < DP / 16; ++m) {
       uint32_t va[4];

@@ -35,6 +35,10 @@ struct Tunables {
   // fused both qkv and gate/up, 2.756 ms unfused; int8 / int4: the tuner already keeps the unfused pair).
   bool quant_gemv_prologue = false;
   bool fp8_outer_vec = true;
+  // FP8 cuBLASLt GEMMs with CUBLASLT_MATMUL_DESC_FAST_ACCUM: intermediate results are not periodically promoted to a
+  // higher precision (cuBLASLt's words: "might be faster but at the cost of lower accuracy"), the mode TensorRT-LLM's
+  // FP8 GEMM wrapper, FBGEMM and PyTorch's scaled_mm(use_fast_accum) offer for inference. Not the quantised gemv.
+  bool fp8_fast_accum = true;
   // The weight pass (file_pass.h), environment only: reader threads (0: the hardware threads, at most 16),
   // O_DIRECT (-1: for chunks the page cache lacks, 0 never, 1 every chunk).
   int load_threads = 0;

@@ -67,6 +67,7 @@ void QuantGemm::init(const QuantWorkspace& need, const Tunables& tun) {
   gemv_on = tun.quant_gemv;
   gemv_force = tun.quant_gemv_variant;
   fp8_outer = tun.fp8_outer_vec;
+  fast_accum = tun.fp8_fast_accum;
   tune = tun.gemm_tune;
   pdl = tun.pdl;
   verbose = tun.profile != 0;
@@ -297,6 +298,11 @@ std::string QuantGemm::fp8_plan(int M, int N, int K, const void* w, const void* 
     return fail(e);
   if (!(e = lt(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "TRANSB")).empty())
     return fail(e);
+  const int8_t fast = fast_accum ? 1 : 0;
+  if (!(e = lt(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof(fast)),
+               "FAST_ACCUM"))
+           .empty())
+    return fail(e);
   if (!(e = lt(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(N), int64_t(K)), "layout A"))
            .empty())
     return fail(e);
@@ -350,6 +356,7 @@ std::string QuantGemm::fp8_outer_plan(int M, int N, int K, const void* bias_ptr,
   if (cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS) return give_up();
   cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
   cublasLtMatmulMatrixScale_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+  const int8_t fast = fast_accum ? 1 : 0;
   cublasLtEpilogue_t epi = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
   bool ok = cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)) == CUBLAS_STATUS_SUCCESS &&
             cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)) == CUBLAS_STATUS_SUCCESS &&
@@ -358,6 +365,8 @@ std::string QuantGemm::fp8_outer_plan(int M, int N, int K, const void* bias_ptr,
             cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof(mode)) ==
                 CUBLAS_STATUS_SUCCESS &&
             cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)) ==
+                CUBLAS_STATUS_SUCCESS &&
+            cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof(fast)) ==
                 CUBLAS_STATUS_SUCCESS;
   if (ok && bias)
     ok = cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &cdt, sizeof(cdt)) ==

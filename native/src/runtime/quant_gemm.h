@@ -12,7 +12,8 @@
 //   larger M, int8 / int4 weight-only: the weight is dequantised to the activation dtype into a workspace
 //     (dequantize_weight), then the ordinary linear (GemmRunner) runs on it.
 // Switches (A/B, environment only, options.cc): TSLLM_QGEMV=0 never uses the quantised gemv (the large-M path for
-// every M), TSLLM_QGEMV_VARIANT=k forces variant k, TSLLM_FP8_OUTER_VEC=0 (see below).
+// every M), TSLLM_QGEMV_VARIANT=k forces variant k, TSLLM_FP8_OUTER_VEC=0 (see below), TSLLM_FP8_FAST_ACCUM=0 (the
+// FP8 GEMMs without CUBLASLT_MATMUL_DESC_FAST_ACCUM).
 #pragma once
 #include <cublasLt.h>
 #include <cuda_runtime.h>
@@ -94,6 +95,7 @@ class QuantGemm {
   }
 
   bool fp8_outer = true;  // TSLLM_FP8_OUTER_VEC=0: FP8 GEMMs always through the fp32 chunk + scale epilogue kernel
+  bool fast_accum = true;  // TSLLM_FP8_FAST_ACCUM=0: FP8 GEMMs promote their accumulators (options.h)
   bool gemv_on = true;    // TSLLM_QGEMV=0: never the quantised gemv
   int gemv_force = -1;    // TSLLM_QGEMV_VARIANT=k
   bool tune = true;       // tsllm_options.gemm_tune: time the gemv variants per shape (else variant 1)
