@@ -196,6 +196,43 @@ describe("quantised engines on the GPU", () => {
     });
   }
 
+  // FP8 activation fusion (native/src/runtime/forward.cc plan_fp8_act_fusion): an rms_norm / gated_act right before
+  // an FP8 linear writes E4M3 rows and scales for that linear's GEMM instead of its output, in steps the GEMM takes
+  // (more than 4 rows: here each whole sequence in one step). The GEMM reads the bytes it would have made itself,
+  // so the logits equal those with the fusion off (TSLLM_FP8_ACT_FUSION=0), exactly; the nodes' fp8Act counters say
+  // it ran. Tuning off in both loads: the tuner's timed picks (cuBLASLt algorithm, outer-vector scaling or the
+  // epilogue kernel) may differ from one load to the next and move the last bits.
+  for (const kv of [false, true]) {
+    it(`tiny-llama fp8${kv ? " kv fp8" : ""}: norms / gated_act writing the FP8 GEMM's rows = the GEMM quantising (identical logits)`, async () => {
+      const dir = await tinyEngine("llama", "fp16", { sm: 90, quant: "fp8", ...(kv ? { kvCacheDtype: "fp8" } : {}) });
+      const golden = readGolden(goldenFile("llama"));
+      const run = (env: Record<string, string>) => {
+        const ex = load(dir, { TSLLM_GEMM_TUNE: "0", ...env });
+        const logits = golden.prompts.map((p, i) => {
+          const rows = ex.step([{ seqId: 500 + i, tokens: p.inputIds, logits: "all" }]).get(500 + i)!;
+          ex.release(500 + i);
+          return rows;
+        });
+        const producers = open[open.length - 1]
+          .nodeStats()
+          .filter((n) => n.op === "rms_norm" || n.op === "add_rms_norm" || n.op === "gated_act");
+        return { logits: logits.flat(), producers };
+      };
+      const on = run({});
+      const off = run({ TSLLM_FP8_ACT_FUSION: "0" });
+      // Every gated_act and every norm but the final one (before the unquantised lm_head) feeds an FP8 linear.
+      const norms = on.producers.filter((n) => n.op !== "gated_act");
+      expect(on.producers.filter((n) => n.op === "gated_act").every((n) => n.fp8Act > 0)).toBe(true);
+      expect(norms.filter((n) => n.fp8Act > 0).length).toBe(norms.length - 1);
+      expect(off.producers.every((n) => n.fp8Act === 0)).toBe(true);
+      const max = Math.max(...on.logits.map((r, i) => maxAbsDiff(r, off.logits[i])));
+      console.log(
+        `tiny-llama fp8${kv ? " kv fp8" : ""}: FP8 activation fusion on vs off max |Δlogit| ${max} over ${on.logits.length} rows (${on.producers.filter((n) => n.fp8Act > 0).length} producer nodes fused)`,
+      );
+      expect(max).toBe(0);
+    });
+  }
+
   it("an FP8 engine on a GPU below sm 89 is refused naming both; other GPUs load it", async () => {
     const dir = await tinyEngine("llama", "fp16", { sm: 90, quant: "fp8" });
     const probe = CudaEngine.load(await tinyEngine("llama", "fp16"));

@@ -19,7 +19,7 @@
 extern "C" {
 #endif
 
-#define TSLLM_ABI_VERSION 4
+#define TSLLM_ABI_VERSION 5
 
 typedef struct tsllm_engine tsllm_engine;
 
@@ -132,7 +132,9 @@ enum {
   TSLLM_KERNEL_GEMV_RMS = 4,  /* linear through the gemv with the rms_norm prologue */
   TSLLM_KERNEL_GEMV_GATED = 5,/* linear through the gemv with the gated-activation prologue */
   TSLLM_KERNEL_FP8_FMHA = 6,  /* attention whose context step ran the FP8 context FMHA (fp8_context_fmha) */
-  TSLLM_KERNEL_KINDS = 7
+  TSLLM_KERNEL_FP8_ACT = 7,   /* norm / gated_act that wrote its output as FP8 rows for the FP8 GEMM of the next
+                                 node (the activation quantisation fused in; TSLLM_FP8_ACT_FUSION=0 turns it off) */
+  TSLLM_KERNEL_KINDS = 8
 };
 typedef struct tsllm_node_stats {
   char op[24];           /* registry op name */

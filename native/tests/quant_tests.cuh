@@ -463,6 +463,61 @@ void test_fp8_kv(Rng& rng, int D, std::vector<std::pair<int, int>> seqs, float k
   for (void* p : {pool8, static_cast<void*>(d_if), ws}) cudaFree(p);
 }
 
+// FP8 rows from a producer (kernels.h Fp8Rows: the FP8 GEMM's activation quantisation fused into rms_norm /
+// add_rms_norm / layer_norm / gated_act): codes and scales byte for byte those of the producer's own output
+// quantised by quantize_rows_fp8 (what the GEMM would have read), the residual sum unchanged, y not written.
+// kind 0 rms_norm, 1 add_rms_norm, 2 layer_norm (bias), 3 gated_act silu.
+void test_fp8_rows(Rng& rng, DType dt, int kind, int rows, int cols) {
+  static const char* kNames[] = {"rms_norm", "add_rms_norm", "layer_norm", "gated_act silu"};
+  const bool gated = kind == 3, add = kind == 1;
+  const size_t in_cols = gated ? size_t(2) * cols : size_t(cols);
+  Buf x(dt, rows * in_cols), res(dt, size_t(rows) * cols), w(dt, cols), b(dt, cols);
+  Buf y(dt, size_t(rows) * cols), sum(dt, size_t(rows) * cols), y2(dt, size_t(rows) * cols), sum2(dt, size_t(rows) * cols);
+  x.fill(rng, -3.f, 3.f), res.fill(rng, -2.f, 2.f), w.fill(rng, 0.5f, 1.5f), b.fill(rng, -0.2f, 0.2f);
+  if (rows > 1) x.set(in_cols + 3, 60.f);  // an outlier row
+  x.up(), res.up(), w.up(), b.up();
+  y.poison(), y2.poison(), sum.poison(), sum2.poison();
+  auto run = [&](void* yo, void* so, const Fp8Rows* f) {
+    switch (kind) {
+      case 0: return rms_norm(x.d, nullptr, w.d, 0.f, yo, nullptr, rows, cols, 1e-5f, dt, 0, nullptr, nullptr, f);
+      case 1: return rms_norm(x.d, res.d, w.d, 0.f, yo, so, rows, cols, 1e-5f, dt, 0, nullptr, nullptr, f);
+      case 2: return layer_norm(x.d, nullptr, w.d, 0.f, b.d, yo, nullptr, rows, cols, 1e-5f, dt, 0, nullptr, nullptr, f);
+      default: return gated_act(x.d, yo, rows, cols, Act::Silu, dt, 0, f);
+    }
+  };
+  uint8_t *dq, *dq2;
+  float *ds, *ds2;
+  CK(cudaMalloc(&dq, size_t(rows) * cols + 16));
+  CK(cudaMalloc(&dq2, size_t(rows) * cols + 16));
+  CK(cudaMalloc(&ds, rows * 4));
+  CK(cudaMalloc(&ds2, rows * 4));
+  CK(cudaMemset(dq, 0x7f, size_t(rows) * cols));
+  CK(cudaMemset(dq2, 0x55, size_t(rows) * cols));
+  CK(run(y.d, sum.d, nullptr));
+  CK(quantize_rows_fp8(y.d, dq, ds, rows, cols, dt, 0));
+  const Fp8Rows f{dq2, ds2};
+  CK(run(y2.d, sum2.d, &f));
+  sync_check();
+  std::vector<uint8_t> q(size_t(rows) * cols), q2(q.size());
+  std::vector<float> sc(rows), sc2(rows);
+  CK(cudaMemcpy(q.data(), dq, q.size(), cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(q2.data(), dq2, q.size(), cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(sc.data(), ds, rows * 4, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(sc2.data(), ds2, rows * 4, cudaMemcpyDeviceToHost));
+  y2.down(), sum.down(), sum2.down();
+  size_t bad = 0, ywritten = 0;
+  for (int r = 0; r < rows; r++) bad += sc[r] != sc2[r];
+  for (size_t i = 0; i < q.size(); i++) bad += q[i] != q2[i];
+  if (add) bad += sum.h != sum2.h;
+  for (size_t i = 0; i < y2.h.size(); i++) ywritten += y2.h[i] != 0xFF;
+  char name[128];
+  std::snprintf(name, sizeof name, "fp8 rows from %s %s %dx%d (= quantize_rows_fp8 of its output, bytes)", kNames[kind],
+                dname(dt), rows, cols);
+  report(bad == 0 && ywritten == 0, name, double(bad),
+         "mismatches=" + std::to_string(bad) + " y bytes written=" + std::to_string(ywritten));
+  cudaFree(dq), cudaFree(dq2), cudaFree(ds), cudaFree(ds2);
+}
+
 }  // namespace qt
 
 static void test_quant(Rng& rng) {
@@ -476,6 +531,26 @@ static void test_quant(Rng& rng) {
     qt::test_quantize_rows(rng, dt, 5, 352);
     qt::test_quantize_rows(rng, dt, 3, 4104);  // cols % 8 == 0, not a power of two
     qt::test_quantize_rows(rng, dt, 512, 4096);  // 2M elements: the division-free path's near-midpoint fallbacks
+    // Producers writing FP8 rows: widths of 1, 2, 4 and 8 vectors per thread (8B hidden / intermediate, 32768),
+    // a width that leaves threads idle (72), the tiny fixtures' 128 / 352.
+    for (int kind = 0; kind < 4; kind++)
+      for (const auto& rc : {std::pair<int, int>{3, 128}, {5, 352}, {2, 72}, {7, 4096}, {4, 14336}, {2, 32768}})
+        qt::test_fp8_rows(rng, dt, kind, rc.first, rc.second);
+  }
+  {  // Refused, nothing launched: a width that is not a multiple of 8, fp32 activations.
+    Buf x(DType::F16, 2 * 36), w(DType::F16, 36);
+    uint8_t* dq;
+    float* ds;
+    CK(cudaMalloc(&dq, 128));
+    CK(cudaMalloc(&ds, 16));
+    const Fp8Rows f{dq, ds};
+    const bool ok = rms_norm(x.d, nullptr, w.d, 0.f, nullptr, nullptr, 2, 36, 1e-5f, DType::F16, 0, nullptr, nullptr,
+                             &f) == cudaErrorNotSupported &&
+                    gated_act(x.d, nullptr, 1, 36, Act::Silu, DType::F16, 0, &f) == cudaErrorNotSupported &&
+                    gated_act(x.d, nullptr, 1, 8, Act::Silu, DType::F32, 0, &f) == cudaErrorNotSupported;
+    cudaGetLastError();
+    report(ok, "fp8 rows refused (width % 8 != 0, fp32 activations)", ok ? 0 : 1);
+    cudaFree(dq), cudaFree(ds);
   }
   const qt::LinCase cases[] = {
       {QuantKind::Fp8, 1, 300, 4096, 0, false, false, Act::None},

@@ -104,9 +104,9 @@ int main(int argc, char** argv) {
       planned += n.folded_into >= 0;
     }
     std::printf("kernels: linears cuBLASLt %llu, gemv %llu, gemv+rms_norm %llu, gemv+gated_act %llu; prologue fusion: "
-                "%d nodes planned, %llu launches folded; FP8 context FMHA %llu\n",
+                "%d nodes planned, %llu launches folded; FP8 context FMHA %llu; FP8 rows from norm / gated_act %llu\n",
                 k[TSLLM_KERNEL_CUBLASLT], k[TSLLM_KERNEL_GEMV], k[TSLLM_KERNEL_GEMV_RMS], k[TSLLM_KERNEL_GEMV_GATED], planned,
-                k[TSLLM_KERNEL_FOLDED], k[TSLLM_KERNEL_FP8_FMHA]);
+                k[TSLLM_KERNEL_FOLDED], k[TSLLM_KERNEL_FP8_FMHA], k[TSLLM_KERNEL_FP8_ACT]);
   }
   tsllm_unload(e);
   return 0;

@@ -76,6 +76,9 @@ export interface NodeStats {
   gemvGated: number;
   /** Attention: context steps that ran the FP8 context FMHA (fp8ContextFmha). */
   fp8Fmha: number;
+  /** Norm / gated_act: steps it wrote its output as FP8 rows for the next node's FP8 GEMM (activation quantisation
+   * fused in, TSLLM_FP8_ACT_FUSION=0 turns it off). */
+  fp8Act: number;
 }
 
 export interface Sampling {
@@ -183,7 +186,7 @@ interface Addon {
   copyBandwidth(bytes: number): number;
 }
 
-const ABI_VERSION = 4;
+const ABI_VERSION = 5;
 
 /** Where the addon is looked for: $TSLLM_NATIVE_ADDON, else native/build/tsllm_node.node of this checkout. */
 export function addonPath(): string {

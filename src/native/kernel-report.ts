@@ -10,7 +10,7 @@ export function kernelReport(stats: readonly NodeStats[], maxPairs = 6): string[
   const lines = [
     `runtime kernels: linear launches cuBLASLt ${sum("cublaslt")}, gemv ${sum("gemv")}, gemv+rms_norm ${sum("gemvRms")}, ` +
       `gemv+gated_act ${sum("gemvGated")}; attention context steps through the FP8 context FMHA ${sum("fp8Fmha")}; ` +
-      `other launches ${sum("own")}`,
+      `norm / gated_act launches writing FP8 rows for the next FP8 GEMM ${sum("fp8Act")}; other launches ${sum("own")}`,
   ];
   const folded = stats.map((s, i) => [i, s] as const).filter(([, s]) => s.foldedInto >= 0);
   // The moe combine kernel does the add / add_rms_norm right after a moe node (every step, any batch).

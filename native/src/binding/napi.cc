@@ -571,7 +571,8 @@ napi_value LoadStats(napi_env env, napi_callback_info info) {
   });
 }
 
-// nodeStats(handle) -> [{op, name, foldedInto, own, folded, cublaslt, gemv, gemvRms, gemvGated, fp8Fmha}] per node.
+// nodeStats(handle) -> [{op, name, foldedInto, own, folded, cublaslt, gemv, gemvRms, gemvGated, fp8Fmha, fp8Act}]
+// per node.
 napi_value NodeStats(napi_env env, napi_callback_info info) {
   return wrap(env, [&] {
     auto a = args(env, info, 1);
@@ -584,7 +585,7 @@ napi_value NodeStats(napi_env env, napi_callback_info info) {
     napi_value arr;
     check(env, napi_create_array_with_length(env, st.size(), &arr), "create_array");
     static const char* kKinds[TSLLM_KERNEL_KINDS] = {"own",     "folded",    "cublaslt", "gemv",
-                                                     "gemvRms", "gemvGated", "fp8Fmha"};
+                                                     "gemvRms", "gemvGated", "fp8Fmha",  "fp8Act"};
     for (size_t i = 0; i < st.size(); i++) {
       napi_value o = new_object(env);
       set_str(env, o, "op", st[i].op);

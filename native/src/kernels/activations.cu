@@ -2,7 +2,7 @@
 // All of them are bandwidth-bound: 16-byte vectors where the shapes and pointers allow, element loops otherwise.
 #include <math.h>
 
-#include "common.cuh"
+#include "fp8.cuh"
 
 namespace tsllm {
 namespace {
@@ -46,6 +46,61 @@ cudaError_t launch_gated_t(const void* x, void* out, int rows, int inter, cudaSt
     gated_act_kernel<T, A, true><<<ew_blocks(work), 256, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(out), rows, inter);
   else
     gated_act_kernel<T, A, false><<<ew_blocks(work), 256, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(out), rows, inter);
+  return cudaGetLastError();
+}
+
+// gated_act with its output as FP8 rows (kernels.h Fp8Rows: the down projection's activation quantisation fused in):
+// one block per row, the rounded row in registers (VPT 16-byte vectors per thread) between its amax and the
+// quantisation; the values, the amax and the codes are gated_act_kernel's and quantize_rows_fp8's.
+template <typename T, Act A, int VPT>
+__global__ void __launch_bounds__(512)
+    gated_act_fp8_kernel(const T* __restrict__ x, uint8_t* __restrict__ q, float* __restrict__ qs, int inter) {
+  kd::pdl_trigger();
+  constexpr int N = kd::Vec<T>::N;
+  static_assert(N == 8, "FP8 rows: 16-bit activations");
+  const size_t row = blockIdx.x;
+  const int nvec = inter / N;
+  const T* xr = x + row * 2 * inter;
+  float v[VPT][N];
+  float am = 0.f;
+#pragma unroll
+  for (int k = 0; k < VPT; ++k) {
+    const int vi = threadIdx.x + k * blockDim.x;
+    if (vi < nvec) {
+      kd::Vec<T> a = kd::ld_vec(xr + vi * N), g = kd::ld_vec(xr + inter + vi * N);
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        v[k][j] = kd::to_f(kd::from_f<T>(act_f<A>(kd::to_f(a.v[j])) * kd::to_f(g.v[j])));
+        am = fmaxf(am, fabsf(v[k][j]));
+      }
+    }
+  }
+  am = kd::block_max(am);
+  const float sc = kd::e4m3_row_scale(am), rs = __frcp_rn(sc);
+  if (threadIdx.x == 0) qs[row] = sc;
+#pragma unroll
+  for (int k = 0; k < VPT; ++k) {
+    const int vi = threadIdx.x + k * blockDim.x;
+    if (vi < nvec) *reinterpret_cast<uint2*>(q + row * inter + vi * N) = kd::f8_to_e4m3x8_fast(v[k], sc, rs);
+  }
+}
+
+template <typename T, Act A>
+cudaError_t launch_gated_fp8_t(const void* x, const Fp8Rows& fp8, int rows, int inter, cudaStream_t s) {
+  constexpr int N = kd::Vec<T>::N;
+  if (!kd::aligned16(x) || !kd::aligned16(fp8.q) || (reinterpret_cast<uintptr_t>(fp8.scales) & 3) != 0)
+    return cudaErrorMisalignedAddress;
+  const int nvec = inter / N;  // <= kFp8RowsMaxCols / 8 = 8 * 512
+  int vpt = 1;
+  while (nvec > vpt * 512) vpt *= 2;
+  const int threads = ((nvec + vpt - 1) / vpt + 31) / 32 * 32;
+  const T* xp = static_cast<const T*>(x);
+  switch (vpt) {
+    case 1: gated_act_fp8_kernel<T, A, 1><<<rows, threads, 0, s>>>(xp, fp8.q, fp8.scales, inter); break;
+    case 2: gated_act_fp8_kernel<T, A, 2><<<rows, threads, 0, s>>>(xp, fp8.q, fp8.scales, inter); break;
+    case 4: gated_act_fp8_kernel<T, A, 4><<<rows, threads, 0, s>>>(xp, fp8.q, fp8.scales, inter); break;
+    default: gated_act_fp8_kernel<T, A, 8><<<rows, threads, 0, s>>>(xp, fp8.q, fp8.scales, inter); break;
+  }
   return cudaGetLastError();
 }
 
@@ -176,8 +231,19 @@ cudaError_t launch_convert_t(const void* x, void* out, uint64_t n, cudaStream_t 
 
 }  // namespace
 
-cudaError_t gated_act(const void* x, void* out, int rows, int inter, Act act, DType dt, cudaStream_t s) {
+cudaError_t gated_act(const void* x, void* out, int rows, int inter, Act act, DType dt, cudaStream_t s,
+                      const Fp8Rows* fp8) {
   if (rows <= 0 || inter <= 0) return cudaGetLastError();
+  if (fp8) {
+    if (!fp8_rows_supported(inter, dt)) return cudaErrorNotSupported;
+    TSLLM_DISPATCH_HALF(dt, T, switch (act) {
+      case Act::None: return (launch_gated_fp8_t<T, Act::None>(x, *fp8, rows, inter, s));
+      case Act::Silu: return (launch_gated_fp8_t<T, Act::Silu>(x, *fp8, rows, inter, s));
+      case Act::GeluTanh: return (launch_gated_fp8_t<T, Act::GeluTanh>(x, *fp8, rows, inter, s));
+      case Act::GeluErf: return (launch_gated_fp8_t<T, Act::GeluErf>(x, *fp8, rows, inter, s));
+    });
+    return cudaErrorInvalidValue;
+  }
   TSLLM_DISPATCH_ACT(dt, T, switch (act) {
     case Act::None: return (launch_gated_t<T, Act::None>(x, out, rows, inter, s));
     case Act::Silu: return (launch_gated_t<T, Act::Silu>(x, out, rows, inter, s));

@@ -124,6 +124,20 @@ __device__ __forceinline__ float block_sum(float v) {
   return v;
 }
 
+// Max over the block (as block_sum). Every thread gets it.
+__device__ __forceinline__ float block_max(float v) {
+  __shared__ float sh[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = warp_max(v);
+  if (lane == 0) sh[warp] = v;
+  __syncthreads();
+  const int nw = blockDim.x >> 5;
+  v = lane < nw ? sh[lane] : 0.f;
+  v = warp_max(v);
+  __syncthreads();
+  return v;
+}
+
 // Programmatic dependent launch (sm_90): a kernel that calls pdl_trigger() lets a successor launched with
 // cudaLaunchAttributeProgrammaticStreamSerialization start early (no-op when the successor is launched normally);
 // a kernel launched with that attribute must call pdl_wait() before it reads anything its predecessor writes or

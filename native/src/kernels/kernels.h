@@ -24,21 +24,37 @@ cudaError_t random_fill(void* out, DType dt, uint64_t n, uint32_t seed, float me
 // out[t,:] = table[ids[t]-vocab_start,:], zeros when the id is outside [vocab_start, vocab_start+vocab_rows).
 cudaError_t embedding(const int32_t* ids, const void* table, void* out, int num_tokens, int hidden,
                       int vocab_start, int vocab_rows, DType dt, cudaStream_t s);
+// FP8 rows for an FP8 GEMM (quant.h numerics), written by the producer of that GEMM's x instead of x itself (the
+// activation quantisation fused into the norm / gated_act, forward.cc): q [rows, cols] holds the E4M3 codes and
+// scales [rows] the per-token scales, byte for byte what quantize_rows_fp8 makes of the output rounded to the
+// activation dtype. fp16 / bf16, cols a multiple of 8 up to kFp8RowsMaxCols, 16-byte aligned (else
+// cudaErrorNotSupported / cudaErrorMisalignedAddress, nothing launched).
+struct Fp8Rows {
+  uint8_t* q = nullptr;
+  float* scales = nullptr;
+};
+constexpr int kFp8RowsMaxCols = 32768;
+inline bool fp8_rows_supported(int cols, DType dt) {
+  return (dt == DType::F16 || dt == DType::BF16) && cols > 0 && cols % 8 == 0 && cols <= kFp8RowsMaxCols;
+}
+
 // residual == nullptr: y = rmsnorm(x)*(w + w_offset). Otherwise sum = x + residual is written to sum_out and
 // y = rmsnorm(sum)*(w + w_offset). w_offset (fp32) is the registry's weight_offset: Gemma's RMSNorm scales by 1 + w.
 // y may not alias x; sum_out may alias x or residual.
 // pre / post (may be null or empty; a compile-time variant of the kernel, so norms without them run unchanged):
 // pre is applied to x as it is read (fp32, before the residual add: sum = pre(x) + residual), post to the
-// normalised value before it is rounded to y.
+// normalised value before it is rounded to y. fp8 (may be null): y is not written (may be null); fp8's rows are.
 cudaError_t rms_norm(const void* x, const void* residual, const void* w, float w_offset, void* y, void* sum_out,
                      int rows, int hidden, float eps, DType dt, cudaStream_t s, const EwChain* pre = nullptr,
-                     const EwChain* post = nullptr);
+                     const EwChain* post = nullptr, const Fp8Rows* fp8 = nullptr);
 // Same with LayerNorm (w + w_offset, b). b may be nullptr.
 cudaError_t layer_norm(const void* x, const void* residual, const void* w, float w_offset, const void* b, void* y,
                        void* sum_out, int rows, int hidden, float eps, DType dt, cudaStream_t s,
-                       const EwChain* pre = nullptr, const EwChain* post = nullptr);
-// out[t,i] = act(x[t,i]) * x[t, inter+i] for i < inter (x is [rows, 2*inter]).
-cudaError_t gated_act(const void* x, void* out, int rows, int inter, Act act, DType dt, cudaStream_t s);
+                       const EwChain* pre = nullptr, const EwChain* post = nullptr, const Fp8Rows* fp8 = nullptr);
+// out[t,i] = act(x[t,i]) * x[t, inter+i] for i < inter (x is [rows, 2*inter]). fp8 (may be null): out is not
+// written (may be null); fp8's rows are.
+cudaError_t gated_act(const void* x, void* out, int rows, int inter, Act act, DType dt, cudaStream_t s,
+                      const Fp8Rows* fp8 = nullptr);
 // out = act(x) elementwise (out may alias x).
 cudaError_t activation(const void* x, void* out, uint64_t n, Act act, DType dt, cudaStream_t s);
 // out = a op b elementwise, fp32 math (elementwise.cu). out may alias a or b.

@@ -4,17 +4,22 @@
 // rounded sum is what gets normalised (the same value the next layer reads back).
 // EW (a compile-time variant, so norms without folded elementwise ops are the kernels they were): the pre chain
 // is applied to x as it is read (before the residual add), the post chain to the result before its rounding.
-#include "common.cuh"
+// Q (kernels.h Fp8Rows, the FP8 GEMM's activation quantisation fused in): the rounded result stays in registers,
+// the block takes its amax and writes E4M3 codes and the row's scale instead of y — quantize_rows_fp8's bytes
+// without its pass over memory and its launch.
+#include <type_traits>
+
+#include "fp8.cuh"
 
 namespace tsllm {
 namespace {
 
-// VPT: 16-byte vectors per thread. RES: fused residual add. LN: layer norm (else RMS norm).
-template <typename T, int VPT, bool RES, bool LN, bool EW>
+// VPT: 16-byte vectors per thread. RES: fused residual add. LN: layer norm (else RMS norm). Q: FP8 rows out.
+template <typename T, int VPT, bool RES, bool LN, bool EW, bool Q>
 __global__ void __launch_bounds__(512) norm_vec_kernel(const T* x, const T* res, const T* __restrict__ w,
                                                          const T* __restrict__ b, T* y, T* sum_out, int hidden,
                                                          float eps, float w_off, const EwChain pre,
-                                                         const EwChain post) {
+                                                         const EwChain post, uint8_t* q, float* qs) {
   kd::pdl_trigger();  // lets a PDL-launched successor (gemv) start its weight loads early
   constexpr int N = kd::Vec<T>::N;
   const size_t row = blockIdx.x;
@@ -69,6 +74,7 @@ __global__ void __launch_bounds__(512) norm_vec_kernel(const T* x, const T* res,
   } else {
     rstd = rsqrtf(s1 / hidden + eps);
   }
+  float am = 0.f;  // Q: the amax of the rounded row
 #pragma unroll
   for (int k = 0; k < VPT; ++k) {
     const int vi = threadIdx.x + k * blockDim.x;
@@ -82,8 +88,23 @@ __global__ void __launch_bounds__(512) norm_vec_kernel(const T* x, const T* res,
         if (LN && b) r += kd::to_f(bv.v[j]);
         if (EW) r = kd::apply_chain_call(r, post);
         o.v[j] = kd::from_f<T>(r);
+        if (Q) {
+          v[k][j] = kd::to_f(o.v[j]);
+          am = fmaxf(am, fabsf(v[k][j]));
+        }
       }
-      kd::st_vec(y + row * hidden + vi * N, o);
+      if (!Q) kd::st_vec(y + row * hidden + vi * N, o);
+    }
+  }
+  if constexpr (Q) {
+    static_assert(N == 8, "FP8 rows: 16-bit activations");
+    am = kd::block_max(am);
+    const float sc = kd::e4m3_row_scale(am), rs = __frcp_rn(sc);
+    if (threadIdx.x == 0) qs[row] = sc;
+#pragma unroll
+    for (int k = 0; k < VPT; ++k) {
+      const int vi = threadIdx.x + k * blockDim.x;
+      if (vi < nvec) *reinterpret_cast<uint2*>(q + row * hidden + vi * N) = kd::f8_to_e4m3x8_fast(v[k], sc, rs);
     }
   }
 }
@@ -132,10 +153,10 @@ __global__ void __launch_bounds__(256) norm_scalar_kernel(const T* x, const T* r
   }
 }
 
-template <typename T, bool RES, bool LN, bool EW>
+template <typename T, bool RES, bool LN, bool EW, bool Q>
 cudaError_t launch_norm_t(const void* x_, const void* res_, const void* w_, const void* b_, void* y_, void* sum_,
                           int rows, int hidden, float eps, float w_off, const EwChain& pre, const EwChain& post,
-                          cudaStream_t s) {
+                          const Fp8Rows& fp8, cudaStream_t s) {
   const T* x = static_cast<const T*>(x_);
   const T* res = static_cast<const T*>(res_);
   const T* w = static_cast<const T*>(w_);
@@ -143,16 +164,19 @@ cudaError_t launch_norm_t(const void* x_, const void* res_, const void* w_, cons
   T* y = static_cast<T*>(y_);
   T* sum = static_cast<T*>(sum_);
   constexpr int N = kd::Vec<T>::N;
-  const bool vec = hidden % N == 0 && kd::aligned16(x) && kd::aligned16(w) && kd::aligned16(y) &&
-                   (!RES || (kd::aligned16(res) && (!sum || kd::aligned16(sum)))) && (!b || kd::aligned16(b));
+  const bool vec = hidden % N == 0 && kd::aligned16(x) && kd::aligned16(w) && (Q || kd::aligned16(y)) &&
+                   (!RES || (kd::aligned16(res) && (!sum || kd::aligned16(sum)))) && (!b || kd::aligned16(b)) &&
+                   (!Q || (kd::aligned16(fp8.q) && (reinterpret_cast<uintptr_t>(fp8.scales) & 3) == 0));
   const int nvec = hidden / N;
+  if (Q && (!vec || nvec > 8 * 512)) return vec ? cudaErrorNotSupported : cudaErrorMisalignedAddress;
   if (vec && nvec <= 8 * 512) {
     int vpt = 1;
     while (nvec > vpt * 512) vpt *= 2;
     int threads = ((nvec + vpt - 1) / vpt + 31) / 32 * 32;
 #define TSLLM_NORM_CASE(V) \
   case V:                                                                                                        \
-    norm_vec_kernel<T, V, RES, LN, EW><<<rows, threads, 0, s>>>(x, res, w, b, y, sum, hidden, eps, w_off, pre, post); \
+    norm_vec_kernel<T, V, RES, LN, EW, Q><<<rows, threads, 0, s>>>(x, res, w, b, y, sum, hidden, eps, w_off, pre,   \
+                                                                    post, fp8.q, fp8.scales);                      \
     break;
     switch (vpt) {
       TSLLM_NORM_CASE(1)
@@ -161,53 +185,58 @@ cudaError_t launch_norm_t(const void* x_, const void* res_, const void* w_, cons
       TSLLM_NORM_CASE(8)
     }
 #undef TSLLM_NORM_CASE
-  } else {
+  } else if constexpr (!Q) {
     norm_scalar_kernel<T, RES, LN, EW><<<rows, 256, 0, s>>>(x, res, w, b, y, sum, hidden, eps, w_off, pre, post);
   }
   return cudaGetLastError();
 }
 
-template <bool LN, bool EW>
+template <bool LN, bool EW, bool RES>
 cudaError_t launch_norm_ew(const void* x, const void* res, const void* w, const void* b, void* y, void* sum, int rows,
-                           int hidden, float eps, float w_off, const EwChain& pre, const EwChain& post, DType dt,
-                           cudaStream_t s) {
-  if (res) {
-    TSLLM_DISPATCH_ACT(dt, T,
-                       return (launch_norm_t<T, true, LN, EW>(x, res, w, b, y, sum, rows, hidden, eps, w_off, pre, post,
-                                                              s)));
+                           int hidden, float eps, float w_off, const EwChain& pre, const EwChain& post,
+                           const Fp8Rows* fp8, DType dt, cudaStream_t s) {
+  if (fp8) {
+    if (!fp8_rows_supported(hidden, dt)) return cudaErrorNotSupported;
+    TSLLM_DISPATCH_HALF(dt, T,
+                        return (launch_norm_t<T, RES, LN, EW, true>(x, res, w, b, y, sum, rows, hidden, eps, w_off, pre,
+                                                                    post, *fp8, s)));
   } else {
     TSLLM_DISPATCH_ACT(dt, T,
-                       return (launch_norm_t<T, false, LN, EW>(x, res, w, b, y, sum, rows, hidden, eps, w_off, pre,
-                                                               post, s)));
+                       return (launch_norm_t<T, RES, LN, EW, false>(x, res, w, b, y, sum, rows, hidden, eps, w_off, pre,
+                                                                    post, Fp8Rows{}, s)));
   }
   return cudaErrorInvalidValue;
 }
 
 template <bool LN>
 cudaError_t launch_norm(const void* x, const void* res, const void* w, const void* b, void* y, void* sum, int rows,
-                        int hidden, float eps, float w_off, const EwChain* pre, const EwChain* post, DType dt,
-                        cudaStream_t s) {
+                        int hidden, float eps, float w_off, const EwChain* pre, const EwChain* post,
+                        const Fp8Rows* fp8, DType dt, cudaStream_t s) {
   if (rows <= 0) return cudaGetLastError();
   if (res && !sum) return cudaErrorInvalidValue;
   const EwChain none{};
   const EwChain& p0 = pre ? *pre : none;
   const EwChain& p1 = post ? *post : none;
-  if (p0.n || p1.n) return launch_norm_ew<LN, true>(x, res, w, b, y, sum, rows, hidden, eps, w_off, p0, p1, dt, s);
-  return launch_norm_ew<LN, false>(x, res, w, b, y, sum, rows, hidden, eps, w_off, p0, p1, dt, s);
+  auto go = [&](auto ew) {
+    constexpr bool EW = decltype(ew)::value;
+    return res ? launch_norm_ew<LN, EW, true>(x, res, w, b, y, sum, rows, hidden, eps, w_off, p0, p1, fp8, dt, s)
+               : launch_norm_ew<LN, EW, false>(x, res, w, b, y, sum, rows, hidden, eps, w_off, p0, p1, fp8, dt, s);
+  };
+  return p0.n || p1.n ? go(std::true_type{}) : go(std::false_type{});
 }
 
 }  // namespace
 
 cudaError_t rms_norm(const void* x, const void* residual, const void* w, float w_offset, void* y, void* sum_out,
                      int rows, int hidden, float eps, DType dt, cudaStream_t s, const EwChain* pre,
-                     const EwChain* post) {
-  return launch_norm<false>(x, residual, w, nullptr, y, sum_out, rows, hidden, eps, w_offset, pre, post, dt, s);
+                     const EwChain* post, const Fp8Rows* fp8) {
+  return launch_norm<false>(x, residual, w, nullptr, y, sum_out, rows, hidden, eps, w_offset, pre, post, fp8, dt, s);
 }
 
 cudaError_t layer_norm(const void* x, const void* residual, const void* w, float w_offset, const void* b, void* y,
                        void* sum_out, int rows, int hidden, float eps, DType dt, cudaStream_t s, const EwChain* pre,
-                       const EwChain* post) {
-  return launch_norm<true>(x, residual, w, b, y, sum_out, rows, hidden, eps, w_offset, pre, post, dt, s);
+                       const EwChain* post, const Fp8Rows* fp8) {
+  return launch_norm<true>(x, residual, w, b, y, sum_out, rows, hidden, eps, w_offset, pre, post, fp8, dt, s);
 }
 
 }  // namespace tsllm

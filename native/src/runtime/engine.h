@@ -185,6 +185,13 @@ struct Engine {
   // pro_producer[j] = the skipped node (or -1).
   std::vector<int> pro_consumer, pro_producer;
 
+  // FP8 activation fusion (Tunables::fp8_act_fusion): a norm / gated_act node whose output is only the x of the
+  // FP8 quant_linear right after it writes that x as FP8 rows (kernels.h Fp8Rows) into the quantised-activation
+  // workspace in steps where the linear takes the FP8 GEMM path (fp8_act_rows in forward.cc), and the linear skips
+  // its quantize_rows_fp8 pass. Empty when off; else per node: fp8_consumer[i] = that linear (or -1),
+  // fp8_producer[j] = that node (or -1).
+  std::vector<int> fp8_consumer, fp8_producer;
+
   // moe: the workspace of the largest moe node (routing, permutation, per-pair intermediates), and the runtime
   // fusion of the node right after a moe node (an add or add_rms_norm taking the moe output as its only use)
   // into the moe's combine kernel: moe_next[i] = that node (or -1), moe_prev[j] = the moe node doing j's work.
@@ -226,6 +233,9 @@ void plan_prologue_fusion(Engine& e);
 bool node_fused(Engine& e, const StepPlan& p, size_t i);
 // moe fusion: finds the add / add_rms_norm right after each moe node that its combine can do (fills moe_next/prev).
 void plan_moe_fusion(Engine& e);
+// FP8 activation fusion: finds the norm / gated_act nodes that can write the next FP8 GEMM's x (fills
+// fp8_consumer/producer).
+void plan_fp8_act_fusion(Engine& e);
 void nccl_destroy(Engine& e);
 void nccl_init(Engine& e, const void* unique_id);
 // step.cc

@@ -37,6 +37,18 @@ QuantLinearCall quant_call(Engine& e, const StepPlan& p, const NodeDesc& l, cons
                          e.ptr(l.out[0], p), M, N, K, l.act};
 }
 
+// FP8 activation fusion (plan_fp8_act_fusion): whether producer node i writes its output as FP8 rows for its
+// consumer's FP8 GEMM in this step, and where (*rows). Asked by the producer and again by the consumer: the same
+// answer (QuantGemm::fp8_act_rows).
+bool fp8_act_rows(Engine& e, const StepPlan& p, size_t i, Fp8Rows* rows) {
+  if (e.fp8_consumer.empty() || e.fp8_consumer[i] < 0) return false;
+  const NodeDesc& l = e.desc.nodes[size_t(e.fp8_consumer[i])];
+  const int K = int(e.val(l.in[0]).last_dim());
+  const int M = int(e.numel(l.in[0], p) / K);
+  const int N = int(e.val(l.in[1]).shape[0].n);
+  return e.qgemm.fp8_act_rows(quant_call(e, p, l, e.ptr(l.in[0], p), M, N, K), e.dt, e.stream, rows);
+}
+
 // The gemv variant that runs producer node i fused into its consumer linear in this step, or -1 (*why: the reason).
 int prologue_variant(Engine& e, const StepPlan& p, size_t i, std::string* why = nullptr) {
   const int j = e.pro_consumer[i];
@@ -173,6 +185,9 @@ void run_QuantLinear(const NodeRun& r) {
   QuantLinearCall c = quant_call(r.e, r.p, n, r.in(0), M, N, K);
   c.residual = res_in;
   c.out = dst;
+  Fp8Rows rows;
+  const int src = r.e.fp8_producer.empty() ? -1 : r.e.fp8_producer[r.i];
+  c.x_fp8 = src >= 0 && fp8_act_rows(r.e, r.p, size_t(src), &rows);
   const std::string err = r.e.qgemm.run(c, r.dt, r.s, [&](const void* wd) {
     return linear_act(r, c.x, wd, r.in(3), res_in, dst, M, N, K, n.act, EwChain{});
   });
@@ -181,16 +196,17 @@ void run_QuantLinear(const NodeRun& r) {
     r.ck(linear_epilogue(dst, res, r.out(0), uint64_t(M) * uint64_t(N), Act::None, n.post, r.dt, r.s));
 }
 
-void norm(const NodeRun& r, bool add, bool layer) {
+// fp8: where this node's output goes as FP8 rows instead (FP8 activation fusion), or null.
+void norm(const NodeRun& r, bool add, bool layer, const Fp8Rows* fp8 = nullptr) {
   const int H = int(r.vin(0).last_dim());
   const int rows = int(r.numel_in(0) / H);
   const size_t wi = add ? 2 : 1;
   if (layer)
     r.ck(layer_norm(r.in(0), add ? r.in(1) : nullptr, r.in(wi), r.n.w_offset, r.in(wi + 1), r.out(0),
-                    add ? r.out(1) : nullptr, rows, H, r.n.eps, r.dt, r.s, &r.n.pre, &r.n.post));
+                    add ? r.out(1) : nullptr, rows, H, r.n.eps, r.dt, r.s, &r.n.pre, &r.n.post, fp8));
   else
     r.ck(rms_norm(r.in(0), add ? r.in(1) : nullptr, r.in(wi), r.n.w_offset, r.out(0), add ? r.out(1) : nullptr, rows,
-                  H, r.n.eps, r.dt, r.s, &r.n.pre, &r.n.post));
+                  H, r.n.eps, r.dt, r.s, &r.n.pre, &r.n.post, fp8));
 }
 void run_RmsNorm(const NodeRun& r) { norm(r, false, false); }
 void run_AddRmsNorm(const NodeRun& r) { norm(r, true, false); }
@@ -218,10 +234,23 @@ void run_Softcap(const NodeRun& r) { unary_node(r); }
 void run_Silu(const NodeRun& r) { r.ck(activation(r.in(0), r.out(0), uint64_t(r.numel_out(0)), r.n.act, r.dt, r.s)); }
 void run_Gelu(const NodeRun& r) { r.ck(activation(r.in(0), r.out(0), uint64_t(r.numel_out(0)), r.n.act, r.dt, r.s)); }
 
-void run_GatedAct(const NodeRun& r) {
+void gated(const NodeRun& r, const Fp8Rows* fp8 = nullptr) {
   const int inter = int(r.vout(0).last_dim());
   const int rows = int(r.numel_out(0) / inter);
-  r.ck(gated_act(r.in(0), r.out(0), rows, inter, r.n.act, r.dt, r.s));
+  r.ck(gated_act(r.in(0), r.out(0), rows, inter, r.n.act, r.dt, r.s, fp8));
+}
+void run_GatedAct(const NodeRun& r) { gated(r); }
+
+// A producer of FP8 activation fusion writing FP8 rows (plan_fp8_act_fusion's ops).
+void run_fp8_producer(const NodeRun& r, const Fp8Rows& rows) {
+  switch (r.n.op) {
+    case Op::RmsNorm: return norm(r, false, false, &rows);
+    case Op::AddRmsNorm: return norm(r, true, false, &rows);
+    case Op::LayerNorm: return norm(r, false, true, &rows);
+    case Op::AddLayerNorm: return norm(r, true, true, &rows);
+    case Op::GatedAct: return gated(r, &rows);
+    default: r.fail("not an FP8 activation producer");
+  }
 }
 
 void run_Split(const NodeRun& r) {
@@ -420,6 +449,32 @@ void plan_prologue_fusion(Engine& e) {
   }
 }
 
+void plan_fp8_act_fusion(Engine& e) {
+  e.fp8_consumer.clear();
+  e.fp8_producer.clear();
+  if (!e.tun.fp8_act_fusion) return;
+  const EngineDesc& d = e.desc;
+  e.fp8_consumer.assign(d.nodes.size(), -1);
+  e.fp8_producer.assign(d.nodes.size(), -1);
+  for (size_t i = 0; i + 1 < d.nodes.size(); i++) {
+    const NodeDesc& n = d.nodes[i];
+    const bool norm = n.op == Op::RmsNorm || n.op == Op::AddRmsNorm || n.op == Op::LayerNorm || n.op == Op::AddLayerNorm;
+    if (!norm && n.op != Op::GatedAct) continue;
+    // The very next node, so nothing runs between the producer's write and the GEMM's read of the one workspace.
+    const NodeDesc& l = d.nodes[i + 1];
+    const int v = n.out[0];
+    if (l.op != Op::QuantLinear || l.quant != QuantKind::Fp8 || l.in.empty() || l.in[0] != v) continue;
+    if (v == d.logits_value || !fp8_rows_supported(int(e.val(v).last_dim()), e.dt)) continue;
+    // Nothing else reads the output the producer no longer writes.
+    int uses = 0;
+    for (const NodeDesc& k : d.nodes)
+      for (int in : k.in) uses += in == v;
+    if (uses != 1) continue;
+    e.fp8_consumer[i] = int(i + 1);
+    e.fp8_producer[i + 1] = int(i);
+  }
+}
+
 void plan_moe_fusion(Engine& e) {
   const EngineDesc& d = e.desc;
   e.moe_next.assign(d.nodes.size(), -1);
@@ -535,6 +590,12 @@ void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only) {
         if (count) counter[pro.kind == GemvPro::RmsNorm ? TSLLM_KERNEL_GEMV_RMS : TSLLM_KERNEL_GEMV_GATED]++;
         continue;
       }
+    }
+    Fp8Rows rows;
+    if (!e.fp8_consumer.empty() && e.fp8_consumer[i] >= 0 && fp8_act_rows(e, p, i, &rows)) {
+      run_fp8_producer(r, rows);
+      if (count) counter[TSLLM_KERNEL_FP8_ACT]++;
+      continue;
     }
     kRun[size_t(n.op)](r);
     if (count) counter[ran == LinearKernel::None ? TSLLM_KERNEL_OWN : int(ran)]++;

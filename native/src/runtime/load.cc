@@ -417,6 +417,7 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
                                                                       n.moe_hidden, n.moe_inter, e->dt));
   if (e->moe_ws_bytes) ck(cudaMalloc(&e->moe_ws, e->moe_ws_bytes), "cudaMalloc of the " + mib(e->moe_ws_bytes) + " moe workspace");
   plan_moe_fusion(*e);
+  plan_fp8_act_fusion(*e);
 
   e->profile_graph = e->tun.profile == 2;
   e->profile = e->tun.profile == 1;

@@ -39,6 +39,11 @@ struct Tunables {
   // higher precision (cuBLASLt's words: "might be faster but at the cost of lower accuracy"), the mode TensorRT-LLM's
   // FP8 GEMM wrapper, FBGEMM and PyTorch's scaled_mm(use_fast_accum) offer for inference. Not the quantised gemv.
   bool fp8_fast_accum = true;
+  // The activation quantisation of an FP8 GEMM fused into the norm / gated_act producing its x (engine.h
+  // fp8_consumer): that node writes E4M3 rows and scales instead of its output, and the GEMM skips
+  // quantize_rows_fp8 — a pass over the activations and a launch per linear. Environment only (A/B):
+  // TSLLM_FP8_ACT_FUSION=0 turns it off. The same bytes reach the GEMM either way.
+  bool fp8_act_fusion = true;
   // The weight pass (file_pass.h), environment only: reader threads (0: the hardware threads, at most 16),
   // O_DIRECT (-1: for chunks the page cache lacks, 0 never, 1 every chunk).
   int load_threads = 0;

@@ -405,6 +405,16 @@ std::string QuantGemm::fp8_outer_plan(int M, int N, int K, const void* bias_ptr,
   return "";
 }
 
+bool QuantGemm::fp8_act_rows(const QuantLinearCall& c, DType dt, cudaStream_t s, Fp8Rows* rows) {
+  if (c.kind != QuantKind::Fp8 || !handle_ || c.M <= 0 || !fp8_rows_supported(c.K, dt)) return false;
+  if (align256(size_t(c.M) * size_t(c.K)) + align256(size_t(c.M) * 4) > xq_bytes_) return false;
+  if (gemv_variant(c, dt, s) >= 0) return false;
+  uint8_t* xq = static_cast<uint8_t*>(xq_);
+  rows->q = xq;
+  rows->scales = reinterpret_cast<float*>(xq + align256(size_t(c.M) * size_t(c.K)));
+  return true;
+}
+
 std::string QuantGemm::fp8_gemm(const QuantLinearCall& c, DType dt, cudaStream_t s) {
   if (!handle_) return "FP8 GEMM workspaces were not set up at load";
   const size_t xq_need = align256(size_t(c.M) * size_t(c.K)) + align256(size_t(c.M) * 4);
@@ -412,8 +422,11 @@ std::string QuantGemm::fp8_gemm(const QuantLinearCall& c, DType dt, cudaStream_t
     return "FP8 activation workspace too small for M=" + std::to_string(c.M) + " K=" + std::to_string(c.K);
   uint8_t* xq = static_cast<uint8_t*>(xq_);
   float* sx = reinterpret_cast<float*>(xq + align256(size_t(c.M) * size_t(c.K)));
-  cudaError_t ce = quantize_rows_fp8(c.x, xq, sx, c.M, c.K, dt, s);
-  if (ce != cudaSuccess) return std::string("quantize_rows_fp8: ") + cudaGetErrorString(ce);
+  cudaError_t ce = cudaSuccess;
+  if (!c.x_fp8) {  // else its producer wrote these rows (fp8_act_rows)
+    ce = quantize_rows_fp8(c.x, xq, sx, c.M, c.K, dt, s);
+    if (ce != cudaSuccess) return std::string("quantize_rows_fp8: ") + cudaGetErrorString(ce);
+  }
   const float alpha = 1.f;
   // Outer-vector scaling (one GEMM writing T) from kFp8OuterMinM rows. Below, cuBLASLt's first pick for it was
   // slower than the plain FP8 GEMM + epilogue kernel (H200, Llama-2-7B FP8, decode M = 64: TPOT 6.06 ms with it,
@@ -476,7 +489,9 @@ std::string QuantGemm::fp8_gemm(const QuantLinearCall& c, DType dt, cudaStream_t
     Fp8Plan* p = nullptr;
     std::string err = fp8_plan(mc, c.N, c.K, c.w, xq + size_t(m0) * c.K, s, &p);
     if (!err.empty()) {
-      // No cuBLASLt FP8 algorithm for this shape: the decode kernel over 4-row slices (same numerics, slower).
+      // No cuBLASLt FP8 algorithm for this shape: the decode kernel over 4-row slices (same numerics, slower),
+      // which quantises x itself — so not when only the FP8 rows exist.
+      if (c.x_fp8) return err + " (x came as FP8 rows from its producer; TSLLM_FP8_ACT_FUSION=0 lets the gemv run)";
       if (quant_gemv_unsupported(QuantKind::Fp8, 1, c.K, 0, c.x, c.w, dt)) return err;
       if (verbose) std::fprintf(stderr, "tsllm %s: FP8 rows %d..%d through quant_gemv\n", err.c_str(), m0, m0 + mc);
       for (int r0 = m0; r0 < m0 + mc; r0 += kQuantGemvMaxM) {

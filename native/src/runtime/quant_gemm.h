@@ -39,6 +39,9 @@ struct QuantLinearCall {
   void* out;
   int M, N, K;
   Act act = Act::None;
+  // FP8: x's producer already wrote it as FP8 rows where fp8_act_rows said (forward.cc's FP8 activation
+  // fusion); x itself was not written and is not read.
+  bool x_fp8 = false;
 };
 
 // Workspace needs of an engine's quant_linear nodes at its limits (load.cc sizes them once).
@@ -69,6 +72,7 @@ class QuantGemm {
   std::string run(const QuantLinearCall& c, DType dt, cudaStream_t s, LinearFn&& linear) {
     if (c.M <= 0) return "";
     const int v = gemv_variant(c, dt, s);
+    if (c.x_fp8 && (v >= 0 || c.kind != QuantKind::Fp8)) return "x came as FP8 rows but the call does not take the FP8 GEMM";
     if (v >= 0) {
       cudaError_t e = quant_gemv(v, c.kind, c.x, c.w, c.scales, c.group, c.bias, c.residual, c.out, c.M, c.N, c.K,
                                  c.act, dt, pdl, s);
@@ -93,6 +97,13 @@ class QuantGemm {
                                c.act, dt, pdl, s, pro);
     return e == cudaSuccess ? std::string() : std::string("quant_gemv (rms_norm prologue): ") + cudaGetErrorString(e);
   }
+
+  // Where the producer of c.x writes it as FP8 rows for this call: true when the call is FP8, takes the FP8 GEMM
+  // path at its M (not the gemv) and the workspace holds its rows; *rows then points into the workspace, which
+  // fp8_gemm reads when c.x_fp8. The same answer for the same call all along (the gemv choice is made once per
+  // shape), so producer and consumer agree. Tunes the gemv choice on first use, like run (never during capture for
+  // a new shape).
+  bool fp8_act_rows(const QuantLinearCall& c, DType dt, cudaStream_t s, Fp8Rows* rows);
 
   bool fp8_outer = true;  // TSLLM_FP8_OUTER_VEC=0: FP8 GEMMs always through the fp32 chunk + scale epilogue kernel
   bool fast_accum = true;  // TSLLM_FP8_FAST_ACCUM=0: FP8 GEMMs promote their accumulators (options.h)
