@@ -25,6 +25,7 @@
 
 #include "../src/kernels/attention_internal.h"
 #include "../src/kernels/kernels.h"
+#include "../src/kernels/quant.h"
 #include "test_util.cuh"
 
 using namespace tsllm;
@@ -255,10 +256,13 @@ int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IOLBF, 0);
   const std::string only = argc > 1 ? argv[1] : "";
   const bool one = only == "decode-one" && argc == 6;
-  if (argc > 1 && only != "decode" && only != "sweep" && only != "fmha8" && only != "context" && !one) {
-    std::printf("usage: kernels_bench [decode|sweep|fmha8|context|decode-one B CTX bf16|fp8 CFG]   (decode: only the "
+  if (argc > 1 && only != "decode" && only != "sweep" && only != "fmha8" && only != "context" && only != "fp8rows" &&
+      !one) {
+    std::printf("usage: kernels_bench [decode|sweep|fmha8|context|fp8rows|decode-one B CTX bf16|fp8 CFG]   (decode: "
+                "only the "
                 "large-batch decode attention tables; sweep: only variant 4's configurations; fmha8: only the "
-                "FP8-cache context table; context: only the 16-bit context table; decode-one: three calls of variant "
+                "FP8-cache context table; context: only the 16-bit context table; fp8rows: the norm / gated_act "
+                "writing FP8 rows vs + quantize_rows_fp8; decode-one: three calls of variant "
                 "4 configuration CFG at Llama-3.1-8B batch B, context CTX, for a profiler: ncu --kernel-name "
                 "regex:decode_mma --launch-skip 2 --launch-count 1)\n");
     return 2;
@@ -284,6 +288,45 @@ int main(int argc, char** argv) {
   std::printf("device-to-device copy 1 GiB: %.1f us, %.0f GB/s (read+write)\n\n", copy_us, copy);
   if (only == "fmha8") {
     fp8_context_table();
+    return 0;
+  }
+  if (only == "fp8rows") {  // FP8 activation fusion: producer + quantize_rows_fp8 vs the producer writing FP8 rows
+    std::printf("FP8 rows at Llama-3.1-8B bs 1024 (graph_us per call): unfused = producer + quantize_rows_fp8; fused: "
+                "the producer writing the rows, by max threads a row\n");
+    for (int gated = 0; gated < 2; gated++) {
+      const int rows = 1024, C = gated ? 14336 : 4096;
+      void *x, *r, *w, *y, *s2, *q;
+      float* sc;
+      CK(cudaMalloc(&x, (size_t)rows * 2 * C * 2));
+      CK(cudaMalloc(&r, (size_t)rows * C * 2));
+      CK(cudaMalloc(&w, C * 2));
+      CK(cudaMalloc(&y, (size_t)rows * C * 2));
+      CK(cudaMalloc(&s2, (size_t)rows * C * 2));
+      CK(cudaMalloc(&q, (size_t)rows * C));
+      CK(cudaMalloc(&sc, rows * 4));
+      CK(random_fill(x, DType::BF16, (size_t)rows * 2 * C, 1, 0.f, 1.f, 0));
+      CK(random_fill(r, DType::BF16, (size_t)rows * C, 2, 0.f, 1.f, 0));
+      CK(random_fill(w, DType::BF16, C, 3, 1.f, 0.1f, 0));
+      auto produce = [&](const Fp8Rows* f, cudaStream_t s) {
+        CK(gated ? gated_act(x, y, rows, C, Act::Silu, DType::BF16, s, f)
+                 : rms_norm(x, r, w, 0.f, y, s2, rows, C, 1e-5f, DType::BF16, s, nullptr, nullptr, f));
+      };
+      const char* what = gated ? "gated_act silu" : "add+rms_norm";
+      double g, st;
+      time_calls(64, [&](int, cudaStream_t s) { produce(nullptr, s); }, &g, &st);
+      std::printf("%-15s %dx%d alone        %8.2f\n", what, rows, C, g);
+      time_calls(64, [&](int, cudaStream_t s) {
+        produce(nullptr, s);
+        CK(quantize_rows_fp8(y, q, sc, rows, C, DType::BF16, s));
+      }, &g, &st);
+      std::printf("%-15s %dx%d unfused      %8.2f\n", what, rows, C, g);
+      for (int mt : {128, 256, 512}) {
+        const Fp8Rows f{static_cast<uint8_t*>(q), sc, mt};
+        time_calls(64, [&](int, cudaStream_t s) { produce(&f, s); }, &g, &st);
+        std::printf("%-15s %dx%d fused %4d   %8.2f\n", what, rows, C, mt, g);
+      }
+      cudaFree(x), cudaFree(r), cudaFree(w), cudaFree(y), cudaFree(s2), cudaFree(q), cudaFree(sc);
+    }
     return 0;
   }
   if (only == "context") {

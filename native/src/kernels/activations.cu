@@ -91,8 +91,9 @@ cudaError_t launch_gated_fp8_t(const void* x, const Fp8Rows& fp8, int rows, int 
   if (!kd::aligned16(x) || !kd::aligned16(fp8.q) || (reinterpret_cast<uintptr_t>(fp8.scales) & 3) != 0)
     return cudaErrorMisalignedAddress;
   const int nvec = inter / N;  // <= kFp8RowsMaxCols / 8 = 8 * 512
+  const int cap = fp8.max_threads > 0 ? fp8.max_threads : 512;
   int vpt = 1;
-  while (nvec > vpt * 512) vpt *= 2;
+  while (nvec > vpt * cap && vpt < 8) vpt *= 2;
   const int threads = ((nvec + vpt - 1) / vpt + 31) / 32 * 32;
   const T* xp = static_cast<const T*>(x);
   switch (vpt) {

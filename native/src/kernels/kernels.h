@@ -32,6 +32,7 @@ cudaError_t embedding(const int32_t* ids, const void* table, void* out, int num_
 struct Fp8Rows {
   uint8_t* q = nullptr;
   float* scales = nullptr;
+  int max_threads = 0;  // threads a row's block may take (0: 512); kernels_bench fp8rows times the choices
 };
 constexpr int kFp8RowsMaxCols = 32768;
 inline bool fp8_rows_supported(int cols, DType dt) {

@@ -170,8 +170,9 @@ cudaError_t launch_norm_t(const void* x_, const void* res_, const void* w_, cons
   const int nvec = hidden / N;
   if (Q && (!vec || nvec > 8 * 512)) return vec ? cudaErrorNotSupported : cudaErrorMisalignedAddress;
   if (vec && nvec <= 8 * 512) {
+    const int cap = Q && fp8.max_threads > 0 ? fp8.max_threads : 512;
     int vpt = 1;
-    while (nvec > vpt * 512) vpt *= 2;
+    while (nvec > vpt * cap && vpt < 8) vpt *= 2;
     int threads = ((nvec + vpt - 1) / vpt + 31) / 32 * 32;
 #define TSLLM_NORM_CASE(V) \
   case V:                                                                                                        \
