@@ -2,7 +2,8 @@
 //   M <= 4 (decode; int8 / int4 up to 16, kIntMmaGemvMaxM, through their tensor-core variants): kernels/quant_gemv.cu
 //     reads the quantised weights directly (FP8: x quantised per token inside the kernel); the variant is timed once
 //     per shape (among those that take M rows), L2 flushed, like GemmRunner's tuner.
-//   larger M, FP8: quantize_rows_fp8 (x -> E4M3 + per-token scales, workspace), then the cuBLASLt FP8 GEMM (E4M3
+//   larger M, FP8: quantize_rows_fp8 (x -> E4M3 + per-token scales, workspace) unless x's producer wrote those rows
+//     (FP8 activation fusion, fp8_act_rows / QuantLinearCall::x_fp8), then the cuBLASLt FP8 GEMM (E4M3
 //     A = W with op T and B = x, the "TN" layout Hopper's FP8 GEMM needs; fp32 accumulate):
 //     - no activation: outer-vector scaling (per-channel s_w, per-token s_x vectors, CUDA 12.9+) with the bias
 //       epilogue and the residual as C, output in the activation dtype: one GEMM;
@@ -13,7 +14,7 @@
 //     (dequantize_weight), then the ordinary linear (GemmRunner) runs on it.
 // Switches (A/B, environment only, options.cc): TSLLM_QGEMV=0 never uses the quantised gemv (the large-M path for
 // every M), TSLLM_QGEMV_VARIANT=k forces variant k, TSLLM_FP8_OUTER_VEC=0 (see below), TSLLM_FP8_FAST_ACCUM=0 (the
-// FP8 GEMMs without CUBLASLT_MATMUL_DESC_FAST_ACCUM).
+// FP8 GEMMs without CUBLASLT_MATMUL_DESC_FAST_ACCUM), TSLLM_FP8_ACT_FUSION=0 (options.h).
 #pragma once
 #include <cublasLt.h>
 #include <cuda_runtime.h>
