@@ -75,14 +75,7 @@ __global__ void __launch_bounds__(512)
       }
     }
   }
-  am = kd::block_max(am);
-  const float sc = kd::e4m3_row_scale(am), rs = __frcp_rn(sc);
-  if (threadIdx.x == 0) qs[row] = sc;
-#pragma unroll
-  for (int k = 0; k < VPT; ++k) {
-    const int vi = threadIdx.x + k * blockDim.x;
-    if (vi < nvec) *reinterpret_cast<uint2*>(q + row * inter + vi * N) = kd::f8_to_e4m3x8_fast(v[k], sc, rs);
-  }
+  kd::store_fp8_row<VPT>(v, am, nvec, q + row * inter, qs + row);
 }
 
 template <typename T, Act A>

@@ -109,34 +109,23 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// Sum over the block (blockDim.x a multiple of 32, at most 1024). Every thread gets the total.
+// Sum (MAX: max, of values >= 0) over the block (blockDim.x a multiple of 32, at most 1024). Every thread gets it.
 // Safe to call several times in a row.
-__device__ __forceinline__ float block_sum(float v) {
+template <bool MAX>
+__device__ __forceinline__ float block_reduce_all(float v) {
   __shared__ float sh[32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  v = warp_sum(v);
+  v = MAX ? warp_max(v) : warp_sum(v);
   if (lane == 0) sh[warp] = v;
   __syncthreads();
   const int nw = blockDim.x >> 5;
   v = lane < nw ? sh[lane] : 0.f;
-  v = warp_sum(v);
+  v = MAX ? warp_max(v) : warp_sum(v);
   __syncthreads();
   return v;
 }
-
-// Max over the block (as block_sum). Every thread gets it.
-__device__ __forceinline__ float block_max(float v) {
-  __shared__ float sh[32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  v = warp_max(v);
-  if (lane == 0) sh[warp] = v;
-  __syncthreads();
-  const int nw = blockDim.x >> 5;
-  v = lane < nw ? sh[lane] : 0.f;
-  v = warp_max(v);
-  __syncthreads();
-  return v;
-}
+__device__ __forceinline__ float block_sum(float v) { return block_reduce_all<false>(v); }
+__device__ __forceinline__ float block_max(float v) { return block_reduce_all<true>(v); }
 
 // Programmatic dependent launch (sm_90): a kernel that calls pdl_trigger() lets a successor launched with
 // cudaLaunchAttributeProgrammaticStreamSerialization start early (no-op when the successor is launched normally);

@@ -98,14 +98,7 @@ __global__ void __launch_bounds__(512) norm_vec_kernel(const T* x, const T* res,
   }
   if constexpr (Q) {
     static_assert(N == 8, "FP8 rows: 16-bit activations");
-    am = kd::block_max(am);
-    const float sc = kd::e4m3_row_scale(am), rs = __frcp_rn(sc);
-    if (threadIdx.x == 0) qs[row] = sc;
-#pragma unroll
-    for (int k = 0; k < VPT; ++k) {
-      const int vi = threadIdx.x + k * blockDim.x;
-      if (vi < nvec) *reinterpret_cast<uint2*>(q + row * hidden + vi * N) = kd::f8_to_e4m3x8_fast(v[k], sc, rs);
-    }
+    kd::store_fp8_row<VPT>(v, am, nvec, q + row * hidden, qs + row);
   }
 }
 

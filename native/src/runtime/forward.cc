@@ -21,6 +21,14 @@ namespace {
   throw StepError("node " + std::to_string(i) + " (" + op_name(n.op) + "): " + msg);
 }
 
+// How many node inputs in the program read value v (the fusion plans' "only use" checks).
+int uses_of(const EngineDesc& d, int v) {
+  int uses = 0;
+  for (const NodeDesc& k : d.nodes)
+    for (int in : k.in) uses += in == v;
+  return uses;
+}
+
 // The prologue a skippable node turns into (GemvPro::None when it cannot be fused).
 GemvPro prologue_kind(const NodeDesc& n) {
   // The gemv prologue reads w as is and has no place for a norm's folded elementwise chains.
@@ -465,11 +473,7 @@ void plan_fp8_act_fusion(Engine& e) {
     const int v = n.out[0];
     if (l.op != Op::QuantLinear || l.quant != QuantKind::Fp8 || l.in.empty() || l.in[0] != v) continue;
     if (v == d.logits_value || !fp8_rows_supported(int(e.val(v).last_dim()), e.dt)) continue;
-    // Nothing else reads the output the producer no longer writes.
-    int uses = 0;
-    for (const NodeDesc& k : d.nodes)
-      for (int in : k.in) uses += in == v;
-    if (uses != 1) continue;
+    if (uses_of(d, v) != 1) continue;  // nothing else reads the output the producer no longer writes
     e.fp8_consumer[i] = int(i + 1);
     e.fp8_producer[i + 1] = int(i);
   }
@@ -488,10 +492,7 @@ void plan_moe_fusion(Engine& e) {
     // The very next node (so no other node runs between: its outputs' arena slots are free when the combine
     // writes them), taking the moe output once as one of its two summands, and nothing else reading it.
     if (v == d.logits_value || (nj.in[0] == v) == (nj.in[1] == v)) continue;
-    int uses = 0;
-    for (const NodeDesc& k : d.nodes)
-      for (int in : k.in) uses += in == v;
-    if (uses != 1) continue;
+    if (uses_of(d, v) != 1) continue;
     e.moe_next[i] = int(i + 1);
     e.moe_prev[i + 1] = int(i);
   }
