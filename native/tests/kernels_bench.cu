@@ -259,11 +259,10 @@ int main(int argc, char** argv) {
   if (argc > 1 && only != "decode" && only != "sweep" && only != "fmha8" && only != "context" && only != "fp8rows" &&
       !one) {
     std::printf("usage: kernels_bench [decode|sweep|fmha8|context|fp8rows|decode-one B CTX bf16|fp8 CFG]   (decode: "
-                "only the "
-                "large-batch decode attention tables; sweep: only variant 4's configurations; fmha8: only the "
-                "FP8-cache context table; context: only the 16-bit context table; fp8rows: the norm / gated_act "
-                "writing FP8 rows vs + quantize_rows_fp8; decode-one: three calls of variant "
-                "4 configuration CFG at Llama-3.1-8B batch B, context CTX, for a profiler: ncu --kernel-name "
+                "only the large-batch decode attention tables; sweep: only variant 4's configurations; fmha8: only "
+                "the FP8-cache context table; context: only the 16-bit context table; fp8rows: the norm / gated_act "
+                "writing FP8 rows against them + quantize_rows_fp8; decode-one: three calls of variant 4 "
+                "configuration CFG at Llama-3.1-8B batch B, context CTX, for a profiler: ncu --kernel-name "
                 "regex:decode_mma --launch-skip 2 --launch-count 1)\n");
     return 2;
   }
