@@ -473,6 +473,9 @@ void plan_fp8_act_fusion(Engine& e) {
     const int v = n.out[0];
     if (l.op != Op::QuantLinear || l.quant != QuantKind::Fp8 || l.in.empty() || l.in[0] != v) continue;
     if (v == d.logits_value || !fp8_rows_supported(int(e.val(v).last_dim()), e.dt)) continue;
+    // Only where cuBLASLt's FP8 GEMM takes the shape (K and N multiples of 16): its fallback for other shapes, the
+    // gemv over 4-row slices, quantises x itself and cannot read FP8 rows.
+    if (e.val(v).last_dim() % 16 != 0 || e.val(l.in[1]).shape[0].n % 16 != 0) continue;
     if (uses_of(d, v) != 1) continue;  // nothing else reads the output the producer no longer writes
     e.fp8_consumer[i] = int(i + 1);
     e.fp8_producer[i + 1] = int(i);
