@@ -204,7 +204,11 @@ describe("quantised engines on the GPU", () => {
   // epilogue kernel) may differ from one load to the next and move the last bits.
   for (const kv of [false, true]) {
     it(`tiny-llama fp8${kv ? " kv fp8" : ""}: norms / gated_act writing the FP8 GEMM's rows = the GEMM quantising (identical logits)`, async () => {
-      const dir = await tinyEngine("llama", "fp16", { sm: 90, quant: "fp8", ...(kv ? { kvCacheDtype: "fp8" } : {}) });
+      const dir = await tinyEngine("llama", "fp16", {
+        sm: 90,
+        quant: "fp8",
+        ...(kv ? { kvCacheDtype: "fp8" } : {}),
+      });
       const golden = readGolden(goldenFile("llama"));
       const run = (env: Record<string, string>) => {
         const ex = load(dir, { TSLLM_GEMM_TUNE: "0", ...env });
