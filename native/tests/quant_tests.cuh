@@ -472,7 +472,8 @@ void test_fp8_rows(Rng& rng, DType dt, int kind, int rows, int cols, int max_thr
   const bool gated = kind == 3, add = kind == 1;
   const size_t in_cols = gated ? size_t(2) * cols : size_t(cols);
   Buf x(dt, rows * in_cols), res(dt, size_t(rows) * cols), w(dt, cols), b(dt, cols);
-  Buf y(dt, size_t(rows) * cols), sum(dt, size_t(rows) * cols), y2(dt, size_t(rows) * cols), sum2(dt, size_t(rows) * cols);
+  const size_t n = size_t(rows) * cols;
+  Buf y(dt, n), sum(dt, n), y2(dt, n), sum2(dt, n);
   x.fill(rng, -3.f, 3.f), res.fill(rng, -2.f, 2.f), w.fill(rng, 0.5f, 1.5f), b.fill(rng, -0.2f, 0.2f);
   if (rows > 1) x.set(in_cols + 3, 60.f);  // an outlier row
   x.up(), res.up(), w.up(), b.up();
@@ -481,7 +482,8 @@ void test_fp8_rows(Rng& rng, DType dt, int kind, int rows, int cols, int max_thr
     switch (kind) {
       case 0: return rms_norm(x.d, nullptr, w.d, 0.f, yo, nullptr, rows, cols, 1e-5f, dt, 0, nullptr, nullptr, f);
       case 1: return rms_norm(x.d, res.d, w.d, 0.f, yo, so, rows, cols, 1e-5f, dt, 0, nullptr, nullptr, f);
-      case 2: return layer_norm(x.d, nullptr, w.d, 0.f, b.d, yo, nullptr, rows, cols, 1e-5f, dt, 0, nullptr, nullptr, f);
+      case 2:
+        return layer_norm(x.d, nullptr, w.d, 0.f, b.d, yo, nullptr, rows, cols, 1e-5f, dt, 0, nullptr, nullptr, f);
       default: return gated_act(x.d, yo, rows, cols, Act::Silu, dt, 0, f);
     }
   };
@@ -511,8 +513,8 @@ void test_fp8_rows(Rng& rng, DType dt, int kind, int rows, int cols, int max_thr
   if (add) bad += sum.h != sum2.h;
   for (size_t i = 0; i < y2.h.size(); i++) ywritten += y2.h[i] != 0xFF;
   char name[128];
-  std::snprintf(name, sizeof name, "fp8 rows from %s %s %dx%d, max threads %d (= quantize_rows_fp8 of its output, bytes)",
-                kNames[kind], dname(dt), rows, cols, max_threads ? max_threads : 512);
+  std::snprintf(name, sizeof name, "fp8 rows from %s %s %dx%d, max threads %d (= quantize_rows_fp8 of its output, "
+                "bytes)", kNames[kind], dname(dt), rows, cols, max_threads ? max_threads : 512);
   report(bad == 0 && ywritten == 0, name, double(bad),
          "mismatches=" + std::to_string(bad) + " y bytes written=" + std::to_string(ywritten));
   cudaFree(dq), cudaFree(dq2), cudaFree(ds), cudaFree(ds2);

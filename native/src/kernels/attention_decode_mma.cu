@@ -11,8 +11,8 @@
 // (NW, S, prefetch) come from kDecodeMmaConfigs (attention_internal.h); entry 0, 2 warps, 2 stages and the
 // block-table prefetch, is what the runtime runs (kernels-notes.md).
 // FP8 (E4M3) cache: the ring holds the cache's bytes (half a 16-bit tile); each warp converts its landed K tile, and
-// after the scores its V tile, into one warp-private fp16 tile (E4M3 values are exact in fp16) for the same ldmatrix / mma code, in fp16 also for a
-// bf16 model (its q tile converted once; see MT in the kernel). k_scale and
+// after the scores its V tile, into one warp-private fp16 tile (E4M3 values are exact in fp16) for the same
+// ldmatrix / mma code, in fp16 also for a bf16 model (its q tile converted once; see MT in the kernel). k_scale and
 // v_scale stay in fp32, outside the tiles: k_scale is folded into the score scale, v_scale into the output. The
 // step's own key and value (the last key of the last split) enter unrounded, as in decode_kernel's FP8 path: the
 // converted tile's row holds rope_cache's rotated k (k_own) and the step's v row instead of the cache's E4M3 copy,

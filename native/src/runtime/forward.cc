@@ -466,7 +466,8 @@ void plan_fp8_act_fusion(Engine& e) {
   e.fp8_producer.assign(d.nodes.size(), -1);
   for (size_t i = 0; i + 1 < d.nodes.size(); i++) {
     const NodeDesc& n = d.nodes[i];
-    const bool norm = n.op == Op::RmsNorm || n.op == Op::AddRmsNorm || n.op == Op::LayerNorm || n.op == Op::AddLayerNorm;
+    const bool norm =
+        n.op == Op::RmsNorm || n.op == Op::AddRmsNorm || n.op == Op::LayerNorm || n.op == Op::AddLayerNorm;
     if (!norm && n.op != Op::GatedAct) continue;
     // The very next node, so nothing runs between the producer's write and the GEMM's read of the one workspace.
     const NodeDesc& l = d.nodes[i + 1];

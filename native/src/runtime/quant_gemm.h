@@ -73,7 +73,8 @@ class QuantGemm {
   std::string run(const QuantLinearCall& c, DType dt, cudaStream_t s, LinearFn&& linear) {
     if (c.M <= 0) return "";
     const int v = gemv_variant(c, dt, s);
-    if (c.x_fp8 && (v >= 0 || c.kind != QuantKind::Fp8)) return "x came as FP8 rows but the call does not take the FP8 GEMM";
+    if (c.x_fp8 && (v >= 0 || c.kind != QuantKind::Fp8))
+      return "x came as FP8 rows but the call does not take the FP8 GEMM";
     if (v >= 0) {
       cudaError_t e = quant_gemv(v, c.kind, c.x, c.w, c.scales, c.group, c.bias, c.residual, c.out, c.M, c.N, c.K,
                                  c.act, dt, pdl, s);
