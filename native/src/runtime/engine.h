@@ -191,6 +191,7 @@ struct Engine {
   // its quantize_rows_fp8 pass. Empty when off; else per node: fp8_consumer[i] = that linear (or -1),
   // fp8_producer[j] = that node (or -1).
   std::vector<int> fp8_consumer, fp8_producer;
+  int fp8_rows_from = -1;  // in forward(): the producer whose FP8 rows wait in the workspace for the next node, or -1
 
   // moe: the workspace of the largest moe node (routing, permutation, per-pair intermediates), and the runtime
   // fusion of the node right after a moe node (an add or add_rms_norm taking the moe output as its only use)

@@ -46,8 +46,8 @@ QuantLinearCall quant_call(Engine& e, const StepPlan& p, const NodeDesc& l, cons
 }
 
 // FP8 activation fusion (plan_fp8_act_fusion): whether producer node i writes its output as FP8 rows for its
-// consumer's FP8 GEMM in this step, and where (*rows). Asked by the producer and again by the consumer: the same
-// answer (QuantGemm::fp8_act_rows).
+// consumer's FP8 GEMM in this step, and where (*rows). Asked by the producer; the consumer reads the outcome from
+// Engine::fp8_rows_from.
 bool fp8_act_rows(Engine& e, const StepPlan& p, size_t i, Fp8Rows* rows) {
   if (e.fp8_consumer.empty() || e.fp8_consumer[i] < 0) return false;
   const NodeDesc& l = e.desc.nodes[size_t(e.fp8_consumer[i])];
@@ -193,9 +193,9 @@ void run_QuantLinear(const NodeRun& r) {
   QuantLinearCall c = quant_call(r.e, r.p, n, r.in(0), M, N, K);
   c.residual = res_in;
   c.out = dst;
-  Fp8Rows rows;
   const int src = r.e.fp8_producer.empty() ? -1 : r.e.fp8_producer[r.i];
-  c.x_fp8 = src >= 0 && fp8_act_rows(r.e, r.p, size_t(src), &rows);
+  c.x_fp8 = src >= 0 && r.e.fp8_rows_from == src;  // its producer wrote FP8 rows, not x (forward)
+  r.e.fp8_rows_from = -1;
   const std::string err = r.e.qgemm.run(c, r.dt, r.s, [&](const void* wd) {
     return linear_act(r, c.x, wd, r.in(3), res_in, dst, M, N, K, n.act, EwChain{});
   });
@@ -537,6 +537,7 @@ void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only) {
   const bool count = !only;
   const bool strict_fusion = e.tun.strict && e.tun.gemv == 1;
   const bool prof = e.profile && !only;
+  e.fp8_rows_from = -1;
   if (prof) {
     while (e.prof_events.size() < d.nodes.size() + 1) {
       cudaEvent_t ev;
@@ -599,6 +600,7 @@ void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only) {
     Fp8Rows rows;
     if (!e.fp8_consumer.empty() && e.fp8_consumer[i] >= 0 && fp8_act_rows(e, p, i, &rows)) {
       run_fp8_producer(r, rows);
+      e.fp8_rows_from = int(i);
       if (count) counter[TSLLM_KERNEL_FP8_ACT]++;
       continue;
     }
