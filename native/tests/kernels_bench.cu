@@ -1,9 +1,9 @@
 // Usage: kernels_bench [decode|sweep|fmha8|context|fp8rows|decode-one B CTX bf16|fp8 CFG]. "decode": only the
-// large-batch decode attention tables (old vs new kernel at the Llama-3.1-8B batch-256 shape of the throughput benchmark, GQA
-// ratios 4, 2 and 1, with the kernel the runtime's rule picks; then variant 4's kernel configurations, bf16 and FP8
-// caches); "sweep": only the configurations table; "fmha8": only the FP8-cache context table (fp16 kernel vs FP8
-// context FMHA); "context": only the 16-bit context table; "fp8rows": the norm / gated_act writing FP8 rows against
-// them + quantize_rows_fp8 (FP8 activation fusion); "decode-one": three calls of one variant 4 configuration,
+// large-batch decode attention tables (old vs new kernel at the Llama-3.1-8B batch-256 shape of the throughput
+// benchmark, GQA ratios 4, 2 and 1, with the kernel the runtime's rule picks; then variant 4's kernel configurations,
+// bf16 and FP8 caches); "sweep": only the configurations table; "fmha8": only the FP8-cache context table (fp16 kernel
+// vs FP8 context FMHA); "context": only the 16-bit context table; "fp8rows": the norm / gated_act writing FP8 rows
+// against them + quantize_rows_fp8 (FP8 activation fusion); "decode-one": three calls of one variant 4 configuration,
 // nothing timed, for a profiler; default: everything.
 // Micro-benchmark of paged_attention (Llama-2-7B shapes: 32 heads, 32 KV heads, head_dim 128, fp16, 32 tokens per
 // block) for decode at batch 1 / 64 and context 256 / 4096, plus context (prefill) attention and a few small
