@@ -321,9 +321,14 @@ int main(int argc, char** argv) {
       }, &g, &st);
       std::printf("%-15s %dx%d unfused      %8.2f\n", what, rows, C, g);
       for (int mt : {128, 256, 512}) {
-        const Fp8Rows f{static_cast<uint8_t*>(q), sc, mt};
+        const Fp8Rows f{static_cast<uint8_t*>(q), sc, mt, 0};
         time_calls(64, [&](int, cudaStream_t s) { produce(&f, s); }, &g, &st);
         std::printf("%-15s %dx%d fused %4d   %8.2f\n", what, rows, C, mt, g);
+      }
+      if (gated) {
+        const Fp8Rows f{static_cast<uint8_t*>(q), sc, 0, 1};
+        time_calls(64, [&](int, cudaStream_t s) { produce(&f, s); }, &g, &st);
+        std::printf("%-15s %dx%d fused staged %8.2f\n", what, rows, C, g);
       }
       cudaFree(x), cudaFree(r), cudaFree(w), cudaFree(y), cudaFree(s2), cudaFree(q), cudaFree(sc);
     }

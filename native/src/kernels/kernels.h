@@ -33,7 +33,11 @@ struct Fp8Rows {
   uint8_t* q = nullptr;
   float* scales = nullptr;
   int max_threads = 0;  // threads a row's block may take (0: 512); kernels_bench fp8rows times the choices
+  // gated_act: 0 the rounded row in registers (VPT vectors a thread, max_threads a row); 1 staged in shared memory
+  // as the activation dtype, 256 threads a row (kernels_bench fp8rows times both); -1 kGatedFp8Variant.
+  int variant = -1;
 };
+constexpr int kGatedFp8Variant = 1;
 constexpr int kFp8RowsMaxCols = 32768;
 inline bool fp8_rows_supported(int cols, DType dt) {
   return (dt == DType::F16 || dt == DType::BF16) && cols > 0 && cols % 8 == 0 && cols <= kFp8RowsMaxCols;
