@@ -234,7 +234,7 @@ cudaError_t paged_attention(const void* q, int q_stride, const void* k, int k_st
                             DType dt, void* workspace, cudaStream_t s);
 
 // ---- sampling ----
-// logits fp32 [num_rows, vocab]. Per row: temperature <= 0 or top_k == 1 => greedy (argmax, lowest index on ties);
+// logits [num_rows, vocab]. Per row: temperature <= 0 or top_k == 1 => greedy (argmax, lowest index on ties);
 // otherwise softmax(logits/temperature) restricted to top_k (0 = all) and top_p (1 = all), sampled with a
 // counter-based RNG from (seed[row], step[row]) so a seed repeats exactly. out_tokens int32 [num_rows].
 // ---- pipelined steps ----
@@ -243,6 +243,10 @@ cudaError_t feed_tokens(int32_t* ids, const int32_t* seq_start, const int32_t* f
                         int num_seqs, cudaStream_t s);
 
 size_t sampling_workspace_bytes(int max_rows, int vocab);
+// logits_dt: the logits as stored (fp32, fp16 or bf16), read directly: the same tokens as from their fp32 copy.
+cudaError_t sample(const void* logits, DType logits_dt, int num_rows, int vocab, const float* temperature,
+                   const int32_t* top_k, const float* top_p, const uint64_t* seed, const int32_t* step,
+                   int32_t* out_tokens, void* workspace, cudaStream_t s);
 cudaError_t sample(const float* logits, int num_rows, int vocab, const float* temperature, const int32_t* top_k,
                    const float* top_p, const uint64_t* seed, const int32_t* step, int32_t* out_tokens,
                    void* workspace, cudaStream_t s);
