@@ -215,10 +215,12 @@ struct AttnParams {
   // E4M3 on tensor cores) where fp8_context_fmha_unavailable allows it, else the fp16/bf16 context kernel.
   bool fp8_context_fmha = false;
   // Decode variant 4's kernel configuration: an index into kd::kDecodeMmaConfigs (attention_internal.h; warps,
-  // ring stages, block-table prefetch). 0, the default (2 warps, 2 stages, prefetch), is the runtime's; the others
-  // are for kernels_bench's sweep and kernels_test.
+  // ring stages, block-table prefetch, FP8 fragments). 0 is the runtime's default; the others are for kernels_bench's
+  // sweep, kernels_test and TSLLM_DECODE_MMA_CFG's A/B.
   int mma_cfg = 0;
 };
+// How many configurations AttnParams::mma_cfg indexes.
+int decode_mma_config_count();
 // Why the FP8 context FMHA cannot run for an FP8 KV cache of head size head_dim on the current device (head_dim
 // not a multiple of 16 up to 128; no sm_89+ code of the kernel for the GPU), or nullptr when it can.
 const char* fp8_context_fmha_unavailable(int head_dim);
