@@ -172,7 +172,7 @@ static void decode_at_scale(size_t l2_defeat, double copy) {
 // cache (there with variant 2, the CUDA-core kernel, for reference). Times as in decode_at_scale (the
 // rope/cache-write kernel and the split-K reduce included); GB/s counts the KV bytes read (1 byte an element for
 // FP8). "<-" marks configuration 0, what the runtime runs; "vs cfg0" is cfg0's time over the row's.
-static void decode_mma_sweep(size_t l2_defeat, double copy) {
+static void decode_mma_sweep(size_t l2_defeat, double copy, bool fp8_only) {
   struct Shape {
     int B, ctx;
     bool fp8;
@@ -183,6 +183,7 @@ static void decode_mma_sweep(size_t l2_defeat, double copy) {
   std::printf("%-5s %5s %6s %7s %-14s %10s %8s %7s %8s\n", "cache", "batch", "ctx", "splits", "kernel", "us/layer",
               "KV GB/s", "%copy", "vs cfg0");
   for (const Shape& sh : shapes) {
+    if (fp8_only && !sh.fp8) continue;
     // An FP8 layer is half the bytes: twice the layers to keep the cycle out of L2.
     AttnSetup a(sh.B, sh.ctx, 1, sh.fp8 ? 2 * l2_defeat : l2_defeat, 8, DType::BF16);
     if (sh.fp8) a.use_fp8_cache();
@@ -198,7 +199,8 @@ static void decode_mma_sweep(size_t l2_defeat, double copy) {
       const kd::DecodeMmaConfig c = kd::kDecodeMmaConfigs[cfg];
       char name[32];
       if (variant == 4)
-        std::snprintf(name, sizeof name, "v4 cfg%d %dw %ds%s", cfg, c.warps, c.stages, c.prefetch ? " pf" : "");
+        std::snprintf(name, sizeof name, "v4 cfg%d %dw %ds%s%s", cfg, c.warps, c.stages, c.prefetch ? " pf" : "",
+                      c.fp8_tile ? " tile" : "");
       else
         std::snprintf(name, sizeof name, "v%d", variant);
       char vs[16] = "";
@@ -207,7 +209,8 @@ static void decode_mma_sweep(size_t l2_defeat, double copy) {
                   sp.splits, name, g, kv_bytes / (g * 1e3), 100.0 * kv_bytes / (g * 1e3) / copy, vs,
                   variant == 4 && cfg == 0 ? "<-" : "");
     };
-    for (int cfg = 0; cfg < kd::kDecodeMmaConfigCount; ++cfg) run(4, cfg);
+    for (int cfg = 0; cfg < kd::kDecodeMmaConfigCount; ++cfg)
+      if (sh.fp8 || !kd::kDecodeMmaConfigs[cfg].fp8_tile) run(4, cfg);  // fp8_tile changes only an FP8 cache's kernel
     if (sh.fp8) run(2, 0);
   }
 }
@@ -257,10 +260,13 @@ int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IOLBF, 0);
   const std::string only = argc > 1 ? argv[1] : "";
   const bool one = only == "decode-one" && argc == 6;
-  if (argc > 1 && only != "decode" && only != "sweep" && only != "fmha8" && only != "context" && only != "fp8rows" &&
-      !one) {
-    std::printf("usage: kernels_bench [decode|sweep|fmha8|context|fp8rows|decode-one B CTX bf16|fp8 CFG]   (decode: "
-                "only the large-batch decode attention tables; sweep: only variant 4's configurations; fmha8: only "
+  const bool sweep_fp8 = only == "sweep" && argc == 3 && std::string(argv[2]) == "fp8";
+  const bool known = only == "decode" || (only == "sweep" && (argc == 2 || sweep_fp8)) || only == "fmha8" ||
+                     only == "context" || only == "fp8rows" || one;
+  if (argc > 1 && !known) {
+    std::printf("usage: kernels_bench [decode|sweep [fp8]|fmha8|context|fp8rows|decode-one B CTX bf16|fp8 CFG]   "
+                "(decode: only the large-batch decode attention tables; sweep: only variant 4's configurations (fp8: "
+                "at the FP8-cache shapes only); fmha8: only "
                 "the FP8-cache context table; context: only the 16-bit context table; fp8rows: the norm / gated_act "
                 "writing FP8 rows against them + quantize_rows_fp8; decode-one: three calls of variant 4 "
                 "configuration CFG at Llama-3.1-8B batch B, context CTX, for a profiler: ncu --kernel-name "
@@ -321,9 +327,14 @@ int main(int argc, char** argv) {
       }, &g, &st);
       std::printf("%-15s %dx%d unfused      %8.2f\n", what, rows, C, g);
       for (int mt : {128, 256, 512}) {
-        const Fp8Rows f{static_cast<uint8_t*>(q), sc, mt};
+        const Fp8Rows f{static_cast<uint8_t*>(q), sc, mt, 0};
         time_calls(64, [&](int, cudaStream_t s) { produce(&f, s); }, &g, &st);
         std::printf("%-15s %dx%d fused %4d   %8.2f\n", what, rows, C, mt, g);
+      }
+      if (gated) {
+        const Fp8Rows f{static_cast<uint8_t*>(q), sc, 0, 1};
+        time_calls(64, [&](int, cudaStream_t s) { produce(&f, s); }, &g, &st);
+        std::printf("%-15s %dx%d fused staged %8.2f\n", what, rows, C, g);
       }
       cudaFree(x), cudaFree(r), cudaFree(w), cudaFree(y), cudaFree(s2), cudaFree(q), cudaFree(sc);
     }
@@ -334,7 +345,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (only != "sweep") decode_at_scale(l2_defeat, copy);
-  decode_mma_sweep(l2_defeat, copy);
+  decode_mma_sweep(l2_defeat, copy, sweep_fp8);
   if (only_decode || only == "sweep") return 0;
   std::printf("\n");
 

@@ -1211,20 +1211,25 @@ static void test_chains(Rng& rng) {
 struct SampleRun {
   std::vector<int32_t> out;
 };
+// ldt: the dtype the logits are handed to sample() in (their values rounded to it on the host first).
 static std::vector<int32_t> run_sample(const std::vector<float>& logits, int rows, int vocab, const std::vector<float>& temp,
                                        const std::vector<int32_t>& topk, const std::vector<float>& topp,
-                                       const std::vector<uint64_t>& seed, const std::vector<int32_t>& step) {
-  float *dl, *dt, *dp;
+                                       const std::vector<uint64_t>& seed, const std::vector<int32_t>& step,
+                                       DType ldt = DType::F32) {
+  float *dt, *dp;
+  void* dl;
   int32_t *dk, *ds, *dout;
   uint64_t* dseed;
-  CK(cudaMalloc(&dl, logits.size() * 4));
+  std::vector<uint8_t> lh(logits.size() * dsize(ldt));
+  for (size_t i = 0; i < logits.size(); i++) wr(lh, i, logits[i], ldt);
+  CK(cudaMalloc(&dl, lh.size()));
   CK(cudaMalloc(&dt, rows * 4));
   CK(cudaMalloc(&dp, rows * 4));
   CK(cudaMalloc(&dk, rows * 4));
   CK(cudaMalloc(&ds, rows * 4));
   CK(cudaMalloc(&dout, rows * 4));
   CK(cudaMalloc(&dseed, rows * 8));
-  CK(cudaMemcpy(dl, logits.data(), logits.size() * 4, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dl, lh.data(), lh.size(), cudaMemcpyHostToDevice));
   CK(cudaMemcpy(dt, temp.data(), rows * 4, cudaMemcpyHostToDevice));
   CK(cudaMemcpy(dp, topp.data(), rows * 4, cudaMemcpyHostToDevice));
   CK(cudaMemcpy(dk, topk.data(), rows * 4, cudaMemcpyHostToDevice));
@@ -1234,7 +1239,7 @@ static std::vector<int32_t> run_sample(const std::vector<float>& logits, int row
   void* ws = nullptr;
   const size_t wsb = sampling_workspace_bytes(rows, vocab);
   if (wsb) CK(cudaMalloc(&ws, wsb));
-  CK(sample(dl, rows, vocab, dt, dk, dp, dseed, ds, dout, ws, 0));
+  CK(sample(dl, ldt, rows, vocab, dt, dk, dp, dseed, ds, dout, ws, 0));
   sync_check();
   std::vector<int32_t> out(rows);
   CK(cudaMemcpy(out.data(), dout, rows * 4, cudaMemcpyDeviceToHost));
@@ -1379,6 +1384,20 @@ static void test_sampling(Rng& rng) {
            "sample top-k/top-p membership + determinism vocab=" + std::to_string(vocab), outside,
            "(outside=" + std::to_string(outside) + " nondeterministic=" + std::to_string(differ) +
                " changed_with_step=" + std::to_string(moved) + "/" + std::to_string(rows) + ")");
+    // 16-bit logits read as stored: the tokens of the same values handed over in fp32 (greedy, temperature,
+    // top-k, top-p rows alike; 32001 leaves rows unaligned for the vector loads, so the scalar paths run too).
+    for (DType ldt : {DType::BF16, DType::F16}) {
+      std::vector<float> rounded(lg.size());
+      for (size_t i = 0; i < lg.size(); i++) rounded[i] = round_to(lg[i], ldt);
+      std::vector<float> t2 = temp;
+      for (int r = 0; r < rows; r += 8) t2[r] = 0.f;  // some greedy rows
+      auto f32 = run_sample(rounded, rows, vocab, t2, topk, topp, seed, step);
+      auto h16 = run_sample(rounded, rows, vocab, t2, topk, topp, seed, step, ldt);
+      int diff16 = 0;
+      for (int r = 0; r < rows; ++r) diff16 += f32[r] != h16[r];
+      report(diff16 == 0, std::string("sample from ") + dname(ldt) + " logits = from their fp32 values, vocab=" +
+                              std::to_string(vocab), diff16, "(rows that differ)");
+    }
   }
 }
 

@@ -467,7 +467,7 @@ void test_fp8_kv(Rng& rng, int D, std::vector<std::pair<int, int>> seqs, float k
 // add_rms_norm / layer_norm / gated_act): codes and scales byte for byte those of the producer's own output
 // quantised by quantize_rows_fp8 (what the GEMM would have read), the residual sum unchanged, y not written.
 // kind 0 rms_norm, 1 add_rms_norm, 2 layer_norm (bias), 3 gated_act silu.
-void test_fp8_rows(Rng& rng, DType dt, int kind, int rows, int cols, int max_threads = 0) {
+void test_fp8_rows(Rng& rng, DType dt, int kind, int rows, int cols, int max_threads = 0, int variant = 0) {
   static const char* kNames[] = {"rms_norm", "add_rms_norm", "layer_norm", "gated_act silu"};
   const bool gated = kind == 3, add = kind == 1;
   const size_t in_cols = gated ? size_t(2) * cols : size_t(cols);
@@ -497,7 +497,7 @@ void test_fp8_rows(Rng& rng, DType dt, int kind, int rows, int cols, int max_thr
   CK(cudaMemset(dq2, 0x55, size_t(rows) * cols));
   CK(run(y.d, sum.d, nullptr));
   CK(quantize_rows_fp8(y.d, dq, ds, rows, cols, dt, 0));
-  const Fp8Rows f{dq2, ds2, max_threads};
+  const Fp8Rows f{dq2, ds2, max_threads, variant};
   CK(run(y2.d, sum2.d, &f));
   sync_check();
   std::vector<uint8_t> q(size_t(rows) * cols), q2(q.size());
@@ -513,8 +513,12 @@ void test_fp8_rows(Rng& rng, DType dt, int kind, int rows, int cols, int max_thr
   if (add) bad += sum.h != sum2.h;
   for (size_t i = 0; i < y2.h.size(); i++) ywritten += y2.h[i] != 0xFF;
   char name[128];
-  std::snprintf(name, sizeof name, "fp8 rows from %s %s %dx%d, max threads %d (= quantize_rows_fp8 of its output, "
-                "bytes)", kNames[kind], dname(dt), rows, cols, max_threads ? max_threads : 512);
+  const char* how = variant == 1             ? "staged"
+                    : max_threads == 128 ? "128 threads"
+                    : max_threads == 256 ? "256 threads"
+                                         : "512 threads";
+  std::snprintf(name, sizeof name, "fp8 rows from %s %s %dx%d, %s (= quantize_rows_fp8 of its output, bytes)",
+                kNames[kind], dname(dt), rows, cols, how);
   report(bad == 0 && ywritten == 0, name, double(bad),
          "mismatches=" + std::to_string(bad) + " y bytes written=" + std::to_string(ywritten));
   cudaFree(dq), cudaFree(dq2), cudaFree(ds), cudaFree(ds2);
@@ -537,7 +541,10 @@ static void test_quant(Rng& rng) {
     // a width that leaves threads idle (72), the tiny fixtures' 128 / 352.
     for (int kind = 0; kind < 4; kind++)
       for (const auto& rc : {std::pair<int, int>{3, 128}, {5, 352}, {2, 72}, {7, 4096}, {4, 14336}, {2, 32768}})
-        for (int mt : {0, 128, 256}) qt::test_fp8_rows(rng, dt, kind, rc.first, rc.second, mt);
+        for (int mt : {0, 128, 256}) qt::test_fp8_rows(rng, dt, kind, rc.first, rc.second, mt, 0);
+    // gated_act's staged variant (the row in shared memory; 32768 needs the 64 KB opt-in).
+    for (const auto& rc : {std::pair<int, int>{3, 128}, {5, 352}, {2, 72}, {7, 4096}, {4, 14336}, {2, 32768}})
+      qt::test_fp8_rows(rng, dt, 3, rc.first, rc.second, 0, 1);
   }
   {  // Refused, nothing launched: a width that is not a multiple of 8, fp32 activations.
     Buf x(DType::F16, 2 * 36), w(DType::F16, 36);

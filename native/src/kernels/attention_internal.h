@@ -115,13 +115,17 @@ cudaError_t attention_decode(const void* q, int q_stride, const void* k, int k_s
 // (session 9 run 1, H200, Llama-3.1-8B bf16, vs 4 warps x 2 stages without, now entry 10): 1.23x at batch 256 and
 // 512, 1.21x at 1024 (ctx 145), 1.01x at 256 x 1100 and 64 x 4096; FP8 cache 1.20x / 1.29x at 256 / 1024. Fewer
 // warps per block means more blocks per SM (the ring is shared memory per warp) for the same bytes in flight.
+// fp8_tile: an FP8 cache's K and V tiles converted into a warp-private fp16 tile and read by ldmatrix (session 12's
+// kernel, kept to A/B) instead of read by each lane as mma fragments straight from the ring's E4M3 bytes (head_dim
+// 128 only; other head sizes always convert).
 struct DecodeMmaConfig {
   int warps, stages;
   bool prefetch;
+  bool fp8_tile = false;
 };
 constexpr DecodeMmaConfig kDecodeMmaConfigs[] = {
-    {2, 2, true},  {4, 3, false}, {2, 3, false}, {2, 4, false}, {2, 2, false}, {8, 2, false},
-    {4, 2, true},  {4, 3, true},  {2, 3, true},  {2, 4, true},  {4, 2, false}, {8, 2, true},
+    {2, 2, true},  {4, 3, false}, {2, 3, false}, {2, 4, false}, {2, 2, false}, {8, 2, false},     {4, 2, true},
+    {4, 3, true},  {2, 3, true},  {2, 4, true},  {4, 2, false}, {8, 2, true},  {2, 2, true, true}, {2, 3, true, true},
 };
 constexpr int kDecodeMmaConfigCount = sizeof(kDecodeMmaConfigs) / sizeof(kDecodeMmaConfigs[0]);
 constexpr int kDecodeMmaSweepDp = 128;

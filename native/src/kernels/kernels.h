@@ -33,7 +33,11 @@ struct Fp8Rows {
   uint8_t* q = nullptr;
   float* scales = nullptr;
   int max_threads = 0;  // threads a row's block may take (0: 512); kernels_bench fp8rows times the choices
+  // gated_act: 0 the rounded row in registers (VPT vectors a thread, max_threads a row); 1 staged in shared memory
+  // as the activation dtype, 256 threads a row (kernels_bench fp8rows times both); -1 kGatedFp8Variant.
+  int variant = -1;
 };
+constexpr int kGatedFp8Variant = 1;
 constexpr int kFp8RowsMaxCols = 32768;
 inline bool fp8_rows_supported(int cols, DType dt) {
   return (dt == DType::F16 || dt == DType::BF16) && cols > 0 && cols % 8 == 0 && cols <= kFp8RowsMaxCols;
@@ -211,10 +215,12 @@ struct AttnParams {
   // E4M3 on tensor cores) where fp8_context_fmha_unavailable allows it, else the fp16/bf16 context kernel.
   bool fp8_context_fmha = false;
   // Decode variant 4's kernel configuration: an index into kd::kDecodeMmaConfigs (attention_internal.h; warps,
-  // ring stages, block-table prefetch). 0, the default (2 warps, 2 stages, prefetch), is the runtime's; the others
-  // are for kernels_bench's sweep and kernels_test.
+  // ring stages, block-table prefetch, FP8 fragments). 0 is the runtime's default; the others are for kernels_bench's
+  // sweep, kernels_test and TSLLM_DECODE_MMA_CFG's A/B.
   int mma_cfg = 0;
 };
+// How many configurations AttnParams::mma_cfg indexes.
+int decode_mma_config_count();
 // Why the FP8 context FMHA cannot run for an FP8 KV cache of head size head_dim on the current device (head_dim
 // not a multiple of 16 up to 128; no sm_89+ code of the kernel for the GPU), or nullptr when it can.
 const char* fp8_context_fmha_unavailable(int head_dim);
@@ -230,7 +236,7 @@ cudaError_t paged_attention(const void* q, int q_stride, const void* k, int k_st
                             DType dt, void* workspace, cudaStream_t s);
 
 // ---- sampling ----
-// logits fp32 [num_rows, vocab]. Per row: temperature <= 0 or top_k == 1 => greedy (argmax, lowest index on ties);
+// logits [num_rows, vocab]. Per row: temperature <= 0 or top_k == 1 => greedy (argmax, lowest index on ties);
 // otherwise softmax(logits/temperature) restricted to top_k (0 = all) and top_p (1 = all), sampled with a
 // counter-based RNG from (seed[row], step[row]) so a seed repeats exactly. out_tokens int32 [num_rows].
 // ---- pipelined steps ----
@@ -239,6 +245,10 @@ cudaError_t feed_tokens(int32_t* ids, const int32_t* seq_start, const int32_t* f
                         int num_seqs, cudaStream_t s);
 
 size_t sampling_workspace_bytes(int max_rows, int vocab);
+// logits_dt: the logits as stored (fp32, fp16 or bf16), read directly: the same tokens as from their fp32 copy.
+cudaError_t sample(const void* logits, DType logits_dt, int num_rows, int vocab, const float* temperature,
+                   const int32_t* top_k, const float* top_p, const uint64_t* seed, const int32_t* step,
+                   int32_t* out_tokens, void* workspace, cudaStream_t s);
 cudaError_t sample(const float* logits, int num_rows, int vocab, const float* temperature, const int32_t* top_k,
                    const float* top_p, const uint64_t* seed, const int32_t* step, int32_t* out_tokens,
                    void* workspace, cudaStream_t s);

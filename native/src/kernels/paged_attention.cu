@@ -90,4 +90,6 @@ cudaError_t paged_attention(const void* q, int q_stride, const void* k, int k_st
   return kd::attention_context(qa, qa_stride, out, kv_rest, rest, p, k_own, v, v_stride, dt, s);
 }
 
+int decode_mma_config_count() { return kd::kDecodeMmaConfigCount; }
+
 }  // namespace tsllm

@@ -1,4 +1,5 @@
-// Sampling on the GPU, one block of 1024 threads per row of fp32 logits.
+// Sampling on the GPU, one block of 1024 threads per row of logits, read as stored (fp32, fp16 or bf16: each value
+// widened to fp32 exactly, so the tokens are those of the row converted to fp32 first).
 //  - greedy (temperature <= 0 or top_k == 1): argmax, lowest index on ties.
 //  - otherwise: the allowed set is {i : key(x_i) >= tau} where key is an order-preserving uint32 of the logit;
 //    top-k: tau = key of the k-th largest logit (radix select, 4 passes of 8-bit histograms, exact counts);
@@ -80,27 +81,38 @@ __device__ unsigned long long block_sum_u64(unsigned long long v) {
   return v;
 }
 
+// The E = 16 / sizeof(LT) logits of 16-byte vector i of a row, as floats.
+template <typename LT>
+__device__ __forceinline__ void load16(const LT* x, int i, float (&v)[16 / sizeof(LT)]) {
+  if constexpr (sizeof(LT) == 4) {
+    const float4 f = reinterpret_cast<const float4*>(x)[i];
+    v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+  } else {
+    kd::unpack8<LT>(reinterpret_cast<const uint4*>(x)[i], v);
+  }
+}
+
 // Calls f(i, x[i]) for the row; 16-byte loads when the row is 16-byte aligned.
-template <typename F>
-__device__ __forceinline__ void for_each(const float* x, int vocab, bool vec, F&& f) {
+template <typename LT, typename F>
+__device__ __forceinline__ void for_each(const LT* x, int vocab, bool vec, F&& f) {
+  constexpr int E = 16 / sizeof(LT);
   int start = 0;
   if (vec) {
-    const int n4 = vocab >> 2;
-    for (int i = threadIdx.x; i < n4; i += blockDim.x) {
-      const float4 v = reinterpret_cast<const float4*>(x)[i];
-      f(4 * i, v.x);
-      f(4 * i + 1, v.y);
-      f(4 * i + 2, v.z);
-      f(4 * i + 3, v.w);
+    const int nv = vocab / E;
+    for (int i = threadIdx.x; i < nv; i += blockDim.x) {
+      float v[E];
+      load16<LT>(x, i, v);
+#pragma unroll
+      for (int j = 0; j < E; ++j) f(E * i + j, v[j]);
     }
-    start = n4 * 4;
+    start = nv * E;
   }
-  for (int i = start + threadIdx.x; i < vocab; i += blockDim.x) f(i, x[i]);
+  for (int i = start + threadIdx.x; i < vocab; i += blockDim.x) f(i, kd::to_f(x[i]));
 }
 
 // Largest key tau with weight(key >= tau) >= target (weights from `weight(v)`, exact integer sums).
-template <typename C, typename W>
-__device__ uint32_t radix_select(const float* x, int vocab, bool vec, C target, W&& weight, C* hist) {
+template <typename C, typename LT, typename W>
+__device__ uint32_t radix_select(const LT* x, int vocab, bool vec, C target, W&& weight, C* hist) {
   __shared__ uint32_t s_sel;
   __shared__ C s_above;
   uint32_t prefix = 0, mask = 0;
@@ -151,7 +163,8 @@ __device__ uint32_t radix_select(const float* x, int vocab, bool vec, C target, 
   return prefix;
 }
 
-__global__ void __launch_bounds__(kSampleThreads) sample_kernel(const float* __restrict__ logits, int vocab,
+template <typename LT>
+__global__ void __launch_bounds__(kSampleThreads) sample_kernel(const LT* __restrict__ logits, int vocab,
                                                                 const float* __restrict__ temperature,
                                                                 const int32_t* __restrict__ top_k,
                                                                 const float* __restrict__ top_p,
@@ -159,7 +172,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(const float* __r
                                                                 const int32_t* __restrict__ step,
                                                                 int32_t* __restrict__ out) {
   const int row = blockIdx.x;
-  const float* x = logits + (size_t)row * vocab;
+  const LT* x = logits + (size_t)row * vocab;
   const bool vec = (reinterpret_cast<uintptr_t>(x) & 15) == 0;
   const float temp = temperature ? temperature[row] : 0.f;
   int k = top_k ? top_k[row] : 0;
@@ -201,12 +214,18 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(const float* __r
   const int n4 = (vocab + 3) >> 2;
   for (int i4 = threadIdx.x; i4 < n4; i4 += blockDim.x) {
     float v[4];
-    if (vec && 4 * i4 + 3 < vocab) {
-      const float4 f = reinterpret_cast<const float4*>(x)[i4];
-      v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+    if (vec && 4 * i4 + 3 < vocab) {  // 4 logits: 16 bytes (fp32) or 8 (16-bit)
+      if constexpr (sizeof(LT) == 4) {
+        const float4 f = reinterpret_cast<const float4*>(x)[i4];
+        v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+      } else {
+        const uint2 u = reinterpret_cast<const uint2*>(x)[i4];
+        const float2 a = kd::to_f2<LT>(u.x), b = kd::to_f2<LT>(u.y);
+        v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
+      }
     } else {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) v[j] = 4 * i4 + j < vocab ? x[4 * i4 + j] : -INFINITY;
+      for (int j = 0; j < 4; ++j) v[j] = 4 * i4 + j < vocab ? kd::to_f(x[4 * i4 + j]) : -INFINITY;
     }
     const uint4 r = philox4x32_10(make_uint4((uint32_t)i4, st, 0u, 0u), key);
     const uint32_t bits[4] = {r.x, r.y, r.z, r.w};
@@ -228,13 +247,23 @@ size_t sampling_workspace_bytes(int max_rows, int vocab) {
   return 0;  // sample() needs no workspace (it may be null)
 }
 
+cudaError_t sample(const void* logits, DType logits_dt, int num_rows, int vocab, const float* temperature,
+                   const int32_t* top_k, const float* top_p, const uint64_t* seed, const int32_t* step,
+                   int32_t* out_tokens, void* workspace, cudaStream_t s) {
+  (void)workspace;
+  if (num_rows <= 0 || vocab <= 0) return cudaGetLastError();
+  TSLLM_DISPATCH_ACT(logits_dt, LT, {
+    sample_kernel<LT><<<num_rows, kSampleThreads, 0, s>>>(static_cast<const LT*>(logits), vocab, temperature, top_k,
+                                                          top_p, seed, step, out_tokens);
+    return cudaGetLastError();
+  });
+  return cudaErrorInvalidValue;
+}
+
 cudaError_t sample(const float* logits, int num_rows, int vocab, const float* temperature, const int32_t* top_k,
                    const float* top_p, const uint64_t* seed, const int32_t* step, int32_t* out_tokens,
                    void* workspace, cudaStream_t s) {
-  (void)workspace;
-  if (num_rows <= 0 || vocab <= 0) return cudaGetLastError();
-  sample_kernel<<<num_rows, kSampleThreads, 0, s>>>(logits, vocab, temperature, top_k, top_p, seed, step, out_tokens);
-  return cudaGetLastError();
+  return sample(logits, DType::F32, num_rows, vocab, temperature, top_k, top_p, seed, step, out_tokens, workspace, s);
 }
 
 }  // namespace tsllm
