@@ -116,6 +116,15 @@ struct AttnSetup {
     const uint16_t* base = static_cast<const uint16_t*>(qkv);  // 16-bit elements (f16 or bf16)
     CK(paged_attention(base, stride, base + nH * D, stride, base + (nH + nKV) * D, stride, out, kv, st, q, dt, ws, s));
   }
+  // Only the first kernel of call() for a 16-bit cache: RoPE and the cache write (q rotated into the workspace).
+  void rope(int layer, cudaStream_t s) {
+    AttnParams q = p;
+    q.layer = layer % layers;
+    const int stride = (nH + 2 * nKV) * D;
+    const uint16_t* base = static_cast<const uint16_t*>(qkv);
+    CK(kd::rope_and_cache_write(base, stride, base + nH * D, stride, base + (nH + nKV) * D, stride, ws, nullptr, kv,
+                                st, q, dt, s));
+  }
 };
 
 // Large-batch decode attention, old (variant 2: CUDA-core decode_kernel) vs new (variant 4: tensor-core GQA
@@ -243,16 +252,18 @@ static void fp8_context_table() {
 // benchmark's 2048/128 shape runs.
 static void context_table() {
   std::printf("\npaged_attention context (prefill, causal), 32 heads x 128\n");
-  std::printf("%6s %6s %6s %8s %11s %9s\n", "dtype", "kv", "seqs", "tokens", "graph_us", "TFLOP/s");
+  std::printf("%6s %6s %6s %8s %11s %9s %9s\n", "dtype", "kv", "seqs", "tokens", "graph_us", "TFLOP/s", "rope_us");
   struct Shape { DType dt; int nKV, B, L; };
   for (const Shape c : {Shape{DType::F16, 32, 1, 128}, {DType::F16, 32, 1, 2048}, {DType::F16, 32, 1, 4096},
                         {DType::F16, 32, 8, 512}, {DType::BF16, 8, 4, 2048}, {DType::BF16, 8, 64, 128}}) {
     AttnSetup a(c.B, c.L, c.L, 0, c.nKV, c.dt);
     double g, st;
     time_calls(8, [&](int i, cudaStream_t s) { a.call(i, s); }, &g, &st);
+    double gr;  // of graph_us, the RoPE / cache-write kernel alone (the rest is the attention kernel)
+    time_calls(8, [&](int i, cudaStream_t s) { a.rope(i, s); }, &gr, &st);
     const double flops = 4.0 * c.B * a.nH * a.D * ((double)c.L * (c.L + 1) / 2);
-    std::printf("%6s %6d %6d %8d %11.2f %9.1f\n", c.dt == DType::F16 ? "f16" : "bf16", c.nKV, c.B, c.L, g,
-                flops / (g * 1e6));
+    std::printf("%6s %6d %6d %8d %11.2f %9.1f %9.2f\n", c.dt == DType::F16 ? "f16" : "bf16", c.nKV, c.B, c.L, g,
+                flops / (g * 1e6), gr);
   }
 }
 
