@@ -447,7 +447,9 @@ int main(int argc, char** argv) {
         CK(cudaMemcpy(ds, stp.data(), rows * 4, cudaMemcpyHostToDevice));
         CK(cudaMemcpy(dsd, sd.data(), rows * 8, cudaMemcpyHostToDevice));
         double g, st;
-        time_calls(32, [&](int, cudaStream_t s) { CK(sample(lg, rows, V, dt, dk, dp, dsd, ds, out, nullptr, s)); }, &g, &st);
+        time_calls(32, [&](int, cudaStream_t s) {
+          CK(sample(lg, DType::F32, rows, V, dt, dk, dp, dsd, ds, out, nullptr, s));
+        }, &g, &st);
         std::printf("sample %s %dx%d: %.2f us (stream %.2f)\n", mode ? "T=0.8 top_k=50 top_p=0.9" : "greedy", rows, V, g, st);
         cudaFree(lg), cudaFree(dt), cudaFree(dp), cudaFree(dk), cudaFree(ds), cudaFree(out), cudaFree(dsd);
       }

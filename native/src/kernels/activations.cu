@@ -108,9 +108,8 @@ __global__ void __launch_bounds__(256)
     }
     kd::st_vec(srow + vi * N, o);
   }
-  am = kd::block_max(am);  // (its first barrier also orders the row's shared-memory writes before the reads below)
-  const float sc = kd::e4m3_row_scale(am), rs = __frcp_rn(sc);
-  if (threadIdx.x == 0) qs[row] = sc;
+  float rs;  // (the block max's first barrier also orders the row's shared-memory writes before the reads below)
+  const float sc = kd::fp8_row_scale(am, qs + row, &rs);
   uint8_t* qr = q + row * inter;
   for (int vi = threadIdx.x; vi < nvec; vi += blockDim.x) {
     float f[N];
@@ -141,9 +140,7 @@ cudaError_t launch_gated_fp8_t(const void* x, const Fp8Rows& fp8, int rows, int 
     return cudaGetLastError();
   }
   const int cap = fp8.max_threads > 0 ? fp8.max_threads : 512;
-  int vpt = 1;
-  while (nvec > vpt * cap && vpt < 8) vpt *= 2;
-  const int threads = ((nvec + vpt - 1) / vpt + 31) / 32 * 32;
+  const int vpt = kd::row_vpt(nvec, cap), threads = kd::row_threads(nvec, vpt);
   switch (vpt) {
     case 1: gated_act_fp8_kernel<T, A, 1><<<rows, threads, 0, s>>>(xp, fp8.q, fp8.scales, inter); break;
     case 2: gated_act_fp8_kernel<T, A, 2><<<rows, threads, 0, s>>>(xp, fp8.q, fp8.scales, inter); break;

@@ -127,6 +127,15 @@ __device__ __forceinline__ float block_reduce_all(float v) {
 __device__ __forceinline__ float block_sum(float v) { return block_reduce_all<false>(v); }
 __device__ __forceinline__ float block_max(float v) { return block_reduce_all<true>(v); }
 
+// One block per row of nvec 16-byte vectors, a row's values held in registers: vectors per thread (1, 2, 4 or 8: as
+// few as let at most cap threads hold the row) and threads (those vectors' count, rounded up to a warp).
+inline int row_vpt(int nvec, int cap) {
+  int vpt = 1;
+  while (nvec > vpt * cap && vpt < 8) vpt *= 2;
+  return vpt;
+}
+inline int row_threads(int nvec, int vpt) { return ((nvec + vpt - 1) / vpt + 31) / 32 * 32; }
+
 // Programmatic dependent launch (sm_90): a kernel that calls pdl_trigger() lets a successor launched with
 // cudaLaunchAttributeProgrammaticStreamSerialization start early (no-op when the successor is launched normally);
 // a kernel launched with that attribute must call pdl_wait() before it reads anything its predecessor writes or

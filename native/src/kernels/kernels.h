@@ -249,8 +249,5 @@ size_t sampling_workspace_bytes(int max_rows, int vocab);
 cudaError_t sample(const void* logits, DType logits_dt, int num_rows, int vocab, const float* temperature,
                    const int32_t* top_k, const float* top_p, const uint64_t* seed, const int32_t* step,
                    int32_t* out_tokens, void* workspace, cudaStream_t s);
-cudaError_t sample(const float* logits, int num_rows, int vocab, const float* temperature, const int32_t* top_k,
-                   const float* top_p, const uint64_t* seed, const int32_t* step, int32_t* out_tokens,
-                   void* workspace, cudaStream_t s);
 
 }  // namespace tsllm

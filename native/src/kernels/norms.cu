@@ -164,9 +164,7 @@ cudaError_t launch_norm_t(const void* x_, const void* res_, const void* w_, cons
   if (Q && (!vec || nvec > 8 * 512)) return vec ? cudaErrorNotSupported : cudaErrorMisalignedAddress;
   if (vec && nvec <= 8 * 512) {
     const int cap = Q && fp8.max_threads > 0 ? fp8.max_threads : 512;
-    int vpt = 1;
-    while (nvec > vpt * cap && vpt < 8) vpt *= 2;
-    int threads = ((nvec + vpt - 1) / vpt + 31) / 32 * 32;
+    const int vpt = kd::row_vpt(nvec, cap), threads = kd::row_threads(nvec, vpt);
 #define TSLLM_NORM_CASE(V) \
   case V:                                                                                                        \
     norm_vec_kernel<T, V, RES, LN, EW, Q><<<rows, threads, 0, s>>>(x, res, w, b, y, sum, hidden, eps, w_off, pre,   \

@@ -260,10 +260,4 @@ cudaError_t sample(const void* logits, DType logits_dt, int num_rows, int vocab,
   return cudaErrorInvalidValue;
 }
 
-cudaError_t sample(const float* logits, int num_rows, int vocab, const float* temperature, const int32_t* top_k,
-                   const float* top_p, const uint64_t* seed, const int32_t* step, int32_t* out_tokens,
-                   void* workspace, cudaStream_t s) {
-  return sample(logits, DType::F32, num_rows, vocab, temperature, top_k, top_p, seed, step, out_tokens, workspace, s);
-}
-
 }  // namespace tsllm

@@ -54,7 +54,7 @@ bool fp8_act_rows(Engine& e, const StepPlan& p, size_t i, Fp8Rows* rows) {
   const int K = int(e.val(l.in[0]).last_dim());
   const int M = int(e.numel(l.in[0], p) / K);
   const int N = int(e.val(l.in[1]).shape[0].n);
-  return e.qgemm.fp8_act_rows(quant_call(e, p, l, e.ptr(l.in[0], p), M, N, K), e.dt, e.stream, rows);
+  return e.qgemm.fp8_act_rows(quant_call(e, p, l, e.ptr(l.in[0], p), M, N, K), e.dt, rows);
 }
 
 // The gemv variant that runs producer node i fused into its consumer linear in this step, or -1 (*why: the reason).
@@ -599,7 +599,7 @@ void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only) {
       }
     }
     Fp8Rows rows;
-    if (!e.fp8_consumer.empty() && e.fp8_consumer[i] >= 0 && fp8_act_rows(e, p, i, &rows)) {
+    if (fp8_act_rows(e, p, i, &rows)) {
       run_fp8_producer(r, rows);
       e.fp8_rows_from = int(i);
       if (count) counter[TSLLM_KERNEL_FP8_ACT]++;

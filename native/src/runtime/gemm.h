@@ -19,9 +19,7 @@ namespace tsllm {
 enum class GemmEpi : int { None = 0, Bias = 1, Gelu = 2, GeluBias = 3 };
 // Which kernel a linear ran (values of the TSLLM_KERNEL_* counters in tsllm.h); Fp8Fmha: an attention node's
 // context step ran the FP8 context FMHA.
-enum class LinearKernel : int {
-  None = -1, Cublaslt = 2, Gemv = 3, GemvRms = 4, GemvGated = 5, Fp8Fmha = 6, Fp8Act = 7
-};
+enum class LinearKernel : int { None = -1, Cublaslt = 2, Gemv = 3, GemvRms = 4, GemvGated = 5, Fp8Fmha = 6 };
 
 class GemmRunner {
  public:

@@ -405,7 +405,7 @@ std::string QuantGemm::fp8_outer_plan(int M, int N, int K, const void* bias_ptr,
   return "";
 }
 
-bool QuantGemm::fp8_act_rows(const QuantLinearCall& c, DType dt, cudaStream_t s, Fp8Rows* rows) {
+bool QuantGemm::fp8_act_rows(const QuantLinearCall& c, DType dt, Fp8Rows* rows) {
   if (c.kind != QuantKind::Fp8 || !handle_ || c.M <= 0 || !fp8_rows_supported(c.K, dt)) return false;
   if (align256(size_t(c.M) * size_t(c.K)) + align256(size_t(c.M) * 4) > xq_bytes_) return false;
   // An FP8 call the gemv can take (M <= 4, aligned, K % 16 == 0) runs it, whatever the tuner picks (gemv_variant is

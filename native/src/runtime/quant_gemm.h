@@ -103,7 +103,7 @@ class QuantGemm {
   // Where the producer of c.x writes it as FP8 rows for this call: true when the call is FP8, takes the FP8 GEMM
   // path at its M (not the gemv) and the workspace holds its rows; *rows then points into the workspace, which
   // fp8_gemm reads when c.x_fp8 (run refuses a call with x_fp8 that would not take that path). Times nothing.
-  bool fp8_act_rows(const QuantLinearCall& c, DType dt, cudaStream_t s, Fp8Rows* rows);
+  bool fp8_act_rows(const QuantLinearCall& c, DType dt, Fp8Rows* rows);
 
   bool fp8_outer = true;  // TSLLM_FP8_OUTER_VEC=0: FP8 GEMMs always through the fp32 chunk + scale epilogue kernel
   bool fast_accum = true;  // TSLLM_FP8_FAST_ACCUM=0: FP8 GEMMs promote their accumulators (options.h)
