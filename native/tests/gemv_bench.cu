@@ -4,7 +4,7 @@
 // 32 back-to-back calls with programmatic dependent launch (as the runtime's decode graph does), cycling through
 // enough weight copies that every call misses L2; the median of 15 replays. The summary lines per shape compare the
 // best variant ("new") with the alternative it replaces ("old"): for fp8 the first design (variants 0-2) against
-// the second (3-7); with a prologue, the unfused pair (prologue kernel + best plain variant, printed as v1xx for
+// the rest (3-10); with a prologue, the unfused pair (prologue kernel + best plain variant, printed as v1xx for
 // fp16) against the best fused variant; fp16 / int8 / int4 without a prologue print only the best variant.
 //
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90,code=sm_90 -o gemv_bench tests/gemv_bench.cu src/kernels/*.cu
@@ -133,7 +133,7 @@ int main(int argc, char** argv) {
         CK(random_fill(sc[c], DType::F32, nsc, 5, 0.001953125f, 0.0f, 0));
       }
       std::printf("\n%s %s N=%d K=%d (%.1f MB incl. scales)\n", kn, sh.name, sh.N, sh.K, bytes / 1e6);
-      // "old" variants 0-2, "new" the rest: fp8 the first design vs 3-7; int8 / int4 the CUDA-core kernel vs the
+      // "old" variants 0-2, "new" the rest: fp8 the first design vs 3-10; int8 / int4 the CUDA-core kernel vs the
       // tensor-core one (3-4).
       for (int pro = 0; pro < 2; pro++) {
         if (pro && sh.K != 4096) continue;  // the rms_norm prologue feeds qkv / gate_up (K = hidden)

@@ -458,16 +458,23 @@ struct PersistentCache {
   std::atomic<int> next{0};
 };
 
-// A kernel that loops over `groups` row groups (row_groups): as many blocks as fit on the GPU at once, at most bps
-// per SM, at most one per group. smem: its dynamic shared memory.
-template <typename Kern, typename... Args>
-cudaError_t launch_persistent(PersistentCache& pc, Kern kern, int threads, size_t smem, long long groups, int bps,
-                              bool pdl, cudaStream_t s, Args... args) {
+// kern's dynamic shared memory raised to smem where that is above what pc says it already allows.
+template <typename Kern>
+cudaError_t opt_in_smem(PersistentCache& pc, Kern kern, size_t smem) {
   if ((long long)smem > pc.opted.load(std::memory_order_relaxed)) {
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (e != cudaSuccess) return e;
     pc.opted.store((long long)smem, std::memory_order_relaxed);
   }
+  return cudaSuccess;
+}
+
+// A kernel that loops over `groups` row groups (row_groups): as many blocks as fit on the GPU at once, at most bps
+// per SM, at most one per group. smem: its dynamic shared memory.
+template <typename Kern, typename... Args>
+cudaError_t launch_persistent(PersistentCache& pc, Kern kern, int threads, size_t smem, long long groups, int bps,
+                              bool pdl, cudaStream_t s, Args... args) {
+  if (cudaError_t e = opt_in_smem(pc, kern, smem); e != cudaSuccess) return e;
   int per_sm = 0;
   for (auto& slot : pc.occ) {
     const long long c = slot.load(std::memory_order_relaxed);

@@ -27,21 +27,22 @@ const char* quant_kind_name(QuantKind k);  // QuantKind: enums.h
 // pass over memory, no extra launch). int4: group % 32 == 0. residual may alias out; out must not overlap x.
 // `variant` in [0, kQuantGemvVariants), timed per shape by the caller:
 //   fp8 0-2: 4-warp blocks, 1/2/4 rows per warp (quant_gemv.cu); 3-7: quant_gemv_fp8.cu (8-16-warp blocks, one or
-//     two per SM, cheap exact quantisation, rms_norm prologue);
+//     two per SM, cheap exact quantisation, rms_norm prologue); 8-10: quant_gemv_fp8_mma.cu (E4M3 tensor cores,
+//     sm_89+ code only, else cudaErrorNotSupported; rms_norm prologue);
 //   int8 / int4 0-2: 1/2/4 rows per warp (quant_gemv_int.cuh); 3-6: tensor-core kernels (quant_gemv_mma.cuh, no
 //     prologue; 5-6 are 3-4 with x staged in shared memory).
 // Variants beyond a kind's count are refused, cudaErrorInvalidValue.
 // pro: GemvPro::RmsNorm folds an rms_norm into the vector read (x is then the norm's input, as gemv_pro; the vector
-// T((x · inv_rms) · norm_w) rounded as norms.cu writes it); fp8 3-7 and int 0-2 (quant_gemv_has_prologue).
+// T((x · inv_rms) · norm_w) rounded as norms.cu writes it); fp8 3-10 and int 0-2 (quant_gemv_has_prologue).
 constexpr int kQuantGemvMaxM = 4;   // fp8, and the CUDA-core int variants (0-2)
 constexpr int kIntMmaFirstVariant = 3;  // int8 / int4: variants from here are the tensor-core kernels
 // The tensor-core int8 / int4 variants (3-6): token rows are the mma's 16 A rows.
 constexpr int kIntMmaGemvMaxM = 16;
 // The most token rows variant `variant` of `kind` takes.
 int quant_gemv_max_m(QuantKind kind, int variant);
-constexpr int kQuantGemvVariants = 8;  // the most of any kind (fp8)
+constexpr int kQuantGemvVariants = 11;  // the most of any kind (fp8)
 constexpr int kIntGemvVariants = 7;
-int quant_gemv_variants(QuantKind kind);  // fp8 8, int8 / int4 7
+int quant_gemv_variants(QuantKind kind);  // fp8 11, int8 / int4 7
 // Why a call is not eligible (nullptr when it is): shapes and alignment the kernels need.
 const char* quant_gemv_unsupported(QuantKind kind, int M, int K, int group, const void* x, const void* w, DType dt);
 bool quant_gemv_has_prologue(QuantKind kind, int variant);
@@ -49,7 +50,8 @@ bool quant_gemv_has_prologue(QuantKind kind, int variant);
 cudaError_t quant_gemv(int variant, QuantKind kind, const void* x, const void* w, const float* scales, int group,
                        const void* bias, const void* residual, void* out, int M, int N, int K, Act act, DType dt,
                        bool pdl, cudaStream_t s, const GemvPrologue& pro = GemvPrologue{});
-// quant_gemv_fp8.cu (variants 3-7 of fp8), quant_gemv_int8.cu / quant_gemv_int4.cu (the int variants); norm_w
+// quant_gemv_fp8.cu (variants 3-7 of fp8), quant_gemv_fp8_mma.cu (8-10), quant_gemv_int8.cu / quant_gemv_int4.cu
+// (the int variants); norm_w
 // non-null: the rms_norm prologue. Called through quant_gemv (which checks eligibility).
 cudaError_t int8_gemv(int variant, const void* x, const void* w, const float* sc, int group, const void* bias,
                       const void* res, void* out, int M, int N, int K, Act act, const void* nw, float eps, DType dt,
@@ -60,6 +62,9 @@ cudaError_t int4_gemv(int variant, const void* x, const void* w, const float* sc
 cudaError_t fp8_gemv2(int variant, const void* x, const void* w, const float* sw, const void* bias, const void* res,
                       void* out, int M, int N, int K, Act act, const void* norm_w, float eps, DType dt, bool pdl,
                       cudaStream_t s);
+cudaError_t fp8_gemv_mma(int variant, const void* x, const void* w, const float* sw, const void* bias, const void* res,
+                         void* out, int M, int N, int K, Act act, const void* norm_w, float eps, DType dt, bool pdl,
+                         cudaStream_t s);
 
 // ---- FP8 context path: quantise_rows_fp8 -> cuBLASLt FP8 GEMM (fp32 D) -> fp8_scale_epilogue ----
 // q[r, :] = e4m3(fp32(x[r,:] / s[r])), s[r] = fp32(amax(x[r,:]) / 448) (1 when amax is 0). cols % 8 == 0 when x

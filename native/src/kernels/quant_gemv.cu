@@ -7,7 +7,8 @@
 //        the GPU at once and loops over row groups, so the quantisation is done once per resident block.
 //   int8 / int4: w = T(fp32(q · s)) per element (the reference's dequantisation), fp32 dot with x
 //        (quant_gemv_int.cuh, instantiated by quant_gemv_int8.cu / quant_gemv_int4.cu).
-// This file holds FP8 variants 0-2 (the first design) and the dispatch; FP8 variants 3-7 are quant_gemv_fp8.cu.
+// This file holds FP8 variants 0-2 (the first design) and the dispatch; FP8 variants 3-7 are quant_gemv_fp8.cu,
+// 8-10 quant_gemv_fp8_mma.cu.
 // Programmatic dependent launch (pdl and sm_90): the first weight loads are issued before
 // griddepcontrol.wait; x / residual are read and out written after it.
 #include "gemv_stream.cuh"
@@ -147,6 +148,8 @@ cudaError_t quant_gemv(int variant, QuantKind kind, const void* x, const void* w
   if (N <= 0) return cudaSuccess;
   switch (kind) {
     case QuantKind::Fp8:
+      if (variant >= 8)
+        return fp8_gemv_mma(variant, x, w, scales, bias, residual, out, M, N, K, act, nw, pro.eps, dt, pdl, s);
       if (variant >= 3) return fp8_gemv2(variant, x, w, scales, bias, residual, out, M, N, K, act, nw, pro.eps, dt, pdl, s);
       if (nw) return cudaErrorInvalidValue;  // variants 0-2 have no prologue
       return dt == DType::F16 ? kd::launch_fp8_m<half>(variant, M, x, w, scales, bias, residual, out, N, K, act, pdl, s)

@@ -30,6 +30,7 @@ struct Tunables {
   // a forced gemv variant (-1: tuned), FP8 context GEMMs with cuBLASLt outer-vector scaling where available.
   bool quant_gemv = true;
   int quant_gemv_variant = -1;
+  int quant_gemv_tune_below = -1;  // the tuner tries only variants below this (-1: all), to A/B newly added ones
   // rms_norm folded into the quantised decode gemv (plan_prologue_fusion). Off: the load-time tuner times the fused
   // kernel alone and picks it by a few percent, but inside the decode graph it costs more than it saves (H200,
   // Llama-2-7B FP8 bs 1, TSLLM_PROFILE=graph step: 2.917 ms with the tuner's picks, 3.403 ms in a run where it

@@ -66,6 +66,7 @@ void QuantGemm::init(const QuantWorkspace& need, const Tunables& tun) {
   };
   gemv_on = tun.quant_gemv;
   gemv_force = tun.quant_gemv_variant;
+  tune_below = tun.quant_gemv_tune_below;
   fp8_outer = tun.fp8_outer_vec;
   fast_accum = tun.fp8_fast_accum;
   tune = tun.gemm_tune;
@@ -153,7 +154,7 @@ int QuantGemm::gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s) 
   const int nv = quant_gemv_variants(c.kind);
   for (int v = 0; v < nv; v++) {
     ms_of[v] = -1.f;
-    if (c.M > quant_gemv_max_m(c.kind, v)) continue;
+    if (c.M > quant_gemv_max_m(c.kind, v) || (tune_below >= 0 && v >= tune_below)) continue;
     const float ms = time_runs(s, [&] {
       return quant_gemv(v, c.kind, c.x, c.w, c.scales, c.group, c.bias, c.residual, tune_out_, c.M, c.N, c.K, c.act,
                         dt, pdl, s) == cudaSuccess;
@@ -211,7 +212,7 @@ int QuantGemm::prologue_variant(const QuantLinearCall& c, const GemvPrologue& pr
                           dt, pdl, s) == cudaSuccess;
       });
     for (int v = 0; v < quant_gemv_variants(c.kind); v++) {
-      if (!quant_gemv_has_prologue(c.kind, v)) continue;
+      if (!quant_gemv_has_prologue(c.kind, v) || (tune_below >= 0 && v >= tune_below)) continue;
       const float ms = time_runs(s, [&] {
         return quant_gemv(v, c.kind, c.x, c.w, c.scales, c.group, c.bias, tres, tune_out_, c.M, c.N, c.K, c.act, dt,
                           pdl, s, pro) == cudaSuccess;

@@ -109,6 +109,7 @@ class QuantGemm {
   bool fast_accum = true;  // TSLLM_FP8_FAST_ACCUM=0: FP8 GEMMs promote their accumulators (options.h)
   bool gemv_on = true;    // TSLLM_QGEMV=0: never the quantised gemv
   int gemv_force = -1;    // TSLLM_QGEMV_VARIANT=k
+  int tune_below = -1;    // TSLLM_QGEMV_TUNE_BELOW=k
   bool tune = true;       // tsllm_options.gemm_tune: time the gemv variants per shape (else variant 1)
   bool pdl = true;        // tsllm_options.pdl
   bool verbose = false;   // profiling on: tuning decisions to stderr
