@@ -242,6 +242,28 @@ describe("quantised engines on the GPU", () => {
     });
   }
 
+  // The same fusion at decode (one row a step): the norms and gated_act write FP8 rows for the gemv over FP8 rows
+  // (fp8_gemv_rows) instead of the gemv quantising x itself. With variant 8 forced both gemvs sum the same E4M3
+  // products in the same order, so the logits are identical; the gated_act nodes' fp8Act counters say it ran.
+  it("tiny-llama fp8 decode: the gemv over its producers' FP8 rows = the gemv quantising x itself (identical logits)", async () => {
+    const dir = await tinyEngine("llama", "fp16", { sm: 90, quant: "fp8" });
+    const golden = readGolden(goldenFile("llama"));
+    const run = (env: Record<string, string>) => {
+      const ex = load(dir, { TSLLM_GEMM_TUNE: "0", TSLLM_QGEMV_VARIANT: "8", ...env });
+      const logits = teacherForced(ex, golden, 700);
+      const gated = open[open.length - 1].nodeStats().filter((n) => n.op === "gated_act");
+      return { logits, gated };
+    };
+    const on = run({});
+    const off = run({ TSLLM_FP8_ACT_FUSION: "0" });
+    expect(on.gated.length).toBeGreaterThan(0);
+    expect(on.gated.every((n) => n.fp8Act > 0)).toBe(true);
+    expect(off.gated.every((n) => n.fp8Act === 0)).toBe(true);
+    const max = Math.max(...on.logits.map((r, i) => maxAbsDiff(r, off.logits[i])));
+    console.log(`tiny-llama fp8 decode: gemv over FP8 rows vs quantising itself max |Δlogit| ${max}`);
+    expect(max).toBe(0);
+  });
+
   it("an FP8 engine on a GPU below sm 89 is refused naming both; other GPUs load it", async () => {
     const dir = await tinyEngine("llama", "fp16", { sm: 90, quant: "fp8" });
     const probe = CudaEngine.load(await tinyEngine("llama", "fp16"));

@@ -171,6 +171,37 @@ void test_quant_gemv(Rng& rng, const LinCase& c, DType dt) {
     }
   }
   // A variant beyond the kind's (int8 / int4 have 0-6) is refused, never run.
+  if (c.kind == QuantKind::Fp8 && M <= kQuantGemvMaxM) {
+    // The gemv over FP8 rows (fp8_gemv_rows): x as its producer hands it over (quantize_rows_fp8's bytes, checked
+    // exact above), the same reference and bound.
+    uint8_t* dq;
+    float* ds;
+    CK(cudaMalloc(&dq, size_t(M) * K));
+    CK(cudaMalloc(&ds, size_t(M) * 4));
+    CK(quantize_rows_fp8(x.d, dq, ds, M, K, dt, 0));
+    for (int v = kFp8RowsGemvFirst - 1; v <= kFp8RowsGemvLast; v++) {
+      out.poison();
+      const cudaError_t e = fp8_gemv_rows(v, dq, ds, dw, dsc, c.bias ? bias.d : nullptr, c.res ? res.d : nullptr,
+                                          out.d, M, N, K, c.act, dt, true, 0);
+      char name[160];
+      std::snprintf(name, sizeof name, "fp8_gemv_rows %s M=%d N=%d K=%d v%d%s%s%s", dname(dt), M, N, K, v,
+                    c.bias ? " bias" : "", c.res ? " res" : "",
+                    c.act == Act::None ? "" : (std::string(" ") + act_name(c.act)).c_str());
+      if (v < kFp8RowsGemvFirst) {  // not one of its variants: refused, nothing launched
+        report(e == cudaErrorInvalidValue, std::string(name) + " refused", 0);
+        continue;
+      }
+      CK(e);
+      sync_check();
+      out.down();
+      Err er;
+      for (size_t i = 0; i < ref.size(); i++)
+        er.add(out.get(i), ref[i], 1e-5 * mag[i] + 1e-6, rtol_of(dt) * 1.01);
+      report(er.ok(), name, er.max_abs, er.str() + er.firsts());
+    }
+    cudaFree(dq);
+    cudaFree(ds);
+  }
   if (c.kind != QuantKind::Fp8)
     report(quant_gemv(quant_gemv_variants(c.kind), c.kind, x.d, dw, dsc, c.group, nullptr, nullptr, out.d, M, N, K,
                       c.act, dt, true, 0) == cudaErrorInvalidValue,

@@ -65,6 +65,15 @@ cudaError_t fp8_gemv2(int variant, const void* x, const void* w, const float* sw
 cudaError_t fp8_gemv_mma(int variant, const void* x, const void* w, const float* sw, const void* bias, const void* res,
                          void* out, int M, int N, int K, Act act, const void* norm_w, float eps, DType dt, bool pdl,
                          cudaStream_t s);
+// The FP8 gemv over x already quantised by its producer (kernels.h Fp8Rows: x_q [M, K] E4M3 codes, s_x [M] per-token
+// scales, as quantize_rows_fp8 writes them), variants 8-10 (quant_gemv_fp8_mma.cu; others cudaErrorInvalidValue):
+// out = act(x_q·wᵀ · fp32(s_x · s_w) + bias) + residual, the numerics of quant_gemv on the x those rows came from.
+// M <= kQuantGemvMaxM, K % 16 == 0, x_q and w 16-byte aligned.
+cudaError_t fp8_gemv_rows(int variant, const uint8_t* x_q, const float* s_x, const void* w, const float* sw,
+                          const void* bias, const void* res, void* out, int M, int N, int K, Act act, DType dt,
+                          bool pdl, cudaStream_t s);
+constexpr int kFp8RowsGemvFirst = 8, kFp8RowsGemvLast = 10;  // fp8_gemv_rows' variants
+bool fp8_gemv_rows_supported();  // the current device runs its code (E4M3 mma: an sm_89+ build)
 
 // ---- FP8 context path: quantise_rows_fp8 -> cuBLASLt FP8 GEMM (fp32 D) -> fp8_scale_epilogue ----
 // q[r, :] = e4m3(fp32(x[r,:] / s[r])), s[r] = fp32(amax(x[r,:]) / 448) (1 when amax is 0). cols % 8 == 0 when x

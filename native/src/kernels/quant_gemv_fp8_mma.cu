@@ -13,8 +13,15 @@
 // Numerics: quant.h's (per-token s_x, e4m3(x / s_x) as quot8, exact E4M3 products, fp32 sums, y = acc · fp32(s_x ·
 // s_w)); only the summation order differs. Each mma starts from zero and is added to fp32 registers, so the tensor
 // core sums 32 products at a time and never carries the running total (whose precision Hopper's FP8 accumulation
-// limits). The block quantises x itself (two passes over it from L2: the amax, then the codes into shared memory),
-// while its first weight loads are in flight (issued before griddepcontrol.wait: weights are never written).
+// limits). The first weight loads are issued before griddepcontrol.wait (weights are never written).
+// x comes one of two ways:
+//   - XQ = false: as the activation (or the rms_norm prologue's input); every block quantises it itself (two passes
+//     over it from L2: the amax, then the codes into shared memory) while its first weight loads are in flight;
+//   - XQ = true (fp8_gemv_rows): as E4M3 codes and per-token scales its producer wrote (kernels.h Fp8Rows, the FP8
+//     activation fusion). Lanes then read their 16 bytes of x from global memory beside their weights, in the same
+//     ring, and the block has no prologue and no barrier before its loop. Why: a block that quantises x pays two
+//     barriers and two trips to L2 before its loop, and at 16 rows a block there are up to 1,376 blocks a call
+//     (gate_up), several waves of them.
 #include "gemv_stream.cuh"
 #include "mma.cuh"
 #include "quant.h"
@@ -29,17 +36,18 @@ constexpr int kMmaRows = 16;  // weight rows per block
 // shared-memory banks.
 __host__ __device__ inline int mma_x_stride(int K) { return ((K + 63) & ~63) + 16; }
 
-template <typename T, int M, int WARPS, int UN, int PRO>
+// XQ: x_q / s_x hold the producer's codes and scales (x, nw unused), else the block quantises x.
+template <typename T, int M, int WARPS, int UN, int PRO, bool XQ>
 __global__ void __launch_bounds__(WARPS * 32)
-    fp8_gemv_mma_kernel(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ sw,
-                        const T* __restrict__ bias, const T* res, T* out, int N, int K, int act,
-                        const T* __restrict__ nw, float eps) {
+    fp8_gemv_mma_kernel(const T* __restrict__ x, const uint8_t* x_q, const float* s_x, const uint8_t* __restrict__ w,
+                        const float* __restrict__ sw, const T* __restrict__ bias, const T* res, T* out, int N, int K,
+                        int act, const T* __restrict__ nw, float eps) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
   __trap();  // never launched: fp8_gemv_mma refuses devices whose code has no E4M3 mma
 #else
   extern __shared__ __align__(16) uint8_t smem[];
-  const int KP = mma_x_stride(K);
-  uint8_t* s_q = smem;                                           // [M][KP] E4M3 codes of x
+  const int KP = XQ ? 0 : mma_x_stride(K);
+  uint8_t* s_q = smem;                                           // [M][KP] E4M3 codes of x (XQ: none)
   float* s_red = reinterpret_cast<float*>(smem + size_t(M) * KP);  // [WARPS][32][4] the warps' D fragments
   pdl_trigger();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
@@ -49,7 +57,13 @@ __global__ void __launch_bounds__(WARPS * 32)
   const uint8_t* rb = w + size_t(min(n0 + g + 8, N - 1)) * K + 16 * t;
   const int slices = (K + 63) >> 6;
   const int ns = slices > warp ? (slices - warp + WARPS - 1) / WARPS : 0;  // this warp's slices
-  uint4 a[UN], b[UN];
+  uint4 a[UN], b[UN], xr[XQ ? UN : 1];
+  // XQ: lane (g, t)'s 16 bytes of x's row g (< M) at the slice's bytes; the codes are never past a row's K.
+  const uint8_t* xg = XQ ? x_q + size_t(min(g, M - 1)) * K + 16 * t : nullptr;
+  auto load_x = [&](int u, int i) {
+    const int off = (warp + i * WARPS) * 64;
+    xr[u] = g < M && i < ns && off + 16 * t < K ? *reinterpret_cast<const uint4*>(xg + off) : make_uint4(0, 0, 0, 0);
+  };
   auto load = [&](int u, int i) {  // slice i of this warp into ring slot u (zeros past K)
     const int off = (warp + i * WARPS) * 64;
     const bool ok = i < ns && off + 16 * t < K;
@@ -60,21 +74,30 @@ __global__ void __launch_bounds__(WARPS * 32)
   for (int u = 0; u < UN; u++) load(u, u);
   pdl_wait();
 
-  // x (or the normalised row) -> per-token scale and E4M3 codes in shared memory.
-  float inv[M];
-  vec_inv<T, M, WARPS, PRO, true>(x, K, eps, inv);
-  float am[M] = {};
-  for_vec_chunks<T, M, WARPS * 32, PRO>(x, K, nw, inv, [&](int m, int, const uint4& v) { am[m] = amax8<T>(v, am[m]); });
-  block_reduce<WARPS, M, false>(am, true);
-  float sx[M], rx[M];
+  float sx[M];
+  if constexpr (XQ) {
 #pragma unroll
-  for (int m = 0; m < M; m++) sx[m] = e4m3_row_scale(am[m]), rx[m] = __frcp_rn(sx[m]);
-  for_vec_chunks<T, M, WARPS * 32, PRO>(x, K, nw, inv, [&](int m, int c, const uint4& v) {
-    float f[8];
-    unpack8<T>(v, f);
-    *reinterpret_cast<uint2*>(s_q + size_t(m) * KP + size_t(c) * 8) = f8_to_e4m3x8_fast(f, sx[m], rx[m]);
-  });
-  __syncthreads();
+    for (int u = 0; u < UN; u++) load_x(u, u);
+#pragma unroll
+    for (int m = 0; m < M; m++) sx[m] = s_x[m];
+  } else {
+    // x (or the normalised row) -> per-token scale and E4M3 codes in shared memory.
+    float inv[M];
+    vec_inv<T, M, WARPS, PRO, true>(x, K, eps, inv);
+    float am[M] = {};
+    for_vec_chunks<T, M, WARPS * 32, PRO>(x, K, nw, inv,
+                                          [&](int m, int, const uint4& v) { am[m] = amax8<T>(v, am[m]); });
+    block_reduce<WARPS, M, false>(am, true);
+    float rx[M];
+#pragma unroll
+    for (int m = 0; m < M; m++) sx[m] = e4m3_row_scale(am[m]), rx[m] = __frcp_rn(sx[m]);
+    for_vec_chunks<T, M, WARPS * 32, PRO>(x, K, nw, inv, [&](int m, int c, const uint4& v) {
+      float f[8];
+      unpack8<T>(v, f);
+      *reinterpret_cast<uint2*>(s_q + size_t(m) * KP + size_t(c) * 8) = f8_to_e4m3x8_fast(f, sx[m], rx[m]);
+    });
+    __syncthreads();
+  }
 
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
   const uint8_t* xq = s_q + size_t(min(g, M - 1)) * KP + 16 * t;
@@ -84,11 +107,14 @@ __global__ void __launch_bounds__(WARPS * 32)
       const int i = i0 + u;
       if (i >= ns) break;  // (warp-uniform)
       const int off = (warp + i * WARPS) * 64;
-      const uint4 xv = g < M && off + 16 * t < K ? *reinterpret_cast<const uint4*>(xq + off) : make_uint4(0, 0, 0, 0);
+      uint4 xv;
+      if constexpr (XQ) xv = xr[u];
+      else xv = g < M && off + 16 * t < K ? *reinterpret_cast<const uint4*>(xq + off) : make_uint4(0, 0, 0, 0);
       float d0[4] = {0.f, 0.f, 0.f, 0.f}, d1[4] = {0.f, 0.f, 0.f, 0.f};
       mma_e4m3_16832(d0, {a[u].x, b[u].x, a[u].y, b[u].y}, xv.x, xv.y);
       mma_e4m3_16832(d1, {a[u].z, b[u].z, a[u].w, b[u].w}, xv.z, xv.w);
       load(u, i + UN);  // the ring slot's next slice goes out right away
+      if constexpr (XQ) load_x(u, i + UN);
 #pragma unroll
       for (int j = 0; j < 4; j++) acc[j] += d0[j] + d1[j];
     }
@@ -112,41 +138,75 @@ __global__ void __launch_bounds__(WARPS * 32)
 #endif
 }
 
-template <typename T, int M, int WARPS, int UN, int PRO>
-cudaError_t launch_mma_m(const void* x, const void* w, const float* sw, const void* bias, const void* res, void* out,
-                         int N, int K, Act act, const void* nw, float eps, bool pdl, cudaStream_t s) {
+// The call's operands (x or x_q / s_x as the kernel's XQ says).
+struct MmaArgs {
+  const void *x, *w;
+  const uint8_t* x_q;
+  const float *s_x, *sw;
+  const void *bias, *res;
+  void* out;
+  int N, K;
+  Act act;
+  const void* nw;
+  float eps;
+  bool pdl;
+};
+
+template <typename T, int M, int WARPS, int UN, int PRO, bool XQ>
+cudaError_t launch_mma_m(const MmaArgs& a, cudaStream_t s) {
   static PersistentCache pc;  // (only its shared-memory opt-in)
-  auto kern = fp8_gemv_mma_kernel<T, M, WARPS, UN, PRO>;
-  const size_t smem = size_t(M) * mma_x_stride(K) + size_t(WARPS) * 32 * 4 * sizeof(float);
+  auto kern = fp8_gemv_mma_kernel<T, M, WARPS, UN, PRO, XQ>;
+  const size_t smem = (XQ ? 0 : size_t(M) * mma_x_stride(a.K)) + size_t(WARPS) * 32 * 4 * sizeof(float);
   if (cudaError_t e = opt_in_smem(pc, kern, smem); e != cudaSuccess) return e;
-  return launch_pdl(kern, unsigned((N + kMmaRows - 1) / kMmaRows), WARPS * 32, smem, pdl, s, static_cast<const T*>(x),
-                    static_cast<const uint8_t*>(w), sw, static_cast<const T*>(bias), static_cast<const T*>(res),
-                    static_cast<T*>(out), N, K, int(act), static_cast<const T*>(nw), eps);
+  return launch_pdl(kern, unsigned((a.N + kMmaRows - 1) / kMmaRows), WARPS * 32, smem, a.pdl, s,
+                    static_cast<const T*>(a.x), a.x_q, a.s_x, static_cast<const uint8_t*>(a.w), a.sw,
+                    static_cast<const T*>(a.bias), static_cast<const T*>(a.res), static_cast<T*>(a.out), a.N, a.K,
+                    int(a.act), static_cast<const T*>(a.nw), a.eps);
 }
 
-template <typename T, int WARPS, int UN, int PRO>
-cudaError_t launch_mma_v(int M, const void* x, const void* w, const float* sw, const void* bias, const void* res,
-                         void* out, int N, int K, Act act, const void* nw, float eps, bool pdl, cudaStream_t s) {
+template <typename T, int WARPS, int UN, int PRO, bool XQ>
+cudaError_t launch_mma_v(int M, const MmaArgs& a, cudaStream_t s) {
   switch (M) {
-    case 1: return launch_mma_m<T, 1, WARPS, UN, PRO>(x, w, sw, bias, res, out, N, K, act, nw, eps, pdl, s);
-    case 2: return launch_mma_m<T, 2, WARPS, UN, PRO>(x, w, sw, bias, res, out, N, K, act, nw, eps, pdl, s);
-    case 3: return launch_mma_m<T, 3, WARPS, UN, PRO>(x, w, sw, bias, res, out, N, K, act, nw, eps, pdl, s);
-    case 4: return launch_mma_m<T, 4, WARPS, UN, PRO>(x, w, sw, bias, res, out, N, K, act, nw, eps, pdl, s);
+    case 1: return launch_mma_m<T, 1, WARPS, UN, PRO, XQ>(a, s);
+    case 2: return launch_mma_m<T, 2, WARPS, UN, PRO, XQ>(a, s);
+    case 3: return launch_mma_m<T, 3, WARPS, UN, PRO, XQ>(a, s);
+    case 4: return launch_mma_m<T, 4, WARPS, UN, PRO, XQ>(a, s);
     default: return cudaErrorInvalidValue;
   }
 }
 
-template <typename T, int PRO>
-cudaError_t launch_mma_variant(int variant, int M, const void* x, const void* w, const float* sw, const void* bias,
-                               const void* res, void* out, int N, int K, Act act, const void* nw, float eps, bool pdl,
-                               cudaStream_t s) {
+template <typename T, int PRO, bool XQ>
+cudaError_t launch_mma_variant(int variant, int M, const MmaArgs& a, cudaStream_t s) {
   // (warps splitting K, slices in flight per warp)
   switch (variant) {
-    case 8: return launch_mma_v<T, 8, 4, PRO>(M, x, w, sw, bias, res, out, N, K, act, nw, eps, pdl, s);
-    case 9: return launch_mma_v<T, 4, 8, PRO>(M, x, w, sw, bias, res, out, N, K, act, nw, eps, pdl, s);
-    case 10: return launch_mma_v<T, 16, 2, PRO>(M, x, w, sw, bias, res, out, N, K, act, nw, eps, pdl, s);
+    case 8: return launch_mma_v<T, 8, 4, PRO, XQ>(M, a, s);
+    case 9: return launch_mma_v<T, 4, 8, PRO, XQ>(M, a, s);
+    case 10: return launch_mma_v<T, 16, 2, PRO, XQ>(M, a, s);
     default: return cudaErrorInvalidValue;
   }
+}
+
+// Whether the device runs this file's E4M3 mma code (an sm_80 build on an sm_89 GPU has none).
+bool mma_code() {
+  static int cache[64] = {0};
+  return per_device(cache, [](int) {
+    cudaFuncAttributes fa;
+    const bool ok = cudaFuncGetAttributes(&fa, fp8_gemv_mma_kernel<half, 1, 8, 4, 0, false>) == cudaSuccess &&
+                    fa.binaryVersion >= 89;
+    cudaGetLastError();
+    return ok;
+  });
+}
+
+template <bool XQ>
+cudaError_t dispatch(int variant, int M, DType dt, const MmaArgs& a, cudaStream_t s) {
+  if (!mma_code()) return cudaErrorNotSupported;
+  const bool pro = !XQ && a.nw != nullptr;
+  if (dt == DType::F16)
+    return pro ? launch_mma_variant<half, 1, XQ>(variant, M, a, s) : launch_mma_variant<half, 0, XQ>(variant, M, a, s);
+  if (dt == DType::BF16)
+    return pro ? launch_mma_variant<bf16, 1, XQ>(variant, M, a, s) : launch_mma_variant<bf16, 0, XQ>(variant, M, a, s);
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace
@@ -155,25 +215,21 @@ cudaError_t launch_mma_variant(int variant, int M, const void* x, const void* w,
 cudaError_t fp8_gemv_mma(int variant, const void* x, const void* w, const float* sw, const void* bias,
                          const void* res, void* out, int M, int N, int K, Act act, const void* norm_w, float eps,
                          DType dt, bool pdl, cudaStream_t s) {
-  static int cache[64] = {0};
-  const bool sm89 = kd::per_device(cache, [](int) {
-    cudaFuncAttributes fa;  // the code the device runs: an sm_80 build on an sm_89 GPU has no E4M3 mma
-    const bool ok = cudaFuncGetAttributes(&fa, kd::fp8_gemv_mma_kernel<half, 1, 8, 4, 0>) == cudaSuccess &&
-                    fa.binaryVersion >= 89;
-    cudaGetLastError();
-    return ok;
-  });
-  if (!sm89) return cudaErrorNotSupported;
-  const bool pro = norm_w != nullptr;
-  if (dt == DType::F16)
-    return pro ? kd::launch_mma_variant<half, 1>(variant, M, x, w, sw, bias, res, out, N, K, act, norm_w, eps, pdl, s)
-               : kd::launch_mma_variant<half, 0>(variant, M, x, w, sw, bias, res, out, N, K, act, nullptr, 0.f, pdl, s);
-  if (dt == DType::BF16)
-    return pro ? kd::launch_mma_variant<kd::bf16, 1>(variant, M, x, w, sw, bias, res, out, N, K, act, norm_w, eps, pdl,
-                                                     s)
-               : kd::launch_mma_variant<kd::bf16, 0>(variant, M, x, w, sw, bias, res, out, N, K, act, nullptr, 0.f,
-                                                     pdl, s);
-  return cudaErrorInvalidValue;
+  const kd::MmaArgs a{x, w, nullptr, nullptr, sw, bias, res, out, N, K, act, norm_w, eps, pdl};
+  return kd::dispatch<false>(variant, M, dt, a, s);
+}
+
+bool fp8_gemv_rows_supported() { return kd::mma_code(); }
+
+cudaError_t fp8_gemv_rows(int variant, const uint8_t* x_q, const float* s_x, const void* w, const float* sw,
+                          const void* bias, const void* res, void* out, int M, int N, int K, Act act, DType dt,
+                          bool pdl, cudaStream_t s) {
+  if (M < 1 || M > kQuantGemvMaxM || K <= 0 || K % 16 || (reinterpret_cast<uintptr_t>(x_q) & 15) ||
+      (reinterpret_cast<uintptr_t>(w) & 15))
+    return cudaErrorInvalidValue;
+  if (N <= 0) return cudaSuccess;
+  const kd::MmaArgs a{nullptr, w, x_q, s_x, sw, bias, res, out, N, K, act, nullptr, 0.f, pdl};
+  return kd::dispatch<true>(variant, M, dt, a, s);
 }
 
 }  // namespace tsllm

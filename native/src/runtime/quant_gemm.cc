@@ -131,6 +131,7 @@ float QuantGemm::time_runs(cudaStream_t s, Body&& body) {
 
 int QuantGemm::gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s) {
   if (!gemv_on || quant_gemv_unsupported(c.kind, c.M, c.K, c.group, c.x, c.w, dt)) return -1;
+  if (c.x_fp8) return rows_variant(c, dt, s);
   // A forced variant this kind lacks (int8 / int4 have 0-6), or one that takes fewer rows than M, leaves the call to
   // the tuner.
   if (gemv_force >= 0 && gemv_force < quant_gemv_variants(c.kind) && c.M <= quant_gemv_max_m(c.kind, gemv_force))
@@ -174,6 +175,62 @@ int QuantGemm::gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s) 
   }
   gemv_pick_.emplace(key, pick);
   return pick;
+}
+
+bool QuantGemm::rows_gemv_on() const {
+  const bool forced_other = gemv_force >= 0 && (gemv_force < kFp8RowsGemvFirst || gemv_force > kFp8RowsGemvLast);
+  return gemv_on && !forced_other && (tune_below < 0 || tune_below > kFp8RowsGemvFirst) && fp8_gemv_rows_supported();
+}
+
+// The rows and scales of fp8_act_rows in the workspace.
+static void rows_at(void* xq_ws, const QuantLinearCall& c, uint8_t** q, float** sx) {
+  uint8_t* xq = static_cast<uint8_t*>(xq_ws);
+  *q = xq;
+  *sx = reinterpret_cast<float*>(xq + align256(size_t(c.M) * size_t(c.K)));
+}
+
+int QuantGemm::rows_variant(const QuantLinearCall& c, DType dt, cudaStream_t s) {
+  if (gemv_force >= kFp8RowsGemvFirst && gemv_force <= kFp8RowsGemvLast) return gemv_force;
+  const int dflt = kFp8RowsGemvFirst;
+  if (!tune) return dflt;
+  const auto key = std::make_tuple(int(c.kind), c.group, c.M, c.N, c.K, int(dt));
+  auto it = rows_pick_.find(key);
+  if (it != rows_pick_.end()) return it->second;
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  cudaStreamIsCapturing(s, &cap);
+  if (cap != cudaStreamCaptureStatusNone) return dflt;
+  if (!ensure_tune_out(size_t(c.M) * size_t(c.N) * 2)) return dflt;
+  // Timed on the rows the producer just wrote (the eager step before capture), into scratch as gemv_variant.
+  uint8_t* q = nullptr;
+  float* sx = nullptr;
+  rows_at(xq_, c, &q, &sx);
+  int pick = dflt;
+  float best = 1e30f;
+  std::string all;
+  for (int v = kFp8RowsGemvFirst; v <= kFp8RowsGemvLast && (tune_below < 0 || v < tune_below); v++) {
+    const float ms = time_runs(s, [&] {
+      return fp8_gemv_rows(v, q, sx, c.w, c.scales, c.bias, c.residual, tune_out_, c.M, c.N, c.K, c.act, dt, pdl, s) ==
+             cudaSuccess;
+    });
+    if (ms >= 0.f && ms < best) best = ms, pick = v;
+    char b[32];
+    std::snprintf(b, sizeof b, " %d:%.4f", v, ms);
+    all += b;
+  }
+  if (verbose)
+    std::fprintf(stderr, "tsllm fp8 gemv over FP8 rows M=%d N=%d K=%d: variant %d (%.4f ms; all%s)\n", c.M, c.N, c.K,
+                 pick, best, all.c_str());
+  rows_pick_.emplace(key, pick);
+  return pick;
+}
+
+std::string QuantGemm::rows_gemv(const QuantLinearCall& c, int variant, DType dt, cudaStream_t s) {
+  uint8_t* q = nullptr;
+  float* sx = nullptr;
+  rows_at(xq_, c, &q, &sx);
+  cudaError_t e =
+      fp8_gemv_rows(variant, q, sx, c.w, c.scales, c.bias, c.residual, c.out, c.M, c.N, c.K, c.act, dt, pdl, s);
+  return e == cudaSuccess ? std::string() : std::string("fp8_gemv_rows: ") + cudaGetErrorString(e);
 }
 
 int QuantGemm::prologue_variant(const QuantLinearCall& c, const GemvPrologue& pro, void* pro_y, DType dt,
@@ -412,11 +469,10 @@ bool QuantGemm::fp8_act_rows(const QuantLinearCall& c, DType dt, Fp8Rows* rows) 
   // An FP8 call the gemv can take (M <= 4, aligned, K % 16 == 0) runs it, whatever the tuner picks (gemv_variant is
   // never -1 for one), so that is decided here without tuning: when the producer asks, x is not written yet, and
   // the tuner timing stale rows picked worse variants (H200, Llama-2-7B FP8 bs 1: gate_up's variant 5 instead of
-  // 1, 1.062 instead of 0.880 ms a step in the graph profile).
-  if (gemv_on && !quant_gemv_unsupported(c.kind, c.M, c.K, c.group, c.x, c.w, dt)) return false;
-  uint8_t* xq = static_cast<uint8_t*>(xq_);
-  rows->q = xq;
-  rows->scales = reinterpret_cast<float*>(xq + align256(size_t(c.M) * size_t(c.K)));
+  // 1, 1.062 instead of 0.880 ms a step in the graph profile). Such a call takes FP8 rows when the gemv over them
+  // can run (rows_gemv_on), else quantises x itself.
+  if (gemv_on && !quant_gemv_unsupported(c.kind, c.M, c.K, c.group, c.x, c.w, dt) && !rows_gemv_on()) return false;
+  rows_at(xq_, c, &rows->q, &rows->scales);
   return true;
 }
 

@@ -73,8 +73,8 @@ class QuantGemm {
   std::string run(const QuantLinearCall& c, DType dt, cudaStream_t s, LinearFn&& linear) {
     if (c.M <= 0) return "";
     const int v = gemv_variant(c, dt, s);
-    if (c.x_fp8 && (v >= 0 || c.kind != QuantKind::Fp8))
-      return "x came as FP8 rows but the call does not take the FP8 GEMM";
+    if (c.x_fp8 && c.kind != QuantKind::Fp8) return "x came as FP8 rows but the call is not FP8";
+    if (c.x_fp8 && v >= 0) return rows_gemv(c, v, dt, s);
     if (v >= 0) {
       cudaError_t e = quant_gemv(v, c.kind, c.x, c.w, c.scales, c.group, c.bias, c.residual, c.out, c.M, c.N, c.K,
                                  c.act, dt, pdl, s);
@@ -100,9 +100,10 @@ class QuantGemm {
     return e == cudaSuccess ? std::string() : std::string("quant_gemv (rms_norm prologue): ") + cudaGetErrorString(e);
   }
 
-  // Where the producer of c.x writes it as FP8 rows for this call: true when the call is FP8, takes the FP8 GEMM
-  // path at its M (not the gemv) and the workspace holds its rows; *rows then points into the workspace, which
-  // fp8_gemm reads when c.x_fp8 (run refuses a call with x_fp8 that would not take that path). Times nothing.
+  // Where the producer of c.x writes it as FP8 rows for this call: true when the call is FP8, the workspace holds
+  // its rows, and it takes the FP8 GEMM path at its M or the gemv over FP8 rows (fp8_gemv_rows: M <= 4, unless a
+  // forced or capped variant leaves that out); *rows then points into the workspace, which fp8_gemm / rows_gemv read
+  // when c.x_fp8. Times nothing.
   bool fp8_act_rows(const QuantLinearCall& c, DType dt, Fp8Rows* rows);
 
   bool fp8_outer = true;  // TSLLM_FP8_OUTER_VEC=0: FP8 GEMMs always through the fp32 chunk + scale epilogue kernel
@@ -117,6 +118,11 @@ class QuantGemm {
  private:
   // The gemv variant for this call (tuned once per shape), or -1 for the large-M path.
   int gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s);
+  // fp8_gemv_rows' variant for a call whose x came as FP8 rows (tuned once per shape, rows_pick_), and the call.
+  int rows_variant(const QuantLinearCall& c, DType dt, cudaStream_t s);
+  std::string rows_gemv(const QuantLinearCall& c, int variant, DType dt, cudaStream_t s);
+  // The gemv over FP8 rows takes M <= 4 calls: not with a forced variant it lacks, nor capped below its variants.
+  bool rows_gemv_on() const;
   std::string fp8_gemm(const QuantLinearCall& c, DType dt, cudaStream_t s);
 
   struct Fp8Plan {
@@ -152,6 +158,7 @@ class QuantGemm {
   std::map<std::tuple<int, int, int, int, int>, Fp8Plan> plans_;  // (M chunk, N, K) -> plan
   std::map<std::tuple<int, int, int, int, int, int>, int> gemv_pick_;  // (kind, group, M, N, K, dt) -> variant or -1
   std::map<std::tuple<int, int, int, int, int, int>, int> pro_pick_;   // the same key -> fused variant or -1
+  std::map<std::tuple<int, int, int, int, int, int>, int> rows_pick_;  // the same key -> fp8_gemv_rows variant
   // Times `body` (6 runs, L2 flushed before each, the first discarded): ms per run, or -1 when a launch failed.
   template <typename Body>
   float time_runs(cudaStream_t s, Body&& body);
