@@ -469,9 +469,15 @@ bool QuantGemm::fp8_act_rows(const QuantLinearCall& c, DType dt, Fp8Rows* rows) 
   // An FP8 call the gemv can take (M <= 4, aligned, K % 16 == 0) runs it, whatever the tuner picks (gemv_variant is
   // never -1 for one), so that is decided here without tuning: when the producer asks, x is not written yet, and
   // the tuner timing stale rows picked worse variants (H200, Llama-2-7B FP8 bs 1: gate_up's variant 5 instead of
-  // 1, 1.062 instead of 0.880 ms a step in the graph profile). Such a call takes FP8 rows when the gemv over them
-  // can run (rows_gemv_on), else quantises x itself.
-  if (gemv_on && !quant_gemv_unsupported(c.kind, c.M, c.K, c.group, c.x, c.w, dt) && !rows_gemv_on()) return false;
+  // 1, 1.062 instead of 0.880 ms a step in the graph profile). Such a call takes FP8 rows from 2 rows on when the
+  // gemv over them can run (rows_gemv_on), else quantises x itself. Not at 1 row: a producer writing FP8 rows is one
+  // block a row, and at one row that block is the whole kernel (H200, Llama-2-7B FP8 bs 1 graph profile: gated_act
+  // 0.372 ms a step against 0.059, rms_norm 0.159 against 0.113), more than the gemv saves (down 18.7 against
+  // 22.2 µs); TPOT 2.870 ms with the rows against 2.727 without. At 4 rows: 3.435 against 4.923 ms.
+  constexpr int kRowsGemvMinM = 2;
+  if (gemv_on && !quant_gemv_unsupported(c.kind, c.M, c.K, c.group, c.x, c.w, dt) &&
+      (c.M < kRowsGemvMinM || !rows_gemv_on()))
+    return false;
   rows_at(xq_, c, &rows->q, &rows->scales);
   return true;
 }

@@ -101,9 +101,9 @@ class QuantGemm {
   }
 
   // Where the producer of c.x writes it as FP8 rows for this call: true when the call is FP8, the workspace holds
-  // its rows, and it takes the FP8 GEMM path at its M or the gemv over FP8 rows (fp8_gemv_rows: M <= 4, unless a
-  // forced or capped variant leaves that out); *rows then points into the workspace, which fp8_gemm / rows_gemv read
-  // when c.x_fp8. Times nothing.
+  // its rows, and it takes the FP8 GEMM path at its M or the gemv over FP8 rows (fp8_gemv_rows: 2 <= M <= 4, unless
+  // a forced or capped variant leaves that out); *rows then points into the workspace, which fp8_gemm / rows_gemv
+  // read when c.x_fp8. Times nothing.
   bool fp8_act_rows(const QuantLinearCall& c, DType dt, Fp8Rows* rows);
 
   bool fp8_outer = true;  // TSLLM_FP8_OUTER_VEC=0: FP8 GEMMs always through the fp32 chunk + scale epilogue kernel
