@@ -413,7 +413,8 @@ struct PagedStep {
 // run writes must be exactly e4m3(16-bit row / scale) of the rows the 16-bit run writes (that path is checked
 // against fp64 in test_attention). Both runs take AttnParams::decode_variant `variant` and mma_cfg `cfg` (variant
 // 4: the same tensor-core kernel, which rounds the softmax weights for P·V: to dt over a 16-bit cache, to fp16 over
-// an FP8 one, so with fp16 they agree on that too; with bf16 the 16-bit run's weights are the coarser, see tol).
+// an FP8 one, so with fp16 they agree on that too but for the own key's tile at head_dim 128, and with bf16 the
+// 16-bit run's weights are the coarser: see atol).
 void test_fp8_kv(Rng& rng, int D, std::vector<std::pair<int, int>> seqs, float k_scale, float v_scale, int nH = 4,
                  int nKV = 2, int variant = 0, int cfg = 0, DType dt = DType::F16) {
   const int tpb = 16;
@@ -468,7 +469,16 @@ void test_fp8_kv(Rng& rng, int D, std::vector<std::pair<int, int>> seqs, float k
   // 11 run 2, keys as the mma's rows, the same 1.0 and 4.0, passed.
   const int runs = kd::decode_variant_run(ap, T, ps.max_len, true, true);
   const double weight_err = std::ldexp(1.0, -8) + std::ldexp(1.0, -11);
-  const double atol = dt == DType::BF16 && max_new == 1 && runs == 4 ? weight_err * 448.0 * v_scale : tol;
+  // fp16 through variant 4 at head_dim 128 with DIRECT fragments (every configuration but fp8_tile): the FP8 run
+  // adds the step's own key after its tiles, while the 16-bit run takes it in its last tile, so that tile's weights
+  // are rounded to fp16 against another running maximum. A weight is then off by up to 2^-11 of itself in either
+  // run, the output by up to 2^-10 of the largest |V| averaged. Session 14 run 3 (mma_cfg 9's data in `kernels_test
+  // quant`): 0.26636 against 0.27197, which the bound tol (2e-3 relative) failed.
+  const bool direct = dt == DType::F16 && max_new == 1 && runs == 4 && D == kd::kDecodeMmaSweepDp &&
+                      !kd::kDecodeMmaConfigs[cfg].fp8_tile;
+  const double atol = dt == DType::BF16 && max_new == 1 && runs == 4 ? weight_err * 448.0 * v_scale
+                      : direct                                        ? std::ldexp(1.0, -10) * 448.0 * v_scale
+                                                                      : tol;
   for (size_t i = 0; i < o16.n; i++) e.add(o8.get(i), o16.get(i), atol, tol);
   // Cache bytes: new slots = e4m3(16-bit row / scale); everything else untouched.
   size_t bad = 0;
