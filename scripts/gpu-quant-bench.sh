@@ -2,7 +2,8 @@
 # The quantised-engine benchmark of issue 13 in one command on an H100/H200 (about 5 minutes): random-weight
 # Llama-2-7B engines (fp16, fp8, int8-wo, int4-wo group 128; ISL/OSL 128/128) through `tsllm-bench latency` at
 # batch 1 and 64 — TTFT, TPOT, tok/s, and the HBM roofline of each engine's own weight bytes (quantised values +
-# scales) at the copy bandwidth measured in the same run — int8 / int4 at batch 8 and 16 with and without the
+# scales) at the copy bandwidth measured in the same run — fp8 at batch 1-4 with and without the gemv over FP8
+# rows (TSLLM_QGEMV_TUNE_BELOW=8: session 13's kernels) — int8 / int4 at batch 8 and 16 with and without the
 # quantised decode gemv, the FP8 context FMHA on and off (TTFT at ISL 2048, and
 # native/build/kernels_bench fmha8), then the compiled-PyTorch peer in the same run.
 #   bash scripts/gpu-quant-bench.sh [../shared]      (SHARED holds configs/ and bench/torch_static_decode.py)
@@ -30,6 +31,13 @@ for e in fp16 fp8 int8 int4; do
   ./bin/tsllm-bench.mjs latency "$work/$e" --batch-size 1,64 --input-len 128 --output-len 128 --runs 3 \
     --json "$work/$e.json" || echo "tsllm-bench latency $e FAILED"
 done
+echo "== fp8 at batch 1-4: the gemv over the producers' FP8 rows (variants 8-10) against session 13's kernels (0-7)"
+for cap in none 8; do
+  if [ $cap = none ]; then unset TSLLM_QGEMV_TUNE_BELOW; else export TSLLM_QGEMV_TUNE_BELOW=$cap; fi
+  ./bin/tsllm-bench.mjs latency "$work/fp8" --batch-size 1,2,3,4 --input-len 128 --output-len 128 --runs 3 |
+    grep -E "^batch" | sed "s/^/fp8 TSLLM_QGEMV_TUNE_BELOW=$cap: /"
+done
+unset TSLLM_QGEMV_TUNE_BELOW
 echo "== int8 / int4 at batch 8 and 16: the tensor-core decode gemv (1-16 rows) against the dequantise + GEMM path"
 for e in int8 int4; do
   for q in 1 0; do
