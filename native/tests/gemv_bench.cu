@@ -5,7 +5,8 @@
 // enough weight copies that every call misses L2; the median of 15 replays. The summary lines per shape compare the
 // best variant ("new") with the alternative it replaces ("old"): for fp8 the first design (variants 0-2) against
 // the rest (3-10); with a prologue, the unfused pair (prologue kernel + best plain variant, printed as v1xx for
-// fp16) against the best fused variant; fp16 / int8 / int4 without a prologue print only the best variant.
+// fp16) against the best fused variant; fp16 / int8 / int4 without a prologue print only the best variant; fp8
+// over FP8 rows (fp8_gemv_rows, x already quantised by its producer) against the best plain fp8 variant.
 //
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90,code=sm_90 -o gemv_bench tests/gemv_bench.cu src/kernels/*.cu
 //   ./gemv_bench                  (or native/build/gemv_bench after npm run build:native; about 30 s)
@@ -169,6 +170,34 @@ int main(int argc, char** argv) {
           std::printf("  unfused rms_norm + v%d %8.2f us %7.0f GB/s\n", bv, bus, bytes / (bus * 1e3));
         }
         line(kn, sh, pro ? "+rms_norm" : "plain", o, n);
+      }
+      if (kind == QuantKind::Fp8) {
+        // The gemv over FP8 rows (fp8_gemv_rows): x already quantised, as an rms_norm / gated_act producer writes
+        // it from 2 rows on; "old" is the best plain variant above (the gemv quantising x itself).
+        uint8_t* xq;
+        float* sxq;
+        CK(cudaMalloc(&xq, size_t(sh.K)));
+        CK(cudaMalloc(&sxq, 16));
+        CK(quantize_rows_fp8(x, xq, sxq, 1, sh.K, DType::F16, 0));
+        Best o, n;
+        for (int v = 0; v < quant_gemv_variants(kind); v++) {
+          const double us = graph_us(calls, [&](int i, cudaStream_t s) {
+            return quant_gemv(v, kind, x, w[i % copies], sc[i % copies], 0, nullptr, nullptr, out, 1, sh.N, sh.K,
+                              Act::None, DType::F16, true, s);
+          });
+          if (us > 0) o.take(bytes / (us * 1e3), v);
+        }
+        for (int v = kFp8RowsGemvFirst; v <= kFp8RowsGemvLast; v++) {
+          const double us = graph_us(calls, [&](int i, cudaStream_t s) {
+            return fp8_gemv_rows(v, xq, sxq, w[i % copies], sc[i % copies], nullptr, nullptr, out, 1, sh.N, sh.K,
+                                 Act::None, DType::F16, true, s);
+          });
+          if (us <= 0) continue;
+          std::printf("  FP8 rows  v%d %8.2f us %7.0f GB/s\n", v, us, bytes / (us * 1e3));
+          n.take(bytes / (us * 1e3), v);
+        }
+        line(kn, sh, "FP8 rows", o, n);
+        cudaFree(xq), cudaFree(sxq);
       }
       for (int c = 0; c < copies; c++) cudaFree(w[c]), cudaFree(sc[c]);
     }
