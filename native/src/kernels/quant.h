@@ -72,7 +72,8 @@ cudaError_t fp8_gemv_mma(int variant, const void* x, const void* w, const float*
 cudaError_t fp8_gemv_rows(int variant, const uint8_t* x_q, const float* s_x, const void* w, const float* sw,
                           const void* bias, const void* res, void* out, int M, int N, int K, Act act, DType dt,
                           bool pdl, cudaStream_t s);
-constexpr int kFp8RowsGemvFirst = 8, kFp8RowsGemvLast = 10;  // fp8_gemv_rows' variants
+// fp8's tensor-core variants (quant_gemv_fp8_mma.cu): quant_gemv's 8-10, and the ones fp8_gemv_rows takes.
+constexpr int kFp8RowsGemvFirst = 8, kFp8RowsGemvLast = 10;
 bool fp8_gemv_rows_supported();  // the current device runs its code (E4M3 mma: an sm_89+ build)
 
 // ---- FP8 context path: quantise_rows_fp8 -> cuBLASLt FP8 GEMM (fp32 D) -> fp8_scale_epilogue ----

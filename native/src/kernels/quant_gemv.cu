@@ -148,7 +148,7 @@ cudaError_t quant_gemv(int variant, QuantKind kind, const void* x, const void* w
   if (N <= 0) return cudaSuccess;
   switch (kind) {
     case QuantKind::Fp8:
-      if (variant >= 8)
+      if (variant >= kFp8RowsGemvFirst)  // (the tensor-core variants, with x or over FP8 rows)
         return fp8_gemv_mma(variant, x, w, scales, bias, residual, out, M, N, K, act, nw, pro.eps, dt, pdl, s);
       if (variant >= 3) return fp8_gemv2(variant, x, w, scales, bias, residual, out, M, N, K, act, nw, pro.eps, dt, pdl, s);
       if (nw) return cudaErrorInvalidValue;  // variants 0-2 have no prologue
