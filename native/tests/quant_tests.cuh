@@ -170,10 +170,9 @@ void test_quant_gemv(Rng& rng, const LinCase& c, DType dt) {
       report(e.ok(), name, e.max_abs, e.str() + e.firsts());
     }
   }
-  // A variant beyond the kind's (int8 / int4 have 0-6) is refused, never run.
   if (c.kind == QuantKind::Fp8 && M <= kQuantGemvMaxM) {
     // The gemv over FP8 rows (fp8_gemv_rows): x as its producer hands it over (quantize_rows_fp8's bytes, checked
-    // exact above), the same reference and bound.
+    // exact by test_quantize_rows), the same reference and bound.
     uint8_t* dq;
     float* ds;
     CK(cudaMalloc(&dq, size_t(M) * K));
@@ -202,6 +201,7 @@ void test_quant_gemv(Rng& rng, const LinCase& c, DType dt) {
     cudaFree(dq);
     cudaFree(ds);
   }
+  // A variant beyond the kind's (int8 / int4 have 0-6) is refused, never run.
   if (c.kind != QuantKind::Fp8)
     report(quant_gemv(quant_gemv_variants(c.kind), c.kind, x.d, dw, dsc, c.group, nullptr, nullptr, out.d, M, N, K,
                       c.act, dt, true, 0) == cudaErrorInvalidValue,

@@ -2,8 +2,6 @@
 // All of them are bandwidth-bound: 16-byte vectors where the shapes and pointers allow, element loops otherwise.
 #include <math.h>
 
-#include <atomic>
-
 #include "fp8.cuh"
 
 namespace tsllm {
@@ -128,13 +126,9 @@ cudaError_t launch_gated_fp8_t(const void* x, const Fp8Rows& fp8, int rows, int 
   if ((fp8.variant < 0 ? kGatedFp8Variant : fp8.variant) == 1) {
     const size_t smem = size_t(inter) * sizeof(T);
     if (smem > 48 * 1024) {  // (kFp8RowsMaxCols: 64 KB at most)
-      static std::atomic<bool> opted{false};
-      if (!opted.load()) {
-        const cudaError_t e = cudaFuncSetAttribute(gated_act_fp8_staged_kernel<T, A>,
-                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, int(64 * 1024));
-        if (e != cudaSuccess) return e;
-        opted.store(true);
-      }
+      static unsigned long long configured = 0;  // per instantiation, one bit per device
+      const cudaError_t e = kd::smem_limit_once(gated_act_fp8_staged_kernel<T, A>, 64 * 1024, configured);
+      if (e != cudaSuccess) return e;
     }
     gated_act_fp8_staged_kernel<T, A><<<rows, 256, smem, s>>>(xp, fp8.q, fp8.scales, inter);
     return cudaGetLastError();

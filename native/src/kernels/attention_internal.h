@@ -52,19 +52,6 @@ inline auto with_head_dim(int head_dim, F&& f) -> decltype(f(std::integral_const
   return f(std::integral_constant<int, 256>{});
 }
 
-// A kernel's dynamic shared memory limit raised to `bytes` (above the 48 KB default), once per device: `configured`
-// is the caller's per-instantiation static, one bit per device.
-template <typename Kernel>
-inline cudaError_t smem_limit_once(Kernel kernel, size_t bytes, unsigned long long& configured) {
-  int dev = 0;
-  cudaGetDevice(&dev);
-  const unsigned long long bit = 1ull << (dev & 63);
-  if (configured & bit) return cudaSuccess;
-  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
-  if (e == cudaSuccess) configured |= bit;
-  return e;
-}
-
 // RoPE on q (written to q_out, row stride nH*D; skipped when q_out is null) and k; k and v written to the cache.
 // FP8 cache: k_out ([num_tokens, nKV*D], activation dtype) also receives the rotated k (this step's own keys).
 cudaError_t rope_and_cache_write(const void* q, int q_stride, const void* k, int k_stride, const void* v, int v_stride,

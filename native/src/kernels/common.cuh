@@ -151,6 +151,19 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
+// A kernel's dynamic shared memory limit raised to `bytes` (above the 48 KB default), once per device: `configured`
+// is the caller's per-instantiation static, one bit per device.
+template <typename Kernel>
+inline cudaError_t smem_limit_once(Kernel kernel, size_t bytes, unsigned long long& configured) {
+  int dev = 0;
+  cudaGetDevice(&dev);
+  const unsigned long long bit = 1ull << (dev & 63);
+  if (configured & bit) return cudaSuccess;
+  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+  if (e == cudaSuccess) configured |= bit;
+  return e;
+}
+
 // A yes/no property of the current device, computed once per device (probe(dev)) and cached in `cache`
 // (0 unknown, 1 yes, 2 no; devices beyond 64 share slots).
 template <typename Probe>

@@ -105,9 +105,6 @@ __device__ __forceinline__ uint2 f8_to_e4m3x8_fast(const float (&f)[8], float sc
   return make_uint2(w[0], w[1]);
 }
 
-// The end of a producer writing FP8 rows (kernels.h Fp8Rows), one block per row: v[k] holds the row's rounded
-// values of vector vi = threadIdx.x + k * blockDim.x (8 each, those below nvec), am this thread's amax of them; the
-// row's scale goes to *scale and its E4M3 codes to q_row — quantize_rows_fp8's bytes.
 // The row's scale from every thread's amax am (block-wide; thread 0 stores it to *scale), and its reciprocal *rs.
 __device__ __forceinline__ float fp8_row_scale(float am, float* scale, float* rs) {
   const float sc = e4m3_row_scale(block_max(am));
@@ -115,6 +112,9 @@ __device__ __forceinline__ float fp8_row_scale(float am, float* scale, float* rs
   if (threadIdx.x == 0) *scale = sc;
   return sc;
 }
+// The end of a producer writing FP8 rows (kernels.h Fp8Rows), one block per row: v[k] holds the row's rounded
+// values of vector vi = threadIdx.x + k * blockDim.x (8 each, those below nvec), am this thread's amax of them; the
+// row's scale goes to *scale and its E4M3 codes to q_row — quantize_rows_fp8's bytes.
 template <int VPT>
 __device__ __forceinline__ void store_fp8_row(const float (&v)[VPT][8], float am, int nvec, uint8_t* q_row,
                                               float* scale) {

@@ -51,8 +51,7 @@ cudaError_t quant_gemv(int variant, QuantKind kind, const void* x, const void* w
                        const void* bias, const void* residual, void* out, int M, int N, int K, Act act, DType dt,
                        bool pdl, cudaStream_t s, const GemvPrologue& pro = GemvPrologue{});
 // quant_gemv_fp8.cu (variants 3-7 of fp8), quant_gemv_fp8_mma.cu (8-10), quant_gemv_int8.cu / quant_gemv_int4.cu
-// (the int variants); norm_w
-// non-null: the rms_norm prologue. Called through quant_gemv (which checks eligibility).
+// (the int variants); norm_w non-null: the rms_norm prologue. Called through quant_gemv (which checks eligibility).
 cudaError_t int8_gemv(int variant, const void* x, const void* w, const float* sc, int group, const void* bias,
                       const void* res, void* out, int M, int N, int K, Act act, const void* nw, float eps, DType dt,
                       bool pdl, cudaStream_t s);
