@@ -308,12 +308,14 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (only == "fp8rows") {  // FP8 activation fusion: producer + quantize_rows_fp8 vs the producer writing FP8 rows
-    std::printf("FP8 rows at Llama-3.1-8B, 1024 and 8192 rows (graph_us per call): unfused = producer + "
-                "quantize_rows_fp8; fused: the producer writing the rows, by max threads a row (gated_act: also the "
-                "staged variant)\n");
-    // Decode (1,024 rows) and the batch manager's prefill steps (8,192).
-    for (int shape = 0; shape < 4; shape++) {
-      const int gated = shape & 1, rows = shape < 2 ? 1024 : 8192, C = gated ? 14336 : 4096;
+    std::printf("FP8 rows at Llama-3.1-8B, 1024 and 8192 rows, and Llama-2-7B's one row (graph_us per call): "
+                "unfused = producer + quantize_rows_fp8; fused: the producer writing the rows, by max threads a row "
+                "(gated_act: also the staged variant)\n");
+    // Decode (1,024 rows), the batch manager's prefill steps (8,192) and batch-1 decode (1 row, whose producer is
+    // one block).
+    for (int shape = 0; shape < 6; shape++) {
+      const int gated = shape & 1, rows = shape < 2 ? 1024 : shape < 4 ? 8192 : 1;
+      const int C = gated ? (rows == 1 ? 11008 : 14336) : 4096;
       void *x, *r, *w, *y, *s2, *q;
       float* sc;
       CK(cudaMalloc(&x, (size_t)rows * 2 * C * 2));

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One device command for a session's GPU checks (after `.device/` and `.cuda-host/` were carried, see
+# native/README.md "GPU machine"): unpack, build for sm_90, kernels_test (all, then the quant group), the GPU
+# vitest suite, then whatever extra command lines follow as arguments (each run with bash -c, output to $OUT too).
+#   bash scripts/gpu-verify.sh ['extra command' ...]
+set -uo pipefail
+out=${OUT:-/tmp/out}
+mkdir -p "$out"
+[ -f .device/nm.tgz ] && tar xzf .device/nm.tgz
+[ -f .device/shared.tgz ] && tar xzf .device/shared.tgz -C /tmp
+export TSLLM_SHARED=/tmp/shared
+source .cuda-host/setup.sh
+t0=$(date +%s)
+CUDA_ARCHS=${CUDA_ARCHS:-90} bash native/build.sh >"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
+echo "build: $(( $(date +%s) - t0 )) s"
+if [ -z "${SKIP_TESTS:-}" ]; then
+  native/build/kernels_test >"$out/kernels_test.log" 2>&1; grep -E "FAIL|SUMMARY" "$out/kernels_test.log" | tail -8
+  native/build/kernels_test quant >"$out/kernels_test_quant.log" 2>&1
+  grep -E "FAIL|SUMMARY" "$out/kernels_test_quant.log" | tail -8
+  node node_modules/vitest/vitest.mjs run --config test-gpu/vitest.config.ts >"$out/vitest-gpu.log" 2>&1
+  grep -E "Test Files|Tests |FAIL|×" "$out/vitest-gpu.log" | tail -12
+fi
+i=0
+for cmd in "$@"; do
+  i=$((i + 1))
+  echo "== $cmd"
+  bash -c "$cmd" 2>&1 | tee "$out/extra$i.log" | tail -${TAIL:-25}
+done
