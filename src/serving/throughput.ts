@@ -51,6 +51,11 @@ export interface ThroughputReport {
     /** Device idle between steps (waiting for the host) as a share of steps + gaps. */
     host_gap_pct: number;
     mean_host_gap_ms: number;
+    /**
+     * Where the device time went, by step kind: context-only steps (no sequence decoded), mixed ones (decode
+     * tokens packed with context chunks) and decode-only ones: steps, their device time and tokens.
+     */
+    by_kind: Record<"context" | "mixed" | "decode", { steps: number; ms: number; tokens: number }>;
     /** Full decode batches (batch >= the largest batch seen): mean step time and host gap. */
     full_batch: {
       batch: number;
@@ -188,6 +193,10 @@ export function summarize(
   const maxBatch = decodeSteps.reduce((a, s) => Math.max(a, s.seqs), 0);
   const full = decodeSteps.filter((s) => s.seqs === maxBatch);
   const fullStep = stepMs(full);
+  const kind = (pick: (s: StepRecord) => boolean) => {
+    const xs = steps.filter(pick);
+    return { steps: xs.length, ms: stepMs(xs), tokens: xs.reduce((a, s) => a + s.tokens, 0) };
+  };
   const fullGap = gapOf(full);
   return {
     num_requests: entries.length,
@@ -218,6 +227,11 @@ export function summarize(
         : Number.NaN,
       host_gap_pct: loopMs ? (100 * gapMs) / loopMs : Number.NaN,
       mean_host_gap_ms: steps.length ? gapMs / steps.length : Number.NaN,
+      by_kind: {
+        context: kind((s) => s.decode === 0),
+        mixed: kind((s) => s.decode > 0 && s.decode < s.seqs),
+        decode: kind((s) => s.decode === s.seqs && s.seqs > 0),
+      },
       full_batch: {
         batch: maxBatch,
         steps: full.length,
@@ -260,6 +274,9 @@ export function formatReport(r: ThroughputReport, header: string[]): string {
     `  peak KV use                  ${r.kv_blocks_peak_used} of ${r.kv_blocks_total} blocks (${f(r.kv_peak_use_pct, 1)}%), preemptions ${r.preemptions}`,
     `  steps                        ${s.count}, mean ${f(s.mean_ms, 3)} ms; decode-only ${s.decode_steps} (mean batch ${f(s.mean_decode_batch, 1)})`,
     `  host gap between steps       ${f(s.mean_host_gap_ms, 3)} ms mean, ${f(s.host_gap_pct, 2)}% of the step loop`,
+    `  device time by step kind     ${(["context", "mixed", "decode"] as const)
+      .map((k) => `${k} ${s.by_kind[k].steps} steps ${f(s.by_kind[k].ms, 1)} ms ${s.by_kind[k].tokens} tok`)
+      .join(", ")}`,
     `  full decode batch ${String(s.full_batch.batch).padEnd(10)} ${s.full_batch.steps} steps, ${f(s.full_batch.mean_step_ms, 3)} ms/step, host gap ${f(s.full_batch.mean_host_gap_ms, 3)} ms (${f(s.full_batch.host_gap_pct, 2)}%)`,
   ].join("\n");
 }

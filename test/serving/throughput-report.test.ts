@@ -123,9 +123,16 @@ const result = (
   timings: { queueMs: 0, ttftMs, tokenTimesMs, e2eMs },
   preemptions: 0,
 });
-const step = (seqs: number, decode: number, ms: number, stepMs: number, gapMs: number): StepRecord => ({
+const step = (
+  seqs: number,
+  decode: number,
+  ms: number,
+  stepMs: number,
+  gapMs: number,
+  tokens = 0,
+): StepRecord => ({
   seqs,
-  tokens: 0,
+  tokens,
   decode,
   ms,
   stepMs,
@@ -142,11 +149,11 @@ const run = {
   ],
   seconds: 2,
   steps: [
-    step(3, 0, 5, 4, 0), // context
-    step(3, 3, 3, 2, 1), // decode, the largest batch
-    step(2, 2, 3, nan, 0.5), // decode, no device time: its 3 ms on the host count
-    step(3, 3, 2, 2, 0.5), // decode, the largest batch
-    step(2, 1, 2, 2, 0), // mixed
+    step(3, 0, 5, 4, 0, 12), // context
+    step(3, 3, 3, 2, 1, 3), // decode, the largest batch
+    step(2, 2, 3, nan, 0.5, 2), // decode, no device time: its 3 ms on the host count
+    step(3, 3, 2, 2, 0.5, 3), // decode, the largest batch
+    step(2, 1, 2, 2, 0, 4), // mixed: one decode token and a 3-token context chunk
   ],
 };
 const kv = { total: 64, peakUsed: 16, preemptions: 2 };
@@ -193,6 +200,11 @@ describe("summarize", () => {
     expect(s.mean_decode_batch).toBeCloseTo(8 / 3, 12);
     expect(s.host_gap_pct).toBeCloseTo((100 * 2) / 15, 12); // gaps 2 of 13 + 2
     expect(s.mean_host_gap_ms).toBeCloseTo(0.4, 12);
+    expect(s.by_kind).toEqual({
+      context: { steps: 1, ms: 4, tokens: 12 },
+      mixed: { steps: 1, ms: 2, tokens: 4 },
+      decode: { steps: 3, ms: 7, tokens: 8 }, // 2 + 3 (host) + 2
+    });
     expect(s.full_batch).toEqual({
       batch: 3,
       steps: 2,
@@ -227,6 +239,11 @@ describe("summarize", () => {
       mean_decode_batch: nan,
       host_gap_pct: nan,
       mean_host_gap_ms: nan,
+      by_kind: {
+        context: { steps: 0, ms: 0, tokens: 0 },
+        mixed: { steps: 0, ms: 0, tokens: 0 },
+        decode: { steps: 0, ms: 0, tokens: 0 },
+      },
       full_batch: { batch: 0, steps: 0, mean_step_ms: nan, mean_host_gap_ms: nan, host_gap_pct: nan },
     });
   });
@@ -259,6 +276,7 @@ describe("formatReport", () => {
       "  peak KV use                  16 of 64 blocks (25.0%), preemptions 2",
       "  steps                        5, mean 2.600 ms; decode-only 3 (mean batch 2.7)",
       "  host gap between steps       0.400 ms mean, 13.33% of the step loop",
+      "  device time by step kind     context 1 steps 4.0 ms 12 tok, mixed 1 steps 2.0 ms 4 tok, decode 3 steps 7.0 ms 8 tok",
       "  full decode batch 3          2 steps, 2.000 ms/step, host gap 0.750 ms (27.27%)",
     ]);
   });
@@ -284,6 +302,7 @@ describe("formatReport", () => {
       "  peak KV use                  0 of 64 blocks (0.0%), preemptions 2",
       "  steps                        0, mean n/a ms; decode-only 0 (mean batch n/a)",
       "  host gap between steps       n/a ms mean, n/a% of the step loop",
+      "  device time by step kind     context 0 steps 0.0 ms 0 tok, mixed 0 steps 0.0 ms 0 tok, decode 0 steps 0.0 ms 0 tok",
       "  full decode batch 0          0 steps, n/a ms/step, host gap n/a ms (n/a%)",
     ]);
   });
