@@ -126,7 +126,7 @@ cudaError_t launch_gated_fp8_t(const void* x, const Fp8Rows& fp8, int rows, int 
   if ((fp8.variant < 0 ? kGatedFp8Variant : fp8.variant) == 1) {
     const size_t smem = size_t(inter) * sizeof(T);
     if (smem > 48 * 1024) {  // (kFp8RowsMaxCols: 64 KB at most)
-      static unsigned long long configured = 0;  // per instantiation, one bit per device
+      static std::atomic<unsigned long long> configured{0};  // per instantiation, one bit per device
       const cudaError_t e = kd::smem_limit_once(gated_act_fp8_staged_kernel<T, A>, 64 * 1024, configured);
       if (e != cudaSuccess) return e;
     }

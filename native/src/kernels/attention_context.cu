@@ -167,7 +167,7 @@ template <typename T, typename CT, int DP>
 cudaError_t launch_context_t(const T* q, int q_stride, T* out, const KVView<CT>& kv, const StepLayout& step, int nH,
                              int G, float scale_log2, const OwnKV<T>& own, cudaStream_t s) {
   constexpr size_t smem = CtxCfg<DP>::template smem_bytes<T>();
-  static unsigned long long configured = 0;  // per instantiation, one bit per device
+  static std::atomic<unsigned long long> configured{0};  // per instantiation, one bit per device
   const cudaError_t e = smem_limit_once(context_kernel<T, CT, DP>, smem, configured);
   if (e != cudaSuccess) return e;
   constexpr int BQ = CtxCfg<DP>::BQ;

@@ -227,7 +227,7 @@ template <typename T, int DP>
 cudaError_t launch_fp8(const T* q, int q_stride, T* out, const KVView<uint8_t>& kv, const StepLayout& step, int nH,
                        int G, float scale_log2, float k_scale, float v_scale, cudaStream_t s) {
   constexpr size_t smem = Fp8CtxCfg<DP>::smem_bytes;
-  static unsigned long long configured = 0;  // per instantiation, one bit per device
+  static std::atomic<unsigned long long> configured{0};  // per instantiation, one bit per device
   const cudaError_t e = smem_limit_once(fp8_context_kernel<T, DP>, smem, configured);
   if (e != cudaSuccess) return e;
   dim3 grid(nH, (step.max_new_tokens + kBQ - 1) / kBQ, step.num_seqs);

@@ -517,7 +517,7 @@ cudaError_t launch_mma_t(MmaArgs<T, CT> a, int num_tokens, int nKV, int splits, 
   constexpr bool direct = sizeof(CT) == 1 && DP == 128 && !c.fp8_tile;
   constexpr size_t smem = MmaLayout<T, CT, DP, c.warps, c.stages, direct>::bytes();
   auto kernel = decode_mma_kernel<T, CT, DP, c.warps, c.stages, c.prefetch, direct>;
-  static unsigned long long configured = 0;  // per instantiation, one bit per device
+  static std::atomic<unsigned long long> configured{0};  // per instantiation, one bit per device
   const cudaError_t e = smem_limit_once(kernel, smem, configured);
   if (e != cudaSuccess) return e;
   a.hgroups = (a.G + kQH - 1) / kQH;

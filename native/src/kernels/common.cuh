@@ -5,6 +5,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include <atomic>
+
 #include "kernels.h"
 
 namespace tsllm {
@@ -152,16 +154,34 @@ __device__ __forceinline__ void pdl_wait() {
 }
 
 // A kernel's dynamic shared memory limit raised to `bytes` (above the 48 KB default), once per device: `configured`
-// is the caller's per-instantiation static, one bit per device.
+// is the caller's static, one bit per device, and must be the kernel's own (a static of a launcher instantiated per
+// kernel: kernels of one signature share a function template's statics). Atomic: engines on several devices may
+// launch from several threads.
 template <typename Kernel>
-inline cudaError_t smem_limit_once(Kernel kernel, size_t bytes, unsigned long long& configured) {
+inline cudaError_t smem_limit_once(Kernel kernel, size_t bytes, std::atomic<unsigned long long>& configured) {
   int dev = 0;
   cudaGetDevice(&dev);
   const unsigned long long bit = 1ull << (dev & 63);
-  if (configured & bit) return cudaSuccess;
+  if (configured.load(std::memory_order_relaxed) & bit) return cudaSuccess;
   const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
-  if (e == cudaSuccess) configured |= bit;
+  if (e == cudaSuccess) configured.fetch_or(bit, std::memory_order_relaxed);
   return e;
+}
+
+// The most dynamic shared memory a block of the current device may opt into (cached per device).
+inline int smem_optin_max() {
+  static std::atomic<int> cache[64] = {};
+  int dev = 0;
+  cudaGetDevice(&dev);
+  int v = cache[dev & 63].load(std::memory_order_relaxed);
+  if (v <= 0) {
+    if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess || v <= 0) {
+      cudaGetLastError();
+      return 48 * 1024;
+    }
+    cache[dev & 63].store(v, std::memory_order_relaxed);
+  }
+  return v;
 }
 
 // A yes/no property of the current device, computed once per device (probe(dev)) and cached in `cache`

@@ -387,13 +387,9 @@ cudaError_t launch_int_mma_one(size_t smem, unsigned blocks, const void* x, cons
                                Act act, bool pdl, cudaStream_t s) {
   auto kern = int_mma_gemv_kernel<T, INT4, MB, TILES, WARPS, S, STAGED>;
   if (smem > 48 * 1024) {
-    static std::atomic<bool> opted{false};
-    if (!opted.load(std::memory_order_relaxed)) {
-      constexpr size_t most = int_mma_ring_bytes<TILES, WARPS, S>() + kIntMmaStageBytes;  // the largest staged size
-      const cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(most));
-      if (e != cudaSuccess) return e;
-      opted.store(true, std::memory_order_relaxed);
-    }
+    static std::atomic<unsigned long long> configured{0};  // per instantiation, one bit per device
+    constexpr size_t most = int_mma_ring_bytes<TILES, WARPS, S>() + kIntMmaStageBytes;  // the largest staged size
+    if (const cudaError_t e = smem_limit_once(kern, most, configured); e != cudaSuccess) return e;
   }
   return launch_pdl(kern, blocks, WARPS * 32, smem, pdl, s, static_cast<const T*>(x), static_cast<const uint8_t*>(w),
                     sc, groups, cpg_shift, static_cast<const T*>(bias), static_cast<const T*>(res),

@@ -92,6 +92,19 @@ __device__ __forceinline__ void load16(const LT* x, int i, float (&v)[16 / sizeo
   }
 }
 
+// Logits 4·i4 .. 4·i4 + 3 of a row (16 bytes of fp32, 8 of a 16-bit type), as floats: one Philox draw's worth.
+template <typename LT>
+__device__ __forceinline__ void load4(const LT* x, int i4, float (&v)[4]) {
+  if constexpr (sizeof(LT) == 4) {
+    const float4 f = reinterpret_cast<const float4*>(x)[i4];
+    v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+  } else {
+    const uint2 u = reinterpret_cast<const uint2*>(x)[i4];
+    const float2 a = kd::to_f2<LT>(u.x), b = kd::to_f2<LT>(u.y);
+    v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
+  }
+}
+
 // Calls f(i, x[i]) for the row; 16-byte loads when the row is 16-byte aligned.
 template <typename LT, typename F>
 __device__ __forceinline__ void for_each(const LT* x, int vocab, bool vec, F&& f) {
@@ -214,15 +227,8 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(const LT* __rest
   const int n4 = (vocab + 3) >> 2;
   for (int i4 = threadIdx.x; i4 < n4; i4 += blockDim.x) {
     float v[4];
-    if (vec && 4 * i4 + 3 < vocab) {  // 4 logits: 16 bytes (fp32) or 8 (16-bit)
-      if constexpr (sizeof(LT) == 4) {
-        const float4 f = reinterpret_cast<const float4*>(x)[i4];
-        v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
-      } else {
-        const uint2 u = reinterpret_cast<const uint2*>(x)[i4];
-        const float2 a = kd::to_f2<LT>(u.x), b = kd::to_f2<LT>(u.y);
-        v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
-      }
+    if (vec && 4 * i4 + 3 < vocab) {
+      load4<LT>(x, i4, v);
     } else {
 #pragma unroll
       for (int j = 0; j < 4; ++j) v[j] = 4 * i4 + j < vocab ? kd::to_f(x[4 * i4 + j]) : -INFINITY;

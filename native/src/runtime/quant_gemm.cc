@@ -129,6 +129,34 @@ float QuantGemm::time_runs(cudaStream_t s, Body&& body) {
   return ok ? total / 5 : -1.f;
 }
 
+template <class Takes, class Run>
+int QuantGemm::tuned_pick(std::map<PickKey, int>& picks, const QuantLinearCall& c, DType dt, int dflt, int first,
+                          int last, Takes&& takes, Run&& run, const char* what, cudaStream_t s) {
+  const PickKey key{int(c.kind), c.group, c.M, c.N, c.K, int(dt)};
+  auto it = picks.find(key);
+  if (it != picks.end()) return it->second;
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  cudaStreamIsCapturing(s, &cap);
+  if (cap != cudaStreamCaptureStatusNone) return dflt;
+  if (!ensure_tune_out(size_t(c.M) * size_t(c.N) * (dt == DType::F32 ? 4 : 2))) return dflt;
+  int pick = dflt;
+  float best = 1e30f;
+  std::string all;
+  for (int v = first; v <= last; v++) {
+    if (!takes(v)) continue;
+    const float ms = time_runs(s, [&] { return run(v) == cudaSuccess; });
+    if (ms >= 0.f && ms < best) best = ms, pick = v;
+    char b[32];
+    std::snprintf(b, sizeof b, " %d:%.4f", v, ms);
+    all += b;
+  }
+  if (verbose)
+    std::fprintf(stderr, "tsllm %s M=%d N=%d K=%d: variant %d (%.4f ms; all%s)\n", what, c.M, c.N, c.K, pick, best,
+                 all.c_str());
+  picks.emplace(key, pick);
+  return pick;
+}
+
 int QuantGemm::gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s) {
   if (!gemv_on || quant_gemv_unsupported(c.kind, c.M, c.K, c.group, c.x, c.w, dt)) return -1;
   if (c.x_fp8) return rows_variant(c, dt, s);
@@ -140,41 +168,15 @@ int QuantGemm::gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s) 
   // refuses some: groups of a non-power-of-two count of chunks), else the large-M path.
   const int dflt = c.M <= kQuantGemvMaxM ? 1 : -1;
   if (!tune) return dflt;
-  const auto key = std::make_tuple(int(c.kind), c.group, c.M, c.N, c.K, int(dt));
-  auto it = gemv_pick_.find(key);
-  if (it != gemv_pick_.end()) return it->second;
-  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-  cudaStreamIsCapturing(s, &cap);
-  if (cap != cudaStreamCaptureStatusNone) return dflt;  // not tuned yet (forward runs an eager step before capturing)
-  // Time each variant (L2 flushed before each run, the first run discarded), writing to scratch: out may be the
-  // residual, which must survive until the real call.
-  if (!ensure_tune_out(size_t(c.M) * size_t(c.N) * (dt == DType::F32 ? 4 : 2))) return dflt;
-  int pick = dflt;
-  float best = 1e30f;
-  float ms_of[kQuantGemvVariants];
-  const int nv = quant_gemv_variants(c.kind);
-  for (int v = 0; v < nv; v++) {
-    ms_of[v] = -1.f;
-    if (c.M > quant_gemv_max_m(c.kind, v) || (tune_below >= 0 && v >= tune_below)) continue;
-    const float ms = time_runs(s, [&] {
-      return quant_gemv(v, c.kind, c.x, c.w, c.scales, c.group, c.bias, c.residual, tune_out_, c.M, c.N, c.K, c.act,
-                        dt, pdl, s) == cudaSuccess;
-    });
-    ms_of[v] = ms;
-    if (ms >= 0.f && ms < best) best = ms, pick = v;
-  }
-  if (verbose) {
-    std::string all;
-    for (int v = 0; v < nv; v++) {
-      char b[32];
-      std::snprintf(b, sizeof b, "%s%d:%.4f", v ? " " : "", v, ms_of[v]);
-      all += b;
-    }
-    std::fprintf(stderr, "tsllm quant gemv %s M=%d N=%d K=%d: variant %d (%.4f ms; all %s)\n", quant_kind_name(c.kind),
-                 c.M, c.N, c.K, pick, best, all.c_str());
-  }
-  gemv_pick_.emplace(key, pick);
-  return pick;
+  const std::string what = std::string("quant gemv ") + quant_kind_name(c.kind);
+  return tuned_pick(
+      gemv_pick_, c, dt, dflt, 0, quant_gemv_variants(c.kind) - 1,
+      [&](int v) { return c.M <= quant_gemv_max_m(c.kind, v) && (tune_below < 0 || v < tune_below); },
+      [&](int v) {
+        return quant_gemv(v, c.kind, c.x, c.w, c.scales, c.group, c.bias, c.residual, tune_out_, c.M, c.N, c.K, c.act,
+                          dt, pdl, s);
+      },
+      what.c_str(), s);
 }
 
 bool QuantGemm::rows_gemv_on() const {
@@ -193,35 +195,17 @@ int QuantGemm::rows_variant(const QuantLinearCall& c, DType dt, cudaStream_t s) 
   if (gemv_force >= kFp8RowsGemvFirst && gemv_force <= kFp8RowsGemvLast) return gemv_force;
   const int dflt = kFp8RowsGemvFirst;
   if (!tune) return dflt;
-  const auto key = std::make_tuple(int(c.kind), c.group, c.M, c.N, c.K, int(dt));
-  auto it = rows_pick_.find(key);
-  if (it != rows_pick_.end()) return it->second;
-  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-  cudaStreamIsCapturing(s, &cap);
-  if (cap != cudaStreamCaptureStatusNone) return dflt;
-  if (!ensure_tune_out(size_t(c.M) * size_t(c.N) * 2)) return dflt;
-  // Timed on the rows the producer just wrote (the eager step before capture), into scratch as gemv_variant.
+  // Timed on the rows the producer just wrote (the eager step before capture).
   uint8_t* q = nullptr;
   float* sx = nullptr;
   rows_at(xq_, c, &q, &sx);
-  int pick = dflt;
-  float best = 1e30f;
-  std::string all;
-  for (int v = kFp8RowsGemvFirst; v <= kFp8RowsGemvLast && (tune_below < 0 || v < tune_below); v++) {
-    const float ms = time_runs(s, [&] {
-      return fp8_gemv_rows(v, q, sx, c.w, c.scales, c.bias, c.residual, tune_out_, c.M, c.N, c.K, c.act, dt, pdl, s) ==
-             cudaSuccess;
-    });
-    if (ms >= 0.f && ms < best) best = ms, pick = v;
-    char b[32];
-    std::snprintf(b, sizeof b, " %d:%.4f", v, ms);
-    all += b;
-  }
-  if (verbose)
-    std::fprintf(stderr, "tsllm fp8 gemv over FP8 rows M=%d N=%d K=%d: variant %d (%.4f ms; all%s)\n", c.M, c.N, c.K,
-                 pick, best, all.c_str());
-  rows_pick_.emplace(key, pick);
-  return pick;
+  return tuned_pick(
+      rows_pick_, c, dt, dflt, kFp8RowsGemvFirst, kFp8RowsGemvLast,
+      [&](int v) { return tune_below < 0 || v < tune_below; },
+      [&](int v) {
+        return fp8_gemv_rows(v, q, sx, c.w, c.scales, c.bias, c.residual, tune_out_, c.M, c.N, c.K, c.act, dt, pdl, s);
+      },
+      "fp8 gemv over FP8 rows", s);
 }
 
 std::string QuantGemm::rows_gemv(const QuantLinearCall& c, int variant, DType dt, cudaStream_t s) {

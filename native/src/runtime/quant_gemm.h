@@ -156,9 +156,18 @@ class QuantGemm {
   void* tune_out_ = nullptr;  // gemv output while tuning
   size_t tune_out_bytes_ = 0;
   std::map<std::tuple<int, int, int, int, int>, Fp8Plan> plans_;  // (M chunk, N, K) -> plan
-  std::map<std::tuple<int, int, int, int, int, int>, int> gemv_pick_;  // (kind, group, M, N, K, dt) -> variant or -1
-  std::map<std::tuple<int, int, int, int, int, int>, int> pro_pick_;   // the same key -> fused variant or -1
-  std::map<std::tuple<int, int, int, int, int, int>, int> rows_pick_;  // the same key -> fp8_gemv_rows variant
+  using PickKey = std::tuple<int, int, int, int, int, int>;  // (kind, group, M, N, K, dt)
+  std::map<PickKey, int> gemv_pick_;  // -> variant or -1
+  std::map<PickKey, int> pro_pick_;   // -> fused variant or -1
+  std::map<PickKey, int> rows_pick_;  // -> fp8_gemv_rows variant
+  // The tuner shared by gemv_variant and rows_variant: picks' entry for c's shape when timed before; else, outside a
+  // capture and with scratch for c's output, each variant v in [first, last] that takes(v) timed by run(v) (writing
+  // to scratch: out may be the residual, which must survive until the real call), the fastest kept (dflt when none
+  // ran) and, when verbose, every time printed after `what`. dflt without recording while capturing (forward runs
+  // an eager step before capturing).
+  template <class Takes, class Run>
+  int tuned_pick(std::map<PickKey, int>& picks, const QuantLinearCall& c, DType dt, int dflt, int first, int last,
+                 Takes&& takes, Run&& run, const char* what, cudaStream_t s);
   // Times `body` (6 runs, L2 flushed before each, the first discarded): ms per run, or -1 when a launch failed.
   template <typename Body>
   float time_runs(cudaStream_t s, Body&& body);
