@@ -19,7 +19,6 @@ inline int ew_blocks(uint64_t work) { return kd::grid_for(work, 256, kd::num_sms
 template <typename T, Act A, bool VEC>
 __global__ void gated_act_kernel(const T* __restrict__ x, T* __restrict__ out, int rows, int inter) {
   kd::pdl_trigger();  // lets a PDL-launched successor (gemv) start its weight loads early
-  kd::pdl_wait();     // (launched with PDL: x and out belong to the previous kernel until here)
   constexpr int N = VEC ? kd::Vec<T>::N : 1;
   const int per_row = inter / N;
   const uint64_t total = (uint64_t)rows * per_row;
@@ -39,13 +38,15 @@ __global__ void gated_act_kernel(const T* __restrict__ x, T* __restrict__ out, i
 }
 
 template <typename T, Act A>
-cudaError_t launch_gated_t(const void* x, void* out, int rows, int inter, bool pdl, cudaStream_t s) {
+cudaError_t launch_gated_t(const void* x, void* out, int rows, int inter, cudaStream_t s) {
   constexpr int N = kd::Vec<T>::N;
   const bool vec = inter % N == 0 && kd::aligned16(x) && kd::aligned16(out);
   const uint64_t work = (uint64_t)rows * (vec ? inter / N : inter);
-  auto kern = vec ? gated_act_kernel<T, A, true> : gated_act_kernel<T, A, false>;
-  return kd::launch_pdl(kern, unsigned(ew_blocks(work)), 256, 0, pdl, s, static_cast<const T*>(x),
-                        static_cast<T*>(out), rows, inter);
+  if (vec)
+    gated_act_kernel<T, A, true><<<ew_blocks(work), 256, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(out), rows, inter);
+  else
+    gated_act_kernel<T, A, false><<<ew_blocks(work), 256, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(out), rows, inter);
+  return cudaGetLastError();
 }
 
 // gated_act with its output as FP8 rows (kernels.h Fp8Rows: the down projection's activation quantisation fused in):
@@ -271,7 +272,7 @@ cudaError_t launch_convert_t(const void* x, void* out, uint64_t n, cudaStream_t 
 }  // namespace
 
 cudaError_t gated_act(const void* x, void* out, int rows, int inter, Act act, DType dt, cudaStream_t s,
-                      const Fp8Rows* fp8, bool pdl) {
+                      const Fp8Rows* fp8) {
   if (rows <= 0 || inter <= 0) return cudaGetLastError();
   if (fp8) {
     if (!fp8_rows_supported(inter, dt)) return cudaErrorNotSupported;
@@ -284,10 +285,10 @@ cudaError_t gated_act(const void* x, void* out, int rows, int inter, Act act, DT
     return cudaErrorInvalidValue;
   }
   TSLLM_DISPATCH_ACT(dt, T, switch (act) {
-    case Act::None: return (launch_gated_t<T, Act::None>(x, out, rows, inter, pdl, s));
-    case Act::Silu: return (launch_gated_t<T, Act::Silu>(x, out, rows, inter, pdl, s));
-    case Act::GeluTanh: return (launch_gated_t<T, Act::GeluTanh>(x, out, rows, inter, pdl, s));
-    case Act::GeluErf: return (launch_gated_t<T, Act::GeluErf>(x, out, rows, inter, pdl, s));
+    case Act::None: return (launch_gated_t<T, Act::None>(x, out, rows, inter, s));
+    case Act::Silu: return (launch_gated_t<T, Act::Silu>(x, out, rows, inter, s));
+    case Act::GeluTanh: return (launch_gated_t<T, Act::GeluTanh>(x, out, rows, inter, s));
+    case Act::GeluErf: return (launch_gated_t<T, Act::GeluErf>(x, out, rows, inter, s));
   });
   return cudaErrorInvalidValue;
 }

@@ -434,7 +434,21 @@ __device__ __forceinline__ void row_groups(WS& ws, const typename WS::U* w, int 
 }
 
 // ---------------- launches ----------------
-// (launch_pdl: common.cuh)
+// With programmatic stream serialization when pdl (and the device has it), else an ordinary launch.
+template <typename Kern, typename... Args>
+cudaError_t launch_pdl(Kern kern, unsigned blocks, int threads, size_t smem, bool pdl, cudaStream_t s, Args... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(blocks);
+  cfg.blockDim = dim3(threads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl && pdl_supported() ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kern, args...);
+}
 
 // A kernel's shared-memory opt-in (the devices whose limit it raised) and resident blocks per SM for up to 4 sizes
 // (one per K of the model); one per kernel instantiation (a static of its launcher).

@@ -21,7 +21,6 @@ __global__ void __launch_bounds__(512) norm_vec_kernel(const T* x, const T* res,
                                                          float eps, float w_off, const EwChain pre,
                                                          const EwChain post, uint8_t* q, float* qs) {
   kd::pdl_trigger();  // lets a PDL-launched successor (gemv) start its weight loads early
-  kd::pdl_wait();     // (launched with PDL: x, res and the outputs belong to the previous kernel until here)
   constexpr int N = kd::Vec<T>::N;
   const size_t row = blockIdx.x;
   const int nvec = hidden / N;
@@ -110,7 +109,6 @@ __global__ void __launch_bounds__(256) norm_scalar_kernel(const T* x, const T* r
                                                            float eps, float w_off, const EwChain pre,
                                                            const EwChain post) {
   kd::pdl_trigger();  // lets a PDL-launched successor (gemv) start its weight loads early
-  kd::pdl_wait();
   const size_t row = blockIdx.x;
   const T* xr = x + row * hidden;
   // Source of the values to normalise in passes 2 and 3: the rounded sum, or x (through pre, again).
@@ -151,7 +149,7 @@ __global__ void __launch_bounds__(256) norm_scalar_kernel(const T* x, const T* r
 template <typename T, bool RES, bool LN, bool EW, bool Q>
 cudaError_t launch_norm_t(const void* x_, const void* res_, const void* w_, const void* b_, void* y_, void* sum_,
                           int rows, int hidden, float eps, float w_off, const EwChain& pre, const EwChain& post,
-                          const Fp8Rows& fp8, bool pdl, cudaStream_t s) {
+                          const Fp8Rows& fp8, cudaStream_t s) {
   const T* x = static_cast<const T*>(x_);
   const T* res = static_cast<const T*>(res_);
   const T* w = static_cast<const T*>(w_);
@@ -167,10 +165,11 @@ cudaError_t launch_norm_t(const void* x_, const void* res_, const void* w_, cons
   if (vec && nvec <= 8 * 512) {
     const int cap = Q && fp8.max_threads > 0 ? fp8.max_threads : 512;
     const int vpt = kd::row_vpt(nvec, cap), threads = kd::row_threads(nvec, vpt);
-#define TSLLM_NORM_CASE(V)                                                                                          \
-  case V:                                                                                                           \
-    return kd::launch_pdl(norm_vec_kernel<T, V, RES, LN, EW, Q>, unsigned(rows), threads, 0, pdl, s, x, res, w, b, y, \
-                          sum, hidden, eps, w_off, pre, post, fp8.q, fp8.scales);
+#define TSLLM_NORM_CASE(V) \
+  case V:                                                                                                        \
+    norm_vec_kernel<T, V, RES, LN, EW, Q><<<rows, threads, 0, s>>>(x, res, w, b, y, sum, hidden, eps, w_off, pre,   \
+                                                                    post, fp8.q, fp8.scales);                      \
+    break;
     switch (vpt) {
       TSLLM_NORM_CASE(1)
       TSLLM_NORM_CASE(2)
@@ -179,8 +178,7 @@ cudaError_t launch_norm_t(const void* x_, const void* res_, const void* w_, cons
     }
 #undef TSLLM_NORM_CASE
   } else if constexpr (!Q) {
-    return kd::launch_pdl(norm_scalar_kernel<T, RES, LN, EW>, unsigned(rows), 256, 0, pdl, s, x, res, w, b, y, sum,
-                          hidden, eps, w_off, pre, post);
+    norm_scalar_kernel<T, RES, LN, EW><<<rows, 256, 0, s>>>(x, res, w, b, y, sum, hidden, eps, w_off, pre, post);
   }
   return cudaGetLastError();
 }
@@ -188,16 +186,16 @@ cudaError_t launch_norm_t(const void* x_, const void* res_, const void* w_, cons
 template <bool LN, bool EW, bool RES>
 cudaError_t launch_norm_ew(const void* x, const void* res, const void* w, const void* b, void* y, void* sum, int rows,
                            int hidden, float eps, float w_off, const EwChain& pre, const EwChain& post,
-                           const Fp8Rows* fp8, DType dt, bool pdl, cudaStream_t s) {
+                           const Fp8Rows* fp8, DType dt, cudaStream_t s) {
   if (fp8) {
     if (!fp8_rows_supported(hidden, dt)) return cudaErrorNotSupported;
     TSLLM_DISPATCH_HALF(dt, T,
                         return (launch_norm_t<T, RES, LN, EW, true>(x, res, w, b, y, sum, rows, hidden, eps, w_off, pre,
-                                                                    post, *fp8, pdl, s)));
+                                                                    post, *fp8, s)));
   } else {
     TSLLM_DISPATCH_ACT(dt, T,
                        return (launch_norm_t<T, RES, LN, EW, false>(x, res, w, b, y, sum, rows, hidden, eps, w_off, pre,
-                                                                    post, Fp8Rows{}, pdl, s)));
+                                                                    post, Fp8Rows{}, s)));
   }
   return cudaErrorInvalidValue;
 }
@@ -205,7 +203,7 @@ cudaError_t launch_norm_ew(const void* x, const void* res, const void* w, const 
 template <bool LN>
 cudaError_t launch_norm(const void* x, const void* res, const void* w, const void* b, void* y, void* sum, int rows,
                         int hidden, float eps, float w_off, const EwChain* pre, const EwChain* post,
-                        const Fp8Rows* fp8, DType dt, bool pdl, cudaStream_t s) {
+                        const Fp8Rows* fp8, DType dt, cudaStream_t s) {
   if (rows <= 0) return cudaGetLastError();
   if (res && !sum) return cudaErrorInvalidValue;
   const EwChain none{};
@@ -213,8 +211,8 @@ cudaError_t launch_norm(const void* x, const void* res, const void* w, const voi
   const EwChain& p1 = post ? *post : none;
   auto go = [&](auto ew) {
     constexpr bool EW = decltype(ew)::value;
-    return res ? launch_norm_ew<LN, EW, true>(x, res, w, b, y, sum, rows, hidden, eps, w_off, p0, p1, fp8, dt, pdl, s)
-               : launch_norm_ew<LN, EW, false>(x, res, w, b, y, sum, rows, hidden, eps, w_off, p0, p1, fp8, dt, pdl, s);
+    return res ? launch_norm_ew<LN, EW, true>(x, res, w, b, y, sum, rows, hidden, eps, w_off, p0, p1, fp8, dt, s)
+               : launch_norm_ew<LN, EW, false>(x, res, w, b, y, sum, rows, hidden, eps, w_off, p0, p1, fp8, dt, s);
   };
   return p0.n || p1.n ? go(std::true_type{}) : go(std::false_type{});
 }
@@ -223,15 +221,14 @@ cudaError_t launch_norm(const void* x, const void* res, const void* w, const voi
 
 cudaError_t rms_norm(const void* x, const void* residual, const void* w, float w_offset, void* y, void* sum_out,
                      int rows, int hidden, float eps, DType dt, cudaStream_t s, const EwChain* pre,
-                     const EwChain* post, const Fp8Rows* fp8, bool pdl) {
-  return launch_norm<false>(x, residual, w, nullptr, y, sum_out, rows, hidden, eps, w_offset, pre, post, fp8, dt, pdl,
-                            s);
+                     const EwChain* post, const Fp8Rows* fp8) {
+  return launch_norm<false>(x, residual, w, nullptr, y, sum_out, rows, hidden, eps, w_offset, pre, post, fp8, dt, s);
 }
 
 cudaError_t layer_norm(const void* x, const void* residual, const void* w, float w_offset, const void* b, void* y,
                        void* sum_out, int rows, int hidden, float eps, DType dt, cudaStream_t s, const EwChain* pre,
-                       const EwChain* post, const Fp8Rows* fp8, bool pdl) {
-  return launch_norm<true>(x, residual, w, b, y, sum_out, rows, hidden, eps, w_offset, pre, post, fp8, dt, pdl, s);
+                       const EwChain* post, const Fp8Rows* fp8) {
+  return launch_norm<true>(x, residual, w, b, y, sum_out, rows, hidden, eps, w_offset, pre, post, fp8, dt, s);
 }
 
 }  // namespace tsllm

@@ -209,13 +209,12 @@ void norm(const NodeRun& r, bool add, bool layer, const Fp8Rows* fp8 = nullptr) 
   const int H = int(r.vin(0).last_dim());
   const int rows = int(r.numel_in(0) / H);
   const size_t wi = add ? 2 : 1;
-  const bool pdl = r.e.tun.pdl && r.e.tun.pdl_norms;
   if (layer)
     r.ck(layer_norm(r.in(0), add ? r.in(1) : nullptr, r.in(wi), r.n.w_offset, r.in(wi + 1), r.out(0),
-                    add ? r.out(1) : nullptr, rows, H, r.n.eps, r.dt, r.s, &r.n.pre, &r.n.post, fp8, pdl));
+                    add ? r.out(1) : nullptr, rows, H, r.n.eps, r.dt, r.s, &r.n.pre, &r.n.post, fp8));
   else
     r.ck(rms_norm(r.in(0), add ? r.in(1) : nullptr, r.in(wi), r.n.w_offset, r.out(0), add ? r.out(1) : nullptr, rows,
-                  H, r.n.eps, r.dt, r.s, &r.n.pre, &r.n.post, fp8, pdl));
+                  H, r.n.eps, r.dt, r.s, &r.n.pre, &r.n.post, fp8));
 }
 void run_RmsNorm(const NodeRun& r) { norm(r, false, false); }
 void run_AddRmsNorm(const NodeRun& r) { norm(r, true, false); }
@@ -246,7 +245,7 @@ void run_Gelu(const NodeRun& r) { r.ck(activation(r.in(0), r.out(0), uint64_t(r.
 void gated(const NodeRun& r, const Fp8Rows* fp8 = nullptr) {
   const int inter = int(r.vout(0).last_dim());
   const int rows = int(r.numel_out(0) / inter);
-  r.ck(gated_act(r.in(0), r.out(0), rows, inter, r.n.act, r.dt, r.s, fp8, r.e.tun.pdl && r.e.tun.pdl_norms));
+  r.ck(gated_act(r.in(0), r.out(0), rows, inter, r.n.act, r.dt, r.s, fp8));
 }
 void run_GatedAct(const NodeRun& r) { gated(r); }
 

@@ -77,7 +77,6 @@ Tunables resolve_tunables(const tsllm_options& o, const std::string& path) {
   if (env_int("TSLLM_DECODE_MMA_MIN_GQA", path, 1, 1024, &x)) t.decode_mma_min_gqa = int(x);
   if (env_int("TSLLM_DECODE_MMA_CFG", path, 0, decode_mma_config_count() - 1, &x)) t.decode_mma_cfg = int(x);
   if (env_int("TSLLM_PDL", path, 0, 1, &x)) t.pdl = x == 1;
-  if (env_int("TSLLM_PDL_NORMS", path, 0, 1, &x)) t.pdl_norms = x == 1;  // the norms and gated_act's launches
   if (env_int("TSLLM_STRICT_KERNELS", path, 0, 1, &x)) t.strict = x == 1;
   if (env_int("TSLLM_FP8_CONTEXT_FMHA", path, 0, 1, &x)) t.fp8_context_fmha = x == 1 ? 1 : -1;
   // quant_linear: TSLLM_QGEMV=0 (decode through the large-M path), TSLLM_QGEMV_VARIANT=k, TSLLM_QGEMV_TUNE_BELOW=k

@@ -23,7 +23,6 @@ struct Tunables {
   int decode_mma_min_gqa = kDecodeMmaMinGqa;  // the GQA ratio from which variant 3 falls back to 4 rather than 2
   int decode_mma_cfg = 0;  // variant 4's kernel configuration (kd::kDecodeMmaConfigs; others for A/B only)
   bool pdl = true;            // programmatic dependent launch where the GPU has it
-  bool pdl_norms = true;      // ... also for the norms and gated_act (with pdl; environment only, for A/B)
   int fp8_context_fmha = 0;   // FP8 context FMHA: -1 off, 0 auto (off for now), 1 on every FP8 KV cache (strict)
   bool strict = false;        // forced kernels that cannot run are errors
   int profile = 0;            // 0 off, 1 per-node events, 2 graph breakdown
