@@ -168,22 +168,6 @@ inline cudaError_t smem_limit_once(Kernel kernel, size_t bytes, std::atomic<unsi
   return e;
 }
 
-// The most dynamic shared memory a block of the current device may opt into (cached per device).
-inline int smem_optin_max() {
-  static std::atomic<int> cache[64] = {};
-  int dev = 0;
-  cudaGetDevice(&dev);
-  int v = cache[dev & 63].load(std::memory_order_relaxed);
-  if (v <= 0) {
-    if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess || v <= 0) {
-      cudaGetLastError();
-      return 48 * 1024;
-    }
-    cache[dev & 63].store(v, std::memory_order_relaxed);
-  }
-  return v;
-}
-
 // A yes/no property of the current device, computed once per device (probe(dev)) and cached in `cache`
 // (0 unknown, 1 yes, 2 no; devices beyond 64 share slots).
 template <typename Probe>

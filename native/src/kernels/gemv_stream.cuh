@@ -450,22 +450,25 @@ cudaError_t launch_pdl(Kern kern, unsigned blocks, int threads, size_t smem, boo
   return cudaLaunchKernelEx(&cfg, kern, args...);
 }
 
-// A kernel's shared-memory opt-in (the devices whose limit it raised) and resident blocks per SM for up to 4 sizes
-// (one per K of the model); one per kernel instantiation (a static of its launcher).
+// A kernel's shared-memory opt-in (only ever raised) and resident blocks per SM for up to 4 sizes (one per K of the
+// model); one per kernel instantiation (a static of its launcher).
 struct PersistentCache {
-  std::atomic<unsigned long long> smem_opted{0};  // smem_limit_once's bits
+  std::atomic<long long> opted{48 * 1024};
   std::atomic<long long> occ[4] = {{-1}, {-1}, {-1}, {-1}};  // (smem << 8) | blocks per SM
   std::atomic<int> next{0};
 };
 
-// kern may take smem bytes of dynamic shared memory: past the 48 KB default its limit is raised, once per device, to
-// the most the device allows (the sizes vary with K), as every opt-in does (common.cuh smem_limit_once).
+// kern's dynamic shared memory raised to smem where that is above what pc says it already allows. (Not to the
+// device's opt-in maximum once per device, as smem_limit_once could: the limit counts the kernel's static shared
+// memory too, and raising it to the maximum failed with invalid argument on the H200, session 15 kernels_test.)
 template <typename Kern>
 cudaError_t opt_in_smem(PersistentCache& pc, Kern kern, size_t smem) {
-  if (smem <= 48 * 1024) return cudaSuccess;
-  const int most = smem_optin_max();
-  if (smem > size_t(most)) return cudaErrorInvalidValue;
-  return smem_limit_once(kern, size_t(most), pc.smem_opted);
+  if ((long long)smem > pc.opted.load(std::memory_order_relaxed)) {
+    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    if (e != cudaSuccess) return e;
+    pc.opted.store((long long)smem, std::memory_order_relaxed);
+  }
+  return cudaSuccess;
 }
 
 // A kernel that loops over `groups` row groups (row_groups): as many blocks as fit on the GPU at once, at most bps
