@@ -46,8 +46,8 @@ QuantLinearCall quant_call(Engine& e, const StepPlan& p, const NodeDesc& l, cons
 }
 
 // FP8 activation fusion (plan_fp8_act_fusion): whether producer node i writes its output as FP8 rows for its
-// consumer's FP8 GEMM (or, at 2-4 rows, its gemv over FP8 rows) in this step, and where (*rows). Asked by the producer; the consumer reads the outcome from
-// Engine::fp8_rows_from.
+// consumer's FP8 GEMM (or, at 2-4 rows, its gemv over FP8 rows) in this step, and where (*rows). Asked by the
+// producer; the consumer reads the outcome from Engine::fp8_rows_from.
 bool fp8_act_rows(Engine& e, const StepPlan& p, size_t i, Fp8Rows* rows) {
   if (e.fp8_consumer.empty() || e.fp8_consumer[i] < 0) return false;
   const NodeDesc& l = e.desc.nodes[size_t(e.fp8_consumer[i])];

@@ -151,8 +151,8 @@ int QuantGemm::tuned_pick(std::map<PickKey, int>& picks, const QuantLinearCall& 
     all += b;
   }
   if (verbose)
-    std::fprintf(stderr, "tsllm %s M=%d N=%d K=%d: variant %d (%.4f ms; all%s)\n", what, c.M, c.N, c.K, pick, best,
-                 all.c_str());
+    std::fprintf(stderr, "tsllm %s %s M=%d N=%d K=%d: variant %d (%.4f ms; all%s)\n", what, quant_kind_name(c.kind),
+                 c.M, c.N, c.K, pick, best, all.c_str());
   picks.emplace(key, pick);
   return pick;
 }
@@ -168,20 +168,19 @@ int QuantGemm::gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s) 
   // refuses some: groups of a non-power-of-two count of chunks), else the large-M path.
   const int dflt = c.M <= kQuantGemvMaxM ? 1 : -1;
   if (!tune) return dflt;
-  const std::string what = std::string("quant gemv ") + quant_kind_name(c.kind);
   return tuned_pick(
       gemv_pick_, c, dt, dflt, 0, quant_gemv_variants(c.kind) - 1,
-      [&](int v) { return c.M <= quant_gemv_max_m(c.kind, v) && (tune_below < 0 || v < tune_below); },
+      [&](int v) { return c.M <= quant_gemv_max_m(c.kind, v) && !capped(v); },
       [&](int v) {
         return quant_gemv(v, c.kind, c.x, c.w, c.scales, c.group, c.bias, c.residual, tune_out_, c.M, c.N, c.K, c.act,
                           dt, pdl, s);
       },
-      what.c_str(), s);
+      "quant gemv", s);
 }
 
 bool QuantGemm::rows_gemv_on() const {
   const bool forced_other = gemv_force >= 0 && (gemv_force < kFp8RowsGemvFirst || gemv_force > kFp8RowsGemvLast);
-  return gemv_on && !forced_other && (tune_below < 0 || tune_below > kFp8RowsGemvFirst) && fp8_gemv_rows_supported();
+  return gemv_on && !forced_other && !capped(kFp8RowsGemvFirst) && fp8_gemv_rows_supported();
 }
 
 // The rows and scales of fp8_act_rows in the workspace.
@@ -201,11 +200,11 @@ int QuantGemm::rows_variant(const QuantLinearCall& c, DType dt, cudaStream_t s) 
   rows_at(xq_, c, &q, &sx);
   return tuned_pick(
       rows_pick_, c, dt, dflt, kFp8RowsGemvFirst, kFp8RowsGemvLast,
-      [&](int v) { return tune_below < 0 || v < tune_below; },
+      [&](int v) { return !capped(v); },
       [&](int v) {
         return fp8_gemv_rows(v, q, sx, c.w, c.scales, c.bias, c.residual, tune_out_, c.M, c.N, c.K, c.act, dt, pdl, s);
       },
-      "fp8 gemv over FP8 rows", s);
+      "gemv over FP8 rows", s);
 }
 
 std::string QuantGemm::rows_gemv(const QuantLinearCall& c, int variant, DType dt, cudaStream_t s) {
@@ -253,7 +252,7 @@ int QuantGemm::prologue_variant(const QuantLinearCall& c, const GemvPrologue& pr
                           dt, pdl, s) == cudaSuccess;
       });
     for (int v = 0; v < quant_gemv_variants(c.kind); v++) {
-      if (!quant_gemv_has_prologue(c.kind, v) || (tune_below >= 0 && v >= tune_below)) continue;
+      if (!quant_gemv_has_prologue(c.kind, v) || capped(v)) continue;
       const float ms = time_runs(s, [&] {
         return quant_gemv(v, c.kind, c.x, c.w, c.scales, c.group, c.bias, tres, tune_out_, c.M, c.N, c.K, c.act, dt,
                           pdl, s, pro) == cudaSuccess;

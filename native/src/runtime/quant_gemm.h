@@ -123,6 +123,8 @@ class QuantGemm {
   std::string rows_gemv(const QuantLinearCall& c, int variant, DType dt, cudaStream_t s);
   // The gemv over FP8 rows takes M <= 4 calls: not with a forced variant it lacks, nor capped below its variants.
   bool rows_gemv_on() const;
+  // Variant v is above TSLLM_QGEMV_TUNE_BELOW's cap: no tuner times it.
+  bool capped(int v) const { return tune_below >= 0 && v >= tune_below; }
   std::string fp8_gemm(const QuantLinearCall& c, DType dt, cudaStream_t s);
 
   struct Fp8Plan {
@@ -163,8 +165,8 @@ class QuantGemm {
   // The tuner shared by gemv_variant and rows_variant: picks' entry for c's shape when timed before; else, outside a
   // capture and with scratch for c's output, each variant v in [first, last] that takes(v) timed by run(v) (writing
   // to scratch: out may be the residual, which must survive until the real call), the fastest kept (dflt when none
-  // ran) and, when verbose, every time printed after `what`. dflt without recording while capturing (forward runs
-  // an eager step before capturing).
+  // ran) and, when verbose, every time printed after `what` and c's kind. dflt without recording while capturing
+  // (forward runs an eager step before capturing).
   template <class Takes, class Run>
   int tuned_pick(std::map<PickKey, int>& picks, const QuantLinearCall& c, DType dt, int dflt, int first, int last,
                  Takes&& takes, Run&& run, const char* what, cudaStream_t s);
