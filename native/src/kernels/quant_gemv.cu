@@ -121,7 +121,8 @@ const char* quant_gemv_unsupported(QuantKind kind, int M, int K, int group, cons
 }
 
 int quant_gemv_max_m(QuantKind kind, int variant) {
-  return kind != QuantKind::Fp8 && variant >= kIntMmaFirstVariant ? kIntMmaGemvMaxM : kQuantGemvMaxM;
+  if (kind == QuantKind::Fp8 || variant < kIntMmaFirstVariant) return kQuantGemvMaxM;
+  return variant >= kIntMmaAVariant ? kIntMmaAGemvMaxM : kIntMmaGemvMaxM;
 }
 
 int quant_gemv_variants(QuantKind kind) { return kind == QuantKind::Fp8 ? kQuantGemvVariants : kIntGemvVariants; }

@@ -1,0 +1,220 @@
+// Tensor-core decode gemv over int8 / int4 weight-only weights with the weights as the mma's A operand (int
+// variants 7-9; quant_gemv_mma.cuh's variants 3-6 hold them as B). Why (H200, session 16, ncu on variant 3, int4
+// qkv at M = 1): 1.33 TB/s, one instruction issued every 2 cycles per scheduler, 3.6 warps a scheduler (128
+// registers, 25 % occupancy), and of the ~290 instructions a lane spent on two chunks only ~110 were the
+// dequantisation and the mma — the rest was 64-bit address arithmetic, bounds checks and the cp.async ring's
+// bookkeeping, recomputed per chunk. Here:
+//   - m16n8k16 with A = 16 output rows x 16 k (lane (g, t) holds rows g and g + 8 of its chunk's k slots) and B =
+//     x (k x 8 token columns): 256 weights an mma instead of 128, so half the mma and x fragments serve two rows;
+//   - token m is B's column m: 1-8 rows, lane (g, t) loads x row min(g, M - 1) (columns >= M are never stored);
+//   - the weights stream through registers (D iterations of loads in flight, issued before griddepcontrol.wait as
+//     the fp16 gemv's are: weights are never written), one 32-bit offset per row and a chunk index per iteration;
+//   - the loop runs whole iterations; only a row's last, partial iteration predicates its loads (zero weights
+//     there are q = 0, zero x: the products are 0).
+// Numerics as quant_gemv_mma.cuh (dequant_chunk: w = T(fp32(q · s)), products exact, fp32 accumulation, then a
+// fixed-order sum over the block's warps).
+#pragma once
+#include "quant_gemv_mma.cuh"
+
+namespace tsllm {
+namespace kd {
+namespace {
+
+
+// x under one chunk of row xr (EPC values from element 32 c / 16 c) as the B registers of its mma, in the order the
+// dequantisation pairs weights: int4 word wd = weights 8wd..8wd+7, pairs j = (8wd + j, 8wd + j + 4); int8 word wd =
+// weights 4wd..4wd+3, pairs j = (4wd + 2j, 4wd + 2j + 1). ok == false: zeros (past K).
+template <typename T, bool INT4>
+__device__ __forceinline__ void x_pairs(const T* xr, int c, bool ok, uint32_t (&b)[INT4 ? 16 : 8]) {
+  constexpr int XV = INT4 ? 4 : 2;  // 16-byte vectors of x under a chunk
+  uint4 v[XV];
+#pragma unroll
+  for (int j = 0; j < XV; j++)
+    v[j] = ok ? *reinterpret_cast<const uint4*>(xr + size_t(c) * (INT4 ? 32 : 16) + 8 * j) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+  for (int j = 0; j < XV; j++) {
+    const uint32_t* px = &v[j].x;
+    if constexpr (INT4) {  // vector j = word wd = j: pairs (0,4), (1,5), (2,6), (3,7)
+      b[4 * j + 0] = __byte_perm(px[0], px[2], 0x5410);
+      b[4 * j + 1] = __byte_perm(px[0], px[2], 0x7632);
+      b[4 * j + 2] = __byte_perm(px[1], px[3], 0x5410);
+      b[4 * j + 3] = __byte_perm(px[1], px[3], 0x7632);
+    } else {  // vector j = words 2j, 2j + 1: pairs in order
+      b[4 * j + 0] = px[0], b[4 * j + 1] = px[1], b[4 * j + 2] = px[2], b[4 * j + 3] = px[3];
+    }
+  }
+}
+
+// TILES tiles of 16 output rows a block, WARPS warps splitting K (iteration = 4 consecutive chunks of every row of
+// the block, lane t taking chunk 4 · it + t; warp w takes iterations w, w + WARPS, ...), D iterations of weights in
+// flight per lane.
+template <typename T, bool INT4, int TILES, int WARPS, int D, int MINB>
+__global__ void __launch_bounds__(WARPS * 32, MINB)
+    int_mma_a_kernel(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ sc,
+                     int groups, int cpg_shift, const T* __restrict__ bias, const T* res, T* out, int M, int N, int K,
+                     int act) {
+  constexpr int NP = INT4 ? 4 : 2;  // dequantised pairs per 32-bit word
+  pdl_trigger();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int n0 = blockIdx.x * TILES * 16;
+  const int row_bytes = INT4 ? K / 2 : K;
+  const int chunks = row_bytes >> 4;
+  const uint4* wq = reinterpret_cast<const uint4*>(w);
+  uint32_t roff[TILES][2];  // row n0 + 16i + g + 8h, in 16-byte units (rows past N read row N - 1, never stored)
+  const float* srow[TILES][2];
+#pragma unroll
+  for (int i = 0; i < TILES; i++)
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const int n = min(n0 + 16 * i + g + 8 * h, N - 1);
+      roff[i][h] = uint32_t(n) * uint32_t(chunks);
+      srow[i][h] = sc + (INT4 ? size_t(n) * groups : size_t(n));
+    }
+  constexpr int kStride = 4 * WARPS;  // chunks between a warp's iterations
+  uint4 wr[D][TILES][2];
+  float sr[D][TILES][2];
+  auto issue = [&](int u, int cb) {  // the iteration whose first chunk is cb (warp-uniform) into stage u
+    const int c = cb + t;
+    const bool ok = c < chunks;
+#pragma unroll
+    for (int i = 0; i < TILES; i++)
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        wr[u][i][h] = ok ? ld_stream(wq + roff[i][h] + c) : make_uint4(0, 0, 0, 0);
+        if constexpr (INT4) sr[u][i][h] = ok ? __ldg(srow[i][h] + (c >> cpg_shift)) : 1.f;
+      }
+  };
+  const int cb0 = warp * 4;
+#pragma unroll
+  for (int u = 0; u < D; u++) issue(u, cb0 + u * kStride);
+  if constexpr (!INT4) {
+#pragma unroll
+    for (int i = 0; i < TILES; i++)
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        const float s = __ldg(srow[i][h]);
+#pragma unroll
+        for (int u = 0; u < D; u++) sr[u][i][h] = s;
+      }
+  }
+  pdl_wait();  // x and the residual are the predecessor's
+  const T* xr = x + size_t(min(g, M - 1)) * K;
+
+  float acc[TILES][4];
+#pragma unroll
+  for (int i = 0; i < TILES; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+
+  for (int cb = cb0; cb < chunks; cb += D * kStride) {
+#pragma unroll
+    for (int u = 0; u < D; u++) {
+      const int cbu = cb + u * kStride;
+      if (cbu >= chunks) break;
+      uint4 cur[TILES][2];
+      float s[TILES][2];
+#pragma unroll
+      for (int i = 0; i < TILES; i++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) cur[i][h] = wr[u][i][h], s[i][h] = sr[u][i][h];
+      const int c = cbu + t;
+      uint32_t b[INT4 ? 16 : 8];
+      x_pairs<T, INT4>(xr, c, c < chunks, b);
+      issue(u, cbu + D * kStride);  // the stage is free again: the next weights go out before this chunk's math
+#pragma unroll
+      for (int i = 0; i < TILES; i++) {
+        // s in T (one conversion per chunk); exact when it converts back to itself (an overflow to inf does not).
+        uint32_t s2[2];
+        bool exact[2];
+        const uint32_t* wv[2] = {&cur[i][0].x, &cur[i][1].x};
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          const T sT = from_f<T>(s[i][h]);
+          s2[h] = uint32_t(*reinterpret_cast<const uint16_t*>(&sT)) * 0x10001u;
+          exact[h] = to_f(sT) == s[i][h];
+        }
+        // A word of rows g and g + 8 at a time: its dequantised pairs meet their x pairs in NP / 2 mma.
+        auto mma_word = [&](int wd, const uint32_t(&p0)[NP], const uint32_t(&p1)[NP]) {
+#pragma unroll
+          for (int j = 0; j < NP; j += 2) {
+            const uint32_t a[4] = {p0[j], p1[j], p0[j + 1], p1[j + 1]};
+            mma16816<T>(acc[i], a, b[NP * wd + j], b[NP * wd + j + 1]);
+          }
+        };
+        // The branch is warp-uniform: mma.sync must be reached by the whole warp at one instruction (a per-lane
+        // branch with an mma on each side hung kernels_test at mixed scales, session 16 run 2).
+        if (__all_sync(0xffffffffu, exact[0] && exact[1])) {
+#pragma unroll
+          for (int wd = 0; wd < 4; wd++) {
+            uint32_t p0[NP], p1[NP];
+            dequant_word<T, INT4>(wv[0][wd], s2[0], p0);
+            dequant_word<T, INT4>(wv[1][wd], s2[1], p1);
+            mma_word(wd, p0, p1);
+          }
+        } else {  // a scale not representable in T in the warp (older engines): per-weight rounding where needed
+#pragma unroll
+          for (int wd = 0; wd < 4; wd++) {
+            uint32_t p[2][NP];
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+              if (exact[h]) dequant_word<T, INT4>(wv[h][wd], s2[h], p[h]);
+              else dequant_word_exact<T, INT4>(wv[h][wd], s[i][h], p[h]);
+            mma_word(wd, p[0], p[1]);
+          }
+        }
+      }
+    }
+  }
+
+  // acc[i]: (row 16i + g, tokens 2t, 2t + 1), (row 16i + g + 8, tokens 2t, 2t + 1).
+  __shared__ float red[WARPS][TILES * 16][kIntMmaAGemvMaxM];
+#pragma unroll
+  for (int i = 0; i < TILES; i++)
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+#pragma unroll
+      for (int e = 0; e < 2; e++)
+        if (2 * t + e < M) red[warp][16 * i + g + 8 * h][2 * t + e] = acc[i][2 * h + e];
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < TILES * 16 * M; idx += WARPS * 32) {
+    const int r = idx / M, m = idx % M, n = n0 + r;
+    if (n >= N) continue;
+    float v = 0.f;
+#pragma unroll
+    for (int k = 0; k < WARPS; k++) v += red[k][r][m];
+    store_out<T>(v, bias, res, out, m, n, N, act);
+  }
+}
+
+template <typename T, bool INT4, int TILES, int WARPS, int D, int MINB>
+cudaError_t launch_int_mma_a(int M, const void* x, const void* w, const float* sc, int group, const void* bias,
+                             const void* res, void* out, int N, int K, Act act, bool pdl, cudaStream_t s) {
+  if (M < 1 || M > kIntMmaAGemvMaxM) return cudaErrorInvalidValue;
+  // int4: a scale's chunks (group / 32) must be a power of two (groups 32, 64, 128, ...), as variants 3-6.
+  int cpg_shift = 0;
+  if (INT4) {
+    const int cpg = group / 32;
+    if (cpg <= 0 || (cpg & (cpg - 1))) return cudaErrorInvalidValue;
+    while ((1 << cpg_shift) < cpg) cpg_shift++;
+  }
+  const unsigned blocks = unsigned((N + TILES * 16 - 1) / (TILES * 16));
+  return launch_pdl(int_mma_a_kernel<T, INT4, TILES, WARPS, D, MINB>, blocks, WARPS * 32, 0, pdl, s,
+                    static_cast<const T*>(x), static_cast<const uint8_t*>(w), sc, INT4 ? K / group : 1, cpg_shift,
+                    static_cast<const T*>(bias), static_cast<const T*>(res), static_cast<T*>(out), M, N, K, int(act));
+}
+
+// Variants 7-9: (tiles of 16 rows, warps splitting K, iterations in flight).
+template <typename T, bool INT4>
+cudaError_t launch_int_mma_a_variant(int variant, int M, const void* x, const void* w, const float* sc, int group,
+                                     const void* bias, const void* res, void* out, int N, int K, Act act, bool pdl,
+                                     cudaStream_t s) {
+  switch (variant) {
+    case 7: return launch_int_mma_a<T, INT4, 2, 4, 1, 6>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
+    case 8: return launch_int_mma_a<T, INT4, 1, 4, 2, 6>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
+    case 9: return launch_int_mma_a<T, INT4, 1, 8, 2, 3>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace
+}  // namespace kd
+}  // namespace tsllm
