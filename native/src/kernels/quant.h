@@ -30,23 +30,24 @@ const char* quant_kind_name(QuantKind k);  // QuantKind: enums.h
 //     two per SM, cheap exact quantisation, rms_norm prologue); 8-10: quant_gemv_fp8_mma.cu (E4M3 tensor cores,
 //     sm_89+ code only, else cudaErrorNotSupported; rms_norm prologue);
 //   int8 / int4 0-2: 1/2/4 rows per warp (quant_gemv_int.cuh); 3-6: tensor-core kernels (quant_gemv_mma.cuh, no
-//     prologue; 5-6 are 3-4 with x staged in shared memory); 7-9: tensor-core kernels with the weights as the mma's
+//     prologue; 5-6 are 3-4 with x staged in shared memory); 7-12: tensor-core kernels with the weights as the mma's
 //     A operand (quant_gemv_mma_a.cuh, 1-8 rows, no prologue).
 // Variants beyond a kind's count are refused, cudaErrorInvalidValue.
 // pro: GemvPro::RmsNorm folds an rms_norm into the vector read (x is then the norm's input, as gemv_pro; the vector
 // T((x · inv_rms) · norm_w) rounded as norms.cu writes it); fp8 3-10 and int 0-2 (quant_gemv_has_prologue).
 constexpr int kQuantGemvMaxM = 4;   // fp8, and the CUDA-core int variants (0-2)
 constexpr int kIntMmaFirstVariant = 3;  // int8 / int4: variants from here are the tensor-core kernels
-// The tensor-core int8 / int4 variants 3-6: token rows are the mma's 16 A rows; 7-9 (from kIntMmaAVariant) B's 8
+// The tensor-core int8 / int4 variants 3-6: token rows are the mma's 16 A rows; 7-12 (from kIntMmaAVariant) B's 8
 // columns.
 constexpr int kIntMmaGemvMaxM = 16;
 constexpr int kIntMmaAVariant = 7;
 constexpr int kIntMmaAGemvMaxM = 8;
 // The most token rows variant `variant` of `kind` takes.
 int quant_gemv_max_m(QuantKind kind, int variant);
-constexpr int kQuantGemvVariants = 11;  // the most of any kind (fp8)
-constexpr int kIntGemvVariants = 10;
-int quant_gemv_variants(QuantKind kind);  // fp8 11, int8 / int4 10
+constexpr int kFp8GemvVariants = 11;
+constexpr int kIntGemvVariants = 13;
+constexpr int kQuantGemvVariants = 13;  // the most of any kind
+int quant_gemv_variants(QuantKind kind);  // fp8 11, int8 / int4 13
 // Why a call is not eligible (nullptr when it is): shapes and alignment the kernels need.
 const char* quant_gemv_unsupported(QuantKind kind, int M, int K, int group, const void* x, const void* w, DType dt);
 bool quant_gemv_has_prologue(QuantKind kind, int variant);

@@ -125,7 +125,7 @@ int quant_gemv_max_m(QuantKind kind, int variant) {
   return variant >= kIntMmaAVariant ? kIntMmaAGemvMaxM : kIntMmaGemvMaxM;
 }
 
-int quant_gemv_variants(QuantKind kind) { return kind == QuantKind::Fp8 ? kQuantGemvVariants : kIntGemvVariants; }
+int quant_gemv_variants(QuantKind kind) { return kind == QuantKind::Fp8 ? kFp8GemvVariants : kIntGemvVariants; }
 
 bool quant_gemv_has_prologue(QuantKind kind, int variant) {
   return variant >= 0 && variant < quant_gemv_variants(kind) &&

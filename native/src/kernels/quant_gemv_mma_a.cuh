@@ -1,5 +1,5 @@
 // Tensor-core decode gemv over int8 / int4 weight-only weights with the weights as the mma's A operand (int
-// variants 7-9; quant_gemv_mma.cuh's variants 3-6 hold them as B). Why (H200, session 16, ncu on variant 3, int4
+// variants 7-12; quant_gemv_mma.cuh's variants 3-6 hold them as B). Why (H200, session 16, ncu on variant 3, int4
 // qkv at M = 1): 1.33 TB/s, one instruction issued every 2 cycles per scheduler, 3.6 warps a scheduler (128
 // registers, 25 % occupancy), and of the ~290 instructions a lane spent on two chunks only ~110 were the
 // dequantisation and the mma — the rest was 64-bit address arithmetic, bounds checks and the cp.async ring's
@@ -9,8 +9,8 @@
 //   - token m is B's column m: 1-8 rows, lane (g, t) loads x row min(g, M - 1) (columns >= M are never stored);
 //   - the weights stream through registers (D iterations of loads in flight, issued before griddepcontrol.wait as
 //     the fp16 gemv's are: weights are never written), one 32-bit offset per row and a chunk index per iteration;
-//   - the loop runs whole iterations; only a row's last, partial iteration predicates its loads (zero weights
-//     there are q = 0, zero x: the products are 0).
+//   - no predicated loads: a lane past the row's end (its last iteration may be partial) reads the last chunk
+//     again with a zero scale (the products are 0).
 // Numerics as quant_gemv_mma.cuh (dequant_chunk: w = T(fp32(q · s)), products exact, fp32 accumulation, then a
 // fixed-order sum over the block's warps).
 #pragma once
@@ -23,14 +23,14 @@ namespace {
 
 // x under one chunk of row xr (EPC values from element 32 c / 16 c) as the B registers of its mma, in the order the
 // dequantisation pairs weights: int4 word wd = weights 8wd..8wd+7, pairs j = (8wd + j, 8wd + j + 4); int8 word wd =
-// weights 4wd..4wd+3, pairs j = (4wd + 2j, 4wd + 2j + 1). ok == false: zeros (past K).
+// weights 4wd..4wd+3, pairs j = (4wd + 2j, 4wd + 2j + 1).
 template <typename T, bool INT4>
-__device__ __forceinline__ void x_pairs(const T* xr, int c, bool ok, uint32_t (&b)[INT4 ? 16 : 8]) {
+__device__ __forceinline__ void x_pairs(const T* xr, int c, uint32_t (&b)[INT4 ? 16 : 8]) {
   constexpr int XV = INT4 ? 4 : 2;  // 16-byte vectors of x under a chunk
   uint4 v[XV];
 #pragma unroll
   for (int j = 0; j < XV; j++)
-    v[j] = ok ? *reinterpret_cast<const uint4*>(xr + size_t(c) * (INT4 ? 32 : 16) + 8 * j) : make_uint4(0, 0, 0, 0);
+    v[j] = *reinterpret_cast<const uint4*>(xr + size_t(c) * (INT4 ? 32 : 16) + 8 * j);
 #pragma unroll
   for (int j = 0; j < XV; j++) {
     const uint32_t* px = &v[j].x;
@@ -74,15 +74,18 @@ __global__ void __launch_bounds__(WARPS * 32, MINB)
   constexpr int kStride = 4 * WARPS;  // chunks between a warp's iterations
   uint4 wr[D][TILES][2];
   float sr[D][TILES][2];
-  auto issue = [&](int u, int cb) {  // the iteration whose first chunk is cb (warp-uniform) into stage u
-    const int c = cb + t;
-    const bool ok = c < chunks;
+  // The iteration whose first chunk is cb into stage u, when the warp has it (a warp-uniform test). A lane past the
+  // row's last chunk (its last iteration may be partial) loads that last chunk again and takes a zero scale
+  // instead: no predicated loads or zero fills in the loop, and q · 0 = 0 meets finite x.
+  auto issue = [&](int u, int cb) {
+    if (cb >= chunks) return;
+    const int c = min(cb + t, chunks - 1);
 #pragma unroll
     for (int i = 0; i < TILES; i++)
 #pragma unroll
       for (int h = 0; h < 2; h++) {
-        wr[u][i][h] = ok ? ld_stream(wq + roff[i][h] + c) : make_uint4(0, 0, 0, 0);
-        if constexpr (INT4) sr[u][i][h] = ok ? __ldg(srow[i][h] + (c >> cpg_shift)) : 1.f;
+        wr[u][i][h] = ld_stream(wq + roff[i][h] + c);
+        if constexpr (INT4) sr[u][i][h] = __ldg(srow[i][h] + (c >> cpg_shift));
       }
   };
   const int cb0 = warp * 4;
@@ -112,13 +115,13 @@ __global__ void __launch_bounds__(WARPS * 32, MINB)
       if (cbu >= chunks) break;
       uint4 cur[TILES][2];
       float s[TILES][2];
+      const bool in_row = cbu + t < chunks;
 #pragma unroll
       for (int i = 0; i < TILES; i++)
 #pragma unroll
-        for (int h = 0; h < 2; h++) cur[i][h] = wr[u][i][h], s[i][h] = sr[u][i][h];
-      const int c = cbu + t;
+        for (int h = 0; h < 2; h++) cur[i][h] = wr[u][i][h], s[i][h] = in_row ? sr[u][i][h] : 0.f;
       uint32_t b[INT4 ? 16 : 8];
-      x_pairs<T, INT4>(xr, c, c < chunks, b);
+      x_pairs<T, INT4>(xr, min(cbu + t, chunks - 1), b);
       issue(u, cbu + D * kStride);  // the stage is free again: the next weights go out before this chunk's math
 #pragma unroll
       for (int i = 0; i < TILES; i++) {
@@ -202,7 +205,7 @@ cudaError_t launch_int_mma_a(int M, const void* x, const void* w, const float* s
                     static_cast<const T*>(bias), static_cast<const T*>(res), static_cast<T*>(out), M, N, K, int(act));
 }
 
-// Variants 7-9: (tiles of 16 rows, warps splitting K, iterations in flight).
+// Variants 7-12: (tiles of 16 rows, warps splitting K, iterations in flight, blocks an SM the registers allow).
 template <typename T, bool INT4>
 cudaError_t launch_int_mma_a_variant(int variant, int M, const void* x, const void* w, const float* sc, int group,
                                      const void* bias, const void* res, void* out, int N, int K, Act act, bool pdl,
@@ -211,6 +214,9 @@ cudaError_t launch_int_mma_a_variant(int variant, int M, const void* x, const vo
     case 7: return launch_int_mma_a<T, INT4, 2, 4, 1, 6>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
     case 8: return launch_int_mma_a<T, INT4, 1, 4, 2, 6>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
     case 9: return launch_int_mma_a<T, INT4, 1, 8, 2, 3>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
+    case 10: return launch_int_mma_a<T, INT4, 2, 4, 1, 4>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
+    case 11: return launch_int_mma_a<T, INT4, 1, 8, 4, 2>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
+    case 12: return launch_int_mma_a<T, INT4, 2, 8, 2, 2>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -160,7 +160,7 @@ int QuantGemm::tuned_pick(std::map<PickKey, int>& picks, const QuantLinearCall& 
 int QuantGemm::gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s) {
   if (!gemv_on || quant_gemv_unsupported(c.kind, c.M, c.K, c.group, c.x, c.w, dt)) return -1;
   if (c.x_fp8) return rows_variant(c, dt, s);
-  // A forced variant this kind lacks (int8 / int4 have 0-9), or one that takes fewer rows than M, leaves the call to
+  // A forced variant this kind lacks (int8 / int4 have 0-12), or one that takes fewer rows than M, leaves the call to
   // the tuner.
   if (gemv_force >= 0 && gemv_force < quant_gemv_variants(c.kind) && c.M <= quant_gemv_max_m(c.kind, gemv_force))
     return gemv_force;
