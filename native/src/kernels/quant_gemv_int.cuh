@@ -1,8 +1,9 @@
 // int8 / int4 weight-only decode gemv (numerics in quant.h), variants 0-2: gemv_impl.cuh's 4-warp kernel with the
 // WInt weight format (gemv_stream.cuh): each warp streams ROWS weight rows, dequantises w = T(fp32(q · s)) per
 // element as the reference does and accumulates x · w in fp32; the rms_norm prologue folds in as for the fp16 gemv.
-// Variants 3-6: the tensor-core kernel of quant_gemv_mma.cuh, 7-12 quant_gemv_mma_a.cuh's (no prologue). Instantiated once per weight kind
-// (quant_gemv_int8.cu, quant_gemv_int4.cu) so the build compiles them in parallel; quant_gemv.cu dispatches.
+// Variants 3-6: the tensor-core kernel of quant_gemv_mma.cuh, 7-12 quant_gemv_mma_a.cuh's (no prologue).
+// Instantiated once per weight kind (quant_gemv_int8.cu, quant_gemv_int4.cu) so the build compiles them in parallel;
+// quant_gemv.cu dispatches.
 #pragma once
 #include "gemv_impl.cuh"
 #include "quant.h"

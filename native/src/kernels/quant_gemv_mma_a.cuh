@@ -11,6 +11,10 @@
 //     the fp16 gemv's are: weights are never written), one 32-bit offset per row and a chunk index per iteration;
 //   - no predicated loads: a lane past the row's end (its last iteration may be partial) reads the last chunk
 //     again with a zero scale (the products are 0).
+// Measured (H200, session 16 run 4, gemv_bench M = 1, GB/s of weights + scales, best of 0-6 -> best of these):
+// int4 g128 qkv 1331 -> 2182 (v8), o_proj 897 -> 1529 (v11), gate_up 1467 -> 2794 (v7), down 1031 -> 1810 (v11);
+// Llama-2-7B int4-wo g128 bs-1 TPOT 2.651 -> 2.150 ms (tuner: v7 qkv / gate_up, v9 o_proj / down); int8 equal
+// within noise (2.834 / 2.895 ms). kernels-notes.md "Session 16" has the profile that led here.
 // Numerics as quant_gemv_mma.cuh (dequant_chunk: w = T(fp32(q · s)), products exact, fp32 accumulation, then a
 // fixed-order sum over the block's warps).
 #pragma once
@@ -206,6 +210,7 @@ cudaError_t launch_int_mma_a(int M, const void* x, const void* w, const float* s
 }
 
 // Variants 7-12: (tiles of 16 rows, warps splitting K, iterations in flight, blocks an SM the registers allow).
+// 10 and 12 won no Llama-2-7B shape in session 16 (gemv_bench or the engine's tuner): candidates to prune.
 template <typename T, bool INT4>
 cudaError_t launch_int_mma_a_variant(int variant, int M, const void* x, const void* w, const float* sc, int group,
                                      const void* bias, const void* res, void* out, int N, int K, Act act, bool pdl,
