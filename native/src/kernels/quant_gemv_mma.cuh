@@ -179,6 +179,31 @@ __device__ __forceinline__ void stage_x8(uint32_t* stage, int m, int c8, int K, 
   }
 }
 
+// The block's outputs: red[k][r][m] holds warp k's partial sum for output row n0 + r and token row m; summed over
+// the warps in a fixed order (the result never depends on timing), then the quantised epilogue.
+template <typename T, int WARPS, int ROWS, int MB>
+__device__ __forceinline__ void store_warp_sums(const float (&red)[WARPS][ROWS][MB], int n0, int M, int N,
+                                                const T* __restrict__ bias, const T* res, T* out, int act) {
+  for (int idx = threadIdx.x; idx < ROWS * M; idx += WARPS * 32) {
+    const int r = idx / M, m = idx % M, n = n0 + r;
+    if (n >= N) continue;
+    float v = 0.f;
+#pragma unroll
+    for (int k = 0; k < WARPS; k++) v += red[k][r][m];
+    store_out<T>(v, bias, res, out, m, n, N, act);
+  }
+}
+
+// int4: log2 of a scale's chunks of 32 weights (group / 32), or -1 when that is not a power of two (the kernels
+// find a chunk's scale by a shift, no division per chunk: groups 32, 64, 128, ...).
+inline int int4_chunk_shift(int group) {
+  const int cpg = group / 32;
+  if (cpg <= 0 || (cpg & (cpg - 1))) return -1;
+  int shift = 0;
+  while ((1 << shift) < cpg) shift++;
+  return shift;
+}
+
 // MB: the token rows the instantiation has room for (1-4, 8, 16), M <= MB the call's: lanes (g, t) carry token
 // rows g and (MB > 8) g + 8 — the mma's 16 A rows.
 template <typename T, bool INT4, int MB, int TILES, int WARPS, int S, bool STAGED>
@@ -364,14 +389,7 @@ __global__ void __launch_bounds__(WARPS * 32)
         red[warp][i * 8 + 2 * t + 1][g + 8 * h] = acc[i][0][2 * h + 1] + acc[i][1][2 * h + 1];
       }
   __syncthreads();
-  for (int idx = threadIdx.x; idx < TILES * 8 * M; idx += WARPS * 32) {
-    const int r = idx / M, m = idx % M, n = n0 + r;
-    if (n >= N) continue;
-    float v = 0.f;
-#pragma unroll
-    for (int k = 0; k < WARPS; k++) v += red[k][r][m];
-    store_out<T>(v, bias, res, out, m, n, N, act);
-  }
+  store_warp_sums<T>(red, n0, M, N, bias, res, out, act);
 }
 
 // Shared memory of the per-warp cp.async rings (the kernel's ring_all); a staged x follows it.
@@ -405,12 +423,8 @@ cudaError_t launch_int_mma(int M, const void* x, const void* w, const float* sc,
   const unsigned blocks = unsigned((N + TILES * 8 - 1) / (TILES * 8));
   // int4: a scale's chunks (group / 32) must be a power of two (groups 32, 64, 128, ...); other groups are refused
   // here and the tuner keeps the CUDA-core variants.
-  int cpg_shift = 0;
-  if (INT4) {
-    const int cpg = group / 32;
-    if (cpg <= 0 || (cpg & (cpg - 1))) return cudaErrorInvalidValue;
-    while ((1 << cpg_shift) < cpg) cpg_shift++;
-  }
+  const int cpg_shift = INT4 ? int4_chunk_shift(group) : 0;
+  if (cpg_shift < 0) return cudaErrorInvalidValue;
   const int groups = INT4 ? K / group : 1;
   constexpr size_t ring = int_mma_ring_bytes<TILES, WARPS, S>();
   static_assert(ring <= 48 * 1024, "the ring fits the default dynamic shared memory (no opt-in needed)");

@@ -182,27 +182,15 @@ __global__ void __launch_bounds__(WARPS * 32, MINB)
       for (int e = 0; e < 2; e++)
         if (2 * t + e < M) red[warp][16 * i + g + 8 * h][2 * t + e] = acc[i][2 * h + e];
   __syncthreads();
-  for (int idx = threadIdx.x; idx < TILES * 16 * M; idx += WARPS * 32) {
-    const int r = idx / M, m = idx % M, n = n0 + r;
-    if (n >= N) continue;
-    float v = 0.f;
-#pragma unroll
-    for (int k = 0; k < WARPS; k++) v += red[k][r][m];
-    store_out<T>(v, bias, res, out, m, n, N, act);
-  }
+  store_warp_sums<T>(red, n0, M, N, bias, res, out, act);
 }
 
 template <typename T, bool INT4, int TILES, int WARPS, int D, int MINB>
 cudaError_t launch_int_mma_a(int M, const void* x, const void* w, const float* sc, int group, const void* bias,
                              const void* res, void* out, int N, int K, Act act, bool pdl, cudaStream_t s) {
   if (M < 1 || M > kIntMmaAGemvMaxM) return cudaErrorInvalidValue;
-  // int4: a scale's chunks (group / 32) must be a power of two (groups 32, 64, 128, ...), as variants 3-6.
-  int cpg_shift = 0;
-  if (INT4) {
-    const int cpg = group / 32;
-    if (cpg <= 0 || (cpg & (cpg - 1))) return cudaErrorInvalidValue;
-    while ((1 << cpg_shift) < cpg) cpg_shift++;
-  }
+  const int cpg_shift = INT4 ? int4_chunk_shift(group) : 0;  // (other groups: refused, as by variants 3-6)
+  if (cpg_shift < 0) return cudaErrorInvalidValue;
   const unsigned blocks = unsigned((N + TILES * 16 - 1) / (TILES * 16));
   return launch_pdl(int_mma_a_kernel<T, INT4, TILES, WARPS, D, MINB>, blocks, WARPS * 32, 0, pdl, s,
                     static_cast<const T*>(x), static_cast<const uint8_t*>(w), sc, INT4 ? K / group : 1, cpg_shift,
