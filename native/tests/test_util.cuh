@@ -74,15 +74,19 @@ inline double graph_us(int n, const std::function<cudaError_t(int, cudaStream_t)
   return us;
 }
 
-// Device-to-device copy rate of 1 GiB in GB/s (bytes read + written; graph_us of 4 copies): the bandwidth reference
-// of the benchmarks. us: the µs of one copy.
+// Device-to-device copy rate of 1 GiB in GB/s (bytes read + written): the bandwidth reference of the benchmarks,
+// taken from stream-launched copies (graph_us's stream timing), as the runtime's tsllm_copy_bandwidth and so
+// tsllm-bench's rooflines take it. Not from the graph: in session 16's run 4 the graph of copies gave 2,770 GB/s
+// while tsllm-bench's stream copy gave 4,160-4,210, and gemv_bench printed int8 / int4 gemvs at 103-122 % of "the
+// copy" (why a graph's memcpy node is slower was not measured; it may run on the copy engines). us: one copy's µs.
 inline double copy_gbs(double* us = nullptr) {
   const size_t bytes = size_t(1) << 30;
   void *a, *b;
   CK(cudaMalloc(&a, bytes));
   CK(cudaMalloc(&b, bytes));
   CK(cudaMemset(a, 1, bytes));
-  const double t = graph_us(4, [&](int, cudaStream_t s) { return cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, s); });
+  double t = 0;
+  graph_us(4, [&](int, cudaStream_t s) { return cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, s); }, &t);
   cudaFree(a);
   cudaFree(b);
   if (us) *us = t;
