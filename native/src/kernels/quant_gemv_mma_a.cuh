@@ -24,10 +24,9 @@ namespace tsllm {
 namespace kd {
 namespace {
 
-
-// x under one chunk of row xr (EPC values from element 32 c / 16 c) as the B registers of its mma, in the order the
-// dequantisation pairs weights: int4 word wd = weights 8wd..8wd+7, pairs j = (8wd + j, 8wd + j + 4); int8 word wd =
-// weights 4wd..4wd+3, pairs j = (4wd + 2j, 4wd + 2j + 1).
+// x under chunk c of row xr (int4: 32 values from element 32 c; int8: 16 from 16 c) as the B registers of its mma,
+// in the order the dequantisation pairs weights: int4 word wd = weights 8wd..8wd+7, pairs j = (8wd + j, 8wd + j + 4);
+// int8 word wd = weights 4wd..4wd+3, pairs j = (4wd + 2j, 4wd + 2j + 1).
 template <typename T, bool INT4>
 __device__ __forceinline__ void x_pairs(const T* xr, int c, uint32_t (&b)[INT4 ? 16 : 8]) {
   constexpr int XV = INT4 ? 4 : 2;  // 16-byte vectors of x under a chunk
