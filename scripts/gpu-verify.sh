@@ -13,12 +13,16 @@ source .cuda-host/setup.sh
 t0=$(date +%s)
 CUDA_ARCHS=${CUDA_ARCHS:-90} bash native/build.sh >"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"
+# Each test step has a time limit (TEST_TIMEOUT seconds, default 240): a kernel that hangs (session 16: an mma.sync
+# reached by half a warp) then costs that, not the rest of the device call; rc 124 says which step it was.
+lim=${TEST_TIMEOUT:-240}
 if [ -z "${SKIP_TESTS:-}" ]; then
-  native/build/kernels_test >"$out/kernels_test.log" 2>&1; grep -E "FAIL|SUMMARY" "$out/kernels_test.log" | tail -8
-  native/build/kernels_test quant >"$out/kernels_test_quant.log" 2>&1
-  grep -E "FAIL|SUMMARY" "$out/kernels_test_quant.log" | tail -8
-  node node_modules/vitest/vitest.mjs run --config test-gpu/vitest.config.ts >"$out/vitest-gpu.log" 2>&1
-  grep -E "Test Files|Tests |FAIL|×" "$out/vitest-gpu.log" | tail -12
+  timeout "$lim" native/build/kernels_test >"$out/kernels_test.log" 2>&1
+  echo "kernels_test rc=$?"; grep -E "FAIL|SUMMARY" "$out/kernels_test.log" | tail -8
+  timeout "$lim" native/build/kernels_test quant >"$out/kernels_test_quant.log" 2>&1
+  echo "kernels_test quant rc=$?"; grep -E "FAIL|SUMMARY" "$out/kernels_test_quant.log" | tail -8
+  timeout "$lim" node node_modules/vitest/vitest.mjs run --config test-gpu/vitest.config.ts >"$out/vitest-gpu.log" 2>&1
+  echo "GPU vitest rc=$?"; grep -E "Test Files|Tests |FAIL|×" "$out/vitest-gpu.log" | tail -12
 fi
 i=0
 for cmd in "$@"; do
