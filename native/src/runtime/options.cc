@@ -2,6 +2,8 @@
 // its option (for benchmarking and A/B runs without code changes; native/README.md documents them).
 #include "options.h"
 
+#include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -30,6 +32,27 @@ bool env_int(const char* name, const std::string& path, long lo, long hi, long* 
                     std::to_string(hi) + "]");
   *out = x;
   return true;
+}
+
+// TSLLM_QGEMV_PICKS: "NxK:variant" items, comma-separated (e.g. 12288x4096:8,4096x11008:11).
+std::vector<Tunables::ShapePick> env_picks(const char* name, const std::string& path) {
+  std::vector<Tunables::ShapePick> picks;
+  const char* v = env(name);
+  if (!v) return picks;
+  const std::string all(v);
+  size_t at = 0;
+  while (at <= all.size()) {
+    const size_t end = std::min(all.find(',', at), all.size());
+    const std::string item = all.substr(at, end - at);
+    int N = 0, K = 0, var = 0, used = 0;
+    if (std::sscanf(item.c_str(), "%dx%d:%d%n", &N, &K, &var, &used) != 3 || used != int(item.size()) || N < 1 ||
+        K < 1 || var < 0 || var >= kQuantGemvVariants)
+      throw LoadError(path + ": environment " + name + ": \"" + item + "\" is not NxK:variant (variant 0-" +
+                      std::to_string(kQuantGemvVariants - 1) + ")");
+    picks.push_back({N, K, var});
+    at = end + 1;
+  }
+  return picks;
 }
 
 }  // namespace
@@ -80,12 +103,13 @@ Tunables resolve_tunables(const tsllm_options& o, const std::string& path) {
   if (env_int("TSLLM_STRICT_KERNELS", path, 0, 1, &x)) t.strict = x == 1;
   if (env_int("TSLLM_FP8_CONTEXT_FMHA", path, 0, 1, &x)) t.fp8_context_fmha = x == 1 ? 1 : -1;
   // quant_linear: TSLLM_QGEMV=0 (decode through the large-M path), TSLLM_QGEMV_VARIANT=k, TSLLM_QGEMV_TUNE_BELOW=k
-  // (the tuner tries variants 0..k-1 only), TSLLM_FP8_OUTER_VEC=0,
-  // TSLLM_FP8_FAST_ACCUM=0, TSLLM_QGEMV_PROLOGUE=1 (rms_norm folded into the quantised gemv),
+  // (the tuner tries variants 0..k-1 only), TSLLM_QGEMV_PICKS=NxK:v,... (variant v for that shape),
+  // TSLLM_FP8_OUTER_VEC=0, TSLLM_FP8_FAST_ACCUM=0, TSLLM_QGEMV_PROLOGUE=1 (rms_norm folded into the quantised gemv),
   // TSLLM_FP8_ACT_FUSION=0 (FP8 GEMMs quantise their activations themselves).
   if (env_int("TSLLM_QGEMV", path, 0, 1, &x)) t.quant_gemv = x == 1;
   if (env_int("TSLLM_QGEMV_VARIANT", path, 0, kQuantGemvVariants - 1, &x)) t.quant_gemv_variant = int(x);
   if (env_int("TSLLM_QGEMV_TUNE_BELOW", path, 1, kQuantGemvVariants, &x)) t.quant_gemv_tune_below = int(x);
+  t.quant_gemv_picks = env_picks("TSLLM_QGEMV_PICKS", path);
   if (env_int("TSLLM_FP8_OUTER_VEC", path, 0, 1, &x)) t.fp8_outer_vec = x == 1;
   if (env_int("TSLLM_FP8_FAST_ACCUM", path, 0, 1, &x)) t.fp8_fast_accum = x == 1;
   if (env_int("TSLLM_QGEMV_PROLOGUE", path, 0, 1, &x)) t.quant_gemv_prologue = x == 1;

@@ -1,6 +1,7 @@
 // The runtime's tunables, resolved once at load from tsllm_options and the TSLLM_* environment overrides.
 #pragma once
 #include <string>
+#include <vector>
 
 #include "../../include/tsllm.h"
 #include "../kernels/kernels.h"
@@ -31,6 +32,12 @@ struct Tunables {
   bool quant_gemv = true;
   int quant_gemv_variant = -1;
   int quant_gemv_tune_below = -1;  // the tuner tries only variants below this (-1: all), to A/B newly added ones
+  // Per-shape forced variants (TSLLM_QGEMV_PICKS=NxK:v,...): the engine's step measured with picks the load-time
+  // tuner would not make (session 16: its eager timings and gemv_bench's graph timings ranked int4 variants apart).
+  struct ShapePick {
+    int N, K, variant;
+  };
+  std::vector<ShapePick> quant_gemv_picks;
   // rms_norm folded into the quantised decode gemv (plan_prologue_fusion). Off: the load-time tuner times the fused
   // kernel alone and picks it by a few percent, but inside the decode graph it costs more than it saves (H200,
   // Llama-2-7B FP8 bs 1, TSLLM_PROFILE=graph step: 2.917 ms with the tuner's picks, 3.403 ms in a run where it

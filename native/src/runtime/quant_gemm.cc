@@ -67,6 +67,7 @@ void QuantGemm::init(const QuantWorkspace& need, const Tunables& tun) {
   gemv_on = tun.quant_gemv;
   gemv_force = tun.quant_gemv_variant;
   tune_below = tun.quant_gemv_tune_below;
+  shape_picks = tun.quant_gemv_picks;
   fp8_outer = tun.fp8_outer_vec;
   fast_accum = tun.fp8_fast_accum;
   tune = tun.gemm_tune;
@@ -164,6 +165,10 @@ int QuantGemm::gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s) 
   // the tuner.
   if (gemv_force >= 0 && gemv_force < quant_gemv_variants(c.kind) && c.M <= quant_gemv_max_m(c.kind, gemv_force))
     return gemv_force;
+  for (const auto& p : shape_picks)  // TSLLM_QGEMV_PICKS, on the same terms as a forced variant
+    if (p.N == c.N && p.K == c.K && p.variant < quant_gemv_variants(c.kind) &&
+        c.M <= quant_gemv_max_m(c.kind, p.variant))
+      return p.variant;
   // Untuned: variant 1; 5-16 rows (int kinds) only when the tuner has seen a tensor-core variant run the shape (it
   // refuses some: groups of a non-power-of-two count of chunks), else the large-M path.
   const int dflt = c.M <= kQuantGemvMaxM ? 1 : -1;

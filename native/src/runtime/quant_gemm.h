@@ -111,6 +111,7 @@ class QuantGemm {
   bool gemv_on = true;    // TSLLM_QGEMV=0: never the quantised gemv
   int gemv_force = -1;    // TSLLM_QGEMV_VARIANT=k
   int tune_below = -1;    // TSLLM_QGEMV_TUNE_BELOW=k
+  std::vector<Tunables::ShapePick> shape_picks;  // TSLLM_QGEMV_PICKS
   bool tune = true;       // tsllm_options.gemm_tune: time the gemv variants per shape (else variant 1)
   bool pdl = true;        // tsllm_options.pdl
   bool verbose = false;   // profiling on: tuning decisions to stderr
