@@ -135,7 +135,7 @@ int main(int argc, char** argv) {
       }
       std::printf("\n%s %s N=%d K=%d (%.1f MB incl. scales)\n", kn, sh.name, sh.N, sh.K, bytes / 1e6);
       // "old" variants 0-2, "new" the rest: fp8 the first design vs 3-10; int8 / int4 the CUDA-core kernel vs the
-      // tensor-core one (3-4).
+      // tensor-core ones (3-12).
       Best plain;  // the best plain variant of all (the FP8 rows' "old" below)
       for (int pro = 0; pro < 2; pro++) {
         if (pro && sh.K != 4096) continue;  // the rms_norm prologue feeds qkv / gate_up (K = hidden)

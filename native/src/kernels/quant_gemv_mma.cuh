@@ -144,6 +144,14 @@ __device__ __forceinline__ void dequant_word_exact(uint32_t u, float s, uint32_t
       p[i] = pack2<T>(__fmul_rn(float(int8_t(u >> (16 * i))), s), __fmul_rn(float(int8_t(u >> (16 * i + 8))), s));
   }
 }
+// A scale as both dequantisations take it: *s2 = s rounded to T, as a pair (the fast path's multiplier); true when
+// that is exact (s converts back to itself; an overflow to inf does not), else the per-weight path applies.
+template <typename T>
+__device__ __forceinline__ bool scale_pair(float s, uint32_t* s2) {
+  const T sT = from_f<T>(s);
+  *s2 = uint32_t(*reinterpret_cast<const uint16_t*>(&sT)) * 0x10001u;
+  return to_f(sT) == s;
+}
 template <typename T, bool INT4>
 __device__ __forceinline__ void dequant_chunk(const uint4& raw, uint32_t s2, float s, bool exact,
                                               uint32_t (&p)[4][INT4 ? 4 : 2]) {
@@ -359,12 +367,10 @@ __global__ void __launch_bounds__(WARPS * 32)
         }
 #pragma unroll
       for (int i = 0; i < TILES; i++) {
-        // s in T (one conversion per chunk); exact when it converts back to itself (an overflow to inf does not).
-        const T sT = from_f<T>(s[i]);
-        const uint16_t sb = *reinterpret_cast<const uint16_t*>(&sT);
-        const bool exact = to_f(sT) == s[i];
+        uint32_t s2;  // (one conversion per chunk)
+        const bool exact = scale_pair<T>(s[i], &s2);
         uint32_t p[4][INT4 ? 4 : 2];
-        dequant_chunk<T, INT4>(cur[i], uint32_t(sb) * 0x10001u, s[i], exact, p);
+        dequant_chunk<T, INT4>(cur[i], s2, s[i], exact, p);
 #pragma unroll
         for (int wd = 0; wd < 4; wd++)
 #pragma unroll

@@ -128,16 +128,11 @@ __global__ void __launch_bounds__(WARPS * 32, MINB)
       issue(u, cbu + D * kStride);  // the stage is free again: the next weights go out before this chunk's math
 #pragma unroll
       for (int i = 0; i < TILES; i++) {
-        // s in T (one conversion per chunk); exact when it converts back to itself (an overflow to inf does not).
-        uint32_t s2[2];
+        uint32_t s2[2];  // (one conversion per chunk)
         bool exact[2];
         const uint32_t* wv[2] = {&cur[i][0].x, &cur[i][1].x};
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-          const T sT = from_f<T>(s[i][h]);
-          s2[h] = uint32_t(*reinterpret_cast<const uint16_t*>(&sT)) * 0x10001u;
-          exact[h] = to_f(sT) == s[i][h];
-        }
+        for (int h = 0; h < 2; h++) exact[h] = scale_pair<T>(s[i][h], &s2[h]);
         // A word of rows g and g + 8 at a time: its dequantised pairs meet their x pairs in NP / 2 mma.
         auto mma_word = [&](int wd, const uint32_t(&p0)[NP], const uint32_t(&p1)[NP]) {
 #pragma unroll

@@ -161,21 +161,19 @@ int QuantGemm::tuned_pick(std::map<PickKey, int>& picks, const QuantLinearCall& 
 int QuantGemm::gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s) {
   if (!gemv_on || quant_gemv_unsupported(c.kind, c.M, c.K, c.group, c.x, c.w, dt)) return -1;
   if (c.x_fp8) return rows_variant(c, dt, s);
-  // A forced variant this kind lacks (int8 / int4 have 0-12), or one that takes fewer rows than M, leaves the call to
-  // the tuner.
-  if (gemv_force >= 0 && gemv_force < quant_gemv_variants(c.kind) && c.M <= quant_gemv_max_m(c.kind, gemv_force))
-    return gemv_force;
-  for (const auto& p : shape_picks)  // TSLLM_QGEMV_PICKS, on the same terms as a forced variant
-    if (p.N == c.N && p.K == c.K && p.variant < quant_gemv_variants(c.kind) &&
-        c.M <= quant_gemv_max_m(c.kind, p.variant))
-      return p.variant;
+  // Variant v exists for this kind (int8 / int4 have 0-12) and takes M rows. A forced variant that does not leaves
+  // the call to the tuner, as does a TSLLM_QGEMV_PICKS entry.
+  auto fits = [&](int v) { return v >= 0 && v < quant_gemv_variants(c.kind) && c.M <= quant_gemv_max_m(c.kind, v); };
+  if (fits(gemv_force)) return gemv_force;
+  for (const auto& p : shape_picks)
+    if (p.N == c.N && p.K == c.K && fits(p.variant)) return p.variant;
   // Untuned: variant 1; 5-16 rows (int kinds) only when the tuner has seen a tensor-core variant run the shape (it
   // refuses some: groups of a non-power-of-two count of chunks), else the large-M path.
   const int dflt = c.M <= kQuantGemvMaxM ? 1 : -1;
   if (!tune) return dflt;
   return tuned_pick(
       gemv_pick_, c, dt, dflt, 0, quant_gemv_variants(c.kind) - 1,
-      [&](int v) { return c.M <= quant_gemv_max_m(c.kind, v) && !capped(v); },
+      [&](int v) { return fits(v) && !capped(v); },
       [&](int v) {
         return quant_gemv(v, c.kind, c.x, c.w, c.scales, c.group, c.bias, c.residual, tune_out_, c.M, c.N, c.K, c.act,
                           dt, pdl, s);
