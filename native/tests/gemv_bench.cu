@@ -10,6 +10,7 @@
 //
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90,code=sm_90 -o gemv_bench tests/gemv_bench.cu src/kernels/*.cu
 //   ./gemv_bench                  (or native/build/gemv_bench after npm run build:native; about 30 s)
+//   ./gemv_bench int4 gate_up 7   (one kind, shape and variant: for ncu)
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -37,6 +38,9 @@ struct Best {
 int main(int argc, char** argv) {
   const char* only = argc > 1 ? argv[1] : nullptr;  // fp16 | fp8 | int8 | int4
   auto want = [&](const char* k) { return !only || std::string(only) == k; };
+  const char* only_shape = argc > 2 ? argv[2] : nullptr;
+  const int only_v = argc > 3 ? std::atoi(argv[3]) : -1;
+  auto skip = [&](int v) { return only_v >= 0 && v != only_v; };
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
   const double copy = copy_gbs();
@@ -66,6 +70,7 @@ int main(int argc, char** argv) {
     summary.push_back(b);
   };
   for (const Shape& sh : shapes) {
+    if (only_shape && std::string(only_shape) != sh.name) continue;
     // fp16 gemv: variants 0-9; plain, and with the prologue that feeds the shape in Llama (rms_norm: K = hidden;
     // gated SiLU: down_proj).
     if (want("fp16")) {
@@ -85,6 +90,7 @@ int main(int argc, char** argv) {
         }
         Best o, n;
         for (int v = 0; v < kGemvVariants; v++) {
+          if (skip(v)) continue;
           const double us = graph_us(calls, [&](int i, cudaStream_t s) {
             return gemv_pro(v, gp, x, w[i % copies], nullptr, nullptr, out, 1, sh.N, sh.K, DType::F16, true, s);
           });
@@ -143,7 +149,7 @@ int main(int argc, char** argv) {
         if (pro) gp.kind = GemvPro::RmsNorm, gp.norm_w = nw, gp.eps = 1e-5f;
         Best o, n;
         for (int v = 0; v < quant_gemv_variants(kind); v++) {
-          if (pro && !quant_gemv_has_prologue(kind, v)) continue;
+          if (skip(v) || (pro && !quant_gemv_has_prologue(kind, v))) continue;
           const double us = graph_us(calls, [&](int i, cudaStream_t s) {
             return quant_gemv(v, kind, x, w[i % copies], sc[i % copies], group, nullptr, nullptr, out, 1, sh.N, sh.K,
                               Act::None, DType::F16, true, s, gp);
