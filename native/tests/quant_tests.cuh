@@ -117,39 +117,47 @@ void test_quant_gemv(Rng& rng, const LinCase& c, DType dt) {
   const auto& [w, sc, dw, dsc] = qw;
   x.up(), bias.up(), res.up();
 
-  // Reference (double sums; fp8: fround(fround(acc) * fround(sx*sw)) as quant-linear.ts).
-  std::vector<double> ref(size_t(M) * N), mag(size_t(M) * N);
+  // Reference (double sums; fp8: fround(fround(acc) * fround(sx*sw)) as quant-linear.ts). refp: the same with the
+  // int weights unrounded (fp32(q · s), exact), what the post-scale variants compute (quant_gemv_post_scale).
+  std::vector<double> ref(size_t(M) * N), refp(size_t(M) * N), mag(size_t(M) * N);
   std::vector<float> sx;
   std::vector<uint8_t> qx;
   if (c.kind == QuantKind::Fp8) quant_rows(x, M, K, sx, qx);
   for (int m = 0; m < M; m++)
     for (int n = 0; n < N; n++) {
-      double acc = 0, a = 0;
+      double acc = 0, accp = 0, a = 0;
       for (int k = 0; k < K; k++) {
         double t;
-        if (c.kind == QuantKind::Fp8)
+        if (c.kind == QuantKind::Fp8) {
           t = double(e4m3_val(qx[size_t(m) * K + k])) * e4m3_val(w[size_t(n) * K + k]);
-        else
+        } else {
           t = double(x.get(size_t(m) * K + k)) * deq(c.kind, w, sc, c.group, K, n, k, dt);
+          accp += double(x.get(size_t(m) * K + k)) * deq(c.kind, w, sc, c.group, K, n, k, DType::F32);
+        }
         acc += t, a += std::fabs(t);
       }
-      double v = c.kind == QuantKind::Fp8 ? double(float(float(acc) * float(sx[m] * sc[n]))) : acc;
       double scale = c.kind == QuantKind::Fp8 ? double(sx[m] * sc[n]) : 1.0;
-      if (c.bias) v += bias.get(n);
-      v = act_host(v, c.act);
-      if (c.res) v += res.get(size_t(m) * N + n);
-      ref[size_t(m) * N + n] = v;
+      auto epilogue = [&](double v) {
+        if (c.bias) v += bias.get(n);
+        v = act_host(v, c.act);
+        return c.res ? v + res.get(size_t(m) * N + n) : v;
+      };
+      ref[size_t(m) * N + n] = epilogue(c.kind == QuantKind::Fp8 ? double(float(float(acc) * float(sx[m] * sc[n]))) : acc);
+      refp[size_t(m) * N + n] = epilogue(accp);
       mag[size_t(m) * N + n] = a * scale;
     }
   for (int variant = 0; variant < quant_gemv_variants(c.kind); variant++) {
-    if (M > quant_gemv_max_m(c.kind, variant)) {  // more rows than the variant takes: refused, never run
+    // More rows than the variant takes, or a post-scale variant at a K / group without whole iterations of one
+    // scale: refused, never run.
+    if (!quant_gemv_takes(c.kind, variant, M, K, c.group)) {
       report(quant_gemv(variant, c.kind, x.d, dw, dsc, c.group, nullptr, nullptr, out.d, M, N, K, c.act, dt, true, 0) ==
                  cudaErrorInvalidValue,
              std::string("quant_gemv ") + quant_kind_name(c.kind) + " v" + std::to_string(variant) + " refuses M=" +
-                 std::to_string(M),
+                 std::to_string(M) + " K=" + std::to_string(K) + " g=" + std::to_string(c.group),
              0);
       continue;
     }
+    const std::vector<double>& r = quant_gemv_post_scale(c.kind, variant) ? refp : ref;
     for (int alias = 0; alias < (c.res ? 2 : 1); alias++) {
       // alias: the residual is read from out itself (the runtime's in-place residual add).
       void* o = out.d;
@@ -160,8 +168,7 @@ void test_quant_gemv(Rng& rng, const LinCase& c, DType dt) {
       sync_check();
       out.down();
       Err e;
-      for (size_t i = 0; i < ref.size(); i++)
-        e.add(out.get(i), ref[i], 1e-5 * mag[i] + 1e-6, rtol_of(dt) * 1.01);
+      for (size_t i = 0; i < ref.size(); i++) e.add(out.get(i), r[i], 1e-5 * mag[i] + 1e-6, rtol_of(dt) * 1.01);
       char name[160];
       std::snprintf(name, sizeof name, "quant_gemv %s %s M=%d N=%d K=%d g=%d v%d%s%s%s%s%s", quant_kind_name(c.kind),
                     dname(dt), M, N, K, c.group, variant, c.tscale == 1 ? " scales in T" : c.tscale == 2 ? " scales mixed" : "",
@@ -201,7 +208,7 @@ void test_quant_gemv(Rng& rng, const LinCase& c, DType dt) {
     cudaFree(dq);
     cudaFree(ds);
   }
-  // A variant beyond the kind's (int8 / int4 have 0-12) is refused, never run.
+  // A variant beyond the kind's (int8 / int4 have 0-18) is refused, never run.
   if (c.kind != QuantKind::Fp8)
     report(quant_gemv(quant_gemv_variants(c.kind), c.kind, x.d, dw, dsc, c.group, nullptr, nullptr, out.d, M, N, K,
                       c.act, dt, true, 0) == cudaErrorInvalidValue,
@@ -619,6 +626,8 @@ static void test_quant(Rng& rng) {
       {QuantKind::Int4, 1, 4096, 11008, 128, false, true, Act::None, 1},  // Llama-2-7B's down_proj
       {QuantKind::Int4, 2, 77, 352, 32, true, true, Act::GeluTanh, 2},
       {QuantKind::Int4, 4, 65, 512, 64, false, true, Act::None, 1},
+      // Groups of 256 (8 chunks: the post-scale variants' scale index of an iteration shifts by 3).
+      {QuantKind::Int4, 2, 129, 4096, 256, true, true, Act::None, 1},
       // The tiny fixtures' shapes (hidden 128, Llama intermediate 352, GPT-J 512) at 3 rows, the packed golden
       // check's decode steps.
       {QuantKind::Int4, 3, 256, 128, 32, false, false, Act::None, 1},

@@ -31,7 +31,7 @@ const char* quant_kind_name(QuantKind k);  // QuantKind: enums.h
 //     sm_89+ code only, else cudaErrorNotSupported; rms_norm prologue);
 //   int8 / int4 0-2: 1/2/4 rows per warp (quant_gemv_int.cuh); 3-6: tensor-core kernels (quant_gemv_mma.cuh, no
 //     prologue; 5-6 are 3-4 with x staged in shared memory); 7-12: tensor-core kernels with the weights as the mma's
-//     A operand (quant_gemv_mma_a.cuh, 1-8 rows, no prologue).
+//     A operand (quant_gemv_mma_a.cuh, 1-8 rows, no prologue); 13-18: 7-12 with the scales after the mma.
 // Variants beyond a kind's count are refused, cudaErrorInvalidValue.
 // pro: GemvPro::RmsNorm folds an rms_norm into the vector read (x is then the norm's input, as gemv_pro; the vector
 // T((x · inv_rms) · norm_w) rounded as norms.cu writes it); fp8 3-10 and int 0-2 (quant_gemv_has_prologue).
@@ -42,12 +42,22 @@ constexpr int kIntMmaFirstVariant = 3;  // int8 / int4: variants from here are t
 constexpr int kIntMmaGemvMaxM = 16;
 constexpr int kIntMmaAVariant = 7;
 constexpr int kIntMmaAGemvMaxM = 8;
+// 13-18: 7-12 with the scale applied to the mma's fp32 sums, not to each weight (int8, int4 groups >= 128, K a
+// multiple of 128 int4 / 64 int8 weights; else refused): quant_gemv_post_scale.
+constexpr int kIntMmaPostVariant = 13;
 // The most token rows variant `variant` of `kind` takes.
 int quant_gemv_max_m(QuantKind kind, int variant);
 constexpr int kFp8GemvVariants = 11;
-constexpr int kIntGemvVariants = 13;
-constexpr int kQuantGemvVariants = 13;  // the most of any kind
-int quant_gemv_variants(QuantKind kind);  // fp8 11, int8 / int4 13
+constexpr int kIntGemvVariants = 19;
+constexpr int kQuantGemvVariants = 19;  // the most of any kind
+int quant_gemv_variants(QuantKind kind);  // fp8 11, int8 / int4 19
+// Whether the variant scales the sums instead of the weights (its results then differ from the reference's
+// T(q · s) weights by those weights' rounding: at most the unit roundoff of T times sum |x · w|).
+bool quant_gemv_post_scale(QuantKind kind, int variant);
+// Whether the variant takes the call's shape (beyond quant_gemv_unsupported's, which holds for every variant): M
+// rows, int4 tensor-core variants a power-of-two count of 32-weight chunks a group, the post-scale ones whole
+// iterations of one scale a row (K a multiple of 128 int4 / 64 int8 weights, int4 groups of >= 128).
+bool quant_gemv_takes(QuantKind kind, int variant, int M, int K, int group);
 // Why a call is not eligible (nullptr when it is): shapes and alignment the kernels need.
 const char* quant_gemv_unsupported(QuantKind kind, int M, int K, int group, const void* x, const void* w, DType dt);
 bool quant_gemv_has_prologue(QuantKind kind, int variant);

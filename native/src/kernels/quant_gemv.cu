@@ -125,6 +125,19 @@ int quant_gemv_max_m(QuantKind kind, int variant) {
   return variant >= kIntMmaAVariant ? kIntMmaAGemvMaxM : kIntMmaGemvMaxM;
 }
 
+bool quant_gemv_post_scale(QuantKind kind, int variant) {
+  return kind != QuantKind::Fp8 && variant >= kIntMmaPostVariant && variant < quant_gemv_variants(kind);
+}
+
+bool quant_gemv_takes(QuantKind kind, int variant, int M, int K, int group) {
+  if (variant < 0 || variant >= quant_gemv_variants(kind) || M > quant_gemv_max_m(kind, variant)) return false;
+  if (kind == QuantKind::Fp8 || variant < kIntMmaFirstVariant) return true;
+  const int cpg = kind == QuantKind::Int4 ? group / 32 : 4;  // chunks a scale (int8: a whole row)
+  if (cpg & (cpg - 1)) return false;  // (the tensor-core kernels shift a chunk index by its log2)
+  if (!quant_gemv_post_scale(kind, variant)) return true;
+  return K % (kind == QuantKind::Int4 ? 128 : 64) == 0 && cpg >= 4;
+}
+
 int quant_gemv_variants(QuantKind kind) { return kind == QuantKind::Fp8 ? kFp8GemvVariants : kIntGemvVariants; }
 
 bool quant_gemv_has_prologue(QuantKind kind, int variant) {
@@ -136,8 +149,7 @@ cudaError_t quant_gemv(int variant, QuantKind kind, const void* x, const void* w
                        const void* bias, const void* residual, void* out, int M, int N, int K, Act act, DType dt,
                        bool pdl, cudaStream_t s, const GemvPrologue& pro) {
   if (quant_gemv_unsupported(kind, M, K, group, x, w, dt)) return cudaErrorInvalidValue;
-  if (variant < 0 || variant >= quant_gemv_variants(kind) || M > quant_gemv_max_m(kind, variant))
-    return cudaErrorInvalidValue;
+  if (!quant_gemv_takes(kind, variant, M, K, group)) return cudaErrorInvalidValue;
   const void* nw = nullptr;
   if (pro.kind == GemvPro::RmsNorm) {
     if (!pro.norm_w || (reinterpret_cast<uintptr_t>(pro.norm_w) & 15) || !quant_gemv_has_prologue(kind, variant))

@@ -93,42 +93,51 @@ __device__ __forceinline__ uint32_t h2_mul(uint32_t a, uint32_t s2) {
 }
 
 // The B registers of a 16-byte chunk, per 32-bit word wd: int4 — 8 nibbles e0..e7 -> p[wd][0..3] = (e0,e4),
-// (e1,e5), (e2,e6), (e3,e7); int8 — 4 bytes -> p[wd][0..1] = (b0,b1), (b2,b3); each value T(q · s). s2: s in T as a
-// pair (exact: the fast path, dequant_word); exact == false (s not representable in T): each weight rounded from
-// fp32(q · s), the reference's words (dequant_word_exact). The branch is per chunk so the fast path stays free of
-// the slow one's conversions.
-template <typename T, bool INT4>
-__device__ __forceinline__ void dequant_word(uint32_t u, uint32_t s2, uint32_t (&p)[INT4 ? 4 : 2]) {
+// (e1,e5), (e2,e6), (e3,e7); int8 — 4 bytes -> p[wd][0..1] = (b0,b1), (b2,b3). dequant_word_q: each value q itself
+// in T (exact: 4 / 8-bit integers); dequant_word: T(q · s) with s2 = s in T as a pair (exact: the fast path, one
+// rounding of the exact q · s); exact == false (s not representable in T): each weight rounded from fp32(q · s),
+// the reference's words (dequant_word_exact). The branch is per chunk so the fast path stays free of the slow one's
+// conversions.
+// dequant_pairs: the q pairs through f (the scale, or nothing), pair by pair as the words are taken apart.
+template <typename T, bool INT4, class F>
+__device__ __forceinline__ void dequant_pairs(uint32_t u, uint32_t (&p)[INT4 ? 4 : 2], F&& f) {
   if constexpr (INT4 && std::is_same_v<T, half>) {
     // One shift per word: nibbles (0, 4) and (2, 6) sit in the mantissa's low bits as below; (1, 5) and (3, 7)
     // are masked in place (bits 4-7: 1024 + 16 (q + 8), as fp16's 10-bit mantissa has room) and brought down by
-    // an fma with 1/16 and -(64 + 8): every step exact, so p is still RN(q · s). Saves two shifts per word.
+    // an fma with 1/16 and -(64 + 8): every step exact. Saves two shifts per word.
     constexpr uint32_t lo = Half2Of<T>::kMagic4 | 0x00080008u, hi = Half2Of<T>::kMagic4 | 0x00800080u;
     constexpr uint32_t k16 = 0x2C002C00u, kb16 = 0xD480D480u;  // 1/16, -72
     const uint32_t u8 = u >> 8;
-    p[0] = h2_mul<T>(h2_sub<T>(lop3_and_xor(u, 0x000F000Fu, lo), Half2Of<T>::kBias4), s2);
-    p[1] = h2_mul<T>(h2_fma<T>(lop3_and_xor(u, 0x00F000F0u, hi), k16, kb16), s2);
-    p[2] = h2_mul<T>(h2_sub<T>(lop3_and_xor(u8, 0x000F000Fu, lo), Half2Of<T>::kBias4), s2);
-    p[3] = h2_mul<T>(h2_fma<T>(lop3_and_xor(u8, 0x00F000F0u, hi), k16, kb16), s2);
+    p[0] = f(h2_sub<T>(lop3_and_xor(u, 0x000F000Fu, lo), Half2Of<T>::kBias4));
+    p[1] = f(h2_fma<T>(lop3_and_xor(u, 0x00F000F0u, hi), k16, kb16));
+    p[2] = f(h2_sub<T>(lop3_and_xor(u8, 0x000F000Fu, lo), Half2Of<T>::kBias4));
+    p[3] = f(h2_fma<T>(lop3_and_xor(u8, 0x00F000F0u, hi), k16, kb16));
   } else if constexpr (INT4) {
     // magic | the nibble's sign bit flipped: two's-complement q becomes q + 8 in the mantissa (bf16's 7-bit
     // mantissa has no room for the in-place trick above: a shift per nibble pair)
     constexpr uint32_t c = Half2Of<T>::kMagic4 | 0x00080008u;
 #pragma unroll
-    for (int i = 0; i < 4; i++)
-      p[i] = h2_mul<T>(h2_sub<T>(lop3_and_xor(u >> (4 * i), 0x000F000Fu, c), Half2Of<T>::kBias4), s2);
+    for (int i = 0; i < 4; i++) p[i] = f(h2_sub<T>(lop3_and_xor(u >> (4 * i), 0x000F000Fu, c), Half2Of<T>::kBias4));
   } else if constexpr (std::is_same_v<T, half>) {  // fp16: 1024 + (q + 128)
     const uint32_t v = u ^ 0x80808080u;
-    p[0] = h2_mul<T>(h2_sub<T>(__byte_perm(v, Half2Of<T>::kMagic8, 0x4140), Half2Of<T>::kBias8), s2);
-    p[1] = h2_mul<T>(h2_sub<T>(__byte_perm(v, Half2Of<T>::kMagic8, 0x4342), Half2Of<T>::kBias8), s2);
-  } else {  // bf16 int8: 2^23 + (q + 128) as fp32, minus the bias (exact), packed (exact), times s
+    p[0] = f(h2_sub<T>(__byte_perm(v, Half2Of<T>::kMagic8, 0x4140), Half2Of<T>::kBias8));
+    p[1] = f(h2_sub<T>(__byte_perm(v, Half2Of<T>::kMagic8, 0x4342), Half2Of<T>::kBias8));
+  } else {  // bf16 int8: 2^23 + (q + 128) as fp32, minus the bias (exact), packed (exact)
     const uint32_t v = u ^ 0x80808080u;
-    float f[4];
+    float q[4];
 #pragma unroll
-    for (int i = 0; i < 4; i++) f[i] = __int_as_float(__byte_perm(v, 0x4B000000u, 0x7540 + i)) - 8388736.f;
-    p[0] = h2_mul<T>(pack2<T>(f[0], f[1]), s2);
-    p[1] = h2_mul<T>(pack2<T>(f[2], f[3]), s2);
+    for (int i = 0; i < 4; i++) q[i] = __int_as_float(__byte_perm(v, 0x4B000000u, 0x7540 + i)) - 8388736.f;
+    p[0] = f(pack2<T>(q[0], q[1]));
+    p[1] = f(pack2<T>(q[2], q[3]));
   }
+}
+template <typename T, bool INT4>
+__device__ __forceinline__ void dequant_word_q(uint32_t u, uint32_t (&p)[INT4 ? 4 : 2]) {
+  dequant_pairs<T, INT4>(u, p, [](uint32_t v) { return v; });
+}
+template <typename T, bool INT4>
+__device__ __forceinline__ void dequant_word(uint32_t u, uint32_t s2, uint32_t (&p)[INT4 ? 4 : 2]) {
+  dequant_pairs<T, INT4>(u, p, [s2](uint32_t v) { return h2_mul<T>(v, s2); });
 }
 template <typename T, bool INT4>
 __device__ __forceinline__ void dequant_word_exact(uint32_t u, float s, uint32_t (&p)[INT4 ? 4 : 2]) {

@@ -51,7 +51,13 @@ __device__ __forceinline__ void x_pairs(const T* xr, int c, uint32_t (&b)[INT4 ?
 // TILES tiles of 16 output rows a block, WARPS warps splitting K (iteration = 4 consecutive chunks of every row of
 // the block, lane t taking chunk 4 · it + t; warp w takes iterations w, w + WARPS, ...), D iterations of weights in
 // flight per lane.
-template <typename T, bool INT4, int TILES, int WARPS, int D, int MINB>
+// POST (variants 13-18, the same configurations as 7-12): the scale multiplies the mma's fp32 sums instead of every
+// weight. It takes an iteration whose four chunks share one scale per row (int8's per-row scales; int4 groups of at
+// least 128, 4 chunks) and no partial iteration (chunks % 4 == 0), so it drops per-chunk work the exact kernel
+// needs: the scale's conversion to T and its exactness vote, one HMUL2 per weight pair, the end-of-row clamp.
+// Numerics: sum_k x · q exact products in fp32, times s in fp32 — not the reference's T(q · s) per weight; the two
+// differ by the reference's own rounding of each weight (at most 2^-11 (fp16) / 2^-8 (bf16) of sum |x · w|).
+template <typename T, bool INT4, int TILES, int WARPS, int D, int MINB, bool POST>
 __global__ void __launch_bounds__(WARPS * 32, MINB)
     int_mma_a_kernel(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ sc,
                      int groups, int cpg_shift, const T* __restrict__ bias, const T* res, T* out, int M, int N, int K,
@@ -82,7 +88,7 @@ __global__ void __launch_bounds__(WARPS * 32, MINB)
   // instead: no predicated loads or zero fills in the loop, and q · 0 = 0 meets finite x.
   auto issue = [&](int u, int cb) {
     if (cb >= chunks) return;
-    const int c = min(cb + t, chunks - 1);
+    const int c = POST ? cb + t : min(cb + t, chunks - 1);
 #pragma unroll
     for (int i = 0; i < TILES; i++)
 #pragma unroll
@@ -118,48 +124,62 @@ __global__ void __launch_bounds__(WARPS * 32, MINB)
       if (cbu >= chunks) break;
       uint4 cur[TILES][2];
       float s[TILES][2];
-      const bool in_row = cbu + t < chunks;
+      const bool in_row = POST || cbu + t < chunks;
 #pragma unroll
       for (int i = 0; i < TILES; i++)
 #pragma unroll
         for (int h = 0; h < 2; h++) cur[i][h] = wr[u][i][h], s[i][h] = in_row ? sr[u][i][h] : 0.f;
       uint32_t b[INT4 ? 16 : 8];
-      x_pairs<T, INT4>(xr, min(cbu + t, chunks - 1), b);
+      x_pairs<T, INT4>(xr, POST ? cbu + t : min(cbu + t, chunks - 1), b);
       issue(u, cbu + D * kStride);  // the stage is free again: the next weights go out before this chunk's math
 #pragma unroll
       for (int i = 0; i < TILES; i++) {
-        uint32_t s2[2];  // (one conversion per chunk)
-        bool exact[2];
         const uint32_t* wv[2] = {&cur[i][0].x, &cur[i][1].x};
-#pragma unroll
-        for (int h = 0; h < 2; h++) exact[h] = scale_pair<T>(s[i][h], &s2[h]);
         // A word of rows g and g + 8 at a time: its dequantised pairs meet their x pairs in NP / 2 mma.
-        auto mma_word = [&](int wd, const uint32_t(&p0)[NP], const uint32_t(&p1)[NP]) {
+        auto mma_word = [&](float(&d)[4], int wd, const uint32_t(&p0)[NP], const uint32_t(&p1)[NP]) {
 #pragma unroll
           for (int j = 0; j < NP; j += 2) {
             const uint32_t a[4] = {p0[j], p1[j], p0[j + 1], p1[j + 1]};
-            mma16816<T>(acc[i], a, b[NP * wd + j], b[NP * wd + j + 1]);
+            mma16816<T>(d, a, b[NP * wd + j], b[NP * wd + j + 1]);
           }
         };
-        // The branch is warp-uniform: mma.sync must be reached by the whole warp at one instruction (a per-lane
-        // branch with an mma on each side hung kernels_test at mixed scales, session 16 run 2).
-        if (__all_sync(0xffffffffu, exact[0] && exact[1])) {
+        if constexpr (POST) {
+          // The iteration's q · x sums of rows g and g + 8 (q[0..1], q[2..3]), then scaled into acc.
+          float q[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
           for (int wd = 0; wd < 4; wd++) {
             uint32_t p0[NP], p1[NP];
-            dequant_word<T, INT4>(wv[0][wd], s2[0], p0);
-            dequant_word<T, INT4>(wv[1][wd], s2[1], p1);
-            mma_word(wd, p0, p1);
+            dequant_word_q<T, INT4>(wv[0][wd], p0);
+            dequant_word_q<T, INT4>(wv[1][wd], p1);
+            mma_word(q, wd, p0, p1);
           }
-        } else {  // a scale not representable in T in the warp (older engines): per-weight rounding where needed
 #pragma unroll
-          for (int wd = 0; wd < 4; wd++) {
-            uint32_t p[2][NP];
+          for (int e = 0; e < 4; e++) acc[i][e] = fmaf(s[i][e >> 1], q[e], acc[i][e]);
+        } else {
+          uint32_t s2[2];  // (one conversion per chunk)
+          bool exact[2];
 #pragma unroll
-            for (int h = 0; h < 2; h++)
-              if (exact[h]) dequant_word<T, INT4>(wv[h][wd], s2[h], p[h]);
-              else dequant_word_exact<T, INT4>(wv[h][wd], s[i][h], p[h]);
-            mma_word(wd, p[0], p[1]);
+          for (int h = 0; h < 2; h++) exact[h] = scale_pair<T>(s[i][h], &s2[h]);
+          // The branch is warp-uniform: mma.sync must be reached by the whole warp at one instruction (a per-lane
+          // branch with an mma on each side hung kernels_test at mixed scales, session 16 run 2).
+          if (__all_sync(0xffffffffu, exact[0] && exact[1])) {
+#pragma unroll
+            for (int wd = 0; wd < 4; wd++) {
+              uint32_t p0[NP], p1[NP];
+              dequant_word<T, INT4>(wv[0][wd], s2[0], p0);
+              dequant_word<T, INT4>(wv[1][wd], s2[1], p1);
+              mma_word(acc[i], wd, p0, p1);
+            }
+          } else {  // a scale not representable in T in the warp (older engines): per-weight rounding where needed
+#pragma unroll
+            for (int wd = 0; wd < 4; wd++) {
+              uint32_t p[2][NP];
+#pragma unroll
+              for (int h = 0; h < 2; h++)
+                if (exact[h]) dequant_word<T, INT4>(wv[h][wd], s2[h], p[h]);
+                else dequant_word_exact<T, INT4>(wv[h][wd], s[i][h], p[h]);
+              mma_word(acc[i], wd, p[0], p[1]);
+            }
           }
         }
       }
@@ -179,33 +199,39 @@ __global__ void __launch_bounds__(WARPS * 32, MINB)
   store_warp_sums<T>(red, n0, M, N, bias, res, out, act);
 }
 
-template <typename T, bool INT4, int TILES, int WARPS, int D, int MINB>
+template <typename T, bool INT4, int TILES, int WARPS, int D, int MINB, bool POST>
 cudaError_t launch_int_mma_a(int M, const void* x, const void* w, const float* sc, int group, const void* bias,
                              const void* res, void* out, int N, int K, Act act, bool pdl, cudaStream_t s) {
   if (M < 1 || M > kIntMmaAGemvMaxM) return cudaErrorInvalidValue;
   const int cpg_shift = INT4 ? int4_chunk_shift(group) : 0;  // (other groups: refused, as by variants 3-6)
   if (cpg_shift < 0) return cudaErrorInvalidValue;
+  // (POST's shapes, whole iterations of one scale a row: quant_gemv_takes, checked by quant_gemv)
   const unsigned blocks = unsigned((N + TILES * 16 - 1) / (TILES * 16));
-  return launch_pdl(int_mma_a_kernel<T, INT4, TILES, WARPS, D, MINB>, blocks, WARPS * 32, 0, pdl, s,
+  return launch_pdl(int_mma_a_kernel<T, INT4, TILES, WARPS, D, MINB, POST>, blocks, WARPS * 32, 0, pdl, s,
                     static_cast<const T*>(x), static_cast<const uint8_t*>(w), sc, INT4 ? K / group : 1, cpg_shift,
                     static_cast<const T*>(bias), static_cast<const T*>(res), static_cast<T*>(out), M, N, K, int(act));
 }
 
-// Variants 7-12: (tiles of 16 rows, warps splitting K, iterations in flight, blocks an SM the registers allow).
+// Variants 7-12: (tiles of 16 rows, warps splitting K, iterations in flight, blocks an SM the registers allow);
+// 13-18 the same with the scales after the mma (POST, kIntMmaPostVariant).
 // 10 and 12 won no Llama-2-7B shape in session 16 (gemv_bench or the engine's tuner): candidates to prune.
 template <typename T, bool INT4>
 cudaError_t launch_int_mma_a_variant(int variant, int M, const void* x, const void* w, const float* sc, int group,
                                      const void* bias, const void* res, void* out, int N, int K, Act act, bool pdl,
                                      cudaStream_t s) {
-  switch (variant) {
-    case 7: return launch_int_mma_a<T, INT4, 2, 4, 1, 6>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
-    case 8: return launch_int_mma_a<T, INT4, 1, 4, 2, 6>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
-    case 9: return launch_int_mma_a<T, INT4, 1, 8, 2, 3>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
-    case 10: return launch_int_mma_a<T, INT4, 2, 4, 1, 4>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
-    case 11: return launch_int_mma_a<T, INT4, 1, 8, 4, 2>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
-    case 12: return launch_int_mma_a<T, INT4, 2, 8, 2, 2>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
-    default: return cudaErrorInvalidValue;
-  }
+  auto go = [&](auto post) {
+    constexpr bool P = decltype(post)::value;
+    switch (variant - (P ? kIntMmaPostVariant - kIntMmaAVariant : 0)) {
+      case 7: return launch_int_mma_a<T, INT4, 2, 4, 1, 6, P>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
+      case 8: return launch_int_mma_a<T, INT4, 1, 4, 2, 6, P>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
+      case 9: return launch_int_mma_a<T, INT4, 1, 8, 2, 3, P>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
+      case 10: return launch_int_mma_a<T, INT4, 2, 4, 1, 4, P>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
+      case 11: return launch_int_mma_a<T, INT4, 1, 8, 4, 2, P>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
+      case 12: return launch_int_mma_a<T, INT4, 2, 8, 2, 2, P>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
+      default: return cudaErrorInvalidValue;
+    }
+  };
+  return variant >= kIntMmaPostVariant ? go(std::true_type{}) : go(std::false_type{});
 }
 
 }  // namespace
