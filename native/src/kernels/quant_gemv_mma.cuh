@@ -413,15 +413,17 @@ constexpr size_t int_mma_ring_bytes() {
   return size_t(WARPS) * S * TILES * 32 * 16;
 }
 
-// One instantiation's launch. Past 48 KB of dynamic shared memory the kernel is opted in once: the flag is a static
-// of this function template, so every instantiation (rows, staging) has its own (one flag shared by kernels of the
-// same signature left all but the first un-opted: "invalid argument", kernels_test, session 9 run 1).
+// One instantiation's launch. A staged kernel is opted in once to its largest size: the flag is a static of this
+// function template, so every instantiation (rows, staging) has its own (one flag shared by kernels of the same
+// signature left all but the first un-opted: "invalid argument", kernels_test, session 9 run 1). Every staged one,
+// not only past 48 KB of dynamic memory: the default 48 KB counts the static reduction arrays too, and the ring's
+// 32 KB + 16 KB of x (2 rows of K 4096) were refused at exactly 48 KB (kernels_test, session 17 run 2).
 template <typename T, bool INT4, int MB, int TILES, int WARPS, int S, bool STAGED>
 cudaError_t launch_int_mma_one(size_t smem, unsigned blocks, const void* x, const void* w, const float* sc, int groups,
                                int cpg_shift, const void* bias, const void* res, void* out, int M, int N, int K,
                                Act act, bool pdl, cudaStream_t s) {
   auto kern = int_mma_gemv_kernel<T, INT4, MB, TILES, WARPS, S, STAGED>;
-  if (smem > 48 * 1024) {
+  if (STAGED) {
     static std::atomic<unsigned long long> configured{0};  // per instantiation, one bit per device
     constexpr size_t most = int_mma_ring_bytes<TILES, WARPS, S>() + kIntMmaStageBytes;  // the largest staged size
     if (const cudaError_t e = smem_limit_once(kern, most, configured); e != cudaSuccess) return e;
