@@ -142,7 +142,8 @@ void test_quant_gemv(Rng& rng, const LinCase& c, DType dt) {
         v = act_host(v, c.act);
         return c.res ? v + res.get(size_t(m) * N + n) : v;
       };
-      ref[size_t(m) * N + n] = epilogue(c.kind == QuantKind::Fp8 ? double(float(float(acc) * float(sx[m] * sc[n]))) : acc);
+      const double acc_q = c.kind == QuantKind::Fp8 ? double(float(float(acc) * float(sx[m] * sc[n]))) : acc;
+      ref[size_t(m) * N + n] = epilogue(acc_q);
       refp[size_t(m) * N + n] = epilogue(accp);
       mag[size_t(m) * N + n] = a * scale;
     }

@@ -132,10 +132,12 @@ bool quant_gemv_post_scale(QuantKind kind, int variant) {
 bool quant_gemv_takes(QuantKind kind, int variant, int M, int K, int group) {
   if (variant < 0 || variant >= quant_gemv_variants(kind) || M > quant_gemv_max_m(kind, variant)) return false;
   if (kind == QuantKind::Fp8 || variant < kIntMmaFirstVariant) return true;
-  const int cpg = kind == QuantKind::Int4 ? group / 32 : 4;  // chunks a scale (int8: a whole row)
-  if (cpg & (cpg - 1)) return false;  // (the tensor-core kernels shift a chunk index by its log2)
+  const bool int4 = kind == QuantKind::Int4;
+  const int cpg = group / 32;  // int4: 32-weight chunks a scale, a power of two (the kernels shift by its log2)
+  if (int4 && (cpg <= 0 || (cpg & (cpg - 1)))) return false;
   if (!quant_gemv_post_scale(kind, variant)) return true;
-  return K % (kind == QuantKind::Int4 ? 128 : 64) == 0 && cpg >= 4;
+  // Post-scale: whole iterations of 4 chunks with one scale each a row (int8's per-row scale always is one).
+  return K % (int4 ? 128 : 64) == 0 && (!int4 || cpg >= 4);
 }
 
 int quant_gemv_variants(QuantKind kind) { return kind == QuantKind::Fp8 ? kFp8GemvVariants : kIntGemvVariants; }
