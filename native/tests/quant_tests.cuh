@@ -131,8 +131,10 @@ void test_quant_gemv(Rng& rng, const LinCase& c, DType dt) {
         if (c.kind == QuantKind::Fp8) {
           t = double(e4m3_val(qx[size_t(m) * K + k])) * e4m3_val(w[size_t(n) * K + k]);
         } else {
-          t = double(x.get(size_t(m) * K + k)) * deq(c.kind, w, sc, c.group, K, n, k, dt);
-          accp += double(x.get(size_t(m) * K + k)) * deq(c.kind, w, sc, c.group, K, n, k, DType::F32);
+          const double xv = x.get(size_t(m) * K + k);
+          const float wu = deq(c.kind, w, sc, c.group, K, n, k, DType::F32);  // fp32(q · s), exact
+          t = xv * round_to(wu, dt);
+          accp += xv * wu;
         }
         acc += t, a += std::fabs(t);
       }

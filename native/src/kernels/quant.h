@@ -58,6 +58,15 @@ bool quant_gemv_post_scale(QuantKind kind, int variant);
 // rows, int4 tensor-core variants a power-of-two count of 32-weight chunks a group, the post-scale ones whole
 // iterations of one scale a row (K a multiple of 128 int4 / 64 int8 weights, int4 groups of >= 128).
 bool quant_gemv_takes(QuantKind kind, int variant, int M, int K, int group);
+// int4: log2 of a scale's chunks of 32 weights (group / 32), or -1 when that is not a power of two (the
+// tensor-core kernels find a chunk's scale by a shift, no division per chunk: groups 32, 64, 128, ...).
+inline int int4_chunk_shift(int group) {
+  const int cpg = group / 32;
+  if (cpg <= 0 || (cpg & (cpg - 1))) return -1;
+  int shift = 0;
+  while ((1 << shift) < cpg) shift++;
+  return shift;
+}
 // Why a call is not eligible (nullptr when it is): shapes and alignment the kernels need.
 const char* quant_gemv_unsupported(QuantKind kind, int M, int K, int group, const void* x, const void* w, DType dt);
 bool quant_gemv_has_prologue(QuantKind kind, int variant);

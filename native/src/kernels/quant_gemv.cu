@@ -133,11 +133,10 @@ bool quant_gemv_takes(QuantKind kind, int variant, int M, int K, int group) {
   if (variant < 0 || variant >= quant_gemv_variants(kind) || M > quant_gemv_max_m(kind, variant)) return false;
   if (kind == QuantKind::Fp8 || variant < kIntMmaFirstVariant) return true;
   const bool int4 = kind == QuantKind::Int4;
-  const int cpg = group / 32;  // int4: 32-weight chunks a scale, a power of two (the kernels shift by its log2)
-  if (int4 && (cpg <= 0 || (cpg & (cpg - 1)))) return false;
+  if (int4 && int4_chunk_shift(group) < 0) return false;
   if (!quant_gemv_post_scale(kind, variant)) return true;
   // Post-scale: whole iterations of 4 chunks with one scale each a row (int8's per-row scale always is one).
-  return K % (int4 ? 128 : 64) == 0 && (!int4 || cpg >= 4);
+  return K % (int4 ? 128 : 64) == 0 && (!int4 || int4_chunk_shift(group) >= 2);
 }
 
 int quant_gemv_variants(QuantKind kind) { return kind == QuantKind::Fp8 ? kFp8GemvVariants : kIntGemvVariants; }

@@ -211,16 +211,6 @@ __device__ __forceinline__ void store_warp_sums(const float (&red)[WARPS][ROWS][
   }
 }
 
-// int4: log2 of a scale's chunks of 32 weights (group / 32), or -1 when that is not a power of two (the kernels
-// find a chunk's scale by a shift, no division per chunk: groups 32, 64, 128, ...).
-inline int int4_chunk_shift(int group) {
-  const int cpg = group / 32;
-  if (cpg <= 0 || (cpg & (cpg - 1))) return -1;
-  int shift = 0;
-  while ((1 << shift) < cpg) shift++;
-  return shift;
-}
-
 // MB: the token rows the instantiation has room for (1-4, 8, 16), M <= MB the call's: lanes (g, t) carry token
 // rows g and (MB > 8) g + 8 — the mma's 16 A rows.
 template <typename T, bool INT4, int MB, int TILES, int WARPS, int S, bool STAGED>

@@ -133,7 +133,7 @@ float QuantGemm::time_runs(cudaStream_t s, Body&& body) {
 template <class Takes, class Run>
 int QuantGemm::tuned_pick(std::map<PickKey, int>& picks, const QuantLinearCall& c, DType dt, int dflt, int first,
                           int last, Takes&& takes, Run&& run, const char* what, cudaStream_t s) {
-  const PickKey key{int(c.kind), c.group, c.M, c.N, c.K, int(dt)};
+  const PickKey key = pick_key(c, dt);
   auto it = picks.find(key);
   if (it != picks.end()) return it->second;
   cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
@@ -232,7 +232,7 @@ int QuantGemm::prologue_variant(const QuantLinearCall& c, const GemvPrologue& pr
     return no("not eligible (M <= 4, K % 16 == 0, 16-byte aligned x, w and norm weight)");
   if (gemv_force >= 0 && gemv_force < quant_gemv_variants(c.kind))  // (as gemv_variant: beyond the kind's, tuned)
     return quant_gemv_has_prologue(c.kind, gemv_force) ? gemv_force : no("forced variant has no prologue");
-  const auto key = std::make_tuple(int(c.kind), c.group, c.M, c.N, c.K, int(dt));
+  const PickKey key = pick_key(c, dt);
   auto hit = pro_pick_.find(key);
   if (hit != pro_pick_.end()) return hit->second >= 0 ? hit->second : no("the tuner kept the unfused pair");
   cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;

@@ -160,6 +160,9 @@ class QuantGemm {
   size_t tune_out_bytes_ = 0;
   std::map<std::tuple<int, int, int, int, int>, Fp8Plan> plans_;  // (M chunk, N, K) -> plan
   using PickKey = std::tuple<int, int, int, int, int, int>;  // (kind, group, M, N, K, dt)
+  static PickKey pick_key(const QuantLinearCall& c, DType dt) {
+    return {int(c.kind), c.group, c.M, c.N, c.K, int(dt)};
+  }
   std::map<PickKey, int> gemv_pick_;  // -> variant or -1
   std::map<PickKey, int> pro_pick_;   // -> fused variant or -1
   std::map<PickKey, int> rows_pick_;  // -> fp8_gemv_rows variant
