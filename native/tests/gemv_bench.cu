@@ -11,6 +11,8 @@
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90,code=sm_90 -o gemv_bench tests/gemv_bench.cu src/kernels/*.cu
 //   ./gemv_bench                  (or native/build/gemv_bench after npm run build:native; about 30 s)
 //   ./gemv_bench int4 gate_up 7   (one kind, shape and variant: for ncu)
+//   ./gemv_bench int4 all -1 64   (M = 64 token rows: the quantised kinds' plain variants that take M, as GB/s and
+//                                  TFLOP/s; int8 / int4 past 16 rows are the weight-only GEMM's variants 19-21)
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -40,6 +42,12 @@ int main(int argc, char** argv) {
   auto want = [&](const char* k) { return !only || std::string(only) == k; };
   const char* only_shape = argc > 2 ? argv[2] : nullptr;
   const int only_v = argc > 3 ? std::atoi(argv[3]) : -1;
+  const int bm = argc > 4 ? std::atoi(argv[4]) : 1;  // token rows
+  if (bm < 1 || bm > kIntGemmMaxM) {
+    std::fprintf(stderr, "gemv_bench: rows %d outside 1..%d\n", bm, kIntGemmMaxM);
+    return 2;
+  }
+  if (only_shape && std::string(only_shape) == "all") only_shape = nullptr;
   auto skip = [&](int v) { return only_v >= 0 && v != only_v; };
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
@@ -53,11 +61,12 @@ int main(int argc, char** argv) {
   const int calls = 32;
   const size_t l2_defeat = size_t(prop.l2CacheSize) * 3 + (size_t(64) << 20);
   void *x, *xn, *out, *nw;
-  CK(cudaMalloc(&x, 4 * 11008 * 2 * 2));
-  CK(cudaMalloc(&xn, 4 * 11008 * 2));
-  CK(cudaMalloc(&out, 4 * 32000 * 2));
+  const size_t xrows = std::max(bm, 4);
+  CK(cudaMalloc(&x, xrows * 11008 * 2 * 2));
+  CK(cudaMalloc(&xn, xrows * 11008 * 2));
+  CK(cudaMalloc(&out, xrows * 32000 * 2));
   CK(cudaMalloc(&nw, 11008 * 2));
-  CK(random_fill(x, DType::F16, 4 * 11008 * 2, 1, 0.f, 1.f, 0));
+  CK(random_fill(x, DType::F16, xrows * 11008 * 2, 1, 0.f, 1.f, 0));
   CK(random_fill(nw, DType::F16, 11008, 2, 1.f, 0.1f, 0));
   std::vector<std::string> summary;
   auto line = [&](const char* kind, const Shape& sh, const char* pro, const Best& o, const Best& n) {
@@ -73,7 +82,7 @@ int main(int argc, char** argv) {
     if (only_shape && std::string(only_shape) != sh.name) continue;
     // fp16 gemv: variants 0-9; plain, and with the prologue that feeds the shape in Llama (rms_norm: K = hidden;
     // gated SiLU: down_proj).
-    if (want("fp16")) {
+    if (want("fp16") && bm == 1) {
       const size_t wb = size_t(sh.N) * sh.K * 2;
       const int copies = int(std::max<size_t>(2, (l2_defeat + wb - 1) / wb));
       std::vector<void*> w(copies);
@@ -139,24 +148,25 @@ int main(int argc, char** argv) {
         // tensor-core int variants multiply in T; an f32-only scale would time their exact per-weight path).
         CK(random_fill(sc[c], DType::F32, nsc, 5, 0.001953125f, 0.0f, 0));
       }
-      std::printf("\n%s %s N=%d K=%d (%.1f MB incl. scales)\n", kn, sh.name, sh.N, sh.K, bytes / 1e6);
+      std::printf("\n%s %s N=%d K=%d M=%d (%.1f MB incl. scales)\n", kn, sh.name, sh.N, sh.K, bm, bytes / 1e6);
       // "old" variants 0-2, "new" the rest: fp8 the first design vs 3-10; int8 / int4 the CUDA-core kernel vs the
       // tensor-core ones (3-12).
       Best plain;  // the best plain variant of all (the FP8 rows' "old" below)
       for (int pro = 0; pro < 2; pro++) {
-        if (pro && sh.K != 4096) continue;  // the rms_norm prologue feeds qkv / gate_up (K = hidden)
+        if (pro && (sh.K != 4096 || bm > 1)) continue;  // the rms_norm prologue feeds qkv / gate_up (K = hidden)
         GemvPrologue gp;
         if (pro) gp.kind = GemvPro::RmsNorm, gp.norm_w = nw, gp.eps = 1e-5f;
         Best o, n;
         for (int v = 0; v < quant_gemv_variants(kind); v++) {
           if (skip(v) || (pro && !quant_gemv_has_prologue(kind, v))) continue;
           const double us = graph_us(calls, [&](int i, cudaStream_t s) {
-            return quant_gemv(v, kind, x, w[i % copies], sc[i % copies], group, nullptr, nullptr, out, 1, sh.N, sh.K,
-                              Act::None, DType::F16, true, s, gp);
+            return quant_gemv(v, kind, x, w[i % copies], sc[i % copies], group, nullptr, nullptr, out, bm, sh.N,
+                              sh.K, Act::None, DType::F16, true, s, gp);
           });
           if (us <= 0) continue;
           const double g = bytes / (us * 1e3);
-          std::printf("  %s v%d %8.2f us %7.0f GB/s\n", pro ? "+rms_norm" : "plain    ", v, us, g);
+          std::printf("  %s v%d %8.2f us %7.0f GB/s %7.1f TFLOP/s\n", pro ? "+rms_norm" : "plain    ", v, us, g,
+                      2.0 * bm * sh.N * sh.K / (us * 1e6));
           (v < 3 ? o : n).take(g, v);
           if (!pro) plain.take(g, v);
         }
@@ -179,7 +189,7 @@ int main(int argc, char** argv) {
         }
         line(kn, sh, pro ? "+rms_norm" : "plain", o, n);
       }
-      if (kind == QuantKind::Fp8) {
+      if (kind == QuantKind::Fp8 && bm == 1) {
         // The gemv over FP8 rows (fp8_gemv_rows): x already quantised, as an rms_norm / gated_act producer writes
         // it from 2 rows on; "old" is the best plain variant above (the gemv quantising x itself).
         uint8_t* xq;

@@ -649,6 +649,16 @@ static void test_quant(Rng& rng) {
       {QuantKind::Int4, 8, 129, 4096, 128, false, false, Act::None, 1},
       {QuantKind::Int4, 13, 65, 512, 32, true, true, Act::GeluTanh, 2},
       {QuantKind::Int4, 16, 300, 11008, 128, false, true, Act::None, 1},
+      // 17-256 rows: the weight-only GEMM only (variants 19-21; token tiles of 16 / 32 / 64, several tiles past 64,
+      // a last stage of one iteration when K's iterations are odd, the exact path at mixed scales); 257 refused.
+      {QuantKind::Int4, 24, 300, 4096, 128, false, true, Act::None, 1},
+      {QuantKind::Int4, 64, 129, 512, 32, true, true, Act::GeluTanh, 2},
+      {QuantKind::Int4, 65, 77, 384, 64, false, true, Act::None, 1},
+      {QuantKind::Int4, 130, 200, 11008, 128, true, false, Act::Silu, 1},
+      {QuantKind::Int8, 40, 300, 4096, 0, false, true, Act::None, 1},
+      {QuantKind::Int8, 256, 65, 448, 0, true, true, Act::Silu, 2},
+      {QuantKind::Int8, 9, 77, 4096, 0, false, false, Act::None, 0},
+      {QuantKind::Int4, 257, 16, 128, 32, false, false, Act::None, 1},
   };
   for (DType dt : {DType::F16, DType::BF16})
     for (const auto& c : cases) qt::test_quant_gemv(rng, c, dt);

@@ -436,9 +436,9 @@ __device__ __forceinline__ void row_groups(WS& ws, const typename WS::U* w, int 
 // ---------------- launches ----------------
 // With programmatic stream serialization when pdl (and the device has it), else an ordinary launch.
 template <typename Kern, typename... Args>
-cudaError_t launch_pdl(Kern kern, unsigned blocks, int threads, size_t smem, bool pdl, cudaStream_t s, Args... args) {
+cudaError_t launch_pdl(Kern kern, dim3 blocks, int threads, size_t smem, bool pdl, cudaStream_t s, Args... args) {
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(blocks);
+  cfg.gridDim = blocks;
   cfg.blockDim = dim3(threads);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = s;

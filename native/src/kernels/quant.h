@@ -31,7 +31,8 @@ const char* quant_kind_name(QuantKind k);  // QuantKind: enums.h
 //     sm_89+ code only, else cudaErrorNotSupported; rms_norm prologue);
 //   int8 / int4 0-2: 1/2/4 rows per warp (quant_gemv_int.cuh); 3-6: tensor-core kernels (quant_gemv_mma.cuh, no
 //     prologue; 5-6 are 3-4 with x staged in shared memory); 7-12: tensor-core kernels with the weights as the mma's
-//     A operand (quant_gemv_mma_a.cuh, 1-8 rows, no prologue); 13-18: 7-12 with the scales after the mma.
+//     A operand (quant_gemv_mma_a.cuh, 1-8 rows, no prologue); 13-18: 7-12 with the scales after the mma; 19-21:
+//     the weight-only GEMM (quant_gemm_wo.cuh, 1 to kIntGemmMaxM rows, for the batches past the gemvs' rows).
 // Variants beyond a kind's count are refused, cudaErrorInvalidValue.
 // pro: GemvPro::RmsNorm folds an rms_norm into the vector read (x is then the norm's input, as gemv_pro; the vector
 // T((x · inv_rms) · norm_w) rounded as norms.cu writes it); fp8 3-10 and int 0-2 (quant_gemv_has_prologue).
@@ -45,18 +46,23 @@ constexpr int kIntMmaAGemvMaxM = 8;
 // 13-18: 7-12 with the scale applied to the mma's fp32 sums, not to each weight (int8, int4 groups >= 128, K a
 // multiple of 128 int4 / 64 int8 weights; else refused): quant_gemv_post_scale.
 constexpr int kIntMmaPostVariant = 13;
+// 19-21: the weight-only GEMM (quant_gemm_wo.cuh), 1 to kIntGemmMaxM token rows (tiles of 16 or 32 a block), K a
+// multiple of 128 int4 / 64 int8 weights; the reference's numerics as 3-12 (no prologue).
+constexpr int kIntGemmVariant = 19;
+constexpr int kIntGemmMaxM = 256;
 // The most token rows variant `variant` of `kind` takes.
 int quant_gemv_max_m(QuantKind kind, int variant);
 constexpr int kFp8GemvVariants = 11;
-constexpr int kIntGemvVariants = 19;
-constexpr int kQuantGemvVariants = 19;  // the most of any kind
-int quant_gemv_variants(QuantKind kind);  // fp8 11, int8 / int4 19
+constexpr int kIntGemvVariants = 22;
+constexpr int kQuantGemvVariants = 22;  // the most of any kind
+int quant_gemv_variants(QuantKind kind);  // fp8 11, int8 / int4 22
 // Whether the variant scales the sums instead of the weights (its results then differ from the reference's
 // T(q · s) weights by those weights' rounding: at most the unit roundoff of T times sum |x · w|).
 bool quant_gemv_post_scale(QuantKind kind, int variant);
 // Whether the variant takes the call's shape (beyond quant_gemv_unsupported's, which holds for every variant): M
-// rows, int4 tensor-core variants a power-of-two count of 32-weight chunks a group, the post-scale ones whole
-// iterations of one scale a row (K a multiple of 128 int4 / 64 int8 weights, int4 groups of >= 128).
+// rows, int4 tensor-core variants a power-of-two count of 32-weight chunks a group, the post-scale ones and the
+// GEMM whole iterations (K a multiple of 128 int4 / 64 int8 weights), the post-scale ones one scale a row in an
+// iteration (int4 groups of >= 128).
 bool quant_gemv_takes(QuantKind kind, int variant, int M, int K, int group);
 // int4: log2 of a scale's chunks of 32 weights (group / 32), or -1 when that is not a power of two (the
 // tensor-core kernels find a chunk's scale by a shift, no division per chunk: groups 32, 64, 128, ...).

@@ -105,7 +105,7 @@ const char* quant_gemv_unsupported(QuantKind kind, int M, int K, int group, cons
   if (dt != DType::F16 && dt != DType::BF16) return "activation dtype is not fp16/bf16";
   int most = 0;  // the most rows any variant of the kind takes
   for (int v = 0; v < quant_gemv_variants(kind); v++) most = std::max(most, quant_gemv_max_m(kind, v));
-  if (M < 1 || M > most) return most == kIntMmaGemvMaxM ? "M outside 1..16" : "M outside 1..4";
+  if (M < 1 || M > most) return most == kIntGemmMaxM ? "M outside 1..256" : "M outside 1..4";
   if (!al16(x) || !al16(w)) return "x or w not 16-byte aligned";
   switch (kind) {
     case QuantKind::Fp8:
@@ -122,11 +122,12 @@ const char* quant_gemv_unsupported(QuantKind kind, int M, int K, int group, cons
 
 int quant_gemv_max_m(QuantKind kind, int variant) {
   if (kind == QuantKind::Fp8 || variant < kIntMmaFirstVariant) return kQuantGemvMaxM;
+  if (variant >= kIntGemmVariant) return kIntGemmMaxM;
   return variant >= kIntMmaAVariant ? kIntMmaAGemvMaxM : kIntMmaGemvMaxM;
 }
 
 bool quant_gemv_post_scale(QuantKind kind, int variant) {
-  return kind != QuantKind::Fp8 && variant >= kIntMmaPostVariant && variant < quant_gemv_variants(kind);
+  return kind != QuantKind::Fp8 && variant >= kIntMmaPostVariant && variant < kIntGemmVariant;
 }
 
 bool quant_gemv_takes(QuantKind kind, int variant, int M, int K, int group) {
@@ -134,9 +135,11 @@ bool quant_gemv_takes(QuantKind kind, int variant, int M, int K, int group) {
   if (kind == QuantKind::Fp8 || variant < kIntMmaFirstVariant) return true;
   const bool int4 = kind == QuantKind::Int4;
   if (int4 && int4_chunk_shift(group) < 0) return false;
+  const bool whole = K % (int4 ? 128 : 64) == 0;  // whole iterations of 4 chunks a row
+  if (variant >= kIntGemmVariant) return whole;
   if (!quant_gemv_post_scale(kind, variant)) return true;
-  // Post-scale: whole iterations of 4 chunks with one scale each a row (int8's per-row scale always is one).
-  return K % (int4 ? 128 : 64) == 0 && (!int4 || int4_chunk_shift(group) >= 2);
+  // Post-scale: one scale a row in an iteration too (int8's per-row scale always is one).
+  return whole && (!int4 || int4_chunk_shift(group) >= 2);
 }
 
 int quant_gemv_variants(QuantKind kind) { return kind == QuantKind::Fp8 ? kFp8GemvVariants : kIntGemvVariants; }

@@ -1,13 +1,15 @@
 // int8 / int4 weight-only decode gemv (numerics in quant.h), variants 0-2: gemv_impl.cuh's 4-warp kernel with the
 // WInt weight format (gemv_stream.cuh): each warp streams ROWS weight rows, dequantises w = T(fp32(q · s)) per
 // element as the reference does and accumulates x · w in fp32; the rms_norm prologue folds in as for the fp16 gemv.
-// Variants 3-6: the tensor-core kernel of quant_gemv_mma.cuh, 7-18 quant_gemv_mma_a.cuh's (no prologue).
+// Variants 3-6: the tensor-core kernel of quant_gemv_mma.cuh, 7-18 quant_gemv_mma_a.cuh's, 19-21 the weight-only
+// GEMM of quant_gemm_wo.cuh (no prologue).
 // Instantiated once per weight kind (quant_gemv_int8.cu, quant_gemv_int4.cu) so the build compiles them in parallel;
 // quant_gemv.cu dispatches.
 #pragma once
 #include "gemv_impl.cuh"
 #include "quant.h"
 #include "quant_gemv_mma.cuh"
+#include "quant_gemm_wo.cuh"
 #include "quant_gemv_mma_a.cuh"
 
 namespace tsllm {
@@ -27,8 +29,11 @@ cudaError_t launch_int_variant(int variant, const void* x, const void* w, const 
     case 0: return launch_v<F, T, PRO, false, 1, 1, 4>(x, w, sc, group, bias, res, out, M, N, K, int(act), nw, eps, none, pdl, s);
     case 1: return launch_v<F, T, PRO, false, 2, 1, 4>(x, w, sc, group, bias, res, out, M, N, K, int(act), nw, eps, none, pdl, s);
     case 2: return launch_v<F, T, PRO, false, 4, 1, 2>(x, w, sc, group, bias, res, out, M, N, K, int(act), nw, eps, none, pdl, s);
-    default:  // 3-6: the tensor-core kernel (quant_gemv_mma.cuh), 7-18 with the weights as A (quant_gemv_mma_a.cuh)
+    default:  // 3-6: the tensor-core kernel (quant_gemv_mma.cuh), 7-18 with the weights as A (quant_gemv_mma_a.cuh),
+              // 19-21 the GEMM (quant_gemm_wo.cuh)
       if (PRO) return cudaErrorInvalidValue;
+      if (variant >= kIntGemmVariant)
+        return launch_wo_gemm_variant<T, INT4>(variant, M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
       if (variant >= kIntMmaAVariant)
         return launch_int_mma_a_variant<T, INT4>(variant, M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
       return launch_int_mma_variant<T, INT4>(variant, M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);

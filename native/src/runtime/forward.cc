@@ -196,8 +196,8 @@ void run_QuantLinear(const NodeRun& r) {
   const int src = r.e.fp8_producer.empty() ? -1 : r.e.fp8_producer[r.i];
   c.x_fp8 = src >= 0 && r.e.fp8_rows_from == src;  // its producer wrote FP8 rows, not x (forward)
   r.e.fp8_rows_from = -1;
-  const std::string err = r.e.qgemm.run(c, r.dt, r.s, [&](const void* wd) {
-    return linear_act(r, c.x, wd, r.in(3), res_in, dst, M, N, K, n.act, EwChain{});
+  const std::string err = r.e.qgemm.run(c, r.dt, r.s, [&](const void* wd, void* o, void* rs) {
+    return linear_act(r, c.x, wd, r.in(3), rs, o, M, N, K, n.act, EwChain{});
   });
   if (!err.empty()) r.fail(std::string(quant_kind_name(n.quant)) + ": " + err);
   if (n.post.n)

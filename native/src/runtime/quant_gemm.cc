@@ -132,7 +132,8 @@ float QuantGemm::time_runs(cudaStream_t s, Body&& body) {
 
 template <class Takes, class Run>
 int QuantGemm::tuned_pick(std::map<PickKey, int>& picks, const QuantLinearCall& c, DType dt, int dflt, int first,
-                          int last, Takes&& takes, Run&& run, const char* what, cudaStream_t s) {
+                          int last, Takes&& takes, Run&& run, const char* what, cudaStream_t s,
+                          const LargePath& large) {
   const PickKey key = pick_key(c, dt);
   auto it = picks.find(key);
   if (it != picks.end()) return it->second;
@@ -151,6 +152,13 @@ int QuantGemm::tuned_pick(std::map<PickKey, int>& picks, const QuantLinearCall& 
     std::snprintf(b, sizeof b, " %d:%.4f", v, ms);
     all += b;
   }
+  if (large) {
+    const float ms = time_runs(s, [&] { return large(tune_out_); });
+    if (ms >= 0.f && ms < best) best = ms, pick = -1;
+    char b[32];
+    std::snprintf(b, sizeof b, " dequantise+linear:%.4f", ms);
+    all += b;
+  }
   if (verbose)
     std::fprintf(stderr, "tsllm %s %s M=%d N=%d K=%d: variant %d (%.4f ms; all%s)\n", what, quant_kind_name(c.kind),
                  c.M, c.N, c.K, pick, best, all.c_str());
@@ -158,7 +166,7 @@ int QuantGemm::tuned_pick(std::map<PickKey, int>& picks, const QuantLinearCall& 
   return pick;
 }
 
-int QuantGemm::gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s) {
+int QuantGemm::gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s, const LargePath& large) {
   if (!gemv_on || quant_gemv_unsupported(c.kind, c.M, c.K, c.group, c.x, c.w, dt)) return -1;
   if (c.x_fp8) return rows_variant(c, dt, s);
   // Variant v exists for this kind (int8 / int4 have 0-18) and takes the call's shape. A forced variant that does
@@ -178,7 +186,7 @@ int QuantGemm::gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s) 
         return quant_gemv(v, c.kind, c.x, c.w, c.scales, c.group, c.bias, c.residual, tune_out_, c.M, c.N, c.K, c.act,
                           dt, pdl, s);
       },
-      "quant gemv", s);
+      "quant gemv", s, large);
 }
 
 bool QuantGemm::rows_gemv_on() const {

@@ -1,7 +1,8 @@
 // quant_linear on the GPU (docs/engine-format.md "Quantisation"; numerics in kernels/quant.h):
-//   M <= 4 (decode; int8 / int4 up to 16, kIntMmaGemvMaxM, through their tensor-core variants): kernels/quant_gemv.cu
-//     reads the quantised weights directly (FP8: x quantised per token inside the kernel); the variant is timed once
-//     per shape (among those that take M rows), L2 flushed, like GemmRunner's tuner.
+//   M <= 4 (decode; int8 / int4 up to kIntGemmMaxM = 256: their tensor-core gemvs to 16 rows, the weight-only GEMM
+//     variants 19-21 to 256): kernels/quant_gemv.cu reads the quantised weights directly (FP8: x quantised per token
+//     inside the kernel); the variant is timed once per shape (among those that take M rows), L2 flushed, like
+//     GemmRunner's tuner.
 //   larger M, FP8: quantize_rows_fp8 (x -> E4M3 + per-token scales, workspace) unless x's producer wrote those rows
 //     (FP8 activation fusion, fp8_act_rows / QuantLinearCall::x_fp8), then the cuBLASLt FP8 GEMM (E4M3
 //     A = W with op T and B = x, the "TN" layout Hopper's FP8 GEMM needs; fp32 accumulate):
@@ -10,8 +11,8 @@
 //     - otherwise, or when cuBLASLt has no such algorithm for the shape (TSLLM_FP8_OUTER_VEC=0 forces it): fp32 D
 //       into a workspace in chunks of rows, then fp8_scale_epilogue (acc · fp32(s_x·s_w) + bias -> act ->
 //       + residual, one rounding).
-//   larger M, int8 / int4 weight-only: the weight is dequantised to the activation dtype into a workspace
-//     (dequantize_weight), then the ordinary linear (GemmRunner) runs on it.
+//   larger M (prefill), or a shape no variant takes, int8 / int4 weight-only: the weight is dequantised to the
+//     activation dtype into a workspace (dequantize_weight), then the ordinary linear (GemmRunner) runs on it.
 // Switches (A/B, environment only, options.cc): TSLLM_QGEMV=0 never uses the quantised gemv (the large-M path for
 // every M), TSLLM_QGEMV_VARIANT=k forces variant k, TSLLM_FP8_OUTER_VEC=0 (see below), TSLLM_FP8_FAST_ACCUM=0 (the
 // FP8 GEMMs without CUBLASLT_MATMUL_DESC_FAST_ACCUM), TSLLM_FP8_ACT_FUSION=0 (options.h).
@@ -68,11 +69,19 @@ class QuantGemm {
 
   // Returns an empty string on success, else a one-line message. Not while capturing for a new shape (the tuner
   // runs eagerly on first use; forward runs an eager step before every capture).
-  // linear: the ordinary half-precision linear on the dequantised weight (out = act(x·wᵀ + bias) + residual).
+  // linear(w, out, residual): the ordinary half-precision linear on the dequantised weight w (out = act(x·wᵀ + bias)
+  // + residual, residual may be null).
   template <typename LinearFn>
   std::string run(const QuantLinearCall& c, DType dt, cudaStream_t s, LinearFn&& linear) {
     if (c.M <= 0) return "";
-    const int v = gemv_variant(c, dt, s);
+    // Past the gemvs' rows (int8 / int4 from kIntMmaGemvMaxM + 1) the tuner times the weight-only GEMM's variants
+    // against the dequantise + linear path, run into its scratch output without the residual.
+    auto large = [&](void* scratch) {
+      return dequantize_weight(c.kind, c.w, c.scales, c.group, deq_, 0, c.N, c.K, dt, s) == cudaSuccess &&
+             linear(static_cast<const void*>(deq_), scratch, static_cast<void*>(nullptr)).empty();
+    };
+    const bool with_large = c.kind != QuantKind::Fp8 && c.M > kIntMmaGemvMaxM && deq_fits(c, dt);
+    const int v = gemv_variant(c, dt, s, with_large ? LargePath(large) : LargePath());
     if (c.x_fp8 && c.kind != QuantKind::Fp8) return "x came as FP8 rows but the call is not FP8";
     if (c.x_fp8 && v >= 0) return rows_gemv(c, v, dt, s);
     if (v >= 0) {
@@ -81,11 +90,11 @@ class QuantGemm {
       return e == cudaSuccess ? std::string() : std::string("quant_gemv: ") + cudaGetErrorString(e);
     }
     if (c.kind == QuantKind::Fp8) return fp8_gemm(c, dt, s);
-    if (size_t(c.N) * size_t(c.K) * (dt == DType::F32 ? 4 : 2) > deq_bytes_)
+    if (!deq_fits(c, dt))
       return "dequantisation workspace too small for N=" + std::to_string(c.N) + " K=" + std::to_string(c.K);
     cudaError_t e = dequantize_weight(c.kind, c.w, c.scales, c.group, deq_, 0, c.N, c.K, dt, s);
     if (e != cudaSuccess) return std::string("dequantize_weight: ") + cudaGetErrorString(e);
-    return linear(static_cast<const void*>(deq_));
+    return linear(static_cast<const void*>(deq_), c.out, const_cast<void*>(c.residual));
   }
 
   // Prologue fusion (forward.cc, as GemmRunner::prologue_variant for linears): the quantised-gemv variant that runs
@@ -117,8 +126,14 @@ class QuantGemm {
   bool verbose = false;   // profiling on: tuning decisions to stderr
 
  private:
-  // The gemv variant for this call (tuned once per shape), or -1 for the large-M path.
-  int gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s);
+  // The large-M path run once into a scratch output (tuning), true when it launched.
+  using LargePath = std::function<bool(void* scratch)>;
+  // The gemv variant for this call (tuned once per shape), or -1 for the large-M path; `large`, when set, is timed
+  // with the variants and picked (-1) when it is faster.
+  int gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s, const LargePath& large = LargePath());
+  bool deq_fits(const QuantLinearCall& c, DType dt) const {
+    return size_t(c.N) * size_t(c.K) * (dt == DType::F32 ? 4 : 2) <= deq_bytes_;
+  }
   // fp8_gemv_rows' variant for a call whose x came as FP8 rows (tuned once per shape, rows_pick_), and the call.
   int rows_variant(const QuantLinearCall& c, DType dt, cudaStream_t s);
   std::string rows_gemv(const QuantLinearCall& c, int variant, DType dt, cudaStream_t s);
@@ -170,10 +185,10 @@ class QuantGemm {
   // capture and with scratch for c's output, each variant v in [first, last] that takes(v) timed by run(v) (writing
   // to scratch: out may be the residual, which must survive until the real call), the fastest kept (dflt when none
   // ran) and, when verbose, every time printed after `what` and c's kind. dflt without recording while capturing
-  // (forward runs an eager step before capturing).
+  // (forward runs an eager step before capturing). large, when set: timed too, as "variant" -1.
   template <class Takes, class Run>
   int tuned_pick(std::map<PickKey, int>& picks, const QuantLinearCall& c, DType dt, int dflt, int first, int last,
-                 Takes&& takes, Run&& run, const char* what, cudaStream_t s);
+                 Takes&& takes, Run&& run, const char* what, cudaStream_t s, const LargePath& large = LargePath());
   // Times `body` (6 runs, L2 flushed before each, the first discarded): ms per run, or -1 when a launch failed.
   template <typename Body>
   float time_runs(cudaStream_t s, Body&& body);
