@@ -83,16 +83,7 @@ __global__ void __launch_bounds__(WR * WK * 32, MINB)
       srow[i][h] = sc + (INT4 ? size_t(n) * groups : size_t(n));
     }
   float sv[P][RT][2];  // the scales of the stages in flight (int4: a chunk's group; int8: the row's)
-  if constexpr (!INT4) {
-#pragma unroll
-    for (int i = 0; i < RT; i++)
-#pragma unroll
-      for (int h = 0; h < 2; h++) {
-        const float v = __ldg(srow[i][h]);
-#pragma unroll
-        for (int u = 0; u < P; u++) sv[u][i][h] = v;
-      }
-  }
+  if constexpr (!INT4) row_scales_to_slots(sv, srow);
   pdl_wait();  // x and the residual are the predecessor's
 
   // Stage s into slot b: x (zeros past M and K) and the weights (zeros past the last iteration; rows past N read

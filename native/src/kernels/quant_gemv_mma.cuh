@@ -153,6 +153,19 @@ __device__ __forceinline__ void dequant_word_exact(uint32_t u, float s, uint32_t
       p[i] = pack2<T>(__fmul_rn(float(int8_t(u >> (16 * i))), s), __fmul_rn(float(int8_t(u >> (16 * i + 8))), s));
   }
 }
+// int8's one scale a row into every pipeline slot of a lane's rows (int4 loads a chunk's group scale with its
+// weights): sv[u][i][h] = *srow[i][h].
+template <int D, int TILES>
+__device__ __forceinline__ void row_scales_to_slots(float (&sv)[D][TILES][2], const float* const (&srow)[TILES][2]) {
+#pragma unroll
+  for (int i = 0; i < TILES; i++)
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const float s = __ldg(srow[i][h]);
+#pragma unroll
+      for (int u = 0; u < D; u++) sv[u][i][h] = s;
+    }
+}
 // A scale as both dequantisations take it: *s2 = s rounded to T, as a pair (the fast path's multiplier); true when
 // that is exact (s converts back to itself; an overflow to inf does not), else the per-weight path applies.
 template <typename T>

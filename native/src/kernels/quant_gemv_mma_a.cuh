@@ -100,16 +100,7 @@ __global__ void __launch_bounds__(WARPS * 32, MINB)
   const int cb0 = warp * 4;
 #pragma unroll
   for (int u = 0; u < D; u++) issue(u, cb0 + u * kStride);
-  if constexpr (!INT4) {
-#pragma unroll
-    for (int i = 0; i < TILES; i++)
-#pragma unroll
-      for (int h = 0; h < 2; h++) {
-        const float s = __ldg(srow[i][h]);
-#pragma unroll
-        for (int u = 0; u < D; u++) sr[u][i][h] = s;
-      }
-  }
+  if constexpr (!INT4) row_scales_to_slots(sr, srow);
   pdl_wait();  // x and the residual are the predecessor's
   const T* xr = x + size_t(min(g, M - 1)) * K;
 
