@@ -134,7 +134,10 @@ template <class Takes, class Run>
 int QuantGemm::tuned_pick(std::map<PickKey, int>& picks, const QuantLinearCall& c, DType dt, int dflt, int first,
                           int last, Takes&& takes, Run&& run, const char* what, cudaStream_t s,
                           const LargePath& large) {
-  const PickKey key = pick_key(c, dt);
+  PickKey key = pick_key(c, dt);
+  // Past the gemvs' rows the int kinds' picks hold for 32 rows (the weight-only GEMM's token tile): the batch
+  // manager's steps take many row counts, and each would otherwise time every candidate once per shape.
+  if (c.kind != QuantKind::Fp8 && c.M > kIntMmaGemvMaxM) std::get<2>(key) = (c.M + 31) / 32 * 32;
   auto it = picks.find(key);
   if (it != picks.end()) return it->second;
   cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
