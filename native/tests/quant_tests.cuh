@@ -211,7 +211,7 @@ void test_quant_gemv(Rng& rng, const LinCase& c, DType dt) {
     cudaFree(dq);
     cudaFree(ds);
   }
-  // A variant beyond the kind's (int8 / int4 have 0-18) is refused, never run.
+  // A variant beyond the kind's (int8 / int4 have 0-21) is refused, never run.
   if (c.kind != QuantKind::Fp8)
     report(quant_gemv(quant_gemv_variants(c.kind), c.kind, x.d, dw, dsc, c.group, nullptr, nullptr, out.d, M, N, K,
                       c.act, dt, true, 0) == cudaErrorInvalidValue,

@@ -207,7 +207,9 @@ __global__ void __launch_bounds__(WR * WK * 32, MINB)
       // The branch is warp-uniform (mma.sync must be reached by the whole warp at one instruction): the fast path
       // has no per-lane branch; a warp with a scale not representable in T rounds those rows' weights one by one.
       if (__all_sync(0xffffffffu, all)) {
-        products([&](uint32_t wd, int i, int h, uint32_t(&q)[INT4 ? 4 : 2]) { dequant_word<T, INT4>(wd, s2[i][h], q); });
+        products([&](uint32_t wd, int i, int h, uint32_t(&q)[INT4 ? 4 : 2]) {
+          dequant_word<T, INT4>(wd, s2[i][h], q);
+        });
       } else {
         products([&](uint32_t wd, int i, int h, uint32_t(&q)[INT4 ? 4 : 2]) {
           if (exact[i][h]) dequant_word<T, INT4>(wd, s2[i][h], q);
