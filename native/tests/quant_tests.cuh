@@ -584,6 +584,35 @@ static void test_quant(Rng& rng) {
                    qt::e4m3_bits(1.0625f) == 0x38 && qt::e4m3_bits(1.1875f) == 0x3a && qt::e4m3_val(0x7e) == 448.f &&
                    qt::e4m3_val(0x38) == 1.f;
   report(enc, "host e4m3 encoder (known codes)", enc ? 0 : 1);
+  {
+    // Which variant takes which call, stated here apart from quant_gemv.cu's rule (quant_gemv_takes): the cases below
+    // choose which variants to expect refused with that same function, so a wrong rule would skip a variant there
+    // instead of failing. (kind, variant, M, K, group, takes)
+    struct Take {
+      QuantKind k;
+      int v, M, K, group;
+      bool takes;
+    };
+    const QuantKind F8 = QuantKind::Fp8, I8 = QuantKind::Int8, I4 = QuantKind::Int4;
+    const Take table[] = {
+        {F8, 8, 4, 4096, 0, true},      {F8, 8, 5, 4096, 0, false},     {F8, 11, 1, 4096, 0, false},
+        {I8, 2, 4, 4096, 0, true},      {I8, 2, 5, 4096, 0, false},     {I8, 3, 16, 4096, 0, true},
+        {I8, 3, 17, 4096, 0, false},    {I8, 7, 8, 4096, 0, true},      {I8, 7, 9, 4096, 0, false},
+        {I8, 13, 8, 4096, 0, true},     {I8, 13, 8, 352, 0, false},     {I8, 13, 8, 448, 0, true},
+        {I8, 19, 256, 448, 0, true},    {I8, 19, 257, 448, 0, false},   {I8, 19, 1, 352, 0, false},
+        {I8, 22, 1, 4096, 0, false},    {I4, 0, 1, 4096, 96, true},     {I4, 3, 1, 4096, 96, false},
+        {I4, 7, 1, 4096, 32, true},     {I4, 13, 1, 4096, 64, false},   {I4, 13, 1, 4096, 128, true},
+        {I4, 13, 1, 384, 128, true},    {I4, 13, 1, 352, 32, false},    {I4, 19, 64, 384, 64, true},
+        {I4, 19, 64, 352, 32, false},   {I4, 19, 64, 4096, 96, false},  {I4, 21, 256, 11008, 128, true},
+        {I4, 20, 257, 4096, 128, false}, {I4, 16, 9, 4096, 128, false},
+    };
+    std::string bad;
+    for (const Take& e : table)
+      if (quant_gemv_takes(e.k, e.v, e.M, e.K, e.group) != e.takes)
+        bad += std::string(" ") + quant_kind_name(e.k) + " v" + std::to_string(e.v) + " M=" + std::to_string(e.M) +
+               " K=" + std::to_string(e.K) + " g=" + std::to_string(e.group);
+    report(bad.empty(), "quant_gemv_takes: a table of calls taken and refused", bad.empty() ? 0 : 1, bad);
+  }
   for (DType dt : {DType::F16, DType::BF16}) {
     qt::test_quantize_rows(rng, dt, 5, 352);
     qt::test_quantize_rows(rng, dt, 3, 4104);  // cols % 8 == 0, not a power of two
