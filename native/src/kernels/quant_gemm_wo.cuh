@@ -1,8 +1,10 @@
 // Weight-only int8 / int4 GEMM for batches of token rows (int variants 19-21, up to kIntGemmMaxM rows): the weights
-// are dequantised in the main loop, read once from memory per 64 token rows. Why: from 17 rows on (9 when the
-// tuner prefers it), int8 / int4 linears dequantised the whole weight into an fp16 workspace every step and ran the
-// half-precision GEMM on it: every weight written and read again at 2 bytes (Llama-2-7B bs-64 TPOT: int8 11.5 ms,
-// int4 14.9 ms against fp16's 5.9, session 17 run 4).
+// are dequantised in the main loop, read from memory once per token tile of 16 or 32 rows (a row tile's next token
+// tile runs on the neighbouring block, mostly from L2). Why: past 16 rows int8 / int4 linears dequantised the whole
+// weight into an fp16 workspace every step and ran the half-precision GEMM on it: every weight written and read
+// again at 2 bytes (Llama-2-7B bs-64 TPOT: int8 11.5 ms, int4 14.9 ms against fp16's 5.9, session 17 run 4). The
+// tuner still times that path against these variants (quant_gemm.h) and keeps it where it is faster (session 18:
+// o_proj and down_proj, N = 4096, at 64 rows).
 //
 // Numerics: the reference's (quant.h), as the exact decode variants: w = T(fp32(q · s)) per weight (one HMUL2 by
 // the scale in T, exact when the scale is representable in T; a warp with a scale that is not takes the exact
