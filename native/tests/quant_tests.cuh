@@ -678,8 +678,8 @@ static void test_quant(Rng& rng) {
       {QuantKind::Int4, 8, 129, 4096, 128, false, false, Act::None, 1},
       {QuantKind::Int4, 13, 65, 512, 32, true, true, Act::GeluTanh, 2},
       {QuantKind::Int4, 16, 300, 11008, 128, false, true, Act::None, 1},
-      // 17-256 rows: the weight-only GEMM only (variants 19-21; token tiles of 16 / 32 / 64, several tiles past 64,
-      // a last stage of one iteration when K's iterations are odd, the exact path at mixed scales); 257 refused.
+      // 17-256 rows: the weight-only GEMM only (variants 19-21; token tiles of 16 / 32, several tiles past 32, odd
+      // counts of K iterations, the exact path at mixed scales); 257 refused.
       {QuantKind::Int4, 24, 300, 4096, 128, false, true, Act::None, 1},
       {QuantKind::Int4, 64, 129, 512, 32, true, true, Act::GeluTanh, 2},
       {QuantKind::Int4, 65, 77, 384, 64, false, true, Act::None, 1},

@@ -274,10 +274,10 @@ cudaError_t launch_wo_gemm_nt(int M, const void* x, const void* w, const float* 
 template <typename T, bool INT4, int RT, int WR, int WK, int P, int MINB>
 cudaError_t launch_wo_gemm(int M, const void* x, const void* w, const float* sc, int group, const void* bias,
                            const void* res, void* out, int N, int K, Act act, bool pdl, cudaStream_t s) {
-  if (M < 1 || M > kIntGemmMaxM || N > 65535 * WR * RT * 16) return cudaErrorInvalidValue;
-  const int cpg_shift = INT4 ? int4_chunk_shift(group) : 0;
-  if (cpg_shift < 0 || K % (INT4 ? 128 : 64)) return cudaErrorInvalidValue;  // (quant_gemv_takes)
-  const int groups = INT4 ? K / group : 1;
+  const QuantKind kind = INT4 ? QuantKind::Int4 : QuantKind::Int8;
+  if (M < 1 || N > 65535 * WR * RT * 16 || !quant_gemv_takes(kind, kIntGemmVariant, M, K, group))
+    return cudaErrorInvalidValue;
+  const int cpg_shift = INT4 ? int4_chunk_shift(group) : 0, groups = INT4 ? K / group : 1;
   if (M <= 16)
     return launch_wo_gemm_nt<T, INT4, RT, WR, WK, 2, P, MINB>(M, x, w, sc, groups, cpg_shift, bias, res, out, N, K,
                                                               act, pdl, s);

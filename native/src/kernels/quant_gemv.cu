@@ -14,6 +14,8 @@
 #include "gemv_stream.cuh"
 #include "quant.h"
 
+#include <string>
+
 namespace tsllm {
 
 const char* quant_kind_name(QuantKind k) {
@@ -105,7 +107,9 @@ const char* quant_gemv_unsupported(QuantKind kind, int M, int K, int group, cons
   if (dt != DType::F16 && dt != DType::BF16) return "activation dtype is not fp16/bf16";
   int most = 0;  // the most rows any variant of the kind takes
   for (int v = 0; v < quant_gemv_variants(kind); v++) most = std::max(most, quant_gemv_max_m(kind, v));
-  if (M < 1 || M > most) return most == kIntGemmMaxM ? "M outside 1..256" : "M outside 1..4";
+  static const std::string wide = "M outside 1.." + std::to_string(kIntGemmMaxM),
+                           narrow = "M outside 1.." + std::to_string(kQuantGemvMaxM);
+  if (M < 1 || M > most) return (most == kIntGemmMaxM ? wide : narrow).c_str();
   if (!al16(x) || !al16(w)) return "x or w not 16-byte aligned";
   switch (kind) {
     case QuantKind::Fp8:
