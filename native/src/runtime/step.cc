@@ -224,7 +224,11 @@ const float* logits_for_host(Engine& e, const StepPlan& p) {
 }
 
 // profile 2 (TSLLM_PROFILE=graph): replays graphs of subsets of one decode step (all nodes of one op type, each linear
-// shape, sampling) and prints each subset's time per step. Runs once, before a real replay whose metadata it
+// shape, sampling) and prints each subset's time per step: alone (the subset's kernels back to back), and in the step
+// (the full step's time minus that of the step without the subset). The two differ where a kernel's start overlaps
+// its predecessor's end (programmatic dependent launch): back to back, a gemv follows a gemv of the same shape, in
+// the step it follows a norm or attention, so a ranking by the first need not hold in the second (session 17: the
+// int4 picks gemv_bench ranked best were no faster in the step). Runs once, before a real replay whose metadata it
 // shares, so the garbage its partial programs write (activations, this step's KV slots) is overwritten.
 void profile_graph_breakdown(Engine& e, const StepPlan& p) {
   const EngineDesc& d = e.desc;
@@ -277,15 +281,13 @@ void profile_graph_breakdown(Engine& e, const StepPlan& p) {
   float full = time_graph(e.graphs[p.graph_key]);
   std::fprintf(stderr, "tsllm graph profile: decode batch %d (padded), max_seq_len bound %d: full step %.3f ms\n", p.S,
                p.max_len, full);
-  float sum = 0;
-  for (size_t gi = 0; gi < groups.size(); gi++) {
-    auto& g = groups[gi];
-    bool sampling = gi + 1 == groups.size();
+  // The time of a graph of the program's nodes in `mask` (then sampling, when `sample`).
+  auto time_subset = [&](const std::vector<uint8_t>* mask, bool sample) {
     cudaGraph_t graph = nullptr;
     TSLLM_CUDA(cudaStreamBeginCapture(e.stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
     try {
-      if (sampling) postprocess(e, p, true);
-      else forward(e, p, &g.second);
+      if (mask) forward(e, p, mask);
+      postprocess(e, p, sample);
     } catch (...) {
       cudaStreamEndCapture(e.stream, &graph);
       if (graph) cudaGraphDestroy(graph);
@@ -295,8 +297,20 @@ void profile_graph_breakdown(Engine& e, const StepPlan& p) {
     cudaGraphExec_t ge = nullptr;
     TSLLM_CUDA(cudaGraphInstantiate(&ge, graph, 0), "cudaGraphInstantiate");
     cudaGraphDestroy(graph);
-    float ms = time_graph(ge);
+    const float ms = time_graph(ge);
     cudaGraphExecDestroy(ge);
+    return ms;
+  };
+  const std::vector<uint8_t> all(d.nodes.size(), 1);
+  const float whole = time_subset(&all, true);  // the step captured as this profile captures its parts
+  float sum = 0;
+  for (size_t gi = 0; gi < groups.size(); gi++) {
+    auto& g = groups[gi];
+    bool sampling = gi + 1 == groups.size();
+    const float ms = time_subset(sampling ? nullptr : &g.second, sampling);
+    std::vector<uint8_t> rest(d.nodes.size(), 1);
+    for (size_t i = 0; i < rest.size(); i++) rest[i] = !g.second[i];
+    const float in_step = whole - time_subset(&rest, !sampling);
     sum += ms;
     int count = 0;
     for (auto m : g.second) count += m;
@@ -306,14 +320,17 @@ void profile_graph_breakdown(Engine& e, const StepPlan& p) {
       std::snprintf(buf, sizeof(buf), "  %6.0f GB/s of weights", bytes[g.first] / (ms * 1e-3) / 1e9);
       extra = buf;
     }
-    std::fprintf(stderr, "  %-36s nodes %4d  %8.3f ms/step  %5.1f%%%s\n", g.first.c_str(), count, ms,
-                 100.0 * ms / full, extra.c_str());
+    std::fprintf(stderr, "  %-36s nodes %4d  %8.3f ms/step  %5.1f%%  in the step %7.3f%s\n", g.first.c_str(), count, ms,
+                 100.0 * ms / full, in_step, extra.c_str());
   }
   for (auto& f : fused)
     std::fprintf(stderr, "  %-36s nodes %4d  fused into %s (0 launches)\n", f.first.c_str(), f.second,
                  f.first == "add" || f.first == "add_rms_norm" ? "the combine of the moe before them"
                                                                 : "the gemv prologue of their linear");
-  std::fprintf(stderr, "  (sum of the parts %.3f ms; the rest is launch gaps between kernels)\n", sum);
+  std::fprintf(stderr,
+               "  (sum of the parts %.3f ms; the rest is launch gaps between kernels. \"in the step\": %.3f ms, the "
+               "step as captured here, minus the step without the part)\n",
+               sum, whole);
   cudaEventDestroy(a);
   cudaEventDestroy(b);
 }
