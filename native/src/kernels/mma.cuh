@@ -1,5 +1,5 @@
-// mma.sync, cp.async and cp.async.bulk wrappers shared by the attention kernels and the tensor-core decode gemvs
-// (quant_gemv_mma.cuh, quant_gemv_bulk.cuh).
+// mma.sync and cp.async wrappers shared by the attention kernels and the tensor-core decode gemvs
+// (quant_gemv_mma.cuh).
 #pragma once
 #include "common.cuh"
 
@@ -15,48 +15,6 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-// The copy engine's bulk copies (cp.async.bulk, sm_90) and the mbarrier that counts their bytes: init (one thread,
-// then mbar_init_fence and a block barrier before any copy or wait uses it), expect_tx (an arrival that adds the
-// bytes still to land; copies that land first leave the count below zero for a while, which the barrier allows), the
-// copy, and a wait for a phase's completion (acquire: the landed bytes are visible after it). sm_90 code only (the
-// callers refuse other devices); elsewhere these compile to nothing.
-__device__ __forceinline__ uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
-__device__ __forceinline__ void mbar_init(uint64_t* bar, unsigned count) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
-#endif
-}
-__device__ __forceinline__ void mbar_init_fence() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, unsigned bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
-#endif
-}
-// bytes (a multiple of 16; both addresses 16-byte aligned) from global src to shared dst, counted on bar.
-__device__ __forceinline__ void bulk_g2s(void* dst, const void* src, unsigned bytes, uint64_t* bar) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
-               ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(bar))
-               : "memory");
-#endif
-}
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  uint32_t done = 0;
-  do {
-    asm volatile(
-        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(smem_u32(bar)), "r"(parity)
-        : "memory");
-  } while (!done);
-#endif
 }
 
 // D += A(16x16, row) * B(16x8, col), fp32 accumulators.

@@ -32,8 +32,7 @@ const char* quant_kind_name(QuantKind k);  // QuantKind: enums.h
 //   int8 / int4 0-2: 1/2/4 rows per warp (quant_gemv_int.cuh); 3-6: tensor-core kernels (quant_gemv_mma.cuh, no
 //     prologue; 5-6 are 3-4 with x staged in shared memory); 7-12: tensor-core kernels with the weights as the mma's
 //     A operand (quant_gemv_mma_a.cuh, 1-8 rows, no prologue); 13-18: 7-12 with the scales after the mma; 19-21:
-//     the weight-only GEMM (quant_gemm_wo.cuh, 1 to kIntGemmMaxM rows, for the batches past the gemvs' rows);
-//     22-25: 13-18 with the weights in shared memory by bulk copies (quant_gemv_bulk.cuh, sm_90).
+//     the weight-only GEMM (quant_gemm_wo.cuh, 1 to kIntGemmMaxM rows, for the batches past the gemvs' rows).
 // Variants beyond a kind's count are refused, cudaErrorInvalidValue.
 // pro: GemvPro::RmsNorm folds an rms_norm into the vector read (x is then the norm's input, as gemv_pro; the vector
 // T((x · inv_rms) · norm_w) rounded as norms.cu writes it); fp8 3-10 and int 0-2 (quant_gemv_has_prologue).
@@ -51,45 +50,12 @@ constexpr int kIntMmaPostVariant = 13;
 // multiple of 128 int4 / 64 int8 weights; the reference's numerics as 3-12 (no prologue).
 constexpr int kIntGemmVariant = 19;
 constexpr int kIntGemmMaxM = 256;
-// 22-25: 13-18's numerics and rows, the block's weights and scales copied into shared memory by the copy engine
-// (quant_gemv_bulk.cuh: cp.async.bulk, sm_90 code only, else cudaErrorNotSupported), all of them issued before
-// griddepcontrol.wait; K and groups as 13-18, and the copy no larger than kIntBulkMaxSmem.
-constexpr int kIntBulkVariant = 22;
-constexpr int kIntBulkVariants = 4;
-constexpr int kIntBulkTiles[kIntBulkVariants] = {1, 1, 2, 2};  // tiles of 16 output rows a block
-constexpr int kIntBulkWarps[kIntBulkVariants] = {4, 8, 4, 8};  // warps splitting K
-constexpr int kIntBulkMaxStages = 16;
-constexpr size_t kIntBulkMaxSmem = 200 * 1024;  // under the H100 / H200's 227 KB, room for the static arrays
-// The shared-memory layout of a bulk variant's block: the rows' K split into `stages` copies of `stage_iters`
-// iterations (4 chunks of 16 bytes a row; the last stage the rest), each with its own barrier so the warps start on
-// the first while the rest land. A row's part of a stage lies at a stride of 64 mod 128 bytes (lanes g and g + 1
-// read 16-byte chunks of neighbouring rows: other banks), so stage_iters is odd (no padding) and only a last stage
-// of an even count pads 64 bytes a row. Then the rows' scales, an odd count of floats a row (8 rows' scales on 8
-// banks).
-struct IntBulkLayout {
-  int stages, stage_iters, row_stride, last_stride, scale_stride;
-  size_t scale_off, smem;
-};
-constexpr IntBulkLayout int_bulk_layout(bool int4, int K, int group, int tiles) {
-  const int iters = (int4 ? K / 2 : K) / 64;
-  int stages = (iters + 7) / 8;  // about 512 bytes a row a stage
-  stages = stages < 1 ? 1 : stages > kIntBulkMaxStages ? kIntBulkMaxStages : stages;
-  int si = iters > 0 ? (iters + stages - 1) / stages : 1;
-  si += 1 - si % 2;
-  stages = iters > 0 ? (iters + si - 1) / si : 1;
-  const int last = iters - (stages - 1) * si;
-  const int ls = 64 * last + (last % 2 ? 0 : 64);
-  const int rows = 16 * tiles, groups = int4 && group > 0 ? K / group : 1;
-  const size_t slab = (size_t(stages - 1) * size_t(64 * si) + size_t(ls)) * size_t(rows);
-  const int ss = groups | 1;
-  return IntBulkLayout{stages, si, 64 * si, ls, ss, slab, slab + size_t(rows) * size_t(ss) * 4};
-}
 // The most token rows variant `variant` of `kind` takes.
 int quant_gemv_max_m(QuantKind kind, int variant);
 constexpr int kFp8GemvVariants = 11;
-constexpr int kIntGemvVariants = kIntBulkVariant + kIntBulkVariants;
-constexpr int kQuantGemvVariants = kIntGemvVariants;  // the most of any kind
-int quant_gemv_variants(QuantKind kind);  // fp8 11, int8 / int4 26
+constexpr int kIntGemvVariants = 22;
+constexpr int kQuantGemvVariants = 22;  // the most of any kind
+int quant_gemv_variants(QuantKind kind);  // fp8 11, int8 / int4 22
 // Whether the variant scales the sums instead of the weights (its results then differ from the reference's
 // T(q · s) weights by those weights' rounding: at most the unit roundoff of T times sum |x · w|).
 bool quant_gemv_post_scale(QuantKind kind, int variant);

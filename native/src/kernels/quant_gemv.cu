@@ -126,13 +126,12 @@ const char* quant_gemv_unsupported(QuantKind kind, int M, int K, int group, cons
 
 int quant_gemv_max_m(QuantKind kind, int variant) {
   if (kind == QuantKind::Fp8 || variant < kIntMmaFirstVariant) return kQuantGemvMaxM;
-  if (variant >= kIntGemmVariant && variant < kIntBulkVariant) return kIntGemmMaxM;
+  if (variant >= kIntGemmVariant) return kIntGemmMaxM;
   return variant >= kIntMmaAVariant ? kIntMmaAGemvMaxM : kIntMmaGemvMaxM;
 }
 
 bool quant_gemv_post_scale(QuantKind kind, int variant) {
-  return kind != QuantKind::Fp8 && variant >= kIntMmaPostVariant &&
-         (variant < kIntGemmVariant || variant >= kIntBulkVariant);
+  return kind != QuantKind::Fp8 && variant >= kIntMmaPostVariant && variant < kIntGemmVariant;
 }
 
 bool quant_gemv_takes(QuantKind kind, int variant, int M, int K, int group) {
@@ -141,13 +140,10 @@ bool quant_gemv_takes(QuantKind kind, int variant, int M, int K, int group) {
   const bool int4 = kind == QuantKind::Int4;
   if (int4 && int4_chunk_shift(group) < 0) return false;
   const bool whole = K % (int4 ? 128 : 64) == 0;  // whole iterations of 4 chunks a row
-  if (variant >= kIntGemmVariant && variant < kIntBulkVariant) return whole;
+  if (variant >= kIntGemmVariant) return whole;
   if (!quant_gemv_post_scale(kind, variant)) return true;
   // Post-scale: one scale a row in an iteration too (int8's per-row scale always is one).
-  if (!whole || (int4 && int4_chunk_shift(group) < 2)) return false;
-  // The bulk variants: the block's copy fits its shared memory.
-  return variant < kIntBulkVariant ||
-         int_bulk_layout(int4, K, group, kIntBulkTiles[variant - kIntBulkVariant]).smem <= kIntBulkMaxSmem;
+  return whole && (!int4 || int4_chunk_shift(group) >= 2);
 }
 
 int quant_gemv_variants(QuantKind kind) { return kind == QuantKind::Fp8 ? kFp8GemvVariants : kIntGemvVariants; }

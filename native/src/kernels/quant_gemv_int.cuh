@@ -2,7 +2,7 @@
 // WInt weight format (gemv_stream.cuh): each warp streams ROWS weight rows, dequantises w = T(fp32(q · s)) per
 // element as the reference does and accumulates x · w in fp32; the rms_norm prologue folds in as for the fp16 gemv.
 // Variants 3-6: the tensor-core kernel of quant_gemv_mma.cuh, 7-18 quant_gemv_mma_a.cuh's, 19-21 the weight-only
-// GEMM of quant_gemm_wo.cuh, 22-25 quant_gemv_bulk.cuh's (no prologue).
+// GEMM of quant_gemm_wo.cuh (no prologue).
 // Instantiated once per weight kind (quant_gemv_int8.cu, quant_gemv_int4.cu) so the build compiles them in parallel;
 // quant_gemv.cu dispatches.
 #pragma once
@@ -11,7 +11,6 @@
 #include "quant_gemv_mma.cuh"
 #include "quant_gemm_wo.cuh"
 #include "quant_gemv_mma_a.cuh"
-#include "quant_gemv_bulk.cuh"
 
 namespace tsllm {
 namespace kd {
@@ -31,10 +30,8 @@ cudaError_t launch_int_variant(int variant, const void* x, const void* w, const 
     case 1: return launch_v<F, T, PRO, false, 2, 1, 4>(x, w, sc, group, bias, res, out, M, N, K, int(act), nw, eps, none, pdl, s);
     case 2: return launch_v<F, T, PRO, false, 4, 1, 2>(x, w, sc, group, bias, res, out, M, N, K, int(act), nw, eps, none, pdl, s);
     default:  // 3-6: the tensor-core kernel (quant_gemv_mma.cuh), 7-18 with the weights as A (quant_gemv_mma_a.cuh),
-              // 19-21 the GEMM (quant_gemm_wo.cuh), 22-25 the weights by bulk copies (quant_gemv_bulk.cuh)
+              // 19-21 the GEMM (quant_gemm_wo.cuh)
       if (PRO) return cudaErrorInvalidValue;
-      if (variant >= kIntBulkVariant)
-        return launch_int_bulk_variant<T, INT4>(variant, M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
       if (variant >= kIntGemmVariant)
         return launch_wo_gemm_variant<T, INT4>(variant, M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
       if (variant >= kIntMmaAVariant)

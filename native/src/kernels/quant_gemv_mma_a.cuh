@@ -26,20 +26,16 @@ namespace {
 
 // x under chunk c of row xr (int4: 32 values from element 32 c; int8: 16 from 16 c) as the B registers of its mma,
 // in the order the dequantisation pairs weights: int4 word wd = weights 8wd..8wd+7, pairs j = (8wd + j, 8wd + j + 4);
-// int8 word wd = weights 4wd..4wd+3, pairs j = (4wd + 2j, 4wd + 2j + 1). x_load / x_permute: the loads and the
-// pairing apart (the bulk variants load an iteration ahead).
-template <bool INT4>
-constexpr int kXVecs = INT4 ? 4 : 2;  // 16-byte vectors of x under a chunk
+// int8 word wd = weights 4wd..4wd+3, pairs j = (4wd + 2j, 4wd + 2j + 1).
 template <typename T, bool INT4>
-__device__ __forceinline__ void x_load(const T* xr, int c, uint4 (&v)[kXVecs<INT4>]) {
+__device__ __forceinline__ void x_pairs(const T* xr, int c, uint32_t (&b)[INT4 ? 16 : 8]) {
+  constexpr int XV = INT4 ? 4 : 2;  // 16-byte vectors of x under a chunk
+  uint4 v[XV];
 #pragma unroll
-  for (int j = 0; j < kXVecs<INT4>; j++)
+  for (int j = 0; j < XV; j++)
     v[j] = *reinterpret_cast<const uint4*>(xr + size_t(c) * (INT4 ? 32 : 16) + 8 * j);
-}
-template <bool INT4>
-__device__ __forceinline__ void x_permute(const uint4 (&v)[kXVecs<INT4>], uint32_t (&b)[INT4 ? 16 : 8]) {
 #pragma unroll
-  for (int j = 0; j < kXVecs<INT4>; j++) {
+  for (int j = 0; j < XV; j++) {
     const uint32_t* px = &v[j].x;
     if constexpr (INT4) {  // vector j = word wd = j: pairs (0,4), (1,5), (2,6), (3,7)
       b[4 * j + 0] = __byte_perm(px[0], px[2], 0x5410);
@@ -50,46 +46,6 @@ __device__ __forceinline__ void x_permute(const uint4 (&v)[kXVecs<INT4>], uint32
       b[4 * j + 0] = px[0], b[4 * j + 1] = px[1], b[4 * j + 2] = px[2], b[4 * j + 3] = px[3];
     }
   }
-}
-template <typename T, bool INT4>
-__device__ __forceinline__ void x_pairs(const T* xr, int c, uint32_t (&b)[INT4 ? 16 : 8]) {
-  uint4 v[kXVecs<INT4>];
-  x_load<T, INT4>(xr, c, v);
-  x_permute<INT4>(v, b);
-}
-
-// A word of rows g and g + 8 at a time: its dequantised pairs p0 / p1 (int4 4, int8 2) meet their x pairs b in one
-// or two mma.
-template <typename T, bool INT4>
-__device__ __forceinline__ void mma_word(float (&d)[4], int wd, const uint32_t (&p0)[INT4 ? 4 : 2],
-                                         const uint32_t (&p1)[INT4 ? 4 : 2], const uint32_t (&b)[INT4 ? 16 : 8]) {
-  constexpr int NP = INT4 ? 4 : 2;
-#pragma unroll
-  for (int j = 0; j < NP; j += 2) {
-    const uint32_t a[4] = {p0[j], p1[j], p0[j + 1], p1[j + 1]};
-    mma16816<T>(d, a, b[NP * wd + j], b[NP * wd + j + 1]);
-  }
-}
-
-// POST's tile: the iteration's q · x sums of rows g and g + 8 (chunks w0, w1) from a zero accumulator, then scaled
-// (s0, s1) into acc.
-template <typename T, bool INT4>
-__device__ __forceinline__ void post_tile(const uint4& w0, const uint4& w1, float s0, float s1,
-                                          const uint32_t (&b)[INT4 ? 16 : 8], float (&acc)[4]) {
-  constexpr int NP = INT4 ? 4 : 2;
-  const uint32_t* wv[2] = {&w0.x, &w1.x};
-  float q[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-  for (int wd = 0; wd < 4; wd++) {
-    uint32_t p0[NP], p1[NP];
-    dequant_word_q<T, INT4>(wv[0][wd], p0);
-    dequant_word_q<T, INT4>(wv[1][wd], p1);
-    mma_word<T, INT4>(q, wd, p0, p1, b);
-  }
-  acc[0] = fmaf(s0, q[0], acc[0]);
-  acc[1] = fmaf(s0, q[1], acc[1]);
-  acc[2] = fmaf(s1, q[2], acc[2]);
-  acc[3] = fmaf(s1, q[3], acc[3]);
 }
 
 // TILES tiles of 16 output rows a block, WARPS warps splitting K (iteration = 4 consecutive chunks of every row of
@@ -169,13 +125,28 @@ __global__ void __launch_bounds__(WARPS * 32, MINB)
       issue(u, cbu + D * kStride);  // the stage is free again: the next weights go out before this chunk's math
 #pragma unroll
       for (int i = 0; i < TILES; i++) {
+        const uint32_t* wv[2] = {&cur[i][0].x, &cur[i][1].x};
+        // A word of rows g and g + 8 at a time: its dequantised pairs meet their x pairs in NP / 2 mma.
+        auto mma_word = [&](float(&d)[4], int wd, const uint32_t(&p0)[NP], const uint32_t(&p1)[NP]) {
+#pragma unroll
+          for (int j = 0; j < NP; j += 2) {
+            const uint32_t a[4] = {p0[j], p1[j], p0[j + 1], p1[j + 1]};
+            mma16816<T>(d, a, b[NP * wd + j], b[NP * wd + j + 1]);
+          }
+        };
         if constexpr (POST) {
-          post_tile<T, INT4>(cur[i][0], cur[i][1], s[i][0], s[i][1], b, acc[i]);
+          // The iteration's q · x sums of rows g and g + 8 (q[0..1], q[2..3]), then scaled into acc.
+          float q[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+          for (int wd = 0; wd < 4; wd++) {
+            uint32_t p0[NP], p1[NP];
+            dequant_word_q<T, INT4>(wv[0][wd], p0);
+            dequant_word_q<T, INT4>(wv[1][wd], p1);
+            mma_word(q, wd, p0, p1);
+          }
+#pragma unroll
+          for (int e = 0; e < 4; e++) acc[i][e] = fmaf(s[i][e >> 1], q[e], acc[i][e]);
         } else {
-          const uint32_t* wv[2] = {&cur[i][0].x, &cur[i][1].x};
-          auto mma_wd = [&](float(&d)[4], int wd, const uint32_t(&p0)[NP], const uint32_t(&p1)[NP]) {
-            mma_word<T, INT4>(d, wd, p0, p1, b);
-          };
           uint32_t s2[2];  // (one conversion per chunk)
           bool exact[2];
 #pragma unroll
@@ -188,7 +159,7 @@ __global__ void __launch_bounds__(WARPS * 32, MINB)
               uint32_t p0[NP], p1[NP];
               dequant_word<T, INT4>(wv[0][wd], s2[0], p0);
               dequant_word<T, INT4>(wv[1][wd], s2[1], p1);
-              mma_wd(acc[i], wd, p0, p1);
+              mma_word(acc[i], wd, p0, p1);
             }
           } else {  // a scale not representable in T in the warp (older engines): per-weight rounding where needed
 #pragma unroll
@@ -198,7 +169,7 @@ __global__ void __launch_bounds__(WARPS * 32, MINB)
               for (int h = 0; h < 2; h++)
                 if (exact[h]) dequant_word<T, INT4>(wv[h][wd], s2[h], p[h]);
                 else dequant_word_exact<T, INT4>(wv[h][wd], s[i][h], p[h]);
-              mma_wd(acc[i], wd, p[0], p[1]);
+              mma_word(acc[i], wd, p[0], p[1]);
             }
           }
         }

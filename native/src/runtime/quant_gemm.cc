@@ -172,7 +172,7 @@ int QuantGemm::tuned_pick(std::map<PickKey, int>& picks, const QuantLinearCall& 
 int QuantGemm::gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s, const LargePath& large) {
   if (!gemv_on || quant_gemv_unsupported(c.kind, c.M, c.K, c.group, c.x, c.w, dt)) return -1;
   if (c.x_fp8) return rows_variant(c, dt, s);
-  // Variant v exists for this kind (int8 / int4 have 0-25) and takes the call's shape. A forced variant that does
+  // Variant v exists for this kind (int8 / int4 have 0-21) and takes the call's shape. A forced variant that does
   // not leaves the call to the tuner, as does a TSLLM_QGEMV_PICKS entry.
   auto fits = [&](int v) { return quant_gemv_takes(c.kind, v, c.M, c.K, c.group); };
   if (fits(gemv_force)) return gemv_force;
