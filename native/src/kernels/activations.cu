@@ -17,8 +17,8 @@ inline int ew_blocks(uint64_t work) { return kd::grid_for(work, 256, kd::num_sms
 
 // ---- gated_act ----
 template <typename T, Act A, bool VEC>
-__global__ void gated_act_kernel(const T* __restrict__ x, T* __restrict__ out, int rows, int inter) {
-  kd::pdl_trigger();  // lets a PDL-launched successor (gemv) start its weight loads early
+__global__ void gated_act_kernel(const T* __restrict__ x, T* __restrict__ out, int rows, int inter, bool wait_first) {
+  kd::pdl_start(wait_first);  // lets a PDL-launched successor (gemv) start its weight loads early
   constexpr int N = VEC ? kd::Vec<T>::N : 1;
   const int per_row = inter / N;
   const uint64_t total = (uint64_t)rows * per_row;
@@ -38,15 +38,16 @@ __global__ void gated_act_kernel(const T* __restrict__ x, T* __restrict__ out, i
 }
 
 template <typename T, Act A>
-cudaError_t launch_gated_t(const void* x, void* out, int rows, int inter, cudaStream_t s) {
+cudaError_t launch_gated_t(const void* x, void* out, int rows, int inter, int pdl, cudaStream_t s) {
   constexpr int N = kd::Vec<T>::N;
   const bool vec = inter % N == 0 && kd::aligned16(x) && kd::aligned16(out);
   const uint64_t work = (uint64_t)rows * (vec ? inter / N : inter);
-  if (vec)
-    gated_act_kernel<T, A, true><<<ew_blocks(work), 256, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(out), rows, inter);
-  else
-    gated_act_kernel<T, A, false><<<ew_blocks(work), 256, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(out), rows, inter);
-  return cudaGetLastError();
+  const cudaError_t e =
+      vec ? kd::launch_pdl(gated_act_kernel<T, A, true>, dim3(ew_blocks(work)), 256, 0, pdl != 0, s,
+                           static_cast<const T*>(x), static_cast<T*>(out), rows, inter, pdl == 1)
+          : kd::launch_pdl(gated_act_kernel<T, A, false>, dim3(ew_blocks(work)), 256, 0, pdl != 0, s,
+                           static_cast<const T*>(x), static_cast<T*>(out), rows, inter, pdl == 1);
+  return e != cudaSuccess ? e : cudaGetLastError();
 }
 
 // gated_act with its output as FP8 rows (kernels.h Fp8Rows: the down projection's activation quantisation fused in):
@@ -272,7 +273,7 @@ cudaError_t launch_convert_t(const void* x, void* out, uint64_t n, cudaStream_t 
 }  // namespace
 
 cudaError_t gated_act(const void* x, void* out, int rows, int inter, Act act, DType dt, cudaStream_t s,
-                      const Fp8Rows* fp8) {
+                      const Fp8Rows* fp8, int pdl) {
   if (rows <= 0 || inter <= 0) return cudaGetLastError();
   if (fp8) {
     if (!fp8_rows_supported(inter, dt)) return cudaErrorNotSupported;
@@ -285,10 +286,10 @@ cudaError_t gated_act(const void* x, void* out, int rows, int inter, Act act, DT
     return cudaErrorInvalidValue;
   }
   TSLLM_DISPATCH_ACT(dt, T, switch (act) {
-    case Act::None: return (launch_gated_t<T, Act::None>(x, out, rows, inter, s));
-    case Act::Silu: return (launch_gated_t<T, Act::Silu>(x, out, rows, inter, s));
-    case Act::GeluTanh: return (launch_gated_t<T, Act::GeluTanh>(x, out, rows, inter, s));
-    case Act::GeluErf: return (launch_gated_t<T, Act::GeluErf>(x, out, rows, inter, s));
+    case Act::None: return (launch_gated_t<T, Act::None>(x, out, rows, inter, pdl, s));
+    case Act::Silu: return (launch_gated_t<T, Act::Silu>(x, out, rows, inter, pdl, s));
+    case Act::GeluTanh: return (launch_gated_t<T, Act::GeluTanh>(x, out, rows, inter, pdl, s));
+    case Act::GeluErf: return (launch_gated_t<T, Act::GeluErf>(x, out, rows, inter, pdl, s));
   });
   return cudaErrorInvalidValue;
 }

@@ -153,6 +153,31 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
+// The start of a kernel whose launch may or may not use programmatic dependent launch (the norms and gated_act,
+// kernels.h's `pdl`): it lets its successor launch (pdl_trigger) before or after it waits for its predecessor
+// (pdl_wait, a no-op after an ordinary launch).
+__device__ __forceinline__ void pdl_start(bool wait_first) {
+  if (wait_first) pdl_wait();
+  pdl_trigger();
+  if (!wait_first) pdl_wait();
+}
+
+// kern launched with programmatic stream serialization when pdl (and the device has it), else an ordinary launch.
+template <typename Kern, typename... Args>
+cudaError_t launch_pdl(Kern kern, dim3 blocks, int threads, size_t smem, bool pdl, cudaStream_t s, Args... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = blocks;
+  cfg.blockDim = dim3(threads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl && pdl_supported() ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kern, args...);
+}
+
 // A kernel's dynamic shared memory limit raised to `bytes` (above the 48 KB default), once per device: `configured`
 // is the caller's static, one bit per device, and must be the kernel's own (a static of a launcher instantiated per
 // kernel: kernels of one signature share a function template's statics). Atomic: engines on several devices may

@@ -10,7 +10,7 @@
 //     inv_rms, block-wide), for_vec_chunks (the block's pass over the vector, e.g. staging it in shared memory);
 //   - dot_chunk: the chunk's weights (dequantised by the format) · the vector in fp32 FMAs, in element order;
 //   - warp sums, then lane r*M+m writes output (m, n0+r) (store_rows; store_out: the quantised epilogue);
-//   - row_groups (the big-block kernels' loop over row groups), launch_pdl, launch_persistent.
+//   - row_groups (the big-block kernels' loop over row groups), launch_persistent (launch_pdl: common.cuh).
 // Programmatic dependent launch (pdl, sm_90): every kernel issues its first weight loads before griddepcontrol.wait
 // (weights are never written); x / residual are read and out written after it.
 #pragma once
@@ -434,22 +434,6 @@ __device__ __forceinline__ void row_groups(WS& ws, const typename WS::U* w, int 
 }
 
 // ---------------- launches ----------------
-// With programmatic stream serialization when pdl (and the device has it), else an ordinary launch.
-template <typename Kern, typename... Args>
-cudaError_t launch_pdl(Kern kern, dim3 blocks, int threads, size_t smem, bool pdl, cudaStream_t s, Args... args) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = blocks;
-  cfg.blockDim = dim3(threads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = s;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl && pdl_supported() ? 1 : 0;
-  return cudaLaunchKernelEx(&cfg, kern, args...);
-}
-
 // A kernel's shared-memory opt-in (only ever raised) and resident blocks per SM for up to 4 sizes (one per K of the
 // model); one per kernel instantiation (a static of its launcher).
 struct PersistentCache {

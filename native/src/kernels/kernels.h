@@ -49,17 +49,20 @@ inline bool fp8_rows_supported(int cols, DType dt) {
 // pre / post (may be null or empty; a compile-time variant of the kernel, so norms without them run unchanged):
 // pre is applied to x as it is read (fp32, before the residual add: sum = pre(x) + residual), post to the
 // normalised value before it is rounded to y. fp8 (may be null): y is not written (may be null); fp8's rows are.
+// pdl (norms and gated_act; not their FP8-rows kernels): 0 an ordinary launch; 1 / 2 with programmatic dependent
+// launch, the successor let go after (1) or before (2) the wait for the predecessor (A/B: Tunables::norm_pdl).
 cudaError_t rms_norm(const void* x, const void* residual, const void* w, float w_offset, void* y, void* sum_out,
                      int rows, int hidden, float eps, DType dt, cudaStream_t s, const EwChain* pre = nullptr,
-                     const EwChain* post = nullptr, const Fp8Rows* fp8 = nullptr);
+                     const EwChain* post = nullptr, const Fp8Rows* fp8 = nullptr, int pdl = 0);
 // Same with LayerNorm (w + w_offset, b). b may be nullptr.
 cudaError_t layer_norm(const void* x, const void* residual, const void* w, float w_offset, const void* b, void* y,
                        void* sum_out, int rows, int hidden, float eps, DType dt, cudaStream_t s,
-                       const EwChain* pre = nullptr, const EwChain* post = nullptr, const Fp8Rows* fp8 = nullptr);
+                       const EwChain* pre = nullptr, const EwChain* post = nullptr, const Fp8Rows* fp8 = nullptr,
+                       int pdl = 0);
 // out[t,i] = act(x[t,i]) * x[t, inter+i] for i < inter (x is [rows, 2*inter]). fp8 (may be null): out is not
 // written (may be null); fp8's rows are.
 cudaError_t gated_act(const void* x, void* out, int rows, int inter, Act act, DType dt, cudaStream_t s,
-                      const Fp8Rows* fp8 = nullptr);
+                      const Fp8Rows* fp8 = nullptr, int pdl = 0);
 // out = act(x) elementwise (out may alias x).
 cudaError_t activation(const void* x, void* out, uint64_t n, Act act, DType dt, cudaStream_t s);
 // out = a op b elementwise, fp32 math (elementwise.cu). out may alias a or b.

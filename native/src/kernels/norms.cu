@@ -19,8 +19,8 @@ template <typename T, int VPT, bool RES, bool LN, bool EW, bool Q>
 __global__ void __launch_bounds__(512) norm_vec_kernel(const T* x, const T* res, const T* __restrict__ w,
                                                          const T* __restrict__ b, T* y, T* sum_out, int hidden,
                                                          float eps, float w_off, const EwChain pre,
-                                                         const EwChain post, uint8_t* q, float* qs) {
-  kd::pdl_trigger();  // lets a PDL-launched successor (gemv) start its weight loads early
+                                                         const EwChain post, uint8_t* q, float* qs, bool wait_first) {
+  kd::pdl_start(wait_first);  // lets a PDL-launched successor (gemv) start its weight loads early
   constexpr int N = kd::Vec<T>::N;
   const size_t row = blockIdx.x;
   const int nvec = hidden / N;
@@ -107,8 +107,8 @@ template <typename T, bool RES, bool LN, bool EW>
 __global__ void __launch_bounds__(256) norm_scalar_kernel(const T* x, const T* res, const T* __restrict__ w,
                                                            const T* __restrict__ b, T* y, T* sum_out, int hidden,
                                                            float eps, float w_off, const EwChain pre,
-                                                           const EwChain post) {
-  kd::pdl_trigger();  // lets a PDL-launched successor (gemv) start its weight loads early
+                                                           const EwChain post, bool wait_first) {
+  kd::pdl_start(wait_first);  // lets a PDL-launched successor (gemv) start its weight loads early
   const size_t row = blockIdx.x;
   const T* xr = x + row * hidden;
   // Source of the values to normalise in passes 2 and 3: the rounded sum, or x (through pre, again).
@@ -149,7 +149,7 @@ __global__ void __launch_bounds__(256) norm_scalar_kernel(const T* x, const T* r
 template <typename T, bool RES, bool LN, bool EW, bool Q>
 cudaError_t launch_norm_t(const void* x_, const void* res_, const void* w_, const void* b_, void* y_, void* sum_,
                           int rows, int hidden, float eps, float w_off, const EwChain& pre, const EwChain& post,
-                          const Fp8Rows& fp8, cudaStream_t s) {
+                          const Fp8Rows& fp8, int pdl, cudaStream_t s) {
   const T* x = static_cast<const T*>(x_);
   const T* res = static_cast<const T*>(res_);
   const T* w = static_cast<const T*>(w_);
@@ -165,10 +165,11 @@ cudaError_t launch_norm_t(const void* x_, const void* res_, const void* w_, cons
   if (vec && nvec <= 8 * 512) {
     const int cap = Q && fp8.max_threads > 0 ? fp8.max_threads : 512;
     const int vpt = kd::row_vpt(nvec, cap), threads = kd::row_threads(nvec, vpt);
+    cudaError_t e = cudaSuccess;
 #define TSLLM_NORM_CASE(V) \
   case V:                                                                                                        \
-    norm_vec_kernel<T, V, RES, LN, EW, Q><<<rows, threads, 0, s>>>(x, res, w, b, y, sum, hidden, eps, w_off, pre,   \
-                                                                    post, fp8.q, fp8.scales);                      \
+    e = kd::launch_pdl(norm_vec_kernel<T, V, RES, LN, EW, Q>, dim3(rows), threads, 0, pdl != 0, s, x, res, w, b, y, \
+                       sum, hidden, eps, w_off, pre, post, fp8.q, fp8.scales, pdl == 1);                           \
     break;
     switch (vpt) {
       TSLLM_NORM_CASE(1)
@@ -177,8 +178,11 @@ cudaError_t launch_norm_t(const void* x_, const void* res_, const void* w_, cons
       TSLLM_NORM_CASE(8)
     }
 #undef TSLLM_NORM_CASE
+    if (e != cudaSuccess) return e;
   } else if constexpr (!Q) {
-    norm_scalar_kernel<T, RES, LN, EW><<<rows, 256, 0, s>>>(x, res, w, b, y, sum, hidden, eps, w_off, pre, post);
+    const cudaError_t e = kd::launch_pdl(norm_scalar_kernel<T, RES, LN, EW>, dim3(rows), 256, 0, pdl != 0, s, x, res,
+                                         w, b, y, sum, hidden, eps, w_off, pre, post, pdl == 1);
+    if (e != cudaSuccess) return e;
   }
   return cudaGetLastError();
 }
@@ -186,16 +190,16 @@ cudaError_t launch_norm_t(const void* x_, const void* res_, const void* w_, cons
 template <bool LN, bool EW, bool RES>
 cudaError_t launch_norm_ew(const void* x, const void* res, const void* w, const void* b, void* y, void* sum, int rows,
                            int hidden, float eps, float w_off, const EwChain& pre, const EwChain& post,
-                           const Fp8Rows* fp8, DType dt, cudaStream_t s) {
-  if (fp8) {
+                           const Fp8Rows* fp8, int pdl, DType dt, cudaStream_t s) {
+  if (fp8) {  // (an ordinary launch: kernels.h's pdl is for the plain kernels)
     if (!fp8_rows_supported(hidden, dt)) return cudaErrorNotSupported;
     TSLLM_DISPATCH_HALF(dt, T,
                         return (launch_norm_t<T, RES, LN, EW, true>(x, res, w, b, y, sum, rows, hidden, eps, w_off, pre,
-                                                                    post, *fp8, s)));
+                                                                    post, *fp8, 0, s)));
   } else {
     TSLLM_DISPATCH_ACT(dt, T,
                        return (launch_norm_t<T, RES, LN, EW, false>(x, res, w, b, y, sum, rows, hidden, eps, w_off, pre,
-                                                                    post, Fp8Rows{}, s)));
+                                                                    post, Fp8Rows{}, pdl, s)));
   }
   return cudaErrorInvalidValue;
 }
@@ -203,7 +207,7 @@ cudaError_t launch_norm_ew(const void* x, const void* res, const void* w, const 
 template <bool LN>
 cudaError_t launch_norm(const void* x, const void* res, const void* w, const void* b, void* y, void* sum, int rows,
                         int hidden, float eps, float w_off, const EwChain* pre, const EwChain* post,
-                        const Fp8Rows* fp8, DType dt, cudaStream_t s) {
+                        const Fp8Rows* fp8, int pdl, DType dt, cudaStream_t s) {
   if (rows <= 0) return cudaGetLastError();
   if (res && !sum) return cudaErrorInvalidValue;
   const EwChain none{};
@@ -211,8 +215,8 @@ cudaError_t launch_norm(const void* x, const void* res, const void* w, const voi
   const EwChain& p1 = post ? *post : none;
   auto go = [&](auto ew) {
     constexpr bool EW = decltype(ew)::value;
-    return res ? launch_norm_ew<LN, EW, true>(x, res, w, b, y, sum, rows, hidden, eps, w_off, p0, p1, fp8, dt, s)
-               : launch_norm_ew<LN, EW, false>(x, res, w, b, y, sum, rows, hidden, eps, w_off, p0, p1, fp8, dt, s);
+    return res ? launch_norm_ew<LN, EW, true>(x, res, w, b, y, sum, rows, hidden, eps, w_off, p0, p1, fp8, pdl, dt, s)
+               : launch_norm_ew<LN, EW, false>(x, res, w, b, y, sum, rows, hidden, eps, w_off, p0, p1, fp8, pdl, dt, s);
   };
   return p0.n || p1.n ? go(std::true_type{}) : go(std::false_type{});
 }
@@ -221,14 +225,15 @@ cudaError_t launch_norm(const void* x, const void* res, const void* w, const voi
 
 cudaError_t rms_norm(const void* x, const void* residual, const void* w, float w_offset, void* y, void* sum_out,
                      int rows, int hidden, float eps, DType dt, cudaStream_t s, const EwChain* pre,
-                     const EwChain* post, const Fp8Rows* fp8) {
-  return launch_norm<false>(x, residual, w, nullptr, y, sum_out, rows, hidden, eps, w_offset, pre, post, fp8, dt, s);
+                     const EwChain* post, const Fp8Rows* fp8, int pdl) {
+  return launch_norm<false>(x, residual, w, nullptr, y, sum_out, rows, hidden, eps, w_offset, pre, post, fp8, pdl, dt,
+                            s);
 }
 
 cudaError_t layer_norm(const void* x, const void* residual, const void* w, float w_offset, const void* b, void* y,
                        void* sum_out, int rows, int hidden, float eps, DType dt, cudaStream_t s, const EwChain* pre,
-                       const EwChain* post, const Fp8Rows* fp8) {
-  return launch_norm<true>(x, residual, w, b, y, sum_out, rows, hidden, eps, w_offset, pre, post, fp8, dt, s);
+                       const EwChain* post, const Fp8Rows* fp8, int pdl) {
+  return launch_norm<true>(x, residual, w, b, y, sum_out, rows, hidden, eps, w_offset, pre, post, fp8, pdl, dt, s);
 }
 
 }  // namespace tsllm

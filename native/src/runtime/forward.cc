@@ -204,6 +204,9 @@ void run_QuantLinear(const NodeRun& r) {
     r.ck(linear_epilogue(dst, res, r.out(0), uint64_t(M) * uint64_t(N), Act::None, n.post, r.dt, r.s));
 }
 
+// How the norms and gated_act launch (Tunables::norm_pdl), where programmatic dependent launch is on.
+int norm_pdl(const NodeRun& r) { return r.e.tun.pdl ? r.e.tun.norm_pdl : 0; }
+
 // fp8: where this node's output goes as FP8 rows instead (FP8 activation fusion), or null.
 void norm(const NodeRun& r, bool add, bool layer, const Fp8Rows* fp8 = nullptr) {
   const int H = int(r.vin(0).last_dim());
@@ -211,10 +214,10 @@ void norm(const NodeRun& r, bool add, bool layer, const Fp8Rows* fp8 = nullptr) 
   const size_t wi = add ? 2 : 1;
   if (layer)
     r.ck(layer_norm(r.in(0), add ? r.in(1) : nullptr, r.in(wi), r.n.w_offset, r.in(wi + 1), r.out(0),
-                    add ? r.out(1) : nullptr, rows, H, r.n.eps, r.dt, r.s, &r.n.pre, &r.n.post, fp8));
+                    add ? r.out(1) : nullptr, rows, H, r.n.eps, r.dt, r.s, &r.n.pre, &r.n.post, fp8, norm_pdl(r)));
   else
     r.ck(rms_norm(r.in(0), add ? r.in(1) : nullptr, r.in(wi), r.n.w_offset, r.out(0), add ? r.out(1) : nullptr, rows,
-                  H, r.n.eps, r.dt, r.s, &r.n.pre, &r.n.post, fp8));
+                  H, r.n.eps, r.dt, r.s, &r.n.pre, &r.n.post, fp8, norm_pdl(r)));
 }
 void run_RmsNorm(const NodeRun& r) { norm(r, false, false); }
 void run_AddRmsNorm(const NodeRun& r) { norm(r, true, false); }
@@ -245,7 +248,7 @@ void run_Gelu(const NodeRun& r) { r.ck(activation(r.in(0), r.out(0), uint64_t(r.
 void gated(const NodeRun& r, const Fp8Rows* fp8 = nullptr) {
   const int inter = int(r.vout(0).last_dim());
   const int rows = int(r.numel_out(0) / inter);
-  r.ck(gated_act(r.in(0), r.out(0), rows, inter, r.n.act, r.dt, r.s, fp8));
+  r.ck(gated_act(r.in(0), r.out(0), rows, inter, r.n.act, r.dt, r.s, fp8, norm_pdl(r)));
 }
 void run_GatedAct(const NodeRun& r) { gated(r); }
 

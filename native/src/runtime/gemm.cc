@@ -65,6 +65,7 @@ void GemmRunner::init(const Tunables& t) {
   verbose = t.profile != 0;
   pdl = t.pdl;
   strict = t.strict;
+  force_pro = t.prologue_force;
 }
 
 std::string GemmRunner::ensure_tune_buffers(size_t out_bytes) {
@@ -380,7 +381,7 @@ int GemmRunner::prologue_variant(const GemvPrologue& pro, const void* pro_x, voi
           time([&] { return gemv_pro(v, pro, pro_x, w, tb, tres, tune_out_, M, N, K, gdt, pdl, s) == cudaSuccess; });
       if (ms >= 0.f && ms < best) best = ms, pick = v;
     }
-    if (pick >= 0 && gemv_mode != 1 && !(base >= 0.f && best < base)) pick = -1;
+    if (pick >= 0 && gemv_mode != 1 && !force_pro && !(base >= 0.f && best < base)) pick = -1;
     cudaEventDestroy(a);
     cudaEventDestroy(b);
   }

@@ -60,6 +60,7 @@ class GemmRunner {
   bool verbose = false;  // profiling on: prologue fusion decisions to stderr
   bool pdl = true;       // gemv launched with programmatic dependent launch (sm_90+)
   bool strict = false;   // see linear()
+  bool force_pro = false;  // Tunables::prologue_force: every planned prologue pair fused
 
   size_t num_cached() const { return cache_.size(); }
   // Autotuning (gemm_tuned_m, options.h): the first call of a tuned shape times every algorithm the heuristic

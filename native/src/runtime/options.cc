@@ -89,13 +89,15 @@ Tunables resolve_tunables(const tsllm_options& o, const std::string& path) {
   t.profile = o.profile;
 
   // Environment overrides (benchmarking): TSLLM_GEMM_TUNE=0, TSLLM_GEMV=0|1, TSLLM_GEMV_VARIANT=k,
-  // TSLLM_GEMV_PROLOGUE=0|1, TSLLM_DECODE_VARIANT=2|3|4, TSLLM_DECODE_MMA_MIN_GQA=r, TSLLM_DECODE_MMA_CFG=c,
-  // TSLLM_PDL=0|1, TSLLM_STRICT_KERNELS=0|1, TSLLM_FP8_CONTEXT_FMHA=0|1 (off, on), TSLLM_PROFILE=1|graph.
+  // TSLLM_GEMV_PROLOGUE=0|1|2 (2: every pair fused), TSLLM_NORM_PDL=0|1|2, TSLLM_DECODE_VARIANT=2|3|4,
+  // TSLLM_DECODE_MMA_MIN_GQA=r, TSLLM_DECODE_MMA_CFG=c, TSLLM_PDL=0|1, TSLLM_STRICT_KERNELS=0|1,
+  // TSLLM_FP8_CONTEXT_FMHA=0|1 (off, on), TSLLM_PROFILE=1|graph.
   long x = 0;
   if (env_int("TSLLM_GEMM_TUNE", path, 0, 1, &x)) t.gemm_tune = x == 1;
   if (env_int("TSLLM_GEMV", path, 0, 1, &x)) t.gemv = x == 1 ? 1 : -1;
   if (env_int("TSLLM_GEMV_VARIANT", path, 0, kGemvVariants - 1, &x)) t.gemv_variant = int(x);
-  if (env_int("TSLLM_GEMV_PROLOGUE", path, 0, 1, &x)) t.gemv_prologue = x == 1;
+  if (env_int("TSLLM_GEMV_PROLOGUE", path, 0, 2, &x)) t.gemv_prologue = x >= 1, t.prologue_force |= x == 2;
+  if (env_int("TSLLM_NORM_PDL", path, 0, 2, &x)) t.norm_pdl = int(x);
   if (env_int("TSLLM_DECODE_VARIANT", path, 2, 4, &x)) t.decode_variant = int(x);
   if (env_int("TSLLM_DECODE_MMA_MIN_GQA", path, 1, 1024, &x)) t.decode_mma_min_gqa = int(x);
   if (env_int("TSLLM_DECODE_MMA_CFG", path, 0, decode_mma_config_count() - 1, &x)) t.decode_mma_cfg = int(x);
@@ -104,7 +106,8 @@ Tunables resolve_tunables(const tsllm_options& o, const std::string& path) {
   if (env_int("TSLLM_FP8_CONTEXT_FMHA", path, 0, 1, &x)) t.fp8_context_fmha = x == 1 ? 1 : -1;
   // quant_linear: TSLLM_QGEMV=0 (decode through the large-M path), TSLLM_QGEMV_VARIANT=k, TSLLM_QGEMV_TUNE_BELOW=k
   // (the tuner tries variants 0..k-1 only), TSLLM_QGEMV_PICKS=NxK:v,... (variant v for that shape),
-  // TSLLM_FP8_OUTER_VEC=0, TSLLM_FP8_FAST_ACCUM=0, TSLLM_QGEMV_PROLOGUE=1 (rms_norm folded into the quantised gemv),
+  // TSLLM_FP8_OUTER_VEC=0, TSLLM_FP8_FAST_ACCUM=0, TSLLM_QGEMV_PROLOGUE=1|2 (rms_norm folded into the quantised gemv;
+  // 2: always),
   // TSLLM_FP8_ACT_FUSION=0 (FP8 GEMMs quantise their activations themselves).
   if (env_int("TSLLM_QGEMV", path, 0, 1, &x)) t.quant_gemv = x == 1;
   if (env_int("TSLLM_QGEMV_VARIANT", path, 0, kQuantGemvVariants - 1, &x)) t.quant_gemv_variant = int(x);
@@ -112,7 +115,7 @@ Tunables resolve_tunables(const tsllm_options& o, const std::string& path) {
   t.quant_gemv_picks = env_picks("TSLLM_QGEMV_PICKS", path);
   if (env_int("TSLLM_FP8_OUTER_VEC", path, 0, 1, &x)) t.fp8_outer_vec = x == 1;
   if (env_int("TSLLM_FP8_FAST_ACCUM", path, 0, 1, &x)) t.fp8_fast_accum = x == 1;
-  if (env_int("TSLLM_QGEMV_PROLOGUE", path, 0, 1, &x)) t.quant_gemv_prologue = x == 1;
+  if (env_int("TSLLM_QGEMV_PROLOGUE", path, 0, 2, &x)) t.quant_gemv_prologue = x >= 1, t.prologue_force |= x == 2;
   if (env_int("TSLLM_FP8_ACT_FUSION", path, 0, 1, &x)) t.fp8_act_fusion = x == 1;
   // Weight pass: TSLLM_LOAD_THREADS=N, TSLLM_LOAD_DIRECT=0|1.
   if (env_int("TSLLM_LOAD_THREADS", path, 1, kMaxPassThreads, &x)) t.load_threads = int(x);

@@ -20,6 +20,18 @@ struct Tunables {
   int gemv = 0;               // -1 never, 0 the tuner decides, 1 always where eligible
   int gemv_variant = -1;      // -1 any, else only that variant
   bool gemv_prologue = true;  // decode prologue fusion (rms_norm / gated_act folded into the gemv)
+  // Environment only (A/B in the step): TSLLM_GEMV_PROLOGUE=2 / TSLLM_QGEMV_PROLOGUE=2 fold every planned pair into
+  // its fastest fused variant, not only where the load-time tuner's eager timing finds the fused kernel faster
+  // than the pair (that timing runs each alone; in the decode graph a kernel's start overlaps its predecessor's end).
+  bool prologue_force = false;
+  // Environment only (A/B): TSLLM_NORM_PDL=1|2 launches the norms and gated_act (kernels.h `pdl`) with programmatic
+  // dependent launch, so their launch overlaps the previous kernel's end; 1 lets their successor launch after their
+  // wait for the predecessor, 2 before it. Off by default: no mode helps every kind. H200, Llama-2-7B bs 1 TPOT,
+  // session 19 run 4, alternating, 1 / 2 against 0: int4-wo g128 1.973 / 1.935 and 1.980 / 2.170 ms against
+  // 2.062 / 2.050; FP8 2.757 / 2.758 and 2.756 / 2.872 against 2.730 / 2.725; fp16 3.737 / 3.724 and 3.725 / 3.663
+  // against 3.718. Timing graph replays back to back at capture (run 5) saw no difference for int4 (1.967 ms a
+  // replay with 1, 1.964 with 0): what 1 gains there is not inside one step's graph.
+  int norm_pdl = 0;
   int decode_variant = 3;     // 3 (falls back to 4 or 2 by GQA ratio, 2 for FP8 caches, outside its range), 2 or 4
   int decode_mma_min_gqa = kDecodeMmaMinGqa;  // the GQA ratio from which variant 3 falls back to 4 rather than 2
   int decode_mma_cfg = 0;  // variant 4's kernel configuration (kd::kDecodeMmaConfigs; others for A/B only)

@@ -73,6 +73,7 @@ void QuantGemm::init(const QuantWorkspace& need, const Tunables& tun) {
   tune = tun.gemm_tune;
   pdl = tun.pdl;
   verbose = tun.profile != 0;
+  force_pro = tun.prologue_force;
   if (need.xq_bytes) {
     cublasStatus_t st = cublasLtCreate(&handle_);
     if (st != CUBLAS_STATUS_SUCCESS) throw std::runtime_error(lt_err("cublasLtCreate (FP8 GEMM)", st));
@@ -273,7 +274,7 @@ int QuantGemm::prologue_variant(const QuantLinearCall& c, const GemvPrologue& pr
       });
       if (ms >= 0.f && ms < best) best = ms, pick = v;
     }
-    if (pick >= 0 && base >= 0.f && !(best < base)) pick = -1;
+    if (pick >= 0 && base >= 0.f && !force_pro && !(best < base)) pick = -1;
   }
   if (verbose)
     std::fprintf(stderr, "tsllm quant gemv prologue: rms_norm + %s M=%d N=%d K=%d: %s (fused best %.4f ms, unfused %.4f ms)\n",

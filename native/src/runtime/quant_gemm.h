@@ -124,6 +124,7 @@ class QuantGemm {
   bool tune = true;       // tsllm_options.gemm_tune: time the gemv variants per shape (else variant 1)
   bool pdl = true;        // tsllm_options.pdl
   bool verbose = false;   // profiling on: tuning decisions to stderr
+  bool force_pro = false;  // Tunables::prologue_force: every planned rms_norm pair fused
 
  private:
   // The large-M path run once into a scratch output (tuning), true when it launched.
