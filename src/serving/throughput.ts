@@ -189,7 +189,10 @@ export function summarize(
   const gapOf = (xs: StepRecord[]) => xs.reduce((a, s) => a + s.gapMs, 0);
   const gapMs = gapOf(steps);
   const loopMs = stepMs(steps) + gapMs;
-  const decodeSteps = steps.filter((s) => s.decode === s.seqs);
+  // Decode-only: every sequence of the step decoded one token (no context chunk), one definition for the steady
+  // state below and by_kind's "decode".
+  const decodeOnly = (s: StepRecord) => s.seqs > 0 && s.decode === s.seqs;
+  const decodeSteps = steps.filter(decodeOnly);
   const maxBatch = decodeSteps.reduce((a, s) => Math.max(a, s.seqs), 0);
   const full = decodeSteps.filter((s) => s.seqs === maxBatch);
   const fullStep = stepMs(full);
@@ -230,7 +233,7 @@ export function summarize(
       by_kind: {
         context: kind((s) => s.decode === 0),
         mixed: kind((s) => s.decode > 0 && s.decode < s.seqs),
-        decode: kind((s) => s.decode === s.seqs && s.seqs > 0),
+        decode: kind(decodeOnly),
       },
       full_batch: {
         batch: maxBatch,

@@ -222,6 +222,12 @@ describe("summarize", () => {
     expect(z.per_user_output_throughput_tok_s).toBeGreaterThan(1e11); // 1 token in at most 1e-9 ms
   });
 
+  it("a step without sequences is no decode-only step: decode_steps counts what by_kind's decode counts", () => {
+    const z = summarize(entries, { ...run, steps: [...run.steps, step(0, 0, 1, 1, 0)] }, kv).steps;
+    expect([z.decode_steps, z.by_kind.decode.steps, z.by_kind.context.steps]).toEqual([3, 3, 2]);
+    expect(z.mean_decode_batch).toBeCloseTo(8 / 3, 12);
+  });
+
   it("a full decode batch that waited on the host as long as it ran: half the loop is gap", () => {
     const steps = [step(2, 2, 3, 1, 1), step(2, 2, 3, 1, 1)];
     expect(summarize([entry(1)], { ...run, steps }, kv).steps.full_batch.host_gap_pct).toBe(50);
