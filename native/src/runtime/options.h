@@ -23,6 +23,8 @@ struct Tunables {
   // Environment only (A/B in the step): TSLLM_GEMV_PROLOGUE=2 / TSLLM_QGEMV_PROLOGUE=2 fold every planned pair into
   // its fastest fused variant, not only where the load-time tuner's eager timing finds the fused kernel faster
   // than the pair (that timing runs each alone; in the decode graph a kernel's start overlaps its predecessor's end).
+  // One flag for both runners: either switch at 2 forces the fp16 / bf16 pairs and the quantised ones alike (the
+  // quantised pairs are planned only with TSLLM_QGEMV_PROLOGUE >= 1).
   bool prologue_force = false;
   // Environment only (A/B): TSLLM_NORM_PDL=1|2 launches the norms and gated_act (kernels.h `pdl`) with programmatic
   // dependent launch, so their launch overlaps the previous kernel's end; 1 lets their successor launch after their
