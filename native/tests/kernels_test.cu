@@ -940,6 +940,59 @@ static void test_attention(Rng& rng, int only) {
     if (only < 0 || only == i) test_attention_case(cases[i], rng);
 }
 
+// ---------------- gemv_glu: gate_up linear + gated_act in one launch ----------------
+// Against the pair it replaces, same variant: gemv into gu [M, 2N], then gated_act. A row's fp32 sum runs in the same
+// order in both kernels (the GLU group streams its up rows beside its gate rows, each row summed alone), and both
+// roundings are the pair's, so every output must be bit-identical (0xFF-poisoned output: a missed store fails).
+// The pair itself is checked against fp64 by test_gemv (plain, and the gated prologue's vector).
+static void test_gemv_glu(Rng& rng) {
+  struct Shape {
+    int M, N, K;
+    bool bias;
+  };
+  const Shape shapes[] = {{1, 259, 4096, false}, {2, 96, 512, true}, {3, 131, 1032, false}, {4, 64, 2048, true},
+                          {1, 8, 8, true}};
+  for (DType dt : {DType::F16, DType::BF16})
+    for (GemvPro act : {GemvPro::GatedSilu, GemvPro::GatedGeluTanh})
+      for (const Shape& sh : shapes) {
+        const int M = sh.M, N = sh.N, K = sh.K;
+        Buf x(dt, (size_t)M * K), w(dt, (size_t)2 * N * K), bias(dt, 2 * N), gu(dt, (size_t)M * 2 * N),
+            ref(dt, (size_t)M * N), out(dt, (size_t)M * N);
+        x.fill(rng, -2, 2);
+        w.fill(rng, -1, 1);
+        bias.fill(rng, -1, 1);
+        x.up(), w.up(), bias.up();
+        int ran = 0, differ = 0;
+        std::string failed;
+        for (int variant = 0; variant < kGemvVariants; ++variant) {
+          if (!gemv_glu_takes(variant)) continue;
+          ref.poison(), out.poison();
+          const void* b = sh.bias ? bias.d : nullptr;
+          CK(gemv(variant, x.d, w.d, b, nullptr, gu.d, M, 2 * N, K, dt, true, 0));
+          CK(gated_act(gu.d, ref.d, M, N, act == GemvPro::GatedSilu ? Act::Silu : Act::GeluTanh, dt, 0));
+          CK(gemv_glu(variant, act, x.d, w.d, b, out.d, M, N, K, dt, true, 0));
+          sync_check();
+          ref.down(), out.down();
+          int bad = 0;
+          for (size_t i = 0; i < ref.h.size(); ++i) bad += ref.h[i] != out.h[i];
+          ran++;
+          if (bad) differ++, failed += " v" + std::to_string(variant) + ": " + std::to_string(bad) + " bytes differ";
+        }
+        char name[160];
+        std::snprintf(name, sizeof name, "gemv_glu %s %s M=%d N=%d K=%d%s = gemv + gated_act (%d variants)", dname(dt),
+                      act == GemvPro::GatedSilu ? "silu" : "gelu_tanh", M, N, K, sh.bias ? " bias" : "", ran);
+        report(differ == 0 && ran == kGemvVariants - 2, name, 0, failed);
+      }
+  Buf x(DType::F16, 64), w(DType::F16, 2 * 8 * 64), o(DType::F16, 8);
+  const bool refused = !gemv_glu_takes(2) && !gemv_glu_takes(7) &&
+                       gemv_glu(2, GemvPro::GatedSilu, x.d, w.d, nullptr, o.d, 1, 8, 64, DType::F16, true, 0) ==
+                           cudaErrorInvalidValue &&
+                       gemv_glu(0, GemvPro::RmsNorm, x.d, w.d, nullptr, o.d, 1, 8, 64, DType::F16, true, 0) ==
+                           cudaErrorInvalidValue;
+  cudaGetLastError();
+  report(refused, "gemv_glu refuses variants 2 and 7 and a non-gated activation", 0);
+}
+
 // ---------------- gemv (small-M linear) and its prologue variants ----------------
 // out[m, n] = v[m, :] · w[n, :] + bias[n] + residual[m, n] against an fp64 host reference, for every variant,
 // with the vector v: x (plain), to_dtype(x * inv_rms * norm_w) (rms_norm prologue, inv_rms in fp64 here) or
@@ -1425,6 +1478,7 @@ int main(int argc, char** argv) {
   if (want("ew")) test_elementwise(rng);
   if (want("attn")) test_attention(rng, case_idx);
   if (want("gemv")) test_gemv(rng);
+  if (want("gemv")) test_gemv_glu(rng);
   if (want("chain")) test_chains(rng);
   if (want("samp")) test_sampling(rng);
   if (want("quant")) test_quant(rng);

@@ -24,15 +24,17 @@ export function kernelReport(stats: readonly NodeStats[], maxPairs = 6): string[
   const planned = folded.filter(([, s]) => stats[s.foldedInto]?.op !== "moe");
   if (planned.length === 0) {
     lines.push(
-      "runtime prologue fusion: none planned (off, or no rms_norm / gated_act feeding only a linear)",
+      "runtime gemv fusion: none planned (off, or no rms_norm / gated_act next to a linear it could fold into)",
     );
     return lines;
   }
   const byOp = new Map<string, number>();
   for (const [, s] of planned) byOp.set(s.op, (byOp.get(s.op) ?? 0) + 1);
+  // foldedInto after the node: a prologue of the linear it feeds; before it: the gate_up gemv's epilogue (gated_act).
   lines.push(
-    `runtime prologue fusion (decode, M ≤ 4, where the tuned fused gemv is faster): ${[...byOp].map(([op, n]) => `${n} ${op}`).join(", ")} ` +
-      `fold into their linear's gemv; ${prologueFolded(stats)} launches skipped so far`,
+    `runtime gemv fusion (decode, M ≤ 4, where the tuned fused gemv is faster): ${[...byOp].map(([op, n]) => `${n} ${op}`).join(", ")} ` +
+      `fold into a linear's gemv (rms_norm into the linear it feeds; gated_act into the gate_up linear before it); ` +
+      `${prologueFolded(stats)} launches skipped so far`,
   );
   for (const [i, s] of planned.slice(0, maxPairs))
     lines.push(

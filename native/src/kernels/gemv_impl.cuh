@@ -12,6 +12,11 @@
 //     to_dtype((x * inv_rms) * norm_w), rounded exactly as norms.cu writes rms_norm's y.
 //   2 / 3 gated silu / gelu-tanh: x is the [M, 2K] gate|up output; the vector is to_dtype(act(gate) * up),
 //     as activations.cu's gated_act writes it.
+//
+// GLU (gemv_glu.cu, a GemvPro gated kind or 0): the gated act in the epilogue instead. w is gate|up [2N, K], a group
+// streams its ROWS gate rows and the up rows under them, and writes to_dtype(act(gate) * up) with gate and up each
+// rounded as the linear writes them: the gate_up linear and the gated_act after it in one launch, the [M, 2N]
+// gate|up output never written.
 #pragma once
 #include "gemv_stream.cuh"
 
@@ -33,51 +38,54 @@ namespace {
 // (interleaved 512-byte segments) and combine through shared memory. UN chunks per row in flight per lane.
 // F: the weight format (gemv_stream.cuh): WHalf<T> for gemv (POST: a folded chain), WInt<T, INT4> for the int8 /
 // int4 quant_gemv (sc / group: its scales; act: the quantised epilogue's activation).
-template <class F, typename T, int M, int ROWS, int KS, int UN, int PRO, bool POST>
+template <class F, typename T, int M, int ROWS, int KS, int UN, int PRO, bool POST, int GLU>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_kernel(const T* __restrict__ x, const typename F::Unit* __restrict__ w, const float* __restrict__ sc, int group,
                 const T* __restrict__ bias, const T* res, T* out, int N, int K, int act, const T* __restrict__ nw,
                 float eps, const EwChain post) {
   constexpr int G = kWarps / KS;
+  constexpr int RW = GLU ? 2 * ROWS : ROWS;  // weight rows a group streams (GLU: gate rows, then their up rows)
+  static_assert(!GLU || (!F::kQuant && PRO == 0 && !POST), "GLU: 16-bit weights, no prologue or chain");
   pdl_trigger();
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int g = warp / KS, ks = warp % KS;
   const int n0 = (blockIdx.x * G + g) * ROWS;
-  float acc[ROWS][M];
+  float acc[RW][M];
   zero(acc);
-  WeightStream<F, UN, ROWS, 32 * KS> ws;
-  ws.rows(w, K, n0, N);
+  WeightStream<F, UN, RW, 32 * KS> ws;
+  if constexpr (GLU) ws.rows_glu(w, K, n0, N);
+  else ws.rows(w, K, n0, N);
   int c0 = ks * 32 + lane;
   ws.load(c0);  // before waiting for the previous kernel (weights are never written)
   pdl_wait();
   float inv[M];
   vec_inv<T, M, kWarps, PRO>(x, K, eps, inv);
-  float srow[ROWS];
+  float srow[RW];
   F::row_scales(sc, n0, N, srow);
   if (ws.active)
-    ws.run(c0, [&](const uint4 (&wc)[ROWS], int c) {
-      float s[ROWS];
+    ws.run(c0, [&](const uint4 (&wc)[RW], int c) {
+      float s[RW];
 #pragma unroll
-      for (int r = 0; r < ROWS; r++) s[r] = srow[r];
+      for (int r = 0; r < RW; r++) s[r] = srow[r];
       F::chunk_scales(sc, group, K, n0, N, c, s);
       const int xc = c * (F::EPC / 8);  // the vector's first 16-byte chunk under weight chunk c
-      dot_chunk<F, T, M, ROWS>(
+      dot_chunk<F, T, M, RW>(
           wc, s, [&](int j) { return norm_chunk<T, PRO>(nw, xc + j); },
           [&](const uint4& nwv, int j, int m) { return vec_chunk<T, PRO>(x, m, xc + j, K, nwv, inv[m]); }, acc);
     });
   warp_sums(acc);
   if constexpr (KS > 1) {
-    __shared__ float part[kWarps][ROWS][M];
+    __shared__ float part[kWarps][RW][M];
     if (lane == 0)
 #pragma unroll
-      for (int r = 0; r < ROWS; r++)
+      for (int r = 0; r < RW; r++)
 #pragma unroll
         for (int m = 0; m < M; m++) part[warp][r][m] = acc[r][m];
     __syncthreads();
     if (ks != 0) return;
 #pragma unroll
-    for (int r = 0; r < ROWS; r++)
+    for (int r = 0; r < RW; r++)
 #pragma unroll
       for (int m = 0; m < M; m++) {
         float v = 0.f;
@@ -87,6 +95,21 @@ __global__ void __launch_bounds__(kWarps * 32)
       }
   }
   if (!ws.active) return;
+  if constexpr (GLU) {
+    // Lane r*M+m: output (m, n0+r) from the gate sum acc[r][m] and the up sum acc[ROWS+r][m] (warp_sum leaves every
+    // sum in every lane), each rounded as the linear writes it, then gated_act's T(act(gate) · up).
+#pragma unroll
+    for (int r = 0; r < ROWS; r++)
+#pragma unroll
+      for (int m = 0; m < M; m++) {
+        const int n = n0 + r;
+        if (lane != r * M + m || n >= N) continue;
+        float gv = acc[r][m], uv = acc[ROWS + r][m];
+        if (bias) gv += to_f<T>(bias[n]), uv += to_f<T>(bias[N + n]);
+        out[size_t(m) * N + n] = from_f<T>(pro_act<GLU>(to_f(from_f<T>(gv))) * to_f(from_f<T>(uv)));
+      }
+    return;
+  }
   store_rows(acc, n0, N, lane, [&](float v, int m, int n) {
     if constexpr (F::kQuant) {
       store_out<T>(v, bias, res, out, m, n, N, act);
@@ -99,8 +122,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   });
 }
 
-// One launch of gemv_kernel: grid of N / (G · ROWS) blocks; M (1-4) picks the instantiation.
-template <class F, typename T, int PRO, bool POST, int ROWS, int KS, int UN>
+// One launch of gemv_kernel: grid of N / (G · ROWS) blocks (N: the output width); M (1-4) picks the instantiation.
+template <class F, typename T, int PRO, bool POST, int ROWS, int KS, int UN, int GLU = 0>
 cudaError_t launch_v(const void* x, const void* w, const float* sc, int group, const void* bias, const void* res,
                      void* out, int M, int N, int K, int act, const void* nw, float eps, const EwChain& post, bool pdl,
                      cudaStream_t s) {
@@ -113,20 +136,20 @@ cudaError_t launch_v(const void* x, const void* w, const float* sc, int group, c
                       act, static_cast<const T*>(nw), eps, post);
   };
   switch (M) {
-    case 1: return go(gemv_kernel<F, T, 1, ROWS, KS, UN, PRO, POST>);
-    case 2: return go(gemv_kernel<F, T, 2, ROWS, KS, UN, PRO, POST>);
-    case 3: return go(gemv_kernel<F, T, 3, ROWS, KS, UN, PRO, POST>);
-    case 4: return go(gemv_kernel<F, T, 4, ROWS, KS, UN, PRO, POST>);
+    case 1: return go(gemv_kernel<F, T, 1, ROWS, KS, UN, PRO, POST, GLU>);
+    case 2: return go(gemv_kernel<F, T, 2, ROWS, KS, UN, PRO, POST, GLU>);
+    case 3: return go(gemv_kernel<F, T, 3, ROWS, KS, UN, PRO, POST, GLU>);
+    case 4: return go(gemv_kernel<F, T, 4, ROWS, KS, UN, PRO, POST, GLU>);
     default: return cudaErrorInvalidValue;
   }
 }
 
 // The fp16 / bf16 gemv's launch of variant (ROWS, KS, UN).
-template <typename T, int PRO, bool POST, int ROWS, int KS, int UN = 4>
+template <typename T, int PRO, bool POST, int ROWS, int KS, int UN = 4, int GLU = 0>
 cudaError_t launch_h(const void* x, const void* w, const void* bias, const void* res, void* out, int M, int N, int K,
                      const void* nw, float eps, const EwChain& post, bool pdl, cudaStream_t s) {
-  return launch_v<WHalf<T>, T, PRO, POST, ROWS, KS, UN>(x, w, nullptr, 0, bias, res, out, M, N, K, 0, nw, eps, post,
-                                                        pdl, s);
+  return launch_v<WHalf<T>, T, PRO, POST, ROWS, KS, UN, GLU>(x, w, nullptr, 0, bias, res, out, M, N, K, 0, nw, eps,
+                                                             post, pdl, s);
 }
 
 // Variants (rows per group, warps splitting K, chunks in flight per row), chosen per shape by the tuner.

@@ -167,6 +167,19 @@ struct WeightStream {
       base = w, units = F::row_units(K), n0 = n0_, N = N_;
     }
   }
+  // GLU (gemv_impl.cuh): the first ROWS / 2 rows are gate rows n0.. of a [2N, K] gate|up weight, the rest the up
+  // rows N + n0.. under them.
+  __device__ __forceinline__ void rows_glu(const U* w, int K, int n0_, int N_) {
+    static_assert(ROW_PTRS && ROWS % 2 == 0, "GLU: row pointers, gate and up rows in pairs");
+    active = n0_ < N_;
+    chunks = F::chunks(K);
+#pragma unroll
+    for (int r = 0; r < ROWS / 2; r++) {
+      const size_t n = size_t(min(n0_ + r, N_ - 1));
+      row[r] = w + n * F::row_units(K);
+      row[ROWS / 2 + r] = w + (size_t(N_) + n) * F::row_units(K);
+    }
+  }
   // rows(), then load(c0): a kernel's first loads, issued before griddepcontrol.wait (weights are never written).
   __device__ __forceinline__ void start(const U* w, int K, int n0, int N, int c0) {
     rows(w, K, n0, N);

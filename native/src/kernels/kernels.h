@@ -123,6 +123,15 @@ cudaError_t gemv_pro(int variant, const GemvPrologue& pro, const void* x, const 
                      const void* residual, void* out, int M, int N, int K, DType dt, bool pdl, cudaStream_t s,
                      const EwChain* post = nullptr);
 
+// The gated activation in the gemv's epilogue (gemv_glu.cu; the runtime's epilogue fusion skips the gated_act node
+// after a decode gate_up linear): w is gate|up [2N, K] (gate rows, then up rows), bias [2N] or null, act GatedSilu
+// or GatedGeluTanh; out[m, n] = to_dtype(act(g) * u) [M, N] with g = to_dtype(x·w[n] + bias[n]) and
+// u = to_dtype(x·w[N + n] + bias[N + n]): the linear's and gated_act's roundings, so the same values as the pair.
+// Variants as gemv's, but not 2 and 7 (gemv_glu_takes). out must not overlap x.
+bool gemv_glu_takes(int variant);
+cudaError_t gemv_glu(int variant, GemvPro act, const void* x, const void* w, const void* bias, void* out, int M, int N,
+                     int K, DType dt, bool pdl, cudaStream_t s);
+
 // ---- mixture of experts (moe.cu: dispatch + combine; moe_route.cu; moe_gemv.cu; moe_grouped.cu) ----
 // The `moe` op of src/ops/moe.ts (transformers' MixtralSparseMoeBlock after its router linear), per token t:
 //   p = softmax(logits[t]) in fp32 → the top_k experts (ties: lowest index first, as torch.topk) → weights

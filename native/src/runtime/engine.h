@@ -185,6 +185,19 @@ struct Engine {
   // pro_producer[j] = the skipped node (or -1).
   std::vector<int> pro_consumer, pro_producer;
 
+  // Epilogue fusion (Tunables::glu_fuse): a 16-bit gate_up linear whose output only feeds a gated_act runs, at decode
+  // sizes where GemmRunner::glu_variant picks it, the gemv with the gated act in its epilogue (kernels.h gemv_glu)
+  // writing gated_act's output, and the gated_act node is skipped. Empty when off; else per node: glu_next[i] = the
+  // gated_act after linear i (or -1), glu_prev[j] = the linear doing gated_act j's work (or -1).
+  std::vector<int> glu_next, glu_prev;
+  // Where the fused gemv writes gated_act's output ([kGemvMaxM, inter], one buffer for every layer: each down
+  // projection reads it before the next gate_up writes it). Not gated_act's arena slot: the arena may give that slot
+  // to the gate_up's x, which the gemv reads while it writes. In a step where the pair is fused, forward() sets
+  // redirect[gated_act's output] to it, so every reader's ptr() finds the values there; it clears them each step.
+  void* glu_out = nullptr;
+  size_t glu_out_bytes = 0;
+  std::vector<void*> redirect;  // per value: where ptr() finds it instead (nullptr: as the value says); may be empty
+
   // FP8 activation fusion (Tunables::fp8_act_fusion): a norm / gated_act node whose output is only the x of the
   // FP8 quant_linear right after it writes that x as FP8 rows (kernels.h Fp8Rows) into the quantised-activation
   // workspace in steps where the linear takes the FP8 GEMM path (fp8_act_rows in forward.cc), and the linear skips
@@ -230,7 +243,11 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
 void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only = nullptr);
 // Prologue fusion: finds the rms_norm / gated_act nodes the gemv can absorb (fills pro_consumer/producer).
 void plan_prologue_fusion(Engine& e);
-// Whether node i is skipped (fused into its consumer's gemv) in a step of plan p (tunes on first use, eagerly).
+// Epilogue fusion: finds the gate_up linears whose gated_act the gemv can take (fills glu_next/prev). After
+// plan_prologue_fusion: a gated_act it takes is no longer a prologue for the down projection.
+void plan_glu_fusion(Engine& e);
+// Whether node i is skipped (fused into its consumer's gemv, or into the gate_up gemv before it) in a step of plan p
+// (tunes on first use, eagerly).
 bool node_fused(Engine& e, const StepPlan& p, size_t i);
 // moe fusion: finds the add / add_rms_norm right after each moe node that its combine can do (fills moe_next/prev).
 void plan_moe_fusion(Engine& e);

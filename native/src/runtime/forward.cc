@@ -95,6 +95,20 @@ int prologue_variant(Engine& e, const StepPlan& p, size_t i, std::string* why = 
   return e.gemm.prologue_variant(pro, x, y, e.ptr(l.in[1], p), bias, res, out, M, N, K, e.cuda_dt, e.stream, why);
 }
 
+// The gemv_glu variant that runs linear node i with the gated_act after it (plan_glu_fusion) in this step, or -1.
+int glu_variant(Engine& e, const StepPlan& p, size_t i, std::string* why = nullptr) {
+  if (e.glu_next.empty() || e.glu_next[i] < 0) return -1;
+  const NodeDesc& l = e.desc.nodes[i];
+  const NodeDesc& g = e.desc.nodes[size_t(e.glu_next[i])];
+  const ValueDesc& w = e.val(l.in[1]);
+  const int N2 = int(w.shape[0].n), K = int(w.shape[1].n);
+  const int M = int(e.numel(l.in[0], p) / K);
+  if (M < 1 || M > kGemvMaxM) return -1;
+  const void* bias = l.in.size() > 2 && l.in[2] >= 0 ? e.ptr(l.in[2], p) : nullptr;
+  return e.gemm.glu_variant(prologue_kind(g), e.ptr(l.in[0], p), e.ptr(l.in[1], p), bias, e.ptr(l.out[0], p),
+                            e.glu_out, M, N2 / 2, K, e.cuda_dt, e.stream, why);
+}
+
 // One node of one step: its engine, plan, descriptor and pointers, for the run_<Op> functions below.
 struct NodeRun {
   Engine& e;
@@ -461,6 +475,44 @@ void plan_prologue_fusion(Engine& e) {
   }
 }
 
+void plan_glu_fusion(Engine& e) {
+  e.glu_next.clear();
+  e.glu_prev.clear();
+  if (!e.tun.gemv_prologue || !e.tun.glu_fuse) return;  // gemv_prologue: the decode gemv fusions' one switch
+  const EngineDesc& d = e.desc;
+  e.glu_next.assign(d.nodes.size(), -1);
+  e.glu_prev.assign(d.nodes.size(), -1);
+  for (size_t i = 0; i < d.nodes.size(); i++) {
+    const NodeDesc& l = d.nodes[i];
+    // A plain 16-bit linear (no activation, chain or residual; a bias is fine).
+    if (l.op != Op::Linear || l.act != Act::None || l.post.n || l.in.size() < 2 || l.out.size() != 1) continue;
+    if (l.in.size() > 3 && l.in[3] >= 0) continue;
+    const int v = l.out[0];
+    if (v == d.logits_value || e.val(v).kind != ValueKind::Arena || uses_of(d, v) != 1) continue;
+    int j = -1;
+    for (size_t k = i + 1; k < d.nodes.size() && j < 0; k++)
+      for (int in : d.nodes[k].in)
+        if (in == v) j = int(k);
+    if (j < 0) continue;
+    const NodeDesc& g = d.nodes[size_t(j)];
+    const GemvPro act = prologue_kind(g);
+    if (g.op != Op::GatedAct || g.in[0] != v || g.out.size() != 1 || act == GemvPro::None) continue;
+    const int64_t N2 = e.val(l.in[1]).shape[0].n;
+    if (N2 % 2 || e.val(g.out[0]).last_dim() != N2 / 2 || e.val(v).last_dim() != N2) continue;
+    if (g.out[0] == d.logits_value || e.val(g.out[0]).kind != ValueKind::Arena) continue;
+    e.glu_next[i] = j;
+    e.glu_prev[size_t(j)] = int(i);
+    // One gemv kernel has a prologue or this epilogue, not both: the gated_act is this linear's now, not a prologue
+    // of the down projection, and the norm before this linear stays its own kernel (the tuner keeps that pair
+    // unfused at batch 1 on the H200 anyway, where this fusion was measured: native/kernels-notes.md).
+    for (int k : {j, e.pro_producer.empty() ? -1 : e.pro_producer[i]})
+      if (k >= 0 && e.pro_consumer[size_t(k)] >= 0) {
+        e.pro_producer[size_t(e.pro_consumer[size_t(k)])] = -1;
+        e.pro_consumer[size_t(k)] = -1;
+      }
+  }
+}
+
 void plan_fp8_act_fusion(Engine& e) {
   e.fp8_consumer.clear();
   e.fp8_producer.clear();
@@ -507,6 +559,7 @@ void plan_moe_fusion(Engine& e) {
 }
 
 bool node_fused(Engine& e, const StepPlan& p, size_t i) {
+  if (!e.glu_prev.empty() && e.glu_prev[i] >= 0 && glu_variant(e, p, size_t(e.glu_prev[i])) >= 0) return true;
   return !e.pro_consumer.empty() && e.pro_consumer[i] >= 0 && prologue_variant(e, p, i) >= 0;
 }
 
@@ -537,6 +590,10 @@ void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only) {
   step.max_seq_len = p.max_len;
   step.num_single = p.max_new > 1 ? p.single : 0;
 
+  // gated_act outputs are in the arena unless this step's gate_up gemv writes them to glu_out (set below).
+  for (size_t i = 0; i < e.glu_next.size(); i++)
+    if (e.glu_next[i] >= 0) e.redirect[size_t(d.nodes[size_t(e.glu_next[i])].out[0])] = nullptr;
+
   // Kernel counters: only full programs count (profiling's partial graphs do not).
   const bool count = !only;
   const bool strict_fusion = e.tun.strict && e.tun.gemv == 1;
@@ -560,6 +617,23 @@ void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only) {
     if (!e.moe_prev.empty() && e.moe_prev[i] >= 0) {  // done by the moe node before it (plan_moe_fusion)
       if (count) counter[TSLLM_KERNEL_FOLDED]++;
       continue;
+    }
+    if (!e.glu_prev.empty() && e.glu_prev[i] >= 0 && glu_variant(e, p, size_t(e.glu_prev[i])) >= 0) {
+      if (count) counter[TSLLM_KERNEL_FOLDED]++;  // done by the gate_up gemv before it (plan_glu_fusion)
+      continue;
+    }
+    if (!e.glu_next.empty() && e.glu_next[i] >= 0) {
+      const int v = glu_variant(e, p, i);
+      if (v >= 0) {
+        const NodeDesc& g = d.nodes[size_t(e.glu_next[i])];
+        const ValueDesc& w = e.val(n.in[1]);
+        const int N2 = int(w.shape[0].n), K = int(w.shape[1].n);
+        const int M = int(e.numel(n.in[0], p) / K);
+        r.ck(gemv_glu(v, prologue_kind(g), r.in(0), r.in(1), r.in(2), e.glu_out, M, N2 / 2, K, e.dt, e.tun.pdl, s));
+        e.redirect[size_t(g.out[0])] = e.glu_out;  // the down projection (every reader) reads it there
+        if (count) counter[TSLLM_KERNEL_GEMV_GATED]++;
+        continue;
+      }
     }
     if (!e.pro_consumer.empty()) {
       // Prologue fusion: a producer fused into its consumer's gemv launches nothing; the consumer runs the

@@ -396,4 +396,88 @@ int GemmRunner::prologue_variant(const GemvPrologue& pro, const void* pro_x, voi
   return pick >= 0 ? pick : no("the tuner kept the unfused pair (or no fused variant launched)");
 }
 
+int GemmRunner::glu_variant(GemvPro act, const void* x, const void* w, const void* bias, void* gu, void* out, int M,
+                            int N, int K, cudaDataType_t dt, cudaStream_t s, std::string* why) {
+  const DType gdt = dt == CUDA_R_16BF ? DType::BF16 : DType::F16;
+  auto no = [&](const char* reason) {
+    if (why) *why = reason;
+    return -1;
+  };
+  if (act != GemvPro::GatedSilu && act != GemvPro::GatedGeluTanh) return no("not a gated activation");
+  if (M < 1 || M > kGemvMaxM) return no("M > 4");
+  if (gemv_mode == 0) return no("gemv off");
+  if ((dt != CUDA_R_16F && dt != CUDA_R_16BF) || !gemv_eligible(x, w, M, K, gdt))
+    return no("not eligible (needs K % 8 == 0 and 16-byte aligned x and w)");
+  const GemmEpi epi = bias ? GemmEpi::Bias : GemmEpi::None;
+  // The plain linear's key, exactly as linear(x, w, bias, nullptr, gu, ...) makes it.
+  int align = ptr_align(x);
+  for (const void* p : {w, bias, static_cast<const void*>(gu)})
+    if (p && ptr_align(p) < align) align = ptr_align(p);
+  Key ku{M, 2 * N, K, int(dt), int(epi), 0, align};
+  Key kg = ku;
+  kg.pro = kGluKey + int(act);
+  if (ptr_align(out) < kg.align) kg.align = ptr_align(out);
+  auto hit = pro_cache_.find(kg);
+  if (hit != pro_cache_.end()) return hit->second >= 0 ? hit->second : no("the tuner kept the unfused pair");
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  cudaStreamIsCapturing(s, &cap);
+  if (cap != cudaStreamCaptureStatusNone) return no("shape first seen while a CUDA graph was being captured");
+
+  std::string err;
+  Plan* pu = get_plan(ku, x, w, bias, s, &err);  // the unfused linear's own (tuned) choice
+  const bool timed = gemv_mode == 1 ? gemv_variant < 0 : tunes(M);
+  const size_t gu_bytes = size_t(M) * size_t(2 * N) * 2;
+  int pick = -1;
+  float best = 1e30f, base = -1.f;
+  if (!timed) {
+    pick = gemv_mode == 1 ? gemv_variant : (pu ? pu->gemv : -1);
+    if (!gemv_glu_takes(pick)) pick = -1;
+  } else if (ensure_tune_buffers(gu_bytes + size_t(M) * size_t(N) * 2).empty()) {
+    const size_t kFlush = size_t(64) << 20;
+    const Act a_act = act == GemvPro::GatedSilu ? Act::Silu : Act::GeluTanh;
+    void* t_gu = tune_out_;
+    void* t_out = static_cast<char*>(tune_out_) + gu_bytes;
+    cudaEvent_t a = nullptr, b = nullptr;
+    cudaEventCreate(&a);
+    cudaEventCreate(&b);
+    // Times `body` like tune() does: 6 runs, L2 flushed before each, the first discarded.
+    auto time = [&](auto&& body) -> float {
+      float total = 0;
+      for (int it = 0; it < 6; it++) {
+        cudaMemsetAsync(flush_, it, kFlush, s);
+        cudaEventRecord(a, s);
+        bool ok = body();
+        cudaEventRecord(b, s);
+        if (cudaEventSynchronize(b) != cudaSuccess || !ok) return -1.f;
+        float ms = 0;
+        cudaEventElapsedTime(&ms, a, b);
+        if (it > 0) total += ms;
+      }
+      return total / 5;
+    };
+    if (pu && gemv_mode != 1)  // the unfused pair: the plain linear's choice into gu, then gated_act
+      base = time([&] {
+        return run_plan(*pu, x, w, bias, nullptr, t_gu, M, 2 * N, K, dt, epi, s).empty() &&
+               gated_act(t_gu, t_out, M, N, a_act, gdt, s) == cudaSuccess;
+      });
+    for (int v = 0; v < kGemvVariants; v++) {
+      if ((gemv_variant >= 0 && v != gemv_variant) || !gemv_glu_takes(v)) continue;
+      const float ms = time([&] { return gemv_glu(v, act, x, w, bias, t_out, M, N, K, gdt, pdl, s) == cudaSuccess; });
+      if (ms >= 0.f && ms < best) best = ms, pick = v;
+    }
+    if (pick >= 0 && gemv_mode != 1 && !(base >= 0.f && best < base)) pick = -1;
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+  }
+  cudaGetLastError();
+  if (verbose)
+    std::fprintf(stderr,
+                 "tsllm gemv epilogue: linear M=%d N=%d K=%d + gated_act: %s (fused best %.4f ms, unfused %s %.4f ms)\n",
+                 M, 2 * N, K, pick >= 0 ? ("fused, gemv variant " + std::to_string(pick)).c_str() : "unfused",
+                 best < 1e29f ? best : -1.f,
+                 pu && pu->gemv >= 0 ? ("gemv " + std::to_string(pu->gemv)).c_str() : "cuBLASLt", base);
+  pro_cache_.emplace(kg, pick);
+  return pick >= 0 ? pick : no("the tuner kept the unfused pair (or no fused variant launched)");
+}
+
 }  // namespace tsllm

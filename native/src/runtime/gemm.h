@@ -57,6 +57,13 @@ class GemmRunner {
   int prologue_variant(const GemvPrologue& pro, const void* pro_x, void* pro_y, const void* w, const void* bias,
                        const void* residual, void* out, int M, int N, int K, cudaDataType_t dt, cudaStream_t s,
                        std::string* why = nullptr);
+  // Epilogue fusion (Tunables::glu_fuse): the gemv_glu variant that runs a decode gate_up linear and the gated_act
+  // after it in one launch, or -1 when the pair stays apart (linear into gu [M, 2N], then gated_act into out [M, N]).
+  // x, w [2N, K], bias: the linear's; N: the output width. Decided once per shape as prologue_variant is: the fused
+  // variants timed against the plain linear's own tuned choice + gated_act, fused only when faster; gemv = 1
+  // always fuses, gemv = -1 never, without tuning fused exactly when the plain linear runs gemv.
+  int glu_variant(GemvPro act, const void* x, const void* w, const void* bias, void* gu, void* out, int M, int N, int K,
+                  cudaDataType_t dt, cudaStream_t s, std::string* why = nullptr);
   bool verbose = false;  // profiling on: prologue fusion decisions to stderr
   bool pdl = true;       // gemv launched with programmatic dependent launch (sm_90+)
   bool strict = false;   // see linear()
@@ -77,7 +84,7 @@ class GemmRunner {
  private:
   struct Key {
     int M, N, K, dt, epi, has_c, align;
-    int pro = 0;  // GemvPro of a prologue-fusion decision (pro_cache_)
+    int pro = 0;  // GemvPro of a prologue-fusion decision (pro_cache_); kGluKey + GemvPro: an epilogue-fusion one
     bool operator==(const Key& o) const {
       return M == o.M && N == o.N && K == o.K && dt == o.dt && epi == o.epi && has_c == o.has_c && align == o.align &&
              pro == o.pro;
@@ -114,7 +121,8 @@ class GemmRunner {
   size_t tune_out_bytes_ = 0;
   void* flush_ = nullptr;     // 64 MB written before each timed run to evict the weights from L2
   std::unordered_map<Key, Plan, KeyHash> cache_;
-  std::unordered_map<Key, int, KeyHash> pro_cache_;  // prologue fusion: gemv variant, or -1 (unfused)
+  std::unordered_map<Key, int, KeyHash> pro_cache_;  // prologue / epilogue fusion: gemv variant, or -1 (unfused)
+  static constexpr int kGluKey = 16;
 };
 
 }  // namespace tsllm

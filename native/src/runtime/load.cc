@@ -88,6 +88,7 @@ Engine::~Engine() {
   cudaFree(scratch);
   cudaFree(gather_scratch);
   cudaFree(moe_ws);
+  cudaFree(glu_out);
   cudaFree(gen_tokens);
   if (host_tokens) cudaFreeHost(host_tokens);
   for (PendingStep& ps : pending) {
@@ -99,6 +100,7 @@ Engine::~Engine() {
 }
 
 void* Engine::ptr(int vi, const StepPlan& p) const {
+  if (!redirect.empty() && redirect[size_t(vi)]) return redirect[size_t(vi)];
   const ValueDesc& v = val(vi);
   switch (v.kind) {
     case ValueKind::Weight: return weights + desc.weights[size_t(v.weight)].device_offset;
@@ -371,6 +373,16 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
     throw fail(ex.what());
   }
   plan_prologue_fusion(*e);
+  plan_glu_fusion(*e);
+  for (size_t i = 0; i < e->glu_next.size(); i++) {
+    if (e->glu_next[i] < 0) continue;
+    const size_t inter = size_t(e->val(d.nodes[i].in[1]).shape[0].n / 2);
+    e->glu_out_bytes = std::max(e->glu_out_bytes, size_t(kGemvMaxM) * inter * elem_size(d.dtype));
+  }
+  if (e->glu_out_bytes) {
+    ck(cudaMalloc(&e->glu_out, e->glu_out_bytes), "cudaMalloc of the gemv epilogue's output");
+    e->redirect.assign(d.values.size(), nullptr);
+  }
   {
     QuantWorkspace need;
     for (const NodeDesc& n : d.nodes) {
@@ -449,7 +461,7 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
     e->workspace_bytes += b->lay.total + b->logits_rows * size_t(d.vocab_size) * (b->logits ? 4 : 0) +
                           b->sample_ws_bytes + size_t(b->lay.tcap) * 4;
   e->workspace_bytes += GemmRunner::kWorkspaceBytes + e->attn_ws_bytes + e->scratch_bytes + e->gather_scratch_bytes +
-                       e->moe_ws_bytes;
+                       e->moe_ws_bytes + e->glu_out_bytes;
 
   // ---- the weight pass's end ----
   const double t_wait = now_s();

@@ -20,6 +20,9 @@ struct Tunables {
   int gemv = 0;               // -1 never, 0 the tuner decides, 1 always where eligible
   int gemv_variant = -1;      // -1 any, else only that variant
   bool gemv_prologue = true;  // decode prologue fusion (rms_norm / gated_act folded into the gemv)
+  // decode epilogue fusion: gated_act folded into the gate_up gemv before it (plan_glu_fusion); environment
+  // TSLLM_GLU_FUSE=0|1 for the A/B.
+  bool glu_fuse = true;
   // Environment only (A/B in the step): TSLLM_GEMV_PROLOGUE=2 / TSLLM_QGEMV_PROLOGUE=2 fold every planned pair into
   // its fastest fused variant, not only where the load-time tuner's eager timing finds the fused kernel faster
   // than the pair (that timing runs each alone; in the decode graph a kernel's start overlaps its predecessor's end).

@@ -255,6 +255,8 @@ void profile_graph_breakdown(Engine& e, const StepPlan& p) {
       key += " N=" + std::to_string(w.shape[0].n) + " K=" + std::to_string(w.shape[1].n);
       const int src = e.pro_producer.empty() ? -1 : e.pro_producer[i];
       if (src >= 0 && node_fused(e, p, size_t(src))) key += std::string(" +") + op_name(d.nodes[size_t(src)].op);
+      const int glu = e.glu_next.empty() ? -1 : e.glu_next[i];
+      if (glu >= 0 && node_fused(e, p, size_t(glu))) key += " +gated_act";
       bytes[key] += double(w.max_numel() * elem_size(w.dt));
     }
     auto it = index.find(key);
