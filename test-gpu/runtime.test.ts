@@ -272,9 +272,9 @@ describe("small-M gemv kernel", () => {
 });
 
 describe("gemv prologue fusion (gemvPrologue)", () => {
-  // With the prologue fusion on, the decode linears fed by rms_norm (qkv) run the gemv with that kernel folded
-  // into the vector read, the gate_up linear runs gemv_glu with the gated_act after it in its epilogue, and those
-  // rms_norm / gated_act launches disappear. Same gemv
+  // With the prologue fusion on, the first qkv runs the gemv with its rms_norm folded into the vector read, the
+  // gate_up linear runs gemv_glu with the gated_act after it in its epilogue, o_proj and down run gemv_norm (the
+  // rms_norm of their output in their last block), and those rms_norm / gated_act launches disappear. Same gemv
   // variant with and without the fusion: the fused vector is rounded exactly as the skipped kernel writes it
   // (rms_norm's fp32 sum of squares in another order: rarely 1 ulp), so the logits agree to 2e-3; with the
   // tuner's own choices the goldens still hold (≤ 0.05). Strict: a planned pair that does not fuse at decode is
@@ -293,8 +293,8 @@ describe("gemv prologue fusion (gemvPrologue)", () => {
           expect([total(ref.stats, "folded"), total(ref.stats, "gemvRms"), total(ref.stats, "gemvGated")]).toEqual([0, 0, 0]);
           expect(total(ref.stats, "gemv")).toBeGreaterThan(0);
           const planned = got.stats.filter((st) => st.foldedInto >= 0);
-          // per layer: input_layernorm -> qkv (prologue), gated_act -> gate_up (its epilogue: gemv_glu, which takes
-          // the gated_act from down's prologue and leaves post_attention_layernorm its own kernel)
+          // per layer: gated_act -> gate_up (its epilogue, gemv_glu), post_attention_layernorm -> o_proj and the next
+          // input_layernorm -> down (their last blocks, gemv_norm), the first input_layernorm -> qkv (prologue)
           expect(planned.length).toBeGreaterThanOrEqual(3);
           for (const st of planned) {
             expect({ node: st.name, folded: st.folded > 0 }).toEqual({ node: st.name, folded: true });

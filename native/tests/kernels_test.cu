@@ -993,6 +993,80 @@ static void test_gemv_glu(Rng& rng) {
   report(refused, "gemv_glu refuses variants 2 and 7 and a non-gated activation", 0);
 }
 
+// ---------------- gemv_norm: a linear + the rms_norm of its output in one launch ----------------
+// Against the pair, same variant: gemv, then rms_norm of its output. out must be bit-identical (the same gemv code);
+// the norm within one unit of rounding (its fp32 sum of squares in another order: 128 threads, not rms_norm's).
+// Every call is made twice: the block counter must come back to zero, or the second launch's tail never runs (its
+// poisoned output fails). One case writes the norm over out itself (in place).
+static void test_gemv_norm(Rng& rng) {
+  struct Shape {
+    int M, N, K;
+    bool bias, res, in_place;
+  };
+  const Shape shapes[] = {{1, 4096, 4096, false, true, false}, {2, 96, 512, true, false, false},
+                          {3, 136, 1032, false, true, false},  {4, 64, 2048, true, true, false},
+                          {1, 8, 8, true, true, false},         {1, 512, 1024, false, true, true}};
+  const float eps = 1e-5f;
+  unsigned* counter = nullptr;
+  CK(cudaMalloc(&counter, sizeof(unsigned)));
+  CK(cudaMemset(counter, 0, sizeof(unsigned)));
+  for (DType dt : {DType::F16, DType::BF16})
+    for (const Shape& sh : shapes) {
+      const int M = sh.M, N = sh.N, K = sh.K;
+      Buf x(dt, (size_t)M * K), w(dt, (size_t)N * K), bias(dt, N), res(dt, (size_t)M * N), nw(dt, N),
+          ref(dt, (size_t)M * N), yref(dt, (size_t)M * N), out(dt, (size_t)M * N), y(dt, (size_t)M * N);
+      x.fill(rng, -2, 2);
+      w.fill(rng, -1, 1);
+      bias.fill(rng, -1, 1);
+      res.fill(rng, -1, 1);
+      nw.fill(rng, 0.5f, 1.5f);
+      x.up(), w.up(), bias.up(), res.up(), nw.up();
+      Err e;
+      int differ = 0;
+      std::string failed;
+      for (int variant = 0; variant < kGemvVariants; ++variant) {
+        const void* b = sh.bias ? bias.d : nullptr;
+        const void* r = sh.res ? res.d : nullptr;
+        ref.poison(), yref.poison();
+        CK(gemv(variant, x.d, w.d, b, r, ref.d, M, N, K, dt, true, 0));
+        CK(rms_norm(ref.d, nullptr, nw.d, 0.f, yref.d, nullptr, M, N, eps, dt, 0));
+        sync_check();
+        ref.down(), yref.down();
+        for (int rep = 0; rep < 2; ++rep) {
+          out.poison(), y.poison();
+          void* yo = sh.in_place ? out.d : y.d;
+          CK(gemv_norm(variant, x.d, w.d, b, r, out.d, M, N, K, nw.d, eps, yo, counter, dt, true, 0));
+          sync_check();
+          Buf& got = sh.in_place ? out : y;
+          got.down();
+          Err ev;
+          for (size_t i = 0; i < yref.n; ++i) {
+            ev.add(got.get(i), yref.get(i), 0, rtol_of(dt));
+            e.add(got.get(i), yref.get(i), 0, rtol_of(dt));
+          }
+          if (!ev.ok()) failed += " v" + std::to_string(variant) + " rep " + std::to_string(rep) + ":" + ev.firsts();
+          if (!sh.in_place) {
+            out.down();
+            if (out.h != ref.h) differ++, failed += " v" + std::to_string(variant) + ": out differs from gemv's";
+          }
+        }
+      }
+      char name[160];
+      std::snprintf(name, sizeof name, "gemv_norm %s M=%d N=%d K=%d%s%s%s = gemv + rms_norm (%d variants, twice)",
+                    dname(dt), M, N, K, sh.bias ? " bias" : "", sh.res ? " res" : "", sh.in_place ? " in place" : "",
+                    kGemvVariants);
+      report(e.ok() && differ == 0, name, e.max_abs, e.str() + failed);
+    }
+  Buf x(DType::F16, 64), w(DType::F16, 12 * 64), o(DType::F16, 12), nw(DType::F16, 12);
+  const bool refused = gemv_norm(0, x.d, w.d, nullptr, nullptr, o.d, 1, 12, 64, nw.d, eps, o.d, counter, DType::F16,
+                                 true, 0) == cudaErrorInvalidValue &&
+                       gemv_norm(0, x.d, w.d, nullptr, nullptr, o.d, 1, 8, 64, nw.d, eps, o.d, nullptr, DType::F16,
+                                 true, 0) == cudaErrorInvalidValue;
+  cudaGetLastError();
+  report(refused, "gemv_norm refuses N % 8 != 0 and a null counter", 0);
+  CK(cudaFree(counter));
+}
+
 // ---------------- gemv (small-M linear) and its prologue variants ----------------
 // out[m, n] = v[m, :] · w[n, :] + bias[n] + residual[m, n] against an fp64 host reference, for every variant,
 // with the vector v: x (plain), to_dtype(x * inv_rms * norm_w) (rms_norm prologue, inv_rms in fp64 here) or
@@ -1479,6 +1553,7 @@ int main(int argc, char** argv) {
   if (want("attn")) test_attention(rng, case_idx);
   if (want("gemv")) test_gemv(rng);
   if (want("gemv")) test_gemv_glu(rng);
+  if (want("gemv")) test_gemv_norm(rng);
   if (want("chain")) test_chains(rng);
   if (want("samp")) test_sampling(rng);
   if (want("quant")) test_quant(rng);

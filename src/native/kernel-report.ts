@@ -30,10 +30,12 @@ export function kernelReport(stats: readonly NodeStats[], maxPairs = 6): string[
   }
   const byOp = new Map<string, number>();
   for (const [, s] of planned) byOp.set(s.op, (byOp.get(s.op) ?? 0) + 1);
-  // foldedInto after the node: a prologue of the linear it feeds; before it: the gate_up gemv's epilogue (gated_act).
+  // foldedInto after the node: a prologue of the linear it feeds; before it: the gate_up gemv's epilogue (gated_act)
+  // or the norm tail of the linear writing the rms_norm's input.
   lines.push(
     `runtime gemv fusion (decode, M ≤ 4, where the tuned fused gemv is faster): ${[...byOp].map(([op, n]) => `${n} ${op}`).join(", ")} ` +
-      `fold into a linear's gemv (rms_norm into the linear it feeds; gated_act into the gate_up linear before it); ` +
+      `fold into a linear's gemv (rms_norm into the linear it feeds, or into the last block of the linear writing ` +
+      `its input; gated_act into the gate_up linear before it); ` +
       `${prologueFolded(stats)} launches skipped so far`,
   );
   for (const [i, s] of planned.slice(0, maxPairs))

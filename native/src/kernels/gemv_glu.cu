@@ -12,7 +12,8 @@ template <typename T, int GLU>
 cudaError_t launch_glu(int variant, const void* x, const void* w, const void* bias, void* out, int M, int N, int K,
                        bool pdl, cudaStream_t s) {
   const EwChain none{};
-  auto h = [&](auto launch) { return launch(x, w, bias, nullptr, out, M, N, K, nullptr, 0.f, none, pdl, s); };
+  const kd::NormTail no_tail{};
+  auto h = [&](auto launch) { return launch(x, w, bias, nullptr, out, M, N, K, nullptr, 0.f, none, pdl, s, no_tail); };
   switch (variant) {
     case 0: return h(kd::launch_h<T, 0, false, 2, 1, 4, GLU>);
     case 1: return h(kd::launch_h<T, 0, false, 1, 1, 4, GLU>);

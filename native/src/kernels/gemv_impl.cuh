@@ -17,6 +17,9 @@
 // streams its ROWS gate rows and the up rows under them, and writes to_dtype(act(gate) * up) with gate and up each
 // rounded as the linear writes them: the gate_up linear and the gated_act after it in one launch, the [M, 2N]
 // gate|up output never written.
+//
+// NT (gemv_norm.cu): after its store, the grid's last block to finish computes the rms_norm of the M rows written
+// (gemv_stream.cuh norm_tail): the linear and the rms_norm reading its output in one launch.
 #pragma once
 #include "gemv_stream.cuh"
 
@@ -38,14 +41,15 @@ namespace {
 // (interleaved 512-byte segments) and combine through shared memory. UN chunks per row in flight per lane.
 // F: the weight format (gemv_stream.cuh): WHalf<T> for gemv (POST: a folded chain), WInt<T, INT4> for the int8 /
 // int4 quant_gemv (sc / group: its scales; act: the quantised epilogue's activation).
-template <class F, typename T, int M, int ROWS, int KS, int UN, int PRO, bool POST, int GLU>
+template <class F, typename T, int M, int ROWS, int KS, int UN, int PRO, bool POST, int GLU, bool NT>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_kernel(const T* __restrict__ x, const typename F::Unit* __restrict__ w, const float* __restrict__ sc, int group,
                 const T* __restrict__ bias, const T* res, T* out, int N, int K, int act, const T* __restrict__ nw,
-                float eps, const EwChain post) {
+                float eps, const EwChain post, const NormTail tail) {
   constexpr int G = kWarps / KS;
   constexpr int RW = GLU ? 2 * ROWS : ROWS;  // weight rows a group streams (GLU: gate rows, then their up rows)
   static_assert(!GLU || (!F::kQuant && PRO == 0 && !POST), "GLU: 16-bit weights, no prologue or chain");
+  static_assert(!NT || (!F::kQuant && PRO == 0 && !POST && !GLU), "NT: 16-bit weights, plain gemv");
   pdl_trigger();
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
@@ -75,6 +79,7 @@ __global__ void __launch_bounds__(kWarps * 32)
           [&](const uint4& nwv, int j, int m) { return vec_chunk<T, PRO>(x, m, xc + j, K, nwv, inv[m]); }, acc);
     });
   warp_sums(acc);
+  bool store = ws.active;  // (no early return: with NT every thread of the block reaches norm_tail)
   if constexpr (KS > 1) {
     __shared__ float part[kWarps][RW][M];
     if (lane == 0)
@@ -83,7 +88,9 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
         for (int m = 0; m < M; m++) part[warp][r][m] = acc[r][m];
     __syncthreads();
-    if (ks != 0) return;
+    if constexpr (!NT)
+      if (ks != 0) return;
+    store = store && ks == 0;
 #pragma unroll
     for (int r = 0; r < RW; r++)
 #pragma unroll
@@ -94,62 +101,65 @@ __global__ void __launch_bounds__(kWarps * 32)
         acc[r][m] = v;
       }
   }
-  if (!ws.active) return;
-  if constexpr (GLU) {
-    // Lane r*M+m: output (m, n0+r) from the gate sum acc[r][m] and the up sum acc[ROWS+r][m] (warp_sum leaves every
-    // sum in every lane), each rounded as the linear writes it, then gated_act's T(act(gate) · up).
+  if (store) {
+    if constexpr (GLU) {
+      // Lane r*M+m: output (m, n0+r) from the gate sum acc[r][m] and the up sum acc[ROWS+r][m] (warp_sum leaves
+      // every sum in every lane), each rounded as the linear writes it, then gated_act's T(act(gate) · up).
 #pragma unroll
-    for (int r = 0; r < ROWS; r++)
+      for (int r = 0; r < ROWS; r++)
 #pragma unroll
-      for (int m = 0; m < M; m++) {
-        const int n = n0 + r;
-        if (lane != r * M + m || n >= N) continue;
-        float gv = acc[r][m], uv = acc[ROWS + r][m];
-        if (bias) gv += to_f<T>(bias[n]), uv += to_f<T>(bias[N + n]);
-        out[size_t(m) * N + n] = from_f<T>(pro_act<GLU>(to_f(from_f<T>(gv))) * to_f(from_f<T>(uv)));
-      }
-    return;
-  }
-  store_rows(acc, n0, N, lane, [&](float v, int m, int n) {
-    if constexpr (F::kQuant) {
-      store_out<T>(v, bias, res, out, m, n, N, act);
+        for (int m = 0; m < M; m++) {
+          const int n = n0 + r;
+          if (lane != r * M + m || n >= N) continue;
+          float gv = acc[r][m], uv = acc[ROWS + r][m];
+          if (bias) gv += to_f<T>(bias[n]), uv += to_f<T>(bias[N + n]);
+          out[size_t(m) * N + n] = from_f<T>(pro_act<GLU>(to_f(from_f<T>(gv))) * to_f(from_f<T>(uv)));
+        }
     } else {
-      if (bias) v += to_f<T>(bias[n]);
-      if constexpr (POST) v = apply_chain(v, post);
-      if (res) v += to_f<T>(res[size_t(m) * N + n]);
-      out[size_t(m) * N + n] = from_f<T>(v);
+      store_rows(acc, n0, N, lane, [&](float v, int m, int n) {
+        if constexpr (F::kQuant) {
+          store_out<T>(v, bias, res, out, m, n, N, act);
+        } else {
+          if (bias) v += to_f<T>(bias[n]);
+          if constexpr (POST) v = apply_chain(v, post);
+          if (res) v += to_f<T>(res[size_t(m) * N + n]);
+          out[size_t(m) * N + n] = from_f<T>(v);
+        }
+      });
     }
-  });
+  }
+  if constexpr (NT) norm_tail<T, M, kWarps>(out, N, tail);
 }
 
 // One launch of gemv_kernel: grid of N / (G · ROWS) blocks (N: the output width); M (1-4) picks the instantiation.
-template <class F, typename T, int PRO, bool POST, int ROWS, int KS, int UN, int GLU = 0>
+template <class F, typename T, int PRO, bool POST, int ROWS, int KS, int UN, int GLU = 0, bool NT = false>
 cudaError_t launch_v(const void* x, const void* w, const float* sc, int group, const void* bias, const void* res,
                      void* out, int M, int N, int K, int act, const void* nw, float eps, const EwChain& post, bool pdl,
-                     cudaStream_t s) {
+                     cudaStream_t s, const NormTail& tail = NormTail{}) {
   constexpr int G = kWarps / KS;
   const unsigned blocks = unsigned((N + G * ROWS - 1) / (G * ROWS));
   auto go = [&](auto kern) {
     return launch_pdl(kern, blocks, kWarps * 32, 0, pdl, s, static_cast<const T*>(x),
                       static_cast<const typename F::Unit*>(w),
                       sc, group, static_cast<const T*>(bias), static_cast<const T*>(res), static_cast<T*>(out), N, K,
-                      act, static_cast<const T*>(nw), eps, post);
+                      act, static_cast<const T*>(nw), eps, post, tail);
   };
   switch (M) {
-    case 1: return go(gemv_kernel<F, T, 1, ROWS, KS, UN, PRO, POST, GLU>);
-    case 2: return go(gemv_kernel<F, T, 2, ROWS, KS, UN, PRO, POST, GLU>);
-    case 3: return go(gemv_kernel<F, T, 3, ROWS, KS, UN, PRO, POST, GLU>);
-    case 4: return go(gemv_kernel<F, T, 4, ROWS, KS, UN, PRO, POST, GLU>);
+    case 1: return go(gemv_kernel<F, T, 1, ROWS, KS, UN, PRO, POST, GLU, NT>);
+    case 2: return go(gemv_kernel<F, T, 2, ROWS, KS, UN, PRO, POST, GLU, NT>);
+    case 3: return go(gemv_kernel<F, T, 3, ROWS, KS, UN, PRO, POST, GLU, NT>);
+    case 4: return go(gemv_kernel<F, T, 4, ROWS, KS, UN, PRO, POST, GLU, NT>);
     default: return cudaErrorInvalidValue;
   }
 }
 
 // The fp16 / bf16 gemv's launch of variant (ROWS, KS, UN).
-template <typename T, int PRO, bool POST, int ROWS, int KS, int UN = 4, int GLU = 0>
+template <typename T, int PRO, bool POST, int ROWS, int KS, int UN = 4, int GLU = 0, bool NT = false>
 cudaError_t launch_h(const void* x, const void* w, const void* bias, const void* res, void* out, int M, int N, int K,
-                     const void* nw, float eps, const EwChain& post, bool pdl, cudaStream_t s) {
-  return launch_v<WHalf<T>, T, PRO, POST, ROWS, KS, UN, GLU>(x, w, nullptr, 0, bias, res, out, M, N, K, 0, nw, eps,
-                                                             post, pdl, s);
+                     const void* nw, float eps, const EwChain& post, bool pdl, cudaStream_t s,
+                     const NormTail& tail = NormTail{}) {
+  return launch_v<WHalf<T>, T, PRO, POST, ROWS, KS, UN, GLU, NT>(x, w, nullptr, 0, bias, res, out, M, N, K, 0, nw, eps,
+                                                                 post, pdl, s, tail);
 }
 
 // Variants (rows per group, warps splitting K, chunks in flight per row), chosen per shape by the tuner.

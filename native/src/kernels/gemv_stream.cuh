@@ -388,6 +388,61 @@ __device__ __forceinline__ void vec_inv(const T* __restrict__ x, int K, float ep
   }
 }
 
+// ---------------- the norm tail (gemv_norm.cu) ----------------
+// The rms_norm of the M rows [M, N] a grid has just written to out, computed by the grid's last block to finish:
+// y = T((out · inv_rms) · w) with inv_rms = rsqrtf(Σ out² / N + eps) over the stored (rounded) values, as norms.cu
+// writes rms_norm's y (its fp32 sum in another order). Why: at batch 1 the norm after o_proj / down is one block of
+// work whose own launch cost about as much again in the decode step. counter: zero before the launch; every block
+// counts itself done after its stores (fenced), the one that makes it gridDim.x does the norm and sets it back to
+// zero for the next launch (a graph replays it). By then every block has read its x and residual: y may overlap
+// them, or be out itself (each thread reads a chunk before writing it).
+struct NormTail {
+  void* y = nullptr;
+  unsigned* counter = nullptr;
+  const void* w = nullptr;  // the norm's weight [N]
+  float eps = 0.f;
+};
+
+template <typename T, int M, int WARPS>
+__device__ __forceinline__ void norm_tail(const T* out, int N, const NormTail& t) {
+  __shared__ bool last;
+  __threadfence();  // this thread's stores of out, device-wide, before the count says they are done
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(t.counter, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  float ss[M];
+#pragma unroll
+  for (int m = 0; m < M; m++) ss[m] = 0.f;
+  auto row = [&](int m, int c) { return __ldcg(reinterpret_cast<const uint4*>(out + size_t(m) * N + size_t(c) * 8)); };
+  for (int c = threadIdx.x; c < (N >> 3); c += WARPS * 32)
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+      const uint4 v = row(m, c);
+      const uint32_t* pv = &v.x;
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        const float2 f = to_f2<T>(pv[i]);
+        ss[m] = fmaf(f.x, f.x, ss[m]);
+        ss[m] = fmaf(f.y, f.y, ss[m]);
+      }
+    }
+  block_reduce<WARPS, M, false>(ss, false);
+  float inv[M];
+#pragma unroll
+  for (int m = 0; m < M; m++) inv[m] = rsqrtf(ss[m] / N + t.eps);
+  const T* w = static_cast<const T*>(t.w);
+  T* y = static_cast<T*>(t.y);
+  for (int c = threadIdx.x; c < (N >> 3); c += WARPS * 32) {
+    const uint4 wv = __ldg(reinterpret_cast<const uint4*>(w + size_t(c) * 8));
+#pragma unroll
+    for (int m = 0; m < M; m++)
+      *reinterpret_cast<uint4*>(y + size_t(m) * N + size_t(c) * 8) = norm8<T>(row(m, c), wv, inv[m]);
+  }
+  if (threadIdx.x == 0) *t.counter = 0u;
+}
+
 // ---------------- sums and the store ----------------
 template <int ROWS, int M>
 __device__ __forceinline__ void warp_sums(float (&acc)[ROWS][M]) {

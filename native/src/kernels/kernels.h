@@ -132,6 +132,16 @@ bool gemv_glu_takes(int variant);
 cudaError_t gemv_glu(int variant, GemvPro act, const void* x, const void* w, const void* bias, void* out, int M, int N,
                      int K, DType dt, bool pdl, cudaStream_t s);
 
+// The gemv, then the rms_norm of the rows it wrote, by the grid's last block (gemv_norm.cu; the runtime's norm
+// fusion skips an rms_norm right after a decode linear): out as gemv writes it (bias, residual), and
+// norm_out[m, :] = to_dtype(out[m, :] · inv_rms · norm_w), inv_rms = rsqrtf(Σ out[m, :]² / N + eps) over the
+// rounded out, as rms_norm writes y (its fp32 sum of squares in another order: within 1 ulp). N % 8 == 0 and
+// out, norm_w, norm_out 16-byte aligned. counter: a zeroed unsigned the launch leaves zeroed (launches ordered on
+// one stream may share one). norm_out may be out, or overlap x or residual; not part of out.
+cudaError_t gemv_norm(int variant, const void* x, const void* w, const void* bias, const void* residual, void* out,
+                      int M, int N, int K, const void* norm_w, float eps, void* norm_out, unsigned* counter, DType dt,
+                      bool pdl, cudaStream_t s);
+
 // ---- mixture of experts (moe.cu: dispatch + combine; moe_route.cu; moe_gemv.cu; moe_grouped.cu) ----
 // The `moe` op of src/ops/moe.ts (transformers' MixtralSparseMoeBlock after its router linear), per token t:
 //   p = softmax(logits[t]) in fp32 → the top_k experts (ties: lowest index first, as torch.topk) → weights

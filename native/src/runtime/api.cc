@@ -200,6 +200,7 @@ int tsllm_get_node_stats(tsllm_engine* h, tsllm_node_stats* out, int32_t capacit
       o.folded_into = e.pro_consumer.empty() ? -1 : e.pro_consumer[i];
       if (!e.moe_prev.empty() && e.moe_prev[i] >= 0) o.folded_into = e.moe_prev[i];
       if (!e.glu_prev.empty() && e.glu_prev[i] >= 0) o.folded_into = e.glu_prev[i];
+      if (!e.nt_prev.empty() && e.nt_prev[i] >= 0) o.folded_into = e.nt_prev[i];
       for (int k = 0; k < TSLLM_KERNEL_KINDS; k++) o.launches[k] = e.stats[i][size_t(k)];
     }
   });

@@ -198,6 +198,13 @@ struct Engine {
   size_t glu_out_bytes = 0;
   std::vector<void*> redirect;  // per value: where ptr() finds it instead (nullptr: as the value says); may be empty
 
+  // Norm fusion (Tunables::norm_tail): a 16-bit linear whose output an rms_norm reads runs, at decode sizes where
+  // GemmRunner::norm_variant picks it, the gemv whose last block computes that norm (kernels.h gemv_norm), and the
+  // rms_norm node is skipped. Empty when off; else per node: nt_next[i] = the rms_norm after linear i (or -1),
+  // nt_prev[j] = the linear doing rms_norm j's work (or -1). norm_counters: one zeroed block counter per node.
+  std::vector<int> nt_next, nt_prev;
+  unsigned* norm_counters = nullptr;
+
   // FP8 activation fusion (Tunables::fp8_act_fusion): a norm / gated_act node whose output is only the x of the
   // FP8 quant_linear right after it writes that x as FP8 rows (kernels.h Fp8Rows) into the quantised-activation
   // workspace in steps where the linear takes the FP8 GEMM path (fp8_act_rows in forward.cc), and the linear skips
@@ -246,6 +253,9 @@ void plan_prologue_fusion(Engine& e);
 // Epilogue fusion: finds the gate_up linears whose gated_act the gemv can take (fills glu_next/prev). After
 // plan_prologue_fusion: a gated_act it takes is no longer a prologue for the down projection.
 void plan_glu_fusion(Engine& e);
+// Norm fusion: finds the linears whose output's rms_norm the gemv's last block can compute (fills nt_next/prev).
+// After plan_glu_fusion; a norm it takes is no longer a prologue of the linear after it.
+void plan_norm_fusion(Engine& e);
 // Whether node i is skipped (fused into its consumer's gemv, or into the gate_up gemv before it) in a step of plan p
 // (tunes on first use, eagerly).
 bool node_fused(Engine& e, const StepPlan& p, size_t i);

@@ -109,6 +109,20 @@ int glu_variant(Engine& e, const StepPlan& p, size_t i, std::string* why = nullp
                             e.glu_out, M, N2 / 2, K, e.cuda_dt, e.stream, why);
 }
 
+// The gemv_norm variant that runs linear node i with the rms_norm after it (plan_norm_fusion) in this step, or -1.
+int norm_variant(Engine& e, const StepPlan& p, size_t i, std::string* why = nullptr) {
+  if (e.nt_next.empty() || e.nt_next[i] < 0) return -1;
+  const NodeDesc& l = e.desc.nodes[i];
+  const NodeDesc& r = e.desc.nodes[size_t(e.nt_next[i])];
+  const ValueDesc& w = e.val(l.in[1]);
+  const int N = int(w.shape[0].n), K = int(w.shape[1].n);
+  const int M = int(e.numel(l.in[0], p) / K);
+  if (M < 1 || M > kGemvMaxM) return -1;
+  auto in = [&](size_t k) -> const void* { return l.in.size() > k && l.in[k] >= 0 ? e.ptr(l.in[k], p) : nullptr; };
+  return e.gemm.norm_variant(in(0), in(1), in(2), in(3), e.ptr(l.out[0], p), e.ptr(r.in[1], p), r.eps,
+                             e.ptr(r.out[0], p), M, N, K, e.cuda_dt, e.stream, why);
+}
+
 // One node of one step: its engine, plan, descriptor and pointers, for the run_<Op> functions below.
 struct NodeRun {
   Engine& e;
@@ -513,6 +527,44 @@ void plan_glu_fusion(Engine& e) {
   }
 }
 
+void plan_norm_fusion(Engine& e) {
+  e.nt_next.clear();
+  e.nt_prev.clear();
+  if (!e.tun.gemv_prologue || !e.tun.norm_tail) return;  // gemv_prologue: the decode gemv fusions' one switch
+  const EngineDesc& d = e.desc;
+  std::vector<int> next(d.nodes.size(), -1), prev(d.nodes.size(), -1);
+  bool any = false;
+  for (size_t i = 0; i < d.nodes.size(); i++) {
+    const NodeDesc& l = d.nodes[i];
+    // A plain 16-bit linear (bias and residual fine) that is neither a prologue's consumer nor a gemv_glu.
+    if (l.op != Op::Linear || l.act != Act::None || l.post.n || l.in.size() < 2 || l.out.size() != 1) continue;
+    if ((!e.pro_producer.empty() && e.pro_producer[i] >= 0) || (!e.glu_next.empty() && e.glu_next[i] >= 0)) continue;
+    const int v = l.out[0];
+    if (v == d.logits_value || e.val(v).kind != ValueKind::Arena) continue;
+    // The first rms_norm reading v as its x (other readers, e.g. the next residual add, read v as before).
+    int j = -1;
+    for (size_t k = i + 1; k < d.nodes.size() && j < 0; k++)
+      if (d.nodes[k].op == Op::RmsNorm && !d.nodes[k].in.empty() && d.nodes[k].in[0] == v) j = int(k);
+    if (j < 0) continue;
+    const NodeDesc& r = d.nodes[size_t(j)];
+    if (prologue_kind(r) != GemvPro::RmsNorm || r.in.size() < 2 || r.in[1] < 0 || r.out.size() != 1) continue;
+    const int y = r.out[0];
+    if (y == d.logits_value || e.val(y).kind != ValueKind::Arena || e.val(y).last_dim() != e.val(v).last_dim()) continue;
+    // The norm's output is written while v is read back: the same slot (in place) or apart, never partly over it.
+    const uint64_t rows = uint64_t(kGemvMaxM) * uint64_t(e.val(v).last_dim()) * elem_size(d.dtype);
+    const uint64_t a = e.val(v).arena_offset, b = e.val(y).arena_offset;
+    if (a != b && a < b + rows && b < a + rows) continue;
+    next[i] = j;
+    prev[size_t(j)] = int(i);
+    any = true;
+    if (!e.pro_consumer.empty() && e.pro_consumer[size_t(j)] >= 0) {  // the norm is the linear's, not a prologue
+      e.pro_producer[size_t(e.pro_consumer[size_t(j)])] = -1;
+      e.pro_consumer[size_t(j)] = -1;
+    }
+  }
+  if (any) e.nt_next = std::move(next), e.nt_prev = std::move(prev);
+}
+
 void plan_fp8_act_fusion(Engine& e) {
   e.fp8_consumer.clear();
   e.fp8_producer.clear();
@@ -559,6 +611,7 @@ void plan_moe_fusion(Engine& e) {
 }
 
 bool node_fused(Engine& e, const StepPlan& p, size_t i) {
+  if (!e.nt_prev.empty() && e.nt_prev[i] >= 0 && norm_variant(e, p, size_t(e.nt_prev[i])) >= 0) return true;
   if (!e.glu_prev.empty() && e.glu_prev[i] >= 0 && glu_variant(e, p, size_t(e.glu_prev[i])) >= 0) return true;
   return !e.pro_consumer.empty() && e.pro_consumer[i] >= 0 && prologue_variant(e, p, i) >= 0;
 }
@@ -617,6 +670,23 @@ void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only) {
     if (!e.moe_prev.empty() && e.moe_prev[i] >= 0) {  // done by the moe node before it (plan_moe_fusion)
       if (count) counter[TSLLM_KERNEL_FOLDED]++;
       continue;
+    }
+    if (!e.nt_prev.empty() && e.nt_prev[i] >= 0 && norm_variant(e, p, size_t(e.nt_prev[i])) >= 0) {
+      if (count) counter[TSLLM_KERNEL_FOLDED]++;  // done by the last block of the gemv before it (plan_norm_fusion)
+      continue;
+    }
+    if (!e.nt_next.empty() && e.nt_next[i] >= 0) {
+      const int v = norm_variant(e, p, i);
+      if (v >= 0) {
+        const NodeDesc& rn = d.nodes[size_t(e.nt_next[i])];
+        const ValueDesc& w = e.val(n.in[1]);
+        const int N = int(w.shape[0].n), K = int(w.shape[1].n);
+        const int M = int(e.numel(n.in[0], p) / K);
+        r.ck(gemv_norm(v, r.in(0), r.in(1), r.in(2), r.in(3), r.out(0), M, N, K, e.ptr(rn.in[1], p), rn.eps,
+                       e.ptr(rn.out[0], p), e.norm_counters + i, e.dt, e.tun.pdl, s));
+        if (count) counter[TSLLM_KERNEL_GEMV_RMS]++;
+        continue;
+      }
     }
     if (!e.glu_prev.empty() && e.glu_prev[i] >= 0 && glu_variant(e, p, size_t(e.glu_prev[i])) >= 0) {
       if (count) counter[TSLLM_KERNEL_FOLDED]++;  // done by the gate_up gemv before it (plan_glu_fusion)

@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <stdexcept>
 #include <string>
 
@@ -50,6 +51,7 @@ GemmRunner::~GemmRunner() {
   if (workspace_) cudaFree(workspace_);
   if (tune_out_) cudaFree(tune_out_);
   if (flush_) cudaFree(flush_);
+  if (tune_counter_) cudaFree(tune_counter_);
   if (handle_) cublasLtDestroy(handle_);
 }
 
@@ -309,6 +311,30 @@ std::string GemmRunner::linear(const void* x, const void* w, const void* bias, c
   return err;
 }
 
+float GemmRunner::time_flushed(cudaStream_t s, const std::function<bool()>& body) {
+  const size_t kFlush = size_t(64) << 20;
+  cudaEvent_t a = nullptr, b = nullptr;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  float total = 0;
+  for (int it = 0; it < 6; it++) {
+    cudaMemsetAsync(flush_, it, kFlush, s);
+    cudaEventRecord(a, s);
+    const bool ok = body();
+    cudaEventRecord(b, s);
+    if (cudaEventSynchronize(b) != cudaSuccess || !ok) {
+      total = -5.f;
+      break;
+    }
+    float ms = 0;
+    cudaEventElapsedTime(&ms, a, b);
+    if (it > 0) total += ms;
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return total < 0.f ? -1.f : total / 5;
+}
+
 int GemmRunner::prologue_variant(const GemvPrologue& pro, const void* pro_x, void* pro_y, const void* w,
                                  const void* bias, const void* residual, void* out, int M, int N, int K,
                                  cudaDataType_t dt, cudaStream_t s, std::string* why) {
@@ -346,28 +372,10 @@ int GemmRunner::prologue_variant(const GemvPrologue& pro, const void* pro_x, voi
   if (!timed) {
     pick = gemv_mode == 1 ? gemv_variant : (pu ? pu->gemv : -1);
   } else if (ensure_tune_buffers(size_t(M) * size_t(N) * 2).empty()) {
-    const size_t kFlush = size_t(64) << 20;
     const Act act = pro.kind == GemvPro::GatedSilu ? Act::Silu : Act::GeluTanh;
     const void* tb = epi == GemmEpi::Bias ? bias : nullptr;
     void* tres = residual ? tune_out_ : nullptr;
-    cudaEvent_t a = nullptr, b = nullptr;
-    cudaEventCreate(&a);
-    cudaEventCreate(&b);
-    // Times `body` like tune() does: 6 runs, L2 flushed before each, the first discarded.
-    auto time = [&](auto&& body) -> float {
-      float total = 0;
-      for (int it = 0; it < 6; it++) {
-        cudaMemsetAsync(flush_, it, kFlush, s);
-        cudaEventRecord(a, s);
-        bool ok = body();
-        cudaEventRecord(b, s);
-        if (cudaEventSynchronize(b) != cudaSuccess || !ok) return -1.f;
-        float ms = 0;
-        cudaEventElapsedTime(&ms, a, b);
-        if (it > 0) total += ms;
-      }
-      return total / 5;
-    };
+    auto time = [&](auto&& body) { return time_flushed(s, body); };
     if (pu && gemv_mode != 1)  // the unfused pair: prologue kernel into pro_y, then the plain linear's choice
       base = time([&] {
         cudaError_t ke = pro.kind == GemvPro::RmsNorm
@@ -382,8 +390,6 @@ int GemmRunner::prologue_variant(const GemvPrologue& pro, const void* pro_x, voi
       if (ms >= 0.f && ms < best) best = ms, pick = v;
     }
     if (pick >= 0 && gemv_mode != 1 && !force_pro && !(base >= 0.f && best < base)) pick = -1;
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
   }
   cudaGetLastError();
   if (verbose)
@@ -433,28 +439,10 @@ int GemmRunner::glu_variant(GemvPro act, const void* x, const void* w, const voi
     pick = gemv_mode == 1 ? gemv_variant : (pu ? pu->gemv : -1);
     if (!gemv_glu_takes(pick)) pick = -1;
   } else if (ensure_tune_buffers(gu_bytes + size_t(M) * size_t(N) * 2).empty()) {
-    const size_t kFlush = size_t(64) << 20;
     const Act a_act = act == GemvPro::GatedSilu ? Act::Silu : Act::GeluTanh;
     void* t_gu = tune_out_;
     void* t_out = static_cast<char*>(tune_out_) + gu_bytes;
-    cudaEvent_t a = nullptr, b = nullptr;
-    cudaEventCreate(&a);
-    cudaEventCreate(&b);
-    // Times `body` like tune() does: 6 runs, L2 flushed before each, the first discarded.
-    auto time = [&](auto&& body) -> float {
-      float total = 0;
-      for (int it = 0; it < 6; it++) {
-        cudaMemsetAsync(flush_, it, kFlush, s);
-        cudaEventRecord(a, s);
-        bool ok = body();
-        cudaEventRecord(b, s);
-        if (cudaEventSynchronize(b) != cudaSuccess || !ok) return -1.f;
-        float ms = 0;
-        cudaEventElapsedTime(&ms, a, b);
-        if (it > 0) total += ms;
-      }
-      return total / 5;
-    };
+    auto time = [&](auto&& body) { return time_flushed(s, body); };
     if (pu && gemv_mode != 1)  // the unfused pair: the plain linear's choice into gu, then gated_act
       base = time([&] {
         return run_plan(*pu, x, w, bias, nullptr, t_gu, M, 2 * N, K, dt, epi, s).empty() &&
@@ -466,8 +454,6 @@ int GemmRunner::glu_variant(GemvPro act, const void* x, const void* w, const voi
       if (ms >= 0.f && ms < best) best = ms, pick = v;
     }
     if (pick >= 0 && gemv_mode != 1 && !(base >= 0.f && best < base)) pick = -1;
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
   }
   cudaGetLastError();
   if (verbose)
@@ -477,6 +463,75 @@ int GemmRunner::glu_variant(GemvPro act, const void* x, const void* w, const voi
                  best < 1e29f ? best : -1.f,
                  pu && pu->gemv >= 0 ? ("gemv " + std::to_string(pu->gemv)).c_str() : "cuBLASLt", base);
   pro_cache_.emplace(kg, pick);
+  return pick >= 0 ? pick : no("the tuner kept the unfused pair (or no fused variant launched)");
+}
+
+int GemmRunner::norm_variant(const void* x, const void* w, const void* bias, const void* residual, void* out,
+                             const void* norm_w, float eps, void* norm_out, int M, int N, int K, cudaDataType_t dt,
+                             cudaStream_t s, std::string* why) {
+  const DType gdt = dt == CUDA_R_16BF ? DType::BF16 : DType::F16;
+  auto no = [&](const char* reason) {
+    if (why) *why = reason;
+    return -1;
+  };
+  if (M < 1 || M > kGemvMaxM) return no("M > 4");
+  if (gemv_mode == 0) return no("gemv off");
+  auto al16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
+  if ((dt != CUDA_R_16F && dt != CUDA_R_16BF) || !gemv_eligible(x, w, M, K, gdt) || N % 8 || !al16(out) ||
+      !al16(norm_w) || !al16(norm_out))
+    return no("not eligible (needs K % 8 == 0, N % 8 == 0 and 16-byte aligned x, w, out and the norm's tensors)");
+  const GemmEpi epi = bias ? GemmEpi::Bias : GemmEpi::None;
+  // The plain linear's key, exactly as linear(x, w, bias, residual, out, ...) makes it.
+  int align = ptr_align(x);
+  for (const void* p : {w, bias, residual, static_cast<const void*>(out)})
+    if (p && ptr_align(p) < align) align = ptr_align(p);
+  Key ku{M, N, K, int(dt), int(epi), residual != nullptr, align};
+  Key kn = ku;
+  kn.pro = kNormKey;
+  auto hit = pro_cache_.find(kn);
+  if (hit != pro_cache_.end()) return hit->second >= 0 ? hit->second : no("the tuner kept the unfused pair");
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  cudaStreamIsCapturing(s, &cap);
+  if (cap != cudaStreamCaptureStatusNone) return no("shape first seen while a CUDA graph was being captured");
+
+  std::string err;
+  Plan* pu = get_plan(ku, x, w, bias, s, &err);  // the unfused linear's own (tuned) choice
+  const bool timed = gemv_mode == 1 ? gemv_variant < 0 : tunes(M);
+  const size_t out_bytes = size_t(M) * size_t(N) * 2;
+  int pick = -1;
+  float best = 1e30f, base = -1.f;
+  if (!tune_counter_ && cudaMalloc(&tune_counter_, sizeof(unsigned)) == cudaSuccess)
+    cudaMemset(tune_counter_, 0, sizeof(unsigned));
+  if (!timed) {
+    pick = gemv_mode == 1 ? gemv_variant : (pu ? pu->gemv : -1);
+  } else if (tune_counter_ && ensure_tune_buffers(2 * out_bytes).empty()) {
+    void* t_out = tune_out_;
+    void* t_y = static_cast<char*>(tune_out_) + out_bytes;
+    const void* tres = residual ? t_out : nullptr;
+    auto time = [&](auto&& body) { return time_flushed(s, body); };
+    if (pu && gemv_mode != 1)  // the unfused pair: the plain linear's choice, then rms_norm
+      base = time([&] {
+        return run_plan(*pu, x, w, bias, tres, t_out, M, N, K, dt, epi, s).empty() &&
+               rms_norm(t_out, nullptr, norm_w, 0.f, t_y, nullptr, M, N, eps, gdt, s) == cudaSuccess;
+      });
+    for (int v = 0; v < kGemvVariants; v++) {
+      if (gemv_variant >= 0 && v != gemv_variant) continue;
+      const float ms = time([&] {
+        return gemv_norm(v, x, w, bias, tres, t_out, M, N, K, norm_w, eps, t_y, tune_counter_, gdt, pdl, s) ==
+               cudaSuccess;
+      });
+      if (ms >= 0.f && ms < best) best = ms, pick = v;
+    }
+    if (pick >= 0 && gemv_mode != 1 && !(base >= 0.f && best < base)) pick = -1;
+  }
+  cudaGetLastError();
+  if (verbose)
+    std::fprintf(stderr,
+                 "tsllm gemv norm tail: linear M=%d N=%d K=%d + rms_norm: %s (fused best %.4f ms, unfused %s %.4f ms)\n",
+                 M, N, K, pick >= 0 ? ("fused, gemv variant " + std::to_string(pick)).c_str() : "unfused",
+                 best < 1e29f ? best : -1.f,
+                 pu && pu->gemv >= 0 ? ("gemv " + std::to_string(pu->gemv)).c_str() : "cuBLASLt", base);
+  pro_cache_.emplace(kn, pick);
   return pick >= 0 ? pick : no("the tuner kept the unfused pair (or no fused variant launched)");
 }
 

@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <unordered_map>
 
@@ -64,6 +65,12 @@ class GemmRunner {
   // always fuses, gemv = -1 never, without tuning fused exactly when the plain linear runs gemv.
   int glu_variant(GemvPro act, const void* x, const void* w, const void* bias, void* gu, void* out, int M, int N, int K,
                   cudaDataType_t dt, cudaStream_t s, std::string* why = nullptr);
+  // Norm fusion (Tunables::norm_tail): the gemv_norm variant that runs a decode linear and the rms_norm reading its
+  // output in one launch (kernels.h gemv_norm), or -1 when the pair stays apart. x, w, bias, residual, out: the
+  // linear's; norm_w, eps, norm_out: the rms_norm's. Decided once per shape as prologue_variant is.
+  int norm_variant(const void* x, const void* w, const void* bias, const void* residual, void* out, const void* norm_w,
+                   float eps, void* norm_out, int M, int N, int K, cudaDataType_t dt, cudaStream_t s,
+                   std::string* why = nullptr);
   bool verbose = false;  // profiling on: prologue fusion decisions to stderr
   bool pdl = true;       // gemv launched with programmatic dependent launch (sm_90+)
   bool strict = false;   // see linear()
@@ -122,7 +129,10 @@ class GemmRunner {
   void* flush_ = nullptr;     // 64 MB written before each timed run to evict the weights from L2
   std::unordered_map<Key, Plan, KeyHash> cache_;
   std::unordered_map<Key, int, KeyHash> pro_cache_;  // prologue / epilogue fusion: gemv variant, or -1 (unfused)
-  static constexpr int kGluKey = 16;
+  static constexpr int kGluKey = 16, kNormKey = 32;
+  unsigned* tune_counter_ = nullptr;  // gemv_norm's block counter while tuning
+  // Times body() like tune() does: 6 runs, L2 flushed before each, the first discarded; ms, or -1 if a run failed.
+  float time_flushed(cudaStream_t s, const std::function<bool()>& body);
 };
 
 }  // namespace tsllm

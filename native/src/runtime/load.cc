@@ -89,6 +89,7 @@ Engine::~Engine() {
   cudaFree(gather_scratch);
   cudaFree(moe_ws);
   cudaFree(glu_out);
+  cudaFree(norm_counters);
   cudaFree(gen_tokens);
   if (host_tokens) cudaFreeHost(host_tokens);
   for (PendingStep& ps : pending) {
@@ -382,6 +383,12 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
   if (e->glu_out_bytes) {
     ck(cudaMalloc(&e->glu_out, e->glu_out_bytes), "cudaMalloc of the gemv epilogue's output");
     e->redirect.assign(d.values.size(), nullptr);
+  }
+  plan_norm_fusion(*e);
+  if (!e->nt_next.empty()) {
+    const size_t bytes = sizeof(unsigned) * d.nodes.size();
+    ck(cudaMalloc(&e->norm_counters, bytes), "cudaMalloc of the gemv norm counters");
+    ck(cudaMemset(e->norm_counters, 0, bytes), "cudaMemset of the gemv norm counters");
   }
   {
     QuantWorkspace need;

@@ -257,6 +257,8 @@ void profile_graph_breakdown(Engine& e, const StepPlan& p) {
       if (src >= 0 && node_fused(e, p, size_t(src))) key += std::string(" +") + op_name(d.nodes[size_t(src)].op);
       const int glu = e.glu_next.empty() ? -1 : e.glu_next[i];
       if (glu >= 0 && node_fused(e, p, size_t(glu))) key += " +gated_act";
+      const int nt = e.nt_next.empty() ? -1 : e.nt_next[i];
+      if (nt >= 0 && node_fused(e, p, size_t(nt))) key += " +rms_norm after";
       bytes[key] += double(w.max_numel() * elem_size(w.dt));
     }
     auto it = index.find(key);
