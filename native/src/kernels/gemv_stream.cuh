@@ -406,9 +406,11 @@ struct NormTail {
 template <typename T, int M, int WARPS>
 __device__ __forceinline__ void norm_tail(const T* out, int N, const NormTail& t) {
   __shared__ bool last;
-  __threadfence();  // this thread's stores of out, device-wide, before the count says they are done
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(t.counter, 1u) == gridDim.x - 1;
+  __syncthreads();  // the block's stores of out happen before thread 0's fence (cumulative), one fence a block
+  if (threadIdx.x == 0) {
+    __threadfence();
+    last = atomicAdd(t.counter, 1u) == gridDim.x - 1;
+  }
   __syncthreads();
   if (!last) return;
   __threadfence();

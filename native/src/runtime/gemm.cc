@@ -68,6 +68,7 @@ void GemmRunner::init(const Tunables& t) {
   pdl = t.pdl;
   strict = t.strict;
   force_pro = t.prologue_force;
+  force_norm = t.norm_tail == 2;
 }
 
 std::string GemmRunner::ensure_tune_buffers(size_t out_bytes) {
@@ -522,7 +523,7 @@ int GemmRunner::norm_variant(const void* x, const void* w, const void* bias, con
       });
       if (ms >= 0.f && ms < best) best = ms, pick = v;
     }
-    if (pick >= 0 && gemv_mode != 1 && !(base >= 0.f && best < base)) pick = -1;
+    if (pick >= 0 && gemv_mode != 1 && !force_norm && !(base >= 0.f && best < base)) pick = -1;
   }
   cudaGetLastError();
   if (verbose)

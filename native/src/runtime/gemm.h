@@ -75,6 +75,7 @@ class GemmRunner {
   bool pdl = true;       // gemv launched with programmatic dependent launch (sm_90+)
   bool strict = false;   // see linear()
   bool force_pro = false;  // Tunables::prologue_force: every planned prologue pair fused
+  bool force_norm = false;  // Tunables::norm_tail == 2: every planned norm tail fused
 
   size_t num_cached() const { return cache_.size(); }
   // Autotuning (gemm_tuned_m, options.h): the first call of a tuned shape times every algorithm the heuristic

@@ -89,7 +89,7 @@ Tunables resolve_tunables(const tsllm_options& o, const std::string& path) {
   t.profile = o.profile;
 
   // Environment overrides (benchmarking): TSLLM_GEMM_TUNE=0, TSLLM_GEMV=0|1, TSLLM_GEMV_VARIANT=k,
-  // TSLLM_GEMV_PROLOGUE=0|1|2 (2: every pair fused), TSLLM_NORM_PDL=0|1|2, TSLLM_GLU_FUSE=0|1, TSLLM_NORM_TAIL=0|1,
+  // TSLLM_GEMV_PROLOGUE=0|1|2 (2: every pair fused), TSLLM_NORM_PDL=0|1|2, TSLLM_GLU_FUSE=0|1, TSLLM_NORM_TAIL=0|1|2,
   // TSLLM_DECODE_VARIANT=2|3|4, TSLLM_DECODE_MMA_MIN_GQA=r, TSLLM_DECODE_MMA_CFG=c, TSLLM_PDL=0|1,
   // TSLLM_STRICT_KERNELS=0|1, TSLLM_FP8_CONTEXT_FMHA=0|1 (off, on), TSLLM_PROFILE=1|graph.
   long x = 0;
@@ -99,7 +99,7 @@ Tunables resolve_tunables(const tsllm_options& o, const std::string& path) {
   if (env_int("TSLLM_GEMV_PROLOGUE", path, 0, 2, &x)) t.gemv_prologue = x >= 1, t.prologue_force |= x == 2;
   if (env_int("TSLLM_NORM_PDL", path, 0, 2, &x)) t.norm_pdl = int(x);
   if (env_int("TSLLM_GLU_FUSE", path, 0, 1, &x)) t.glu_fuse = x == 1;
-  if (env_int("TSLLM_NORM_TAIL", path, 0, 1, &x)) t.norm_tail = x == 1;
+  if (env_int("TSLLM_NORM_TAIL", path, 0, 2, &x)) t.norm_tail = int(x);
   if (env_int("TSLLM_DECODE_VARIANT", path, 2, 4, &x)) t.decode_variant = int(x);
   if (env_int("TSLLM_DECODE_MMA_MIN_GQA", path, 1, 1024, &x)) t.decode_mma_min_gqa = int(x);
   if (env_int("TSLLM_DECODE_MMA_CFG", path, 0, decode_mma_config_count() - 1, &x)) t.decode_mma_cfg = int(x);

@@ -24,8 +24,9 @@ struct Tunables {
   // TSLLM_GLU_FUSE=0|1 for the A/B.
   bool glu_fuse = true;
   // decode norm fusion: an rms_norm computed by the last block of the gemv that writes its input (plan_norm_fusion);
-  // environment TSLLM_NORM_TAIL=0|1 for the A/B.
-  bool norm_tail = true;
+  // environment TSLLM_NORM_TAIL=0|1|2 for the A/B (2: fused wherever planned, not only where the tuner's eager
+  // timing finds it faster).
+  int norm_tail = 1;
   // Environment only (A/B in the step): TSLLM_GEMV_PROLOGUE=2 / TSLLM_QGEMV_PROLOGUE=2 fold every planned pair into
   // its fastest fused variant, not only where the load-time tuner's eager timing finds the fused kernel faster
   // than the pair (that timing runs each alone; in the decode graph a kernel's start overlaps its predecessor's end).
