@@ -102,6 +102,12 @@ describe("quantised engines on the GPU", () => {
           : c.extra.quant === "fp8"
             ? [{ TSLLM_QGEMV_VARIANT: "8", TSLLM_QGEMV_PROLOGUE: "1" }]
             : [];
+      // TSLLM_QGLU=1 (the gated_act in the int8 / int4 gate_up gemv's epilogue, off by default): with variant 7
+      // forced, every decode gate_up of Llama runs quant_gemv_glu and its gated_act launches nothing.
+      const glu =
+        (c.extra.quant === "int8-wo" || c.extra.quant === "int4-wo") && c.which === "llama"
+          ? [{ TSLLM_QGLU: "1", TSLLM_QGEMV_VARIANT: "7" }]
+          : [];
       const kvFp8 = c.extra.kvCacheDtype === "fp8";
       const fp8Engine = kvFp8 && c.extra.quant === "fp8";
       const fmhaOn = { TSLLM_FP8_CONTEXT_FMHA: "1", TSLLM_STRICT_KERNELS: "1" };
@@ -123,6 +129,7 @@ describe("quantised engines on the GPU", () => {
         { TSLLM_QGEMV: "0" },
         { TSLLM_QGEMV_VARIANT: forced, TSLLM_QGEMV_PROLOGUE: "1" },
         ...mma,
+        ...glu,
         ...fmhaRuns,
       ] as Record<string, string>[]) {
         for (const graphs of [true, false]) {
@@ -135,6 +142,14 @@ describe("quantised engines on the GPU", () => {
             const folded = st.filter((n) => n.op === "rms_norm" && n.foldedInto >= 0);
             expect(folded.length).toBeGreaterThan(0);
             expect(folded.every((n) => n.folded > 0 && st[n.foldedInto].gemvRms > 0)).toBe(true);
+          }
+          if (env.TSLLM_QGLU) {
+            const st = open[open.length - 1].nodeStats();
+            const folded = st.filter((n) => n.op === "gated_act");
+            expect(folded.length).toBeGreaterThan(0);
+            expect(
+              folded.every((n) => n.foldedInto >= 0 && n.folded > 0 && st[n.foldedInto].gemvGated > 0),
+            ).toBe(true);
           }
           const max = Math.max(...gpu.map((g, i) => maxAbsDiff(g, ref[i])));
           const max32 = Math.max(...gpu.map((g, i) => maxAbsDiff(g, ref32[i])));

@@ -105,6 +105,45 @@ struct LinCase {
   int tscale = 0;  // QuantWeights' tscale
 };
 
+// quant_gemv_glu (the gated act in an int8 / int4 gate_up gemv's epilogue) against the pair it replaces, same
+// variant: quant_gemv into gu [M, 2N], then gated_act. Where N % 16 == 0 every gate and up row sits at the same
+// place in its 16-row mma tile as in the plain kernel, so the sums are the same and the output must be
+// bit-identical; otherwise (rows at other tile places) within a few roundings.
+void test_quant_gemv_glu(Rng& rng, QuantKind kind, int M, int N, int K, int group, bool with_bias, Act act, DType dt) {
+  Buf x(dt, size_t(M) * K), bias(dt, 2 * N), gu(dt, size_t(M) * 2 * N), ref(dt, size_t(M) * N), out(dt, size_t(M) * N);
+  x.fill(rng, -2.f, 2.f);
+  bias.fill(rng, -0.5f, 0.5f);
+  x.up(), bias.up();
+  const QuantWeights qw(rng, kind, 2 * N, K, group, 1, dt);
+  const void* b = with_bias ? bias.d : nullptr;
+  const bool exact = N % 16 == 0;
+  Err e;
+  int ran = 0, differ = 0;
+  std::string failed;
+  for (int v = 0; v < quant_gemv_variants(kind); v++) {
+    if (!quant_gemv_glu_takes(kind, v, M, K, group)) continue;
+    ref.poison(), out.poison();
+    CK(quant_gemv(v, kind, x.d, qw.dw, qw.dsc, group, b, nullptr, gu.d, M, 2 * N, K, Act::None, dt, true, 0));
+    CK(gated_act(gu.d, ref.d, M, N, act, dt, 0));
+    CK(quant_gemv_glu(v, kind, x.d, qw.dw, qw.dsc, group, b, out.d, M, N, K, act, dt, true, 0));
+    sync_check();
+    ref.down(), out.down();
+    ran++;
+    Err ev;
+    for (size_t i = 0; i < ref.n; i++) {
+      ev.add(out.get(i), ref.get(i), exact ? 0.0 : 1e-3, exact ? 0.0 : 4 * rtol_of(dt));
+      e.add(out.get(i), ref.get(i), exact ? 0.0 : 1e-3, exact ? 0.0 : 4 * rtol_of(dt));
+    }
+    if (exact && out.h != ref.h) differ++;
+    if (!ev.ok() || (exact && out.h != ref.h)) failed += " v" + std::to_string(v) + ":" + ev.firsts();
+  }
+  char name[200];
+  std::snprintf(name, sizeof name, "quant_gemv_glu %s %s %s M=%d N=%d K=%d g%d%s = gemv + gated_act%s (%d variants)",
+                quant_kind_name(kind), dname(dt), act == Act::Silu ? "silu" : "gelu_tanh", M, N, K, group,
+                with_bias ? " bias" : "", exact ? ", bit-identical" : "", ran);
+  report(e.ok() && differ == 0 && ran > 0, name, e.max_abs, e.str() + failed);
+}
+
 void test_quant_gemv(Rng& rng, const LinCase& c, DType dt) {
   const int M = c.M, N = c.N, K = c.K;
   Buf x(dt, size_t(M) * K), bias(dt, N), res(dt, size_t(M) * N), out(dt, size_t(M) * N);
@@ -692,6 +731,10 @@ static void test_quant(Rng& rng) {
   for (DType dt : {DType::F16, DType::BF16})
     for (const auto& c : cases) qt::test_quant_gemv(rng, c, dt);
   for (DType dt : {DType::F16, DType::BF16}) {
+    qt::test_quant_gemv_glu(rng, QuantKind::Int4, 1, 256, 1024, 128, false, Act::Silu, dt);  // 7, 10, 12, 13, 16, 18
+    qt::test_quant_gemv_glu(rng, QuantKind::Int4, 3, 96, 512, 32, true, Act::GeluTanh, dt);  // 7, 10, 12 (g32)
+    qt::test_quant_gemv_glu(rng, QuantKind::Int8, 4, 64, 448, 0, true, Act::Silu, dt);
+    qt::test_quant_gemv_glu(rng, QuantKind::Int8, 2, 40, 256, 0, false, Act::Silu, dt);      // N % 16 != 0
     qt::test_quant_gemv_rms(rng, QuantKind::Fp8, 1, 300, 4096, 0, dt);
     qt::test_quant_gemv_rms(rng, QuantKind::Fp8, 4, 77, 352, 0, dt);
     qt::test_quant_gemv_rms(rng, QuantKind::Int8, 2, 130, 4096, 0, dt);

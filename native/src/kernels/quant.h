@@ -80,6 +80,19 @@ bool quant_gemv_has_prologue(QuantKind kind, int variant);
 cudaError_t quant_gemv(int variant, QuantKind kind, const void* x, const void* w, const float* scales, int group,
                        const void* bias, const void* residual, void* out, int M, int N, int K, Act act, DType dt,
                        bool pdl, cudaStream_t s, const GemvPrologue& pro = GemvPrologue{});
+// The gated act in the epilogue of an int8 / int4 gate_up decode call (as gemv_glu for 16-bit weights; the runtime
+// plans it with TSLLM_QGLU=1): w and scales are gate|up, 2N rows, gate rows first; out [M, N] =
+// T(act(T(gate)) · T(up)), gate and up rounded as quant_gemv writes a call without activation or residual, then
+// gated_act's rounding; act Silu or GeluTanh. The variants with two 16-row tiles a block (7, 10, 12 and their
+// post-scale 13, 16, 18), one gate tile and its up tile; where quant_gemv_takes the call. out must not overlap x.
+bool quant_gemv_glu_takes(QuantKind kind, int variant, int M, int K, int group);
+cudaError_t quant_gemv_glu(int variant, QuantKind kind, const void* x, const void* w, const float* scales, int group,
+                           const void* bias, void* out, int M, int N, int K, Act act, DType dt, bool pdl,
+                           cudaStream_t s);
+cudaError_t int8_gemv_glu(int variant, const void* x, const void* w, const float* sc, int group, const void* bias,
+                          void* out, int M, int N, int K, Act act, DType dt, bool pdl, cudaStream_t s);
+cudaError_t int4_gemv_glu(int variant, const void* x, const void* w, const float* sc, int group, const void* bias,
+                          void* out, int M, int N, int K, Act act, DType dt, bool pdl, cudaStream_t s);
 // quant_gemv_fp8.cu (variants 3-7 of fp8), quant_gemv_fp8_mma.cu (8-10), quant_gemv_int8.cu / quant_gemv_int4.cu
 // (the int variants); norm_w non-null: the rms_norm prologue. Called through quant_gemv (which checks eligibility).
 cudaError_t int8_gemv(int variant, const void* x, const void* w, const float* sc, int group, const void* bias,

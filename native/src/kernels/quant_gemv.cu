@@ -153,6 +153,24 @@ bool quant_gemv_has_prologue(QuantKind kind, int variant) {
          (kind == QuantKind::Fp8 ? variant >= 3 : variant < kIntMmaFirstVariant);
 }
 
+bool quant_gemv_glu_takes(QuantKind kind, int variant, int M, int K, int group) {
+  if (kind == QuantKind::Fp8) return false;
+  const int base = variant >= kIntMmaPostVariant ? variant - (kIntMmaPostVariant - kIntMmaAVariant) : variant;
+  const bool two_tiles = variant >= kIntMmaAVariant && variant < kIntGemmVariant && (base == 7 || base == 10 || base == 12);
+  return two_tiles && quant_gemv_takes(kind, variant, M, K, group);
+}
+
+cudaError_t quant_gemv_glu(int variant, QuantKind kind, const void* x, const void* w, const float* scales, int group,
+                           const void* bias, void* out, int M, int N, int K, Act act, DType dt, bool pdl,
+                           cudaStream_t s) {
+  if (quant_gemv_unsupported(kind, M, K, group, x, w, dt) || !quant_gemv_glu_takes(kind, variant, M, K, group) ||
+      (act != Act::Silu && act != Act::GeluTanh))
+    return cudaErrorInvalidValue;
+  if (N <= 0) return cudaSuccess;
+  return kind == QuantKind::Int4 ? int4_gemv_glu(variant, x, w, scales, group, bias, out, M, N, K, act, dt, pdl, s)
+                                 : int8_gemv_glu(variant, x, w, scales, group, bias, out, M, N, K, act, dt, pdl, s);
+}
+
 cudaError_t quant_gemv(int variant, QuantKind kind, const void* x, const void* w, const float* scales, int group,
                        const void* bias, const void* residual, void* out, int M, int N, int K, Act act, DType dt,
                        bool pdl, cudaStream_t s, const GemvPrologue& pro) {

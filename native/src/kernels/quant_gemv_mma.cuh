@@ -224,6 +224,24 @@ __device__ __forceinline__ void store_warp_sums(const float (&red)[WARPS][ROWS][
   }
 }
 
+// store_warp_sums for a GLU block (quant_gemv_mma_a.cuh): rows 0..ROWS/2-1 of red are gate rows n0.., the rest their
+// up rows. Each sum is rounded as store_out writes a linear without activation or residual, then gated_act's
+// T(act(gate) · up), act the gated activation; out is [M, N].
+template <typename T, int WARPS, int ROWS, int MB>
+__device__ __forceinline__ void store_warp_sums_glu(const float (&red)[WARPS][ROWS][MB], int n0, int M, int N,
+                                                    const T* __restrict__ bias, T* out, int act) {
+  constexpr int H = ROWS / 2;
+  for (int idx = threadIdx.x; idx < H * M; idx += WARPS * 32) {
+    const int r = idx / M, m = idx % M, n = n0 + r;
+    if (n >= N) continue;
+    float gv = 0.f, uv = 0.f;
+#pragma unroll
+    for (int k = 0; k < WARPS; k++) gv += red[k][r][m], uv += red[k][H + r][m];
+    if (bias) gv = __fadd_rn(gv, to_f(bias[n])), uv = __fadd_rn(uv, to_f(bias[N + n]));
+    out[size_t(m) * N + n] = from_f<T>(act_value(to_f(from_f<T>(gv)), Act(act)) * to_f(from_f<T>(uv)));
+  }
+}
+
 // MB: the token rows the instantiation has room for (1-4, 8, 16), M <= MB the call's: lanes (g, t) carry token
 // rows g and (MB > 8) g + 8 — the mma's 16 A rows.
 template <typename T, bool INT4, int MB, int TILES, int WARPS, int S, bool STAGED>

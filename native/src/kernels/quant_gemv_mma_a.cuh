@@ -57,7 +57,10 @@ __device__ __forceinline__ void x_pairs(const T* xr, int c, uint32_t (&b)[INT4 ?
 // needs: the scale's conversion to T and its exactness vote, one HMUL2 per weight pair, the end-of-row clamp.
 // Numerics: sum_k x · q exact products in fp32, times s in fp32 — not the reference's T(q · s) per weight; the two
 // differ by the reference's own rounding of each weight (at most 2^-11 (fp16) / 2^-8 (bf16) of sum |x · w|).
-template <typename T, bool INT4, int TILES, int WARPS, int D, int MINB, bool POST>
+// GLU (quant_gemv_glu; TILES even): w is gate|up [2N, ...] and a block's first TILES / 2 tiles are gate rows n0..,
+// the rest the up rows N + n0.. under them; the epilogue writes T(act(T(gate)) · T(up)), act the gated activation
+// (store_warp_sums_glu), [M, N]: the gate_up call and the gated_act after it in one launch.
+template <typename T, bool INT4, int TILES, int WARPS, int D, int MINB, bool POST, bool GLU = false>
 __global__ void __launch_bounds__(WARPS * 32, MINB)
     int_mma_a_kernel(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ sc,
                      int groups, int cpg_shift, const T* __restrict__ bias, const T* res, T* out, int M, int N, int K,
@@ -66,7 +69,9 @@ __global__ void __launch_bounds__(WARPS * 32, MINB)
   pdl_trigger();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int n0 = blockIdx.x * TILES * 16;
+  constexpr int TR = GLU ? TILES / 2 : TILES;  // tiles of output rows a block
+  static_assert(!GLU || TILES % 2 == 0, "GLU: gate and up tiles in pairs");
+  const int n0 = blockIdx.x * TR * 16;
   const int row_bytes = INT4 ? K / 2 : K;
   const int chunks = row_bytes >> 4;
   const uint4* wq = reinterpret_cast<const uint4*>(w);
@@ -76,7 +81,7 @@ __global__ void __launch_bounds__(WARPS * 32, MINB)
   for (int i = 0; i < TILES; i++)
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-      const int n = min(n0 + 16 * i + g + 8 * h, N - 1);
+      const int n = (GLU && i >= TR ? N : 0) + min(n0 + 16 * (i % TR) + g + 8 * h, N - 1);
       roff[i][h] = uint32_t(n) * uint32_t(chunks);
       srow[i][h] = sc + (INT4 ? size_t(n) * groups : size_t(n));
     }
@@ -187,18 +192,21 @@ __global__ void __launch_bounds__(WARPS * 32, MINB)
       for (int e = 0; e < 2; e++)
         if (2 * t + e < M) red[warp][16 * i + g + 8 * h][2 * t + e] = acc[i][2 * h + e];
   __syncthreads();
-  store_warp_sums<T>(red, n0, M, N, bias, res, out, act);
+  if constexpr (GLU) store_warp_sums_glu<T>(red, n0, M, N, bias, out, act);
+  else store_warp_sums<T>(red, n0, M, N, bias, res, out, act);
 }
 
-template <typename T, bool INT4, int TILES, int WARPS, int D, int MINB, bool POST>
+// N: the output width (GLU: half the weight's rows).
+template <typename T, bool INT4, int TILES, int WARPS, int D, int MINB, bool POST, bool GLU = false>
 cudaError_t launch_int_mma_a(int M, const void* x, const void* w, const float* sc, int group, const void* bias,
                              const void* res, void* out, int N, int K, Act act, bool pdl, cudaStream_t s) {
   if (M < 1 || M > kIntMmaAGemvMaxM) return cudaErrorInvalidValue;
   const int cpg_shift = INT4 ? int4_chunk_shift(group) : 0;  // (other groups: refused, as by variants 3-6)
   if (cpg_shift < 0) return cudaErrorInvalidValue;
   // (POST's shapes, whole iterations of one scale a row: quant_gemv_takes, checked by quant_gemv)
-  const unsigned blocks = unsigned((N + TILES * 16 - 1) / (TILES * 16));
-  return launch_pdl(int_mma_a_kernel<T, INT4, TILES, WARPS, D, MINB, POST>, blocks, WARPS * 32, 0, pdl, s,
+  constexpr int TR = GLU ? TILES / 2 : TILES;
+  const unsigned blocks = unsigned((N + TR * 16 - 1) / (TR * 16));
+  return launch_pdl(int_mma_a_kernel<T, INT4, TILES, WARPS, D, MINB, POST, GLU>, blocks, WARPS * 32, 0, pdl, s,
                     static_cast<const T*>(x), static_cast<const uint8_t*>(w), sc, INT4 ? K / group : 1, cpg_shift,
                     static_cast<const T*>(bias), static_cast<const T*>(res), static_cast<T*>(out), M, N, K, int(act));
 }
@@ -219,6 +227,26 @@ cudaError_t launch_int_mma_a_variant(int variant, int M, const void* x, const vo
       case 10: return launch_int_mma_a<T, INT4, 2, 4, 1, 4, P>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
       case 11: return launch_int_mma_a<T, INT4, 1, 8, 4, 2, P>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
       case 12: return launch_int_mma_a<T, INT4, 2, 8, 2, 2, P>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
+      default: return cudaErrorInvalidValue;
+    }
+  };
+  return variant >= kIntMmaPostVariant ? go(std::true_type{}) : go(std::false_type{});
+}
+
+// The GLU launches (quant_gemv_glu): the variants of two 16-row tiles a block, one gate tile and its up tile.
+template <typename T, bool INT4>
+cudaError_t launch_int_mma_a_glu_variant(int variant, int M, const void* x, const void* w, const float* sc, int group,
+                                         const void* bias, void* out, int N, int K, Act act, bool pdl,
+                                         cudaStream_t s) {
+  auto go = [&](auto post) {
+    constexpr bool P = decltype(post)::value;
+    switch (variant - (P ? kIntMmaPostVariant - kIntMmaAVariant : 0)) {
+      case 7: return launch_int_mma_a<T, INT4, 2, 4, 1, 6, P, true>(M, x, w, sc, group, bias, nullptr, out, N, K, act,
+                                                                   pdl, s);
+      case 10: return launch_int_mma_a<T, INT4, 2, 4, 1, 4, P, true>(M, x, w, sc, group, bias, nullptr, out, N, K, act,
+                                                                    pdl, s);
+      case 12: return launch_int_mma_a<T, INT4, 2, 8, 2, 2, P, true>(M, x, w, sc, group, bias, nullptr, out, N, K, act,
+                                                                    pdl, s);
       default: return cudaErrorInvalidValue;
     }
   };

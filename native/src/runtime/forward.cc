@@ -95,15 +95,22 @@ int prologue_variant(Engine& e, const StepPlan& p, size_t i, std::string* why = 
   return e.gemm.prologue_variant(pro, x, y, e.ptr(l.in[1], p), bias, res, out, M, N, K, e.cuda_dt, e.stream, why);
 }
 
-// The gemv_glu variant that runs linear node i with the gated_act after it (plan_glu_fusion) in this step, or -1.
+Act gated_act_of(GemvPro g) { return g == GemvPro::GatedSilu ? Act::Silu : Act::GeluTanh; }
+
+// The gemv_glu (linear) or quant_gemv_glu (int8 / int4 quant_linear) variant that runs node i with the gated_act
+// after it (plan_glu_fusion) in this step, or -1.
 int glu_variant(Engine& e, const StepPlan& p, size_t i, std::string* why = nullptr) {
   if (e.glu_next.empty() || e.glu_next[i] < 0) return -1;
   const NodeDesc& l = e.desc.nodes[i];
   const NodeDesc& g = e.desc.nodes[size_t(e.glu_next[i])];
+  const bool quant = l.op == Op::QuantLinear;
   const ValueDesc& w = e.val(l.in[1]);
-  const int N2 = int(w.shape[0].n), K = int(w.shape[1].n);
+  const int N2 = int(w.shape[0].n), K = int(quant ? e.val(l.in[0]).last_dim() : w.shape[1].n);
   const int M = int(e.numel(l.in[0], p) / K);
-  if (M < 1 || M > kGemvMaxM) return -1;
+  if (M < 1 || M > kGemvMaxM) return -1;  // (glu_out's rows)
+  if (quant)
+    return e.qgemm.glu_variant(quant_call(e, p, l, e.ptr(l.in[0], p), M, N2, K), gated_act_of(prologue_kind(g)), e.dt,
+                               e.stream, why);
   const void* bias = l.in.size() > 2 && l.in[2] >= 0 ? e.ptr(l.in[2], p) : nullptr;
   return e.gemm.glu_variant(prologue_kind(g), e.ptr(l.in[0], p), e.ptr(l.in[1], p), bias, e.ptr(l.out[0], p),
                             e.glu_out, M, N2 / 2, K, e.cuda_dt, e.stream, why);
@@ -498,9 +505,13 @@ void plan_glu_fusion(Engine& e) {
   e.glu_prev.assign(d.nodes.size(), -1);
   for (size_t i = 0; i < d.nodes.size(); i++) {
     const NodeDesc& l = d.nodes[i];
-    // A plain 16-bit linear (no activation, chain or residual; a bias is fine).
-    if (l.op != Op::Linear || l.act != Act::None || l.post.n || l.in.size() < 2 || l.out.size() != 1) continue;
-    if (l.in.size() > 3 && l.in[3] >= 0) continue;
+    // A plain 16-bit linear, or (TSLLM_QGLU=1) an int8 / int4 quant_linear: no activation, chain or residual (a
+    // bias is fine).
+    const bool quant = l.op == Op::QuantLinear && l.quant != QuantKind::Fp8 && e.tun.quant_glu;
+    if ((l.op != Op::Linear && !quant) || l.act != Act::None || l.post.n || l.in.size() < 2 || l.out.size() != 1)
+      continue;
+    const size_t ri = quant ? 4 : 3;  // the residual input (linear: x, w, bias, residual; quant_linear: + scales)
+    if (l.in.size() > ri && l.in[ri] >= 0) continue;
     const int v = l.out[0];
     if (v == d.logits_value || e.val(v).kind != ValueKind::Arena || uses_of(d, v) != 1) continue;
     int j = -1;
@@ -511,7 +522,7 @@ void plan_glu_fusion(Engine& e) {
     const NodeDesc& g = d.nodes[size_t(j)];
     const GemvPro act = prologue_kind(g);
     if (g.op != Op::GatedAct || g.in[0] != v || g.out.size() != 1 || act == GemvPro::None) continue;
-    const int64_t N2 = e.val(l.in[1]).shape[0].n;
+    const int64_t N2 = e.val(l.in[1]).shape[0].n;  // (quant_linear weights are [N, K] or int4's [N, K / 2] too)
     if (N2 % 2 || e.val(g.out[0]).last_dim() != N2 / 2 || e.val(v).last_dim() != N2) continue;
     if (g.out[0] == d.logits_value || e.val(g.out[0]).kind != ValueKind::Arena) continue;
     e.glu_next[i] = j;
@@ -696,10 +707,15 @@ void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only) {
       const int v = glu_variant(e, p, i);
       if (v >= 0) {
         const NodeDesc& g = d.nodes[size_t(e.glu_next[i])];
+        const bool quant = n.op == Op::QuantLinear;
         const ValueDesc& w = e.val(n.in[1]);
-        const int N2 = int(w.shape[0].n), K = int(w.shape[1].n);
+        const int N2 = int(w.shape[0].n), K = int(quant ? e.val(n.in[0]).last_dim() : w.shape[1].n);
         const int M = int(e.numel(n.in[0], p) / K);
-        r.ck(gemv_glu(v, prologue_kind(g), r.in(0), r.in(1), r.in(2), e.glu_out, M, N2 / 2, K, e.dt, e.tun.pdl, s));
+        if (quant)
+          r.ck(quant_gemv_glu(v, n.quant, r.in(0), r.in(1), static_cast<const float*>(r.in(2)), n.group_size, r.in(3),
+                              e.glu_out, M, N2 / 2, K, gated_act_of(prologue_kind(g)), e.dt, e.tun.pdl, s));
+        else
+          r.ck(gemv_glu(v, prologue_kind(g), r.in(0), r.in(1), r.in(2), e.glu_out, M, N2 / 2, K, e.dt, e.tun.pdl, s));
         e.redirect[size_t(g.out[0])] = e.glu_out;  // the down projection (every reader) reads it there
         if (count) counter[TSLLM_KERNEL_GEMV_GATED]++;
         continue;

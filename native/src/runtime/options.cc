@@ -99,6 +99,7 @@ Tunables resolve_tunables(const tsllm_options& o, const std::string& path) {
   if (env_int("TSLLM_GEMV_PROLOGUE", path, 0, 2, &x)) t.gemv_prologue = x >= 1, t.prologue_force |= x == 2;
   if (env_int("TSLLM_NORM_PDL", path, 0, 2, &x)) t.norm_pdl = int(x);
   if (env_int("TSLLM_GLU_FUSE", path, 0, 1, &x)) t.glu_fuse = x == 1;
+  if (env_int("TSLLM_QGLU", path, 0, 1, &x)) t.quant_glu = x == 1;
   if (env_int("TSLLM_NORM_TAIL", path, 0, 2, &x)) t.norm_tail = int(x);
   if (env_int("TSLLM_DECODE_VARIANT", path, 2, 4, &x)) t.decode_variant = int(x);
   if (env_int("TSLLM_DECODE_MMA_MIN_GQA", path, 1, 1024, &x)) t.decode_mma_min_gqa = int(x);
@@ -109,7 +110,8 @@ Tunables resolve_tunables(const tsllm_options& o, const std::string& path) {
   // quant_linear: TSLLM_QGEMV=0 (decode through the large-M path), TSLLM_QGEMV_VARIANT=k, TSLLM_QGEMV_TUNE_BELOW=k
   // (the tuner tries variants 0..k-1 only), TSLLM_QGEMV_PICKS=NxK:v,... (variant v for that shape),
   // TSLLM_FP8_OUTER_VEC=0, TSLLM_FP8_FAST_ACCUM=0, TSLLM_QGEMV_PROLOGUE=1|2 (rms_norm folded into the quantised
-  // gemv; 2: always), TSLLM_FP8_ACT_FUSION=0 (FP8 GEMMs quantise their activations themselves).
+  // gemv; 2: always), TSLLM_FP8_ACT_FUSION=0 (FP8 GEMMs quantise their activations themselves), TSLLM_QGLU=1 (the
+  // gated_act in the int8 / int4 gate_up gemv's epilogue).
   if (env_int("TSLLM_QGEMV", path, 0, 1, &x)) t.quant_gemv = x == 1;
   if (env_int("TSLLM_QGEMV_VARIANT", path, 0, kQuantGemvVariants - 1, &x)) t.quant_gemv_variant = int(x);
   if (env_int("TSLLM_QGEMV_TUNE_BELOW", path, 1, kQuantGemvVariants, &x)) t.quant_gemv_tune_below = int(x);

@@ -23,6 +23,9 @@ struct Tunables {
   // decode epilogue fusion: gated_act folded into the gate_up gemv before it (plan_glu_fusion); environment
   // TSLLM_GLU_FUSE=0|1 for the A/B.
   bool glu_fuse = true;
+  // The same for int8 / int4 gate_up quant_linears (quant_gemv_glu), environment TSLLM_QGLU=1: off until it has run
+  // on a GPU (written in session 20 without device time left).
+  bool quant_glu = false;
   // decode norm fusion: an rms_norm computed by the last block of the gemv that writes its input (plan_norm_fusion);
   // environment TSLLM_NORM_TAIL=0|1|2 for the A/B (2: fused wherever planned, not only where the tuner's eager
   // timing finds it faster).

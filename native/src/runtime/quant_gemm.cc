@@ -285,6 +285,59 @@ int QuantGemm::prologue_variant(const QuantLinearCall& c, const GemvPrologue& pr
   return pick >= 0 ? pick : no("the tuner kept the unfused pair (or no fused variant launched)");
 }
 
+int QuantGemm::glu_variant(const QuantLinearCall& c, Act act, DType dt, cudaStream_t s, std::string* why) {
+  auto no = [&](const char* reason) {
+    if (why) *why = reason;
+    return -1;
+  };
+  const int N = c.N / 2;
+  if (c.kind == QuantKind::Fp8 || (act != Act::Silu && act != Act::GeluTanh) || c.N % 2 || c.act != Act::None ||
+      c.residual)
+    return no("int8 / int4 gate_up without activation or residual, then silu / gelu-tanh");
+  if (!gemv_on) return no("quantised gemv off (TSLLM_QGEMV=0)");
+  if (quant_gemv_unsupported(c.kind, c.M, c.K, c.group, c.x, c.w, dt)) return no("not eligible");
+  if (gemv_force >= 0 && gemv_force < quant_gemv_variants(c.kind))
+    return quant_gemv_glu_takes(c.kind, gemv_force, c.M, c.K, c.group) ? gemv_force : no("forced variant has no GLU");
+  const PickKey key = pick_key(c, dt);
+  auto hit = glu_pick_.find(key);
+  if (hit != glu_pick_.end()) return hit->second >= 0 ? hit->second : no("the tuner kept the unfused pair");
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  cudaStreamIsCapturing(s, &cap);
+  if (cap != cudaStreamCaptureStatusNone) return no("shape first seen while a CUDA graph was being captured");
+  int pick = -1;
+  float best = 1e30f, base = -1.f;
+  const size_t gu_bytes = size_t(c.M) * size_t(c.N) * 2;
+  if (tune && ensure_tune_out(gu_bytes + size_t(c.M) * size_t(N) * 2)) {
+    void* t_gu = tune_out_;
+    void* t_h = static_cast<char*>(tune_out_) + gu_bytes;
+    const int vu = gemv_variant(c, dt, s);  // the plain call's tuned variant (-1: the large-M path, not timed here)
+    if (vu >= 0)
+      base = time_runs(s, [&] {
+        return quant_gemv(vu, c.kind, c.x, c.w, c.scales, c.group, c.bias, nullptr, t_gu, c.M, c.N, c.K, Act::None,
+                          dt, pdl, s) == cudaSuccess &&
+               gated_act(t_gu, t_h, c.M, N, act, dt, s) == cudaSuccess;
+      });
+    for (int v = 0; v < quant_gemv_variants(c.kind); v++) {
+      if (!quant_gemv_glu_takes(c.kind, v, c.M, c.K, c.group) || capped(v)) continue;
+      const float ms = time_runs(s, [&] {
+        return quant_gemv_glu(v, c.kind, c.x, c.w, c.scales, c.group, c.bias, t_h, c.M, N, c.K, act, dt, pdl, s) ==
+               cudaSuccess;
+      });
+      if (ms >= 0.f && ms < best) best = ms, pick = v;
+    }
+    if (pick >= 0 && !(base >= 0.f && best < base)) pick = -1;
+  }
+  cudaGetLastError();
+  if (verbose)
+    std::fprintf(stderr,
+                 "tsllm quant gemv epilogue: %s M=%d N=%d K=%d + gated_act: %s (fused best %.4f ms, unfused %.4f ms)\n",
+                 quant_kind_name(c.kind), c.M, c.N, c.K,
+                 pick >= 0 ? ("fused, variant " + std::to_string(pick)).c_str() : "unfused", best < 1e29f ? best : -1.f,
+                 base);
+  glu_pick_.emplace(key, pick);
+  return pick >= 0 ? pick : no("the tuner kept the unfused pair (or no fused variant launched)");
+}
+
 // cuBLASLt's heuristic algorithms for the plan's descriptors that fit the workspace, into p.algo: when `tuned` (a
 // tuned M, gemm_tuned_m, with tuning on) and the stream is not capturing, the fastest of them as `run` runs them
 // (L2 flushed before each run, the first discarded), else the first; p.ms: the pick's time, which fp8_gemm's

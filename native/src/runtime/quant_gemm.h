@@ -103,6 +103,11 @@ class QuantGemm {
   // call's tuned variant; *why says why not. Never during capture for a new shape.
   int prologue_variant(const QuantLinearCall& c, const GemvPrologue& pro, void* pro_y, DType dt, cudaStream_t s,
                        std::string* why);
+  // Epilogue fusion (forward.cc, as GemmRunner::glu_variant; planned only with TSLLM_QGLU=1): the int8 / int4
+  // variant that runs the gate_up call c (c.N = 2N rows, gate then up) with the gated_act after it (quant_gemv_glu,
+  // writing [M, N]), or -1 when the pair stays apart. Timed once per shape like prologue_variant (into scratch): the
+  // fused variants against the plain call's tuned variant + gated_act.
+  int glu_variant(const QuantLinearCall& c, Act act, DType dt, cudaStream_t s, std::string* why);
   std::string run_fused(const QuantLinearCall& c, const GemvPrologue& pro, int variant, DType dt, cudaStream_t s) {
     cudaError_t e = quant_gemv(variant, c.kind, c.x, c.w, c.scales, c.group, c.bias, c.residual, c.out, c.M, c.N, c.K,
                                c.act, dt, pdl, s, pro);
@@ -181,6 +186,7 @@ class QuantGemm {
   }
   std::map<PickKey, int> gemv_pick_;  // -> variant or -1
   std::map<PickKey, int> pro_pick_;   // -> fused variant or -1
+  std::map<PickKey, int> glu_pick_;   // -> fused variant or -1
   std::map<PickKey, int> rows_pick_;  // -> fp8_gemv_rows variant
   // The tuner shared by gemv_variant and rows_variant: picks' entry for c's shape when timed before; else, outside a
   // capture and with scratch for c's output, each variant v in [first, last] that takes(v) timed by run(v) (writing

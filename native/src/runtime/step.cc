@@ -248,6 +248,8 @@ void profile_graph_breakdown(Engine& e, const StepPlan& p) {
       const ValueDesc& sc = e.val(n.in[2]);
       key += std::string(" ") + quant_kind_name(n.quant) + " N=" + std::to_string(w.shape[0].n) +
              " K=" + std::to_string(e.val(n.in[0]).last_dim());
+      const int glu = e.glu_next.empty() ? -1 : e.glu_next[i];
+      if (glu >= 0 && node_fused(e, p, size_t(glu))) key += " +gated_act";
       bytes[key] += double(w.max_numel() * elem_size(w.dt) + sc.max_numel() * elem_size(sc.dt));
     }
     if (n.op == Op::Linear) {
