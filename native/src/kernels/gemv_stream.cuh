@@ -363,6 +363,19 @@ __device__ __forceinline__ void block_reduce(float (&v)[M], bool is_max) {
   if constexpr (SYNC_AFTER) __syncthreads();
 }
 
+// acc + Σ v_i² over the 8 values of T in v, fp32 FMAs in element order (the rms_norm's sum of squares).
+template <typename T>
+__device__ __forceinline__ float sumsq8(const uint4& v, float acc) {
+  const uint32_t* pv = &v.x;
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const float2 f = to_f2<T>(pv[i]);
+    acc = fmaf(f.x, f.x, acc);
+    acc = fmaf(f.y, f.y, acc);
+  }
+  return acc;
+}
+
 // inv[m]: the rms_norm prologue's inv_rms of row m (1 for the other prologues), computed by every block over the
 // whole row (M·K·2 bytes from L2) while its first weight loads are in flight: norms.cu's rsqrtf(s1 / hidden + eps).
 template <typename T, int M, int WARPS, int PRO, bool SYNC_AFTER = false>
@@ -373,15 +386,8 @@ __device__ __forceinline__ void vec_inv(const T* __restrict__ x, int K, float ep
     float ss[M];
 #pragma unroll
     for (int m = 0; m < M; m++) ss[m] = 0.f;
-    for_vec_chunks<T, M, WARPS * 32, 0>(x, K, nullptr, nullptr, [&](int m, int, const uint4& xv) {
-      const uint32_t* px = &xv.x;
-#pragma unroll
-      for (int i = 0; i < 4; i++) {
-        const float2 f = to_f2<T>(px[i]);
-        ss[m] = fmaf(f.x, f.x, ss[m]);
-        ss[m] = fmaf(f.y, f.y, ss[m]);
-      }
-    });
+    for_vec_chunks<T, M, WARPS * 32, 0>(x, K, nullptr, nullptr,
+                                        [&](int m, int, const uint4& xv) { ss[m] = sumsq8<T>(xv, ss[m]); });
     block_reduce<WARPS, M, SYNC_AFTER>(ss, false);
 #pragma unroll
     for (int m = 0; m < M; m++) inv[m] = rsqrtf(ss[m] / K + eps);
@@ -420,16 +426,7 @@ __device__ __forceinline__ void norm_tail(const T* out, int N, const NormTail& t
   auto row = [&](int m, int c) { return __ldcg(reinterpret_cast<const uint4*>(out + size_t(m) * N + size_t(c) * 8)); };
   for (int c = threadIdx.x; c < (N >> 3); c += WARPS * 32)
 #pragma unroll
-    for (int m = 0; m < M; m++) {
-      const uint4 v = row(m, c);
-      const uint32_t* pv = &v.x;
-#pragma unroll
-      for (int i = 0; i < 4; i++) {
-        const float2 f = to_f2<T>(pv[i]);
-        ss[m] = fmaf(f.x, f.x, ss[m]);
-        ss[m] = fmaf(f.y, f.y, ss[m]);
-      }
-    }
+    for (int m = 0; m < M; m++) ss[m] = sumsq8<T>(row(m, c), ss[m]);
   block_reduce<WARPS, M, false>(ss, false);
   float inv[M];
 #pragma unroll

@@ -156,7 +156,8 @@ bool quant_gemv_has_prologue(QuantKind kind, int variant) {
 bool quant_gemv_glu_takes(QuantKind kind, int variant, int M, int K, int group) {
   if (kind == QuantKind::Fp8) return false;
   const int base = variant >= kIntMmaPostVariant ? variant - (kIntMmaPostVariant - kIntMmaAVariant) : variant;
-  const bool two_tiles = variant >= kIntMmaAVariant && variant < kIntGemmVariant && (base == 7 || base == 10 || base == 12);
+  const bool two_tiles =
+      variant >= kIntMmaAVariant && variant < kIntGemmVariant && (base == 7 || base == 10 || base == 12);
   return two_tiles && quant_gemv_takes(kind, variant, M, K, group);
 }
 

@@ -358,48 +358,27 @@ int GemmRunner::prologue_variant(const GemvPrologue& pro, const void* pro_x, voi
   kp.pro = int(pro.kind);
   for (const void* p : {pro_x, pro.norm_w})
     if (p && ptr_align(p) < kp.align) kp.align = ptr_align(p);
-  auto hit = pro_cache_.find(kp);
-  if (hit != pro_cache_.end()) return hit->second >= 0 ? hit->second : no("the tuner kept the unfused pair");
-  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-  cudaStreamIsCapturing(s, &cap);
-  if (cap != cudaStreamCaptureStatusNone) return no("shape first seen while a CUDA graph was being captured");
-
-  const char* what = pro.kind == GemvPro::RmsNorm ? "rms_norm" : "gated_act";
+  const int known = fusion_cached(kp, s, why);
+  if (known != kDecide) return known;
   std::string err;
   Plan* pu = get_plan(ku, pro_y, w, bias, s, &err);  // the unfused linear's own (tuned) choice
-  const bool timed = gemv_mode == 1 ? gemv_variant < 0 : tunes(M);
-  int pick = -1;
-  float best = 1e30f, base = -1.f;
-  if (!timed) {
-    pick = gemv_mode == 1 ? gemv_variant : (pu ? pu->gemv : -1);
-  } else if (ensure_tune_buffers(size_t(M) * size_t(N) * 2).empty()) {
-    const Act act = pro.kind == GemvPro::GatedSilu ? Act::Silu : Act::GeluTanh;
-    const void* tb = epi == GemmEpi::Bias ? bias : nullptr;
-    void* tres = residual ? tune_out_ : nullptr;
-    auto time = [&](auto&& body) { return time_flushed(s, body); };
-    if (pu && gemv_mode != 1)  // the unfused pair: prologue kernel into pro_y, then the plain linear's choice
-      base = time([&] {
+  const Act act = pro.kind == GemvPro::GatedSilu ? Act::Silu : Act::GeluTanh;
+  const void* tb = epi == GemmEpi::Bias ? bias : nullptr;
+  const int pick = decide_fusion(
+      kp, pro.kind == GemvPro::RmsNorm ? "prologue: rms_norm + linear" : "prologue: gated_act + linear", pu,
+      size_t(M) * size_t(N) * 2, force_pro,
+      [&] {  // the prologue kernel into pro_y, then the plain linear's choice
         cudaError_t ke = pro.kind == GemvPro::RmsNorm
                              ? rms_norm(pro_x, nullptr, pro.norm_w, 0.f, pro_y, nullptr, M, K, pro.eps, gdt, s)
                              : gated_act(pro_x, pro_y, M, K, act, gdt, s);
+        void* tres = residual ? tune_out_ : nullptr;
         return ke == cudaSuccess && run_plan(*pu, pro_y, w, bias, tres, tune_out_, M, N, K, dt, epi, s).empty();
-      });
-    for (int v = 0; v < kGemvVariants; v++) {
-      if (gemv_variant >= 0 && v != gemv_variant) continue;
-      float ms =
-          time([&] { return gemv_pro(v, pro, pro_x, w, tb, tres, tune_out_, M, N, K, gdt, pdl, s) == cudaSuccess; });
-      if (ms >= 0.f && ms < best) best = ms, pick = v;
-    }
-    if (pick >= 0 && gemv_mode != 1 && !force_pro && !(base >= 0.f && best < base)) pick = -1;
-  }
-  cudaGetLastError();
-  if (verbose)
-    std::fprintf(stderr,
-                 "tsllm gemv prologue: %s + linear M=%d N=%d K=%d: %s (fused best %.4f ms, unfused %s %.4f ms)\n",
-                 what, M, N, K, pick >= 0 ? ("fused, gemv variant " + std::to_string(pick)).c_str() : "unfused",
-                 best < 1e29f ? best : -1.f, pu && pu->gemv >= 0 ? ("gemv " + std::to_string(pu->gemv)).c_str() : "cuBLASLt",
-                 base);
-  pro_cache_.emplace(kp, pick);
+      },
+      [&](int v) {
+        void* tres = residual ? tune_out_ : nullptr;
+        return gemv_pro(v, pro, pro_x, w, tb, tres, tune_out_, M, N, K, gdt, pdl, s) == cudaSuccess;
+      },
+      [](int) { return true; }, s);
   return pick >= 0 ? pick : no("the tuner kept the unfused pair (or no fused variant launched)");
 }
 
@@ -424,46 +403,21 @@ int GemmRunner::glu_variant(GemvPro act, const void* x, const void* w, const voi
   Key kg = ku;
   kg.pro = kGluKey + int(act);
   if (ptr_align(out) < kg.align) kg.align = ptr_align(out);
-  auto hit = pro_cache_.find(kg);
-  if (hit != pro_cache_.end()) return hit->second >= 0 ? hit->second : no("the tuner kept the unfused pair");
-  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-  cudaStreamIsCapturing(s, &cap);
-  if (cap != cudaStreamCaptureStatusNone) return no("shape first seen while a CUDA graph was being captured");
-
+  const int known = fusion_cached(kg, s, why);
+  if (known != kDecide) return known;
   std::string err;
   Plan* pu = get_plan(ku, x, w, bias, s, &err);  // the unfused linear's own (tuned) choice
-  const bool timed = gemv_mode == 1 ? gemv_variant < 0 : tunes(M);
   const size_t gu_bytes = size_t(M) * size_t(2 * N) * 2;
-  int pick = -1;
-  float best = 1e30f, base = -1.f;
-  if (!timed) {
-    pick = gemv_mode == 1 ? gemv_variant : (pu ? pu->gemv : -1);
-    if (!gemv_glu_takes(pick)) pick = -1;
-  } else if (ensure_tune_buffers(gu_bytes + size_t(M) * size_t(N) * 2).empty()) {
-    const Act a_act = act == GemvPro::GatedSilu ? Act::Silu : Act::GeluTanh;
-    void* t_gu = tune_out_;
-    void* t_out = static_cast<char*>(tune_out_) + gu_bytes;
-    auto time = [&](auto&& body) { return time_flushed(s, body); };
-    if (pu && gemv_mode != 1)  // the unfused pair: the plain linear's choice into gu, then gated_act
-      base = time([&] {
-        return run_plan(*pu, x, w, bias, nullptr, t_gu, M, 2 * N, K, dt, epi, s).empty() &&
-               gated_act(t_gu, t_out, M, N, a_act, gdt, s) == cudaSuccess;
-      });
-    for (int v = 0; v < kGemvVariants; v++) {
-      if ((gemv_variant >= 0 && v != gemv_variant) || !gemv_glu_takes(v)) continue;
-      const float ms = time([&] { return gemv_glu(v, act, x, w, bias, t_out, M, N, K, gdt, pdl, s) == cudaSuccess; });
-      if (ms >= 0.f && ms < best) best = ms, pick = v;
-    }
-    if (pick >= 0 && gemv_mode != 1 && !(base >= 0.f && best < base)) pick = -1;
-  }
-  cudaGetLastError();
-  if (verbose)
-    std::fprintf(stderr,
-                 "tsllm gemv epilogue: linear M=%d N=%d K=%d + gated_act: %s (fused best %.4f ms, unfused %s %.4f ms)\n",
-                 M, 2 * N, K, pick >= 0 ? ("fused, gemv variant " + std::to_string(pick)).c_str() : "unfused",
-                 best < 1e29f ? best : -1.f,
-                 pu && pu->gemv >= 0 ? ("gemv " + std::to_string(pu->gemv)).c_str() : "cuBLASLt", base);
-  pro_cache_.emplace(kg, pick);
+  const Act a_act = act == GemvPro::GatedSilu ? Act::Silu : Act::GeluTanh;
+  auto t_out = [&] { return static_cast<void*>(static_cast<char*>(tune_out_) + gu_bytes); };
+  const int pick = decide_fusion(
+      kg, "epilogue: linear + gated_act", pu, gu_bytes + size_t(M) * size_t(N) * 2, false,
+      [&] {  // the plain linear's choice into gu, then gated_act
+        return run_plan(*pu, x, w, bias, nullptr, tune_out_, M, 2 * N, K, dt, epi, s).empty() &&
+               gated_act(tune_out_, t_out(), M, N, a_act, gdt, s) == cudaSuccess;
+      },
+      [&](int v) { return gemv_glu(v, act, x, w, bias, t_out(), M, N, K, gdt, pdl, s) == cudaSuccess; },
+      gemv_glu_takes, s);
   return pick >= 0 ? pick : no("the tuner kept the unfused pair (or no fused variant launched)");
 }
 
@@ -489,51 +443,69 @@ int GemmRunner::norm_variant(const void* x, const void* w, const void* bias, con
   Key ku{M, N, K, int(dt), int(epi), residual != nullptr, align};
   Key kn = ku;
   kn.pro = kNormKey;
-  auto hit = pro_cache_.find(kn);
-  if (hit != pro_cache_.end()) return hit->second >= 0 ? hit->second : no("the tuner kept the unfused pair");
-  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-  cudaStreamIsCapturing(s, &cap);
-  if (cap != cudaStreamCaptureStatusNone) return no("shape first seen while a CUDA graph was being captured");
-
+  const int known = fusion_cached(kn, s, why);
+  if (known != kDecide) return known;
   std::string err;
   Plan* pu = get_plan(ku, x, w, bias, s, &err);  // the unfused linear's own (tuned) choice
-  const bool timed = gemv_mode == 1 ? gemv_variant < 0 : tunes(M);
-  const size_t out_bytes = size_t(M) * size_t(N) * 2;
-  int pick = -1;
-  float best = 1e30f, base = -1.f;
   if (!tune_counter_ && cudaMalloc(&tune_counter_, sizeof(unsigned)) == cudaSuccess)
     cudaMemset(tune_counter_, 0, sizeof(unsigned));
+  const size_t out_bytes = size_t(M) * size_t(N) * 2;
+  auto t_y = [&] { return static_cast<void*>(static_cast<char*>(tune_out_) + out_bytes); };
+  const int pick = decide_fusion(
+      kn, "norm tail: linear + rms_norm", pu, 2 * out_bytes, force_norm,
+      [&] {  // the plain linear's choice, then rms_norm
+        const void* tres = residual ? tune_out_ : nullptr;
+        return run_plan(*pu, x, w, bias, tres, tune_out_, M, N, K, dt, epi, s).empty() &&
+               rms_norm(tune_out_, nullptr, norm_w, 0.f, t_y(), nullptr, M, N, eps, gdt, s) == cudaSuccess;
+      },
+      [&](int v) {
+        const void* tres = residual ? tune_out_ : nullptr;
+        return tune_counter_ && gemv_norm(v, x, w, bias, tres, tune_out_, M, N, K, norm_w, eps, t_y(), tune_counter_,
+                                          gdt, pdl, s) == cudaSuccess;
+      },
+      [](int) { return true; }, s);
+  return pick >= 0 ? pick : no("the tuner kept the unfused pair (or no fused variant launched)");
+}
+
+int GemmRunner::fusion_cached(const Key& k, cudaStream_t s, std::string* why) const {
+  auto hit = pro_cache_.find(k);
+  if (hit != pro_cache_.end()) {
+    if (hit->second < 0 && why) *why = "the tuner kept the unfused pair";
+    return hit->second;
+  }
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  cudaStreamIsCapturing(s, &cap);
+  if (cap == cudaStreamCaptureStatusNone) return kDecide;
+  if (why) *why = "shape first seen while a CUDA graph was being captured";
+  return -1;
+}
+
+int GemmRunner::decide_fusion(const Key& k, const char* what, Plan* pu, size_t scratch, bool force,
+                              const std::function<bool()>& pair, const std::function<bool(int)>& fused,
+                              const std::function<bool(int)>& offers, cudaStream_t s) {
+  const bool timed = gemv_mode == 1 ? gemv_variant < 0 : tunes(k.M);
+  int pick = -1;
+  float best = 1e30f, base = -1.f;
   if (!timed) {
     pick = gemv_mode == 1 ? gemv_variant : (pu ? pu->gemv : -1);
-  } else if (tune_counter_ && ensure_tune_buffers(2 * out_bytes).empty()) {
-    void* t_out = tune_out_;
-    void* t_y = static_cast<char*>(tune_out_) + out_bytes;
-    const void* tres = residual ? t_out : nullptr;
-    auto time = [&](auto&& body) { return time_flushed(s, body); };
-    if (pu && gemv_mode != 1)  // the unfused pair: the plain linear's choice, then rms_norm
-      base = time([&] {
-        return run_plan(*pu, x, w, bias, tres, t_out, M, N, K, dt, epi, s).empty() &&
-               rms_norm(t_out, nullptr, norm_w, 0.f, t_y, nullptr, M, N, eps, gdt, s) == cudaSuccess;
-      });
+    if (pick >= 0 && !offers(pick)) pick = -1;
+  } else if (ensure_tune_buffers(scratch).empty()) {
+    if (pu && gemv_mode != 1) base = time_flushed(s, pair);
     for (int v = 0; v < kGemvVariants; v++) {
-      if (gemv_variant >= 0 && v != gemv_variant) continue;
-      const float ms = time([&] {
-        return gemv_norm(v, x, w, bias, tres, t_out, M, N, K, norm_w, eps, t_y, tune_counter_, gdt, pdl, s) ==
-               cudaSuccess;
-      });
+      if ((gemv_variant >= 0 && v != gemv_variant) || !offers(v)) continue;
+      const float ms = time_flushed(s, [&] { return fused(v); });
       if (ms >= 0.f && ms < best) best = ms, pick = v;
     }
-    if (pick >= 0 && gemv_mode != 1 && !force_norm && !(base >= 0.f && best < base)) pick = -1;
+    if (pick >= 0 && gemv_mode != 1 && !force && !(base >= 0.f && best < base)) pick = -1;
   }
   cudaGetLastError();
   if (verbose)
-    std::fprintf(stderr,
-                 "tsllm gemv norm tail: linear M=%d N=%d K=%d + rms_norm: %s (fused best %.4f ms, unfused %s %.4f ms)\n",
-                 M, N, K, pick >= 0 ? ("fused, gemv variant " + std::to_string(pick)).c_str() : "unfused",
+    std::fprintf(stderr, "tsllm gemv %s M=%d N=%d K=%d: %s (fused best %.4f ms, unfused %s %.4f ms)\n", what, k.M,
+                 k.N, k.K, pick >= 0 ? ("fused, gemv variant " + std::to_string(pick)).c_str() : "unfused",
                  best < 1e29f ? best : -1.f,
                  pu && pu->gemv >= 0 ? ("gemv " + std::to_string(pu->gemv)).c_str() : "cuBLASLt", base);
-  pro_cache_.emplace(kn, pick);
-  return pick >= 0 ? pick : no("the tuner kept the unfused pair (or no fused variant launched)");
+  pro_cache_.emplace(k, pick);
+  return pick;
 }
 
 }  // namespace tsllm

@@ -134,6 +134,17 @@ class GemmRunner {
   unsigned* tune_counter_ = nullptr;  // gemv_norm's block counter while tuning
   // Times body() like tune() does: 6 runs, L2 flushed before each, the first discarded; ms, or -1 if a run failed.
   float time_flushed(cudaStream_t s, const std::function<bool()>& body);
+  // The decode gemv fusions' decisions (prologue_variant, glu_variant, norm_variant), one per key k in pro_cache_:
+  // fusion_cached gives a decision already made (the variant, or -1 with *why), -1 for a new key while the stream
+  // captures (forward's eager first step decides it), or kDecide. decide_fusion then times the fused variants that
+  // `offers` (`fused`, only gemv_variant when forced) against `pair` (the plain linear's tuned plan pu and the kernel
+  // the fusion removes, into tune_out_: `scratch` bytes), keeps the fused one only when faster (always with gemv = 1
+  // or `force`; without tuning, the plain linear's own gemv variant), caches and prints (verbose) the pick.
+  static constexpr int kDecide = -2;
+  int fusion_cached(const Key& k, cudaStream_t s, std::string* why) const;
+  int decide_fusion(const Key& k, const char* what, Plan* pu, size_t scratch, bool force,
+                    const std::function<bool()>& pair, const std::function<bool(int)>& fused,
+                    const std::function<bool(int)>& offers, cudaStream_t s);
 };
 
 }  // namespace tsllm
