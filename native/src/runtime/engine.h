@@ -185,10 +185,11 @@ struct Engine {
   // pro_producer[j] = the skipped node (or -1).
   std::vector<int> pro_consumer, pro_producer;
 
-  // Epilogue fusion (Tunables::glu_fuse): a 16-bit gate_up linear whose output only feeds a gated_act runs, at decode
-  // sizes where GemmRunner::glu_variant picks it, the gemv with the gated act in its epilogue (kernels.h gemv_glu)
-  // writing gated_act's output, and the gated_act node is skipped. Empty when off; else per node: glu_next[i] = the
-  // gated_act after linear i (or -1), glu_prev[j] = the linear doing gated_act j's work (or -1).
+  // Epilogue fusion (Tunables::glu_fuse): a 16-bit gate_up linear (or, with Tunables::quant_glu, an int8 / int4
+  // quant_linear) whose output only feeds a gated_act runs, at decode sizes where GemmRunner::glu_variant
+  // (QuantGemm::glu_variant) picks it, the gemv with the gated act in its epilogue (kernels.h gemv_glu, quant.h
+  // quant_gemv_glu) writing gated_act's output, and the gated_act node is skipped. Empty when off; else per node:
+  // glu_next[i] = the gated_act after linear i (or -1), glu_prev[j] = the linear doing gated_act j's work (or -1).
   std::vector<int> glu_next, glu_prev;
   // Where the fused gemv writes gated_act's output ([kGemvMaxM, inter], one buffer for every layer: each down
   // projection reads it before the next gate_up writes it). Not gated_act's arena slot: the arena may give that slot
@@ -250,7 +251,7 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
 void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only = nullptr);
 // Prologue fusion: finds the rms_norm / gated_act nodes the gemv can absorb (fills pro_consumer/producer).
 void plan_prologue_fusion(Engine& e);
-// Epilogue fusion: finds the gate_up linears whose gated_act the gemv can take (fills glu_next/prev). After
+// Epilogue fusion: finds the gate_up linears whose gated_act their gemv can take (fills glu_next/prev). After
 // plan_prologue_fusion: a gated_act it takes is no longer a prologue for the down projection.
 void plan_glu_fusion(Engine& e);
 // Norm fusion: finds the linears whose output's rms_norm the gemv's last block can compute (fills nt_next/prev).
