@@ -993,6 +993,16 @@ static void test_gemv_glu(Rng& rng) {
   report(refused, "gemv_glu refuses variants 2 and 7 and a non-gated activation", 0);
 }
 
+// The gemv tests' random inputs, uploaded: x in [-2, 2], w, bias and res in [-1, 1], the norm weight in [0.5, 1.5].
+static void fill_gemv_inputs(Rng& rng, Buf& x, Buf& w, Buf& bias, Buf& res, Buf& nw) {
+  x.fill(rng, -2, 2);
+  w.fill(rng, -1, 1);
+  bias.fill(rng, -1, 1);
+  res.fill(rng, -1, 1);
+  nw.fill(rng, 0.5f, 1.5f);
+  x.up(), w.up(), bias.up(), res.up(), nw.up();
+}
+
 // ---------------- gemv_norm: a linear + the rms_norm of its output in one launch ----------------
 // Against the pair, same variant: gemv, then rms_norm of its output. out must be bit-identical (the same gemv code);
 // the norm within one unit of rounding (its fp32 sum of squares in another order: 128 threads, not rms_norm's).
@@ -1015,12 +1025,7 @@ static void test_gemv_norm(Rng& rng) {
       const int M = sh.M, N = sh.N, K = sh.K;
       Buf x(dt, (size_t)M * K), w(dt, (size_t)N * K), bias(dt, N), res(dt, (size_t)M * N), nw(dt, N),
           ref(dt, (size_t)M * N), yref(dt, (size_t)M * N), out(dt, (size_t)M * N), y(dt, (size_t)M * N);
-      x.fill(rng, -2, 2);
-      w.fill(rng, -1, 1);
-      bias.fill(rng, -1, 1);
-      res.fill(rng, -1, 1);
-      nw.fill(rng, 0.5f, 1.5f);
-      x.up(), w.up(), bias.up(), res.up(), nw.up();
+      fill_gemv_inputs(rng, x, w, bias, res, nw);
       Err e;
       int differ = 0;
       std::string failed;
@@ -1092,12 +1097,7 @@ static void test_gemv(Rng& rng) {
         const int xw = gated ? 2 * K : K;
         Buf x(dt, (size_t)M * xw), w(dt, (size_t)N * K), bias(dt, N), res(dt, (size_t)M * N), nw(dt, K),
             out(dt, (size_t)M * N);
-        x.fill(rng, -2, 2);
-        w.fill(rng, -1, 1);
-        bias.fill(rng, -1, 1);
-        res.fill(rng, -1, 1);
-        nw.fill(rng, 0.5f, 1.5f);
-        x.up(), w.up(), bias.up(), res.up(), nw.up();
+        fill_gemv_inputs(rng, x, w, bias, res, nw);
         // The vector, as the kernel's prologue rounds it.
         std::vector<double> v((size_t)M * K);
         for (int m = 0; m < M; ++m) {
