@@ -153,32 +153,38 @@ cudaError_t launch_v(const void* x, const void* w, const float* sc, int group, c
   }
 }
 
-// The fp16 / bf16 gemv's launch of variant (ROWS, KS, UN).
+// The fp16 / bf16 gemv's launch of variant (ROWS, KS, UN). GLU with four gate rows a group (eight weight rows in
+// flight) is not offered (gemv_glu_takes): refused, not instantiated.
 template <typename T, int PRO, bool POST, int ROWS, int KS, int UN = 4, int GLU = 0, bool NT = false>
 cudaError_t launch_h(const void* x, const void* w, const void* bias, const void* res, void* out, int M, int N, int K,
-                     const void* nw, float eps, const EwChain& post, bool pdl, cudaStream_t s,
-                     const NormTail& tail = NormTail{}) {
-  return launch_v<WHalf<T>, T, PRO, POST, ROWS, KS, UN, GLU, NT>(x, w, nullptr, 0, bias, res, out, M, N, K, 0, nw, eps,
-                                                                 post, pdl, s, tail);
+                     const void* nw, float eps, const EwChain& post, bool pdl, cudaStream_t s, const NormTail& tail) {
+  if constexpr (GLU != 0 && ROWS > 2) {
+    return cudaErrorInvalidValue;
+  } else {
+    return launch_v<WHalf<T>, T, PRO, POST, ROWS, KS, UN, GLU, NT>(x, w, nullptr, 0, bias, res, out, M, N, K, 0, nw,
+                                                                   eps, post, pdl, s, tail);
+  }
 }
 
 // Variants (rows per group, warps splitting K, chunks in flight per row), chosen per shape by the tuner.
 // 6-9 put more 16-byte loads in flight per lane (16) or spread K over more warps (more, shorter blocks) for the
-// N = 4096 shapes (o_proj, down) that run below the copy rate with 0-5.
-template <typename T, int PRO, bool POST = false>
+// N = 4096 shapes (o_proj, down) that run below the copy rate with 0-5. The one table of them: the prologue (PRO),
+// chain (POST), gated-epilogue (GLU, gemv_glu.cu) and norm-tail (NT, gemv_norm.cu) kernels all launch through it.
+template <typename T, int PRO, bool POST = false, int GLU = 0, bool NT = false>
 cudaError_t launch(int variant, const void* x, const void* w, const void* bias, const void* res, void* out, int M,
-                   int N, int K, const void* nw, float eps, bool pdl, cudaStream_t s, const EwChain& post = EwChain{}) {
+                   int N, int K, const void* nw, float eps, bool pdl, cudaStream_t s, const EwChain& post = EwChain{},
+                   const NormTail& tail = NormTail{}) {
   switch (variant) {
-    case 0: return launch_h<T, PRO, POST, 2, 1>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s);
-    case 1: return launch_h<T, PRO, POST, 1, 1>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s);
-    case 2: return launch_h<T, PRO, POST, 4, 1>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s);
-    case 3: return launch_h<T, PRO, POST, 1, 2>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s);
-    case 4: return launch_h<T, PRO, POST, 2, 2>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s);
-    case 5: return launch_h<T, PRO, POST, 1, 4>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s);
-    case 6: return launch_h<T, PRO, POST, 2, 1, 8>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s);
-    case 7: return launch_h<T, PRO, POST, 4, 2>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s);
-    case 8: return launch_h<T, PRO, POST, 2, 4>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s);
-    case 9: return launch_h<T, PRO, POST, 1, 2, 8>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s);
+    case 0: return launch_h<T, PRO, POST, 2, 1, 4, GLU, NT>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s, tail);
+    case 1: return launch_h<T, PRO, POST, 1, 1, 4, GLU, NT>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s, tail);
+    case 2: return launch_h<T, PRO, POST, 4, 1, 4, GLU, NT>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s, tail);
+    case 3: return launch_h<T, PRO, POST, 1, 2, 4, GLU, NT>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s, tail);
+    case 4: return launch_h<T, PRO, POST, 2, 2, 4, GLU, NT>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s, tail);
+    case 5: return launch_h<T, PRO, POST, 1, 4, 4, GLU, NT>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s, tail);
+    case 6: return launch_h<T, PRO, POST, 2, 1, 8, GLU, NT>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s, tail);
+    case 7: return launch_h<T, PRO, POST, 4, 2, 4, GLU, NT>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s, tail);
+    case 8: return launch_h<T, PRO, POST, 2, 4, 4, GLU, NT>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s, tail);
+    case 9: return launch_h<T, PRO, POST, 1, 2, 8, GLU, NT>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s, tail);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -117,6 +117,8 @@ struct GemvPrologue {
   float eps = 0.f;
 };
 bool gemv_pro_eligible(const GemvPrologue& pro, const void* x, const void* w, int M, int K, DType dt);
+// The activation of a gated kind (GatedSilu: Silu, GatedGeluTanh: GeluTanh).
+inline Act gated_act_of(GemvPro g) { return g == GemvPro::GatedSilu ? Act::Silu : Act::GeluTanh; }
 // post: a folded chain (see gemv) with GemvPro::None only (the prologue variants have none: the runtime does not
 // plan a prologue fusion into a linear with a chain).
 cudaError_t gemv_pro(int variant, const GemvPrologue& pro, const void* x, const void* w, const void* bias,
@@ -137,7 +139,10 @@ cudaError_t gemv_glu(int variant, GemvPro act, const void* x, const void* w, con
 // norm_out[m, :] = to_dtype(out[m, :] · inv_rms · norm_w), inv_rms = rsqrtf(Σ out[m, :]² / N + eps) over the
 // rounded out, as rms_norm writes y (its fp32 sum of squares in another order: within 1 ulp). N % 8 == 0 and
 // out, norm_w, norm_out 16-byte aligned. counter: a zeroed unsigned the launch leaves zeroed (launches ordered on
-// one stream may share one). norm_out may be out, or overlap x or residual; not part of out.
+// one stream may share one). norm_out may be out, or overlap x or residual; not part of out. gemv_norm_eligible:
+// gemv_eligible and those shape and alignment needs.
+bool gemv_norm_eligible(const void* x, const void* w, const void* out, const void* norm_w, const void* norm_out, int M,
+                        int N, int K, DType dt);
 cudaError_t gemv_norm(int variant, const void* x, const void* w, const void* bias, const void* residual, void* out,
                       int M, int N, int K, const void* norm_w, float eps, void* norm_out, unsigned* counter, DType dt,
                       bool pdl, cudaStream_t s);

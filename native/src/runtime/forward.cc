@@ -95,8 +95,6 @@ int prologue_variant(Engine& e, const StepPlan& p, size_t i, std::string* why = 
   return e.gemm.prologue_variant(pro, x, y, e.ptr(l.in[1], p), bias, res, out, M, N, K, e.cuda_dt, e.stream, why);
 }
 
-Act gated_act_of(GemvPro g) { return g == GemvPro::GatedSilu ? Act::Silu : Act::GeluTanh; }
-
 // The gemv_glu (linear) or quant_gemv_glu (int8 / int4 quant_linear) variant that runs node i with the gated_act
 // after it (plan_glu_fusion) in this step, or -1.
 int glu_variant(Engine& e, const StepPlan& p, size_t i, std::string* why = nullptr) {

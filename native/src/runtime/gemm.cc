@@ -297,10 +297,7 @@ std::string GemmRunner::linear(const void* x, const void* w, const void* bias, c
                                const EwChain* post, void* tmp) {
   *ran = LinearKernel::None;
   if (M == 0) return "";
-  int align = ptr_align(x);
-  for (const void* p : {w, bias, residual, static_cast<const void*>(out)})
-    if (p && ptr_align(p) < align) align = ptr_align(p);
-  Key k{M, N, K, int(dt), int(epi), residual != nullptr, align};
+  const Key k = linear_key(x, w, bias, residual, out, M, N, K, dt, epi);
   std::string err;
   Plan* p = get_plan(k, x, w, bias, s, &err);
   if (!p) return err;
@@ -310,6 +307,14 @@ std::string GemmRunner::linear(const void* x, const void* w, const void* bias, c
   err = run_plan(*p, x, w, bias, residual, out, M, N, K, dt, epi, s, post && post->n ? post : nullptr, tmp);
   if (err.empty()) *ran = p->gemv >= 0 ? LinearKernel::Gemv : LinearKernel::Cublaslt;
   return err;
+}
+
+GemmRunner::Key GemmRunner::linear_key(const void* x, const void* w, const void* bias, const void* residual,
+                                       const void* out, int M, int N, int K, cudaDataType_t dt, GemmEpi epi) {
+  int align = ptr_align(x);
+  for (const void* p : {w, bias, residual, out})
+    if (p && ptr_align(p) < align) align = ptr_align(p);
+  return Key{M, N, K, int(dt), int(epi), residual != nullptr, align};
 }
 
 float GemmRunner::time_flushed(cudaStream_t s, const std::function<bool()>& body) {
@@ -349,20 +354,16 @@ int GemmRunner::prologue_variant(const GemvPrologue& pro, const void* pro_x, voi
   if ((dt != CUDA_R_16F && dt != CUDA_R_16BF) || !gemv_pro_eligible(pro, pro_x, w, M, K, gdt))
     return no("not eligible (needs K % 8 == 0 and 16-byte aligned x, w and norm weight)");
   const GemmEpi epi = bias ? GemmEpi::Bias : GemmEpi::None;
-  // The plain linear's key, exactly as linear(pro_y, ...) would make it.
-  int align = ptr_align(pro_y);
-  for (const void* p : {w, bias, residual, static_cast<const void*>(out)})
-    if (p && ptr_align(p) < align) align = ptr_align(p);
-  Key ku{M, N, K, int(dt), int(epi), residual != nullptr, align};
+  const Key ku = linear_key(pro_y, w, bias, residual, out, M, N, K, dt, epi);  // the plain linear(pro_y, ...)'s
   Key kp = ku;
   kp.pro = int(pro.kind);
   for (const void* p : {pro_x, pro.norm_w})
     if (p && ptr_align(p) < kp.align) kp.align = ptr_align(p);
-  const int known = fusion_cached(kp, s, why);
-  if (known != kDecide) return known;
+  const int known = fusion_cached(pro_cache_, kp, s, why);
+  if (known != kFusionUndecided) return known;
   std::string err;
   Plan* pu = get_plan(ku, pro_y, w, bias, s, &err);  // the unfused linear's own (tuned) choice
-  const Act act = pro.kind == GemvPro::GatedSilu ? Act::Silu : Act::GeluTanh;
+  const Act act = gated_act_of(pro.kind);
   const void* tb = epi == GemmEpi::Bias ? bias : nullptr;
   const int pick = decide_fusion(
       kp, pro.kind == GemvPro::RmsNorm ? "prologue: rms_norm + linear" : "prologue: gated_act + linear", pu,
@@ -395,26 +396,21 @@ int GemmRunner::glu_variant(GemvPro act, const void* x, const void* w, const voi
   if ((dt != CUDA_R_16F && dt != CUDA_R_16BF) || !gemv_eligible(x, w, M, K, gdt))
     return no("not eligible (needs K % 8 == 0 and 16-byte aligned x and w)");
   const GemmEpi epi = bias ? GemmEpi::Bias : GemmEpi::None;
-  // The plain linear's key, exactly as linear(x, w, bias, nullptr, gu, ...) makes it.
-  int align = ptr_align(x);
-  for (const void* p : {w, bias, static_cast<const void*>(gu)})
-    if (p && ptr_align(p) < align) align = ptr_align(p);
-  Key ku{M, 2 * N, K, int(dt), int(epi), 0, align};
+  const Key ku = linear_key(x, w, bias, nullptr, gu, M, 2 * N, K, dt, epi);  // the plain linear(x, ..., gu)'s
   Key kg = ku;
   kg.pro = kGluKey + int(act);
   if (ptr_align(out) < kg.align) kg.align = ptr_align(out);
-  const int known = fusion_cached(kg, s, why);
-  if (known != kDecide) return known;
+  const int known = fusion_cached(pro_cache_, kg, s, why);
+  if (known != kFusionUndecided) return known;
   std::string err;
   Plan* pu = get_plan(ku, x, w, bias, s, &err);  // the unfused linear's own (tuned) choice
   const size_t gu_bytes = size_t(M) * size_t(2 * N) * 2;
-  const Act a_act = act == GemvPro::GatedSilu ? Act::Silu : Act::GeluTanh;
   auto t_out = [&] { return static_cast<void*>(static_cast<char*>(tune_out_) + gu_bytes); };
   const int pick = decide_fusion(
       kg, "epilogue: linear + gated_act", pu, gu_bytes + size_t(M) * size_t(N) * 2, false,
       [&] {  // the plain linear's choice into gu, then gated_act
         return run_plan(*pu, x, w, bias, nullptr, tune_out_, M, 2 * N, K, dt, epi, s).empty() &&
-               gated_act(tune_out_, t_out(), M, N, a_act, gdt, s) == cudaSuccess;
+               gated_act(tune_out_, t_out(), M, N, gated_act_of(act), gdt, s) == cudaSuccess;
       },
       [&](int v) { return gemv_glu(v, act, x, w, bias, t_out(), M, N, K, gdt, pdl, s) == cudaSuccess; },
       gemv_glu_takes, s);
@@ -431,20 +427,14 @@ int GemmRunner::norm_variant(const void* x, const void* w, const void* bias, con
   };
   if (M < 1 || M > kGemvMaxM) return no("M > 4");
   if (gemv_mode == 0) return no("gemv off");
-  auto al16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
-  if ((dt != CUDA_R_16F && dt != CUDA_R_16BF) || !gemv_eligible(x, w, M, K, gdt) || N % 8 || !al16(out) ||
-      !al16(norm_w) || !al16(norm_out))
+  if ((dt != CUDA_R_16F && dt != CUDA_R_16BF) || !gemv_norm_eligible(x, w, out, norm_w, norm_out, M, N, K, gdt))
     return no("not eligible (needs K % 8 == 0, N % 8 == 0 and 16-byte aligned x, w, out and the norm's tensors)");
   const GemmEpi epi = bias ? GemmEpi::Bias : GemmEpi::None;
-  // The plain linear's key, exactly as linear(x, w, bias, residual, out, ...) makes it.
-  int align = ptr_align(x);
-  for (const void* p : {w, bias, residual, static_cast<const void*>(out)})
-    if (p && ptr_align(p) < align) align = ptr_align(p);
-  Key ku{M, N, K, int(dt), int(epi), residual != nullptr, align};
+  const Key ku = linear_key(x, w, bias, residual, out, M, N, K, dt, epi);  // the plain linear's
   Key kn = ku;
   kn.pro = kNormKey;
-  const int known = fusion_cached(kn, s, why);
-  if (known != kDecide) return known;
+  const int known = fusion_cached(pro_cache_, kn, s, why);
+  if (known != kFusionUndecided) return known;
   std::string err;
   Plan* pu = get_plan(ku, x, w, bias, s, &err);  // the unfused linear's own (tuned) choice
   if (!tune_counter_ && cudaMalloc(&tune_counter_, sizeof(unsigned)) == cudaSuccess)
@@ -465,19 +455,6 @@ int GemmRunner::norm_variant(const void* x, const void* w, const void* bias, con
       },
       [](int) { return true; }, s);
   return pick >= 0 ? pick : no("the tuner kept the unfused pair (or no fused variant launched)");
-}
-
-int GemmRunner::fusion_cached(const Key& k, cudaStream_t s, std::string* why) const {
-  auto hit = pro_cache_.find(k);
-  if (hit != pro_cache_.end()) {
-    if (hit->second < 0 && why) *why = "the tuner kept the unfused pair";
-    return hit->second;
-  }
-  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-  cudaStreamIsCapturing(s, &cap);
-  if (cap == cudaStreamCaptureStatusNone) return kDecide;
-  if (why) *why = "shape first seen while a CUDA graph was being captured";
-  return -1;
 }
 
 int GemmRunner::decide_fusion(const Key& k, const char* what, Plan* pu, size_t scratch, bool force,

@@ -13,6 +13,7 @@
 #include <unordered_map>
 
 #include "../kernels/kernels.h"
+#include "fusion_cache.h"
 #include "options.h"
 
 namespace tsllm {
@@ -92,7 +93,9 @@ class GemmRunner {
  private:
   struct Key {
     int M, N, K, dt, epi, has_c, align;
-    int pro = 0;  // GemvPro of a prologue-fusion decision (pro_cache_); kGluKey + GemvPro: an epilogue-fusion one
+    // GemvPro of a prologue-fusion decision (pro_cache_); kGluKey + GemvPro: an epilogue-fusion one; kNormKey: a
+    // norm-tail one.
+    int pro = 0;
     bool operator==(const Key& o) const {
       return M == o.M && N == o.N && K == o.K && dt == o.dt && epi == o.epi && has_c == o.has_c && align == o.align &&
              pro == o.pro;
@@ -132,16 +135,17 @@ class GemmRunner {
   std::unordered_map<Key, int, KeyHash> pro_cache_;  // prologue / epilogue fusion: gemv variant, or -1 (unfused)
   static constexpr int kGluKey = 16, kNormKey = 32;
   unsigned* tune_counter_ = nullptr;  // gemv_norm's block counter while tuning
+  // A linear's plan key, as linear() makes it: its shape, dtype, epilogue, whether it has a residual, and the
+  // pointers' common alignment.
+  static Key linear_key(const void* x, const void* w, const void* bias, const void* residual, const void* out, int M,
+                        int N, int K, cudaDataType_t dt, GemmEpi epi);
   // Times body() like tune() does: 6 runs, L2 flushed before each, the first discarded; ms, or -1 if a run failed.
   float time_flushed(cudaStream_t s, const std::function<bool()>& body);
   // The decode gemv fusions' decisions (prologue_variant, glu_variant, norm_variant), one per key k in pro_cache_:
-  // fusion_cached gives a decision already made (the variant, or -1 with *why), -1 for a new key while the stream
-  // captures (forward's eager first step decides it), or kDecide. decide_fusion then times the fused variants that
-  // `offers` (`fused`, only gemv_variant when forced) against `pair` (the plain linear's tuned plan pu and the kernel
-  // the fusion removes, into tune_out_: `scratch` bytes), keeps the fused one only when faster (always with gemv = 1
-  // or `force`; without tuning, the plain linear's own gemv variant), caches and prints (verbose) the pick.
-  static constexpr int kDecide = -2;
-  int fusion_cached(const Key& k, cudaStream_t s, std::string* why) const;
+  // when fusion_cached (fusion_cache.h) has none, decide_fusion times the fused variants that `offers` (`fused`,
+  // only gemv_variant when forced) against `pair` (the plain linear's tuned plan pu and the kernel the fusion
+  // removes, into tune_out_: `scratch` bytes), keeps the fused one only when faster (always with gemv = 1 or
+  // `force`; without tuning, the plain linear's own gemv variant), caches and prints (verbose) the pick.
   int decide_fusion(const Key& k, const char* what, Plan* pu, size_t scratch, bool force,
                     const std::function<bool()>& pair, const std::function<bool(int)>& fused,
                     const std::function<bool(int)>& offers, cudaStream_t s);

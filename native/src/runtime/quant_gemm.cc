@@ -245,11 +245,8 @@ int QuantGemm::prologue_variant(const QuantLinearCall& c, const GemvPrologue& pr
   if (gemv_force >= 0 && gemv_force < quant_gemv_variants(c.kind))  // (as gemv_variant: beyond the kind's, tuned)
     return quant_gemv_has_prologue(c.kind, gemv_force) ? gemv_force : no("forced variant has no prologue");
   const PickKey key = pick_key(c, dt);
-  auto hit = pro_pick_.find(key);
-  if (hit != pro_pick_.end()) return hit->second >= 0 ? hit->second : no("the tuner kept the unfused pair");
-  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-  cudaStreamIsCapturing(s, &cap);
-  if (cap != cudaStreamCaptureStatusNone) return no("shape first seen while a CUDA graph was being captured");
+  const int known = fusion_cached(pro_pick_, key, s, why);
+  if (known != kFusionUndecided) return known;
   int pick = -1;
   float best = 1e30f, base = -1.f;
   if (!tune) {
@@ -299,11 +296,8 @@ int QuantGemm::glu_variant(const QuantLinearCall& c, Act act, DType dt, cudaStre
   if (gemv_force >= 0 && gemv_force < quant_gemv_variants(c.kind))
     return quant_gemv_glu_takes(c.kind, gemv_force, c.M, c.K, c.group) ? gemv_force : no("forced variant has no GLU");
   const PickKey key = pick_key(c, dt);
-  auto hit = glu_pick_.find(key);
-  if (hit != glu_pick_.end()) return hit->second >= 0 ? hit->second : no("the tuner kept the unfused pair");
-  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-  cudaStreamIsCapturing(s, &cap);
-  if (cap != cudaStreamCaptureStatusNone) return no("shape first seen while a CUDA graph was being captured");
+  const int known = fusion_cached(glu_pick_, key, s, why);
+  if (known != kFusionUndecided) return known;
   int pick = -1;
   float best = 1e30f, base = -1.f;
   const size_t gu_bytes = size_t(c.M) * size_t(c.N) * 2;

@@ -26,6 +26,7 @@
 #include <tuple>
 
 #include "../kernels/quant.h"
+#include "fusion_cache.h"
 #include "options.h"
 
 namespace tsllm {
