@@ -249,21 +249,29 @@ static void fp8_context_table() {
 
 // Context (prefill) attention, causal, includes the RoPE / cache-write kernel: fp16 Llama-2-7B heads (32 / 32 x 128)
 // and bf16 Llama-3.1-8B (32 / 8), the latter at the 8,192-token prefill step of 4 x 2,048 that the throughput
-// benchmark's 2048/128 shape runs.
+// benchmark's 2048/128 shape runs; each shape under every block shape of kd::kContextConfigs (AttnParams::ctx_cfg),
+// alternating twice, so the configurations' figures come from the same minutes.
 static void context_table() {
-  std::printf("\npaged_attention context (prefill, causal), 32 heads x 128\n");
-  std::printf("%6s %6s %6s %8s %11s %9s %9s\n", "dtype", "kv", "seqs", "tokens", "graph_us", "TFLOP/s", "rope_us");
+  std::printf("\npaged_attention context (prefill, causal), 32 heads x 128; cfg = ctx_cfg (warps x m-tiles)\n");
+  std::printf("%6s %6s %6s %8s %4s %6s %11s %9s %9s\n", "dtype", "kv", "seqs", "tokens", "cfg", "shape", "graph_us",
+              "TFLOP/s", "rope_us");
   struct Shape { DType dt; int nKV, B, L; };
   for (const Shape c : {Shape{DType::F16, 32, 1, 128}, {DType::F16, 32, 1, 2048}, {DType::F16, 32, 1, 4096},
                         {DType::F16, 32, 8, 512}, {DType::BF16, 8, 4, 2048}, {DType::BF16, 8, 64, 128}}) {
     AttnSetup a(c.B, c.L, c.L, 0, c.nKV, c.dt);
-    double g, st;
-    time_calls(8, [&](int i, cudaStream_t s) { a.call(i, s); }, &g, &st);
+    double st;
     double gr;  // of graph_us, the RoPE / cache-write kernel alone (the rest is the attention kernel)
     time_calls(8, [&](int i, cudaStream_t s) { a.rope(i, s); }, &gr, &st);
     const double flops = 4.0 * c.B * a.nH * a.D * ((double)c.L * (c.L + 1) / 2);
-    std::printf("%6s %6d %6d %8d %11.2f %9.1f %9.2f\n", c.dt == DType::F16 ? "f16" : "bf16", c.nKV, c.B, c.L, g,
-                flops / (g * 1e6), gr);
+    for (int rep = 0; rep < 2; ++rep)
+      for (int cfg = 0; cfg < kd::kContextConfigCount; ++cfg) {
+        a.p.ctx_cfg = cfg;
+        double g;
+        time_calls(8, [&](int i, cudaStream_t s) { a.call(i, s); }, &g, &st);
+        const kd::ContextConfig cc = kd::kContextConfigs[cfg];
+        std::printf("%6s %6d %6d %8d %4d %3dx%-2d %11.2f %9.1f %9.2f\n", c.dt == DType::F16 ? "f16" : "bf16", c.nKV,
+                    c.B, c.L, cfg, cc.warps, cc.mtiles, g, flops / (g * 1e6), gr);
+      }
   }
 }
 

@@ -763,9 +763,10 @@ static void test_attention_case(const AttnCase& c, Rng& rng) {
   int lead = 0;
   while (max_new > 1 && lead < S && c.seqs[lead].second == 1) ++lead;
   // Variant 4 also under each of its other kernel configurations (kd::kDecodeMmaConfigs) where the head size has
-  // them.
+  // them; context steps under each context kernel configuration (kd::kContextConfigs), whose output must equal the
+  // default's bit for bit (each row's sums run in the same order whatever warp holds the row).
   struct Run {
-    int variant, single, cfg;
+    int variant, single, cfg, ctx = 0;
   };
   std::vector<Run> runs;
   if (max_new == 1) runs = {{2, 0, 0}, {3, 0, 0}, {4, 0, 0}};
@@ -773,9 +774,16 @@ static void test_attention_case(const AttnCase& c, Rng& rng) {
   if (lead > 0) runs.push_back({4, lead, 0}), runs.push_back({2, lead, 0});
   if (max_new == 1 && kd::decode_mma_sweeps(D))
     for (int cfg = 1; cfg < kd::kDecodeMmaConfigCount; ++cfg) runs.push_back({4, 0, cfg});
-  for (auto [variant, single, cfg] : runs) {
+  if (max_new > 1)
+    for (int ctx = 1; ctx < kd::kContextConfigCount; ++ctx) {
+      runs.push_back({3, 0, 0, ctx});
+      if (lead > 0) runs.push_back({4, lead, 0, ctx});
+    }
+  std::vector<uint8_t> ctx0_out;  // the first context run's output (ctx_cfg 0, nothing through the decode kernel)
+  for (auto [variant, single, cfg, ctx] : runs) {
     p.decode_variant = variant;
     p.mma_cfg = cfg;
+    p.ctx_cfg = ctx;
     st.num_single = single;
     pool.h = pool_init;
     pool.up();
@@ -818,12 +826,20 @@ static void test_attention_case(const AttnCase& c, Rng& rng) {
                                                                                                   true)) + ")")
                            : "");
     }
-    std::snprintf(extra, sizeof extra, "%s [%s T=%d] k-cache %s, other cache mismatches=%zu", e.str().c_str(),
-                  path.c_str(), T, ek.str().c_str(), cache_bad);
-    report(e.ok() && ek.ok() && cache_bad == 0,
+    size_t ctx_diff = 0;  // bytes of the output that differ from ctx_cfg 0's (same single-token split)
+    if (max_new > 1 && single == 0) {
+      if (ctx == 0) ctx0_out = out.h;
+      else
+        for (size_t i = 0; i < out.h.size(); ++i) ctx_diff += out.h[i] != ctx0_out[i];
+    }
+    std::snprintf(extra, sizeof extra, "%s [%s T=%d] k-cache %s, other cache mismatches=%zu%s", e.str().c_str(),
+                  path.c_str(), T, ek.str().c_str(), cache_bad,
+                  ctx ? (", bytes unlike ctx_cfg 0: " + std::to_string(ctx_diff)).c_str() : "");
+    report(e.ok() && ek.ok() && cache_bad == 0 && ctx_diff == 0,
            std::string("paged_attention ") + c.name +
                (max_new == 1 ? " v" + std::to_string(variant) + cfg_name
-                             : single ? " split v" + std::to_string(variant) : ""),
+                             : single ? " split v" + std::to_string(variant) : "") +
+               (ctx ? " ctx_cfg " + std::to_string(ctx) : ""),
            e.max_abs,
            extra);
     if (!e.ok()) std::printf("     out failures (index = (t*nH + h)*D + d):%s\n", e.firsts().c_str());

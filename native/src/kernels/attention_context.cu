@@ -21,25 +21,29 @@ namespace tsllm {
 namespace kd {
 namespace {
 
-template <int DP>
+// Block shape: NW warps of MT m-tiles (16 query rows) each at head_dim <= 128 (AttnParams::ctx_cfg picks one of
+// kContextConfigs); 4 warps of one m-tile above (two would not fit the registers: o alone is DP / 2 floats a lane
+// an m-tile).
+template <int DP, int NWv, int MTv>
 struct CtxCfg {
-  static constexpr int NW = DP > 128 ? 4 : 8;  // warps (of 16 query rows) per block
-  static constexpr int BQ = 16 * NW, THREADS = 32 * NW;
+  static constexpr int NW = DP > 128 ? 4 : NWv, MT = DP > 128 ? 1 : MTv;
+  static constexpr int BQ = 16 * NW * MT, THREADS = 32 * NW;
   static constexpr int BK = DP > 128 ? 32 : 64;
   static constexpr int LD = DP + 8;  // padded row (elements): 16-byte shift per row, no ldmatrix bank conflicts
   template <typename T>
   static constexpr size_t smem_bytes() {
-    return (size_t)(BQ + 4 * BK) * LD * sizeof(T);  // 104 KB at head_dim 128: 2 blocks per SM
+    return (size_t)(BQ + 4 * BK) * LD * sizeof(T);  // 104 KB at head_dim 128 (BQ 128): 2 blocks per SM
   }
 };
 
-template <typename T, typename CT, int DP>
-__global__ void __launch_bounds__(CtxCfg<DP>::THREADS, 2)
+template <typename T, typename CT, int DP, int NWv, int MTv>
+__global__ void __launch_bounds__(CtxCfg<DP, NWv, MTv>::THREADS, 2)
     context_kernel(const T* __restrict__ q, int q_stride, T* __restrict__ out, KVView<CT> kv,
                    const int32_t* __restrict__ positions, const int32_t* __restrict__ seq_start, int nH, int G,
                    float scale_log2, OwnKV<T> own) {
+  using Cfg = CtxCfg<DP, NWv, MTv>;
   constexpr bool kFp8 = sizeof(CT) == 1;
-  constexpr int BK = CtxCfg<DP>::BK, LD = CtxCfg<DP>::LD, BQ = CtxCfg<DP>::BQ, THREADS = CtxCfg<DP>::THREADS;
+  constexpr int BK = Cfg::BK, LD = Cfg::LD, BQ = Cfg::BQ, THREADS = Cfg::THREADS, NW = Cfg::NW, MT = Cfg::MT;
   constexpr int CPR = DP / 8;  // 16-byte chunks per row
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
@@ -102,16 +106,26 @@ __global__ void __launch_bounds__(CtxCfg<DP>::THREADS, 2)
     }
   };
 
-  float o[DP / 8][4];
+  // Per m-tile (rows 16 (m NW + warp) of the block's tile: a warp's two m-tiles lie half a tile apart, so the
+  // causal diagonal gives every warp about the same work): accumulators, softmax state, the rows' positions, the
+  // tiles they need (none when all are padding, position -1) and their smallest position (-1 with padding rows),
+  // below which no key of a tile needs the mask.
+  float o[MT][DP / 8][4];
+  float mrow[MT][2], lrow[MT][2];
+  int r0[MT], p0[MT], p1[MT], w_tiles[MT], w_min[MT];
+  int w_all = 0;
 #pragma unroll
-  for (int i = 0; i < DP / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-  float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.f, 0.f};
-  const int r0 = warp * 16 + g;
-  const int p0 = s_pos[r0], p1 = s_pos[r0 + 8];
-  // This warp's rows: the tiles it needs (none when all its rows are padding, position -1) and the smallest
-  // position (-1 with padding rows), below which no key of a tile needs the mask.
-  const int w_tiles = (__reduce_max_sync(0xffffffffu, max(p0, p1)) + BK) / BK;
-  const int w_min = __reduce_min_sync(0xffffffffu, min(p0, p1));
+  for (int m = 0; m < MT; ++m) {
+#pragma unroll
+    for (int i = 0; i < DP / 8; ++i) o[m][i][0] = o[m][i][1] = o[m][i][2] = o[m][i][3] = 0.f;
+    mrow[m][0] = mrow[m][1] = -INFINITY;
+    lrow[m][0] = lrow[m][1] = 0.f;
+    r0[m] = (m * NW + warp) * 16 + g;
+    p0[m] = s_pos[r0[m]], p1[m] = s_pos[r0[m] + 8];
+    w_tiles[m] = (__reduce_max_sync(0xffffffffu, max(p0[m], p1[m])) + BK) / BK;
+    w_min[m] = __reduce_min_sync(0xffffffffu, min(p0[m], p1[m]));
+    w_all = max(w_all, w_tiles[m]);
+  }
 
   load_kv(0, 0);
   cp_async_commit();
@@ -125,68 +139,94 @@ __global__ void __launch_bounds__(CtxCfg<DP>::THREADS, 2)
       cp_async_wait<0>();
     }
     __syncthreads();
-    if (j < w_tiles) {
+    if (j < w_all) {
       const T* cK = sK + stage * BK * LD;
       const T* cV = sV + stage * BK * LD;
+      bool act[MT];
+#pragma unroll
+      for (int m = 0; m < MT; ++m) act[m] = j < w_tiles[m];
 
-      // S = Q K^T for this warp's 16 rows and BK keys.
-      float sc[BK / 8][4];
-      ctx_scores<BK, DP * sizeof(T), LD * sizeof(T)>(sc, reinterpret_cast<const unsigned char*>(sQ),
-                                     reinterpret_cast<const unsigned char*>(cK), warp, lane,
-                                     [](float(&d)[4], const uint32_t(&a)[4], uint32_t b0, uint32_t b1) {
-                                       mma16816<T>(d, a, b0, b1);
-                                     });
+      // S = Q K^T for this warp's rows and BK keys.
+      float sc[MT][BK / 8][4];
+      ctx_scores_mt<MT, NW, BK, DP * sizeof(T), LD * sizeof(T)>(
+          sc, reinterpret_cast<const unsigned char*>(sQ), reinterpret_cast<const unsigned char*>(cK), warp, lane, act,
+          [](float(&d)[4], const uint32_t(&a)[4], uint32_t b0, uint32_t b1) { mma16816<T>(d, a, b0, b1); });
       // Scale into the log2 domain, causal mask, online softmax.
-      ctx_scale_mask(sc, j * BK, tig, scale_log2, scale_log2, p0, p1, j * BK + BK - 1 > w_min);
-      online_softmax_tile(sc, mrow, lrow, o);
-      // O += P V (P from registers, V via transposed ldmatrix).
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+        if (act[m]) {
+          ctx_scale_mask(sc[m], j * BK, tig, scale_log2, scale_log2, p0[m], p1[m], j * BK + BK - 1 > w_min[m]);
+          online_softmax_tile(sc[m], mrow[m], lrow[m], o[m]);
+        }
+      // O += P V (P from registers, V via transposed ldmatrix, each V fragment loaded once for the m-tiles).
 #pragma unroll
       for (int k2 = 0; k2 < BK / 16; ++k2) {
-        uint32_t a[4];
-        a[0] = pack2<T>(sc[2 * k2][0], sc[2 * k2][1]);
-        a[1] = pack2<T>(sc[2 * k2][2], sc[2 * k2][3]);
-        a[2] = pack2<T>(sc[2 * k2 + 1][0], sc[2 * k2 + 1][1]);
-        a[3] = pack2<T>(sc[2 * k2 + 1][2], sc[2 * k2 + 1][3]);
+        uint32_t a[MT][4];
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          a[m][0] = pack2<T>(sc[m][2 * k2][0], sc[m][2 * k2][1]);
+          a[m][1] = pack2<T>(sc[m][2 * k2][2], sc[m][2 * k2][3]);
+          a[m][2] = pack2<T>(sc[m][2 * k2 + 1][0], sc[m][2 * k2 + 1][1]);
+          a[m][3] = pack2<T>(sc[m][2 * k2 + 1][2], sc[m][2 * k2 + 1][3]);
+        }
 #pragma unroll
         for (int d2 = 0; d2 < DP / 16; ++d2) {
           uint32_t b[4];
           ldmatrix_x4_trans(b, cV + (k2 * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LD +
                                    (d2 * 2 + (lane >> 4)) * 8);
-          mma16816<T>(o[2 * d2], a, b[0], b[1]);
-          mma16816<T>(o[2 * d2 + 1], a, b[2], b[3]);
+#pragma unroll
+          for (int m = 0; m < MT; ++m)
+            if (act[m]) {
+              mma16816<T>(o[m][2 * d2], a[m], b[0], b[1]);
+              mma16816<T>(o[m][2 * d2 + 1], a[m], b[2], b[3]);
+            }
         }
       }
     }
     __syncthreads();  // this stage is reloaded by the next iteration's prefetch
   }
 
-  ctx_store<T>(o, lrow, 1.f, out, t, r0, tig, h, nH, D);
+#pragma unroll
+  for (int m = 0; m < MT; ++m) ctx_store<T>(o[m], lrow[m], 1.f, out, t, r0[m], tig, h, nH, D);
 }
 
-template <typename T, typename CT, int DP>
+template <typename T, typename CT, int DP, int NW, int MT>
 cudaError_t launch_context_t(const T* q, int q_stride, T* out, const KVView<CT>& kv, const StepLayout& step, int nH,
                              int G, float scale_log2, const OwnKV<T>& own, cudaStream_t s) {
-  constexpr size_t smem = CtxCfg<DP>::template smem_bytes<T>();
+  using Cfg = CtxCfg<DP, NW, MT>;
+  constexpr size_t smem = Cfg::template smem_bytes<T>();
   static std::atomic<unsigned long long> configured{0};  // per instantiation, one bit per device
-  const cudaError_t e = smem_limit_once(context_kernel<T, CT, DP>, smem, configured);
+  const cudaError_t e = smem_limit_once(context_kernel<T, CT, DP, NW, MT>, smem, configured);
   if (e != cudaSuccess) return e;
-  constexpr int BQ = CtxCfg<DP>::BQ;
-  const int qtiles = (step.max_new_tokens + BQ - 1) / BQ;
+  const int qtiles = (step.max_new_tokens + Cfg::BQ - 1) / Cfg::BQ;
   dim3 grid(nH, qtiles, step.num_seqs);
-  context_kernel<T, CT, DP><<<grid, CtxCfg<DP>::THREADS, smem, s>>>(q, q_stride, out, kv, step.positions,
-                                                                   step.seq_start, nH, G, scale_log2, own);
+  context_kernel<T, CT, DP, NW, MT><<<grid, Cfg::THREADS, smem, s>>>(q, q_stride, out, kv, step.positions,
+                                                                    step.seq_start, nH, G, scale_log2, own);
   return cudaGetLastError();
 }
 
-template <typename T, typename CT>
+template <typename T, typename CT, int NW, int MT>
 cudaError_t launch_context_d(const T* q, int q_stride, T* out, const KVView<CT>& v, const StepLayout& step, int D,
                              int nH, int G, float scale_log2, const OwnKV<T>& own, cudaStream_t s) {
-  if (D <= 32) return launch_context_t<T, CT, 32>(q, q_stride, out, v, step, nH, G, scale_log2, own, s);
-  if (D <= 64) return launch_context_t<T, CT, 64>(q, q_stride, out, v, step, nH, G, scale_log2, own, s);
-  if (D <= 96) return launch_context_t<T, CT, 96>(q, q_stride, out, v, step, nH, G, scale_log2, own, s);
-  if (D <= 128) return launch_context_t<T, CT, 128>(q, q_stride, out, v, step, nH, G, scale_log2, own, s);
-  if (D <= 192) return launch_context_t<T, CT, 192>(q, q_stride, out, v, step, nH, G, scale_log2, own, s);
-  return launch_context_t<T, CT, 256>(q, q_stride, out, v, step, nH, G, scale_log2, own, s);
+#define TSLLM_CTX(DP) launch_context_t<T, CT, DP, NW, MT>(q, q_stride, out, v, step, nH, G, scale_log2, own, s)
+  if (D <= 32) return TSLLM_CTX(32);
+  if (D <= 64) return TSLLM_CTX(64);
+  if (D <= 96) return TSLLM_CTX(96);
+  if (D <= 128) return TSLLM_CTX(128);
+#undef TSLLM_CTX
+  // Above 128 every configuration is 4 warps of one m-tile (CtxCfg): one instantiation.
+  if (D <= 192) return launch_context_t<T, CT, 192, 4, 1>(q, q_stride, out, v, step, nH, G, scale_log2, own, s);
+  return launch_context_t<T, CT, 256, 4, 1>(q, q_stride, out, v, step, nH, G, scale_log2, own, s);
+}
+
+template <typename T, typename CT>
+cudaError_t launch_context_cfg(int cfg, const T* q, int q_stride, T* out, const KVView<CT>& v, const StepLayout& step,
+                               int D, int nH, int G, float scale_log2, const OwnKV<T>& own, cudaStream_t s) {
+  static_assert(kContextConfigCount == 2, "one case per kContextConfigs entry");
+  static_assert(kContextConfigs[0].warps == 8 && kContextConfigs[0].mtiles == 1, "entry 0's template arguments");
+  static_assert(kContextConfigs[1].warps == 4 && kContextConfigs[1].mtiles == 2, "entry 1's template arguments");
+  if (cfg == 1) return launch_context_d<T, CT, 4, 2>(q, q_stride, out, v, step, D, nH, G, scale_log2, own, s);
+  return launch_context_d<T, CT, 8, 1>(q, q_stride, out, v, step, D, nH, G, scale_log2, own, s);
 }
 
 }  // namespace
@@ -205,10 +245,11 @@ cudaError_t attention_context(const void* q_, int q_stride, void* out_, const Pa
       if (p.fp8_context_fmha && !fp8_context_fmha_unavailable(D))
         return attention_context_fp8(q_, q_stride, out_, kv, step, p, dt, s);
       if (!k_own || !v_own) return cudaErrorInvalidValue;
-      return launch_context_d<T, uint8_t>(q, q_stride, out, make_kv_view<uint8_t>(kv, p.layer), step, D, nH, G,
-                                          scale_log2, own, s);
+      return launch_context_cfg<T, uint8_t>(p.ctx_cfg, q, q_stride, out, make_kv_view<uint8_t>(kv, p.layer), step, D,
+                                            nH, G, scale_log2, own, s);
     }
-    return launch_context_d<T, T>(q, q_stride, out, make_kv_view<T>(kv, p.layer), step, D, nH, G, scale_log2, own, s);
+    return launch_context_cfg<T, T>(p.ctx_cfg, q, q_stride, out, make_kv_view<T>(kv, p.layer), step, D, nH, G,
+                                    scale_log2, own, s);
   });
   return cudaErrorInvalidValue;
 }

@@ -1,7 +1,7 @@
 // What the two context-attention kernels share (attention_context.cu: fp16/bf16 tensor cores; attention_context_fp8.cu:
 // E4M3 tensor cores): the grid's query tile and its rows' positions, the scale and causal mask of a tile of
-// mma.sync scores, and the output epilogue. Grid: (query head, query tile of BQ new tokens, sequence), BQ / 16
-// warps of 16 query rows; a lane holds rows g = lane / 4 and g + 8 of its warp's 16.
+// mma.sync scores, and the output epilogue. Grid: (query head, query tile of BQ new tokens, sequence); a warp
+// holds one or two m-tiles of 16 query rows, and a lane rows g = lane / 4 and g + 8 of each.
 #pragma once
 #include <limits.h>
 #include <math.h>
@@ -45,27 +45,46 @@ __device__ __forceinline__ void ctx_positions(const CtxTile<BQ>& t, const int32_
   }
 }
 
-// S = Q K^T for one warp's 16 query rows (from row 16 warp of sQ) and the BK key rows of cK, both row-major with
-// row stride LDB bytes, over KB bytes of head dims: per 32 bytes of dims, the A fragment of Q and the B fragments of
-// two n-tiles of keys come from ldmatrix of 16-byte row pieces as they lie (the operand layout of m16n8k16 on 16-bit
-// elements and of m16n8k32 on 8-bit ones alike), and mma(d, a, b0, b1) is that instruction.
-template <int BK, int KB, int LDB, typename Mma>
-__device__ __forceinline__ void ctx_scores(float (&sc)[BK / 8][4], const unsigned char* sQ, const unsigned char* cK,
-                                           int warp, int lane, Mma mma) {
+// S = Q K^T for MT m-tiles of 16 query rows (m-tile i: rows 16 (i NW + warp) of sQ; MT = NW = 1: rows 16 warp) and
+// the BK key rows of cK, both row-major with row stride LDB bytes, over KB bytes of head dims: per 32 bytes of dims,
+// the A fragment of Q and the B fragments of two n-tiles of keys come from ldmatrix of 16-byte row pieces as they lie
+// (the operand layout of m16n8k16 on 16-bit elements and of m16n8k32 on 8-bit ones alike), and mma(d, a, b0, b1) is
+// that instruction. A key fragment is loaded once for the warp's m-tiles (with two, half the shared-memory reads a
+// product); m-tiles whose act is false (warp-uniform: their rows all lie before the tile) are skipped.
+template <int MT, int NW, int BK, int KB, int LDB, typename Mma>
+__device__ __forceinline__ void ctx_scores_mt(float (&sc)[MT][BK / 8][4], const unsigned char* sQ,
+                                              const unsigned char* cK, int warp, int lane, const bool (&act)[MT],
+                                              Mma mma) {
 #pragma unroll
-  for (int i = 0; i < BK / 8; ++i) sc[i][0] = sc[i][1] = sc[i][2] = sc[i][3] = 0.f;
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int i = 0; i < BK / 8; ++i) sc[m][i][0] = sc[m][i][1] = sc[m][i][2] = sc[m][i][3] = 0.f;
 #pragma unroll
   for (int kk = 0; kk < KB / 32; ++kk) {
-    uint32_t a[4];
-    ldmatrix_x4(a, sQ + (warp * 16 + (lane & 15)) * LDB + kk * 32 + (lane >> 4) * 16);
+    uint32_t a[MT][4];
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+      if (act[m]) ldmatrix_x4(a[m], sQ + ((m * NW + warp) * 16 + (lane & 15)) * LDB + kk * 32 + (lane >> 4) * 16);
 #pragma unroll
     for (int n2 = 0; n2 < BK / 16; ++n2) {
       uint32_t b[4];
       ldmatrix_x4(b, cK + ((n2 * 2 + (lane >> 4)) * 8 + (lane & 7)) * LDB + kk * 32 + ((lane >> 3) & 1) * 16);
-      mma(sc[2 * n2], a, b[0], b[1]);
-      mma(sc[2 * n2 + 1], a, b[2], b[3]);
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+        if (act[m]) {
+          mma(sc[m][2 * n2], a[m], b[0], b[1]);
+          mma(sc[m][2 * n2 + 1], a[m], b[2], b[3]);
+        }
     }
   }
+}
+
+// One m-tile of 16 rows (rows 16 warp of sQ), always computed.
+template <int BK, int KB, int LDB, typename Mma>
+__device__ __forceinline__ void ctx_scores(float (&sc)[BK / 8][4], const unsigned char* sQ, const unsigned char* cK,
+                                           int warp, int lane, Mma mma) {
+  const bool act[1] = {true};
+  ctx_scores_mt<1, 1, BK, KB, LDB>(reinterpret_cast<float(&)[1][BK / 8][4]>(sc), sQ, cK, warp, lane, act, mma);
 }
 
 // One tile of scores for keys [j0, j0 + 8 NT) into the log2 domain: row g's entries times sc0, row g + 8's times

@@ -121,6 +121,16 @@ inline bool decode_mma_sweeps(int head_dim) {
   return with_head_dim(head_dim, [](auto dp) { return decltype(dp)::value == kDecodeMmaSweepDp; });
 }
 
+// The context kernel's block shapes at head_dim <= 128 (attention_context.cu; AttnParams::ctx_cfg indexes this
+// table, entry 0 is what the runtime runs): warps per block and m-tiles of 16 query rows per warp, a query tile of
+// 16 warps mtiles rows. Two m-tiles a warp read each K / V fragment from shared memory once for both (FlashAttention
+// 2's layout: 4 warps of 2 x 16 rows); one m-tile a warp needs half the registers, so twice the warps fit an SM.
+struct ContextConfig {
+  int warps, mtiles;
+};
+constexpr ContextConfig kContextConfigs[] = {{8, 1}, {4, 2}};
+constexpr int kContextConfigCount = sizeof(kContextConfigs) / sizeof(kContextConfigs[0]);
+
 // Variant 4's kernel (q already rotated, the cache already holds k, v). splits/chunk: decode_split's (variant 2
 // rules); when splits > 1, normalised partials go to ws_o / ws_ml for decode_reduce_kernel. FP8 cache: k_own
 // (rope_and_cache_write's k_out, row stride nKV * head_dim) and v_own (the step's v rows, v_stride) hold this

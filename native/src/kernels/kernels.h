@@ -245,9 +245,14 @@ struct AttnParams {
   // ring stages, block-table prefetch, FP8 fragments). 0 is the runtime's default; the others are for kernels_bench's
   // sweep, kernels_test and TSLLM_DECODE_MMA_CFG's A/B.
   int mma_cfg = 0;
+  // The context kernel's block shape: an index into kd::kContextConfigs (attention_internal.h; warps per block,
+  // m-tiles of 16 query rows per warp). 0 is the runtime's default; the other for kernels_bench, kernels_test and
+  // TSLLM_CONTEXT_CFG's A/B.
+  int ctx_cfg = 0;
 };
-// How many configurations AttnParams::mma_cfg indexes.
+// How many configurations AttnParams::mma_cfg / ctx_cfg index.
 int decode_mma_config_count();
+int context_config_count();
 // Why the FP8 context FMHA cannot run for an FP8 KV cache of head size head_dim on the current device (head_dim
 // not a multiple of 16 up to 128; no sm_89+ code of the kernel for the GPU), or nullptr when it can.
 const char* fp8_context_fmha_unavailable(int head_dim);

@@ -53,6 +53,7 @@ cudaError_t paged_attention(const void* q, int q_stride, const void* k, int k_st
   char* ws = static_cast<char*>(workspace);
   if (p.decode_variant != 0 && (p.decode_variant < 2 || p.decode_variant > 4)) return cudaErrorInvalidValue;
   if (p.mma_cfg < 0 || p.mma_cfg >= kd::kDecodeMmaConfigCount) return cudaErrorInvalidValue;
+  if (p.ctx_cfg < 0 || p.ctx_cfg >= kd::kContextConfigCount) return cudaErrorInvalidValue;
   if (step.max_new_tokens == 1 && kd::decode_variant_run(p, step.num_tokens, step.max_seq_len, fp8, true) == 3)
     return kd::attention_decode(q, q_stride, k, k_stride, v, v_stride, true, out, kv, step, p, dt, ws, s);
   const bool rope = p.rotary_dim > 0;
@@ -91,5 +92,6 @@ cudaError_t paged_attention(const void* q, int q_stride, const void* k, int k_st
 }
 
 int decode_mma_config_count() { return kd::kDecodeMmaConfigCount; }
+int context_config_count() { return kd::kContextConfigCount; }
 
 }  // namespace tsllm

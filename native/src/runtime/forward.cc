@@ -325,6 +325,7 @@ void attention(const NodeRun& r, bool fused) {
   ap.decode_variant = r.e.tun.decode_variant;
   ap.mma_min_gqa = r.e.tun.decode_mma_min_gqa;
   ap.mma_cfg = r.e.tun.decode_mma_cfg;
+  ap.ctx_cfg = r.e.tun.context_cfg;
   ap.pdl = r.e.tun.pdl;
   ap.k_scale = n.k_scale;
   ap.v_scale = n.v_scale;

@@ -90,8 +90,8 @@ Tunables resolve_tunables(const tsllm_options& o, const std::string& path) {
 
   // Environment overrides (benchmarking): TSLLM_GEMM_TUNE=0, TSLLM_GEMV=0|1, TSLLM_GEMV_VARIANT=k,
   // TSLLM_GEMV_PROLOGUE=0|1|2 (2: every pair fused), TSLLM_NORM_PDL=0|1|2, TSLLM_GLU_FUSE=0|1, TSLLM_NORM_TAIL=0|1|2,
-  // TSLLM_DECODE_VARIANT=2|3|4, TSLLM_DECODE_MMA_MIN_GQA=r, TSLLM_DECODE_MMA_CFG=c, TSLLM_PDL=0|1,
-  // TSLLM_STRICT_KERNELS=0|1, TSLLM_FP8_CONTEXT_FMHA=0|1 (off, on), TSLLM_PROFILE=1|graph.
+  // TSLLM_DECODE_VARIANT=2|3|4, TSLLM_DECODE_MMA_MIN_GQA=r, TSLLM_DECODE_MMA_CFG=c, TSLLM_CONTEXT_CFG=c,
+  // TSLLM_PDL=0|1, TSLLM_STRICT_KERNELS=0|1, TSLLM_FP8_CONTEXT_FMHA=0|1 (off, on), TSLLM_PROFILE=1|graph.
   long x = 0;
   if (env_int("TSLLM_GEMM_TUNE", path, 0, 1, &x)) t.gemm_tune = x == 1;
   if (env_int("TSLLM_GEMV", path, 0, 1, &x)) t.gemv = x == 1 ? 1 : -1;
@@ -104,6 +104,7 @@ Tunables resolve_tunables(const tsllm_options& o, const std::string& path) {
   if (env_int("TSLLM_DECODE_VARIANT", path, 2, 4, &x)) t.decode_variant = int(x);
   if (env_int("TSLLM_DECODE_MMA_MIN_GQA", path, 1, 1024, &x)) t.decode_mma_min_gqa = int(x);
   if (env_int("TSLLM_DECODE_MMA_CFG", path, 0, decode_mma_config_count() - 1, &x)) t.decode_mma_cfg = int(x);
+  if (env_int("TSLLM_CONTEXT_CFG", path, 0, context_config_count() - 1, &x)) t.context_cfg = int(x);
   if (env_int("TSLLM_PDL", path, 0, 1, &x)) t.pdl = x == 1;
   if (env_int("TSLLM_STRICT_KERNELS", path, 0, 1, &x)) t.strict = x == 1;
   if (env_int("TSLLM_FP8_CONTEXT_FMHA", path, 0, 1, &x)) t.fp8_context_fmha = x == 1 ? 1 : -1;

@@ -47,6 +47,7 @@ struct Tunables {
   int decode_variant = 3;     // 3 (falls back to 4 or 2 by GQA ratio, 2 for FP8 caches, outside its range), 2 or 4
   int decode_mma_min_gqa = kDecodeMmaMinGqa;  // the GQA ratio from which variant 3 falls back to 4 rather than 2
   int decode_mma_cfg = 0;  // variant 4's kernel configuration (kd::kDecodeMmaConfigs; others for A/B only)
+  int context_cfg = 0;     // the context kernel's block shape (kd::kContextConfigs; others for A/B only)
   bool pdl = true;            // programmatic dependent launch where the GPU has it
   int fp8_context_fmha = 0;   // FP8 context FMHA: -1 off, 0 auto (off for now), 1 on every FP8 KV cache (strict)
   bool strict = false;        // forced kernels that cannot run are errors
