@@ -102,8 +102,9 @@ describe("quantised engines on the GPU", () => {
           : c.extra.quant === "fp8"
             ? [{ TSLLM_QGEMV_VARIANT: "8", TSLLM_QGEMV_PROLOGUE: "1" }]
             : [];
-      // TSLLM_QGLU=1 (the gated_act in the int8 / int4 gate_up gemv's epilogue, off by default): with variant 7
-      // forced, every decode gate_up of Llama runs quant_gemv_glu and its gated_act launches nothing.
+      // TSLLM_QGLU=1 (the gated_act in the int8 / int4 gate_up gemv's epilogue, on by default where its tuner picks
+      // it): with variant 7 forced, every decode gate_up of Llama runs quant_gemv_glu and its gated_act launches
+      // nothing.
       const glu =
         (c.extra.quant === "int8-wo" || c.extra.quant === "int4-wo") && c.which === "llama"
           ? [{ TSLLM_QGLU: "1", TSLLM_QGEMV_VARIANT: "7" }]

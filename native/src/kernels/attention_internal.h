@@ -42,6 +42,9 @@ inline void set_decode_io(DecodeIO<T>& a, const void* q, int q_stride, void* out
   a.chunk = chunk;
 }
 
+// The largest head size paged_attention takes (rope_cache.cu sizes its table of pair angles by it).
+constexpr int kMaxHeadDim = 256;
+
 // f(DP) with DP the instantiated head size holding head_dim (32, 64, 128 or 256: padded in registers / shared
 // memory), as a std::integral_constant so that f can instantiate kernels on it.
 template <typename F>

@@ -44,7 +44,7 @@ cudaError_t paged_attention(const void* q, int q_stride, const void* k, int k_st
   const bool fp8 = kv.dtype == DType::FP8_E4M3;
   if ((kv.dtype != dt && !fp8) || kv.head_dim != D || kv.num_kv_heads != p.num_kv_heads) return cudaErrorInvalidValue;
   if (fp8 && !(p.k_scale > 0.f && p.v_scale > 0.f)) return cudaErrorInvalidValue;
-  if (D < 8 || D > 256 || D % 8 != 0) return cudaErrorInvalidValue;
+  if (D < 8 || D > kd::kMaxHeadDim || D % 8 != 0) return cudaErrorInvalidValue;
   if (p.num_kv_heads <= 0 || p.num_heads % p.num_kv_heads != 0) return cudaErrorInvalidValue;
   if (p.rotary_dim < 0 || p.rotary_dim > D || p.rotary_dim % 2 != 0 || (p.rotary_dim > 0 && !p.inv_freq))
     return cudaErrorInvalidValue;

@@ -81,7 +81,7 @@ cudaError_t quant_gemv(int variant, QuantKind kind, const void* x, const void* w
                        const void* bias, const void* residual, void* out, int M, int N, int K, Act act, DType dt,
                        bool pdl, cudaStream_t s, const GemvPrologue& pro = GemvPrologue{});
 // The gated act in the epilogue of an int8 / int4 gate_up decode call (as gemv_glu for 16-bit weights; the runtime
-// plans it with TSLLM_QGLU=1): w and scales are gate|up, 2N rows, gate rows first; out [M, N] =
+// plans it unless TSLLM_QGLU=0): w and scales are gate|up, 2N rows, gate rows first; out [M, N] =
 // T(act(T(gate)) · T(up)), gate and up rounded as quant_gemv writes a call without activation or residual, then
 // gated_act's rounding; act Silu or GeluTanh. The variants with two 16-row tiles a block (7, 10, 12 and their
 // post-scale 13, 16, 18), one gate tile and its up tile; where quant_gemv_takes the call. out must not overlap x.

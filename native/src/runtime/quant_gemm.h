@@ -104,7 +104,7 @@ class QuantGemm {
   // call's tuned variant; *why says why not. Never during capture for a new shape.
   int prologue_variant(const QuantLinearCall& c, const GemvPrologue& pro, void* pro_y, DType dt, cudaStream_t s,
                        std::string* why);
-  // Epilogue fusion (forward.cc, as GemmRunner::glu_variant; planned only with TSLLM_QGLU=1): the int8 / int4
+  // Epilogue fusion (forward.cc, as GemmRunner::glu_variant; not planned with TSLLM_QGLU=0): the int8 / int4
   // variant that runs the gate_up call c (c.N = 2N rows, gate then up) with the gated_act after it (quant_gemv_glu,
   // writing [M, N]), or -1 when the pair stays apart. Timed once per shape like prologue_variant (into scratch): the
   // fused variants against the plain call's tuned variant + gated_act.
