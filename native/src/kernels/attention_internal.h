@@ -128,6 +128,13 @@ inline bool decode_mma_sweeps(int head_dim) {
 // table, entry 0 is what the runtime runs): warps per block and m-tiles of 16 query rows per warp, a query tile of
 // 16 warps mtiles rows. Two m-tiles a warp read each K / V fragment from shared memory once for both (FlashAttention
 // 2's layout: 4 warps of 2 x 16 rows); one m-tile a warp needs half the registers, so twice the warps fit an SM.
+// Session 21 (H200, kernels_bench context, alternating; run 2): entry 1 is 1.03-1.04x at long prompts (bf16 32 / 8
+// heads 4 x 2048: 706.3 against 723.1 us; f16 1 x 4096: 657.0 against 681.1) and 0.9-0.96x at short ones (64 x 128:
+// 208.5 against 201.1; 1 x 128: 18.2 against 16.3), and 8B bf16 2048/128 through the batch manager did not move
+// (1,673.5 / 1,687.4 against 1,675.0 / 1,683.7 tok/s, run 1). ncu at 4 x 2048 (run 3): entry 0 issues 300.7 M
+// instructions in 648 us (issue slots 49 % busy, tensor pipe 34 %, 3.96 warps a scheduler of which 1.05 eligible),
+// entry 1 259.9 M in 630 us (44 % busy, 1.98 warps, 0.59 eligible): fewer shared-memory reads did not make the
+// kernel faster; about 9 instructions an mma and too few eligible warps bound both.
 struct ContextConfig {
   int warps, mtiles;
 };
