@@ -5,11 +5,12 @@
 // read; S = Q K^T and O += P V run on mma.sync m16n8k16 (fp16/bf16 in, fp32 accumulate) with an online softmax in
 // registers. Causal mask per row: key <= position of the row's token. Head dims are padded to DP (zeros) in shared
 // memory. Works for any mix of sequences (a decode sequence is a tile with one row).
-// Why 8 warps of one m-tile at head_dim <= 128 (4 before session 11): a K/V tile fetched once feeds twice the rows (the fetch,
-// its block-table lookups and the barriers are per block), and 2 blocks of 8 warps per SM keep twice the warps in
-// flight of 2 blocks of 4 (shared memory allows 2 either way). A warp skips the products of a tile that lies wholly
-// past its rows' positions (the far side of the causal diagonal inside a 128-row tile) and all products when its
-// rows are all padding (7 of the 8 warps of a one-row tile): exact, as a masked tile adds nothing (per m-tile).
+// Why 8 warps of one m-tile at head_dim <= 128 (4 before session 11): a K/V tile fetched once feeds twice the rows
+// (the fetch, its block-table lookups and the barriers are per block), and 2 blocks of 8 warps per SM keep twice
+// the warps in flight of 2 blocks of 4 (shared memory allows 2 either way). A warp skips the products of a tile
+// that lies wholly past its rows' positions (the far side of the causal diagonal inside a 128-row tile) and all
+// products when its rows are all padding (7 of the 8 warps of a one-row tile): exact, as a masked tile adds nothing
+// (per m-tile).
 // FP8 KV cache (CT = uint8_t) when the FP8 context FMHA does not run (AttnParams::fp8_context_fmha,
 // attention_context_fp8.cu): keys before this step's first new position are read from the cache (8 bytes per 8
 // dims, times k_scale / v_scale, rounded to T into shared memory); this step's own keys and values come unrounded
