@@ -6,8 +6,9 @@
 
 namespace tsllm {
 
-// 2 and 7 are the variants of four rows a group (kd::launch): eight weight rows in flight with GLU.
-bool gemv_glu_takes(int variant) { return variant >= 0 && variant < kGemvVariants && variant != 2 && variant != 7; }
+bool gemv_glu_takes(int variant) {
+  return variant >= 0 && variant < kGemvVariants && kd::kGemvShapes[variant].rows <= kd::kGluMaxRows;
+}
 
 cudaError_t gemv_glu(int variant, GemvPro act, const void* x, const void* w, const void* bias, void* out, int M, int N,
                      int K, DType dt, bool pdl, cudaStream_t s) {

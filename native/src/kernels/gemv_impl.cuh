@@ -153,12 +153,25 @@ cudaError_t launch_v(const void* x, const void* w, const float* sc, int group, c
   }
 }
 
-// The fp16 / bf16 gemv's launch of variant (ROWS, KS, UN). GLU with four gate rows a group (eight weight rows in
-// flight) is not offered (gemv_glu_takes): refused, not instantiated.
+// Variants (rows per group, warps splitting K, chunks in flight per row), chosen per shape by the tuner.
+// 6-9 put more 16-byte loads in flight per lane (16) or spread K over more warps (more, shorter blocks) for the
+// N = 4096 shapes (o_proj, down) that run below the copy rate with 0-5. The one table of them: the prologue (PRO),
+// chain (POST), gated-epilogue (GLU, gemv_glu.cu) and norm-tail (NT, gemv_norm.cu) kernels all launch through it
+// (launch below), and gemv_glu_takes reads it.
+struct GemvShape {
+  int rows, ks, un;
+};
+constexpr GemvShape kGemvShapes[kGemvVariants] = {{2, 1, 4}, {1, 1, 4}, {4, 1, 4}, {1, 2, 4}, {2, 2, 4},
+                                                  {1, 4, 4}, {2, 1, 8}, {4, 2, 4}, {2, 4, 4}, {1, 2, 8}};
+// GLU's gate rows a group at most: with four (eight weight rows in flight) it is not offered.
+constexpr int kGluMaxRows = 2;
+
+// The fp16 / bf16 gemv's launch of variant (ROWS, KS, UN). GLU above kGluMaxRows rows a group: refused, not
+// instantiated.
 template <typename T, int PRO, bool POST, int ROWS, int KS, int UN = 4, int GLU = 0, bool NT = false>
 cudaError_t launch_h(const void* x, const void* w, const void* bias, const void* res, void* out, int M, int N, int K,
                      const void* nw, float eps, const EwChain& post, bool pdl, cudaStream_t s, const NormTail& tail) {
-  if constexpr (GLU != 0 && ROWS > 2) {
+  if constexpr (GLU != 0 && ROWS > kGluMaxRows) {
     return cudaErrorInvalidValue;
   } else {
     return launch_v<WHalf<T>, T, PRO, POST, ROWS, KS, UN, GLU, NT>(x, w, nullptr, 0, bias, res, out, M, N, K, 0, nw,
@@ -166,27 +179,22 @@ cudaError_t launch_h(const void* x, const void* w, const void* bias, const void*
   }
 }
 
-// Variants (rows per group, warps splitting K, chunks in flight per row), chosen per shape by the tuner.
-// 6-9 put more 16-byte loads in flight per lane (16) or spread K over more warps (more, shorter blocks) for the
-// N = 4096 shapes (o_proj, down) that run below the copy rate with 0-5. The one table of them: the prologue (PRO),
-// chain (POST), gated-epilogue (GLU, gemv_glu.cu) and norm-tail (NT, gemv_norm.cu) kernels all launch through it.
+// One launch of variant `variant` (kGemvShapes).
 template <typename T, int PRO, bool POST = false, int GLU = 0, bool NT = false>
 cudaError_t launch(int variant, const void* x, const void* w, const void* bias, const void* res, void* out, int M,
                    int N, int K, const void* nw, float eps, bool pdl, cudaStream_t s, const EwChain& post = EwChain{},
                    const NormTail& tail = NormTail{}) {
+#define TSLLM_GEMV(V)                                                                                                \
+  case V:                                                                                                            \
+    return launch_h<T, PRO, POST, kGemvShapes[V].rows, kGemvShapes[V].ks, kGemvShapes[V].un, GLU, NT>(              \
+        x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s, tail)
+  static_assert(kGemvVariants == 10, "one case per kGemvShapes entry");
   switch (variant) {
-    case 0: return launch_h<T, PRO, POST, 2, 1, 4, GLU, NT>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s, tail);
-    case 1: return launch_h<T, PRO, POST, 1, 1, 4, GLU, NT>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s, tail);
-    case 2: return launch_h<T, PRO, POST, 4, 1, 4, GLU, NT>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s, tail);
-    case 3: return launch_h<T, PRO, POST, 1, 2, 4, GLU, NT>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s, tail);
-    case 4: return launch_h<T, PRO, POST, 2, 2, 4, GLU, NT>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s, tail);
-    case 5: return launch_h<T, PRO, POST, 1, 4, 4, GLU, NT>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s, tail);
-    case 6: return launch_h<T, PRO, POST, 2, 1, 8, GLU, NT>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s, tail);
-    case 7: return launch_h<T, PRO, POST, 4, 2, 4, GLU, NT>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s, tail);
-    case 8: return launch_h<T, PRO, POST, 2, 4, 4, GLU, NT>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s, tail);
-    case 9: return launch_h<T, PRO, POST, 1, 2, 8, GLU, NT>(x, w, bias, res, out, M, N, K, nw, eps, post, pdl, s, tail);
+    TSLLM_GEMV(0); TSLLM_GEMV(1); TSLLM_GEMV(2); TSLLM_GEMV(3); TSLLM_GEMV(4);
+    TSLLM_GEMV(5); TSLLM_GEMV(6); TSLLM_GEMV(7); TSLLM_GEMV(8); TSLLM_GEMV(9);
     default: return cudaErrorInvalidValue;
   }
+#undef TSLLM_GEMV
 }
 
 }  // namespace

@@ -62,10 +62,11 @@ cudaError_t launch_int_variant(int variant, const void* x, const void* w, const 
   cudaError_t NAME##_glu(int variant, const void* x, const void* w, const float* sc, int group, const void* bias,   \
                          void* out, int M, int N, int K, Act act, DType dt, bool pdl, cudaStream_t s) {             \
     if (dt == DType::F16)                                                                                           \
-      return kd::launch_int_mma_a_glu_variant<half, INT4>(variant, M, x, w, sc, group, bias, out, N, K, act, pdl, s); \
+      return kd::launch_int_mma_a_variant<half, INT4, true>(variant, M, x, w, sc, group, bias, nullptr, out, N, K,  \
+                                                            act, pdl, s);                                           \
     if (dt == DType::BF16)                                                                                          \
-      return kd::launch_int_mma_a_glu_variant<kd::bf16, INT4>(variant, M, x, w, sc, group, bias, out, N, K, act,    \
-                                                              pdl, s);                                              \
+      return kd::launch_int_mma_a_variant<kd::bf16, INT4, true>(variant, M, x, w, sc, group, bias, nullptr, out, N, \
+                                                                K, act, pdl, s);                                    \
     return cudaErrorInvalidValue;                                                                                   \
   }
 

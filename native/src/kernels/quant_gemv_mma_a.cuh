@@ -200,55 +200,44 @@ __global__ void __launch_bounds__(WARPS * 32, MINB)
 template <typename T, bool INT4, int TILES, int WARPS, int D, int MINB, bool POST, bool GLU = false>
 cudaError_t launch_int_mma_a(int M, const void* x, const void* w, const float* sc, int group, const void* bias,
                              const void* res, void* out, int N, int K, Act act, bool pdl, cudaStream_t s) {
-  if (M < 1 || M > kIntMmaAGemvMaxM) return cudaErrorInvalidValue;
-  const int cpg_shift = INT4 ? int4_chunk_shift(group) : 0;  // (other groups: refused, as by variants 3-6)
-  if (cpg_shift < 0) return cudaErrorInvalidValue;
-  // (POST's shapes, whole iterations of one scale a row: quant_gemv_takes, checked by quant_gemv)
-  constexpr int TR = GLU ? TILES / 2 : TILES;
-  const unsigned blocks = unsigned((N + TR * 16 - 1) / (TR * 16));
-  return launch_pdl(int_mma_a_kernel<T, INT4, TILES, WARPS, D, MINB, POST, GLU>, blocks, WARPS * 32, 0, pdl, s,
-                    static_cast<const T*>(x), static_cast<const uint8_t*>(w), sc, INT4 ? K / group : 1, cpg_shift,
-                    static_cast<const T*>(bias), static_cast<const T*>(res), static_cast<T*>(out), M, N, K, int(act));
+  if constexpr (GLU && TILES % 2 != 0) {  // GLU needs a gate tile and its up tile a block: refused, not instantiated
+    return cudaErrorInvalidValue;
+  } else {
+    if (M < 1 || M > kIntMmaAGemvMaxM) return cudaErrorInvalidValue;
+    const int cpg_shift = INT4 ? int4_chunk_shift(group) : 0;  // (other groups: refused, as by variants 3-6)
+    if (cpg_shift < 0) return cudaErrorInvalidValue;
+    // (POST's shapes, whole iterations of one scale a row: quant_gemv_takes, checked by quant_gemv)
+    constexpr int TR = GLU ? TILES / 2 : TILES;
+    const unsigned blocks = unsigned((N + TR * 16 - 1) / (TR * 16));
+    return launch_pdl(int_mma_a_kernel<T, INT4, TILES, WARPS, D, MINB, POST, GLU>, blocks, WARPS * 32, 0, pdl, s,
+                      static_cast<const T*>(x), static_cast<const uint8_t*>(w), sc, INT4 ? K / group : 1, cpg_shift,
+                      static_cast<const T*>(bias), static_cast<const T*>(res), static_cast<T*>(out), M, N, K, int(act));
+  }
 }
 
 // Variants 7-12: (tiles of 16 rows, warps splitting K, iterations in flight, blocks an SM the registers allow);
-// 13-18 the same with the scales after the mma (POST, kIntMmaPostVariant).
+// 13-18 the same with the scales after the mma (POST, kIntMmaPostVariant). GLU (quant_gemv_glu, res null): the
+// variants of two tiles a block (7, 10, 12 and their POST forms: quant_gemv_glu_takes), one gate tile and its up
+// tile; the others are refused by launch_int_mma_a.
 // 10 and 12 won no Llama-2-7B shape in session 16 (gemv_bench or the engine's tuner): candidates to prune.
-template <typename T, bool INT4>
+template <typename T, bool INT4, bool GLU = false>
 cudaError_t launch_int_mma_a_variant(int variant, int M, const void* x, const void* w, const float* sc, int group,
                                      const void* bias, const void* res, void* out, int N, int K, Act act, bool pdl,
                                      cudaStream_t s) {
   auto go = [&](auto post) {
     constexpr bool P = decltype(post)::value;
+#define TSLLM_MMA_A(TILES, WARPS, D, MINB) \
+  launch_int_mma_a<T, INT4, TILES, WARPS, D, MINB, P, GLU>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s)
     switch (variant - (P ? kIntMmaPostVariant - kIntMmaAVariant : 0)) {
-      case 7: return launch_int_mma_a<T, INT4, 2, 4, 1, 6, P>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
-      case 8: return launch_int_mma_a<T, INT4, 1, 4, 2, 6, P>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
-      case 9: return launch_int_mma_a<T, INT4, 1, 8, 2, 3, P>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
-      case 10: return launch_int_mma_a<T, INT4, 2, 4, 1, 4, P>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
-      case 11: return launch_int_mma_a<T, INT4, 1, 8, 4, 2, P>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
-      case 12: return launch_int_mma_a<T, INT4, 2, 8, 2, 2, P>(M, x, w, sc, group, bias, res, out, N, K, act, pdl, s);
+      case 7: return TSLLM_MMA_A(2, 4, 1, 6);
+      case 8: return TSLLM_MMA_A(1, 4, 2, 6);
+      case 9: return TSLLM_MMA_A(1, 8, 2, 3);
+      case 10: return TSLLM_MMA_A(2, 4, 1, 4);
+      case 11: return TSLLM_MMA_A(1, 8, 4, 2);
+      case 12: return TSLLM_MMA_A(2, 8, 2, 2);
       default: return cudaErrorInvalidValue;
     }
-  };
-  return variant >= kIntMmaPostVariant ? go(std::true_type{}) : go(std::false_type{});
-}
-
-// The GLU launches (quant_gemv_glu): the variants of two 16-row tiles a block, one gate tile and its up tile.
-template <typename T, bool INT4>
-cudaError_t launch_int_mma_a_glu_variant(int variant, int M, const void* x, const void* w, const float* sc, int group,
-                                         const void* bias, void* out, int N, int K, Act act, bool pdl,
-                                         cudaStream_t s) {
-  auto go = [&](auto post) {
-    constexpr bool P = decltype(post)::value;
-    switch (variant - (P ? kIntMmaPostVariant - kIntMmaAVariant : 0)) {
-      case 7: return launch_int_mma_a<T, INT4, 2, 4, 1, 6, P, true>(M, x, w, sc, group, bias, nullptr, out, N, K, act,
-                                                                   pdl, s);
-      case 10: return launch_int_mma_a<T, INT4, 2, 4, 1, 4, P, true>(M, x, w, sc, group, bias, nullptr, out, N, K, act,
-                                                                    pdl, s);
-      case 12: return launch_int_mma_a<T, INT4, 2, 8, 2, 2, P, true>(M, x, w, sc, group, bias, nullptr, out, N, K, act,
-                                                                    pdl, s);
-      default: return cudaErrorInvalidValue;
-    }
+#undef TSLLM_MMA_A
   };
   return variant >= kIntMmaPostVariant ? go(std::true_type{}) : go(std::false_type{});
 }

@@ -38,6 +38,17 @@ GemvPro prologue_kind(const NodeDesc& n) {
   return GemvPro::None;
 }
 
+// A linear / quant_linear node's output width N (its weight's rows), K (x's last dimension: an int4 weight is
+// [N, K / 2]) and the step's rows M.
+struct LinearDims {
+  int N, K, M;
+};
+LinearDims linear_dims(Engine& e, const StepPlan& p, const NodeDesc& l) {
+  const ValueDesc& w = e.val(l.in[1]);
+  const int K = int(l.op == Op::QuantLinear ? e.val(l.in[0]).last_dim() : w.shape[1].n);
+  return LinearDims{int(w.shape[0].n), K, int(e.numel(l.in[0], p) / K)};
+}
+
 // The quant_linear call of node l on input x (quant_linear: x, w, scales, bias, residual).
 QuantLinearCall quant_call(Engine& e, const StepPlan& p, const NodeDesc& l, const void* x, int M, int N, int K) {
   auto in = [&](size_t k) -> void* { return k < l.in.size() && l.in[k] >= 0 ? e.ptr(l.in[k], p) : nullptr; };
@@ -51,10 +62,8 @@ QuantLinearCall quant_call(Engine& e, const StepPlan& p, const NodeDesc& l, cons
 bool fp8_act_rows(Engine& e, const StepPlan& p, size_t i, Fp8Rows* rows) {
   if (e.fp8_consumer.empty() || e.fp8_consumer[i] < 0) return false;
   const NodeDesc& l = e.desc.nodes[size_t(e.fp8_consumer[i])];
-  const int K = int(e.val(l.in[0]).last_dim());
-  const int M = int(e.numel(l.in[0], p) / K);
-  const int N = int(e.val(l.in[1]).shape[0].n);
-  return e.qgemm.fp8_act_rows(quant_call(e, p, l, e.ptr(l.in[0], p), M, N, K), e.dt, rows);
+  const LinearDims ld = linear_dims(e, p, l);
+  return e.qgemm.fp8_act_rows(quant_call(e, p, l, e.ptr(l.in[0], p), ld.M, ld.N, ld.K), e.dt, rows);
 }
 
 // The gemv variant that runs producer node i fused into its consumer linear in this step, or -1 (*why: the reason).
@@ -63,10 +72,8 @@ int prologue_variant(Engine& e, const StepPlan& p, size_t i, std::string* why = 
   if (j < 0) return -1;
   const NodeDesc& n = e.desc.nodes[i];
   const NodeDesc& l = e.desc.nodes[size_t(j)];
-  const ValueDesc& w = e.val(l.in[1]);
-  const bool quant = l.op == Op::QuantLinear;  // K from x: an int4 weight is [N, K/2]
-  const int N = int(w.shape[0].n), K = int(quant ? e.val(l.in[0]).last_dim() : w.shape[1].n);
-  const int M = int(e.numel(l.in[0], p) / K);
+  const bool quant = l.op == Op::QuantLinear;
+  const auto [N, K, M] = linear_dims(e, p, l);
   if (M < 1 || M > kGemvMaxM) return -1;
   GemvPrologue pro;
   pro.kind = prologue_kind(n);
@@ -102,9 +109,7 @@ int glu_variant(Engine& e, const StepPlan& p, size_t i, std::string* why = nullp
   const NodeDesc& l = e.desc.nodes[i];
   const NodeDesc& g = e.desc.nodes[size_t(e.glu_next[i])];
   const bool quant = l.op == Op::QuantLinear;
-  const ValueDesc& w = e.val(l.in[1]);
-  const int N2 = int(w.shape[0].n), K = int(quant ? e.val(l.in[0]).last_dim() : w.shape[1].n);
-  const int M = int(e.numel(l.in[0], p) / K);
+  const auto [N2, K, M] = linear_dims(e, p, l);  // N2: gate and up rows
   if (M < 1 || M > kGemvMaxM) return -1;  // (glu_out's rows)
   if (quant)
     return e.qgemm.glu_variant(quant_call(e, p, l, e.ptr(l.in[0], p), M, N2, K), gated_act_of(prologue_kind(g)), e.dt,
@@ -119,9 +124,7 @@ int norm_variant(Engine& e, const StepPlan& p, size_t i, std::string* why = null
   if (e.nt_next.empty() || e.nt_next[i] < 0) return -1;
   const NodeDesc& l = e.desc.nodes[i];
   const NodeDesc& r = e.desc.nodes[size_t(e.nt_next[i])];
-  const ValueDesc& w = e.val(l.in[1]);
-  const int N = int(w.shape[0].n), K = int(w.shape[1].n);
-  const int M = int(e.numel(l.in[0], p) / K);
+  const auto [N, K, M] = linear_dims(e, p, l);
   if (M < 1 || M > kGemvMaxM) return -1;
   auto in = [&](size_t k) -> const void* { return l.in.size() > k && l.in[k] >= 0 ? e.ptr(l.in[k], p) : nullptr; };
   return e.gemm.norm_variant(in(0), in(1), in(2), in(3), e.ptr(l.out[0], p), e.ptr(r.in[1], p), r.eps,
@@ -689,9 +692,7 @@ void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only) {
       const int v = norm_variant(e, p, i);
       if (v >= 0) {
         const NodeDesc& rn = d.nodes[size_t(e.nt_next[i])];
-        const ValueDesc& w = e.val(n.in[1]);
-        const int N = int(w.shape[0].n), K = int(w.shape[1].n);
-        const int M = int(e.numel(n.in[0], p) / K);
+        const auto [N, K, M] = linear_dims(e, p, n);
         r.ck(gemv_norm(v, r.in(0), r.in(1), r.in(2), r.in(3), r.out(0), M, N, K, e.ptr(rn.in[1], p), rn.eps,
                        e.ptr(rn.out[0], p), e.norm_counters + i, e.dt, e.tun.pdl, s));
         if (count) counter[TSLLM_KERNEL_GEMV_RMS]++;
@@ -706,11 +707,8 @@ void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only) {
       const int v = glu_variant(e, p, i);
       if (v >= 0) {
         const NodeDesc& g = d.nodes[size_t(e.glu_next[i])];
-        const bool quant = n.op == Op::QuantLinear;
-        const ValueDesc& w = e.val(n.in[1]);
-        const int N2 = int(w.shape[0].n), K = int(quant ? e.val(n.in[0]).last_dim() : w.shape[1].n);
-        const int M = int(e.numel(n.in[0], p) / K);
-        if (quant)
+        const auto [N2, K, M] = linear_dims(e, p, n);  // N2: gate and up rows
+        if (n.op == Op::QuantLinear)
           r.ck(quant_gemv_glu(v, n.quant, r.in(0), r.in(1), static_cast<const float*>(r.in(2)), n.group_size, r.in(3),
                               e.glu_out, M, N2 / 2, K, gated_act_of(prologue_kind(g)), e.dt, e.tun.pdl, s));
         else
@@ -739,9 +737,7 @@ void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only) {
       const int v = src >= 0 ? prologue_variant(e, p, size_t(src)) : -1;
       if (v >= 0) {
         const NodeDesc& pn = d.nodes[size_t(src)];
-        const ValueDesc& w = e.val(n.in[1]);
-        const int N = int(w.shape[0].n), K = int(w.shape[1].n);
-        const int M = int(e.numel(n.in[0], p) / K);
+        const auto [N, K, M] = linear_dims(e, p, n);
         GemvPrologue pro;
         pro.kind = prologue_kind(pn);
         if (pro.kind == GemvPro::RmsNorm) {
@@ -749,8 +745,7 @@ void forward(Engine& e, const StepPlan& p, const std::vector<uint8_t>* only) {
           pro.eps = pn.eps;
         }
         if (n.op == Op::QuantLinear) {
-          const int Kq = int(e.val(n.in[0]).last_dim()), Mq = int(e.numel(n.in[0], p) / Kq);
-          const std::string err = e.qgemm.run_fused(quant_call(e, p, n, e.ptr(pn.in[0], p), Mq, N, Kq), pro, v, e.dt, s);
+          const std::string err = e.qgemm.run_fused(quant_call(e, p, n, e.ptr(pn.in[0], p), M, N, K), pro, v, e.dt, s);
           if (!err.empty()) node_fail(i, n, std::string(quant_kind_name(n.quant)) + ": " + err);
           if (count) counter[TSLLM_KERNEL_GEMV_RMS]++;
           continue;

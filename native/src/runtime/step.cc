@@ -243,13 +243,13 @@ void profile_graph_breakdown(Engine& e, const StepPlan& p) {
       fused[key]++;
       continue;
     }
+    const int glu = e.glu_next.empty() ? -1 : e.glu_next[i];  // the gated_act in this gate_up's epilogue
+    const char* gated = glu >= 0 && node_fused(e, p, size_t(glu)) ? " +gated_act" : "";
     if (n.op == Op::QuantLinear) {  // weight bytes as stored: quantised values + scales
       const ValueDesc& w = e.val(n.in[1]);
       const ValueDesc& sc = e.val(n.in[2]);
       key += std::string(" ") + quant_kind_name(n.quant) + " N=" + std::to_string(w.shape[0].n) +
-             " K=" + std::to_string(e.val(n.in[0]).last_dim());
-      const int glu = e.glu_next.empty() ? -1 : e.glu_next[i];
-      if (glu >= 0 && node_fused(e, p, size_t(glu))) key += " +gated_act";
+             " K=" + std::to_string(e.val(n.in[0]).last_dim()) + gated;
       bytes[key] += double(w.max_numel() * elem_size(w.dt) + sc.max_numel() * elem_size(sc.dt));
     }
     if (n.op == Op::Linear) {
@@ -257,8 +257,7 @@ void profile_graph_breakdown(Engine& e, const StepPlan& p) {
       key += " N=" + std::to_string(w.shape[0].n) + " K=" + std::to_string(w.shape[1].n);
       const int src = e.pro_producer.empty() ? -1 : e.pro_producer[i];
       if (src >= 0 && node_fused(e, p, size_t(src))) key += std::string(" +") + op_name(d.nodes[size_t(src)].op);
-      const int glu = e.glu_next.empty() ? -1 : e.glu_next[i];
-      if (glu >= 0 && node_fused(e, p, size_t(glu))) key += " +gated_act";
+      key += gated;
       const int nt = e.nt_next.empty() ? -1 : e.nt_next[i];
       if (nt >= 0 && node_fused(e, p, size_t(nt))) key += " +rms_norm after";
       bytes[key] += double(w.max_numel() * elem_size(w.dt));
