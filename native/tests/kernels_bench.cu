@@ -253,7 +253,7 @@ static void fp8_context_table() {
 // alternating twice, so the configurations' figures come from the same minutes.
 static void context_table() {
   std::printf("\npaged_attention context (prefill, causal), 32 heads x 128; cfg = ctx_cfg (warps x m-tiles)\n");
-  std::printf("%6s %6s %6s %8s %4s %6s %11s %9s %9s\n", "dtype", "kv", "seqs", "tokens", "cfg", "shape", "graph_us",
+  std::printf("%6s %6s %6s %8s %4s %11s %11s %9s %9s\n", "dtype", "kv", "seqs", "tokens", "cfg", "shape", "graph_us",
               "TFLOP/s", "rope_us");
   struct Shape { DType dt; int nKV, B, L; };
   for (const Shape c : {Shape{DType::F16, 32, 1, 128}, {DType::F16, 32, 1, 2048}, {DType::F16, 32, 1, 4096},
@@ -269,8 +269,9 @@ static void context_table() {
         double g;
         time_calls(8, [&](int i, cudaStream_t s) { a.call(i, s); }, &g, &st);
         const kd::ContextConfig cc = kd::kContextConfigs[cfg];
-        std::printf("%6s %6d %6d %8d %4d %3dx%-2d %11.2f %9.1f %9.2f\n", c.dt == DType::F16 ? "f16" : "bf16", c.nKV,
-                    c.B, c.L, cfg, cc.warps, cc.mtiles, g, flops / (g * 1e6), gr);
+        std::printf("%6s %6d %6d %8d %4d %3dx%-2d%s %11.2f %9.1f %9.2f\n", c.dt == DType::F16 ? "f16" : "bf16",
+                    c.nKV, c.B, c.L, cfg, cc.warps, cc.mtiles, cc.fast_exp ? "     " : " exp2f", g, flops / (g * 1e6),
+                    gr);
       }
   }
 }

@@ -303,15 +303,35 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
 }
 
 
-// Online softmax over one tile of mma.sync scores (log2 domain, masked entries -inf), for the two rows (g, g + 8)
-// a lane holds: sc[NT][4] are n-tiles of 8 keys (entries 0, 1 of row g, 2, 3 of row g + 8). Updates the running
-// max mrow and sum lrow (lane-partial: summed over the quad at the end), turns sc into the probabilities
-// 2^(s - max), and rescales the DN output accumulators o[DN][4] (same row split) to the new max.
+// 2^x on the SFU alone (ex2.approx.ftz): exp2f adds a compare and two multiplies per call to keep subnormal results,
+// which a softmax weight below 2^-126 cannot use.
+__device__ __forceinline__ float ex2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Online softmax over one tile of mma.sync scores, for the two rows (g, g + 8) a lane holds: sc[NT][4] are n-tiles
+// of 8 keys (entries 0, 1 of row g, 2, 3 of row g + 8), raw products with masked entries -inf; f0 / f1 (> 0) take
+// row g's / row g + 8's scores into the log2 domain. Updates the running max mrow and sum lrow (lane-partial: summed
+// over the quad at the end), turns sc into the probabilities, and rescales the DN output accumulators o[DN][4]
+// (same row split) to the new max.
+// FX (the default): the max is kept in raw units (a positive factor keeps the order, so it is the same key's) and
+// each weight is ex2_ftz(fmaf(s, f, -RN(max f))): one FFMA and one MUFU a score. Without FX (kept to A/B,
+// kContextConfigs' exp2f entries): the scores are scaled first, 2^(RN(s f) - max) by exp2f: a multiply, a subtract
+// and exp2f's three fix-up instructions a score (session 21's SASS: 780 instructions a tile of 128 HMMA at 8 warps).
 // (The decode kernel's column form, online_softmax_cols, skips that rescale while no max moved. Not here: causal
 // prefill moves the max often, and in session 10 the vote made one context-kernel instantiation spill.)
-template <int NT, int DN>
+template <bool FX, int NT, int DN>
 __device__ __forceinline__ void online_softmax_tile(float (&sc)[NT][4], float (&mrow)[2], float (&lrow)[2],
-                                                    float (&o)[DN][4]) {
+                                                    float (&o)[DN][4], float f0, float f1) {
+  if constexpr (!FX) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      sc[nt][0] *= f0, sc[nt][1] *= f0;
+      sc[nt][2] *= f1, sc[nt][3] *= f1;
+    }
+  }
   float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
@@ -324,16 +344,20 @@ __device__ __forceinline__ void online_softmax_tile(float (&sc)[NT][4], float (&
   mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
   const float mn0 = fmaxf(mrow[0], mx0), mn1 = fmaxf(mrow[1], mx1);
   const float mu0 = mn0 == -INFINITY ? 0.f : mn0, mu1 = mn1 == -INFINITY ? 0.f : mn1;
-  const float c0 = exp2f(mrow[0] - mu0), c1 = exp2f(mrow[1] - mu1);
+  // 2^(a f - mu f) (FX) or 2^(a - mu); a = -inf (an empty row so far, or a masked key) gives 0.
+  const float b0 = FX ? -(mu0 * f0) : -mu0, b1 = FX ? -(mu1 * f1) : -mu1;
+  auto w0 = [&](float a) { return FX ? ex2_ftz(fmaf(a, f0, b0)) : exp2f(a + b0); };
+  auto w1 = [&](float a) { return FX ? ex2_ftz(fmaf(a, f1, b1)) : exp2f(a + b1); };
+  const float c0 = w0(mrow[0]), c1 = w1(mrow[1]);
   mrow[0] = mn0;
   mrow[1] = mn1;
   float rs0 = 0.f, rs1 = 0.f;
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
-    sc[nt][0] = exp2f(sc[nt][0] - mu0);
-    sc[nt][1] = exp2f(sc[nt][1] - mu0);
-    sc[nt][2] = exp2f(sc[nt][2] - mu1);
-    sc[nt][3] = exp2f(sc[nt][3] - mu1);
+    sc[nt][0] = w0(sc[nt][0]);
+    sc[nt][1] = w0(sc[nt][1]);
+    sc[nt][2] = w1(sc[nt][2]);
+    sc[nt][3] = w1(sc[nt][3]);
     rs0 += sc[nt][0] + sc[nt][1];
     rs1 += sc[nt][2] + sc[nt][3];
   }

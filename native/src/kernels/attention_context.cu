@@ -1,9 +1,11 @@
 // Context (prefill / chunked-prefill / mixed) attention over the paged KV cache, FlashAttention-2 style.
 // Grid: (query head, query tile of BQ = 16 NW MT new tokens, sequence). NW warps, MT m-tiles of 16 query rows each
-// (CtxCfg; 8 x 1 by default, kContextConfigs in attention_internal.h has the 4 x 2 alternative). K/V tiles of BK
+// (CtxCfg; 8 x 1 by default, kContextConfigs in attention_internal.h has the 4 x 2 alternative and the A/B entries). K/V tiles of BK
 // keys are gathered from the paged cache with cp.async into a double-buffered shared-memory ring that all NW warps
 // read; S = Q K^T and O += P V run on mma.sync m16n8k16 (fp16/bf16 in, fp32 accumulate) with an online softmax in
-// registers. Causal mask per row: key <= position of the row's token. Head dims are padded to DP (zeros) in shared
+// registers (online_softmax_tile's FX form: the scale folded into one FFMA before ex2.approx.ftz, 2,057 SASS
+// instructions for the bf16 head_dim-128 kernel against 2,196 with exp2f of pre-scaled scores, which
+// kContextConfigs keeps as an A/B entry). Causal mask per row: key <= position of the row's token. Head dims are padded to DP (zeros) in shared
 // memory. Works for any mix of sequences (a decode sequence is a tile with one row).
 // Why 8 warps of one m-tile at head_dim <= 128 (4 before session 11): a K/V tile fetched once feeds twice the rows
 // (the fetch, its block-table lookups and the barriers are per block), and 2 blocks of 8 warps per SM keep twice
@@ -38,7 +40,7 @@ struct CtxCfg {
   }
 };
 
-template <typename T, typename CT, int DP, int NWv, int MTv>
+template <typename T, typename CT, int DP, int NWv, int MTv, bool FX>
 __global__ void __launch_bounds__(CtxCfg<DP, NWv, MTv>::THREADS, 2)
     context_kernel(const T* __restrict__ q, int q_stride, T* __restrict__ out, KVView<CT> kv,
                    const int32_t* __restrict__ positions, const int32_t* __restrict__ seq_start, int nH, int G,
@@ -157,8 +159,8 @@ __global__ void __launch_bounds__(CtxCfg<DP, NWv, MTv>::THREADS, 2)
 #pragma unroll
       for (int m = 0; m < MT; ++m)
         if (act[m]) {
-          ctx_scale_mask(sc[m], j * BK, tig, scale_log2, scale_log2, p0[m], p1[m], j * BK + BK - 1 > w_min[m]);
-          online_softmax_tile(sc[m], mrow[m], lrow[m], o[m]);
+          ctx_mask(sc[m], j * BK, tig, p0[m], p1[m], j * BK + BK - 1 > w_min[m]);
+          online_softmax_tile<FX>(sc[m], mrow[m], lrow[m], o[m], scale_log2, scale_log2);
         }
       // O += P V (P from registers, V via transposed ldmatrix, each V fragment loaded once for the m-tiles).
 #pragma unroll
@@ -192,43 +194,44 @@ __global__ void __launch_bounds__(CtxCfg<DP, NWv, MTv>::THREADS, 2)
   for (int m = 0; m < MT; ++m) ctx_store<T>(o[m], lrow[m], 1.f, out, t, r0[m], tig, h, nH, D);
 }
 
-template <typename T, typename CT, int DP, int NW, int MT>
+template <typename T, typename CT, int DP, int NW, int MT, bool FX>
 cudaError_t launch_context_t(const T* q, int q_stride, T* out, const KVView<CT>& kv, const StepLayout& step, int nH,
                              int G, float scale_log2, const OwnKV<T>& own, cudaStream_t s) {
   using Cfg = CtxCfg<DP, NW, MT>;
   constexpr size_t smem = Cfg::template smem_bytes<T>();
   static std::atomic<unsigned long long> configured{0};  // per instantiation, one bit per device
-  const cudaError_t e = smem_limit_once(context_kernel<T, CT, DP, NW, MT>, smem, configured);
+  const cudaError_t e = smem_limit_once(context_kernel<T, CT, DP, NW, MT, FX>, smem, configured);
   if (e != cudaSuccess) return e;
   const int qtiles = (step.max_new_tokens + Cfg::BQ - 1) / Cfg::BQ;
   dim3 grid(nH, qtiles, step.num_seqs);
-  context_kernel<T, CT, DP, NW, MT><<<grid, Cfg::THREADS, smem, s>>>(q, q_stride, out, kv, step.positions,
+  context_kernel<T, CT, DP, NW, MT, FX><<<grid, Cfg::THREADS, smem, s>>>(q, q_stride, out, kv, step.positions,
                                                                     step.seq_start, nH, G, scale_log2, own);
   return cudaGetLastError();
 }
 
-template <typename T, typename CT, int NW, int MT>
+template <typename T, typename CT, int NW, int MT, bool FX>
 cudaError_t launch_context_d(const T* q, int q_stride, T* out, const KVView<CT>& v, const StepLayout& step, int D,
                              int nH, int G, float scale_log2, const OwnKV<T>& own, cudaStream_t s) {
-#define TSLLM_CTX(DP) launch_context_t<T, CT, DP, NW, MT>(q, q_stride, out, v, step, nH, G, scale_log2, own, s)
+#define TSLLM_CTX(DP) launch_context_t<T, CT, DP, NW, MT, FX>(q, q_stride, out, v, step, nH, G, scale_log2, own, s)
   if (D <= 32) return TSLLM_CTX(32);
   if (D <= 64) return TSLLM_CTX(64);
   if (D <= 96) return TSLLM_CTX(96);
   if (D <= 128) return TSLLM_CTX(128);
 #undef TSLLM_CTX
   // Above 128 every configuration is 4 warps of one m-tile (CtxCfg): one instantiation.
-  if (D <= 192) return launch_context_t<T, CT, 192, 4, 1>(q, q_stride, out, v, step, nH, G, scale_log2, own, s);
-  return launch_context_t<T, CT, 256, 4, 1>(q, q_stride, out, v, step, nH, G, scale_log2, own, s);
+  if (D <= 192) return launch_context_t<T, CT, 192, 4, 1, FX>(q, q_stride, out, v, step, nH, G, scale_log2, own, s);
+  return launch_context_t<T, CT, 256, 4, 1, FX>(q, q_stride, out, v, step, nH, G, scale_log2, own, s);
 }
 
-template <typename T, typename CT>
+// kContextConfigs[cfg]'s kernel (cfg is checked by paged_attention; the last entry takes any other value).
+template <typename T, typename CT, int I = 0>
 cudaError_t launch_context_cfg(int cfg, const T* q, int q_stride, T* out, const KVView<CT>& v, const StepLayout& step,
                                int D, int nH, int G, float scale_log2, const OwnKV<T>& own, cudaStream_t s) {
-  static_assert(kContextConfigCount == 2, "one case per kContextConfigs entry");
-  static_assert(kContextConfigs[0].warps == 8 && kContextConfigs[0].mtiles == 1, "entry 0's template arguments");
-  static_assert(kContextConfigs[1].warps == 4 && kContextConfigs[1].mtiles == 2, "entry 1's template arguments");
-  if (cfg == 1) return launch_context_d<T, CT, 4, 2>(q, q_stride, out, v, step, D, nH, G, scale_log2, own, s);
-  return launch_context_d<T, CT, 8, 1>(q, q_stride, out, v, step, D, nH, G, scale_log2, own, s);
+  if constexpr (I + 1 < kContextConfigCount)
+    if (cfg != I) return launch_context_cfg<T, CT, I + 1>(cfg, q, q_stride, out, v, step, D, nH, G, scale_log2, own, s);
+  constexpr ContextConfig c = kContextConfigs[I];
+  return launch_context_d<T, CT, c.warps, c.mtiles, c.fast_exp>(q, q_stride, out, v, step, D, nH, G, scale_log2, own,
+                                                               s);
 }
 
 }  // namespace

@@ -87,20 +87,17 @@ __device__ __forceinline__ void ctx_scores(float (&sc)[BK / 8][4], const unsigne
   ctx_scores_mt<1, 1, BK, KB, LDB>(reinterpret_cast<float(&)[1][BK / 8][4]>(sc), sQ, cK, warp, lane, act, mma);
 }
 
-// One tile of scores for keys [j0, j0 + 8 NT) into the log2 domain: row g's entries times sc0, row g + 8's times
-// sc1, and -inf past each row's position (p0, p1) when mask (some key of the tile lies past the smallest position).
+// The causal mask of one tile of scores for keys [j0, j0 + 8 NT): -inf past each row's position (row g: p0, row
+// g + 8: p1), applied when mask (some key of the tile lies past the smallest position). The scores stay raw
+// products: online_softmax_tile scales them.
 template <int NT>
-__device__ __forceinline__ void ctx_scale_mask(float (&sc)[NT][4], int j0, int tig, float sc0, float sc1, int p0,
-                                               int p1, bool mask) {
+__device__ __forceinline__ void ctx_mask(float (&sc)[NT][4], int j0, int tig, int p0, int p1, bool mask) {
+  if (!mask) return;
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
+  for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      float v = sc[nt][e] * (e < 2 ? sc0 : sc1);
-      if (mask && j0 + nt * 8 + tig * 2 + (e & 1) > (e < 2 ? p0 : p1)) v = -INFINITY;
-      sc[nt][e] = v;
-    }
-  }
+    for (int e = 0; e < 4; ++e)
+      if (j0 + nt * 8 + tig * 2 + (e & 1) > (e < 2 ? p0 : p1)) sc[nt][e] = -INFINITY;
 }
 
 // The epilogue: rows r0 and r0 + 8 of the tile (those < t.rows) of o[DN][4] (dims dn * 8 + 2 tig, + 1; those < D),

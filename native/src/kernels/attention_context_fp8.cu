@@ -194,8 +194,8 @@ __global__ void __launch_bounds__(kCtxThreads)
     ctx_scores<BK, DP, LDQ>(sc, sQ, cK, warp, lane, [](float(&d)[4], const uint32_t(&a)[4], uint32_t b0, uint32_t b1) {
       mma_e4m3_16832(d, a, b0, b1);
     });
-    ctx_scale_mask(sc, j * BK, tig, f0, f1, p0, p1, j * BK + BK - 1 > min_pos);
-    online_softmax_tile(sc, mrow, lrow, o);
+    ctx_mask(sc, j * BK, tig, p0, p1, j * BK + BK - 1 > min_pos);
+    online_softmax_tile<true>(sc, mrow, lrow, o, f0, f1);
     // O += p8 V: P's registers in v_slot_key order, V^T rows through ldmatrix (rows = head dims).
 #pragma unroll
     for (int k2 = 0; k2 < BK / 32; ++k2) {
