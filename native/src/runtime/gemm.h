@@ -85,7 +85,8 @@ class GemmRunner {
   bool tune_on = true;  // gemm_tune
   static constexpr int kHeuristics = 64;
   static constexpr int kSplitKTop = 4;  // split-K is tried on this many of the fastest candidates
-  bool tunes(int M) const { return tune_on && gemm_tuned_m(M); }
+  bool tune_every_m = false;  // gemm_tune_every_m
+  bool tunes(int M) const { return tune_on && gemm_tuned_m(M, tune_every_m); }
   // 0: never use the small-M gemv kernel; 1: always when eligible (tests); -1: the tuner decides.
   int gemv_mode = -1;
   int gemv_variant = -1;  // >= 0: only that variant (tests)

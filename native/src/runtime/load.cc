@@ -332,11 +332,9 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
   e->max_bs = limit(opts.max_batch_size, d.max_batch_size, "max_batch_size");
   e->max_seq_len = limit(opts.max_seq_len, d.max_seq_len, "max_seq_len");
   e->max_num_tokens = limit(opts.max_num_tokens, d.max_num_tokens, "max_num_tokens");
-  // Decode graphs at batch sizes 1, 2, 4, ..., 256, then every 128 up to 1024 (in-flight batching runs full
-  // batches of 512 or more; steps of 128 keep the padding of a partly full batch small): sizes up to the first
-  // one >= max_bs, so every decode batch up to max_bs pads to a captured size; padding rows must fit
-  // max_num_tokens. Larger decode batches run eagerly.
-  for (int b = 1; b <= 1024 && b <= e->max_num_tokens; b = b < 256 ? b * 2 : b + 128) {
+  // Decode graphs at the graph sizes (options.h is_graph_size) up to the first one >= max_bs, so every decode batch
+  // up to max_bs pads to a captured size; padding rows must fit max_num_tokens. Larger decode batches run eagerly.
+  for (int b = 1; b <= kGraphMaxBatch && b <= e->max_num_tokens; b = next_graph_size(b)) {
     e->graph_sizes.push_back(b);
     if (b >= e->max_bs) break;
   }

@@ -93,7 +93,7 @@ Tunables resolve_tunables(const tsllm_options& o, const std::string& path) {
   // TSLLM_DECODE_VARIANT=2|3|4, TSLLM_DECODE_MMA_MIN_GQA=r, TSLLM_DECODE_MMA_CFG=c, TSLLM_CONTEXT_CFG=c,
   // TSLLM_PDL=0|1, TSLLM_STRICT_KERNELS=0|1, TSLLM_FP8_CONTEXT_FMHA=0|1 (off, on), TSLLM_PROFILE=1|graph.
   long x = 0;
-  if (env_int("TSLLM_GEMM_TUNE", path, 0, 1, &x)) t.gemm_tune = x == 1;
+  if (env_int("TSLLM_GEMM_TUNE", path, 0, 2, &x)) t.gemm_tune = x >= 1, t.gemm_tune_every_m = x == 2;
   if (env_int("TSLLM_GEMV", path, 0, 1, &x)) t.gemv = x == 1 ? 1 : -1;
   if (env_int("TSLLM_GEMV_VARIANT", path, 0, kGemvVariants - 1, &x)) t.gemv_variant = int(x);
   if (env_int("TSLLM_GEMV_PROLOGUE", path, 0, 2, &x)) t.gemv_prologue = x >= 1, t.prologue_force |= x == 2;

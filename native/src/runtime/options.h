@@ -8,15 +8,29 @@
 
 namespace tsllm {
 
-// The GEMM shapes whose algorithm is timed on first use (gemm_tune on): M <= kGemmTuneMaxM, and the multiples of
-// 128 up to 4 * kGemmTuneMaxM (the decode graph sizes of in-flight batching: 384, 512, ..., 1024; the batch
-// manager's full batches run there); other M (prefill and mixed steps, whose M varies step to step) take cuBLASLt's
-// first heuristic choice. GemmRunner (fp16 / bf16) and QuantGemm (FP8) both follow it.
-constexpr int kGemmTuneMaxM = 256;
-inline bool gemm_tuned_m(int M) { return M <= kGemmTuneMaxM || (M % 128 == 0 && M <= 4 * kGemmTuneMaxM); }
+// The decode graph sizes (load.cc captures one per size up to the first >= max_batch_size, each step pads its batch
+// to one): 1, 2, 4, ..., 256, then every 128 up to kGraphMaxBatch (in-flight batching runs full batches of 512 or
+// more; steps of 128 keep the padding of a partly full batch small).
+constexpr int kGraphMaxBatch = 1024;
+inline int next_graph_size(int b) { return b < 256 ? b * 2 : b + 128; }
+inline bool is_graph_size(int M) {
+  return M >= 1 && M <= kGraphMaxBatch && (M <= 256 ? (M & (M - 1)) == 0 : M % 128 == 0);
+}
+// The GEMM shapes whose algorithm is timed on first use (gemm_tune on): the rows the runtime meets again and again,
+// the decode graph sizes, and M <= kGemvMaxM (where the gemv competes); other M (prefill and mixed steps, whose
+// tokens and logits rows vary step to step) take cuBLASLt's first heuristic choice. GemmRunner (fp16 / bf16) and
+// QuantGemm (FP8) both follow it. Until session 23 every M <= 256 was timed: each new logits-row count of a mixed
+// step timed the lm_head's algorithms inside that step (8B bf16 2048/128: 15-70 ms a count, e.g. M = 9 69.7 ms,
+// where the call takes about 0.3 ms). every_m (TSLLM_GEMM_TUNE=2, A/B only): that rule, every M <= 256 and the
+// multiples of 128 up to 1024.
+inline bool gemm_tuned_m(int M, bool every_m = false) {
+  if (every_m) return M <= 256 || (M % 128 == 0 && M <= 1024);
+  return M <= kGemvMaxM || is_graph_size(M);
+}
 
 struct Tunables {
   bool gemm_tune = true;      // time algorithms / gemv variants per shape (gemm_tuned_m)
+  bool gemm_tune_every_m = false;  // gemm_tuned_m's every_m (TSLLM_GEMM_TUNE=2)
   int gemv = 0;               // -1 never, 0 the tuner decides, 1 always where eligible
   int gemv_variant = -1;      // -1 any, else only that variant
   bool gemv_prologue = true;  // decode prologue fusion (rms_norm / gated_act folded into the gemv)
