@@ -1,12 +1,12 @@
-// Context (prefill / chunked-prefill / mixed) attention over the paged KV cache, FlashAttention-2 style.
-// Grid: (query head, query tile of BQ = 16 NW MT new tokens, sequence). NW warps, MT m-tiles of 16 query rows each
-// (CtxCfg; 8 x 1 by default, kContextConfigs in attention_internal.h has the 4 x 2 alternative and the A/B entries). K/V tiles of BK
-// keys are gathered from the paged cache with cp.async into a double-buffered shared-memory ring that all NW warps
-// read; S = Q K^T and O += P V run on mma.sync m16n8k16 (fp16/bf16 in, fp32 accumulate) with an online softmax in
-// registers (online_softmax_tile's FX form: the scale folded into one FFMA before ex2.approx.ftz, 2,057 SASS
-// instructions for the bf16 head_dim-128 kernel against 2,196 with exp2f of pre-scaled scores, which
-// kContextConfigs keeps as an A/B entry). Causal mask per row: key <= position of the row's token. Head dims are padded to DP (zeros) in shared
-// memory. Works for any mix of sequences (a decode sequence is a tile with one row).
+// Context (prefill / chunked-prefill / mixed) attention over the paged KV cache, FlashAttention-2 style. Grid: (query
+// head, query tile of BQ = 16 NW MT new tokens, sequence). NW warps, MT m-tiles of 16 query rows each (CtxCfg; 8 x 1 by
+// default, kContextConfigs in attention_internal.h has the 4 x 2 alternative and the A/B entries). K/V tiles of BK keys
+// are gathered from the paged cache with cp.async into a double-buffered shared-memory ring that all NW warps read; S =
+// Q K^T and O += P V run on mma.sync m16n8k16 (fp16/bf16 in, fp32 accumulate) with an online softmax in registers
+// (online_softmax_tile's FX form: the scale folded into one FFMA before ex2.approx.ftz, 2,057 SASS instructions for the
+// bf16 head_dim-128 kernel against 2,196 with exp2f of pre-scaled scores, which kContextConfigs keeps as an A/B entry).
+// Causal mask per row: key <= position of the row's token. Head dims are padded to DP (zeros) in shared memory. Works
+// for any mix of sequences (a decode sequence is a tile with one row).
 // Why 8 warps of one m-tile at head_dim <= 128 (4 before session 11): a K/V tile fetched once feeds twice the rows
 // (the fetch, its block-table lookups and the barriers are per block), and 2 blocks of 8 warps per SM keep twice
 // the warps in flight of 2 blocks of 4 (shared memory allows 2 either way). A warp skips the products of a tile

@@ -16,14 +16,14 @@ inline int next_graph_size(int b) { return b < 256 ? b * 2 : b + 128; }
 inline bool is_graph_size(int M) {
   return M >= 1 && M <= kGraphMaxBatch && (M <= 256 ? (M & (M - 1)) == 0 : M % 128 == 0);
 }
-// The GEMM shapes whose algorithm is timed on first use (gemm_tune on): the rows the runtime meets again and again,
-// the decode graph sizes, and M <= kGemvMaxM (where the gemv competes); other M (prefill and mixed steps, whose
-// tokens and logits rows vary step to step) take cuBLASLt's first heuristic choice. GemmRunner (fp16 / bf16) and
-// QuantGemm (FP8) both follow it. Until session 23 every M <= 256 was timed: each new logits-row count of a mixed
-// step timed the lm_head's algorithms inside that step (8B bf16 2048/128: 15-70 ms a count, e.g. M = 9 69.7 ms,
-// where the call takes about 0.3 ms; H200, 256 requests, alternating: 1,933.9 / 1,936.7 output tok/s against
-// 1,800.0 / 1,794.5 with every M timed; 128/128, 3,000 requests: 17,608.1 against 17,431.0). every_m (TSLLM_GEMM_TUNE=2, A/B only): that rule, every M <= 256 and the
-// multiples of 128 up to 1024.
+// The GEMM shapes whose algorithm is timed on first use (gemm_tune on): the rows the runtime meets again and again, the
+// decode graph sizes, and M <= kGemvMaxM (where the gemv competes); other M (prefill and mixed steps, whose tokens and
+// logits rows vary step to step) take cuBLASLt's first heuristic choice. GemmRunner (fp16 / bf16) and QuantGemm (FP8)
+// both follow it. Until session 23 every M <= 256 was timed: each new logits-row count of a mixed step timed the
+// lm_head's algorithms inside that step (8B bf16 2048/128: 15-70 ms a count, e.g. M = 9 69.7 ms, where the call takes
+// about 0.3 ms; H200, 256 requests, alternating: 1,933.9 / 1,936.7 output tok/s against 1,800.0 / 1,794.5 with every M
+// timed; 128/128, 3,000 requests: 17,608.1 against 17,431.0). every_m (TSLLM_GEMM_TUNE=2, A/B only): that rule, every M
+// <= 256 and the multiples of 128 up to 1024.
 inline bool gemm_tuned_m(int M, bool every_m = false) {
   if (every_m) return M <= 256 || (M % 128 == 0 && M <= 1024);
   return M <= kGemvMaxM || is_graph_size(M);

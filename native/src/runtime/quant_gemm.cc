@@ -417,7 +417,8 @@ std::string QuantGemm::fp8_plan(int M, int N, int K, const void* w, const void* 
     return fail(e);
   int found = 0;
   const float alpha = 1.f, beta = 0.f;
-  const cublasStatus_t st = pick_algo(p, &found, tune && gemm_tuned_m(M, tune_every_m), s, [&](const cublasLtMatmulAlgo_t& algo) {
+  const bool tuned = tune && gemm_tuned_m(M, tune_every_m);
+  const cublasStatus_t st = pick_algo(p, &found, tuned, s, [&](const cublasLtMatmulAlgo_t& algo) {
     return cublasLtMatmul(handle_, p.desc, &alpha, w, p.a, xq, p.b, &beta, acc_, p.d, acc_, p.d, &algo, lt_ws_,
                           lt_ws_bytes_, s) == CUBLAS_STATUS_SUCCESS;  // (acc_: the path's own scratch)
   }, shape_name(M, N, K, "fp32 D"));
