@@ -88,7 +88,7 @@ Tunables resolve_tunables(const tsllm_options& o, const std::string& path) {
   t.fp8_context_fmha = o.fp8_context_fmha;
   t.profile = o.profile;
 
-  // Environment overrides (benchmarking): TSLLM_GEMM_TUNE=0, TSLLM_GEMV=0|1, TSLLM_GEMV_VARIANT=k,
+  // Environment overrides (benchmarking): TSLLM_GEMM_TUNE=0|1|2, TSLLM_GEMV=0|1, TSLLM_GEMV_VARIANT=k,
   // TSLLM_GEMV_PROLOGUE=0|1|2 (2: every pair fused), TSLLM_NORM_PDL=0|1|2, TSLLM_GLU_FUSE=0|1, TSLLM_NORM_TAIL=0|1|2,
   // TSLLM_DECODE_VARIANT=2|3|4, TSLLM_DECODE_MMA_MIN_GQA=r, TSLLM_DECODE_MMA_CFG=c, TSLLM_CONTEXT_CFG=c,
   // TSLLM_PDL=0|1, TSLLM_STRICT_KERNELS=0|1, TSLLM_FP8_CONTEXT_FMHA=0|1 (off, on), TSLLM_PROFILE=1|graph.
