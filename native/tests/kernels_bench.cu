@@ -270,7 +270,7 @@ static void context_table() {
         time_calls(8, [&](int i, cudaStream_t s) { a.call(i, s); }, &g, &st);
         const kd::ContextConfig cc = kd::kContextConfigs[cfg];
         std::printf("%6s %6d %6d %8d %4d %3dx%-2d%s %11.2f %9.1f %9.2f\n", c.dt == DType::F16 ? "f16" : "bf16",
-                    c.nKV, c.B, c.L, cfg, cc.warps, cc.mtiles, cc.fast_exp ? "     " : " exp2f", g, flops / (g * 1e6),
+                    c.nKV, c.B, c.L, cfg, cc.warps, cc.mtiles, cc.fast_exp ? "      " : " exp2f", g, flops / (g * 1e6),
                     gr);
       }
   }

@@ -13,8 +13,10 @@ namespace tsllm {
 // more; steps of 128 keep the padding of a partly full batch small).
 constexpr int kGraphMaxBatch = 1024;
 inline int next_graph_size(int b) { return b < 256 ? b * 2 : b + 128; }
-inline bool is_graph_size(int M) {
-  return M >= 1 && M <= kGraphMaxBatch && (M <= 256 ? (M & (M - 1)) == 0 : M % 128 == 0);
+inline bool is_graph_size(int M) {  // (next_graph_size's sequence: a dozen steps, once per new shape)
+  for (int b = 1; b <= kGraphMaxBatch; b = next_graph_size(b))
+    if (b == M) return true;
+  return false;
 }
 // The GEMM shapes whose algorithm is timed on first use (gemm_tune on): the rows the runtime meets again and again, the
 // decode graph sizes, and M <= kGemvMaxM (where the gemv competes); other M (prefill and mixed steps, whose tokens and

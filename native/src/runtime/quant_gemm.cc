@@ -417,8 +417,7 @@ std::string QuantGemm::fp8_plan(int M, int N, int K, const void* w, const void* 
     return fail(e);
   int found = 0;
   const float alpha = 1.f, beta = 0.f;
-  const bool tuned = tune && gemm_tuned_m(M, tune_every_m);
-  const cublasStatus_t st = pick_algo(p, &found, tuned, s, [&](const cublasLtMatmulAlgo_t& algo) {
+  const cublasStatus_t st = pick_algo(p, &found, tunes(M), s, [&](const cublasLtMatmulAlgo_t& algo) {
     return cublasLtMatmul(handle_, p.desc, &alpha, w, p.a, xq, p.b, &beta, acc_, p.d, acc_, p.d, &algo, lt_ws_,
                           lt_ws_bytes_, s) == CUBLAS_STATUS_SUCCESS;  // (acc_: the path's own scratch)
   }, shape_name(M, N, K, "fp32 D"));
@@ -495,7 +494,7 @@ std::string QuantGemm::fp8_outer_plan(int M, int N, int K, const void* bias_ptr,
   // Timed into scratch (out may be the residual): D = C = tune_out_, beta as the call's.
   const bool scratch = ensure_tune_out(size_t(M) * size_t(N) * 2);
   const float alpha = 1.f, beta = residual ? 1.f : 0.f;
-  const bool tuned = scratch && tune && gemm_tuned_m(M, tune_every_m);
+  const bool tuned = scratch && tunes(M);
   const cublasStatus_t st = pick_algo(p, &found, tuned, s, [&](const cublasLtMatmulAlgo_t& algo) {
     return cublasLtMatmul(handle_, p.desc, &alpha, w, p.a, xq, p.b, &beta, tune_out_, p.d, tune_out_, p.d, &algo,
                           lt_ws_, lt_ws_bytes_, s) == CUBLAS_STATUS_SUCCESS;
@@ -551,7 +550,7 @@ std::string QuantGemm::fp8_gemm(const QuantLinearCall& c, DType dt, cudaStream_t
   const bool outer_ok = fp8_outer && c.act == Act::None && dt != DType::F32;
   bool use_outer = outer_ok && c.M >= kFp8OuterMinM;
   const auto okey = outer_key(c.M, c.N, c.K, c.bias != nullptr, c.residual != nullptr, dt);
-  if (outer_ok && !use_outer && tune && gemm_tuned_m(c.M, tune_every_m)) {
+  if (outer_ok && !use_outer && tunes(c.M)) {
     auto hit = outer_pick_.find(okey);
     if (hit != outer_pick_.end()) {
       use_outer = hit->second;

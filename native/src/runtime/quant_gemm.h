@@ -129,6 +129,7 @@ class QuantGemm {
   std::vector<Tunables::ShapePick> shape_picks;  // TSLLM_QGEMV_PICKS
   bool tune = true;       // tsllm_options.gemm_tune: time the gemv variants per shape (else variant 1)
   bool tune_every_m = false;  // Tunables::gemm_tune_every_m
+  bool tunes(int M) const { return tune && gemm_tuned_m(M, tune_every_m); }  // cuBLASLt algorithms timed at M
   bool pdl = true;        // tsllm_options.pdl
   bool verbose = false;   // profiling on: tuning decisions to stderr
   bool force_pro = false;  // Tunables::prologue_force: every planned rms_norm pair fused
