@@ -137,9 +137,11 @@ std::string GemmRunner::tune(const Key& k, Plan* p, const cublasLtMatmulHeuristi
   if (pick_gemv >= 0 && gemv_mode == 1) n = 0;  // forced
   float top[kSplitKTop];  // the fastest unsplit candidates, for the split-K trials below
   int top_i[kSplitKTop], ntop = 0;
+  float first = -1.f;  // the heuristic's first candidate (what an untuned M runs), for the verbose line
   for (int i = 0; i < n; i++) {
     if (res[i].state != CUBLAS_STATUS_SUCCESS || res[i].workspaceSize > kWorkspaceBytes) continue;
     const float total = time_lt(res[i].algo);
+    if (i == 0) first = total;
     if (total < 0) continue;
     if (total < best) best = total, pick = i, gemv_wins = false;
     int j = ntop < kSplitKTop ? ntop++ : kSplitKTop;  // insertion into the sorted top list
@@ -174,9 +176,10 @@ std::string GemmRunner::tune(const Key& k, Plan* p, const cublasLtMatmulHeuristi
       if (total >= 0 && total < best) best = total, chosen = v, split_k = ks;
     }
   }
-  if (verbose && split_k > 1)
-    std::fprintf(stderr, "tsllm gemm M=%d N=%d K=%d: split-K %u, %.4f ms against %.4f ms unsplit\n", k.M, k.N, k.K,
-                 split_k, best / 5, unsplit / 5);
+  if (verbose && !gemv_wins)  // ms a call; "first" -1 when the heuristic's first candidate did not run
+    std::fprintf(stderr, "tsllm gemm M=%d N=%d K=%d: candidate %d of %d, split-K %u, %.4f ms (unsplit %.4f, "
+                 "first %.4f)\n", k.M, k.N, k.K, pick, n, split_k, best / 5, unsplit / 5,
+                 first >= 0 ? first / 5 : -1.f);
   cudaEventDestroy(a);
   cudaEventDestroy(b);
   cudaGetLastError();

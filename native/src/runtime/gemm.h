@@ -72,7 +72,7 @@ class GemmRunner {
   int norm_variant(const void* x, const void* w, const void* bias, const void* residual, void* out, const void* norm_w,
                    float eps, void* norm_out, int M, int N, int K, cudaDataType_t dt, cudaStream_t s,
                    std::string* why = nullptr);
-  bool verbose = false;  // profiling on: prologue fusion decisions to stderr
+  bool verbose = false;  // profiling on: prologue fusion decisions and tuned cuBLASLt picks to stderr
   bool pdl = true;       // gemv launched with programmatic dependent launch (sm_90+)
   bool strict = false;   // see linear()
   bool force_pro = false;  // Tunables::prologue_force: every planned prologue pair fused
