@@ -85,7 +85,15 @@ interface Launched {
   tokens: number;
   decode: number;
   afterIdle: boolean;
+  heldBy: HeldBy | null;
 }
+
+/**
+ * What kept waiting requests (queued or paused) out of a step when it was planned: the batch was full
+ * (max_batch_size), the step's token budget was spent (max_num_tokens), or the next request's KV blocks were
+ * not there (kv_cache: under guaranteed_no_evict, what every running request could still need is reserved).
+ */
+export type HeldBy = "max_batch_size" | "max_num_tokens" | "kv_cache";
 
 /** One step as the scheduler saw it. */
 export interface StepRecord {
@@ -99,6 +107,8 @@ export interface StepRecord {
   stepMs: number;
   /** Device idle before this step, waiting for the host (0 for the first step after idling). */
   gapMs: number;
+  /** Why requests still waited when the step was planned; null when none did. */
+  heldBy: HeldBy | null;
 }
 
 const DEFAULT_SAMPLING: SamplingOptions = { temperature: 0, topK: 0, topP: 1, seed: 0 };
@@ -117,6 +127,8 @@ export class InflightBatchManager implements BatchManager {
   private running: Req[] = [];
   private paused: Req[] = [];
   private blocksUsed = 0;
+  /** plan()'s answer for the step it planned last (Launched.heldBy). */
+  private heldBy: HeldBy | null = null;
   private wakeUp: (() => void) | null = null;
   private loopDone: Promise<void> | null = null;
   private closing = false;
@@ -419,6 +431,16 @@ export class InflightBatchManager implements BatchManager {
       grow(r, Math.min(context, budget));
     }
     this.s.kvBlocksPeakUsed = Math.max(this.s.kvBlocksPeakUsed, this.blocksUsed);
+    // Admission above stops at a full batch, a spent budget or a request whose blocks do not fit (in that order of
+    // the loop's tests), or when nothing waits.
+    this.heldBy =
+      this.paused.length + this.queue.length === 0
+        ? null
+        : this.running.length >= maxBatchSize
+          ? "max_batch_size"
+          : budget <= 0
+            ? "max_num_tokens"
+            : "kv_cache";
     // One-token sequences (decode tokens) first, each group in plan order: the CUDA runtime runs the leading
     // one-token sequences of a mixed step through its decode attention kernel (StepLayout::num_single).
     const one = (p: Planned) => (p.seq.tokens?.length ?? 1) === 1;
@@ -447,7 +469,7 @@ export class InflightBatchManager implements BatchManager {
       if (n === 1 && seq.startPos >= r.prompt.length) decode++;
       else this.s.promptTokensComputed += n;
     }
-    return { planned, result, t0: performance.now(), tokens, decode, afterIdle };
+    return { planned, result, t0: performance.now(), tokens, decode, afterIdle, heldBy: this.heldBy };
   }
 
   private complete(l: Launched, out: StepOutput | null, error: Error | null): void {
@@ -472,6 +494,7 @@ export class InflightBatchManager implements BatchManager {
       ms: now - l.t0,
       stepMs: out?.stepMs ?? Number.NaN,
       gapMs: l.afterIdle ? 0 : (out?.gapMs ?? 0),
+      heldBy: l.heldBy,
     });
   }
 

@@ -2,7 +2,7 @@
 // trtllm-bench's offline mode, or at most `concurrency` in flight) and reduce the per-request timings to
 // the figures trtllm-bench prints.
 import { performance } from "node:perf_hooks";
-import type { InflightBatchManager, StepRecord } from "./batch-manager.ts";
+import type { HeldBy, InflightBatchManager, StepRecord } from "./batch-manager.ts";
 import type { DatasetEntry } from "./dataset.ts";
 import type { RequestResult } from "./types.ts";
 
@@ -41,6 +41,11 @@ export interface ThroughputReport {
   kv_blocks_peak_used: number;
   kv_peak_use_pct: number;
   preemptions: number;
+  /**
+   * What bounded the batch (issue 11: "say what bounded yours"): the most sequences in one step, and how many
+   * steps were planned while requests waited, by what held them back (batch-manager.ts HeldBy).
+   */
+  admission: { peak_batch: number; waiting_steps: Record<HeldBy, number> };
   finish_reasons: Record<string, number>;
   steps: {
     count: number;
@@ -201,6 +206,8 @@ export function summarize(
     return { steps: xs.length, ms: stepMs(xs), tokens: xs.reduce((a, s) => a + s.tokens, 0) };
   };
   const fullGap = gapOf(full);
+  const waiting: Record<HeldBy, number> = { max_batch_size: 0, max_num_tokens: 0, kv_cache: 0 };
+  for (const st of steps) if (st.heldBy) waiting[st.heldBy]++;
   return {
     num_requests: entries.length,
     total_time_s: seconds,
@@ -220,6 +227,7 @@ export function summarize(
     kv_blocks_peak_used: kv.peakUsed,
     kv_peak_use_pct: (100 * kv.peakUsed) / kv.total,
     preemptions: kv.preemptions,
+    admission: { peak_batch: steps.reduce((a, st) => Math.max(a, st.seqs), 0), waiting_steps: waiting },
     finish_reasons: reasons,
     steps: {
       count: steps.length,
@@ -275,6 +283,9 @@ export function formatReport(r: ThroughputReport, header: string[]): string {
     row("end-to-end latency", r.e2e_ms),
     "-- KV cache and steps",
     `  peak KV use                  ${r.kv_blocks_peak_used} of ${r.kv_blocks_total} blocks (${f(r.kv_peak_use_pct, 1)}%), preemptions ${r.preemptions}`,
+    `  requests held back by        ${(["max_batch_size", "kv_cache", "max_num_tokens"] as const)
+      .map((k) => `${k} ${r.admission.waiting_steps[k]}`)
+      .join(", ")} steps; peak batch ${r.admission.peak_batch}`,
     `  steps                        ${s.count}, mean ${f(s.mean_ms, 3)} ms; decode-only ${s.decode_steps} (mean batch ${f(s.mean_decode_batch, 1)})`,
     `  host gap between steps       ${f(s.mean_host_gap_ms, 3)} ms mean, ${f(s.host_gap_pct, 2)}% of the step loop`,
     `  device time by step kind     ${(["context", "mixed", "decode"] as const)

@@ -4,6 +4,7 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import { generate } from "../../src/executor/generate.ts";
 import { ReferenceExecutor } from "../../src/executor/reference.ts";
+import type { HeldBy } from "../../src/serving/batch-manager.ts";
 import { openBatchManager } from "../../src/serving/open.ts";
 import { type GenerationRequest, RequestRejectedError } from "../../src/serving/types.ts";
 import { buildFixture } from "../fixtures.ts";
@@ -50,11 +51,14 @@ beforeAll(async () => {
 
 async function runAll(o: Parameters<typeof openBatchManager>[1]) {
   const bm = await openBatchManager(dir, { device: "cpu", ...o });
+  const held: Record<HeldBy, number> = { max_batch_size: 0, max_num_tokens: 0, kv_cache: 0 };
+  let quiet = 0; // steps planned while nothing waited
+  bm.onStep = (st) => (st.heldBy ? held[st.heldBy]++ : quiet++);
   const handles = requests.map((r) => bm.submit(r));
   const results = await Promise.all(handles.map((h) => h.done));
   const stats = bm.stats();
   await bm.shutdown();
-  return { results, stats };
+  return { results, stats, held, quiet };
 }
 
 describe("batch manager (CPU reference executor)", () => {
@@ -63,7 +67,7 @@ describe("batch manager (CPU reference executor)", () => {
   });
 
   it("64 mixed requests with chunked context equal each request alone", async () => {
-    const { results, stats } = await runAll({ maxNumTokens: 64, policy: "guaranteed_no_evict" });
+    const { results, stats, held, quiet } = await runAll({ maxNumTokens: 64, policy: "guaranteed_no_evict" });
     results.forEach((r, i) => {
       expect(r.outputIds, `request ${i}`).toEqual(alone[i]);
       expect(r.finishReason).toBe(
@@ -80,6 +84,28 @@ describe("batch manager (CPU reference executor)", () => {
     expect(stats.requestsFinished).toBe(64);
     // Some stop at an eos id while the next (pipelined) step already includes them.
     expect(results.filter((r) => r.finishReason === "stop").length).toBeGreaterThan(0);
+    // 64 requests at once, prompts of up to 200 tokens, 64-token steps: the token budget held requests back, the
+    // KV pool (room for 16 whole sequences, the batch) never did, and the last steps ran with nothing waiting.
+    expect(held.max_num_tokens).toBeGreaterThan(0);
+    expect(held.kv_cache).toBe(0);
+    expect(quiet).toBeGreaterThan(0);
+  });
+
+  it("says what held requests back: a full batch of short requests", async () => {
+    const bm = await openBatchManager(dir, { device: "cpu", maxBatchSize: 4, maxNumTokens: 256 });
+    const held: Record<HeldBy, number> = { max_batch_size: 0, max_num_tokens: 0, kv_cache: 0 };
+    bm.onStep = (st) => st.heldBy && held[st.heldBy]++;
+    const short = Array.from({ length: 12 }, (_, i) => ({
+      promptIds: [i + 1, 2, 3],
+      maxNewTokens: 6,
+      ignoreEos: true,
+    }));
+    const rs = await Promise.all(short.map((r) => bm.submit(r).done));
+    await bm.shutdown();
+    expect(rs.every((r) => r.outputIds.length === 6)).toBe(true);
+    // 12 three-token requests fit any step's 256 tokens and the pool; only the batch of 4 kept 8 of them waiting.
+    expect(held.max_batch_size).toBeGreaterThan(0);
+    expect([held.max_num_tokens, held.kv_cache]).toEqual([0, 0]);
   });
 
   it("without step overlap (each step planned after the previous one's tokens are back) the same", async () => {
@@ -99,13 +125,14 @@ describe("batch manager (CPU reference executor)", () => {
   });
 
   it("guaranteed_no_evict with the same small pool never pauses", async () => {
-    const { results, stats } = await runAll({
+    const { results, stats, held } = await runAll({
       maxNumTokens: 64,
       kvBlocks: 40,
       policy: "guaranteed_no_evict",
     });
     results.forEach((r, i) => expect(r.outputIds, `request ${i}`).toEqual(alone[i]));
     expect(stats.preemptions).toBe(0);
+    expect(held.kv_cache).toBeGreaterThan(0); // 40 blocks of 8 tokens reserve room for a few requests only
     expect(results.every((r) => r.preemptions === 0)).toBe(true);
     expect(stats.kvBlocksPeakUsed).toBeLessThanOrEqual(40);
   });

@@ -2,7 +2,7 @@
 // by trtllm-bench's rule (and numpy's, which tsllm-bench serve uses), summarize's throughputs, latencies
 // and step figures worked out by hand, and the text report line by line. No engine runs here (test/serving/bench-cli.test.ts runs one end to end).
 import { describe, expect, it } from "vitest";
-import type { StepRecord } from "../../src/serving/batch-manager.ts";
+import type { HeldBy, StepRecord } from "../../src/serving/batch-manager.ts";
 import type { DatasetEntry } from "../../src/serving/dataset.ts";
 import { formatReport, percentiles, summarize } from "../../src/serving/throughput.ts";
 import type { FinishReason, RequestResult } from "../../src/serving/types.ts";
@@ -130,6 +130,7 @@ const step = (
   stepMs: number,
   gapMs: number,
   tokens = 0,
+  heldBy: HeldBy | null = null,
 ): StepRecord => ({
   seqs,
   tokens,
@@ -137,6 +138,7 @@ const step = (
   ms,
   stepMs,
   gapMs,
+  heldBy,
 });
 
 /** Three requests, five steps; the figures below are worked out from these by hand. */
@@ -149,11 +151,11 @@ const run = {
   ],
   seconds: 2,
   steps: [
-    step(3, 0, 5, 4, 0, 12), // context
-    step(3, 3, 3, 2, 1, 3), // decode, the largest batch
-    step(2, 2, 3, nan, 0.5, 2), // decode, no device time: its 3 ms on the host count
-    step(3, 3, 2, 2, 0.5, 3), // decode, the largest batch
-    step(2, 1, 2, 2, 0, 4), // mixed: one decode token and a 3-token context chunk
+    step(3, 0, 5, 4, 0, 12, "kv_cache"), // context; a request waited for KV blocks
+    step(3, 3, 3, 2, 1, 3, "max_batch_size"), // decode, the largest batch
+    step(2, 2, 3, nan, 0.5, 2, "max_batch_size"), // decode, no device time: its 3 ms on the host count
+    step(3, 3, 2, 2, 0.5, 3), // decode, the largest batch; nothing waited
+    step(2, 1, 2, 2, 0, 4, "max_num_tokens"), // mixed: one decode token and a 3-token context chunk
   ],
 };
 const kv = { total: 64, peakUsed: 16, preemptions: 2 };
@@ -174,6 +176,10 @@ describe("summarize", () => {
     expect(r.total_token_throughput_tok_s).toBe(9.5);
     expect(r.per_user_output_throughput_tok_s).toBe(125);
     expect(r.finish_reasons).toEqual({ length: 2, stop: 1 });
+    expect(r.admission).toEqual({
+      peak_batch: 3,
+      waiting_steps: { max_batch_size: 2, max_num_tokens: 1, kv_cache: 1 },
+    });
     expect([r.kv_blocks_total, r.kv_blocks_peak_used, r.kv_peak_use_pct, r.preemptions]).toEqual([
       64, 16, 25, 2,
     ]);
@@ -280,6 +286,7 @@ describe("formatReport", () => {
       "  end-to-end latency           mean 19.00  p50 20.00  p90 31.00  p99 31.00",
       "-- KV cache and steps",
       "  peak KV use                  16 of 64 blocks (25.0%), preemptions 2",
+      "  requests held back by        max_batch_size 2, kv_cache 1, max_num_tokens 1 steps; peak batch 3",
       "  steps                        5, mean 2.600 ms; decode-only 3 (mean batch 2.7)",
       "  host gap between steps       0.400 ms mean, 13.33% of the step loop",
       "  device time by step kind     context 1 steps 4.0 ms 12 tok, mixed 1 steps 2.0 ms 4 tok, decode 3 steps 7.0 ms 8 tok",
@@ -306,6 +313,7 @@ describe("formatReport", () => {
       "  end-to-end latency           mean 4.00  p50 4.00  p90 4.00  p99 4.00",
       "-- KV cache and steps",
       "  peak KV use                  0 of 64 blocks (0.0%), preemptions 2",
+      "  requests held back by        max_batch_size 0, kv_cache 0, max_num_tokens 0 steps; peak batch 0",
       "  steps                        0, mean n/a ms; decode-only 0 (mean batch n/a)",
       "  host gap between steps       n/a ms mean, n/a% of the step loop",
       "  device time by step kind     context 0 steps 0.0 ms 0 tok, mixed 0 steps 0.0 ms 0 tok, decode 0 steps 0.0 ms 0 tok",
