@@ -7,7 +7,8 @@
 #   2. the static batch of the same engine in the same run (tsllm-bench latency, batch 256 and 512), and profiles
 #      of one bs-256 and one bs-512 decode step (TSLLM_PROFILE=graph: GEMMs by shape, attention, other) and of
 #      one 8192-token prefill step (TSLLM_PROFILE=1);
-#   3. Llama-2-7B fp16 128/128 through the batch manager, its static batch 256, and batch 1 through the
+#   3. Llama-2-7B fp16 128/128 through the batch manager (max batch 512 and 1024: the summary says what held
+#      requests back, the "say what bounded yours"), its static batch 256, and batch 1 through the
 #      batch manager (--concurrency 1) against tsllm-bench latency --batch-size 1;
 #   4. 8B bf16 128/2048 (N_LONG_OUT requests), 2048/128 (N_LONG_IN) and 2048/2048 (N_LONG) (fewer requests than
 #      the 128/128 run, counts printed; LONG=0 skips them);
@@ -74,6 +75,7 @@ TSLLM_PROFILE=1 ./bin/tsllm-bench.mjs latency "$work/llama31-8b" --batch-size 64
 # 3: Llama-2-7B fp16 128/128, batch 1 through the batch manager vs the latency path
 dataset llama2-7b 128 128 "$n" "$work/l2-128-128.jsonl"
 throughput llama2-7b "$work/l2-128-128.jsonl" "$out/l2-128-128.json" --max-batch-size 512
+throughput llama2-7b "$work/l2-128-128.jsonl" "$out/l2-128-128-bs1024.json" --max-batch-size 1024
 dataset llama2-7b 128 128 12 "$work/l2-bs1.jsonl"
 throughput llama2-7b "$work/l2-bs1.jsonl" "$out/l2-bs1.json" --concurrency 1 --warmup 2
 stamp "static batch llama2-7b"
@@ -99,7 +101,7 @@ const fs = require("node:fs");
 const dir = process.argv[2];
 const read = (f) => { try { return JSON.parse(fs.readFileSync(`${dir}/${f}`, "utf8")); } catch { return null; } };
 const f1 = (x) => (typeof x === "number" ? x.toFixed(1) : "n/a");
-const line = (name, r) => r && console.log(`${name.padEnd(34)} ${f1(r.output_throughput_tok_s)} output tok/s, ${r.num_requests} requests, TTFT p50 ${f1(r.ttft_ms.p50)} ms p99 ${f1(r.ttft_ms.p99)}, TPOT p50 ${r.tpot_ms.p50.toFixed(2)} ms p99 ${r.tpot_ms.p99.toFixed(2)}, peak KV ${f1(r.kv_blocks_peak_used)}/${r.kv_blocks_total} blocks, host gap ${r.steps.host_gap_pct.toFixed(2)}% (full batch ${r.steps.full_batch.batch}: ${r.steps.full_batch.mean_step_ms.toFixed(2)} ms/step, gap ${r.steps.full_batch.host_gap_pct.toFixed(2)}%)`);
+const line = (name, r) => r && console.log(`${name.padEnd(34)} ${f1(r.output_throughput_tok_s)} output tok/s, ${r.num_requests} requests, TTFT p50 ${f1(r.ttft_ms.p50)} ms p99 ${f1(r.ttft_ms.p99)}, TPOT p50 ${r.tpot_ms.p50.toFixed(2)} ms p99 ${r.tpot_ms.p99.toFixed(2)}, peak KV ${f1(r.kv_blocks_peak_used)}/${r.kv_blocks_total} blocks, host gap ${r.steps.host_gap_pct.toFixed(2)}% (full batch ${r.steps.full_batch.batch}: ${r.steps.full_batch.mean_step_ms.toFixed(2)} ms/step, gap ${r.steps.full_batch.host_gap_pct.toFixed(2)}%), requests held back by ${Object.entries(r.admission.waiting_steps).map(([k, v]) => `${k} ${v}`).join(", ")} steps, peak batch ${r.admission.peak_batch}`);
 const best = (s) => s && s.results.reduce((a, b) => (b.output_tok_s > a.output_tok_s ? b : a));
 const l31 = [read("l31-128-128.json"), read("l31-128-128-bs1024.json")].filter(Boolean);
 l31.forEach((r, i) => line(`8B bf16 128/128 bm (bs ${r.limits.maxBatchSize})`, r));
@@ -113,8 +115,8 @@ if (torch) console.log(`torch peer: ${JSON.stringify(torch)}`);
 const ttok = torch && torch.out_tok_s;
 if (bm31 && ttok) console.log(`batch manager / torch peer: ${(bm31.output_throughput_tok_s / ttok).toFixed(3)}x`);
 line("8B FP8 128/128 bm (bs 1024)", read("l31fp8-128-128.json"));
-const l2 = read("l2-128-128.json");
-line("7B fp16 128/128 bm", l2);
+line("7B fp16 128/128 bm (bs 512)", read("l2-128-128.json"));
+line("7B fp16 128/128 bm (bs 1024)", read("l2-128-128-bs1024.json"));
 const s2 = read("l2-static.json");
 const s2b = best(s2);
 if (s2b) console.log(`7B fp16 static batch ${s2b.batch}: ${f1(s2b.output_tok_s)} output tok/s`);
