@@ -85,6 +85,7 @@ interface Launched {
   tokens: number;
   decode: number;
   afterIdle: boolean;
+  waiting: number;
   heldBy: HeldBy | null;
 }
 
@@ -107,7 +108,8 @@ export interface StepRecord {
   stepMs: number;
   /** Device idle before this step, waiting for the host (0 for the first step after idling). */
   gapMs: number;
-  /** Why requests still waited when the step was planned; null when none did. */
+  /** Requests queued or paused when the step was planned, and why they were not in it (null when none waited). */
+  waiting: number;
   heldBy: HeldBy | null;
 }
 
@@ -127,7 +129,8 @@ export class InflightBatchManager implements BatchManager {
   private running: Req[] = [];
   private paused: Req[] = [];
   private blocksUsed = 0;
-  /** plan()'s answer for the step it planned last (Launched.heldBy). */
+  /** plan()'s account of the step it planned last (Launched.waiting / heldBy). */
+  private waitingNow = 0;
   private heldBy: HeldBy | null = null;
   private wakeUp: (() => void) | null = null;
   private loopDone: Promise<void> | null = null;
@@ -433,8 +436,9 @@ export class InflightBatchManager implements BatchManager {
     this.s.kvBlocksPeakUsed = Math.max(this.s.kvBlocksPeakUsed, this.blocksUsed);
     // Admission above stops at a full batch, a spent budget or a request whose blocks do not fit (in that order of
     // the loop's tests), or when nothing waits.
+    this.waitingNow = this.paused.length + this.queue.length;
     this.heldBy =
-      this.paused.length + this.queue.length === 0
+      this.waitingNow === 0
         ? null
         : this.running.length >= maxBatchSize
           ? "max_batch_size"
@@ -469,7 +473,16 @@ export class InflightBatchManager implements BatchManager {
       if (n === 1 && seq.startPos >= r.prompt.length) decode++;
       else this.s.promptTokensComputed += n;
     }
-    return { planned, result, t0: performance.now(), tokens, decode, afterIdle, heldBy: this.heldBy };
+    return {
+      planned,
+      result,
+      t0: performance.now(),
+      tokens,
+      decode,
+      afterIdle,
+      waiting: this.waitingNow,
+      heldBy: this.heldBy,
+    };
   }
 
   private complete(l: Launched, out: StepOutput | null, error: Error | null): void {
@@ -494,6 +507,7 @@ export class InflightBatchManager implements BatchManager {
       ms: now - l.t0,
       stepMs: out?.stepMs ?? Number.NaN,
       gapMs: l.afterIdle ? 0 : (out?.gapMs ?? 0),
+      waiting: l.waiting,
       heldBy: l.heldBy,
     });
   }

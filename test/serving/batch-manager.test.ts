@@ -53,12 +53,17 @@ async function runAll(o: Parameters<typeof openBatchManager>[1]) {
   const bm = await openBatchManager(dir, { device: "cpu", ...o });
   const held: Record<HeldBy, number> = { max_batch_size: 0, max_num_tokens: 0, kv_cache: 0 };
   let quiet = 0; // steps planned while nothing waited
-  bm.onStep = (st) => (st.heldBy ? held[st.heldBy]++ : quiet++);
+  let wrong = 0; // steps that name a reason with nothing waiting, or none while requests waited
+  bm.onStep = (st) => {
+    if ((st.heldBy === null) !== (st.waiting === 0)) wrong++;
+    if (st.heldBy) held[st.heldBy]++;
+    else quiet++;
+  };
   const handles = requests.map((r) => bm.submit(r));
   const results = await Promise.all(handles.map((h) => h.done));
   const stats = bm.stats();
   await bm.shutdown();
-  return { results, stats, held, quiet };
+  return { results, stats, held, quiet, wrong };
 }
 
 describe("batch manager (CPU reference executor)", () => {
@@ -67,7 +72,10 @@ describe("batch manager (CPU reference executor)", () => {
   });
 
   it("64 mixed requests with chunked context equal each request alone", async () => {
-    const { results, stats, held, quiet } = await runAll({ maxNumTokens: 64, policy: "guaranteed_no_evict" });
+    const { results, stats, held, quiet, wrong } = await runAll({
+      maxNumTokens: 64,
+      policy: "guaranteed_no_evict",
+    });
     results.forEach((r, i) => {
       expect(r.outputIds, `request ${i}`).toEqual(alone[i]);
       expect(r.finishReason).toBe(
@@ -89,6 +97,7 @@ describe("batch manager (CPU reference executor)", () => {
     expect(held.max_num_tokens).toBeGreaterThan(0);
     expect(held.kv_cache).toBe(0);
     expect(quiet).toBeGreaterThan(0);
+    expect(wrong).toBe(0);
   });
 
   it("says what held requests back: a full batch of short requests", async () => {
@@ -116,16 +125,23 @@ describe("batch manager (CPU reference executor)", () => {
   });
 
   it("max_utilization with a small KV pool pauses, resumes by recomputation and still equals alone", async () => {
-    const { results, stats } = await runAll({ maxNumTokens: 64, kvBlocks: 40, policy: "max_utilization" });
+    const { results, stats, held, wrong } = await runAll({
+      maxNumTokens: 64,
+      kvBlocks: 40,
+      policy: "max_utilization",
+    });
     results.forEach((r, i) => expect(r.outputIds, `request ${i}`).toEqual(alone[i]));
     expect(stats.preemptions).toBeGreaterThan(0);
+    // Paused requests wait for blocks like queued ones (also once the queue is empty): every step says so.
+    expect(held.kv_cache).toBeGreaterThan(0);
+    expect(wrong).toBe(0);
     expect(results.some((r) => r.preemptions > 0)).toBe(true);
     expect(stats.kvBlocksPeakUsed).toBeLessThanOrEqual(40);
     expect(stats.kvBlocksFree).toBe(40);
   });
 
   it("guaranteed_no_evict with the same small pool never pauses", async () => {
-    const { results, stats, held } = await runAll({
+    const { results, stats, held, wrong } = await runAll({
       maxNumTokens: 64,
       kvBlocks: 40,
       policy: "guaranteed_no_evict",
@@ -133,8 +149,33 @@ describe("batch manager (CPU reference executor)", () => {
     results.forEach((r, i) => expect(r.outputIds, `request ${i}`).toEqual(alone[i]));
     expect(stats.preemptions).toBe(0);
     expect(held.kv_cache).toBeGreaterThan(0); // 40 blocks of 8 tokens reserve room for a few requests only
+    expect(wrong).toBe(0);
     expect(results.every((r) => r.preemptions === 0)).toBe(true);
     expect(stats.kvBlocksPeakUsed).toBeLessThanOrEqual(40);
+  });
+
+  it("paused requests count as waiting once the queue is empty", async () => {
+    // 4 requests of 8 + 40 tokens (6 blocks each) in a 12-block pool: all are admitted at once, then the newest
+    // are paused as the others grow, while nothing is queued any more.
+    const bm = await openBatchManager(dir, { device: "cpu", kvBlocks: 12, policy: "max_utilization" });
+    let pausedAlone = 0; // steps planned while only paused requests waited (the queue already empty)
+    let wrong = 0;
+    bm.onStep = (st) => {
+      if ((st.heldBy === null) !== (st.waiting === 0)) wrong++;
+      if (bm.stats().queued === 0 && st.waiting > 0 && st.heldBy === "kv_cache") pausedAlone++;
+    };
+    const four = Array.from({ length: 4 }, (_, i) => ({
+      promptIds: Array.from({ length: 8 }, (_, k) => 10 * i + k + 1),
+      maxNewTokens: 40,
+      ignoreEos: true,
+    }));
+    const rs = await Promise.all(four.map((r) => bm.submit(r).done));
+    const stats = bm.stats();
+    await bm.shutdown();
+    expect(rs.every((r) => r.outputIds.length === 40)).toBe(true);
+    expect(stats.preemptions).toBeGreaterThan(0);
+    expect(pausedAlone).toBeGreaterThan(0);
+    expect(wrong).toBe(0);
   });
 
   it("cancelling half of 32 running requests frees all their blocks", async () => {

@@ -138,6 +138,7 @@ const step = (
   ms,
   stepMs,
   gapMs,
+  waiting: heldBy ? 1 : 0,
   heldBy,
 });
 
@@ -151,7 +152,7 @@ const run = {
   ],
   seconds: 2,
   steps: [
-    step(3, 0, 5, 4, 0, 12, "kv_cache"), // context; a request waited for KV blocks
+    step(4, 0, 5, 4, 0, 12, "kv_cache"), // context, the most sequences; a request waited for KV blocks
     step(3, 3, 3, 2, 1, 3, "max_batch_size"), // decode, the largest batch
     step(2, 2, 3, nan, 0.5, 2, "max_batch_size"), // decode, no device time: its 3 ms on the host count
     step(3, 3, 2, 2, 0.5, 3), // decode, the largest batch; nothing waited
@@ -177,7 +178,7 @@ describe("summarize", () => {
     expect(r.per_user_output_throughput_tok_s).toBe(125);
     expect(r.finish_reasons).toEqual({ length: 2, stop: 1 });
     expect(r.admission).toEqual({
-      peak_batch: 3,
+      peak_batch: 4,
       waiting_steps: { max_batch_size: 2, max_num_tokens: 1, kv_cache: 1 },
     });
     expect([r.kv_blocks_total, r.kv_blocks_peak_used, r.kv_peak_use_pct, r.preemptions]).toEqual([
@@ -286,7 +287,7 @@ describe("formatReport", () => {
       "  end-to-end latency           mean 19.00  p50 20.00  p90 31.00  p99 31.00",
       "-- KV cache and steps",
       "  peak KV use                  16 of 64 blocks (25.0%), preemptions 2",
-      "  requests held back by        max_batch_size 2, kv_cache 1, max_num_tokens 1 steps; peak batch 3",
+      "  requests held back by        max_batch_size 2, kv_cache 1, max_num_tokens 1 steps; peak batch 4",
       "  steps                        5, mean 2.600 ms; decode-only 3 (mean batch 2.7)",
       "  host gap between steps       0.400 ms mean, 13.33% of the step loop",
       "  device time by step kind     context 1 steps 4.0 ms 12 tok, mixed 1 steps 2.0 ms 4 tok, decode 3 steps 7.0 ms 8 tok",
