@@ -6,7 +6,9 @@
 #     TSLLM_GEMM_TUNE=2
 # A setting that holds TSLLM_PROFILE=1 prints the per-op table of the run too (events around every node, graphs
 # off: the figures of that run are not throughput figures), e.g. "TSLLM_PROFILE=1": session 23 run 3 found the
-# lm_head timed inside mixed steps that way. CONFIG / DTYPE / QUANT pick another config, dtype or --quant kind.
+# lm_head timed inside mixed steps that way. Words of a setting that are not NAME=value go to tsllm-bench
+# throughput, e.g. "--max-batch-size 2048 --max-num-tokens 4096" (session 24 run 1's grid of runtime limits).
+# CONFIG / DTYPE / QUANT pick another config, dtype or --quant kind.
 set -uo pipefail
 shared=$1 isl=$2 osl=$3 n=$4
 shift 4
@@ -21,8 +23,16 @@ f=()
   --input-stdev 0 --output-stdev 0 --output "$work/d.jsonl" || exit 1
 for setting in "$@"; do
   echo "== $isl/$osl, $n requests: ${setting}"
-  if [ "$setting" = - ]; then envs=(); else read -r -a envs <<<"$setting"; fi
+  # Words of a setting: NAME=value go to the environment, the rest (runtime limits such as --max-num-tokens 2048,
+  # after the default --max-batch-size 1024, so a later one wins) to tsllm-bench throughput.
+  envs=() args=()
+  if [ "$setting" != - ]; then
+    read -r -a words <<<"$setting"
+    for w in "${words[@]}"; do
+      if [[ $w == [A-Za-z_]*=* ]]; then envs+=("$w"); else args+=("$w"); fi
+    done
+  fi
   env "${envs[@]}" ./bin/tsllm-bench.mjs throughput "$work/e" --dataset "$work/d.jsonl" --device cuda --warmup 8 \
-    --max-batch-size 1024 2>&1 | grep -E "output throughput|time to first|step kind|rror|tsllm profile|  [a-z_].* calls " |
-    head -40
+    --max-batch-size 1024 "${args[@]}" 2>&1 |
+    grep -E "output throughput|time to first|step kind|held back|rror|tsllm profile|  [a-z_].* calls " | head -40
 done
