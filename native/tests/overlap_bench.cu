@@ -25,15 +25,6 @@
 
 using namespace tsllm;
 
-#define LT(x)                                                                          \
-  do {                                                                                 \
-    cublasStatus_t s_ = (x);                                                           \
-    if (s_ != CUBLAS_STATUS_SUCCESS) {                                                 \
-      std::printf("FAIL cublasLt status %d at %s:%d: %s\n", int(s_), __FILE__, __LINE__, #x); \
-      std::exit(2);                                                                    \
-    }                                                                                  \
-  } while (0)
-
 namespace {
 
 constexpr size_t kWs = size_t(32) << 20;
@@ -185,7 +176,8 @@ void bench(int B, Gemms& gm, size_t l2_defeat, int sms) {
     hb.call(l, s1);
     gm.layer(B / 2, 0, 0, s1);
   });
-  const double flop = 2.0 * B * ((6144.0 + 4096 + 28672) * 4096 + 4096.0 * 14336);
+  double flop = 0;
+  for (const Linear& L : kLinears) flop += 2.0 * B * L.N * L.K;
   std::printf("B %d, context 145, us per layer: attention %.1f, linears %.1f (%.0f TFLOP/s), one stream %.1f; halves "
               "(B/2): attention %.1f, linears %.1f, both halves on one stream %.1f\n",
               B, attn, lin, flop / (lin * 1e6), serial, attn_h, lin_h, halves);

@@ -1,4 +1,5 @@
-// What kernels_test, kernels_bench and gemv_bench share: the CUDA error check and the timing of a run of calls.
+// What kernels_test, kernels_bench, gemv_bench and overlap_bench share: the CUDA (and cuBLASLt) error checks and
+// the timing of a run of calls.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -16,6 +17,15 @@
       std::printf("FAIL cuda error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__, __LINE__, #x); \
       std::exit(2);                                                                                       \
     }                                                                                                     \
+  } while (0)
+// The same for a cuBLASLt call (needs <cublasLt.h> where it is used).
+#define LT(x)                                                                                        \
+  do {                                                                                               \
+    cublasStatus_t s_ = (x);                                                                         \
+    if (s_ != CUBLAS_STATUS_SUCCESS) {                                                               \
+      std::printf("FAIL cublasLt status %d at %s:%d: %s\n", int(s_), __FILE__, __LINE__, #x);       \
+      std::exit(2);                                                                                  \
+    }                                                                                                \
   } while (0)
 
 // Median over `reps` runs of enqueue(s) of the milliseconds between events recorded around it on s.

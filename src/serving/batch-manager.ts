@@ -85,6 +85,11 @@ interface Launched {
   tokens: number;
   decode: number;
   afterIdle: boolean;
+  held: Held;
+}
+
+/** Requests queued or paused when a step was planned, and why they were not in it (null when none waited). */
+export interface Held {
   waiting: number;
   heldBy: HeldBy | null;
 }
@@ -96,8 +101,8 @@ interface Launched {
  */
 export type HeldBy = "max_batch_size" | "max_num_tokens" | "kv_cache";
 
-/** One step as the scheduler saw it. */
-export interface StepRecord {
+/** One step as the scheduler saw it (Held: what waited when it was planned). */
+export interface StepRecord extends Held {
   seqs: number;
   tokens: number;
   /** Sequences that decoded one token (the rest read context). */
@@ -108,9 +113,6 @@ export interface StepRecord {
   stepMs: number;
   /** Device idle before this step, waiting for the host (0 for the first step after idling). */
   gapMs: number;
-  /** Requests queued or paused when the step was planned, and why they were not in it (null when none waited). */
-  waiting: number;
-  heldBy: HeldBy | null;
 }
 
 const DEFAULT_SAMPLING: SamplingOptions = { temperature: 0, topK: 0, topP: 1, seed: 0 };
@@ -129,9 +131,6 @@ export class InflightBatchManager implements BatchManager {
   private running: Req[] = [];
   private paused: Req[] = [];
   private blocksUsed = 0;
-  /** plan()'s account of the step it planned last (Launched.waiting / heldBy). */
-  private waitingNow = 0;
-  private heldBy: HeldBy | null = null;
   private wakeUp: (() => void) | null = null;
   private loopDone: Promise<void> | null = null;
   private closing = false;
@@ -356,7 +355,7 @@ export class InflightBatchManager implements BatchManager {
     return r.prompt.length + r.out.length + r.spec - r.computed;
   }
 
-  private plan(): Planned[] {
+  private plan(): { planned: Planned[]; held: Held } {
     const { maxNumTokens, maxBatchSize, kvBlocksTotal } = this.limits;
     let budget = maxNumTokens;
     const planned: Planned[] = [];
@@ -436,9 +435,9 @@ export class InflightBatchManager implements BatchManager {
     this.s.kvBlocksPeakUsed = Math.max(this.s.kvBlocksPeakUsed, this.blocksUsed);
     // Admission above stops at a full batch, a spent budget or a request whose blocks do not fit (in that order of
     // the loop's tests), or when nothing waits.
-    this.waitingNow = this.paused.length + this.queue.length;
-    this.heldBy =
-      this.waitingNow === 0
+    const waiting = this.paused.length + this.queue.length;
+    const heldBy =
+      waiting === 0
         ? null
         : this.running.length >= maxBatchSize
           ? "max_batch_size"
@@ -448,14 +447,17 @@ export class InflightBatchManager implements BatchManager {
     // One-token sequences (decode tokens) first, each group in plan order: the CUDA runtime runs the leading
     // one-token sequences of a mixed step through its decode attention kernel (StepLayout::num_single).
     const one = (p: Planned) => (p.seq.tokens?.length ?? 1) === 1;
-    return [...planned.filter(one), ...planned.filter((p) => !one(p))];
+    return {
+      planned: [...planned.filter(one), ...planned.filter((p) => !one(p))],
+      held: { waiting, heldBy },
+    };
   }
 
   private waiting(): number {
     return this.queue.length + this.running.length + this.paused.length;
   }
 
-  private launch(planned: Planned[], afterIdle: boolean): Launched {
+  private launch(planned: Planned[], held: Held, afterIdle: boolean): Launched {
     const seqs = planned.map((p) => p.seq);
     let result: Promise<StepOutput>;
     try {
@@ -473,16 +475,7 @@ export class InflightBatchManager implements BatchManager {
       if (n === 1 && seq.startPos >= r.prompt.length) decode++;
       else this.s.promptTokensComputed += n;
     }
-    return {
-      planned,
-      result,
-      t0: performance.now(),
-      tokens,
-      decode,
-      afterIdle,
-      waiting: this.waitingNow,
-      heldBy: this.heldBy,
-    };
+    return { planned, result, t0: performance.now(), tokens, decode, afterIdle, held };
   }
 
   private complete(l: Launched, out: StepOutput | null, error: Error | null): void {
@@ -507,8 +500,7 @@ export class InflightBatchManager implements BatchManager {
       ms: now - l.t0,
       stepMs: out?.stepMs ?? Number.NaN,
       gapMs: l.afterIdle ? 0 : (out?.gapMs ?? 0),
-      waiting: l.waiting,
-      heldBy: l.heldBy,
+      ...l.held,
     });
   }
 
@@ -517,9 +509,9 @@ export class InflightBatchManager implements BatchManager {
     let afterIdle = true;
     for (;;) {
       if (launched.length < this.depth) {
-        const planned = this.plan();
+        const { planned, held } = this.plan();
         if (planned.length) {
-          launched.push(this.launch(planned, afterIdle));
+          launched.push(this.launch(planned, held, afterIdle));
           afterIdle = false;
           if (launched.length < this.depth) continue; // plan the next step while this one runs
         }

@@ -4,7 +4,7 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import { generate } from "../../src/executor/generate.ts";
 import { ReferenceExecutor } from "../../src/executor/reference.ts";
-import type { HeldBy } from "../../src/serving/batch-manager.ts";
+import type { HeldBy, InflightBatchManager } from "../../src/serving/batch-manager.ts";
 import { openBatchManager } from "../../src/serving/open.ts";
 import { type GenerationRequest, RequestRejectedError } from "../../src/serving/types.ts";
 import { buildFixture } from "../fixtures.ts";
@@ -49,21 +49,35 @@ beforeAll(async () => {
   ex.close();
 });
 
+/**
+ * Counts bm's steps by what held requests back (held), those planned while nothing waited (quiet), those that name a
+ * reason with nothing waiting or none while requests waited (wrong), and those planned while only paused requests
+ * waited for blocks, the queue already empty (pausedAlone).
+ */
+function watchSteps(bm: InflightBatchManager) {
+  const w = {
+    held: { max_batch_size: 0, max_num_tokens: 0, kv_cache: 0 } as Record<HeldBy, number>,
+    quiet: 0,
+    wrong: 0,
+    pausedAlone: 0,
+  };
+  bm.onStep = (st) => {
+    if ((st.heldBy === null) !== (st.waiting === 0)) w.wrong++;
+    if (st.heldBy) w.held[st.heldBy]++;
+    else w.quiet++;
+    if (bm.stats().queued === 0 && st.waiting > 0 && st.heldBy === "kv_cache") w.pausedAlone++;
+  };
+  return w;
+}
+
 async function runAll(o: Parameters<typeof openBatchManager>[1]) {
   const bm = await openBatchManager(dir, { device: "cpu", ...o });
-  const held: Record<HeldBy, number> = { max_batch_size: 0, max_num_tokens: 0, kv_cache: 0 };
-  let quiet = 0; // steps planned while nothing waited
-  let wrong = 0; // steps that name a reason with nothing waiting, or none while requests waited
-  bm.onStep = (st) => {
-    if ((st.heldBy === null) !== (st.waiting === 0)) wrong++;
-    if (st.heldBy) held[st.heldBy]++;
-    else quiet++;
-  };
+  const w = watchSteps(bm);
   const handles = requests.map((r) => bm.submit(r));
   const results = await Promise.all(handles.map((h) => h.done));
   const stats = bm.stats();
   await bm.shutdown();
-  return { results, stats, held, quiet, wrong };
+  return { results, stats, ...w };
 }
 
 describe("batch manager (CPU reference executor)", () => {
@@ -102,8 +116,7 @@ describe("batch manager (CPU reference executor)", () => {
 
   it("says what held requests back: a full batch of short requests", async () => {
     const bm = await openBatchManager(dir, { device: "cpu", maxBatchSize: 4, maxNumTokens: 256 });
-    const held: Record<HeldBy, number> = { max_batch_size: 0, max_num_tokens: 0, kv_cache: 0 };
-    bm.onStep = (st) => st.heldBy && held[st.heldBy]++;
+    const { held } = watchSteps(bm);
     const short = Array.from({ length: 12 }, (_, i) => ({
       promptIds: [i + 1, 2, 3],
       maxNewTokens: 6,
@@ -158,12 +171,7 @@ describe("batch manager (CPU reference executor)", () => {
     // 4 requests of 8 + 40 tokens (6 blocks each) in a 12-block pool: all are admitted at once, then the newest
     // are paused as the others grow, while nothing is queued any more.
     const bm = await openBatchManager(dir, { device: "cpu", kvBlocks: 12, policy: "max_utilization" });
-    let pausedAlone = 0; // steps planned while only paused requests waited (the queue already empty)
-    let wrong = 0;
-    bm.onStep = (st) => {
-      if ((st.heldBy === null) !== (st.waiting === 0)) wrong++;
-      if (bm.stats().queued === 0 && st.waiting > 0 && st.heldBy === "kv_cache") pausedAlone++;
-    };
+    const w = watchSteps(bm);
     const four = Array.from({ length: 4 }, (_, i) => ({
       promptIds: Array.from({ length: 8 }, (_, k) => 10 * i + k + 1),
       maxNewTokens: 40,
@@ -174,8 +182,8 @@ describe("batch manager (CPU reference executor)", () => {
     await bm.shutdown();
     expect(rs.every((r) => r.outputIds.length === 40)).toBe(true);
     expect(stats.preemptions).toBeGreaterThan(0);
-    expect(pausedAlone).toBeGreaterThan(0);
-    expect(wrong).toBe(0);
+    expect(w.pausedAlone).toBeGreaterThan(0);
+    expect(w.wrong).toBe(0);
   });
 
   it("cancelling half of 32 running requests frees all their blocks", async () => {
