@@ -102,13 +102,12 @@ describe("quantised engines on the GPU", () => {
           : c.extra.quant === "fp8"
             ? [{ TSLLM_QGEMV_VARIANT: "8", TSLLM_QGEMV_PROLOGUE: "1" }]
             : [];
-      // TSLLM_QGLU=1 (the gated_act in the int8 / int4 gate_up gemv's epilogue, on by default where its tuner picks
-      // it): with variant 7 forced, every decode gate_up of Llama runs quant_gemv_glu and its gated_act launches
-      // nothing.
-      const glu =
-        (c.extra.quant === "int8-wo" || c.extra.quant === "int4-wo") && c.which === "llama"
-          ? [{ TSLLM_QGLU: "1", TSLLM_QGEMV_VARIANT: "7" }]
-          : [];
+      // TSLLM_QGLU=1 (the gated_act in the FP8 / int8 / int4 gate_up gemv's epilogue, on by default where its tuner
+      // picks it): with variant 7 (int8 / int4) or 1 (FP8) forced, every decode gate_up of Llama runs quant_gemv_glu
+      // and its gated_act launches nothing.
+      const gluVariants: Record<string, string> = { "int8-wo": "7", "int4-wo": "7", fp8: "1" };
+      const gluVariant = gluVariants[c.extra.quant ?? ""];
+      const glu = gluVariant && c.which === "llama" ? [{ TSLLM_QGLU: "1", TSLLM_QGEMV_VARIANT: gluVariant }] : [];
       const kvFp8 = c.extra.kvCacheDtype === "fp8";
       const fp8Engine = kvFp8 && c.extra.quant === "fp8";
       const fmhaOn = { TSLLM_FP8_CONTEXT_FMHA: "1", TSLLM_STRICT_KERNELS: "1" };

@@ -145,9 +145,13 @@ struct WFp8 {
 // lanes, times the warps splitting K). An inactive warp (n0 >= N) loads nothing. ROW_PTRS (the 4-warp kernel, one
 // row group per warp): the rows' pointers are kept, rows past N read row N - 1 (their sums are never stored);
 // otherwise (the big-block kernels, which move to the next row group) each load computes its address from the
-// row index and rows past N load zeros — fewer registers live across the loop.
-template <class F, int UN, int ROWS, int STEP, bool ROW_PTRS = true>
+// row index and rows past N load zeros — fewer registers live across the loop. GLU (with ROW_PTRS false: the FP8
+// gemv's gated_act epilogue, quant_gemv.cu) the first ROWS / 2 rows are gate rows n0.. of a [2N, K] gate|up weight,
+// the rest the up rows N + n0.. under them; N and n0 count output rows.
+template <class F, int UN, int ROWS, int STEP, bool ROW_PTRS = true, bool GLU = false>
 struct WeightStream {
+  static_assert(!GLU || (!ROW_PTRS && ROWS % 2 == 0), "GLU streams: computed addresses, gate and up rows in pairs");
+  static constexpr bool kGlu = GLU;
   using U = typename F::Unit;
   uint4 wv[UN][ROWS];
   const U* row[ROW_PTRS ? ROWS : 1];
@@ -192,11 +196,14 @@ struct WeightStream {
 #pragma unroll
       for (int r = 0; r < ROWS; r++) {
         constexpr size_t kChunk = 16 / sizeof(U);
-        if constexpr (ROW_PTRS)
+        if constexpr (ROW_PTRS) {
           wv[u][r] = active && c < chunks ? ld_stream(row[r] + size_t(c) * kChunk) : make_uint4(0, 0, 0, 0);
-        else
-          wv[u][r] = n0 + r < N && c < chunks ? ld_stream(base + size_t(n0 + r) * units + size_t(c) * kChunk)
-                                              : make_uint4(0, 0, 0, 0);
+        } else {
+          constexpr int kOut = GLU ? ROWS / 2 : ROWS;  // output rows: r's is n0 + r % kOut
+          const int o = n0 + r % kOut;
+          const size_t wr = GLU && r >= kOut ? size_t(N) + o : size_t(o);  // its weight row
+          wv[u][r] = o < N && c < chunks ? ld_stream(base + wr * units + size_t(c) * kChunk) : make_uint4(0, 0, 0, 0);
+        }
       }
     }
   }
@@ -451,6 +458,18 @@ __device__ __forceinline__ void warp_sums(float (&acc)[ROWS][M]) {
     for (int m = 0; m < M; m++) acc[r][m] = warp_sum(acc[r][m]);
 }
 
+// GLU rows (WeightStream GLU): lane r*M+m, r < ROWS / 2, stores output (m, n0+r) from its gate and up sums:
+// st(acc[r][m], acc[ROWS / 2 + r][m], m, n).
+template <int ROWS, int M, class Store>
+__device__ __forceinline__ void store_rows_glu(const float (&acc)[ROWS][M], int n0, int N, int lane, Store&& st) {
+  constexpr int H = ROWS / 2;
+#pragma unroll
+  for (int r = 0; r < H; r++)
+#pragma unroll
+    for (int m = 0; m < M; m++)
+      if (lane == r * M + m && n0 + r < N) st(acc[r][m], acc[H + r][m], m, n0 + r);
+}
+
 // Lane r*M+m stores output (m, n0+r): st(acc[r][m], m, n).
 template <int ROWS, int M, class Store>
 __device__ __forceinline__ void store_rows(const float (&acc)[ROWS][M], int n0, int N, int lane, Store&& st) {
@@ -474,12 +493,13 @@ __device__ __forceinline__ void store_out(float v, const T* bias, const T* res, 
 // The big-block kernels' loop over row groups: group g = blockIdx.x, + gridDim.x, ...; each warp takes ROWS rows
 // of its group. ws holds the first group's rows with their first chunks in flight; the weights (format F, unscaled
 // in the dot) meet the vector staged by the block: xs(c, j, m, xf) writes row m's F::kStep values under weights
-// kStep·j.. of chunk c as floats. st stores as store_rows; the next group's first loads go out right after a
-// group's last chunk.
+// kStep·j.. of chunk c as floats. st stores as store_rows (a GLU stream: store_rows_glu, N its output rows); the
+// next group's first loads go out right after a group's last chunk.
 template <class F, int WARPS, int ROWS, int M, class WS, class X, class Store>
 __device__ __forceinline__ void row_groups(WS& ws, const typename WS::U* w, int K, int N, X&& xs, Store&& st) {
+  constexpr int RO = WS::kGlu ? ROWS / 2 : ROWS;  // output rows a warp
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int groups = (N + WARPS * ROWS - 1) / (WARPS * ROWS);
+  const int groups = (N + WARPS * RO - 1) / (WARPS * RO);
   float none[ROWS];  // (no per-weight scale)
   int g = blockIdx.x;
   for (;;) {
@@ -493,10 +513,11 @@ __device__ __forceinline__ void row_groups(WS& ws, const typename WS::U* w, int 
             [&](int, int j, int m, float (&xf)[F::kStep]) { xs(c, j, m, xf); }, acc);
       });
     warp_sums(acc);
-    store_rows(acc, (g * WARPS + warp) * ROWS, N, lane, st);
+    if constexpr (WS::kGlu) store_rows_glu(acc, (g * WARPS + warp) * RO, N, lane, st);
+    else store_rows(acc, (g * WARPS + warp) * RO, N, lane, st);
     g += gridDim.x;
     if (g >= groups) break;
-    ws.start(w, K, (g * WARPS + warp) * ROWS, N, lane);
+    ws.start(w, K, (g * WARPS + warp) * RO, N, lane);
   }
 }
 

@@ -80,11 +80,12 @@ bool quant_gemv_has_prologue(QuantKind kind, int variant);
 cudaError_t quant_gemv(int variant, QuantKind kind, const void* x, const void* w, const float* scales, int group,
                        const void* bias, const void* residual, void* out, int M, int N, int K, Act act, DType dt,
                        bool pdl, cudaStream_t s, const GemvPrologue& pro = GemvPrologue{});
-// The gated act in the epilogue of an int8 / int4 gate_up decode call (as gemv_glu for 16-bit weights; the runtime
-// plans it unless TSLLM_QGLU=0): w and scales are gate|up, 2N rows, gate rows first; out [M, N] =
+// The gated act in the epilogue of an FP8, int8 or int4 gate_up decode call (as gemv_glu for 16-bit weights; the
+// runtime plans it unless TSLLM_QGLU=0): w and scales are gate|up, 2N rows, gate rows first; out [M, N] =
 // T(act(T(gate)) · T(up)), gate and up rounded as quant_gemv writes a call without activation or residual, then
-// gated_act's rounding; act Silu or GeluTanh. The variants with two 16-row tiles a block (7, 10, 12 and their
-// post-scale 13, 16, 18), one gate tile and its up tile; where quant_gemv_takes the call. out must not overlap x.
+// gated_act's rounding; act Silu or GeluTanh. int8 / int4: the variants with two 16-row tiles a block (7, 10, 12 and
+// their post-scale 13, 16, 18), one gate tile and its up tile; FP8: variants 1 and 2 (quant_gemv.cu); where
+// quant_gemv_takes the call. out must not overlap x.
 bool quant_gemv_glu_takes(QuantKind kind, int variant, int M, int K, int group);
 cudaError_t quant_gemv_glu(int variant, QuantKind kind, const void* x, const void* w, const float* scales, int group,
                            const void* bias, void* out, int M, int N, int K, Act act, DType dt, bool pdl,

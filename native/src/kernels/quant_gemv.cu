@@ -31,15 +31,20 @@ namespace kd {
 namespace {
 
 // ---------------- FP8 W8A8, first design (variants 0-2) ----------------
-template <typename T, int M, int ROWS>
+// GLU (fp8_gemv_glu, variants 1-2): w and sw are gate|up ([2N, K], [2N]), N the output width; each warp streams
+// ROWS / 2 gate rows and their up rows, rounds both sums as the plain kernel writes a linear without activation or
+// residual, and stores gated_act's T(act(gate) · up) (act: the gated activation). A row's sum does not depend on
+// which rows share its warp, so the output is bit-identical to the plain kernel's gate_up followed by gated_act.
+template <typename T, int M, int ROWS, bool GLU>
 __global__ void __launch_bounds__(kWarps * 32)
     fp8_gemv_kernel(const T* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ sw,
                     const T* __restrict__ bias, const T* res, T* out, int N, int K, int act) {
   constexpr int UN = ROWS >= 4 ? 2 : 4;  // 16-byte chunks in flight per lane and row
+  constexpr int RO = GLU ? ROWS / 2 : ROWS;  // output rows a warp
   extern __shared__ __align__(16) uint8_t s_q[];  // [M][K] e4m3 of the quantised activations
   pdl_trigger();
-  WeightStream<WFp8, UN, ROWS, 32, false> ws;
-  ws.start(w, K, (blockIdx.x * kWarps + (threadIdx.x >> 5)) * ROWS, N, threadIdx.x & 31);
+  WeightStream<WFp8, UN, ROWS, 32, false, GLU> ws;
+  ws.start(w, K, (blockIdx.x * kWarps + (threadIdx.x >> 5)) * RO, N, threadIdx.x & 31);
   pdl_wait();
 
   // Per-token scales: amax over the row (fp32 of T), s = fp32(amax / 448), 1 for a zero row.
@@ -57,44 +62,55 @@ __global__ void __launch_bounds__(kWarps * 32)
   });
   __syncthreads();
 
-  row_groups<WFp8, kWarps, ROWS, M>(
-      ws, w, K, N,
-      [&](int c, int, int m, float (&xf)[16]) {  // the quantised x's 16 E4M3 values under chunk c
-        e4m3x16_to_f(*reinterpret_cast<const uint4*>(s_q + size_t(m) * K + size_t(c) * 16), xf);
-      },
-      [&](float v, int m, int n) { store_out<T>(v * __fmul_rn(sx[m], __ldg(sw + n)), bias, res, out, m, n, N, act); });
+  auto xs = [&](int c, int, int m, float (&xf)[16]) {  // the quantised x's 16 E4M3 values under chunk c
+    e4m3x16_to_f(*reinterpret_cast<const uint4*>(s_q + size_t(m) * K + size_t(c) * 16), xf);
+  };
+  if constexpr (GLU) {
+    row_groups<WFp8, kWarps, ROWS, M>(ws, w, K, N, xs, [&](float gv, float uv, int m, int n) {
+      float g = gv * __fmul_rn(sx[m], __ldg(sw + n)), u = uv * __fmul_rn(sx[m], __ldg(sw + N + n));
+      if (bias) g = __fadd_rn(g, to_f(bias[n])), u = __fadd_rn(u, to_f(bias[N + n]));
+      out[size_t(m) * N + n] = from_f<T>(act_value(to_f(from_f<T>(g)), Act(act)) * to_f(from_f<T>(u)));
+    });
+  } else {
+    row_groups<WFp8, kWarps, ROWS, M>(ws, w, K, N, xs, [&](float v, int m, int n) {
+      store_out<T>(v * __fmul_rn(sx[m], __ldg(sw + n)), bias, res, out, m, n, N, act);
+    });
+  }
 }
 
-template <typename T, int M, int ROWS>
+template <typename T, int M, int ROWS, bool GLU>
 cudaError_t launch_fp8(const void* x, const void* w, const float* sw, const void* bias, const void* res, void* out,
                        int N, int K, Act act, bool pdl, cudaStream_t s) {
   // As many blocks as fit on the GPU at once (each block quantises x once, then loops over row groups).
   static PersistentCache pc;
-  return launch_persistent(pc, fp8_gemv_kernel<T, M, ROWS>, kWarps * 32, size_t(M) * K,
-                           (N + kWarps * ROWS - 1) / (kWarps * ROWS), 255, pdl, s, static_cast<const T*>(x),
+  constexpr int RO = GLU ? ROWS / 2 : ROWS;
+  return launch_persistent(pc, fp8_gemv_kernel<T, M, ROWS, GLU>, kWarps * 32, size_t(M) * K,
+                           (N + kWarps * RO - 1) / (kWarps * RO), 255, pdl, s, static_cast<const T*>(x),
                            static_cast<const uint8_t*>(w), sw, static_cast<const T*>(bias), static_cast<const T*>(res),
                            static_cast<T*>(out), N, K, int(act));
 }
 
-template <typename T, int M>
+template <typename T, int M, bool GLU>
 cudaError_t launch_fp8_variant(int variant, const void* x, const void* w, const float* sc, const void* bias,
                                const void* res, void* out, int N, int K, Act act, bool pdl, cudaStream_t s) {
   switch (variant) {
-    case 0: return launch_fp8<T, M, 1>(x, w, sc, bias, res, out, N, K, act, pdl, s);
-    case 1: return launch_fp8<T, M, 2>(x, w, sc, bias, res, out, N, K, act, pdl, s);
-    case 2: return launch_fp8<T, M, 4>(x, w, sc, bias, res, out, N, K, act, pdl, s);
+    case 0:
+      if constexpr (GLU) return cudaErrorInvalidValue;  // one row a warp: no gate / up pair
+      else return launch_fp8<T, M, 1, false>(x, w, sc, bias, res, out, N, K, act, pdl, s);
+    case 1: return launch_fp8<T, M, 2, GLU>(x, w, sc, bias, res, out, N, K, act, pdl, s);
+    case 2: return launch_fp8<T, M, 4, GLU>(x, w, sc, bias, res, out, N, K, act, pdl, s);
     default: return cudaErrorInvalidValue;
   }
 }
 
-template <typename T>
+template <typename T, bool GLU = false>
 cudaError_t launch_fp8_m(int variant, int M, const void* x, const void* w, const float* sc, const void* bias,
                          const void* res, void* out, int N, int K, Act act, bool pdl, cudaStream_t s) {
   switch (M) {
-    case 1: return launch_fp8_variant<T, 1>(variant, x, w, sc, bias, res, out, N, K, act, pdl, s);
-    case 2: return launch_fp8_variant<T, 2>(variant, x, w, sc, bias, res, out, N, K, act, pdl, s);
-    case 3: return launch_fp8_variant<T, 3>(variant, x, w, sc, bias, res, out, N, K, act, pdl, s);
-    case 4: return launch_fp8_variant<T, 4>(variant, x, w, sc, bias, res, out, N, K, act, pdl, s);
+    case 1: return launch_fp8_variant<T, 1, GLU>(variant, x, w, sc, bias, res, out, N, K, act, pdl, s);
+    case 2: return launch_fp8_variant<T, 2, GLU>(variant, x, w, sc, bias, res, out, N, K, act, pdl, s);
+    case 3: return launch_fp8_variant<T, 3, GLU>(variant, x, w, sc, bias, res, out, N, K, act, pdl, s);
+    case 4: return launch_fp8_variant<T, 4, GLU>(variant, x, w, sc, bias, res, out, N, K, act, pdl, s);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -154,7 +170,7 @@ bool quant_gemv_has_prologue(QuantKind kind, int variant) {
 }
 
 bool quant_gemv_glu_takes(QuantKind kind, int variant, int M, int K, int group) {
-  if (kind == QuantKind::Fp8) return false;
+  if (kind == QuantKind::Fp8) return (variant == 1 || variant == 2) && quant_gemv_takes(kind, variant, M, K, group);
   const int base = variant >= kIntMmaPostVariant ? variant - (kIntMmaPostVariant - kIntMmaAVariant) : variant;
   const bool two_tiles =
       variant >= kIntMmaAVariant && variant < kIntGemmVariant && (base == 7 || base == 10 || base == 12);
@@ -168,6 +184,10 @@ cudaError_t quant_gemv_glu(int variant, QuantKind kind, const void* x, const voi
       (act != Act::Silu && act != Act::GeluTanh))
     return cudaErrorInvalidValue;
   if (N <= 0) return cudaSuccess;
+  if (kind == QuantKind::Fp8)
+    return dt == DType::F16
+               ? kd::launch_fp8_m<half, true>(variant, M, x, w, scales, bias, nullptr, out, N, K, act, pdl, s)
+               : kd::launch_fp8_m<kd::bf16, true>(variant, M, x, w, scales, bias, nullptr, out, N, K, act, pdl, s);
   return kind == QuantKind::Int4 ? int4_gemv_glu(variant, x, w, scales, group, bias, out, M, N, K, act, dt, pdl, s)
                                  : int8_gemv_glu(variant, x, w, scales, group, bias, out, M, N, K, act, dt, pdl, s);
 }

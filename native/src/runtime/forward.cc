@@ -507,9 +507,9 @@ void plan_glu_fusion(Engine& e) {
   e.glu_prev.assign(d.nodes.size(), -1);
   for (size_t i = 0; i < d.nodes.size(); i++) {
     const NodeDesc& l = d.nodes[i];
-    // A plain 16-bit linear, or (unless TSLLM_QGLU=0) an int8 / int4 quant_linear: no activation, chain or residual (a
-    // bias is fine).
-    const bool quant = l.op == Op::QuantLinear && l.quant != QuantKind::Fp8 && e.tun.quant_glu;
+    // A plain 16-bit linear, or (unless TSLLM_QGLU=0) a quant_linear: no activation, chain or residual (a bias is
+    // fine).
+    const bool quant = l.op == Op::QuantLinear && e.tun.quant_glu;
     if ((l.op != Op::Linear && !quant) || l.act != Act::None || l.post.n || l.in.size() < 2 || l.out.size() != 1)
       continue;
     const size_t ri = quant ? 4 : 3;  // the residual input (linear: x, w, bias, residual; quant_linear: + scales)

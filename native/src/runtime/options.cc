@@ -112,7 +112,7 @@ Tunables resolve_tunables(const tsllm_options& o, const std::string& path) {
   // (the tuner tries variants 0..k-1 only), TSLLM_QGEMV_PICKS=NxK:v,... (variant v for that shape),
   // TSLLM_FP8_OUTER_VEC=0, TSLLM_FP8_FAST_ACCUM=0, TSLLM_QGEMV_PROLOGUE=1|2 (rms_norm folded into the quantised
   // gemv; 2: always), TSLLM_FP8_ACT_FUSION=0 (FP8 GEMMs quantise their activations themselves), TSLLM_QGLU=0 (not the
-  // gated_act in the int8 / int4 gate_up gemv's epilogue).
+  // gated_act in the FP8 / int8 / int4 gate_up gemv's epilogue).
   if (env_int("TSLLM_QGEMV", path, 0, 1, &x)) t.quant_gemv = x == 1;
   if (env_int("TSLLM_QGEMV_VARIANT", path, 0, kQuantGemvVariants - 1, &x)) t.quant_gemv_variant = int(x);
   if (env_int("TSLLM_QGEMV_TUNE_BELOW", path, 1, kQuantGemvVariants, &x)) t.quant_gemv_tune_below = int(x);

@@ -289,11 +289,11 @@ int QuantGemm::glu_variant(const QuantLinearCall& c, Act act, DType dt, cudaStre
     return -1;
   };
   const int N = c.N / 2;
-  if (c.kind == QuantKind::Fp8 || (act != Act::Silu && act != Act::GeluTanh) || c.N % 2 || c.act != Act::None ||
-      c.residual)
-    return no("int8 / int4 gate_up without activation or residual, then silu / gelu-tanh");
+  if ((act != Act::Silu && act != Act::GeluTanh) || c.N % 2 || c.act != Act::None || c.residual)
+    return no("gate_up without activation or residual, then silu / gelu-tanh");
   if (!gemv_on) return no("quantised gemv off (TSLLM_QGEMV=0)");
   if (quant_gemv_unsupported(c.kind, c.M, c.K, c.group, c.x, c.w, dt)) return no("not eligible");
+  if (takes_fp8_rows(c, dt)) return no("x comes as FP8 rows from its producer");
   if (gemv_force >= 0 && gemv_force < quant_gemv_variants(c.kind))
     return quant_gemv_glu_takes(c.kind, gemv_force, c.M, c.K, c.group) ? gemv_force : no("forced variant has no GLU");
   const PickKey key = pick_key(c, dt);
@@ -510,6 +510,12 @@ std::string QuantGemm::fp8_outer_plan(int M, int N, int K, const void* bias_ptr,
 }
 
 bool QuantGemm::fp8_act_rows(const QuantLinearCall& c, DType dt, Fp8Rows* rows) {
+  if (!takes_fp8_rows(c, dt)) return false;
+  rows_at(xq_, c, &rows->q, &rows->scales);
+  return true;
+}
+
+bool QuantGemm::takes_fp8_rows(const QuantLinearCall& c, DType dt) const {
   if (c.kind != QuantKind::Fp8 || !handle_ || c.M <= 0 || !fp8_rows_supported(c.K, dt)) return false;
   if (align256(size_t(c.M) * size_t(c.K)) + align256(size_t(c.M) * 4) > xq_bytes_) return false;
   // An FP8 call the gemv can take (M <= 4, aligned, K % 16 == 0) runs it, whatever the tuner picks (gemv_variant is
@@ -521,11 +527,8 @@ bool QuantGemm::fp8_act_rows(const QuantLinearCall& c, DType dt, Fp8Rows* rows) 
   // 0.372 ms a step against 0.059, rms_norm 0.159 against 0.113), more than the gemv saves (down 18.7 against
   // 22.2 µs); TPOT 2.870 ms with the rows against 2.727 without. At 4 rows: 3.435 against 4.923 ms.
   constexpr int kRowsGemvMinM = 2;
-  if (gemv_on && !quant_gemv_unsupported(c.kind, c.M, c.K, c.group, c.x, c.w, dt) &&
-      (c.M < kRowsGemvMinM || !rows_gemv_on()))
-    return false;
-  rows_at(xq_, c, &rows->q, &rows->scales);
-  return true;
+  return !(gemv_on && !quant_gemv_unsupported(c.kind, c.M, c.K, c.group, c.x, c.w, dt) &&
+           (c.M < kRowsGemvMinM || !rows_gemv_on()));
 }
 
 std::string QuantGemm::fp8_gemm(const QuantLinearCall& c, DType dt, cudaStream_t s) {

@@ -104,10 +104,11 @@ class QuantGemm {
   // call's tuned variant; *why says why not. Never during capture for a new shape.
   int prologue_variant(const QuantLinearCall& c, const GemvPrologue& pro, void* pro_y, DType dt, cudaStream_t s,
                        std::string* why);
-  // Epilogue fusion (forward.cc, as GemmRunner::glu_variant; not planned with TSLLM_QGLU=0): the int8 / int4
+  // Epilogue fusion (forward.cc, as GemmRunner::glu_variant; not planned with TSLLM_QGLU=0): the FP8, int8 or int4
   // variant that runs the gate_up call c (c.N = 2N rows, gate then up) with the gated_act after it (quant_gemv_glu,
   // writing [M, N]), or -1 when the pair stays apart. Timed once per shape like prologue_variant (into scratch): the
-  // fused variants against the plain call's tuned variant + gated_act.
+  // fused variants against the plain call's tuned variant + gated_act. Never for an FP8 call that takes FP8 rows
+  // from its producer (fp8_act_rows: the fused kernel reads x in T, which that producer then does not write).
   int glu_variant(const QuantLinearCall& c, Act act, DType dt, cudaStream_t s, std::string* why);
   std::string run_fused(const QuantLinearCall& c, const GemvPrologue& pro, int variant, DType dt, cudaStream_t s) {
     cudaError_t e = quant_gemv(variant, c.kind, c.x, c.w, c.scales, c.group, c.bias, c.residual, c.out, c.M, c.N, c.K,
@@ -120,6 +121,8 @@ class QuantGemm {
   // a forced or capped variant leaves that out); *rows then points into the workspace, which fp8_gemm / rows_gemv
   // read when c.x_fp8. Times nothing.
   bool fp8_act_rows(const QuantLinearCall& c, DType dt, Fp8Rows* rows);
+  // fp8_act_rows' answer without the rows.
+  bool takes_fp8_rows(const QuantLinearCall& c, DType dt) const;
 
   bool fp8_outer = true;  // TSLLM_FP8_OUTER_VEC=0: FP8 GEMMs always through the fp32 chunk + scale epilogue kernel
   bool fast_accum = true;  // TSLLM_FP8_FAST_ACCUM=0: FP8 GEMMs promote their accumulators (options.h)
