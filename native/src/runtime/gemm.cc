@@ -65,7 +65,7 @@ void GemmRunner::init(const Tunables& t) {
   tune_every_m = t.gemm_tune_every_m;
   gemv_mode = t.gemv == 0 ? -1 : t.gemv == 1 ? 1 : 0;
   gemv_variant = t.gemv_variant;
-  verbose = t.profile != 0;
+  verbose = t.profile != 0 || t.tune_log;
   pdl = t.pdl;
   strict = t.strict;
   force_pro = t.prologue_force;

@@ -71,6 +71,11 @@ struct Tunables {
   int fp8_context_fmha = 0;   // FP8 context FMHA: -1 off, 0 auto (off for now), 1 on every FP8 KV cache (strict)
   bool strict = false;        // forced kernels that cannot run are errors
   int profile = 0;            // 0 off, 1 per-node events, 2 graph breakdown
+  bool tune_log = false;      // the tuners' picks to stderr without profiling (environment TSLLM_TUNE_LOG=1)
+  // Step tuning (step.cc step_tune, QuantGemm::step_choices): decode graphs of at most this many sequences decide
+  // their quantised gemv picks again by timing the graph with each near candidate, once per shape, when first
+  // captured (about a second for Llama-2-7B FP8 at batch 1). 0: off. Environment TSLLM_STEP_TUNE=n.
+  int step_tune = 1;
   // quant_linear (quant_gemm.h), environment only (A/B): decode through the quantised gemv where eligible,
   // a forced gemv variant (-1: tuned), FP8 context GEMMs with cuBLASLt outer-vector scaling where available.
   bool quant_gemv = true;

@@ -73,7 +73,7 @@ void QuantGemm::init(const QuantWorkspace& need, const Tunables& tun) {
   tune = tun.gemm_tune;
   tune_every_m = tun.gemm_tune_every_m;
   pdl = tun.pdl;
-  verbose = tun.profile != 0;
+  verbose = tun.profile != 0 || tun.tune_log;
   force_pro = tun.prologue_force;
   if (need.xq_bytes) {
     cublasStatus_t st = cublasLtCreate(&handle_);
@@ -132,6 +132,13 @@ float QuantGemm::time_runs(cudaStream_t s, Body&& body) {
   return ok ? total / 5 : -1.f;
 }
 
+// The gemv tuners' candidates, in variant order: a later one replaces the pick only when it is faster by more than
+// kTuneMargin. Why: lone timings of near-equal variants order them by noise, and the order changed from load to load
+// where the step did not agree (H200, Llama-2-7B FP8 bs 1: o_proj variants 1 and 5 both 0.0127 ms, down 3 and 5
+// 0.0220 / 0.0221; TPOT 2.680 ms with 1 / 3 forced, 2.763 with 5 / 5, 2.774 in loads left to the tuner, session 25
+// runs 2-3).
+constexpr float kTuneMargin = 0.02f;
+
 template <class Takes, class Run>
 int QuantGemm::tuned_pick(std::map<PickKey, int>& picks, const QuantLinearCall& c, DType dt, int dflt, int first,
                           int last, Takes&& takes, Run&& run, const char* what, cudaStream_t s,
@@ -140,6 +147,9 @@ int QuantGemm::tuned_pick(std::map<PickKey, int>& picks, const QuantLinearCall& 
   // Past the gemvs' rows the int kinds' picks hold for 32 rows (the weight-only GEMM's token tile): the batch
   // manager's steps take many row counts, and each would otherwise time every candidate once per shape.
   if (c.kind != QuantKind::Fp8 && c.M > kIntMmaGemvMaxM) std::get<2>(key) = (c.M + 31) / 32 * 32;
+  const bool plain = &picks == &gemv_pick_;  // (step tuning: the plain gemv's picks only)
+  if (plain && recording_ && std::find(step_keys_.begin(), step_keys_.end(), key) == step_keys_.end())
+    step_keys_.push_back(key);
   auto it = picks.find(key);
   if (it != picks.end()) return it->second;
   cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
@@ -152,14 +162,16 @@ int QuantGemm::tuned_pick(std::map<PickKey, int>& picks, const QuantLinearCall& 
   for (int v = first; v <= last; v++) {
     if (!takes(v)) continue;
     const float ms = time_runs(s, [&] { return run(v) == cudaSuccess; });
-    if (ms >= 0.f && ms < best) best = ms, pick = v;
+    if (ms >= 0.f && ms < best * (1.f - kTuneMargin)) best = ms, pick = v;
+    if (plain && ms >= 0.f) gemv_times_[key].emplace_back(v, ms);
     char b[32];
     std::snprintf(b, sizeof b, " %d:%.4f", v, ms);
     all += b;
   }
   if (large) {
     const float ms = time_runs(s, [&] { return large(tune_out_); });
-    if (ms >= 0.f && ms < best) best = ms, pick = -1;
+    if (ms >= 0.f && ms < best * (1.f - kTuneMargin)) best = ms, pick = -1;
+    if (plain && ms >= 0.f) gemv_times_[key].emplace_back(-1, ms);
     char b[32];
     std::snprintf(b, sizeof b, " dequantise+linear:%.4f", ms);
     all += b;
@@ -169,6 +181,29 @@ int QuantGemm::tuned_pick(std::map<PickKey, int>& picks, const QuantLinearCall& 
                  c.M, c.N, c.K, pick, best, all.c_str());
   picks.emplace(key, pick);
   return pick;
+}
+
+std::vector<QuantGemm::StepChoice> QuantGemm::step_choices(float within) const {
+  std::vector<StepChoice> out;
+  for (const PickKey& k : step_keys_) {
+    auto p = gemv_pick_.find(k);
+    auto t = gemv_times_.find(k);
+    if (p == gemv_pick_.end() || t == gemv_times_.end() || step_tuned_.count(k)) continue;
+    float mine = -1.f;
+    for (auto& [v, ms] : t->second)
+      if (v == p->second) mine = ms;
+    if (mine < 0.f) continue;
+    StepChoice c{k, p->second, {}};
+    for (auto& [v, ms] : t->second)
+      if (v != p->second && ms <= mine * (1.f + within)) c.candidates.push_back(v);
+    if (!c.candidates.empty()) out.push_back(std::move(c));
+  }
+  return out;
+}
+
+std::string QuantGemm::key_name(const PickKey& k) {
+  return std::string(quant_kind_name(QuantKind(std::get<0>(k)))) + " M=" + std::to_string(std::get<2>(k)) +
+         " N=" + std::to_string(std::get<3>(k)) + " K=" + std::to_string(std::get<4>(k));
 }
 
 int QuantGemm::gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s, const LargePath& large) {
@@ -270,7 +305,7 @@ int QuantGemm::prologue_variant(const QuantLinearCall& c, const GemvPrologue& pr
         return quant_gemv(v, c.kind, c.x, c.w, c.scales, c.group, c.bias, tres, tune_out_, c.M, c.N, c.K, c.act, dt,
                           pdl, s, pro) == cudaSuccess;
       });
-      if (ms >= 0.f && ms < best) best = ms, pick = v;
+      if (ms >= 0.f && ms < best * (1.f - kTuneMargin)) best = ms, pick = v;
     }
     if (pick >= 0 && base >= 0.f && !force_pro && !(best < base)) pick = -1;
   }
@@ -318,7 +353,7 @@ int QuantGemm::glu_variant(const QuantLinearCall& c, Act act, DType dt, cudaStre
         return quant_gemv_glu(v, c.kind, c.x, c.w, c.scales, c.group, c.bias, t_h, c.M, N, c.K, act, dt, pdl, s) ==
                cudaSuccess;
       });
-      if (ms >= 0.f && ms < best) best = ms, pick = v;
+      if (ms >= 0.f && ms < best * (1.f - kTuneMargin)) best = ms, pick = v;
     }
     if (pick >= 0 && !(base >= 0.f && best < base)) pick = -1;
   }

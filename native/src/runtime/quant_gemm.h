@@ -22,8 +22,11 @@
 
 #include <functional>
 #include <map>
+#include <set>
 #include <string>
 #include <tuple>
+#include <utility>
+#include <vector>
 
 #include "../kernels/quant.h"
 #include "fusion_cache.h"
@@ -137,6 +140,29 @@ class QuantGemm {
   bool verbose = false;   // profiling on: tuning decisions to stderr
   bool force_pro = false;  // Tunables::prologue_force: every planned rms_norm pair fused
 
+  // Step tuning (step.cc, Tunables::step_tune): the gemv picks a decode graph uses, decided again by timing the
+  // graph. Why: the tuner times each call alone (L2 flushed, no predecessor), and in the step a gemv's start overlaps
+  // its predecessor's end; near-equal lone times there ranked variants the step did not (H200, Llama-2-7B FP8 bs 1:
+  // down variant 5 0.0217 ms alone against 3's 0.0225, yet TPOT 2.773 ms with 5 and 2.672 with 3, session 25
+  // run 5). While recording, every tuned gemv pick a call looks up is listed once (step_keys); step_choices gives
+  // each listed shape not step-tuned yet with the variants its lone timing put within `within` of the pick's time.
+  using PickKey = std::tuple<int, int, int, int, int, int>;  // (kind, group, M, N, K, dt)
+  struct StepChoice {
+    PickKey key;
+    int pick;
+    std::vector<int> candidates;
+  };
+  void record_keys(bool on) {
+    recording_ = on;
+    if (on) step_keys_.clear();
+  }
+  std::vector<StepChoice> step_choices(float within) const;
+  void set_step_pick(const PickKey& key, int v, bool done) {
+    gemv_pick_[key] = v;
+    if (done) step_tuned_.insert(key);
+  }
+  static std::string key_name(const PickKey& k);
+
  private:
   // The large-M path run once into a scratch output (tuning), true when it launched.
   using LargePath = std::function<bool(void* scratch)>;
@@ -186,7 +212,6 @@ class QuantGemm {
   void* tune_out_ = nullptr;  // gemv output while tuning
   size_t tune_out_bytes_ = 0;
   std::map<std::tuple<int, int, int, int, int>, Fp8Plan> plans_;  // (M chunk, N, K) -> plan
-  using PickKey = std::tuple<int, int, int, int, int, int>;  // (kind, group, M, N, K, dt)
   static PickKey pick_key(const QuantLinearCall& c, DType dt) {
     return {int(c.kind), c.group, c.M, c.N, c.K, int(dt)};
   }
@@ -194,6 +219,12 @@ class QuantGemm {
   std::map<PickKey, int> pro_pick_;   // -> fused variant or -1
   std::map<PickKey, int> glu_pick_;   // -> fused variant or -1
   std::map<PickKey, int> rows_pick_;  // -> fp8_gemv_rows variant
+  // Step tuning: each gemv_pick_ shape's lone times (variant, ms; -1 the large-M path), the shapes looked up while
+  // recording, and the shapes decided by a step.
+  std::map<PickKey, std::vector<std::pair<int, float>>> gemv_times_;
+  bool recording_ = false;
+  std::vector<PickKey> step_keys_;
+  std::set<PickKey> step_tuned_;
   // The tuner shared by gemv_variant and rows_variant: picks' entry for c's shape when timed before; else, outside a
   // capture and with scratch for c's output, each variant v in [first, last] that takes(v) timed by run(v) (writing
   // to scratch: out may be the residual, which must survive until the real call), the fastest kept (dflt when none

@@ -230,6 +230,23 @@ const float* logits_for_host(Engine& e, const StepPlan& p) {
 // the step it follows a norm or attention, so a ranking by the first need not hold in the second (session 17: the
 // int4 picks gemv_bench ranked best were no faster in the step). Runs once, before a real replay whose metadata it
 // shares, so the garbage its partial programs write (activations, this step's KV slots) is overwritten.
+// ms per replay of g: `warm` replays, then `runs` timed back to back.
+float replay_ms(Engine& e, cudaGraphExec_t g, int warm, int runs) {
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  for (int i = 0; i < warm; i++) cudaGraphLaunch(g, e.stream);
+  cudaEventRecord(a, e.stream);
+  for (int i = 0; i < runs; i++) cudaGraphLaunch(g, e.stream);
+  cudaEventRecord(b, e.stream);
+  TSLLM_CUDA(cudaEventSynchronize(b), "timing graph replays");
+  float ms = 0;
+  cudaEventElapsedTime(&ms, a, b);
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return ms / float(runs);
+}
+
 void profile_graph_breakdown(Engine& e, const StepPlan& p) {
   const EngineDesc& d = e.desc;
   std::vector<std::pair<std::string, std::vector<uint8_t>>> groups;
@@ -270,19 +287,7 @@ void profile_graph_breakdown(Engine& e, const StepPlan& p) {
     groups[it->second].second[i] = 1;
   }
   groups.emplace_back("(sampling)", std::vector<uint8_t>(d.nodes.size(), 0));
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  auto time_graph = [&](cudaGraphExec_t g) {
-    for (int i = 0; i < 3; i++) cudaGraphLaunch(g, e.stream);
-    cudaEventRecord(a, e.stream);
-    for (int i = 0; i < 20; i++) cudaGraphLaunch(g, e.stream);
-    cudaEventRecord(b, e.stream);
-    cudaEventSynchronize(b);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, a, b);
-    return ms / 20;
-  };
+  auto time_graph = [&](cudaGraphExec_t g) { return replay_ms(e, g, 3, 20); };
   float full = time_graph(e.graphs[p.graph_key]);
   std::fprintf(stderr, "tsllm graph profile: decode batch %d (padded), max_seq_len bound %d: full step %.3f ms\n", p.S,
                p.max_len, full);
@@ -336,8 +341,72 @@ void profile_graph_breakdown(Engine& e, const StepPlan& p) {
                "  (sum of the parts %.3f ms; the rest is launch gaps between kernels. \"in the step\": %.3f ms, the "
                "step as captured here, minus the step without the part)\n",
                sum, whole);
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
+}
+
+// The decode step of plan p captured and instantiated; *share: what forward() counted while capturing (the graph's
+// share of the kernel counters, added at each replay).
+cudaGraphExec_t capture_step(Engine& e, const StepPlan& p, std::vector<Engine::Counts>* share) {
+  cudaGraph_t g = nullptr;
+  const std::vector<Engine::Counts> before = e.stats;
+  TSLLM_CUDA(cudaStreamBeginCapture(e.stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+  try {
+    forward(e, p);
+    postprocess(e, p, true);
+  } catch (...) {
+    cudaStreamEndCapture(e.stream, &g);
+    if (g) cudaGraphDestroy(g);
+    e.stats = before;
+    throw;
+  }
+  share->assign(e.stats.size(), Engine::Counts{});
+  for (size_t i = 0; i < e.stats.size(); i++)
+    for (size_t k = 0; k < (*share)[i].size(); k++) (*share)[i][k] = e.stats[i][k] - before[i][k];
+  e.stats = before;
+  TSLLM_CUDA(cudaStreamEndCapture(e.stream, &g), "cudaStreamEndCapture");
+  cudaGraphExec_t ge = nullptr;
+  cudaError_t err = cudaGraphInstantiate(&ge, g, 0);
+  cudaGraphDestroy(g);
+  TSLLM_CUDA(err, "cudaGraphInstantiate");
+  return ge;
+}
+
+// Step tuning (Tunables::step_tune, QuantGemm::step_choices): each quantised gemv shape the captured step *ge uses
+// gets its near candidates tried in the step itself (the graph recaptured with that pick, replays timed), one shape
+// at a time, keeping a candidate only when the step gets faster by more than 0.2 % (replay times repeat to about
+// 0.1 %). Replays compute this very step (its KV slots and tokens come out the same), as the profile's do.
+void step_tune(Engine& e, const StepPlan& p, const std::vector<QuantGemm::StepChoice>& choices, cudaGraphExec_t* ge,
+               std::vector<Engine::Counts>* share) {
+  constexpr float kGain = 0.002f;
+  constexpr int kWarm = 3, kRuns = 10;
+  float best = replay_ms(e, *ge, kWarm, kRuns);
+  for (const QuantGemm::StepChoice& c : choices) {
+    int keep = c.pick;
+    const float from = best;
+    for (int v : c.candidates) {
+      e.qgemm.set_step_pick(c.key, v, false);
+      std::vector<Engine::Counts> s2;
+      cudaGraphExec_t g2 = nullptr;
+      try {
+        g2 = capture_step(e, p, &s2);
+      } catch (...) {
+        e.qgemm.set_step_pick(c.key, keep, true);
+        cudaGraphExecDestroy(*ge);
+        *ge = nullptr;
+        throw;
+      }
+      const float ms = replay_ms(e, g2, kWarm, kRuns);
+      if (ms < best * (1.f - kGain)) {
+        cudaGraphExecDestroy(*ge);
+        *ge = g2, *share = std::move(s2), best = ms, keep = v;
+      } else {
+        cudaGraphExecDestroy(g2);
+      }
+    }
+    e.qgemm.set_step_pick(c.key, keep, true);
+    if (e.qgemm.verbose)
+      std::fprintf(stderr, "tsllm step tune: batch %d, quant gemv %s: variant %d -> %d (%zu candidates; %.4f -> %.4f ms "
+                   "a step)\n", p.S, QuantGemm::key_name(c.key).c_str(), c.pick, keep, c.candidates.size(), from, best);
+  }
 }
 
 void execute(Engine& e, const StepPlan& p, bool do_sample) {
@@ -353,29 +422,28 @@ void execute(Engine& e, const StepPlan& p, bool do_sample) {
       postprocess(e, p, true);
       return;
     }
-    cudaGraph_t g = nullptr;
-    // What forward() counts while capturing is the graph's share of the counters, added at each replay.
-    const std::vector<Engine::Counts> before = e.stats;
-    TSLLM_CUDA(cudaStreamBeginCapture(e.stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+    std::vector<Engine::Counts>& share = e.graph_stats[p.graph_key];
+    const bool tune = p.S <= e.tun.step_tune;
+    if (tune) e.qgemm.record_keys(true);
+    cudaGraphExec_t ge = nullptr;
     try {
-      forward(e, p);
-      postprocess(e, p, true);
+      ge = capture_step(e, p, &share);
     } catch (...) {
-      cudaStreamEndCapture(e.stream, &g);
-      if (g) cudaGraphDestroy(g);
-      e.stats = before;
+      e.qgemm.record_keys(false);
       throw;
     }
-    std::vector<Engine::Counts>& share = e.graph_stats[p.graph_key];
-    share.assign(e.stats.size(), Engine::Counts{});
-    for (size_t i = 0; i < e.stats.size(); i++)
-      for (size_t k = 0; k < share[i].size(); k++) share[i][k] = e.stats[i][k] - before[i][k];
-    e.stats = before;
-    TSLLM_CUDA(cudaStreamEndCapture(e.stream, &g), "cudaStreamEndCapture");
-    cudaGraphExec_t ge = nullptr;
-    cudaError_t err = cudaGraphInstantiate(&ge, g, 0);
-    cudaGraphDestroy(g);
-    TSLLM_CUDA(err, "cudaGraphInstantiate");
+    e.qgemm.record_keys(false);
+    if (tune) {
+      // Candidates: the variants whose lone time was within 15 % of the pick's (TSLLM_TUNE_LOG prints them).
+      const std::vector<QuantGemm::StepChoice> choices = e.qgemm.step_choices(0.15f);
+      if (!choices.empty()) {
+        const auto t0 = std::chrono::steady_clock::now();
+        step_tune(e, p, choices, &ge, &share);
+        if (e.qgemm.verbose)
+          std::fprintf(stderr, "tsllm step tune: batch %d: %zu shapes in %.0f ms\n", p.S, choices.size(),
+                       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      }
+    }
     it = e.graphs.emplace(p.graph_key, ge).first;
   }
   if (e.profile_graph && ++e.graph_replays == 8) profile_graph_breakdown(e, p);
