@@ -1,5 +1,7 @@
 #include "gemm.h"
 
+#include <algorithm>
+
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -116,6 +118,7 @@ std::string GemmRunner::tune(const Key& k, Plan* p, const cublasLtMatmulHeuristi
       cudaEventElapsedTime(&ms, a, b);
       if (it > 0) total += ms;
     }
+    if (ok) p->gemv_times.emplace_back(v, total / 5);
     if (ok && total < best) best = total, pick_gemv = v, gemv_wins = true;
   }
   // Sum of runs 2-6 of a cuBLASLt algorithm (L2 flushed before each), or a negative value when it fails.
@@ -249,6 +252,8 @@ std::string GemmRunner::make_plan(const Key& k, Plan* p, const void* x, const vo
 
 GemmRunner::Plan* GemmRunner::get_plan(const Key& k, const void* x, const void* w, const void* bias, cudaStream_t s,
                                        std::string* err) {
+  if (recording_ && k.M <= kGemvMaxM && std::find(step_keys_.begin(), step_keys_.end(), k) == step_keys_.end())
+    step_keys_.push_back(k);
   auto it = cache_.find(k);
   if (it != cache_.end()) return &it->second;
   Plan p;
@@ -261,6 +266,24 @@ GemmRunner::Plan* GemmRunner::get_plan(const Key& k, const void* x, const void* 
     return nullptr;
   }
   return &cache_.emplace(k, p).first->second;
+}
+
+std::vector<StepChoice> GemmRunner::step_choices(float within) {
+  std::vector<StepChoice> out;
+  for (const Key& k : step_keys_) {
+    auto it = cache_.find(k);
+    if (it == cache_.end() || it->second.gemv < 0 || step_tuned_.count(k)) continue;
+    StepChoice c;
+    c.name = "gemv M=" + std::to_string(k.M) + " N=" + std::to_string(k.N) + " K=" + std::to_string(k.K);
+    c.pick = it->second.gemv;
+    c.candidates = near_candidates(it->second.gemv_times, c.pick, within);
+    c.set = [this, k](int v, bool done) {
+      cache_.find(k)->second.gemv = v;
+      if (done) step_tuned_.insert(k);
+    };
+    if (!c.candidates.empty()) out.push_back(std::move(c));
+  }
+  return out;
 }
 
 std::string GemmRunner::run_plan(Plan& p, const void* x, const void* w, const void* bias, const void* residual,

@@ -183,27 +183,25 @@ int QuantGemm::tuned_pick(std::map<PickKey, int>& picks, const QuantLinearCall& 
   return pick;
 }
 
-std::vector<QuantGemm::StepChoice> QuantGemm::step_choices(float within) const {
+std::vector<StepChoice> QuantGemm::step_choices(float within) {
   std::vector<StepChoice> out;
   for (const PickKey& k : step_keys_) {
     auto p = gemv_pick_.find(k);
     auto t = gemv_times_.find(k);
     if (p == gemv_pick_.end() || t == gemv_times_.end() || step_tuned_.count(k)) continue;
-    float mine = -1.f;
-    for (auto& [v, ms] : t->second)
-      if (v == p->second) mine = ms;
-    if (mine < 0.f) continue;
-    StepChoice c{k, p->second, {}};
-    for (auto& [v, ms] : t->second)
-      if (v != p->second && ms <= mine * (1.f + within)) c.candidates.push_back(v);
+    StepChoice c;
+    c.name = std::string("quant gemv ") + quant_kind_name(QuantKind(std::get<0>(k))) + " M=" +
+             std::to_string(std::get<2>(k)) + " N=" + std::to_string(std::get<3>(k)) + " K=" +
+             std::to_string(std::get<4>(k));
+    c.pick = p->second;
+    c.candidates = near_candidates(t->second, p->second, within);
+    c.set = [this, k](int v, bool done) {
+      gemv_pick_[k] = v;
+      if (done) step_tuned_.insert(k);
+    };
     if (!c.candidates.empty()) out.push_back(std::move(c));
   }
   return out;
-}
-
-std::string QuantGemm::key_name(const PickKey& k) {
-  return std::string(quant_kind_name(QuantKind(std::get<0>(k)))) + " M=" + std::to_string(std::get<2>(k)) +
-         " N=" + std::to_string(std::get<3>(k)) + " K=" + std::to_string(std::get<4>(k));
 }
 
 int QuantGemm::gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s, const LargePath& large) {

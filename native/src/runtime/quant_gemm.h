@@ -31,6 +31,7 @@
 #include "../kernels/quant.h"
 #include "fusion_cache.h"
 #include "options.h"
+#include "step_choice.h"
 
 namespace tsllm {
 
@@ -140,28 +141,14 @@ class QuantGemm {
   bool verbose = false;   // profiling on: tuning decisions to stderr
   bool force_pro = false;  // Tunables::prologue_force: every planned rms_norm pair fused
 
-  // Step tuning (step.cc, Tunables::step_tune): the gemv picks a decode graph uses, decided again by timing the
-  // graph. Why: the tuner times each call alone (L2 flushed, no predecessor), and in the step a gemv's start overlaps
-  // its predecessor's end; near-equal lone times there ranked variants the step did not (H200, Llama-2-7B FP8 bs 1:
-  // down variant 5 0.0217 ms alone against 3's 0.0225, yet TPOT 2.773 ms with 5 and 2.672 with 3, session 25
-  // run 5). While recording, every tuned gemv pick a call looks up is listed once (step_keys); step_choices gives
-  // each listed shape not step-tuned yet with the variants its lone timing put within `within` of the pick's time.
+  // Step tuning (step_choice.h): while recording, every tuned plain gemv pick a call looks up is listed once;
+  // step_choices offers those shapes.
   using PickKey = std::tuple<int, int, int, int, int, int>;  // (kind, group, M, N, K, dt)
-  struct StepChoice {
-    PickKey key;
-    int pick;
-    std::vector<int> candidates;
-  };
   void record_keys(bool on) {
     recording_ = on;
     if (on) step_keys_.clear();
   }
-  std::vector<StepChoice> step_choices(float within) const;
-  void set_step_pick(const PickKey& key, int v, bool done) {
-    gemv_pick_[key] = v;
-    if (done) step_tuned_.insert(key);
-  }
-  static std::string key_name(const PickKey& k);
+  std::vector<StepChoice> step_choices(float within);
 
  private:
   // The large-M path run once into a scratch output (tuning), true when it launched.

@@ -370,26 +370,26 @@ cudaGraphExec_t capture_step(Engine& e, const StepPlan& p, std::vector<Engine::C
   return ge;
 }
 
-// Step tuning (Tunables::step_tune, QuantGemm::step_choices): each quantised gemv shape the captured step *ge uses
-// gets its near candidates tried in the step itself (the graph recaptured with that pick, replays timed), one shape
-// at a time, keeping a candidate only when the step gets faster by more than 0.2 % (replay times repeat to about
-// 0.1 %). Replays compute this very step (its KV slots and tokens come out the same), as the profile's do.
-void step_tune(Engine& e, const StepPlan& p, const std::vector<QuantGemm::StepChoice>& choices, cudaGraphExec_t* ge,
+// Step tuning (Tunables::step_tune, step_choice.h): each gemv shape the captured step *ge uses gets its near
+// candidates tried in the step itself (the graph recaptured with that pick, replays timed), one shape at a time,
+// keeping a candidate only when the step gets faster by more than 0.2 % (replay times repeat to about 0.1 %).
+// Replays compute this very step (its KV slots and tokens come out the same), as the profile's do.
+void step_tune(Engine& e, const StepPlan& p, const std::vector<StepChoice>& choices, cudaGraphExec_t* ge,
                std::vector<Engine::Counts>* share) {
   constexpr float kGain = 0.002f;
   constexpr int kWarm = 3, kRuns = 10;
   float best = replay_ms(e, *ge, kWarm, kRuns);
-  for (const QuantGemm::StepChoice& c : choices) {
+  for (const StepChoice& c : choices) {
     int keep = c.pick;
     const float from = best;
     for (int v : c.candidates) {
-      e.qgemm.set_step_pick(c.key, v, false);
+      c.set(v, false);
       std::vector<Engine::Counts> s2;
       cudaGraphExec_t g2 = nullptr;
       try {
         g2 = capture_step(e, p, &s2);
       } catch (...) {
-        e.qgemm.set_step_pick(c.key, keep, true);
+        c.set(keep, true);
         cudaGraphExecDestroy(*ge);
         *ge = nullptr;
         throw;
@@ -402,10 +402,10 @@ void step_tune(Engine& e, const StepPlan& p, const std::vector<QuantGemm::StepCh
         cudaGraphExecDestroy(g2);
       }
     }
-    e.qgemm.set_step_pick(c.key, keep, true);
+    c.set(keep, true);
     if (e.qgemm.verbose)
-      std::fprintf(stderr, "tsllm step tune: batch %d, quant gemv %s: variant %d -> %d (%zu candidates; %.4f -> %.4f ms "
-                   "a step)\n", p.S, QuantGemm::key_name(c.key).c_str(), c.pick, keep, c.candidates.size(), from, best);
+      std::fprintf(stderr, "tsllm step tune: batch %d, %s: variant %d -> %d (%zu candidates; %.4f -> %.4f ms a step)\n",
+                   p.S, c.name.c_str(), c.pick, keep, c.candidates.size(), from, best);
   }
 }
 
@@ -424,18 +424,23 @@ void execute(Engine& e, const StepPlan& p, bool do_sample) {
     }
     std::vector<Engine::Counts>& share = e.graph_stats[p.graph_key];
     const bool tune = p.S <= e.tun.step_tune;
-    if (tune) e.qgemm.record_keys(true);
+    auto record = [&](bool on) {
+      e.gemm.record_keys(on);
+      e.qgemm.record_keys(on);
+    };
+    if (tune) record(true);
     cudaGraphExec_t ge = nullptr;
     try {
       ge = capture_step(e, p, &share);
     } catch (...) {
-      e.qgemm.record_keys(false);
+      record(false);
       throw;
     }
-    e.qgemm.record_keys(false);
+    record(false);
     if (tune) {
       // Candidates: the variants whose lone time was within 15 % of the pick's (TSLLM_TUNE_LOG prints them).
-      const std::vector<QuantGemm::StepChoice> choices = e.qgemm.step_choices(0.15f);
+      std::vector<StepChoice> choices = e.gemm.step_choices(0.15f);
+      for (StepChoice& c : e.qgemm.step_choices(0.15f)) choices.push_back(std::move(c));
       if (!choices.empty()) {
         const auto t0 = std::chrono::steady_clock::now();
         step_tune(e, p, choices, &ge, &share);
