@@ -16,7 +16,8 @@ struct StepChoice {
   std::string name;  // the shape, for the log
   int pick;
   std::vector<int> candidates;
-  std::function<void(int variant, bool done)> set;  // the shape's pick from now on; done: step-tuned, never offered again
+  // The shape's pick from now on; done: step-tuned, never offered again.
+  std::function<void(int variant, bool done)> set;
 };
 
 // The variants of `times` (variant, lone ms) within `within` of the pick's time, the pick left out; empty when the
