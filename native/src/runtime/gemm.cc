@@ -1,7 +1,6 @@
 #include "gemm.h"
 
 #include <algorithm>
-
 #include <cstdio>
 #include <cstdlib>
 #include <functional>

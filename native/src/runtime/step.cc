@@ -223,13 +223,6 @@ const float* logits_for_host(Engine& e, const StepPlan& p) {
   return b.logits;
 }
 
-// profile 2 (TSLLM_PROFILE=graph): replays graphs of subsets of one decode step (all nodes of one op type, each linear
-// shape, sampling) and prints each subset's time per step: alone (the subset's kernels back to back), and in the step
-// (the full step's time minus that of the step without the subset). The two differ where a kernel's start overlaps
-// its predecessor's end (programmatic dependent launch): back to back, a gemv follows a gemv of the same shape, in
-// the step it follows a norm or attention, so a ranking by the first need not hold in the second (session 17: the
-// int4 picks gemv_bench ranked best were no faster in the step). Runs once, before a real replay whose metadata it
-// shares, so the garbage its partial programs write (activations, this step's KV slots) is overwritten.
 // ms per replay of g: `warm` replays, then `runs` timed back to back.
 float replay_ms(Engine& e, cudaGraphExec_t g, int warm, int runs) {
   cudaEvent_t a, b;
@@ -247,6 +240,13 @@ float replay_ms(Engine& e, cudaGraphExec_t g, int warm, int runs) {
   return ms / float(runs);
 }
 
+// profile 2 (TSLLM_PROFILE=graph): replays graphs of subsets of one decode step (all nodes of one op type, each linear
+// shape, sampling) and prints each subset's time per step: alone (the subset's kernels back to back), and in the step
+// (the full step's time minus that of the step without the subset). The two differ where a kernel's start overlaps
+// its predecessor's end (programmatic dependent launch): back to back, a gemv follows a gemv of the same shape, in
+// the step it follows a norm or attention, so a ranking by the first need not hold in the second (session 17: the
+// int4 picks gemv_bench ranked best were no faster in the step). Runs once, before a real replay whose metadata it
+// shares, so the garbage its partial programs write (activations, this step's KV slots) is overwritten.
 void profile_graph_breakdown(Engine& e, const StepPlan& p) {
   const EngineDesc& d = e.desc;
   std::vector<std::pair<std::string, std::vector<uint8_t>>> groups;
@@ -372,7 +372,8 @@ cudaGraphExec_t capture_step(Engine& e, const StepPlan& p, std::vector<Engine::C
 
 // Step tuning (Tunables::step_tune, step_choice.h): each gemv shape the captured step *ge uses gets its near
 // candidates tried in the step itself (the graph recaptured with that pick, replays timed), one shape at a time,
-// keeping a candidate only when the step gets faster by more than 0.2 % (replay times repeat to about 0.1 %).
+// keeping a candidate only when the step gets faster by more than 0.2 % (session 25 run 6: the same graph timed
+// 2.5997 and 2.6007 ms in two loads).
 // Replays compute this very step (its KV slots and tokens come out the same), as the profile's do.
 void step_tune(Engine& e, const StepPlan& p, const std::vector<StepChoice>& choices, cudaGraphExec_t* ge,
                std::vector<Engine::Counts>* share) {
@@ -423,7 +424,9 @@ void execute(Engine& e, const StepPlan& p, bool do_sample) {
       return;
     }
     std::vector<Engine::Counts>& share = e.graph_stats[p.graph_key];
-    const bool tune = p.S <= e.tun.step_tune;
+    // Not for tensor-parallel ranks: each would time its own candidates, and the replays' all_reduce calls must
+    // match across ranks.
+    const bool tune = p.S <= e.tun.step_tune && !e.nccl_comm;
     auto record = [&](bool on) {
       e.gemm.record_keys(on);
       e.qgemm.record_keys(on);
