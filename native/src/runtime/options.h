@@ -40,10 +40,11 @@ struct Tunables {
   // decode epilogue fusion: gated_act folded into the gate_up gemv before it (plan_glu_fusion); environment
   // TSLLM_GLU_FUSE=0|1 for the A/B.
   bool glu_fuse = true;
-  // The same for FP8 / int8 / int4 gate_up quant_linears (quant_gemv_glu), environment TSLLM_QGLU=0|1. H200, Llama-2-7B
-  // TPOT, session 21 run 1, alternating, on / off: int4-wo g128 bs 1 1.988 / 1.986 against 2.041 / 2.049 ms, bs 4
-  // 2.465 / 2.434 against 2.525 / 2.505; int8-wo bs 1 2.579 / 2.573 against 2.660 / 2.644, bs 4 3.001 / 3.006
-  // against 3.061 / 3.077.
+  // The same for FP8 / int8 / int4 gate_up quant_linears (quant_gemv_glu), environment TSLLM_QGLU=0|1. H200,
+  // Llama-2-7B TPOT, alternating, on / off: int4-wo g128 bs 1 1.988 / 1.986 against 2.041 / 2.049 ms, bs 4 2.465 /
+  // 2.434 against 2.525 / 2.505; int8-wo bs 1 2.579 / 2.573 against 2.660 / 2.644, bs 4 3.001 / 3.006 against
+  // 3.061 / 3.077 (session 21 run 1); FP8 bs 1 2.680 / 2.679 against 2.736 / 2.737 with the plain picks forced
+  // (session 25 run 3).
   bool quant_glu = true;
   // decode norm fusion: an rms_norm computed by the last block of the gemv that writes its input (plan_norm_fusion);
   // environment TSLLM_NORM_TAIL=0|1|2 for the A/B (2: fused wherever planned, not only where the tuner's eager

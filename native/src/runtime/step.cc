@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <unordered_set>
 
@@ -240,6 +241,25 @@ float replay_ms(Engine& e, cudaGraphExec_t g, int warm, int runs) {
   return ms / float(runs);
 }
 
+// What body launches on e.stream, captured and instantiated (the capture ended and dropped when body throws).
+cudaGraphExec_t capture_graph(Engine& e, const std::function<void()>& body) {
+  cudaGraph_t g = nullptr;
+  TSLLM_CUDA(cudaStreamBeginCapture(e.stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+  try {
+    body();
+  } catch (...) {
+    cudaStreamEndCapture(e.stream, &g);
+    if (g) cudaGraphDestroy(g);
+    throw;
+  }
+  TSLLM_CUDA(cudaStreamEndCapture(e.stream, &g), "cudaStreamEndCapture");
+  cudaGraphExec_t ge = nullptr;
+  const cudaError_t err = cudaGraphInstantiate(&ge, g, 0);
+  cudaGraphDestroy(g);
+  TSLLM_CUDA(err, "cudaGraphInstantiate");
+  return ge;
+}
+
 // profile 2 (TSLLM_PROFILE=graph): replays graphs of subsets of one decode step (all nodes of one op type, each linear
 // shape, sampling) and prints each subset's time per step: alone (the subset's kernels back to back), and in the step
 // (the full step's time minus that of the step without the subset). The two differ where a kernel's start overlaps
@@ -293,20 +313,10 @@ void profile_graph_breakdown(Engine& e, const StepPlan& p) {
                p.max_len, full);
   // The time of a graph of the program's nodes in `mask` (then sampling, when `sample`).
   auto time_subset = [&](const std::vector<uint8_t>* mask, bool sample) {
-    cudaGraph_t graph = nullptr;
-    TSLLM_CUDA(cudaStreamBeginCapture(e.stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
-    try {
+    cudaGraphExec_t ge = capture_graph(e, [&] {
       if (mask) forward(e, p, mask);
       postprocess(e, p, sample);
-    } catch (...) {
-      cudaStreamEndCapture(e.stream, &graph);
-      if (graph) cudaGraphDestroy(graph);
-      throw;
-    }
-    TSLLM_CUDA(cudaStreamEndCapture(e.stream, &graph), "cudaStreamEndCapture");
-    cudaGraphExec_t ge = nullptr;
-    TSLLM_CUDA(cudaGraphInstantiate(&ge, graph, 0), "cudaGraphInstantiate");
-    cudaGraphDestroy(graph);
+    });
     const float ms = time_graph(ge);
     cudaGraphExecDestroy(ge);
     return ms;
@@ -346,15 +356,14 @@ void profile_graph_breakdown(Engine& e, const StepPlan& p) {
 // The decode step of plan p captured and instantiated; *share: what forward() counted while capturing (the graph's
 // share of the kernel counters, added at each replay).
 cudaGraphExec_t capture_step(Engine& e, const StepPlan& p, std::vector<Engine::Counts>* share) {
-  cudaGraph_t g = nullptr;
   const std::vector<Engine::Counts> before = e.stats;
-  TSLLM_CUDA(cudaStreamBeginCapture(e.stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+  cudaGraphExec_t ge = nullptr;
   try {
-    forward(e, p);
-    postprocess(e, p, true);
+    ge = capture_graph(e, [&] {
+      forward(e, p);
+      postprocess(e, p, true);
+    });
   } catch (...) {
-    cudaStreamEndCapture(e.stream, &g);
-    if (g) cudaGraphDestroy(g);
     e.stats = before;
     throw;
   }
@@ -362,11 +371,6 @@ cudaGraphExec_t capture_step(Engine& e, const StepPlan& p, std::vector<Engine::C
   for (size_t i = 0; i < e.stats.size(); i++)
     for (size_t k = 0; k < (*share)[i].size(); k++) (*share)[i][k] = e.stats[i][k] - before[i][k];
   e.stats = before;
-  TSLLM_CUDA(cudaStreamEndCapture(e.stream, &g), "cudaStreamEndCapture");
-  cudaGraphExec_t ge = nullptr;
-  cudaError_t err = cudaGraphInstantiate(&ge, g, 0);
-  cudaGraphDestroy(g);
-  TSLLM_CUDA(err, "cudaGraphInstantiate");
   return ge;
 }
 
