@@ -131,6 +131,28 @@ describe("batch manager on the native runtime", () => {
     await bm.shutdown();
   });
 
+  it("warmup() captures the decode graphs of batches 1-4; requests after it capture none and equal tsllm_generate", async () => {
+    const { engine, bm } = manager("guaranteed_no_evict");
+    expect(engine.info().numCudaGraphs).toBe(0);
+    const w = await bm.warmup();
+    expect(w.batchSizes).toEqual([1, 2, 3, 4]);
+    const graphs = engine.info().numCudaGraphs;
+    expect(graphs).toBeGreaterThanOrEqual(3); // batch 3 may pad to 4's graph
+    // max_seq_len 256: every context is in the warm-up's length bucket, so its graphs serve any request.
+    const four = reqs.slice(0, 4);
+    const got = await Promise.all(four.map((r) => bm.submit(r).done));
+    expect(engine.info().numCudaGraphs).toBe(graphs);
+    for (const [i, r] of four.entries()) {
+      const a = alone[i];
+      const b = got[i].outputIds;
+      const j = a.findIndex((t, x) => b[x] !== t);
+      if (j >= 0)
+        expect(await tieGap(r.promptIds, a.slice(0, j), a[j], b[j]), `request ${i}`).toBeLessThan(TIE);
+      else expect(b).toEqual(a);
+    }
+    await bm.shutdown();
+  });
+
   it("steps run off the event loop: timers fire while the GPU steps", async () => {
     const { bm } = manager("guaranteed_no_evict");
     let ticks = 0;

@@ -44,7 +44,12 @@ const program = command(
   .addOption(limitOption("--max-seq-len"))
   .addOption(kvFractionOption())
   .addOption(fp8ContextFmhaOption())
-  .option("--no-verify", "skip the engine content-hash check (large engines)");
+  .option("--no-verify", "skip the engine content-hash check (large engines)")
+  .option(
+    "--no-warmup",
+    "cuda: start listening without first running batches 1-4 once (CUDA graph captures and kernel tuning then " +
+      "fall on the first requests)",
+  );
 
 await main(async () => {
   program.parse();
@@ -61,6 +66,14 @@ await main(async () => {
     fp8ContextFmha: o.fp8ContextFmha,
     verify: o.verify,
   });
+  // Before listening: the first requests would otherwise pay for the runtime's graph captures and kernel tuning
+  // (the reference executor has neither).
+  if (o.warmup && manager.backendInfo.device === "cuda") {
+    const w = await manager.warmup();
+    process.stdout.write(
+      `tsllm-serve: warm-up (batches ${w.batchSizes.join(", ")}: CUDA graphs, kernel tuning) in ${w.ms.toFixed(0)} ms\n`,
+    );
+  }
   const modelName = o.servedModelName ?? path.basename(path.resolve(dir));
   const server = buildServer({
     manager,

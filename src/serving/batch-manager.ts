@@ -43,6 +43,13 @@ export interface BatchManagerOptions {
   overlap?: boolean;
 }
 
+/** What warmup() ran. */
+export interface WarmupReport {
+  ms: number;
+  batchSizes: number[];
+  steps: number;
+}
+
 type State = "queued" | "running" | "paused" | "done";
 
 interface Req {
@@ -260,6 +267,36 @@ export class InflightBatchManager implements BatchManager {
       kvBlocksFree: this.limits.kvBlocksTotal - this.blocksUsed,
       ...this.s,
     };
+  }
+
+  /**
+   * Runs the steps a fresh engine does slowly the first time, before any user request: for each batch size,
+   * that many short requests at once (a context step, then two decode steps: the first runs eagerly, the second
+   * captures the CUDA graph and, at batch 1, step-tunes it), so the runtime's kernel tuners and graph captures
+   * happen here. Why: on the native runtime the first lone request after load otherwise waited 0.5-1.5 s for
+   * batch 1's step tuning alone (native/kernels-notes.md, session 25). Afterwards the counters start again from
+   * zero (the warm-up's blocks are all freed). Call it before submitting anything.
+   */
+  async warmup(o: { batchSizes?: readonly number[]; promptLen?: number } = {}): Promise<WarmupReport> {
+    if (this.queue.length || this.running.length || this.paused.length)
+      throw new Error("warmup() runs before any request is submitted");
+    const sizes = (o.batchSizes ?? [1, 2, 3, 4]).filter((b) => b >= 1 && b <= this.limits.maxBatchSize);
+    const promptLen = Math.max(1, Math.min(o.promptLen ?? 8, this.limits.maxSeqLen - 3));
+    const prompt = Array.from({ length: promptLen }, (_, i) => (i + 1) % this.vocabSize);
+    const t0 = performance.now();
+    for (const b of sizes) {
+      const handles = Array.from({ length: b }, () =>
+        this.submit({ promptIds: prompt, maxNewTokens: 3, ignoreEos: true, tag: "warm-up" }),
+      );
+      const results = await Promise.all(handles.map((h) => h.done));
+      const failed = results.find((r) => r.finishReason === "error");
+      if (failed) throw new Error(`warm-up at batch ${b} failed: ${failed.error?.message ?? "step error"}`);
+    }
+    // (Let the step loop park first: a step launched ahead may still be completing.)
+    while (this.loopDone && !this.wakeUp) await new Promise((res) => setTimeout(res, 1));
+    const steps = this.s.steps;
+    for (const k of Object.keys(this.s) as (keyof typeof this.s)[]) this.s[k] = 0;
+    return { ms: performance.now() - t0, batchSizes: sizes, steps };
   }
 
   async shutdown(o: { drainTimeoutMs?: number } = {}): Promise<void> {

@@ -212,6 +212,32 @@ describe("batch manager (CPU reference executor)", () => {
     await bm.shutdown();
   });
 
+  it("warmup() runs batches 1-4 (capped by max_batch_size), then starts the counters again; requests after it equal alone", async () => {
+    const bm = await openBatchManager(dir, { device: "cpu", maxBatchSize: 3, maxNumTokens: 64 });
+    const steps: number[] = [];
+    bm.onStep = (st) => steps.push(st.decode === st.seqs ? st.seqs : 0); // decode-only steps: their batch
+    const w = await bm.warmup();
+    expect(w.batchSizes).toEqual([1, 2, 3]);
+    // Each size: a context step, then two decode-only steps of that many sequences (the second is where the native
+    // runtime captures its graph).
+    for (const b of [1, 2, 3]) expect(steps.filter((s) => s === b).length, `batch ${b}`).toBe(2);
+    expect(steps.filter((s) => s === 0).length).toBe(3);
+    expect(w.steps).toBe(steps.length);
+    const st = bm.stats();
+    expect([st.steps, st.requestsFinished, st.tokensGenerated, st.kvBlocksPeakUsed]).toEqual([0, 0, 0, 0]);
+    expect(st.kvBlocksFree).toBe(st.kvBlocksTotal);
+    const rs = await Promise.all(requests.slice(0, 6).map((r) => bm.submit(r).done));
+    rs.forEach((r, i) => expect(r.outputIds, `request ${i}`).toEqual(alone[i]));
+    expect(bm.stats().requestsFinished).toBe(6);
+    await expect(
+      (async () => {
+        bm.submit({ promptIds: [1, 2], maxNewTokens: 50, ignoreEos: true });
+        await bm.warmup();
+      })(),
+    ).rejects.toThrow("before any request");
+    await bm.shutdown();
+  });
+
   it("rejects a request that can never fit at submit, with the numbers", async () => {
     const bm = await openBatchManager(dir, { device: "cpu", kvBlocks: 10 });
     const tooLong = () => bm.submit({ promptIds: Array(250).fill(3), maxNewTokens: 10 });

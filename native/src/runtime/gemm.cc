@@ -117,7 +117,7 @@ std::string GemmRunner::tune(const Key& k, Plan* p, const cublasLtMatmulHeuristi
       cudaEventElapsedTime(&ms, a, b);
       if (it > 0) total += ms;
     }
-    if (ok) p->gemv_times.emplace_back(v, total / 5);
+    if (ok) step_gemv_.timed(k, v, total / 5);
     if (ok && total < best) best = total, pick_gemv = v, gemv_wins = true;
   }
   // Sum of runs 2-6 of a cuBLASLt algorithm (L2 flushed before each), or a negative value when it fails.
@@ -251,8 +251,7 @@ std::string GemmRunner::make_plan(const Key& k, Plan* p, const void* x, const vo
 
 GemmRunner::Plan* GemmRunner::get_plan(const Key& k, const void* x, const void* w, const void* bias, cudaStream_t s,
                                        std::string* err) {
-  if (recording_ && k.M <= kGemvMaxM && std::find(step_keys_.begin(), step_keys_.end(), k) == step_keys_.end())
-    step_keys_.push_back(k);
+  if (k.M <= kGemvMaxM) step_gemv_.note(k);
   auto it = cache_.find(k);
   if (it != cache_.end()) return &it->second;
   Plan p;
@@ -267,22 +266,39 @@ GemmRunner::Plan* GemmRunner::get_plan(const Key& k, const void* x, const void* 
   return &cache_.emplace(k, p).first->second;
 }
 
-std::vector<StepChoice> GemmRunner::step_choices(float within) {
-  std::vector<StepChoice> out;
-  for (const Key& k : step_keys_) {
-    auto it = cache_.find(k);
-    if (it == cache_.end() || it->second.gemv < 0 || step_tuned_.count(k)) continue;
-    StepChoice c;
-    c.name = "gemv M=" + std::to_string(k.M) + " N=" + std::to_string(k.N) + " K=" + std::to_string(k.K);
-    c.pick = it->second.gemv;
-    c.candidates = near_candidates(it->second.gemv_times, c.pick, within);
-    c.set = [this, k](int v, bool done) {
-      cache_.find(k)->second.gemv = v;
-      if (done) step_tuned_.insert(k);
-    };
-    if (!c.candidates.empty()) out.push_back(std::move(c));
-  }
-  return out;
+void GemmRunner::step_choices(float within, std::vector<StepChoice>* out) {
+  step_gemv_.offer(
+      out, within, -1.f,
+      [this](const Key& k, int* pick) {
+        auto it = cache_.find(k);
+        if (it == cache_.end() || it->second.gemv < 0) return false;
+        *pick = it->second.gemv;
+        return true;
+      },
+      [this](const Key& k, int v) { cache_.find(k)->second.gemv = v; },
+      [](const Key& k) {
+        return "gemv M=" + std::to_string(k.M) + " N=" + std::to_string(k.N) + " K=" + std::to_string(k.K);
+      });
+}
+
+void GemmRunner::fusion_choices(float within, std::vector<StepChoice>* out) {
+  step_fusion_.offer(
+      out, within, kFusionClose,
+      [this](const Key& k, int* pick) {
+        auto it = pro_cache_.find(k);
+        if (it == pro_cache_.end()) return false;
+        *pick = it->second;
+        return true;
+      },
+      [this](const Key& k, int v) { pro_cache_[k] = v; },
+      [](const Key& k) {
+        const char* what = k.pro == kNormKey ? "norm tail: linear + rms_norm"
+                           : k.pro > kGluKey ? "epilogue: linear + gated_act"
+                           : k.pro == int(GemvPro::RmsNorm) ? "prologue: rms_norm + linear"
+                                                           : "prologue: gated_act + linear";
+        return std::string("gemv ") + what + " M=" + std::to_string(k.M) + " N=" + std::to_string(k.N) +
+               " K=" + std::to_string(k.K) + " (-1: unfused)";
+      });
 }
 
 std::string GemmRunner::run_plan(Plan& p, const void* x, const void* w, const void* bias, const void* residual,
@@ -385,6 +401,7 @@ int GemmRunner::prologue_variant(const GemvPrologue& pro, const void* pro_x, voi
   kp.pro = int(pro.kind);
   for (const void* p : {pro_x, pro.norm_w})
     if (p && ptr_align(p) < kp.align) kp.align = ptr_align(p);
+  step_fusion_.note(kp);
   const int known = fusion_cached(pro_cache_, kp, s, why);
   if (known != kFusionUndecided) return known;
   std::string err;
@@ -426,6 +443,7 @@ int GemmRunner::glu_variant(GemvPro act, const void* x, const void* w, const voi
   Key kg = ku;
   kg.pro = kGluKey + int(act);
   if (ptr_align(out) < kg.align) kg.align = ptr_align(out);
+  step_fusion_.note(kg);
   const int known = fusion_cached(pro_cache_, kg, s, why);
   if (known != kFusionUndecided) return known;
   std::string err;
@@ -459,6 +477,7 @@ int GemmRunner::norm_variant(const void* x, const void* w, const void* bias, con
   const Key ku = linear_key(x, w, bias, residual, out, M, N, K, dt, epi);  // the plain linear's
   Key kn = ku;
   kn.pro = kNormKey;
+  step_fusion_.note(kn);
   const int known = fusion_cached(pro_cache_, kn, s, why);
   if (known != kFusionUndecided) return known;
   std::string err;
@@ -493,11 +512,15 @@ int GemmRunner::decide_fusion(const Key& k, const char* what, Plan* pu, size_t s
     pick = gemv_mode == 1 ? gemv_variant : (pu ? pu->gemv : -1);
     if (pick >= 0 && !offers(pick)) pick = -1;
   } else if (ensure_tune_buffers(scratch).empty()) {
+    // (Step tuning may revisit an unforced decision: the pair as -1, each fused variant.)
+    const bool choice = gemv_mode != 1 && !force;
     if (pu && gemv_mode != 1) base = time_flushed(s, pair);
+    if (choice && base >= 0.f) step_fusion_.timed(k, -1, base);
     for (int v = 0; v < kGemvVariants; v++) {
       if ((gemv_variant >= 0 && v != gemv_variant) || !offers(v)) continue;
       const float ms = time_flushed(s, [&] { return fused(v); });
       if (ms >= 0.f && ms < best) best = ms, pick = v;
+      if (choice && ms >= 0.f) step_fusion_.timed(k, v, ms);
     }
     if (pick >= 0 && gemv_mode != 1 && !force && !(base >= 0.f && best < base)) pick = -1;
   }

@@ -11,7 +11,6 @@
 #include <functional>
 #include <string>
 #include <unordered_map>
-#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -95,13 +94,15 @@ class GemmRunner {
   int gemv_mode = -1;
   int gemv_variant = -1;  // >= 0: only that variant (tests)
 
-  // Step tuning (step_choice.h): while recording, the decode-sized (M <= kGemvMaxM) plans a step looks up are listed
-  // once; step_choices offers those whose pick is the gemv, with its other variants that timed within `within`.
+  // Step tuning (step_choice.h): while recording, the decode-sized (M <= kGemvMaxM) plans and fusion decisions a step
+  // looks up are listed once; step_choices offers the plans whose pick is the gemv, with its other variants that timed
+  // within `within`; fusion_choices the fusion decisions, with the fused variants and the unfused pair (-1) that did.
   void record_keys(bool on) {
-    recording_ = on;
-    if (on) step_keys_.clear();
+    step_gemv_.record(on);
+    step_fusion_.record(on);
   }
-  std::vector<StepChoice> step_choices(float within);
+  void step_choices(float within, std::vector<StepChoice>* out);
+  void fusion_choices(float within, std::vector<StepChoice>* out);
 
  private:
   struct Key {
@@ -127,7 +128,6 @@ class GemmRunner {
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
     cublasLtMatmulAlgo_t algo{};
     int gemv = -1;  // >= 0: the kernels.h gemv variant that won the tuning
-    std::vector<std::pair<int, float>> gemv_times;  // each gemv variant's lone time (ms a call), for step tuning
     std::string no_gemv;  // why the gemv is not used (strict mode's message)
   };
   // The plan of a shape (made, and tuned, on first use); nullptr with *err set on failure.
@@ -147,9 +147,8 @@ class GemmRunner {
   void* flush_ = nullptr;     // 64 MB written before each timed run to evict the weights from L2
   std::unordered_map<Key, Plan, KeyHash> cache_;
   std::unordered_map<Key, int, KeyHash> pro_cache_;  // prologue / epilogue fusion: gemv variant, or -1 (unfused)
-  bool recording_ = false;  // step tuning: the keys get_plan was asked for, and those already step-tuned
-  std::vector<Key> step_keys_;
-  std::unordered_set<Key, KeyHash> step_tuned_;
+  // Step tuning: the plain gemv picks (cache_'s) and the fusion decisions (pro_cache_'s), their lone times.
+  StepTuned<Key> step_gemv_, step_fusion_;
   static constexpr int kGluKey = 16, kNormKey = 32;
   unsigned* tune_counter_ = nullptr;  // gemv_norm's block counter while tuning
   // A linear's plan key, as linear() makes it: its shape, dtype, epilogue, whether it has a residual, and the

@@ -148,8 +148,7 @@ int QuantGemm::tuned_pick(std::map<PickKey, int>& picks, const QuantLinearCall& 
   // manager's steps take many row counts, and each would otherwise time every candidate once per shape.
   if (c.kind != QuantKind::Fp8 && c.M > kIntMmaGemvMaxM) std::get<2>(key) = (c.M + 31) / 32 * 32;
   const bool plain = &picks == &gemv_pick_;  // (step tuning: the plain gemv's picks only)
-  if (plain && recording_ && std::find(step_keys_.begin(), step_keys_.end(), key) == step_keys_.end())
-    step_keys_.push_back(key);
+  if (plain) step_gemv_.note(key);
   auto it = picks.find(key);
   if (it != picks.end()) return it->second;
   cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
@@ -163,7 +162,7 @@ int QuantGemm::tuned_pick(std::map<PickKey, int>& picks, const QuantLinearCall& 
     if (!takes(v)) continue;
     const float ms = time_runs(s, [&] { return run(v) == cudaSuccess; });
     if (ms >= 0.f && ms < best * (1.f - kTuneMargin)) best = ms, pick = v;
-    if (plain && ms >= 0.f) gemv_times_[key].emplace_back(v, ms);
+    if (plain && ms >= 0.f) step_gemv_.timed(key, v, ms);
     char b[32];
     std::snprintf(b, sizeof b, " %d:%.4f", v, ms);
     all += b;
@@ -171,7 +170,7 @@ int QuantGemm::tuned_pick(std::map<PickKey, int>& picks, const QuantLinearCall& 
   if (large) {
     const float ms = time_runs(s, [&] { return large(tune_out_); });
     if (ms >= 0.f && ms < best * (1.f - kTuneMargin)) best = ms, pick = -1;
-    if (plain && ms >= 0.f) gemv_times_[key].emplace_back(-1, ms);
+    if (plain && ms >= 0.f) step_gemv_.timed(key, -1, ms);
     char b[32];
     std::snprintf(b, sizeof b, " dequantise+linear:%.4f", ms);
     all += b;
@@ -183,25 +182,31 @@ int QuantGemm::tuned_pick(std::map<PickKey, int>& picks, const QuantLinearCall& 
   return pick;
 }
 
-std::vector<StepChoice> QuantGemm::step_choices(float within) {
-  std::vector<StepChoice> out;
-  for (const PickKey& k : step_keys_) {
-    auto p = gemv_pick_.find(k);
-    auto t = gemv_times_.find(k);
-    if (p == gemv_pick_.end() || t == gemv_times_.end() || step_tuned_.count(k)) continue;
-    StepChoice c;
-    c.name = std::string("quant gemv ") + quant_kind_name(QuantKind(std::get<0>(k))) + " M=" +
-             std::to_string(std::get<2>(k)) + " N=" + std::to_string(std::get<3>(k)) + " K=" +
-             std::to_string(std::get<4>(k));
-    c.pick = p->second;
-    c.candidates = near_candidates(t->second, p->second, within);
-    c.set = [this, k](int v, bool done) {
-      gemv_pick_[k] = v;
-      if (done) step_tuned_.insert(k);
-    };
-    if (!c.candidates.empty()) out.push_back(std::move(c));
-  }
-  return out;
+void QuantGemm::offer(StepTuned<PickKey>& st, std::map<PickKey, int>& picks, const char* what, float within,
+                      float close, std::vector<StepChoice>* out) {
+  st.offer(
+      out, within, close,
+      [&picks](const PickKey& k, int* pick) {
+        auto it = picks.find(k);
+        if (it == picks.end()) return false;
+        *pick = it->second;
+        return true;
+      },
+      [&picks](const PickKey& k, int v) { picks[k] = v; },
+      [what](const PickKey& k) {
+        return std::string(what) + " " + quant_kind_name(QuantKind(std::get<0>(k))) + " M=" +
+               std::to_string(std::get<2>(k)) + " N=" + std::to_string(std::get<3>(k)) + " K=" +
+               std::to_string(std::get<4>(k));
+      });
+}
+
+void QuantGemm::step_choices(float within, std::vector<StepChoice>* out) {
+  offer(step_gemv_, gemv_pick_, "quant gemv", within, -1.f, out);
+}
+
+void QuantGemm::fusion_choices(float within, std::vector<StepChoice>* out) {
+  offer(step_pro_, pro_pick_, "quant gemv prologue (-1: unfused): rms_norm +", within, kFusionClose, out);
+  offer(step_glu_, glu_pick_, "quant gemv epilogue (-1: unfused): gated_act after", within, kFusionClose, out);
 }
 
 int QuantGemm::gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s, const LargePath& large) {
@@ -279,6 +284,7 @@ int QuantGemm::prologue_variant(const QuantLinearCall& c, const GemvPrologue& pr
   if (gemv_force >= 0 && gemv_force < quant_gemv_variants(c.kind))  // (as gemv_variant: beyond the kind's, tuned)
     return quant_gemv_has_prologue(c.kind, gemv_force) ? gemv_force : no("forced variant has no prologue");
   const PickKey key = pick_key(c, dt);
+  step_pro_.note(key);
   const int known = fusion_cached(pro_pick_, key, s, why);
   if (known != kFusionUndecided) return known;
   int pick = -1;
@@ -304,8 +310,10 @@ int QuantGemm::prologue_variant(const QuantLinearCall& c, const GemvPrologue& pr
                           pdl, s, pro) == cudaSuccess;
       });
       if (ms >= 0.f && ms < best * (1.f - kTuneMargin)) best = ms, pick = v;
+      if (ms >= 0.f && !force_pro) step_pro_.timed(key, v, ms);
     }
     if (pick >= 0 && base >= 0.f && !force_pro && !(best < base)) pick = -1;
+    if (base >= 0.f && !force_pro) step_pro_.timed(key, -1, base);
   }
   if (verbose)
     std::fprintf(stderr, "tsllm quant gemv prologue: rms_norm + %s M=%d N=%d K=%d: %s (fused best %.4f ms, unfused %.4f ms)\n",
@@ -330,6 +338,7 @@ int QuantGemm::glu_variant(const QuantLinearCall& c, Act act, DType dt, cudaStre
   if (gemv_force >= 0 && gemv_force < quant_gemv_variants(c.kind))
     return quant_gemv_glu_takes(c.kind, gemv_force, c.M, c.K, c.group) ? gemv_force : no("forced variant has no GLU");
   const PickKey key = pick_key(c, dt);
+  step_glu_.note(key);
   const int known = fusion_cached(glu_pick_, key, s, why);
   if (known != kFusionUndecided) return known;
   int pick = -1;
@@ -352,8 +361,10 @@ int QuantGemm::glu_variant(const QuantLinearCall& c, Act act, DType dt, cudaStre
                cudaSuccess;
       });
       if (ms >= 0.f && ms < best * (1.f - kTuneMargin)) best = ms, pick = v;
+      if (ms >= 0.f) step_glu_.timed(key, v, ms);
     }
     if (pick >= 0 && !(base >= 0.f && best < base)) pick = -1;
+    if (base >= 0.f) step_glu_.timed(key, -1, base);
   }
   cudaGetLastError();
   if (verbose)

@@ -22,7 +22,6 @@
 
 #include <functional>
 #include <map>
-#include <set>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -141,14 +140,17 @@ class QuantGemm {
   bool verbose = false;   // profiling on: tuning decisions to stderr
   bool force_pro = false;  // Tunables::prologue_force: every planned rms_norm pair fused
 
-  // Step tuning (step_choice.h): while recording, every tuned plain gemv pick a call looks up is listed once;
-  // step_choices offers those shapes.
+  // Step tuning (step_choice.h): while recording, every tuned plain gemv pick and fusion decision a call looks up is
+  // listed once; step_choices offers the plain picks, fusion_choices the rms_norm prologue and GLU decisions (-1:
+  // the unfused pair).
   using PickKey = std::tuple<int, int, int, int, int, int>;  // (kind, group, M, N, K, dt)
   void record_keys(bool on) {
-    recording_ = on;
-    if (on) step_keys_.clear();
+    step_gemv_.record(on);
+    step_pro_.record(on);
+    step_glu_.record(on);
   }
-  std::vector<StepChoice> step_choices(float within);
+  void step_choices(float within, std::vector<StepChoice>* out);
+  void fusion_choices(float within, std::vector<StepChoice>* out);
 
  private:
   // The large-M path run once into a scratch output (tuning), true when it launched.
@@ -206,12 +208,12 @@ class QuantGemm {
   std::map<PickKey, int> pro_pick_;   // -> fused variant or -1
   std::map<PickKey, int> glu_pick_;   // -> fused variant or -1
   std::map<PickKey, int> rows_pick_;  // -> fp8_gemv_rows variant
-  // Step tuning: each gemv_pick_ shape's lone times (variant, ms; -1 the large-M path), the shapes looked up while
-  // recording, and the shapes decided by a step.
-  std::map<PickKey, std::vector<std::pair<int, float>>> gemv_times_;
-  bool recording_ = false;
-  std::vector<PickKey> step_keys_;
-  std::set<PickKey> step_tuned_;
+  // Step tuning: gemv_pick_'s (lone times: variant, ms; -1 the large-M path), pro_pick_'s and glu_pick_'s (-1 the
+  // unfused pair).
+  StepTuned<PickKey> step_gemv_, step_pro_, step_glu_;
+  // A StepChoice per noted key of st whose decision is in picks; what: the decision's name for the log.
+  void offer(StepTuned<PickKey>& st, std::map<PickKey, int>& picks, const char* what, float within, float close,
+             std::vector<StepChoice>* out);
   // The tuner shared by gemv_variant and rows_variant: picks' entry for c's shape when timed before; else, outside a
   // capture and with scratch for c's output, each variant v in [first, last] that takes(v) timed by run(v) (writing
   // to scratch: out may be the residual, which must survive until the real call), the fastest kept (dflt when none

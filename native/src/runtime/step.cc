@@ -233,11 +233,12 @@ float replay_ms(Engine& e, cudaGraphExec_t g, int warm, int runs) {
   cudaEventRecord(a, e.stream);
   for (int i = 0; i < runs; i++) cudaGraphLaunch(g, e.stream);
   cudaEventRecord(b, e.stream);
-  TSLLM_CUDA(cudaEventSynchronize(b), "timing graph replays");
+  const cudaError_t err = cudaEventSynchronize(b);
   float ms = 0;
   cudaEventElapsedTime(&ms, a, b);
   cudaEventDestroy(a);
   cudaEventDestroy(b);
+  TSLLM_CUDA(err, "timing graph replays");
   return ms / float(runs);
 }
 
@@ -374,16 +375,17 @@ cudaGraphExec_t capture_step(Engine& e, const StepPlan& p, std::vector<Engine::C
   return ge;
 }
 
-// Step tuning (Tunables::step_tune, step_choice.h): each gemv shape the captured step *ge uses gets its near
-// candidates tried in the step itself (the graph recaptured with that pick, replays timed), one shape at a time,
-// keeping a candidate only when the step gets faster by more than 0.2 % (session 25 run 6: the same graph timed
-// 2.5997 and 2.6007 ms in two loads).
+// Step tuning (Tunables::step_tune, step_choice.h): each choice (a gemv shape's pick, a fusion decision) the
+// captured step *ge uses gets its near candidates tried in the step itself (the graph recaptured with that pick,
+// replays timed), one choice at a time, keeping a candidate only when the step gets faster by more than 0.2 %
+// (session 25 run 6: the same graph timed 2.5997 and 2.6007 ms in two loads). True when a pick changed.
 // Replays compute this very step (its KV slots and tokens come out the same), as the profile's do.
-void step_tune(Engine& e, const StepPlan& p, const std::vector<StepChoice>& choices, cudaGraphExec_t* ge,
+bool step_tune(Engine& e, const StepPlan& p, const std::vector<StepChoice>& choices, cudaGraphExec_t* ge,
                std::vector<Engine::Counts>* share) {
   constexpr float kGain = 0.002f;
   constexpr int kWarm = 3, kRuns = 10;
   float best = replay_ms(e, *ge, kWarm, kRuns);
+  bool changed = false;
   for (const StepChoice& c : choices) {
     int keep = c.pick;
     const float from = best;
@@ -391,15 +393,17 @@ void step_tune(Engine& e, const StepPlan& p, const std::vector<StepChoice>& choi
       c.set(v, false);
       std::vector<Engine::Counts> s2;
       cudaGraphExec_t g2 = nullptr;
+      float ms = 0.f;
       try {
         g2 = capture_step(e, p, &s2);
-      } catch (...) {
+        ms = replay_ms(e, g2, kWarm, kRuns);
+      } catch (...) {  // (the step fails: no graph of it is kept)
+        if (g2) cudaGraphExecDestroy(g2);
         c.set(keep, true);
         cudaGraphExecDestroy(*ge);
         *ge = nullptr;
         throw;
       }
-      const float ms = replay_ms(e, g2, kWarm, kRuns);
       if (ms < best * (1.f - kGain)) {
         cudaGraphExecDestroy(*ge);
         *ge = g2, *share = std::move(s2), best = ms, keep = v;
@@ -408,10 +412,57 @@ void step_tune(Engine& e, const StepPlan& p, const std::vector<StepChoice>& choi
       }
     }
     c.set(keep, true);
-    if (e.qgemm.verbose)
+    changed |= keep != c.pick;
+    if (e.gemm.verbose)
       std::fprintf(stderr, "tsllm step tune: batch %d, %s: variant %d -> %d (%zu candidates; %.4f -> %.4f ms a step)\n",
                    p.S, c.name.c_str(), c.pick, keep, c.candidates.size(), from, best);
   }
+  return changed;
+}
+
+// The first capture of a step-tuned decode graph (Tunables::step_tune), then step tuning in two rounds: the fusion
+// decisions first (they decide which gemv shapes the step runs), then the gemv picks of the step they leave.
+cudaGraphExec_t capture_tuned_step(Engine& e, const StepPlan& p, std::vector<Engine::Counts>* share) {
+  // The keys the captured step looks up (step_choice.h StepTuned::note).
+  auto capture_recording = [&] {
+    e.gemm.record_keys(true);
+    e.qgemm.record_keys(true);
+    cudaGraphExec_t g = nullptr;
+    try {
+      g = capture_step(e, p, share);
+    } catch (...) {
+      e.gemm.record_keys(false);
+      e.qgemm.record_keys(false);
+      throw;
+    }
+    e.gemm.record_keys(false);
+    e.qgemm.record_keys(false);
+    return g;
+  };
+  cudaGraphExec_t ge = capture_recording();
+  const auto t0 = std::chrono::steady_clock::now();
+  size_t tried = 0;
+  for (int round = 0; round < 2; round++) {
+    // Candidates: the variants whose lone time was within 15 % of the pick's (TSLLM_TUNE_LOG prints them).
+    std::vector<StepChoice> choices;
+    if (round == 0) {
+      e.gemm.fusion_choices(0.15f, &choices);
+      e.qgemm.fusion_choices(0.15f, &choices);
+    } else {
+      e.gemm.step_choices(0.15f, &choices);
+      e.qgemm.step_choices(0.15f, &choices);
+    }
+    tried += choices.size();
+    if (!choices.empty() && step_tune(e, p, choices, &ge, share) && round == 0) {
+      cudaGraphExecDestroy(ge);  // the same step, recaptured for the keys its new decisions look up
+      ge = nullptr;
+      ge = capture_recording();
+    }
+  }
+  if (tried && e.gemm.verbose)
+    std::fprintf(stderr, "tsllm step tune: batch %d: %zu choices in %.0f ms\n", p.S, tried,
+                 std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  return ge;
 }
 
 void execute(Engine& e, const StepPlan& p, bool do_sample) {
@@ -428,34 +479,10 @@ void execute(Engine& e, const StepPlan& p, bool do_sample) {
       return;
     }
     std::vector<Engine::Counts>& share = e.graph_stats[p.graph_key];
-    // Not for tensor-parallel ranks: each would time its own candidates, and the replays' all_reduce calls must
-    // match across ranks.
+    // Step tuning: not for tensor-parallel ranks (each would time its own candidates, and the replays' all_reduce
+    // calls must match across ranks).
     const bool tune = p.S <= e.tun.step_tune && !e.nccl_comm;
-    auto record = [&](bool on) {
-      e.gemm.record_keys(on);
-      e.qgemm.record_keys(on);
-    };
-    if (tune) record(true);
-    cudaGraphExec_t ge = nullptr;
-    try {
-      ge = capture_step(e, p, &share);
-    } catch (...) {
-      record(false);
-      throw;
-    }
-    record(false);
-    if (tune) {
-      // Candidates: the variants whose lone time was within 15 % of the pick's (TSLLM_TUNE_LOG prints them).
-      std::vector<StepChoice> choices = e.gemm.step_choices(0.15f);
-      for (StepChoice& c : e.qgemm.step_choices(0.15f)) choices.push_back(std::move(c));
-      if (!choices.empty()) {
-        const auto t0 = std::chrono::steady_clock::now();
-        step_tune(e, p, choices, &ge, &share);
-        if (e.qgemm.verbose)
-          std::fprintf(stderr, "tsllm step tune: batch %d: %zu shapes in %.0f ms\n", p.S, choices.size(),
-                       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-      }
-    }
+    cudaGraphExec_t ge = tune ? capture_tuned_step(e, p, &share) : capture_step(e, p, &share);
     it = e.graphs.emplace(p.graph_key, ge).first;
   }
   if (e.profile_graph && ++e.graph_replays == 8) profile_graph_breakdown(e, p);
