@@ -73,10 +73,12 @@ struct Tunables {
   bool strict = false;        // forced kernels that cannot run are errors
   int profile = 0;            // 0 off, 1 per-node events, 2 graph breakdown
   bool tune_log = false;      // the tuners' picks to stderr without profiling (environment TSLLM_TUNE_LOG=1)
-  // Step tuning (step_choice.h, step.cc step_tune): decode graphs of at most this many sequences decide their gemv
-  // picks (fp16 / bf16 and quantised) again by timing the graph with each near candidate, once per shape, when first
-  // captured (H200, Llama-2-7B bs 1: 0.5-1.5 s once; TPOT FP8 2.624 ms against 2.679 off, int4-wo g128 1.924
-  // against 1.990, session 25). 0: off. Environment TSLLM_STEP_TUNE=n.
+  // Step tuning (step_choice.h, step.cc step_tune): decode graphs of at most this many sequences decide their decode
+  // fusions, then their gemv picks (fp16 / bf16 and quantised) again by timing the graph with each near candidate,
+  // once per shape, when first captured (H200, Llama-2-7B bs 1: 1-2 s once; TPOT fp16 3.652 / 3.635 ms against
+  // 3.709 / 3.668 off, session 26; FP8 2.624 against 2.679, int4-wo g128 1.924 against 1.990, session 25). 1, not 4:
+  // batches 2 and 4 gained nothing (fp16 3.965 / 4.512 ms against 3.963 / 4.525, FP8 3.078 / 3.430 against
+  // 3.076 / 3.428, session 26 run 3). 0: off. Environment TSLLM_STEP_TUNE=n.
   int step_tune = 1;
   // quant_linear (quant_gemm.h), environment only (A/B): decode through the quantised gemv where eligible,
   // a forced gemv variant (-1: tuned), FP8 context GEMMs with cuBLASLt outer-vector scaling where available.
