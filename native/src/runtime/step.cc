@@ -443,7 +443,8 @@ cudaGraphExec_t capture_tuned_step(Engine& e, const StepPlan& p, std::vector<Eng
   const auto t0 = std::chrono::steady_clock::now();
   size_t tried = 0;
   for (int round = 0; round < 2; round++) {
-    // Candidates: the variants whose lone time was within 15 % of the pick's (TSLLM_TUNE_LOG prints them).
+    // Candidates: the variants whose lone time was within 15 % of the pick's (TSLLM_TUNE_LOG prints them; a fusion
+    // decision's fewer: step_choice.h near_candidates).
     std::vector<StepChoice> choices;
     if (round == 0) {
       e.gemm.fusion_choices(0.15f, &choices);
@@ -455,7 +456,6 @@ cudaGraphExec_t capture_tuned_step(Engine& e, const StepPlan& p, std::vector<Eng
     tried += choices.size();
     if (!choices.empty() && step_tune(e, p, choices, &ge, share) && round == 0) {
       cudaGraphExecDestroy(ge);  // the same step, recaptured for the keys its new decisions look up
-      ge = nullptr;
       ge = capture_recording();
     }
   }
