@@ -1,5 +1,6 @@
 // Builds and runs native/tools/*.cc with the host C++ compiler (no CUDA), for CPU tests of the runtime's
-// host-only parts: engine_check (the header reader), file_pass (the weight pass's reads and hashing).
+// host-only parts: engine_check (the header reader), file_pass (the weight pass's reads and hashing), step_choice
+// (the step tuner's candidate rules).
 // Asynchronously: a synchronous child process blocks the test worker's event loop (vitest's RPC times out
 // on a loaded machine).
 import { execFile, spawnSync } from "node:child_process";
