@@ -7,8 +7,9 @@
 //   record 1|0                       StepTuned::record
 //   note KEY                         StepTuned::note
 //   timed KEY V MS                   StepTuned::timed
-//   pick KEY V                       the runner's current pick for KEY (what offer's get reads, set's put writes)
-//   offer WITHIN CLOSE               -> "choice KEY pick P: A B ..." a line per StepChoice, then "offered N"
+//   pick KEY V                       the runner's current pick for KEY (the map offer_map reads and sets write)
+//   offer WITHIN CLOSE               -> "choice KEY pick P: A B ..." a line per StepChoice (offer_map), then
+//                                       "offered N"
 //   set KEY V done|trial             the last offer's choice for KEY: set(V, done)
 #include <cstdio>
 #include <iostream>
@@ -59,15 +60,7 @@ int main() {
       float within, close;
       in >> within >> close;
       last.clear();
-      st.offer(
-          &last, within, close,
-          [&](int k, int* p) {
-            auto it = picks.find(k);
-            if (it == picks.end()) return false;
-            *p = it->second;
-            return true;
-          },
-          [&](int k, int v) { picks[k] = v; }, [](int k) { return std::to_string(k); });
+      st.offer_map(&last, within, close, picks, [](int k) { return std::to_string(k); });
       for (const auto& c : last) {
         std::printf("choice %s pick %d:", c.name.c_str(), c.pick);
         for (int v : c.candidates) std::printf(" %d", v);

@@ -490,6 +490,15 @@ __device__ __forceinline__ void store_out(float v, const T* bias, const T* res, 
   out[size_t(m) * N + n] = from_f<T>(v);
 }
 
+// The quantised GLU epilogue (quant_gemv_glu): a gate row's and its up row's scaled sums (+ bias [2N]: gate n, up
+// N + n), each rounded to T as store_out writes a linear without activation or residual, then gated_act's
+// T(act(gate) · up) into out [M, N].
+template <typename T>
+__device__ __forceinline__ void store_glu(float g, float u, const T* bias, T* out, int m, int n, int N, int act) {
+  if (bias) g = __fadd_rn(g, to_f(bias[n])), u = __fadd_rn(u, to_f(bias[N + n]));
+  out[size_t(m) * N + n] = from_f<T>(act_value(to_f(from_f<T>(g)), Act(act)) * to_f(from_f<T>(u)));
+}
+
 // The big-block kernels' loop over row groups: group g = blockIdx.x, + gridDim.x, ...; each warp takes ROWS rows
 // of its group. ws holds the first group's rows with their first chunks in flight; the weights (format F, unscaled
 // in the dot) meet the vector staged by the block: xs(c, j, m, xf) writes row m's F::kStep values under weights

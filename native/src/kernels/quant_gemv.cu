@@ -67,9 +67,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   };
   if constexpr (GLU) {
     row_groups<WFp8, kWarps, ROWS, M>(ws, w, K, N, xs, [&](float gv, float uv, int m, int n) {
-      float g = gv * __fmul_rn(sx[m], __ldg(sw + n)), u = uv * __fmul_rn(sx[m], __ldg(sw + N + n));
-      if (bias) g = __fadd_rn(g, to_f(bias[n])), u = __fadd_rn(u, to_f(bias[N + n]));
-      out[size_t(m) * N + n] = from_f<T>(act_value(to_f(from_f<T>(g)), Act(act)) * to_f(from_f<T>(u)));
+      store_glu<T>(gv * __fmul_rn(sx[m], __ldg(sw + n)), uv * __fmul_rn(sx[m], __ldg(sw + N + n)), bias, out, m, n, N,
+                   act);
     });
   } else {
     row_groups<WFp8, kWarps, ROWS, M>(ws, w, K, N, xs, [&](float v, int m, int n) {

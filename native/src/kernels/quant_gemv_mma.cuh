@@ -225,8 +225,7 @@ __device__ __forceinline__ void store_warp_sums(const float (&red)[WARPS][ROWS][
 }
 
 // store_warp_sums for a GLU block (quant_gemv_mma_a.cuh): rows 0..ROWS/2-1 of red are gate rows n0.., the rest their
-// up rows. Each sum is rounded as store_out writes a linear without activation or residual, then gated_act's
-// T(act(gate) · up), act the gated activation; out is [M, N].
+// up rows; out is [M, N] (store_glu).
 template <typename T, int WARPS, int ROWS, int MB>
 __device__ __forceinline__ void store_warp_sums_glu(const float (&red)[WARPS][ROWS][MB], int n0, int M, int N,
                                                     const T* __restrict__ bias, T* out, int act) {
@@ -237,8 +236,7 @@ __device__ __forceinline__ void store_warp_sums_glu(const float (&red)[WARPS][RO
     float gv = 0.f, uv = 0.f;
 #pragma unroll
     for (int k = 0; k < WARPS; k++) gv += red[k][r][m], uv += red[k][H + r][m];
-    if (bias) gv = __fadd_rn(gv, to_f(bias[n])), uv = __fadd_rn(uv, to_f(bias[N + n]));
-    out[size_t(m) * N + n] = from_f<T>(act_value(to_f(from_f<T>(gv)), Act(act)) * to_f(from_f<T>(uv)));
+    store_glu<T>(gv, uv, bias, out, m, n, N, act);
   }
 }
 

@@ -282,23 +282,14 @@ void GemmRunner::step_choices(float within, std::vector<StepChoice>* out) {
 }
 
 void GemmRunner::fusion_choices(float within, std::vector<StepChoice>* out) {
-  step_fusion_.offer(
-      out, within, kFusionClose,
-      [this](const Key& k, int* pick) {
-        auto it = pro_cache_.find(k);
-        if (it == pro_cache_.end()) return false;
-        *pick = it->second;
-        return true;
-      },
-      [this](const Key& k, int v) { pro_cache_[k] = v; },
-      [](const Key& k) {
-        const char* what = k.pro == kNormKey ? "norm tail: linear + rms_norm"
-                           : k.pro > kGluKey ? "epilogue: linear + gated_act"
-                           : k.pro == int(GemvPro::RmsNorm) ? "prologue: rms_norm + linear"
-                                                           : "prologue: gated_act + linear";
-        return std::string("gemv ") + what + " M=" + std::to_string(k.M) + " N=" + std::to_string(k.N) +
-               " K=" + std::to_string(k.K) + " (-1: unfused)";
-      });
+  step_fusion_.offer_map(out, within, kFusionClose, pro_cache_, [](const Key& k) {
+    const char* what = k.pro == kNormKey               ? "norm tail: linear + rms_norm"
+                       : k.pro > kGluKey                ? "epilogue: linear + gated_act"
+                       : k.pro == int(GemvPro::RmsNorm) ? "prologue: rms_norm + linear"
+                                                        : "prologue: gated_act + linear";
+    return std::string("gemv ") + what + " M=" + std::to_string(k.M) + " N=" + std::to_string(k.N) +
+           " K=" + std::to_string(k.K) + " (-1: unfused)";
+  });
 }
 
 std::string GemmRunner::run_plan(Plan& p, const void* x, const void* w, const void* bias, const void* residual,

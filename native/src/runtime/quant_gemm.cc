@@ -182,31 +182,23 @@ int QuantGemm::tuned_pick(std::map<PickKey, int>& picks, const QuantLinearCall& 
   return pick;
 }
 
-void QuantGemm::offer(StepTuned<PickKey>& st, std::map<PickKey, int>& picks, const char* what, float within,
-                      float close, std::vector<StepChoice>* out) {
-  st.offer(
-      out, within, close,
-      [&picks](const PickKey& k, int* pick) {
-        auto it = picks.find(k);
-        if (it == picks.end()) return false;
-        *pick = it->second;
-        return true;
-      },
-      [&picks](const PickKey& k, int v) { picks[k] = v; },
-      [what](const PickKey& k) {
-        return std::string(what) + " " + quant_kind_name(QuantKind(std::get<0>(k))) + " M=" +
-               std::to_string(std::get<2>(k)) + " N=" + std::to_string(std::get<3>(k)) + " K=" +
-               std::to_string(std::get<4>(k));
-      });
+// The log's name of a QuantGemm decision key.
+static std::string pick_name(const char* what, const QuantGemm::PickKey& k) {
+  return std::string(what) + " " + quant_kind_name(QuantKind(std::get<0>(k))) + " M=" + std::to_string(std::get<2>(k)) +
+         " N=" + std::to_string(std::get<3>(k)) + " K=" + std::to_string(std::get<4>(k));
 }
 
 void QuantGemm::step_choices(float within, std::vector<StepChoice>* out) {
-  offer(step_gemv_, gemv_pick_, "quant gemv", within, -1.f, out);
+  step_gemv_.offer_map(out, within, -1.f, gemv_pick_, [](const PickKey& k) { return pick_name("quant gemv", k); });
 }
 
 void QuantGemm::fusion_choices(float within, std::vector<StepChoice>* out) {
-  offer(step_pro_, pro_pick_, "quant gemv prologue (-1: unfused): rms_norm +", within, kFusionClose, out);
-  offer(step_glu_, glu_pick_, "quant gemv epilogue (-1: unfused): gated_act after", within, kFusionClose, out);
+  step_pro_.offer_map(out, within, kFusionClose, pro_pick_, [](const PickKey& k) {
+    return pick_name("quant gemv prologue (-1: unfused): rms_norm +", k);
+  });
+  step_glu_.offer_map(out, within, kFusionClose, glu_pick_, [](const PickKey& k) {
+    return pick_name("quant gemv epilogue (-1: unfused): gated_act after", k);
+  });
 }
 
 int QuantGemm::gemv_variant(const QuantLinearCall& c, DType dt, cudaStream_t s, const LargePath& large) {

@@ -211,9 +211,6 @@ class QuantGemm {
   // Step tuning: gemv_pick_'s (lone times: variant, ms; -1 the large-M path), pro_pick_'s and glu_pick_'s (-1 the
   // unfused pair).
   StepTuned<PickKey> step_gemv_, step_pro_, step_glu_;
-  // A StepChoice per noted key of st whose decision is in picks; what: the decision's name for the log.
-  void offer(StepTuned<PickKey>& st, std::map<PickKey, int>& picks, const char* what, float within, float close,
-             std::vector<StepChoice>* out);
   // The tuner shared by gemv_variant and rows_variant: picks' entry for c's shape when timed before; else, outside a
   // capture and with scratch for c's output, each variant v in [first, last] that takes(v) timed by run(v) (writing
   // to scratch: out may be the residual, which must survive until the real call), the fastest kept (dflt when none

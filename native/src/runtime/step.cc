@@ -423,21 +423,18 @@ bool step_tune(Engine& e, const StepPlan& p, const std::vector<StepChoice>& choi
 // The first capture of a step-tuned decode graph (Tunables::step_tune), then step tuning in two rounds: the fusion
 // decisions first (they decide which gemv shapes the step runs), then the gemv picks of the step they leave.
 cudaGraphExec_t capture_tuned_step(Engine& e, const StepPlan& p, std::vector<Engine::Counts>* share) {
-  // The keys the captured step looks up (step_choice.h StepTuned::note).
+  // The step captured while the runners note the keys it looks up (step_choice.h StepTuned::note).
   auto capture_recording = [&] {
-    e.gemm.record_keys(true);
-    e.qgemm.record_keys(true);
-    cudaGraphExec_t g = nullptr;
-    try {
-      g = capture_step(e, p, share);
-    } catch (...) {
-      e.gemm.record_keys(false);
-      e.qgemm.record_keys(false);
-      throw;
-    }
-    e.gemm.record_keys(false);
-    e.qgemm.record_keys(false);
-    return g;
+    struct Recording {  // (off again also when the capture throws)
+      Engine& e;
+      void set(bool on) {
+        e.gemm.record_keys(on);
+        e.qgemm.record_keys(on);
+      }
+      ~Recording() { set(false); }
+    } rec{e};
+    rec.set(true);
+    return capture_step(e, p, share);
   };
   cudaGraphExec_t ge = capture_recording();
   const auto t0 = std::chrono::steady_clock::now();

@@ -89,6 +89,19 @@ class StepTuned {
       out->push_back(std::move(c));
     }
   }
+  // offer for decisions held in a map from Key to the pick (picks must outlive the choices).
+  template <class Map, class Name>
+  void offer_map(std::vector<StepChoice>* out, float within, float close, Map& picks, Name name) {
+    offer(
+        out, within, close,
+        [&picks](const Key& k, int* pick) {
+          auto it = picks.find(k);
+          if (it == picks.end()) return false;
+          *pick = it->second;
+          return true;
+        },
+        [&picks](const Key& k, int v) { picks[k] = v; }, name);
+  }
 
  private:
   bool recording_ = false;
