@@ -1,5 +1,6 @@
 // What the first requests after load cost, with or without the batch manager's warm-up (tsllm-serve runs it unless
-// --no-warmup): one lone request, the same again, then 4 at once, then 4 again; TTFT and end-to-end of each.
+// --no-warmup): one lone request, the same again, then 4 at once, 4 again, 16 at once, 16 again; TTFT and end-to-end
+// of each (the worst of a group).
 //   npx tsx scripts/first-requests.ts ENGINE [--warmup] [--device cuda|cpu]
 import { performance } from "node:perf_hooks";
 import { openBatchManager } from "../src/serving/open.ts";
@@ -25,6 +26,8 @@ for (const [label, n] of [
   ["second lone request", 1],
   ["first 4 at once", 4],
   ["next 4 at once", 4],
+  ["first 16 at once", 16],
+  ["next 16 at once", 16],
 ] as const) {
   const rs = await Promise.all(Array.from({ length: n }, (_, k) => bm.submit(req(k)).done));
   const worst = (f: (r: (typeof rs)[number]) => number) => Math.max(...rs.map(f)).toFixed(1);

@@ -43,6 +43,18 @@ export interface BatchManagerOptions {
   overlap?: boolean;
 }
 
+/**
+ * warmup()'s default batch sizes: 1-4, then the powers of two up to max_batch_size. Why those: they are the native
+ * runtime's decode graph sizes below 256 (native/src/runtime/options.h, next_graph_size; a batch between two pads
+ * to the larger one's graph), and with the warm-up's 8-token prompts their context steps have 8 · b rows, the row
+ * counts (up to 1024) whose GEMM algorithms that runtime times on first use (gemm_tuned_m).
+ */
+export function warmupBatchSizes(maxBatchSize: number): number[] {
+  const sizes = [1, 2, 3, 4];
+  for (let b = 8; b <= maxBatchSize; b *= 2) sizes.push(b);
+  return sizes.filter((b) => b <= maxBatchSize);
+}
+
 /** What warmup() ran. */
 export interface WarmupReport {
   ms: number;
@@ -270,17 +282,20 @@ export class InflightBatchManager implements BatchManager {
   }
 
   /**
-   * Runs the steps a fresh engine does slowly the first time, before any user request: for each batch size,
-   * that many short requests at once (a context step, then two decode steps: the first runs eagerly, the second
-   * captures the CUDA graph and, at batch 1, step-tunes it), so the runtime's kernel tuners and graph captures
-   * happen here. Why: on the native runtime the first lone request after load otherwise waited 0.5-1.5 s for
-   * batch 1's step tuning alone (native/kernels-notes.md, session 25). Afterwards the counters start again from
-   * zero (the warm-up's blocks are all freed). Call it before submitting anything.
+   * Runs the steps a fresh engine does slowly the first time, before any user request: for each batch size
+   * (default warmupBatchSizes), that many short requests at once (a context step, then two decode steps: the first
+   * runs eagerly, the second captures the CUDA graph and, at batch 1, step-tunes it), so the runtime's kernel tuners
+   * and graph captures happen here. Why: on the native runtime the first lone request after load otherwise waited
+   * 0.5-1.5 s for batch 1's step tuning alone (native/kernels-notes.md, session 25), and the first prompt of 128
+   * tokens another 110-150 ms for the GEMM algorithms of 128 rows (session 26). Afterwards the counters start
+   * again from zero (the warm-up's blocks are all freed). Call it before submitting anything.
    */
   async warmup(o: { batchSizes?: readonly number[]; promptLen?: number } = {}): Promise<WarmupReport> {
     if (this.queue.length || this.running.length || this.paused.length)
       throw new Error("warmup() runs before any request is submitted");
-    const sizes = (o.batchSizes ?? [1, 2, 3, 4]).filter((b) => b >= 1 && b <= this.limits.maxBatchSize);
+    const sizes = (o.batchSizes ?? warmupBatchSizes(this.limits.maxBatchSize)).filter(
+      (b) => b >= 1 && b <= this.limits.maxBatchSize,
+    );
     const promptLen = Math.max(1, Math.min(o.promptLen ?? 8, this.limits.maxSeqLen - 3));
     const prompt = Array.from({ length: promptLen }, (_, i) => (i + 1) % this.vocabSize);
     const t0 = performance.now();

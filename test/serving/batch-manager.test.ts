@@ -4,7 +4,7 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import { generate } from "../../src/executor/generate.ts";
 import { ReferenceExecutor } from "../../src/executor/reference.ts";
-import type { HeldBy, InflightBatchManager } from "../../src/serving/batch-manager.ts";
+import { type HeldBy, type InflightBatchManager, warmupBatchSizes } from "../../src/serving/batch-manager.ts";
 import { openBatchManager } from "../../src/serving/open.ts";
 import { type GenerationRequest, RequestRejectedError } from "../../src/serving/types.ts";
 import { buildFixture } from "../fixtures.ts";
@@ -212,16 +212,24 @@ describe("batch manager (CPU reference executor)", () => {
     await bm.shutdown();
   });
 
-  it("warmup() runs batches 1-4 (capped by max_batch_size), then starts the counters again; requests after it equal alone", async () => {
-    const bm = await openBatchManager(dir, { device: "cpu", maxBatchSize: 3, maxNumTokens: 64 });
+  it("warmupBatchSizes: 1-4, then the powers of two up to max_batch_size", () => {
+    expect(warmupBatchSizes(1)).toEqual([1]);
+    expect(warmupBatchSizes(3)).toEqual([1, 2, 3]);
+    expect(warmupBatchSizes(15)).toEqual([1, 2, 3, 4, 8]);
+    expect(warmupBatchSizes(64)).toEqual([1, 2, 3, 4, 8, 16, 32, 64]);
+    expect(warmupBatchSizes(1000)).toEqual([1, 2, 3, 4, 8, 16, 32, 64, 128, 256, 512]);
+  });
+
+  it("warmup() runs warmupBatchSizes (capped by max_batch_size), then starts the counters again; requests after it equal alone", async () => {
+    const bm = await openBatchManager(dir, { device: "cpu", maxBatchSize: 12, maxNumTokens: 64 });
     const steps: number[] = [];
     bm.onStep = (st) => steps.push(st.decode === st.seqs ? st.seqs : 0); // decode-only steps: their batch
     const w = await bm.warmup();
-    expect(w.batchSizes).toEqual([1, 2, 3]);
-    // Each size: a context step, then two decode-only steps of that many sequences (the second is where the native
-    // runtime captures its graph).
-    for (const b of [1, 2, 3]) expect(steps.filter((s) => s === b).length, `batch ${b}`).toBe(2);
-    expect(steps.filter((s) => s === 0).length).toBe(3);
+    expect(w.batchSizes).toEqual([1, 2, 3, 4, 8]);
+    // Each size: a context step (8 prompts of 8 tokens fit max_num_tokens 64), then two decode-only steps of that
+    // many sequences (the second is where the native runtime captures its graph).
+    for (const b of [1, 2, 3, 4, 8]) expect(steps.filter((s) => s === b).length, `batch ${b}`).toBe(2);
+    expect(steps.filter((s) => s === 0).length).toBe(5);
     expect(w.steps).toBe(steps.length);
     const st = bm.stats();
     expect([st.steps, st.requestsFinished, st.tokensGenerated, st.kvBlocksPeakUsed]).toEqual([0, 0, 0, 0]);
