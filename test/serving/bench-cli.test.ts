@@ -144,6 +144,35 @@ describe("tsllm-bench throughput --device cpu", () => {
     expect(rep.ttft_ms.p50).toBeLessThanOrEqual(rep.e2e_ms.p50);
     expect(rep.kv_blocks_peak_used).toBeGreaterThan(0);
     expect(rep.steps.mean_decode_batch).toBeLessThanOrEqual(4);
+    expect(rep.engine_warmup).toBeNull(); // (on cpu only when asked: the reference executor has nothing to warm)
+    expect(r.stdout).not.toMatch(/warm-up/);
+
+    // --engine-warmup: the batch manager's warm-up runs first, untimed, and the run's own figures stay its own.
+    const json2 = path.join(work, "report-warm.json");
+    const w = bench([
+      "throughput",
+      dir,
+      "--dataset",
+      ds,
+      "--device",
+      "cpu",
+      "--max-batch-size",
+      "4",
+      "--engine-warmup",
+      "--json",
+      json2,
+    ]);
+    expect(w.status, w.stderr).toBe(0);
+    expect(w.stdout).toMatch(/^warm-up +batches 1, 2, 3, 4: \d+ steps in \d+ ms, untimed$/m);
+    const rep2 = JSON.parse(fs.readFileSync(json2, "utf8"));
+    expect(rep2.engine_warmup.batch_sizes).toEqual([1, 2, 3, 4]);
+    expect(rep2.engine_warmup.steps).toBeGreaterThanOrEqual(12); // a context and two decode steps a size
+    expect([rep2.num_requests, rep2.total_output_tokens, rep2.total_input_tokens]).toEqual([
+      rep.num_requests,
+      rep.total_output_tokens,
+      rep.total_input_tokens,
+    ]);
+    expect(rep2.steps.count).toBe(rep.steps.count);
   });
 
   it("a request over max_seq_len stops the run before it starts, naming it", () => {
