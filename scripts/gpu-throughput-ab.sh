@@ -34,5 +34,5 @@ for setting in "$@"; do
   fi
   env "${envs[@]}" ./bin/tsllm-bench.mjs throughput "$work/e" --dataset "$work/d.jsonl" --device cuda --warmup 8 \
     --max-batch-size 1024 "${args[@]}" 2>&1 |
-    grep -E "output throughput|time to first|step kind|held back|rror|step tune|tsllm profile|  [a-z_].* calls " | head -40
+    grep -E "warm-up|output throughput|time to first|step kind|held back|rror|step tune|tsllm profile|  [a-z_].* calls " | head -40
 done
