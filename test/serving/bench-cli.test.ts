@@ -118,19 +118,23 @@ describe("tsllm-bench throughput --device cpu", () => {
       ]).status,
     ).toBe(0);
     const entries = readDataset(ds);
+    // The CPU run at max batch 4, report to `json`, with extra flags.
+    const throughput = (json: string, ...extra: string[]) =>
+      bench([
+        "throughput",
+        dir,
+        "--dataset",
+        ds,
+        "--device",
+        "cpu",
+        "--max-batch-size",
+        "4",
+        ...extra,
+        "--json",
+        json,
+      ]);
     const json = path.join(work, "report.json");
-    const r = bench([
-      "throughput",
-      dir,
-      "--dataset",
-      ds,
-      "--device",
-      "cpu",
-      "--max-batch-size",
-      "4",
-      "--json",
-      json,
-    ]);
+    const r = throughput(json);
     expect(r.status, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/total output throughput +[\d.]+ tok\/s/);
     expect(r.stdout).toMatch(/time to first token +mean [\d.]+ +p50 [\d.]+ +p90 [\d.]+ +p99 [\d.]+/);
@@ -149,19 +153,7 @@ describe("tsllm-bench throughput --device cpu", () => {
 
     // --engine-warmup: the batch manager's warm-up runs first, untimed, and the run's own figures stay its own.
     const json2 = path.join(work, "report-warm.json");
-    const w = bench([
-      "throughput",
-      dir,
-      "--dataset",
-      ds,
-      "--device",
-      "cpu",
-      "--max-batch-size",
-      "4",
-      "--engine-warmup",
-      "--json",
-      json2,
-    ]);
+    const w = throughput(json2, "--engine-warmup");
     expect(w.status, w.stderr).toBe(0);
     expect(w.stdout).toMatch(/^warm-up +batches 1, 2, 3, 4: \d+ steps in \d+ ms, untimed$/m);
     const rep2 = JSON.parse(fs.readFileSync(json2, "utf8"));
