@@ -246,6 +246,23 @@ describe("batch manager (CPU reference executor)", () => {
     await bm.shutdown();
   });
 
+  it("warmup() completes when the KV pool holds fewer of its requests than its largest batch, under both policies", async () => {
+    for (const policy of ["guaranteed_no_evict", "max_utilization"] as const) {
+      // 3 blocks of 8 tokens: one warm-up request (8 + 3 tokens) at a time.
+      const bm = await openBatchManager(dir, {
+        device: "cpu",
+        maxBatchSize: 16,
+        maxNumTokens: 64,
+        kvBlocks: 3,
+        policy,
+      });
+      const w = await bm.warmup();
+      expect(w.batchSizes, policy).toEqual([1, 2, 3, 4, 8, 16]);
+      expect(bm.stats().kvBlocksFree, policy).toBe(bm.stats().kvBlocksTotal);
+      await bm.shutdown();
+    }
+  });
+
   it("rejects a request that can never fit at submit, with the numbers", async () => {
     const bm = await openBatchManager(dir, { device: "cpu", kvBlocks: 10 });
     const tooLong = () => bm.submit({ promptIds: Array(250).fill(3), maxNewTokens: 10 });
