@@ -3,6 +3,7 @@
 // of each (the worst of a group).
 //   npx tsx scripts/first-requests.ts ENGINE [--warmup] [--device cuda|cpu]
 import { performance } from "node:perf_hooks";
+import { describeWarmup } from "../src/serving/batch-manager.ts";
 import { openBatchManager } from "../src/serving/open.ts";
 
 const [dir, ...flags] = process.argv.slice(2);
@@ -13,7 +14,7 @@ const bm = await openBatchManager(dir, { device });
 console.log(`load: ${(performance.now() - t0).toFixed(0)} ms`);
 if (flags.includes("--warmup")) {
   const w = await bm.warmup();
-  console.log(`warm-up: batches ${w.batchSizes.join(", ")}, ${w.steps} steps in ${w.ms.toFixed(0)} ms`);
+  console.log(`warm-up: ${describeWarmup(w)}`);
 }
 const prompt = Array.from({ length: 128 }, (_, i) => (i * 7919 + 13) % bm.vocabSize);
 const req = (k: number) => ({

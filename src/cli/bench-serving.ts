@@ -5,7 +5,7 @@ import * as path from "node:path";
 import cliProgress from "cli-progress";
 import { type Command, Option } from "commander";
 import { openEngine } from "../engine/reader.ts";
-import type { WarmupReport } from "../serving/batch-manager.ts";
+import { describeWarmup, type WarmupReport } from "../serving/batch-manager.ts";
 import { type DatasetEntry, formatDatasetLine, readDataset, tokenNormDist } from "../serving/dataset.ts";
 import { openBatchManager } from "../serving/open.ts";
 import { formatReport, runRequests, summarize } from "../serving/throughput.ts";
@@ -137,7 +137,7 @@ export function addServingCommands(program: Command): void {
           let warm: WarmupReport | undefined;
           if (o.engineWarmup ?? o.device === "cuda") {
             warm = await bm.warmup();
-            const line = `warm-up       batches ${warm.batchSizes.join(", ")}: ${warm.steps} steps in ${warm.ms.toFixed(0)} ms, untimed`;
+            const line = `warm-up       ${describeWarmup(warm)}, untimed`;
             header.push(line);
             process.stderr.write(`${line}\n`);
           }

@@ -2,6 +2,7 @@
 import * as path from "node:path";
 import { Option } from "commander";
 import { buildServer } from "../server/app.ts";
+import { describeWarmup } from "../serving/batch-manager.ts";
 import { openBatchManager } from "../serving/open.ts";
 import { findTokenizer } from "../text/engine-files.ts";
 import { command, float, fp8ContextFmhaOption, int, kvFractionOption, limitOption, main } from "./common.ts";
@@ -47,8 +48,8 @@ const program = command(
   .option("--no-verify", "skip the engine content-hash check (large engines)")
   .option(
     "--no-warmup",
-    "cuda: start listening without first running batches 1-4 once (CUDA graph captures and kernel tuning then " +
-      "fall on the first requests)",
+    "cuda: start listening without first running batches 1-4 and the powers of two up to --max-batch-size once " +
+      "(CUDA graph captures and kernel tuning then fall on the first requests)",
   );
 
 await main(async () => {
@@ -70,9 +71,7 @@ await main(async () => {
   // (the reference executor has neither).
   if (o.warmup && manager.backendInfo.device === "cuda") {
     const w = await manager.warmup();
-    process.stdout.write(
-      `tsllm-serve: warm-up (batches ${w.batchSizes.join(", ")}: CUDA graphs, kernel tuning) in ${w.ms.toFixed(0)} ms\n`,
-    );
+    process.stdout.write(`tsllm-serve: warm-up (CUDA graphs, kernel tuning): ${describeWarmup(w)}\n`);
   }
   const modelName = o.servedModelName ?? path.basename(path.resolve(dir));
   const server = buildServer({

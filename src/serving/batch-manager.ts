@@ -62,6 +62,11 @@ export interface WarmupReport {
   steps: number;
 }
 
+/** A WarmupReport for the logs: "batches 1, 2, 3, 4: 12 steps in 845 ms". */
+export function describeWarmup(w: WarmupReport): string {
+  return `batches ${w.batchSizes.join(", ")}: ${w.steps} steps in ${w.ms.toFixed(0)} ms`;
+}
+
 type State = "queued" | "running" | "paused" | "done";
 
 interface Req {

@@ -440,15 +440,16 @@ cudaGraphExec_t capture_tuned_step(Engine& e, const StepPlan& p, std::vector<Eng
   const auto t0 = std::chrono::steady_clock::now();
   size_t tried = 0;
   for (int round = 0; round < 2; round++) {
-    // Candidates: the variants whose lone time was within 15 % of the pick's (TSLLM_TUNE_LOG prints them; a fusion
-    // decision's fewer: step_choice.h near_candidates).
+    // Candidates: the variants whose lone time was within kWithin of the pick's (TSLLM_TUNE_LOG prints them; a
+    // fusion decision's fewer: step_choice.h near_candidates).
+    constexpr float kWithin = 0.15f;
     std::vector<StepChoice> choices;
     if (round == 0) {
-      e.gemm.fusion_choices(0.15f, &choices);
-      e.qgemm.fusion_choices(0.15f, &choices);
+      e.gemm.fusion_choices(kWithin, &choices);
+      e.qgemm.fusion_choices(kWithin, &choices);
     } else {
-      e.gemm.step_choices(0.15f, &choices);
-      e.qgemm.step_choices(0.15f, &choices);
+      e.gemm.step_choices(kWithin, &choices);
+      e.qgemm.step_choices(kWithin, &choices);
     }
     tried += choices.size();
     if (!choices.empty() && step_tune(e, p, choices, &ge, share) && round == 0) {
