@@ -62,7 +62,8 @@ struct Tunables {
   // session 19 run 4, alternating, 1 / 2 against 0: int4-wo g128 1.973 / 1.935 and 1.980 / 2.170 ms against
   // 2.062 / 2.050; FP8 2.757 / 2.758 and 2.756 / 2.872 against 2.730 / 2.725; fp16 3.737 / 3.724 and 3.725 / 3.663
   // against 3.718. Timing graph replays back to back at capture (run 5) saw no difference for int4 (1.967 ms a
-  // replay with 1, 1.964 with 0): what 1 gains there is not inside one step's graph.
+  // replay with 1, 1.964 with 0): what 1 gains there is not inside one step's graph. Session 28 (kernels-notes.md):
+  // 1 was 1.2 % (FP8) and 0.9 % (fp16) faster, int4 faster in two loads of three, Llama-3.1-8B bf16 0.4 % slower.
   int norm_pdl = 0;
   int decode_variant = 3;     // 3 (falls back to 4 or 2 by GQA ratio, 2 for FP8 caches, outside its range), 2 or 4
   int decode_mma_min_gqa = kDecodeMmaMinGqa;  // the GQA ratio from which variant 3 falls back to 4 rather than 2
