@@ -1,12 +1,22 @@
 // The batch manager on the CPU reference executor: in-flight batching with chunked context must give
 // every request exactly the tokens it gets alone (temperature 0), also when max_utilization pauses and
 // recomputes requests; blocks come back on finish and cancel; impossible requests are refused at once.
+// Beside the outputs, a backend that checks every launched step against the scheduler's contract (limits,
+// decode tokens first, cache positions, the KV pool, resume order), exact token accounting, timings, the
+// exact-fit admission and a failing step (added in session 28 for mutants the others let live: docs/mutation.md).
 import { beforeAll, describe, expect, it } from "vitest";
+import { openEngine } from "../../src/engine/reader.ts";
 import { generate } from "../../src/executor/generate.ts";
 import { ReferenceExecutor } from "../../src/executor/reference.ts";
-import { type HeldBy, type InflightBatchManager, warmupBatchSizes } from "../../src/serving/batch-manager.ts";
+import type { BackendSeq, StepBackend, StepOutput } from "../../src/serving/backend.ts";
+import { type HeldBy, InflightBatchManager, warmupBatchSizes } from "../../src/serving/batch-manager.ts";
+import { CpuStepBackend } from "../../src/serving/cpu-backend.ts";
 import { openBatchManager } from "../../src/serving/open.ts";
-import { type GenerationRequest, RequestRejectedError } from "../../src/serving/types.ts";
+import {
+  type GenerationRequest,
+  RequestRejectedError,
+  type SchedulerPolicy,
+} from "../../src/serving/types.ts";
 import { buildFixture } from "../fixtures.ts";
 
 let dir: string;
@@ -80,7 +90,281 @@ async function runAll(o: Parameters<typeof openBatchManager>[1]) {
   return { results, stats, ...w };
 }
 
+/**
+ * A backend over the CPU reference executor that checks every step the scheduler launches against its contract
+ * (what the CUDA runtime relies on, and what the CPU executor would not notice): at most max_batch_size sequences
+ * and max_num_tokens tokens, no sequence twice, every sequence with tokens (an array of at least one, or null: the
+ * token the previous step sampled); decode tokens (one-token sequences) before context chunks (the native runtime
+ * runs that prefix through its decode attention kernel); each sequence continuing where its cache ends (startPos =
+ * the tokens it has had since its last release, 0 after one: the native KV pool is addressed by it); the cached
+ * sequences' KV blocks within the pool. Each breach is written down, not thrown; resumeOrderBreaches checks, after
+ * the run, the order in which paused requests came back. failAt: the step (0-based) whose launch rejects, as a
+ * failing GPU step would.
+ */
+class ContractBackend implements StepBackend {
+  readonly breaches: string[] = [];
+  readonly steps: BackendSeq[][] = [];
+  peakBlocks = 0;
+  /** The most requests paused at once (set by resumeOrderBreaches). */
+  mostPaused = 0;
+  private cached = new Map<number, number>();
+  /** Steps (their sequence ids) and releases, in call order. */
+  private log: ({ step: number[] } | { release: number })[] = [];
+  constructor(
+    private readonly inner: StepBackend,
+    private readonly failAt = -1,
+  ) {}
+  get vocabSize() {
+    return this.inner.vocabSize;
+  }
+  get limits() {
+    return this.inner.limits;
+  }
+  get info() {
+    return this.inner.info;
+  }
+  step(seqs: readonly BackendSeq[]): Promise<StepOutput> {
+    const L = this.limits;
+    const k = this.steps.length;
+    const n = (s: BackendSeq) => s.tokens?.length ?? 1;
+    const bad = (what: string) => this.breaches.push(`step ${k}: ${what}`);
+    if (seqs.length > L.maxBatchSize) bad(`${seqs.length} sequences`);
+    const tokens = seqs.reduce((a, s) => a + n(s), 0);
+    if (tokens > L.maxNumTokens) bad(`${tokens} tokens`);
+    if (new Set(seqs.map((s) => s.seqId)).size !== seqs.length) bad("a sequence twice");
+    for (const s of seqs)
+      if (s.tokens === undefined || n(s) < 1)
+        bad(`sequence ${s.seqId} with tokens ${JSON.stringify(s.tokens)}`);
+    const firstChunk = seqs.findIndex((s) => n(s) > 1);
+    if (firstChunk >= 0 && seqs.slice(firstChunk).some((s) => n(s) === 1))
+      bad("a decode token after a context chunk");
+    this.log.push({ step: seqs.map((s) => s.seqId) });
+    for (const s of seqs) {
+      const had = this.cached.get(s.seqId) ?? 0;
+      if (s.startPos !== had) bad(`sequence ${s.seqId} at ${s.startPos}, its cache holds ${had}`);
+      this.cached.set(s.seqId, had + n(s));
+    }
+    const blocks = [...this.cached.values()].reduce((a, len) => a + Math.ceil(len / L.tokensPerBlock), 0);
+    if (blocks > L.kvBlocksTotal) bad(`${blocks} KV blocks of ${L.kvBlocksTotal}`);
+    this.peakBlocks = Math.max(this.peakBlocks, blocks);
+    this.steps.push([...seqs]);
+    if (k === this.failAt) return Promise.reject(new Error(`step ${k} failed (test)`));
+    return this.inner.step(seqs);
+  }
+  release(seqId: number): void {
+    this.cached.delete(seqId);
+    this.log.push({ release: seqId });
+    this.inner.release(seqId);
+  }
+  /**
+   * After the run: a released sequence that comes back in a later step was paused; each must come back while it is
+   * the oldest (smallest id) of those paused and not yet back (max_utilization resumes oldest first).
+   */
+  resumeOrderBreaches(): string[] {
+    const out: string[] = [];
+    const paused = new Set<number>();
+    this.mostPaused = 0;
+    this.log.forEach((e, k) => {
+      if ("release" in e) {
+        if (this.log.slice(k + 1).some((f) => "step" in f && f.step.includes(e.release)))
+          paused.add(e.release);
+        this.mostPaused = Math.max(this.mostPaused, paused.size);
+        return;
+      }
+      for (const id of e.step)
+        if (paused.has(id)) {
+          const oldest = Math.min(...paused);
+          if (id !== oldest) out.push(`sequence ${id} resumed before ${oldest}`);
+          paused.delete(id);
+        }
+    });
+    return out;
+  }
+  close(): void {
+    this.inner.close();
+  }
+}
+
+/** The batch manager over a ContractBackend: the CPU reference executor with these limits. */
+function contractManager(o: {
+  maxNumTokens: number;
+  maxBatchSize?: number;
+  kvBlocks?: number;
+  policy: SchedulerPolicy;
+  overlap?: boolean;
+  failAt?: number;
+}) {
+  const ex = new ReferenceExecutor(openEngine(dir), {
+    limits: { max_num_tokens: o.maxNumTokens, max_batch_size: o.maxBatchSize },
+  });
+  const backend = new ContractBackend(new CpuStepBackend(ex, { kvBlocks: o.kvBlocks }), o.failAt);
+  const bm = new InflightBatchManager(backend, { policy: o.policy, eosTokenIds: eos, overlap: o.overlap });
+  return { backend, bm };
+}
+
+/** Checks what every request's timings and stream say about it: ordered, non-negative, consistent. */
+async function checkTimings(h: ReturnType<InflightBatchManager["submit"]>, label: string) {
+  const events: { tokenId: number; index: number; timeMs: number }[] = [];
+  for await (const e of h) events.push(e);
+  const r = await h.done;
+  const t = r.timings;
+  expect(
+    events.map((e) => e.tokenId),
+    label,
+  ).toEqual(r.outputIds);
+  expect(
+    events.map((e) => e.index),
+    label,
+  ).toEqual(r.outputIds.map((_, k) => k));
+  expect(
+    events.map((e) => e.timeMs),
+    label,
+  ).toEqual(t.tokenTimesMs);
+  expect(
+    t.tokenTimesMs.every((x, k) => x >= 0 && (k === 0 || x >= t.tokenTimesMs[k - 1])),
+    label,
+  ).toBe(true);
+  expect(t.queueMs, label).toBeGreaterThanOrEqual(0);
+  expect(t.queueMs, label).toBeLessThanOrEqual(t.tokenTimesMs[0]);
+  expect(t.ttftMs, label).toBe(t.tokenTimesMs[0]);
+  expect(t.e2eMs, label).toBeGreaterThanOrEqual(t.tokenTimesMs.at(-1)!);
+  return r;
+}
+
 describe("batch manager (CPU reference executor)", () => {
+  it("every step keeps the scheduler's contract; one held back by max_num_tokens used the whole budget", async () => {
+    // Both policies with a 40-block pool (max_utilization pauses in it), and a roomy pool with a batch of 8.
+    for (const c of [
+      { maxNumTokens: 64, kvBlocks: 40, policy: "max_utilization" as const },
+      { maxNumTokens: 64, kvBlocks: 40, policy: "guaranteed_no_evict" as const },
+      { maxNumTokens: 48, maxBatchSize: 8, policy: "guaranteed_no_evict" as const },
+    ]) {
+      const { backend, bm } = contractManager(c);
+      const tokens: number[] = [];
+      let underfull = 0;
+      let negative = 0;
+      bm.onStep = (st) => {
+        tokens.push(st.tokens);
+        if (st.heldBy === "max_num_tokens" && st.tokens !== c.maxNumTokens) underfull++;
+        if (st.waiting < 0 || !(st.ms >= 0) || !(st.stepMs >= 0)) negative++;
+      };
+      const rs = await Promise.all(requests.slice(0, 32).map((r) => bm.submit(r).done));
+      const stats = bm.stats();
+      await bm.shutdown();
+      const what = JSON.stringify(c);
+      rs.forEach((r, i) => expect(r.outputIds, `${what} request ${i}`).toEqual(alone[i]));
+      expect(backend.breaches, what).toEqual([]);
+      expect(backend.resumeOrderBreaches(), what).toEqual([]);
+      expect([underfull, negative], what).toEqual([0, 0]);
+      // The recorded steps are the manager's: its step count and each step's tokens.
+      expect(
+        backend.steps.map((ss) => ss.reduce((a, s) => a + (s.tokens?.length ?? 1), 0)),
+        what,
+      ).toEqual(tokens);
+      expect(stats.steps, what).toBe(tokens.length);
+      if (c.policy === "max_utilization") expect(stats.preemptions, what).toBeGreaterThan(0);
+      expect(stats.kvBlocksPeakUsed, what).toBe(backend.peakBlocks);
+      expect(stats.kvBlocksFree, what).toBe(stats.kvBlocksTotal);
+    }
+  });
+
+  it("max_utilization resumes paused requests oldest first, by recomputation from position 0", async () => {
+    // 6 requests of 8 + 40 tokens (6 blocks each at the end) in a 12-block pool: admitted together, then the newest
+    // are paused as the oldest grow, several at once.
+    const { backend, bm } = contractManager({
+      maxNumTokens: 64,
+      kvBlocks: 12,
+      policy: "max_utilization",
+    });
+    const six = Array.from({ length: 6 }, (_, i) => ({
+      promptIds: Array.from({ length: 8 }, (_, k) => 10 * i + k + 1),
+      maxNewTokens: 40,
+      ignoreEos: true,
+    }));
+    const rs = await Promise.all(six.map((r) => bm.submit(r).done));
+    const stats = bm.stats();
+    await bm.shutdown();
+    expect(rs.every((r) => r.outputIds.length === 40 && r.finishReason === "length")).toBe(true);
+    expect(backend.breaches).toEqual([]);
+    expect(backend.resumeOrderBreaches()).toEqual([]);
+    expect(backend.mostPaused).toBeGreaterThanOrEqual(2);
+    expect(stats.preemptions).toBe(rs.reduce((a, r) => a + r.preemptions, 0));
+    expect(stats.kvBlocksPeakUsed).toBe(12);
+  });
+
+  it("counts every token once: prompts computed, decode tokens fed back, tokens generated; timings consistent", async () => {
+    // ignore_eos: each request computes its prompt and feeds back every generated token but its last.
+    for (const overlap of [true, false]) {
+      const { backend, bm } = contractManager({
+        maxNumTokens: 40,
+        policy: "guaranteed_no_evict",
+        overlap,
+      });
+      let decode = 0;
+      bm.onStep = (st) => {
+        decode += st.decode;
+      };
+      const rs = requests.slice(0, 12).map((r) => ({ ...r, ignoreEos: true }));
+      const done = await Promise.all(
+        rs.map((r, i) => checkTimings(bm.submit(r), `overlap ${overlap} request ${i}`)),
+      );
+      const stats = bm.stats();
+      await bm.shutdown();
+      const p = rs.reduce((a, r) => a + r.promptIds.length, 0);
+      const m = rs.reduce((a, r) => a + r.maxNewTokens, 0);
+      expect(done.map((r) => r.outputIds.length)).toEqual(rs.map((r) => r.maxNewTokens));
+      expect(backend.breaches).toEqual([]);
+      const fed = backend.steps.flat();
+      expect(
+        fed.reduce((a, s) => a + (s.tokens?.length ?? 1), 0),
+        `overlap ${overlap}`,
+      ).toBe(p + m - rs.length);
+      expect([stats.promptTokensComputed, decode, stats.tokensGenerated], `overlap ${overlap}`).toEqual([
+        p,
+        m - rs.length,
+        m,
+      ]);
+      // With overlap a decode token is fed on the device from the step before (tokens null); without, never.
+      const pipelined = fed.filter((s) => s.tokens === null).length;
+      if (overlap) expect(pipelined).toBeGreaterThan(0);
+      else expect(pipelined).toBe(0);
+    }
+  });
+
+  it("admits a request that needs exactly the whole pool, under both policies", async () => {
+    for (const policy of ["guaranteed_no_evict", "max_utilization"] as const) {
+      // 8 + 16 tokens: 3 blocks of 8, the whole pool.
+      const { backend, bm } = contractManager({ maxNumTokens: 64, kvBlocks: 3, policy });
+      const r = await bm.submit({ promptIds: [5, 6, 7, 8, 9, 10, 11, 12], maxNewTokens: 16, ignoreEos: true })
+        .done;
+      await bm.shutdown();
+      expect([r.finishReason, r.outputIds.length, backend.peakBlocks], policy).toEqual(["length", 16, 3]);
+    }
+  });
+
+  it("a step that fails finishes its requests with the error, frees their blocks, and serving goes on", async () => {
+    const { backend, bm } = contractManager({
+      maxNumTokens: 64,
+      policy: "guaranteed_no_evict",
+      failAt: 3,
+    });
+    const hs = requests.slice(0, 4).map((r) => bm.submit(r));
+    const rs = await Promise.all(hs.map((h) => h.done));
+    const inFailed = new Set(backend.steps[3].map((s) => s.seqId));
+    expect(inFailed.size).toBeGreaterThan(0);
+    hs.forEach((h, i) => {
+      if (inFailed.has(h.id)) {
+        expect(rs[i].finishReason, `request ${i}`).toBe("error");
+        expect(rs[i].error?.message, `request ${i}`).toBe("step 3 failed (test)");
+      } else expect(rs[i].outputIds, `request ${i}`).toEqual(alone[i]);
+    });
+    expect(bm.stats().kvBlocksFree).toBe(bm.stats().kvBlocksTotal);
+    const after = await bm.submit(requests[5]).done;
+    expect(after.outputIds).toEqual(alone[5]);
+    await bm.shutdown();
+    expect(backend.breaches).toEqual([]);
+  });
+
   it("takes generation_config.json's eos ids over config.json's", () => {
     expect(eos).toEqual([508, 511]);
   });
