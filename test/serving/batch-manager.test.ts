@@ -59,6 +59,14 @@ beforeAll(async () => {
   ex.close();
 });
 
+/** n requests of 8 prompt tokens and 40 new ones (ignore_eos): 6 blocks of 8 each at the end. */
+const growing = (n: number): GenerationRequest[] =>
+  Array.from({ length: n }, (_, i) => ({
+    promptIds: Array.from({ length: 8 }, (_, k) => 10 * i + k + 1),
+    maxNewTokens: 40,
+    ignoreEos: true,
+  }));
+
 /**
  * Counts bm's steps by what held requests back (held), those planned while nothing waited (quiet), those that name a
  * reason with nothing waiting or none while requests waited (wrong), and those planned while only paused requests
@@ -276,12 +284,7 @@ describe("batch manager (CPU reference executor)", () => {
       kvBlocks: 12,
       policy: "max_utilization",
     });
-    const six = Array.from({ length: 6 }, (_, i) => ({
-      promptIds: Array.from({ length: 8 }, (_, k) => 10 * i + k + 1),
-      maxNewTokens: 40,
-      ignoreEos: true,
-    }));
-    const rs = await Promise.all(six.map((r) => bm.submit(r).done));
+    const rs = await Promise.all(growing(6).map((r) => bm.submit(r).done));
     const stats = bm.stats();
     await bm.shutdown();
     expect(rs.every((r) => r.outputIds.length === 40 && r.finishReason === "length")).toBe(true);
@@ -456,12 +459,7 @@ describe("batch manager (CPU reference executor)", () => {
     // are paused as the others grow, while nothing is queued any more.
     const bm = await openBatchManager(dir, { device: "cpu", kvBlocks: 12, policy: "max_utilization" });
     const w = watchSteps(bm);
-    const four = Array.from({ length: 4 }, (_, i) => ({
-      promptIds: Array.from({ length: 8 }, (_, k) => 10 * i + k + 1),
-      maxNewTokens: 40,
-      ignoreEos: true,
-    }));
-    const rs = await Promise.all(four.map((r) => bm.submit(r).done));
+    const rs = await Promise.all(growing(4).map((r) => bm.submit(r).done));
     const stats = bm.stats();
     await bm.shutdown();
     expect(rs.every((r) => r.outputIds.length === 40)).toBe(true);
