@@ -251,10 +251,15 @@ describe("batch manager (CPU reference executor)", () => {
       const tokens: number[] = [];
       let underfull = 0;
       let negative = 0;
+      let gaps = 0;
+      const t0 = performance.now();
       bm.onStep = (st) => {
         tokens.push(st.tokens);
         if (st.heldBy === "max_num_tokens" && st.tokens !== c.maxNumTokens) underfull++;
-        if (st.waiting < 0 || !(st.ms >= 0) || !(st.stepMs >= 0)) negative++;
+        // A step's times lie within the run so far; the host time between steps shows as some gaps.
+        if (st.waiting < 0 || !(st.ms >= 0 && st.ms <= performance.now() - t0) || !(st.stepMs >= 0))
+          negative++;
+        if (st.gapMs > 0) gaps++;
       };
       const rs = await Promise.all(requests.slice(0, 32).map((r) => bm.submit(r).done));
       const stats = bm.stats();
@@ -264,6 +269,7 @@ describe("batch manager (CPU reference executor)", () => {
       expect(backend.breaches, what).toEqual([]);
       expect(backend.resumeOrderBreaches(), what).toEqual([]);
       expect([underfull, negative], what).toEqual([0, 0]);
+      expect(gaps, what).toBeGreaterThan(0);
       // The recorded steps are the manager's: its step count and each step's tokens.
       expect(
         backend.steps.map((ss) => ss.reduce((a, s) => a + (s.tokens?.length ?? 1), 0)),
@@ -336,12 +342,15 @@ describe("batch manager (CPU reference executor)", () => {
 
   it("admits a request that needs exactly the whole pool, under both policies", async () => {
     for (const policy of ["guaranteed_no_evict", "max_utilization"] as const) {
-      // 8 + 16 tokens: 3 blocks of 8, the whole pool.
+      // 8 + 16 tokens: 3 blocks of 8, the whole pool; then a 23-token prompt whose context alone fills it.
       const { backend, bm } = contractManager({ maxNumTokens: 64, kvBlocks: 3, policy });
       const r = await bm.submit({ promptIds: [5, 6, 7, 8, 9, 10, 11, 12], maxNewTokens: 16, ignoreEos: true })
         .done;
+      const r2 = await bm.submit({ promptIds: Array.from({ length: 23 }, (_, k) => k + 1), maxNewTokens: 1 })
+        .done;
       await bm.shutdown();
       expect([r.finishReason, r.outputIds.length, backend.peakBlocks], policy).toEqual(["length", 16, 3]);
+      expect([r2.finishReason, r2.outputIds.length], policy).toEqual(["length", 1]);
     }
   });
 
@@ -351,10 +360,15 @@ describe("batch manager (CPU reference executor)", () => {
       policy: "guaranteed_no_evict",
       failAt: 3,
     });
+    const stepMs: number[] = [];
+    bm.onStep = (st) => stepMs.push(st.stepMs);
     const hs = requests.slice(0, 4).map((r) => bm.submit(r));
     const rs = await Promise.all(hs.map((h) => h.done));
     const inFailed = new Set(backend.steps[3].map((s) => s.seqId));
     expect(inFailed.size).toBeGreaterThan(0);
+    // The failed step is reported with no time of its own; the others with theirs.
+    expect(Number.isNaN(stepMs[3])).toBe(true);
+    expect(stepMs.filter((t, k) => k !== 3 && !(t >= 0))).toEqual([]);
     hs.forEach((h, i) => {
       if (inFailed.has(h.id)) {
         expect(rs[i].finishReason, `request ${i}`).toBe("error");
