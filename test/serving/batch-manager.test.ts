@@ -105,7 +105,7 @@ async function runAll(o: Parameters<typeof openBatchManager>[1]) {
  * token the previous step sampled); decode tokens (one-token sequences) before context chunks (the native runtime
  * runs that prefix through its decode attention kernel); each sequence continuing where its cache ends (startPos =
  * the tokens it has had since its last release, 0 after one: the native KV pool is addressed by it); the cached
- * sequences' KV blocks within the pool. Each breach is written down, not thrown; resumeOrderBreaches checks, after
+ * sequences' KV blocks within the pool. Each breach is written down, not thrown; resumeOrder checks, after
  * the run, the order in which paused requests came back. failAt: the step (0-based) whose launch rejects, as a
  * failing GPU step would.
  */
@@ -113,11 +113,9 @@ class ContractBackend implements StepBackend {
   readonly breaches: string[] = [];
   readonly steps: BackendSeq[][] = [];
   peakBlocks = 0;
-  /** The most requests paused at once (set by resumeOrderBreaches). */
-  mostPaused = 0;
   private cached = new Map<number, number>();
-  /** Steps (their sequence ids) and releases, in call order. */
-  private log: ({ step: number[] } | { release: number })[] = [];
+  /** Each release: the sequence, and how many steps had been launched before it. */
+  private releases: { id: number; after: number }[] = [];
   constructor(
     private readonly inner: StepBackend,
     private readonly failAt = -1,
@@ -146,7 +144,6 @@ class ContractBackend implements StepBackend {
     const firstChunk = seqs.findIndex((s) => n(s) > 1);
     if (firstChunk >= 0 && seqs.slice(firstChunk).some((s) => n(s) === 1))
       bad("a decode token after a context chunk");
-    this.log.push({ step: seqs.map((s) => s.seqId) });
     for (const s of seqs) {
       const had = this.cached.get(s.seqId) ?? 0;
       if (s.startPos !== had) bad(`sequence ${s.seqId} at ${s.startPos}, its cache holds ${had}`);
@@ -161,32 +158,37 @@ class ContractBackend implements StepBackend {
   }
   release(seqId: number): void {
     this.cached.delete(seqId);
-    this.log.push({ release: seqId });
+    this.releases.push({ id: seqId, after: this.steps.length });
     this.inner.release(seqId);
   }
   /**
    * After the run: a released sequence that comes back in a later step was paused; each must come back while it is
-   * the oldest (smallest id) of those paused and not yet back (max_utilization resumes oldest first).
+   * the oldest (smallest id) of those paused and not yet back (max_utilization resumes oldest first). Also the most
+   * requests paused at once (a test of the order needs two).
    */
-  resumeOrderBreaches(): string[] {
-    const out: string[] = [];
+  resumeOrder(): { breaches: string[]; mostPaused: number } {
+    const breaches: string[] = [];
+    const last = new Map<number, number>(); // each sequence's last step
+    this.steps.forEach((ss, k) => {
+      for (const s of ss) last.set(s.seqId, k);
+    });
     const paused = new Set<number>();
-    this.mostPaused = 0;
-    this.log.forEach((e, k) => {
-      if ("release" in e) {
-        if (this.log.slice(k + 1).some((f) => "step" in f && f.step.includes(e.release)))
-          paused.add(e.release);
-        this.mostPaused = Math.max(this.mostPaused, paused.size);
-        return;
+    let mostPaused = 0;
+    let r = 0;
+    this.steps.forEach((ss, k) => {
+      for (; r < this.releases.length && this.releases[r].after <= k; r++) {
+        const { id, after } = this.releases[r];
+        if ((last.get(id) ?? -1) >= after) paused.add(id);
+        mostPaused = Math.max(mostPaused, paused.size);
       }
-      for (const id of e.step)
-        if (paused.has(id)) {
+      for (const s of ss)
+        if (paused.has(s.seqId)) {
           const oldest = Math.min(...paused);
-          if (id !== oldest) out.push(`sequence ${id} resumed before ${oldest}`);
-          paused.delete(id);
+          if (s.seqId !== oldest) breaches.push(`sequence ${s.seqId} resumed before ${oldest}`);
+          paused.delete(s.seqId);
         }
     });
-    return out;
+    return { breaches, mostPaused };
   }
   close(): void {
     this.inner.close();
@@ -267,7 +269,7 @@ describe("batch manager (CPU reference executor)", () => {
       const what = JSON.stringify(c);
       rs.forEach((r, i) => expect(r.outputIds, `${what} request ${i}`).toEqual(alone[i]));
       expect(backend.breaches, what).toEqual([]);
-      expect(backend.resumeOrderBreaches(), what).toEqual([]);
+      expect(backend.resumeOrder().breaches, what).toEqual([]);
       expect([underfull, negative], what).toEqual([0, 0]);
       expect(gaps, what).toBeGreaterThan(0);
       // The recorded steps are the manager's: its step count and each step's tokens.
@@ -295,8 +297,9 @@ describe("batch manager (CPU reference executor)", () => {
     await bm.shutdown();
     expect(rs.every((r) => r.outputIds.length === 40 && r.finishReason === "length")).toBe(true);
     expect(backend.breaches).toEqual([]);
-    expect(backend.resumeOrderBreaches()).toEqual([]);
-    expect(backend.mostPaused).toBeGreaterThanOrEqual(2);
+    const order = backend.resumeOrder();
+    expect(order.breaches).toEqual([]);
+    expect(order.mostPaused).toBeGreaterThanOrEqual(2);
     expect(stats.preemptions).toBe(rs.reduce((a, r) => a + r.preemptions, 0));
     expect(stats.kvBlocksPeakUsed).toBe(12);
   });
