@@ -135,7 +135,7 @@ int main(int argc, char** argv) {
   };
   std::vector<RingShape> rings;
   {
-    std::string sl = argc > 4 ? argv[4] : "8192x1,11008x1,12288x1,6144x2";
+    std::string sl = argc > 4 ? argv[4] : "8192x1,11008x1";
     for (size_t i = 0; i < sl.size();) {
       size_t j = sl.find(',', i);
       if (j == std::string::npos) j = sl.size();

@@ -18,14 +18,15 @@
 //   5. down rows, residual added. A grid-wide barrier after each phase.
 // The ring: a block's rows of a linear, each row one piece or cut into even pieces of at most a slot (one bulk copy
 // a piece). Piece q goes to consumer warp q % 15, which owns its slots (an mbarrier's parity then always names the
-// right fill) and takes the dot product with the phase's vector (in shared memory) into its own fp32 row
-// accumulators, then hands the slot back; the epilogue sums the 15 warps'.
+// right fill), copies the piece into registers, hands the slot back at once, and takes the dot product with the
+// phase's vector (in shared memory) into its own fp32 row accumulators; the epilogue sums the 15 warps'.
 // What the layout is made of (layers_bench, session 29; H200, Llama-2-7B, % of the copy rate): pieces of 4 KB
 // stream at ~60 % even with the ring alone (no compute), 8-11 KB pieces at 93-108 %: the bulk copies in flight, not
 // their bytes, set the rate. All warps sharing each piece and adding by shared-memory atomics: 40-55 %. Warps owning
 // pieces that cross rows (a division and a branch a 512-byte group): 58-61 %, consumers busy 54-74 % of their
-// clocks. Row pieces computed in the slot (this version): 61-64 %; consumers wait for pieces 34-46 % of their
-// clocks and the producer for free slots 26-42 %: a slot is out of the ring while its warp computes.
+// clocks. Row pieces computed in the slot (51a8ba0): 61-64 %; consumers wait for pieces 34-46 % of their clocks and
+// the producer for free slots 26-42 %: a slot is out of the ring while its warp computes. Hence this version's
+// copy into registers before the computation (not yet run on a GPU).
 // Rounding points as Hugging Face's fp16 modules: the normalised x, q / k after RoPE, each linear's output, the
 // residual sums, silu(gate) and the act are fp16; accumulation in fp32.
 #include <math.h>
@@ -44,6 +45,7 @@ constexpr int kConsumerWarps = 15;  // + the producer: 16 warps, 4 a scheduler, 
 constexpr int kConsumers = kConsumerWarps * 32;
 constexpr int kThreads = kConsumers + 32;  // + the producer warp
 constexpr unsigned kPieceDefault = 8192;
+constexpr int kChunksPerLane = 22;  // a piece's 16-byte chunks a lane holds: pieces of at most 22 x 512 = 11,264 B
 constexpr int kD = 128;      // head_dim
 constexpr int kKeysPerRound = kConsumerWarps * 2 * 4;  // 2 keys a warp (16 lanes each), 4 in flight a lane
 
@@ -282,14 +284,21 @@ __device__ __forceinline__ void consume(const Range& R, const Smem& s, unsigned 
     const long long t1 = clock64();
     prof[0] += t1 - t0;
     if (compute) {
+      // The piece into registers first and the slot handed back at once, so the next fill is in flight while
+      // this warp computes (with one slot a warp, the ring would otherwise idle for the computation).
       const Piece pc = piece_at(R, seg, p);
-      const uint4* wbuf = reinterpret_cast<const uint4*>(s.ring + (size_t)slot * piece) - pc.c0;
-      const uint4* xv = reinterpret_cast<const uint4*>(s.xs);
-      float v = 0.f;
-#pragma unroll 8
-      for (int c = pc.c0 + lane; c < pc.c1; c += 32) v += dot8(wbuf[c], xv[c]);
+      const uint4* wbuf = reinterpret_cast<const uint4*>(s.ring + (size_t)slot * piece);
+      const uint4* xv = reinterpret_cast<const uint4*>(s.xs) + pc.c0;
+      const int n = pc.c1 - pc.c0;
+      uint4 wr[kChunksPerLane];
+#pragma unroll
+      for (int j = 0; j < kChunksPerLane; ++j) wr[j] = lane + 32 * j < n ? wbuf[lane + 32 * j] : make_uint4(0, 0, 0, 0);
       __syncwarp();
-      if (lane == 0) mbar_arrive(&s.empty[slot]);
+      if (lane == 0) mbar_arrive(&s.empty[slot]);  // release: the loads above are ordered before it
+      float v = 0.f;
+#pragma unroll
+      for (int j = 0; j < kChunksPerLane; ++j)
+        if (lane + 32 * j < n) v += dot8(wr[j], xv[lane + 32 * j]);
       v = warp_sum(v);
       if (lane == 0) acc[pc.row] += v;
     } else {
@@ -416,6 +425,16 @@ __global__ void __launch_bounds__(kThreads, 1) decode_layers_kernel(const Decode
   for (int l = 0; l < a.L; ++l) {
     const DecodeLayerWeights w = a.layers[l];
     int r0, r1;
+    // o_proj and down: x = src[0, n) (other blocks wrote it), the block's rows of range r, h += them in place.
+    auto linear_residual = [&](const half* src, int n, int r) {
+      copy_to_xs(src, n, s);
+      consume(layer_range(a, w, r, acc_rows), s, piece, spw, acc_rows, q, prof);
+      consumers_sync();
+      block_rows(a.H, b, G, r0, r1);
+      for (int i = tid; i < r1 - r0; i += kConsumers)
+        a.h[r0 + i] = __float2half_rn(h2f(__ldcg(a.h + r0 + i)) + rnd(take_acc(s, acc_rows, 0, i)));
+      grid_sync(a.sync, target, skip);
+    };
     // 1. qkv.
     rms_to_xs(a, w.g_attn, s);
     consume(layer_range(a, w, 0, acc_rows), s, piece, spw, acc_rows, q, prof);
@@ -524,13 +543,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_layers_kernel(const Decode
     grid_sync(a.sync, target, skip);
 
     // 3. o_proj, residual.
-    copy_to_xs(a.attn, a.nH * kD, s);
-    consume(layer_range(a, w, 1, acc_rows), s, piece, spw, acc_rows, q, prof);
-    consumers_sync();
-    block_rows(a.H, b, G, r0, r1);
-    for (int i = tid; i < r1 - r0; i += kConsumers)
-      a.h[r0 + i] = __float2half_rn(h2f(__ldcg(a.h + r0 + i)) + rnd(take_acc(s, acc_rows, 0, i)));
-    grid_sync(a.sync, target, skip);
+    linear_residual(a.attn, a.nH * kD, 1);
 
     // 4. gate / up, the gated act.
     rms_to_xs(a, w.g_mlp, s);
@@ -545,13 +558,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_layers_kernel(const Decode
     grid_sync(a.sync, target, skip);
 
     // 5. down, residual.
-    copy_to_xs(a.act, a.I, s);
-    consume(layer_range(a, w, 4, acc_rows), s, piece, spw, acc_rows, q, prof);
-    consumers_sync();
-    block_rows(a.H, b, G, r0, r1);
-    for (int i = tid; i < r1 - r0; i += kConsumers)
-      a.h[r0 + i] = __float2half_rn(h2f(__ldcg(a.h + r0 + i)) + rnd(take_acc(s, acc_rows, 0, i)));
-    grid_sync(a.sync, target, skip);
+    linear_residual(a.act, a.I, 4);
   }
   report();
 }
@@ -583,7 +590,8 @@ const char* decode_layers_unsupported(const DecodeLayersArgs& a, int spw) {
   if (a.nH > grid_of()) return "more query heads than SMs";
   if (a.pos < 0 || a.pos >= a.max_ctx) return "pos outside the cache";
   if (spw < 1) return "at least one slot a consumer warp";
-  if (piece_of(a) % 16 || piece_of(a) < 512 || piece_of(a) > 65536) return "slots: a multiple of 16 bytes, 512 B to 64 KB";
+  if (piece_of(a) % 16 || piece_of(a) < 512 || piece_of(a) > kChunksPerLane * 512u)
+    return "slots: a multiple of 16 bytes, 512 B to 11,264 B";
   if (decode_layers_smem(a, spw) > (size_t)optin) return "shared memory: fewer or smaller slots";
   return nullptr;
 }
