@@ -45,6 +45,7 @@ constexpr int kConsumerWarps = 15;  // + the producer: 16 warps, 4 a scheduler, 
 constexpr int kConsumers = kConsumerWarps * 32;
 constexpr int kThreads = kConsumers + 32;  // + the producer warp
 constexpr unsigned kPieceDefault = 8192;
+constexpr int kRmsChunks = 4;  // 16-byte chunks of h a consumer thread holds: H at most 4 x 480 x 8 = 15,360
 constexpr int kChunksPerLane = 22;  // a piece's 16-byte chunks a lane holds: pieces of at most 22 x 512 = 11,264 B
 constexpr int kD = 128;      // head_dim
 constexpr int kKeysPerRound = kConsumerWarps * 2 * 4;  // 2 keys a warp (16 lanes each), 4 in flight a lane
@@ -147,16 +148,18 @@ __device__ __forceinline__ Piece piece_at(const Range& R, int seg, unsigned p) {
   return {row, sg * nc / seg, (sg + 1) * nc / seg};
 }
 
+__host__ __device__ constexpr int imax(int x, int y) { return x > y ? x : y; }
+
 // Rows per block of the longest share (the accumulators of one range; gate and up take two such arrays).
 __host__ __device__ inline int acc_rows_of(const DecodeLayersArgs& a, int G) {
   const int nqkv = (a.nH + 2 * a.nKV) * kD;
-  const int n = std::max(std::max(nqkv, a.I), a.H);
+  const int n = imax(imax(nqkv, a.I), a.H);
   return (n + G - 1) / G + 1;
 }
 __host__ __device__ inline int xs_bytes_of(const DecodeLayersArgs& a) {
-  const int k = std::max(std::max(a.H, a.I), a.nH * kD) * 2;
+  const int k = imax(imax(a.H, a.I), a.nH * kD) * 2;
   const int merge = (kConsumerWarps * kD + 2 * kConsumerWarps) * 4;  // the attention's cross-warp merge
-  return (std::max(k, merge) + 127) / 128 * 128;
+  return (imax(k, merge) + 127) / 128 * 128;
 }
 
 struct Smem {
@@ -166,6 +169,7 @@ struct Smem {
   half* xs;    // the phase's input vector (fp16), or the attention merge's floats
   float* acc;  // per consumer warp: 2 * acc_rows (gate and up take both halves)
   float* red;  // kConsumerWarps
+  half* hown;  // this block's rows of h (block_rows of H): only this block writes them, so it keeps them here
 };
 // Piece qq's slot and which fill of that slot it is: warp qq % 15 owns slots [w * spw, (w + 1) * spw) and takes
 // their fills in order, so a warp never waits on a fill whose predecessor it has not consumed (an mbarrier's parity
@@ -192,6 +196,8 @@ __device__ inline Smem carve(uint8_t* base, const DecodeLayersArgs& a, int spw) 
   s.acc = reinterpret_cast<float*>(p);
   p += (size_t)kConsumerWarps * 2 * acc_rows_of(a, gridDim.x) * 4;
   s.red = reinterpret_cast<float*>(p);
+  p += kConsumerWarps * 4;
+  s.hown = reinterpret_cast<half*>(p);
   return s;
 }
 
@@ -229,11 +235,15 @@ __device__ __forceinline__ void grid_sync(unsigned* ctr, unsigned& target, bool 
 
 // xs = fp16(g * fp16(h * rsqrt(mean(h^2) + eps))), h read from L2 (other blocks wrote it).
 __device__ void rms_to_xs(const DecodeLayersArgs& a, const half* g, const Smem& s) {
+  // One read of h from L2 (a round trip after the grid barrier is time the ring must cover), held in registers.
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  uint4 hr[kRmsChunks];
   float ss = 0.f;
-  for (int c = tid; c < a.H / 8; c += kConsumers) {
-    const uint4 u = ldcg16(a.h + c * 8);
-    const half* hv = reinterpret_cast<const half*>(&u);
+#pragma unroll
+  for (int k = 0; k < kRmsChunks; ++k) {
+    const int c = tid + k * kConsumers;
+    hr[k] = c < a.H / 8 ? ldcg16(a.h + c * 8) : make_uint4(0, 0, 0, 0);
+    const half* hv = reinterpret_cast<const half*>(&hr[k]);
 #pragma unroll
     for (int j = 0; j < 8; ++j) ss = fmaf(h2f(hv[j]), h2f(hv[j]), ss);
   }
@@ -244,10 +254,12 @@ __device__ void rms_to_xs(const DecodeLayersArgs& a, const half* g, const Smem& 
 #pragma unroll
   for (int w = 0; w < kConsumerWarps; ++w) tot += s.red[w];
   const float r = rsqrtf(tot / a.H + a.eps);
-  for (int c = tid; c < a.H / 8; c += kConsumers) {
-    const uint4 u = ldcg16(a.h + c * 8);
+#pragma unroll
+  for (int k = 0; k < kRmsChunks; ++k) {
+    const int c = tid + k * kConsumers;
+    if (c >= a.H / 8) break;
     const uint4 gu = __ldg(reinterpret_cast<const uint4*>(g + c * 8));
-    const half* hv = reinterpret_cast<const half*>(&u);
+    const half* hv = reinterpret_cast<const half*>(&hr[k]);
     const half* gv = reinterpret_cast<const half*>(&gu);
     uint4 o;
     half* ov = reinterpret_cast<half*>(&o);
@@ -422,6 +434,12 @@ __global__ void __launch_bounds__(kThreads, 1) decode_layers_kernel(const Decode
   const int slot2 = lane >> 4, sub = lane & 15;
   const bool attn_block = b < a.nH;
   const int head = b, kvh = b / gq;
+  {
+    int r0, r1;
+    block_rows(a.H, b, G, r0, r1);
+    for (int i = tid; i < r1 - r0; i += kConsumers) s.hown[i] = a.h[r0 + i];
+    // (the first phase's consumers_sync orders these before any epilogue reads them)
+  }
   for (int l = 0; l < a.L; ++l) {
     const DecodeLayerWeights w = a.layers[l];
     int r0, r1;
@@ -431,8 +449,11 @@ __global__ void __launch_bounds__(kThreads, 1) decode_layers_kernel(const Decode
       consume(layer_range(a, w, r, acc_rows), s, piece, spw, acc_rows, q, prof);
       consumers_sync();
       block_rows(a.H, b, G, r0, r1);
-      for (int i = tid; i < r1 - r0; i += kConsumers)
-        a.h[r0 + i] = __float2half_rn(h2f(__ldcg(a.h + r0 + i)) + rnd(take_acc(s, acc_rows, 0, i)));
+      for (int i = tid; i < r1 - r0; i += kConsumers) {
+        const half hn = __float2half_rn(h2f(s.hown[i]) + rnd(take_acc(s, acc_rows, 0, i)));
+        s.hown[i] = hn;
+        a.h[r0 + i] = hn;
+      }
       grid_sync(a.sync, target, skip);
     };
     // 1. qkv.
@@ -575,7 +596,7 @@ int grid_of() {
 size_t decode_layers_smem(const DecodeLayersArgs& a, int spw) {
   const int G = grid_of(), slots = slots_of(spw);
   return (2 * slots * 8 + 127) / 128 * 128 + (size_t)slots * piece_of(a) + xs_bytes_of(a) +
-         (size_t)kConsumerWarps * 2 * acc_rows_of(a, G) * 4 + kConsumerWarps * 4;
+         (size_t)kConsumerWarps * 2 * acc_rows_of(a, G) * 4 + kConsumerWarps * 4 + acc_rows_of(a, G) * 2;
 }
 
 const char* decode_layers_unsupported(const DecodeLayersArgs& a, int spw) {
@@ -586,6 +607,7 @@ const char* decode_layers_unsupported(const DecodeLayersArgs& a, int spw) {
   if (major < 9) return "needs sm_90 (bulk copies, mbarriers)";
   if (a.D != kD) return "head_dim must be 128";
   if (a.H % 256 || a.I % 256 || (a.nH * kD) % 256) return "H, I and nH * 128 must be multiples of 256";
+  if (a.H > kRmsChunks * kConsumers * 8) return "H at most 15,360";
   if (a.nKV <= 0 || a.nH % a.nKV) return "nH must be a multiple of nKV";
   if (a.nH > grid_of()) return "more query heads than SMs";
   if (a.pos < 0 || a.pos >= a.max_ctx) return "pos outside the cache";
