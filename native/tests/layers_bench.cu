@@ -300,14 +300,14 @@ int main(int argc, char** argv) {
       std::sort(ms.begin(), ms.end());
       // One more launch with the clock counters (not timed).
       unsigned long long* prof = nullptr;
-      CK(cudaMalloc(&prof, 5 * 8));
-      CK(cudaMemset(prof, 0, 5 * 8));
+      CK(cudaMalloc(&prof, 11 * 8));
+      CK(cudaMemset(prof, 0, 11 * 8));
       CK(cudaMemcpy(h, h0, m.H * 2, cudaMemcpyDeviceToDevice));
       a.prof = prof;
       CK(decode_layers(a, r.spw, 0));
       CK(cudaDeviceSynchronize());
       a.prof = nullptr;
-      unsigned long long pc[5];
+      unsigned long long pc[11];
       CK(cudaMemcpy(pc, prof, sizeof pc, cudaMemcpyDeviceToHost));
       CK(cudaFree(prof));
       const double us = ms[ms.size() / 2] * 1e3;
@@ -318,6 +318,11 @@ int main(int argc, char** argv) {
       std::printf("    consumer warps: %.1f %% of their clocks waiting for pieces, %.1f %% on them; producer %.1f %% waiting "
                   "for free slots\n",
                   100.0 * pc[0] / pc[2], 100.0 * pc[1] / pc[2], 100.0 * pc[3] / pc[4]);
+      if (mode != 2)
+        std::printf("    thread 0 of each block: prologues %.1f %%, streams %.1f %%, epilogues %.1f %%, grid barriers "
+                    "%.1f %%, attention %.1f %% of its clocks\n",
+                    100.0 * pc[5] / pc[10], 100.0 * pc[6] / pc[10], 100.0 * pc[7] / pc[10], 100.0 * pc[8] / pc[10],
+                    100.0 * pc[9] / pc[10]);
     }
   std::printf("SUMMARY %s\n", ok ? "PASS" : "FAIL");
   return ok ? 0 : 1;

@@ -411,11 +411,28 @@ __global__ void __launch_bounds__(kThreads, 1) decode_layers_kernel(const Decode
   unsigned q = 0, target = 0;
   long long prof[2] = {0, 0};  // clocks waiting for pieces, clocks on them (a.prof)
   const long long c0 = clock64();
+  // Thread 0's clocks by part of a phase (a.prof): the vector's prologue, the stream (its consume and the wait
+  // for the block's other warps), the epilogue, the grid barriers, the attention.
+  // (In shared memory: as registers live through the whole kernel they made ptxas spill.)
+  __shared__ long long ph[6];  // the parts, then the last mark
+  if (tid == 0)
+    for (int i = 0; i < 6; ++i) ph[i] = i == 5 ? c0 : 0;
+  auto mark = [&](int part) {
+    if (a.prof && tid == 0) {
+      const long long t = clock64();
+      ph[part] += t - ph[5];
+      ph[5] = t;
+    }
+  };
   auto report = [&] {
     if (a.prof && lane == 0) {
       atomicAdd(a.prof + 0, (unsigned long long)prof[0]);
       atomicAdd(a.prof + 1, (unsigned long long)prof[1]);
       atomicAdd(a.prof + 2, (unsigned long long)(clock64() - c0));
+    }
+    if (a.prof && tid == 0) {
+      for (int i = 0; i < 5; ++i) atomicAdd(a.prof + 5 + i, (unsigned long long)ph[i]);
+      atomicAdd(a.prof + 10, (unsigned long long)(clock64() - c0));
     }
   };
   if (a.mode == 2) {  // the ring alone: pieces taken and handed back
@@ -446,20 +463,26 @@ __global__ void __launch_bounds__(kThreads, 1) decode_layers_kernel(const Decode
     // o_proj and down: x = src[0, n) (other blocks wrote it), the block's rows of range r, h += them in place.
     auto linear_residual = [&](const half* src, int n, int r) {
       copy_to_xs(src, n, s);
+      mark(0);
       consume(layer_range(a, w, r, acc_rows), s, piece, spw, acc_rows, q, prof);
       consumers_sync();
+      mark(1);
       block_rows(a.H, b, G, r0, r1);
       for (int i = tid; i < r1 - r0; i += kConsumers) {
         const half hn = __float2half_rn(h2f(s.hown[i]) + rnd(take_acc(s, acc_rows, 0, i)));
         s.hown[i] = hn;
         a.h[r0 + i] = hn;
       }
+      mark(2);
       grid_sync(a.sync, target, skip);
+      mark(3);
     };
     // 1. qkv.
     rms_to_xs(a, w.g_attn, s);
+    mark(0);
     consume(layer_range(a, w, 0, acc_rows), s, piece, spw, acc_rows, q, prof);
     consumers_sync();
+    mark(1);
     block_rows(nqkv, b, G, r0, r1);
     for (int i = tid; i < r1 - r0; i += kConsumers) a.qkv[r0 + i] = __float2half_rn(take_acc(s, acc_rows, 0, i));
     // The attention block's first keys (cache rows below pos: not written in this launch).
@@ -473,7 +496,9 @@ __global__ void __launch_bounds__(kThreads, 1) decode_layers_kernel(const Decode
       kr[u] = ok ? __ldg(reinterpret_cast<const uint4*>(kbase + key * kv_row + sub * 8)) : make_uint4(0, 0, 0, 0);
       vr[u] = ok ? __ldg(reinterpret_cast<const uint4*>(vbase + key * kv_row + sub * 8)) : make_uint4(0, 0, 0, 0);
     }
+    mark(2);
     grid_sync(a.sync, target, skip);
+    mark(3);
 
     // 2. attention, query head `head`.
     if (attn_block) {
@@ -561,22 +586,28 @@ __global__ void __launch_bounds__(kThreads, 1) decode_layers_kernel(const Decode
         a.attn[head * kD + tid] = __float2half_rn(O / L);
       }
     }
+    mark(4);
     grid_sync(a.sync, target, skip);
+    mark(3);
 
     // 3. o_proj, residual.
     linear_residual(a.attn, a.nH * kD, 1);
 
     // 4. gate / up, the gated act.
     rms_to_xs(a, w.g_mlp, s);
+    mark(0);
     consume(layer_range(a, w, 2, acc_rows), s, piece, spw, acc_rows, q, prof);
     consume(layer_range(a, w, 3, acc_rows), s, piece, spw, acc_rows, q, prof);
     consumers_sync();
+    mark(1);
     block_rows(a.I, b, G, r0, r1);
     for (int i = tid; i < r1 - r0; i += kConsumers) {
       const float g = rnd(take_acc(s, acc_rows, 0, i)), u = rnd(take_acc(s, acc_rows, acc_rows, i));
       a.act[r0 + i] = __float2half_rn(rnd(g / (1.f + __expf(-g))) * u);
     }
+    mark(2);
     grid_sync(a.sync, target, skip);
+    mark(3);
 
     // 5. down, residual.
     linear_residual(a.act, a.I, 4);
@@ -614,7 +645,9 @@ const char* decode_layers_unsupported(const DecodeLayersArgs& a, int spw) {
   if (spw < 1) return "at least one slot a consumer warp";
   if (piece_of(a) % 16 || piece_of(a) < 512 || piece_of(a) > kChunksPerLane * 512u)
     return "slots: a multiple of 16 bytes, 512 B to 11,264 B";
-  if (decode_layers_smem(a, spw) > (size_t)optin) return "shared memory: fewer or smaller slots";
+  cudaFuncAttributes fa;
+  if (cudaFuncGetAttributes(&fa, decode_layers_kernel) != cudaSuccess) return "no sm_90 code of the kernel";
+  if (decode_layers_smem(a, spw) + fa.sharedSizeBytes > (size_t)optin) return "shared memory: fewer or smaller slots";
   return nullptr;
 }
 

@@ -30,8 +30,9 @@ struct DecodeLayersArgs {
   half* kv;    // [L][2][max_ctx][nKV][D]: this layer's keys, then values
   unsigned* sync;  // grid barrier counter, zeroed before each launch
   int mode;        // 0; timing only (wrong results): 1 no grid barriers, 2 the weight ring alone (no compute)
-  unsigned long long* prof;  // optional, 5 zeroed counters: consumer warps' clocks waiting for pieces, on pieces,
-                             // in all; the producer's clocks waiting for free slots, in all
+  unsigned long long* prof;  // optional, 11 zeroed counters: consumer warps' clocks waiting for pieces, on pieces,
+                             // in all; the producer's clocks waiting for free slots, in all; thread 0's clocks in
+                             // the phases' prologues, streams, epilogues, grid barriers, attention, in all
   int piece_bytes;  // bytes of a ring slot (0: 8192), a multiple of 16: a piece is a row or an even part of one
 };
 
