@@ -4,7 +4,7 @@ import { execFile } from "node:child_process";
 import OpenAI from "openai";
 import { generate } from "../../src/executor/generate.ts";
 import { ReferenceExecutor } from "../../src/executor/reference.ts";
-import { buildServer, type ServeOptions } from "../../src/server/app.ts";
+import { buildServer, type ServeOptions, type Server } from "../../src/server/app.ts";
 import { type OpenBatchOptions, openBatchManager } from "../../src/serving/open.ts";
 import { findTokenizer } from "../../src/text/engine-files.ts";
 
@@ -12,6 +12,8 @@ export interface TestServer {
   url: string;
   client: OpenAI;
   manager: Awaited<ReturnType<typeof openBatchManager>>;
+  /** The app itself (stopAccepting, metrics). */
+  server: Server;
   close(): Promise<void>;
 }
 
@@ -34,6 +36,7 @@ export async function startServer(
     url,
     client,
     manager,
+    server,
     close: async () => {
       await server.app.close();
       await manager.shutdown();
