@@ -129,7 +129,7 @@ int main(int argc, char** argv) {
   const Model m = which == "llama3" ? Model{"Llama-3.1-8B", 4096, 32, 8, 14336} : Model{"Llama-2-7B", 4096, 32, 32, 11008};
   const int L = argc > 2 ? std::atoi(argv[2]) : 32;
   const int pos = argc > 3 ? std::atoi(argv[3]) : 191;
-  // Ring shapes: slot bytes x slots a consumer warp ("8192x1,12288x1").
+  // Ring shapes: slot bytes x slots a consumer warp ("8192x1,11008x1"; slots of at most 11,264 B).
   struct RingShape {
     int piece, spw;
   };

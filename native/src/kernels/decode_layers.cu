@@ -7,8 +7,8 @@
 // loads), and PDL hides only what the next kernel can request from registers before it waits. Here the weights
 // never wait for anything: they are static, so each SM's producer warp streams its share of every linear of
 // every layer into a ring of shared memory by bulk copies (kilobytes per instruction, no registers), running as
-// far ahead as the ring allows, across the grid-wide barriers the data dependencies need. The ring (~180 KB an
-// SM, 23 MB in all, ~5.5 µs of HBM time) is what hides a barrier or the attention phase.
+// far ahead as the ring allows, across the grid-wide barriers the data dependencies need. The ring (120-165 KB an
+// SM, 16-22 MB in all, 4-5 µs of HBM time) is what hides a barrier or the attention phase.
 //
 // Work per layer (grid: one block an SM; 15 consumer warps + 1 producer warp):
 //   1. qkv: every block normalises h itself (8 KB from L2) and computes its contiguous share of the qkv rows;
@@ -21,12 +21,12 @@
 // right fill), copies the piece into registers, hands the slot back at once, and takes the dot product with the
 // phase's vector (in shared memory) into its own fp32 row accumulators; the epilogue sums the 15 warps'.
 // What the layout is made of (layers_bench, session 29; H200, Llama-2-7B, % of the copy rate): pieces of 4 KB
-// stream at ~60 % even with the ring alone (no compute), 8-11 KB pieces at 93-108 %: the bulk copies in flight, not
-// their bytes, set the rate. All warps sharing each piece and adding by shared-memory atomics: 40-55 %. Warps owning
-// pieces that cross rows (a division and a branch a 512-byte group): 58-61 %, consumers busy 54-74 % of their
-// clocks. Row pieces computed in the slot (51a8ba0): 61-64 %; consumers wait for pieces 34-46 % of their clocks and
-// the producer for free slots 26-42 %: a slot is out of the ring while its warp computes. Hence this version's
-// copy into registers before the computation (not yet run on a GPU).
+// stream at ~60 % even with the ring alone (no compute), 8-11 KB pieces at 93-110 %: a fixed cost per piece at the
+// SM sets the rate. Every warp a share of every piece: 40-55 % (16 KB pieces added by shared-memory atomics:
+// 51-52 %). Warps owning pieces that cross rows (a division and a branch a 512-byte group): 52-62 %, consumers
+// busy 54-66 % of their clocks. Row pieces computed in the slot (51a8ba0): 61-64 %; consumers wait for pieces
+// 34-46 % of their clocks and the producer for free slots 26-42 %: a slot is out of the ring while its warp
+// computes. Hence this version's copy into registers before the computation (not yet run on a GPU).
 // Rounding points as Hugging Face's fp16 modules: the normalised x, q / k after RoPE, each linear's output, the
 // residual sums, silu(gate) and the act are fp16; accumulation in fp32.
 #include <math.h>
@@ -279,8 +279,8 @@ __device__ void copy_to_xs(const half* src, int n, const Smem& s) {
 
 // The consumer side of one range: piece q belongs to warp q % 15, which takes its dot products with xs into its own
 // accumulators (no atomics; the epilogue sums the warps') and hands the slot back to the producer. A piece lies in
-// one row, so its loop is two shared loads and 8 FMAs a 16-byte chunk, and one warp reduction at its end. q counts
-// pieces across the launch.
+// one row, so after its copy into registers the loop is a shared load of x and 8 FMAs a 16-byte chunk, and one
+// warp reduction at its end. q counts pieces across the launch.
 __device__ __forceinline__ void consume(const Range& R, const Smem& s, unsigned piece, int spw, int acc_rows,
                                         unsigned& q, long long (&prof)[2], bool compute = true) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
