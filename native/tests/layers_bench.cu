@@ -7,7 +7,8 @@
 // count the cache's bytes), both timing only (wrong results), and clock counters of where the warps wait.
 //
 //   native/build/layers_bench [llama2|llama3] [layers 32] [pos 191] [slot bytes x slots a warp, e.g. 8192x1,11008x1]
-//   (or nvcc -std=c++17 -O3 --expt-relaxed-constexpr -arch=sm_90 tests/layers_bench.cu src/kernels/decode_layers.cu)
+//   (or nvcc -std=c++17 -O3 --expt-relaxed-constexpr -arch=sm_90 tests/layers_bench.cu src/kernels/decode_layers.cu
+//    src/kernels/random_fill.cu src/kernels/embedding.cu)
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -19,6 +20,7 @@
 #include <vector>
 
 #include "../src/kernels/decode_layers.h"
+#include "../src/kernels/kernels.h"
 #include "test_util.cuh"
 
 using namespace tsllm;
@@ -27,20 +29,9 @@ namespace {
 
 __device__ inline float rndf(float x) { return __half2float(__float2half_rn(x)); }
 
-__global__ void fill_kernel(half* p, size_t n, unsigned seed, float lo, float hi) {
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-    unsigned x = unsigned(i) * 2654435761u ^ unsigned(i >> 32) * 40503u ^ seed * 97u;
-    x ^= x >> 16;
-    x *= 0x7feb352du;
-    x ^= x >> 15;
-    x *= 0x846ca68bu;
-    x ^= x >> 16;
-    p[i] = __float2half_rn(lo + (hi - lo) * (x * (1.f / 4294967296.f)));
-  }
-}
+// Uniform in [lo, hi]: the runtime's random weights (random_fill).
 void fill(half* p, size_t n, unsigned seed, float lo, float hi) {
-  fill_kernel<<<1024, 256>>>(p, n, seed, lo, hi);
-  CK(cudaGetLastError());
+  CK(random_fill(p, DType::F16, n, seed, (lo + hi) / 2, (hi - lo) / 2, 0));
 }
 
 // The plain path: one block.

@@ -31,14 +31,14 @@
 // residual sums, silu(gate) and the act are fp16; accumulation in fp32.
 #include <math.h>
 
-#include <algorithm>
-
 #include "common.cuh"
 #include "decode_layers.h"
+#include "gemv_stream.cuh"
 
 namespace tsllm {
 namespace {
 
+using kd::num_sms;
 using kd::warp_sum;
 
 constexpr int kConsumerWarps = 15;  // + the producer: 16 warps, 4 a scheduler, 128 registers each
@@ -201,21 +201,13 @@ __device__ inline Smem carve(uint8_t* base, const DecodeLayersArgs& a, int spw) 
   return s;
 }
 
+// 8 fp16 weights against 8 fp16 values of x, in fp32: the decode gemvs' own (gemv_stream.cuh).
 __device__ __forceinline__ float dot8(const uint4& w, const uint4& x) {
-  const half2* wh = reinterpret_cast<const half2*>(&w);
-  const half2* xh = reinterpret_cast<const half2*>(&x);
-  float s = 0.f;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 a = __half22float2(wh[i]), b = __half22float2(xh[i]);
-    s = fmaf(a.x, b.x, s);
-    s = fmaf(a.y, b.y, s);
-  }
-  return s;
+  return kd::WHalf<half>::dot8<half>(w, 0, 0.f, x, 0.f);
 }
 
 __device__ __forceinline__ uint4 ldcg16(const half* p) { return __ldcg(reinterpret_cast<const uint4*>(p)); }
-__device__ __forceinline__ float h2f(half x) { return __half2float(x); }
+__device__ __forceinline__ float h2f(half x) { return kd::to_f<half>(x); }
 __device__ __forceinline__ float rnd(float x) { return __half2float(__float2half_rn(x)); }
 
 // Grid-wide barrier over a monotonic counter (zeroed before the launch); `target` is thread 0's count of arrivals
@@ -615,17 +607,10 @@ __global__ void __launch_bounds__(kThreads, 1) decode_layers_kernel(const Decode
   report();
 }
 
-int grid_of() {
-  int dev = 0, sms = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  return sms;
-}
-
 }  // namespace
 
 size_t decode_layers_smem(const DecodeLayersArgs& a, int spw) {
-  const int G = grid_of(), slots = slots_of(spw);
+  const int G = num_sms(), slots = slots_of(spw);
   return (2 * slots * 8 + 127) / 128 * 128 + (size_t)slots * piece_of(a) + xs_bytes_of(a) +
          (size_t)kConsumerWarps * 2 * acc_rows_of(a, G) * 4 + kConsumerWarps * 4 + acc_rows_of(a, G) * 2;
 }
@@ -640,7 +625,7 @@ const char* decode_layers_unsupported(const DecodeLayersArgs& a, int spw) {
   if (a.H % 256 || a.I % 256 || (a.nH * kD) % 256) return "H, I and nH * 128 must be multiples of 256";
   if (a.H > kRmsChunks * kConsumers * 8) return "H at most 15,360";
   if (a.nKV <= 0 || a.nH % a.nKV) return "nH must be a multiple of nKV";
-  if (a.nH > grid_of()) return "more query heads than SMs";
+  if (a.nH > num_sms()) return "more query heads than SMs";
   if (a.pos < 0 || a.pos >= a.max_ctx) return "pos outside the cache";
   if (spw < 1) return "at least one slot a consumer warp";
   if (piece_of(a) % 16 || piece_of(a) < 512 || piece_of(a) > kChunksPerLane * 512u)
@@ -660,7 +645,7 @@ cudaError_t decode_layers(const DecodeLayersArgs& a, int spw, cudaStream_t s) {
   DecodeLayersArgs args = a;
   void* params[] = {&args, &spw};
   // Cooperative: every block resident at once, which the grid-wide barriers need.
-  return cudaLaunchCooperativeKernel((const void*)decode_layers_kernel, dim3(grid_of()), dim3(kThreads), params, smem, s);
+  return cudaLaunchCooperativeKernel((const void*)decode_layers_kernel, dim3(num_sms()), dim3(kThreads), params, smem, s);
 }
 
 }  // namespace tsllm
