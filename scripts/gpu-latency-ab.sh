@@ -17,5 +17,5 @@ for setting in "$@"; do
   echo "== $quant ${setting}"
   if [ "$setting" = - ]; then envs=(); else read -r -a envs <<<"$setting"; fi
   env "${envs[@]}" ./bin/tsllm-bench.mjs latency "$work/e" --batch-size "$batches" --input-len 128 --output-len 128 \
-    --runs 3 2>&1 | grep -E "^batch|copy|rror|quant gemv|step tune|gemv prologue|gemv epilogue|gemv norm tail|norms launched|graph profile|  [a-z_(].* nodes |sum of the parts"
+    --runs 3 2>&1 | grep -E "^batch|copy|rror|tsllm_timeline|quant gemv|step tune|gemv prologue|gemv epilogue|gemv norm tail|norms launched|graph profile|  [a-z_(].* nodes |sum of the parts"
 done

@@ -1,0 +1,332 @@
+// Where a CUDA graph's time goes, from a kernel timeline written by native/tools/timeline.cc (CUPTI):
+//   CUDA_INJECTION64_PATH=$PWD/native/build/libtsllm_timeline.so TSLLM_TIMELINE=/tmp/tl.jsonl <program>
+//   npx tsx scripts/timeline.ts /tmp/tl.jsonl [--graph ID] [--skip N] [--nodes N] [--json FILE]
+//
+// It takes the graph launched most often (a decode step replayed by `tsllm-bench latency`), or --graph, and for
+// each of its launches lays the kernels out by start time. The launch's wall time (first start to last end) is cut
+// into pieces that add up exactly: for each kernel, its "own" time, the part of it that no earlier kernel of the
+// launch covers (under PDL a kernel starts while its predecessor runs: that overlap is not its own), and the idle
+// "gap" before it, when nothing of the launch ran. Per kernel name it prints the medians over launches of those
+// and of the kernel's whole duration, so the boundary costs the graph profiles only infer by subtraction (kernels-
+// notes "Known limitations") are read directly. Between launches: the GPU's idle time from one launch's last
+// kernel to the next one's first, and the host's cudaGraphLaunch call to the launch's first kernel.
+import * as fs from "node:fs";
+import { pathToFileURL } from "node:url";
+
+export interface TimelineRecord {
+  kind: "kernel" | "memcpy" | "memset" | "runtime";
+  start: number;
+  end: number;
+  corr: number;
+  graph?: number;
+  node?: number;
+  name?: string;
+  grid?: number[];
+  block?: number[];
+}
+
+/** Parses the JSON lines; a line that is not a record is refused with its number. */
+export function parseTimeline(text: string, where = "timeline"): TimelineRecord[] {
+  const out: TimelineRecord[] = [];
+  const lines = text.split("\n");
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i]!.trim();
+    if (line === "") continue;
+    let r: unknown;
+    try {
+      r = JSON.parse(line);
+    } catch {
+      throw new Error(`${where}:${i + 1}: not JSON (a line cut short by a killed run?)`);
+    }
+    const o = r as Partial<TimelineRecord>;
+    if (
+      typeof o !== "object" ||
+      o === null ||
+      !["kernel", "memcpy", "memset", "runtime"].includes(o.kind as string) ||
+      typeof o.start !== "number" ||
+      typeof o.end !== "number" ||
+      typeof o.corr !== "number" ||
+      o.end < o.start
+    )
+      throw new Error(`${where}:${i + 1}: not a timeline record (kind, start <= end, corr)`);
+    out.push(o as TimelineRecord);
+  }
+  return out;
+}
+
+/** A kernel's place in one launch: start-ordered, with its own time and the idle gap before it (ns). */
+export interface Placed {
+  rec: TimelineRecord;
+  own: number;
+  gap: number;
+  /** Time it ran beside earlier kernels of the launch (PDL prologues, or concurrent branches). */
+  overlap: number;
+}
+
+export interface Launch {
+  corr: number;
+  start: number;
+  end: number;
+  kernels: Placed[];
+}
+
+/**
+ * Lays out one launch's device records (kernels, copies, sets): sorted by start, each one's own time is the part
+ * past everything before it, and its gap the idle time before it, so Σ own + Σ gap = end - start exactly.
+ */
+export function placeLaunch(recs: TimelineRecord[]): Launch {
+  if (recs.length === 0) throw new Error("placeLaunch: no records");
+  const sorted = [...recs].sort((a, b) => a.start - b.start || a.end - b.end);
+  let covered = sorted[0]!.start;
+  const kernels: Placed[] = sorted.map((rec) => {
+    const gap = Math.max(0, rec.start - covered);
+    const own = Math.max(0, rec.end - Math.max(rec.start, covered));
+    const overlap = Math.max(0, Math.min(rec.end, covered) - rec.start);
+    covered = Math.max(covered, rec.end);
+    return { rec, own, gap, overlap };
+  });
+  return { corr: sorted[0]!.corr, start: sorted[0]!.start, end: covered, kernels };
+}
+
+/** The launches of graph `graph` (each cudaGraphLaunch's device records share its correlation id), in time order. */
+export function launchesOf(recs: TimelineRecord[], graph: number): Launch[] {
+  const byCorr = new Map<number, TimelineRecord[]>();
+  for (const r of recs) {
+    if (r.kind === "runtime" || r.graph !== graph) continue;
+    const list = byCorr.get(r.corr);
+    if (list) list.push(r);
+    else byCorr.set(r.corr, [r]);
+  }
+  return [...byCorr.values()].map(placeLaunch).sort((a, b) => a.start - b.start);
+}
+
+/** The graph launched most often (most correlation ids), ties to the one with more kernels. */
+export function busiestGraph(recs: TimelineRecord[]): number | undefined {
+  const corrs = new Map<number, Set<number>>();
+  const kernels = new Map<number, number>();
+  for (const r of recs) {
+    if (r.kind !== "kernel" || !r.graph) continue;
+    let s = corrs.get(r.graph);
+    if (!s) corrs.set(r.graph, (s = new Set()));
+    s.add(r.corr);
+    kernels.set(r.graph, (kernels.get(r.graph) ?? 0) + 1);
+  }
+  let best: number | undefined;
+  for (const [g, s] of corrs) {
+    if (
+      best === undefined ||
+      s.size > corrs.get(best)!.size ||
+      (s.size === corrs.get(best)!.size && kernels.get(g)! > kernels.get(best)!)
+    )
+      best = g;
+  }
+  return best;
+}
+
+export const median = (xs: number[]): number => {
+  if (xs.length === 0) return Number.NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+
+/** A kernel's name for grouping and printing: no namespaces, no parameter list (template arguments kept). */
+export function shortName(rec: TimelineRecord): string {
+  if (rec.kind !== "kernel") return rec.kind;
+  let n = rec.name ?? "?";
+  // Parameters: the last top-level "(...)" at the end.
+  if (n.endsWith(")")) {
+    let depth = 0;
+    for (let i = n.length - 1; i >= 0; i--) {
+      const c = n[i];
+      if (c === ")") depth++;
+      else if (c === "(") depth--;
+      if (depth === 0) {
+        n = n.slice(0, i);
+        break;
+      }
+    }
+  }
+  return n
+    .replace(/\(anonymous namespace\)::/g, "")
+    .replace(/\b[A-Za-z_][A-Za-z_0-9]*::/g, "")
+    .replace(/^void /, "");
+}
+
+export interface NameRow {
+  name: string;
+  /** Kernels of this name per launch. */
+  count: number;
+  /** Medians over launches of the per-launch sums (ns). */
+  own: number;
+  gap: number;
+  overlap: number;
+  dur: number;
+}
+
+export interface Summary {
+  graph: number;
+  launches: number;
+  used: number;
+  kernelsPerLaunch: number;
+  wall: number;
+  own: number;
+  gap: number;
+  /** Medians (ns) between consecutive launches: the GPU idle from one's last end to the next's first start. */
+  between: number;
+  /** Medians (ns) from the host's cudaGraphLaunch call start to the launch's first kernel. */
+  launchToFirst: number | undefined;
+  byName: NameRow[];
+  /** The first launch used, node by node (start order). */
+  nodes: { name: string; start: number; dur: number; own: number; gap: number; overlap: number }[];
+}
+
+/** Summarises the launches of one graph after skipping the first `skip` (warm-up). */
+export function summarize(recs: TimelineRecord[], o: { graph?: number; skip?: number } = {}): Summary {
+  const graph = o.graph ?? busiestGraph(recs);
+  if (graph === undefined) throw new Error("no kernel of any CUDA graph in the timeline");
+  const all = launchesOf(recs, graph);
+  if (all.length === 0) throw new Error(`graph ${graph}: no launch in the timeline`);
+  const skip = Math.min(o.skip ?? 0, all.length - 1);
+  const used = all.slice(skip);
+  const per = (f: (l: Launch) => number) => median(used.map(f));
+  const names = new Map<
+    string,
+    { count: number; own: number[]; gap: number[]; overlap: number[]; dur: number[] }
+  >();
+  for (const l of used) {
+    const sums = new Map<string, { count: number; own: number; gap: number; overlap: number; dur: number }>();
+    for (const k of l.kernels) {
+      const n = shortName(k.rec);
+      const s = sums.get(n) ?? { count: 0, own: 0, gap: 0, overlap: 0, dur: 0 };
+      s.count++;
+      s.own += k.own;
+      s.gap += k.gap;
+      s.overlap += k.overlap;
+      s.dur += k.rec.end - k.rec.start;
+      sums.set(n, s);
+    }
+    for (const [n, s] of sums) {
+      const a = names.get(n) ?? { count: s.count, own: [], gap: [], overlap: [], dur: [] };
+      a.count = Math.max(a.count, s.count);
+      a.own.push(s.own);
+      a.gap.push(s.gap);
+      a.overlap.push(s.overlap);
+      a.dur.push(s.dur);
+      names.set(n, a);
+    }
+  }
+  const byName = [...names].map(([name, a]) => ({
+    name,
+    count: a.count,
+    own: median(a.own),
+    gap: median(a.gap),
+    overlap: median(a.overlap),
+    dur: median(a.dur),
+  }));
+  byName.sort((x, y) => y.own + y.gap - (x.own + x.gap));
+  const between: number[] = [];
+  for (let i = 1; i < all.length; i++) if (i > skip) between.push(all[i]!.start - all[i - 1]!.end);
+  const apiStart = new Map<number, number>();
+  for (const r of recs)
+    if (r.kind === "runtime" && /GraphLaunch/.test(r.name ?? "")) apiStart.set(r.corr, r.start);
+  const toFirst = used.filter((l) => apiStart.has(l.corr)).map((l) => l.start - apiStart.get(l.corr)!);
+  const first = used[0]!;
+  return {
+    graph,
+    launches: all.length,
+    used: used.length,
+    kernelsPerLaunch: median(used.map((l) => l.kernels.length)),
+    wall: per((l) => l.end - l.start),
+    own: per((l) => l.kernels.reduce((t, k) => t + k.own, 0)),
+    gap: per((l) => l.kernels.reduce((t, k) => t + k.gap, 0)),
+    between: median(between),
+    launchToFirst: toFirst.length > 0 ? median(toFirst) : undefined,
+    byName,
+    nodes: first.kernels.map((k) => ({
+      name: shortName(k.rec),
+      start: k.rec.start - first.start,
+      dur: k.rec.end - k.rec.start,
+      own: k.own,
+      gap: k.gap,
+      overlap: k.overlap,
+    })),
+  };
+}
+
+const us = (ns: number) => (ns / 1000).toFixed(2);
+const ms = (ns: number) => (ns / 1e6).toFixed(3);
+
+export function formatSummary(s: Summary, nodes = 0): string {
+  const out: string[] = [];
+  const pct = (x: number) => `${((100 * x) / s.wall).toFixed(1)} %`;
+  out.push(
+    `graph ${s.graph}: ${s.launches} launches, medians over the last ${s.used}; ${s.kernelsPerLaunch} kernels a launch`,
+  );
+  out.push(
+    `launch wall ${ms(s.wall)} ms = kernels' own time ${ms(s.own)} ms + idle gaps inside it ${ms(s.gap)} ms (${pct(s.gap)})`,
+  );
+  out.push(
+    `between launches (GPU idle) ${us(s.between)} us; host cudaGraphLaunch to first kernel ${
+      s.launchToFirst === undefined ? "n/a" : `${us(s.launchToFirst)} us`
+    }`,
+  );
+  out.push("per kernel name, µs a launch (medians): own = on the critical path, gap = idle just before it,");
+  out.push("overlap = ran beside earlier kernels (PDL prologue), dur = the kernels' whole durations");
+  out.push(
+    `${"name".padEnd(60)} ${"count".padStart(5)} ${"own".padStart(9)} ${"%".padStart(6)} ${"gap".padStart(8)} ${"overlap".padStart(8)} ${"dur".padStart(9)}`,
+  );
+  for (const r of s.byName) {
+    const name = r.name.length > 60 ? `${r.name.slice(0, 57)}...` : r.name;
+    out.push(
+      `${name.padEnd(60)} ${String(r.count).padStart(5)} ${us(r.own).padStart(9)} ${pct(r.own).padStart(6)} ${us(r.gap).padStart(8)} ${us(r.overlap).padStart(8)} ${us(r.dur).padStart(9)}`,
+    );
+  }
+  if (nodes > 0) {
+    out.push(`first ${Math.min(nodes, s.nodes.length)} nodes of the first launch used (µs from its start):`);
+    for (const n of s.nodes.slice(0, nodes)) {
+      out.push(
+        `  ${us(n.start).padStart(9)} ${n.name.slice(0, 60).padEnd(60)} dur ${us(n.dur).padStart(8)} own ${us(n.own).padStart(8)} gap ${us(n.gap).padStart(6)} overlap ${us(n.overlap).padStart(6)}`,
+      );
+    }
+  }
+  return out.join("\n");
+}
+
+function main(argv: string[]): number {
+  const file = argv[0];
+  if (!file || file.startsWith("-")) {
+    console.error(
+      "usage: npx tsx scripts/timeline.ts TIMELINE.jsonl [--graph ID] [--skip N] [--nodes N] [--json FILE]",
+    );
+    return 2;
+  }
+  const opt = (name: string) => {
+    const i = argv.indexOf(name);
+    if (i < 0) return undefined;
+    const v = argv[i + 1];
+    if (v === undefined) throw new Error(`${name} needs a value`);
+    return v;
+  };
+  const int = (name: string) => {
+    const v = opt(name);
+    if (v === undefined) return undefined;
+    if (!/^\d+$/.test(v)) throw new Error(`${name} ${v}: not a whole number`);
+    return Number(v);
+  };
+  const recs = parseTimeline(fs.readFileSync(file, "utf8"), file);
+  const s = summarize(recs, { graph: int("--graph"), skip: int("--skip") ?? 3 });
+  console.log(formatSummary(s, int("--nodes") ?? 0));
+  const json = opt("--json");
+  if (json) fs.writeFileSync(json, `${JSON.stringify(s, null, 1)}\n`, { flag: "wx" });
+  return 0;
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  try {
+    process.exitCode = main(process.argv.slice(2));
+  } catch (e) {
+    console.error(`timeline: ${(e as Error).message}`);
+    process.exitCode = 1;
+  }
+}

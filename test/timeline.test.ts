@@ -1,0 +1,228 @@
+// scripts/timeline.ts: the summary of a CUPTI kernel timeline (native/tools/timeline.cc writes it on the GPU
+// machine). Hand-made timelines whose every figure is worked out here by hand.
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { describe, expect, it } from "vitest";
+import {
+  busiestGraph,
+  formatSummary,
+  launchesOf,
+  parseTimeline,
+  placeLaunch,
+  shortName,
+  summarize,
+  type TimelineRecord,
+} from "../scripts/timeline.ts";
+
+const K = (start: number, end: number, corr: number, graph: number, name: string): TimelineRecord => ({
+  kind: "kernel",
+  start,
+  end,
+  corr,
+  graph,
+  node: 0,
+  name,
+});
+const GEMV =
+  "void tsllm::kd::(anonymous namespace)::gemv_kernel<__half, 4>(tsllm::kd::GemvArgs<__half>, int)";
+const NORM = "void tsllm::rms_norm_kernel<__half>(__half const*, __half*, int)";
+const ATTN = "void tsllm::attn<(tsllm::Kind)2>(tsllm::AttnParams)";
+
+// Graph 7 launched three times; each launch: gemv [0, 500], norm [400, 1000] (100 ns beside the gemv: a PDL
+// prologue), attention after 300 ns idle [1300, 1600], a copy node [1600, 1700]. Launches start every 2,000 ns.
+function graph7(at: number, corr: number): TimelineRecord[] {
+  return [
+    K(at, at + 500, corr, 7, GEMV),
+    K(at + 400, at + 1000, corr, 7, NORM),
+    K(at + 1300, at + 1600, corr, 7, ATTN),
+    { kind: "memcpy", start: at + 1600, end: at + 1700, corr, graph: 7, node: 9 },
+  ];
+}
+const runtime = (start: number, corr: number): TimelineRecord => ({
+  kind: "runtime",
+  start,
+  end: start + 50,
+  corr,
+  name: "cudaGraphLaunch_v10000",
+});
+function timeline(): TimelineRecord[] {
+  return [
+    // graph 9: one launch of more kernels than graph 7's (a prefill graph, say)
+    K(100_000, 101_000, 90, 9, GEMV),
+    K(101_000, 102_000, 90, 9, GEMV),
+    K(102_000, 103_000, 90, 9, GEMV),
+    K(103_000, 104_000, 90, 9, GEMV),
+    K(104_000, 105_000, 90, 9, GEMV),
+    // a kernel outside any graph
+    K(200_000, 201_000, 95, 0, NORM),
+    ...graph7(10_000, 10),
+    runtime(9_000, 10),
+    ...graph7(12_000, 20),
+    runtime(11_800, 20),
+    ...graph7(14_000, 30),
+    runtime(13_600, 30),
+  ];
+}
+
+describe("placeLaunch", () => {
+  it("cuts the launch's wall time into own times and idle gaps that add up exactly", () => {
+    const l = placeLaunch(graph7(10_000, 10));
+    expect(l.start).toBe(10_000);
+    expect(l.end).toBe(11_700);
+    expect(l.kernels.map((k) => [k.own, k.gap, k.overlap])).toEqual([
+      [500, 0, 0],
+      [500, 0, 100],
+      [300, 300, 0],
+      [100, 0, 0],
+    ]);
+    const own = l.kernels.reduce((t, k) => t + k.own, 0);
+    const gap = l.kernels.reduce((t, k) => t + k.gap, 0);
+    expect(own + gap).toBe(l.end - l.start);
+  });
+
+  it("gives a kernel wholly inside an earlier one no own time, all overlap", () => {
+    const l = placeLaunch([K(0, 1000, 1, 1, GEMV), K(200, 300, 1, 1, NORM), K(900, 1500, 1, 1, ATTN)]);
+    expect(l.kernels.map((k) => [k.own, k.gap, k.overlap])).toEqual([
+      [1000, 0, 0],
+      [0, 0, 100],
+      [500, 0, 100],
+    ]);
+    expect(l.end).toBe(1500);
+  });
+
+  it("orders by start whatever the records' order", () => {
+    const recs = graph7(0, 1);
+    const l = placeLaunch([recs[2]!, recs[0]!, recs[3]!, recs[1]!]);
+    expect(l.kernels.map((k) => k.rec.start)).toEqual([0, 400, 1300, 1600]);
+  });
+});
+
+describe("graphs and launches", () => {
+  it("picks the graph launched most often, not the one with most kernels", () => {
+    expect(busiestGraph(timeline())).toBe(7);
+    expect(busiestGraph([K(0, 1, 1, 0, GEMV)])).toBeUndefined();
+  });
+
+  it("groups a graph's device records by launch, in time order, without runtime records", () => {
+    const recs = timeline().reverse();
+    const ls = launchesOf(recs, 7);
+    expect(ls.map((l) => l.corr)).toEqual([10, 20, 30]);
+    expect(ls.map((l) => l.kernels.length)).toEqual([4, 4, 4]);
+    expect(launchesOf(recs, 9).map((l) => l.kernels.length)).toEqual([5]);
+  });
+});
+
+describe("summarize", () => {
+  it("gives per-launch medians, the idle time between launches and the host's launch latency", () => {
+    const s = summarize(timeline(), { skip: 1 });
+    expect(s.graph).toBe(7);
+    expect(s.launches).toBe(3);
+    expect(s.used).toBe(2);
+    expect(s.kernelsPerLaunch).toBe(4);
+    expect(s.wall).toBe(1700);
+    expect(s.own).toBe(1400);
+    expect(s.gap).toBe(300);
+    // launches end at 11,700, 13,700 and start at 12,000, 14,000: 300 idle each (the skipped launch's own
+    // successor counts only from the first used launch on)
+    expect(s.between).toBe(300);
+    // host calls at 11,800 and 13,600 for launches starting 12,000 and 14,000: 200 and 400
+    expect(s.launchToFirst).toBe(300);
+    const row = (n: string) => s.byName.find((r) => r.name === n)!;
+    expect(row("gemv_kernel<__half, 4>")).toEqual({
+      name: "gemv_kernel<__half, 4>",
+      count: 1,
+      own: 500,
+      gap: 0,
+      overlap: 0,
+      dur: 500,
+    });
+    expect(row("rms_norm_kernel<__half>")).toMatchObject({ own: 500, overlap: 100, dur: 600 });
+    expect(row("attn<(Kind)2>")).toMatchObject({ own: 300, gap: 300, dur: 300 });
+    expect(row("memcpy")).toMatchObject({ own: 100, count: 1 });
+    // sorted by own + gap: attention (600) first, the copy (100) last
+    expect(s.byName[0]!.name).toBe("attn<(Kind)2>");
+    expect(s.byName.at(-1)!.name).toBe("memcpy");
+    expect(s.nodes.map((n) => n.start)).toEqual([0, 400, 1300, 1600]);
+  });
+
+  it("sums a name's kernels within a launch", () => {
+    const s = summarize(timeline(), { graph: 9 });
+    expect(s.byName).toEqual([
+      { name: "gemv_kernel<__half, 4>", count: 5, own: 5000, gap: 0, overlap: 0, dur: 5000 },
+    ]);
+    expect(Number.isNaN(s.between)).toBe(true);
+    expect(s.launchToFirst).toBeUndefined();
+  });
+
+  it("refuses a timeline without graph kernels, and a graph that is not there", () => {
+    expect(() => summarize([K(0, 1, 1, 0, GEMV)])).toThrow(/no kernel of any CUDA graph/);
+    expect(() => summarize(timeline(), { graph: 3 })).toThrow(/graph 3: no launch/);
+  });
+});
+
+describe("shortName", () => {
+  it("drops namespaces, the return type and the parameter list, keeps template arguments", () => {
+    expect(shortName(K(0, 1, 1, 1, GEMV))).toBe("gemv_kernel<__half, 4>");
+    expect(shortName(K(0, 1, 1, 1, "plain_kernel"))).toBe("plain_kernel");
+    expect(shortName(K(0, 1, 1, 1, "void f<(a::B)1>(int (*)(int))"))).toBe("f<(B)1>");
+  });
+});
+
+describe("parseTimeline", () => {
+  it("reads the lines timeline.cc writes and refuses others by line number", () => {
+    const text = `${JSON.stringify(K(1, 2, 3, 4, GEMV))}\n\n{"kind":"runtime","start":5,"end":6,"corr":3,"name":"x"}\n`;
+    expect(parseTimeline(text).map((r) => r.kind)).toEqual(["kernel", "runtime"]);
+    expect(() => parseTimeline(`${JSON.stringify(K(1, 2, 3, 4, GEMV))}\n{"kind":"kern`, "t.jsonl")).toThrow(
+      /^t\.jsonl:2: not JSON/,
+    );
+    expect(() => parseTimeline('{"kind":"kernel","start":5,"end":4,"corr":1}')).toThrow(
+      /:1: not a timeline record/,
+    );
+    expect(() => parseTimeline('{"kind":"other","start":1,"end":4,"corr":1}')).toThrow(
+      /not a timeline record/,
+    );
+  });
+});
+
+describe("scripts/timeline.ts as a command", () => {
+  const run = (args: string[]) =>
+    spawnSync(process.execPath, ["--import", "tsx", "scripts/timeline.ts", ...args], { encoding: "utf8" });
+
+  it("prints the summary and writes --json, never over an existing file", () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tl-"));
+    const tl = path.join(dir, "tl.jsonl");
+    fs.writeFileSync(
+      tl,
+      `${timeline()
+        .map((r) => JSON.stringify(r))
+        .join("\n")}\n`,
+    );
+    const out = path.join(dir, "s.json");
+    const r = run([tl, "--skip", "1", "--nodes", "2", "--json", out]);
+    expect(r.stderr).toBe("");
+    expect(r.status).toBe(0);
+    expect(r.stdout).toContain("graph 7: 3 launches, medians over the last 2; 4 kernels a launch");
+    expect(r.stdout).toContain(
+      "launch wall 0.002 ms = kernels' own time 0.001 ms + idle gaps inside it 0.000 ms (17.6 %)",
+    );
+    expect(r.stdout).toContain("host cudaGraphLaunch to first kernel 0.30 us");
+    expect(r.stdout).toMatch(/first 2 nodes/);
+    expect(JSON.parse(fs.readFileSync(out, "utf8")).wall).toBe(1700);
+    const again = run([tl, "--json", out]);
+    expect(again.status).toBe(1);
+    expect(again.stderr).toMatch(/^timeline: EEXIST/);
+    expect(JSON.parse(fs.readFileSync(out, "utf8")).used).toBe(2);
+    const bad = run([tl, "--skip", "x"]);
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toBe("timeline: --skip x: not a whole number\n");
+    expect(run([]).status).toBe(2);
+    fs.rmSync(dir, { recursive: true });
+  });
+
+  it("formats without a host launch record", () => {
+    const s = summarize(timeline(), { graph: 9 });
+    expect(formatSummary(s)).toContain("host cudaGraphLaunch to first kernel n/a");
+  });
+});
