@@ -8,7 +8,9 @@
 // launch covers (under PDL a kernel starts while its predecessor runs: that overlap is not its own), and the idle
 // "gap" before it, when nothing of the launch ran. Per kernel name it prints the medians over launches of those
 // and of the kernel's whole duration, so the boundary costs the graph profiles only infer by subtraction (kernels-
-// notes "Known limitations") are read directly. Between launches: the GPU's idle time from one launch's last
+// notes "Known limitations") are read directly. When the kernels repeat with a period (a model's layers: the same
+// names and grids, layer after layer), it also prints one layer, place by place, with medians over layers and
+// launches, and the nodes outside the layers apart. Between launches: the GPU's idle time from one launch's last
 // kernel to the next one's first, and the host's cudaGraphLaunch call to the launch's first kernel.
 import * as fs from "node:fs";
 import { pathToFileURL } from "node:url";
@@ -179,6 +181,46 @@ export interface Summary {
   byName: NameRow[];
   /** The first launch used, node by node (start order). */
   nodes: { name: string; start: number; dur: number; own: number; gap: number; overlap: number }[];
+  /** The repeated block of kernels (a model's layers), when there is one; see findLayers. */
+  layers?: { start: number; period: number; repeats: number; slots: SlotRow[]; outside: SlotRow[] };
+}
+
+/** One place in a layer (or one node outside the layers): medians (ns) over launches and layers. */
+export interface SlotRow {
+  /** The node's index in the launch (outside the layers) or its place in the layer. */
+  at: number;
+  name: string;
+  grid: string;
+  own: number;
+  gap: number;
+  overlap: number;
+  dur: number;
+}
+
+/** A kernel's key for finding layers: its name and grid (one template can serve several linears). */
+const keyOf = (rec: TimelineRecord) => `${shortName(rec)} ${rec.grid ? `[${rec.grid.join(",")}]` : ""}`;
+
+/**
+ * The layers of a launch: the smallest period P such that the node sequence (name and grid) repeats over a stretch
+ * covering at least half the launch. Returns where the stretch starts and how many whole periods it holds.
+ */
+export function findLayers(keys: string[]): { start: number; period: number; repeats: number } | undefined {
+  const n = keys.length;
+  for (let P = 1; 2 * P <= n; P++) {
+    let best = 0;
+    let bestAt = 0;
+    let run = 0;
+    for (let i = 0; i + P < n; i++) {
+      run = keys[i] === keys[i + P] ? run + 1 : 0;
+      if (run > best) {
+        best = run;
+        bestAt = i - run + 1;
+      }
+    }
+    const repeats = Math.floor((best + P) / P);
+    if (repeats >= 2 && 2 * repeats * P >= n) return { start: bestAt, period: P, repeats };
+  }
+  return undefined;
 }
 
 /** Summarises the launches of one graph after skipping the first `skip` (warm-up). */
@@ -251,7 +293,43 @@ export function summarize(recs: TimelineRecord[], o: { graph?: number; skip?: nu
       gap: k.gap,
       overlap: k.overlap,
     })),
+    layers: layersOf(used),
   };
+}
+
+/** The layer table of launches shaped like the first (same node count and keys); undefined without layers. */
+function layersOf(used: Launch[]): Summary["layers"] {
+  const keys = used[0]!.kernels.map((k) => keyOf(k.rec));
+  const f = findLayers(keys);
+  if (!f) return undefined;
+  const same = used.filter(
+    (l) => l.kernels.length === keys.length && l.kernels.every((k, i) => keyOf(k.rec) === keys[i]),
+  );
+  const row = (at: number, idx: number[]): SlotRow => {
+    const ks = same.flatMap((l) => idx.map((i) => l.kernels[i]!));
+    const rec = used[0]!.kernels[idx[0]!]!.rec;
+    return {
+      at,
+      name: shortName(rec),
+      grid: rec.grid ? rec.grid.join("x") : "",
+      own: median(ks.map((k) => k.own)),
+      gap: median(ks.map((k) => k.gap)),
+      overlap: median(ks.map((k) => k.overlap)),
+      dur: median(ks.map((k) => k.rec.end - k.rec.start)),
+    };
+  };
+  const slots: SlotRow[] = [];
+  for (let j = 0; j < f.period; j++)
+    slots.push(
+      row(
+        j,
+        Array.from({ length: f.repeats }, (_, r) => f.start + r * f.period + j),
+      ),
+    );
+  const outside: SlotRow[] = [];
+  const end = f.start + f.repeats * f.period;
+  for (let i = 0; i < keys.length; i++) if (i < f.start || i >= end) outside.push(row(i, [i]));
+  return { ...f, slots, outside };
 }
 
 const us = (ns: number) => (ns / 1000).toFixed(2);
@@ -281,6 +359,19 @@ export function formatSummary(s: Summary, nodes = 0): string {
     out.push(
       `${name.padEnd(60)} ${String(r.count).padStart(5)} ${us(r.own).padStart(9)} ${pct(r.own).padStart(6)} ${us(r.gap).padStart(8)} ${us(r.overlap).padStart(8)} ${us(r.dur).padStart(9)}`,
     );
+  }
+  if (s.layers) {
+    const L = s.layers;
+    const own = L.slots.reduce((t, r) => t + r.own, 0);
+    const gap = L.slots.reduce((t, r) => t + r.gap, 0);
+    out.push(
+      `layers: ${L.repeats} x ${L.period} kernels from node ${L.start}; a layer (sums of its places' medians): own ${us(own)} µs + gaps ${us(gap)} µs = ${us(own + gap)} µs, x ${L.repeats} = ${ms((own + gap) * L.repeats)} ms`,
+    );
+    const line = (label: string, r: SlotRow) =>
+      `  ${label.padStart(6)} ${(r.name.length > 50 ? `${r.name.slice(0, 47)}...` : r.name).padEnd(50)} ${r.grid.padStart(11)} own ${us(r.own).padStart(8)} gap ${us(r.gap).padStart(6)} overlap ${us(r.overlap).padStart(6)} dur ${us(r.dur).padStart(8)}`;
+    for (const r of L.slots) out.push(line(`L.${r.at}`, r));
+    if (L.outside.length > 0) out.push("  outside the layers (node index in the launch):");
+    for (const r of L.outside) out.push(line(`#${r.at}`, r));
   }
   if (nodes > 0) {
     out.push(`first ${Math.min(nodes, s.nodes.length)} nodes of the first launch used (µs from its start):`);

@@ -7,6 +7,7 @@ import * as path from "node:path";
 import { describe, expect, it } from "vitest";
 import {
   busiestGraph,
+  findLayers,
   formatSummary,
   launchesOf,
   parseTimeline,
@@ -159,6 +160,73 @@ describe("summarize", () => {
   it("refuses a timeline without graph kernels, and a graph that is not there", () => {
     expect(() => summarize([K(0, 1, 1, 0, GEMV)])).toThrow(/no kernel of any CUDA graph/);
     expect(() => summarize(timeline(), { graph: 3 })).toThrow(/graph 3: no launch/);
+  });
+});
+
+describe("layers", () => {
+  it("finds the smallest period that repeats over at least half the launch", () => {
+    expect(findLayers(["e", "a", "b", "c", "a", "b", "c", "a", "b", "c", "h", "s"])).toEqual({
+      start: 1,
+      period: 3,
+      repeats: 3,
+    });
+    expect(findLayers(["a", "b", "a", "b", "a"])).toEqual({ start: 0, period: 2, repeats: 2 });
+    // a norm before each of two different gemvs: the layer is all four, not the norm-gemv pair
+    expect(findLayers(["n", "g", "n", "g2", "n", "g", "n", "g2"])).toEqual({
+      start: 0,
+      period: 4,
+      repeats: 2,
+    });
+    expect(findLayers(["a", "b", "c"])).toBeUndefined();
+    // a repeat covering less than half the launch is not the layers
+    expect(findLayers(["x", "y", "z", "w", "a", "a", "v", "u"])).toBeUndefined();
+  });
+
+  // A launch: an embedding [0, 100]; three layers of a norm (grid 1) and a gemv (grid 132) that starts 50 ns
+  // before the norm ends (PDL); the next layer's norm starts as the gemv ends; a sampling kernel after 100 ns idle.
+  function layered(at: number, corr: number): TimelineRecord[] {
+    const g = (rec: TimelineRecord, grid: number[]) => ({ ...rec, grid });
+    const recs = [g(K(at, at + 100, corr, 5, "embed"), [8, 1, 1])];
+    for (let r = 0; r < 3; r++) {
+      const t = at + 100 + r * 1000;
+      recs.push(
+        g(K(t, t + 200, corr, 5, NORM), [1, 1, 1]),
+        g(K(t + 150, t + 1000, corr, 5, GEMV), [132, 1, 1]),
+      );
+    }
+    recs.push(g(K(at + 3200, at + 3300, corr, 5, "sample"), [1, 1, 1]));
+    return recs;
+  }
+
+  it("gives each place in a layer its medians over layers and launches, and the nodes outside apart", () => {
+    const s = summarize([...layered(0, 1), ...layered(10_000, 2)]);
+    expect(s.wall).toBe(3300);
+    expect(s.layers).toEqual({
+      start: 1,
+      period: 2,
+      repeats: 3,
+      slots: [
+        { at: 0, name: "rms_norm_kernel<__half>", grid: "1x1x1", own: 200, gap: 0, overlap: 0, dur: 200 },
+        { at: 1, name: "gemv_kernel<__half, 4>", grid: "132x1x1", own: 800, gap: 0, overlap: 50, dur: 850 },
+      ],
+      outside: [
+        { at: 0, name: "embed", grid: "8x1x1", own: 100, gap: 0, overlap: 0, dur: 100 },
+        { at: 7, name: "sample", grid: "1x1x1", own: 100, gap: 100, overlap: 0, dur: 100 },
+      ],
+    });
+    const text = formatSummary(s);
+    expect(text).toContain(
+      "layers: 3 x 2 kernels from node 1; a layer (sums of its places' medians): own 1.00 µs + gaps 0.00 µs = 1.00 µs, x 3 = 0.003 ms",
+    );
+    expect(text).toMatch(/\n {6}#7 sample +1x1x1 own +0\.10 gap +0\.10 overlap +0\.00 dur +0\.10$/);
+  });
+
+  it("leaves out of the layer medians a launch shaped otherwise", () => {
+    const odd = layered(20_000, 3).map((r) => (r.name === "embed" ? { ...r, end: r.end + 900 } : r));
+    odd.splice(1, 1); // its first norm missing
+    const s = summarize([...layered(0, 1), ...odd, ...layered(10_000, 2)], { graph: 5 });
+    expect(s.layers!.slots[0]!.own).toBe(200);
+    expect(s.layers!.outside[0]!.own).toBe(100);
   });
 });
 
