@@ -3,7 +3,8 @@
 # `tsllm-bench latency` once per environment setting, in the order given ("-" for none), e.g.
 #   bash scripts/gpu-latency-ab.sh SHARED fp8 1 - TSLLM_FP8_ROWS_M1=1 -
 # (quant: fp16 or a --quant kind, batches: --batch-size's list; ISL/OSL 128/128, 3 runs each). CONFIG=llama-3.1-8b
-# DTYPE=bf16 pick another config of ../shared/configs and activation dtype (default llama-2-7b, fp16).
+# DTYPE=bf16 pick another config of ../shared/configs and activation dtype (default llama-2-7b, fp16); MAX_BATCH the
+# engine's max batch size (default 64).
 set -uo pipefail
 shared=$1 quant=$2 batches=$3
 shift 3
@@ -12,7 +13,7 @@ trap 'rm -rf "$work"' EXIT
 f=()
 [ "$quant" != fp16 ] && f=(--quant "$quant")
 ./bin/tsllm-compile.mjs models/llama.ts --config "$shared/configs/${CONFIG:-llama-2-7b}.json" --random-weights --sm 90 \
-  --dtype "${DTYPE:-fp16}" --max-batch-size 64 --max-seq-len 512 --max-num-tokens 8192 -o "$work/e" "${f[@]}" | tail -1
+  --dtype "${DTYPE:-fp16}" --max-batch-size "${MAX_BATCH:-64}" --max-seq-len 512 --max-num-tokens 8192 -o "$work/e" "${f[@]}" | tail -1
 for setting in "$@"; do
   echo "== $quant ${setting}"
   if [ "$setting" = - ]; then envs=(); else read -r -a envs <<<"$setting"; fi

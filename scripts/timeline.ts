@@ -155,6 +155,19 @@ export function shortName(rec: TimelineRecord): string {
     .replace(/^void /, "");
 }
 
+/** The kind of work a kernel does, by its name: cuBLASLt's and our GEMMs / GEMVs, attention, or anything else. */
+export type Category = "linear" | "attention" | "other";
+// Our attention node's kernels (native/src/kernels/attention_*.cu, rope_cache.cu: RoPE and the cache write belong
+// to the node) and linears whose names say neither gemm nor gemv.
+const OUR_ATTENTION = /^(context|fp8_context|decode|decode_fast|decode_mma|decode_reduce|rope_cache)_kernel$/;
+const OUR_LINEAR = /^(int_mma_a|moe_grouped)_kernel$/;
+export function categoryOf(name: string): Category {
+  const base = name.replace(/<.*$/, "");
+  if (OUR_ATTENTION.test(base) || /attn|attention|fmha|flash/i.test(base)) return "attention";
+  if (OUR_LINEAR.test(base) || /gemm|gemv|xmma|cutlass|nvjet|matmul/i.test(base)) return "linear";
+  return "other";
+}
+
 export interface NameRow {
   name: string;
   /** Kernels of this name per launch. */
@@ -179,6 +192,8 @@ export interface Summary {
   /** Medians (ns) from the host's cudaGraphLaunch call start to the launch's first kernel. */
   launchToFirst: number | undefined;
   byName: NameRow[];
+  /** Medians over launches of the own time of each category's kernels (ns); with the gaps they make the wall. */
+  categories: Record<Category, number>;
   /** The first launch used, node by node (start order). */
   nodes: { name: string; start: number; dur: number; own: number; gap: number; overlap: number }[];
   /** The repeated block of kernels (a model's layers), when there is one; see findLayers. */
@@ -285,6 +300,11 @@ export function summarize(recs: TimelineRecord[], o: { graph?: number; skip?: nu
     between: median(between),
     launchToFirst: toFirst.length > 0 ? median(toFirst) : undefined,
     byName,
+    categories: {
+      linear: per((l) => ownOf(l, "linear")),
+      attention: per((l) => ownOf(l, "attention")),
+      other: per((l) => ownOf(l, "other")),
+    },
     nodes: first.kernels.map((k) => ({
       name: shortName(k.rec),
       start: k.rec.start - first.start,
@@ -296,6 +316,9 @@ export function summarize(recs: TimelineRecord[], o: { graph?: number; skip?: nu
     layers: layersOf(used),
   };
 }
+
+const ownOf = (l: Launch, c: Category) =>
+  l.kernels.reduce((t, k) => t + (categoryOf(shortName(k.rec)) === c ? k.own : 0), 0);
 
 /** The layer table of launches shaped like the first (same node count and keys); undefined without layers. */
 function layersOf(used: Launch[]): Summary["layers"] {
@@ -343,6 +366,9 @@ export function formatSummary(s: Summary, nodes = 0): string {
   );
   out.push(
     `launch wall ${ms(s.wall)} ms = kernels' own time ${ms(s.own)} ms + idle gaps inside it ${ms(s.gap)} ms (${pct(s.gap)})`,
+  );
+  out.push(
+    `by kind of kernel (own time): linear ${ms(s.categories.linear)} ms (${pct(s.categories.linear)}), attention ${ms(s.categories.attention)} ms (${pct(s.categories.attention)}), other ${ms(s.categories.other)} ms (${pct(s.categories.other)}), idle gaps ${ms(s.gap)} ms`,
   );
   out.push(
     `between launches (GPU idle) ${us(s.between)} us; host cudaGraphLaunch to first kernel ${

@@ -7,6 +7,7 @@ import * as path from "node:path";
 import { describe, expect, it } from "vitest";
 import {
   busiestGraph,
+  categoryOf,
   findLayers,
   formatSummary,
   launchesOf,
@@ -146,6 +147,31 @@ describe("summarize", () => {
     expect(s.byName[0]!.name).toBe("attn<(Kind)2>");
     expect(s.byName.at(-1)!.name).toBe("memcpy");
     expect(s.nodes.map((n) => n.start)).toEqual([0, 400, 1300, 1600]);
+    // the norm and the copy are "other"; with the gap they make the wall
+    expect(s.categories).toEqual({ linear: 500, attention: 300, other: 600 });
+    expect(formatSummary(s)).toContain(
+      "by kind of kernel (own time): linear 0.001 ms (29.4 %), attention 0.000 ms (17.6 %), other 0.001 ms (35.3 %), idle gaps 0.000 ms",
+    );
+  });
+
+  it("sorts kernels into linear, attention and other by name", () => {
+    expect(categoryOf("nvjet_hsh_128x256_64x4_2x1_v_bz_coopA_TNT")).toBe("linear");
+    expect(categoryOf("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64")).toBe("linear");
+    expect(categoryOf("gemv_kernel<__half, 4>")).toBe("linear");
+    expect(categoryOf("decode_attention_mma<__half>")).toBe("attention");
+    expect(categoryOf("fmha_fp8_kernel")).toBe("attention");
+    expect(categoryOf("paged_attn_decode")).toBe("attention");
+    expect(categoryOf("rms_norm_kernel<__half>")).toBe("other");
+    // the runtime's own kernels by their names (native/src/kernels)
+    expect(categoryOf("decode_mma_kernel<__half, unsigned char, 4>")).toBe("attention");
+    expect(categoryOf("context_kernel<__nv_bfloat16, 8>")).toBe("attention");
+    expect(categoryOf("rope_cache_kernel<__half>")).toBe("attention");
+    expect(categoryOf("decode_layers_kernel")).toBe("other");
+    expect(categoryOf("int_mma_a_kernel<__half, true, 4>")).toBe("linear");
+    expect(categoryOf("moe_grouped_kernel<__half>")).toBe("linear");
+    expect(categoryOf("moe_route_kernel<__half>")).toBe("other");
+    expect(categoryOf("gated_act_kernel<__half, (Act)0>")).toBe("other");
+    expect(categoryOf("memcpy")).toBe("other");
   });
 
   it("sums a name's kernels within a launch", () => {
