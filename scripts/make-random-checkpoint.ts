@@ -53,6 +53,11 @@ for (const e of entries) {
   shards[shards.length - 1].push(e);
   size += n;
 }
+// Never over a folder that holds anything (a real checkpoint of the same name, say): a new or empty one only.
+if (workerN === 1 && fs.existsSync(outDir) && (!fs.statSync(outDir).isDirectory() || fs.readdirSync(outDir).length > 0)) {
+  console.error(`make-random-checkpoint: ${outDir} exists and is not an empty folder: name a new one`);
+  process.exit(1);
+}
 fs.mkdirSync(outDir, { recursive: true });
 const weightMap: Record<string, string> = {};
 let total = 0;

@@ -1,6 +1,7 @@
 // Streaming safetensors writer: the header is written first from names/dtypes/shapes, then each
 // tensor is produced and written one at a time, so multi-GB checkpoints never sit in memory.
 import * as fs from "node:fs";
+import { writeWhole } from "../fs-atomic.ts";
 import { type Dtype, dtypeSize } from "./dtype.ts";
 
 export interface StreamEntry {
@@ -24,9 +25,7 @@ export function writeSafetensorsStreaming(
   }
   let json = JSON.stringify(header);
   json += " ".repeat((8 - (json.length % 8)) % 8);
-  const tmp = `${path}.tmp`;
-  const fd = fs.openSync(tmp, "w");
-  try {
+  writeWhole(path, (fd) => {
     const len = Buffer.alloc(8);
     len.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
     fs.writeSync(fd, len);
@@ -34,13 +33,11 @@ export function writeSafetensorsStreaming(
     for (const e of entries) {
       const bytes = produce(e);
       const want = e.shape.reduce((a, b) => a * b, 1) * dtypeSize(e.dtype);
-      if (bytes.length !== want) throw new Error(`${path}: tensor "${e.name}" produced ${bytes.length} bytes, expected ${want}`);
+      if (bytes.length !== want)
+        throw new Error(`${path}: tensor "${e.name}" produced ${bytes.length} bytes, expected ${want}`);
       let w = 0;
       while (w < bytes.length) w += fs.writeSync(fd, bytes, w, bytes.length - w);
     }
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, path);
+  });
   return off;
 }

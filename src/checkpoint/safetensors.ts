@@ -9,6 +9,7 @@
  * hand-edited file fails at open rather than yielding garbage weights later.
  */
 import * as fs from "node:fs";
+import { writeWhole } from "../fs-atomic.ts";
 import { DTYPE_SIZES, type Dtype, isDtype } from "./dtype.ts";
 import { CheckpointError } from "./errors.ts";
 
@@ -306,17 +307,12 @@ export function writeSafetensors(
   const lenBuf = Buffer.alloc(8);
   lenBuf.writeBigUInt64LE(BigInt(headerBytes.byteLength));
 
-  const tmp = `${path}.tmp`;
-  const fd = fs.openSync(tmp, "w");
-  try {
+  writeWhole(path, (fd) => {
     fs.writeSync(fd, lenBuf);
     fs.writeSync(fd, headerBytes);
     for (const t of Object.values(tensors)) {
       let done = 0;
       while (done < t.data.byteLength) done += fs.writeSync(fd, t.data, done, t.data.byteLength - done);
     }
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, path);
+  });
 }

@@ -1,12 +1,12 @@
 // tsllm-bench serve: online serving benchmark against a running OpenAI-compatible server (like
 // `vllm bench serve`): prompts from a dataset or random ids, Poisson arrivals or bounded concurrency.
-import * as fs from "node:fs";
 import cliProgress from "cli-progress";
 import type { Command } from "commander";
 import { formatServeBench, runServeBench, type ServeBenchOptions } from "../server/bench-client.ts";
 import { type DatasetEntry, readDataset, tokenNormDist } from "../serving/dataset.ts";
 import { requireTokenizer } from "../text/engine-files.ts";
 import { float, int, main } from "./common.ts";
+import { FORCE_HELP, jsonReport } from "./output-file.ts";
 
 function parseGoodput(specs: string[]): ServeBenchOptions["goodput"] {
   const out: NonNullable<ServeBenchOptions["goodput"]> = {};
@@ -55,8 +55,10 @@ export function addServeBenchCommand(program: Command): void {
     .option("--seed <n>", "random prompts and arrival times", int("--seed"), 0)
     .option("--api-key <key>", "Bearer key (default: $TSLLM_API_KEY)")
     .option("--json <file>", "also write the report as JSON")
+    .option("--force", FORCE_HELP)
     .action((o) =>
       main(async () => {
+        const json = jsonReport(o, "serve");
         const rate = o.requestRate === "inf" ? Infinity : float("--request-rate")(o.requestRate);
         if (!(rate > 0)) throw new Error(`--request-rate must be > 0 or inf, got ${o.requestRate}`);
         if (o.numPrompts < 1) throw new Error(`--num-prompts must be >= 1, got ${o.numPrompts}`);
@@ -102,7 +104,7 @@ export function addServeBenchCommand(program: Command): void {
         const { report } = await runServeBench(entries, { ...opts, onProgress: (d) => bar.update(d) });
         bar.stop();
         process.stdout.write(formatServeBench(report));
-        if (o.json) fs.writeFileSync(o.json, `${JSON.stringify(report, null, 2)}\n`);
+        json?.write(report);
         if (report.successful_requests === 0) throw new Error(`every request failed (first: ${report.first_error})`);
       }),
     );

@@ -1,23 +1,27 @@
 // tsllm-bench prepare-dataset and throughput: trtllm-bench's dataset format and offline throughput
 // benchmark over the batch manager.
-import * as fs from "node:fs";
-import * as path from "node:path";
 import cliProgress from "cli-progress";
 import { type Command, Option } from "commander";
 import { openEngine } from "../engine/reader.ts";
 import { describeWarmup, type WarmupReport } from "../serving/batch-manager.ts";
-import { type DatasetEntry, formatDatasetLine, readDataset, tokenNormDist } from "../serving/dataset.ts";
+import {
+  type DatasetEntry,
+  formatDatasetLine,
+  isDatasetText,
+  readDataset,
+  tokenNormDist,
+} from "../serving/dataset.ts";
 import { openBatchManager } from "../serving/open.ts";
 import { formatReport, runRequests, summarize } from "../serving/throughput.ts";
 import { findTokenizer } from "../text/engine-files.ts";
 import { float, fp8ContextFmhaOption, int, kvFractionOption, limitOption, main } from "./common.ts";
-
-/** Writes text to file through a temporary sibling and a rename: never a half-written file. */
-function writeAtomic(file: string, text: string): void {
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
-  fs.writeFileSync(tmp, text);
-  fs.renameSync(tmp, file);
-}
+import {
+  checkOutputFile,
+  FORCE_HELP,
+  jsonReport,
+  type OutputFileOptions,
+  writeOutputFile,
+} from "./output-file.ts";
 
 export function addServingCommands(program: Command): void {
   program
@@ -35,12 +39,20 @@ export function addServingCommands(program: Command): void {
     .option("--output-stdev <n>", "output length standard deviation", float("--output-stdev", { min: 0 }), 0)
     .option("--seed <n>", "random seed", int("--seed"), 0)
     .option("--output <file>", "write here instead of stdout")
+    .option("--force", FORCE_HELP)
     .action((dir: string, o) =>
       main(async () => {
+        const out: OutputFileOptions = {
+          flag: "--output",
+          what: "a dataset",
+          isOurs: isDatasetText,
+          force: o.force,
+        };
+        if (o.output) checkOutputFile(o.output, out);
         const vocabSize = openEngine(dir).config.facts.vocabSize;
         const entries = tokenNormDist({ ...o, vocabSize });
         const text = `${entries.map(formatDatasetLine).join("\n")}\n`;
-        if (o.output) writeAtomic(o.output, text);
+        if (o.output) writeOutputFile(o.output, text, out);
         else process.stdout.write(text);
       }),
     );
@@ -92,8 +104,10 @@ export function addServingCommands(program: Command): void {
     .addOption(fp8ContextFmhaOption())
     .option("--no-overlap", "plan each step after the previous one's tokens are back (no host/GPU overlap)")
     .option("--json <file>", "also write the report as JSON")
+    .option("--force", FORCE_HELP)
     .action((dir: string, o) =>
       main(async () => {
+        const json = jsonReport(o, "throughput");
         const engine = openEngine(dir);
         const found = findTokenizer(dir);
         const encode = found.tok ? (t: string) => found.tok!.encode(t) : undefined;
@@ -166,28 +180,18 @@ export function addServingCommands(program: Command): void {
             preemptions: after.preemptions - before.preemptions,
           });
           process.stdout.write(`${formatReport(report, header)}\n`);
-          if (o.json)
-            writeAtomic(
-              o.json,
-              `${JSON.stringify(
-                {
-                  engine: dir,
-                  device: o.device,
-                  device_name: bm.backendInfo.deviceName,
-                  dtype: b.dtype,
-                  policy: bm.policy,
-                  limits: L,
-                  concurrency: o.concurrency ?? entries.length,
-                  dataset: o.dataset,
-                  engine_warmup: warm
-                    ? { batch_sizes: warm.batchSizes, steps: warm.steps, ms: warm.ms }
-                    : null,
-                  ...report,
-                },
-                null,
-                2,
-              )}\n`,
-            );
+          json?.write({
+            engine: dir,
+            device: o.device,
+            device_name: bm.backendInfo.deviceName,
+            dtype: b.dtype,
+            policy: bm.policy,
+            limits: L,
+            concurrency: o.concurrency ?? entries.length,
+            dataset: o.dataset,
+            engine_warmup: warm ? { batch_sizes: warm.batchSizes, steps: warm.steps, ms: warm.ms } : null,
+            ...report,
+          });
         } finally {
           await bm.shutdown();
         }

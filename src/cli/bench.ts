@@ -7,6 +7,7 @@ import { decodeStepWeightBytes } from "../native/roofline.ts";
 import { addServeBenchCommand } from "./bench-serve.ts";
 import { addServingCommands } from "./bench-serving.ts";
 import { command, fp8ContextFmhaOption, int, main } from "./common.ts";
+import { FORCE_HELP, jsonReport } from "./output-file.ts";
 
 const program = command(
   "tsllm-bench",
@@ -39,10 +40,12 @@ program
   .option("--no-cuda-graphs", "decode without CUDA graphs")
   .addOption(fp8ContextFmhaOption())
   .option("--json <file>", "also write the figures as JSON")
+  .option("--force", FORCE_HELP)
   .option("--verbose", "after the runs: which kernels ran, and the runtime's prologue fusions")
   .option("--no-verify", "skip the content-hash check while loading")
   .action(async (dir: string, o) =>
     main(async () => {
+      const report = jsonReport(o, "latency");
       const engine = openEngine(dir);
       const h = engine.ranks[0].header;
       const batches = String(o.batchSize).split(",").map(Number);
@@ -121,21 +124,13 @@ program
       }
       if (o.verbose) for (const l of kernelReport(cuda.nodeStats())) process.stdout.write(`${l}\n`);
       cuda.close();
-      if (o.json)
-        (await import("node:fs")).writeFileSync(
-          o.json,
-          JSON.stringify(
-            {
-              gpu: info.gpuName,
-              copy_gb_s: bw / 1e9,
-              load_s: ls.seconds,
-              load_gb_s: ls.fileBytes / 1e9 / ls.seconds,
-              results,
-            },
-            null,
-            2,
-          ),
-        );
+      report?.write({
+        gpu: info.gpuName,
+        copy_gb_s: bw / 1e9,
+        load_s: ls.seconds,
+        load_gb_s: ls.fileBytes / 1e9 / ls.seconds,
+        results,
+      });
     }),
   );
 

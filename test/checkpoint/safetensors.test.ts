@@ -4,7 +4,13 @@ import * as path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { fromFloat32, toFloat32 } from "../../src/checkpoint/dtype.ts";
 import { CheckpointError } from "../../src/checkpoint/errors.ts";
-import { MAX_HEADER_BYTES, openSafetensors, writeSafetensors } from "../../src/checkpoint/safetensors.ts";
+import {
+  MAX_HEADER_BYTES,
+  openSafetensors,
+  type TensorToWrite,
+  writeSafetensors,
+} from "../../src/checkpoint/safetensors.ts";
+import { writeSafetensorsStreaming } from "../../src/checkpoint/safetensors-stream.ts";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "tsllm-st-"));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -67,6 +73,51 @@ describe("writeSafetensors / openSafetensors round trip", () => {
     expect(() => f.info("nope")).toThrow(/"nope"/);
     f.close();
     expect(() => f.read("a")).toThrow(/after close/);
+  });
+
+  it("writes whole or not at all, never over a file beside the target (the old `<path>.tmp` was)", () => {
+    const d = fs.mkdtempSync(path.join(tmp, "whole-"));
+    const p = path.join(d, "m.safetensors");
+    fs.writeFileSync(`${p}.tmp`, "the user's");
+    fs.writeFileSync(p, "old");
+    const w: Record<string, TensorToWrite> = {
+      w: { dtype: "F16", shape: [2], data: fromFloat32("F16", new Float32Array([1, 2])) },
+    };
+    writeSafetensors(p, w);
+    expect(fs.readFileSync(`${p}.tmp`, "utf8")).toBe("the user's");
+    expect(Array.from(toFloat32("F16", openSafetensors(p).read("w")))).toEqual([1, 2]);
+    expect(fs.readdirSync(d).sort()).toEqual(["m.safetensors", "m.safetensors.tmp"]);
+  });
+
+  it("streams tensors produced one at a time; a producer that fails leaves the old file and nothing else", () => {
+    const d = fs.mkdtempSync(path.join(tmp, "stream-"));
+    const p = path.join(d, "s.safetensors");
+    const entries = [
+      { name: "a", dtype: "F32" as const, shape: [2] },
+      { name: "b", dtype: "BF16" as const, shape: [1, 3] },
+    ];
+    const values: Record<string, number[]> = { a: [1.5, -2], b: [0.5, 1, 4] };
+    const bytes = writeSafetensorsStreaming(
+      p,
+      entries,
+      (e) => fromFloat32(e.dtype as "F32" | "BF16", new Float32Array(values[e.name]!)),
+      {
+        format: "pt",
+      },
+    );
+    expect(bytes).toBe(8 + 6);
+    const f = openSafetensors(p);
+    expect(f.metadata).toEqual({ format: "pt" });
+    expect(Array.from(toFloat32("F32", f.read("a")))).toEqual([1.5, -2]);
+    expect(f.info("b")).toMatchObject({ dtype: "BF16", shape: [1, 3] });
+    expect(Array.from(toFloat32("BF16", f.read("b")))).toEqual([0.5, 1, 4]);
+    f.close();
+    const before = fs.readFileSync(p);
+    expect(() => writeSafetensorsStreaming(p, entries, () => new Uint8Array(3))).toThrow(
+      `${p}: tensor "a" produced 3 bytes, expected 8`,
+    );
+    expect(fs.readFileSync(p).equals(before)).toBe(true);
+    expect(fs.readdirSync(d)).toEqual(["s.safetensors"]);
   });
 
   it("refuses data whose size does not match dtype×shape", () => {

@@ -67,6 +67,7 @@ describe("tsllm-bench serve", () => {
     expect(r.stdout).toMatch(/P99 TTFT \(ms\):\s+\d+\.\d\d\n/);
     expect(r.stdout).toMatch(/Median ITL \(ms\):/);
     const rep = JSON.parse(fs.readFileSync(json, "utf8"));
+    expect(rep.tsllm_bench).toBe("serve");
     expect(rep.total_input_tokens).toBe(54);
     // A trtllm-bench dataset: ids lines as they are, "prompt" lines through --tokenizer.
     const ds = path.join(tmpDir(), "ds.jsonl");

@@ -71,6 +71,35 @@ describe("tsllm-bench prepare-dataset", () => {
     expect(r.stderr.split("\n")[0]).toMatch(/^error: .*Allowed: --num-requests ≥ 1\.$/);
     expect(fs.existsSync(out)).toBe(false);
   });
+
+  it("--output replaces an earlier dataset, refuses any other file without --force", () => {
+    const out = path.join(work, "d.jsonl");
+    const args = (n: string, ...extra: string[]) => [
+      "prepare-dataset",
+      dir,
+      "--num-requests",
+      n,
+      "--input-mean",
+      "4",
+      "--output-mean",
+      "2",
+      "--output",
+      out,
+      ...extra,
+    ];
+    expect(bench(args("2")).status).toBe(0);
+    expect(bench(args("3")).status).toBe(0);
+    expect(readDataset(out)).toHaveLength(3);
+    fs.writeFileSync(out, "my corpus\n");
+    const r = bench(args("2"));
+    expect(r.status).toBe(1);
+    expect(r.stderr).toBe(
+      `error: --output ${out}: exists and is not a dataset written earlier; pass --force to replace it, or name another file\n`,
+    );
+    expect(fs.readFileSync(out, "utf8")).toBe("my corpus\n");
+    expect(bench(args("2", "--force")).status).toBe(0);
+    expect(readDataset(out)).toHaveLength(2);
+  });
 });
 
 describe("trtllm-bench dataset lines", () => {
@@ -139,6 +168,7 @@ describe("tsllm-bench throughput --device cpu", () => {
     expect(r.stdout).toMatch(/total output throughput +[\d.]+ tok\/s/);
     expect(r.stdout).toMatch(/time to first token +mean [\d.]+ +p50 [\d.]+ +p90 [\d.]+ +p99 [\d.]+/);
     const rep = JSON.parse(fs.readFileSync(json, "utf8"));
+    expect(rep.tsllm_bench).toBe("throughput");
     expect(rep.num_requests).toBe(12);
     expect(rep.finish_reasons).toEqual({ length: 12 });
     expect(rep.total_output_tokens).toBe(entries.reduce((a, e) => a + e.outputTokens, 0));
@@ -165,6 +195,21 @@ describe("tsllm-bench throughput --device cpu", () => {
       rep.total_input_tokens,
     ]);
     expect(rep2.steps.count).toBe(rep.steps.count);
+
+    // Its own earlier report is replaced; any other file is refused at once (nothing run), unless --force.
+    expect(throughput(json).status).toBe(0);
+    const notes = path.join(work, "notes.json");
+    fs.writeFileSync(notes, '{"mine": true}\n');
+    const refused = throughput(notes);
+    expect(refused.status).toBe(1);
+    expect(refused.stderr).toBe(
+      `error: --json ${notes}: exists and is not a tsllm-bench throughput report written earlier; pass --force to replace it, or name another file\n`,
+    );
+    expect(refused.stdout).toBe("");
+    expect(fs.readFileSync(notes, "utf8")).toBe('{"mine": true}\n');
+    const forced = throughput(notes, "--force");
+    expect(forced.status, forced.stderr).toBe(0);
+    expect(JSON.parse(fs.readFileSync(notes, "utf8")).tsllm_bench).toBe("throughput");
   });
 
   it("a request over max_seq_len stops the run before it starts, naming it", () => {

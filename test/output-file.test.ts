@@ -1,0 +1,169 @@
+// src/cli/output-file.ts: the --json / --output files of the CLIs are never written over a file of the user's
+// that is not an earlier output of the same kind, and are never left half-written.
+import fsDefault, * as fs from "node:fs";
+import { syncBuiltinESMExports } from "node:module";
+import * as path from "node:path";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import {
+  checkOutputFile,
+  JsonReport,
+  jsonReport,
+  OutputFileError,
+  type OutputFileOptions,
+  writeOutputFile,
+} from "../src/cli/output-file.ts";
+import { isDatasetText } from "../src/serving/dataset.ts";
+import { tmpDir } from "./fixtures.ts";
+
+let dir: string;
+beforeEach(() => {
+  dir = tmpDir();
+});
+afterEach(() => {
+  vi.restoreAllMocks();
+  syncBuiltinESMExports();
+});
+// The module under test imports node:fs as a namespace, whose bindings follow the built-in's default export
+// once synced: how a failure is put in the middle of a write.
+function spyFs<K extends "renameSync" | "openSync">(name: K) {
+  const spy = vi.spyOn(fsDefault, name);
+  syncBuiltinESMExports();
+  return spy;
+}
+
+const OPTS: OutputFileOptions = { flag: "--out", what: "a thing", isOurs: (t) => t.startsWith("OURS") };
+const files = () => fs.readdirSync(dir).sort();
+
+describe("writeOutputFile", () => {
+  it("creates a new file whole, leaving no temporary sibling", () => {
+    const f = path.join(dir, "a.txt");
+    writeOutputFile(f, "OURS 1\n", OPTS);
+    expect(fs.readFileSync(f, "utf8")).toBe("OURS 1\n");
+    expect(files()).toEqual(["a.txt"]);
+  });
+
+  it("replaces an earlier output of ours, refuses any other file with one line and leaves it as it was", () => {
+    const f = path.join(dir, "a.txt");
+    fs.writeFileSync(f, "OURS old");
+    writeOutputFile(f, "OURS new", OPTS);
+    expect(fs.readFileSync(f, "utf8")).toBe("OURS new");
+    fs.writeFileSync(f, "the user's notes");
+    expect(() => writeOutputFile(f, "OURS", OPTS)).toThrow(
+      new OutputFileError(
+        `--out ${f}: exists and is not a thing written earlier; pass --force to replace it, or name another file`,
+      ),
+    );
+    expect(() => checkOutputFile(f, OPTS)).toThrow(OutputFileError);
+    expect(fs.readFileSync(f, "utf8")).toBe("the user's notes");
+    expect(files()).toEqual(["a.txt"]);
+  });
+
+  it("replaces any file with force", () => {
+    const f = path.join(dir, "a.txt");
+    fs.writeFileSync(f, "the user's notes");
+    writeOutputFile(f, "OURS", { ...OPTS, force: true });
+    expect(fs.readFileSync(f, "utf8")).toBe("OURS");
+  });
+
+  it("counts a file that isOurs cannot read (it throws) as not ours", () => {
+    const f = path.join(dir, "a.json");
+    fs.writeFileSync(f, "{ not json");
+    const json: OutputFileOptions = { ...OPTS, isOurs: (t) => JSON.parse(t).ok === true };
+    expect(() => writeOutputFile(f, "{}", json)).toThrow(/exists and is not a thing written earlier/);
+    fs.writeFileSync(f, '{"ok": true}');
+    writeOutputFile(f, '{"ok": true, "n": 2}', json);
+    expect(fs.readFileSync(f, "utf8")).toBe('{"ok": true, "n": 2}');
+  });
+
+  it("never writes into a directory, a missing folder, or over a dangling link", () => {
+    expect(() => writeOutputFile(dir, "OURS", { ...OPTS, force: true })).toThrow(
+      `--out ${dir}: is a directory; name a file`,
+    );
+    const missing = path.join(dir, "no", "a.txt");
+    expect(() => checkOutputFile(missing, OPTS)).toThrow(
+      `--out ${missing}: folder ${path.join(dir, "no")} does not exist`,
+    );
+    const link = path.join(dir, "link");
+    fs.symlinkSync(path.join(dir, "gone"), link);
+    expect(() => writeOutputFile(link, "OURS", { ...OPTS, force: true })).toThrow(
+      /is a link to a missing file/,
+    );
+    expect(fs.readlinkSync(link)).toBe(path.join(dir, "gone"));
+    expect(() => checkOutputFile("  ", OPTS)).toThrow("--out: empty path");
+  });
+
+  it("through a link replaces the file it points to and keeps the link", () => {
+    const real = path.join(dir, "real.txt");
+    fs.writeFileSync(real, "OURS old");
+    const link = path.join(dir, "link.txt");
+    fs.symlinkSync(real, link);
+    writeOutputFile(link, "OURS new", OPTS);
+    expect(fs.lstatSync(link).isSymbolicLink()).toBe(true);
+    expect(fs.readFileSync(real, "utf8")).toBe("OURS new");
+    fs.writeFileSync(real, "the user's");
+    expect(() => writeOutputFile(link, "OURS", OPTS)).toThrow(/exists and is not/);
+    expect(fs.readFileSync(real, "utf8")).toBe("the user's");
+  });
+
+  it("writes a stream (/dev/null) in place", () => {
+    expect(() => writeOutputFile("/dev/null", "x", OPTS)).not.toThrow();
+    expect(() => checkOutputFile("/dev/null", OPTS)).not.toThrow();
+  });
+
+  it("removes its temporary sibling and keeps the old file when the rename fails", () => {
+    const f = path.join(dir, "a.txt");
+    fs.writeFileSync(f, "OURS old");
+    spyFs("renameSync").mockImplementation(() => {
+      throw new Error("EXDEV: simulated");
+    });
+    syncBuiltinESMExports();
+    expect(() => writeOutputFile(f, "OURS new", OPTS)).toThrow(`--out ${f}: not written (EXDEV: simulated)`);
+    expect(fs.readFileSync(f, "utf8")).toBe("OURS old");
+    expect(files()).toEqual(["a.txt"]);
+  });
+
+  it("never reuses an existing file as its temporary (created exclusively, with a random name)", () => {
+    const f = path.join(dir, "a.txt");
+    const open = spyFs("openSync");
+    writeOutputFile(f, "OURS", OPTS);
+    const [tmp, flags] = open.mock.calls[0]!;
+    expect(flags).toBe("wx");
+    expect(path.dirname(String(tmp))).toBe(dir);
+    expect(path.basename(String(tmp))).toMatch(new RegExp(`^\\.a\\.txt\\.tmp-${process.pid}-[0-9a-f]{8}$`));
+  });
+});
+
+describe("JsonReport", () => {
+  it("stamps the report with its command and replaces only a report of the same command", () => {
+    const f = path.join(dir, "r.json");
+    new JsonReport(f, "latency").write({ a: 1 });
+    expect(JSON.parse(fs.readFileSync(f, "utf8"))).toEqual({ tsllm_bench: "latency", a: 1 });
+    expect(Object.keys(JSON.parse(fs.readFileSync(f, "utf8")))[0]).toBe("tsllm_bench");
+    new JsonReport(f, "latency").write({ a: 2 });
+    expect(JSON.parse(fs.readFileSync(f, "utf8")).a).toBe(2);
+    // another command's report, and a JSON file that is not a report: refused when constructed (before any work)
+    expect(() => new JsonReport(f, "throughput")).toThrow(
+      `--json ${f}: exists and is not a tsllm-bench throughput report written earlier; pass --force to replace it, or name another file`,
+    );
+    fs.writeFileSync(f, "null");
+    expect(() => new JsonReport(f, "latency")).toThrow(/not a tsllm-bench latency report/);
+    new JsonReport(f, "throughput", true).write({ b: 1 });
+    expect(JSON.parse(fs.readFileSync(f, "utf8"))).toEqual({ tsllm_bench: "throughput", b: 1 });
+  });
+
+  it("is absent without --json", () => {
+    expect(jsonReport({}, "latency")).toBeUndefined();
+    expect(jsonReport({ json: path.join(dir, "x.json") }, "latency")).toBeInstanceOf(JsonReport);
+  });
+});
+
+describe("isDatasetText", () => {
+  it("knows a dataset as prepare-dataset writes it by its first line's keys, in order", () => {
+    expect(isDatasetText('{"task_id":0,"input_ids":[1,2],"output_tokens":3}\n{"task_id":1}')).toBe(true);
+    expect(isDatasetText('{"input_ids":[1,2],"task_id":0,"output_tokens":3}')).toBe(false);
+    expect(isDatasetText('{"task_id":0,"input_ids":[1],"output_tokens":3,"x":1}')).toBe(false);
+    expect(isDatasetText("task_id,input_ids\n")).toBe(false);
+    expect(isDatasetText("null")).toBe(false);
+    expect(isDatasetText("")).toBe(false);
+  });
+});
