@@ -94,7 +94,7 @@ export function placeLaunch(recs: TimelineRecord[]): Launch {
 export function launchesOf(recs: TimelineRecord[], graph: number): Launch[] {
   const byCorr = new Map<number, TimelineRecord[]>();
   for (const r of recs) {
-    if (r.kind === "runtime" || r.graph !== graph) continue;
+    if (r.graph !== graph) continue; // (runtime records have no graph)
     const list = byCorr.get(r.corr);
     if (list) list.push(r);
     else byCorr.set(r.corr, [r]);

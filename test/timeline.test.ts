@@ -107,6 +107,12 @@ describe("graphs and launches", () => {
     expect(busiestGraph([K(0, 1, 1, 0, GEMV)])).toBeUndefined();
   });
 
+  it("between graphs launched as often, picks the one with more kernels", () => {
+    const two = [K(0, 1, 1, 3, GEMV), K(5, 6, 2, 4, GEMV), K(6, 7, 2, 4, NORM)];
+    expect(busiestGraph(two)).toBe(4);
+    expect(busiestGraph([...two].reverse())).toBe(4);
+  });
+
   it("groups a graph's device records by launch, in time order, without runtime records", () => {
     const recs = timeline().reverse();
     const ls = launchesOf(recs, 7);
@@ -172,6 +178,13 @@ describe("summarize", () => {
     expect(categoryOf("moe_route_kernel<__half>")).toBe("other");
     expect(categoryOf("gated_act_kernel<__half, (Act)0>")).toBe("other");
     expect(categoryOf("memcpy")).toBe("other");
+  });
+
+  it("measures the idle between launches from the first launch used on", () => {
+    // launches at 0, 2,700 (1,000 idle after the first's end at 1,700) and 4,700 (300 idle)
+    const recs = [...graph7(0, 1), ...graph7(2_700, 2), ...graph7(4_700, 3)];
+    expect(summarize(recs, { skip: 0 }).between).toBe(650);
+    expect(summarize(recs, { skip: 1 }).between).toBe(300);
   });
 
   it("sums a name's kernels within a launch", () => {
@@ -245,6 +258,13 @@ describe("layers", () => {
       "layers: 3 x 2 kernels from node 1; a layer (sums of its places' medians): own 1.00 µs + gaps 0.00 µs = 1.00 µs, x 3 = 0.003 ms",
     );
     expect(text).toMatch(/\n {6}#7 sample +1x1x1 own +0\.10 gap +0\.10 overlap +0\.00 dur +0\.10$/);
+  });
+
+  it("leaves out of the layer medians a launch cut short (its kernels a prefix of the first's)", () => {
+    const short = layered(20_000, 3).slice(0, -1);
+    const s = summarize([...layered(0, 1), ...short.map((r) => ({ ...r, end: r.end + 50 }))], { graph: 5 });
+    expect(s.layers!.outside.map((r) => r.at)).toEqual([0, 7]);
+    expect(s.layers!.outside[0]!.dur).toBe(100);
   });
 
   it("leaves out of the layer medians a launch shaped otherwise", () => {
