@@ -1,5 +1,6 @@
 // src/cli/output-file.ts: the --json / --output files of the CLIs are never written over a file of the user's
 // that is not an earlier output of the same kind, and are never left half-written.
+import { execFileSync } from "node:child_process";
 import fsDefault, * as fs from "node:fs";
 import { syncBuiltinESMExports } from "node:module";
 import * as path from "node:path";
@@ -105,9 +106,22 @@ describe("writeOutputFile", () => {
     expect(fs.readFileSync(real, "utf8")).toBe("the user's");
   });
 
-  it("writes a stream (/dev/null) in place", () => {
-    expect(() => writeOutputFile("/dev/null", "x", OPTS)).not.toThrow();
-    expect(() => checkOutputFile("/dev/null", OPTS)).not.toThrow();
+  it("writes a stream (a named pipe) in place", () => {
+    // A pipe in the test's own folder, never a device: a mutant that renamed over the target would replace it
+    // (as root it once replaced /dev/null with a file). Its reader is opened first, so the write does not block.
+    const fifo = path.join(dir, "pipe");
+    execFileSync("mkfifo", [fifo]);
+    const reader = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+    try {
+      expect(() => checkOutputFile(fifo, OPTS)).not.toThrow();
+      writeOutputFile(fifo, "through the pipe", OPTS);
+      const buf = Buffer.alloc(64);
+      expect(buf.subarray(0, fs.readSync(reader, buf)).toString()).toBe("through the pipe");
+      expect(fs.statSync(fifo).isFIFO()).toBe(true);
+      expect(files()).toEqual(["pipe"]);
+    } finally {
+      fs.closeSync(reader);
+    }
   });
 
   it("removes its temporary sibling and keeps the old file when the rename fails", () => {
