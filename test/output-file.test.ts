@@ -93,6 +93,32 @@ describe("writeOutputFile", () => {
     expect(() => checkOutputFile("  ", OPTS)).toThrow("--out: empty path");
   });
 
+  it("says why a path cannot be looked at, in one line of the error's own kind", () => {
+    const f = path.join(dir, "a.txt");
+    fs.writeFileSync(f, "OURS");
+    const under = path.join(f, "b.txt");
+    let err: unknown;
+    try {
+      checkOutputFile(under, OPTS);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(OutputFileError);
+    expect((err as Error).name).toBe("OutputFileError");
+    expect((err as Error).message).toBe(`--out ${under}: cannot be read (ENOTDIR)`);
+  });
+
+  it("reads at most 64 MiB to decide whether a file is ours; a larger one needs --force", () => {
+    const f = path.join(dir, "big.txt");
+    const always: OutputFileOptions = { ...OPTS, isOurs: () => true };
+    fs.writeFileSync(f, "");
+    fs.truncateSync(f, 64 << 20); // sparse: no 64 MiB written
+    expect(() => checkOutputFile(f, always)).not.toThrow();
+    fs.truncateSync(f, (64 << 20) + 1);
+    expect(() => checkOutputFile(f, always)).toThrow(/exists and is not a thing written earlier/);
+    expect(() => checkOutputFile(f, { ...always, force: true })).not.toThrow();
+  });
+
   it("through a link replaces the file it points to and keeps the link", () => {
     const real = path.join(dir, "real.txt");
     fs.writeFileSync(real, "OURS old");
@@ -104,6 +130,10 @@ describe("writeOutputFile", () => {
     fs.writeFileSync(real, "the user's");
     expect(() => writeOutputFile(link, "OURS", OPTS)).toThrow(/exists and is not/);
     expect(fs.readFileSync(real, "utf8")).toBe("the user's");
+    // with --force too: the file behind the link is replaced, the link stays
+    writeOutputFile(link, "OURS forced", { ...OPTS, force: true });
+    expect(fs.lstatSync(link).isSymbolicLink()).toBe(true);
+    expect(fs.readFileSync(real, "utf8")).toBe("OURS forced");
   });
 
   it("writes a stream (a named pipe) in place", () => {

@@ -11,6 +11,7 @@ import {
   findLayers,
   formatSummary,
   launchesOf,
+  median,
   parseTimeline,
   placeLaunch,
   shortName,
@@ -107,6 +108,15 @@ describe("graphs and launches", () => {
     expect(busiestGraph([K(0, 1, 1, 0, GEMV)])).toBeUndefined();
   });
 
+  it("never picks kernels outside graphs (graph 0) or copies, however many", () => {
+    const eager = Array.from({ length: 6 }, (_, i) => K(i * 10, i * 10 + 5, 100 + i, 0, NORM));
+    const copies = Array.from(
+      { length: 6 },
+      (_, i): TimelineRecord => ({ kind: "memcpy", start: i, end: i + 1, corr: 200 + i, graph: 8 }),
+    );
+    expect(busiestGraph([...eager, ...copies, K(0, 1, 1, 3, GEMV), K(5, 6, 2, 3, GEMV)])).toBe(3);
+  });
+
   it("between graphs launched as often, picks the one with more kernels", () => {
     const two = [K(0, 1, 1, 3, GEMV), K(5, 6, 2, 4, GEMV), K(6, 7, 2, 4, NORM)];
     expect(busiestGraph(two)).toBe(4);
@@ -187,6 +197,38 @@ describe("summarize", () => {
     expect(summarize(recs, { skip: 1 }).between).toBe(300);
   });
 
+  it("uses the last launch when asked to skip more than there are", () => {
+    const s = summarize(timeline(), { skip: 10 });
+    expect([s.launches, s.used]).toEqual([3, 1]);
+    expect(s.launchToFirst).toBe(400);
+  });
+
+  it("orders names by own time plus the gap before them, and counts a name's most kernels in a launch", () => {
+    const s = summarize(timeline(), { skip: 1 });
+    expect(s.byName.map((r) => r.name)).toEqual([
+      "attn<(Kind)2>",
+      "gemv_kernel<__half, 4>",
+      "rms_norm_kernel<__half>",
+      "memcpy",
+    ]);
+    // a launch with two gemvs, one with one: the count is 2
+    const recs = [...graph7(0, 1), ...graph7(5_000, 2), K(6_700, 6_800, 2, 7, GEMV)];
+    expect(summarize(recs).byName.find((r) => r.name === "gemv_kernel<__half, 4>")!.count).toBe(2);
+    expect(
+      summarize([...recs].reverse()).byName.find((r) => r.name === "gemv_kernel<__half, 4>")!.count,
+    ).toBe(2);
+  });
+
+  it("takes the host's launch time from the runtime call, wherever it stands among the records", () => {
+    const recs = [runtime(9_000, 10), ...graph7(10_000, 10), runtime(11_800, 20), ...graph7(12_000, 20)];
+    const s = summarize(recs);
+    expect(s.launchToFirst).toBe(600); // median of 1,000 and 200
+    // a runtime call of another kind with the launch's id does not count
+    const other = { ...runtime(11_900, 20), name: "cudaStreamSynchronize_v3020" };
+    expect(summarize([...recs, other]).launchToFirst).toBe(600);
+    expect(s.nodes.map((n) => n.dur)).toEqual([500, 600, 300, 100]);
+  });
+
   it("sums a name's kernels within a launch", () => {
     const s = summarize(timeline(), { graph: 9 });
     expect(s.byName).toEqual([
@@ -217,6 +259,8 @@ describe("layers", () => {
       repeats: 2,
     });
     expect(findLayers(["a", "b", "c"])).toBeUndefined();
+    // exactly half the launch is enough
+    expect(findLayers(["a", "b", "a", "b", "x", "y", "z", "w"])).toEqual({ start: 0, period: 2, repeats: 2 });
     // a repeat covering less than half the launch is not the layers
     expect(findLayers(["x", "y", "z", "w", "a", "a", "v", "u"])).toBeUndefined();
   });
@@ -267,6 +311,41 @@ describe("layers", () => {
     expect(s.layers!.outside[0]!.dur).toBe(100);
   });
 
+  it("prints each layer place, the nodes outside, the first nodes, and cuts long names", () => {
+    const long = `sample_${"x".repeat(70)}`;
+    const recs = [...layered(0, 1), ...layered(10_000, 2)].map((r) =>
+      r.name === "sample" ? { ...r, name: long } : r,
+    );
+    const lines = formatSummary(summarize(recs), 3).split("\n");
+    expect(lines).toContain(
+      `${`${long.slice(0, 57)}...`.padEnd(60)}     1      0.10  3.0 %     0.10     0.00      0.10`,
+    );
+    expect(lines).toContain(
+      "     L.1 gemv_kernel<__half, 4>                                 132x1x1 own     0.80 gap   0.00 overlap   0.05 dur     0.85",
+    );
+    expect(lines).toContain("  outside the layers (node index in the launch):");
+    expect(lines).toContain(
+      `      #7 ${long.slice(0, 47)}...       1x1x1 own     0.10 gap   0.10 overlap   0.00 dur     0.10`,
+    );
+    expect(lines).toContain("first 3 nodes of the first launch used (µs from its start):");
+    expect(lines.at(-1)).toBe(
+      "       0.25 gemv_kernel<__half, 4>                                       dur     0.85 own     0.80 gap   0.00 overlap   0.05",
+    );
+    // no nodes outside the layers: no such heading; no --nodes: no node list
+    const bare = formatSummary(summarize(layered(0, 1).slice(1, -1)));
+    expect(bare).not.toContain("outside the layers");
+    expect(bare).not.toContain("nodes of the first launch");
+  });
+
+  it("leaves out of the layer medians a launch of as many kernels but others", () => {
+    const other = layered(20_000, 3).map((r, i) =>
+      i === 3 ? { ...r, name: "other_kernel", end: r.end + 5000 } : r,
+    );
+    const s = summarize([...layered(0, 1), ...other], { graph: 5 });
+    expect(s.layers!.slots[0]!.dur).toBe(200);
+    expect(s.layers!.outside[1]!.gap).toBe(100);
+  });
+
   it("leaves out of the layer medians a launch shaped otherwise", () => {
     const odd = layered(20_000, 3).map((r) => (r.name === "embed" ? { ...r, end: r.end + 900 } : r));
     odd.splice(1, 1); // its first norm missing
@@ -276,11 +355,24 @@ describe("layers", () => {
   });
 });
 
+describe("median", () => {
+  it("sorts numerically, and takes the middle or the mean of the two middles", () => {
+    expect(median([9, 100, 10])).toBe(10);
+    expect(median([100, 9, 10, 1000])).toBe(55);
+    const xs = [3, 1, 2];
+    median(xs);
+    expect(xs).toEqual([3, 1, 2]);
+    expect(median([])).toBeNaN();
+  });
+});
+
 describe("shortName", () => {
   it("drops namespaces, the return type and the parameter list, keeps template arguments", () => {
     expect(shortName(K(0, 1, 1, 1, GEMV))).toBe("gemv_kernel<__half, 4>");
     expect(shortName(K(0, 1, 1, 1, "plain_kernel"))).toBe("plain_kernel");
     expect(shortName(K(0, 1, 1, 1, "void f<(a::B)1>(int (*)(int))"))).toBe("f<(B)1>");
+    expect(shortName(K(0, 1, 1, 1, "void k<void (*)(int)>(int)"))).toBe("k<void (*)(int)>");
+    expect(shortName({ kind: "memcpy", start: 0, end: 1, corr: 1 })).toBe("memcpy");
   });
 });
 
@@ -297,6 +389,28 @@ describe("parseTimeline", () => {
     expect(() => parseTimeline('{"kind":"other","start":1,"end":4,"corr":1}')).toThrow(
       /not a timeline record/,
     );
+    for (const bad of [
+      "null",
+      "[]",
+      '"kernel"',
+      '{"start":1,"end":4,"corr":1}',
+      '{"kind":"kernel","end":4,"corr":1}',
+      '{"kind":"kernel","start":"1","end":4,"corr":1}',
+      '{"kind":"kernel","start":1,"corr":1}',
+      '{"kind":"kernel","start":1,"end":4}',
+      '{"kind":"memset","start":1,"end":4,"corr":"1"}',
+    ])
+      expect(() => parseTimeline(bad, "t"), bad).toThrow(/^t:1: not a timeline record/);
+    // every kind timeline.cc writes, and a zero-length record
+    const kinds = ["kernel", "memcpy", "memset", "runtime"].map(
+      (k) => `{"kind":"${k}","start":3,"end":3,"corr":1}`,
+    );
+    expect(parseTimeline(kinds.join("\n")).map((r) => r.kind)).toEqual([
+      "kernel",
+      "memcpy",
+      "memset",
+      "runtime",
+    ]);
   });
 });
 

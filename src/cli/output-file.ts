@@ -56,7 +56,7 @@ function classify(file: string, o: OutputFileOptions): Target {
     try {
       ours = o.isOurs(fs.readFileSync(real, "utf8"));
     } catch {
-      ours = false;
+      // a text isOurs cannot read is not ours
     }
   }
   if (!ours)

@@ -106,6 +106,16 @@ describe("writeSafetensors / openSafetensors round trip", () => {
       },
     );
     expect(bytes).toBe(8 + 6);
+    // header padded with spaces so the data section starts 8-byte aligned, as writeSafetensors does
+    const hlen = Number(fs.readFileSync(p).readBigUInt64LE(0));
+    expect(hlen % 8).toBe(0);
+    expect(
+      fs
+        .readFileSync(p)
+        .subarray(8, 8 + hlen)
+        .toString()
+        .trimEnd().length,
+    ).toBeGreaterThan(hlen - 8);
     const f = openSafetensors(p);
     expect(f.metadata).toEqual({ format: "pt" });
     expect(Array.from(toFloat32("F32", f.read("a")))).toEqual([1.5, -2]);
