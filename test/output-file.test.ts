@@ -1,6 +1,6 @@
 // src/cli/output-file.ts: the --json / --output files of the CLIs are never written over a file of the user's
 // that is not an earlier output of the same kind, and are never left half-written.
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import fsDefault, * as fs from "node:fs";
 import { syncBuiltinESMExports } from "node:module";
 import * as path from "node:path";
@@ -152,6 +152,23 @@ describe("writeOutputFile", () => {
     } finally {
       fs.closeSync(reader);
     }
+  });
+
+  it("appends to /dev/stdout led to a file (`--json /dev/stdout > log`), keeping what the log held", () => {
+    const log = path.join(dir, "log.txt");
+    fs.writeFileSync(log, "before\n");
+    const fd = fs.openSync(log, "a");
+    const code = `import { writeOutputFile } from ${JSON.stringify(path.resolve("src/cli/output-file.ts"))};
+      writeOutputFile("/dev/stdout", "report\\n", { flag: "--json", what: "x", isOurs: () => false });`;
+    const r = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", code], {
+      stdio: ["ignore", fd, "pipe"],
+      encoding: "utf8",
+    });
+    fs.closeSync(fd);
+    expect(r.stderr).toBe("");
+    expect(r.status).toBe(0);
+    expect(fs.readFileSync(log, "utf8")).toBe("before\nreport\n");
+    expect(files()).toEqual(["log.txt"]);
   });
 
   it("removes its temporary sibling and keeps the old file when the rename fails", () => {

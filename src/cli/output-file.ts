@@ -2,8 +2,8 @@
 // build directory's (engine/output-dir.ts): never a file the user did not ask us to replace, never a half-written one.
 //   - The text is written whole or not at all (fs-atomic.ts: a fresh sibling renamed into place).
 //   - An existing target is replaced only when it is an earlier output of the same kind (`isOurs` reads it), or
-//     with --force. A directory never. A stream (a pipe, /dev/stdout, /dev/null) is written in place: it stores
-//     nothing that could be lost.
+//     with --force. A directory never. A stream (a pipe, /dev/stdout, /dev/null) is appended to in place: it
+//     stores nothing that could be lost.
 //   - checkOutputFile runs before the work (a benchmark of minutes), so a refusal comes at once; writeOutputFile
 //     checks again at the end.
 import * as fs from "node:fs";
@@ -47,6 +47,9 @@ function classify(file: string, o: OutputFileOptions): Target {
   }
   if (st.isDirectory()) throw new OutputFileError(`${q}: is a directory; name a file`);
   if (st.isFIFO() || st.isCharacterDevice() || st.isSocket()) return { kind: "stream" };
+  // /dev/stdout, /dev/fd/N, /proc/self/fd/N: the process's own descriptors, even when they lead to a regular file
+  // (`--json /dev/stdout > log`), are streams: appended to, never replaced.
+  if (st.isFile() && /^\/(dev|proc)\//.test(path.resolve(file))) return { kind: "stream" };
   if (!st.isFile()) throw new OutputFileError(`${q}: is not a regular file`);
   // Through a link the file it points to is replaced (the link stays), and only what that file holds decides.
   const real = fs.realpathSync(file);
@@ -90,7 +93,7 @@ export function checkOutputFile(file: string, o: OutputFileOptions): void {
 export function writeOutputFile(file: string, text: string, o: OutputFileOptions): void {
   const t = classify(file, o);
   if (t.kind === "stream") {
-    fs.writeFileSync(file, text);
+    fs.writeFileSync(file, text, { flag: "a" });
     return;
   }
   const target = t.kind === "file" ? t.real : path.resolve(file);
