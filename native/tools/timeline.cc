@@ -160,6 +160,15 @@ void at_exit() {
 }
 
 int enable_activities() {
+  // The records are read through this header's structs: a CUPTI of another API version may lay them out otherwise,
+  // so tracing is refused rather than read wrong.
+  uint32_t version = 0;
+  CUPTI_OK(cuptiGetVersion(&version));
+  if (version != CUPTI_API_VERSION) {
+    std::fprintf(stderr, "tsllm_timeline: CUPTI API version %u here, built against %u: rebuild the library here\n",
+                 version, unsigned(CUPTI_API_VERSION));
+    return 1;
+  }
   CUPTI_OK(cuptiGetTimestamp(&g_t0));
   CUPTI_OK(cuptiActivityRegisterCallbacks(buffer_requested, buffer_completed));
   CUPTI_OK(cuptiActivityEnable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL));
@@ -171,7 +180,9 @@ int enable_activities() {
 
 }  // namespace
 
-// The driver's entry point for CUDA_INJECTION64_PATH libraries (returns nonzero to say it failed).
+// The driver's entry point for CUDA_INJECTION64_PATH libraries. Nonzero says it succeeded (NVIDIA's injection
+// samples return 1); it returns 1 also when no timeline can be written, so that tracing never stops the program:
+// the message on stderr says there is no timeline.
 extern "C" __attribute__((visibility("default"))) int InitializeInjection(void) {
   const char* path = std::getenv("TSLLM_TIMELINE");
   if (!path || !*path) {
@@ -188,8 +199,9 @@ extern "C" __attribute__((visibility("default"))) int InitializeInjection(void) 
     std::fclose(g_out);  // the file is this run's own (created above): no half-written timeline is left
     g_out = nullptr;
     std::remove(path);
+    std::fprintf(stderr, "tsllm_timeline: no timeline\n");
     return 1;
   }
   std::atexit(at_exit);
-  return 0;
+  return 1;
 }
