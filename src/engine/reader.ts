@@ -2,7 +2,7 @@
 // else is read), and streams weights with the content hash checked in the same pass (streamRankWeights).
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { HASH_CHUNK_BYTES, type RankEntry, verifierFor } from "./hash.ts";
+import { DTYPE_BYTES } from "../ir/types.ts";
 import {
   alignUp,
   DATA_ALIGN,
@@ -12,7 +12,7 @@ import {
   MAGIC,
   PREAMBLE_BYTES,
 } from "./format.ts";
-import { DTYPE_BYTES } from "../ir/types.ts";
+import { HASH_CHUNK_BYTES, type RankEntry, verifierFor } from "./hash.ts";
 
 export class EngineError extends Error {
   override name = "EngineError";
@@ -42,6 +42,7 @@ export function openEngine(dir: string): Engine {
       );
     throw new EngineError(`${dir}: not an engine directory (no config.json)`);
   }
+  if (!fs.statSync(cfgPath).isFile()) throw new EngineError(`${cfgPath}: not a file`);
   let raw: unknown;
   try {
     raw = JSON.parse(fs.readFileSync(cfgPath, "utf8"));
@@ -54,6 +55,10 @@ export function openEngine(dir: string): Engine {
   if (fv === undefined && ("architectures" in raw || "model_type" in raw))
     throw new EngineError(
       `${dir}: a Hugging Face model folder, not an engine; build one first: tsllm-compile MODEL.ts --checkpoint ${dir} --sm N -o ENGINE`,
+    );
+  if (typeof fv !== "number")
+    throw new EngineError(
+      `${cfgPath}: not an engine config (format_version ${fv === undefined ? "missing" : `${JSON.stringify(fv)}, not a number`})`,
     );
   if (fv !== FORMAT_VERSION)
     throw new EngineError(
@@ -69,7 +74,9 @@ export function openEngine(dir: string): Engine {
   const ranks = config.ranks.map((r) => {
     const file = path.join(dir, r.file);
     if (!fs.existsSync(file)) throw new EngineError(`${file}: missing rank file`);
-    const size = fs.statSync(file).size;
+    const st = fs.statSync(file);
+    if (!st.isFile()) throw new EngineError(`${file}: not a file`);
+    const size = st.size;
     if (size !== r.bytes)
       throw new EngineError(`${file}: ${size} bytes, config.json says ${r.bytes} (truncated or replaced)`);
     return { ...readRankHeader(file), entry: r };
@@ -85,9 +92,13 @@ export function openEngine(dir: string): Engine {
 export function readRankHeader(file: string): EngineRank {
   const fd = fs.openSync(file, "r");
   try {
-    const size = fs.fstatSync(fd).size;
+    const st = fs.fstatSync(fd);
+    if (!st.isFile()) throw new EngineError(`${file}: not a file`);
+    const size = st.size;
     if (size < PREAMBLE_BYTES)
-      throw new EngineError(`${file}: truncated: ${size} bytes, shorter than the ${PREAMBLE_BYTES}-byte preamble`);
+      throw new EngineError(
+        `${file}: truncated: ${size} bytes, shorter than the ${PREAMBLE_BYTES}-byte preamble`,
+      );
     const pre = Buffer.alloc(PREAMBLE_BYTES);
     readFully(fd, pre, 0, file);
     if (pre.toString("latin1", 0, 8) !== MAGIC)
@@ -131,6 +142,11 @@ function readFully(fd: number, buf: Uint8Array, pos: number, file: string): void
   }
 }
 
+/** The weights whose bytes the file holds, in offset order. */
+function storedWeights(h: EngineHeader): EngineHeader["weights"] {
+  return h.weights.filter((w) => !w.random && w.nbytes > 0).sort((a, b) => a.offset - b.offset);
+}
+
 /** What readers rely on: value ids resolve, weights are weights with their bytes inside the file. */
 function checkHeader(h: EngineHeader, file: string, dataBytes: number): void {
   const values = new Map(h.values.map((v) => [v.id, v]));
@@ -148,11 +164,22 @@ function checkHeader(h: EngineHeader, file: string, dataBytes: number): void {
     const v = values.get(w.value);
     if (!v || v.kind !== "weight") throw bad(`weight entry names value ${w.value}, which is not a weight`);
     if (w.random) continue;
-    const want = v.shape.reduce<number>((a, d) => a * (typeof d === "number" ? d : d.max), DTYPE_BYTES[v.dtype]);
-    if (w.nbytes !== want) throw bad(`weight "${v.name}" has ${w.nbytes} bytes, its shape and dtype need ${want}`);
+    const want = v.shape.reduce<number>(
+      (a, d) => a * (typeof d === "number" ? d : d.max),
+      DTYPE_BYTES[v.dtype],
+    );
+    if (w.nbytes !== want)
+      throw bad(`weight "${v.name}" has ${w.nbytes} bytes, its shape and dtype need ${want}`);
     if (w.offset + w.nbytes > dataBytes)
       throw bad(`weight "${v.name}" (${w.nbytes} bytes at ${w.offset}) is past the end of the file`);
   }
+  // The loading pass (streamRankWeights) assembles the stored weights in offset order, each from its own bytes.
+  const stored = storedWeights(h);
+  const at = (w: EngineHeader["weights"][number]) =>
+    `"${values.get(w.value)!.name}" (${w.nbytes} bytes at ${w.offset})`;
+  for (let i = 1; i < stored.length; i++)
+    if (stored[i].offset < stored[i - 1].offset + stored[i - 1].nbytes)
+      throw bad(`weights ${at(stored[i - 1])} and ${at(stored[i])} overlap`);
 }
 
 export function readWeightBytes(rank: EngineRank, offset: number, nbytes: number): Uint8Array {
@@ -187,7 +214,7 @@ export function streamRankWeights(
   o: { verify?: boolean; onBytes?: (done: number, total: number) => void } = {},
 ): void {
   const verifier = o.verify !== false && rank.entry ? verifierFor(rank.entry) : null;
-  const stored = rank.header.weights.filter((w) => !w.random && w.nbytes > 0).sort((a, b) => a.offset - b.offset);
+  const stored = storedWeights(rank.header);
   const fd = fs.openSync(rank.file, "r");
   try {
     const size = fs.fstatSync(fd).size;
