@@ -8,7 +8,8 @@
 // launch covers (under PDL a kernel starts while its predecessor runs: that overlap is not its own), and the idle
 // "gap" before it, when nothing of the launch ran. Per kernel name it prints the medians over launches of those
 // and of the kernel's whole duration, so the boundary costs the graph profiles only infer by subtraction (kernels-
-// notes "Known limitations") are read directly. When the kernels repeat with a period (a model's layers: the same
+// notes "Known limitations") are read directly, and the sums by kind of kernel (linear, attention, other: the
+// profile of a step issue #11 asks for). When the kernels repeat with a period (a model's layers: the same
 // names and grids, layer after layer), it also prints one layer, place by place, with medians over layers and
 // launches, and the nodes outside the layers apart. Between launches: the GPU's idle time from one launch's last
 // kernel to the next one's first, and the host's cudaGraphLaunch call to the launch's first kernel.
