@@ -1448,6 +1448,28 @@ static void test_sampling(Rng& rng) {
     for (int r = 0; r < rows; ++r) bad += out[r] != expect[r];
     report(bad == 0, "sample greedy (ties -> lowest index) vocab=" + std::to_string(vocab), bad, "(wrong rows)");
   }
+  // A +Infinity logit outweighs every finite one: greedy even at temperature > 0 (sampling weighed it exp(inf - inf),
+  // NaN, and drew the lowest-index finite token); a row with no finite logit gives token 0; a NaN is never drawn.
+  // The reference executor does the same (src/executor/sampling.ts).
+  {
+    const int rows = 4, vocab = 4099;
+    std::vector<float> lg((size_t)rows * vocab);
+    for (auto& v : lg) v = rng.normal();
+    std::vector<int> expect = {17, 33, 0, -1};
+    lg[17] = INFINITY;
+    lg[(size_t)vocab + 900] = lg[(size_t)vocab + 33] = INFINITY;
+    for (int i = 0; i < vocab; ++i) lg[(size_t)2 * vocab + i] = -INFINITY;
+    for (int i = 0; i < vocab; i += 2) lg[(size_t)3 * vocab + i] = NAN;  // row 3: any odd token
+    std::vector<float> temp(rows, 1.f), topp(rows, 1.f);
+    std::vector<int32_t> topk(rows, 0), step(rows, 7);
+    std::vector<uint64_t> seed(rows, 5);
+    temp[1] = 0.5f, topp[1] = 0.9f, topk[0] = 50;
+    auto out = run_sample(lg, rows, vocab, temp, topk, topp, seed, step);
+    int bad = 0;
+    for (int r = 0; r < 3; ++r) bad += out[r] != expect[r];
+    bad += out[3] < 0 || out[3] >= vocab || out[3] % 2 == 0;
+    report(bad == 0, "sample: +inf is greedy at T > 0, no finite logit -> 0, NaN never drawn", bad, "(wrong rows)");
+  }
   // Distributions on a small vocab: empirical frequencies against the renormalised softmax.
   struct Dist {
     float t;

@@ -9,18 +9,26 @@ export interface SamplingParams {
   seed: number;
 }
 
+// A NaN logit (a numeric fault upstream, e.g. an fp16 overflow) is never chosen: it compares as -Infinity, as in
+// the GPU's sampler (native/src/kernels/sampling.cu), where a NaN never wins a comparison.
+const key = (x: number) => (Number.isNaN(x) ? -Number.POSITIVE_INFINITY : x);
+
 export function argmax(row: Float32Array): number {
   let best = 0;
-  for (let i = 1; i < row.length; i++) if (row[i] > row[best]) best = i;
+  for (let i = 1; i < row.length; i++) if (key(row[i]) > key(row[best])) best = i;
   return best;
 }
 
 export function sampleToken(row: Float32Array, p: SamplingParams, step: number): number {
   if (p.temperature <= 0 || p.topK === 1) return argmax(row);
-  const idx = Array.from(row.keys()).sort((a, b) => row[b] - row[a] || a - b);
+  // A +Infinity logit outweighs every finite one, and a row of -Infinity / NaN has no distribution: both greedy,
+  // as on the GPU (without this, exp(Infinity - Infinity) made every weight NaN and the least likely token won).
+  const best = argmax(row);
+  if (!Number.isFinite(row[best])) return best;
+  const idx = Array.from(row.keys()).sort((a, b) => key(row[b]) - key(row[a]) || a - b);
   const k = p.topK > 0 ? Math.min(p.topK, idx.length) : idx.length;
-  const max = row[idx[0]];
-  const probs = idx.slice(0, k).map((i) => Math.exp((row[i] - max) / p.temperature));
+  const max = row[best];
+  const probs = idx.slice(0, k).map((i) => Math.exp((key(row[i]) - max) / p.temperature));
   const total = probs.reduce((a, b) => a + b, 0);
   let keep = k;
   if (p.topP < 1) {

@@ -194,7 +194,9 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(const LT* __rest
   ArgMax best{-INFINITY, 0x7fffffff};
   for_each(x, vocab, vec, [&](int i, float v) { best = better(best, ArgMax{v, i}); });
   best = block_argmax(best);
-  if (!(temp > 0.f) || k == 1) {
+  // A +Infinity logit outweighs every finite one (and a row of -Infinity / NaN has no distribution): greedy, as the
+  // reference executor does; sampling would weigh it exp(inf - inf) = NaN and pick a finite token instead.
+  if (!(temp > 0.f) || k == 1 || isinf(best.v)) {
     if (threadIdx.x == 0) out[row] = best.i < vocab ? best.i : 0;
     return;
   }
