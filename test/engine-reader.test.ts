@@ -16,6 +16,7 @@ import {
   verifyEngine,
 } from "../src/engine/reader.ts";
 import { tmpDir } from "./fixtures.ts";
+import { thrown } from "./thrown.ts";
 
 type Json = Record<string, unknown>;
 
@@ -106,18 +107,8 @@ function engineDir(files: Buffer[] = [rankBytes()], over: Json = {}): string {
   return dir;
 }
 
-/** The one-line message `f` throws, checked to be an EngineError. */
-function refusal(f: () => unknown): string {
-  try {
-    f();
-  } catch (e) {
-    expect(e).toBeInstanceOf(EngineError);
-    expect((e as Error).name).toBe("EngineError");
-    expect((e as Error).message).not.toContain("\n");
-    return (e as Error).message;
-  }
-  throw new Error("no error thrown");
-}
+/** The one-line message of the EngineError `f` throws. */
+const refusal = (f: () => unknown): string => thrown(f, EngineError).message;
 
 function rankFile(b: Buffer): string {
   const file = path.join(tmpDir(), "rank0.engine");

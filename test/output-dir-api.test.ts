@@ -6,6 +6,7 @@ import * as path from "node:path";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { checkOutputTarget, OutputDir, OutputDirError, yieldToSignals } from "../src/engine/output-dir.ts";
 import { snapshot, tmpDir } from "./fixtures.ts";
+import { thrown } from "./thrown.ts";
 
 let box: string;
 let home: string | undefined;
@@ -22,15 +23,7 @@ afterEach(() => {
 });
 
 /** The OutputDirError `f` throws (failing if it throws something else or nothing). */
-function errorOf(f: () => unknown): OutputDirError {
-  try {
-    f();
-  } catch (e) {
-    expect(e).toBeInstanceOf(OutputDirError);
-    return e as OutputDirError;
-  }
-  throw new Error("expected an OutputDirError, nothing was thrown");
-}
+const errorOf = (f: () => unknown): OutputDirError => thrown(f, OutputDirError);
 
 /** `f` throws exactly `message` and the sandbox is as it was. */
 function refused(f: () => unknown, message: string) {

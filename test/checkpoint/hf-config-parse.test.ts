@@ -17,18 +17,12 @@ import {
   ropeParameters,
 } from "../../src/checkpoint/hf-config.ts";
 import { tmpDir } from "../fixtures.ts";
+import { thrown } from "../thrown.ts";
 
 /** The ConfigError `f` throws: its message (one line) and field. */
 function refusal(f: () => unknown): { message: string; field?: string } {
-  try {
-    f();
-  } catch (e) {
-    expect(e).toBeInstanceOf(ConfigError);
-    expect((e as Error).name).toBe("ConfigError");
-    expect((e as Error).message).not.toContain("\n");
-    return { message: (e as Error).message, field: (e as ConfigError).field };
-  }
-  throw new Error("no error thrown");
+  const e = thrown(f, ConfigError);
+  return { message: e.message, field: e.field };
 }
 
 const decoder = z.looseObject(decoderFields);

@@ -8,21 +8,12 @@ import { ChatMessagesSchema, parseChatMessages, toTemplateMessages } from "../..
 import { ChatTemplate, pickChatTemplate } from "../../src/text/chat-template.ts";
 import { TokenizerError } from "../../src/text/errors.ts";
 import { TINY_LLAMA } from "../fixtures.ts";
+import { thrown } from "../thrown.ts";
 
 const TEMPLATE = fs.readFileSync(path.join(TINY_LLAMA, "chat_template.jinja"), "utf8");
 const golden = JSON.parse(fs.readFileSync(path.join(TINY_LLAMA, "tokenizer-golden.json"), "utf8"));
 
-function message(f: () => unknown): string {
-  try {
-    f();
-  } catch (e) {
-    expect(e).toBeInstanceOf(TokenizerError);
-    expect((e as Error).name).toBe("TokenizerError");
-    expect((e as Error).message).not.toContain("\n");
-    return (e as Error).message;
-  }
-  throw new Error("did not throw");
-}
+const message = (f: () => unknown): string => thrown(f, TokenizerError).message;
 
 const src = (jinja: string | null, cfg: unknown, json: unknown) =>
   pickChatTemplate({

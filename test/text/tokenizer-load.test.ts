@@ -7,6 +7,7 @@ import { describe, expect, it } from "vitest";
 import { findTokenizer, requireTokenizer, tokenizerForEngine } from "../../src/text/engine-files.ts";
 import { TextTokenizer, TokenizerError, tokenizerFilesIn } from "../../src/text/tokenizer.ts";
 import { TINY_LLAMA, tmpDir } from "../fixtures.ts";
+import { thrown } from "../thrown.ts";
 
 const TEMPLATE = fs.readFileSync(path.join(TINY_LLAMA, "chat_template.jinja"), "utf8");
 const golden = JSON.parse(fs.readFileSync(path.join(TINY_LLAMA, "tokenizer-golden.json"), "utf8"));
@@ -33,16 +34,7 @@ function fixtureCopy(): string {
   return dir;
 }
 
-function message(f: () => unknown): string {
-  try {
-    f();
-  } catch (e) {
-    expect(e).toBeInstanceOf(TokenizerError);
-    expect((e as Error).name).toBe("TokenizerError");
-    return (e as Error).message;
-  }
-  throw new Error("did not throw");
-}
+const message = (f: () => unknown): string => thrown(f, TokenizerError).message;
 
 describe("tokenizerFilesIn", () => {
   it("lists the files present in transformers' order, none without tokenizer.json", () => {
