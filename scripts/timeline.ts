@@ -136,7 +136,16 @@ export const median = (xs: number[]): number => {
 /** A kernel's name for grouping and printing: no namespaces, no parameter list (template arguments kept). */
 export function shortName(rec: TimelineRecord): string {
   if (rec.kind !== "kernel") return rec.kind;
-  let n = rec.name ?? "?";
+  const full = rec.name ?? "?";
+  // A step's few dozen kernels repeat in every launch: each full name is shortened once.
+  let short = shortNames.get(full);
+  if (short === undefined) shortNames.set(full, (short = shorten(full)));
+  return short;
+}
+const shortNames = new Map<string, string>();
+
+function shorten(full: string): string {
+  let n = full;
   // Parameters: the last top-level "(...)" at the end.
   if (n.endsWith(")")) {
     let depth = 0;
@@ -284,7 +293,8 @@ export function summarize(recs: TimelineRecord[], o: { graph?: number; skip?: nu
   }));
   byName.sort((x, y) => y.own + y.gap - (x.own + x.gap));
   const between: number[] = [];
-  for (let i = 1; i < all.length; i++) if (i > skip) between.push(all[i]!.start - all[i - 1]!.end);
+  for (let i = skip + 1; i < all.length; i++) between.push(all[i]!.start - all[i - 1]!.end);
+  const byCategory = used.map(ownByCategory);
   const apiStart = new Map<number, number>();
   for (const r of recs)
     if (r.kind === "runtime" && /GraphLaunch/.test(r.name ?? "")) apiStart.set(r.corr, r.start);
@@ -302,9 +312,9 @@ export function summarize(recs: TimelineRecord[], o: { graph?: number; skip?: nu
     launchToFirst: toFirst.length > 0 ? median(toFirst) : undefined,
     byName,
     categories: {
-      linear: per((l) => ownOf(l, "linear")),
-      attention: per((l) => ownOf(l, "attention")),
-      other: per((l) => ownOf(l, "other")),
+      linear: median(byCategory.map((c) => c.linear)),
+      attention: median(byCategory.map((c) => c.attention)),
+      other: median(byCategory.map((c) => c.other)),
     },
     nodes: first.kernels.map((k) => ({
       name: shortName(k.rec),
@@ -318,8 +328,12 @@ export function summarize(recs: TimelineRecord[], o: { graph?: number; skip?: nu
   };
 }
 
-const ownOf = (l: Launch, c: Category) =>
-  l.kernels.reduce((t, k) => t + (categoryOf(shortName(k.rec)) === c ? k.own : 0), 0);
+/** A launch's own time by kind of kernel. */
+function ownByCategory(l: Launch): Record<Category, number> {
+  const t: Record<Category, number> = { linear: 0, attention: 0, other: 0 };
+  for (const k of l.kernels) t[categoryOf(shortName(k.rec))] += k.own;
+  return t;
+}
 
 /** The layer table of launches shaped like the first (same node count and keys); undefined without layers. */
 function layersOf(used: Launch[]): Summary["layers"] {

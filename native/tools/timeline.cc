@@ -26,6 +26,7 @@
 #include <cstring>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 
 namespace {
 
@@ -80,6 +81,16 @@ std::string json_escape(const std::string& s) {
   return q;
 }
 
+// A kernel's name as written: demangled and escaped once per mangled name (a step's few dozen kernels repeat in
+// every launch, hundreds of thousands of records). Called under g_mu.
+const std::string& kernel_name(const char* mangled) {
+  static std::unordered_map<std::string, std::string> names;
+  const std::string key = mangled ? mangled : "";
+  auto it = names.find(key);
+  if (it == names.end()) it = names.emplace(key, json_escape(demangle(mangled))).first;
+  return it->second;
+}
+
 void CUPTIAPI buffer_requested(uint8_t** buffer, size_t* size, size_t* max_records) {
   void* p = nullptr;
   if (posix_memalign(&p, kAlign, kBufferBytes) != 0) p = nullptr;
@@ -92,9 +103,8 @@ long long rel(uint64_t t) { return (long long)(t - g_t0); }
 
 void write_record(const CUpti_Activity* rec) {
   switch (rec->kind) {
-    case CUPTI_ACTIVITY_KIND_KERNEL:
     case CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL: {
-      // Records only grow by appended fields, so this header's layout reads the fields below from a newer CUPTI.
+      // This header's layout: enable_activities refuses a CUPTI of another API version.
       const auto* k = reinterpret_cast<const CUpti_ActivityKernel10*>(rec);
       std::fprintf(g_out,
                    "{\"kind\":\"kernel\",\"start\":%lld,\"end\":%lld,\"corr\":%u,\"graph\":%u,\"node\":%llu,"
@@ -102,7 +112,7 @@ void write_record(const CUpti_Activity* rec) {
                    rel(k->start), rel(k->end), k->correlationId, k->graphId,
                    (unsigned long long)k->graphNodeId, k->streamId, k->gridX, k->gridY, k->gridZ, k->blockX,
                    k->blockY, k->blockZ, unsigned(k->registersPerThread),
-                   k->staticSharedMemory + k->dynamicSharedMemory, json_escape(demangle(k->name)).c_str());
+                   k->staticSharedMemory + k->dynamicSharedMemory, kernel_name(k->name).c_str());
       break;
     }
     case CUPTI_ACTIVITY_KIND_MEMCPY: {

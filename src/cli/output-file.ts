@@ -8,6 +8,7 @@
 //     checks again at the end.
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { isLink } from "../engine/output-dir.ts";
 import { writeWhole } from "../fs-atomic.ts";
 
 export class OutputFileError extends Error {
@@ -69,13 +70,6 @@ function classify(file: string, o: OutputFileOptions): Target {
   return { kind: "file", real };
 }
 
-const isLink = (p: string) => {
-  try {
-    return fs.lstatSync(p).isSymbolicLink();
-  } catch {
-    return false;
-  }
-};
 const isDir = (p: string) => {
   try {
     return fs.statSync(p).isDirectory();

@@ -133,7 +133,8 @@ function freshName(prefix: string): string {
   }
 }
 
-function isLink(p: string): boolean {
+/** Whether p is a symbolic link (dangling or not); false when nothing is there. */
+export function isLink(p: string): boolean {
   try {
     return fs.lstatSync(p).isSymbolicLink();
   } catch {

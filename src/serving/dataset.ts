@@ -89,15 +89,17 @@ export function formatDatasetLine(e: DatasetEntry): string {
   return JSON.stringify({ task_id: e.taskId, input_ids: e.inputIds, output_tokens: e.outputTokens });
 }
 
+const DATASET_KEYS = Object.keys(
+  JSON.parse(formatDatasetLine({ taskId: 0, inputIds: [], outputTokens: 0 })),
+).join(",");
+
 /** Whether a file's text is a dataset as formatDatasetLine writes it (its first line, keys in that order): one
  *  that `prepare-dataset --output` may replace without --force. */
 export function isDatasetText(text: string): boolean {
   const first = text.split("\n", 1)[0]!;
   try {
     const j = JSON.parse(first);
-    return (
-      typeof j === "object" && j !== null && Object.keys(j).join(",") === "task_id,input_ids,output_tokens"
-    );
+    return typeof j === "object" && j !== null && Object.keys(j).join(",") === DATASET_KEYS;
   } catch {
     return false;
   }
