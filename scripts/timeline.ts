@@ -12,7 +12,11 @@
 // profile of a step issue #11 asks for). When the kernels repeat with a period (a model's layers: the same
 // names and grids, layer after layer), it also prints one layer, place by place, with medians over layers and
 // launches, and the nodes outside the layers apart. Between launches: the GPU's idle time from one launch's last
-// kernel to the next one's first, and the host's cudaGraphLaunch call to the launch's first kernel.
+// kernel to the next one's first, and the launch latency, the host's cudaGraphLaunch call to the launch's first
+// kernel, over the launches whose call came when the GPU had finished the graph's previous launch (the GPU idle,
+// waiting on the host). A launch called while the previous one still ran is only counted: the host was ahead of
+// the GPU (`tsllm-bench latency` queues launches far ahead), so its call-to-kernel time is the queue's lead, not a
+// latency, and the host is not the bottleneck.
 import * as fs from "node:fs";
 import { pathToFileURL } from "node:url";
 
@@ -199,8 +203,21 @@ export interface Summary {
   gap: number;
   /** Medians (ns) between consecutive launches: the GPU idle from one's last end to the next's first start. */
   between: number;
-  /** Medians (ns) from the host's cudaGraphLaunch call start to the launch's first kernel. */
+  /**
+   * Median (ns) from the host's cudaGraphLaunch call start to the launch's first kernel, over the used launches
+   * whose call started when the GPU had finished the graph's previous launch (call start >= its end; the graph's
+   * first launch counts too): the launch latency. undefined when no launch found the GPU idle.
+   */
   launchToFirst: number | undefined;
+  /** How many launches launchToFirst is the median of. */
+  launchIdleCount: number;
+  /**
+   * Used launches whose host call started before the graph's previous launch ended: the host ahead of the GPU,
+   * queueing, so their call-to-kernel time is the queue's lead and is left out of launchToFirst.
+   */
+  launchedAhead: number;
+  /** Used launches with a matching runtime cudaGraphLaunch record at all (idle + ahead). */
+  launchesWithCall: number;
   byName: NameRow[];
   /** Medians over launches of the own time of each category's kernels (ns); with the gaps they make the wall. */
   categories: Record<Category, number>;
@@ -298,7 +315,19 @@ export function summarize(recs: TimelineRecord[], o: { graph?: number; skip?: nu
   const apiStart = new Map<number, number>();
   for (const r of recs)
     if (r.kind === "runtime" && /GraphLaunch/.test(r.name ?? "")) apiStart.set(r.corr, r.start);
-  const toFirst = used.filter((l) => apiStart.has(l.corr)).map((l) => l.start - apiStart.get(l.corr)!);
+  // Launch latency only where the call found the GPU done with the graph's previous launch (in `all`, so the
+  // first used launch's previous may be a skipped one); a call made while it still ran was queued ahead.
+  const toFirst: number[] = [];
+  let launchedAhead = 0;
+  let launchesWithCall = 0;
+  for (let i = skip; i < all.length; i++) {
+    const l = all[i]!;
+    const call = apiStart.get(l.corr);
+    if (call === undefined) continue;
+    launchesWithCall++;
+    if (i === 0 || call >= all[i - 1]!.end) toFirst.push(l.start - call);
+    else launchedAhead++;
+  }
   const first = used[0]!;
   return {
     graph,
@@ -310,6 +339,9 @@ export function summarize(recs: TimelineRecord[], o: { graph?: number; skip?: nu
     gap: per((l) => l.kernels.reduce((t, k) => t + k.gap, 0)),
     between: median(between),
     launchToFirst: toFirst.length > 0 ? median(toFirst) : undefined,
+    launchIdleCount: toFirst.length,
+    launchedAhead,
+    launchesWithCall,
     byName,
     categories: {
       linear: median(byCategory.map((c) => c.linear)),
@@ -385,11 +417,16 @@ export function formatSummary(s: Summary, nodes = 0): string {
   out.push(
     `by kind of kernel (own time): linear ${ms(s.categories.linear)} ms (${pct(s.categories.linear)}), attention ${ms(s.categories.attention)} ms (${pct(s.categories.attention)}), other ${ms(s.categories.other)} ms (${pct(s.categories.other)}), idle gaps ${ms(s.gap)} ms`,
   );
-  out.push(
-    `between launches (GPU idle) ${us(s.between)} us; host cudaGraphLaunch to first kernel ${
-      s.launchToFirst === undefined ? "n/a" : `${us(s.launchToFirst)} us`
-    }`,
-  );
+  const n = s.launchIdleCount;
+  const host =
+    s.launchesWithCall === 0
+      ? "n/a: no cudaGraphLaunch record for these launches"
+      : `${
+          s.launchToFirst === undefined
+            ? "n/a: no launch found the GPU idle"
+            : `${us(s.launchToFirst)} us over ${n} launch${n === 1 ? "" : "es"} that found the GPU idle`
+        }; ${s.launchedAhead} of ${s.launchesWithCall} launches were issued while the previous one still ran (the host ahead of the GPU)`;
+  out.push(`between launches (GPU idle) ${us(s.between)} us; host cudaGraphLaunch to first kernel ${host}`);
   out.push("per kernel name, µs a launch (medians): own = on the critical path, gap = idle just before it,");
   out.push("overlap = ran beside earlier kernels (PDL prologue), dur = the kernels' whole durations");
   out.push(

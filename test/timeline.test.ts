@@ -145,8 +145,11 @@ describe("summarize", () => {
     // launches end at 11,700, 13,700 and start at 12,000, 14,000: 300 idle each (the skipped launch's own
     // successor counts only from the first used launch on)
     expect(s.between).toBe(300);
-    // host calls at 11,800 and 13,600 for launches starting 12,000 and 14,000: 200 and 400
-    expect(s.launchToFirst).toBe(300);
+    // host calls at 11,800 and 13,600 for launches starting 12,000 and 14,000. The first came after the previous
+    // (skipped) launch ended at 11,700: the GPU was idle, 12,000 - 11,800 = 200 is its latency. The second came
+    // before launch 20 ended at 13,700: queued ahead, left out of the median and counted apart.
+    expect(s.launchToFirst).toBe(200);
+    expect([s.launchIdleCount, s.launchedAhead, s.launchesWithCall]).toEqual([1, 1, 2]);
     const row = (n: string) => s.byName.find((r) => r.name === n)!;
     expect(row("gemv_kernel<__half, 4>")).toEqual({
       name: "gemv_kernel<__half, 4>",
@@ -200,7 +203,10 @@ describe("summarize", () => {
   it("uses the last launch when asked to skip more than there are", () => {
     const s = summarize(timeline(), { skip: 10 });
     expect([s.launches, s.used]).toEqual([3, 1]);
-    expect(s.launchToFirst).toBe(400);
+    // the one launch used (corr 30) was called at 13,600, before the skipped launch 20 ended at 13,700: its
+    // previous launch counts even when skipped, so it was queued ahead and no launch found the GPU idle
+    expect(s.launchToFirst).toBeUndefined();
+    expect([s.launchIdleCount, s.launchedAhead, s.launchesWithCall]).toEqual([0, 1, 1]);
   });
 
   it("orders names by own time plus the gap before them, and counts a name's most kernels in a launch", () => {
@@ -222,7 +228,10 @@ describe("summarize", () => {
   it("takes the host's launch time from the runtime call, wherever it stands among the records", () => {
     const recs = [runtime(9_000, 10), ...graph7(10_000, 10), runtime(11_800, 20), ...graph7(12_000, 20)];
     const s = summarize(recs);
-    expect(s.launchToFirst).toBe(600); // median of 1,000 and 200
+    // the graph's first launch (no previous) counts as idle: 10,000 - 9,000 = 1,000; the second was called at
+    // 11,800, after the first ended at 11,700: 200. Median of 1,000 and 200.
+    expect(s.launchToFirst).toBe(600);
+    expect([s.launchIdleCount, s.launchedAhead, s.launchesWithCall]).toEqual([2, 0, 2]);
     // a runtime call of another kind with the launch's id does not count
     const other = { ...runtime(11_900, 20), name: "cudaStreamSynchronize_v3020" };
     expect(summarize([...recs, other]).launchToFirst).toBe(600);
@@ -236,6 +245,71 @@ describe("summarize", () => {
     ]);
     expect(Number.isNaN(s.between)).toBe(true);
     expect(s.launchToFirst).toBeUndefined();
+    expect([s.launchIdleCount, s.launchedAhead, s.launchesWithCall]).toEqual([0, 0, 0]);
+  });
+
+  it("leaves launches queued ahead of the GPU out of the launch latency and counts them", () => {
+    // launches at 10,000, 12,000, 14,000 (ends 11,700, 13,700, 15,700); the host calls all three early, at 9,800,
+    // 10,100 and 10,200: the last two while launch 1 still ran (queued), their 1,900 and 3,800 the queue's lead
+    const recs = [
+      ...graph7(10_000, 1),
+      runtime(9_800, 1),
+      ...graph7(12_000, 2),
+      runtime(10_100, 2),
+      ...graph7(14_000, 3),
+      runtime(10_200, 3),
+    ];
+    for (const rs of [recs, [...recs].reverse()]) {
+      const s = summarize(rs);
+      expect(s.launchToFirst).toBe(200); // the first launch only: 10,000 - 9,800
+      expect([s.launchIdleCount, s.launchedAhead, s.launchesWithCall]).toEqual([1, 2, 3]);
+    }
+  });
+
+  it("takes the launch latency over only the launches that found the GPU idle", () => {
+    // launches at 10,000 + 2,000 k (k = 0..5), each ending 1,700 after its start, graph 7, corr k + 1
+    const recs: TimelineRecord[] = [];
+    for (let k = 0; k < 6; k++) recs.push(...graph7(10_000 + 2_000 * k, k + 1));
+    recs.push(
+      runtime(9_900, 1), // first launch: idle, 100
+      runtime(11_700, 2), // exactly when launch 1 ended (11,700): idle, 300
+      runtime(13_000, 3), // before launch 2 ended (13,700): ahead (1,000 to its first kernel)
+      runtime(15_740, 4), // after launch 3 ended (15,700): idle, 260
+      runtime(16_500, 5), // before launch 4 ended (17,700): ahead (1,500)
+      // launch 6 (20,000) has no runtime record: in neither count
+      // another graph's kernel running at launch 4's call does not make that call early
+      K(15_000, 16_000, 99, 8, GEMV),
+    );
+    const s = summarize(recs, { graph: 7, skip: 1 });
+    expect(s.used).toBe(5);
+    expect(s.launchToFirst).toBe(280); // median of 300 and 260
+    expect([s.launchIdleCount, s.launchedAhead, s.launchesWithCall]).toEqual([2, 2, 4]);
+    expect(formatSummary(s).split("\n")).toContain(
+      "between launches (GPU idle) 0.30 us; host cudaGraphLaunch to first kernel 0.28 us over 2 launches that found the GPU idle; 2 of 4 launches were issued while the previous one still ran (the host ahead of the GPU)",
+    );
+    // without the skip the first launch counts too: median of 100, 300, 260
+    const all = summarize(recs, { graph: 7 });
+    expect(all.launchToFirst).toBe(260);
+    expect([all.launchIdleCount, all.launchedAhead, all.launchesWithCall]).toEqual([3, 2, 5]);
+  });
+
+  it("gives no launch latency when every launch was queued ahead", () => {
+    // launches at 10,000, 12,000, 14,000 (ends 11,700, 13,700, 15,700), called at 9,000, 11,000, 13,000: past the
+    // skipped first launch each call came 700 before the previous launch ended
+    const recs = [
+      ...graph7(10_000, 1),
+      runtime(9_000, 1),
+      ...graph7(12_000, 2),
+      runtime(11_000, 2),
+      ...graph7(14_000, 3),
+      runtime(13_000, 3),
+    ];
+    const s = summarize(recs, { skip: 1 });
+    expect(s.launchToFirst).toBeUndefined();
+    expect([s.launchIdleCount, s.launchedAhead, s.launchesWithCall]).toEqual([0, 2, 2]);
+    expect(formatSummary(s)).toContain(
+      "host cudaGraphLaunch to first kernel n/a: no launch found the GPU idle; 2 of 2 launches were issued while the previous one still ran (the host ahead of the GPU)",
+    );
   });
 
   it("refuses a timeline without graph kernels, and a graph that is not there", () => {
@@ -435,9 +509,16 @@ describe("scripts/timeline.ts as a command", () => {
     expect(r.stdout).toContain(
       "launch wall 0.002 ms = kernels' own time 0.001 ms + idle gaps inside it 0.000 ms (17.6 %)",
     );
-    expect(r.stdout).toContain("host cudaGraphLaunch to first kernel 0.30 us");
+    // as in summarize's first test: launch 20 found the GPU idle (200 ns), launch 30 was queued ahead
+    expect(r.stdout).toContain(
+      "between launches (GPU idle) 0.30 us; host cudaGraphLaunch to first kernel 0.20 us over 1 launch that found the GPU idle; 1 of 2 launches were issued while the previous one still ran (the host ahead of the GPU)",
+    );
     expect(r.stdout).toMatch(/first 2 nodes/);
-    expect(JSON.parse(fs.readFileSync(out, "utf8")).wall).toBe(1700);
+    const json = JSON.parse(fs.readFileSync(out, "utf8"));
+    expect(json.wall).toBe(1700);
+    expect([json.launchToFirst, json.launchIdleCount, json.launchedAhead, json.launchesWithCall]).toEqual([
+      200, 1, 1, 2,
+    ]);
     const again = run([tl, "--json", out]);
     expect(again.status).toBe(1);
     expect(again.stderr).toMatch(/^timeline: EEXIST/);
@@ -451,6 +532,9 @@ describe("scripts/timeline.ts as a command", () => {
 
   it("formats without a host launch record", () => {
     const s = summarize(timeline(), { graph: 9 });
-    expect(formatSummary(s)).toContain("host cudaGraphLaunch to first kernel n/a");
+    expect(formatSummary(s)).toContain(
+      "host cudaGraphLaunch to first kernel n/a: no cudaGraphLaunch record for these launches",
+    );
+    expect(formatSummary(s)).not.toContain("launches were issued");
   });
 });

@@ -82,12 +82,15 @@ std::string json_escape(const std::string& s) {
 }
 
 // A kernel's name as written: demangled and escaped once per mangled name (a step's few dozen kernels repeat in
-// every launch, hundreds of thousands of records). Called under g_mu.
+// every launch, hundreds of thousands of records). Called under g_mu. The cache is never destroyed: a function-
+// local static map is built at the first kernel record, after InitializeInjection registered at_exit, so its
+// destructor ran first at exit and at_exit's final flush then wrote through a destroyed map (a segfault at the
+// exit of an H200 bs-256 run, session 31, whose last buffer still held kernel records).
 const std::string& kernel_name(const char* mangled) {
-  static std::unordered_map<std::string, std::string> names;
+  static auto* names = new std::unordered_map<std::string, std::string>();
   const std::string key = mangled ? mangled : "";
-  auto it = names.find(key);
-  if (it == names.end()) it = names.emplace(key, json_escape(demangle(mangled))).first;
+  auto it = names->find(key);
+  if (it == names->end()) it = names->emplace(key, json_escape(demangle(mangled))).first;
   return it->second;
 }
 
