@@ -19,11 +19,27 @@ template <typename T, int VPT, bool RES, bool LN, bool EW, bool Q>
 __global__ void __launch_bounds__(512) norm_vec_kernel(const T* x, const T* res, const T* __restrict__ w,
                                                          const T* __restrict__ b, T* y, T* sum_out, int hidden,
                                                          float eps, float w_off, const EwChain pre,
-                                                         const EwChain post, uint8_t* q, float* qs, bool wait_first) {
-  kd::pdl_start(wait_first);  // lets a PDL-launched successor (gemv) start its weight loads early
+                                                         const EwChain post, uint8_t* q, float* qs, bool wait_first,
+                                                         bool w_early) {
   constexpr int N = kd::Vec<T>::N;
   const size_t row = blockIdx.x;
   const int nvec = hidden / N;
+  // The norm's weight (and bias) are model weights, never written by a predecessor: under PDL (w_early) they are
+  // loaded before the wait, so their latency passes while the predecessor runs instead of after the block reduction
+  // (H200 bs 1, TPOT with norm PDL mode 1: fp16 3.623 / 3.614 ms against 3.639 / 3.625, int4-wo 1.877 / 1.840
+  // against 1.910 / 1.881; session 31 run 3). Only up to 2 vectors a thread (hidden <= 8192 at 512 threads): more
+  // would spill (ptxas: 128 registers and up to 8 KB of stack at VPT 8), so wider rows load them at the end.
+  const bool pre_w = VPT <= 2 && w_early;
+  kd::Vec<T> wv[VPT], bv[VPT];
+#pragma unroll
+  for (int k = 0; k < VPT; ++k) {
+    const int vi = threadIdx.x + k * blockDim.x;
+    if (pre_w && vi < nvec) {
+      wv[k] = kd::ld_vec(w + vi * N);
+      if (LN && b) bv[k] = kd::ld_vec(b + vi * N);
+    }
+  }
+  kd::pdl_start(wait_first);  // lets a PDL-launched successor (gemv) start its weight loads early
   const T* xr = x + row * hidden;
   float v[VPT][N];
   float s1 = 0.f;
@@ -79,13 +95,15 @@ __global__ void __launch_bounds__(512) norm_vec_kernel(const T* x, const T* res,
   for (int k = 0; k < VPT; ++k) {
     const int vi = threadIdx.x + k * blockDim.x;
     if (vi < nvec) {
-      kd::Vec<T> wv = kd::ld_vec(w + vi * N), o;
-      kd::Vec<T> bv;
-      if (LN && b) bv = kd::ld_vec(b + vi * N);
+      if (!pre_w) {
+        wv[k] = kd::ld_vec(w + vi * N);
+        if (LN && b) bv[k] = kd::ld_vec(b + vi * N);
+      }
+      kd::Vec<T> o;
 #pragma unroll
       for (int j = 0; j < N; ++j) {
-        float r = (v[k][j] - mean) * rstd * (kd::to_f(wv.v[j]) + w_off);
-        if (LN && b) r += kd::to_f(bv.v[j]);
+        float r = (v[k][j] - mean) * rstd * (kd::to_f(wv[k].v[j]) + w_off);
+        if (LN && b) r += kd::to_f(bv[k].v[j]);
         if (EW) r = kd::apply_chain_call(r, post);
         o.v[j] = kd::from_f<T>(r);
         if (Q) {
@@ -165,11 +183,14 @@ cudaError_t launch_norm_t(const void* x_, const void* res_, const void* w_, cons
   if (vec && nvec <= 8 * 512) {
     const int cap = Q && fp8.max_threads > 0 ? fp8.max_threads : 512;
     const int vpt = kd::row_vpt(nvec, cap), threads = kd::row_threads(nvec, vpt);
+    // Early weight loads only under PDL: after an ordinary launch there is no predecessor to overlap, and
+    // loading them first measured 0.3-1 % slower there (H200 bs 1, session 31 run 3).
+    const bool w_early = pdl != 0;
     cudaError_t e = cudaSuccess;
 #define TSLLM_NORM_CASE(V) \
   case V:                                                                                                        \
     e = kd::launch_pdl(norm_vec_kernel<T, V, RES, LN, EW, Q>, dim3(rows), threads, 0, pdl != 0, s, x, res, w, b, y, \
-                       sum, hidden, eps, w_off, pre, post, fp8.q, fp8.scales, pdl == 1);                           \
+                       sum, hidden, eps, w_off, pre, post, fp8.q, fp8.scales, pdl == 1, w_early);                 \
     break;
     switch (vpt) {
       TSLLM_NORM_CASE(1)

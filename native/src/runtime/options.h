@@ -56,15 +56,16 @@ struct Tunables {
   // One flag for both runners: either switch at 2 forces the fp16 / bf16 pairs and the quantised ones alike (the
   // quantised pairs are planned only with TSLLM_QGEMV_PROLOGUE >= 1).
   bool prologue_force = false;
-  // Environment only (A/B): TSLLM_NORM_PDL=1|2 launches the norms and gated_act (kernels.h `pdl`) with programmatic
-  // dependent launch, so their launch overlaps the previous kernel's end; 1 lets their successor launch after their
-  // wait for the predecessor, 2 before it. Off by default: no mode helps every kind. H200, Llama-2-7B bs 1 TPOT,
-  // session 19 run 4, alternating, 1 / 2 against 0: int4-wo g128 1.973 / 1.935 and 1.980 / 2.170 ms against
-  // 2.062 / 2.050; FP8 2.757 / 2.758 and 2.756 / 2.872 against 2.730 / 2.725; fp16 3.737 / 3.724 and 3.725 / 3.663
-  // against 3.718. Timing graph replays back to back at capture (run 5) saw no difference for int4 (1.967 ms a
-  // replay with 1, 1.964 with 0): what 1 gains there is not inside one step's graph. Session 28 (kernels-notes.md):
-  // 1 was 1.2 % (FP8) and 0.9 % (fp16) faster, int4 faster in two loads of three, Llama-3.1-8B bf16 0.4 % slower.
-  int norm_pdl = 0;
+  // TSLLM_NORM_PDL=0|1|2 (environment): how the norms and gated_act (kernels.h `pdl`) launch where programmatic
+  // dependent launch is on: 0 ordinarily; 1 and 2 with PDL, so their launch overlaps the previous kernel's end and
+  // the norm's weights load before its wait (norms.cu); 1 lets their successor launch after their wait for the
+  // predecessor, 2 before it. 2 by default since session 31, the first time one mode helped every kind: H200 bs 1
+  // TPOT, run 3, two alternating rounds, 0 / 1 / 2: Llama-2-7B fp16 3.695 / 3.623 / 3.600 and 3.695 / 3.614 /
+  // 3.601 ms, FP8 2.645 / 2.580 / 2.546 and 2.645 / 2.560 / 2.564, int4-wo g128 1.911 / 1.877 / 1.833 and 1.947 /
+  // 1.840 / 1.813 (session 19 had 2 slower for FP8 and int4; the early weight loads are new); run 4: Llama-3.1-8B
+  // bf16 4.263 / 4.204 / 4.170 and 4.239 / 4.195 / 4.162; Llama-2-7B fp16 bs 4 and 16, 0 / 2: 4.669 / 4.471 and
+  // 4.557 / 4.468, 5.034 / 4.908 and 5.049 / 4.914.
+  int norm_pdl = 2;
   int decode_variant = 3;     // 3 (falls back to 4 or 2 by GQA ratio, 2 for FP8 caches, outside its range), 2 or 4
   int decode_mma_min_gqa = kDecodeMmaMinGqa;  // the GQA ratio from which variant 3 falls back to 4 rather than 2
   int decode_mma_cfg = 0;  // variant 4's kernel configuration (kd::kDecodeMmaConfigs; others for A/B only)
