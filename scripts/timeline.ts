@@ -13,10 +13,10 @@
 // names and grids, layer after layer), it also prints one layer, place by place, with medians over layers and
 // launches, and the nodes outside the layers apart. Between launches: the GPU's idle time from one launch's last
 // kernel to the next one's first, and the launch latency, the host's cudaGraphLaunch call to the launch's first
-// kernel, over the launches whose call came when the GPU had finished the graph's previous launch (the GPU idle,
-// waiting on the host). A launch called while the previous one still ran is only counted: the host was ahead of
-// the GPU (`tsllm-bench latency` queues launches far ahead), so its call-to-kernel time is the queue's lead, not a
-// latency, and the host is not the bottleneck.
+// kernel, over the launches whose call came when the GPU had finished all earlier work (any graph's, or outside
+// graphs: the GPU idle, waiting on the host). A launch called while earlier work still ran is only counted: the
+// host was ahead of the GPU (`tsllm-bench latency` queues launches far ahead), so its call-to-kernel time is the
+// queue's lead, not a latency, and the host is not the bottleneck.
 import * as fs from "node:fs";
 import { pathToFileURL } from "node:url";
 
@@ -205,14 +205,14 @@ export interface Summary {
   between: number;
   /**
    * Median (ns) from the host's cudaGraphLaunch call start to the launch's first kernel, over the used launches
-   * whose call started when the GPU had finished the graph's previous launch (call start >= its end; the graph's
-   * first launch counts too): the launch latency. undefined when no launch found the GPU idle.
+   * whose call started when the GPU had finished every device record (kernel, copy, memset, of any graph or none)
+   * that started before the launch: the launch latency. undefined when no launch found the GPU idle.
    */
   launchToFirst: number | undefined;
   /** How many launches launchToFirst is the median of. */
   launchIdleCount: number;
   /**
-   * Used launches whose host call started before the graph's previous launch ended: the host ahead of the GPU,
+   * Used launches whose host call started while earlier device work still ran: the host ahead of the GPU,
    * queueing, so their call-to-kernel time is the queue's lead and is left out of launchToFirst.
    */
   launchedAhead: number;
@@ -315,17 +315,32 @@ export function summarize(recs: TimelineRecord[], o: { graph?: number; skip?: nu
   const apiStart = new Map<number, number>();
   for (const r of recs)
     if (r.kind === "runtime" && /GraphLaunch/.test(r.name ?? "")) apiStart.set(r.corr, r.start);
-  // Launch latency only where the call found the GPU done with the graph's previous launch (in `all`, so the
-  // first used launch's previous may be a skipped one); a call made while it still ran was queued ahead.
+  // Launch latency only where the call found the GPU idle: done with everything that started before the launch's
+  // first record (any graph's kernels, copies, memsets, and work outside graphs; in a serving run other graphs and
+  // mixed steps interleave with this one). A call made while earlier work still ran was queued ahead.
+  const device = recs.filter((r) => r.kind !== "runtime").sort((a, b) => a.start - b.start);
+  const busyUntil: number[] = []; // busyUntil[i]: the latest end among device[0..i]
+  for (let i = 0; i < device.length; i++)
+    busyUntil.push(Math.max(device[i]!.end, i > 0 ? busyUntil[i - 1]! : -Infinity));
+  /** The latest end of the device records that started before t, or -Infinity when none did. */
+  const busyBefore = (t: number) => {
+    let lo = 0;
+    let hi = device.length; // first index whose start >= t
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (device[mid]!.start < t) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo > 0 ? busyUntil[lo - 1]! : -Infinity;
+  };
   const toFirst: number[] = [];
   let launchedAhead = 0;
   let launchesWithCall = 0;
-  for (let i = skip; i < all.length; i++) {
-    const l = all[i]!;
+  for (const l of used) {
     const call = apiStart.get(l.corr);
     if (call === undefined) continue;
     launchesWithCall++;
-    if (i === 0 || call >= all[i - 1]!.end) toFirst.push(l.start - call);
+    if (call >= busyBefore(l.start)) toFirst.push(l.start - call);
     else launchedAhead++;
   }
   const first = used[0]!;
@@ -425,7 +440,7 @@ export function formatSummary(s: Summary, nodes = 0): string {
           s.launchToFirst === undefined
             ? "n/a: no launch found the GPU idle"
             : `${us(s.launchToFirst)} us over ${n} launch${n === 1 ? "" : "es"} that found the GPU idle`
-        }; ${s.launchedAhead} of ${s.launchesWithCall} launches were issued while the previous one still ran (the host ahead of the GPU)`;
+        }; ${s.launchedAhead} of ${s.launchesWithCall} launches were issued while earlier GPU work still ran (the host ahead of the GPU)`;
   out.push(`between launches (GPU idle) ${us(s.between)} us; host cudaGraphLaunch to first kernel ${host}`);
   out.push("per kernel name, µs a launch (medians): own = on the critical path, gap = idle just before it,");
   out.push("overlap = ran beside earlier kernels (PDL prologue), dur = the kernels' whole durations");

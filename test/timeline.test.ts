@@ -274,23 +274,25 @@ describe("summarize", () => {
       runtime(9_900, 1), // first launch: idle, 100
       runtime(11_700, 2), // exactly when launch 1 ended (11,700): idle, 300
       runtime(13_000, 3), // before launch 2 ended (13,700): ahead (1,000 to its first kernel)
-      runtime(15_740, 4), // after launch 3 ended (15,700): idle, 260
+      runtime(15_740, 4), // after launch 3 ended (15,700), but another graph's kernel runs until 16,000: ahead
       runtime(16_500, 5), // before launch 4 ended (17,700): ahead (1,500)
       // launch 6 (20,000) has no runtime record: in neither count
-      // another graph's kernel running at launch 4's call does not make that call early
+      // another graph's kernel (a serving run's mixed step, say) keeps the GPU busy at launch 4's call
       K(15_000, 16_000, 99, 8, GEMV),
+      // work outside graphs that ended before launch 2's call (11,700) leaves that call idle
+      K(11_650, 11_690, 98, 0, GEMV),
     );
     const s = summarize(recs, { graph: 7, skip: 1 });
     expect(s.used).toBe(5);
-    expect(s.launchToFirst).toBe(280); // median of 300 and 260
-    expect([s.launchIdleCount, s.launchedAhead, s.launchesWithCall]).toEqual([2, 2, 4]);
+    expect(s.launchToFirst).toBe(300); // launch 2 alone
+    expect([s.launchIdleCount, s.launchedAhead, s.launchesWithCall]).toEqual([1, 3, 4]);
     expect(formatSummary(s).split("\n")).toContain(
-      "between launches (GPU idle) 0.30 us; host cudaGraphLaunch to first kernel 0.28 us over 2 launches that found the GPU idle; 2 of 4 launches were issued while the previous one still ran (the host ahead of the GPU)",
+      "between launches (GPU idle) 0.30 us; host cudaGraphLaunch to first kernel 0.30 us over 1 launch that found the GPU idle; 3 of 4 launches were issued while earlier GPU work still ran (the host ahead of the GPU)",
     );
-    // without the skip the first launch counts too: median of 100, 300, 260
+    // without the skip the first launch counts too: median of 100 and 300
     const all = summarize(recs, { graph: 7 });
-    expect(all.launchToFirst).toBe(260);
-    expect([all.launchIdleCount, all.launchedAhead, all.launchesWithCall]).toEqual([3, 2, 5]);
+    expect(all.launchToFirst).toBe(200);
+    expect([all.launchIdleCount, all.launchedAhead, all.launchesWithCall]).toEqual([2, 3, 5]);
   });
 
   it("gives no launch latency when every launch was queued ahead", () => {
@@ -308,7 +310,7 @@ describe("summarize", () => {
     expect(s.launchToFirst).toBeUndefined();
     expect([s.launchIdleCount, s.launchedAhead, s.launchesWithCall]).toEqual([0, 2, 2]);
     expect(formatSummary(s)).toContain(
-      "host cudaGraphLaunch to first kernel n/a: no launch found the GPU idle; 2 of 2 launches were issued while the previous one still ran (the host ahead of the GPU)",
+      "host cudaGraphLaunch to first kernel n/a: no launch found the GPU idle; 2 of 2 launches were issued while earlier GPU work still ran (the host ahead of the GPU)",
     );
   });
 
@@ -511,7 +513,7 @@ describe("scripts/timeline.ts as a command", () => {
     );
     // as in summarize's first test: launch 20 found the GPU idle (200 ns), launch 30 was queued ahead
     expect(r.stdout).toContain(
-      "between launches (GPU idle) 0.30 us; host cudaGraphLaunch to first kernel 0.20 us over 1 launch that found the GPU idle; 1 of 2 launches were issued while the previous one still ran (the host ahead of the GPU)",
+      "between launches (GPU idle) 0.30 us; host cudaGraphLaunch to first kernel 0.20 us over 1 launch that found the GPU idle; 1 of 2 launches were issued while earlier GPU work still ran (the host ahead of the GPU)",
     );
     expect(r.stdout).toMatch(/first 2 nodes/);
     const json = JSON.parse(fs.readFileSync(out, "utf8"));
