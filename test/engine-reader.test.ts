@@ -217,6 +217,17 @@ describe("openEngine", () => {
     expect(refusal(() => openEngine(dir))).toBe(
       `${cfg}: invalid engine config at "ranks.0": no content hash`,
     );
+    // a chunk size below 1 MiB (1,048,576) is refused before any byte is hashed: a byte a chunk would cost a hash
+    // state and a digest per byte of the engine
+    for (const bad of [1, (1 << 20) - 1, 0, (1 << 20) + 0.5]) {
+      c.ranks[0].hash = { chunk_bytes: bad, sha256: "00" };
+      fs.writeFileSync(cfg, JSON.stringify(c));
+      expect(refusal(() => openEngine(dir))).toMatch(
+        new RegExp(
+          `^${cfg.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}: invalid engine config at "ranks\\.0\\.hash\\.chunk_bytes": `,
+        ),
+      );
+    }
     c.ranks[0].hash = { chunk_bytes: 1 << 20, sha256: "00" };
     fs.writeFileSync(cfg, JSON.stringify(c));
     expect(openEngine(dir).ranks[0].entry).toEqual({

@@ -1,6 +1,9 @@
 // Engine format v1 (docs/engine-format.md): the on-disk schema, validated with zod when read.
 import { z } from "zod";
 
+/** The smallest hash chunk a config.json may name (see `ranks[].hash`). */
+const MIN_HASH_CHUNK_BYTES = 1 << 20;
+
 export const FORMAT_VERSION = 1;
 export const MAGIC = "TSLLMENG";
 export const PREAMBLE_BYTES = 24;
@@ -145,8 +148,20 @@ export const EngineConfig = z.object({
         .object({
           file: z.string().refine(isPlainFileName, { message: "must be a plain file name in the engine directory" }),
           bytes: z.number().int().nonnegative(),
-          /** src/engine/hash.ts: SHA-256 over the SHA-256 digests of the file's chunk_bytes chunks. */
-          hash: z.object({ chunk_bytes: z.number().int().positive(), sha256: z.string() }).optional(),
+          /**
+           * src/engine/hash.ts: SHA-256 over the SHA-256 digests of the file's chunk_bytes chunks (16 MiB when
+           * written). Chunks under 1 MiB are refused: each chunk costs a hash state and a digest in both loaders,
+           * so a config.json saying 1 made a 1 MiB file cost 549 MB and 3.8 s to check (session 31).
+           */
+          hash: z
+            .object({
+              chunk_bytes: z
+                .number()
+                .int()
+                .min(MIN_HASH_CHUNK_BYTES, { message: `must be an integer of at least ${MIN_HASH_CHUNK_BYTES} bytes` }),
+              sha256: z.string(),
+            })
+            .optional(),
           /** Engines written before chunked hashes: SHA-256 of the whole file. */
           sha256: z.string().optional(),
         })
