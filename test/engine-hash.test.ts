@@ -3,19 +3,34 @@
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { describe, expect, it } from "vitest";
-import { type EngineRank, streamRankWeights } from "../src/engine/reader.ts";
+import { afterAll, describe, expect, it } from "vitest";
+import { FileWriter } from "../src/engine/file-writer.ts";
 import { ChunkedHasher, HASH_CHUNK_BYTES } from "../src/engine/hash.ts";
 import { HashPool } from "../src/engine/hash-pool.ts";
-import { FileWriter } from "../src/engine/file-writer.ts";
 import { RankFile } from "../src/engine/rank-file.ts";
-import { tmpDir } from "./fixtures.ts";
+import { type EngineRank, streamRankWeights } from "../src/engine/reader.ts";
+import { tmpDir as newTmpDir } from "./fixtures.ts";
+
+// Each test writes about 33 MB: removed afterwards (a mutation run repeats these tests many times).
+const made: string[] = [];
+const tmpDir = () => {
+  const d = newTmpDir();
+  made.push(d);
+  return d;
+};
+afterAll(() => {
+  for (const d of made) fs.rmSync(d, { recursive: true, force: true });
+});
 
 /** The definition, written out: SHA-256 over the SHA-256 of each chunk. */
 function reference(b: Uint8Array): string {
   const outer = createHash("sha256");
   for (let o = 0; o < b.length; o += HASH_CHUNK_BYTES)
-    outer.update(createHash("sha256").update(b.subarray(o, o + HASH_CHUNK_BYTES)).digest());
+    outer.update(
+      createHash("sha256")
+        .update(b.subarray(o, o + HASH_CHUNK_BYTES))
+        .digest(),
+    );
   return outer.digest("hex");
 }
 
@@ -90,16 +105,26 @@ describe("chunked content hash", () => {
       file,
       dataOffset: 4096,
       header: { weights } as unknown as EngineRank["header"],
-      entry: { file: "rank0.engine", bytes: data.length, hash: { chunk_bytes: HASH_CHUNK_BYTES, sha256: reference(data) } },
+      entry: {
+        file: "rank0.engine",
+        bytes: data.length,
+        hash: { chunk_bytes: HASH_CHUNK_BYTES, sha256: reference(data) },
+      },
     } as EngineRank;
     const got = new Map<number, Uint8Array>();
     streamRankWeights(rank, (w, b) => got.set(w.value, b));
     for (const w of weights)
-      expect(Buffer.from(got.get(w.value)!).equals(Buffer.from(data.subarray(4096 + w.offset, 4096 + w.offset + w.nbytes)))).toBe(true);
+      expect(
+        Buffer.from(got.get(w.value)!).equals(
+          Buffer.from(data.subarray(4096 + w.offset, 4096 + w.offset + w.nbytes)),
+        ),
+      ).toBe(true);
     const bad = Buffer.from(data);
     bad[bad.length - 300_000] ^= 1;
     fs.writeFileSync(file, bad);
-    expect(() => streamRankWeights(rank, () => {})).toThrow(/rank0\.engine: content hash .* does not match config\.json/);
+    expect(() => streamRankWeights(rank, () => {})).toThrow(
+      /rank0\.engine: content hash .* does not match config\.json/,
+    );
     expect(() => streamRankWeights(rank, () => {}, { verify: false })).not.toThrow();
   });
 });

@@ -123,7 +123,10 @@ export function openSafetensors(path: string): SafetensorsFile {
 }
 
 function parseHeader(path: string, fd: number): SafetensorsFile {
-  const fileSize = fs.fstatSync(fd).size;
+  const st = fs.fstatSync(fd);
+  // Linux opens a directory for reading; the first read would then fail with a bare EISDIR naming no file.
+  if (st.isDirectory()) throw new CheckpointError(path, "is a directory, not a safetensors file");
+  const fileSize = st.size;
   if (fileSize < 8) {
     throw new CheckpointError(
       path,

@@ -2,14 +2,19 @@ import { describe, expect, it } from "vitest";
 import {
   bf16BitsToF32,
   DTYPE_SIZES,
+  DTYPES,
+  dtypeSize,
   e4m3BitsToF32,
   e5m2BitsToF32,
   f16BitsToF32,
   f32ToBf16Bits,
   f32ToF16Bits,
   fromFloat32,
+  isDtype,
+  isFloatDtype,
   toFloat32,
 } from "../../src/checkpoint/dtype.ts";
+import { thrown } from "../thrown.ts";
 import { refF16 } from "./ref-float.ts";
 
 const bitsOf = (x: number) => new Uint32Array(new Float32Array([x]).buffer)[0];
@@ -232,5 +237,118 @@ describe("buffer conversion", () => {
     const nan = new Float32Array(new Uint32Array([0x7fa00001]).buffer);
     const out = toFloat32("F32", fromFloat32("F32", nan));
     expect(new Uint32Array(out.buffer)[0]).toBe(0x7fa00001);
+  });
+});
+
+// Session 31: what the first mutation run of dtype.ts found untested.
+describe("dtype names", () => {
+  // The safetensors spec's dtypes and their widths in bits.
+  const SPEC: Record<string, number> = {
+    F64: 64,
+    F32: 32,
+    F16: 16,
+    BF16: 16,
+    F8_E4M3: 8,
+    F8_E5M2: 8,
+    I64: 64,
+    I32: 32,
+    I16: 16,
+    I8: 8,
+    U8: 8,
+    BOOL: 8,
+  };
+
+  it("isDtype and dtypeSize know exactly the spec's dtypes", () => {
+    expect([...DTYPES].sort()).toEqual(Object.keys(SPEC).sort());
+    for (const [name, bits] of Object.entries(SPEC)) {
+      expect(isDtype(name)).toBe(true);
+      expect(dtypeSize(name as keyof typeof DTYPE_SIZES)).toBe(bits / 8);
+    }
+    // Not names: other spellings, inherited keys, and non-strings that would convert to a dtype's name.
+    for (const s of [
+      "f32",
+      "",
+      "F8_E4M3FN",
+      "U16",
+      "toString",
+      "__proto__",
+      "hasOwnProperty",
+      4,
+      null,
+      undefined,
+    ])
+      expect(isDtype(s)).toBe(false);
+    expect(isDtype(["F32"])).toBe(false);
+    expect(isDtype({ toString: () => "F16" })).toBe(false);
+  });
+
+  it("isFloatDtype is true for the five dtypes toFloat32 decodes and no other", () => {
+    const floats = ["F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"];
+    for (const s of floats) expect(isFloatDtype(s)).toBe(true);
+    for (const s of [...DTYPES.filter((d) => !floats.includes(d)), "f16", "", ["F16"], 16, undefined])
+      expect(isFloatDtype(s)).toBe(false);
+  });
+});
+
+describe("fp8 E4M3 by hand (bias 7; exponent field 0 is subnormal: mant × 2^-9)", () => {
+  it.each([
+    [0x02, 2 ** -8], // subnormal 2 × 2^-9 (not 2^-9 / 2)
+    [0x07, 7 * 2 ** -9], // largest subnormal: a NaN only with exponent field 15
+    [0x0f, 1.875 * 2 ** -6], // exponent field 1, mantissa 7
+    [0x77, 240], // 2^7 × 1.875: mantissa 7 below the top exponent is finite
+    [0x87, -7 * 2 ** -9],
+    [0x80, -0],
+    [0xf7, -240],
+  ])("byte %i → %s", (b, x) => {
+    expect(Object.is(e4m3BitsToF32(b), x)).toBe(true);
+    expect(Object.is(toFloat32("F8_E4M3", new Uint8Array([b]))[0], x)).toBe(true);
+  });
+});
+
+describe("conversion guards and output windows", () => {
+  it("refuses a dtype it cannot convert, naming it", () => {
+    expect(thrown(() => toFloat32("I32" as never, new Uint8Array(4)), TypeError).message).toBe(
+      "cannot decode dtype I32 to fp32",
+    );
+    expect(thrown(() => fromFloat32("F8_E4M3" as never, new Float32Array(1)), TypeError).message).toBe(
+      "cannot encode fp32 as F8_E4M3",
+    );
+  });
+
+  it("refuses an output of the wrong size", () => {
+    for (const dt of ["F32", "F16", "BF16"] as const) {
+      const need = 2 * DTYPE_SIZES[dt];
+      expect(
+        thrown(() => fromFloat32(dt, new Float32Array(2), new Uint8Array(need + 1)), RangeError).message,
+      ).toBe(`output has ${need + 1} bytes, expected ${need}`);
+    }
+    expect(thrown(() => toFloat32("F32", new Uint8Array(8), new Float32Array(3)), RangeError).message).toBe(
+      "output has 3 elements, expected 2",
+    );
+  });
+
+  // [1, -2] little-endian: fp16 0x3c00 0xc000, bf16 0x3f80 0xc000, fp32 0x3f800000 0xc0000000.
+  const WANT = {
+    F16: [0x00, 0x3c, 0x00, 0xc0],
+    BF16: [0x80, 0x3f, 0x00, 0xc0],
+    F32: [0x00, 0x00, 0x80, 0x3f, 0x00, 0x00, 0x00, 0xc0],
+  };
+  it.each([2, 3])("writes only its window of a larger buffer (window at byte %i)", (at) => {
+    for (const dt of ["F16", "BF16", "F32"] as const) {
+      const whole = new Uint8Array(16).fill(0xee);
+      const n = WANT[dt].length;
+      expect(fromFloat32(dt, new Float32Array([1, -2]), whole.subarray(at, at + n))).toEqual(
+        new Uint8Array(WANT[dt]),
+      );
+      const expected = new Uint8Array(16).fill(0xee);
+      expected.set(WANT[dt], at);
+      expect(whole).toEqual(expected);
+    }
+  });
+
+  it("decodes fp32 bytes into a caller's output", () => {
+    const out = new Float32Array(2);
+    expect(toFloat32("F32", new Uint8Array(WANT.F32), out)).toBe(out);
+    expect(Array.from(out)).toEqual([1, -2]);
   });
 });
