@@ -62,7 +62,9 @@ export function generateText(manager: BatchManager, tok: TextTokenizer | null, r
       result,
     });
   };
+  let started = false;
   async function* deltas(): AsyncGenerator<TextDelta> {
+    started = true;
     let ended = false;
     try {
       for await (const ev of handle) {
@@ -79,6 +81,8 @@ export function generateText(manager: BatchManager, tok: TextTokenizer | null, r
       }
       ended = true;
       const tail = text ? text.flush() : "";
+      // The flushed end (a cut-off character, as U+FFFD) can complete a stop string too.
+      if (text?.stopped) stopString = text.stopString ?? undefined;
       if (tail) yield { text: tail, tokenIds: [] };
     } finally {
       // A consumer that stops iterating early no longer wants the request.
@@ -90,7 +94,12 @@ export function generateText(manager: BatchManager, tok: TextTokenizer | null, r
   return {
     handle,
     done,
-    cancel: () => handle.cancel(),
+    cancel: () => {
+      handle.cancel();
+      // A stream never read never reaches the generator's finally: settle `done` here (a later read finds the
+      // request finished, and a second settle of the promise is a no-op).
+      if (!started) void finish();
+    },
     [Symbol.asyncIterator]: () => it,
   };
 }
