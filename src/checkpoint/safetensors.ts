@@ -108,6 +108,11 @@ function parseEntry(
  * The file stays open until `close()`; `read()` seeks to each tensor.
  */
 export function openSafetensors(path: string): SafetensorsFile {
+  // Only a regular file (or a link to one) is read. Linux opens a directory for reading and the first read then
+  // fails with a bare EISDIR naming no file; opening a FIFO for reading waits for a writer, forever.
+  const st = fs.statSync(path, { throwIfNoEntry: false });
+  if (st?.isDirectory()) throw new CheckpointError(path, "is a directory, not a safetensors file");
+  if (st && !st.isFile()) throw new CheckpointError(path, "is not a regular file (a FIFO, socket or device)");
   let fd: number;
   try {
     fd = fs.openSync(path, "r");
@@ -123,10 +128,7 @@ export function openSafetensors(path: string): SafetensorsFile {
 }
 
 function parseHeader(path: string, fd: number): SafetensorsFile {
-  const st = fs.fstatSync(fd);
-  // Linux opens a directory for reading; the first read would then fail with a bare EISDIR naming no file.
-  if (st.isDirectory()) throw new CheckpointError(path, "is a directory, not a safetensors file");
-  const fileSize = st.size;
+  const fileSize = fs.fstatSync(fd).size;
   if (fileSize < 8) {
     throw new CheckpointError(
       path,

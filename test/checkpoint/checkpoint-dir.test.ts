@@ -2,6 +2,7 @@
 // what a sharded checkpoint exposes and from which shard, that every shard it opened is closed again (after
 // close(), and when opening fails half-way), and the refusals, each one CheckpointError naming the file and
 // what is wrong. Everything is written inside this file's own temporary folder.
+import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -281,6 +282,15 @@ describe("refusals", () => {
       `${dir}: is a directory, not a safetensors file`,
     );
     expect(openFds()).toBe(before);
+  });
+
+  it("a model.safetensors that is a FIFO is refused at once (opening it for reading would wait for a writer)", () => {
+    const dir = newDir();
+    const fifo = path.join(dir, SINGLE_FILE);
+    execFileSync("mkfifo", [fifo]);
+    expect(thrown(() => openCheckpoint(dir), CheckpointError).message).toBe(
+      `${fifo}: is not a regular file (a FIFO, socket or device)`,
+    );
   });
 
   it("a shard that is a directory (a sub-folder, or the checkpoint directory itself)", () => {
