@@ -9,14 +9,19 @@ import { parseIds } from "./common.ts";
 export interface Prompt {
   ids: number[];
   maxNewTokens: number;
+  /** Where the prompt came from, as messages name it: "--input-ids", "--input-ids (prompt 2)", "FILE:LINE". */
   where: string;
+  /** What set maxNewTokens, as messages name it: "--max-new-tokens" (when absent) or "output_tokens". */
+  newTokensFrom?: string;
 }
 
 export function readPrompts(o: { inputIds?: string[]; inputFile?: string; maxNewTokens: number }): Prompt[] {
   const prompts: Prompt[] = [];
-  (o.inputIds ?? []).forEach((s, i) => {
+  const inputIds = o.inputIds ?? [];
+  inputIds.forEach((s, i) => {
     const ids = parseIds(s, "--input-ids");
-    prompts.push({ ids, maxNewTokens: o.maxNewTokens, where: `--input-ids #${i + 1}` });
+    const where = inputIds.length > 1 ? `--input-ids (prompt ${i + 1})` : "--input-ids";
+    prompts.push({ ids, maxNewTokens: o.maxNewTokens, where, newTokensFrom: "--max-new-tokens" });
   });
   if (o.inputFile) {
     let text: string;
@@ -37,11 +42,17 @@ export function readPrompts(o: { inputIds?: string[]; inputFile?: string; maxNew
       const ids = j?.input_ids;
       if (!Array.isArray(ids) || ids.length === 0 || !ids.every((t) => Number.isInteger(t) && t >= 0))
         throw new Error(`${where}: "input_ids" must be a non-empty list of token ids`);
+      // (Checked only when the line gives it: --max-new-tokens 0 without one asks for an empty line, as with --input-ids.)
       const n = j.output_tokens ?? o.maxNewTokens;
-      if (!Number.isInteger(n) || (n as number) < 1)
+      if (j.output_tokens != null && (!Number.isInteger(n) || (n as number) < 1))
         throw new Error(`${where}: "output_tokens" must be an integer >= 1`);
-      prompts.push({ ids: ids as number[], maxNewTokens: n as number, where });
+      const newTokensFrom = j.output_tokens != null ? "output_tokens" : "--max-new-tokens";
+      prompts.push({ ids: ids as number[], maxNewTokens: n as number, where, newTokensFrom });
     });
+    if (prompts.length === inputIds.length)
+      throw new Error(
+        `--input-file ${o.inputFile}: no prompts (expected one JSON object per line: {"input_ids": [...]})`,
+      );
   }
   if (prompts.length === 0)
     throw new Error("give --input-ids 1,2,3 (repeatable), --input-file FILE or --golden FILE");
@@ -100,7 +111,8 @@ export async function generateIds(
         if (i === cur) write(i, ev.tokenId);
       }
       const r = await h.done;
-      if (r.finishReason === "error") throw new Error(`${prompts[i].where}: ${r.error?.message}`);
+      if (r.finishReason === "error")
+        throw new Error(`${prompts[i].where}: ${r.error?.message ?? "generation failed"}`);
       finished[i] = true;
       advance();
       return r.outputIds;

@@ -179,12 +179,13 @@ async function runTextMode(dir: string, text: string | undefined, o: OptionValue
       ? tok.encode(text)
       : tok.applyChatTemplate(readChatFile(o.chat === true ? "-" : o.chat), { addGenerationPrompt: true })
           .ids;
+  const stopTokenIds = o.stopTokenIds === undefined ? [] : parseIds(o.stopTokenIds, "--stop-token-ids");
   const bm = await openManager(dir, o);
   const opts: TextRunOptions = {
     maxNewTokens: o.maxNewTokens,
     sampling: { temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed },
     ignoreEos: !!o.ignoreEos,
-    stopTokenIds: o.stopTokenIds === undefined ? [] : parseIds(o.stopTokenIds, "--stop-token-ids"),
+    stopTokenIds,
     stop: o.stop ?? [],
     json: !!o.json,
     out: process.stdout,
@@ -197,23 +198,27 @@ async function runTextMode(dir: string, text: string | undefined, o: OptionValue
   }
 }
 
-await main(async () => {
-  program.parse();
+/** tsllm-run on `argv` (laid out as process.argv); exported so that tests run it in-process. */
+export async function tsllmRun(argv: readonly string[]): Promise<void> {
+  program.parse(argv);
   const o = program.opts();
   const [dir] = program.args;
   // What can be checked without running is checked before the (possibly long) engine load.
   const config = openEngine(dir).config;
-  if (o.golden) return verifyGolden(dir, o as Record<string, never>);
+  if (program.args[1] !== undefined && o.prompt !== undefined)
+    throw new Error("give the text prompt once: as an argument or --prompt, not both");
   const text = program.args[1] ?? o.prompt;
+  if (o.golden) {
+    if (text !== undefined || o.chat !== undefined || o.inputIds || o.inputFile)
+      throw new Error(
+        "--golden checks the golden file's own prompts: give no prompt, --chat, --input-ids or --input-file",
+      );
+    return verifyGolden(dir, o as Record<string, never>);
+  }
   if (text !== undefined || o.chat !== undefined) return runTextMode(dir, text, o);
   if (o.stop || o.json) throw new Error("--stop and --json go with a text prompt or --chat");
   const prompts = readPrompts({ inputIds: o.inputIds, inputFile: o.inputFile, maxNewTokens: o.maxNewTokens });
-  checkPromptsFit(
-    prompts.map((p) => p.ids),
-    prompts.map((p) => p.maxNewTokens),
-    config,
-    o.maxSeqLen,
-  );
+  checkPromptsFit(prompts, config, o.maxSeqLen);
   const stopTokenIds = o.stopTokenIds === undefined ? [] : parseIds(o.stopTokenIds, "--stop-token-ids");
   const bm = await openManager(dir, o);
   const doneProgress = stepProgress(
@@ -234,4 +239,6 @@ await main(async () => {
     if (o.verbose) for (const l of bm.kernelReport()) process.stderr.write(`${l}\n`);
     await bm.shutdown();
   }
-});
+}
+
+await main(() => tsllmRun(process.argv));
