@@ -72,6 +72,23 @@ export async function buildFixture(
   return out;
 }
 
+/**
+ * Flips the last byte of `engine`'s (first) rank file: a weight byte, so the engine still opens and only the
+ * content hash check at load refuses it (what a refusal test uses to prove its check came before the load).
+ */
+export function corruptLastWeightByte(engine: string, rankFile: string): void {
+  const fd = fs.openSync(path.join(engine, rankFile), "r+");
+  try {
+    const size = fs.fstatSync(fd).size;
+    const b = Buffer.alloc(1);
+    fs.readSync(fd, b, 0, 1, size - 1);
+    b[0] ^= 0x55;
+    fs.writeSync(fd, b, 0, 1, size - 1);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 /** Every path under `root` with its type, content hash and mtime: any touch shows up as a difference. */
 export function snapshot(root: string): Record<string, string> {
   const out: Record<string, string> = {};

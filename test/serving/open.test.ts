@@ -9,7 +9,7 @@ import { LimitError } from "../../src/executor/types.ts";
 import { readGolden } from "../../src/golden.ts";
 import { NATIVE_NOT_BUILT } from "../../src/native/binding.ts";
 import { type OpenBatchOptions, openBatchManager } from "../../src/serving/open.ts";
-import { buildFixture, TINY_LLAMA } from "../fixtures.ts";
+import { buildFixture, corruptLastWeightByte, TINY_LLAMA } from "../fixtures.ts";
 
 let dir: string;
 /** The same engine with one weight byte changed (the rank file's last byte): loads only with verify: false. */
@@ -21,17 +21,7 @@ beforeAll(async () => {
   dir = await buildFixture("llama", o);
   corrupt = await buildFixture("llama", o);
   folders.push(path.dirname(dir), path.dirname(corrupt));
-  const rank = path.join(corrupt, openEngine(corrupt).config.ranks[0].file);
-  const fd = fs.openSync(rank, "r+");
-  try {
-    const size = fs.fstatSync(fd).size;
-    const b = Buffer.alloc(1);
-    fs.readSync(fd, b, 0, 1, size - 1);
-    b[0] ^= 0x55;
-    fs.writeSync(fd, b, 0, 1, size - 1);
-  } finally {
-    fs.closeSync(fd);
-  }
+  corruptLastWeightByte(corrupt, openEngine(corrupt).config.ranks[0].file);
 });
 afterAll(() => {
   for (const f of folders) fs.rmSync(f, { recursive: true, force: true });

@@ -12,7 +12,7 @@ import { openEngine } from "../../src/engine/reader.ts";
 import { LimitError } from "../../src/executor/types.ts";
 import { readGolden } from "../../src/golden.ts";
 import { TokenizerError } from "../../src/text/tokenizer.ts";
-import { buildFixture, TINY_LLAMA } from "../fixtures.ts";
+import { buildFixture, corruptLastWeightByte, TINY_LLAMA } from "../fixtures.ts";
 import { thrown } from "../thrown.ts";
 
 const GOLDEN = path.join(TINY_LLAMA, "golden.safetensors");
@@ -54,17 +54,7 @@ beforeAll(async () => {
   dir = await buildFixture("llama", o);
   corrupt = await buildFixture("llama", o);
   folders.push(tmp, path.dirname(dir), path.dirname(corrupt));
-  const rank = path.join(corrupt, openEngine(corrupt).config.ranks[0].file);
-  const fd = fs.openSync(rank, "r+");
-  try {
-    const size = fs.fstatSync(fd).size;
-    const b = Buffer.alloc(1);
-    fs.readSync(fd, b, 0, 1, size - 1);
-    b[0] ^= 0x55;
-    fs.writeSync(fd, b, 0, 1, size - 1);
-  } finally {
-    fs.closeSync(fd);
-  }
+  corruptLastWeightByte(corrupt, openEngine(corrupt).config.ranks[0].file);
   // Importing the module runs tsllm-run on process.argv once: let it refuse a missing engine in its folder.
   const argv = process.argv;
   const missing = path.join(tmp, "missing");
