@@ -450,7 +450,10 @@ describe("tsllm-run refuses bad input in one line before any work", () => {
   });
 
   it("--golden on --device cuda without the native runtime", async () => {
-    expect(await refused(["--golden", GOLDEN, "--device", "cuda"])).toMatch(/^native runtime not built/);
+    // (Said only "native runtime not built: ..." before the executor named the flag.)
+    expect(await refused(["--golden", GOLDEN, "--device", "cuda"])).toMatch(
+      /^--device cuda: native runtime not built/,
+    );
     expect(await refused(["--input-ids", "1", "--device", "cuda"])).toMatch(
       /^--device cuda: native runtime not built/,
     );
