@@ -43,10 +43,11 @@ export function readPrompts(o: { inputIds?: string[]; inputFile?: string; maxNew
       if (!Array.isArray(ids) || ids.length === 0 || !ids.every((t) => Number.isInteger(t) && t >= 0))
         throw new Error(`${where}: "input_ids" must be a non-empty list of token ids`);
       // (Checked only when the line gives it: --max-new-tokens 0 without one asks for an empty line, as with --input-ids.)
-      const n = j.output_tokens ?? o.maxNewTokens;
-      if (j.output_tokens != null && (!Number.isInteger(n) || (n as number) < 1))
+      const own = j.output_tokens != null;
+      const n = own ? j.output_tokens : o.maxNewTokens;
+      if (own && (!Number.isInteger(n) || (n as number) < 1))
         throw new Error(`${where}: "output_tokens" must be an integer >= 1`);
-      const newTokensFrom = j.output_tokens != null ? "output_tokens" : "--max-new-tokens";
+      const newTokensFrom = own ? "output_tokens" : "--max-new-tokens";
       prompts.push({ ids: ids as number[], maxNewTokens: n as number, where, newTokensFrom });
     });
     if (prompts.length === inputIds.length)

@@ -18,8 +18,9 @@ export async function openExecutor(
   let native: typeof import("../native/executor.ts") | null = null;
   try {
     native = await import("../native/executor.ts");
-    // Asked for by name, an addon that is not built (or does not load) is refused here, saying which flag.
-    if (o.device === "cuda" && !native.cudaAvailable()) (await import("../native/binding.ts")).loadAddon();
+    // Asked for by name, an addon that is not built (or does not load) is refused here, saying which flag
+    // (loadAddon throws why; once loaded it is cached).
+    if (o.device === "cuda") (await import("../native/binding.ts")).loadAddon();
   } catch (e) {
     if (o.device === "cuda") throw new Error(`--device cuda: ${(e as Error).message.split("\n")[0]}`);
   }

@@ -49,9 +49,7 @@ export async function openBatchManager(dir: string, o: OpenBatchOptions = {}): P
     let native: typeof import("../native/binding.ts") | null = null;
     try {
       native = await import("../native/binding.ts");
-      if (!native.nativeAvailable()) {
-        native.loadAddon(); // throws why
-      }
+      native.loadAddon(); // throws why it cannot (once loaded it is cached)
     } catch (e) {
       if (device === "cuda") throw new Error(`--device cuda: ${(e as Error).message.split("\n")[0]}`);
       native = null;

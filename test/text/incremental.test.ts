@@ -32,6 +32,17 @@ function stream(ids: number[], skip?: boolean): string[] {
   return pieces;
 }
 
+/** `text` pushed into `s` in pieces cut at `cuts` (clamped, deduplicated, in order), then flushed: all it released. */
+function pushInPieces(s: StopStrings, text: string, cuts: number[]): string {
+  const at = [...new Set(cuts.map((c) => Math.min(c, text.length)))].sort((x, y) => x - y);
+  let out = "";
+  let prev = 0;
+  for (const c of [...at, text.length]) {
+    out += s.push(text.slice(prev, c));
+    prev = c;
+  }
+  return out + s.flush();
+}
 describe("IncrementalDecoder", () => {
   it("releases multi-byte characters only when complete (東京: 3 tokens each, 🙂: 4)", () => {
     const ids = tok.encode("東京 emoji 🙂 ok Grüße", { addSpecialTokens: false });
@@ -208,14 +219,7 @@ describe("StopStrings", () => {
           const whole = new StopStrings(stops);
           const expected = whole.push(text) + whole.flush();
           const s = new StopStrings(stops);
-          const at = [...new Set(cuts.map((c) => Math.min(c, text.length)))].sort((a, b) => a - b);
-          let out = "";
-          let prev = 0;
-          for (const c of [...at, text.length]) {
-            out += s.push(text.slice(prev, c));
-            prev = c;
-          }
-          out += s.flush();
+          const out = pushInPieces(s, text, cuts);
           expect(out).toBe(expected);
           expect(s.matched === null).toBe(whole.matched === null);
           // The output never contains a stop string, and is a prefix of the text.
@@ -275,14 +279,7 @@ describe("StopStrings", () => {
         (text, stops, cuts) => {
           const want = scan(text, stops);
           const s = new StopStrings(stops);
-          const at = [...new Set(cuts.map((c) => Math.min(c, text.length)))].sort((x, y) => x - y);
-          let out = "";
-          let prev = 0;
-          for (const c of [...at, text.length]) {
-            out += s.push(text.slice(prev, c));
-            prev = c;
-          }
-          out += s.flush();
+          const out = pushInPieces(s, text, cuts);
           expect(out).toBe(want.out);
           expect(s.matched).toBe(want.matched);
         },
