@@ -139,20 +139,23 @@ export async function runRequests(
           ignoreEos: !o.stopAtEos,
           tag: `request ${e.taskId}`,
         });
-        h.done.then((r) => {
-          if (r.finishReason === "error")
-            return reject(new Error(`request ${e.taskId}: ${r.error?.message}`));
-          results[i] = r;
-          done++;
-          outTokens += r.outputIds.length;
-          o.onProgress?.(done, entries.length, outTokens);
-          if (done === entries.length) resolve();
-          else launch();
-        }, reject);
+        h.done
+          .then((r) => {
+            if (r.finishReason === "error")
+              return reject(new Error(`request ${e.taskId}: ${r.error?.message ?? "generation failed"}`));
+            results[i] = r;
+            done++;
+            outTokens += r.outputIds.length;
+            o.onProgress?.(done, entries.length, outTokens);
+            if (done === entries.length) resolve();
+            else launch(); // a submit that throws here rejects the run (the catch below), as the first ones do
+          })
+          .catch(reject);
       }
     };
     try {
       launch();
+      if (entries.length === 0) resolve();
     } catch (e) {
       reject(e);
     }

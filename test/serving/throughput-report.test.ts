@@ -1,7 +1,7 @@
 // tsllm-bench throughput's figures (src/serving/throughput.ts) from timings made up by hand: percentiles
 // by trtllm-bench's rule (and numpy's, which tsllm-bench serve uses), summarize's throughputs, latencies
 // and step figures worked out by hand, and the text report line by line. No engine runs here (test/serving/bench-cli.test.ts runs one end to end).
-import { describe, expect, it } from "vitest";
+import { beforeEach, describe, expect, it } from "vitest";
 import type { HeldBy, StepRecord } from "../../src/serving/batch-manager.ts";
 import type { DatasetEntry } from "../../src/serving/dataset.ts";
 import { formatReport, percentiles, summarize } from "../../src/serving/throughput.ts";
@@ -58,6 +58,18 @@ describe("percentiles", () => {
     near(percentiles([4, 2], "numpy"), [3, 3.8, 3.98]);
     expect(percentiles([-1.5], "numpy")).toEqual(percentiles([-1.5], "trtllm"));
     expect(percentiles([5, 5, 5], "numpy")).toEqual({ mean: 5, p50: 5, p90: 5, p99: 5, min: 5, max: 5 });
+  });
+
+  it("numpy's rule rounds as numpy does: from the upper neighbour when the fraction is 0.5 or more", () => {
+    // The two ways of writing the lerp agree in exact arithmetic, not in floating point; the expected values are
+    // what numpy 2.4.6's np.percentile prints for the same lists. [1, 1e16]: q·(n − 1) = 0.5, 0.9, 0.99, the span
+    // 1e16 − 1 rounds to 1e16; from the upper end 1e16 − 1e16·0.5 = 5e15, from the lower 1 + 5e15 = 5000000000000001.
+    const two = percentiles([1e16, 1], "numpy");
+    expect([two.p50, two.p90, two.p99]).toEqual([5e15, 9e15, 9.9e15]);
+    // Seven values: p90's index 6 · 0.9 has fraction 0.40000000000000036, below 0.5: numpy lerps from the lower
+    // neighbour (1), giving 4000000000000004.5 where the upper one (1e16) gives 4000000000000004.
+    const seven = percentiles([0, 0, 0, 0, 0, 1, 1e16], "numpy");
+    expect([seven.p50, seven.p90, seven.p99]).toEqual([0, 4000000000000004.5, 9399999999999996]);
   });
 
   it("sorts numbers as numbers and leaves its input as it was", () => {
@@ -165,7 +177,12 @@ const oneToken = (seconds: number) =>
   summarize([entry(2)], { results: [result("stop", 4, [4], 4)], seconds, steps: [] }, { ...kv, peakUsed: 0 });
 
 describe("summarize", () => {
-  const r = summarize(entries, run, kv);
+  // Computed in each test, not in the describe body: Stryker turns a mutant on before a file's tests run, after its
+  // describe bodies have been collected, so a report made there would show the unmutated code (session 32).
+  let r: ReturnType<typeof summarize>;
+  beforeEach(() => {
+    r = summarize(entries, run, kv);
+  });
 
   it("counts, throughputs and finish reasons", () => {
     expect(r.num_requests).toBe(3);
