@@ -2,12 +2,14 @@
 // with one line naming the flag, the value or the allowed range (hand-worked bounds, both sides of each),
 // commander turns a refusal into exit code 1, and main() prints one "error:" line and sets exit code 1.
 // (test/cli-messages.test.ts checks the same through the real bins, in child processes.)
+import { EventEmitter } from "node:events";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { type Command, CommanderError, InvalidArgumentError } from "commander";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import {
   command,
+  dropWritesWhenReaderGone,
   float,
   fp8ContextFmhaOption,
   int,
@@ -251,29 +253,56 @@ describe("main", () => {
     expect(r.code).toBe(1);
   });
 
-  it("EPIPE on stdout (a reader that went away) exits with the exit code so far; other errors are rethrown", async () => {
+  it("main drops stdout and stderr when their reader goes away, and leaves the exit code alone", async () => {
+    const errListeners = process.stderr.listeners("error");
     await run(async () => {});
     const added = process.stdout.listeners("error").filter((l) => !listeners.includes(l as never));
     expect(added).toHaveLength(1);
-    // process.exit does not return: the mock throws what it was called with.
-    const exit = vi.spyOn(process, "exit").mockImplementation(((code: number) => {
-      throw { exit: code };
-    }) as never);
-    const epipe = Object.assign(new Error("write EPIPE"), { code: "EPIPE" });
-    const outcome = (e: Error) => {
-      try {
-        added[0](e);
-        return "returned";
-      } catch (x) {
-        return x;
-      }
+    const addedErr = process.stderr.listeners("error").filter((l) => !errListeners.includes(l as never));
+    expect(addedErr).toHaveLength(1);
+    for (const l of addedErr) process.stderr.off("error", l as never);
+  });
+});
+
+describe("dropWritesWhenReaderGone", () => {
+  /** A stream whose writes are recorded until the handler replaces write. */
+  function fake() {
+    const s = new EventEmitter() as EventEmitter & { write: (...a: unknown[]) => boolean; got: string[] };
+    s.got = [];
+    s.write = (c: unknown) => {
+      s.got.push(String(c));
+      return true;
     };
-    process.exitCode = undefined;
-    expect(outcome(epipe)).toEqual({ exit: 0 });
-    process.exitCode = 3;
-    expect(outcome(epipe)).toEqual({ exit: 3 });
-    const other = Object.assign(new Error("write EIO"), { code: "EIO" });
-    expect(outcome(other)).toBe(other);
-    expect(exit).toHaveBeenCalledTimes(2);
+    dropWritesWhenReaderGone(s as unknown as NodeJS.WritableStream);
+    return s;
+  }
+  const err = (code: string) => Object.assign(new Error(`write ${code}`), { code });
+
+  it("after EPIPE, writes are dropped (true returned, callbacks called) and nothing exits", async () => {
+    const exit = vi.spyOn(process, "exit");
+    const s = fake();
+    s.write("before\n");
+    s.emit("error", err("EPIPE"));
+    expect(s.write("after\n")).toBe(true);
+    let called = 0;
+    s.write("with callback", () => called++);
+    s.write("with encoding and callback", "utf8", () => called++);
+    await new Promise((r) => process.nextTick(r));
+    expect(called).toBe(2);
+    expect(s.got).toEqual(["before\n"]);
+    // A second error of the kind (writes queued before the first one) changes nothing.
+    s.emit("error", err("ERR_STREAM_DESTROYED"));
+    expect(s.write("later")).toBe(true);
+    expect(s.got).toEqual(["before\n"]);
+    expect(exit).not.toHaveBeenCalled();
+    exit.mockRestore();
+  });
+
+  it("any other stream error is thrown and writes go on", () => {
+    const s = fake();
+    const other = err("EIO");
+    expect(thrown(() => s.emit("error", other), Error)).toBe(other);
+    s.write("still written");
+    expect(s.got).toEqual(["still written"]);
   });
 });

@@ -2,11 +2,12 @@
 // value and what is allowed, exit 1, nothing in the engine or its folder touched (tree compared).
 // Also: --version on every bin, usage errors as one line + a --help hint, help text wrapped by commander,
 // `tsllm-inspect | head` without EPIPE, and engine configs that name files outside the engine.
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { compileEngine } from "../src/compile.ts";
+import { openEngine } from "../src/engine/reader.ts";
 import { LLAMA_MODEL, REPO, snapshot, TINY_LLAMA, tmpDir } from "./fixtures.ts";
 
 const PKG = JSON.parse(fs.readFileSync(path.join(REPO, "package.json"), "utf8"));
@@ -23,7 +24,13 @@ function cli(bin: string, args: string[], o: { shell?: string } = {}) {
         timeout: 60_000,
       });
   const lines = r.stderr.split("\n").filter(Boolean);
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr, lines, err: lines.filter((l) => l.startsWith("error:")) };
+  return {
+    code: r.status,
+    stdout: r.stdout,
+    stderr: r.stderr,
+    lines,
+    err: lines.filter((l) => l.startsWith("error:")),
+  };
 }
 
 let box: string;
@@ -32,7 +39,14 @@ let engine: string; // tiny Llama engine, max_seq_len 16, vocab 512
 beforeAll(async () => {
   box = tmpDir("tsllm-msg-");
   engine = path.join(box, "engine");
-  await compileEngine({ modelFile: LLAMA_MODEL, sm: 90, dtype: "fp32", out: engine, maxSeqLen: 16, maxNumTokens: 64 });
+  await compileEngine({
+    modelFile: LLAMA_MODEL,
+    sm: 90,
+    dtype: "fp32",
+    out: engine,
+    maxSeqLen: 16,
+    maxNumTokens: 64,
+  });
 });
 
 /** Runs tsllm-BIN expecting a refusal: exit 1, one error line matching `msg`, the sandbox untouched. */
@@ -75,7 +89,10 @@ describe("every bin", () => {
       const r = cli(b, ["--help"]);
       expect(r.code, b).toBe(0);
       const lines = r.stdout.split("\n");
-      expect(lines.every((l) => l.length <= 80), b).toBe(true);
+      expect(
+        lines.every((l) => l.length <= 80),
+        b,
+      ).toBe(true);
       // The description paragraph: commander fills each line to the width; a newline in the source would
       // leave a short line in the middle of it.
       const desc = lines.slice(2, lines.indexOf("", 2));
@@ -87,8 +104,14 @@ describe("every bin", () => {
 
 describe("tsllm-run refuses bad flags before any work", () => {
   const cases: [string[], RegExp][] = [
-    [["--max-new-tokens", "-1"], /'--max-new-tokens <n>' argument '-1' is invalid\. Allowed: --max-new-tokens ≥ 0\.$/],
-    [["--temperature", "-0.5"], /'--temperature <t>' argument '-0\.5' is invalid\. Allowed: --temperature ≥ 0\.$/],
+    [
+      ["--max-new-tokens", "-1"],
+      /'--max-new-tokens <n>' argument '-1' is invalid\. Allowed: --max-new-tokens ≥ 0\.$/,
+    ],
+    [
+      ["--temperature", "-0.5"],
+      /'--temperature <t>' argument '-0\.5' is invalid\. Allowed: --temperature ≥ 0\.$/,
+    ],
     [["--top-p", "1.5"], /'--top-p <p>' argument '1\.5' is invalid\. Allowed: --top-p in \(0, 1\]\.$/],
     [["--top-p", "0"], /'--top-p <p>' argument '0' is invalid\. Allowed: --top-p in \(0, 1\]\.$/],
     [["--top-k", "-3"], /'--top-k <k>' argument '-3' is invalid\. Allowed: --top-k ≥ 0\.$/],
@@ -104,17 +127,39 @@ describe("tsllm-run refuses bad flags before any work", () => {
   it("prompt + --max-new-tokens over max_seq_len, before generating", () => {
     expectRefused(
       "run",
-      [engine, "--device", "cpu", "--input-ids", "1,2,3", "--input-ids", "1,2,3,4,5,6,7,8,9,10", "--max-new-tokens", "7"],
+      [
+        engine,
+        "--device",
+        "cpu",
+        "--input-ids",
+        "1,2,3",
+        "--input-ids",
+        "1,2,3,4,5,6,7,8,9,10",
+        "--max-new-tokens",
+        "7",
+      ],
       /^error: --input-ids \(prompt 2\): 10 prompt tokens \+ --max-new-tokens 7 = 17, over the engine's max_seq_len 16 \(allowed: prompt \+ new tokens ≤ 16\)$/,
     );
     // Exactly at the limit it generates.
-    const ok = cli("run", [engine, "--device", "cpu", "--input-ids", "1,2,3,4,5,6,7,8,9,10", "--max-new-tokens", "6"]);
+    const ok = cli("run", [
+      engine,
+      "--device",
+      "cpu",
+      "--input-ids",
+      "1,2,3,4,5,6,7,8,9,10",
+      "--max-new-tokens",
+      "6",
+    ]);
     expect(ok.code, ok.stderr).toBe(0);
     expect(ok.stdout.trim().split(",")).toHaveLength(6);
   });
 
   it("a token id outside the vocabulary", () => {
-    expectRefused("run", [engine, "--device", "cpu", "--input-ids", "1,512"], /token id 512 is outside the vocabulary \(allowed: 0\.\.511\)$/);
+    expectRefused(
+      "run",
+      [engine, "--device", "cpu", "--input-ids", "1,512"],
+      /token id 512 is outside the vocabulary \(allowed: 0\.\.511\)$/,
+    );
   });
 });
 
@@ -141,22 +186,35 @@ describe("tsllm-compile refuses what can never run", () => {
   for (const sm of ["70", "75"])
     it(`--sm ${sm}, with the reason`, () => {
       const out = path.join(box, `e${sm}`);
-      expectRefused("compile", [LLAMA_MODEL, "--sm", sm, "-o", out], new RegExp(`^error: --sm ${sm}: the tsllm CUDA runtime needs sm 80 or newer`));
+      expectRefused(
+        "compile",
+        [LLAMA_MODEL, "--sm", sm, "-o", out],
+        new RegExp(`^error: --sm ${sm}: the tsllm CUDA runtime needs sm 80 or newer`),
+      );
     });
 
   it("limits below 1", () => {
-    expectRefused("compile", [LLAMA_MODEL, "--sm", "90", "--max-num-tokens", "0", "-o", path.join(box, "x")], /Allowed: --max-num-tokens ≥ 1\.$/);
+    expectRefused(
+      "compile",
+      [LLAMA_MODEL, "--sm", "90", "--max-num-tokens", "0", "-o", path.join(box, "x")],
+      /Allowed: --max-num-tokens ≥ 1\.$/,
+    );
   });
 });
 
 describe("tsllm-run / tsllm-inspect say what a directory is", () => {
   it("a Hugging Face model folder given as an engine", () => {
-    expectRefused("run", [TINY_LLAMA, "--input-ids", "1"], /a Hugging Face model folder, not an engine; build one first: tsllm-compile MODEL\.ts --checkpoint .*tiny-llama/);
+    expectRefused(
+      "run",
+      [TINY_LLAMA, "--input-ids", "1"],
+      /a Hugging Face model folder, not an engine; build one first: tsllm-compile MODEL\.ts --checkpoint .*tiny-llama/,
+    );
   });
 
   it("an ONNX export given as an engine", async () => {
     const onnx = path.join(box, "onnx");
-    if (!fs.existsSync(onnx)) await compileEngine({ modelFile: LLAMA_MODEL, sm: 90, out: onnx, emit: "onnx" });
+    if (!fs.existsSync(onnx))
+      await compileEngine({ modelFile: LLAMA_MODEL, sm: 90, out: onnx, emit: "onnx" });
     expectRefused("inspect", [onnx], /an ONNX export \(onnx\.json\), not an engine/);
   });
 
@@ -167,18 +225,57 @@ describe("tsllm-run / tsllm-inspect say what a directory is", () => {
     const buf = fs.readFileSync(f);
     buf.write("\x00\xff garbage", 24 + 10, "latin1"); // inside the header JSON; size unchanged
     fs.writeFileSync(f, buf);
-    expectRefused("run", [bad, "--device", "cpu", "--no-verify", "--input-ids", "1"], /^error: .*corrupt\/rank0\.engine: corrupt engine header/);
+    expectRefused(
+      "run",
+      [bad, "--device", "cpu", "--no-verify", "--input-ids", "1"],
+      /^error: .*corrupt\/rank0\.engine: corrupt engine header/,
+    );
     // A header length past the end of the file.
     buf.writeBigUInt64LE(1n << 62n, 16);
     fs.writeFileSync(f, buf);
-    expectRefused("inspect", [bad], /rank0\.engine: header length 4611686018427387904 is past the end of the file/);
+    expectRefused(
+      "inspect",
+      [bad],
+      /rank0\.engine: header length 4611686018427387904 is past the end of the file/,
+    );
   });
 
   it("tsllm-inspect | head does not crash with EPIPE", () => {
-    const r = cli("inspect", [], { shell: `"${process.execPath}" "${path.join(REPO, "bin/tsllm-inspect.mjs")}" "${engine}" | head -1` });
+    const r = cli("inspect", [], {
+      shell: `"${process.execPath}" "${path.join(REPO, "bin/tsllm-inspect.mjs")}" "${engine}" | head -1`,
+    });
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/^engine .*: LlamaForCausalLM/);
     expect(r.stderr).toBe("");
+  });
+});
+
+describe("a reader that goes away", () => {
+  it("tsllm-compile with both its stdout and stderr readers gone still finishes the engine: exit 0, no temporary folder", async () => {
+    const dir = path.join(box, "piped");
+    const child = spawn(
+      process.execPath,
+      [
+        path.join(REPO, "bin/tsllm-compile.mjs"),
+        LLAMA_MODEL,
+        "--checkpoint",
+        TINY_LLAMA,
+        "--sm",
+        "90",
+        "-o",
+        dir,
+      ],
+      { stdio: ["ignore", "pipe", "pipe"] },
+    );
+    // Our ends closed before the compiler writes a byte: its writes meet EPIPE (it used to exit 0 there, with no
+    // engine and its <out>.tmp-* folder left behind).
+    child.stdout.destroy();
+    child.stderr.destroy();
+    const code = await new Promise<number | null>((res) => child.on("exit", (c) => res(c)));
+    expect(code).toBe(0);
+    expect(fs.readdirSync(box).filter((n) => n.startsWith("piped"))).toEqual(["piped"]);
+    const e = openEngine(dir);
+    expect(e.ranks.map((r) => (r.entry?.bytes ?? 0) > 0)).toEqual([true]);
   });
 });
 
@@ -202,13 +299,21 @@ describe("an engine's config.json may only name files inside the engine", () => 
       const dir = tampered(`t${Math.random().toString(36).slice(2)}`, (c) => {
         (c.ranks as { file: string }[])[0].file = file;
       });
-      expectRefused("run", [dir, "--device", "cpu", "--no-verify", "--input-ids", "1"], /config\.json: invalid engine config at "ranks\.0\.file": must be a plain file name in the engine directory$/);
+      expectRefused(
+        "run",
+        [dir, "--device", "cpu", "--no-verify", "--input-ids", "1"],
+        /config\.json: invalid engine config at "ranks\.0\.file": must be a plain file name in the engine directory$/,
+      );
     });
 
   it("a tokenizer file outside the engine is refused", () => {
     const dir = tampered("tok", (c) => {
       c.tokenizer = { files: ["../outside"] };
     });
-    expectRefused("inspect", [dir], /invalid engine config at "tokenizer\.files\.0": must be a plain file name/);
+    expectRefused(
+      "inspect",
+      [dir],
+      /invalid engine config at "tokenizer\.files\.0": must be a plain file name/,
+    );
   });
 });

@@ -506,6 +506,23 @@ describe("OutputDir", () => {
     expect(signalListeners()).toEqual(listeners);
   });
 
+  it("an exit before commit (process.exit, an uncaught exception) removes the temporary folder and its parents", () => {
+    const others = process.listeners("exit");
+    const d = new OutputDir(path.join(box, "a", "eng"));
+    write(path.join(d.tmp, "rank0.engine"));
+    const ours = process.listeners("exit").filter((l) => !others.includes(l));
+    expect(ours).toHaveLength(1);
+    (ours[0] as () => void)();
+    expect(fs.readdirSync(box)).toEqual([]);
+    expect(process.listeners("exit")).toEqual(others);
+    // After a commit nothing is left listening, and the engine stays.
+    const c = new OutputDir(path.join(box, "b"));
+    write(path.join(c.tmp, "config.json"), "{}");
+    c.commit();
+    expect(process.listeners("exit")).toEqual(others);
+    expect(fs.readdirSync(box)).toEqual(["b"]);
+  });
+
   for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const)
     it(`${sig} during the build removes the temporary folder and its parents, then re-raises`, () => {
       const kill = vi.spyOn(process, "kill").mockImplementation(() => true);

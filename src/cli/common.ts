@@ -17,12 +17,28 @@ export function command(name: string, description: string): Command {
     .showHelpAfterError(`(${name} --help lists the flags)`);
 }
 
-export async function main(fn: () => Promise<void>): Promise<void> {
-  // `tsllm-inspect ENGINE | head`: a reader that goes away is not an error.
-  process.stdout.on("error", (e: NodeJS.ErrnoException) => {
-    if (e.code === "EPIPE") process.exit(process.exitCode ?? 0);
-    throw e;
+/**
+ * A reader of `stream` that goes away (`tsllm-inspect ENGINE | head`, `tsllm-compile … | head`) is not an error, and
+ * it does not end the command: what stdout and stderr carry is a report, logs or progress, while a command's own
+ * products (an engine folder, a --json or --output file, a server) must still be finished, never left half-written.
+ * (Exiting there made `tsllm-compile … | tail -0` exit 0 with no engine and its temporary folder left behind.) So
+ * from the first EPIPE on, writes to the stream are dropped and the command runs to its end with its own exit code;
+ * other stream errors are thrown.
+ */
+export function dropWritesWhenReaderGone(stream: NodeJS.WritableStream): void {
+  stream.on("error", (e: NodeJS.ErrnoException) => {
+    if (e.code !== "EPIPE" && e.code !== "ERR_STREAM_DESTROYED") throw e;
+    stream.write = ((...args: unknown[]) => {
+      const done = args.find((a) => typeof a === "function") as (() => void) | undefined;
+      if (done) process.nextTick(done);
+      return true;
+    }) as typeof stream.write;
   });
+}
+
+export async function main(fn: () => Promise<void>): Promise<void> {
+  dropWritesWhenReaderGone(process.stdout);
+  dropWritesWhenReaderGone(process.stderr);
   try {
     await fn();
   } catch (e) {

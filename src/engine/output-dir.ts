@@ -8,7 +8,8 @@
 //   - anything else (a folder that is not ours, a file, a link) only with --force;
 //   - never, even with --force: "" (an unset variable), `/`, the home folder, the current directory or
 //     one of its ancestors, or a folder holding the build's own inputs.
-// SIGINT/SIGTERM/SIGHUP during the write remove the temporary folder and leave the old target untouched.
+// SIGINT/SIGTERM/SIGHUP during the write remove the temporary folder and leave the old target untouched, and so does
+// any other exit before commit (process.exit anywhere, an uncaught exception).
 // The temporary names are created fresh (never an existing path), so no file of the user's is reused.
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -61,6 +62,7 @@ export class OutputDir {
     // Re-raise with our listeners gone, so the process ends as the signal says (exit 130/143).
     process.kill(process.pid, sig);
   };
+  private readonly onExit = () => this.discard();
 
   constructor(
     readonly out: string,
@@ -75,6 +77,7 @@ export class OutputDir {
       throw new OutputDirError(`-o ${out}: cannot create a folder beside it: ${errText(e)}`);
     }
     for (const sig of SIGNALS) process.once(sig, this.onSignal);
+    process.once("exit", this.onExit);
   }
 
   /** Moves the complete build into place, replacing what is there only if that is still allowed. */
@@ -107,6 +110,7 @@ export class OutputDir {
   /** Removes the temporary folder (and parents this build created); the target is left as it was. */
   discard(): void {
     for (const sig of SIGNALS) process.off(sig, this.onSignal);
+    process.off("exit", this.onExit);
     fs.rmSync(this.tmp, { recursive: true, force: true });
     if (!this.done) this.removeParents();
     this.createdParents = [];
@@ -177,7 +181,8 @@ function classify(abs: string): { kind: Kind; why?: string } {
   }
   if (names.length === 0) return { kind: "empty" };
   const owned = ownedFiles(abs);
-  if (!owned) return { kind: "foreign", why: "is a folder with files in it that is not a tsllm engine or ONNX export" };
+  if (!owned)
+    return { kind: "foreign", why: "is a folder with files in it that is not a tsllm engine or ONNX export" };
   const foreign = names.filter((n) => !owned.has(n) || !fs.lstatSync(path.join(abs, n)).isFile());
   if (foreign.length > 0)
     return {
@@ -234,8 +239,7 @@ function readJson(file: string): unknown {
 function checkCreatable(abs: string, out: string): void {
   let dir = path.dirname(abs);
   while (!fs.existsSync(dir)) dir = path.dirname(dir);
-  if (!fs.statSync(dir).isDirectory())
-    throw new OutputDirError(`-o ${out}: ${dir} is not a directory`);
+  if (!fs.statSync(dir).isDirectory()) throw new OutputDirError(`-o ${out}: ${dir} is not a directory`);
   let probe: string;
   try {
     probe = fs.mkdtempSync(path.join(dir, ".tsllm-probe-"));
@@ -281,5 +285,7 @@ function realOrSelf(p: string): string {
 
 function errText(e: unknown): string {
   const err = e as NodeJS.ErrnoException;
-  return err.code ? `${err.code} (${err.message.replace(/^[A-Z]+: /, "").split(",")[0]})` : String(err.message ?? e);
+  return err.code
+    ? `${err.code} (${err.message.replace(/^[A-Z]+: /, "").split(",")[0]})`
+    : String(err.message ?? e);
 }
