@@ -3,7 +3,9 @@
 # from SHARED/configs and zero-stdev datasets from tsllm-bench prepare-dataset:
 #   0. decode attention old vs new kernel at the 8B batch-256 shape (native/build/kernels_bench decode);
 #   1. Llama-3.1-8B bf16 ISL/OSL 128/128 through the batch manager (tsllm-bench throughput), N requests, at max
-#      batch 512 and 1024, and the same dataset on a Llama-3.1-8B FP8 engine (issue 13's throughput goal);
+#      batch 512, 1024 and N (the whole dataset in one wave where the KV cache holds it; decode batches over 1024
+#      run without CUDA graphs), and the same dataset on Llama-3.1-8B FP8 engines, with the bf16 and the FP8 KV
+#      cache (issue 13's throughput goal);
 #   2. the static batch of the same engine in the same run (tsllm-bench latency, batch 256 and 512), and profiles
 #      of one bs-256 and one bs-512 decode step (TSLLM_PROFILE=graph: GEMMs by shape, attention, other) and of
 #      one 8192-token prefill step (TSLLM_PROFILE=1);
@@ -49,6 +51,7 @@ throughput() { # engine dataset json extra...
 build llama31-8b llama-3.1-8b.json bf16
 build llama2-7b llama-2-7b.json fp16
 build llama31-8b-fp8 llama-3.1-8b.json bf16 --quant fp8
+build llama31-8b-fp8kv llama-3.1-8b.json bf16 --quant fp8 --kv-cache-dtype fp8
 
 # 0: decode attention kernels, old (variant 2) vs new (variant 4), same run
 stamp "decode attention kernels (kernels_bench decode)"
@@ -58,8 +61,11 @@ if [ -x native/build/kernels_bench ]; then native/build/kernels_bench decode; el
 dataset llama31-8b 128 128 "$n" "$work/l31-128-128.jsonl"
 throughput llama31-8b "$work/l31-128-128.jsonl" "$out/l31-128-128.json" --max-batch-size 512
 throughput llama31-8b "$work/l31-128-128.jsonl" "$out/l31-128-128-bs1024.json" --max-batch-size 1024
+throughput llama31-8b "$work/l31-128-128.jsonl" "$out/l31-128-128-bsN.json" --max-batch-size "$n" \
+  --kv-cache-free-gpu-mem-fraction 0.95
 # issue 13's FP8 goal on the same dataset
 throughput llama31-8b-fp8 "$work/l31-128-128.jsonl" "$out/l31fp8-128-128.json" --max-batch-size 1024
+throughput llama31-8b-fp8kv "$work/l31-128-128.jsonl" "$out/l31fp8kv-128-128.json" --max-batch-size 1024
 stamp "static batch llama31-8b"
 ./bin/tsllm-bench.mjs latency "$work/llama31-8b" --batch-size 256,512 --input-len 128 --output-len 128 --runs 1 \
   --json "$out/l31-static.json" || echo "latency FAILED"
@@ -103,7 +109,7 @@ const read = (f) => { try { return JSON.parse(fs.readFileSync(`${dir}/${f}`, "ut
 const f1 = (x) => (typeof x === "number" ? x.toFixed(1) : "n/a");
 const line = (name, r) => r && console.log(`${name.padEnd(34)} ${f1(r.output_throughput_tok_s)} output tok/s, ${r.num_requests} requests, TTFT p50 ${f1(r.ttft_ms.p50)} ms p99 ${f1(r.ttft_ms.p99)}, TPOT p50 ${r.tpot_ms.p50.toFixed(2)} ms p99 ${r.tpot_ms.p99.toFixed(2)}, peak KV ${f1(r.kv_blocks_peak_used)}/${r.kv_blocks_total} blocks, host gap ${r.steps.host_gap_pct.toFixed(2)}% (full batch ${r.steps.full_batch.batch}: ${r.steps.full_batch.mean_step_ms.toFixed(2)} ms/step, gap ${r.steps.full_batch.host_gap_pct.toFixed(2)}%), requests held back by ${Object.entries(r.admission.waiting_steps).map(([k, v]) => `${k} ${v}`).join(", ")} steps, peak batch ${r.admission.peak_batch}`);
 const best = (s) => s && s.results.reduce((a, b) => (b.output_tok_s > a.output_tok_s ? b : a));
-const l31 = [read("l31-128-128.json"), read("l31-128-128-bs1024.json")].filter(Boolean);
+const l31 = [read("l31-128-128.json"), read("l31-128-128-bs1024.json"), read("l31-128-128-bsN.json")].filter(Boolean);
 l31.forEach((r, i) => line(`8B bf16 128/128 bm (bs ${r.limits.maxBatchSize})`, r));
 const s31 = best(read("l31-static.json"));
 const bm31 = l31.reduce((a, b) => (!a || b.output_throughput_tok_s > a.output_throughput_tok_s ? b : a), null);
@@ -115,6 +121,7 @@ if (torch) console.log(`torch peer: ${JSON.stringify(torch)}`);
 const ttok = torch && torch.out_tok_s;
 if (bm31 && ttok) console.log(`batch manager / torch peer: ${(bm31.output_throughput_tok_s / ttok).toFixed(3)}x`);
 line("8B FP8 128/128 bm (bs 1024)", read("l31fp8-128-128.json"));
+line("8B FP8 + FP8 KV 128/128 bm (bs 1024)", read("l31fp8kv-128-128.json"));
 line("7B fp16 128/128 bm (bs 512)", read("l2-128-128.json"));
 line("7B fp16 128/128 bm (bs 1024)", read("l2-128-128-bs1024.json"));
 const s2 = read("l2-static.json");
