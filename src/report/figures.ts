@@ -181,7 +181,8 @@ function describe(g: Graph, n: Node): { label: string; detail: string; fused: bo
     if (post.ops.length) ep.push(chainText(post));
     if (n.inputs[ri] != null) ep.push("+residual");
     if (ep.length) label += ` (${ep.join(", ")})`;
-    if (w) detail += ` ${w.shape[1]}→${w.shape[0]}`;
+    // int4-wo stores two 4-bit values a byte: the input dim is twice the stored columns.
+    if (w) detail += ` ${a.quant === "int4-wo" ? Number(w.shape[1]) * 2 : w.shape[1]}→${w.shape[0]}`;
     const parts = w?.recipe?.kind === "checkpoint" ? w.recipe.parts.length : 1;
     if (parts > 1 || (a.activation ?? "none") !== "none" || post.ops.length || n.inputs[ri] != null)
       fused = true;
@@ -250,7 +251,7 @@ export function drawLayer(g: Graph, layer: number): Drawing {
         if (!ins.has(id)) {
           const pw = p ? describe(g, p.node).detail.split(" ")[0] : "";
           const what = p
-            ? `${p.layer === null ? "" : `layer ${p.layer} · `}${p.node.op}${p.node.op === "linear" && pw ? ` ${pw}` : ""}`
+            ? `${p.layer === null ? "" : `layer ${p.layer} · `}${p.node.op}${(p.node.op === "linear" || p.node.op === "quant_linear") && pw ? ` ${pw}` : ""}`
             : (inputName.get(id) ?? v.name);
           ins.set(id, nodes.length);
           nodes.push({ kind: "in", op: p ? p.node.op : "input", label: what, detail: "", fused: false });
