@@ -1,6 +1,6 @@
 import type { Attrs } from "../ir/types.ts";
 import { quantizeRowsE4m3 } from "../quant/fp8.ts";
-import { dequantize, type QuantScheme, type QuantSpec } from "../quant/weights.ts";
+import { dequantize, type QuantScheme, type QuantSpec, valuesPerStoredColumn } from "../quant/weights.ts";
 import { applyActivation } from "./activation-math.ts";
 import { expectDim, lastDim, need, withLast } from "./check.ts";
 import { applyChain, chainOf } from "./ew-chain.ts";
@@ -35,7 +35,7 @@ defineOp({
     const n = wi.shape[0];
     const kStored = wi.shape[1];
     if (typeof kStored !== "number") throw new Error("quant_linear: weight dims must be static");
-    const k = s.scheme === "int4-wo" ? kStored * 2 : kStored;
+    const k = kStored * valuesPerStoredColumn(s.scheme);
     expectDim("quant_linear", lastDim(xi.shape), k, "input features");
     if (bias) expectDim("quant_linear", bias.shape[0], n, "bias length");
     if (residual) expectDim("quant_linear", lastDim(residual.shape), n, "residual width");

@@ -42,8 +42,13 @@ export function storedDtype(s: QuantScheme): DType {
   return s === "fp8" ? "fp8e4m3" : s === "int8-wo" ? "i8" : "u8";
 }
 
+/** Values a stored element holds along K: int4-wo packs two a byte. */
+export function valuesPerStoredColumn(scheme: string): number {
+  return scheme === "int4-wo" ? 2 : 1;
+}
+
 export function storedShape(spec: QuantSpec, n: number, k: number): number[] {
-  return spec.scheme === "int4-wo" ? [n, k / 2] : [n, k];
+  return [n, k / valuesPerStoredColumn(spec.scheme)];
 }
 
 /** Scales shape: [N] per channel, [N, K/G] per group. */

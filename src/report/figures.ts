@@ -9,6 +9,7 @@ import { DTYPE_BYTES, type Graph, type Node } from "../ir/types.ts";
 import { chainOf, chainText } from "../ops/ew-chain.ts";
 import { getOp } from "../ops/index.ts";
 import { moeAttrs } from "../ops/moe.ts";
+import { valuesPerStoredColumn } from "../quant/weights.ts";
 import { fmtBytes } from "./bytes.ts";
 
 /** Every op launches one kernel except those the registry marks as views (none today). */
@@ -181,8 +182,8 @@ function describe(g: Graph, n: Node): { label: string; detail: string; fused: bo
     if (post.ops.length) ep.push(chainText(post));
     if (n.inputs[ri] != null) ep.push("+residual");
     if (ep.length) label += ` (${ep.join(", ")})`;
-    // int4-wo stores two 4-bit values a byte: the input dim is twice the stored columns.
-    if (w) detail += ` ${a.quant === "int4-wo" ? Number(w.shape[1]) * 2 : w.shape[1]}→${w.shape[0]}`;
+    // The input dim, not the stored columns (int4-wo packs two values a byte).
+    if (w) detail += ` ${Number(w.shape[1]) * valuesPerStoredColumn(String(a.quant))}→${w.shape[0]}`;
     const parts = w?.recipe?.kind === "checkpoint" ? w.recipe.parts.length : 1;
     if (parts > 1 || (a.activation ?? "none") !== "none" || post.ops.length || n.inputs[ri] != null)
       fused = true;
