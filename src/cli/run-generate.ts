@@ -3,7 +3,12 @@
 // comma-separated line on stdout, in prompt order, written as the tokens come (the line of the earliest
 // unfinished prompt streams; later ones follow when it ends). Text I/O layers on top of these ids.
 import * as fs from "node:fs";
-import type { BatchManager, GenerationRequest, SamplingOptions } from "../serving/types.ts";
+import {
+  type BatchManager,
+  failureText,
+  type GenerationRequest,
+  type SamplingOptions,
+} from "../serving/types.ts";
 import { parseIds } from "./common.ts";
 
 export interface Prompt {
@@ -112,8 +117,7 @@ export async function generateIds(
         if (i === cur) write(i, ev.tokenId);
       }
       const r = await h.done;
-      if (r.finishReason === "error")
-        throw new Error(`${prompts[i].where}: ${r.error?.message ?? "generation failed"}`);
+      if (r.finishReason === "error") throw new Error(`${prompts[i].where}: ${failureText(r)}`);
       finished[i] = true;
       advance();
       return r.outputIds;

@@ -3,7 +3,7 @@
 // printed as it comes (or, with --json, one JSON object at the end: ids, text, finish reason, timings).
 import * as fs from "node:fs";
 import * as readline from "node:readline/promises";
-import type { BatchManager, SamplingOptions } from "../serving/types.ts";
+import { type BatchManager, failureText, type SamplingOptions } from "../serving/types.ts";
 import { parseChatMessages } from "../text/chat-messages.ts";
 import type { ChatMessage } from "../text/chat-template.ts";
 import { generateText, type TextResult } from "../text/generate-text.ts";
@@ -29,11 +29,19 @@ export function readChatFile(file: string): ChatMessage[] {
 function checkFits(bm: BatchManager, promptLen: number, maxNew: number, what: string): void {
   const max = bm.limits.maxSeqLen;
   if (promptLen + maxNew > max)
-    throw new Error(`${what}: prompt of ${promptLen} tokens + max_new_tokens ${maxNew} = ${promptLen + maxNew} exceeds max_seq_len ${max}`);
+    throw new Error(
+      `${what}: prompt of ${promptLen} tokens + max_new_tokens ${maxNew} = ${promptLen + maxNew} exceeds max_seq_len ${max}`,
+    );
 }
 
 /** Generates from prompt ids; streams the text to o.out, or prints the JSON summary at the end. */
-export async function runText(bm: BatchManager, tok: TextTokenizer, promptIds: number[], o: TextRunOptions, what = "prompt"): Promise<TextResult> {
+export async function runText(
+  bm: BatchManager,
+  tok: TextTokenizer,
+  promptIds: number[],
+  o: TextRunOptions,
+  what = "prompt",
+): Promise<TextResult> {
   checkFits(bm, promptIds.length, o.maxNewTokens, what);
   const gen = generateText(bm, tok, {
     promptIds,
@@ -46,7 +54,7 @@ export async function runText(bm: BatchManager, tok: TextTokenizer, promptIds: n
   });
   for await (const d of gen) if (!o.json && d.text) o.out.write(d.text);
   const r = await gen.done;
-  if (r.finishReason === "error") throw new Error(`${what}: ${r.result.error?.message ?? "generation failed"}`);
+  if (r.finishReason === "error") throw new Error(`${what}: ${failureText(r.result)}`);
   if (o.json) {
     const t = r.result.timings;
     const n = r.outputIds.length;
@@ -71,7 +79,12 @@ export async function runText(bm: BatchManager, tok: TextTokenizer, promptIds: n
 }
 
 /** An interactive conversation on a terminal: each line is a user turn, the reply streams back. */
-export async function interactiveChat(bm: BatchManager, tok: TextTokenizer, o: TextRunOptions, system?: string): Promise<void> {
+export async function interactiveChat(
+  bm: BatchManager,
+  tok: TextTokenizer,
+  o: TextRunOptions,
+  system?: string,
+): Promise<void> {
   const messages: ChatMessage[] = system ? [{ role: "system", content: system }] : [];
   const rl = readline.createInterface({ input: process.stdin, output: process.stdout });
   process.stdout.write("(empty line or Ctrl-D ends the conversation)\n");
@@ -91,7 +104,13 @@ export async function interactiveChat(bm: BatchManager, tok: TextTokenizer, o: T
         process.stdout.write(`(the conversation has reached max_seq_len ${bm.limits.maxSeqLen})\n`);
         break;
       }
-      const r = await runText(bm, tok, ids, { ...o, maxNewTokens: maxNew, json: false, out: process.stdout }, "chat");
+      const r = await runText(
+        bm,
+        tok,
+        ids,
+        { ...o, maxNewTokens: maxNew, json: false, out: process.stdout },
+        "chat",
+      );
       messages.push({ role: "assistant", content: r.text });
     }
   } finally {

@@ -151,6 +151,11 @@ async function verifyGolden(dir: string, o: Record<string, never>): Promise<void
   }
 }
 
+/** --stop-token-ids, parsed before the engine loads (none when not given). */
+function stopTokenIdsOf(o: OptionValues): number[] {
+  return o.stopTokenIds === undefined ? [] : parseIds(o.stopTokenIds, "--stop-token-ids");
+}
+
 async function openManager(dir: string, o: OptionValues) {
   const report = loadReport(dir, o);
   const bm = await openBatchManager(dir, {
@@ -179,7 +184,7 @@ async function runTextMode(dir: string, text: string | undefined, o: OptionValue
       ? tok.encode(text)
       : tok.applyChatTemplate(readChatFile(o.chat === true ? "-" : o.chat), { addGenerationPrompt: true })
           .ids;
-  const stopTokenIds = o.stopTokenIds === undefined ? [] : parseIds(o.stopTokenIds, "--stop-token-ids");
+  const stopTokenIds = stopTokenIdsOf(o);
   const bm = await openManager(dir, o);
   const opts: TextRunOptions = {
     maxNewTokens: o.maxNewTokens,
@@ -219,7 +224,7 @@ export async function tsllmRun(argv: readonly string[]): Promise<void> {
   if (o.stop || o.json) throw new Error("--stop and --json go with a text prompt or --chat");
   const prompts = readPrompts({ inputIds: o.inputIds, inputFile: o.inputFile, maxNewTokens: o.maxNewTokens });
   checkPromptsFit(prompts, config, o.maxSeqLen);
-  const stopTokenIds = o.stopTokenIds === undefined ? [] : parseIds(o.stopTokenIds, "--stop-token-ids");
+  const stopTokenIds = stopTokenIdsOf(o);
   const bm = await openManager(dir, o);
   const doneProgress = stepProgress(
     bm,

@@ -4,7 +4,7 @@
 import { performance } from "node:perf_hooks";
 import type { HeldBy, InflightBatchManager, StepRecord } from "./batch-manager.ts";
 import type { DatasetEntry } from "./dataset.ts";
-import type { RequestResult } from "./types.ts";
+import { failureText, type RequestResult } from "./types.ts";
 
 export interface ThroughputOptions {
   /** Requests in flight at once (default: all). */
@@ -142,7 +142,7 @@ export async function runRequests(
         h.done
           .then((r) => {
             if (r.finishReason === "error")
-              return reject(new Error(`request ${e.taskId}: ${r.error?.message ?? "generation failed"}`));
+              return reject(new Error(`request ${e.taskId}: ${failureText(r)}`));
             results[i] = r;
             done++;
             outTokens += r.outputIds.length;

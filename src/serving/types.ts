@@ -66,6 +66,11 @@ export interface RequestResult {
   preemptions: number;
 }
 
+/** What a request that ended with finishReason "error" says went wrong, for one-line messages. */
+export function failureText(r: Pick<RequestResult, "error">): string {
+  return r.error?.message ?? "generation failed";
+}
+
 export interface RequestHandle extends AsyncIterable<TokenEvent> {
   /** Manager-assigned id, unique per manager. */
   readonly id: number;

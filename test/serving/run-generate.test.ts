@@ -229,32 +229,15 @@ describe("generateIds", () => {
     // ends, the empty line of prompt 1 and prompt 2's first two tokens follow; prompt 3 (finished) after prompt 2.
     expect(snapshots).toEqual(["", "", "1", "1", "1,2\n\n30,31", "1,2\n\n30,31,32\n40\n"]);
     expect(written.join("")).toBe("1,2\n\n30,31,32\n40\n");
-    expect(submitted).toEqual([
-      {
-        promptIds: [1, 7],
-        maxNewTokens: 2,
-        sampling: SAMPLING,
-        ignoreEos: true,
-        stopTokenIds: [5, 6],
-        tag: "p0",
-      },
-      {
-        promptIds: [3, 7],
-        maxNewTokens: 3,
-        sampling: SAMPLING,
-        ignoreEos: true,
-        stopTokenIds: [5, 6],
-        tag: "p2",
-      },
-      {
-        promptIds: [4, 7],
-        maxNewTokens: 1,
-        sampling: SAMPLING,
-        ignoreEos: true,
-        stopTokenIds: [5, 6],
-        tag: "p3",
-      },
-    ]);
+    const req = (tag: string, promptIds: number[], maxNewTokens: number) => ({
+      promptIds,
+      maxNewTokens,
+      sampling: SAMPLING,
+      ignoreEos: true,
+      stopTokenIds: [5, 6],
+      tag,
+    });
+    expect(submitted).toEqual([req("p0", [1, 7], 2), req("p2", [3, 7], 3), req("p3", [4, 7], 1)]);
   });
 
   it("a first prompt of 0 new tokens and a last one: empty lines where they are", async () => {
