@@ -8,6 +8,7 @@ import * as path from "node:path";
 import { type Command, CommanderError, InvalidArgumentError } from "commander";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import {
+  cancelWhenReaderGone,
   command,
   dropWritesWhenReaderGone,
   float,
@@ -304,5 +305,23 @@ describe("dropWritesWhenReaderGone", () => {
     expect(thrown(() => s.emit("error", other), Error)).toBe(other);
     s.write("still written");
     expect(s.got).toEqual(["still written"]);
+  });
+});
+
+describe("cancelWhenReaderGone", () => {
+  const err = (code: string) => Object.assign(new Error(`write ${code}`), { code });
+
+  it("shuts the batch manager down on EPIPE (or a destroyed stream), not on other errors, and until removed", () => {
+    const s = new EventEmitter();
+    const shutdown = vi.fn(async () => {});
+    const remove = cancelWhenReaderGone({ shutdown }, s as unknown as NodeJS.WritableStream);
+    s.emit("error", err("EIO"));
+    expect(shutdown).not.toHaveBeenCalled();
+    s.emit("error", err("EPIPE"));
+    expect(shutdown).toHaveBeenCalledTimes(1);
+    s.emit("error", err("ERR_STREAM_DESTROYED"));
+    expect(shutdown).toHaveBeenCalledTimes(2);
+    remove();
+    expect(s.listenerCount("error")).toBe(0);
   });
 });

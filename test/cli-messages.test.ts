@@ -138,7 +138,7 @@ describe("tsllm-run refuses bad flags before any work", () => {
         "--max-new-tokens",
         "7",
       ],
-      /^error: --input-ids \(prompt 2\): 10 prompt tokens \+ --max-new-tokens 7 = 17, over the engine's max_seq_len 16 \(allowed: prompt \+ new tokens ≤ 16\)$/,
+      /^error: --input-ids \(prompt 2\): prompt of 10 tokens \+ --max-new-tokens 7 = 17 exceeds max_seq_len 16$/,
     );
     // Exactly at the limit it generates.
     const ok = cli("run", [

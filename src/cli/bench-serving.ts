@@ -13,6 +13,7 @@ import {
 } from "../serving/dataset.ts";
 import { openBatchManager } from "../serving/open.ts";
 import { formatReport, runRequests, summarize } from "../serving/throughput.ts";
+import { overMaxSeqLen } from "../serving/types.ts";
 import { findTokenizer } from "../text/engine-files.ts";
 import { float, fp8ContextFmhaOption, int, kvFractionOption, limitOption, main } from "./common.ts";
 import {
@@ -131,11 +132,11 @@ export function addServingCommands(program: Command): void {
         });
         try {
           const L = bm.limits;
-          const bad = entries.find((e) => e.inputIds.length + e.outputTokens > L.maxSeqLen);
-          if (bad)
-            throw new Error(
-              `${o.dataset}: request ${bad.taskId} has ${bad.inputIds.length} input + ${bad.outputTokens} output tokens, over max_seq_len ${L.maxSeqLen} (raise --max-seq-len)`,
-            );
+          for (const e of entries) {
+            const tooLong = overMaxSeqLen(e.inputIds.length, e.outputTokens, L.maxSeqLen, "output_tokens");
+            if (tooLong)
+              throw new Error(`${o.dataset}: request ${e.taskId}: ${tooLong} (raise --max-seq-len)`);
+          }
           const b = engine.config.build;
           const header = [
             `engine        ${dir} (${b.dtype}, kv ${b.kv_cache_dtype}, quant ${b.quant}, built for batch ${b.max_batch_size} / ${b.max_num_tokens} tokens / seq ${b.max_seq_len})`,

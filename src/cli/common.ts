@@ -1,6 +1,7 @@
 // Shared CLI plumbing: one-line errors and a non-zero exit, never a stack trace for user mistakes.
 import * as fs from "node:fs";
 import { Command, InvalidArgumentError, Option } from "commander";
+import type { BatchManager } from "../serving/types.ts";
 
 export const VERSION: string = JSON.parse(
   fs.readFileSync(new URL("../../package.json", import.meta.url), "utf8"),
@@ -34,6 +35,23 @@ export function dropWritesWhenReaderGone(stream: NodeJS.WritableStream): void {
       return true;
     }) as typeof stream.write;
   });
+}
+
+/**
+ * stdout is what tsllm-run makes: once its reader is gone (`tsllm-run … | head -c 20`), nothing generated from
+ * then on can be read, so the requests are cancelled (the batch manager shuts down) instead of running to their
+ * end into a closed pipe, and the command ends as after its last line. (main() has stdout drop its writes from
+ * that EPIPE on.) Returns the listener's removal.
+ */
+export function cancelWhenReaderGone(
+  bm: Pick<BatchManager, "shutdown">,
+  stdout: NodeJS.WritableStream,
+): () => void {
+  const gone = (e: NodeJS.ErrnoException) => {
+    if (e.code === "EPIPE" || e.code === "ERR_STREAM_DESTROYED") void bm.shutdown();
+  };
+  stdout.on("error", gone);
+  return () => stdout.off("error", gone);
 }
 
 export async function main(fn: () => Promise<void>): Promise<void> {

@@ -7,6 +7,7 @@ import {
   type BatchManager,
   failureText,
   type GenerationRequest,
+  overMaxSeqLen,
   type SamplingOptions,
 } from "../serving/types.ts";
 import { parseIds } from "./common.ts";
@@ -79,11 +80,11 @@ export async function generateIds(
   o: GenerateIdsOptions,
 ): Promise<number[][]> {
   const { maxSeqLen } = bm.limits;
-  for (const p of prompts)
-    if (p.ids.length + p.maxNewTokens > maxSeqLen)
-      throw new Error(
-        `${p.where}: prompt of ${p.ids.length} tokens + max_new_tokens ${p.maxNewTokens} = ${p.ids.length + p.maxNewTokens} exceeds max_seq_len ${maxSeqLen}`,
-      );
+  // All checked before the first submit, so that no prompt runs when a later one is refused.
+  for (const p of prompts) {
+    const tooLong = overMaxSeqLen(p.ids.length, p.maxNewTokens, maxSeqLen);
+    if (tooLong) throw new Error(`${p.where}: ${tooLong}`);
+  }
   const reqs: GenerationRequest[] = prompts.map((p) => ({
     promptIds: p.ids,
     maxNewTokens: p.maxNewTokens,

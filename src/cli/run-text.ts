@@ -3,7 +3,7 @@
 // printed as it comes (or, with --json, one JSON object at the end: ids, text, finish reason, timings).
 import * as fs from "node:fs";
 import * as readline from "node:readline/promises";
-import { type BatchManager, failureText, type SamplingOptions } from "../serving/types.ts";
+import { type BatchManager, failureText, overMaxSeqLen, type SamplingOptions } from "../serving/types.ts";
 import { parseChatMessages } from "../text/chat-messages.ts";
 import type { ChatMessage } from "../text/chat-template.ts";
 import { generateText, type TextResult } from "../text/generate-text.ts";
@@ -27,11 +27,8 @@ export function readChatFile(file: string): ChatMessage[] {
 }
 
 function checkFits(bm: BatchManager, promptLen: number, maxNew: number, what: string): void {
-  const max = bm.limits.maxSeqLen;
-  if (promptLen + maxNew > max)
-    throw new Error(
-      `${what}: prompt of ${promptLen} tokens + max_new_tokens ${maxNew} = ${promptLen + maxNew} exceeds max_seq_len ${max}`,
-    );
+  const tooLong = overMaxSeqLen(promptLen, maxNew, bm.limits.maxSeqLen);
+  if (tooLong) throw new Error(`${what}: ${tooLong}`);
 }
 
 /** Generates from prompt ids; streams the text to o.out, or prints the JSON summary at the end. */

@@ -11,7 +11,16 @@ import { fmtBytes } from "../report/bytes.ts";
 import type { InflightBatchManager } from "../serving/batch-manager.ts";
 import { openBatchManager } from "../serving/open.ts";
 import { requireTokenizer } from "../text/engine-files.ts";
-import { command, float, fp8ContextFmhaOption, int, limitOption, main, parseIds } from "./common.ts";
+import {
+  cancelWhenReaderGone,
+  command,
+  float,
+  fp8ContextFmhaOption,
+  int,
+  limitOption,
+  main,
+  parseIds,
+} from "./common.ts";
 import { type Progress, progress } from "./progress.ts";
 import { generateIds, readPrompts } from "./run-generate.ts";
 import { interactiveChat, readChatFile, runText, type TextRunOptions } from "./run-text.ts";
@@ -195,10 +204,12 @@ async function runTextMode(dir: string, text: string | undefined, o: OptionValue
     json: !!o.json,
     out: process.stdout,
   };
+  const stopListening = cancelWhenReaderGone(bm, process.stdout);
   try {
     if (interactive) await interactiveChat(bm, tok, opts);
     else await runText(bm, tok, promptIds, opts);
   } finally {
+    stopListening();
     await bm.shutdown();
   }
 }
@@ -232,6 +243,7 @@ export async function tsllmRun(argv: readonly string[]): Promise<void> {
     prompts.reduce((a, p) => a + p.ids.length + Math.max(0, p.maxNewTokens - 1), 0),
     o,
   );
+  const stopListening = cancelWhenReaderGone(bm, process.stdout);
   try {
     await generateIds(bm, prompts, {
       sampling: { temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed },
@@ -240,6 +252,7 @@ export async function tsllmRun(argv: readonly string[]): Promise<void> {
       out: process.stdout,
     });
   } finally {
+    stopListening();
     doneProgress();
     if (o.verbose) for (const l of bm.kernelReport()) process.stderr.write(`${l}\n`);
     await bm.shutdown();

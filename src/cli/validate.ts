@@ -1,6 +1,7 @@
 // Checks of a run's inputs against the engine, made before any work: a request that cannot finish is
 // refused up front with the numbers, never partway through generation.
 import type { EngineConfig } from "../engine/format.ts";
+import { overMaxSeqLen } from "../serving/types.ts";
 
 /**
  * Each prompt's ids are in the vocabulary and prompt + its max new tokens fits in max_seq_len (the runtime's
@@ -19,9 +20,7 @@ export function checkPromptsFit(
     const bad = ids.find((t) => t >= vocab);
     if (bad !== undefined)
       throw new Error(`${where}: token id ${bad} is outside the vocabulary (allowed: 0..${vocab - 1})`);
-    if (ids.length + maxNewTokens > max_seq_len)
-      throw new Error(
-        `${where}: ${ids.length} prompt tokens + ${newTokensFrom} ${maxNewTokens} = ${ids.length + maxNewTokens}, over the engine's max_seq_len ${max_seq_len} (allowed: prompt + new tokens ≤ ${max_seq_len})`,
-      );
+    const tooLong = overMaxSeqLen(ids.length, maxNewTokens, max_seq_len, newTokensFrom);
+    if (tooLong) throw new Error(`${where}: ${tooLong}`);
   }
 }

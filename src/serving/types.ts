@@ -95,6 +95,22 @@ export class RequestRejectedError extends Error {
   }
 }
 
+/**
+ * Why a request whose prompt and new tokens cannot fit max_seq_len is refused, or undefined when it fits.
+ * Every check of that rule (tsllm-run's prompts before the engine opens, a dataset's lines, a chat turn,
+ * the batch manager's submit) says it in these words; `newTokens` names where the count came from.
+ */
+export function overMaxSeqLen(
+  promptTokens: number,
+  maxNewTokens: number,
+  maxSeqLen: number,
+  newTokens = "max_new_tokens",
+): string | undefined {
+  const total = promptTokens + maxNewTokens;
+  if (total <= maxSeqLen) return undefined;
+  return `prompt of ${promptTokens} tokens + ${newTokens} ${maxNewTokens} = ${total} exceeds max_seq_len ${maxSeqLen}`;
+}
+
 export type SchedulerPolicy = "guaranteed_no_evict" | "max_utilization";
 
 export interface BatchLimits {

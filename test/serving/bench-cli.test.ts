@@ -220,6 +220,9 @@ describe("tsllm-bench throughput --device cpu", () => {
     );
     const r = bench(["throughput", dir, "--dataset", ds, "--device", "cpu"]);
     expect(r.status).not.toBe(0);
-    expect(r.stderr).toMatch(/error: .*request x has 250 input \+ 10 output tokens, over max_seq_len 256/);
+    expect(r.stdout).toBe("");
+    expect(r.stderr).toBe(
+      `error: ${ds}: request x: prompt of 250 tokens + output_tokens 10 = 260 exceeds max_seq_len 256 (raise --max-seq-len)\n`,
+    );
   });
 });

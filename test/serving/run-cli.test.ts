@@ -1,7 +1,7 @@
 // tsllm-run on the batch manager: stops at the engine's eos ids (generation_config.json's 508/511 for
 // tiny-llama), --ignore-eos, --stop-token-ids, several prompts (repeated --input-ids and a JSONL file)
 // printed one line each in prompt order, and the max_seq_len check before anything runs.
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -76,12 +76,35 @@ describe("tsllm-run generation", () => {
     expect(r.stderr).toMatch(/^generate: 6 in [\d.]+ s, [\d.]+ tok\/s$/m);
   });
 
+  it("stops generating once its stdout reader is gone, and exits 0", async () => {
+    // Four prompts of 3 ids and 250 new tokens: 4 x (3 + 249) = 1,008 tokens through the steps when run to the
+    // end. The reader leaves at the first bytes (`tsllm-run … | head -c 1`); --verbose prints how many ran.
+    const prompts = [P1, P2, P1, P2].flatMap((p) => ["--input-ids", p]);
+    const child = spawn(process.execPath, [
+      RUN,
+      dir,
+      ...["--device", "cpu", "--verbose", "--ignore-eos", "--max-new-tokens", "250"],
+      ...prompts,
+    ]);
+    let stderr = "";
+    child.stderr.on("data", (d) => {
+      stderr += d;
+    });
+    child.stdout.once("data", () => child.stdout.destroy());
+    const code = await new Promise((res) => child.on("close", res));
+    expect(code, stderr).toBe(0);
+    expect(stderr).not.toMatch(/error/);
+    const ran = Number(/^generate: (\d+) in /m.exec(stderr)?.[1]);
+    expect(ran).toBeGreaterThan(0);
+    expect(ran).toBeLessThan(1008);
+  });
+
   it("refuses prompt + max_new_tokens over max_seq_len before generating anything", () => {
     const r = run(["--input-ids", "1,2", "--input-ids", "1,2,3", "--max-new-tokens", "254"]);
     expect(r.status).not.toBe(0);
     expect(r.stdout).toBe("");
-    expect(r.stderr).toMatch(
-      /^error: --input-ids \(prompt 2\): 3 prompt tokens \+ --max-new-tokens 254 = 257, over the engine's max_seq_len 256/,
+    expect(r.stderr).toBe(
+      "error: --input-ids (prompt 2): prompt of 3 tokens + --max-new-tokens 254 = 257 exceeds max_seq_len 256\n",
     );
   });
 });

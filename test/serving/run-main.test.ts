@@ -359,23 +359,23 @@ describe("tsllm-run refuses bad input in one line before any work", () => {
 
   it("prompt + max_new_tokens over max_seq_len (the build's, or --max-seq-len's), and --max-seq-len over the model's", async () => {
     expect(await refused(["--input-ids", "1,2", "--input-ids", "1,2,3", "--max-new-tokens", "62"])).toBe(
-      "--input-ids (prompt 2): 3 prompt tokens + --max-new-tokens 62 = 65, over the engine's max_seq_len 64 (allowed: prompt + new tokens ≤ 64)",
+      "--input-ids (prompt 2): prompt of 3 tokens + --max-new-tokens 62 = 65 exceeds max_seq_len 64",
     );
     // A file line's output_tokens counts, and the message names the line and that field.
     const f = path.join(tmp, "long.jsonl");
     fs.writeFileSync(f, `\n${JSON.stringify({ input_ids: [1, 2], output_tokens: 63 })}\n`);
     expect(await refused(["--input-file", f])).toBe(
-      `${f}:2: 2 prompt tokens + output_tokens 63 = 65, over the engine's max_seq_len 64 (allowed: prompt + new tokens ≤ 64)`,
+      `${f}:2: prompt of 2 tokens + output_tokens 63 = 65 exceeds max_seq_len 64`,
     );
     // A line without output_tokens takes --max-new-tokens, and says so.
     fs.writeFileSync(f, `${JSON.stringify({ input_ids: [1, 2, 3] })}\n`);
     expect(await refused(["--input-file", f, "--max-new-tokens", "62"])).toBe(
-      `${f}:1: 3 prompt tokens + --max-new-tokens 62 = 65, over the engine's max_seq_len 64 (allowed: prompt + new tokens ≤ 64)`,
+      `${f}:1: prompt of 3 tokens + --max-new-tokens 62 = 65 exceeds max_seq_len 64`,
     );
     expect(
       await refused(["--input-ids", prompt(1).join(","), "--max-new-tokens", "6", "--max-seq-len", "16"]),
     ).toBe(
-      "--input-ids: 11 prompt tokens + --max-new-tokens 6 = 17, over the engine's max_seq_len 16 (allowed: prompt + new tokens ≤ 16)",
+      "--input-ids: prompt of 11 tokens + --max-new-tokens 6 = 17 exceeds max_seq_len 16",
     );
     expect(await refused(["--input-ids", "1", "--max-seq-len", "300"], LimitError)).toBe(
       "--max-seq-len 300 exceeds the model's max_position_embeddings 256",
