@@ -3,6 +3,7 @@
 // comma-separated line on stdout, in prompt order, written as the tokens come (the line of the earliest
 // unfinished prompt streams; later ones follow when it ends). Text I/O layers on top of these ids.
 import * as fs from "node:fs";
+import { inputIdsOf, outputTokensOf } from "../serving/dataset.ts";
 import {
   type BatchManager,
   failureText,
@@ -45,16 +46,12 @@ export function readPrompts(o: { inputIds?: string[]; inputFile?: string; maxNew
       } catch {
         throw new Error(`${where}: not valid JSON`);
       }
-      const ids = j?.input_ids;
-      if (!Array.isArray(ids) || ids.length === 0 || !ids.every((t) => Number.isInteger(t) && t >= 0))
-        throw new Error(`${where}: "input_ids" must be a non-empty list of token ids`);
+      const ids = inputIdsOf(j?.input_ids, where);
       // (Checked only when the line gives it: --max-new-tokens 0 without one asks for an empty line, as with --input-ids.)
       const own = j.output_tokens != null;
-      const n = own ? j.output_tokens : o.maxNewTokens;
-      if (own && (!Number.isInteger(n) || (n as number) < 1))
-        throw new Error(`${where}: "output_tokens" must be an integer >= 1`);
+      const n = own ? outputTokensOf(j.output_tokens, where) : o.maxNewTokens;
       const newTokensFrom = own ? "output_tokens" : "--max-new-tokens";
-      prompts.push({ ids: ids as number[], maxNewTokens: n as number, where, newTokensFrom });
+      prompts.push({ ids, maxNewTokens: n, where, newTokensFrom });
     });
     if (prompts.length === inputIds.length)
       throw new Error(

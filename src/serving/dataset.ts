@@ -19,6 +19,20 @@ export class DatasetError extends Error {
   override name = "DatasetError";
 }
 
+/** A JSON line's "input_ids": a non-empty list of token ids (tsllm-run --input-file lines have the same field). */
+export function inputIdsOf(v: unknown, where: string): number[] {
+  if (!Array.isArray(v) || v.length === 0 || !v.every((t) => Number.isInteger(t) && t >= 0))
+    throw new DatasetError(`${where}: "input_ids" must be a non-empty list of token ids`);
+  return v;
+}
+
+/** A JSON line's "output_tokens": an integer >= 1 (also tsllm-run --input-file's, where it may be absent). */
+export function outputTokensOf(v: unknown, where: string): number {
+  if (!Number.isInteger(v) || (v as number) < 1)
+    throw new DatasetError(`${where}: "output_tokens" must be an integer >= 1, got ${JSON.stringify(v)}`);
+  return v as number;
+}
+
 export function parseDatasetLine(line: string, where: string, encode?: Encode): DatasetEntry {
   let j: unknown;
   try {
@@ -29,19 +43,10 @@ export function parseDatasetLine(line: string, where: string, encode?: Encode): 
   if (typeof j !== "object" || j === null || Array.isArray(j))
     throw new DatasetError(`${where}: not a JSON object`);
   const o = j as Record<string, unknown>;
-  const out = o.output_tokens;
-  if (!Number.isInteger(out) || (out as number) < 1)
-    throw new DatasetError(`${where}: "output_tokens" must be an integer >= 1, got ${JSON.stringify(out)}`);
+  const out = outputTokensOf(o.output_tokens, where);
   let ids: number[];
-  if (o.input_ids !== undefined) {
-    if (
-      !Array.isArray(o.input_ids) ||
-      o.input_ids.length === 0 ||
-      !o.input_ids.every((t) => Number.isInteger(t) && t >= 0)
-    )
-      throw new DatasetError(`${where}: "input_ids" must be a non-empty list of token ids`);
-    ids = o.input_ids as number[];
-  } else if (typeof o.prompt === "string") {
+  if (o.input_ids !== undefined) ids = inputIdsOf(o.input_ids, where);
+  else if (typeof o.prompt === "string") {
     if (!encode)
       throw new DatasetError(
         `${where}: a "prompt" line needs a tokenizer; this engine has none (give "input_ids")`,
@@ -53,7 +58,7 @@ export function parseDatasetLine(line: string, where: string, encode?: Encode): 
   return {
     taskId: typeof taskId === "number" || typeof taskId === "string" ? taskId : where,
     inputIds: ids,
-    outputTokens: out as number,
+    outputTokens: out,
   };
 }
 

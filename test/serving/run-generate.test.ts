@@ -8,6 +8,7 @@ import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { generateIds, type Prompt, readPrompts } from "../../src/cli/run-generate.ts";
 import { readGolden } from "../../src/golden.ts";
+import { DatasetError } from "../../src/serving/dataset.ts";
 import { openBatchManager } from "../../src/serving/open.ts";
 import type {
   BatchManager,
@@ -90,16 +91,18 @@ describe("readPrompts", () => {
       ['{"input_ids": [1.5]}', '"input_ids" must be a non-empty list of token ids'],
       ['{"input_ids": ["1"]}', '"input_ids" must be a non-empty list of token ids'],
       ['{"input_ids": [1, null]}', '"input_ids" must be a non-empty list of token ids'],
-      ['{"input_ids": [1], "output_tokens": 0}', '"output_tokens" must be an integer >= 1'],
-      ['{"input_ids": [1], "output_tokens": -2}', '"output_tokens" must be an integer >= 1'],
-      ['{"input_ids": [1], "output_tokens": 1.5}', '"output_tokens" must be an integer >= 1'],
-      ['{"input_ids": [1], "output_tokens": "3"}', '"output_tokens" must be an integer >= 1'],
-      ['{"input_ids": [1], "output_tokens": [3]}', '"output_tokens" must be an integer >= 1'],
+      ['{"input_ids": [1], "output_tokens": 0}', '"output_tokens" must be an integer >= 1, got 0'],
+      ['{"input_ids": [1], "output_tokens": -2}', '"output_tokens" must be an integer >= 1, got -2'],
+      ['{"input_ids": [1], "output_tokens": 1.5}', '"output_tokens" must be an integer >= 1, got 1.5'],
+      ['{"input_ids": [1], "output_tokens": "3"}', '"output_tokens" must be an integer >= 1, got "3"'],
+      ['{"input_ids": [1], "output_tokens": [3]}', '"output_tokens" must be an integer >= 1, got [3]'],
     ];
     for (const [line, msg] of cases) {
       // The bad line is the third: a good line and a blank one come first.
       const f = jsonl(`{"input_ids": [1]}\n\n${line}\n{"input_ids": [2]}\n`);
-      expect(thrown(() => readPrompts({ inputFile: f, maxNewTokens: 4 }), Error).message, line).toBe(
+      // The fields' checks are the dataset reader's (serving/dataset.ts), and throw its error.
+      const cls = msg === "not valid JSON" ? Error : DatasetError;
+      expect(thrown(() => readPrompts({ inputFile: f, maxNewTokens: 4 }), cls).message, line).toBe(
         `${f}:3: ${msg}`,
       );
     }
