@@ -18,7 +18,7 @@ const shared = (a: ArrayBufferView) => a.buffer instanceof SharedArrayBuffer;
 
 export class Fp8Pool {
   private workers: Worker[] = [];
-  private jobs = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
+  private jobs = new Map<number, { worker: Worker; resolve: () => void; reject: (e: Error) => void }>();
   private id = 0;
 
   constructor(size = availableParallelism()) {
@@ -30,10 +30,18 @@ export class Fp8Pool {
         this.jobs.delete(id);
         j?.resolve();
       });
-      w.on("error", (e) => {
-        for (const j of this.jobs.values()) j.reject(e);
-        this.jobs.clear();
-      });
+      // A worker ends with an exception in a job (its error) or on close(): the jobs it still has are
+      // rejected, and it takes no more (later weights go to the others, or to this thread once none is left).
+      const lost = (e: Error) => {
+        this.workers = this.workers.filter((x) => x !== w);
+        for (const [id, j] of this.jobs)
+          if (j.worker === w) {
+            this.jobs.delete(id);
+            j.reject(e);
+          }
+      };
+      w.on("error", lost);
+      w.on("exit", (code) => lost(new Error(`FP8 worker exited with code ${code}`)));
       w.postMessage({ tables });
       this.workers.push(w);
     }
@@ -54,8 +62,10 @@ export class Fp8Pool {
       const begin = Math.floor((n * i) / slices);
       const end = Math.floor((n * (i + 1)) / slices);
       const id = this.id++;
-      jobs.push(new Promise((resolve, reject) => this.jobs.set(id, { resolve, reject })));
-      this.workers[i].postMessage({ id, parts, k, begin, end, values, scales });
+      const worker = this.workers[i];
+      // posted first: when the message cannot be sent (a part that cannot be cloned), no job is left waiting
+      worker.postMessage({ id, parts, k, begin, end, values, scales });
+      jobs.push(new Promise((resolve, reject) => this.jobs.set(id, { worker, resolve, reject })));
     }
     await Promise.all(jobs);
   }
