@@ -304,6 +304,9 @@ export class InflightBatchManager implements BatchManager {
     const promptLen = Math.max(1, Math.min(o.promptLen ?? 8, this.limits.maxSeqLen - 3));
     const prompt = Array.from({ length: promptLen }, (_, i) => (i + 1) % this.vocabSize);
     const t0 = performance.now();
+    // Start the step loop now, with nothing to plan: it parks, so the first batch's submits below only wake it and
+    // all b requests are in its first step (a loop started by the first submit plans that request's step alone).
+    this.kick();
     for (const b of sizes) {
       const handles = Array.from({ length: b }, () =>
         this.submit({ promptIds: prompt, maxNewTokens: 3, ignoreEos: true, tag: "warm-up" }),
