@@ -27,6 +27,7 @@ import {
   type BatchStats,
   type FinishReason,
   type GenerationRequest,
+  overMaxSeqLen,
   type RequestHandle,
   RequestRejectedError,
   type RequestResult,
@@ -221,12 +222,9 @@ export class InflightBatchManager implements BatchManager {
     const sampling = { ...DEFAULT_SAMPLING, ...req.sampling };
     if (!(sampling.temperature >= 0) || !(sampling.topP > 0 && sampling.topP <= 1) || !(sampling.topK >= 0))
       reject("invalid", `sampling options out of range (temperature >= 0, top_k >= 0, 0 < top_p <= 1)`);
-    if (prompt.length + maxNew > maxSeqLen)
-      reject(
-        "too_long",
-        `prompt of ${prompt.length} tokens + max_new_tokens ${maxNew} = ${prompt.length + maxNew} exceeds max_seq_len ${maxSeqLen}`,
-        { promptTokens: prompt.length, maxNewTokens: maxNew, maxSeqLen },
-      );
+    const tooLong = overMaxSeqLen(prompt.length, maxNew, maxSeqLen);
+    if (tooLong)
+      reject("too_long", tooLong, { promptTokens: prompt.length, maxNewTokens: maxNew, maxSeqLen });
     const worst = this.blocksFor(prompt.length + maxNew - 1);
     if (worst > this.limits.kvBlocksTotal)
       reject(
