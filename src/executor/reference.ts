@@ -149,7 +149,13 @@ export class ReferenceExecutor implements Executor {
     const logitRows: number[] = [];
     const layout: StepLayout = { seqs: [], positions };
     let t = 0;
+    const seen = new Set<number>();
     for (const s of seqs) {
+      // As the CUDA runtime refuses them: an empty sequence took another's logits row ("last"), and one given
+      // twice wrote both parts at the same positions and counted them twice.
+      if (s.tokens.length === 0) throw new LimitError(`sequence ${s.seqId}: needs at least one token`);
+      if (seen.has(s.seqId)) throw new LimitError(`sequence ${s.seqId} appears twice in one step`);
+      seen.add(s.seqId);
       const past = this.seqLens.get(s.seqId) ?? 0;
       if (past + s.tokens.length > max_seq_len)
         throw new LimitError(
