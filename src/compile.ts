@@ -124,8 +124,9 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
   const randomWeights = o.randomWeights ?? !o.checkpoint;
   // Mistral-style sliding-window attention equals full attention while sequences fit in the window;
   // beyond it is not implemented, so the window caps max_seq_len instead of being silently ignored.
+  // (A model file may hand on config.json's "sliding_window": null: no window, as below.)
   const window = cfg.slidingWindow;
-  if (window !== undefined && o.maxSeqLen !== undefined && o.maxSeqLen > window)
+  if (window != null && o.maxSeqLen !== undefined && o.maxSeqLen > window)
     throw new BuildError(
       `--max-seq-len ${o.maxSeqLen} exceeds the model's sliding_window ${window} (attention beyond the window is not implemented)`,
     );
