@@ -45,7 +45,7 @@ function feedsLogits(g: Graph, n: Node): boolean {
   for (;;) {
     if (Object.values(g.outputs).includes(id)) return true;
     const next = g.nodes.find((m) => m.inputs.includes(id));
-    if (!next || next.op !== "all_gather") return false;
+    if (next?.op !== "all_gather") return false;
     id = next.outputs[0];
   }
 }

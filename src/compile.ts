@@ -213,7 +213,15 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
       for (const w of gpuWarnings(rank0, build))
         o.log?.(`warning: this engine will not run on the GPU (tsllm-run --device cpu runs it): ${w}`);
     if (o.emit === "onnx")
-      return await emitOnnx(o, inputs, pipeline, build, cfg as unknown as Record<string, unknown>, facts, ckpt);
+      return await emitOnnx(
+        o,
+        inputs,
+        pipeline,
+        build,
+        cfg as unknown as Record<string, unknown>,
+        facts,
+        ckpt,
+      );
     const ranks: RankProgram[] = pipeline.ranks.map((g, rank) => ({ rank, graph: g }));
     const config = await writeEngine({
       outDir: o.out,

@@ -4,12 +4,15 @@ import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, expect, it } from "vitest";
-import { LLAMA_MODEL, GPTJ_MODEL, REPO, TINY_GPTJ, TINY_LLAMA, tmpDir } from "./fixtures.ts";
+import { GPTJ_MODEL, LLAMA_MODEL, REPO, TINY_GPTJ, TINY_LLAMA, tmpDir } from "./fixtures.ts";
 
 const COMPILE = path.join(REPO, "bin/tsllm-compile.mjs");
 
 function compile(args: string[]) {
-  const r = spawnSync(process.execPath, [COMPILE, ...args], { encoding: "utf8", env: { ...process.env, NO_COLOR: "1" } });
+  const r = spawnSync(process.execPath, [COMPILE, ...args], {
+    encoding: "utf8",
+    env: { ...process.env, NO_COLOR: "1" },
+  });
   const errLines = r.stderr.split("\n").filter((l) => l.startsWith("error:"));
   return { code: r.status, err: errLines.join("\n"), stderr: r.stderr };
 }
@@ -34,7 +37,10 @@ function expectCleanFailure(args: string[], out: string, ...mustMention: string[
 }
 
 /** Rewrites a safetensors header in place (keeping the data section). */
-function patchHeader(file: string, edit: (h: Record<string, { dtype: string; shape: number[]; data_offsets: number[] }>) => void) {
+function patchHeader(
+  file: string,
+  edit: (h: Record<string, { dtype: string; shape: number[]; data_offsets: number[] }>) => void,
+) {
   const buf = fs.readFileSync(file);
   const n = Number(buf.readBigUInt64LE(0));
   const header = JSON.parse(buf.subarray(8, 8 + n).toString("utf8"));
@@ -53,7 +59,12 @@ describe("tsllm-compile rejects bad input cleanly", () => {
     const ck = copyFixture(TINY_LLAMA);
     const f = path.join(ck, "model.safetensors");
     fs.truncateSync(f, fs.statSync(f).size - 1000);
-    expectCleanFailure([LLAMA_MODEL, "--checkpoint", ck, "--sm", "90"], out(), "model.safetensors", "truncated");
+    expectCleanFailure(
+      [LLAMA_MODEL, "--checkpoint", ck, "--sm", "90"],
+      out(),
+      "model.safetensors",
+      "truncated",
+    );
   });
 
   it("overlapping offsets", () => {
@@ -88,7 +99,9 @@ describe("tsllm-compile rejects bad input cleanly", () => {
     });
     const r = expectCleanFailure([LLAMA_MODEL, "--checkpoint", ck, "--sm", "90"], out(), "model.safetensors");
     expect(r.err).toMatch(
-      new RegExp(`model\\.safetensors: tensor "${name.replaceAll(".", "\\.")}": data_offsets \\[\\d+, \\d+\\] out of range of the \\d+-byte data section$`),
+      new RegExp(
+        `model\\.safetensors: tensor "${name.replaceAll(".", "\\.")}": data_offsets \\[\\d+, \\d+\\] out of range of the \\d+-byte data section$`,
+      ),
     );
   });
 
@@ -97,13 +110,22 @@ describe("tsllm-compile rejects bad input cleanly", () => {
     patchHeader(path.join(ck, "model.safetensors"), (h) => {
       h["model.norm.weight"].dtype = "F32";
     });
-    expectCleanFailure([LLAMA_MODEL, "--checkpoint", ck, "--sm", "90"], out(), "model.safetensors", "model.norm.weight");
+    expectCleanFailure(
+      [LLAMA_MODEL, "--checkpoint", ck, "--sm", "90"],
+      out(),
+      "model.safetensors",
+      "model.norm.weight",
+    );
   });
 
   it("a missing shard named in the index", () => {
     const ck = copyFixture(TINY_GPTJ);
     fs.rmSync(path.join(ck, "model-00003-of-00006.safetensors"));
-    expectCleanFailure([GPTJ_MODEL, "--checkpoint", ck, "--sm", "90"], out(), "model-00003-of-00006.safetensors");
+    expectCleanFailure(
+      [GPTJ_MODEL, "--checkpoint", ck, "--sm", "90"],
+      out(),
+      "model-00003-of-00006.safetensors",
+    );
   });
 
   it("a config missing a required field", () => {
@@ -111,7 +133,12 @@ describe("tsllm-compile rejects bad input cleanly", () => {
     const cfg = JSON.parse(fs.readFileSync(path.join(ck, "config.json"), "utf8"));
     delete cfg.num_hidden_layers;
     fs.writeFileSync(path.join(ck, "config.json"), JSON.stringify(cfg));
-    expectCleanFailure([LLAMA_MODEL, "--checkpoint", ck, "--sm", "90"], out(), "config.json", "num_hidden_layers");
+    expectCleanFailure(
+      [LLAMA_MODEL, "--checkpoint", ck, "--sm", "90"],
+      out(),
+      "config.json",
+      "num_hidden_layers",
+    );
   });
 
   it("an unsupported architecture", () => {
@@ -119,7 +146,12 @@ describe("tsllm-compile rejects bad input cleanly", () => {
     const cfg = JSON.parse(fs.readFileSync(path.join(ck, "config.json"), "utf8"));
     cfg.architectures = ["FalconForCausalLM"];
     fs.writeFileSync(path.join(ck, "config.json"), JSON.stringify(cfg));
-    expectCleanFailure([LLAMA_MODEL, "--checkpoint", ck, "--sm", "90"], out(), "FalconForCausalLM", "LlamaForCausalLM");
+    expectCleanFailure(
+      [LLAMA_MODEL, "--checkpoint", ck, "--sm", "90"],
+      out(),
+      "FalconForCausalLM",
+      "LlamaForCausalLM",
+    );
   });
 
   it("a checkpoint whose tensor has the wrong shape", () => {
@@ -127,7 +159,12 @@ describe("tsllm-compile rejects bad input cleanly", () => {
     const cfg = JSON.parse(fs.readFileSync(path.join(ck, "config.json"), "utf8"));
     cfg.intermediate_size = 256;
     fs.writeFileSync(path.join(ck, "config.json"), JSON.stringify(cfg));
-    expectCleanFailure([LLAMA_MODEL, "--checkpoint", ck, "--sm", "90"], out(), "gate_proj.weight", "[352,128]");
+    expectCleanFailure(
+      [LLAMA_MODEL, "--checkpoint", ck, "--sm", "90"],
+      out(),
+      "gate_proj.weight",
+      "[352,128]",
+    );
   });
 
   it("an unknown --sm", () => {

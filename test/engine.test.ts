@@ -22,7 +22,9 @@ describe("engine files", () => {
     b[b.length - 10] ^= 0xff;
     fs.writeFileSync(f, b);
     expect(() => openEngine(dir)).not.toThrow(); // size and header are fine: only the loading pass can tell
-    expect(() => ReferenceExecutor.load(dir)).toThrow(/rank0\.engine: content hash .* does not match config\.json/);
+    expect(() => ReferenceExecutor.load(dir)).toThrow(
+      /rank0\.engine: content hash .* does not match config\.json/,
+    );
     expect(() => verifyEngine(openEngine(dir))).toThrow(/rank0\.engine: content hash/);
     expect(() => ReferenceExecutor.load(dir, { verify: false })).not.toThrow();
     const r = run([dir, "--device", "cpu", "--input-ids", "1,2"]);
@@ -35,7 +37,9 @@ describe("engine files", () => {
     const dir = await buildFixture("llama");
     const f = path.join(dir, "rank0.engine");
     fs.truncateSync(f, fs.statSync(f).size - 4096);
-    expect(() => openEngine(dir)).toThrow(/rank0\.engine: \d+ bytes, config\.json says \d+ \(truncated or replaced\)/);
+    expect(() => openEngine(dir)).toThrow(
+      /rank0\.engine: \d+ bytes, config\.json says \d+ \(truncated or replaced\)/,
+    );
     const dir2 = await buildFixture("llama");
     const f2 = path.join(dir2, "rank0.engine");
     const b = fs.readFileSync(f2);
@@ -63,7 +67,11 @@ describe("engine files", () => {
     const w = r.header.weights.find((x) => x.value === v.id)!;
     const idx = JSON.parse(fs.readFileSync(path.join(TINY_GPTJ, "model.safetensors.index.json"), "utf8"));
     const st = openSafetensors(path.join(TINY_GPTJ, idx.weight_map["transformer.h.1.mlp.fc_in.weight"]));
-    expect(Buffer.from(readWeightBytes(r, w.offset, w.nbytes)).equals(Buffer.from(st.read("transformer.h.1.mlp.fc_in.weight")))).toBe(true);
+    expect(
+      Buffer.from(readWeightBytes(r, w.offset, w.nbytes)).equals(
+        Buffer.from(st.read("transformer.h.1.mlp.fc_in.weight")),
+      ),
+    ).toBe(true);
     st.close();
   });
 });
@@ -71,13 +79,24 @@ describe("engine files", () => {
 describe("random weights", () => {
   it("store seeds, not bytes, and every load materialises the same values", async () => {
     const out = path.join(tmpDir(), "e");
-    await compileEngine({ modelFile: LLAMA_MODEL, sm: 90, dtype: "fp32", out, maxNumTokens: 64, maxBatchSize: 4 });
+    await compileEngine({
+      modelFile: LLAMA_MODEL,
+      sm: 90,
+      dtype: "fp32",
+      out,
+      maxNumTokens: 64,
+      maxBatchSize: 4,
+    });
     const e = openEngine(out);
     const ws = e.ranks[0].header.weights;
     expect(ws.filter((w) => w.random).length).toBeGreaterThan(10);
     expect(ws.filter((w) => w.random).every((w) => w.nbytes === 0)).toBe(true);
-    const a = ReferenceExecutor.load(out).step([{ seqId: 1, tokens: [1, 2, 3], logits: "last" }]).get(1)![0];
-    const b = ReferenceExecutor.load(out).step([{ seqId: 1, tokens: [1, 2, 3], logits: "last" }]).get(1)![0];
+    const a = ReferenceExecutor.load(out)
+      .step([{ seqId: 1, tokens: [1, 2, 3], logits: "last" }])
+      .get(1)![0];
+    const b = ReferenceExecutor.load(out)
+      .step([{ seqId: 1, tokens: [1, 2, 3], logits: "last" }])
+      .get(1)![0];
     expect(Array.from(a)).toEqual(Array.from(b));
     expect(a.some((x) => x !== 0)).toBe(true);
   });
@@ -107,9 +126,15 @@ describe("runtime limits", () => {
   it("smaller-than-built is fine, beyond-the-limits is a clear error", async () => {
     const dir = await buildFixture("llama", { maxSeqLen: 8, maxNumTokens: 16, maxBatchSize: 2 });
     const ex = ReferenceExecutor.load(dir);
-    expect(() => ex.step([{ seqId: 1, tokens: [1, 2, 3, 4, 5, 6, 7, 8, 9], logits: "last" }])).toThrow(LimitError);
-    expect(() => ex.step([{ seqId: 1, tokens: [1, 2, 3, 4, 5, 6, 7, 8, 9], logits: "last" }])).toThrow(/max_seq_len 8/);
-    expect(() => ex.step([1, 2, 3].map((i) => ({ seqId: i, tokens: [1], logits: "last" as const })))).toThrow(/max_batch_size 2/);
+    expect(() => ex.step([{ seqId: 1, tokens: [1, 2, 3, 4, 5, 6, 7, 8, 9], logits: "last" }])).toThrow(
+      LimitError,
+    );
+    expect(() => ex.step([{ seqId: 1, tokens: [1, 2, 3, 4, 5, 6, 7, 8, 9], logits: "last" }])).toThrow(
+      /max_seq_len 8/,
+    );
+    expect(() => ex.step([1, 2, 3].map((i) => ({ seqId: i, tokens: [1], logits: "last" as const })))).toThrow(
+      /max_batch_size 2/,
+    );
     expect(() => ex.step([{ seqId: 1, tokens: [9999], logits: "last" }])).toThrow(/outside the vocabulary/);
     expect(ex.step([{ seqId: 1, tokens: [1, 2], logits: "last" }]).get(1)![0].length).toBe(512);
   });
@@ -126,7 +151,15 @@ describe("tsllm-run", () => {
 
   it("--golden exits non-zero above the tolerance", async () => {
     const dir = await buildFixture("llama", { dtype: "bf16" });
-    const r = run([dir, "--device", "cpu", "--golden", path.join(TINY_LLAMA, "golden.safetensors"), "--tolerance", "1e-6"]);
+    const r = run([
+      dir,
+      "--device",
+      "cpu",
+      "--golden",
+      path.join(TINY_LLAMA, "golden.safetensors"),
+      "--tolerance",
+      "1e-6",
+    ]);
     expect(r.status).not.toBe(0);
     expect(r.stderr).toMatch(/^error: max \|Δlogit\| .* exceeds tolerance/m);
   });
@@ -135,14 +168,36 @@ describe("tsllm-run", () => {
     const dir = await buildFixture("llama");
     const golden = (await import("../src/golden.ts")).readGolden(path.join(TINY_LLAMA, "golden.safetensors"));
     const p = golden.prompts[2];
-    const r = run([dir, "--device", "cpu", "--input-ids", p.inputIds.slice(0, p.promptLen).join(","), "--max-new-tokens", "6"]);
+    const r = run([
+      dir,
+      "--device",
+      "cpu",
+      "--input-ids",
+      p.inputIds.slice(0, p.promptLen).join(","),
+      "--max-new-tokens",
+      "6",
+    ]);
     expect(r.status).toBe(0);
     expect(r.stdout.trim()).toBe(p.inputIds.slice(p.promptLen, p.promptLen + 6).join(","));
   });
 
   it("sampling with the same seed repeats; another seed differs", async () => {
     const dir = await buildFixture("gptj");
-    const args = [dir, "--device", "cpu", "--input-ids", "1,2,3", "--max-new-tokens", "12", "--temperature", "1.5", "--top-k", "50", "--top-p", "0.95"];
+    const args = [
+      dir,
+      "--device",
+      "cpu",
+      "--input-ids",
+      "1,2,3",
+      "--max-new-tokens",
+      "12",
+      "--temperature",
+      "1.5",
+      "--top-k",
+      "50",
+      "--top-p",
+      "0.95",
+    ];
     const a = run([...args, "--seed", "1"]).stdout;
     expect(run([...args, "--seed", "1"]).stdout).toBe(a);
     expect(run([...args, "--seed", "2"]).stdout).not.toBe(a);
@@ -153,10 +208,16 @@ describe("the README's main command", () => {
   it("compiles the bundled default of every model file with no checkpoint", () => {
     for (const model of [LLAMA_MODEL, GPTJ_MODEL]) {
       const out = path.join(tmpDir(), "e");
-      const r = spawnSync(process.execPath, [path.join(REPO, "bin/tsllm-compile.mjs"), model, "--sm", "90", "-o", out], { encoding: "utf8" });
+      const r = spawnSync(
+        process.execPath,
+        [path.join(REPO, "bin/tsllm-compile.mjs"), model, "--sm", "90", "-o", out],
+        { encoding: "utf8" },
+      );
       expect(r.status, r.stderr).toBe(0);
       expect(fs.existsSync(path.join(out, "rank0.engine"))).toBe(true);
-      expect(run([out, "--device", "cpu", "--input-ids", "1,2,3", "--max-new-tokens", "4"]).stdout).toMatch(/^\d+(,\d+){3}\n$/);
+      expect(run([out, "--device", "cpu", "--input-ids", "1,2,3", "--max-new-tokens", "4"]).stdout).toMatch(
+        /^\d+(,\d+){3}\n$/,
+      );
     }
   });
 });

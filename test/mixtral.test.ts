@@ -4,13 +4,13 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, expect, it } from "vitest";
+import { openSafetensors, type TensorToWrite, writeSafetensors } from "../src/checkpoint/safetensors.ts";
 import { compileEngine } from "../src/compile.ts";
 import { openEngine } from "../src/engine/reader.ts";
 import { ReferenceExecutor } from "../src/executor/reference.ts";
 import { checkGolden, readGolden } from "../src/golden.ts";
 import { getOp, HostTensor } from "../src/ops/index.ts";
 import { routeTopK } from "../src/ops/moe.ts";
-import { openSafetensors, type TensorToWrite, writeSafetensors } from "../src/checkpoint/safetensors.ts";
 import { computeScales, quantizeValues, scalesShape, storedShape } from "../src/quant/weights.ts";
 import { FIXTURES, REPO, tmpDir } from "./fixtures.ts";
 

@@ -33,7 +33,7 @@ function writeRank(file: string, json: string, data: Buffer): void {
   fs.writeFileSync(file, Buffer.concat([pre, text, Buffer.alloc(off - PREAMBLE_BYTES - text.length), data]));
 }
 
-const valueOf = (h: Header, id: number) => h.values.find((v: Header) => v.id === id);
+const valueById = (h: Header, id: number) => h.values.find((v: Header) => v.id === id);
 const nodeOf = (h: Header, op: string) => {
   const n = h.nodes.find((x: Header) => x.op === op);
   if (!n) throw new Error(`no ${op} node in the engine`);
@@ -93,7 +93,7 @@ export const CORRUPT_CASES: CorruptCase[] = [
   headerCase(
     "arena offset past the arena",
     (h) => {
-      const k = Object.keys(h.arena.offsets).find((id) => valueOf(h, Number(id))?.kind !== "input")!;
+      const k = Object.keys(h.arena.offsets).find((id) => valueById(h, Number(id))?.kind !== "input")!;
       h.arena.offsets[k] = h.arena.bytes;
     },
     /overruns the arena/,
@@ -101,7 +101,7 @@ export const CORRUPT_CASES: CorruptCase[] = [
   headerCase(
     "unaligned arena offset",
     (h) => {
-      const k = Object.keys(h.arena.offsets).find((id) => valueOf(h, Number(id))?.kind !== "input")!;
+      const k = Object.keys(h.arena.offsets).find((id) => valueById(h, Number(id))?.kind !== "input")!;
       h.arena.offsets[k] += 2;
     },
     /is not 16-byte aligned/,
@@ -151,7 +151,7 @@ export const CORRUPT_CASES: CorruptCase[] = [
     "linear output width differs from its weight",
     (h) => {
       const n = nodeOf(h, "linear");
-      const o = valueOf(h, n.outputs[0]);
+      const o = valueById(h, n.outputs[0]);
       o.shape[o.shape.length - 1] += 8;
     },
     /must have last dim \d+/,
@@ -173,7 +173,7 @@ export const CORRUPT_CASES: CorruptCase[] = [
   ),
   headerCase(
     "input_ids with a second dim",
-    (h) => valueOf(h, h.inputs.input_ids).shape.push(4),
+    (h) => valueById(h, h.inputs.input_ids).shape.push(4),
     /graph input input_ids must have shape \[num_tokens\]/,
   ),
   // Elementwise chains folded into a linear / norm (src/ops/ew-chain.ts): attrs post / pre.
@@ -218,7 +218,7 @@ export const QUANT_CORRUPT_CASES: CorruptCase[] = [
   ),
   headerCase(
     "weights of another scheme's dtype",
-    (h) => (valueOf(h, quantNode(h).inputs[1]).dtype = "i8"),
+    (h) => (valueById(h, quantNode(h).inputs[1]).dtype = "i8"),
     /node \d+ \(quant_linear\): value \d+ \(.*\) is i8, this op needs u8/,
   ),
   headerCase(
@@ -267,7 +267,7 @@ export const MOE_CORRUPT_CASES: CorruptCase[] = [
   ),
   headerCase(
     "a down projection of the wrong shape",
-    (h) => (valueOf(h, moeNode(h).inputs[4]).shape = [256, 384]), // same bytes, another layout
+    (h) => (valueById(h, moeNode(h).inputs[4]).shape = [256, 384]), // same bytes, another layout
     /node \d+ \(moe\): w2 .*experts\.w2\.weight must be \[512, 192\] \(4 local experts stacked\)/,
   ),
   headerCase(

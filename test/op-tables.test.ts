@@ -13,7 +13,7 @@ import { NATIVE_WITHOUT_ATTRS, WITHOUT } from "../src/ops/without.ts";
 import { buildFixture } from "./fixtures.ts";
 
 /** What is wrong between the registry's op names and one table (with its explicit "does not have" list). */
-export function tableProblems(
+function tableProblems(
   table: string,
   registry: readonly string[],
   has: ReadonlySet<string>,

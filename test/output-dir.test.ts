@@ -57,7 +57,10 @@ describe("tsllm-compile -o refuses targets it must not replace", () => {
     expectRefused(["-o", "."], /^error: -o \.: refusing to replace the current directory$/);
     expectRefused(["-o", ".", "--force"], /the current directory/);
     expectRefused(["-o", proj, "--force"], /the current directory/);
-    expectRefused(["-o", "..", "--force"], /^error: -o \.\.: refusing to replace an ancestor of the current directory$/);
+    expectRefused(
+      ["-o", "..", "--force"],
+      /^error: -o \.\.: refusing to replace an ancestor of the current directory$/,
+    );
     expectRefused(["-o", "data/.."], /the current directory/);
     expectRefused(["-o", "/", "--force"], /^error: -o \/: refusing to replace the root directory$/);
   });
@@ -67,7 +70,10 @@ describe("tsllm-compile -o refuses targets it must not replace", () => {
   });
 
   it("a file or a folder that is not ours, unless --force", () => {
-    expectRefused(["-o", "main.py"], /^error: -o main\.py: exists and is a file, not a tsllm engine; .*--force/);
+    expectRefused(
+      ["-o", "main.py"],
+      /^error: -o main\.py: exists and is a file, not a tsllm engine; .*--force/,
+    );
     expectRefused(["-o", "data"], /^error: -o data: is a folder with files in it that is not a tsllm engine/);
     // The project folder itself, from its parent (the parent is the cwd here).
     expectRefused(["-o", "proj"], /^error: -o proj: is a folder with files in it/, { cwd: box });
@@ -78,7 +84,10 @@ describe("tsllm-compile -o refuses targets it must not replace", () => {
   it("an earlier engine with foreign files added", () => {
     expect(compile(["-o", "eng"]).code).toBe(0);
     fs.writeFileSync(path.join(proj, "eng", "notes.txt"), "my notes\n");
-    expectRefused(["-o", "eng"], /^error: -o eng: is a tsllm output but also holds 1 other file\(s\) \(notes\.txt\)/);
+    expectRefused(
+      ["-o", "eng"],
+      /^error: -o eng: is a tsllm output but also holds 1 other file\(s\) \(notes\.txt\)/,
+    );
   });
 
   it("a folder holding the build's own input, even with --force", () => {
@@ -107,7 +116,11 @@ describe("tsllm-compile -o replaces what it may", () => {
     const second = fs.readFileSync(path.join(proj, "eng", "config.json"), "utf8");
     expect(second).not.toEqual(first);
     expect(compile(["-o", "eng", "--emit", "onnx"]).code).toBe(0);
-    expect(fs.readdirSync(path.join(proj, "eng")).sort()).toEqual(["onnx.json", "rank0.onnx", "rank0.onnx.data"]);
+    expect(fs.readdirSync(path.join(proj, "eng")).sort()).toEqual([
+      "onnx.json",
+      "rank0.onnx",
+      "rank0.onnx.data",
+    ]);
     expect(compile(["-o", "eng"]).code).toBe(0);
     expect(fs.existsSync(path.join(proj, "eng", "rank0.engine"))).toBe(true);
     // An engine that carries its checkpoint's tokenizer files is ours too.
@@ -119,17 +132,21 @@ describe("tsllm-compile -o replaces what it may", () => {
     expect(compile(["-o", "new/nested/eng"]).code).toBe(0);
     const after = snapshot(proj);
     for (const [k, v] of Object.entries(before)) expect(after[k]).toBe(v);
-    expect(Object.keys(after).filter((k) => /\.(tmp|old)-\d+-/.test(k) || k.includes(".tsllm-probe"))).toEqual([]);
+    expect(
+      Object.keys(after).filter((k) => /\.(tmp|old)-\d+-/.test(k) || k.includes(".tsllm-probe")),
+    ).toEqual([]);
   });
 
   it("temporary names never reuse a path of the user's", () => {
     // Files named like our temporary folders, for this and any pid: all left alone.
-    for (const n of ["eng.tmp-1", "eng.old-1-0", "eng.tmp-99999-x"]) fs.writeFileSync(path.join(proj, n), "mine\n");
+    for (const n of ["eng.tmp-1", "eng.old-1-0", "eng.tmp-99999-x"])
+      fs.writeFileSync(path.join(proj, n), "mine\n");
     expect(compile(["-o", "eng"]).code).toBe(0);
     const before = snapshot(box);
     expect(compile(["-o", "eng", "--seed", "3"]).code).toBe(0);
     const after = snapshot(box);
-    for (const k of Object.keys(before).filter((k) => !k.startsWith("proj/eng/") && k !== "proj/eng")) expect(after[k]).toBe(before[k]);
+    for (const k of Object.keys(before).filter((k) => !k.startsWith("proj/eng/") && k !== "proj/eng"))
+      expect(after[k]).toBe(before[k]);
   });
 
   it("--force replaces a file or a foreign folder, and only that", () => {
@@ -137,7 +154,9 @@ describe("tsllm-compile -o replaces what it may", () => {
     expect(compile(["-o", "main.py", "--force"]).code).toBe(0);
     expect(compile(["-o", "data", "--force"]).code).toBe(0);
     const after = snapshot(box);
-    for (const k of Object.keys(before).filter((k) => !k.startsWith("proj/main.py") && !k.startsWith("proj/data")))
+    for (const k of Object.keys(before).filter(
+      (k) => !k.startsWith("proj/main.py") && !k.startsWith("proj/data"),
+    ))
       expect(after[k]).toBe(before[k]);
     expect(fs.existsSync(path.join(proj, "main.py", "rank0.engine"))).toBe(true);
     expect(fs.existsSync(path.join(proj, "data", "train.csv"))).toBe(false);
@@ -189,10 +208,14 @@ describe("an interrupted build", () => {
     it(`${sig} leaves the old engine intact and no temporary folder`, async () => {
       expect(compile(["-o", "eng"]).code).toBe(0);
       const before = snapshot(box);
-      const child = spawn(process.execPath, [COMPILE, LLAMA_MODEL, "--sm", "90", "--checkpoint", ck, "-o", "eng"], {
-        cwd: proj,
-        stdio: "ignore",
-      });
+      const child = spawn(
+        process.execPath,
+        [COMPILE, LLAMA_MODEL, "--sm", "90", "--checkpoint", ck, "-o", "eng"],
+        {
+          cwd: proj,
+          stdio: "ignore",
+        },
+      );
       const tmpRank = () => {
         const t = fs.readdirSync(proj).find((n) => n.startsWith(`eng.tmp-${child.pid}-`));
         return t ? path.join(proj, t, "rank0.engine") : "";

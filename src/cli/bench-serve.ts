@@ -18,10 +18,15 @@ function parseGoodput(specs: string[]): ServeBenchOptions["goodput"] {
   return out;
 }
 
-async function serverModel(url: string, apiKey?: string): Promise<{ id: string; vocab_size?: number; max_model_len?: number }> {
+async function serverModel(
+  url: string,
+  apiKey?: string,
+): Promise<{ id: string; vocab_size?: number; max_model_len?: number }> {
   let res: Response;
   try {
-    res = await fetch(`${url.replace(/\/+$/, "")}/v1/models`, { headers: apiKey ? { authorization: `Bearer ${apiKey}` } : {} });
+    res = await fetch(`${url.replace(/\/+$/, "")}/v1/models`, {
+      headers: apiKey ? { authorization: `Bearer ${apiKey}` } : {},
+    });
   } catch (e) {
     throw new Error(`--url ${url}: cannot reach the server (${(e as Error).message})`);
   }
@@ -43,11 +48,24 @@ export function addServeBenchCommand(program: Command): void {
     )
     .requiredOption("--url <url>", "server base URL, e.g. http://127.0.0.1:8000")
     .option("--model <name>", "model name (default: the first the server lists)")
-    .option("--dataset <file>", "trtllm-bench JSONL dataset (tsllm-bench prepare-dataset); default: random prompts")
-    .option("--tokenizer <dir>", "engine or model folder whose tokenizer encodes a dataset's \"prompt\" lines")
-    .option("--num-prompts <n>", "random prompts to send (or the first N of the dataset)", int("--num-prompts"), 100)
+    .option(
+      "--dataset <file>",
+      "trtllm-bench JSONL dataset (tsllm-bench prepare-dataset); default: random prompts",
+    )
+    .option("--tokenizer <dir>", 'engine or model folder whose tokenizer encodes a dataset\'s "prompt" lines')
+    .option(
+      "--num-prompts <n>",
+      "random prompts to send (or the first N of the dataset)",
+      int("--num-prompts"),
+      100,
+    )
     .option("--random-input-len <n>", "random prompt length in tokens", int("--random-input-len"), 128)
-    .option("--random-output-len <n>", "tokens to generate per random prompt", int("--random-output-len"), 128)
+    .option(
+      "--random-output-len <n>",
+      "tokens to generate per random prompt",
+      int("--random-output-len"),
+      128,
+    )
     .option("--request-rate <r>", "requests per second, Poisson arrivals (inf: all at once)", "inf")
     .option("--max-concurrency <n>", "most requests in flight", int("--max-concurrency"))
     .option("--goodput <slo...>", "SLOs in ms for goodput: ttft:MS tpot:MS e2el:MS")
@@ -68,7 +86,10 @@ export function addServeBenchCommand(program: Command): void {
         let entries: DatasetEntry[];
         if (o.dataset) {
           const tok = o.tokenizer ? requireTokenizer(o.tokenizer, "--tokenizer") : null;
-          entries = readDataset(o.dataset, { encode: tok ? (t) => tok.encode(t) : undefined, vocabSize: served.vocab_size }).slice(0, o.numPrompts);
+          entries = readDataset(o.dataset, {
+            encode: tok ? (t) => tok.encode(t) : undefined,
+            vocabSize: served.vocab_size,
+          }).slice(0, o.numPrompts);
         } else {
           if (!served.vocab_size)
             throw new Error(`--url ${o.url}: the server does not say its vocab_size; give --dataset FILE`);
@@ -99,13 +120,22 @@ export function addServeBenchCommand(program: Command): void {
           const w = await runServeBench(entries.slice(0, o.warmup), { ...opts, requestRate: Infinity });
           if (w.report.failed_requests) throw new Error(`warm-up request failed: ${w.report.first_error}`);
         }
-        const bar = new cliProgress.SingleBar({ format: "requests [{bar}] {value}/{total}", noTTYOutput: true, notTTYSchedule: 5000, clearOnComplete: true }, cliProgress.Presets.shades_classic);
+        const bar = new cliProgress.SingleBar(
+          {
+            format: "requests [{bar}] {value}/{total}",
+            noTTYOutput: true,
+            notTTYSchedule: 5000,
+            clearOnComplete: true,
+          },
+          cliProgress.Presets.shades_classic,
+        );
         bar.start(entries.length, 0);
         const { report } = await runServeBench(entries, { ...opts, onProgress: (d) => bar.update(d) });
         bar.stop();
         process.stdout.write(formatServeBench(report));
         json?.write(report);
-        if (report.successful_requests === 0) throw new Error(`every request failed (first: ${report.first_error})`);
+        if (report.successful_requests === 0)
+          throw new Error(`every request failed (first: ${report.first_error})`);
       }),
     );
 }

@@ -81,7 +81,7 @@ function rangeText(r: Range): string {
   return `in ${r.above !== undefined ? `(${r.above}` : `[${r.min}`}, ${r.max}]`;
 }
 
-function checkRange(name: string, v: string, n: number, r: Range): number {
+function checkRange(name: string, n: number, r: Range): number {
   if (
     (r.min !== undefined && n < r.min) ||
     (r.above !== undefined && n <= r.above) ||
@@ -95,7 +95,7 @@ function checkRange(name: string, v: string, n: number, r: Range): number {
 export function int(name: string, range: Range = {}) {
   return (v: string): number => {
     if (!/^-?\d+$/.test(v)) throw new InvalidArgumentError(`${name} must be an integer, got "${v}"`);
-    return checkRange(name, v, Number(v), range);
+    return checkRange(name, Number(v), range);
   };
 }
 
@@ -104,7 +104,7 @@ export function float(name: string, range: Range = {}) {
   return (v: string): number => {
     const n = v.trim() === "" ? Number.NaN : Number(v);
     if (!Number.isFinite(n)) throw new InvalidArgumentError(`${name} must be a number, got "${v}"`);
-    return checkRange(name, v, n, range);
+    return checkRange(name, n, range);
   };
 }
 

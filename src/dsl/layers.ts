@@ -23,6 +23,16 @@ export const ACTIVATIONS = {
 } as const;
 export type ActivationName = keyof typeof ACTIVATIONS;
 
+/**
+ * ACTIVATIONS[name], refusing a name it lacks: a model file in JavaScript is not type-checked, and an
+ * unknown (or inherited, e.g. "toString") name would otherwise fail later as a TypeError from in here.
+ */
+function activation(prefix: string, name: ActivationName): (x: Tensor) => Tensor {
+  if (!Object.hasOwn(ACTIVATIONS, name))
+    throw new Error(`${prefix}: unknown activation "${name}" (${Object.keys(ACTIVATIONS).join(", ")})`);
+  return ACTIVATIONS[name];
+}
+
 export interface AttentionOptions {
   hiddenSize: number;
   numHeads: number;
@@ -84,11 +94,11 @@ export function gatedMlp(
   o: MlpOptions & { names?: { gate: string; up: string; down: string } },
 ): Layer {
   const n = o.names ?? { gate: "gate_proj", up: "up_proj", down: "down_proj" };
+  const act = activation(prefix, o.activation);
   const { hiddenSize: H, intermediateSize: I, bias } = o;
   const gateProj = m.Linear(`${prefix}.${n.gate}`, H, I, { bias, parallel: "column" });
   const upProj = m.Linear(`${prefix}.${n.up}`, H, I, { bias, parallel: "column" });
   const downProj = m.Linear(`${prefix}.${n.down}`, I, H, { bias, parallel: "row" });
-  const act = ACTIVATIONS[o.activation];
   return (x) => downProj(act(gateProj(x)).mul(upProj(x)));
 }
 
@@ -161,6 +171,7 @@ export function mlp(
   o: MlpOptions & { names?: { in: string; out: string } },
 ): Layer {
   const n = o.names ?? { in: "fc_in", out: "fc_out" };
+  const act = activation(prefix, o.activation);
   const fcIn = m.Linear(`${prefix}.${n.in}`, o.hiddenSize, o.intermediateSize, {
     bias: o.bias,
     parallel: "column",
@@ -169,7 +180,6 @@ export function mlp(
     bias: o.bias,
     parallel: "row",
   });
-  const act = ACTIVATIONS[o.activation];
   return (x) => fcOut(act(fcIn(x)));
 }
 

@@ -146,7 +146,9 @@ export const EngineConfig = z.object({
     .array(
       z
         .object({
-          file: z.string().refine(isPlainFileName, { message: "must be a plain file name in the engine directory" }),
+          file: z
+            .string()
+            .refine(isPlainFileName, { message: "must be a plain file name in the engine directory" }),
           bytes: z.number().int().nonnegative(),
           /**
            * src/engine/hash.ts: SHA-256 over the SHA-256 digests of the file's chunk_bytes chunks (16 MiB when
@@ -158,7 +160,9 @@ export const EngineConfig = z.object({
               chunk_bytes: z
                 .number()
                 .int()
-                .min(MIN_HASH_CHUNK_BYTES, { message: `must be an integer of at least ${MIN_HASH_CHUNK_BYTES} bytes` }),
+                .min(MIN_HASH_CHUNK_BYTES, {
+                  message: `must be an integer of at least ${MIN_HASH_CHUNK_BYTES} bytes`,
+                }),
               sha256: z.string(),
             })
             .optional(),
@@ -171,7 +175,9 @@ export const EngineConfig = z.object({
   /** Tokenizer files copied in by tsllm-compile (src/text/tokenizer.ts), plain names in this directory. */
   tokenizer: z
     .object({
-      files: z.array(z.string().refine(isPlainFileName, { message: "must be a plain file name in the engine directory" })),
+      files: z.array(
+        z.string().refine(isPlainFileName, { message: "must be a plain file name in the engine directory" }),
+      ),
     })
     .optional(),
 });

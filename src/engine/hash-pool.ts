@@ -38,7 +38,10 @@ export class HashPool {
     return new Promise((resolve, reject) => {
       this.jobs.set(id, { resolve, reject });
       // A view of an ordinary ArrayBuffer would clone its whole buffer: send a copy of just the view.
-      w.postMessage({ id, pieces: pieces.map((p) => (p.buffer instanceof SharedArrayBuffer ? p : p.slice())) });
+      w.postMessage({
+        id,
+        pieces: pieces.map((p) => (p.buffer instanceof SharedArrayBuffer ? p : p.slice())),
+      });
     });
   }
 

@@ -53,7 +53,10 @@ export class RankFile {
    */
   push(b: Uint8Array, done?: () => void): void {
     if (this.failed) throw this.failed;
-    if (b.length === 0) return done?.();
+    if (b.length === 0) {
+      done?.();
+      return;
+    }
     const d: Done = { left: 1, fn: done };
     if (this.batchBytes === 0) this.batchPos = this.bytes;
     this.batch.push(b);

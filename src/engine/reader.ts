@@ -162,7 +162,7 @@ function checkHeader(h: EngineHeader, file: string, dataBytes: number): void {
   });
   for (const w of h.weights) {
     const v = values.get(w.value);
-    if (!v || v.kind !== "weight") throw bad(`weight entry names value ${w.value}, which is not a weight`);
+    if (v?.kind !== "weight") throw bad(`weight entry names value ${w.value}, which is not a weight`);
     if (w.random) continue;
     const want = v.shape.reduce<number>(
       (a, d) => a * (typeof d === "number" ? d : d.max),

@@ -9,9 +9,9 @@ import { type Engine, type EngineRank, openEngine, streamRankWeights } from "../
 import type { Graph } from "../ir/types.ts";
 import { getOp, HostTensor, type KvStore, type RefContext, type StepLayout } from "../ops/index.ts";
 import { roundToDtype } from "../ops/round.ts";
-import { materializeWeight } from "../weights/materialize.ts";
 import { roundE4m3 } from "../quant/fp8.ts";
 import { decodeStored, isQuantDtype, roundStored } from "../quant/weights.ts";
+import { materializeWeight } from "../weights/materialize.ts";
 import { randomFill } from "../weights/random.ts";
 import { type Executor, LimitError, type SeqRequest } from "./types.ts";
 
@@ -123,7 +123,10 @@ export class ReferenceExecutor implements Executor {
     };
     const weights = graphs.map((g, i) => {
       const stored = ranks[i].header.weights.filter((w) => !w.random && w.nbytes > 0);
-      return decodeWeights(ranks[i], new Map(stored.map((w) => [w.value, materializeWeight(g.values.get(w.value)!, checkpoint)])));
+      return decodeWeights(
+        ranks[i],
+        new Map(stored.map((w) => [w.value, materializeWeight(g.values.get(w.value)!, checkpoint)])),
+      );
     });
     return new ReferenceExecutor(engine, opts, weights);
   }
@@ -263,7 +266,11 @@ function storeKvFp8(kv: DenseKv, layout: StepLayout, attrs: Record<string, unkno
 }
 
 /** A weight as an fp32 host tensor: stored bytes decoded, or a random one drawn from its seed. */
-function decodeWeight(v: EngineRank["header"]["values"][number], w: WeightEntry, bytes: Uint8Array): HostTensor {
+function decodeWeight(
+  v: EngineRank["header"]["values"][number],
+  w: WeightEntry,
+  bytes: Uint8Array,
+): HostTensor {
   const shape = v.shape.map(Number);
   const n = shape.reduce((a, b) => a * b, 1);
   let data: Float32Array;

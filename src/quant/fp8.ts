@@ -24,7 +24,7 @@ export function f32BitsToE4m3(b: number): number {
     let q = (e << 3) | (mant >>> 20);
     const rem = mant & 0xfffff;
     if (rem > 0x80000 || (rem === 0x80000 && q & 1)) q++; // a carry into the exponent is right
-    return sign | (q > MAX ? MAX : q);
+    return sign | Math.min(q, MAX);
   }
   // Subnormal (or rounds up to the smallest normal, code 8): value in units of 2^-9.
   const shift = 21 - e; // full = 1.mant · 2^23; units of 2^-9 need a shift of 21 - e

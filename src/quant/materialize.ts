@@ -9,7 +9,6 @@ import type { Transform, WeightRecipe } from "../weights/recipe.ts";
 import { quantizeFp8Rows, type SourceRows } from "./fp8-rows.ts";
 import {
   computeScales,
-  encodeStored,
   isQuantDtype,
   type QuantSpec,
   quantizeToBytes,

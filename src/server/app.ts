@@ -7,8 +7,13 @@ import type { ServerResponse } from "node:http";
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import type { ZodType } from "zod";
 import type { BatchManager } from "../serving/types.ts";
-import { generateText, type TextGeneration, type TextRequest, type TextResult } from "../text/generate-text.ts";
 import { toTemplateMessages } from "../text/chat-messages.ts";
+import {
+  generateText,
+  type TextGeneration,
+  type TextRequest,
+  type TextResult,
+} from "../text/generate-text.ts";
 import type { TextTokenizer } from "../text/tokenizer.ts";
 import { ApiError, toApiError } from "./errors.ts";
 import { ServerMetrics } from "./metrics.ts";
@@ -34,7 +39,12 @@ export interface Server {
   stopAccepting(): void;
 }
 
-const OPENAI_FINISH: Record<string, string> = { stop: "stop", length: "length", cancelled: "abort", error: "error" };
+const OPENAI_FINISH: Record<string, string> = {
+  stop: "stop",
+  length: "length",
+  cancelled: "abort",
+  error: "error",
+};
 
 export function buildServer(o: ServeOptions): Server {
   const { manager, tokenizer: tok } = o;
@@ -53,17 +63,26 @@ export function buildServer(o: ServeOptions): Server {
       done(new ApiError(400, `request body is not valid JSON: ${(e as Error).message}`), undefined);
     }
   });
-  app.setErrorHandler((e, req, reply) => sendError(req, reply, toApiError(e)));
+  app.setErrorHandler((e, _req, reply) => sendError(reply, toApiError(e)));
   app.setNotFoundHandler((req, reply) =>
-    sendError(req, reply, new ApiError(404, `no route ${req.method} ${req.url}`, "invalid_request_error", null, "not_found")),
+    sendError(
+      reply,
+      new ApiError(404, `no route ${req.method} ${req.url}`, "invalid_request_error", null, "not_found"),
+    ),
   );
   app.addHook("onRequest", async (req) => {
     if (o.apiKey && req.url.startsWith("/v1/") && req.headers.authorization !== `Bearer ${o.apiKey}`)
-      throw new ApiError(401, "invalid or missing API key (Authorization: Bearer …)", "authentication_error", null, "invalid_api_key");
+      throw new ApiError(
+        401,
+        "invalid or missing API key (Authorization: Bearer …)",
+        "authentication_error",
+        null,
+        "invalid_api_key",
+      );
   });
   app.addHook("onResponse", async (req, reply) => metrics.request(endpointOf(req), reply.statusCode));
 
-  function sendError(req: FastifyRequest, reply: FastifyReply, e: ApiError) {
+  function sendError(reply: FastifyReply, e: ApiError) {
     if (reply.sent || reply.raw.headersSent) return;
     reply.code(e.status).send(e.body());
   }
@@ -78,12 +97,22 @@ export function buildServer(o: ServeOptions): Server {
   });
   app.get("/v1/models", async () => ({
     object: "list",
-    data: [{ id: o.modelName, object: "model", created, owned_by: "tsllm", max_model_len: manager.limits.maxSeqLen, vocab_size: manager.vocabSize }],
+    data: [
+      {
+        id: o.modelName,
+        object: "model",
+        created,
+        owned_by: "tsllm",
+        max_model_len: manager.limits.maxSeqLen,
+        vocab_size: manager.vocabSize,
+      },
+    ],
   }));
 
   /** Parses a body, checks the model and that we are accepting requests. */
   function admit<T extends { model: string }>(schema: ZodType<T>, body: unknown): T {
-    if (!accepting) throw new ApiError(503, "the server is shutting down", "service_unavailable", null, "shutting_down");
+    if (!accepting)
+      throw new ApiError(503, "the server is shutting down", "service_unavailable", null, "shutting_down");
     if (body === null || typeof body !== "object" || Array.isArray(body))
       throw new ApiError(400, "request body must be a JSON object");
     const r = schema.safeParse(body);
@@ -92,7 +121,13 @@ export function buildServer(o: ServeOptions): Server {
       throw new ApiError(400, message, "invalid_request_error", param);
     }
     if (r.data.model !== o.modelName)
-      throw new ApiError(404, `model "${r.data.model}" does not exist (this server serves "${o.modelName}")`, "invalid_request_error", "model", "model_not_found");
+      throw new ApiError(
+        404,
+        `model "${r.data.model}" does not exist (this server serves "${o.modelName}")`,
+        "invalid_request_error",
+        "model",
+        "model_not_found",
+      );
     return r.data;
   }
 
@@ -124,13 +159,24 @@ export function buildServer(o: ServeOptions): Server {
   }
 
   /** Submits every prompt; all or none (a refusal cancels the ones already queued). */
-  function submitAll(prompts: number[][], maxTokens: (promptLen: number) => number, rest: ReturnType<typeof samplingOf>): TextGeneration[] {
+  function submitAll(
+    prompts: number[][],
+    maxTokens: (promptLen: number) => number,
+    rest: ReturnType<typeof samplingOf>,
+  ): TextGeneration[] {
     const { queued } = manager.stats();
     if (queued + prompts.length > maxQueue)
-      throw new ApiError(429, `the request queue is full (${queued} waiting, limit ${maxQueue}); retry later`, "rate_limit_error", null, "queue_full");
+      throw new ApiError(
+        429,
+        `the request queue is full (${queued} waiting, limit ${maxQueue}); retry later`,
+        "rate_limit_error",
+        null,
+        "queue_full",
+      );
     const gens: TextGeneration[] = [];
     try {
-      for (const p of prompts) gens.push(generateText(manager, tok, { ...rest, promptIds: p, maxNewTokens: maxTokens(p.length) }));
+      for (const p of prompts)
+        gens.push(generateText(manager, tok, { ...rest, promptIds: p, maxNewTokens: maxTokens(p.length) }));
     } catch (e) {
       for (const g of gens) g.cancel();
       throw e;
@@ -146,16 +192,43 @@ export function buildServer(o: ServeOptions): Server {
         ? [needTokenizer("a text prompt").encode(p)]
         : typeof p[0] === "number"
           ? [p as number[]]
-          : (p as (string | number[])[]).map((x) => (typeof x === "string" ? needTokenizer("a text prompt").encode(x) : x));
+          : (p as (string | number[])[]).map((x) =>
+              typeof x === "string" ? needTokenizer("a text prompt").encode(x) : x,
+            );
     const gens = submitAll(prompts, () => b.max_tokens ?? 16, samplingOf(b));
     const id = `cmpl-${randomUUID().replaceAll("-", "")}`;
-    const head = { id, object: "text_completion", created: Math.floor(Date.now() / 1000), model: o.modelName };
+    const head = {
+      id,
+      object: "text_completion",
+      created: Math.floor(Date.now() / 1000),
+      model: o.modelName,
+    };
     const ids = b.return_token_ids || !tok;
     if (b.stream) {
       return streamSse(reply, gens, prompts, b.stream_options?.include_usage ?? false, head, {
         ids,
-        delta: (i, d) => ({ choices: [{ index: i, text: d.text, logprobs: null, finish_reason: null, ...(ids ? { token_ids: d.tokenIds } : {}) }] }),
-        end: (i, r) => ({ choices: [{ index: i, text: "", logprobs: null, finish_reason: OPENAI_FINISH[r.finishReason], ...(r.stopString !== undefined ? { stop_reason: r.stopString } : {}) }] }),
+        delta: (i, d) => ({
+          choices: [
+            {
+              index: i,
+              text: d.text,
+              logprobs: null,
+              finish_reason: null,
+              ...(ids ? { token_ids: d.tokenIds } : {}),
+            },
+          ],
+        }),
+        end: (i, r) => ({
+          choices: [
+            {
+              index: i,
+              text: "",
+              logprobs: null,
+              finish_reason: OPENAI_FINISH[r.finishReason],
+              ...(r.stopString !== undefined ? { stop_reason: r.stopString } : {}),
+            },
+          ],
+        }),
       });
     }
     const results = await collect(reply, gens, prompts);
@@ -175,22 +248,53 @@ export function buildServer(o: ServeOptions): Server {
 
   app.post("/v1/chat/completions", async (req, reply) => {
     const b = admit(ChatBody, req.body);
-    const prompt = needTokenizer("chat", "messages").applyChatTemplate(toTemplateMessages(b.messages), { addGenerationPrompt: true }).ids;
+    const prompt = needTokenizer("chat", "messages").applyChatTemplate(toTemplateMessages(b.messages), {
+      addGenerationPrompt: true,
+    }).ids;
     const maxSeq = manager.limits.maxSeqLen;
     const limit = b.max_completion_tokens ?? b.max_tokens;
     // Without a limit a chat reply may use the rest of the context (at least 1 so that an over-long
     // prompt is refused with its numbers by the batch manager).
     const gens = submitAll([prompt], (n) => limit ?? Math.max(1, maxSeq - n), samplingOf(b));
     const id = `chatcmpl-${randomUUID().replaceAll("-", "")}`;
-    const head = { id, object: "chat.completion", created: Math.floor(Date.now() / 1000), model: o.modelName };
+    const head = {
+      id,
+      object: "chat.completion",
+      created: Math.floor(Date.now() / 1000),
+      model: o.modelName,
+    };
     const ids = b.return_token_ids ?? false;
     if (b.stream) {
       const chunk = { ...head, object: "chat.completion.chunk" };
       return streamSse(reply, gens, [prompt], b.stream_options?.include_usage ?? false, chunk, {
         ids,
-        start: (i) => ({ choices: [{ index: i, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }] }),
-        delta: (i, d) => ({ choices: [{ index: i, delta: { content: d.text }, logprobs: null, finish_reason: null, ...(ids ? { token_ids: d.tokenIds } : {}) }] }),
-        end: (i, r) => ({ choices: [{ index: i, delta: {}, logprobs: null, finish_reason: OPENAI_FINISH[r.finishReason], ...(r.stopString !== undefined ? { stop_reason: r.stopString } : {}) }] }),
+        start: (i) => ({
+          choices: [
+            { index: i, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null },
+          ],
+        }),
+        delta: (i, d) => ({
+          choices: [
+            {
+              index: i,
+              delta: { content: d.text },
+              logprobs: null,
+              finish_reason: null,
+              ...(ids ? { token_ids: d.tokenIds } : {}),
+            },
+          ],
+        }),
+        end: (i, r) => ({
+          choices: [
+            {
+              index: i,
+              delta: {},
+              logprobs: null,
+              finish_reason: OPENAI_FINISH[r.finishReason],
+              ...(r.stopString !== undefined ? { stop_reason: r.stopString } : {}),
+            },
+          ],
+        }),
       });
     }
     const [r] = await collect(reply, gens, [prompt]);
@@ -228,7 +332,11 @@ export function buildServer(o: ServeOptions): Server {
     });
   }
 
-  async function collect(reply: FastifyReply, gens: TextGeneration[], prompts: number[][]): Promise<TextResult[]> {
+  async function collect(
+    reply: FastifyReply,
+    gens: TextGeneration[],
+    prompts: number[][],
+  ): Promise<TextResult[]> {
     cancelOnDisconnect(reply.raw, gens);
     const results = await Promise.all(
       gens.map(async (g) => {
@@ -238,7 +346,12 @@ export function buildServer(o: ServeOptions): Server {
     );
     record(prompts, results);
     const failed = results.find((r) => r.finishReason === "error");
-    if (failed) throw new ApiError(500, `generation failed: ${failed.result.error?.message ?? "unknown error"}`, "server_error");
+    if (failed)
+      throw new ApiError(
+        500,
+        `generation failed: ${failed.result.error?.message ?? "unknown error"}`,
+        "server_error",
+      );
     return results;
   }
 
@@ -260,7 +373,11 @@ export function buildServer(o: ServeOptions): Server {
   ): Promise<void> {
     reply.hijack();
     const res = reply.raw;
-    res.writeHead(200, { "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache", connection: "keep-alive" });
+    res.writeHead(200, {
+      "content-type": "text/event-stream; charset=utf-8",
+      "cache-control": "no-cache",
+      connection: "keep-alive",
+    });
     const send = (x: object) => {
       if (!res.destroyed) res.write(`data: ${JSON.stringify(x)}\n\n`);
     };
@@ -286,10 +403,17 @@ export function buildServer(o: ServeOptions): Server {
     const results = await Promise.all(
       gens.map(async (g, i) => {
         if (shape.start) send({ ...head, ...shape.start(i) });
-        for await (const d of g) if (d.text || (shape.ids && d.tokenIds.length)) send({ ...head, ...shape.delta(i, d) });
+        for await (const d of g)
+          if (d.text || (shape.ids && d.tokenIds.length)) send({ ...head, ...shape.delta(i, d) });
         const r = await g.done;
         if (r.finishReason === "error")
-          send({ error: new ApiError(500, `generation failed: ${r.result.error?.message ?? "unknown error"}`, "server_error").body().error });
+          send({
+            error: new ApiError(
+              500,
+              `generation failed: ${r.result.error?.message ?? "unknown error"}`,
+              "server_error",
+            ).body().error,
+          });
         else send({ ...head, ...shape.end(i, r) });
         return r;
       }),

@@ -36,6 +36,12 @@ export function toApiError(e: unknown): ApiError {
   const err = e as { statusCode?: number; message?: string; code?: string };
   // fastify's own errors (body too large, bad content length, …) keep their 4xx status.
   if (typeof err.statusCode === "number" && err.statusCode >= 400 && err.statusCode < 500)
-    return new ApiError(err.statusCode, err.message ?? "bad request", "invalid_request_error", null, err.code ?? null);
+    return new ApiError(
+      err.statusCode,
+      err.message ?? "bad request",
+      "invalid_request_error",
+      null,
+      err.code ?? null,
+    );
   return new ApiError(500, (err.message ?? String(e)).split("\n")[0], "server_error");
 }

@@ -5,8 +5,12 @@ import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { BatchManager, RequestResult } from "../serving/types.ts";
 
 // Latency buckets in seconds: fine at the low end, where GPU TTFT/ITL live, up to CPU-test scales.
-const TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 20, 40];
-const ITL_BUCKETS = [0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5];
+const TTFT_BUCKETS = [
+  0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 20, 40,
+];
+const ITL_BUCKETS = [
+  0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5,
+];
 const E2E_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160];
 
 export class ServerMetrics {
@@ -33,8 +37,16 @@ export class ServerMetrics {
       labelNames: ["finish_reason"],
       registers,
     });
-    this.promptTokens = new Counter({ name: "tsllm_prompt_tokens_total", help: "Prompt tokens of admitted requests", registers });
-    this.generationTokens = new Counter({ name: "tsllm_generation_tokens_total", help: "Tokens generated", registers });
+    this.promptTokens = new Counter({
+      name: "tsllm_prompt_tokens_total",
+      help: "Prompt tokens of admitted requests",
+      registers,
+    });
+    this.generationTokens = new Counter({
+      name: "tsllm_generation_tokens_total",
+      help: "Tokens generated",
+      registers,
+    });
     this.ttft = new Histogram({
       name: "tsllm_time_to_first_token_seconds",
       help: "Time to first token",
@@ -64,8 +76,16 @@ export class ServerMetrics {
       });
     gauge("tsllm_num_requests_waiting", "Requests queued, not yet scheduled", () => manager.stats().queued);
     gauge("tsllm_num_requests_running", "Requests in the running batch", () => manager.stats().running);
-    gauge("tsllm_num_requests_paused", "Requests paused (blocks freed), to resume by recomputation", () => manager.stats().paused);
-    gauge("tsllm_kv_cache_blocks_total", "KV cache blocks requests may use", () => manager.stats().kvBlocksTotal);
+    gauge(
+      "tsllm_num_requests_paused",
+      "Requests paused (blocks freed), to resume by recomputation",
+      () => manager.stats().paused,
+    );
+    gauge(
+      "tsllm_kv_cache_blocks_total",
+      "KV cache blocks requests may use",
+      () => manager.stats().kvBlocksTotal,
+    );
     gauge("tsllm_kv_cache_blocks_free", "KV cache blocks free", () => manager.stats().kvBlocksFree);
     gauge("tsllm_kv_cache_usage_perc", "KV cache use, 0..1", () => {
       const s = manager.stats();

@@ -6,7 +6,11 @@ import { ChatMessagesSchema } from "../text/chat-messages.ts";
 
 const tokenId = z.number().int().min(0);
 const neutral = <T extends z.ZodType>(t: T, value: unknown, what: string) =>
-  t.refine((v) => v === null || v === undefined || v === value, { message: `${what} is not supported (only ${JSON.stringify(value)})` }).optional();
+  t
+    .refine((v) => v === null || v === undefined || v === value, {
+      message: `${what} is not supported (only ${JSON.stringify(value)})`,
+    })
+    .optional();
 
 const common = {
   model: z.string({ error: "model must be a string" }),
@@ -16,12 +20,18 @@ const common = {
   top_k: z.number().int().min(-1).nullable().optional(),
   seed: z.number().int().nullable().optional(),
   stop: z
-    .union([z.string(), z.array(z.string()).max(16)], { error: "stop must be a string or a list of at most 16 strings" })
+    .union([z.string(), z.array(z.string()).max(16)], {
+      error: "stop must be a string or a list of at most 16 strings",
+    })
     .nullable()
     .optional(),
   n: z.literal(1, { error: "only n = 1 is supported" }).nullable().optional(),
   stream: z.boolean().nullable().optional(),
-  stream_options: z.object({ include_usage: z.boolean().nullable().optional() }).strict().nullable().optional(),
+  stream_options: z
+    .object({ include_usage: z.boolean().nullable().optional() })
+    .strict()
+    .nullable()
+    .optional(),
   /** vLLM's extensions: generate exactly max_tokens; return the prompt and output token ids. */
   ignore_eos: z.boolean().optional(),
   return_token_ids: z.boolean().optional(),
@@ -34,9 +44,12 @@ const common = {
 export const CompletionBody = z
   .object({
     ...common,
-    prompt: z.union([z.string(), z.array(tokenId).min(1), z.array(z.union([z.string(), z.array(tokenId).min(1)])).min(1)], {
-      error: "prompt must be a string, a list of strings, a list of token ids or a list of such lists",
-    }),
+    prompt: z.union(
+      [z.string(), z.array(tokenId).min(1), z.array(z.union([z.string(), z.array(tokenId).min(1)])).min(1)],
+      {
+        error: "prompt must be a string, a list of strings, a list of token ids or a list of such lists",
+      },
+    ),
     max_tokens: z.number().int().min(1).nullable().optional(),
     echo: neutral(z.boolean().nullable(), false, "echo"),
     best_of: neutral(z.number().nullable(), 1, "best_of"),

@@ -20,7 +20,9 @@ export class ChatTemplate {
     try {
       this.tpl = new Template(text);
     } catch (e) {
-      throw new TokenizerError(`${source}: chat template does not parse: ${(e as Error).message.split("\n")[0]}`);
+      throw new TokenizerError(
+        `${source}: chat template does not parse: ${(e as Error).message.split("\n")[0]}`,
+      );
     }
   }
 
@@ -51,7 +53,9 @@ export function pickChatTemplate(src: {
       for (const [i, e] of value.entries()) {
         const { name, template } = (e ?? {}) as { name?: unknown; template?: unknown };
         if (typeof name !== "string" || typeof template !== "string")
-          throw new TokenizerError(`${file}: chat_template[${i}] must be {"name": string, "template": string}`);
+          throw new TokenizerError(
+            `${file}: chat_template[${i}] must be {"name": string, "template": string}`,
+          );
         out.set(name, new ChatTemplate(`${file} chat_template "${name}"`, template));
       }
     else throw new TokenizerError(`${file}: chat_template must be a string or a list of {name, template}`);

@@ -18,7 +18,8 @@ export function tokenizerForEngine(
 ): { files: Record<string, string>; names: string[] } | null {
   if (o.tokenizer && tokenizerFilesIn(o.tokenizer).length === 0)
     throw new TokenizerError(`--tokenizer ${o.tokenizer}: no tokenizer.json there`);
-  const dir = o.tokenizer ?? (o.checkpoint && tokenizerFilesIn(o.checkpoint).length ? o.checkpoint : undefined);
+  const dir =
+    o.tokenizer ?? (o.checkpoint && tokenizerFilesIn(o.checkpoint).length ? o.checkpoint : undefined);
   if (!dir) {
     log?.("no tokenizer: the engine takes token ids only (--tokenizer DIR adds one)");
     return null;
@@ -30,7 +31,9 @@ export function tokenizerForEngine(
     );
   const files: Record<string, string> = {};
   for (const f of tok.files) files[f] = fs.readFileSync(path.join(dir, f), "utf8");
-  log?.(`tokenizer: ${tok.files.join(", ")} from ${dir}${tok.hasChatTemplate ? " (with a chat template)" : ""}`);
+  log?.(
+    `tokenizer: ${tok.files.join(", ")} from ${dir}${tok.hasChatTemplate ? " (with a chat template)" : ""}`,
+  );
   return { files, names: tok.files };
 }
 
@@ -57,7 +60,9 @@ export function findTokenizer(dir: string): { tok: TextTokenizer } | { tok: null
       };
     const bad = files.find((f) => typeof f !== "string" || !isPlainFileName(f));
     if (bad !== undefined)
-      throw new TokenizerError(`${path.join(dir, "config.json")}: tokenizer file ${JSON.stringify(bad)} is not a plain file name`);
+      throw new TokenizerError(
+        `${path.join(dir, "config.json")}: tokenizer file ${JSON.stringify(bad)} is not a plain file name`,
+      );
     return { tok: TextTokenizer.load(dir, files as string[]) };
   }
   if (tokenizerFilesIn(dir).length === 0) return { tok: null, why: `${dir} has no tokenizer.json` };

@@ -1,7 +1,13 @@
 // Text generation over the batch manager (src/serving/): submits token ids, turns the request's token
 // stream into text deltas (incremental detokenisation, stop strings) and reports how it ended. The one
 // layer tsllm-run and tsllm-serve share; the batch manager stays the only generation loop.
-import type { BatchManager, FinishReason, GenerationRequest, RequestHandle, RequestResult } from "../serving/types.ts";
+import type {
+  BatchManager,
+  FinishReason,
+  GenerationRequest,
+  RequestHandle,
+  RequestResult,
+} from "../serving/types.ts";
 import { TextStream } from "./incremental.ts";
 import type { TextTokenizer } from "./tokenizer.ts";
 
@@ -41,7 +47,11 @@ export interface TextGeneration extends AsyncIterable<TextDelta> {
  * Submits `req` (throws RequestRejectedError at once, as submit does) and returns its text stream. Iterate
  * it to drive it; without a tokenizer the deltas carry ids only and stop strings are refused.
  */
-export function generateText(manager: BatchManager, tok: TextTokenizer | null, req: TextRequest): TextGeneration {
+export function generateText(
+  manager: BatchManager,
+  tok: TextTokenizer | null,
+  req: TextRequest,
+): TextGeneration {
   if (!tok && req.stop?.length) throw new Error("stop strings need a tokenizer");
   const handle = manager.submit(req);
   const text = tok ? new TextStream(tok, [...(req.stop ?? [])], req.skipSpecialTokens ?? true) : null;

@@ -112,7 +112,10 @@ export class TextTokenizer {
     try {
       // transformers (since 4.45) cleans up spaces before punctuation only when the folder asks for it;
       // tokenizers.js defaults to cleaning, which would turn " ." into ".".
-      tok = new Tokenizer(tokJson, { ...cfg, clean_up_tokenization_spaces: cfg.clean_up_tokenization_spaces ?? false });
+      tok = new Tokenizer(tokJson, {
+        ...cfg,
+        clean_up_tokenization_spaces: cfg.clean_up_tokenization_spaces ?? false,
+      });
     } catch (e) {
       throw new TokenizerError(`${path.join(dir, "tokenizer.json")}: ${(e as Error).message.split("\n")[0]}`);
     }
@@ -120,9 +123,20 @@ export class TextTokenizer {
     const templates = pickChatTemplate({
       jinja: jinja ? { file: jinja, text: fs.readFileSync(jinja, "utf8") } : null,
       tokenizerConfig: { file: path.join(dir, "tokenizer_config.json"), value: cfg.chat_template },
-      chatTemplateJson: { file: path.join(dir, "chat_template.json"), value: opt("chat_template.json").chat_template },
+      chatTemplateJson: {
+        file: path.join(dir, "chat_template.json"),
+        value: opt("chat_template.json").chat_template,
+      },
     });
-    return new TextTokenizer(dir, have, tok, templates, cfg, opt("special_tokens_map.json"), opt("generation_config.json"));
+    return new TextTokenizer(
+      dir,
+      have,
+      tok,
+      templates,
+      cfg,
+      opt("special_tokens_map.json"),
+      opt("generation_config.json"),
+    );
   }
 
   encode(text: string, o: EncodeOptions = {}): number[] {

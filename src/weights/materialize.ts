@@ -31,7 +31,8 @@ export function materializeWeight(v: Value, ckpt: Checkpoint | null): Uint8Array
   if (!r) throw new Error(`weight ${v.name} has no recipe`);
   if (r.kind === "constant") return fromFloat32(storageDtype(v.dtype), Float32Array.from(r.data));
   if (!ckpt) throw new Error(`weight ${v.name} needs a checkpoint`);
-  if (r.transforms.some((t) => t.op === "quantize")) return materializeQuantized(v, ckpt, materializeF32, sourceRows);
+  if (r.transforms.some((t) => t.op === "quantize"))
+    return materializeQuantized(v, ckpt, materializeF32, sourceRows);
   const st = storageDtype(v.dtype);
   const direct = materializeDirect(r, ckpt, st);
   const t = direct ?? materializeParts(r, ckpt);
@@ -57,7 +58,10 @@ export function materializeSegments(v: Value, ckpt: Checkpoint | null): Uint8Arr
       const rest = direct[0].shape.slice(1).join(",");
       const rows = direct.reduce((a, p) => a + p.shape[0], 0);
       const want = v.shape.map(Number);
-      if (direct.every((p) => p.shape.slice(1).join(",") === rest) && [rows, ...direct[0].shape.slice(1)].join(",") === want.join(","))
+      if (
+        direct.every((p) => p.shape.slice(1).join(",") === rest) &&
+        [rows, ...direct[0].shape.slice(1)].join(",") === want.join(",")
+      )
         return direct.map((p) => new Uint8Array(p.data.buffer, p.data.byteOffset, p.data.byteLength));
     }
   }
@@ -68,12 +72,23 @@ export function materializeSegments(v: Value, ckpt: Checkpoint | null): Uint8Arr
 /** Transforms that only pick elements (views when contiguous): slices and selects. */
 const slicesOnly = (ts: Transform[]) => ts.every((t) => t.op === "slice" || t.op === "select");
 
-function directParts(r: Extract<WeightRecipe, { kind: "checkpoint" }>, ckpt: Checkpoint, st: string): Raw<Uint16Array>[] | null {
+function directParts(
+  r: Extract<WeightRecipe, { kind: "checkpoint" }>,
+  ckpt: Checkpoint,
+  st: string,
+): Raw<Uint16Array>[] | null {
   if (st === "F32") return null;
-  if (!slicesOnly(r.transforms) || !r.parts.every((p) => slicesOnly(p.transforms) && ckpt.info(p.name).dtype === st)) return null;
+  if (
+    !slicesOnly(r.transforms) ||
+    !r.parts.every((p) => slicesOnly(p.transforms) && ckpt.info(p.name).dtype === st)
+  )
+    return null;
   return r.parts.map((p) => {
     const b = ckpt.read(p.name);
-    const raw: Raw<Uint16Array> = { shape: ckpt.info(p.name).shape, data: new Uint16Array(b.buffer, b.byteOffset, b.byteLength / 2) };
+    const raw: Raw<Uint16Array> = {
+      shape: ckpt.info(p.name).shape,
+      data: new Uint16Array(b.buffer, b.byteOffset, b.byteLength / 2),
+    };
     return p.transforms.reduce(applyTransform<Uint16Array>, raw);
   });
 }
@@ -82,7 +97,11 @@ function directParts(r: Extract<WeightRecipe, { kind: "checkpoint" }>, ckpt: Che
  * Fast path: half-precision sources already in the stored dtype, with only slices and concatenation,
  * are rearranged as raw 16-bit elements — no decode/encode (most fp16/bf16 builds take this path).
  */
-function materializeDirect(r: Extract<WeightRecipe, { kind: "checkpoint" }>, ckpt: Checkpoint, st: string): Raw<Uint16Array> | null {
+function materializeDirect(
+  r: Extract<WeightRecipe, { kind: "checkpoint" }>,
+  ckpt: Checkpoint,
+  st: string,
+): Raw<Uint16Array> | null {
   const parts = directParts(r, ckpt, st);
   return parts && r.transforms.reduce(applyTransform<Uint16Array>, concat0(parts));
 }
@@ -105,7 +124,10 @@ export function sourceRows(v: Value, ckpt: Checkpoint): SourceRows[] | null {
       info.dtype === "F32"
         ? { shape: info.shape, data: toFloat32("F32", b) }
         : { shape: info.shape, data: new Uint16Array(b.buffer, b.byteOffset, b.byteLength / 2) };
-    const t = p.transforms.reduce(applyTransform<Float32Array | Uint16Array>, raw as Raw<Float32Array | Uint16Array>);
+    const t = p.transforms.reduce(
+      applyTransform<Float32Array | Uint16Array>,
+      raw as Raw<Float32Array | Uint16Array>,
+    );
     if (t.shape.length !== 2 || t.shape[1] !== k) return null;
     out.push({ dtype: info.dtype, data: t.data, rows: t.shape[0] });
   }
@@ -141,9 +163,13 @@ function readSource(ckpt: Checkpoint, name: string, index?: number): Raw {
   const bytes = ckpt.read(name);
   if (index === undefined) return { shape: info.shape, data: toFloat32(info.dtype, bytes) };
   const n = info.shape[0];
-  if (!(index >= 0 && index < n)) throw new Error(`select ${index} out of range for axis 0 of [${info.shape}]`);
+  if (!(index >= 0 && index < n))
+    throw new Error(`select ${index} out of range for axis 0 of [${info.shape}]`);
   const step = bytes.byteLength / n;
-  return { shape: info.shape.slice(1), data: toFloat32(info.dtype, bytes.subarray(index * step, (index + 1) * step)) };
+  return {
+    shape: info.shape.slice(1),
+    data: toFloat32(info.dtype, bytes.subarray(index * step, (index + 1) * step)),
+  };
 }
 
 function concat0<D extends Elems>(parts: Raw<D>[]): Raw<D> {
@@ -152,7 +178,10 @@ function concat0<D extends Elems>(parts: Raw<D>[]): Raw<D> {
   for (const p of parts)
     if (p.shape.slice(1).join(",") !== rest)
       throw new Error(`cannot concatenate shapes [${parts[0].shape}] and [${p.shape}]`);
-  const data = alloc(parts[0].data, parts.reduce((a, p) => a + p.data.length, 0));
+  const data = alloc(
+    parts[0].data,
+    parts.reduce((a, p) => a + p.data.length, 0),
+  );
   let off = 0;
   for (const p of parts) {
     data.set(p.data, off);

@@ -19,7 +19,11 @@ function readAt(fd: number, into: Uint8Array, pos: number): Promise<number> {
 async function readFully(fd: number, file: string, into: Uint8Array, pos: number): Promise<void> {
   for (let got = 0; got < into.length; ) {
     const n = await readAt(fd, into.subarray(got), pos + got);
-    if (n === 0) throw new CheckpointError(file, `truncated: expected ${into.length} bytes at offset ${pos}, got ${got}`);
+    if (n === 0)
+      throw new CheckpointError(
+        file,
+        `truncated: expected ${into.length} bytes at offset ${pos}, got ${got}`,
+      );
     got += n;
   }
 }
@@ -94,7 +98,14 @@ export class Prefetcher {
     const fd = this.fd(info.file);
     const parts: Promise<void>[] = [];
     for (let off = 0; off < out.length; off += READ_BYTES)
-      parts.push(readFully(fd, info.file, out.subarray(off, Math.min(out.length, off + READ_BYTES)), info.fileOffset + off));
+      parts.push(
+        readFully(
+          fd,
+          info.file,
+          out.subarray(off, Math.min(out.length, off + READ_BYTES)),
+          info.fileOffset + off,
+        ),
+      );
     const p = Promise.all(parts).then(() => {
       this.done.set(name, out);
       return out;

@@ -47,7 +47,17 @@ const wildNumber = fc.oneof(
 const wild = fc.oneof(
   wildNumber,
   fc.string({ maxLength: 10 }),
-  fc.constantFrom("../outside", "../../../etc/hostname", "/etc/hostname", "..", ".", "", "rank0.engine", "a/b", "con\u0000"),
+  fc.constantFrom(
+    "../outside",
+    "../../../etc/hostname",
+    "/etc/hostname",
+    "..",
+    ".",
+    "",
+    "rank0.engine",
+    "a/b",
+    "con\u0000",
+  ),
   fc.constant(null),
   fc.boolean(),
   fc.array(wildNumber, { maxLength: 3 }),
@@ -80,7 +90,14 @@ const treeEdit = fc.record({
   del: fc.boolean(),
 });
 
-type Case = { base: number; config?: unknown; configBytes?: Uint8Array; rank?: Buffer; fixSize: boolean; verify: boolean };
+type Case = {
+  base: number;
+  config?: unknown;
+  configBytes?: Uint8Array;
+  rank?: Buffer;
+  fixSize: boolean;
+  verify: boolean;
+};
 
 const caseArb: fc.Arbitrary<Case> = fc
   .tuple(
@@ -94,35 +111,61 @@ const caseArb: fc.Arbitrary<Case> = fc
         for (const e of edits) c = editAt(c, e.picks, e.value, e.del);
         return { config: c };
       }),
-      fc.constantFrom(...["../outside", "../../../etc/hostname", "/etc/passwd", "..", "sub/rank0.engine", "", "rank0.engine\u0000x", "-rf"]).map(
-        (file) => (b: Base): Partial<Case> => ({ config: { ...b.config, ranks: [{ ...(b.config.ranks as object[])[0], file }] } }),
-      ),
+      fc
+        .constantFrom(
+          ...[
+            "../outside",
+            "../../../etc/hostname",
+            "/etc/passwd",
+            "..",
+            "sub/rank0.engine",
+            "",
+            "rank0.engine\u0000x",
+            "-rf",
+          ],
+        )
+        .map(
+          (file) =>
+            (b: Base): Partial<Case> => ({
+              config: { ...b.config, ranks: [{ ...(b.config.ranks as object[])[0], file }] },
+            }),
+        ),
       fc.jsonValue().map((j) => (): Partial<Case> => ({ config: j })),
-      fc.array(fc.tuple(fc.nat(), fc.integer({ min: 1, max: 255 })), { minLength: 1, maxLength: 3 }).map((flips) => (b: Base): Partial<Case> => {
-        const c = Buffer.from(JSON.stringify(b.config));
-        for (const [at, x] of flips) c[at % c.length] ^= x;
-        return { configBytes: c };
-      }),
+      fc
+        .array(fc.tuple(fc.nat(), fc.integer({ min: 1, max: 255 })), { minLength: 1, maxLength: 3 })
+        .map((flips) => (b: Base): Partial<Case> => {
+          const c = Buffer.from(JSON.stringify(b.config));
+          for (const [at, x] of flips) c[at % c.length] ^= x;
+          return { configBytes: c };
+        }),
       // Rank file: the header edited anywhere (weights' offsets and sizes, value ids, shapes, dtypes, nodes).
       fc.array(treeEdit, { minLength: 1, maxLength: 3 }).map((edits) => (b: Base): Partial<Case> => {
         let h: unknown = b.header;
         for (const e of edits) h = editAt(h, e.picks, e.value, e.del);
         return { rank: encodeRank(b.rank, h, b.data) };
       }),
-      fc.jsonValue().map((j) => (b: Base): Partial<Case> => ({ rank: encodeRank(b.rank, j, b.data) })),
+      fc.jsonValue().map(
+        (j) =>
+          (b: Base): Partial<Case> => ({ rank: encodeRank(b.rank, j, b.data) }),
+      ),
       // Rank file bytes: flipped in the preamble or header, a random header length, truncation.
-      fc.array(fc.tuple(fc.nat(), fc.integer({ min: 1, max: 255 })), { minLength: 1, maxLength: 4 }).map((flips) => (b: Base): Partial<Case> => {
-        const r = Buffer.from(b.rank);
-        const headerEnd = PREAMBLE_BYTES + Number(b.rank.readBigUInt64LE(16));
-        for (const [at, x] of flips) r[at % headerEnd] ^= x;
-        return { rank: r };
-      }),
+      fc
+        .array(fc.tuple(fc.nat(), fc.integer({ min: 1, max: 255 })), { minLength: 1, maxLength: 4 })
+        .map((flips) => (b: Base): Partial<Case> => {
+          const r = Buffer.from(b.rank);
+          const headerEnd = PREAMBLE_BYTES + Number(b.rank.readBigUInt64LE(16));
+          for (const [at, x] of flips) r[at % headerEnd] ^= x;
+          return { rank: r };
+        }),
       fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }).map((len) => (b: Base): Partial<Case> => {
         const r = Buffer.from(b.rank);
         r.writeBigUInt64LE(len, 16);
         return { rank: r };
       }),
-      fc.nat().map((cut) => (b: Base): Partial<Case> => ({ rank: b.rank.subarray(0, cut % (b.rank.length + 1)) })),
+      fc.nat().map(
+        (cut) =>
+          (b: Base): Partial<Case> => ({ rank: b.rank.subarray(0, cut % (b.rank.length + 1)) }),
+      ),
     ),
   )
   .map(([base, fixSize, verify, mutate]) => {
@@ -141,7 +184,15 @@ describe("engine reader under fuzzing", () => {
       ["real", { checkpoint: TINY_LLAMA }],
     ] as const) {
       const out = path.join(dir, `base-${name}`);
-      await compileEngine({ modelFile: LLAMA_MODEL, sm: 90, dtype: "fp16", out, maxSeqLen: 64, maxNumTokens: 64, ...o });
+      await compileEngine({
+        modelFile: LLAMA_MODEL,
+        sm: 90,
+        dtype: "fp16",
+        out,
+        maxSeqLen: 64,
+        maxNumTokens: 64,
+        ...o,
+      });
       bases.push(load(out));
     }
   });
@@ -153,7 +204,8 @@ describe("engine reader under fuzzing", () => {
   it("the base engines open and read back", () => {
     for (const name of ["random", "real"]) {
       const e = openEngine(path.join(dir, `base-${name}`));
-      for (const w of e.ranks[0].header.weights) if (!w.random) expect(readWeightBytes(e.ranks[0], w.offset, w.nbytes).length).toBe(w.nbytes);
+      for (const w of e.ranks[0].header.weights)
+        if (!w.random) expect(readWeightBytes(e.ranks[0], w.offset, w.nbytes).length).toBe(w.nbytes);
     }
   });
 
@@ -177,7 +229,13 @@ describe("engine reader under fuzzing", () => {
           if (c.rank && c.fixSize && typeof config === "object" && config !== null) {
             const h = new ChunkedHasher();
             h.update(rank);
-            const ranks = [{ file: "rank0.engine", bytes: rank.length, hash: { chunk_bytes: h.chunkBytes, sha256: h.digest() } }];
+            const ranks = [
+              {
+                file: "rank0.engine",
+                bytes: rank.length,
+                hash: { chunk_bytes: h.chunkBytes, sha256: h.digest() },
+              },
+            ];
             config = { ...config, ranks };
           }
           fs.writeFileSync(path.join(eng, "config.json"), c.configBytes ?? JSON.stringify(config));

@@ -7,7 +7,7 @@ import * as path from "node:path";
 import fc from "fast-check";
 import { afterAll, describe, expect, it } from "vitest";
 import { CheckpointError } from "../../src/checkpoint/errors.ts";
-import { writeSafetensors, type TensorToWrite } from "../../src/checkpoint/safetensors.ts";
+import { type TensorToWrite, writeSafetensors } from "../../src/checkpoint/safetensors.ts";
 import { readGolden } from "../../src/golden.ts";
 import { TINY_LLAMA } from "../fixtures.ts";
 import { breathe, expectOurError, FUZZ_SEED, guardReads, removeScratch, report, scratch } from "./harness.ts";
@@ -20,13 +20,21 @@ interface Prompt {
   promptLen: number;
 }
 const promptArb: fc.Arbitrary<Prompt> = fc
-  .tuple(fc.array(fc.nat({ max: 1000 }), { minLength: 1, maxLength: 6 }), fc.integer({ min: 1, max: 8 }), fc.nat())
+  .tuple(
+    fc.array(fc.nat({ max: 1000 }), { minLength: 1, maxLength: 6 }),
+    fc.integer({ min: 1, max: 8 }),
+    fc.nat(),
+  )
   .map(([ids, vocab, p]) => ({ ids, vocab, promptLen: 1 + (p % ids.length) }));
 
 function tensors(ps: Prompt[]): Record<string, TensorToWrite> {
   const t: Record<string, TensorToWrite> = {};
   ps.forEach((p, i) => {
-    t[`p${i}.input_ids`] = { dtype: "I32", shape: [p.ids.length], data: new Uint8Array(Int32Array.from(p.ids).buffer) };
+    t[`p${i}.input_ids`] = {
+      dtype: "I32",
+      shape: [p.ids.length],
+      data: new Uint8Array(Int32Array.from(p.ids).buffer),
+    };
     const logits = Float32Array.from({ length: p.ids.length * p.vocab }, (_, k) => k * 0.25 - i);
     t[`p${i}.logits`] = { dtype: "F32", shape: [p.ids.length, p.vocab], data: new Uint8Array(logits.buffer) };
   });
@@ -41,15 +49,38 @@ const wildShape = fc.oneof(
 const DTYPES = ["I32", "F32", "F16", "I64", "U8", "BF16"] as const;
 
 type Edit =
-  | { kind: "dtype"; i: number; which: "input_ids" | "logits"; dtype: (typeof DTYPES)[number]; shape: number[] }
+  | {
+      kind: "dtype";
+      i: number;
+      which: "input_ids" | "logits";
+      dtype: (typeof DTYPES)[number];
+      shape: number[];
+    }
   | { kind: "drop"; i: number; which: "input_ids" | "logits" }
   | { kind: "lens"; lens: string };
 const editArb: fc.Arbitrary<Edit> = fc.oneof(
-  fc.record({ kind: fc.constant("dtype" as const), i: fc.nat({ max: 3 }), which: fc.constantFrom("input_ids" as const, "logits" as const), dtype: fc.constantFrom(...DTYPES), shape: wildShape }),
-  fc.record({ kind: fc.constant("drop" as const), i: fc.nat({ max: 3 }), which: fc.constantFrom("input_ids" as const, "logits" as const) }),
+  fc.record({
+    kind: fc.constant("dtype" as const),
+    i: fc.nat({ max: 3 }),
+    which: fc.constantFrom("input_ids" as const, "logits" as const),
+    dtype: fc.constantFrom(...DTYPES),
+    shape: wildShape,
+  }),
+  fc.record({
+    kind: fc.constant("drop" as const),
+    i: fc.nat({ max: 3 }),
+    which: fc.constantFrom("input_ids" as const, "logits" as const),
+  }),
   fc.record({
     kind: fc.constant("lens" as const),
-    lens: fc.oneof(fc.string({ maxLength: 8 }), fc.array(fc.oneof(fc.integer({ min: -2, max: 9 }), fc.constantFrom(0.5, 1e300, Number.NaN)), { maxLength: 4 }).map((a) => a.join(","))),
+    lens: fc.oneof(
+      fc.string({ maxLength: 8 }),
+      fc
+        .array(fc.oneof(fc.integer({ min: -2, max: 9 }), fc.constantFrom(0.5, 1e300, Number.NaN)), {
+          maxLength: 4,
+        })
+        .map((a) => a.join(",")),
+    ),
   }),
 );
 
@@ -87,7 +118,15 @@ describe("golden reader under fuzzing", () => {
               if (e.kind === "lens") lens = e.lens;
               else if (e.kind === "drop") delete t[`p${e.i}.${e.which}`];
               else {
-                const n = e.shape.reduce((a, b) => a * b, 1) * (e.dtype === "I64" ? 8 : e.dtype === "F16" || e.dtype === "BF16" ? 2 : e.dtype === "U8" ? 1 : 4);
+                const n =
+                  e.shape.reduce((a, b) => a * b, 1) *
+                  (e.dtype === "I64"
+                    ? 8
+                    : e.dtype === "F16" || e.dtype === "BF16"
+                      ? 2
+                      : e.dtype === "U8"
+                        ? 1
+                        : 4);
                 t[`p${e.i}.${e.which}`] = { dtype: e.dtype, shape: e.shape, data: new Uint8Array(n) };
               }
             }
@@ -103,11 +142,17 @@ describe("golden reader under fuzzing", () => {
               for (const p of g.prompts) {
                 expect(Number.isInteger(p.vocab) && p.vocab >= 1).toBe(true);
                 expect(p.logits.length).toBe(p.inputIds.length * p.vocab);
-                expect(Number.isInteger(p.promptLen) && p.promptLen >= 1 && p.promptLen <= p.inputIds.length).toBe(true);
+                expect(
+                  Number.isInteger(p.promptLen) && p.promptLen >= 1 && p.promptLen <= p.inputIds.length,
+                ).toBe(true);
               }
               if (pristine) {
-                expect(g.prompts.map((p) => [p.inputIds, p.vocab, p.promptLen])).toEqual(ps.map((p) => [p.ids, p.vocab, p.promptLen]));
-                g.prompts.forEach((p, i) => expect(p.logits[p.logits.length - 1]).toBe((p.logits.length - 1) * 0.25 - i));
+                expect(g.prompts.map((p) => [p.inputIds, p.vocab, p.promptLen])).toEqual(
+                  ps.map((p) => [p.ids, p.vocab, p.promptLen]),
+                );
+                g.prompts.forEach((p, i) =>
+                  expect(p.logits[p.logits.length - 1]).toBe((p.logits.length - 1) * 0.25 - i),
+                );
               }
               loaded++;
             } catch (e) {

@@ -36,7 +36,8 @@ export function guardReads(): ReadGuard {
     }
     if (typeof position === "number" && length > 0) {
       const size = fsCjs.fstatSync(fd).size;
-      if (position + length > size) violations.push(`read of ${length} bytes at ${position} in a ${size}-byte file`);
+      if (position + length > size)
+        violations.push(`read of ${length} bytes at ${position} in a ${size}-byte file`);
     }
     return (orig as (...a: unknown[]) => number)(fd, buf, ...rest);
   };

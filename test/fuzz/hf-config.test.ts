@@ -17,7 +17,9 @@ const RUNS_JSON = 7000;
 const RUNS_BYTES = 1500;
 
 const BASES: Record<string, unknown>[] = [
-  ...["tiny-llama", "tiny-gptj", "tiny-qwen2", "tiny-mixtral"].map((d) => path.join(FIXTURES, d, "config.json")),
+  ...["tiny-llama", "tiny-gptj", "tiny-qwen2", "tiny-mixtral"].map((d) =>
+    path.join(FIXTURES, d, "config.json"),
+  ),
   ...fs.readdirSync(path.join(SHARED, "configs")).map((f) => path.join(SHARED, "configs", f)),
 ].map((f) => JSON.parse(fs.readFileSync(f, "utf8")));
 
@@ -26,13 +28,39 @@ const wild = fc.oneof(
   fc.constantFrom(0, -1, 0.5, 1e300, 2 ** 53, 2 ** 31, Number.MAX_SAFE_INTEGER, 3, 7, 64, 4096),
   fc.double(),
   fc.string({ maxLength: 12 }),
-  fc.constantFrom("default", "linear", "llama3", "yarn", "dynamic", "longrope", "bfloat16", "float16", "silu", "gelu_new"),
+  fc.constantFrom(
+    "default",
+    "linear",
+    "llama3",
+    "yarn",
+    "dynamic",
+    "longrope",
+    "bfloat16",
+    "float16",
+    "silu",
+    "gelu_new",
+  ),
   fc.constant(null),
   fc.boolean(),
   fc.array(fc.integer({ min: -1, max: 10 }), { maxLength: 3 }),
   fc.dictionary(
-    fc.constantFrom("rope_type", "type", "factor", "rope_theta", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor", "beta_fast", "beta_slow"),
-    fc.oneof(fc.double(), fc.integer({ min: -1, max: 70000 }), fc.string({ maxLength: 8 }), fc.constant(null)),
+    fc.constantFrom(
+      "rope_type",
+      "type",
+      "factor",
+      "rope_theta",
+      "original_max_position_embeddings",
+      "low_freq_factor",
+      "high_freq_factor",
+      "beta_fast",
+      "beta_slow",
+    ),
+    fc.oneof(
+      fc.double(),
+      fc.integer({ min: -1, max: 70000 }),
+      fc.string({ maxLength: 8 }),
+      fc.constant(null),
+    ),
   ),
 );
 
@@ -41,27 +69,55 @@ const editArb = (keys: string[]) =>
   fc.oneof(
     fc.record({ key: fc.constantFrom(...keys), value: wild }),
     fc.record({ key: fc.constantFrom(...keys), del: fc.constant(true) }),
-    fc.record({ key: fc.constantFrom("rope_scaling", "rope_parameters", "head_dim", "sliding_window", "num_key_value_heads", "eos_token_id"), value: wild }),
+    fc.record({
+      key: fc.constantFrom(
+        "rope_scaling",
+        "rope_parameters",
+        "head_dim",
+        "sliding_window",
+        "num_key_value_heads",
+        "eos_token_id",
+      ),
+      value: wild,
+    }),
   );
 
 const allKeys = [...new Set(BASES.flatMap((b) => Object.keys(b)))];
 const jsonCase = fc.oneof(
-  { weight: 8, arbitrary: fc.tuple(fc.nat({ max: BASES.length - 1 }), fc.array(editArb(allKeys), { minLength: 1, maxLength: 4 })).map(([i, edits]) => {
-    const c: Record<string, unknown> = structuredClone(BASES[i]);
-    for (const e of edits as Edit[]) {
-      if (e.del) delete c[e.key];
-      else c[e.key] = e.value;
-    }
-    return c as unknown;
-  }) },
+  {
+    weight: 8,
+    arbitrary: fc
+      .tuple(fc.nat({ max: BASES.length - 1 }), fc.array(editArb(allKeys), { minLength: 1, maxLength: 4 }))
+      .map(([i, edits]) => {
+        const c: Record<string, unknown> = structuredClone(BASES[i]);
+        for (const e of edits as Edit[]) {
+          if (e.del) delete c[e.key];
+          else c[e.key] = e.value;
+        }
+        return c as unknown;
+      }),
+  },
   { weight: 1, arbitrary: fc.jsonValue() },
-  { weight: 1, arbitrary: fc.tuple(fc.nat({ max: BASES.length - 1 }), fc.jsonValue()).map(([i, v]) => ({ ...BASES[i], architectures: v })) },
+  {
+    weight: 1,
+    arbitrary: fc
+      .tuple(fc.nat({ max: BASES.length - 1 }), fc.jsonValue())
+      .map(([i, v]) => ({ ...BASES[i], architectures: v })),
+  },
 );
 
 /** What a loaded config must satisfy for a build to be possible. */
 function checkUsable(cfg: Awaited<ReturnType<typeof parseHfConfig>>): void {
   const f = modelFacts(cfg);
-  for (const k of ["vocabSize", "numLayers", "numHeads", "numKvHeads", "headDim", "hiddenSize", "maxPositionEmbeddings"] as const) {
+  for (const k of [
+    "vocabSize",
+    "numLayers",
+    "numHeads",
+    "numKvHeads",
+    "headDim",
+    "hiddenSize",
+    "maxPositionEmbeddings",
+  ] as const) {
     expect(Number.isSafeInteger(f[k]), `${k} = ${f[k]}`).toBe(true);
     expect(f[k], k).toBeGreaterThan(0);
   }
@@ -112,13 +168,13 @@ describe("HF config loader under fuzzing", () => {
           fc.nat({ max: BASES.length - 1 }),
           fc.oneof(
             fc.nat().map((cut) => (b: Buffer) => b.subarray(0, cut % (b.length + 1))),
-            fc.array(fc.tuple(fc.nat(), fc.integer({ min: 1, max: 255 })), { minLength: 1, maxLength: 3 }).map(
-              (flips) => (b: Buffer) => {
+            fc
+              .array(fc.tuple(fc.nat(), fc.integer({ min: 1, max: 255 })), { minLength: 1, maxLength: 3 })
+              .map((flips) => (b: Buffer) => {
                 const c = Buffer.from(b);
                 for (const [at, x] of flips) c[at % c.length] ^= x;
                 return c;
-              },
-            ),
+              }),
             fc.uint8Array({ maxLength: 32 }).map((junk) => (b: Buffer) => Buffer.concat([b, junk])),
           ),
           async (i, damage) => {

@@ -24,7 +24,10 @@ interface Tensor {
 
 const tensorArb: fc.Arbitrary<Tensor> = fc
   .record({
-    name: fc.oneof(fc.constantFrom("w", "model.norm.weight", "lm_head.weight", "a.b", "x0"), fc.string({ minLength: 1, maxLength: 8 })),
+    name: fc.oneof(
+      fc.constantFrom("w", "model.norm.weight", "lm_head.weight", "a.b", "x0"),
+      fc.string({ minLength: 1, maxLength: 8 }),
+    ),
     dtype: fc.constantFrom(...DTYPES),
     shape: fc.array(fc.integer({ min: 0, max: 4 }), { maxLength: 3 }),
     seed: fc.integer(),
@@ -58,15 +61,36 @@ function validFile(ts: Tensor[], metadata?: Record<string, string>): Uint8Array 
 const wildNumber = fc.oneof(
   fc.integer({ min: 0, max: 64 }),
   fc.integer(),
-  fc.constantFrom(-1, 2 ** 31, 2 ** 32, 2 ** 53, 2 ** 53 + 2, 2 ** 64, 1e300, -0, 0.5, Number.MAX_SAFE_INTEGER),
+  fc.constantFrom(
+    -1,
+    2 ** 31,
+    2 ** 32,
+    2 ** 53,
+    2 ** 53 + 2,
+    2 ** 64,
+    1e300,
+    -0,
+    0.5,
+    Number.MAX_SAFE_INTEGER,
+  ),
   fc.double(),
 );
-const wildValue = fc.oneof(wildNumber, fc.string(), fc.constant(null), fc.boolean(), fc.array(wildNumber, { maxLength: 3 }));
+const wildValue = fc.oneof(
+  wildNumber,
+  fc.string(),
+  fc.constant(null),
+  fc.boolean(),
+  fc.array(wildNumber, { maxLength: 3 }),
+);
 const fuzzedEntry = fc.record(
   {
     dtype: fc.oneof(fc.constantFrom(...DTYPES), fc.string(), wildValue),
     shape: fc.oneof(fc.array(wildNumber, { maxLength: 4 }), wildValue),
-    data_offsets: fc.oneof(fc.tuple(wildNumber, wildNumber), fc.array(wildNumber, { maxLength: 3 }), wildValue),
+    data_offsets: fc.oneof(
+      fc.tuple(wildNumber, wildNumber),
+      fc.array(wildNumber, { maxLength: 3 }),
+      wildValue,
+    ),
     extra: wildValue,
   },
   { requiredKeys: [] },
@@ -78,43 +102,59 @@ type Case =
 
 const caseArb: fc.Arbitrary<Case> = fc.oneof(
   // Valid files, with and without metadata.
-  fc.record({ kind: fc.constant("valid" as const), ts: tensorsArb, meta: fc.option(fc.dictionary(fc.string(), fc.string()), { nil: undefined }) }),
+  fc.record({
+    kind: fc.constant("valid" as const),
+    ts: tensorsArb,
+    meta: fc.option(fc.dictionary(fc.string(), fc.string()), { nil: undefined }),
+  }),
   // Truncated at any point.
   fc.tuple(tensorsArb, fc.nat()).map(([ts, cut]): Case => {
     const b = validFile(ts);
     return { kind: "bytes", bytes: b.subarray(0, cut % (b.length + 1)) };
   }),
   // Bytes flipped anywhere (header length, JSON, data).
-  fc.tuple(tensorsArb, fc.array(fc.tuple(fc.nat(), fc.integer({ min: 1, max: 255 })), { minLength: 1, maxLength: 4 })).map(
-    ([ts, flips]): Case => {
+  fc
+    .tuple(
+      tensorsArb,
+      fc.array(fc.tuple(fc.nat(), fc.integer({ min: 1, max: 255 })), { minLength: 1, maxLength: 4 }),
+    )
+    .map(([ts, flips]): Case => {
       const b = Uint8Array.from(validFile(ts));
       for (const [at, x] of flips) b[at % b.length] ^= x;
       return { kind: "bytes", bytes: b };
-    },
-  ),
+    }),
   // Header length replaced by any u64, or off by a little.
-  fc.tuple(tensorsArb, fc.oneof(fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }), fc.bigInt({ min: -16n, max: 16n }))).map(
-    ([ts, l]): Case => {
+  fc
+    .tuple(
+      tensorsArb,
+      fc.oneof(fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }), fc.bigInt({ min: -16n, max: 16n })),
+    )
+    .map(([ts, l]): Case => {
       const b = Buffer.from(validFile(ts));
       const n = b.readBigUInt64LE(0);
       const v = l < 0n || l <= 16n ? n + l : l;
       b.writeBigUInt64LE(((v % (1n << 64n)) + (1n << 64n)) % (1n << 64n), 0);
       return { kind: "bytes", bytes: b };
-    },
-  ),
+    }),
   // Structurally fuzzed header entries, with a data section of random length.
-  fc.tuple(fc.dictionary(fc.string({ maxLength: 8 }), fuzzedEntry, { maxKeys: 4 }), fc.option(wildValue), fc.nat({ max: 256 })).map(
-    ([entries, meta, n]): Case => {
+  fc
+    .tuple(
+      fc.dictionary(fc.string({ maxLength: 8 }), fuzzedEntry, { maxKeys: 4 }),
+      fc.option(wildValue),
+      fc.nat({ max: 256 }),
+    )
+    .map(([entries, meta, n]): Case => {
       const header: Record<string, unknown> = { ...entries };
       if (meta !== null) header.__metadata__ = meta;
       return { kind: "bytes", bytes: encode(header, new Uint8Array(n)) };
-    },
-  ),
+    }),
   // Any JSON value as the header, or raw bytes (non-UTF-8 included).
-  fc.tuple(fc.jsonValue(), fc.nat({ max: 64 })).map(([j, n]): Case => ({ kind: "bytes", bytes: encode(j, new Uint8Array(n)) })),
-  fc.tuple(fc.uint8Array({ maxLength: 64 }), fc.nat({ max: 64 })).map(
-    ([raw, n]): Case => ({ kind: "bytes", bytes: encode(null, new Uint8Array(n), undefined, raw) }),
-  ),
+  fc
+    .tuple(fc.jsonValue(), fc.nat({ max: 64 }))
+    .map(([j, n]): Case => ({ kind: "bytes", bytes: encode(j, new Uint8Array(n)) })),
+  fc
+    .tuple(fc.uint8Array({ maxLength: 64 }), fc.nat({ max: 64 }))
+    .map(([raw, n]): Case => ({ kind: "bytes", bytes: encode(null, new Uint8Array(n), undefined, raw) })),
   // Arbitrary short files.
   fc.uint8Array({ maxLength: 40 }).map((bytes): Case => ({ kind: "bytes", bytes })),
 );
@@ -149,7 +189,8 @@ describe("safetensors reader under fuzzing", () => {
             }
             if (c.kind === "valid") {
               expect(f.names().sort()).toEqual(c.ts.map((t) => t.name).sort());
-              for (const t of c.ts) expect(Buffer.from(f.read(t.name)).equals(Buffer.from(t.data))).toBe(true);
+              for (const t of c.ts)
+                expect(Buffer.from(f.read(t.name)).equals(Buffer.from(t.data))).toBe(true);
             }
             loaded++;
           } catch (e) {

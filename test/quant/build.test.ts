@@ -60,7 +60,13 @@ describe("quantisation while streaming", () => {
     const ckpt = openCheckpoint(TINY_LLAMA);
     const reads: string[] = [];
     const counting = new Proxy(ckpt, {
-      get: (t, k) => (k === "read" ? (name: string) => (reads.push(name), t.read(name)) : Reflect.get(t, k)),
+      get: (t, k) =>
+        k === "read"
+          ? (name: string) => {
+              reads.push(name);
+              return t.read(name);
+            }
+          : Reflect.get(t, k),
     });
     const q = materializeWeight(values, counting);
     const s = materializeWeight(scales, counting);

@@ -20,12 +20,16 @@ function firstMismatch(bits: Uint32Array): string | null {
 /** Both quantisers on the same rows: null when scales and bytes agree, else the first difference. */
 function compareRows(dtype: KernelRows["dtype"], data: Uint16Array | Float32Array, k: number): string | null {
   const n = data.length / k;
-  const q = new Uint8Array(n * k), s = new Float32Array(n);
-  const rq = new Uint8Array(n * k), rs = new Float32Array(n);
+  const q = new Uint8Array(n * k),
+    s = new Float32Array(n);
+  const rq = new Uint8Array(n * k),
+    rs = new Float32Array(n);
   quantizeRowsSimd(dtype, data, k, 0, n, q, s, 0);
   quantizeFp8RowRangeJs([{ dtype, data, rows: n }], k, 0, n, rq, rs, fp8Tables());
-  const su = new Uint32Array(s.buffer), ru = new Uint32Array(rs.buffer);
-  for (let r = 0; r < n; r++) if (su[r] !== ru[r]) return `row ${r}: scale bits 0x${su[r].toString(16)} vs 0x${ru[r].toString(16)}`;
+  const su = new Uint32Array(s.buffer),
+    ru = new Uint32Array(rs.buffer);
+  for (let r = 0; r < n; r++)
+    if (su[r] !== ru[r]) return `row ${r}: scale bits 0x${su[r].toString(16)} vs 0x${ru[r].toString(16)}`;
   for (let i = 0; i < q.length; i++)
     if (q[i] !== rq[i])
       return `row ${Math.floor(i / k)} element ${i % k} (input 0x${(data instanceof Float32Array ? new Uint32Array(data.buffer)[i] : data[i]).toString(16)}, scale ${s[Math.floor(i / k)]}): 0x${q[i].toString(16)} vs 0x${rq[i].toString(16)}`;
@@ -44,7 +48,8 @@ describe.skipIf(!simdRows(16))("WebAssembly SIMD fp8 quantiser", () => {
     // (the 20 low bits for normals) at the half, half ± 1, and 0 / max.
     const ties: number[] = [];
     for (let top = 0; top < 1 << 12; top++)
-      for (const rem of [0, 1, 0x7ffff, 0x80000, 0x80001, 0xfffff, 0x40000, 0xc0000]) ties.push(((top << 20) | rem) >>> 0);
+      for (const rem of [0, 1, 0x7ffff, 0x80000, 0x80001, 0xfffff, 0x40000, 0xc0000])
+        ties.push(((top << 20) | rem) >>> 0);
     while (ties.length % 16) ties.push(0);
     expect(firstMismatch(Uint32Array.from(ties))).toBeNull();
     // A strided sweep over all 2^32 patterns (odd stride: every residue class of the low bits is visited).
@@ -53,8 +58,22 @@ describe.skipIf(!simdRows(16))("WebAssembly SIMD fp8 quantiser", () => {
     for (let i = 0; i < sweep.length; i++) sweep[i] = (i * stride) >>> 0;
     expect(firstMismatch(sweep)).toBeNull();
     const specials = Uint32Array.of(
-      0, 0x80000000, 0x7f800000, 0xff800000, 0x7fc00000, 0xffc00000, 0x7f800001, 0xffffffff,
-      0x43e00000, 0x43e80000, 0x43e80001, 0x43f00000, 0x3a800000, 0x3a800001, 0x00000001, 0x7f7fffff,
+      0,
+      0x80000000,
+      0x7f800000,
+      0xff800000,
+      0x7fc00000,
+      0xffc00000,
+      0x7f800001,
+      0xffffffff,
+      0x43e00000,
+      0x43e80000,
+      0x43e80001,
+      0x43f00000,
+      0x3a800000,
+      0x3a800001,
+      0x00000001,
+      0x7f7fffff,
     );
     expect(firstMismatch(specials)).toBeNull();
   });
@@ -66,8 +85,14 @@ describe.skipIf(!simdRows(16))("WebAssembly SIMD fp8 quantiser", () => {
       // signs): each input under each of these scales; the amax element itself always maps to ±448.
       const amaxes =
         dtype === "F16"
-          ? [0x0001, 0x0003, 0x03ff, 0x0400, 0x1c00, 0x3c00, 0x3c01, 0x5a3f, 0x7bff, 0x7c00, 0x7c01, 0x7e00, 0xfe00]
-          : [0x0001, 0x007f, 0x0080, 0x0d80, 0x3f80, 0x3f81, 0x4300, 0x5e9a, 0x7f7f, 0x7f80, 0x7f81, 0x7fc0, 0xffc0];
+          ? [
+              0x0001, 0x0003, 0x03ff, 0x0400, 0x1c00, 0x3c00, 0x3c01, 0x5a3f, 0x7bff, 0x7c00, 0x7c01, 0x7e00,
+              0xfe00,
+            ]
+          : [
+              0x0001, 0x007f, 0x0080, 0x0d80, 0x3f80, 0x3f81, 0x4300, 0x5e9a, 0x7f7f, 0x7f80, 0x7f81, 0x7fc0,
+              0xffc0,
+            ];
       for (const a of amaxes) {
         const lim = a & 0x7fff;
         const inputs: number[] = [];
@@ -97,7 +122,8 @@ describe.skipIf(!simdRows(16))("WebAssembly SIMD fp8 quantiser", () => {
     });
 
   it("F32 rows: random magnitudes, subnormals, zero, ±inf and NaN rows, as the JavaScript loop", () => {
-    const k = 32, rows = 4096;
+    const k = 32,
+      rows = 4096;
     const bits = new Uint32Array(rows * k);
     let x = 99;
     for (let i = 0; i < bits.length; i++) {

@@ -17,7 +17,15 @@ describe("tsllm-bench serve", () => {
   });
   afterAll(async () => s?.close());
 
-  const entries = tokenNormDist({ numRequests: 24, inputMean: 12, inputStdev: 4, outputMean: 6, outputStdev: 2, seed: 3, vocabSize: 512 });
+  const entries = tokenNormDist({
+    numRequests: 24,
+    inputMean: 12,
+    inputStdev: 4,
+    outputMean: 6,
+    outputStdev: 2,
+    seed: 3,
+    vocabSize: 512,
+  });
 
   it("Poisson arrivals at a rate, bounded concurrency: all complete with their lengths; goodput by SLO", async () => {
     const { report, timings } = await runServeBench(entries, {
@@ -42,7 +50,12 @@ describe("tsllm-bench serve", () => {
       expect(p.p50).toBeLessThanOrEqual(p.p90);
       expect(p.p90).toBeLessThanOrEqual(p.p99);
     }
-    const strict = await runServeBench(entries.slice(0, 4), { url: s.url, model: "tiny", requestRate: Infinity, goodput: { ttft: 0.001 } });
+    const strict = await runServeBench(entries.slice(0, 4), {
+      url: s.url,
+      model: "tiny",
+      requestRate: Infinity,
+      goodput: { ttft: 0.001 },
+    });
     expect(strict.report.goodput_req_s).toBe(0);
   });
 
@@ -59,7 +72,23 @@ describe("tsllm-bench serve", () => {
 
   it("the CLI prints vllm's table and writes the JSON report", async () => {
     const json = path.join(tmpDir(), "r.json");
-    const r = await run(["serve", "--url", s.url, "--num-prompts", "6", "--random-input-len", "9", "--random-output-len", "3", "--request-rate", "100", "--goodput", "ttft:100000", "--json", json]);
+    const r = await run([
+      "serve",
+      "--url",
+      s.url,
+      "--num-prompts",
+      "6",
+      "--random-input-len",
+      "9",
+      "--random-output-len",
+      "3",
+      "--request-rate",
+      "100",
+      "--goodput",
+      "ttft:100000",
+      "--json",
+      json,
+    ]);
     expect(r.stderr).not.toMatch(/error/);
     expect(r.status).toBe(0);
     expect(r.stdout).toMatch(/Successful requests:\s+6\n/);
@@ -71,7 +100,10 @@ describe("tsllm-bench serve", () => {
     expect(rep.total_input_tokens).toBe(54);
     // A trtllm-bench dataset: ids lines as they are, "prompt" lines through --tokenizer.
     const ds = path.join(tmpDir(), "ds.jsonl");
-    fs.writeFileSync(ds, '{"task_id": 0, "prompt": "Hello world", "output_tokens": 3}\n{"task_id": 1, "input_ids": [1, 2, 3], "output_tokens": 2}\n');
+    fs.writeFileSync(
+      ds,
+      '{"task_id": 0, "prompt": "Hello world", "output_tokens": 3}\n{"task_id": 1, "input_ids": [1, 2, 3], "output_tokens": 2}\n',
+    );
     const d = await run(["serve", "--url", s.url, "--dataset", ds, "--tokenizer", engine, "--warmup", "0"]);
     expect(d.status).toBe(0);
     expect(d.stdout).toMatch(/Total input tokens:\s+12\n/); // "Hello world" is 9 ids with bos

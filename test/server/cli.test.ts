@@ -9,9 +9,13 @@ import { buildFixture, REPO } from "../fixtures.ts";
 describe("tsllm-serve (process)", () => {
   it("SIGTERM: the running stream completes, new requests are refused, exit 0", async () => {
     const engine = await buildFixture("llama");
-    const proc = spawn(path.join(REPO, "bin/tsllm-serve.mjs"), [engine, "--device", "cpu", "--port", "0", "--served-model-name", "tiny"], {
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    const proc = spawn(
+      path.join(REPO, "bin/tsllm-serve.mjs"),
+      [engine, "--device", "cpu", "--port", "0", "--served-model-name", "tiny"],
+      {
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
     let out = "";
     proc.stdout.on("data", (d) => {
       out += d;
@@ -21,7 +25,8 @@ describe("tsllm-serve (process)", () => {
     });
     const exited = new Promise<number | null>((res) => proc.on("exit", (code) => res(code)));
     try {
-      for (let t = 0; t < 300 && !/ on http:\/\/\S+/.test(out); t++) await new Promise((r) => setTimeout(r, 50));
+      for (let t = 0; t < 300 && !/ on http:\/\/\S+/.test(out); t++)
+        await new Promise((r) => setTimeout(r, 50));
       const url = /on (http:\/\/\S+) /.exec(out)?.[1];
       expect(url, out).toBeDefined();
       const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: "none", maxRetries: 0 });
@@ -36,7 +41,9 @@ describe("tsllm-serve (process)", () => {
       } as never);
       let n = 0;
       let finish: string | null = null;
-      for await (const ch of stream as unknown as AsyncIterable<{ choices: { token_ids?: number[]; finish_reason: string | null }[] }>) {
+      for await (const ch of stream as unknown as AsyncIterable<{
+        choices: { token_ids?: number[]; finish_reason: string | null }[];
+      }>) {
         n += ch.choices[0]?.token_ids?.length ?? 0;
         finish = ch.choices[0]?.finish_reason ?? finish;
         if (n === 2) {

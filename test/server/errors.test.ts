@@ -7,11 +7,21 @@ import { buildFixture } from "../fixtures.ts";
 import { startServer, type TestServer } from "./helpers.ts";
 
 async function post(url: string, body: string, path = "/v1/completions") {
-  const r = await fetch(`${url}${path}`, { method: "POST", headers: { "content-type": "application/json" }, body });
-  return { status: r.status, json: (await r.json()) as { error: { message: string; type: string; param: string | null; code: string | null } } };
+  const r = await fetch(`${url}${path}`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body,
+  });
+  return {
+    status: r.status,
+    json: (await r.json()) as {
+      error: { message: string; type: string; param: string | null; code: string | null };
+    },
+  };
 }
 
-const completion = (extra: Record<string, unknown>) => JSON.stringify({ model: "tiny", prompt: "Hi", max_tokens: 2, ...extra });
+const completion = (extra: Record<string, unknown>) =>
+  JSON.stringify({ model: "tiny", prompt: "Hi", max_tokens: 2, ...extra });
 const chat = (extra: Record<string, unknown>) =>
   JSON.stringify({ model: "tiny", messages: [{ role: "user", content: "Hi" }], max_tokens: 2, ...extra });
 
@@ -27,20 +37,50 @@ const MALFORMED: [string, string, string, RegExp][] = [
   ["prompt a number", completion({ prompt: 5 }), "/v1/completions", /^prompt: prompt must be a string/],
   ["prompt an empty list", completion({ prompt: [] }), "/v1/completions", /^prompt: /],
   ["negative token id", completion({ prompt: [1, -2] }), "/v1/completions", /^prompt(\.1)?: /],
-  ["token id past the vocabulary", completion({ prompt: [1, 99999] }), "/v1/completions", /token id 99999 outside the vocabulary \(0\.\.511\)/],
+  [
+    "token id past the vocabulary",
+    completion({ prompt: [1, 99999] }),
+    "/v1/completions",
+    /token id 99999 outside the vocabulary \(0\.\.511\)/,
+  ],
   ["max_tokens 0", completion({ max_tokens: 0 }), "/v1/completions", /^max_tokens: /],
   ["max_tokens a string", completion({ max_tokens: "ten" }), "/v1/completions", /^max_tokens: .*number/],
   ["temperature -1", completion({ temperature: -1 }), "/v1/completions", /^temperature: /],
   ["top_p 0", completion({ top_p: 0 }), "/v1/completions", /^top_p: /],
   ["n 2", completion({ n: 2 }), "/v1/completions", /^n: only n = 1 is supported/],
   ["stop a number", completion({ stop: 5 }), "/v1/completions", /^stop: stop must be a string or a list/],
-  ["unknown field", completion({ frobnicate: true }), "/v1/completions", /^Unrecognized request argument supplied: frobnicate/],
+  [
+    "unknown field",
+    completion({ frobnicate: true }),
+    "/v1/completions",
+    /^Unrecognized request argument supplied: frobnicate/,
+  ],
   ["stream not a boolean", completion({ stream: "yes" }), "/v1/completions", /^stream: /],
-  ["presence_penalty set", completion({ presence_penalty: 0.5 }), "/v1/completions", /presence_penalty is not supported \(only 0\)/],
+  [
+    "presence_penalty set",
+    completion({ presence_penalty: 0.5 }),
+    "/v1/completions",
+    /presence_penalty is not supported \(only 0\)/,
+  ],
   ["chat without messages", JSON.stringify({ model: "tiny" }), "/v1/chat/completions", /^messages: required/],
-  ["chat with no message", chat({ messages: [] }), "/v1/chat/completions", /^messages: give at least one message/],
-  ["chat message without role", chat({ messages: [{ content: "x" }] }), "/v1/chat/completions", /^messages\.0\.role: /],
-  ["chat content a number", chat({ messages: [{ role: "user", content: 7 }] }), "/v1/chat/completions", /^messages\.0\.content: /],
+  [
+    "chat with no message",
+    chat({ messages: [] }),
+    "/v1/chat/completions",
+    /^messages: give at least one message/,
+  ],
+  [
+    "chat message without role",
+    chat({ messages: [{ content: "x" }] }),
+    "/v1/chat/completions",
+    /^messages\.0\.role: /,
+  ],
+  [
+    "chat content a number",
+    chat({ messages: [{ role: "user", content: 7 }] }),
+    "/v1/chat/completions",
+    /^messages\.0\.content: /,
+  ],
 ];
 
 describe("tsllm-serve refuses bad requests", () => {
@@ -59,14 +99,21 @@ describe("tsllm-serve refuses bad requests", () => {
       expect(r.json.error.message, what).toMatch(msg);
       expect(Object.keys(r.json.error).sort()).toEqual(["code", "message", "param", "type"]);
     }
-    const ok = await s.client.completions.create({ model: "tiny", prompt: "Hi", max_tokens: 2, temperature: 0 });
+    const ok = await s.client.completions.create({
+      model: "tiny",
+      prompt: "Hi",
+      max_tokens: 2,
+      temperature: 0,
+    });
     expect(ok.choices).toHaveLength(1);
     const m = await (await fetch(`${s.url}/metrics`)).text();
     expect(m).toMatch(/tsllm_http_requests_total\{endpoint="\/v1\/completions",status="400"\} \d+/);
   });
 
   it("unknown model and route: 404; the client raises NotFoundError", async () => {
-    await expect(s.client.completions.create({ model: "gpt-4", prompt: "Hi" })).rejects.toBeInstanceOf(OpenAI.NotFoundError);
+    await expect(s.client.completions.create({ model: "gpt-4", prompt: "Hi" })).rejects.toBeInstanceOf(
+      OpenAI.NotFoundError,
+    );
     const r = await post(s.url, completion({ model: "gpt-4" }));
     expect(r.json.error).toMatchObject({ code: "model_not_found", param: "model" });
     expect((await fetch(`${s.url}/v1/nothing`)).status).toBe(404);
@@ -76,11 +123,19 @@ describe("tsllm-serve refuses bad requests", () => {
     const prompt = Array.from({ length: 250 }, (_, i) => i + 1);
     const r = await post(s.url, completion({ prompt, max_tokens: 10 }));
     expect(r.status).toBe(400);
-    expect(r.json.error.message).toBe("prompt of 250 tokens + max_new_tokens 10 = 260 exceeds max_seq_len 256");
+    expect(r.json.error.message).toBe(
+      "prompt of 250 tokens + max_new_tokens 10 = 260 exceeds max_seq_len 256",
+    );
     expect(r.json.error.code).toBe("context_length_exceeded");
-    const c = await post(s.url, chat({ messages: [{ role: "user", content: "x".repeat(300) }], max_tokens: undefined }), "/v1/chat/completions");
+    const c = await post(
+      s.url,
+      chat({ messages: [{ role: "user", content: "x".repeat(300) }], max_tokens: undefined }),
+      "/v1/chat/completions",
+    );
     expect(c.status).toBe(400);
-    expect(c.json.error.message).toMatch(/^prompt of \d{3} tokens \+ max_new_tokens 1 = \d{3} exceeds max_seq_len 256$/);
+    expect(c.json.error.message).toMatch(
+      /^prompt of \d{3} tokens \+ max_new_tokens 1 = \d{3} exceeds max_seq_len 256$/,
+    );
   });
 });
 
@@ -89,7 +144,15 @@ describe("tsllm-serve limits and access", () => {
     const s = await startServer(await buildFixture("llama"), { maxQueue: 1, batch: { maxBatchSize: 1 } });
     try {
       const rs = await Promise.allSettled(
-        Array.from({ length: 6 }, () => s.client.completions.create({ model: "tiny", prompt: "Hi", max_tokens: 30, temperature: 0, ignore_eos: true } as never)),
+        Array.from({ length: 6 }, () =>
+          s.client.completions.create({
+            model: "tiny",
+            prompt: "Hi",
+            max_tokens: 30,
+            temperature: 0,
+            ignore_eos: true,
+          } as never),
+        ),
       );
       const limited = rs.filter((r) => r.status === "rejected");
       expect(rs.filter((r) => r.status === "fulfilled").length).toBeGreaterThanOrEqual(2);
@@ -128,7 +191,12 @@ describe("tsllm-serve limits and access", () => {
       expect(st.status).toBe(400);
       expect(st.json.error).toMatchObject({ param: "stop" });
       expect(st.json.error.message).toMatch(/^stop needs a tokenizer: engine .* has no tokenizer/);
-      const ok = await s.client.completions.create({ model: "tiny", prompt: [1, 2, 3], max_tokens: 3, temperature: 0 });
+      const ok = await s.client.completions.create({
+        model: "tiny",
+        prompt: [1, 2, 3],
+        max_tokens: 3,
+        temperature: 0,
+      });
       expect((ok.choices[0] as unknown as { token_ids: number[] }).token_ids).toHaveLength(3);
     } finally {
       await s.close();

@@ -31,7 +31,12 @@ export async function startServer(
     ...o,
   });
   const url = await server.app.listen({ host: "127.0.0.1", port: 0 });
-  const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: o.apiKey ?? "none", maxRetries: 0, timeout: 120_000 });
+  const client = new OpenAI({
+    baseURL: `${url}/v1`,
+    apiKey: o.apiKey ?? "none",
+    maxRetries: 0,
+    timeout: 120_000,
+  });
   return {
     url,
     client,
@@ -45,7 +50,12 @@ export async function startServer(
 }
 
 /** Greedy tokens by the executor's own batch generate loop (not the batch manager, not the server). */
-export function greedyOracle(engine: string, prompt: number[], maxNewTokens: number, eos: number[]): number[] {
+export function greedyOracle(
+  engine: string,
+  prompt: number[],
+  maxNewTokens: number,
+  eos: number[],
+): number[] {
   const ex = ReferenceExecutor.load(engine, { verify: false });
   try {
     return generate(ex, [prompt], { maxNewTokens, eosTokenIds: eos })[0];
@@ -64,8 +74,13 @@ export function metric(text: string, name: string): number {
  * Runs a bin asynchronously: a synchronous spawn would block this worker's event loop (an in-process
  * server, and vitest's own RPC, which times out under load).
  */
-export function runBin(bin: string, args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
+export function runBin(
+  bin: string,
+  args: string[],
+): Promise<{ status: number | null; stdout: string; stderr: string }> {
   return new Promise((res) =>
-    execFile(bin, args, { encoding: "utf8" }, (e, stdout, stderr) => res({ status: e ? (typeof e.code === "number" ? e.code : 1) : 0, stdout, stderr })),
+    execFile(bin, args, { encoding: "utf8" }, (e, stdout, stderr) =>
+      res({ status: e ? (typeof e.code === "number" ? e.code : 1) : 0, stdout, stderr }),
+    ),
   );
 }

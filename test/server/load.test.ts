@@ -19,7 +19,12 @@ describe("tsllm-serve under load", () => {
     const distinct = Array.from({ length: 125 }, (_, i) => ({ prompt: [507, 1 + i], seed: i }));
     const alone: number[][] = [];
     for (const r of distinct) {
-      const h = s.manager.submit({ promptIds: r.prompt, maxNewTokens: 3, sampling: { temperature: 1, seed: r.seed, topK: 0, topP: 1 }, ignoreEos: true });
+      const h = s.manager.submit({
+        promptIds: r.prompt,
+        maxNewTokens: 3,
+        sampling: { temperature: 1, seed: r.seed, topK: 0, topP: 1 },
+        ignoreEos: true,
+      });
       alone.push((await h.done).outputIds);
     }
     expect(new Set(alone.map((a) => a.join())).size).toBeGreaterThan(120); // they differ: mixing would show
@@ -39,7 +44,9 @@ describe("tsllm-serve under load", () => {
         } as never);
         const ids: number[] = [];
         let finish: string | null = null;
-        for await (const ch of stream as unknown as AsyncIterable<{ choices: { token_ids?: number[]; finish_reason: string | null }[] }>)
+        for await (const ch of stream as unknown as AsyncIterable<{
+          choices: { token_ids?: number[]; finish_reason: string | null }[];
+        }>)
           for (const c of ch.choices) {
             ids.push(...(c.token_ids ?? []));
             finish = c.finish_reason ?? finish;
@@ -87,7 +94,8 @@ describe("tsllm-serve under load", () => {
     let m = "";
     for (let t = 0; t < 200; t++) {
       m = await (await fetch(`${s.url}/metrics`)).text();
-      if (metric(m, "tsllm_num_requests_running") === 0 && metric(m, "tsllm_num_requests_waiting") === 0) break;
+      if (metric(m, "tsllm_num_requests_running") === 0 && metric(m, "tsllm_num_requests_waiting") === 0)
+        break;
       await new Promise((r) => setTimeout(r, 50));
     }
     expect(metric(m, "tsllm_num_requests_running")).toBe(0);
@@ -99,7 +107,12 @@ describe("tsllm-serve under load", () => {
     // 200 tokens each were asked for; cancelled requests stop early.
     expect(s.manager.stats().tokensGenerated).toBeLessThan(125 * 3 + 500 * 3 + 100 * 200);
     // And the server keeps serving.
-    const r = await s.client.completions.create({ model: "tiny", prompt: [507, 1], max_tokens: 2, temperature: 0 });
+    const r = await s.client.completions.create({
+      model: "tiny",
+      prompt: [507, 1],
+      max_tokens: 2,
+      temperature: 0,
+    });
     expect(r.choices[0].finish_reason).toBeDefined();
   });
 });

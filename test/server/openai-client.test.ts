@@ -17,8 +17,17 @@ const IDS = { return_token_ids: true } as Record<string, unknown>;
 type Choice = { text?: string; token_ids?: number[]; prompt_token_ids?: number[] };
 
 /** tsllm-run --json on the same engine. */
-async function tsllmRun(engine: string, args: string[]): Promise<{ prompt_ids: number[]; ids: number[]; text: string }> {
-  const r = await runBin(path.join(REPO, "bin/tsllm-run.mjs"), [engine, "--device", "cpu", "--json", ...args]);
+async function tsllmRun(
+  engine: string,
+  args: string[],
+): Promise<{ prompt_ids: number[]; ids: number[]; text: string }> {
+  const r = await runBin(path.join(REPO, "bin/tsllm-run.mjs"), [
+    engine,
+    "--device",
+    "cpu",
+    "--json",
+    ...args,
+  ]);
   if (r.status !== 0) throw new Error(r.stderr);
   return JSON.parse(r.stdout);
 }
@@ -41,14 +50,24 @@ describe("tsllm-serve with the openai client", () => {
 
   it("completions, not streamed: the oracle's greedy tokens and their text; usage counts", async () => {
     const prompt = golden.encode[1].text;
-    const r = await s.client.completions.create({ model: "tiny", prompt, max_tokens: 12, temperature: 0, ...IDS });
+    const r = await s.client.completions.create({
+      model: "tiny",
+      prompt,
+      max_tokens: 12,
+      temperature: 0,
+      ...IDS,
+    });
     const c = r.choices[0] as unknown as Choice;
     const want = greedyOracle(engine, golden.encode[1].ids, 12, EOS);
     expect(c.prompt_token_ids).toEqual(golden.encode[1].ids);
     expect(c.token_ids).toEqual(want);
     expect(r.choices[0].text).toBe(tok.decode(want, { skipSpecialTokens: true }));
     expect(r.choices[0].finish_reason).toBe(EOS.includes(want.at(-1)!) ? "stop" : "length");
-    expect(r.usage).toEqual({ prompt_tokens: golden.encode[1].ids.length, completion_tokens: want.length, total_tokens: golden.encode[1].ids.length + want.length });
+    expect(r.usage).toEqual({
+      prompt_tokens: golden.encode[1].ids.length,
+      completion_tokens: want.length,
+      total_tokens: golden.encode[1].ids.length + want.length,
+    });
   });
 
   it("completions, streamed: chunks concatenate to the non-streamed text; include_usage ends with usage", async () => {
@@ -78,7 +97,11 @@ describe("tsllm-serve with the openai client", () => {
     expect(got).toEqual(want);
     expect(text).toBe(tok.decode(want, { skipSpecialTokens: true }));
     expect(finish).toBe(EOS.includes(want.at(-1)!) ? "stop" : "length");
-    expect(usage).toEqual({ prompt_tokens: ids.length, completion_tokens: want.length, total_tokens: ids.length + want.length });
+    expect(usage).toEqual({
+      prompt_tokens: ids.length,
+      completion_tokens: want.length,
+      total_tokens: ids.length + want.length,
+    });
   });
 
   it("a list of prompts (text and ids) gives one choice per prompt, in order", async () => {
@@ -90,18 +113,31 @@ describe("tsllm-serve with the openai client", () => {
       ...IDS,
     });
     expect(r.choices.map((c) => c.index)).toEqual([0, 1]);
-    expect((r.choices[0] as unknown as Choice).token_ids).toEqual(greedyOracle(engine, golden.encode[0].ids, 6, EOS));
-    expect((r.choices[1] as unknown as Choice).token_ids).toEqual(greedyOracle(engine, golden.encode[3].ids, 6, EOS));
+    expect((r.choices[0] as unknown as Choice).token_ids).toEqual(
+      greedyOracle(engine, golden.encode[0].ids, 6, EOS),
+    );
+    expect((r.choices[1] as unknown as Choice).token_ids).toEqual(
+      greedyOracle(engine, golden.encode[3].ids, 6, EOS),
+    );
   });
 
   it("chat completions through the chat template, streamed and not", async () => {
     const chat = golden.chat[1];
     const want = greedyOracle(engine, chat.ids, 20, EOS);
-    const r = await s.client.chat.completions.create({ model: "tiny", messages: chat.messages, max_tokens: 20, temperature: 0, ...IDS });
+    const r = await s.client.chat.completions.create({
+      model: "tiny",
+      messages: chat.messages,
+      max_tokens: 20,
+      temperature: 0,
+      ...IDS,
+    });
     const c = r.choices[0] as unknown as { token_ids: number[] };
     expect((r as unknown as { prompt_token_ids: number[] }).prompt_token_ids).toEqual(chat.ids);
     expect(c.token_ids).toEqual(want);
-    expect(r.choices[0].message).toMatchObject({ role: "assistant", content: tok.decode(want, { skipSpecialTokens: true }) });
+    expect(r.choices[0].message).toMatchObject({
+      role: "assistant",
+      content: tok.decode(want, { skipSpecialTokens: true }),
+    });
     expect(r.usage?.prompt_tokens).toBe(chat.ids.length);
 
     const stream = await s.client.chat.completions.create({
@@ -133,10 +169,23 @@ describe("tsllm-serve with the openai client", () => {
     expect(from, `greedy text ${JSON.stringify(full)} has no usable stop string`).toBeDefined();
     const stop = full.slice(from!, from! + 2);
     const expected = full.slice(0, full.indexOf(stop));
-    const r = await s.client.completions.create({ model: "tiny", prompt: ids, max_tokens: 24, temperature: 0, stop: [stop, "\u0000never"] });
+    const r = await s.client.completions.create({
+      model: "tiny",
+      prompt: ids,
+      max_tokens: 24,
+      temperature: 0,
+      stop: [stop, "\u0000never"],
+    });
     expect(r.choices[0].text).toBe(expected);
     expect(r.choices[0].finish_reason).toBe("stop");
-    const stream = await s.client.completions.create({ model: "tiny", prompt: ids, max_tokens: 24, temperature: 0, stop, stream: true });
+    const stream = await s.client.completions.create({
+      model: "tiny",
+      prompt: ids,
+      max_tokens: 24,
+      temperature: 0,
+      stop,
+      stream: true,
+    });
     let text = "";
     for await (const ch of stream) text += ch.choices[0]?.text ?? "";
     expect(text).toBe(expected);
@@ -156,11 +205,20 @@ describe("tsllm-serve with the openai client", () => {
     fs.writeFileSync(file, JSON.stringify(golden.chat[0].messages));
     const [runChat, stream] = await Promise.all([
       tsllmRun(engine, ["--chat", file, "--max-new-tokens", "16"]),
-      s.client.chat.completions.create({ model: "tiny", messages: golden.chat[0].messages, max_tokens: 16, temperature: 0, stream: true, ...IDS }),
+      s.client.chat.completions.create({
+        model: "tiny",
+        messages: golden.chat[0].messages,
+        max_tokens: 16,
+        temperature: 0,
+        stream: true,
+        ...IDS,
+      }),
     ]);
     let content = "";
     const ids: number[] = [];
-    for await (const ch of stream as unknown as AsyncIterable<{ choices: { delta: { content?: string }; token_ids?: number[] }[] }>) {
+    for await (const ch of stream as unknown as AsyncIterable<{
+      choices: { delta: { content?: string }; token_ids?: number[] }[];
+    }>) {
       content += ch.choices[0]?.delta.content ?? "";
       ids.push(...(ch.choices[0]?.token_ids ?? []));
     }
@@ -171,7 +229,16 @@ describe("tsllm-serve with the openai client", () => {
 
   it("same seed, same sampled tokens; other seed, other tokens", async () => {
     const ask = (seed: number) =>
-      s.client.completions.create({ model: "tiny", prompt: "Hello", max_tokens: 16, temperature: 1.5, top_k: 50, top_p: 0.95, seed, ignore_eos: true } as never) as Promise<{ choices: { text: string }[] }>;
+      s.client.completions.create({
+        model: "tiny",
+        prompt: "Hello",
+        max_tokens: 16,
+        temperature: 1.5,
+        top_k: 50,
+        top_p: 0.95,
+        seed,
+        ignore_eos: true,
+      } as never) as Promise<{ choices: { text: string }[] }>;
     const [a, b, c] = await Promise.all([ask(7), ask(7), ask(8)]);
     expect(a.choices[0].text).toBe(b.choices[0].text);
     expect(a.choices[0].text).not.toBe(c.choices[0].text);

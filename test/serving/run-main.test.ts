@@ -374,9 +374,7 @@ describe("tsllm-run refuses bad input in one line before any work", () => {
     );
     expect(
       await refused(["--input-ids", prompt(1).join(","), "--max-new-tokens", "6", "--max-seq-len", "16"]),
-    ).toBe(
-      "--input-ids: prompt of 11 tokens + --max-new-tokens 6 = 17 exceeds max_seq_len 16",
-    );
+    ).toBe("--input-ids: prompt of 11 tokens + --max-new-tokens 6 = 17 exceeds max_seq_len 16");
     expect(await refused(["--input-ids", "1", "--max-seq-len", "300"], LimitError)).toBe(
       "--max-seq-len 300 exceeds the model's max_position_embeddings 256",
     );

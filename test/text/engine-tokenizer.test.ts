@@ -21,7 +21,12 @@ describe("engines carry the tokenizer", () => {
 
   it("copies the checkpoint's tokenizer files and records them in config.json", () => {
     const cfg = openEngine(llama).config;
-    expect(cfg.tokenizer?.files).toEqual(["tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja"]);
+    expect(cfg.tokenizer?.files).toEqual([
+      "tokenizer.json",
+      "tokenizer_config.json",
+      "generation_config.json",
+      "chat_template.jinja",
+    ]);
     for (const f of cfg.tokenizer!.files)
       expect(fs.readFileSync(path.join(llama, f))).toEqual(fs.readFileSync(path.join(TINY_LLAMA, f)));
   });
@@ -48,7 +53,9 @@ describe("engines carry the tokenizer", () => {
   it("an engine without a tokenizer says so in one line, exit 1", async () => {
     const r = await runBin(TOKENIZE, [gptj, "hello"]);
     expect(r.status).toBe(1);
-    expect(r.stderr).toMatch(/^error: tsllm-tokenize needs a tokenizer: engine .* has no tokenizer \(rebuild from a folder with tokenizer.json, or with --tokenizer DIR\); token ids still work\n$/);
+    expect(r.stderr).toMatch(
+      /^error: tsllm-tokenize needs a tokenizer: engine .* has no tokenizer \(rebuild from a folder with tokenizer.json, or with --tokenizer DIR\); token ids still work\n$/,
+    );
     expect(r.stdout).toBe("");
   });
 
@@ -56,7 +63,9 @@ describe("engines carry the tokenizer", () => {
     const e = await buildFixture("gptj", { tokenizer: TINY_LLAMA });
     const found = findTokenizer(e);
     expect(found.tok?.encode("Hello world")).toEqual(golden.encode[0].ids);
-    await expect(buildFixture("llama", { tokenizer: tmpDir() })).rejects.toThrow(/--tokenizer .*: no tokenizer.json there/);
+    await expect(buildFixture("llama", { tokenizer: tmpDir() })).rejects.toThrow(
+      /--tokenizer .*: no tokenizer.json there/,
+    );
   });
 
   it("refuses a config.json naming a tokenizer file outside the engine directory", () => {

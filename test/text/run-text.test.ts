@@ -28,7 +28,9 @@ describe("tsllm-run with text", () => {
     const e = golden.encode[1];
     const idsLine = (await run("--input-ids", e.ids.join(","), "--max-new-tokens", "20")).trim();
     const ids = idsLine.split(",").map(Number);
-    expect(await run(e.text, "--max-new-tokens", "20")).toBe(`${tok.decode(ids, { skipSpecialTokens: true })}\n`);
+    expect(await run(e.text, "--max-new-tokens", "20")).toBe(
+      `${tok.decode(ids, { skipSpecialTokens: true })}\n`,
+    );
     const j = JSON.parse(await run("--prompt", e.text, "--max-new-tokens", "20", "--json"));
     expect(j.prompt_ids).toEqual(e.ids);
     expect(j.ids).toEqual(ids);
@@ -44,10 +46,15 @@ describe("tsllm-run with text", () => {
     fs.writeFileSync(file, JSON.stringify(chat.messages));
     const j = JSON.parse(await run("--chat", file, "--max-new-tokens", "24", "--json", "--ignore-eos"));
     expect(j.prompt_ids).toEqual(chat.ids);
-    const at = [...j.text.matchAll(/[^\uFFFD]{2}/g)].map((m: RegExpMatchArray) => m.index!).find((i: number) => i >= 2) ?? -1;
+    const at =
+      [...j.text.matchAll(/[^\uFFFD]{2}/g)]
+        .map((m: RegExpMatchArray) => m.index!)
+        .find((i: number) => i >= 2) ?? -1;
     expect(at, j.text).toBeGreaterThanOrEqual(2);
     const stop = j.text.slice(at, at + 2);
-    const cut = JSON.parse(await run("--chat", file, "--max-new-tokens", "24", "--json", "--ignore-eos", "--stop", stop));
+    const cut = JSON.parse(
+      await run("--chat", file, "--max-new-tokens", "24", "--json", "--ignore-eos", "--stop", stop),
+    );
     expect(cut.text).toBe(j.text.slice(0, j.text.indexOf(stop)));
     expect(cut.finish_reason).toBe("stop");
     expect(cut.stop_string).toBe(stop);
@@ -57,7 +64,9 @@ describe("tsllm-run with text", () => {
     const gptj = await buildFixture("gptj");
     const r = await runBin(RUN, [gptj, "--device", "cpu", "hello"]);
     expect(r.status).toBe(1);
-    expect(r.stderr).toMatch(/^error: a text prompt needs a tokenizer: engine .* has no tokenizer .*token ids still work\n$/);
+    expect(r.stderr).toMatch(
+      /^error: a text prompt needs a tokenizer: engine .* has no tokenizer .*token ids still work\n$/,
+    );
     expect(r.stdout).toBe("");
   });
 });

@@ -84,7 +84,9 @@ describe("tokenizer: older layouts", () => {
     const tok = TextTokenizer.load(dir);
     checkGolden(tok);
     expect(tok.applyChatTemplate([{ role: "user", content: "Hi" }], { name: "shout" }).text).toBe("HI");
-    expect(() => tok.applyChatTemplate([], { name: "nope" })).toThrow(/no chat template named "nope" \(have: default, shout\)/);
+    expect(() => tok.applyChatTemplate([], { name: "nope" })).toThrow(
+      /no chat template named "nope" \(have: default, shout\)/,
+    );
   });
 
   it("special tokens as AddedToken dicts in special_tokens_map.json, eos from the tokenizer alone", () => {
@@ -97,8 +99,20 @@ describe("tokenizer: older layouts", () => {
     fs.writeFileSync(
       path.join(dir, "special_tokens_map.json"),
       JSON.stringify({
-        bos_token: { content: "<|begin_of_text|>", lstrip: false, normalized: false, rstrip: false, single_word: false },
-        eos_token: { content: "<|eot_id|>", lstrip: false, normalized: false, rstrip: false, single_word: false },
+        bos_token: {
+          content: "<|begin_of_text|>",
+          lstrip: false,
+          normalized: false,
+          rstrip: false,
+          single_word: false,
+        },
+        eos_token: {
+          content: "<|eot_id|>",
+          lstrip: false,
+          normalized: false,
+          rstrip: false,
+          single_word: false,
+        },
       }),
     );
     const tok = TextTokenizer.load(dir);
