@@ -3,9 +3,9 @@
 // composition. Checkpoint names default to Llama's (q_proj, gate_proj, …) and can be renamed; the
 // node order each piece emits is what the fusion passes look for (qkv, gate-up, attention, epilogue).
 import type { DecoderConfig } from "../checkpoint/hf-config.ts";
+import type { RecipePart } from "../weights/recipe.ts";
 import type { Module, Parallel, RopeOptions } from "./module.ts";
 import type { Tensor } from "./tensor.ts";
-import type { RecipePart } from "../weights/recipe.ts";
 
 export type Layer = (x: Tensor) => Tensor;
 
@@ -29,7 +29,9 @@ export type ActivationName = keyof typeof ACTIVATIONS;
  */
 function activation(prefix: string, name: ActivationName): (x: Tensor) => Tensor {
   if (!Object.hasOwn(ACTIVATIONS, name))
-    throw new Error(`${prefix}: unknown activation "${name}" (${Object.keys(ACTIVATIONS).join(", ")})`);
+    throw new Error(
+      `${prefix}: unknown activation "${name}" (known: ${Object.keys(ACTIVATIONS).join(", ")})`,
+    );
   return ACTIVATIONS[name];
 }
 
