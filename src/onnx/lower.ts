@@ -92,17 +92,41 @@ function linearEpilogue(c: LowerCtx, n: Node, y: string): void {
   c.set(n.outputs[0], out);
 }
 
-function rmsNorm(c: LowerCtx, x: string, w: string, eps: number): string {
-  return inF32(c, [x, w], ([x, w]) => {
+/** A norm's weight input (id) and its weight_offset attribute (Gemma's 1 + w). */
+interface NormWeight {
+  id: number;
+  offset: number;
+}
+
+function normWeight(n: Node, slot: number): NormWeight {
+  return { id: n.inputs[slot]!, offset: num(n, "weight_offset", 0) };
+}
+
+/** w + offset on the fp32 weight (inside inF32), as the reference adds it: in fp32, rounded once with the output. */
+function offsetWeight(c: LowerCtx, w: string, offset: number): string {
+  return offset === 0 ? w : c.b.op1("Add", [w, c.b.constant([offset], [], ELEM.f32)]);
+}
+
+function rmsNorm(c: LowerCtx, x: string, nw: NormWeight, eps: number): string {
+  return inF32(c, [x, c.name(nw.id)], ([x, w]) => {
     const { b } = c;
     const ms = b.op1("ReduceMean", [b.op1("Mul", [x, x])], { axes: { ints: [-1] }, keepdims: { i: 1 } });
     const rms = b.op1("Sqrt", [b.op1("Add", [ms, b.constant([eps], [], ELEM.f32)])]);
-    return b.op1("Mul", [b.op1("Div", [x, rms]), w]);
+    return b.op1("Mul", [b.op1("Div", [x, rms]), offsetWeight(c, w, nw.offset)]);
   });
 }
 
-function layerNorm(c: LowerCtx, x: string, w: string, bias: string, eps: number): string {
-  return c.b.op1("LayerNormalization", [x, w, bias], { axis: { i: -1 }, epsilon: { f: eps } });
+/**
+ * LayerNormalization in fp32 as well: in half precision ONNX rounds the normalised value, the product with the
+ * weight and the sum with the bias to the activation type in turn (the reference rounds once).
+ */
+function layerNorm(c: LowerCtx, x: string, nw: NormWeight, bias: string, eps: number): string {
+  return inF32(c, [x, c.name(nw.id), bias], ([x, w, bias]) =>
+    c.b.op1("LayerNormalization", [x, offsetWeight(c, w, nw.offset), bias], {
+      axis: { i: -1 },
+      epsilon: { f: eps },
+    }),
+  );
 }
 
 /** Splits the last dim of a [T, Σsizes] tensor. */
@@ -189,13 +213,6 @@ function attention(c: LowerCtx, n: Node, q: string, k: string, v: string, positi
   });
   const out = b.op1("MatMul", [probs, vAll]); // [nH, T, D]
   return b.op1("Reshape", [b.op1("Transpose", [out], { perm: { ints: [1, 0, 2] } }), b.i64([-1, nH * D])]);
-}
-
-/** A norm's weight input plus its weight_offset attribute (Gemma's 1 + w). */
-function normWeight(c: LowerCtx, n: Node, slot: number): string {
-  const w = c.name(n.inputs[slot]!);
-  const off = num(n, "weight_offset", 0);
-  return off === 0 ? w : c.b.op1("Add", [w, scalar(c, off)]);
 }
 
 /**
@@ -294,22 +311,22 @@ export const LOWERINGS: Record<string, Lowering> = {
   // Norms: the pre chain on x (before the residual add), the post chain on the normalised output.
   rms_norm(c, n) {
     const x = chain(c, c.name(n.inputs[0]!), n, "pre");
-    c.set(n.outputs[0], chain(c, rmsNorm(c, x, normWeight(c, n, 1), num(n, "eps")), n, "post"));
+    c.set(n.outputs[0], chain(c, rmsNorm(c, x, normWeight(n, 1), num(n, "eps")), n, "post"));
   },
   add_rms_norm(c, n) {
     const sum = c.b.op1("Add", [chain(c, c.name(n.inputs[0]!), n, "pre"), c.name(n.inputs[1]!)]);
-    c.set(n.outputs[0], chain(c, rmsNorm(c, sum, normWeight(c, n, 2), num(n, "eps")), n, "post"));
+    c.set(n.outputs[0], chain(c, rmsNorm(c, sum, normWeight(n, 2), num(n, "eps")), n, "post"));
     c.set(n.outputs[1], sum);
   },
   layer_norm(c, n) {
     const [x, , bias] = n.inputs.map((i) => c.name(i!));
-    const y = layerNorm(c, chain(c, x, n, "pre"), normWeight(c, n, 1), bias, num(n, "eps"));
+    const y = layerNorm(c, chain(c, x, n, "pre"), normWeight(n, 1), bias, num(n, "eps"));
     c.set(n.outputs[0], chain(c, y, n, "post"));
   },
   add_layer_norm(c, n) {
     const [x, r, , bias] = n.inputs.map((i) => c.name(i!));
     const sum = c.b.op1("Add", [chain(c, x, n, "pre"), r]);
-    c.set(n.outputs[0], chain(c, layerNorm(c, sum, normWeight(c, n, 2), bias, num(n, "eps")), n, "post"));
+    c.set(n.outputs[0], chain(c, layerNorm(c, sum, normWeight(n, 2), bias, num(n, "eps")), n, "post"));
     c.set(n.outputs[1], sum);
   },
   add: binary("Add"),
