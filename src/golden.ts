@@ -46,7 +46,20 @@ export function readGolden(file: string): Golden {
         vocab: li.shape[1],
       });
     }
+    // The prompts end at the first missing p{i}.input_ids: a prompt tensor beyond it (a later prompt, or logits
+    // without their ids) would go unchecked, as would prompt lengths that do not pair up with the prompts.
+    const stray = f
+      .names()
+      .filter(
+        (n) => /^p\d+\.(input_ids|logits)$/.test(n) && Number(n.slice(1, n.indexOf("."))) >= prompts.length,
+      )
+      .sort()[0];
+    if (stray !== undefined) throw bad(`p${prompts.length}.input_ids is missing (the file holds ${stray})`);
     if (prompts.length === 0) throw bad("no prompts (expected p0.input_ids, p0.logits, …)");
+    if (lens.length > 0 && lens.length !== prompts.length)
+      throw bad(
+        `prompt_lens has ${lens.length} ${lens.length === 1 ? "entry" : "entries"} for ${prompts.length} prompts`,
+      );
     return { prompts, metadata: f.metadata };
   } finally {
     f.close();
