@@ -52,6 +52,7 @@ export default defineConfig({
       "test/quant/numerics.test.ts",
       "test/quant/fp8.test.ts",
       "test/quant/fp8-rows.test.ts",
+      "test/quant/fp8-pool*.test.ts",
       "test/quant/build.test.ts",
       "test/tp/shard.test.ts",
       "test/tp/errors.test.ts",
