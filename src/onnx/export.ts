@@ -50,8 +50,9 @@ export function exportOnnxRank(o: OnnxRankOptions): Uint8Array {
 
   const declareWeight = (v: Value): string => {
     const bytes = weightBytes(v, o);
+    // A name taken by another weight gets the value id, then a counter (a weight may itself be called "w.3").
     let name = v.name;
-    while (used.has(name)) name = `${v.name}.${v.id}`;
+    for (let k = 0; used.has(name); k++) name = k === 0 ? `${v.name}.${v.id}` : `${v.name}.${v.id}.${k}`;
     used.add(name);
     const off = alignUp(dataBytes, DATA_ALIGN);
     if (off > dataBytes) fs.writeSync(fd, new Uint8Array(off - dataBytes), 0, off - dataBytes, dataBytes);
