@@ -4,6 +4,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
+import type { TensorToWrite } from "../src/checkpoint/safetensors.ts";
 import { type CompileOptions, compileEngine } from "../src/compile.ts";
 import { Module } from "../src/dsl/module.ts";
 import { BuildConfig } from "../src/engine/format.ts";
@@ -107,4 +108,20 @@ export function snapshot(root: string): Record<string, string> {
   };
   walk(root);
   return out;
+}
+
+/** A golden file's tensors as src/golden.ts reads them: p{i}.input_ids (I32) and p{i}.logits (F32, `shape`). */
+export function goldenTensors(
+  ps: readonly { ids: readonly number[]; logits: Float32Array; shape: number[] }[],
+): Record<string, TensorToWrite> {
+  const t: Record<string, TensorToWrite> = {};
+  ps.forEach((p, i) => {
+    t[`p${i}.input_ids`] = {
+      dtype: "I32",
+      shape: [p.ids.length],
+      data: new Uint8Array(Int32Array.from(p.ids).buffer),
+    };
+    t[`p${i}.logits`] = { dtype: "F32", shape: p.shape, data: new Uint8Array(p.logits.buffer) };
+  });
+  return t;
 }

@@ -13,7 +13,7 @@ import { CheckpointError } from "../src/checkpoint/errors.ts";
 import { type TensorToWrite, writeSafetensors } from "../src/checkpoint/safetensors.ts";
 import type { Executor, SeqRequest } from "../src/executor/types.ts";
 import { checkGolden, defaultTolerance, type Golden, readGolden } from "../src/golden.ts";
-import { FIXTURES } from "./fixtures.ts";
+import { FIXTURES, goldenTensors } from "./fixtures.ts";
 
 /** A safetensors file parsed without src/: metadata and each tensor's dtype, shape and raw bytes. */
 function parseRaw(file: string) {
@@ -88,20 +88,13 @@ interface HandPrompt {
 }
 
 function tensorsOf(ps: HandPrompt[]): Record<string, TensorToWrite> {
-  const t: Record<string, TensorToWrite> = {};
-  ps.forEach((p, i) => {
-    t[`p${i}.input_ids`] = {
-      dtype: "I32",
-      shape: [p.ids.length],
-      data: new Uint8Array(Int32Array.from(p.ids).buffer),
-    };
-    t[`p${i}.logits`] = {
-      dtype: "F32",
+  return goldenTensors(
+    ps.map((p) => ({
+      ids: p.ids,
       shape: [p.rows.length, p.rows[0]?.length ?? 0],
-      data: new Uint8Array(Float32Array.from(p.rows.flat()).buffer),
-    };
-  });
-  return t;
+      logits: Float32Array.from(p.rows.flat()),
+    })),
+  );
 }
 
 const raw = (dtype: TensorToWrite["dtype"], shape: number[], bytesPer = 4): TensorToWrite => ({

@@ -9,7 +9,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { CheckpointError } from "../../src/checkpoint/errors.ts";
 import { type TensorToWrite, writeSafetensors } from "../../src/checkpoint/safetensors.ts";
 import { readGolden } from "../../src/golden.ts";
-import { TINY_LLAMA } from "../fixtures.ts";
+import { goldenTensors, TINY_LLAMA } from "../fixtures.ts";
 import { breathe, expectOurError, FUZZ_SEED, guardReads, removeScratch, report, scratch } from "./harness.ts";
 
 const RUNS = 3500;
@@ -28,17 +28,13 @@ const promptArb: fc.Arbitrary<Prompt> = fc
   .map(([ids, vocab, p]) => ({ ids, vocab, promptLen: 1 + (p % ids.length) }));
 
 function tensors(ps: Prompt[]): Record<string, TensorToWrite> {
-  const t: Record<string, TensorToWrite> = {};
-  ps.forEach((p, i) => {
-    t[`p${i}.input_ids`] = {
-      dtype: "I32",
-      shape: [p.ids.length],
-      data: new Uint8Array(Int32Array.from(p.ids).buffer),
-    };
-    const logits = Float32Array.from({ length: p.ids.length * p.vocab }, (_, k) => k * 0.25 - i);
-    t[`p${i}.logits`] = { dtype: "F32", shape: [p.ids.length, p.vocab], data: new Uint8Array(logits.buffer) };
-  });
-  return t;
+  return goldenTensors(
+    ps.map((p, i) => ({
+      ids: p.ids,
+      shape: [p.ids.length, p.vocab],
+      logits: Float32Array.from({ length: p.ids.length * p.vocab }, (_, k) => k * 0.25 - i),
+    })),
+  );
 }
 
 const wildShape = fc.oneof(
