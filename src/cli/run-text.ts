@@ -75,39 +75,51 @@ export async function runText(
   return r;
 }
 
-/** An interactive conversation on a terminal: each line is a user turn, the reply streams back. */
+/** Where an interactive conversation reads its turns and writes its replies (a terminal: process.stdin / stdout). */
+export interface ChatIo {
+  input: NodeJS.ReadableStream;
+  output: NodeJS.WritableStream;
+}
+
+/**
+ * An interactive conversation on a terminal: each line is a user turn, the reply streams back. Ends at an empty
+ * line, at the end of input (Ctrl-D), at max_seq_len, or when a reply was cancelled (stdout's reader gone: the
+ * batch manager was shut down, so no later turn could run).
+ */
 export async function interactiveChat(
   bm: BatchManager,
   tok: TextTokenizer,
   o: TextRunOptions,
   system?: string,
+  io: ChatIo = { input: process.stdin, output: process.stdout },
 ): Promise<void> {
   const messages: ChatMessage[] = system ? [{ role: "system", content: system }] : [];
-  const rl = readline.createInterface({ input: process.stdin, output: process.stdout });
-  process.stdout.write("(empty line or Ctrl-D ends the conversation)\n");
+  const rl = readline.createInterface({ input: io.input, output: io.output });
+  // Node 20's readline/promises leaves a pending question unsettled when its input ends (Ctrl-D closes the
+  // interface): without this race the conversation hung there, and tsllm-run ended only because Node's event loop
+  // ran empty, its `finally` (the batch manager's shutdown) never run. `closed` comes first: input that ended
+  // during a reply makes the next question reject (ERR_USE_AFTER_CLOSE), and the race then takes the close.
+  const closed = new Promise<null>((resolve) => rl.once("close", () => resolve(null)));
+  io.output.write("(empty line or Ctrl-D ends the conversation)\n");
   try {
     for (;;) {
-      let line: string;
-      try {
-        line = await rl.question("> ");
-      } catch {
-        break; // Ctrl-D
-      }
-      if (!line.trim()) break;
+      const line = await Promise.race([closed, rl.question("> ")]);
+      if (line === null || !line.trim()) break;
       messages.push({ role: "user", content: line });
       const { ids } = tok.applyChatTemplate(messages, { addGenerationPrompt: true });
       const maxNew = Math.min(o.maxNewTokens, bm.limits.maxSeqLen - ids.length);
       if (maxNew < 1) {
-        process.stdout.write(`(the conversation has reached max_seq_len ${bm.limits.maxSeqLen})\n`);
+        io.output.write(`(the conversation has reached max_seq_len ${bm.limits.maxSeqLen})\n`);
         break;
       }
       const r = await runText(
         bm,
         tok,
         ids,
-        { ...o, maxNewTokens: maxNew, json: false, out: process.stdout },
+        { ...o, maxNewTokens: maxNew, json: false, out: io.output },
         "chat",
       );
+      if (r.finishReason === "cancelled") break;
       messages.push({ role: "assistant", content: r.text });
     }
   } finally {
