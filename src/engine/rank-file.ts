@@ -166,16 +166,25 @@ export class RankFile {
     this.flush();
     if (this.chunkBytes > 0 || this.digests.length === 0) this.endChunk();
     while (this.pending.size) await Promise.race(this.pending);
-    fs.closeSync(this.fd);
+    this.close();
     if (this.failed) throw this.failed;
     return { bytes: this.bytes, sha256: combineChunkDigests(await Promise.all(this.digests)) };
   }
 
-  /** Closes the file after a failure elsewhere (outstanding operations are left to finish). */
+  /** Closes the file after a failure elsewhere (outstanding operations are left to finish); once closed, nothing. */
   async abort(): Promise<void> {
     await Promise.allSettled([...this.pending]);
     try {
-      fs.closeSync(this.fd);
+      this.close();
     } catch {}
+  }
+
+  // Closes the descriptor once: a second close (abort after finish closed it, as writeEngine's failure path
+  // does for every rank) could close another file that has since been given the same number.
+  private close(): void {
+    if (this.fd < 0) return;
+    const fd = this.fd;
+    this.fd = -1;
+    fs.closeSync(fd);
   }
 }
