@@ -84,34 +84,43 @@ export async function timedRequest(o: ServeBenchOptions, e: DatasetEntry): Promi
   } catch (err) {
     return fail((err as Error).message);
   }
-  if (!res.ok || !res.body) return fail(`HTTP ${res.status}: ${(await res.text()).slice(0, 300)}`);
   let ttft = Number.NaN;
   let last = 0;
   let tokens = 0;
   const itl: number[] = [];
-  let buf = "";
-  const decoder = new TextDecoder();
-  for await (const part of res.body as unknown as AsyncIterable<Uint8Array>) {
-    buf += decoder.decode(part, { stream: true });
-    let nl: number;
-    while ((nl = buf.indexOf("\n\n")) >= 0) {
-      const event = buf.slice(0, nl);
-      buf = buf.slice(nl + 2);
-      if (!event.startsWith("data: ") || event === "data: [DONE]") continue;
-      const j = JSON.parse(event.slice(6)) as {
-        choices?: { token_ids?: number[]; text?: string }[];
-        error?: { message: string };
-      };
-      if (j.error) return fail(j.error.message);
-      const n = j.choices?.reduce((a, c) => a + (c.token_ids?.length ?? 0), 0) ?? 0;
-      if (n === 0) continue;
-      const now = performance.now();
-      if (tokens === 0) ttft = now - t0;
-      else itl.push(now - last);
-      last = now;
-      tokens += n;
+  try {
+    if (!res.ok || !res.body) return fail(`HTTP ${res.status}: ${(await res.text()).slice(0, 300)}`);
+    let buf = "";
+    const decoder = new TextDecoder();
+    for await (const part of res.body as unknown as AsyncIterable<Uint8Array>) {
+      buf += decoder.decode(part, { stream: true });
+      let nl: number;
+      while ((nl = buf.indexOf("\n\n")) >= 0) {
+        const event = buf.slice(0, nl);
+        buf = buf.slice(nl + 2);
+        if (!event.startsWith("data: ") || event === "data: [DONE]") continue;
+        const j = JSON.parse(event.slice(6)) as {
+          choices?: { token_ids?: number[]; text?: string }[];
+          error?: { message: string };
+        };
+        if (j.error) return fail(j.error.message);
+        const n = j.choices?.reduce((a, c) => a + (c.token_ids?.length ?? 0), 0) ?? 0;
+        if (n === 0) continue;
+        const now = performance.now();
+        if (tokens === 0) ttft = now - t0;
+        else itl.push(now - last);
+        last = now;
+        tokens += n;
+      }
     }
+  } catch (err) {
+    // The connection broke off mid-stream, or an event was not JSON: this request failed, not the benchmark
+    // (a rejection here used to end runServeBench, or hang it on a concurrency slot never given back).
+    return fail(`reading the response: ${(err as Error).message}`);
   }
+  // As vllm's benchmark_serving, a request with no chunk to time failed: without token ids (a server that
+  // ignores return_token_ids) it would pass with 0 tokens and a NaN TTFT that spoils every TTFT figure.
+  if (tokens === 0) return fail("no token ids in the stream (does the server support return_token_ids?)");
   return {
     ok: true,
     promptTokens: e.inputIds.length,
