@@ -4,6 +4,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
+import { afterAll } from "vitest";
 import type { TensorToWrite } from "../src/checkpoint/safetensors.ts";
 import { type CompileOptions, compileEngine } from "../src/compile.ts";
 import { Module } from "../src/dsl/module.ts";
@@ -50,8 +51,19 @@ export function tinyLlamaBuild(extra: Record<string, unknown> = {}): BuildConfig
   });
 }
 
+// Folders from tmpDir() are removed when the test file that made them is done (this module is evaluated once per
+// test file, so the hook is that file's). Before, every one stayed: a full run left about 70 folders behind, and
+// the mutation runs, which repeat the tests thousands of times, tens of thousands (over 50 GB here).
+const made: string[] = [];
+afterAll(() => {
+  for (const d of made.splice(0)) fs.rmSync(d, { recursive: true, force: true });
+});
+
+/** A fresh folder under the system's temporary folder, removed after the current test file. */
 export function tmpDir(prefix = "tsllm-test-"): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  made.push(d);
+  return d;
 }
 
 export async function buildFixture(

@@ -15,6 +15,7 @@ import {
   tokenNormDist,
 } from "../../src/serving/dataset.ts";
 import { lowbias32 } from "../../src/weights/random.ts";
+import { tmpDir } from "../fixtures.ts";
 
 /** A toy tokenizer: one id per character (its code point). */
 const chars: Encode = (t) => [...t].map((c) => c.codePointAt(0)!);
@@ -106,7 +107,7 @@ describe("parseDatasetLine", () => {
 });
 
 describe("readDataset", () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tsllm-dataset-"));
+  const dir = tmpDir("tsllm-dataset-");
   const file = (name: string, text: string) => {
     const f = path.join(dir, name);
     fs.writeFileSync(f, text);
