@@ -2,6 +2,7 @@
 // OpenAI-compatible server as streamed /v1/completions, arriving as a Poisson process at a request
 // rate (or all at once) and/or with at most N in flight, and time each token as it arrives.
 import { performance } from "node:perf_hooks";
+import { createParser } from "eventsource-parser";
 import type { DatasetEntry } from "../serving/dataset.ts";
 import { type Percentiles, percentiles } from "../serving/throughput.ts";
 import { lowbias32 } from "../weights/random.ts";
@@ -90,16 +91,16 @@ export async function timedRequest(o: ServeBenchOptions, e: DatasetEntry): Promi
   const itl: number[] = [];
   try {
     if (!res.ok || !res.body) return fail(`HTTP ${res.status}: ${(await res.text()).slice(0, 300)}`);
-    let buf = "";
+    // Server-sent events as the standard defines them (CRLF or CR line ends, comments, a data field over several
+    // lines), not only as our server and vLLM write them.
+    const events: string[] = [];
+    const parser = createParser({ onEvent: (ev) => events.push(ev.data) });
     const decoder = new TextDecoder();
     for await (const part of res.body as unknown as AsyncIterable<Uint8Array>) {
-      buf += decoder.decode(part, { stream: true });
-      let nl: number;
-      while ((nl = buf.indexOf("\n\n")) >= 0) {
-        const event = buf.slice(0, nl);
-        buf = buf.slice(nl + 2);
-        if (!event.startsWith("data: ") || event === "data: [DONE]") continue;
-        const j = JSON.parse(event.slice(6)) as {
+      parser.feed(decoder.decode(part, { stream: true }));
+      for (const data of events.splice(0)) {
+        if (data === "[DONE]") continue;
+        const j = JSON.parse(data) as {
           choices?: { token_ids?: number[]; text?: string }[];
           error?: { message: string };
         };

@@ -258,6 +258,34 @@ describe("timedRequest", { timeout: 10_000 }, () => {
     expect(bad.error).toMatch(/^reading the response: .*JSON/);
   });
 
+  it("reads server-sent events as the standard writes them: CRLF / CR line ends, comments, split fields", async () => {
+    // The same three chunks of one, two and one ids, each event framed another legal way: CRLF line ends, a
+    // comment line and "data:" with no space, CR line ends, an event cut across two writes mid-field; [DONE] last.
+    const j = (...ids: number[]) => JSON.stringify(tok(...ids));
+    const s = await fakeServer((_q, res) =>
+      sse(
+        res,
+        [
+          `data: ${j(7)}\r\n\r\n`,
+          `: keep-alive\r\ndata:${j(8, 9)}\r\n\r\n`,
+          `data: ${j(10).slice(0, 9)}`,
+          `${j(10).slice(9)}\r\r`,
+        ],
+        true,
+      ),
+    );
+    scriptClock([0, 4, 9, 15, 20]);
+    const t = await timedRequest({ url: s.url, model: "m", requestRate: 1 }, entry([1, 2], 4));
+    expect(t).toStrictEqual({
+      ok: true,
+      promptTokens: 2,
+      outputTokens: 4,
+      ttftMs: 4,
+      itlMs: [5, 6],
+      e2eMs: 20,
+    });
+  });
+
   it("a stream without token ids fails the request rather than passing with no tokens and no TTFT", async () => {
     // A server that ignores return_token_ids: text chunks only.
     const s = await fakeServer((_q, res) =>
