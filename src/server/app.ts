@@ -11,7 +11,6 @@ import { toTemplateMessages } from "../text/chat-messages.ts";
 import {
   generateText,
   type TextGeneration,
-  type TextRequest,
   type TextResult,
 } from "../text/generate-text.ts";
 import type { TextTokenizer } from "../text/tokenizer.ts";
@@ -142,7 +141,8 @@ export function buildServer(o: ServeOptions): Server {
     return tok;
   }
 
-  function samplingOf(b: CompletionBody | ChatBody): Omit<TextRequest, "promptIds" | "maxNewTokens"> {
+  /** What every choice of a request shares; `seed` is the request's (choice j samples with seed + j, as vLLM). */
+  function samplingOf(b: CompletionBody | ChatBody) {
     const stop = b.stop == null ? [] : typeof b.stop === "string" ? [b.stop] : b.stop;
     if (stop.length) needTokenizer("stop", "stop");
     return {
@@ -150,22 +150,26 @@ export function buildServer(o: ServeOptions): Server {
         temperature: b.temperature ?? 1,
         topP: b.top_p ?? 1,
         topK: b.top_k == null || b.top_k < 0 ? 0 : b.top_k,
-        // Without a seed each request samples differently, as OpenAI's API does.
-        seed: b.seed ?? randomInt(2 ** 31),
       },
+      seed: b.seed ?? null,
+      n: b.n ?? 1,
       stop,
       ignoreEos: b.ignore_eos ?? false,
     };
   }
 
-  /** Submits every prompt; all or none (a refusal cancels the ones already queued). */
+  /**
+   * Submits n choices of every prompt, choice j of prompt i at index i·n + j (OpenAI's order); all or none (a
+   * refusal cancels the ones already queued). Returns the generations and each one's prompt.
+   */
   function submitAll(
     prompts: number[][],
     maxTokens: (promptLen: number) => number,
-    rest: ReturnType<typeof samplingOf>,
-  ): TextGeneration[] {
+    { seed, n, sampling, ...rest }: ReturnType<typeof samplingOf>,
+  ): { gens: TextGeneration[]; choicePrompts: number[][] } {
+    const choicePrompts = prompts.flatMap((p) => Array.from({ length: n }, () => p));
     const { queued } = manager.stats();
-    if (queued + prompts.length > maxQueue)
+    if (queued + choicePrompts.length > maxQueue)
       throw new ApiError(
         429,
         `the request queue is full (${queued} waiting, limit ${maxQueue}); retry later`,
@@ -175,13 +179,24 @@ export function buildServer(o: ServeOptions): Server {
       );
     const gens: TextGeneration[] = [];
     try {
-      for (const p of prompts)
-        gens.push(generateText(manager, tok, { ...rest, promptIds: p, maxNewTokens: maxTokens(p.length) }));
+      choicePrompts.forEach((p, i) => {
+        // Without a seed each choice samples differently, as OpenAI's API does; with one, choice j uses seed + j
+        // (the n choices of one prompt differ, and each is the n = 1 request of that seed).
+        const choiceSeed = seed === null ? randomInt(2 ** 31) : seed + (i % n);
+        gens.push(
+          generateText(manager, tok, {
+            ...rest,
+            sampling: { ...sampling, seed: choiceSeed },
+            promptIds: p,
+            maxNewTokens: maxTokens(p.length),
+          }),
+        );
+      });
     } catch (e) {
       for (const g of gens) g.cancel();
       throw e;
     }
-    return gens;
+    return { gens, choicePrompts };
   }
 
   app.post("/v1/completions", async (req, reply) => {
@@ -195,7 +210,8 @@ export function buildServer(o: ServeOptions): Server {
           : (p as (string | number[])[]).map((x) =>
               typeof x === "string" ? needTokenizer("a text prompt").encode(x) : x,
             );
-    const gens = submitAll(prompts, () => b.max_tokens ?? 16, samplingOf(b));
+    const n = b.n ?? 1;
+    const { gens, choicePrompts } = submitAll(prompts, () => b.max_tokens ?? 16, samplingOf(b));
     const id = `cmpl-${randomUUID().replaceAll("-", "")}`;
     const head = {
       id,
@@ -205,7 +221,7 @@ export function buildServer(o: ServeOptions): Server {
     };
     const ids = b.return_token_ids || !tok;
     if (b.stream) {
-      return streamSse(reply, gens, prompts, b.stream_options?.include_usage ?? false, head, {
+      return streamSse(reply, gens, choicePrompts, n, b.stream_options?.include_usage ?? false, head, {
         ids,
         delta: (i, d) => ({
           choices: [
@@ -231,7 +247,7 @@ export function buildServer(o: ServeOptions): Server {
         }),
       });
     }
-    const results = await collect(reply, gens, prompts);
+    const results = await collect(reply, gens, choicePrompts);
     return {
       ...head,
       choices: results.map((r, i) => ({
@@ -240,9 +256,9 @@ export function buildServer(o: ServeOptions): Server {
         logprobs: null,
         finish_reason: OPENAI_FINISH[r.finishReason],
         ...(r.stopString !== undefined ? { stop_reason: r.stopString } : {}),
-        ...(ids ? { token_ids: r.outputIds, prompt_token_ids: prompts[i] } : {}),
+        ...(ids ? { token_ids: r.outputIds, prompt_token_ids: choicePrompts[i] } : {}),
       })),
-      usage: usage(prompts, results),
+      usage: usage(choicePrompts, n, results),
     };
   });
 
@@ -255,7 +271,12 @@ export function buildServer(o: ServeOptions): Server {
     const limit = b.max_completion_tokens ?? b.max_tokens;
     // Without a limit a chat reply may use the rest of the context (at least 1 so that an over-long
     // prompt is refused with its numbers by the batch manager).
-    const gens = submitAll([prompt], (n) => limit ?? Math.max(1, maxSeq - n), samplingOf(b));
+    const n = b.n ?? 1;
+    const { gens, choicePrompts } = submitAll(
+      [prompt],
+      (len) => limit ?? Math.max(1, maxSeq - len),
+      samplingOf(b),
+    );
     const id = `chatcmpl-${randomUUID().replaceAll("-", "")}`;
     const head = {
       id,
@@ -266,7 +287,7 @@ export function buildServer(o: ServeOptions): Server {
     const ids = b.return_token_ids ?? false;
     if (b.stream) {
       const chunk = { ...head, object: "chat.completion.chunk" };
-      return streamSse(reply, gens, [prompt], b.stream_options?.include_usage ?? false, chunk, {
+      return streamSse(reply, gens, choicePrompts, n, b.stream_options?.include_usage ?? false, chunk, {
         ids,
         start: (i) => ({
           choices: [
@@ -297,26 +318,25 @@ export function buildServer(o: ServeOptions): Server {
         }),
       });
     }
-    const [r] = await collect(reply, gens, [prompt]);
+    const results = await collect(reply, gens, choicePrompts);
     return {
       ...head,
-      choices: [
-        {
-          index: 0,
-          message: { role: "assistant", content: r.text },
-          logprobs: null,
-          finish_reason: OPENAI_FINISH[r.finishReason],
-          ...(r.stopString !== undefined ? { stop_reason: r.stopString } : {}),
-          ...(ids ? { token_ids: r.outputIds } : {}),
-        },
-      ],
+      choices: results.map((r, i) => ({
+        index: i,
+        message: { role: "assistant", content: r.text },
+        logprobs: null,
+        finish_reason: OPENAI_FINISH[r.finishReason],
+        ...(r.stopString !== undefined ? { stop_reason: r.stopString } : {}),
+        ...(ids ? { token_ids: r.outputIds } : {}),
+      })),
       ...(ids ? { prompt_token_ids: prompt } : {}),
-      usage: usage([prompt], [r]),
+      usage: usage(choicePrompts, n, results),
     };
   });
 
-  function usage(prompts: number[][], results: TextResult[]) {
-    const prompt_tokens = prompts.reduce((a, p) => a + p.length, 0);
+  /** OpenAI's usage: each prompt's tokens once (not once per choice), every choice's completion tokens. */
+  function usage(choicePrompts: number[][], n: number, results: TextResult[]) {
+    const prompt_tokens = choicePrompts.reduce((a, p, i) => a + (i % n === 0 ? p.length : 0), 0);
     const completion_tokens = results.reduce((a, r) => a + r.outputIds.length, 0);
     return { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens };
   }
@@ -367,6 +387,7 @@ export function buildServer(o: ServeOptions): Server {
     reply: FastifyReply,
     gens: TextGeneration[],
     prompts: number[][],
+    n: number,
     includeUsage: boolean,
     head: object,
     shape: ChunkShapes,
@@ -383,7 +404,7 @@ export function buildServer(o: ServeOptions): Server {
     };
     cancelOnDisconnect(res, gens);
     try {
-      await streamChoices(gens, prompts, includeUsage, head, shape, send);
+      await streamChoices(gens, prompts, n, includeUsage, head, shape, send);
     } catch (e) {
       // Headers are out: the failure can only be reported in the stream.
       for (const g of gens) g.cancel();
@@ -395,6 +416,7 @@ export function buildServer(o: ServeOptions): Server {
   async function streamChoices(
     gens: TextGeneration[],
     prompts: number[][],
+    n: number,
     includeUsage: boolean,
     head: object,
     shape: ChunkShapes,
@@ -419,7 +441,7 @@ export function buildServer(o: ServeOptions): Server {
       }),
     );
     record(prompts, results);
-    if (includeUsage) send({ ...head, choices: [], usage: usage(prompts, results) });
+    if (includeUsage) send({ ...head, choices: [], usage: usage(prompts, n, results) });
   }
 
   return {

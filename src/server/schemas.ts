@@ -25,7 +25,14 @@ const common = {
     })
     .nullable()
     .optional(),
-  n: z.literal(1, { error: "only n = 1 is supported" }).nullable().optional(),
+  /** Choices per prompt (OpenAI's limit, 128): each its own request of the batch manager. */
+  n: z
+    .number({ error: "n must be an integer from 1 to 128" })
+    .int({ error: "n must be an integer from 1 to 128" })
+    .min(1, { error: "n must be an integer from 1 to 128" })
+    .max(128, { error: "n must be an integer from 1 to 128" })
+    .nullable()
+    .optional(),
   stream: z.boolean().nullable().optional(),
   stream_options: z
     .object({ include_usage: z.boolean().nullable().optional() })

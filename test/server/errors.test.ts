@@ -47,7 +47,7 @@ const MALFORMED: [string, string, string, RegExp][] = [
   ["max_tokens a string", completion({ max_tokens: "ten" }), "/v1/completions", /^max_tokens: .*number/],
   ["temperature -1", completion({ temperature: -1 }), "/v1/completions", /^temperature: /],
   ["top_p 0", completion({ top_p: 0 }), "/v1/completions", /^top_p: /],
-  ["n 2", completion({ n: 2 }), "/v1/completions", /^n: only n = 1 is supported/],
+  ["n 0", completion({ n: 0 }), "/v1/completions", /^n: n must be an integer from 1 to 128$/],
   ["stop a number", completion({ stop: 5 }), "/v1/completions", /^stop: stop must be a string or a list/],
   [
     "unknown field",

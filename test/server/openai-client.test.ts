@@ -243,4 +243,70 @@ describe("tsllm-serve with the openai client", () => {
     expect(a.choices[0].text).toBe(b.choices[0].text);
     expect(a.choices[0].text).not.toBe(c.choices[0].text);
   });
+
+  // n choices of a prompt: choice j samples with seed + j (as vLLM), so it is the n = 1 request of that seed.
+  const SAMPLED = { temperature: 1.5, top_k: 50, top_p: 0.95, ignore_eos: true, ...IDS };
+
+  it("completions with n: n choices per prompt at i·n + j, choice j = the n = 1 request of seed + j", async () => {
+    const prompts = [golden.encode[1].ids, golden.encode[5].ids];
+    const r = await s.client.completions.create({
+      model: "tiny",
+      prompt: prompts,
+      n: 3,
+      seed: 40,
+      max_tokens: 10,
+      ...SAMPLED,
+    } as never);
+    const one = (prompt: number[], seed: number) =>
+      s.client.completions.create({ model: "tiny", prompt, max_tokens: 10, seed, ...SAMPLED } as never);
+    expect(r.choices.map((c) => c.index)).toEqual([0, 1, 2, 3, 4, 5]);
+    const singles = await Promise.all(
+      [0, 1, 2, 3, 4, 5].map((i) => one(prompts[Math.floor(i / 3)], 40 + (i % 3))),
+    );
+    for (const [i, c] of r.choices.entries()) {
+      const want = singles[i].choices[0] as unknown as Choice;
+      expect((c as unknown as Choice).prompt_token_ids, `choice ${i}`).toEqual(prompts[Math.floor(i / 3)]);
+      expect((c as unknown as Choice).token_ids, `choice ${i}`).toEqual(want.token_ids);
+      expect(c.text, `choice ${i}`).toBe(want.text);
+    }
+    // the three choices of a prompt are not one sample thrice
+    expect(new Set(r.choices.slice(0, 3).map((c) => c.text)).size).toBeGreaterThan(1);
+    const completion = r.choices.reduce((a, c) => a + (c as unknown as Choice).token_ids!.length, 0);
+    expect(r.usage).toEqual({
+      prompt_tokens: prompts[0].length + prompts[1].length, // once per prompt, not per choice
+      completion_tokens: completion,
+      total_tokens: prompts[0].length + prompts[1].length + completion,
+    });
+  });
+
+  it("chat with n, streamed: each index's deltas are that choice of the non-streamed reply; usage once", async () => {
+    const messages = [{ role: "user" as const, content: "Tell me a story" }];
+    const body = { model: "tiny", messages, n: 2, seed: 3, max_tokens: 12, ...SAMPLED };
+    const whole = await s.client.chat.completions.create(body as never);
+    expect(whole.choices.map((c) => c.index)).toEqual([0, 1]);
+    const stream = await s.client.chat.completions.create({
+      ...body,
+      stream: true,
+      stream_options: { include_usage: true },
+    } as never);
+    const text = ["", ""];
+    const finish: (string | null)[] = [null, null];
+    let usage: unknown;
+    for await (const chunk of stream as unknown as AsyncIterable<{
+      choices: { index: number; delta: { content?: string }; finish_reason: string | null }[];
+      usage?: unknown;
+    }>) {
+      for (const c of chunk.choices) {
+        text[c.index] += c.delta.content ?? "";
+        if (c.finish_reason) finish[c.index] = c.finish_reason;
+      }
+      if (chunk.usage) usage = chunk.usage;
+    }
+    expect(text).toEqual(whole.choices.map((c) => c.message.content));
+    expect(finish).toEqual(whole.choices.map((c) => c.finish_reason));
+    expect(text[0]).not.toBe(text[1]);
+    expect(usage).toEqual(whole.usage);
+    const promptIds = (whole as unknown as { prompt_token_ids: number[] }).prompt_token_ids;
+    expect(whole.usage?.prompt_tokens).toBe(promptIds.length);
+  });
 });

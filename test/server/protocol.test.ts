@@ -277,7 +277,9 @@ describe("tsllm-serve's HTTP contract on tiny-llama", () => {
       "stop: stop must be a string or a list of at most 16 strings",
       "stop",
     ],
-    ["n 2", { ...BASE, n: 2 }, "/v1/completions", "n: only n = 1 is supported", "n"],
+    ["n 129", { ...BASE, n: 129 }, "/v1/completions", "n: n must be an integer from 1 to 128", "n"],
+    ["n 1.5", { ...BASE, n: 1.5 }, "/v1/completions", "n: n must be an integer from 1 to 128", "n"],
+    ["n a string", { ...CHAT, n: "2" }, "/v1/chat/completions", "n: n must be an integer from 1 to 128", "n"],
     [
       "max_tokens 0",
       { ...BASE, max_tokens: 0 },
