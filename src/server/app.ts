@@ -8,11 +8,7 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest }
 import type { ZodType } from "zod";
 import type { BatchManager } from "../serving/types.ts";
 import { toTemplateMessages } from "../text/chat-messages.ts";
-import {
-  generateText,
-  type TextGeneration,
-  type TextResult,
-} from "../text/generate-text.ts";
+import { generateText, type TextGeneration, type TextResult } from "../text/generate-text.ts";
 import type { TextTokenizer } from "../text/tokenizer.ts";
 import { ApiError, toApiError } from "./errors.ts";
 import { ServerMetrics } from "./metrics.ts";
