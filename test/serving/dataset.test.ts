@@ -2,7 +2,6 @@
 // prepare_dataset.py's lines and the "prompt" form through a toy encoder, every malformed line refused with
 // one line naming it, and token-norm-dist's lengths, ids and seed.
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import { describe, expect, it } from "vitest";
 import {
