@@ -7,7 +7,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import * as ort from "onnxruntime-node";
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from "../../src/checkpoint/dtype.ts";
 import { compileEngine } from "../../src/compile.ts";
 import type { ModelFacts } from "../../src/dsl/model.ts";
@@ -20,15 +20,8 @@ import { type OnnxDirConfig, writeOnnx } from "../../src/onnx/write.ts";
 import { LLAMA_MODEL, TINY_LLAMA, tinyLlamaBuild, tmpDir } from "../fixtures.ts";
 import { OrtRanks } from "./ort-ranks.ts";
 
-const dirs: string[] = [];
-const box = () => {
-  const d = tmpDir("tsllm-onnx-export-");
-  dirs.push(d);
-  return d;
-};
-afterAll(() => {
-  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
-});
+// (tmpDir's folders are removed after this file.)
+const box = () => tmpDir("tsllm-onnx-export-");
 
 type Model = ReturnType<typeof onnx.ModelProto.decode>;
 const decode = (file: string): Model => onnx.ModelProto.decode(fs.readFileSync(file));
