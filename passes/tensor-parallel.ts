@@ -249,7 +249,7 @@ function structure(g: Graph, p: Plan, tp: number): Graph {
   return s;
 }
 
-function shardRank(s: Graph, p: Plan, rank: number, rankAttrsAt: Plan["rankAttrs"]): Graph {
+function shardRank(s: Graph, p: Plan, tp: number, rank: number, rankAttrsAt: Plan["rankAttrs"]): Graph {
   const g = cloneGraph(s);
   for (const [id, cut] of p.cuts) {
     const v = g.values.get(id)!;
@@ -284,7 +284,21 @@ function shardRank(s: Graph, p: Plan, rank: number, rankAttrsAt: Plan["rankAttrs
   for (const [i, f] of rankAttrsAt) Object.assign(g.nodes[i].attrs, f(rank));
   // Re-infer every activation's shape through the registry (widths after column-parallel cuts).
   for (const n of g.nodes) {
-    const types = inferNode(g, n.op, n.inputs, n.attrs);
+    let types: ReturnType<typeof inferNode>;
+    try {
+      types = inferNode(g, n.op, n.inputs, n.attrs);
+    } catch (e) {
+      // What a model file without sharding hints meets (heads are split from the attention node, so an
+      // o_proj without parallel: "row" reads half its input): name the weight and the hint, not only the shapes.
+      const w = n.inputs
+        .map((id) => (id == null ? undefined : g.values.get(id)))
+        .find((v) => v?.kind === "weight");
+      throw new ShardError(
+        `--tp ${tp}: ${w ? `${w.name} (${n.op})` : n.op} does not fit its input on a rank: ${(e as Error).message}. ` +
+          'A linear reading a split activation needs parallel: "row" on its weight (one writing split heads or an ' +
+          'MLP\'s hidden width, "column")',
+      );
+    }
     n.outputs.forEach((o, k) => {
       const v = g.values.get(o)!;
       v.shape = types[k].shape;
@@ -302,5 +316,5 @@ export function shardForTp(g: Graph, build: BuildConfig): Graph[] {
   // Node indices shift by the collectives inserted before them.
   const rankAttrsAt: Plan["rankAttrs"] = new Map();
   for (const [i, f] of p.rankAttrs) rankAttrsAt.set(i + p.collectives.filter((c) => c.after < i).length, f);
-  return Array.from({ length: tp }, (_, r) => shardRank(s, p, r, rankAttrsAt));
+  return Array.from({ length: tp }, (_, r) => shardRank(s, p, tp, r, rankAttrsAt));
 }

@@ -17,7 +17,7 @@ import { ReferenceExecutor } from "../../src/executor/reference.ts";
 import type { Graph, Value } from "../../src/ir/types.ts";
 import { verifyGraph } from "../../src/ir/verify.ts";
 import { FIXTURES, GPTJ_MODEL, LLAMA_MODEL, REPO, TINY_GPTJ, TINY_LLAMA, tmpDir } from "../fixtures.ts";
-import { graphOf, testBuild } from "../passes/helpers.ts";
+import { graphOf, testBuild, VARIANTS_MODEL } from "../passes/helpers.ts";
 
 const MIXTRAL_MODEL = path.join(REPO, "models/mixtral.ts");
 const TINY_MIXTRAL = path.join(FIXTURES, "tiny-mixtral");
@@ -338,6 +338,17 @@ describe("shardForTp refuses, in one ShardError line", () => {
     const g = await graphOf(MIXTRAL_MODEL, TINY_MIXTRAL, testBuild(), { intermediate_size: 191 });
     expect(shardError(() => shardForTp(g, build(2, 1))).message).toBe(
       "--tp 2: expert intermediate_size 191 of model.layers.0.block_sparse_moe.experts.w1.weight is not divisible by 2",
+    );
+  });
+
+  it("a model file without sharding hints: the projection that no longer fits, its weight and the hint it needs", async () => {
+    // test/passes/models/variants.ts declares its linears without parallel hints: the attention's heads are
+    // split all the same, so o_proj (replicated) reads 64 of its 128 input features on a rank.
+    const g = await graphOf(VARIANTS_MODEL, TINY_LLAMA, testBuild(), { variant: "geglu" });
+    expect(shardError(() => shardForTp(g, build(2))).message).toBe(
+      "--tp 2: model.layers.0.self_attn.o_proj.weight (linear) does not fit its input on a rank: " +
+        "linear: input features is 64, expected 128. A linear reading a split activation needs " +
+        'parallel: "row" on its weight (one writing split heads or an MLP\'s hidden width, "column")',
     );
   });
 });
