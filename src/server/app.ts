@@ -156,13 +156,13 @@ export function buildServer(o: ServeOptions): Server {
 
   /**
    * Submits n choices of every prompt, choice j of prompt i at index i·n + j (OpenAI's order); all or none (a
-   * refusal cancels the ones already queued). Returns the generations and each one's prompt.
+   * refusal cancels the ones already queued). Returns the generations, each one's prompt, and n.
    */
   function submitAll(
     prompts: number[][],
     maxTokens: (promptLen: number) => number,
     { seed, n, sampling, ...rest }: ReturnType<typeof samplingOf>,
-  ): { gens: TextGeneration[]; choicePrompts: number[][] } {
+  ): { gens: TextGeneration[]; choicePrompts: number[][]; n: number } {
     const choicePrompts = prompts.flatMap((p) => Array.from({ length: n }, () => p));
     const { queued } = manager.stats();
     if (queued + choicePrompts.length > maxQueue)
@@ -192,7 +192,7 @@ export function buildServer(o: ServeOptions): Server {
       for (const g of gens) g.cancel();
       throw e;
     }
-    return { gens, choicePrompts };
+    return { gens, choicePrompts, n };
   }
 
   app.post("/v1/completions", async (req, reply) => {
@@ -206,8 +206,7 @@ export function buildServer(o: ServeOptions): Server {
           : (p as (string | number[])[]).map((x) =>
               typeof x === "string" ? needTokenizer("a text prompt").encode(x) : x,
             );
-    const n = b.n ?? 1;
-    const { gens, choicePrompts } = submitAll(prompts, () => b.max_tokens ?? 16, samplingOf(b));
+    const { gens, choicePrompts, n } = submitAll(prompts, () => b.max_tokens ?? 16, samplingOf(b));
     const id = `cmpl-${randomUUID().replaceAll("-", "")}`;
     const head = {
       id,
@@ -267,8 +266,7 @@ export function buildServer(o: ServeOptions): Server {
     const limit = b.max_completion_tokens ?? b.max_tokens;
     // Without a limit a chat reply may use the rest of the context (at least 1 so that an over-long
     // prompt is refused with its numbers by the batch manager).
-    const n = b.n ?? 1;
-    const { gens, choicePrompts } = submitAll(
+    const { gens, choicePrompts, n } = submitAll(
       [prompt],
       (len) => limit ?? Math.max(1, maxSeq - len),
       samplingOf(b),
