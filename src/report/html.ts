@@ -56,7 +56,8 @@ function layout(d: Drawing): { x: number[]; y: number[]; width: number; height: 
   d.nodes.forEach((_, i) => {
     (rows[depth[i]] ??= []).push(i);
   });
-  const cols = Math.max(1, ...rows.map((r) => r?.length ?? 0));
+  // Array.from, not rows.map: with no inputs row 0 is a hole, which map keeps (and Math.max of a hole is NaN).
+  const cols = Math.max(1, ...Array.from(rows, (r) => r?.length ?? 0));
   const width = PAD * 2 + cols * W + (cols - 1) * GX;
   const x: number[] = [];
   const y: number[] = [];
