@@ -16,8 +16,23 @@ export const SHARED = path.resolve(REPO, "../shared");
 export const FIXTURES = path.join(SHARED, "fixtures");
 export const TINY_LLAMA = path.join(FIXTURES, "tiny-llama");
 export const TINY_GPTJ = path.join(FIXTURES, "tiny-gptj");
+export const TINY_QWEN2 = path.join(FIXTURES, "tiny-qwen2");
+export const TINY_MIXTRAL = path.join(FIXTURES, "tiny-mixtral");
 export const LLAMA_MODEL = path.join(REPO, "models/llama.ts");
 export const GPTJ_MODEL = path.join(REPO, "models/gptj.ts");
+export const QWEN2_MODEL = path.join(REPO, "models/qwen2.ts");
+export const MIXTRAL_MODEL = path.join(REPO, "models/mixtral.ts");
+
+/** Deterministic uniform values in [-scale, scale) (a 32-bit LCG), for synthetic checkpoints. */
+export function uniform(n: number, seed: number, scale: number): Float32Array {
+  const out = new Float32Array(n);
+  let s = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out[i] = (s / 2 ** 32 - 0.5) * 2 * scale;
+  }
+  return out;
+}
 
 /**
  * Max |Δlogit| allowed for an fp32 engine against the fixture's transformers goldens, ~3× what is

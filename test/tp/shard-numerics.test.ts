@@ -11,25 +11,19 @@ import { writeSafetensors } from "../../src/checkpoint/safetensors.ts";
 import { ReferenceExecutor } from "../../src/executor/reference.ts";
 import { checkGolden, readGolden } from "../../src/golden.ts";
 import type { Graph } from "../../src/ir/types.ts";
-import { FIXTURES, GPTJ_MODEL, LLAMA_MODEL, REPO, TINY_GPTJ, tmpDir } from "../fixtures.ts";
+import {
+  GPTJ_MODEL,
+  LLAMA_MODEL,
+  MIXTRAL_MODEL,
+  QWEN2_MODEL,
+  TINY_GPTJ,
+  TINY_LLAMA,
+  TINY_MIXTRAL,
+  TINY_QWEN2,
+  tmpDir,
+  uniform,
+} from "../fixtures.ts";
 import { graphOf, testBuild } from "../passes/helpers.ts";
-
-const QWEN2_MODEL = path.join(REPO, "models/qwen2.ts");
-const MIXTRAL_MODEL = path.join(REPO, "models/mixtral.ts");
-const TINY_QWEN2 = path.join(FIXTURES, "tiny-qwen2");
-const TINY_LLAMA = path.join(FIXTURES, "tiny-llama");
-const TINY_MIXTRAL = path.join(FIXTURES, "tiny-mixtral");
-
-/** Deterministic uniform values in [-scale, scale) (a 32-bit LCG). */
-function uniform(n: number, seed: number, scale: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = (s / 2 ** 32 - 0.5) * 2 * scale;
-  }
-  return out;
-}
 
 /**
  * A checkpoint folder for `modelFile` with `base`'s config.json changed by `patch`: every tensor the

@@ -16,11 +16,17 @@ import type { BuildConfig } from "../../src/engine/format.ts";
 import { ReferenceExecutor } from "../../src/executor/reference.ts";
 import type { Graph, Value } from "../../src/ir/types.ts";
 import { verifyGraph } from "../../src/ir/verify.ts";
-import { FIXTURES, GPTJ_MODEL, LLAMA_MODEL, REPO, TINY_GPTJ, TINY_LLAMA, tmpDir } from "../fixtures.ts";
+import {
+  GPTJ_MODEL,
+  LLAMA_MODEL,
+  MIXTRAL_MODEL,
+  TINY_GPTJ,
+  TINY_LLAMA,
+  TINY_MIXTRAL,
+  tmpDir,
+  uniform,
+} from "../fixtures.ts";
 import { graphOf, testBuild, VARIANTS_MODEL } from "../passes/helpers.ts";
-
-const MIXTRAL_MODEL = path.join(REPO, "models/mixtral.ts");
-const TINY_MIXTRAL = path.join(FIXTURES, "tiny-mixtral");
 
 /** What a weight of the toy model below is hinted: a parallel hint, no hints at all, or computed (an activation). */
 type Hint = "column" | "row" | "vocab" | "none" | "nohints" | "computed" | string;
@@ -92,17 +98,6 @@ function toy(o: Toy = {}): Graph {
 
 const build = (tp: number, ep = 1): BuildConfig =>
   testBuild({ tp, moe_ep_size: ep, max_batch_size: 2, max_seq_len: 16, max_num_tokens: 16 });
-
-/** Deterministic uniform values in [-scale, scale) (a 32-bit LCG). */
-function uniform(n: number, seed: number, scale: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = (s / 2 ** 32 - 0.5) * 2 * scale;
-  }
-  return out;
-}
 
 /** Logits of the toy graph (tp 1) and of its `tp` ranks over a checkpoint of random F32 tensors. */
 function toyLogits(g: Graph, tp: number): { want: Float32Array[]; got: Float32Array[] } {
