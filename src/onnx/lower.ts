@@ -32,8 +32,9 @@ const num = (n: Node, k: string, d?: number): number => {
   throw new Error(`ONNX export: ${n.op} needs a numeric attribute ${k}`);
 };
 
-function scalar(c: LowerCtx, v: number): string {
-  return c.b.constant([v], [], c.act);
+/** A scalar constant, in the activation type unless told (fp32 inside inF32). */
+function scalar(c: LowerCtx, v: number, elem: Elem = c.act): string {
+  return c.b.constant([v], [], elem);
 }
 
 /** Runs fn in fp32 when activations are half precision (norms, softmax), casting back after. */
@@ -104,7 +105,7 @@ function normWeight(n: Node, slot: number): NormWeight {
 
 /** w + offset on the fp32 weight (inside inF32), as the reference adds it: in fp32, rounded once with the output. */
 function offsetWeight(c: LowerCtx, w: string, offset: number): string {
-  return offset === 0 ? w : c.b.op1("Add", [w, c.b.constant([offset], [], ELEM.f32)]);
+  return offset === 0 ? w : c.b.op1("Add", [w, scalar(c, offset, ELEM.f32)]);
 }
 
 function rmsNorm(c: LowerCtx, x: string, nw: NormWeight, eps: number): string {

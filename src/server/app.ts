@@ -41,6 +41,14 @@ const OPENAI_FINISH: Record<string, string> = {
   error: "error",
 };
 
+/** A finished choice's finish_reason, and vLLM's stop_reason when a stop string ended it. */
+function finished(r: TextResult): { finish_reason: string; stop_reason?: string } {
+  return {
+    finish_reason: OPENAI_FINISH[r.finishReason],
+    ...(r.stopString !== undefined ? { stop_reason: r.stopString } : {}),
+  };
+}
+
 export function buildServer(o: ServeOptions): Server {
   const { manager, tokenizer: tok } = o;
   const maxQueue = o.maxQueue ?? 4096;
@@ -235,8 +243,7 @@ export function buildServer(o: ServeOptions): Server {
               index: i,
               text: "",
               logprobs: null,
-              finish_reason: OPENAI_FINISH[r.finishReason],
-              ...(r.stopString !== undefined ? { stop_reason: r.stopString } : {}),
+              ...finished(r),
             },
           ],
         }),
@@ -249,8 +256,7 @@ export function buildServer(o: ServeOptions): Server {
         index: i,
         text: r.text,
         logprobs: null,
-        finish_reason: OPENAI_FINISH[r.finishReason],
-        ...(r.stopString !== undefined ? { stop_reason: r.stopString } : {}),
+        ...finished(r),
         ...(ids ? { token_ids: r.outputIds, prompt_token_ids: choicePrompts[i] } : {}),
       })),
       usage: usage(choicePrompts, n, results),
@@ -305,8 +311,7 @@ export function buildServer(o: ServeOptions): Server {
               index: i,
               delta: {},
               logprobs: null,
-              finish_reason: OPENAI_FINISH[r.finishReason],
-              ...(r.stopString !== undefined ? { stop_reason: r.stopString } : {}),
+              ...finished(r),
             },
           ],
         }),
@@ -319,8 +324,7 @@ export function buildServer(o: ServeOptions): Server {
         index: i,
         message: { role: "assistant", content: r.text },
         logprobs: null,
-        finish_reason: OPENAI_FINISH[r.finishReason],
-        ...(r.stopString !== undefined ? { stop_reason: r.stopString } : {}),
+        ...finished(r),
         ...(ids ? { token_ids: r.outputIds } : {}),
       })),
       ...(ids ? { prompt_token_ids: prompt } : {}),

@@ -12,6 +12,8 @@ const neutral = <T extends z.ZodType>(t: T, value: unknown, what: string) =>
     })
     .optional();
 
+const N_RANGE = "n must be an integer from 1 to 128";
+
 const common = {
   model: z.string({ error: "model must be a string" }),
   temperature: z.number().min(0).max(2).nullable().optional(),
@@ -27,10 +29,10 @@ const common = {
     .optional(),
   /** Choices per prompt (OpenAI's limit, 128): each its own request of the batch manager. */
   n: z
-    .number({ error: "n must be an integer from 1 to 128" })
-    .int({ error: "n must be an integer from 1 to 128" })
-    .min(1, { error: "n must be an integer from 1 to 128" })
-    .max(128, { error: "n must be an integer from 1 to 128" })
+    .number({ error: N_RANGE })
+    .int({ error: N_RANGE })
+    .min(1, { error: N_RANGE })
+    .max(128, { error: N_RANGE })
     .nullable()
     .optional(),
   stream: z.boolean().nullable().optional(),
