@@ -173,7 +173,6 @@ export async function writeEngine(o: WriteEngineOptions): Promise<EngineConfig> 
     throw e;
   } finally {
     out.discard();
-    prefetch?.close();
-    await Promise.all([hashes.close(), writer.close(), fp8?.close()]);
+    await Promise.all([prefetch?.close(), hashes.close(), writer.close(), fp8?.close()]);
   }
 }

@@ -70,6 +70,8 @@ export class Prefetcher {
   private done = new Map<string, Uint8Array>();
   private leases = new Map<ArrayBufferLike, Lease>();
   private byName = new Map<string, Lease>();
+  /** Reads handed to libuv and not yet finished (also those of a tensor whose other pieces failed). */
+  private reading = new Set<Promise<void>>();
   /** Also the FP8 maker's (src/quant/fp8-pool.ts): one pool, so sources and outputs reuse each other's idle buffers. */
   readonly pool = new BufferPool();
   /** Bytes of source buffers in use (read ahead, or still to be written). */
@@ -97,15 +99,18 @@ export class Prefetcher {
     this.held += info.byteLength;
     const fd = this.fd(info.file);
     const parts: Promise<void>[] = [];
-    for (let off = 0; off < out.length; off += READ_BYTES)
-      parts.push(
-        readFully(
-          fd,
-          info.file,
-          out.subarray(off, Math.min(out.length, off + READ_BYTES)),
-          info.fileOffset + off,
-        ),
+    for (let off = 0; off < out.length; off += READ_BYTES) {
+      const part = readFully(
+        fd,
+        info.file,
+        out.subarray(off, Math.min(out.length, off + READ_BYTES)),
+        info.fileOffset + off,
       );
+      this.reading.add(part);
+      const settled = () => this.reading.delete(part);
+      part.then(settled, settled);
+      parts.push(part);
+    }
     const p = Promise.all(parts).then(() => {
       this.done.set(name, out);
       return out;
@@ -157,7 +162,13 @@ export class Prefetcher {
     };
   }
 
-  close(): void {
+  /**
+   * Closes the files once no read queued on them is left: a build that fails while reads are still
+   * queued ahead (or one piece of a tensor failed and the others still run) would otherwise have them
+   * run on a closed descriptor, or on another file that the process opened under the same number since.
+   */
+  async close(): Promise<void> {
+    while (this.reading.size > 0) await Promise.allSettled([...this.reading]);
     for (const fd of this.fds.values()) fs.closeSync(fd);
     this.fds.clear();
   }

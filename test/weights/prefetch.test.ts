@@ -2,7 +2,9 @@
 // fits, at most twice the request unless the request is large), and the Prefetcher on real checkpoint
 // files written here: the bytes it serves are the file's (also across its 32 MiB read pieces and across
 // shards), each tensor is read once, buffers return to the pool only after the last holder lets go, a
-// truncated file is refused with its one-line message, and close() closes every file it opened.
+// truncated file is refused with its one-line message, and close() closes every file it opened, once the reads
+// queued on them have finished.
+import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -121,7 +123,7 @@ describe("Prefetcher", () => {
     const c = view.read("c");
     expect(isShared(c)).toBe(false);
     expect(c).toEqual(data.c);
-    pf.close();
+    await pf.close();
   });
 
   it("fetches a tensor once: a second fetch or ready reads nothing more", async () => {
@@ -134,10 +136,10 @@ describe("Prefetcher", () => {
     const first = pf.view().read("b");
     await pf.ready(["b"]);
     expect(pf.view().read("b")).toBe(first);
-    pf.close();
+    await pf.close();
   });
 
-  it("the view passes everything else to the checkpoint, and its close() leaves the checkpoint open", () => {
+  it("the view passes everything else to the checkpoint, and its close() leaves the checkpoint open", async () => {
     const { dir, ckpt } = single();
     const pf = new Prefetcher(ckpt);
     const view = pf.view();
@@ -156,7 +158,7 @@ describe("Prefetcher", () => {
     expect(notFloat).not.toBe("");
     expect(() => view.readF32("a")).toThrow(notFloat);
     expect(view.read("a")).toEqual(ckpt.read("a")); // still open
-    pf.close();
+    await pf.close();
   });
 
   it("release returns the buffer to the pool and later reads go to the file; unknown names change nothing", async () => {
@@ -179,7 +181,7 @@ describe("Prefetcher", () => {
     expect(pf.held).toBe(1024);
     expect(pf.view().read("b")).toEqual(data.b);
     expect(pf.view().read("b").buffer).not.toBe(b.buffer);
-    pf.close();
+    await pf.close();
   });
 
   it("a held piece keeps its buffer out of the pool until its last holder lets go", async () => {
@@ -205,7 +207,7 @@ describe("Prefetcher", () => {
     expect(pf.pool.take(1000)).toBe(b.buffer);
     // released and let go: no longer the prefetcher's
     expect(pf.hold(b)).toBeUndefined();
-    pf.close();
+    await pf.close();
   });
 
   it("reuses an idle buffer of the pool for the next fetch, viewing only the tensor's bytes", async () => {
@@ -223,7 +225,7 @@ describe("Prefetcher", () => {
     expect(pf.held).toBe(24); // the tensor's size, not the buffer's
     pf.release("a");
     expect(pf.held).toBe(0);
-    pf.close();
+    await pf.close();
   });
 
   it("a tensor over 32 MiB, read in pieces, arrives whole; bytes on both sides of each piece's edge", async () => {
@@ -245,7 +247,7 @@ describe("Prefetcher", () => {
     expect(Buffer.compare(Buffer.from(got.buffer, got.byteOffset, n), Buffer.from(big.buffer))).toBe(0);
     expect(pf.view().read("small")).toEqual(small);
     pf.release("big");
-    pf.close();
+    await pf.close();
   });
 
   it("reads each shard through its own file, opened once, all closed by close()", async () => {
@@ -273,9 +275,9 @@ describe("Prefetcher", () => {
     expect(pf.view().read("x")).toEqual(x);
     expect(pf.view().read("y")).toEqual(y);
     expect(pf.view().read("z")).toEqual(z);
-    pf.close();
+    await pf.close();
     expect(open()).toBe(before);
-    pf.close(); // twice: nothing left to close
+    await pf.close(); // twice: nothing left to close
     expect(open()).toBe(before);
   });
 
@@ -292,7 +294,35 @@ describe("Prefetcher", () => {
     // b, whole in the file, still reads
     await pf.ready(["b"]);
     expect(pf.view().read("b")).toEqual(data.b);
-    pf.close();
+    await pf.close();
+  });
+
+  it("close() waits for reads still queued: they complete on the file they were made for", async () => {
+    // libuv's pool threads are all held (each opening a FIFO no writer has opened yet), so the prefetcher's
+    // reads stay queued while close() is called, as after a build that failed with reads queued ahead.
+    // Closing at once (the old close) left them to run on a closed descriptor: EBADF, or another file's.
+    const { ckpt, data } = single();
+    const threads = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
+    const fifos = Array.from({ length: threads }, (_, i) => path.join(root, `fifo${k}-${i}`));
+    k++;
+    for (const f of fifos) execFileSync("mkfifo", [f]);
+    const blocked = fifos.map(
+      (f) => new Promise<number>((res, rej) => fs.open(f, "r", (e, fd) => (e ? rej(e) : res(fd)))),
+    );
+    const pf = new Prefetcher(ckpt);
+    const read = pf.ready(["b"]);
+    let closed = false;
+    const closing = pf.close().then(() => {
+      closed = true;
+    });
+    await new Promise((r) => setTimeout(r, 50));
+    expect(closed).toBe(false); // still waiting on the queued read
+    for (const f of fifos) fs.closeSync(fs.openSync(f, "w")); // lets the pool threads go
+    for (const fd of await Promise.all(blocked)) fs.closeSync(fd);
+    await read;
+    expect(pf.view().read("b")).toEqual(data.b);
+    await closing;
+    expect(closed).toBe(true);
   });
 
   it("an unknown tensor is refused by the checkpoint's own message", async () => {
@@ -306,6 +336,6 @@ describe("Prefetcher", () => {
     }
     expect(want).not.toBe("");
     await expect(pf.ready(["nope"])).rejects.toThrow(want);
-    pf.close();
+    await pf.close();
   });
 });
