@@ -87,6 +87,7 @@ export async function timedRequest(o: ServeBenchOptions, e: DatasetEntry): Promi
   }
   let ttft = Number.NaN;
   let last = 0;
+  let end = 0;
   let tokens = 0;
   const itl: number[] = [];
   try {
@@ -105,9 +106,13 @@ export async function timedRequest(o: ServeBenchOptions, e: DatasetEntry): Promi
           error?: { message: string };
         };
         if (j.error) return fail(j.error.message);
-        const n = j.choices?.reduce((a, c) => a + (c.token_ids?.length ?? 0), 0) ?? 0;
-        if (n === 0) continue;
+        if (!j.choices?.length) continue;
+        // End to end runs to the last chunk with choices (the one with finish_reason), as vllm's
+        // benchmark_serving measures it: not to [DONE], which follows a usage chunk when one is asked for.
         const now = performance.now();
+        end = now;
+        const n = j.choices.reduce((a, c) => a + (c.token_ids?.length ?? 0), 0);
+        if (n === 0) continue;
         if (tokens === 0) ttft = now - t0;
         else itl.push(now - last);
         last = now;
@@ -128,7 +133,7 @@ export async function timedRequest(o: ServeBenchOptions, e: DatasetEntry): Promi
     outputTokens: tokens,
     ttftMs: ttft,
     itlMs: itl,
-    e2eMs: performance.now() - t0,
+    e2eMs: end - t0,
   };
 }
 
