@@ -13,7 +13,7 @@ import { CheckpointError } from "../src/checkpoint/errors.ts";
 import { type TensorToWrite, writeSafetensors } from "../src/checkpoint/safetensors.ts";
 import type { Executor, SeqRequest } from "../src/executor/types.ts";
 import { checkGolden, defaultTolerance, type Golden, readGolden } from "../src/golden.ts";
-import { FIXTURES, goldenTensors } from "./fixtures.ts";
+import { FIXTURES, goldenTensors, TINY_LLAMA } from "./fixtures.ts";
 
 /** A safetensors file parsed without src/: metadata and each tensor's dtype, shape and raw bytes. */
 function parseRaw(file: string) {
@@ -63,7 +63,7 @@ describe("readGolden on the fixtures' golden.safetensors", () => {
   it("tiny-llama: the continuation is the argmax of the logits one position back, by min_top1_margin or more", () => {
     // The fixture's meaning (../shared/fixtures/README.md): ids after prompt_lens[i] are transformers' greedy
     // tokens, so row t (t from promptLen - 1) predicts ids[t + 1]; a promptLen off by one would shift the check.
-    const g = readGolden(path.join(FIXTURES, "tiny-llama", "golden.safetensors"));
+    const g = readGolden(path.join(TINY_LLAMA, "golden.safetensors"));
     let minMargin = Infinity;
     for (const p of g.prompts) {
       let greedy = 0;
@@ -436,7 +436,7 @@ describe("checkGolden with scripted executors (figures by hand)", () => {
 });
 
 describe("checkGolden replaying the tiny-llama fixture's own rows", () => {
-  const file = path.join(FIXTURES, "tiny-llama", "golden.safetensors");
+  const file = path.join(TINY_LLAMA, "golden.safetensors");
   const raw = parseRaw(file);
   const rowOf = (i: number, pos: number) =>
     raw.tensor(`p${i}.logits`).values.slice(pos * 512, (pos + 1) * 512);

@@ -12,9 +12,7 @@ import { checkGolden, readGolden } from "../src/golden.ts";
 import { getOp, HostTensor } from "../src/ops/index.ts";
 import { routeTopK } from "../src/ops/moe.ts";
 import { computeScales, quantizeValues, scalesShape, storedShape } from "../src/quant/weights.ts";
-import { FIXTURES, REPO, tmpDir } from "./fixtures.ts";
-
-const TINY_MIXTRAL = path.join(FIXTURES, "tiny-mixtral");
+import { LLAMA_MODEL, MIXTRAL_MODEL, TINY_MIXTRAL, tmpDir } from "./fixtures.ts";
 
 async function build(
   tp: number,
@@ -27,7 +25,7 @@ async function build(
   await compileEngine({
     ...quant,
     moeEpSize,
-    modelFile: path.join(REPO, "models/mixtral.ts"),
+    modelFile: MIXTRAL_MODEL,
     checkpoint,
     sm: 90,
     tp,
@@ -298,7 +296,7 @@ describe("tiny-mixtral", () => {
       const cfg = JSON.parse(fs.readFileSync(path.join(TINY_MIXTRAL, "config.json"), "utf8"));
       fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify({ ...cfg, ...edit }));
       const out = path.join(dir, "engine");
-      const modelFile = path.join(REPO, "models/mixtral.ts");
+      const modelFile = MIXTRAL_MODEL;
       await expect(
         compileEngine({ modelFile, config: path.join(dir, "config.json"), sm: 90, tp, moeEpSize: ep, out }),
       ).rejects.toThrow(want);
@@ -308,9 +306,9 @@ describe("tiny-mixtral", () => {
 
   it("--moe-ep-size on a model without experts is refused", async () => {
     const out = path.join(tmpDir(), "engine");
-    await expect(
-      compileEngine({ modelFile: path.join(REPO, "models/llama.ts"), sm: 90, tp: 2, moeEpSize: 2, out }),
-    ).rejects.toThrow("--moe-ep-size 2: the model has no mixture-of-experts layers to divide");
+    await expect(compileEngine({ modelFile: LLAMA_MODEL, sm: 90, tp: 2, moeEpSize: 2, out })).rejects.toThrow(
+      "--moe-ep-size 2: the model has no mixture-of-experts layers to divide",
+    );
   });
 
   it("num_experts_per_tok greater than num_local_experts is refused, naming the field", async () => {

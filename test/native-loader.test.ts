@@ -8,7 +8,7 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { compileEngine } from "../src/compile.ts";
 import { readRankHeader } from "../src/engine/reader.ts";
 import { writeChainToy } from "./chain-toy.ts";
-import { buildFixture, FIXTURES, REPO, tmpDir } from "./fixtures.ts";
+import { buildFixture, MIXTRAL_MODEL, TINY_MIXTRAL, tmpDir } from "./fixtures.ts";
 import { buildHostTool, cxx } from "./host-tool.ts";
 import {
   CORRUPT_CASES,
@@ -116,8 +116,8 @@ describe.skipIf(!cxx)("native loader integrity (engine_check, no GPU)", () => {
     ] as const) {
       const out = path.join(tmpDir(), "engine");
       await compileEngine({
-        modelFile: path.join(REPO, "models/mixtral.ts"),
-        checkpoint: path.join(FIXTURES, "tiny-mixtral"),
+        modelFile: MIXTRAL_MODEL,
+        checkpoint: TINY_MIXTRAL,
         sm: 90,
         maxNumTokens: 256,
         maxSeqLen: 256,

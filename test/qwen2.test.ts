@@ -7,14 +7,12 @@ import { compileEngine } from "../src/compile.ts";
 import { openEngine } from "../src/engine/reader.ts";
 import { ReferenceExecutor } from "../src/executor/reference.ts";
 import { checkGolden, readGolden } from "../src/golden.ts";
-import { FIXTURES, REPO, tmpDir } from "./fixtures.ts";
-
-const TINY_QWEN2 = path.join(FIXTURES, "tiny-qwen2");
+import { QWEN2_MODEL, TINY_QWEN2, tmpDir } from "./fixtures.ts";
 
 async function build(tp: number): Promise<string> {
   const out = path.join(tmpDir(), "engine");
   await compileEngine({
-    modelFile: path.join(REPO, "models/qwen2.ts"),
+    modelFile: QWEN2_MODEL,
     checkpoint: TINY_QWEN2,
     sm: 90,
     tp,

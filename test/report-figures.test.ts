@@ -3,13 +3,12 @@
 // layers, fp32: 4 bytes an element; symbolic token dims bound to 1) and the model's 16 ops per decoder layer:
 // input rms_norm, q linear, rope, k linear, rope, v linear, attention, o linear, residual add, post-attention
 // rms_norm, gate linear, silu, up linear, mul, down linear, residual add.
-import * as path from "node:path";
 import { describe, expect, it } from "vitest";
 import { PASSES, runPasses as runReported } from "../passes/index.ts";
 import { addInput, addNode, addWeight, emptyGraph } from "../src/ir/builder.ts";
 import { drawLayer, graphFigures, nodeLayers, representativeLayer } from "../src/report/figures.ts";
 import type { WeightRecipe } from "../src/weights/recipe.ts";
-import { FIXTURES, REPO } from "./fixtures.ts";
+import { MIXTRAL_MODEL, TINY_MIXTRAL } from "./fixtures.ts";
 import { fixture, graphOf, testBuild } from "./passes/helpers.ts";
 
 const LAYER_OPS = [
@@ -217,7 +216,7 @@ describe("graph figures of tiny-llama after every pass (fp32)", () => {
 describe("graph figures of tiny-mixtral (unfused, fp32)", () => {
   it("the moe node: 4 launches, its scratch traffic, what one routed token reads per expert", async () => {
     // config: hidden 128, intermediate 192, 4 experts, top-2, 4 heads / 2 kv heads of 32, 2 layers.
-    const g = await graphOf(path.join(REPO, "models/mixtral.ts"), path.join(FIXTURES, "tiny-mixtral"));
+    const g = await graphOf(MIXTRAL_MODEL, TINY_MIXTRAL);
     const layer = g.nodes.filter((_, i) => nodeLayers(g)[i] === 1);
     expect(layer.map((n) => n.op)).toEqual([...LAYER_OPS.slice(0, 10), "linear", "moe", "add"]);
     const f = graphFigures(g);

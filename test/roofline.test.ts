@@ -7,14 +7,14 @@ import { compileEngine } from "../src/compile.ts";
 import { EngineHeader } from "../src/engine/format.ts";
 import { openEngine } from "../src/engine/reader.ts";
 import { decodeStepWeightBytes } from "../src/native/roofline.ts";
-import { buildFixture, FIXTURES, REPO, tmpDir } from "./fixtures.ts";
+import { buildFixture, MIXTRAL_MODEL, TINY_MIXTRAL, tmpDir } from "./fixtures.ts";
 
 describe("decode-step weight bytes for the roofline", () => {
   it("tiny-mixtral bf16: top_k of num_experts at batch 1, all experts at batch 64, one embedding row per token", async () => {
     const out = path.join(tmpDir(), "engine");
     await compileEngine({
-      modelFile: path.join(REPO, "models/mixtral.ts"),
-      checkpoint: path.join(FIXTURES, "tiny-mixtral"),
+      modelFile: MIXTRAL_MODEL,
+      checkpoint: TINY_MIXTRAL,
       sm: 90,
       dtype: "bf16",
       maxNumTokens: 64,

@@ -10,7 +10,7 @@ import qwen2 from "../models/qwen2.ts";
 import { ropeParameters } from "../src/checkpoint/hf-config.ts";
 import { Module } from "../src/dsl/module.ts";
 import { ropeAttentionFactor, ropeInvFreq } from "../src/ops/rope-freq.ts";
-import { FIXTURES } from "./fixtures.ts";
+import { TINY_QWEN2 } from "./fixtures.ts";
 
 interface Case {
   name: string;
@@ -66,7 +66,7 @@ describe("RoPE scaling matches transformers 5.17", () => {
 
 describe("a YaRN config compiles into the graph", () => {
   it("Qwen2.5-style rope_scaling: the inv_freq table and the softmax scale carry YaRN", () => {
-    const json = JSON.parse(fs.readFileSync(path.join(FIXTURES, "tiny-qwen2/config.json"), "utf8"));
+    const json = JSON.parse(fs.readFileSync(path.join(TINY_QWEN2, "config.json"), "utf8"));
     delete json.rope_parameters;
     Object.assign(json, {
       rope_theta: 1e6,

@@ -1,16 +1,12 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { fileURLToPath } from "node:url";
 import { afterAll, describe, expect, it } from "vitest";
 import { openCheckpoint } from "../../src/checkpoint/checkpoint.ts";
 import { CheckpointError } from "../../src/checkpoint/errors.ts";
 import { openSafetensors, writeSafetensors } from "../../src/checkpoint/safetensors.ts";
+import { TINY_GPTJ, TINY_LLAMA } from "../fixtures.ts";
 import { refF16 } from "./ref-float.ts";
-
-const FIXTURES = fileURLToPath(new URL("../../../shared/fixtures", import.meta.url));
-const LLAMA = path.join(FIXTURES, "tiny-llama");
-const GPTJ = path.join(FIXTURES, "tiny-gptj");
 
 // Independent decodes via DataView, from the format definitions.
 function refBf16(bytes: Uint8Array, i: number): number {
@@ -40,7 +36,7 @@ function expectExactF32(
 }
 
 describe("tiny-llama (single file, bf16)", () => {
-  const ckpt = openCheckpoint(LLAMA);
+  const ckpt = openCheckpoint(TINY_LLAMA);
   afterAll(() => ckpt.close());
 
   it("lists the Llama tensors with the shapes the config implies", () => {
@@ -73,12 +69,12 @@ describe("tiny-llama (single file, bf16)", () => {
   it("names the tensor and the directory when a tensor is missing", () => {
     expect(() => ckpt.read("model.layers.9.mlp.up_proj.weight")).toThrow(CheckpointError);
     expect(() => ckpt.info("model.layers.9.mlp.up_proj.weight")).toThrow(
-      new RegExp(`${LLAMA}.*"model\\.layers\\.9\\.mlp\\.up_proj\\.weight"`),
+      new RegExp(`${TINY_LLAMA}.*"model\\.layers\\.9\\.mlp\\.up_proj\\.weight"`),
     );
   });
 
   it("reads the golden file's int32 tokens and metadata", () => {
-    const g = openSafetensors(path.join(LLAMA, "golden.safetensors"));
+    const g = openSafetensors(path.join(TINY_LLAMA, "golden.safetensors"));
     const lens = g.metadata.prompt_lens.split(",").map(Number);
     const ids = g.info("p0.input_ids");
     expect(ids.dtype).toBe("I32");
@@ -89,9 +85,9 @@ describe("tiny-llama (single file, bf16)", () => {
 });
 
 describe("tiny-gptj (sharded, fp16)", () => {
-  const ckpt = openCheckpoint(GPTJ);
+  const ckpt = openCheckpoint(TINY_GPTJ);
   afterAll(() => ckpt.close());
-  const index = JSON.parse(fs.readFileSync(path.join(GPTJ, "model.safetensors.index.json"), "utf8"));
+  const index = JSON.parse(fs.readFileSync(path.join(TINY_GPTJ, "model.safetensors.index.json"), "utf8"));
 
   it("exposes exactly the tensors of the index, each from its shard", () => {
     expect(ckpt.names()).toEqual(Object.keys(index.weight_map).sort());

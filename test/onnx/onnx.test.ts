@@ -9,12 +9,12 @@ import { readGolden } from "../../src/golden.ts";
 import { onnx } from "../../src/onnx/builder.ts";
 import {
   buildFixture,
-  FIXTURES,
   FP32_GOLDEN_BOUND,
   LLAMA_MODEL,
-  REPO,
+  MIXTRAL_MODEL,
   TINY_GPTJ,
   TINY_LLAMA,
+  TINY_MIXTRAL,
   tmpDir,
 } from "../fixtures.ts";
 import { OrtRanks } from "./ort-ranks.ts";
@@ -97,10 +97,10 @@ describe("ONNX export", () => {
     [2, 2],
   ])
     it(`tiny-mixtral tp ${tp} moe-ep-size ${ep}: the moe op lowered densely (all experts, masked by the routing weights) matches the goldens (≤ 1e-5)`, async () => {
-      const dir = path.join(FIXTURES, "tiny-mixtral");
+      const dir = TINY_MIXTRAL;
       const out = path.join(tmpDir(), "onnx");
       await compileEngine({
-        modelFile: path.join(REPO, "models/mixtral.ts"),
+        modelFile: MIXTRAL_MODEL,
         checkpoint: dir,
         sm: 90,
         dtype: "fp32",

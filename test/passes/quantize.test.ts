@@ -3,7 +3,6 @@
 // (hidden 128, 4 q heads and 2 KV heads of 32, intermediate 352, vocab 512): qkv [256, 128],
 // o [128, 128], gate_up [704, 128], down [128, 352]; the numbers those layouts hold are checked in
 // test/quant (numerics, fp8, engines). quantize-kv: which nodes get an fp8 KV cache.
-import * as path from "node:path";
 import { describe, expect, it } from "vitest";
 import { quantizeKvCache } from "../../passes/quantize-kv.ts";
 import { checkQuantLegality, quantizeWeights } from "../../passes/quantize-weights.ts";
@@ -11,7 +10,7 @@ import { shardForTp } from "../../passes/tensor-parallel.ts";
 import type { BuildConfig } from "../../src/engine/format.ts";
 import type { Graph } from "../../src/ir/types.ts";
 import { roundToDtype } from "../../src/ops/round.ts";
-import { FIXTURES, LLAMA_MODEL, REPO, TINY_LLAMA } from "../fixtures.ts";
+import { LLAMA_MODEL, MIXTRAL_MODEL, TINY_LLAMA, TINY_MIXTRAL } from "../fixtures.ts";
 import { fixture, graphOf, passesBefore, runPasses, testBuild } from "./helpers.ts";
 
 const LINEARS = ["self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"];
@@ -116,11 +115,7 @@ describe("quantize-weights", () => {
     // 4 experts, intermediate 192, hidden 128: w1, w3 [4·192, 128] → [768, 64] bytes, scales [768, 128/32];
     // w2 [4·128, 192] → [512, 96], scales [512, 192/32].
     const build = testBuild({ quant: "int4-wo", group_size: 32 });
-    const g0 = await graphOf(
-      path.join(REPO, "models/mixtral.ts"),
-      path.join(FIXTURES, "tiny-mixtral"),
-      build,
-    );
+    const g0 = await graphOf(MIXTRAL_MODEL, TINY_MIXTRAL, build);
     const before = runPasses(g0, passesBefore("quantize-weights"), build).graph;
     const g = quantizeWeights(before, build);
     const moe = g.nodes.filter((n) => n.op === "moe");
@@ -179,10 +174,6 @@ describe("quantize-weights", () => {
 
   it("weight-only scales of an f16 / bf16 build are rounded up to it (scale_dtype, random scale's mean); fp8 and fp32 builds keep f32 scales", async () => {
     const mant = { f16: 10, bf16: 7 };
-    const [MIXTRAL_MODEL, TINY_MIXTRAL] = [
-      path.join(REPO, "models/mixtral.ts"),
-      path.join(FIXTURES, "tiny-mixtral"),
-    ];
     for (const [model, dir, dtype, quant, want] of [
       [LLAMA_MODEL, TINY_LLAMA, "fp16", "int8-wo", "f16"],
       [LLAMA_MODEL, TINY_LLAMA, "bf16", "int4-wo", "bf16"],
