@@ -1,6 +1,7 @@
 // tsllm-serve on the native runtime (tiny-llama fp16): the openai client gets tsllm-run --device cuda's
-// tokens at temperature 0, 64 concurrent streams all complete with their lengths, and 32 streams
-// cancelled mid-way give every KV block back (seen through /metrics).
+// tokens at temperature 0, n sampled choices are the single requests of seed + j (the GPU sampler's seeding),
+// 64 concurrent streams all complete with their lengths, and 32 streams cancelled mid-way give every KV
+// block back (seen through /metrics).
 import { execFile } from "node:child_process";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -29,6 +30,19 @@ describe("tsllm-serve on the GPU", () => {
     const c = (r as unknown as { choices: { token_ids: number[]; text: string }[] }).choices[0];
     expect(c.token_ids).toEqual(run.ids);
     expect(c.text).toBe(run.text);
+  });
+
+  it("n = 4 sampled choices, in one batch, are the n = 1 requests of seed + j; not one sample four times", async () => {
+    const sampled = { temperature: 1.5, top_k: 50, top_p: 0.95, ignore_eos: true, return_token_ids: true };
+    const prompt = [507, 31, 32, 33];
+    type Choices = { choices: { index: number; token_ids: number[] }[] };
+    const r = (await s.client.completions.create({ model: "tiny", prompt, n: 4, seed: 7, max_tokens: 16, ...sampled } as never)) as unknown as Choices;
+    expect(r.choices.map((c) => c.index)).toEqual([0, 1, 2, 3]);
+    const singles = await Promise.all(
+      [0, 1, 2, 3].map(async (j) => ((await s.client.completions.create({ model: "tiny", prompt, seed: 7 + j, max_tokens: 16, ...sampled } as never)) as unknown as Choices).choices[0].token_ids),
+    );
+    expect(r.choices.map((c) => c.token_ids)).toEqual(singles);
+    expect(new Set(singles.map((t) => t.join())).size).toBeGreaterThan(1);
   });
 
   const stream = async (prompt: number[], maxTokens: number, stopAfter?: number) => {
