@@ -5,13 +5,45 @@ import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 
+// A signal's default action ends the process at once, also in the middle of the (synchronous) write: Ctrl-C while
+// `prepare-dataset --output` wrote a large dataset left its half-written sibling behind. So while a sibling exists
+// the signals are caught; the handler runs once the write is over (the event loop is blocked until then), removes
+// any sibling still there and re-raises the signal, so the process ends as the signal says.
+
+/** The signals whose default action would end the process mid-write (engine/output-dir.ts catches them too). */
+export const CLEANUP_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+/** Siblings being written now. */
+const live = new Set<string>();
+let listening = false;
+
+function onSignal(sig: NodeJS.Signals): void {
+  unlisten();
+  for (const t of live) fs.rmSync(t, { force: true });
+  process.kill(process.pid, sig);
+}
+
+function unlisten(): void {
+  if (!listening) return;
+  listening = false;
+  for (const s of CLEANUP_SIGNALS) process.off(s, onSignal);
+}
+
 export function writeWhole(target: string, write: (fd: number) => void): void {
   const tmp = path.join(
     path.dirname(target),
     `.${path.basename(target)}.tmp-${process.pid}-${crypto.randomBytes(4).toString("hex")}`,
   );
-  let fd: number | undefined = fs.openSync(tmp, "wx");
+  // Listening before the sibling exists, so that no moment of its life is left to the default action.
+  live.add(tmp);
+  if (!listening) {
+    listening = true;
+    for (const s of CLEANUP_SIGNALS) process.on(s, onSignal);
+  }
+  let fd: number | undefined;
+  let created = false;
   try {
+    fd = fs.openSync(tmp, "wx");
+    created = true;
     write(fd);
     fs.fsyncSync(fd);
     fs.closeSync(fd);
@@ -19,7 +51,13 @@ export function writeWhole(target: string, write: (fd: number) => void): void {
     fs.renameSync(tmp, target);
   } catch (e) {
     if (fd !== undefined) fs.closeSync(fd);
-    fs.rmSync(tmp, { force: true });
+    // Only a sibling this call created (openSync's "wx" refuses an existing path, which stays as it is).
+    if (created) fs.rmSync(tmp, { force: true });
     throw e;
+  } finally {
+    live.delete(tmp);
+    // Stop listening only after the event loop has polled again (two check phases have a poll between them): a signal
+    // that came during the write is delivered there, to onSignal, rather than dropped with the listener.
+    setImmediate(() => setImmediate(() => live.size === 0 && unlisten()));
   }
 }

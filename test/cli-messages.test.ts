@@ -240,6 +240,18 @@ describe("tsllm-run / tsllm-inspect say what a directory is", () => {
     );
   });
 
+  // It used to end in "error: Unexpected end of JSON input", naming no file.
+  it("tsllm-inspect: a report.json that is not JSON is named, in one line, exit 1", () => {
+    const bad = path.join(box, "bad-report");
+    fs.cpSync(engine, bad, { recursive: true });
+    fs.writeFileSync(path.join(bad, "report.json"), '{"passes": [');
+    const r = cli("inspect", [bad]);
+    expect(r.code, r.stderr).toBe(1);
+    expect(r.lines).toEqual([
+      `error: ${path.join(bad, "report.json")}: not valid JSON (Unexpected end of JSON input)`,
+    ]);
+  });
+
   it("tsllm-inspect | head does not crash with EPIPE", () => {
     const r = cli("inspect", [], {
       shell: `"${process.execPath}" "${path.join(REPO, "bin/tsllm-inspect.mjs")}" "${engine}" | head -1`,

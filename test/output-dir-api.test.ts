@@ -1,6 +1,7 @@
 // checkOutputTarget and OutputDir (src/engine/output-dir.ts) called in-process, in a sandbox folder:
 // what each kind of target is taken for, the exact refusals, and what commit / discard / a signal leave
 // on disk. test/output-dir.test.ts tries the same rules through the CLI, in child processes.
+import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
@@ -60,6 +61,36 @@ describe("checkOutputTarget: protected paths, refused even with --force", () => 
   it("the root directory", () => {
     refused(() => checkOutputTarget("/", { force: true }), "-o /: refusing to replace the root directory");
     refused(() => checkOutputTarget("/.."), "-o /..: refusing to replace the root directory");
+  });
+
+  // As root, `-o /dev/null --force` was accepted: the build then renamed /dev/null away and put its folder there.
+  // Only checkOutputTarget is called here (it creates nothing), so this test is safe against the old code too.
+  it("a device, FIFO or socket, and paths under /dev (but /dev/shm)", () => {
+    refused(
+      () => checkOutputTarget("/dev/null", { force: true }),
+      "-o /dev/null: refusing to replace a device, FIFO or socket",
+    );
+    const fifo = path.join(box, "fifo");
+    execFileSync("mkfifo", [fifo]);
+    refused(
+      () => checkOutputTarget(fifo, { force: true }),
+      `-o ${fifo}: refusing to replace a device, FIFO or socket`,
+    );
+    for (const p of ["/dev/stdout", "/dev/tsllm-new-engine"])
+      refused(
+        () => checkOutputTarget(p, { force: true }),
+        `-o ${p}: refusing to replace a system path under /dev`,
+      );
+    // Also through a link to /dev.
+    const dev = path.join(box, "devlink");
+    fs.symlinkSync("/dev", dev);
+    refused(
+      () => checkOutputTarget(path.join(dev, "tsllm-x"), { force: true }),
+      `-o ${path.join(dev, "tsllm-x")}: refusing to replace a system path under /dev`,
+    );
+    if (fs.existsSync("/dev/shm"))
+      expect(checkOutputTarget("/dev/shm/tsllm-no-such-engine")).toBe("/dev/shm/tsllm-no-such-engine");
+    expect(fs.statSync("/dev/null").isCharacterDevice()).toBe(true);
   });
 
   it("the home folder, also through a link to it", () => {

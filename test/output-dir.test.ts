@@ -1,7 +1,7 @@
 // tsllm-compile -o never loses a user's data (src/engine/output-dir.ts), tried through the real CLI in
 // a sandbox: a project folder with files, the CLI run from inside it, and the whole sandbox tree
 // (names, bytes, mtimes) compared before and after each refusal.
-import { spawn, spawnSync } from "node:child_process";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { beforeAll, beforeEach, describe, expect, it } from "vitest";
@@ -97,6 +97,17 @@ describe("tsllm-compile -o refuses targets it must not replace", () => {
       ["--checkpoint", ck, "-o", ck, "--force"],
       /^error: -o .*ckpt: contains .*ckpt, an input of this build/,
     );
+  });
+
+  // A FIFO was replaced by the engine folder with --force (and, as root, so was /dev/null).
+  it("a FIFO, even with --force", () => {
+    const fifo = path.join(proj, "pipe");
+    execFileSync("mkfifo", [fifo]);
+    expectRefused(
+      ["-o", "pipe", "--force"],
+      /^error: -o pipe: refusing to replace a device, FIFO or socket$/,
+    );
+    expect(fs.lstatSync(fifo).isFIFO()).toBe(true);
   });
 
   it("a path that cannot be created fails at once", () => {
@@ -236,4 +247,35 @@ describe("an interrupted build", () => {
       expect(r.signal).toBe(sig);
       expect(snapshot(box)).toEqual(before);
     });
+
+  // A rank's ONNX export is one synchronous call: the signal used to wait for it, then for commit(), so the
+  // interrupted export replaced the old one and the process exited 0.
+  it("SIGINT during --emit onnx leaves the old export intact and no temporary folder", async () => {
+    expect(compile(["--emit", "onnx", "-o", "onnx"]).code).toBe(0);
+    const before = snapshot(box);
+    const child = spawn(
+      process.execPath,
+      [COMPILE, LLAMA_MODEL, "--sm", "90", "--checkpoint", ck, "--emit", "onnx", "-o", "onnx"],
+      { cwd: proj, stdio: "ignore" },
+    );
+    const exited = new Promise<{ code: number | null; signal: string | null }>((res) =>
+      child.on("exit", (code, signal) => res({ code, signal })),
+    );
+    const tmpData = () => {
+      const t = fs.readdirSync(proj).find((n) => n.startsWith(`onnx.tmp-${child.pid}-`));
+      return t ? path.join(proj, t, "rank0.onnx.data") : "";
+    };
+    // Interrupt once the export is writing its weights (inside the synchronous export of rank 0).
+    let seen = false;
+    for (let i = 0; i < 6000 && !seen && child.exitCode === null; i++) {
+      const f = tmpData();
+      seen = f !== "" && fs.existsSync(f) && fs.statSync(f).size > 0;
+      if (!seen) await new Promise((r) => setTimeout(r, 5));
+    }
+    expect(seen).toBe(true);
+    child.kill("SIGINT");
+    const r = await exited;
+    expect(r).toEqual({ code: null, signal: "SIGINT" });
+    expect(snapshot(box)).toEqual(before);
+  });
 });

@@ -135,7 +135,10 @@ export function addServingCommands(program: Command): void {
           for (const e of entries) {
             const tooLong = overMaxSeqLen(e.inputIds.length, e.outputTokens, L.maxSeqLen, "output_tokens");
             if (tooLong)
-              throw new Error(`${o.dataset}: request ${e.taskId}: ${tooLong} (raise --max-seq-len)`);
+              // file:line as every other refusal of a dataset line (the task id alone is not where it is).
+              throw new Error(
+                `${o.dataset}${e.line === undefined ? "" : `:${e.line}`}: request ${e.taskId}: ${tooLong} (raise --max-seq-len)`,
+              );
           }
           const b = engine.config.build;
           const header = [

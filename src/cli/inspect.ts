@@ -53,7 +53,14 @@ await main(async () => {
     process.stdout.write(`(no ${REPORT_JSON} in this engine)\n`);
     return;
   }
-  const parsed = FusionReport.safeParse(JSON.parse(fs.readFileSync(reportPath, "utf8")));
+  let json: unknown;
+  try {
+    json = JSON.parse(fs.readFileSync(reportPath, "utf8"));
+  } catch (e) {
+    // JSON.parse's message alone ("Unexpected end of JSON input") does not say which file is broken.
+    throw new Error(`${reportPath}: not valid JSON (${(e as Error).message.split("\n")[0]})`);
+  }
+  const parsed = FusionReport.safeParse(json);
   if (!parsed.success) {
     const i = parsed.error.issues[0];
     throw new Error(

@@ -36,6 +36,10 @@ await main(async () => {
     };
   else if (o.decode !== undefined) {
     const ids = parseIds(o.decode, "--decode");
+    // The tokenizer drops ids it has no token for without a word: refuse them, as tsllm-run refuses them.
+    const bad = ids.find((id) => id > tok.maxTokenId);
+    if (bad !== undefined)
+      throw new Error(`--decode: token id ${bad} is not in the tokenizer (allowed: 0..${tok.maxTokenId})`);
     out = { ids, text: tok.decode(ids, { skipSpecialTokens: !o.special }) };
   } else if (o.chat) {
     const src = o.chat === "-" ? fs.readFileSync(0, "utf8") : readFile(o.chat);

@@ -7,13 +7,15 @@
 //   - an earlier tsllm engine or ONNX directory: its config names it ours and nothing else is inside;
 //   - anything else (a folder that is not ours, a file, a link) only with --force;
 //   - never, even with --force: "" (an unset variable), `/`, the home folder, the current directory or
-//     one of its ancestors, or a folder holding the build's own inputs.
+//     one of its ancestors, a folder holding the build's own inputs, a device, FIFO or socket, or a path under
+//     /dev (but /dev/shm).
 // SIGINT/SIGTERM/SIGHUP during the write remove the temporary folder and leave the old target untouched, and so does
 // any other exit before commit (process.exit anywhere, an uncaught exception).
 // The temporary names are created fresh (never an existing path), so no file of the user's is reused.
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { CLEANUP_SIGNALS } from "../fs-atomic.ts";
 import { isPlainFileName } from "./format.ts";
 
 export class OutputDirError extends Error {
@@ -76,7 +78,7 @@ export class OutputDir {
       this.removeParents();
       throw new OutputDirError(`-o ${out}: cannot create a folder beside it: ${errText(e)}`);
     }
-    for (const sig of SIGNALS) process.once(sig, this.onSignal);
+    for (const sig of CLEANUP_SIGNALS) process.once(sig, this.onSignal);
     process.once("exit", this.onExit);
   }
 
@@ -109,7 +111,7 @@ export class OutputDir {
 
   /** Removes the temporary folder (and parents this build created); the target is left as it was. */
   discard(): void {
-    for (const sig of SIGNALS) process.off(sig, this.onSignal);
+    for (const sig of CLEANUP_SIGNALS) process.off(sig, this.onSignal);
     process.off("exit", this.onExit);
     fs.rmSync(this.tmp, { recursive: true, force: true });
     if (!this.done) this.removeParents();
@@ -126,8 +128,6 @@ export class OutputDir {
     }
   }
 }
-
-const SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
 
 /** `prefix-<n>` for the first n where nothing exists yet. */
 function freshName(prefix: string): string {
@@ -151,9 +151,23 @@ export function yieldToSignals(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
 }
 
+/**
+ * The system's own folder: its entries are devices and kernel links (/dev/stdout), never a build's output. (/proc and
+ * /sys need no entry: nothing can be created there, which checkCreatable reports.)
+ */
+const SYSTEM_DIRS = ["/dev"];
+
 function protectedReason(abs: string): string | null {
   const cwd = process.cwd();
   if (abs === path.parse(abs).root) return "the root directory";
+  // `-o /dev/null --force` (a build whose output is not wanted) used to rename /dev/null away and put the engine
+  // folder in its place, as root. A device, FIFO or socket is never a file the user asked to replace.
+  const st = lstatOrNull(abs);
+  if (st && !st.isFile() && !st.isDirectory() && !st.isSymbolicLink()) return "a device, FIFO or socket";
+  const real = path.join(realOrSelf(path.dirname(abs)), path.basename(abs));
+  for (const d of SYSTEM_DIRS)
+    if ((isInside(abs, d) || isInside(real, d)) && !isInside(real, "/dev/shm"))
+      return `a system path under ${d}`;
   for (const home of [os.homedir(), process.env.HOME].filter((h): h is string => !!h))
     if (samePath(abs, home)) return "your home folder";
   if (samePath(abs, cwd)) return "the current directory";
@@ -273,6 +287,14 @@ function isInside(child: string, parent: string): boolean {
 
 function samePath(a: string, b: string): boolean {
   return path.resolve(a) === path.resolve(b) || realOrSelf(a) === realOrSelf(b);
+}
+
+function lstatOrNull(p: string): fs.Stats | null {
+  try {
+    return fs.lstatSync(p);
+  } catch {
+    return null;
+  }
 }
 
 function realOrSelf(p: string): string {

@@ -61,6 +61,9 @@ export async function writeOnnx(o: WriteOnnxOptions): Promise<OnnxDirConfig> {
       fs.writeFileSync(path.join(tmp, file), bytes);
       ranks.push({ file, data, bytes: bytes.length, data_bytes: fs.statSync(path.join(tmp, data)).size });
     }
+    // A rank's export is synchronous: a SIGINT that came during the last one is only delivered at a yield. Without
+    // this one it waited until after commit(), so an interrupted export replaced the old one and exited 0.
+    await yieldToSignals();
     const g = o.ranks[0];
     const L = g.meta.numLayers;
     const kv = (p: string) =>

@@ -9,7 +9,7 @@ import type { ZodType } from "zod";
 import type { BatchManager } from "../serving/types.ts";
 import { toTemplateMessages } from "../text/chat-messages.ts";
 import { generateText, type TextGeneration, type TextResult } from "../text/generate-text.ts";
-import type { TextTokenizer } from "../text/tokenizer.ts";
+import { type TextTokenizer, TokenizerError } from "../text/tokenizer.ts";
 import { ApiError, toApiError } from "./errors.ts";
 import { ServerMetrics } from "./metrics.ts";
 import { ChatBody, CompletionBody, describeIssue } from "./schemas.ts";
@@ -74,7 +74,10 @@ export function buildServer(o: ServeOptions): Server {
     ),
   );
   app.addHook("onRequest", async (req) => {
-    if (o.apiKey && req.url.startsWith("/v1/") && req.headers.authorization !== `Bearer ${o.apiKey}`)
+    // The matched route as well as the raw URL: the router decodes percent-escapes, so "/%761/completions" is
+    // /v1/completions, and checking req.url alone let it through without the key.
+    const v1 = req.url.startsWith("/v1/") || (req.routeOptions.url ?? "").startsWith("/v1/");
+    if (o.apiKey && v1 && req.headers.authorization !== `Bearer ${o.apiKey}`)
       throw new ApiError(
         401,
         "invalid or missing API key (Authorization: Bearer …)",
@@ -113,7 +116,10 @@ export function buildServer(o: ServeOptions): Server {
   }));
 
   /** Parses a body, checks the model and that we are accepting requests. */
-  function admit<T extends { model: string }>(schema: ZodType<T>, body: unknown): T {
+  function admit<T extends { model: string; stream?: boolean | null; stream_options?: object | null }>(
+    schema: ZodType<T>,
+    body: unknown,
+  ): T {
     if (!accepting)
       throw new ApiError(503, "the server is shutting down", "service_unavailable", null, "shutting_down");
     if (body === null || typeof body !== "object" || Array.isArray(body))
@@ -123,6 +129,14 @@ export function buildServer(o: ServeOptions): Server {
       const { message, param } = describeIssue(r.error, body);
       throw new ApiError(400, message, "invalid_request_error", param);
     }
+    // stream_options only shapes a stream: given without one it would be silently ignored (OpenAI and vLLM refuse it).
+    if (r.data.stream_options != null && !r.data.stream)
+      throw new ApiError(
+        400,
+        "stream_options: only allowed when stream is true",
+        "invalid_request_error",
+        "stream_options",
+      );
     if (r.data.model !== o.modelName)
       throw new ApiError(
         404,
@@ -143,6 +157,20 @@ export function buildServer(o: ServeOptions): Server {
         param,
       );
     return tok;
+  }
+
+  /**
+   * The chat prompt's ids. A template that refuses the messages (raise_exception, e.g. "roles must alternate") or an
+   * engine without a template is the request's problem to fix, not a server failure: 400 on messages, as vLLM does.
+   */
+  function renderChat(t: TextTokenizer, messages: ChatBody["messages"]): number[] {
+    try {
+      return t.applyChatTemplate(toTemplateMessages(messages), { addGenerationPrompt: true }).ids;
+    } catch (e) {
+      if (e instanceof TokenizerError)
+        throw new ApiError(400, e.message, "invalid_request_error", "messages");
+      throw e;
+    }
   }
 
   /** What every choice of a request shares; `seed` is the request's (choice j samples with seed + j, as vLLM). */
@@ -265,9 +293,7 @@ export function buildServer(o: ServeOptions): Server {
 
   app.post("/v1/chat/completions", async (req, reply) => {
     const b = admit(ChatBody, req.body);
-    const prompt = needTokenizer("chat", "messages").applyChatTemplate(toTemplateMessages(b.messages), {
-      addGenerationPrompt: true,
-    }).ids;
+    const prompt = renderChat(needTokenizer("chat", "messages"), b.messages);
     const maxSeq = manager.limits.maxSeqLen;
     const limit = b.max_completion_tokens ?? b.max_tokens;
     // Without a limit a chat reply may use the rest of the context (at least 1 so that an over-long

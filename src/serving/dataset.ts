@@ -10,6 +10,8 @@ export interface DatasetEntry {
   taskId: number | string;
   inputIds: number[];
   outputTokens: number;
+  /** The line of the file it came from (readDataset), for later refusals of the entry (too long for the engine). */
+  line?: number;
 }
 
 /** Text → token ids, for datasets of prompts (engineer "serve"'s tokenizers plug in here). */
@@ -84,7 +86,7 @@ export function readDataset(file: string, o: { encode?: Encode; vocabSize?: numb
           `${where}: token id ${bad} outside the engine's vocabulary (0..${o.vocabSize - 1})`,
         );
     }
-    entries.push(e);
+    entries.push({ ...e, line: i + 1 });
   });
   if (entries.length === 0) throw new DatasetError(`${file}: no requests in the dataset`);
   return entries;

@@ -1,6 +1,6 @@
 // tsllm-bench prepare-dataset → throughput --device cpu end to end, and the trtllm-bench dataset format
 // (TensorRT-LLM prepare_dataset.py's lines, its "prompt" form through the engine's tokenizer).
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -51,6 +51,38 @@ describe("tsllm-bench prepare-dataset", () => {
       .split("\n")
       .map((l) => JSON.parse(l));
     expect(new Set(spread.map((l) => l.input_ids.length)).size).toBeGreaterThan(1);
+  });
+
+  // Ctrl-C during the write of a large --output used to leave the half-written hidden sibling (.NAME.tmp-PID-…)
+  // behind, one per interrupted run (the signal's default action ends the process in the middle of the write).
+  it("a SIGINT while --output is written leaves no half-written sibling; the file is the old one or whole", async () => {
+    const box = tmpDir();
+    const out = path.join(box, "big.jsonl");
+    fs.writeFileSync(out, '{"task_id":0,"input_ids":[1],"output_tokens":1}\n');
+    const args = ["prepare-dataset", dir, "--num-requests", "200000", "--input-mean", "128"];
+    const child = spawn(process.execPath, [BENCH, ...args, "--output-mean", "4", "--output", out], {
+      stdio: "ignore",
+    });
+    const exited = new Promise<{ code: number | null; signal: string | null }>((res) =>
+      child.on("exit", (code, signal) => res({ code, signal })),
+    );
+    let seen = false;
+    for (let i = 0; i < 20000 && !seen && child.exitCode === null; i++) {
+      seen = fs.readdirSync(box).some((n) => n.startsWith(".big.jsonl.tmp-"));
+      if (!seen) await new Promise((r) => setTimeout(r, 1));
+    }
+    expect(seen).toBe(true);
+    child.kill("SIGINT");
+    expect(await exited).toEqual({ code: null, signal: "SIGINT" });
+    expect(
+      fs.readdirSync(box),
+      JSON.stringify(fs.readdirSync(box).map((n) => [n, fs.statSync(path.join(box, n)).size])),
+    ).toEqual(["big.jsonl"]);
+    const text = fs.readFileSync(out, "utf8");
+    expect(text.endsWith("\n")).toBe(true);
+    const lines = text.trimEnd().split("\n");
+    expect([1, 200000]).toContain(lines.length);
+    expect(() => JSON.parse(lines.at(-1)!)).not.toThrow();
   });
 
   it("refuses a bad option with one line and writes nothing", () => {
@@ -113,8 +145,8 @@ describe("trtllm-bench dataset lines", () => {
     );
     const tok = TextTokenizer.load(TINY_LLAMA);
     const d = readDataset(file, { encode: (t) => tok.encode(t) });
-    expect(d[0]).toEqual({ taskId: 0, inputIds: [128000, 2028, 374], outputTokens: 128 });
-    expect(d[1]).toEqual({ taskId: 1, inputIds: [5, 6], outputTokens: 3 });
+    expect(d[0]).toEqual({ taskId: 0, inputIds: [128000, 2028, 374], outputTokens: 128, line: 1 });
+    expect(d[1]).toEqual({ taskId: 1, inputIds: [5, 6], outputTokens: 3, line: 2 });
     expect(d[2].inputIds).toEqual(tok.encode("Hello world"));
     expect(() => readDataset(file, { vocabSize: 512 })).toThrow(
       `${file}:1: token id 128000 outside the engine's vocabulary (0..511)`,
@@ -212,17 +244,19 @@ describe("tsllm-bench throughput --device cpu", () => {
     expect(JSON.parse(fs.readFileSync(notes, "utf8")).tsllm_bench).toBe("throughput");
   });
 
-  it("a request over max_seq_len stops the run before it starts, naming it", () => {
+  // It named the task id only ("request x"), not the line as every other refusal of a dataset line does.
+  it("a request over max_seq_len stops the run before it starts, naming its line and task", () => {
     const ds = path.join(work, "long.jsonl");
     fs.writeFileSync(
       ds,
-      `${JSON.stringify({ task_id: "x", input_ids: Array(250).fill(1), output_tokens: 10 })}\n`,
+      `${JSON.stringify({ task_id: "ok", input_ids: [1, 2], output_tokens: 2 })}\n\n` +
+        `${JSON.stringify({ task_id: "x", input_ids: Array(250).fill(1), output_tokens: 10 })}\n`,
     );
     const r = bench(["throughput", dir, "--dataset", ds, "--device", "cpu"]);
     expect(r.status).not.toBe(0);
     expect(r.stdout).toBe("");
     expect(r.stderr).toBe(
-      `error: ${ds}: request x: prompt of 250 tokens + output_tokens 10 = 260 exceeds max_seq_len 256 (raise --max-seq-len)\n`,
+      `error: ${ds}:3: request x: prompt of 250 tokens + output_tokens 10 = 260 exceeds max_seq_len 256 (raise --max-seq-len)\n`,
     );
   });
 });

@@ -120,8 +120,8 @@ describe("readDataset", () => {
         '{"task_id": 1, "prompt": "ab", "output_tokens": 2}\n',
     );
     expect(readDataset(f, { encode: chars })).toEqual([
-      { taskId: 0, inputIds: [1, 2], outputTokens: 3 },
-      { taskId: 1, inputIds: [97, 98], outputTokens: 2 },
+      { taskId: 0, inputIds: [1, 2], outputTokens: 3, line: 1 },
+      { taskId: 1, inputIds: [97, 98], outputTokens: 2, line: 4 },
     ]);
     expect(() => readDataset(f)).toThrow(`${f}:4: a "prompt" line needs a tokenizer`);
   });

@@ -50,6 +50,15 @@ describe("engines carry the tokenizer", () => {
     expect(dec.text).toBe(e.decoded_skip_special);
   });
 
+  // The tokenizer drops ids it has no token for: `--decode 1,99999` used to print the text of 1 alone, exit 0.
+  it("tsllm-tokenize --decode refuses an id the tokenizer does not have, in one line, exit 1", async () => {
+    const r = await runBin(TOKENIZE, [llama, "--decode", "1,99999"]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toBe("error: --decode: token id 99999 is not in the tokenizer (allowed: 0..511)\n");
+    expect(r.stdout).toBe("");
+    expect((await tokenize(llama, "--decode", "1,511")).ids).toEqual([1, 511]);
+  });
+
   it("an engine without a tokenizer says so in one line, exit 1", async () => {
     const r = await runBin(TOKENIZE, [gptj, "hello"]);
     expect(r.status).toBe(1);
