@@ -108,15 +108,26 @@ describe("writeOutputFile", () => {
     expect((err as Error).message).toBe(`--out ${under}: cannot be read (ENOTDIR)`);
   });
 
-  it("reads at most 64 MiB to decide whether a file is ours; a larger one needs --force", () => {
+  it("reads the first 64 MiB of a larger file to decide whether it is ours (a large dataset is replaced)", () => {
+    // A 160 MB earlier prepare-dataset output was refused without --force (larger files were never read).
     const f = path.join(dir, "big.txt");
-    const always: OutputFileOptions = { ...OPTS, isOurs: () => true };
-    fs.writeFileSync(f, "");
-    fs.truncateSync(f, 64 << 20); // sparse: no 64 MiB written
-    expect(() => checkOutputFile(f, always)).not.toThrow();
+    const seen: number[] = [];
+    const start = "OURS\n";
+    const byStart: OutputFileOptions = {
+      ...OPTS,
+      isOurs: (t) => {
+        seen.push(t.length);
+        return t.startsWith(start);
+      },
+    };
+    fs.writeFileSync(f, start);
+    fs.truncateSync(f, (64 << 20) + 1); // sparse: nothing more written
+    expect(() => checkOutputFile(f, byStart)).not.toThrow();
+    expect(seen).toEqual([64 << 20]);
+    fs.writeFileSync(f, "theirs\n");
     fs.truncateSync(f, (64 << 20) + 1);
-    expect(() => checkOutputFile(f, always)).toThrow(/exists and is not a thing written earlier/);
-    expect(() => checkOutputFile(f, { ...always, force: true })).not.toThrow();
+    expect(() => checkOutputFile(f, byStart)).toThrow(/exists and is not a thing written earlier/);
+    expect(() => checkOutputFile(f, { ...byStart, force: true })).not.toThrow();
   });
 
   it("through a link replaces the file it points to and keeps the link", () => {

@@ -99,6 +99,14 @@ export function int(name: string, range: Range = {}) {
   };
 }
 
+/** Parser of a text flag that must say something: `--api-key "$KEY"` with KEY unset would turn the key check off. */
+export function nonEmpty(name: string) {
+  return (v: string): string => {
+    if (v.trim() === "") throw new InvalidArgumentError(`${name} is empty`);
+    return v;
+  };
+}
+
 /** Parser of a number flag, checked against `range` when commander reads it (before any work). */
 export function float(name: string, range: Range = {}) {
   return (v: string): number => {

@@ -20,7 +20,10 @@ export interface OutputFileOptions {
   flag: string;
   /** What we write, for messages ("a tsllm-bench latency report"). */
   what: string;
-  /** Whether an existing file's text is an earlier output of ours of the same kind, which may be replaced. */
+  /**
+   * Whether an existing file's text is an earlier output of ours of the same kind, which may be replaced. It sees
+   * the first MAX_SNIFF_BYTES of a larger file (a dataset is known by its first line; a report that large is not one).
+   */
   isOurs: (text: string) => boolean;
   /** Replace an existing file that is not ours (--force). */
   force?: boolean;
@@ -28,8 +31,27 @@ export interface OutputFileOptions {
 
 type Target = { kind: "new" } | { kind: "stream" } | { kind: "file"; real: string };
 
-/** Largest file read to decide whether it is ours: our outputs are reports and datasets, a larger file is not one. */
+/**
+ * Most bytes read to decide whether a file is ours. Only the start of a larger file is read: a dataset of 300,000
+ * requests (160 MB) is known by its first line, and prepare-dataset must be able to replace its own earlier output.
+ */
 const MAX_SNIFF_BYTES = 64 << 20;
+
+function readStart(file: string, max: number): string {
+  const fd = fs.openSync(file, "r");
+  try {
+    const buf = Buffer.alloc(Math.min(max, fs.fstatSync(fd).size));
+    let got = 0;
+    while (got < buf.length) {
+      const n = fs.readSync(fd, buf, got, buf.length - got, got);
+      if (n === 0) break;
+      got += n;
+    }
+    return buf.subarray(0, got).toString("utf8");
+  } finally {
+    fs.closeSync(fd);
+  }
+}
 
 function classify(file: string, o: OutputFileOptions): Target {
   const q = `${o.flag} ${file}`;
@@ -56,12 +78,10 @@ function classify(file: string, o: OutputFileOptions): Target {
   const real = fs.realpathSync(file);
   if (o.force) return { kind: "file", real };
   let ours = false;
-  if (st.size <= MAX_SNIFF_BYTES) {
-    try {
-      ours = o.isOurs(fs.readFileSync(real, "utf8"));
-    } catch {
-      // a text isOurs cannot read is not ours
-    }
+  try {
+    ours = o.isOurs(readStart(real, MAX_SNIFF_BYTES));
+  } catch {
+    // a text isOurs cannot read is not ours
   }
   if (!ours)
     throw new OutputFileError(

@@ -1,5 +1,6 @@
 // tsllm-run: generate with an engine through the batch manager, or verify it against a golden logits file.
 import { Option, type OptionValues } from "commander";
+import type { EngineConfig } from "../engine/format.ts";
 import { openEngine } from "../engine/reader.ts";
 import { openExecutor } from "../executor/open.ts";
 import { ReferenceExecutor } from "../executor/reference.ts";
@@ -24,7 +25,7 @@ import {
 import { type Progress, progress } from "./progress.ts";
 import { generateIds, readPrompts } from "./run-generate.ts";
 import { interactiveChat, readChatFile, runText, type TextRunOptions } from "./run-text.ts";
-import { checkPromptsFit } from "./validate.ts";
+import { checkPromptsFit, checkStopIds } from "./validate.ts";
 
 const program = command(
   "tsllm-run",
@@ -161,8 +162,10 @@ async function verifyGolden(dir: string, o: Record<string, never>): Promise<void
 }
 
 /** --stop-token-ids, parsed before the engine loads (none when not given). */
-function stopTokenIdsOf(o: OptionValues): number[] {
-  return o.stopTokenIds === undefined ? [] : parseIds(o.stopTokenIds, "--stop-token-ids");
+function stopTokenIdsOf(o: OptionValues, config: EngineConfig): number[] {
+  const ids = o.stopTokenIds === undefined ? [] : parseIds(o.stopTokenIds, "--stop-token-ids");
+  checkStopIds(ids, config);
+  return ids;
 }
 
 async function openManager(dir: string, o: OptionValues) {
@@ -180,7 +183,12 @@ async function openManager(dir: string, o: OptionValues) {
   return bm;
 }
 
-async function runTextMode(dir: string, text: string | undefined, o: OptionValues): Promise<void> {
+async function runTextMode(
+  dir: string,
+  config: EngineConfig,
+  text: string | undefined,
+  o: OptionValues,
+): Promise<void> {
   if (text !== undefined && o.chat !== undefined) throw new Error("give a text prompt or --chat, not both");
   if (o.inputIds || o.inputFile)
     throw new Error("give a text prompt (or --chat) or --input-ids/--input-file, not both");
@@ -193,7 +201,7 @@ async function runTextMode(dir: string, text: string | undefined, o: OptionValue
       ? tok.encode(text)
       : tok.applyChatTemplate(readChatFile(o.chat === true ? "-" : o.chat), { addGenerationPrompt: true })
           .ids;
-  const stopTokenIds = stopTokenIdsOf(o);
+  const stopTokenIds = stopTokenIdsOf(o, config);
   const bm = await openManager(dir, o);
   const opts: TextRunOptions = {
     maxNewTokens: o.maxNewTokens,
@@ -231,11 +239,11 @@ export async function tsllmRun(argv: readonly string[]): Promise<void> {
       );
     return verifyGolden(dir, o as Record<string, never>);
   }
-  if (text !== undefined || o.chat !== undefined) return runTextMode(dir, text, o);
+  if (text !== undefined || o.chat !== undefined) return runTextMode(dir, config, text, o);
   if (o.stop || o.json) throw new Error("--stop and --json go with a text prompt or --chat");
   const prompts = readPrompts({ inputIds: o.inputIds, inputFile: o.inputFile, maxNewTokens: o.maxNewTokens });
   checkPromptsFit(prompts, config, o.maxSeqLen);
-  const stopTokenIds = stopTokenIdsOf(o);
+  const stopTokenIds = stopTokenIdsOf(o, config);
   const bm = await openManager(dir, o);
   const doneProgress = stepProgress(
     bm,

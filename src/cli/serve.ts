@@ -5,7 +5,16 @@ import { buildServer } from "../server/app.ts";
 import { describeWarmup } from "../serving/batch-manager.ts";
 import { openBatchManager } from "../serving/open.ts";
 import { findTokenizer } from "../text/engine-files.ts";
-import { command, float, fp8ContextFmhaOption, int, kvFractionOption, limitOption, main } from "./common.ts";
+import {
+  command,
+  float,
+  fp8ContextFmhaOption,
+  int,
+  kvFractionOption,
+  limitOption,
+  main,
+  nonEmpty,
+} from "./common.ts";
 
 const program = command(
   "tsllm-serve",
@@ -21,12 +30,21 @@ const program = command(
       .choices(["cpu", "cuda", "auto"])
       .default("auto"),
   )
-  .option("--served-model-name <name>", "model name clients use (default: the engine directory's name)")
-  .option("--api-key <key>", "require Authorization: Bearer <key> on /v1/* (default: $TSLLM_API_KEY)")
+  .option(
+    "--served-model-name <name>",
+    "model name clients use (default: the engine directory's name)",
+    nonEmpty("--served-model-name"),
+  )
+  .option(
+    "--api-key <key>",
+    "require Authorization: Bearer <key> on /v1/* (default: $TSLLM_API_KEY)",
+    nonEmpty("--api-key"),
+  )
   .option(
     "--max-queue <n>",
     "requests allowed to wait; more get HTTP 429",
-    int("--max-queue", { min: 0 }),
+    // A request waits in the queue before it runs: 0 would refuse every request.
+    int("--max-queue", { min: 1 }),
     4096,
   )
   .option(

@@ -24,3 +24,11 @@ export function checkPromptsFit(
     if (tooLong) throw new Error(`${where}: ${tooLong}`);
   }
 }
+
+/** --stop-token-ids: an id outside the vocabulary can never be sampled, so the flag would do nothing. */
+export function checkStopIds(ids: readonly number[], config: EngineConfig): void {
+  const vocab = config.facts.vocabSize;
+  const bad = ids.find((t) => t >= vocab);
+  if (bad !== undefined)
+    throw new Error(`--stop-token-ids: token id ${bad} is outside the vocabulary (allowed: 0..${vocab - 1})`);
+}

@@ -101,19 +101,28 @@ export function buildServer(o: ServeOptions): Server {
     reply.header("content-type", metrics.registry.contentType);
     return metrics.registry.metrics();
   });
-  app.get("/v1/models", async () => ({
-    object: "list",
-    data: [
-      {
-        id: o.modelName,
-        object: "model",
-        created,
-        owned_by: "tsllm",
-        max_model_len: manager.limits.maxSeqLen,
-        vocab_size: manager.vocabSize,
-      },
-    ],
-  }));
+  const unknownModel = (name: string) =>
+    new ApiError(
+      404,
+      `model "${name}" does not exist (this server serves "${o.modelName}")`,
+      "invalid_request_error",
+      "model",
+      "model_not_found",
+    );
+  const model = {
+    id: o.modelName,
+    object: "model",
+    created,
+    owned_by: "tsllm",
+    max_model_len: manager.limits.maxSeqLen,
+    vocab_size: manager.vocabSize,
+  };
+  app.get("/v1/models", async () => ({ object: "list", data: [model] }));
+  // The openai client's models.retrieve(id).
+  app.get<{ Params: { id: string } }>("/v1/models/:id", async (req) => {
+    if (req.params.id !== o.modelName) throw unknownModel(req.params.id);
+    return model;
+  });
 
   /** Parses a body, checks the model and that we are accepting requests. */
   function admit<T extends { model: string; stream?: boolean | null; stream_options?: object | null }>(
@@ -137,14 +146,7 @@ export function buildServer(o: ServeOptions): Server {
         "invalid_request_error",
         "stream_options",
       );
-    if (r.data.model !== o.modelName)
-      throw new ApiError(
-        404,
-        `model "${r.data.model}" does not exist (this server serves "${o.modelName}")`,
-        "invalid_request_error",
-        "model",
-        "model_not_found",
-      );
+    if (r.data.model !== o.modelName) throw unknownModel(r.data.model);
     return r.data;
   }
 

@@ -5,6 +5,7 @@ import * as path from "node:path";
 import OpenAI from "openai";
 import { describe, expect, it } from "vitest";
 import { buildFixture, REPO } from "../fixtures.ts";
+import { runBin } from "./helpers.ts";
 
 describe("tsllm-serve (process)", () => {
   it("SIGTERM: the running stream completes, new requests are refused, exit 0", async () => {
@@ -64,6 +65,27 @@ describe("tsllm-serve (process)", () => {
       expect(out).toMatch(/tsllm-serve: stopped/);
     } finally {
       proc.kill("SIGKILL");
+    }
+  });
+
+  it("refuses flags that would turn a check off or refuse every request, before loading anything", async () => {
+    // `--api-key "$KEY"` with KEY unset served without a key check; --max-queue 0 answered 429 to every request.
+    const engine = "/nonexistent-engine"; // never opened: the flags are refused first
+    for (const [flags, line] of [
+      [["--api-key", ""], "error: option '--api-key <key>' argument '' is invalid. --api-key is empty"],
+      [
+        ["--served-model-name", " "],
+        "error: option '--served-model-name <name>' argument ' ' is invalid. --served-model-name is empty",
+      ],
+      [
+        ["--max-queue", "0"],
+        "error: option '--max-queue <n>' argument '0' is invalid. Allowed: --max-queue ≥ 1.",
+      ],
+    ] as const) {
+      const r = await runBin(path.join(REPO, "bin/tsllm-serve.mjs"), [engine, ...flags]);
+      expect(r.status, flags.join(" ")).toBe(1);
+      expect(r.stderr.split("\n")[0]).toBe(line);
+      expect(r.stdout).toBe("");
     }
   });
 });

@@ -119,6 +119,21 @@ describe("tsllm-serve refuses bad requests", () => {
     expect((await fetch(`${s.url}/v1/nothing`)).status).toBe(404);
   });
 
+  it("models.retrieve: the served model as /v1/models lists it; another name 404 model_not_found", async () => {
+    // The route did not exist: the client's models.retrieve("tiny") failed with a bare route 404.
+    const listed = (await s.client.models.list()).data[0];
+    expect(await s.client.models.retrieve("tiny")).toEqual(listed);
+    await expect(s.client.models.retrieve("gpt-4")).rejects.toBeInstanceOf(OpenAI.NotFoundError);
+    const r = await fetch(`${s.url}/v1/models/gpt-4`);
+    expect(r.status).toBe(404);
+    expect((await r.json()).error).toEqual({
+      message: 'model "gpt-4" does not exist (this server serves "tiny")',
+      type: "invalid_request_error",
+      param: "model",
+      code: "model_not_found",
+    });
+  });
+
   it("a prompt too long for the engine: 400 with the numbers", async () => {
     const prompt = Array.from({ length: 250 }, (_, i) => i + 1);
     const r = await post(s.url, completion({ prompt, max_tokens: 10 }));

@@ -355,6 +355,10 @@ describe("tsllm-run refuses bad input in one line before any work", () => {
     expect(await refused(["--input-ids", "1", "--stop-token-ids", ""])).toBe(
       '--stop-token-ids: "" is not a token id',
     );
+    // A stop id no token has can never be sampled: it was accepted and did nothing.
+    expect(await refused(["--input-ids", "1", "--stop-token-ids", "2,512"])).toBe(
+      "--stop-token-ids: token id 512 is outside the vocabulary (allowed: 0..511)",
+    );
   });
 
   it("prompt + max_new_tokens over max_seq_len (the build's, or --max-seq-len's), and --max-seq-len over the model's", async () => {
@@ -411,6 +415,9 @@ describe("tsllm-run refuses bad input in one line before any work", () => {
     // Was refused only after the engine had loaded (here: the corrupt engine's hash error instead).
     expect(await refused(["hello", "--stop-token-ids", "5,x"])).toBe(
       '--stop-token-ids: "x" is not a token id',
+    );
+    expect(await refused(["hello", "--stop-token-ids", "9999"])).toBe(
+      "--stop-token-ids: token id 9999 is outside the vocabulary (allowed: 0..511)",
     );
   });
 
