@@ -61,6 +61,14 @@ export function modelFacts(cfg: BaseConfig): ModelFacts {
       throw new Error(
         `the model's parseConfig() returned no numeric "${k}" (every model config has the BaseConfig fields)`,
       );
+    // A JavaScript model file (or a parseConfig that divides) can hand back NaN or a fraction, which would build an
+    // engine of nonsense shapes.
+    else if (!Number.isInteger(cfg[k]) || cfg[k] < 1)
+      throw new Error(`the model's parseConfig() returned "${k}" = ${cfg[k]}: not a positive integer`);
+  if (cfg.numKvHeads !== undefined && !(Number.isInteger(cfg.numKvHeads) && cfg.numKvHeads >= 1))
+    throw new Error(
+      `the model's parseConfig() returned "numKvHeads" = ${cfg.numKvHeads}: not a positive integer`,
+    );
   return {
     vocabSize: cfg.vocabSize,
     numLayers: cfg.numLayers,

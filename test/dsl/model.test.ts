@@ -91,7 +91,24 @@ describe("modelFacts", () => {
     expect(() => modelFacts({} as BaseConfig)).toThrow(refusal("vocabSize"));
   });
 
-  it("the optional fields are not checked: numKvHeads and eosTokenId may be absent", () => {
+  it("refuses a field that is NaN, infinite, a fraction, zero or negative (a JavaScript model file's parseConfig)", () => {
+    for (const k of [
+      "vocabSize",
+      "numLayers",
+      "numHeads",
+      "headDim",
+      "hiddenSize",
+      "maxPositionEmbeddings",
+      "numKvHeads",
+    ])
+      for (const bad of [Number.NaN, Number.POSITIVE_INFINITY, 2.5, 0, -4])
+        expect(() => modelFacts({ ...BASE, [k]: bad }), `${k} ${bad}`).toThrow(
+          `the model's parseConfig() returned "${k}" = ${bad}: not a positive integer`,
+        );
+    expect(modelFacts({ ...BASE, numKvHeads: 1 }).numKvHeads).toBe(1);
+  });
+
+  it("the optional fields may be absent: numKvHeads and eosTokenId", () => {
     expect(() => modelFacts(BASE)).not.toThrow();
   });
 
