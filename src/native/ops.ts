@@ -24,10 +24,12 @@ export function nativeOps(): Map<string, NativeOp> {
   if (cached) return cached;
   const m = new Map<string, NativeOp>();
   const re = /^TSLLM_OP\(\s*(\w+)\s*,\s*"(\w+)"\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*\)\s*$/;
-  for (const line of fs.readFileSync(OPS_DEF, "utf8").split("\n")) {
+  for (const raw of fs.readFileSync(OPS_DEF, "utf8").split("\n")) {
+    // Indented entries count, as they do for the C preprocessor that reads the same file.
+    const line = raw.trim();
     if (!line.startsWith("TSLLM_OP(")) continue;
-    const g = re.exec(line.trim());
-    if (!g) throw new Error(`${OPS_DEF}: cannot parse "${line.trim()}"`);
+    const g = re.exec(line);
+    if (!g) throw new Error(`${OPS_DEF}: cannot parse "${line}"`);
     m.set(g[2], { cname: g[1], minInputs: Number(g[3]), maxInputs: Number(g[4]), outputs: Number(g[5]) });
   }
   cached = m;
