@@ -38,7 +38,9 @@ describe("tsllm-run generation", () => {
       .split(",")
       .map(Number);
     const stop = all[4];
-    const r = run(["--input-ids", P1, "--max-new-tokens", "12", "--stop-token-ids", `${stop},999`]);
+    // A second stop id the run never reaches (in the vocabulary: an id outside it is refused).
+    const never = [...Array(512).keys()].find((t) => !all.includes(t));
+    const r = run(["--input-ids", P1, "--max-new-tokens", "12", "--stop-token-ids", `${stop},${never}`]);
     expect(r.stdout).toBe(`${all.slice(0, all.indexOf(stop) + 1).join(",")}\n`);
   });
 
