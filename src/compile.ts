@@ -1,7 +1,7 @@
 // tsllm-compile as a function: model file + Hugging Face config/checkpoint → passes → engine per rank.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { type Checkpoint, openCheckpoint } from "./checkpoint/checkpoint.ts";
+import { type Checkpoint, INDEX_FILE, openCheckpoint } from "./checkpoint/checkpoint.ts";
 import { ConfigError } from "./checkpoint/errors.ts";
 import { configArchitecture, configTorchDtype } from "./checkpoint/hf-config.ts";
 import { modelFacts } from "./dsl/model.ts";
@@ -10,13 +10,14 @@ import { BuildConfig, ENGINE_DTYPES, type EngineConfig, valueDtypeOf } from "./e
 import type { RankProgram } from "./engine/header.ts";
 import { checkOutputTarget } from "./engine/output-dir.ts";
 import { writeEngine } from "./engine/writer.ts";
-import type { Graph, QuantReport } from "./ir/types.ts";
+import { type Graph, type QuantReport, shapeStr } from "./ir/types.ts";
 import { describeError, loadModelFile } from "./model-file.ts";
 import { bundledModelFor } from "./models.ts";
 import { gpuWarnings } from "./native/ops.ts";
 import { type OnnxDirConfig, writeOnnx } from "./onnx/write.ts";
 import { type PipelineResult, runPipeline } from "./pipeline.ts";
 import { tokenizerForEngine } from "./text/engine-files.ts";
+import { TOKENIZER_FILES } from "./text/tokenizer.ts";
 import { bindCheckpointWeights } from "./weights/check.ts";
 
 export interface CompileOptions {
@@ -72,6 +73,37 @@ function readJson(file: string): unknown {
   }
 }
 
+/** The entries of `dir` that are symbolic links (none when it cannot be listed). */
+function linksIn(dir: string): string[] {
+  let entries: fs.Dirent[];
+  try {
+    entries = fs.readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return []; // not a folder, or not there: reading the checkpoint says so
+  }
+  return entries.filter((e) => e.isSymbolicLink()).map((e) => path.join(dir, e.name));
+}
+
+/**
+ * The JSON and tokenizer files a build reads whole must be files: reading a FIFO waits for a writer forever,
+ * and a link to a device such as /dev/zero never ends (the safetensors reader refuses these itself).
+ */
+function checkInputFiles(o: CompileOptions): void {
+  const names = ["config.json", "generation_config.json", INDEX_FILE, ...TOKENIZER_FILES];
+  const files = [
+    o.config,
+    ...[o.checkpoint, o.tokenizer].flatMap((d) => (d ? names.map((n) => path.join(d, n)) : [])),
+  ];
+  for (const f of files) {
+    const st = f === undefined ? undefined : fs.statSync(f, { throwIfNoEntry: false });
+    if (f !== undefined && st && !st.isFile())
+      throw new ConfigError(
+        f,
+        st.isDirectory() ? "is a directory, not a file" : "is not a regular file (a FIFO, socket or device)",
+      );
+  }
+}
+
 /**
  * eos_token_id of a checkpoint's generation_config.json (what transformers' generate stops at; it wins
  * over config.json's when both exist), or undefined when the file or field is absent.
@@ -94,7 +126,11 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
     throw new BuildError(`--emit ${o.emit}: expected engine or onnx`);
   // The output is checked before any work: a build must never end by refusing (or replacing) it.
   const inputs = [o.modelFile, o.checkpoint, o.config, o.tokenizer].filter((p): p is string => !!p);
+  // A Hugging Face cache's snapshot folder holds links into its blobs folder: those files are inputs where they
+  // really are, or `-o …/blobs --force` replaced that folder, deleting the weights the build had just read.
+  for (const dir of [o.checkpoint, o.tokenizer]) if (dir) inputs.push(...linksIn(dir));
   checkOutputTarget(o.out, { force: o.force, inputs });
+  checkInputFiles(o);
   const model = await loadModelFile(o.modelFile);
   if (o.checkpoint && o.config) throw new BuildError("give either --checkpoint or --config, not both");
   const cfgSource = o.checkpoint
@@ -109,6 +145,19 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
       `unsupported architecture ${archName ? `"${archName}"` : "(none given)"} for ${o.modelFile} (supported: ${model.architectures.join(", ")})${bundled ? `; ${path.relative(process.cwd(), bundled.file)} implements it` : ""}`,
     );
   }
+  // A pre-quantised checkpoint (FP8 with weight_scale tensors, GPTQ/AWQ qweight, …) keeps its weights as
+  // stored values plus scales; nothing here reads the scales, so an FP8 one would build an engine of
+  // wrongly scaled weights without a word (its e4m3 tensors have the shapes the model expects).
+  // transformers dequantises by quantization_config or refuses: refuse, and say what to build from instead.
+  const quantCfg = (hfJson as { quantization_config?: unknown } | null)?.quantization_config;
+  if (o.checkpoint && quantCfg != null) {
+    const method = (quantCfg as { quant_method?: unknown }).quant_method;
+    throw new ConfigError(
+      cfgSource,
+      `"quantization_config"${typeof method === "string" ? ` (quant_method "${method}")` : ""}: pre-quantised checkpoints are not supported; build from the unquantised checkpoint (--quant fp8, int8-wo or int4-wo quantise it)`,
+      "quantization_config",
+    );
+  }
   let cfg: ReturnType<typeof model.parseConfig>;
   try {
     cfg = model.parseConfig(hfJson, cfgSource);
@@ -118,7 +167,13 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
       `${o.modelFile}: parseConfig(): ${describeError(e, path.resolve(o.modelFile), o.modelFile)}`,
     );
   }
-  const facts = modelFacts(cfg);
+  let facts: ReturnType<typeof modelFacts>;
+  try {
+    facts = modelFacts(cfg);
+  } catch (e) {
+    // What parseConfig() returned is the model file's doing: name the file, as for a throw inside it.
+    throw new BuildError(`${o.modelFile}: ${(e as Error).message}`);
+  }
   const genEos = o.checkpoint ? generationEosIds(o.checkpoint) : undefined;
   if (genEos) facts.eosTokenIds = genEos;
   const randomWeights = o.randomWeights ?? !o.checkpoint;
@@ -161,6 +216,17 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
     throw new BuildError(
       `--moe-ep-size ${build.moe_ep_size}: must divide --tp ${build.tp} (the tp ranks form moe-ep-size expert groups)`,
     );
+  // These passes are what --quant and --kv-cache-dtype fp8 do: without them the engine's config and header
+  // would still say int8-wo / fp8 (read by tsllm-run's default tolerance, the bench roofline and the native
+  // runtime's KV allocation) over full-precision weights or attention nodes that do not quantise their KV.
+  for (const [pass, flag] of [
+    ["quantize-weights", build.quant !== "none" && `--quant ${build.quant}`],
+    ["quantize-kv", build.kv_cache_dtype === "fp8" && "--kv-cache-dtype fp8"],
+  ] as const)
+    if (flag && o.disablePasses?.includes(pass))
+      throw new BuildError(
+        `--disable-pass ${pass}: that pass is what ${flag} does; leave it on, or build without ${flag}`,
+      );
   if (o.emit === "onnx" && (build.quant !== "none" || build.kv_cache_dtype === "fp8"))
     throw new BuildError(
       `--emit onnx: quantised builds (${build.quant !== "none" ? `--quant ${build.quant}` : "--kv-cache-dtype fp8"}) are not exported yet; export with --quant none`,
@@ -194,6 +260,22 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
   const graph: Graph = m.graph;
   if (graph.outputs.logits === undefined)
     throw new BuildError(`${o.modelFile}: forward() must call m.output("logits", …)`);
+  // What every executor reads of an engine: float logits [rows, vocab_size] and a KV cache (one layer per
+  // m.attention call). Without these checks a model file's slip (logits from the hidden state, or from the
+  // input ids) built an engine that tsllm-run refused at load ("invalid engine header") or read wrongly.
+  const logits = graph.values.get(graph.outputs.logits)!;
+  if (
+    !["f32", "f16", "bf16"].includes(logits.dtype) ||
+    logits.shape.length !== 2 ||
+    logits.shape[1] !== facts.vocabSize
+  )
+    throw new BuildError(
+      `${o.modelFile}: forward()'s "logits" output is ${logits.dtype}${shapeStr(logits.shape)}; expected float logits [rows, ${facts.vocabSize}] (the config's vocab size)`,
+    );
+  if (graph.meta.numLayers < 1)
+    throw new BuildError(
+      `${o.modelFile}: forward() calls m.attention() nowhere; an engine needs at least one attention layer (its KV cache)`,
+    );
 
   let ckpt: Checkpoint | null = null;
   try {

@@ -61,3 +61,18 @@ export function writeWhole(target: string, write: (fd: number) => void): void {
     setImmediate(() => setImmediate(() => live.size === 0 && unlisten()));
   }
 }
+
+/**
+ * Runs a synchronous write of `file`. Node's message for a failed write (ENOSPC, EDQUOT, EFBIG, EIO) names no
+ * file ("ENOSPC: no space left on device, write"): the error is given the file's name in front, as the engine's
+ * rank files have it. Other errors (a checkpoint read inside `fn`: syscall "read") pass as they are.
+ */
+export function namingWriteErrors<T>(file: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    if (err.syscall === "write" && !err.message.includes(file)) err.message = `${file}: ${err.message}`;
+    throw e;
+  }
+}

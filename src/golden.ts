@@ -66,6 +66,39 @@ export function readGolden(file: string): Golden {
   }
 }
 
+/**
+ * Refuses, before an engine is loaded, a golden file that the engine cannot run: logits of another vocabulary
+ * (another model's goldens), token ids outside it, or a prompt the engine's limits cannot hold (the prompt is
+ * prefilled in one step, the continuation fed one token at a time). Each refusal names the file and the prompt;
+ * without this the executor refused mid-check, naming its own sequence number, after the load.
+ */
+export function checkGoldenFits(
+  golden: Golden,
+  file: string,
+  engine: { vocabSize: number; maxSeqLen: number; maxNumTokens: number },
+): void {
+  golden.prompts.forEach((p, i) => {
+    const bad = (detail: string) => new CheckpointError(file, `p${i}: ${detail}`);
+    if (p.vocab !== engine.vocabSize)
+      throw bad(
+        `logits have vocabulary ${p.vocab}, the engine's is ${engine.vocabSize} (goldens of another model?)`,
+      );
+    const id = p.inputIds.find((t) => t >= engine.vocabSize);
+    if (id !== undefined)
+      throw bad(
+        `input_ids hold token id ${id}, outside the engine's vocabulary (0..${engine.vocabSize - 1})`,
+      );
+    if (p.inputIds.length > engine.maxSeqLen)
+      throw bad(
+        `${p.inputIds.length} tokens (prompt and continuation), over the engine's max_seq_len ${engine.maxSeqLen}`,
+      );
+    if (p.promptLen > engine.maxNumTokens)
+      throw bad(
+        `a ${p.promptLen}-token prompt, prefilled in one step, over the engine's max_num_tokens ${engine.maxNumTokens}`,
+      );
+  });
+}
+
 export interface GoldenReport {
   perPrompt: {
     maxAbs: number;

@@ -34,8 +34,20 @@ export function openCheckpoint(dir: string): Checkpoint {
     const file = openSafetensors(singlePath);
     return new CheckpointImpl(dir, new Map(file.names().map((n) => [n, file])), [file]);
   }
+  // existsSync follows links: a link whose target is gone (a Hugging Face cache snapshot whose blob never finished
+  // downloading) is there all the same, and "no checkpoint found" would send the user looking for the wrong thing.
+  for (const p of [indexPath, singlePath]) {
+    const dangling = danglingLink(p);
+    if (dangling) throw new CheckpointError(p, `does not exist: it is ${dangling}`);
+  }
   const what = fs.existsSync(dir) ? "" : " (directory does not exist)";
   throw new CheckpointError(dir, `no checkpoint found: looked for ${INDEX_FILE} and ${SINGLE_FILE}${what}`);
+}
+
+/** "a link to X, which does not exist (…)" for a symbolic link whose target is missing; else undefined. */
+function danglingLink(p: string): string | undefined {
+  if (!fs.lstatSync(p, { throwIfNoEntry: false })?.isSymbolicLink() || fs.existsSync(p)) return undefined;
+  return `a link to ${fs.readlinkSync(p)}, which does not exist (an incomplete download?)`;
 }
 
 function readWeightMap(indexPath: string): Record<string, string> {
@@ -75,9 +87,10 @@ function openSharded(dir: string, indexPath: string): Checkpoint {
       if (!file) {
         const shardPath = nodePath.join(dir, shardName);
         if (!fs.existsSync(shardPath)) {
+          const link = danglingLink(shardPath);
           throw new CheckpointError(
             indexPath,
-            `shard file "${shardName}" does not exist (it should hold tensor "${name}")`,
+            `shard file "${shardName}" does not exist (it should hold tensor "${name}")${link ? `: it is ${link}` : ""}`,
           );
         }
         file = openSafetensors(shardPath);

@@ -24,7 +24,9 @@ export const DTYPE_SIZES = {
 
 export type Dtype = keyof typeof DTYPE_SIZES;
 /** Dtypes that `toFloat32` can decode. */
-export type FloatDtype = "F32" | "F16" | "BF16" | "F8_E4M3" | "F8_E5M2";
+/** The safetensors dtypes a weight is read from. */
+export const FLOAT_DTYPES = ["F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"] as const;
+export type FloatDtype = (typeof FLOAT_DTYPES)[number];
 
 export const DTYPES = Object.keys(DTYPE_SIZES) as Dtype[];
 
@@ -37,7 +39,7 @@ export function dtypeSize(dtype: Dtype): number {
 }
 
 export function isFloatDtype(s: unknown): s is FloatDtype {
-  return s === "F32" || s === "F16" || s === "BF16" || s === "F8_E4M3" || s === "F8_E5M2";
+  return (FLOAT_DTYPES as readonly unknown[]).includes(s);
 }
 
 // Typed-array views use host byte order; safetensors is little-endian.

@@ -4,7 +4,7 @@ import type { EngineConfig } from "../engine/format.ts";
 import { openEngine } from "../engine/reader.ts";
 import { openExecutor } from "../executor/open.ts";
 import { ReferenceExecutor } from "../executor/reference.ts";
-import { checkGolden, defaultTolerance, readGolden } from "../golden.ts";
+import { checkGolden, checkGoldenFits, defaultTolerance, readGolden } from "../golden.ts";
 import { describeLoadPhases } from "../native/binding.ts";
 import { CudaExecutor } from "../native/executor.ts";
 import { kernelReport } from "../native/kernel-report.ts";
@@ -133,6 +133,14 @@ function stepProgress(bm: InflightBatchManager, dir: string, totalTokens: number
 }
 
 async function verifyGolden(dir: string, o: Record<string, never>): Promise<void> {
+  // The golden file is read and checked against the engine before the (possibly long) load.
+  const golden = readGolden(o.golden);
+  const { facts, build } = openEngine(dir).config;
+  checkGoldenFits(golden, o.golden, {
+    vocabSize: facts.vocabSize,
+    maxSeqLen: build.max_seq_len,
+    maxNumTokens: build.max_num_tokens,
+  });
   const report = loadReport(dir, o);
   const ex = await openExecutor(dir, {
     device: o.device,
@@ -143,8 +151,7 @@ async function verifyGolden(dir: string, o: Record<string, never>): Promise<void
   const phases = ex instanceof CudaExecutor ? ex.engine.loadStats.phases : undefined;
   report.loaded(phases && describeLoadPhases(phases));
   try {
-    const report = checkGolden(ex, readGolden(o.golden));
-    const build = openEngine(dir).config.build;
+    const report = checkGolden(ex, golden);
     const tol = o.tolerance ?? defaultTolerance(build, ex instanceof ReferenceExecutor);
     report.perPrompt.forEach((p, i) =>
       process.stdout.write(

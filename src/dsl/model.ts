@@ -49,6 +49,11 @@ export function defineModel<C extends BaseConfig>(def: ModelDef<C>): ModelDef<C>
 
 /** The engine's facts from a parsed config; checked at run time too (model files may be JavaScript). */
 export function modelFacts(cfg: BaseConfig): ModelFacts {
+  // A JavaScript parseConfig may return nothing at all: say so rather than "cannot read properties of null".
+  if (typeof cfg !== "object" || cfg === null || Array.isArray(cfg))
+    throw new Error(
+      `the model's parseConfig() returned ${Array.isArray(cfg) ? "an array" : String(cfg)}, not a config object`,
+    );
   for (const k of [
     "vocabSize",
     "numLayers",

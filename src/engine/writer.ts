@@ -9,6 +9,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Checkpoint } from "../checkpoint/checkpoint.ts";
 import type { ModelFacts } from "../dsl/model.ts";
+import { namingWriteErrors } from "../fs-atomic.ts";
 import type { Value } from "../ir/types.ts";
 import { Fp8Maker, Fp8Pool } from "../quant/fp8-pool.ts";
 import { materializeSegments, sourceRows } from "../weights/materialize.ts";
@@ -19,6 +20,7 @@ import {
   type BuildConfig,
   DATA_ALIGN,
   type EngineConfig,
+  EngineHeader,
   FORMAT_VERSION,
   MAGIC,
   PREAMBLE_BYTES,
@@ -65,9 +67,20 @@ interface Step {
 }
 
 export async function writeEngine(o: WriteEngineOptions): Promise<EngineConfig> {
+  const headers = o.ranks.map((r) => buildHeader(r, o.build));
+  // The reader's own check, before anything is written: a header it would refuse (a model file's graph with no
+  // attention, sizes past 2^53) made an engine that every tsllm-run refused at load.
+  headers.forEach((h, i) => {
+    const r = EngineHeader.safeParse(h);
+    if (!r.success) {
+      const issue = r.error.issues[0];
+      throw new Error(
+        `rank ${o.ranks[i].rank}: the engine header would be refused at load, at "${issue.path.join(".")}": ${issue.message}`,
+      );
+    }
+  });
   const out = new OutputDir(o.outDir, { force: o.force, inputs: o.inputs });
   const tmp = out.tmp;
-  const headers = o.ranks.map((r) => buildHeader(r, o.build));
   const total = headers.reduce((a, h) => a + h.weights.reduce((s, w) => s + w.nbytes, 0), 0);
   const hashes = new HashPool(total >= WORKERS_FROM_BYTES ? undefined : 0);
   const writer = new FileWriter(total >= WORKERS_FROM_BYTES);
@@ -163,9 +176,14 @@ export async function writeEngine(o: WriteEngineOptions): Promise<EngineConfig> 
       ranks,
       ...(o.tokenizer ? { tokenizer: o.tokenizer } : {}),
     };
-    fs.writeFileSync(path.join(tmp, "config.json"), `${JSON.stringify(config, null, 2)}\n`);
-    for (const [name, text] of Object.entries(o.extraFiles ?? {}))
-      fs.writeFileSync(path.join(tmp, name), text);
+    const texts: Record<string, string> = {
+      "config.json": `${JSON.stringify(config, null, 2)}\n`,
+      ...o.extraFiles,
+    };
+    for (const [name, text] of Object.entries(texts)) {
+      const file = path.join(tmp, name);
+      namingWriteErrors(file, () => fs.writeFileSync(file, text));
+    }
     out.commit();
     return config;
   } catch (e) {

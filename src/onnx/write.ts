@@ -7,6 +7,7 @@ import type { Checkpoint } from "../checkpoint/checkpoint.ts";
 import type { ModelFacts } from "../dsl/model.ts";
 import type { BuildConfig } from "../engine/format.ts";
 import { OutputDir, yieldToSignals } from "../engine/output-dir.ts";
+import { namingWriteErrors } from "../fs-atomic.ts";
 import type { Graph } from "../ir/types.ts";
 import { exportOnnxRank, ONNX_OPSET } from "./export.ts";
 
@@ -45,20 +46,22 @@ export async function writeOnnx(o: WriteOnnxOptions): Promise<OnnxDirConfig> {
       await yieldToSignals();
       const file = `rank${rank}.onnx`;
       const data = `${file}.data`;
-      const bytes = exportOnnxRank({
-        graph,
-        rank,
-        build: o.build,
-        checkpoint: o.checkpoint,
-        dataPath: path.join(tmp, data),
-        dataName: data,
-        metadata: {
-          tsllm_rank: String(rank),
-          tsllm_tp: String(o.build.tp),
-          architecture: String(o.model.architecture ?? ""),
-        },
-      });
-      fs.writeFileSync(path.join(tmp, file), bytes);
+      const bytes = namingWriteErrors(path.join(tmp, data), () =>
+        exportOnnxRank({
+          graph,
+          rank,
+          build: o.build,
+          checkpoint: o.checkpoint,
+          dataPath: path.join(tmp, data),
+          dataName: data,
+          metadata: {
+            tsllm_rank: String(rank),
+            tsllm_tp: String(o.build.tp),
+            architecture: String(o.model.architecture ?? ""),
+          },
+        }),
+      );
+      namingWriteErrors(path.join(tmp, file), () => fs.writeFileSync(path.join(tmp, file), bytes));
       ranks.push({ file, data, bytes: bytes.length, data_bytes: fs.statSync(path.join(tmp, data)).size });
     }
     // A rank's export is synchronous: a SIGINT that came during the last one is only delivered at a yield. Without
@@ -82,7 +85,8 @@ export async function writeOnnx(o: WriteOnnxOptions): Promise<OnnxDirConfig> {
       facts: o.facts,
       build: o.build,
     };
-    fs.writeFileSync(path.join(tmp, "onnx.json"), `${JSON.stringify(config, null, 2)}\n`);
+    const json = path.join(tmp, "onnx.json");
+    namingWriteErrors(json, () => fs.writeFileSync(json, `${JSON.stringify(config, null, 2)}\n`));
     out.commit();
     return config;
   } finally {

@@ -2,6 +2,7 @@
 // each recipe part bound to the layout the checkpoint has (the part itself or one of its `or`
 // alternatives, e.g. transformers 5's fused experts), so later passes see one layout only.
 import type { Checkpoint } from "../checkpoint/checkpoint.ts";
+import { FLOAT_DTYPES, isFloatDtype } from "../checkpoint/dtype.ts";
 import { CheckpointError } from "../checkpoint/errors.ts";
 import type { Graph } from "../ir/types.ts";
 import type { RecipePart } from "./recipe.ts";
@@ -21,6 +22,14 @@ function bindPart(p: RecipePart, ckpt: Checkpoint): RecipePart {
     throw new CheckpointError(ckpt.dir, `missing tensor the model needs${alt}`, p.name);
   }
   const info = ckpt.info(bound.name);
+  // Refused here, before anything is written, rather than when the writer reaches the tensor (a large build
+  // in): integer, BOOL and F64 tensors are not decoded (src/checkpoint/dtype.ts).
+  if (!isFloatDtype(info.dtype))
+    throw new CheckpointError(
+      info.file,
+      `dtype ${info.dtype} cannot be a weight (weights are read from ${FLOAT_DTYPES.join(", ")})`,
+      bound.name,
+    );
   if (info.shape.join(",") !== bound.shape.join(","))
     throw new CheckpointError(
       info.file,
