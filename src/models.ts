@@ -49,12 +49,17 @@ export async function parseHfConfig(json: unknown, source: string): Promise<Base
     throw new ConfigError(source, "config is not a JSON object");
   const supported = `(supported: ${(await supportedArchitectures()).join(", ")})`;
   const arch = configArchitecture(json);
-  if (arch === undefined)
+  if (arch === undefined) {
+    // Present but not a list starting with a name ("LlamaForCausalLM" as a bare string, [], [7]) is not "missing".
+    const given = (json as { architectures?: unknown }).architectures;
     throw new ConfigError(
       source,
-      `unsupported architecture: missing "architectures" field ${supported}`,
+      given === undefined
+        ? `unsupported architecture: missing "architectures" field ${supported}`
+        : `"architectures" must be a list of architecture names, got ${JSON.stringify(given)} ${supported}`,
       "architectures",
     );
+  }
   const model = await bundledModelFor(arch);
   if (!model)
     throw new ConfigError(source, `unsupported architecture "${arch}" ${supported}`, "architectures");

@@ -107,15 +107,21 @@ describe("parseHfConfig", () => {
   });
 
   it("refuses a config without an architecture name, listing the supported ones (field architectures)", async () => {
-    for (const json of [
-      {},
-      { architectures: [] },
-      { architectures: "LlamaForCausalLM" },
-      { architectures: [7] },
-    ]) {
-      const e = await configError(parseHfConfig(json, "c.json"));
-      expect(e.message, JSON.stringify(json)).toBe(
-        `c.json: unsupported architecture: missing "architectures" field ${SUPPORTED}`,
+    const missing = await configError(parseHfConfig({}, "c.json"));
+    expect(missing.message).toBe(
+      `c.json: unsupported architecture: missing "architectures" field ${SUPPORTED}`,
+    );
+    expect(missing.field).toBe("architectures");
+    // Present but not a list of names: said so (it was called missing).
+    for (const [architectures, shown] of [
+      [[], "[]"],
+      ["LlamaForCausalLM", '"LlamaForCausalLM"'],
+      [[7], "[7]"],
+      [null, "null"],
+    ] as const) {
+      const e = await configError(parseHfConfig({ architectures }, "c.json"));
+      expect(e.message, shown).toBe(
+        `c.json: "architectures" must be a list of architecture names, got ${shown} ${SUPPORTED}`,
       );
       expect(e.field).toBe("architectures");
     }
