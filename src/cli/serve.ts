@@ -70,8 +70,12 @@ const program = command(
       "(CUDA graph captures and kernel tuning then fall on the first requests)",
   );
 
-await main(async () => {
-  program.parse();
+/**
+ * tsllm-serve on `argv` (laid out as process.argv), exported so that tests run it in-process: it serves until
+ * SIGTERM or SIGINT, or until `stop` aborts (the abort's reason, a string, is named where a signal's name is).
+ */
+export async function tsllmServe(argv: readonly string[], stop?: AbortSignal): Promise<void> {
+  program.parse(argv);
   const [dir] = program.args;
   const o = program.opts();
   const found = findTokenizer(dir);
@@ -106,23 +110,35 @@ await main(async () => {
     `tsllm-serve: "${modelName}" on ${address} (max_batch_size ${l.maxBatchSize}, max_seq_len ${l.maxSeqLen}, ` +
       `${l.kvBlocksTotal} KV blocks of ${l.tokensPerBlock} tokens)${found.tok ? "" : `; ${found.why}`}\n`,
   );
-  await new Promise<void>((resolve) => {
-    const stop = async (signal: string) => {
-      process.stdout.write(
-        `tsllm-serve: ${signal}: not accepting new requests, draining (up to ${o.drainTimeout} s)\n`,
-      );
-      server.stopAccepting();
-      // Stop listening, let running requests finish (bounded), then close the remaining connections.
-      const closed = server.app.close();
-      await manager.shutdown({ drainTimeoutMs: o.drainTimeout * 1000 });
-      await closed;
-      resolve();
-    };
-    process.once("SIGTERM", () => void stop("SIGTERM"));
-    process.once("SIGINT", () => void stop("SIGINT"));
+  let stopped!: () => void;
+  const done = new Promise<void>((resolve) => {
+    stopped = resolve;
   });
+  const drain = async (signal: string) => {
+    process.stdout.write(
+      `tsllm-serve: ${signal}: not accepting new requests, draining (up to ${o.drainTimeout} s)\n`,
+    );
+    server.stopAccepting();
+    // Stop listening, let running requests finish (bounded), then close the remaining connections.
+    const closed = server.app.close();
+    await manager.shutdown({ drainTimeoutMs: o.drainTimeout * 1000 });
+    await closed;
+    stopped();
+  };
+  const onTerm = () => void drain("SIGTERM");
+  const onInt = () => void drain("SIGINT");
+  process.once("SIGTERM", onTerm);
+  process.once("SIGINT", onInt);
+  if (stop?.aborted) void drain(String(stop.reason));
+  else stop?.addEventListener("abort", () => void drain(String(stop.reason)));
+  await done;
+  // (The command exits next; in-process, the server's signal listeners must not outlive it.)
+  process.off("SIGTERM", onTerm);
+  process.off("SIGINT", onInt);
   process.stdout.write("tsllm-serve: stopped\n");
-});
+}
+
+await main(() => tsllmServe(process.argv));
 // Exit now rather than when the last timer or worker thread lets go (the drain timeout's timer would
 // hold the process for its full length).
 process.exit();
