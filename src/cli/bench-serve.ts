@@ -56,20 +56,25 @@ export function addServeBenchCommand(program: Command): void {
     .option(
       "--num-prompts <n>",
       "random prompts to send (or the first N of the dataset)",
-      int("--num-prompts"),
+      int("--num-prompts", { min: 1 }),
       100,
     )
-    .option("--random-input-len <n>", "random prompt length in tokens", int("--random-input-len"), 128)
+    .option(
+      "--random-input-len <n>",
+      "random prompt length in tokens",
+      int("--random-input-len", { min: 1 }),
+      128,
+    )
     .option(
       "--random-output-len <n>",
       "tokens to generate per random prompt",
-      int("--random-output-len"),
+      int("--random-output-len", { min: 1 }),
       128,
     )
     .option("--request-rate <r>", "requests per second, Poisson arrivals (inf: all at once)", "inf")
-    .option("--max-concurrency <n>", "most requests in flight", int("--max-concurrency"))
+    .option("--max-concurrency <n>", "most requests in flight", int("--max-concurrency", { min: 1 }))
     .option("--goodput <slo...>", "SLOs in ms for goodput: ttft:MS tpot:MS e2el:MS")
-    .option("--warmup <n>", "requests sent (and waited for) before timing", int("--warmup"), 1)
+    .option("--warmup <n>", "requests sent (and waited for) before timing", int("--warmup", { min: 0 }), 1)
     .option("--seed <n>", "random prompts and arrival times", int("--seed"), 0)
     .option("--api-key <key>", "Bearer key (default: $TSLLM_API_KEY)")
     .option("--json <file>", "also write the report as JSON")
@@ -79,7 +84,6 @@ export function addServeBenchCommand(program: Command): void {
         const json = jsonReport(o, "serve");
         const rate = o.requestRate === "inf" ? Infinity : float("--request-rate")(o.requestRate);
         if (!(rate > 0)) throw new Error(`--request-rate must be > 0 or inf, got ${o.requestRate}`);
-        if (o.numPrompts < 1) throw new Error(`--num-prompts must be >= 1, got ${o.numPrompts}`);
         const apiKey = o.apiKey ?? process.env.TSLLM_API_KEY;
         const served = await serverModel(o.url, apiKey);
         const model = o.model ?? served.id;
