@@ -11,8 +11,17 @@ describe("tsllm-serve (process)", () => {
   it("SIGTERM: the running stream completes, new requests are refused, exit 0", async () => {
     const engine = await buildFixture("llama");
     const proc = spawn(
-      path.join(REPO, "bin/tsllm-serve.mjs"),
-      [engine, "--device", "cpu", "--port", "0", "--served-model-name", "tiny"],
+      process.execPath,
+      [
+        path.join(REPO, "bin/tsllm-serve.mjs"),
+        engine,
+        "--device",
+        "cpu",
+        "--port",
+        "0",
+        "--served-model-name",
+        "tiny",
+      ],
       {
         stdio: ["ignore", "pipe", "pipe"],
       },

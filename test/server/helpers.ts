@@ -72,14 +72,15 @@ export function metric(text: string, name: string): number {
 
 /**
  * Runs a bin asynchronously: a synchronous spawn would block this worker's event loop (an in-process
- * server, and vitest's own RPC, which times out under load).
+ * server, and vitest's own RPC, which times out under load). Through node, not the file's executable bit
+ * (Stryker's sandbox copies bin/ without it).
  */
 export function runBin(
   bin: string,
   args: string[],
 ): Promise<{ status: number | null; stdout: string; stderr: string }> {
   return new Promise((res) =>
-    execFile(bin, args, { encoding: "utf8" }, (e, stdout, stderr) =>
+    execFile(process.execPath, [bin, ...args], { encoding: "utf8" }, (e, stdout, stderr) =>
       res({ status: e ? (typeof e.code === "number" ? e.code : 1) : 0, stdout, stderr }),
     ),
   );
