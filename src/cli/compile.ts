@@ -69,8 +69,9 @@ const program = command(
   )
   .option("--force", "replace an output that is not a tsllm engine (never /, home, . or its ancestors)");
 
-await main(async () => {
-  program.parse();
+/** tsllm-compile on `argv` (as process.argv: node, script, then the arguments). */
+export async function tsllmCompile(argv: readonly string[]): Promise<void> {
+  program.parse(argv);
   const o = program.opts();
   const [modelFile] = program.args;
   const t0 = performance.now();
@@ -112,4 +113,6 @@ await main(async () => {
     `wrote ${o.output}: ${config.ranks.length} rank(s), ${fmtBytes(bytes)}, ${config.build.dtype}, sm ${config.build.sm}` +
       `${config.build.random_weights ? ", random weights" : ""} in ${secs.toFixed(1)} s\n`,
   );
-});
+}
+
+await main(() => tsllmCompile(process.argv));

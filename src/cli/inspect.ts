@@ -14,8 +14,9 @@ const program = command(
   .option("--json", "print report.json as it is")
   .option("--no-notes", "leave out the passes' notes");
 
-await main(async () => {
-  program.parse();
+/** tsllm-inspect on `argv` (as process.argv: node, script, then the arguments). */
+export async function tsllmInspect(argv: readonly string[]): Promise<void> {
+  program.parse(argv);
   const [dir] = program.args;
   const o = program.opts();
   const reportPath = path.join(dir, REPORT_JSON);
@@ -70,4 +71,6 @@ await main(async () => {
   process.stdout.write(`${formatReport(parsed.data, { notes: o.notes })}\n`);
   if (fs.existsSync(path.join(dir, REPORT_HTML)))
     process.stdout.write(`drawing: ${path.join(dir, REPORT_HTML)}\n`);
-});
+}
+
+await main(() => tsllmInspect(process.argv));

@@ -17,8 +17,9 @@ const program = command(
   .option("--no-special", "encode without adding special tokens; decode skipping them")
   .option("--info", "print the tokenizer's files, special tokens and end ids");
 
-await main(async () => {
-  program.parse();
+/** tsllm-tokenize on `argv` (as process.argv: node, script, then the arguments). */
+export async function tsllmTokenize(argv: readonly string[]): Promise<void> {
+  program.parse(argv);
   const [dir, text] = program.args;
   const o = program.opts();
   const given = [text !== undefined, !!o.chat, o.decode !== undefined, !!o.info].filter(Boolean).length;
@@ -47,7 +48,9 @@ await main(async () => {
     out = { messages, ...tok.applyChatTemplate(messages, { addGenerationPrompt: true }) };
   } else out = { text, ids: tok.encode(text, { addSpecialTokens: o.special }) };
   process.stdout.write(`${JSON.stringify(out)}\n`);
-});
+}
+
+await main(() => tsllmTokenize(process.argv));
 
 function readFile(f: string): string {
   if (!fs.existsSync(f)) throw new Error(`--chat ${f}: file not found`);
