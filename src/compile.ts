@@ -10,6 +10,7 @@ import { BuildConfig, ENGINE_DTYPES, type EngineConfig, valueDtypeOf } from "./e
 import type { RankProgram } from "./engine/header.ts";
 import { checkOutputTarget } from "./engine/output-dir.ts";
 import { writeEngine } from "./engine/writer.ts";
+import { printGraph } from "./ir/printer.ts";
 import { type Graph, type QuantReport, shapeStr } from "./ir/types.ts";
 import { describeError, loadModelFile } from "./model-file.ts";
 import { bundledModelFor } from "./models.ts";
@@ -49,6 +50,8 @@ export interface CompileOptions {
   emit?: "engine" | "onnx";
   disablePasses?: string[];
   dumpIrAfter?: string[];
+  /** Log the IR before any pass (tsllm-compile --print-ir). */
+  printIr?: boolean;
   onProgress?: (done: number, total: number, name: string) => void;
   log?: (line: string) => void;
 }
@@ -216,6 +219,10 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
     throw new BuildError(
       `--moe-ep-size ${build.moe_ep_size}: must divide --tp ${build.tp} (the tp ranks form moe-ep-size expert groups)`,
     );
+  if (o.groupSize !== undefined && build.quant !== "int4-wo")
+    throw new BuildError(
+      `--group-size ${o.groupSize} goes with --quant int4-wo (${build.quant === "none" ? "no --quant given" : `--quant ${build.quant} scales each output channel`}); it would be recorded and unused`,
+    );
   // These passes are what --quant and --kv-cache-dtype fp8 do: without them the engine's config and header
   // would still say int8-wo / fp8 (read by tsllm-run's default tolerance, the bench roofline and the native
   // runtime's KV allocation) over full-precision weights or attention nodes that do not quantise their KV.
@@ -283,6 +290,7 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
       ckpt = openCheckpoint(o.checkpoint);
       bindCheckpointWeights(graph, ckpt);
     }
+    if (o.printIr) o.log?.(`--- IR before any pass ---\n${printGraph(graph)}`);
     const pipeline = runPipeline(graph, build, {
       disable: o.disablePasses ?? [],
       dumpAfter: o.dumpIrAfter ?? [],

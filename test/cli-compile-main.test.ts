@@ -9,10 +9,13 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { type CompileOptions, compileEngine } from "../src/compile.ts";
 import type { EngineConfig } from "../src/engine/format.ts";
 import { openEngine } from "../src/engine/reader.ts";
+import { printGraph } from "../src/ir/printer.ts";
+import { loadModelFile } from "../src/model-file.ts";
 import { fmtBytes } from "../src/report/bytes.ts";
 import { FusionReport, formatReport } from "../src/report/index.ts";
 import { Exit, importMain, runCaptured } from "./cli-main-helpers.ts";
 import { GPTJ_MODEL, LLAMA_MODEL, TINY_GPTJ, TINY_LLAMA, tmpDir } from "./fixtures.ts";
+import { graphOf } from "./passes/helpers.ts";
 
 const PASSES = [
   "qkv-fusion",
@@ -178,6 +181,28 @@ describe("tsllm-compile in-process", () => {
     expect(head).toBe(`${ref.log.map((l) => `${l}\n`).join("")}${summaryOf(out)}\n`);
     // Random weights are stored as seeds: what the writer counts is their records, not weight bytes.
     expect(r.stderr).toMatch(/^weights: \d+ B in \d+\.\d s, \d+\.\d\d GB\/s\n$/);
+  });
+
+  it("--print-ir prints the graph the model file built, before any pass (it was accepted and printed nothing)", async () => {
+    const out = path.join(tmpDir(), "engine");
+    const r = await compile(LLAMA_MODEL, "--sm", "90", "--random-weights", "--print-ir", "-o", out);
+    expect(r.error).toBeNull();
+    // The same graph as the model file builds for this config, printed as --dump-ir-after prints one.
+    const cfg = readConfig(out);
+    const dir = tmpDir();
+    fs.writeFileSync(
+      path.join(dir, "config.json"),
+      JSON.stringify((await loadModelFile(LLAMA_MODEL)).defaultConfig),
+    );
+    const g0 = await graphOf(LLAMA_MODEL, dir, cfg.build);
+    const want = `--- IR before any pass ---\n${printGraph(g0)}\n`;
+    // after the tokenizer line, before the pass summary
+    expect(r.stdout.split(want)[0]).toBe(
+      "no tokenizer: the engine takes token ids only (--tokenizer DIR adds one)\n",
+    );
+    // unfused: separate q / k / v linears, no qkv weight
+    expect(want).toMatch(/@model\.layers\.0\.self_attn\.q_proj\.weight/);
+    expect(want).not.toMatch(/qkv_proj/);
   });
 
   it("--random-weights (the model file's own config), --quant int4-wo --group-size 32, --disable-pass, --dump-ir-after", async () => {

@@ -265,6 +265,15 @@ describe("compile refuses before writing anything", () => {
       { emit: "onnx", quant: "fp8" },
       "--emit onnx: quantised builds (--quant fp8) are not exported yet; export with --quant none",
     ],
+    // Was recorded in the engine's config and never used (int8-wo and fp8 scale each output channel).
+    [
+      { quant: "int8-wo", groupSize: 64 },
+      "--group-size 64 goes with --quant int4-wo (--quant int8-wo scales each output channel); it would be recorded and unused",
+    ],
+    [
+      { groupSize: 32 },
+      "--group-size 32 goes with --quant int4-wo (no --quant given); it would be recorded and unused",
+    ],
   ])("%o", async (o, want) => {
     expect(await refused(o, want)).toEqual([]); // refused before the tokenizer (its log line) or the graph
   });
@@ -503,7 +512,6 @@ describe("what the engine records", () => {
       dtype: "fp32",
       kvCacheDtype: "fp16",
       quant: "int8-wo",
-      groupSize: 64,
       maxBatchSize: 3,
       maxSeqLen: 100,
       maxNumTokens: 50,
@@ -519,7 +527,7 @@ describe("what the engine records", () => {
       dtype: "fp32",
       kv_cache_dtype: "fp16",
       quant: "int8-wo",
-      group_size: 64,
+      group_size: 128, // the default, recorded (read only by int4-wo)
       max_batch_size: 3,
       max_seq_len: 100,
       max_num_tokens: 50,

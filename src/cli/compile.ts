@@ -36,7 +36,9 @@ const program = command(
   .option("--dtype <t>", "activation and weight dtype: auto (the checkpoint's), fp32, fp16, bf16", "auto")
   .option("--kv-cache-dtype <t>", "KV cache dtype: fp16, bf16, fp32, fp8 (default: the engine dtype)")
   .option("--quant <q>", "weight quantisation: none, fp8, int8-wo, int4-wo", "none")
-  .option("--group-size <n>", "int4-wo group size", int("--group-size", { min: 1 }), 128)
+  // No commander default: compileEngine refuses a --group-size given with another --quant (int8-wo and fp8 scales
+  // are per channel) and takes 128 when none is given.
+  .option("--group-size <n>", "int4-wo group size (default: 128)", int("--group-size", { min: 1 }))
   .option("--max-batch-size <n>", "most sequences in one step", int("--max-batch-size", { min: 1 }), 256)
   .option(
     "--max-seq-len <n>",
@@ -99,6 +101,7 @@ export async function tsllmCompile(argv: readonly string[]): Promise<void> {
     emit: o.emit,
     disablePasses: o.disablePass,
     dumpIrAfter: o.dumpIrAfter,
+    printIr: o.printIr,
     log: (s) => process.stdout.write(`${s}\n`),
     onProgress: (done, total, name) => {
       bar ??= progress("weights", total, { unit: "bytes" });
