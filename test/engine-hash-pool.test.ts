@@ -109,6 +109,37 @@ describe("HashPool", () => {
     }
   });
 
+  it("after a worker failed or exited, a later digest is refused with why, not left waiting for ever", async () => {
+    // It went round robin to the dead worker (or the one that had answered for it), and never settled.
+    const dead = new HashPool(1);
+    try {
+      const bad = dead.digest([{ buffer: new SharedArrayBuffer(4) } as unknown as Uint8Array]);
+      const e1 = await within(bad).catch((e: unknown) => e);
+      expect((e1 as Error).message).not.toBe("not settled");
+      for (let i = 0; i < 3; i++)
+        expect(await within(dead.digest([bytes(8, i)])).catch((e: unknown) => e)).toBe(e1);
+    } finally {
+      await dead.close();
+    }
+    const gone = new HashPool(2);
+    try {
+      const exited = new Promise((res) => (inside(gone).workers[0] as Worker).once("exit", res));
+      await (inside(gone).workers[0] as Worker).terminate();
+      await exited;
+      const e = await within(gone.digest([bytes(8, 1)])).catch((err: unknown) => err);
+      expect((e as Error).message).toMatch(
+        /^hash worker exited \(code \d+\) while the engine was being written$/,
+      );
+      expect(await within(gone.digest([bytes(8, 2)])).catch((err: unknown) => err)).toBe(e);
+    } finally {
+      await gone.close();
+    }
+    // close() itself ends the workers without breaking anything said before.
+    const closed = new HashPool(1);
+    expect(await within(closed.digest([bytes(8, 3)]))).toEqual(sha(bytes(8, 3)));
+    await closed.close();
+  });
+
   it("a worker's error rejects the digests waiting on the others too; their answers, coming later, are dropped", async () => {
     const pool = new HashPool(2);
     try {

@@ -12,6 +12,10 @@ export class HashPool {
   private next = 0;
   private jobs = new Map<number, { resolve: (d: Buffer) => void; reject: (e: Error) => void }>();
   private id = 0;
+  /** Why the pool can no longer hash: a worker failed or exited. Later digests are refused with it, not left
+   * waiting on a worker that will never answer. */
+  private broken: Error | null = null;
+  private closing = false;
 
   /** size 0 hashes on the calling thread (tiny engines: starting a worker costs more than it saves). */
   constructor(size = Math.max(1, Math.min(4, availableParallelism() - 1))) {
@@ -22,9 +26,15 @@ export class HashPool {
         this.jobs.delete(id);
         j?.resolve(Buffer.from(digest.buffer, digest.byteOffset, digest.byteLength));
       });
-      w.on("error", (e) => {
+      const fail = (e: Error) => {
+        this.broken ??= e;
         for (const j of this.jobs.values()) j.reject(e);
         this.jobs.clear();
+      };
+      w.on("error", fail);
+      w.on("exit", (code) => {
+        if (!this.closing)
+          fail(new Error(`hash worker exited (code ${code}) while the engine was being written`));
       });
       // Not unref'd: while the writer awaits a digest, the worker is what keeps the process alive.
       this.workers.push(w);
@@ -32,6 +42,7 @@ export class HashPool {
   }
 
   digest(pieces: Uint8Array[]): Promise<Buffer> {
+    if (this.broken) return Promise.reject(this.broken);
     if (this.workers.length === 0) return Promise.resolve(chunkDigest(pieces));
     const id = this.id++;
     const w = this.workers[this.next++ % this.workers.length];
@@ -46,6 +57,7 @@ export class HashPool {
   }
 
   async close(): Promise<void> {
+    this.closing = true;
     await Promise.all(this.workers.map((w) => w.terminate()));
     this.workers = [];
   }
