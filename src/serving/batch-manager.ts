@@ -142,6 +142,9 @@ export interface StepRecord extends Held {
 
 const DEFAULT_SAMPLING: SamplingOptions = { temperature: 0, topK: 0, topP: 1, seed: 0 };
 
+/** The longest delay setTimeout keeps (a longer one, or Infinity, fires after 1 ms). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 export class InflightBatchManager implements BatchManager {
   readonly limits: BatchLimits;
   readonly policy: SchedulerPolicy;
@@ -219,7 +222,10 @@ export class InflightBatchManager implements BatchManager {
         reject("invalid", `token id ${t} outside the vocabulary (0..${this.vocabSize - 1})`, {
           vocabSize: this.vocabSize,
         });
-    const sampling = { ...DEFAULT_SAMPLING, ...req.sampling };
+    // An option given as undefined takes its default, as one left out does (Partial<> allows both; spread alone
+    // would copy the undefined over the default and refuse the request as out of range).
+    const given = Object.entries(req.sampling ?? {}).filter(([, v]) => v !== undefined);
+    const sampling: SamplingOptions = { ...DEFAULT_SAMPLING, ...Object.fromEntries(given) };
     if (!(sampling.temperature >= 0) || !(sampling.topP > 0 && sampling.topP <= 1) || !(sampling.topK >= 0))
       reject("invalid", `sampling options out of range (temperature >= 0, top_k >= 0, 0 < top_p <= 1)`);
     const tooLong = overMaxSeqLen(prompt.length, maxNew, maxSeqLen);
@@ -328,7 +334,16 @@ export class InflightBatchManager implements BatchManager {
       check();
     });
     const ms = o.drainTimeoutMs ?? 0;
-    if (ms > 0) await Promise.race([drained, new Promise((res) => setTimeout(res, ms))]);
+    if (ms > 0) {
+      // setTimeout fires after 1 ms for a delay over 2^31 - 1 ms (about 24.8 days) or Infinity: such a drain time
+      // waits for the requests alone. The timer is cleared once they are done, so it holds nothing up.
+      let timer: NodeJS.Timeout | undefined;
+      const timeUp = new Promise((res) => {
+        if (ms <= MAX_TIMER_MS) timer = setTimeout(res, ms);
+      });
+      await Promise.race([drained, timeUp]);
+      clearTimeout(timer);
+    }
     for (const r of all()) this.cancel(r);
     this.kick();
     await this.loopDone;
@@ -350,13 +365,12 @@ export class InflightBatchManager implements BatchManager {
       w();
     }
     if (!this.loopDone)
-      this.loopDone = this.loop()
-        .catch((e: Error) => {
-          for (const r of [...this.queue, ...this.running, ...this.paused]) this.finish(r, "error", e);
-        })
-        .finally(() => {
-          this.loopDone = null;
-        });
+      this.loopDone = this.loop().finally(() => {
+        this.loopDone = null;
+        // A request submitted while a failed loop waited for its launched steps (e.g. a retry from the `done`
+        // callback of a request that loop failed) found it still set and did not start one: start it now.
+        if (this.waiting() > 0) this.kick();
+      });
   }
 
   private finish(r: Req, reason: FinishReason, error?: Error): void {
@@ -562,8 +576,24 @@ export class InflightBatchManager implements BatchManager {
     });
   }
 
+  /**
+   * The step loop. Should it throw (onStep threw, or a scheduler bug), every request ends with the error (an Error,
+   * whatever was thrown: RequestResult.error is one) and the loop then waits for the steps it launched before it
+   * returns: until then they may still run on the device, so neither a new loop nor shutdown()'s backend.close() may
+   * start (close() under a running step frees what it uses).
+   */
   private async loop(): Promise<void> {
     const launched: Launched[] = [];
+    try {
+      await this.runSteps(launched);
+    } catch (e) {
+      const error = e instanceof Error ? e : new Error(String(e));
+      for (const r of [...this.queue, ...this.running, ...this.paused]) this.finish(r, "error", error);
+      await Promise.allSettled(launched.map((l) => l.result));
+    }
+  }
+
+  private async runSteps(launched: Launched[]): Promise<void> {
     let afterIdle = true;
     for (;;) {
       if (launched.length < this.depth) {

@@ -4,25 +4,23 @@
 export class TokenStream<T> implements AsyncIterable<T> {
   private buf: T[] = [];
   private ended = false;
-  private waiter: ((r: IteratorResult<T>) => void) | null = null;
+  /**
+   * Reads waiting for a token, oldest first. A queue, not one slot: the async iterator protocol lets a reader call
+   * next() again before the last call settled, and a single slot lost the earlier read (its promise never settled).
+   */
+  private waiters: ((r: IteratorResult<T>) => void)[] = [];
   private taken = false;
 
   push(x: T): void {
     if (this.ended) return;
-    if (this.waiter) {
-      const w = this.waiter;
-      this.waiter = null;
-      w({ value: x, done: false });
-    } else this.buf.push(x);
+    const w = this.waiters.shift();
+    if (w) w({ value: x, done: false });
+    else this.buf.push(x);
   }
 
   end(): void {
     this.ended = true;
-    if (this.waiter) {
-      const w = this.waiter;
-      this.waiter = null;
-      w({ value: undefined, done: true });
-    }
+    for (const w of this.waiters.splice(0)) w({ value: undefined, done: true });
   }
 
   [Symbol.asyncIterator](): AsyncIterator<T> {
@@ -33,7 +31,7 @@ export class TokenStream<T> implements AsyncIterable<T> {
         if (this.buf.length) return Promise.resolve({ value: this.buf.shift()!, done: false });
         if (this.ended) return Promise.resolve({ value: undefined, done: true });
         return new Promise((resolve) => {
-          this.waiter = resolve;
+          this.waiters.push(resolve);
         });
       },
     };

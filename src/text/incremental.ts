@@ -9,7 +9,7 @@
 //    Text is released only up to where a stop string could still begin.
 
 export interface Decoder {
-  decode(ids: number[], o?: { skipSpecialTokens?: boolean }): string;
+  decode(ids: number[], o?: { skipSpecialTokens?: boolean; cleanUpTokenizationSpaces?: boolean }): string;
 }
 
 const REPLACEMENT = "\uFFFD";
@@ -24,10 +24,19 @@ export class IncrementalDecoder {
     private readonly skipSpecialTokens = true,
   ) {}
 
+  /**
+   * Never transformers' clean-up of spaces (" ." → ".", " 's" → "'s"; on where the tokenizer folder asks for it, as
+   * Llama 3's does), as vLLM's incremental detokenizer: it would remove a space already released, and
+   * shift the text under the offsets, so the next delta lost a character ("a", " ", ".", "b" streamed "a b").
+   */
+  private options() {
+    return { skipSpecialTokens: this.skipSpecialTokens, cleanUpTokenizationSpaces: false };
+  }
+
   /** Adds one token; returns the text it completes (possibly "", while a character is split). */
   push(id: number): string {
     this.ids.push(id);
-    const o = { skipSpecialTokens: this.skipSpecialTokens };
+    const o = this.options();
     const before = this.tok.decode(this.ids.slice(this.prefix, this.read), o);
     const now = this.tok.decode(this.ids.slice(this.prefix), o);
     if (now.length <= before.length || now.endsWith(REPLACEMENT)) return "";
@@ -38,7 +47,7 @@ export class IncrementalDecoder {
 
   /** Whatever is still held back (an incomplete character at the end decodes as U+FFFD, as HF does). */
   flush(): string {
-    const o = { skipSpecialTokens: this.skipSpecialTokens };
+    const o = this.options();
     const before = this.tok.decode(this.ids.slice(this.prefix, this.read), o);
     const now = this.tok.decode(this.ids.slice(this.prefix), o);
     this.prefix = this.read = this.ids.length;

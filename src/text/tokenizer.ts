@@ -143,9 +143,16 @@ export class TextTokenizer {
     return this.tok.encode(text, { add_special_tokens: o.addSpecialTokens ?? true }).ids;
   }
 
-  decode(ids: number[], o: { skipSpecialTokens?: boolean } = {}): string {
+  decode(
+    ids: number[],
+    o: { skipSpecialTokens?: boolean; cleanUpTokenizationSpaces?: boolean } = {},
+  ): string {
     if (ids.length === 0) return "";
-    return this.tok.decode(ids, { skip_special_tokens: o.skipSpecialTokens ?? false });
+    return this.tok.decode(ids, {
+      skip_special_tokens: o.skipSpecialTokens ?? false,
+      // Unset: the folder's own setting (clean_up_tokenization_spaces, see load()).
+      clean_up_tokenization_spaces: o.cleanUpTokenizationSpaces,
+    });
   }
 
   /** Ids of tokens marked special (skipped by decode with skipSpecialTokens). */

@@ -584,6 +584,21 @@ describe("the steps planned", { timeout: 10000 }, () => {
     ]);
   });
 
+  it("a sampling option given as undefined takes its default, as one left out does", async () => {
+    // Partial<SamplingOptions> allows { temperature: undefined } (a caller passing its own optional setting on);
+    // spreading it over the defaults refused the request as "sampling options out of range".
+    const { backend, bm } = manager();
+    const r = await bm.submit({
+      ...req(2, 1),
+      sampling: { temperature: undefined, topK: undefined, topP: undefined, seed: 4 },
+    }).done;
+    await bm.shutdown();
+    expect([r.finishReason, r.outputIds]).toEqual(["length", alone(prompt(2), 1)]);
+    expect(backend.steps.flat().map((q) => q.sampling)).toEqual([
+      { temperature: 0, topK: 0, topP: 1, seed: 4 },
+    ]);
+  });
+
   it("a cancelled running request leaves the queue as it was: the queued ones run in order", async () => {
     // Batch of 1: A runs, B and C wait. A cancelled mid-run: B, then C, each its own tokens.
     const { backend, bm } = manager({ maxBatchSize: 1 });
@@ -727,6 +742,61 @@ describe("failures", { timeout: 10000 }, () => {
     expect([c.finishReason, c.outputIds]).toEqual(["length", alone(prompt(3, 40), 3)]);
     await bm.shutdown();
   });
+  it("a loop that fails with a step still running: an Error for what was thrown, the backend closed only once the step is back", async () => {
+    // With overlap, step 1 is launched while step 0 runs; step 0's report throws (a string) with step 1 still on
+    // the device. The request's error must be an Error (RequestResult.error's type; a string had no message), and
+    // shutdown() must not close the backend under step 1: before, the failed loop let go at once and shutdown's
+    // fresh loop closed it with step 1 running.
+    const { backend, bm } = manager({ mode: "manual", overlap: true });
+    bm.onStep = () => {
+      throw "onStep failed as a string";
+    };
+    const a = bm.submit({ ...req(2, 6), ignoreEos: true });
+    backend.resolveNext();
+    const r = await a.done;
+    expect([r.finishReason, r.error instanceof Error, r.error?.message, r.outputIds]).toEqual([
+      "error",
+      true,
+      "onStep failed as a string",
+      alone(prompt(2), 1),
+    ]);
+    const sd = bm.shutdown();
+    for (let k = 0; k < 5; k++) await tick();
+    expect([backend.inFlight, backend.closed]).toEqual([1, 0]);
+    backend.resolveNext();
+    await sd;
+    expect(backend.closed).toBe(1);
+    expect(backend.breaches).toEqual([]);
+    expect(bm.stats().kvBlocksFree).toBe(16);
+  });
+
+  it("a request submitted from the done callback of a request the failed loop ended runs (none left waiting)", async () => {
+    // Before, the loop's failure handler finished the requests while the failed loop was still the current one, so a
+    // submit from their `done` callbacks (a retry) did not start a loop and, once it let go, nothing ever ran it.
+    for (const overlap of [false, true]) {
+      const { bm } = manager({ overlap });
+      let n = 0;
+      bm.onStep = () => {
+        if (++n === 2) throw new Error("onStep failed (test)");
+      };
+      const a = bm.submit({ ...req(2, 6), ignoreEos: true });
+      const retry = a.done.then(() => bm.submit(req(3, 3, 40)).done);
+      let settled = false;
+      void retry.then(() => {
+        settled = true;
+      });
+      for (let k = 0; k < 50 && !settled; k++) await tick();
+      expect(settled, `overlap ${overlap}`).toBe(true);
+      expect((await a.done).finishReason).toBe("error");
+      const r = await retry;
+      expect([r.finishReason, r.outputIds], `overlap ${overlap}`).toEqual([
+        "length",
+        alone(prompt(3, 40), 3),
+      ]);
+      await bm.shutdown();
+      expect(bm.stats().kvBlocksFree).toBe(16);
+    }
+  });
 });
 
 describe("shutdown", { timeout: 10000 }, () => {
@@ -806,6 +876,19 @@ describe("shutdown", { timeout: 10000 }, () => {
     backend.resolveNext();
     await sd;
     expect(backend.closed).toBe(1);
+  });
+
+  it("a drain time beyond what a timer holds (over 2^31 - 1 ms, or Infinity) waits for the requests", async () => {
+    // Node fires setTimeout after 1 ms for such a delay: before, shutdown({ drainTimeoutMs: Infinity }) (or
+    // tsllm-serve --drain-timeout 3000000) cancelled every request at once instead of letting it finish.
+    for (const ms of [2 ** 31, Number.POSITIVE_INFINITY]) {
+      const { backend, bm } = manager({ mode: 2 });
+      const a = bm.submit({ ...req(2, 6), ignoreEos: true });
+      await bm.shutdown({ drainTimeoutMs: ms });
+      const r = await a.done;
+      expect([r.finishReason, r.outputIds], `${ms}`).toEqual(["length", alone(prompt(2), 6)]);
+      expect(backend.closed).toBe(1);
+    }
   });
 
   it("cancels queued, running and paused requests alike", async () => {

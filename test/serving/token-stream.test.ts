@@ -92,6 +92,25 @@ describe("TokenStream", { timeout: 5000 }, () => {
     expect(got).toEqual(Array.from({ length: 20 }, (_, i) => i));
   });
 
+  it("reads asked for before the earlier ones settled each get the next token, in order; end() settles the rest", async () => {
+    // The async iterator protocol lets a reader call next() again before the last call settled. Before, the stream
+    // kept one waiting read: a second one replaced the first, whose promise never settled.
+    const s = new TokenStream<number>();
+    const it = s[Symbol.asyncIterator]();
+    const reads = [it.next(), it.next(), it.next()];
+    s.push(1);
+    s.push(2);
+    s.end();
+    expect(await settled(Promise.all(reads))).toEqual({
+      done: true,
+      value: [
+        { value: 1, done: false },
+        { value: 2, done: false },
+        { value: undefined, done: true },
+      ],
+    });
+  });
+
   it("can be iterated only once", () => {
     const s = new TokenStream<number>();
     s[Symbol.asyncIterator]();

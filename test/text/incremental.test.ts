@@ -7,7 +7,7 @@ import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { IncrementalDecoder, StopStrings, TextStream } from "../../src/text/incremental.ts";
 import { TextTokenizer } from "../../src/text/tokenizer.ts";
-import { TINY_LLAMA } from "../fixtures.ts";
+import { TINY_LLAMA, tmpDir } from "../fixtures.ts";
 
 const tok = TextTokenizer.load(TINY_LLAMA);
 
@@ -335,6 +335,30 @@ describe("TextStream", () => {
       expect(skip.text).toBe(g.decoded_skip_special);
       expect(keep.text).toBe(g.decoded);
     }
+  });
+
+  it("a folder that cleans up spaces (clean_up_tokenization_spaces, as Llama 3's): every character streamed, none cleaned", () => {
+    // The tiny-llama tokenizer with the folder's clean-up on. Before, the stream decoded with it: " ." became "."
+    // after the space was released, the text shifted under the decoder's offsets, and "a", " ", ".", "b" streamed
+    // "a b" (the "." lost). The stream never cleans up (as vLLM's detokenizer): it adds up to the plain decode.
+    const dir = tmpDir();
+    fs.copyFileSync(path.join(TINY_LLAMA, "tokenizer.json"), path.join(dir, "tokenizer.json"));
+    const cfg = { ...json("tokenizer_config.json"), clean_up_tokenization_spaces: true };
+    fs.writeFileSync(path.join(dir, "tokenizer_config.json"), JSON.stringify(cfg));
+    const clean = TextTokenizer.load(dir);
+    const enc = (x: string) => clean.encode(x, { addSpecialTokens: false });
+    for (const parts of [
+      ["a", " ", ".", "b"],
+      ["it", " ", "'s", " ok"],
+      ["x", " ", ",", " y", " ", "?"],
+    ]) {
+      const ids = parts.flatMap(enc);
+      const t = new TextStream(clean);
+      const pushed = ids.map((id) => t.push(id)).join("") + t.flush();
+      expect(pushed, JSON.stringify(parts)).toBe(parts.join(""));
+      expect(t.text).toBe(parts.join(""));
+    }
+    expect(clean.decode(enc("a .b"))).toBe("a.b"); // the folder's one-shot decode does clean up
   });
 
   it("the flush releases a held-back start of a stop string that never completed, and a cut-off character", () => {
