@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU rows of issues 11 and 13, in parts that fit the device tool's 10-minute calls: each part runs only if
-# its rough cost (seconds, measured on an H100 in session 34) fits before DEADLINE, so one call takes what fits
+# its rough cost (seconds, below) fits before DEADLINE, so one call takes what fits
 # and the next call on the same warm machine goes on (engines and datasets stay in WORK between calls).
 #   export T0=$(date +%s); bash scripts/gpu-verify.sh 'DEADLINE=$((T0 + 560)) bash scripts/gpu-acceptance.sh quant peer7b tput7b'
 #   DEADLINE=$(( $(date +%s) + 560 )) bash scripts/gpu-acceptance.sh tput8b static8b peer8b fp8tput8b
@@ -106,8 +106,10 @@ part_long() {
     throughput l31-bf16 "$work/l31-$1-$2.jsonl" "$res/l31-$1-$2.json" --max-batch-size 1024
   done
 }
-declare -A cost=([quant]=150 [peer7b]=60 [tput7b]=170 [tput8b]=110 [static8b]=90 [peer8b]=70 [fp8tput8b]=120
-  [profile8b]=50 [long]=420)
+# Seconds, with a margin over session 35's H100 run (quant 42, peer7b 68, tput7b 64; tput8b + static8b + peer8b 95
+# together, fp8tput8b 20, profile8b 5; long 217; builds of random-weight engines take under a second).
+declare -A cost=([quant]=60 [peer7b]=90 [tput7b]=90 [tput8b]=50 [static8b]=40 [peer8b]=60 [fp8tput8b]=40
+  [profile8b]=20 [long]=270)
 
 [ $# -gt 0 ] || set -- quant peer7b tput7b
 for p in "$@"; do
