@@ -14,6 +14,7 @@ import { command } from "../../src/cli/common.ts";
 import { formatServeBench, type ServeBenchReport } from "../../src/server/bench-client.ts";
 import { tokenNormDist } from "../../src/serving/dataset.ts";
 import { TextTokenizer } from "../../src/text/tokenizer.ts";
+import { capture } from "../cli-main-helpers.ts";
 import { buildFixture, TINY_LLAMA, tmpDir } from "../fixtures.ts";
 import { startServer, type TestServer } from "./helpers.ts";
 
@@ -57,14 +58,7 @@ async function bench(args: string[]) {
   addServeBenchCommand(program);
   const outL = process.stdout.listeners("error");
   const errL = process.stderr.listeners("error");
-  const out = vi.spyOn(process.stdout, "write").mockImplementation((x: string | Uint8Array) => {
-    io.stdout += String(x);
-    return true;
-  });
-  const err = vi.spyOn(process.stderr, "write").mockImplementation((x: string | Uint8Array) => {
-    io.stderr += String(x);
-    return true;
-  });
+  const c = capture();
   const exit = vi.spyOn(process, "exit").mockImplementation((code?: string | number | null) => {
     throw new Error(`exit ${code}`);
   });
@@ -75,14 +69,15 @@ async function bench(args: string[]) {
   } catch (e) {
     io.exit = (e as Error).message;
   } finally {
-    out.mockRestore();
-    err.mockRestore();
+    c.restore();
     exit.mockRestore();
     for (const l of process.stdout.listeners("error"))
       if (!outL.includes(l)) process.stdout.off("error", l as never);
     for (const l of process.stderr.listeners("error"))
       if (!errL.includes(l)) process.stderr.off("error", l as never);
   }
+  io.stdout = c.io.stdout;
+  io.stderr = c.io.stderr;
   io.exitCode = process.exitCode;
   process.exitCode = undefined;
   return io;

@@ -7,6 +7,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { openEngine } from "../../src/engine/reader.ts";
+import { capture } from "../cli-main-helpers.ts";
 import { buildFixture, corruptLastWeightByte, tmpDir } from "../fixtures.ts";
 import { greedyOracle } from "./helpers.ts";
 
@@ -44,26 +45,6 @@ let imported: {
   exits: unknown[][];
   missing: string;
 };
-
-/** Captures process.stdout / process.stderr writes until restore(). */
-function capture() {
-  const io = { stdout: "", stderr: "" };
-  const out = vi.spyOn(process.stdout, "write").mockImplementation((s: string | Uint8Array) => {
-    io.stdout += String(s);
-    return true;
-  });
-  const err = vi.spyOn(process.stderr, "write").mockImplementation((s: string | Uint8Array) => {
-    io.stderr += String(s);
-    return true;
-  });
-  return {
-    io,
-    restore() {
-      out.mockRestore();
-      err.mockRestore();
-    },
-  };
-}
 
 beforeAll(async () => {
   const o = { maxSeqLen: 64, maxNumTokens: 64, maxBatchSize: 4, tokensPerBlock: 8 };

@@ -12,6 +12,7 @@ import { openEngine } from "../../src/engine/reader.ts";
 import { LimitError } from "../../src/executor/types.ts";
 import { readGolden } from "../../src/golden.ts";
 import { TokenizerError } from "../../src/text/tokenizer.ts";
+import { capture } from "../cli-main-helpers.ts";
 import { buildFixture, corruptLastWeightByte, TINY_LLAMA } from "../fixtures.ts";
 import { thrown } from "../thrown.ts";
 
@@ -27,26 +28,6 @@ let corrupt: string;
 const folders: string[] = [];
 let tsllmRun: (argv: readonly string[]) => Promise<void>;
 let imported: { stderr: string; exitCode: typeof process.exitCode; missing: string };
-
-/** Captures process.stdout / process.stderr writes until restore(). */
-function capture() {
-  const io = { stdout: "", stderr: "" };
-  const out = vi.spyOn(process.stdout, "write").mockImplementation((s: string | Uint8Array) => {
-    io.stdout += String(s);
-    return true;
-  });
-  const err = vi.spyOn(process.stderr, "write").mockImplementation((s: string | Uint8Array) => {
-    io.stderr += String(s);
-    return true;
-  });
-  return {
-    io,
-    restore() {
-      out.mockRestore();
-      err.mockRestore();
-    },
-  };
-}
 
 beforeAll(async () => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), "tsllm-run-main-"));
