@@ -71,6 +71,11 @@ export function failureText(r: Pick<RequestResult, "error">): string {
   return r.error?.message ?? "generation failed";
 }
 
+/**
+ * A submitted request. Iterating it (once) streams its tokens; leaving the loop early does not cancel it (done still
+ * resolves with every token: a caller may read the first tokens, then wait for the rest): call cancel() for that.
+ * generateText (src/text/generate-text.ts), which the server and tsllm-run use, cancels when its reader leaves early.
+ */
 export interface RequestHandle extends AsyncIterable<TokenEvent> {
   /** Manager-assigned id, unique per manager. */
   readonly id: number;
