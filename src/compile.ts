@@ -272,7 +272,7 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
   // input ids) built an engine that tsllm-run refused at load ("invalid engine header") or read wrongly.
   const logits = graph.values.get(graph.outputs.logits)!;
   if (
-    !["f32", "f16", "bf16"].includes(logits.dtype) ||
+    !ENGINE_DTYPES.map(valueDtypeOf).includes(logits.dtype as ReturnType<typeof valueDtypeOf>) ||
     logits.shape.length !== 2 ||
     logits.shape[1] !== facts.vocabSize
   )

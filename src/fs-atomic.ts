@@ -5,28 +5,35 @@ import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 
+/** The signals whose default action would end the process mid-write. */
+const CLEANUP_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+
+/**
+ * While something half-written exists, catches SIGINT / SIGTERM / SIGHUP: `cleanup` removes it, then the signal is
+ * raised again with the listeners gone, so the process ends as the signal says (exit 130 / 143). Returns the function
+ * that stops listening (idempotent). Shared by writeWhole's siblings and the engine's temporary folder (OutputDir).
+ */
+export function cleanUpOnSignal(cleanup: () => void): () => void {
+  const on = (sig: NodeJS.Signals) => {
+    off();
+    cleanup();
+    process.kill(process.pid, sig);
+  };
+  const off = () => {
+    for (const s of CLEANUP_SIGNALS) process.off(s, on);
+  };
+  for (const s of CLEANUP_SIGNALS) process.on(s, on);
+  return off;
+}
+
 // A signal's default action ends the process at once, also in the middle of the (synchronous) write: Ctrl-C while
 // `prepare-dataset --output` wrote a large dataset left its half-written sibling behind. So while a sibling exists
-// the signals are caught; the handler runs once the write is over (the event loop is blocked until then), removes
-// any sibling still there and re-raises the signal, so the process ends as the signal says.
+// the signals are caught; the handler runs once the write is over (the event loop is blocked until then) and removes
+// any sibling still there.
 
-/** The signals whose default action would end the process mid-write (engine/output-dir.ts catches them too). */
-export const CLEANUP_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
 /** Siblings being written now. */
 const live = new Set<string>();
-let listening = false;
-
-function onSignal(sig: NodeJS.Signals): void {
-  unlisten();
-  for (const t of live) fs.rmSync(t, { force: true });
-  process.kill(process.pid, sig);
-}
-
-function unlisten(): void {
-  if (!listening) return;
-  listening = false;
-  for (const s of CLEANUP_SIGNALS) process.off(s, onSignal);
-}
+let unlisten: (() => void) | null = null;
 
 export function writeWhole(target: string, write: (fd: number) => void): void {
   const tmp = path.join(
@@ -35,10 +42,10 @@ export function writeWhole(target: string, write: (fd: number) => void): void {
   );
   // Listening before the sibling exists, so that no moment of its life is left to the default action.
   live.add(tmp);
-  if (!listening) {
-    listening = true;
-    for (const s of CLEANUP_SIGNALS) process.on(s, onSignal);
-  }
+  unlisten ??= cleanUpOnSignal(() => {
+    unlisten = null;
+    for (const t of live) fs.rmSync(t, { force: true });
+  });
   let fd: number | undefined;
   let created = false;
   try {
@@ -57,8 +64,14 @@ export function writeWhole(target: string, write: (fd: number) => void): void {
   } finally {
     live.delete(tmp);
     // Stop listening only after the event loop has polled again (two check phases have a poll between them): a signal
-    // that came during the write is delivered there, to onSignal, rather than dropped with the listener.
-    setImmediate(() => setImmediate(() => live.size === 0 && unlisten()));
+    // that came during the write is delivered there, to the cleanup listener, rather than dropped with it.
+    setImmediate(() =>
+      setImmediate(() => {
+        if (live.size > 0 || !unlisten) return;
+        unlisten();
+        unlisten = null;
+      }),
+    );
   }
 }
 

@@ -132,10 +132,10 @@ function stepProgress(bm: InflightBatchManager, dir: string, totalTokens: number
   };
 }
 
-async function verifyGolden(dir: string, o: Record<string, never>): Promise<void> {
+async function verifyGolden(dir: string, config: EngineConfig, o: Record<string, never>): Promise<void> {
   // The golden file is read and checked against the engine before the (possibly long) load.
   const golden = readGolden(o.golden);
-  const { facts, build } = openEngine(dir).config;
+  const { facts, build } = config;
   checkGoldenFits(golden, o.golden, {
     vocabSize: facts.vocabSize,
     maxSeqLen: build.max_seq_len,
@@ -244,7 +244,7 @@ export async function tsllmRun(argv: readonly string[]): Promise<void> {
       throw new Error(
         "--golden checks the golden file's own prompts: give no prompt, --chat, --input-ids or --input-file",
       );
-    return verifyGolden(dir, o as Record<string, never>);
+    return verifyGolden(dir, config, o as Record<string, never>);
   }
   if (text !== undefined || o.chat !== undefined) return runTextMode(dir, config, text, o);
   if (o.stop || o.json) throw new Error("--stop and --json go with a text prompt or --chat");

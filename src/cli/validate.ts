@@ -17,9 +17,7 @@ export function checkPromptsFit(
   const vocab = config.facts.vocabSize;
   for (const { ids, maxNewTokens, where, newTokensFrom = "--max-new-tokens" } of prompts) {
     if (ids.length === 0) throw new Error(`${where}: empty prompt`);
-    const bad = ids.find((t) => t >= vocab);
-    if (bad !== undefined)
-      throw new Error(`${where}: token id ${bad} is outside the vocabulary (allowed: 0..${vocab - 1})`);
+    checkInVocab(ids, where, vocab);
     const tooLong = overMaxSeqLen(ids.length, maxNewTokens, max_seq_len, newTokensFrom);
     if (tooLong) throw new Error(`${where}: ${tooLong}`);
   }
@@ -27,8 +25,11 @@ export function checkPromptsFit(
 
 /** --stop-token-ids: an id outside the vocabulary can never be sampled, so the flag would do nothing. */
 export function checkStopIds(ids: readonly number[], config: EngineConfig): void {
-  const vocab = config.facts.vocabSize;
+  checkInVocab(ids, "--stop-token-ids", config.facts.vocabSize);
+}
+
+function checkInVocab(ids: readonly number[], where: string, vocab: number): void {
   const bad = ids.find((t) => t >= vocab);
   if (bad !== undefined)
-    throw new Error(`--stop-token-ids: token id ${bad} is outside the vocabulary (allowed: 0..${vocab - 1})`);
+    throw new Error(`${where}: token id ${bad} is outside the vocabulary (allowed: 0..${vocab - 1})`);
 }

@@ -15,7 +15,7 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { CLEANUP_SIGNALS } from "../fs-atomic.ts";
+import { cleanUpOnSignal } from "../fs-atomic.ts";
 import { isPlainFileName } from "./format.ts";
 
 export class OutputDirError extends Error {
@@ -59,11 +59,7 @@ export class OutputDir {
   readonly tmp: string;
   private createdParents: string[] = [];
   private done = false;
-  private readonly onSignal = (sig: NodeJS.Signals) => {
-    this.discard();
-    // Re-raise with our listeners gone, so the process ends as the signal says (exit 130/143).
-    process.kill(process.pid, sig);
-  };
+  private stopSignals: () => void = () => {};
   private readonly onExit = () => this.discard();
 
   constructor(
@@ -78,7 +74,7 @@ export class OutputDir {
       this.removeParents();
       throw new OutputDirError(`-o ${out}: cannot create a folder beside it: ${errText(e)}`);
     }
-    for (const sig of CLEANUP_SIGNALS) process.once(sig, this.onSignal);
+    this.stopSignals = cleanUpOnSignal(() => this.discard());
     process.once("exit", this.onExit);
   }
 
@@ -111,7 +107,7 @@ export class OutputDir {
 
   /** Removes the temporary folder (and parents this build created); the target is left as it was. */
   discard(): void {
-    for (const sig of CLEANUP_SIGNALS) process.off(sig, this.onSignal);
+    this.stopSignals();
     process.off("exit", this.onExit);
     fs.rmSync(this.tmp, { recursive: true, force: true });
     if (!this.done) this.removeParents();
