@@ -186,7 +186,8 @@ interface Addon {
   copyBandwidth(bytes: number): number;
 }
 
-const ABI_VERSION = 5;
+// The addon's ABI version (native/src/binding abiVersion()): a build of another version is refused at load.
+export const ABI_VERSION = 5;
 
 /** Where the addon is looked for: $TSLLM_NATIVE_ADDON, else native/build/tsllm_node.node of this checkout. */
 export function addonPath(): string {
