@@ -765,11 +765,14 @@ static void test_attention_case(const AttnCase& c, Rng& rng) {
   // Variant 4 also under each of its other kernel configurations (kd::kDecodeMmaConfigs) where the head size has
   // them; context steps under each context kernel configuration (kd::kContextConfigs), whose output must equal the
   // default's bit for bit (each row's sums run in the same order whatever warp holds the row).
+  // Variant 3 also with an L2 prefetch of an unrelated 8 MB buffer (AttnParams::l2_prefetch, the runtime's o_proj
+  // weights): a hint, so the output must equal the run without it bit for bit.
   struct Run {
     int variant, single, cfg, ctx = 0;
+    bool pf = false;
   };
   std::vector<Run> runs;
-  if (max_new == 1) runs = {{2, 0, 0}, {3, 0, 0}, {4, 0, 0}};
+  if (max_new == 1) runs = {{2, 0, 0}, {3, 0, 0}, {4, 0, 0}, {3, 0, 0, 0, true}};
   else runs = {{3, 0, 0}};
   if (lead > 0) runs.push_back({4, lead, 0}), runs.push_back({2, lead, 0});
   if (max_new == 1 && kd::decode_mma_sweeps(D))
@@ -780,8 +783,14 @@ static void test_attention_case(const AttnCase& c, Rng& rng) {
       if (lead > 0) runs.push_back({4, lead, 0, ctx});
     }
   std::vector<uint8_t> ctx0_out;  // the first context run's output (ctx_cfg 0, nothing through the decode kernel)
-  for (auto [variant, single, cfg, ctx] : runs) {
+  std::vector<uint8_t> v3_out;    // variant 3's output without the prefetch
+  constexpr size_t kPfBytes = size_t(8) << 20;
+  void* pf_buf = nullptr;
+  CK(cudaMalloc(&pf_buf, kPfBytes));
+  for (auto [variant, single, cfg, ctx, pf] : runs) {
     p.decode_variant = variant;
+    p.l2_prefetch = pf ? pf_buf : nullptr;
+    p.l2_prefetch_bytes = pf ? kPfBytes : 0;
     p.mma_cfg = cfg;
     p.ctx_cfg = ctx;
     st.num_single = single;
@@ -835,12 +844,19 @@ static void test_attention_case(const AttnCase& c, Rng& rng) {
       else if (same_math)
         for (size_t i = 0; i < out.h.size(); ++i) ctx_diff += out.h[i] != ctx0_out[i];
     }
-    std::snprintf(extra, sizeof extra, "%s [%s T=%d] k-cache %s, other cache mismatches=%zu%s", e.str().c_str(),
+    size_t pf_diff = 0;  // bytes unlike variant 3's output without the prefetch
+    if (max_new == 1 && variant == 3 && cfg == 0) {
+      if (!pf) v3_out = out.h;
+      else
+        for (size_t i = 0; i < out.h.size(); ++i) pf_diff += out.h[i] != v3_out[i];
+    }
+    std::snprintf(extra, sizeof extra, "%s [%s T=%d] k-cache %s, other cache mismatches=%zu%s%s", e.str().c_str(),
                   path.c_str(), T, ek.str().c_str(), cache_bad,
-                  ctx && !single && same_math ? (", bytes unlike ctx_cfg 0: " + std::to_string(ctx_diff)).c_str() : "");
-    report(e.ok() && ek.ok() && cache_bad == 0 && ctx_diff == 0,
+                  ctx && !single && same_math ? (", bytes unlike ctx_cfg 0: " + std::to_string(ctx_diff)).c_str() : "",
+                  pf ? (", bytes unlike no prefetch: " + std::to_string(pf_diff)).c_str() : "");
+    report(e.ok() && ek.ok() && cache_bad == 0 && ctx_diff == 0 && pf_diff == 0,
            std::string("paged_attention ") + c.name +
-               (max_new == 1 ? " v" + std::to_string(variant) + cfg_name
+               (max_new == 1 ? " v" + std::to_string(variant) + cfg_name + (pf ? " l2 prefetch" : "")
                              : single ? " split v" + std::to_string(variant) : "") +
                (ctx ? " ctx_cfg " + std::to_string(ctx) : ""),
            e.max_abs,
@@ -855,6 +871,7 @@ static void test_attention_case(const AttnCase& c, Rng& rng) {
   cudaFree(d_sl);
   cudaFree(d_inv);
   cudaFree(ws);
+  cudaFree(pf_buf);
 }
 
 // A decode batch of n sequences with cached lengths (i * mul + add) % mod: large batches whose grid needs no split

@@ -31,6 +31,8 @@ struct DecodeArgs : DecodeIO<T> {
   int R, gptj;
   int guess_seq;  // fast path: token t is sequence t (pure decode with num_seqs == num_tokens), checked on device
   int pdl;        // fast path: launched with programmatic stream serialization (wait before touching q/k/v/out)
+  const void* pf;  // fast path: AttnParams::l2_prefetch, split over the grid's blocks
+  size_t pf_bytes;
 };
 
 // K/V loads of 8 dims: 16 bytes of T, or 8 bytes of an FP8 cache (in .x, .y), and their floats (FP8: · scale).
@@ -241,6 +243,10 @@ __global__ void __launch_bounds__(NW * 32) decode_fast_kernel(const DecodeArgs<T
   if (rope) rope_angles(sub * 8, a.R, a.gptj != 0, pos, a.inv_freq, rcs, rsn);
 
   if (a.pdl) pdl_wait();  // q/k/v come from the previous kernel
+  // After the wait, so the previous kernel's weight stream (qkv) is over and does not evict what this brings in.
+  if (a.pf_bytes && warp == 0)
+    l2_prefetch_part(a.pf, a.pf_bytes, blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z),
+                     gridDim.x * gridDim.y * gridDim.z, lane);
 
   float qf[GB][8];
   a.template load_q<GB>(t, hk, hg, sub, dim_ok, qf, [&](const T* qh, const uint4& raw, float (&f)[8]) {
@@ -574,6 +580,8 @@ cudaError_t attention_decode(const void* q_, int q_stride, const void* k_, int k
     a.gptj = p.rope_style == RopeStyle::Gptj ? 1 : 0;
     a.guess_seq = step.num_seqs >= step.num_tokens ? 1 : 0;  // pure decode: row t of the block table exists
     a.pdl = p.pdl && pdl_supported() ? 1 : 0;
+    a.pf = p.l2_prefetch;
+    a.pf_bytes = p.l2_prefetch && reinterpret_cast<uintptr_t>(p.l2_prefetch) % 16 == 0 ? p.l2_prefetch_bytes / 16 * 16 : 0;
     if (sp.fast) {
       if (kv.dtype == DType::FP8_E4M3) return cudaErrorInvalidValue;  // FP8 caches never run variant 3
       e = launch_fast_d<T>(a, step, nKV, D, sp, s);

@@ -153,6 +153,25 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
+// Part `part` of `parts` equal parts of [base, base + bytes) into L2 (cp.async.bulk.prefetch, sm_90; nothing
+// elsewhere), issued by the 32 lanes of one warp in 16 KB pieces. A hint the memory system may drop: results never
+// depend on it. base 16-byte aligned, bytes a multiple of 16.
+__device__ __forceinline__ void l2_prefetch_part(const void* base, size_t bytes, unsigned part, unsigned parts,
+                                                 int lane) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr size_t kPiece = 16384;
+  const size_t share = (bytes / parts + kPiece - 1) / kPiece * kPiece;
+  const size_t lo = size_t(part) * share, hi = min(lo + share, bytes);
+  const char* b = static_cast<const char*>(base);
+  for (size_t o = lo + size_t(lane) * kPiece; o < hi; o += 32 * kPiece) {
+    const uint32_t n = uint32_t(min(kPiece, hi - o));
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(b + o), "r"(n) : "memory");
+  }
+#else
+  (void)base, (void)bytes, (void)part, (void)parts, (void)lane;
+#endif
+}
+
 // The start of a kernel whose launch may or may not use programmatic dependent launch (the norms and gated_act,
 // kernels.h's `pdl`): it lets its successor launch (pdl_trigger) before or after it waits for its predecessor
 // (pdl_wait, a no-op after an ordinary launch).

@@ -249,6 +249,12 @@ struct AttnParams {
   // m-tiles of 16 query rows per warp). 0 is the runtime's default; the other for kernels_bench, kernels_test and
   // TSLLM_CONTEXT_CFG's A/B.
   int ctx_cfg = 0;
+  // Decode variant 3 (decode_fast_kernel) only: [l2_prefetch, + l2_prefetch_bytes) prefetched into L2 by the
+  // blocks once the previous kernel is done — the runtime passes the weights of the linear after attention (o_proj):
+  // a latency-bound batch-1 attention otherwise leaves the HBM idle while that linear's blocks wait for its output.
+  // A hint: the output never depends on it. 16-byte aligned, bytes a multiple of 16.
+  const void* l2_prefetch = nullptr;
+  size_t l2_prefetch_bytes = 0;
 };
 // How many configurations AttnParams::mma_cfg / ctx_cfg index.
 int decode_mma_config_count();

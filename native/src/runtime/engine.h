@@ -206,6 +206,10 @@ struct Engine {
   std::vector<int> nt_next, nt_prev;
   unsigned* norm_counters = nullptr;
 
+  // Per node: for an attention node, the linear reading its output (o_proj), whose weights the decode attention
+  // prefetches into L2 (Tunables::attn_prefetch_mb); else -1. Empty when off.
+  std::vector<int> attn_next;
+
   // FP8 activation fusion (Tunables::fp8_act_fusion): a norm / gated_act node whose output is only the x of the
   // FP8 quant_linear right after it writes that x as FP8 rows (kernels.h Fp8Rows) into the quantised-activation
   // workspace in steps where the linear takes the FP8 GEMM path (fp8_act_rows in forward.cc), and the linear skips
@@ -257,6 +261,8 @@ void plan_glu_fusion(Engine& e);
 // Norm fusion: finds the linears whose output's rms_norm the gemv's last block can compute (fills nt_next/prev).
 // After plan_glu_fusion; a norm it takes is no longer a prologue of the linear after it.
 void plan_norm_fusion(Engine& e);
+// Fills attn_next (Tunables::attn_prefetch_mb).
+void plan_attn_prefetch(Engine& e);
 // Whether node i is skipped (fused into its consumer's gemv, or into the gate_up gemv before it) in a step of plan p
 // (tunes on first use, eagerly).
 bool node_fused(Engine& e, const StepPlan& p, size_t i);

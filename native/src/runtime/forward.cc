@@ -363,6 +363,13 @@ void attention(const NodeRun& r, bool fused) {
     ap.rope_style = n.rope_style;
     ap.inv_freq = n.rotary_dim > 0 ? static_cast<const float*>(r.in(2)) : nullptr;
   }
+  if (!r.e.attn_next.empty() && r.e.attn_next[r.i] >= 0 && r.step.max_new_tokens == 1 &&
+      r.step.num_tokens <= r.e.tun.attn_prefetch_rows) {
+    const NodeDesc& l = r.e.desc.nodes[size_t(r.e.attn_next[r.i])];
+    const ValueDesc& w = r.e.val(l.in[1]);
+    ap.l2_prefetch = r.e.ptr(l.in[1], r.p);
+    ap.l2_prefetch_bytes = std::min(size_t(w.max_numel()) * elem_size(w.dt), size_t(r.e.tun.attn_prefetch_mb) << 20);
+  }
   r.ck(paged_attention(q, qs, k, ks, v, vs, r.out(0), r.kv, r.step, ap, r.dt, r.e.attn_ws, r.s));
 }
 void run_Attention(const NodeRun& r) { attention(r, false); }
@@ -537,6 +544,25 @@ void plan_glu_fusion(Engine& e) {
         e.pro_producer[size_t(e.pro_consumer[size_t(k)])] = -1;
         e.pro_consumer[size_t(k)] = -1;
       }
+  }
+}
+
+void plan_attn_prefetch(Engine& e) {
+  e.attn_next.clear();
+  if (e.tun.attn_prefetch_mb <= 0) return;
+  const EngineDesc& d = e.desc;
+  e.attn_next.assign(d.nodes.size(), -1);
+  for (size_t i = 0; i < d.nodes.size(); i++) {
+    const NodeDesc& a = d.nodes[i];
+    if ((a.op != Op::Attention && a.op != Op::FusedAttention) || a.out.empty()) continue;
+    for (size_t k = i + 1; k < d.nodes.size(); k++) {
+      const NodeDesc& l = d.nodes[k];
+      if (l.in.empty() || l.in[0] != a.out[0]) continue;
+      if ((l.op == Op::Linear || l.op == Op::QuantLinear) && l.in.size() >= 2 && l.in[1] >= 0 &&
+          e.val(l.in[1]).kind == ValueKind::Weight)
+        e.attn_next[i] = int(k);
+      break;
+    }
   }
 }
 

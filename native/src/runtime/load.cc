@@ -383,6 +383,7 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
     e->redirect.assign(d.values.size(), nullptr);
   }
   plan_norm_fusion(*e);
+  plan_attn_prefetch(*e);
   if (!e->nt_next.empty()) {
     const size_t bytes = sizeof(unsigned) * d.nodes.size();
     ck(cudaMalloc(&e->norm_counters, bytes), "cudaMalloc of the gemv norm counters");

@@ -66,6 +66,16 @@ struct Tunables {
   // bf16 4.263 / 4.204 / 4.170 and 4.239 / 4.195 / 4.162; Llama-2-7B fp16 bs 4 and 16, 0 / 2: 4.669 / 4.471 and
   // 4.557 / 4.468, 5.034 / 4.908 and 5.049 / 4.914.
   int norm_pdl = 2;
+  // Decode steps of at most attn_prefetch_rows tokens: the single-launch decode attention prefetches the first
+  // attn_prefetch_mb MiB of the weights of the linear after it (o_proj) into L2 (kernels.h AttnParams::l2_prefetch),
+  // so they stream while the latency-bound attention runs instead of after it. 0: off. Environment
+  // TSLLM_ATTN_PREFETCH_MB=n, TSLLM_ATTN_PREFETCH_ROWS=n. H100, TPOT ms, alternating off / on (session 36,
+  // kernels-notes.md): Llama-2-7B fp16 bs 1 4.775 / 4.722, 4.778 / 4.719 (8 MiB); 16 MiB 4.739 / 4.744, 24 4.757,
+  // all 32 MiB 4.779 / 4.771, 4 MiB 4.738 / 4.743; bs 4 5.467 / 5.418, 5.464 / 5.410; Llama-3.1-8B bf16 bs 1 5.433
+  // / 5.389, 5.444 / 5.374 (all: 5.496 / 5.568, slower); bs 4 5.999 / 5.914, 5.998 / 5.927; FP8 bs 1 3.032 / 3.017
+  // (8 MiB); int4-wo equal within 0.2 %.
+  int attn_prefetch_mb = 8;
+  int attn_prefetch_rows = 4;
   int decode_variant = 3;     // 3 (falls back to 4 or 2 by GQA ratio, 2 for FP8 caches, outside its range), 2 or 4
   int decode_mma_min_gqa = kDecodeMmaMinGqa;  // the GQA ratio from which variant 3 falls back to 4 rather than 2
   int decode_mma_cfg = 0;  // variant 4's kernel configuration (kd::kDecodeMmaConfigs; others for A/B only)
