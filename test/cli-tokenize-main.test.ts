@@ -10,17 +10,7 @@ import { Exit, importMain, runCaptured } from "./cli-main-helpers.ts";
 import { TINY_GPTJ, TINY_LLAMA, tmpDir } from "./fixtures.ts";
 
 const stdin = vi.hoisted(() => ({ text: null as string | null, reads: 0 }));
-vi.mock("node:fs", async (importOriginal) => {
-  const real = await importOriginal<typeof import("node:fs")>();
-  const readFileSync = ((p: unknown, ...rest: unknown[]) => {
-    if (p === 0 && stdin.text !== null) {
-      stdin.reads++;
-      return rest[0] === "utf8" ? stdin.text : Buffer.from(stdin.text);
-    }
-    return (real.readFileSync as (...a: unknown[]) => unknown)(p, ...rest);
-  }) as typeof real.readFileSync;
-  return { ...real, default: { ...real, readFileSync }, readFileSync };
-});
+vi.mock("node:fs", async (orig) => (await import("./stdin-mock.ts")).fsWithStdin(await orig(), stdin));
 
 interface Golden {
   encode: { text: string; ids: number[]; decoded: string; decoded_skip_special: string }[];

@@ -6,27 +6,17 @@
 // test/text/interactive-chat.test.ts run the tiny-llama engine; these pin the numbers and messages.)
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { PassThrough } from "node:stream";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { interactiveChat, readChatFile, runText, type TextRunOptions } from "../../src/cli/run-text.ts";
 import type { BatchManager, FinishReason, GenerationRequest } from "../../src/serving/types.ts";
 import type { ChatMessage } from "../../src/text/chat-template.ts";
 import { TextTokenizer } from "../../src/text/tokenizer.ts";
 import { TINY_LLAMA, tmpDir } from "../fixtures.ts";
+import { terminal } from "../text/terminal.ts";
 
 // fs.readFileSync(0) (stdin, `--chat -`) comes from this stand-in while `stdin.text` is set.
 const stdin = vi.hoisted(() => ({ text: null as string | null, reads: 0 }));
-vi.mock("node:fs", async (importOriginal) => {
-  const real = await importOriginal<typeof import("node:fs")>();
-  const readFileSync = ((p: unknown, ...rest: unknown[]) => {
-    if (p === 0 && stdin.text !== null) {
-      stdin.reads++;
-      return rest[0] === "utf8" ? stdin.text : Buffer.from(stdin.text);
-    }
-    return (real.readFileSync as (...a: unknown[]) => unknown)(p, ...rest);
-  }) as typeof real.readFileSync;
-  return { ...real, default: { ...real, readFileSync }, readFileSync };
-});
+vi.mock("node:fs", async (orig) => (await import("../stdin-mock.ts")).fsWithStdin(await orig(), stdin));
 
 const tok = TextTokenizer.load(TINY_LLAMA);
 const golden = JSON.parse(fs.readFileSync(path.join(TINY_LLAMA, "tokenizer-golden.json"), "utf8")) as {
@@ -245,23 +235,6 @@ describe("runText", () => {
     expect(Object.keys(j)).toEqual(["prompt_ids", "ids", "text", "finish_reason", "stop_string", "timings"]);
   });
 });
-
-/** A terminal whose user answers the n-th "> " prompt with lines[n] (null: Ctrl-D; past the end: nothing). */
-function terminal(lines: (string | null)[]) {
-  const input = new PassThrough();
-  const output = new PassThrough();
-  let text = "";
-  let prompts = 0;
-  output.on("data", (d: Buffer) => {
-    const s = String(d);
-    text += s;
-    if (s !== "> ") return;
-    const line = lines[prompts++];
-    if (line === undefined) return;
-    setImmediate(() => (line === null ? input.end() : input.write(`${line}\n`)));
-  });
-  return { io: { input, output }, text: () => text, prompts: () => prompts };
-}
 
 const chatIds = (messages: ChatMessage[]) =>
   tok.applyChatTemplate(messages, { addGenerationPrompt: true }).ids;

@@ -3,7 +3,6 @@
 // an empty line, the end of input (Ctrl-D) and max_seq_len end it; a reply cancelled because stdout's reader is
 // gone ends it without asking again. The terminal is a pair of streams whose "user" types a line only once
 // the "> " prompt is out, as a person does (readline/promises drops lines that arrive with no question pending).
-import { PassThrough } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { interactiveChat, runText, type TextRunOptions } from "../../src/cli/run-text.ts";
 import type { InflightBatchManager } from "../../src/serving/batch-manager.ts";
@@ -11,6 +10,7 @@ import { openBatchManager } from "../../src/serving/open.ts";
 import type { ChatMessage } from "../../src/text/chat-template.ts";
 import { TextTokenizer } from "../../src/text/tokenizer.ts";
 import { buildFixture, TINY_LLAMA } from "../fixtures.ts";
+import { terminal } from "./terminal.ts";
 
 const tok = TextTokenizer.load(TINY_LLAMA);
 const BANNER = "(empty line or Ctrl-D ends the conversation)\n";
@@ -24,27 +24,6 @@ const options = (maxNewTokens = 12): TextRunOptions => ({
   json: false,
   out: { write: () => true },
 });
-
-/**
- * A terminal whose user answers the n-th "> " prompt with lines[n] (a string: that line; null: Ctrl-D; past the
- * end: nothing, so a question asked then stays pending). `onWrite` sees each write to stdout.
- */
-function terminal(lines: (string | null)[], onWrite: (s: string) => void = () => {}) {
-  const input = new PassThrough();
-  const output = new PassThrough();
-  let text = "";
-  let prompts = 0;
-  output.on("data", (d: Buffer) => {
-    const s = String(d);
-    text += s;
-    onWrite(s);
-    if (s !== "> ") return;
-    const line = lines[prompts++];
-    if (line === undefined) return;
-    setImmediate(() => (line === null ? input.end() : input.write(`${line}\n`)));
-  });
-  return { io: { input, output }, text: () => text, prompts: () => prompts };
-}
 
 /** What runText prints for `messages` (the reply's text and its newline). */
 async function reply(bm: InflightBatchManager, messages: ChatMessage[], maxNewTokens = 12) {
