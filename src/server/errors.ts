@@ -22,6 +22,8 @@ export function fromRejection(e: RequestRejectedError): ApiError {
   switch (e.reason) {
     case "shutting_down":
       return new ApiError(503, e.message, "service_unavailable", null, "shutting_down");
+    case "warming_up":
+      return new ApiError(503, e.message, "service_unavailable", null, "warming_up");
     case "too_long":
     case "kv_capacity":
       return new ApiError(400, e.message, "invalid_request_error", "max_tokens", "context_length_exceeded");

@@ -162,6 +162,7 @@ export class InflightBatchManager implements BatchManager {
   private wakeUp: (() => void) | null = null;
   private loopDone: Promise<void> | null = null;
   private closing = false;
+  private warming = false; // warmup() runs: submit() refuses (warmup() submits through admit())
   private closed = false;
   private s = {
     kvBlocksPeakUsed: 0,
@@ -201,6 +202,14 @@ export class InflightBatchManager implements BatchManager {
   }
 
   submit(req: GenerationRequest): RequestHandle {
+    if (this.warming) {
+      const tag = req.tag ? `${req.tag}: ` : "";
+      throw new RequestRejectedError("warming_up", `${tag}warmup() is running: submit once it has returned`);
+    }
+    return this.admit(req);
+  }
+
+  private admit(req: GenerationRequest): RequestHandle {
     const reject = (
       reason: RequestRejectedError["reason"],
       msg: string,
@@ -297,7 +306,8 @@ export class InflightBatchManager implements BatchManager {
    * and graph captures happen here. Why: on the native runtime the first lone request after load otherwise waited
    * 0.5-1.5 s for batch 1's step tuning alone (native/kernels-notes.md, session 25), and the first prompt of 128
    * tokens another 110-150 ms for the GEMM algorithms of 128 rows (session 26). Afterwards the counters start
-   * again from zero (the warm-up's blocks are all freed). Call it before submitting anything.
+   * again from zero (the warm-up's blocks are all freed). Call it before submitting anything; a submit() while it
+   * runs is refused (RequestRejectedError "warming_up").
    */
   async warmup(o: { batchSizes?: readonly number[]; promptLen?: number } = {}): Promise<WarmupReport> {
     if (this.queue.length || this.running.length || this.paused.length)
@@ -308,19 +318,26 @@ export class InflightBatchManager implements BatchManager {
     const promptLen = Math.max(1, Math.min(o.promptLen ?? 8, this.limits.maxSeqLen - 3));
     const prompt = Array.from({ length: promptLen }, (_, i) => (i + 1) % this.vocabSize);
     const t0 = performance.now();
-    // Start the step loop now, with nothing to plan: it parks, so the first batch's submits below only wake it and
-    // all b requests are in its first step (a loop started by the first submit plans that request's step alone).
-    this.kick();
-    for (const b of sizes) {
-      const handles = Array.from({ length: b }, () =>
-        this.submit({ promptIds: prompt, maxNewTokens: 3, ignoreEos: true, tag: "warm-up" }),
-      );
-      const results = await Promise.all(handles.map((h) => h.done));
-      const failed = results.find((r) => r.finishReason === "error");
-      if (failed) throw new Error(`warm-up at batch ${b} failed: ${failed.error?.message ?? "step error"}`);
+    // Until it returns, other submits are refused rather than folded into the warm-up's steps and zeroed counters.
+    this.warming = true;
+    try {
+      // Start the step loop now, with nothing to plan: it parks, so the first batch's submits below only wake it
+      // and all b requests are in its first step (a loop started by the first submit plans that request's step
+      // alone).
+      this.kick();
+      for (const b of sizes) {
+        const handles = Array.from({ length: b }, () =>
+          this.admit({ promptIds: prompt, maxNewTokens: 3, ignoreEos: true, tag: "warm-up" }),
+        );
+        const results = await Promise.all(handles.map((h) => h.done));
+        const failed = results.find((r) => r.finishReason === "error");
+        if (failed) throw new Error(`warm-up at batch ${b} failed: ${failed.error?.message ?? "step error"}`);
+      }
+      // (Let the step loop park first: a step launched ahead may still be completing.)
+      while (this.loopDone && !this.wakeUp) await new Promise((res) => setTimeout(res, 1));
+    } finally {
+      this.warming = false;
     }
-    // (Let the step loop park first: a step launched ahead may still be completing.)
-    while (this.loopDone && !this.wakeUp) await new Promise((res) => setTimeout(res, 1));
     const steps = this.s.steps;
     for (const k of Object.keys(this.s) as (keyof typeof this.s)[]) this.s[k] = 0;
     return { ms: performance.now() - t0, batchSizes: sizes, steps };

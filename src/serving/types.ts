@@ -86,7 +86,8 @@ export interface RequestHandle extends AsyncIterable<TokenEvent> {
 }
 
 /** Why submit refused a request: it can never run on this engine. The message carries the numbers. */
-export type RejectReason = "invalid" | "too_long" | "kv_capacity" | "shutting_down";
+// warming_up: submit() while warmup() runs (its requests and counters are the warm-up's until it returns).
+export type RejectReason = "invalid" | "too_long" | "kv_capacity" | "shutting_down" | "warming_up";
 
 export class RequestRejectedError extends Error {
   override name = "RequestRejectedError";

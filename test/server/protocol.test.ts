@@ -1219,6 +1219,11 @@ describe("tsllm-serve over a scripted batch manager (no tokenizer)", () => {
         err("closing", null, "service_unavailable", "shutting_down"),
       ],
       [
+        new RequestRejectedError("warming_up", "warming"),
+        503,
+        err("warming", null, "service_unavailable", "warming_up"),
+      ],
+      [
         new RequestRejectedError("too_long", "too long"),
         400,
         err("too long", "max_tokens", "invalid_request_error", "context_length_exceeded"),

@@ -1074,6 +1074,32 @@ describe("warmup", { timeout: 10000 }, () => {
     const { backend, bm } = manager({ maxBatchSize: 4 });
     backend.fail.set(4, "reject");
     await expect(bm.warmup()).rejects.toThrow(new Error("warm-up at batch 2 failed: step 4 failed (test)"));
+    // The failed warm-up no longer holds submits back.
+    expect((await bm.submit({ ...req(3, 2), endIds: [] }).done).finishReason).toBe("length");
+    await bm.shutdown();
+  });
+
+  it("a submit while it runs is refused (warming_up), not folded into its steps; afterwards it is served", async () => {
+    const { backend, bm } = manager({ maxBatchSize: 4, kvBlocksTotal: 64 });
+    const warming = bm.warmup({ batchSizes: [2, 1] });
+    let refusal: unknown;
+    try {
+      bm.submit({ ...req(3, 2), tag: "user" });
+    } catch (e) {
+      refusal = e;
+    }
+    expect(refusal).toBeInstanceOf(RequestRejectedError);
+    expect([(refusal as RequestRejectedError).reason, (refusal as RequestRejectedError).message]).toEqual([
+      "warming_up",
+      "user: warmup() is running: submit once it has returned",
+    ]);
+    const w = await warming;
+    // Only the warm-up's sequences ran: 2 requests, then 1, three steps each.
+    expect(backend.plan().map((ss) => ss.length)).toEqual([2, 2, 2, 1, 1, 1]);
+    expect(w.steps).toBe(6);
+    const r = await bm.submit({ ...req(3, 2), endIds: [] }).done;
+    expect(r.outputIds).toEqual(alone(prompt(3), 2));
+    expect([bm.stats().requestsFinished, bm.stats().requestsRejected]).toEqual([1, 0]);
     await bm.shutdown();
   });
 });
