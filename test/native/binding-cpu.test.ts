@@ -6,80 +6,17 @@
 // the module is imported afresh per test, as its loaded addon is module state. The real addon: test-gpu/.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { describe, expect, it } from "vitest";
 import type * as Binding from "../../src/native/binding.ts";
 import { ABI_VERSION } from "../../src/native/binding.ts";
 import { REPO, tmpDir } from "../fixtures.ts";
+import { ADDON_ENV as ENV, fakeAddon, HANDLE, installAddon, useFakeAddonEnv } from "./fake-addon.ts";
 
 type BindingModule = typeof Binding;
-const ENV = "TSLLM_NATIVE_ADDON";
-const g = globalThis as { __tsllmFakeAddon?: unknown };
 
-let savedEnv: string | undefined;
-beforeEach(() => {
-  savedEnv = process.env[ENV];
-  delete process.env[ENV];
-  vi.resetModules();
-});
-afterEach(() => {
-  if (savedEnv === undefined) delete process.env[ENV];
-  else process.env[ENV] = savedEnv;
-  delete g.__tsllmFakeAddon;
-});
+useFakeAddonEnv();
 
 const fresh = (): Promise<BindingModule> => import("../../src/native/binding.ts");
-
-/** Writes the stand-in addon (a new file each time: require caches by path) and points $TSLLM_NATIVE_ADDON at it. */
-function installAddon(
-  addon: Record<string, unknown>,
-  source = "module.exports = globalThis.__tsllmFakeAddon;\n",
-) {
-  const file = path.join(tmpDir("tsllm-fake-addon-"), "tsllm_node.cjs");
-  fs.writeFileSync(file, source);
-  g.__tsllmFakeAddon = addon;
-  process.env[ENV] = file;
-  return file;
-}
-
-const HANDLE = { engine: "h1" };
-
-/** A recording addon of the current ABI. */
-function fakeAddon(extra: Record<string, unknown> = {}) {
-  const calls: [string, ...unknown[]][] = [];
-  const rec =
-    (name: string, ret: (...a: unknown[]) => unknown = () => undefined) =>
-    (...a: unknown[]) => {
-      calls.push([name, ...a]);
-      return ret(...a);
-    };
-  const addon: Record<string, unknown> = {
-    abiVersion: () => ABI_VERSION,
-    load: rec("load", () => HANDLE),
-    loadHashed: rec("loadHashed", (_f, _o, _c, n) => ({
-      handle: HANDLE,
-      digests: Buffer.from(Array.from({ length: 32 * (n as number) }, (_, i) => i)),
-    })),
-    loadStats: rec("loadStats", () => ({ totalS: 1 })),
-    unload: rec("unload"),
-    step: rec("step", () => ({ rows: 1, vocab: 512 })),
-    stepLaunch: rec("stepLaunch", () => 7),
-    stepWait: rec("stepWait", () => Promise.resolve({ tokens: Int32Array.of(3), gpuMs: 1, gapMs: 0 })),
-    release: rec("release"),
-    generate: rec("generate", () => ({
-      tokens: Int32Array.of(10, 11, 20, 21),
-      ttftMs: 1.5,
-      decodeMs: 2,
-      totalMs: 3.5,
-      wallMs: 4,
-      stepMs: Float64Array.of(2),
-    })),
-    info: rec("info", () => ({ vocabSize: 512, gpuName: "fake" })),
-    nodeStats: rec("nodeStats", () => [{ op: "linear" }]),
-    copyBandwidth: rec("copyBandwidth", () => 1.25e12),
-    ...extra,
-  };
-  return { addon, calls };
-}
 
 /** An engine file of `bytes` bytes in a folder of its own. */
 function engineFile(bytes = 100, name = "rank0.engine") {
