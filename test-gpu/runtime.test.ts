@@ -7,7 +7,13 @@ import * as path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { ReferenceExecutor } from "../src/executor/reference.ts";
 import { checkGolden, readGolden } from "../src/golden.ts";
-import { CudaEngine, type CudaLoadOptions, type NodeStats } from "../src/native/binding.ts";
+import {
+  CudaEngine,
+  type CudaLoadOptions,
+  cudaDeviceCount,
+  cudaUnavailable,
+  type NodeStats,
+} from "../src/native/binding.ts";
 import { CudaExecutor } from "../src/native/executor.ts";
 import { CORRUPT_CASES, writeCorruptRanks } from "../test/native-loader-cases.ts";
 import { goldenFile, maxAbsDiff, randomEngine, REPO, tinyEngine } from "./helpers.ts";
@@ -24,6 +30,38 @@ afterAll(() => {
 
 const golden = readGolden(goldenFile("llama"));
 const prompts = golden.prompts.map((p) => p.inputIds.slice(0, p.promptLen));
+
+describe("which device --device auto takes", () => {
+  it("the addon sees this GPU; with CUDA_VISIBLE_DEVICES hiding it, auto runs the CPU reference and cuda is refused", async () => {
+    expect(cudaDeviceCount()).toBeGreaterThanOrEqual(1);
+    expect(cudaUnavailable()).toBeUndefined();
+    const dir = await tinyEngine("llama", "fp16");
+    const run = (device: string) =>
+      spawnSync(
+        process.execPath,
+        [
+          path.join(REPO, "bin/tsllm-run.mjs"),
+          dir,
+          "--device",
+          device,
+          "--input-ids",
+          "1,2,3",
+          "--max-new-tokens",
+          "2",
+        ],
+        { encoding: "utf8", env: { ...process.env, CUDA_VISIBLE_DEVICES: "" } },
+      );
+    const auto = run("auto");
+    console.log(
+      `CUDA_VISIBLE_DEVICES="" tsllm-run --device auto: exit ${auto.status}, stderr ${auto.stderr.trim()}`,
+    );
+    expect(auto.status).toBe(0);
+    expect(auto.stdout.trim()).toMatch(/^\d+(,\d+)?$/); // 1 or 2 ids (stops at an end id)
+    const cuda = run("cuda");
+    expect(cuda.status).not.toBe(0);
+    expect(cuda.stderr.trim()).toContain("--device cuda: no CUDA device is visible to this process");
+  });
+});
 
 describe("native runtime (tiny-llama fp16)", () => {
   it("reports its GPU, limits and memory", async () => {
@@ -214,7 +252,11 @@ describe("native runtime (tiny-llama fp16)", () => {
 
 // Teacher-forced decode logits of the golden prompts, one sequence at a time (M = 1) and packed (graph batch 4:
 // M = 4; eager: M = 3), and the runtime's per-node kernel counters after them.
-function decodeRows(dir: string, o: CudaLoadOptions, g = golden): { rows: Float32Array[]; stats: NodeStats[] } {
+function decodeRows(
+  dir: string,
+  o: CudaLoadOptions,
+  g = golden,
+): { rows: Float32Array[]; stats: NodeStats[] } {
   const e = load(dir, o);
   const rows: Float32Array[] = [];
   g.prompts.forEach((p, i) => {
@@ -228,7 +270,11 @@ function decodeRows(dir: string, o: CudaLoadOptions, g = golden): { rows: Float3
   for (let k = 0; k < minNew; k++)
     rows.push(
       e.step(
-        g.prompts.map((p, i) => ({ id: 10 + i, tokens: [p.inputIds[p.promptLen + k]], startPos: p.promptLen + k })),
+        g.prompts.map((p, i) => ({
+          id: 10 + i,
+          tokens: [p.inputIds[p.promptLen + k]],
+          startPos: p.promptLen + k,
+        })),
       ).logits!,
     );
   const stats = e.nodeStats();
@@ -262,9 +308,12 @@ describe("small-M gemv kernel", () => {
           console.log(`tiny-${which} ${dtype} gemv variant ${v} (graphs ${cudaGraphs}) vs cuBLASLt: ${max}`);
           expect(max).toBeLessThanOrEqual(0.01);
           // Every linear without a GELU epilogue (gptj's fc_in keeps cuBLASLt's) ran the gemv at decode.
-          const linears = got.stats.filter((st) => st.op === "linear" && (which === "llama" || !/fc_in/.test(st.name)));
+          const linears = got.stats.filter(
+            (st) => st.op === "linear" && (which === "llama" || !/fc_in/.test(st.name)),
+          );
           expect(linears.length).toBeGreaterThan(0);
-          for (const st of linears) expect({ name: st.name, gemv: gemvAny(st) > 0 }).toEqual({ name: st.name, gemv: true });
+          for (const st of linears)
+            expect({ name: st.name, gemv: gemvAny(st) > 0 }).toEqual({ name: st.name, gemv: true });
         }
       }
     });
@@ -288,9 +337,15 @@ describe("gemv prologue fusion (gemvPrologue)", () => {
           const ref = decodeRows(dir, { ...o, gemvPrologue: false });
           const got = decodeRows(dir, { ...o, gemvPrologue: true });
           const max = Math.max(...got.rows.map((r, i) => maxAbsDiff(r, ref.rows[i])));
-          console.log(`tiny-llama ${dtype} gemv variant ${v} (graphs ${cudaGraphs}) fused vs unfused: ${max}`);
+          console.log(
+            `tiny-llama ${dtype} gemv variant ${v} (graphs ${cudaGraphs}) fused vs unfused: ${max}`,
+          );
           expect(max).toBeLessThanOrEqual(2e-3);
-          expect([total(ref.stats, "folded"), total(ref.stats, "gemvRms"), total(ref.stats, "gemvGated")]).toEqual([0, 0, 0]);
+          expect([
+            total(ref.stats, "folded"),
+            total(ref.stats, "gemvRms"),
+            total(ref.stats, "gemvGated"),
+          ]).toEqual([0, 0, 0]);
           expect(total(ref.stats, "gemv")).toBeGreaterThan(0);
           const planned = got.stats.filter((st) => st.foldedInto >= 0);
           // per layer: gated_act -> gate_up (its epilogue, gemv_glu), post_attention_layernorm -> o_proj and the next
@@ -330,7 +385,10 @@ describe("native loader integrity (tampered rank files, content hash not checked
   // weight is uploaded or kernel launched, never an out-of-bounds read.
   it(`refuses ${CORRUPT_CASES.length} kinds of corrupted rank file, each with its own error`, async () => {
     const dir = await tinyEngine("llama", "fp16");
-    const cases = writeCorruptRanks(path.join(dir, "rank0.engine"), fs.mkdtempSync(path.join(os.tmpdir(), "tsllm-corrupt-")));
+    const cases = writeCorruptRanks(
+      path.join(dir, "rank0.engine"),
+      fs.mkdtempSync(path.join(os.tmpdir(), "tsllm-corrupt-")),
+    );
     for (const [c, file] of cases) {
       let msg = "";
       try {

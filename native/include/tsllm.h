@@ -19,7 +19,7 @@
 extern "C" {
 #endif
 
-#define TSLLM_ABI_VERSION 5
+#define TSLLM_ABI_VERSION 6
 
 typedef struct tsllm_engine tsllm_engine;
 
@@ -147,6 +147,10 @@ typedef struct tsllm_node_stats {
 } tsllm_node_stats;
 
 int32_t tsllm_abi_version(void);
+
+/* CUDA devices this process sees: 0 when there is no driver or device or CUDA_VISIBLE_DEVICES hides them all
+   (--device auto then runs the CPU reference executor). Initialises the CUDA runtime; never fails. */
+int32_t tsllm_device_count(void);
 
 /* Loads one rank file (e.g. engines/llama/rank0.engine). Returns NULL on failure. */
 tsllm_engine* tsllm_load(const char* rank_file, const tsllm_options* options, char* err, size_t errlen);

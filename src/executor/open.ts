@@ -1,5 +1,5 @@
-// Picks the executor for --device: the native CUDA runtime when asked (or, with auto, when built and a
-// GPU is present), else the CPU reference executor.
+// Picks the executor for --device: the native CUDA runtime when asked (or, with auto, when it is built and
+// sees a CUDA device), else the CPU reference executor.
 import { ReferenceExecutor } from "./reference.ts";
 import type { Executor } from "./types.ts";
 
@@ -15,16 +15,18 @@ export async function openExecutor(
 ): Promise<Executor> {
   if (o.device === "cpu")
     return ReferenceExecutor.load(dir, { verify: o.verify, onLoadBytes: o.onLoadBytes });
+  // Why the CUDA runtime cannot run here: the addon not built, not loading, of another ABI, or seeing no device.
   let native: typeof import("../native/executor.ts") | null = null;
+  let why: string | undefined;
   try {
     native = await import("../native/executor.ts");
-    // Asked for by name, an addon that is not built (or does not load) is refused here, saying which flag
-    // (loadAddon throws why; once loaded it is cached).
-    if (o.device === "cuda") (await import("../native/binding.ts")).loadAddon();
+    why = native.cudaUnavailable();
   } catch (e) {
-    if (o.device === "cuda") throw new Error(`--device cuda: ${(e as Error).message.split("\n")[0]}`);
+    why = (e as Error).message.split("\n")[0];
   }
-  if (native && (o.device === "cuda" || native.cudaAvailable()))
+  if (native && why === undefined)
     return native.openCudaExecutor(dir, { verify: o.verify, fp8ContextFmha: o.fp8ContextFmha });
+  // Asked for by name, it is refused in one line saying which flag.
+  if (o.device === "cuda") throw new Error(`--device cuda: ${why}`);
   return ReferenceExecutor.load(dir, { verify: o.verify, onLoadBytes: o.onLoadBytes });
 }

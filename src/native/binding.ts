@@ -152,6 +152,7 @@ type Handle = { readonly __tsllmEngine: unique symbol };
 
 interface Addon {
   abiVersion(): number;
+  deviceCount(): number;
   load(path: string, opts: CudaLoadOptions): Handle;
   loadHashed(
     path: string,
@@ -187,7 +188,7 @@ interface Addon {
 }
 
 // The addon's ABI version (native/src/binding abiVersion()): a build of another version is refused at load.
-export const ABI_VERSION = 5;
+export const ABI_VERSION = 6;
 
 /** Where the addon is looked for: $TSLLM_NATIVE_ADDON, else native/build/tsllm_node.node of this checkout. */
 export function addonPath(): string {
@@ -224,6 +225,25 @@ export function nativeAvailable(): boolean {
   } catch {
     return false;
   }
+}
+
+/** The CUDA devices this process sees through the addon (0: no driver, no device, or CUDA_VISIBLE_DEVICES=""). */
+export function cudaDeviceCount(): number {
+  return loadAddon().deviceCount();
+}
+
+/**
+ * Why --device cuda cannot run here (the addon is not built or does not load, or sees no CUDA device), or
+ * undefined when it can. --device auto takes the CPU reference executor in either case.
+ */
+export function cudaUnavailable(): string | undefined {
+  try {
+    if (cudaDeviceCount() < 1)
+      return "no CUDA device is visible to this process (CUDA_VISIBLE_DEVICES, driver)";
+  } catch (e) {
+    return (e as Error).message.split("\n")[0];
+  }
+  return undefined;
 }
 
 const i32 = (t: Int32Array | readonly number[]) => (t instanceof Int32Array ? t : Int32Array.from(t));

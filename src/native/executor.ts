@@ -2,14 +2,9 @@
 import { combineChunkDigests, mismatch } from "../engine/hash.ts";
 import { EngineError, type EngineRank, openEngine, streamRankWeights } from "../engine/reader.ts";
 import { type Executor, LimitError, type SeqRequest } from "../executor/types.ts";
-import { CudaEngine, type CudaLoadOptions, nativeAvailable } from "./binding.ts";
+import { CudaEngine, type CudaLoadOptions } from "./binding.ts";
 
-export { NATIVE_NOT_BUILT } from "./binding.ts";
-
-/** Whether the native runtime is built here (a GPU is only touched when an engine loads). */
-export function cudaAvailable(): boolean {
-  return nativeAvailable();
-}
+export { cudaUnavailable, NATIVE_NOT_BUILT } from "./binding.ts";
 
 export class CudaExecutor implements Executor {
   readonly vocabSize: number;

@@ -1,5 +1,5 @@
 // Opens a batch manager on an engine directory: the native CUDA runtime (--device cuda, or auto when it is
-// built) or the CPU reference executor, with runtime limits and the scheduler policy.
+// built and sees a CUDA device) or the CPU reference executor, with runtime limits and the scheduler policy.
 import { openEngine } from "../engine/reader.ts";
 import { ReferenceExecutor } from "../executor/reference.ts";
 import { LimitError } from "../executor/types.ts";
@@ -46,15 +46,15 @@ export async function openBatchManager(dir: string, o: OpenBatchOptions = {}): P
   const device = o.device ?? "auto";
   let backend: StepBackend | null = null;
   if (device !== "cpu") {
-    let native: typeof import("../native/binding.ts") | null = null;
+    // Why the CUDA runtime cannot run here: the addon not built, not loading, of another ABI, or seeing no device.
+    let why: string | undefined;
     try {
-      native = await import("../native/binding.ts");
-      native.loadAddon(); // throws why it cannot (once loaded it is cached)
+      why = (await import("../native/binding.ts")).cudaUnavailable();
     } catch (e) {
-      if (device === "cuda") throw new Error(`--device cuda: ${(e as Error).message.split("\n")[0]}`);
-      native = null;
+      why = (e as Error).message.split("\n")[0];
     }
-    if (native) {
+    if (why !== undefined && device === "cuda") throw new Error(`--device cuda: ${why}`);
+    if (why === undefined) {
       if (engine.ranks.length !== 1)
         throw new LimitError(
           `${dir}: a tp ${engine.ranks.length} engine needs one process per GPU; the batch manager runs tp 1 engines`,

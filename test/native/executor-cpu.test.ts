@@ -9,6 +9,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { type EngineRank, openEngine } from "../../src/engine/reader.ts";
+import { ABI_VERSION } from "../../src/native/binding.ts";
 import { buildFixture, corruptLastWeightByte, tmpDir } from "../fixtures.ts";
 import {
   ADDON_ENV,
@@ -71,14 +72,22 @@ function install(extra: Record<string, unknown> = {}): Call[] {
 const mismatchLine = (got: string, want: string) =>
   `content hash ${got.slice(0, 12)}… does not match config.json (${want.slice(0, 12)}…): the file is corrupt or was modified`;
 
-describe("cudaAvailable", () => {
-  it("false without an addon file, true with one; NATIVE_NOT_BUILT is the binding's text", async () => {
-    process.env[ADDON_ENV] = path.join(tmpDir(), "missing.node");
-    expect((await fresh()).cudaAvailable()).toBe(false);
+describe("cudaUnavailable", () => {
+  it("why not without an addon file, or when the addon sees no device; nothing with one device", async () => {
+    const missing = path.join(tmpDir(), "missing.node");
+    process.env[ADDON_ENV] = missing;
+    expect((await fresh()).cudaUnavailable()).toBe(
+      "native runtime not built: run npm run build:native on a machine with CUDA 13 (nvcc, cuBLASLt)",
+    );
+    vi.resetModules();
+    installAddon(fakeAddon({ deviceCount: () => 0 }).addon);
+    expect((await fresh()).cudaUnavailable()).toBe(
+      "no CUDA device is visible to this process (CUDA_VISIBLE_DEVICES, driver)",
+    );
     vi.resetModules();
     install();
     const n = await fresh();
-    expect(n.cudaAvailable()).toBe(true);
+    expect(n.cudaUnavailable()).toBeUndefined();
     expect(n.NATIVE_NOT_BUILT).toBe(
       "native runtime not built: run npm run build:native on a machine with CUDA 13 (nvcc, cuBLASLt)",
     );
@@ -351,10 +360,24 @@ describe("openExecutor with the stand-in addon", () => {
   });
 
   it("--device cuda with an addon of another ABI: refused in one line naming the flag", async () => {
-    const file = installAddon(fakeAddon({ abiVersion: () => 4 }).addon);
+    const file = installAddon(fakeAddon({ abiVersion: () => ABI_VERSION - 1 }).addon);
     const { openExecutor } = await freshOpen();
     await expect(openExecutor(dir, { device: "cuda" })).rejects.toThrow(
-      new Error(`--device cuda: ${file}: ABI version 4, this tsllm expects 5; run npm run build:native`),
+      new Error(
+        `--device cuda: ${file}: ABI version ${ABI_VERSION - 1}, this tsllm expects ${ABI_VERSION}; run npm run build:native`,
+      ),
     );
+  });
+
+  it("an addon that sees no CUDA device: auto takes the reference executor, cuda is refused in one line", async () => {
+    const { addon, calls } = fakeAddon({ deviceCount: () => 0 });
+    installAddon(addon);
+    const { openExecutor } = await freshOpen();
+    const { ReferenceExecutor } = await import("../../src/executor/reference.ts");
+    expect(await openExecutor(dir, { device: "auto" })).toBeInstanceOf(ReferenceExecutor);
+    await expect(openExecutor(dir, { device: "cuda" })).rejects.toThrow(
+      new Error("--device cuda: no CUDA device is visible to this process (CUDA_VISIBLE_DEVICES, driver)"),
+    );
+    expect(calls).toEqual([]);
   });
 });

@@ -87,6 +87,7 @@ export function fakeAddon(extra: Record<string, unknown> = {}): {
     };
   const addon: Record<string, unknown> = {
     abiVersion: () => ABI_VERSION,
+    deviceCount: () => 1,
     load: rec("load", () => HANDLE),
     loadHashed: rec("loadHashed", (_f, _o, _c, n) => ({
       handle: HANDLE,

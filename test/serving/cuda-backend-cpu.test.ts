@@ -180,3 +180,21 @@ describe("CudaStepBackend over the stand-in addon", () => {
     ]);
   });
 });
+
+describe("openBatchManager and the stand-in addon's devices", () => {
+  it("no CUDA device visible: auto opens the CPU reference backend, cuda is refused in one line", async () => {
+    const { buildFixture } = await import("../fixtures.ts");
+    const dir = await buildFixture("llama");
+    const { addon, calls } = fakeAddon({ deviceCount: () => 0 });
+    installAddon(addon);
+    const { openBatchManager } = await import("../../src/serving/open.ts");
+    const bm = await openBatchManager(dir, { device: "auto" });
+    expect(bm.backendInfo.device).toBe("cpu");
+    await bm.shutdown();
+    await expect(openBatchManager(dir, { device: "cuda" })).rejects.toThrow(
+      new Error("--device cuda: no CUDA device is visible to this process (CUDA_VISIBLE_DEVICES, driver)"),
+    );
+    expect(calls).toEqual([]);
+    fs.rmSync(path.dirname(dir), { recursive: true, force: true });
+  });
+});

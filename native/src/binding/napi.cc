@@ -1,5 +1,5 @@
 // Node-API addon over the C ABI (include/tsllm.h). Plain node_api.h, no node-addon-api.
-// Exports: abiVersion(), load(path, opts) -> handle, loadHashed(path, opts, chunkBytes, numChunks), loadStats(handle), step(handle, seqs, want), release(handle, id),
+// Exports: abiVersion(), deviceCount(), load(path, opts) -> handle, loadHashed(path, opts, chunkBytes, numChunks), loadStats(handle), step(handle, seqs, want), release(handle, id),
 // generate(handle, tokens, lens, maxNew, sampling?), info(handle), nodeStats(handle), unload(handle).
 // Calls are synchronous (one call per step / per whole generation) except the pipelined pair: stepLaunch
 // enqueues a step on the main thread without waiting for the GPU, stepWait returns a Promise and waits on a
@@ -617,9 +617,17 @@ napi_value AbiVersion(napi_env env, napi_callback_info) {
   return v;
 }
 
+// deviceCount(): the CUDA devices this process sees (tsllm_device_count: 0 without a driver or device).
+napi_value DeviceCount(napi_env env, napi_callback_info) {
+  napi_value v;
+  napi_create_int32(env, tsllm_device_count(), &v);
+  return v;
+}
+
 napi_value Init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"abiVersion", nullptr, AbiVersion, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"deviceCount", nullptr, DeviceCount, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"load", nullptr, Load, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"loadHashed", nullptr, LoadHashed, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"loadStats", nullptr, LoadStats, nullptr, nullptr, nullptr, napi_enumerable, nullptr},

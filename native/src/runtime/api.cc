@@ -57,6 +57,15 @@ extern "C" {
 
 int32_t tsllm_abi_version(void) { return TSLLM_ABI_VERSION; }
 
+int32_t tsllm_device_count(void) {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // (the error is not sticky; clear it for the next call)
+    return 0;
+  }
+  return n;
+}
+
 tsllm_engine* tsllm_load(const char* rank_file, const tsllm_options* options, char* err, size_t errlen) {
   tsllm_engine* out = nullptr;
   guarded(err, errlen, [&] {
