@@ -16,7 +16,7 @@ import {
 } from "../src/native/binding.ts";
 import { CudaExecutor } from "../src/native/executor.ts";
 import { CORRUPT_CASES, writeCorruptRanks } from "../test/native-loader-cases.ts";
-import { goldenFile, maxAbsDiff, randomEngine, REPO, tinyEngine } from "./helpers.ts";
+import { goldenFile, maxAbsDiff, REPO, randomEngine, tinyEngine } from "./helpers.ts";
 
 const open: CudaEngine[] = [];
 function load(dir: string, o: CudaLoadOptions = {}): CudaEngine {
