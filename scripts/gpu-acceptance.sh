@@ -15,7 +15,8 @@
 #   peer8b     the peer, Llama-3.1-8B bf16 batch 256
 #   fp8tput8b  Llama-3.1-8B FP8 128/128 through the batch manager (issue 13's throughput goal)
 #   profile8b  one bs-256 decode step of the 8B bf16 engine by node (TSLLM_PROFILE=graph)
-#   long       8B bf16 128/2048, 2048/128, 2048/2048 (N_LONG_OUT 256, N_LONG_IN 512, N_LONG 128 requests)
+#   long       8B bf16 128/2048, 2048/128, 2048/2048: LONG_WAVES (1) full batches of the KV pool each, or
+#              N_LONG_OUT / N_LONG_IN / N_LONG requests
 # Then one summary of every result present in OUT_DIR (also those of earlier calls).
 # env: SHARED (default /tmp/shared, else ../shared), N (3000), WORK (/tmp/tsllm-acceptance), DEADLINE (epoch s,
 #      default now + 560), DRY=1 prints the commands instead of running them.
@@ -98,12 +99,37 @@ part_profile8b() {
   TSLLM_PROFILE=graph run ./bin/tsllm-bench.mjs latency "$work/l31-bf16" --batch-size 256 --input-len 128 \
     --output-len 16 --warmup 0 --runs 1 2>&1 | grep -v "^batch" | head -40
 }
+# How many sequences of ISL + OSL tokens the 8B engine's KV pool holds at the throughput limits: the pool from a
+# one-request probe's report, each sequence the blocks the batch manager reserves for it (ceil((isl + osl - 1) /
+# tokens_per_block), batch-manager.ts submit), at most max_batch_size.
+kv_capacity() { # isl osl
+  local probe="$work/kv-probe.json"
+  if [ ! -f "$probe" ]; then
+    { # (stdout is the answer)
+      dataset l31-bf16 16 16 1 "$work/kv-probe.jsonl"
+      run ./bin/tsllm-bench.mjs throughput "$work/l31-bf16" --dataset "$work/kv-probe.jsonl" --device cuda \
+        --json "$probe" --warmup 0 --max-batch-size 1024 2>&1 | tail -n 3
+    } >&2
+  fi
+  [ -n "${DRY:-}" ] && { echo 100; return; }
+  node -e 'const [probe, cfg, isl, osl] = process.argv.slice(1);
+    const total = require(probe).kv_blocks_total, tpb = require(cfg).build.tokens_per_block;
+    console.log(Math.min(1024, Math.floor(total / Math.ceil((+isl + +osl - 1) / tpb))));' \
+    "$probe" "$work/l31-bf16/config.json" "$1" "$2"
+}
 part_long() {
   build l31-bf16 llama-3.1-8b.json bf16 1024 4096
-  for shape in "128 2048 ${N_LONG_OUT:-256}" "2048 128 ${N_LONG_IN:-512}" "2048 2048 ${N_LONG:-128}"; do
+  # Requests: LONG_WAVES (default 1) full batches of the KV pool, unless N_LONG_OUT / N_LONG_IN / N_LONG say how
+  # many. Why: with zero stdev every request of a batch finishes in the same step, so the batch manager runs the
+  # dataset in waves, and a last partial wave takes nearly a full wave's time for a few requests: session 35's 128
+  # requests of 2048/2048 were 111 + 17 on the H100. TensorRT-LLM's table used 3,000 / 3,000 / 1,500 requests
+  # (about 14 waves; its last wave partial), more than a 10-minute device call holds.
+  for shape in "128 2048 ${N_LONG_OUT:-}" "2048 128 ${N_LONG_IN:-}" "2048 2048 ${N_LONG:-}"; do
     set -- $shape
-    dataset l31-bf16 "$1" "$2" "$3" "$work/l31-$1-$2.jsonl"
-    throughput l31-bf16 "$work/l31-$1-$2.jsonl" "$res/l31-$1-$2.json" --max-batch-size 1024
+    local n=${3:-$(( ${LONG_WAVES:-1} * $(kv_capacity "$1" "$2") ))}
+    stamp "$1/$2: $n requests"
+    dataset l31-bf16 "$1" "$2" "$n" "$work/l31-$1-$2-n$n.jsonl"
+    throughput l31-bf16 "$work/l31-$1-$2-n$n.jsonl" "$res/l31-$1-$2.json" --max-batch-size 1024
   done
 }
 # Seconds, with a margin over session 35's H100 run (quant 42, peer7b 68, tput7b 64; tput8b + static8b + peer8b 95
