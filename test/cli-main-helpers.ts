@@ -76,3 +76,40 @@ export async function importMain<T>(
   process.exitCode = undefined;
   return { module, ...c.io, exitCode };
 }
+
+/** What runCommand saw: the output, the exit code main() set, and commander's exit ("exit N") if it exited. */
+export interface CommandRun extends Io {
+  exitCode: typeof process.exitCode;
+  exit: string | undefined;
+}
+
+/**
+ * Runs a command (a commander program's parseAsync, or the import of a module that runs main() on process.argv)
+ * with its output captured, process.exit trapped as an "exit N" error, process.exitCode read and reset, and the
+ * EPIPE listeners main() adds to stdout / stderr (one per run) removed again.
+ */
+export async function runCommand(fn: () => Promise<unknown>): Promise<CommandRun> {
+  const outL = process.stdout.listeners("error");
+  const errL = process.stderr.listeners("error");
+  const c = capture();
+  const exitSpy = vi.spyOn(process, "exit").mockImplementation((code?: string | number | null) => {
+    throw new Error(`exit ${code}`);
+  });
+  process.exitCode = undefined;
+  let exit: string | undefined;
+  try {
+    await fn();
+  } catch (e) {
+    exit = (e as Error).message;
+  } finally {
+    c.restore();
+    exitSpy.mockRestore();
+    for (const l of process.stdout.listeners("error"))
+      if (!outL.includes(l)) process.stdout.off("error", l as never);
+    for (const l of process.stderr.listeners("error"))
+      if (!errL.includes(l)) process.stderr.off("error", l as never);
+  }
+  const exitCode = process.exitCode;
+  process.exitCode = undefined;
+  return { ...c.io, exitCode, exit };
+}

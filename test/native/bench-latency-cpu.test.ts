@@ -14,6 +14,7 @@ import { openEngine } from "../../src/engine/reader.ts";
 import type { NodeStats } from "../../src/native/binding.ts";
 import { kernelReport } from "../../src/native/kernel-report.ts";
 import { decodeStepWeightBytes } from "../../src/native/roofline.ts";
+import { runCommand } from "../cli-main-helpers.ts";
 import { buildFixture, MIXTRAL_MODEL, TINY_MIXTRAL, tmpDir } from "../fixtures.ts";
 import {
   chunkDigestsOf,
@@ -135,48 +136,15 @@ function clock() {
   vi.spyOn(performance, "now").mockImplementation(() => (t += 4));
 }
 
-const listeners = () => [process.stdout.listeners("error"), process.stderr.listeners("error")];
-
 /** tsllm-bench ARGS: the module loaded afresh with that command line; stdout, stderr, exit code, commander's exit. */
 async function bench(args: string[]) {
-  const io = {
-    stdout: "",
-    stderr: "",
-    exitCode: undefined as typeof process.exitCode,
-    exit: undefined as unknown,
-  };
-  const [outL, errL] = listeners();
   const argv = process.argv;
-  vi.spyOn(process.stdout, "write").mockImplementation((s: string | Uint8Array) => {
-    io.stdout += String(s);
-    return true;
-  });
-  vi.spyOn(process.stderr, "write").mockImplementation((s: string | Uint8Array) => {
-    io.stderr += String(s);
-    return true;
-  });
-  vi.spyOn(process, "exit").mockImplementation((code?: string | number | null) => {
-    throw new Error(`exit ${code}`);
-  });
   process.argv = [process.execPath, "tsllm-bench", ...args];
-  process.exitCode = undefined;
   try {
-    await import("../../src/cli/bench.ts");
-  } catch (e) {
-    io.exit = (e as Error).message;
+    return await runCommand(() => import("../../src/cli/bench.ts"));
   } finally {
     process.argv = argv;
-    vi.mocked(process.stdout.write).mockRestore();
-    vi.mocked(process.stderr.write).mockRestore();
-    vi.mocked(process.exit).mockRestore();
-    for (const l of process.stdout.listeners("error"))
-      if (!outL.includes(l)) process.stdout.off("error", l as never);
-    for (const l of process.stderr.listeners("error"))
-      if (!errL.includes(l)) process.stderr.off("error", l as never);
   }
-  io.exitCode = process.exitCode;
-  process.exitCode = undefined;
-  return io;
 }
 
 /** The seeded prompts of batch B (an LCG seeded 12345 + B, modulo the vocabulary), flattened. */

@@ -14,7 +14,7 @@ import { command } from "../../src/cli/common.ts";
 import { formatServeBench, type ServeBenchReport } from "../../src/server/bench-client.ts";
 import { tokenNormDist } from "../../src/serving/dataset.ts";
 import { TextTokenizer } from "../../src/text/tokenizer.ts";
-import { capture } from "../cli-main-helpers.ts";
+import { runCommand } from "../cli-main-helpers.ts";
 import { buildFixture, TINY_LLAMA, tmpDir } from "../fixtures.ts";
 import { startServer, type TestServer } from "./helpers.ts";
 
@@ -48,39 +48,10 @@ afterEach(() => {
 
 /** tsllm-bench serve ARGS on a fresh program: stdout, stderr, the exit code main() set, and commander's exit. */
 async function bench(args: string[]) {
-  const io = {
-    stdout: "",
-    stderr: "",
-    exitCode: undefined as typeof process.exitCode,
-    exit: undefined as unknown,
-  };
   const program = command("tsllm-bench", "benchmarks");
   addServeBenchCommand(program);
-  const outL = process.stdout.listeners("error");
-  const errL = process.stderr.listeners("error");
-  const c = capture();
-  const exit = vi.spyOn(process, "exit").mockImplementation((code?: string | number | null) => {
-    throw new Error(`exit ${code}`);
-  });
-  process.exitCode = undefined;
   asked.length = 0;
-  try {
-    await program.parseAsync([process.execPath, "tsllm-bench", "serve", ...args]);
-  } catch (e) {
-    io.exit = (e as Error).message;
-  } finally {
-    c.restore();
-    exit.mockRestore();
-    for (const l of process.stdout.listeners("error"))
-      if (!outL.includes(l)) process.stdout.off("error", l as never);
-    for (const l of process.stderr.listeners("error"))
-      if (!errL.includes(l)) process.stderr.off("error", l as never);
-  }
-  io.stdout = c.io.stdout;
-  io.stderr = c.io.stderr;
-  io.exitCode = process.exitCode;
-  process.exitCode = undefined;
-  return io;
+  return runCommand(() => program.parseAsync([process.execPath, "tsllm-bench", "serve", ...args]));
 }
 
 /** The --json report; a percentile JSON wrote as null (NaN: no successful request) read back as NaN. */

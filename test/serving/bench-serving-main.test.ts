@@ -12,6 +12,7 @@ import { openEngine } from "../../src/engine/reader.ts";
 import { InflightBatchManager } from "../../src/serving/batch-manager.ts";
 import { formatDatasetLine, readDataset, tokenNormDist } from "../../src/serving/dataset.ts";
 import { formatReport, type ThroughputReport } from "../../src/serving/throughput.ts";
+import { runCommand } from "../cli-main-helpers.ts";
 import { buildFixture, tmpDir } from "../fixtures.ts";
 
 // openBatchManager as the command calls it, with what it was asked recorded; on "cuda" (no GPU here) it opens the
@@ -36,7 +37,6 @@ beforeAll(async () => {
   work = tmpDir();
 });
 
-const listeners = () => [process.stdout.listeners("error"), process.stderr.listeners("error")];
 afterEach(() => {
   vi.restoreAllMocks();
   process.exitCode = undefined;
@@ -44,45 +44,16 @@ afterEach(() => {
 
 /** tsllm-bench ARGS on a fresh program: stdout, stderr, the exit code main() set, and commander's exit if any. */
 async function bench(args: string[], o: { tty?: boolean } = {}) {
-  const io = {
-    stdout: "",
-    stderr: "",
-    exitCode: undefined as typeof process.exitCode,
-    exit: undefined as unknown,
-  };
   const program = command("tsllm-bench", "benchmarks");
   addServingCommands(program);
-  const [outL, errL] = listeners();
-  vi.spyOn(process.stdout, "write").mockImplementation((s: string | Uint8Array) => {
-    io.stdout += String(s);
-    return true;
-  });
-  vi.spyOn(process.stderr, "write").mockImplementation((s: string | Uint8Array) => {
-    io.stderr += String(s);
-    return true;
-  });
-  vi.spyOn(process, "exit").mockImplementation((code?: string | number | null) => {
-    throw new Error(`exit ${code}`);
-  });
   const tty = process.stderr.isTTY;
   if (o.tty) process.stderr.isTTY = true;
-  process.exitCode = undefined;
   try {
-    await program.parseAsync([process.execPath, "tsllm-bench", ...args]);
-  } catch (e) {
-    io.exit = (e as Error).message;
+    return await runCommand(() => program.parseAsync([process.execPath, "tsllm-bench", ...args]));
   } finally {
     process.stderr.isTTY = tty;
     vi.restoreAllMocks();
-    // main() has stdout and stderr drop their writes after an EPIPE, one listener per run: not kept across runs.
-    for (const l of process.stdout.listeners("error"))
-      if (!outL.includes(l)) process.stdout.off("error", l as never);
-    for (const l of process.stderr.listeners("error"))
-      if (!errL.includes(l)) process.stderr.off("error", l as never);
   }
-  io.exitCode = process.exitCode;
-  process.exitCode = undefined;
-  return io;
 }
 
 const lines = (dist: Parameters<typeof tokenNormDist>[0]) =>
