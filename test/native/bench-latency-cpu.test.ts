@@ -24,6 +24,7 @@ import {
   installAddon,
   PHASES,
   PHASES_LINE,
+  QKV_STATS,
   useFakeAddonEnv,
 } from "./fake-addon.ts";
 
@@ -61,21 +62,7 @@ afterEach(() => {
   process.exitCode = undefined;
 });
 
-const STATS: NodeStats[] = [
-  {
-    op: "linear",
-    name: "qkv",
-    foldedInto: -1,
-    own: 0,
-    folded: 0,
-    cublaslt: 2,
-    gemv: 5,
-    gemvRms: 1,
-    gemvGated: 0,
-    fp8Fmha: 0,
-    fp8Act: 0,
-  },
-];
+const STATS: NodeStats[] = [QKV_STATS];
 
 const BW = 2e9; // the stand-in's copy bandwidth, bytes/s
 

@@ -7,7 +7,7 @@ import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterEach, beforeEach, vi } from "vitest";
-import { ABI_VERSION, type CudaInfo, type LoadPhases } from "../../src/native/binding.ts";
+import { ABI_VERSION, type CudaInfo, type LoadPhases, type NodeStats } from "../../src/native/binding.ts";
 import { tmpDir } from "../fixtures.ts";
 
 export const ADDON_ENV = "TSLLM_NATIVE_ADDON";
@@ -30,6 +30,21 @@ export function useFakeAddonEnv(): void {
     clearFakeAddon();
   });
 }
+
+/** A linear's kernel counts as a stand-in's nodeStats returns them (cuBLASLt, plain and rms-prologue gemvs). */
+export const QKV_STATS: NodeStats = {
+  op: "linear",
+  name: "qkv",
+  foldedInto: -1,
+  own: 0,
+  folded: 0,
+  cublaslt: 2,
+  gemv: 5,
+  gemvRms: 1,
+  gemvGated: 0,
+  fp8Fmha: 0,
+  fp8Act: 0,
+};
 
 /** A load's phases as a stand-in's loadStats returns them, and describeLoadPhases' line for them (by hand). */
 export const PHASES: LoadPhases = {

@@ -8,24 +8,20 @@ import * as path from "node:path";
 import { describe, expect, it } from "vitest";
 import type { NodeStats } from "../../src/native/binding.ts";
 import { tmpDir } from "../fixtures.ts";
-import { cudaInfo, fakeAddon, HANDLE, installAddon, PHASES, useFakeAddonEnv } from "../native/fake-addon.ts";
+import {
+  cudaInfo,
+  fakeAddon,
+  HANDLE,
+  installAddon,
+  PHASES,
+  QKV_STATS,
+  useFakeAddonEnv,
+} from "../native/fake-addon.ts";
 
 useFakeAddonEnv();
 
 const STATS: NodeStats[] = [
-  {
-    op: "linear",
-    name: "qkv",
-    foldedInto: -1,
-    own: 0,
-    folded: 0,
-    cublaslt: 2,
-    gemv: 5,
-    gemvRms: 1,
-    gemvGated: 0,
-    fp8Fmha: 0,
-    fp8Act: 0,
-  },
+  QKV_STATS,
   {
     op: "attention",
     name: "attn",
