@@ -54,6 +54,12 @@ export function buildServer(o: ServeOptions): Server {
   const maxQueue = o.maxQueue ?? 4096;
   const metrics = new ServerMetrics(manager);
   const created = Math.floor(Date.now() / 1000);
+  // The context one request can have: max_seq_len, or less where the KV pool holds fewer tokens (a request's last
+  // token takes no KV slot). vLLM does not start with a pool below max_model_len; we serve the pool's length, and
+  // say so as max_model_len. Sized to max_seq_len alone, /v1/models promised a context the pool refused, and every
+  // chat without max_tokens on such a pool was refused as context_length_exceeded.
+  const { maxSeqLen, kvBlocksTotal, tokensPerBlock } = manager.limits;
+  const maxContext = Math.min(maxSeqLen, kvBlocksTotal * tokensPerBlock + 1);
   let accepting = true;
   const app = Fastify({ logger: false, bodyLimit: 64 * 1024 * 1024 });
 
@@ -73,6 +79,12 @@ export function buildServer(o: ServeOptions): Server {
       new ApiError(404, `no route ${req.method} ${req.url}`, "invalid_request_error", null, "not_found"),
     ),
   );
+  // Counted when the response closes, not in onResponse: fastify runs that on "finish" only, which a response the
+  // client cut off (a stream it aborted) never reaches, so such requests were missing from the count. "close" comes
+  // once per response, finished or not.
+  app.addHook("onRequest", async (req, reply) => {
+    reply.raw.once("close", () => metrics.request(endpointOf(req), reply.statusCode));
+  });
   app.addHook("onRequest", async (req) => {
     // The matched route as well as the raw URL: the router decodes percent-escapes, so "/%761/completions" is
     // /v1/completions, and checking req.url alone let it through without the key.
@@ -86,7 +98,6 @@ export function buildServer(o: ServeOptions): Server {
         "invalid_api_key",
       );
   });
-  app.addHook("onResponse", async (req, reply) => metrics.request(endpointOf(req), reply.statusCode));
 
   function sendError(reply: FastifyReply, e: ApiError) {
     if (reply.sent || reply.raw.headersSent) return;
@@ -114,7 +125,7 @@ export function buildServer(o: ServeOptions): Server {
     object: "model",
     created,
     owned_by: "tsllm",
-    max_model_len: manager.limits.maxSeqLen,
+    max_model_len: maxContext,
     vocab_size: manager.vocabSize,
   };
   app.get("/v1/models", async () => ({ object: "list", data: [model] }));
@@ -296,13 +307,12 @@ export function buildServer(o: ServeOptions): Server {
   app.post("/v1/chat/completions", async (req, reply) => {
     const b = admit(ChatBody, req.body);
     const prompt = renderChat(needTokenizer("chat", "messages"), b.messages);
-    const maxSeq = manager.limits.maxSeqLen;
     const limit = b.max_completion_tokens ?? b.max_tokens;
     // Without a limit a chat reply may use the rest of the context (at least 1 so that an over-long
     // prompt is refused with its numbers by the batch manager).
     const { gens, choicePrompts, n } = submitAll(
       [prompt],
-      (len) => limit ?? Math.max(1, maxSeq - len),
+      (len) => limit ?? Math.max(1, maxContext - len),
       samplingOf(b),
     );
     const id = `chatcmpl-${randomUUID().replaceAll("-", "")}`;

@@ -47,7 +47,17 @@ const common = {
   user: z.string().optional(),
   presence_penalty: neutral(z.number().nullable(), 0, "presence_penalty"),
   frequency_penalty: neutral(z.number().nullable(), 0, "frequency_penalty"),
-  logit_bias: neutral(z.record(z.string(), z.number()).nullable(), null, "logit_bias"),
+  /**
+   * {} biases no token: as neutral as null, and what some clients send by default (LangChain's OpenAI LLM); OpenAI
+   * and vLLM accept it. A === comparison with null refused it.
+   */
+  logit_bias: z
+    .record(z.string(), z.number())
+    .nullable()
+    .refine((v) => v === null || Object.keys(v).length === 0, {
+      message: "logit_bias is not supported (only null or {})",
+    })
+    .optional(),
 };
 
 export const CompletionBody = z

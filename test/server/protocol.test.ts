@@ -372,10 +372,10 @@ describe("tsllm-serve's HTTP contract on tiny-llama", () => {
       "frequency_penalty",
     ],
     [
-      "logit_bias {}",
-      { ...BASE, logit_bias: {} },
+      "logit_bias with a token",
+      { ...BASE, logit_bias: { "17": 5 } },
       "/v1/completions",
-      "logit_bias: logit_bias is not supported (only null)",
+      "logit_bias: logit_bias is not supported (only null or {})",
       "logit_bias",
     ],
     [
@@ -496,6 +496,9 @@ describe("tsllm-serve's HTTP contract on tiny-llama", () => {
       { ...BASE, presence_penalty: 0, frequency_penalty: null, logit_bias: null },
       "/v1/completions",
     ],
+    // {} biases nothing (LangChain's OpenAI LLM sends it by default): refused before.
+    ["logit_bias {}", { ...BASE, logit_bias: {} }, "/v1/completions"],
+    ["logit_bias {} on chat", { ...CHAT, logit_bias: {} }, "/v1/chat/completions"],
     [
       "neutral completion extras",
       { ...BASE, echo: false, best_of: 1, logprobs: null, suffix: null },
