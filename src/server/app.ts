@@ -213,6 +213,17 @@ export function buildServer(o: ServeOptions): Server {
     { seed, n, sampling, ...rest }: ReturnType<typeof samplingOf>,
   ): { gens: TextGeneration[]; choicePrompts: number[][]; n: number } {
     const choicePrompts = prompts.flatMap((p) => Array.from({ length: n }, () => p));
+    // More choices than the queue ever takes: a 400, not a 429 the client (the openai one retries 429s) would retry
+    // in vain.
+    if (choicePrompts.length > maxQueue)
+      throw new ApiError(
+        400,
+        `this request has ${choicePrompts.length} choices (${prompts.length} prompt(s) × n ${n}), more than the ` +
+          `request queue ever holds (limit ${maxQueue})`,
+        "invalid_request_error",
+        prompts.length > 1 ? "prompt" : "n",
+        null,
+      );
     const { queued } = manager.stats();
     if (queued + choicePrompts.length > maxQueue)
       throw new ApiError(

@@ -950,18 +950,21 @@ describe("tsllm-serve's HTTP contract on tiny-llama", () => {
 });
 
 describe("tsllm-serve's limits", () => {
-  it("a request of more prompts than the queue takes: 429 at once, with the numbers", async () => {
+  it("a request of more choices than the queue ever takes: 400 at once, with the numbers (not a 429 to retry)", async () => {
     const s = await startServer(await buildFixture("llama"), { maxQueue: 2 });
     try {
       const r = await post(s.url, { model: "tiny", prompt: [[1], [2], [3]], max_tokens: 1 });
       expect([r.status, r.json]).toEqual([
-        429,
+        400,
         err(
-          "the request queue is full (0 waiting, limit 2); retry later",
-          null,
-          "rate_limit_error",
-          "queue_full",
+          "this request has 3 choices (3 prompt(s) × n 1), more than the request queue ever holds (limit 2)",
+          "prompt",
         ),
+      ]);
+      const byN = await post(s.url, { model: "tiny", prompt: "Hi", n: 3, max_tokens: 1 });
+      expect([byN.status, byN.json]).toEqual([
+        400,
+        err("this request has 3 choices (1 prompt(s) × n 3), more than the request queue ever holds (limit 2)", "n"),
       ]);
       const ok = await post(s.url, { model: "tiny", prompt: [[1], [2]], max_tokens: 1 });
       expect(ok.status).toBe(200);
@@ -969,7 +972,7 @@ describe("tsllm-serve's limits", () => {
       const none = await s.client.completions
         .create({ model: "tiny", prompt: [[1], [2], [3]], max_tokens: 1 })
         .catch((e) => e);
-      expect(none).toBeInstanceOf(OpenAI.RateLimitError);
+      expect(none).toBeInstanceOf(OpenAI.BadRequestError);
     } finally {
       await s.close();
     }
