@@ -319,13 +319,18 @@ export function buildServer(o: ServeOptions): Server {
     const b = admit(ChatBody, req.body);
     const prompt = renderChat(needTokenizer("chat", "messages"), b.messages);
     const limit = b.max_completion_tokens ?? b.max_tokens;
-    // Without a limit a chat reply may use the rest of the context (at least 1 so that an over-long
-    // prompt is refused with its numbers by the batch manager).
-    const { gens, choicePrompts, n } = submitAll(
-      [prompt],
-      (len) => limit ?? Math.max(1, maxContext - len),
-      samplingOf(b),
-    );
+    // Without a limit a chat reply may use the rest of the context; messages that leave no room for one are the
+    // messages' fault, said so (the batch manager's refusal would name a max_tokens the client never gave).
+    if (limit === undefined && prompt.length >= maxContext)
+      throw new ApiError(
+        400,
+        `the messages are ${prompt.length} tokens through the chat template, leaving no room for a reply in the ` +
+          `context of ${maxContext} tokens (max_model_len)`,
+        "invalid_request_error",
+        "messages",
+        "context_length_exceeded",
+      );
+    const { gens, choicePrompts, n } = submitAll([prompt], (len) => limit ?? maxContext - len, samplingOf(b));
     const id = `chatcmpl-${randomUUID().replaceAll("-", "")}`;
     const head = {
       id,

@@ -147,10 +147,12 @@ describe("tsllm-serve refuses bad requests", () => {
       chat({ messages: [{ role: "user", content: "x".repeat(300) }], max_tokens: undefined }),
       "/v1/chat/completions",
     );
+    // Without max_tokens: the messages are named, not a max_tokens the client never sent.
     expect(c.status).toBe(400);
     expect(c.json.error.message).toMatch(
-      /^prompt of \d{3} tokens \+ max_new_tokens 1 = \d{3} exceeds max_seq_len 256$/,
+      /^the messages are \d{3} tokens through the chat template, leaving no room for a reply in the context of 256 tokens \(max_model_len\)$/,
     );
+    expect([c.json.error.param, c.json.error.code]).toEqual(["messages", "context_length_exceeded"]);
   });
 });
 

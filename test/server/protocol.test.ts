@@ -964,7 +964,10 @@ describe("tsllm-serve's limits", () => {
       const byN = await post(s.url, { model: "tiny", prompt: "Hi", n: 3, max_tokens: 1 });
       expect([byN.status, byN.json]).toEqual([
         400,
-        err("this request has 3 choices (1 prompt(s) × n 3), more than the request queue ever holds (limit 2)", "n"),
+        err(
+          "this request has 3 choices (1 prompt(s) × n 3), more than the request queue ever holds (limit 2)",
+          "n",
+        ),
       ]);
       const ok = await post(s.url, { model: "tiny", prompt: [[1], [2]], max_tokens: 1 });
       expect(ok.status).toBe(200);
