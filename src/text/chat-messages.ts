@@ -15,11 +15,14 @@ export const ChatMessageSchema = z
 
 export const ChatMessagesSchema = z.array(ChatMessageSchema).min(1, "give at least one message");
 
-/** Message content as the template sees it: text parts joined into one string. */
+/**
+ * Message content as the template sees it: text parts joined into one string, one line apart, as vLLM joins them for
+ * a template of string contents (so the same request gives the same prompt ids on both servers).
+ */
 export function toTemplateMessages(ms: z.infer<typeof ChatMessagesSchema>): ChatMessage[] {
   return ms.map((m) => ({
     ...m,
-    content: typeof m.content === "string" ? m.content : (m.content ?? []).map((p) => p.text).join(""),
+    content: typeof m.content === "string" ? m.content : (m.content ?? []).map((p) => p.text).join("\n"),
   }));
 }
 

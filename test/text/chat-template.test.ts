@@ -124,7 +124,7 @@ describe("parseChatMessages", () => {
       { role: "system", content: "be brief" },
       { role: "user", content: "" },
       { role: "assistant", content: "" },
-      { role: "user", content: "ab c", name: "n" },
+      { role: "user", content: "a\n\nb c", name: "n" },
       { role: "tool", content: "", tool_call_id: 7 },
     ]);
   });
