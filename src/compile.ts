@@ -234,9 +234,16 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
       throw new BuildError(
         `--disable-pass ${pass}: that pass is what ${flag} does; leave it on, or build without ${flag}`,
       );
-  if (o.emit === "onnx" && (build.quant !== "none" || build.kv_cache_dtype === "fp8"))
+  if (o.emit === "onnx" && build.quant !== "none")
     throw new BuildError(
-      `--emit onnx: quantised builds (${build.quant !== "none" ? `--quant ${build.quant}` : "--kv-cache-dtype fp8"}) are not exported yet; export with --quant none`,
+      `--emit onnx: quantised builds (--quant ${build.quant}) are not exported yet; export with --quant none`,
+    );
+  // The exported past / present tensors hold the activations' dtype, so no other KV cache dtype is exported:
+  // fp8 was refused as a quantised build (told to use --quant none, which it had); a bf16 cache under fp32
+  // activations was exported as fp32 without a word.
+  if (o.emit === "onnx" && build.kv_cache_dtype !== build.dtype)
+    throw new BuildError(
+      `--emit onnx: --kv-cache-dtype ${build.kv_cache_dtype} is not exported yet (past / present hold the --dtype ${build.dtype} activations); export without --kv-cache-dtype`,
     );
   if (build.max_seq_len > facts.maxPositionEmbeddings)
     o.log?.(
@@ -284,6 +291,10 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
       `${o.modelFile}: forward() calls m.attention() nowhere; an engine needs at least one attention layer (its KV cache)`,
     );
 
+  // The engine's "model" record (docs/engine-format.md): the normalised config under the architecture it was
+  // built as. Only llama.ts and gptj.ts keep `architecture` in their configs; qwen2 / mixtral engines had none,
+  // and tsllm-inspect named them "model" (onnx.json: "").
+  const modelRecord = { architecture: archName, ...cfg } as Record<string, unknown>;
   let ckpt: Checkpoint | null = null;
   try {
     if (o.checkpoint) {
@@ -302,16 +313,7 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
     if (o.emit !== "onnx" && rank0)
       for (const w of gpuWarnings(rank0, build))
         o.log?.(`warning: this engine will not run on the GPU (tsllm-run --device cpu runs it): ${w}`);
-    if (o.emit === "onnx")
-      return await emitOnnx(
-        o,
-        inputs,
-        pipeline,
-        build,
-        cfg as unknown as Record<string, unknown>,
-        facts,
-        ckpt,
-      );
+    if (o.emit === "onnx") return await emitOnnx(o, inputs, pipeline, build, modelRecord, facts, ckpt);
     const ranks: RankProgram[] = pipeline.ranks.map((g, rank) => ({ rank, graph: g }));
     const config = await writeEngine({
       outDir: o.out,
@@ -319,7 +321,7 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
       inputs,
       ranks,
       build,
-      model: cfg as unknown as Record<string, unknown>,
+      model: modelRecord,
       facts,
       checkpoint: ckpt,
       extraFiles: { ...pipeline.extraFiles, ...tokenizer?.files },

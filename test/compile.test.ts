@@ -257,9 +257,15 @@ describe("compile refuses before writing anything", () => {
       { tp: 4, moeEpSize: 3 },
       "--moe-ep-size 3: must divide --tp 4 (the tp ranks form moe-ep-size expert groups)",
     ],
+    // Said "export with --quant none" to a build that had no --quant.
     [
-      { emit: "onnx", kvCacheDtype: "fp8" },
-      "--emit onnx: quantised builds (--kv-cache-dtype fp8) are not exported yet; export with --quant none",
+      { emit: "onnx", dtype: "fp32", kvCacheDtype: "fp8" },
+      "--emit onnx: --kv-cache-dtype fp8 is not exported yet (past / present hold the --dtype fp32 activations); export without --kv-cache-dtype",
+    ],
+    // Was exported with fp32 past / present, the bf16 cache recorded nowhere and applied nowhere.
+    [
+      { emit: "onnx", dtype: "fp32", kvCacheDtype: "bf16" },
+      "--emit onnx: --kv-cache-dtype bf16 is not exported yet (past / present hold the --dtype fp32 activations); export without --kv-cache-dtype",
     ],
     [
       { emit: "onnx", quant: "fp8" },

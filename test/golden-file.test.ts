@@ -517,10 +517,18 @@ describe("defaultTolerance: the README's bounds", () => {
       expect(t(dtype, "int4-wo", dtype, cpu)).toBe(1.25);
     }
   });
+  it("an fp32 engine with an fp16 / bf16 KV cache gets the half-precision bound (measured 6.6e-3 on tiny-llama bf16)", () => {
+    expect(t("fp32", "none", "bf16", true)).toBe(0.05);
+    expect(t("fp32", "none", "fp16", true)).toBe(0.05);
+    expect(t("fp32", "int8-wo", "bf16", true)).toBe(0.1);
+  });
   it("an fp8 KV cache adds 0.2", () => {
     expect(t("fp32", "none", "fp8", true)).toBeCloseTo(0.201, 12);
     expect(t("fp16", "none", "fp8", false)).toBeCloseTo(0.25, 12);
     expect(t("fp16", "fp8", "fp8", false)).toBeCloseTo(0.7, 12);
     expect(t("fp16", "int4-wo", "fp8", false)).toBeCloseTo(1.45, 12);
+    // exactly the decimal value tsllm-run prints (0.1 + 0.2 printed as 0.30000000000000004)
+    expect(String(t("fp16", "int8-wo", "fp8", false))).toBe("0.3");
+    expect(String(t("fp32", "none", "fp8", true))).toBe("0.201");
   });
 });

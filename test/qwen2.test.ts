@@ -38,6 +38,11 @@ describe("tiny-qwen2", () => {
       expect(report.maxAbs).toBeLessThanOrEqual(1e-5);
     });
 
+  it("the engine's model record names its architecture (qwen2.ts's config has none of its own)", async () => {
+    // Was missing: tsllm-inspect named the engine "model", onnx.json's architecture was "".
+    expect(openEngine(await build(1)).config.model.architecture).toBe("Qwen2ForCausalLM");
+  });
+
   it("has q/k/v biases, no o_proj bias and an lm_head tied to the embedding", async () => {
     const engine = openEngine(await build(1));
     const names = engine.ranks[0].header.values.filter((v) => v.kind === "weight").map((v) => v.name);

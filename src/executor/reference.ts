@@ -16,6 +16,8 @@ import { randomFill } from "../weights/random.ts";
 import { type Executor, LimitError, type SeqRequest } from "./types.ts";
 
 const F32_BYTES_DTYPE = { f32: "F32", f16: "F16", bf16: "BF16" } as const;
+/** KV cache dtypes (engine header) that the reference rounds the cache to: our value dtype names. */
+const KV_ROUND = { fp16: "f16", bf16: "bf16" } as const;
 
 class DenseKv implements KvStore {
   private seqs = new Map<number, { k: Float32Array[]; v: Float32Array[] }[]>();
@@ -240,6 +242,8 @@ export class ReferenceExecutor implements Executor {
           env.set(o, outs[k]);
         });
         if (node.attrs.kv_cache_dtype === "fp8") storeKvFp8(r.kv, layout, node.attrs);
+        else if (this.roundActs && node.attrs.layer !== undefined && node.attrs.num_kv_heads !== undefined)
+          storeKvHalf(r.kv, layout, node.attrs.layer as number, r.rank.header.kv_cache.dtype);
       });
     }
     const h0 = this.ranks[0].rank.header;
@@ -261,6 +265,25 @@ function storeKvFp8(kv: DenseKv, layout: StepLayout, attrs: Record<string, unkno
         for (let d = 0; d < row.length; d++)
           row[d] = Math.fround(roundE4m3(Math.fround(row[d] / scales[i])) * scales[i]);
       });
+    }
+  }
+}
+
+/**
+ * fp16 / bf16 KV cache: the K/V rows this step wrote are stored in that dtype, as the cache the GPU
+ * writes holds them. Without this a cache dtype other than the activations' (--dtype fp32
+ * --kv-cache-dtype bf16) was recorded in the engine and never applied, and a fused attention's
+ * post-RoPE K stayed fp32. As for FP8, the step's own tokens attended to their rows before rounding.
+ */
+function storeKvHalf(kv: DenseKv, layout: StepLayout, layer: number, dtype: string): void {
+  const d = KV_ROUND[dtype as keyof typeof KV_ROUND];
+  if (!d) return;
+  for (const s of layout.seqs) {
+    const cache = kv.get(s.seqId, layer);
+    for (let t = s.start; t < s.start + s.count; t++) {
+      const pos = layout.positions[t];
+      roundToDtype(cache.k[pos], d);
+      roundToDtype(cache.v[pos], d);
     }
   }
 }

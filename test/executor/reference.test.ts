@@ -445,6 +445,55 @@ describe("fp8 KV cache", () => {
   });
 });
 
+describe("fp16 / bf16 KV cache", () => {
+  // The engine header's kv_cache.dtype is what the cache holds. It was applied only for fp8: an fp32 engine built
+  // with --kv-cache-dtype bf16 computed exactly as one with an fp32 cache, and a fused attention's post-RoPE K
+  // stayed fp32 in an fp16 engine's cache (the GPU's fp16 cache rounds it).
+  const prefill = (ex: ReferenceExecutor) =>
+    ex.step([{ seqId: 1, tokens: ids(1).slice(0, 11), logits: "all" }]);
+  const rounded = (row: Float32Array, dtype: string) => {
+    const r = row.slice();
+    roundToDtype(r, dtype);
+    return Array.from(r);
+  };
+
+  it("fp32 activations, bf16 cache: a step sees its own K/V as computed, the cache holds them in bf16", async () => {
+    const kv16 = await buildFixture("llama", { ...LIMITS, kvCacheDtype: "bf16" });
+    dirs.push(kv16);
+    const exb = ReferenceExecutor.load(kv16);
+    const ex32 = ReferenceExecutor.load(f32);
+    expect(maxDiff(prefill(exb).get(1)!, prefill(ex32).get(1)!)).toBe(0);
+    let changed = 0;
+    for (let layer = 0; layer < 2; layer++)
+      for (const which of ["k", "v"] as const)
+        for (let pos = 0; pos < 11; pos++) {
+          const got = Array.from(kvOf(exb).get(1, layer)[which][pos]);
+          const want32 = kvOf(ex32).get(1, layer)[which][pos];
+          expect(got).toEqual(rounded(want32, "bf16"));
+          changed += got.filter((x, d) => x !== want32[d]).length;
+        }
+    expect(changed).toBeGreaterThan(1000); // of 2 layers × K, V × 11 positions × 64 values
+    // later steps read the bf16 cache: the decode logits move off the fp32 engine's, within half precision's bound
+    const next = (ex: ReferenceExecutor) =>
+      ex.step([{ seqId: 1, tokens: [ids(1)[11]], logits: "last" }]).get(1)!;
+    const a = next(exb);
+    expect(maxDiff(a, next(ex32))).toBeGreaterThan(1e-4);
+    expect(goldenDiff(1, a, 11)).toBeLessThanOrEqual(0.05);
+  });
+
+  it("fp16 engine: the cached K (RoPE applied inside fused_attention) and V are fp16 values", () => {
+    const ex = ReferenceExecutor.load(f16);
+    expect(openEngine(f16).ranks[0].header.nodes.some((n) => n.op === "fused_attention")).toBe(true);
+    prefill(ex);
+    for (let layer = 0; layer < 2; layer++)
+      for (const which of ["k", "v"] as const)
+        for (let pos = 0; pos < 11; pos++) {
+          const row = kvOf(ex).get(1, layer)[which][pos];
+          expect(Array.from(row)).toEqual(rounded(row, "f16"));
+        }
+  });
+});
+
 describe("activation rounding", () => {
   const prefill = (ex: ReferenceExecutor) => ex.step([{ seqId: 1, tokens: ids(2), logits: "all" }]).get(1)!;
 

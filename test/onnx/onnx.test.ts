@@ -112,6 +112,10 @@ describe("ONNX export", () => {
         moeEpSize: ep,
         out,
       });
+      // Was "": mixtral.ts's config carries no architecture of its own (compile records the built one).
+      expect(JSON.parse(fs.readFileSync(path.join(out, "onnx.json"), "utf8")).model.architecture).toBe(
+        "MixtralForCausalLM",
+      );
       const r = await checkOnnxGolden(out, path.join(dir, "golden.safetensors"));
       console.log(
         `ONNX tiny-mixtral tp ${tp} moe-ep-size ${ep}: max |Δlogit| ${r.maxAbs.toExponential(2)}, top-1 ${r.agree}/${r.positions}`,
