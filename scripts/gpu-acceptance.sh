@@ -3,7 +3,7 @@
 # its rough cost (seconds, below) fits before DEADLINE, so one call takes what fits
 # and the next call on the same warm machine goes on (engines and datasets stay in WORK between calls).
 #   export T0=$(date +%s); bash scripts/gpu-verify.sh 'DEADLINE=$((T0 + 560)) bash scripts/gpu-acceptance.sh quant peer7b tput7b'
-#   DEADLINE=$(( $(date +%s) + 560 )) bash scripts/gpu-acceptance.sh tput8b static8b peer8b fp8tput8b
+#   source scripts/device-env.sh; DEADLINE=$(( $(date +%s) + 560 )) bash scripts/gpu-acceptance.sh tput8b static8b peer8b fp8tput8b
 # Parts:
 #   quant      issue 13's table: Llama-2-7B fp16 / FP8 / INT8-wo / INT4-wo g128, tsllm-bench latency at batch 1
 #              and 64 (TTFT, TPOT, tok/s, % of the roofline of the engine's own weight bytes at the copy rate)
