@@ -124,6 +124,19 @@ describe("tsllm-tokenize in-process", () => {
     expect(await refused(TINY_LLAMA, "--chat", bad)).toMatch(new RegExp(`^${bad}: invalid JSON: `));
   });
 
+  // Bytes that are not UTF-8 became U+FFFD (the ids printed were of "caf\uFFFD", where transformers refuses the
+  // file), and a folder was Node's bare "EISDIR: illegal operation on a directory, read".
+  it("--chat FILE that is not UTF-8 or is a folder: one message naming it (and the line)", async () => {
+    const dir = tmpDir();
+    const latin1 = path.join(dir, "latin1.json");
+    fs.writeFileSync(latin1, Buffer.from('[{"role": "user",\n "content": "caf\xe9"}]', "latin1"));
+    expect(await refused(TINY_LLAMA, "--chat", latin1)).toBe(`--chat ${latin1}:2: not UTF-8 text`);
+    expect(await refused(TINY_LLAMA, "--chat", dir)).toBe(`--chat ${dir}: is a directory; name a file`);
+    const utf8 = path.join(dir, "utf8.json");
+    fs.writeFileSync(utf8, '[{"role": "user",\n "content": "caf\u00e9"}]');
+    expect(await json("--chat", utf8)).toMatchObject({ messages: [{ role: "user", content: "café" }] });
+  });
+
   it("--chat -: the messages from stdin, named stdin in errors", async () => {
     const c = golden.chat[1];
     stdin.text = JSON.stringify(c.messages);

@@ -43,6 +43,26 @@ describe("writeOutputFile", () => {
     expect(files()).toEqual(["a.txt"]);
   });
 
+  // prepare-dataset's text in parts: one string of it failed past V8's longest string ("Invalid string length").
+  it("writes a text given in parts as their concatenation, to a file and to a stream", () => {
+    const f = path.join(dir, "parts.txt");
+    writeOutputFile(f, ["OURS 1\n", "two\n", "", "three"], OPTS);
+    expect(fs.readFileSync(f, "utf8")).toBe("OURS 1\ntwo\nthree");
+    writeOutputFile(f, ["OURS 2\n"], OPTS);
+    expect(fs.readFileSync(f, "utf8")).toBe("OURS 2\n");
+    expect(files()).toEqual(["parts.txt"]);
+    const fifo = path.join(dir, "pipe");
+    execFileSync("mkfifo", [fifo]);
+    const reader = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+    try {
+      writeOutputFile(fifo, ["through ", "the pipe"], OPTS);
+      const buf = Buffer.alloc(64);
+      expect(buf.subarray(0, fs.readSync(reader, buf)).toString()).toBe("through the pipe");
+    } finally {
+      fs.closeSync(reader);
+    }
+  });
+
   it("replaces an earlier output of ours, refuses any other file with one line and leaves it as it was", () => {
     const f = path.join(dir, "a.txt");
     fs.writeFileSync(f, "OURS old");

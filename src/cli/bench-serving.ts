@@ -6,14 +6,14 @@ import { openEngine } from "../engine/reader.ts";
 import { describeWarmup, type WarmupReport } from "../serving/batch-manager.ts";
 import {
   type DatasetEntry,
-  formatDatasetLine,
+  datasetText,
   isDatasetText,
   readDataset,
   tokenNormDist,
 } from "../serving/dataset.ts";
 import { openBatchManager } from "../serving/open.ts";
 import { formatReport, runRequests, summarize } from "../serving/throughput.ts";
-import { overMaxSeqLen } from "../serving/types.ts";
+import { overKvPool, overMaxSeqLen } from "../serving/types.ts";
 import { findTokenizer } from "../text/engine-files.ts";
 import { float, fp8ContextFmhaOption, int, kvFractionOption, limitOption, main } from "./common.ts";
 import {
@@ -52,9 +52,9 @@ export function addServingCommands(program: Command): void {
         if (o.output) checkOutputFile(o.output, out);
         const vocabSize = openEngine(dir).config.facts.vocabSize;
         const entries = tokenNormDist({ ...o, vocabSize });
-        const text = `${entries.map(formatDatasetLine).join("\n")}\n`;
-        if (o.output) writeOutputFile(o.output, text, out);
-        else process.stdout.write(text);
+        const parts = datasetText(entries);
+        if (o.output) writeOutputFile(o.output, parts, out);
+        else for (const p of parts) process.stdout.write(p);
       }),
     );
 
@@ -133,12 +133,15 @@ export function addServingCommands(program: Command): void {
         try {
           const L = bm.limits;
           for (const e of entries) {
+            // file:line as every other refusal of a dataset line (the task id alone is not where it is).
+            const where = `${o.dataset}${e.line === undefined ? "" : `:${e.line}`}: request ${e.taskId}`;
             const tooLong = overMaxSeqLen(e.inputIds.length, e.outputTokens, L.maxSeqLen, "output_tokens");
-            if (tooLong)
-              // file:line as every other refusal of a dataset line (the task id alone is not where it is).
-              throw new Error(
-                `${o.dataset}${e.line === undefined ? "" : `:${e.line}`}: request ${e.taskId}: ${tooLong} (raise --max-seq-len)`,
-              );
+            if (tooLong) throw new Error(`${where}: ${tooLong} (raise --max-seq-len)`);
+            // A request the KV pool can never hold was refused only at its submit: after every request before it
+            // had run (a whole benchmark with --concurrency), naming neither its line nor output_tokens.
+            const noRoom = overKvPool(e.inputIds.length, e.outputTokens, L, "output_tokens");
+            if (noRoom)
+              throw new Error(`${where}: ${noRoom} (raise --kv-blocks or --kv-cache-free-gpu-mem-fraction)`);
           }
           const b = engine.config.build;
           const header = [

@@ -103,16 +103,26 @@ export function checkOutputFile(file: string, o: OutputFileOptions): void {
   classify(file, o);
 }
 
-/** Writes `text` to `file` whole or not at all (see the top of this file). */
-export function writeOutputFile(file: string, text: string, o: OutputFileOptions): void {
+/** Writes `text` (or its parts one after the other: a text past V8's longest string) to `file` whole or not at all
+ *  (see the top of this file). */
+export function writeOutputFile(file: string, text: string | readonly string[], o: OutputFileOptions): void {
   const t = classify(file, o);
+  const parts = typeof text === "string" ? [text] : text;
+  const writeAll = (fd: number) => {
+    for (const p of parts) fs.writeFileSync(fd, p);
+  };
   if (t.kind === "stream") {
-    fs.writeFileSync(file, text, { flag: "a" });
+    const fd = fs.openSync(file, "a");
+    try {
+      writeAll(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
     return;
   }
   const target = t.kind === "file" ? t.real : path.resolve(file);
   try {
-    writeWhole(target, (fd) => fs.writeFileSync(fd, text));
+    writeWhole(target, writeAll);
   } catch (e) {
     throw new OutputFileError(`${o.flag} ${file}: not written (${(e as Error).message})`);
   }

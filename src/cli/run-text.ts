@@ -8,6 +8,7 @@ import { parseChatMessages } from "../text/chat-messages.ts";
 import type { ChatMessage } from "../text/chat-template.ts";
 import { generateText, type TextResult } from "../text/generate-text.ts";
 import type { TextTokenizer } from "../text/tokenizer.ts";
+import { readUtf8File } from "../text/utf8.ts";
 
 export interface TextRunOptions {
   maxNewTokens: number;
@@ -21,9 +22,10 @@ export interface TextRunOptions {
 
 /** --chat FILE (or - for stdin): the messages to render. */
 export function readChatFile(file: string): ChatMessage[] {
-  if (file === "-") return parseChatMessages(fs.readFileSync(0, "utf8"), "stdin");
+  // As UTF-8 or not at all, as transformers reads it ("utf8" made other bytes U+FFFD in the prompt, silently).
+  if (file === "-") return parseChatMessages(readUtf8File(0, "stdin"), "stdin");
   if (!fs.existsSync(file)) throw new Error(`--chat ${file}: file not found`);
-  return parseChatMessages(fs.readFileSync(file, "utf8"), `--chat ${file}`);
+  return parseChatMessages(readUtf8File(file, `--chat ${file}`), `--chat ${file}`);
 }
 
 function checkFits(bm: BatchManager, promptLen: number, maxNew: number, what: string): void {

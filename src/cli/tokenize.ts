@@ -2,6 +2,7 @@
 import * as fs from "node:fs";
 import { parseChatMessages } from "../text/chat-messages.ts";
 import { requireTokenizer } from "../text/engine-files.ts";
+import { readUtf8File } from "../text/utf8.ts";
 import { command, main, parseIds } from "./common.ts";
 
 const program = command(
@@ -43,8 +44,7 @@ export async function tsllmTokenize(argv: readonly string[]): Promise<void> {
       throw new Error(`--decode: token id ${bad} is not in the tokenizer (allowed: 0..${tok.maxTokenId})`);
     out = { ids, text: tok.decode(ids, { skipSpecialTokens: !o.special }) };
   } else if (o.chat) {
-    const src = o.chat === "-" ? fs.readFileSync(0, "utf8") : readFile(o.chat);
-    const messages = parseChatMessages(src, o.chat === "-" ? "stdin" : o.chat);
+    const messages = parseChatMessages(readChat(o.chat), o.chat === "-" ? "stdin" : o.chat);
     out = { messages, ...tok.applyChatTemplate(messages, { addGenerationPrompt: true }) };
   } else out = { text, ids: tok.encode(text, { addSpecialTokens: o.special }) };
   process.stdout.write(`${JSON.stringify(out)}\n`);
@@ -52,7 +52,10 @@ export async function tsllmTokenize(argv: readonly string[]): Promise<void> {
 
 await main(() => tsllmTokenize(process.argv));
 
-function readFile(f: string): string {
+function readChat(f: string): string {
+  // transformers reads a file of messages as UTF-8 or not at all: read "utf8", other bytes became U+FFFD, and the
+  // ids printed were of another text than the file's.
+  if (f === "-") return readUtf8File(0, "stdin");
   if (!fs.existsSync(f)) throw new Error(`--chat ${f}: file not found`);
-  return fs.readFileSync(f, "utf8");
+  return readUtf8File(f, `--chat ${f}`);
 }

@@ -27,6 +27,8 @@ import {
   type BatchStats,
   type FinishReason,
   type GenerationRequest,
+  kvBlocksNeeded,
+  overKvPool,
   overMaxSeqLen,
   type RequestHandle,
   RequestRejectedError,
@@ -240,19 +242,16 @@ export class InflightBatchManager implements BatchManager {
     const tooLong = overMaxSeqLen(prompt.length, maxNew, maxSeqLen);
     if (tooLong)
       reject("too_long", tooLong, { promptTokens: prompt.length, maxNewTokens: maxNew, maxSeqLen });
-    const worst = this.blocksFor(prompt.length + maxNew - 1);
-    if (worst > this.limits.kvBlocksTotal)
-      reject(
-        "kv_capacity",
-        `prompt of ${prompt.length} tokens + max_new_tokens ${maxNew} needs ${worst} KV blocks of ${this.limits.tokensPerBlock} tokens, the pool has ${this.limits.kvBlocksTotal}`,
-        {
-          promptTokens: prompt.length,
-          maxNewTokens: maxNew,
-          blocksNeeded: worst,
-          blocksTotal: this.limits.kvBlocksTotal,
-          tokensPerBlock: this.limits.tokensPerBlock,
-        },
-      );
+    const worst = kvBlocksNeeded(prompt.length, maxNew, this.limits.tokensPerBlock);
+    const noRoom = overKvPool(prompt.length, maxNew, this.limits);
+    if (noRoom)
+      reject("kv_capacity", noRoom, {
+        promptTokens: prompt.length,
+        maxNewTokens: maxNew,
+        blocksNeeded: worst,
+        blocksTotal: this.limits.kvBlocksTotal,
+        tokensPerBlock: this.limits.tokensPerBlock,
+      });
     const stream = new TokenStream<TokenEvent>();
     let resolve!: (r: RequestResult) => void;
     const done = new Promise<RequestResult>((res) => {

@@ -1,9 +1,11 @@
 // Benchmark datasets in trtllm-bench's JSON-lines form, one request per line:
 //   {"task_id": 0, "input_ids": [1, 2, 3], "output_tokens": 128}
 // as TensorRT-LLM's benchmarks/cpp/prepare_dataset.py prints it (extra fields such as "lora_request" are
-// ignored), or {"task_id": 0, "prompt": "text", "output_tokens": 128} when a tokenizer is given.
+// ignored; older versions name the ids "logits", which trtllm-bench also reads), or
+// {"task_id": 0, "prompt": "text", "output_tokens": 128} when a tokenizer is given.
 // tokenNormDist makes the synthetic "token-norm-dist" workload (normal input/output lengths, random ids).
 import * as fs from "node:fs";
+import { utf8Lines } from "../text/utf8.ts";
 import { lowbias32 } from "../weights/random.ts";
 
 export interface DatasetEntry {
@@ -22,9 +24,9 @@ export class DatasetError extends Error {
 }
 
 /** A JSON line's "input_ids": a non-empty list of token ids (tsllm-run --input-file lines have the same field). */
-export function inputIdsOf(v: unknown, where: string): number[] {
+export function inputIdsOf(v: unknown, where: string, field = "input_ids"): number[] {
   if (!Array.isArray(v) || v.length === 0 || !v.every((t) => Number.isInteger(t) && t >= 0))
-    throw new DatasetError(`${where}: "input_ids" must be a non-empty list of token ids`);
+    throw new DatasetError(`${where}: "${field}" must be a non-empty list of token ids`);
   return v;
 }
 
@@ -47,7 +49,10 @@ export function parseDatasetLine(line: string, where: string, encode?: Encode): 
   const o = j as Record<string, unknown>;
   const out = outputTokensOf(o.output_tokens, where);
   let ids: number[];
-  if (o.input_ids !== undefined) ids = inputIdsOf(o.input_ids, where);
+  // "logits" is the ids' name in the lines older prepare_dataset.py versions print, and trtllm-bench still reads
+  // it where "input_ids" is absent, before it falls back to "prompt": such a dataset was refused here.
+  const field = o.input_ids === undefined && o.logits !== undefined ? "logits" : "input_ids";
+  if (o[field] !== undefined) ids = inputIdsOf(o[field], where, field);
   else if (typeof o.prompt === "string") {
     if (!encode)
       throw new DatasetError(
@@ -66,18 +71,23 @@ export function parseDatasetLine(line: string, where: string, encode?: Encode): 
 
 /** Reads a JSON-lines dataset (blank lines skipped); every error names the file and line. */
 export function readDataset(file: string, o: { encode?: Encode; vocabSize?: number } = {}): DatasetEntry[] {
-  let text: string;
+  let buf: Buffer;
   try {
-    text = fs.readFileSync(file, "utf8");
+    buf = fs.readFileSync(file);
   } catch (e) {
     throw new DatasetError(
       `${file}: cannot read the dataset (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
     );
   }
   const entries: DatasetEntry[] = [];
-  text.split("\n").forEach((line, i) => {
-    if (!line.trim()) return;
-    const where = `${file}:${i + 1}`;
+  // Line by line: a dataset past ~512 MB (prepare-dataset's 35,000 requests of 4,096 tokens) was refused as one
+  // string, "Cannot create a string longer than 0x1fffffe8 characters", naming no file.
+  let n = 0;
+  for (const line of utf8Lines(buf)) {
+    const where = `${file}:${++n}`;
+    // trtllm-bench (Python's UTF-8 open) refuses such a file; read "utf8" the bytes became U+FFFD in the prompt.
+    if (line === null) throw new DatasetError(`${where}: not UTF-8 text`);
+    if (!line.trim()) continue;
     const e = parseDatasetLine(line, where, o.encode);
     if (o.vocabSize !== undefined) {
       const bad = e.inputIds.find((t) => t >= o.vocabSize!);
@@ -86,14 +96,32 @@ export function readDataset(file: string, o: { encode?: Encode; vocabSize?: numb
           `${where}: token id ${bad} outside the engine's vocabulary (0..${o.vocabSize - 1})`,
         );
     }
-    entries.push({ ...e, line: i + 1 });
-  });
+    entries.push({ ...e, line: n });
+  }
   if (entries.length === 0) throw new DatasetError(`${file}: no requests in the dataset`);
   return entries;
 }
 
 export function formatDatasetLine(e: DatasetEntry): string {
   return JSON.stringify({ task_id: e.taskId, input_ids: e.inputIds, output_tokens: e.outputTokens });
+}
+
+/**
+ * The dataset's lines in parts of about 1 MB. One string of them all was refused past V8's longest string (2^29 - 24
+ * characters, ~512 MB: 35,000 requests of 4,096 tokens) with "Invalid string length", and nothing written.
+ */
+export function datasetText(entries: readonly DatasetEntry[], partChars = 1 << 20): string[] {
+  const parts: string[] = [];
+  let part = "";
+  for (const e of entries) {
+    part += `${formatDatasetLine(e)}\n`;
+    if (part.length >= partChars) {
+      parts.push(part);
+      part = "";
+    }
+  }
+  if (part) parts.push(part);
+  return parts;
 }
 
 const DATASET_KEYS = Object.keys(

@@ -117,6 +117,26 @@ export function overMaxSeqLen(
   return `prompt of ${promptTokens} tokens + ${newTokens} ${maxNewTokens} = ${total} exceeds max_seq_len ${maxSeqLen}`;
 }
 
+/** KV blocks a request holds at its longest: prompt + max_new_tokens - 1 tokens (the last token is never cached). */
+export function kvBlocksNeeded(promptTokens: number, maxNewTokens: number, tokensPerBlock: number): number {
+  return Math.ceil((promptTokens + maxNewTokens - 1) / tokensPerBlock);
+}
+
+/**
+ * Why a request can never fit the KV pool however long it waits, or undefined when it fits: the batch manager's
+ * submit refuses it in these words, and a dataset checks every line with them before its run starts.
+ */
+export function overKvPool(
+  promptTokens: number,
+  maxNewTokens: number,
+  pool: { tokensPerBlock: number; kvBlocksTotal: number },
+  newTokens = "max_new_tokens",
+): string | undefined {
+  const need = kvBlocksNeeded(promptTokens, maxNewTokens, pool.tokensPerBlock);
+  if (need <= pool.kvBlocksTotal) return undefined;
+  return `prompt of ${promptTokens} tokens + ${newTokens} ${maxNewTokens} needs ${need} KV blocks of ${pool.tokensPerBlock} tokens, the pool has ${pool.kvBlocksTotal}`;
+}
+
 export type SchedulerPolicy = "guaranteed_no_evict" | "max_utilization";
 
 export interface BatchLimits {

@@ -119,6 +119,18 @@ describe("readChatFile", () => {
     expect(stdin.reads).toBe(0);
   });
 
+  // Read "utf8", bytes that are not UTF-8 became U+FFFD in the prompt without a word (transformers refuses the
+  // file), and a folder was Node's bare "EISDIR: illegal operation on a directory, read".
+  it("a file that is not UTF-8 or is a folder: one error naming --chat FILE (and the line)", () => {
+    const dir = tmpDir();
+    const latin1 = path.join(dir, "latin1.json");
+    fs.writeFileSync(latin1, Buffer.from('[{"role": "user",\n "content": "caf\xe9"}]', "latin1"));
+    expect(() => readChatFile(latin1)).toThrow(new Error(`--chat ${latin1}:2: not UTF-8 text`));
+    expect(() => readChatFile(dir)).toThrow(new Error(`--chat ${dir}: is a directory; name a file`));
+    fs.writeFileSync(latin1, '[{"role": "user", "content": "caf\u00e9 🙂"}]');
+    expect(readChatFile(latin1)).toEqual([{ role: "user", content: "café 🙂" }]);
+  });
+
   it("- reads stdin, whose errors say stdin", () => {
     stdin.text = JSON.stringify(golden.chat[1].messages);
     expect(readChatFile("-")).toEqual(golden.chat[1].messages);

@@ -259,4 +259,26 @@ describe("tsllm-bench throughput --device cpu", () => {
       `error: ${ds}:3: request x: prompt of 250 tokens + output_tokens 10 = 260 exceeds max_seq_len 256 (raise --max-seq-len)\n`,
     );
   });
+
+  // It was refused only at its submit: after every request before it had run (here the warm-up and two requests
+  // one at a time), without its line, as "max_new_tokens" (the dataset's field is output_tokens).
+  it("a request the KV pool can never hold stops the run before it starts, naming its line and task", () => {
+    const ds = path.join(work, "big.jsonl");
+    const ok = JSON.stringify({ task_id: "ok", input_ids: [1, 2], output_tokens: 2 });
+    fs.writeFileSync(
+      ds,
+      `${ok}\n${ok}\n${JSON.stringify({ task_id: "y", input_ids: Array(30).fill(1), output_tokens: 4 })}\n`,
+    );
+    const args = ["throughput", dir, "--dataset", ds, "--device", "cpu", "--concurrency", "1"];
+    const r = bench([...args, "--kv-blocks", "4"]);
+    expect(r.status).not.toBe(0);
+    expect(r.stdout).toBe("");
+    // 30 + 4 - 1 = 33 tokens: 5 blocks of 8 (the last token is never cached); 4 blocks hold 32.
+    expect(r.stderr).toBe(
+      `error: ${ds}:3: request y: prompt of 30 tokens + output_tokens 4 needs 5 KV blocks of 8 tokens, the pool has 4 (raise --kv-blocks or --kv-cache-free-gpu-mem-fraction)\n`,
+    );
+    const fits = bench([...args, "--kv-blocks", "5", "--warmup", "0"]);
+    expect(fits.status, fits.stderr).toBe(0);
+    expect(fits.stdout).toMatch(/requests +3 \(length 3\)/);
+  });
 });

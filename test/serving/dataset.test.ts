@@ -6,6 +6,7 @@ import * as path from "node:path";
 import { describe, expect, it } from "vitest";
 import {
   DatasetError,
+  datasetText,
   type Encode,
   formatDatasetLine,
   parseDatasetLine,
@@ -67,6 +68,26 @@ describe("parseDatasetLine", () => {
       throw new Error("encoder called");
     };
     expect(parseDatasetLine(both, "x", never).inputIds).toEqual([9]);
+  });
+
+  // trtllm-bench reads data.get("input_ids", data.get("logits")): the older prepare_dataset.py lines, refused here.
+  it('reads "logits" as the ids where "input_ids" is absent, as trtllm-bench does; input_ids win', () => {
+    expect(parseDatasetLine('{"task_id": 4, "logits": [7, 0, 3], "output_tokens": 2}', "x")).toEqual({
+      taskId: 4,
+      inputIds: [7, 0, 3],
+      outputTokens: 2,
+    });
+    const never: Encode = () => {
+      throw new Error("encoder called");
+    };
+    const both = '{"prompt": "Hi", "logits": [5], "output_tokens": 1}';
+    expect(parseDatasetLine(both, "x", never).inputIds).toEqual([5]);
+    expect(parseDatasetLine('{"input_ids": [9], "logits": [5], "output_tokens": 1}', "x").inputIds).toEqual([
+      9,
+    ]);
+    expect(refusal('{"logits": [1.5], "output_tokens": 1}')).toBe(
+      'd.jsonl:7: "logits" must be a non-empty list of token ids',
+    );
   });
 
   it("refuses a line that is not a JSON object", () => {
@@ -148,6 +169,55 @@ describe("readDataset", () => {
     expect(readDataset(f)).toHaveLength(2);
   });
 
+  // Read as "utf8" the bytes became U+FFFD, and the prompt was encoded as another text than the file holds;
+  // trtllm-bench's Python open() refuses the file.
+  it("refuses bytes that are not UTF-8, naming their line; UTF-8 prompts read as written", () => {
+    const line = (prompt: string) => `{"prompt": "${prompt}", "output_tokens": 1}\n`;
+    const f = path.join(dir, "latin1.jsonl");
+    fs.writeFileSync(f, Buffer.concat([Buffer.from(line("ok")), Buffer.from(line("caf\xe9"), "latin1")]));
+    expect(() => readDataset(f, { encode: chars })).toThrow(new DatasetError(`${f}:2: not UTF-8 text`));
+    // A truncated 4-byte character at the very end, no newline after it.
+    const g = path.join(dir, "cut.jsonl");
+    fs.writeFileSync(
+      g,
+      Buffer.concat([Buffer.from(line("ok")), Buffer.from("\n"), Buffer.from("🙂").subarray(0, 3)]),
+    );
+    expect(() => readDataset(g, { encode: chars })).toThrow(new DatasetError(`${g}:3: not UTF-8 text`));
+    fs.writeFileSync(f, line("café 🙂"));
+    expect(readDataset(f, { encode: chars })[0].inputIds).toEqual(chars("café 🙂"));
+  });
+
+  // Read as one string, a file past V8's longest string (2^29 - 24 characters) was refused with "Cannot create a
+  // string longer than 0x1fffffe8 characters", naming no file: prepare-dataset writes such files. The file is 513 MB:
+  // skipped where the disk has less than 4 GiB free (the CI machine's once had 287 MB), not to fail for want of room.
+  const free = (() => {
+    try {
+      const s = fs.statfsSync(dir);
+      return s.bavail * s.bsize;
+    } catch {
+      return 0;
+    }
+  })();
+  it.skipIf(free < 4 * 2 ** 30)("reads a file past V8's longest string, line by line", () => {
+    const f = path.join(dir, "big.jsonl");
+    const fd = fs.openSync(f, "w");
+    try {
+      fs.writeSync(fd, '{"task_id": 0, "input_ids": [1, 2], "output_tokens": 3}\n');
+      const blank = Buffer.alloc(1 << 20, " ");
+      blank[blank.length - 1] = 0x0a;
+      for (let i = 0; i < 2 ** 29 / blank.length; i++) fs.writeSync(fd, blank);
+      fs.writeSync(fd, '{"task_id": 1, "input_ids": [4], "output_tokens": 5}');
+      fs.closeSync(fd);
+      expect(fs.statSync(f).size).toBeGreaterThan(2 ** 29);
+      expect(readDataset(f)).toEqual([
+        { taskId: 0, inputIds: [1, 2], outputTokens: 3, line: 1 },
+        { taskId: 1, inputIds: [4], outputTokens: 5, line: 2 ** 29 / blank.length + 2 },
+      ]);
+    } finally {
+      fs.rmSync(f, { force: true });
+    }
+  });
+
   it("refuses a file it cannot read and one without requests", () => {
     const missing = path.join(dir, "none.jsonl");
     expect(() => readDataset(missing)).toThrow(
@@ -169,6 +239,31 @@ describe("formatDatasetLine", () => {
     expect(formatDatasetLine({ ...e, taskId: "q" })).toBe(
       '{"task_id":"q","input_ids":[7,0,9],"output_tokens":12}',
     );
+  });
+});
+
+describe("datasetText", () => {
+  // One string of every line failed past V8's longest string (~512 MB) with "Invalid string length": parts.
+  it("the lines of formatDatasetLine in order, in parts of at least partChars but the last", () => {
+    const entries = tokenNormDist({
+      numRequests: 50,
+      inputMean: 20,
+      inputStdev: 8,
+      outputMean: 7,
+      outputStdev: 0,
+      seed: 1,
+      vocabSize: 512,
+    });
+    const lines = entries.map((e) => `${formatDatasetLine(e)}\n`);
+    const parts = datasetText(entries, 300);
+    expect(parts.join("")).toBe(lines.join(""));
+    expect(parts.length).toBeGreaterThan(5);
+    for (const p of parts.slice(0, -1)) expect(p.length).toBeGreaterThanOrEqual(300);
+    // Each part ends a line; a part is a line longer than partChars at most.
+    for (const p of parts)
+      expect(p.endsWith("\n") && p.length < 300 + Math.max(...lines.map((l) => l.length))).toBe(true);
+    expect(datasetText(entries)).toEqual([lines.join("")]);
+    expect(datasetText([])).toEqual([]);
   });
 });
 

@@ -1,0 +1,45 @@
+// Text files read as Python's open(encoding="utf-8") and transformers read them: bytes that are not UTF-8 are
+// refused. Node's "utf8" decoding replaces them with U+FFFD without a word, so a prompt or chat message would be
+// tokenized as another text than the file holds.
+import { isUtf8 } from "node:buffer";
+import * as fs from "node:fs";
+
+/** The line (from 1) of the first bytes of `buf` that are not UTF-8, or undefined when it is all UTF-8. */
+export function firstNonUtf8Line(buf: Uint8Array): number | undefined {
+  if (isUtf8(buf)) return undefined;
+  // No byte of a multi-byte character is "\n" (0x0a), so each line decodes on its own.
+  let line = 1;
+  for (let start = 0; ; line++) {
+    const nl = buf.indexOf(0x0a, start);
+    const end = nl < 0 ? buf.length : nl;
+    if (nl < 0 || !isUtf8(buf.subarray(start, end))) return line;
+    start = nl + 1;
+  }
+}
+
+/**
+ * The lines of `buf` (split at "\n", a "\r" before it kept), each decoded on its own, null where it is not UTF-8.
+ * One string of the whole file cannot be made past V8's longest string (2^29 - 24 characters, ~512 MB).
+ */
+export function* utf8Lines(buf: Buffer): Generator<string | null> {
+  for (let start = 0; start <= buf.length; ) {
+    const nl = buf.indexOf(0x0a, start);
+    const end = nl < 0 ? buf.length : nl;
+    const line = buf.subarray(start, end);
+    yield isUtf8(line) ? line.toString("utf8") : null;
+    start = end + 1;
+  }
+}
+
+/**
+ * A file of text (0: stdin) as UTF-8, refused in one line naming `where` (and the line) when it is not UTF-8 or is a
+ * folder (which was Node's bare "EISDIR: illegal operation on a directory, read", naming no file).
+ */
+export function readUtf8File(file: string | 0, where: string): string {
+  if (file !== 0 && fs.statSync(file, { throwIfNoEntry: false })?.isDirectory())
+    throw new Error(`${where}: is a directory; name a file`);
+  const buf = fs.readFileSync(file);
+  const bad = firstNonUtf8Line(buf);
+  if (bad !== undefined) throw new Error(`${where}:${bad}: not UTF-8 text`);
+  return buf.toString("utf8");
+}
