@@ -4,18 +4,9 @@
 // tsllm_http_requests_total (fastify's onResponse runs only for a response that finished).
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildFixture } from "../fixtures.ts";
-import { metric, startServer, type TestServer } from "./helpers.ts";
+import { metric, startServer, type TestServer, waitIdle } from "./helpers.ts";
 
 const CHAT = { model: "tiny", messages: [{ role: "user" as const, content: "Hi" }], temperature: 0 };
-
-async function waitIdle(s: TestServer) {
-  for (let t = 0; t < 400; t++) {
-    const st = s.manager.stats();
-    if (st.running === 0 && st.queued === 0 && st.paused === 0) return;
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  throw new Error("the manager did not go idle");
-}
 
 describe("tsllm-serve as the openai client sees it", () => {
   let engine: string;

@@ -65,6 +65,16 @@ export function greedyOracle(
 }
 
 /** Prometheus text → value of one sample (labels as written, e.g. 'x{a="b"}'). */
+/** Waits (up to 4 s) until the server's batch manager has nothing running, queued or paused. */
+export async function waitIdle(s: TestServer): Promise<void> {
+  for (let t = 0; t < 400; t++) {
+    const st = s.manager.stats();
+    if (st.running === 0 && st.queued === 0 && st.paused === 0) return;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  throw new Error("the manager did not go idle");
+}
+
 export function metric(text: string, name: string): number {
   const line = text.split("\n").find((l) => l.startsWith(`${name} `));
   return line === undefined ? Number.NaN : Number(line.slice(name.length + 1));

@@ -18,7 +18,7 @@ import type {
 } from "../../src/serving/types.ts";
 import { RequestRejectedError } from "../../src/serving/types.ts";
 import { buildFixture } from "../fixtures.ts";
-import { metric, startServer, type TestServer } from "./helpers.ts";
+import { metric, startServer, type TestServer, waitIdle } from "./helpers.ts";
 
 type ErrorBody = { error: { message: string; type: string; param: string | null; code: string | null } };
 
@@ -70,15 +70,6 @@ const err = (
 
 const BASE = { model: "tiny", prompt: [507, 1, 2], max_tokens: 1, temperature: 0 };
 const CHAT = { model: "tiny", messages: [{ role: "user", content: "Hi" }], max_tokens: 1, temperature: 0 };
-
-async function waitIdle(s: TestServer) {
-  for (let t = 0; t < 400; t++) {
-    const st = s.manager.stats();
-    if (st.running === 0 && st.queued === 0 && st.paused === 0) return;
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  throw new Error("the manager did not go idle");
-}
 
 describe("tsllm-serve's HTTP contract on tiny-llama", () => {
   let s: TestServer;
