@@ -1,7 +1,8 @@
 // What a vLLM user driving tsllm-serve with the official openai client got wrong, fixed: on a KV pool that holds
 // fewer tokens than max_seq_len, /v1/models promised max_seq_len and a chat without max_tokens was refused as
-// context_length_exceeded (vLLM would not even start so; we serve the pool's length), and requests whose client went away mid-response were missing from
-// tsllm_http_requests_total (fastify's onResponse runs only for a response that finished).
+// context_length_exceeded (vLLM would not even start so; we serve the pool's length), and requests whose client
+// went away mid-response were missing from tsllm_http_requests_total (fastify's onResponse runs only for a
+// response that finished).
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildFixture } from "../fixtures.ts";
 import { metric, startServer, type TestServer, waitIdle } from "./helpers.ts";
