@@ -1,5 +1,7 @@
 // Host-side sampling for the reference executor (the CUDA runtime samples on the GPU): greedy,
-// temperature, top-k, top-p, with a seeded counter-based generator so a seed repeats exactly.
+// temperature, top-k, top-p, with a seeded counter-based generator so a seed repeats exactly. The allowed set is as
+// on the GPU: temperature scales the logits, top-k keeps those >= the k-th largest, then top-p those >= the smallest
+// logit the most likely tokens reaching top_p of top-k's renormalised mass need (ties at a threshold all kept).
 import { lowbias32 } from "../weights/random.ts";
 
 export interface SamplingParams {
@@ -26,7 +28,13 @@ export function sampleToken(row: Float32Array, p: SamplingParams, step: number):
   const best = argmax(row);
   if (!Number.isFinite(row[best])) return best;
   const idx = Array.from(row.keys()).sort((a, b) => key(row[b]) - key(row[a]) || a - b);
-  const k = p.topK > 0 ? Math.min(p.topK, idx.length) : idx.length;
+  // Ties at a top-k / top-p threshold are all kept, as on the GPU (its allowed set is every logit >= the threshold)
+  // and in transformers' top-k: cutting them by index made the CPU draw from fewer tokens than the GPU.
+  const withTies = (n: number) => {
+    while (n < idx.length && key(row[idx[n]]) === key(row[idx[n - 1]])) n++;
+    return n;
+  };
+  const k = withTies(p.topK > 0 ? Math.min(p.topK, idx.length) : idx.length);
   const max = row[best];
   const probs = idx.slice(0, k).map((i) => Math.exp((key(row[i]) - max) / p.temperature));
   const total = probs.reduce((a, b) => a + b, 0);
@@ -36,7 +44,7 @@ export function sampleToken(row: Float32Array, p: SamplingParams, step: number):
     for (let i = 0; i < k; i++) {
       acc += probs[i] / total;
       if (acc >= p.topP) {
-        keep = i + 1;
+        keep = withTies(i + 1);
         break;
       }
     }

@@ -457,6 +457,38 @@ describe("batch manager (CPU reference executor)", () => {
     expect(stats.kvBlocksFree).toBe(40);
   });
 
+  it("seeded sampling gives each request its tokens alone, also when max_utilization pauses and recomputes it", async () => {
+    // The draw depends on (logits, options, seed, position) only: batching, pipelining and a resume by recomputation
+    // change none of them on this fp32 engine (logits bit for bit; batch-manager.ts says why half KV may not).
+    const sampled = growing(6).map((r, i) => ({
+      ...r,
+      sampling: { temperature: 1.3, topK: 50, topP: 0.9, seed: 100 + i },
+    }));
+    const alone: number[][] = [];
+    for (const r of sampled) {
+      const bm = await openBatchManager(dir, { device: "cpu" });
+      alone.push((await bm.submit(r).done).outputIds);
+      await bm.shutdown();
+    }
+    for (const overlap of [true, false]) {
+      const bm = await openBatchManager(dir, {
+        device: "cpu",
+        kvBlocks: 12,
+        policy: "max_utilization",
+        overlap,
+      });
+      const rs = await Promise.all(sampled.map((r) => bm.submit(r).done));
+      expect(bm.stats().preemptions, `overlap ${overlap}`).toBeGreaterThan(0);
+      await bm.shutdown();
+      rs.forEach((r, i) => expect(r.outputIds, `overlap ${overlap} request ${i}`).toEqual(alone[i]));
+    }
+    // (sampling, not greedy decoding: the first request alone at temperature 0 gives other tokens)
+    const bm = await openBatchManager(dir, { device: "cpu" });
+    const greedy = (await bm.submit({ ...sampled[0], sampling: { temperature: 0 } }).done).outputIds;
+    await bm.shutdown();
+    expect(greedy).not.toEqual(alone[0]);
+  });
+
   it("guaranteed_no_evict with the same small pool never pauses", async () => {
     const { results, stats, held, wrong } = await runAll({
       maxNumTokens: 64,
