@@ -19,6 +19,18 @@ const F32_BYTES_DTYPE = { f32: "F32", f16: "F16", bf16: "BF16" } as const;
 /** KV cache dtypes (engine header) that the reference rounds the cache to: our value dtype names. */
 const KV_ROUND = { fp16: "f16", bf16: "bf16" } as const;
 
+/**
+ * fp16 / bf16 KV cache: the rows attention stores are rounded to that dtype before any token attends to them, as
+ * the GPU's cache holds them (RefContext.kvRound). Without it a cache dtype other than the activations' (--dtype fp32
+ * --kv-cache-dtype bf16) was recorded and never applied, and a fused attention's post-RoPE K stayed fp32 in an fp16
+ * engine's cache. (Rounded after the step instead, a prompt computed in one step saw its own K/V unrounded and one
+ * recomputed after a pause saw the earlier chunks' rounded: other logits on resume.) Off with roundActivations.
+ */
+function kvRoundOf(dtype: string, roundActs: boolean): ((row: Float32Array) => void) | undefined {
+  const d = KV_ROUND[dtype as keyof typeof KV_ROUND];
+  return roundActs && d ? (row) => roundToDtype(row, d) : undefined;
+}
+
 class DenseKv implements KvStore {
   private seqs = new Map<number, { k: Float32Array[]; v: Float32Array[] }[]>();
   get(seqId: number, layer: number) {
@@ -38,6 +50,8 @@ interface RankState {
   kv: DenseKv;
   /** Storage dtype of each value, for rounding op outputs. */
   dtypes: Map<number, string>;
+  /** An fp16 / bf16 KV cache's rounding of the rows attention stores (RefContext.kvRound); undefined otherwise. */
+  kvRound?: (row: Float32Array) => void;
 }
 
 export interface ReferenceOptions {
@@ -77,6 +91,7 @@ export class ReferenceExecutor implements Executor {
       weights: weights?.[i] ?? loadWeights(rank, opts),
       kv: new DenseKv(),
       dtypes: new Map(rank.header.values.map((v) => [v.id, v.dtype])),
+      kvRound: kvRoundOf(rank.header.kv_cache.dtype, this.roundActs),
     }));
   }
 
@@ -209,6 +224,7 @@ export class ReferenceExecutor implements Executor {
           step: layout,
           kv: r.kv,
           nodeIndex: i,
+          kvRound: r.kvRound,
           allReduce: (x) => {
             const out = new Float32Array(x.f32.length);
             envs.forEach((e, j) => {
@@ -242,8 +258,6 @@ export class ReferenceExecutor implements Executor {
           env.set(o, outs[k]);
         });
         if (node.attrs.kv_cache_dtype === "fp8") storeKvFp8(r.kv, layout, node.attrs);
-        else if (this.roundActs && node.attrs.layer !== undefined && node.attrs.num_kv_heads !== undefined)
-          storeKvHalf(r.kv, layout, node.attrs.layer as number, r.rank.header.kv_cache.dtype);
       });
     }
     const h0 = this.ranks[0].rank.header;
@@ -265,25 +279,6 @@ function storeKvFp8(kv: DenseKv, layout: StepLayout, attrs: Record<string, unkno
         for (let d = 0; d < row.length; d++)
           row[d] = Math.fround(roundE4m3(Math.fround(row[d] / scales[i])) * scales[i]);
       });
-    }
-  }
-}
-
-/**
- * fp16 / bf16 KV cache: the K/V rows this step wrote are stored in that dtype, as the cache the GPU
- * writes holds them. Without this a cache dtype other than the activations' (--dtype fp32
- * --kv-cache-dtype bf16) was recorded in the engine and never applied, and a fused attention's
- * post-RoPE K stayed fp32. As for FP8, the step's own tokens attended to their rows before rounding.
- */
-function storeKvHalf(kv: DenseKv, layout: StepLayout, layer: number, dtype: string): void {
-  const d = KV_ROUND[dtype as keyof typeof KV_ROUND];
-  if (!d) return;
-  for (const s of layout.seqs) {
-    const cache = kv.get(s.seqId, layer);
-    for (let t = s.start; t < s.start + s.count; t++) {
-      const pos = layout.positions[t];
-      roundToDtype(cache.k[pos], d);
-      roundToDtype(cache.v[pos], d);
     }
   }
 }

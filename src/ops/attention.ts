@@ -44,6 +44,8 @@ function attend(
       const pos = ctx.step.positions[t];
       cache.k[pos] = k.slice(t * kStride + kOff, t * kStride + kOff + kvw);
       cache.v[pos] = v.slice(t * vStride + vOff, t * vStride + vOff + kvw);
+      ctx.kvRound?.(cache.k[pos]);
+      ctx.kvRound?.(cache.v[pos]);
     }
     for (let t = s.start; t < s.start + s.count; t++) {
       const pos = ctx.step.positions[t];

@@ -19,6 +19,13 @@ export interface RefContext {
   allGather(x: HostTensor, opId: number): HostTensor;
   /** Stable id of the node being run (for collective rendezvous). */
   nodeIndex: number;
+  /**
+   * An fp16 / bf16 KV cache's rounding of a K or V row as attention stores it, before any token attends to it: the
+   * GPU's 16-bit cache rounds a step's own rows too (decode_fast_kernel attends to the packed k it stores), so a
+   * prompt computed in one step or in chunks (a paused request's recompute) sees the same values. Absent: rows are
+   * kept as computed (fp32 caches; FP8 is applied after the step, the GPU's FP8 path attending unrounded).
+   */
+  kvRound?: (row: Float32Array) => void;
 }
 
 export interface StepSeq {
