@@ -111,7 +111,13 @@ export default defineModel<GptjConfig>({
       embed: m.Embedding("transformer.wte", cfg.vocabSize, cfg.hiddenSize),
       layers: stack(cfg.numLayers, (i) => GPTJBlock(m, `transformer.h.${i}`, cfg)),
       norm: m.LayerNorm("transformer.ln_f", cfg.hiddenSize, cfg.layerNormEps),
-      lmHead: m.Linear("lm_head", cfg.hiddenSize, cfg.vocabSize, { bias: true, parallel: "vocab" }),
+      // transformers ties lm_head.weight to wte under tie_word_embeddings (the bias stays lm_head's own);
+      // a checkpoint's lm_head.weight is then ignored, as here (it was read instead, without a word).
+      lmHead: m.Linear("lm_head", cfg.hiddenSize, cfg.vocabSize, {
+        bias: true,
+        parallel: "vocab",
+        weightName: cfg.tieWordEmbeddings ? "transformer.wte.weight" : undefined,
+      }),
     });
   },
 });

@@ -52,6 +52,9 @@ export function parseLlamaConfig(json: unknown, source: string): LlamaConfig {
     hiddenAct: "silu",
   };
   if (raw.sliding_window != null) cfg.slidingWindow = raw.sliding_window;
+  // transformers' MistralConfig defaults an absent sliding_window to 4096 (null is "none"); LlamaConfig has none.
+  else if (cfg.architecture === "MistralForCausalLM" && raw.sliding_window === undefined)
+    cfg.slidingWindow = 4096;
   return cfg;
 }
 

@@ -47,7 +47,8 @@ export function parseMixtralConfig(json: unknown, source: string): MixtralConfig
       "sliding_window",
     );
   return {
-    ...decoderConfig(raw, source),
+    // transformers' MixtralConfig defaults rope_theta to 1e6 (not Llama's 1e4) when the config names none.
+    ...decoderConfig(raw, source, 1e6),
     rmsNormEps: raw.rms_norm_eps,
     numExperts: raw.num_local_experts,
     topK: raw.num_experts_per_tok,

@@ -29,7 +29,9 @@ export interface Qwen2Config extends DecoderConfig {
 export function parseQwen2Config(json: unknown, source: string): Qwen2Config {
   const raw = parseConfigJson(Qwen2ConfigJson, json, source);
   const cfg: Qwen2Config = { ...decoderConfig(raw, source), rmsNormEps: raw.rms_norm_eps };
-  if (raw.use_sliding_window && raw.sliding_window != null) cfg.slidingWindow = raw.sliding_window;
+  // Qwen2Config's sliding_window defaults to 4096 when absent (null: none); it counts only with use_sliding_window.
+  const window = raw.sliding_window === undefined ? 4096 : raw.sliding_window;
+  if (raw.use_sliding_window && window != null) cfg.slidingWindow = window;
   return cfg;
 }
 

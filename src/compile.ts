@@ -2,6 +2,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { type Checkpoint, INDEX_FILE, openCheckpoint } from "./checkpoint/checkpoint.ts";
+import { isFloatDtype } from "./checkpoint/dtype.ts";
 import { ConfigError } from "./checkpoint/errors.ts";
 import { configArchitecture, configTorchDtype } from "./checkpoint/hf-config.ts";
 import { modelFacts } from "./dsl/model.ts";
@@ -69,9 +70,18 @@ export class BuildError extends Error {
 
 function readJson(file: string): unknown {
   if (!fs.existsSync(file)) throw new ConfigError(file, "file not found");
+  let text: string | undefined;
   try {
-    return JSON.parse(fs.readFileSync(file, "utf8"));
+    text = fs.readFileSync(file, "utf8");
+    return JSON.parse(text);
   } catch (e) {
+    // An invisible byte order mark (Windows editors add one) made JSON.parse's "Unexpected token ' '" a riddle.
+    // transformers' json.loads refuses it too ("Unexpected UTF-8 BOM"), so refuse it by name.
+    if (text?.startsWith("\ufeff"))
+      throw new ConfigError(
+        file,
+        "starts with a UTF-8 byte order mark, which JSON does not allow: save it without one",
+      );
     throw new ConfigError(file, `invalid JSON: ${(e as Error).message.replace(/\s+/g, " ")}`);
   }
 }
@@ -122,6 +132,26 @@ function generationEosIds(checkpoint: string): number[] | undefined {
       `eos_token_id must be a token id or a list of them, got ${JSON.stringify(eos)}`,
     );
   return ids.length ? (ids as number[]) : undefined;
+}
+
+/**
+ * The torch dtype of a checkpoint's weights, for a config.json that names none (older or hand-written ones):
+ * transformers' dtype "auto" then takes the first floating-point weight's dtype (get_state_dict_dtype), so a
+ * bf16 checkpoint loads as bf16 (its RoPE inv_freq rounded to bf16, as the goldens were); "float16" here gave
+ * an fp16 engine with f16-rounded inv_freq instead.
+ */
+function checkpointTorchDtype(dir: string): string | undefined {
+  const ckpt = openCheckpoint(dir);
+  try {
+    const torch: Record<string, string> = { F32: "float32", F16: "float16", BF16: "bfloat16" };
+    for (const name of ckpt.names()) {
+      const dtype = ckpt.info(name).dtype;
+      if (isFloatDtype(dtype)) return torch[dtype];
+    }
+    return undefined;
+  } finally {
+    ckpt.close();
+  }
 }
 
 export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
@@ -191,7 +221,8 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
   if (o.checkpoint && o.randomWeights)
     throw new BuildError("--random-weights builds from --config, not a checkpoint");
 
-  const torchDtype = configTorchDtype(hfJson) ?? "float16";
+  const torchDtype =
+    configTorchDtype(hfJson) ?? (o.checkpoint && checkpointTorchDtype(o.checkpoint)) ?? "float16";
   const dtype = !o.dtype || o.dtype === "auto" ? (torchDtype === "bfloat16" ? "bf16" : "fp16") : o.dtype;
   const parsed = BuildConfig.safeParse({
     sm: o.sm,

@@ -179,6 +179,13 @@ describe("compile refuses before writing anything", () => {
       `${bad}: invalid JSON: Unexpected token 'x', "{"a": x}" is not valid JSON`,
       "ConfigError",
     );
+    // A byte order mark is invisible: JSON.parse's "Unexpected token ' '" did not say what to remove.
+    const bom = configFile(`\ufeff${JSON.stringify(llamaJson())}`);
+    await refused(
+      { config: bom },
+      `${bom}: starts with a UTF-8 byte order mark, which JSON does not allow: save it without one`,
+      "ConfigError",
+    );
   });
 
   it("an architecture the model file does not implement, naming the bundled file that does", async () => {

@@ -33,6 +33,22 @@ describe("Mistral-style config", () => {
     expect(e.ranks[0].header.kv_cache.num_kv_heads).toBe(1);
   });
 
+  it("an absent sliding_window is MistralConfig's default 4096 (null: none; Llama has no window)", async () => {
+    // It built full attention up to max_position_embeddings, where transformers attends within 4096 tokens.
+    const { sliding_window: _, ...noWindow } = mistral;
+    const maxSeqLen = async (json: Record<string, unknown>) => {
+      const dir = tmpDir();
+      fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify(json));
+      const out = path.join(dir, "e");
+      await compileEngine({ modelFile: LLAMA_MODEL, config: path.join(dir, "config.json"), sm: 90, out });
+      return openEngine(out).config.build.max_seq_len;
+    };
+    const long = { ...noWindow, max_position_embeddings: 32768 };
+    expect(await maxSeqLen(long)).toBe(4096);
+    expect(await maxSeqLen({ ...long, sliding_window: null })).toBe(8192);
+    expect(await maxSeqLen({ ...long, architectures: ["LlamaForCausalLM"] })).toBe(8192);
+  });
+
   it("refuses a max_seq_len beyond the window", async () => {
     const dir = tmpDir();
     fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify(mistral));

@@ -127,6 +127,19 @@ describe("tiny-mixtral", () => {
       expect(report.maxAbs).toBeLessThanOrEqual(1e-5);
     });
 
+  it("a config naming no rope_theta takes MixtralConfig's default 1e6, not Llama's 1e4 (golden, ≤ 1e-5)", async () => {
+    // tiny-mixtral's theta is 1e6: with rope_parameters gone, 1e4 gave max |Δlogit| 1.34 (measured).
+    const dir = variant((c) => {
+      delete c.rope_parameters;
+      delete c.rope_theta;
+    });
+    const report = checkGolden(
+      ReferenceExecutor.load(await build(1, dir)),
+      readGolden(path.join(TINY_MIXTRAL, "golden.safetensors")),
+    );
+    expect(report.maxAbs).toBeLessThanOrEqual(1e-5);
+  });
+
   it("the fusion report counts one moe launch per layer; the arena plans the router logits and the block output", async () => {
     const dir = await build(1);
     const report = JSON.parse(fs.readFileSync(path.join(dir, "report.json"), "utf8"));

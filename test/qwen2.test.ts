@@ -1,8 +1,10 @@
 // models/qwen2.ts, built only from the layer library, against transformers' own logits for
 // tiny-qwen2 (bias on q/k/v only, none on o_proj; tied embeddings; RoPE theta 1e6; GQA 4/2):
 // prefill plus teacher-forced decode in fp32 on the reference executor, at --tp 1 and --tp 2.
+import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, expect, it } from "vitest";
+import { parseQwen2Config } from "../models/qwen2.ts";
 import { compileEngine } from "../src/compile.ts";
 import { openEngine } from "../src/engine/reader.ts";
 import { ReferenceExecutor } from "../src/executor/reference.ts";
@@ -49,5 +51,20 @@ describe("tiny-qwen2", () => {
     expect(names).toContain("model.layers.0.self_attn.qkv_proj.bias"); // q, k, v biases, fused
     expect(names.some((n) => /o_proj\.bias/.test(n))).toBe(false);
     expect(names.some((n) => n.startsWith("lm_head"))).toBe(false);
+  });
+});
+
+describe("Qwen2 sliding window", () => {
+  it("use_sliding_window without a sliding_window takes Qwen2Config's default 4096 (null: none)", () => {
+    // It had no window: full attention up to max_seq_len, where transformers attends within 4096 tokens.
+    const json = JSON.parse(fs.readFileSync(path.join(TINY_QWEN2, "config.json"), "utf8"));
+    delete json.sliding_window;
+    const window = (extra: Record<string, unknown>) =>
+      parseQwen2Config({ ...json, ...extra }, "c.json").slidingWindow;
+    expect(window({ use_sliding_window: true })).toBe(4096);
+    expect(window({ use_sliding_window: true, sliding_window: 64 })).toBe(64);
+    expect(window({ use_sliding_window: true, sliding_window: null })).toBeUndefined();
+    expect(window({ use_sliding_window: false })).toBeUndefined();
+    expect(window({})).toBeUndefined();
   });
 });

@@ -24,6 +24,11 @@ export interface Checkpoint {
   /** The tensor decoded to fp32 (float dtypes only). */
   readF32(name: string): Float32Array;
   close(): void;
+  /**
+   * For a name the checkpoint lacks: the shard that holds it all the same, unlisted in the index's
+   * weight_map (so a "missing tensor" refusal can say which file to mend); else undefined.
+   */
+  unlisted?(name: string): string | undefined;
 }
 
 export function openCheckpoint(dir: string): Checkpoint {
@@ -40,6 +45,16 @@ export function openCheckpoint(dir: string): Checkpoint {
     const dangling = danglingLink(p);
     if (dangling) throw new CheckpointError(p, `does not exist: it is ${dangling}`);
   }
+  // Older folders hold only PyTorch pickles (pytorch_model.bin, or its shards and index), which are not read:
+  // say so and how to convert, rather than "no checkpoint found" beside a folder of weights.
+  const pickle = ["pytorch_model.bin.index.json", "pytorch_model.bin"].find((f) =>
+    fs.existsSync(nodePath.join(dir, f)),
+  );
+  if (pickle)
+    throw new CheckpointError(
+      dir,
+      `holds ${pickle} (PyTorch pickle weights), which are not read: convert the checkpoint to safetensors (transformers: model.save_pretrained(dir, safe_serialization=True))`,
+    );
   const what = fs.existsSync(dir) ? "" : " (directory does not exist)";
   throw new CheckpointError(dir, `no checkpoint found: looked for ${INDEX_FILE} and ${SINGLE_FILE}${what}`);
 }
@@ -105,15 +120,41 @@ function openSharded(dir: string, indexPath: string): Checkpoint {
       }
       owner.set(name, file);
     }
+    // transformers loads every tensor of each shard it opens, so a tensor that two shards hold is read from
+    // whichever comes last: when the copies differ, which weights the model gets depends on the loader.
+    const unlisted = new Map<string, string>();
+    for (const [shardName, file] of shards) {
+      for (const name of file.names()) {
+        const listed = owner.get(name);
+        if (!listed) unlisted.set(name, shardName);
+        else if (listed !== file && !sameTensor(listed, file, name)) {
+          throw new CheckpointError(
+            indexPath,
+            `held by both "${shardName}" and "${nodePath.basename(listed.path)}" with different contents (weight_map names "${weightMap[name]}"): remove the stale copy`,
+            name,
+          );
+        }
+      }
+    }
+    const impl = new CheckpointImpl(dir, owner, [...shards.values()]);
+    impl.unlisted = (name) => (owner.has(name) ? undefined : unlisted.get(name));
+    return impl;
   } catch (e) {
     for (const f of shards.values()) f.close();
     throw e;
   }
-  return new CheckpointImpl(dir, owner, [...shards.values()]);
+}
+
+/** Same dtype, shape and bytes (read only for the rare tensor two shards both hold). */
+function sameTensor(a: SafetensorsFile, b: SafetensorsFile, name: string): boolean {
+  const [x, y] = [a.info(name), b.info(name)];
+  if (x.dtype !== y.dtype || x.shape.join(",") !== y.shape.join(",")) return false;
+  return Buffer.from(a.read(name)).equals(b.read(name));
 }
 
 class CheckpointImpl implements Checkpoint {
   private readonly sortedNames: string[];
+  unlisted?: (name: string) => string | undefined;
   constructor(
     readonly dir: string,
     private readonly owner: Map<string, SafetensorsFile>,

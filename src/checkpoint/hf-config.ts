@@ -181,7 +181,12 @@ export interface DecoderConfig extends CommonConfig {
 }
 
 /** decoderFields → DecoderConfig, checking that heads divide and the head dim suits RoPE. */
-export function decoderConfig(raw: z.infer<typeof decoderSchema>, source: string): DecoderConfig {
+export function decoderConfig(
+  raw: z.infer<typeof decoderSchema>,
+  source: string,
+  /** The model's rope_theta when the config names none (transformers' per-model default: Mixtral's is 1e6). */
+  defaultRopeTheta = 10000,
+): DecoderConfig {
   const numHeads = raw.num_attention_heads;
   const numKvHeads = raw.num_key_value_heads ?? numHeads;
   if (raw.head_dim == null && raw.hidden_size % numHeads !== 0) {
@@ -201,7 +206,7 @@ export function decoderConfig(raw: z.infer<typeof decoderSchema>, source: string
   }
   if (headDim % 2 !== 0)
     throw new ConfigError(source, `head dim ${headDim} must be even for RoPE`, "head_dim");
-  const { theta, scaling } = ropeParameters(raw, source, raw.max_position_embeddings);
+  const { theta, scaling } = ropeParameters(raw, source, raw.max_position_embeddings, defaultRopeTheta);
   const common = commonConfig(raw);
   return {
     hiddenSize: raw.hidden_size,
@@ -223,11 +228,13 @@ export function ropeParameters(
   source: string,
   /** The config's max_position_embeddings (YaRN's and dynamic NTK's defaults derive from it). */
   maxPositionEmbeddings?: number,
+  /** rope_theta when neither generation names one (the model config class's default). */
+  defaultTheta = 10000,
 ): { theta: number; scaling: RopeScaling } {
   const params = raw.rope_parameters ?? undefined;
   const field = params ? "rope_parameters" : "rope_scaling";
   const rope = params ?? raw.rope_scaling ?? undefined;
-  const theta = params?.rope_theta ?? raw.rope_theta ?? 10000;
+  const theta = params?.rope_theta ?? raw.rope_theta ?? defaultTheta;
   if (!rope) return { theta, scaling: null };
   const type = rope.rope_type ?? rope.type ?? (params ? "default" : undefined);
   if (type === undefined)

@@ -1,7 +1,8 @@
 // Before anything is written: every checkpoint weight the graph needs exists with the declared shape,
 // each recipe part bound to the layout the checkpoint has (the part itself or one of its `or`
 // alternatives, e.g. transformers 5's fused experts), so later passes see one layout only.
-import type { Checkpoint } from "../checkpoint/checkpoint.ts";
+import * as path from "node:path";
+import { type Checkpoint, INDEX_FILE } from "../checkpoint/checkpoint.ts";
 import { FLOAT_DTYPES, isFloatDtype } from "../checkpoint/dtype.ts";
 import { CheckpointError } from "../checkpoint/errors.ts";
 import type { Graph } from "../ir/types.ts";
@@ -18,6 +19,14 @@ function bindPart(p: RecipePart, ckpt: Checkpoint): RecipePart {
   const { or = [], ...own } = p;
   const bound = [own, ...or].find((c) => ckpt.has(c.name));
   if (!bound) {
+    // A shard holding it though the index's weight_map leaves it out: "missing" alone sends the user to the shards.
+    const shard = ckpt.unlisted?.(p.name);
+    if (shard)
+      throw new CheckpointError(
+        path.join(ckpt.dir, INDEX_FILE),
+        `not in weight_map, though shard "${shard}" holds it: add it to weight_map`,
+        p.name,
+      );
     const alt = or.length ? ` (nor ${or.map((a) => `"${a.name}"`).join(" or ")} of another layout)` : "";
     throw new CheckpointError(ckpt.dir, `missing tensor the model needs${alt}`, p.name);
   }

@@ -174,6 +174,42 @@ describe("a sharded checkpoint", () => {
     c.close();
   });
 
+  it("names the shard that holds a tensor the weight_map leaves out (for the missing-tensor refusal)", () => {
+    const c = openCheckpoint(sharded());
+    expect(c.unlisted?.("stray")).toBe("s..2.safetensors");
+    expect(c.unlisted?.("a")).toBeUndefined(); // listed
+    expect(c.unlisted?.("nowhere")).toBeUndefined();
+    c.close();
+  });
+
+  it("a tensor two shards hold: the same bytes are accepted, different ones refused in one line", () => {
+    // transformers loads every tensor of each shard, the last shard's copy winning: the weights would depend
+    // on the loader. The listed copy was read without a word before.
+    const dir = newDir();
+    writeSafetensors(path.join(dir, "s2.safetensors"), {
+      x: t("U8", new Uint8Array([1, 2])),
+      y: t("U8", new Uint8Array([3])),
+    });
+    index(dir, { x: "s2.safetensors", y: "s2.safetensors", z: "s1.safetensors" });
+    writeSafetensors(path.join(dir, "s1.safetensors"), {
+      x: t("U8", new Uint8Array([1, 2])),
+      z: t("U8", new Uint8Array([0])),
+    });
+    const c = openCheckpoint(dir);
+    expect(Array.from(c.read("x"))).toEqual([1, 2]);
+    c.close();
+    writeSafetensors(path.join(dir, "s1.safetensors"), {
+      x: t("U8", new Uint8Array([1, 9])),
+      z: t("U8", new Uint8Array([0])),
+    });
+    const before = openFds();
+    const e = thrown(() => openCheckpoint(dir), CheckpointError);
+    expect(e.message).toBe(
+      `${path.join(dir, INDEX_FILE)}: tensor "x": held by both "s1.safetensors" and "s2.safetensors" with different contents (weight_map names "s2.safetensors"): remove the stale copy`,
+    );
+    expect(openFds()).toBe(before);
+  });
+
   it("closes the shards it had opened when a later one is missing", () => {
     const dir = newDir();
     writeSafetensors(path.join(dir, "s1.safetensors"), { x: t("U8", new Uint8Array([1])) });
@@ -208,6 +244,18 @@ describe("refusals", () => {
     );
     const empty = newDir();
     expect(thrown(() => openCheckpoint(empty), CheckpointError).message).toBe(`${empty}: ${what}`);
+  });
+
+  it("a folder of PyTorch pickles only (pytorch_model.bin, or its index) is named, with how to convert", () => {
+    const convert =
+      "(PyTorch pickle weights), which are not read: convert the checkpoint to safetensors (transformers: model.save_pretrained(dir, safe_serialization=True))";
+    for (const f of ["pytorch_model.bin", "pytorch_model.bin.index.json"]) {
+      const dir = newDir();
+      fs.writeFileSync(path.join(dir, f), "x");
+      expect(thrown(() => openCheckpoint(dir), CheckpointError).message).toBe(
+        `${dir}: holds ${f} ${convert}`,
+      );
+    }
   });
 
   it("an index that is not JSON, or has no weight_map object", () => {

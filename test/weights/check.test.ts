@@ -2,10 +2,13 @@
 // parts it binds (the part itself or one of its `or` alternatives), what it leaves alone, and its refusals
 // with their exact one-line messages. Shapes are the fixture's: model.norm.weight [128], q_proj [128, 128],
 // k_proj [64, 128], embed_tokens [512, 128].
+import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import { describe, expect, it } from "vitest";
-import { openCheckpoint } from "../../src/checkpoint/checkpoint.ts";
+import { INDEX_FILE, openCheckpoint } from "../../src/checkpoint/checkpoint.ts";
 import { CheckpointError } from "../../src/checkpoint/errors.ts";
+import { type TensorToWrite, writeSafetensors } from "../../src/checkpoint/safetensors.ts";
 import type { Graph, Value } from "../../src/ir/types.ts";
 import { bindCheckpointWeights } from "../../src/weights/check.ts";
 import type { RecipePart, WeightRecipe } from "../../src/weights/recipe.ts";
@@ -127,6 +130,28 @@ describe("bindCheckpointWeights", () => {
     expect(() => bind({ name: NORM, shape: [128], transforms: [] }, alt("z.weight"))).toThrow(
       exactly(`${TINY_LLAMA}: tensor "z.weight": missing tensor the model needs`),
     );
+  });
+
+  it("a tensor a shard holds but the index's weight_map leaves out: names the index, the shard, and the mend", () => {
+    // It was "missing tensor the model needs" about the folder, sending the user to shards that do hold it.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tsllm-check-"));
+    try {
+      const one: TensorToWrite = { dtype: "F32", shape: [1], data: new Uint8Array(4) };
+      writeSafetensors(path.join(dir, "s.safetensors"), { "a.weight": one, "b.weight": one });
+      fs.writeFileSync(
+        path.join(dir, INDEX_FILE),
+        JSON.stringify({ weight_map: { "b.weight": "s.safetensors" } }),
+      );
+      const sharded = openCheckpoint(dir);
+      const g = graph(value(0, recipe({ name: "a.weight", shape: [1], transforms: [] })));
+      const e = thrown(() => bindCheckpointWeights(g, sharded));
+      sharded.close();
+      expect(e.message).toBe(
+        `${path.join(dir, INDEX_FILE)}: tensor "a.weight": not in weight_map, though shard "s.safetensors" holds it: add it to weight_map`,
+      );
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("refuses a shape other than the checkpoint's, in the file that holds it", () => {
