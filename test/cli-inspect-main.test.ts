@@ -9,7 +9,7 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { compileEngine } from "../src/compile.ts";
 import { FusionReport } from "../src/report/index.ts";
 import { Exit, importMain, runCaptured } from "./cli-main-helpers.ts";
-import { LLAMA_MODEL, TINY_LLAMA, tmpDir } from "./fixtures.ts";
+import { LLAMA_MODEL, MIXTRAL_MODEL, TINY_LLAMA, tmpDir } from "./fixtures.ts";
 
 const PASSES =
   "qkv-fusion, gate-up-fusion, attention-fusion, epilogue-fusion, add-norm-fusion, norm-chain-fusion, cse, dce, " +
@@ -146,6 +146,16 @@ describe("tsllm-inspect in-process", () => {
     expect(lines[6]).toMatch(/^fusion report: 2 layers, tp 2 \(rank 0 shown\), fp16/);
   });
 
+  it("a mixture of experts over expert-parallel rank groups says how the tp ranks divide", async () => {
+    const ep = path.join(tmpDir(), "ep");
+    await compileEngine({ modelFile: MIXTRAL_MODEL, sm: 90, tp: 4, moeEpSize: 2, out: ep });
+    const r = await inspect(ep, "--no-notes");
+    expect(r.error).toBeNull();
+    expect(r.stdout.split("\n")[1]).toMatch(/^ {2}ranks 4 \(tp 4 = moe_ep_size 2 × moe_tp_size 2\), dtype /);
+    const plain = await inspect(random, "--no-notes");
+    expect(plain.stdout.split("\n")[1]).toMatch(/^ {2}ranks 2 \(tp 2\), dtype /);
+  });
+
   it("--json: report.json as it is; refused when there is none", async () => {
     const r = await inspect(llama, "--json");
     expect(r.error).toBeNull();
@@ -191,6 +201,10 @@ describe("tsllm-inspect in-process", () => {
     expect((b.error as Error).message).toBe(`${reportPath}: not valid JSON (${parseMessage.split("\n")[0]})`);
     // What is printed before: the summary lines, read from the engine.
     expect(b.stdout).toBe(llamaHead(broken));
+    // --json refuses it the same way, printing nothing (it printed the half document and exited 0).
+    const j = await inspect(broken, "--json");
+    expect((j.error as Error).message).toBe(`${reportPath}: not valid JSON (${parseMessage.split("\n")[0]})`);
+    expect(j.stdout).toBe("");
 
     const wrong = copy((d) =>
       editJson(path.join(d, "report.json"), (j) => {

@@ -118,8 +118,8 @@ function rankFile(b: Buffer): string {
 
 describe("openEngine", () => {
   it("reads a valid engine: its config, each rank's header, data offset and config.json entry", () => {
-    const two = rankBytes({ head: header({ rank: 1 }) });
-    const dir = engineDir([rankBytes(), two]);
+    const two = rankBytes({ head: header({ rank: 1, tp: 2 }) });
+    const dir = engineDir([rankBytes({ head: header({ tp: 2 }) }), two]);
     const e = openEngine(dir);
     expect(e.dir).toBe(dir);
     expect(e.config.model).toEqual({ name: "toy" });
@@ -238,7 +238,10 @@ describe("openEngine", () => {
   });
 
   it("a rank file missing, or of another size than config.json says", () => {
-    const dir = engineDir([rankBytes(), rankBytes({ head: header({ rank: 1 }) })]);
+    const dir = engineDir([
+      rankBytes({ head: header({ tp: 2 }) }),
+      rankBytes({ head: header({ rank: 1, tp: 2 }) }),
+    ]);
     const r1 = path.join(dir, "rank1.engine");
     const size = fs.statSync(r1).size;
     fs.appendFileSync(r1, "x");
@@ -247,6 +250,33 @@ describe("openEngine", () => {
     );
     fs.rmSync(r1);
     expect(refusal(() => openEngine(dir))).toBe(`${r1}: missing rank file`);
+  });
+
+  it("rank files swapped, copied over another rank, or listed for another tp: refused naming the file", () => {
+    // Same sizes, so only the content hash told them apart, and --no-verify skips it: a swapped tp 2 engine ran
+    // with every rank's weights misplaced and printed wrong tokens. The headers say which rank each file is.
+    const ranks = (tp: number) =>
+      Array.from({ length: tp }, (_, i) => rankBytes({ head: header({ rank: i, tp }) }));
+    const [r0, r1] = ranks(2);
+    const swapped = engineDir([r1, r0]);
+    expect(refusal(() => openEngine(swapped))).toBe(
+      `${path.join(swapped, "rank0.engine")}: the header says rank 1 of tp 2, config.json lists it as rank 0 of tp 2 (rank files swapped or from another engine)`,
+    );
+    const copied = engineDir([r0, r0]);
+    expect(refusal(() => openEngine(copied))).toBe(
+      `${path.join(copied, "rank1.engine")}: the header says rank 0 of tp 2, config.json lists it as rank 1 of tp 2 (rank files swapped or from another engine)`,
+    );
+    // rank 1 of a tp 4 engine in a tp 2 one
+    const other = engineDir([r0, ranks(4)[1]]);
+    expect(refusal(() => openEngine(other))).toBe(
+      `${path.join(other, "rank1.engine")}: the header says rank 1 of tp 4, config.json lists it as rank 1 of tp 2 (rank files swapped or from another engine)`,
+    );
+    // config.json listing one rank file of a tp 2 build: the executor would all_reduce half the partial sums
+    const short = engineDir([r0], { build: { ...(config([]).build as Json), tp: 2 } });
+    expect(refusal(() => openEngine(short))).toBe(
+      `${path.join(short, "config.json")}: lists 1 rank files for tp 2`,
+    );
+    openEngine(engineDir([r0, r1])); // in order: opens
   });
 
   it("the rank header is checked when the engine is opened", () => {
@@ -549,7 +579,10 @@ describe("streamRankWeights", () => {
   });
 
   it("verifyEngine checks every rank and hands nothing over", () => {
-    const dir = engineDir([rankBytes(), rankBytes({ head: header({ rank: 1 }) })]);
+    const dir = engineDir([
+      rankBytes({ head: header({ tp: 2 }) }),
+      rankBytes({ head: header({ rank: 1, tp: 2 }) }),
+    ]);
     const e = openEngine(dir);
     verifyEngine(e);
     const r1 = path.join(dir, "rank1.engine");

@@ -242,6 +242,24 @@ describe("graph figures of tiny-mixtral (unfused, fp32)", () => {
   });
 });
 
+describe("the drawing of a weight-quantised tiny-mixtral (fp16, after every pass)", () => {
+  // One expert's stored bytes, counted from the config (hidden 128, intermediate 192): w1 and w3 192 rows by 128,
+  // w2 128 rows by 192, and their fp32 scales, which the kernels read with them (roofline.ts counts them too).
+  for (const [quant, extra, bytes] of [
+    // int8-wo: 1 byte a value, one scale a row: 3 × 192 × 128 + 4 × (192 + 192 + 128) = 75,776 B.
+    ["int8-wo", {}, "74.0 KiB"],
+    // int4-wo group 32: two values a byte, a scale per 32 values: 3 × 192 × 64 + 4 × 3 × 192 × 4 = 46,080 B
+    // (was 36.0 KiB: the scales left out).
+    ["int4-wo", { group_size: 32 }, "45.0 KiB"],
+  ] as const)
+    it(`${quant}: what one routed token reads per expert includes the experts' scales`, async () => {
+      const g0 = await graphOf(MIXTRAL_MODEL, TINY_MIXTRAL);
+      const g = runReported(g0, PASSES, testBuild({ quant, dtype: "fp16", ...extra }), { records: [] });
+      const moe = drawLayer(g, 1).nodes.find((n) => n.op === "moe")!;
+      expect([moe.label, moe.detail]).toEqual([`moe (${quant})`, `4 experts, top 2 · ${bytes} per expert`]);
+    });
+});
+
 describe("the drawing of a weight-quantised tiny-llama (fp16, after every pass)", () => {
   // The projections' dims are the model's whatever the storage: qkv 128 → 128 + 64 + 64, o 128 → 128, gate/up
   // 128 → 2 × 352, down 352 → 128 (int4-wo packs two values a byte: the stored weights are 64 and 176 columns).

@@ -22,7 +22,11 @@ export async function tsllmInspect(argv: readonly string[]): Promise<void> {
   const reportPath = path.join(dir, REPORT_JSON);
   if (o.json) {
     if (!fs.existsSync(reportPath)) throw new Error(`${dir}: no ${REPORT_JSON} in this engine`);
-    process.stdout.write(fs.readFileSync(reportPath, "utf8"));
+    // As it is, but only when it is JSON: a truncated report.json was printed with exit 0 (what reads --json
+    // got half a document), while the table refused the same file.
+    const text = fs.readFileSync(reportPath, "utf8");
+    parseReportJson(reportPath, text);
+    process.stdout.write(text);
     return;
   }
   const engine = openEngine(dir);
@@ -39,9 +43,15 @@ export async function tsllmInspect(argv: readonly string[]): Promise<void> {
     }
   }
   const onDisk = engine.config.ranks.reduce((a, r) => a + r.bytes, 0);
+  // Expert parallelism lays the ranks out differently (each group holds whole experts): without it a tp 4,
+  // moe_ep_size 2 engine read exactly as a plain tp 4 one.
+  const ep =
+    build.moe_ep_size > 1
+      ? ` = moe_ep_size ${build.moe_ep_size} × moe_tp_size ${build.tp / build.moe_ep_size}`
+      : "";
   const lines = [
     `engine ${dir}: ${arch}, ${facts.numLayers} layers, hidden ${facts.hiddenSize}, vocab ${facts.vocabSize}`,
-    `  ranks ${engine.ranks.length} (tp ${build.tp}), dtype ${build.dtype}, kv cache ${build.kv_cache_dtype}, quant ${build.quant}, sm ${build.sm}`,
+    `  ranks ${engine.ranks.length} (tp ${build.tp}${ep}), dtype ${build.dtype}, kv cache ${build.kv_cache_dtype}, quant ${build.quant}, sm ${build.sm}`,
     `  limits: max_batch_size ${build.max_batch_size}, max_seq_len ${build.max_seq_len}, max_num_tokens ${build.max_num_tokens}, tokens_per_block ${build.tokens_per_block}`,
     `  weights: ${weights} tensors, ${fmtBytes(weightBytes)} over all ranks` +
       (build.random_weights
@@ -54,13 +64,7 @@ export async function tsllmInspect(argv: readonly string[]): Promise<void> {
     process.stdout.write(`(no ${REPORT_JSON} in this engine)\n`);
     return;
   }
-  let json: unknown;
-  try {
-    json = JSON.parse(fs.readFileSync(reportPath, "utf8"));
-  } catch (e) {
-    // JSON.parse's message alone ("Unexpected end of JSON input") does not say which file is broken.
-    throw new Error(`${reportPath}: not valid JSON (${(e as Error).message.split("\n")[0]})`);
-  }
+  const json = parseReportJson(reportPath, fs.readFileSync(reportPath, "utf8"));
   const parsed = FusionReport.safeParse(json);
   if (!parsed.success) {
     const i = parsed.error.issues[0];
@@ -71,6 +75,15 @@ export async function tsllmInspect(argv: readonly string[]): Promise<void> {
   process.stdout.write(`${formatReport(parsed.data, { notes: o.notes })}\n`);
   if (fs.existsSync(path.join(dir, REPORT_HTML)))
     process.stdout.write(`drawing: ${path.join(dir, REPORT_HTML)}\n`);
+}
+
+function parseReportJson(reportPath: string, text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    // JSON.parse's message alone ("Unexpected end of JSON input") does not say which file is broken.
+    throw new Error(`${reportPath}: not valid JSON (${(e as Error).message.split("\n")[0]})`);
+  }
 }
 
 await main(() => tsllmInspect(process.argv));

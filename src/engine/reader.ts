@@ -70,8 +70,12 @@ export function openEngine(dir: string): Engine {
     throw new EngineError(`${cfgPath}: invalid engine config at "${i.path.join(".")}": ${i.message}`);
   }
   const config = parsed.data;
+  // The executors run config.ranks as the tp ranks in order: a list of another length would all_reduce
+  // too few (or too many) partial sums and run without an error.
+  if (config.ranks.length !== config.build.tp)
+    throw new EngineError(`${cfgPath}: lists ${config.ranks.length} rank files for tp ${config.build.tp}`);
   // File names were checked by the schema (plain names), so every path below stays inside `dir`.
-  const ranks = config.ranks.map((r) => {
+  const ranks = config.ranks.map((r, i) => {
     const file = path.join(dir, r.file);
     if (!fs.existsSync(file)) throw new EngineError(`${file}: missing rank file`);
     const st = fs.statSync(file);
@@ -79,7 +83,16 @@ export function openEngine(dir: string): Engine {
     const size = st.size;
     if (size !== r.bytes)
       throw new EngineError(`${file}: ${size} bytes, config.json says ${r.bytes} (truncated or replaced)`);
-    return { ...readRankHeader(file), entry: r };
+    const rank = { ...readRankHeader(file), entry: r };
+    // Each header says which rank it is: a rank file swapped with (or copied over) another rank's has the
+    // right size, and only the content hash, which --no-verify skips, would catch it; it then ran with
+    // every rank's weights misplaced and printed wrong tokens.
+    const h = rank.header;
+    if (h.rank !== i || h.tp !== config.build.tp)
+      throw new EngineError(
+        `${file}: the header says rank ${h.rank} of tp ${h.tp}, config.json lists it as rank ${i} of tp ${config.build.tp} (rank files swapped or from another engine)`,
+      );
+    return rank;
   });
   return { dir, config, ranks };
 }

@@ -188,9 +188,11 @@ function describe(g: Graph, n: Node): { label: string; detail: string; fused: bo
     if (parts > 1 || (a.activation ?? "none") !== "none" || post.ops.length || n.inputs[ri] != null)
       fused = true;
   } else if (n.op === "moe") {
-    // What one routed token reads: top_k experts' w1, w3 and w2 (a batch-1 decode step's bandwidth).
+    // What one routed token reads: top_k experts' w1, w3 and w2 (a batch-1 decode step's bandwidth), with their
+    // scales when quantised (inputs 5–7; the kernels read them too, as roofline.ts counts): without them an
+    // int4-wo group-32 expert read 20 % less than the engine stores.
     const { E, K, start, local } = moeAttrs(a);
-    const perExpert = [2, 3, 4].reduce((t, k) => t + weightBytes(g, n.inputs[k]), 0) / local;
+    const perExpert = [2, 3, 4, 5, 6, 7].reduce((t, k) => t + weightBytes(g, n.inputs[k]), 0) / local;
     if (typeof a.quant === "string") label += ` (${a.quant})`;
     const here = local < E ? ` (${start}–${start + local - 1} on this rank)` : "";
     detail = `${E} experts${here}, top ${K} · ${fmtBytes(perExpert)} per expert`;

@@ -1,10 +1,14 @@
 // Shapes that cannot be divided across ranks are one clear line naming the dimension, and no engine
-// directory is left behind.
+// directory is left behind; a tp engine's rank files out of place are refused naming the file.
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, expect, it } from "vitest";
 import { compileEngine } from "../../src/compile.ts";
-import { LLAMA_MODEL, tmpDir } from "../fixtures.ts";
+import { EngineError } from "../../src/engine/reader.ts";
+import { generate } from "../../src/executor/generate.ts";
+import { ReferenceExecutor } from "../../src/executor/reference.ts";
+import { buildFixture, LLAMA_MODEL, tmpDir } from "../fixtures.ts";
+import { thrown } from "../thrown.ts";
 
 const base = {
   architectures: ["LlamaForCausalLM"],
@@ -52,5 +56,20 @@ describe("tensor-parallel errors", () => {
     ],
   ])("%o at tp %i", async (cfg, tp, want) => {
     expect(await buildError(cfg, tp)).toBe(want);
+  });
+});
+
+describe("tensor-parallel engine files", () => {
+  it("rank files swapped: refused naming the file, --no-verify too (it ran with misplaced weights)", async () => {
+    const engine = await buildFixture("llama", { tp: 2 });
+    const tokens = (verify: boolean) =>
+      generate(ReferenceExecutor.load(engine, { verify }), [[1, 450, 96]], { maxNewTokens: 4 })[0];
+    expect(tokens(false)).toHaveLength(4);
+    const [r0, r1] = ["rank0.engine", "rank1.engine"].map((f) => path.join(engine, f));
+    fs.renameSync(r0, `${r0}.tmp`);
+    fs.renameSync(r1, r0);
+    fs.renameSync(`${r0}.tmp`, r1);
+    const why = `${r0}: the header says rank 1 of tp 2, config.json lists it as rank 0 of tp 2 (rank files swapped or from another engine)`;
+    for (const verify of [true, false]) expect(thrown(() => tokens(verify), EngineError).message).toBe(why);
   });
 });
