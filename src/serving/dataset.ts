@@ -42,6 +42,12 @@ export function parseDatasetLine(line: string, where: string, encode?: Encode): 
   try {
     j = JSON.parse(line);
   } catch (e) {
+    // An invisible byte order mark (Windows editors add one) made the message's "Unexpected token '\ufeff'" a riddle;
+    // trtllm-bench's json.loads refuses it too ("Unexpected UTF-8 BOM").
+    if (line.startsWith("\ufeff"))
+      throw new DatasetError(
+        `${where}: starts with a UTF-8 byte order mark, which JSON does not allow: save it without one`,
+      );
     throw new DatasetError(`${where}: not valid JSON (${(e as Error).message})`);
   }
   if (typeof j !== "object" || j === null || Array.isArray(j))

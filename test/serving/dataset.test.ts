@@ -92,6 +92,10 @@ describe("parseDatasetLine", () => {
 
   it("refuses a line that is not a JSON object", () => {
     expect(refusal("{task_id: 0}")).toMatch(/^d\.jsonl:7: not valid JSON \(.+\)$/);
+    // (its message named an invisible character)
+    expect(refusal('\ufeff{"task_id": 0, "input_ids": [1], "output_tokens": 1}')).toBe(
+      "d.jsonl:7: starts with a UTF-8 byte order mark, which JSON does not allow: save it without one",
+    );
     for (const line of ["[1, 2]", "null", '"text"', "3"])
       expect(refusal(line), line).toBe("d.jsonl:7: not a JSON object");
   });
