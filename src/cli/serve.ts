@@ -114,7 +114,21 @@ export async function tsllmServe(argv: readonly string[], stop?: AbortSignal): P
   const done = new Promise<void>((resolve) => {
     stopped = resolve;
   });
+  let draining = false;
+  let managerDown = false;
   const drain = async (signal: string) => {
+    if (draining) {
+      // A second signal (Ctrl+C again, as uvicorn's force exit) stops waiting for the running requests: they are
+      // cancelled now (finish_reason "abort") and the first drain completes. Before, with `once` listeners, a
+      // second SIGINT killed the process mid-stream (connections cut, no [DONE]) and SIGINT after SIGTERM ran a
+      // second drain that waited as long as the first.
+      // (Once the manager has shut down there is nothing left to cancel, and it must not be restarted.)
+      if (managerDown) return;
+      process.stdout.write(`tsllm-serve: ${signal} again: cancelling running requests\n`);
+      await manager.shutdown({ drainTimeoutMs: 0 });
+      return;
+    }
+    draining = true;
     process.stdout.write(
       `tsllm-serve: ${signal}: not accepting new requests, draining (up to ${o.drainTimeout} s)\n`,
     );
@@ -122,13 +136,15 @@ export async function tsllmServe(argv: readonly string[], stop?: AbortSignal): P
     // Stop listening, let running requests finish (bounded), then close the remaining connections.
     const closed = server.app.close();
     await manager.shutdown({ drainTimeoutMs: o.drainTimeout * 1000 });
+    managerDown = true;
     await closed;
     stopped();
   };
   const onTerm = () => void drain("SIGTERM");
   const onInt = () => void drain("SIGINT");
-  process.once("SIGTERM", onTerm);
-  process.once("SIGINT", onInt);
+  // `on`, not `once`: a repeated signal must reach drain (above) rather than the default action or nothing.
+  process.on("SIGTERM", onTerm);
+  process.on("SIGINT", onInt);
   if (stop?.aborted) void drain(String(stop.reason));
   else stop?.addEventListener("abort", () => void drain(String(stop.reason)));
   await done;

@@ -77,6 +77,70 @@ describe("tsllm-serve (process)", () => {
     }
   });
 
+  it("a second SIGINT while draining cancels the running streams (finish_reason abort), exit 0", async () => {
+    // Before, the second Ctrl+C met no listener: the process died mid-stream (the client's socket closed, no
+    // [DONE], no exit code 0).
+    const engine = await buildFixture("llama");
+    const proc = spawn(
+      process.execPath,
+      [
+        path.join(REPO, "bin/tsllm-serve.mjs"),
+        engine,
+        "--device",
+        "cpu",
+        "--port",
+        "0",
+        "--drain-timeout",
+        "60",
+      ],
+      { stdio: ["ignore", "pipe", "pipe"] },
+    );
+    let out = "";
+    proc.stdout.on("data", (d) => {
+      out += d;
+    });
+    proc.stderr.on("data", (d) => {
+      out += d;
+    });
+    const exited = new Promise<number | null>((res) => proc.on("exit", (code) => res(code)));
+    try {
+      for (let t = 0; t < 300 && !/ on http:\/\/\S+/.test(out); t++)
+        await new Promise((r) => setTimeout(r, 50));
+      const url = /on (http:\/\/\S+) /.exec(out)?.[1];
+      expect(url, out).toBeDefined();
+      const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: "none", maxRetries: 0 });
+      const models = await client.models.list();
+      const stream = await client.completions.create({
+        model: models.data[0].id,
+        prompt: [507, 1, 2],
+        max_tokens: 250,
+        n: 8,
+        temperature: 0,
+        stream: true,
+        ignore_eos: true,
+      } as never);
+      const finish: string[] = [];
+      let signalled = false;
+      for await (const ch of stream as unknown as AsyncIterable<{
+        choices: { finish_reason: string | null }[];
+      }>) {
+        for (const c of ch.choices) if (c.finish_reason) finish.push(c.finish_reason);
+        if (!signalled) {
+          signalled = true;
+          proc.kill("SIGINT");
+          await new Promise((r) => setTimeout(r, 20));
+          proc.kill("SIGINT");
+        }
+      }
+      expect(finish).toEqual(Array(8).fill("abort"));
+      expect(await exited).toBe(0);
+      expect(out).toMatch(/SIGINT again: cancelling running requests/);
+      expect(out).toMatch(/tsllm-serve: stopped/);
+    } finally {
+      proc.kill("SIGKILL");
+    }
+  });
+
   it("refuses flags that would turn a check off or refuse every request, before loading anything", async () => {
     // `--api-key "$KEY"` with KEY unset served without a key check; --max-queue 0 answered 429 to every request.
     const engine = "/nonexistent-engine"; // never opened: the flags are refused first
