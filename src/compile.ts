@@ -20,6 +20,7 @@ import { type OnnxDirConfig, writeOnnx } from "./onnx/write.ts";
 import { type PipelineResult, runPipeline } from "./pipeline.ts";
 import { tokenizerForEngine } from "./text/engine-files.ts";
 import { TOKENIZER_FILES } from "./text/tokenizer.ts";
+import { BOM_REFUSAL } from "./text/utf8.ts";
 import { bindCheckpointWeights } from "./weights/check.ts";
 
 export interface CompileOptions {
@@ -75,13 +76,7 @@ function readJson(file: string): unknown {
     text = fs.readFileSync(file, "utf8");
     return JSON.parse(text);
   } catch (e) {
-    // An invisible byte order mark (Windows editors add one) made JSON.parse's "Unexpected token ' '" a riddle.
-    // transformers' json.loads refuses it too ("Unexpected UTF-8 BOM"), so refuse it by name.
-    if (text?.startsWith("\ufeff"))
-      throw new ConfigError(
-        file,
-        "starts with a UTF-8 byte order mark, which JSON does not allow: save it without one",
-      );
+    if (text?.startsWith("\ufeff")) throw new ConfigError(file, BOM_REFUSAL);
     throw new ConfigError(file, `invalid JSON: ${(e as Error).message.replace(/\s+/g, " ")}`);
   }
 }

@@ -5,7 +5,7 @@
 // {"task_id": 0, "prompt": "text", "output_tokens": 128} when a tokenizer is given.
 // tokenNormDist makes the synthetic "token-norm-dist" workload (normal input/output lengths, random ids).
 import * as fs from "node:fs";
-import { utf8Lines } from "../text/utf8.ts";
+import { BOM_REFUSAL, utf8Lines } from "../text/utf8.ts";
 import { lowbias32 } from "../weights/random.ts";
 
 export interface DatasetEntry {
@@ -42,12 +42,7 @@ export function parseDatasetLine(line: string, where: string, encode?: Encode): 
   try {
     j = JSON.parse(line);
   } catch (e) {
-    // An invisible byte order mark (Windows editors add one) made the message's "Unexpected token '\ufeff'" a riddle;
-    // trtllm-bench's json.loads refuses it too ("Unexpected UTF-8 BOM").
-    if (line.startsWith("\ufeff"))
-      throw new DatasetError(
-        `${where}: starts with a UTF-8 byte order mark, which JSON does not allow: save it without one`,
-      );
+    if (line.startsWith("\ufeff")) throw new DatasetError(`${where}: ${BOM_REFUSAL}`);
     throw new DatasetError(`${where}: not valid JSON (${(e as Error).message})`);
   }
   if (typeof j !== "object" || j === null || Array.isArray(j))

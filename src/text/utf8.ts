@@ -4,6 +4,13 @@
 import { isUtf8 } from "node:buffer";
 import * as fs from "node:fs";
 
+/**
+ * Why a JSON text starting with a UTF-8 byte order mark (Windows editors add one) is refused: JSON.parse's own
+ * message names an invisible character, and Python's json.loads (transformers, trtllm-bench) refuses it too.
+ */
+export const BOM_REFUSAL =
+  "starts with a UTF-8 byte order mark, which JSON does not allow: save it without one";
+
 /** The line (from 1) of the first bytes of `buf` that are not UTF-8, or undefined when it is all UTF-8. */
 export function firstNonUtf8Line(buf: Uint8Array): number | undefined {
   if (isUtf8(buf)) return undefined;

@@ -7,39 +7,38 @@ import { describe, expect, it } from "vitest";
 import { buildFixture, REPO } from "../fixtures.ts";
 import { runBin } from "./helpers.ts";
 
+/**
+ * tsllm-serve ENGINE --device cpu --port 0 EXTRA as a child process, its stdout and stderr together in out(), until
+ * it says where it listens: that URL, an openai client on it, and its exit code once it exits.
+ */
+async function serveProcess(engine: string, extra: string[]) {
+  const proc = spawn(
+    process.execPath,
+    [path.join(REPO, "bin/tsllm-serve.mjs"), engine, "--device", "cpu", "--port", "0", ...extra],
+    { stdio: ["ignore", "pipe", "pipe"] },
+  );
+  let out = "";
+  proc.stdout.on("data", (d) => {
+    out += d;
+  });
+  proc.stderr.on("data", (d) => {
+    out += d;
+  });
+  const exited = new Promise<number | null>((res) => proc.on("exit", (code) => res(code)));
+  for (let t = 0; t < 300 && !/ on http:\/\/\S+/.test(out); t++) await new Promise((r) => setTimeout(r, 50));
+  const url = / on (http:\/\/\S+) /.exec(out)?.[1];
+  const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: "none", maxRetries: 0 });
+  return { proc, url, client, exited, out: () => out };
+}
+
 describe("tsllm-serve (process)", () => {
   it("SIGTERM: the running stream completes, new requests are refused, exit 0", async () => {
-    const engine = await buildFixture("llama");
-    const proc = spawn(
-      process.execPath,
-      [
-        path.join(REPO, "bin/tsllm-serve.mjs"),
-        engine,
-        "--device",
-        "cpu",
-        "--port",
-        "0",
-        "--served-model-name",
-        "tiny",
-      ],
-      {
-        stdio: ["ignore", "pipe", "pipe"],
-      },
-    );
-    let out = "";
-    proc.stdout.on("data", (d) => {
-      out += d;
-    });
-    proc.stderr.on("data", (d) => {
-      out += d;
-    });
-    const exited = new Promise<number | null>((res) => proc.on("exit", (code) => res(code)));
+    const { proc, url, client, exited, out } = await serveProcess(await buildFixture("llama"), [
+      "--served-model-name",
+      "tiny",
+    ]);
     try {
-      for (let t = 0; t < 300 && !/ on http:\/\/\S+/.test(out); t++)
-        await new Promise((r) => setTimeout(r, 50));
-      const url = /on (http:\/\/\S+) /.exec(out)?.[1];
-      expect(url, out).toBeDefined();
-      const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: "none", maxRetries: 0 });
+      expect(url, out()).toBeDefined();
       const stream = await client.completions.create({
         model: "tiny",
         prompt: [507, 1, 2],
@@ -70,8 +69,8 @@ describe("tsllm-serve (process)", () => {
       expect(n).toBe(40);
       expect(finish).toBe("length");
       expect(await exited).toBe(0);
-      expect(out).toMatch(/SIGTERM: not accepting new requests, draining/);
-      expect(out).toMatch(/tsllm-serve: stopped/);
+      expect(out()).toMatch(/SIGTERM: not accepting new requests, draining/);
+      expect(out()).toMatch(/tsllm-serve: stopped/);
     } finally {
       proc.kill("SIGKILL");
     }
@@ -80,35 +79,12 @@ describe("tsllm-serve (process)", () => {
   it("a second SIGINT while draining cancels the running streams (finish_reason abort), exit 0", async () => {
     // Before, the second Ctrl+C met no listener: the process died mid-stream (the client's socket closed, no
     // [DONE], no exit code 0).
-    const engine = await buildFixture("llama");
-    const proc = spawn(
-      process.execPath,
-      [
-        path.join(REPO, "bin/tsllm-serve.mjs"),
-        engine,
-        "--device",
-        "cpu",
-        "--port",
-        "0",
-        "--drain-timeout",
-        "60",
-      ],
-      { stdio: ["ignore", "pipe", "pipe"] },
-    );
-    let out = "";
-    proc.stdout.on("data", (d) => {
-      out += d;
-    });
-    proc.stderr.on("data", (d) => {
-      out += d;
-    });
-    const exited = new Promise<number | null>((res) => proc.on("exit", (code) => res(code)));
+    const { proc, url, client, exited, out } = await serveProcess(await buildFixture("llama"), [
+      "--drain-timeout",
+      "60",
+    ]);
     try {
-      for (let t = 0; t < 300 && !/ on http:\/\/\S+/.test(out); t++)
-        await new Promise((r) => setTimeout(r, 50));
-      const url = /on (http:\/\/\S+) /.exec(out)?.[1];
-      expect(url, out).toBeDefined();
-      const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: "none", maxRetries: 0 });
+      expect(url, out()).toBeDefined();
       const models = await client.models.list();
       const stream = await client.completions.create({
         model: models.data[0].id,
@@ -134,8 +110,8 @@ describe("tsllm-serve (process)", () => {
       }
       expect(finish).toEqual(Array(8).fill("abort"));
       expect(await exited).toBe(0);
-      expect(out).toMatch(/SIGINT again: cancelling running requests/);
-      expect(out).toMatch(/tsllm-serve: stopped/);
+      expect(out()).toMatch(/SIGINT again: cancelling running requests/);
+      expect(out()).toMatch(/tsllm-serve: stopped/);
     } finally {
       proc.kill("SIGKILL");
     }
