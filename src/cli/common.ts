@@ -1,6 +1,7 @@
 // Shared CLI plumbing: one-line errors and a non-zero exit, never a stack trace for user mistakes.
 import * as fs from "node:fs";
 import { Command, InvalidArgumentError, Option } from "commander";
+import { SEED_RANGE, seedProblem } from "../executor/seed.ts";
 import type { BatchManager } from "../serving/types.ts";
 
 export const VERSION: string = JSON.parse(
@@ -96,6 +97,15 @@ export function int(name: string, range: Range = {}) {
   return (v: string): number => {
     if (!/^-?\d+$/.test(v)) throw new InvalidArgumentError(`${name} must be an integer, got "${v}"`);
     return checkRange(name, Number(v), range);
+  };
+}
+
+/** Parser of a sampling seed flag: an integer the samplers honour exactly (src/executor/seed.ts), else refused. */
+export function seedArg(name: string) {
+  return (v: string): number => {
+    const n = int(name)(v);
+    if (seedProblem(n)) throw new InvalidArgumentError(`${name} must be ${SEED_RANGE}, got "${v}"`);
+    return n;
   };
 }
 

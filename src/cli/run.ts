@@ -21,6 +21,7 @@ import {
   limitOption,
   main,
   parseIds,
+  seedArg,
 } from "./common.ts";
 import { type Progress, progress } from "./progress.ts";
 import { generateIds, readPrompts } from "./run-generate.ts";
@@ -67,11 +68,11 @@ const program = command(
   .option("--temperature <t>", "sampling temperature (0 = greedy)", float("--temperature", { min: 0 }), 0)
   .option("--top-k <k>", "sample among the k most likely tokens (0 = all)", int("--top-k", { min: 0 }), 0)
   .option("--top-p <p>", "nucleus sampling mass (1 = all)", float("--top-p", { above: 0, max: 1 }), 1)
-  .option("--seed <n>", "sampling seed", int("--seed"), 0)
+  .option("--seed <n>", "sampling seed", seedArg("--seed"), 0)
   .option("--ignore-eos", "do not stop at the engine's eos ids (generation_config.json / config.json)")
   .option(
     "--stop-token-ids <ids>",
-    "comma-separated token ids that also end generation (kept as the last id)",
+    "comma-separated token ids that also end generation (kept as the last id, left out of the text)",
   )
   .addOption(limitOption("--max-batch-size"))
   .addOption(limitOption("--max-num-tokens"))

@@ -1,6 +1,7 @@
 // Batched generation over any executor: prefill all prompts in one packed step, then decode them
 // together one token per step.
 import { type SamplingParams, sampleToken } from "./sampling.ts";
+import { seedU64 } from "./seed.ts";
 import type { Executor } from "./types.ts";
 
 export interface GenerateOptions extends SamplingParams {
@@ -26,7 +27,7 @@ export function generate(
     const next: { seqId: number; tokens: number[]; logits: "last" }[] = [];
     prompts.forEach((_, i) => {
       if (done[i]) return;
-      const tok = sampleToken(logits.get(i)![0], { ...p, seed: p.seed + i * 1000003 }, step);
+      const tok = sampleToken(logits.get(i)![0], { ...p, seed: seedU64(p.seed, i * 1000003) }, step);
       outs[i].push(tok);
       if (o.eosTokenIds?.includes(tok)) done[i] = true;
       else next.push({ seqId: i, tokens: [tok], logits: "last" });

@@ -3,12 +3,14 @@
 // on the GPU: temperature scales the logits, top-k keeps those >= the k-th largest, then top-p those >= the smallest
 // logit the most likely tokens reaching top_p of top-k's renormalised mass need (ties at a threshold all kept).
 import { lowbias32 } from "../weights/random.ts";
+import { seedKey32 } from "./seed.ts";
 
 export interface SamplingParams {
   temperature: number;
   topK: number;
   topP: number;
-  seed: number;
+  /** Any seed seed.ts accepts (a safe integer, or a u64 as a bigint); every bit of it counts. */
+  seed: number | bigint;
 }
 
 // A NaN logit (a numeric fault upstream, e.g. an fp16 overflow) is never chosen: it compares as -Infinity, as in
@@ -50,7 +52,7 @@ export function sampleToken(row: Float32Array, p: SamplingParams, step: number):
     }
   }
   const mass = probs.slice(0, keep).reduce((a, b) => a + b, 0);
-  const u = (lowbias32((lowbias32(p.seed >>> 0) ^ Math.imul(step + 1, 0x9e3779b9)) >>> 0) / 2 ** 32) * mass;
+  const u = (lowbias32((seedKey32(p.seed) ^ Math.imul(step + 1, 0x9e3779b9)) >>> 0) / 2 ** 32) * mass;
   let acc = 0;
   for (let i = 0; i < keep; i++) {
     acc += probs[i];

@@ -6,6 +6,7 @@ import { randomInt, randomUUID } from "node:crypto";
 import type { ServerResponse } from "node:http";
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import type { ZodType } from "zod";
+import { seedU64 } from "../executor/seed.ts";
 import type { BatchManager } from "../serving/types.ts";
 import { toTemplateMessages } from "../text/chat-messages.ts";
 import { generateText, type TextGeneration, type TextResult } from "../text/generate-text.ts";
@@ -176,9 +177,16 @@ export function buildServer(o: ServeOptions): Server {
    * The chat prompt's ids. A template that refuses the messages (raise_exception, e.g. "roles must alternate") or an
    * engine without a template is the request's problem to fix, not a server failure: 400 on messages, as vLLM does.
    */
-  function renderChat(t: TextTokenizer, messages: ChatBody["messages"]): number[] {
+  function renderChat(
+    t: TextTokenizer,
+    messages: ChatBody["messages"],
+    tools: ChatBody["tools"],
+    turn: { addGenerationPrompt: boolean; continueFinalMessage: boolean },
+  ): number[] {
     try {
-      return t.applyChatTemplate(toTemplateMessages(messages), { addGenerationPrompt: true }).ids;
+      // Tools (only with tool_choice "none") reach the template as vLLM hands them on: the prompt it would render.
+      const extra = tools ? { tools } : undefined;
+      return t.applyChatTemplate(toTemplateMessages(messages), { ...turn, extra }).ids;
     } catch (e) {
       if (e instanceof TokenizerError)
         throw new ApiError(400, e.message, "invalid_request_error", "messages");
@@ -200,6 +208,9 @@ export function buildServer(o: ServeOptions): Server {
       n: b.n ?? 1,
       stop,
       ignoreEos: b.ignore_eos ?? false,
+      // Unset unless given (generateText's defaults: stop not included, special tokens skipped).
+      includeStopStr: b.include_stop_str_in_output ?? undefined,
+      skipSpecialTokens: b.skip_special_tokens ?? undefined,
     };
   }
 
@@ -238,7 +249,8 @@ export function buildServer(o: ServeOptions): Server {
       choicePrompts.forEach((p, i) => {
         // Without a seed each choice samples differently, as OpenAI's API does; with one, choice j uses seed + j
         // (the n choices of one prompt differ, and each is the n = 1 request of that seed).
-        const choiceSeed = seed === null ? randomInt(2 ** 31) : seed + (i % n);
+        // In u64 arithmetic: seed + j past 2^53 lost digits as a number (two choices of one request alike).
+        const choiceSeed = seed === null ? randomInt(2 ** 31) : seedU64(seed, i % n);
         gens.push(
           generateText(manager, tok, {
             ...rest,
@@ -317,7 +329,11 @@ export function buildServer(o: ServeOptions): Server {
 
   app.post("/v1/chat/completions", async (req, reply) => {
     const b = admit(ChatBody, req.body);
-    const prompt = renderChat(needTokenizer("chat", "messages"), b.messages);
+    // vLLM's add_generation_prompt (default true) and continue_final_message (default false), as transformers'.
+    const prompt = renderChat(needTokenizer("chat", "messages"), b.messages, b.tools, {
+      addGenerationPrompt: b.add_generation_prompt ?? true,
+      continueFinalMessage: b.continue_final_message ?? false,
+    });
     const limit = b.max_completion_tokens ?? b.max_tokens;
     // Without a limit a chat reply may use the rest of the context; messages that leave no room for one are the
     // messages' fault, said so (the batch manager's refusal would name a max_tokens the client never gave).

@@ -2,6 +2,7 @@
 // OpenAI does) rather than silently ignored; OpenAI fields we do not implement are accepted only at
 // their neutral value, so a client never gets a result computed differently from what it asked for.
 import { z } from "zod";
+import { SEED_RANGE, seedProblem } from "../executor/seed.ts";
 import { ChatMessagesSchema } from "../text/chat-messages.ts";
 
 const tokenId = z.number().int().min(0);
@@ -20,7 +21,12 @@ const common = {
   top_p: z.number().gt(0).max(1).nullable().optional(),
   /** vLLM's extension: 0 or -1 = all. */
   top_k: z.number().int().min(-1).nullable().optional(),
-  seed: z.number().int().nullable().optional(),
+  /** vLLM takes any int64; past 2^53 the JSON number has lost digits already, and two seeds may be one: refused. */
+  seed: z
+    .number({ error: `seed must be ${SEED_RANGE}` })
+    .nullable()
+    .refine((v) => v === null || seedProblem(v) === undefined, { message: `seed must be ${SEED_RANGE}` })
+    .optional(),
   stop: z
     .union([z.string(), z.array(z.string()).max(16)], {
       error: "stop must be a string or a list of at most 16 strings",
@@ -44,6 +50,9 @@ const common = {
   /** vLLM's extensions: generate exactly max_tokens; return the prompt and output token ids. */
   ignore_eos: z.boolean().optional(),
   return_token_ids: z.boolean().optional(),
+  /** vLLM's extensions: the stop string that ended the text is part of it; special tokens kept in the text. */
+  include_stop_str_in_output: z.boolean().nullable().optional(),
+  skip_special_tokens: z.boolean().nullable().optional(),
   user: z.string().optional(),
   presence_penalty: neutral(z.number().nullable(), 0, "presence_penalty"),
   frequency_penalty: neutral(z.number().nullable(), 0, "frequency_penalty"),
@@ -58,7 +67,36 @@ const common = {
       message: "logit_bias is not supported (only null or {})",
     })
     .optional(),
+  /**
+   * {"type": "text"} is OpenAI's default (plain text, what every reply here is); vLLM's completions take the field
+   * too. json_object / json_schema / structural_tag would need guided decoding, which there is none of.
+   */
+  response_format: z
+    .object({ type: z.string({ error: "response_format.type must be a string" }) })
+    .strict()
+    .nullable()
+    .refine((v) => v === null || v.type === "text", {
+      message: 'response_format is not supported (only {"type": "text"})',
+    })
+    .optional(),
 };
+
+/** An OpenAI function tool, handed to the chat template as given (vLLM passes each tool's model_dump()). */
+const Tool = z
+  .object({
+    type: z.literal("function"),
+    function: z
+      .object({
+        name: z.string(),
+        description: z.string().nullable().optional(),
+        parameters: z.record(z.string(), z.unknown()).nullable().optional(),
+        strict: z.boolean().nullable().optional(),
+      })
+      .strict(),
+  })
+  .strict();
+
+const TOOLS_REFUSAL = 'tools is not supported (only null, [], or any with tool_choice "none")';
 
 export const CompletionBody = z
   .object({
@@ -84,10 +122,25 @@ export const ChatBody = z
     messages: ChatMessagesSchema,
     max_tokens: z.number().int().min(1).nullable().optional(),
     max_completion_tokens: z.number().int().min(1).nullable().optional(),
+    /** vLLM's extensions, transformers' apply_chat_template options: open the assistant turn; continue the last message. */
+    add_generation_prompt: z.boolean().nullable().optional(),
+    continue_final_message: z.boolean().nullable().optional(),
     logprobs: neutral(z.boolean().nullable(), false, "logprobs"),
-    tools: neutral(z.array(z.unknown()).nullable(), null, "tools"),
+    tools: z.array(Tool).nullable().optional(),
+    /**
+     * "none": the reply is a message, no tool is called, as OpenAI defines it; that is every reply here, so it is
+     * accepted with or without tools (vLLM too, its tools still rendered into the prompt). "auto", "required" or a
+     * named function would need tool-call parsing, which there is none of.
+     */
+    tool_choice: neutral(z.unknown(), "none", "tool_choice"),
   })
-  .strict();
+  .strict()
+  // Tools without tool_choice mean "auto" in OpenAI's API (and vLLM's): a reply that may call them, not honoured. An
+  // empty list is no tools (vLLM's tool_choice stays "none" then; LangChain-style clients send []).
+  .refine((b) => b.tools == null || b.tools.length === 0 || b.tool_choice === "none", {
+    message: TOOLS_REFUSAL,
+    path: ["tools"],
+  });
 export type ChatBody = z.infer<typeof ChatBody>;
 
 /** The first problem of a failed parse as OpenAI words it: a message and the parameter at fault. */

@@ -19,6 +19,7 @@
 // request that stops at step N drops whatever step N+1 computes for it (results carry the request's epoch,
 // bumped on finish and pause). Blocks can be freed while launched steps still use them: steps run in order.
 import { performance } from "node:perf_hooks";
+import { seedProblem } from "../executor/seed.ts";
 import type { BackendInfo, BackendSeq, StepBackend, StepOutput } from "./backend.ts";
 import { TokenStream } from "./token-stream.ts";
 import {
@@ -239,6 +240,9 @@ export class InflightBatchManager implements BatchManager {
     const sampling: SamplingOptions = { ...DEFAULT_SAMPLING, ...Object.fromEntries(given) };
     if (!(sampling.temperature >= 0) || !(sampling.topP > 0 && sampling.topP <= 1) || !(sampling.topK >= 0))
       reject("invalid", `sampling options out of range (temperature >= 0, top_k >= 0, 0 < top_p <= 1)`);
+    // Refused here, not by a backend mid-step (the GPU's failed the whole batch on a negative seed).
+    const badSeed = seedProblem(sampling.seed);
+    if (badSeed) reject("invalid", `seed ${badSeed}`);
     const tooLong = overMaxSeqLen(prompt.length, maxNew, maxSeqLen);
     if (tooLong)
       reject("too_long", tooLong, { promptTokens: prompt.length, maxNewTokens: maxNew, maxSeqLen });

@@ -3,6 +3,7 @@
 // thread (tsllm_step_wait), so the event loop keeps running and the next step is enqueued behind this one
 // while it runs. The engine's own paged KV pool is the pool the scheduler counts (all its blocks but the
 // padding rows' scratch block).
+import { seedU64 } from "../executor/seed.ts";
 import { type CudaEngine, describeLoadPhases } from "../native/binding.ts";
 import { kernelReport } from "../native/kernel-report.ts";
 import type { BackendInfo, BackendSeq, StepBackend, StepOutput } from "./backend.ts";
@@ -42,7 +43,9 @@ export class CudaStepBackend implements StepBackend {
         temperature: s.sampling.temperature,
         topK: s.sampling.topK,
         topP: s.sampling.topP,
-        seed: s.sampling.seed,
+        // The u64 the CPU sampler keys on too: the addon refused a negative seed (mid-step) and read a number past
+        // 2^53 with its digits already lost.
+        seed: seedU64(s.sampling.seed),
       })),
     );
     const r = await this.engine.stepWait(ticket, seqs.length);

@@ -10,8 +10,11 @@ export interface SamplingOptions {
   topK: number;
   /** 1 = all (default). */
   topP: number;
-  /** Same seed, prompt and options → same tokens, batched or alone, paused or not (default 0). */
-  seed: number;
+  /**
+   * Same seed, prompt and options → same tokens, batched or alone, paused or not, CPU or GPU key (default 0). An
+   * integer within ±(2^53 - 1) or a u64 as a bigint (src/executor/seed.ts); submit refuses any other.
+   */
+  seed: number | bigint;
 }
 
 export interface GenerationRequest {

@@ -16,6 +16,11 @@ export interface TextRequest extends GenerationRequest {
   stop?: readonly string[];
   /** Leave special tokens (e.g. <|eot_id|>) out of the text (default true, as servers do). */
   skipSpecialTokens?: boolean;
+  /**
+   * The stop string, or the end / stop token's text, that ended generation is part of the text (vLLM's
+   * include_stop_str_in_output; default false).
+   */
+  includeStopStr?: boolean;
 }
 
 export interface TextDelta {
@@ -28,7 +33,7 @@ export interface TextDelta {
 export interface TextResult {
   /** Generated ids up to and including the token that ended generation. */
   outputIds: number[];
-  /** Decoded output (empty without a tokenizer). */
+  /** Decoded output, as decoded after the prompt's last tokens (vLLM's output text; empty without a tokenizer). */
   text: string;
   finishReason: FinishReason;
   /** The stop string that ended generation, if one did. */
@@ -54,7 +59,17 @@ export function generateText(
 ): TextGeneration {
   if (!tok && req.stop?.length) throw new Error("stop strings need a tokenizer");
   const handle = manager.submit(req);
-  const text = tok ? new TextStream(tok, [...(req.stop ?? [])], req.skipSpecialTokens ?? true) : null;
+  const skip = req.skipSpecialTokens ?? true;
+  const text = tok
+    ? new TextStream(tok, [...(req.stop ?? [])], skip, req.promptIds, req.includeStopStr)
+    : null;
+  // The token that ends generation (an end or stop token id) is left out of the text unless the stop is asked for, as
+  // vLLM's detokenizer skips it: a non-special --stop-token-ids token (".") showed up in the text, and so would
+  // <|eot_id|> with special tokens kept. The manager ends a request at the first of these, so it is the last token.
+  const endIds = new Set([
+    ...(req.ignoreEos ? [] : (req.endIds ?? manager.eosTokenIds ?? [])),
+    ...(req.stopTokenIds ?? []),
+  ]);
   const ids: number[] = [];
   let stopString: string | undefined;
   let finished!: (r: TextResult) => void;
@@ -79,7 +94,8 @@ export function generateText(
     try {
       for await (const ev of handle) {
         ids.push(ev.tokenId);
-        const t = text ? text.push(ev.tokenId) : "";
+        const ends = endIds.has(ev.tokenId) && !req.includeStopStr;
+        const t = text && !ends ? text.push(ev.tokenId) : "";
         if (text?.stopped) {
           stopString = text.stopString ?? undefined;
           handle.cancel();

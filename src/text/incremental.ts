@@ -14,15 +14,41 @@ export interface Decoder {
 
 const REPLACEMENT = "\uFFFD";
 
-export class IncrementalDecoder {
-  private ids: number[] = [];
-  private prefix = 0;
-  private read = 0;
+/** The most prompt tokens a stream is primed with (vLLM tries suffixes of 4 to 23 tokens). */
+const CONTEXT_MAX = 23;
 
+/**
+ * The prompt's last tokens to decode the first generated ones after, as vLLM's FastIncrementalDetokenizer primes its
+ * DecodeStream: the shortest suffix of at least 4 tokens (or the whole prompt) that decodes without U+FFFD, so no
+ * character is cut at its start or end; none such: no context.
+ */
+export function promptContext(tok: Decoder, prompt: readonly number[], skipSpecialTokens = true): number[] {
+  const o = { skipSpecialTokens, cleanUpTokenizationSpaces: false };
+  for (let n = Math.min(4, prompt.length); n <= Math.min(prompt.length, CONTEXT_MAX); n++) {
+    const s = prompt.slice(prompt.length - n);
+    if (n > 0 && !tok.decode(s, o).includes(REPLACEMENT)) return s;
+  }
+  return [];
+}
+
+export class IncrementalDecoder {
+  private ids: number[];
+  private prefix = 0;
+  private read: number;
+
+  /**
+   * `context`: tokens before the first pushed one (promptContext of the prompt), decoded but never released. A
+   * SentencePiece decoder strips the space of the first token it decodes, so without it a reply's first word lost its
+   * space ("▁Paris" gave "Paris"; vLLM, which decodes after the prompt, gives " Paris").
+   */
   constructor(
     private readonly tok: Decoder,
     private readonly skipSpecialTokens = true,
-  ) {}
+    context: readonly number[] = [],
+  ) {
+    this.ids = [...context];
+    this.read = this.ids.length;
+  }
 
   /**
    * Never transformers' clean-up of spaces (" ." → ".", " 's" → "'s"; on where the tokenizer folder asks for it, as
@@ -60,7 +86,11 @@ export class StopStrings {
   /** Set once a stop string was seen: the matched string. */
   matched: string | null = null;
 
-  constructor(private readonly stops: string[]) {
+  /** `includeStop`: the text ends after the stop string rather than before it (vLLM's include_stop_str_in_output). */
+  constructor(
+    private readonly stops: string[],
+    private readonly includeStop = false,
+  ) {
     this.stops = stops.filter((s) => s.length > 0);
   }
 
@@ -81,7 +111,7 @@ export class StopStrings {
     }
     if (cut >= 0) {
       this.held = "";
-      return buf.slice(0, cut);
+      return buf.slice(0, this.includeStop ? end : cut);
     }
     // Hold back the longest tail of buf that begins some stop string.
     let keep = 0;
@@ -109,9 +139,19 @@ export class TextStream {
   private readonly stop: StopStrings;
   text = "";
 
-  constructor(tok: Decoder, stops: string[] = [], skipSpecialTokens = true) {
-    this.dec = new IncrementalDecoder(tok, skipSpecialTokens);
-    this.stop = new StopStrings(stops);
+  /**
+   * `prompt`: the request's prompt ids, whose last tokens the first output tokens are decoded after (vLLM);
+   * `includeStop`: a stop string that ends the text is part of it.
+   */
+  constructor(
+    tok: Decoder,
+    stops: string[] = [],
+    skipSpecialTokens = true,
+    prompt: readonly number[] = [],
+    includeStop = false,
+  ) {
+    this.dec = new IncrementalDecoder(tok, skipSpecialTokens, promptContext(tok, prompt, skipSpecialTokens));
+    this.stop = new StopStrings(stops, includeStop);
   }
 
   get stopped(): boolean {

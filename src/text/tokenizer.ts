@@ -171,7 +171,13 @@ export class TextTokenizer {
    */
   applyChatTemplate(
     messages: ChatMessage[],
-    o: { addGenerationPrompt?: boolean; name?: string; extra?: Record<string, unknown> } = {},
+    o: {
+      addGenerationPrompt?: boolean;
+      /** End the text inside the last message, for the model to go on writing it (transformers' option). */
+      continueFinalMessage?: boolean;
+      name?: string;
+      extra?: Record<string, unknown>;
+    } = {},
   ): { text: string; ids: number[] } {
     if (this.templates.size === 0)
       throw new TokenizerError(
@@ -183,12 +189,36 @@ export class TextTokenizer {
       throw new TokenizerError(
         `${this.dir}: no chat template named "${name}" (have: ${[...this.templates.keys()].join(", ")})`,
       );
-    const text = t.render({
+    const addGenerationPrompt = o.addGenerationPrompt ?? true;
+    if (o.continueFinalMessage && addGenerationPrompt)
+      throw new TokenizerError(
+        "continue_final_message and add_generation_prompt cannot both be true: continuing the last message " +
+          "adds no new turn",
+      );
+    let text = t.render({
       ...this.specialTokens,
       ...o.extra,
       messages,
-      add_generation_prompt: o.addGenerationPrompt ?? true,
+      add_generation_prompt: addGenerationPrompt,
     });
+    if (o.continueFinalMessage) text = cutAfterFinalMessage(text, messages.at(-1)?.content ?? "");
     return { text, ids: this.encode(text, { addSpecialTokens: false }) };
   }
+}
+
+/**
+ * The rendered chat up to the end of the last message's text, as transformers' apply_chat_template does with
+ * continue_final_message: at its last occurrence, with the message's trailing whitespace kept only where the
+ * template kept it (a template that trims would otherwise be cut one space past the text).
+ */
+function cutAfterFinalMessage(rendered: string, content: string): string {
+  const core = content.trim();
+  const at = rendered.lastIndexOf(core);
+  if (at < 0)
+    throw new TokenizerError(
+      "continue_final_message: the last message's text is not in the chat the template rendered, so there is " +
+        "no place to continue it from",
+    );
+  const kept = content.trimStart().length;
+  return rendered.slice(0, at + (rendered.slice(at, at + kept) === content ? kept : core.length));
 }

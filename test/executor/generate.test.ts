@@ -48,7 +48,7 @@ function expected(prompts: number[][], p: SamplingParams, max: number, eos: numb
     const out: number[] = [];
     let sum = prompt.reduce((a, b) => a + b, 0);
     for (let step = 0; step < max; step++) {
-      const tok = sampleToken(row(sum, i), { ...p, seed: p.seed + i * 1000003 }, step);
+      const tok = sampleToken(row(sum, i), { ...p, seed: Number(p.seed) + i * 1000003 }, step);
       out.push(tok);
       if (eos.includes(tok)) break;
       sum += tok;
@@ -121,7 +121,7 @@ describe("generate", () => {
     differs({ ...p, topP: 1 });
     differs({ ...p, seed: 0 });
     differs(p, (i) => p.seed - i * 1000003);
-    differs(p, (i) => p.seed + i / 1000003);
+    differs(p, (i) => p.seed + i);
     differs(p, () => p.seed);
   });
 

@@ -142,10 +142,10 @@ describe("sampleToken", () => {
         expect(sampleToken(eq, p, step)).toBe(sampleToken(eq, { ...p }, step));
       }
     }
-    // seeds as uint32: -1 is 2³² - 1
+    // seeds as the GPU's uint64: -1 is 2⁶⁴ - 1 (not 2³² - 1, as when the CPU took seed >>> 0)
     const a = Array.from({ length: 64 }, (_, s) => sampleToken(eq, params({ seed: -1 }), s));
-    const b = Array.from({ length: 64 }, (_, s) => sampleToken(eq, params({ seed: 2 ** 32 - 1 }), s));
-    const c = Array.from({ length: 64 }, (_, s) => sampleToken(eq, params({ seed: 1 }), s));
+    const b = Array.from({ length: 64 }, (_, s) => sampleToken(eq, params({ seed: 2n ** 64n - 1n }), s));
+    const c = Array.from({ length: 64 }, (_, s) => sampleToken(eq, params({ seed: 2 ** 32 - 1 }), s));
     expect(a).toEqual(b);
     expect(a).not.toEqual(c);
   });

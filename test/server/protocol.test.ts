@@ -251,14 +251,14 @@ describe("tsllm-serve's HTTP contract on tiny-llama", () => {
       "seed 1.5",
       { ...BASE, seed: 1.5 },
       "/v1/completions",
-      "seed: Invalid input: expected int, received number",
+      "seed: seed must be an integer from -(2^53 - 1) to 2^53 - 1",
       "seed",
     ],
     [
       "seed a string",
       { ...BASE, seed: "1" },
       "/v1/completions",
-      "seed: Invalid input: expected number, received string",
+      "seed: seed must be an integer from -(2^53 - 1) to 2^53 - 1",
       "seed",
     ],
     [
@@ -426,10 +426,10 @@ describe("tsllm-serve's HTTP contract on tiny-llama", () => {
       "logprobs",
     ],
     [
-      "tools []",
-      { ...CHAT, tools: [] },
+      "tools [{…}] without tool_choice",
+      { ...CHAT, tools: [{ type: "function", function: { name: "f" } }] },
       "/v1/chat/completions",
-      "tools: tools is not supported (only null)",
+      'tools: tools is not supported (only null, [], or any with tool_choice "none")',
       "tools",
     ],
     [
@@ -501,6 +501,8 @@ describe("tsllm-serve's HTTP contract on tiny-llama", () => {
       { ...CHAT, logprobs: false, tools: null, n: 1, max_completion_tokens: null },
       "/v1/chat/completions",
     ],
+    // No tools: tool_choice defaults to "none" in vLLM (its "auto" default needs tools), as OpenAI's does.
+    ["tools []", { ...CHAT, tools: [] }, "/v1/chat/completions"],
   ];
 
   it(`${ACCEPTED.length} bodies at a limit or a neutral value: 200`, async () => {
@@ -1137,14 +1139,14 @@ describe("tsllm-serve over a scripted batch manager (no tokenizer)", () => {
       {
         promptIds: [1, 2],
         maxNewTokens: 7,
-        sampling: { temperature: 0.5, topP: 1, topK: 0, seed: 9 },
+        sampling: { temperature: 0.5, topP: 1, topK: 0, seed: 9n },
         stop: [],
         ignoreEos: true,
       },
       {
         promptIds: [3],
         maxNewTokens: 7,
-        sampling: { temperature: 0.5, topP: 1, topK: 0, seed: 9 },
+        sampling: { temperature: 0.5, topP: 1, topK: 0, seed: 9n },
         stop: [],
         ignoreEos: true,
       },

@@ -116,7 +116,7 @@ describe("CudaStepBackend over the stand-in addon", () => {
         tokens: null,
         startPos: 4,
         sample: true,
-        sampling: { temperature: 1.5, topK: 0, topP: 0.5, seed: 2 },
+        sampling: { temperature: 1.5, topK: 0, topP: 0.5, seed: -2 },
       },
     ]);
     expect(calls).toEqual([
@@ -131,7 +131,7 @@ describe("CudaStepBackend over the stand-in addon", () => {
             temperature: 0.7,
             topK: 40,
             topP: 0.9,
-            seed: 11,
+            seed: 11n,
           },
           {
             id: 5,
@@ -140,7 +140,7 @@ describe("CudaStepBackend over the stand-in addon", () => {
             temperature: 0,
             topK: 1,
             topP: 1,
-            seed: 0,
+            seed: 0n,
           },
           {
             id: 6,
@@ -149,7 +149,7 @@ describe("CudaStepBackend over the stand-in addon", () => {
             temperature: 1.5,
             topK: 0,
             topP: 0.5,
-            seed: 2,
+            seed: 2n ** 64n - 2n,
           },
         ],
       ],

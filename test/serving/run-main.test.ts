@@ -308,6 +308,12 @@ describe("tsllm-run text mode (in-process)", () => {
     const s = json((await run([...p, "--stop-token-ids", `${stop}`])).stdout);
     expect(s.ids).toEqual(all.ids.slice(0, all.ids.indexOf(stop) + 1));
     expect(s.finish_reason).toBe("stop");
+    // The stop token ends the text without being part of it, as vLLM's detokenizer skips it (its id stays above).
+    const upTo = all.ids.indexOf(stop);
+    const before = json(
+      (await run([enc.text, "--json", "--max-new-tokens", `${upTo}`, "--ignore-eos"])).stdout,
+    );
+    expect(s.text).toBe(before.text);
     // A stop string from the middle of the greedy text: generation ends before it.
     const at = Math.floor(all.text.length / 2);
     const str = all.text.slice(at, at + 1);

@@ -15,10 +15,16 @@ import {
   type RequestResult,
   type TokenEvent,
 } from "../../src/serving/types.ts";
-import { generateText, type TextDelta, type TextGeneration } from "../../src/text/generate-text.ts";
+import {
+  generateText,
+  type TextDelta,
+  type TextGeneration,
+  type TextRequest,
+} from "../../src/text/generate-text.ts";
 import { TextTokenizer } from "../../src/text/tokenizer.ts";
-import { TINY_LLAMA } from "../fixtures.ts";
+import { TINY_LLAMA, tmpDir } from "../fixtures.ts";
 import { thrown } from "../thrown.ts";
+import { SP_TOKENIZER_JSON } from "./sentencepiece-toy.ts";
 
 const tok = TextTokenizer.load(TINY_LLAMA);
 const hf = new Tokenizer(JSON.parse(fs.readFileSync(path.join(TINY_LLAMA, "tokenizer.json"), "utf8")), {
@@ -113,6 +119,15 @@ describe("generateText", { timeout: 5000 }, () => {
     expect(log.submitted[0].promptIds).toEqual([507]);
   });
 
+  it("decodes the reply after the prompt: a SentencePiece reply keeps its first space, as vLLM's (' b', not 'b')", async () => {
+    const dir = tmpDir();
+    fs.writeFileSync(path.join(dir, "tokenizer.json"), JSON.stringify(SP_TOKENIZER_JSON));
+    const sp = TextTokenizer.load(dir);
+    const g = generateText(scripted([4, 3]).manager, sp, { promptIds: [1, 3], maxNewTokens: 2 });
+    expect((await drain(g)).map((d) => d.text)).toEqual([" b", " a"]);
+    expect((await g.done).text).toBe(" b a");
+  });
+
   it("without stop strings each delta is the text the token adds (nothing held back: 'Say S' ends in S)", async () => {
     const script = ids("Say S");
     const g = generateText(scripted(script).manager, tok, { promptIds: [507], maxNewTokens: 8 });
@@ -150,6 +165,52 @@ describe("generateText", { timeout: 5000 }, () => {
     await drain(keep);
     expect((await keep.done).text).toBe("Hi<|eot_id|>");
     expect(reference(script, false)).toBe("Hi<|eot_id|>");
+  });
+
+  it("the end or stop token that ended generation is not in the text, as vLLM skips it, unless includeStopStr", async () => {
+    const text = async (script: number[], req: Partial<TextRequest>) => {
+      const g = generateText(scripted(script, "stop").manager, tok, {
+        promptIds: [507],
+        maxNewTokens: 8,
+        ...req,
+      });
+      const deltas = await drain(g);
+      const r = await g.done;
+      expect(deltas.map((d) => d.text).join("")).toBe(r.text);
+      expect(r.outputIds).toEqual(script); // the id stays in the output ids
+      return r.text;
+    };
+    const dot = ids("Hi.");
+    expect(reference(dot)).toBe("Hi.");
+    // A stop token id that is not special (tsllm-run --stop-token-ids): was "Hi.".
+    expect(await text(dot, { stopTokenIds: [dot.at(-1)!] })).toBe("Hi");
+    expect(await text(dot, { stopTokenIds: [dot.at(-1)!], includeStopStr: true })).toBe("Hi.");
+    // An end id with special tokens kept: was "Hi<|eot_id|>"; as text only when the stop is asked for.
+    const eot = [...ids("Hi"), EOT];
+    expect(await text(eot, { endIds: [EOT], skipSpecialTokens: false })).toBe("Hi");
+    expect(await text(eot, { endIds: [EOT], skipSpecialTokens: false, includeStopStr: true })).toBe(
+      "Hi<|eot_id|>",
+    );
+    // Under ignoreEos an end id ends nothing, and is text like any other token.
+    expect(await text(eot, { endIds: [EOT], skipSpecialTokens: false, ignoreEos: true })).toBe(
+      "Hi<|eot_id|>",
+    );
+  });
+
+  it("includeStopStr: the text ends after the stop string, streamed or not (vLLM's include_stop_str_in_output)", async () => {
+    const script = ids("numbers 12345 and more text after");
+    const g = generateText(scripted(script, "length").manager, tok, {
+      promptIds: [507],
+      maxNewTokens: 64,
+      stop: ["zzz", "345"],
+      includeStopStr: true,
+    });
+    const deltas = await drain(g);
+    const r = await g.done;
+    expect(r.text).toBe("numbers 12345");
+    expect(deltas.map((d) => d.text).join("")).toBe("numbers 12345");
+    expect(r.finishReason).toBe("stop");
+    expect(r.stopString).toBe("345");
   });
 
   it("a stop string spanning tokens ends the text before it, cancels the request, reports stop", async () => {

@@ -8,6 +8,7 @@ import { describe, expect, it } from "vitest";
 import { IncrementalDecoder, StopStrings, TextStream } from "../../src/text/incremental.ts";
 import { TextTokenizer } from "../../src/text/tokenizer.ts";
 import { TINY_LLAMA, tmpDir } from "../fixtures.ts";
+import { SP_TOKENIZER_JSON } from "./sentencepiece-toy.ts";
 
 const tok = TextTokenizer.load(TINY_LLAMA);
 
@@ -116,53 +117,9 @@ describe("IncrementalDecoder", () => {
   });
 });
 
-// A SentencePiece-style tokenizer (Llama 2's decoder: ▁ → space, byte fallback, fuse, strip one leading
-// space), built here by hand: the decoder strips the space of whatever token comes first, so a window
-// that started at a skipped special token would lose the space of the word after it.
-const SP_VOCAB = {
-  "<unk>": 0,
-  "<s>": 1,
-  "</s>": 2,
-  "▁a": 3,
-  "▁b": 4,
-  a: 5,
-  b: 6,
-  "▁": 7,
-  "<0xE6>": 8,
-  "<0x9D>": 9,
-  "<0xB1>": 10,
-};
-const sp = new Tokenizer(
-  {
-    version: "1.0",
-    added_tokens: ["<unk>", "<s>", "</s>"].map((content, id) => ({
-      ...{ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true },
-    })),
-    normalizer: null,
-    pre_tokenizer: null,
-    post_processor: null,
-    decoder: {
-      type: "Sequence",
-      decoders: [
-        { type: "Replace", pattern: { String: "▁" }, content: " " },
-        { type: "ByteFallback" },
-        { type: "Fuse" },
-        { type: "Strip", content: " ", start: 1, stop: 0 },
-      ],
-    },
-    model: {
-      ...{
-        type: "BPE",
-        dropout: null,
-        unk_token: "<unk>",
-        continuing_subword_prefix: null,
-        end_of_word_suffix: null,
-      },
-      ...{ fuse_unk: true, byte_fallback: true, ignore_merges: false, vocab: SP_VOCAB, merges: [] },
-    },
-  },
-  { clean_up_tokenization_spaces: false },
-);
+// A SentencePiece-style tokenizer (sentencepiece-toy.ts): the decoder strips the space of whatever token comes
+// first, so a window that started at a skipped special token would lose the space of the word after it.
+const sp = new Tokenizer(SP_TOKENIZER_JSON, { clean_up_tokenization_spaces: false });
 const spDecoder = {
   decode: (ids: number[], o: { skipSpecialTokens?: boolean } = {}) =>
     ids.length === 0 ? "" : sp.decode(ids, { skip_special_tokens: o.skipSpecialTokens ?? false }),
