@@ -6,9 +6,11 @@ import { openEngine } from "../engine/reader.ts";
 import { describeWarmup, type WarmupReport } from "../serving/batch-manager.ts";
 import {
   type DatasetEntry,
+  datasetName,
   datasetText,
   isDatasetText,
   readDataset,
+  STDIN_DATASET,
   tokenNormDist,
 } from "../serving/dataset.ts";
 import { openBatchManager } from "../serving/open.ts";
@@ -67,9 +69,9 @@ export function addServingCommands(program: Command): void {
         "between steps. Requests generate exactly output_tokens (eos ignored, as trtllm-bench) unless --eos.",
     )
     .argument("<engine>", "engine directory (tp 1)")
-    .requiredOption(
+    .option(
       "--dataset <file>",
-      "JSON lines: {task_id, input_ids | prompt, output_tokens} (prepare-dataset)",
+      "JSON lines: {task_id, input_ids | prompt, output_tokens} (prepare-dataset); '-' or left out: stdin",
     )
     .addOption(
       new Option("--device <d>", "cuda (native runtime) or cpu (reference executor)")
@@ -108,11 +110,17 @@ export function addServingCommands(program: Command): void {
     .option("--force", FORCE_HELP)
     .action((dir: string, o) =>
       main(async () => {
+        // No --dataset reads stdin, as trtllm-bench does (its --dataset: "Pass in a dataset file for parsing instead
+        // of stdin."); from a terminal that would wait for typed lines with no word of why.
+        const file: string = o.dataset ?? STDIN_DATASET;
+        const dataset = datasetName(file);
+        if (file === STDIN_DATASET && process.stdin.isTTY)
+          throw new Error("no dataset: give --dataset FILE or pipe one in (stdin is a terminal)");
         const json = jsonReport(o, "throughput");
         const engine = openEngine(dir);
         const found = findTokenizer(dir);
         const encode = found.tok ? (t: string) => found.tok!.encode(t) : undefined;
-        let entries: DatasetEntry[] = readDataset(o.dataset, {
+        let entries: DatasetEntry[] = readDataset(file, {
           encode,
           vocabSize: engine.config.facts.vocabSize,
         });
@@ -134,7 +142,7 @@ export function addServingCommands(program: Command): void {
           const L = bm.limits;
           for (const e of entries) {
             // file:line as every other refusal of a dataset line (the task id alone is not where it is).
-            const where = `${o.dataset}${e.line === undefined ? "" : `:${e.line}`}: request ${e.taskId}`;
+            const where = `${dataset}${e.line === undefined ? "" : `:${e.line}`}: request ${e.taskId}`;
             const tooLong = overMaxSeqLen(e.inputIds.length, e.outputTokens, L.maxSeqLen, "output_tokens");
             if (tooLong) throw new Error(`${where}: ${tooLong} (raise --max-seq-len)`);
             // A request the KV pool can never hold was refused only at its submit: after every request before it
@@ -149,7 +157,7 @@ export function addServingCommands(program: Command): void {
             `device        ${o.device}: ${bm.backendInfo.deviceName}`,
             `limits        max_batch_size ${L.maxBatchSize}, max_num_tokens ${L.maxNumTokens}, max_seq_len ${L.maxSeqLen}, KV ${L.kvBlocksTotal} blocks of ${L.tokensPerBlock} tokens`,
             `scheduler     ${bm.policy}, concurrency ${o.concurrency ?? "all"}, ${o.eos ? "stops at eos" : "eos ignored"}`,
-            `dataset       ${o.dataset}: ${entries.length} requests`,
+            `dataset       ${dataset}: ${entries.length} requests`,
           ];
           process.stderr.write(`${header.join("\n")}\n`);
           // The one-time work of a fresh runtime (a decode graph captured per batch size, the GEMM algorithms of
@@ -195,7 +203,7 @@ export function addServingCommands(program: Command): void {
             policy: bm.policy,
             limits: L,
             concurrency: o.concurrency ?? entries.length,
-            dataset: o.dataset,
+            dataset,
             engine_warmup: warm ? { batch_sizes: warm.batchSizes, steps: warm.steps, ms: warm.ms } : null,
             ...report,
           });

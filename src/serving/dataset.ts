@@ -70,14 +70,25 @@ export function parseDatasetLine(line: string, where: string, encode?: Encode): 
   };
 }
 
-/** Reads a JSON-lines dataset (blank lines skipped); every error names the file and line. */
+/** The dataset path that means standard input: trtllm-bench reads the dataset from stdin when --dataset is not
+ *  given ("Pass in a dataset file for parsing instead of stdin."), and "-" says so explicitly. */
+export const STDIN_DATASET = "-";
+
+/** How errors and reports name a dataset: its path, or <stdin> (as Python names that stream). */
+export function datasetName(file: string): string {
+  return file === STDIN_DATASET ? "<stdin>" : file;
+}
+
+/** Reads a JSON-lines dataset (blank lines skipped), "-" from stdin; every error names the file (or <stdin>) and
+ *  line. */
 export function readDataset(file: string, o: { encode?: Encode; vocabSize?: number } = {}): DatasetEntry[] {
+  const name = datasetName(file);
   let buf: Buffer;
   try {
-    buf = fs.readFileSync(file);
+    buf = file === STDIN_DATASET ? fs.readFileSync(0) : fs.readFileSync(file);
   } catch (e) {
     throw new DatasetError(
-      `${file}: cannot read the dataset (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
+      `${name}: cannot read the dataset (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
     );
   }
   const entries: DatasetEntry[] = [];
@@ -85,7 +96,7 @@ export function readDataset(file: string, o: { encode?: Encode; vocabSize?: numb
   // string, "Cannot create a string longer than 0x1fffffe8 characters", naming no file.
   let n = 0;
   for (const line of utf8Lines(buf)) {
-    const where = `${file}:${++n}`;
+    const where = `${name}:${++n}`;
     // trtllm-bench (Python's UTF-8 open) refuses such a file; read "utf8" the bytes became U+FFFD in the prompt.
     if (line === null) throw new DatasetError(`${where}: not UTF-8 text`);
     if (!line.trim()) continue;
@@ -99,7 +110,7 @@ export function readDataset(file: string, o: { encode?: Encode; vocabSize?: numb
     }
     entries.push({ ...e, line: n });
   }
-  if (entries.length === 0) throw new DatasetError(`${file}: no requests in the dataset`);
+  if (entries.length === 0) throw new DatasetError(`${name}: no requests in the dataset`);
   return entries;
 }
 
@@ -159,15 +170,18 @@ function uniforms(seed: number): () => number {
 }
 
 /**
- * prepare_dataset.py's token-norm-dist: lengths ~ Normal(mean, stdev) rounded and clamped to >= 1,
+ * prepare_dataset.py's token-norm-dist: lengths ~ Normal(mean, stdev) rounded up and clamped to >= 1,
  * token ids uniform over the vocabulary.
  */
 export function tokenNormDist(o: TokenNormDist): DatasetEntry[] {
   const u = uniforms(o.seed);
+  // Rounded up, as TensorRT-LLM's get_norm_dist_lengths does (max(1, math.ceil(x))): Math.round made lengths
+  // 0.5 token shorter on average than trtllm-bench's for the same --input-mean / --output-mean.
+  const length = (x: number) => Math.max(1, Math.ceil(x));
   const normal = (mean: number, stdev: number) => {
-    if (stdev === 0) return Math.max(1, Math.round(mean));
+    if (stdev === 0) return length(mean);
     const z = Math.sqrt(-2 * Math.log(u())) * Math.cos(2 * Math.PI * u());
-    return Math.max(1, Math.round(mean + stdev * z));
+    return length(mean + stdev * z);
   };
   return Array.from({ length: o.numRequests }, (_, taskId) => {
     const inLen = normal(o.inputMean, o.inputStdev);

@@ -15,6 +15,10 @@ import { formatReport, type ThroughputReport } from "../../src/serving/throughpu
 import { runCommand } from "../cli-main-helpers.ts";
 import { buildFixture, tmpDir } from "../fixtures.ts";
 
+// stdin (no --dataset, or --dataset -) from a stand-in for fs.readFileSync(0).
+const stdin = vi.hoisted(() => ({ text: null as string | null, reads: 0 }));
+vi.mock("node:fs", async (orig) => (await import("../stdin-mock.ts")).fsWithStdin(await orig(), stdin));
+
 // openBatchManager as the command calls it, with what it was asked recorded; on "cuda" (no GPU here) it opens the
 // CPU manager instead, so that the cuda defaults (the engine warm-up) can be seen.
 const opened = vi.hoisted(() => [] as Record<string, unknown>[]);
@@ -644,8 +648,67 @@ describe("tsllm-bench throughput --device cpu (in-process)", () => {
       expect(r.exit, args.join(" ")).toBe("exit 1");
       expect(r.stderr.split("\n")[0]).toBe(line);
     }
-    const r = await bench(["throughput", dir]);
-    expect(r.stderr.split("\n")[0]).toBe("error: required option '--dataset <file>' not specified");
+  });
+
+  it("no --dataset or --dataset -: reads stdin, as trtllm-bench; its refusals name <stdin>:line", async () => {
+    const line = (o: object) => `${JSON.stringify(o)}\n`;
+    const ok = line({ task_id: 0, input_ids: [1, 2, 3], output_tokens: 2 });
+    const pj = path.join(work, "stdin.json");
+    try {
+      for (const args of [[], ["--dataset", "-"]]) {
+        stdin.text = ok;
+        stdin.reads = 0;
+        const r = await bench(["throughput", dir, ...args, "--device", "cpu", "--json", pj, "--force"]);
+        expect(r.exitCode, r.stderr).toBeUndefined();
+        expect(stdin.reads).toBe(1);
+        expect(r.stderr).toContain("dataset       <stdin>: 1 requests");
+        const j = JSON.parse(fs.readFileSync(pj, "utf8"));
+        expect([j.dataset, j.total_input_tokens, j.total_output_tokens]).toEqual(["<stdin>", 3, 2]);
+      }
+      // The same validation as a file's lines, file:line becoming <stdin>:line.
+      for (const [text, msg] of [
+        [
+          `\n${line({ task_id: 0, input_ids: [1, 512], output_tokens: 2 })}`,
+          "<stdin>:2: token id 512 outside the engine's vocabulary (0..511)",
+        ],
+        ["{not json\n", "<stdin>:1: not valid JSON ("],
+        ["\n\n", "<stdin>: no requests in the dataset"],
+        [
+          `${ok}${line({ task_id: "x", input_ids: Array(30).fill(1), output_tokens: 10 })}`,
+          "<stdin>:2: request x: prompt of 30 tokens + output_tokens 10 = 40 exceeds max_seq_len 39 (raise --max-seq-len)",
+        ],
+      ]) {
+        stdin.text = text;
+        const r = await bench([
+          "throughput",
+          dir,
+          "--dataset",
+          "-",
+          "--device",
+          "cpu",
+          "--max-seq-len",
+          "39",
+        ]);
+        expect(r.stderr.startsWith(`error: ${msg}`), r.stderr).toBe(true);
+        expect(r.stderr.split("\n")).toHaveLength(2);
+        expect(r.exitCode).toBe(1);
+      }
+      // From a terminal it would wait for typed lines: refused, saying what to give.
+      const tty = process.stdin.isTTY;
+      process.stdin.isTTY = true;
+      try {
+        stdin.reads = 0;
+        const r = await bench(["throughput", dir]);
+        expect(r.stderr).toBe(
+          "error: no dataset: give --dataset FILE or pipe one in (stdin is a terminal)\n",
+        );
+        expect(stdin.reads).toBe(0);
+      } finally {
+        process.stdin.isTTY = tty;
+      }
+    } finally {
+      stdin.text = null;
+    }
   });
 
   it("--help of both commands describes them and their flags", async () => {
@@ -675,7 +738,7 @@ describe("tsllm-bench throughput --device cpu (in-process)", () => {
         "throughput, TTFT / TPOT / inter-token / end-to-end latency percentiles, peak KV use and the GPU idle gap " +
         "between steps. Requests generate exactly output_tokens (eos ignored, as trtllm-bench) unless --eos.",
       "engine engine directory (tp 1)",
-      "--dataset <file> JSON lines: {task_id, input_ids | prompt, output_tokens} (prepare-dataset)",
+      "--dataset <file> JSON lines: {task_id, input_ids | prompt, output_tokens} (prepare-dataset); '-' or left out: stdin",
       '--device <d> cuda (native runtime) or cpu (reference executor) (choices: "cuda", "cpu", default: "cuda")',
       "--kv-blocks <n> cap the KV pool at this many blocks",
       '--scheduler-policy <p> admission policy (choices: "guaranteed_no_evict", "max_utilization", default: "guaranteed_no_evict")',

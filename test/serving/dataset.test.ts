@@ -285,7 +285,7 @@ describe("tokenNormDist", () => {
   const uniform = (seed: number, k: number) =>
     (lowbias32((lowbias32(seed) ^ Math.imul(k, 0x9e3779b9)) >>> 0) + 0.5) / 2 ** 32;
 
-  it("stdev 0: every request has the rounded means (at least 1), task ids from 0", () => {
+  it("stdev 0: every request has the means rounded up (at least 1), task ids from 0", () => {
     const d = tokenNormDist(base);
     expect(d.map((e) => e.taskId)).toEqual([0, 1, 2, 3]);
     expect(d.map((e) => [e.inputIds.length, e.outputTokens])).toEqual([
@@ -296,6 +296,8 @@ describe("tokenNormDist", () => {
     ]);
     const r = tokenNormDist({ ...base, numRequests: 1, inputMean: 2.5, outputMean: 0.4 })[0];
     expect([r.inputIds.length, r.outputTokens]).toEqual([3, 1]);
+    const up = tokenNormDist({ ...base, numRequests: 1, inputMean: 2.2, outputMean: -3 })[0];
+    expect([up.inputIds.length, up.outputTokens]).toEqual([3, 1]);
     expect(tokenNormDist({ ...base, numRequests: 0 })).toEqual([]);
   });
 
@@ -321,9 +323,42 @@ describe("tokenNormDist", () => {
       outputStdev: 10,
       seed: 9,
     })[0];
-    expect(e.inputIds.length).toBe(Math.max(1, Math.round(100 + 30 * z(u1, u2))));
-    expect(e.outputTokens).toBe(Math.max(1, Math.round(50 + 10 * z(u3, u4))));
-    expect(e.inputIds.length).not.toBe(Math.max(1, Math.round(100 - 30 * z(u1, u2))));
+    expect(e.inputIds.length).toBe(Math.max(1, Math.ceil(100 + 30 * z(u1, u2))));
+    expect(e.outputTokens).toBe(Math.max(1, Math.ceil(50 + 10 * z(u3, u4))));
+    expect(e.inputIds.length).not.toBe(Math.max(1, Math.ceil(100 - 30 * z(u1, u2))));
+  });
+
+  it("lengths are rounded up and clamped to >= 1, as TensorRT-LLM's get_norm_dist_lengths (max(1, ceil(x)))", () => {
+    // Seed 3, 40 requests: each request draws 4 uniforms for its lengths, then inputLen for its ids.
+    const o = {
+      ...base,
+      numRequests: 40,
+      inputMean: 6,
+      inputStdev: 4,
+      outputMean: 3,
+      outputStdev: 2,
+      seed: 3,
+    };
+    let k = 0;
+    const next = () => uniform(3, ++k);
+    const draw = (mean: number, stdev: number) => {
+      const z = Math.sqrt(-2 * Math.log(next())) * Math.cos(2 * Math.PI * next());
+      return mean + stdev * z;
+    };
+    const want: number[][] = [];
+    const raw: number[] = [];
+    for (let i = 0; i < o.numRequests; i++) {
+      const x = draw(6, 4);
+      const y = draw(3, 2);
+      raw.push(x, y);
+      want.push([Math.max(1, Math.ceil(x)), Math.max(1, Math.ceil(y))]);
+      k += want[i][0]; // the ids' uniforms
+    }
+    const got = tokenNormDist(o).map((e) => [e.inputIds.length, e.outputTokens]);
+    expect(got).toEqual(want);
+    // The draws cover what tells ceil from round (a fraction below .5) and the clamp (a draw below 1).
+    expect(raw.some((x) => x > 1 && x - Math.floor(x) < 0.5)).toBe(true);
+    expect(raw.some((x) => x < 0)).toBe(true);
   });
 
   it("a seed repeats its dataset; another seed gives another", () => {
@@ -349,10 +384,11 @@ describe("tokenNormDist", () => {
     };
     // Standard errors at n 4000: 0.16 and 0.11 for N(100, 10), half that for N(50, 5); bounds are 5-6 of them.
     const [im, is] = stats(d.map((e) => e.inputIds.length));
-    expect(Math.abs(im - 100)).toBeLessThan(1);
+    // Rounding up adds half a token to the mean, as in trtllm-bench's datasets.
+    expect(Math.abs(im - 100.5)).toBeLessThan(1);
     expect(Math.abs(is - 10)).toBeLessThan(0.6);
     const [om, os_] = stats(d.map((e) => e.outputTokens));
-    expect(Math.abs(om - 50)).toBeLessThan(0.5);
+    expect(Math.abs(om - 50.5)).toBeLessThan(0.5);
     expect(Math.abs(os_ - 5)).toBeLessThan(0.3);
     const low = tokenNormDist({
       ...base,
