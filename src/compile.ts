@@ -135,21 +135,40 @@ function generationEosIds(checkpoint: string): number[] | undefined {
  * bf16 checkpoint loads as bf16 (its RoPE inv_freq rounded to bf16, as the goldens were); "float16" here gave
  * an fp16 engine with f16-rounded inv_freq instead.
  */
-function checkpointTorchDtype(dir: string): string | undefined {
-  const ckpt = openCheckpoint(dir);
-  try {
-    const torch: Record<string, string> = { F32: "float32", F16: "float16", BF16: "bfloat16" };
-    for (const name of ckpt.names()) {
-      const dtype = ckpt.info(name).dtype;
-      if (isFloatDtype(dtype)) return torch[dtype];
-    }
-    return undefined;
-  } finally {
-    ckpt.close();
+function checkpointTorchDtype(ckpt: Checkpoint): string | undefined {
+  const torch: Record<string, string> = { F32: "float32", F16: "float16", BF16: "bfloat16" };
+  for (const name of ckpt.names()) {
+    const dtype = ckpt.info(name).dtype;
+    if (isFloatDtype(dtype)) return torch[dtype];
   }
+  return undefined;
+}
+
+/**
+ * The build's checkpoint, opened when first needed and then kept: a config.json naming no dtype had it opened
+ * (every shard's header read and parsed) once for the dtype and again for the weights.
+ */
+function checkpointOnce(dir: string) {
+  let ckpt: Checkpoint | undefined;
+  return {
+    get: () => (ckpt ??= openCheckpoint(dir)),
+    close: () => ckpt?.close(),
+  };
 }
 
 export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
+  const ckpt = o.checkpoint === undefined ? undefined : checkpointOnce(o.checkpoint);
+  try {
+    return await compileWith(o, ckpt);
+  } finally {
+    ckpt?.close();
+  }
+}
+
+async function compileWith(
+  o: CompileOptions,
+  once: ReturnType<typeof checkpointOnce> | undefined,
+): Promise<CompileResult> {
   if (o.emit !== undefined && o.emit !== "engine" && o.emit !== "onnx")
     throw new BuildError(`--emit ${o.emit}: expected engine or onnx`);
   // The output is checked before any work: a build must never end by refusing (or replacing) it.
@@ -216,8 +235,7 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
   if (o.checkpoint && o.randomWeights)
     throw new BuildError("--random-weights builds from --config, not a checkpoint");
 
-  const torchDtype =
-    configTorchDtype(hfJson) ?? (o.checkpoint && checkpointTorchDtype(o.checkpoint)) ?? "float16";
+  const torchDtype = configTorchDtype(hfJson) ?? (once && checkpointTorchDtype(once.get())) ?? "float16";
   const dtype = !o.dtype || o.dtype === "auto" ? (torchDtype === "bfloat16" ? "bf16" : "fp16") : o.dtype;
   const parsed = BuildConfig.safeParse({
     sm: o.sm,
@@ -321,43 +339,36 @@ export async function compileEngine(o: CompileOptions): Promise<CompileResult> {
   // built as. Only llama.ts and gptj.ts keep `architecture` in their configs; qwen2 / mixtral engines had none,
   // and tsllm-inspect named them "model" (onnx.json: "").
   const modelRecord = { architecture: archName, ...cfg } as Record<string, unknown>;
-  let ckpt: Checkpoint | null = null;
-  try {
-    if (o.checkpoint) {
-      ckpt = openCheckpoint(o.checkpoint);
-      bindCheckpointWeights(graph, ckpt);
-    }
-    if (o.printIr) o.log?.(`--- IR before any pass ---\n${printGraph(graph)}`);
-    const pipeline = runPipeline(graph, build, {
-      disable: o.disablePasses ?? [],
-      dumpAfter: o.dumpIrAfter ?? [],
-      log: o.log,
-    });
-    build.passes = pipeline.applied;
-    logQuantReport(pipeline.ranks[0]?.meta.quant, o.log);
-    const rank0 = pipeline.ranks[0];
-    if (o.emit !== "onnx" && rank0)
-      for (const w of gpuWarnings(rank0, build))
-        o.log?.(`warning: this engine will not run on the GPU (tsllm-run --device cpu runs it): ${w}`);
-    if (o.emit === "onnx") return await emitOnnx(o, inputs, pipeline, build, modelRecord, facts, ckpt);
-    const ranks: RankProgram[] = pipeline.ranks.map((g, rank) => ({ rank, graph: g }));
-    const config = await writeEngine({
-      outDir: o.out,
-      force: o.force,
-      inputs,
-      ranks,
-      build,
-      model: modelRecord,
-      facts,
-      checkpoint: ckpt,
-      extraFiles: { ...pipeline.extraFiles, ...tokenizer?.files },
-      tokenizer: tokenizer ? { files: tokenizer.names } : undefined,
-      onProgress: o.onProgress,
-    });
-    return { config, pipeline };
-  } finally {
-    ckpt?.close();
-  }
+  const ckpt: Checkpoint | null = once ? once.get() : null;
+  if (ckpt) bindCheckpointWeights(graph, ckpt);
+  if (o.printIr) o.log?.(`--- IR before any pass ---\n${printGraph(graph)}`);
+  const pipeline = runPipeline(graph, build, {
+    disable: o.disablePasses ?? [],
+    dumpAfter: o.dumpIrAfter ?? [],
+    log: o.log,
+  });
+  build.passes = pipeline.applied;
+  logQuantReport(pipeline.ranks[0]?.meta.quant, o.log);
+  const rank0 = pipeline.ranks[0];
+  if (o.emit !== "onnx" && rank0)
+    for (const w of gpuWarnings(rank0, build))
+      o.log?.(`warning: this engine will not run on the GPU (tsllm-run --device cpu runs it): ${w}`);
+  if (o.emit === "onnx") return await emitOnnx(o, inputs, pipeline, build, modelRecord, facts, ckpt);
+  const ranks: RankProgram[] = pipeline.ranks.map((g, rank) => ({ rank, graph: g }));
+  const config = await writeEngine({
+    outDir: o.out,
+    force: o.force,
+    inputs,
+    ranks,
+    build,
+    model: modelRecord,
+    facts,
+    checkpoint: ckpt,
+    extraFiles: { ...pipeline.extraFiles, ...tokenizer?.files },
+    tokenizer: tokenizer ? { files: tokenizer.names } : undefined,
+    onProgress: o.onProgress,
+  });
+  return { config, pipeline };
 }
 
 /** Says which layers were quantised and which stay in higher precision, and why. */
