@@ -5,7 +5,7 @@ import type { Command } from "commander";
 import { formatServeBench, runServeBench, type ServeBenchOptions } from "../server/bench-client.ts";
 import { type DatasetEntry, readDataset, tokenNormDist } from "../serving/dataset.ts";
 import { requireTokenizer } from "../text/engine-files.ts";
-import { float, int, main } from "./common.ts";
+import { float, int, main, NUMPY_SEED } from "./common.ts";
 import { FORCE_HELP, jsonReport } from "./output-file.ts";
 
 function parseGoodput(specs: string[]): ServeBenchOptions["goodput"] {
@@ -75,7 +75,7 @@ export function addServeBenchCommand(program: Command): void {
     .option("--max-concurrency <n>", "most requests in flight", int("--max-concurrency", { min: 1 }))
     .option("--goodput <slo...>", "SLOs in ms for goodput: ttft:MS tpot:MS e2el:MS")
     .option("--warmup <n>", "requests sent (and waited for) before timing", int("--warmup", { min: 0 }), 1)
-    .option("--seed <n>", "random prompts and arrival times", int("--seed"), 0)
+    .option("--seed <n>", "random prompts and arrival times", int("--seed", NUMPY_SEED), 0)
     .option("--api-key <key>", "Bearer key (default: $TSLLM_API_KEY)")
     .option("--json <file>", "also write the report as JSON")
     .option("--force", FORCE_HELP)

@@ -17,7 +17,15 @@ import { openBatchManager } from "../serving/open.ts";
 import { formatReport, runRequests, summarize } from "../serving/throughput.ts";
 import { overKvPool, overMaxSeqLen } from "../serving/types.ts";
 import { findTokenizer } from "../text/engine-files.ts";
-import { float, fp8ContextFmhaOption, int, kvFractionOption, limitOption, main } from "./common.ts";
+import {
+  float,
+  fp8ContextFmhaOption,
+  int,
+  kvFractionOption,
+  limitOption,
+  main,
+  NUMPY_SEED,
+} from "./common.ts";
 import {
   checkOutputFile,
   FORCE_HELP,
@@ -40,7 +48,7 @@ export function addServingCommands(program: Command): void {
     .option("--input-stdev <n>", "prompt length standard deviation", float("--input-stdev", { min: 0 }), 0)
     .requiredOption("--output-mean <n>", "mean output length", float("--output-mean", { min: 1 }))
     .option("--output-stdev <n>", "output length standard deviation", float("--output-stdev", { min: 0 }), 0)
-    .option("--seed <n>", "random seed", int("--seed"), 0)
+    .option("--seed <n>", "random seed", int("--seed", NUMPY_SEED), 0)
     .option("--output <file>", "write here instead of stdout")
     .option("--force", FORCE_HELP)
     .action((dir: string, o) =>

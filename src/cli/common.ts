@@ -100,6 +100,12 @@ export function int(name: string, range: Range = {}) {
   };
 }
 
+/**
+ * The seeds of the benchmarks' random datasets and arrival times: numpy's (np.random.seed, which TensorRT-LLM's
+ * prepare_dataset.py and vLLM's benchmarks seed) 0 to 2^32 - 1; past it two seeds made one dataset (seed >>> 0).
+ */
+export const NUMPY_SEED: Range = { min: 0, max: 2 ** 32 - 1 };
+
 /** Parser of a sampling seed flag: an integer the samplers honour exactly (src/executor/seed.ts), else refused. */
 export function seedArg(name: string) {
   return (v: string): number => {

@@ -101,7 +101,7 @@ describe("tsllm-bench prepare-dataset (in-process)", () => {
       "--output-stdev",
       "2.5",
       "--seed",
-      "-7",
+      "4294967289",
     ]);
     expect(b.stdout).toBe(
       lines({
@@ -111,7 +111,7 @@ describe("tsllm-bench prepare-dataset (in-process)", () => {
         inputStdev: 6,
         outputMean: 9,
         outputStdev: 2.5,
-        seed: -7,
+        seed: 4294967289,
       }),
     );
     expect(
@@ -200,6 +200,15 @@ describe("tsllm-bench prepare-dataset (in-process)", () => {
       [
         ["--seed", "1.5"],
         "error: option '--seed <n>' argument '1.5' is invalid. --seed must be an integer, got \"1.5\"",
+      ],
+      // numpy's seed range (prepare_dataset.py's np.random.seed): 2^32 made the dataset of seed 0 (seed >>> 0).
+      [
+        ["--seed", "4294967296"],
+        "error: option '--seed <n>' argument '4294967296' is invalid. Allowed: --seed in [0, 4294967295].",
+      ],
+      [
+        ["--seed", "-1"],
+        "error: option '--seed <n>' argument '-1' is invalid. Allowed: --seed in [0, 4294967295].",
       ],
     ] as const) {
       const r = await bench(["prepare-dataset", dir, ...base, ...args]);
