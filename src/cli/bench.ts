@@ -87,8 +87,10 @@ program
         const runs = Array.from({ length: o.runs }, () => cuda.generate(prompts, o.outputLen));
         runs.sort((a, b) => a.totalMs - b.totalMs);
         const r = runs[Math.floor(runs.length / 2)];
+        // TPOT here is the median decode step of the median run (a static batch: every sequence's step), not
+        // trtllm-bench's mean (e2e - ttft) / (output - 1); one output token has no decode step: n/a (null in --json).
         const steps = Array.from(r.stepMs).sort((a, b) => a - b);
-        const tpot = steps[Math.floor(steps.length / 2)];
+        const tpot = steps.length ? steps[Math.floor(steps.length / 2)] : Number.NaN;
         const tokS = (B * o.outputLen) / (r.totalMs / 1000);
         // Roofline of a decode step at mean context length (prompt + half the output): the weight bytes the step
         // reads (roofline.ts: embedding rows gathered, only the routed experts of moe layers) and the KV cache.
@@ -110,10 +112,11 @@ program
           pct_of_roofline: (100 * rooflineMs) / tpot,
         };
         results.push(row);
+        const fx = (x: number, d: number) => (Number.isFinite(x) ? x.toFixed(d) : "n/a");
         process.stdout.write(
-          `batch ${B}: TTFT ${r.ttftMs.toFixed(2)} ms, TPOT ${tpot.toFixed(3)} ms, ${tokS.toFixed(1)} output tok/s ` +
-            `(decode ${decodeTokS.toFixed(1)} tok/s; roofline ${rooflineMs.toFixed(3)} ms/step = ${rooflineTokS.toFixed(1)} tok/s, ` +
-            `${row.pct_of_roofline.toFixed(1)}% of roofline)\n`,
+          `batch ${B}: TTFT ${r.ttftMs.toFixed(2)} ms, TPOT ${fx(tpot, 3)} ms, ${tokS.toFixed(1)} output tok/s ` +
+            `(decode ${fx(decodeTokS, 1)} tok/s; roofline ${rooflineMs.toFixed(3)} ms/step = ${rooflineTokS.toFixed(1)} tok/s, ` +
+            `${fx(row.pct_of_roofline, 1)}% of roofline)\n`,
         );
         if (weights.expertBytes > 0)
           process.stdout.write(

@@ -30,8 +30,16 @@ export interface ThroughputReport {
   total_output_tokens: number;
   request_throughput_req_s: number;
   output_throughput_tok_s: number;
-  /** Mean over requests of output tokens / (e2e - ttft) after the first token, tok/s per user. */
+  /**
+   * trtllm-bench's "Per User Output Throughput [w/ ctx]": mean over requests of output tokens / e2e latency (the
+   * first token and its TTFT included), tok/s per user.
+   */
   per_user_output_throughput_tok_s: number;
+  /**
+   * trtllm-bench's "Per User Output Speed" (its streaming figure): mean over requests of (output tokens - 1) /
+   * (e2e - ttft), 0 for a request of one token; tok/s per user.
+   */
+  per_user_output_speed_tok_s: number;
   total_token_throughput_tok_s: number;
   ttft_ms: Percentiles;
   tpot_ms: Percentiles;
@@ -77,20 +85,17 @@ export interface ThroughputReport {
  * - "trtllm": trtllm-bench's PercentileStats, sorted[floor(q·n)], no interpolation (p50 of 10 values is the
  *   6th) — tsllm-bench throughput;
  * - "numpy": numpy.percentile's default (linear between the ranks around q·(n − 1)), which vllm's
- *   benchmark_serving prints — tsllm-bench serve.
+ *   benchmark_serving prints — tsllm-bench serve; no values read as 0, as vllm's `np.mean(xs or 0)`.
+ * No values under "trtllm": NaN (printed n/a; trtllm-bench's PercentileStats has no answer for an empty list).
  */
 export type PercentileRule = "trtllm" | "numpy";
 
 export function percentiles(xs: number[], rule: PercentileRule): Percentiles {
-  if (xs.length === 0)
-    return {
-      mean: Number.NaN,
-      p50: Number.NaN,
-      p90: Number.NaN,
-      p99: Number.NaN,
-      min: Number.NaN,
-      max: Number.NaN,
-    };
+  if (xs.length === 0) {
+    // vllm's calculate_metrics (vllm/benchmarks/serve.py) takes np.mean / np.percentile of `xs or 0`: 0, not NaN.
+    const none = rule === "numpy" ? 0 : Number.NaN;
+    return { mean: none, p50: none, p90: none, p99: none, min: none, max: none };
+  }
   const s = [...xs].sort((a, b) => a - b);
   const n = s.length;
   const at = (q: number) => {
@@ -177,6 +182,7 @@ export function summarize(
   const itl: number[] = [];
   const e2e: number[] = [];
   const perUser: number[] = [];
+  const perUserSpeed: number[] = [];
   const reasons: Record<string, number> = {};
   for (const r of results) {
     const t = r.timings;
@@ -184,13 +190,16 @@ export function summarize(
     ttft.push(t.ttftMs);
     e2e.push(t.e2eMs);
     const n = t.tokenTimesMs.length;
-    if (n > 1) {
-      const decodeMs = t.tokenTimesMs[n - 1] - t.tokenTimesMs[0];
-      tpot.push(decodeMs / (n - 1));
-      perUser.push(((n - 1) * 1000) / Math.max(decodeMs, 1e-9));
-      for (let k = 1; k < n; k++) itl.push(t.tokenTimesMs[k] - t.tokenTimesMs[k - 1]);
-    }
+    // Every request counts, one of a single token too, as trtllm-bench's RequestRecord (bench/dataclasses/
+    // statistics.py): intertoken_latency (e2e - ttft) / (n - 1), else 0; output_token_throughput n / e2e;
+    // generation_token_throughput (n - 1) / (e2e - ttft).
+    const genMs = t.e2eMs - t.ttftMs;
+    tpot.push(n > 1 ? genMs / (n - 1) : 0);
+    perUser.push((n * 1000) / Math.max(t.e2eMs, 1e-9));
+    perUserSpeed.push(n > 1 ? ((n - 1) * 1000) / Math.max(genMs, 1e-9) : 0);
+    for (let k = 1; k < n; k++) itl.push(t.tokenTimesMs[k] - t.tokenTimesMs[k - 1]);
   }
+  const meanOf = (xs: number[]) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : Number.NaN);
   // Device time: each step's own time plus the idle gap before it (GPU timeline on cuda).
   const stepMs = (xs: StepRecord[]) =>
     xs.reduce((a, s) => a + (Number.isFinite(s.stepMs) ? s.stepMs : s.ms), 0);
@@ -218,9 +227,8 @@ export function summarize(
     total_output_tokens: outTok,
     request_throughput_req_s: entries.length / seconds,
     output_throughput_tok_s: outTok / seconds,
-    per_user_output_throughput_tok_s: perUser.length
-      ? perUser.reduce((a, b) => a + b, 0) / perUser.length
-      : Number.NaN,
+    per_user_output_throughput_tok_s: meanOf(perUser),
+    per_user_output_speed_tok_s: meanOf(perUserSpeed),
     total_token_throughput_tok_s: (inTok + outTok) / seconds,
     ttft_ms: percentiles(ttft, "trtllm"),
     tpot_ms: percentiles(tpot, "trtllm"),
@@ -277,7 +285,8 @@ export function formatReport(r: ThroughputReport, header: string[]): string {
     "-- Throughput",
     `  request throughput           ${f(r.request_throughput_req_s, 3)} req/s`,
     `  total output throughput      ${f(r.output_throughput_tok_s, 1)} tok/s`,
-    `  per-user output throughput   ${f(r.per_user_output_throughput_tok_s, 1)} tok/s/user`,
+    `  per-user output throughput   ${f(r.per_user_output_throughput_tok_s, 1)} tok/s/user (output tokens / e2e)`,
+    `  per-user output speed        ${f(r.per_user_output_speed_tok_s, 1)} tok/s/user (after the first token)`,
     `  total token throughput       ${f(r.total_token_throughput_tok_s, 1)} tok/s`,
     "-- Latency (ms)",
     row("time to first token", r.ttft_ms),

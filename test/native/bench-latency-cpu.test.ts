@@ -280,6 +280,28 @@ describe("tsllm-bench latency over the stand-in addon", () => {
     );
   });
 
+  it("--output-len 1: no decode step, so TPOT, decode tok/s and % of roofline are n/a (null in --json), no crash", async () => {
+    install();
+    const json = path.join(work, "one-token.json");
+    const r = await bench(["latency", llama, "--input-len", "6", "--output-len", "1", "--json", json]);
+    expect(r.stderr).toBe("");
+    expect(r.exitCode).toBeUndefined();
+    // the median run (total 20 ms, TTFT 4.5 ms) of one token: 1 · 1 / 0.02 s = 50 output tok/s
+    expect(r.stdout).toContain(
+      "batch 1: TTFT 4.50 ms, TPOT n/a ms, 50.0 output tok/s (decode n/a tok/s; roofline ",
+    );
+    expect(r.stdout).toMatch(/ tok\/s, n\/a% of roofline\)\n/);
+    const [res] = JSON.parse(fs.readFileSync(json, "utf8")).results;
+    expect(res).toMatchObject({
+      batch: 1,
+      ttft_ms: 4.5,
+      tpot_ms: null,
+      output_tok_s: 50,
+      decode_tok_s: null,
+    });
+    expect(res.pct_of_roofline).toBeNull();
+  });
+
   it("the KV bytes per token follow the KV cache's dtype: fp16 2 bytes, fp8 1", async () => {
     for (const [dir, perToken, kv] of [
       [fp16, 512, "fp16"],

@@ -532,22 +532,41 @@ describe("summarizeServeBench", () => {
     expect(goodput(undefined)).toMatchObject({ goodput_req_s: null, slo_ms: null });
   });
 
-  it("no failure: no first_error; rate inf; no limit; every request failed: NaN statistics", () => {
+  it("no failure: no first_error; rate inf; no limit; every request failed: statistics 0, as vllm's", () => {
     const r = summarizeServeBench(timings.slice(0, 2), 2, { ...opts, requestRate: Infinity });
     expect("first_error" in r).toBe(false);
     expect(r).toMatchObject({ failed_requests: 0, request_rate: "inf", max_concurrency: null });
     expect(r.tpot_ms).toStrictEqual({ mean: 4, p50: 4, p90: 4, p99: 4, min: 4, max: 4 });
     const none = summarizeServeBench([timings[2], timings[5]], 2, { ...opts, requestRate: 3 });
-    const nan = Number.NaN;
+    // vllm/benchmarks/serve.py calculate_metrics: np.mean(ttfts or 0) and np.percentile(ttfts or 0, p) are 0.
+    const zero = { mean: 0, p50: 0, p90: 0, p99: 0, min: 0, max: 0 };
     expect(none).toMatchObject({
       successful_requests: 0,
       failed_requests: 2,
       first_error: "HTTP 503: busy",
       total_input_tokens: 0,
       request_throughput_req_s: 0,
-      ttft_ms: { mean: nan, p50: nan, p90: nan, p99: nan, min: nan, max: nan },
-      e2e_ms: { mean: nan, p50: nan, p90: nan, p99: nan, min: nan, max: nan },
+      ttft_ms: zero,
+      tpot_ms: zero,
+      itl_ms: zero,
+      e2e_ms: zero,
     });
+  });
+
+  it("every request of one token: no TPOT or ITL values, printed 0.00 as vllm prints them, not NaN", () => {
+    // vllm's calculate_metrics: tpots only of output_len > 1, so empty; np.mean(tpots or 0) * 1000 = 0.
+    const r = summarizeServeBench([timing(true, 7, 1, 30, [], 31), timing(true, 2, 1, 10, [], 12)], 1, {
+      ...opts,
+      requestRate: Infinity,
+    });
+    const zero = { mean: 0, p50: 0, p90: 0, p99: 0, min: 0, max: 0 };
+    expect(r.tpot_ms).toStrictEqual(zero);
+    expect(r.itl_ms).toStrictEqual(zero);
+    expect(JSON.parse(JSON.stringify(r)).tpot_ms.mean).toBe(0); // not null
+    const text = formatServeBench(r);
+    expect(text).toContain("Mean TPOT (ms):                         0.00\n");
+    expect(text).toContain("P99 ITL (ms):                           0.00\n");
+    expect(text).not.toContain("NaN");
   });
 });
 

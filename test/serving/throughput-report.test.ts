@@ -113,9 +113,17 @@ describe("percentiles", () => {
     }
   });
 
-  it("no values: every figure NaN", () => {
-    for (const rule of ["trtllm", "numpy"] as const)
-      expect(percentiles([], rule)).toEqual({ mean: nan, p50: nan, p90: nan, p99: nan, min: nan, max: nan });
+  it("no values: every figure NaN by trtllm-bench's rule, 0 by vllm's (np.mean / np.percentile of `xs or 0`)", () => {
+    expect(percentiles([], "trtllm")).toEqual({
+      mean: nan,
+      p50: nan,
+      p90: nan,
+      p99: nan,
+      min: nan,
+      max: nan,
+    });
+    // vllm/benchmarks/serve.py calculate_metrics: np.mean(tpots or 0), np.percentile(tpots or 0, p) on no values.
+    expect(percentiles([], "numpy")).toEqual({ mean: 0, p50: 0, p90: 0, p99: 0, min: 0, max: 0 });
   });
 });
 
@@ -158,9 +166,9 @@ const step = (
 const entries = [entry(4), entry(2, 1), entry(6, 2)];
 const run = {
   results: [
-    result("length", 10, [10, 14, 20, 30], 31), // tpot 20/3, 150 tok/s/user, itl 4 6 10
-    result("stop", 5, [5], 6), // one token: no tpot, itl or per-user figure
-    result("length", 8, [8, 18], 20), // tpot 10, 100 tok/s/user, itl 10
+    result("length", 10, [10, 14, 20, 30], 31), // tpot (31 − 10) / 3 = 7, itl 4 6 10
+    result("stop", 5, [5], 6), // one token: tpot 0, no itl
+    result("length", 8, [8, 18], 20), // tpot (20 − 8) / 1 = 12, itl 10
   ],
   seconds: 2,
   steps: [
@@ -192,7 +200,9 @@ describe("summarize", () => {
     expect(r.request_throughput_req_s).toBe(1.5);
     expect(r.output_throughput_tok_s).toBe(3.5);
     expect(r.total_token_throughput_tok_s).toBe(9.5);
-    expect(r.per_user_output_throughput_tok_s).toBe(125);
+    // trtllm-bench: mean of n / e2e (4 / 31 ms, 1 / 6 ms, 2 / 20 ms) and of (n − 1) / (e2e − ttft) (3 / 21 ms, 0, 1 / 12 ms)
+    expect(r.per_user_output_throughput_tok_s).toBeCloseTo((4000 / 31 + 1000 / 6 + 100) / 3, 9);
+    expect(r.per_user_output_speed_tok_s).toBeCloseTo((1000 / 7 + 0 + 1000 / 12) / 3, 9);
     expect(r.finish_reasons).toEqual({ length: 2, stop: 1 });
     expect(r.admission).toEqual({
       peak_batch: 4,
@@ -203,16 +213,16 @@ describe("summarize", () => {
     ]);
   });
 
-  it("latencies: ttft and e2e of every request, tpot and itl of those with two tokens or more", () => {
+  it("latencies: ttft, e2e and tpot of every request (tpot 0 for one token), itl of those with two or more", () => {
     expect(r.ttft_ms).toEqual({ mean: 23 / 3, p50: 8, p90: 10, p99: 10, min: 5, max: 10 });
     expect(r.e2e_ms).toEqual({ mean: 19, p50: 20, p90: 31, p99: 31, min: 6, max: 31 });
     expect(r.tpot_ms).toEqual({
-      mean: (20 / 3 + 10) / 2,
-      p50: 10, // trtllm-bench's rule: sorted[floor(0.5 · 2)]
-      p90: 10,
-      p99: 10,
-      min: 20 / 3,
-      max: 10,
+      mean: 19 / 3, // 7, 0, 12
+      p50: 7, // trtllm-bench's rule: sorted[floor(0.5 · 3)]
+      p90: 12,
+      p99: 12,
+      min: 0,
+      max: 12,
     });
     expect(r.itl_ms).toEqual({ mean: 7.5, p50: 10, p90: 10, p99: 10, min: 4, max: 10 }); // 4 6 10 10: sorted[2]
   });
@@ -242,8 +252,9 @@ describe("summarize", () => {
     const z = summarize([entry(1)], { results: [result("length", 3, [3, 3], 3)], seconds: 1, steps: [] }, kv);
     expect(z.tpot_ms.mean).toBe(0);
     expect(z.itl_ms.max).toBe(0);
-    expect(Number.isFinite(z.per_user_output_throughput_tok_s)).toBe(true);
-    expect(z.per_user_output_throughput_tok_s).toBeGreaterThan(1e11); // 1 token in at most 1e-9 ms
+    expect(z.per_user_output_throughput_tok_s).toBeCloseTo(2000 / 3, 9);
+    expect(Number.isFinite(z.per_user_output_speed_tok_s)).toBe(true);
+    expect(z.per_user_output_speed_tok_s).toBeGreaterThan(1e11); // 1 token in at most 1e-9 ms
   });
 
   it("a step without sequences is no decode-only step: decode_steps counts what by_kind's decode counts", () => {
@@ -257,10 +268,11 @@ describe("summarize", () => {
     expect(summarize([entry(1)], { ...run, steps }, kv).steps.full_batch.host_gap_pct).toBe(50);
   });
 
-  it("no steps and no decoded tokens: NaN, not 0 or Infinity", () => {
+  it("no steps and no decoded tokens: NaN, not 0 or Infinity; one token's tpot and speed 0, as trtllm-bench's", () => {
     const z = oneToken(0.5);
-    expect(z.per_user_output_throughput_tok_s).toBeNaN();
-    expect(z.tpot_ms.p50).toBeNaN();
+    expect(z.per_user_output_throughput_tok_s).toBe(250); // 1 token in 4 ms
+    expect(z.per_user_output_speed_tok_s).toBe(0);
+    expect(z.tpot_ms).toEqual({ mean: 0, p50: 0, p90: 0, p99: 0, min: 0, max: 0 });
     expect(z.itl_ms.mean).toBeNaN();
     expect(z.steps).toEqual({
       count: 0,
@@ -276,6 +288,46 @@ describe("summarize", () => {
       },
       full_batch: { batch: 0, steps: 0, mean_step_ms: nan, mean_host_gap_ms: nan, host_gap_pct: nan },
     });
+  });
+});
+
+describe("summarize: trtllm-bench's per-request figures", () => {
+  // Four requests whose end (e2e) comes after their last token, one of a single token. Each expected value is
+  // trtllm-bench's RequestRecord formula (tensorrt_llm/bench/dataclasses/statistics.py) worked out by hand:
+  // intertoken_latency (e2e − ttft) / (n − 1), 0 when n = 1; output_token_throughput n / e2e;
+  // generation_token_throughput (n − 1) / (e2e − ttft); PercentileStats sorted[int(q · n)].
+  const four = {
+    results: [
+      result("length", 20, [20, 30, 45, 50], 52), // tpot 32 / 3, 4 / 52 ms, 3 / 32 ms
+      result("stop", 12, [12], 15), // tpot 0, 1 / 15 ms, speed 0
+      result("length", 40, [40, 60], 60), // tpot 20, 2 / 60 ms, 1 / 20 ms
+      result("length", 5, [5, 10, 15], 17), // tpot 6, 3 / 17 ms, 2 / 12 ms
+    ],
+    seconds: 1,
+    steps: [],
+  };
+  const ents = [entry(1), entry(1, 1), entry(1, 2), entry(1, 3)];
+
+  it("TPOT is (e2e − ttft) / (n − 1) of every request, 0 for one token, read by sorted[int(q · n)]", () => {
+    const r = summarize(ents, four, kv);
+    // sorted: 0, 6, 32 / 3, 20; p50 sorted[2], p90 sorted[int(3.6)] = sorted[3], p99 sorted[3]
+    expect(r.tpot_ms.mean).toBeCloseTo((0 + 6 + 32 / 3 + 20) / 4, 12);
+    expect([r.tpot_ms.p50, r.tpot_ms.p90, r.tpot_ms.p99, r.tpot_ms.min, r.tpot_ms.max]).toEqual([
+      32 / 3,
+      20,
+      20,
+      0,
+      20,
+    ]);
+  });
+
+  it("per-user output throughput is the mean of n / e2e (trtllm-bench's [w/ ctx]); output speed the mean of (n − 1) / (e2e − ttft)", () => {
+    const r = summarize(ents, four, kv);
+    expect(r.per_user_output_throughput_tok_s).toBeCloseTo(
+      (4000 / 52 + 1000 / 15 + 2000 / 60 + 3000 / 17) / 4,
+      9,
+    );
+    expect(r.per_user_output_speed_tok_s).toBeCloseTo((3000 / 32 + 0 + 1000 / 20 + 2000 / 12) / 4, 9);
   });
 });
 
@@ -295,11 +347,12 @@ describe("formatReport", () => {
       "-- Throughput",
       "  request throughput           1.500 req/s",
       "  total output throughput      3.5 tok/s",
-      "  per-user output throughput   125.0 tok/s/user",
+      "  per-user output throughput   131.9 tok/s/user (output tokens / e2e)",
+      "  per-user output speed        75.4 tok/s/user (after the first token)",
       "  total token throughput       9.5 tok/s",
       "-- Latency (ms)",
       "  time to first token          mean 7.67  p50 8.00  p90 10.00  p99 10.00",
-      "  time per output token        mean 8.33  p50 10.00  p90 10.00  p99 10.00",
+      "  time per output token        mean 6.33  p50 7.00  p90 12.00  p99 12.00",
       "  inter-token latency          mean 7.50  p50 10.00  p90 10.00  p99 10.00",
       "  end-to-end latency           mean 19.00  p50 20.00  p90 31.00  p99 31.00",
       "-- KV cache and steps",
@@ -322,11 +375,12 @@ describe("formatReport", () => {
       "-- Throughput",
       "  request throughput           n/a req/s",
       "  total output throughput      n/a tok/s",
-      "  per-user output throughput   n/a tok/s/user",
+      "  per-user output throughput   250.0 tok/s/user (output tokens / e2e)",
+      "  per-user output speed        0.0 tok/s/user (after the first token)",
       "  total token throughput       n/a tok/s",
       "-- Latency (ms)",
       "  time to first token          mean 4.00  p50 4.00  p90 4.00  p99 4.00",
-      "  time per output token        mean n/a  p50 n/a  p90 n/a  p99 n/a",
+      "  time per output token        mean 0.00  p50 0.00  p90 0.00  p99 0.00",
       "  inter-token latency          mean n/a  p50 n/a  p90 n/a  p99 n/a",
       "  end-to-end latency           mean 4.00  p50 4.00  p90 4.00  p99 4.00",
       "-- KV cache and steps",
