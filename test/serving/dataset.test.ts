@@ -9,6 +9,8 @@ import {
   datasetText,
   type Encode,
   formatDatasetLine,
+  inputIdsOf,
+  isDatasetText,
   parseDatasetLine,
   readDataset,
   type TokenNormDist,
@@ -127,6 +129,37 @@ describe("parseDatasetLine", () => {
     );
     for (const line of ['{"output_tokens": 1}', '{"prompt": 5, "output_tokens": 1}'])
       expect(refusal(line, chars), line).toBe('d.jsonl:7: needs "input_ids" (token ids) or "prompt" (text)');
+  });
+});
+
+describe("inputIdsOf, isDatasetText", () => {
+  it('inputIdsOf names "input_ids" unless given another field (tsllm-run --input-file lines take the default)', () => {
+    expect(() => inputIdsOf([], "f:1")).toThrow(
+      new DatasetError('f:1: "input_ids" must be a non-empty list of token ids'),
+    );
+    expect(() => inputIdsOf([1.5], "f:2", "logits")).toThrow(
+      new DatasetError('f:2: "logits" must be a non-empty list of token ids'),
+    );
+    expect(inputIdsOf([0, 3], "f:3")).toEqual([0, 3]);
+  });
+
+  it("isDatasetText: a first line that is a JSON object with task_id, input_ids, output_tokens in that order", () => {
+    expect(isDatasetText('{"task_id":0,"input_ids":[1],"output_tokens":1}\nanything else')).toBe(true);
+    const written = formatDatasetLine({ taskId: "q", inputIds: [5, 6], outputTokens: 2 });
+    expect(isDatasetText(`${written}\n`)).toBe(true);
+    for (const text of [
+      '{"a":1}',
+      '{"output_tokens":1,"input_ids":[1],"task_id":0}',
+      '{"task_id":0,"input_ids":[1]}',
+      "not JSON",
+      "",
+      "null",
+      "3",
+      "true",
+      "[0,1,2]",
+      '"task_id,input_ids,output_tokens"',
+    ])
+      expect(isDatasetText(text), text).toBe(false);
   });
 });
 
@@ -268,6 +301,18 @@ describe("datasetText", () => {
       expect(p.endsWith("\n") && p.length < 300 + Math.max(...lines.map((l) => l.length))).toBe(true);
     expect(datasetText(entries)).toEqual([lines.join("")]);
     expect(datasetText([])).toEqual([]);
+  });
+
+  it("a part ends at the first line that brings it to partChars: a part of exactly partChars is not grown", () => {
+    // {"task_id":N,"input_ids":[1],"output_tokens":1} + "\n": 13 + 16 + 18 + 1 = 48 characters, counted by hand.
+    const three = [0, 1, 2].map((taskId) => ({ taskId, inputIds: [1], outputTokens: 1 }));
+    const line = (n: number) => `{"task_id":${n},"input_ids":[1],"output_tokens":1}\n`;
+    expect(line(0)).toHaveLength(48);
+    expect(datasetText(three, 48)).toEqual([line(0), line(1), line(2)]);
+    expect(datasetText(three, 47)).toEqual([line(0), line(1), line(2)]);
+    expect(datasetText(three, 49)).toEqual([line(0) + line(1), line(2)]);
+    expect(datasetText(three, 96)).toEqual([line(0) + line(1), line(2)]);
+    expect(datasetText(three, 97)).toEqual([line(0) + line(1) + line(2)]);
   });
 });
 

@@ -65,4 +65,26 @@ describe("streams decode after the prompt (vLLM's primed detokenizer)", () => {
     const reply = llama.encode(" 東京 ok", { addSpecialTokens: false });
     expect(reply.map((id) => s.push(id)).join("") + s.flush()).toBe(" 東京 ok");
   });
+
+  it("no context for a prompt that starts inside a character; special tokens skipped by default; [] never decoded", () => {
+    // 251 109 are the last bytes of 東 (e6 9d b1): every suffix from 4 tokens to the whole prompt starts inside it, so
+    // none qualifies (a suffix shorter than 4, [39] here, is never tried: the whole prompt is the longest candidate).
+    expect(llama.decode([109, 39, 39, 39])).toMatch(/^\uFFFD/);
+    expect(llama.decode([251, 109, 39, 39, 39])).toMatch(/^\uFFFD/);
+    expect(llama.decode([39])).toBe("H");
+    expect(promptContext(llama, [251, 109, 39, 39, 39])).toEqual([]);
+    // <|begin_of_text|> inside 東's bytes: skipped (the default, as the stream's), the bytes join up to 東; kept, the
+    // token cuts the character in two, so no suffix decodes whole.
+    const split = [162, 507, 251, 109];
+    expect(llama.decode(split, { skipSpecialTokens: true })).toBe("東");
+    expect(llama.decode(split, { skipSpecialTokens: false })).toContain("\uFFFD");
+    expect(promptContext(llama, split)).toEqual(split);
+    expect(promptContext(llama, split, true)).toEqual(split);
+    expect(promptContext(llama, split, false)).toEqual([]);
+    // @huggingface/tokenizers refuses to decode an empty list; an empty prompt has no context without asking it.
+    // (The stream itself decodes empty windows, so its decoders map [] to "", as TextTokenizer does.)
+    const raw = { decode: (ids: number[]) => sp.decode(ids, { skip_special_tokens: true }) };
+    expect(() => raw.decode([])).toThrow();
+    expect(promptContext(raw, [])).toEqual([]);
+  });
 });
