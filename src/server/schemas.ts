@@ -81,15 +81,19 @@ const common = {
     .optional(),
 };
 
-/** An OpenAI function tool, handed to the chat template as given (vLLM passes each tool's model_dump()). */
+/**
+ * An OpenAI function tool, handed to the chat template as vLLM hands it on: each tool's model_dump(), in which a
+ * description or parameters not given is None (FunctionDefinition's defaults), so a template dumping the tools
+ * (Llama 3.1's `t | tojson`) writes "description": null as vLLM's prompt has it, not a dict without the key.
+ */
 const Tool = z
   .object({
     type: z.literal("function"),
     function: z
       .object({
         name: z.string(),
-        description: z.string().nullable().optional(),
-        parameters: z.record(z.string(), z.unknown()).nullable().optional(),
+        description: z.string().nullable().default(null),
+        parameters: z.record(z.string(), z.unknown()).nullable().default(null),
         strict: z.boolean().nullable().optional(),
       })
       .strict(),

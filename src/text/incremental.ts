@@ -19,22 +19,28 @@ const CONTEXT_MAX = 23;
 
 /**
  * The prompt's last tokens to decode the first generated ones after, as vLLM's FastIncrementalDetokenizer primes its
- * DecodeStream: the shortest suffix of at least 4 tokens (or the whole prompt) that decodes without U+FFFD, so no
- * character is cut at its start or end; none such: no context.
+ * DecodeStream: the shortest suffix of 4 to 23 tokens that decodes without U+FFFD (checked with special tokens
+ * skipped, the default of the tokenizers decode it calls); a prompt of 4 tokens or fewer, or one with no such suffix,
+ * whole. The whole prompt, not none: a prompt ending inside a character (token-id prompts can) has that character
+ * finished by the reply ("東" where a reply decoded alone gave U+FFFD), and one starting inside a character keeps a
+ * SentencePiece reply's first space.
  */
-export function promptContext(tok: Decoder, prompt: readonly number[], skipSpecialTokens = true): number[] {
-  const o = { skipSpecialTokens, cleanUpTokenizationSpaces: false };
-  for (let n = Math.min(4, prompt.length); n <= Math.min(prompt.length, CONTEXT_MAX); n++) {
-    const s = prompt.slice(prompt.length - n);
-    if (n > 0 && !tok.decode(s, o).includes(REPLACEMENT)) return s;
-  }
-  return [];
+export function promptContext(tok: Decoder, prompt: readonly number[]): number[] {
+  const o = { skipSpecialTokens: true, cleanUpTokenizationSpaces: false };
+  if (prompt.length > 4)
+    for (let n = 4; n <= Math.min(prompt.length, CONTEXT_MAX); n++) {
+      const s = prompt.slice(prompt.length - n);
+      if (!tok.decode(s, o).includes(REPLACEMENT)) return s;
+    }
+  return [...prompt];
 }
 
 export class IncrementalDecoder {
   private ids: number[];
   private prefix = 0;
   private read: number;
+  /** How many of `ids` are the context's (the prompt's bytes are never flushed as the reply's text). */
+  private readonly contextLength: number = 0;
 
   /**
    * `context`: tokens before the first pushed one (promptContext of the prompt), decoded but never released. A
@@ -46,8 +52,14 @@ export class IncrementalDecoder {
     private readonly skipSpecialTokens = true,
     context: readonly number[] = [],
   ) {
-    this.ids = [...context];
-    this.read = this.ids.length;
+    // Primed token by token, what is released thrown away, as vLLM steps its DecodeStream through the prompt
+    // suffix: the offsets then stop at the context's last whole character, so a character the context ends inside
+    // is released whole once the reply completes it (offsets at the context's end cut it: its U+FFFD and the whole
+    // character have one length, so the reply's text never grew and the character was lost).
+    this.ids = [];
+    this.read = 0;
+    for (const id of context) this.push(id);
+    this.contextLength = context.length;
   }
 
   /**
@@ -73,6 +85,9 @@ export class IncrementalDecoder {
 
   /** Whatever is still held back (an incomplete character at the end decodes as U+FFFD, as HF does). */
   flush(): string {
+    // Nothing pushed after the context: what is held is the prompt's cut character, not the reply's (a reply that was
+    // only its end token would otherwise read U+FFFD).
+    if (this.ids.length === this.contextLength) return "";
     const o = this.options();
     const before = this.tok.decode(this.ids.slice(this.prefix, this.read), o);
     const now = this.tok.decode(this.ids.slice(this.prefix), o);
@@ -150,7 +165,7 @@ export class TextStream {
     prompt: readonly number[] = [],
     includeStop = false,
   ) {
-    this.dec = new IncrementalDecoder(tok, skipSpecialTokens, promptContext(tok, prompt, skipSpecialTokens));
+    this.dec = new IncrementalDecoder(tok, skipSpecialTokens, promptContext(tok, prompt));
     this.stop = new StopStrings(stops, includeStop);
   }
 
