@@ -26,6 +26,18 @@ const char* lt_status(cublasStatus_t s) {
   }
 }
 
+// Configurations of cuBLASLt's sm_90 algorithm (the heuristic's own id, 66 in cuBLASLt 13.1) that its heuristic's
+// candidates lack, from session 37's gemm_bench search on the H200 (kernels-notes.md): (tile, cluster shape, custom
+// option), the fastest back to back for Llama-3.1-8B bf16 qkv / o / gate_up / down at M = 256, 1,024 and 8,192. Data,
+// not rules: the tuner checks each against the shape (cublasLtMatmulAlgoCheck) and keeps one only if it times faster.
+struct ExtraConfig {
+  uint32_t tile;
+  uint16_t cluster;
+  uint32_t custom;
+};
+constexpr ExtraConfig kExtraConfigs[] = {{28, 2, 4}, {28, 5, 0}, {17, 5, 1},  {30, 6, 2},  {227, 4, 4},
+                                         {20, 5, 2}, {20, 2, 1}, {20, 5, 5},  {407, 5, 3}, {256, 3, 6}};
+
 int ptr_align(const void* p) {
   if (!p) return 256;
   uintptr_t v = reinterpret_cast<uintptr_t>(p);
@@ -64,6 +76,7 @@ void GemmRunner::init(const Tunables& t) {
     throw std::runtime_error(std::string("cudaMalloc of the 32 MB cuBLASLt workspace failed: ") + cudaGetErrorString(e));
   tune_on = t.gemm_tune;
   tune_every_m = t.gemm_tune_every_m;
+  tune_extra = t.gemm_extra == 1;
   gemv_mode = t.gemv == 0 ? -1 : t.gemv == 1 ? 1 : 0;
   gemv_variant = t.gemv_variant;
   verbose = t.profile != 0 || t.tune_log;
@@ -152,6 +165,29 @@ std::string GemmRunner::tune(const Key& k, Plan* p, const cublasLtMatmulHeuristi
     if (j < kSplitKTop) top[j] = total, top_i[j] = i;
   }
   cublasLtMatmulAlgo_t chosen = res[pick].algo;
+  // The extra configurations (tune_extra), on the heuristic's first algorithm that ran: its id, stages and the rest
+  // as the heuristic set them, tile / cluster shape / custom option from kExtraConfigs, unsplit.
+  int extra_pick = -1;
+  int base_i = -1;
+  for (int i = 0; i < n && base_i < 0; i++)
+    if (res[i].state == CUBLAS_STATUS_SUCCESS && res[i].workspaceSize <= kWorkspaceBytes) base_i = i;
+  for (int e = 0; tune_extra && base_i >= 0 && e < int(sizeof(kExtraConfigs) / sizeof(kExtraConfigs[0])); e++) {
+    cublasLtMatmulAlgo_t v = res[base_i].algo;
+    const ExtraConfig& xc = kExtraConfigs[e];
+    const uint32_t one = 1, no_reduction = 0;
+    cublasLtMatmulAlgoConfigSetAttribute(&v, CUBLASLT_ALGO_CONFIG_TILE_ID, &xc.tile, sizeof(xc.tile));
+    cublasLtMatmulAlgoConfigSetAttribute(&v, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, &xc.cluster, sizeof(xc.cluster));
+    cublasLtMatmulAlgoConfigSetAttribute(&v, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, &xc.custom, sizeof(xc.custom));
+    cublasLtMatmulAlgoConfigSetAttribute(&v, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &one, sizeof(one));
+    cublasLtMatmulAlgoConfigSetAttribute(&v, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &no_reduction,
+                                         sizeof(no_reduction));
+    cublasLtMatmulHeuristicResult_t chk{};
+    if (cublasLtMatmulAlgoCheck(handle_, p->desc, p->a, p->b, p->c, p->c, &v, &chk) != CUBLAS_STATUS_SUCCESS ||
+        chk.workspaceSize > kWorkspaceBytes)
+      continue;
+    const float total = time_lt(v);
+    if (total >= 0 && total < best) best = total, chosen = v, extra_pick = e, gemv_wins = false;
+  }
   // Split-K variants of the fastest candidates: at decode batches (M = 256-1024) the narrow layers (N = 4096:
   // o_proj, down_proj) have fewer output tiles than the GPU has SMs, and the heuristic's own picks rarely split.
   // Only the fp32 (compute-type) reduction: the partial sums are not rounded to the output type before they meet.
@@ -175,13 +211,14 @@ std::string GemmRunner::tune(const Key& k, Plan* p, const cublasLtMatmulHeuristi
           chk.workspaceSize > kWorkspaceBytes)
         continue;
       const float total = time_lt(v);
-      if (total >= 0 && total < best) best = total, chosen = v, split_k = ks;
+      if (total >= 0 && total < best) best = total, chosen = v, split_k = ks, extra_pick = -1;
     }
   }
   if (verbose && !gemv_wins)  // ms a call; "first" -1 when the heuristic's first candidate did not run
-    std::fprintf(stderr, "tsllm gemm M=%d N=%d K=%d: candidate %d of %d, split-K %u, %.4f ms (unsplit %.4f, "
-                 "first %.4f)\n", k.M, k.N, k.K, pick, n, split_k, best / 5, unsplit / 5,
-                 first >= 0 ? first / 5 : -1.f);
+    std::fprintf(stderr, "tsllm gemm M=%d N=%d K=%d: candidate %d of %d%s, split-K %u, %.4f ms (unsplit %.4f, "
+                 "first %.4f)\n", k.M, k.N, k.K, pick, n,
+                 extra_pick >= 0 ? (" (extra configuration " + std::to_string(extra_pick) + ")").c_str() : "", split_k,
+                 best / 5, unsplit / 5, first >= 0 ? first / 5 : -1.f);
   cudaEventDestroy(a);
   cudaEventDestroy(b);
   cudaGetLastError();

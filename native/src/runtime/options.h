@@ -76,6 +76,10 @@ struct Tunables {
   // (8 MiB); int4-wo equal within 0.2 %.
   int attn_prefetch_mb = 8;
   int attn_prefetch_rows = 4;
+  // 1: the GEMM tuner also times configurations of cuBLASLt's own algorithm that its heuristic does not offer
+  // (gemm.cc kExtraConfigs; session 37's gemm_bench search, H200: a Llama-3.1-8B layer's four GEMMs 6.9 % faster
+  // back to back at M = 256, 3.9 % at 1,024). Off until an engine A/B says so. Environment TSLLM_GEMM_EXTRA=0|1.
+  int gemm_extra = 0;
   int decode_variant = 3;     // 3 (falls back to 4 or 2 by GQA ratio, 2 for FP8 caches, outside its range), 2 or 4
   int decode_mma_min_gqa = kDecodeMmaMinGqa;  // the GQA ratio from which variant 3 falls back to 4 rather than 2
   int decode_mma_cfg = 0;  // variant 4's kernel configuration (kd::kDecodeMmaConfigs; others for A/B only)
