@@ -102,6 +102,16 @@ describe("every bin", () => {
   });
 });
 
+describe("tsllm-run --help", () => {
+  it("--tolerance lists every default defaultTolerance gives, the fp8 KV cache's 0.2 included", () => {
+    const help = cli("run", ["--help"]).stdout.replace(/\s+/g, " ");
+    expect(help).toContain(
+      "--tolerance <x> max |Δlogit| allowed with --golden (default by engine: fp32 on cpu 1e-3, fp16/bf16 0.05, " +
+        "int8-wo 0.1, fp8 0.5, int4-wo 1.25; +0.2 with an fp8 KV cache)",
+    );
+  });
+});
+
 describe("tsllm-run refuses bad flags before any work", () => {
   const cases: [string[], RegExp][] = [
     [

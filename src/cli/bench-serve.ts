@@ -40,10 +40,10 @@ export function addServeBenchCommand(program: Command): void {
   program
     .command("serve")
     .description(
-      "Online serving benchmark (like vllm bench serve): streamed /v1/completions requests to a running\n" +
-        "server (tsllm-serve or any OpenAI-compatible one) at --request-rate (Poisson) and/or\n" +
-        "--max-concurrency; prints TTFT, TPOT, inter-token and end-to-end latency (mean, p50, p90, p99),\n" +
-        "request and token throughput, and goodput for the --goodput SLOs. Requests ignore eos, so each\n" +
+      "Online serving benchmark (like vllm bench serve): streamed /v1/completions requests to a running " +
+        "server (tsllm-serve or any OpenAI-compatible one) at --request-rate (Poisson) and/or " +
+        "--max-concurrency; prints TTFT, TPOT, inter-token and end-to-end latency (mean, p50, p90, p99), " +
+        "request and token throughput, and goodput for the --goodput SLOs. Requests ignore eos, so each " +
         "generates exactly its output length.",
     )
     .requiredOption("--url <url>", "server base URL, e.g. http://127.0.0.1:8000")

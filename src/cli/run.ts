@@ -81,7 +81,7 @@ const program = command(
   .option("--golden <file>", "golden.safetensors to verify against")
   .option(
     "--tolerance <x>",
-    "max |Δlogit| allowed with --golden (default by engine: fp32 on cpu 1e-3, fp16/bf16 0.05, int8-wo 0.1, fp8 0.5, int4-wo 1.25)",
+    "max |Δlogit| allowed with --golden (default by engine: fp32 on cpu 1e-3, fp16/bf16 0.05, int8-wo 0.1, fp8 0.5, int4-wo 1.25; +0.2 with an fp8 KV cache)",
     float("--tolerance", { above: 0 }),
   )
   .option("--no-verify", "skip the content-hash check of the rank files (checked while loading otherwise)")

@@ -415,4 +415,13 @@ describe("tsllm-bench serve (in-process)", () => {
     ])
       expect(help).toContain(x);
   });
+
+  it("--help wraps the description at the help width, with no hard line breaks of its own", async () => {
+    // The description was written with "\n" every ~95 characters, which commander then wrapped again at 80:
+    // a short line ("requests to a running") after each of its own long ones.
+    const lines = (await bench(["--help"])).stdout.split("\n\n")[1].split("\n");
+    expect(lines[0]).toMatch(/^Online serving benchmark/);
+    expect(lines.length).toBeGreaterThan(2);
+    for (const line of lines.slice(0, -1)) expect(line.length, line).toBeGreaterThan(60);
+  });
 });
