@@ -201,7 +201,13 @@ export class TextTokenizer {
       messages,
       add_generation_prompt: addGenerationPrompt,
     });
-    if (o.continueFinalMessage) text = cutAfterFinalMessage(text, messages.at(-1)?.content ?? "");
+    if (o.continueFinalMessage) {
+      // transformers reads chat[-1] (an IndexError on no messages): nothing to continue is refused, not the whole chat.
+      const last = messages.at(-1);
+      if (!last)
+        throw new TokenizerError("continue_final_message: there are no messages, so no last one to continue");
+      text = cutAfterFinalMessage(text, last.content);
+    }
     return { text, ids: this.encode(text, { addSpecialTokens: false }) };
   }
 }

@@ -50,10 +50,30 @@ describe("applyChatTemplate continueFinalMessage", () => {
     const msgs = [{ role: "assistant", content: "hello" }];
     expect(
       thrown(() => tok.applyChatTemplate(msgs, { continueFinalMessage: true }), TokenizerError).message,
-    ).toMatch(/^continue_final_message and add_generation_prompt cannot both be true/);
-    const roles = withTemplate("{% for m in messages %}[{{ m.role }}]{% endfor %}");
-    expect(thrown(() => roles.applyChatTemplate(msgs, CONTINUE), TokenizerError).message).toMatch(
-      /^continue_final_message: the last message's text is not in the chat/,
+    ).toBe(
+      "continue_final_message and add_generation_prompt cannot both be true: continuing the last message adds no " +
+        "new turn",
     );
+    const roles = withTemplate("{% for m in messages %}[{{ m.role }}]{% endfor %}");
+    expect(thrown(() => roles.applyChatTemplate(msgs, CONTINUE), TokenizerError).message).toBe(
+      "continue_final_message: the last message's text is not in the chat the template rendered, so there is no " +
+        "place to continue it from",
+    );
+  });
+
+  it("a message the chat starts with (found at index 0) is continued; no messages at all is refused", () => {
+    // transformers: rendered_chat.rindex(final_message.strip()) is 0 here, a place like any other; the cut keeps the
+    // trailing space where the template kept it (rendered[0:6] == "hello ") and drops a leading one it did not write.
+    const bare = withTemplate("{% for m in messages %}{{ m.content }}{% endfor %}[end]");
+    expect(bare.applyChatTemplate([{ role: "assistant", content: "hello" }], CONTINUE).text).toBe("hello");
+    expect(bare.applyChatTemplate([{ role: "assistant", content: "hello " }], CONTINUE).text).toBe("hello ");
+    const trims = withTemplate("{% for m in messages %}{{ m.content | trim }}{% endfor %}[end]");
+    expect(trims.applyChatTemplate([{ role: "assistant", content: " hello " }], CONTINUE).text).toBe("hello");
+    // transformers reads chat[-1]["content"], an IndexError on an empty chat: nothing to continue is refused (was the
+    // whole rendered chat, "[end]").
+    expect(thrown(() => bare.applyChatTemplate([], CONTINUE), TokenizerError).message).toBe(
+      "continue_final_message: there are no messages, so no last one to continue",
+    );
+    expect(bare.applyChatTemplate([], { addGenerationPrompt: false }).text).toBe("[end]");
   });
 });

@@ -292,6 +292,29 @@ describe("generateText", { timeout: 5000 }, () => {
     expect((await g.done).finishReason).toBe("cancelled");
   });
 
+  it("cancel() while the stream is read: done's text is what the deltas added up to, the flushed tail included", async () => {
+    // Cancelled right after the second byte of 東 (e6 9d): the stream ends at the next read and the cut-off character
+    // comes out of the flush as U+FFFD, a last delta after the cancel; done must wait for it, not settle at cancel().
+    const script = [...ids("ok"), 162, 251, ...ids(" more")];
+    const { manager, log } = scripted(script);
+    const g = generateText(manager, tok, { promptIds: [507], maxNewTokens: 64 });
+    const deltas: TextDelta[] = [];
+    for await (const d of g) {
+      deltas.push(d);
+      if (d.tokenIds[0] === 251) g.cancel();
+    }
+    const n = ids("ok").length + 2;
+    expect(deltas.flatMap((d) => d.tokenIds)).toEqual(script.slice(0, n));
+    expect(deltas.at(-1)).toEqual({ text: "\uFFFD", tokenIds: [] });
+    const r = await g.done;
+    expect(r.finishReason).toBe("cancelled");
+    expect(r.outputIds).toEqual(script.slice(0, n));
+    expect(r.text).toBe(reference(script.slice(0, n)));
+    expect(r.text).toBe("ok\uFFFD");
+    expect(deltas.map((d) => d.text).join("")).toBe(r.text);
+    expect(log.cancels).toBeGreaterThanOrEqual(1);
+  });
+
   it("cancel() before the stream is read still settles done, as cancelled with nothing generated", async () => {
     const { manager, log } = scripted(ids("never read"));
     const g = generateText(manager, tok, { promptIds: [507], maxNewTokens: 8 });
