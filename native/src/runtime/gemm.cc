@@ -76,7 +76,7 @@ void GemmRunner::init(const Tunables& t) {
     throw std::runtime_error(std::string("cudaMalloc of the 32 MB cuBLASLt workspace failed: ") + cudaGetErrorString(e));
   tune_on = t.gemm_tune;
   tune_every_m = t.gemm_tune_every_m;
-  tune_extra = t.gemm_extra == 1;
+  tune_extra = t.gemm_extra >= 1;
   gemv_mode = t.gemv == 0 ? -1 : t.gemv == 1 ? 1 : 0;
   gemv_variant = t.gemv_variant;
   verbose = t.profile != 0 || t.tune_log;

@@ -89,8 +89,9 @@ class GemmRunner {
   static constexpr int kHeuristics = 64;
   static constexpr int kSplitKTop = 4;  // split-K is tried on this many of the fastest candidates
   bool tune_every_m = false;  // gemm_tune_every_m
-  bool tune_extra = false;    // gemm_extra: kExtraConfigs timed too (gemm.cc)
-  bool tunes(int M) const { return tune_on && gemm_tuned_m(M, tune_every_m); }
+  bool tune_extra = false;    // gemm_extra >= 1: kExtraConfigs timed too (gemm.cc)
+  int tune_full_m = 0;        // gemm_extra 2: this M (max_num_tokens, load.cc) is tuned as well
+  bool tunes(int M) const { return tune_on && (gemm_tuned_m(M, tune_every_m) || M == tune_full_m); }
   // 0: never use the small-M gemv kernel; 1: always when eligible (tests); -1: the tuner decides.
   int gemv_mode = -1;
   int gemv_variant = -1;  // >= 0: only that variant (tests)

@@ -371,6 +371,9 @@ std::unique_ptr<Engine> load_engine(const std::string& path, const tsllm_options
   } catch (const std::exception& ex) {
     throw fail(ex.what());
   }
+  // gemm_extra 2: prefill steps at the token budget are tuned too (they run cuBLASLt's first heuristic pick otherwise;
+  // a batch-manager warm-up of max_num_tokens / 8 requests meets this M before any timed step).
+  if (e->tun.gemm_extra == 2) e->gemm.tune_full_m = e->max_num_tokens;
   plan_prologue_fusion(*e);
   plan_glu_fusion(*e);
   for (size_t i = 0; i < e->glu_next.size(); i++) {

@@ -92,7 +92,7 @@ Tunables resolve_tunables(const tsllm_options& o, const std::string& path) {
   // TSLLM_GEMV_PROLOGUE=0|1|2 (2: every pair fused), TSLLM_NORM_PDL=0|1|2, TSLLM_GLU_FUSE=0|1, TSLLM_NORM_TAIL=0|1|2,
   // TSLLM_DECODE_VARIANT=2|3|4, TSLLM_DECODE_MMA_MIN_GQA=r, TSLLM_DECODE_MMA_CFG=c, TSLLM_CONTEXT_CFG=c,
   // TSLLM_PDL=0|1, TSLLM_STRICT_KERNELS=0|1, TSLLM_FP8_CONTEXT_FMHA=0|1 (off, on), TSLLM_PROFILE=1|graph,
-  // TSLLM_TUNE_LOG=1, TSLLM_STEP_TUNE=n, TSLLM_ATTN_PREFETCH_MB=n, TSLLM_ATTN_PREFETCH_ROWS=n, TSLLM_GEMM_EXTRA=0|1.
+  // TSLLM_TUNE_LOG=1, TSLLM_STEP_TUNE=n, TSLLM_ATTN_PREFETCH_MB=n, TSLLM_ATTN_PREFETCH_ROWS=n, TSLLM_GEMM_EXTRA=0|1|2.
   long x = 0;
   if (env_int("TSLLM_GEMM_TUNE", path, 0, 2, &x)) t.gemm_tune = x >= 1, t.gemm_tune_every_m = x == 2;
   if (env_int("TSLLM_GEMV", path, 0, 1, &x)) t.gemv = x == 1 ? 1 : -1;
@@ -113,7 +113,7 @@ Tunables resolve_tunables(const tsllm_options& o, const std::string& path) {
   if (env_int("TSLLM_STEP_TUNE", path, 0, 16, &x)) t.step_tune = int(x);
   if (env_int("TSLLM_ATTN_PREFETCH_MB", path, 0, 1024, &x)) t.attn_prefetch_mb = int(x);
   if (env_int("TSLLM_ATTN_PREFETCH_ROWS", path, 1, 65535, &x)) t.attn_prefetch_rows = int(x);
-  if (env_int("TSLLM_GEMM_EXTRA", path, 0, 1, &x)) t.gemm_extra = int(x);
+  if (env_int("TSLLM_GEMM_EXTRA", path, 0, 2, &x)) t.gemm_extra = int(x);
   // quant_linear: TSLLM_QGEMV=0 (decode through the large-M path), TSLLM_QGEMV_VARIANT=k, TSLLM_QGEMV_TUNE_BELOW=k
   // (the tuner tries variants 0..k-1 only), TSLLM_QGEMV_PICKS=NxK:v,... (variant v for that shape),
   // TSLLM_FP8_OUTER_VEC=0, TSLLM_FP8_FAST_ACCUM=0, TSLLM_QGEMV_PROLOGUE=1|2 (rms_norm folded into the quantised

@@ -78,7 +78,9 @@ struct Tunables {
   int attn_prefetch_rows = 4;
   // 1: the GEMM tuner also times configurations of cuBLASLt's own algorithm that its heuristic does not offer
   // (gemm.cc kExtraConfigs; session 37's gemm_bench search, H200: a Llama-3.1-8B layer's four GEMMs 6.9 % faster
-  // back to back at M = 256, 3.9 % at 1,024). Off until an engine A/B says so. Environment TSLLM_GEMM_EXTRA=0|1.
+  // back to back at M = 256, 3.9 % at 1,024). 2: also tunes prefill steps of max_num_tokens rows (untuned, they run
+  // the heuristic's first pick: qkv at M = 8,192 0.614 ms alone against 0.503 for the search's best). Off until an
+  // engine A/B says so. Environment TSLLM_GEMM_EXTRA=0|1|2.
   int gemm_extra = 0;
   int decode_variant = 3;     // 3 (falls back to 4 or 2 by GQA ratio, 2 for FP8 caches, outside its range), 2 or 4
   int decode_mma_min_gqa = kDecodeMmaMinGqa;  // the GQA ratio from which variant 3 falls back to 4 rather than 2
