@@ -331,4 +331,17 @@ describe("tsllm-compile in-process", () => {
       "error: required option '--sm <n>' not specified\n(tsllm-compile --help lists the flags)\n",
     );
   });
+
+  it.each(["--checkpoint", "--config", "--tokenizer"])(
+    '%s "" (an unset variable in a script) is refused by name, before anything is read',
+    async (flag) => {
+      const out = path.join(tmpDir(), "x");
+      const r = await compile(LLAMA_MODEL, "--sm", "90", flag, "", "-o", out);
+      expect((r.error as Exit).code).toBe(1);
+      expect(r.stderr.split("\n")[0]).toBe(
+        `error: option '${flag} <${flag === "--config" ? "config.json" : "dir"}>' argument '' is invalid. ${flag} is empty`,
+      );
+      expect(fs.existsSync(out)).toBe(false);
+    },
+  );
 });

@@ -3,7 +3,7 @@
 import { compileEngine } from "../compile.ts";
 import { SUPPORTED_SMS } from "../engine/format.ts";
 import { fmtBytes } from "../report/bytes.ts";
-import { command, int, list, main } from "./common.ts";
+import { command, int, list, main, nonEmpty } from "./common.ts";
 import { type Progress, progress } from "./progress.ts";
 
 const program = command(
@@ -13,15 +13,22 @@ const program = command(
     "With neither --checkpoint nor --config, builds the model file's small default config with random weights.",
 )
   .argument("<model.ts>", "model file, e.g. models/llama.ts or your own")
+  // An empty path (an unset variable in a script) is refused by name: --checkpoint "" failed naming no folder.
   .option(
     "--checkpoint <dir>",
     "Hugging Face checkpoint directory (config.json + safetensors, sharded or not)",
+    nonEmpty("--checkpoint"),
   )
   .option(
     "--config <config.json>",
     "Hugging Face config.json to build with random weights (no checkpoint needed)",
+    nonEmpty("--config"),
   )
-  .option("--tokenizer <dir>", "tokenizer folder to copy into the engine (default: the checkpoint's, if any)")
+  .option(
+    "--tokenizer <dir>",
+    "tokenizer folder to copy into the engine (default: the checkpoint's, if any)",
+    nonEmpty("--tokenizer"),
+  )
   .option("--random-weights", "store a seed per weight instead of bytes (benchmarks; implied by --config)")
   .option("--seed <n>", "seed of random weights", int("--seed", { min: 0 }), 0)
   .requiredOption("--sm <n>", `target GPU architecture (${SUPPORTED_SMS.join(", ")})`, int("--sm"))
