@@ -173,6 +173,43 @@ describe("tsllm-run refuses bad flags before any work", () => {
   });
 });
 
+// An empty path (an unset variable in a script: --golden "$GOLDEN") is refused by name: before, --golden "" and
+// --input-file "" read as not given, --dataset "" named no file, and prepare-dataset --output "" wrote to stdout.
+describe("a path flag given an empty string is refused by name", () => {
+  const cases: [string, string[], string][] = [
+    ["run", ["--device", "cpu", "--golden", ""], "--golden <file>"],
+    ["run", ["--device", "cpu", "--input-file", ""], "--input-file <jsonl>"],
+    ["bench", ["throughput", "ENGINE", "--device", "cpu", "--dataset", ""], "--dataset <file>"],
+    ["bench", ["throughput", "ENGINE", "--device", "cpu", "--json", ""], "--json <file>"],
+    ["bench", ["latency", "ENGINE", "--json", ""], "--json <file>"],
+    [
+      "bench",
+      [
+        "prepare-dataset",
+        "ENGINE",
+        "--num-requests",
+        "1",
+        "--input-mean",
+        "2",
+        "--output-mean",
+        "2",
+        "--output",
+        "",
+      ],
+      "--output <file>",
+    ],
+    ["bench", ["serve", "--dataset", ""], "--dataset <file>"],
+    ["tokenize", ["ENGINE", "--chat", ""], "--chat <file>"],
+  ];
+  for (const [bin, args, opt] of cases)
+    it(`tsllm-${bin} ${bin === "bench" ? `${args[0]} ` : ""}${opt.split(" ")[0]} ""`, () => {
+      const flag = opt.split(" ")[0];
+      const a = args.map((x) => (x === "ENGINE" ? engine : x));
+      const full = bin === "run" ? [engine, ...a] : a;
+      expectRefused(bin, full, new RegExp(`option '${opt}' argument '' is invalid\\. ${flag} is empty$`));
+    });
+});
+
 describe("--fp8-context-fmha takes auto, on or off", () => {
   // Every command that runs engines on the GPU has it; a bad value is refused before the engine is touched.
   const runs: [string, string[]][] = [

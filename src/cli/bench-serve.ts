@@ -5,7 +5,7 @@ import type { Command } from "commander";
 import { formatServeBench, runServeBench, type ServeBenchOptions } from "../server/bench-client.ts";
 import { type DatasetEntry, readDataset, tokenNormDist } from "../serving/dataset.ts";
 import { requireTokenizer } from "../text/engine-files.ts";
-import { float, int, main, NUMPY_SEED } from "./common.ts";
+import { float, int, main, NUMPY_SEED, nonEmpty } from "./common.ts";
 import { FORCE_HELP, jsonReport } from "./output-file.ts";
 
 function parseGoodput(specs: string[]): ServeBenchOptions["goodput"] {
@@ -51,8 +51,13 @@ export function addServeBenchCommand(program: Command): void {
     .option(
       "--dataset <file>",
       "trtllm-bench JSONL dataset (tsllm-bench prepare-dataset); default: random prompts",
+      nonEmpty("--dataset"),
     )
-    .option("--tokenizer <dir>", 'engine or model folder whose tokenizer encodes a dataset\'s "prompt" lines')
+    .option(
+      "--tokenizer <dir>",
+      'engine or model folder whose tokenizer encodes a dataset\'s "prompt" lines',
+      nonEmpty("--tokenizer"),
+    )
     .option(
       "--num-prompts <n>",
       "random prompts to send (or the first N of the dataset)",
@@ -77,7 +82,7 @@ export function addServeBenchCommand(program: Command): void {
     .option("--warmup <n>", "requests sent (and waited for) before timing", int("--warmup", { min: 0 }), 1)
     .option("--seed <n>", "random prompts and arrival times", int("--seed", NUMPY_SEED), 0)
     .option("--api-key <key>", "Bearer key (default: $TSLLM_API_KEY)")
-    .option("--json <file>", "also write the report as JSON")
+    .option("--json <file>", "also write the report as JSON", nonEmpty("--json"))
     .option("--force", FORCE_HELP)
     .action((o) =>
       main(async () => {

@@ -25,6 +25,7 @@ import {
   limitOption,
   main,
   NUMPY_SEED,
+  nonEmpty,
 } from "./common.ts";
 import {
   checkOutputFile,
@@ -49,7 +50,7 @@ export function addServingCommands(program: Command): void {
     .requiredOption("--output-mean <n>", "mean output length", float("--output-mean", { min: 1 }))
     .option("--output-stdev <n>", "output length standard deviation", float("--output-stdev", { min: 0 }), 0)
     .option("--seed <n>", "random seed", int("--seed", NUMPY_SEED), 0)
-    .option("--output <file>", "write here instead of stdout")
+    .option("--output <file>", "write here instead of stdout", nonEmpty("--output"))
     .option("--force", FORCE_HELP)
     .action((dir: string, o) =>
       main(async () => {
@@ -80,6 +81,7 @@ export function addServingCommands(program: Command): void {
     .option(
       "--dataset <file>",
       "JSON lines: {task_id, input_ids | prompt, output_tokens} (prepare-dataset); '-' or left out: stdin",
+      nonEmpty("--dataset"),
     )
     .addOption(
       new Option("--device <d>", "cuda (native runtime) or cpu (reference executor)")
@@ -114,7 +116,7 @@ export function addServingCommands(program: Command): void {
     .option("--no-cuda-graphs", "run decode steps eagerly")
     .addOption(fp8ContextFmhaOption())
     .option("--no-overlap", "plan each step after the previous one's tokens are back (no host/GPU overlap)")
-    .option("--json <file>", "also write the report as JSON")
+    .option("--json <file>", "also write the report as JSON", nonEmpty("--json"))
     .option("--force", FORCE_HELP)
     .action((dir: string, o) =>
       main(async () => {

@@ -6,7 +6,7 @@ import { kernelReport } from "../native/kernel-report.ts";
 import { decodeStepWeightBytes } from "../native/roofline.ts";
 import { addServeBenchCommand } from "./bench-serve.ts";
 import { addServingCommands } from "./bench-serving.ts";
-import { command, fp8ContextFmhaOption, int, main } from "./common.ts";
+import { command, fp8ContextFmhaOption, int, main, nonEmpty } from "./common.ts";
 import { FORCE_HELP, jsonReport } from "./output-file.ts";
 
 const program = command(
@@ -39,7 +39,7 @@ program
   .option("--runs <n>", "timed runs (median reported)", int("--runs", { min: 1 }), 3)
   .option("--no-cuda-graphs", "decode without CUDA graphs")
   .addOption(fp8ContextFmhaOption())
-  .option("--json <file>", "also write the figures as JSON")
+  .option("--json <file>", "also write the figures as JSON", nonEmpty("--json"))
   .option("--force", FORCE_HELP)
   .option("--verbose", "after the runs: which kernels ran, and the runtime's prologue fusions")
   .option("--no-verify", "skip the content-hash check while loading")

@@ -20,6 +20,7 @@ import {
   int,
   limitOption,
   main,
+  nonEmpty,
   parseIds,
   seedArg,
 } from "./common.ts";
@@ -63,6 +64,7 @@ const program = command(
   .option(
     "--input-file <jsonl>",
     'prompts, one JSON object per line: {"input_ids": [...]} (optional "output_tokens" overrides --max-new-tokens)',
+    nonEmpty("--input-file"),
   )
   .option("--max-new-tokens <n>", "tokens to generate per prompt", int("--max-new-tokens", { min: 0 }), 16)
   .option("--temperature <t>", "sampling temperature (0 = greedy)", float("--temperature", { min: 0 }), 0)
@@ -78,7 +80,7 @@ const program = command(
   .addOption(limitOption("--max-num-tokens"))
   .addOption(limitOption("--max-seq-len"))
   .addOption(fp8ContextFmhaOption())
-  .option("--golden <file>", "golden.safetensors to verify against")
+  .option("--golden <file>", "golden.safetensors to verify against", nonEmpty("--golden"))
   .option(
     "--tolerance <x>",
     "max |Δlogit| allowed with --golden (default by engine: fp32 on cpu 1e-3, fp16/bf16 0.05, int8-wo 0.1, fp8 0.5, int4-wo 1.25; +0.2 with an fp8 KV cache)",

@@ -3,7 +3,7 @@ import * as fs from "node:fs";
 import { parseChatMessages } from "../text/chat-messages.ts";
 import { requireTokenizer } from "../text/engine-files.ts";
 import { readUtf8File } from "../text/utf8.ts";
-import { command, main, parseIds } from "./common.ts";
+import { command, main, nonEmpty, parseIds } from "./common.ts";
 
 const program = command(
   "tsllm-tokenize",
@@ -13,7 +13,7 @@ const program = command(
 )
   .argument("<dir>", "engine directory (with a tokenizer) or Hugging Face model folder")
   .argument("[text]", "text to encode")
-  .option("--chat <file>", "JSON list of messages [{role, content}] (- for stdin)")
+  .option("--chat <file>", "JSON list of messages [{role, content}] (- for stdin)", nonEmpty("--chat"))
   .option("--decode <ids>", "comma-separated token ids to decode")
   .option("--no-special", "encode without adding special tokens; decode skipping them")
   .option("--info", "print the tokenizer's files, special tokens and end ids");
