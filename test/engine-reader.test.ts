@@ -135,6 +135,12 @@ describe("openEngine", () => {
     verifyEngine(e);
   });
 
+  // "" joined to "config.json" read the current folder's (a Hugging Face folder's would be taken for an engine).
+  it('"" is refused by name, not read as the current folder', () => {
+    expect(refusal(() => openEngine(""))).toBe('engine directory "": an empty path (an unset variable?)');
+    expect(refusal(() => openEngine("  "))).toBe('engine directory "": an empty path (an unset variable?)');
+  });
+
   it("a folder without config.json: not an engine, or an ONNX export", () => {
     const dir = tmpDir();
     expect(refusal(() => openEngine(dir))).toBe(`${dir}: not an engine directory (no config.json)`);

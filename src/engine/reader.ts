@@ -34,6 +34,8 @@ export interface Engine {
 
 /** Checks config.json, each rank file's size and header. Content hashes are checked while weights stream. */
 export function openEngine(dir: string): Engine {
+  // "" joins to the current folder's config.json: an unset variable ("$ENGINE") would load whatever sits there.
+  if (dir.trim() === "") throw new EngineError('engine directory "": an empty path (an unset variable?)');
   const cfgPath = path.join(dir, "config.json");
   if (!fs.existsSync(cfgPath)) {
     if (fs.existsSync(path.join(dir, "onnx.json")))
