@@ -3,7 +3,8 @@
 // Every request is one or more TextGenerations (src/text/generate-text.ts); the batch manager is the
 // only generation loop. A client that goes away cancels its requests, which frees their KV blocks.
 import { randomInt, randomUUID } from "node:crypto";
-import type { ServerResponse } from "node:http";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Socket } from "node:net";
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import type { ZodType } from "zod";
 import { seedU64 } from "../executor/seed.ts";
@@ -62,6 +63,8 @@ export function buildServer(o: ServeOptions): Server {
   const { maxSeqLen, kvBlocksTotal, tokensPerBlock } = manager.limits;
   const maxContext = Math.min(maxSeqLen, kvBlocksTotal * tokensPerBlock + 1);
   let accepting = true;
+  /** app.close() has begun. */
+  let closing = false;
   const app = Fastify({ logger: false, bodyLimit: 64 * 1024 * 1024 });
 
   // Any content type is read as JSON (curl and some clients omit it); a body that is not JSON is a 400.
@@ -85,6 +88,41 @@ export function buildServer(o: ServeOptions): Server {
   // once per response, finished or not.
   app.addHook("onRequest", async (req, reply) => {
     reply.raw.once("close", () => metrics.request(endpointOf(req), reply.statusCode));
+  });
+  // Closing (app.close(): tsllm-serve's SIGTERM drain, or a caller's) closes every connection without a request in
+  // flight at once, and the others as their responses complete, as uvicorn (vLLM's server) does at shutdown. Left to
+  // Node and fastify, a connection kept alive past a response that completed during the drain, or one a client opened
+  // and never used (a request it aborted before sending it), held close() up to a minute and more.
+  const inFlight = new Map<Socket, number>(); // requests in flight by connection
+  app.server.on("connection", (socket: Socket) => {
+    if (closing) return void socket.destroy();
+    inFlight.set(socket, 0);
+    socket.once("close", () => inFlight.delete(socket));
+  });
+  app.server.on("request", (req: IncomingMessage, res: ServerResponse) => {
+    const socket = req.socket;
+    const before = inFlight.get(socket);
+    if (before === undefined) return; // (its connection closed already)
+    inFlight.set(socket, before + 1);
+    let over = false;
+    const done = () => {
+      const n = inFlight.get(socket);
+      // (Once: "finish", then "close". A connection closed already stays out of the map.)
+      if (over || n === undefined) return;
+      over = true;
+      inFlight.set(socket, n - 1);
+      if (closing && n === 1) socket.destroySoon();
+    };
+    res.once("finish", done);
+    res.once("close", done);
+  });
+  app.addHook("preClose", async () => {
+    closing = true;
+    for (const [socket, n] of inFlight) if (n === 0) socket.destroy();
+  });
+  // (A reply sent while closing says so, so that the client does not reuse its connection.)
+  app.addHook("onSend", async (_req, reply) => {
+    if (closing) reply.header("connection", "close");
   });
   app.addHook("onRequest", async (req) => {
     // The matched route as well as the raw URL: the router decodes percent-escapes, so "/%761/completions" is
@@ -415,9 +453,13 @@ export function buildServer(o: ServeOptions): Server {
 
   /** Cancels the generations when the client goes away before the response is complete. */
   function cancelOnDisconnect(res: ServerResponse, gens: TextGeneration[]) {
-    res.on("close", () => {
+    const cancel = () => {
       if (!res.writableFinished) for (const g of gens) g.cancel();
-    });
+    };
+    // Gone already (while the body was read): the "close" is past. vLLM aborts such a request too; listening for it
+    // alone, the server generated it in full for nobody.
+    if (res.destroyed) cancel();
+    else res.on("close", cancel);
   }
 
   async function collect(
