@@ -75,6 +75,6 @@ describe("tsllm-serve on the GPU", () => {
     }
     expect(metric(m, "tsllm_num_requests_running")).toBe(0);
     expect(metric(m, "tsllm_kv_cache_blocks_free")).toBe(metric(m, "tsllm_kv_cache_blocks_total"));
-    expect(metric(m, 'tsllm_request_success_total{finish_reason="cancelled"}')).toBe(32);
+    expect(metric(m, 'tsllm_request_success_total{finish_reason="abort"}')).toBe(32);
   });
 });

@@ -13,7 +13,7 @@ import { toTemplateMessages } from "../text/chat-messages.ts";
 import { generateText, type TextGeneration, type TextResult } from "../text/generate-text.ts";
 import { type TextTokenizer, TokenizerError } from "../text/tokenizer.ts";
 import { ApiError, toApiError } from "./errors.ts";
-import { ServerMetrics } from "./metrics.ts";
+import { CLIENT_CLOSED_REQUEST, ServerMetrics } from "./metrics.ts";
 import { ChatBody, CompletionBody, describeIssue } from "./schemas.ts";
 
 export interface ServeOptions {
@@ -85,9 +85,14 @@ export function buildServer(o: ServeOptions): Server {
   );
   // Counted when the response closes, not in onResponse: fastify runs that on "finish" only, which a response the
   // client cut off (a stream it aborted) never reaches, so such requests were missing from the count. "close" comes
-  // once per response, finished or not.
+  // once per response, finished or not. One the client closed before it was complete counts as 499 (nginx's "client
+  // closed request"), streamed or not: the status it would have had (200 by default, though nothing was sent for a
+  // non-streamed request) counted it as served.
   app.addHook("onRequest", async (req, reply) => {
-    reply.raw.once("close", () => metrics.request(endpointOf(req), reply.statusCode));
+    const res = reply.raw;
+    res.once("close", () =>
+      metrics.request(endpointOf(req), res.writableFinished ? reply.statusCode : CLIENT_CLOSED_REQUEST),
+    );
   });
   // Closing (app.close(): tsllm-serve's SIGTERM drain, or a caller's) closes every connection without a request in
   // flight at once, and the others as their responses complete, as uvicorn (vLLM's server) does at shutdown. Left to
@@ -447,8 +452,36 @@ export function buildServer(o: ServeOptions): Server {
     return { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens };
   }
 
-  function record(prompts: number[][], results: TextResult[]) {
-    results.forEach((r, i) => metrics.finishedRequest(prompts[i].length, r.finishReason, r.result));
+  /**
+   * Drives every generation through `each` and records each one in the metrics once it is over, however it ended. One
+   * whose stream threw (a failure outside the batch manager's step, e.g. detokenising) counts as "error", as a failed
+   * step does (both answer 500, or an error event), and the others are cancelled; the first failure is then rethrown.
+   * Recorded only after Promise.all resolved, such a request (all its choices) was missing from
+   * tsllm_request_success_total and the token and latency figures.
+   */
+  async function settle(
+    gens: TextGeneration[],
+    prompts: number[][],
+    each: (g: TextGeneration, i: number) => Promise<TextResult>,
+  ): Promise<TextResult[]> {
+    const threw: { e: unknown }[] = [];
+    const failed = new Set<number>();
+    const results = await Promise.all(
+      gens.map(async (g, i) => {
+        try {
+          return await each(g, i);
+        } catch (e) {
+          failed.add(i);
+          if (threw.push({ e }) === 1) for (const h of gens) h.cancel();
+          return g.done;
+        }
+      }),
+    );
+    results.forEach((r, i) =>
+      metrics.finishedRequest(prompts[i].length, failed.has(i) ? "error" : r.finishReason, r.result),
+    );
+    if (threw.length) throw threw[0].e;
+    return results;
   }
 
   /** Cancels the generations when the client goes away before the response is complete. */
@@ -468,13 +501,10 @@ export function buildServer(o: ServeOptions): Server {
     prompts: number[][],
   ): Promise<TextResult[]> {
     cancelOnDisconnect(reply.raw, gens);
-    const results = await Promise.all(
-      gens.map(async (g) => {
-        for await (const _ of g);
-        return g.done;
-      }),
-    );
-    record(prompts, results);
+    const results = await settle(gens, prompts, async (g) => {
+      for await (const _ of g);
+      return g.done;
+    });
     const failed = results.find((r) => r.finishReason === "error");
     if (failed)
       throw new ApiError(
@@ -532,25 +562,22 @@ export function buildServer(o: ServeOptions): Server {
     shape: ChunkShapes,
     send: (x: object) => void,
   ): Promise<void> {
-    const results = await Promise.all(
-      gens.map(async (g, i) => {
-        if (shape.start) send({ ...head, ...shape.start(i) });
-        for await (const d of g)
-          if (d.text || (shape.ids && d.tokenIds.length)) send({ ...head, ...shape.delta(i, d) });
-        const r = await g.done;
-        if (r.finishReason === "error")
-          send({
-            error: new ApiError(
-              500,
-              `generation failed: ${r.result.error?.message ?? "unknown error"}`,
-              "server_error",
-            ).body().error,
-          });
-        else send({ ...head, ...shape.end(i, r) });
-        return r;
-      }),
-    );
-    record(prompts, results);
+    const results = await settle(gens, prompts, async (g, i) => {
+      if (shape.start) send({ ...head, ...shape.start(i) });
+      for await (const d of g)
+        if (d.text || (shape.ids && d.tokenIds.length)) send({ ...head, ...shape.delta(i, d) });
+      const r = await g.done;
+      if (r.finishReason === "error")
+        send({
+          error: new ApiError(
+            500,
+            `generation failed: ${r.result.error?.message ?? "unknown error"}`,
+            "server_error",
+          ).body().error,
+        });
+      else send({ ...head, ...shape.end(i, r) });
+      return r;
+    });
     if (includeUsage) send({ ...head, choices: [], usage: usage(prompts, n, results) });
   }
 

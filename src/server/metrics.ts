@@ -2,7 +2,26 @@
 // one exists (prefix tsllm_ instead of vllm:). Scheduler state (queue, running batch, KV blocks) is read
 // from the batch manager at scrape time, so it cannot drift from the truth.
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
-import type { BatchManager, RequestResult } from "../serving/types.ts";
+import type { BatchManager, FinishReason, RequestResult } from "../serving/types.ts";
+
+/**
+ * The status tsllm_http_requests_total counts for a response the client closed before it was complete, streamed or
+ * not: nginx's 499 "client closed request". Nothing, or not all, of the response reached the client; counted with the
+ * status it would have had (200 by default), an abandoned request looked like a success.
+ */
+export const CLIENT_CLOSED_REQUEST = 499;
+
+/**
+ * tsllm_request_success_total's finish_reason values: vLLM's FinishReason strings (vllm/v1/engine/__init__.py: stop,
+ * length, abort, error), as the OpenAI responses' finish_reason already says them. A cancelled request (its client went
+ * away, or the drain after SIGTERM ran out) is vLLM's "abort".
+ */
+const FINISHED_REASON: Record<FinishReason, string> = {
+  stop: "stop",
+  length: "length",
+  cancelled: "abort",
+  error: "error",
+};
 
 // Latency buckets in seconds: fine at the low end, where GPU TTFT/ITL live, up to CPU-test scales.
 const TTFT_BUCKETS = [
@@ -33,7 +52,7 @@ export class ServerMetrics {
     });
     this.finished = new Counter({
       name: "tsllm_request_success_total",
-      help: "Generation requests finished, by finish reason",
+      help: "Generation requests finished, by finish reason (stop, length, abort, error)",
       labelNames: ["finish_reason"],
       registers,
     });
@@ -98,8 +117,8 @@ export class ServerMetrics {
   }
 
   /** One finished generation: its token counts and latencies (timings from the batch manager). */
-  finishedRequest(promptTokens: number, finishReason: string, r: RequestResult): void {
-    this.finished.inc({ finish_reason: finishReason });
+  finishedRequest(promptTokens: number, finishReason: FinishReason, r: RequestResult): void {
+    this.finished.inc({ finish_reason: FINISHED_REASON[finishReason] });
     this.promptTokens.inc(promptTokens);
     this.generationTokens.inc(r.outputIds.length);
     const t = r.timings.tokenTimesMs;

@@ -2,7 +2,8 @@
 // fewer tokens than max_seq_len, /v1/models promised max_seq_len and a chat without max_tokens was refused as
 // context_length_exceeded (vLLM would not even start so; we serve the pool's length), and requests whose client
 // went away mid-response were missing from tsllm_http_requests_total (fastify's onResponse runs only for a
-// response that finished).
+// response that finished), then counted as 200 (the reply's default status, though a non-streamed one had sent
+// nothing): now 499, nginx's "client closed request", streamed or not.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildFixture } from "../fixtures.ts";
 import { metric, startServer, type TestServer, waitIdle } from "./helpers.ts";
@@ -55,12 +56,14 @@ describe("tsllm-serve as the openai client sees it", () => {
     expect(over.message).toMatch(/needs 5 KV blocks of 32 tokens, the pool has 4/);
   });
 
-  it("requests the client aborts mid-response are counted in tsllm_http_requests_total", async () => {
-    const key = (endpoint: string) => `tsllm_http_requests_total{endpoint="${endpoint}",status="200"}`;
-    const count = async (endpoint: string) =>
-      metric(await (await fetch(`${small.url}/metrics`)).text(), key(endpoint)) || 0;
+  it("requests the client aborts mid-response are counted in tsllm_http_requests_total as 499, streamed or not", async () => {
+    const key = (endpoint: string, status: number) =>
+      `tsllm_http_requests_total{endpoint="${endpoint}",status="${status}"}`;
+    const count = async (endpoint: string, status = 499) =>
+      metric(await (await fetch(`${small.url}/metrics`)).text(), key(endpoint, status)) || 0;
     const chatBefore = await count("/v1/chat/completions");
     const cmplBefore = await count("/v1/completions");
+    const okBefore = [await count("/v1/chat/completions", 200), await count("/v1/completions", 200)];
     // Three chat streams left after their second chunk.
     await Promise.all(
       [0, 1, 2].map(async (i) => {
@@ -96,5 +99,10 @@ describe("tsllm-serve as the openai client sees it", () => {
     }
     expect(chat - chatBefore).toBe(3);
     expect(cmpl - cmplBefore).toBe(1);
+    // None of them counted as served; a request that completes still is.
+    expect([await count("/v1/chat/completions", 200), await count("/v1/completions", 200)]).toEqual(okBefore);
+    await small.client.completions.create({ model: "tiny", prompt: [507, 1], max_tokens: 1 } as never);
+    expect(await count("/v1/completions", 200)).toBe(okBefore[1] + 1);
+    expect(await count("/v1/completions")).toBe(cmplBefore + 1);
   });
 });

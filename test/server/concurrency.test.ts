@@ -153,7 +153,7 @@ describe("tsllm-serve and a client gone before its request is handled", () => {
       expect(manager.stats().requestsFinished).toBe(1);
       expect(manager.stats().tokensGenerated).toBeLessThan(200);
       const m = await (await fetch(`${url}/metrics`)).text();
-      expect(metric(m, 'tsllm_request_success_total{finish_reason="cancelled"}')).toBe(1);
+      expect(metric(m, 'tsllm_request_success_total{finish_reason="abort"}')).toBe(1);
       expect(manager.stats().kvBlocksFree).toBe(manager.stats().kvBlocksTotal);
     } finally {
       await server.app.close();

@@ -67,7 +67,7 @@ describe("tsllm-serve under load", () => {
 
   it("cancelling 100 streams mid-way frees every KV block (seen through /metrics)", async () => {
     const before = await (await fetch(`${s.url}/metrics`)).text();
-    const cancelledBefore = metric(before, 'tsllm_request_success_total{finish_reason="cancelled"}') || 0;
+    const cancelledBefore = metric(before, 'tsllm_request_success_total{finish_reason="abort"}') || 0;
     let midway = 0;
     await Promise.all(
       Array.from({ length: 100 }, async (_, i) => {
@@ -103,7 +103,7 @@ describe("tsllm-serve under load", () => {
     expect(metric(m, "tsllm_kv_cache_blocks_total")).toBeGreaterThan(0);
     expect(metric(m, "tsllm_kv_cache_blocks_free")).toBe(metric(m, "tsllm_kv_cache_blocks_total"));
     expect(metric(m, "tsllm_kv_cache_usage_perc")).toBe(0);
-    expect(metric(m, 'tsllm_request_success_total{finish_reason="cancelled"}') - cancelledBefore).toBe(100);
+    expect(metric(m, 'tsllm_request_success_total{finish_reason="abort"}') - cancelledBefore).toBe(100);
     // 200 tokens each were asked for; cancelled requests stop early.
     expect(s.manager.stats().tokensGenerated).toBeLessThan(125 * 3 + 500 * 3 + 100 * 200);
     // And the server keeps serving.

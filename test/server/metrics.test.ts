@@ -94,7 +94,9 @@ describe("ServerMetrics", () => {
     m.finishedRequest(2, "length", result([1], [50], 60));
     const { samples } = await scrape(m);
     expect(samples.get('tsllm_request_success_total{finish_reason="stop"}')).toBe(1);
-    expect(samples.get('tsllm_request_success_total{finish_reason="cancelled"}')).toBe(1);
+    // A cancelled request is vLLM's "abort" (its FinishReason: stop, length, abort, error), as the responses say.
+    expect(samples.get('tsllm_request_success_total{finish_reason="abort"}')).toBe(1);
+    expect(samples.get('tsllm_request_success_total{finish_reason="cancelled"}')).toBeUndefined();
     expect(samples.get('tsllm_request_success_total{finish_reason="length"}')).toBe(1);
     expect(samples.get("tsllm_prompt_tokens_total")).toBe(11);
     expect(samples.get("tsllm_generation_tokens_total")).toBe(4);
@@ -120,6 +122,23 @@ describe("ServerMetrics", () => {
     expect(samples.get(`${E2E}_bucket{le="0.1"}`)).toBe(2);
     expect(samples.get(`${E2E}_bucket{le="0.25"}`)).toBe(2);
     expect(samples.get(`${E2E}_bucket{le="0.5"}`)).toBe(3);
+  });
+
+  it("finish_reason labels are vLLM's FinishReason strings: stop, length, abort, error", async () => {
+    // vllm/v1/metrics/loggers.py labels vllm:request_success_total with str(FinishReason) (vllm/v1/engine/__init__.py);
+    // tsllm said "cancelled" where vLLM, and tsllm's own responses, say "abort".
+    const m = new ServerMetrics(managerWith({}).manager);
+    for (const reason of ["stop", "length", "cancelled", "error", "cancelled"] as const)
+      m.finishedRequest(1, reason, result([1], [1], 2));
+    const { samples } = await scrape(m);
+    expect(
+      Object.fromEntries([...samples].filter(([k]) => k.startsWith("tsllm_request_success_total"))),
+    ).toEqual({
+      'tsllm_request_success_total{finish_reason="stop"}': 1,
+      'tsllm_request_success_total{finish_reason="length"}': 1,
+      'tsllm_request_success_total{finish_reason="abort"}': 2,
+      'tsllm_request_success_total{finish_reason="error"}': 1,
+    });
   });
 
   it("latency buckets: increasing, from 1 ms, up to CPU-test scales, +Inf last", async () => {

@@ -888,15 +888,15 @@ describe("tsllm-serve's HTTP contract on tiny-llama", () => {
     for (let t = 0; t < 100; t++) {
       m = await (await fetch(`${s.url}/metrics`)).text();
       if (
-        metric(m, 'tsllm_request_success_total{finish_reason="cancelled"}') >
-        (metric(mBefore, 'tsllm_request_success_total{finish_reason="cancelled"}') || 0)
+        metric(m, 'tsllm_request_success_total{finish_reason="abort"}') >
+        (metric(mBefore, 'tsllm_request_success_total{finish_reason="abort"}') || 0)
       )
         break;
       await new Promise((r) => setTimeout(r, 10));
     }
     expect(
-      metric(m, 'tsllm_request_success_total{finish_reason="cancelled"}') -
-        (metric(mBefore, 'tsllm_request_success_total{finish_reason="cancelled"}') || 0),
+      metric(m, 'tsllm_request_success_total{finish_reason="abort"}') -
+        (metric(mBefore, 'tsllm_request_success_total{finish_reason="abort"}') || 0),
     ).toBe(1);
     expect(metric(m, "tsllm_kv_cache_blocks_free")).toBe(metric(m, "tsllm_kv_cache_blocks_total"));
   });
@@ -1210,6 +1210,43 @@ describe("tsllm-serve over a scripted batch manager (no tokenizer)", () => {
     expect(st.events.filter((e) => "usage" in e)).toEqual([]);
     // Both generations are cancelled by the catch (at least once each; the token stream's own cleanup too).
     expect(manager.cancels - cancels).toBeGreaterThanOrEqual(4);
+    next = () => ({ tokens: [5, 6] });
+  });
+
+  it("a generation whose stream throws counts in tsllm_request_success_total as error, streamed or not", async () => {
+    // Recorded only once all of a request's generations had returned, such a request was missing from
+    // tsllm_request_success_total (and the token and latency figures) altogether, though its client got the error.
+    const scrape = async () => await (await fetch(`${url}/metrics`)).text();
+    const finished = (m: string, reason: string) =>
+      metric(m, `tsllm_request_success_total{finish_reason="${reason}"}`) || 0;
+    const delta = (a: string, b: string) =>
+      Object.fromEntries(
+        ["stop", "length", "abort", "error"].map((k) => [k, finished(b, k) - finished(a, k)]),
+      );
+    next = () => ({ tokens: [5, 6], throwAfter: new Error("backend lost") });
+    let before = await scrape();
+    const st = await sse(url, { ...body, prompt: [[1], [2]], stream: true });
+    expect(st.events.at(-1)).toEqual(err("backend lost", null, "server_error"));
+    let after = await scrape();
+    expect(delta(before, after)).toEqual({ stop: 0, length: 0, abort: 0, error: 2 });
+    expect(
+      metric(after, "tsllm_generation_tokens_total") - metric(before, "tsllm_generation_tokens_total"),
+    ).toBe(4);
+    before = after;
+    const r = await post(url, body);
+    expect([r.status, r.json]).toEqual([500, err("backend lost", null, "server_error")]);
+    after = await scrape();
+    expect(delta(before, after)).toEqual({ stop: 0, length: 0, abort: 0, error: 1 });
+    // One choice of two fails: it counts as error, the other as it ended.
+    next = (req) => ({
+      tokens: [5, 6],
+      ...(req.promptIds[0] === 1 ? { throwAfter: new Error("lost") } : {}),
+    });
+    before = after;
+    const mixed = await sse(url, { ...body, prompt: [[1], [2]], stream: true });
+    expect(mixed.events.at(-1)).toEqual(err("lost", null, "server_error"));
+    after = await scrape();
+    expect(delta(before, after)).toEqual({ stop: 0, length: 1, abort: 0, error: 1 });
     next = () => ({ tokens: [5, 6] });
   });
 
