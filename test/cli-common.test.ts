@@ -18,7 +18,10 @@ import {
   limitOption,
   list,
   main,
+  NUMPY_SEED,
+  nonEmpty,
   parseIds,
+  seedArg,
   VERSION,
 } from "../src/cli/common.ts";
 import { REPO } from "./fixtures.ts";
@@ -88,6 +91,34 @@ describe("float", () => {
     expect(r("0.5")).toBe(0.5);
     expect(refused(() => r("0.4"))).toBe("Allowed: --r in [0.5, 2].");
     expect(refused(() => r("2.5"))).toBe("Allowed: --r in [0.5, 2].");
+  });
+});
+
+describe("nonEmpty, seedArg and NUMPY_SEED", () => {
+  it("nonEmpty refuses an empty or blank value naming the flag, and returns any other value as given", () => {
+    const p = nonEmpty("--api-key");
+    for (const v of ["", " ", "\t", " \n "]) expect(refused(() => p(v))).toBe("--api-key is empty");
+    expect(p("k")).toBe("k");
+    // Not trimmed: a key or a path with spaces around it is the user's to give.
+    expect(p(" k ")).toBe(" k ");
+    expect(p("0")).toBe("0");
+  });
+
+  it("seedArg takes integers of magnitude up to 2^53 - 1 and refuses the rest as typed, as a commander refusal", () => {
+    const p = seedArg("--seed");
+    expect([p("0"), p("-9007199254740991"), p("9007199254740991")]).toEqual([0, -(2 ** 53 - 1), 2 ** 53 - 1]);
+    // 2^53 reads as a number exactly, one past the range.
+    expect(refused(() => p("9007199254740992"))).toBe(
+      '--seed must be an integer from -(2^53 - 1) to 2^53 - 1, got "9007199254740992"',
+    );
+    expect(refused(() => p("1.5"))).toBe('--seed must be an integer, got "1.5"');
+  });
+
+  it("NUMPY_SEED: 0 to 2^32 - 1 (np.random.seed's range), both ends taken, one past each refused", () => {
+    const p = int("--seed", NUMPY_SEED);
+    expect([p("0"), p("4294967295")]).toEqual([0, 4294967295]);
+    for (const v of ["-1", "4294967296"])
+      expect(refused(() => p(v))).toBe("Allowed: --seed in [0, 4294967295].");
   });
 });
 
@@ -180,6 +211,17 @@ describe("command and the shared options", () => {
     expect(e.message).toBe(
       "error: option '--fp8-context-fmha <mode>' argument 'maybe' is invalid. Allowed choices are auto, on, off.",
     );
+    // Its help says what each mode does and where the FP8 kernel runs at all.
+    const help = fp8ContextFmhaOption().description;
+    for (const said of [
+      "prompt (context) attention over an FP8 KV cache",
+      "auto = off for now",
+      "on for every FP8 KV cache",
+      "off never",
+      "on sm 89+ GPUs for head dims that are multiples of 16 up to 128",
+      "the fp16/bf16 kernel runs whatever the mode",
+    ])
+      expect(help).toContain(said);
   });
 
   it("--kv-cache-free-gpu-mem-fraction: in (0, 1], no default of its own", () => {
