@@ -181,6 +181,14 @@ describe("tsllm-tokenize in-process", () => {
     );
   });
 
+  it('an empty <dir> ("$MODEL" unset) is refused by name, not read as the working folder', async () => {
+    const r = await tokenize("", "hello");
+    expect((r.error as Exit).code).toBe(1);
+    expect(r.stderr.split("\n")[0]).toBe(
+      "error: command-argument value '' is invalid for argument 'dir'. <dir> is empty",
+    );
+  });
+
   it("a usage error is commander's: one line, the --help hint, exit 1", async () => {
     const r = await tokenize();
     expect(r.error).toBeInstanceOf(Exit);

@@ -11,7 +11,8 @@ const program = command(
     "with the chat template as apply_chat_template(messages, add_generation_prompt=True, tokenize=True), " +
     "or decode ids. Prints JSON.",
 )
-  .argument("<dir>", "engine directory (with a tokenizer) or Hugging Face model folder")
+  // "" (an unset variable) would read the working folder's tokenizer.json, and its refusal named no folder.
+  .argument("<dir>", "engine directory (with a tokenizer) or Hugging Face model folder", nonEmpty("<dir>"))
   .argument("[text]", "text to encode")
   .option("--chat <file>", "JSON list of messages [{role, content}] (- for stdin)", nonEmpty("--chat"))
   .option("--decode <ids>", "comma-separated token ids to decode")
