@@ -241,6 +241,15 @@ export function buildServer(o: ServeOptions): Server {
   function samplingOf(b: CompletionBody | ChatBody) {
     const stop = b.stop == null ? [] : typeof b.stop === "string" ? [b.stop] : b.stop;
     if (stop.length) needTokenizer("stop", "stop");
+    const stopTokenIds = b.stop_token_ids ?? undefined;
+    const outside = stopTokenIds?.find((t) => t >= manager.vocabSize);
+    if (outside !== undefined)
+      throw new ApiError(
+        400,
+        `stop_token_ids: token id ${outside} is outside the vocabulary (0..${manager.vocabSize - 1})`,
+        "invalid_request_error",
+        "stop_token_ids",
+      );
     return {
       sampling: {
         temperature: b.temperature ?? 1,
@@ -250,6 +259,7 @@ export function buildServer(o: ServeOptions): Server {
       seed: b.seed ?? null,
       n: b.n ?? 1,
       stop,
+      stopTokenIds,
       ignoreEos: b.ignore_eos ?? false,
       // Unset unless given (generateText's defaults: stop not included, special tokens skipped).
       includeStopStr: b.include_stop_str_in_output ?? undefined,

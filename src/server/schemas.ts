@@ -47,6 +47,14 @@ const common = {
     .strict()
     .nullable()
     .optional(),
+  /**
+   * vLLM's extension (tsllm-run's --stop-token-ids): ids that also end generation, kept as the last token id, left out
+   * of the text; ignore_eos does not affect them.
+   */
+  stop_token_ids: z
+    .array(tokenId, { error: "stop_token_ids must be a list of token ids" })
+    .nullable()
+    .optional(),
   /** vLLM's extensions: generate exactly max_tokens; return the prompt and output token ids. */
   ignore_eos: z.boolean().optional(),
   return_token_ids: z.boolean().optional(),

@@ -1160,6 +1160,11 @@ describe("tsllm-serve over a scripted batch manager (no tokenizer)", () => {
     expect(Number.isInteger(r.sampling?.seed)).toBe(true);
     expect(r.sampling?.seed).toBeGreaterThanOrEqual(0);
     expect(r.sampling?.seed).toBeLessThan(2 ** 31);
+    expect(r.stopTokenIds).toBeUndefined();
+    // vLLM's stop_token_ids (tsllm-run's --stop-token-ids) reach the manager as given.
+    manager.submitted.length = 0;
+    await post(url, { model: "fake", prompt: [4], stop_token_ids: [5, 7], ignore_eos: true });
+    expect(manager.submitted.map((r) => [r.stopTokenIds, r.ignoreEos])).toEqual([[[5, 7], true]]);
   });
 
   it("a generation that ends in error: 500 not streamed; an error event then [DONE] streamed", async () => {
