@@ -12,20 +12,19 @@ export const BOM_REFUSAL =
   "starts with a UTF-8 byte order mark, which JSON does not allow: save it without one";
 
 /** The line (from 1) of the first bytes of `buf` that are not UTF-8, or undefined when it is all UTF-8. */
-export function firstNonUtf8Line(buf: Uint8Array): number | undefined {
+export function firstNonUtf8Line(buf: Buffer): number | undefined {
   if (isUtf8(buf)) return undefined;
-  // No byte of a multi-byte character is "\n" (0x0a), so each line decodes on its own.
-  let line = 1;
-  for (let start = 0; ; line++) {
-    const nl = buf.indexOf(0x0a, start);
-    const end = nl < 0 ? buf.length : nl;
-    if (nl < 0 || !isUtf8(buf.subarray(start, end))) return line;
-    start = nl + 1;
+  let line = 0;
+  for (const text of utf8Lines(buf)) {
+    line++;
+    if (text === null) return line;
   }
+  return undefined; // (not reached: some line holds the bytes isUtf8 refused)
 }
 
 /**
- * The lines of `buf` (split at "\n", a "\r" before it kept), each decoded on its own, null where it is not UTF-8.
+ * The lines of `buf` (split at "\n", a "\r" before it kept), each decoded on its own, null where it is not UTF-8 (no
+ * byte of a multi-byte character is "\n", 0x0a, so each line decodes on its own).
  * One string of the whole file cannot be made past V8's longest string (2^29 - 24 characters, ~512 MB).
  */
 export function* utf8Lines(buf: Buffer): Generator<string | null> {

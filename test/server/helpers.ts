@@ -1,12 +1,14 @@
 // An in-process tsllm-serve on a tiny engine (CPU reference executor, localhost, a free port), the
 // official openai client pointed at it, and a generation oracle independent of the server.
 import { execFile } from "node:child_process";
+import * as path from "node:path";
 import OpenAI from "openai";
 import { generate } from "../../src/executor/generate.ts";
 import { ReferenceExecutor } from "../../src/executor/reference.ts";
 import { buildServer, type ServeOptions, type Server } from "../../src/server/app.ts";
 import { type OpenBatchOptions, openBatchManager } from "../../src/serving/open.ts";
 import { findTokenizer } from "../../src/text/engine-files.ts";
+import { REPO } from "../fixtures.ts";
 
 export interface TestServer {
   url: string;
@@ -94,4 +96,17 @@ export function runBin(
       res({ status: e ? (typeof e.code === "number" ? e.code : 1) : 0, stdout, stderr }),
     ),
   );
+}
+
+/** `tsllm-run ENGINE --device cpu --json ARGS...` as a child process: its JSON (a non-zero exit throws its stderr). */
+export async function tsllmRunJson<T = unknown>(engine: string, args: string[]): Promise<T> {
+  const r = await runBin(path.join(REPO, "bin/tsllm-run.mjs"), [
+    engine,
+    "--device",
+    "cpu",
+    "--json",
+    ...args,
+  ]);
+  if (r.status !== 0) throw new Error(r.stderr);
+  return JSON.parse(r.stdout);
 }

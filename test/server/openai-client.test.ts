@@ -5,8 +5,8 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TextTokenizer } from "../../src/text/tokenizer.ts";
-import { buildFixture, REPO, TINY_LLAMA, tmpDir } from "../fixtures.ts";
-import { greedyOracle, runBin, startServer, type TestServer } from "./helpers.ts";
+import { buildFixture, TINY_LLAMA, tmpDir } from "../fixtures.ts";
+import { greedyOracle, startServer, type TestServer, tsllmRunJson } from "./helpers.ts";
 
 const golden = JSON.parse(fs.readFileSync(path.join(TINY_LLAMA, "tokenizer-golden.json"), "utf8"));
 const tok = TextTokenizer.load(TINY_LLAMA);
@@ -17,20 +17,8 @@ const IDS = { return_token_ids: true } as Record<string, unknown>;
 type Choice = { text?: string; token_ids?: number[]; prompt_token_ids?: number[] };
 
 /** tsllm-run --json on the same engine. */
-async function tsllmRun(
-  engine: string,
-  args: string[],
-): Promise<{ prompt_ids: number[]; ids: number[]; text: string }> {
-  const r = await runBin(path.join(REPO, "bin/tsllm-run.mjs"), [
-    engine,
-    "--device",
-    "cpu",
-    "--json",
-    ...args,
-  ]);
-  if (r.status !== 0) throw new Error(r.stderr);
-  return JSON.parse(r.stdout);
-}
+const tsllmRun = (engine: string, args: string[]) =>
+  tsllmRunJson<{ prompt_ids: number[]; ids: number[]; text: string }>(engine, args);
 
 describe("tsllm-serve with the openai client", () => {
   let engine: string;

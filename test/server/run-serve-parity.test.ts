@@ -3,8 +3,8 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { buildFixture, REPO, TINY_LLAMA, tmpDir } from "../fixtures.ts";
-import { runBin, startServer, type TestServer } from "./helpers.ts";
+import { buildFixture, TINY_LLAMA, tmpDir } from "../fixtures.ts";
+import { startServer, type TestServer, tsllmRunJson } from "./helpers.ts";
 
 const golden = JSON.parse(fs.readFileSync(path.join(TINY_LLAMA, "tokenizer-golden.json"), "utf8"));
 const IDS = { return_token_ids: true } as Record<string, unknown>;
@@ -25,17 +25,8 @@ describe("tsllm-run text mode and tsllm-serve agree", () => {
   });
   afterAll(async () => s?.close());
 
-  const run = async (...args: string[]) => {
-    const r = await runBin(path.join(REPO, "bin/tsllm-run.mjs"), [
-      engine,
-      "--device",
-      "cpu",
-      "--json",
-      ...args,
-    ]);
-    if (r.status !== 0) throw new Error(r.stderr);
-    return JSON.parse(r.stdout);
-  };
+  // biome-ignore lint/suspicious/noExplicitAny: tsllm-run's --json object, read field by field below
+  const run = (...args: string[]) => tsllmRunJson<any>(engine, args);
   const complete = async (body: Record<string, unknown>) => {
     const r = await s.client.completions.create({ model: "tiny", ...IDS, ...body } as never);
     return (r as unknown as { choices: Choice[] }).choices[0];
