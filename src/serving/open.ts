@@ -3,6 +3,7 @@
 import { openEngine } from "../engine/reader.ts";
 import { ReferenceExecutor } from "../executor/reference.ts";
 import { LimitError } from "../executor/types.ts";
+import { cudaModuleFor } from "../native/cuda-module.ts";
 import type { StepBackend } from "./backend.ts";
 import { InflightBatchManager } from "./batch-manager.ts";
 import { CpuStepBackend } from "./cpu-backend.ts";
@@ -46,15 +47,7 @@ export async function openBatchManager(dir: string, o: OpenBatchOptions = {}): P
   const device = o.device ?? "auto";
   let backend: StepBackend | null = null;
   if (device !== "cpu") {
-    // Why the CUDA runtime cannot run here: the addon not built, not loading, of another ABI, or seeing no device.
-    let why: string | undefined;
-    try {
-      why = (await import("../native/binding.ts")).cudaUnavailable();
-    } catch (e) {
-      why = (e as Error).message.split("\n")[0];
-    }
-    if (why !== undefined && device === "cuda") throw new Error(`--device cuda: ${why}`);
-    if (why === undefined) {
+    if (await cudaModuleFor(device, () => import("../native/binding.ts"))) {
       if (engine.ranks.length !== 1)
         throw new LimitError(
           `${dir}: a tp ${engine.ranks.length} engine needs one process per GPU; the batch manager runs tp 1 engines`,
