@@ -6,13 +6,7 @@
 set -uo pipefail
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
-[ -f .device/nm.tgz ] && tar xzf .device/nm.tgz
-[ -f .device/shared.tgz ] && tar xzf .device/shared.tgz -C /tmp
-export TSLLM_SHARED=/tmp/shared
-source .cuda-host/setup.sh
-t0=$(date +%s)
-CUDA_ARCHS=${CUDA_ARCHS:-90} bash native/build.sh >"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
-echo "build: $(( $(date +%s) - t0 )) s"
+OUT=$out DEVICE_ENV_BUILD=always source scripts/device-env.sh || exit 1
 # (Follow-up calls: `source scripts/device-env.sh` first, which redoes the above only where the machine is fresh.)
 # Each test step has a time limit (TEST_TIMEOUT seconds, default 240): a kernel that hangs (session 16: an mma.sync
 # reached by half a warp) then costs that, not the rest of the device call; rc 124 says which step it was.
