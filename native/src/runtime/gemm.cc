@@ -149,6 +149,13 @@ std::string GemmRunner::tune(const Key& k, Plan* p, const cublasLtMatmulHeuristi
     }
     return total;
   };
+  std::vector<cublasLtMatmulAlgo_t> alts;  // every cuBLASLt configuration timed, and its ms a call
+  std::vector<float> alt_ms;
+  int chosen_alt = -1;
+  auto timed_lt = [&](const cublasLtMatmulAlgo_t& algo, float total) {
+    alts.push_back(algo), alt_ms.push_back(total / 5);
+    return int(alts.size()) - 1;
+  };
   if (pick_gemv >= 0 && gemv_mode == 1) n = 0;  // forced
   float top[kSplitKTop];  // the fastest unsplit candidates, for the split-K trials below
   int top_i[kSplitKTop], ntop = 0;
@@ -158,7 +165,8 @@ std::string GemmRunner::tune(const Key& k, Plan* p, const cublasLtMatmulHeuristi
     const float total = time_lt(res[i].algo);
     if (i == 0) first = total;
     if (total < 0) continue;
-    if (total < best) best = total, pick = i, gemv_wins = false;
+    const int ai = timed_lt(res[i].algo, total);
+    if (total < best) best = total, pick = i, gemv_wins = false, chosen_alt = ai;
     int j = ntop < kSplitKTop ? ntop++ : kSplitKTop;  // insertion into the sorted top list
     for (; j > 0 && top[j - 1] > total; j--)
       if (j < kSplitKTop) top[j] = top[j - 1], top_i[j] = top_i[j - 1];
@@ -186,7 +194,9 @@ std::string GemmRunner::tune(const Key& k, Plan* p, const cublasLtMatmulHeuristi
         chk.workspaceSize > kWorkspaceBytes)
       continue;
     const float total = time_lt(v);
-    if (total >= 0 && total < best) best = total, chosen = v, extra_pick = e, gemv_wins = false;
+    if (total < 0) continue;
+    const int ai = timed_lt(v, total);
+    if (total < best) best = total, chosen = v, extra_pick = e, gemv_wins = false, chosen_alt = ai;
   }
   // Split-K variants of the fastest candidates: at decode batches (M = 256-1024) the narrow layers (N = 4096:
   // o_proj, down_proj) have fewer output tiles than the GPU has SMs, and the heuristic's own picks rarely split.
@@ -211,7 +221,9 @@ std::string GemmRunner::tune(const Key& k, Plan* p, const cublasLtMatmulHeuristi
           chk.workspaceSize > kWorkspaceBytes)
         continue;
       const float total = time_lt(v);
-      if (total >= 0 && total < best) best = total, chosen = v, split_k = ks, extra_pick = -1;
+      if (total < 0) continue;
+      const int ai = timed_lt(v, total);
+      if (total < best) best = total, chosen = v, split_k = ks, extra_pick = -1, chosen_alt = ai;
     }
   }
   if (verbose && !gemv_wins)  // ms a call; "first" -1 when the heuristic's first candidate did not run
@@ -226,7 +238,14 @@ std::string GemmRunner::tune(const Key& k, Plan* p, const cublasLtMatmulHeuristi
   if (!gemv_ok) p->no_gemv = "not eligible (needs K % 8 == 0, 16-byte aligned x and w, no GELU epilogue)";
   else if (pick_gemv < 0) p->no_gemv = "no gemv variant launched";
   else if (!gemv_wins) p->no_gemv = "cuBLASLt was faster";
-  if (!gemv_wins) p->algo = chosen;
+  if (!gemv_wins) {
+    p->algo = chosen;
+    p->alt = chosen_alt;
+    if (k.M > kGemvMaxM && chosen_alt >= 0) {  // (the gemv-sized shapes are step_gemv_'s)
+      for (size_t i = 0; i < alts.size(); i++) step_lt_.timed(k, int(i), alt_ms[i]);
+      p->alts = std::move(alts);
+    }
+  }
   return "";
 }
 
@@ -289,6 +308,7 @@ std::string GemmRunner::make_plan(const Key& k, Plan* p, const void* x, const vo
 GemmRunner::Plan* GemmRunner::get_plan(const Key& k, const void* x, const void* w, const void* bias, cudaStream_t s,
                                        std::string* err) {
   if (k.M <= kGemvMaxM) step_gemv_.note(k);
+  else step_lt_.note(k);
   auto it = cache_.find(k);
   if (it != cache_.end()) return &it->second;
   Plan p;
@@ -316,6 +336,25 @@ void GemmRunner::step_choices(float within, std::vector<StepChoice>* out) {
       [](const Key& k) {
         return "gemv M=" + std::to_string(k.M) + " N=" + std::to_string(k.N) + " K=" + std::to_string(k.K);
       });
+}
+
+void GemmRunner::lt_choices(float within, int most, std::vector<StepChoice>* out) {
+  step_lt_.offer(
+      out, within, -1.f,
+      [this](const Key& k, int* pick) {
+        auto it = cache_.find(k);
+        if (it == cache_.end() || it->second.gemv >= 0 || it->second.alt < 0) return false;
+        *pick = it->second.alt;
+        return true;
+      },
+      [this](const Key& k, int v) {
+        Plan& p = cache_.find(k)->second;
+        p.alt = v, p.algo = p.alts[size_t(v)];
+      },
+      [](const Key& k) {
+        return "cuBLASLt M=" + std::to_string(k.M) + " N=" + std::to_string(k.N) + " K=" + std::to_string(k.K);
+      },
+      most);
 }
 
 void GemmRunner::fusion_choices(float within, std::vector<StepChoice>* out) {

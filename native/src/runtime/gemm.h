@@ -102,8 +102,12 @@ class GemmRunner {
   void record_keys(bool on) {
     step_gemv_.record(on);
     step_fusion_.record(on);
+    step_lt_.record(on);
   }
   void step_choices(float within, std::vector<StepChoice>* out);
+  // The cuBLASLt plans (M > kGemvMaxM) a step looked up while recording, each with at most `most` other
+  // configurations its tuning timed within `within` of the pick (Tunables::gemm_step: large decode graphs).
+  void lt_choices(float within, int most, std::vector<StepChoice>* out);
   void fusion_choices(float within, std::vector<StepChoice>* out);
 
  private:
@@ -130,6 +134,10 @@ class GemmRunner {
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
     cublasLtMatmulAlgo_t algo{};
     int gemv = -1;  // >= 0: the kernels.h gemv variant that won the tuning
+    // What tune() timed on cuBLASLt (the heuristic's candidates, the extra configurations, split-K variants) and
+    // which of them algo is (-1: untuned): step tuning's variants for the shape (lt_choices).
+    std::vector<cublasLtMatmulAlgo_t> alts;
+    int alt = -1;
     std::string no_gemv;  // why the gemv is not used (strict mode's message)
   };
   // The plan of a shape (made, and tuned, on first use); nullptr with *err set on failure.
@@ -150,7 +158,7 @@ class GemmRunner {
   std::unordered_map<Key, Plan, KeyHash> cache_;
   std::unordered_map<Key, int, KeyHash> pro_cache_;  // prologue / epilogue fusion: gemv variant, or -1 (unfused)
   // Step tuning: the plain gemv picks (cache_'s) and the fusion decisions (pro_cache_'s), their lone times.
-  StepTuned<Key> step_gemv_, step_fusion_;
+  StepTuned<Key> step_gemv_, step_fusion_, step_lt_;
   static constexpr int kGluKey = 16, kNormKey = 32;
   unsigned* tune_counter_ = nullptr;  // gemv_norm's block counter while tuning
   // A linear's plan key, as linear() makes it: its shape, dtype, epilogue, whether it has a residual, and the

@@ -114,6 +114,7 @@ Tunables resolve_tunables(const tsllm_options& o, const std::string& path) {
   if (env_int("TSLLM_ATTN_PREFETCH_MB", path, 0, 1024, &x)) t.attn_prefetch_mb = int(x);
   if (env_int("TSLLM_ATTN_PREFETCH_ROWS", path, 1, 65535, &x)) t.attn_prefetch_rows = int(x);
   if (env_int("TSLLM_GEMM_EXTRA", path, 0, 2, &x)) t.gemm_extra = int(x);
+  if (env_int("TSLLM_GEMM_STEP", path, 0, 1 << 20, &x)) t.gemm_step = int(x);
   // quant_linear: TSLLM_QGEMV=0 (decode through the large-M path), TSLLM_QGEMV_VARIANT=k, TSLLM_QGEMV_TUNE_BELOW=k
   // (the tuner tries variants 0..k-1 only), TSLLM_QGEMV_PICKS=NxK:v,... (variant v for that shape),
   // TSLLM_FP8_OUTER_VEC=0, TSLLM_FP8_FAST_ACCUM=0, TSLLM_QGEMV_PROLOGUE=1|2 (rms_norm folded into the quantised

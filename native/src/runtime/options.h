@@ -98,6 +98,13 @@ struct Tunables {
   // batches 2 and 4 gained nothing (fp16 3.965 / 4.512 ms against 3.963 / 4.525, FP8 3.078 / 3.430 against
   // 3.076 / 3.428, session 26 run 3). 0: off. Environment TSLLM_STEP_TUNE=n.
   int step_tune = 1;
+  // Decode graphs of at least this many sequences (0: none) decide their cuBLASLt configurations again in the step
+  // (step.cc, after the decisions above): each GEMM shape's pick against the 3 fastest others its tuning timed within
+  // 10 % alone (the heuristic's candidates, their split-K variants, gemm_extra's configurations). Why: the tuner
+  // times each call alone, L2 flushed; session 38 (H100) had its lone picks of gemm_extra's configurations run the
+  // 8B decode steps 4.3-4.7 % slower than the heuristic's, so lone timing misranks configurations close to each
+  // other. Off until an engine A/B says so. Environment TSLLM_GEMM_STEP=n.
+  int gemm_step = 0;
   // quant_linear (quant_gemm.h), environment only (A/B): decode through the quantised gemv where eligible,
   // a forced gemv variant (-1: tuned), FP8 context GEMMs with cuBLASLt outer-vector scaling where available.
   bool quant_gemv = true;

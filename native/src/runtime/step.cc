@@ -443,6 +443,8 @@ cudaGraphExec_t capture_tuned_step(Engine& e, const StepPlan& p, std::vector<Eng
     // Candidates: the variants whose lone time was within kWithin of the pick's (TSLLM_TUNE_LOG prints them; a
     // fusion decision's fewer: step_choice.h near_candidates).
     constexpr float kWithin = 0.15f;
+    constexpr float kLtWithin = 0.10f;  // Tunables::gemm_step's candidates
+    constexpr int kLtMost = 3;
     std::vector<StepChoice> choices;
     if (round == 0) {
       e.gemm.fusion_choices(kWithin, &choices);
@@ -450,6 +452,7 @@ cudaGraphExec_t capture_tuned_step(Engine& e, const StepPlan& p, std::vector<Eng
     } else {
       e.gemm.step_choices(kWithin, &choices);
       e.qgemm.step_choices(kWithin, &choices);
+      if (e.tun.gemm_step > 0 && p.S >= e.tun.gemm_step) e.gemm.lt_choices(kLtWithin, kLtMost, &choices);
     }
     tried += choices.size();
     if (!choices.empty() && step_tune(e, p, choices, &ge, share) && round == 0) {
@@ -479,7 +482,7 @@ void execute(Engine& e, const StepPlan& p, bool do_sample) {
     std::vector<Engine::Counts>& share = e.graph_stats[p.graph_key];
     // Step tuning: not for tensor-parallel ranks (each would time its own candidates, and the replays' all_reduce
     // calls must match across ranks).
-    const bool tune = p.S <= e.tun.step_tune && !e.nccl_comm;
+    const bool tune = (p.S <= e.tun.step_tune || (e.tun.gemm_step > 0 && p.S >= e.tun.gemm_step)) && !e.nccl_comm;
     cudaGraphExec_t ge = tune ? capture_tuned_step(e, p, &share) : capture_step(e, p, &share);
     it = e.graphs.emplace(p.graph_key, ge).first;
   }

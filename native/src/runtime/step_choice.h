@@ -72,8 +72,10 @@ class StepTuned {
   // A StepChoice into *out for every key noted while recording, not step-tuned yet, with a pick (get(k, &pick)
   // true) and variants timed near it (near_candidates' within and close); its set calls put(k, v). name(k): the
   // log's name.
+  // most > 0: only that many candidates, the fastest alone (a cuBLASLt shape has dozens within `within`, and each
+  // costs a recapture and replays of a large step).
   template <class Get, class Put, class Name>
-  void offer(std::vector<StepChoice>* out, float within, float close, Get get, Put put, Name name) {
+  void offer(std::vector<StepChoice>* out, float within, float close, Get get, Put put, Name name, int most = 0) {
     for (const Key& k : seen_) {
       if (std::find(done_.begin(), done_.end(), k) != done_.end()) continue;
       auto t = std::find_if(times_.begin(), times_.end(), [&](const auto& e) { return e.first == k; });
@@ -81,6 +83,15 @@ class StepTuned {
       if (t == times_.end() || !get(k, &c.pick)) continue;
       c.candidates = near_candidates(t->second, c.pick, within, close);
       if (c.candidates.empty()) continue;
+      if (most > 0 && int(c.candidates.size()) > most) {
+        auto lone = [&](int v) {
+          for (const auto& [tv, ms] : t->second)
+            if (tv == v) return ms;
+          return 0.f;
+        };
+        std::stable_sort(c.candidates.begin(), c.candidates.end(), [&](int a, int b) { return lone(a) < lone(b); });
+        c.candidates.resize(size_t(most));
+      }
       c.name = name(k);
       c.set = [this, k, put](int v, bool done) {
         put(k, v);
