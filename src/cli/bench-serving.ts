@@ -2,6 +2,7 @@
 // benchmark over the batch manager.
 import cliProgress from "cli-progress";
 import { type Command, Option } from "commander";
+import { filesIn } from "../engine/output-dir.ts";
 import { openEngine } from "../engine/reader.ts";
 import { describeWarmup, type WarmupReport } from "../serving/batch-manager.ts";
 import {
@@ -26,6 +27,7 @@ import {
   main,
   NUMPY_SEED,
   nonEmpty,
+  schedulerPolicyOption,
 } from "./common.ts";
 import {
   checkOutputFile,
@@ -59,6 +61,7 @@ export function addServingCommands(program: Command): void {
           what: "a dataset",
           isOurs: isDatasetText,
           force: o.force,
+          inputs: filesIn(dir),
         };
         if (o.output) checkOutputFile(o.output, out);
         const vocabSize = openEngine(dir).config.facts.vocabSize;
@@ -93,11 +96,7 @@ export function addServingCommands(program: Command): void {
     .addOption(limitOption("--max-seq-len"))
     .addOption(kvFractionOption())
     .option("--kv-blocks <n>", "cap the KV pool at this many blocks", int("--kv-blocks", { min: 1 }))
-    .addOption(
-      new Option("--scheduler-policy <p>", "admission policy")
-        .choices(["guaranteed_no_evict", "max_utilization"])
-        .default("guaranteed_no_evict"),
-    )
+    .addOption(schedulerPolicyOption())
     .option(
       "--concurrency <n>",
       "requests in flight at once (default: all)",
@@ -126,7 +125,10 @@ export function addServingCommands(program: Command): void {
         const dataset = datasetName(file);
         if (file === STDIN_DATASET && process.stdin.isTTY)
           throw new Error("no dataset: give --dataset FILE or pipe one in (stdin is a terminal)");
-        const json = jsonReport(o, "throughput");
+        const json = jsonReport(o, "throughput", [
+          ...filesIn(dir),
+          ...(file === STDIN_DATASET ? [] : [file]),
+        ]);
         const engine = openEngine(dir);
         const found = findTokenizer(dir);
         const encode = found.tok ? (t: string) => found.tok!.encode(t) : undefined;

@@ -2,7 +2,7 @@
 import * as fs from "node:fs";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { SEED_RANGE, seedProblem } from "../executor/seed.ts";
-import type { BatchManager } from "../serving/types.ts";
+import { type BatchManager, SCHEDULER_POLICIES } from "../serving/types.ts";
 
 export const VERSION: string = JSON.parse(
   fs.readFileSync(new URL("../../package.json", import.meta.url), "utf8"),
@@ -166,6 +166,13 @@ export function kvFractionOption(): Option {
     "--kv-cache-free-gpu-mem-fraction <x>",
     "share of free GPU memory for the KV cache (default 0.9)",
   ).argParser(float("--kv-cache-free-gpu-mem-fraction", { above: 0, max: 1 }));
+}
+
+/** --scheduler-policy, for every command that runs the batch manager (default guaranteed_no_evict, as trtllm-bench). */
+export function schedulerPolicyOption(): Option {
+  return new Option("--scheduler-policy <p>", "batch admission policy")
+    .choices(SCHEDULER_POLICIES)
+    .default("guaranteed_no_evict");
 }
 
 export function list(v: string, prev: string[] = []): string[] {

@@ -14,6 +14,7 @@ import {
   limitOption,
   main,
   nonEmpty,
+  schedulerPolicyOption,
 } from "./common.ts";
 
 const program = command(
@@ -53,11 +54,7 @@ const program = command(
     float("--drain-timeout", { min: 0 }),
     30,
   )
-  .addOption(
-    new Option("--scheduler-policy <p>", "batch admission policy")
-      .choices(["guaranteed_no_evict", "max_utilization"])
-      .default("guaranteed_no_evict"),
-  )
+  .addOption(schedulerPolicyOption())
   .addOption(limitOption("--max-batch-size"))
   .addOption(limitOption("--max-num-tokens"))
   .addOption(limitOption("--max-seq-len"))

@@ -140,7 +140,9 @@ export function overKvPool(
   return `prompt of ${promptTokens} tokens + ${newTokens} ${maxNewTokens} needs ${need} KV blocks of ${pool.tokensPerBlock} tokens, the pool has ${pool.kvBlocksTotal}`;
 }
 
-export type SchedulerPolicy = "guaranteed_no_evict" | "max_utilization";
+/** TensorRT-LLM's admission policies (batch-manager.ts): admit only what can finish, or greedily with pause/resume. */
+export const SCHEDULER_POLICIES = ["guaranteed_no_evict", "max_utilization"] as const;
+export type SchedulerPolicy = (typeof SCHEDULER_POLICIES)[number];
 
 export interface BatchLimits {
   maxBatchSize: number;

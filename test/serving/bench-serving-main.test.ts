@@ -13,7 +13,7 @@ import { InflightBatchManager } from "../../src/serving/batch-manager.ts";
 import { formatDatasetLine, readDataset, tokenNormDist } from "../../src/serving/dataset.ts";
 import { formatReport, type ThroughputReport } from "../../src/serving/throughput.ts";
 import { runCommand } from "../cli-main-helpers.ts";
-import { buildFixture, tmpDir } from "../fixtures.ts";
+import { buildFixture, snapshot, tmpDir } from "../fixtures.ts";
 
 // stdin (no --dataset, or --dataset -) from a stand-in for fs.readFileSync(0).
 const stdin = vi.hoisted(() => ({ text: null as string | null, reads: 0 }));
@@ -629,6 +629,39 @@ describe("tsllm-bench throughput --device cpu (in-process)", () => {
     expect(JSON.parse(fs.readFileSync(notes, "utf8")).tsllm_bench).toBe("throughput");
   });
 
+  it("--json / --output never replace a file the command reads, even with --force, refused before the run", async () => {
+    // --force took them as any other file: prepare-dataset --output ENGINE/config.json put the dataset in place of
+    // the engine's config, throughput --json DATASET the report in place of the dataset it had just run.
+    const engine = path.join(tmpDir(), "engine");
+    fs.cpSync(dir, engine, { recursive: true });
+    const data = path.join(path.dirname(engine), "data.jsonl");
+    fs.copyFileSync(ds, data);
+    const before = snapshot(path.dirname(engine));
+    const cfg = path.join(engine, "config.json");
+    const gen = ["prepare-dataset", engine, "--num-requests", "2", "--input-mean", "3", "--output-mean", "2"];
+    const p = await bench([...gen, "--output", cfg, "--force"]);
+    expect([p.stdout, p.stderr, p.exitCode]).toEqual([
+      "",
+      `error: --output ${cfg}: is ${cfg}, an input of this command; name another file\n`,
+      1,
+    ]);
+    const run = ["throughput", engine, "--dataset", data, "--device", "cpu", "--warmup", "0", "--force"];
+    for (const [json, input] of [
+      [data, data],
+      [path.join(engine, "report.json"), path.join(engine, "report.json")],
+    ]) {
+      const t = await bench([...run, "--json", json!]);
+      expect([t.stdout, t.stderr, t.exitCode]).toEqual([
+        "",
+        `error: --json ${json}: is ${input}, an input of this command; name another file\n`,
+        1,
+      ]);
+    }
+    expect(snapshot(path.dirname(engine))).toEqual(before);
+    // A new file inside the engine folder is written.
+    expect((await bench([...gen, "--output", path.join(engine, "new.jsonl")])).exitCode).toBeUndefined();
+  });
+
   it("refuses bad flags with commander's one line", async () => {
     for (const [args, line] of [
       [
@@ -750,7 +783,7 @@ describe("tsllm-bench throughput --device cpu (in-process)", () => {
       "--dataset <file> JSON lines: {task_id, input_ids | prompt, output_tokens} (prepare-dataset); '-' or left out: stdin",
       '--device <d> cuda (native runtime) or cpu (reference executor) (choices: "cuda", "cpu", default: "cuda")',
       "--kv-blocks <n> cap the KV pool at this many blocks",
-      '--scheduler-policy <p> admission policy (choices: "guaranteed_no_evict", "max_utilization", default: "guaranteed_no_evict")',
+      '--scheduler-policy <p> batch admission policy (choices: "guaranteed_no_evict", "max_utilization", default: "guaranteed_no_evict")',
       "--concurrency <n> requests in flight at once (default: all)",
       "--warmup <n> requests run first, untimed (default: 2)",
       "--engine-warmup warm the runtime up first, untimed, as tsllm-serve does (default on cuda)",
