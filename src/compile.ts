@@ -9,7 +9,7 @@ import { modelFacts } from "./dsl/model.ts";
 import { Module } from "./dsl/module.ts";
 import { BuildConfig, ENGINE_DTYPES, type EngineConfig, valueDtypeOf } from "./engine/format.ts";
 import type { RankProgram } from "./engine/header.ts";
-import { checkOutputTarget } from "./engine/output-dir.ts";
+import { checkOutputTarget, filesIn } from "./engine/output-dir.ts";
 import { writeEngine } from "./engine/writer.ts";
 import { printGraph } from "./ir/printer.ts";
 import { type Graph, type QuantReport, shapeStr } from "./ir/types.ts";
@@ -81,22 +81,17 @@ function readJson(file: string): unknown {
   }
 }
 
-/** The entries of `dir` that are symbolic links (none when it cannot be listed). */
-function linksIn(dir: string): string[] {
-  let entries: fs.Dirent[];
-  try {
-    entries = fs.readdirSync(dir, { withFileTypes: true });
-  } catch {
-    return []; // not a folder, or not there: reading the checkpoint says so
-  }
-  return entries.filter((e) => e.isSymbolicLink()).map((e) => path.join(dir, e.name));
-}
-
 /**
  * The JSON and tokenizer files a build reads whole must be files: reading a FIFO waits for a writer forever,
  * and a link to a device such as /dev/zero never ends (the safetensors reader refuses these itself).
  */
 function checkInputFiles(o: CompileOptions): void {
+  // A file given as a folder was Node's "ENOTDIR: not a directory, stat 'FILE/config.json'" (a missing one is said
+  // by reading the checkpoint).
+  for (const d of [o.checkpoint, o.tokenizer]) {
+    const st = d === undefined ? undefined : fs.statSync(d, { throwIfNoEntry: false });
+    if (d !== undefined && st && !st.isDirectory()) throw new ConfigError(d, "is not a folder");
+  }
   const names = ["config.json", "generation_config.json", INDEX_FILE, ...TOKENIZER_FILES];
   const files = [
     o.config,
@@ -173,9 +168,10 @@ async function compileWith(
     throw new BuildError(`--emit ${o.emit}: expected engine or onnx`);
   // The output is checked before any work: a build must never end by refusing (or replacing) it.
   const inputs = [o.modelFile, o.checkpoint, o.config, o.tokenizer].filter((p): p is string => !!p);
-  // A Hugging Face cache's snapshot folder holds links into its blobs folder: those files are inputs where they
-  // really are, or `-o …/blobs --force` replaced that folder, deleting the weights the build had just read.
-  for (const dir of [o.checkpoint, o.tokenizer]) if (dir) inputs.push(...linksIn(dir));
+  // The folders' files are inputs too, and where they really are: `-o CHECKPOINT/model.safetensors --force` replaced
+  // the weights the build had just read with the engine folder; and a Hugging Face cache's snapshot folder holds
+  // links into its blobs folder, so `-o …/blobs --force` replaced the folder holding them.
+  for (const dir of [o.checkpoint, o.tokenizer]) if (dir) inputs.push(...filesIn(dir));
   checkOutputTarget(o.out, { force: o.force, inputs });
   checkInputFiles(o);
   const model = await loadModelFile(o.modelFile);

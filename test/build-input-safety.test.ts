@@ -259,6 +259,12 @@ describe("inputs that are not files", () => {
     fs.mkdirSync(cfg);
     await refused({ config: cfg }, `${cfg}: is a directory, not a file`, "ConfigError");
   });
+
+  it("a --checkpoint or --tokenizer that is a file says so (it was \"ENOTDIR: not a directory, stat 'FILE/config.json'\")", async () => {
+    const cfg = path.join(TINY_LLAMA, "config.json");
+    await refused({ checkpoint: cfg }, `${cfg}: is not a folder`, "ConfigError");
+    await refused({ checkpoint: TINY_LLAMA, tokenizer: cfg }, `${cfg}: is not a folder`, "ConfigError");
+  });
 });
 
 describe("the checkpoint's files where they really are", () => {
@@ -285,6 +291,33 @@ describe("the checkpoint's files where they really are", () => {
     // Beside it, the build goes ahead.
     const out = path.join(hub, "engine");
     await compileEngine({ modelFile: LLAMA_MODEL, sm: 90, checkpoint: snap, out });
+    expect(fs.existsSync(path.join(out, "rank0.engine"))).toBe(true);
+  });
+
+  it("-o --force onto a file of the checkpoint or tokenizer folder is refused (it replaced the weights it had read)", async () => {
+    // Only folders holding an input were protected: `-o CHECKPOINT/model.safetensors --force` renamed the weights away
+    // and put the engine folder in their place, config.json likewise.
+    const ck = path.join(tmpDir("tsllm-safety-"), "ck");
+    fs.mkdirSync(ck);
+    for (const f of ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"])
+      fs.copyFileSync(path.join(TINY_LLAMA, f), path.join(ck, f));
+    const tok = path.join(tmpDir("tsllm-safety-"), "tok");
+    fs.mkdirSync(tok);
+    fs.copyFileSync(path.join(TINY_LLAMA, "tokenizer.json"), path.join(tok, "tokenizer.json"));
+    const before = [snapshot(ck), snapshot(tok)];
+    const base = { modelFile: LLAMA_MODEL, sm: 90, checkpoint: ck, force: true };
+    for (const f of [path.join(ck, "model.safetensors"), path.join(ck, "config.json")])
+      await expect(compileEngine({ ...base, out: f })).rejects.toThrow(
+        `-o ${f}: contains ${f}, an input of this build; choose another folder`,
+      );
+    const t = path.join(tok, "tokenizer.json");
+    await expect(compileEngine({ ...base, tokenizer: tok, out: t })).rejects.toThrow(
+      `-o ${t}: contains ${t}, an input of this build; choose another folder`,
+    );
+    expect([snapshot(ck), snapshot(tok)]).toEqual(before);
+    // A new folder inside the checkpoint is built, and rebuilt.
+    const out = path.join(ck, "engine");
+    for (let i = 0; i < 2; i++) await compileEngine({ modelFile: LLAMA_MODEL, sm: 90, checkpoint: ck, out });
     expect(fs.existsSync(path.join(out, "rank0.engine"))).toBe(true);
   });
 });

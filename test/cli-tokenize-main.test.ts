@@ -6,6 +6,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { beforeAll, describe, expect, it, vi } from "vitest";
+import { DEVICE_REFUSAL } from "../src/text/utf8.ts";
 import { Exit, importMain, runCaptured } from "./cli-main-helpers.ts";
 import { TINY_GPTJ, TINY_LLAMA, tmpDir } from "./fixtures.ts";
 
@@ -132,6 +133,8 @@ describe("tsllm-tokenize in-process", () => {
     fs.writeFileSync(latin1, Buffer.from('[{"role": "user",\n "content": "caf\xe9"}]', "latin1"));
     expect(await refused(TINY_LLAMA, "--chat", latin1)).toBe(`--chat ${latin1}:2: not UTF-8 text`);
     expect(await refused(TINY_LLAMA, "--chat", dir)).toBe(`--chat ${dir}: is a directory; name a file`);
+    // A device was read until it ended: a terminal waited, /dev/zero grew without end (/dev/null stands in here).
+    expect(await refused(TINY_LLAMA, "--chat", "/dev/null")).toBe(`--chat /dev/null: ${DEVICE_REFUSAL}`);
     const utf8 = path.join(dir, "utf8.json");
     fs.writeFileSync(utf8, '[{"role": "user",\n "content": "caf\u00e9"}]');
     expect(await json("--chat", utf8)).toMatchObject({ messages: [{ role: "user", content: "café" }] });

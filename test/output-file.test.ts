@@ -128,6 +128,22 @@ describe("writeOutputFile", () => {
     expect((err as Error).message).toBe(`--out ${under}: cannot be read (ENOTDIR)`);
   });
 
+  it("refuses at once a folder no file can be created in, leaving nothing there", () => {
+    // It was found by the write at the end: tsllm-bench throughput ran its whole benchmark, then lost the report.
+    expect(() => checkOutputFile("/proc/r.json", OPTS)).toThrow(
+      new OutputFileError(
+        "--out /proc/r.json: cannot create a file in /proc: ENOENT (no such file or directory)",
+      ),
+    );
+    expect(() => writeOutputFile("/proc/r.json", "OURS", OPTS)).toThrow(
+      /cannot create a file in \/proc: ENOENT/,
+    );
+    expect(files()).toEqual([]);
+    const f = path.join(dir, "a.txt");
+    checkOutputFile(f, OPTS);
+    expect(files()).toEqual([]);
+  });
+
   it("reads the first 64 MiB of a larger file to decide whether it is ours (a large dataset is replaced)", () => {
     // A 160 MB earlier prepare-dataset output was refused without --force (larger files were never read).
     const f = path.join(dir, "big.txt");
@@ -202,6 +218,13 @@ describe("writeOutputFile", () => {
     expect(files()).toEqual(["log.txt"]);
   });
 
+  it("a stream that fails names the file, in one line of the error's own kind", () => {
+    // It was Node's bare "ENOSPC: no space left on device, write" (prepare-dataset --output /dev/full).
+    expect(() => writeOutputFile("/dev/full", ["OURS", " more"], OPTS)).toThrow(
+      new OutputFileError("--out /dev/full: not written whole (ENOSPC: no space left on device, write)"),
+    );
+  });
+
   it("removes its temporary sibling and keeps the old file when the rename fails", () => {
     const f = path.join(dir, "a.txt");
     fs.writeFileSync(f, "OURS old");
@@ -241,6 +264,32 @@ describe("JsonReport", () => {
     expect(() => new JsonReport(f, "latency")).toThrow(/not a tsllm-bench latency report/);
     new JsonReport(f, "throughput", true).write({ b: 1 });
     expect(JSON.parse(fs.readFileSync(f, "utf8"))).toEqual({ tsllm_bench: "throughput", b: 1 });
+  });
+
+  it("never replaces a file the command reads, even with --force, named as given or through a link", () => {
+    // `--json ENGINE/report.json --force` replaced the engine's fusion report, `--json DATASET --force` the dataset.
+    const engine = path.join(dir, "engine");
+    fs.mkdirSync(engine);
+    fs.writeFileSync(path.join(engine, "report.json"), '{"passes": []}\n');
+    const ds = path.join(dir, "ds.jsonl");
+    fs.writeFileSync(ds, '{"task_id":0,"input_ids":[1],"output_tokens":1}\n');
+    const link = path.join(dir, "link.json");
+    fs.symlinkSync(path.join(engine, "report.json"), link);
+    const inputs = [path.join(engine, "report.json"), ds];
+    for (const [f, input] of [
+      [path.join(engine, "report.json"), inputs[0]],
+      [ds, ds],
+      [path.relative(process.cwd(), ds), ds],
+      [link, inputs[0]],
+    ])
+      expect(() => new JsonReport(f!, "throughput", true, inputs)).toThrow(
+        `--json ${f}: is ${input}, an input of this command; name another file`,
+      );
+    expect(fs.readFileSync(path.join(engine, "report.json"), "utf8")).toBe('{"passes": []}\n');
+    expect(fs.readFileSync(ds, "utf8")).toBe('{"task_id":0,"input_ids":[1],"output_tokens":1}\n');
+    // A new file beside them is written.
+    new JsonReport(path.join(engine, "bench.json"), "throughput", false, inputs).write({ a: 1 });
+    expect(JSON.parse(fs.readFileSync(path.join(engine, "bench.json"), "utf8")).a).toBe(1);
   });
 
   it("is absent without --json", () => {

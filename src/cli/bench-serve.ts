@@ -2,8 +2,9 @@
 // `vllm bench serve`): prompts from a dataset or random ids, Poisson arrivals or bounded concurrency.
 import cliProgress from "cli-progress";
 import type { Command } from "commander";
+import { filesIn } from "../engine/output-dir.ts";
 import { formatServeBench, runServeBench, type ServeBenchOptions } from "../server/bench-client.ts";
-import { type DatasetEntry, readDataset, tokenNormDist } from "../serving/dataset.ts";
+import { type DatasetEntry, readDataset, STDIN_DATASET, tokenNormDist } from "../serving/dataset.ts";
 import { requireTokenizer } from "../text/engine-files.ts";
 import { float, int, main, NUMPY_SEED, nonEmpty } from "./common.ts";
 import { FORCE_HELP, jsonReport } from "./output-file.ts";
@@ -86,7 +87,10 @@ export function addServeBenchCommand(program: Command): void {
     .option("--force", FORCE_HELP)
     .action((o) =>
       main(async () => {
-        const json = jsonReport(o, "serve");
+        const json = jsonReport(o, "serve", [
+          ...(o.dataset && o.dataset !== STDIN_DATASET ? [o.dataset] : []),
+          ...(o.tokenizer ? filesIn(o.tokenizer) : []),
+        ]);
         const rate = o.requestRate === "inf" ? Infinity : float("--request-rate")(o.requestRate);
         if (!(rate > 0)) throw new Error(`--request-rate must be > 0 or inf, got ${o.requestRate}`);
         const apiKey = o.apiKey ?? process.env.TSLLM_API_KEY;

@@ -1,4 +1,5 @@
 // tsllm-bench: timings of an engine on the GPU, with the memory-bandwidth roofline measured in the same run.
+import { filesIn } from "../engine/output-dir.ts";
 import { openEngine } from "../engine/reader.ts";
 import { describeLoadPhases, measureCopyBandwidth } from "../native/binding.ts";
 import { loadVerified } from "../native/executor.ts";
@@ -45,7 +46,7 @@ program
   .option("--no-verify", "skip the content-hash check while loading")
   .action(async (dir: string, o) =>
     main(async () => {
-      const report = jsonReport(o, "latency");
+      const report = jsonReport(o, "latency", filesIn(dir));
       const engine = openEngine(dir);
       const h = engine.ranks[0].header;
       const batches = String(o.batchSize).split(",").map(Number);

@@ -4,11 +4,14 @@
 //   - An existing target is replaced only when it is an earlier output of the same kind (`isOurs` reads it), or
 //     with --force. A directory never. A stream (a pipe, /dev/stdout, /dev/null) is appended to in place: it
 //     stores nothing that could be lost.
+//   - Never, even with --force, a file the command reads (the engine's config.json or report.json, the dataset):
+//     `--json ENGINE/report.json --force` replaced the engine's fusion report, `--output ENGINE/config.json --force`
+//     the engine itself.
 //   - checkOutputFile runs before the work (a benchmark of minutes), so a refusal comes at once; writeOutputFile
 //     checks again at the end.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { isLink } from "../engine/output-dir.ts";
+import { cannotCreateIn, inputWithin, isLink } from "../engine/output-dir.ts";
 import { writeWhole } from "../fs-atomic.ts";
 
 export class OutputFileError extends Error {
@@ -27,6 +30,8 @@ export interface OutputFileOptions {
   isOurs: (text: string) => boolean;
   /** Replace an existing file that is not ours (--force). */
   force?: boolean;
+  /** The files the command reads (filesIn of a folder it reads), never replaced, even with force. */
+  inputs?: readonly string[];
 }
 
 type Target = { kind: "new" } | { kind: "stream" } | { kind: "file"; real: string };
@@ -66,7 +71,7 @@ function classify(file: string, o: OutputFileOptions): Target {
     // Missing: a dangling link is still a file of the user's (the link).
     if (isLink(file)) throw new OutputFileError(`${q}: is a link to a missing file; name another path`);
     if (!isDir(dir)) throw new OutputFileError(`${q}: folder ${dir} does not exist`);
-    return { kind: "new" };
+    return creatable({ kind: "new" }, dir, q);
   }
   if (st.isDirectory()) throw new OutputFileError(`${q}: is a directory; name a file`);
   if (st.isFIFO() || st.isCharacterDevice() || st.isSocket()) return { kind: "stream" };
@@ -74,9 +79,12 @@ function classify(file: string, o: OutputFileOptions): Target {
   // (`--json /dev/stdout > log`), are streams: appended to, never replaced.
   if (st.isFile() && /^\/(dev|proc)\//.test(path.resolve(file))) return { kind: "stream" };
   if (!st.isFile()) throw new OutputFileError(`${q}: is not a regular file`);
+  const input = inputWithin(file, o.inputs ?? []);
+  if (input !== undefined)
+    throw new OutputFileError(`${q}: is ${input}, an input of this command; name another file`);
   // Through a link the file it points to is replaced (the link stays), and only what that file holds decides.
   const real = fs.realpathSync(file);
-  if (o.force) return { kind: "file", real };
+  if (o.force) return creatable({ kind: "file", real }, path.dirname(real), q);
   let ours = false;
   try {
     ours = o.isOurs(readStart(real, MAX_SNIFF_BYTES));
@@ -87,7 +95,17 @@ function classify(file: string, o: OutputFileOptions): Target {
     throw new OutputFileError(
       `${q}: exists and is not ${o.what} written earlier; pass --force to replace it, or name another file`,
     );
-  return { kind: "file", real };
+  return creatable({ kind: "file", real }, path.dirname(real), q);
+}
+
+/**
+ * `t`, once a file can be created in `dir` (where writeWhole puts its sibling). A folder that cannot hold one
+ * (read-only, under /proc) was found only by the write at the end: after the benchmark's minutes, its report lost.
+ */
+function creatable(t: Target, dir: string, q: string): Target {
+  const why = cannotCreateIn(dir);
+  if (why) throw new OutputFileError(`${q}: cannot create a file in ${dir}: ${why}`);
+  return t;
 }
 
 const isDir = (p: string) => {
@@ -111,20 +129,23 @@ export function writeOutputFile(file: string, text: string | readonly string[], 
   const writeAll = (fd: number) => {
     for (const p of parts) fs.writeFileSync(fd, p);
   };
-  if (t.kind === "stream") {
-    const fd = fs.openSync(file, "a");
-    try {
-      writeAll(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    return;
-  }
-  const target = t.kind === "file" ? t.real : path.resolve(file);
   try {
-    writeWhole(target, writeAll);
+    if (t.kind === "stream") appendTo(file, writeAll);
+    else writeWhole(t.kind === "file" ? t.real : path.resolve(file), writeAll);
   } catch (e) {
-    throw new OutputFileError(`${o.flag} ${file}: not written (${(e as Error).message})`);
+    // A stream's failure names the file too: "--output /dev/full" said only "ENOSPC: no space left on device,
+    // write". (What a stream took before it failed, it keeps.)
+    const what = t.kind === "stream" ? "not written whole" : "not written";
+    throw new OutputFileError(`${o.flag} ${file}: ${what} (${(e as Error).message})`);
+  }
+}
+
+function appendTo(file: string, write: (fd: number) => void): void {
+  const fd = fs.openSync(file, "a");
+  try {
+    write(fd);
+  } finally {
+    fs.closeSync(fd);
   }
 }
 
@@ -137,12 +158,14 @@ export class JsonReport {
     readonly file: string,
     readonly command: string,
     force?: boolean,
+    inputs?: readonly string[],
   ) {
     this.opts = {
       flag: "--json",
       what: `a tsllm-bench ${command} report`,
       isOurs: (text) => (JSON.parse(text) as { tsllm_bench?: unknown } | null)?.tsllm_bench === command,
       force,
+      inputs,
     };
     checkOutputFile(file, this.opts);
   }
@@ -156,9 +179,13 @@ export class JsonReport {
   }
 }
 
-/** A command's JsonReport when --json was given. */
-export const jsonReport = (o: { json?: string; force?: boolean }, command: string): JsonReport | undefined =>
-  o.json === undefined ? undefined : new JsonReport(o.json, command, o.force);
+/** A command's JsonReport when --json was given; `inputs` as OutputFileOptions'. */
+export const jsonReport = (
+  o: { json?: string; force?: boolean },
+  command: string,
+  inputs?: readonly string[],
+): JsonReport | undefined =>
+  o.json === undefined ? undefined : new JsonReport(o.json, command, o.force, inputs);
 
 /** --force of the commands that write --json / --output files. */
 export const FORCE_HELP =

@@ -11,6 +11,7 @@ import {
   overMaxSeqLen,
   type SamplingOptions,
 } from "../serving/types.ts";
+import { deviceProblem } from "../text/utf8.ts";
 import { parseIds } from "./common.ts";
 
 export interface Prompt {
@@ -31,6 +32,8 @@ export function readPrompts(o: { inputIds?: string[]; inputFile?: string; maxNew
     prompts.push({ ids, maxNewTokens: o.maxNewTokens, where, newTokensFrom: "--max-new-tokens" });
   });
   if (o.inputFile) {
+    const device = deviceProblem(o.inputFile);
+    if (device) throw new Error(`--input-file ${o.inputFile}: ${device}`);
     let text: string;
     try {
       text = fs.readFileSync(o.inputFile, "utf8");

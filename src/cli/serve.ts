@@ -24,7 +24,8 @@ const program = command(
     "(up to --drain-timeout), then exits.",
 )
   .argument("<engine>", "engine directory written by tsllm-compile")
-  .option("--host <host>", "address to listen on", "127.0.0.1")
+  // "" (`--host "$HOST"` with HOST unset) listened on every interface, not on the default 127.0.0.1.
+  .option("--host <host>", "address to listen on", nonEmpty("--host"), "127.0.0.1")
   .option("--port <n>", "port (0 = any free one)", int("--port", { min: 0, max: 65535 }), 8000)
   .addOption(
     new Option("--device <d>", "cpu (reference executor) or cuda (native runtime)")

@@ -7,8 +7,8 @@
 //   - an earlier tsllm engine or ONNX directory: its config names it ours and nothing else is inside;
 //   - anything else (a folder that is not ours, a file, a link) only with --force;
 //   - never, even with --force: "" (an unset variable), `/`, the home folder, the current directory or
-//     one of its ancestors, a folder holding the build's own inputs, a device, FIFO or socket, or a path under
-//     /dev (but /dev/shm).
+//     one of its ancestors, one of the build's own inputs (a file of the checkpoint or tokenizer folder too) or a
+//     folder holding one, a device, FIFO or socket, or a path under /dev (but /dev/shm).
 // SIGINT/SIGTERM/SIGHUP during the write remove the temporary folder and leave the old target untouched, and so does
 // any other exit before commit (process.exit anywhere, an uncaught exception).
 // The temporary names are created fresh (never an existing path), so no file of the user's is reused.
@@ -42,15 +42,41 @@ export function checkOutputTarget(out: string, o: OutputOptions = {}): string {
   const abs = path.resolve(out);
   const protectedWhy = protectedReason(abs);
   if (protectedWhy) throw new OutputDirError(`-o ${out}: refusing to replace ${protectedWhy}`);
-  for (const input of o.inputs ?? []) {
-    if (isInside(path.resolve(input), abs) || isInside(realOrSelf(input), realOrSelf(abs)))
-      throw new OutputDirError(`-o ${out}: contains ${input}, an input of this build; choose another folder`);
-  }
+  const input = inputWithin(abs, o.inputs ?? []);
+  if (input !== undefined)
+    throw new OutputDirError(`-o ${out}: contains ${input}, an input of this build; choose another folder`);
   const kind = classify(abs);
   if (kind.kind === "foreign" && !o.force)
     throw new OutputDirError(`-o ${out}: ${kind.why}; not replacing it (choose another path, or --force)`);
   checkCreatable(abs, out);
   return abs;
+}
+
+/**
+ * The first of `inputs` that `target` is or holds, compared as given and where links lead; else undefined. An output
+ * there would replace what the command reads, so it is refused even with --force (this file's -o, and the --json /
+ * --output files of cli/output-file.ts).
+ */
+export function inputWithin(target: string, inputs: readonly string[]): string | undefined {
+  return inputs.find(
+    (input) =>
+      isInside(path.resolve(input), path.resolve(target)) || isInside(realOrSelf(input), realOrSelf(target)),
+  );
+}
+
+/**
+ * The entries of folder `dir` that are not folders: a checkpoint's or an engine's files and links, which a command
+ * reads as its inputs (none when it cannot be listed: reading the folder says why). Its subfolders are left out, so
+ * that an earlier output of ours inside it (`-o CHECKPOINT/engine`) may still be replaced.
+ */
+export function filesIn(dir: string): string[] {
+  let entries: fs.Dirent[];
+  try {
+    entries = fs.readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return [];
+  }
+  return entries.filter((e) => !e.isDirectory()).map((e) => path.join(dir, e.name));
 }
 
 /** The directory a build is being written into, moved to its target by commit(). */
@@ -250,13 +276,23 @@ function checkCreatable(abs: string, out: string): void {
   let dir = path.dirname(abs);
   while (!fs.existsSync(dir)) dir = path.dirname(dir);
   if (!fs.statSync(dir).isDirectory()) throw new OutputDirError(`-o ${out}: ${dir} is not a directory`);
+  const why = cannotCreateIn(dir);
+  if (why) throw new OutputDirError(`-o ${out}: cannot create a folder in ${dir}: ${why}`);
+}
+
+/**
+ * Why nothing can be created in the folder `dir` (read-only, under /proc), found by creating a probe folder there and
+ * removing it; undefined when it can. Also cli/output-file.ts's, so that a --json file is refused before the run.
+ */
+export function cannotCreateIn(dir: string): string | undefined {
   let probe: string;
   try {
     probe = fs.mkdtempSync(path.join(dir, ".tsllm-probe-"));
   } catch (e) {
-    throw new OutputDirError(`-o ${out}: cannot create a folder in ${dir}: ${errText(e)}`);
+    return errText(e);
   }
   fs.rmdirSync(probe);
+  return undefined;
 }
 
 /** mkdir -p one level at a time (Node's recursive mkdir spins on /proc); returns what it created. */

@@ -5,7 +5,7 @@
 // {"task_id": 0, "prompt": "text", "output_tokens": 128} when a tokenizer is given.
 // tokenNormDist makes the synthetic "token-norm-dist" workload (normal input/output lengths, random ids).
 import * as fs from "node:fs";
-import { BOM_REFUSAL, utf8Lines } from "../text/utf8.ts";
+import { BOM_REFUSAL, deviceProblem, utf8Lines } from "../text/utf8.ts";
 import { lowbias32 } from "../weights/random.ts";
 
 export interface DatasetEntry {
@@ -32,8 +32,11 @@ export function inputIdsOf(v: unknown, where: string, field = "input_ids"): numb
 
 /** A JSON line's "output_tokens": an integer >= 1 (also tsllm-run --input-file's, where it may be absent). */
 export function outputTokensOf(v: unknown, where: string): number {
+  // A number as String writes it: JSON.stringify quoted 1e400 (read as Infinity) as "null".
   if (!Number.isInteger(v) || (v as number) < 1)
-    throw new DatasetError(`${where}: "output_tokens" must be an integer >= 1, got ${JSON.stringify(v)}`);
+    throw new DatasetError(
+      `${where}: "output_tokens" must be an integer >= 1, got ${typeof v === "number" ? String(v) : JSON.stringify(v)}`,
+    );
   return v as number;
 }
 
@@ -83,6 +86,8 @@ export function datasetName(file: string): string {
  *  line. */
 export function readDataset(file: string, o: { encode?: Encode; vocabSize?: number } = {}): DatasetEntry[] {
   const name = datasetName(file);
+  const device = file === STDIN_DATASET ? undefined : deviceProblem(file);
+  if (device) throw new DatasetError(`${name}: ${device}`);
   let buf: Buffer;
   try {
     buf = file === STDIN_DATASET ? fs.readFileSync(0) : fs.readFileSync(file);

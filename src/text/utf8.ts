@@ -44,8 +44,31 @@ export function* utf8Lines(buf: Buffer): Generator<string | null> {
 export function readUtf8File(file: string | 0, where: string): string {
   if (file !== 0 && fs.statSync(file, { throwIfNoEntry: false })?.isDirectory())
     throw new Error(`${where}: is a directory; name a file`);
+  const device = file === 0 ? undefined : deviceProblem(file);
+  if (device) throw new Error(`${where}: ${device}`);
   const buf = fs.readFileSync(file);
   const bad = firstNonUtf8Line(buf);
   if (bad !== undefined) throw new Error(`${where}:${bad}: not UTF-8 text`);
   return buf.toString("utf8");
+}
+
+/** deviceProblem's answer. */
+export const DEVICE_REFUSAL =
+  "is a device or socket (a terminal, /dev/zero), not a file: reading it would never end";
+
+/**
+ * Why the input `file` cannot be read whole, when it is a device or a socket: reading one never ends (a terminal,
+ * `/dev/stdin` typed at, waited for lines with no word of why; /dev/zero grew the process past 24 GB in 5 minutes).
+ * A FIFO is read (`--dataset <(…)`): it ends when its writer closes. Undefined for anything else (a read that fails
+ * says why itself).
+ */
+export function deviceProblem(file: string): string | undefined {
+  let st: fs.Stats | undefined;
+  try {
+    st = fs.statSync(file, { throwIfNoEntry: false });
+  } catch {
+    return undefined;
+  }
+  if (st && (st.isCharacterDevice() || st.isBlockDevice() || st.isSocket())) return DEVICE_REFUSAL;
+  return undefined;
 }

@@ -11,6 +11,7 @@ import { interactiveChat, readChatFile, runText, type TextRunOptions } from "../
 import type { BatchManager, FinishReason, GenerationRequest } from "../../src/serving/types.ts";
 import type { ChatMessage } from "../../src/text/chat-template.ts";
 import { TextTokenizer } from "../../src/text/tokenizer.ts";
+import { DEVICE_REFUSAL } from "../../src/text/utf8.ts";
 import { TINY_LLAMA, tmpDir } from "../fixtures.ts";
 import { terminal } from "../text/terminal.ts";
 
@@ -127,6 +128,8 @@ describe("readChatFile", () => {
     fs.writeFileSync(latin1, Buffer.from('[{"role": "user",\n "content": "caf\xe9"}]', "latin1"));
     expect(() => readChatFile(latin1)).toThrow(new Error(`--chat ${latin1}:2: not UTF-8 text`));
     expect(() => readChatFile(dir)).toThrow(new Error(`--chat ${dir}: is a directory; name a file`));
+    // A device was read until it ended: a terminal waited, /dev/zero grew without end (/dev/null stands in here).
+    expect(() => readChatFile("/dev/null")).toThrow(new Error(`--chat /dev/null: ${DEVICE_REFUSAL}`));
     fs.writeFileSync(latin1, '[{"role": "user", "content": "caf\u00e9 🙂"}]');
     expect(readChatFile(latin1)).toEqual([{ role: "user", content: "café 🙂" }]);
   });

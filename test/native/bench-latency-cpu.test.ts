@@ -382,6 +382,32 @@ describe("tsllm-bench latency over the stand-in addon", () => {
     expect(ok.stdout).toContain("batch 4: ");
   });
 
+  it("--json onto a file of the engine is refused, even with --force, before anything loads", async () => {
+    // --force took the engine's report.json (or config.json) as any other file and replaced it with the figures.
+    const calls = install();
+    const engine = path.join(tmpDir(), "engine");
+    fs.cpSync(llama, engine, { recursive: true });
+    const report = path.join(engine, "report.json");
+    const before = fs.readFileSync(report, "utf8");
+    const r = await bench([
+      "latency",
+      engine,
+      "--input-len",
+      "6",
+      "--output-len",
+      "5",
+      "--json",
+      report,
+      "--force",
+    ]);
+    expect(r.stderr).toBe(
+      `error: --json ${report}: is ${report}, an input of this command; name another file\n`,
+    );
+    expect(r.exitCode).toBe(1);
+    expect(calls).toEqual([]);
+    expect(fs.readFileSync(report, "utf8")).toBe(before);
+  });
+
   it("flags out of range are refused by commander before anything loads", async () => {
     const calls = install();
     for (const [flag, v, rule] of [

@@ -388,6 +388,34 @@ describe("tsllm-bench serve (in-process)", () => {
     );
   });
 
+  it("--json onto the dataset or a --tokenizer file is refused, even with --force, before any request", async () => {
+    // --force took the dataset as any other file: the report replaced the dataset the run had read.
+    const ds = path.join(work, "serve-ds.jsonl");
+    fs.writeFileSync(ds, '{"task_id":0,"input_ids":[1],"output_tokens":1}\n');
+    const tok = path.join(work, "tok");
+    fs.mkdirSync(tok);
+    fs.copyFileSync(path.join(TINY_LLAMA, "tokenizer.json"), path.join(tok, "tokenizer.json"));
+    const tj = path.join(tok, "tokenizer.json");
+    for (const j of [ds, tj]) {
+      // An unreachable server: refused before it is asked anything.
+      const r = await bench([
+        "--url",
+        "http://127.0.0.1:9",
+        "--dataset",
+        ds,
+        "--tokenizer",
+        tok,
+        "--json",
+        j,
+        "--force",
+      ]);
+      expect(r.stderr).toBe(`error: --json ${j}: is ${j}, an input of this command; name another file\n`);
+      expect(r.exitCode).toBe(1);
+    }
+    expect(fs.readFileSync(ds, "utf8")).toBe('{"task_id":0,"input_ids":[1],"output_tokens":1}\n');
+    expect(fs.readFileSync(tj)).toEqual(fs.readFileSync(path.join(TINY_LLAMA, "tokenizer.json")));
+  });
+
   it("--help describes the command and its flags", async () => {
     const help = (await bench(["--help"])).stdout.replace(/\s+/g, " ");
     for (const x of [

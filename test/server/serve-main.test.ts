@@ -440,6 +440,8 @@ describe("tsllm-serve (in-process)", () => {
         "error: option '--drain-timeout <s>' argument '-0.5' is invalid. Allowed: --drain-timeout ≥ 0.",
       ],
       ["--api-key", " ", "error: option '--api-key <key>' argument ' ' is invalid. --api-key is empty"],
+      // `--host "$HOST"` with HOST unset listened on every interface instead of the default 127.0.0.1.
+      ["--host", "", "error: option '--host <host>' argument '' is invalid. --host is empty"],
       [
         "--served-model-name",
         "",

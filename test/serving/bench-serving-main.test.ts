@@ -662,6 +662,16 @@ describe("tsllm-bench throughput --device cpu (in-process)", () => {
     expect((await bench([...gen, "--output", path.join(engine, "new.jsonl")])).exitCode).toBeUndefined();
   });
 
+  it("--json in a folder no file can be created in: refused before the run, not after it", async () => {
+    // It was found by the write at the end: the whole benchmark ran, then its report was lost.
+    const r = await bench(["throughput", dir, "--dataset", ds, "--device", "cpu", "--json", "/proc/r.json"]);
+    expect([r.stdout, r.stderr, r.exitCode]).toEqual([
+      "",
+      "error: --json /proc/r.json: cannot create a file in /proc: ENOENT (no such file or directory)\n",
+      1,
+    ]);
+  });
+
   it("refuses bad flags with commander's one line", async () => {
     for (const [args, line] of [
       [

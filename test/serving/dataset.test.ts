@@ -1,6 +1,7 @@
 // The trtllm-bench dataset format (src/serving/dataset.ts) without an engine: TensorRT-LLM
 // prepare_dataset.py's lines and the "prompt" form through a toy encoder, every malformed line refused with
 // one line naming it, and token-norm-dist's lengths, ids and seed.
+import { execFileSync, spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, expect, it } from "vitest";
@@ -16,6 +17,7 @@ import {
   type TokenNormDist,
   tokenNormDist,
 } from "../../src/serving/dataset.ts";
+import { DEVICE_REFUSAL } from "../../src/text/utf8.ts";
 import { lowbias32 } from "../../src/weights/random.ts";
 import { tmpDir } from "../fixtures.ts";
 
@@ -109,6 +111,9 @@ describe("parseDatasetLine", () => {
     expect(refusal('{"input_ids": [1], "output_tokens": -2}')).toBe(msg("-2"));
     expect(refusal('{"input_ids": [1], "output_tokens": 1.5}')).toBe(msg("1.5"));
     expect(refusal('{"input_ids": [1], "output_tokens": "3"}')).toBe(msg('"3"'));
+    // JSON reads 1e400 as Infinity, which was quoted as "null".
+    expect(refusal('{"input_ids": [1], "output_tokens": 1e400}')).toBe(msg("Infinity"));
+    expect(refusal('{"input_ids": [1], "output_tokens": null}')).toBe(msg("null"));
     expect(parseDatasetLine('{"input_ids": [1], "output_tokens": 1}', "x").outputTokens).toBe(1);
   });
 
@@ -265,6 +270,18 @@ describe("readDataset", () => {
       const f = file("empty.jsonl", text);
       expect(() => readDataset(f)).toThrow(new DatasetError(`${f}: no requests in the dataset`));
     }
+  });
+
+  it("refuses a device before reading it (a terminal, /dev/zero: the read never ended); reads a FIFO", () => {
+    // /dev/null stands in for them here: a character device whose read ends, on the old code too.
+    expect(() => readDataset("/dev/null")).toThrow(new DatasetError(`/dev/null: ${DEVICE_REFUSAL}`));
+    const fifo = path.join(dir, "ds.fifo");
+    execFileSync("mkfifo", [fifo]);
+    const line = '{"task_id":0,"input_ids":[1],"output_tokens":1}';
+    const src = file("src.jsonl", `${line}\n`);
+    const writer = spawn("sh", ["-c", 'cat "$0" > "$1"', src, fifo]);
+    expect(readDataset(fifo).map((e) => e.inputIds)).toEqual([[1]]);
+    writer.kill();
   });
 });
 

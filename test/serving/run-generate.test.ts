@@ -17,6 +17,7 @@ import type {
   RequestResult,
   TokenEvent,
 } from "../../src/serving/types.ts";
+import { DEVICE_REFUSAL } from "../../src/text/utf8.ts";
 import { buildFixture, TINY_LLAMA } from "../fixtures.ts";
 import { thrown } from "../thrown.ts";
 
@@ -124,6 +125,13 @@ describe("readPrompts", () => {
           `--input-file ${f}: no prompts (expected one JSON object per line: {"input_ids": [...]})`,
         );
     }
+  });
+
+  it("refuses a device before reading it (a terminal, /dev/zero: the read never ended)", () => {
+    // /dev/null stands in for them: a character device whose read ends, on the old code too ("no prompts").
+    expect(thrown(() => readPrompts({ inputFile: "/dev/null", maxNewTokens: 1 }), Error).message).toBe(
+      `--input-file /dev/null: ${DEVICE_REFUSAL}`,
+    );
   });
 
   it("refuses no prompts at all", () => {
