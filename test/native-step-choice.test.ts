@@ -38,6 +38,26 @@ function run(script: string[]): Promise<string[]> {
 const times = "-1:0.0208 0:0.0230 3:0.0199 4:0.0196 5:0.0201 7:0.0203 8:0.0250";
 
 describe.skipIf(!cxx)("step tuning's candidates (step_choice.h, no GPU)", () => {
+  it("with a cap (TSLLM_GEMM_STEP's cuBLASLt shapes: 3), only the fastest alone, in that order", async () => {
+    const out = await run([
+      // key 1: pick 0 at 1.00; 1.09, 1.01, 1.03, 1.02 within 10 %, 1.20 not; timed in no particular order
+      ...["timed 1 0 1.00", "timed 1 1 1.09", "timed 1 2 1.01", "timed 1 3 1.20", "timed 1 4 1.03", "timed 1 5 1.02"],
+      ...["pick 1 0", "record 1", "note 1", "record 0"],
+      "offer 0.10 -1 3",
+      "offer 0.10 -1 0", // no cap: every one within 10 %, in timing order
+      "offer 0.10 -1 9", // a cap above the count: all of them
+    ]);
+    expect(out).toEqual([
+      "choice 1 pick 0: 2 5 4",
+      "offered 1",
+      "choice 1 pick 0: 1 2 4 5",
+      "offered 1",
+      "choice 1 pick 0: 1 2 4 5",
+      "offered 1",
+      "pick 1 0", // (the tool's closing list of picks: no choice was set)
+    ]);
+  });
+
   it("a gemv pick tries every variant within 15 % of its lone time; a fusion decision fewer", async () => {
     const out = await run([
       `near 4 0.15 -1 ${times}`, // 4 at 0.0196: up to 0.02254 (0 and 8 are slower)

@@ -1589,9 +1589,8 @@ static void test_sampling(Rng& rng) {
 #include "quant_tests.cuh"  // test_quant: quantised-linear kernels
 #include "moe_tests.cuh"    // test_moe: mixture-of-experts routing, gemv and grouped paths, combine
 #include "fmha_fp8_tests.cuh"  // test_fmha8: the FP8 context FMHA (after quant_tests.cuh: its host E4M3 port)
-#include "step_choice_tests.cuh"  // test_step_choice: the step tuner's candidate lists (host only)
 
-// Usage: kernels_test [group [attention-case-index]]; groups: rf emb norm ew attn samp quant moe fmha8 step (default: all).
+// Usage: kernels_test [group [attention-case-index]]; groups: rf emb norm ew attn samp quant moe fmha8 (default: all).
 // `kernels_test attn count` prints the number of attention cases.
 int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IOLBF, 0);
@@ -1618,7 +1617,6 @@ int main(int argc, char** argv) {
   if (want("quant")) test_quant(rng);
   if (want("moe")) test_moe(rng);
   if (want("fmha8")) test_fmha8(rng);
-  if (want("step")) test_step_choice();
   if (case_idx != -2) std::printf("SUMMARY: %d passed, %d failed\n", g_pass, g_fail);
   return g_fail ? 1 : 0;
 }

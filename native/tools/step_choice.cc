@@ -8,8 +8,8 @@
 //   note KEY                         StepTuned::note
 //   timed KEY V MS                   StepTuned::timed
 //   pick KEY V                       the runner's current pick for KEY (the map offer_map reads and sets write)
-//   offer WITHIN CLOSE               -> "choice KEY pick P: A B ..." a line per StepChoice (offer_map), then
-//                                       "offered N"
+//   offer WITHIN CLOSE [MOST]        -> "choice KEY pick P: A B ..." a line per StepChoice (offer_map; MOST: at
+//                                       most that many candidates, the fastest alone), then "offered N"
 //   set KEY V done|trial             the last offer's choice for KEY: set(V, done)
 #include <cstdio>
 #include <iostream>
@@ -58,9 +58,11 @@ int main() {
       picks[k] = v;
     } else if (cmd == "offer") {
       float within, close;
+      int most = 0;
       in >> within >> close;
+      if (!(in >> most)) most = 0;
       last.clear();
-      st.offer_map(&last, within, close, picks, [](int k) { return std::to_string(k); });
+      st.offer_map(&last, within, close, picks, [](int k) { return std::to_string(k); }, most);
       for (const auto& c : last) {
         std::printf("choice %s pick %d:", c.name.c_str(), c.pick);
         for (int v : c.candidates) std::printf(" %d", v);

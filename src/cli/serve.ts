@@ -64,7 +64,7 @@ const program = command(
   .option("--no-verify", "skip the engine content-hash check (large engines)")
   .option(
     "--no-warmup",
-    "cuda: start listening without first running batches 1-4 and the powers of two up to --max-batch-size once " +
+    "cuda: start listening without first running batches 1-4 and the decode graph sizes up to --max-batch-size once " +
       "(CUDA graph captures and kernel tuning then fall on the first requests)",
   );
 

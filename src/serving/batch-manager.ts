@@ -48,14 +48,16 @@ export interface BatchManagerOptions {
 }
 
 /**
- * warmup()'s default batch sizes: 1-4, then the powers of two up to max_batch_size. Why those: they are the native
- * runtime's decode graph sizes below 256 (native/src/runtime/options.h, next_graph_size; a batch between two pads
- * to the larger one's graph), and with the warm-up's 8-token prompts their context steps have 8 · b rows, the row
- * counts (up to 1024) whose GEMM algorithms that runtime times on first use (gemm_tuned_m).
+ * warmup()'s default batch sizes: 1-4, then the native runtime's decode graph sizes up to max_batch_size (the powers of
+ * two to 256, then every 128 to 1,024: native/src/runtime/options.h, next_graph_size; a batch between two pads to the
+ * larger one's graph). Why those: each graph is captured (and its GEMMs tuned, and with TSLLM_GEMM_STEP step-tuned,
+ * seconds each) the first time its size runs, which without them fell inside the timed run or the first requests
+ * (session 38: 384-896 were met mid-benchmark); and with the warm-up's 8-token prompts their context steps have 8 · b
+ * rows, the row counts (up to 1024) whose GEMM algorithms that runtime times on first use (gemm_tuned_m).
  */
 export function warmupBatchSizes(maxBatchSize: number): number[] {
   const sizes = [1, 2, 3, 4];
-  for (let b = 8; b <= maxBatchSize; b *= 2) sizes.push(b);
+  for (let b = 8; b <= Math.min(maxBatchSize, 1024); b = b < 256 ? b * 2 : b + 128) sizes.push(b);
   return sizes.filter((b) => b <= maxBatchSize);
 }
 

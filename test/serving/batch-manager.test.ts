@@ -543,12 +543,13 @@ describe("batch manager (CPU reference executor)", () => {
     await bm.shutdown();
   });
 
-  it("warmupBatchSizes: 1-4, then the powers of two up to max_batch_size", () => {
+  it("warmupBatchSizes: 1-4, then the native decode graph sizes (powers of two to 256, then every 128 to 1024) up to max_batch_size", () => {
     expect(warmupBatchSizes(1)).toEqual([1]);
     expect(warmupBatchSizes(3)).toEqual([1, 2, 3]);
     expect(warmupBatchSizes(15)).toEqual([1, 2, 3, 4, 8]);
     expect(warmupBatchSizes(64)).toEqual([1, 2, 3, 4, 8, 16, 32, 64]);
-    expect(warmupBatchSizes(1000)).toEqual([1, 2, 3, 4, 8, 16, 32, 64, 128, 256, 512]);
+    expect(warmupBatchSizes(1000)).toEqual([1, 2, 3, 4, 8, 16, 32, 64, 128, 256, 384, 512, 640, 768, 896]);
+    expect(warmupBatchSizes(4096).slice(-3)).toEqual([768, 896, 1024]); // (no graph above 1024: nothing to capture)
   });
 
   it("warmup() runs warmupBatchSizes (capped by max_batch_size), then starts the counters again; requests after it equal alone", async () => {

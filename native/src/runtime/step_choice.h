@@ -102,7 +102,7 @@ class StepTuned {
   }
   // offer for decisions held in a map from Key to the pick (picks must outlive the choices).
   template <class Map, class Name>
-  void offer_map(std::vector<StepChoice>* out, float within, float close, Map& picks, Name name) {
+  void offer_map(std::vector<StepChoice>* out, float within, float close, Map& picks, Name name, int most = 0) {
     offer(
         out, within, close,
         [&picks](const Key& k, int* pick) {
@@ -111,7 +111,7 @@ class StepTuned {
           *pick = it->second;
           return true;
         },
-        [&picks](const Key& k, int v) { picks[k] = v; }, name);
+        [&picks](const Key& k, int v) { picks[k] = v; }, name, most);
   }
 
  private:
