@@ -498,7 +498,7 @@ describe("tsllm-serve (in-process)", () => {
       "--drain-timeout <s> seconds running requests may take to finish after SIGTERM (default: 30)",
       '--scheduler-policy <p> batch admission policy (choices: "guaranteed_no_evict", "max_utilization", default: "guaranteed_no_evict")',
       "--no-verify skip the engine content-hash check (large engines)",
-      "--no-warmup cuda: start listening without first running batches 1-4 and the powers of two up to " +
+      "--no-warmup cuda: start listening without first running batches 1-4 and the decode graph sizes up to " +
         "--max-batch-size once (CUDA graph captures and kernel tuning then fall on the first requests)",
     ])
       expect(help).toContain(s);
