@@ -1,5 +1,6 @@
 // tsllm-serve's HTTP app (fastify): OpenAI-compatible /v1/completions and /v1/chat/completions over the
-// batch manager, streamed as server-sent events or not, plus /v1/models, /health and /metrics.
+// batch manager, streamed as server-sent events or not, plus /v1/models, /health, /metrics and vLLM's
+// /tokenize and /detokenize.
 // Every request is one or more TextGenerations (src/text/generate-text.ts); the batch manager is the
 // only generation loop. A client that goes away cancels its requests, which frees their KV blocks.
 import { randomInt, randomUUID } from "node:crypto";
@@ -14,7 +15,14 @@ import { generateText, type TextGeneration, type TextResult } from "../text/gene
 import { type TextTokenizer, TokenizerError } from "../text/tokenizer.ts";
 import { ApiError, toApiError } from "./errors.ts";
 import { CLIENT_CLOSED_REQUEST, ServerMetrics } from "./metrics.ts";
-import { ChatBody, CompletionBody, describeIssue } from "./schemas.ts";
+import {
+  ChatBody,
+  CompletionBody,
+  DetokenizeBody,
+  describeIssue,
+  TokenizeChatBody,
+  TokenizePromptBody,
+} from "./schemas.ts";
 
 export interface ServeOptions {
   manager: BatchManager;
@@ -43,12 +51,19 @@ const OPENAI_FINISH: Record<string, string> = {
   error: "error",
 };
 
-/** A finished choice's finish_reason, and vLLM's stop_reason when a stop string ended it. */
-function finished(r: TextResult): { finish_reason: string; stop_reason?: string } {
-  return {
-    finish_reason: OPENAI_FINISH[r.finishReason],
-    ...(r.stopString !== undefined ? { stop_reason: r.stopString } : {}),
-  };
+/**
+ * A finished choice's finish_reason, and vLLM's stop_reason: the stop string, or the id of `stopIds` (the request's
+ * stop_token_ids), that ended it; null otherwise (an end token, the length), as vLLM's check_stop sets it. Sent with
+ * every finished choice, as vLLM sends it: it was left out unless a stop string ended the choice (the openai Python
+ * client's choice.stop_reason raised AttributeError), and a stop token id was never named.
+ */
+function finished(
+  r: TextResult,
+  stopIds: ReadonlySet<number>,
+): { finish_reason: string; stop_reason: string | number | null } {
+  const last = r.outputIds.at(-1);
+  const byId = r.finishReason === "stop" && last !== undefined && stopIds.has(last) ? last : null;
+  return { finish_reason: OPENAI_FINISH[r.finishReason], stop_reason: r.stopString ?? byId };
 }
 
 export function buildServer(o: ServeOptions): Server {
@@ -77,12 +92,29 @@ export function buildServer(o: ServeOptions): Server {
     }
   });
   app.setErrorHandler((e, _req, reply) => sendError(reply, toApiError(e)));
-  app.setNotFoundHandler((req, reply) =>
+  app.setNotFoundHandler((req, reply) => {
+    // A path served under other methods (GET /v1/completions) is a 405 naming them in Allow, as vLLM's router
+    // (Starlette's) answers, not a 404 saying the route does not exist.
+    const url = req.url.split("?")[0];
+    const allow = ["GET", "POST"].filter((method) => app.findRoute({ method, url }) !== null);
+    if (allow.length) {
+      reply.header("allow", allow.join(", "));
+      return sendError(
+        reply,
+        new ApiError(
+          405,
+          `method ${req.method} not allowed on ${url} (allowed: ${allow.join(", ")})`,
+          "invalid_request_error",
+          null,
+          "method_not_allowed",
+        ),
+      );
+    }
     sendError(
       reply,
       new ApiError(404, `no route ${req.method} ${req.url}`, "invalid_request_error", null, "not_found"),
-    ),
-  );
+    );
+  });
   // Counted when the response closes, not in onResponse: fastify runs that on "finish" only, which a response the
   // client cut off (a stream it aborted) never reaches, so such requests were missing from the count. "close" comes
   // once per response, finished or not. One the client closed before it was complete counts as 499 (nginx's "client
@@ -180,10 +212,9 @@ export function buildServer(o: ServeOptions): Server {
   });
 
   /** Parses a body, checks the model and that we are accepting requests. */
-  function admit<T extends { model: string; stream?: boolean | null; stream_options?: object | null }>(
-    schema: ZodType<T>,
-    body: unknown,
-  ): T {
+  function admit<
+    T extends { model?: string | null; stream?: boolean | null; stream_options?: object | null },
+  >(schema: ZodType<T>, body: unknown): T {
     if (!accepting)
       throw new ApiError(503, "the server is shutting down", "service_unavailable", null, "shutting_down");
     if (body === null || typeof body !== "object" || Array.isArray(body))
@@ -201,15 +232,17 @@ export function buildServer(o: ServeOptions): Server {
         "invalid_request_error",
         "stream_options",
       );
-    if (r.data.model !== o.modelName) throw unknownModel(r.data.model);
+    // (Optional on /tokenize and /detokenize only, as vLLM's.)
+    if (r.data.model != null && r.data.model !== o.modelName) throw unknownModel(r.data.model);
     return r.data;
   }
 
-  function needTokenizer(what: string, param = "prompt"): TextTokenizer {
+  /** `idsHint`: say that the prompt may be given as token ids instead (the generation endpoints take them). */
+  function needTokenizer(what: string, param = "prompt", idsHint = param === "prompt"): TextTokenizer {
     if (!tok)
       throw new ApiError(
         400,
-        `${what} needs a tokenizer: ${o.noTokenizer ?? "this engine has none"}${param === "prompt" ? "; give the prompt as token ids" : ""}`,
+        `${what} needs a tokenizer: ${o.noTokenizer ?? "this engine has none"}${idsHint ? "; give the prompt as token ids" : ""}`,
         "invalid_request_error",
         param,
       );
@@ -225,11 +258,11 @@ export function buildServer(o: ServeOptions): Server {
     messages: ChatBody["messages"],
     tools: ChatBody["tools"],
     turn: { addGenerationPrompt: boolean; continueFinalMessage: boolean },
-  ): number[] {
+  ): { text: string; ids: number[] } {
     try {
       // Tools (only with tool_choice "none") reach the template as vLLM hands them on: the prompt it would render.
       const extra = tools ? { tools } : undefined;
-      return t.applyChatTemplate(toTemplateMessages(messages), { ...turn, extra }).ids;
+      return t.applyChatTemplate(toTemplateMessages(messages), { ...turn, extra });
     } catch (e) {
       if (e instanceof TokenizerError)
         throw new ApiError(400, e.message, "invalid_request_error", "messages");
@@ -265,6 +298,15 @@ export function buildServer(o: ServeOptions): Server {
       includeStopStr: b.include_stop_str_in_output ?? undefined,
       skipSpecialTokens: b.skip_special_tokens ?? undefined,
     };
+  }
+
+  /**
+   * The stop token ids that a choice ending on names as its stop_reason: the request's stop_token_ids, less the end
+   * ids (vLLM's check_stop tests the end token first, unless ignore_eos; stop_reason stays null then).
+   */
+  function stopReasonIds({ stopTokenIds, ignoreEos }: ReturnType<typeof samplingOf>): Set<number> {
+    const ends = ignoreEos ? [] : manager.eosTokenIds;
+    return new Set((stopTokenIds ?? []).filter((t) => !ends.includes(t)));
   }
 
   /**
@@ -331,7 +373,15 @@ export function buildServer(o: ServeOptions): Server {
           : (p as (string | number[])[]).map((x) =>
               typeof x === "string" ? needTokenizer("a text prompt").encode(x) : x,
             );
-    const { gens, choicePrompts, n } = submitAll(prompts, () => b.max_tokens ?? 16, samplingOf(b));
+    // Absent, max_tokens is 16 (OpenAI's and vLLM's default); null is vLLM's "the rest of the context" (get_max_tokens:
+    // max_model_len - the prompt's length). Both were 16.
+    const maxTokens =
+      b.max_tokens === null
+        ? (len: number) => restOfContext(len, `the prompt is ${len} tokens`, "a completion", "prompt")
+        : () => b.max_tokens ?? 16;
+    const sampling = samplingOf(b);
+    const stopIds = stopReasonIds(sampling);
+    const { gens, choicePrompts, n } = submitAll(prompts, maxTokens, sampling);
     const id = `cmpl-${randomUUID().replaceAll("-", "")}`;
     const head = {
       id,
@@ -341,7 +391,7 @@ export function buildServer(o: ServeOptions): Server {
     };
     const ids = b.return_token_ids || !tok;
     if (b.stream) {
-      return streamSse(reply, gens, choicePrompts, n, b.stream_options?.include_usage ?? false, head, {
+      return streamSse(reply, gens, choicePrompts, n, streamUsage(b.stream_options), head, {
         ids,
         delta: (i, d) => ({
           choices: [
@@ -360,7 +410,7 @@ export function buildServer(o: ServeOptions): Server {
               index: i,
               text: "",
               logprobs: null,
-              ...finished(r),
+              ...finished(r, stopIds),
             },
           ],
         }),
@@ -373,7 +423,7 @@ export function buildServer(o: ServeOptions): Server {
         index: i,
         text: r.text,
         logprobs: null,
-        ...finished(r),
+        ...finished(r, stopIds),
         ...(ids ? { token_ids: r.outputIds, prompt_token_ids: choicePrompts[i] } : {}),
       })),
       usage: usage(choicePrompts, n, results),
@@ -386,20 +436,21 @@ export function buildServer(o: ServeOptions): Server {
     const prompt = renderChat(needTokenizer("chat", "messages"), b.messages, b.tools, {
       addGenerationPrompt: b.add_generation_prompt ?? true,
       continueFinalMessage: b.continue_final_message ?? false,
-    });
-    const limit = b.max_completion_tokens ?? b.max_tokens;
-    // Without a limit a chat reply may use the rest of the context; messages that leave no room for one are the
-    // messages' fault, said so (the batch manager's refusal would name a max_tokens the client never gave).
-    if (limit === undefined && prompt.length >= maxContext)
-      throw new ApiError(
-        400,
-        `the messages are ${prompt.length} tokens through the chat template, leaving no room for a reply in the ` +
-          `context of ${maxContext} tokens (max_model_len)`,
-        "invalid_request_error",
+    }).ids;
+    // Without a limit, absent or null, a chat reply may use the rest of the context (a null max_tokens skipped the
+    // context check and reached the batch manager as a negative max_new_tokens).
+    const limit = b.max_completion_tokens ?? b.max_tokens ?? null;
+    const maxTokens =
+      limit ??
+      restOfContext(
+        prompt.length,
+        `the messages are ${prompt.length} tokens through the chat template`,
+        "a reply",
         "messages",
-        "context_length_exceeded",
       );
-    const { gens, choicePrompts, n } = submitAll([prompt], (len) => limit ?? maxContext - len, samplingOf(b));
+    const sampling = samplingOf(b);
+    const stopIds = stopReasonIds(sampling);
+    const { gens, choicePrompts, n } = submitAll([prompt], () => maxTokens, sampling);
     const id = `chatcmpl-${randomUUID().replaceAll("-", "")}`;
     const head = {
       id,
@@ -410,7 +461,7 @@ export function buildServer(o: ServeOptions): Server {
     const ids = b.return_token_ids ?? false;
     if (b.stream) {
       const chunk = { ...head, object: "chat.completion.chunk" };
-      return streamSse(reply, gens, choicePrompts, n, b.stream_options?.include_usage ?? false, chunk, {
+      return streamSse(reply, gens, choicePrompts, n, streamUsage(b.stream_options), chunk, {
         ids,
         start: (i) => ({
           choices: [
@@ -434,7 +485,7 @@ export function buildServer(o: ServeOptions): Server {
               index: i,
               delta: {},
               logprobs: null,
-              ...finished(r),
+              ...finished(r, stopIds),
             },
           ],
         }),
@@ -447,13 +498,77 @@ export function buildServer(o: ServeOptions): Server {
         index: i,
         message: { role: "assistant", content: r.text },
         logprobs: null,
-        ...finished(r),
+        ...finished(r, stopIds),
         ...(ids ? { token_ids: r.outputIds } : {}),
       })),
       ...(ids ? { prompt_token_ids: prompt } : {}),
       usage: usage(choicePrompts, n, results),
     };
   });
+
+  // vLLM's /tokenize and /detokenize (clients count tokens with them): the ids a prompt or a chat becomes here, as the
+  // generation endpoints make them, and the text of ids (special tokens kept, as vLLM's tokenizer.decode keeps them).
+  // They were 404s.
+  app.post("/tokenize", async (req) => {
+    const body = req.body;
+    const tokenized = (tokens: number[]) => ({
+      count: tokens.length,
+      max_model_len: maxContext,
+      tokens,
+      token_strs: null,
+    });
+    if (body !== null && typeof body === "object" && "messages" in body) {
+      const b = admit(TokenizeChatBody, body);
+      const t = needTokenizer("tokenize", "messages");
+      const chat = renderChat(t, b.messages, b.tools, {
+        addGenerationPrompt: b.add_generation_prompt ?? true,
+        continueFinalMessage: b.continue_final_message ?? false,
+      });
+      // The template writes the special tokens; vLLM adds the tokenizer's own (a second bos) only when asked.
+      return tokenized(b.add_special_tokens ? t.encode(chat.text) : chat.ids);
+    }
+    const b = admit(TokenizePromptBody, body);
+    const t = needTokenizer("tokenize", "prompt", false);
+    return tokenized(t.encode(b.prompt, { addSpecialTokens: b.add_special_tokens ?? true }));
+  });
+  app.post("/detokenize", async (req) => {
+    const b = admit(DetokenizeBody, req.body);
+    const t = needTokenizer("detokenize", "tokens");
+    const outside = b.tokens.find((id) => id >= manager.vocabSize);
+    if (outside !== undefined)
+      throw new ApiError(
+        400,
+        `tokens: token id ${outside} is outside the vocabulary (0..${manager.vocabSize - 1})`,
+        "invalid_request_error",
+        "tokens",
+      );
+    return { prompt: t.decode(b.tokens) };
+  });
+
+  /**
+   * The tokens a reply without a limit may use: the rest of the context. A prompt that leaves no room for one is the
+   * prompt's fault, said so (the batch manager's refusal would name a max_tokens the client never gave).
+   */
+  function restOfContext(promptLen: number, what: string, reply: string, param: string): number {
+    if (promptLen >= maxContext)
+      throw new ApiError(
+        400,
+        `${what}, leaving no room for ${reply} in the context of ${maxContext} tokens (max_model_len)`,
+        "invalid_request_error",
+        param,
+        "context_length_exceeded",
+      );
+    return maxContext - promptLen;
+  }
+
+  /**
+   * vLLM's should_include_usage: include_usage adds a last chunk of the whole request's usage; continuous_usage_stats
+   * (only with include_usage) puts each choice's usage so far on every chunk of it as well.
+   */
+  function streamUsage(so: ChatBody["stream_options"]): StreamUsage {
+    const include = so?.include_usage ?? false;
+    return { include, continuous: include && (so?.continuous_usage_stats ?? false) };
+  }
 
   /** OpenAI's usage: each prompt's tokens once (not once per choice), every choice's completion tokens. */
   function usage(choicePrompts: number[][], n: number, results: TextResult[]) {
@@ -525,6 +640,11 @@ export function buildServer(o: ServeOptions): Server {
     return results;
   }
 
+  interface StreamUsage {
+    include: boolean;
+    continuous: boolean;
+  }
+
   interface ChunkShapes {
     start?: (i: number) => object;
     delta: (i: number, d: { text: string; tokenIds: number[] }) => object;
@@ -538,7 +658,7 @@ export function buildServer(o: ServeOptions): Server {
     gens: TextGeneration[],
     prompts: number[][],
     n: number,
-    includeUsage: boolean,
+    usageOf: StreamUsage,
     head: object,
     shape: ChunkShapes,
   ): Promise<void> {
@@ -554,7 +674,7 @@ export function buildServer(o: ServeOptions): Server {
     };
     cancelOnDisconnect(res, gens);
     try {
-      await streamChoices(gens, prompts, n, includeUsage, head, shape, send);
+      await streamChoices(gens, prompts, n, usageOf, head, shape, send);
     } catch (e) {
       // Headers are out: the failure can only be reported in the stream.
       for (const g of gens) g.cancel();
@@ -567,16 +687,25 @@ export function buildServer(o: ServeOptions): Server {
     gens: TextGeneration[],
     prompts: number[][],
     n: number,
-    includeUsage: boolean,
+    usageOf: StreamUsage,
     head: object,
     shape: ChunkShapes,
     send: (x: object) => void,
   ): Promise<void> {
     const results = await settle(gens, prompts, async (g, i) => {
-      if (shape.start) send({ ...head, ...shape.start(i) });
-      for await (const d of g)
-        if (d.text || (shape.ids && d.tokenIds.length)) send({ ...head, ...shape.delta(i, d) });
+      let completion = 0; // this choice's tokens so far
+      const chunk = (x: object) => {
+        const p = prompts[i].length;
+        const usage = { prompt_tokens: p, completion_tokens: completion, total_tokens: p + completion };
+        send({ ...head, ...x, ...(usageOf.continuous ? { usage } : {}) });
+      };
+      if (shape.start) chunk(shape.start(i));
+      for await (const d of g) {
+        completion += d.tokenIds.length;
+        if (d.text || (shape.ids && d.tokenIds.length)) chunk(shape.delta(i, d));
+      }
       const r = await g.done;
+      completion = r.outputIds.length;
       if (r.finishReason === "error")
         send({
           error: new ApiError(
@@ -585,10 +714,10 @@ export function buildServer(o: ServeOptions): Server {
             "server_error",
           ).body().error,
         });
-      else send({ ...head, ...shape.end(i, r) });
+      else chunk(shape.end(i, r));
       return r;
     });
-    if (includeUsage) send({ ...head, choices: [], usage: usage(prompts, n, results) });
+    if (usageOf.include) send({ ...head, choices: [], usage: usage(prompts, n, results) });
   }
 
   return {

@@ -32,6 +32,10 @@ const common = {
       error: "stop must be a string or a list of at most 16 strings",
     })
     .nullable()
+    // vLLM's SamplingParams refuses "" (it would match anywhere); we dropped it silently.
+    .refine((v) => v == null || (typeof v === "string" ? v !== "" : !v.includes("")), {
+      message: "stop cannot contain an empty string",
+    })
     .optional(),
   /** Choices per prompt (OpenAI's limit, 128): each its own request of the batch manager. */
   n: z
@@ -43,7 +47,11 @@ const common = {
     .optional(),
   stream: z.boolean().nullable().optional(),
   stream_options: z
-    .object({ include_usage: z.boolean().nullable().optional() })
+    .object({
+      include_usage: z.boolean().nullable().optional(),
+      /** vLLM's extension: with include_usage, every chunk carries its choice's usage so far. */
+      continuous_usage_stats: z.boolean().nullable().optional(),
+    })
     .strict()
     .nullable()
     .optional(),
@@ -64,6 +72,12 @@ const common = {
   user: z.string().optional(),
   presence_penalty: neutral(z.number().nullable(), 0, "presence_penalty"),
   frequency_penalty: neutral(z.number().nullable(), 0, "frequency_penalty"),
+  /**
+   * vLLM's sampling extensions at their neutral values (vLLM's defaults), as a client written for vLLM may send them:
+   * vLLM accepts them, and they were refused as unknown fields.
+   */
+  min_p: neutral(z.number().nullable(), 0, "min_p"),
+  repetition_penalty: neutral(z.number().nullable(), 1, "repetition_penalty"),
   /**
    * {} biases no token: as neutral as null, and what some clients send by default (LangChain's OpenAI LLM); OpenAI
    * and vLLM accept it. A === comparison with null refused it.
@@ -154,6 +168,39 @@ export const ChatBody = z
     path: ["tools"],
   });
 export type ChatBody = z.infer<typeof ChatBody>;
+
+/**
+ * vLLM's POST /tokenize and /detokenize (outside /v1, as vLLM serves them): `model` optional, the served one if given.
+ * A prompt is encoded as /v1/completions encodes it (special tokens added unless add_special_tokens is false); messages
+ * through the chat template as /v1/chat/completions renders them (add_special_tokens false by default, as vLLM's).
+ */
+const tokenizeCommon = {
+  model: z.string({ error: "model must be a string" }).nullable().optional(),
+  add_special_tokens: z.boolean().nullable().optional(),
+  return_token_strs: neutral(z.boolean().nullable(), false, "return_token_strs"),
+};
+
+export const TokenizePromptBody = z.object({ ...tokenizeCommon, prompt: z.string() }).strict();
+export type TokenizePromptBody = z.infer<typeof TokenizePromptBody>;
+
+export const TokenizeChatBody = z
+  .object({
+    ...tokenizeCommon,
+    messages: ChatMessagesSchema,
+    add_generation_prompt: z.boolean().nullable().optional(),
+    continue_final_message: z.boolean().nullable().optional(),
+    tools: z.array(Tool).nullable().optional(),
+  })
+  .strict();
+export type TokenizeChatBody = z.infer<typeof TokenizeChatBody>;
+
+export const DetokenizeBody = z
+  .object({
+    model: z.string({ error: "model must be a string" }).nullable().optional(),
+    tokens: z.array(tokenId, { error: "tokens must be a list of token ids" }),
+  })
+  .strict();
+export type DetokenizeBody = z.infer<typeof DetokenizeBody>;
 
 /** The first problem of a failed parse as OpenAI words it: a message and the parameter at fault. */
 export function describeIssue(e: z.ZodError, body: unknown): { message: string; param: string | null } {

@@ -329,10 +329,11 @@ describe("tsllm-serve's HTTP contract on tiny-llama", () => {
     ],
     [
       "an unknown field in stream_options",
-      { ...BASE, stream: true, stream_options: { include_usage: true, continuous_usage_stats: true } },
+      // (continuous_usage_stats, vLLM's, is known: vllm-parity.test.ts.)
+      { ...BASE, stream: true, stream_options: { include_usage: true, usage_every: 1 } },
       "/v1/completions",
-      "Unrecognized request argument supplied: stream_options.continuous_usage_stats",
-      "stream_options.continuous_usage_stats",
+      "Unrecognized request argument supplied: stream_options.usage_every",
+      "stream_options.usage_every",
     ],
     [
       "two unknown fields",
@@ -625,7 +626,7 @@ describe("tsllm-serve's HTTP contract on tiny-llama", () => {
     expect(r.json.created).toBeGreaterThanOrEqual(t0);
     expect(r.json.created).toBeLessThanOrEqual(now);
     expect(r.json.choices.map((c: Record<string, unknown>) => Object.keys(c).sort())).toEqual(
-      Array(3).fill(["finish_reason", "index", "logprobs", "text"]),
+      Array(3).fill(["finish_reason", "index", "logprobs", "stop_reason", "text"]),
     );
     expect(r.json.choices.map((c: { index: number }) => c.index)).toEqual([0, 1, 2]);
     const hi = r.json.choices[2];
@@ -659,7 +660,13 @@ describe("tsllm-serve's HTTP contract on tiny-llama", () => {
     expect(Number.isInteger(c.json.created)).toBe(true);
     expect(c.json.created).toBeLessThanOrEqual(Math.floor(Date.now() / 1000));
     expect(Object.keys(c.json).sort()).toEqual(["choices", "created", "id", "model", "object", "usage"]);
-    expect(Object.keys(c.json.choices[0]).sort()).toEqual(["finish_reason", "index", "logprobs", "message"]);
+    expect(Object.keys(c.json.choices[0]).sort()).toEqual([
+      "finish_reason",
+      "index",
+      "logprobs",
+      "message",
+      "stop_reason",
+    ]);
     expect(c.json.choices[0]).toMatchObject({
       index: 0,
       logprobs: null,
@@ -698,8 +705,9 @@ describe("tsllm-serve's HTTP contract on tiny-llama", () => {
       finish_reason: "stop",
       stop_reason: stop,
     });
+    // Not ended by a stop: stop_reason null, sent as vLLM sends it (it was left out).
     const none = await post(s.url, { ...BASE, max_tokens: 2, stop: "\u0000never" });
-    expect(Object.keys(none.json.choices[0])).not.toContain("stop_reason");
+    expect(none.json.choices[0]).toMatchObject({ finish_reason: "length", stop_reason: null });
 
     const chatFull = (await post(s.url, { ...CHAT, max_tokens: 12 }, "/v1/chat/completions")).json.choices[0]
       .message.content as string;
@@ -725,7 +733,7 @@ describe("tsllm-serve's HTTP contract on tiny-llama", () => {
       stop_reason: cstop,
     });
     const cn = await post(s.url, { ...CHAT, max_tokens: 2 }, "/v1/chat/completions");
-    expect(Object.keys(cn.json.choices[0])).not.toContain("stop_reason");
+    expect(cn.json.choices[0]).toMatchObject({ finish_reason: "length", stop_reason: null });
   });
 
   it("server-sent events of completions: headers, chunk shapes, one token per chunk with ids, usage last, [DONE]", async () => {
@@ -761,7 +769,9 @@ describe("tsllm-serve's HTTP contract on tiny-llama", () => {
       ]),
     );
     expect(tokens.map((e) => e.choices[0].text).join("")).toBe(want.text);
-    expect(r.events[6].choices).toEqual([{ index: 0, text: "", logprobs: null, finish_reason: "length" }]);
+    expect(r.events[6].choices).toEqual([
+      { index: 0, text: "", logprobs: null, finish_reason: "length", stop_reason: null },
+    ]);
     expect(r.events[7]).toEqual({
       id,
       object: "text_completion",
@@ -782,7 +792,7 @@ describe("tsllm-serve's HTTP contract on tiny-llama", () => {
       const p = await sse(s.url, { ...body, ...opts });
       const last = p.events.at(-1);
       expect(last.choices, JSON.stringify(opts)).toEqual([
-        { index: 0, text: "", logprobs: null, finish_reason: "length" },
+        { index: 0, text: "", logprobs: null, finish_reason: "length", stop_reason: null },
       ]);
       const mid = p.events.slice(0, -1);
       for (const e of mid) {
@@ -847,7 +857,9 @@ describe("tsllm-serve's HTTP contract on tiny-llama", () => {
       ]),
     );
     expect(tokens.map((e) => e.choices[0].delta.content).join("")).toBe(want.message.content);
-    expect(r.events[6].choices).toEqual([{ index: 0, delta: {}, logprobs: null, finish_reason: "length" }]);
+    expect(r.events[6].choices).toEqual([
+      { index: 0, delta: {}, logprobs: null, finish_reason: "length", stop_reason: null },
+    ]);
     expect(r.events[7].choices).toEqual([]);
     expect(r.events[7].usage.completion_tokens).toBe(5);
     expect(r.events).toHaveLength(8);
@@ -1112,6 +1124,7 @@ describe("tsllm-serve over a scripted batch manager (no tokenizer)", () => {
         text: "",
         logprobs: null,
         finish_reason: "length",
+        stop_reason: null,
         token_ids: [5, 6],
         prompt_token_ids: [1, 2],
       });
