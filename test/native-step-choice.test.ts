@@ -41,7 +41,14 @@ describe.skipIf(!cxx)("step tuning's candidates (step_choice.h, no GPU)", () => 
   it("with a cap (TSLLM_GEMM_STEP's cuBLASLt shapes: 3), only the fastest alone, in that order", async () => {
     const out = await run([
       // key 1: pick 0 at 1.00; 1.09, 1.01, 1.03, 1.02 within 10 %, 1.20 not; timed in no particular order
-      ...["timed 1 0 1.00", "timed 1 1 1.09", "timed 1 2 1.01", "timed 1 3 1.20", "timed 1 4 1.03", "timed 1 5 1.02"],
+      ...[
+        "timed 1 0 1.00",
+        "timed 1 1 1.09",
+        "timed 1 2 1.01",
+        "timed 1 3 1.20",
+        "timed 1 4 1.03",
+        "timed 1 5 1.02",
+      ],
       ...["pick 1 0", "record 1", "note 1", "record 0"],
       "offer 0.10 -1 3",
       "offer 0.10 -1 0", // no cap: every one within 10 %, in timing order
