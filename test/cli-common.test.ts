@@ -43,6 +43,15 @@ describe("int", () => {
       expect(refused(() => int("--n")(v))).toBe(`--n must be an integer, got "${v}"`);
   });
 
+  it("refuses an integer past 2^53 - 1, which a number no longer holds exactly", () => {
+    expect(int("--n")(String(2 ** 53 - 1))).toBe(2 ** 53 - 1);
+    expect(int("--n")(String(-(2 ** 53 - 1)))).toBe(-(2 ** 53 - 1));
+    for (const v of [String(2 ** 53), "99999999999999999999", "-9007199254740993"])
+      expect(refused(() => int("--n")(v))).toBe(
+        `--n must be an integer from -(2^53 - 1) to 2^53 - 1, got "${v}"`,
+      );
+  });
+
   it("checks each bound on both sides", () => {
     const min = int("--a", { min: 1 });
     expect(min("1")).toBe(1);

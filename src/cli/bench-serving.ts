@@ -8,11 +8,11 @@ import { describeWarmup, type WarmupReport } from "../serving/batch-manager.ts";
 import {
   type DatasetEntry,
   datasetName,
-  datasetText,
+  datasetParts,
   isDatasetText,
   readDataset,
   STDIN_DATASET,
-  tokenNormDist,
+  tokenNormDistEntries,
 } from "../serving/dataset.ts";
 import { openBatchManager } from "../serving/open.ts";
 import { formatReport, runRequests, summarize } from "../serving/throughput.ts";
@@ -64,9 +64,16 @@ export function addServingCommands(program: Command): void {
           inputs: filesIn(dir),
         };
         if (o.output) checkOutputFile(o.output, out);
-        const vocabSize = openEngine(dir).config.facts.vocabSize;
-        const entries = tokenNormDist({ ...o, vocabSize });
-        const parts = datasetText(entries);
+        const { vocabSize, maxPositionEmbeddings } = openEngine(dir).config.facts;
+        // A request no runtime limit can run (--max-seq-len goes up to the model's context, no further) is no
+        // benchmark: refused in one line. (A prompt of 300 million tokens ran V8 out of heap, exit 134.)
+        const tokens = Math.ceil(o.inputMean) + Math.ceil(o.outputMean);
+        if (tokens > maxPositionEmbeddings)
+          throw new Error(
+            `--input-mean ${o.inputMean} + --output-mean ${o.outputMean}: requests of ${tokens} tokens exceed the ` +
+              `model's context (max_position_embeddings ${maxPositionEmbeddings})`,
+          );
+        const parts = datasetParts(tokenNormDistEntries({ ...o, vocabSize }));
         if (o.output) writeOutputFile(o.output, parts, out);
         else for (const p of parts) process.stdout.write(p);
       }),

@@ -95,7 +95,12 @@ function checkRange(name: string, n: number, r: Range): number {
 /** Parser of an integer flag, checked against `range` when commander reads it (before any work). */
 export function int(name: string, range: Range = {}) {
   return (v: string): number => {
+    // Past 2^53 - 1 a number is no longer the integer given ("99999999999999999999" read as 1e20, then "Invalid array
+    // length" from --num-requests, naming no flag).
     if (!/^-?\d+$/.test(v)) throw new InvalidArgumentError(`${name} must be an integer, got "${v}"`);
+    // (The seeds' range, SEED_RANGE, is that of every integer a number holds exactly.)
+    if (!Number.isSafeInteger(Number(v)))
+      throw new InvalidArgumentError(`${name} must be ${SEED_RANGE}, got "${v}"`);
     return checkRange(name, Number(v), range);
   };
 }

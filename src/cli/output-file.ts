@@ -121,9 +121,9 @@ export function checkOutputFile(file: string, o: OutputFileOptions): void {
   classify(file, o);
 }
 
-/** Writes `text` (or its parts one after the other: a text past V8's longest string) to `file` whole or not at all
- *  (see the top of this file). */
-export function writeOutputFile(file: string, text: string | readonly string[], o: OutputFileOptions): void {
+/** Writes `text` (or its parts one after the other, drawn as written: a text past V8's longest string, or one too
+ *  large to hold) to `file` whole or not at all (see the top of this file). */
+export function writeOutputFile(file: string, text: string | Iterable<string>, o: OutputFileOptions): void {
   const t = classify(file, o);
   const parts = typeof text === "string" ? [text] : text;
   const writeAll = (fd: number) => {

@@ -127,18 +127,24 @@ export function formatDatasetLine(e: DatasetEntry): string {
  * The dataset's lines in parts of about 1 MB. One string of them all was refused past V8's longest string (2^29 - 24
  * characters, ~512 MB: 35,000 requests of 4,096 tokens) with "Invalid string length", and nothing written.
  */
-export function datasetText(entries: readonly DatasetEntry[], partChars = 1 << 20): string[] {
-  const parts: string[] = [];
+export function datasetText(entries: Iterable<DatasetEntry>, partChars = 1 << 20): string[] {
+  return [...datasetParts(entries, partChars)];
+}
+
+/**
+ * datasetText's parts one at a time, the entries drawn as they are needed: prepare-dataset writes a dataset of any
+ * size in the memory of one part (holding every entry first ran V8 out of heap, exit 134, for large ones).
+ */
+export function* datasetParts(entries: Iterable<DatasetEntry>, partChars = 1 << 20): Generator<string> {
   let part = "";
   for (const e of entries) {
     part += `${formatDatasetLine(e)}\n`;
     if (part.length >= partChars) {
-      parts.push(part);
+      yield part;
       part = "";
     }
   }
-  if (part) parts.push(part);
-  return parts;
+  if (part) yield part;
 }
 
 const DATASET_KEYS = Object.keys(
@@ -179,6 +185,11 @@ function uniforms(seed: number): () => number {
  * token ids uniform over the vocabulary.
  */
 export function tokenNormDist(o: TokenNormDist): DatasetEntry[] {
+  return [...tokenNormDistEntries(o)];
+}
+
+/** tokenNormDist's entries one at a time (prepare-dataset's: see datasetParts). */
+export function* tokenNormDistEntries(o: TokenNormDist): Generator<DatasetEntry> {
   const u = uniforms(o.seed);
   // Rounded up, as TensorRT-LLM's get_norm_dist_lengths does (max(1, math.ceil(x))): Math.round made lengths
   // 0.5 token shorter on average than trtllm-bench's for the same --input-mean / --output-mean.
@@ -188,13 +199,13 @@ export function tokenNormDist(o: TokenNormDist): DatasetEntry[] {
     const z = Math.sqrt(-2 * Math.log(u())) * Math.cos(2 * Math.PI * u());
     return length(mean + stdev * z);
   };
-  return Array.from({ length: o.numRequests }, (_, taskId) => {
+  for (let taskId = 0; taskId < o.numRequests; taskId++) {
     const inLen = normal(o.inputMean, o.inputStdev);
     const outLen = normal(o.outputMean, o.outputStdev);
-    return {
+    yield {
       taskId,
       inputIds: Array.from({ length: inLen }, () => Math.min(o.vocabSize - 1, Math.floor(u() * o.vocabSize))),
       outputTokens: outLen,
     };
-  });
+  }
 }

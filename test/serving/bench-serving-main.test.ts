@@ -174,6 +174,34 @@ describe("tsllm-bench prepare-dataset (in-process)", () => {
     expect(m.exitCode).toBe(1);
   });
 
+  it("requests longer than the model's context are refused in one line, nothing written", async () => {
+    // (A prompt of 300 million tokens ran V8 out of heap, exit 134, no line naming a flag.)
+    const ctx = openEngine(dir).config.facts.maxPositionEmbeddings;
+    const out = path.join(work, "too-long.jsonl");
+    const run = (input: number, output: number) =>
+      bench([
+        "prepare-dataset",
+        dir,
+        ...["--num-requests", "3", "--input-mean", String(input), "--output-mean", String(output)],
+        ...["--output", out],
+      ]);
+    const r = await run(ctx - 1.5, 2);
+    expect(r.stdout).toBe("");
+    expect(r.stderr).toBe(
+      `error: --input-mean ${ctx - 1.5} + --output-mean 2: requests of ${ctx + 1} tokens exceed the model's ` +
+        `context (max_position_embeddings ${ctx})\n`,
+    );
+    expect(r.exitCode).toBe(1);
+    expect(fs.existsSync(out)).toBe(false);
+    // At the context exactly: written, each line drawn as written (the whole dataset is never held).
+    expect((await run(ctx - 1, 1)).exitCode).toBeUndefined();
+    expect(readDataset(out).map((e) => [e.inputIds.length, e.outputTokens])).toEqual([
+      [ctx - 1, 1],
+      [ctx - 1, 1],
+      [ctx - 1, 1],
+    ]);
+  });
+
   it("refuses a bad or missing flag with commander's one line", async () => {
     const base = ["--num-requests", "2", "--input-mean", "3", "--output-mean", "2"];
     for (const [args, line] of [
@@ -200,6 +228,12 @@ describe("tsllm-bench prepare-dataset (in-process)", () => {
       [
         ["--seed", "1.5"],
         "error: option '--seed <n>' argument '1.5' is invalid. --seed must be an integer, got \"1.5\"",
+      ],
+      // Past 2^53 - 1 the count is not the integer given: it was "error: Invalid array length", naming no flag.
+      [
+        ["--num-requests", "99999999999999999999"],
+        "error: option '--num-requests <n>' argument '99999999999999999999' is invalid. --num-requests must be an " +
+          'integer from -(2^53 - 1) to 2^53 - 1, got "99999999999999999999"',
       ],
       // numpy's seed range (prepare_dataset.py's np.random.seed): 2^32 made the dataset of seed 0 (seed >>> 0).
       [
