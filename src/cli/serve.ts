@@ -1,7 +1,8 @@
 // tsllm-serve: an OpenAI-compatible HTTP server for an engine (src/server/app.ts) over the batch manager.
 import * as path from "node:path";
-import { Option } from "commander";
+import { InvalidArgumentError, Option } from "commander";
 import { buildServer } from "../server/app.ts";
+import { DEFAULT_CORS } from "../server/cors.ts";
 import { describeWarmup } from "../serving/batch-manager.ts";
 import { openBatchManager } from "../serving/open.ts";
 import { findTokenizer } from "../text/engine-files.ts";
@@ -42,6 +43,26 @@ const program = command(
     "require Authorization: Bearer <key> on /v1/* (default: $TSLLM_API_KEY)",
     nonEmpty("--api-key"),
   )
+  // vLLM's CORS flags, JSON lists as there (its json.loads); their defaults and why: src/server/cors.ts.
+  .option(
+    "--allowed-origins <json>",
+    'CORS: origins browsers may call from, a JSON list (["*"]: any)',
+    jsonStrings("--allowed-origins"),
+    DEFAULT_CORS.allowedOrigins,
+  )
+  .option(
+    "--allowed-methods <json>",
+    "CORS: methods a preflight allows, a JSON list",
+    jsonStrings("--allowed-methods"),
+    DEFAULT_CORS.allowedMethods,
+  )
+  .option(
+    "--allowed-headers <json>",
+    "CORS: request headers a preflight allows, a JSON list",
+    jsonStrings("--allowed-headers"),
+    DEFAULT_CORS.allowedHeaders,
+  )
+  .option("--allow-credentials", "CORS: allow credentials (Access-Control-Allow-Credentials: true)")
   .option(
     "--max-queue <n>",
     "requests allowed to wait; more get HTTP 429",
@@ -67,6 +88,21 @@ const program = command(
     "cuda: start listening without first running batches 1-4 and the decode graph sizes up to --max-batch-size once " +
       "(CUDA graph captures and kernel tuning then fall on the first requests)",
   );
+
+/** Parser of a flag that takes a JSON list of strings, as vLLM's --allowed-origins (`'["https://a.example"]'`). */
+function jsonStrings(name: string) {
+  return (v: string): string[] => {
+    let x: unknown;
+    try {
+      x = JSON.parse(v);
+    } catch {
+      x = undefined;
+    }
+    if (!Array.isArray(x) || !x.every((s) => typeof s === "string"))
+      throw new InvalidArgumentError(`${name} must be a JSON list of strings (e.g. '["*"]'), got ${v}`);
+    return x;
+  };
+}
 
 /**
  * tsllm-serve on `argv` (laid out as process.argv), exported so that tests run it in-process: it serves until
@@ -101,6 +137,13 @@ export async function tsllmServe(argv: readonly string[], stop?: AbortSignal): P
     modelName,
     maxQueue: o.maxQueue,
     apiKey: o.apiKey ?? process.env.TSLLM_API_KEY,
+    modelPath: dir,
+    cors: {
+      allowedOrigins: o.allowedOrigins,
+      allowedMethods: o.allowedMethods,
+      allowedHeaders: o.allowedHeaders,
+      allowCredentials: o.allowCredentials ?? false,
+    },
   });
   const address = await server.app.listen({ host: o.host, port: o.port });
   const l = manager.limits;

@@ -1,6 +1,6 @@
 // tsllm-serve's HTTP app (fastify): OpenAI-compatible /v1/completions and /v1/chat/completions over the
 // batch manager, streamed as server-sent events or not, plus /v1/models, /health, /metrics and vLLM's
-// /tokenize and /detokenize.
+// /tokenize, /detokenize, /version and /ping, with vLLM's CORS (./cors.ts).
 // Every request is one or more TextGenerations (src/text/generate-text.ts); the batch manager is the
 // only generation loop. A client that goes away cancels its requests, which frees their KV blocks.
 import { randomInt, randomUUID } from "node:crypto";
@@ -8,11 +8,13 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import type { ZodType } from "zod";
+import { VERSION } from "../cli/common.ts";
 import { seedU64 } from "../executor/seed.ts";
 import type { BatchManager } from "../serving/types.ts";
 import { toTemplateMessages } from "../text/chat-messages.ts";
 import { generateText, type TextGeneration, type TextResult } from "../text/generate-text.ts";
 import { type TextTokenizer, TokenizerError } from "../text/tokenizer.ts";
+import { type CorsOptions, DEFAULT_CORS, registerCors } from "./cors.ts";
 import { ApiError, toApiError } from "./errors.ts";
 import { CLIENT_CLOSED_REQUEST, ServerMetrics } from "./metrics.ts";
 import {
@@ -35,6 +37,10 @@ export interface ServeOptions {
   maxQueue?: number;
   /** Requires "Authorization: Bearer <key>" on /v1/*. */
   apiKey?: string;
+  /** The model as given to the server (the engine directory): /v1/models' root, vLLM's model path. Default: modelName. */
+  modelPath?: string;
+  /** vLLM's --allowed-origins, --allowed-methods, --allowed-headers, --allow-credentials (default DEFAULT_CORS). */
+  cors?: CorsOptions;
 }
 
 export interface Server {
@@ -81,6 +87,8 @@ export function buildServer(o: ServeOptions): Server {
   /** app.close() has begun. */
   let closing = false;
   const app = Fastify({ logger: false, bodyLimit: 64 * 1024 * 1024 });
+  // First, so that its hook answers a preflight before the API key check below runs.
+  registerCors(app, o.cors ?? DEFAULT_CORS);
 
   // Any content type is read as JSON (curl and some clients omit it); a body that is not JSON is a 400.
   app.removeAllContentTypeParsers();
@@ -165,7 +173,8 @@ export function buildServer(o: ServeOptions): Server {
     // The matched route as well as the raw URL: the router decodes percent-escapes, so "/%761/completions" is
     // /v1/completions, and checking req.url alone let it through without the key.
     const v1 = req.url.startsWith("/v1/") || (req.routeOptions.url ?? "").startsWith("/v1/");
-    if (o.apiKey && v1 && req.headers.authorization !== `Bearer ${o.apiKey}`)
+    // Never on OPTIONS, as vLLM's AuthenticationMiddleware: a browser's preflight carries no Authorization header.
+    if (o.apiKey && v1 && req.method !== "OPTIONS" && req.headers.authorization !== `Bearer ${o.apiKey}`)
       throw new ApiError(
         401,
         "invalid or missing API key (Authorization: Bearer …)",
@@ -180,10 +189,16 @@ export function buildServer(o: ServeOptions): Server {
     reply.code(e.status).send(e.body());
   }
 
-  app.get("/health", async (_req, reply) => {
+  const health = async (_req: FastifyRequest, reply: FastifyReply) => {
     if (!accepting) return reply.code(503).send({ status: "shutting down" });
     return { status: "ok" };
-  });
+  };
+  app.get("/health", health);
+  // vLLM's /ping (SageMaker's health check, GET or POST) answers as its /health does, 503 while draining included.
+  app.get("/ping", health);
+  app.post("/ping", health);
+  // vLLM's /version: its own version there, ours here.
+  app.get("/version", async () => ({ version: VERSION }));
   app.get("/metrics", async (_req, reply) => {
     reply.header("content-type", metrics.registry.contentType);
     return metrics.registry.metrics();
@@ -201,6 +216,9 @@ export function buildServer(o: ServeOptions): Server {
     object: "model",
     created,
     owned_by: "tsllm",
+    // vLLM's ModelCard: root the model path it was started on, parent null (a base model, not a LoRA adapter).
+    root: o.modelPath ?? o.modelName,
+    parent: null,
     max_model_len: maxContext,
     vocab_size: manager.vocabSize,
   };
@@ -301,12 +319,18 @@ export function buildServer(o: ServeOptions): Server {
   }
 
   /**
-   * The stop token ids that a choice ending on names as its stop_reason: the request's stop_token_ids, less the end
-   * ids (vLLM's check_stop tests the end token first, unless ignore_eos; stop_reason stays null then).
+   * The ids that a choice ending on names as its stop_reason, as vLLM's update_from_generation_config and check_stop
+   * make them: the request's stop_token_ids, and (unless ignore_eos) the end ids other than the tokenizer's own eos
+   * (generation_config's extra eos ids, Llama 3.1's <|eom_id|> beside <|eot_id|>), which vLLM folds into
+   * stop_token_ids; less the tokenizer's eos unless ignore_eos (check_stop tests it first: stop_reason null). Without
+   * a tokenizer there is no such eos (vLLM's skip_tokenizer_init): every end id is named. The extra eos ids were named
+   * by none, so a Llama 3.1 reply ending on <|eom_id|> looked like one ending on <|eot_id|>.
    */
   function stopReasonIds({ stopTokenIds, ignoreEos }: ReturnType<typeof samplingOf>): Set<number> {
-    const ends = ignoreEos ? [] : manager.eosTokenIds;
-    return new Set((stopTokenIds ?? []).filter((t) => !ends.includes(t)));
+    const ids = new Set([...(stopTokenIds ?? []), ...(ignoreEos ? [] : manager.eosTokenIds)]);
+    const eos = tok?.eosTokenId ?? null;
+    if (!ignoreEos && eos !== null) ids.delete(eos);
+    return ids;
   }
 
   /**
@@ -664,6 +688,8 @@ export function buildServer(o: ServeOptions): Server {
   ): Promise<void> {
     reply.hijack();
     const res = reply.raw;
+    // The headers set on the reply so far (CORS's) as well: hijacked, the reply writes none itself.
+    for (const [k, v] of Object.entries(reply.getHeaders())) if (v !== undefined) res.setHeader(k, v);
     res.writeHead(200, {
       "content-type": "text/event-stream; charset=utf-8",
       "cache-control": "no-cache",

@@ -62,6 +62,11 @@ export class TextTokenizer {
   readonly eosToken: string | null;
   /** End ids for generation: generation_config.json's eos_token_id, then the tokenizer's eos token. */
   readonly eosTokenIds: number[];
+  /**
+   * The tokenizer's own eos token id (transformers' tokenizer.eos_token_id), null without one: vLLM's primary eos, which
+   * ends a request with stop_reason null while generation_config's other eos ids name themselves (src/server/app.ts).
+   */
+  readonly eosTokenId: number | null;
   readonly bosTokenId: number | null;
   /** Named special tokens (bos, eos, pad, unk, …) passed to the chat template. */
   readonly specialTokens: Record<string, string>;
@@ -90,6 +95,7 @@ export class TextTokenizer {
     this.bosTokenId = idList(gen.bos_token_id)[0] ?? idOf(this.bosToken) ?? null;
     const eos = idList(gen.eos_token_id);
     const tokEos = idOf(this.eosToken);
+    this.eosTokenId = tokEos ?? null;
     if (tokEos !== undefined && !eos.includes(tokEos)) eos.push(tokEos);
     this.eosTokenIds = eos;
     let max = -1;

@@ -91,6 +91,8 @@ describe("tsllm-serve's HTTP contract on tiny-llama", () => {
           object: "model",
           created: models.data[0].created,
           owned_by: "tsllm",
+          root: "tiny",
+          parent: null,
           max_model_len: 256,
           vocab_size: 512,
         },

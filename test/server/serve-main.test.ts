@@ -336,6 +336,39 @@ describe("tsllm-serve (in-process)", () => {
     }
   });
 
+  it("vLLM's CORS flags: --allowed-origins, --allow-credentials; any origin by default; /v1/models' root is the engine as given", async () => {
+    const origin = { origin: "https://a.example" };
+    const s = await serve([
+      "--device",
+      "cpu",
+      "--allowed-origins",
+      '["https://a.example"]',
+      "--allow-credentials",
+    ]);
+    try {
+      const r = await fetch(`${s.url}/v1/models`, { headers: origin });
+      expect([
+        r.headers.get("access-control-allow-origin"),
+        r.headers.get("access-control-allow-credentials"),
+      ]).toEqual(["https://a.example", "true"]);
+      expect((await r.json()).data[0]).toMatchObject({ root: engine, parent: null });
+      const other = await fetch(`${s.url}/v1/models`, { headers: { origin: "https://b.example" } });
+      expect(other.headers.get("access-control-allow-origin")).toBeNull();
+    } finally {
+      await s.stop();
+    }
+    const d = await serve(["--device", "cpu"]);
+    try {
+      const r = await fetch(`${d.url}/v1/models`, { headers: origin });
+      expect([
+        r.headers.get("access-control-allow-origin"),
+        r.headers.get("access-control-allow-credentials"),
+      ]).toEqual(["*", null]);
+    } finally {
+      await d.stop();
+    }
+  });
+
   it("the content hash is checked unless --no-verify; --max-queue bounds the waiting requests", async () => {
     const c = capture();
     const err = await tsllmServe(
@@ -457,6 +490,17 @@ describe("tsllm-serve (in-process)", () => {
         "fifo",
         "error: option '--scheduler-policy <p>' argument 'fifo' is invalid. Allowed choices are guaranteed_no_evict, max_utilization.",
       ],
+      // vLLM's CORS flags take JSON lists.
+      [
+        "--allowed-origins",
+        "https://a.example",
+        `error: option '--allowed-origins <json>' argument 'https://a.example' is invalid. --allowed-origins must be a JSON list of strings (e.g. '["*"]'), got https://a.example`,
+      ],
+      [
+        "--allowed-headers",
+        '"*"',
+        `error: option '--allowed-headers <json>' argument '"*"' is invalid. --allowed-headers must be a JSON list of strings (e.g. '["*"]'), got "*"`,
+      ],
     ]) {
       const exit = vi.spyOn(process, "exit").mockImplementation((code?: string | number | null) => {
         throw new Error(`exit ${code}`);
@@ -496,6 +540,10 @@ describe("tsllm-serve (in-process)", () => {
       "--api-key <key> require Authorization: Bearer <key> on /v1/* (default: $TSLLM_API_KEY)",
       "--max-queue <n> requests allowed to wait; more get HTTP 429 (default: 4096)",
       "--drain-timeout <s> seconds running requests may take to finish after SIGTERM (default: 30)",
+      '--allowed-origins <json> CORS: origins browsers may call from, a JSON list (["*"]: any) (default: ["*"])',
+      '--allowed-methods <json> CORS: methods a preflight allows, a JSON list (default: ["*"])',
+      '--allowed-headers <json> CORS: request headers a preflight allows, a JSON list (default: ["*"])',
+      "--allow-credentials CORS: allow credentials (Access-Control-Allow-Credentials: true)",
       '--scheduler-policy <p> batch admission policy (choices: "guaranteed_no_evict", "max_utilization", default: "guaranteed_no_evict")',
       "--no-verify skip the engine content-hash check (large engines)",
       "--no-warmup cuda: start listening without first running batches 1-4 and the decode graph sizes up to " +
