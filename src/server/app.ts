@@ -293,14 +293,7 @@ export function buildServer(o: ServeOptions): Server {
     const stop = b.stop == null ? [] : typeof b.stop === "string" ? [b.stop] : b.stop;
     if (stop.length) needTokenizer("stop", "stop");
     const stopTokenIds = b.stop_token_ids ?? undefined;
-    const outside = stopTokenIds?.find((t) => t >= manager.vocabSize);
-    if (outside !== undefined)
-      throw new ApiError(
-        400,
-        `stop_token_ids: token id ${outside} is outside the vocabulary (0..${manager.vocabSize - 1})`,
-        "invalid_request_error",
-        "stop_token_ids",
-      );
+    if (stopTokenIds) inVocabulary(stopTokenIds, "stop_token_ids");
     return {
       sampling: {
         temperature: b.temperature ?? 1,
@@ -558,16 +551,21 @@ export function buildServer(o: ServeOptions): Server {
   app.post("/detokenize", async (req) => {
     const b = admit(DetokenizeBody, req.body);
     const t = needTokenizer("detokenize", "tokens");
-    const outside = b.tokens.find((id) => id >= manager.vocabSize);
+    return { prompt: t.decode(inVocabulary(b.tokens, "tokens")) };
+  });
+
+  /** `ids`, once each is a token of the vocabulary (the schemas check the rest: integers >= 0); else a 400 on `param`. */
+  function inVocabulary(ids: number[], param: string): number[] {
+    const outside = ids.find((id) => id >= manager.vocabSize);
     if (outside !== undefined)
       throw new ApiError(
         400,
-        `tokens: token id ${outside} is outside the vocabulary (0..${manager.vocabSize - 1})`,
+        `${param}: token id ${outside} is outside the vocabulary (0..${manager.vocabSize - 1})`,
         "invalid_request_error",
-        "tokens",
+        param,
       );
-    return { prompt: t.decode(b.tokens) };
-  });
+    return ids;
+  }
 
   /**
    * The tokens a reply without a limit may use: the rest of the context. A prompt that leaves no room for one is the
