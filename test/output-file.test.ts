@@ -26,7 +26,7 @@ afterEach(() => {
 });
 // The module under test imports node:fs as a namespace, whose bindings follow the built-in's default export
 // once synced: how a failure is put in the middle of a write.
-function spyFs<K extends "renameSync" | "openSync">(name: K) {
+function spyFs<K extends "renameSync" | "openSync" | "readSync">(name: K) {
   const spy = vi.spyOn(fsDefault, name);
   syncBuiltinESMExports();
   return spy;
@@ -216,6 +216,130 @@ describe("writeOutputFile", () => {
     expect(r.status).toBe(0);
     expect(fs.readFileSync(log, "utf8")).toBe("before\nreport\n");
     expect(files()).toEqual(["log.txt"]);
+  });
+
+  it("the process's own descriptor of a regular file (/dev/fd/N, /proc/self/fd/N) is appended to, in this process too", () => {
+    // The child-process test above shows it for /dev/stdout; here the same rule where the test runner sees it.
+    const log = path.join(dir, "log.txt");
+    fs.writeFileSync(log, "before\n");
+    const { ino } = fs.statSync(log);
+    const fd = fs.openSync(log, "a");
+    try {
+      expect(() => checkOutputFile(`/dev/fd/${fd}`, OPTS)).not.toThrow();
+      writeOutputFile(`/dev/fd/${fd}`, "report\n", OPTS);
+      writeOutputFile(`/proc/self/fd/${fd}`, ["more\n"], OPTS);
+    } finally {
+      fs.closeSync(fd);
+    }
+    expect(fs.readFileSync(log, "utf8")).toBe("before\nreport\nmore\n");
+    expect(fs.statSync(log).ino).toBe(ino);
+    expect(files()).toEqual(["log.txt"]);
+  });
+
+  it("a folder named dev or proc elsewhere is an ordinary folder: its files are refused or replaced, never appended to", () => {
+    for (const name of ["dev", "proc"]) {
+      const f = path.join(dir, name, "r.json");
+      fs.mkdirSync(path.dirname(f));
+      fs.writeFileSync(f, "the user's");
+      expect(() => writeOutputFile(f, "OURS", OPTS)).toThrow(
+        new OutputFileError(
+          `--out ${f}: exists and is not a thing written earlier; pass --force to replace it, or name another file`,
+        ),
+      );
+      expect(fs.readFileSync(f, "utf8")).toBe("the user's");
+      writeOutputFile(f, "OURS", { ...OPTS, force: true });
+      expect(fs.readFileSync(f, "utf8")).toBe("OURS");
+    }
+  });
+
+  // A block device (a disk) is neither a file nor a stream: refused, never read as a report nor written.
+  // (Only checkOutputFile, which writes nothing, is called on it.)
+  const blockDevice = fs
+    .readdirSync("/dev")
+    .map((n) => `/dev/${n}`)
+    .find((p) => {
+      try {
+        return fs.statSync(p).isBlockDevice();
+      } catch {
+        return false;
+      }
+    });
+  it.runIf(blockDevice !== undefined)("refuses a block device as not a regular file", () => {
+    expect(() => checkOutputFile(blockDevice!, OPTS)).toThrow(
+      new OutputFileError(`--out ${blockDevice}: is not a regular file`),
+    );
+  });
+
+  it("leaves no descriptor open: after deciding a file is ours, writing a stream, a stream's failure", () => {
+    const f = path.join(dir, "a.txt");
+    fs.writeFileSync(f, "OURS old");
+    const fifo = path.join(dir, "pipe");
+    execFileSync("mkfifo", [fifo]);
+    const reader = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+    try {
+      const open = () => fs.readdirSync("/proc/self/fd").length;
+      const before = open();
+      for (let i = 0; i < 4; i++) {
+        checkOutputFile(f, OPTS);
+        writeOutputFile(fifo, "x", OPTS);
+        expect(() => writeOutputFile("/dev/full", "x", OPTS)).toThrow(/not written whole/);
+      }
+      expect(open()).toBe(before);
+    } finally {
+      fs.closeSync(reader);
+    }
+  });
+
+  it("reads a file that comes in short reads (a network or FUSE file system) whole before deciding", () => {
+    const f = path.join(dir, "a.txt");
+    fs.writeFileSync(f, "OURS, and the rest of it");
+    const readSync = fs.readSync;
+    let calls = 0;
+    // The first read returns 3 bytes, as read(2) may; the others as asked.
+    spyFs("readSync").mockImplementation(((fd: number, buf: Buffer, off: number, len: number, pos: number) =>
+      readSync(fd, buf, off, calls++ === 0 ? Math.min(len, 3) : len, pos)) as typeof fs.readSync);
+    const seen: string[] = [];
+    const o = {
+      ...OPTS,
+      isOurs: (t: string) => {
+        seen.push(t);
+        return t.startsWith("OURS");
+      },
+    };
+    writeOutputFile(f, "OURS new", o);
+    expect(seen).toEqual(["OURS, and the rest of it"]);
+    expect(fs.readFileSync(f, "utf8")).toBe("OURS new");
+  });
+
+  it("a file cut short while it is read (another process truncates it): what was read decides, nothing past it", () => {
+    const f = path.join(dir, "a.txt");
+    fs.writeFileSync(f, "OURS, and the rest of it");
+    const readSync = fs.readSync;
+    let cut = false;
+    // Truncated to 4 bytes after its size was taken: the reads then end there (a read of 0 bytes).
+    spyFs("readSync").mockImplementation(((
+      fd: number,
+      buf: Buffer,
+      off: number,
+      len: number,
+      pos: number,
+    ) => {
+      if (!cut) {
+        cut = true;
+        fs.truncateSync(f, 4);
+      }
+      return readSync(fd, buf, off, len, pos);
+    }) as typeof fs.readSync);
+    const seen: string[] = [];
+    const o = {
+      ...OPTS,
+      isOurs: (t: string) => {
+        seen.push(t);
+        return t.startsWith("OURS");
+      },
+    };
+    checkOutputFile(f, o);
+    expect(seen).toEqual(["OURS"]);
   });
 
   it("a stream that fails names the file, in one line of the error's own kind", () => {

@@ -440,7 +440,6 @@ describe("tsllm-bench latency over the stand-in addon", () => {
     vi.resetModules();
     const r = await bench(["latency", "--help"]);
     expect(r.exit).toBe("exit 0");
-    const { FORCE_HELP } = await import("../../src/cli/output-file.ts");
     expect(flat(r.stdout)).toBe(
       flat(`Usage: tsllm-bench latency [options] <engine>
         Generate a batch of random prompts and report time to first token, time per output token and output tokens/s,
@@ -457,7 +456,7 @@ describe("tsllm-bench latency over the stand-in addon", () => {
         --no-cuda-graphs decode without CUDA graphs
         --fp8-context-fmha <mode> ${r.stdout.slice(r.stdout.indexOf("prompt (context)"), r.stdout.indexOf("--json"))}
         --json <file> also write the figures as JSON
-        --force ${FORCE_HELP}
+        --force replace an existing --json / --output file that is not an earlier one of the same kind
         --verbose after the runs: which kernels ran, and the runtime's prologue fusions
         --no-verify skip the content-hash check while loading
         -h, --help display help for command`),

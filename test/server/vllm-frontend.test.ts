@@ -121,6 +121,67 @@ describe("tsllm-serve's frontend, as vLLM's", () => {
     }
   });
 
+  it("any origin with --allow-credentials: the request's own origin, never '*' (which browsers refuse with credentials)", async () => {
+    // A server built here, not in beforeAll, so that what registerCors does is credited to this test.
+    const any = { allowedOrigins: ["*"], allowedMethods: ["*"], allowedHeaders: ["*"] };
+    const app = buildServer({
+      manager: s.manager,
+      tokenizer: null,
+      modelName: "tiny",
+      cors: { ...any, allowCredentials: true },
+    }).app;
+    try {
+      const r = await app.inject({ url: "/v1/models", headers: { origin: "https://ui.example" } });
+      expect(r.headers).toMatchObject({
+        "access-control-allow-origin": "https://ui.example",
+        "access-control-allow-credentials": "true",
+        vary: "Origin",
+      });
+      // ["*"] methods and headers as Starlette answers them: every method, the headers the preflight asks for.
+      const pre = await app.inject({
+        method: "OPTIONS",
+        url: "/v1/completions",
+        headers: {
+          origin: "https://other.example",
+          "access-control-request-method": "POST",
+          "access-control-request-headers": "authorization,x-trace",
+        },
+      });
+      expect(pre.statusCode).toBe(200);
+      expect(pre.headers).toMatchObject({
+        "access-control-allow-origin": "https://other.example",
+        "access-control-allow-methods": "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT",
+        "access-control-allow-headers": "authorization,x-trace",
+        "access-control-allow-credentials": "true",
+        "access-control-max-age": "600",
+      });
+    } finally {
+      await app.close();
+    }
+    // Without credentials the same lists answer "*" and no credentials header (vLLM's default, built here too).
+    const plain = buildServer({ manager: s.manager, tokenizer: null, modelName: "tiny" }).app;
+    try {
+      const pre = await plain.inject({
+        method: "OPTIONS",
+        url: "/v1/completions",
+        headers: {
+          origin: "https://ui.example",
+          "access-control-request-method": "POST",
+          "access-control-request-headers": "authorization,x-trace",
+        },
+      });
+      expect(pre.statusCode).toBe(200);
+      expect(pre.headers).toMatchObject({
+        "access-control-allow-origin": "*",
+        "access-control-allow-methods": "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT",
+        "access-control-allow-headers": "authorization,x-trace",
+      });
+      expect(pre.headers["access-control-allow-credentials"]).toBeUndefined();
+    } finally {
+      await plain.close();
+    }
+  });
+
   it("GET /version and GET or POST /ping (SageMaker's health check), without the key; /ping 503 while draining", async () => {
     const v = await fetch(`${s.url}/version`);
     expect([v.status, await v.json()]).toEqual([200, { version: VERSION }]);
