@@ -10,14 +10,18 @@
 //   maxNewTokens - 1 tokens; the last sampled token is never fed back) fit beside what every running
 //   request could ever need, so nothing is ever paused.
 // - max_utilization admits when the blocks of its whole context are free now; when a step's decode
-//   tokens need blocks that are not free, the newest running requests are paused: their blocks are
-//   freed and they later resume by recomputing prompt + generated tokens as context. Sampling depends
-//   only on logits, options and position, so a resumed request continues exactly as it would have.
+//   tokens need blocks that are not free, the newest running requests are paused (not one whose last
+//   token is being sampled: its blocks come back with that step): their blocks are freed and they later
+//   resume by recomputing prompt + generated tokens as context. Sampling depends only on logits, options
+//   and position, so a resumed request continues exactly as it would have.
 //
 // Pipelining: while the backend runs step N, step N+1 is planned and launched as if every request of step N
 // goes on; a decode token that step N samples reaches step N+1 on the device (BackendSeq.tokens null). A
 // request that stops at step N drops whatever step N+1 computes for it (results carry the request's epoch,
 // bumped on finish and pause). Blocks can be freed while launched steps still use them: steps run in order.
+// If step N fails, its requests end with the error and the other requests of step N+1 start over, as after a
+// pause (also under guaranteed_no_evict, not counted as preemptions): step N+1 may depend on what step N
+// never computed (restartBehind).
 import { performance } from "node:perf_hooks";
 import { seedProblem } from "../executor/seed.ts";
 import type { BackendInfo, BackendSeq, StepBackend, StepOutput } from "./backend.ts";
@@ -431,17 +435,37 @@ export class InflightBatchManager implements BatchManager {
     r.spec = 0;
   }
 
-  /** max_utilization: frees the blocks of a running request; it resumes later by recomputation. */
-  private pause(r: Req): void {
+  /**
+   * max_utilization: frees the blocks of a running request; it resumes later by recomputation. Also a request
+   * restarted behind a failed step (restartBehind), not counted as a preemption: no pool pressure paused it.
+   */
+  private pause(r: Req, preempted = true): void {
     this.running.splice(this.running.indexOf(r), 1);
     this.freeBlocks(r);
     r.state = "paused";
     r.epoch++;
-    r.preemptions++;
-    this.s.preemptions++;
+    if (preempted) {
+      r.preemptions++;
+      this.s.preemptions++;
+    }
     let i = this.paused.findIndex((p) => p.id > r.id);
     if (i < 0) i = this.paused.length;
     this.paused.splice(i, 0, r);
+  }
+
+  /**
+   * max_utilization: the request to pause for a block the running request at index i needs: the newest one after it
+   * with tokens left to compute. Not one whose last token is being sampled by the step in flight (overlap): it frees
+   * its blocks as soon as that step is back, where pausing it dropped that token and recomputed its whole context for
+   * it once the pool had room again (after the older requests, often at their end).
+   */
+  private victim(i: number): Req | undefined {
+    if (this.policy !== "max_utilization") return undefined;
+    for (let k = this.running.length - 1; k > i; k--) {
+      const v = this.running[k];
+      if (v.out.length + v.spec < v.maxNew) return v;
+    }
+    return undefined;
   }
 
   /** Tokens of the sequence (prompt + generated, sampled or about to be) not yet in the KV cache. */
@@ -490,15 +514,19 @@ export class InflightBatchManager implements BatchManager {
       let take = Math.min(this.pending(r), budget);
       let free = kvBlocksTotal - this.blocksUsed;
       let need = this.blocksFor(r.computed + take) - r.blocks;
-      while (need > free && this.policy === "max_utilization" && this.running.length - 1 > i) {
-        this.pause(this.running[this.running.length - 1]);
+      while (need > free) {
+        const v = this.victim(i);
+        if (!v) break;
+        this.pause(v);
         free = kvBlocksTotal - this.blocksUsed;
       }
       if (need > free) {
-        // A context chunk shrinks to the blocks left; a decode token of the newest request waits paused.
+        // A context chunk shrinks to the blocks left; a decode token of the newest request waits paused. One with
+        // newer requests left (each finishing: see victim) waits unpaused for their blocks, back with the step in
+        // flight.
         take = Math.min(take, (r.blocks + free) * this.limits.tokensPerBlock - r.computed);
         if (take <= 0) {
-          if (this.policy === "max_utilization" && planned.length > 0) {
+          if (this.policy === "max_utilization" && planned.length > 0 && i === this.running.length - 1) {
             this.pause(r);
             i--;
           }
@@ -572,7 +600,8 @@ export class InflightBatchManager implements BatchManager {
     return { planned, result, t0: performance.now(), tokens, decode, afterIdle, held };
   }
 
-  private complete(l: Launched, out: StepOutput | null, error: Error | null): void {
+  /** next: the step launched behind this one, if any (overlap). */
+  private complete(l: Launched, out: StepOutput | null, error: Error | null, next?: Launched): void {
     const now = performance.now();
     l.planned.forEach(({ r, epoch, seq }, k) => {
       if (r.epoch !== epoch || r.state !== "running") return; // finished, cancelled or paused since
@@ -587,6 +616,7 @@ export class InflightBatchManager implements BatchManager {
       if (r.ends.has(tok) || r.stops.has(tok)) this.finish(r, "stop");
       else if (r.out.length >= r.maxNew) this.finish(r, "length");
     });
+    if (error && next) this.restartBehind(l, next);
     this.onStep?.({
       seqs: l.planned.length,
       tokens: l.tokens,
@@ -596,6 +626,21 @@ export class InflightBatchManager implements BatchManager {
       gapMs: l.afterIdle ? 0 : (out?.gapMs ?? 0),
       ...l.held,
     });
+  }
+
+  /**
+   * After a step failed (its requests ended with the error): the step launched behind it that continues one of its
+   * sequences (a pipelined token the failed step may never have sampled, or a chunk past what it cached) is refused
+   * whole by the CPU and CUDA backends, and its other requests would end with that error; each of those feeds its own
+   * pipelined token to the step planned behind that one, so every request that joined while this went on failed in
+   * turn (one failed step ended all that arrived after it). Those requests start over instead, recomputed as after a
+   * pause, so that nothing planned from now on depends on the failed step.
+   */
+  private restartBehind(failed: Launched, next: Launched): void {
+    const inFailed = new Set(failed.planned.map((p) => p.r));
+    if (!next.planned.some((p) => inFailed.has(p.r))) return;
+    for (const { r, epoch } of next.planned)
+      if (r.epoch === epoch && r.state === "running") this.pause(r, false);
   }
 
   /**
@@ -644,7 +689,7 @@ export class InflightBatchManager implements BatchManager {
       } catch (e) {
         error = e instanceof Error ? e : new Error(String(e));
       }
-      this.complete(l, out, error);
+      this.complete(l, out, error, launched[0]);
     }
   }
 }

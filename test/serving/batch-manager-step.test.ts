@@ -43,15 +43,17 @@ function alone(prompt: readonly number[], maxNew: number, ends: ReadonlySet<numb
   return out;
 }
 
-type Fail = "reject" | "throw" | "string";
+/** launch: throws before computing anything (nothing cached or sampled), as a failed launch on the CPU or GPU. */
+type Fail = "reject" | "throw" | "string" | "launch";
 
 /**
  * A step backend that computes like a model (next() of the cached sequence) and checks the scheduler's contract,
  * writing each breach down: at most max_batch_size sequences and max_num_tokens tokens, no sequence twice, decode
  * tokens (one-token sequences) before context chunks, startPos = the sequence's cached length, a null token only
  * right after a step that sampled for that sequence, the cached sequences within the KV pool, close() only with no
- * step running. Steps resolve in call order: on the next macrotask ("immediate"), after a timer (ms), or when the
- * test calls resolveNext() ("manual").
+ * step running. Once a step failed at launch, a step that continues one of its sequences (a token nothing sampled, a
+ * position past the cache) is refused whole instead, as the CPU and CUDA backends refuse it. Steps resolve in call
+ * order: on the next macrotask ("immediate"), after a timer (ms), or when the test calls resolveNext() ("manual").
  */
 class ModelBackend implements StepBackend {
   readonly vocabSize = VOCAB;
@@ -68,6 +70,7 @@ class ModelBackend implements StepBackend {
   /** The token a sequence's last step sampled, not yet fed back. */
   private sampled = new Map<number, number>();
   private held: (() => void)[] = [];
+  private launchFailed = false;
   constructor(
     readonly limits: BatchLimits,
     private readonly mode: "immediate" | "manual" | number = "immediate",
@@ -88,6 +91,18 @@ class ModelBackend implements StepBackend {
     if (new Set(seqs.map((s) => s.seqId)).size !== seqs.length) bad("a sequence twice");
     const chunk = seqs.findIndex((s) => n(s) > 1);
     if (chunk >= 0 && seqs.slice(chunk).some((s) => n(s) === 1)) bad("a decode token after a context chunk");
+    const f = this.fail.get(k);
+    if (f === "launch") {
+      this.launchFailed = true;
+      throw new Error(`step ${k} failed at launch (test)`);
+    }
+    const orphan = seqs.find(
+      (s) =>
+        (s.tokens === null && !this.sampled.has(s.seqId)) ||
+        s.startPos > (this.cache.get(s.seqId)?.length ?? 0),
+    );
+    if (orphan && this.launchFailed)
+      throw new Error(`step ${k}: ${orphan.seqId} continues a failed step (test)`);
     const out = new Int32Array(seqs.length).fill(-1);
     seqs.forEach((s, i) => {
       const seq = this.cache.get(s.seqId) ?? [];
@@ -110,7 +125,6 @@ class ModelBackend implements StepBackend {
     const blocks = [...this.cache.values()].reduce((a, s) => a + Math.ceil(s.length / L.tokensPerBlock), 0);
     if (blocks > L.kvBlocksTotal) bad(`${blocks} KV blocks`);
     this.peakBlocks = Math.max(this.peakBlocks, blocks);
-    const f = this.fail.get(k);
     if (f === "throw") throw new Error(`step ${k} threw (test)`);
     this.inFlight++;
     this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
@@ -566,6 +580,37 @@ describe("the steps planned", { timeout: 10000 }, () => {
     expect(backend.plan()).toEqual([["1:4"], ["1:null"], ["1:null", "2:4"], ["2:1"], ["2:null"]]);
     expect([bm.stats().preemptions, bm.stats().kvBlocksPeakUsed]).toEqual([0, 3]);
     expect(backend.releases).toEqual([1, 2]);
+    expect(backend.breaches).toEqual([]);
+  });
+
+  it("max_utilization with overlap: a request whose last token is being sampled is not paused for an older one's block", async () => {
+    // 2 blocks of 4 tokens. A: prompt 1, 7 new tokens; B: prompt 1, 2 new, joins step 2. When step 4 is planned, B's
+    // last token is being sampled by step 3 and A's decode token at position 4 needs a second block, none free.
+    // Before, B was paused: the token step 3 sampled for it was dropped, and it waited for A to finish to recompute
+    // its context for that one token (preempted once, done 4 steps late). B frees its block once step 3 is back, so
+    // A waits for that instead, one step, and B finishes there.
+    const { backend, bm } = manager({ policy: "max_utilization", overlap: true, kvBlocksTotal: 2 });
+    const hs = [
+      bm.submit({ ...req(1, 7), ignoreEos: true }),
+      bm.submit({ ...req(1, 2, 20), ignoreEos: true }),
+    ];
+    const rs = await Promise.all(hs.map((h) => h.done));
+    await bm.shutdown();
+    expect(rs.map((r) => [r.outputIds, r.preemptions])).toEqual([
+      [alone(prompt(1), 7), 0],
+      [alone(prompt(1, 20), 2), 0],
+    ]);
+    expect(backend.plan()).toEqual([
+      ["1:1"],
+      ["1:null"],
+      ["1:null", "2:1"],
+      ["1:null", "2:null"],
+      ["1:1"],
+      ["1:null"],
+      ["1:null"],
+    ]);
+    expect([bm.stats().preemptions, bm.stats().kvBlocksPeakUsed, bm.stats().kvBlocksFree]).toEqual([0, 2, 2]);
+    expect(backend.releases).toEqual([2, 1]);
     expect(backend.breaches).toEqual([]);
   });
 
@@ -1106,8 +1151,10 @@ describe("warmup", { timeout: 10000 }, () => {
 
 // The same contract on fast-check's workloads, which shrink a failure to a small case: random limits (batch, step
 // tokens, block size, pool, max_seq_len), both policies, overlap on and off, up to 12 requests of random lengths,
-// end and stop ids, arriving and cancelled at random steps. Also checked: submit refuses exactly the requests that
-// can never fit (max_seq_len, or more blocks than the pool), and each stream carries its result's tokens in order.
+// end and stop ids, arriving and cancelled at random steps; in one workload in four a step fails at launch (a step
+// behind it that continues its sequences refused, as the real backends refuse it): only the requests in that step may
+// end with an error. Also checked: submit refuses exactly the requests that can never fit (max_seq_len, or more blocks
+// than the pool), and each stream carries its result's tokens in order.
 describe("random limits, arrivals and cancels (fast-check)", () => {
   const arbLimits = fc
     .record({
@@ -1140,8 +1187,15 @@ describe("random limits, arrivals and cancels (fast-check)", () => {
   type Req = typeof arbRequest extends fc.Arbitrary<infer R> ? R : never;
   const EOS = 61;
 
-  async function run(limits: BatchLimits, policy: SchedulerPolicy, overlap: boolean, reqs: Req[]) {
+  async function run(
+    limits: BatchLimits,
+    policy: SchedulerPolicy,
+    overlap: boolean,
+    reqs: Req[],
+    failAt: number | null,
+  ) {
     const backend = new ModelBackend(limits);
+    if (failAt !== null) backend.fail.set(failAt, "launch");
     const bm = new InflightBatchManager(backend, { policy, overlap, eosTokenIds: [EOS] });
     const handles = new Map<number, { h: RequestHandle; streamed: Promise<number[]> }>();
     const refused = new Set<number>();
@@ -1199,8 +1253,14 @@ describe("random limits, arrivals and cancels (fast-check)", () => {
       const ends = new Set([...(r.ignoreEos ? [] : [EOS]), ...r.stopTokenIds]);
       const want = alone(r.prompt, r.maxNew, ends);
       expect(await x.streamed, `request ${i} stream`).toEqual(res.outputIds);
-      if (res.finishReason === "cancelled") {
-        expect(r.cancelAfter, `request ${i} cancelled unasked`).toBeDefined();
+      if (res.finishReason === "cancelled" || res.finishReason === "error") {
+        if (res.finishReason === "cancelled")
+          expect(r.cancelAfter, `request ${i} cancelled unasked`).toBeDefined();
+        else
+          expect(
+            backend.steps[failAt ?? -1]?.some((q) => q.seqId === x.h.id),
+            `request ${i} failed outside the failed step: ${res.error?.message}`,
+          ).toBe(true);
         expect(res.outputIds, `request ${i}`).toEqual(want.slice(0, res.outputIds.length));
       } else {
         const stop = ends.has(want.at(-1)!);
@@ -1230,6 +1290,10 @@ describe("random limits, arrivals and cancels (fast-check)", () => {
         fc.constantFrom<SchedulerPolicy>("guaranteed_no_evict", "max_utilization"),
         fc.boolean(),
         fc.array(arbRequest, { minLength: 1, maxLength: 12 }),
+        fc.oneof(
+          { arbitrary: fc.constant(null), weight: 3 },
+          { arbitrary: fc.integer({ min: 0, max: 12 }), weight: 1 },
+        ),
         run,
       ),
       { seed: FUZZ_SEED, numRuns: 1000 },

@@ -385,6 +385,38 @@ describe("batch manager (CPU reference executor)", () => {
     expect(backend.breaches).toEqual([]);
   });
 
+  it("a step that fails ends its own requests only, not those of the steps behind it (overlap)", async () => {
+    // One request joins each step. Step 2 (A's pipelined token, B's context) fails as a launch fails, sampling
+    // nothing. Step 3, launched behind it, feeds B the token step 2 never sampled, so the backend refuses step 3
+    // whole, C's context with it. Before, C ended with that error, and so did D, E and F each in turn: each one's
+    // pipelined token fed the step behind the one that failed it. C is recomputed instead, and D to F never notice.
+    const { backend, bm } = contractManager({ maxNumTokens: 64, policy: "guaranteed_no_evict", failAt: 2 });
+    const rq = Array.from({ length: 6 }, (_, i) => ({
+      promptIds: [i + 1, 20, 30],
+      maxNewTokens: i === 0 ? 12 : 6,
+      ignoreEos: true,
+    }));
+    const hs = [bm.submit(rq[0])];
+    bm.onStep = () => {
+      if (hs.length < rq.length) hs.push(bm.submit(rq[hs.length]));
+    };
+    let rs = await Promise.all(hs.map((h) => h.done));
+    while (rs.length < hs.length) rs = await Promise.all(hs.map((h) => h.done));
+    const ex = ReferenceExecutor.load(dir);
+    const want = rq.map((r) => generate(ex, [[...r.promptIds]], { maxNewTokens: r.maxNewTokens })[0]);
+    ex.close();
+    await bm.shutdown();
+    expect(backend.steps[2].map((s) => s.seqId)).toEqual([hs[0].id, hs[1].id]);
+    expect(rs.map((r) => [r.finishReason, r.error?.message])).toEqual([
+      ["error", "step 2 failed (test)"],
+      ["error", "step 2 failed (test)"],
+      ...rq.slice(2).map(() => ["length", undefined]),
+    ]);
+    rs.slice(2).forEach((r, i) => expect(r.outputIds, `request ${i + 2}`).toEqual(want[i + 2]));
+    expect(bm.stats().kvBlocksFree).toBe(bm.stats().kvBlocksTotal);
+    expect(backend.breaches).toEqual([]);
+  });
+
   it("takes generation_config.json's eos ids over config.json's", () => {
     expect(eos).toEqual([508, 511]);
   });
