@@ -1215,6 +1215,25 @@ describe("tsllm-serve over a scripted batch manager (no tokenizer)", () => {
     next = () => ({ tokens: [5, 6] });
   });
 
+  it("stop_reason names a stop id only when the choice stopped: not a length or abort that ends on one", async () => {
+    // The CPU engine checks stop ids before the length, so it never ends a choice so; the server's rule (vLLM's
+    // check_stop sets stop_reason in its stop branch only) holds for whatever a manager reports.
+    const cases = [
+      ["length", [5, 7], "length", null],
+      ["cancelled", [5, 7], "abort", null],
+      ["stop", [5, 7], "stop", 7],
+      ["stop", [], "stop", null],
+    ] as const;
+    for (const [finishReason, tokens, finish_reason, stop_reason] of cases) {
+      next = () => ({ tokens: [...tokens], end: { finishReason } });
+      const r = await post(url, { ...body, stop_token_ids: [7] });
+      expect(r.json.choices[0], finishReason).toMatchObject({ finish_reason, stop_reason });
+      const st = await sse(url, { ...body, stop_token_ids: [7], stream: true });
+      expect(st.events.at(-1).choices[0], finishReason).toMatchObject({ finish_reason, stop_reason });
+    }
+    next = () => ({ tokens: [5, 6] });
+  });
+
   it("a stream that breaks after its headers: the error as the last event, the generations cancelled", async () => {
     next = () => ({ tokens: [5, 6], throwAfter: new Error("backend lost\nstack line") });
     const cancels = manager.cancels;

@@ -240,5 +240,26 @@ describe("tsllm-serve's frontend, as vLLM's", () => {
       await fetch(`${s.url}/v1/models`, { headers: { authorization: `Bearer ${KEY}` } })
     ).json();
     expect(models.data[0]).toMatchObject({ id: "tiny", root: "/models/tiny-llama", parent: null });
+    // Servers built here (what beforeAll builds runs before a mutant is switched on): the path given, else the name.
+    for (const [modelPath, root] of [
+      ["/engines/llama-8b", "/engines/llama-8b"],
+      [undefined, "served-name"],
+    ] as const) {
+      const app = buildServer({
+        manager: s.manager,
+        tokenizer: null,
+        modelName: "served-name",
+        modelPath,
+      }).app;
+      try {
+        for (const url of ["/v1/models", "/v1/models/served-name"]) {
+          const r = await app.inject({ url });
+          const card = url === "/v1/models" ? r.json().data[0] : r.json();
+          expect(card, url).toMatchObject({ id: "served-name", root, parent: null });
+        }
+      } finally {
+        await app.close();
+      }
+    }
   });
 });

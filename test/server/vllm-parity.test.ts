@@ -315,6 +315,81 @@ describe("tsllm-serve answers vLLM clients as vLLM does", () => {
     await bare.app.close();
   });
 
+  it("/tokenize of a body that is not a JSON object: 400 as the generation endpoints answer it, not a TypeError", async () => {
+    for (const body of ["null", '"Hi"', "5", "true", "[]"]) {
+      const r = await fetch(`${s.url}/tokenize`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body,
+      });
+      expect([r.status, await r.json()], body).toEqual([
+        400,
+        {
+          error: {
+            message: "request body must be a JSON object",
+            type: "invalid_request_error",
+            param: null,
+            code: null,
+          },
+        },
+      ]);
+    }
+  });
+
+  it("/tokenize and /detokenize refuse a mistyped field with its own message, naming it", async () => {
+    const messages = [{ role: "user", content: "Hi" }];
+    for (const [route, body, message, param] of [
+      ["/tokenize", { model: 3, prompt: "x" }, "model: model must be a string", "model"],
+      ["/tokenize", { model: 3, messages }, "model: model must be a string", "model"],
+      [
+        "/tokenize",
+        { prompt: "x", return_token_strs: true },
+        "return_token_strs: return_token_strs is not supported (only false)",
+        "return_token_strs",
+      ],
+      ["/detokenize", { model: 3, tokens: [1] }, "model: model must be a string", "model"],
+      ["/detokenize", { tokens: "Hi" }, "tokens: tokens must be a list of token ids", "tokens"],
+    ] as const) {
+      const r = await post(s.url, body, route);
+      expect([r.status, r.json], `${route} ${JSON.stringify(body)}`).toEqual([
+        400,
+        { error: { message, type: "invalid_request_error", param, code: null } },
+      ]);
+    }
+  });
+
+  it("/tokenize of messages with continue_final_message: the ids chat generation continues from", async () => {
+    const messages = [
+      { role: "user", content: "Hi" },
+      { role: "assistant", content: "Hel" },
+    ];
+    const tokenize = (body: object) => post(s.url, { messages, ...body }, "/tokenize");
+    const flags = { add_generation_prompt: false, continue_final_message: true };
+    const continued = await tokenize(flags);
+    expect(continued.status, continued.text).toBe(200);
+    const served = await post(
+      s.url,
+      { ...CHAT, messages, ...flags, max_tokens: 1, return_token_ids: true },
+      "/v1/chat/completions",
+    );
+    expect(served.status, served.text).toBe(200);
+    expect(continued.json.tokens).toEqual(served.json.prompt_token_ids);
+    // Closed, the assistant's turn ends with <|eot_id|> (511): the continued prompt stops before it, on "Hel".
+    const closed = await tokenize({ add_generation_prompt: false });
+    expect(closed.json.tokens.at(-1)).toBe(511);
+    expect(closed.json.tokens.slice(0, continued.json.count)).toEqual(continued.json.tokens);
+    expect(continued.json.count).toBeLessThan(closed.json.count);
+    // Both true: refused as /v1/chat/completions refuses it.
+    const both = await tokenize({ continue_final_message: true });
+    const chatBoth = await post(
+      s.url,
+      { ...CHAT, messages, continue_final_message: true, max_tokens: 1 },
+      "/v1/chat/completions",
+    );
+    expect(chatBoth.status).toBe(400);
+    expect([both.status, both.json]).toEqual([400, chatBoth.json]);
+  });
+
   it("a known path under another method is 405 with Allow (vLLM's router), an unknown path still 404", async () => {
     for (const [method, route, allow] of [
       ["GET", "/v1/completions", "POST"],
@@ -323,6 +398,8 @@ describe("tsllm-serve answers vLLM clients as vLLM does", () => {
       ["DELETE", "/v1/models/tiny", "GET"],
       ["POST", "/health", "GET"],
       ["GET", "/tokenize", "POST"],
+      // A path served under both: Allow lists them as Starlette does, ", " between.
+      ["PUT", "/ping", "GET, POST"],
     ]) {
       const r = await fetch(`${s.url}${route}`, { method });
       const url = route.split("?")[0];
