@@ -325,7 +325,7 @@ describe("dropWritesWhenReaderGone", () => {
       s.got.push(String(c));
       return true;
     };
-    dropWritesWhenReaderGone(s as unknown as NodeJS.WritableStream);
+    dropWritesWhenReaderGone(s as unknown as NodeJS.WritableStream, "stdout");
     return s;
   }
   const err = (code: string) => Object.assign(new Error(`write ${code}`), { code });
@@ -350,12 +350,39 @@ describe("dropWritesWhenReaderGone", () => {
     exit.mockRestore();
   });
 
-  it("any other stream error is thrown and writes go on", () => {
-    const s = fake();
-    const other = err("EIO");
-    expect(thrown(() => s.emit("error", other), Error)).toBe(other);
-    s.write("still written");
-    expect(s.got).toEqual(["still written"]);
+  // It was thrown from the listener: `tsllm-inspect ENGINE > /dev/full` ended in a stack trace.
+  it("any other stream error: one line naming the stream on stderr, exit code 1, writes dropped, nothing exits", () => {
+    const exit = vi.spyOn(process, "exit");
+    const realWrite = process.stderr.write;
+    const log = vi.spyOn(process.stderr, "write").mockImplementation(() => true);
+    try {
+      const s = fake();
+      s.write("before\n");
+      s.emit("error", err("ENOSPC"));
+      expect(process.exitCode).toBe(1);
+      expect(log.mock.calls).toEqual([["error: stdout: write ENOSPC\n"]]);
+      expect(s.write("after\n")).toBe(true);
+      // Once: the writes queued before it fail too.
+      s.emit("error", err("EIO"));
+      s.emit("error", err("ERR_STREAM_DESTROYED"));
+      expect(log.mock.calls).toHaveLength(1);
+      expect(s.got).toEqual(["before\n"]);
+      expect(exit).not.toHaveBeenCalled();
+      // stderr's own failure is not written to it.
+      dropWritesWhenReaderGone(process.stderr, "stderr");
+      const mine = process.stderr.listeners("error").at(-1) as (e: Error) => void;
+      process.exitCode = undefined;
+      mine(err("ENOSPC"));
+      expect(process.exitCode).toBe(1);
+      process.stderr.off("error", mine);
+      expect(log.mock.calls).toHaveLength(1);
+    } finally {
+      log.mockRestore();
+      // (The listener dropped stderr's writes: put its own write back.)
+      process.stderr.write = realWrite;
+      exit.mockRestore();
+      process.exitCode = undefined;
+    }
   });
 });
 

@@ -2,6 +2,7 @@
 // ETA and label, never at or past the end), the final line, and the cli-progress bar on a terminal; the clock is
 // performance.now stepped by hand, the stream a recording stand-in, so every line is worked out exactly.
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { main } from "../src/cli/common.ts";
 import { progress } from "../src/cli/progress.ts";
 
 let now = 0;
@@ -211,5 +212,48 @@ describe("progress on a terminal", () => {
     expect(out.text.slice(before)).toBe(
       "\u001b[?25h\u001b[?7h\u001b8\u001b[1G\u001b[2Kt: 5 in 100 s, 0.1 u/s\n",
     );
+  });
+});
+
+// A bar left drawn kept its redraw timer (the process never ended after a failed command's error line) and the hidden
+// cursor (a terminal without one after Ctrl-C).
+describe("a terminal's bar left drawn", () => {
+  const SHOW = "\u001b[?25h";
+
+  it("main() takes it down before its error line, with no final line", async () => {
+    const out = stream(true);
+    vi.spyOn(process.stderr, "write").mockImplementation((x) => {
+      out.text += String(x);
+      return true;
+    });
+    try {
+      await main(async () => {
+        progress("load", 10, { unit: "bytes", stream: out as never }).update(4);
+        throw new Error("corrupt");
+      });
+      expect(process.exitCode).toBe(1);
+    } finally {
+      process.exitCode = undefined;
+    }
+    expect(out.text.slice(out.text.lastIndexOf(SHOW))).toMatch(/^[^\n]*error: corrupt\n$/);
+    expect(out.text).not.toContain("load: "); // no final line: it did not finish
+  });
+
+  it("SIGINT, SIGTERM or SIGHUP take it down, then end the process by the same signal; none listened after stop", () => {
+    const kill = vi.spyOn(process, "kill").mockImplementation(() => true);
+    const before = ["SIGINT", "SIGTERM", "SIGHUP"].map((s) => process.listenerCount(s));
+    for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+      const out = stream(true);
+      progress("t", 10, { unit: { name: "u" }, stream: out as never });
+      const mine = process.listeners(sig).at(-1) as (s: NodeJS.Signals) => void;
+      mine(sig);
+      expect(out.text.endsWith(`${SHOW}\u001b[?7h\u001b8\u001b[1G\u001b[2K`)).toBe(true);
+      expect(kill).toHaveBeenLastCalledWith(process.pid, sig);
+      expect(["SIGINT", "SIGTERM", "SIGHUP"].map((s) => process.listenerCount(s))).toEqual(before);
+    }
+    const p = progress("t", 10, { unit: { name: "u" }, stream: stream(true) as never });
+    expect(process.listenerCount("SIGINT")).toBe(before[0] + 1);
+    p.stop();
+    expect(["SIGINT", "SIGTERM", "SIGHUP"].map((s) => process.listenerCount(s))).toEqual(before);
   });
 });

@@ -1,6 +1,5 @@
 // tsllm-bench prepare-dataset and throughput: trtllm-bench's dataset format and offline throughput
 // benchmark over the batch manager.
-import cliProgress from "cli-progress";
 import { type Command, Option } from "commander";
 import { filesIn } from "../engine/output-dir.ts";
 import { openEngine } from "../engine/reader.ts";
@@ -28,6 +27,8 @@ import {
   NUMPY_SEED,
   nonEmpty,
   schedulerPolicyOption,
+  stdinIsTerminal,
+  writeParts,
 } from "./common.ts";
 import {
   checkOutputFile,
@@ -36,6 +37,7 @@ import {
   type OutputFileOptions,
   writeOutputFile,
 } from "./output-file.ts";
+import { progress } from "./progress.ts";
 
 export function addServingCommands(program: Command): void {
   program
@@ -75,7 +77,7 @@ export function addServingCommands(program: Command): void {
           );
         const parts = datasetParts(tokenNormDistEntries({ ...o, vocabSize }));
         if (o.output) writeOutputFile(o.output, parts, out);
-        else for (const p of parts) process.stdout.write(p);
+        else await writeParts(process.stdout, parts);
       }),
     );
 
@@ -130,7 +132,7 @@ export function addServingCommands(program: Command): void {
         // of stdin."); from a terminal that would wait for typed lines with no word of why.
         const file: string = o.dataset ?? STDIN_DATASET;
         const dataset = datasetName(file);
-        if (file === STDIN_DATASET && process.stdin.isTTY)
+        if (file === STDIN_DATASET && stdinIsTerminal())
           throw new Error("no dataset: give --dataset FILE or pipe one in (stdin is a terminal)");
         const json = jsonReport(o, "throughput", [
           ...filesIn(dir),
@@ -191,20 +193,13 @@ export function addServingCommands(program: Command): void {
           }
           if (o.warmup > 0) await runRequests(bm, entries.slice(0, o.warmup), { stopAtEos: !!o.eos });
           const before = bm.stats();
-          const bar = new cliProgress.SingleBar(
-            {
-              format:
-                "throughput |{bar}| {value}/{total} requests | {tokens} output tokens | {eta_formatted} left",
-              stream: process.stderr,
-              hideCursor: true,
-            },
-            cliProgress.Presets.shades_classic,
-          );
-          bar.start(entries.length, 0, { tokens: 0 });
+          // progress(): off a terminal (a CI log) a line every few seconds; a bare cli-progress bar said nothing
+          // there for the whole run.
+          const bar = progress("throughput", entries.length, { unit: { name: "req" } });
           const run = await runRequests(bm, entries, {
             concurrency: o.concurrency,
             stopAtEos: !!o.eos,
-            onProgress: (done, _total, tokens) => bar.update(done, { tokens }),
+            onProgress: (done, _total, tokens) => bar.update(done, `${tokens} output tokens`),
           });
           bar.stop();
           const after = bm.stats();

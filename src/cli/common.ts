@@ -1,8 +1,10 @@
 // Shared CLI plumbing: one-line errors and a non-zero exit, never a stack trace for user mistakes.
 import * as fs from "node:fs";
+import tty from "node:tty";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { SEED_RANGE, seedProblem } from "../executor/seed.ts";
 import { type BatchManager, SCHEDULER_POLICIES } from "../serving/types.ts";
+import { endProgressBars } from "./progress.ts";
 
 export const VERSION: string = JSON.parse(
   fs.readFileSync(new URL("../../package.json", import.meta.url), "utf8"),
@@ -24,12 +26,19 @@ export function command(name: string, description: string): Command {
  * it does not end the command: what stdout and stderr carry is a report, logs or progress, while a command's own
  * products (an engine folder, a --json or --output file, a server) must still be finished, never left half-written.
  * (Exiting there made `tsllm-compile … | tail -0` exit 0 with no engine and its temporary folder left behind.) So
- * from the first EPIPE on, writes to the stream are dropped and the command runs to its end with its own exit code;
- * other stream errors are thrown.
+ * from the first EPIPE on, writes to the stream are dropped and the command runs to its end with its own exit code.
+ * Any other error of the stream (`… > file` on a full disk: ENOSPC) is said in one line (on stderr, unless stderr is
+ * what failed) and makes the exit code 1; the command goes on as after an EPIPE. It was thrown from this listener:
+ * a stack trace, and the command ended wherever it was.
  */
-export function dropWritesWhenReaderGone(stream: NodeJS.WritableStream): void {
+export function dropWritesWhenReaderGone(stream: NodeJS.WritableStream, name: string): void {
+  let failed = false;
   stream.on("error", (e: NodeJS.ErrnoException) => {
-    if (e.code !== "EPIPE" && e.code !== "ERR_STREAM_DESTROYED") throw e;
+    if (e.code !== "EPIPE" && e.code !== "ERR_STREAM_DESTROYED" && !failed) {
+      failed = true;
+      process.exitCode = 1;
+      if (stream !== process.stderr) process.stderr.write(`error: ${name}: ${e.message}\n`);
+    }
     stream.write = ((...args: unknown[]) => {
       const done = args.find((a) => typeof a === "function") as (() => void) | undefined;
       if (done) process.nextTick(done);
@@ -55,17 +64,62 @@ export function cancelWhenReaderGone(
   return () => stdout.off("error", gone);
 }
 
+/**
+ * Writes `parts` to `out` (stdout) one after the other, each once `out` has taken the one before, and stops once its
+ * reader is gone. process.stdout queues in memory what a pipe cannot take yet: `prepare-dataset` of 1M requests
+ * piped to a slower reader held all of it (2 GB) where datasetParts promises the memory of one part; and after
+ * `prepare-dataset … | head -1` every remaining part was still drawn into the closed pipe (24 s for 3M requests).
+ * (It yields between parts, so that the EPIPE, which the stream reports on a later tick, is seen.)
+ */
+export async function writeParts(out: NodeJS.WritableStream, parts: Iterable<string>): Promise<void> {
+  let gone = false;
+  const onError = () => {
+    gone = true;
+  };
+  out.on("error", onError);
+  try {
+    for (const part of parts) {
+      if (gone) return;
+      const taken = out.write(part);
+      await new Promise<void>((resolve) => {
+        if (taken) return void setImmediate(resolve);
+        // (A stream that errs or closes instead never drains.)
+        const done = () => {
+          for (const ev of ["drain", "error", "close"]) out.off(ev, done);
+          resolve();
+        };
+        for (const ev of ["drain", "error", "close"]) out.on(ev, done);
+      });
+    }
+  } finally {
+    out.off("error", onError);
+  }
+}
+
 export async function main(fn: () => Promise<void>): Promise<void> {
-  dropWritesWhenReaderGone(process.stdout);
-  dropWritesWhenReaderGone(process.stderr);
+  dropWritesWhenReaderGone(process.stdout, "stdout");
+  dropWritesWhenReaderGone(process.stderr, "stderr");
   try {
     await fn();
   } catch (e) {
+    // Before the error line: a bar left drawn would clear it, and its redraw timer would keep the process alive.
+    endProgressBars();
     const msg = e instanceof Error ? e.message : String(e);
     process.stderr.write(`error: ${msg.split("\n")[0]}\n`);
     if (process.env.TSLLM_DEBUG && e instanceof Error) process.stderr.write(`${e.stack}\n`);
     process.exitCode = 1;
+  } finally {
+    endProgressBars();
   }
+}
+
+/**
+ * Whether stdin is a terminal, asked of the descriptor: `process.stdin.isTTY` creates process.stdin, which turns a
+ * piped stdin non-blocking, and the whole-stdin read that follows (fs.readFileSync(0)) then failed with EAGAIN
+ * whenever the writer had not written it all yet (`slow-producer | tsllm-bench throughput ENGINE`).
+ */
+export function stdinIsTerminal(): boolean {
+  return tty.isatty(0);
 }
 
 /** Allowed range of a numeric flag; `above` is an exclusive lower bound. */

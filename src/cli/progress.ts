@@ -2,6 +2,7 @@
 // without one (piped, CI logs) a plain line every few seconds, so a log shows the work is alive and
 // how fast it goes. Byte counts show GB/s and the ETA.
 import cliProgress from "cli-progress";
+import { cleanUpOnSignal } from "../fs-atomic.ts";
 import { fmtBytes } from "../report/bytes.ts";
 
 export interface Progress {
@@ -16,6 +17,28 @@ export interface ProgressOptions {
   stream?: NodeJS.WriteStream;
   /** Seconds between plain lines when not on a terminal (default 2; TSLLM_PROGRESS_INTERVAL overrides). */
   intervalS?: number;
+}
+
+// A terminal bar hides the cursor and redraws from a timer until stopped. One left drawn by a command that failed
+// kept the process alive for ever after its error line (`tsllm-run ENGINE --verbose` on a corrupt rank file hung on a
+// terminal), and one cut off by Ctrl-C left the terminal without a cursor. So the bars drawn now are known here:
+// main() takes them down before its error line, and while any is drawn SIGINT / SIGTERM / SIGHUP take them down
+// before the signal ends the process as it would have.
+const drawn = new Set<cliProgress.SingleBar>();
+let unlisten: (() => void) | null = null;
+
+function undraw(bar: cliProgress.SingleBar): void {
+  drawn.delete(bar);
+  bar.stop();
+  if (drawn.size === 0) {
+    unlisten?.();
+    unlisten = null;
+  }
+}
+
+/** Takes down every terminal bar still drawn (cursor shown, redraw timer gone), with no final line. */
+export function endProgressBars(): void {
+  for (const bar of [...drawn]) undraw(bar);
 }
 
 const fmtS = (s: number) => (s >= 100 ? `${Math.round(s)} s` : `${s.toFixed(1)} s`);
@@ -46,6 +69,11 @@ export function progress(title: string, total: number, o: ProgressOptions): Prog
       },
       cliProgress.Presets.shades_classic,
     );
+    unlisten ??= cleanUpOnSignal(() => {
+      unlisten = null;
+      endProgressBars();
+    });
+    drawn.add(bar);
     bar.start(total, 0, { amount: amount(0), size: amount(total), rate: rate(0, 1), label: "" });
     return {
       update(done, label) {
@@ -55,7 +83,7 @@ export function progress(title: string, total: number, o: ProgressOptions): Prog
         bar.update(done, { amount: amount(done), rate: rate(done, secs()), label: l });
       },
       stop() {
-        bar.stop();
+        undraw(bar);
         stream.write(`${title}: ${amount(last)} in ${fmtS(secs())}, ${rate(last, secs())}\n`);
       },
     };

@@ -23,6 +23,7 @@ import {
   nonEmpty,
   parseIds,
   seedArg,
+  stdinIsTerminal,
 } from "./common.ts";
 import { type Progress, progress } from "./progress.ts";
 import { generateIds, readPrompts } from "./run-generate.ts";
@@ -203,7 +204,7 @@ async function runTextMode(
   if (o.inputIds || o.inputFile)
     throw new Error("give a text prompt (or --chat) or --input-ids/--input-file, not both");
   const tok = requireTokenizer(dir, text !== undefined ? "a text prompt" : "--chat");
-  const interactive = o.chat === true && process.stdin.isTTY;
+  const interactive = o.chat === true && stdinIsTerminal();
   // Refuse bad input before the engine loads.
   const promptIds = interactive
     ? []

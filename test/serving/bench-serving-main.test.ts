@@ -5,6 +5,7 @@
 // not reach that.)
 import * as fs from "node:fs";
 import * as path from "node:path";
+import tty from "node:tty";
 import { afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { addServingCommands } from "../../src/cli/bench-serving.ts";
 import { command } from "../../src/cli/common.ts";
@@ -295,6 +296,95 @@ function header(o: {
   ];
 }
 
+describe("tsllm-bench prepare-dataset to stdout (in-process, stdout's write a stand-in)", () => {
+  // 8,000 requests of 100 ids: over 3 MB, so written in several parts of 1 MB (datasetParts).
+  const dist = { numRequests: 8000, inputMean: 100, inputStdev: 0, outputMean: 2, outputStdev: 0, seed: 0 };
+  const args = [
+    "prepare-dataset",
+    "ENGINE",
+    "--num-requests",
+    "8000",
+    "--input-mean",
+    "100",
+    "--output-mean",
+    "2",
+  ];
+
+  /** Runs prepare-dataset with stdout's write as `write`; what was written, part by part. */
+  async function prepare(write: (part: string) => boolean, during?: (parts: string[]) => Promise<void>) {
+    const program = command("tsllm-bench", "benchmarks");
+    addServingCommands(program);
+    const parts: string[] = [];
+    const realWrite = process.stdout.write;
+    const errorListeners = process.stdout.listeners("error");
+    vi.spyOn(process.stdout, "write").mockImplementation((s) => {
+      parts.push(String(s));
+      return write(String(s));
+    });
+    try {
+      const run = program.parseAsync([
+        process.execPath,
+        "tsllm-bench",
+        ...args.map((a) => (a === "ENGINE" ? dir : a)),
+      ]);
+      await during?.(parts);
+      await run;
+    } finally {
+      vi.restoreAllMocks();
+      // (main()'s listener drops stdout's writes after an EPIPE: its own write and listeners put back.)
+      process.stdout.write = realWrite;
+      for (const l of process.stdout.listeners("error"))
+        if (!errorListeners.includes(l)) process.stdout.off("error", l as never);
+    }
+    expect(process.exitCode).toBeUndefined();
+    return parts;
+  }
+  const turns = async (n: number) => {
+    for (let i = 0; i < n; i++) await new Promise((r) => setImmediate(r));
+  };
+
+  // process.stdout queues in memory what a pipe cannot take yet: every part was written at once (1M requests piped
+  // to a slower reader were held whole, 2 GB).
+  it("writes each part once stdout has taken the one before ('drain')", async () => {
+    let taken = false;
+    const parts = await prepare(
+      () => taken,
+      async (p) => {
+        await turns(50);
+        expect(p).toHaveLength(1);
+        taken = true;
+        process.stdout.emit("drain");
+      },
+    );
+    expect(parts.length).toBeGreaterThan(2);
+    expect(parts.join("")).toBe(lines({ ...dist, vocabSize: 512 }));
+  });
+
+  // After `prepare-dataset … | head -1` every remaining part was still drawn into the closed pipe (24 s for 3M
+  // requests).
+  it("stops once stdout's reader is gone (EPIPE), exit code 0", async () => {
+    const epipe = Object.assign(new Error("write EPIPE"), { code: "EPIPE" });
+    // As a pipe whose reader left: the write's error comes on a later tick.
+    const parts = await prepare(() => {
+      process.nextTick(() => process.stdout.emit("error", epipe));
+      return true;
+    });
+    expect(parts).toHaveLength(1);
+  });
+});
+
+/**
+ * What a throughput run writes on stderr off a terminal: the header's lines, then progress's lines for its `n` timed
+ * requests (one every 2 s while they run, none on a fast run; the last says all were done).
+ */
+function expectStderr(stderr: string, lines: string[], n: number): void {
+  const head = `${lines.join("\n")}\n`;
+  expect(stderr.slice(0, head.length)).toBe(head);
+  expect(stderr.slice(head.length)).toMatch(
+    new RegExp(`^(throughput: \\d+/${n} .*\\n)*throughput: ${n} in [\\d.]+ s, [\\d.]+ req/s\\n$`),
+  );
+}
+
 describe("tsllm-bench throughput --device cpu (in-process)", () => {
   const dist = {
     numRequests: 6,
@@ -316,7 +406,7 @@ describe("tsllm-bench throughput --device cpu (in-process)", () => {
     const r = await bench(["throughput", dir, "--dataset", ds, "--device", "cpu", "--json", json]);
     expect(r.exitCode, r.stderr).toBeUndefined();
     const h = header({ ds, n: 6 });
-    expect(r.stderr).toBe(`${h.join("\n")}\n`);
+    expectStderr(r.stderr, h, 6);
     const rep = JSON.parse(fs.readFileSync(json, "utf8")) as ThroughputReport & Record<string, unknown>;
     expect(r.stdout).toBe(`${formatReport(rep, h)}\n`);
     const entries = tokenNormDist(dist);
@@ -463,7 +553,7 @@ describe("tsllm-bench throughput --device cpu (in-process)", () => {
       concurrency: "2",
     });
     const warm = `warm-up       batches 1, 2, 3: ${rep.engine_warmup.steps} steps in ${rep.engine_warmup.ms.toFixed(0)} ms, untimed`;
-    expect(r.stderr).toBe(`${[...h, warm].join("\n")}\n`);
+    expectStderr(r.stderr, [...h, warm], 5);
     expect(r.stdout).toBe(`${formatReport(rep, [...h, warm])}\n`);
     expect(rep.engine_warmup.batch_sizes).toEqual([1, 2, 3]);
     expect(rep.engine_warmup.steps).toBeGreaterThan(0);
@@ -487,13 +577,13 @@ describe("tsllm-bench throughput --device cpu (in-process)", () => {
       "--warmup",
       "0",
     ]);
-    expect(n.stderr).toBe(`${header({ ds, n: 6 }).join("\n")}\n`);
+    expectStderr(n.stderr, header({ ds, n: 6 }), 6);
     // --eos: greedy from 0,3,0 reaches an eos id within 40 tokens (test/serving/run-cli.test.ts).
     const eosDs = path.join(work, "eos.jsonl");
     fs.writeFileSync(eosDs, `${JSON.stringify({ task_id: "e", input_ids: [0, 3, 0], output_tokens: 40 })}\n`);
     const ej = path.join(work, "eos.json");
     const e = await bench(["throughput", dir, "--dataset", eosDs, "--device", "cpu", "--eos", "--json", ej]);
-    expect(e.stderr).toBe(`${header({ ds: eosDs, n: 1, eos: true }).join("\n")}\n`);
+    expectStderr(e.stderr, header({ ds: eosDs, n: 1, eos: true }), 1);
     const er = JSON.parse(fs.readFileSync(ej, "utf8"));
     expect(er.finish_reasons).toEqual({ stop: 1 });
     expect(er.total_output_tokens).toBeLessThan(40);
@@ -511,7 +601,7 @@ describe("tsllm-bench throughput --device cpu (in-process)", () => {
     const h = header({ ds, n: 6 });
     h[1] = "device        cuda: CPU reference executor";
     const warm = `warm-up       batches 1, 2, 3, 4: ${rep.engine_warmup.steps} steps in ${rep.engine_warmup.ms.toFixed(0)} ms, untimed`;
-    expect(r.stderr).toBe(`${[...h, warm].join("\n")}\n`);
+    expectStderr(r.stderr, [...h, warm], 6);
     expect(r.stdout).toBe(`${formatReport(rep, [...h, warm])}\n`);
     expect(rep.engine_warmup).toEqual({
       batch_sizes: [1, 2, 3, 4],
@@ -583,9 +673,39 @@ describe("tsllm-bench throughput --device cpu (in-process)", () => {
     });
     expect(r.exitCode, r.stderr).toBeUndefined();
     expect(r.stderr).toContain("\u001b[?25l"); // the cursor hidden while the bar is drawn
-    expect(r.stderr).toContain("throughput |");
-    expect(r.stderr).toContain("| 1/1 requests | 3 output tokens | ");
-    expect(r.stderr).toMatch(/\| 0\/1 requests \| 0 output tokens \| /);
+    expect(r.stderr).toContain("throughput [");
+    expect(r.stderr).toMatch(/\] 100% \| 1\/1 \| [\d.]+ req\/s \| ETA \w+ \| 3 output tokens/);
+    expect(r.stderr).toMatch(/\] 0% \| 0\/1 \| /);
+    // The cursor shown again, then the final line.
+    expect(r.stderr.slice(r.stderr.lastIndexOf("\u001b[?25h"))).toMatch(
+      /throughput: 1 in [\d.]+ s, [\d.]+ req\/s\n$/,
+    );
+  });
+
+  // It said nothing there: cli-progress draws on a terminal only, and a CI log showed no sign of life for the whole
+  // timed run.
+  it("off a terminal, progress lines: requests done of all, rate, ETA and output tokens", async () => {
+    vi.stubEnv("TSLLM_PROGRESS_INTERVAL", "0");
+    try {
+      const r = await bench([
+        "throughput",
+        dir,
+        "--dataset",
+        ds,
+        "--device",
+        "cpu",
+        "--warmup",
+        "0",
+        "--concurrency=1",
+      ]);
+      expect(r.exitCode, r.stderr).toBeUndefined();
+      const said = r.stderr.split("\n").filter((l) => l.startsWith("throughput: "));
+      expect(said[0]).toMatch(/^throughput: 1\/6 \(16%\), [\d.]+ req\/s, ETA [\d.]+ s, \d+ output tokens$/);
+      expect(said.at(-1)).toMatch(/^throughput: 6 in [\d.]+ s, [\d.]+ req\/s$/);
+      expect(r.stderr).not.toContain("\u001b");
+    } finally {
+      vi.unstubAllEnvs();
+    }
   });
 
   it("dataset lines: a prompt through the engine's tokenizer; ids checked against the vocabulary; too long refused", async () => {
@@ -780,18 +900,12 @@ describe("tsllm-bench throughput --device cpu (in-process)", () => {
         expect(r.exitCode).toBe(1);
       }
       // From a terminal it would wait for typed lines: refused, saying what to give.
-      const tty = process.stdin.isTTY;
-      process.stdin.isTTY = true;
-      try {
-        stdin.reads = 0;
-        const r = await bench(["throughput", dir]);
-        expect(r.stderr).toBe(
-          "error: no dataset: give --dataset FILE or pipe one in (stdin is a terminal)\n",
-        );
-        expect(stdin.reads).toBe(0);
-      } finally {
-        process.stdin.isTTY = tty;
-      }
+      // (Asked of the descriptor: process.stdin.isTTY made a piped stdin non-blocking, test/cli-process.test.ts.)
+      vi.spyOn(tty, "isatty").mockImplementation((fd) => fd === 0);
+      stdin.reads = 0;
+      const r = await bench(["throughput", dir]);
+      expect(r.stderr).toBe("error: no dataset: give --dataset FILE or pipe one in (stdin is a terminal)\n");
+      expect(stdin.reads).toBe(0);
     } finally {
       stdin.text = null;
     }
