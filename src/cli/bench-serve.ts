@@ -1,6 +1,5 @@
 // tsllm-bench serve: online serving benchmark against a running OpenAI-compatible server (like
 // `vllm bench serve`): prompts from a dataset or random ids, Poisson arrivals or bounded concurrency.
-import cliProgress from "cli-progress";
 import type { Command } from "commander";
 import { filesIn } from "../engine/output-dir.ts";
 import { formatServeBench, runServeBench, type ServeBenchOptions } from "../server/bench-client.ts";
@@ -8,6 +7,7 @@ import { type DatasetEntry, readDataset, STDIN_DATASET, tokenNormDist } from "..
 import { requireTokenizer } from "../text/engine-files.ts";
 import { float, int, main, NUMPY_SEED, nonEmpty } from "./common.ts";
 import { FORCE_HELP, jsonReport } from "./output-file.ts";
+import { progress } from "./progress.ts";
 
 function parseGoodput(specs: string[]): ServeBenchOptions["goodput"] {
   const out: NonNullable<ServeBenchOptions["goodput"]> = {};
@@ -133,16 +133,9 @@ export function addServeBenchCommand(program: Command): void {
           const w = await runServeBench(entries.slice(0, o.warmup), { ...opts, requestRate: Infinity });
           if (w.report.failed_requests) throw new Error(`warm-up request failed: ${w.report.first_error}`);
         }
-        const bar = new cliProgress.SingleBar(
-          {
-            format: "requests [{bar}] {value}/{total}",
-            noTTYOutput: true,
-            notTTYSchedule: 5000,
-            clearOnComplete: true,
-          },
-          cliProgress.Presets.shades_classic,
-        );
-        bar.start(entries.length, 0);
+        // progress(): on a terminal a bar that a failure or Ctrl-C takes down (a bare cli-progress bar left its redraw
+        // timer running: the process never ended after its error line), off one a line every few seconds.
+        const bar = progress("requests", entries.length, { unit: { name: "req" } });
         const { report } = await runServeBench(entries, { ...opts, onProgress: (d) => bar.update(d) });
         bar.stop();
         process.stdout.write(formatServeBench(report));
