@@ -54,15 +54,21 @@ export interface BatchManagerOptions {
 /**
  * warmup()'s default batch sizes: 1-4, then the native runtime's decode graph sizes up to max_batch_size (the powers of
  * two to 256, then every 128 to 1,024: native/src/runtime/options.h, next_graph_size; a batch between two pads to the
- * larger one's graph). Why those: each graph is captured (and its GEMMs tuned, and with TSLLM_GEMM_STEP step-tuned,
- * seconds each) the first time its size runs, which without them fell inside the timed run or the first requests
- * (session 38: 384-896 were met mid-benchmark); and with the warm-up's 8-token prompts their context steps have 8 · b
- * rows, the row counts (up to 1024) whose GEMM algorithms that runtime times on first use (gemm_tuned_m).
+ * larger one's graph), and max_batch_size itself when it lies between two (for the graph it pads to). Why those: each
+ * graph is captured (and its GEMMs tuned, and with TSLLM_GEMM_STEP step-tuned, seconds each) the first time its size
+ * runs, which without them fell inside the timed run or the first requests (session 38: 384-896 were met
+ * mid-benchmark); and with the warm-up's 8-token prompts their context steps have 8 · b rows, the row counts (up to
+ * 1024) whose GEMM algorithms that runtime times on first use (gemm_tuned_m).
  */
 export function warmupBatchSizes(maxBatchSize: number): number[] {
   const sizes = [1, 2, 3, 4];
-  for (let b = 8; b <= Math.min(maxBatchSize, 1024); b = b < 256 ? b * 2 : b + 128) sizes.push(b);
-  return sizes.filter((b) => b <= maxBatchSize);
+  let b = 8;
+  for (; b <= Math.min(maxBatchSize, 1024); b = b < 256 ? b * 2 : b + 128) sizes.push(b);
+  // A max_batch_size between two graph sizes: the runtime also captures the larger one (native/src/runtime/load.cc,
+  // graph_sizes: up to the first size >= max_bs), which a batch of max_batch_size pads to. Without this batch its
+  // capture (and GEMM tuning) still fell inside the timed run (--max-batch-size 12: graph 16; 1000: graph 1024).
+  if (b <= 1024 && maxBatchSize < b && !sizes.includes(maxBatchSize)) sizes.push(maxBatchSize);
+  return sizes.filter((s) => s <= maxBatchSize);
 }
 
 /** What warmup() ran. */
@@ -637,8 +643,12 @@ export class InflightBatchManager implements BatchManager {
    * pause, so that nothing planned from now on depends on the failed step.
    */
   private restartBehind(failed: Launched, next: Launched): void {
-    const inFailed = new Set(failed.planned.map((p) => p.r));
-    if (!next.planned.some((p) => inFailed.has(p.r))) return;
+    // A continuation: the same request at the same epoch. Not one restarted in between (a pause bumps its epoch):
+    // when the failed step was itself the one behind a failed step, its requests had been restarted, and restarting
+    // the step behind it for them again, and so on for every failed step, kept them from ever ending while the
+    // device kept failing. (A request cancelled in between still counts: the step behind carries its continuation.)
+    const inFailed = new Map(failed.planned.map((p) => [p.r, p.epoch]));
+    if (!next.planned.some((p) => inFailed.get(p.r) === p.epoch)) return;
     for (const { r, epoch } of next.planned)
       if (r.epoch === epoch && r.state === "running") this.pause(r, false);
   }

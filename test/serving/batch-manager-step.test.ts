@@ -770,6 +770,55 @@ describe("failures", { timeout: 10000 }, () => {
       }
     });
 
+  it("with overlap, every step failing from some step on (a dead device): each request still ends with an error", async () => {
+    // Steps 1-99 reject. Step 0 is A's prompt, step 1 A's pipelined token; B, submitted once step 0 is back, joins
+    // step 2 beside A's next token. Step 1's failure ends A and restarts B (restartBehind: step 2 continues A). Step
+    // 2 then fails too, but B, restarted, was no longer in it: its failure ended nobody, so nothing behind it depends
+    // on it, and B in step 3 ends with step 3's error. Before, step 2's failure restarted B again, and so did each
+    // failed step after it: B never ended while the device kept failing (here it was served once step 100 ran).
+    const { backend, bm } = manager({ overlap: true });
+    for (let k = 1; k < 100; k++) backend.fail.set(k, "reject");
+    const a = bm.submit({ ...req(2, 8), ignoreEos: true });
+    let b: ReturnType<typeof bm.submit> | undefined;
+    bm.onStep = () => {
+      b ??= bm.submit({ ...req(3, 8, 20), ignoreEos: true });
+    };
+    const ra = await a.done;
+    await tick();
+    const rb = await b!.done;
+    expect([ra.finishReason, ra.error?.message]).toEqual(["error", "step 1 failed (test)"]);
+    expect([rb.finishReason, rb.error?.message, rb.outputIds]).toEqual(["error", "step 3 failed (test)", []]);
+    // (Step 4, B's pipelined token, was launched behind step 3; its failure found B ended.)
+    expect(backend.plan()).toEqual([["1:2"], ["1:null"], ["1:null", "2:3"], ["2:3"], ["2:null"]]);
+    await bm.shutdown();
+    expect([bm.stats().kvBlocksFree, bm.stats().preemptions]).toEqual([16, 0]);
+    expect(backend.breaches).toEqual([]);
+  });
+
+  it("with overlap, a step failed at launch whose request was cancelled meanwhile: the step behind it, refused, restarts its others", async () => {
+    // Step 1 (A's pipelined token) fails at launch. B, submitted once step 0 is back, joins step 2 beside A's next
+    // token; A is cancelled right after step 2 is launched, before step 1's failure is seen. Step 2 still continues
+    // A (the backend refuses it whole), so B starts over in step 3 and is served, as without the cancel.
+    const { backend, bm } = manager({ overlap: true });
+    backend.fail.set(1, "launch");
+    const a = bm.submit({ ...req(2, 8), ignoreEos: true });
+    let b: ReturnType<typeof bm.submit> | undefined;
+    bm.onStep = () => {
+      if (b) return;
+      b = bm.submit({ ...req(3, 4, 20), ignoreEos: true });
+      queueMicrotask(() => a.cancel()); // (after the loop has launched step 2 and waits for step 1)
+    };
+    const ra = await a.done;
+    await tick();
+    const rb = await b!.done;
+    expect(ra.finishReason).toBe("cancelled");
+    expect([rb.finishReason, rb.outputIds]).toEqual(["length", alone(prompt(3, 20), 4)]);
+    expect(backend.plan().slice(0, 4)).toEqual([["1:2"], ["1:null"], ["1:null", "2:3"], ["2:3"]]);
+    await bm.shutdown();
+    expect(bm.stats().kvBlocksFree).toBe(16);
+    expect(backend.breaches).toEqual([]);
+  });
+
   it("an onStep that throws ends every request with its error; a later request starts the step loop again", async () => {
     const { bm } = manager({ maxBatchSize: 1, overlap: true });
     let n = 0;
@@ -975,7 +1024,7 @@ describe("warmup", { timeout: 10000 }, () => {
     // Every token the backend samples is an end id here: the warm-up ignores them and makes its 3 steps. (The loop
     // is parked when each later batch is submitted, so a batch's requests start together.)
     const { backend, bm, records } = manager({
-      maxBatchSize: 12,
+      maxBatchSize: 8,
       overlap: true,
       eos: [...Array(62).keys()],
       kvBlocksTotal: 64,
@@ -983,7 +1032,7 @@ describe("warmup", { timeout: 10000 }, () => {
     const t0 = performance.now();
     const w = await bm.warmup();
     const elapsed = performance.now() - t0;
-    expect(w.batchSizes).toEqual(warmupBatchSizes(12));
+    expect(w.batchSizes).toEqual(warmupBatchSizes(8));
     expect(w.batchSizes).toEqual([1, 2, 3, 4, 8]);
     expect(backend.plan().map((ss) => ss.length)).toEqual([1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 8, 8, 8]);
     expect(w.steps).toBe(15);

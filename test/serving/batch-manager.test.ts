@@ -578,22 +578,30 @@ describe("batch manager (CPU reference executor)", () => {
   it("warmupBatchSizes: 1-4, then the native decode graph sizes (powers of two to 256, then every 128 to 1024) up to max_batch_size", () => {
     expect(warmupBatchSizes(1)).toEqual([1]);
     expect(warmupBatchSizes(3)).toEqual([1, 2, 3]);
-    expect(warmupBatchSizes(15)).toEqual([1, 2, 3, 4, 8]);
+    expect(warmupBatchSizes(4)).toEqual([1, 2, 3, 4]);
+    // Between two graph sizes: max_batch_size too, for the larger graph it pads to (16, 8, 1024), which the runtime
+    // captures as well (load.cc graph_sizes); it was met first inside the timed run.
+    expect(warmupBatchSizes(15)).toEqual([1, 2, 3, 4, 8, 15]);
+    expect(warmupBatchSizes(6)).toEqual([1, 2, 3, 4, 6]);
     expect(warmupBatchSizes(64)).toEqual([1, 2, 3, 4, 8, 16, 32, 64]);
-    expect(warmupBatchSizes(1000)).toEqual([1, 2, 3, 4, 8, 16, 32, 64, 128, 256, 384, 512, 640, 768, 896]);
+    expect(warmupBatchSizes(300)).toEqual([1, 2, 3, 4, 8, 16, 32, 64, 128, 256, 300]);
+    expect(warmupBatchSizes(1000)).toEqual([
+      1, 2, 3, 4, 8, 16, 32, 64, 128, 256, 384, 512, 640, 768, 896, 1000,
+    ]);
+    expect(warmupBatchSizes(1024).slice(-2)).toEqual([896, 1024]);
     expect(warmupBatchSizes(4096).slice(-3)).toEqual([768, 896, 1024]); // (no graph above 1024: nothing to capture)
   });
 
   it("warmup() runs warmupBatchSizes (capped by max_batch_size), then starts the counters again; requests after it equal alone", async () => {
-    const bm = await openBatchManager(dir, { device: "cpu", maxBatchSize: 12, maxNumTokens: 64 });
+    const bm = await openBatchManager(dir, { device: "cpu", maxBatchSize: 12, maxNumTokens: 96 });
     const steps: number[] = [];
     bm.onStep = (st) => steps.push(st.decode === st.seqs ? st.seqs : 0); // decode-only steps: their batch
     const w = await bm.warmup();
-    expect(w.batchSizes).toEqual([1, 2, 3, 4, 8]);
-    // Each size: a context step (8 prompts of 8 tokens fit max_num_tokens 64), then two decode-only steps of that
-    // many sequences (the second is where the native runtime captures its graph).
-    for (const b of [1, 2, 3, 4, 8]) expect(steps.filter((s) => s === b).length, `batch ${b}`).toBe(2);
-    expect(steps.filter((s) => s === 0).length).toBe(5);
+    expect(w.batchSizes).toEqual([1, 2, 3, 4, 8, 12]);
+    // Each size: a context step (12 prompts of 8 tokens fit max_num_tokens 96), then two decode-only steps of that
+    // many sequences (the second is where the native runtime captures its graph: 16 for 12).
+    for (const b of [1, 2, 3, 4, 8, 12]) expect(steps.filter((s) => s === b).length, `batch ${b}`).toBe(2);
+    expect(steps.filter((s) => s === 0).length).toBe(6);
     expect(w.steps).toBe(steps.length);
     const st = bm.stats();
     expect([st.steps, st.requestsFinished, st.tokensGenerated, st.kvBlocksPeakUsed]).toEqual([0, 0, 0, 0]);
