@@ -104,7 +104,11 @@ struct Tunables {
   // times each call alone, L2 flushed; session 38 (H100) had its lone picks of gemm_extra's configurations run the
   // 8B decode steps 4.3-4.7 % slower than the heuristic's, so lone timing misranks configurations close to each
   // other. Off: session 38's A/B (H100, 8B 128/128) was equal with it (18,087 / 18,095 against 18,116 / 18,073
-  // tok/s), its logged step gains an artefact of timing the pick before the candidates. Environment TSLLM_GEMM_STEP=n.
+  // tok/s), its logged step gains an artefact of timing the pick before the candidates. On, those graphs go through
+  // the whole step tuner (its fusion and gemv rounds too, which offer nothing at such batches), and only fp16 / bf16
+  // GemmRunner plans are offered (not QuantGemm's FP8 ones). Off, tune() still keeps what it timed (Plan::alts, 64 B
+  // a configuration, and step_lt_'s times): a few hundred KB for a hundred tuned shapes. Environment
+  // TSLLM_GEMM_STEP=n.
   int gemm_step = 0;
   // quant_linear (quant_gemm.h), environment only (A/B): decode through the quantised gemv where eligible,
   // a forced gemv variant (-1: tuned), FP8 context GEMMs with cuBLASLt outer-vector scaling where available.
