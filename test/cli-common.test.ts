@@ -389,16 +389,17 @@ describe("dropWritesWhenReaderGone", () => {
 describe("cancelWhenReaderGone", () => {
   const err = (code: string) => Object.assign(new Error(`write ${code}`), { code });
 
-  it("shuts the batch manager down on EPIPE (or a destroyed stream), not on other errors, and until removed", () => {
+  // Any error: stdout cannot take what is generated after it. On ENOSPC (a full disk) generation went on to its end.
+  it("shuts the batch manager down on any error of stdout (EPIPE, a destroyed stream, ENOSPC), until removed", () => {
     const s = new EventEmitter();
     const shutdown = vi.fn(async () => {});
     const remove = cancelWhenReaderGone({ shutdown }, s as unknown as NodeJS.WritableStream);
-    s.emit("error", err("EIO"));
-    expect(shutdown).not.toHaveBeenCalled();
-    s.emit("error", err("EPIPE"));
+    s.emit("error", err("ENOSPC"));
     expect(shutdown).toHaveBeenCalledTimes(1);
-    s.emit("error", err("ERR_STREAM_DESTROYED"));
+    s.emit("error", err("EPIPE"));
     expect(shutdown).toHaveBeenCalledTimes(2);
+    s.emit("error", err("ERR_STREAM_DESTROYED"));
+    expect(shutdown).toHaveBeenCalledTimes(3);
     remove();
     expect(s.listenerCount("error")).toBe(0);
   });

@@ -48,18 +48,17 @@ export function dropWritesWhenReaderGone(stream: NodeJS.WritableStream, name: st
 }
 
 /**
- * stdout is what tsllm-run makes: once its reader is gone (`tsllm-run … | head -c 20`), nothing generated from
- * then on can be read, so the requests are cancelled (the batch manager shuts down) instead of running to their
- * end into a closed pipe, and the command ends as after its last line. (main() has stdout drop its writes from
- * that EPIPE on.) Returns the listener's removal.
+ * stdout is what tsllm-run makes: once it cannot be written (its reader gone, `tsllm-run … | head -c 20`; a full
+ * disk, `> file` on ENOSPC), nothing generated from then on can be read, so the requests are cancelled (the batch
+ * manager shuts down) instead of running to their end into a stream that drops it, and the command ends as after
+ * its last line. (main() has stdout drop its writes from that error on, and says a failure other than EPIPE with exit
+ * code 1; on ENOSPC generation went on to its end.) Returns the listener's removal.
  */
 export function cancelWhenReaderGone(
   bm: Pick<BatchManager, "shutdown">,
   stdout: NodeJS.WritableStream,
 ): () => void {
-  const gone = (e: NodeJS.ErrnoException) => {
-    if (e.code === "EPIPE" || e.code === "ERR_STREAM_DESTROYED") void bm.shutdown();
-  };
+  const gone = () => void bm.shutdown();
   stdout.on("error", gone);
   return () => stdout.off("error", gone);
 }
