@@ -58,10 +58,10 @@ export function checkOutputTarget(out: string, o: OutputOptions = {}): string {
  * --output files of cli/output-file.ts).
  */
 export function inputWithin(target: string, inputs: readonly string[]): string | undefined {
-  return inputs.find(
-    (input) =>
-      isInside(path.resolve(input), path.resolve(target)) || isInside(realOrSelf(input), realOrSelf(target)),
-  );
+  // (The target resolved once, not once an input: filesIn of a large --tokenizer folder is thousands of them.)
+  const abs = path.resolve(target);
+  const real = realOrSelf(target);
+  return inputs.find((input) => isInside(path.resolve(input), abs) || isInside(realOrSelf(input), real));
 }
 
 /**
