@@ -59,6 +59,18 @@ function readStart(file: string, max: number): string {
 }
 
 function classify(file: string, o: OutputFileOptions): Target {
+  const t = targetOf(file, o);
+  if (t.kind === "stream") return t;
+  // A folder that cannot hold the file writeWhole creates beside the target (read-only, under /proc) was found only
+  // by the write at the end: after the benchmark's minutes, its report lost.
+  const dir = path.dirname(t.kind === "file" ? t.real : path.resolve(file));
+  const why = cannotCreateIn(dir);
+  if (why) throw new OutputFileError(`${o.flag} ${file}: cannot create a file in ${dir}: ${why}`);
+  return t;
+}
+
+/** What `file` is as an output target, refused where it must not be written (see the top of this file). */
+function targetOf(file: string, o: OutputFileOptions): Target {
   const q = `${o.flag} ${file}`;
   if (file.trim() === "") throw new OutputFileError(`${o.flag}: empty path`);
   const dir = path.dirname(path.resolve(file));
@@ -71,7 +83,7 @@ function classify(file: string, o: OutputFileOptions): Target {
     // Missing: a dangling link is still a file of the user's (the link).
     if (isLink(file)) throw new OutputFileError(`${q}: is a link to a missing file; name another path`);
     if (!isDir(dir)) throw new OutputFileError(`${q}: folder ${dir} does not exist`);
-    return creatable({ kind: "new" }, dir, q);
+    return { kind: "new" };
   }
   if (st.isDirectory()) throw new OutputFileError(`${q}: is a directory; name a file`);
   if (st.isFIFO() || st.isCharacterDevice() || st.isSocket()) return { kind: "stream" };
@@ -84,7 +96,7 @@ function classify(file: string, o: OutputFileOptions): Target {
     throw new OutputFileError(`${q}: is ${input}, an input of this command; name another file`);
   // Through a link the file it points to is replaced (the link stays), and only what that file holds decides.
   const real = fs.realpathSync(file);
-  if (o.force) return creatable({ kind: "file", real }, path.dirname(real), q);
+  if (o.force) return { kind: "file", real };
   let ours = false;
   try {
     ours = o.isOurs(readStart(real, MAX_SNIFF_BYTES));
@@ -95,17 +107,7 @@ function classify(file: string, o: OutputFileOptions): Target {
     throw new OutputFileError(
       `${q}: exists and is not ${o.what} written earlier; pass --force to replace it, or name another file`,
     );
-  return creatable({ kind: "file", real }, path.dirname(real), q);
-}
-
-/**
- * `t`, once a file can be created in `dir` (where writeWhole puts its sibling). A folder that cannot hold one
- * (read-only, under /proc) was found only by the write at the end: after the benchmark's minutes, its report lost.
- */
-function creatable(t: Target, dir: string, q: string): Target {
-  const why = cannotCreateIn(dir);
-  if (why) throw new OutputFileError(`${q}: cannot create a file in ${dir}: ${why}`);
-  return t;
+  return { kind: "file", real };
 }
 
 const isDir = (p: string) => {

@@ -42,9 +42,10 @@ export function* utf8Lines(buf: Buffer): Generator<string | null> {
  * folder (which was Node's bare "EISDIR: illegal operation on a directory, read", naming no file).
  */
 export function readUtf8File(file: string | 0, where: string): string {
-  if (file !== 0 && fs.statSync(file, { throwIfNoEntry: false })?.isDirectory())
-    throw new Error(`${where}: is a directory; name a file`);
-  const device = file === 0 ? undefined : deviceProblem(file);
+  // (One stat answers both: a folder, a device.)
+  const st = file === 0 ? undefined : fs.statSync(file, { throwIfNoEntry: false });
+  if (st?.isDirectory()) throw new Error(`${where}: is a directory; name a file`);
+  const device = st && deviceKind(st);
   if (device) throw new Error(`${where}: ${device}`);
   const buf = fs.readFileSync(file);
   const bad = firstNonUtf8Line(buf);
@@ -69,6 +70,10 @@ export function deviceProblem(file: string): string | undefined {
   } catch {
     return undefined;
   }
-  if (st && (st.isCharacterDevice() || st.isBlockDevice() || st.isSocket())) return DEVICE_REFUSAL;
-  return undefined;
+  return st && deviceKind(st);
+}
+
+/** deviceProblem's answer for what a stat found. */
+function deviceKind(st: fs.Stats): string | undefined {
+  return st.isCharacterDevice() || st.isBlockDevice() || st.isSocket() ? DEVICE_REFUSAL : undefined;
 }

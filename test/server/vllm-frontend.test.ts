@@ -121,6 +121,18 @@ describe("tsllm-serve's frontend, as vLLM's", () => {
     }
   });
 
+  /** A browser's preflight of a POST /v1/completions with an Authorization and a custom header, from `origin`. */
+  const preflight = (app: ReturnType<typeof buildServer>["app"], origin: string) =>
+    app.inject({
+      method: "OPTIONS",
+      url: "/v1/completions",
+      headers: {
+        origin,
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization,x-trace",
+      },
+    });
+
   it("any origin with --allow-credentials: the request's own origin, never '*' (which browsers refuse with credentials)", async () => {
     // A server built here, not in beforeAll, so that what registerCors does is credited to this test.
     const any = { allowedOrigins: ["*"], allowedMethods: ["*"], allowedHeaders: ["*"] };
@@ -138,15 +150,7 @@ describe("tsllm-serve's frontend, as vLLM's", () => {
         vary: "Origin",
       });
       // ["*"] methods and headers as Starlette answers them: every method, the headers the preflight asks for.
-      const pre = await app.inject({
-        method: "OPTIONS",
-        url: "/v1/completions",
-        headers: {
-          origin: "https://other.example",
-          "access-control-request-method": "POST",
-          "access-control-request-headers": "authorization,x-trace",
-        },
-      });
+      const pre = await preflight(app, "https://other.example");
       expect(pre.statusCode).toBe(200);
       expect(pre.headers).toMatchObject({
         "access-control-allow-origin": "https://other.example",
@@ -161,15 +165,7 @@ describe("tsllm-serve's frontend, as vLLM's", () => {
     // Without credentials the same lists answer "*" and no credentials header (vLLM's default, built here too).
     const plain = buildServer({ manager: s.manager, tokenizer: null, modelName: "tiny" }).app;
     try {
-      const pre = await plain.inject({
-        method: "OPTIONS",
-        url: "/v1/completions",
-        headers: {
-          origin: "https://ui.example",
-          "access-control-request-method": "POST",
-          "access-control-request-headers": "authorization,x-trace",
-        },
-      });
+      const pre = await preflight(plain, "https://ui.example");
       expect(pre.statusCode).toBe(200);
       expect(pre.headers).toMatchObject({
         "access-control-allow-origin": "*",
