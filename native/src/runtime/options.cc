@@ -92,7 +92,8 @@ Tunables resolve_tunables(const tsllm_options& o, const std::string& path) {
   // TSLLM_GEMV_PROLOGUE=0|1|2 (2: every pair fused), TSLLM_NORM_PDL=0|1|2, TSLLM_GLU_FUSE=0|1, TSLLM_NORM_TAIL=0|1|2,
   // TSLLM_DECODE_VARIANT=2|3|4, TSLLM_DECODE_MMA_MIN_GQA=r, TSLLM_DECODE_MMA_CFG=c, TSLLM_CONTEXT_CFG=c,
   // TSLLM_PDL=0|1, TSLLM_STRICT_KERNELS=0|1, TSLLM_FP8_CONTEXT_FMHA=0|1 (off, on), TSLLM_PROFILE=1|graph,
-  // TSLLM_TUNE_LOG=1, TSLLM_STEP_TUNE=n, TSLLM_ATTN_PREFETCH_MB=n, TSLLM_ATTN_PREFETCH_ROWS=n, TSLLM_GEMM_EXTRA=0|1|2.
+  // TSLLM_TUNE_LOG=1, TSLLM_STEP_TUNE=n, TSLLM_ATTN_PREFETCH_MB=n, TSLLM_ATTN_PREFETCH_ROWS=n, TSLLM_GEMM_EXTRA=0|1|2,
+  // TSLLM_GEMM_STEP=n.
   long x = 0;
   if (env_int("TSLLM_GEMM_TUNE", path, 0, 2, &x)) t.gemm_tune = x >= 1, t.gemm_tune_every_m = x == 2;
   if (env_int("TSLLM_GEMV", path, 0, 1, &x)) t.gemv = x == 1 ? 1 : -1;

@@ -102,7 +102,7 @@ struct Tunables {
   // (step.cc, after the decisions above): each GEMM shape's pick against the 3 fastest others its tuning timed within
   // 10 % alone (the heuristic's candidates, their split-K variants, gemm_extra's configurations). Why: the tuner
   // times each call alone, L2 flushed; session 38 (H100) had its lone picks of gemm_extra's configurations run the
-  // 8B decode steps 4.3-4.7 % slower than the heuristic's, so lone timing misranks configurations close to each
+  // 8B decode steps 3.8-4.7 % slower than the heuristic's, so lone timing misranks configurations close to each
   // other. Off: session 38's A/B (H100, 8B 128/128) was equal with it (18,087 / 18,095 against 18,116 / 18,073
   // tok/s), its logged step gains an artefact of timing the pick before the candidates. On, those graphs go through
   // the whole step tuner (its fusion and gemv rounds too, which offer nothing at such batches), and only fp16 / bf16
